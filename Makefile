@@ -1,0 +1,27 @@
+# The two commands: `make run` (the main job) and `make test`. Both set up what they need.
+.PHONY: setup build run test bench doctor clean
+
+SWIFT_BUILD_FLAGS ?=
+
+setup:
+	@bash scripts/setup.sh
+
+build: setup
+	swift build -c release $(SWIFT_BUILD_FLAGS)
+
+## The main job: probe the host, then run the engine end to end on this machine.
+run: build
+	@bash scripts/run.sh
+
+doctor: build
+	.build/release/vmfork doctor
+
+test:
+	@bash scripts/test.sh
+
+## Benchmarks (package-benchmark), in their own package so tests do not build the harness.
+bench: build
+	cd Benchmarks && swift package --allow-writing-to-package-directory benchmark $(BENCH_ARGS)
+
+clean:
+	rm -rf .build Benchmarks/.build

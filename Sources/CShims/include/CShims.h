@@ -1,0 +1,8 @@
+/* Umbrella for the one C target. Each header covers one kernel interface or C library. */
+#ifndef CSHIMS_H
+#define CSHIMS_H
+#include "cshims_sys.h"
+#include "cshims_kvm.h"
+#include "cshims_uring.h"
+#include "cshims_numa.h"
+#endif

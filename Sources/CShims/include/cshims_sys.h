@@ -1,0 +1,16 @@
+/* Why: ioctl(2) and syscall(2) are variadic and unusable from Swift; these fix their types. */
+#ifndef CSHIMS_SYS_H
+#define CSHIMS_SYS_H
+#include <errno.h>
+#include <stdint.h>
+
+/* ioctl with a pointer argument. Returns -1 and sets errno on failure, like ioctl(2). */
+int cshims_ioctl_ptr(int fd, unsigned long request, void *arg);
+/* ioctl with an integer argument. */
+int cshims_ioctl_int(int fd, unsigned long request, unsigned long arg);
+/* errno of the calling thread, readable from Swift without the Glibc macro. */
+int cshims_errno(void);
+/* memfd_create(2) with MFD_CLOEXEC: Glibc declares it only under _GNU_SOURCE. */
+int cshims_memfd_create(const char *name);
+void cshims_set_errno(int value);
+#endif

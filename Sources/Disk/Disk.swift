@@ -1,0 +1,1 @@
+// The Disk module; see README.md, "Layout".

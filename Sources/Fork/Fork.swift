@@ -1,0 +1,1 @@
+// The Fork module; see README.md, "Layout".

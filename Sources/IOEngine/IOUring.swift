@@ -1,0 +1,48 @@
+import CShims
+import HostSystem
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One io_uring instance: a submission and completion queue pair owned by one I/O thread.
+/// The ring is torn down exactly once, when the value goes away.
+public final class IOUring: @unchecked Sendable {
+    let ring: UnsafeMutablePointer<io_uring>
+
+    /// Sets up a ring with room for `entries` submissions.
+    public init(entries: UInt32 = 64, flags: UInt32 = 0) throws(IOUringError) {
+        // Set up into a local first: a class init that throws after its stored properties
+        // are set still runs deinit, which would tear the ring down a second time.
+        let candidate = UnsafeMutablePointer<io_uring>.allocate(capacity: 1)
+        candidate.initialize(to: io_uring())
+        let result = io_uring_queue_init(entries, candidate, flags)
+        if result < 0 {
+            candidate.deallocate()
+            throw .unavailable(errno: -result, hint: IOUringError.setupHint(errno: -result))
+        }
+        ring = candidate
+    }
+
+    deinit {
+        io_uring_queue_exit(ring)
+        ring.deallocate()
+    }
+
+    /// The opcodes the I/O path needs, with their names for error messages.
+    public static let requiredOpcodes: [(name: String, code: Int32)] = [
+        ("IORING_OP_READ", Int32(IORING_OP_READ.rawValue)),
+        ("IORING_OP_WRITE", Int32(IORING_OP_WRITE.rawValue)),
+        ("IORING_OP_READ_FIXED", Int32(IORING_OP_READ_FIXED.rawValue)),
+        ("IORING_OP_WRITE_FIXED", Int32(IORING_OP_WRITE_FIXED.rawValue)),
+        ("IORING_OP_FSYNC", Int32(IORING_OP_FSYNC.rawValue)),
+    ]
+
+    /// Asks the kernel which of `requiredOpcodes` it supports.
+    public func supportedOpcodes() throws(IOUringError) -> [(name: String, supported: Bool)] {
+        guard let probe = io_uring_get_probe_ring(ring) else {
+            throw .system(SystemError(call: "io_uring_register(IORING_REGISTER_PROBE)", errno: errno))
+        }
+        defer { io_uring_free_probe(probe) }
+        return Self.requiredOpcodes.map { ($0.name, cshims_uring_opcode_supported(probe, $0.code) != 0) }
+    }
+}

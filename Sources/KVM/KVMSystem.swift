@@ -1,0 +1,117 @@
+import CShims
+import HostSystem
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How this host's KVM runs guests. It decides what a guest can be: under PVM, guest
+/// kernel-mode code is emulated (about a thousand times slower), so guests run kernel-less.
+public enum VirtualizationKind: String, Sendable {
+    case intelVMX = "hardware (Intel VMX)"
+    case amdSVM = "hardware (AMD SVM)"
+    case pvm = "paravirtual (PVM: guest CPL3 native, guest kernel mode emulated)"
+    case unknown = "unknown"
+
+    /// Read from the loaded KVM vendor module.
+    public static func detect(modulesRoot: String = "/sys/module") -> VirtualizationKind {
+        func loaded(_ name: String) -> Bool { access("\(modulesRoot)/\(name)", F_OK) == 0 }
+        if loaded("kvm_pvm") { return .pvm }
+        if loaded("kvm_intel") { return .intelVMX }
+        if loaded("kvm_amd") { return .amdSVM }
+        return .unknown
+    }
+}
+
+/// The KVM capabilities the engine relies on, with the reason for each.
+public struct KVMExtension: Sendable {
+    public let name: String
+    public let number: Int32
+    public let why: String
+
+    public static let required: [KVMExtension] = [
+        KVMExtension(name: "KVM_CAP_USER_MEMORY", number: KVM_CAP_USER_MEMORY, why: "guest memory is a host memfd mapped into the VM"),
+        KVMExtension(name: "KVM_CAP_SYNC_REGS", number: KVM_CAP_SYNC_REGS, why: "system calls return through synced registers, without register ioctls"),
+        KVMExtension(name: "KVM_CAP_EXT_CPUID", number: KVM_CAP_EXT_CPUID, why: "the guest gets the host's supported CPUID"),
+        KVMExtension(name: "KVM_CAP_XSAVE", number: KVM_CAP_XSAVE, why: "fork captures and restores the FPU/SSE/AVX state"),
+        KVMExtension(name: "KVM_CAP_XCRS", number: KVM_CAP_XCRS, why: "XCR0 must enable AVX state for glibc's string functions"),
+        KVMExtension(name: "KVM_CAP_IMMEDIATE_EXIT", number: KVM_CAP_IMMEDIATE_EXIT, why: "kill and stop interrupt a running vCPU"),
+    ]
+}
+
+/// The open /dev/kvm device: the root of every VM the engine creates.
+public final class KVMSystem: Sendable {
+    let fd: FileDescriptor
+    /// Size of each vCPU's shared kvm_run area.
+    public let vcpuMmapSize: Int
+    public let apiVersion: Int32
+
+    /// Opens the device and checks the API version.
+    public init(path: String = "/dev/kvm") throws(KVMError) {
+        let raw = Glibc.open(path, O_RDWR | O_CLOEXEC)
+        if raw < 0 {
+            switch errno {
+            case ENOENT, ENODEV, ENXIO: throw .deviceMissing(path: path)
+            case EACCES, EPERM, EROFS: throw .accessDenied(path: path)
+            default: throw .system(SystemError(call: "open(\(path))", errno: errno))
+            }
+        }
+        fd = FileDescriptor(adopting: raw)
+        apiVersion = cshims_ioctl_int(raw, CSHIMS_KVM_GET_API_VERSION, 0)
+        guard apiVersion == KVM_API_VERSION else { throw .unsupportedAPIVersion(apiVersion) }
+        let size = cshims_ioctl_int(raw, CSHIMS_KVM_GET_VCPU_MMAP_SIZE, 0)
+        guard size > 0 else { throw .system(SystemError(call: "ioctl(KVM_GET_VCPU_MMAP_SIZE)", errno: errno)) }
+        vcpuMmapSize = Int(size)
+    }
+
+    /// KVM_CHECK_EXTENSION: 0 when absent, otherwise a capability-specific positive value.
+    public func checkExtension(_ number: Int32) -> Int32 {
+        max(0, cshims_ioctl_int(fd.rawValue, CSHIMS_KVM_CHECK_EXTENSION, UInt(number)))
+    }
+
+    /// Throws the first required extension that is missing.
+    public func requireExtensions() throws(KVMError) {
+        for ext in KVMExtension.required where checkExtension(ext.number) == 0 {
+            throw .missingExtension(name: ext.name, why: ext.why)
+        }
+    }
+
+    /// The CPUID leaves KVM can expose, ready to hand to a vCPU unchanged.
+    public func supportedCPUID() throws(KVMError) -> CPUIDTable {
+        var capacity: UInt32 = 128
+        while true {
+            let table = CPUIDTable(capacity: capacity)
+            if cshims_ioctl_ptr(fd.rawValue, CSHIMS_KVM_GET_SUPPORTED_CPUID, table.raw) == 0 { return table }
+            guard errno == E2BIG, capacity < 4096 else {
+                throw .system(SystemError(call: "ioctl(KVM_GET_SUPPORTED_CPUID)", errno: errno))
+            }
+            capacity *= 2
+        }
+    }
+
+    /// Creates an empty VM: no irqchip, no PIT, no memory yet.
+    public func createVM() throws(KVMError) -> VirtualMachine {
+        let vmfd = cshims_ioctl_int(fd.rawValue, CSHIMS_KVM_CREATE_VM, 0)
+        guard vmfd >= 0 else { throw .system(SystemError(call: "ioctl(KVM_CREATE_VM)", errno: errno)) }
+        return VirtualMachine(fd: FileDescriptor(adopting: vmfd), system: self)
+    }
+}
+
+/// A kvm_cpuid2 list with its flexible array, owned and freed here.
+public final class CPUIDTable: @unchecked Sendable {
+    let raw: UnsafeMutablePointer<kvm_cpuid2>
+
+    init(capacity: UInt32) {
+        raw = cshims_kvm_cpuid2_alloc(capacity)
+    }
+
+    deinit { free(raw) }
+
+    public var count: Int { Int(raw.pointee.nent) }
+
+    /// The entries, for inspection (the probe prints the vendor and hypervisor bit from them).
+    public var entries: UnsafeMutableBufferPointer<kvm_cpuid_entry2> {
+        let base = UnsafeMutableRawPointer(raw).advanced(by: MemoryLayout<kvm_cpuid2>.size)
+            .assumingMemoryBound(to: kvm_cpuid_entry2.self)
+        return UnsafeMutableBufferPointer(start: base, count: count)
+    }
+}

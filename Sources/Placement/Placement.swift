@@ -1,0 +1,1 @@
+// The Placement module; see README.md, "Layout".

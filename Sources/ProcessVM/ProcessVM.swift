@@ -1,0 +1,1 @@
+// The ProcessVM module; see README.md, "Layout".

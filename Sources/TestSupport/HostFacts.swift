@@ -1,0 +1,45 @@
+import Foundation
+
+/// What the machine running the tests offers, so tests that need a device can skip with a
+/// reason instead of failing on a machine without it.
+public enum HostFacts {
+    /// /dev/kvm can be opened read-write by this process.
+    public static let hasKVM: Bool = access("/dev/kvm", R_OK | W_OK) == 0
+
+    /// The tests run as root (needed to drop privileges for the denial tests).
+    public static let isRoot: Bool = getuid() == 0
+
+    /// The package's root folder, found from this source file's location.
+    public static let packageRoot: URL = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    /// The folder holding the built products (the test bundle's own folder).
+    public static var productsFolder: URL {
+        URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+    }
+
+    /// A fresh empty folder under the system temporary folder.
+    public static func makeTemporaryFolder(_ label: String) throws -> URL {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("vmfork-\(label)-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        return url
+    }
+
+    /// Runs a program to completion and returns its status and output.
+    public static func run(_ executable: String, _ arguments: [String], stdin: Data? = nil) throws -> (status: Int32, stdout: String, stderr: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        let out = Pipe(), err = Pipe(), input = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = input
+        try process.run()
+        if let stdin { input.fileHandleForWriting.write(stdin) }
+        try input.fileHandleForWriting.close()
+        let outData = out.fileHandleForReading.readDataToEndOfFile()
+        let errData = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
+    }
+}
