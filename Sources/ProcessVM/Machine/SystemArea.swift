@@ -1,0 +1,87 @@
+/// The few pages below the program that make a long-mode CPU work without a kernel: GDT, IDT,
+/// TSS (with its I/O bitmap — PVM checks port access only there), an exception stack, and the
+/// stub page that system calls and exceptions enter. They sit under 64 KiB, where Linux
+/// never maps user memory, so a null-pointer access still faults. Only the stub page is
+/// user-accessible: under PVM the SYSCALL target runs with user privilege.
+struct SystemArea {
+    static let gdt: UInt64 = 0x1000
+    static let idt: UInt64 = 0x2000
+    static let tss: UInt64 = 0x3000
+    static let tssPages: UInt64 = 3
+    static let exceptionStackBottom: UInt64 = 0x6000
+    static let exceptionStackTop: UInt64 = 0x8000
+    static let stubPage: UInt64 = 0x8000
+
+    /// Port the system-call stub writes to; the value is the low byte of RAX (unused).
+    static let syscallPort: UInt16 = 0xF0
+    /// Port the exception stubs write to; the value is the vector.
+    static let exceptionPort: UInt16 = 0xF1
+    /// Offset of vector v's stub in the stub page: 8 bytes each after the system-call stub.
+    static func exceptionStub(_ vector: Int) -> UInt64 { stubPage + 0x100 + UInt64(vector * 8) }
+
+    private static let tssSize = 104
+    private static let ioBitmapBytes = 65536 / 8
+    static let tssLimit = UInt32(tssSize + ioBitmapBytes)
+
+    /// Builds the pages in `space` and returns the guest-physical frame of the exception
+    /// stack's top page, where the engine reads exception frames.
+    static func build(in space: AddressSpace) throws(GuestError) -> UInt64 {
+        let supervisor: PagePermissions = [.read, .write]
+        let gdtFrame = try space.mapSystemPage(at: gdt, supervisor)
+        let idtFrame = try space.mapSystemPage(at: idt, supervisor)
+        var tssFrames: [UInt64] = []
+        for page in 0..<tssPages { tssFrames.append(try space.mapSystemPage(at: tss + page * 0x1000, supervisor)) }
+        _ = try space.mapSystemPage(at: exceptionStackBottom, supervisor)
+        let stackTopFrame = try space.mapSystemPage(at: exceptionStackBottom + 0x1000, supervisor)
+        let stubFrame = try space.mapSystemPage(at: stubPage, [.read, .execute, .user])
+        let memory = space.memory
+
+        // GDT in Linux's layout: kernel code/data, 32- and 64-bit user code, user data, TSS.
+        let descriptors: [UInt64] = [
+            0,
+            0,
+            0x00AF_9B00_0000_FFFF, // 0x10 kernel code, 64-bit
+            0x00CF_9300_0000_FFFF, // 0x18 kernel data
+            0x00CF_FB00_0000_FFFF, // 0x23 user code, 32-bit
+            0x00CF_F300_0000_FFFF, // 0x2b user data
+            0x00AF_FB00_0000_FFFF, // 0x33 user code, 64-bit
+            0,
+        ]
+        let gdtBytes = memory.pointer(physical: gdtFrame, length: 4096)!
+        for (index, descriptor) in descriptors.enumerated() { gdtBytes.storeBytes(of: descriptor, toByteOffset: index * 8, as: UInt64.self) }
+        // 0x40: 16-byte available 64-bit TSS descriptor.
+        let limit = UInt64(tssLimit)
+        let base = tss
+        let low = (limit & 0xFFFF) | ((base & 0xFF_FFFF) << 16) | (UInt64(0x89) << 40) | (((limit >> 16) & 0xF) << 48) | (((base >> 24) & 0xFF) << 56)
+        gdtBytes.storeBytes(of: low, toByteOffset: 0x40, as: UInt64.self)
+        gdtBytes.storeBytes(of: base >> 32, toByteOffset: 0x48, as: UInt64.self)
+
+        // IDT: vectors 0-31 as DPL3 interrupt gates on IST1, each to its own stub.
+        let idtBytes = memory.pointer(physical: idtFrame, length: 4096)!
+        for vector in 0..<32 {
+            let handler = exceptionStub(vector)
+            let low = (handler & 0xFFFF) | (UInt64(X86.Selector.kernelCode) << 16) | (UInt64(1) << 32) | (UInt64(0xEE) << 40) | (((handler >> 16) & 0xFFFF) << 48)
+            idtBytes.storeBytes(of: low, toByteOffset: vector * 16, as: UInt64.self)
+            idtBytes.storeBytes(of: handler >> 32, toByteOffset: vector * 16 + 8, as: UInt64.self)
+        }
+
+        // TSS: RSP0 and IST1 on the exception stack; I/O bitmap right after, all ports open.
+        let tssBytes = memory.pointer(physical: tssFrames[0], length: 4096)!
+        tssBytes.storeBytes(of: exceptionStackTop, toByteOffset: 4, as: UInt64.self)
+        tssBytes.storeBytes(of: exceptionStackTop, toByteOffset: 36, as: UInt64.self)
+        tssBytes.storeBytes(of: UInt16(tssSize), toByteOffset: 102, as: UInt16.self)
+        // The byte after the bitmap must be all ones.
+        let terminator = tssSize + ioBitmapBytes
+        memory.pointer(physical: tssFrames[terminator / 4096] + UInt64(terminator % 4096), length: 1)!.storeBytes(of: 0xFF, as: UInt8.self)
+
+        // Stubs: SYSCALL lands on `out 0xF0, al; ud2`; vector v on `mov al, v; out 0xF1, al; ud2`.
+        let stubs = memory.pointer(physical: stubFrame, length: 4096)!
+        let syscallStub: [UInt8] = [0xE6, UInt8(syscallPort), 0x0F, 0x0B]
+        stubs.copyMemory(from: syscallStub, byteCount: syscallStub.count)
+        for vector in 0..<32 {
+            let code: [UInt8] = [0xB0, UInt8(vector), 0xE6, UInt8(exceptionPort), 0x0F, 0x0B, 0x90, 0x90]
+            (stubs + Int(exceptionStub(vector) - stubPage)).copyMemory(from: code, byteCount: code.count)
+        }
+        return stackTopFrame
+    }
+}

@@ -1,0 +1,76 @@
+import HostSystem
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Guest-physical memory of one process VM: a memfd mapped into the engine, handed out in
+/// 4 KiB frames. Everything the guest needs — page tables, system tables, the program, its
+/// stack and heap — lives here, so a fork only has to map this memfd copy-on-write.
+///
+/// The memfd's size is the VM's memory limit: when frames run out the guest gets ENOMEM,
+/// never the host's OOM killer. Frames are populated by the host kernel on first touch.
+public final class GuestMemory: @unchecked Sendable {
+    public static let pageSize = 4096
+    public let size: Int
+    /// The memfd that backs this memory (the parent's, for a fork child).
+    public let memfd: FileDescriptor
+    let mapping: MappedMemory
+    /// Next never-used frame; frames above it have never been written and read as zero.
+    private(set) var bumpFrame: UInt64
+    /// Frames given back by munmap, re-zeroed before reuse.
+    private var freeFrames: [UInt64] = []
+
+    /// Creates fresh zeroed memory of `size` bytes (a multiple of the page size).
+    public init(size: Int) throws(SystemError) {
+        precondition(size % Self.pageSize == 0 && size > 0, "guest memory size must be whole pages")
+        self.size = size
+        memfd = try makeMemfd(name: "vmfork-guest", size: size)
+        mapping = try MappedMemory(length: size, flags: MAP_SHARED, fd: memfd.rawValue)
+        bumpFrame = UInt64(Self.pageSize) // frame 0 stays unused so that physical 0 is never valid
+    }
+
+    /// Maps a parent's memory copy-on-write: reads see the parent's bytes, writes are private
+    /// to this child and never reach the parent's memfd.
+    public init(copyOnWriteOf parent: GuestMemory) throws(SystemError) {
+        size = parent.size
+        let fd = try retryingSyscall("dup(parent memfd)") { dup(parent.memfd.rawValue) }
+        memfd = FileDescriptor(adopting: fd)
+        mapping = try MappedMemory(length: size, flags: MAP_PRIVATE, fd: fd)
+        bumpFrame = parent.bumpFrame
+        freeFrames = parent.freeFrames
+    }
+
+    /// The engine's pointer to guest-physical `address`, valid for `length` bytes, or nil
+    /// when any part of that range is outside guest memory.
+    @inline(__always)
+    public func pointer(physical address: UInt64, length: Int) -> UnsafeMutableRawPointer? {
+        guard length >= 0, address <= UInt64(size), UInt64(length) <= UInt64(size) - address else { return nil }
+        return mapping.base.advanced(by: Int(address))
+    }
+
+    /// Frames still available to the guest.
+    public var freeFrameCount: Int {
+        (size - Int(bumpFrame)) / Self.pageSize + freeFrames.count
+    }
+
+    /// Takes one zeroed frame, or nil when the VM is at its memory limit.
+    func allocateFrame() -> UInt64? {
+        if let frame = freeFrames.popLast() {
+            mapping.base.advanced(by: Int(frame)).initializeMemory(as: UInt8.self, repeating: 0, count: Self.pageSize)
+            return frame
+        }
+        guard bumpFrame + UInt64(Self.pageSize) <= UInt64(size) else { return nil }
+        defer { bumpFrame += UInt64(Self.pageSize) }
+        return bumpFrame
+    }
+
+    func freeFrame(_ frame: UInt64) {
+        freeFrames.append(frame)
+    }
+
+    /// Copies `count` bytes at guest-physical `address` into a new array (for tests and dumps).
+    public func bytes(physical address: UInt64, count: Int) -> [UInt8]? {
+        guard let source = pointer(physical: address, length: count) else { return nil }
+        return Array(UnsafeRawBufferPointer(start: source, count: count))
+    }
+}

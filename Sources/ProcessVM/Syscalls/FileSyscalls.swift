@@ -1,0 +1,177 @@
+import Foundation
+import Glibc
+
+/// File system calls: argument checking and guest-memory access here, the file semantics in
+/// `GuestFiles` (confined to the rootfs, Linux results).
+extension ProcessVM {
+    static let atCurrentDirectory: Int32 = -100
+
+    static let fileSyscalls: [(Int, SyscallHandler)] = [
+        (0, { vm, c in vm.withBuffer(c.a1, c.a2, writable: true) { vm.files.read(c.int(c.a0), into: $0) } }),
+        (1, { vm, c in vm.withBuffer(c.a1, c.a2, writable: false) { vm.files.write(c.int(c.a0), from: UnsafeRawBufferPointer($0)) } }),
+        (2, { vm, c in vm.withPath(c.a0) { .int(vm.files.openat(dirfd: atCurrentDirectory, path: $0, flags: c.int(c.a1), mode: UInt32(truncatingIfNeeded: c.a2))) } }),
+        (3, { vm, c in .int(vm.files.close(c.int(c.a0))) }),
+        (4, { vm, c in vm.stat(atCurrentDirectory, c.a0, c.a1, flags: 0) }),
+        (5, { vm, c in vm.withBuffer(c.a1, 144, writable: true) { vm.files.fstat(c.int(c.a0), into: $0) } }),
+        (6, { vm, c in vm.stat(atCurrentDirectory, c.a0, c.a1, flags: 0x100) }),
+        (7, { vm, c in vm.poll(c.a0, c.a1, timeout: Int64(c.int(c.a2)) < 0 ? nil : Double(c.int(c.a2)) / 1000) }),
+        (8, { vm, c in .int(vm.files.lseek(c.int(c.a0), offset: Int(Int64(bitPattern: c.a1)), whence: c.int(c.a2))) }),
+        (16, { vm, c in vm.ioctl(c) }),
+        (17, { vm, c in vm.withBuffer(c.a1, c.a2, writable: true) { vm.files.pread(c.int(c.a0), into: $0, offset: Int(Int64(bitPattern: c.a3))) } }),
+        (18, { vm, c in vm.withBuffer(c.a1, c.a2, writable: false) { vm.files.pwrite(c.int(c.a0), from: UnsafeRawBufferPointer($0), offset: Int(Int64(bitPattern: c.a3))) } }),
+        (19, { vm, c in vm.vectored(c, writing: false) }),
+        (20, { vm, c in vm.vectored(c, writing: true) }),
+        (21, { vm, c in vm.withPath(c.a0) { .int(vm.files.faccessat(dirfd: atCurrentDirectory, path: $0, mode: c.int(c.a1), flags: 0)) } }),
+        (32, { vm, c in .int(vm.files.dup(c.int(c.a0))) }),
+        (33, { vm, c in .int(vm.files.dup2(c.int(c.a0), c.int(c.a1))) }),
+        (40, { vm, c in vm.sendfile(c) }),
+        (72, { vm, c in .int(vm.files.fcntl(c.int(c.a0), command: c.int(c.a1), argument: Int(Int64(bitPattern: c.a2)))) }),
+        (79, { vm, c in vm.withBuffer(c.a0, c.a1, writable: true) { vm.files.getcwd(into: $0) } }),
+        (80, { vm, c in vm.withPath(c.a0) { .int(vm.files.chdir($0)) } }),
+        (81, { vm, c in .int(vm.files.fchdir(c.int(c.a0))) }),
+        (89, { vm, c in vm.readlink(atCurrentDirectory, c.a0, c.a1, c.a2) }),
+        (217, { vm, c in vm.withBuffer(c.a1, c.a2, writable: true) { vm.files.getdents64(c.int(c.a0), into: $0) } }),
+        (257, { vm, c in vm.withPath(c.a1) { .int(vm.files.openat(dirfd: c.int(c.a0), path: $0, flags: c.int(c.a2), mode: UInt32(truncatingIfNeeded: c.a3))) } }),
+        (262, { vm, c in vm.stat(c.int(c.a0), c.a1, c.a2, flags: c.int(c.a3)) }),
+        (267, { vm, c in vm.readlink(c.int(c.a0), c.a1, c.a2, c.a3) }),
+        (269, { vm, c in vm.withPath(c.a1) { .int(vm.files.faccessat(dirfd: c.int(c.a0), path: $0, mode: c.int(c.a2), flags: 0)) } }),
+        (271, { vm, c in vm.ppoll(c) }),
+        (292, { vm, c in .int(vm.files.dup3(c.int(c.a0), c.int(c.a1), flags: c.int(c.a2))) }),
+        (332, { vm, c in vm.statx(c) }),
+        (439, { vm, c in vm.withPath(c.a1) { .int(vm.files.faccessat(dirfd: c.int(c.a0), path: $0, mode: c.int(c.a2), flags: c.int(c.a3))) } }),
+    ]
+
+    private func stat(_ dirfd: Int32, _ path: UInt64, _ buffer: UInt64, flags: Int32) -> SyscallOutcome {
+        withPathAndBuffer(path, buffer, 144) { files.fstatat(dirfd: dirfd, path: $0, into: $1, flags: flags) }
+    }
+
+    private func statx(_ c: SystemCall) -> SyscallOutcome {
+        withPathAndBuffer(c.a1, c.a4, 256) { files.statx(dirfd: c.int(c.a0), path: $0, flags: c.int(c.a2), mask: UInt32(truncatingIfNeeded: c.a3), into: $1) }
+    }
+
+    private func readlink(_ dirfd: Int32, _ path: UInt64, _ buffer: UInt64, _ size: UInt64) -> SyscallOutcome {
+        guard Int64(bitPattern: size) > 0 else { return .error(.EINVAL) }
+        return withPathAndBuffer(path, buffer, size) { files.readlinkat(dirfd: dirfd, path: $0, into: $1) }
+    }
+
+    /// A path argument plus an output buffer, each checked.
+    private func withPathAndBuffer(_ path: UInt64, _ buffer: UInt64, _ length: UInt64, _ body: (UnsafePointer<CChar>, UnsafeMutableRawBufferPointer) -> Int) -> SyscallOutcome {
+        withPath(path) { cPath in withBuffer(buffer, length, writable: true) { body(cPath, $0) } }
+    }
+
+    /// ioctl: the argument's size depends on the request; unknown requests get no buffer.
+    private func ioctl(_ c: SystemCall) -> SyscallOutcome {
+        let request = UInt(UInt32(truncatingIfNeeded: c.a1))
+        guard let size = GuestFiles.ioctlArgumentSize(request: request) else {
+            return .int(files.ioctl(c.int(c.a0), request: request, argument: UnsafeMutableRawBufferPointer(start: nil, count: 0)))
+        }
+        return withBuffer(c.a2, UInt64(size), writable: true) { files.ioctl(c.int(c.a0), request: request, argument: $0) }
+    }
+
+    /// readv and writev: each iovec checked, transferred in order, stopping at a short transfer.
+    private func vectored(_ c: SystemCall, writing: Bool) -> SyscallOutcome {
+        let count = Int64(bitPattern: c.a2)
+        guard count >= 0, count <= 1024 else { return .error(.EINVAL) }
+        guard let vectors = space.read(c.a1, count: Int(count) * 16) else { return .error(.EFAULT) }
+        var total: Int64 = 0
+        for index in 0..<Int(count) {
+            let base = vectors.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: index * 16, as: UInt64.self) }
+            let length = vectors.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: index * 16 + 8, as: UInt64.self) }
+            guard length > 0 else { continue }
+            let outcome = withBuffer(base, length, writable: !writing) { buffer in
+                writing ? files.write(c.int(c.a0), from: UnsafeRawBufferPointer(buffer)) : files.read(c.int(c.a0), into: buffer)
+            }
+            guard case .value(let done) = outcome else { return outcome }
+            if done < 0 { return total > 0 ? .value(total) : .value(done) }
+            total += done
+            if UInt64(done) < length { break }
+        }
+        return .value(total)
+    }
+
+    /// poll over the guest's descriptors, answered by the host's poll on the files behind
+    /// them; a wait is sliced so that stop and kill interrupt it.
+    private func poll(_ address: UInt64, _ count: UInt64, timeout: Double?) -> SyscallOutcome {
+        guard count <= UInt64(files.descriptorLimit) else { return .error(.EINVAL) }
+        guard let entries = space.read(address, count: Int(count) * 8) else { return .error(.EFAULT) }
+        let invalid: Int16 = 0x20 // POLLNVAL
+        var host = (0..<Int(count)).map { index -> pollfd in
+            let fd = entries.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: index * 8, as: Int32.self) }
+            let events = entries.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: index * 8 + 4, as: Int16.self) }
+            return pollfd(fd: fd < 0 ? -1 : files.hostDescriptor(of: fd) ?? -2, events: events, revents: 0)
+        }
+        let deadline = timeout.map { Date(timeIntervalSinceNow: $0) }
+        var ready: Int32 = 0
+        while true {
+            var checked = host.map { $0.fd == -2 ? pollfd(fd: -1, events: 0, revents: 0) : $0 }
+            let slice = deadline.map { max(0, min(50, Int32($0.timeIntervalSinceNow * 1000))) } ?? 50
+            ready = Glibc.poll(&checked, nfds_t(checked.count), slice)
+            if ready < 0 && errno != EINTR { return .error(.EINVAL) }
+            for index in host.indices {
+                host[index].revents = host[index].fd == -2 ? invalid : checked[index].revents
+            }
+            ready = Int32(host.filter { $0.revents != 0 }.count)
+            if ready > 0 || (deadline.map { $0.timeIntervalSinceNow <= 0 } ?? false) { break }
+            if killRequest.pending != nil { return .error(.EINTR) }
+        }
+        var result = entries
+        for index in host.indices {
+            withUnsafeBytes(of: host[index].revents) { result.replaceSubrange((index * 8 + 6)..<(index * 8 + 8), with: $0) }
+        }
+        return space.write(address, result) ? .int(Int(ready)) : .error(.EFAULT)
+    }
+
+    private func ppoll(_ c: SystemCall) -> SyscallOutcome {
+        guard c.a2 != 0 else { return poll(c.a0, c.a1, timeout: nil) }
+        guard let timeout = space.read(c.a2, count: 16) else { return .error(.EFAULT) }
+        let (seconds, nanoseconds) = timeout.withUnsafeBytes { ($0.load(as: Int64.self), $0.load(fromByteOffset: 8, as: Int64.self)) }
+        guard seconds >= 0, (0..<1_000_000_000).contains(nanoseconds) else { return .error(.EINVAL) }
+        return poll(c.a0, c.a1, timeout: Double(seconds) + Double(nanoseconds) / 1e9)
+    }
+
+    /// sendfile, as a read and a write through the engine in 64 KiB steps.
+    private func sendfile(_ c: SystemCall) -> SyscallOutcome {
+        let output = c.int(c.a0), input = c.int(c.a1)
+        var offset: Int64?
+        if c.a2 != 0 {
+            guard let value = space.readValue(c.a2, as: Int64.self) else { return .error(.EFAULT) }
+            guard value >= 0 else { return .error(.EINVAL) }
+            offset = value
+        }
+        var remaining = min(c.a3, 0x7FFF_F000)
+        var total = 0
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while remaining > 0 {
+            let wanted = Int(min(remaining, UInt64(chunk.count)))
+            let got = chunk.withUnsafeMutableBytes { buffer in
+                let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[..<wanted])
+                return offset.map { files.pread(input, into: slice, offset: Int($0)) } ?? files.read(input, into: slice)
+            }
+            if got < 0 { return total > 0 ? .int(total) : .int(got) }
+            if got == 0 { break }
+            let put = chunk.withUnsafeBytes { files.write(output, from: UnsafeRawBufferPointer(rebasing: $0[..<got])) }
+            if put < 0 { return total > 0 ? .int(total) : .int(put) }
+            total += put
+            offset? += Int64(put)
+            remaining -= UInt64(put)
+            if put < got { break }
+        }
+        if let offset, !space.write(c.a2, withUnsafeBytes(of: offset) { Array($0) }) { return .error(.EFAULT) }
+        return .int(total)
+    }
+
+    /// Reads a whole file of the rootfs (the executable to load), confined like any guest open.
+    static func readWholeFile(_ path: String, from files: GuestFiles) throws(GuestError) -> [UInt8] {
+        let fd = path.withCString { files.openat(dirfd: atCurrentDirectory, path: $0, flags: 0o2000000, mode: 0) }
+        guard fd >= 0 else { throw .invalidExecutable("\(path): cannot open (errno \(-fd))") }
+        defer { _ = files.close(Int32(fd)) }
+        var contents: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { files.read(Int32(fd), into: $0) }
+            guard count >= 0 else { throw .invalidExecutable("\(path): read failed (errno \(-count))") }
+            if count == 0 { return contents }
+            contents.append(contentsOf: chunk[..<count])
+        }
+    }
+}

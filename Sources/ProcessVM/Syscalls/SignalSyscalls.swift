@@ -1,0 +1,81 @@
+/// Signal dispositions and masks, kept so the program sees consistent answers and so stop
+/// can tell whether the program handles SIGTERM.
+struct SignalState {
+    /// Kernel `struct sigaction` per signal 1...64: handler, flags, restorer, mask.
+    var actions = [(handler: UInt64, flags: UInt64, restorer: UInt64, mask: UInt64)](repeating: (0, 0, 0, 0), count: 65)
+    var blocked: UInt64 = 0
+    /// `stack_t` of sigaltstack: ss_sp, ss_flags, ss_size.
+    var alternateStack: (base: UInt64, flags: Int32, size: UInt64) = (0, 2, 0) // SS_DISABLE
+
+    static let ignore: UInt64 = 1
+    static let unblockable: UInt64 = (1 << (9 - 1)) | (1 << (19 - 1)) // SIGKILL, SIGSTOP
+}
+
+extension ProcessVM {
+    static let signalSyscalls: [(Int, SyscallHandler)] = [
+        (13, { vm, c in vm.sigaction(c) }),
+        (14, { vm, c in vm.sigprocmask(c) }),
+        (62, { vm, c in vm.signalSelf(pid: c.int(c.a0), signal: c.int(c.a1)) }),
+        (131, { vm, c in vm.sigaltstack(c) }),
+        (234, { vm, c in vm.signalSelf(pid: c.int(c.a1), signal: c.int(c.a2)) }),
+    ]
+
+    private func sigaction(_ c: SystemCall) -> SyscallOutcome {
+        let signal = Int(c.int(c.a0))
+        guard (1...64).contains(signal), c.a3 == 8 else { return .error(.EINVAL) }
+        var newAction: (UInt64, UInt64, UInt64, UInt64)?
+        if c.a1 != 0 {
+            guard signal != 9, signal != 19 else { return .error(.EINVAL) }
+            guard let bytes = space.read(c.a1, count: 32) else { return .error(.EFAULT) }
+            newAction = bytes.withUnsafeBytes { ($0.load(as: UInt64.self), $0.load(fromByteOffset: 8, as: UInt64.self), $0.load(fromByteOffset: 16, as: UInt64.self), $0.load(fromByteOffset: 24, as: UInt64.self)) }
+        }
+        if c.a2 != 0 {
+            let old = signals.actions[signal]
+            guard space.write(c.a2, withUnsafeBytes(of: (old.handler, old.flags, old.restorer, old.mask)) { Array($0) }) else { return .error(.EFAULT) }
+        }
+        if let newAction { signals.actions[signal] = newAction }
+        return .success
+    }
+
+    private func sigprocmask(_ c: SystemCall) -> SyscallOutcome {
+        guard c.a3 == 8 else { return .error(.EINVAL) }
+        let old = signals.blocked
+        if c.a1 != 0 {
+            guard let set = space.readValue(c.a1, as: UInt64.self) else { return .error(.EFAULT) }
+            switch c.int(c.a0) {
+            case 0: signals.blocked |= set
+            case 1: signals.blocked &= ~set
+            case 2: signals.blocked = set
+            default: return .error(.EINVAL)
+            }
+            signals.blocked &= ~SignalState.unblockable
+        }
+        if c.a2 != 0, !space.write(c.a2, withUnsafeBytes(of: old) { Array($0) }) { return .error(.EFAULT) }
+        return .success
+    }
+
+    private func sigaltstack(_ c: SystemCall) -> SyscallOutcome {
+        let old = signals.alternateStack
+        if c.a0 != 0 {
+            guard let bytes = space.read(c.a0, count: 24) else { return .error(.EFAULT) }
+            let (base, flags, size) = bytes.withUnsafeBytes { ($0.load(as: UInt64.self), $0.load(fromByteOffset: 8, as: Int32.self), $0.load(fromByteOffset: 16, as: UInt64.self)) }
+            guard flags & ~2 == 0 else { return .error(.EINVAL) }
+            signals.alternateStack = (base, flags, size)
+        }
+        if c.a1 != 0, !space.write(c.a1, withUnsafeBytes(of: (old.base, old.flags, Int32(0), old.size)) { Array($0) }) { return .error(.EFAULT) }
+        return .success
+    }
+
+    /// kill/tgkill aimed at the program itself: signal 0 probes; an ignored signal does
+    /// nothing; any other ends the program as its default action would (abort() ends in 134).
+    private func signalSelf(pid: Int32, signal: Int32) -> SyscallOutcome {
+        guard pid == identity.pid || pid == 0 else { return .error(.ESRCH) }
+        guard (0...64).contains(signal) else { return .error(.EINVAL) }
+        if signal == 0 { return .success }
+        let ignoredByDefault: Set<Int32> = [17, 23, 28] // SIGCHLD, SIGURG, SIGWINCH
+        if signals.actions[Int(signal)].handler == SignalState.ignore || (signals.actions[Int(signal)].handler == 0 && ignoredByDefault.contains(signal)) {
+            return .success
+        }
+        return .exit(.signaled(signal))
+    }
+}

@@ -1,0 +1,75 @@
+/// One system call as the guest made it: RAX and the six argument registers.
+struct SystemCall: Sendable {
+    let number: Int
+    let arguments: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64)
+
+    var a0: UInt64 { arguments.0 }
+    var a1: UInt64 { arguments.1 }
+    var a2: UInt64 { arguments.2 }
+    var a3: UInt64 { arguments.3 }
+    var a4: UInt64 { arguments.4 }
+    var a5: UInt64 { arguments.5 }
+
+    /// An argument the C prototype declares as `int` (the upper half is ignored, as Linux does).
+    func int(_ value: UInt64) -> Int32 { Int32(truncatingIfNeeded: value) }
+}
+
+/// What serving a system call leads to.
+enum SyscallOutcome {
+    /// Return this to the guest in RAX: a result, or -errno.
+    case value(Int64)
+    /// The program is over.
+    case exit(ExitStatus)
+
+    static func error(_ errno: LinuxErrno) -> SyscallOutcome { .value(-Int64(errno.rawValue)) }
+    static func int(_ value: Int) -> SyscallOutcome { .value(Int64(value)) }
+    static let success = SyscallOutcome.value(0)
+}
+
+/// The Linux errno values the engine returns (x86-64 numbering).
+enum LinuxErrno: Int32, Error {
+    case EPERM = 1, ENOENT = 2, ESRCH = 3, EINTR = 4, EIO = 5, EBADF = 9, EAGAIN = 11, ENOMEM = 12, EACCES = 13
+    case EFAULT = 14, EEXIST = 17, ENOTDIR = 20, EISDIR = 21, EINVAL = 22, EMFILE = 24, ENOTTY = 25
+    case ESPIPE = 29, EROFS = 30, ERANGE = 34, ENAMETOOLONG = 36, ENOSYS = 38, ELOOP = 40, ENODEV = 19
+}
+
+typealias SyscallHandler = @Sendable (ProcessVM, SystemCall) -> SyscallOutcome
+
+extension ProcessVM {
+    /// System-call numbers to handlers, gathered from each family's table.
+    static let syscallTable: [SyscallHandler?] = {
+        var table = [SyscallHandler?](repeating: nil, count: 512)
+        for (number, handler) in fileSyscalls + memorySyscalls + processSyscalls + timeSyscalls + signalSyscalls {
+            precondition(table[number] == nil, "system call \(number) registered twice")
+            table[number] = handler
+        }
+        return table
+    }()
+
+    func dispatch(_ call: SystemCall) -> SyscallOutcome {
+        guard call.number >= 0, call.number < Self.syscallTable.count, let handler = Self.syscallTable[call.number] else {
+            recordMissing(call.number)
+            return .error(.ENOSYS)
+        }
+        return handler(self, call)
+    }
+
+    /// Reads a path argument: NUL-terminated, at most PATH_MAX, from readable guest memory.
+    func withPath(_ address: UInt64, _ body: (UnsafePointer<CChar>) -> SyscallOutcome) -> SyscallOutcome {
+        switch space.readCString(address, limit: 4096) {
+        case .badAddress: return .error(.EFAULT)
+        case .tooLong: return .error(.ENAMETOOLONG)
+        case .string(let bytes):
+            return (bytes + [0]).withUnsafeBufferPointer { $0.withMemoryRebound(to: CChar.self) { body($0.baseAddress!) } }
+        }
+    }
+
+    /// Runs `body` on guest buffer [address, address+length) — readable, and writable when the
+    /// call writes into it — or answers EFAULT.
+    func withBuffer(_ address: UInt64, _ length: UInt64, writable: Bool, _ body: (UnsafeMutableRawBufferPointer) -> Int) -> SyscallOutcome {
+        // Linux caps one transfer at 0x7ffff000 bytes.
+        let length = Int(min(length, 0x7FFF_F000))
+        guard let result = space.withUserBuffer(address, length, writable: writable, body) else { return .error(.EFAULT) }
+        return .int(result)
+    }
+}

@@ -1,0 +1,55 @@
+/// Builds minimal static x86-64 executables from machine code, for tests that need a program
+/// to fault, exit with a code, or issue arbitrary system calls: things busybox never does.
+public enum TinyELF {
+    public static let codeAddress: UInt64 = 0x40_0000
+    /// A writable, zeroed data segment every tiny program gets.
+    public static let dataAddress: UInt64 = 0x60_0000
+    public static let dataSize: UInt64 = 0x4000
+
+    public static func build(code: [UInt8]) -> [UInt8] {
+        let headerSize = 64, programHeaderSize = 56, programHeaders = 2
+        let codeOffset = headerSize + programHeaderSize * programHeaders
+        var bytes: [UInt8] = []
+        func put<T: FixedWidthInteger>(_ value: T) { withUnsafeBytes(of: value.littleEndian) { bytes.append(contentsOf: $0) } }
+        bytes += [0x7F, 0x45, 0x4C, 0x46, 2, 1, 1, 0] + [UInt8](repeating: 0, count: 8)
+        put(UInt16(2)); put(UInt16(62)); put(UInt32(1))
+        put(codeAddress + UInt64(codeOffset)) // e_entry
+        put(UInt64(headerSize)); put(UInt64(0)) // e_phoff, e_shoff
+        put(UInt32(0)); put(UInt16(headerSize)); put(UInt16(programHeaderSize)); put(UInt16(programHeaders))
+        put(UInt16(64)); put(UInt16(0)); put(UInt16(0))
+        // Text: the whole file, read + execute.
+        put(UInt32(1)); put(UInt32(5)); put(UInt64(0)); put(codeAddress); put(codeAddress)
+        put(UInt64(codeOffset + code.count)); put(UInt64(codeOffset + code.count)); put(UInt64(0x1000))
+        // Data: zeroed, read + write.
+        put(UInt32(1)); put(UInt32(6)); put(UInt64(0)); put(dataAddress); put(dataAddress)
+        put(UInt64(0)); put(dataSize); put(UInt64(0x1000))
+        return bytes + code
+    }
+
+    /// `mov r64, imm64` for rax, rdi, rsi, rdx, r10, r8, r9 (the system-call registers).
+    public static func load(_ register: SyscallRegister, _ value: UInt64) -> [UInt8] {
+        register.movPrefix + withUnsafeBytes(of: value.littleEndian) { Array($0) }
+    }
+
+    public enum SyscallRegister: CaseIterable, Sendable {
+        case rax, rdi, rsi, rdx, r10, r8, r9
+        var movPrefix: [UInt8] {
+            switch self {
+            case .rax: return [0x48, 0xB8]
+            case .rdi: return [0x48, 0xBF]
+            case .rsi: return [0x48, 0xBE]
+            case .rdx: return [0x48, 0xBA]
+            case .r10: return [0x49, 0xBA]
+            case .r8: return [0x49, 0xB8]
+            case .r9: return [0x49, 0xB9]
+            }
+        }
+    }
+
+    public static let syscallInstruction: [UInt8] = [0x0F, 0x05]
+
+    /// Code for `exit_group(status)`.
+    public static func exit(_ status: UInt64) -> [UInt8] {
+        load(.rax, 231) + load(.rdi, status) + syscallInstruction
+    }
+}

@@ -1,0 +1,59 @@
+import ArgumentParser
+import Foundation
+import KVM
+import ProcessVM
+
+/// `vmfork run --rootfs DIR -- PROGRAM ARGS...`: one container in a fresh process VM, its
+/// standard streams connected to this terminal, its exit status passed on.
+struct RunCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Run a static Linux program in its own process VM, with the engine as its kernel."
+    )
+
+    @Option(help: "The container's root filesystem (a host folder; the program cannot leave it).")
+    var rootfs: String
+
+    @Option(help: "Guest memory in MiB: the VM's memory limit.")
+    var memory = 256
+
+    @Option(name: .customLong("env"), help: "An environment variable NAME=VALUE (repeatable).")
+    var environment: [String] = []
+
+    @Option(help: "The hostname the program sees.")
+    var hostname = "vmfork"
+
+    @Flag(help: "Print the system calls the program asked for that the engine does not serve.")
+    var reportMissing = false
+
+    @Argument(parsing: .captureForPassthrough, help: "The program (a path inside the rootfs) and its arguments.")
+    var command: [String]
+
+    func validate() throws {
+        var isFolder: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: rootfs, isDirectory: &isFolder), isFolder.boolValue else {
+            throw ValidationError("--rootfs \(rootfs) is not a folder")
+        }
+        guard !program.isEmpty else { throw ValidationError("no program given: vmfork run --rootfs DIR -- PROGRAM [ARGS...]") }
+        guard memory >= 4, memory <= 65536 else { throw ValidationError("--memory \(memory) MiB is out of range (4...65536)") }
+    }
+
+    private var program: [String] { command.first == "--" ? Array(command.dropFirst()) : command }
+
+    func run() throws {
+        let system = try KVMSystem()
+        var identity = GuestIdentity()
+        identity.hostname = hostname
+        let configuration = ProcessVMConfiguration(rootfs: rootfs, memoryBytes: memory << 20, identity: identity)
+        let vm = try ProcessVM(system: system, configuration: configuration, executable: program[0], arguments: program,
+                               environment: environment)
+        let status = try vm.run()
+        if reportMissing || !vm.missingSyscalls.isEmpty {
+            let missing = vm.missingSyscalls.sorted { $0.key < $1.key }.map { "\($0.key) (×\($0.value))" }
+            if !missing.isEmpty {
+                FileHandle.standardError.write(Data("vmfork: system calls not served (ENOSYS): \(missing.joined(separator: ", "))\n".utf8))
+            }
+        }
+        throw ExitCode(status.code)
+    }
+}

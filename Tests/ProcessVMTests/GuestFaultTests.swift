@@ -1,0 +1,80 @@
+import Foundation
+import KVM
+import ProcessVM
+import TestSupport
+import Testing
+
+/// Programs that misbehave end as Linux would end them, and the engine carries on.
+@Suite(.enabled(if: HostFacts.hasKVM, "needs /dev/kvm"))
+struct GuestFaultTests {
+    @Test func exitCodeComesFromExitGroup() throws {
+        let root = try GuestRunner.rootfs(withProgram: TinyELF.exit(42))
+        #expect(try GuestRunner.run(["/prog"], rootfs: root).status == 42)
+    }
+
+    @Test func nullWriteIsSIGSEGV() throws {
+        // mov qword [0], 1
+        let root = try GuestRunner.rootfs(withProgram: [0x48, 0xC7, 0x04, 0x25, 0, 0, 0, 0, 1, 0, 0, 0])
+        let result = try GuestRunner.run(["/prog"], rootfs: root)
+        #expect(result.status == 139)
+        let fault = try #require(result.vm.fault)
+        #expect(fault.vector == 14)
+        #expect(fault.address == 0)
+        #expect(fault.instructionPointer == TinyELF.codeAddress + 64 + 112)
+    }
+
+    @Test func writeToReadOnlyCodeIsSIGSEGV() throws {
+        // mov rax, codeAddress; mov byte [rax], 0
+        let root = try GuestRunner.rootfs(withProgram: TinyELF.load(.rax, TinyELF.codeAddress) + [0xC6, 0x00, 0x00])
+        #expect(try GuestRunner.run(["/prog"], rootfs: root).status == 139)
+    }
+
+    @Test func illegalInstructionIsSIGILL() throws {
+        let root = try GuestRunner.rootfs(withProgram: [0x0F, 0x0B])
+        let result = try GuestRunner.run(["/prog"], rootfs: root)
+        #expect(result.status == 132)
+        #expect(result.vm.fault?.vector == 6)
+    }
+
+    @Test func divideByZeroIsSIGFPE() throws {
+        // xor ecx, ecx; div ecx
+        let root = try GuestRunner.rootfs(withProgram: [0x31, 0xC9, 0xF7, 0xF1])
+        #expect(try GuestRunner.run(["/prog"], rootfs: root).status == 136)
+    }
+
+    @Test func engineKeepsRunningAfterAFault() throws {
+        let crash = try GuestRunner.rootfs(withProgram: [0x0F, 0x0B])
+        let fine = try GuestRunner.rootfs(withProgram: TinyELF.exit(7))
+        #expect(try GuestRunner.run(["/prog"], rootfs: crash).status == 132)
+        #expect(try GuestRunner.run(["/prog"], rootfs: fine).status == 7)
+    }
+
+    @Test func unknownSystemCallIsENOSYSAndReported() throws {
+        // syscall 400 (unassigned), then exit_group(-rax & 0xff): ENOSYS is 38.
+        let code = TinyELF.load(.rax, 400) + TinyELF.syscallInstruction
+            + [0x48, 0xF7, 0xD8] // neg rax
+            + [0x48, 0x89, 0xC7] // mov rdi, rax
+            + TinyELF.load(.rax, 231) + TinyELF.syscallInstruction
+        let result = try GuestRunner.run(["/prog"], rootfs: try GuestRunner.rootfs(withProgram: code))
+        #expect(result.status == 38)
+        #expect(result.vm.missingSyscalls == [400: 1])
+    }
+
+    @Test func memoryLimitGivesENOMEMNotACrash() throws {
+        // mmap(0, 64 MiB, RW, PRIVATE|ANON) in a 16 MiB VM must fail with -ENOMEM (12).
+        let code = TinyELF.load(.rax, 9) + TinyELF.load(.rdi, 0) + TinyELF.load(.rsi, 64 << 20) + TinyELF.load(.rdx, 3)
+            + TinyELF.load(.r10, 0x22) + TinyELF.load(.r8, UInt64.max) + TinyELF.load(.r9, 0) + TinyELF.syscallInstruction
+            + [0x48, 0xF7, 0xD8, 0x48, 0x89, 0xC7] + TinyELF.load(.rax, 231) + TinyELF.syscallInstruction
+        let result = try GuestRunner.run(["/prog"], rootfs: try GuestRunner.rootfs(withProgram: code), memoryMiB: 16)
+        #expect(result.status == 12)
+    }
+
+    @Test func dynamicallyLinkedProgramIsRefusedWithReason() throws {
+        let root = try HostFacts.makeTemporaryFolder("dyn")
+        try FileManager.default.copyItem(atPath: "/bin/true", toPath: root.appendingPathComponent("true").path)
+        #expect(throws: GuestError.self) { _ = try GuestRunner.run(["/true"], rootfs: root) }
+        do { _ = try GuestRunner.run(["/true"], rootfs: root) } catch {
+            #expect("\(error)".contains("PT_INTERP"))
+        }
+    }
+}
