@@ -172,13 +172,9 @@ public final class ProcessVM: @unchecked Sendable {
         case .exit(let status):
             return status
         case .value(let result):
-            // Return as SYSRET would: RIP from RCX, RFLAGS from R11, user CS and SS.
+            // The stub returns to the program with the result in RAX.
             sync.pointee.regs.rax = UInt64(bitPattern: result)
-            sync.pointee.regs.rip = regs.rcx
-            sync.pointee.regs.rflags = regs.r11 | X86.rflagsReserved
-            sync.pointee.sregs.cs = CPUSetup.segment(selector: X86.Selector.userCode, code: true)
-            sync.pointee.sregs.ss = CPUSetup.segment(selector: X86.Selector.userData, code: false)
-            vcpu.markDirty(regs: true, sregs: true)
+            vcpu.markDirty(regs: true)
             return nil
         }
     }

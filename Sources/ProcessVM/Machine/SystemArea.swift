@@ -19,6 +19,24 @@ struct SystemArea {
     /// Offset of vector v's stub in the stub page: 8 bytes each after the system-call stub.
     static func exceptionStub(_ vector: Int) -> UInt64 { stubPage + 0x100 + UInt64(vector * 8) }
 
+    /// The SYSCALL target. `out` exits to the engine, which serves the call and leaves the
+    /// result in RAX; the stub then returns to the program itself with `iretq` (SYSRET faults
+    /// under PVM), so the engine only has to change general registers, never segment ones.
+    /// RCX and R11 hold the return RIP and RFLAGS, as SYSCALL left them; the iretq frame is
+    /// built below the 128-byte red zone so that no byte of the program's stack changes.
+    static let syscallStub: [UInt8] = [
+        0xE6, UInt8(syscallPort),       // out 0xF0, al
+        0x48, 0x81, 0xEC, 0x80, 0, 0, 0, // sub rsp, 128
+        0x51,                           // push rcx            (return RIP)
+        0x48, 0x8D, 0x8C, 0x24, 0x88, 0, 0, 0, // lea rcx, [rsp+136] (the program's RSP)
+        0x6A, UInt8(X86.Selector.userData), // push SS
+        0x51,                           // push rcx            (RSP)
+        0x41, 0x53,                     // push r11            (RFLAGS)
+        0x6A, UInt8(X86.Selector.userCode), // push CS
+        0xFF, 0x74, 0x24, 0x20,         // push qword [rsp+32] (RIP)
+        0x48, 0xCF,                     // iretq
+    ]
+
     private static let tssSize = 104
     private static let ioBitmapBytes = 65536 / 8
     static let tssLimit = UInt32(tssSize + ioBitmapBytes)
@@ -74,9 +92,8 @@ struct SystemArea {
         let terminator = tssSize + ioBitmapBytes
         memory.pointer(physical: tssFrames[terminator / 4096] + UInt64(terminator % 4096), length: 1)!.storeBytes(of: 0xFF, as: UInt8.self)
 
-        // Stubs: SYSCALL lands on `out 0xF0, al; ud2`; vector v on `mov al, v; out 0xF1, al; ud2`.
+        // Stubs: vector v lands on `mov al, v; out 0xF1, al; ud2`; SYSCALL on `syscallStub`.
         let stubs = memory.pointer(physical: stubFrame, length: 4096)!
-        let syscallStub: [UInt8] = [0xE6, UInt8(syscallPort), 0x0F, 0x0B]
         stubs.copyMemory(from: syscallStub, byteCount: syscallStub.count)
         for vector in 0..<32 {
             let code: [UInt8] = [0xB0, UInt8(vector), 0xE6, UInt8(exceptionPort), 0x0F, 0x0B, 0x90, 0x90]
