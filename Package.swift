@@ -53,5 +53,6 @@ let package = Package(
         .testTarget(name: "IOEngineTests", dependencies: ["IOEngine", "HostSystem", "TestSupport"], swiftSettings: strictSettings),
         .testTarget(name: "CapabilitiesTests", dependencies: ["Capabilities", "KVM", "IOEngine", "TestSupport", "vmfork"], swiftSettings: strictSettings),
         .testTarget(name: "WorkloadProfilesTests", dependencies: ["WorkloadProfiles", "TestSupport"], swiftSettings: strictSettings),
+        .testTarget(name: "ProcessVMTests", dependencies: ["ProcessVM", "HostSystem", "KVM", "TestSupport"], swiftSettings: strictSettings),
     ]
 )
