@@ -153,7 +153,7 @@ import Glibc
         #expect(rootfs.contents("/hostfile") == inside)
         #expect(rootfs.contents("/../../../../../etc/hostname") == inside)
         #expect(rootfs.contents("../../etc/hostname") == inside)
-        #expect(rootfs.contents("/data/up/up/up/etc/hostname") == inside)
+        #expect(rootfs.contents("/data/up/data/up/etc/hostname") == inside)
 
         let sub = rootfs.open("/data/sub", O_RDONLY | O_DIRECTORY)
         #expect(sub >= 0)
@@ -449,7 +449,7 @@ import Glibc
         #expect(rootfs.chdir("missing") == -Int(ENOENT))
         #expect(rootfs.chdir("") == -Int(ENOENT))
         #expect(rootfs.cwd() == "/bin")
-        #expect(rootfs.contents("sh").map(\.count) == .success(4096))
+        #expect(rootfs.read(rootfs.open("sh"))?.count == 4096)
 
         let deep = Int32(rootfs.open("/data/sub/deep", O_RDONLY | O_DIRECTORY))
         #expect(rootfs.files.fchdir(deep) == 0)
