@@ -1,0 +1,36 @@
+/* Why: openat2(2), statx(2), newfstatat(2) and getdents64(2) are reached through syscall(2)
+ * (variadic, or undeclared by Glibc), and the O_ / AT_ / RESOLVE_ constants the guest file
+ * layer needs are either _GNU_SOURCE-only or in kernel headers Swift does not import. The
+ * stat-like calls take untyped buffers because they write the kernel's bytes straight into
+ * guest memory, which need not be aligned for the C structs. */
+#ifndef CSHIMS_FS_H
+#define CSHIMS_FS_H
+#include <stdint.h>
+#include <stddef.h>
+
+extern const int CSHIMS_O_PATH;
+extern const int CSHIMS_O_TMPFILE;
+extern const int CSHIMS_O_DIRECT;
+extern const int CSHIMS_O_NOATIME;
+extern const int CSHIMS_O_LARGEFILE;
+extern const int CSHIMS_AT_EMPTY_PATH;
+extern const int CSHIMS_AT_NO_AUTOMOUNT;
+extern const int CSHIMS_AT_STATX_SYNC_TYPE;
+extern const unsigned int CSHIMS_STATX_RESERVED;
+extern const uint64_t CSHIMS_RESOLVE_IN_ROOT;
+extern const uint64_t CSHIMS_RESOLVE_BENEATH;
+extern const uint64_t CSHIMS_RESOLVE_NO_MAGICLINKS;
+extern const uint64_t CSHIMS_RESOLVE_NO_SYMLINKS;
+/* Sizes of the kernel structs the guest receives (x86-64 ABI): struct stat, struct statx. */
+extern const size_t CSHIMS_STAT_SIZE;
+extern const size_t CSHIMS_STATX_SIZE;
+
+/* openat2(2) with a struct open_how built from the three fields; -1 and errno on failure. */
+int cshims_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve);
+/* newfstatat(2) writing the kernel's struct stat bytes to `statbuf` (CSHIMS_STAT_SIZE bytes). */
+int cshims_fstatat_bytes(int dirfd, const char *path, void *statbuf, int flags);
+/* statx(2) writing the kernel's struct statx bytes to `statxbuf` (CSHIMS_STATX_SIZE bytes). */
+int cshims_statx_bytes(int dirfd, const char *path, int flags, unsigned int mask, void *statxbuf);
+/* getdents64(2): linux_dirent64 records into `buffer`; bytes written, 0 at the end, or -1. */
+long cshims_getdents64(int fd, void *buffer, size_t length);
+#endif

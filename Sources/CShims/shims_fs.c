@@ -1,0 +1,43 @@
+#define _GNU_SOURCE
+#include "cshims_fs.h"
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+const int CSHIMS_O_PATH = O_PATH;
+const int CSHIMS_O_TMPFILE = O_TMPFILE;
+const int CSHIMS_O_DIRECT = O_DIRECT;
+const int CSHIMS_O_NOATIME = O_NOATIME;
+const int CSHIMS_O_LARGEFILE = 0100000; /* the x86-64 value; Glibc defines O_LARGEFILE as 0 on 64-bit */
+const int CSHIMS_AT_EMPTY_PATH = AT_EMPTY_PATH;
+const int CSHIMS_AT_NO_AUTOMOUNT = AT_NO_AUTOMOUNT;
+const int CSHIMS_AT_STATX_SYNC_TYPE = AT_STATX_SYNC_TYPE;
+const unsigned int CSHIMS_STATX_RESERVED = STATX__RESERVED;
+const uint64_t CSHIMS_RESOLVE_IN_ROOT = RESOLVE_IN_ROOT;
+const uint64_t CSHIMS_RESOLVE_BENEATH = RESOLVE_BENEATH;
+const uint64_t CSHIMS_RESOLVE_NO_MAGICLINKS = RESOLVE_NO_MAGICLINKS;
+const uint64_t CSHIMS_RESOLVE_NO_SYMLINKS = RESOLVE_NO_SYMLINKS;
+const size_t CSHIMS_STAT_SIZE = sizeof(struct stat);
+const size_t CSHIMS_STATX_SIZE = sizeof(struct statx);
+
+_Static_assert(sizeof(struct stat) == 144, "x86-64 struct stat is 144 bytes");
+_Static_assert(sizeof(struct statx) == 256, "struct statx is 256 bytes");
+
+int cshims_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve) {
+    struct open_how how = { .flags = flags, .mode = mode, .resolve = resolve };
+    return (int)syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
+}
+
+int cshims_fstatat_bytes(int dirfd, const char *path, void *statbuf, int flags) {
+    return (int)syscall(SYS_newfstatat, dirfd, path, statbuf, flags);
+}
+
+int cshims_statx_bytes(int dirfd, const char *path, int flags, unsigned int mask, void *statxbuf) {
+    return (int)syscall(SYS_statx, dirfd, path, flags, mask, statxbuf);
+}
+
+long cshims_getdents64(int fd, void *buffer, size_t length) {
+    return syscall(SYS_getdents64, fd, buffer, length);
+}

@@ -1,0 +1,116 @@
+import CShims
+import HostSystem
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension GuestFiles {
+    /// read(2).
+    public func read(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) -> Int {
+        linuxResult { () throws(SystemError) in
+            let file = try openFile(fd)
+            return try retryingSyscall("read") { Glibc.read(file.hostFD, buffer.baseAddress, buffer.count) }
+        }
+    }
+
+    /// write(2). Files of the root filesystem are only ever open read-only, so the host
+    /// answers EBADF for them, as Linux does for a descriptor not open for writing.
+    public func write(_ fd: Int32, from buffer: UnsafeRawBufferPointer) -> Int {
+        linuxResult { () throws(SystemError) in
+            let file = try openFile(fd)
+            return try retryingSyscall("write") { Glibc.write(file.hostFD, buffer.baseAddress, buffer.count) }
+        }
+    }
+
+    /// pread64(2).
+    public func pread(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer, offset: Int) -> Int {
+        linuxResult { () throws(SystemError) in
+            let file = try openFile(fd)
+            return try retryingSyscall("pread") { Glibc.pread(file.hostFD, buffer.baseAddress, buffer.count, off_t(offset)) }
+        }
+    }
+
+    /// pwrite64(2).
+    public func pwrite(_ fd: Int32, from buffer: UnsafeRawBufferPointer, offset: Int) -> Int {
+        linuxResult { () throws(SystemError) in
+            let file = try openFile(fd)
+            return try retryingSyscall("pwrite") { Glibc.pwrite(file.hostFD, buffer.baseAddress, buffer.count, off_t(offset)) }
+        }
+    }
+
+    /// lseek(2); the kernel checks `whence` (SEEK_SET through SEEK_HOLE) and the offset.
+    public func lseek(_ fd: Int32, offset: Int, whence: Int32) -> Int {
+        linuxResult { () throws(SystemError) in
+            let file = try openFile(fd)
+            return Int(try retryingSyscall("lseek") { Glibc.lseek(file.hostFD, off_t(offset), whence) })
+        }
+    }
+
+    /// fstat(2): the kernel's struct stat bytes (144).
+    public func fstat(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) -> Int {
+        linuxResult { () throws(SystemError) in
+            let file = try openFile(fd)
+            try requireRoom(buffer, CSHIMS_STAT_SIZE)
+            return Int(try retryingSyscall("fstat") { cshims_fstatat_bytes(file.hostFD, "", buffer.baseAddress, CSHIMS_AT_EMPTY_PATH) })
+        }
+    }
+
+    /// getdents64(2): the host's linux_dirent64 records, except that ".." of the root names
+    /// the root itself, as it does for a real root (the host's parent folder stays unseen).
+    public func getdents64(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) -> Int {
+        linuxResult { () throws(SystemError) in
+            let file = try openFile(fd)
+            let length = min(buffer.count, Int(Int32.max))
+            let written = try retryingSyscall("getdents64") { cshims_getdents64(file.hostFD, buffer.baseAddress, length) }
+            if written > 0 { try hideParentOfRoot(in: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<written]), listing: file.hostFD) }
+            return written
+        }
+    }
+
+    /// Rewrites the inode of a ".." record to the root's own when `directory` is the root.
+    private func hideParentOfRoot(in records: UnsafeMutableRawBufferPointer, listing directory: Int32) throws(SystemError) {
+        let inodeOffset = 0, recordLengthOffset = 16, nameOffset = 19
+        let parentName: [UInt8] = [dot, dot, 0]
+        var offset = 0
+        while offset + nameOffset + parentName.count <= records.count {
+            let recordLength = Int(records.loadUnaligned(fromByteOffset: offset + recordLengthOffset, as: UInt16.self))
+            guard recordLength > 0 else { return }
+            if records[(offset + nameOffset)..<(offset + nameOffset + parentName.count)].elementsEqual(parentName) {
+                let info = try hostStat(directory)
+                if UInt64(info.st_dev) == rootDevice, UInt64(info.st_ino) == rootInode {
+                    records.storeBytes(of: rootInode, toByteOffset: offset + inodeOffset, as: UInt64.self)
+                }
+                return
+            }
+            offset += recordLength
+        }
+    }
+
+    /// How many argument bytes an ioctl request this layer serves reads or writes, so the
+    /// dispatch knows how much guest memory to make available; nil for any other request.
+    public static func ioctlArgumentSize(request: UInt) -> Int? {
+        switch request {
+        case UInt(TCGETS): return kernelTermiosSize
+        case UInt(TIOCGWINSZ): return MemoryLayout<winsize>.size
+        default: return nil
+        }
+    }
+
+    /// ioctl(2): TCGETS and TIOCGWINSZ, passed to the host when the descriptor is a
+    /// terminal; ENOTTY otherwise and for every other request (EFAULT if `argument` is
+    /// smaller than `ioctlArgumentSize(request:)`).
+    public func ioctl(_ fd: Int32, request: UInt, argument: UnsafeMutableRawBufferPointer) -> Int {
+        linuxResult { () throws(SystemError) in
+            let file = try openFile(fd)
+            guard let size = Self.ioctlArgumentSize(request: request), isatty(file.hostFD) == 1 else {
+                throw SystemError(call: "ioctl(\(request))", errno: ENOTTY)
+            }
+            try requireRoom(argument, size)
+            return Int(try retryingSyscall("ioctl(\(request))") { cshims_ioctl_ptr(file.hostFD, request, argument.baseAddress) })
+        }
+    }
+}
+
+/// The kernel's struct termios that TCGETS writes: four flag words, c_line and 19 control
+/// characters (Glibc's termios is larger).
+let kernelTermiosSize = 4 * MemoryLayout<UInt32>.size + 1 + 19

@@ -1,0 +1,218 @@
+import CShims
+import HostSystem
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension GuestFiles {
+    /// Resolves a guest (dirfd, path) to the host: the one place guest paths meet host
+    /// descriptors. Relative paths are joined to the guest path of the working directory or
+    /// of `dirfd`, so that the kernel walks every path from the root with RESOLVE_IN_ROOT:
+    /// starting the walk at `dirfd` instead would make that folder the root for `..` and for
+    /// absolute symlinks. An empty `path` names the starting folder itself.
+    func locate(_ dirfd: Int32, _ path: [UInt8]) throws(SystemError) -> HostLocation {
+        var absolute: [UInt8]
+        if path.first == slash {
+            absolute = path
+        } else {
+            absolute = dirfd == AT_FDCWD ? workingDirectory : try guestDirectoryPath(ofHost: openFile(dirfd).hostFD)
+            if !path.isEmpty {
+                if absolute.last != slash { absolute.append(slash) }
+                absolute += path
+            }
+        }
+        guard absolute.count < Int(PATH_MAX) else { throw SystemError(call: "guest path", errno: ENAMETOOLONG) }
+        if let device = allowlistedDevice(absolute) {
+            return HostLocation(base: hostDevices.rawValue, path: device,
+                                resolve: CSHIMS_RESOLVE_BENEATH | CSHIMS_RESOLVE_NO_SYMLINKS, isInsideRootfs: false)
+        }
+        return HostLocation(base: root.rawValue, path: absolute,
+                            resolve: CSHIMS_RESOLVE_IN_ROOT | CSHIMS_RESOLVE_NO_MAGICLINKS, isInsideRootfs: true)
+    }
+
+    /// The guest path of a folder opened from the root (ENOTDIR for anything else; ENOENT
+    /// for a folder outside the root, such as one passed in as a standard stream).
+    func guestDirectoryPath(ofHost fd: Int32) throws(SystemError) -> [UInt8] {
+        guard fileType(try hostStat(fd)) == S_IFDIR else { throw SystemError(call: "guest directory", errno: ENOTDIR) }
+        let host = try hostPath(of: fd)
+        if host == rootHostPath { return [slash] }
+        if rootHostPath == [slash] { return host }
+        guard host.count > rootHostPath.count, host.starts(with: rootHostPath), host[rootHostPath.count] == slash else {
+            throw SystemError(call: "guest directory", errno: ENOENT)
+        }
+        return Array(host[rootHostPath.count...])
+    }
+
+    /// Runs `body` on a host descriptor for what (dirfd, path) names, the way the *at()
+    /// calls look things up: the final symlink followed or not; an empty path, where allowed
+    /// (AT_EMPTY_PATH), naming `dirfd` itself or the working directory.
+    func withTarget(_ dirfd: Int32, _ path: UnsafePointer<CChar>, followFinalSymlink: Bool, allowEmptyPath: Bool,
+                    _ body: (_ hostFD: Int32, _ isInsideRootfs: Bool) throws(SystemError) -> Int) throws(SystemError) -> Int {
+        let guestPath = try pathBytes(path)
+        if guestPath.isEmpty {
+            guard allowEmptyPath else { throw SystemError(call: "guest path", errno: ENOENT) }
+            if dirfd != AT_FDCWD {
+                let file = try openFile(dirfd)
+                return try body(file.hostFD, file.isInsideRootfs)
+            }
+        }
+        let location = try locate(dirfd, guestPath)
+        let target = try openHost(location, flags: CSHIMS_O_PATH | (followFinalSymlink ? 0 : O_NOFOLLOW))
+        return try body(target.rawValue, location.isInsideRootfs)
+    }
+
+    // MARK: - Opening
+
+    /// openat(2). The root filesystem is read-only: opening one of its files for writing,
+    /// truncating or creating gives EROFS, and its device nodes cannot be opened (EACCES, as
+    /// on a nodev mount). `mode` only matters when a file is created, which never happens.
+    public func openat(dirfd: Int32, path: UnsafePointer<CChar>, flags: Int32, mode: UInt32) -> Int {
+        linuxResult { () throws(SystemError) in
+            let request = OpenRequest(guestFlags: flags)
+            try request.validate()
+            let index = try lowestFreeDescriptor(from: 0)
+            let guestPath = try pathBytes(path)
+            guard !guestPath.isEmpty else { throw SystemError(call: "openat", errno: ENOENT) }
+            let location = try locate(dirfd, guestPath)
+            let file = OpenFile(host: try open(location, request), isInsideRootfs: location.isInsideRootfs)
+            return install(file, at: index, closeOnExec: flags & O_CLOEXEC != 0)
+        }
+    }
+
+    /// Opens `location` for `request` in two steps: an O_PATH descriptor from the confined
+    /// walk, whose type decides the Linux answer without opening the file for real (opening a
+    /// device runs its driver), then, if allowed, a reopen of that very inode through
+    /// /proc/self/fd with the guest's access mode.
+    private func open(_ location: HostLocation, _ request: OpenRequest) throws(SystemError) -> FileDescriptor {
+        let probe: FileDescriptor
+        do {
+            probe = try openHost(location, flags: CSHIMS_O_PATH | (request.flags & (O_NOFOLLOW | O_DIRECTORY)))
+        } catch {
+            guard error.errno == ENOENT, request.creates, location.isInsideRootfs else { throw error }
+            _ = try openHost(location.parent, flags: CSHIMS_O_PATH | O_DIRECTORY)
+            throw SystemError(call: "openat(O_CREAT)", errno: EROFS)
+        }
+        let type = fileType(try hostStat(probe.rawValue))
+        if request.isPathOnly { return probe }
+        if type == S_IFLNK { throw SystemError(call: "openat(O_NOFOLLOW)", errno: ELOOP) }
+        if request.makesTemporaryFile {
+            throw SystemError(call: "openat(O_TMPFILE)", errno: location.isInsideRootfs ? EROFS : ENOTDIR)
+        }
+        if request.creates, request.flags & O_EXCL != 0 { throw SystemError(call: "openat(O_EXCL)", errno: EEXIST) }
+        if type == S_IFDIR, request.mayWrite || request.creates { throw SystemError(call: "openat", errno: EISDIR) }
+        if location.isInsideRootfs {
+            if type == S_IFCHR || type == S_IFBLK { throw SystemError(call: "openat(device in rootfs)", errno: EACCES) }
+            if request.mayWrite { throw SystemError(call: "openat", errno: EROFS) }
+        }
+        return try FileDescriptor.open("/proc/self/fd/\(probe.rawValue)", request.reopenFlags)
+    }
+
+    // MARK: - Looking at files
+
+    /// newfstatat(2): the kernel's struct stat bytes (144) for what (dirfd, path) names.
+    /// Flags: AT_SYMLINK_NOFOLLOW, AT_EMPTY_PATH, AT_NO_AUTOMOUNT.
+    public func fstatat(dirfd: Int32, path: UnsafePointer<CChar>, into buffer: UnsafeMutableRawBufferPointer, flags: Int32) -> Int {
+        linuxResult { () throws(SystemError) in
+            guard flags & ~(AT_SYMLINK_NOFOLLOW | CSHIMS_AT_EMPTY_PATH | CSHIMS_AT_NO_AUTOMOUNT) == 0 else {
+                throw SystemError(call: "fstatat flags", errno: EINVAL)
+            }
+            try requireRoom(buffer, CSHIMS_STAT_SIZE)
+            return try withTarget(dirfd, path, followFinalSymlink: flags & AT_SYMLINK_NOFOLLOW == 0,
+                                  allowEmptyPath: flags & CSHIMS_AT_EMPTY_PATH != 0) { (hostFD, _) throws(SystemError) in
+                Int(try retryingSyscall("fstatat") { cshims_fstatat_bytes(hostFD, "", buffer.baseAddress, CSHIMS_AT_EMPTY_PATH) })
+            }
+        }
+    }
+
+    /// statx(2): the kernel's struct statx bytes (256). Flags: AT_SYMLINK_NOFOLLOW,
+    /// AT_EMPTY_PATH, AT_NO_AUTOMOUNT and the AT_STATX_* sync type.
+    public func statx(dirfd: Int32, path: UnsafePointer<CChar>, flags: Int32, mask: UInt32, into buffer: UnsafeMutableRawBufferPointer) -> Int {
+        linuxResult { () throws(SystemError) in
+            let syncType = flags & CSHIMS_AT_STATX_SYNC_TYPE
+            guard flags & ~(AT_SYMLINK_NOFOLLOW | CSHIMS_AT_EMPTY_PATH | CSHIMS_AT_NO_AUTOMOUNT | CSHIMS_AT_STATX_SYNC_TYPE) == 0,
+                  syncType != CSHIMS_AT_STATX_SYNC_TYPE, mask & CSHIMS_STATX_RESERVED == 0 else {
+                throw SystemError(call: "statx flags", errno: EINVAL)
+            }
+            try requireRoom(buffer, CSHIMS_STATX_SIZE)
+            return try withTarget(dirfd, path, followFinalSymlink: flags & AT_SYMLINK_NOFOLLOW == 0,
+                                  allowEmptyPath: flags & CSHIMS_AT_EMPTY_PATH != 0) { (hostFD, _) throws(SystemError) in
+                Int(try retryingSyscall("statx") {
+                    cshims_statx_bytes(hostFD, "", CSHIMS_AT_EMPTY_PATH | syncType, mask, buffer.baseAddress)
+                })
+            }
+        }
+    }
+
+    /// readlinkat(2): the link's text as stored (absolute links read as the guest wrote
+    /// them), truncated to the buffer, without a NUL.
+    public func readlinkat(dirfd: Int32, path: UnsafePointer<CChar>, into buffer: UnsafeMutableRawBufferPointer) -> Int {
+        linuxResult { () throws(SystemError) in
+            guard let base = buffer.baseAddress, buffer.count > 0 else { throw SystemError(call: "readlinkat", errno: EINVAL) }
+            let emptyPath = path.pointee == 0
+            return try withTarget(dirfd, path, followFinalSymlink: false, allowEmptyPath: true) { (hostFD, _) throws(SystemError) in
+                guard fileType(try hostStat(hostFD)) == S_IFLNK else {
+                    throw SystemError(call: "readlinkat", errno: emptyPath ? ENOENT : EINVAL)
+                }
+                return try retryingSyscall("readlinkat") {
+                    Glibc.readlinkat(hostFD, "", base.assumingMemoryBound(to: CChar.self), buffer.count)
+                }
+            }
+        }
+    }
+
+    /// faccessat2(2) (faccessat(2) is this with `flags` 0). Asking for write access to a
+    /// file, folder or symlink of the root filesystem gives EROFS, as on a read-only mount.
+    public func faccessat(dirfd: Int32, path: UnsafePointer<CChar>, mode: Int32, flags: Int32) -> Int {
+        linuxResult { () throws(SystemError) in
+            guard mode & ~(R_OK | W_OK | X_OK) == 0,
+                  flags & ~(AT_EACCESS | AT_SYMLINK_NOFOLLOW | CSHIMS_AT_EMPTY_PATH) == 0 else {
+                throw SystemError(call: "faccessat", errno: EINVAL)
+            }
+            return try withTarget(dirfd, path, followFinalSymlink: flags & AT_SYMLINK_NOFOLLOW == 0,
+                                  allowEmptyPath: flags & CSHIMS_AT_EMPTY_PATH != 0) { (hostFD, isInsideRootfs) throws(SystemError) in
+                if mode & W_OK != 0, isInsideRootfs, [S_IFREG, S_IFDIR, S_IFLNK].contains(fileType(try hostStat(hostFD))) {
+                    throw SystemError(call: "faccessat(W_OK)", errno: EROFS)
+                }
+                return Int(try retryingSyscall("faccessat") {
+                    Glibc.faccessat(hostFD, "", mode, CSHIMS_AT_EMPTY_PATH | (flags & AT_EACCESS))
+                })
+            }
+        }
+    }
+
+    // MARK: - Working directory
+
+    /// getcwd(2): the guest's working directory, rooted at "/"; the result is its length
+    /// including the NUL, as the Linux system call returns (ERANGE if it does not fit).
+    public func getcwd(into buffer: UnsafeMutableRawBufferPointer) -> Int {
+        let needed = workingDirectory.count + 1
+        guard let base = buffer.baseAddress, buffer.count >= needed else { return -Int(ERANGE) }
+        base.copyMemory(from: workingDirectory, byteCount: workingDirectory.count)
+        base.storeBytes(of: 0, toByteOffset: workingDirectory.count, as: UInt8.self)
+        return needed
+    }
+
+    /// chdir(2).
+    public func chdir(_ path: UnsafePointer<CChar>) -> Int {
+        linuxResult { () throws(SystemError) in
+            let guestPath = try pathBytes(path)
+            guard !guestPath.isEmpty else { throw SystemError(call: "chdir", errno: ENOENT) }
+            let directory = try openHost(locate(AT_FDCWD, guestPath), flags: CSHIMS_O_PATH | O_DIRECTORY)
+            workingDirectory = try guestDirectoryPath(ofHost: directory.rawValue)
+            return 0
+        }
+    }
+
+    /// fchdir(2).
+    public func fchdir(_ fd: Int32) -> Int {
+        linuxResult { () throws(SystemError) in
+            workingDirectory = try guestDirectoryPath(ofHost: openFile(fd).hostFD)
+            return 0
+        }
+    }
+}
+
+/// EFAULT unless the caller's buffer holds a whole kernel struct of `size` bytes.
+func requireRoom(_ buffer: UnsafeMutableRawBufferPointer, _ size: Int) throws(SystemError) {
+    guard buffer.baseAddress != nil, buffer.count >= size else { throw SystemError(call: "guest buffer", errno: EFAULT) }
+}

@@ -1,0 +1,202 @@
+import CShims
+import HostSystem
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The file-system personality of one process VM: the guest's descriptor table, working
+/// directory and read-only root filesystem, served from real host files.
+///
+/// The guest is untrusted, so every descriptor, flag and path it hands over is checked here
+/// and every call answers the way Linux x86-64 does: a result `>= 0`, or `-errno`. Paths are
+/// resolved by the kernel itself (openat2 with RESOLVE_IN_ROOT), so no guest path, `..` or
+/// symlink reaches outside the root.
+///
+/// `@unchecked Sendable`: a process VM has one vCPU thread, which is the only caller of its
+/// `GuestFiles`; the table is handed between threads only whole (for example to a forked
+/// child), never used from two at once, so it takes no lock.
+public final class GuestFiles: @unchecked Sendable {
+    /// Linux's usual RLIMIT_NOFILE soft limit.
+    public static let defaultDescriptorLimit = 1024
+
+    let root: FileDescriptor
+    /// The root folder's canonical host path, to turn host paths of guest directories back
+    /// into guest paths.
+    let rootHostPath: [UInt8]
+    let rootDevice: UInt64
+    let rootInode: UInt64
+    /// The host's /dev, the only base for the allowlisted devices.
+    let hostDevices: FileDescriptor
+    let descriptorLimit: Int
+    var slots: [DescriptorSlot?]
+    /// The guest's working directory as the guest sees it: absolute, without symlinks.
+    var workingDirectory: [UInt8]
+
+    /// Opens `rootfs` as the guest's root and installs duplicates of the host descriptors
+    /// `stdin`, `stdout`, `stderr` as guest descriptors 0, 1 and 2; the caller keeps its own.
+    /// Throws a `SystemError` naming the rootfs when it is missing or not a folder.
+    public convenience init(rootfs: String, stdin: Int32, stdout: Int32, stderr: Int32,
+                            descriptorLimit: Int = GuestFiles.defaultDescriptorLimit) throws(SystemError) {
+        let root: FileDescriptor
+        do {
+            root = try FileDescriptor.open(rootfs, CSHIMS_O_PATH | O_DIRECTORY)
+        } catch {
+            throw SystemError(call: "open(rootfs \(rootfs))", errno: error.errno)
+        }
+        let streams = [
+            DescriptorSlot(file: OpenFile(host: try duplicateHost(stdin), isInsideRootfs: false), closeOnExec: false),
+            DescriptorSlot(file: OpenFile(host: try duplicateHost(stdout), isInsideRootfs: false), closeOnExec: false),
+            DescriptorSlot(file: OpenFile(host: try duplicateHost(stderr), isInsideRootfs: false), closeOnExec: false),
+        ]
+        try self.init(root: root, hostDevices: try FileDescriptor.open("/dev", CSHIMS_O_PATH | O_DIRECTORY),
+                      descriptorLimit: max(descriptorLimit, streams.count), slots: streams,
+                      workingDirectory: [slash])
+    }
+
+    private init(root: consuming FileDescriptor, hostDevices: consuming FileDescriptor, descriptorLimit: Int,
+                 slots: [DescriptorSlot?], workingDirectory: [UInt8]) throws(SystemError) {
+        let rootInfo = try hostStat(root.rawValue)
+        rootHostPath = try hostPath(of: root.rawValue)
+        rootDevice = UInt64(rootInfo.st_dev)
+        rootInode = UInt64(rootInfo.st_ino)
+        self.root = root
+        self.hostDevices = hostDevices
+        self.descriptorLimit = descriptorLimit
+        self.slots = slots
+        self.workingDirectory = workingDirectory
+    }
+
+    /// The host descriptor behind a guest descriptor, for the caller's file-backed mmap (it
+    /// preads the file into guest memory). Valid until the guest closes `guestFD`.
+    public func hostDescriptor(of guestFD: Int32) -> Int32? {
+        try? openFile(guestFD).hostFD
+    }
+
+    /// A forked child's table: the same descriptor numbers, close-on-exec flags and working
+    /// directory. Each open file is dup()ed on the host once (descriptors that share an open
+    /// file here share one in the child too), so parent and child share offsets and status
+    /// flags exactly as Linux fork() does, while closing a descriptor in one leaves the other's intact.
+    public func copyForFork() throws(SystemError) -> GuestFiles {
+        var copies: [ObjectIdentifier: OpenFile] = [:]
+        var childSlots: [DescriptorSlot?] = []
+        childSlots.reserveCapacity(slots.count)
+        for slot in slots {
+            guard let slot else {
+                childSlots.append(nil)
+                continue
+            }
+            let key = ObjectIdentifier(slot.file)
+            if copies[key] == nil {
+                copies[key] = OpenFile(host: try duplicateHost(slot.file.hostFD), isInsideRootfs: slot.file.isInsideRootfs)
+            }
+            childSlots.append(DescriptorSlot(file: copies[key]!, closeOnExec: slot.closeOnExec))
+        }
+        return try GuestFiles(root: duplicateHost(root.rawValue), hostDevices: duplicateHost(hostDevices.rawValue),
+                              descriptorLimit: descriptorLimit, slots: childSlots, workingDirectory: workingDirectory)
+    }
+
+    /// Closes every descriptor marked close-on-exec, as execve(2) does before the new program runs.
+    public func closeDescriptorsMarkedCloseOnExec() {
+        for index in slots.indices where slots[index]?.closeOnExec == true {
+            slots[index] = nil
+        }
+    }
+
+    // MARK: - Descriptor table
+
+    /// close(2).
+    public func close(_ fd: Int32) -> Int {
+        linuxResult { () throws(SystemError) in
+            _ = try openFile(fd)
+            slots[Int(fd)] = nil
+            return 0
+        }
+    }
+
+    /// dup(2): the lowest free descriptor, sharing `fd`'s open file, close-on-exec clear.
+    public func dup(_ fd: Int32) -> Int {
+        linuxResult { () throws(SystemError) in
+            let file = try openFile(fd)
+            return install(file, at: try lowestFreeDescriptor(from: 0), closeOnExec: false)
+        }
+    }
+
+    /// dup2(2): makes `newFD` share `oldFD`'s open file, closing what `newFD` held.
+    public func dup2(_ oldFD: Int32, _ newFD: Int32) -> Int {
+        linuxResult { () throws(SystemError) in
+            let file = try openFile(oldFD)
+            guard newFD >= 0, Int(newFD) < descriptorLimit else { throw SystemError(call: "dup2", errno: EBADF) }
+            return oldFD == newFD ? Int(newFD) : install(file, at: Int(newFD), closeOnExec: false)
+        }
+    }
+
+    /// dup3(2): dup2 with O_CLOEXEC as the only flag, and `oldFD == newFD` an error.
+    public func dup3(_ oldFD: Int32, _ newFD: Int32, flags: Int32) -> Int {
+        linuxResult { () throws(SystemError) in
+            guard flags & ~O_CLOEXEC == 0, oldFD != newFD else { throw SystemError(call: "dup3", errno: EINVAL) }
+            guard newFD >= 0, Int(newFD) < descriptorLimit else { throw SystemError(call: "dup3", errno: EBADF) }
+            let file = try openFile(oldFD)
+            return install(file, at: Int(newFD), closeOnExec: flags & O_CLOEXEC != 0)
+        }
+    }
+
+    /// fcntl(2) for F_DUPFD, F_DUPFD_CLOEXEC, F_GETFD, F_SETFD, F_GETFL and F_SETFL; other
+    /// commands give EINVAL. F_SETFL drops O_ASYNC, which would aim SIGIO at the engine.
+    public func fcntl(_ fd: Int32, command: Int32, argument: Int) -> Int {
+        linuxResult { () throws(SystemError) in
+            let file = try openFile(fd)
+            switch command {
+            case F_DUPFD, F_DUPFD_CLOEXEC:
+                guard argument >= 0, argument < descriptorLimit else { throw SystemError(call: "fcntl(F_DUPFD)", errno: EINVAL) }
+                return install(file, at: try lowestFreeDescriptor(from: argument), closeOnExec: command == F_DUPFD_CLOEXEC)
+            case F_GETFD:
+                return slots[Int(fd)]!.closeOnExec ? Int(FD_CLOEXEC) : 0
+            case F_SETFD:
+                slots[Int(fd)]!.closeOnExec = argument & Int(FD_CLOEXEC) != 0
+                return 0
+            case F_GETFL:
+                return Int(try retryingSyscall("fcntl(F_GETFL)") { Glibc.fcntl(file.hostFD, F_GETFL) })
+            case F_SETFL:
+                let statusFlags = Int32(truncatingIfNeeded: argument) & ~O_ASYNC
+                return Int(try retryingSyscall("fcntl(F_SETFL)") { Glibc.fcntl(file.hostFD, F_SETFL, statusFlags) })
+            default:
+                throw SystemError(call: "fcntl(\(command))", errno: EINVAL)
+            }
+        }
+    }
+
+    /// The open file behind guest descriptor `fd`, or EBADF.
+    func openFile(_ fd: Int32) throws(SystemError) -> OpenFile {
+        guard fd >= 0, Int(fd) < slots.count, let slot = slots[Int(fd)] else {
+            throw SystemError(call: "guest descriptor \(fd)", errno: EBADF)
+        }
+        return slot.file
+    }
+
+    /// The lowest unused descriptor number `>= start`, as Linux allocates them, or EMFILE.
+    func lowestFreeDescriptor(from start: Int) throws(SystemError) -> Int {
+        for candidate in start..<descriptorLimit where candidate >= slots.count || slots[candidate] == nil {
+            return candidate
+        }
+        throw SystemError(call: "guest descriptor table", errno: EMFILE)
+    }
+
+    /// Puts `file` at descriptor `index`, releasing whatever was there; returns `index`.
+    func install(_ file: OpenFile, at index: Int, closeOnExec: Bool) -> Int {
+        if index >= slots.count {
+            slots.append(contentsOf: repeatElement(nil, count: index - slots.count + 1))
+        }
+        slots[index] = DescriptorSlot(file: file, closeOnExec: closeOnExec)
+        return index
+    }
+}
+
+/// Runs one guest call and turns its failure into Linux's result, `-errno`: the one place
+/// where errors become guest results.
+func linuxResult(_ body: () throws(SystemError) -> Int) -> Int {
+    do {
+        return try body()
+    } catch {
+        return -Int(error.errno)
+    }
+}
