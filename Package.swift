@@ -54,6 +54,5 @@ let package = Package(
         .testTarget(name: "CapabilitiesTests", dependencies: ["Capabilities", "KVM", "IOEngine", "TestSupport", "vmfork"], swiftSettings: strictSettings),
         .testTarget(name: "ProcessVMTests", dependencies: ["ProcessVM", "HostSystem", "KVM", "TestSupport"], swiftSettings: strictSettings),
         .testTarget(name: "WorkloadProfilesTests", dependencies: ["WorkloadProfiles", "TestSupport"], swiftSettings: strictSettings),
-        .testTarget(name: "ProcessVMTests", dependencies: ["ProcessVM", "HostSystem", "KVM", "TestSupport"], swiftSettings: strictSettings),
     ]
 )

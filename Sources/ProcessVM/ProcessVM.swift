@@ -46,62 +46,101 @@ public final class ProcessVM: @unchecked Sendable {
     var identity: GuestIdentity
     var signals = SignalState()
     var umask: UInt32 = 0o022
+    /// PR_SET_NAME's name (the executable's base name at first).
+    var programName: [UInt8]
     /// Guest-physical frame of the exception stack's top page (exception frames are read there).
     let exceptionStackFrame: UInt64
+    /// What is needed to write a new initial stack: present until the program first runs.
+    var entry: EntryState?
     /// Counts of system calls the program asked for that the engine does not serve.
     public private(set) var missingSyscalls: [Int: Int] = [:]
     /// The fault that ended the program, if one did.
     public private(set) var fault: GuestFault?
     /// Set from another thread to make `run()` return `.signaled(signal)` at once.
     let killRequest = KillRequest()
-    /// PR_SET_NAME's name (the executable's base name at first).
-    var programName: [UInt8]
+    /// When set, `run` stops before serving the program's first read of standard input.
+    var stopsAtFirstStandardInputRead = false
 
     static let memorySlot: UInt32 = 0
 
+    /// The loaded program and its stack, kept so a child of an entry-point parent can be
+    /// given its own arguments.
+    struct EntryState {
+        let program: LoadedProgram
+        let executablePath: [UInt8]
+        let hardwareCapabilities: UInt64
+        let stackTop: UInt64
+    }
+
+    init(configuration: ProcessVMConfiguration, vm: VirtualMachine, vcpu: VCPU, memory: GuestMemory, space: AddressSpace,
+         files: GuestFiles, identity: GuestIdentity, programName: [UInt8], exceptionStackFrame: UInt64, entry: EntryState?) {
+        self.configuration = configuration
+        self.vm = vm
+        self.vcpu = vcpu
+        self.memory = memory
+        self.space = space
+        self.files = files
+        self.identity = identity
+        self.programName = programName
+        self.exceptionStackFrame = exceptionStackFrame
+        self.entry = entry
+    }
+
     /// Loads `executable` (a path inside the rootfs) with `arguments` (argv, including argv[0])
     /// and `environment`, ready to run at its entry point.
-    public init(system: KVMSystem, configuration: ProcessVMConfiguration, executable: String, arguments: [String],
-                environment: [String], streams: StandardStreams = StandardStreams()) throws(GuestError) {
-        self.configuration = configuration
-        identity = configuration.identity
-        programName = Array(executable.split(separator: "/").last.map { Array($0.utf8) }?.prefix(15) ?? [])
+    public convenience init(system: KVMSystem, configuration: ProcessVMConfiguration, executable: String, arguments: [String],
+                            environment: [String], streams: StandardStreams = StandardStreams()) throws(GuestError) {
+        let memory: GuestMemory
+        let files: GuestFiles
         do throws(SystemError) {
             memory = try GuestMemory(size: configuration.memoryBytes)
             files = try GuestFiles(rootfs: configuration.rootfs, stdin: streams.input, stdout: streams.output, stderr: streams.error)
         } catch {
             throw .system(error)
         }
+        let vm: VirtualMachine
+        let vcpu: VCPU
+        let cpuid: CPUIDTable
         do {
             vm = try system.createVM()
             // The memory slot goes in before anything else: set later it costs milliseconds.
             try vm.setMemoryRegion(slot: Self.memorySlot, guestPhysical: 0, size: memory.size, host: memory.mapping.base)
             vcpu = try vm.createVCPU()
+            cpuid = try system.supportedCPUID()
         } catch {
             throw .kvm(error)
         }
-        space = try AddressSpace(memory: memory)
-        exceptionStackFrame = try SystemArea.build(in: space)
+        let space = try AddressSpace(memory: memory)
+        let exceptionStackFrame = try SystemArea.build(in: space)
 
         let image = try ELFImage(bytes: try Self.readWholeFile(executable, from: files))
         let program = try ProgramLoader.load(image, into: space)
         space.heapStart = AddressSpace.pageUp(program.imageEnd)!
         space.heapEnd = space.heapStart
         let stackTop = AddressSpace.userTop
-        let stackBottom = stackTop - UInt64(configuration.stackBytes)
-        try space.mapAnonymous(at: stackBottom, length: UInt64(configuration.stackBytes), [.read, .write, .user])
+        try space.mapAnonymous(at: stackTop - UInt64(configuration.stackBytes), length: UInt64(configuration.stackBytes), [.read, .write, .user])
 
-        let cpuid: CPUIDTable
-        do { cpuid = try system.supportedCPUID() } catch { throw .kvm(error) }
-        let stack = InitialStack(arguments: arguments.map { Array($0.utf8) }, environment: environment.map { Array($0.utf8) },
-                                 executablePath: Array(executable.utf8), randomBytes: Self.freshRandomBytes(16),
-                                 hardwareCapabilities: UInt64(cpuid.entries.first { $0.function == 1 }?.edx ?? 0))
-        let stackPointer = try stack.write(into: space, top: stackTop, program: program, identity: identity)
+        let entry = EntryState(program: program, executablePath: Array(executable.utf8),
+                               hardwareCapabilities: UInt64(cpuid.entries.first { $0.function == 1 }?.edx ?? 0), stackTop: stackTop)
+        let programName = Array(executable.split(separator: "/").last.map { Array($0.utf8) }?.prefix(15) ?? [])
+        self.init(configuration: configuration, vm: vm, vcpu: vcpu, memory: memory, space: space, files: files,
+                  identity: configuration.identity, programName: programName, exceptionStackFrame: exceptionStackFrame, entry: entry)
+        let stackPointer = try writeInitialStack(arguments: arguments, environment: environment)
         do {
             try CPUSetup.configure(vcpu, cpuid: cpuid, pageTableRoot: space.tables.root, entry: program.entry, stack: stackPointer)
         } catch {
             throw .kvm(error)
         }
+    }
+
+    /// Writes argv, envp, auxv and fresh AT_RANDOM bytes below the stack top; returns the
+    /// stack pointer the program starts with.
+    func writeInitialStack(arguments: [String], environment: [String]) throws(GuestError) -> UInt64 {
+        guard let entry else { preconditionFailure("the program has already started") }
+        let stack = InitialStack(arguments: arguments.map { Array($0.utf8) }, environment: environment.map { Array($0.utf8) },
+                                 executablePath: entry.executablePath, randomBytes: Self.freshRandomBytes(16),
+                                 hardwareCapabilities: entry.hardwareCapabilities)
+        return try stack.write(into: space, top: entry.stackTop, program: entry.program, identity: identity)
     }
 
     static func freshRandomBytes(_ count: Int) -> [UInt8] {
@@ -117,28 +156,44 @@ public final class ProcessVM: @unchecked Sendable {
 
     /// Runs the program until it exits, is killed, or faults.
     public func run() throws(GuestError) -> ExitStatus {
+        switch try runUntilStop() {
+        case .ended(let status): return status
+        case .atFirstStandardInputRead: preconditionFailure("only a warm parent stops at its first read")
+        }
+    }
+
+    enum Stop {
+        case ended(ExitStatus)
+        /// The program is about to read standard input for the first time (the vCPU is at
+        /// the system-call stub's `out`, which a fork child executes again).
+        case atFirstStandardInputRead
+    }
+
+    func runUntilStop() throws(GuestError) -> Stop {
+        entry = nil
         while true {
-            if let signal = killRequest.pending { return .signaled(signal) }
+            if let signal = killRequest.pending { return .ended(.signaled(signal)) }
             if space.translationsChanged { flushTranslations() }
             let exit: VMExit
             do { exit = try vcpu.run() } catch { throw .kvm(error) }
             switch exit {
             case .io(let port, true, _, _, _) where port == SystemArea.syscallPort:
-                if let status = serveSystemCall() { return status }
+                if stopsAtFirstStandardInputRead, isStandardInputRead() { return .atFirstStandardInputRead }
+                if let status = serveSystemCall() { return .ended(status) }
             case .io(let port, true, _, _, let offset) where port == SystemArea.exceptionPort:
                 let vector = UInt8(truncatingIfNeeded: UnsafeRawPointer(vcpu.runState).load(fromByteOffset: offset, as: UInt8.self))
-                return terminate(with: recordFault(vector: vector))
+                return .ended(terminate(with: recordFault(vector: vector)))
             case .interrupted:
-                if let signal = killRequest.pending { return .signaled(signal) }
+                if let signal = killRequest.pending { return .ended(.signaled(signal)) }
             case .shutdown:
                 let rip = vcpu.syncRegisters.pointee.regs.rip
                 fault = GuestFault(signal: 11, vector: 8, instructionPointer: rip, address: 0, errorCode: 0)
-                return terminate(with: 11)
+                return .ended(terminate(with: 11))
             default:
                 let rip = vcpu.syncRegisters.pointee.regs.rip
                 fault = GuestFault(signal: 9, vector: 255, instructionPointer: rip, address: 0, errorCode: 0)
                 FileHandle.standardError.write(Data("vmfork: unexpected VM exit \(exit) at rip \(String(rip, radix: 16))\n".utf8))
-                return terminate(with: 9)
+                return .ended(terminate(with: 9))
             }
         }
     }
@@ -160,6 +215,15 @@ public final class ProcessVM: @unchecked Sendable {
         fault = GuestFault(signal: signal, vector: vector, instructionPointer: rip,
                            address: vector == 14 ? vcpu.syncRegisters.pointee.sregs.cr2 : 0, errorCode: errorCode)
         return signal
+    }
+
+    /// True when the pending system call reads standard input (read, readv, pread64, poll on 0).
+    private func isStandardInputRead() -> Bool {
+        let regs = vcpu.syncRegisters.pointee.regs
+        switch regs.rax {
+        case 0, 17, 19: return regs.rdi == 0
+        default: return false
+        }
     }
 
     /// Serves the system call the guest is stopped at; returns a status when it ended the program.
