@@ -56,8 +56,12 @@ public final class ProcessVM: @unchecked Sendable {
     public private(set) var missingSyscalls: [Int: Int] = [:]
     /// The fault that ended the program, if one did.
     public private(set) var fault: GuestFault?
-    /// Set from another thread to make `run()` return `.signaled(signal)` at once.
-    let killRequest = KillRequest()
+    /// Kill and signal requests from other threads.
+    let interrupts = Interrupts()
+    /// A signal for the program's handler, delivered when it next returns to user code.
+    var pendingSignal: Int32?
+    /// The thread inside `run`, so that kill and stop can kick it out of KVM_RUN.
+    private let runningThread = ThreadSlot()
     /// When set, `run` stops before serving the program's first read of standard input.
     var stopsAtFirstStandardInputRead = false
 
@@ -150,8 +154,17 @@ public final class ProcessVM: @unchecked Sendable {
 
     /// Makes a running `run()` return promptly with `.signaled(signal)` (SIGKILL semantics).
     public func kill(signal: Int32 = 9) {
-        killRequest.raise(signal)
+        interrupts.raiseKill(signal)
         vcpu.requestImmediateExit()
+        runningThread.kick()
+    }
+
+    /// Sends `signal` (SIGTERM for stop) to the program: its handler runs if it installed
+    /// one; otherwise the signal's default action applies (SIGTERM ends it with 143).
+    public func sendSignal(_ signal: Int32) {
+        interrupts.raiseSignal(signal)
+        vcpu.requestImmediateExit()
+        runningThread.kick()
     }
 
     /// Runs the program until it exits, is killed, or faults.
@@ -171,8 +184,15 @@ public final class ProcessVM: @unchecked Sendable {
 
     func runUntilStop() throws(GuestError) -> Stop {
         entry = nil
+        runningThread.enter()
+        defer { runningThread.leave() }
         while true {
-            if let signal = killRequest.pending { return .ended(.signaled(signal)) }
+            if let signal = interrupts.pendingKill { return .ended(.signaled(signal)) }
+            if let signal = interrupts.takeSignal() { pendingSignal = signal }
+            if pendingSignal != nil, vcpu.syncRegisters.pointee.sregs.cs.selector == X86.Selector.userCode,
+               let status = deliverPendingSignal(interrupted: vcpu.syncRegisters.pointee.regs) {
+                return .ended(status)
+            }
             if space.translationsChanged { flushTranslations() }
             let exit: VMExit
             do { exit = try vcpu.run() } catch { throw .kvm(error) }
@@ -184,7 +204,8 @@ public final class ProcessVM: @unchecked Sendable {
                 let vector = UInt8(truncatingIfNeeded: UnsafeRawPointer(vcpu.runState).load(fromByteOffset: offset, as: UInt8.self))
                 return .ended(terminate(with: recordFault(vector: vector)))
             case .interrupted:
-                if let signal = killRequest.pending { return .ended(.signaled(signal)) }
+                vcpu.requestImmediateExit(false)
+                if let signal = interrupts.pendingKill { return .ended(.signaled(signal)) }
             case .shutdown:
                 let rip = vcpu.syncRegisters.pointee.regs.rip
                 fault = GuestFault(signal: 11, vector: 8, instructionPointer: rip, address: 0, errorCode: 0)
@@ -235,11 +256,37 @@ public final class ProcessVM: @unchecked Sendable {
         switch outcome {
         case .exit(let status):
             return status
+        case .resumed:
+            return nil
         case .value(let result):
+            if let signal = interrupts.takeSignal() { pendingSignal = signal }
+            if pendingSignal != nil {
+                // The handler runs first; it returns to where the call would have.
+                var interrupted = regs
+                interrupted.rax = UInt64(bitPattern: result)
+                interrupted.rip = regs.rcx
+                interrupted.rflags = regs.r11 | X86.rflagsReserved
+                return deliverPendingSignal(interrupted: interrupted)
+            }
             // The stub returns to the program with the result in RAX.
             sync.pointee.regs.rax = UInt64(bitPattern: result)
             vcpu.markDirty(regs: true)
             return nil
+        }
+    }
+
+    /// Acts on the pending signal with the program stopped at `interrupted` (user code).
+    /// Returns a status when the signal ends the program.
+    private func deliverPendingSignal(interrupted: kvm_regs) -> ExitStatus? {
+        guard let signal = pendingSignal else { return nil }
+        pendingSignal = nil
+        switch disposition(of: signal) {
+        case .ignore:
+            return nil
+        case .terminate:
+            return .signaled(signal)
+        case .handler(let handler):
+            return enterHandler(of: signal, handler: handler, interrupted: interrupted) ? nil : .signaled(11)
         }
     }
 
@@ -257,33 +304,68 @@ public final class ProcessVM: @unchecked Sendable {
     }
 }
 
-/// A pending kill or stop, set from any thread; the vCPU thread checks it between exits and
-/// sleeping system calls wait on it.
-final class KillRequest: @unchecked Sendable {
+/// Requests from other threads — a kill, a signal for the program — taken by the vCPU
+/// thread between exits; sleeping system calls wait on them so both cut a sleep short.
+final class Interrupts: @unchecked Sendable {
     private let condition = NSCondition()
+    private var kill: Int32?
     private var signal: Int32?
 
-    func raise(_ value: Int32) {
-        condition.lock()
-        signal = value
-        condition.broadcast()
-        condition.unlock()
+    func raiseKill(_ value: Int32) { update { $0.kill = value } }
+    func raiseSignal(_ value: Int32) { update { $0.signal = value } }
+
+    var pendingKill: Int32? { locked { kill } }
+    var hasPending: Bool { locked { kill != nil || signal != nil } }
+
+    /// Takes the pending signal, leaving none.
+    func takeSignal() -> Int32? {
+        locked {
+            defer { signal = nil }
+            return signal
+        }
     }
 
-    var pending: Int32? {
-        condition.lock()
-        defer { condition.unlock() }
-        return signal
-    }
-
-    /// Waits up to `seconds`; true when a signal arrived first.
+    /// Waits up to `seconds`; true when a kill or a signal arrived first.
     func wait(seconds: Double) -> Bool {
         let deadline = Date(timeIntervalSinceNow: seconds)
         condition.lock()
         defer { condition.unlock() }
-        while signal == nil {
+        while kill == nil && signal == nil {
             if !condition.wait(until: deadline) { break }
         }
-        return signal != nil
+        return kill != nil || signal != nil
+    }
+
+    private func update(_ change: (Interrupts) -> Void) {
+        condition.lock()
+        change(self)
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    private func locked<T>(_ body: () -> T) -> T {
+        condition.lock()
+        defer { condition.unlock() }
+        return body()
+    }
+}
+
+/// The thread running a VM's `run`, recorded so that another thread can interrupt its
+/// KVM_RUN with the kick signal.
+final class ThreadSlot: @unchecked Sendable {
+    private let lock = NSLock()
+    private var thread: pthread_t?
+
+    func enter() {
+        _ = VCPUKick.installed
+        lock.withLock { thread = pthread_self() }
+    }
+
+    func leave() { lock.withLock { thread = nil } }
+
+    func kick() {
+        lock.withLock {
+            if let thread { pthread_kill(thread, VCPUKick.signal) }
+        }
     }
 }

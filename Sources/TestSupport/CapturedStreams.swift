@@ -1,4 +1,5 @@
 import Foundation
+import ProcessVM
 
 /// Standard streams for a guest under test: stdin from bytes, stdout and stderr into
 /// temporary files read back after the run (a pipe could fill and block the guest).
@@ -24,7 +25,11 @@ public final class CapturedStreams {
         try? FileManager.default.removeItem(at: folder)
     }
 
+    /// The streams as a process VM takes them.
+    public var standard: StandardStreams { StandardStreams(input: input, output: output, error: error) }
+
     public var stdout: String { read("stdout") }
+    public var stdoutBytes: [UInt8] { Array((try? Data(contentsOf: folder.appendingPathComponent("stdout"))) ?? Data()) }
     public var stderr: String { read("stderr") }
 
     private func read(_ name: String) -> String {

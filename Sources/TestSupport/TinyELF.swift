@@ -48,6 +48,27 @@ public enum TinyELF {
 
     public static let syscallInstruction: [UInt8] = [0x0F, 0x05]
 
+    /// Code that writes the 16 AT_RANDOM bytes from its auxiliary vector to stdout, then exits 0.
+    public static let printAuxiliaryRandom: [UInt8] = [
+        0x48, 0x89, 0xE3,             // mov rbx, rsp
+        0x48, 0x8B, 0x0B,             // mov rcx, [rbx]          (argc)
+        0x48, 0x8D, 0x5C, 0xCB, 0x10, // lea rbx, [rbx+rcx*8+16] (envp)
+        0x48, 0x8B, 0x03,             // env: mov rax, [rbx]
+        0x48, 0x83, 0xC3, 0x08,       // add rbx, 8
+        0x48, 0x85, 0xC0,             // test rax, rax
+        0x75, 0xF4,                   // jnz env
+        0x48, 0x8B, 0x03,             // aux: mov rax, [rbx]
+        0x48, 0x83, 0xF8, 0x19,       // cmp rax, AT_RANDOM
+        0x74, 0x06,                   // je found
+        0x48, 0x83, 0xC3, 0x10,       // add rbx, 16
+        0xEB, 0xF1,                   // jmp aux
+        0x48, 0x8B, 0x73, 0x08,       // found: mov rsi, [rbx+8]
+        0xBF, 0x01, 0, 0, 0,          // mov edi, 1
+        0xBA, 0x10, 0, 0, 0,          // mov edx, 16
+        0xB8, 0x01, 0, 0, 0,          // mov eax, 1 (write)
+        0x0F, 0x05,                   // syscall
+    ] + exit(0)
+
     /// Code for `exit_group(status)`.
     public static func exit(_ status: UInt64) -> [UInt8] {
         load(.rax, 231) + load(.rdi, status) + syscallInstruction

@@ -77,20 +77,41 @@ public final class GuestFiles: @unchecked Sendable {
     /// file here share one in the child too), so parent and child share offsets and status
     /// flags exactly as Linux fork() does, while closing a descriptor in one leaves the other's intact.
     public func copyForFork() throws(SystemError) -> GuestFiles {
+        try copy(skipping: 0) { file throws(SystemError) in
+            OpenFile(host: try duplicateHost(file.hostFD), isInsideRootfs: file.isInsideRootfs)
+        }
+    }
+
+    /// A table for a new container forked from a warm parent: unlike fork(), each open file is
+    /// reopened so siblings never move each other's offsets (containers stay independent),
+    /// and descriptors 0, 1 and 2 are duplicates of the child's own host streams.
+    public func copyForChildContainer(standardStreams: (input: Int32, output: Int32, error: Int32)) throws(SystemError) -> GuestFiles {
+        let child = try copy(skipping: 3) { file throws(SystemError) in
+            OpenFile(host: try reopenIndependently(file.hostFD), isInsideRootfs: file.isInsideRootfs)
+        }
+        for (index, stream) in [standardStreams.input, standardStreams.output, standardStreams.error].enumerated() {
+            child.slots[index] = DescriptorSlot(file: OpenFile(host: try duplicateHost(stream), isInsideRootfs: false), closeOnExec: false)
+        }
+        return child
+    }
+
+    /// The same descriptor numbers, close-on-exec flags and working directory, with each open
+    /// file copied once by `copyFile` (descriptors that share an open file here share one in
+    /// the copy too). The first `skipped` slots are left empty for the caller to fill.
+    private func copy(skipping skipped: Int, _ copyFile: (OpenFile) throws(SystemError) -> OpenFile) throws(SystemError) -> GuestFiles {
         var copies: [ObjectIdentifier: OpenFile] = [:]
         var childSlots: [DescriptorSlot?] = []
-        childSlots.reserveCapacity(slots.count)
-        for slot in slots {
-            guard let slot else {
+        childSlots.reserveCapacity(max(slots.count, skipped))
+        for (index, slot) in slots.enumerated() {
+            guard let slot, index >= skipped else {
                 childSlots.append(nil)
                 continue
             }
             let key = ObjectIdentifier(slot.file)
-            if copies[key] == nil {
-                copies[key] = OpenFile(host: try duplicateHost(slot.file.hostFD), isInsideRootfs: slot.file.isInsideRootfs)
-            }
+            if copies[key] == nil { copies[key] = try copyFile(slot.file) }
             childSlots.append(DescriptorSlot(file: copies[key]!, closeOnExec: slot.closeOnExec))
         }
+        while childSlots.count < skipped { childSlots.append(nil) }
         return try GuestFiles(root: duplicateHost(root.rawValue), hostDevices: duplicateHost(hostDevices.rawValue),
                               descriptorLimit: descriptorLimit, slots: childSlots, workingDirectory: workingDirectory)
     }

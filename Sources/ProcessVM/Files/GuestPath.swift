@@ -90,6 +90,16 @@ func duplicateHost(_ fd: Int32) throws(SystemError) -> FileDescriptor {
     FileDescriptor(adopting: try retryingSyscall("fcntl(F_DUPFD_CLOEXEC)") { fcntl(fd, F_DUPFD_CLOEXEC, 0) })
 }
 
+/// A new open file description for the file behind `fd`, with its status flags and offset:
+/// the same file, but an offset of its own.
+func reopenIndependently(_ fd: Int32) throws(SystemError) -> FileDescriptor {
+    let flags = try retryingSyscall("fcntl(F_GETFL)") { fcntl(fd, F_GETFL) }
+    let reopened = try FileDescriptor.open("/proc/self/fd/\(fd)", flags & ~(O_CREAT | O_TRUNC | O_EXCL))
+    let offset = lseek(fd, 0, SEEK_CUR)
+    if offset > 0 { _ = lseek(reopened.rawValue, offset, SEEK_SET) }
+    return reopened
+}
+
 /// fstat(2) of a host descriptor, for type checks.
 func hostStat(_ fd: Int32) throws(SystemError) -> stat {
     var info = stat()

@@ -40,6 +40,9 @@ public final class GuestMemory: @unchecked Sendable {
         freeFrames = parent.freeFrames
     }
 
+    /// Where this memory is mapped in the engine, to find it in /proc/self/smaps.
+    public var hostAddress: UInt { UInt(bitPattern: mapping.base) }
+
     /// The engine's pointer to guest-physical `address`, valid for `length` bytes, or nil
     /// when any part of that range is outside guest memory.
     @inline(__always)

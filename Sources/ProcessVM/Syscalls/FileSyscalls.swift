@@ -112,7 +112,7 @@ extension ProcessVM {
             }
             ready = Int32(host.filter { $0.revents != 0 }.count)
             if ready > 0 || (deadline.map { $0.timeIntervalSinceNow <= 0 } ?? false) { break }
-            if killRequest.pending != nil { return .error(.EINTR) }
+            if interrupts.hasPending { return .error(.EINTR) }
         }
         var result = entries
         for index in host.indices {

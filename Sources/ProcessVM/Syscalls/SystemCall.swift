@@ -20,6 +20,8 @@ enum SyscallOutcome {
     case value(Int64)
     /// The program is over.
     case exit(ExitStatus)
+    /// Every register was set by the call (rt_sigreturn): do not touch RAX.
+    case resumed
 
     static func error(_ errno: LinuxErrno) -> SyscallOutcome { .value(-Int64(errno.rawValue)) }
     static func int(_ value: Int) -> SyscallOutcome { .value(Int64(value)) }

@@ -15,6 +15,7 @@ extension ProcessVM {
     static let signalSyscalls: [(Int, SyscallHandler)] = [
         (13, { vm, c in vm.sigaction(c) }),
         (14, { vm, c in vm.sigprocmask(c) }),
+        (15, { vm, _ in vm.signalReturn() }),
         (62, { vm, c in vm.signalSelf(pid: c.int(c.a0), signal: c.int(c.a1)) }),
         (131, { vm, c in vm.sigaltstack(c) }),
         (234, { vm, c in vm.signalSelf(pid: c.int(c.a1), signal: c.int(c.a2)) }),
@@ -67,15 +68,18 @@ extension ProcessVM {
     }
 
     /// kill/tgkill aimed at the program itself: signal 0 probes; an ignored signal does
-    /// nothing; any other ends the program as its default action would (abort() ends in 134).
+    /// nothing; a handled one runs its handler when the call returns; any other ends the
+    /// program as its default action would (abort() ends in 134).
     private func signalSelf(pid: Int32, signal: Int32) -> SyscallOutcome {
         guard pid == identity.pid || pid == 0 else { return .error(.ESRCH) }
         guard (0...64).contains(signal) else { return .error(.EINVAL) }
         if signal == 0 { return .success }
-        let ignoredByDefault: Set<Int32> = [17, 23, 28] // SIGCHLD, SIGURG, SIGWINCH
-        if signals.actions[Int(signal)].handler == SignalState.ignore || (signals.actions[Int(signal)].handler == 0 && ignoredByDefault.contains(signal)) {
+        switch disposition(of: signal) {
+        case .ignore: return .success
+        case .terminate: return .exit(.signaled(signal))
+        case .handler:
+            pendingSignal = signal
             return .success
         }
-        return .exit(.signaled(signal))
     }
 }

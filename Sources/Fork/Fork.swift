@@ -1,1 +1,0 @@
-// The Fork module; see README.md, "Layout".

@@ -1,0 +1,103 @@
+import Foundation
+import HostSystem
+import KVM
+import ProcessVM
+
+/// What a warm parent is made from: an image's root filesystem and entry point.
+public struct ImageSpec: Sendable {
+    public var name: String
+    public var rootfs: String
+    public var executable: String
+    /// The parent's own argv (children of an entry-point parent get theirs instead).
+    public var arguments: [String]
+    public var environment: [String]
+    public var memoryBytes: Int
+    public var forkPoint: ForkPoint.Kind
+
+    public init(name: String, rootfs: String, executable: String, arguments: [String]? = nil, environment: [String] = [],
+                memoryBytes: Int = 64 << 20, forkPoint: ForkPoint.Kind = .entry) {
+        self.name = name
+        self.rootfs = rootfs
+        self.executable = executable
+        self.arguments = arguments ?? [executable]
+        self.environment = environment
+        self.memoryBytes = memoryBytes
+        self.forkPoint = forkPoint
+    }
+}
+
+/// Why a warm parent could not be made.
+public enum ForkError: Error, CustomStringConvertible, Sendable {
+    case parentEndedBeforeForkPoint(image: String)
+    case guest(GuestError)
+
+    public var description: String {
+        switch self {
+        case .parentEndedBeforeForkPoint(let image):
+            return "the parent of \(image) ended before it first read standard input, so it has no fork point"
+        case .guest(let error):
+            return error.description
+        }
+    }
+}
+
+/// An image's program, loaded (or run up to its first read of standard input) and frozen
+/// there for good, with a pool of VMs made ready for its children.
+public final class WarmParent: @unchecked Sendable {
+    public let image: ImageSpec
+    public let forkPoint: ForkPoint
+    let pool: VMPool
+    private let nextPid = ManagedCounter(start: 2)
+
+    /// Builds the parent and fills its pool (`poolSize` VMs) in the background.
+    public init(system: KVMSystem, image: ImageSpec, poolSize: Int = 8) throws(ForkError) {
+        self.image = image
+        let configuration = ProcessVMConfiguration(rootfs: image.rootfs, memoryBytes: image.memoryBytes)
+        // A parent that runs before its fork point reads nothing and writes nowhere.
+        let null = open("/dev/null", O_RDWR | O_CLOEXEC)
+        defer { close(null) }
+        let point: ForkPoint?
+        do {
+            point = try ProcessVM.makeForkPoint(system: system, configuration: configuration, executable: image.executable,
+                                                arguments: image.arguments, environment: image.environment, kind: image.forkPoint,
+                                                streams: StandardStreams(input: null, output: null, error: null))
+        } catch {
+            throw .guest(error)
+        }
+        guard let point else { throw .parentEndedBeforeForkPoint(image: image.name) }
+        forkPoint = point
+        pool = VMPool(system: system, forkPoint: point, target: poolSize)
+        pool.refill()
+    }
+
+    /// Forks a child: a pooled VM takes the parent's memory copy-on-write and CPU state, and
+    /// the child its own pid, hostname, streams and — for an entry-point parent — arguments
+    /// and environment. The child has not run yet; `Container.run` or `start` runs it.
+    public func fork(arguments: [String]? = nil, environment: [String]? = nil, hostname: String? = nil,
+                     streams: StandardStreams) throws(ForkError) -> Container {
+        let started = ContinuousClock.now
+        let prepared: PreparedVM
+        do { prepared = try pool.take() } catch { throw .guest(error) }
+        let pid = Int32(truncatingIfNeeded: nextPid.next())
+        let identity = GuestIdentity(pid: pid, parentPid: 1, hostname: hostname ?? "\(image.name)-\(pid)")
+        do {
+            let child = try ProcessVM(forking: forkPoint, into: prepared, identity: identity,
+                                      arguments: arguments.map { [image.executable] + $0 }, environment: environment ?? image.environment,
+                                      streams: streams)
+            return Container(vm: child, name: identity.hostname, forkLatency: ContinuousClock.now - started)
+        } catch {
+            throw .guest(error)
+        }
+    }
+
+    /// VMs ready in the pool now.
+    public var pooledVMs: Int { pool.readyCount }
+}
+
+/// A thread-safe increasing counter.
+final class ManagedCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: Int
+    init(start: Int) { value = start }
+    func next() -> Int { lock.withLock { defer { value += 1 }; return value } }
+}

@@ -1,0 +1,83 @@
+import Foundation
+
+/// The kernel's own accounting of one mapping of this process, from /proc/self/smaps.
+public struct MappingUsage: Sendable, Equatable {
+    /// Resident bytes of the mapping.
+    public var resident: Int
+    /// Resident pages also mapped elsewhere (a child's pages still shared with its parent's memfd).
+    public var shared: Int
+    /// Pages only this mapping has: what a copy-on-write child owns.
+    public var privateBytes: Int
+    /// Of those, the dirtied ones (copy-on-write copies and fresh anonymous pages).
+    public var privateDirty: Int
+}
+
+/// Per-mapping usage of this process, keyed by the mapping's start address. One read of
+/// /proc/self/smaps serves every VM in a report.
+public enum MemoryMappings {
+    public static func current() -> [UInt: MappingUsage] {
+        guard let text = try? String(contentsOfFile: "/proc/self/smaps", encoding: .utf8) else { return [:] }
+        var result: [UInt: MappingUsage] = [:]
+        var current: UInt?
+        var usage = MappingUsage(resident: 0, shared: 0, privateBytes: 0, privateDirty: 0)
+        func finish() {
+            if let current { result[current] = usage }
+        }
+        for line in text.split(separator: "\n", omittingEmptySubsequences: true) {
+            let parts = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard let first = parts.first else { continue }
+            if !first.hasSuffix(":") {
+                // A mapping's header: "start-end perms offset device inode path".
+                finish()
+                current = first.split(separator: "-").first.flatMap { UInt($0, radix: 16) }
+                usage = MappingUsage(resident: 0, shared: 0, privateBytes: 0, privateDirty: 0)
+                continue
+            }
+            guard parts.count >= 2, let kilobytes = Int(parts[1]) else { continue }
+            let bytes = kilobytes * 1024
+            switch first {
+            case "Rss:": usage.resident = bytes
+            case "Shared_Clean:", "Shared_Dirty:": usage.shared += bytes
+            case "Private_Clean:": usage.privateBytes += bytes
+            case "Private_Dirty:":
+                usage.privateBytes += bytes
+                usage.privateDirty = bytes
+            default: break
+            }
+        }
+        finish()
+        return result
+    }
+}
+
+/// Host kernel memory the kernel reports in /proc/meminfo that VMs cost: vmalloc (KVM's
+/// per-VM structures), slab, kernel stacks and page tables.
+public struct KernelMemory: Sendable, Equatable {
+    public var vmalloc: Int
+    public var slab: Int
+    public var kernelStack: Int
+    public var pageTables: Int
+
+    public var total: Int { vmalloc + slab + kernelStack + pageTables }
+
+    public static func current() -> KernelMemory {
+        var values: [String: Int] = [:]
+        if let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8) {
+            for line in text.split(separator: "\n") {
+                let parts = line.split(separator: " ", omittingEmptySubsequences: true)
+                if parts.count >= 2, let kilobytes = Int(parts[1]) { values[String(parts[0].dropLast())] = kilobytes * 1024 }
+            }
+        }
+        return KernelMemory(vmalloc: values["VmallocUsed"] ?? 0, slab: values["Slab"] ?? 0,
+                            kernelStack: values["KernelStack"] ?? 0, pageTables: (values["PageTables"] ?? 0) + (values["SecPageTables"] ?? 0))
+    }
+
+    public static func - (lhs: KernelMemory, rhs: KernelMemory) -> KernelMemory {
+        KernelMemory(vmalloc: lhs.vmalloc - rhs.vmalloc, slab: lhs.slab - rhs.slab,
+                     kernelStack: lhs.kernelStack - rhs.kernelStack, pageTables: lhs.pageTables - rhs.pageTables)
+    }
+
+    public func divided(by count: Int) -> KernelMemory {
+        KernelMemory(vmalloc: vmalloc / count, slab: slab / count, kernelStack: kernelStack / count, pageTables: pageTables / count)
+    }
+}
