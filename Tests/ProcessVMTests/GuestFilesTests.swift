@@ -371,7 +371,7 @@ import Glibc
             #expect(buffer.withUnsafeBytes { rootfs.files.write(fd, from: $0) } == -Int(EBADF))
             #expect(buffer.withUnsafeMutableBytes { rootfs.files.fstat(fd, into: $0) } == -Int(EBADF))
             #expect(buffer.withUnsafeMutableBytes { rootfs.files.getdents64(fd, into: $0) } == -Int(EBADF))
-            #expect(buffer.withUnsafeMutableBytes { rootfs.files.ioctl(fd, request: UInt(TCGETS), argument: $0) } == -Int(EBADF))
+            #expect(buffer.withUnsafeMutableBytes { rootfs.files.ioctl(fd, request: UInt32(TCGETS), argument: $0) } == -Int(EBADF))
             #expect(rootfs.files.lseek(fd, offset: 0, whence: SEEK_SET) == -Int(EBADF))
             #expect(rootfs.files.close(fd) == -Int(EBADF))
             #expect(rootfs.files.dup(fd) == -Int(EBADF))
@@ -403,11 +403,11 @@ import Glibc
         let rootfs = try GuestRootfs()
         let file = Int32(rootfs.open("/data/hello.txt"))
         var argument = [UInt8](repeating: 0, count: 64)
-        #expect(argument.withUnsafeMutableBytes { rootfs.files.ioctl(file, request: UInt(TCGETS), argument: $0) } == -Int(ENOTTY))
-        #expect(argument.withUnsafeMutableBytes { rootfs.files.ioctl(1, request: UInt(TIOCGWINSZ), argument: $0) } == -Int(ENOTTY))
-        #expect(GuestFiles.ioctlArgumentSize(request: UInt(TCGETS)) == 36)
-        #expect(GuestFiles.ioctlArgumentSize(request: UInt(TIOCGWINSZ)) == 8)
-        #expect(GuestFiles.ioctlArgumentSize(request: UInt(TIOCSWINSZ)) == nil)
+        #expect(argument.withUnsafeMutableBytes { rootfs.files.ioctl(file, request: UInt32(TCGETS), argument: $0) } == -Int(ENOTTY))
+        #expect(argument.withUnsafeMutableBytes { rootfs.files.ioctl(1, request: UInt32(TIOCGWINSZ), argument: $0) } == -Int(ENOTTY))
+        #expect(GuestFiles.ioctlArgumentSize(request: UInt32(TCGETS)) == 36)
+        #expect(GuestFiles.ioctlArgumentSize(request: UInt32(TIOCGWINSZ)) == 8)
+        #expect(GuestFiles.ioctlArgumentSize(request: UInt32(TIOCSWINSZ)) == nil)
 
         let terminal = try PseudoTerminal()
         var size = winsize(ws_row: 33, ws_col: 101, ws_xpixel: 0, ws_ypixel: 0)
@@ -415,17 +415,17 @@ import Glibc
         let withTerminal = try GuestFiles(rootfs: rootfs.folder.path, stdin: terminal.terminal.rawValue,
                                           stdout: terminal.terminal.rawValue, stderr: 2)
         var guestSize = [UInt8](repeating: 0, count: 8)
-        #expect(guestSize.withUnsafeMutableBytes { withTerminal.ioctl(1, request: UInt(TIOCGWINSZ), argument: $0) } == 0)
+        #expect(guestSize.withUnsafeMutableBytes { withTerminal.ioctl(1, request: UInt32(TIOCGWINSZ), argument: $0) } == 0)
         #expect(guestSize == withUnsafeBytes(of: &size) { Array($0) })
 
         var guestTermios = [UInt8](repeating: 0, count: 36)
         var hostTermios = [UInt8](repeating: 0, count: 36)
-        #expect(guestTermios.withUnsafeMutableBytes { withTerminal.ioctl(0, request: UInt(TCGETS), argument: $0) } == 0)
+        #expect(guestTermios.withUnsafeMutableBytes { withTerminal.ioctl(0, request: UInt32(TCGETS), argument: $0) } == 0)
         #expect(hostTermios.withUnsafeMutableBytes { cshims_ioctl_ptr(terminal.terminal.rawValue, UInt(TCGETS), $0.baseAddress) } == 0)
         #expect(guestTermios == hostTermios)
         var tooSmall = [UInt8](repeating: 0, count: 4)
-        #expect(tooSmall.withUnsafeMutableBytes { withTerminal.ioctl(0, request: UInt(TCGETS), argument: $0) } == -Int(EFAULT))
-        #expect(guestTermios.withUnsafeMutableBytes { withTerminal.ioctl(0, request: UInt(TIOCSWINSZ), argument: $0) } == -Int(ENOTTY))
+        #expect(tooSmall.withUnsafeMutableBytes { withTerminal.ioctl(0, request: UInt32(TCGETS), argument: $0) } == -Int(EFAULT))
+        #expect(guestTermios.withUnsafeMutableBytes { withTerminal.ioctl(0, request: UInt32(TIOCSWINSZ), argument: $0) } == -Int(ENOTTY))
     }
 
     // MARK: - Working directory

@@ -44,19 +44,19 @@ public final class GuestFiles: @unchecked Sendable {
             throw SystemError(call: "open(rootfs \(rootfs))", errno: error.errno)
         }
         let streams = [
-            DescriptorSlot(file: OpenFile(host: try duplicateHost(stdin), isInsideRootfs: false), closeOnExec: false),
-            DescriptorSlot(file: OpenFile(host: try duplicateHost(stdout), isInsideRootfs: false), closeOnExec: false),
-            DescriptorSlot(file: OpenFile(host: try duplicateHost(stderr), isInsideRootfs: false), closeOnExec: false),
+            DescriptorSlot(file: OpenFile(host: try HostFileCalls.duplicate(stdin), isInsideRootfs: false), closeOnExec: false),
+            DescriptorSlot(file: OpenFile(host: try HostFileCalls.duplicate(stdout), isInsideRootfs: false), closeOnExec: false),
+            DescriptorSlot(file: OpenFile(host: try HostFileCalls.duplicate(stderr), isInsideRootfs: false), closeOnExec: false),
         ]
         try self.init(root: root, hostDevices: try FileDescriptor.open("/dev", CSHIMS_O_PATH | O_DIRECTORY),
                       descriptorLimit: max(descriptorLimit, streams.count), slots: streams,
-                      workingDirectory: [slash])
+                      workingDirectory: [GuestPath.slash])
     }
 
     private init(root: consuming FileDescriptor, hostDevices: consuming FileDescriptor, descriptorLimit: Int,
                  slots: [DescriptorSlot?], workingDirectory: [UInt8]) throws(SystemError) {
-        let rootInfo = try hostStat(root.rawValue)
-        rootHostPath = try hostPath(of: root.rawValue)
+        let rootInfo = try HostFileCalls.status(root.rawValue)
+        rootHostPath = try HostFileCalls.path(of: root.rawValue)
         rootDevice = UInt64(rootInfo.st_dev)
         rootInode = UInt64(rootInfo.st_ino)
         self.root = root
@@ -87,11 +87,11 @@ public final class GuestFiles: @unchecked Sendable {
             }
             let key = ObjectIdentifier(slot.file)
             if copies[key] == nil {
-                copies[key] = OpenFile(host: try duplicateHost(slot.file.hostFD), isInsideRootfs: slot.file.isInsideRootfs)
+                copies[key] = OpenFile(host: try HostFileCalls.duplicate(slot.file.hostFD), isInsideRootfs: slot.file.isInsideRootfs)
             }
             childSlots.append(DescriptorSlot(file: copies[key]!, closeOnExec: slot.closeOnExec))
         }
-        return try GuestFiles(root: duplicateHost(root.rawValue), hostDevices: duplicateHost(hostDevices.rawValue),
+        return try GuestFiles(root: HostFileCalls.duplicate(root.rawValue), hostDevices: HostFileCalls.duplicate(hostDevices.rawValue),
                               descriptorLimit: descriptorLimit, slots: childSlots, workingDirectory: workingDirectory)
     }
 
@@ -175,7 +175,7 @@ public final class GuestFiles: @unchecked Sendable {
 
     /// The lowest unused descriptor number `>= start`, as Linux allocates them, or EMFILE.
     func lowestFreeDescriptor(from start: Int) throws(SystemError) -> Int {
-        for candidate in start..<descriptorLimit where candidate >= slots.count || slots[candidate] == nil {
+        for candidate in start..<max(start, descriptorLimit) where candidate >= slots.count || slots[candidate] == nil {
             return candidate
         }
         throw SystemError(call: "guest descriptor table", errno: EMFILE)
@@ -189,14 +189,19 @@ public final class GuestFiles: @unchecked Sendable {
         slots[index] = DescriptorSlot(file: file, closeOnExec: closeOnExec)
         return index
     }
-}
 
-/// Runs one guest call and turns its failure into Linux's result, `-errno`: the one place
-/// where errors become guest results.
-func linuxResult(_ body: () throws(SystemError) -> Int) -> Int {
-    do {
-        return try body()
-    } catch {
-        return -Int(error.errno)
+    /// Runs one guest call and turns its failure into Linux's result, `-errno`: the one
+    /// place where errors become guest results.
+    func linuxResult(_ body: () throws(SystemError) -> Int) -> Int {
+        do {
+            return try body()
+        } catch {
+            return -Int(error.errno)
+        }
+    }
+
+    /// EFAULT unless the caller's buffer holds a whole kernel struct of `size` bytes.
+    func requireRoom(_ buffer: UnsafeMutableRawBufferPointer, _ size: Int) throws(SystemError) {
+        guard buffer.baseAddress != nil, buffer.count >= size else { throw SystemError(call: "guest buffer", errno: EFAULT) }
     }
 }
