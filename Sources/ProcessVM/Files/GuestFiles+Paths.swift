@@ -92,8 +92,8 @@ extension GuestFiles {
             _ = try location.parent.open(flags: CSHIMS_O_PATH | O_DIRECTORY)
             throw SystemError(call: "openat(O_CREAT)", errno: EROFS)
         }
-        let type = try HostFileCalls.fileType(probe.rawValue)
         if request.isPathOnly { return probe }
+        let type = try HostFileCalls.fileType(probe.rawValue)
         if type == S_IFLNK { throw SystemError(call: "openat(O_NOFOLLOW)", errno: ELOOP) }
         if request.makesTemporaryFile {
             throw SystemError(call: "openat(O_TMPFILE)", errno: location.isInsideRootfs ? EROFS : ENOTDIR)
