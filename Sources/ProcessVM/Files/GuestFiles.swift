@@ -43,11 +43,10 @@ public final class GuestFiles: @unchecked Sendable {
         } catch {
             throw SystemError(call: "open(rootfs \(rootfs))", errno: error.errno)
         }
-        let streams = [
-            DescriptorSlot(file: OpenFile(host: try HostFileCalls.duplicate(stdin), isInsideRootfs: false), closeOnExec: false),
-            DescriptorSlot(file: OpenFile(host: try HostFileCalls.duplicate(stdout), isInsideRootfs: false), closeOnExec: false),
-            DescriptorSlot(file: OpenFile(host: try HostFileCalls.duplicate(stderr), isInsideRootfs: false), closeOnExec: false),
-        ]
+        var streams: [DescriptorSlot?] = []
+        for hostFD in [stdin, stdout, stderr] {
+            streams.append(DescriptorSlot(file: OpenFile(host: try HostFileCalls.duplicate(hostFD), isInsideRootfs: false), closeOnExec: false))
+        }
         try self.init(root: root, hostDevices: try FileDescriptor.open("/dev", CSHIMS_O_PATH | O_DIRECTORY),
                       descriptorLimit: max(descriptorLimit, streams.count), slots: streams,
                       workingDirectory: [GuestPath.slash])
