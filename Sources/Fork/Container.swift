@@ -36,6 +36,7 @@ public final class Container: @unchecked Sendable {
         let vm: ProcessVM? = condition.withLock {
             guard currentState == .created else { return nil }
             currentState = .running
+            condition.broadcast()
             return self.vm
         }
         guard let vm else { return wait() }

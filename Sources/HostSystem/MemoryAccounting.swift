@@ -16,7 +16,7 @@ public struct MappingUsage: Sendable, Equatable {
 /// /proc/self/smaps serves every VM in a report.
 public enum MemoryMappings {
     public static func current() -> [UInt: MappingUsage] {
-        guard let text = try? String(contentsOfFile: "/proc/self/smaps", encoding: .utf8) else { return [:] }
+        guard let text = readKernelFile("/proc/self/smaps") else { return [:] }
         var result: [UInt: MappingUsage] = [:]
         var current: UInt?
         var usage = MappingUsage(resident: 0, shared: 0, privateBytes: 0, privateDirty: 0)
@@ -62,7 +62,7 @@ public struct KernelMemory: Sendable, Equatable {
 
     public static func current() -> KernelMemory {
         var values: [String: Int] = [:]
-        if let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8) {
+        if let text = readKernelFile("/proc/meminfo") {
             for line in text.split(separator: "\n") {
                 let parts = line.split(separator: " ", omittingEmptySubsequences: true)
                 if parts.count >= 2, let kilobytes = Int(parts[1]) { values[String(parts[0].dropLast())] = kilobytes * 1024 }
@@ -80,4 +80,21 @@ public struct KernelMemory: Sendable, Equatable {
     public func divided(by count: Int) -> KernelMemory {
         KernelMemory(vmalloc: vmalloc / count, slab: slab / count, kernelStack: kernelStack / count, pageTables: pageTables / count)
     }
+}
+
+/// Reads a /proc file to its end. They report a size of 0, so readers that trust the size
+/// see nothing.
+public func readKernelFile(_ path: String) -> String? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if count < 0 && errno == EINTR { continue }
+        guard count > 0 else { break }
+        bytes += chunk[..<count]
+    }
+    return String(decoding: bytes, as: UTF8.self)
 }

@@ -357,7 +357,13 @@ final class ThreadSlot: @unchecked Sendable {
     private var thread: pthread_t?
 
     func enter() {
-        _ = VCPUKick.installed
+        _ = EngineSignals.installed
+        // Threads of Dispatch and of test runners start with most signals blocked; the kick
+        // must get through to this one.
+        var kick = sigset_t()
+        sigemptyset(&kick)
+        sigaddset(&kick, EngineSignals.vcpuKick)
+        pthread_sigmask(SIG_UNBLOCK, &kick, nil)
         lock.withLock { thread = pthread_self() }
     }
 
@@ -365,7 +371,7 @@ final class ThreadSlot: @unchecked Sendable {
 
     func kick() {
         lock.withLock {
-            if let thread { pthread_kill(thread, VCPUKick.signal) }
+            if let thread { pthread_kill(thread, EngineSignals.vcpuKick) }
         }
     }
 }

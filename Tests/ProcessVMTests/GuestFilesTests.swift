@@ -275,6 +275,44 @@ import Glibc
         #expect(rootfs.open("/data/hello.txt", 0x4000_0000 | O_RDONLY) >= 0, "unknown flag bits are ignored, as openat(2) does")
     }
 
+    @Test func pathsAreBytesNotStrings() throws {
+        let rootfs = try GuestRootfs()
+        let name: [CChar] = Array("data/caf".utf8CString.dropLast()) + [CChar(bitPattern: 0xE9), CChar(bitPattern: 0xFF), 0]
+        let hostName = Array(rootfs.folder.path.utf8CString.dropLast()) + [CChar(UInt8(ascii: "/"))] + name
+        let created = open(hostName, O_WRONLY | O_CREAT | O_CLOEXEC, 0o644)
+        #expect(created >= 0 && Glibc.write(created, "latin-1 name\n", 13) == 13 && Glibc.close(created) == 0)
+        let fd = name.withUnsafeBufferPointer { rootfs.files.openat(dirfd: AT_FDCWD, path: $0.baseAddress!, flags: O_RDONLY, mode: 0) }
+        #expect(fd == 3)
+        #expect(rootfs.read(fd) == Array("latin-1 name\n".utf8))
+        let repaired = String(decoding: name.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        #expect(rootfs.open(repaired) == -Int(ENOENT), "the name is looked up byte for byte")
+    }
+
+    @Test func emptyPathsAndNoFollowFlags() throws {
+        let rootfs = try GuestRootfs()
+        let link = Int32(rootfs.open("/loop_a", CSHIMS_O_PATH | O_NOFOLLOW))
+        #expect(link == 3)
+        #expect(rootfs.access("/loop_a", R_OK) == -Int(ELOOP))
+        #expect(rootfs.access("/loop_a", R_OK, flags: AT_SYMLINK_NOFOLLOW) == 0)
+        #expect("".withCString { rootfs.files.faccessat(dirfd: link, path: $0, mode: W_OK, flags: CSHIMS_AT_EMPTY_PATH) } == -Int(EROFS))
+        #expect("".withCString { rootfs.files.faccessat(dirfd: 0, path: $0, mode: W_OK, flags: CSHIMS_AT_EMPTY_PATH) } == 0)
+        #expect(rootfs.access("", R_OK) == -Int(ENOENT))
+
+        var viaFD = [UInt8](repeating: 0, count: 256)
+        var viaPath = [UInt8](repeating: 0, count: 256)
+        #expect(viaFD.withUnsafeMutableBytes { buffer in
+            "".withCString { rootfs.files.statx(dirfd: link, path: $0, flags: CSHIMS_AT_EMPTY_PATH, mask: 0xfff, into: buffer) }
+        } == 0)
+        #expect(viaPath.withUnsafeMutableBytes { buffer in
+            "/loop_a".withCString { rootfs.files.statx(dirfd: AT_FDCWD, path: $0, flags: AT_SYMLINK_NOFOLLOW, mask: 0xfff, into: buffer) }
+        } == 0)
+        #expect(viaFD == viaPath)
+        #expect(rootfs.readlink("", dirfd: 0) == .failure(GuestErrno(ENOENT)))
+        #expect(rootfs.readlink("") == .failure(GuestErrno(ENOENT)))
+        var noRoom = [UInt8]()
+        #expect(noRoom.withUnsafeMutableBytes { buffer in "/abs".withCString { rootfs.files.readlinkat(dirfd: AT_FDCWD, path: $0, into: buffer) } } == -Int(EINVAL))
+    }
+
     // MARK: - Descriptor semantics
 
     @Test func descriptorsAreAllocatedLowestFirst() throws {
@@ -371,7 +409,7 @@ import Glibc
             #expect(buffer.withUnsafeBytes { rootfs.files.write(fd, from: $0) } == -Int(EBADF))
             #expect(buffer.withUnsafeMutableBytes { rootfs.files.fstat(fd, into: $0) } == -Int(EBADF))
             #expect(buffer.withUnsafeMutableBytes { rootfs.files.getdents64(fd, into: $0) } == -Int(EBADF))
-            #expect(buffer.withUnsafeMutableBytes { rootfs.files.ioctl(fd, request: UInt(TCGETS), argument: $0) } == -Int(EBADF))
+            #expect(buffer.withUnsafeMutableBytes { rootfs.files.ioctl(fd, request: UInt32(TCGETS), argument: $0) } == -Int(EBADF))
             #expect(rootfs.files.lseek(fd, offset: 0, whence: SEEK_SET) == -Int(EBADF))
             #expect(rootfs.files.close(fd) == -Int(EBADF))
             #expect(rootfs.files.dup(fd) == -Int(EBADF))
@@ -403,11 +441,11 @@ import Glibc
         let rootfs = try GuestRootfs()
         let file = Int32(rootfs.open("/data/hello.txt"))
         var argument = [UInt8](repeating: 0, count: 64)
-        #expect(argument.withUnsafeMutableBytes { rootfs.files.ioctl(file, request: UInt(TCGETS), argument: $0) } == -Int(ENOTTY))
-        #expect(argument.withUnsafeMutableBytes { rootfs.files.ioctl(1, request: UInt(TIOCGWINSZ), argument: $0) } == -Int(ENOTTY))
-        #expect(GuestFiles.ioctlArgumentSize(request: UInt(TCGETS)) == 36)
-        #expect(GuestFiles.ioctlArgumentSize(request: UInt(TIOCGWINSZ)) == 8)
-        #expect(GuestFiles.ioctlArgumentSize(request: UInt(TIOCSWINSZ)) == nil)
+        #expect(argument.withUnsafeMutableBytes { rootfs.files.ioctl(file, request: UInt32(TCGETS), argument: $0) } == -Int(ENOTTY))
+        #expect(argument.withUnsafeMutableBytes { rootfs.files.ioctl(1, request: UInt32(TIOCGWINSZ), argument: $0) } == -Int(ENOTTY))
+        #expect(GuestFiles.ioctlArgumentSize(request: UInt32(TCGETS)) == 36)
+        #expect(GuestFiles.ioctlArgumentSize(request: UInt32(TIOCGWINSZ)) == 8)
+        #expect(GuestFiles.ioctlArgumentSize(request: UInt32(TIOCSWINSZ)) == nil)
 
         let terminal = try PseudoTerminal()
         var size = winsize(ws_row: 33, ws_col: 101, ws_xpixel: 0, ws_ypixel: 0)
@@ -415,17 +453,17 @@ import Glibc
         let withTerminal = try GuestFiles(rootfs: rootfs.folder.path, stdin: terminal.terminal.rawValue,
                                           stdout: terminal.terminal.rawValue, stderr: 2)
         var guestSize = [UInt8](repeating: 0, count: 8)
-        #expect(guestSize.withUnsafeMutableBytes { withTerminal.ioctl(1, request: UInt(TIOCGWINSZ), argument: $0) } == 0)
+        #expect(guestSize.withUnsafeMutableBytes { withTerminal.ioctl(1, request: UInt32(TIOCGWINSZ), argument: $0) } == 0)
         #expect(guestSize == withUnsafeBytes(of: &size) { Array($0) })
 
         var guestTermios = [UInt8](repeating: 0, count: 36)
         var hostTermios = [UInt8](repeating: 0, count: 36)
-        #expect(guestTermios.withUnsafeMutableBytes { withTerminal.ioctl(0, request: UInt(TCGETS), argument: $0) } == 0)
+        #expect(guestTermios.withUnsafeMutableBytes { withTerminal.ioctl(0, request: UInt32(TCGETS), argument: $0) } == 0)
         #expect(hostTermios.withUnsafeMutableBytes { cshims_ioctl_ptr(terminal.terminal.rawValue, UInt(TCGETS), $0.baseAddress) } == 0)
         #expect(guestTermios == hostTermios)
         var tooSmall = [UInt8](repeating: 0, count: 4)
-        #expect(tooSmall.withUnsafeMutableBytes { withTerminal.ioctl(0, request: UInt(TCGETS), argument: $0) } == -Int(EFAULT))
-        #expect(guestTermios.withUnsafeMutableBytes { withTerminal.ioctl(0, request: UInt(TIOCSWINSZ), argument: $0) } == -Int(ENOTTY))
+        #expect(tooSmall.withUnsafeMutableBytes { withTerminal.ioctl(0, request: UInt32(TCGETS), argument: $0) } == -Int(EFAULT))
+        #expect(guestTermios.withUnsafeMutableBytes { withTerminal.ioctl(0, request: UInt32(TIOCSWINSZ), argument: $0) } == -Int(ENOTTY))
     }
 
     // MARK: - Working directory

@@ -44,7 +44,14 @@ public final class ForkPoint: @unchecked Sendable {
         space = parent.space
         files = parent.files
         do {
-            registers = try parent.vcpu.registers()
+            var registers = try parent.vcpu.registers()
+            if kind == .firstStandardInputRead {
+                // The parent stopped at the stub's `out` with the call unserved; a child
+                // executes that `out` again (RAX still holds the call number) and so
+                // serves the read itself, from its own standard input.
+                registers.rip = SystemArea.stubPage
+            }
+            self.registers = registers
             specialRegisters = try parent.vcpu.specialRegisters()
             xsave = try parent.vcpu.xsave()
             xcrs = try parent.vcpu.xcrs()

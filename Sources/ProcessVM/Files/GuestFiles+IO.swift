@@ -70,13 +70,13 @@ extension GuestFiles {
     /// Rewrites the inode of a ".." record to the root's own when `directory` is the root.
     private func hideParentOfRoot(in records: UnsafeMutableRawBufferPointer, listing directory: Int32) throws(SystemError) {
         let inodeOffset = 0, recordLengthOffset = 16, nameOffset = 19
-        let parentName: [UInt8] = [dot, dot, 0]
+        let parentName = Array("..\0".utf8)
         var offset = 0
         while offset + nameOffset + parentName.count <= records.count {
             let recordLength = Int(records.loadUnaligned(fromByteOffset: offset + recordLengthOffset, as: UInt16.self))
             guard recordLength > 0 else { return }
             if records[(offset + nameOffset)..<(offset + nameOffset + parentName.count)].elementsEqual(parentName) {
-                let info = try hostStat(directory)
+                let info = try HostFileCalls.status(directory)
                 if UInt64(info.st_dev) == rootDevice, UInt64(info.st_ino) == rootInode {
                     records.storeBytes(of: rootInode, toByteOffset: offset + inodeOffset, as: UInt64.self)
                 }
@@ -86,31 +86,32 @@ extension GuestFiles {
         }
     }
 
+    /// The kernel's struct termios that TCGETS writes: four flag words, c_line and 19
+    /// control characters (Glibc's termios is larger).
+    private static let kernelTermiosSize = 4 * MemoryLayout<UInt32>.size + 1 + 19
+
     /// How many argument bytes an ioctl request this layer serves reads or writes, so the
     /// dispatch knows how much guest memory to make available; nil for any other request.
-    public static func ioctlArgumentSize(request: UInt) -> Int? {
+    public static func ioctlArgumentSize(request: UInt32) -> Int? {
         switch request {
-        case UInt(TCGETS): return kernelTermiosSize
-        case UInt(TIOCGWINSZ): return MemoryLayout<winsize>.size
+        case UInt32(TCGETS): return Self.kernelTermiosSize
+        case UInt32(TIOCGWINSZ): return MemoryLayout<winsize>.size
         default: return nil
         }
     }
 
     /// ioctl(2): TCGETS and TIOCGWINSZ, passed to the host when the descriptor is a
     /// terminal; ENOTTY otherwise and for every other request (EFAULT if `argument` is
-    /// smaller than `ioctlArgumentSize(request:)`).
-    public func ioctl(_ fd: Int32, request: UInt, argument: UnsafeMutableRawBufferPointer) -> Int {
+    /// smaller than `ioctlArgumentSize(request:)`). `request` is 32 bits, as the kernel's
+    /// `unsigned int cmd`.
+    public func ioctl(_ fd: Int32, request: UInt32, argument: UnsafeMutableRawBufferPointer) -> Int {
         linuxResult { () throws(SystemError) in
             let file = try openFile(fd)
             guard let size = Self.ioctlArgumentSize(request: request), isatty(file.hostFD) == 1 else {
                 throw SystemError(call: "ioctl(\(request))", errno: ENOTTY)
             }
             try requireRoom(argument, size)
-            return Int(try retryingSyscall("ioctl(\(request))") { cshims_ioctl_ptr(file.hostFD, request, argument.baseAddress) })
+            return Int(try retryingSyscall("ioctl(\(request))") { cshims_ioctl_ptr(file.hostFD, UInt(request), argument.baseAddress) })
         }
     }
 }
-
-/// The kernel's struct termios that TCGETS writes: four flag words, c_line and 19 control
-/// characters (Glibc's termios is larger).
-let kernelTermiosSize = 4 * MemoryLayout<UInt32>.size + 1 + 19

@@ -12,17 +12,17 @@ extension GuestFiles {
     /// absolute symlinks. An empty `path` names the starting folder itself.
     func locate(_ dirfd: Int32, _ path: [UInt8]) throws(SystemError) -> HostLocation {
         var absolute: [UInt8]
-        if path.first == slash {
+        if path.first == GuestPath.slash {
             absolute = path
         } else {
             absolute = dirfd == AT_FDCWD ? workingDirectory : try guestDirectoryPath(ofHost: openFile(dirfd).hostFD)
             if !path.isEmpty {
-                if absolute.last != slash { absolute.append(slash) }
+                if absolute.last != GuestPath.slash { absolute.append(GuestPath.slash) }
                 absolute += path
             }
         }
         guard absolute.count < Int(PATH_MAX) else { throw SystemError(call: "guest path", errno: ENAMETOOLONG) }
-        if let device = allowlistedDevice(absolute) {
+        if let device = GuestPath.allowlistedDevice(absolute) {
             return HostLocation(base: hostDevices.rawValue, path: device,
                                 resolve: CSHIMS_RESOLVE_BENEATH | CSHIMS_RESOLVE_NO_SYMLINKS, isInsideRootfs: false)
         }
@@ -33,11 +33,11 @@ extension GuestFiles {
     /// The guest path of a folder opened from the root (ENOTDIR for anything else; ENOENT
     /// for a folder outside the root, such as one passed in as a standard stream).
     func guestDirectoryPath(ofHost fd: Int32) throws(SystemError) -> [UInt8] {
-        guard fileType(try hostStat(fd)) == S_IFDIR else { throw SystemError(call: "guest directory", errno: ENOTDIR) }
-        let host = try hostPath(of: fd)
-        if host == rootHostPath { return [slash] }
-        if rootHostPath == [slash] { return host }
-        guard host.count > rootHostPath.count, host.starts(with: rootHostPath), host[rootHostPath.count] == slash else {
+        guard try HostFileCalls.fileType(fd) == S_IFDIR else { throw SystemError(call: "guest directory", errno: ENOTDIR) }
+        let host = try HostFileCalls.path(of: fd)
+        if host == rootHostPath { return [GuestPath.slash] }
+        if rootHostPath == [GuestPath.slash] { return host }
+        guard host.count > rootHostPath.count, host.starts(with: rootHostPath), host[rootHostPath.count] == GuestPath.slash else {
             throw SystemError(call: "guest directory", errno: ENOENT)
         }
         return Array(host[rootHostPath.count...])
@@ -48,7 +48,7 @@ extension GuestFiles {
     /// (AT_EMPTY_PATH), naming `dirfd` itself or the working directory.
     func withTarget(_ dirfd: Int32, _ path: UnsafePointer<CChar>, followFinalSymlink: Bool, allowEmptyPath: Bool,
                     _ body: (_ hostFD: Int32, _ isInsideRootfs: Bool) throws(SystemError) -> Int) throws(SystemError) -> Int {
-        let guestPath = try pathBytes(path)
+        let guestPath = try GuestPath.bytes(of: path)
         if guestPath.isEmpty {
             guard allowEmptyPath else { throw SystemError(call: "guest path", errno: ENOENT) }
             if dirfd != AT_FDCWD {
@@ -57,7 +57,7 @@ extension GuestFiles {
             }
         }
         let location = try locate(dirfd, guestPath)
-        let target = try openHost(location, flags: CSHIMS_O_PATH | (followFinalSymlink ? 0 : O_NOFOLLOW))
+        let target = try location.open(flags: CSHIMS_O_PATH | (followFinalSymlink ? 0 : O_NOFOLLOW))
         return try body(target.rawValue, location.isInsideRootfs)
     }
 
@@ -71,7 +71,7 @@ extension GuestFiles {
             let request = OpenRequest(guestFlags: flags)
             try request.validate()
             let index = try lowestFreeDescriptor(from: 0)
-            let guestPath = try pathBytes(path)
+            let guestPath = try GuestPath.bytes(of: path)
             guard !guestPath.isEmpty else { throw SystemError(call: "openat", errno: ENOENT) }
             let location = try locate(dirfd, guestPath)
             let file = OpenFile(host: try open(location, request), isInsideRootfs: location.isInsideRootfs)
@@ -86,14 +86,14 @@ extension GuestFiles {
     private func open(_ location: HostLocation, _ request: OpenRequest) throws(SystemError) -> FileDescriptor {
         let probe: FileDescriptor
         do {
-            probe = try openHost(location, flags: CSHIMS_O_PATH | (request.flags & (O_NOFOLLOW | O_DIRECTORY)))
+            probe = try location.open(flags: CSHIMS_O_PATH | (request.flags & (O_NOFOLLOW | O_DIRECTORY)))
         } catch {
             guard error.errno == ENOENT, request.creates, location.isInsideRootfs else { throw error }
-            _ = try openHost(location.parent, flags: CSHIMS_O_PATH | O_DIRECTORY)
+            _ = try location.parent.open(flags: CSHIMS_O_PATH | O_DIRECTORY)
             throw SystemError(call: "openat(O_CREAT)", errno: EROFS)
         }
-        let type = fileType(try hostStat(probe.rawValue))
         if request.isPathOnly { return probe }
+        let type = try HostFileCalls.fileType(probe.rawValue)
         if type == S_IFLNK { throw SystemError(call: "openat(O_NOFOLLOW)", errno: ELOOP) }
         if request.makesTemporaryFile {
             throw SystemError(call: "openat(O_TMPFILE)", errno: location.isInsideRootfs ? EROFS : ENOTDIR)
@@ -150,7 +150,7 @@ extension GuestFiles {
             guard let base = buffer.baseAddress, buffer.count > 0 else { throw SystemError(call: "readlinkat", errno: EINVAL) }
             let emptyPath = path.pointee == 0
             return try withTarget(dirfd, path, followFinalSymlink: false, allowEmptyPath: true) { (hostFD, _) throws(SystemError) in
-                guard fileType(try hostStat(hostFD)) == S_IFLNK else {
+                guard try HostFileCalls.fileType(hostFD) == S_IFLNK else {
                     throw SystemError(call: "readlinkat", errno: emptyPath ? ENOENT : EINVAL)
                 }
                 return try retryingSyscall("readlinkat") {
@@ -170,7 +170,7 @@ extension GuestFiles {
             }
             return try withTarget(dirfd, path, followFinalSymlink: flags & AT_SYMLINK_NOFOLLOW == 0,
                                   allowEmptyPath: flags & CSHIMS_AT_EMPTY_PATH != 0) { (hostFD, isInsideRootfs) throws(SystemError) in
-                if mode & W_OK != 0, isInsideRootfs, [S_IFREG, S_IFDIR, S_IFLNK].contains(fileType(try hostStat(hostFD))) {
+                if mode & W_OK != 0, isInsideRootfs, [S_IFREG, S_IFDIR, S_IFLNK].contains(try HostFileCalls.fileType(hostFD)) {
                     throw SystemError(call: "faccessat(W_OK)", errno: EROFS)
                 }
                 return Int(try retryingSyscall("faccessat") {
@@ -195,9 +195,9 @@ extension GuestFiles {
     /// chdir(2).
     public func chdir(_ path: UnsafePointer<CChar>) -> Int {
         linuxResult { () throws(SystemError) in
-            let guestPath = try pathBytes(path)
+            let guestPath = try GuestPath.bytes(of: path)
             guard !guestPath.isEmpty else { throw SystemError(call: "chdir", errno: ENOENT) }
-            let directory = try openHost(locate(AT_FDCWD, guestPath), flags: CSHIMS_O_PATH | O_DIRECTORY)
+            let directory = try locate(AT_FDCWD, guestPath).open(flags: CSHIMS_O_PATH | O_DIRECTORY)
             workingDirectory = try guestDirectoryPath(ofHost: directory.rawValue)
             return 0
         }
@@ -210,9 +210,4 @@ extension GuestFiles {
             return 0
         }
     }
-}
-
-/// EFAULT unless the caller's buffer holds a whole kernel struct of `size` bytes.
-func requireRoom(_ buffer: UnsafeMutableRawBufferPointer, _ size: Int) throws(SystemError) {
-    guard buffer.baseAddress != nil, buffer.count >= size else { throw SystemError(call: "guest buffer", errno: EFAULT) }
 }

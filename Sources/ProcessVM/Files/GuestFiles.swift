@@ -43,20 +43,19 @@ public final class GuestFiles: @unchecked Sendable {
         } catch {
             throw SystemError(call: "open(rootfs \(rootfs))", errno: error.errno)
         }
-        let streams = [
-            DescriptorSlot(file: OpenFile(host: try duplicateHost(stdin), isInsideRootfs: false), closeOnExec: false),
-            DescriptorSlot(file: OpenFile(host: try duplicateHost(stdout), isInsideRootfs: false), closeOnExec: false),
-            DescriptorSlot(file: OpenFile(host: try duplicateHost(stderr), isInsideRootfs: false), closeOnExec: false),
-        ]
+        var streams: [DescriptorSlot?] = []
+        for hostFD in [stdin, stdout, stderr] {
+            streams.append(DescriptorSlot(file: OpenFile(host: try HostFileCalls.duplicate(hostFD), isInsideRootfs: false), closeOnExec: false))
+        }
         try self.init(root: root, hostDevices: try FileDescriptor.open("/dev", CSHIMS_O_PATH | O_DIRECTORY),
                       descriptorLimit: max(descriptorLimit, streams.count), slots: streams,
-                      workingDirectory: [slash])
+                      workingDirectory: [GuestPath.slash])
     }
 
     private init(root: consuming FileDescriptor, hostDevices: consuming FileDescriptor, descriptorLimit: Int,
                  slots: [DescriptorSlot?], workingDirectory: [UInt8]) throws(SystemError) {
-        let rootInfo = try hostStat(root.rawValue)
-        rootHostPath = try hostPath(of: root.rawValue)
+        let rootInfo = try HostFileCalls.status(root.rawValue)
+        rootHostPath = try HostFileCalls.path(of: root.rawValue)
         rootDevice = UInt64(rootInfo.st_dev)
         rootInode = UInt64(rootInfo.st_ino)
         self.root = root
@@ -78,7 +77,7 @@ public final class GuestFiles: @unchecked Sendable {
     /// flags exactly as Linux fork() does, while closing a descriptor in one leaves the other's intact.
     public func copyForFork() throws(SystemError) -> GuestFiles {
         try copy(skipping: 0) { file throws(SystemError) in
-            OpenFile(host: try duplicateHost(file.hostFD), isInsideRootfs: file.isInsideRootfs)
+            OpenFile(host: try HostFileCalls.duplicate(file.hostFD), isInsideRootfs: file.isInsideRootfs)
         }
     }
 
@@ -87,10 +86,10 @@ public final class GuestFiles: @unchecked Sendable {
     /// and descriptors 0, 1 and 2 are duplicates of the child's own host streams.
     public func copyForChildContainer(standardStreams: (input: Int32, output: Int32, error: Int32)) throws(SystemError) -> GuestFiles {
         let child = try copy(skipping: 3) { file throws(SystemError) in
-            OpenFile(host: try reopenIndependently(file.hostFD), isInsideRootfs: file.isInsideRootfs)
+            OpenFile(host: try HostFileCalls.reopenIndependently(file.hostFD), isInsideRootfs: file.isInsideRootfs)
         }
         for (index, stream) in [standardStreams.input, standardStreams.output, standardStreams.error].enumerated() {
-            child.slots[index] = DescriptorSlot(file: OpenFile(host: try duplicateHost(stream), isInsideRootfs: false), closeOnExec: false)
+            child.slots[index] = DescriptorSlot(file: OpenFile(host: try HostFileCalls.duplicate(stream), isInsideRootfs: false), closeOnExec: false)
         }
         return child
     }
@@ -112,7 +111,7 @@ public final class GuestFiles: @unchecked Sendable {
             childSlots.append(DescriptorSlot(file: copies[key]!, closeOnExec: slot.closeOnExec))
         }
         while childSlots.count < skipped { childSlots.append(nil) }
-        return try GuestFiles(root: duplicateHost(root.rawValue), hostDevices: duplicateHost(hostDevices.rawValue),
+        return try GuestFiles(root: HostFileCalls.duplicate(root.rawValue), hostDevices: HostFileCalls.duplicate(hostDevices.rawValue),
                               descriptorLimit: descriptorLimit, slots: childSlots, workingDirectory: workingDirectory)
     }
 
@@ -196,7 +195,7 @@ public final class GuestFiles: @unchecked Sendable {
 
     /// The lowest unused descriptor number `>= start`, as Linux allocates them, or EMFILE.
     func lowestFreeDescriptor(from start: Int) throws(SystemError) -> Int {
-        for candidate in start..<descriptorLimit where candidate >= slots.count || slots[candidate] == nil {
+        for candidate in start..<max(start, descriptorLimit) where candidate >= slots.count || slots[candidate] == nil {
             return candidate
         }
         throw SystemError(call: "guest descriptor table", errno: EMFILE)
@@ -210,14 +209,19 @@ public final class GuestFiles: @unchecked Sendable {
         slots[index] = DescriptorSlot(file: file, closeOnExec: closeOnExec)
         return index
     }
-}
 
-/// Runs one guest call and turns its failure into Linux's result, `-errno`: the one place
-/// where errors become guest results.
-func linuxResult(_ body: () throws(SystemError) -> Int) -> Int {
-    do {
-        return try body()
-    } catch {
-        return -Int(error.errno)
+    /// Runs one guest call and turns its failure into Linux's result, `-errno`: the one
+    /// place where errors become guest results.
+    func linuxResult(_ body: () throws(SystemError) -> Int) -> Int {
+        do {
+            return try body()
+        } catch {
+            return -Int(error.errno)
+        }
+    }
+
+    /// EFAULT unless the caller's buffer holds a whole kernel struct of `size` bytes.
+    func requireRoom(_ buffer: UnsafeMutableRawBufferPointer, _ size: Int) throws(SystemError) {
+        guard buffer.baseAddress != nil, buffer.count >= size else { throw SystemError(call: "guest buffer", errno: EFAULT) }
     }
 }

@@ -102,15 +102,17 @@ extension ProcessVM {
     }
 }
 
-/// Kicks a vCPU thread out of KVM_RUN: a signal with an empty handler makes the ioctl
-/// return EINTR. Installed once, without SA_RESTART.
-enum VCPUKick {
-    static let signal = SIGUSR2
+/// The engine's own signal set-up, done once per process: a signal with an empty handler
+/// (no SA_RESTART) that kicks a vCPU thread out of KVM_RUN with EINTR, and SIGPIPE ignored
+/// so that a guest writing to a closed pipe gets EPIPE instead of killing the engine.
+enum EngineSignals {
+    static let vcpuKick = SIGUSR2
     static let installed: Bool = {
+        signal(SIGPIPE, SIG_IGN)
         var action = sigaction()
         action.__sigaction_handler.sa_handler = { _ in }
         sigemptyset(&action.sa_mask)
         action.sa_flags = 0
-        return sigaction(signal, &action, nil) == 0
+        return sigaction(vcpuKick, &action, nil) == 0
     }()
 }

@@ -61,7 +61,7 @@ extension ProcessVM {
 
     /// ioctl: the argument's size depends on the request; unknown requests get no buffer.
     private func ioctl(_ c: SystemCall) -> SyscallOutcome {
-        let request = UInt(UInt32(truncatingIfNeeded: c.a1))
+        let request = UInt32(truncatingIfNeeded: c.a1)
         guard let size = GuestFiles.ioctlArgumentSize(request: request) else {
             return .int(files.ioctl(c.int(c.a0), request: request, argument: UnsafeMutableRawBufferPointer(start: nil, count: 0)))
         }
