@@ -209,18 +209,31 @@ public struct PlacementCore: Sendable {
                                  leaseExpiresAt: Double? = nil) throws(PlacementError) -> Placement {
         let p = try pools.index(of: pool)
         let i = try index(ofImage: image)
+        let decision = try decide(pool: p, image: i, allowColdStart: allowColdStart)
+        return charge(pool: p, image: i, key: decision.key, charge: decision.charge, start: decision.start, leaseExpiresAt: leaseExpiresAt)
+    }
+
+    struct Decision {
+        var key: UInt64
+        var charge: Resources
+        var start: Placement.Start
+    }
+
+    /// Admission, then the node: a warm fork if the pool admits it and a node fits, else a
+    /// cold start if allowed.
+    func decide(pool p: Int, image i: Int, allowColdStart: Bool) throws(PlacementError) -> Decision {
         let spec = images[i]
         let policy = pools.specs[p].policy
         if let refused = pools.refusal(charging: spec.warmCharge, at: p) { throw .poolRefused(refused) }
         if let key = chooseNode(image: i, need: spec.warmCharge, policy: policy) {
-            return charge(pool: p, image: i, key: key, charge: spec.warmCharge, start: .warm, leaseExpiresAt: leaseExpiresAt)
+            return Decision(key: key, charge: spec.warmCharge, start: .warm)
         }
-        guard allowColdStart else { throw .noHostFits(image: image, pool: pool, needed: spec.warmCharge) }
+        guard allowColdStart else { throw .noHostFits(image: spec.name, pool: pools.specs[p].name, needed: spec.warmCharge) }
         if let refused = pools.refusal(charging: spec.coldCharge, at: p) { throw .poolRefused(refused) }
         if let key = chooseNode(image: nil, need: spec.coldCharge, policy: policy) {
-            return charge(pool: p, image: i, key: key, charge: spec.coldCharge, start: .cold, leaseExpiresAt: leaseExpiresAt)
+            return Decision(key: key, charge: spec.coldCharge, start: .cold)
         }
-        throw .noHostFits(image: image, pool: pool, needed: spec.coldCharge)
+        throw .noHostFits(image: spec.name, pool: pools.specs[p].name, needed: spec.coldCharge)
     }
 
     /// The best node's key for a fork needing `need`: among healthy nodes holding a warm

@@ -35,7 +35,9 @@ import WorkloadProfiles
         let yaml = Self.base.replacingOccurrences(
             of: "pools: [{name: p,",
             with: "pools: [{name: q, parent: r, cpuReservationMHz: 0, memoryReservationMiB: 0, shares: 1, expandableReservation: true}, {name: r, parent: q, cpuReservationMHz: 0, memoryReservationMiB: 0, shares: 1, expandableReservation: true}, {name: p,")
-        #expect(throws: WorkloadProfileError(file: "<string>", problem: "pools form a cycle: q -> r -> q")) { try WorkloadProfile.parse(yaml) }
+        #expect { try WorkloadProfile.parse(yaml) } throws: { error in
+            (error as? WorkloadProfileError)?.problem == "pools form a cycle: q -> r -> q"
+        }
     }
 
     @Test(arguments: [
