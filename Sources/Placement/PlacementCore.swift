@@ -114,6 +114,7 @@ public struct PlacementCore: Sendable {
     // MARK: Pools
 
     public mutating func addPool(_ spec: PoolSpec) throws(PlacementError) { try pools.addPool(spec) }
+    mutating func restorePool(_ spec: PoolSpec) throws(PlacementError) { try pools.addPool(spec, admit: false) }
     public mutating func updatePool(_ spec: PoolSpec) throws(PlacementError) { try pools.updatePool(spec) }
 
     // MARK: Hosts
@@ -160,8 +161,10 @@ public struct PlacementCore: Sendable {
     }
 
     /// Puts a warm parent of an image on a host's node, charging its memory to the node and
-    /// to the pool that keeps it.
-    public mutating func addWarmParent(_ parent: WarmParent) throws(PlacementError) {
+    /// to the pool that keeps it. One read back from the store is not admitted again.
+    public mutating func addWarmParent(_ parent: WarmParent) throws(PlacementError) { try addWarmParent(parent, admit: true) }
+
+    mutating func addWarmParent(_ parent: WarmParent, admit: Bool) throws(PlacementError) {
         let h = try index(ofHost: parent.host)
         let i = try index(ofImage: parent.image)
         let p = try pools.index(of: parent.pool)
@@ -171,11 +174,11 @@ public struct PlacementCore: Sendable {
         if parent.memoryKiB < 0 { throw .negativeValue(subject: "warm parent of \(parent.image)", what: "memory", value: parent.memoryKiB) }
         if warmNodeByHost[h][i] != nil { throw .duplicateName(kind: "warm parent of image \(parent.image) on host", name: parent.host) }
         let free = nodeFree[nodeBase[h] + parent.node]
-        guard free >= parent.memoryKiB else {
+        guard free >= parent.memoryKiB || !admit else {
             throw .invalid("host \(parent.host) node \(parent.node): \(Resources.formatKiB(free)) free, warm parent of \(parent.image) needs \(Resources.formatKiB(parent.memoryKiB))")
         }
         let charge = Resources(memoryKiB: parent.memoryKiB, cpuMHz: 0)
-        if let refused = pools.refusal(charging: charge, at: p) { throw .poolRefused(refused) }
+        if admit, let refused = pools.refusal(charging: charge, at: p) { throw .poolRefused(refused) }
         pools.charge(charge, at: p)
         adjustNode(host: h, node: parent.node, by: -parent.memoryKiB)
         warmParents.append(parent)

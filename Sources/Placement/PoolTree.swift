@@ -158,12 +158,13 @@ public struct PoolTree: Sendable {
         }
     }
 
-    /// Adds a pool; its reservation is admitted against (and taken from) its parent.
-    mutating func addPool(_ spec: PoolSpec) throws(PlacementError) {
+    /// Adds a pool; its reservation is admitted against (and taken from) its parent. A pool
+    /// read back from the store was admitted before and is not asked again (`admit` false).
+    mutating func addPool(_ spec: PoolSpec, admit: Bool = true) throws(PlacementError) {
         try spec.validate()
         guard indexByName[spec.name] == nil else { throw .duplicateName(kind: "pool", name: spec.name) }
         let parent = try index(of: spec.parent)
-        if let refused = refusal(charging: spec.reservation, at: parent) {
+        if admit, let refused = refusal(charging: spec.reservation, at: parent) {
             throw .invalid("pool \(spec.name): reservation \(spec.reservation) not admitted: \(refused)")
         }
         let p = specs.count
