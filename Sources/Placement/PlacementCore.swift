@@ -28,8 +28,10 @@ public struct PlacementCore: Sendable {
     private(set) var warmImagesOnNode: [[Int]] = []
     /// The warm parents, in the order they were added.
     public private(set) var warmParents: [WarmParent] = []
-    /// Per host: image index to the node number holding its warm parent.
-    private(set) var warmNodeByHost: [[Int: Int]] = []
+    /// The node holding each host's warm parent of each image, or -1: row `host`, column
+    /// `image`, `imageColumns` wide (widened when images outgrow it).
+    private var warmNodeTable: [Int8] = []
+    private var imageColumns = 8
 
     /// Per image, the healthy nodes holding its warm parent, keyed by (free memory, slot).
     private(set) var warmIndex: [OrderedKeys] = []
@@ -86,6 +88,15 @@ public struct PlacementCore: Sendable {
         imageIndex[spec.name] = images.count
         images.append(spec)
         warmIndex.append(OrderedKeys())
+        if images.count > imageColumns {
+            let wider = imageColumns * 2
+            var table = [Int8](repeating: -1, count: hosts.count * wider)
+            for h in hosts.indices {
+                for i in 0..<imageColumns { table[h * wider + i] = warmNodeTable[h * imageColumns + i] }
+            }
+            warmNodeTable = table
+            imageColumns = wider
+        }
     }
 
     /// Records a newly observed growth per child; forks placed from now on are charged it,
@@ -135,7 +146,7 @@ public struct PlacementCore: Sendable {
             nodeFree.append(node.memoryKiB)
             warmImagesOnNode.append([])
         }
-        warmNodeByHost.append([:])
+        warmNodeTable.append(contentsOf: repeatElement(-1, count: imageColumns))
         if spec.healthy {
             pools.setRootCapacity(pools.specs[PoolTree.root].reservation + spec.capacity)
             for n in spec.nodes.indices { coldIndex.insert(key(host: h, node: n)) }
@@ -172,7 +183,7 @@ public struct PlacementCore: Sendable {
             throw .invalid("host \(parent.host) has no NUMA node \(parent.node)")
         }
         if parent.memoryKiB < 0 { throw .negativeValue(subject: "warm parent of \(parent.image)", what: "memory", value: parent.memoryKiB) }
-        if warmNodeByHost[h][i] != nil { throw .duplicateName(kind: "warm parent of image \(parent.image) on host", name: parent.host) }
+        if warmNode(host: h, image: i) != nil { throw .duplicateName(kind: "warm parent of image \(parent.image) on host", name: parent.host) }
         let free = nodeFree[nodeBase[h] + parent.node]
         guard free >= parent.memoryKiB || !admit else {
             throw .invalid("host \(parent.host) node \(parent.node): \(Resources.formatKiB(free)) free, warm parent of \(parent.image) needs \(Resources.formatKiB(parent.memoryKiB))")
@@ -182,9 +193,16 @@ public struct PlacementCore: Sendable {
         pools.charge(charge, at: p)
         adjustNode(host: h, node: parent.node, by: -parent.memoryKiB)
         warmParents.append(parent)
-        warmNodeByHost[h][i] = parent.node
+        warmNodeTable[h * imageColumns + i] = Int8(parent.node)
         warmImagesOnNode[nodeBase[h] + parent.node].append(i)
         if hosts[h].healthy { warmIndex[i].insert(key(host: h, node: parent.node)) }
+    }
+
+    /// The node number of the host's warm parent of the image, if it has one.
+    @inline(__always)
+    func warmNode(host h: Int, image i: Int) -> Int? {
+        let node = warmNodeTable[h * imageColumns + i]
+        return node < 0 ? nil : Int(node)
     }
 
     /// Changes a node's free memory and moves its key in every index that holds it.
@@ -272,7 +290,7 @@ public struct PlacementCore: Sendable {
                 best = k
             }
             if let image {
-                if let n = warmNodeByHost[h][image] { consider(n) }
+                if let n = warmNode(host: h, image: image) { consider(n) }
             } else {
                 for n in hosts[h].nodes.indices { consider(n) }
             }

@@ -66,7 +66,7 @@ extension PlacementCore {
                 rejected.append(.init(host: host.name, rejection: reason, text: "\(host.name): \(reason)\(detail)"))
             }
             guard host.healthy else { reject("unhealthy"); continue }
-            guard let n = warmNodeByHost[h][i] else {
+            guard let n = warmNode(host: h, image: i) else {
                 reject("no warm parent of \(image)", allowColdStart ? " (a cold start needs \(Resources.formatKiB(spec.coldCharge.memoryKiB)))" : "")
                 continue
             }
