@@ -40,7 +40,7 @@ let package = Package(
         .executableTarget(
             name: "vmfork",
             dependencies: [
-                "Capabilities", "ProcessVM", "Fork", "Disk", "Placement", "Store", "WorkloadProfiles",
+                "Capabilities", "ProcessVM", "Fork", "Disk", "Placement", "Store", "WorkloadProfiles", "HostSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings

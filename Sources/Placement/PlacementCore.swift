@@ -124,6 +124,7 @@ public struct PlacementCore: Sendable {
 
     // MARK: Pools
 
+    public func pool(_ name: String) throws(PlacementError) -> PoolSpec { pools.specs[try pools.index(of: name)] }
     public mutating func addPool(_ spec: PoolSpec) throws(PlacementError) { try pools.addPool(spec) }
     mutating func restorePool(_ spec: PoolSpec) throws(PlacementError) { try pools.addPool(spec, admit: false) }
     public mutating func updatePool(_ spec: PoolSpec) throws(PlacementError) { try pools.updatePool(spec) }
