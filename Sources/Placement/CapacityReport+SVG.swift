@@ -19,15 +19,15 @@ extension CapacityReport {
     /// marked) beside its headroom and runway, and the hosts as columns or, for a large
     /// fleet, a histogram of how full they are.
     public func renderSVG() -> String {
-        let width = 1040.0
+        let width = 1100.0
         var body: [String] = []
         var y = 40.0
         let title = "Capacity" + (profile.map { " — profile \($0)" } ?? "")
         body.append(text(24, y, title, size: 22, weight: "700"))
         y += 24
         let kind = totals.simulatedHosts == totals.hosts ? "simulated hosts" : totals.simulatedHosts == 0 ? "hosts" : "hosts (\(totals.simulatedHosts) simulated)"
-        body.append(text(24, y, "\(Self.count(totals.hosts)) \(kind), \(totals.healthyHosts) healthy · \(Self.memory(totals.capacity.memoryKiB)) memory · "
-            + "\(Self.count(totals.capacity.cpuMHz)) MHz CPU · \(Self.count(totals.forks)) forks · sharing saved \(Self.memory(totals.savedBySharingKiB))",
+        body.append(text(24, y, "\(Self.count(totals.hosts)) \(kind), \(Self.count(totals.healthyHosts)) healthy · \(Self.memory(totals.capacity.memoryKiB)) memory · "
+            + "\(Self.cpu(totals.capacity.cpuMHz)) CPU · \(Self.count(totals.forks)) forks · sharing saved \(Self.memory(totals.savedBySharingKiB))",
             size: 13, color: Palette.muted))
         y += 22
 
@@ -48,8 +48,8 @@ extension CapacityReport {
         y += 18
         body.append(text(24, y, "Each bar runs to the most the pool could hold now. Black mark: reservation; red mark: limit.", size: 12, color: Palette.muted))
         y += 14
-        let barX = 230.0
-        let barWidth = 370.0
+        let barX = 250.0
+        let barWidth = 360.0
         for pool in pools where pool.parent != nil {
             let ownUse = pool.usedByForks.memoryKiB + pool.usedByWarmParents.memoryKiB
             let childrenHold = Swift.max(0, pool.held.memoryKiB - ownUse)
@@ -59,7 +59,7 @@ extension CapacityReport {
             let indent = Double(pool.depth - 1) * 16
             body.append(text(24 + indent, y + 15, pool.name, size: 14, weight: "700"))
             body.append(text(24 + indent, y + 31, "\(pool.expandable ? "expandable" : "fixed") · \(pool.policy.rawValue) · \(Self.count(pool.shares)) shares",
-                             size: 11, color: Palette.muted))
+                             size: 10, color: Palette.muted))
             body.append(bar(x: barX, y: y + 2, width: barWidth, height: 20, scale: ceiling, segments: [
                 (Double(pool.usedByForks.memoryKiB), Palette.forks), (Double(pool.usedByWarmParents.memoryKiB), Palette.parents),
                 (Double(childrenHold), Palette.children), (Double(idleReservation), Palette.reservedIdle), (Double(borrowable), Palette.borrowable),
@@ -68,8 +68,8 @@ extension CapacityReport {
             if let limit = pool.memoryLimitKiB { body.append(marker(x: barX + barWidth * Double(limit) / ceiling, y: y, height: 24, color: Palette.limit)) }
             body.append(text(barX, y + 38, "held \(Self.memory(pool.held.memoryKiB)) / reserved \(Self.memory(pool.reservation.memoryKiB))"
                 + (pool.memoryLimitKiB.map { ", limit \(Self.memory($0))" } ?? "") + ", \(Self.memory(pool.free.memoryKiB)) free", size: 11, color: Palette.muted))
-            body.append(text(barX, y + 53, "CPU MHz: held \(Self.count(pool.held.cpuMHz)) / reserved \(Self.count(pool.reservation.cpuMHz))"
-                + (pool.cpuLimitMHz.map { ", limit \(Self.count($0))" } ?? "") + ", \(Self.count(pool.free.cpuMHz)) free", size: 11, color: Palette.muted))
+            body.append(text(barX, y + 53, "CPU: held \(Self.cpu(pool.held.cpuMHz)) / reserved \(Self.cpu(pool.reservation.cpuMHz))"
+                + (pool.cpuLimitMHz.map { ", limit \(Self.cpu($0))" } ?? "") + ", \(Self.cpu(pool.free.cpuMHz)) free", size: 11, color: Palette.muted))
             let textX = barX + barWidth + 40
             var line = y + 15
             for room in pool.headroom.prefix(2) {
@@ -81,7 +81,8 @@ extension CapacityReport {
             if let runway = pool.runway {
                 let color = runway.secondsUntilFull.map { $0 < 3600 ? Palette.limit : Palette.text } ?? Palette.parents
                 let rate = "at \(String(format: "%.1f", runway.launchesPerSecond)) launches/s: "
-                let outcome = runway.secondsUntilFull.map { "runs out in \(Self.duration($0)) (\(runway.limitedBy))" }
+                let resource = runway.limitedBy.split(separator: " ").last.map(String.init) ?? runway.limitedBy
+                let outcome = runway.secondsUntilFull.map { "\(resource) runs out in \(Self.duration($0))" }
                     ?? "never runs out" + (runway.steadyStateKiB.map { " (steady state \(Self.memory($0)))" } ?? "")
                 body.append(text(textX, line + 2, rate + outcome, size: 12, weight: "600", color: color))
             }
@@ -149,6 +150,13 @@ extension CapacityReport {
             </svg>
 
             """
+    }
+
+    /// CPU in MHz, GHz or THz, short enough for a chart label.
+    static func cpu(_ mhz: Int) -> String {
+        if mhz >= 1_000_000 { return String(format: "%.1f THz", Double(mhz) / 1_000_000) }
+        if mhz >= 10_000 { return String(format: "%.1f GHz", Double(mhz) / 1_000) }
+        return "\(mhz) MHz"
     }
 
     private var font: String { "DejaVu Sans, Helvetica, Arial, sans-serif" }

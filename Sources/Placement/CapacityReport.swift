@@ -125,14 +125,23 @@ extension PlacementCore {
         let entitlements = pools.entitlements()
         let hostFits = images.indices.map(hostHeadroom(image:))
 
+        // Parents before their children, depth first, so the table reads as a tree.
+        var treeOrder: [Int] = []
+        var stack = [PoolTree.root]
+        while let p = stack.popLast() {
+            treeOrder.append(p)
+            stack.append(contentsOf: pools.children[p].reversed())
+        }
         var reportPools: [CapacityReport.Pool] = []
-        for p in 0..<pools.count {
+        for p in treeOrder {
             let spec = pools.specs[p]
             var depth = 0
             var ancestor = pools.parentIndex[p]
             while ancestor != -1 { depth += 1; ancestor = pools.parentIndex[ancestor] }
             let entries = profile?.launchMix.entries.filter { $0.pool == spec.name } ?? []
-            let headroomImages = chosen ?? (entries.isEmpty ? (p == PoolTree.root ? [] : images.map(\.name)) : unique(entries.map(\.image)))
+            // Without a choice: the images the profile launches here, or every image when
+            // there is no profile to say.
+            let headroomImages = chosen ?? (profile == nil ? (p == PoolTree.root ? [] : images.map(\.name)) : unique(entries.map(\.image)))
             let free = pools.headroom(at: p)
             let headroom = headroomImages.compactMap { name -> CapacityReport.Headroom? in
                 guard let i = imageIndex[name] else { return nil }

@@ -32,9 +32,10 @@ public struct Resources: Hashable, Sendable, Codable, CustomStringConvertible {
 
     public var description: String { "\(Resources.formatKiB(memoryKiB)) memory, \(cpuMHz) MHz CPU" }
 
-    /// A memory amount for people: KiB, MiB or GiB with one decimal where it helps.
+    /// A memory amount for people: KiB, MiB, GiB or TiB with one decimal where it helps.
     public static func formatKiB(_ kib: Int) -> String {
         let magnitude = abs(kib)
+        if magnitude >= 1 << 30 { return formatScaled(Double(kib) / Double(1 << 30), "TiB") }
         if magnitude >= 1 << 20 { return formatScaled(Double(kib) / Double(1 << 20), "GiB") }
         if magnitude >= 1 << 10 { return formatScaled(Double(kib) / Double(1 << 10), "MiB") }
         return "\(kib) KiB"

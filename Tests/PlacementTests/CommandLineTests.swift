@@ -1,0 +1,47 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// The `vmfork` placement commands end to end, as a person or script uses them.
+@Suite struct CommandLineTests {
+    let vmfork = HostFacts.productsFolder.appendingPathComponent("vmfork").path
+
+    @Test func placeExplainReleaseAndReportThroughTheTool() throws {
+        let folder = try HostFacts.makeTemporaryFolder("cli")
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let state = ["--state", folder.path]
+        func ok(_ arguments: [String]) throws -> String {
+            let result = try HostFacts.run(vmfork, arguments + state)
+            #expect(result.status == 0, "\(arguments): \(result.stderr)")
+            return result.stdout
+        }
+        let profile = HostFacts.packageRoot.appendingPathComponent("Profiles/small.yaml").path
+        #expect(try ok(["fleet", "load", profile]).contains("16 simulated hosts, 3 pools"))
+        #expect(try ok(["place", "--pool", "prod", "--image", "nginx", "--explain"]).contains("chosen (spread)"))
+        let placed = try ok(["place", "--pool", "prod", "--image", "nginx", "--commit"])
+        #expect(placed.hasPrefix("placement 1: nginx in prod on host-"))
+        #expect(placed.contains("warm, charged 24 MiB memory, 20 MHz CPU, committed"))
+        #expect(try ok(["host", "health", "host-3", "down"]).contains("host-3 is down"))
+        #expect(try ok(["release", "1"]).contains("placement 1 released: 24 MiB memory, 20 MHz CPU back to pool prod"))
+
+        // Bad input: a clear message on standard error, a failing status, and no change.
+        let before = try ok(["capacity", "--json"])
+        for (arguments, message) in [
+            (["place", "--pool", "qa", "--image", "nginx"], "unknown pool qa"),
+            (["pool", "add", "x", "--memory-reservation=-1GiB"], "pool x: memory reservation -1048576 is negative"),
+            (["pool", "add", "x", "--memory-reservation", "2GiB", "--memory-limit", "1GiB"], "pool x: memory reservation 2 GiB is above its limit 1 GiB"),
+            (["pool", "set", "prod", "--parent", "prod"], "pool cycle: prod -> prod"),
+            (["release", "1"], "unknown placement 1"),
+        ] {
+            let result = try HostFacts.run(vmfork, arguments + state)
+            #expect(result.status != 0, "\(arguments) should fail")
+            #expect(result.stderr.contains(message), "\(arguments): \(result.stderr)")
+        }
+        #expect(try ok(["capacity", "--json"]) == before)
+
+        let svg = folder.appendingPathComponent("capacity.svg").path
+        let report = try ok(["capacity", "--profile", profile, "--launch", "500", "--svg", svg])
+        #expect(report.contains("Headroom"))
+        #expect(try String(contentsOfFile: svg, encoding: .utf8).hasPrefix("<svg"))
+    }
+}
