@@ -17,6 +17,10 @@ import Testing
         }
         let profile = HostFacts.packageRoot.appendingPathComponent("Profiles/small.yaml").path
         #expect(try ok(["fleet", "load", profile]).contains("16 simulated hosts, 3 pools"))
+        // This machine joins as the one real host, from its probed NUMA topology.
+        let local = try ok(["host", "add-local", "--name", "this-machine", "--warm", "busybox@0", "--warm-pool", "dev"])
+        #expect(local.contains("added host this-machine (real)"))
+        #expect(try ok(["host", "list"]).contains("this-machine"))
         #expect(try ok(["place", "--pool", "prod", "--image", "nginx", "--explain"]).contains("chosen (spread)"))
         let placed = try ok(["place", "--pool", "prod", "--image", "nginx", "--commit"])
         #expect(placed.hasPrefix("placement 1: nginx in prod on host-"))

@@ -86,6 +86,20 @@ import Testing
         #expect(Set(a.prefix(5)).count == 5)
     }
 
+    @Test func imagesAddedAfterHostsKeepTheirWarmParents() throws {
+        var core = PlacementCore()
+        try core.addHost(Fixture.host("host-1", gib: 4))
+        try core.addPool(PoolSpec(name: "p"))
+        for n in 0..<20 {
+            try core.addImage(ImageSpec(name: "image-\(n)", parentMemoryKiB: 1024, growthPerChildKiB: 64, cpuMHzPerChild: 1))
+            if n % 3 == 0 { try core.addWarmParent(WarmParent(host: "host-1", image: "image-\(n)", node: 0, memoryKiB: 1024)) }
+        }
+        for n in 0..<20 {
+            #expect(try core.reserve(pool: "p", image: "image-\(n)").start == (n % 3 == 0 ? .warm : .cold))
+        }
+        #expect(core.audit().isEmpty)
+    }
+
     @Test func explanationNamesWhyEachHostWasPassedOver() throws {
         var core = try threeHosts()
         try core.setHealth(host: "host-1", healthy: false)
