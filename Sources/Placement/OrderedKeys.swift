@@ -8,7 +8,6 @@ struct OrderedKeys: Sendable {
     private var blocks: [[UInt64]] = []
     /// The last (largest) key of each block, for the first binary search.
     private var maxima: [UInt64] = []
-    private(set) var count = 0
 
     /// The first block whose largest key is at least `key`, or `blocks.count`.
     private func block(for key: UInt64) -> Int {
@@ -36,7 +35,6 @@ struct OrderedKeys: Sendable {
         if blocks.isEmpty {
             blocks.append([key])
             maxima.append(key)
-            count = 1
             return
         }
         let b = Swift.min(block(for: key), blocks.count - 1)
@@ -44,7 +42,6 @@ struct OrderedKeys: Sendable {
         precondition(at == blocks[b].count || blocks[b][at] != key, "key inserted twice")
         blocks[b].insert(key, at: at)
         maxima[b] = blocks[b][blocks[b].count - 1]
-        count += 1
         if blocks[b].count > 2 * Self.blockLimit {
             let upper = Array(blocks[b][Self.blockLimit...])
             blocks[b].removeSubrange(Self.blockLimit...)
@@ -60,7 +57,6 @@ struct OrderedKeys: Sendable {
         let at = Self.position(of: key, in: blocks[b])
         precondition(at < blocks[b].count && blocks[b][at] == key, "removing a key that is not there")
         blocks[b].remove(at: at)
-        count -= 1
         if blocks[b].isEmpty {
             blocks.remove(at: b)
             maxima.remove(at: b)

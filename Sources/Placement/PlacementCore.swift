@@ -110,7 +110,6 @@ public struct PlacementCore: Sendable {
     }
 
     public func image(_ name: String) throws(PlacementError) -> ImageSpec { images[try index(ofImage: name)] }
-    public var allImages: [ImageSpec] { images }
 
     func index(ofImage name: String) throws(PlacementError) -> Int {
         guard let i = imageIndex[name] else { throw .unknownImage(name) }

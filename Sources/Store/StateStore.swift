@@ -33,18 +33,18 @@ public struct StateChanges: Sendable {
 public final class StateStore: Sendable {
     public let path: String
     private let database: DatabasePool
+    /// Held for the store's lifetime: one process at a time places from a folder.
+    private let lock: FolderLock
 
     /// The database file inside a state folder.
     public static let fileName = "placement.sqlite"
 
-    /// Opens (creating if needed) the store in `folder`.
-    public convenience init(folder: URL) throws {
+    /// Opens (creating if needed) the store in `folder`, waiting up to `lockWaitSeconds` while
+    /// another process has it open.
+    public init(folder: URL, lockWaitSeconds: Double = 10) throws {
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        try self.init(path: folder.appendingPathComponent(Self.fileName).path)
-    }
-
-    public init(path: String) throws {
-        self.path = path
+        lock = try FolderLock(folder: folder, waitSeconds: lockWaitSeconds)
+        path = folder.appendingPathComponent(Self.fileName).path
         var configuration = Configuration()
         // Several `vmfork` processes may share one state folder; wait for each other.
         configuration.busyMode = .timeout(10)

@@ -139,19 +139,20 @@ import WorkloadProfiles
             // The process dies here: five reservations were never committed or released.
         }
         // Restarted within the lease: the reservations still hold their capacity...
-        clock.advance(10)
-        let early = try open(folder, clock: clock)
-        #expect(early.read { $0.placements.count } == 6)
-        #expect(try early.reclaimExpired() == 0)
-        // ...until the lease runs out, when exactly what they were charged comes back.
-        clock.advance(25)
-        #expect(try early.reclaimExpired() == 5)
-        #expect(early.read { $0.placements.map(\.id) } == [committedID])
-        try early.release(committedID)
-        #expect(early.read { Fixture.fingerprint($0) } == empty)
-
-        // Restarted after the lease ran out: nothing of the dead reservations is charged.
-        _ = try early.reserve(pool: "dev", image: "db")
+        do {
+            clock.advance(10)
+            let early = try open(folder, clock: clock)
+            #expect(early.read { $0.placements.count } == 6)
+            #expect(try early.reclaimExpired() == 0)
+            // ...until the lease runs out, when exactly what they were charged comes back.
+            clock.advance(25)
+            #expect(try early.reclaimExpired() == 5)
+            #expect(early.read { $0.placements.map(\.id) } == [committedID])
+            try early.release(committedID)
+            #expect(early.read { Fixture.fingerprint($0) } == empty)
+            _ = try early.reserve(pool: "dev", image: "db")
+        }
+        // Restarted after the lease ran out: nothing of the dead reservation is charged.
         clock.advance(31)
         let late = try open(folder, clock: clock)
         #expect(late.read { Fixture.fingerprint($0) } == empty)

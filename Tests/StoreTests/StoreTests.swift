@@ -48,6 +48,19 @@ import Testing
         #expect(try store.snapshot() == StateSnapshot())
     }
 
+    @Test func oneProcessAtATimeOwnsAStateFolder() throws {
+        let folder = try HostFacts.makeTemporaryFolder("store")
+        defer { try? FileManager.default.removeItem(at: folder) }
+        do {
+            let first = try StateStore(folder: folder)
+            #expect { try StateStore(folder: folder, lockWaitSeconds: 0.1) } throws: { error in
+                "\(error)".contains("state folder \(folder.path) is in use by another vmfork process")
+            }
+            try first.write(sampleChanges())
+        }
+        #expect(try StateStore(folder: folder, lockWaitSeconds: 0.1).snapshot().hosts.count == 1)
+    }
+
     @Test func expiredReservationsAreDeletedAndCommittedOnesKept() throws {
         let folder = try HostFacts.makeTemporaryFolder("store")
         defer { try? FileManager.default.removeItem(at: folder) }

@@ -26,6 +26,38 @@ let benchmarks: @Sendable () -> Void = {
             }
         }
     }
+    // The same decision made durable: the service writes the reservation and its release to
+    // SQLite (WAL), one transaction each.
+    let service = ServiceSlot()
+    Benchmark(
+        "Placement 1000 hosts, durable (SQLite reserve + release)",
+        configuration: .init(metrics: [.wallClock, .throughput], warmupIterations: 100, maxDuration: .seconds(3), maxIterations: 100_000)
+    ) { benchmark in
+        guard let placer = service.placer else { return }
+        for _ in benchmark.scaledIterations {
+            do {
+                try placer.release(try placer.reserve(pool: "prod-web", image: "nginx").id)
+            } catch {
+                fatalError("the benchmark fleet refused a fork: \(error)")
+            }
+        }
+    } setup: {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("vmfork-bench-\(UUID().uuidString)")
+        let placer = try PlacementService(folder: folder)
+        let profile = try WorkloadProfile.load(path: SteadyFleet.profile)
+        try placer.load(FleetPlan(profile: SteadyFleet.scale(profile, toHosts: 1_000)))
+        service.folder = folder
+        service.placer = placer
+    } teardown: {
+        service.placer = nil
+        if let folder = service.folder { try? FileManager.default.removeItem(at: folder) }
+    }
+}
+
+/// Carries the durable benchmark's service and its temporary state folder.
+final class ServiceSlot: @unchecked Sendable {
+    var placer: PlacementService?
+    var folder: URL?
 }
 
 /// Carries a benchmark's fleet from its setup to its runs; the harness runs them in turn.
