@@ -50,7 +50,7 @@ public struct PlacementCore: Sendable {
     }
 
     private(set) var held: [Int: Held] = [:]
-    public private(set) var nextPlacementID = 1
+    public internal(set) var nextPlacementID = 1
 
     public init(selection: Selection = .indexed) {
         self.selection = selection

@@ -1,3 +1,5 @@
+import WorkloadProfiles
+
 /// How a pool picks among hosts that fit: `spread` takes the most free capacity (even load),
 /// `pack` the least that still fits (keeps whole hosts empty).
 public enum PlacementPolicy: String, Sendable, Codable, CaseIterable {
@@ -64,7 +66,7 @@ public struct PoolSpec: Equatable, Sendable, Codable {
 /// for each child c, `taken(c) = max(reservation(c), held[c])`. Charging and releasing walk
 /// up only as far as the taken amount changes, so admission costs O(depth).
 public struct PoolTree: Sendable {
-    public static let rootName = "root"
+    public static let rootName = WorkloadProfile.rootPoolName
     static let root = 0
 
     private(set) var specs: [PoolSpec]

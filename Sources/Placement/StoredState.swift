@@ -82,5 +82,6 @@ extension PlacementCore {
             try addWarmParent(WarmParent(host: row.host, image: row.image, node: row.node, memoryKiB: row.memoryKiB, pool: row.pool), admit: false)
         }
         for row in snapshot.placements { try restore(Placement(row)) }
+        nextPlacementID = Swift.max(nextPlacementID, snapshot.nextPlacementID)
     }
 }

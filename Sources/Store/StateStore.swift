@@ -9,6 +9,9 @@ public struct StateSnapshot: Equatable, Sendable {
     public var nodes: [NUMANodeRow] = []
     public var warmParents: [WarmParentRow] = []
     public var placements: [PlacementRow] = []
+    /// One above the largest placement id ever written, released or not: ids are never
+    /// reused, so a stale id can never release someone else's fork.
+    public var nextPlacementID = 1
 
     public init() {}
 }
@@ -121,6 +124,11 @@ public final class StateStore: Sendable {
                 t.column("leaseExpiresAt", .double)
             }
             try db.create(index: "placementLease", on: PlacementRow.databaseTableName, columns: ["committed", "leaseExpiresAt"])
+            try db.create(table: "counter") { t in
+                t.primaryKey("name", .text)
+                t.column("value", .integer).notNull()
+            }
+            try db.execute(sql: "INSERT INTO counter (name, value) VALUES ('nextPlacementID', 1)")
         }
         return migrator
     }
@@ -135,6 +143,7 @@ public final class StateStore: Sendable {
             snapshot.nodes = try NUMANodeRow.order(Column("host"), Column("node")).fetchAll(db)
             snapshot.warmParents = try WarmParentRow.order(Column("position")).fetchAll(db)
             snapshot.placements = try PlacementRow.order(Column("id")).fetchAll(db)
+            snapshot.nextPlacementID = try Int.fetchOne(db, sql: "SELECT value FROM counter WHERE name = 'nextPlacementID'") ?? 1
             return snapshot
         }
     }
@@ -148,6 +157,9 @@ public final class StateStore: Sendable {
             for row in changes.nodes { try row.upsert(db) }
             for row in changes.warmParents { try row.upsert(db) }
             for row in changes.placements { try row.upsert(db) }
+            if let highest = changes.placements.map(\.id).max() {
+                try db.execute(sql: "UPDATE counter SET value = max(value, ?) WHERE name = 'nextPlacementID'", arguments: [highest + 1])
+            }
             if !changes.deletedPlacements.isEmpty {
                 _ = try PlacementRow.deleteAll(db, keys: changes.deletedPlacements)
             }

@@ -27,6 +27,12 @@ import Testing
         #expect(placed.contains("warm, charged 24 MiB memory, 20 MHz CPU, committed"))
         #expect(try ok(["host", "health", "host-3", "down"]).contains("host-3 is down"))
         #expect(try ok(["release", "1"]).contains("placement 1 released: 24 MiB memory, 20 MHz CPU back to pool prod"))
+        // The fork engine measured nginx's growth: later forks are charged the new figure.
+        #expect(try ok(["image", "growth", "nginx", "32MiB"]).contains("forks are now charged 32 MiB"))
+        let remeasured = try ok(["place", "--pool", "prod", "--image", "nginx"])
+        #expect(remeasured.contains("charged 32 MiB memory, 20 MHz CPU, reserved for 30s"))
+        #expect(try ok(["pool", "add", "ci", "--parent", "test", "--memory-reservation", "16GiB", "--policy", "pack"]).contains("added pool ci under test"))
+        #expect(try ok(["pool", "list"]).contains("    ci"))
 
         // Bad input: a clear message on standard error, a failing status, and no change.
         let before = try ok(["capacity", "--json"])
@@ -36,6 +42,7 @@ import Testing
             (["pool", "add", "x", "--memory-reservation", "2GiB", "--memory-limit", "1GiB"], "pool x: memory reservation 2 GiB is above its limit 1 GiB"),
             (["pool", "set", "prod", "--parent", "prod"], "pool cycle: prod -> prod"),
             (["release", "1"], "unknown placement 1"),
+            (["pool", "add", "x", "--memory-reservation", "2GB"], "2GB"),
         ] {
             let result = try HostFacts.run(vmfork, arguments + state)
             #expect(result.status != 0, "\(arguments) should fail")

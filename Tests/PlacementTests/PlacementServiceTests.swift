@@ -157,6 +157,8 @@ import WorkloadProfiles
         let late = try open(folder, clock: clock)
         #expect(late.read { Fixture.fingerprint($0) } == empty)
         #expect(try late.store.snapshot().placements.isEmpty)
+        // The dead reservations' ids are never handed out again.
+        #expect(try late.reserve(pool: "dev", image: "db").id == 8)
     }
 
     @Test func expiredReservationsMakeRoomForARefusedRequest() throws {

@@ -46,6 +46,7 @@ import Testing
         changes.placements[0].host = "host-404"
         #expect(throws: (any Error).self) { try store.write(changes) }
         #expect(try store.snapshot() == StateSnapshot())
+        #expect(try store.snapshot().nextPlacementID == 1)
     }
 
     @Test func oneProcessAtATimeOwnsAStateFolder() throws {
@@ -69,5 +70,7 @@ import Testing
         #expect(try store.deleteExpiredReservations(now: 99).isEmpty)
         #expect(try store.deleteExpiredReservations(now: 100).map(\.id) == [2])
         #expect(try store.snapshot().placements.map(\.id) == [1])
+        // Deleted ids are not handed out again.
+        #expect(try store.snapshot().nextPlacementID == 3)
     }
 }
