@@ -70,7 +70,7 @@ extension CapacityReport {
                 + (pool.memoryLimitKiB.map { ", limit \(Self.memory($0))" } ?? "") + ", \(Self.memory(pool.free.memoryKiB)) free", size: 11, color: Palette.muted))
             body.append(text(barX, y + 53, "CPU: held \(Self.cpu(pool.held.cpuMHz)) / reserved \(Self.cpu(pool.reservation.cpuMHz))"
                 + (pool.cpuLimitMHz.map { ", limit \(Self.cpu($0))" } ?? "") + ", \(Self.cpu(pool.free.cpuMHz)) free", size: 11, color: Palette.muted))
-            let textX = barX + barWidth + 40
+            let textX = barX + barWidth + 56
             var line = y + 15
             for room in pool.headroom.prefix(2) {
                 let headline = "\(Self.count(room.forks)) more \(room.image) forks"
