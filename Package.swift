@@ -14,7 +14,9 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "vmfork", targets: ["vmfork"]),
-        .library(name: "VMForkEngine", targets: ["Fork", "ProcessVM", "Disk", "IOEngine", "Placement", "Store", "WorkloadProfiles", "Capabilities"]),
+        .library(name: "VMForkEngine", targets: ["Fork", "ProcessVM", "Disk", "IOEngine", "Placement", "Store", "WorkloadProfiles", "Capabilities", "HostSystem", "KVM"]),
+        // Fixtures shared by the tests and the benchmarks (busybox rootfs, tiny programs).
+        .library(name: "VMForkTestSupport", targets: ["TestSupport"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
@@ -40,7 +42,7 @@ let package = Package(
         .executableTarget(
             name: "vmfork",
             dependencies: [
-                "Capabilities", "ProcessVM", "Fork", "Disk", "Placement", "Store", "WorkloadProfiles",
+                "Capabilities", "ProcessVM", "Fork", "Disk", "Placement", "Store", "WorkloadProfiles", "HostSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings
@@ -55,5 +57,7 @@ let package = Package(
         .testTarget(name: "ProcessVMTests", dependencies: ["ProcessVM", "HostSystem", "KVM", "TestSupport"], swiftSettings: strictSettings),
         .testTarget(name: "ForkTests", dependencies: ["Fork", "ProcessVM", "HostSystem", "KVM", "TestSupport"], swiftSettings: strictSettings),
         .testTarget(name: "WorkloadProfilesTests", dependencies: ["WorkloadProfiles", "TestSupport"], swiftSettings: strictSettings),
+        .testTarget(name: "PlacementTests", dependencies: ["Placement", "Store", "WorkloadProfiles", "TestSupport", "vmfork"], swiftSettings: strictSettings),
+        .testTarget(name: "StoreTests", dependencies: ["Store", "TestSupport"], swiftSettings: strictSettings),
     ]
 )

@@ -24,5 +24,34 @@ let package = Package(
             path: "Benchmarks/Foundation",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "package-benchmark")]
         ),
+        .executableTarget(
+            name: "PlacementBenchmarks",
+            dependencies: [
+                .product(name: "Benchmark", package: "package-benchmark"),
+                .product(name: "VMForkEngine", package: enginePackage),
+            ],
+            path: "Benchmarks/Placement",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "package-benchmark")]
+        ),
+        .executableTarget(
+            name: "ProcessVMBenchmarks",
+            dependencies: [
+                .product(name: "Benchmark", package: "package-benchmark"),
+                .product(name: "VMForkEngine", package: enginePackage),
+                .product(name: "VMForkTestSupport", package: enginePackage),
+            ],
+            path: "Benchmarks/ProcessVM",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "package-benchmark")]
+        ),
+        .executableTarget(
+            name: "ForkBenchmarks",
+            dependencies: [
+                .product(name: "Benchmark", package: "package-benchmark"),
+                .product(name: "VMForkEngine", package: enginePackage),
+                .product(name: "VMForkTestSupport", package: enginePackage),
+            ],
+            path: "Benchmarks/Fork",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "package-benchmark")]
+        ),
     ]
 )

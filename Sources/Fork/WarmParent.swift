@@ -92,6 +92,9 @@ public final class WarmParent: @unchecked Sendable {
 
     /// VMs ready in the pool now.
     public var pooledVMs: Int { pool.readyCount }
+
+    /// Waits until the pool holds its target, for measurements that start from a full pool.
+    public func waitUntilPoolIsFull() { pool.waitUntilFull() }
 }
 
 /// A thread-safe increasing counter.

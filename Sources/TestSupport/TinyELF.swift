@@ -69,6 +69,15 @@ public enum TinyELF {
         0x0F, 0x05,                   // syscall
     ] + exit(0)
 
+    /// Code that makes `count` getpid calls, then exits 0.
+    public static func getpidLoop(count: UInt64) -> [UInt8] {
+        guard count > 0 else { return exit(0) }
+        return [0x49, 0xBC] + withUnsafeBytes(of: count.littleEndian) { Array($0) } // mov r12, count
+            + [0xB8, 39, 0, 0, 0, 0x0F, 0x05] // loop: mov eax, SYS_getpid; syscall
+            + [0x49, 0xFF, 0xCC, 0x75, 0xF4] // dec r12; jnz loop
+            + exit(0)
+    }
+
     /// Code for `exit_group(status)`.
     public static func exit(_ status: UInt64) -> [UInt8] {
         load(.rax, 231) + load(.rdi, status) + syscallInstruction

@@ -25,8 +25,12 @@ public struct WorkloadProfile: Codable, Equatable, Sendable {
         public var cpuCores: Int
         public var memoryMiB: Int
         public var numaNodes: Int
-        /// Images with a warm parent on every host of the group.
+        /// Images with a warm parent on every host of the group; the k-th listed image's
+        /// parent sits on NUMA node k modulo `numaNodes`, so parents spread over the nodes.
         public var warmImages: [String]
+        /// Clock of one core, so host CPU capacity is comparable with pool MHz figures.
+        /// Defaults to `defaultCPUMHzPerCore`.
+        public var cpuMHzPerCore: Int?
     }
 
     public struct Pool: Codable, Equatable, Sendable {
@@ -39,6 +43,8 @@ public struct WorkloadProfile: Codable, Equatable, Sendable {
         public var memoryLimitMiB: Int?
         public var shares: Int
         public var expandableReservation: Bool
+        /// `spread` (most free host first, the default) or `pack` (fullest host that fits).
+        public var placement: String?
     }
 
     public struct Image: Codable, Equatable, Sendable {
@@ -48,6 +54,9 @@ public struct WorkloadProfile: Codable, Equatable, Sendable {
         /// Private memory a child owns after running a while (copy-on-write growth).
         public var growthPerChildKiB: Int
         public var cpuMHzPerChild: Int
+        /// The pool that keeps (and is charged for) this image's warm parents; nil charges
+        /// them to the fleet's root pool, outside every Virtual Container Host.
+        public var parentPool: String?
     }
 
     public struct LaunchMix: Codable, Equatable, Sendable {
@@ -58,6 +67,9 @@ public struct WorkloadProfile: Codable, Equatable, Sendable {
             public var pool: String
             public var weight: Double
             public var command: [String]
+            /// How long a container of this entry runs; nil means it runs until released,
+            /// so its pool only fills up.
+            public var lifetimeSeconds: Double?
         }
     }
 }
@@ -71,6 +83,10 @@ public struct WorkloadProfileError: Error, CustomStringConvertible, Equatable, S
 
 extension WorkloadProfile {
     public static let supportedVersion = 1
+    public static let defaultCPUMHzPerCore = 2000
+    public static let placementPolicies: Set<String> = ["spread", "pack"]
+    /// The name of the implicit pool at the top of every tree (the whole fleet).
+    public static let rootPoolName = "root"
 
     /// Parses YAML text and checks that every reference resolves.
     public static func parse(_ yaml: String, file: String = "<string>") throws -> WorkloadProfile {
@@ -101,8 +117,8 @@ extension WorkloadProfile {
         guard imageNames.count == images.count else { throw fail("two images share a name") }
         guard poolNames.count == pools.count else { throw fail("two pools share a name") }
         for group in fleet.hostGroups {
-            guard group.count >= 0, group.cpuCores > 0, group.memoryMiB > 0, group.numaNodes > 0 else {
-                throw fail("host group \(group.namePrefix): count, cpuCores, memoryMiB and numaNodes must be positive")
+            guard group.count >= 0, group.cpuCores > 0, group.memoryMiB > 0, group.numaNodes > 0, (group.cpuMHzPerCore ?? 1) > 0 else {
+                throw fail("host group \(group.namePrefix): count, cpuCores, memoryMiB, numaNodes and cpuMHzPerCore must be positive")
             }
             for image in group.warmImages where !imageNames.contains(image) {
                 throw fail("host group \(group.namePrefix): warm image \(image) is not among images")
@@ -114,13 +130,40 @@ extension WorkloadProfile {
             if let limit = pool.memoryLimitMiB, limit < pool.memoryReservationMiB { throw fail("pool \(pool.name): memory reservation above its limit") }
             if let limit = pool.cpuLimitMHz, limit < pool.cpuReservationMHz { throw fail("pool \(pool.name): CPU reservation above its limit") }
             guard pool.shares > 0 else { throw fail("pool \(pool.name): shares must be positive") }
+            guard pool.name != Self.rootPoolName else { throw fail("pool name \(Self.rootPoolName) is reserved for the fleet's root pool") }
+            if let policy = pool.placement, !Self.placementPolicies.contains(policy) {
+                throw fail("pool \(pool.name): placement \(policy) is not spread or pack")
+            }
+        }
+        if let cycle = poolCycle() { throw fail("pools form a cycle: \(cycle.joined(separator: " -> "))") }
+        for image in images {
+            guard image.parentMemoryMiB >= 0, image.growthPerChildKiB >= 0, image.cpuMHzPerChild >= 0 else {
+                throw fail("image \(image.name): a size is negative")
+            }
+            if let pool = image.parentPool, !poolNames.contains(pool) { throw fail("image \(image.name): parentPool \(pool) is not a pool") }
         }
         for entry in launchMix.entries {
             guard imageNames.contains(entry.image) else { throw fail("launch mix: image \(entry.image) is not among images") }
             guard poolNames.contains(entry.pool) else { throw fail("launch mix: pool \(entry.pool) is not a pool") }
             guard entry.weight > 0 else { throw fail("launch mix: weight of \(entry.image) must be positive") }
+            if let lifetime = entry.lifetimeSeconds, !(lifetime > 0) { throw fail("launch mix: lifetimeSeconds of \(entry.image) must be positive") }
         }
         guard launchMix.launchesPerSecond >= 0 else { throw fail("launch mix: launchesPerSecond is negative") }
+    }
+
+    /// The first chain of parents that leads back to where it started, if any.
+    func poolCycle() -> [String]? {
+        let parentOf = Dictionary(pools.map { ($0.name, $0.parent) }, uniquingKeysWith: { first, _ in first })
+        for start in pools {
+            var path = [start.name]
+            var next = start.parent
+            while let name = next, path.count <= pools.count {
+                path.append(name)
+                if name == start.name { return path }
+                next = parentOf[name] ?? nil
+            }
+        }
+        return nil
     }
 
     static func describe(_ error: DecodingError) -> String {

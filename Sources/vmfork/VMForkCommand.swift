@@ -7,6 +7,10 @@ struct VMForkCommand: AsyncParsableCommand {
         commandName: "vmfork",
         abstract: "Run containers as KVM process VMs, forked in microseconds from warm parents.",
         version: "0.1.0",
-        subcommands: [DoctorCommand.self, RunCommand.self]
+        subcommands: [
+            DoctorCommand.self, RunCommand.self, ForkCommand.self,
+            PoolCommand.self, HostCommand.self, ImageCommand.self, FleetCommand.self,
+            PlaceCommand.self, CommitCommand.self, ReleaseCommand.self, CapacityCommand.self,
+        ]
     )
 }

@@ -31,6 +31,15 @@ import WorkloadProfiles
         #expect(try WorkloadProfile.parse(Self.base).pools.first?.memoryLimitMiB == 20)
     }
 
+    @Test func longerPoolCycleIsNamed() {
+        let yaml = Self.base.replacingOccurrences(
+            of: "pools: [{name: p,",
+            with: "pools: [{name: q, parent: r, cpuReservationMHz: 0, memoryReservationMiB: 0, shares: 1, expandableReservation: true}, {name: r, parent: q, cpuReservationMHz: 0, memoryReservationMiB: 0, shares: 1, expandableReservation: true}, {name: p,")
+        #expect { try WorkloadProfile.parse(yaml) } throws: { error in
+            (error as? WorkloadProfileError)?.problem == "pools form a cycle: q -> r -> q"
+        }
+    }
+
     @Test(arguments: [
         ("version: 1", "version: 9", "version 9 is not supported"),
         ("warmImages: [a]", "warmImages: [zz]", "warm image zz is not among images"),
@@ -39,6 +48,12 @@ import WorkloadProfiles
         ("{image: a, pool: p", "{image: a, pool: q", "pool q is not a pool"),
         ("name: t\n", "", "missing field name"),
         ("count: 1", "count: lots", "field fleet.hostGroups"),
+        ("shares: 1,", "shares: 1, placement: scatter,", "placement scatter is not spread or pack"),
+        ("{name: p,", "{name: p, parent: p,", "pools form a cycle: p -> p"),
+        ("{name: p,", "{name: root,", "pool name root is reserved"),
+        ("cpuMHzPerChild: 1}", "cpuMHzPerChild: 1, parentPool: nope}", "parentPool nope is not a pool"),
+        ("command: [x]}", "command: [x], lifetimeSeconds: 0}", "lifetimeSeconds of a must be positive"),
+        ("growthPerChildKiB: 64", "growthPerChildKiB: -64", "image a: a size is negative"),
     ])
     func badProfilesNameTheProblem(original: String, replacement: String, message: String) {
         let yaml = Self.base.replacingOccurrences(of: original, with: replacement)

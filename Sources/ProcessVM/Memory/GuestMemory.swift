@@ -43,6 +43,11 @@ public final class GuestMemory: @unchecked Sendable {
     /// Where this memory is mapped in the engine, to find it in /proc/self/smaps.
     public var hostAddress: UInt { UInt(bitPattern: mapping.base) }
 
+    /// Resident bytes of this memory as the kernel counts them for this mapping.
+    public func residentBytes() -> Int {
+        MemoryMappings.current()[hostAddress]?.resident ?? 0
+    }
+
     /// The engine's pointer to guest-physical `address`, valid for `length` bytes, or nil
     /// when any part of that range is outside guest memory.
     @inline(__always)

@@ -1,0 +1,96 @@
+import Benchmark
+import Fork
+import Foundation
+import HostSystem
+import KVM
+import ProcessVM
+import TestSupport
+
+/// Instant clone against its alternatives, side by side in one run: a fork of a warm
+/// busybox parent running `echo hi` to completion (output captured to a file), a fork whose
+/// program exits at once (fork → the child's command running), a cold process VM of the same
+/// program, and native posix_spawn of the same static binary. Each fork's VM is removed, its
+/// teardown and the pool's refill running in the background as in production.
+let benchmarks: @Sendable () -> Void = {
+    let fixture = ForkFixture()
+    let configuration = Benchmark.Configuration(metrics: [.wallClock, .throughput], warmupIterations: 10,
+                                                maxDuration: .seconds(5), maxIterations: 5_000)
+
+    Benchmark("Fork → busybox echo hi finished, output captured", configuration: configuration) { benchmark in
+        for _ in benchmark.scaledIterations {
+            let child = try fixture.echoParent.fork(arguments: ["echo", "hi"], streams: fixture.capture.standard)
+            blackHole(try child.run())
+            child.remove()
+        }
+    }
+
+    Benchmark("Fork → child's command running (program exits at once)", configuration: configuration) { benchmark in
+        for _ in benchmark.scaledIterations {
+            let child = try fixture.exitParent.fork(arguments: [], streams: fixture.capture.standard)
+            blackHole(try child.run())
+            child.remove()
+        }
+    }
+
+    Benchmark("Cold process VM → busybox echo hi finished", configuration: configuration) { benchmark in
+        for _ in benchmark.scaledIterations {
+            let vm = try ProcessVM(system: fixture.system, configuration: ProcessVMConfiguration(rootfs: fixture.rootfs, memoryBytes: 64 << 20),
+                                   executable: "/bin/busybox", arguments: ["busybox", "echo", "hi"], environment: [],
+                                   streams: fixture.capture.standard)
+            blackHole(try vm.run())
+        }
+    }
+
+    Benchmark("Native posix_spawn → busybox echo hi finished", configuration: configuration) { benchmark in
+        for _ in benchmark.scaledIterations {
+            blackHole(fixture.spawnNatively(["busybox", "echo", "hi"]))
+        }
+    }
+
+    Benchmark("Private memory per idle child (busybox sleep, KiB)",
+              configuration: .init(metrics: [.custom("private KiB per idle child", polarity: .prefersSmaller)], maxIterations: 20)) { benchmark in
+        for _ in benchmark.scaledIterations {
+            let child = try fixture.echoParent.fork(arguments: ["sleep", "1000"], streams: fixture.capture.standard)
+            child.start()
+            // Idle: the program has reached its sleep (a few milliseconds are plenty).
+            Thread.sleep(forTimeInterval: 0.05)
+            let owned = child.processVM.flatMap { MemoryMappings.current()[$0.memory.hostAddress]?.privateBytes } ?? 0
+            benchmark.measurement(.custom("private KiB per idle child", polarity: .prefersSmaller), owned / 1024)
+            child.remove()
+        }
+    }
+}
+
+final class ForkFixture: @unchecked Sendable {
+    let system = try! KVMSystem()
+    let rootfs: String
+    let echoParent: WarmParent
+    let exitParent: WarmParent
+    let capture = try! CapturedStreams()
+
+    init() {
+        let root = try! BusyboxRootfs.make()
+        let exitPath = root.appendingPathComponent("exit0").path
+        try! Data(TinyELF.build(code: TinyELF.exit(0))).write(to: URL(fileURLWithPath: exitPath))
+        chmod(exitPath, 0o755)
+        rootfs = root.path
+        echoParent = try! WarmParent(system: system, image: ImageSpec(name: "busybox", rootfs: rootfs, executable: "/bin/busybox"), poolSize: 16)
+        exitParent = try! WarmParent(system: system, image: ImageSpec(name: "exit0", rootfs: rootfs, executable: "/exit0"), poolSize: 16)
+        echoParent.waitUntilPoolIsFull()
+        exitParent.waitUntilPoolIsFull()
+    }
+
+    func spawnNatively(_ arguments: [String]) -> Int32 {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, capture.output, 1)
+        var pid: pid_t = 0
+        let argv = arguments.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        guard posix_spawn(&pid, BusyboxRootfs.hostBusybox, &actions, nil, argv, nil) == 0 else { return -1 }
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+        return status
+    }
+}

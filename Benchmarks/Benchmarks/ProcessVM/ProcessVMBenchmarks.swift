@@ -1,0 +1,72 @@
+import Benchmark
+import Foundation
+import KVM
+import ProcessVM
+import TestSupport
+
+/// A fresh process VM against Linux itself, side by side: `busybox echo hi` in a newly
+/// created VM, and the same static binary started natively with posix_spawn. The system-call
+/// round trip is the difference between a guest making 1,000 getpid calls and one making none.
+let benchmarks: @Sendable () -> Void = {
+    let fixture = Fixture()
+    let configuration = Benchmark.Configuration(metrics: [.wallClock, .throughput], warmupIterations: 5,
+                                                maxDuration: .seconds(5), maxIterations: 2_000)
+
+    Benchmark("Cold process VM: busybox echo hi", configuration: configuration) { benchmark in
+        for _ in benchmark.scaledIterations {
+            let vm = try ProcessVM(system: fixture.system, configuration: ProcessVMConfiguration(rootfs: fixture.rootfs, memoryBytes: 64 << 20),
+                                   executable: "/bin/busybox", arguments: ["busybox", "echo", "hi"], environment: [],
+                                   streams: fixture.nullStreams)
+            blackHole(try vm.run())
+        }
+    }
+
+    Benchmark("Native posix_spawn: busybox echo hi", configuration: configuration) { benchmark in
+        for _ in benchmark.scaledIterations {
+            blackHole(fixture.spawnNatively(["busybox", "echo", "hi"]))
+        }
+    }
+
+    for calls in [0, 1_000] {
+        Benchmark("Process VM running \(calls) getpid calls (exit path)", configuration: configuration) { benchmark in
+            for _ in benchmark.scaledIterations {
+                let vm = try ProcessVM(system: fixture.system, configuration: ProcessVMConfiguration(rootfs: fixture.rootfs, memoryBytes: 16 << 20),
+                                       executable: "/getpid-\(calls)", arguments: ["getpid"], environment: [], streams: fixture.nullStreams)
+                blackHole(try vm.run())
+            }
+        }
+    }
+}
+
+/// A rootfs with busybox and the getpid loops, /dev/null streams, and native spawning.
+final class Fixture: @unchecked Sendable {
+    let system = try! KVMSystem()
+    let rootfs: String
+    let null = open("/dev/null", O_RDWR | O_CLOEXEC)
+
+    init() {
+        let root = try! BusyboxRootfs.make()
+        for calls in [0, 1_000] {
+            let path = root.appendingPathComponent("getpid-\(calls)").path
+            try! Data(TinyELF.build(code: TinyELF.getpidLoop(count: calls))).write(to: URL(fileURLWithPath: path))
+            chmod(path, 0o755)
+        }
+        rootfs = root.path
+    }
+
+    var nullStreams: StandardStreams { StandardStreams(input: null, output: null, error: null) }
+
+    func spawnNatively(_ arguments: [String]) -> Int32 {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, null, 1)
+        var pid: pid_t = 0
+        let argv = arguments.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        guard posix_spawn(&pid, BusyboxRootfs.hostBusybox, &actions, nil, argv, nil) == 0 else { return -1 }
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+        return status
+    }
+}

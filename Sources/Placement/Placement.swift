@@ -1,1 +1,0 @@
-// The Placement module; see README.md, "Layout".

@@ -1,0 +1,35 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+
+/// An exclusive advisory lock on a state folder, held while a store is open. The placement
+/// service keeps the state in memory and writes through, so two processes placing from one
+/// folder at once could both grant the same capacity; with the lock, the second waits for the
+/// first to finish (a `vmfork` command takes a fraction of a second) or gives up, naming the
+/// folder.
+final class FolderLock: Sendable {
+    private let descriptor: Int32
+
+    struct Busy: Error, CustomStringConvertible {
+        let folder: String
+        let waited: Double
+        var description: String { "state folder \(folder) is in use by another vmfork process (waited \(waited) s for its lock)" }
+    }
+
+    init(folder: URL, waitSeconds: Double) throws {
+        let path = folder.appendingPathComponent("placement.lock").path
+        descriptor = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard descriptor >= 0 else { throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: path]) }
+        let deadline = Date().addingTimeInterval(waitSeconds)
+        while flock(descriptor, LOCK_EX | LOCK_NB) != 0 {
+            guard errno == EWOULDBLOCK || errno == EINTR, Date() < deadline else {
+                close(descriptor)
+                throw Busy(folder: folder.path, waited: waitSeconds)
+            }
+            usleep(20_000)
+        }
+    }
+
+    deinit { close(descriptor) }
+}
