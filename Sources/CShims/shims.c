@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "CShims.h"
 #include <sys/ioctl.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <numa.h>
 #include <sys/mman.h>
@@ -8,6 +9,8 @@
 int cshims_ioctl_ptr(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }
 int cshims_ioctl_int(int fd, unsigned long request, unsigned long arg) { return ioctl(fd, request, arg); }
 int cshims_errno(void) { return errno; }
+const int CSHIMS_SEEK_DATA = SEEK_DATA;
+const int CSHIMS_SEEK_HOLE = SEEK_HOLE;
 int cshims_memfd_create(const char *name) { return memfd_create(name, MFD_CLOEXEC); }
 void cshims_set_errno(int value) { errno = value; }
 

@@ -23,9 +23,9 @@ public struct SharingReport: Sendable {
         let mappings = MemoryMappings.current()
         let kernelAfter = KernelMemory.current()
         let children = containers.compactMap { container in
-            container.processVM.flatMap { vm in mappings[vm.memory.hostAddress].map { Child(name: container.name, usage: $0) } }
+            container.processVM.flatMap { vm in vm.memory.usage(in: mappings).map { Child(name: container.name, usage: $0) } }
         }
-        let parentResident = parent.forkPoint.memory.residentBytes()
+        let parentResident = parent.forkPoint.memory.usage(in: mappings)?.resident ?? 0
         let perVM = kernelBefore.flatMap { before in containers.isEmpty ? nil : (kernelAfter - before).divided(by: containers.count) }
         return SharingReport(parentResident: parentResident, children: children, kernelPerVM: perVM)
     }

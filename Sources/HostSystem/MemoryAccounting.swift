@@ -12,16 +12,23 @@ public struct MappingUsage: Sendable, Equatable {
     public var privateDirty: Int
 }
 
-/// Per-mapping usage of this process, keyed by the mapping's start address. One read of
-/// /proc/self/smaps serves every VM in a report.
-public enum MemoryMappings {
-    public static func current() -> [UInt: MappingUsage] {
-        guard let text = readKernelFile("/proc/self/smaps") else { return [:] }
-        var result: [UInt: MappingUsage] = [:]
-        var current: UInt?
+/// This process's mappings with the kernel's accounting of each, from one read of
+/// /proc/self/smaps, which then serves every VM of a report.
+public struct MemoryMappings: Sendable {
+    public struct Entry: Sendable {
+        public let range: Range<UInt>
+        public let usage: MappingUsage
+    }
+
+    public let entries: [Entry]
+
+    public static func current() -> MemoryMappings {
+        guard let text = readKernelFile("/proc/self/smaps") else { return MemoryMappings(entries: []) }
+        var entries: [Entry] = []
+        var current: Range<UInt>?
         var usage = MappingUsage(resident: 0, shared: 0, privateBytes: 0, privateDirty: 0)
         func finish() {
-            if let current { result[current] = usage }
+            if let current { entries.append(Entry(range: current, usage: usage)) }
         }
         for line in text.split(separator: "\n", omittingEmptySubsequences: true) {
             let parts = line.split(separator: " ", omittingEmptySubsequences: true)
@@ -29,7 +36,8 @@ public enum MemoryMappings {
             if !first.hasSuffix(":") {
                 // A mapping's header: "start-end perms offset device inode path".
                 finish()
-                current = first.split(separator: "-").first.flatMap { UInt($0, radix: 16) }
+                let bounds = first.split(separator: "-").compactMap { UInt($0, radix: 16) }
+                current = bounds.count == 2 && bounds[0] < bounds[1] ? bounds[0]..<bounds[1] : nil
                 usage = MappingUsage(resident: 0, shared: 0, privateBytes: 0, privateDirty: 0)
                 continue
             }
@@ -46,7 +54,20 @@ public enum MemoryMappings {
             }
         }
         finish()
-        return result
+        return MemoryMappings(entries: entries)
+    }
+
+    /// The summed usage of every mapping inside [start, start + length) — one region the
+    /// engine mapped may be several mappings to the kernel — or nil when none is there.
+    public func usage(of start: UInt, length: Int) -> MappingUsage? {
+        let region = start..<(start + UInt(length))
+        let inside = entries.filter { region.contains($0.range.lowerBound) }
+        guard !inside.isEmpty else { return nil }
+        return inside.reduce(MappingUsage(resident: 0, shared: 0, privateBytes: 0, privateDirty: 0)) { total, entry in
+            MappingUsage(resident: total.resident + entry.usage.resident, shared: total.shared + entry.usage.shared,
+                         privateBytes: total.privateBytes + entry.usage.privateBytes,
+                         privateDirty: total.privateDirty + entry.usage.privateDirty)
+        }
     }
 }
 

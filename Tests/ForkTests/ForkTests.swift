@@ -133,10 +133,9 @@ final class ForkTests {
             children.append(child)
         }
         Thread.sleep(forTimeInterval: 0.5)
-        let addresses = children.compactMap { $0.processVM?.memory.hostAddress }
         let machines = children.compactMap { $0.processVM.map(WeakBox.init) }
         let during = MemoryMappings.current()
-        let owned = addresses.compactMap { during[$0]?.privateBytes }
+        let owned = children.compactMap { $0.processVM?.memory.usage(in: during)?.privateBytes }
         // Each running child owns private pages (its stack, data, heap), found by the kernel.
         #expect(owned.count == 20 && owned.allSatisfy { $0 > 0 }, "\(owned)")
         for child in children { child.remove() }

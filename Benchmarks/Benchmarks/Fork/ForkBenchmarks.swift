@@ -54,7 +54,7 @@ let benchmarks: @Sendable () -> Void = {
             child.start()
             // Idle: the program has reached its sleep (a few milliseconds are plenty).
             Thread.sleep(forTimeInterval: 0.05)
-            let owned = child.processVM.flatMap { MemoryMappings.current()[$0.memory.hostAddress]?.privateBytes } ?? 0
+            let owned = child.processVM.flatMap { $0.memory.usage(in: MemoryMappings.current())?.privateBytes } ?? 0
             benchmark.measurement(.custom("private KiB per idle child", polarity: .prefersSmaller), owned / 1024)
             child.remove()
         }

@@ -13,4 +13,7 @@ int cshims_errno(void);
 /* memfd_create(2) with MFD_CLOEXEC: Glibc declares it only under _GNU_SOURCE. */
 int cshims_memfd_create(const char *name);
 void cshims_set_errno(int value);
+/* lseek whences for sparse files, defined by Glibc only under _GNU_SOURCE. */
+extern const int CSHIMS_SEEK_DATA;
+extern const int CSHIMS_SEEK_HOLE;
 #endif

@@ -1,3 +1,4 @@
+import CShims
 import HostSystem
 #if canImport(Glibc)
 import Glibc
@@ -31,21 +32,53 @@ public final class GuestMemory: @unchecked Sendable {
 
     /// Maps a parent's memory copy-on-write: reads see the parent's bytes, writes are private
     /// to this child and never reach the parent's memfd.
+    ///
+    /// Only the parent's data is mapped from its memfd: every hole (pages the parent never
+    /// wrote, which read as zero) is mapped anonymous instead. A child touching such a page
+    /// then gets a fresh zero page, without allocating one in the parent's memfd (which would
+    /// grow the parent with every child's reads) and without a copy on write.
     public init(copyOnWriteOf parent: GuestMemory) throws(SystemError) {
         size = parent.size
-        let fd = try retryingSyscall("dup(parent memfd)") { dup(parent.memfd.rawValue) }
+        let fd = try retryingSyscall("fcntl(parent memfd, F_DUPFD_CLOEXEC)") { fcntl(parent.memfd.rawValue, F_DUPFD_CLOEXEC, 0) }
         memfd = FileDescriptor(adopting: fd)
         mapping = try MappedMemory(length: size, flags: MAP_PRIVATE, fd: fd)
         bumpFrame = parent.bumpFrame
         freeFrames = parent.freeFrames
+        for hole in try Self.holes(of: fd, size: size) {
+            let target = mapping.base.advanced(by: hole.lowerBound)
+            guard mmap(target, hole.count, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == target else {
+                throw SystemError(call: "mmap(anonymous hole of \(hole.count) bytes)", errno: errno)
+            }
+        }
+    }
+
+    /// The byte ranges of `fd` that hold no data (SEEK_HOLE/SEEK_DATA), page-aligned.
+    private static func holes(of fd: Int32, size: Int) throws(SystemError) -> [Range<Int>] {
+        var holes: [Range<Int>] = []
+        var offset = 0
+        while offset < size {
+            let holeStart = lseek(fd, off_t(offset), CSHIMS_SEEK_HOLE)
+            guard holeStart >= 0 else { throw SystemError(call: "lseek(SEEK_HOLE)", errno: errno) }
+            if Int(holeStart) >= size { break }
+            var dataStart = lseek(fd, holeStart, CSHIMS_SEEK_DATA)
+            if dataStart < 0 {
+                guard errno == ENXIO else { throw SystemError(call: "lseek(SEEK_DATA)", errno: errno) }
+                dataStart = off_t(size)
+            }
+            let start = (Int(holeStart) + pageSize - 1) & ~(pageSize - 1)
+            let end = min(size, Int(dataStart)) & ~(pageSize - 1)
+            if start < end { holes.append(start..<end) }
+            offset = Int(dataStart)
+        }
+        return holes
     }
 
     /// Where this memory is mapped in the engine, to find it in /proc/self/smaps.
     public var hostAddress: UInt { UInt(bitPattern: mapping.base) }
 
-    /// Resident bytes of this memory as the kernel counts them for this mapping.
-    public func residentBytes() -> Int {
-        MemoryMappings.current()[hostAddress]?.resident ?? 0
+    /// The kernel's accounting of this memory's mappings in `mappings`.
+    public func usage(in mappings: MemoryMappings) -> MappingUsage? {
+        mappings.usage(of: hostAddress, length: size)
     }
 
     /// The engine's pointer to guest-physical `address`, valid for `length` bytes, or nil
