@@ -5,4 +5,5 @@
 #include "cshims_kvm.h"
 #include "cshims_uring.h"
 #include "cshims_numa.h"
+#include "cshims_zlib.h"
 #endif

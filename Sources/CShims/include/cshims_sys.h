@@ -13,4 +13,6 @@ int cshims_errno(void);
 /* memfd_create(2) with MFD_CLOEXEC: Glibc declares it only under _GNU_SOURCE. */
 int cshims_memfd_create(const char *name);
 void cshims_set_errno(int value);
+/* O_DIRECT: Glibc defines it only under _GNU_SOURCE, which Swift's Glibc module lacks. */
+extern const int CSHIMS_O_DIRECT;
 #endif
