@@ -7,6 +7,6 @@ struct VMForkCommand: AsyncParsableCommand {
         commandName: "vmfork",
         abstract: "Run containers as KVM process VMs, forked in microseconds from warm parents.",
         version: "0.1.0",
-        subcommands: [DoctorCommand.self]
+        subcommands: [DoctorCommand.self, DiskCommand.self]
     )
 }
