@@ -72,6 +72,20 @@ public final class VirtualDisk: @unchecked Sendable {
         }
     }
 
+    /// Reads `count` bytes at `offset` into a new array, for callers without I/O memory of their own.
+    public func read(count: Int, at offset: UInt64) async throws(DiskError) -> [UInt8] {
+        let buffer = engine.makeBuffer(count: count)
+        try await read(into: buffer.bytes, at: offset)
+        return Array(buffer.bytes)
+    }
+
+    /// Writes `bytes` at `offset`, copying them into I/O memory first.
+    public func write(_ bytes: [UInt8], at offset: UInt64) async throws(DiskError) {
+        let buffer = engine.makeBuffer(count: bytes.count)
+        buffer.bytes.copyBytes(from: bytes)
+        try await write(UnsafeRawBufferPointer(buffer.bytes), at: offset)
+    }
+
     /// One host-file read covering adjacent grains.
     private struct Run {
         let file: HostFile
