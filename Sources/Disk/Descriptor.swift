@@ -113,7 +113,7 @@ public struct Descriptor: Sendable, Equatable {
         guard let createType else { throw .malformed(file: file, field: "descriptor createType", problem: "the createType line is missing") }
         guard !descriptor.extents.isEmpty else { throw .malformed(file: file, field: "descriptor extents", problem: "no extent lines") }
         guard descriptor.extents.count <= 65536 else { throw .malformed(file: file, field: "descriptor extents", problem: "\(descriptor.extents.count) extents is more than 65536") }
-        let total = descriptor.extents.reduce(UInt64(0)) { $0 &+ $1.sectors }
+        let total = descriptor.extents.reduce(UInt64(0)) { $0 + $1.sectors }
         guard total <= SparseExtentHeader.maximumCapacitySectors else {
             throw .malformed(file: file, field: "descriptor extents", problem: "their sizes add up to \(total) sectors, more than \(SparseExtentHeader.maximumCapacitySectors)")
         }
@@ -131,8 +131,9 @@ public struct Descriptor: Sendable, Equatable {
         let access = ["RW", "RDONLY", "NOACCESS"].first { line.hasPrefix($0 + " ") || line.hasPrefix($0 + "\t") }
         guard let access else { return nil }
         var rest = line.dropFirst(access.count).trimmingWhitespace()
-        guard let sizeEnd = rest.firstIndex(where: { $0 == " " || $0 == "\t" }), let sectors = UInt64(rest[..<sizeEnd]), sectors > 0 else {
-            throw fail("extent size", "\"\(line.prefix(60))\" lacks a positive sector count after \(access)")
+        guard let sizeEnd = rest.firstIndex(where: { $0 == " " || $0 == "\t" }), let sectors = UInt64(rest[..<sizeEnd]),
+              sectors > 0, sectors <= SparseExtentHeader.maximumCapacitySectors else {
+            throw fail("extent size", "\"\(line.prefix(60))\" lacks a sector count between 1 and \(SparseExtentHeader.maximumCapacitySectors) after \(access)")
         }
         rest = rest[sizeEnd...].trimmingWhitespace()
         let kindEnd = rest.firstIndex(where: { $0 == " " || $0 == "\t" }) ?? rest.endIndex
