@@ -23,6 +23,9 @@ public final class IOBuffer: @unchecked Sendable {
     /// The alignment every buffer has: a page, which covers any device's O_DIRECT rule.
     public static let alignment = 4096
 
+    /// Whether requests into this buffer use READ_FIXED / WRITE_FIXED.
+    public var isRegistered: Bool { registration != nil }
+
     public var bytes: UnsafeMutableRawBufferPointer { UnsafeMutableRawBufferPointer(start: base, count: count) }
 }
 
