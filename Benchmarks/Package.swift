@@ -24,5 +24,14 @@ let package = Package(
             path: "Benchmarks/Foundation",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "package-benchmark")]
         ),
+        .executableTarget(
+            name: "DiskBenchmarks",
+            dependencies: [
+                .product(name: "Benchmark", package: "package-benchmark"),
+                .product(name: "VMForkEngine", package: enginePackage),
+            ],
+            path: "Benchmarks/Disk",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "package-benchmark")]
+        ),
     ]
 )

@@ -162,7 +162,8 @@ public final class VirtualDisk: @unchecked Sendable {
             let length = Int(limit)
             switch mapping {
             case .data(let file, let fileOffset):
-                if let last = runs.last, last.file === file, last.fileOffset + UInt64(last.length) == fileOffset {
+                if let last = runs.last, last.file === file, last.fileOffset + UInt64(last.length) == fileOffset,
+                   last.bufferOffset + last.length == position {
                     runs[runs.count - 1].length += length
                 } else {
                     runs.append(Run(file: file, fileOffset: fileOffset, bufferOffset: position, length: length))

@@ -12,7 +12,7 @@ public final class IOEngine: Sendable {
 
     /// Starts the I/O thread with a ring of `queueDepth` entries and room for `registeredFiles`
     /// files and `registeredBuffers` buffers.
-    public init(queueDepth: UInt32 = 256, registeredFiles: UInt32 = 256, registeredBuffers: UInt32 = 1024) throws(IOUringError) {
+    public init(queueDepth: UInt32 = 256, registeredFiles: UInt32 = 4096, registeredBuffers: UInt32 = 1024) throws(IOUringError) {
         let ring = try IOUring(entries: queueDepth)
         try ring.reserveRegistrationTables(files: registeredFiles, buffers: registeredBuffers)
         worker = try RingWorker(ring: ring, fileSlots: registeredFiles, bufferSlots: registeredBuffers)

@@ -9,7 +9,7 @@ struct DiskCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "disk",
         abstract: "Create, inspect, check, convert and commit VMDK disks.",
-        subcommands: [Create.self, Child.self, Info.self, Check.self, Convert.self, Commit.self, Bench.self, WriteLoop.self]
+        subcommands: [Create.self, Child.self, Info.self, Write.self, Check.self, Convert.self, Commit.self, Bench.self, WriteLoop.self]
     )
 
     static func makeEngine() throws -> IOEngine {
@@ -69,6 +69,22 @@ struct DiskCommand: AsyncParsableCommand {
                 print("  allocated \(layer.allocatedBytes) bytes")
                 for extent in layer.extents { print("  extent \(extent)") }
             }
+        }
+    }
+
+    struct Write: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Write a file's bytes into a disk (the top of its chain) at an offset.")
+        @Argument(help: "The disk.") var path: String
+        @Argument(help: "The file whose bytes to write; padded with zeros to whole sectors.") var file: String
+        @Option(help: "Byte offset in the disk, a multiple of 512.") var offset: UInt64 = 0
+
+        func run() async throws {
+            var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: file)))
+            bytes += [UInt8](repeating: 0, count: (512 - bytes.count % 512) % 512)
+            let disk = try await VirtualDisk.open(path: path, writable: true, engine: try DiskCommand.makeEngine())
+            try await disk.write(bytes, at: offset)
+            try await disk.flush()
+            print("wrote \(bytes.count) bytes at \(offset) of \(path)")
         }
     }
 

@@ -94,7 +94,7 @@ import Testing
 
         // A writer killed after appending a grain but before its table entry: leaked space.
         let handle = try FileHandle(forUpdating: URL(fileURLWithPath: path))
-        let end = try handle.seekToEnd()
+        try handle.seekToEnd()
         try handle.write(contentsOf: Data(repeating: 0x42, count: 65536))
         // A writer killed between the two table writes: the redundant table lags.
         let header = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)).prefix(512))
@@ -109,7 +109,6 @@ import Testing
         #expect(report.errors.isEmpty)
         #expect(report.leakedBytes == 65536)
         #expect(report.repairable.count == 2)
-        #expect(end > 0)
         try fixture.qemuImg(["check", path])
 
         let repaired = try await DiskCheck.repair(path: path, engine: fixture.engine)
