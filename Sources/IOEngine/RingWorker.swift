@@ -15,6 +15,9 @@ final class RingWorker: @unchecked Sendable {
     private struct Incoming {
         var batches: [Batch] = []
         var stopping = false
+        /// The thread is (about to be) blocked in the kernel with nothing queued: a new batch
+        /// must poke the eventfd. While it runs, it finds new batches without being poked.
+        var sleeping = false
     }
 
     private let incoming = Mutex(Incoming())
@@ -66,11 +69,12 @@ final class RingWorker: @unchecked Sendable {
     }
 
     func enqueue(_ batch: Batch) {
-        let wasEmpty = incoming.withLock { state in
+        let mustWake = incoming.withLock { state in
             state.batches.append(batch)
-            return state.batches.count == 1
+            defer { state.sleeping = false }
+            return state.sleeping
         }
-        if wasEmpty { poke() }
+        if mustWake { poke() }
     }
 
     func stop() {
@@ -96,13 +100,34 @@ final class RingWorker: @unchecked Sendable {
             }
             if stopping && inFlightCount == 0 && waitingHead == waiting.count { return }
             fillSubmissionQueue()
-            let submitted = io_uring_submit_and_wait(ring.ring, 1)
+            if inFlightCount > 0 { _ = io_uring_submit(ring.ring) }
+            spinForWork()
+            // Block only when nothing new came in meanwhile; otherwise just submit and go round.
+            let idle = incoming.withLock { state in
+                state.sleeping = state.batches.isEmpty
+                return state.sleeping
+            }
+            let submitted = io_uring_submit_and_wait(ring.ring, idle ? 1 : 0)
             if submitted < 0 && submitted != -EINTR && submitted != -EAGAIN && submitted != -EBUSY {
                 failEverything(SystemError(call: "io_uring_submit_and_wait", errno: -submitted))
             }
             reapCompletions()
         }
     }
+
+    /// Callers just resumed usually send their next request within microseconds: polling for
+    /// it (and for completions) a little while saves the two thread switches that blocking
+    /// and being woken would cost per request.
+    private func spinForWork() {
+        let deadline = ContinuousClock.now + Self.spinTime
+        var cqe: UnsafeMutablePointer<io_uring_cqe>?
+        while ContinuousClock.now < deadline {
+            if cshims_uring_peek_cqe(ring.ring, &cqe) == 0 { return }
+            if incoming.withLock({ !$0.batches.isEmpty }) { return }
+        }
+    }
+
+    private static let spinTime = Duration.microseconds(30)
 
     private func fillSubmissionQueue() {
         if !wakeArmed, let sqe = cshims_uring_get_sqe(ring.ring) {
