@@ -37,6 +37,8 @@ public struct DiskLoad: Sendable {
         let started = clock.now
         let load = self
         do {
+            // The load's tasks run on the engine's I/O thread, as the engine's users should.
+            try await withTaskExecutorPreference(disk.engine.executor) {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 // Worker k issues requests k, k + depth, k + 2 * depth, ...
                 for (worker, buffer) in buffers.enumerated() {
@@ -52,6 +54,7 @@ public struct DiskLoad: Sendable {
                     }
                 }
                 try await group.waitForAll()
+            }
             }
         } catch let error as DiskError {
             throw error

@@ -9,6 +9,10 @@ import Synchronization
 /// caller when its last request completes. More threads means more engines.
 public final class IOEngine: Sendable {
     private let worker: RingWorker
+    private let requestCount = Atomic<Int>(0)
+
+    /// Requests submitted so far: what a caller's batching and coalescing come down to.
+    public var requestsSubmitted: Int { requestCount.load(ordering: .relaxed) }
 
     /// Starts the I/O thread with a ring of `queueDepth` entries and room for `registeredFiles`
     /// files and `registeredBuffers` buffers.
@@ -25,6 +29,11 @@ public final class IOEngine: Sendable {
     deinit {
         worker.stop()
     }
+
+    /// Runs tasks on this engine's I/O thread (`withTaskExecutorPreference(engine.executor)`):
+    /// their requests are submitted and their completions resumed without a thread switch.
+    /// Such tasks should not block the thread, and the engine must outlive them.
+    public var executor: any TaskExecutor { worker }
 
     /// Registers `fd` in the ring's file table. The kernel keeps its own reference, so the
     /// caller may close `fd` afterwards; `unregister` gives the slot back.
@@ -46,6 +55,7 @@ public final class IOEngine: Sendable {
     /// the first returns when order matters.
     public func submit(_ requests: [IORequest]) async throws(IOUringError) -> [Int] {
         if requests.isEmpty { return [] }
+        requestCount.add(requests.count, ordering: .relaxed)
         let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<[Int], IOUringError>, Never>) in
             worker.enqueue(Batch(requests: requests, continuation: continuation))
         }

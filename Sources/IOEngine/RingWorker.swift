@@ -5,15 +5,19 @@ import Synchronization
 import Glibc
 #endif
 
-/// The I/O thread's side of an engine. Other threads only append batches to `incoming` and
-/// poke the eventfd; everything else here is touched by the I/O thread alone, which is why
-/// the class is `@unchecked Sendable`.
-final class RingWorker: @unchecked Sendable {
+/// The I/O thread's side of an engine. Other threads only append batches and jobs to
+/// `incoming` and poke the eventfd; everything else here is touched by the I/O thread alone,
+/// which is why the class is `@unchecked Sendable`.
+///
+/// It is also a task executor: tasks that prefer it run on the I/O thread between trips into
+/// the kernel, so a request's completion resumes its task with no thread switch at all.
+final class RingWorker: TaskExecutor, @unchecked Sendable {
     let ring: IOUring
     let buffers: BufferRegistry
 
     private struct Incoming {
         var batches: [Batch] = []
+        var jobs: [UnownedJob] = []
         var stopping = false
         /// The thread is (about to be) blocked in the kernel with nothing queued: a new batch
         /// must poke the eventfd. While it runs, it finds new batches without being poked.
@@ -77,6 +81,16 @@ final class RingWorker: @unchecked Sendable {
         if mustWake { poke() }
     }
 
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        let mustWake = incoming.withLock { state in
+            state.jobs.append(job)
+            defer { state.sleeping = false }
+            return state.sleeping
+        }
+        if mustWake { poke() }
+    }
+
     func stop() {
         incoming.withLock { $0.stopping = true }
         poke()
@@ -89,22 +103,30 @@ final class RingWorker: @unchecked Sendable {
     /// The thread's loop: take new batches, fill the submission queue, submit and wait for at
     /// least one completion, hand out completions; until stopped with nothing in flight.
     func run() {
+        var readyJobs: [UnownedJob] = []
         while true {
-            let (batches, stopping) = incoming.withLock { state in
-                let taken = state.batches
-                state.batches.removeAll(keepingCapacity: true)
-                return (taken, state.stopping)
+            var (batches, jobs, stopping) = takeIncoming()
+            readyJobs += jobs
+            if !readyJobs.isEmpty {
+                // Jobs run now queue their requests (and maybe more jobs, for the next round).
+                let running = readyJobs
+                readyJobs.removeAll(keepingCapacity: true)
+                for job in running { job.runSynchronously(on: asUnownedTaskExecutor()) }
+                let more = takeIncoming()
+                batches += more.batches
+                readyJobs += more.jobs
+                stopping = stopping || more.stopping
             }
             for batch in batches {
                 for index in batch.requests.indices { waiting.append((batch, index)) }
             }
-            if stopping && inFlightCount == 0 && waitingHead == waiting.count { return }
+            if stopping && inFlightCount == 0 && waitingHead == waiting.count && readyJobs.isEmpty { return }
             fillSubmissionQueue()
             if inFlightCount > 0 { _ = io_uring_submit(ring.ring) }
-            spinForWork()
+            if readyJobs.isEmpty { spinForWork() }
             // Block only when nothing new came in meanwhile; otherwise just submit and go round.
-            let idle = incoming.withLock { state in
-                state.sleeping = state.batches.isEmpty
+            let idle = readyJobs.isEmpty && incoming.withLock { state in
+                state.sleeping = state.batches.isEmpty && state.jobs.isEmpty
                 return state.sleeping
             }
             let submitted = io_uring_submit_and_wait(ring.ring, idle ? 1 : 0)
@@ -112,6 +134,15 @@ final class RingWorker: @unchecked Sendable {
                 failEverything(SystemError(call: "io_uring_submit_and_wait", errno: -submitted))
             }
             reapCompletions()
+        }
+    }
+
+    private func takeIncoming() -> (batches: [Batch], jobs: [UnownedJob], stopping: Bool) {
+        incoming.withLock { state in
+            let taken = (state.batches, state.jobs, state.stopping)
+            state.batches.removeAll(keepingCapacity: true)
+            state.jobs.removeAll(keepingCapacity: true)
+            return taken
         }
     }
 
@@ -123,7 +154,7 @@ final class RingWorker: @unchecked Sendable {
         var cqe: UnsafeMutablePointer<io_uring_cqe>?
         while ContinuousClock.now < deadline {
             if cshims_uring_peek_cqe(ring.ring, &cqe) == 0 { return }
-            if incoming.withLock({ !$0.batches.isEmpty }) { return }
+            if incoming.withLock({ !$0.batches.isEmpty || !$0.jobs.isEmpty }) { return }
         }
     }
 

@@ -134,3 +134,44 @@ import Testing
         await #expect(throws: DiskError.self) { _ = try await DiskCheck.repair(path: path, engine: fixture.engine) }
     }
 }
+
+/// The read path's request count and its fallback where O_DIRECT is not allowed.
+@Suite struct ReadPathTests {
+    @Test func adjacentGrainsOfOneHostFileAreReadInOneRequest() async throws {
+        let fixture = try DiskFixture("coalesce")
+        let grain = 65536
+        try await VMDKImage.create(at: fixture.path("base.vmdk"), capacityBytes: UInt64(32 * grain), engine: fixture.engine)
+        let base = try await VirtualDisk.open(path: fixture.path("base.vmdk"), writable: true, engine: fixture.engine)
+        // Grains 0..<8 written in order land back to back in the file.
+        try await base.write([UInt8](repeating: 1, count: 8 * grain), at: 0)
+        try await VMDKImage.createChild(at: fixture.path("child.vmdk"), parent: fixture.path("base.vmdk"), engine: fixture.engine)
+        let child = try await VirtualDisk.open(path: fixture.path("child.vmdk"), writable: true, engine: fixture.engine)
+        // The child takes grains 2 and 3 (one run in the child's file).
+        try await child.write([UInt8](repeating: 2, count: 2 * grain), at: UInt64(2 * grain))
+
+        var before = fixture.engine.requestsSubmitted
+        _ = try await base.read(count: 8 * grain, at: 0)
+        #expect(fixture.engine.requestsSubmitted - before == 1)
+
+        // Through the chain: base 0-1, child 2-3, base 4-7, then unallocated zeros: three runs.
+        before = fixture.engine.requestsSubmitted
+        let bytes = try await child.read(count: 12 * grain, at: 0)
+        #expect(fixture.engine.requestsSubmitted - before == 3)
+        #expect(bytes[0..<2 * grain].allSatisfy { $0 == 1 } && bytes[2 * grain..<4 * grain].allSatisfy { $0 == 2 })
+        #expect(bytes[4 * grain..<8 * grain].allSatisfy { $0 == 1 } && bytes[8 * grain...].allSatisfy { $0 == 0 })
+    }
+
+    @Test func diskOnAFileSystemWithoutODirectWorksThroughThePageCache() async throws {
+        guard FileManager.default.fileExists(atPath: "/dev/shm") else { return }
+        let fixture = try DiskFixture("tmpfs")
+        let folder = URL(fileURLWithPath: "/dev/shm").appendingPathComponent("vmfork-disk-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let path = folder.appendingPathComponent("d.vmdk").path
+        try await VMDKImage.create(at: path, capacityBytes: 1 << 20, engine: fixture.engine)
+        let disk = try await VirtualDisk.open(path: path, writable: true, engine: fixture.engine)
+        try await disk.write([UInt8](repeating: 0x5A, count: 1024), at: 4096)
+        #expect(try await disk.read(count: 1024, at: 4096) == [UInt8](repeating: 0x5A, count: 1024))
+        #expect(await DiskCheck.check(path: path, engine: fixture.engine).isClean)
+    }
+}
