@@ -158,7 +158,7 @@ import Testing
         let bytes = try await child.read(count: 12 * grain, at: 0)
         #expect(fixture.engine.requestsSubmitted - before == 3)
         #expect(bytes[0..<2 * grain].allSatisfy { $0 == 1 } && bytes[2 * grain..<4 * grain].allSatisfy { $0 == 2 })
-        #expect(bytes[4 * grain..<8 * grain].allSatisfy { $0 == 1 } && bytes[8 * grain...].allSatisfy { $0 == 0 })
+        #expect(bytes[4 * grain..<8 * grain].allSatisfy { $0 == 1 } && bytes[(8 * grain)...].allSatisfy { $0 == 0 })
     }
 
     @Test func diskOnAFileSystemWithoutODirectWorksThroughThePageCache() async throws {
