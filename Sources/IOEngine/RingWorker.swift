@@ -100,8 +100,9 @@ final class RingWorker: TaskExecutor, @unchecked Sendable {
         _ = cshims_uring_wake(wake.rawValue)
     }
 
-    /// The thread's loop: take new batches, fill the submission queue, submit and wait for at
-    /// least one completion, hand out completions; until stopped with nothing in flight.
+    /// The thread's loop: run the tasks that became ready, take the batches they and other
+    /// threads queued, fill the submission queue, submit, wait (only when there is nothing else
+    /// to do) for a completion, and hand out completions; until stopped with nothing in flight.
     func run() {
         var readyJobs: [UnownedJob] = []
         while true {

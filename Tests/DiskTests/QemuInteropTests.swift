@@ -67,4 +67,22 @@ import Testing
         #expect(compare.contains("Images are identical"))
         #expect(try fixture.qemuRaw("child.vmdk") == expected)
     }
+
+    @Test func splitDiskWritesAcrossExtentsAsQemuReadsThem() async throws {
+        let fixture = try DiskFixture("split")
+        let path = fixture.path("split.vmdk")
+        // 4 GiB: extents of 2047 MiB, 2047 MiB and 2 MiB, all sparse.
+        try await VMDKImage.create(at: path, capacityBytes: 4 << 30, subformat: .twoGbMaxExtentSparse, engine: fixture.engine)
+        let disk = try await VirtualDisk.open(path: path, writable: true, engine: fixture.engine)
+        #expect(try await disk.describe()[0].extents.count == 3)
+        let boundary: UInt64 = 2047 << 20
+        try await disk.write([UInt8](repeating: 0xAB, count: 128 * 1024), at: boundary - 65536)
+        try await disk.write([UInt8](repeating: 0xCD, count: 4096), at: (4 << 30) - 4096)
+        try await disk.flush()
+        try fixture.qemuImg(["check", path])
+        let output = try fixture.qemuIO(["-c", "read -P 0xab \(boundary - 65536) 131072", "-c", "read -P 0xcd \((4 << 30) - 4096) 4096",
+                                         "-c", "read -P 0 \(boundary + 65536) 65536", path])
+        #expect(!output.contains("Pattern verification failed"))
+        #expect(try await disk.read(count: 4096, at: boundary) == [UInt8](repeating: 0xAB, count: 4096))
+    }
 }
