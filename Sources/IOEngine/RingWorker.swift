@@ -123,8 +123,13 @@ final class RingWorker: TaskExecutor, @unchecked Sendable {
             }
             if stopping && inFlightCount == 0 && waitingHead == waiting.count && readyJobs.isEmpty { return }
             fillSubmissionQueue()
-            if inFlightCount > 0 { _ = io_uring_submit(ring.ring) }
-            if readyJobs.isEmpty { spinForWork() }
+            // With few requests in flight the next event is a caller's next request or a lone
+            // completion, worth polling for; with many, completions come often enough that
+            // waiting in the kernel costs little and leaves the CPU to the kernel's own work.
+            if readyJobs.isEmpty && inFlightCount <= Self.pollingDepth {
+                if inFlightCount > 0 { _ = io_uring_submit(ring.ring) }
+                spinForWork()
+            }
             // Block only when nothing new came in meanwhile; otherwise just submit and go round.
             let idle = readyJobs.isEmpty && incoming.withLock { state in
                 state.sleeping = state.batches.isEmpty && state.jobs.isEmpty
@@ -164,6 +169,7 @@ final class RingWorker: TaskExecutor, @unchecked Sendable {
     }
 
     private static let spinTime = Duration.microseconds(30)
+    private static let pollingDepth = 4
 
     private func fillSubmissionQueue() {
         if !wakeArmed, let sqe = cshims_uring_get_sqe(ring.ring) {
