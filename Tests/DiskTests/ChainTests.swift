@@ -174,4 +174,20 @@ import Testing
         #expect(try await disk.read(count: 1024, at: 4096) == [UInt8](repeating: 0x5A, count: 1024))
         #expect(await DiskCheck.check(path: path, engine: fixture.engine).isClean)
     }
+
+    @Test func benchmarkLoadWritesWhereTheQemuPatternSays() async throws {
+        let fixture = try DiskFixture("load")
+        try await VMDKImage.create(at: fixture.path("d.vmdk"), capacityBytes: 1 << 20, engine: fixture.engine)
+        let disk = try await VirtualDisk.open(path: fixture.path("d.vmdk"), writable: true, engine: fixture.engine)
+        let load = DiskLoad(requestBytes: 4096, step: 4096 * 7, depth: 8, count: 64, write: true)
+        #expect(try await load.run(on: disk) > 0)
+        let written = Set((0..<64).map { load.offset($0, capacity: disk.capacityBytes) })
+        #expect(written.count == 64)
+        let bytes = try await fixture.readDisk("d.vmdk")
+        for block in stride(from: 0, to: bytes.count, by: 4096) {
+            let touched = bytes[block..<block + 4096].contains { $0 != 0 }
+            #expect(touched == written.contains(UInt64(block)), "block at \(block)")
+        }
+        #expect(try await fixture.readDisk("d.vmdk") == (try fixture.qemuRaw("d.vmdk")))
+    }
 }

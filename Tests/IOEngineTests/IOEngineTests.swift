@@ -85,4 +85,33 @@ import Testing
         #expect(system.errno == EBADF)
         #expect(system.call.contains("write(file slot \(file.slot), 512 bytes at 0)"))
     }
+
+    @Test func tasksPreferringTheEngineRunOnItsThreadAndGetTheirData() async throws {
+        let engine = try IOEngine(queueDepth: 8)
+        let bytes = (0..<65536).map { UInt8(truncatingIfNeeded: $0 &* 11) }
+        let file = try engine.register(try temporaryFile(bytes, O_RDONLY))
+        let ioThreadName = try await withTaskExecutorPreference(engine.executor) {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for task in 0..<32 {
+                    group.addTask {
+                        let buffer = engine.makeBuffer(count: 2048)
+                        let offset = (task * 2048) % 65536
+                        let got = try await engine.read(file, into: buffer.bytes, at: UInt64(offset))
+                        #expect(got == 2048 && buffer.bytes.elementsEqual(bytes[offset..<offset + 2048]))
+                    }
+                }
+                try await group.waitForAll()
+            }
+            return currentThreadName()
+        }
+        #expect(ioThreadName == "vmfork-io")
+    }
+
+    /// The calling thread's name, read through pthreads (Foundation's Thread.current is not
+    /// available in async code).
+    private func currentThreadName() -> String {
+        var name = [CChar](repeating: 0, count: 64)
+        pthread_getname_np(pthread_self(), &name, name.count)
+        return String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
 }
