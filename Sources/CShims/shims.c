@@ -7,6 +7,7 @@
 #include <zlib.h>
 #include <sys/eventfd.h>
 #include <fcntl.h>
+#include <pthread.h>
 
 int cshims_ioctl_ptr(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }
 int cshims_ioctl_int(int fd, unsigned long request, unsigned long arg) { return ioctl(fd, request, arg); }
@@ -14,6 +15,7 @@ int cshims_errno(void) { return errno; }
 int cshims_memfd_create(const char *name) { return memfd_create(name, MFD_CLOEXEC); }
 void cshims_set_errno(int value) { errno = value; }
 const int CSHIMS_O_DIRECT = O_DIRECT;
+int cshims_set_thread_name(const char *name) { return pthread_setname_np(pthread_self(), name); }
 
 const unsigned long CSHIMS_KVM_GET_API_VERSION = KVM_GET_API_VERSION;
 const unsigned long CSHIMS_KVM_CREATE_VM = KVM_CREATE_VM;

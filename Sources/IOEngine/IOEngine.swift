@@ -21,9 +21,7 @@ public final class IOEngine: Sendable {
         try ring.reserveRegistrationTables(files: registeredFiles, buffers: registeredBuffers)
         worker = try RingWorker(ring: ring, fileSlots: registeredFiles, bufferSlots: registeredBuffers)
         let worker = worker
-        let thread = Thread { worker.run() }
-        thread.name = "vmfork-io"
-        thread.start()
+        Thread { worker.run() }.start()
     }
 
     deinit {

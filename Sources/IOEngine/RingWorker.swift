@@ -104,6 +104,7 @@ final class RingWorker: TaskExecutor, @unchecked Sendable {
     /// threads queued, fill the submission queue, submit, wait (only when there is nothing else
     /// to do) for a completion, and hand out completions; until stopped with nothing in flight.
     func run() {
+        cshims_set_thread_name("vmfork-io")
         var readyJobs: [UnownedJob] = []
         while true {
             var (batches, jobs, stopping) = takeIncoming()

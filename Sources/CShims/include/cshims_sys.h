@@ -15,4 +15,6 @@ int cshims_memfd_create(const char *name);
 void cshims_set_errno(int value);
 /* O_DIRECT: Glibc defines it only under _GNU_SOURCE, which Swift's Glibc module lacks. */
 extern const int CSHIMS_O_DIRECT;
+/* Names the calling thread (15 characters at most), as ps and /proc show it. */
+int cshims_set_thread_name(const char *name);
 #endif
