@@ -1,5 +1,5 @@
 # The two commands: `make run` (the main job) and `make test`. Both set up what they need.
-.PHONY: setup build run test bench doctor clean
+.PHONY: setup build run test bench bench-disk doctor clean
 
 SWIFT_BUILD_FLAGS ?=
 
@@ -22,6 +22,11 @@ test:
 ## Benchmarks (package-benchmark), in their own package so tests do not build the harness.
 bench: build
 	cd Benchmarks && swift package --allow-writing-to-package-directory benchmark $(BENCH_ARGS)
+	bash scripts/bench-disk.sh
+
+## Disk I/O side by side: our VMDK path, qemu-img bench, fio on raw (medians, one table).
+bench-disk: build
+	bash scripts/bench-disk.sh
 
 clean:
 	rm -rf .build Benchmarks/.build

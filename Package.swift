@@ -27,7 +27,7 @@ let package = Package(
         // The one C target: kernel and library interfaces Swift cannot import directly.
         .target(
             name: "CShims",
-            linkerSettings: [.linkedLibrary("uring"), .linkedLibrary("numa")]
+            linkerSettings: [.linkedLibrary("uring"), .linkedLibrary("numa"), .linkedLibrary("z")]
         ),
         .target(name: "HostSystem", dependencies: ["CShims"], swiftSettings: strictSettings),
         .target(name: "KVM", dependencies: ["CShims", "HostSystem"], swiftSettings: strictSettings),
@@ -35,7 +35,7 @@ let package = Package(
         .target(name: "Capabilities", dependencies: ["CShims", "HostSystem", "KVM", "IOEngine"], swiftSettings: strictSettings),
         .target(name: "ProcessVM", dependencies: ["CShims", "HostSystem", "KVM"], swiftSettings: strictSettings),
         .target(name: "Fork", dependencies: ["ProcessVM", "KVM", "HostSystem"], swiftSettings: strictSettings),
-        .target(name: "Disk", dependencies: ["IOEngine", "HostSystem"], swiftSettings: strictSettings),
+        .target(name: "Disk", dependencies: ["CShims", "IOEngine", "HostSystem"], swiftSettings: strictSettings),
         .target(name: "WorkloadProfiles", dependencies: [.product(name: "Yams", package: "Yams")], swiftSettings: strictSettings),
         .target(name: "Store", dependencies: [.product(name: "GRDB", package: "GRDB.swift")], swiftSettings: strictSettings),
         .target(name: "Placement", dependencies: ["Store", "WorkloadProfiles"], swiftSettings: strictSettings),
@@ -53,6 +53,7 @@ let package = Package(
         .testTarget(name: "HostSystemTests", dependencies: ["HostSystem", "TestSupport"], swiftSettings: strictSettings),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "HostSystem", "TestSupport"], swiftSettings: strictSettings),
         .testTarget(name: "IOEngineTests", dependencies: ["IOEngine", "HostSystem", "TestSupport"], swiftSettings: strictSettings),
+        .testTarget(name: "DiskTests", dependencies: ["Disk", "IOEngine", "TestSupport", "vmfork"], swiftSettings: strictSettings),
         .testTarget(name: "CapabilitiesTests", dependencies: ["Capabilities", "KVM", "IOEngine", "TestSupport", "vmfork"], swiftSettings: strictSettings),
         .testTarget(name: "ProcessVMTests", dependencies: ["ProcessVM", "HostSystem", "KVM", "TestSupport"], swiftSettings: strictSettings),
         .testTarget(name: "ForkTests", dependencies: ["Fork", "ProcessVM", "HostSystem", "KVM", "TestSupport"], swiftSettings: strictSettings),

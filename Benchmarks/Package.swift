@@ -53,5 +53,14 @@ let package = Package(
             path: "Benchmarks/Fork",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "package-benchmark")]
         ),
+        .executableTarget(
+            name: "DiskBenchmarks",
+            dependencies: [
+                .product(name: "Benchmark", package: "package-benchmark"),
+                .product(name: "VMForkEngine", package: enginePackage),
+            ],
+            path: "Benchmarks/Disk",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "package-benchmark")]
+        ),
     ]
 )

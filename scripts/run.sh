@@ -25,3 +25,21 @@ rm -rf "$placement_state"
 echo
 echo "== capacity plan of Profiles/small.yaml after 20,000 forks of its launch mix (chart: $state/capacity-small.svg)"
 "$vmfork" capacity --profile Profiles/small.yaml --launch 20000 --svg "$state/capacity-small.svg"
+
+echo
+echo "== disk: an image layer, a container disk on it, interop with qemu-img, commit"
+disks="$state/disk-demo"
+rm -rf "$disks" && mkdir -p "$disks"
+head -c $((4 << 20)) /dev/urandom > "$disks/layer.raw"
+"$vmfork" disk convert --from raw "$disks/layer.raw" "$disks/image.vmdk"
+"$vmfork" disk child "$disks/container.vmdk" --parent "$disks/image.vmdk"
+printf 'written by the container\n' > "$disks/note.txt"
+"$vmfork" disk write "$disks/container.vmdk" "$disks/note.txt" --offset 65536
+"$vmfork" disk info "$disks/container.vmdk"
+"$vmfork" disk check "$disks/container.vmdk"
+qemu-img check "$disks/container.vmdk"
+qemu-img convert -O raw "$disks/container.vmdk" "$disks/container-by-qemu.raw"
+"$vmfork" disk convert "$disks/container.vmdk" "$disks/container-by-vmfork.raw" --to raw
+cmp "$disks/container-by-qemu.raw" "$disks/container-by-vmfork.raw" && echo "qemu-img and vmfork read the container disk identically"
+"$vmfork" disk commit "$disks/container.vmdk"
+qemu-img compare "$disks/image.vmdk" "$disks/container-by-vmfork.raw"

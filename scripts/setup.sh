@@ -9,6 +9,7 @@ packages=(
   qemu-utils       # qemu-img / qemu-io: the VMDK interop peer in tests and benchmarks
   busybox-static   # the static userland that process VMs run
   fio              # the raw-file I/O baseline in the disk benchmark
+  zlib1g-dev       # deflate for streamOptimized VMDK grains
   util-linux       # setpriv, for the unprivileged capability tests
 )
 

@@ -5,6 +5,10 @@
 #include <stdlib.h>
 #include <numa.h>
 #include <sys/mman.h>
+#include <zlib.h>
+#include <sys/eventfd.h>
+#include <fcntl.h>
+#include <pthread.h>
 
 int cshims_ioctl_ptr(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }
 int cshims_ioctl_int(int fd, unsigned long request, unsigned long arg) { return ioctl(fd, request, arg); }
@@ -13,6 +17,8 @@ const int CSHIMS_SEEK_DATA = SEEK_DATA;
 const int CSHIMS_SEEK_HOLE = SEEK_HOLE;
 int cshims_memfd_create(const char *name) { return memfd_create(name, MFD_CLOEXEC); }
 void cshims_set_errno(int value) { errno = value; }
+const int CSHIMS_O_DIRECT = O_DIRECT;
+int cshims_set_thread_name(const char *name) { return pthread_setname_np(pthread_self(), name); }
 
 const unsigned long CSHIMS_KVM_GET_API_VERSION = KVM_GET_API_VERSION;
 const unsigned long CSHIMS_KVM_CREATE_VM = KVM_CREATE_VM;
@@ -92,6 +98,22 @@ void cshims_uring_cq_advance(struct io_uring *ring, unsigned count) { io_uring_c
 unsigned cshims_uring_peek_batch(struct io_uring *ring, struct io_uring_cqe **out, unsigned max) {
     return io_uring_peek_batch_cqe(ring, out, max);
 }
+void cshims_uring_sqe_use_fixed_file(struct io_uring_sqe *sqe) { sqe->flags |= IOSQE_FIXED_FILE; }
+void cshims_uring_prep_read_u64(struct io_uring_sqe *sqe, int fd, uint64_t *value) {
+    io_uring_prep_read(sqe, fd, value, sizeof(*value), 0);
+}
+void cshims_uring_prep_fdatasync(struct io_uring_sqe *sqe, int fd) { io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC); }
+uint64_t cshims_uring_cqe_get_data64(const struct io_uring_cqe *cqe) { return cqe->user_data; }
+int cshims_uring_update_buffer(struct io_uring *ring, unsigned index, void *base, size_t length) {
+    struct iovec iov = { .iov_base = base, .iov_len = length };
+    __u64 tag = 0;
+    return io_uring_register_buffers_update_tag(ring, index, &iov, &tag, 1);
+}
+int cshims_uring_update_file(struct io_uring *ring, unsigned index, int fd) {
+    return io_uring_register_files_update(ring, index, &fd, 1);
+}
+int cshims_uring_wake_eventfd(void) { return eventfd(0, EFD_CLOEXEC); }
+int cshims_uring_wake(int fd) { return eventfd_write(fd, 1); }
 int cshims_uring_opcode_supported(const struct io_uring_probe *probe, int opcode) {
     return io_uring_opcode_supported(probe, opcode);
 }
@@ -119,4 +141,11 @@ int cshims_numa_node_cpus(int node, int *cpus, int max) {
         if (numa_bitmask_isbitset(mask, i)) cpus[n++] = (int)i;
     numa_free_cpumask(mask);
     return n;
+}
+
+int cshims_zlib_uncompress(uint8_t *dest, size_t *dest_len, const uint8_t *source, size_t source_len) {
+    uLongf produced = *dest_len;
+    int result = uncompress(dest, &produced, source, (uLong)source_len);
+    *dest_len = produced;
+    return result;
 }

@@ -8,7 +8,6 @@
 
 const int CSHIMS_O_PATH = O_PATH;
 const int CSHIMS_O_TMPFILE = O_TMPFILE;
-const int CSHIMS_O_DIRECT = O_DIRECT;
 const int CSHIMS_O_NOATIME = O_NOATIME;
 const int CSHIMS_O_LARGEFILE = 0100000; /* the x86-64 value; Glibc defines O_LARGEFILE as 0 on 64-bit */
 const int CSHIMS_AT_EMPTY_PATH = AT_EMPTY_PATH;

@@ -45,4 +45,33 @@ public final class IOUring: @unchecked Sendable {
         defer { io_uring_free_probe(probe) }
         return Self.requiredOpcodes.map { ($0.name, cshims_uring_opcode_supported(probe, $0.code) != 0) }
     }
+
+    /// Reserves `files` empty slots for registered files and `buffers` for registered buffers,
+    /// so that descriptors and buffers can come and go one at a time while the ring runs.
+    public func reserveRegistrationTables(files: UInt32, buffers: UInt32) throws(IOUringError) {
+        let fileResult = io_uring_register_files_sparse(ring, files)
+        if fileResult < 0 {
+            throw .system(SystemError(call: "io_uring_register_files_sparse(\(files))", errno: -fileResult))
+        }
+        let bufferResult = io_uring_register_buffers_sparse(ring, buffers)
+        if bufferResult < 0 {
+            throw .system(SystemError(call: "io_uring_register_buffers_sparse(\(buffers))", errno: -bufferResult))
+        }
+    }
+
+    /// Puts `fd` (or -1 to empty the slot) at `slot` of the registered-file table.
+    public func updateRegisteredFile(slot: UInt32, fd: Int32) throws(IOUringError) {
+        let result = cshims_uring_update_file(ring, slot, fd)
+        if result < 0 {
+            throw .system(SystemError(call: "io_uring_register_files_update(slot \(slot))", errno: -result))
+        }
+    }
+
+    /// Puts a buffer (or nil to empty the slot) at `slot` of the registered-buffer table.
+    public func updateRegisteredBuffer(slot: UInt32, base: UnsafeMutableRawPointer?, length: Int) throws(IOUringError) {
+        let result = cshims_uring_update_buffer(ring, slot, base, length)
+        if result < 0 {
+            throw .system(SystemError(call: "io_uring_register_buffers_update_tag(slot \(slot), \(length) bytes)", errno: -result))
+        }
+    }
 }

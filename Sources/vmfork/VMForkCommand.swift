@@ -8,7 +8,7 @@ struct VMForkCommand: AsyncParsableCommand {
         abstract: "Run containers as KVM process VMs, forked in microseconds from warm parents.",
         version: "0.1.0",
         subcommands: [
-            DoctorCommand.self, RunCommand.self, ForkCommand.self,
+            DoctorCommand.self, RunCommand.self, ForkCommand.self, DiskCommand.self,
             PoolCommand.self, HostCommand.self, ImageCommand.self, FleetCommand.self,
             PlaceCommand.self, CommitCommand.self, ReleaseCommand.self, CapacityCommand.self,
         ]

@@ -6,4 +6,5 @@
 #include "cshims_uring.h"
 #include "cshims_numa.h"
 #include "cshims_fs.h"
+#include "cshims_zlib.h"
 #endif

@@ -10,7 +10,6 @@
 
 extern const int CSHIMS_O_PATH;
 extern const int CSHIMS_O_TMPFILE;
-extern const int CSHIMS_O_DIRECT;
 extern const int CSHIMS_O_NOATIME;
 extern const int CSHIMS_O_LARGEFILE;
 extern const int CSHIMS_AT_EMPTY_PATH;

@@ -16,4 +16,8 @@ void cshims_set_errno(int value);
 /* lseek whences for sparse files, defined by Glibc only under _GNU_SOURCE. */
 extern const int CSHIMS_SEEK_DATA;
 extern const int CSHIMS_SEEK_HOLE;
+/* O_DIRECT: Glibc defines it only under _GNU_SOURCE, which Swift's Glibc module lacks. */
+extern const int CSHIMS_O_DIRECT;
+/* Names the calling thread (15 characters at most), as ps and /proc show it. */
+int cshims_set_thread_name(const char *name);
 #endif

@@ -21,6 +21,21 @@ void cshims_uring_cqe_seen(struct io_uring *ring, struct io_uring_cqe *cqe);
 void cshims_uring_cq_advance(struct io_uring *ring, unsigned count);
 /* Copies up to `max` ready completions into `out` without blocking; returns how many. */
 unsigned cshims_uring_peek_batch(struct io_uring *ring, struct io_uring_cqe **out, unsigned max);
+/* Marks the SQE's fd as an index into the ring's registered-file table. */
+void cshims_uring_sqe_use_fixed_file(struct io_uring_sqe *sqe);
+/* Reads an 8-byte counter (an eventfd) into `value`. */
+void cshims_uring_prep_read_u64(struct io_uring_sqe *sqe, int fd, uint64_t *value);
+/* fdatasync through the ring. */
+void cshims_uring_prep_fdatasync(struct io_uring_sqe *sqe, int fd);
+uint64_t cshims_uring_cqe_get_data64(const struct io_uring_cqe *cqe);
+/* Places one buffer (or, with base NULL, an empty slot) at `index` of a sparse buffer table. */
+int cshims_uring_update_buffer(struct io_uring *ring, unsigned index, void *base, size_t length);
+/* Places one descriptor (or -1, an empty slot) at `index` of a sparse file table. */
+int cshims_uring_update_file(struct io_uring *ring, unsigned index, int fd);
+/* An eventfd (close-on-exec) that wakes a thread waiting on its ring; -1 and errno on failure. */
+int cshims_uring_wake_eventfd(void);
+/* Adds 1 to the eventfd's counter. */
+int cshims_uring_wake(int fd);
 /* 1 if the kernel's probe says it supports `opcode`. */
 int cshims_uring_opcode_supported(const struct io_uring_probe *probe, int opcode);
 #endif

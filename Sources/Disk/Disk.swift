@@ -1,1 +1,0 @@
-// The Disk module; see README.md, "Layout".

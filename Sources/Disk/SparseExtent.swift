@@ -1,0 +1,252 @@
+import IOEngine
+import Synchronization
+
+/// Where a stretch of an extent's address space reads from.
+enum GrainMapping {
+    /// Plain data at a byte offset of a host file.
+    case data(file: HostFile, offset: UInt64)
+    /// Reads as zeros and hides whatever the parent holds there.
+    case zero
+    /// Not in this disk: look in the parent.
+    case unallocated
+    /// A deflated streamOptimized grain.
+    case compressed(extent: SparseExtent, grain: Int, offsetInGrain: Int)
+}
+
+/// A hosted sparse extent: a header, a grain directory pointing at grain tables, and grains.
+/// Grain tables are read on first use and cached; allocation appends a grain at the end of
+/// the file and is crash-consistent (grain first, then both tables, then a flush).
+final class SparseExtent: @unchecked Sendable {
+    /// In-file `grain table entry` values with a meaning other than "sector offset".
+    static let unallocatedEntry: UInt32 = 0
+    static let zeroedEntry: UInt32 = 1
+    /// Above this many grain tables a directory is refused as hostile (64 MiB of directory).
+    static let maximumGrainTables = 1 << 24
+    static let embeddedDescriptorSectors: UInt64 = 20
+
+    let file: HostFile
+    /// The header that describes the layout (for streamOptimized disks, the footer's copy).
+    let header: SparseExtentHeader
+    let directory: [UInt32]
+    let redundantDirectory: [UInt32]?
+    /// Serializes allocations, which must see each other's table updates.
+    let allocationLock = AsyncLock()
+
+    private struct State {
+        var tables: [Int: [UInt32]] = [:]
+        var nextFreeSector: UInt64
+    }
+
+    private let state: Mutex<State>
+
+    var isCompressed: Bool { header.flags.contains(.compressedGrains) }
+    var grainBytes: UInt64 { header.grainBytes }
+    var capacityBytes: UInt64 { header.capacitySectors * 512 }
+    private var zeroedGrainsAllowed: Bool { header.flags.contains(.zeroedGrains) }
+
+    private init(file: HostFile, header: SparseExtentHeader, directory: [UInt32], redundantDirectory: [UInt32]?, fileSectors: UInt64) {
+        self.file = file
+        self.header = header
+        self.directory = directory
+        self.redundantDirectory = redundantDirectory
+        state = Mutex(State(nextFreeSector: max(fileSectors, header.overheadSectors)))
+    }
+
+    /// Opens the extent in `file`, checking its header and grain directories against the file.
+    static func open(_ file: HostFile) async throws(DiskError) -> SparseExtent {
+        var header = try SparseExtentHeader.parse(try await file.readExactly(count: 512, at: 0, structure: "header"), file: file.path)
+        let fileBytes = try file.size()
+        let fileSectors = (fileBytes + 511) / 512
+        if header.directoryOffset == SparseExtentHeader.directoryAtEnd {
+            header = try await StreamOptimizedFooter.read(file, header: header, fileBytes: fileBytes)
+        }
+        if header.flags.contains(.compressedGrains) && file.writable {
+            throw .readOnly(file: file.path, reason: "streamOptimized (compressed) extents are read-only; convert the disk to write it")
+        }
+        let directory = try await readDirectory(file, header: header, at: header.directoryOffset, name: "grain directory", fileSectors: fileSectors)
+        var redundant: [UInt32]?
+        if header.flags.contains(.redundantGrainTable) && !header.flags.contains(.compressedGrains) {
+            redundant = try await readDirectory(file, header: header, at: header.redundantDirectoryOffset, name: "redundant grain directory", fileSectors: fileSectors)
+        }
+        return SparseExtent(file: file, header: header, directory: directory, redundantDirectory: redundant, fileSectors: fileSectors)
+    }
+
+    private static func readDirectory(_ file: HostFile, header: SparseExtentHeader, at sector: UInt64, name: String, fileSectors: UInt64) async throws(DiskError) -> [UInt32] {
+        let count = header.grainTableCount
+        guard count <= maximumGrainTables else {
+            throw .malformed(file: file.path, field: "header.capacity", problem: "needs \(count) grain tables, more than \(maximumGrainTables)")
+        }
+        guard sector + header.grainDirectorySectors <= fileSectors else {
+            throw .malformed(file: file.path, field: name, problem: "its \(header.grainDirectorySectors) sectors at sector \(sector) run past the end of the file (\(fileSectors) sectors)")
+        }
+        let bytes = try await file.readExactly(count: count * 4, at: sector * 512, structure: name)
+        let entries = decodeEntries(bytes)
+        for (index, entry) in entries.enumerated() where entry != 0 {
+            guard UInt64(entry) + header.grainTableSectors <= fileSectors else {
+                throw .malformed(file: file.path, field: "\(name) entry \(index)", problem: "grain table at sector \(entry) runs past the end of the file (\(fileSectors) sectors)")
+            }
+        }
+        return entries
+    }
+
+    static func decodeEntries(_ bytes: [UInt8]) -> [UInt32] {
+        (0..<bytes.count / 4).map { index in
+            UInt32(bytes[index * 4]) | UInt32(bytes[index * 4 + 1]) << 8 | UInt32(bytes[index * 4 + 2]) << 16 | UInt32(bytes[index * 4 + 3]) << 24
+        }
+    }
+
+    static func encodeEntries<C: Collection>(_ entries: C) -> [UInt8] where C.Element == UInt32 {
+        var bytes = [UInt8](repeating: 0, count: entries.count * 4)
+        for (index, entry) in entries.enumerated() { bytes.storeLittleEndian(entry, at: index * 4) }
+        return bytes
+    }
+
+    /// The grain table `index`, read and checked on first use; nil when the directory has no
+    /// table there (every grain it would cover is unallocated).
+    func grainTable(_ index: Int) async throws(DiskError) -> [UInt32]? {
+        if let cached = state.withLock({ $0.tables[index] }) { return cached }
+        let sector = directory[index]
+        if sector == 0 { return nil }
+        let count = Int(header.entriesPerGrainTable)
+        let entries = SparseExtent.decodeEntries(try await file.readExactly(count: count * 4, at: UInt64(sector) * 512, structure: "grain table \(index)"))
+        let limit = state.withLock { $0.nextFreeSector }
+        for (position, entry) in entries.enumerated() where entry != SparseExtent.unallocatedEntry {
+            if entry == SparseExtent.zeroedEntry && zeroedGrainsAllowed { continue }
+            guard UInt64(entry) >= 1, UInt64(entry) < limit else {
+                throw .malformed(file: file.path, field: "grain table \(index) entry \(position)", problem: "grain at sector \(entry) lies outside the file (\(limit) sectors)")
+            }
+        }
+        return state.withLock { state in
+            if let raced = state.tables[index] { return raced }
+            state.tables[index] = entries
+            return entries
+        }
+    }
+
+    /// The in-file entry for `grain`: a sector, or 0 (unallocated) or 1 (zeroed).
+    func entry(forGrain grain: Int) async throws(DiskError) -> UInt32 {
+        let perTable = Int(header.entriesPerGrainTable)
+        guard let table = try await grainTable(grain / perTable) else { return SparseExtent.unallocatedEntry }
+        return table[grain % perTable]
+    }
+
+    /// Where `offset` (bytes into this extent) reads from, and for how many of at most `limit`
+    /// bytes that holds (up to the end of its grain).
+    func map(_ offset: UInt64, limit: UInt64) async throws(DiskError) -> (GrainMapping, UInt64) {
+        let grain = Int(offset / grainBytes)
+        let offsetInGrain = offset % grainBytes
+        let length = min(limit, grainBytes - offsetInGrain)
+        let entry = try await entry(forGrain: grain)
+        if entry == SparseExtent.unallocatedEntry { return (.unallocated, length) }
+        if entry == SparseExtent.zeroedEntry && zeroedGrainsAllowed { return (.zero, length) }
+        if isCompressed { return (.compressed(extent: self, grain: grain, offsetInGrain: Int(offsetInGrain)), length) }
+        return (.data(file: file, offset: UInt64(entry) * 512 + offsetInGrain), length)
+    }
+
+    /// Appends `contents` (one whole grain) as the data of `grain`: the grain is written first,
+    /// then its entry in the grain table and the redundant grain table, then everything is
+    /// flushed. A crash before the tables are written leaves only unreferenced space at the
+    /// end of the file, which `check` reports as a leak. Call with `allocationLock` held.
+    func allocate(grain: Int, contents: IOBuffer) async throws(DiskError) {
+        let perTable = Int(header.entriesPerGrainTable)
+        let tableIndex = grain / perTable
+        guard var table = try await grainTable(tableIndex) else {
+            throw .unsupported(file: file.path, feature: "write to grain table \(tableIndex), which the directory does not allocate (tables must be preallocated, as qemu-img and VMware make them)")
+        }
+        let sector = state.withLock { state in
+            let sector = state.nextFreeSector
+            state.nextFreeSector += header.grainSectors
+            return sector
+        }
+        guard sector <= UInt64(UInt32.max) else {
+            throw .unsupported(file: file.path, feature: "grain beyond sector \(UInt32.max), which a 32-bit grain table entry cannot address")
+        }
+        do {
+            _ = try await file.engine.write(file.registered, from: UnsafeRawBufferPointer(contents.bytes), at: sector * 512)
+        } catch { throw .io(error) }
+
+        let position = grain % perTable
+        table[position] = UInt32(sector)
+        let entriesPerSector = 128
+        let first = position / entriesPerSector * entriesPerSector
+        let tableSector = try encodedTableSector(table, first: first)
+        var requests: [IORequest] = []
+        let metadata = file.engine.makeBuffer(count: 1024)
+        metadata.bytes.copyBytes(from: tableSector)
+        (metadata.base + 512).copyMemory(from: tableSector, byteCount: 512)
+        let sectorInTable = UInt64(first / entriesPerSector)
+        requests.append(.write(file.registered, from: UnsafeRawBufferPointer(start: metadata.base, count: 512),
+                               at: (UInt64(directory[tableIndex]) + sectorInTable) * 512))
+        if let redundantDirectory, redundantDirectory[tableIndex] != 0 {
+            requests.append(.write(file.registered, from: UnsafeRawBufferPointer(start: metadata.base + 512, count: 512),
+                                   at: (UInt64(redundantDirectory[tableIndex]) + sectorInTable) * 512))
+        }
+        do {
+            _ = try await file.engine.submit(requests)
+            try await file.engine.fdatasync(file.registered)
+        } catch { throw .io(error) }
+        state.withLock { $0.tables[tableIndex] = table }
+    }
+
+    private func encodedTableSector(_ table: [UInt32], first: Int) throws(DiskError) -> [UInt8] {
+        var bytes = SparseExtent.encodeEntries(table[first..<min(first + 128, table.count)])
+        bytes += [UInt8](repeating: 0, count: 512 - bytes.count)
+        return bytes
+    }
+
+    /// Inflates a streamOptimized grain after checking its marker.
+    func readCompressedGrain(_ grain: Int) async throws(DiskError) -> [UInt8] {
+        let entry = try await entry(forGrain: grain)
+        return try await StreamOptimizedFooter.readGrain(file, header: header, grain: grain, sector: UInt64(entry))
+    }
+
+    /// Every allocated grain, as (grain index, entry), in grain order.
+    func allocatedGrains() async throws(DiskError) -> [(grain: Int, entry: UInt32)] {
+        var result: [(Int, UInt32)] = []
+        let perTable = Int(header.entriesPerGrainTable)
+        let grains = Int((header.capacitySectors + header.grainSectors - 1) / header.grainSectors)
+        for tableIndex in directory.indices {
+            guard let table = try await grainTable(tableIndex) else { continue }
+            for (position, entry) in table.enumerated() where entry != SparseExtent.unallocatedEntry {
+                let grain = tableIndex * perTable + position
+                if grain < grains { result.append((grain, entry)) }
+            }
+        }
+        return result
+    }
+
+    /// Makes a new, empty sparse extent file laid out as qemu-img lays it out, with `descriptor`
+    /// embedded when given (monolithicSparse) or none (an extent of a split disk).
+    static func create(path: String, capacitySectors: UInt64, grainSectors: UInt64 = 128, embeddedDescriptor: String?, engine: IOEngine) async throws(DiskError) {
+        let descriptorSectors = embeddedDescriptor == nil ? 0 : embeddedDescriptorSectors
+        let header = SparseExtentHeader.forNewExtent(capacitySectors: capacitySectors, grainSectors: grainSectors, embeddedDescriptorSectors: descriptorSectors)
+        guard header.grainTableCount <= maximumGrainTables else {
+            throw .invalidArgument("a capacity of \(capacitySectors) sectors needs more than \(maximumGrainTables) grain tables")
+        }
+        try HostFile.create(path: path, length: header.overheadSectors * 512)
+        let file = try HostFile(path: path, writable: true, engine: engine)
+        try await file.writeSectors(header.serialized(), at: 0)
+        if let embeddedDescriptor {
+            try await writeEmbeddedDescriptor(embeddedDescriptor, to: file, header: header)
+        }
+        let tables = (0..<header.grainTableCount).map { UInt64($0) * header.grainTableSectors }
+        for directoryStart in [header.redundantDirectoryOffset, header.directoryOffset] {
+            let firstTable = directoryStart + header.grainDirectorySectors
+            var bytes = encodeEntries(tables.map { UInt32(firstTable + $0) })
+            bytes += [UInt8](repeating: 0, count: Int(header.grainDirectorySectors) * 512 - bytes.count)
+            try await file.writeSectors(bytes, at: directoryStart * 512)
+        }
+        try await file.flush()
+    }
+
+    /// Rewrites the descriptor held in the extent's descriptor sectors.
+    static func writeEmbeddedDescriptor(_ text: String, to file: HostFile, header: SparseExtentHeader) async throws(DiskError) {
+        var bytes = Array(text.utf8)
+        let room = Int(header.descriptorSectors) * 512
+        guard header.descriptorOffset > 0, bytes.count <= room else {
+            throw .unsupported(file: file.path, feature: "descriptor of \(bytes.count) bytes in an embedded space of \(room) bytes")
+        }
+        bytes += [UInt8](repeating: 0, count: (bytes.count + 511) / 512 * 512 - bytes.count)
+        try await file.writeSectors(bytes, at: header.descriptorOffset * 512)
+    }
+}

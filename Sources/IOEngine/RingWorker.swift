@@ -1,0 +1,288 @@
+import CShims
+import HostSystem
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The I/O thread's side of an engine. Other threads only append batches and jobs to
+/// `incoming` and poke the eventfd; everything else here is touched by the I/O thread alone,
+/// which is why the class is `@unchecked Sendable`.
+///
+/// It is also a task executor: tasks that prefer it run on the I/O thread between trips into
+/// the kernel, so a request's completion resumes its task with no thread switch at all.
+final class RingWorker: TaskExecutor, @unchecked Sendable {
+    let ring: IOUring
+    let buffers: BufferRegistry
+
+    private struct Incoming {
+        var batches: [Batch] = []
+        var jobs: [UnownedJob] = []
+        var stopping = false
+        /// The thread is (about to be) blocked in the kernel with nothing queued: a new batch
+        /// must poke the eventfd. While it runs, it finds new batches without being poked.
+        var sleeping = false
+    }
+
+    private let incoming = Mutex(Incoming())
+    private let freeFileSlots: Mutex<[UInt32]>
+    /// An eventfd whose counter the ring always has a read pending on: writing it wakes the
+    /// thread from its wait for completions.
+    private let wake: FileDescriptor
+    private let wakeCounter = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
+    private static let wakeTag = UInt64.max
+
+    // I/O-thread state.
+    private var waiting: [(batch: Batch, index: Int)] = []
+    private var waitingHead = 0
+    private var inFlight: [(batch: Batch, index: Int)?] = []
+    private var freeTags: [Int] = []
+    private var inFlightCount = 0
+    private var wakeArmed = false
+
+    init(ring: IOUring, fileSlots: UInt32, bufferSlots: UInt32) throws(IOUringError) {
+        self.ring = ring
+        buffers = BufferRegistry(ring: ring, capacity: bufferSlots)
+        freeFileSlots = Mutex(Array((0..<fileSlots).reversed()))
+        let fd = cshims_uring_wake_eventfd()
+        if fd < 0 { throw .system(SystemError(call: "eventfd", errno: errno)) }
+        wake = FileDescriptor(adopting: fd)
+        wakeCounter.initialize(to: 0)
+    }
+
+    deinit {
+        wakeCounter.deallocate()
+    }
+
+    func registerFile(_ fd: Int32) throws(IOUringError) -> RegisteredFile {
+        guard let slot = freeFileSlots.withLock({ $0.popLast() }) else {
+            throw .system(SystemError(call: "io_uring_register_files_update (every registered-file slot is taken)", errno: ENFILE))
+        }
+        do {
+            try ring.updateRegisteredFile(slot: slot, fd: fd)
+        } catch {
+            freeFileSlots.withLock { $0.append(slot) }
+            throw error
+        }
+        return RegisteredFile(slot: slot)
+    }
+
+    func unregisterFile(_ file: RegisteredFile) {
+        try? ring.updateRegisteredFile(slot: file.slot, fd: -1)
+        freeFileSlots.withLock { $0.append(file.slot) }
+    }
+
+    func enqueue(_ batch: Batch) {
+        let mustWake = incoming.withLock { state in
+            state.batches.append(batch)
+            defer { state.sleeping = false }
+            return state.sleeping
+        }
+        if mustWake { poke() }
+    }
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        let mustWake = incoming.withLock { state in
+            state.jobs.append(job)
+            defer { state.sleeping = false }
+            return state.sleeping
+        }
+        if mustWake { poke() }
+    }
+
+    func stop() {
+        incoming.withLock { $0.stopping = true }
+        poke()
+    }
+
+    private func poke() {
+        _ = cshims_uring_wake(wake.rawValue)
+    }
+
+    /// The thread's loop: run the tasks that became ready, take the batches they and other
+    /// threads queued, fill the submission queue, submit, wait (only when there is nothing else
+    /// to do) for a completion, and hand out completions; until stopped with nothing in flight.
+    func run() {
+        cshims_set_thread_name("vmfork-io")
+        var readyJobs: [UnownedJob] = []
+        while true {
+            var (batches, jobs, stopping) = takeIncoming()
+            readyJobs += jobs
+            if !readyJobs.isEmpty {
+                // Jobs run now queue their requests (and maybe more jobs, for the next round).
+                let running = readyJobs
+                readyJobs.removeAll(keepingCapacity: true)
+                for job in running { job.runSynchronously(on: asUnownedTaskExecutor()) }
+                let more = takeIncoming()
+                batches += more.batches
+                readyJobs += more.jobs
+                stopping = stopping || more.stopping
+            }
+            for batch in batches {
+                for index in batch.requests.indices { waiting.append((batch, index)) }
+            }
+            if stopping && inFlightCount == 0 && waitingHead == waiting.count && readyJobs.isEmpty { return }
+            fillSubmissionQueue()
+            // With few requests in flight the next event is a caller's next request or a lone
+            // completion, worth polling for; with many, completions come often enough that
+            // waiting in the kernel costs little and leaves the CPU to the kernel's own work.
+            if readyJobs.isEmpty && inFlightCount <= Self.pollingDepth {
+                if inFlightCount > 0 { _ = io_uring_submit(ring.ring) }
+                spinForWork()
+            }
+            // Block only when nothing new came in meanwhile; otherwise just submit and go round.
+            let idle = readyJobs.isEmpty && incoming.withLock { state in
+                state.sleeping = state.batches.isEmpty && state.jobs.isEmpty
+                return state.sleeping
+            }
+            let submitted = io_uring_submit_and_wait(ring.ring, idle ? 1 : 0)
+            if submitted < 0 && submitted != -EINTR && submitted != -EAGAIN && submitted != -EBUSY {
+                failEverything(SystemError(call: "io_uring_submit_and_wait", errno: -submitted))
+            }
+            reapCompletions()
+        }
+    }
+
+    private func takeIncoming() -> (batches: [Batch], jobs: [UnownedJob], stopping: Bool) {
+        incoming.withLock { state in
+            let taken = (state.batches, state.jobs, state.stopping)
+            state.batches.removeAll(keepingCapacity: true)
+            state.jobs.removeAll(keepingCapacity: true)
+            return taken
+        }
+    }
+
+    /// Callers just resumed usually send their next request within microseconds: polling for
+    /// it (and for completions) a little while saves the two thread switches that blocking
+    /// and being woken would cost per request.
+    private func spinForWork() {
+        let deadline = ContinuousClock.now + Self.spinTime
+        var cqe: UnsafeMutablePointer<io_uring_cqe>?
+        var rounds = 0
+        while true {
+            if cshims_uring_peek_cqe(ring.ring, &cqe) == 0 { return }
+            if incoming.withLock({ !$0.batches.isEmpty || !$0.jobs.isEmpty }) { return }
+            rounds += 1
+            // Reading the clock costs more than a round; look at it now and then.
+            if rounds % 32 == 0 && ContinuousClock.now >= deadline { return }
+        }
+    }
+
+    private static let spinTime = Duration.microseconds(30)
+    private static let pollingDepth = 4
+
+    private func fillSubmissionQueue() {
+        if !wakeArmed, let sqe = cshims_uring_get_sqe(ring.ring) {
+            cshims_uring_prep_read_u64(sqe, wake.rawValue, wakeCounter)
+            cshims_uring_sqe_set_data64(sqe, Self.wakeTag)
+            wakeArmed = true
+        }
+        while waitingHead < waiting.count, let sqe = cshims_uring_get_sqe(ring.ring) {
+            let (batch, index) = waiting[waitingHead]
+            waitingHead += 1
+            prepare(sqe, batch: batch, index: index)
+        }
+        if waitingHead == waiting.count {
+            waiting.removeAll(keepingCapacity: true)
+            waitingHead = 0
+        }
+    }
+
+    private func prepare(_ sqe: UnsafeMutablePointer<io_uring_sqe>, batch: Batch, index: Int) {
+        let request = batch.requests[index]
+        let done = batch.transferred[index]
+        let slot = Int32(bitPattern: request.file.slot)
+        let address = UnsafeMutableRawPointer(bitPattern: request.address + UInt(done))
+        let length = UInt32(request.length - done)
+        let offset = request.offset + UInt64(done)
+        let fixedBuffer = request.operation == .fdatasync ? nil : buffers.slot(containing: request.address + UInt(done), length: Int(length))
+        switch (request.operation, fixedBuffer) {
+        case (.read, let buffer?):
+            cshims_uring_prep_read_fixed(sqe, slot, address, length, offset, Int32(buffer))
+        case (.read, nil):
+            cshims_uring_prep_read(sqe, slot, address, length, offset)
+        case (.write, let buffer?):
+            cshims_uring_prep_write_fixed(sqe, slot, address, length, offset, Int32(buffer))
+        case (.write, nil):
+            cshims_uring_prep_write(sqe, slot, address, length, offset)
+        case (.fdatasync, _):
+            cshims_uring_prep_fdatasync(sqe, slot)
+        }
+        cshims_uring_sqe_use_fixed_file(sqe)
+        let tag: Int
+        if let free = freeTags.popLast() {
+            tag = free
+            inFlight[tag] = (batch, index)
+        } else {
+            tag = inFlight.count
+            inFlight.append((batch, index))
+        }
+        inFlightCount += 1
+        cshims_uring_sqe_set_data64(sqe, UInt64(tag))
+    }
+
+    private func reapCompletions() {
+        var completions = [UnsafeMutablePointer<io_uring_cqe>?](repeating: nil, count: 64)
+        while true {
+            let count = Int(cshims_uring_peek_batch(ring.ring, &completions, 64))
+            if count == 0 { return }
+            for position in 0..<count {
+                guard let cqe = completions[position] else { continue }
+                complete(tag: cshims_uring_cqe_get_data64(cqe), result: cqe.pointee.res)
+            }
+            cshims_uring_cq_advance(ring.ring, UInt32(count))
+        }
+    }
+
+    private func complete(tag: UInt64, result: Int32) {
+        if tag == Self.wakeTag {
+            wakeArmed = false
+            return
+        }
+        guard let (batch, index) = inFlight[Int(tag)] else { return }
+        inFlight[Int(tag)] = nil
+        freeTags.append(Int(tag))
+        inFlightCount -= 1
+        let request = batch.requests[index]
+        if result == -EINTR || result == -EAGAIN {
+            waiting.append((batch, index))
+            return
+        }
+        if result < 0 {
+            batch.failure = batch.failure ?? .system(SystemError(call: "io_uring \(request.label)", errno: -result))
+        } else if request.operation != .fdatasync {
+            batch.transferred[index] += Int(result)
+            let unfinished = batch.transferred[index] < request.length
+            if unfinished && result > 0 {
+                waiting.append((batch, index))
+                return
+            }
+            if unfinished && request.operation == .write {
+                batch.failure = batch.failure ?? .system(SystemError(call: "io_uring \(request.label) wrote nothing", errno: EIO))
+            }
+        }
+        finish(batch)
+    }
+
+    private func finish(_ batch: Batch) {
+        batch.remaining -= 1
+        guard batch.remaining == 0 else { return }
+        if let failure = batch.failure {
+            batch.continuation.resume(returning: .failure(failure))
+        } else {
+            batch.continuation.resume(returning: .success(batch.transferred))
+        }
+    }
+
+    /// A ring that cannot submit at all fails every request it holds, so no caller waits forever.
+    private func failEverything(_ error: SystemError) {
+        let pending = waiting[waitingHead...]
+        waiting.removeAll()
+        waitingHead = 0
+        for (batch, _) in pending {
+            batch.failure = batch.failure ?? .system(error)
+            finish(batch)
+        }
+    }
+}
