@@ -9,6 +9,25 @@ mkdir -p "$state"
 echo "== vmfork doctor"
 "$vmfork" doctor
 
+# The container image for the demos: Debian's static busybox in a root folder.
+rootfs="$state/rootfs"
+mkdir -p "$rootfs/bin" "$rootfs/etc"
+cp /bin/busybox "$rootfs/bin/busybox"
+echo "vmfork-demo" > "$rootfs/etc/hostname"
+
+echo
+echo "== a process VM: busybox in its own KVM VM, the engine as its kernel"
+"$vmfork" run --rootfs "$rootfs" -- /bin/busybox echo hi
+"$vmfork" run --rootfs "$rootfs" --hostname demo -- /bin/busybox uname -n
+"$vmfork" run --rootfs "$rootfs" -- /bin/busybox sh -c 'for i in 1 2 3; do echo "line $i"; done; x=6; echo "6 x 7 = $((x * 7))"'
+"$vmfork" run --rootfs "$rootfs" -- /bin/busybox sha256sum /bin/busybox
+"$vmfork" run --rootfs "$rootfs" -- /bin/busybox cat /no/such/file || echo "(exit status $? passed on, as busybox gave it)"
+
+echo
+echo "== instant clone: a warm busybox parent, 5 children with their own arguments, then 200 for the figures"
+"$vmfork" fork --rootfs "$rootfs" --children 5 -- /bin/busybox echo "child {i} says hi"
+"$vmfork" fork --rootfs "$rootfs" --children 200 --pool 16 --quiet -- /bin/busybox echo hi
+
 echo
 echo "== placement: this machine and a simulated fleet (Profiles/small.yaml) in $state"
 # A fresh placement state each run, so the demo is the same every time.

@@ -12,11 +12,12 @@ trap 'rm -f "$log"' EXIT
 swift test "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 
-# Swift Testing reports each test (not each argument case) once on its own line.
-passed=$(grep -cE '^. Test [^ ]+\(.*\) passed after' "$log")
-failed=$(grep -cE '^. Test [^ ]+\(.*\) failed after' "$log")
-skipped=$(grep -cE '^. Test [^ ]+\(.*\) skipped' "$log")
+# Swift Testing reports each test (a parameterized one once, for all its cases) on a line of
+# its own; its closing "Test run with N tests" line is left out of the counts.
+passed=$(grep -cP '^. Test (?!run )\S.* passed after' "$log")
+failed=$(grep -cP '^. Test (?!run )\S.* failed after' "$log")
+skipped=$(grep -cP '^. Test (?!run )\S.* skipped' "$log")
 echo
-grep -E '^. Test [^ ]+\(.*\) skipped' "$log" | sed 's/^/skipped: /' || true
+grep -P '^. Test (?!run )\S.* skipped' "$log" | sed 's/^/skipped: /' || true
 echo "${passed} passed, ${failed} failed, ${skipped} skipped"
 exit "$status"
