@@ -34,21 +34,6 @@ public enum BusyboxRootfs {
     /// Runs busybox natively with `root` as its working directory (the reference behaviour),
     /// with exactly `environment` ("NAME=value", in this order) through env -i.
     public static func runNatively(_ arguments: [String], in root: URL, environment: [String] = [], stdin: Data? = nil) throws -> (status: Int32, stdout: String, stderr: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["-i"] + environment + [hostBusybox] + arguments
-        process.currentDirectoryURL = root
-        let out = Pipe(), err = Pipe(), input = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        process.standardInput = input
-        try process.run()
-        if let stdin { input.fileHandleForWriting.write(stdin) }
-        try input.fileHandleForWriting.close()
-        let outData = out.fileHandleForReading.readDataToEndOfFile()
-        let errData = err.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        let status = process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
-        return (status, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
+        try HostFacts.run("/usr/bin/env", ["-i"] + environment + [hostBusybox] + arguments, stdin: stdin, currentDirectory: root)
     }
 }

@@ -1,5 +1,6 @@
 import Disk
 import Foundation
+import TestSupport
 import Testing
 
 /// A mutation fuzzer for everything that parses untrusted disk bytes: headers, descriptors,
@@ -12,15 +13,9 @@ import Testing
     /// Byte-level mutations biased towards the values that break parsers: zeros, all-ones,
     /// sign bits, off-by-ones, and integers just past a bound.
     struct Mutator {
-        var state: UInt64
+        var random: SplitMix64
 
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
+        mutating func next() -> UInt64 { random.next() }
 
         mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(max(bound, 1))) }
 
@@ -58,7 +53,7 @@ import Testing
     private func fuzz(_ seed: [UInt8], region: Range<Int>, label: String, minimumRuns: Int,
                       body: ([UInt8]) async throws -> Void) async throws {
         // Seeded from the label (FNV-1a), not hashValue, so that a run can be reproduced.
-        var mutator = Mutator(state: label.utf8.reduce(0xCBF2_9CE4_8422_2325) { ($0 ^ UInt64($1)) &* 0x100_0000_01B3 })
+        var mutator = Mutator(random: SplitMix64(seed: label.utf8.reduce(0xCBF2_9CE4_8422_2325) { ($0 ^ UInt64($1)) &* 0x100_0000_01B3 }))
         let deadline = ContinuousClock.now + .milliseconds(Int(Self.seconds * 1000))
         var runs = 0
         while ContinuousClock.now < deadline || runs < minimumRuns {

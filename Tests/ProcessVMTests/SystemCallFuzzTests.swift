@@ -13,18 +13,7 @@ struct SystemCallFuzzTests {
     /// each program issues all of its calls in bounded time.
     static let excluded: Set<UInt64> = [7, 23, 34, 35, 60, 61, 62, 200, 230, 231, 234, 270, 271, 15]
 
-    struct SplitMix: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
-    static func argument(_ random: inout SplitMix) -> UInt64 {
+    static func argument(_ random: inout SplitMix64) -> UInt64 {
         switch random.next() % 9 {
         case 0: return 0
         case 1: return random.next() % 8
@@ -39,7 +28,7 @@ struct SystemCallFuzzTests {
     }
 
     static func program(seed: UInt64, calls: Int) -> [UInt8] {
-        var random = SplitMix(state: seed)
+        var random = SplitMix64(seed: seed)
         var code: [UInt8] = []
         for _ in 0..<calls {
             var number: UInt64

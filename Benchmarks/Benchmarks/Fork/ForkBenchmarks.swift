@@ -43,7 +43,7 @@ let benchmarks: @Sendable () -> Void = {
 
     Benchmark("Native posix_spawn → busybox echo hi finished", configuration: configuration) { benchmark in
         for _ in benchmark.scaledIterations {
-            blackHole(fixture.spawnNatively(["busybox", "echo", "hi"]))
+            blackHole(NativeSpawn.run(BusyboxRootfs.hostBusybox, ["busybox", "echo", "hi"], output: fixture.capture.output))
         }
     }
 
@@ -80,17 +80,4 @@ final class ForkFixture: @unchecked Sendable {
         exitParent.waitUntilPoolIsFull()
     }
 
-    func spawnNatively(_ arguments: [String]) -> Int32 {
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, capture.output, 1)
-        var pid: pid_t = 0
-        let argv = arguments.map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        guard posix_spawn(&pid, BusyboxRootfs.hostBusybox, &actions, nil, argv, nil) == 0 else { return -1 }
-        var status: Int32 = 0
-        waitpid(pid, &status, 0)
-        return status
-    }
 }

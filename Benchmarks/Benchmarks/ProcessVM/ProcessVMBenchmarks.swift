@@ -23,7 +23,7 @@ let benchmarks: @Sendable () -> Void = {
 
     Benchmark("Native posix_spawn: busybox echo hi", configuration: configuration) { benchmark in
         for _ in benchmark.scaledIterations {
-            blackHole(fixture.spawnNatively(["busybox", "echo", "hi"]))
+            blackHole(NativeSpawn.run(BusyboxRootfs.hostBusybox, ["busybox", "echo", "hi"], output: fixture.null))
         }
     }
 
@@ -48,7 +48,7 @@ final class Fixture: @unchecked Sendable {
         let root = try! BusyboxRootfs.make()
         for calls in [0, 1_000] {
             let path = root.appendingPathComponent("getpid-\(calls)").path
-            try! Data(TinyELF.build(code: TinyELF.getpidLoop(count: calls))).write(to: URL(fileURLWithPath: path))
+            try! Data(TinyELF.build(code: TinyELF.getpidLoop(count: UInt64(calls)))).write(to: URL(fileURLWithPath: path))
             chmod(path, 0o755)
         }
         rootfs = root.path
@@ -56,17 +56,4 @@ final class Fixture: @unchecked Sendable {
 
     var nullStreams: StandardStreams { StandardStreams(input: null, output: null, error: null) }
 
-    func spawnNatively(_ arguments: [String]) -> Int32 {
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, null, 1)
-        var pid: pid_t = 0
-        let argv = arguments.map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        guard posix_spawn(&pid, BusyboxRootfs.hostBusybox, &actions, nil, argv, nil) == 0 else { return -1 }
-        var status: Int32 = 0
-        waitpid(pid, &status, 0)
-        return status
-    }
 }
