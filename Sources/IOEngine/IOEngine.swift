@@ -1,4 +1,5 @@
 import CShims
+internal import CShims.Uring
 import Foundation
 import HostSystem
 import Synchronization

@@ -1,4 +1,5 @@
 import CShims
+internal import CShims.Uring
 import HostSystem
 import Synchronization
 #if canImport(Glibc)

@@ -4,6 +4,9 @@
 #ifndef CSHIMS_URING_H
 #define CSHIMS_URING_H
 #include <sys/select.h>
+/* The kernel's definition of the io_uring structs first (the one swift-system's CSystem
+ * includes too); liburing's copy shares its include guard and so steps aside. */
+#include <linux/io_uring.h>
 #include <liburing.h>
 
 struct io_uring_sqe *cshims_uring_get_sqe(struct io_uring *ring);
