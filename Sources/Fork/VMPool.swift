@@ -29,7 +29,7 @@ final class VMPool: @unchecked Sendable {
         refill()
         if let taken { return taken }
         condition.withLock { misses += 1 }
-        return try PreparedVM(system: system, forkPoint: forkPoint)
+        return try PreparedVM(system: system, forkPoint: forkPoint, readAhead: false)
     }
 
     /// Tops the pool up to its target in the background (one refill at a time).
@@ -42,7 +42,7 @@ final class VMPool: @unchecked Sendable {
         guard start else { return }
         Self.refillQueue.async { [self] in
             while condition.withLock({ ready.count < target }) {
-                guard let vm = try? PreparedVM(system: system, forkPoint: forkPoint) else { break }
+                guard let vm = try? PreparedVM(system: system, forkPoint: forkPoint, readAhead: true) else { break }
                 condition.withLock {
                     ready.append(vm)
                     condition.broadcast()

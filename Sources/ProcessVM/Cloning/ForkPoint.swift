@@ -89,7 +89,32 @@ extension ProcessVM {
             parent.stopsAtFirstStandardInputRead = true
             guard case .atFirstStandardInputRead = try parent.runUntilStop() else { return nil }
         }
+        try parent.writeWarmUpList()
         return try ForkPoint(kind: kind, parent: parent, cpuid: cpuid)
+    }
+
+    /// Lists the pages a child will likely touch — the program image, heap and mappings the
+    /// parent has, and the top of its stack — for prepared VMs to read ahead.
+    private func writeWarmUpList() throws(GuestError) {
+        let capacity = Int(SystemArea.warmUpListPages) * GuestMemory.pageSize / 8 - 1
+        let stackTop = AddressSpace.userTop
+        let stackBottom = stackTop - UInt64(configuration.stackBytes)
+        var pages: [UInt64] = []
+        for region in space.regions {
+            let start = region.start >= stackBottom ? max(region.start, stackTop - 8 * AddressSpace.pageSize) : region.start
+            var page = start
+            while page < region.end && pages.count < capacity {
+                if space.permissions(at: page)?.contains(.read) == true { pages.append(page) }
+                page += AddressSpace.pageSize
+            }
+        }
+        pages.append(SystemArea.stubPage)
+        var bytes = pages.prefix(capacity).flatMap { page in withUnsafeBytes(of: page) { Array($0) } }
+        bytes += [UInt8](repeating: 0, count: 8)
+        for index in 0..<SystemArea.warmUpListPages {
+            _ = try space.mapSystemPage(at: SystemArea.warmUpList + index * AddressSpace.pageSize, [.read, .user])
+        }
+        bytes.withUnsafeBytes { space.loaderWrite(SystemArea.warmUpList, $0) }
     }
 
     /// A child of `forkPoint` in `prepared`, a VM made ready for it ahead of time: it shares
@@ -130,7 +155,10 @@ public final class PreparedVM: @unchecked Sendable {
     let vcpu: VCPU
     public let memory: GuestMemory
 
-    public init(system: KVMSystem, forkPoint: ForkPoint) throws(GuestError) {
+    /// With `readAhead` (a pool filling in the background) the VM is entered once to read
+    /// the parent's pages ahead; a fork that found its pool empty skips that and lets its
+    /// child pay as it goes.
+    public init(system: KVMSystem, forkPoint: ForkPoint, readAhead: Bool) throws(GuestError) {
         self.forkPoint = forkPoint
         do throws(SystemError) {
             memory = try GuestMemory(copyOnWriteOf: forkPoint.memory)
@@ -146,15 +174,28 @@ public final class PreparedVM: @unchecked Sendable {
             try vcpu.setMSRs(forkPoint.modelSpecificRegisters)
             try vcpu.setXCRs(forkPoint.xcrs)
             try vcpu.setXSave(forkPoint.xsave)
-            // A first entry costs a new vCPU a few hundred microseconds under PVM; pay it
-            // here by entering once at the system-call stub, whose `out` exits at once.
+            guard readAhead else {
+                try vcpu.setRegisters(forkPoint.registers)
+                vcpu.enableSyncRegisters()
+                return
+            }
+            // Entering a new vCPU the first time, and each first touch of a page, costs
+            // the child dearly under PVM (shadow paging). Pay both here: run the warm-up
+            // routine in user mode over the parent's listed pages, then load the fork
+            // point's registers again.
             var warmUp = forkPoint.registers
-            warmUp.rip = SystemArea.stubPage
+            warmUp.rip = SystemArea.warmUpRoutine
+            warmUp.rsi = SystemArea.warmUpList
             try vcpu.setRegisters(warmUp)
+            var userMode = forkPoint.specialRegisters
+            userMode.cs = CPUSetup.segment(selector: X86.Selector.userCode, code: true)
+            userMode.ss = CPUSetup.segment(selector: X86.Selector.userData, code: false)
+            try vcpu.setSpecialRegisters(userMode)
             vcpu.enableSyncRegisters()
             guard case .io(SystemArea.syscallPort, true, _, _, _) = try vcpu.run() else {
                 throw KVMError.system(SystemError(call: "KVM_RUN (warm-up of a prepared VM)", errno: EIO))
             }
+            try vcpu.setSpecialRegisters(forkPoint.specialRegisters)
         } catch {
             throw .kvm(error)
         }
