@@ -7,6 +7,19 @@ let enginePackage = URL(fileURLWithPath: #filePath).deletingLastPathComponent().
 
 /// The engine's benchmarks, on ordo-one/package-benchmark. A package of its own so that the
 /// main package's build and tests do not pay for the benchmark harness. Run: `make bench`.
+/// One benchmark executable on package-benchmark's plugin, over the engine's products.
+func benchmarkTarget(_ name: String, fixtures: Bool = false) -> Target {
+    .executableTarget(
+        name: "\(name)Benchmarks",
+        dependencies: [
+            .product(name: "Benchmark", package: "package-benchmark"),
+            .product(name: "VMForkEngine", package: enginePackage),
+        ] + (fixtures ? [.product(name: "VMForkTestSupport", package: enginePackage)] : []),
+        path: "Benchmarks/\(name)",
+        plugins: [.plugin(name: "BenchmarkPlugin", package: "package-benchmark")]
+    )
+}
+
 let package = Package(
     name: "VMForkBenchmarks",
     platforms: [.macOS(.v14)],
@@ -15,52 +28,10 @@ let package = Package(
         .package(url: "https://github.com/ordo-one/package-benchmark.git", from: "1.38.0", traits: ["MallocInterposer"]),
     ],
     targets: [
-        .executableTarget(
-            name: "FoundationBenchmarks",
-            dependencies: [
-                .product(name: "Benchmark", package: "package-benchmark"),
-                .product(name: "VMForkEngine", package: enginePackage),
-            ],
-            path: "Benchmarks/Foundation",
-            plugins: [.plugin(name: "BenchmarkPlugin", package: "package-benchmark")]
-        ),
-        .executableTarget(
-            name: "PlacementBenchmarks",
-            dependencies: [
-                .product(name: "Benchmark", package: "package-benchmark"),
-                .product(name: "VMForkEngine", package: enginePackage),
-            ],
-            path: "Benchmarks/Placement",
-            plugins: [.plugin(name: "BenchmarkPlugin", package: "package-benchmark")]
-        ),
-        .executableTarget(
-            name: "ProcessVMBenchmarks",
-            dependencies: [
-                .product(name: "Benchmark", package: "package-benchmark"),
-                .product(name: "VMForkEngine", package: enginePackage),
-                .product(name: "VMForkTestSupport", package: enginePackage),
-            ],
-            path: "Benchmarks/ProcessVM",
-            plugins: [.plugin(name: "BenchmarkPlugin", package: "package-benchmark")]
-        ),
-        .executableTarget(
-            name: "ForkBenchmarks",
-            dependencies: [
-                .product(name: "Benchmark", package: "package-benchmark"),
-                .product(name: "VMForkEngine", package: enginePackage),
-                .product(name: "VMForkTestSupport", package: enginePackage),
-            ],
-            path: "Benchmarks/Fork",
-            plugins: [.plugin(name: "BenchmarkPlugin", package: "package-benchmark")]
-        ),
-        .executableTarget(
-            name: "DiskBenchmarks",
-            dependencies: [
-                .product(name: "Benchmark", package: "package-benchmark"),
-                .product(name: "VMForkEngine", package: enginePackage),
-            ],
-            path: "Benchmarks/Disk",
-            plugins: [.plugin(name: "BenchmarkPlugin", package: "package-benchmark")]
-        ),
+        benchmarkTarget("Foundation"),
+        benchmarkTarget("Placement"),
+        benchmarkTarget("ProcessVM", fixtures: true),
+        benchmarkTarget("Fork", fixtures: true),
+        benchmarkTarget("Disk"),
     ]
 )
