@@ -39,10 +39,6 @@ const unsigned long CSHIMS_KVM_GET_XCRS = KVM_GET_XCRS;
 const unsigned long CSHIMS_KVM_SET_XCRS = KVM_SET_XCRS;
 const unsigned long CSHIMS_KVM_GET_MSRS = KVM_GET_MSRS;
 const unsigned long CSHIMS_KVM_SET_MSRS = KVM_SET_MSRS;
-const unsigned long CSHIMS_KVM_GET_FPU = KVM_GET_FPU;
-const unsigned long CSHIMS_KVM_SET_FPU = KVM_SET_FPU;
-const unsigned long CSHIMS_KVM_GET_DIRTY_LOG = KVM_GET_DIRTY_LOG;
-const unsigned long CSHIMS_KVM_ENABLE_CAP = KVM_ENABLE_CAP;
 
 _Static_assert(sizeof(struct kvm_regs) == 18 * 8, "kvm_regs layout changed");
 

@@ -12,7 +12,8 @@ final class VMPool: @unchecked Sendable {
     private var ready: [PreparedVM] = []
     private var refilling = false
     /// Forks that found the pool empty and made their VM inline.
-    private(set) var misses = 0
+    var misses: Int { condition.withLock { missCount } }
+    private var missCount = 0
     private static let refillQueue = DispatchQueue(label: "vmfork.pool.refill", qos: .utility)
 
     init(system: KVMSystem, forkPoint: ForkPoint, target: Int) {
@@ -21,14 +22,12 @@ final class VMPool: @unchecked Sendable {
         self.target = max(0, target)
     }
 
-    var readyCount: Int { condition.withLock { ready.count } }
-
     /// A ready VM, or one made now when the pool is empty; starts a refill either way.
     func take() throws(GuestError) -> PreparedVM {
         let taken: PreparedVM? = condition.withLock { ready.popLast() }
         refill()
         if let taken { return taken }
-        condition.withLock { misses += 1 }
+        condition.withLock { missCount += 1 }
         return try PreparedVM(system: system, forkPoint: forkPoint, readAhead: false)
     }
 

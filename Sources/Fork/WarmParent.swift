@@ -90,8 +90,8 @@ public final class WarmParent: @unchecked Sendable {
         }
     }
 
-    /// VMs ready in the pool now.
-    public var pooledVMs: Int { pool.readyCount }
+    /// Forks that found the pool empty and built their VM on the fork path.
+    public var poolMisses: Int { pool.misses }
 
     /// Waits until the pool holds its target, for measurements that start from a full pool.
     public func waitUntilPoolIsFull() { pool.waitUntilFull() }

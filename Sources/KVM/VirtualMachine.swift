@@ -17,10 +17,10 @@ public final class VirtualMachine: @unchecked Sendable {
 
     /// Maps `size` bytes of host memory at `host` to guest-physical `guestPhysical` in `slot`.
     /// Setting a slot's size to 0 deletes it.
-    public func setMemoryRegion(slot: UInt32, guestPhysical: UInt64, size: Int, host: UnsafeMutableRawPointer?, logDirtyPages: Bool = false) throws(KVMError) {
+    public func setMemoryRegion(slot: UInt32, guestPhysical: UInt64, size: Int, host: UnsafeMutableRawPointer?) throws(KVMError) {
         var region = kvm_userspace_memory_region(
             slot: slot,
-            flags: logDirtyPages ? UInt32(KVM_MEM_LOG_DIRTY_PAGES) : 0,
+            flags: 0,
             guest_phys_addr: guestPhysical,
             memory_size: UInt64(size),
             userspace_addr: UInt64(UInt(bitPattern: host))
@@ -28,19 +28,6 @@ public final class VirtualMachine: @unchecked Sendable {
         guard cshims_ioctl_ptr(fd.rawValue, CSHIMS_KVM_SET_USER_MEMORY_REGION, &region) == 0 else {
             throw .system(SystemError(call: "ioctl(KVM_SET_USER_MEMORY_REGION slot \(slot))", errno: errno))
         }
-    }
-
-    /// KVM_GET_DIRTY_LOG: one bit per page of `slot` written since the last call.
-    public func dirtyLog(slot: UInt32, pages: Int) throws(KVMError) -> [UInt64] {
-        var bitmap = [UInt64](repeating: 0, count: (pages + 63) / 64)
-        let result = bitmap.withUnsafeMutableBytes { bytes -> Int32 in
-            var log = kvm_dirty_log()
-            log.slot = slot
-            log.dirty_bitmap = bytes.baseAddress
-            return cshims_ioctl_ptr(fd.rawValue, CSHIMS_KVM_GET_DIRTY_LOG, &log)
-        }
-        guard result == 0 else { throw .system(SystemError(call: "ioctl(KVM_GET_DIRTY_LOG slot \(slot))", errno: errno)) }
-        return bitmap
     }
 
     /// Creates vCPU `id` and maps its kvm_run area.

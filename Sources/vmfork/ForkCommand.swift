@@ -80,7 +80,8 @@ struct ForkCommand: ParsableCommand {
         let report = SharingReport.measure(parent: parent, containers: containers, kernelBefore: kernelBefore)
         for container in containers { container.remove() }
         print("exit statuses: " + statuses.sorted { $0.key < $1.key }.map { "\($0.key) ×\($0.value)" }.joined(separator: ", "))
-        print(LatencySummary(label: "fork (pooled VM → child ready)", samples: forkLatencies).line)
+        print(LatencySummary(label: "fork (pooled VM → child ready)", samples: forkLatencies).line
+              + " (\(parent.poolMisses) found the pool empty)")
         print(LatencySummary(label: "fork → program finished", samples: endToEnd).line)
         print(report.renderText())
     }

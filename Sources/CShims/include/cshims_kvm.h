@@ -25,10 +25,6 @@ extern const unsigned long CSHIMS_KVM_GET_XCRS;
 extern const unsigned long CSHIMS_KVM_SET_XCRS;
 extern const unsigned long CSHIMS_KVM_GET_MSRS;
 extern const unsigned long CSHIMS_KVM_SET_MSRS;
-extern const unsigned long CSHIMS_KVM_GET_FPU;
-extern const unsigned long CSHIMS_KVM_SET_FPU;
-extern const unsigned long CSHIMS_KVM_GET_DIRTY_LOG;
-extern const unsigned long CSHIMS_KVM_ENABLE_CAP;
 
 /* The sync-regs block KVM shares in the kvm_run page (KVM_CAP_SYNC_REGS). */
 struct kvm_sync_regs *cshims_kvm_run_sync_regs(struct kvm_run *run);
