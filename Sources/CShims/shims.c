@@ -13,6 +13,11 @@
 int cshims_ioctl_ptr(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }
 int cshims_ioctl_int(int fd, unsigned long request, unsigned long arg) { return ioctl(fd, request, arg); }
 int cshims_errno(void) { return errno; }
+uint32_t cshims_atomic_load_u32(const uint32_t *address) { return __atomic_load_n(address, __ATOMIC_SEQ_CST); }
+void cshims_atomic_store_u32(uint32_t *address, uint32_t value) { __atomic_store_n(address, value, __ATOMIC_SEQ_CST); }
+int cshims_atomic_cas_u32(uint32_t *address, uint32_t expected, uint32_t desired) {
+    return __atomic_compare_exchange_n(address, &expected, desired, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+}
 const int CSHIMS_SEEK_DATA = SEEK_DATA;
 const int CSHIMS_SEEK_HOLE = SEEK_HOLE;
 int cshims_memfd_create(const char *name) { return memfd_create(name, MFD_CLOEXEC); }

@@ -13,9 +13,11 @@ public struct ImageSpec: Sendable {
     public var environment: [String]
     public var memoryBytes: Int
     public var forkPoint: ForkPoint.Kind
+    /// Children serve non-blocking system calls through the engine's poller (no VM exit).
+    public var pollsSystemCalls: Bool
 
     public init(name: String, rootfs: String, executable: String, arguments: [String]? = nil, environment: [String] = [],
-                memoryBytes: Int = 64 << 20, forkPoint: ForkPoint.Kind = .entry) {
+                memoryBytes: Int = 64 << 20, forkPoint: ForkPoint.Kind = .entry, pollsSystemCalls: Bool = false) {
         self.name = name
         self.rootfs = rootfs
         self.executable = executable
@@ -23,6 +25,7 @@ public struct ImageSpec: Sendable {
         self.environment = environment
         self.memoryBytes = memoryBytes
         self.forkPoint = forkPoint
+        self.pollsSystemCalls = pollsSystemCalls
     }
 }
 
@@ -52,7 +55,8 @@ public final class WarmParent: @unchecked Sendable {
     /// Builds the parent and fills its pool (`poolSize` VMs) in the background.
     public init(system: KVMSystem, image: ImageSpec, poolSize: Int = 8) throws(ForkError) {
         self.image = image
-        let configuration = ProcessVMConfiguration(rootfs: image.rootfs, memoryBytes: image.memoryBytes)
+        let configuration = ProcessVMConfiguration(rootfs: image.rootfs, memoryBytes: image.memoryBytes,
+                                                   pollsSystemCalls: image.pollsSystemCalls)
         // A parent that runs before its fork point reads nothing and writes nowhere.
         let null = open("/dev/null", O_RDWR | O_CLOEXEC)
         defer { close(null) }

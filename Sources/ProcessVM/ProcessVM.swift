@@ -12,9 +12,14 @@ public struct ProcessVMConfiguration: Sendable {
     /// The container's root filesystem: a host folder the program cannot leave.
     public var rootfs: String
     public var identity: GuestIdentity
+    /// Serve system calls that neither block nor need the vCPU from the engine's poller
+    /// thread, without a VM exit. Costs a core spinning while such VMs run.
+    public var pollsSystemCalls: Bool
 
-    public init(rootfs: String, memoryBytes: Int = 256 << 20, stackBytes: Int = 2 << 20, identity: GuestIdentity = GuestIdentity()) {
+    public init(rootfs: String, memoryBytes: Int = 256 << 20, stackBytes: Int = 2 << 20, identity: GuestIdentity = GuestIdentity(),
+                pollsSystemCalls: Bool = false) {
         self.rootfs = rootfs
+        self.pollsSystemCalls = pollsSystemCalls
         self.memoryBytes = memoryBytes
         self.stackBytes = stackBytes
         self.identity = identity
@@ -58,6 +63,11 @@ public final class ProcessVM: @unchecked Sendable {
     public private(set) var fault: GuestFault?
     /// Kill and signal requests from other threads.
     let interrupts = Interrupts()
+    /// Held by the vCPU thread whenever it is outside KVM_RUN, and by the system-call poller
+    /// while it serves a call: the process state is never touched by both at once.
+    let machineState = NSLock()
+    /// The mailbox while this VM is registered with the poller.
+    var pollerMailbox: UnsafeMutableRawPointer?
     /// A signal for the program's handler, delivered when it next returns to user code.
     var pendingSignal: Int32?
     /// The thread inside `run`, so that kill and stop can kick it out of KVM_RUN.
@@ -185,7 +195,20 @@ public final class ProcessVM: @unchecked Sendable {
     func runUntilStop() throws(GuestError) -> Stop {
         entry = nil
         runningThread.enter()
-        defer { runningThread.leave() }
+        machineState.lock()
+        if configuration.pollsSystemCalls, let mailbox {
+            mailbox.storeBytes(of: UInt32(1), toByteOffset: Int(SyscallStub.Offset.pollerActive), as: UInt32.self)
+            pollerMailbox = mailbox
+            SyscallPoller.shared.register(self)
+        }
+        defer {
+            if pollerMailbox != nil {
+                SyscallPoller.shared.unregister(self)
+                pollerMailbox = nil
+            }
+            machineState.unlock()
+            runningThread.leave()
+        }
         while true {
             if let signal = interrupts.pendingKill { return .ended(.signaled(signal)) }
             if let signal = interrupts.takeSignal() { pendingSignal = signal }
@@ -195,7 +218,10 @@ public final class ProcessVM: @unchecked Sendable {
             }
             if space.translationsChanged { flushTranslations() }
             let exit: VMExit
-            do { exit = try vcpu.run() } catch { throw .kvm(error) }
+            machineState.unlock()
+            let result = Result { () throws(KVMError) in try vcpu.run() }
+            machineState.lock()
+            do { exit = try result.get() } catch { throw .kvm(error) }
             switch exit {
             case .io(let port, true, _, _, _) where port == SystemArea.syscallPort:
                 if stopsAtFirstStandardInputRead, isStandardInputRead() { return .atFirstStandardInputRead }

@@ -33,6 +33,9 @@ struct ForkCommand: ParsableCommand {
     @Flag(help: "Stop the parent at its first read of standard input instead of its entry point; children then read their own (empty) input.")
     var stdinForkPoint = false
 
+    @Flag(help: "Serve system calls that cannot block from a polling engine thread, without a VM exit (uses a core while children run).")
+    var pollSyscalls = false
+
     @Flag(help: "Do not print each child's output.")
     var quiet = false
 
@@ -52,7 +55,7 @@ struct ForkCommand: ParsableCommand {
         let system = try KVMSystem()
         let image = ImageSpec(name: URL(fileURLWithPath: program[0]).lastPathComponent, rootfs: rootfs, executable: program[0],
                               arguments: stdinForkPoint ? program : nil, memoryBytes: memory << 20,
-                              forkPoint: stdinForkPoint ? .firstStandardInputRead : .entry)
+                              forkPoint: stdinForkPoint ? .firstStandardInputRead : .entry, pollsSystemCalls: pollSyscalls)
         let parent = try WarmParent(system: system, image: image, poolSize: pool)
         parent.waitUntilPoolIsFull()
         let kernelBefore = KernelMemory.current()

@@ -23,6 +23,9 @@ struct RunCommand: ParsableCommand {
     @Option(help: "The hostname the program sees.")
     var hostname = "vmfork"
 
+    @Flag(help: "Serve system calls that cannot block from a polling engine thread, without a VM exit (uses a core while the VM runs).")
+    var pollSyscalls = false
+
     @Flag(help: "Print the system calls the program asked for that the engine does not serve.")
     var reportMissing = false
 
@@ -44,7 +47,8 @@ struct RunCommand: ParsableCommand {
         let system = try KVMSystem()
         var identity = GuestIdentity()
         identity.hostname = hostname
-        let configuration = ProcessVMConfiguration(rootfs: rootfs, memoryBytes: memory << 20, identity: identity)
+        let configuration = ProcessVMConfiguration(rootfs: rootfs, memoryBytes: memory << 20, identity: identity,
+                                                   pollsSystemCalls: pollSyscalls)
         let vm = try ProcessVM(system: system, configuration: configuration, executable: program[0], arguments: program,
                                environment: environment)
         let status = try vm.run()

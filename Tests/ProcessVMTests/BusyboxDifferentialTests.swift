@@ -33,15 +33,16 @@ struct BusyboxDifferentialTests {
         (["sh", "-c", "cd data/sub && pwd && cd .. && pwd"], ""),
     ]
 
-    @Test(arguments: cases.indices)
-    func sameAsNative(index: Int) throws {
+    /// Every case runs twice: system calls through VM exits, and through the engine's poller.
+    @Test(arguments: cases.indices, [false, true])
+    func sameAsNative(index: Int, polled: Bool) throws {
         let (arguments, stdin) = Self.cases[index]
         let root = try BusyboxRootfs.make()
         defer { try? FileManager.default.removeItem(at: root) }
         let environment = ["PATH=/bin", "HOME=/", "LANG=C"]
         let native = try BusyboxRootfs.runNatively(arguments, in: root, environment: environment, stdin: Data(stdin.utf8))
         let guest = try GuestRunner.run(["/bin/busybox"] + arguments, rootfs: root, environment: environment,
-                                        stdin: Data(stdin.utf8))
+                                        stdin: Data(stdin.utf8), pollsSystemCalls: polled)
         let nativeOut = native.stdout.replacingOccurrences(of: root.path, with: "")
         #expect(guest.status == native.status, "status for \(arguments)")
         #expect(guest.stdout == nativeOut, "stdout for \(arguments)")

@@ -15,9 +15,9 @@ enum GuestRunner {
     }
 
     static func run(_ arguments: [String], rootfs: URL, executable: String? = nil, environment: [String] = [],
-                    stdin: Data = Data(), memoryMiB: Int = 64) throws -> Result {
+                    stdin: Data = Data(), memoryMiB: Int = 64, pollsSystemCalls: Bool = false) throws -> Result {
         let streams = try CapturedStreams(stdin: stdin)
-        let configuration = ProcessVMConfiguration(rootfs: rootfs.path, memoryBytes: memoryMiB << 20)
+        let configuration = ProcessVMConfiguration(rootfs: rootfs.path, memoryBytes: memoryMiB << 20, pollsSystemCalls: pollsSystemCalls)
         let vm = try ProcessVM(system: system!, configuration: configuration, executable: executable ?? arguments[0],
                                arguments: arguments, environment: environment,
                                streams: StandardStreams(input: streams.input, output: streams.output, error: streams.error))

@@ -27,10 +27,11 @@ let benchmarks: @Sendable () -> Void = {
         }
     }
 
-    for calls in [0, 1_000] {
-        Benchmark("Process VM running \(calls) getpid calls (exit path)", configuration: configuration) { benchmark in
+    for (calls, polled) in [(0, false), (1_000, false), (0, true), (1_000, true)] {
+        Benchmark("Process VM running \(calls) getpid calls (\(polled ? "polled" : "exit path"))", configuration: configuration) { benchmark in
             for _ in benchmark.scaledIterations {
-                let vm = try ProcessVM(system: fixture.system, configuration: ProcessVMConfiguration(rootfs: fixture.rootfs, memoryBytes: 16 << 20),
+                let vm = try ProcessVM(system: fixture.system,
+                                       configuration: ProcessVMConfiguration(rootfs: fixture.rootfs, memoryBytes: 16 << 20, pollsSystemCalls: polled),
                                        executable: "/getpid-\(calls)", arguments: ["getpid"], environment: [], streams: fixture.nullStreams)
                 blackHole(try vm.run())
             }

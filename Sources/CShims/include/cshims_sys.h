@@ -13,6 +13,11 @@ int cshims_errno(void);
 /* memfd_create(2) with MFD_CLOEXEC: Glibc declares it only under _GNU_SOURCE. */
 int cshims_memfd_create(const char *name);
 void cshims_set_errno(int value);
+/* Sequentially consistent 32-bit atomics on memory shared with a guest (the system-call
+ * mailbox), which Swift's own atomics cannot address. */
+uint32_t cshims_atomic_load_u32(const uint32_t *address);
+void cshims_atomic_store_u32(uint32_t *address, uint32_t value);
+int cshims_atomic_cas_u32(uint32_t *address, uint32_t expected, uint32_t desired);
 /* lseek whences for sparse files, defined by Glibc only under _GNU_SOURCE. */
 extern const int CSHIMS_SEEK_DATA;
 extern const int CSHIMS_SEEK_HOLE;

@@ -52,7 +52,7 @@ public final class ForkPoint: @unchecked Sendable {
                 // The parent stopped at the stub's `out` with the call unserved; a child
                 // executes that `out` again (RAX still holds the call number) and so
                 // serves the read itself, from its own standard input.
-                registers.rip = SystemArea.stubPage
+                registers.rip = SystemArea.syscallExit
             }
             self.registers = registers
             specialRegisters = try parent.vcpu.specialRegisters()

@@ -71,6 +71,12 @@ public final class GuestFiles: @unchecked Sendable {
         try? openFile(guestFD).hostFD
     }
 
+    /// True when `guestFD` is open on a regular file, whose reads and writes never block.
+    public func isRegularFile(_ guestFD: Int32) -> Bool {
+        guard let host = hostDescriptor(of: guestFD), let info = try? HostFileCalls.status(host) else { return false }
+        return info.st_mode & S_IFMT == S_IFREG
+    }
+
     /// A forked child's table: the same descriptor numbers, close-on-exec flags and working
     /// directory. Each open file is dup()ed on the host once (descriptors that share an open
     /// file here share one in the child too), so parent and child share offsets and status

@@ -17,25 +17,14 @@ struct SystemArea {
     /// Port the exception stubs write to; the value is the vector.
     static let exceptionPort: UInt16 = 0xF1
     /// Offset of vector v's stub in the stub page: 8 bytes each after the system-call stub.
-    static func exceptionStub(_ vector: Int) -> UInt64 { stubPage + 0x100 + UInt64(vector * 8) }
+    static func exceptionStub(_ vector: Int) -> UInt64 { stubPage + 0x200 + UInt64(vector * 8) }
 
-    /// The SYSCALL target. `out` exits to the engine, which serves the call and leaves the
-    /// result in RAX; the stub then returns to the program itself with `iretq` (SYSRET faults
-    /// under PVM), so the engine only has to change general registers, never segment ones.
-    /// RCX and R11 hold the return RIP and RFLAGS, as SYSCALL left them; the iretq frame is
-    /// built below the 128-byte red zone so that no byte of the program's stack changes.
-    static let syscallStub: [UInt8] = [
-        0xE6, UInt8(syscallPort),       // out 0xF0, al
-        0x48, 0x81, 0xEC, 0x80, 0, 0, 0, // sub rsp, 128
-        0x51,                           // push rcx            (return RIP)
-        0x48, 0x8D, 0x8C, 0x24, 0x88, 0, 0, 0, // lea rcx, [rsp+136] (the program's RSP)
-        0x6A, UInt8(X86.Selector.userData), // push SS
-        0x51,                           // push rcx            (RSP)
-        0x41, 0x53,                     // push r11            (RFLAGS)
-        0x6A, UInt8(X86.Selector.userCode), // push CS
-        0xFF, 0x74, 0x24, 0x20,         // push qword [rsp+32] (RIP)
-        0x48, 0xCF,                     // iretq
-    ]
+    /// The page where the system-call stub posts calls for the poller (user read-write: the
+    /// stub runs with user privilege under PVM). It belongs to the guest; the engine treats
+    /// everything in it as untrusted, like any system-call argument.
+    static let mailbox: UInt64 = 0xB000
+    /// Address of the stub's exiting `out`: where a parent stopped at a system call resumes.
+    static var syscallExit: UInt64 { stubPage + UInt64(SyscallStub.exitOffset) }
 
     /// Where a fork point lists the pages its children will touch (virtual addresses, ending
     /// with 0): two user-readable pages the program never writes.
@@ -44,7 +33,7 @@ struct SystemArea {
     /// Reads one byte of every page in the list at RSI, then exits like a system call. A
     /// prepared VM runs it so that KVM builds its shadow translations of the parent's pages
     /// ahead of the fork instead of on the child's first touches.
-    static let warmUpRoutine: UInt64 = stubPage + 0x400
+    static let warmUpRoutine: UInt64 = stubPage + 0x600
     static let warmUpCode: [UInt8] = [
         0x48, 0x8B, 0x06,       // next: mov rax, [rsi]
         0x48, 0x85, 0xC0,       // test rax, rax
@@ -112,7 +101,9 @@ struct SystemArea {
 
         // Stubs: vector v lands on `mov al, v; out 0xF1, al; ud2`; SYSCALL on `syscallStub`.
         let stubs = memory.pointer(physical: stubFrame, length: 4096)!
-        stubs.copyMemory(from: syscallStub, byteCount: syscallStub.count)
+        precondition(SyscallStub.code.count <= 0x200, "the system-call stub must end before the exception stubs")
+        stubs.copyMemory(from: SyscallStub.code, byteCount: SyscallStub.code.count)
+        _ = try space.mapSystemPage(at: mailbox, [.read, .write, .user])
         for vector in 0..<32 {
             let code: [UInt8] = [0xB0, UInt8(vector), 0xE6, UInt8(exceptionPort), 0x0F, 0x0B, 0x90, 0x90]
             (stubs + Int(exceptionStub(vector) - stubPage)).copyMemory(from: code, byteCount: code.count)

@@ -1,0 +1,132 @@
+/// The SYSCALL target, assembled once. Two ways through it:
+///
+/// - Polled (no exit): when a poller serves this VM (mailbox word `pollerActive` set), the
+///   stub posts the call to the mailbox page and spins; the engine's poller thread serves it
+///   and posts the result. If no answer comes within the spin budget, or the poller hands
+///   the call back (calls that need the vCPU or may block), the stub takes the exit path.
+/// - Exit: `out` to the system-call port; the engine serves the call on the vCPU thread and
+///   leaves the result in RAX.
+///
+/// Either way the stub returns to the program itself with `iretq` (SYSRET faults under PVM):
+/// RCX and R11 hold the return RIP and RFLAGS as SYSCALL left them, and the iretq frame is
+/// built below the 128-byte red zone so no byte of the program's stack changes.
+enum SyscallStub {
+    /// Mailbox states (the first word of the mailbox page).
+    enum State: UInt32 {
+        case idle = 0, posted = 1, done = 2, withdrawn = 3, taken = 4, handedBack = 5
+    }
+
+    /// Mailbox layout: state, poller-active flag, RAX and the six argument registers, the
+    /// saved RCX, the result.
+    enum Offset {
+        static let state: UInt64 = 0
+        static let pollerActive: UInt64 = 4
+        static let number: UInt64 = 8
+        static let arguments: UInt64 = 16
+        static let savedRCX: UInt64 = 64
+        static let result: UInt64 = 72
+    }
+
+    /// Spins of `pause` before the stub stops waiting for the poller (a few microseconds).
+    static let spinBudget: UInt32 = 4000
+
+    /// The assembled code and the offset of its exiting `out` (a stopped parent's RIP).
+    static let (code, exitOffset): ([UInt8], Int) = assemble()
+
+    private static func assemble() -> ([UInt8], Int) {
+        var a = Assembler()
+        let mailbox = SystemArea.mailbox
+        func at(_ offset: UInt64) -> UInt32 { UInt32(mailbox + offset) }
+        // No poller for this VM: exit straight away.
+        a.emit([0x83, 0x3C, 0x25] + a.le(at(Offset.pollerActive)) + [0x00]) // cmp dword [pollerActive], 0
+        a.jump(.equal, to: "exit")
+        // Post the call.
+        let stores: [[UInt8]] = [
+            [0x48, 0x89, 0x04, 0x25], [0x48, 0x89, 0x3C, 0x25], [0x48, 0x89, 0x34, 0x25], [0x48, 0x89, 0x14, 0x25],
+            [0x4C, 0x89, 0x14, 0x25], [0x4C, 0x89, 0x04, 0x25], [0x4C, 0x89, 0x0C, 0x25],
+        ] // rax, rdi, rsi, rdx, r10, r8, r9
+        for (index, store) in stores.enumerated() { a.emit(store + a.le(at(Offset.number + UInt64(index * 8)))) }
+        a.emit([0x48, 0x89, 0x0C, 0x25] + a.le(at(Offset.savedRCX))) // mov [savedRCX], rcx
+        a.emit([0xC7, 0x04, 0x25] + a.le(at(Offset.state)) + a.le(State.posted.rawValue)) // mov dword [state], posted
+        a.emit([0xB9] + a.le(spinBudget)) // mov ecx, budget
+        a.label("spin")
+        a.waitStep(state: at(Offset.state))
+        a.emit([0xFF, 0xC9]) // dec ecx
+        a.jump(.notEqual, to: "spin")
+        // Out of patience: withdraw the post unless the poller has taken it.
+        a.emit([0xB8] + a.le(State.posted.rawValue)) // mov eax, posted
+        a.emit([0xB9] + a.le(State.withdrawn.rawValue)) // mov ecx, withdrawn
+        a.emit([0xF0, 0x0F, 0xB1, 0x0C, 0x25] + a.le(at(Offset.state))) // lock cmpxchg [state], ecx
+        a.jump(.equal, to: "handedBack")
+        a.label("wait")
+        a.waitStep(state: at(Offset.state))
+        a.jump(.always, to: "wait")
+        a.label("handedBack")
+        a.emit([0xC7, 0x04, 0x25] + a.le(at(Offset.state)) + a.le(State.idle.rawValue))
+        a.emit([0x48, 0x8B, 0x04, 0x25] + a.le(at(Offset.number))) // mov rax, [number]
+        a.emit([0x48, 0x8B, 0x0C, 0x25] + a.le(at(Offset.savedRCX))) // mov rcx, [savedRCX]
+        a.label("exit")
+        let exitOffset = a.bytes.count
+        a.emit([0xE6, UInt8(SystemArea.syscallPort)]) // out 0xF0, al
+        a.jump(.always, to: "return")
+        a.label("done")
+        a.emit([0x48, 0x8B, 0x04, 0x25] + a.le(at(Offset.result))) // mov rax, [result]
+        a.emit([0x48, 0x8B, 0x0C, 0x25] + a.le(at(Offset.savedRCX))) // mov rcx, [savedRCX]
+        a.emit([0xC7, 0x04, 0x25] + a.le(at(Offset.state)) + a.le(State.idle.rawValue))
+        a.label("return")
+        a.emit([
+            0x48, 0x81, 0xEC, 0x80, 0, 0, 0, // sub rsp, 128
+            0x51, // push rcx (return RIP)
+            0x48, 0x8D, 0x8C, 0x24, 0x88, 0, 0, 0, // lea rcx, [rsp+136] (the program's RSP)
+            0x6A, UInt8(X86.Selector.userData), // push SS
+            0x51, // push rcx (RSP)
+            0x41, 0x53, // push r11 (RFLAGS)
+            0x6A, UInt8(X86.Selector.userCode), // push CS
+            0xFF, 0x74, 0x24, 0x20, // push qword [rsp+32] (RIP)
+            0x48, 0xCF, // iretq
+        ])
+        return (a.finish(), exitOffset)
+    }
+
+    /// Just enough of an x86-64 assembler for the stub: bytes, labels, rel32 jumps.
+    private struct Assembler {
+        enum Condition { case always, equal, notEqual }
+        var bytes: [UInt8] = []
+        var labels: [String: Int] = [:]
+        var fixups: [(at: Int, label: String)] = []
+
+        func le<T: FixedWidthInteger>(_ value: T) -> [UInt8] { withUnsafeBytes(of: value.littleEndian) { Array($0) } }
+        mutating func emit(_ code: [UInt8]) { bytes += code }
+        mutating func label(_ name: String) { labels[name] = bytes.count }
+
+        mutating func jump(_ condition: Condition, to label: String) {
+            switch condition {
+            case .always: bytes += [0xE9]
+            case .equal: bytes += [0x0F, 0x84]
+            case .notEqual: bytes += [0x0F, 0x85]
+            }
+            fixups.append((bytes.count, label))
+            bytes += [0, 0, 0, 0]
+        }
+
+        /// pause; then go to "done" or "handedBack" when the poller has answered.
+        mutating func waitStep(state: UInt32) {
+            emit([0xF3, 0x90]) // pause
+            emit([0x8B, 0x04, 0x25] + le(state)) // mov eax, [state]
+            emit([0x83, 0xF8, UInt8(State.done.rawValue)]) // cmp eax, done
+            jump(.equal, to: "done")
+            emit([0x83, 0xF8, UInt8(State.handedBack.rawValue)]) // cmp eax, handedBack
+            jump(.equal, to: "handedBack")
+        }
+
+        func finish() -> [UInt8] {
+            var result = bytes
+            for fixup in fixups {
+                let target = labels[fixup.label]!
+                let relative = Int32(target - (fixup.at + 4))
+                result.replaceSubrange(fixup.at..<(fixup.at + 4), with: le(relative))
+            }
+            return result
+        }
+    }
+}

@@ -1,0 +1,100 @@
+import CShims
+import Foundation
+
+/// One engine thread that serves the posted system calls of every VM registered with it,
+/// without a VM exit: the guest's stub spins on its mailbox page while the poller runs the
+/// call. Only calls that neither block nor touch the vCPU's registers are served here; the
+/// rest are handed back to the stub, which then exits as usual. The poller spins while any
+/// registered VM runs, and sleeps when none does.
+final class SyscallPoller: @unchecked Sendable {
+    static let shared = SyscallPoller()
+
+    private let condition = NSCondition()
+    private var machines: [ObjectIdentifier: ProcessVM] = [:]
+    private var started = false
+
+    func register(_ vm: ProcessVM) {
+        condition.withLock {
+            machines[ObjectIdentifier(vm)] = vm
+            if !started {
+                started = true
+                let thread = Thread { [self] in loop() }
+                thread.name = "vmfork-syscall-poller"
+                thread.start()
+            }
+            condition.broadcast()
+        }
+    }
+
+    func unregister(_ vm: ProcessVM) {
+        condition.withLock { _ = machines.removeValue(forKey: ObjectIdentifier(vm)) }
+    }
+
+    private func loop() {
+        var idleSince = ContinuousClock.now
+        while true {
+            let current: [ProcessVM] = condition.withLock {
+                while machines.isEmpty { condition.wait() }
+                return Array(machines.values)
+            }
+            var served = false
+            for vm in current where vm.servePostedSystemCall() { served = true }
+            if served {
+                idleSince = ContinuousClock.now
+            } else if ContinuousClock.now - idleSince > .microseconds(200) {
+                // Nothing posted for a while: let other threads (pool refill, teardown)
+                // have the core, but come back at once if none wants it.
+                sched_yield()
+            }
+        }
+    }
+}
+
+extension ProcessVM {
+    /// System calls the poller may serve: none blocks (file I/O only on regular files, see
+    /// `servePostedSystemCall`), none needs the vCPU's registers or ends the program.
+    static let pollableSystemCalls: Set<Int> = [
+        0, 1, 2, 3, 4, 5, 6, 8, 16, 17, 18, 19, 20, 21, 32, 33, 72, 79, 80, 81, 89, 217, 257, 262, 267, 269, 292, 332, 439,
+        24, 39, 63, 95, 97, 98, 99, 102, 104, 107, 108, 109, 110, 111, 112, 115, 121, 157, 186, 204, 218, 273, 302, 318, 334,
+        96, 201, 228, 229,
+        13, 14, 131,
+    ]
+    /// Of those, the calls that transfer data through a descriptor and could block on a pipe
+    /// or terminal.
+    static let descriptorTransfers: Set<Int> = [0, 1, 17, 18, 19, 20]
+
+    /// The mailbox page as the engine sees it (its frame never moves).
+    var mailbox: UnsafeMutableRawPointer? {
+        guard let frame = space.tables.translate(SystemArea.mailbox)?.frame else { return nil }
+        return memory.pointer(physical: frame, length: GuestMemory.pageSize)
+    }
+
+    /// Serves the call this VM's stub posted, if any; true when there was one.
+    func servePostedSystemCall() -> Bool {
+        // The vCPU thread holds the lock whenever it is outside KVM_RUN (handling an exit, a
+        // signal, or leaving); the guest is not running then, and a post waits for later.
+        guard machineState.try() else { return false }
+        defer { machineState.unlock() }
+        guard let mailbox = pollerMailbox else { return false }
+        let state = mailbox.assumingMemoryBound(to: UInt32.self)
+        guard cshims_atomic_load_u32(state) == SyscallStub.State.posted.rawValue,
+              cshims_atomic_cas_u32(state, SyscallStub.State.posted.rawValue, SyscallStub.State.taken.rawValue) != 0 else {
+            return false
+        }
+        func word(_ offset: UInt64) -> UInt64 { mailbox.loadUnaligned(fromByteOffset: Int(offset), as: UInt64.self) }
+        let arguments = (0..<6).map { word(SyscallStub.Offset.arguments + UInt64($0 * 8)) }
+        let call = SystemCall(number: Int(truncatingIfNeeded: word(SyscallStub.Offset.number)),
+                              arguments: (arguments[0], arguments[1], arguments[2], arguments[3], arguments[4], arguments[5]))
+        guard Self.pollableSystemCalls.contains(call.number), !interrupts.hasPending, pendingSignal == nil,
+              !Self.descriptorTransfers.contains(call.number) || files.isRegularFile(call.int(call.a0)) else {
+            cshims_atomic_store_u32(state, SyscallStub.State.handedBack.rawValue)
+            return true
+        }
+        guard case .value(let result) = dispatch(call) else {
+            preconditionFailure("a pollable system call ended the program or replaced its registers")
+        }
+        mailbox.storeBytes(of: UInt64(bitPattern: result), toByteOffset: Int(SyscallStub.Offset.result), as: UInt64.self)
+        cshims_atomic_store_u32(state, SyscallStub.State.done.rawValue)
+        return true
+    }
+}
