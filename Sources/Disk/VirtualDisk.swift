@@ -92,6 +92,17 @@ public final class VirtualDisk: @unchecked Sendable {
         let fileOffset: UInt64
         let bufferOffset: Int
         var length: Int
+
+        /// Adds a piece to `runs`, growing the last run when the piece continues it in both
+        /// the host file and the buffer, so adjacent grains become one request.
+        static func extend(_ runs: inout [Run], file: HostFile, fileOffset: UInt64, bufferOffset: Int, length: Int) {
+            if let last = runs.last, last.file === file, last.fileOffset + UInt64(last.length) == fileOffset,
+               last.bufferOffset + last.length == bufferOffset {
+                runs[runs.count - 1].length += length
+            } else {
+                runs.append(Run(file: file, fileOffset: fileOffset, bufferOffset: bufferOffset, length: length))
+            }
+        }
     }
 
     /// Reads through `layers` (a chain or the part of it below the top).
@@ -112,12 +123,7 @@ public final class VirtualDisk: @unchecked Sendable {
             let length = Int(limit)
             switch mapping {
             case .data(let file, let fileOffset):
-                if let last = runs.last, last.file === file, last.fileOffset + UInt64(last.length) == fileOffset,
-                   last.bufferOffset + last.length == position {
-                    runs[runs.count - 1].length += length
-                } else {
-                    runs.append(Run(file: file, fileOffset: fileOffset, bufferOffset: position, length: length))
-                }
+                Run.extend(&runs, file: file, fileOffset: fileOffset, bufferOffset: position, length: length)
             case .unallocated, .zero:
                 (buffer.baseAddress! + position).initializeMemory(as: UInt8.self, repeating: 0, count: length)
             case .compressed(let extent, let grain, let offsetInGrain):
@@ -162,12 +168,7 @@ public final class VirtualDisk: @unchecked Sendable {
             let length = Int(limit)
             switch mapping {
             case .data(let file, let fileOffset):
-                if let last = runs.last, last.file === file, last.fileOffset + UInt64(last.length) == fileOffset,
-                   last.bufferOffset + last.length == position {
-                    runs[runs.count - 1].length += length
-                } else {
-                    runs.append(Run(file: file, fileOffset: fileOffset, bufferOffset: position, length: length))
-                }
+                Run.extend(&runs, file: file, fileOffset: fileOffset, bufferOffset: position, length: length)
             case .unallocated, .zero:
                 let piece = UnsafeRawBufferPointer(rebasing: data[position..<position + length])
                 try await allocateAndWrite(piece, at: virtual)
