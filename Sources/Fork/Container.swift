@@ -15,12 +15,15 @@ public final class Container: @unchecked Sendable {
     /// From the fork call until the child was ready to run.
     public let forkLatency: Duration
     private var vm: ProcessVM?
+    /// Where the VM goes back when the container is removed.
+    private let pool: VMPool?
     private let condition = NSCondition()
     private var currentState = State.created
     private static let reaper = DispatchQueue(label: "vmfork.reaper", qos: .utility)
 
-    init(vm: ProcessVM, name: String, forkLatency: Duration) {
+    init(vm: ProcessVM, name: String, forkLatency: Duration, pool: VMPool? = nil) {
         self.vm = vm
+        self.pool = pool
         self.name = name
         self.forkLatency = forkLatency
     }
@@ -99,15 +102,16 @@ public final class Container: @unchecked Sendable {
         return wait()
     }
 
-    /// Kills the container if needed and releases its VM: the descriptors, memory mapping and
-    /// KVM objects go away on a background queue.
+    /// Kills the container if needed and releases its VM on a background queue: it goes back
+    /// to its warm parent's pool, restored, when the pool has room; otherwise its
+    /// descriptors, memory mapping and KVM objects go away.
     public func remove() {
         kill()
         let released: ProcessVM? = condition.withLock {
             defer { vm = nil }
             return vm
         }
-        if let released { Self.reaper.async { withExtendedLifetime(released) {} } }
+        if let released { Self.reaper.async { [pool] in pool?.recycle(released) } }
     }
 
     /// Waits until every VM removed so far has been torn down (tests measuring memory use it).

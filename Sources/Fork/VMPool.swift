@@ -2,8 +2,9 @@ import Foundation
 import KVM
 import ProcessVM
 
-/// VMs created ahead of time for one fork point, refilled by a background thread so that
-/// neither creating nor destroying a VM is on a fork's critical path.
+/// VMs made ready ahead of time for one fork point, so that neither creating nor destroying a
+/// VM is on a fork's critical path: a removed child's VM comes back restored to the parent's
+/// memory (`recycle`), and a background thread creates new ones when the pool runs low.
 final class VMPool: @unchecked Sendable {
     let system: KVMSystem
     let forkPoint: ForkPoint
@@ -14,6 +15,9 @@ final class VMPool: @unchecked Sendable {
     /// Forks that found the pool empty and made their VM inline.
     var misses: Int { condition.withLock { missCount } }
     private var missCount = 0
+    /// VMs of removed children made ready again.
+    var reuses: Int { condition.withLock { reuseCount } }
+    private var reuseCount = 0
     private static let refillQueue = DispatchQueue(label: "vmfork.pool.refill", qos: .utility)
 
     init(system: KVMSystem, forkPoint: ForkPoint, target: Int) {
@@ -22,19 +26,22 @@ final class VMPool: @unchecked Sendable {
         self.target = max(0, target)
     }
 
-    /// A ready VM, or one made now when the pool is empty; starts a refill either way.
+    /// A ready VM (the most recently readied, likely a reused one), or one made now when the
+    /// pool is empty. A refill starts when the pool falls below half its target: above that,
+    /// removed children's VMs coming back are expected to keep it topped up.
     func take() throws(GuestError) -> PreparedVM {
         let taken: PreparedVM? = condition.withLock { ready.popLast() }
-        refill()
+        refill(whenBelow: (target + 1) / 2)
         if let taken { return taken }
         condition.withLock { missCount += 1 }
         return try PreparedVM(system: system, forkPoint: forkPoint, readAhead: false)
     }
 
-    /// Tops the pool up to its target in the background (one refill at a time).
-    func refill() {
+    /// Tops the pool up to its target in the background when it holds fewer than
+    /// `threshold` VMs (one refill at a time).
+    func refill(whenBelow threshold: Int) {
         let start: Bool = condition.withLock {
-            guard !refilling, ready.count < target else { return false }
+            guard !refilling, ready.count < min(threshold, target) else { return false }
             refilling = true
             return true
         }
@@ -54,9 +61,23 @@ final class VMPool: @unchecked Sendable {
         }
     }
 
+    /// Takes back the VM of a finished child, restored for its next sibling, when the pool
+    /// has room for it; otherwise (or when the VM cannot be reused) it is released.
+    func recycle(_ child: ProcessVM) {
+        guard condition.withLock({ ready.count < target }) else { return }
+        guard let vm = try? PreparedVM(reusing: child) else { return }
+        condition.withLock {
+            guard ready.count < target else { return }
+            ready.append(vm)
+            reuseCount += 1
+            condition.broadcast()
+        }
+    }
+
     /// Blocks until the pool holds its target (for benchmarks and tests that measure forks
     /// from a full pool).
     func waitUntilFull() {
+        refill(whenBelow: target)
         condition.withLock {
             while ready.count < target && refilling { condition.wait() }
         }

@@ -71,7 +71,7 @@ public final class WarmParent: @unchecked Sendable {
         guard let point else { throw .parentEndedBeforeForkPoint(image: image.name) }
         forkPoint = point
         pool = VMPool(system: system, forkPoint: point, target: poolSize)
-        pool.refill()
+        pool.refill(whenBelow: poolSize)
     }
 
     /// Forks a child: a pooled VM takes the parent's memory copy-on-write and CPU state, and
@@ -88,7 +88,7 @@ public final class WarmParent: @unchecked Sendable {
             let child = try ProcessVM(forking: forkPoint, into: prepared, identity: identity,
                                       arguments: arguments.map { [image.executable] + $0 }, environment: environment ?? image.environment,
                                       streams: streams)
-            return Container(vm: child, name: identity.hostname, forkLatency: ContinuousClock.now - started)
+            return Container(vm: child, name: identity.hostname, forkLatency: ContinuousClock.now - started, pool: pool)
         } catch {
             throw .guest(error)
         }
@@ -97,8 +97,15 @@ public final class WarmParent: @unchecked Sendable {
     /// Forks that found the pool empty and built their VM on the fork path.
     public var poolMisses: Int { pool.misses }
 
-    /// Waits until the pool holds its target, for measurements that start from a full pool.
-    public func waitUntilPoolIsFull() { pool.waitUntilFull() }
+    /// VMs of removed children that went back to the pool.
+    public var poolReuses: Int { pool.reuses }
+
+    /// Waits until the VMs of removed children are back in the pool and the pool holds its
+    /// target, for measurements that start from a full pool.
+    public func waitUntilPoolIsFull() {
+        Container.waitForTeardown()
+        pool.waitUntilFull()
+    }
 }
 
 /// A thread-safe increasing counter.

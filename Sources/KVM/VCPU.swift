@@ -48,6 +48,12 @@ public final class VCPU: @unchecked Sendable {
         cshims_kvm_run_dirty_regs(runState).pointee |= mask
     }
 
+    /// Forgets synced register sets marked changed but not yet loaded, so that state set
+    /// with register ioctls is not overwritten by them on the next entry.
+    public func discardSyncedChanges() {
+        cshims_kvm_run_dirty_regs(runState).pointee = 0
+    }
+
     /// Makes a running or about-to-run KVM_RUN return at once (used by kill and stop).
     public func requestImmediateExit(_ value: Bool = true) {
         runState.pointee.immediate_exit = value ? 1 : 0

@@ -74,6 +74,11 @@ public final class ProcessVM: @unchecked Sendable {
     private let runningThread = ThreadSlot()
     /// When set, `run` stops before serving the program's first read of standard input.
     var stopsAtFirstStandardInputRead = false
+    /// The warm parent this VM was forked from, if it was.
+    var forkedFrom: ForkPoint?
+    /// False once the vCPU stopped in a state the engine cannot vouch for (a triple fault, an
+    /// unexpected exit, a failed KVM_RUN): such a VM is never reused for another child.
+    private(set) var vcpuStateKnown = true
 
     static let memorySlot: UInt32 = 0
 
@@ -216,12 +221,23 @@ public final class ProcessVM: @unchecked Sendable {
                let status = deliverPendingSignal(interrupted: vcpu.syncRegisters.pointee.regs) {
                 return .ended(status)
             }
-            if space.translationsChanged { flushTranslations() }
+            if !space.retiredFrames.isEmpty {
+                do throws(SystemError) {
+                    try memory.invalidateTranslations(ofFrames: space.retiredFrames)
+                } catch {
+                    vcpuStateKnown = false
+                    throw .system(error)
+                }
+                space.retiredFrames.removeAll(keepingCapacity: true)
+            }
             let exit: VMExit
             machineState.unlock()
             let result = Result { () throws(KVMError) in try vcpu.run() }
             machineState.lock()
-            do { exit = try result.get() } catch { throw .kvm(error) }
+            do { exit = try result.get() } catch {
+                vcpuStateKnown = false
+                throw .kvm(error)
+            }
             switch exit {
             case .io(let port, true, _, _, _) where port == SystemArea.syscallPort:
                 if stopsAtFirstStandardInputRead, isStandardInputRead() { return .atFirstStandardInputRead }
@@ -233,10 +249,12 @@ public final class ProcessVM: @unchecked Sendable {
                 vcpu.requestImmediateExit(false)
                 if let signal = interrupts.pendingKill { return .ended(.signaled(signal)) }
             case .shutdown:
+                vcpuStateKnown = false
                 let rip = vcpu.syncRegisters.pointee.regs.rip
                 fault = GuestFault(signal: 11, vector: 8, instructionPointer: rip, address: 0, errorCode: 0)
                 return .ended(terminate(with: 11))
             default:
+                vcpuStateKnown = false
                 let rip = vcpu.syncRegisters.pointee.regs.rip
                 fault = GuestFault(signal: 9, vector: 255, instructionPointer: rip, address: 0, errorCode: 0)
                 FileHandle.standardError.write(Data("vmfork: unexpected VM exit \(exit) at rip \(String(rip, radix: 16))\n".utf8))
@@ -314,15 +332,6 @@ public final class ProcessVM: @unchecked Sendable {
         case .handler(let handler):
             return enterHandler(of: signal, handler: handler, interrupted: interrupted) ? nil : .signaled(11)
         }
-    }
-
-    /// Makes KVM drop its shadow translations after mappings were removed or narrowed: a
-    /// different CR3 value (the page-level write-through bit toggled; the tables are the same)
-    /// resets the vCPU's MMU context on the next entry.
-    private func flushTranslations() {
-        vcpu.syncRegisters.pointee.sregs.cr3 ^= 1 << 3
-        vcpu.markDirty(sregs: true)
-        space.translationsChanged = false
     }
 
     func recordMissing(_ number: Int) {

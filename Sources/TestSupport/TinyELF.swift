@@ -78,8 +78,38 @@ public enum TinyELF {
             + exit(0)
     }
 
+    /// The fixed address `mapOrProbe` maps.
+    public static let probeAddress: UInt64 = 0x7000_0000
+
+    /// With an argument: maps a page at `probeAddress`, writes 42 there and at the start of
+    /// the data segment, exits 0. Without one: exits with the data segment's first word if
+    /// it is not zero, else reads `probeAddress` (a SIGSEGV unless something mapped it) and
+    /// exits with what it read. Shows whether one run's memory or mappings leak into another's.
+    public static let mapOrProbe: [UInt8] = {
+        let data = UInt32(dataAddress).littleEndianBytes
+        let probe = UInt32(probeAddress).littleEndianBytes
+        let writer = load(.rax, 9) + load(.rdi, probeAddress) + load(.rsi, 4096) + load(.rdx, 3) + load(.r10, 0x32)
+            + load(.r8, UInt64.max) + load(.r9, 0) + syscallInstruction
+            + [0xC7, 0x04, 0x25] + probe + [42, 0, 0, 0] // mov dword [probe], 42
+            + [0xC7, 0x04, 0x25] + data + [42, 0, 0, 0] // mov dword [data], 42
+            + exit(0)
+        let exitWithRDI = load(.rax, 231) + syscallInstruction
+        let reader = [0x8B, 0x3C, 0x25] + data // mov edi, [data]
+            + [0x85, 0xFF, 0x74, UInt8(exitWithRDI.count)] // test edi, edi; jz probe
+            + exitWithRDI
+            + [0x8B, 0x3C, 0x25] + probe // mov edi, [probe]
+            + exitWithRDI
+        return [0x48, 0x8B, 0x04, 0x24, 0x48, 0x83, 0xF8, 0x01] // mov rax, [rsp] (argc); cmp rax, 1
+            + [0x0F, 0x84] + UInt32(writer.count).littleEndianBytes // je reader
+            + writer + reader
+    }()
+
     /// Code for `exit_group(status)`.
     public static func exit(_ status: UInt64) -> [UInt8] {
         load(.rax, 231) + load(.rdi, status) + syscallInstruction
     }
+}
+
+extension FixedWidthInteger {
+    fileprivate var littleEndianBytes: [UInt8] { withUnsafeBytes(of: littleEndian) { Array($0) } }
 }

@@ -100,6 +100,31 @@ final class ForkTests {
         #expect(seen.count == 1000)
     }
 
+    @Test func reusedVMsKeepNothingOfTheirLastChild() throws {
+        // /prog with an argument maps a page at a fixed address and writes there and into its
+        // data segment; without one it checks both are as the parent left them (exiting 42 if
+        // the data write survived, or by SIGSEGV when the mapping is gone, as it must be).
+        let tiny = try HostFacts.makeTemporaryFolder("reuse")
+        defer { try? FileManager.default.removeItem(at: tiny) }
+        try Data(TinyELF.build(code: TinyELF.mapOrProbe)).write(to: tiny.appendingPathComponent("prog"))
+        let parent = try WarmParent(system: system, image: ImageSpec(name: "reuse", rootfs: tiny.path, executable: "/prog"), poolSize: 2)
+        let streams = try CapturedStreams()
+        for _ in 0..<10 {
+            parent.waitUntilPoolIsFull()
+            let writer = try parent.fork(arguments: ["map"], streams: streams.standard)
+            #expect(try writer.run() == .exited(0))
+            writer.remove()
+            parent.waitUntilPoolIsFull()
+            let reader = try parent.fork(arguments: [], streams: streams.standard)
+            let status = try reader.run()
+            #expect(status == .signaled(11), "\(status) reuses \(parent.poolReuses)")
+            #expect(reader.processVM?.fault?.address == TinyELF.probeAddress)
+            reader.remove()
+        }
+        // Every fork after the first took the VM its predecessor left.
+        #expect(parent.poolReuses >= 19, "\(parent.poolReuses) reuses")
+    }
+
     @Test func stopRunsTheProgramsTermHandler() throws {
         let parent = try busyboxParent()
         let streams = try CapturedStreams()

@@ -29,6 +29,26 @@ struct GuestFaultTests {
         #expect(try GuestRunner.run(["/prog"], rootfs: root).status == 139)
     }
 
+    @Test func accessAfterMunmapOrMprotectIsSIGSEGV() throws {
+        // mmap a page at a fixed address and write to it (so KVM caches a translation), then
+        // take it away — munmap, or mprotect(PROT_READ) — and write again: it must fault
+        // there, although the engine changed the page tables behind the shadow MMU's back.
+        let address = TinyELF.probeAddress
+        let mapAndWrite = TinyELF.load(.rax, 9) + TinyELF.load(.rdi, address) + TinyELF.load(.rsi, 4096) + TinyELF.load(.rdx, 3)
+            + TinyELF.load(.r10, 0x32) + TinyELF.load(.r8, UInt64.max) + TinyELF.load(.r9, 0) + TinyELF.syscallInstruction
+            + [0x48, 0xBB] + withUnsafeBytes(of: address.littleEndian) { Array($0) } // mov rbx, address
+            + [0xC6, 0x03, 0x01] // mov byte [rbx], 1
+        let munmap = TinyELF.load(.rax, 11) + TinyELF.load(.rdi, address) + TinyELF.load(.rsi, 4096) + TinyELF.syscallInstruction
+        let readOnly = TinyELF.load(.rax, 10) + TinyELF.load(.rdi, address) + TinyELF.load(.rsi, 4096) + TinyELF.load(.rdx, 1)
+            + TinyELF.syscallInstruction
+        let writeAgain: [UInt8] = [0xC6, 0x03, 0x02] + TinyELF.exit(0)
+        for takeAway in [munmap, readOnly] {
+            let result = try GuestRunner.run(["/prog"], rootfs: try GuestRunner.rootfs(withProgram: mapAndWrite + takeAway + writeAgain))
+            #expect(result.status == 139)
+            #expect(result.vm.fault?.address == address)
+        }
+    }
+
     @Test func illegalInstructionIsSIGILL() throws {
         let root = try GuestRunner.rootfs(withProgram: [0x0F, 0x0B])
         let result = try GuestRunner.run(["/prog"], rootfs: root)

@@ -21,6 +21,8 @@ public final class ForkPoint: @unchecked Sendable {
     public let kind: Kind
     public let configuration: ProcessVMConfiguration
     public let memory: GuestMemory
+    /// The parent memfd's holes, found once: children map them anonymous.
+    let memoryHoles: [Range<Int>]
     let space: AddressSpace
     let files: GuestFiles
     let registers: kvm_regs
@@ -44,6 +46,7 @@ public final class ForkPoint: @unchecked Sendable {
         self.kind = kind
         configuration = parent.configuration
         memory = parent.memory
+        do throws(SystemError) { memoryHoles = try parent.memory.holes() } catch { throw .system(error) }
         space = parent.space
         files = parent.files
         do {
@@ -135,6 +138,7 @@ extension ProcessVM {
                   exceptionStackFrame: forkPoint.exceptionStackFrame, entry: forkPoint.entry)
         signals = forkPoint.signals
         umask = forkPoint.umask
+        forkedFrom = forkPoint
         // The registers go in through the synced area, loaded by KVM on the first entry.
         let sync = vcpu.syncRegisters
         sync.pointee.regs = forkPoint.registers
@@ -146,22 +150,37 @@ extension ProcessVM {
     }
 }
 
-/// A VM created ahead of a fork, off the critical path: memory slot first, then the vCPU,
-/// CPUID and every register of the fork point set, so that a fork only writes the child's
-/// stack and general registers before it runs.
+/// A VM made ready for a fork off the critical path — created afresh (memory slot first,
+/// then the vCPU, CPUID and every register of the fork point set), or reused from a finished
+/// child — so that a fork only writes the child's stack and general registers before it runs.
 public final class PreparedVM: @unchecked Sendable {
     public let forkPoint: ForkPoint
     let vm: VirtualMachine
     let vcpu: VCPU
     public let memory: GuestMemory
+    /// Pages a reused VM's memory had rewritten to the parent's content (0 for a new VM).
+    public let restoredPages: Int
+
+    /// The most pages a finished child may own for its VM to be reused: restoring more costs
+    /// more than a new VM, and a pooled VM would hold them all.
+    public static let reusablePrivatePages = 1024
+
+    private init(forkPoint: ForkPoint, vm: VirtualMachine, vcpu: VCPU, memory: GuestMemory, restoredPages: Int) {
+        self.forkPoint = forkPoint
+        self.vm = vm
+        self.vcpu = vcpu
+        self.memory = memory
+        self.restoredPages = restoredPages
+    }
 
     /// With `readAhead` (a pool filling in the background) the VM is entered once to read
     /// the parent's pages ahead; a fork that found its pool empty skips that and lets its
     /// child pay as it goes.
     public init(system: KVMSystem, forkPoint: ForkPoint, readAhead: Bool) throws(GuestError) {
         self.forkPoint = forkPoint
+        restoredPages = 0
         do throws(SystemError) {
-            memory = try GuestMemory(copyOnWriteOf: forkPoint.memory)
+            memory = try GuestMemory(copyOnWriteOf: forkPoint.memory, holes: forkPoint.memoryHoles)
         } catch {
             throw .system(error)
         }
@@ -199,5 +218,37 @@ public final class PreparedVM: @unchecked Sendable {
         } catch {
             throw .kvm(error)
         }
+    }
+}
+
+extension PreparedVM {
+    /// The VM of a finished fork child, made ready for its next sibling: the child's memory is
+    /// restored to the parent's content in place, and every register of the fork point set
+    /// again. Nothing is unmapped, so the shadow translations the child's VM built (its reads
+    /// and its copies on write) serve the next child, which runs without most of the faults a
+    /// new VM takes. Nil when the child did not end cleanly (a triple fault or an unexpected
+    /// exit leaves the vCPU in an unknown state) or owns more than `reusablePrivatePages`.
+    public convenience init?(reusing child: ProcessVM) throws(GuestError) {
+        guard let forkPoint = child.forkedFrom, child.vcpuStateKnown else { return nil }
+        let restored: Int
+        do throws(SystemError) {
+            guard let count = try child.memory.restoreOrigin(maximumPrivatePages: Self.reusablePrivatePages) else { return nil }
+            restored = count
+        } catch {
+            throw .system(error)
+        }
+        let vcpu = child.vcpu
+        do throws(KVMError) {
+            vcpu.discardSyncedChanges()
+            vcpu.requestImmediateExit(false)
+            try vcpu.setSpecialRegisters(forkPoint.specialRegisters)
+            try vcpu.setMSRs(forkPoint.modelSpecificRegisters)
+            try vcpu.setXCRs(forkPoint.xcrs)
+            try vcpu.setXSave(forkPoint.xsave)
+            try vcpu.setRegisters(forkPoint.registers)
+        } catch {
+            throw .kvm(error)
+        }
+        self.init(forkPoint: forkPoint, vm: child.vm, vcpu: vcpu, memory: child.memory, restoredPages: restored)
     }
 }

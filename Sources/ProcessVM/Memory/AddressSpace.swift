@@ -14,9 +14,10 @@ final class AddressSpace {
     private(set) var regions: [(start: UInt64, end: UInt64)] = []
     var heapStart: UInt64 = 0
     var heapEnd: UInt64 = 0
-    /// Set when a mapping was removed or narrowed: the vCPU must drop cached translations
-    /// before it runs the guest again.
-    var translationsChanged = false
+    /// Frames whose mappings were removed, moved or changed since the guest last ran: KVM's
+    /// shadow translations of them must go before it runs again (see
+    /// `GuestMemory.invalidateTranslations`).
+    var retiredFrames: [UInt64] = []
 
     init(memory: GuestMemory) throws(GuestError) {
         self.memory = memory
@@ -65,7 +66,7 @@ final class AddressSpace {
         while page < start + length {
             if let frame = tables.unmap(page) {
                 memory.freeFrame(frame)
-                translationsChanged = true
+                retiredFrames.append(frame)
             }
             page += Self.pageSize
         }
@@ -81,10 +82,9 @@ final class AddressSpace {
         }
         page = start
         while page < start + length {
-            _ = tables.protect(page, permissions)
+            if let frame = tables.protect(page, permissions) { retiredFrames.append(frame) }
             page += Self.pageSize
         }
-        translationsChanged = true
         return true
     }
 
@@ -96,12 +96,12 @@ final class AddressSpace {
             if let (frame, permissions) = tables.translate(start + offset) {
                 _ = tables.unmap(start + offset)
                 try tables.map(destination + offset, to: frame, permissions)
+                retiredFrames.append(frame)
             }
             offset += Self.pageSize
         }
         removeRegion(start, start + length)
         insertRegion(destination, destination + length)
-        translationsChanged = true
     }
 
     /// The permissions of the page at `virtual`, or nil when it is unmapped or PROT_NONE.

@@ -20,6 +20,11 @@ public final class GuestMemory: @unchecked Sendable {
     private(set) var bumpFrame: UInt64
     /// Frames given back by munmap, re-zeroed before reuse.
     private var freeFrames: [UInt64] = []
+    /// Of a fork child: frames taken from `freeFrames` since the fork (with those above the
+    /// parent's `bumpFrame`, the frames it was handed).
+    private var reusedFreeFrames: [UInt64] = []
+    /// For a fork child: the parent whose memory this maps copy-on-write, and the parent's holes.
+    private let origin: (memory: GuestMemory, holes: [Range<Int>])?
 
     /// Creates fresh zeroed memory of `size` bytes (a multiple of the page size).
     public init(size: Int) throws(SystemError) {
@@ -28,6 +33,7 @@ public final class GuestMemory: @unchecked Sendable {
         memfd = try makeMemfd(name: "vmfork-guest", size: size)
         mapping = try MappedMemory(length: size, flags: MAP_SHARED, fd: memfd.rawValue)
         bumpFrame = UInt64(Self.pageSize) // frame 0 stays unused so that physical 0 is never valid
+        origin = nil
     }
 
     /// Maps a parent's memory copy-on-write: reads see the parent's bytes, writes are private
@@ -36,15 +42,17 @@ public final class GuestMemory: @unchecked Sendable {
     /// Only the parent's data is mapped from its memfd: every hole (pages the parent never
     /// wrote, which read as zero) is mapped anonymous instead. A child touching such a page
     /// then gets a fresh zero page, without allocating one in the parent's memfd (which would
-    /// grow the parent with every child's reads) and without a copy on write.
-    public init(copyOnWriteOf parent: GuestMemory) throws(SystemError) {
+    /// grow the parent with every child's reads) and without a copy on write. `holes` are the
+    /// parent's, from `holes()`: a frozen parent's never change, so they are found once.
+    public init(copyOnWriteOf parent: GuestMemory, holes: [Range<Int>]) throws(SystemError) {
         size = parent.size
         let fd = try retryingSyscall("fcntl(parent memfd, F_DUPFD_CLOEXEC)") { fcntl(parent.memfd.rawValue, F_DUPFD_CLOEXEC, 0) }
         memfd = FileDescriptor(adopting: fd)
         mapping = try MappedMemory(length: size, flags: MAP_PRIVATE, fd: fd)
         bumpFrame = parent.bumpFrame
         freeFrames = parent.freeFrames
-        for hole in try Self.holes(of: fd, size: size) {
+        origin = (parent, holes)
+        for hole in holes {
             let target = mapping.base.advanced(by: hole.lowerBound)
             guard mmap(target, hole.count, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == target else {
                 throw SystemError(call: "mmap(anonymous hole of \(hole.count) bytes)", errno: errno)
@@ -52,8 +60,10 @@ public final class GuestMemory: @unchecked Sendable {
         }
     }
 
-    /// The byte ranges of `fd` that hold no data (SEEK_HOLE/SEEK_DATA), page-aligned.
-    private static func holes(of fd: Int32, size: Int) throws(SystemError) -> [Range<Int>] {
+    /// The byte ranges of this memory's memfd that hold no data (SEEK_HOLE/SEEK_DATA),
+    /// page-aligned and in order.
+    public func holes() throws(SystemError) -> [Range<Int>] {
+        let fd = memfd.rawValue
         var holes: [Range<Int>] = []
         var offset = 0
         while offset < size {
@@ -65,12 +75,82 @@ public final class GuestMemory: @unchecked Sendable {
                 guard errno == ENXIO else { throw SystemError(call: "lseek(SEEK_DATA)", errno: errno) }
                 dataStart = off_t(size)
             }
-            let start = (Int(holeStart) + pageSize - 1) & ~(pageSize - 1)
-            let end = min(size, Int(dataStart)) & ~(pageSize - 1)
+            let start = (Int(holeStart) + Self.pageSize - 1) & ~(Self.pageSize - 1)
+            let end = min(size, Int(dataStart)) & ~(Self.pageSize - 1)
             if start < end { holes.append(start..<end) }
             offset = Int(dataStart)
         }
         return holes
+    }
+
+    /// Returns a fork child's memory to its parent's content so that its VM can serve another
+    /// child: each page the child owns (the kernel's pagemap says which) is compared with the
+    /// parent's page, or with zeros in the parent's holes, and rewritten where it differs; the
+    /// frame allocator goes back to the parent's. Rewritten pages stay this mapping's private
+    /// pages, so the VM's shadow translations of them stay valid and the next child writes
+    /// them without a fault. Returns the number of pages rewritten, or nil when the child
+    /// owns more than `maximumPrivatePages` pages (more memory than a pooled VM should hold).
+    func restoreOrigin(maximumPrivatePages: Int) throws(SystemError) -> Int? {
+        guard let (parent, holes) = origin else { preconditionFailure("only a fork child's memory has an origin") }
+        var owned: [Int] = []
+        try PageMap.forEachPrivatePage(address: hostAddress, pages: Int(bumpFrame) / Self.pageSize) { owned.append($0) }
+        guard owned.count <= maximumPrivatePages else { return nil }
+        var rewritten = 0
+        var holeIndex = 0
+        for page in owned {
+            let offset = page * Self.pageSize
+            while holeIndex < holes.count && holes[holeIndex].upperBound <= offset { holeIndex += 1 }
+            let target = mapping.base.advanced(by: offset)
+            if holeIndex < holes.count && holes[holeIndex].contains(offset) {
+                let words = UnsafeBufferPointer(start: target.assumingMemoryBound(to: UInt64.self), count: Self.pageSize / 8)
+                if words.contains(where: { $0 != 0 }) {
+                    target.initializeMemory(as: UInt8.self, repeating: 0, count: Self.pageSize)
+                    rewritten += 1
+                }
+            } else {
+                let source = parent.mapping.base.advanced(by: offset)
+                if memcmp(target, source, Self.pageSize) != 0 {
+                    target.copyMemory(from: source, byteCount: Self.pageSize)
+                    rewritten += 1
+                }
+            }
+        }
+        // Whatever the child mapped is unmapped by the restore of its page tables; KVM's
+        // shadow translations of those mappings must go too.
+        try invalidateTranslations(ofFrames: Array(stride(from: parent.bumpFrame, to: bumpFrame, by: Self.pageSize)) + reusedFreeFrames)
+        bumpFrame = parent.bumpFrame
+        freeFrames = parent.freeFrames
+        reusedFreeFrames.removeAll()
+        return rewritten
+    }
+
+    /// Makes KVM drop every shadow translation to `frames`, whose guest mappings the engine
+    /// removed or changed. The engine writes the guest's page tables from the host, behind
+    /// the shadow MMU's back, and neither a CR3 reload nor a TLB flush makes PVM drop what it
+    /// cached (measured); but a change of the host mapping of a frame does, through KVM's MMU
+    /// notifier. So each run of frames is made read-only and writable again: contents and
+    /// host pages stay, and the guest's next touch of them walks its page tables afresh.
+    func invalidateTranslations(ofFrames frames: [UInt64]) throws(SystemError) {
+        var index = 0
+        let sorted = frames.sorted()
+        while index < sorted.count {
+            let start = sorted[index]
+            var end = start + UInt64(Self.pageSize)
+            index += 1
+            while index < sorted.count && sorted[index] <= end {
+                end = max(end, sorted[index] + UInt64(Self.pageSize))
+                index += 1
+            }
+            guard end <= UInt64(size) else { preconditionFailure("frame \(start) is outside guest memory") }
+            let address = mapping.base.advanced(by: Int(start))
+            let length = Int(end - start)
+            guard mprotect(address, length, PROT_READ) == 0 else {
+                throw SystemError(call: "mprotect(guest frames \(start)+\(length), PROT_READ)", errno: errno)
+            }
+            guard mprotect(address, length, PROT_READ | PROT_WRITE) == 0 else {
+                throw SystemError(call: "mprotect(guest frames \(start)+\(length), PROT_READ|PROT_WRITE)", errno: errno)
+            }
+        }
     }
 
     /// Where this memory is mapped in the engine, to find it in /proc/self/smaps.
@@ -97,6 +177,7 @@ public final class GuestMemory: @unchecked Sendable {
     /// Takes one zeroed frame, or nil when the VM is at its memory limit.
     func allocateFrame() -> UInt64? {
         if let frame = freeFrames.popLast() {
+            if origin != nil { reusedFreeFrames.append(frame) }
             mapping.base.advanced(by: Int(frame)).initializeMemory(as: UInt8.self, repeating: 0, count: Self.pageSize)
             return frame
         }

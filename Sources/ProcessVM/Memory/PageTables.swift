@@ -92,11 +92,13 @@ final class PageTables {
         return frame
     }
 
-    /// Changes the permissions of a mapped page; false when nothing is mapped there.
-    func protect(_ virtual: UInt64, _ permissions: PagePermissions) -> Bool {
-        guard let slot = try? leaf(virtual, create: false), slot.pointee & Self.addressMask != 0 else { return false }
-        slot.pointee = (slot.pointee & Self.addressMask) | Self.bits(permissions)
-        return true
+    /// Changes the permissions of a mapped page; returns its frame, or nil when nothing is
+    /// mapped there.
+    func protect(_ virtual: UInt64, _ permissions: PagePermissions) -> UInt64? {
+        guard let slot = try? leaf(virtual, create: false), slot.pointee & Self.addressMask != 0 else { return nil }
+        let frame = slot.pointee & Self.addressMask
+        slot.pointee = frame | Self.bits(permissions)
+        return frame
     }
 
     /// The frame and permissions behind `virtual`, as the guest's MMU would see them.
