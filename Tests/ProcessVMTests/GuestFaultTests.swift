@@ -29,10 +29,12 @@ struct GuestFaultTests {
         #expect(try GuestRunner.run(["/prog"], rootfs: root).status == 139)
     }
 
-    @Test func accessAfterMunmapOrMprotectIsSIGSEGV() throws {
+    @Test(arguments: [false, true])
+    func accessAfterMunmapOrMprotectIsSIGSEGV(polled: Bool) throws {
         // mmap a page at a fixed address and write to it (so KVM caches a translation), then
         // take it away — munmap, or mprotect(PROT_READ) — and write again: it must fault
-        // there, although the engine changed the page tables behind the shadow MMU's back.
+        // there, although the engine changed the page tables behind the shadow MMU's back
+        // (on the exit path, or from the poller while the guest spins in its stub).
         let address = TinyELF.probeAddress
         let mapAndWrite = TinyELF.load(.rax, 9) + TinyELF.load(.rdi, address) + TinyELF.load(.rsi, 4096) + TinyELF.load(.rdx, 3)
             + TinyELF.load(.r10, 0x32) + TinyELF.load(.r8, UInt64.max) + TinyELF.load(.r9, 0) + TinyELF.syscallInstruction
@@ -43,7 +45,8 @@ struct GuestFaultTests {
             + TinyELF.syscallInstruction
         let writeAgain: [UInt8] = [0xC6, 0x03, 0x02] + TinyELF.exit(0)
         for takeAway in [munmap, readOnly] {
-            let result = try GuestRunner.run(["/prog"], rootfs: try GuestRunner.rootfs(withProgram: mapAndWrite + takeAway + writeAgain))
+            let result = try GuestRunner.run(["/prog"], rootfs: try GuestRunner.rootfs(withProgram: mapAndWrite + takeAway + writeAgain),
+                                             pollsSystemCalls: polled)
             #expect(result.status == 139)
             #expect(result.vm.fault?.address == address)
         }

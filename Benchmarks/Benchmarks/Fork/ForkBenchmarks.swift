@@ -29,6 +29,15 @@ let benchmarks: @Sendable () -> Void = {
         child.remove()
     }
 
+    Benchmark("Fork → busybox echo hi finished, output captured (pool ready, polled system calls)", configuration: oneAtATime) { benchmark in
+        fixture.polledEchoParent.waitUntilPoolIsFull()
+        benchmark.startMeasurement()
+        let child = try fixture.polledEchoParent.fork(arguments: ["echo", "hi"], streams: fixture.capture.standard)
+        blackHole(try child.run())
+        benchmark.stopMeasurement()
+        child.remove()
+    }
+
     Benchmark("Fork → child's command running, program exits at once (pool ready)", configuration: oneAtATime) { benchmark in
         fixture.exitParent.waitUntilPoolIsFull()
         benchmark.startMeasurement()
@@ -42,6 +51,14 @@ let benchmarks: @Sendable () -> Void = {
     Benchmark("Forks sustained: fork, busybox echo hi, remove", configuration: configuration) { benchmark in
         for _ in benchmark.scaledIterations {
             let child = try fixture.echoParent.fork(arguments: ["echo", "hi"], streams: fixture.capture.standard)
+            blackHole(try child.run())
+            child.remove()
+        }
+    }
+
+    Benchmark("Forks sustained: fork, busybox echo hi, remove (polled system calls)", configuration: configuration) { benchmark in
+        for _ in benchmark.scaledIterations {
+            let child = try fixture.polledEchoParent.fork(arguments: ["echo", "hi"], streams: fixture.capture.standard)
             blackHole(try child.run())
             child.remove()
         }
@@ -80,6 +97,7 @@ final class ForkFixture: @unchecked Sendable {
     let system = try! KVMSystem()
     let rootfs: String
     let echoParent: WarmParent
+    let polledEchoParent: WarmParent
     let exitParent: WarmParent
     let capture = try! CapturedStreams()
 
@@ -90,8 +108,11 @@ final class ForkFixture: @unchecked Sendable {
         chmod(exitPath, 0o755)
         rootfs = root.path
         echoParent = try! WarmParent(system: system, image: ImageSpec(name: "busybox", rootfs: rootfs, executable: "/bin/busybox"), poolSize: 16)
+        polledEchoParent = try! WarmParent(system: system, image: ImageSpec(name: "busybox-polled", rootfs: rootfs, executable: "/bin/busybox",
+                                                                         pollsSystemCalls: true), poolSize: 16)
         exitParent = try! WarmParent(system: system, image: ImageSpec(name: "exit0", rootfs: rootfs, executable: "/exit0"), poolSize: 16)
         echoParent.waitUntilPoolIsFull()
+        polledEchoParent.waitUntilPoolIsFull()
         exitParent.waitUntilPoolIsFull()
     }
 

@@ -232,7 +232,8 @@ extension PreparedVM {
         guard let forkPoint = child.forkedFrom, child.vcpuStateKnown else { return nil }
         let restored: Int
         do throws(SystemError) {
-            guard let count = try child.memory.restoreOrigin(maximumPrivatePages: Self.reusablePrivatePages) else { return nil }
+            guard let count = try child.memory.restoreOrigin(maximumPrivatePages: Self.reusablePrivatePages,
+                                                            retiredFrames: child.space.retiredFrames) else { return nil }
             restored = count
         } catch {
             throw .system(error)

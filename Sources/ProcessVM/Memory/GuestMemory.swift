@@ -90,7 +90,9 @@ public final class GuestMemory: @unchecked Sendable {
     /// pages, so the VM's shadow translations of them stay valid and the next child writes
     /// them without a fault. Returns the number of pages rewritten, or nil when the child
     /// owns more than `maximumPrivatePages` pages (more memory than a pooled VM should hold).
-    func restoreOrigin(maximumPrivatePages: Int) throws(SystemError) -> Int? {
+    /// `retiredFrames` are frames whose mappings the child changed and whose translations
+    /// were not dropped yet (it ended first).
+    func restoreOrigin(maximumPrivatePages: Int, retiredFrames: [UInt64]) throws(SystemError) -> Int? {
         guard let (parent, holes) = origin else { preconditionFailure("only a fork child's memory has an origin") }
         var owned: [Int] = []
         try PageMap.forEachPrivatePage(address: hostAddress, pages: Int(bumpFrame) / Self.pageSize) { owned.append($0) }
@@ -117,7 +119,7 @@ public final class GuestMemory: @unchecked Sendable {
         }
         // Whatever the child mapped is unmapped by the restore of its page tables; KVM's
         // shadow translations of those mappings must go too.
-        try invalidateTranslations(ofFrames: Array(stride(from: parent.bumpFrame, to: bumpFrame, by: Self.pageSize)) + reusedFreeFrames)
+        try invalidateTranslations(ofFrames: Array(stride(from: parent.bumpFrame, to: bumpFrame, by: Self.pageSize)) + reusedFreeFrames + retiredFrames)
         bumpFrame = parent.bumpFrame
         freeFrames = parent.freeFrames
         reusedFreeFrames.removeAll()

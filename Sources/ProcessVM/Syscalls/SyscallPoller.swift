@@ -1,5 +1,6 @@
 import CShims
 import Foundation
+import HostSystem
 
 /// One engine thread that serves the posted system calls of every VM registered with it,
 /// without a VM exit: the guest's stub spins on its mailbox page while the poller runs the
@@ -52,12 +53,16 @@ final class SyscallPoller: @unchecked Sendable {
 
 extension ProcessVM {
     /// System calls the poller may serve: none blocks (file I/O only on regular files, see
-    /// `servePostedSystemCall`), none needs the vCPU's registers or ends the program.
+    /// `servePostedSystemCall`), none needs the vCPU's registers or ends the program. The
+    /// memory calls change page tables while the guest spins in its stub, which is safe: a
+    /// new mapping needs nothing from KVM, and the poller drops KVM's translations of removed
+    /// or changed ones before it answers.
     static let pollableSystemCalls: Set<Int> = [
         0, 1, 2, 3, 4, 5, 6, 8, 16, 17, 18, 19, 20, 21, 32, 33, 72, 79, 80, 81, 89, 217, 257, 262, 267, 269, 292, 332, 439,
         24, 39, 63, 95, 97, 98, 99, 102, 104, 107, 108, 109, 110, 111, 112, 115, 121, 157, 186, 204, 218, 273, 302, 318, 334,
         96, 201, 228, 229,
         13, 14, 131,
+        9, 10, 11, 12, 25, 28,
     ]
     /// Of those, the calls that transfer data through a descriptor and could block on a pipe
     /// or terminal.
@@ -92,6 +97,16 @@ extension ProcessVM {
         }
         guard case .value(let result) = dispatch(call) else {
             preconditionFailure("a pollable system call ended the program or replaced its registers")
+        }
+        if !space.retiredFrames.isEmpty {
+            do throws(SystemError) {
+                try memory.invalidateTranslations(ofFrames: space.retiredFrames)
+                space.retiredFrames.removeAll(keepingCapacity: true)
+            } catch {
+                // The guest could still reach what it unmapped: it must not run on.
+                FileHandle.standardError.write(Data("vmfork: \(error); the program is killed\n".utf8))
+                kill()
+            }
         }
         mailbox.storeBytes(of: UInt64(bitPattern: result), toByteOffset: Int(SyscallStub.Offset.result), as: UInt64.self)
         cshims_atomic_store_u32(state, SyscallStub.State.done.rawValue)
