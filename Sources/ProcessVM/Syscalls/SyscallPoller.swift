@@ -6,17 +6,23 @@ import HostSystem
 /// without a VM exit: the guest's stub spins on its mailbox page while the poller runs the
 /// call. Only calls that neither block nor touch the vCPU's registers are served here; the
 /// rest are handed back to the stub, which then exits as usual. The poller spins while any
-/// registered VM runs, and sleeps when none does.
+/// registered VM runs and sleeps when none does.
 final class SyscallPoller: @unchecked Sendable {
     static let shared = SyscallPoller()
 
+    /// How long it spins with nothing posted before it yields its core at each turn.
+    private static let yieldAfter: Duration = .microseconds(200)
+
     private let condition = NSCondition()
     private var machines: [ObjectIdentifier: ProcessVM] = [:]
+    /// Bumped by each register and unregister, so the loop copies the set only when it changed.
+    private var generation = 0
     private var started = false
 
     func register(_ vm: ProcessVM) {
         condition.withLock {
             machines[ObjectIdentifier(vm)] = vm
+            generation += 1
             if !started {
                 started = true
                 let thread = Thread { [self] in loop() }
@@ -28,21 +34,32 @@ final class SyscallPoller: @unchecked Sendable {
     }
 
     func unregister(_ vm: ProcessVM) {
-        condition.withLock { _ = machines.removeValue(forKey: ObjectIdentifier(vm)) }
+        condition.withLock {
+            _ = machines.removeValue(forKey: ObjectIdentifier(vm))
+            generation += 1
+        }
     }
 
     private func loop() {
-        var idleSince = ContinuousClock.now
+        var current: [ProcessVM] = []
+        var seenGeneration = -1
+        var lastServed = ContinuousClock.now
         while true {
-            let current: [ProcessVM] = condition.withLock {
-                while machines.isEmpty { condition.wait() }
-                return Array(machines.values)
+            condition.withLock {
+                if machines.isEmpty {
+                    current = []
+                    while machines.isEmpty { condition.wait() }
+                }
+                if generation != seenGeneration {
+                    current = Array(machines.values)
+                    seenGeneration = generation
+                }
             }
             var served = false
             for vm in current where vm.servePostedSystemCall() { served = true }
             if served {
-                idleSince = ContinuousClock.now
-            } else if ContinuousClock.now - idleSince > .microseconds(200) {
+                lastServed = ContinuousClock.now
+            } else if ContinuousClock.now - lastServed > Self.yieldAfter {
                 // Nothing posted for a while: let other threads (pool refill, teardown)
                 // have the core, but come back at once if none wants it.
                 sched_yield()
