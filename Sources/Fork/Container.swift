@@ -14,6 +14,8 @@ public final class Container: @unchecked Sendable {
     public let name: String
     /// From the fork call until the child was ready to run.
     public let forkLatency: Duration
+    /// Whether the child runs in the VM of an earlier, removed sibling.
+    public let reusesVM: Bool
     private var vm: ProcessVM?
     /// Where the VM goes back when the container is removed.
     private let pool: VMPool?
@@ -21,8 +23,9 @@ public final class Container: @unchecked Sendable {
     private var currentState = State.created
     private static let reaper = DispatchQueue(label: "vmfork.reaper", qos: .utility)
 
-    init(vm: ProcessVM, name: String, forkLatency: Duration, pool: VMPool? = nil) {
+    init(vm: ProcessVM, name: String, forkLatency: Duration, reusesVM: Bool = false, pool: VMPool? = nil) {
         self.vm = vm
+        self.reusesVM = reusesVM
         self.pool = pool
         self.name = name
         self.forkLatency = forkLatency

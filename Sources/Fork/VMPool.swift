@@ -15,9 +15,6 @@ final class VMPool: @unchecked Sendable {
     /// Forks that found the pool empty and made their VM inline.
     var misses: Int { condition.withLock { missCount } }
     private var missCount = 0
-    /// VMs of removed children made ready again.
-    var reuses: Int { condition.withLock { reuseCount } }
-    private var reuseCount = 0
     private static let refillQueue = DispatchQueue(label: "vmfork.pool.refill", qos: .utility)
 
     init(system: KVMSystem, forkPoint: ForkPoint, target: Int) {
@@ -69,7 +66,6 @@ final class VMPool: @unchecked Sendable {
         condition.withLock {
             guard ready.count < target else { return }
             ready.append(vm)
-            reuseCount += 1
             condition.broadcast()
         }
     }

@@ -88,7 +88,8 @@ public final class WarmParent: @unchecked Sendable {
             let child = try ProcessVM(forking: forkPoint, into: prepared, identity: identity,
                                       arguments: arguments.map { [image.executable] + $0 }, environment: environment ?? image.environment,
                                       streams: streams)
-            return Container(vm: child, name: identity.hostname, forkLatency: ContinuousClock.now - started, pool: pool)
+            return Container(vm: child, name: identity.hostname, forkLatency: ContinuousClock.now - started,
+                             reusesVM: prepared.isReused, pool: pool)
         } catch {
             throw .guest(error)
         }
@@ -96,9 +97,6 @@ public final class WarmParent: @unchecked Sendable {
 
     /// Forks that found the pool empty and built their VM on the fork path.
     public var poolMisses: Int { pool.misses }
-
-    /// VMs of removed children that went back to the pool.
-    public var poolReuses: Int { pool.reuses }
 
     /// Waits until the VMs of removed children are back in the pool and the pool holds its
     /// target, for measurements that start from a full pool.

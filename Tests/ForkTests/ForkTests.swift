@@ -109,6 +109,7 @@ final class ForkTests {
         try Data(TinyELF.build(code: TinyELF.mapOrProbe)).write(to: tiny.appendingPathComponent("prog"))
         let parent = try WarmParent(system: system, image: ImageSpec(name: "reuse", rootfs: tiny.path, executable: "/prog"), poolSize: 2)
         let streams = try CapturedStreams()
+        var readersInReusedVMs = 0
         for _ in 0..<10 {
             parent.waitUntilPoolIsFull()
             let writer = try parent.fork(arguments: ["map"], streams: streams.standard)
@@ -116,13 +117,14 @@ final class ForkTests {
             writer.remove()
             parent.waitUntilPoolIsFull()
             let reader = try parent.fork(arguments: [], streams: streams.standard)
+            if reader.reusesVM { readersInReusedVMs += 1 }
             let status = try reader.run()
-            #expect(status == .signaled(11), "\(status) reuses \(parent.poolReuses)")
+            #expect(status == .signaled(11), "\(status), in a reused VM: \(reader.reusesVM)")
             #expect(reader.processVM?.fault?.address == TinyELF.probeAddress)
             reader.remove()
         }
-        // Every fork after the first took the VM its predecessor left.
-        #expect(parent.poolReuses >= 19, "\(parent.poolReuses) reuses")
+        // The pool hands out the VM its last child left (a refill racing with it may add a new one).
+        #expect(readersInReusedVMs >= 8, "\(readersInReusedVMs) of 10 readers ran in reused VMs")
     }
 
     @Test func stopRunsTheProgramsTermHandler() throws {

@@ -158,19 +158,19 @@ public final class PreparedVM: @unchecked Sendable {
     let vm: VirtualMachine
     let vcpu: VCPU
     public let memory: GuestMemory
-    /// Pages a reused VM's memory had rewritten to the parent's content (0 for a new VM).
-    public let restoredPages: Int
+    /// Whether this VM served an earlier child (see `init(reusing:)`).
+    public let isReused: Bool
 
     /// The most pages a finished child may own for its VM to be reused: restoring more costs
     /// more than a new VM, and a pooled VM would hold them all.
     public static let reusablePrivatePages = 1024
 
-    private init(forkPoint: ForkPoint, vm: VirtualMachine, vcpu: VCPU, memory: GuestMemory, restoredPages: Int) {
+    private init(reusing forkPoint: ForkPoint, vm: VirtualMachine, vcpu: VCPU, memory: GuestMemory) {
         self.forkPoint = forkPoint
         self.vm = vm
         self.vcpu = vcpu
         self.memory = memory
-        self.restoredPages = restoredPages
+        isReused = true
     }
 
     /// With `readAhead` (a pool filling in the background) the VM is entered once to read
@@ -178,7 +178,7 @@ public final class PreparedVM: @unchecked Sendable {
     /// child pay as it goes.
     public init(system: KVMSystem, forkPoint: ForkPoint, readAhead: Bool) throws(GuestError) {
         self.forkPoint = forkPoint
-        restoredPages = 0
+        isReused = false
         do throws(SystemError) {
             memory = try GuestMemory(copyOnWriteOf: forkPoint.memory, holes: forkPoint.memoryHoles)
         } catch {
@@ -230,11 +230,9 @@ extension PreparedVM {
     /// exit leaves the vCPU in an unknown state) or owns more than `reusablePrivatePages`.
     public convenience init?(reusing child: ProcessVM) throws(GuestError) {
         guard let forkPoint = child.forkedFrom, child.vcpuStateKnown else { return nil }
-        let restored: Int
         do throws(SystemError) {
-            guard let count = try child.memory.restoreOrigin(maximumPrivatePages: Self.reusablePrivatePages,
-                                                            retiredFrames: child.space.retiredFrames) else { return nil }
-            restored = count
+            guard try child.memory.restoreOrigin(maximumPrivatePages: Self.reusablePrivatePages,
+                                                 retiredFrames: child.space.retiredFrames) else { return nil }
         } catch {
             throw .system(error)
         }
@@ -250,6 +248,6 @@ extension PreparedVM {
         } catch {
             throw .kvm(error)
         }
-        self.init(forkPoint: forkPoint, vm: child.vm, vcpu: vcpu, memory: child.memory, restoredPages: restored)
+        self.init(reusing: forkPoint, vm: child.vm, vcpu: vcpu, memory: child.memory)
     }
 }

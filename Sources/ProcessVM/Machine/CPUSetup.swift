@@ -23,7 +23,7 @@ enum CPUSetup {
         try vcpu.setCPUID(cpuid)
         var sregs = try vcpu.specialRegisters()
         sregs.cr0 = X86.CR0.protectedMode | X86.CR0.monitorCoprocessor | X86.CR0.extensionType | X86.CR0.numericError | X86.CR0.writeProtect | X86.CR0.paging
-        sregs.cr4 = X86.CR4.physicalAddressExtension | X86.CR4.osFXSR | X86.CR4.osXMMExceptions | X86.CR4.osXSAVE
+        sregs.cr4 = X86.CR4.physicalAddressExtension | X86.CR4.osFXSR | X86.CR4.osXMMExceptions | X86.CR4.osXSAVE | X86.CR4.fsGSBase
         sregs.cr3 = pageTableRoot
         sregs.efer = X86.EFER.syscallEnable | X86.EFER.longModeEnable | X86.EFER.longModeActive | X86.EFER.noExecuteEnable
         sregs.cs = segment(selector: X86.Selector.userCode, code: true)

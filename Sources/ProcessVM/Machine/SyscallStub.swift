@@ -1,4 +1,8 @@
-/// The SYSCALL target, assembled once. Two ways through it:
+/// The SYSCALL target, assembled once. `arch_prctl(ARCH_SET_FS, address)` (every glibc
+/// program's first call, setting up its thread pointer) is served by the stub itself with
+/// `wrfsbase`, which CR4.FSGSBASE allows at any privilege, as Linux allows it to programs;
+/// an address at or above the user range's top goes to the engine, which refuses it. Two
+/// ways through it for the rest:
 ///
 /// - Polled (no exit): when a poller serves this VM (mailbox word `pollerActive` set), the
 ///   stub posts the call to the mailbox page and spins; the engine's poller thread serves it
@@ -37,6 +41,20 @@ enum SyscallStub {
         var a = Assembler()
         let mailbox = SystemArea.mailbox
         func at(_ offset: UInt64) -> UInt32 { UInt32(mailbox + offset) }
+        let archPrctl: UInt32 = 158, setFS: UInt32 = 0x1002
+        a.emit([0x3D] + a.le(archPrctl)) // cmp eax, SYS_arch_prctl
+        a.jump(.notEqual, to: "general")
+        a.emit([0x81, 0xFF] + a.le(setFS)) // cmp edi, ARCH_SET_FS
+        a.jump(.notEqual, to: "general")
+        a.emit([0x48, 0xB8] + a.le(AddressSpace.userTop)) // mov rax, userTop
+        a.emit([0x48, 0x39, 0xC6]) // cmp rsi, rax
+        a.jump(.aboveOrEqual, to: "refused")
+        a.emit([0xF3, 0x48, 0x0F, 0xAE, 0xD6]) // wrfsbase rsi
+        a.emit([0x31, 0xC0]) // xor eax, eax
+        a.jump(.always, to: "return")
+        a.label("refused")
+        a.emit([0xB8] + a.le(archPrctl)) // mov eax, SYS_arch_prctl
+        a.label("general")
         // No poller for this VM: exit straight away.
         a.emit([0x83, 0x3C, 0x25] + a.le(at(Offset.pollerActive)) + [0x00]) // cmp dword [pollerActive], 0
         a.jump(.equal, to: "exit")
@@ -90,7 +108,7 @@ enum SyscallStub {
 
     /// Just enough of an x86-64 assembler for the stub: bytes, labels, rel32 jumps.
     private struct Assembler {
-        enum Condition { case always, equal, notEqual }
+        enum Condition { case always, equal, notEqual, aboveOrEqual }
         var bytes: [UInt8] = []
         var labels: [String: Int] = [:]
         var fixups: [(at: Int, label: String)] = []
@@ -104,6 +122,7 @@ enum SyscallStub {
             case .always: bytes += [0xE9]
             case .equal: bytes += [0x0F, 0x84]
             case .notEqual: bytes += [0x0F, 0x85]
+            case .aboveOrEqual: bytes += [0x0F, 0x83]
             }
             fixups.append((bytes.count, label))
             bytes += [0, 0, 0, 0]

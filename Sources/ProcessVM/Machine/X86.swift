@@ -13,6 +13,7 @@ enum X86 {
         static let physicalAddressExtension: UInt64 = 1 << 5
         static let osFXSR: UInt64 = 1 << 9
         static let osXMMExceptions: UInt64 = 1 << 10
+        static let fsGSBase: UInt64 = 1 << 16
         static let osXSAVE: UInt64 = 1 << 18
     }
 

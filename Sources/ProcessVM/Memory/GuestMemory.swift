@@ -88,16 +88,15 @@ public final class GuestMemory: @unchecked Sendable {
     /// parent's page, or with zeros in the parent's holes, and rewritten where it differs; the
     /// frame allocator goes back to the parent's. Rewritten pages stay this mapping's private
     /// pages, so the VM's shadow translations of them stay valid and the next child writes
-    /// them without a fault. Returns the number of pages rewritten, or nil when the child
-    /// owns more than `maximumPrivatePages` pages (more memory than a pooled VM should hold).
+    /// them without a fault. False, with nothing changed, when the child owns more than
+    /// `maximumPrivatePages` pages (more memory than a pooled VM should hold).
     /// `retiredFrames` are frames whose mappings the child changed and whose translations
     /// were not dropped yet (it ended first).
-    func restoreOrigin(maximumPrivatePages: Int, retiredFrames: [UInt64]) throws(SystemError) -> Int? {
+    func restoreOrigin(maximumPrivatePages: Int, retiredFrames: [UInt64]) throws(SystemError) -> Bool {
         guard let (parent, holes) = origin else { preconditionFailure("only a fork child's memory has an origin") }
         var owned: [Int] = []
         try PageMap.forEachPrivatePage(address: hostAddress, pages: Int(bumpFrame) / Self.pageSize) { owned.append($0) }
-        guard owned.count <= maximumPrivatePages else { return nil }
-        var rewritten = 0
+        guard owned.count <= maximumPrivatePages else { return false }
         var holeIndex = 0
         for page in owned {
             let offset = page * Self.pageSize
@@ -105,16 +104,10 @@ public final class GuestMemory: @unchecked Sendable {
             let target = mapping.base.advanced(by: offset)
             if holeIndex < holes.count && holes[holeIndex].contains(offset) {
                 let words = UnsafeBufferPointer(start: target.assumingMemoryBound(to: UInt64.self), count: Self.pageSize / 8)
-                if words.contains(where: { $0 != 0 }) {
-                    target.initializeMemory(as: UInt8.self, repeating: 0, count: Self.pageSize)
-                    rewritten += 1
-                }
+                if words.contains(where: { $0 != 0 }) { target.initializeMemory(as: UInt8.self, repeating: 0, count: Self.pageSize) }
             } else {
                 let source = parent.mapping.base.advanced(by: offset)
-                if memcmp(target, source, Self.pageSize) != 0 {
-                    target.copyMemory(from: source, byteCount: Self.pageSize)
-                    rewritten += 1
-                }
+                if memcmp(target, source, Self.pageSize) != 0 { target.copyMemory(from: source, byteCount: Self.pageSize) }
             }
         }
         // Whatever the child mapped is unmapped by the restore of its page tables; KVM's
@@ -123,7 +116,7 @@ public final class GuestMemory: @unchecked Sendable {
         bumpFrame = parent.bumpFrame
         freeFrames = parent.freeFrames
         reusedFreeFrames.removeAll()
-        return rewritten
+        return true
     }
 
     /// Makes KVM drop every shadow translation to `frames`, whose guest mappings the engine
