@@ -162,9 +162,16 @@ public final class ProcessVM: @unchecked Sendable {
         return try stack.write(into: space, top: entry.stackTop, program: entry.program, identity: identity)
     }
 
+    /// AT_RANDOM's bytes, drawn in one call (a generator draws a word per byte).
     static func freshRandomBytes(_ count: Int) -> [UInt8] {
         var generator = SystemRandomNumberGenerator()
-        return (0..<count).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        var bytes = [UInt8](repeating: 0, count: count)
+        for offset in stride(from: 0, to: count, by: 8) {
+            withUnsafeBytes(of: generator.next()) { word in
+                for index in 0..<min(8, count - offset) { bytes[offset + index] = word[index] }
+            }
+        }
+        return bytes
     }
 
     /// Makes a running `run()` return promptly with `.signaled(signal)` (SIGKILL semantics).

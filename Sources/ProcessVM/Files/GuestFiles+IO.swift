@@ -77,8 +77,8 @@ extension GuestFiles {
             guard recordLength > 0 else { return }
             if records[(offset + nameOffset)..<(offset + nameOffset + parentName.count)].elementsEqual(parentName) {
                 let info = try HostFileCalls.status(directory)
-                if UInt64(info.st_dev) == rootDevice, UInt64(info.st_ino) == rootInode {
-                    records.storeBytes(of: rootInode, toByteOffset: offset + inodeOffset, as: UInt64.self)
+                if UInt64(info.st_dev) == roots.device, UInt64(info.st_ino) == roots.inode {
+                    records.storeBytes(of: roots.inode, toByteOffset: offset + inodeOffset, as: UInt64.self)
                 }
                 return
             }

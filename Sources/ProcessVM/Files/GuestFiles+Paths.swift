@@ -23,10 +23,10 @@ extension GuestFiles {
         }
         guard absolute.count < Int(PATH_MAX) else { throw SystemError(call: "guest path", errno: ENAMETOOLONG) }
         if let device = GuestPath.allowlistedDevice(absolute) {
-            return HostLocation(base: hostDevices.rawValue, path: device,
+            return HostLocation(base: roots.hostDevices.rawValue, path: device,
                                 resolve: CSHIMS_RESOLVE_BENEATH | CSHIMS_RESOLVE_NO_SYMLINKS, isInsideRootfs: false)
         }
-        return HostLocation(base: root.rawValue, path: absolute,
+        return HostLocation(base: roots.root.rawValue, path: absolute,
                             resolve: CSHIMS_RESOLVE_IN_ROOT | CSHIMS_RESOLVE_NO_MAGICLINKS, isInsideRootfs: true)
     }
 
@@ -35,12 +35,12 @@ extension GuestFiles {
     func guestDirectoryPath(ofHost fd: Int32) throws(SystemError) -> [UInt8] {
         guard try HostFileCalls.fileType(fd) == S_IFDIR else { throw SystemError(call: "guest directory", errno: ENOTDIR) }
         let host = try HostFileCalls.path(of: fd)
-        if host == rootHostPath { return [GuestPath.slash] }
-        if rootHostPath == [GuestPath.slash] { return host }
-        guard host.count > rootHostPath.count, host.starts(with: rootHostPath), host[rootHostPath.count] == GuestPath.slash else {
+        if host == roots.hostPath { return [GuestPath.slash] }
+        if roots.hostPath == [GuestPath.slash] { return host }
+        guard host.count > roots.hostPath.count, host.starts(with: roots.hostPath), host[roots.hostPath.count] == GuestPath.slash else {
             throw SystemError(call: "guest directory", errno: ENOENT)
         }
-        return Array(host[rootHostPath.count...])
+        return Array(host[roots.hostPath.count...])
     }
 
     /// Runs `body` on a host descriptor for what (dirfd, path) names, the way the *at()

@@ -4,6 +4,29 @@ import HostSystem
 import Glibc
 #endif
 
+/// The root filesystem's folder and the host's /dev, opened once and shared by every copy of
+/// a descriptor table: they only ever serve as bases for openat2, so forks need not
+/// duplicate them.
+final class FileSystemRoots: Sendable {
+    let root: FileDescriptor
+    /// The root folder's canonical host path, to turn host paths of guest directories back
+    /// into guest paths.
+    let hostPath: [UInt8]
+    let device: UInt64
+    let inode: UInt64
+    /// The host's /dev, the only base for the allowlisted devices.
+    let hostDevices: FileDescriptor
+
+    init(root: consuming FileDescriptor, hostDevices: consuming FileDescriptor) throws(SystemError) {
+        let info = try HostFileCalls.status(root.rawValue)
+        hostPath = try HostFileCalls.path(of: root.rawValue)
+        device = UInt64(info.st_dev)
+        inode = UInt64(info.st_ino)
+        self.root = root
+        self.hostDevices = hostDevices
+    }
+}
+
 /// The file-system personality of one process VM: the guest's descriptor table, working
 /// directory and read-only root filesystem, served from real host files.
 ///
@@ -19,14 +42,7 @@ public final class GuestFiles: @unchecked Sendable {
     /// Linux's usual RLIMIT_NOFILE soft limit.
     public static let defaultDescriptorLimit = 1024
 
-    let root: FileDescriptor
-    /// The root folder's canonical host path, to turn host paths of guest directories back
-    /// into guest paths.
-    let rootHostPath: [UInt8]
-    let rootDevice: UInt64
-    let rootInode: UInt64
-    /// The host's /dev, the only base for the allowlisted devices.
-    let hostDevices: FileDescriptor
+    let roots: FileSystemRoots
     let descriptorLimit: Int
     var slots: [DescriptorSlot?]
     /// The guest's working directory as the guest sees it: absolute, without symlinks.
@@ -47,19 +63,12 @@ public final class GuestFiles: @unchecked Sendable {
         for hostFD in [stdin, stdout, stderr] {
             streams.append(DescriptorSlot(file: OpenFile(host: try HostFileCalls.duplicate(hostFD), isInsideRootfs: false), closeOnExec: false))
         }
-        try self.init(root: root, hostDevices: try FileDescriptor.open("/dev", CSHIMS_O_PATH | O_DIRECTORY),
-                      descriptorLimit: max(descriptorLimit, streams.count), slots: streams,
-                      workingDirectory: [GuestPath.slash])
+        self.init(roots: try FileSystemRoots(root: root, hostDevices: try FileDescriptor.open("/dev", CSHIMS_O_PATH | O_DIRECTORY)),
+                  descriptorLimit: max(descriptorLimit, streams.count), slots: streams, workingDirectory: [GuestPath.slash])
     }
 
-    private init(root: consuming FileDescriptor, hostDevices: consuming FileDescriptor, descriptorLimit: Int,
-                 slots: [DescriptorSlot?], workingDirectory: [UInt8]) throws(SystemError) {
-        let rootInfo = try HostFileCalls.status(root.rawValue)
-        rootHostPath = try HostFileCalls.path(of: root.rawValue)
-        rootDevice = UInt64(rootInfo.st_dev)
-        rootInode = UInt64(rootInfo.st_ino)
-        self.root = root
-        self.hostDevices = hostDevices
+    private init(roots: FileSystemRoots, descriptorLimit: Int, slots: [DescriptorSlot?], workingDirectory: [UInt8]) {
+        self.roots = roots
         self.descriptorLimit = descriptorLimit
         self.slots = slots
         self.workingDirectory = workingDirectory
@@ -117,8 +126,7 @@ public final class GuestFiles: @unchecked Sendable {
             childSlots.append(DescriptorSlot(file: copies[key]!, closeOnExec: slot.closeOnExec))
         }
         while childSlots.count < skipped { childSlots.append(nil) }
-        return try GuestFiles(root: HostFileCalls.duplicate(root.rawValue), hostDevices: HostFileCalls.duplicate(hostDevices.rawValue),
-                              descriptorLimit: descriptorLimit, slots: childSlots, workingDirectory: workingDirectory)
+        return GuestFiles(roots: roots, descriptorLimit: descriptorLimit, slots: childSlots, workingDirectory: workingDirectory)
     }
 
     /// Closes every descriptor marked close-on-exec, as execve(2) does before the new program runs.

@@ -6,10 +6,13 @@ import HostSystem
 /// without a VM exit: the guest's stub spins on its mailbox page while the poller runs the
 /// call. Only calls that neither block nor touch the vCPU's registers are served here; the
 /// rest are handed back to the stub, which then exits as usual. The poller spins while any
-/// registered VM runs and sleeps when none does.
+/// registered VM runs, and lingers briefly after the last one leaves before it sleeps: forks
+/// come in runs, and a child's first call would otherwise wait for the poller to wake.
 final class SyscallPoller: @unchecked Sendable {
     static let shared = SyscallPoller()
 
+    /// How long the poller keeps spinning with no VM registered before it sleeps.
+    private static let linger: Duration = .microseconds(500)
     /// How long it spins with nothing posted before it yields its core at each turn.
     private static let yieldAfter: Duration = .microseconds(200)
 
@@ -44,11 +47,16 @@ final class SyscallPoller: @unchecked Sendable {
         var current: [ProcessVM] = []
         var seenGeneration = -1
         var lastServed = ContinuousClock.now
+        var lastBusy = ContinuousClock.now
         while true {
             condition.withLock {
                 if machines.isEmpty {
                     current = []
-                    while machines.isEmpty { condition.wait() }
+                    if ContinuousClock.now - lastBusy > Self.linger {
+                        while machines.isEmpty { condition.wait() }
+                    }
+                } else {
+                    lastBusy = ContinuousClock.now
                 }
                 if generation != seenGeneration {
                     current = Array(machines.values)
