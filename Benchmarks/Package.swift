@@ -31,6 +31,7 @@ let package = Package(
         benchmarkTarget("Foundation"),
         benchmarkTarget("Placement"),
         benchmarkTarget("ProcessVM", fixtures: true),
+        benchmarkTarget("Syscall", fixtures: true),
         benchmarkTarget("Fork", fixtures: true),
         benchmarkTarget("Disk"),
     ]

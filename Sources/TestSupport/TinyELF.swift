@@ -78,6 +78,25 @@ public enum TinyELF {
             + exit(0)
     }
 
+    /// Code that makes `count` getpid calls (at most `dataSize / 4`), timing each with rdtsc
+    /// around the SYSCALL instruction, writes the `count` 32-bit cycle counts to stdout and
+    /// exits 0: the round trip as the program itself sees it.
+    public static func timedGetpidLoop(count: UInt64) -> [UInt8] {
+        precondition(count > 0 && count <= dataSize / 4, "the samples live in the data segment")
+        let readCounter: [UInt8] = [0x0F, 0x31, 0x48, 0xC1, 0xE2, 0x20, 0x48, 0x09, 0xD0] // rdtsc; shl rdx, 32; or rax, rdx
+        let body = readCounter + [0x49, 0x89, 0xC6] // mov r14, rax
+            + [0xB8, 39, 0, 0, 0] + syscallInstruction // mov eax, SYS_getpid; syscall
+            + readCounter + [0x4C, 0x29, 0xF0] // sub rax, r14
+            + [0x41, 0x89, 0x45, 0x00, 0x49, 0x83, 0xC5, 0x04] // mov [r13], eax; add r13, 4
+            + [0x49, 0xFF, 0xCC] // dec r12
+        let loop = body + [0x75, UInt8(truncatingIfNeeded: -(body.count + 2))] // jnz loop
+        return [0x49, 0xBC] + count.littleEndianBytes // mov r12, count
+            + [0x49, 0xBD] + dataAddress.littleEndianBytes // mov r13, samples
+            + loop
+            + load(.rax, 1) + load(.rdi, 1) + load(.rsi, dataAddress) + load(.rdx, count * 4) + syscallInstruction
+            + exit(0)
+    }
+
     /// The fixed address `mapOrProbe` maps.
     public static let probeAddress: UInt64 = 0x7000_0000
 

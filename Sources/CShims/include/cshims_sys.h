@@ -23,6 +23,9 @@ extern const int CSHIMS_SEEK_DATA;
 extern const int CSHIMS_SEEK_HOLE;
 /* O_DIRECT: Glibc defines it only under _GNU_SOURCE, which Swift's Glibc module lacks. */
 extern const int CSHIMS_O_DIRECT;
+/* The CPU's time-stamp counter (rdtsc), the clock a guest reads natively: benchmarks turn
+ * guest-measured cycles into time with it. */
+uint64_t cshims_read_timestamp_counter(void);
 /* Names the calling thread (15 characters at most), as ps and /proc show it. */
 int cshims_set_thread_name(const char *name);
 #endif
