@@ -24,9 +24,12 @@ echo "== a process VM: busybox in its own KVM VM, the engine as its kernel"
 "$vmfork" run --rootfs "$rootfs" -- /bin/busybox cat /no/such/file || echo "(exit status $? passed on, as busybox gave it)"
 
 echo
-echo "== instant clone: a warm busybox parent, 5 children with their own arguments, then 200 for the figures"
+echo "== instant clone: a warm busybox parent, 5 children with their own arguments, then 200 kept alive for the sharing report"
 "$vmfork" fork --rootfs "$rootfs" --children 5 -- /bin/busybox echo "child {i} says hi"
 "$vmfork" fork --rootfs "$rootfs" --children 200 --pool 16 --quiet -- /bin/busybox echo hi
+echo
+echo "== instant clone as a container engine runs it: 1000 children, each removed when done (its VM reused), system calls polled"
+"$vmfork" fork --rootfs "$rootfs" --children 1000 --pool 16 --quiet --remove-each --poll-syscalls -- /bin/busybox echo hi
 
 echo
 echo "== placement: this machine and a simulated fleet (Profiles/small.yaml) in $state"

@@ -36,6 +36,9 @@ struct ForkCommand: ParsableCommand {
     @Flag(help: "Serve system calls that cannot block from a polling engine thread, without a VM exit (uses a core while children run).")
     var pollSyscalls = false
 
+    @Flag(help: "Remove each child as soon as it has finished, as a container engine would: its VM goes back to the pool, restored, for the next child. The sharing report then covers only the parent.")
+    var removeEach = false
+
     @Flag(help: "Do not print each child's output.")
     var quiet = false
 
@@ -64,6 +67,7 @@ struct ForkCommand: ParsableCommand {
         var forkLatencies: [Duration] = []
         var endToEnd: [Duration] = []
         var statuses: [Int32: Int] = [:]
+        var reusedVMs = 0
         for index in 0..<children {
             let arguments = stdinForkPoint ? nil : program.dropFirst().map { $0.replacingOccurrences(of: "{i}", with: "\(index)") }
             try output.reset()
@@ -78,14 +82,17 @@ struct ForkCommand: ParsableCommand {
                 let text = output.contents
                 if !text.isEmpty { print(text, terminator: text.hasSuffix("\n") ? "" : "\n") }
             }
-            containers.append(child)
+            if child.reusesVM { reusedVMs += 1 }
+            if removeEach { child.remove() } else { containers.append(child) }
         }
         let report = SharingReport.measure(parent: parent, containers: containers, kernelBefore: kernelBefore)
         for container in containers { container.remove() }
         print("exit statuses: " + statuses.sorted { $0.key < $1.key }.map { "\($0.key) ×\($0.value)" }.joined(separator: ", "))
         print(LatencySummary(label: "fork (pooled VM → child ready)", samples: forkLatencies).line
-              + " (\(parent.poolMisses) found the pool empty)")
-        print(LatencySummary(label: "fork → program finished", samples: endToEnd).line)
+              + " (\(parent.poolMisses) found the pool empty, \(reusedVMs) reused a removed sibling's VM)")
+        let finished = LatencySummary(label: "fork → program finished", samples: endToEnd)
+        print(finished.line)
+        print(finished.histogram)
         print(report.renderText())
     }
 }
@@ -95,11 +102,32 @@ struct LatencySummary {
     let label: String
     let samples: [Duration]
 
+    private var microseconds: [Double] {
+        samples.map { Double($0.components.attoseconds) / 1e12 + Double($0.components.seconds) * 1e6 }.sorted()
+    }
+
     var line: String {
-        let sorted = samples.map { Double($0.components.attoseconds) / 1e12 + Double($0.components.seconds) * 1e6 }.sorted()
+        let sorted = microseconds
         guard !sorted.isEmpty else { return "\(label): no samples" }
         func at(_ fraction: Double) -> String { String(format: "%.0f", sorted[min(sorted.count - 1, Int(Double(sorted.count) * fraction))]) }
         return "\(label): p50 \(at(0.5)) µs, p90 \(at(0.9)) µs, p99 \(at(0.99)) µs, max \(at(1.0)) µs over \(sorted.count)"
+    }
+
+    /// The samples in power-of-two buckets of microseconds, one line per bucket from the
+    /// first to the last one used, with a bar scaled to the fullest.
+    var histogram: String {
+        let sorted = microseconds
+        guard !sorted.isEmpty else { return "" }
+        func bucket(_ value: Double) -> Int { max(0, Int(log2(max(value, 1)))) }
+        var counts = [Int](repeating: 0, count: bucket(sorted.last!) + 1)
+        for value in sorted { counts[bucket(value)] += 1 }
+        let first = bucket(sorted.first!)
+        let fullest = counts.max()!
+        return (first..<counts.count).map { index in
+            let range = String(format: "%7d–%-7d µs", 1 << index, 1 << (index + 1))
+            let bar = String(repeating: "#", count: (counts[index] * 40 + fullest - 1) / fullest)
+            return "  \(range) \(String(format: "%6d", counts[index])) \(bar)"
+        }.joined(separator: "\n")
     }
 }
 
