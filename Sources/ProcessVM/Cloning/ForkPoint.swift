@@ -193,31 +193,32 @@ public final class PreparedVM: @unchecked Sendable {
             try vcpu.setMSRs(forkPoint.modelSpecificRegisters)
             try vcpu.setXCRs(forkPoint.xcrs)
             try vcpu.setXSave(forkPoint.xsave)
-            guard readAhead else {
-                try vcpu.setRegisters(forkPoint.registers)
-                vcpu.enableSyncRegisters()
-                return
-            }
-            // Entering a new vCPU the first time, and each first touch of a page, costs
-            // the child dearly under PVM (shadow paging). Pay both here: run the warm-up
-            // routine in user mode over the parent's listed pages, then load the fork
-            // point's registers again.
-            var warmUp = forkPoint.registers
-            warmUp.rip = SystemArea.warmUpRoutine
-            warmUp.rsi = SystemArea.warmUpList
-            try vcpu.setRegisters(warmUp)
-            var userMode = forkPoint.specialRegisters
-            userMode.cs = CPUSetup.segment(selector: X86.Selector.userCode, code: true)
-            userMode.ss = CPUSetup.segment(selector: X86.Selector.userData, code: false)
-            try vcpu.setSpecialRegisters(userMode)
+            try vcpu.setRegisters(forkPoint.registers)
             vcpu.enableSyncRegisters()
-            guard case .io(SystemArea.syscallPort, true, _, _, _) = try vcpu.run() else {
-                throw KVMError.system(SystemError(call: "KVM_RUN (warm-up of a prepared VM)", errno: EIO))
-            }
-            try vcpu.setSpecialRegisters(forkPoint.specialRegisters)
+            if readAhead { try Self.readAhead(vcpu, for: forkPoint) }
         } catch {
             throw .kvm(error)
         }
+    }
+
+    /// Entering a new vCPU the first time, and each first touch of a page, costs the child
+    /// dearly under PVM (shadow paging). Pays both ahead of the fork: runs the warm-up routine
+    /// in user mode over the parent's listed pages (a page whose translation KVM still holds
+    /// costs nothing), then loads the fork point's special registers again; the fork writes
+    /// the general ones.
+    private static func readAhead(_ vcpu: VCPU, for forkPoint: ForkPoint) throws(KVMError) {
+        var warmUp = forkPoint.registers
+        warmUp.rip = SystemArea.warmUpRoutine
+        warmUp.rsi = SystemArea.warmUpList
+        try vcpu.setRegisters(warmUp)
+        var userMode = forkPoint.specialRegisters
+        userMode.cs = CPUSetup.segment(selector: X86.Selector.userCode, code: true)
+        userMode.ss = CPUSetup.segment(selector: X86.Selector.userData, code: false)
+        try vcpu.setSpecialRegisters(userMode)
+        guard case .io(SystemArea.syscallPort, true, _, _, _) = try vcpu.run() else {
+            throw KVMError.system(SystemError(call: "KVM_RUN (warm-up of a prepared VM)", errno: EIO))
+        }
+        try vcpu.setSpecialRegisters(forkPoint.specialRegisters)
     }
 }
 
@@ -245,6 +246,9 @@ extension PreparedVM {
             try vcpu.setXCRs(forkPoint.xcrs)
             try vcpu.setXSave(forkPoint.xsave)
             try vcpu.setRegisters(forkPoint.registers)
+            // Translations the child's mprotect or munmap dropped (glibc's RELRO, for one)
+            // come back here, not in the next child.
+            try Self.readAhead(vcpu, for: forkPoint)
         } catch {
             throw .kvm(error)
         }
