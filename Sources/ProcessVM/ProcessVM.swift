@@ -127,8 +127,9 @@ public final class ProcessVM: @unchecked Sendable {
         let space = try AddressSpace(memory: memory)
         let exceptionStackFrame = try SystemArea.build(in: space)
 
-        let image = try ELFImage(bytes: try Self.readWholeFile(executable, from: files))
-        let program = try ProgramLoader.load(image, into: space)
+        let program = try Self.withExecutable(executable, from: files) { file throws(GuestError) in
+            try ProgramLoader.load(try ELFImage(file: file), from: file, into: space)
+        }
         space.heapStart = AddressSpace.pageUp(program.imageEnd)!
         space.heapEnd = space.heapStart
         let stackTop = AddressSpace.userTop

@@ -1,5 +1,6 @@
 import CShims
 import HostSystem
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -10,6 +11,10 @@ import Glibc
 ///
 /// The memfd's size is the VM's memory limit: when frames run out the guest gets ENOMEM,
 /// never the host's OOM killer. Frames are populated by the host kernel on first touch.
+///
+/// The exception: frames holding a program's read-only pages may be mapped straight from
+/// its file (`mapFile`), so a fresh VM reads them from the page cache instead of copying
+/// them. They are gathered into the memfd before the first copy-on-write child is made.
 public final class GuestMemory: @unchecked Sendable {
     public static let pageSize = 4096
     public let size: Int
@@ -20,6 +25,8 @@ public final class GuestMemory: @unchecked Sendable {
     private(set) var bumpFrame: UInt64
     /// Frames given back by munmap, re-zeroed before reuse.
     private var freeFrames: [UInt64] = []
+    /// Byte ranges of this memory mapped from a file rather than the memfd.
+    private let fileBackedRanges = Mutex<[Range<Int>]>([])
 
     /// Creates fresh zeroed memory of `size` bytes (a multiple of the page size).
     public init(size: Int) throws(SystemError) {
@@ -38,6 +45,7 @@ public final class GuestMemory: @unchecked Sendable {
     /// then gets a fresh zero page, without allocating one in the parent's memfd (which would
     /// grow the parent with every child's reads) and without a copy on write.
     public init(copyOnWriteOf parent: GuestMemory) throws(SystemError) {
+        try parent.gatherFileBackedRanges()
         size = parent.size
         let fd = try retryingSyscall("fcntl(parent memfd, F_DUPFD_CLOEXEC)") { fcntl(parent.memfd.rawValue, F_DUPFD_CLOEXEC, 0) }
         memfd = FileDescriptor(adopting: fd)
@@ -48,6 +56,38 @@ public final class GuestMemory: @unchecked Sendable {
             let target = mapping.base.advanced(by: hole.lowerBound)
             guard mmap(target, hole.count, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == target else {
                 throw SystemError(call: "mmap(anonymous hole of \(hole.count) bytes)", errno: errno)
+            }
+        }
+    }
+
+    /// Maps `length` bytes of `file` from `offset` privately over guest-physical `physical`
+    /// (all page-aligned): the guest reads the page cache, and a write — by the guest after
+    /// an mprotect, or by the engine reusing the frame — copies the page for this VM alone.
+    func mapFile(_ file: Int32, offset: Int, physical: UInt64, length: Int) throws(SystemError) {
+        precondition(offset % Self.pageSize == 0 && physical % UInt64(Self.pageSize) == 0 && length % Self.pageSize == 0)
+        guard let target = pointer(physical: physical, length: length) else { preconditionFailure("file mapping outside guest memory") }
+        guard mmap(target, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, file, off_t(offset)) == target else {
+            throw SystemError(call: "mmap(executable, \(length) bytes at offset \(offset))", errno: errno)
+        }
+        fileBackedRanges.withLock { $0.append(Int(physical)..<(Int(physical) + length)) }
+    }
+
+    /// Copies every file-backed range into the memfd and maps the memfd back over it, so
+    /// that the memfd holds all of this memory, as a copy-on-write child expects.
+    private func gatherFileBackedRanges() throws(SystemError) {
+        try fileBackedRanges.withLock { ranges throws(SystemError) in
+            while let range = ranges.last {
+                let source = mapping.base.advanced(by: range.lowerBound)
+                var done = 0
+                while done < range.count {
+                    done += try retryingSyscall("pwrite(guest memfd)") {
+                        pwrite(memfd.rawValue, source + done, range.count - done, off_t(range.lowerBound + done))
+                    }
+                }
+                guard mmap(source, range.count, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, memfd.rawValue, off_t(range.lowerBound)) == source else {
+                    throw SystemError(call: "mmap(guest memfd over \(range.count) file-backed bytes)", errno: errno)
+                }
+                ranges.removeLast()
             }
         }
     }
