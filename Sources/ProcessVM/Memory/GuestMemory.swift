@@ -63,11 +63,18 @@ public final class GuestMemory: @unchecked Sendable {
     /// Maps `length` bytes of `file` from `offset` privately over guest-physical `physical`
     /// (all page-aligned): the guest reads the page cache, and a write — by the guest after
     /// an mprotect, or by the engine reusing the frame — copies the page for this VM alone.
+    /// The file must not shrink while mapped (as Linux forbids for a running executable):
+    /// touching a page past its end would raise SIGBUS.
     func mapFile(_ file: Int32, offset: Int, physical: UInt64, length: Int) throws(SystemError) {
         precondition(offset % Self.pageSize == 0 && physical % UInt64(Self.pageSize) == 0 && length % Self.pageSize == 0)
         guard let target = pointer(physical: physical, length: length) else { preconditionFailure("file mapping outside guest memory") }
         guard mmap(target, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, file, off_t(offset)) == target else {
-            throw SystemError(call: "mmap(executable, \(length) bytes at offset \(offset))", errno: errno)
+            let error = SystemError(call: "mmap(executable, \(length) bytes at offset \(offset))", errno: errno)
+            // A failed MAP_FIXED may have unmapped the range: put the memfd back there.
+            guard mmap(target, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, memfd.rawValue, off_t(physical)) == target else {
+                preconditionFailure("guest memory lost its mapping: \(SystemError(call: "mmap(guest memfd)", errno: errno))")
+            }
+            throw error
         }
         fileBackedRanges.withLock { $0.append(Int(physical)..<(Int(physical) + length)) }
     }
