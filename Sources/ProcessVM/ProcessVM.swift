@@ -106,47 +106,42 @@ public final class ProcessVM: @unchecked Sendable {
     }
 
     /// Loads `executable` (a path inside the rootfs) with `arguments` (argv, including argv[0])
-    /// and `environment`, ready to run at its entry point.
+    /// and `environment`, ready to run at its entry point, in a VM created now.
     public convenience init(system: KVMSystem, configuration: ProcessVMConfiguration, executable: String, arguments: [String],
                             environment: [String], streams: StandardStreams = StandardStreams()) throws(GuestError) {
-        let memory: GuestMemory
+        try self.init(blank: BlankVM(system: system, memoryBytes: configuration.memoryBytes), configuration: configuration,
+                      executable: executable, arguments: arguments, environment: environment, streams: streams)
+    }
+
+    /// Loads `executable` as above into `blank`, a VM made ahead of time with
+    /// `configuration.memoryBytes` of memory, which this process VM takes over.
+    public convenience init(blank: BlankVM, configuration: ProcessVMConfiguration, executable: String, arguments: [String],
+                            environment: [String], streams: StandardStreams = StandardStreams()) throws(GuestError) {
+        precondition(blank.memory.size == configuration.memoryBytes, "the blank VM's memory differs from the configuration's")
+        blank.markTaken()
         let files: GuestFiles
-        do throws(SystemError) {
-            memory = try GuestMemory(size: configuration.memoryBytes)
+        do {
             files = try GuestFiles(rootfs: configuration.rootfs, stdin: streams.input, stdout: streams.output, stderr: streams.error)
         } catch {
             throw .system(error)
         }
-        let vm: VirtualMachine
-        let vcpu: VCPU
-        let cpuid: CPUIDTable
-        do {
-            vm = try system.createVM()
-            // The memory slot goes in before anything else: set later it costs milliseconds.
-            try vm.setMemoryRegion(slot: Self.memorySlot, guestPhysical: 0, size: memory.size, host: memory.mapping.base)
-            vcpu = try vm.createVCPU()
-            cpuid = try system.supportedCPUID()
-        } catch {
-            throw .kvm(error)
+        let space = blank.space
+        let program = try Self.withExecutable(executable, from: files) { file throws(GuestError) in
+            try ProgramLoader.load(try ELFImage(file: file), from: file, into: space)
         }
-        let space = try AddressSpace(memory: memory)
-        let exceptionStackFrame = try SystemArea.build(in: space)
-
-        let image = try ELFImage(bytes: try Self.readWholeFile(executable, from: files))
-        let program = try ProgramLoader.load(image, into: space)
         space.heapStart = AddressSpace.pageUp(program.imageEnd)!
         space.heapEnd = space.heapStart
         let stackTop = AddressSpace.userTop
         try space.mapAnonymous(at: stackTop - UInt64(configuration.stackBytes), length: UInt64(configuration.stackBytes), [.read, .write, .user])
 
         let entry = EntryState(program: program, executablePath: Array(executable.utf8),
-                               hardwareCapabilities: UInt64(cpuid.entries.first { $0.function == 1 }?.edx ?? 0), stackTop: stackTop)
+                               hardwareCapabilities: UInt64(blank.cpuid.entries.first { $0.function == 1 }?.edx ?? 0), stackTop: stackTop)
         let programName = Array(executable.split(separator: "/").last.map { Array($0.utf8) }?.prefix(15) ?? [])
-        self.init(configuration: configuration, vm: vm, vcpu: vcpu, memory: memory, space: space, files: files,
-                  identity: configuration.identity, programName: programName, exceptionStackFrame: exceptionStackFrame, entry: entry)
+        self.init(configuration: configuration, vm: blank.vm, vcpu: blank.vcpu, memory: blank.memory, space: space, files: files,
+                  identity: configuration.identity, programName: programName, exceptionStackFrame: blank.exceptionStackFrame, entry: entry)
         let stackPointer = try writeInitialStack(arguments: arguments, environment: environment)
         do {
-            try CPUSetup.configure(vcpu, cpuid: cpuid, pageTableRoot: space.tables.root, entry: program.entry, stack: stackPointer)
+            try CPUSetup.start(vcpu, entry: program.entry, stack: stackPointer)
         } catch {
             throw .kvm(error)
         }

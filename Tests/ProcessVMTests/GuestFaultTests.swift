@@ -23,6 +23,22 @@ struct GuestFaultTests {
         #expect(fault.instructionPointer == TinyELF.codeAddress + 64 + 112)
     }
 
+    /// A whole page of the program's code is mapped from its file: after mprotect the
+    /// program writes there and reads its byte back, and the file keeps its own.
+    @Test func writeToCodeMadeWritableStaysPrivate() throws {
+        let target = TinyELF.codeAddress + 0xF00
+        let code = TinyELF.load(.rax, 10) + TinyELF.load(.rdi, TinyELF.codeAddress) + TinyELF.load(.rsi, 0x1000) + TinyELF.load(.rdx, 7)
+            + TinyELF.syscallInstruction
+            + TinyELF.load(.rax, target) + [0xC6, 0x00, 0x5A] // mov byte [rax], 0x5A
+            + [0x48, 0x0F, 0xB6, 0x38] // movzx rdi, byte [rax]
+            + TinyELF.load(.rax, 231) + TinyELF.syscallInstruction
+        let root = try GuestRunner.rootfs(withProgram: code + [UInt8](repeating: 0xCC, count: 0x1000))
+        let file = root.appendingPathComponent("prog")
+        let before = try Data(contentsOf: file)
+        #expect(try GuestRunner.run(["/prog"], rootfs: root).status == 0x5A)
+        #expect(try Data(contentsOf: file) == before)
+    }
+
     @Test func writeToReadOnlyCodeIsSIGSEGV() throws {
         // mov rax, codeAddress; mov byte [rax], 0
         let root = try GuestRunner.rootfs(withProgram: TinyELF.load(.rax, TinyELF.codeAddress) + [0xC6, 0x00, 0x00])

@@ -15,12 +15,15 @@ enum GuestRunner {
     }
 
     static func run(_ arguments: [String], rootfs: URL, executable: String? = nil, environment: [String] = [],
-                    stdin: Data = Data(), memoryMiB: Int = 64, pollsSystemCalls: Bool = false) throws -> Result {
+                    stdin: Data = Data(), memoryMiB: Int = 64, pollsSystemCalls: Bool = false, blankMadeAhead: Bool = false) throws -> Result {
         let streams = try CapturedStreams(stdin: stdin)
         let configuration = ProcessVMConfiguration(rootfs: rootfs.path, memoryBytes: memoryMiB << 20, pollsSystemCalls: pollsSystemCalls)
-        let vm = try ProcessVM(system: system!, configuration: configuration, executable: executable ?? arguments[0],
-                               arguments: arguments, environment: environment,
-                               streams: StandardStreams(input: streams.input, output: streams.output, error: streams.error))
+        let standard = StandardStreams(input: streams.input, output: streams.output, error: streams.error)
+        let vm = blankMadeAhead
+            ? try ProcessVM(blank: BlankVM(system: system!, memoryBytes: configuration.memoryBytes, entersOnce: true), configuration: configuration,
+                            executable: executable ?? arguments[0], arguments: arguments, environment: environment, streams: standard)
+            : try ProcessVM(system: system!, configuration: configuration, executable: executable ?? arguments[0],
+                            arguments: arguments, environment: environment, streams: standard)
         let status = try vm.run()
         return Result(status: status.code, stdout: streams.stdout, stderr: streams.stderr, vm: vm)
     }

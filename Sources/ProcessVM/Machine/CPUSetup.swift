@@ -1,8 +1,9 @@
 import CShims
 import KVM
 
-/// Puts a fresh vCPU in 64-bit user mode at the program's entry point, with the system area's
-/// tables loaded, SYSCALL pointed at the stub, and the host's CPUID.
+/// Puts a fresh vCPU in 64-bit user mode, with the system area's tables loaded, SYSCALL
+/// pointed at the stub and the host's CPUID (`prepare`, before any program is known), then
+/// at the program's entry point (`start`).
 enum CPUSetup {
     static func segment(selector: UInt16, code: Bool) -> kvm_segment {
         var segment = kvm_segment()
@@ -19,7 +20,7 @@ enum CPUSetup {
         return segment
     }
 
-    static func configure(_ vcpu: VCPU, cpuid: CPUIDTable, pageTableRoot: UInt64, entry: UInt64, stack: UInt64) throws(KVMError) {
+    static func prepare(_ vcpu: VCPU, cpuid: CPUIDTable, pageTableRoot: UInt64) throws(KVMError) {
         try vcpu.setCPUID(cpuid)
         var sregs = try vcpu.specialRegisters()
         sregs.cr0 = X86.CR0.protectedMode | X86.CR0.monitorCoprocessor | X86.CR0.extensionType | X86.CR0.numericError | X86.CR0.writeProtect | X86.CR0.paging
@@ -59,7 +60,9 @@ enum CPUSetup {
             (X86.MSR.gsBase, 0),
             (X86.MSR.kernelGSBase, 0),
         ])
+    }
 
+    static func start(_ vcpu: VCPU, entry: UInt64, stack: UInt64) throws(KVMError) {
         var regs = kvm_regs()
         regs.rip = entry
         regs.rsp = stack

@@ -1,5 +1,6 @@
 import CShims
 import HostSystem
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -10,6 +11,10 @@ import Glibc
 ///
 /// The memfd's size is the VM's memory limit: when frames run out the guest gets ENOMEM,
 /// never the host's OOM killer. Frames are populated by the host kernel on first touch.
+///
+/// The exception: frames holding a program's read-only pages may be mapped straight from
+/// its file (`mapFile`), so a fresh VM reads them from the page cache instead of copying
+/// them. They are gathered into the memfd before the first copy-on-write child is made.
 public final class GuestMemory: @unchecked Sendable {
     public static let pageSize = 4096
     public let size: Int
@@ -25,6 +30,8 @@ public final class GuestMemory: @unchecked Sendable {
     private var reusedFreeFrames: [UInt64] = []
     /// For a fork child: the parent whose memory this maps copy-on-write, and the parent's holes.
     private let origin: (memory: GuestMemory, holes: [Range<Int>])?
+    /// Byte ranges of this memory mapped from a file rather than the memfd.
+    private let fileBackedRanges = Mutex<[Range<Int>]>([])
 
     /// Creates fresh zeroed memory of `size` bytes (a multiple of the page size).
     public init(size: Int) throws(SystemError) {
@@ -60,9 +67,50 @@ public final class GuestMemory: @unchecked Sendable {
         }
     }
 
+    /// Maps `length` bytes of `file` from `offset` privately over guest-physical `physical`
+    /// (all page-aligned): the guest reads the page cache, and a write — by the guest after
+    /// an mprotect, or by the engine reusing the frame — copies the page for this VM alone.
+    /// The file must not shrink while mapped (as Linux forbids for a running executable):
+    /// touching a page past its end would raise SIGBUS.
+    func mapFile(_ file: Int32, offset: Int, physical: UInt64, length: Int) throws(SystemError) {
+        precondition(offset % Self.pageSize == 0 && physical % UInt64(Self.pageSize) == 0 && length % Self.pageSize == 0)
+        guard let target = pointer(physical: physical, length: length) else { preconditionFailure("file mapping outside guest memory") }
+        guard mmap(target, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, file, off_t(offset)) == target else {
+            let error = SystemError(call: "mmap(executable, \(length) bytes at offset \(offset))", errno: errno)
+            // A failed MAP_FIXED may have unmapped the range: put the memfd back there.
+            guard mmap(target, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, memfd.rawValue, off_t(physical)) == target else {
+                preconditionFailure("guest memory lost its mapping: \(SystemError(call: "mmap(guest memfd)", errno: errno))")
+            }
+            throw error
+        }
+        fileBackedRanges.withLock { $0.append(Int(physical)..<(Int(physical) + length)) }
+    }
+
+    /// Copies every file-backed range into the memfd and maps the memfd back over it, so
+    /// that the memfd holds all of this memory, as a copy-on-write child expects.
+    private func gatherFileBackedRanges() throws(SystemError) {
+        try fileBackedRanges.withLock { ranges throws(SystemError) in
+            while let range = ranges.last {
+                let source = mapping.base.advanced(by: range.lowerBound)
+                var done = 0
+                while done < range.count {
+                    done += try retryingSyscall("pwrite(guest memfd)") {
+                        pwrite(memfd.rawValue, source + done, range.count - done, off_t(range.lowerBound + done))
+                    }
+                }
+                guard mmap(source, range.count, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, memfd.rawValue, off_t(range.lowerBound)) == source else {
+                    throw SystemError(call: "mmap(guest memfd over \(range.count) file-backed bytes)", errno: errno)
+                }
+                ranges.removeLast()
+            }
+        }
+    }
+
     /// The byte ranges of this memory's memfd that hold no data (SEEK_HOLE/SEEK_DATA),
-    /// page-aligned and in order.
+    /// page-aligned and in order, for copy-on-write children. File-backed ranges are
+    /// gathered into the memfd first, so that the memfd holds all of this memory.
     public func holes() throws(SystemError) -> [Range<Int>] {
+        try gatherFileBackedRanges()
         let fd = memfd.rawValue
         var holes: [Range<Int>] = []
         var offset = 0

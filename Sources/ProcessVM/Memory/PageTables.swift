@@ -25,6 +25,10 @@ final class PageTables {
     private static let present: UInt64 = 1
     private static let writable: UInt64 = 1 << 1
     private static let userBit: UInt64 = 1 << 2
+    /// Accessed and dirty, set from the start: the shadow MMU then has no bits to set on
+    /// the guest's behalf, grants write access on the first touch, and maps neighbouring
+    /// pages along with a faulting one (it prefetches only entries already accessed).
+    private static let accessedDirty: UInt64 = 1 << 5 | 1 << 6
     private static let noExecute: UInt64 = 1 << 63
     private static let addressMask: UInt64 = 0x000F_FFFF_FFFF_F000
 
@@ -65,7 +69,7 @@ final class PageTables {
                 guard create else { return nil }
                 guard let frame = memory.allocateFrame() else { throw .outOfMemory }
                 // Intermediate levels allow everything; the leaf decides.
-                slot.pointee = frame | Self.present | Self.writable | Self.userBit
+                slot.pointee = frame | Self.present | Self.writable | Self.userBit | Self.accessedDirty
             }
             table = slot.pointee & Self.addressMask
         }
@@ -117,7 +121,7 @@ final class PageTables {
         // A PROT_NONE page keeps its frame address in the entry (frame 0 is never handed
         // out, so a non-zero address means "mapped") but is not present to the guest.
         guard !permissions.isDisjoint(with: [.read, .write, .execute]) else { return 0 }
-        var bits = present
+        var bits = present | accessedDirty
         if permissions.contains(.write) { bits |= writable }
         if permissions.contains(.user) { bits |= userBit }
         if !permissions.contains(.execute) { bits |= noExecute }

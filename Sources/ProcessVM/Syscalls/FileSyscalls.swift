@@ -160,18 +160,17 @@ extension ProcessVM {
         return .int(total)
     }
 
-    /// Reads a whole file of the rootfs (the executable to load), confined like any guest open.
-    static func readWholeFile(_ path: String, from files: GuestFiles) throws(GuestError) -> [UInt8] {
+    /// Runs `body` on a host descriptor of `path`, the executable to load, opened in the
+    /// rootfs and confined like any guest open. Host errors reading it say which file.
+    static func withExecutable<T>(_ path: String, from files: GuestFiles, _ body: (Int32) throws(GuestError) -> T) throws(GuestError) -> T {
         let fd = path.withCString { files.openat(dirfd: atCurrentDirectory, path: $0, flags: 0o2000000, mode: 0) }
         guard fd >= 0 else { throw .invalidExecutable("\(path) in the rootfs: \(String(cString: strerror(Int32(-fd))))") }
         defer { _ = files.close(Int32(fd)) }
-        var contents: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 1 << 20)
-        while true {
-            let count = chunk.withUnsafeMutableBytes { files.read(Int32(fd), into: $0) }
-            guard count >= 0 else { throw .invalidExecutable("\(path) in the rootfs: \(String(cString: strerror(Int32(-count))))") }
-            if count == 0 { return contents }
-            contents.append(contentsOf: chunk[..<count])
+        do {
+            return try body(files.hostDescriptor(of: Int32(fd))!)
+        } catch .system(let error) {
+            throw .invalidExecutable("\(path) in the rootfs: \(error)")
         }
     }
 }
+
