@@ -91,28 +91,19 @@ public final class VirtualDisk: @unchecked Sendable {
         try await write(UnsafeRawBufferPointer(buffer.bytes), at: offset)
     }
 
-    /// One host-file read covering adjacent grains.
-    private struct Run {
-        let file: HostFile
-        let fileOffset: UInt64
-        let bufferOffset: Int
-        var length: Int
-
-        /// Adds a piece to `runs`, growing the last run when the piece continues it in both
-        /// the host file and the buffer, so adjacent grains become one request.
-        static func extend(_ runs: inout [Run], file: HostFile, fileOffset: UInt64, bufferOffset: Int, length: Int) {
-            if let last = runs.last, last.file === file, last.fileOffset + UInt64(last.length) == fileOffset,
-               last.bufferOffset + last.length == bufferOffset {
-                runs[runs.count - 1].length += length
-            } else {
-                runs.append(Run(file: file, fileOffset: fileOffset, bufferOffset: bufferOffset, length: length))
-            }
+    /// Adds a piece to `requests`, growing the last request when the piece continues it in
+    /// both the host file and the buffer, so that adjacent grains become one request.
+    private static func append(_ piece: IORequest, to requests: inout [IORequest]) {
+        if let last = requests.last, let joined = last.extended(by: piece) {
+            requests[requests.count - 1] = joined
+        } else {
+            requests.append(piece)
         }
     }
 
     /// Reads through `layers` (a chain or the part of it below the top).
     nonisolated(nonsending) private func read(layers: ArraySlice<VMDKImage>, into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) async throws(DiskError) {
-        var runs: [Run] = []
+        var requests: [IORequest] = []
         var position = 0
         while position < buffer.count {
             let virtual = offset + UInt64(position)
@@ -128,7 +119,8 @@ public final class VirtualDisk: @unchecked Sendable {
             let length = Int(limit)
             switch mapping {
             case .data(let file, let fileOffset):
-                Run.extend(&runs, file: file, fileOffset: fileOffset, bufferOffset: position, length: length)
+                let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[position..<position + length])
+                Self.append(.read(file.registered, into: piece, at: fileOffset), to: &requests)
             case .unallocated, .zero:
                 (buffer.baseAddress! + position).initializeMemory(as: UInt8.self, repeating: 0, count: length)
             case .compressed(let extent, let grain, let offsetInGrain):
@@ -139,15 +131,12 @@ public final class VirtualDisk: @unchecked Sendable {
             }
             position += length
         }
-        if runs.isEmpty { return }
-        let requests = runs.map { run in
-            IORequest.read(run.file.registered, into: UnsafeMutableRawBufferPointer(start: buffer.baseAddress! + run.bufferOffset, count: run.length), at: run.fileOffset)
-        }
+        if requests.isEmpty { return }
         let transferred: [Int]
         do { transferred = try await engine.submit(requests) } catch { throw .io(error) }
         // A grain cut short by the end of its file (a crash while it was appended) reads as zeros.
-        for (run, count) in zip(runs, transferred) where count < run.length {
-            (buffer.baseAddress! + run.bufferOffset + count).initializeMemory(as: UInt8.self, repeating: 0, count: run.length - count)
+        for (request, count) in zip(requests, transferred) where count < request.length {
+            UnsafeMutableRawPointer(bitPattern: request.address + UInt(count))!.initializeMemory(as: UInt8.self, repeating: 0, count: request.length - count)
         }
     }
 
@@ -165,27 +154,24 @@ public final class VirtualDisk: @unchecked Sendable {
             return
         }
         try await renewContentID()
-        var runs: [Run] = []
+        var requests: [IORequest] = []
         var position = 0
         while position < data.count {
             let virtual = offset + UInt64(position)
             let (mapping, limit) = try await top.map(virtual, limit: UInt64(data.count - position))
             let length = Int(limit)
+            let piece = UnsafeRawBufferPointer(rebasing: data[position..<position + length])
             switch mapping {
             case .data(let file, let fileOffset):
-                Run.extend(&runs, file: file, fileOffset: fileOffset, bufferOffset: position, length: length)
+                Self.append(.write(file.registered, from: piece, at: fileOffset), to: &requests)
             case .unallocated, .zero:
-                let piece = UnsafeRawBufferPointer(rebasing: data[position..<position + length])
                 try await allocateAndWrite(piece, at: virtual)
             case .compressed:
                 throw .readOnly(file: top.path, reason: "its grains are compressed (streamOptimized)")
             }
             position += length
         }
-        if runs.isEmpty { return }
-        let requests = runs.map { run in
-            IORequest.write(run.file.registered, from: UnsafeRawBufferPointer(rebasing: data[run.bufferOffset..<run.bufferOffset + run.length]), at: run.fileOffset)
-        }
+        if requests.isEmpty { return }
         do { _ = try await engine.submit(requests) } catch { throw .io(error) }
     }
 

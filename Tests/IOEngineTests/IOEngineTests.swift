@@ -107,6 +107,24 @@ import Testing
         #expect(threadNames == ["vmfork-io"])
     }
 
+    @Test func aRequestIsExtendedOnlyByOneThatContinuesItInFileAndMemory() throws {
+        let engine = try IOEngine()
+        let file = try engine.register(try temporaryFile([0], O_RDONLY))
+        let otherFile = try engine.register(try temporaryFile([0], O_RDONLY))
+        let memory = UnsafeMutableRawBufferPointer.allocate(byteCount: 3 * 4096, alignment: 4096)
+        defer { memory.deallocate() }
+        func piece(_ index: Int) -> UnsafeMutableRawBufferPointer {
+            UnsafeMutableRawBufferPointer(rebasing: memory[index * 4096..<(index + 1) * 4096])
+        }
+        let first = IORequest.read(file, into: piece(0), at: 8192)
+        let joined = first.extended(by: .read(file, into: piece(1), at: 12288))
+        #expect(joined == .read(file, into: UnsafeMutableRawBufferPointer(rebasing: memory[0..<8192]), at: 8192))
+        #expect(first.extended(by: .read(file, into: piece(2), at: 12288)) == nil)
+        #expect(first.extended(by: .read(file, into: piece(1), at: 16384)) == nil)
+        #expect(first.extended(by: .read(otherFile, into: piece(1), at: 12288)) == nil)
+        #expect(first.extended(by: .write(file, from: UnsafeRawBufferPointer(piece(1)), at: 12288)) == nil)
+    }
+
     /// A task's request goes to the kernel as soon as the task has queued it, not after every
     /// other task that became ready in the same round has run: the device should not idle
     /// while they do. The first task writes into a pipe through the ring; the second, run
