@@ -5,11 +5,11 @@ import HostSystem
 import Synchronization
 
 /// The engine's asynchronous I/O: one thread that owns one io_uring, and an async API for
-/// the rest of the engine. Callers hand over batches of requests; the thread puts every
-/// queued request on the ring, submits them with one system call, and resumes each batch's
-/// caller when its last request completes. More threads means more engines.
-/// The async methods are `nonisolated(nonsending)`: they run on the caller's executor, with
-/// no hop before the request is queued.
+/// the rest of the engine. Callers hand over batches of requests; the thread puts them on
+/// the ring and submits them (a task running on the thread: as soon as it has queued them),
+/// and resumes each batch's caller when its last request completes. More threads means more
+/// engines. The async methods are `nonisolated(nonsending)`: they run on the caller's
+/// executor, with no hop before the request is queued.
 public final class IOEngine: Sendable {
     private let worker: RingWorker
     private let requestCount = Atomic<Int>(0)
