@@ -142,8 +142,7 @@ final class RingWorker: TaskExecutor, @unchecked Sendable {
     /// Runs the tasks that became ready; those they make ready run next round. Each task's
     /// requests go to the kernel as soon as it has queued them, so the device starts on the
     /// first while later tasks still run, instead of idling until every task has had its turn.
-    /// (Submitting in doubling groups saved system calls but measured slower at QD32: the
-    /// device idled between groups.)
+    /// (Submitting in doubling groups saved system calls but measured slower at QD32.)
     private func runReadyJobs() {
         swap(&readyJobs, &runningJobs)
         for job in runningJobs {
