@@ -10,7 +10,7 @@ final class AsyncLock: Sendable {
 
     private let state = Mutex(State())
 
-    func withLock<T>(_ body: () async throws(DiskError) -> T) async throws(DiskError) -> T {
+    nonisolated(nonsending) func withLock<T>(_ body: nonisolated(nonsending) () async throws(DiskError) -> T) async throws(DiskError) -> T {
         await acquire()
         defer { release() }
         return try await body()

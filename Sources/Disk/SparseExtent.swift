@@ -103,7 +103,7 @@ final class SparseExtent: @unchecked Sendable {
 
     /// The grain table `index`, read and checked on first use; nil when the directory has no
     /// table there (every grain it would cover is unallocated).
-    func grainTable(_ index: Int) async throws(DiskError) -> [UInt32]? {
+    nonisolated(nonsending) func grainTable(_ index: Int) async throws(DiskError) -> [UInt32]? {
         if let cached = state.withLock({ $0.tables[index] }) { return cached }
         let sector = directory[index]
         if sector == 0 { return nil }
@@ -124,7 +124,7 @@ final class SparseExtent: @unchecked Sendable {
     }
 
     /// The in-file entry for `grain`: a sector, or 0 (unallocated) or 1 (zeroed).
-    func entry(forGrain grain: Int) async throws(DiskError) -> UInt32 {
+    nonisolated(nonsending) func entry(forGrain grain: Int) async throws(DiskError) -> UInt32 {
         let perTable = Int(header.entriesPerGrainTable)
         guard let table = try await grainTable(grain / perTable) else { return SparseExtent.unallocatedEntry }
         return table[grain % perTable]
@@ -132,7 +132,7 @@ final class SparseExtent: @unchecked Sendable {
 
     /// Where `offset` (bytes into this extent) reads from, and for how many of at most `limit`
     /// bytes that holds (up to the end of its grain).
-    func map(_ offset: UInt64, limit: UInt64) async throws(DiskError) -> (GrainMapping, UInt64) {
+    nonisolated(nonsending) func map(_ offset: UInt64, limit: UInt64) async throws(DiskError) -> (GrainMapping, UInt64) {
         let grain = Int(offset / grainBytes)
         let offsetInGrain = offset % grainBytes
         let length = min(limit, grainBytes - offsetInGrain)

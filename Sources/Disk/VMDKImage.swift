@@ -120,7 +120,7 @@ public final class VMDKImage: @unchecked Sendable {
     }
 
     /// Where `offset` of this disk reads from, for up to `limit` bytes.
-    func map(_ offset: UInt64, limit: UInt64) async throws(DiskError) -> (GrainMapping, UInt64) {
+    nonisolated(nonsending) func map(_ offset: UInt64, limit: UInt64) async throws(DiskError) -> (GrainMapping, UInt64) {
         guard let index = extentIndex(containing: offset) else { return (.unallocated, limit) }
         let extent = extents[index]
         let local = offset - extent.start

@@ -5,6 +5,11 @@ import Synchronization
 /// A disk as the engine sees it: a chain of VMDK disks, the top one first. A read falls
 /// through the chain to the first disk holding each grain (zeros below the last), with
 /// adjacent grains of one host file read in one request; a write lands in the top disk only.
+///
+/// The read and write path is `nonisolated(nonsending)` down to the engine: it runs on its
+/// caller's executor (the I/O thread, for tasks that prefer the engine's), where a plain
+/// nonisolated async function would check for a hop to the generic executor at every call
+/// level, eight times per 4 KiB read.
 public final class VirtualDisk: @unchecked Sendable {
     /// The chain, top first: `layers[0]` is the disk opened, the last one has no parent.
     public let layers: [VMDKImage]
@@ -60,7 +65,7 @@ public final class VirtualDisk: @unchecked Sendable {
     }
 
     /// Reads `buffer.count` bytes at `offset` (both in whole sectors).
-    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) async throws(DiskError) {
+    nonisolated(nonsending) public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) async throws(DiskError) {
         try checkRange("read", offset: offset, count: buffer.count)
         if buffer.isEmpty { return }
         if Self.isAligned(buffer.baseAddress) {
@@ -86,28 +91,19 @@ public final class VirtualDisk: @unchecked Sendable {
         try await write(UnsafeRawBufferPointer(buffer.bytes), at: offset)
     }
 
-    /// One host-file read covering adjacent grains.
-    private struct Run {
-        let file: HostFile
-        let fileOffset: UInt64
-        let bufferOffset: Int
-        var length: Int
-
-        /// Adds a piece to `runs`, growing the last run when the piece continues it in both
-        /// the host file and the buffer, so adjacent grains become one request.
-        static func extend(_ runs: inout [Run], file: HostFile, fileOffset: UInt64, bufferOffset: Int, length: Int) {
-            if let last = runs.last, last.file === file, last.fileOffset + UInt64(last.length) == fileOffset,
-               last.bufferOffset + last.length == bufferOffset {
-                runs[runs.count - 1].length += length
-            } else {
-                runs.append(Run(file: file, fileOffset: fileOffset, bufferOffset: bufferOffset, length: length))
-            }
+    /// Adds a piece to `requests`, growing the last request when the piece continues it in
+    /// both the host file and the buffer, so that adjacent grains become one request.
+    private static func append(_ piece: IORequest, to requests: inout [IORequest]) {
+        if let last = requests.last, let joined = last.extended(by: piece) {
+            requests[requests.count - 1] = joined
+        } else {
+            requests.append(piece)
         }
     }
 
     /// Reads through `layers` (a chain or the part of it below the top).
-    private func read(layers: ArraySlice<VMDKImage>, into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) async throws(DiskError) {
-        var runs: [Run] = []
+    nonisolated(nonsending) private func read(layers: ArraySlice<VMDKImage>, into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) async throws(DiskError) {
+        var requests: [IORequest] = []
         var position = 0
         while position < buffer.count {
             let virtual = offset + UInt64(position)
@@ -123,7 +119,8 @@ public final class VirtualDisk: @unchecked Sendable {
             let length = Int(limit)
             switch mapping {
             case .data(let file, let fileOffset):
-                Run.extend(&runs, file: file, fileOffset: fileOffset, bufferOffset: position, length: length)
+                let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[position..<position + length])
+                Self.append(.read(file.registered, into: piece, at: fileOffset), to: &requests)
             case .unallocated, .zero:
                 (buffer.baseAddress! + position).initializeMemory(as: UInt8.self, repeating: 0, count: length)
             case .compressed(let extent, let grain, let offsetInGrain):
@@ -134,21 +131,18 @@ public final class VirtualDisk: @unchecked Sendable {
             }
             position += length
         }
-        if runs.isEmpty { return }
-        let requests = runs.map { run in
-            IORequest.read(run.file.registered, into: UnsafeMutableRawBufferPointer(start: buffer.baseAddress! + run.bufferOffset, count: run.length), at: run.fileOffset)
-        }
+        if requests.isEmpty { return }
         let transferred: [Int]
         do { transferred = try await engine.submit(requests) } catch { throw .io(error) }
         // A grain cut short by the end of its file (a crash while it was appended) reads as zeros.
-        for (run, count) in zip(runs, transferred) where count < run.length {
-            (buffer.baseAddress! + run.bufferOffset + count).initializeMemory(as: UInt8.self, repeating: 0, count: run.length - count)
+        for (request, count) in zip(requests, transferred) where count < request.length {
+            UnsafeMutableRawPointer(bitPattern: request.address + UInt(count))!.initializeMemory(as: UInt8.self, repeating: 0, count: request.length - count)
         }
     }
 
     /// Writes `data` at `offset` (both in whole sectors) into the top disk. A grain the top disk
     /// does not hold yet is allocated whole, with the rest of it filled from the chain below.
-    public func write(_ data: UnsafeRawBufferPointer, at offset: UInt64) async throws(DiskError) {
+    nonisolated(nonsending) public func write(_ data: UnsafeRawBufferPointer, at offset: UInt64) async throws(DiskError) {
         let top = layers[0]
         guard top.writable else { throw .readOnly(file: top.path, reason: "the disk was opened read-only") }
         try checkRange("write", offset: offset, count: data.count)
@@ -160,34 +154,31 @@ public final class VirtualDisk: @unchecked Sendable {
             return
         }
         try await renewContentID()
-        var runs: [Run] = []
+        var requests: [IORequest] = []
         var position = 0
         while position < data.count {
             let virtual = offset + UInt64(position)
             let (mapping, limit) = try await top.map(virtual, limit: UInt64(data.count - position))
             let length = Int(limit)
+            let piece = UnsafeRawBufferPointer(rebasing: data[position..<position + length])
             switch mapping {
             case .data(let file, let fileOffset):
-                Run.extend(&runs, file: file, fileOffset: fileOffset, bufferOffset: position, length: length)
+                Self.append(.write(file.registered, from: piece, at: fileOffset), to: &requests)
             case .unallocated, .zero:
-                let piece = UnsafeRawBufferPointer(rebasing: data[position..<position + length])
                 try await allocateAndWrite(piece, at: virtual)
             case .compressed:
                 throw .readOnly(file: top.path, reason: "its grains are compressed (streamOptimized)")
             }
             position += length
         }
-        if runs.isEmpty { return }
-        let requests = runs.map { run in
-            IORequest.write(run.file.registered, from: UnsafeRawBufferPointer(rebasing: data[run.bufferOffset..<run.bufferOffset + run.length]), at: run.fileOffset)
-        }
+        if requests.isEmpty { return }
         do { _ = try await engine.submit(requests) } catch { throw .io(error) }
     }
 
     /// Writes `piece` (within one grain) into a grain the top disk has not allocated: under the
     /// extent's allocation lock, looks again (another writer may have allocated it meanwhile),
     /// then builds the whole grain from the chain below and `piece`, and allocates it.
-    private func allocateAndWrite(_ piece: UnsafeRawBufferPointer, at virtual: UInt64) async throws(DiskError) {
+    nonisolated(nonsending) private func allocateAndWrite(_ piece: UnsafeRawBufferPointer, at virtual: UInt64) async throws(DiskError) {
         let top = layers[0]
         guard let index = top.extentIndex(containing: virtual), case .sparse(let extent) = top.extents[index].backing else {
             throw .readOnly(file: top.path, reason: "the extent at offset \(virtual) is a ZERO extent")
@@ -216,7 +207,7 @@ public final class VirtualDisk: @unchecked Sendable {
 
     /// On the first write, gives the top disk a new CID, as VMware does: a child made from the
     /// old contents then no longer opens on top of the changed disk.
-    private func renewContentID() async throws(DiskError) {
+    nonisolated(nonsending) private func renewContentID() async throws(DiskError) {
         if contentIDRenewed.withLock({ $0 }) { return }
         try await changeLock.withLock { () async throws(DiskError) in
             if contentIDRenewed.withLock({ $0 }) { return }

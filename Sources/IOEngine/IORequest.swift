@@ -35,6 +35,14 @@ public struct IORequest: Sendable, Equatable {
         IORequest(operation: .fdatasync, file: file, address: 0, length: 0, offset: 0)
     }
 
+    /// This request followed by `next`, as one request, when `next` continues it: the same
+    /// operation on the same file, at the next bytes of both the file and the memory.
+    public func extended(by next: IORequest) -> IORequest? {
+        guard operation == next.operation, operation != .fdatasync, file == next.file,
+              offset + UInt64(length) == next.offset, address + UInt(length) == next.address else { return nil }
+        return IORequest(operation: operation, file: file, address: address, length: length + next.length, offset: offset)
+    }
+
     /// Names the request in error messages.
     var label: String {
         switch operation {

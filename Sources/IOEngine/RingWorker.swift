@@ -40,6 +40,10 @@ final class RingWorker: TaskExecutor, @unchecked Sendable {
     private var freeTags: [Int] = []
     private var inFlightCount = 0
     private var wakeArmed = false
+    private var readyJobs: [UnownedJob] = []
+    private var runningJobs: [UnownedJob] = []
+    private var takenBatches: [Batch] = []
+    private var stopping = false
 
     init(ring: IOUring, fileSlots: UInt32, bufferSlots: UInt32) throws(IOUringError) {
         self.ring = ring
@@ -101,28 +105,15 @@ final class RingWorker: TaskExecutor, @unchecked Sendable {
         _ = cshims_uring_wake(wake.rawValue)
     }
 
-    /// The thread's loop: run the tasks that became ready, take the batches they and other
-    /// threads queued, fill the submission queue, submit, wait (only when there is nothing else
-    /// to do) for a completion, and hand out completions; until stopped with nothing in flight.
+    /// The thread's loop: run the tasks that became ready (their requests going to the kernel
+    /// as they come), put every queued request on the ring, submit, wait (only when there is
+    /// nothing else to do) for a completion, and hand out completions; until stopped with
+    /// nothing in flight.
     func run() {
         cshims_set_thread_name("vmfork-io")
-        var readyJobs: [UnownedJob] = []
         while true {
-            var (batches, jobs, stopping) = takeIncoming()
-            readyJobs += jobs
-            if !readyJobs.isEmpty {
-                // Jobs run now queue their requests (and maybe more jobs, for the next round).
-                let running = readyJobs
-                readyJobs.removeAll(keepingCapacity: true)
-                for job in running { job.runSynchronously(on: asUnownedTaskExecutor()) }
-                let more = takeIncoming()
-                batches += more.batches
-                readyJobs += more.jobs
-                stopping = stopping || more.stopping
-            }
-            for batch in batches {
-                for index in batch.requests.indices { waiting.append((batch, index)) }
-            }
+            takeIncoming()
+            if !readyJobs.isEmpty { runReadyJobs() }
             if stopping && inFlightCount == 0 && waitingHead == waiting.count && readyJobs.isEmpty { return }
             fillSubmissionQueue()
             // With few requests in flight the next event is a caller's next request or a lone
@@ -138,6 +129,9 @@ final class RingWorker: TaskExecutor, @unchecked Sendable {
                 return state.sleeping
             }
             let submitted = io_uring_submit_and_wait(ring.ring, idle ? 1 : 0)
+            // Awake again: what is queued from now on is found without a poke, and the tasks
+            // this thread resumes below must not poke it either.
+            if idle { incoming.withLock { $0.sleeping = false } }
             if submitted < 0 && submitted != -EINTR && submitted != -EAGAIN && submitted != -EBUSY {
                 failEverything(SystemError(call: "io_uring_submit_and_wait", errno: -submitted))
             }
@@ -145,13 +139,37 @@ final class RingWorker: TaskExecutor, @unchecked Sendable {
         }
     }
 
-    private func takeIncoming() -> (batches: [Batch], jobs: [UnownedJob], stopping: Bool) {
-        incoming.withLock { state in
-            let taken = (state.batches, state.jobs, state.stopping)
-            state.batches.removeAll(keepingCapacity: true)
-            state.jobs.removeAll(keepingCapacity: true)
-            return taken
+    /// Runs the tasks that became ready; those they make ready run next round. Each task's
+    /// requests go to the kernel as soon as it has queued them, so the device starts on the
+    /// first while later tasks still run, instead of idling until every task has had its turn.
+    /// (Submitting in doubling groups saved system calls but measured slower at QD32.)
+    private func runReadyJobs() {
+        swap(&readyJobs, &runningJobs)
+        for job in runningJobs {
+            job.runSynchronously(on: asUnownedTaskExecutor())
+            takeIncoming()
+            if waitingHead < waiting.count {
+                fillSubmissionQueue()
+                _ = io_uring_submit(ring.ring)
+            }
         }
+        runningJobs.removeAll(keepingCapacity: true)
+    }
+
+    /// Moves what was queued (by other threads, or by tasks run here) into the thread's own
+    /// lists: batches' requests to `waiting`, jobs to `readyJobs`. Swapping arrays keeps this
+    /// free of allocations once their capacities have grown.
+    private func takeIncoming() {
+        incoming.withLock { state in
+            swap(&state.batches, &takenBatches)
+            readyJobs.append(contentsOf: state.jobs)
+            state.jobs.removeAll(keepingCapacity: true)
+            stopping = stopping || state.stopping
+        }
+        for batch in takenBatches {
+            for index in batch.requests.indices { waiting.append((batch, index)) }
+        }
+        takenBatches.removeAll(keepingCapacity: true)
     }
 
     /// Callers just resumed usually send their next request within microseconds: polling for

@@ -107,6 +107,58 @@ import Testing
         #expect(threadNames == ["vmfork-io"])
     }
 
+    @Test func aRequestIsExtendedOnlyByOneThatContinuesItInFileAndMemory() throws {
+        let engine = try IOEngine()
+        let file = try engine.register(try temporaryFile([0], O_RDONLY))
+        let otherFile = try engine.register(try temporaryFile([0], O_RDONLY))
+        let memory = UnsafeMutableRawBufferPointer.allocate(byteCount: 3 * 4096, alignment: 4096)
+        defer { memory.deallocate() }
+        func piece(_ index: Int) -> UnsafeMutableRawBufferPointer {
+            UnsafeMutableRawBufferPointer(rebasing: memory[index * 4096..<(index + 1) * 4096])
+        }
+        let first = IORequest.read(file, into: piece(0), at: 8192)
+        let joined = first.extended(by: .read(file, into: piece(1), at: 12288))
+        #expect(joined == .read(file, into: UnsafeMutableRawBufferPointer(rebasing: memory[0..<8192]), at: 8192))
+        #expect(first.extended(by: .read(file, into: piece(2), at: 12288)) == nil)
+        #expect(first.extended(by: .read(file, into: piece(1), at: 16384)) == nil)
+        #expect(first.extended(by: .read(otherFile, into: piece(1), at: 12288)) == nil)
+        #expect(first.extended(by: .write(file, from: UnsafeRawBufferPointer(piece(1)), at: 12288)) == nil)
+    }
+
+    /// A task's request goes to the kernel as soon as the task has queued it, not after every
+    /// other task that became ready in the same round has run: the device should not idle
+    /// while they do. The first task writes into a pipe through the ring; the second, run
+    /// right after it on the I/O thread, looks whether the byte has arrived.
+    @Test func aTasksRequestReachesTheKernelBeforeTheNextReadyTaskRuns() async throws {
+        let engine = try IOEngine()
+        var ends: [Int32] = [0, 0]
+        try #require(pipe(&ends) == 0)
+        let readEnd = FileDescriptor(adopting: ends[0])
+        let readable = readEnd.rawValue
+        #expect(fcntl(readable, F_SETFL, O_NONBLOCK) == 0)
+        let writeEnd = try engine.register(FileDescriptor(adopting: ends[1]))
+        defer { engine.unregister(writeEnd) }
+        let message = engine.makeBuffer(count: 1)
+        let seenByNextTask = try await withTaskExecutorPreference(engine.executor) {
+            // Both children are queued while their parent runs, so they run in one round, in order.
+            try await withThrowingTaskGroup(of: Bool?.self) { group in
+                group.addTask {
+                    let written = try await engine.write(writeEnd, from: UnsafeRawBufferPointer(message.bytes), at: 0)
+                    #expect(written == 1)
+                    return nil
+                }
+                group.addTask {
+                    var byte: UInt8 = 0
+                    return read(readable, &byte, 1) == 1
+                }
+                return try await group.reduce(into: [Bool]()) { seen, result in
+                    if let result { seen.append(result) }
+                }
+            }
+        }
+        #expect(seenByNextTask == [true])
+    }
+
     /// The calling thread's name, from /proc (Foundation's Thread.current is not available in
     /// async code).
     private func currentThreadName() -> String {
