@@ -37,13 +37,16 @@ public final class ForkPoint: @unchecked Sendable {
     let programName: [UInt8]
     let exceptionStackFrame: UInt64
     let entry: ProcessVM.EntryState?
+    /// The pages in the warm-up list (see `SystemArea.warmUpRoutine`).
+    let warmUpPages: [UInt64]
 
     static let capturedMSRs: [UInt32] = [
         X86.MSR.star, X86.MSR.lstar, X86.MSR.cstar, X86.MSR.syscallMask, X86.MSR.fsBase, X86.MSR.gsBase, X86.MSR.kernelGSBase,
     ]
 
-    init(kind: Kind, parent: ProcessVM, cpuid: CPUIDTable) throws(GuestError) {
+    init(kind: Kind, parent: ProcessVM, cpuid: CPUIDTable, warmUpPages: [UInt64]) throws(GuestError) {
         self.kind = kind
+        self.warmUpPages = warmUpPages
         configuration = parent.configuration
         memory = parent.memory
         do throws(SystemError) { memoryHoles = try parent.memory.holes() } catch { throw .system(error) }
@@ -92,13 +95,13 @@ extension ProcessVM {
             parent.stopsAtFirstStandardInputRead = true
             guard case .atFirstStandardInputRead = try parent.runUntilStop() else { return nil }
         }
-        try parent.writeWarmUpList()
-        return try ForkPoint(kind: kind, parent: parent, cpuid: cpuid)
+        let warmUpPages = try parent.writeWarmUpList()
+        return try ForkPoint(kind: kind, parent: parent, cpuid: cpuid, warmUpPages: warmUpPages)
     }
 
     /// Lists the pages a child will likely touch — the program image, heap and mappings the
-    /// parent has, and the top of its stack — for prepared VMs to read ahead.
-    private func writeWarmUpList() throws(GuestError) {
+    /// parent has, and the top of its stack — for prepared VMs to read ahead; returns them.
+    private func writeWarmUpList() throws(GuestError) -> [UInt64] {
         let capacity = Int(SystemArea.warmUpListPages) * GuestMemory.pageSize / 8 - 1
         let stackTop = AddressSpace.userTop
         let stackBottom = stackTop - UInt64(configuration.stackBytes)
@@ -112,12 +115,12 @@ extension ProcessVM {
             }
         }
         pages.append(SystemArea.stubPage)
-        var bytes = pages.prefix(capacity).flatMap { page in withUnsafeBytes(of: page) { Array($0) } }
-        bytes += [UInt8](repeating: 0, count: 8)
+        pages = Array(pages.prefix(capacity))
         for index in 0..<SystemArea.warmUpListPages {
             _ = try space.mapSystemPage(at: SystemArea.warmUpList + index * AddressSpace.pageSize, [.read, .user])
         }
-        bytes.withUnsafeBytes { space.loaderWrite(SystemArea.warmUpList, $0) }
+        SystemArea.warmUpListBytes(pages).withUnsafeBytes { space.loaderWrite(SystemArea.warmUpList, $0) }
+        return pages
     }
 
     /// A child of `forkPoint` in `prepared`, a VM made ready for it ahead of time: it shares
@@ -231,11 +234,21 @@ extension PreparedVM {
     /// exit leaves the vCPU in an unknown state) or owns more than `reusablePrivatePages`.
     public convenience init?(reusing child: ProcessVM) throws(GuestError) {
         guard let forkPoint = child.forkedFrom, child.vcpuStateKnown else { return nil }
+        let restored: RestoredFrames
         do throws(SystemError) {
-            guard try child.memory.restoreOrigin(maximumPrivatePages: Self.reusablePrivatePages,
-                                                 retiredFrames: child.space.retiredFrames) else { return nil }
+            guard let frames = try child.memory.restoreOrigin(maximumPrivatePages: Self.reusablePrivatePages,
+                                                              retiredFrames: child.space.retiredFrames) else { return nil }
+            restored = frames
         } catch {
             throw .system(error)
+        }
+        // The child's tables are the parent's again, and KVM still holds the translations the
+        // child used, except where the engine dropped them (glibc's RELRO pages, which the
+        // child's mprotect narrowed, for one). Those pages are read ahead again, and written
+        // back where writable and owned, which makes their translations writable too.
+        let readAgain: [UInt64] = forkPoint.warmUpPages.compactMap { page in
+            guard let (frame, permissions) = child.space.tables.translate(page), restored.invalidated.contains(frame) else { return nil }
+            return permissions.contains(.write) && restored.owned.contains(frame) ? page | SystemArea.warmUpWriteBack : page
         }
         let vcpu = child.vcpu
         do throws(KVMError) {
@@ -246,9 +259,10 @@ extension PreparedVM {
             try vcpu.setXCRs(forkPoint.xcrs)
             try vcpu.setXSave(forkPoint.xsave)
             try vcpu.setRegisters(forkPoint.registers)
-            // Translations the child's mprotect or munmap dropped (glibc's RELRO, for one)
-            // come back here, not in the next child.
-            try Self.readAhead(vcpu, for: forkPoint)
+            if !readAgain.isEmpty {
+                SystemArea.warmUpListBytes(readAgain).withUnsafeBytes { child.space.loaderWrite(SystemArea.warmUpList, $0) }
+                try Self.readAhead(vcpu, for: forkPoint)
+            }
         } catch {
             throw .kvm(error)
         }

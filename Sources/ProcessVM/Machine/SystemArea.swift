@@ -30,19 +30,31 @@ struct SystemArea {
     /// with 0): two user-readable pages the program never writes.
     static let warmUpList: UInt64 = 0x9000
     static let warmUpListPages: UInt64 = 2
-    /// Reads one byte of every page in the list at RSI, then exits like a system call. A
+    /// Reads one byte of every page in the list at RSI (zero-terminated page addresses), and
+    /// writes it back where the entry's bit 0 is set, then exits like a system call. A
     /// prepared VM runs it so that KVM builds its shadow translations of the parent's pages
-    /// ahead of the fork instead of on the child's first touches.
+    /// ahead of the fork instead of on the child's first touches; writing back makes a
+    /// translation writable, for pages the VM already owns a copy of.
     static let warmUpRoutine: UInt64 = stubPage + 0x600
     static let warmUpCode: [UInt8] = [
-        0x48, 0x8B, 0x06,       // next: mov rax, [rsi]
-        0x48, 0x85, 0xC0,       // test rax, rax
-        0x74, 0x08,             // jz done
-        0x8A, 0x00,             // mov al, [rax]
-        0x48, 0x83, 0xC6, 0x08, // add rsi, 8
-        0xEB, 0xF0,             // jmp next
-        0xE6, UInt8(syscallPort), // done: out 0xF0, al
+        0x48, 0x8B, 0x06,             // next: mov rax, [rsi]
+        0x48, 0x85, 0xC0,             // test rax, rax
+        0x74, 0x11,                   // jz done
+        0x48, 0x0F, 0xBA, 0xF0, 0x00, // btr rax, 0 (CF: write back)
+        0x8A, 0x10,                   // mov dl, [rax]
+        0x73, 0x02,                   // jnc skip
+        0x88, 0x10,                   // mov [rax], dl
+        0x48, 0x83, 0xC6, 0x08,       // skip: add rsi, 8
+        0xEB, 0xE7,                   // jmp next
+        0xE6, UInt8(syscallPort),     // done: out 0xF0, al
     ]
+    /// Bit 0 of a warm-up list entry: write the page too.
+    static let warmUpWriteBack: UInt64 = 1
+
+    /// A warm-up list as the routine reads it: the entries, then a zero.
+    static func warmUpListBytes(_ entries: [UInt64]) -> [UInt8] {
+        (entries + [0]).flatMap { entry in withUnsafeBytes(of: entry.littleEndian) { Array($0) } }
+    }
 
     private static let tssSize = 104
     private static let ioBitmapBytes = 65536 / 8

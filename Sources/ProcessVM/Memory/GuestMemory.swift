@@ -5,6 +5,14 @@ import Synchronization
 import Glibc
 #endif
 
+/// What restoring a fork child's memory found (see `GuestMemory.restoreOrigin`).
+struct RestoredFrames {
+    /// Frames the child had its own copy of; they still do, restored.
+    let owned: Set<UInt64>
+    /// Frames whose shadow translations were dropped during the child's life or by the restore.
+    let invalidated: Set<UInt64>
+}
+
 /// Guest-physical memory of one process VM: a memfd mapped into the engine, handed out in
 /// 4 KiB frames. Everything the guest needs — page tables, system tables, the program, its
 /// stack and heap — lives here, so a fork only has to map this memfd copy-on-write.
@@ -28,6 +36,8 @@ public final class GuestMemory: @unchecked Sendable {
     /// Of a fork child: frames taken from `freeFrames` since the fork (with those above the
     /// parent's `bumpFrame`, the frames it was handed).
     private var reusedFreeFrames: [UInt64] = []
+    /// Of a fork child: frames whose translations were dropped since the fork.
+    private var invalidatedFrames: [UInt64] = []
     /// For a fork child: the parent whose memory this maps copy-on-write, and the parent's holes.
     private let origin: (memory: GuestMemory, holes: [Range<Int>])?
     /// Byte ranges of this memory mapped from a file rather than the memfd.
@@ -136,15 +146,16 @@ public final class GuestMemory: @unchecked Sendable {
     /// parent's page, or with zeros in the parent's holes, and rewritten where it differs; the
     /// frame allocator goes back to the parent's. Rewritten pages stay this mapping's private
     /// pages, so the VM's shadow translations of them stay valid and the next child writes
-    /// them without a fault. False, with nothing changed, when the child owns more than
-    /// `maximumPrivatePages` pages (more memory than a pooled VM should hold).
+    /// them without a fault. Returns the frames it owns and those whose translations were
+    /// dropped, or nil, with nothing changed, when it owns more than `maximumPrivatePages`
+    /// (more than a pooled VM should hold).
     /// `retiredFrames` are frames whose mappings the child changed and whose translations
     /// were not dropped yet (it ended first).
-    func restoreOrigin(maximumPrivatePages: Int, retiredFrames: [UInt64]) throws(SystemError) -> Bool {
+    func restoreOrigin(maximumPrivatePages: Int, retiredFrames: [UInt64]) throws(SystemError) -> RestoredFrames? {
         guard let (parent, holes) = origin else { preconditionFailure("only a fork child's memory has an origin") }
         var owned: [Int] = []
         try PageMap.forEachPrivatePage(address: hostAddress, pages: Int(bumpFrame) / Self.pageSize) { owned.append($0) }
-        guard owned.count <= maximumPrivatePages else { return false }
+        guard owned.count <= maximumPrivatePages else { return nil }
         var holeIndex = 0
         for page in owned {
             let offset = page * Self.pageSize
@@ -164,7 +175,8 @@ public final class GuestMemory: @unchecked Sendable {
         bumpFrame = parent.bumpFrame
         freeFrames = parent.freeFrames
         reusedFreeFrames.removeAll()
-        return true
+        defer { invalidatedFrames.removeAll() }
+        return RestoredFrames(owned: Set(owned.map { UInt64($0 * Self.pageSize) }), invalidated: Set(invalidatedFrames))
     }
 
     /// Makes KVM drop every shadow translation to `frames`, whose guest mappings the engine
@@ -174,6 +186,7 @@ public final class GuestMemory: @unchecked Sendable {
     /// notifier. So each run of frames is made read-only and writable again: contents and
     /// host pages stay, and the guest's next touch of them walks its page tables afresh.
     func invalidateTranslations(ofFrames frames: [UInt64]) throws(SystemError) {
+        if origin != nil { invalidatedFrames += frames }
         var index = 0
         let sorted = frames.sorted()
         while index < sorted.count {
