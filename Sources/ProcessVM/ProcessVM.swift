@@ -243,6 +243,7 @@ public final class ProcessVM: @unchecked Sendable {
             switch exit {
             case .io(let port, true, _, _, _) where port == SystemArea.syscallPort:
                 if stopsAtFirstStandardInputRead, isStandardInputRead() { return .atFirstStandardInputRead }
+                resumePolling(after: vcpu.syncRegisters.pointee.regs.rax)
                 if let status = serveSystemCall() { return .ended(status) }
             case .io(let port, true, _, _, let offset) where port == SystemArea.exceptionPort:
                 let vector = UInt8(truncatingIfNeeded: UnsafeRawPointer(vcpu.runState).load(fromByteOffset: offset, as: UInt8.self))

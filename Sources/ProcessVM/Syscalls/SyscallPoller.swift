@@ -5,9 +5,15 @@ import HostSystem
 /// One engine thread that serves the posted system calls of every VM registered with it,
 /// without a VM exit: the guest's stub spins on its mailbox page while the poller runs the
 /// call. Only calls that neither block nor touch the vCPU's registers are served here; the
-/// rest are handed back to the stub, which then exits as usual. The poller spins while any
-/// registered VM runs, and lingers briefly after the last one leaves before it sleeps: forks
-/// come in runs, and a child's first call would otherwise wait for the poller to wake.
+/// rest are handed back to the stub, which then exits as usual.
+///
+/// Spin briefly, then block: the poller spins while registered VMs post calls, yields its
+/// core at each turn once they pause, and parks when none has posted for `parkAfter` — it
+/// clears each VM's `pollerActive` word, so their stubs exit straight away, and sleeps. The
+/// next call that takes the exit path sets its VM's word again and wakes the poller (see
+/// `ProcessVM.resumePolling`). So a container that computes, or waits in a blocking call,
+/// costs no spinning core. With no VM registered at all it lingers briefly before it sleeps:
+/// forks come in runs, and a child's first call would otherwise wait for the poller to wake.
 final class SyscallPoller: @unchecked Sendable {
     static let shared = SyscallPoller()
 
@@ -15,21 +21,28 @@ final class SyscallPoller: @unchecked Sendable {
     private static let linger: Duration = .microseconds(500)
     /// How long it spins with nothing posted before it yields its core at each turn.
     private static let yieldAfter: Duration = .microseconds(200)
+    /// How long it goes on with nothing posted before it parks.
+    private static let parkAfter: Duration = .milliseconds(2)
 
     private let condition = NSCondition()
     private var machines: [ObjectIdentifier: ProcessVM] = [:]
     /// Bumped by each register and unregister, so the loop copies the set only when it changed.
     private var generation = 0
     private var started = false
+    private var parked = false
 
     func register(_ vm: ProcessVM) {
         condition.withLock {
             machines[ObjectIdentifier(vm)] = vm
             generation += 1
+            parked = false
             if !started {
                 started = true
-                let thread = Thread { [self] in loop() }
-                thread.name = "vmfork-syscall-poller"
+                let thread = Thread { [self] in
+                    // Named for ps and top (Foundation's name does not reach the kernel's).
+                    _ = cshims_set_thread_name("vmfork-poller")
+                    loop()
+                }
                 thread.start()
             }
             condition.broadcast()
@@ -40,6 +53,15 @@ final class SyscallPoller: @unchecked Sendable {
         condition.withLock {
             _ = machines.removeValue(forKey: ObjectIdentifier(vm))
             generation += 1
+        }
+    }
+
+    /// Ends a park: a VM's call took the exit path and it wants polling again.
+    func wake() {
+        condition.withLock {
+            guard parked else { return }
+            parked = false
+            condition.broadcast()
         }
     }
 
@@ -61,17 +83,33 @@ final class SyscallPoller: @unchecked Sendable {
                 if generation != seenGeneration {
                     current = Array(machines.values)
                     seenGeneration = generation
+                    // A VM that just registered has not had its chance to post yet.
+                    lastServed = ContinuousClock.now
                 }
             }
             var served = false
             for vm in current where vm.servePostedSystemCall() { served = true }
             if served {
                 lastServed = ContinuousClock.now
+            } else if ContinuousClock.now - lastServed > Self.parkAfter {
+                park(current)
+                lastServed = ContinuousClock.now
             } else if ContinuousClock.now - lastServed > Self.yieldAfter {
                 // Nothing posted for a while: let other threads (pool refill, teardown)
                 // have the core, but come back at once if none wants it.
                 sched_yield()
             }
+        }
+    }
+
+    /// Turns the VMs' stubs to the exit path, serves what they posted meanwhile, and sleeps
+    /// until a VM wants polling again or a new one registers.
+    private func park(_ current: [ProcessVM]) {
+        condition.withLock { parked = true }
+        for vm in current { vm.suspendPolling() }
+        for vm in current { _ = vm.servePostedSystemCall() }
+        condition.withLock {
+            while parked { condition.wait() }
         }
     }
 }
@@ -92,6 +130,24 @@ extension ProcessVM {
     /// Of those, the calls that transfer data through a descriptor and could block on a pipe
     /// or terminal.
     static let descriptorTransfers: Set<Int> = [0, 1, 17, 18, 19, 20]
+
+    /// Makes the stub take the exit path until `resumePolling` (the poller is parking). A VM
+    /// whose vCPU thread is busy outside the guest is left alone: its next exit resumes anyway.
+    func suspendPolling() {
+        guard machineState.try() else { return }
+        defer { machineState.unlock() }
+        guard let mailbox = pollerMailbox else { return }
+        cshims_atomic_store_u32(mailbox.advanced(by: Int(SyscallStub.Offset.pollerActive)).assumingMemoryBound(to: UInt32.self), 0)
+    }
+
+    /// Called on the vCPU thread for each call that took the exit path: when the poller could
+    /// have served it, turns polling back on for this VM and wakes the poller if it parked
+    /// (the stub may also have given up waiting on a poller that parked meanwhile).
+    func resumePolling(after callNumber: UInt64) {
+        guard let mailbox = pollerMailbox, callNumber < 512, Self.pollableSystemCalls.contains(Int(callNumber)) else { return }
+        cshims_atomic_store_u32(mailbox.advanced(by: Int(SyscallStub.Offset.pollerActive)).assumingMemoryBound(to: UInt32.self), 1)
+        SyscallPoller.shared.wake()
+    }
 
     /// The mailbox page as the engine sees it (its frame never moves).
     var mailbox: UnsafeMutableRawPointer? {
