@@ -28,8 +28,8 @@ echo "== instant clone: a warm busybox parent, 5 children with their own argumen
 "$vmfork" fork --rootfs "$rootfs" --children 5 -- /bin/busybox echo "child {i} says hi"
 "$vmfork" fork --rootfs "$rootfs" --children 200 --pool 16 --quiet -- /bin/busybox echo hi
 echo
-echo "== instant clone as a container engine runs it: 1000 children, each removed when done (its VM reused), system calls polled"
-"$vmfork" fork --rootfs "$rootfs" --children 1000 --pool 16 --quiet --remove-each --poll-syscalls -- /bin/busybox echo hi
+echo "== instant clone as a container engine runs it: 1000 children, each removed when done (its VM reused)"
+"$vmfork" fork --rootfs "$rootfs" --children 1000 --pool 16 --quiet --remove-each -- /bin/busybox echo hi
 
 echo
 echo "== placement: this machine and a simulated fleet (Profiles/small.yaml) in $state"

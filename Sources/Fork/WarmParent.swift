@@ -17,7 +17,7 @@ public struct ImageSpec: Sendable {
     public var pollsSystemCalls: Bool
 
     public init(name: String, rootfs: String, executable: String, arguments: [String]? = nil, environment: [String] = [],
-                memoryBytes: Int = 64 << 20, forkPoint: ForkPoint.Kind = .entry, pollsSystemCalls: Bool = false) {
+                memoryBytes: Int = 64 << 20, forkPoint: ForkPoint.Kind = .entry, pollsSystemCalls: Bool = true) {
         self.name = name
         self.rootfs = rootfs
         self.executable = executable

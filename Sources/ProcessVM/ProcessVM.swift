@@ -13,11 +13,12 @@ public struct ProcessVMConfiguration: Sendable {
     public var rootfs: String
     public var identity: GuestIdentity
     /// Serve system calls that neither block nor need the vCPU from the engine's poller
-    /// thread, without a VM exit. Costs a core spinning while such VMs run.
+    /// thread, without a VM exit (about 4 µs instead of 22). The poller spins while VMs post
+    /// calls and parks when they stop, so a computing or waiting VM costs no core.
     public var pollsSystemCalls: Bool
 
     public init(rootfs: String, memoryBytes: Int = 256 << 20, stackBytes: Int = 2 << 20, identity: GuestIdentity = GuestIdentity(),
-                pollsSystemCalls: Bool = false) {
+                pollsSystemCalls: Bool = true) {
         self.rootfs = rootfs
         self.pollsSystemCalls = pollsSystemCalls
         self.memoryBytes = memoryBytes

@@ -33,8 +33,8 @@ struct ForkCommand: ParsableCommand {
     @Flag(help: "Stop the parent at its first read of standard input instead of its entry point; children then read their own (empty) input.")
     var stdinForkPoint = false
 
-    @Flag(help: "Serve system calls that cannot block from a polling engine thread, without a VM exit (uses a core while children run).")
-    var pollSyscalls = false
+    @Flag(inversion: .prefixedNo, help: "Serve system calls that cannot block from the engine's polling thread, without a VM exit (it spins while children make calls); with --no-poll-syscalls every call is a VM exit.")
+    var pollSyscalls = true
 
     @Flag(help: "Remove each child as soon as it has finished, as a container engine would: its VM goes back to the pool, restored, for the next child. The sharing report then covers only the parent.")
     var removeEach = false

@@ -23,8 +23,8 @@ struct RunCommand: ParsableCommand {
     @Option(help: "The hostname the program sees.")
     var hostname = "vmfork"
 
-    @Flag(help: "Serve system calls that cannot block from a polling engine thread, without a VM exit (uses a core while the VM runs).")
-    var pollSyscalls = false
+    @Flag(inversion: .prefixedNo, help: "Serve system calls that cannot block from the engine's polling thread, without a VM exit (it spins while the program makes calls); with --no-poll-syscalls every call is a VM exit.")
+    var pollSyscalls = true
 
     @Flag(help: "Print the system calls the program asked for that the engine does not serve.")
     var reportMissing = false

@@ -49,10 +49,13 @@ final class SyscallPoller: @unchecked Sendable {
         }
     }
 
+    /// Also ends a park, so that the poller lets go of the VM.
     func unregister(_ vm: ProcessVM) {
         condition.withLock {
             _ = machines.removeValue(forKey: ObjectIdentifier(vm))
             generation += 1
+            parked = false
+            condition.broadcast()
         }
     }
 
