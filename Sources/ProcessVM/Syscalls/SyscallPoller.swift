@@ -18,7 +18,7 @@ final class SyscallPoller: @unchecked Sendable {
     static let shared = SyscallPoller()
 
     /// How long the poller keeps spinning with no VM registered before it sleeps.
-    private static let linger: Duration = .microseconds(500)
+    private static let linger: Duration = .milliseconds(2)
     /// How long it spins with nothing posted before it yields its core at each turn.
     private static let yieldAfter: Duration = .microseconds(200)
     /// How long it goes on with nothing posted before it parks.
