@@ -1,8 +1,9 @@
 import HostSystem
 import ProcessVM
 
-/// Memory of a warm parent and its children as the kernel accounts it: for each child, the
-/// pages it still shares with the parent and the pages it owns (smaps of its guest mapping);
+/// Memory of a warm parent and its children as the kernel accounts it: the parent's memfd
+/// (its allocated blocks); for each child, the pages it still shares with the parent and the
+/// pages it owns (smaps of its guest mapping);
 /// for the family, what it costs against full copies; and the host kernel memory each VM
 /// costs besides (KVM's vmalloc, slab, kernel stacks and page tables).
 public struct SharingReport: Sendable {
@@ -11,7 +12,7 @@ public struct SharingReport: Sendable {
         public let usage: MappingUsage
     }
 
-    /// Resident bytes of the parent's memory (what one full copy of it would cost).
+    /// Bytes of the parent's memory, its memfd (what one full copy of it would cost).
     public let parentResident: Int
     public let children: [Child]
     /// Host kernel memory per VM, measured over the VMs the children run in.
@@ -25,7 +26,7 @@ public struct SharingReport: Sendable {
         let children = containers.compactMap { container in
             container.processVM.flatMap { vm in vm.memory.usage(in: mappings).map { Child(name: container.name, usage: $0) } }
         }
-        let parentResident = parent.forkPoint.memory.usage(in: mappings)?.resident ?? 0
+        let parentResident = parent.forkPoint.memory.memfdBytes ?? 0
         let perVM = kernelBefore.flatMap { before in containers.isEmpty ? nil : (kernelAfter - before).divided(by: containers.count) }
         return SharingReport(parentResident: parentResident, children: children, kernelPerVM: perVM)
     }
@@ -39,8 +40,8 @@ public struct SharingReport: Sendable {
 
     public func renderText() -> String {
         func kib(_ bytes: Int) -> String { "\(bytes / 1024) KiB" }
-        var lines = ["sharing (kernel accounting, /proc/self/smaps):",
-                     "  parent resident \(kib(parentResident))"]
+        var lines = ["sharing (kernel accounting: the parent's memfd, /proc/self/smaps):",
+                     "  parent memory \(kib(parentResident))"]
         let owned = children.map(\.usage.privateBytes).sorted()
         if !owned.isEmpty {
             let shared = children.map(\.usage.shared).sorted()

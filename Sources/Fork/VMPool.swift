@@ -44,6 +44,13 @@ final class VMPool: @unchecked Sendable {
         }
         guard start else { return }
         Self.refillQueue.async { [self] in
+            // Running containers come first: on 2 cores a refill at normal priority took a
+            // core from the vCPU and poller threads (fork → echo 3.7 ms p50 against 1.65 ms
+            // niced, 200 forks kept alive back to back). On Linux the nice value is per thread.
+            let which = __priority_which_t(PRIO_PROCESS.rawValue)
+            let previous = getpriority(which, 0)
+            setpriority(which, 0, 19)
+            defer { setpriority(which, 0, previous) }
             while condition.withLock({ ready.count < target }) {
                 guard let vm = try? PreparedVM(system: system, forkPoint: forkPoint, readAhead: true) else { break }
                 condition.withLock {

@@ -212,6 +212,14 @@ public final class GuestMemory: @unchecked Sendable {
     /// Where this memory is mapped in the engine, to find it in /proc/self/smaps.
     public var hostAddress: UInt { UInt(bitPattern: mapping.base) }
 
+    /// Bytes the kernel holds for this memory's memfd (its allocated blocks): a frozen
+    /// parent's whole memory, whether or not its own mapping has the pages mapped.
+    public var memfdBytes: Int? {
+        var info = stat()
+        guard fstat(memfd.rawValue, &info) == 0 else { return nil }
+        return Int(info.st_blocks) * 512
+    }
+
     /// The kernel's accounting of this memory's mappings in `mappings`.
     public func usage(in mappings: MemoryMappings) -> MappingUsage? {
         mappings.usage(of: hostAddress, length: size)
