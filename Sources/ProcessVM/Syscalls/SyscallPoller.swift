@@ -95,7 +95,8 @@ final class SyscallPoller: @unchecked Sendable {
             if served {
                 lastServed = ContinuousClock.now
             } else if ContinuousClock.now - lastServed > Self.parkAfter {
-                park(current)
+                park(&current)
+                seenGeneration = -1
                 lastServed = ContinuousClock.now
             } else if ContinuousClock.now - lastServed > Self.yieldAfter {
                 // Nothing posted for a while: let other threads (pool refill, teardown)
@@ -106,11 +107,12 @@ final class SyscallPoller: @unchecked Sendable {
     }
 
     /// Turns the VMs' stubs to the exit path, serves what they posted meanwhile, and sleeps
-    /// until a VM wants polling again or a new one registers.
-    private func park(_ current: [ProcessVM]) {
+    /// (holding none of them) until a VM wants polling again or one registers or leaves.
+    private func park(_ current: inout [ProcessVM]) {
         condition.withLock { parked = true }
         for vm in current { vm.suspendPolling() }
         for vm in current { _ = vm.servePostedSystemCall() }
+        current = []
         condition.withLock {
             while parked { condition.wait() }
         }
