@@ -21,47 +21,30 @@ let benchmarks: @Sendable () -> Void = {
     // pool refills; the wait for the pool is outside the measurement.
     let oneAtATime = Benchmark.Configuration(metrics: [.wallClock], warmupIterations: 5, scalingFactor: .one,
                                              maxDuration: .seconds(10), maxIterations: 500)
-    Benchmark("Fork → busybox echo hi finished, output captured (pool ready, system calls by VM exit)", configuration: oneAtATime) { benchmark in
-        fixture.exitPathEchoParent.waitUntilPoolIsFull()
-        benchmark.startMeasurement()
-        let child = try fixture.exitPathEchoParent.fork(arguments: ["echo", "hi"], streams: fixture.capture.standard)
-        blackHole(try child.run())
-        benchmark.stopMeasurement()
-        child.remove()
-    }
-
-    Benchmark("Fork → busybox echo hi finished, output captured (pool ready, polled system calls)", configuration: oneAtATime) { benchmark in
-        fixture.echoParent.waitUntilPoolIsFull()
-        benchmark.startMeasurement()
-        let child = try fixture.echoParent.fork(arguments: ["echo", "hi"], streams: fixture.capture.standard)
-        blackHole(try child.run())
-        benchmark.stopMeasurement()
-        child.remove()
-    }
-
-    Benchmark("Fork → child's command running, program exits at once (pool ready)", configuration: oneAtATime) { benchmark in
-        fixture.exitParent.waitUntilPoolIsFull()
-        benchmark.startMeasurement()
-        let child = try fixture.exitParent.fork(arguments: [], streams: fixture.capture.standard)
-        blackHole(try child.run())
-        benchmark.stopMeasurement()
-        child.remove()
-    }
-
-    // Sustained: forks back to back, each removed, the pool refilling in the background.
-    Benchmark("Forks sustained: fork, busybox echo hi, remove (system calls by VM exit)", configuration: configuration) { benchmark in
-        for _ in benchmark.scaledIterations {
-            let child = try fixture.exitPathEchoParent.fork(arguments: ["echo", "hi"], streams: fixture.capture.standard)
+    func forkFromReadyPool(_ name: String, _ parent: WarmParent, arguments: [String]) {
+        Benchmark(name, configuration: oneAtATime) { benchmark in
+            parent.waitUntilPoolIsFull()
+            benchmark.startMeasurement()
+            let child = try parent.fork(arguments: arguments, streams: fixture.capture.standard)
             blackHole(try child.run())
+            benchmark.stopMeasurement()
             child.remove()
         }
     }
+    forkFromReadyPool("Fork → busybox echo hi finished, output captured (pool ready, system calls by VM exit)",
+                      fixture.exitPathEchoParent, arguments: ["echo", "hi"])
+    forkFromReadyPool("Fork → busybox echo hi finished, output captured (pool ready, polled system calls)",
+                      fixture.echoParent, arguments: ["echo", "hi"])
+    forkFromReadyPool("Fork → child's command running, program exits at once (pool ready)", fixture.exitParent, arguments: [])
 
-    Benchmark("Forks sustained: fork, busybox echo hi, remove (polled system calls)", configuration: configuration) { benchmark in
-        for _ in benchmark.scaledIterations {
-            let child = try fixture.echoParent.fork(arguments: ["echo", "hi"], streams: fixture.capture.standard)
-            blackHole(try child.run())
-            child.remove()
+    // Sustained: forks back to back, each removed, its VM going back to the pool meanwhile.
+    for (mode, parent) in [("system calls by VM exit", fixture.exitPathEchoParent), ("polled system calls", fixture.echoParent)] {
+        Benchmark("Forks sustained: fork, busybox echo hi, remove (\(mode))", configuration: configuration) { benchmark in
+            for _ in benchmark.scaledIterations {
+                let child = try parent.fork(arguments: ["echo", "hi"], streams: fixture.capture.standard)
+                blackHole(try child.run())
+                child.remove()
+            }
         }
     }
 
