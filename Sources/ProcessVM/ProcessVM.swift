@@ -205,9 +205,9 @@ public final class ProcessVM: @unchecked Sendable {
         runningThread.enter()
         machineState.lock()
         if configuration.pollsSystemCalls, let mailbox {
-            mailbox.storeBytes(of: UInt32(1), toByteOffset: Int(SyscallStub.Offset.pollerActive), as: UInt32.self)
             pollerMailbox = mailbox
-            SyscallPoller.shared.register(self)
+            let active: UInt32 = SyscallPoller.shared.register(self) ? 1 : 0
+            mailbox.storeBytes(of: active, toByteOffset: Int(SyscallStub.Offset.pollerActive), as: UInt32.self)
         }
         defer {
             if pollerMailbox != nil {

@@ -12,7 +12,9 @@ import HostSystem
 /// clears each VM's `pollerActive` word, so their stubs exit straight away, and sleeps. The
 /// next call that takes the exit path sets its VM's word again and wakes the poller (see
 /// `ProcessVM.resumePolling`). So a container that computes, or waits in a blocking call,
-/// costs no spinning core. With no VM registered at all it lingers briefly before it sleeps:
+/// costs no spinning core. And when the poller finds it lost its core for a while (a turn of
+/// its loop took over 1 ms), the host has none to spare: guests would spin for a poller that
+/// is not running, so polling stays off for 50 ms and every call exits. With no VM registered at all it lingers briefly before it sleeps:
 /// forks come in runs, and a child's first call would otherwise wait for the poller to wake.
 final class SyscallPoller: @unchecked Sendable {
     static let shared = SyscallPoller()
@@ -23,6 +25,10 @@ final class SyscallPoller: @unchecked Sendable {
     private static let yieldAfter: Duration = .microseconds(200)
     /// How long it goes on with nothing posted before it parks.
     private static let parkAfter: Duration = .milliseconds(2)
+    /// A turn of the loop that took this long means the poller lost its core to other work.
+    private static let preemptedAfter: Duration = .milliseconds(1)
+    /// How long polling stays off once the poller has lost its core.
+    private static let backOff: Duration = .milliseconds(50)
 
     private let condition = NSCondition()
     private var machines: [ObjectIdentifier: ProcessVM] = [:]
@@ -30,12 +36,14 @@ final class SyscallPoller: @unchecked Sendable {
     private var generation = 0
     private var started = false
     private var parked = false
+    /// Until when polling is off because the host has no core to spare for it.
+    private var backingOffUntil: ContinuousClock.Instant?
 
-    func register(_ vm: ProcessVM) {
+    /// Registers a running VM; false while the poller backs off (the VM's stub should exit).
+    func register(_ vm: ProcessVM) -> Bool {
         condition.withLock {
             machines[ObjectIdentifier(vm)] = vm
             generation += 1
-            parked = false
             if !started {
                 started = true
                 let thread = Thread { [self] in
@@ -45,7 +53,10 @@ final class SyscallPoller: @unchecked Sendable {
                 }
                 thread.start()
             }
+            guard !backingOff else { return false }
+            parked = false
             condition.broadcast()
+            return true
         }
     }
 
@@ -59,13 +70,22 @@ final class SyscallPoller: @unchecked Sendable {
         }
     }
 
-    /// Ends a park: a VM's call took the exit path and it wants polling again.
-    func wake() {
+    /// Ends a park, for a VM whose call took the exit path and wants polling again; false
+    /// while the poller backs off.
+    func resume() -> Bool {
         condition.withLock {
-            guard parked else { return }
-            parked = false
-            condition.broadcast()
+            guard !backingOff else { return false }
+            if parked {
+                parked = false
+                condition.broadcast()
+            }
+            return true
         }
+    }
+
+    private var backingOff: Bool {
+        guard let until = backingOffUntil else { return false }
+        return ContinuousClock.now < until
     }
 
     private func loop() {
@@ -73,12 +93,15 @@ final class SyscallPoller: @unchecked Sendable {
         var seenGeneration = -1
         var lastServed = ContinuousClock.now
         var lastBusy = ContinuousClock.now
+        var lastTurn = ContinuousClock.now
         while true {
+            var slept = false
             condition.withLock {
                 if machines.isEmpty {
                     current = []
                     if ContinuousClock.now - lastBusy > Self.linger {
                         while machines.isEmpty { condition.wait() }
+                        slept = true
                     }
                 } else {
                     lastBusy = ContinuousClock.now
@@ -92,29 +115,48 @@ final class SyscallPoller: @unchecked Sendable {
             }
             var served = false
             for vm in current where vm.servePostedSystemCall() { served = true }
-            if served {
-                lastServed = ContinuousClock.now
-            } else if ContinuousClock.now - lastServed > Self.parkAfter {
-                park(&current)
-                seenGeneration = -1
-                lastServed = ContinuousClock.now
-            } else if ContinuousClock.now - lastServed > Self.yieldAfter {
+            let now = ContinuousClock.now
+            if !slept, !current.isEmpty, now - lastTurn > Self.preemptedAfter {
+                // Guests spin while the poller waits for a core: each call would cost more
+                // than an exit. Polling stays off for a while.
+                park(&current, until: now + Self.backOff)
+            } else if served {
+                lastServed = now
+            } else if now - lastServed > Self.parkAfter {
+                park(&current, until: nil)
+            } else if now - lastServed > Self.yieldAfter {
                 // Nothing posted for a while: let other threads (pool refill, teardown)
                 // have the core, but come back at once if none wants it.
                 sched_yield()
             }
+            if current.isEmpty {
+                seenGeneration = -1
+                lastServed = ContinuousClock.now
+            }
+            lastTurn = ContinuousClock.now
         }
     }
 
     /// Turns the VMs' stubs to the exit path, serves what they posted meanwhile, and sleeps
-    /// (holding none of them) until a VM wants polling again or one registers or leaves.
-    private func park(_ current: inout [ProcessVM]) {
-        condition.withLock { parked = true }
+    /// (holding none of them): until a VM wants polling again or one registers or leaves,
+    /// or, backing off, until `deadline`.
+    private func park(_ current: inout [ProcessVM], until deadline: ContinuousClock.Instant?) {
+        condition.withLock {
+            parked = true
+            backingOffUntil = deadline
+        }
         for vm in current { vm.suspendPolling() }
         for vm in current { _ = vm.servePostedSystemCall() }
         current = []
         condition.withLock {
-            while parked { condition.wait() }
+            if let deadline {
+                let wallDeadline = Date(timeIntervalSinceNow: Double((deadline - ContinuousClock.now).components.attoseconds) / 1e18)
+                while ContinuousClock.now < deadline { _ = condition.wait(until: wallDeadline) }
+                backingOffUntil = nil
+                parked = false
+            } else {
+                while parked { condition.wait() }
+            }
         }
     }
 }
@@ -149,9 +191,9 @@ extension ProcessVM {
     /// have served it, turns polling back on for this VM and wakes the poller if it parked
     /// (the stub may also have given up waiting on a poller that parked meanwhile).
     func resumePolling(after callNumber: UInt64) {
-        guard let mailbox = pollerMailbox, callNumber < 512, Self.pollableSystemCalls.contains(Int(callNumber)) else { return }
+        guard let mailbox = pollerMailbox, callNumber < 512, Self.pollableSystemCalls.contains(Int(callNumber)),
+              SyscallPoller.shared.resume() else { return }
         cshims_atomic_store_u32(mailbox.advanced(by: Int(SyscallStub.Offset.pollerActive)).assumingMemoryBound(to: UInt32.self), 1)
-        SyscallPoller.shared.wake()
     }
 
     /// The mailbox page as the engine sees it (its frame never moves).
