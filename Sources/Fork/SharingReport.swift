@@ -48,7 +48,9 @@ public struct SharingReport: Sendable {
             lines.append("  per child: owns \(kib(owned[owned.count / 2])) median (\(kib(owned.first!))–\(kib(owned.last!))), "
                          + "shares \(kib(shared[shared.count / 2])) median with the parent")
         }
-        lines.append("  family of \(children.count) children: \(kib(familyCost)) against \(kib(fullCopiesCost)) as full copies — \(kib(saved)) saved")
+        if !children.isEmpty {
+            lines.append("  family of \(children.count) children: \(kib(familyCost)) against \(kib(fullCopiesCost)) as full copies — \(kib(saved)) saved")
+        }
         if let kernelPerVM {
             lines.append("  host kernel memory per VM: \(kib(kernelPerVM.total)) (vmalloc \(kib(kernelPerVM.vmalloc)), slab \(kib(kernelPerVM.slab)), "
                          + "kernel stacks \(kib(kernelPerVM.kernelStack)), page tables \(kib(kernelPerVM.pageTables)))")
