@@ -13,8 +13,9 @@ import HostSystem
 /// next call that takes the exit path sets its VM's word again and wakes the poller (see
 /// `ProcessVM.resumePolling`). So a container that computes, or waits in a blocking call,
 /// costs no spinning core. And when the poller finds it lost its core for a while (a turn of
-/// its loop took over 1 ms), the host has none to spare: guests would spin for a poller that
-/// is not running, so polling stays off for 50 ms and every call exits. With no VM registered at all it lingers briefly before it sleeps:
+/// its loop took over 1 ms) while fewer VMs than cores are registered, other work wants the
+/// host: guests would spin for a poller that is not running, so polling stays off for 50 ms
+/// and every call exits. With no VM registered at all it lingers briefly before it sleeps:
 /// forks come in runs, and a child's first call would otherwise wait for the poller to wake.
 final class SyscallPoller: @unchecked Sendable {
     static let shared = SyscallPoller()
@@ -28,7 +29,8 @@ final class SyscallPoller: @unchecked Sendable {
     /// A turn of the loop that took this long means the poller lost its core to other work.
     private static let preemptedAfter: Duration = .milliseconds(1)
     /// How long polling stays off once the poller has lost its core.
-    private static let backOff: Duration = .milliseconds(50)
+    private static let backOff: Duration = .milliseconds(10)
+    private static let cores = ProcessInfo.processInfo.activeProcessorCount
 
     private let condition = NSCondition()
     private var machines: [ObjectIdentifier: ProcessVM] = [:]
@@ -116,9 +118,12 @@ final class SyscallPoller: @unchecked Sendable {
             var served = false
             for vm in current where vm.servePostedSystemCall() { served = true }
             let now = ContinuousClock.now
-            if !slept, !current.isEmpty, now - lastTurn > Self.preemptedAfter {
-                // Guests spin while the poller waits for a core: each call would cost more
-                // than an exit. Polling stays off for a while.
+            if !slept, !current.isEmpty, current.count < Self.cores, now - lastTurn > Self.preemptedAfter {
+                // The poller lost its core although its VMs leave one free: other work wants
+                // the host, and guests would spin while the poller waits for a core, each
+                // call costing more than an exit. Polling stays off for a while. (With as
+                // many busy VMs as cores, losing the core is expected, and whichever vCPU
+                // runs is still served in microseconds.)
                 park(&current, until: now + Self.backOff)
             } else if served {
                 lastServed = now
@@ -215,9 +220,9 @@ extension ProcessVM {
             return false
         }
         func word(_ offset: UInt64) -> UInt64 { mailbox.loadUnaligned(fromByteOffset: Int(offset), as: UInt64.self) }
-        let arguments = (0..<6).map { word(SyscallStub.Offset.arguments + UInt64($0 * 8)) }
+        func argument(_ index: UInt64) -> UInt64 { word(SyscallStub.Offset.arguments + index * 8) }
         let call = SystemCall(number: Int(truncatingIfNeeded: word(SyscallStub.Offset.number)),
-                              arguments: (arguments[0], arguments[1], arguments[2], arguments[3], arguments[4], arguments[5]))
+                              arguments: (argument(0), argument(1), argument(2), argument(3), argument(4), argument(5)))
         guard Self.pollableSystemCalls.contains(call.number), !interrupts.hasPending, pendingSignal == nil,
               !Self.descriptorTransfers.contains(call.number) || files.isRegularFile(call.int(call.a0)) else {
             cshims_atomic_store_u32(state, SyscallStub.State.handedBack.rawValue)
