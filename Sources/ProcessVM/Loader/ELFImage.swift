@@ -13,11 +13,6 @@ struct ELFImage {
         let virtualAddress: UInt64
         let memorySize: UInt64
         let permissions: PagePermissions
-
-        /// True when any byte of the page at `page` (page-aligned) belongs to this segment.
-        func overlapsPage(_ page: UInt64) -> Bool {
-            AddressSpace.pageDown(virtualAddress) <= page && page < virtualAddress + memorySize
-        }
     }
 
     enum Kind { case executable, positionIndependent }
