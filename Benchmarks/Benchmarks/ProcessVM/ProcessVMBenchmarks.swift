@@ -5,7 +5,7 @@ import ProcessVM
 import TestSupport
 
 /// A fresh process VM against Linux itself, side by side: `busybox echo hi` in a newly
-/// created VM (system calls by VM exit or polled), in a blank VM made ahead of time, and
+/// created VM (system calls by VM exit or polled), the same cold start phase by phase, and
 /// the same static binary started natively with posix_spawn. The system-call round trip is
 /// the difference between a guest making 1,000 getpid calls and one making none.
 let benchmarks: @Sendable () -> Void = {
@@ -24,23 +24,25 @@ let benchmarks: @Sendable () -> Void = {
         }
     }
 
-    // The same, but the blank VM (memory slot, vCPU, CPUID, system area, the vCPU's first
-    // entry) was made ahead of time, outside the measurement, as a pool would; loading,
-    // running and tearing down are measured.
     let oneAtATime = Benchmark.Configuration(metrics: [.wallClock], warmupIterations: 5, scalingFactor: .one,
                                              maxDuration: .seconds(5), maxIterations: 1_000)
-    Benchmark("Process VM in a blank VM made ahead (pooled, not cold): busybox echo hi", configuration: oneAtATime) { benchmark in
-        let configuration = fixture.echoConfiguration(polled: false)
-        var blank: BlankVM? = try BlankVM(system: fixture.system, memoryBytes: configuration.memoryBytes, entersOnce: true)
-        benchmark.startMeasurement()
-        do {
-            let vm = try ProcessVM(blank: blank!, configuration: configuration, executable: "/bin/busybox",
-                                   arguments: ["busybox", "echo", "hi"], environment: [], streams: fixture.nullStreams)
-            // The process VM now holds the only references, so its teardown is measured.
+
+    // Where a cold start's time goes: each phase measured alone, the others run outside the
+    // measurement. System calls polled, the default.
+    for phase in ColdStartPhase.allCases {
+        Benchmark("Cold start phase \(phase.rawValue): busybox echo hi", configuration: oneAtATime) { benchmark in
+            let configuration = fixture.echoConfiguration(polled: true)
+            var blank: BlankVM? = try phase.measured(.blankVM, by: benchmark) {
+                try BlankVM(system: fixture.system, memoryBytes: configuration.memoryBytes, entersOnce: true)
+            }
+            var vm: ProcessVM? = try phase.measured(.load, by: benchmark) {
+                try ProcessVM(blank: blank!, configuration: configuration, executable: "/bin/busybox",
+                              arguments: ["busybox", "echo", "hi"], environment: [], streams: fixture.nullStreams)
+            }
             blank = nil
-            blackHole(try vm.run())
+            blackHole(try phase.measured(.run, by: benchmark) { try vm!.run() })
+            phase.measured(.teardown, by: benchmark) { vm = nil }
         }
-        benchmark.stopMeasurement()
     }
 
     Benchmark("Native posix_spawn: busybox echo hi", configuration: configuration) { benchmark in
@@ -83,4 +85,20 @@ final class Fixture: @unchecked Sendable {
         ProcessVMConfiguration(rootfs: rootfs, memoryBytes: 64 << 20, pollsSystemCalls: polled)
     }
 
+}
+
+/// The phases of a cold start, in order.
+enum ColdStartPhase: String, CaseIterable {
+    case blankVM = "1, blank VM (create VM, memory slot, vCPU, first entry)"
+    case load = "2, load the program into it"
+    case run = "3, run it to its exit"
+    case teardown = "4, tear the VM down"
+
+    /// Runs `body`, measured when it is this phase.
+    func measured<T>(_ phase: ColdStartPhase, by benchmark: Benchmark, _ body: () throws -> T) rethrows -> T {
+        guard phase == self else { return try body() }
+        benchmark.startMeasurement()
+        defer { benchmark.stopMeasurement() }
+        return try body()
+    }
 }
