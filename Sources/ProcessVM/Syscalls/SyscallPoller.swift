@@ -15,7 +15,7 @@ import Synchronization
 /// `ProcessVM.resumePolling`). So a container that computes, or waits in a blocking call,
 /// costs no spinning core. And when the poller finds it lost its core for a while (a turn of
 /// its loop took over 1 ms) while fewer VMs than cores are registered, other work wants the
-/// host: guests would spin for a poller that is not running, so polling stays off for 50 ms
+/// host: guests would spin for a poller that is not running, so polling stays off for 10 ms
 /// and every call exits. With no VM registered at all it lingers briefly before it sleeps:
 /// forks come in runs, and a child's first call would otherwise wait for the poller to wake.
 final class SyscallPoller: @unchecked Sendable {
