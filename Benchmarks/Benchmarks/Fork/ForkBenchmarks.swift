@@ -8,8 +8,9 @@ import TestSupport
 
 /// Instant clone against its alternatives, side by side in one run: a fork of a warm
 /// busybox parent running `echo hi` to completion (output captured to a file), a fork whose
-/// program exits at once (fork → the child's command running), a cold process VM of the same
-/// program, and native posix_spawn of the same static binary. System calls are polled (the
+/// program exits at once (fork → the child's command running), the echo again beside 200 idle
+/// containers, a cold process VM of the same program, and native posix_spawn of the same
+/// static binary. System calls are polled (the
 /// engine's default) unless a name says they go by VM exit. Each fork's VM is removed and
 /// goes back to the pool, restored, in the background, as in production.
 let benchmarks: @Sendable () -> Void = {
@@ -21,21 +22,29 @@ let benchmarks: @Sendable () -> Void = {
     // pool refills; the wait for the pool is outside the measurement.
     let oneAtATime = Benchmark.Configuration(metrics: [.wallClock], warmupIterations: 5, scalingFactor: .one,
                                              maxDuration: .seconds(10), maxIterations: 500)
-    func forkFromReadyPool(_ name: String, _ parent: WarmParent, arguments: [String]) {
-        Benchmark(name, configuration: oneAtATime) { benchmark in
+    func forkFromReadyPool(_ name: String, _ parent: WarmParent, arguments: [String], alongside idle: IdleContainers? = nil) {
+        Benchmark(name, configuration: oneAtATime, closure: { benchmark in
             parent.waitUntilPoolIsFull()
             benchmark.startMeasurement()
             let child = try parent.fork(arguments: arguments, streams: fixture.capture.standard)
             blackHole(try child.run())
             benchmark.stopMeasurement()
             child.remove()
-        }
+        }, setup: { try idle?.start(from: fixture.echoParent, streams: fixture.capture.standard) }, teardown: { idle?.removeAll() })
     }
     forkFromReadyPool("Fork → busybox echo hi finished, output captured (pool ready, system calls by VM exit)",
                       fixture.exitPathEchoParent, arguments: ["echo", "hi"])
     forkFromReadyPool("Fork → busybox echo hi finished, output captured (pool ready, polled system calls)",
                       fixture.echoParent, arguments: ["echo", "hi"])
     forkFromReadyPool("Fork → child's command running, program exits at once (pool ready)", fixture.exitParent, arguments: [])
+
+    // Density: the same with 200 idle containers alive, each a VM sleeping in nanosleep. Each
+    // VM hooks KVM's MMU notifier into the engine's address space, so every mprotect or munmap
+    // the engine makes (dropping a child's translations, restoring a VM) visits all of them.
+    for (mode, parent) in [("system calls by VM exit", fixture.exitPathEchoParent), ("polled system calls", fixture.echoParent)] {
+        forkFromReadyPool("Fork → busybox echo hi finished, 200 idle containers alive (pool ready, \(mode))", parent,
+                          arguments: ["echo", "hi"], alongside: IdleContainers(count: 200))
+    }
 
     // Sustained: forks back to back, each removed, its VM going back to the pool meanwhile.
     for (mode, parent) in [("system calls by VM exit", fixture.exitPathEchoParent), ("polled system calls", fixture.echoParent)] {
@@ -100,4 +109,31 @@ final class ForkFixture: @unchecked Sendable {
         exitParent.waitUntilPoolIsFull()
     }
 
+}
+
+/// Containers kept alive and idle (`busybox sleep`) while other benchmarks run beside them.
+final class IdleContainers: @unchecked Sendable {
+    let count: Int
+    private var containers: [Container] = []
+
+    init(count: Int) {
+        self.count = count
+    }
+
+    /// Forks them and waits until each has reached its sleep.
+    func start(from parent: WarmParent, streams: StandardStreams) throws {
+        for _ in 0..<count {
+            let container = try parent.fork(arguments: ["sleep", "100000"], streams: streams)
+            container.start()
+            containers.append(container)
+        }
+        Thread.sleep(forTimeInterval: 0.5)
+        parent.waitUntilPoolIsFull()
+    }
+
+    func removeAll() {
+        containers.forEach { $0.remove() }
+        containers = []
+        Container.waitForTeardown()
+    }
 }
