@@ -206,8 +206,7 @@ public final class ProcessVM: @unchecked Sendable {
         machineState.lock()
         if configuration.pollsSystemCalls, let mailbox {
             pollerMailbox = mailbox
-            let active: UInt32 = SyscallPoller.shared.register(self) ? 1 : 0
-            mailbox.storeBytes(of: active, toByteOffset: Int(SyscallStub.Offset.pollerActive), as: UInt32.self)
+            SyscallPoller.shared.watch(self, mailbox: mailbox)
         }
         defer {
             if pollerMailbox != nil {

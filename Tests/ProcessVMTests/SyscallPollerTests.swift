@@ -1,13 +1,15 @@
 import Foundation
 import HostSystem
 import KVM
-import ProcessVM
+@testable import ProcessVM
 import TestSupport
 import Testing
 
 /// The poller spins only while guests post calls: a polled VM that computes without system
-/// calls leaves the poller parked, costing no core.
-@Suite(.enabled(if: HostFacts.hasKVM, "needs /dev/kvm"))
+/// calls leaves the poller parked, costing no core, and a quiet VM is not watched while
+/// others keep the poller busy.
+/// One after the other: both watch the engine's one poller.
+@Suite(.serialized, .enabled(if: HostFacts.hasKVM, "needs /dev/kvm"))
 struct SyscallPollerTests {
     @Test func pollerParksWhileItsGuestComputes() throws {
         // 200 polled getpid calls, then a loop that never makes another call.
@@ -32,6 +34,47 @@ struct SyscallPollerTests {
         finished.wait()
         // Spinning all along would cost about 0.4 s of CPU; parked, almost none.
         #expect(after - before < 0.05, "the poller used \(after - before) s of CPU in 0.4 s while its guest made no calls")
+    }
+
+    @Test func pollerStopsWatchingAQuietVMWhileAnotherPosts() throws {
+        // The quiet one: 200 polled getpid calls, then a nanosleep of 1,000 s (served on its
+        // vCPU thread, which blocks outside the guest). The busy one: getpid for ever.
+        let quiet = [0x49, 0xBC] + withUnsafeBytes(of: UInt64(200).littleEndian) { Array($0) } // mov r12, 200
+            + [0xB8, 39, 0, 0, 0, 0x0F, 0x05, 0x49, 0xFF, 0xCC, 0x75, 0xF4] // getpid; dec r12; jnz
+            + [0x6A, 0x00, 0x68, 0xE8, 0x03, 0x00, 0x00, 0x48, 0x89, 0xE7, 0x31, 0xF6] // push 0; push 1000; mov rdi, rsp; xor esi, esi
+            + [0xB8, 35, 0, 0, 0, 0x0F, 0x05, 0xEB, 0xFE] // nanosleep; jmp $
+        let busy: [UInt8] = [0xB8, 39, 0, 0, 0, 0x0F, 0x05, 0xEB, 0xF7] // getpid; jmp back
+        let system = try KVMSystem()
+        let streams = try CapturedStreams()
+        var roots: [URL] = []
+        defer { roots.forEach { try? FileManager.default.removeItem(at: $0) } }
+        let vms = try [quiet, busy].map { code in
+            let root = try GuestRunner.rootfs(withProgram: code)
+            roots.append(root)
+            return try ProcessVM(system: system, configuration: ProcessVMConfiguration(rootfs: root.path, pollsSystemCalls: true),
+                                 executable: "/prog", arguments: ["prog"], environment: [], streams: streams.standard)
+        }
+        let finished = DispatchSemaphore(value: 0)
+        for vm in vms {
+            Thread.detachNewThread {
+                _ = try? vm.run()
+                finished.signal()
+            }
+        }
+        // A VM's pollerActive word is set exactly while the poller watches it.
+        func watched(_ vm: ProcessVM) -> Bool {
+            vm.mailbox.map { $0.load(fromByteOffset: Int(SyscallStub.Offset.pollerActive), as: UInt32.self) } == 1
+        }
+        Thread.sleep(forTimeInterval: 0.2)
+        var samples: [(quiet: Bool, busy: Bool)] = []
+        for _ in 0..<40 {
+            samples.append((watched(vms[0]), watched(vms[1])))
+            Thread.sleep(forTimeInterval: 0.005)
+        }
+        vms.forEach { $0.kill() }
+        vms.forEach { _ in finished.wait() }
+        #expect(!samples.contains { $0.quiet }, "the poller still watched the sleeping VM: \(samples.map { "\($0.quiet ? 1 : 0)\($0.busy ? 1 : 0)" })")
+        #expect(samples.contains { $0.busy }, "the poller never watched the VM making calls")
     }
 
     /// User plus system CPU seconds of the engine's poller thread, from /proc.

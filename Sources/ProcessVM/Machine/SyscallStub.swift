@@ -6,8 +6,9 @@
 ///
 /// - Polled (no exit): when a poller serves this VM (mailbox word `pollerActive` set), the
 ///   stub posts the call to the mailbox page and spins; the engine's poller thread serves it
-///   and posts the result. If no answer comes within the spin budget, or the poller hands
-///   the call back (calls that need the vCPU or may block), the stub takes the exit path.
+///   and posts the result. If no answer comes within the spin budget, or the poller stops
+///   watching the VM meanwhile, or hands the call back (calls that need the vCPU or may
+///   block), the stub takes the exit path.
 /// - Exit: `out` to the system-call port; the engine serves the call on the vCPU thread and
 ///   leaves the result in RAX.
 ///
@@ -72,9 +73,13 @@ enum SyscallStub {
         a.emit([0xB9] + a.le(spinBudget)) // mov ecx, budget
         a.label("spin")
         a.waitStep(state: at(Offset.state))
+        // The poller stopped watching this VM: it may never come.
+        a.emit([0x83, 0x3C, 0x25] + a.le(at(Offset.pollerActive)) + [0x00]) // cmp dword [pollerActive], 0
+        a.jump(.equal, to: "giveUp")
         a.emit([0xFF, 0xC9]) // dec ecx
         a.jump(.notEqual, to: "spin")
         // Out of patience: withdraw the post unless the poller has taken it.
+        a.label("giveUp")
         a.emit([0xB8] + a.le(State.posted.rawValue)) // mov eax, posted
         a.emit([0xB9] + a.le(State.withdrawn.rawValue)) // mov ecx, withdrawn
         a.emit([0xF0, 0x0F, 0xB1, 0x0C, 0x25] + a.le(at(Offset.state))) // lock cmpxchg [state], ecx

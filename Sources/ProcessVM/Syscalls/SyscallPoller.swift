@@ -3,92 +3,88 @@ import Foundation
 import HostSystem
 import Synchronization
 
-/// One engine thread that serves the posted system calls of every VM registered with it,
-/// without a VM exit: the guest's stub spins on its mailbox page while the poller runs the
-/// call. Only calls that neither block nor touch the vCPU's registers are served here; the
-/// rest are handed back to the stub, which then exits as usual.
+/// One engine thread that serves the posted system calls of the VMs it watches, without a
+/// VM exit: the guest's stub spins on its mailbox page while the poller runs the call. Only
+/// calls that neither block nor touch the vCPU's registers are served here; the rest are
+/// handed back to the stub, which then exits as usual.
 ///
-/// Spin briefly, then block: the poller spins while registered VMs post calls, yields its
-/// core at each turn once they pause, and parks when none has posted for `parkAfter` — it
-/// clears each VM's `pollerActive` word, so their stubs exit straight away, and sleeps. The
-/// next call that takes the exit path sets its VM's word again and wakes the poller (see
-/// `ProcessVM.resumePolling`). So a container that computes, or waits in a blocking call,
-/// costs no spinning core. And when the poller finds it lost its core for a while (a turn of
-/// its loop took over 1 ms) while fewer VMs than cores are registered, other work wants the
-/// host: guests would spin for a poller that is not running, so polling stays off for 10 ms
-/// and every call exits. With no VM registered at all it lingers briefly before it sleeps:
-/// forks come in runs, and a child's first call would otherwise wait for the poller to wake.
+/// Spin briefly, then block: the poller watches a VM from the moment it starts to run. It
+/// stops watching every VM once none has posted for `parkAfter`, and, while others post, a VM
+/// that has posted nothing for `dormantAfter`: it clears the VM's `pollerActive` word, so the
+/// stub exits straight away (and gives up a wait in progress). The next call of that VM that
+/// the poller could have served takes the exit path and has it watched again
+/// (`ProcessVM.resumePolling`). So a container that computes, sleeps or waits for input costs
+/// the poller nothing, and a turn visits only the VMs making calls: with 1,000 idle
+/// containers alive, visiting all of them at each turn made fork → echo 717 µs against
+/// 526 µs. The poller yields its core at each turn once nothing has been posted for a while,
+/// and sleeps when it watches no VM, after lingering briefly when the last one ended: forks
+/// come in runs, and a child's first call would otherwise wait for it to wake. And when it finds it lost its
+/// core (a turn of its loop took over 1 ms) while it watches fewer VMs than there are cores,
+/// other work wants the host: guests would spin for a poller that is not running, so polling
+/// stays off for 10 ms and every call exits.
 final class SyscallPoller: @unchecked Sendable {
     static let shared = SyscallPoller()
 
-    /// How long the poller keeps spinning with no VM registered before it sleeps.
+    /// How long the poller keeps spinning with no VM to watch before it sleeps.
     private static let linger: Duration = .milliseconds(2)
     /// How long it spins with nothing posted before it yields its core at each turn.
     private static let yieldAfter: Duration = .microseconds(200)
-    /// How long it goes on with nothing posted before it parks.
+    /// How long the poller goes on with nothing posted by any VM before it stops watching all.
     private static let parkAfter: Duration = .milliseconds(2)
+    /// How long one VM goes without posting while others post before the poller stops
+    /// watching it: longer than a time slice, so that a vCPU thread waiting for a core (more
+    /// busy VMs than cores) is not taken for a quiet one.
+    private static let dormantAfter: Duration = .milliseconds(10)
     /// A turn of the loop that took this long means the poller lost its core to other work.
     private static let preemptedAfter: Duration = .milliseconds(1)
     /// How long polling stays off once the poller has lost its core.
     private static let backOff: Duration = .milliseconds(10)
     private static let cores = ProcessInfo.processInfo.activeProcessorCount
 
+    /// A watched VM and its mailbox page (which never moves while the VM lives).
+    private struct Watched {
+        let vm: ProcessVM
+        let mailbox: UnsafeMutableRawPointer
+        /// Tells this watch from a later one of the same VM.
+        let serial: Int
+        /// When it last posted a call (or started to be watched).
+        var lastPosted: ContinuousClock.Instant
+    }
+
     private let condition = NSCondition()
-    private var machines: [ObjectIdentifier: ProcessVM] = [:]
-    /// Bumped (under the lock) by each register and unregister, so the loop copies the set
+    private var watched: [ObjectIdentifier: Watched] = [:]
+    /// Bumped (under the lock) whenever the watched set changes, so the loop copies the set
     /// only when it changed.
     private let generation = Atomic<Int>(0)
     private var started = false
-    private var parked = false
     /// Until when polling is off because the host has no core to spare for it.
     private var backingOffUntil: ContinuousClock.Instant?
 
-    /// Registers a running VM; false while the poller backs off (the VM's stub should exit).
-    func register(_ vm: ProcessVM) -> Bool {
+    /// Watches `vm`, whose mailbox page is `mailbox`, and turns its stub to polling, unless
+    /// the poller backs off (the stub then keeps exiting). Called by the vCPU thread when the
+    /// VM starts to run, and when a call the poller could have served took the exit path.
+    func watch(_ vm: ProcessVM, mailbox: UnsafeMutableRawPointer) {
         condition.withLock {
-            machines[ObjectIdentifier(vm)] = vm
-            generation.add(1, ordering: .releasing)
-            if !started {
-                started = true
-                let thread = Thread { [self] in
-                    // Named for ps and top (Foundation's name does not reach the kernel's).
-                    _ = cshims_set_thread_name("vmfork-poller")
-                    // Guests spin while they wait for it, so it must win a core when it is
-                    // runnable: at normal priority 1 % of forks waited a 3 ms time slice for it
-                    // (fork → echo p99 3.1 ms against 0.3 ms at nice -10). Raising priority
-                    // needs CAP_SYS_NICE; without it the poller runs at normal priority.
-                    setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, -10)
-                    loop()
-                }
-                thread.start()
+            startIfNeeded()
+            guard !backingOff else {
+                Self.setPollerActive(mailbox, false)
+                return
             }
-            guard !backingOff else { return false }
-            parked = false
-            condition.broadcast()
-            return true
-        }
-    }
-
-    /// Also ends a park, so that the poller lets go of the VM.
-    func unregister(_ vm: ProcessVM) {
-        condition.withLock {
-            _ = machines.removeValue(forKey: ObjectIdentifier(vm))
-            generation.add(1, ordering: .releasing)
-            parked = false
-            condition.broadcast()
-        }
-    }
-
-    /// Ends a park, for a VM whose call took the exit path and wants polling again; false
-    /// while the poller backs off.
-    func resume() -> Bool {
-        condition.withLock {
-            guard !backingOff else { return false }
-            if parked {
-                parked = false
+            if watched[ObjectIdentifier(vm)] == nil {
+                let serial = generation.add(1, ordering: .releasing).newValue
+                watched[ObjectIdentifier(vm)] = Watched(vm: vm, mailbox: mailbox, serial: serial, lastPosted: .now)
                 condition.broadcast()
             }
-            return true
+            Self.setPollerActive(mailbox, true)
+        }
+    }
+
+    /// Stops watching a VM whose program ended.
+    func unregister(_ vm: ProcessVM) {
+        condition.withLock {
+            guard let entry = watched.removeValue(forKey: ObjectIdentifier(vm)) else { return }
+            Self.setPollerActive(entry.mailbox, false)
+            generation.add(1, ordering: .releasing)
         }
     }
 
@@ -97,27 +93,53 @@ final class SyscallPoller: @unchecked Sendable {
         return ContinuousClock.now < until
     }
 
+    /// The word is written under the lock, so it always says whether the VM is watched.
+    private static func setPollerActive(_ mailbox: UnsafeMutableRawPointer, _ active: Bool) {
+        cshims_atomic_store_u32(mailbox.advanced(by: Int(SyscallStub.Offset.pollerActive)).assumingMemoryBound(to: UInt32.self),
+                                active ? 1 : 0)
+    }
+
+    private func startIfNeeded() {
+        guard !started else { return }
+        started = true
+        let thread = Thread { [self] in
+            // Named for ps and top (Foundation's name does not reach the kernel's).
+            _ = cshims_set_thread_name("vmfork-poller")
+            // Guests spin while they wait for it, so it must win a core when it is
+            // runnable: at normal priority 1 % of forks waited a 3 ms time slice for it
+            // (fork → echo p99 3.1 ms against 0.3 ms at nice -10). Raising priority
+            // needs CAP_SYS_NICE; without it the poller runs at normal priority.
+            setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, -10)
+            loop()
+        }
+        thread.start()
+    }
+
     private func loop() {
-        var current: [ProcessVM] = []
+        var current: [Watched] = []
         var seenGeneration = -1
         var lastServed = ContinuousClock.now
         var lastBusy = ContinuousClock.now
         var lastTurn = ContinuousClock.now
         while true {
             // The set is copied only when it changed: the lock is not taken at each turn,
-            // where it would starve a thread registering a VM.
+            // where it would starve a thread starting a VM.
             if generation.load(ordering: .acquiring) != seenGeneration {
+                // Each VM keeps when it last posted across copies.
+                let lastPosted = Dictionary(uniqueKeysWithValues: current.map { ($0.serial, $0.lastPosted) })
                 condition.withLock {
-                    current = Array(machines.values)
+                    current = watched.values.map { entry in
+                        var entry = entry
+                        if let posted = lastPosted[entry.serial] { entry.lastPosted = posted }
+                        return entry
+                    }
                     seenGeneration = generation.load(ordering: .relaxed)
                 }
-                // A VM that just registered has not had its chance to post yet.
-                lastServed = ContinuousClock.now
             }
             if current.isEmpty {
                 if ContinuousClock.now - lastBusy > Self.linger {
                     condition.withLock {
-                        while machines.isEmpty { condition.wait() }
+                        while watched.isEmpty { condition.wait() }
                     }
                 } else {
                     sched_yield()
@@ -125,23 +147,29 @@ final class SyscallPoller: @unchecked Sendable {
                 lastTurn = ContinuousClock.now
                 continue
             }
-            lastBusy = ContinuousClock.now
-            var served = false
-            for vm in current where vm.servePostedSystemCall() { served = true }
             let now = ContinuousClock.now
+            lastBusy = now
+            var served = false
+            for index in current.indices {
+                let state = cshims_atomic_load_u32(current[index].mailbox.assumingMemoryBound(to: UInt32.self))
+                if state == SyscallStub.State.posted.rawValue, current[index].vm.servePostedSystemCall() {
+                    current[index].lastPosted = now
+                    served = true
+                } else if now - current[index].lastPosted > Self.dormantAfter {
+                    stopWatching(current[index])
+                }
+            }
             if current.count < Self.cores, now - lastTurn > Self.preemptedAfter {
                 // The poller lost its core although its VMs leave one free: other work wants
                 // the host, and guests would spin while the poller waits for a core, each
                 // call costing more than an exit. Polling stays off for a while. (With as
                 // many busy VMs as cores, losing the core is expected, and whichever vCPU
                 // runs is still served in microseconds.)
-                park(&current, until: now + Self.backOff)
-                seenGeneration = -1
+                stopWatchingAll(&current, until: now + Self.backOff)
             } else if served {
                 lastServed = now
             } else if now - lastServed > Self.parkAfter {
-                park(&current, until: nil)
-                seenGeneration = -1
+                stopWatchingAll(&current, until: nil)
             } else if now - lastServed > Self.yieldAfter {
                 // Nothing posted for a while: let other threads (pool refill, teardown)
                 // have the core, but come back at once if none wants it.
@@ -151,26 +179,38 @@ final class SyscallPoller: @unchecked Sendable {
         }
     }
 
-    /// Turns the VMs' stubs to the exit path, serves what they posted meanwhile, and sleeps
-    /// (holding none of them): until a VM wants polling again or one registers or leaves,
-    /// or, backing off, until `deadline`.
-    private func park(_ current: inout [ProcessVM], until deadline: ContinuousClock.Instant?) {
-        condition.withLock {
-            parked = true
-            backingOffUntil = deadline
+    /// Turns a VM's stub to the exit path, then serves a call it may have posted just before.
+    private func stopWatching(_ entry: Watched) {
+        let stopped: Bool = condition.withLock {
+            // The VM may have left, or been watched anew, since the loop copied the set.
+            guard watched[ObjectIdentifier(entry.vm)]?.serial == entry.serial else { return false }
+            watched.removeValue(forKey: ObjectIdentifier(entry.vm))
+            Self.setPollerActive(entry.mailbox, false)
+            generation.add(1, ordering: .releasing)
+            return true
         }
-        for vm in current { vm.suspendPolling() }
-        for vm in current { _ = vm.servePostedSystemCall() }
+        if stopped { _ = entry.vm.servePostedSystemCall() }
+    }
+
+    /// Stops watching every VM and sleeps, holding none of them (`current` is emptied): until
+    /// one is watched again, or, backing off, until `deadline`, when none may be watched before.
+    private func stopWatchingAll(_ current: inout [Watched], until deadline: ContinuousClock.Instant?) {
+        condition.withLock {
+            backingOffUntil = deadline
+            for entry in watched.values { Self.setPollerActive(entry.mailbox, false) }
+            watched.removeAll()
+            generation.add(1, ordering: .releasing)
+        }
+        for entry in current { _ = entry.vm.servePostedSystemCall() }
         current = []
         condition.withLock {
-            if let deadline {
-                let wallDeadline = Date(timeIntervalSinceNow: Double((deadline - ContinuousClock.now).components.attoseconds) / 1e18)
-                while ContinuousClock.now < deadline { _ = condition.wait(until: wallDeadline) }
-                backingOffUntil = nil
-                parked = false
-            } else {
-                while parked { condition.wait() }
+            guard let deadline else {
+                while watched.isEmpty { condition.wait() }
+                return
             }
+            let wallDeadline = Date(timeIntervalSinceNow: Double((deadline - ContinuousClock.now).components.attoseconds) / 1e18)
+            while ContinuousClock.now < deadline { _ = condition.wait(until: wallDeadline) }
+            backingOffUntil = nil
         }
     }
 }
@@ -192,22 +232,12 @@ extension ProcessVM {
     /// or terminal.
     static let descriptorTransfers: Set<Int> = [0, 1, 17, 18, 19, 20]
 
-    /// Makes the stub take the exit path until `resumePolling` (the poller is parking). A VM
-    /// whose vCPU thread is busy outside the guest is left alone: its next exit resumes anyway.
-    func suspendPolling() {
-        guard machineState.try() else { return }
-        defer { machineState.unlock() }
-        guard let mailbox = pollerMailbox else { return }
-        cshims_atomic_store_u32(mailbox.advanced(by: Int(SyscallStub.Offset.pollerActive)).assumingMemoryBound(to: UInt32.self), 0)
-    }
-
     /// Called on the vCPU thread for each call that took the exit path: when the poller could
-    /// have served it, turns polling back on for this VM and wakes the poller if it parked
-    /// (the stub may also have given up waiting on a poller that parked meanwhile).
+    /// have served it, has the poller watch this VM again (it stopped while the VM was quiet,
+    /// or the stub gave up waiting for it).
     func resumePolling(after callNumber: UInt64) {
-        guard let mailbox = pollerMailbox, callNumber < 512, Self.pollableSystemCalls.contains(Int(callNumber)),
-              SyscallPoller.shared.resume() else { return }
-        cshims_atomic_store_u32(mailbox.advanced(by: Int(SyscallStub.Offset.pollerActive)).assumingMemoryBound(to: UInt32.self), 1)
+        guard let mailbox = pollerMailbox, callNumber < 512, Self.pollableSystemCalls.contains(Int(callNumber)) else { return }
+        SyscallPoller.shared.watch(self, mailbox: mailbox)
     }
 
     /// The mailbox page as the engine sees it (its frame never moves).
