@@ -205,9 +205,13 @@ public final class VirtualDisk: @unchecked Sendable {
         }
     }
 
-    /// On the first write, gives the top disk a new CID, as VMware does: a child made from the
-    /// old contents then no longer opens on top of the changed disk.
-    nonisolated(nonsending) private func renewContentID() async throws(DiskError) {
+    /// Gives the top disk a new CID, once per open disk, as VMware does on the first write: a
+    /// child made from the old contents then no longer opens on top of the changed disk. The
+    /// first write does it (a descriptor write and a flush); a caller that times writes calls
+    /// it first, so that the flush, which waits for whatever the host still buffers, is not
+    /// counted against the writes.
+    nonisolated(nonsending) public func renewContentID() async throws(DiskError) {
+        guard layers[0].writable else { throw .readOnly(file: layers[0].path, reason: "the disk was opened read-only") }
         if contentIDRenewed.withLock({ $0 }) { return }
         try await changeLock.withLock { () async throws(DiskError) in
             if contentIDRenewed.withLock({ $0 }) { return }

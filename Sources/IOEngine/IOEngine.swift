@@ -81,9 +81,10 @@ public final class IOEngine: Sendable {
 /// Requests submitted together, and the caller waiting for all of them.
 final class Batch: @unchecked Sendable {
     let requests: [IORequest]
-    var transferred: [Int]
-    var remaining: Int
-    var failure: IOUringError?
+    // Touched by the I/O thread alone once the batch is queued (see RingWorker's state).
+    @exclusivity(unchecked) var transferred: [Int]
+    @exclusivity(unchecked) var remaining: Int
+    @exclusivity(unchecked) var failure: IOUringError?
     let continuation: UnsafeContinuation<Result<[Int], IOUringError>, Never>
 
     init(requests: [IORequest], continuation: UnsafeContinuation<Result<[Int], IOUringError>, Never>) {
