@@ -18,10 +18,10 @@ import Synchronization
 /// containers alive, visiting all of them at each turn made fork → echo 717 µs against
 /// 526 µs. The poller yields its core at each turn once nothing has been posted for a while,
 /// and sleeps when it watches no VM, after lingering briefly when the last one ended: forks
-/// come in runs, and a child's first call would otherwise wait for it to wake. And when it finds it lost its
-/// core (a turn of its loop took over 1 ms) while it watches fewer VMs than there are cores,
-/// other work wants the host: guests would spin for a poller that is not running, so polling
-/// stays off for 10 ms and every call exits.
+/// come in runs, and a child's first call would otherwise wait for it to wake. And when it
+/// finds it lost its core (a turn of its loop took over 1 ms) while it watches fewer VMs than
+/// there are cores, other work wants the host: guests would spin for a poller that is not
+/// running, so polling stays off for 10 ms and every call exits.
 final class SyscallPoller: @unchecked Sendable {
     static let shared = SyscallPoller()
 
@@ -135,6 +135,8 @@ final class SyscallPoller: @unchecked Sendable {
                     }
                     seenGeneration = generation.load(ordering: .relaxed)
                 }
+                // A VM just watched has not had its chance to post yet.
+                lastServed = ContinuousClock.now
             }
             if current.isEmpty {
                 if ContinuousClock.now - lastBusy > Self.linger {
