@@ -210,7 +210,8 @@ final class SyscallPoller: @unchecked Sendable {
                 while watched.isEmpty { condition.wait() }
                 return
             }
-            let wallDeadline = Date(timeIntervalSinceNow: Double((deadline - ContinuousClock.now).components.attoseconds) / 1e18)
+            let remaining = (deadline - ContinuousClock.now).components
+            let wallDeadline = Date(timeIntervalSinceNow: Double(remaining.seconds) + Double(remaining.attoseconds) / 1e18)
             while ContinuousClock.now < deadline { _ = condition.wait(until: wallDeadline) }
             backingOffUntil = nil
         }
