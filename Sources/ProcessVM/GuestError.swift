@@ -8,6 +8,8 @@ public enum GuestError: Error, CustomStringConvertible, Equatable, Sendable {
     case outOfMemory
     /// The executable cannot be loaded; the text names the field at fault.
     case invalidExecutable(String)
+    /// A mapping would reach the engine's system pages or leave the user address range.
+    case reservedRange(UInt64)
     case kvm(KVMError)
     case system(SystemError)
 
@@ -15,6 +17,8 @@ public enum GuestError: Error, CustomStringConvertible, Equatable, Sendable {
         switch self {
         case .outOfMemory: return "the process VM's memory limit is reached"
         case .invalidExecutable(let why): return "cannot load the executable: \(why)"
+        case .reservedRange(let address):
+            return "a mapping at 0x\(String(address, radix: 16)) leaves the user address range (0x10000 up to 0x7ffffffff000)"
         case .kvm(let error): return error.description
         case .system(let error): return error.description
         }

@@ -223,14 +223,11 @@ public final class ProcessVM: @unchecked Sendable {
                let status = deliverPendingSignal(interrupted: vcpu.syncRegisters.pointee.regs) {
                 return .ended(status)
             }
-            if !space.retiredFrames.isEmpty {
-                do throws(SystemError) {
-                    try memory.invalidateTranslations(ofFrames: space.retiredFrames)
-                } catch {
-                    vcpuStateKnown = false
-                    throw .system(error)
-                }
-                space.retiredFrames.removeAll(keepingCapacity: true)
+            do throws(SystemError) {
+                try space.dropStaleTranslations()
+            } catch {
+                vcpuStateKnown = false
+                throw .system(error)
             }
             let exit: VMExit
             machineState.unlock()

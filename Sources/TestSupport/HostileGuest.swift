@@ -23,7 +23,7 @@ public enum HostileGuest {
         __asm__ volatile ("syscall" : "=a"(ret) : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9) : "rcx", "r11", "memory");
         return ret;
     }
-    #define sys(n, ...) sys_n(n, __VA_ARGS__, 0, 0, 0, 0, 0, 0)
+    #define sys(...) sys_n(__VA_ARGS__, 0, 0, 0, 0, 0, 0, 0)
     #define sys_n(n, a, b, c, d, e, f, ...) sys6((n), (i64)(a), (i64)(b), (i64)(c), (i64)(d), (i64)(e), (i64)(f))
     #define SYS_read 0
     #define SYS_write 1
@@ -62,11 +62,14 @@ public enum HostileGuest {
         b[18] = 0; print(b);
     }
     static __attribute__((noreturn)) void exit_now(int code) { for (;;) sys(SYS_exit, code); }
+    static int streq(const char *a, const char *b) { while (*a && *a == *b) { a++; b++; } return *a == *b; }
+    static int argc_;
+    static char **argv_;
+    /* argv_[1], or "" when the program has no argument. */
+    static const char *role(void) { return argc_ > 1 ? argv_[1] : ""; }
     int main(void);
-    __attribute__((noreturn)) void _start(void) {
-        __asm__ volatile ("and $-16, %rsp");
-        exit_now(main());
-    }
+    __attribute__((noreturn, used)) void start_c(u64 *sp) { argc_ = (int)sp[0]; argv_ = (char **)(sp + 1); exit_now(main()); }
+    __asm__(".globl _start\n_start:\n mov %rsp, %rdi\n and $-16, %rsp\n call start_c\n hlt\n");
 
     """#
 

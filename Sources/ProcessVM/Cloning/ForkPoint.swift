@@ -49,7 +49,14 @@ public final class ForkPoint: @unchecked Sendable {
         self.warmUpPages = warmUpPages
         configuration = parent.configuration
         memory = parent.memory
-        do throws(SystemError) { memoryHoles = try parent.memory.holes() } catch { throw .system(error) }
+        do throws(SystemError) {
+            // Frames the parent unmapped become free for its children only once no
+            // translation of them survives.
+            try parent.space.dropStaleTranslations()
+            memoryHoles = try parent.memory.holes()
+        } catch {
+            throw .system(error)
+        }
         space = parent.space
         files = parent.files
         do {

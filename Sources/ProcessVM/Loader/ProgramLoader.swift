@@ -66,9 +66,16 @@ enum ProgramLoader {
     static func pageRuns(of segments: [ELFImage.Segment], bias: UInt64) throws(GuestError) -> [PageRun] {
         var spans: [(pages: Range<UInt64>, permissions: PagePermissions)] = []
         for segment in segments {
-            let start = AddressSpace.pageDown(segment.virtualAddress + bias)
-            guard let end = AddressSpace.pageUp(segment.virtualAddress + bias + segment.memorySize) else {
-                throw .invalidExecutable("segment at \(segment.virtualAddress) overflows")
+            let (address, overflow) = segment.virtualAddress.addingReportingOverflow(bias)
+            guard !overflow, let end = AddressSpace.pageUp(address + segment.memorySize), end <= AddressSpace.userTop else {
+                throw .invalidExecutable("PT_LOAD at p_vaddr 0x\(String(segment.virtualAddress, radix: 16)) leaves the user address range")
+            }
+            let start = AddressSpace.pageDown(address)
+            // The engine's system pages (GDT, IDT, TSS, stubs, mailbox) live below the user
+            // range; a segment there would hand the program its own descriptor tables.
+            guard start >= AddressSpace.userBottom else {
+                throw .invalidExecutable("PT_LOAD at p_vaddr 0x\(String(address, radix: 16)) lies below 0x\(String(AddressSpace.userBottom, radix: 16)), "
+                    + "where the engine keeps the VM's system pages")
             }
             if start < end { spans.append((start..<end, segment.permissions)) }
         }

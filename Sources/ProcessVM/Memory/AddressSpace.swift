@@ -1,8 +1,13 @@
+import HostSystem
+
 /// The guest program's virtual address space: page tables plus the engine's record of which
 /// ranges are mapped, for brk, mmap, munmap and mprotect, and the one checked path by which
 /// the engine reads or writes guest memory on the program's behalf.
 final class AddressSpace {
     static let pageSize = UInt64(GuestMemory.pageSize)
+    /// Lowest user address: below it lie the engine's system pages (GDT, IDT, TSS, stubs,
+    /// mailbox), which no program mapping may cover. Linux's default mmap_min_addr.
+    static let userBottom: UInt64 = 0x10000
     /// Highest user address + 1 (the canonical lower half, less a guard page, as on Linux).
     static let userTop: UInt64 = 0x7FFF_FFFF_F000
     /// mmap hands out addresses below this, top-down.
@@ -14,10 +19,14 @@ final class AddressSpace {
     private(set) var regions: [(start: UInt64, end: UInt64)] = []
     var heapStart: UInt64 = 0
     var heapEnd: UInt64 = 0
-    /// Frames whose mappings were removed, moved or changed since the guest last ran: KVM's
-    /// shadow translations of them must go before it runs again (see
-    /// `GuestMemory.invalidateTranslations`).
-    var retiredFrames: [UInt64] = []
+    /// Frames whose mappings were removed, moved or changed since the guest's translations
+    /// were last dropped: KVM may still hold translations of them, which must go before the
+    /// guest runs on (see `dropStaleTranslations`).
+    private(set) var retiredFrames: [UInt64] = []
+    /// Frames unmapped since then: quarantined, never handed out again (as a page table, or
+    /// to another mapping) while a translation to them may survive. The guest can run while
+    /// the poller serves a call it posted itself, so "before it runs on" is not enough.
+    private var quarantinedFrames: [UInt64] = []
 
     init(memory: GuestMemory) throws(GuestError) {
         self.memory = memory
@@ -33,14 +42,34 @@ final class AddressSpace {
         heapEnd = parent.heapEnd
     }
 
+    /// Makes KVM drop its translations of every retired frame, then frees the quarantined
+    /// ones. Called after every system call that changed mappings, before the guest goes on
+    /// (exit path) or is answered (poller), and by a fork point before it is frozen.
+    func dropStaleTranslations() throws(SystemError) {
+        guard !retiredFrames.isEmpty else { return }
+        try memory.invalidateTranslations(ofFrames: retiredFrames)
+        retiredFrames.removeAll(keepingCapacity: true)
+        for frame in quarantinedFrames { memory.freeFrame(frame) }
+        quarantinedFrames.removeAll(keepingCapacity: true)
+    }
+
     static func pageDown(_ value: UInt64) -> UInt64 { value & ~(pageSize - 1) }
     static func pageUp(_ value: UInt64) -> UInt64? {
         let (sum, overflow) = value.addingReportingOverflow(pageSize - 1)
         return overflow ? nil : sum & ~(pageSize - 1)
     }
 
-    /// Maps fresh zeroed pages over [start, start+length), both page-aligned.
+    /// True when [start, start+length) lies inside the user range (and does not overflow).
+    static func isUserRange(_ start: UInt64, _ length: UInt64) -> Bool {
+        let (end, overflow) = start.addingReportingOverflow(length)
+        return !overflow && start >= userBottom && end <= userTop
+    }
+
+    /// Maps fresh zeroed pages over [start, start+length), both page-aligned, inside the user
+    /// range. Refused before any work when the VM has fewer free frames than pages asked.
     func mapAnonymous(at start: UInt64, length: UInt64, _ permissions: PagePermissions) throws(GuestError) {
+        guard Self.isUserRange(start, length) else { throw .reservedRange(start) }
+        guard length / Self.pageSize <= UInt64(memory.freeFrameCount) else { throw .outOfMemory }
         var page = start
         while page < start + length {
             guard let frame = memory.allocateFrame() else {
@@ -60,37 +89,57 @@ final class AddressSpace {
         return frame
     }
 
-    /// Unmaps whatever is mapped in [start, start+length) and gives the frames back.
-    func unmap(_ start: UInt64, length: UInt64) {
-        var page = start
-        while page < start + length {
-            if let frame = tables.unmap(page) {
-                memory.freeFrame(frame)
-                retiredFrames.append(frame)
-            }
-            page += Self.pageSize
+    /// The mapped parts of [start, end): the work of a call is bounded by what is mapped,
+    /// never by the length asked (a munmap of 96 TiB walks only the pages that exist).
+    private func mappedParts(_ start: UInt64, _ end: UInt64) -> [Range<UInt64>] {
+        regions.compactMap { region in
+            let low = max(region.start, start), high = min(region.end, end)
+            return low < high ? low..<high : nil
         }
-        removeRegion(start, start + length)
+    }
+
+    /// True when every page of [start, start+length) is mapped (accessible or not).
+    func isFullyMapped(_ start: UInt64, _ length: UInt64) -> Bool {
+        let (end, overflow) = start.addingReportingOverflow(length)
+        guard !overflow else { return false }
+        var covered = start
+        for part in mappedParts(start, end) {
+            guard part.lowerBound == covered else { return false }
+            covered = part.upperBound
+        }
+        return covered == end
+    }
+
+    /// Unmaps whatever is mapped in [start, start+length). The frames are quarantined until
+    /// KVM's translations of them are dropped (`dropStaleTranslations`).
+    func unmap(_ start: UInt64, length: UInt64) {
+        let (end, overflow) = start.addingReportingOverflow(length)
+        let parts = mappedParts(start, overflow ? UInt64.max : end)
+        for part in parts {
+            for page in stride(from: part.lowerBound, to: part.upperBound, by: Int(Self.pageSize)) {
+                if let frame = tables.unmap(page) {
+                    quarantinedFrames.append(frame)
+                    retiredFrames.append(frame)
+                }
+            }
+            removeRegion(part.lowerBound, part.upperBound)
+        }
     }
 
     /// Changes permissions of [start, start+length); false if any page there is unmapped.
     func protect(_ start: UInt64, length: UInt64, _ permissions: PagePermissions) -> Bool {
-        var page = start
-        while page < start + length {
-            guard tables.isMapped(page) else { return false }
-            page += Self.pageSize
-        }
-        page = start
-        while page < start + length {
+        guard isFullyMapped(start, length) else { return false }
+        for page in stride(from: start, to: start + length, by: Int(Self.pageSize)) {
             if let frame = tables.protect(page, permissions) { retiredFrames.append(frame) }
-            page += Self.pageSize
         }
         return true
     }
 
-    /// Moves the frames of [start, start+length) to [destination, destination+length), keeping
-    /// their contents and permissions (mremap without copying).
+    /// Moves the frames of [start, start+length), which must be mapped, to the free range
+    /// [destination, destination+length), keeping their contents and permissions (mremap
+    /// without copying).
     func move(_ start: UInt64, length: UInt64, to destination: UInt64) throws(GuestError) {
+        guard isFullyMapped(start, length), Self.isUserRange(destination, length) else { throw .reservedRange(destination) }
         var offset: UInt64 = 0
         while offset < length {
             if let (frame, permissions) = tables.translate(start + offset) {
@@ -194,15 +243,17 @@ final class AddressSpace {
         return result
     }
 
-    /// Copies between a host buffer and already-validated guest pages, page by page.
+    /// Copies between a host buffer and already-validated guest pages, page by page. (Only
+    /// the engine writes page tables, under the VM's lock, so the walk finds what the check
+    /// found; a page it cannot find is skipped rather than trusted.)
     private func copyPages(_ address: UInt64, _ length: Int, _ host: UnsafeMutableRawPointer, toGuest: Bool) {
         var done = 0
         while done < length {
             let virtual = address + UInt64(done)
             let offset = Int(virtual & (Self.pageSize - 1))
             let chunk = min(length - done, Int(Self.pageSize) - offset)
-            let frame = tables.translate(Self.pageDown(virtual))!.frame
-            let guest = memory.pointer(physical: frame + UInt64(offset), length: chunk)!
+            guard let frame = tables.translate(Self.pageDown(virtual))?.frame,
+                  let guest = memory.pointer(physical: frame + UInt64(offset), length: chunk) else { return }
             if toGuest { guest.copyMemory(from: host + done, byteCount: chunk) } else { (host + done).copyMemory(from: guest, byteCount: chunk) }
             done += chunk
         }
@@ -257,8 +308,9 @@ final class AddressSpace {
             let virtual = address + UInt64(done)
             let offset = Int(virtual & (Self.pageSize - 1))
             let chunk = min(bytes.count - done, Int(Self.pageSize) - offset)
-            guard let frame = tables.translate(Self.pageDown(virtual))?.frame else { return }
-            memory.pointer(physical: frame + UInt64(offset), length: chunk)!.copyMemory(from: bytes.baseAddress! + done, byteCount: chunk)
+            guard let frame = tables.translate(Self.pageDown(virtual))?.frame,
+                  let guest = memory.pointer(physical: frame + UInt64(offset), length: chunk) else { return }
+            guest.copyMemory(from: bytes.baseAddress! + done, byteCount: chunk)
             done += chunk
         }
     }

@@ -31,12 +31,18 @@ public final class GuestMemory: @unchecked Sendable {
     let mapping: MappedMemory
     /// Next never-used frame; frames above it have never been written and read as zero.
     private(set) var bumpFrame: UInt64
+    /// The highest `bumpFrame` this memory has had, over every child a reused VM served: the
+    /// engine has never put a frame at or above it in a page table, so no translation the
+    /// guest could have built reaches above it. A restore looks at every frame below it.
+    private var highWaterFrame: UInt64
     /// Frames given back by munmap, re-zeroed before reuse.
     private var freeFrames: [UInt64] = []
     /// Of a fork child: frames taken from `freeFrames` since the fork (with those above the
     /// parent's `bumpFrame`, the frames it was handed).
     private var reusedFreeFrames: [UInt64] = []
-    /// Of a fork child: frames whose translations were dropped since the fork.
+    /// Of a fork child: frames whose translations were dropped since the fork, because the
+    /// child changed a mapping of them. It may have used the changed mapping since (a page
+    /// moved by mremap, made writable by mprotect), so they are dropped again at the restore.
     private var invalidatedFrames: [UInt64] = []
     /// For a fork child: the parent whose memory this maps copy-on-write, and the parent's holes.
     private let origin: (memory: GuestMemory, holes: [Range<Int>])?
@@ -50,6 +56,7 @@ public final class GuestMemory: @unchecked Sendable {
         memfd = try makeMemfd(name: "vmfork-guest", size: size)
         mapping = try MappedMemory(length: size, flags: MAP_SHARED, fd: memfd.rawValue)
         bumpFrame = UInt64(Self.pageSize) // frame 0 stays unused so that physical 0 is never valid
+        highWaterFrame = bumpFrame
         origin = nil
     }
 
@@ -67,6 +74,7 @@ public final class GuestMemory: @unchecked Sendable {
         memfd = FileDescriptor(adopting: fd)
         mapping = try MappedMemory(length: size, flags: MAP_PRIVATE, fd: fd)
         bumpFrame = parent.bumpFrame
+        highWaterFrame = parent.bumpFrame
         freeFrames = parent.freeFrames
         origin = (parent, holes)
         for hole in holes {
@@ -121,6 +129,7 @@ public final class GuestMemory: @unchecked Sendable {
     /// gathered into the memfd first, so that the memfd holds all of this memory.
     public func holes() throws(SystemError) -> [Range<Int>] {
         try gatherFileBackedRanges()
+        try discardNeverUsedFrames()
         let fd = memfd.rawValue
         var holes: [Range<Int>] = []
         var offset = 0
@@ -141,6 +150,17 @@ public final class GuestMemory: @unchecked Sendable {
         return holes
     }
 
+    /// Gives back whatever the memfd holds at or above `bumpFrame`: nothing the engine
+    /// handed out, so nothing but bytes a guest put there behind the engine's back. Children
+    /// are handed those frames as fresh zeroed pages, so a frozen parent's must read as zero.
+    private func discardNeverUsedFrames() throws(SystemError) {
+        let start = Int(bumpFrame)
+        guard start < size else { return }
+        guard madvise(mapping.base.advanced(by: start), size - start, MADV_REMOVE) == 0 else {
+            throw SystemError(call: "madvise(guest memory above frame \(start), MADV_REMOVE)", errno: errno)
+        }
+    }
+
     /// Returns a fork child's memory to its parent's content so that its VM can serve another
     /// child: each page the child owns (the kernel's pagemap says which) is compared with the
     /// parent's page, or with zeros in the parent's holes, and rewritten where it differs; the
@@ -153,8 +173,10 @@ public final class GuestMemory: @unchecked Sendable {
     /// were not dropped yet (it ended first).
     func restoreOrigin(maximumPrivatePages: Int, retiredFrames: [UInt64]) throws(SystemError) -> RestoredFrames? {
         guard let (parent, holes) = origin else { preconditionFailure("only a fork child's memory has an origin") }
+        // Every frame the guest could have written: all below the high-water mark, whether or
+        // not the engine still knows of a mapping of it.
         var owned: [Int] = []
-        try PageMap.forEachPrivatePage(address: hostAddress, pages: Int(bumpFrame) / Self.pageSize) { owned.append($0) }
+        try PageMap.forEachPrivatePage(address: hostAddress, pages: Int(highWaterFrame) / Self.pageSize) { owned.append($0) }
         guard owned.count <= maximumPrivatePages else { return nil }
         var holeIndex = 0
         for page in owned {
@@ -169,9 +191,12 @@ public final class GuestMemory: @unchecked Sendable {
                 if memcmp(target, source, Self.pageSize) != 0 { target.copyMemory(from: source, byteCount: Self.pageSize) }
             }
         }
-        // Whatever the child mapped is unmapped by the restore of its page tables; KVM's
-        // shadow translations of those mappings must go too.
-        try invalidateTranslations(ofFrames: Array(stride(from: parent.bumpFrame, to: bumpFrame, by: Self.pageSize)) + reusedFreeFrames + retiredFrames)
+        // Whatever the child mapped is unmapped by the restore of its page tables, and every
+        // mapping it changed is changed back: KVM's translations of all those frames must go,
+        // including those dropped during its life and built again through the new mapping
+        // (a page it moved and used at its new address; a read-only page it made writable).
+        try invalidateTranslations(ofFrames: Array(stride(from: parent.bumpFrame, to: bumpFrame, by: Self.pageSize))
+            + reusedFreeFrames + retiredFrames + invalidatedFrames)
         bumpFrame = parent.bumpFrame
         freeFrames = parent.freeFrames
         reusedFreeFrames.removeAll()
@@ -246,7 +271,10 @@ public final class GuestMemory: @unchecked Sendable {
             return frame
         }
         guard bumpFrame + UInt64(Self.pageSize) <= UInt64(size) else { return nil }
-        defer { bumpFrame += UInt64(Self.pageSize) }
+        defer {
+            bumpFrame += UInt64(Self.pageSize)
+            highWaterFrame = max(highWaterFrame, bumpFrame)
+        }
         return bumpFrame
     }
 

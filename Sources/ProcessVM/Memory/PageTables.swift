@@ -48,10 +48,14 @@ final class PageTables {
         self.root = root
     }
 
+    /// The entry `index` of the table at guest-physical `table`, or nil when the table is not
+    /// inside guest memory. Only the engine writes these tables (they are never mapped in the
+    /// guest's address space, and a frame is never reused while a guest translation to it
+    /// may survive), so a table outside memory means a broken invariant: the walk treats it
+    /// as unmapped rather than trusting it.
     @inline(__always)
-    private func entry(_ table: UInt64, _ index: Int) -> UnsafeMutablePointer<UInt64> {
-        // Table frames come from our own allocator, so they are always inside guest memory.
-        memory.pointer(physical: table + UInt64(index * 8), length: 8)!.assumingMemoryBound(to: UInt64.self)
+    private func entry(_ table: UInt64, _ index: Int) -> UnsafeMutablePointer<UInt64>? {
+        memory.pointer(physical: table + UInt64(index * 8), length: 8)?.assumingMemoryBound(to: UInt64.self)
     }
 
     @inline(__always)
@@ -64,7 +68,7 @@ final class PageTables {
         let (i4, i3, i2, i1) = Self.indices(virtual)
         var table = root
         for index in [i4, i3, i2] {
-            let slot = entry(table, index)
+            guard let slot = entry(table, index) else { return nil }
             if slot.pointee & Self.present == 0 {
                 guard create else { return nil }
                 guard let frame = memory.allocateFrame() else { throw .outOfMemory }
@@ -78,7 +82,7 @@ final class PageTables {
 
     /// Maps the page at `virtual` to `frame` with `permissions`.
     func map(_ virtual: UInt64, to frame: UInt64, _ permissions: PagePermissions) throws(GuestError) {
-        let slot = try leaf(virtual, create: true)!
+        guard let slot = try leaf(virtual, create: true) else { throw .reservedRange(virtual) }
         slot.pointee = frame | Self.bits(permissions)
     }
 
@@ -109,7 +113,9 @@ final class PageTables {
     func translate(_ virtual: UInt64) -> (frame: UInt64, permissions: PagePermissions)? {
         guard let slot = try? leaf(virtual, create: false) else { return nil }
         let value = slot.pointee
-        guard value & Self.present != 0 else { return nil }
+        guard value & Self.present != 0, memory.pointer(physical: value & Self.addressMask, length: GuestMemory.pageSize) != nil else {
+            return nil
+        }
         var permissions: PagePermissions = [.read]
         if value & Self.writable != 0 { permissions.insert(.write) }
         if value & Self.noExecute == 0 { permissions.insert(.execute) }

@@ -110,20 +110,23 @@ extension ProcessVM {
         return .value(Int64(bitPattern: requested))
     }
 
+    /// mremap without MREMAP_FIXED: shrink in place, grow in place when the pages above are
+    /// free, or move (MREMAP_MAYMOVE) to the top of the mmap area. Every length is checked
+    /// before any address is computed from it; the old range must be mapped (EFAULT).
     private func mremap(_ c: SystemCall) -> SyscallOutcome {
         let mayMove: Int32 = 1
         let flags = c.int(c.a3)
         guard flags & ~mayMove == 0 else { return .error(.EINVAL) }
-        guard case .success(let oldLength) = userRange(c.a0, c.a1), let newLength = AddressSpace.pageUp(c.a2), newLength > 0 else {
-            return .error(.EINVAL)
-        }
-        guard let permissions = space.permissions(at: c.a0) else { return .error(.EFAULT) }
+        guard case .success(let oldLength) = userRange(c.a0, c.a1) else { return .error(.EINVAL) }
+        guard c.a2 > 0, let newLength = AddressSpace.pageUp(c.a2) else { return .error(.EINVAL) }
+        guard newLength <= UInt64(memory.size) else { return .error(.ENOMEM) }
+        guard space.isFullyMapped(c.a0, oldLength), let permissions = space.permissions(at: c.a0) else { return .error(.EFAULT) }
         if newLength <= oldLength {
             space.unmap(c.a0 + newLength, length: oldLength - newLength)
             return .value(Int64(bitPattern: c.a0))
         }
         let growth = newLength - oldLength
-        if c.a0 + newLength <= AddressSpace.userTop, space.isFree(c.a0 + oldLength, c.a0 + newLength) {
+        if case .success = userRange(c.a0, newLength), space.isFree(c.a0 + oldLength, c.a0 + newLength) {
             do { try space.mapAnonymous(at: c.a0 + oldLength, length: growth, permissions) } catch { return .error(.ENOMEM) }
             return .value(Int64(bitPattern: c.a0))
         }

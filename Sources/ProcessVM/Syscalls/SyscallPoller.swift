@@ -221,9 +221,11 @@ final class SyscallPoller: @unchecked Sendable {
 extension ProcessVM {
     /// System calls the poller may serve: none blocks (file I/O only on regular files, see
     /// `servePostedSystemCall`), none needs the vCPU's registers or ends the program. The
-    /// memory calls change page tables while the guest spins in its stub, which is safe: a
-    /// new mapping needs nothing from KVM, and the poller drops KVM's translations of removed
-    /// or changed ones before it answers.
+    /// memory calls change page tables while the guest runs — it spins in its stub, or, a
+    /// hostile one, posted the call itself and runs on — which is safe: a new mapping needs
+    /// nothing from KVM; the poller drops KVM's translations of removed or changed ones
+    /// before it answers; and an unmapped frame stays quarantined until then, so no frame a
+    /// stale translation still reaches is ever handed out again (as a page table, say).
     static let pollableSystemCalls: Set<Int> = [
         0, 1, 2, 3, 4, 5, 6, 8, 16, 17, 18, 19, 20, 21, 32, 33, 72, 79, 80, 81, 89, 217, 257, 262, 267, 269, 292, 332, 439,
         24, 39, 63, 95, 97, 98, 99, 102, 104, 107, 108, 109, 110, 111, 112, 115, 121, 157, 186, 204, 218, 273, 302, 318, 334,
@@ -275,8 +277,7 @@ extension ProcessVM {
         }
         if !space.retiredFrames.isEmpty {
             do throws(SystemError) {
-                try memory.invalidateTranslations(ofFrames: space.retiredFrames)
-                space.retiredFrames.removeAll(keepingCapacity: true)
+                try space.dropStaleTranslations()
             } catch {
                 // The guest could still reach what it unmapped: it must not run on.
                 FileHandle.standardError.write(Data("vmfork: \(error); the program is killed\n".utf8))
