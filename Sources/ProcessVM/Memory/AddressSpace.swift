@@ -142,8 +142,9 @@ final class AddressSpace {
         guard isFullyMapped(start, length), Self.isUserRange(destination, length) else { throw .reservedRange(destination) }
         var offset: UInt64 = 0
         while offset < length {
-            if let (frame, permissions) = tables.translate(start + offset) {
-                _ = tables.unmap(start + offset)
+            // A PROT_NONE page moves too (it has a frame, but no translation to copy from).
+            let permissions = tables.translate(start + offset)?.permissions ?? [.user]
+            if let frame = tables.unmap(start + offset) {
                 try tables.map(destination + offset, to: frame, permissions)
                 retiredFrames.append(frame)
             }
