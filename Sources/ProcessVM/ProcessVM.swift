@@ -16,10 +16,14 @@ public struct ProcessVMConfiguration: Sendable {
     /// thread, without a VM exit (about 4 µs instead of 22). The poller spins while VMs post
     /// calls and parks when they stop, so a computing or waiting VM costs no core.
     public var pollsSystemCalls: Bool
+    /// The guest's RLIMIT_NOFILE: how many descriptors its table holds, and so at most how
+    /// many host descriptors it costs the engine (beyond the few every VM has).
+    public var descriptorLimit: Int
 
     public init(rootfs: String, memoryBytes: Int = 256 << 20, stackBytes: Int = 2 << 20, identity: GuestIdentity = GuestIdentity(),
-                pollsSystemCalls: Bool = true) {
+                pollsSystemCalls: Bool = true, descriptorLimit: Int = GuestFiles.defaultDescriptorLimit) {
         self.rootfs = rootfs
+        self.descriptorLimit = descriptorLimit
         self.pollsSystemCalls = pollsSystemCalls
         self.memoryBytes = memoryBytes
         self.stackBytes = stackBytes
@@ -27,7 +31,8 @@ public struct ProcessVMConfiguration: Sendable {
     }
 }
 
-/// Host descriptors a container's standard streams are connected to; the VM dup()s them.
+/// Host descriptors a container's standard streams are connected to; the VM opens each for
+/// the guest alone (`OpenFile.standardStream`), the caller keeps its own.
 public struct StandardStreams: Sendable {
     public var input: Int32
     public var output: Int32
@@ -58,7 +63,8 @@ public final class ProcessVM: @unchecked Sendable {
     let exceptionStackFrame: UInt64
     /// What is needed to write a new initial stack: present until the program first runs.
     var entry: EntryState?
-    /// Counts of system calls the program asked for that the engine does not serve.
+    /// Counts of system calls the program asked for that the engine does not serve (numbers
+    /// outside the table all under `outOfRangeSyscall`).
     public private(set) var missingSyscalls: [Int: Int] = [:]
     /// The fault that ended the program, if one did.
     public private(set) var fault: GuestFault?
@@ -122,7 +128,8 @@ public final class ProcessVM: @unchecked Sendable {
         blank.markTaken()
         let files: GuestFiles
         do {
-            files = try GuestFiles(rootfs: configuration.rootfs, stdin: streams.input, stdout: streams.output, stderr: streams.error)
+            files = try GuestFiles(rootfs: configuration.rootfs, stdin: streams.input, stdout: streams.output, stderr: streams.error,
+                                   descriptorLimit: configuration.descriptorLimit)
         } catch {
             throw .system(error)
         }
@@ -257,14 +264,14 @@ public final class ProcessVM: @unchecked Sendable {
                 vcpuStateKnown = false
                 let rip = vcpu.syncRegisters.pointee.regs.rip
                 fault = GuestFault(signal: 9, vector: 255, instructionPointer: rip, address: 0, errorCode: 0)
-                FileHandle.standardError.write(Data("vmfork: unexpected VM exit \(exit) at rip \(String(rip, radix: 16))\n".utf8))
+                EngineDiagnostics.write("vmfork: unexpected VM exit \(exit) at rip \(String(rip, radix: 16))\n")
                 return .ended(terminate(with: 9))
             }
         }
     }
 
     private func terminate(with signal: Int32) -> ExitStatus {
-        if let fault { FileHandle.standardError.write(Data("vmfork: program terminated by signal \(signal): \(fault)\n".utf8)) }
+        if let fault { EngineDiagnostics.write("vmfork: program terminated by signal \(signal): \(fault)\n") }
         return .signaled(signal)
     }
 
@@ -345,6 +352,8 @@ final class Interrupts: @unchecked Sendable {
     private let condition = NSCondition()
     private var kill: Int32?
     private var signal: Int32?
+    /// Wakes a host wait of the vCPU thread (`waitUntilReady`) when a request comes.
+    let wakeup = InterruptWakeup()
 
     func raiseKill(_ value: Int32) { update { $0.kill = value } }
     func raiseSignal(_ value: Int32) { update { $0.signal = value } }
@@ -376,6 +385,7 @@ final class Interrupts: @unchecked Sendable {
         change(self)
         condition.broadcast()
         condition.unlock()
+        wakeup.notify()
     }
 
     private func locked<T>(_ body: () -> T) -> T {

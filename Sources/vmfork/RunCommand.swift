@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import HostSystem
 import KVM
 import ProcessVM
 
@@ -53,9 +54,9 @@ struct RunCommand: ParsableCommand {
                                environment: environment)
         let status = try vm.run()
         if reportMissing || !vm.missingSyscalls.isEmpty {
-            let missing = vm.missingSyscalls.sorted { $0.key < $1.key }.map { "\($0.key) (×\($0.value))" }
+            let missing = vm.missingSyscalls.sorted { $0.key < $1.key }.map { "\($0.key < 0 ? "others" : "\($0.key)") (×\($0.value))" }
             if !missing.isEmpty {
-                FileHandle.standardError.write(Data("vmfork: system calls not served (ENOSYS): \(missing.joined(separator: ", "))\n".utf8))
+                EngineDiagnostics.write("vmfork: system calls not served (ENOSYS): \(missing.joined(separator: ", "))\n")
             }
         }
         throw ExitCode(status.code)

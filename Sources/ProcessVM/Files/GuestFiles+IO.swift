@@ -5,37 +5,27 @@ import Glibc
 #endif
 
 extension GuestFiles {
-    /// read(2).
+    /// read(2), without ever waiting: EAGAIN when the file has nothing yet (the caller
+    /// waits for it, see `OpenFile.read`).
     public func read(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) -> Int {
-        linuxResult { () throws(SystemError) in
-            let file = try openFile(fd)
-            return try retryingSyscall("read") { Glibc.read(file.hostFD, buffer.baseAddress, buffer.count) }
-        }
+        linuxResult { () throws(SystemError) in try openFile(fd).read(into: buffer) }
     }
 
-    /// write(2). Files of the root filesystem are only ever open read-only, so the host
-    /// answers EBADF for them, as Linux does for a descriptor not open for writing.
+    /// write(2), without ever waiting, as `read`. Files of the root filesystem are only ever
+    /// open read-only, so the host answers EBADF for them, as Linux does for a descriptor not
+    /// open for writing.
     public func write(_ fd: Int32, from buffer: UnsafeRawBufferPointer) -> Int {
-        linuxResult { () throws(SystemError) in
-            let file = try openFile(fd)
-            return try retryingSyscall("write") { Glibc.write(file.hostFD, buffer.baseAddress, buffer.count) }
-        }
+        linuxResult { () throws(SystemError) in try openFile(fd).write(from: buffer) }
     }
 
     /// pread64(2).
     public func pread(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer, offset: Int) -> Int {
-        linuxResult { () throws(SystemError) in
-            let file = try openFile(fd)
-            return try retryingSyscall("pread") { Glibc.pread(file.hostFD, buffer.baseAddress, buffer.count, off_t(offset)) }
-        }
+        linuxResult { () throws(SystemError) in try openFile(fd).pread(into: buffer, offset: offset) }
     }
 
     /// pwrite64(2).
     public func pwrite(_ fd: Int32, from buffer: UnsafeRawBufferPointer, offset: Int) -> Int {
-        linuxResult { () throws(SystemError) in
-            let file = try openFile(fd)
-            return try retryingSyscall("pwrite") { Glibc.pwrite(file.hostFD, buffer.baseAddress, buffer.count, off_t(offset)) }
-        }
+        linuxResult { () throws(SystemError) in try openFile(fd).pwrite(from: buffer, offset: offset) }
     }
 
     /// lseek(2); the kernel checks `whence` (SEEK_SET through SEEK_HOLE) and the offset.

@@ -65,12 +65,20 @@ extension GuestFiles {
 
     /// openat(2). The root filesystem is read-only: opening one of its files for writing,
     /// truncating or creating gives EROFS, and its device nodes cannot be opened (EACCES, as
-    /// on a nodev mount). `mode` only matters when a file is created, which never happens.
-    public func openat(dirfd: Int32, path: UnsafePointer<CChar>, flags: Int32, mode: UInt32) -> Int {
+    /// on a nodev mount). Nor can its FIFOs (EACCES) or sockets (ENXIO, as Linux answers):
+    /// the rootfs is shared by every container of an image and with the host, so a FIFO in
+    /// it would be a channel between tenants, and opening one waits for the other end, a
+    /// wait no host call of the engine may make. `mode` only matters when a file is
+    /// created, which never happens. No open waits: the file is examined through an O_PATH
+    /// descriptor first, and only regular files and folders are opened for real.
+    /// `chargedToBudget` false is for the engine's own opens (the program it loads), which
+    /// the guests' shared budget must not refuse (see `GuestDescriptorBudget`).
+    public func openat(dirfd: Int32, path: UnsafePointer<CChar>, flags: Int32, mode: UInt32, chargedToBudget: Bool = true) -> Int {
         linuxResult { () throws(SystemError) in
             let request = OpenRequest(guestFlags: flags)
             try request.validate()
             let index = try lowestFreeDescriptor(from: 0)
+            if chargedToBudget { try GuestDescriptorBudget.requireRoom() }
             let guestPath = try GuestPath.bytes(of: path)
             guard !guestPath.isEmpty else { throw SystemError(call: "openat", errno: ENOENT) }
             let location = try locate(dirfd, guestPath)
@@ -102,6 +110,8 @@ extension GuestFiles {
         if type == S_IFDIR, request.mayWrite || request.creates { throw SystemError(call: "openat", errno: EISDIR) }
         if location.isInsideRootfs {
             if type == S_IFCHR || type == S_IFBLK { throw SystemError(call: "openat(device in rootfs)", errno: EACCES) }
+            if type == S_IFIFO { throw SystemError(call: "openat(FIFO in rootfs)", errno: EACCES) }
+            if type == S_IFSOCK { throw SystemError(call: "openat(socket in rootfs)", errno: ENXIO) }
             if request.mayWrite { throw SystemError(call: "openat", errno: EROFS) }
         }
         return try FileDescriptor.open("/proc/self/fd/\(probe.rawValue)", request.reopenFlags)

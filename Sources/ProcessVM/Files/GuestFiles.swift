@@ -39,7 +39,10 @@ final class FileSystemRoots: Sendable {
 /// `GuestFiles`; the table is handed between threads only whole (for example to a forked
 /// child), never used from two at once, so it takes no lock.
 public final class GuestFiles: @unchecked Sendable {
-    /// Linux's usual RLIMIT_NOFILE soft limit.
+    /// A guest's RLIMIT_NOFILE unless its configuration says otherwise: Linux's usual soft
+    /// limit, which programs expect (select() handles descriptors below 1,024 only). A VM
+    /// then costs the engine at most about 1,030 host descriptors, and all guests together
+    /// stay within `GuestDescriptorBudget`, so they never take the engine's own.
     public static let defaultDescriptorLimit = 1024
 
     let roots: FileSystemRoots
@@ -48,9 +51,10 @@ public final class GuestFiles: @unchecked Sendable {
     /// The guest's working directory as the guest sees it: absolute, without symlinks.
     var workingDirectory: [UInt8]
 
-    /// Opens `rootfs` as the guest's root and installs duplicates of the host descriptors
-    /// `stdin`, `stdout`, `stderr` as guest descriptors 0, 1 and 2; the caller keeps its own.
-    /// Throws a `SystemError` naming the rootfs when it is missing or not a folder.
+    /// Opens `rootfs` as the guest's root and installs the host descriptors `stdin`,
+    /// `stdout`, `stderr` as guest descriptors 0, 1 and 2, each opened for the guest alone
+    /// (`OpenFile.standardStream`); the caller keeps its own. Throws a `SystemError` naming
+    /// the rootfs when it is missing or not a folder.
     public convenience init(rootfs: String, stdin: Int32, stdout: Int32, stderr: Int32,
                             descriptorLimit: Int = GuestFiles.defaultDescriptorLimit) throws(SystemError) {
         let root: FileDescriptor
@@ -59,9 +63,11 @@ public final class GuestFiles: @unchecked Sendable {
         } catch {
             throw SystemError(call: "open(rootfs \(rootfs))", errno: error.errno)
         }
+        // The first VM raises the engine's own descriptor limit (see `GuestDescriptorBudget`).
+        _ = GuestDescriptorBudget.limit
         var streams: [DescriptorSlot?] = []
         for hostFD in [stdin, stdout, stderr] {
-            streams.append(DescriptorSlot(file: OpenFile(host: try HostFileCalls.duplicate(hostFD), isInsideRootfs: false), closeOnExec: false))
+            streams.append(DescriptorSlot(file: try OpenFile.standardStream(hostFD), closeOnExec: false))
         }
         self.init(roots: try FileSystemRoots(root: root, hostDevices: try FileDescriptor.open("/dev", CSHIMS_O_PATH | O_DIRECTORY)),
                   descriptorLimit: max(descriptorLimit, streams.count), slots: streams, workingDirectory: [GuestPath.slash])
@@ -80,10 +86,16 @@ public final class GuestFiles: @unchecked Sendable {
         try? openFile(guestFD).hostFD
     }
 
-    /// True when `guestFD` is open on a regular file, whose reads and writes never block.
-    public func isRegularFile(_ guestFD: Int32) -> Bool {
-        guard let host = hostDescriptor(of: guestFD), let info = try? HostFileCalls.status(host) else { return false }
-        return info.st_mode & S_IFMT == S_IFREG
+    /// True when transfers through `guestFD` never wait (a regular file, a folder, an
+    /// allowlisted device): the shared poller may serve them.
+    public func transfersNeverWait(_ guestFD: Int32) -> Bool {
+        (try? openFile(guestFD).access) == .neverWaits
+    }
+
+    /// True when `guestFD` is open and the guest wants its transfers to wait until they can
+    /// be made (no O_NONBLOCK) on a file where they may have to.
+    func guestWaits(_ guestFD: Int32) -> Bool {
+        (try? openFile(guestFD).guestWaits) ?? false
     }
 
     /// A forked child's table: the same descriptor numbers, close-on-exec flags and working
@@ -91,20 +103,16 @@ public final class GuestFiles: @unchecked Sendable {
     /// file here share one in the child too), so parent and child share offsets and status
     /// flags exactly as Linux fork() does, while closing a descriptor in one leaves the other's intact.
     public func copyForFork() throws(SystemError) -> GuestFiles {
-        try copy(skipping: 0) { file throws(SystemError) in
-            OpenFile(host: try HostFileCalls.duplicate(file.hostFD), isInsideRootfs: file.isInsideRootfs)
-        }
+        try copy(skipping: 0) { file throws(SystemError) in try file.duplicated() }
     }
 
     /// A table for a new container forked from a warm parent: unlike fork(), each open file is
     /// reopened so siblings never move each other's offsets (containers stay independent),
-    /// and descriptors 0, 1 and 2 are duplicates of the child's own host streams.
+    /// and descriptors 0, 1 and 2 are the child's own host streams, opened as a new VM's are.
     public func copyForChildContainer(standardStreams: (input: Int32, output: Int32, error: Int32)) throws(SystemError) -> GuestFiles {
-        let child = try copy(skipping: 3) { file throws(SystemError) in
-            OpenFile(host: try HostFileCalls.reopenIndependently(file.hostFD), isInsideRootfs: file.isInsideRootfs)
-        }
+        let child = try copy(skipping: 3) { file throws(SystemError) in try file.reopenedForAnotherContainer() }
         for (index, stream) in [standardStreams.input, standardStreams.output, standardStreams.error].enumerated() {
-            child.slots[index] = DescriptorSlot(file: OpenFile(host: try HostFileCalls.duplicate(stream), isInsideRootfs: false), closeOnExec: false)
+            child.slots[index] = DescriptorSlot(file: try OpenFile.standardStream(stream), closeOnExec: false)
         }
         return child
     }
@@ -175,7 +183,8 @@ public final class GuestFiles: @unchecked Sendable {
     }
 
     /// fcntl(2) for F_DUPFD, F_DUPFD_CLOEXEC, F_GETFD, F_SETFD, F_GETFL and F_SETFL; other
-    /// commands give EINVAL. F_SETFL drops O_ASYNC, which would aim SIGIO at the engine.
+    /// commands give EINVAL. F_SETFL drops O_ASYNC, which would aim SIGIO at the engine, and
+    /// changes only the guest's own flags of a standard stream, never the host's description.
     public func fcntl(_ fd: Int32, command: Int32, argument: Int) -> Int {
         linuxResult { () throws(SystemError) in
             let file = try openFile(fd)
@@ -189,15 +198,23 @@ public final class GuestFiles: @unchecked Sendable {
                 slots[Int(fd)]!.closeOnExec = argument & Int(FD_CLOEXEC) != 0
                 return 0
             case F_GETFL:
+                if let flags = file.guestStatusFlags { return Int(flags) }
                 return Int(try retryingSyscall("fcntl(F_GETFL)") { Glibc.fcntl(file.hostFD, F_GETFL) })
             case F_SETFL:
                 let statusFlags = Int32(truncatingIfNeeded: argument) & ~O_ASYNC
+                if let flags = file.guestStatusFlags {
+                    file.guestStatusFlags = flags & ~Self.changeableStatusFlags | statusFlags & Self.changeableStatusFlags
+                    return 0
+                }
                 return Int(try retryingSyscall("fcntl(F_SETFL)") { Glibc.fcntl(file.hostFD, F_SETFL, statusFlags) })
             default:
                 throw SystemError(call: "fcntl(\(command))", errno: EINVAL)
             }
         }
     }
+
+    /// The status flags F_SETFL changes, as Linux's (O_ASYNC left out, see `fcntl`).
+    private static let changeableStatusFlags = O_APPEND | O_NONBLOCK | CSHIMS_O_DIRECT | CSHIMS_O_NOATIME
 
     /// The open file behind guest descriptor `fd`, or EBADF.
     func openFile(_ fd: Int32) throws(SystemError) -> OpenFile {

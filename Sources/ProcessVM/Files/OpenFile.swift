@@ -1,4 +1,7 @@
 import HostSystem
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// One open file description that guest descriptor slots point at. Slots made by dup share
 /// one instance, so they share the host descriptor and with it the file offset and status
@@ -9,13 +12,51 @@ final class OpenFile {
     /// True for files of the read-only root filesystem (writing them gives EROFS); false
     /// for the standard streams and the allowlisted host devices.
     let isInsideRootfs: Bool
+    /// How the engine transfers data through it without ever blocking in a host call.
+    let access: HostAccess
+    /// The status flags (F_GETFL, F_SETFL) the guest sees, kept here and never passed to the
+    /// host when the host's open file description is not the guest's alone or carries the
+    /// engine's O_NONBLOCK (the standard streams); nil when the host's flags are the guest's.
+    var guestStatusFlags: Int32?
 
-    init(host: consuming FileDescriptor, isInsideRootfs: Bool) {
+    init(host: consuming FileDescriptor, isInsideRootfs: Bool, access: HostAccess = .neverWaits, guestStatusFlags: Int32? = nil) {
         self.host = host
         self.isInsideRootfs = isInsideRootfs
+        self.access = access
+        self.guestStatusFlags = guestStatusFlags
+        GuestDescriptorBudget.held.add(1, ordering: .relaxed)
+    }
+
+    deinit {
+        GuestDescriptorBudget.held.subtract(1, ordering: .relaxed)
     }
 
     var hostFD: Int32 { host.rawValue }
+
+    /// True when a transfer may find nothing to do and the guest asked to wait for it then
+    /// (its status flags lack O_NONBLOCK): the engine waits, interruptibly, on its behalf.
+    var guestWaits: Bool {
+        access != .neverWaits && (guestStatusFlags ?? 0) & O_NONBLOCK == 0
+    }
+}
+
+/// How the engine reaches an open file's data so that no host call it makes can block: a
+/// blocked host call could not be interrupted by kill or stop, and one on the shared poller
+/// thread would stall every VM. When the guest wants to wait, the engine waits for the file
+/// and for the VM's interrupts together (`ProcessVM.waitingTransfer`).
+enum HostAccess: Equatable {
+    /// Regular files, folders and the allowlisted devices: a transfer never waits.
+    case neverWaits
+    /// The engine's own open file description (a standard stream reopened), set O_NONBLOCK:
+    /// a transfer that would wait answers EAGAIN.
+    case nonBlocking
+    /// A socket shared with the caller (sockets cannot be reopened): each transfer passes
+    /// MSG_DONTWAIT, which leaves the shared description as it is.
+    case socket
+    /// Another file shared with the caller that could not be reopened (a pipe whose reader
+    /// had gone): a transfer is made only once poll finds the file ready, and a write moves
+    /// at most PIPE_BUF bytes, which a ready pipe takes without waiting.
+    case sharedDescription
 }
 
 /// A guest descriptor number's entry: the shared open file plus the per-descriptor

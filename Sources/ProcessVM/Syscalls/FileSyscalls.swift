@@ -5,10 +5,13 @@ import Glibc
 /// `GuestFiles` (confined to the rootfs, Linux results).
 extension ProcessVM {
     static let atCurrentDirectory: Int32 = -100
+    /// Linux's PATH_MAX: no path or link text the engine returns is longer, so a guest buffer
+    /// for one is used only this far (the rest of a larger one is never touched).
+    static let pathMax: UInt64 = 4096
 
     static let fileSyscalls: [(Int, SyscallHandler)] = [
-        (0, { vm, c in vm.withBuffer(c.a1, c.a2, writable: true) { vm.files.read(c.int(c.a0), into: $0) } }),
-        (1, { vm, c in vm.withBuffer(c.a1, c.a2, writable: false) { vm.files.write(c.int(c.a0), from: UnsafeRawBufferPointer($0)) } }),
+        (0, { vm, c in vm.readIntoGuest(c.int(c.a0), c.a1, c.a2) }),
+        (1, { vm, c in vm.writeFromGuest(c.int(c.a0), c.a1, c.a2) }),
         (2, { vm, c in vm.withPath(c.a0) { .int(vm.files.openat(dirfd: atCurrentDirectory, path: $0, flags: c.int(c.a1), mode: UInt32(truncatingIfNeeded: c.a2))) } }),
         (3, { vm, c in .int(vm.files.close(c.int(c.a0))) }),
         (4, { vm, c in vm.stat(atCurrentDirectory, c.a0, c.a1, flags: 0) }),
@@ -17,8 +20,8 @@ extension ProcessVM {
         (7, { vm, c in vm.poll(c.a0, c.a1, timeout: Int64(c.int(c.a2)) < 0 ? nil : Double(c.int(c.a2)) / 1000) }),
         (8, { vm, c in .int(vm.files.lseek(c.int(c.a0), offset: Int(Int64(bitPattern: c.a1)), whence: c.int(c.a2))) }),
         (16, { vm, c in vm.ioctl(c) }),
-        (17, { vm, c in vm.withBuffer(c.a1, c.a2, writable: true) { vm.files.pread(c.int(c.a0), into: $0, offset: Int(Int64(bitPattern: c.a3))) } }),
-        (18, { vm, c in vm.withBuffer(c.a1, c.a2, writable: false) { vm.files.pwrite(c.int(c.a0), from: UnsafeRawBufferPointer($0), offset: Int(Int64(bitPattern: c.a3))) } }),
+        (17, { vm, c in vm.transfer(c.a1, c.a2, writable: true) { vm.files.pread(c.int(c.a0), into: $0, offset: Int(Int64(bitPattern: c.a3)) &+ $1) } }),
+        (18, { vm, c in vm.transfer(c.a1, c.a2, writable: false) { vm.files.pwrite(c.int(c.a0), from: UnsafeRawBufferPointer($0), offset: Int(Int64(bitPattern: c.a3)) &+ $1) } }),
         (19, { vm, c in vm.vectored(c, writing: false) }),
         (20, { vm, c in vm.vectored(c, writing: true) }),
         (21, { vm, c in vm.withPath(c.a0) { .int(vm.files.faccessat(dirfd: atCurrentDirectory, path: $0, mode: c.int(c.a1), flags: 0)) } }),
@@ -26,11 +29,11 @@ extension ProcessVM {
         (33, { vm, c in .int(vm.files.dup2(c.int(c.a0), c.int(c.a1))) }),
         (40, { vm, c in vm.sendfile(c) }),
         (72, { vm, c in .int(vm.files.fcntl(c.int(c.a0), command: c.int(c.a1), argument: Int(Int64(bitPattern: c.a2)))) }),
-        (79, { vm, c in vm.withBuffer(c.a0, c.a1, writable: true) { vm.files.getcwd(into: $0) } }),
+        (79, { vm, c in vm.withBuffer(c.a0, min(c.a1, pathMax), writable: true) { vm.files.getcwd(into: $0) } }),
         (80, { vm, c in vm.withPath(c.a0) { .int(vm.files.chdir($0)) } }),
         (81, { vm, c in .int(vm.files.fchdir(c.int(c.a0))) }),
         (89, { vm, c in vm.readlink(atCurrentDirectory, c.a0, c.a1, c.a2) }),
-        (217, { vm, c in vm.withBuffer(c.a1, c.a2, writable: true) { vm.files.getdents64(c.int(c.a0), into: $0) } }),
+        (217, { vm, c in vm.withBuffer(c.a1, min(c.a2, UInt64(AddressSpace.bounceLimit)), writable: true) { vm.files.getdents64(c.int(c.a0), into: $0) } }),
         (257, { vm, c in vm.withPath(c.a1) { .int(vm.files.openat(dirfd: c.int(c.a0), path: $0, flags: c.int(c.a2), mode: UInt32(truncatingIfNeeded: c.a3))) } }),
         (262, { vm, c in vm.stat(c.int(c.a0), c.a1, c.a2, flags: c.int(c.a3)) }),
         (267, { vm, c in vm.readlink(c.int(c.a0), c.a1, c.a2, c.a3) }),
@@ -51,7 +54,7 @@ extension ProcessVM {
 
     private func readlink(_ dirfd: Int32, _ path: UInt64, _ buffer: UInt64, _ size: UInt64) -> SyscallOutcome {
         guard Int64(bitPattern: size) > 0 else { return .error(.EINVAL) }
-        return withPathAndBuffer(path, buffer, size) { files.readlinkat(dirfd: dirfd, path: $0, into: $1) }
+        return withPathAndBuffer(path, buffer, min(size, Self.pathMax)) { files.readlinkat(dirfd: dirfd, path: $0, into: $1) }
     }
 
     /// A path argument plus an output buffer, each checked.
@@ -78,9 +81,8 @@ extension ProcessVM {
             let base = vectors.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: index * 16, as: UInt64.self) }
             let length = vectors.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: index * 16 + 8, as: UInt64.self) }
             guard length > 0 else { continue }
-            let outcome = withBuffer(base, length, writable: !writing) { buffer in
-                writing ? files.write(c.int(c.a0), from: UnsafeRawBufferPointer(buffer)) : files.read(c.int(c.a0), into: buffer)
-            }
+            // Only a read that has nothing yet waits, as one readv does.
+            let outcome = writing ? writeFromGuest(c.int(c.a0), base, length) : readIntoGuest(c.int(c.a0), base, length, mayWait: total == 0)
             guard case .value(let done) = outcome else { return outcome }
             if done < 0 { return total > 0 ? .value(total) : .value(done) }
             total += done
@@ -129,7 +131,8 @@ extension ProcessVM {
         return poll(c.a0, c.a1, timeout: Double(seconds) + Double(nanoseconds) / 1e9)
     }
 
-    /// sendfile, as a read and a write through the engine in 64 KiB steps.
+    /// sendfile, as a read and a write through the engine in 64 KiB steps. Only the first
+    /// read waits for data; each write waits until the step is written.
     private func sendfile(_ c: SystemCall) -> SyscallOutcome {
         let output = c.int(c.a0), input = c.int(c.a1)
         var offset: Int64?
@@ -145,11 +148,12 @@ extension ProcessVM {
             let wanted = Int(min(remaining, UInt64(chunk.count)))
             let got = chunk.withUnsafeMutableBytes { buffer in
                 let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[..<wanted])
-                return offset.map { files.pread(input, into: slice, offset: Int($0)) } ?? files.read(input, into: slice)
+                if let offset { return files.pread(input, into: slice, offset: Int(offset)) }
+                return total == 0 ? waitingTransfer(input, events: Int16(POLLIN)) { files.read(input, into: slice) } : files.read(input, into: slice)
             }
             if got < 0 { return total > 0 ? .int(total) : .int(got) }
             if got == 0 { break }
-            let put = chunk.withUnsafeBytes { files.write(output, from: UnsafeRawBufferPointer(rebasing: $0[..<got])) }
+            let put = chunk.withUnsafeBytes { writeFully(output, UnsafeRawBufferPointer(rebasing: $0[..<got])) }
             if put < 0 { return total > 0 ? .int(total) : .int(put) }
             total += put
             offset? += Int64(put)
@@ -163,7 +167,7 @@ extension ProcessVM {
     /// Runs `body` on a host descriptor of `path`, the executable to load, opened in the
     /// rootfs and confined like any guest open. Host errors reading it say which file.
     static func withExecutable<T>(_ path: String, from files: GuestFiles, _ body: (Int32) throws(GuestError) -> T) throws(GuestError) -> T {
-        let fd = path.withCString { files.openat(dirfd: atCurrentDirectory, path: $0, flags: 0o2000000, mode: 0) }
+        let fd = path.withCString { files.openat(dirfd: atCurrentDirectory, path: $0, flags: 0o2000000, mode: 0, chargedToBudget: false) }
         guard fd >= 0 else { throw .invalidExecutable("\(path) in the rootfs: \(String(cString: strerror(Int32(-fd))))") }
         defer { _ = files.close(Int32(fd)) }
         do {

@@ -233,8 +233,8 @@ extension ProcessVM {
         13, 14, 131,
         9, 10, 11, 12, 25, 28,
     ]
-    /// Of those, the calls that transfer data through a descriptor and could block on a pipe
-    /// or terminal.
+    /// Of those, the calls that transfer data through a descriptor, which may have to wait
+    /// on a pipe, terminal or socket (a wait, made interruptibly, belongs to the vCPU thread).
     static let descriptorTransfers: Set<Int> = [0, 1, 17, 18, 19, 20]
 
     /// Called on the vCPU thread for each call that took the exit path: when the poller could
@@ -268,7 +268,7 @@ extension ProcessVM {
         let call = SystemCall(number: Int(truncatingIfNeeded: word(SyscallStub.Offset.number)),
                               arguments: (argument(0), argument(1), argument(2), argument(3), argument(4), argument(5)))
         guard Self.pollableSystemCalls.contains(call.number), !interrupts.hasPending, pendingSignal == nil,
-              !Self.descriptorTransfers.contains(call.number) || files.isRegularFile(call.int(call.a0)) else {
+              !Self.descriptorTransfers.contains(call.number) || files.transfersNeverWait(call.int(call.a0)) else {
             cshims_atomic_store_u32(state, SyscallStub.State.handedBack.rawValue)
             return true
         }
@@ -280,7 +280,7 @@ extension ProcessVM {
                 try space.dropStaleTranslations()
             } catch {
                 // The guest could still reach what it unmapped: it must not run on.
-                FileHandle.standardError.write(Data("vmfork: \(error); the program is killed\n".utf8))
+                EngineDiagnostics.write("vmfork: \(error); the program is killed\n")
                 kill()
             }
         }
