@@ -236,6 +236,8 @@ final class AddressSpace {
         if contiguous, let pointer = memory.pointer(physical: firstPhysical, length: length) {
             return body(UnsafeMutableRawBufferPointer(start: pointer, count: length))
         }
+        // Callers pass guest-chosen lengths in pieces (`ProcessVM.transfer`): engine memory per call stays bounded.
+        assert(length <= Self.bounceLimit, "a bounce buffer of \(length) bytes")
         let bounce = UnsafeMutableRawBufferPointer.allocate(byteCount: length, alignment: 16)
         defer { bounce.deallocate() }
         copyPages(address, length, bounce.baseAddress!, toGuest: false)

@@ -39,11 +39,12 @@ public final class GuestMemory: @unchecked Sendable {
     private var freeFrames: [UInt64] = []
     /// Of a fork child: frames taken from `freeFrames` since the fork (with those above the
     /// parent's `bumpFrame`, the frames it was handed).
-    private var reusedFreeFrames: [UInt64] = []
+    /// A set, as `invalidatedFrames`: a child mapping and unmapping in a loop must not grow it.
+    private var reusedFreeFrames: Set<UInt64> = []
     /// Of a fork child: frames whose translations were dropped since the fork, because the
     /// child changed a mapping of them. It may have used the changed mapping since (a page
     /// moved by mremap, made writable by mprotect), so they are dropped again at the restore.
-    private var invalidatedFrames: [UInt64] = []
+    private var invalidatedFrames: Set<UInt64> = []
     /// For a fork child: the parent whose memory this maps copy-on-write, and the parent's holes.
     private let origin: (memory: GuestMemory, holes: [Range<Int>])?
     /// Byte ranges of this memory mapped from a file rather than the memfd.
@@ -196,12 +197,12 @@ public final class GuestMemory: @unchecked Sendable {
         // including those dropped during its life and built again through the new mapping
         // (a page it moved and used at its new address; a read-only page it made writable).
         try invalidateTranslations(ofFrames: Array(stride(from: parent.bumpFrame, to: bumpFrame, by: Self.pageSize))
-            + reusedFreeFrames + retiredFrames + invalidatedFrames)
+            + Array(reusedFreeFrames) + retiredFrames + Array(invalidatedFrames))
         bumpFrame = parent.bumpFrame
         freeFrames = parent.freeFrames
         reusedFreeFrames.removeAll()
         defer { invalidatedFrames.removeAll() }
-        return RestoredFrames(owned: Set(owned.map { UInt64($0 * Self.pageSize) }), invalidated: Set(invalidatedFrames))
+        return RestoredFrames(owned: Set(owned.map { UInt64($0 * Self.pageSize) }), invalidated: invalidatedFrames)
     }
 
     /// Makes KVM drop every shadow translation to `frames`, whose guest mappings the engine
@@ -211,7 +212,7 @@ public final class GuestMemory: @unchecked Sendable {
     /// notifier. So each run of frames is made read-only and writable again: contents and
     /// host pages stay, and the guest's next touch of them walks its page tables afresh.
     func invalidateTranslations(ofFrames frames: [UInt64]) throws(SystemError) {
-        if origin != nil { invalidatedFrames += frames }
+        if origin != nil { invalidatedFrames.formUnion(frames) }
         var index = 0
         let sorted = frames.sorted()
         while index < sorted.count {
@@ -266,7 +267,7 @@ public final class GuestMemory: @unchecked Sendable {
     /// Takes one zeroed frame, or nil when the VM is at its memory limit.
     func allocateFrame() -> UInt64? {
         if let frame = freeFrames.popLast() {
-            if origin != nil { reusedFreeFrames.append(frame) }
+            if origin != nil { reusedFreeFrames.insert(frame) }
             mapping.base.advanced(by: Int(frame)).initializeMemory(as: UInt8.self, repeating: 0, count: Self.pageSize)
             return frame
         }

@@ -59,17 +59,11 @@ extension ProcessVM {
         } catch {
             return .error(.ENOMEM)
         }
-        if hostFile >= 0 {
-            // A private file mapping is a copy of the file's bytes; past the end it is zero.
-            var contents = [UInt8](repeating: 0, count: Int(length))
-            let count = contents.withUnsafeMutableBytes { buffer in
-                pread(hostFile, buffer.baseAddress, buffer.count, off_t(Int64(bitPattern: c.a5)))
-            }
-            guard count >= 0 else {
-                space.unmap(address, length: length)
-                return .error(.EACCES)
-            }
-            contents.withUnsafeBytes { space.loaderWrite(address, UnsafeRawBufferPointer(rebasing: $0[..<count])) }
+        // A private file mapping is a copy of the file's bytes, read straight into its frames;
+        // past the end it is zero.
+        if hostFile >= 0, !space.readFile(hostFile, offset: c.a5, into: address, length: length) {
+            space.unmap(address, length: length)
+            return .error(.EACCES)
         }
         return .value(Int64(bitPattern: address))
     }

@@ -134,7 +134,7 @@ extension ProcessVM {
 
     private func getrandom(_ c: SystemCall) -> SyscallOutcome {
         guard c.int(c.a2) & ~0x7 == 0 else { return .error(.EINVAL) }
-        return withBuffer(c.a0, min(c.a1, 33_554_431), writable: true) { buffer in
+        return transfer(c.a0, min(c.a1, 33_554_431), writable: true) { buffer, _ in
             var generator = SystemRandomNumberGenerator()
             var index = 0
             while index < buffer.count {

@@ -48,9 +48,13 @@ extension ProcessVM {
         return table
     }()
 
+    /// The key of `missingSyscalls` that counts every number outside the table.
+    public static let outOfRangeSyscall = -1
+
     func dispatch(_ call: SystemCall) -> SyscallOutcome {
         guard call.number >= 0, call.number < Self.syscallTable.count, let handler = Self.syscallTable[call.number] else {
-            recordMissing(call.number)
+            // Numbers past the table are counted together, so that the counts take bounded space.
+            recordMissing(call.number >= 0 && call.number < Self.syscallTable.count ? call.number : Self.outOfRangeSyscall)
             return .error(.ENOSYS)
         }
         return handler(self, call)
