@@ -23,7 +23,10 @@ public struct SystemError: Error, Equatable, CustomStringConvertible, Sendable {
 }
 
 /// Runs a system call, retrying it while it fails with EINTR, and turns a -1 result into a
-/// `SystemError` naming `call`. This is the one place EINTR is handled.
+/// `SystemError` naming `call`. This is the one place EINTR is handled. Only for calls that
+/// cannot wait on something a guest controls (a pipe, a FIFO, a terminal): retrying would
+/// swallow the signal that kill and stop send, so those calls are made without waiting and
+/// the waits done interruptibly (ProcessVM's `HostAccess`, `waitingTransfer`).
 @inlinable
 public func retryingSyscall<T: FixedWidthInteger>(_ call: @autoclosure () -> String, _ body: () -> T) throws(SystemError) -> T {
     while true {

@@ -44,11 +44,14 @@ extension OpenFile {
     /// devices), which never wait: shared like a regular file, which spares a fork the
     /// reopen of the usual /dev/null stdin.
     private static func isMemoryDevice(_ device: UInt64) -> Bool {
-        let memoryMajor: UInt64 = 1, neverWaiting: Set<UInt64> = [3, 5, 7, 8, 9]
+        let memoryMajor: UInt64 = 1
         // Linux's dev_t: major in bits 8-19 and 32-43, minor in bits 0-7 and 20-31.
         let major = (device >> 8) & 0xFFF | (device >> 32) & ~0xFFF
         let minor = device & 0xFF | (device >> 12) & ~0xFF
-        return major == memoryMajor && neverWaiting.contains(minor)
+        switch (major, minor) {
+        case (memoryMajor, 3), (memoryMajor, 5), (memoryMajor, 7), (memoryMajor, 8), (memoryMajor, 9): return true
+        default: return false
+        }
     }
 
     /// A copy of this open file for another container: the same file, its own description.
