@@ -111,6 +111,32 @@ struct HostileFilesTests {
         try Self.engineStillHealthy()
     }
 
+    /// The wait a guest asks of poll is its own to choose: a ppoll timeout of 10^12 s
+    /// trapped the engine converting it to milliseconds. The wait is served, and kill and
+    /// stop end it at once.
+    @Test(arguments: [true, false]) func killEndsAPollOfAnyLength(stop: Bool) throws {
+        let root = try HostileGuest.rootfs(Self.moreNumbers + #"""
+        #define SYS_ppoll 271
+        int main(void) {
+            struct { int fd; short events, revents; } entry = { 0, 1, 0 };
+            struct timespec t = { 1000000000000L, 0 };
+            sys(SYS_ppoll, &entry, 1, &t, 0, 8);
+            return 3;
+        }
+        """#, name: "ppoll")
+        defer { try? FileManager.default.removeItem(at: root) }
+        let pipe = try Self.makePipe()
+        defer { close(pipe.read); close(pipe.write) }
+        let streams = try CapturedStreams()
+        let vm = try ProcessVM(system: GuestRunner.system!, configuration: ProcessVMConfiguration(rootfs: root.path, memoryBytes: 64 << 20),
+                               executable: "/prog", arguments: ["prog"], environment: [],
+                               streams: StandardStreams(input: pipe.read, output: streams.output, error: streams.error))
+        let started = ContinuousClock.now
+        #expect(Self.runKilled(vm, after: 0.3, within: 10, stop: stop) == (stop ? 143 : 137))
+        #expect(ContinuousClock.now - started < .seconds(1), "the poll was not ended at once")
+        try Self.engineStillHealthy()
+    }
+
     /// A write to a stdout pipe nobody reads blocked in the host's write for good.
     @Test(arguments: [true, false]) func killEndsAWriteToAFullPipe(polled: Bool) throws {
         let root = try HostileGuest.rootfs(#"""

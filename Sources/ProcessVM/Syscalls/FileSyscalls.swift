@@ -92,7 +92,7 @@ extension ProcessVM {
     }
 
     /// poll over the guest's descriptors, answered by the host's poll on the files behind
-    /// them; a wait is sliced so that stop and kill interrupt it.
+    /// them and on the VM's interrupt eventfd, so that stop and kill end a wait at once.
     private func poll(_ address: UInt64, _ count: UInt64, timeout: Double?) -> SyscallOutcome {
         guard count <= UInt64(files.descriptorLimit) else { return .error(.EINVAL) }
         guard let entries = space.read(address, count: Int(count) * 8) else { return .error(.EFAULT) }
@@ -103,12 +103,14 @@ extension ProcessVM {
             return pollfd(fd: fd < 0 ? -1 : files.hostDescriptor(of: fd) ?? -2, events: events, revents: 0)
         }
         let deadline = timeout.map { Date(timeIntervalSinceNow: $0) }
+        let wake = interrupts.wakeup.waitDescriptor()
         var ready: Int32 = 0
         while true {
             var checked = host.map { $0.fd == -2 ? pollfd(fd: -1, events: 0, revents: 0) : $0 }
-            let slice = deadline.map { max(0, min(50, Int32($0.timeIntervalSinceNow * 1000))) } ?? 50
-            ready = Glibc.poll(&checked, nfds_t(checked.count), slice)
+            checked.append(pollfd(fd: wake ?? -1, events: Int16(POLLIN), revents: 0))
+            ready = Glibc.poll(&checked, nfds_t(checked.count), Self.pollSlice(until: deadline, woken: wake != nil))
             if ready < 0 && errno != EINTR { return .error(.EINVAL) }
+            if let wake, checked[host.count].revents != 0 { interrupts.wakeup.drain(wake) }
             for index in host.indices {
                 host[index].revents = host[index].fd == -2 ? invalid : checked[index].revents
             }
@@ -121,6 +123,15 @@ extension ProcessVM {
             withUnsafeBytes(of: host[index].revents) { result.replaceSubrange((index * 8 + 6)..<(index * 8 + 8), with: $0) }
         }
         return space.write(address, result) ? .int(Int(ready)) : .error(.EFAULT)
+    }
+
+    /// Milliseconds one host poll may last: what is left of the guest's timeout, whatever
+    /// its length (at most an hour a time, inside Int32), or for ever without one; 50 ms
+    /// slices, between which requests are checked, when there is no interrupt eventfd.
+    private static func pollSlice(until deadline: Date?, woken: Bool) -> Int32 {
+        let longest: Double = woken ? 3_600_000 : 50
+        guard let deadline else { return woken ? -1 : Int32(longest) }
+        return Int32(max(0, min(longest, (deadline.timeIntervalSinceNow * 1000).rounded(.up))))
     }
 
     private func ppoll(_ c: SystemCall) -> SyscallOutcome {
