@@ -369,13 +369,19 @@ final class Interrupts: @unchecked Sendable {
         }
     }
 
-    /// Waits up to `seconds`; true when a kill or a signal arrived first.
+    /// The longest one condition wait lasts: NSCondition turns its deadline into a timespec,
+    /// which traps for a guest's sleep of 2^63 seconds.
+    private static let longestWait: Double = 86_400
+
+    /// Waits up to `seconds`, however long; true when a kill or a signal arrived first.
     func wait(seconds: Double) -> Bool {
-        let deadline = Date(timeIntervalSinceNow: seconds)
+        let start = Date()
         condition.lock()
         defer { condition.unlock() }
         while kill == nil && signal == nil {
-            if !condition.wait(until: deadline) { break }
+            let left = seconds - Date().timeIntervalSince(start)
+            guard left > 0 else { break }
+            _ = condition.wait(until: Date(timeIntervalSinceNow: min(left, Self.longestWait)))
         }
         return kill != nil || signal != nil
     }

@@ -137,6 +137,23 @@ struct HostileFilesTests {
         try Self.engineStillHealthy()
     }
 
+    /// The same for a sleep of any length (nanosleep of 2^63 - 1 seconds).
+    @Test(arguments: [true, false]) func killEndsASleepOfAnyLength(stop: Bool) throws {
+        let root = try HostileGuest.rootfs(Self.moreNumbers + #"""
+        int main(void) {
+            struct timespec t = { 0x7fffffffffffffffL, 999999999 };
+            sys(SYS_nanosleep, &t, 0);
+            return 3;
+        }
+        """#, name: "sleep")
+        defer { try? FileManager.default.removeItem(at: root) }
+        let streams = try CapturedStreams()
+        let vm = try ProcessVM(system: GuestRunner.system!, configuration: ProcessVMConfiguration(rootfs: root.path, memoryBytes: 64 << 20),
+                               executable: "/prog", arguments: ["prog"], environment: [], streams: streams.standard)
+        #expect(Self.runKilled(vm, after: 0.3, within: 10, stop: stop) == (stop ? 143 : 137))
+        try Self.engineStillHealthy()
+    }
+
     /// A write to a stdout pipe nobody reads blocked in the host's write for good.
     @Test(arguments: [true, false]) func killEndsAWriteToAFullPipe(polled: Bool) throws {
         let root = try HostileGuest.rootfs(#"""
