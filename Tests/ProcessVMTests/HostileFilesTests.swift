@@ -273,7 +273,7 @@ struct HostileFilesTests {
             i64 null = sys(SYS_open, "/dev/null", O_WRONLY);
             i64 dir = sys(SYS_open, "/", O_RDONLY | O_DIRECTORY);
             if ((i64)q < 0 || big < 0 || null < 0 || dir < 0) return 1;
-            for (int i = 0; i < 3; i++) {
+            for (int i = 0; i < 2; i++) {
                 sys(SYS_lseek, big, 0, 0);
                 if (sys(SYS_read, big, q, LEN) != (i64)LEN) return 2;
                 if (q[0] != 0x5a || q[LEN - 1] != 0x5a) return 3;
