@@ -83,6 +83,9 @@ public final class ProcessVM: @unchecked Sendable {
     var stopsAtFirstStandardInputRead = false
     /// The warm parent this VM was forked from, if it was.
     var forkedFrom: ForkPoint?
+    /// The AT_RANDOM bytes the engine gave the program and their address, as the engine wrote
+    /// them (a stdin fork point checks the parent's canary and pointer guard against them).
+    var startupRandom: (address: UInt64, bytes: [UInt8])?
     /// False once the vCPU stopped in a state the engine cannot vouch for (a triple fault, an
     /// unexpected exit, a failed KVM_RUN): such a VM is never reused for another child.
     private(set) var vcpuStateKnown = true
@@ -159,10 +162,13 @@ public final class ProcessVM: @unchecked Sendable {
     /// stack pointer the program starts with.
     func writeInitialStack(arguments: [String], environment: [String]) throws(GuestError) -> UInt64 {
         guard let entry else { preconditionFailure("the program has already started") }
+        let randomBytes = Self.freshRandomBytes(16)
         let stack = InitialStack(arguments: arguments.map { Array($0.utf8) }, environment: environment.map { Array($0.utf8) },
-                                 executablePath: entry.executablePath, randomBytes: Self.freshRandomBytes(16),
+                                 executablePath: entry.executablePath, randomBytes: randomBytes,
                                  hardwareCapabilities: entry.hardwareCapabilities)
-        return try stack.write(into: space, top: entry.stackTop, program: entry.program, identity: identity)
+        let written = try stack.write(into: space, top: entry.stackTop, program: entry.program, identity: identity)
+        startupRandom = (written.randomBytes, randomBytes)
+        return written.stackPointer
     }
 
     /// AT_RANDOM's bytes, drawn in one call (a generator draws a word per byte).

@@ -94,6 +94,7 @@ struct ForkCommand: ParsableCommand {
         print(finished.line)
         print(finished.histogram)
         print(report.renderText())
+        if stdinForkPoint { print("start-up secrets: \(parent.forkPoint.rerandomisation)") }
     }
 }
 

@@ -5,6 +5,14 @@ import ProcessVM
 import TestSupport
 import Testing
 
+/// A warm parent's streams: `streams`' output, and /dev/null as input, as `WarmParent` gives
+/// it (a regular file's read may be served by the poller, which would miss the fork point).
+private let devNull = open("/dev/null", O_RDONLY | O_CLOEXEC)
+
+func warmParentStreams(_ streams: CapturedStreams) -> StandardStreams {
+    StandardStreams(input: devNull, output: streams.output, error: streams.error)
+}
+
 /// Children of a parent frozen at its first read of standard input share its start-up: the
 /// C library's stack-protector canary and pointer guard were drawn from the parent's
 /// AT_RANDOM before the fork point. Each child must get its own, and the parent's frames and
@@ -133,10 +141,18 @@ final class RerandomisationTests {
         let configuration = ProcessVMConfiguration(rootfs: root.path, memoryBytes: 64 << 20)
         let forkPoint = try #require(try ProcessVM.makeForkPoint(system: system, configuration: configuration, executable: "/prog",
                                                                  arguments: ["/prog"], environment: [], kind: .firstStandardInputRead,
-                                                                 streams: parentStreams.standard))
+                                                                 streams: warmParentStreams(parentStreams)))
         let parent = try #require(parentStreams.stdout.split(separator: "\n").first.flatMap(Secrets.init(line:)),
                                   "the parent printed \(parentStreams.stdout)")
         #expect(parent.derivedFromRandom, "\(parent)")
+        // The canary saved by main's and read_line's frames (and libc's own below them), the
+        // TCB's guard, the jmp_buf's RBP, RSP and PC and the atexit handler, at least.
+        guard case .rerandomised(let canaries, let guards, let mangled) = forkPoint.rerandomisation.outcome,
+              canaries >= 3, guards >= 1, mangled >= 4 else {
+            Issue.record("found in the parent: \(forkPoint.rerandomisation.outcome)")
+            return
+        }
+        #expect(forkPoint.rerandomisation.refreshesRandomBytes)
 
         // Children in new VMs (read ahead, as a pool makes them, and not, as a fork that
         // found its pool empty does), then in VMs reused from the child before.
@@ -184,5 +200,163 @@ final class RerandomisationTests {
         #expect(children.count == 20)
         #expect(reused > 0, "no child ran in a reused VM")
         expectFresh(children, parent: nil)
+    }
+}
+
+/// Parents whose start-up the engine cannot vouch for: no thread pointer, one outside the
+/// program's memory, a thread control block that is not glibc's, or one that a hostile
+/// program forged with more copies of its canary than a child may have rewritten. The
+/// parent is forked with its canary and guard kept (and the reason logged); nothing crashes,
+/// and the children run.
+@Suite(.enabled(if: HostFacts.hasKVM && HostileGuest.isAvailable, "needs /dev/kvm and gcc"))
+final class RerandomisationRefusalTests {
+    let system = try! KVMSystem()
+
+    /// Sets its FS base to `FS_BASE` (when not 0), reads a line and echoes it.
+    static let readsWithThreadPointer = #"""
+    static u64 fake[8] __attribute__((aligned(64)));
+    int main(void) {
+        u64 fs = FS_BASE;
+        if (fs != 0 && sys(158, 0x1002, fs) != 0) return 10; /* arch_prctl(ARCH_SET_FS) */
+        char line[16];
+        i64 length = sys(SYS_read, 0, line, sizeof line);
+        if (length <= 0) return 11;
+        print("got ");
+        sys(SYS_write, 1, line, length);
+        return 0;
+    }
+    """#
+
+    /// Forks three children of `root`'s /prog, each reading its own line; returns what each
+    /// printed, after checking it exited with 0.
+    func forkChildren(of forkPoint: ForkPoint) throws -> [String] {
+        var outputs: [String] = []
+        for index in 0..<3 {
+            let prepared = try PreparedVM(system: system, forkPoint: forkPoint, readAhead: index != 0)
+            let streams = try CapturedStreams(stdin: Data("line-\(index)\n".utf8))
+            let child = try ProcessVM(forking: forkPoint, into: prepared,
+                                      identity: GuestIdentity(pid: Int32(index + 2), parentPid: 1, hostname: "child-\(index)"),
+                                      arguments: nil, environment: nil, streams: streams.standard)
+            let status = try child.run()
+            #expect(status == .exited(0), "child \(index): \(status), \(streams.stdout)")
+            outputs.append(streams.stdout)
+        }
+        return outputs
+    }
+
+    func stdinForkPoint(_ root: URL) throws -> ForkPoint {
+        let configuration = ProcessVMConfiguration(rootfs: root.path, memoryBytes: 16 << 20)
+        let streams = try CapturedStreams()
+        return try withExtendedLifetime(streams) {
+            try #require(try ProcessVM.makeForkPoint(system: system, configuration: configuration, executable: "/prog",
+                                                     arguments: ["/prog"], environment: [], kind: .firstStandardInputRead,
+                                                     streams: warmParentStreams(streams)), "the parent ended: \(streams.stdout) \(streams.stderr)")
+        }
+    }
+
+    @Test(arguments: [
+        ("0", "no thread pointer"),
+        ("0x7fff00000000UL", "not an aligned address in the program's writable memory"), // unmapped
+        ("0xB000UL", "not an aligned address in the program's writable memory"), // the engine's mailbox page
+        ("(u64)fake + 3", "not an aligned address in the program's writable memory"),
+        ("(u64)fake", "%fs:0 does not hold the thread pointer"),
+    ])
+    func parentsWithoutGlibcsThreadControlBlockKeepTheirSecrets(fsBase: String, reason: String) throws {
+        let root = try HostileGuest.rootfs("#define FS_BASE (\(fsBase))\n" + Self.readsWithThreadPointer, name: "nothreadpointer")
+        defer { try? FileManager.default.removeItem(at: root) }
+        let forkPoint = try stdinForkPoint(root)
+        guard case .skipped(let why) = forkPoint.rerandomisation.outcome else {
+            Issue.record("FS base \(fsBase): \(forkPoint.rerandomisation.outcome)")
+            return
+        }
+        #expect(why.contains(reason), "FS base \(fsBase): \(why)")
+        // AT_RANDOM is still the parent's, where the engine put it: the children get their own.
+        #expect(forkPoint.rerandomisation.refreshesRandomBytes)
+        #expect(try forkChildren(of: forkPoint) == (0..<3).map { "got line-\($0)\n" })
+    }
+
+    /// Builds a glibc-like thread control block from its own AT_RANDOM (self pointer, canary
+    /// with the low byte zeroed, guard), keeps COPIES copies of the canary and one function
+    /// pointer mangled with the guard, then reads a line (the fork point). After it, every
+    /// copy must equal %fs:0x28 and the pointer must demangle with %fs:0x30 to the function,
+    /// which it calls; it prints the canary, guard and AT_RANDOM.
+    static let forgedThreadControlBlock = #"""
+    u64 *initial_sp;
+    __attribute__((naked, noreturn)) void entry(void) { __asm__ volatile ("mov %rsp, initial_sp(%rip)\n\tjmp _start"); }
+    static u64 tcb[8] __attribute__((aligned(64)));
+    static u64 copies[COPIES];
+    static u64 mangled;
+    static volatile int called;
+    static void target(void) { called = 1; }
+    static u64 le(const u8 *b) { u64 v = 0; for (int i = 7; i >= 0; i--) v = v << 8 | b[i]; return v; }
+    int main(void) {
+        u64 *p = initial_sp;
+        p += *p + 2;            /* argc, argv, NULL */
+        while (*p) p++;         /* envp */
+        const u8 *random = 0;
+        for (p++; p[0]; p += 2) if (p[0] == 25) random = (const u8 *)p[1];   /* AT_RANDOM */
+        if (!random) return 10;
+        u64 canary = le(random) & ~0xFFUL, guard = le(random + 8);
+        tcb[0] = (u64)tcb; tcb[5] = canary; tcb[6] = guard;
+        if (sys(158, 0x1002, tcb) != 0) return 11;
+        for (int i = 0; i < COPIES; i++) copies[i] = canary;
+        u64 x = (u64)&target ^ guard;
+        mangled = x << 17 | x >> 47;
+        char line[16];
+        if (sys(SYS_read, 0, line, sizeof line) <= 0) return 12;
+        u64 c, g;
+        __asm__ volatile ("mov %%fs:0x28, %0" : "=r"(c));
+        __asm__ volatile ("mov %%fs:0x30, %0" : "=r"(g));
+        for (int i = 0; i < COPIES; i++) if (copies[i] != c) return 20;
+        void (*f)(void) = (void (*)(void))((mangled >> 17 | mangled << 47) ^ g);
+        f();
+        if (!called) return 21;
+        print("canary "); print_hex(c); print(" guard "); print_hex(g); print(" random ");
+        print_hex(le(random)); print_hex(le(random + 8)); print("\n");
+        return 0;
+    }
+    """#
+
+    @Test func aForgedThreadControlBlockIsRerandomisedWhereverItsSecretsAre() throws {
+        let root = try HostileGuest.rootfs("#define COPIES 10\n" + Self.forgedThreadControlBlock, name: "forged",
+                                           linkerFlags: ["-Wl,-e,entry"])
+        defer { try? FileManager.default.removeItem(at: root) }
+        let forkPoint = try stdinForkPoint(root)
+        // Its copies and the TCB's, and any the compiler left in callee-saved registers or on the stack.
+        guard case .rerandomised(let canaries, let guards, let mangled) = forkPoint.rerandomisation.outcome,
+              canaries >= 11, guards >= 1, mangled >= 1 else {
+            Issue.record("found in the parent: \(forkPoint.rerandomisation.outcome)")
+            return
+        }
+        let outputs = try forkChildren(of: forkPoint)
+        #expect(Set(outputs).count == 3, "\(outputs)")
+        // "canary C guard G random R0R1": C and G are glibc's from R0 and R1, AT_RANDOM's two words.
+        for output in outputs {
+            let fields = output.split(whereSeparator: { $0 == " " || $0 == "\n" })
+            guard fields.count == 6, let canary = UInt64(fields[1].dropFirst(2), radix: 16),
+                  let pointerGuard = UInt64(fields[3].dropFirst(2), radix: 16), fields[5].count == 36,
+                  let first = UInt64(fields[5].dropFirst(2).prefix(16), radix: 16),
+                  let second = UInt64(fields[5].suffix(16), radix: 16) else {
+                Issue.record("a child printed \(output)")
+                continue
+            }
+            #expect(canary == first & ~0xFF && pointerGuard == second, "\(output)")
+        }
+    }
+
+    @Test func aParentWithMoreCopiesThanAChildMayHaveRewrittenKeepsItsSecrets() throws {
+        let copies = StartupRerandomisation.maximumSites + 1
+        let root = try HostileGuest.rootfs("#define COPIES \(copies)\n" + Self.forgedThreadControlBlock, name: "flood",
+                                           linkerFlags: ["-Wl,-e,entry"])
+        defer { try? FileManager.default.removeItem(at: root) }
+        let forkPoint = try stdinForkPoint(root)
+        guard case .skipped(let why) = forkPoint.rerandomisation.outcome else {
+            Issue.record("\(forkPoint.rerandomisation.outcome)")
+            return
+        }
+        #expect(why.contains("more than \(StartupRerandomisation.maximumSites)"), "\(why)")
+        // The children keep the parent's canary and guard, and every copy and pointer works.
+        let outputs = try forkChildren(of: forkPoint).map { $0.split(separator: " ").prefix(4).joined(separator: " ") }
+        #expect(Set(outputs).count == 1, "\(outputs)")
     }
 }

@@ -1,4 +1,5 @@
 import CShims
+import Foundation
 import HostSystem
 import KVM
 #if canImport(Glibc)
@@ -39,6 +40,9 @@ public final class ForkPoint: @unchecked Sendable {
     let entry: ProcessVM.EntryState?
     /// The pages in the warm-up list (see `SystemArea.warmUpRoutine`).
     let warmUpPages: [UInt64]
+    /// What each child gets afresh of the start-up secrets it would share with the parent
+    /// (the canary, pointer guard and AT_RANDOM of a stdin fork point).
+    public let rerandomisation: StartupRerandomisation
 
     static let capturedMSRs: [UInt32] = [
         X86.MSR.star, X86.MSR.lstar, X86.MSR.cstar, X86.MSR.syscallMask, X86.MSR.fsBase, X86.MSR.gsBase, X86.MSR.kernelGSBase,
@@ -83,6 +87,9 @@ public final class ForkPoint: @unchecked Sendable {
         programName = parent.programName
         exceptionStackFrame = parent.exceptionStackFrame
         entry = kind == .entry ? parent.entry : nil
+        rerandomisation = kind == .entry ? .notNeeded
+            : StartupRerandomisation.find(in: parent.space, holes: memoryHoles, registers: registers,
+                                          fsBase: specialRegisters.fs.base, parentRandom: parent.startupRandom)
     }
 }
 
@@ -103,7 +110,11 @@ extension ProcessVM {
             guard case .atFirstStandardInputRead = try parent.runUntilStop() else { return nil }
         }
         let warmUpPages = try parent.writeWarmUpList()
-        return try ForkPoint(kind: kind, parent: parent, cpuid: cpuid, warmUpPages: warmUpPages)
+        let point = try ForkPoint(kind: kind, parent: parent, cpuid: cpuid, warmUpPages: warmUpPages)
+        if case .skipped(let reason) = point.rerandomisation.outcome {
+            FileHandle.standardError.write(Data("vmfork: children of \(executable) keep their parent's stack canary and pointer guard: \(reason)\n".utf8))
+        }
+        return point
     }
 
     /// Lists the pages a child will likely touch — the program image, heap and mappings the
@@ -152,6 +163,7 @@ extension ProcessVM {
         // The registers go in through the synced area, loaded by KVM on the first entry.
         let sync = vcpu.syncRegisters
         sync.pointee.regs = forkPoint.registers
+        if let secrets = prepared.startupSecrets { forkPoint.rerandomisation.apply(secrets, to: &sync.pointee.regs) }
         sync.pointee.sregs = forkPoint.specialRegisters
         if forkPoint.kind == .entry {
             sync.pointee.regs.rsp = try writeInitialStack(arguments: arguments ?? [], environment: environment ?? [])
@@ -170,16 +182,20 @@ public final class PreparedVM: @unchecked Sendable {
     public let memory: GuestMemory
     /// Whether this VM served an earlier child (see `init(reusing:)`).
     public let isReused: Bool
+    /// The canary, pointer guard and AT_RANDOM drawn for this VM's child and already written
+    /// into its memory (nil for an entry-point parent's, whose child draws its own at start-up).
+    let startupSecrets: StartupSecrets?
 
     /// The most pages a finished child may own for its VM to be reused: restoring more costs
     /// more than a new VM, and a pooled VM would hold them all.
     public static let reusablePrivatePages = 1024
 
-    private init(reusing forkPoint: ForkPoint, vm: VirtualMachine, vcpu: VCPU, memory: GuestMemory) {
+    private init(reusing forkPoint: ForkPoint, vm: VirtualMachine, vcpu: VCPU, memory: GuestMemory, startupSecrets: StartupSecrets?) {
         self.forkPoint = forkPoint
         self.vm = vm
         self.vcpu = vcpu
         self.memory = memory
+        self.startupSecrets = startupSecrets
         isReused = true
     }
 
@@ -194,6 +210,9 @@ public final class PreparedVM: @unchecked Sendable {
         } catch {
             throw .system(error)
         }
+        // The child's own secrets, written before the VM exists: its pages are copied once by
+        // the host, off the fork's path, and never behind a shadow translation.
+        startupSecrets = forkPoint.rerandomisation.apply(to: memory)
         do throws(KVMError) {
             vm = try system.createVM()
             try vm.setMemoryRegion(slot: ProcessVM.memorySlot, guestPhysical: 0, size: memory.size, host: memory.mapping.base)
@@ -257,6 +276,10 @@ extension PreparedVM {
             guard let (frame, permissions) = child.space.tables.translate(page), restored.invalidated.contains(frame) else { return nil }
             return permissions.contains(.write) && restored.owned.contains(frame) ? page | SystemArea.warmUpWriteBack : page
         }
+        // The next child's own secrets, written in place over the restored parent's: the pages
+        // are this VM's own (the last child's were written there too), so the shadow
+        // translations of them stay valid.
+        let startupSecrets = forkPoint.rerandomisation.apply(to: child.memory)
         let vcpu = child.vcpu
         do throws(KVMError) {
             vcpu.discardSyncedChanges()
@@ -273,6 +296,6 @@ extension PreparedVM {
         } catch {
             throw .kvm(error)
         }
-        self.init(reusing: forkPoint, vm: child.vm, vcpu: vcpu, memory: child.memory)
+        self.init(reusing: forkPoint, vm: child.vm, vcpu: vcpu, memory: child.memory, startupSecrets: startupSecrets)
     }
 }

@@ -15,8 +15,10 @@ struct InitialStack {
         case secure = 23, random = 25, hwcap2 = 26, execfn = 31
     }
 
-    /// Writes the stack below `top` and returns the initial stack pointer.
-    func write(into space: AddressSpace, top: UInt64, program: LoadedProgram, identity: GuestIdentity) throws(GuestError) -> UInt64 {
+    /// Writes the stack below `top`; returns the initial stack pointer and where the
+    /// AT_RANDOM bytes went (16-byte aligned).
+    func write(into space: AddressSpace, top: UInt64, program: LoadedProgram,
+               identity: GuestIdentity) throws(GuestError) -> (stackPointer: UInt64, randomBytes: UInt64) {
         var cursor = top
         func push(_ bytes: [UInt8]) throws(GuestError) -> UInt64 {
             cursor -= UInt64(bytes.count)
@@ -46,6 +48,6 @@ struct InitialStack {
         cursor = (cursor - UInt64(words.count * 8)) & ~15
         let bytes = words.withUnsafeBytes { Array($0) }
         guard space.write(cursor, bytes) else { throw .invalidExecutable("initial stack does not fit") }
-        return cursor
+        return (cursor, random)
     }
 }
