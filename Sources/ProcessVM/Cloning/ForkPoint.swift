@@ -87,9 +87,15 @@ public final class ForkPoint: @unchecked Sendable {
         programName = parent.programName
         exceptionStackFrame = parent.exceptionStackFrame
         entry = kind == .entry ? parent.entry : nil
-        rerandomisation = kind == .entry ? .notNeeded
-            : StartupRerandomisation.find(in: parent.space, holes: memoryHoles, registers: registers,
-                                          fsBase: specialRegisters.fs.base, parentRandom: parent.startupRandom)
+        if kind == .entry {
+            rerandomisation = .notNeeded
+        } else {
+            let started = ContinuousClock.now
+            var found = StartupRerandomisation.find(in: parent.space, holes: memoryHoles, registers: registers,
+                                                    fsBase: specialRegisters.fs.base, parentRandom: parent.startupRandom)
+            found.searchTime = ContinuousClock.now - started
+            rerandomisation = found
+        }
     }
 }
 

@@ -105,6 +105,8 @@ public struct StartupRerandomisation: Sendable, CustomStringConvertible {
     }
 
     public let outcome: Outcome
+    /// How long the search of the parent took, when it was frozen.
+    public internal(set) var searchTime: Duration = .zero
     /// Whether each child gets fresh AT_RANDOM bytes.
     public var refreshesRandomBytes: Bool { randomBytesFrame != nil }
 
@@ -181,8 +183,9 @@ public struct StartupRerandomisation: Sendable, CustomStringConvertible {
         case .notNeeded:
             return "each child starts afresh from its own AT_RANDOM"
         case .rerandomised(let canaries, let guards, let mangled):
+            let microseconds = searchTime.components.seconds * 1_000_000 + searchTime.components.attoseconds / 1_000_000_000_000
             return "each child gets its own canary, pointer guard and AT_RANDOM, written at \(canaries) copies of the canary, "
-                + "\(guards) of the guard and \(mangled) mangled pointers"
+                + "\(guards) of the guard and \(mangled) mangled pointers (found in \(microseconds) µs when the parent was frozen)"
         case .skipped(let reason):
             return "children keep the parent's canary and pointer guard (\(reason)) and get \(randomBytes)"
         }
