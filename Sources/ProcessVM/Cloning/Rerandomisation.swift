@@ -184,8 +184,10 @@ public struct StartupRerandomisation: Sendable, CustomStringConvertible {
             return "each child starts afresh from its own AT_RANDOM"
         case .rerandomised(let canaries, let guards, let mangled):
             let microseconds = searchTime.components.seconds * 1_000_000 + searchTime.components.attoseconds / 1_000_000_000_000
+            let pages = Set(memorySites.map { AddressSpace.pageDown($0.physical) }).count
             return "each child gets its own canary, pointer guard and AT_RANDOM, written at \(canaries) copies of the canary, "
-                + "\(guards) of the guard and \(mangled) mangled pointers (found in \(microseconds) µs when the parent was frozen)"
+                + "\(guards) of the guard and \(mangled) mangled pointers (\(memorySites.count) words on \(pages) pages, "
+                + "\(registerSites.count) registers; found in \(microseconds) µs when the parent was frozen)"
         case .skipped(let reason):
             return "children keep the parent's canary and pointer guard (\(reason)) and get \(randomBytes)"
         }
@@ -365,15 +367,16 @@ public struct StartupRerandomisation: Sendable, CustomStringConvertible {
         /// each RSP and PC pair found mangled — the stack pointer into writable memory, the PC
         /// into executable memory — the word six before the PC is taken as mangled too.
         mutating func addJumpBufferFramePointers() {
-            let wordBytes: UInt64 = 8
+            typealias Buffer = GlibcTCB.JumpBuffer
+            let rspBeforePC = UInt64(Buffer.pcIndex - Buffer.rspIndex) * 8
+            let rbpBeforePC = UInt64(Buffer.pcIndex - Buffer.rbpIndex) * 8
             let known = Dictionary(sites.map { ($0.virtual, $0.kind) }, uniquingKeysWith: { first, _ in first })
             for site in sites {
-                guard case .mangled(let pc) = site.kind, space.permissions(at: pc)?.contains(.execute) == true,
-                      case .mangled(let stack)? = known[site.virtual &- wordBytes], space.permissions(at: stack)?.contains(.write) == true
-                else { continue }
-                let distance = UInt64(GlibcTCB.JumpBuffer.pcIndex - GlibcTCB.JumpBuffer.rbpIndex) * wordBytes
-                guard site.virtual >= distance else { continue }
-                let rbpAddress = site.virtual - distance
+                guard case .mangled(let pc) = site.kind, site.virtual >= rbpBeforePC,
+                      space.permissions(at: pc)?.contains(.execute) == true,
+                      case .mangled(let stack)? = known[site.virtual - rspBeforePC],
+                      space.permissions(at: stack)?.contains(.write) == true else { continue }
+                let rbpAddress = site.virtual - rbpBeforePC
                 guard known[rbpAddress] == nil, let word = space.readValue(rbpAddress, as: UInt64.self),
                       let (frame, permissions) = space.tables.translate(AddressSpace.pageDown(rbpAddress)),
                       permissions.contains(.write), !isHole(frame) else { continue }
