@@ -26,7 +26,8 @@ final class RerandomisationTests {
     /// guard (%fs:0x30) and AT_RANDOM bytes; then it reads a line inside a protected frame
     /// (the fork point), prints them again, returns through that frame's canary check,
     /// longjmps to the buffer set before the read and exits through the handler. Each use of
-    /// an inherited frame or mangled pointer aborts or faults if the child's values do not fit.
+    /// an inherited frame or mangled pointer aborts or faults if the child's values do not fit;
+    /// the jmp_buf's RBP holds 188, not a pointer, and must come back as it was.
     static let secretsProgram = #"""
     #include <setjmp.h>
     #include <stdio.h>
@@ -57,16 +58,30 @@ final class RerandomisationTests {
         return (int)strlen(line);
     }
 
-    int main(void) {
-        if (atexit(at_exit_handler) != 0) return 3;
-        report("parent");
+    /* Calls body with RBP set to value: glibc mangles a jmp_buf's RBP whatever it holds. */
+    int call_with_rbp(unsigned long value, int (*body)(void));
+    __asm__(".text\n.globl call_with_rbp\ncall_with_rbp:\n"
+            "push %rbp\nmov %rdi, %rbp\ncall *%rsi\npop %rbp\nret\n");
+
+    static unsigned long rbp_at_setjmp, rbp_after_longjmp;
+
+    static int body(void) {
+        __asm__ volatile ("mov %%rbp, %0" : "=m"(rbp_at_setjmp));
+        if (rbp_at_setjmp != 188) return 6;
         if (setjmp(before_read) == 0) {
             int length = read_line();
             printf("read %d bytes, returned through the protected frame\n", length);
             longjmp(before_read, 1);
         }
-        printf("longjmp landed\n");
+        __asm__ volatile ("mov %%rbp, %0" : "=m"(rbp_after_longjmp));
+        printf("longjmp landed, rbp %s\n", rbp_after_longjmp == rbp_at_setjmp ? "restored" : "lost");
         return 0;
+    }
+
+    int main(void) {
+        if (atexit(at_exit_handler) != 0) return 3;
+        report("parent");
+        return call_with_rbp(188, body);
     }
     """#
 
@@ -104,7 +119,7 @@ final class RerandomisationTests {
         }
     }
 
-    static let childTail = ["read 7 bytes, returned through the protected frame", "longjmp landed", "atexit handler ran"]
+    static let childTail = ["read 7 bytes, returned through the protected frame", "longjmp landed, rbp restored", "atexit handler ran"]
 
     /// Checks a child's output: its secrets, then every inherited frame and pointer at work.
     /// (`exitedCleanly`: the child exited with status 0; `status` describes how it ended.)
