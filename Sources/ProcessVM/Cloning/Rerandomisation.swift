@@ -258,15 +258,16 @@ public struct StartupRerandomisation: Sendable, CustomStringConvertible {
             return skipped("%fs:0x28 and %fs:0x30 do not hold the canary and pointer guard glibc draws from AT_RANDOM (not glibc?)")
         }
         var scanner = Scanner(space: space, holes: holes, canary: canary, pointerGuard: pointerGuard)
-        guard scanner.scan() else {
-            return skipped("the parent maps more pages than its memory holds (\(scanner.pagesVisited) visited); not scanned")
-        }
         let registerSites: [(register: Register, kind: Kind)] = Register.allCases.compactMap { register in
             scanner.classify(register.value(in: registers)).map { (register, $0) }
         }
-        let total = scanner.sites.count + registerSites.count
-        guard total <= maximumSites else {
-            return skipped("the parent holds \(total) words that look like its canary, pointer guard or mangled pointers, more than \(maximumSites)")
+        switch scanner.scan(maximumSites: maximumSites - registerSites.count) {
+        case .complete:
+            break
+        case .tooSparse:
+            return skipped("the parent maps more pages than its memory holds (\(scanner.pagesVisited) visited); not scanned")
+        case .tooManySites:
+            return skipped("the parent holds more than \(maximumSites) words that look like its canary, pointer guard or mangled pointers")
         }
         let kinds = scanner.sites.map(\.kind) + registerSites.map(\.kind)
         let outcome = Outcome.rerandomised(canaryCopies: kinds.count { $0 == .canary },
@@ -335,9 +336,13 @@ public struct StartupRerandomisation: Sendable, CustomStringConvertible {
             return low < holes.count && UInt64(holes[low].lowerBound) <= frame
         }
 
-        /// Scans every mapped page but pure code; false if the parent's mappings hold more
-        /// pages than its memory has frames (a hostile page table: not scanned).
-        mutating func scan() -> Bool {
+        enum Result { case complete, tooSparse, tooManySites }
+
+        /// Scans every mapped page but pure code. Stops early, with the sites found so far,
+        /// when the parent's mappings hold more pages than its memory has frames (a hostile
+        /// page table), or more than `maximumSites` places turn up (each costs the engine
+        /// memory here and every child a write).
+        mutating func scan(maximumSites: Int) -> Result {
             let budget = space.memory.size / GuestMemory.pageSize
             var scannedFrames = Set<UInt64>()
             for region in regions {
@@ -345,7 +350,7 @@ public struct StartupRerandomisation: Sendable, CustomStringConvertible {
                 while page < region.end {
                     defer { page += AddressSpace.pageSize }
                     pagesVisited += 1
-                    guard pagesVisited <= budget else { return false }
+                    guard pagesVisited <= budget else { return .tooSparse }
                     guard let (frame, permissions) = space.tables.translate(page), permissions.contains(.user),
                           permissions.contains(.write) || !permissions.contains(.execute),
                           !isHole(frame), scannedFrames.insert(frame).inserted,
@@ -356,11 +361,12 @@ public struct StartupRerandomisation: Sendable, CustomStringConvertible {
                     for (index, word) in words.enumerated() {
                         guard let kind = classify(word) else { continue }
                         sites.append((page + UInt64(index * 8), frame + UInt64(index * 8), kind))
+                        if sites.count > maximumSites { return .tooManySites }
                     }
                 }
             }
             addJumpBufferFramePointers()
-            return true
+            return sites.count > maximumSites ? .tooManySites : .complete
         }
 
         /// glibc mangles a jmp_buf's RBP whatever it holds (often not a pointer at all): for
