@@ -86,6 +86,9 @@ public final class ProcessVM: @unchecked Sendable {
     /// The AT_RANDOM bytes the engine gave the program and their address, as the engine wrote
     /// them (a stdin fork point checks the parent's canary and pointer guard against them).
     var startupRandom: (address: UInt64, bytes: [UInt8])?
+    /// Bytes getrandom gave the program so far (a stdin fork point's children share those
+    /// its parent drew: the engine cannot know what they seeded).
+    var randomBytesDrawn = 0
     /// False once the vCPU stopped in a state the engine cannot vouch for (a triple fault, an
     /// unexpected exit, a failed KVM_RUN): such a VM is never reused for another child.
     private(set) var vcpuStateKnown = true

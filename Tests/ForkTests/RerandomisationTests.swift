@@ -222,7 +222,8 @@ final class RerandomisationTests {
 /// program's memory, a thread control block that is not glibc's, or one that a hostile
 /// program forged with more copies of its canary than a child may have rewritten. The
 /// parent is forked with its canary and guard kept (and the reason logged); nothing crashes,
-/// and the children run.
+/// and the children run. And what the engine cannot draw again, which it counts: bytes the
+/// parent drew from getrandom before its fork point.
 @Suite(.enabled(if: HostFacts.hasKVM && HostileGuest.isAvailable, "needs /dev/kvm and gcc"))
 final class RerandomisationRefusalTests {
     let system = try! KVMSystem()
@@ -287,6 +288,26 @@ final class RerandomisationRefusalTests {
         #expect(why.contains(reason), "FS base \(fsBase): \(why)")
         // AT_RANDOM is still the parent's, where the engine put it: the children get their own.
         #expect(forkPoint.rerandomisation.refreshesRandomBytes)
+        #expect(try forkChildren(of: forkPoint) == (0..<3).map { "got line-\($0)\n" })
+    }
+
+    @Test func bytesTheParentDrewFromGetrandomAreCountedAsShared() throws {
+        let root = try HostileGuest.rootfs(#"""
+            int main(void) {
+                u8 seed[16];
+                if (sys(SYS_getrandom, seed, sizeof seed, 0) != 16) return 10;
+                char line[16];
+                i64 length = sys(SYS_read, 0, line, sizeof line);
+                if (length <= 0) return 11;
+                print("got ");
+                sys(SYS_write, 1, line, length);
+                return 0;
+            }
+            """#, name: "getrandom")
+        defer { try? FileManager.default.removeItem(at: root) }
+        let forkPoint = try stdinForkPoint(root)
+        #expect(forkPoint.rerandomisation.sharedRandomBytes == 16)
+        #expect("\(forkPoint.rerandomisation)".hasSuffix("children share the 16 bytes the parent drew from getrandom before its fork point"))
         #expect(try forkChildren(of: forkPoint) == (0..<3).map { "got line-\($0)\n" })
     }
 

@@ -94,6 +94,7 @@ public final class ForkPoint: @unchecked Sendable {
             var found = StartupRerandomisation.find(in: parent.space, holes: memoryHoles, registers: registers,
                                                     fsBase: specialRegisters.fs.base, parentRandom: parent.startupRandom)
             found.searchTime = ContinuousClock.now - started
+            found.sharedRandomBytes = parent.randomBytesDrawn
             rerandomisation = found
         }
     }

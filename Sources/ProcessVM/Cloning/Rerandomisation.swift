@@ -107,6 +107,10 @@ public struct StartupRerandomisation: Sendable, CustomStringConvertible {
     public let outcome: Outcome
     /// How long the search of the parent took, when it was frozen.
     public internal(set) var searchTime: Duration = .zero
+    /// Bytes the parent drew from getrandom before its fork point, which every child shares:
+    /// whatever they seeded (glibc's malloc tcache key, arc4random, a hash seed) is the same
+    /// in every child, and cannot be drawn again without knowing what was derived from it.
+    public internal(set) var sharedRandomBytes = 0
     /// Whether each child gets fresh AT_RANDOM bytes.
     public var refreshesRandomBytes: Bool { randomBytesFrame != nil }
 
@@ -178,6 +182,12 @@ public struct StartupRerandomisation: Sendable, CustomStringConvertible {
     }
 
     public var description: String {
+        let shared = sharedRandomBytes == 0 ? ""
+            : "; children share the \(sharedRandomBytes) bytes the parent drew from getrandom before its fork point"
+        return secretsDescription + shared
+    }
+
+    private var secretsDescription: String {
         let randomBytes = refreshesRandomBytes ? "its own AT_RANDOM" : "the parent's AT_RANDOM (no longer where the engine put it)"
         switch outcome {
         case .notNeeded:

@@ -146,6 +146,7 @@ extension ProcessVM {
                     }
                 }
             }
+            randomBytesDrawn += buffer.count
             return buffer.count
         }
     }
