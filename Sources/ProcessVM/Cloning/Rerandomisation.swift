@@ -107,6 +107,8 @@ public struct StartupRerandomisation: Sendable, CustomStringConvertible {
     public let outcome: Outcome
     /// How long the search of the parent took, when it was frozen.
     public internal(set) var searchTime: Duration = .zero
+    /// Pages of the parent searched (what the odds of a false positive grow with).
+    public let pagesSearched: Int
     /// Bytes the parent drew from getrandom before its fork point, which every child shares:
     /// whatever they seeded (glibc's malloc tcache key, arc4random, a hash seed) is the same
     /// in every child, and cannot be drawn again without knowing what was derived from it.
@@ -170,11 +172,12 @@ public struct StartupRerandomisation: Sendable, CustomStringConvertible {
     public static let maximumSites = 1024
 
     static let notNeeded = StartupRerandomisation(outcome: .notNeeded, memorySites: [], registerSites: [], randomBytesFrame: nil,
-                                                  parentSecrets: nil)
+                                                  parentSecrets: nil, pagesSearched: 0)
 
     private init(outcome: Outcome, memorySites: [(physical: UInt64, kind: Kind)], registerSites: [(register: Register, kind: Kind)],
-                 randomBytesFrame: UInt64?, parentSecrets: (canary: UInt64, pointerGuard: UInt64)?) {
+                 randomBytesFrame: UInt64?, parentSecrets: (canary: UInt64, pointerGuard: UInt64)?, pagesSearched: Int) {
         self.outcome = outcome
+        self.pagesSearched = pagesSearched
         self.memorySites = memorySites
         self.registerSites = registerSites
         self.randomBytesFrame = randomBytesFrame
@@ -197,7 +200,7 @@ public struct StartupRerandomisation: Sendable, CustomStringConvertible {
             let pages = Set(memorySites.map { AddressSpace.pageDown($0.physical) }).count
             return "each child gets its own canary, pointer guard and AT_RANDOM, written at \(canaries) copies of the canary, "
                 + "\(guards) of the guard and \(mangled) mangled pointers (\(memorySites.count) words on \(pages) pages, "
-                + "\(registerSites.count) registers; found in \(microseconds) µs when the parent was frozen)"
+                + "\(registerSites.count) registers; found in \(pagesSearched) pages in \(microseconds) µs when the parent was frozen)"
         case .skipped(let reason):
             return "children keep the parent's canary and pointer guard (\(reason)) and get \(randomBytes)"
         }
@@ -243,7 +246,7 @@ public struct StartupRerandomisation: Sendable, CustomStringConvertible {
         let randomBytesFrame = parentRandom.flatMap { randomFrame(of: $0, in: space) }
         func skipped(_ reason: String) -> StartupRerandomisation {
             StartupRerandomisation(outcome: .skipped(reason: reason), memorySites: [], registerSites: [],
-                                   randomBytesFrame: randomBytesFrame, parentSecrets: nil)
+                                   randomBytesFrame: randomBytesFrame, parentSecrets: nil, pagesSearched: 0)
         }
         guard let parentRandom else { return skipped("the engine has no record of the parent's AT_RANDOM bytes") }
         guard fsBase != 0 else { return skipped("the program set no thread pointer (FS base 0)") }
@@ -285,7 +288,7 @@ public struct StartupRerandomisation: Sendable, CustomStringConvertible {
                                            mangledPointers: kinds.count { if case .mangled = $0 { true } else { false } })
         return StartupRerandomisation(outcome: outcome, memorySites: scanner.sites.map { ($0.physical, $0.kind) },
                                       registerSites: registerSites, randomBytesFrame: randomBytesFrame,
-                                      parentSecrets: (canary, pointerGuard))
+                                      parentSecrets: (canary, pointerGuard), pagesSearched: scanner.scannedFrames.count)
     }
 
     /// Where the parent's AT_RANDOM bytes are, if they are still the bytes the engine wrote,
@@ -308,6 +311,8 @@ public struct StartupRerandomisation: Sendable, CustomStringConvertible {
         let regions: [(start: UInt64, end: UInt64)]
         var sites: [(virtual: UInt64, physical: UInt64, kind: Kind)] = []
         var pagesVisited = 0
+        /// The frames searched (each once, however many pages map it).
+        var scannedFrames = Set<UInt64>()
 
         init(space: AddressSpace, holes: [Range<Int>], canary: UInt64, pointerGuard: UInt64) {
             self.space = space
@@ -354,7 +359,7 @@ public struct StartupRerandomisation: Sendable, CustomStringConvertible {
         /// memory here and every child a write).
         mutating func scan(maximumSites: Int) -> Result {
             let budget = space.memory.size / GuestMemory.pageSize
-            var scannedFrames = Set<UInt64>()
+            scannedFrames.removeAll()
             for region in regions {
                 var page = region.start
                 while page < region.end {
