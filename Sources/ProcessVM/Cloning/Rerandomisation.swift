@@ -86,7 +86,9 @@ struct StartupSecrets: Sendable {
 /// about 2^-26 for busybox sh (106 pages searched, 4 MiB mapped). Such a word would be
 /// changed in the child (XORed with the old and new guards rotated). Misses: a pointer mangled to a value outside the
 /// parent's mappings (other than null or a jmp_buf's RBP) keeps the old guard's mangling and
-/// demangles to garbage in the child; copies in vector registers or in pages the scan skips.
+/// demangles to garbage in the child, as would a copy in a page the scan skips (pure code).
+/// Caller-saved registers (vector ones included) are not searched: nothing live crosses the
+/// parent's read in them, and a dead copy only shows the child the parent's old values.
 ///
 /// The TCB must be glibc's as the engine can verify it: the FS base inside the program's
 /// writable memory, its own address at %fs:0, and the canary and guard there exactly those
