@@ -12,6 +12,10 @@ enum GlibcTCB {
     static let pointerGuardOffset = 0x30
     /// Bytes of the header read here: up to the end of the pointer guard.
     static let headerBytes = 0x38
+    /// A machine word: the canary, the guard and every pointer are one, 8-byte aligned.
+    static let wordBytes = MemoryLayout<UInt64>.size
+    /// AT_RANDOM's bytes: the canary's word, then the guard's.
+    static let randomByteCount = 16
 
     /// PTR_MANGLE on x86-64: `xor guard; rol 0x11`.
     static let manglingRotation: UInt64 = 0x11
@@ -30,10 +34,11 @@ enum GlibcTCB {
     static func canary(fromRandom bytes: [UInt8]) -> UInt64 { word(bytes, at: 0) & ~0xFF }
 
     /// The pointer guard glibc makes from AT_RANDOM (`_dl_setup_pointer_guard`): bytes 8-15.
-    static func pointerGuard(fromRandom bytes: [UInt8]) -> UInt64 { word(bytes, at: 8) }
+    static func pointerGuard(fromRandom bytes: [UInt8]) -> UInt64 { word(bytes, at: wordBytes) }
 
-    private static func word(_ bytes: [UInt8], at offset: Int) -> UInt64 {
-        bytes[offset..<(offset + 8)].reversed().reduce(0) { $0 << 8 | UInt64($1) }
+    /// The little-endian word at `offset` of `bytes`.
+    static func word(_ bytes: some RandomAccessCollection<UInt8>, at offset: Int) -> UInt64 {
+        bytes.dropFirst(offset).prefix(wordBytes).reversed().reduce(0) { $0 << 8 | UInt64($1) }
     }
 
     /// glibc's x86-64 `__jmp_buf`: eight words, of which RBP, RSP and the PC are mangled
@@ -215,18 +220,18 @@ public struct StartupRerandomisation: Sendable, CustomStringConvertible {
     /// when there is nothing to re-randomise.
     func apply(to memory: GuestMemory) -> StartupSecrets? {
         guard outcome != .notNeeded, randomBytesFrame != nil || !memorySites.isEmpty || !registerSites.isEmpty else { return nil }
-        var secrets = StartupSecrets(randomBytes: ProcessVM.freshRandomBytes(16))
+        var secrets = StartupSecrets(randomBytes: ProcessVM.freshRandomBytes(GlibcTCB.randomByteCount))
         // Never the parent's again (odds 2^-56 that a draw would be).
         while let parentSecrets, secrets.canary == parentSecrets.canary || secrets.pointerGuard == parentSecrets.pointerGuard {
-            secrets = StartupSecrets(randomBytes: ProcessVM.freshRandomBytes(16))
+            secrets = StartupSecrets(randomBytes: ProcessVM.freshRandomBytes(GlibcTCB.randomByteCount))
         }
         if let randomBytesFrame, let target = memory.pointer(physical: randomBytesFrame, length: secrets.randomBytes.count) {
-            // Sound: `pointer` checked that the 16 bytes lie inside guest memory.
+            // Sound: `pointer` checked that the bytes lie inside guest memory; the array is not empty.
             secrets.randomBytes.withUnsafeBytes { target.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
         }
         for site in memorySites {
-            guard let target = memory.pointer(physical: site.physical, length: 8) else { continue }
-            // Sound: `pointer` checked that the 8 bytes lie inside guest memory.
+            guard let target = memory.pointer(physical: site.physical, length: GlibcTCB.wordBytes) else { continue }
+            // Sound: `pointer` checked that the word lies inside guest memory.
             target.storeBytes(of: site.kind.value(for: secrets), as: UInt64.self)
         }
         return secrets
@@ -255,14 +260,14 @@ public struct StartupRerandomisation: Sendable, CustomStringConvertible {
         let hexBase = "0x" + String(fsBase, radix: 16)
         // Inside one of the program's own mappings (not the engine's pages it may reach), readable
         // and writable where the secrets are.
-        guard fsBase % 8 == 0, fsBase <= AddressSpace.userTop - UInt64(GlibcTCB.headerBytes),
+        guard fsBase % UInt64(GlibcTCB.wordBytes) == 0, fsBase <= AddressSpace.userTop - UInt64(GlibcTCB.headerBytes),
               space.regions.contains(where: { $0.start <= fsBase && fsBase + UInt64(GlibcTCB.headerBytes) <= $0.end }),
               let header = space.read(fsBase, count: GlibcTCB.headerBytes),
               space.permissions(at: fsBase + UInt64(GlibcTCB.stackGuardOffset))?.contains(.write) == true,
               space.permissions(at: fsBase + UInt64(GlibcTCB.pointerGuardOffset))?.contains(.write) == true else {
             return skipped("the thread pointer \(hexBase) is not an aligned address in the program's writable memory")
         }
-        func headerWord(_ offset: Int) -> UInt64 { header[offset..<(offset + 8)].reversed().reduce(0) { $0 << 8 | UInt64($1) } }
+        func headerWord(_ offset: Int) -> UInt64 { GlibcTCB.word(header, at: offset) }
         guard headerWord(GlibcTCB.selfPointerOffset) == fsBase else {
             return skipped("no thread control block at \(hexBase): %fs:0 does not hold the thread pointer")
         }
@@ -374,10 +379,11 @@ public struct StartupRerandomisation: Sendable, CustomStringConvertible {
                           let base = space.memory.pointer(physical: frame, length: GuestMemory.pageSize) else { continue }
                     // Sound: `pointer` checked the whole frame lies inside guest memory, which is
                     // page-aligned, so the frame holds 512 aligned words; the parent is frozen.
-                    let words = UnsafeBufferPointer(start: base.assumingMemoryBound(to: UInt64.self), count: GuestMemory.pageSize / 8)
+                    let words = UnsafeBufferPointer(start: base.assumingMemoryBound(to: UInt64.self), count: GuestMemory.pageSize / GlibcTCB.wordBytes)
                     for (index, word) in words.enumerated() {
                         guard let kind = classify(word) else { continue }
-                        sites.append((page + UInt64(index * 8), frame + UInt64(index * 8), kind))
+                        let offset = UInt64(index * GlibcTCB.wordBytes)
+                        sites.append((page + offset, frame + offset, kind))
                         if sites.count > maximumSites { return .tooManySites }
                     }
                 }
@@ -391,8 +397,8 @@ public struct StartupRerandomisation: Sendable, CustomStringConvertible {
         /// into executable memory — the word six before the PC is taken as mangled too.
         mutating func addJumpBufferFramePointers() {
             typealias Buffer = GlibcTCB.JumpBuffer
-            let rspBeforePC = UInt64(Buffer.pcIndex - Buffer.rspIndex) * 8
-            let rbpBeforePC = UInt64(Buffer.pcIndex - Buffer.rbpIndex) * 8
+            let rspBeforePC = UInt64((Buffer.pcIndex - Buffer.rspIndex) * GlibcTCB.wordBytes)
+            let rbpBeforePC = UInt64((Buffer.pcIndex - Buffer.rbpIndex) * GlibcTCB.wordBytes)
             let known = Dictionary(sites.map { ($0.virtual, $0.kind) }, uniquingKeysWith: { first, _ in first })
             for site in sites {
                 guard case .mangled(let pc) = site.kind, site.virtual >= rbpBeforePC,
