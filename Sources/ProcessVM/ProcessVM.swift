@@ -301,8 +301,14 @@ public final class ProcessVM: @unchecked Sendable {
     /// True when the pending system call reads standard input (read, readv, pread64, poll on 0).
     private func isStandardInputRead() -> Bool {
         let regs = vcpu.syncRegisters.pointee.regs
-        switch regs.rax {
-        case 0, 17, 19: return regs.rdi == 0
+        return Self.readsStandardInput(number: Int(truncatingIfNeeded: regs.rax), descriptor: regs.rdi)
+    }
+
+    /// True when system call `number` with first argument `descriptor` reads standard input
+    /// (read, pread64, readv on 0).
+    static func readsStandardInput(number: Int, descriptor: UInt64) -> Bool {
+        switch number {
+        case 0, 17, 19: return descriptor == 0
         default: return false
         }
     }

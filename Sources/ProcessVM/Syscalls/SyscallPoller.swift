@@ -287,6 +287,11 @@ extension ProcessVM {
             cshims_atomic_store_u32(state, SyscallStub.State.handedBack.rawValue)
             return true
         }
+        // A warm parent's first read of standard input is its fork point: the exit path stops there.
+        if stopsAtFirstStandardInputRead, Self.readsStandardInput(number: call.number, descriptor: call.a0) {
+            cshims_atomic_store_u32(state, SyscallStub.State.handedBack.rawValue)
+            return true
+        }
         guard case .value(let result) = dispatch(call) else {
             preconditionFailure("a pollable system call ended the program or replaced its registers")
         }
