@@ -5,8 +5,7 @@ import ProcessVM
 import TestSupport
 import Testing
 
-/// A warm parent's streams: `streams`' output, and /dev/null as input, as `WarmParent` gives
-/// it (a regular file's read may be served by the poller, which would miss the fork point).
+/// A warm parent's streams: `streams`' output, and /dev/null as input, as `WarmParent` gives it.
 private let devNull = open("/dev/null", O_RDONLY | O_CLOEXEC)
 
 func warmParentStreams(_ streams: CapturedStreams) -> StandardStreams {
