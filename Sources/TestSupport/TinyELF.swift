@@ -1,30 +1,14 @@
+import ProcessVM
+
 /// Builds minimal static x86-64 executables from machine code, for tests that need a program
 /// to fault, exit with a code, or issue arbitrary system calls: things busybox never does.
 public enum TinyELF {
-    public static let codeAddress: UInt64 = 0x40_0000
+    public static let codeAddress = MinimalExecutable.codeAddress
     /// A writable, zeroed data segment every tiny program gets.
-    public static let dataAddress: UInt64 = 0x60_0000
-    public static let dataSize: UInt64 = 0x4000
+    public static let dataAddress = MinimalExecutable.dataAddress
+    public static let dataSize = MinimalExecutable.dataSize
 
-    public static func build(code: [UInt8]) -> [UInt8] {
-        let headerSize = 64, programHeaderSize = 56, programHeaders = 2
-        let codeOffset = headerSize + programHeaderSize * programHeaders
-        var bytes: [UInt8] = []
-        func put<T: FixedWidthInteger>(_ value: T) { withUnsafeBytes(of: value.littleEndian) { bytes.append(contentsOf: $0) } }
-        bytes += [0x7F, 0x45, 0x4C, 0x46, 2, 1, 1, 0] + [UInt8](repeating: 0, count: 8)
-        put(UInt16(2)); put(UInt16(62)); put(UInt32(1))
-        put(codeAddress + UInt64(codeOffset)) // e_entry
-        put(UInt64(headerSize)); put(UInt64(0)) // e_phoff, e_shoff
-        put(UInt32(0)); put(UInt16(headerSize)); put(UInt16(programHeaderSize)); put(UInt16(programHeaders))
-        put(UInt16(64)); put(UInt16(0)); put(UInt16(0))
-        // Text: the whole file, read + execute.
-        put(UInt32(1)); put(UInt32(5)); put(UInt64(0)); put(codeAddress); put(codeAddress)
-        put(UInt64(codeOffset + code.count)); put(UInt64(codeOffset + code.count)); put(UInt64(0x1000))
-        // Data: zeroed, read + write.
-        put(UInt32(1)); put(UInt32(6)); put(UInt64(0)); put(dataAddress); put(dataAddress)
-        put(UInt64(0)); put(dataSize); put(UInt64(0x1000))
-        return bytes + code
-    }
+    public static func build(code: [UInt8]) -> [UInt8] { MinimalExecutable.build(code: code) }
 
     /// `mov r64, imm64` for rax, rdi, rsi, rdx, r10, r8, r9 (the system-call registers).
     public static func load(_ register: SyscallRegister, _ value: UInt64) -> [UInt8] {
@@ -70,13 +54,7 @@ public enum TinyELF {
     ] + exit(0)
 
     /// Code that makes `count` getpid calls, then exits 0.
-    public static func getpidLoop(count: UInt64) -> [UInt8] {
-        guard count > 0 else { return exit(0) }
-        return [0x49, 0xBC] + withUnsafeBytes(of: count.littleEndian) { Array($0) } // mov r12, count
-            + [0xB8, 39, 0, 0, 0, 0x0F, 0x05] // loop: mov eax, SYS_getpid; syscall
-            + [0x49, 0xFF, 0xCC, 0x75, 0xF4] // dec r12; jnz loop
-            + exit(0)
-    }
+    public static func getpidLoop(count: UInt64) -> [UInt8] { MinimalExecutable.getpidLoop(count: count) }
 
     /// Code that makes `count` getpid calls (at most `dataSize / 4`), timing each with rdtsc
     /// around the SYSCALL instruction, writes the `count` 32-bit cycle counts to stdout and
@@ -124,9 +102,7 @@ public enum TinyELF {
     }()
 
     /// Code for `exit_group(status)`.
-    public static func exit(_ status: UInt64) -> [UInt8] {
-        load(.rax, 231) + load(.rdi, status) + syscallInstruction
-    }
+    public static func exit(_ status: UInt64) -> [UInt8] { MinimalExecutable.exit(status) }
 }
 
 extension FixedWidthInteger {

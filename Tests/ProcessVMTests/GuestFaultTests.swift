@@ -117,3 +117,15 @@ struct GuestFaultTests {
         }
     }
 }
+
+/// The machine-cost probe `vmfork doctor` prints: real guests, real exits.
+@Suite(.enabled(if: HostFacts.hasKVM, "needs /dev/kvm"))
+struct MachineCostsTests {
+    @Test func exitsAndCPUIDsAreMeasured() throws {
+        let costs = try MachineCosts.measure(system: GuestRunner.system!, calls: 500, runs: 3)
+        // Under PVM every exit and every CPUID leaves the guest: never free.
+        #expect(costs.exitMicroseconds > 0.5, "\(costs.summary)")
+        #expect(costs.cpuidMicroseconds > 0.5, "\(costs.summary)")
+        #expect(costs.summary.contains("VM exit"))
+    }
+}
