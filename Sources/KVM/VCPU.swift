@@ -1,4 +1,5 @@
 import CShims
+import Synchronization
 import HostSystem
 #if canImport(Glibc)
 import Glibc
@@ -57,6 +58,11 @@ public final class VCPU: @unchecked Sendable {
     /// Makes a running or about-to-run KVM_RUN return at once (used by kill and stop).
     public func requestImmediateExit(_ value: Bool = true) {
         runState.pointee.immediate_exit = value ? 1 : 0
+        // Called from another thread (kill, stop) before it kicks the vCPU thread with a
+        // signal: the store must be visible before the kick, since KVM reads the flag once
+        // on entry to KVM_RUN. The fence orders it for the compiler and the CPU; the kick's
+        // pthread_kill is a system call, which orders it again on x86.
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
     }
 
     /// Enters the guest until the next exit.

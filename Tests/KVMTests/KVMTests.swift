@@ -28,7 +28,9 @@ import Testing
         let vcpu = try vm.createVCPU(id: 0)
         try vcpu.setCPUID(system.supportedCPUID())
         let sregs = try vcpu.specialRegisters()
-        #expect(sregs.cr0 & 1 == 1 || sregs.cr0 & 1 == 0)
+        // A new vCPU is at its reset state: real mode (CR0.PE clear), paging off (CR0.PG clear).
+        #expect(sregs.cr0 & 1 == 0, "CR0 \(String(sregs.cr0, radix: 16))")
+        #expect(sregs.cr0 & (1 << 31) == 0, "CR0 \(String(sregs.cr0, radix: 16))")
         var regs = try vcpu.registers()
         regs.rax = 0x1234_5678
         try vcpu.setRegisters(regs)
