@@ -47,6 +47,16 @@ public struct StandardStreams: Sendable {
 /// A kernel-less virtual machine running one static Linux program at CPL3. The engine is
 /// the program's kernel: each SYSCALL exits to `run()`, which serves it from the tables in
 /// `Syscalls/` and resumes the guest through KVM's synced registers.
+///
+/// Teardown, in this order (each step is what makes the next safe):
+/// 1. The vCPU leaves KVM_RUN: the program ends, or `kill`/`sendSignal` set `immediate_exit`
+///    and kick the vCPU thread (and wake any wait through the interrupt eventfd).
+/// 2. Polling stops: `run` unregisters the VM from the poller, which returns only once the
+///    poller holds no reference to it; from then on no other thread touches the VM.
+/// 3. The owner lets it go (`Container.remove`, on the reaper queue): the pool may restore it
+///    for a sibling (`PreparedVM(reusing:)`); otherwise the last reference goes, and with it
+///    the vCPU (its kvm_run mapping and descriptor), the VM's descriptor, then the guest
+///    memory's mapping and memfd — on the reaper's thread, never on the poller's.
 public final class ProcessVM: @unchecked Sendable {
     public let configuration: ProcessVMConfiguration
     let vm: VirtualMachine

@@ -56,6 +56,9 @@ final class SyscallPoller: @unchecked Sendable {
     /// Bumped (under the lock) whenever the watched set changes, so the loop copies the set
     /// only when it changed.
     private let generation = Atomic<Int>(0)
+    /// The generation of the set the loop holds (its VM references), or `Int.max` while it
+    /// holds none; `unregister` waits on it.
+    private let heldGeneration = Atomic<Int>(Int.max)
     private var started = false
     /// Until when polling is off because the host has no core to spare for it.
     private var backingOffUntil: ContinuousClock.Instant?
@@ -80,12 +83,21 @@ final class SyscallPoller: @unchecked Sendable {
     }
 
     /// Stops watching a VM whose program ended.
+    ///
+    /// Returns only once the poller's loop holds no reference to `vm` (it may still hold the
+    /// set it copied before): so the VM's last reference is never the poller's, and its
+    /// teardown — closing KVM descriptors, unmapping its memory, milliseconds of work — never
+    /// runs on the poller's thread, where every other VM waits for it.
     func unregister(_ vm: ProcessVM) {
-        condition.withLock {
-            guard let entry = watched.removeValue(forKey: ObjectIdentifier(vm)) else { return }
-            Self.setPollerActive(entry.mailbox, false)
-            generation.add(1, ordering: .releasing)
+        let after: Int = condition.withLock {
+            if let entry = watched.removeValue(forKey: ObjectIdentifier(vm)) {
+                Self.setPollerActive(entry.mailbox, false)
+                generation.add(1, ordering: .releasing)
+            }
+            return generation.load(ordering: .relaxed)
         }
+        // The loop copies the set within a turn (microseconds), or holds none while it sleeps.
+        while heldGeneration.load(ordering: .acquiring) < after { sched_yield() }
     }
 
     private var backingOff: Bool {
@@ -127,14 +139,18 @@ final class SyscallPoller: @unchecked Sendable {
             if generation.load(ordering: .acquiring) != seenGeneration {
                 // Each VM keeps when it last posted across copies.
                 let lastPosted = Dictionary(uniqueKeysWithValues: current.map { ($0.serial, $0.lastPosted) })
-                condition.withLock {
-                    current = watched.values.map { entry in
+                let (fresh, freshGeneration) = condition.withLock {
+                    (watched.values.map { entry in
                         var entry = entry
                         if let posted = lastPosted[entry.serial] { entry.lastPosted = posted }
                         return entry
-                    }
-                    seenGeneration = generation.load(ordering: .relaxed)
+                    }, generation.load(ordering: .relaxed))
                 }
+                // The old set's references go here, outside the lock, before the new
+                // generation is published.
+                current = fresh
+                seenGeneration = freshGeneration
+                heldGeneration.store(current.isEmpty ? Int.max : freshGeneration, ordering: .releasing)
                 // A VM just watched has not had its chance to post yet.
                 lastServed = ContinuousClock.now
             }
@@ -205,6 +221,7 @@ final class SyscallPoller: @unchecked Sendable {
         }
         for entry in current { _ = entry.vm.servePostedSystemCall() }
         current = []
+        heldGeneration.store(Int.max, ordering: .releasing)
         condition.withLock {
             guard let deadline else {
                 while watched.isEmpty { condition.wait() }
