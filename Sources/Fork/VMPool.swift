@@ -15,6 +15,8 @@ final class VMPool: @unchecked Sendable {
     /// Forks that found the pool empty and made their VM inline.
     var misses: Int { condition.withLock { missCount } }
     private var missCount = 0
+    /// VMs ready for a fork now.
+    var readyCount: Int { condition.withLock { ready.count } }
     private static let refillQueue = DispatchQueue(label: "vmfork.pool.refill", qos: .utility)
 
     init(system: KVMSystem, forkPoint: ForkPoint, target: Int) {
