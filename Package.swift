@@ -96,8 +96,8 @@ let package = Package(
         .testTarget(name: "ForkTests", dependencies: ["Fork", "ProcessVM", "HostSystem", "KVM", "TestSupport"], swiftSettings: strictSettings),
         .testTarget(name: "WorkloadProfilesTests", dependencies: ["WorkloadProfiles", "TestSupport"], swiftSettings: strictSettings),
         .testTarget(name: "PlacementTests", dependencies: ["Placement", "Store", "WorkloadProfiles", "TestSupport", "vmfork"], swiftSettings: strictSettings),
-        .testTarget(name: "EngineTests", dependencies: ["Engine", "Fork", "TestSupport"], swiftSettings: strictSettings),
-        .testTarget(name: "APITests", dependencies: ["API", "Engine", "TestSupport"], swiftSettings: strictSettings),
+        .testTarget(name: "EngineTests", dependencies: ["Engine", "Fork", "Store", "TestSupport", .product(name: "GRDB", package: "GRDB.swift"), .product(name: "Metrics", package: "swift-metrics")], swiftSettings: strictSettings),
+        .testTarget(name: "APITests", dependencies: ["API", "Engine", "TestSupport", "vmfork"], swiftSettings: strictSettings),
         .testTarget(name: "StoreTests", dependencies: ["Store", "TestSupport"], swiftSettings: strictSettings),
     ]
 )

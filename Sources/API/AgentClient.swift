@@ -31,6 +31,7 @@ public final class AgentClient: Sendable {
 
     public struct ClientError: Error, CustomStringConvertible {
         public let description: String
+        public init(description: String) { self.description = description }
     }
 
     public let endpoint: Endpoint

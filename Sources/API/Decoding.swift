@@ -17,6 +17,13 @@ extension Request {
         do {
             object = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])
         } catch {
+            // The decoder may name the field (a number out of any range, for one).
+            do { _ = try JSONDecoder().decode(T.self, from: data) } catch let error as DecodingError {
+                if case .dataCorrupted(let context) = error, context.codingPath.isEmpty {
+                    throw APIError.invalid("the body is not valid JSON, or holds a number out of any range")
+                }
+                throw APIError(decoding: error)
+            }
             throw APIError.invalid("the body is not valid JSON")
         }
         guard let fields = object as? [String: Any] else { throw APIError.invalid("the body must be a JSON object") }

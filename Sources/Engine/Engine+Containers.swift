@@ -60,9 +60,10 @@ extension Engine {
         if nameTaken { throw EngineError(.conflict, "container name \(name) is taken", field: "name") }
         var placementID: Int?
         do {
+            // Placement first: an unknown or full pool is refused before anything is made.
+            if let pool = spec.pool { placementID = try await place(pool: pool, image: image.name) }
             let policy = try await policy(image: image.name, forkPoint: forkPoint, memoryMiB: memoryMiB)
             let family = try await family(for: policy)
-            if let pool = spec.pool { placementID = try await place(pool: pool, image: image.name) }
             let hostname = spec.hostname ?? name
             let environment = spec.environment ?? image.environment
             let arguments = spec.arguments ?? image.arguments
@@ -264,7 +265,10 @@ extension Engine {
         try await audited("container.remove", subject: idOrName, actor: actor) {
             let container = try container(idOrName)
             if container.exit == nil {
-                guard force else { throw EngineError(.conflict, "container \(container.id) is \(container.info.state.rawValue); stop it or remove with force") }
+                // A created container never ran: it goes without force; a running one only with it.
+                guard force || container.info.state == .created else {
+                    throw EngineError(.conflict, "container \(container.id) is running; stop it or remove with force")
+                }
                 _ = try await stopContainer(container, grace: .zero, actor: actor)
             }
             try await remove(container)
