@@ -24,7 +24,7 @@ extension Request {
                 }
                 throw APIError(decoding: error)
             }
-            throw APIError.invalid("the body is not valid JSON")
+            throw APIError.invalid("the body is not valid JSON, or holds a number out of any range")
         }
         guard let fields = object as? [String: Any] else { throw APIError.invalid("the body must be a JSON object") }
         if let unknown = fields.keys.sorted().first(where: { !T.fields.contains($0) }) {
@@ -88,7 +88,7 @@ extension APIError {
             self = .invalid("field \"\(path(context))\" must be \(Self.typeName(type)), not null", field: path(context))
         case .dataCorrupted(let context):
             let field = path(context)
-            self = .invalid(field.isEmpty ? "the body is not valid JSON" : "field \"\(field)\" is out of range or malformed", field: field.isEmpty ? nil : field)
+            self = .invalid(field.isEmpty ? "the body is not valid JSON, or holds a number out of any range" : "field \"\(field)\" is out of range or malformed", field: field.isEmpty ? nil : field)
         @unknown default:
             self = .invalid("the body does not match the request's schema")
         }
