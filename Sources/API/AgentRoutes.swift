@@ -78,7 +78,8 @@ struct AgentRoutes: Sendable {
                 return state
             }
             let labels = request.uri.queryParameters.getAll("label").map { String($0) }
-            return try json(engine.containers(ContainerFilter(state: state, image: try request.string("image"), labels: labels)))
+            if labels.contains(where: { $0.unicodeScalars.count > 1200 }) { throw APIError.invalid("a label filter is over 1200 characters", field: "label") }
+            return try json(engine.containers(ContainerFilter(state: state, image: try request.string("image", maxLength: 128), labels: labels)))
         }
         on(.post, "/v1/containers") { request, context in
             var request = request
@@ -135,7 +136,7 @@ struct AgentRoutes: Sendable {
         let since = try request.double("since", in: 0...1e11)
         let until = try request.double("until", in: 0...1e11)
         let types = try request.string("type", maxLength: 1000).map { $0.split(separator: ",").map(String.init) } ?? []
-        let firstAfter = Int64(try request.int("after", in: 0...(1 << 53)) ?? 0)
+        let firstAfter = Int64(try request.int("after", in: 0...((1 << 53) - 1)) ?? 0)
         let limit = try request.int("limit", in: 1...10000) ?? 1000
         let follow = try request.bool("follow", default: false)
         let timeout = try request.int("timeout", in: 1...86400)
@@ -274,6 +275,7 @@ struct AgentRoutes: Sendable {
         }
         on(.get, "/v1/placement/capacity") { request, _ in
             let image = try request.string("image", maxLength: 128)
+            if image?.isEmpty == true { throw APIError.invalid("image must not be empty", field: "image") }
             let report = try await engine.onBlockingThread { try placement.read { core in try core.capacityReport(images: image.map { [$0] }) } }
             return try json(report)
         }
@@ -286,7 +288,7 @@ struct AgentRoutes: Sendable {
 
 private func placementID(_ context: AgentContext) throws -> Int {
     let text = try context.parameter("id")
-    guard let id = Int(text), id >= 1, id <= (1 << 53) else { throw APIError.invalid("placement id \(text) is not a positive integer", field: "id") }
+    guard let id = Int(text), id >= 1, id < (1 << 53) else { throw APIError.invalid("placement id \(text) is not a positive integer", field: "id") }
     return id
 }
 

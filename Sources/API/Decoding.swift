@@ -68,7 +68,7 @@ extension Request {
 
     func string(_ name: String, maxLength: Int = 1024) throws -> String? {
         guard let text = uri.queryParameters[Substring(name)] else { return nil }
-        guard text.utf8.count <= maxLength else { throw APIError.invalid("query parameter \(name) is over \(maxLength) bytes", field: name) }
+        guard text.unicodeScalars.count <= maxLength else { throw APIError.invalid("query parameter \(name) is over \(maxLength) bytes", field: name) }
         return String(text)
     }
 }
