@@ -80,9 +80,12 @@ struct APIError: Error, CustomStringConvertible {
 }
 
 /// Turns every error into its JSON answer, and refuses requests beyond the in-flight limit.
+/// A state-changing request refused before it reached the engine (malformed body, bad query,
+/// too large, no such route) is recorded as "request.refused"; the engine records its own.
 struct ErrorMiddleware: RouterMiddleware {
     typealias Context = AgentContext
     let inFlight: InFlightCounter
+    let engine: Engine
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         guard inFlight.enter() else {
@@ -93,7 +96,12 @@ struct ErrorMiddleware: RouterMiddleware {
         do {
             return try await next(request, context)
         } catch {
-            return APIError(error).response
+            let answer = APIError(error)
+            if request.method != .get, !(error is EngineError), !(error is PlacementError) {
+                engine.record("request.refused", subject: "\(request.method.rawValue) \(request.uri.path)", actor: context.actor,
+                              result: answer.message)
+            }
+            return answer.response
         }
     }
 }

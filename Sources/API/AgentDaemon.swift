@@ -74,12 +74,13 @@ public struct AgentDaemon: Sendable {
 
         func router(tcp: Bool) throws -> Router<AgentContext> {
             let router = Router(context: AgentContext.self)
-            router.add(middleware: ErrorMiddleware(inFlight: inFlight))
+            // Who calls comes first, so that every refusal after it is recorded under the caller.
             if tcp {
                 router.add(middleware: BearerTokenMiddleware(tokens: tokens, engine: engine))
             } else {
                 router.add(middleware: PeerCredentialsMiddleware())
             }
+            router.add(middleware: ErrorMiddleware(inFlight: inFlight, engine: engine))
             let recorder = AgentRoutes.Recorder()
             routes.register(on: router, recorder: recorder)
             let served = Set(recorder.routes.map { "\($0.method) \($0.path)" })

@@ -271,7 +271,7 @@ struct ParentCommand: ParsableCommand {
         @Flag(help: "Stop at the first read of standard input instead of the entry point.") var stdinForkPoint = false
         @Option(help: "Guest memory in MiB.") var memory = ParentPolicy.defaultMemoryMiB
         @Option(help: "Warm parents to keep.") var parents = 1
-        @Option(help: "Ready VMs per parent's pool.") var readyVMs = 8
+        @Option(name: .customLong("ready-vms"), help: "Ready VMs per parent's pool.") var readyVMs = 8
         @OptionGroup var daemon: DaemonOptions
         func run() throws {
             let policy = ParentPolicy(image: image, forkPoint: stdinForkPoint ? .stdin : .entry, memoryMiB: memory, parents: parents, readyVMs: readyVMs)

@@ -244,6 +244,10 @@ struct DaemonTests {
         let big = try client.send("POST", "/v1/containers", body: Data(repeating: 0x20, count: 2 << 20))
         #expect(big.status == 413 && big.text.contains("too_large"))
         #expect(try snapshot() == before, "refused requests changed nothing")
+        let refused = try daemon.events(client).filter { ($0["result"] as? String) != "ok" }
+        #expect(refused.contains { ($0["type"] as? String) == "request.refused" && ($0["actor"] as? String) == "uid:\(getuid())"
+                                   && ($0["result"] as? String)?.contains("colour") == true })
+        #expect(refused.contains { ($0["type"] as? String) == "container.create" && ($0["result"] as? String) == "unknown image nosuch" })
         // An image in use is not removed.
         #expect(try client.send("POST", "/v1/containers", json: ContainerSpec(image: "busybox", name: "user", arguments: ["true"])).status == 201)
         let inUse = try client.send("DELETE", "/v1/images/busybox")
