@@ -15,6 +15,8 @@ let package = Package(
     products: [
         .executable(name: "vmfork", targets: ["vmfork"]),
         .library(name: "VMForkEngine", targets: ["Fork", "ProcessVM", "Disk", "IOEngine", "Placement", "Store", "WorkloadProfiles", "Capabilities", "HostSystem", "KVM"]),
+        // The host agent: the engine and its HTTP API (server and client).
+        .library(name: "VMForkAgent", targets: ["Engine", "API"]),
         // Fixtures shared by the tests and the benchmarks (busybox rootfs, tiny programs).
         .library(name: "VMForkTestSupport", targets: ["TestSupport"]),
     ],

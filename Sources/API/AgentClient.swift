@@ -133,6 +133,7 @@ public final class AgentClient: Sendable {
         head += keepAlive ? "\r\n" : "Connection: close\r\n\r\n"
         var bytes = Data(head.utf8)
         if let body { bytes.append(body) }
+        // unsafe: the raw view lives only inside the closure, and send reads within its bounds.
         try bytes.withUnsafeBytes { raw in
             var offset = 0
             while offset < raw.count {
@@ -158,10 +159,12 @@ public final class AgentClient: Sendable {
                 close(fd)
                 throw ClientError(description: "socket path \(path) is too long")
             }
+            // unsafe: the path is shorter than sun_path (checked above), so the copy and its NUL fit.
             withUnsafeMutableBytes(of: &address.sun_path) { raw in
                 raw.copyBytes(from: bytes)
                 raw[bytes.count] = 0
             }
+            // unsafe: sockaddr_un begins with the sockaddr header, and connect reads the length given.
             let result = withUnsafePointer(to: &address) { pointer in
                 pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
             }
@@ -181,6 +184,7 @@ public final class AgentClient: Sendable {
                 close(fd)
                 throw ClientError(description: "\(host) is not an IPv4 address")
             }
+            // unsafe: sockaddr_in begins with the sockaddr header, and connect reads the length given.
             let result = withUnsafePointer(to: &address) { pointer in
                 pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
             }

@@ -102,6 +102,7 @@ final class ManagedContainer: Sendable {
         guard fd >= 0 else { throw EngineError(.conflict, "container \(id) has no open standard input (create it with openStdin)") }
         var offset = 0
         while offset < data.count {
+            // unsafe: offset < count, so the pointer and length stay inside the buffer.
             let written = data.withUnsafeBytes { bytes in Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset) }
             if written < 0 {
                 if errno == EINTR { continue }
