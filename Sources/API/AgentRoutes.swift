@@ -34,9 +34,13 @@ struct AgentRoutes: Sendable {
             Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: document))
         }
         on(.get, "/metrics") { [registry] _, _ in
-            engine.refreshMetrics()
-            var buffer: [UInt8] = []
-            registry.emit(into: &buffer)
+            // The memory figures read /proc/self/smaps: a blocking walk, off the cooperative pool.
+            let buffer = try await engine.onBlockingThread { () -> [UInt8] in
+                engine.refreshMetrics()
+                var buffer: [UInt8] = []
+                registry.emit(into: &buffer)
+                return buffer
+            }
             return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"], body: .init(byteBuffer: ByteBuffer(bytes: buffer)))
         }
 

@@ -100,7 +100,10 @@ extension Engine {
             return info
         } catch {
             _ = registry.withLock { $0.names.removeValue(forKey: name) }
-            if let placementID { _ = try? placement.release(placementID) }
+            if let placementID {
+                let placement = self.placement
+                _ = try? await onKVMThread { try placement.release(placementID) }
+            }
             throw error
         }
     }
@@ -285,7 +288,11 @@ extension Engine {
         }
         vm?.remove()
         if let family = container.family, family.childRemoved(container.id) { evict(family, reason: "drained: its last child was removed") }
-        if let placementID = info.placementID { _ = try? placement.release(placementID) }
+        if let placementID = info.placementID {
+            // A SQLite write under placement's lock: on a blocking thread.
+            let placement = self.placement
+            _ = try? await onKVMThread { try placement.release(placementID) }
+        }
         let folder = container.logFolder
         writer.enqueue { $0.deletedContainers.append(container.id) }
         // Deleting the log files is file-system work: off the caller's thread, not awaited.

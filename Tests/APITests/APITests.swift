@@ -255,4 +255,45 @@ struct DaemonTests {
         #expect(try client.send("DELETE", "/v1/containers/user").status == 204)
         #expect(try client.send("DELETE", "/v1/images/busybox").status == 204)
     }
+
+    @Test func stdinAttachLabelFiltersAndTheFollowedEventStream() throws {
+        let daemon = try DaemonFixture()
+        try daemon.start()
+        defer { daemon.stop() }
+        let client = daemon.client
+        try daemon.addBusybox(client)
+        // A follower of the event log, from the start, for container exits only.
+        let followed = FollowedEvents()
+        let follower = Thread {
+            _ = try? daemon.client.stream("GET", "/v1/events?follow=true&type=container.exit&timeout=30") { chunk in
+                followed.append(chunk)
+                return !followed.text.contains("\n")
+            }
+        }
+        follower.start()
+        let spec = ContainerSpec(image: "busybox", name: "reader", arguments: ["sh", "-c", "read line; echo got $line"],
+                                 labels: ["role": "reader"], openStdin: true)
+        #expect(try client.send("POST", "/v1/containers", json: spec).status == 201)
+        #expect(try client.send("POST", "/v1/containers/reader/start").status == 200)
+        #expect(try client.send("POST", "/v1/containers/reader/stdin?close=true", body: Data("hello\n".utf8), contentType: "application/octet-stream").status == 204)
+        #expect(try client.send("POST", "/v1/containers/reader/wait").decode(ExitInfo.self).exitCode == 0)
+        #expect(try client.send("GET", "/v1/containers/reader/logs").text == "got hello\n")
+        #expect(try client.send("GET", "/v1/containers?label=role=reader").decode([ContainerInfo].self).map(\.name) == ["reader"])
+        #expect(try client.send("GET", "/v1/containers?label=role=writer").decode([ContainerInfo].self).isEmpty)
+        #expect(try client.send("GET", "/v1/containers?state=exited&label=role").decode([ContainerInfo].self).count == 1)
+        #expect(try client.send("POST", "/v1/containers/reader/kill?signal=15").status == 409)
+        let id = try client.send("GET", "/v1/containers/reader").decode(ContainerInfo.self).id
+        let deadline = Date().addingTimeInterval(10)
+        while !followed.text.contains("\n"), Date() < deadline { usleep(10_000) }
+        let line = followed.text.split(separator: "\n").first.map(String.init) ?? ""
+        #expect(line.contains("\"type\":\"container.exit\"") && line.contains(id), "followed: \(followed.text)")
+    }
+}
+
+final class FollowedEvents: @unchecked Sendable {
+    // @unchecked: every access holds the lock.
+    private let lock = NSLock()
+    private var data = Data()
+    func append(_ chunk: Data) { lock.withLock { data.append(chunk) } }
+    var text: String { lock.withLock { String(decoding: data, as: UTF8.self) } }
 }
