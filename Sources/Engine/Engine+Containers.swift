@@ -12,11 +12,12 @@ extension Engine {
     /// to files in the state folder. It has not started yet.
     public func createContainer(_ spec: ContainerSpec, by actor: String) async throws -> ContainerInfo {
         try await audited("container.create", subject: spec.name ?? "", actor: actor, subjectOf: { $0.id }) {
-            try await create(spec)
+            try await create(spec, startNow: false).info
         }
     }
 
-    private func create(_ spec: ContainerSpec) async throws -> ContainerInfo {
+    /// Forks the container (and with `startNow` runs it at once on its own thread).
+    private func create(_ spec: ContainerSpec, startNow: Bool) async throws -> ManagedContainer {
         try ensureAccepting()
         let image = try image(spec.image)
         let forkPoint = spec.forkPoint ?? .entry
@@ -70,34 +71,56 @@ extension Engine {
             let folder = containersFolder.appendingPathComponent(id, isDirectory: true)
             let stdin = spec.stdin
             let openStdin = spec.openStdin == true
-            // Files, pipe and fork on a KVM thread: the fork may build a VM when the pool is empty.
-            let (vm, stdinWriter) = try await onKVMThread { () throws -> (Fork.Container, Int32) in
+            let placementPool = spec.pool
+            let placed = placementID
+            // Files, pipe, fork and registration: a KVM thread's work (the fork may build a VM
+            // when the pool is empty).
+            let make: @Sendable () throws -> ManagedContainer = { [self] in
                 let streams = try ContainerStreams(folder: folder, stdin: stdin, openStdin: openStdin)
                 defer { streams.closeChildEnds() }
+                let vm: Fork.Container
                 do {
-                    let vm = try family.fork(id: id, arguments: arguments, environment: environment, hostname: hostname,
-                                             streams: streams.standard)
-                    return (vm, streams.stdinWriter)
+                    vm = try family.fork(id: id, arguments: arguments, environment: environment, hostname: hostname, streams: streams.standard)
                 } catch {
                     streams.closeStdinWriter()
                     try? FileManager.default.removeItem(at: folder)
                     throw error
                 }
+                let info = ContainerInfo(id: id, name: name, image: image.name, state: .created, exitCode: nil, exitReason: nil,
+                                         arguments: arguments, environment: environment, hostname: hostname, memoryMiB: memoryMiB,
+                                         forkPoint: forkPoint, labels: labels, parent: policy.id, pool: placementPool, placementID: placed,
+                                         createdAt: Date().timeIntervalSince1970, startedAt: nil, finishedAt: nil,
+                                         forkMicroseconds: Self.microseconds(vm.forkLatency), reusedVM: vm.reusesVM)
+                let managed = ManagedContainer(info: info, logFolder: folder, vm: vm, stdinWriter: streams.stdinWriter, family: family)
+                registry.withLock { registry in
+                    registry.containers[id] = managed
+                    registry.forks += 1
+                }
+                metrics.forkLatency.record(duration: vm.forkLatency)
+                metrics.forks.increment()
+                writer.enqueue { $0.containers.append(ContainerRow(info: info)) }
+                return managed
             }
-            let info = ContainerInfo(id: id, name: name, image: image.name, state: .created, exitCode: nil, exitReason: nil,
-                                     arguments: arguments, environment: environment, hostname: hostname, memoryMiB: memoryMiB,
-                                     forkPoint: forkPoint, labels: labels, parent: policy.id, pool: spec.pool, placementID: placementID,
-                                     createdAt: Date().timeIntervalSince1970, startedAt: nil, finishedAt: nil,
-                                     forkMicroseconds: Self.microseconds(vm.forkLatency), reusedVM: vm.reusesVM)
-            let managed = ManagedContainer(info: info, logFolder: folder, vm: vm, stdinWriter: stdinWriter, family: family)
-            registry.withLock { registry in
-                registry.containers[id] = managed
-                registry.forks += 1
+            guard startNow else { return try await onKVMThread(make) }
+            // Create and start: the fork and the run on the container's own thread, one hop.
+            return try await withCheckedThrowingContinuation { continuation in
+                let thread = Thread { [self] in
+                    let made: ManagedContainer
+                    do { made = try make() } catch {
+                        continuation.resume(throwing: error)
+                        return
+                    }
+                    guard let vm = made.markRunning(at: Date().timeIntervalSince1970) else {
+                        continuation.resume(returning: made)
+                        return
+                    }
+                    writer.enqueue { $0.containers.append(ContainerRow(info: made.info)) }
+                    continuation.resume(returning: made)
+                    runToEnd(made, vm)
+                }
+                thread.stackSize = 1 << 20
+                thread.start()
             }
-            metrics.forkLatency.record(duration: vm.forkLatency)
-            metrics.forks.increment()
-            writer.enqueue { $0.containers.append(ContainerRow(info: info)) }
-            return info
         } catch {
             _ = registry.withLock { $0.names.removeValue(forKey: name) }
             if let placementID {
@@ -165,18 +188,21 @@ extension Engine {
             throw EngineError(.conflict, "container \(container.id) is \(container.info.state.rawValue), not created")
         }
         writer.enqueue { $0.containers.append(ContainerRow(info: container.info)) }
-        let thread = Thread { [self] in
-            let exit: ExitInfo
-            do {
-                let status = try vm.run()
-                exit = ExitInfo(exitCode: Int(status.code), reason: status.description)
-            } catch {
-                exit = ExitInfo(exitCode: 137, reason: "the VM failed: \(error)")
-            }
-            ended(container, exit)
-        }
+        let thread = Thread { [self] in runToEnd(container, vm) }
         thread.stackSize = 1 << 20
         thread.start()
+    }
+
+    /// Runs the container's program on the calling thread (its vCPU's) until it ends.
+    private func runToEnd(_ container: ManagedContainer, _ vm: Fork.Container) {
+        let exit: ExitInfo
+        do {
+            let status = try vm.run()
+            exit = ExitInfo(exitCode: Int(status.code), reason: status.description)
+        } catch {
+            exit = ExitInfo(exitCode: 137, reason: "the VM failed: \(error)")
+        }
+        ended(container, exit)
     }
 
     /// Records an exit (from the container's thread, or a kill before it started).
@@ -304,15 +330,11 @@ extension Engine {
     /// Create, start, wait and collect the output in one call; removes the container
     /// afterwards unless `remove` is false.
     public func runContainer(_ spec: ContainerSpec, remove: Bool = true, by actor: String) async throws -> RunResult {
-        let info = try await createContainer(spec, by: actor)
-        let container = try container(info.id)
-        do {
-            try start(container)
-            record("container.start", subject: info.id, actor: actor)
-        } catch {
-            record("container.start", subject: info.id, actor: actor, result: "\(error)")
-            throw error
+        let container = try await audited("container.create", subject: spec.name ?? "", actor: actor, subjectOf: { (made: ManagedContainer) in made.id }) {
+            try await create(spec, startNow: true)
         }
+        let info = container.info
+        record("container.start", subject: info.id, actor: actor)
         let exit = await container.waitForExit()
         let stdout = readAll(container.stdoutPath)
         let stderr = readAll(container.stderrPath)

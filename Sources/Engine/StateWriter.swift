@@ -31,7 +31,9 @@ final class StateWriter: Sendable {
             defer { state.scheduled = true }
             return !state.scheduled
         }
-        if schedule { queue.async { [self] in drain() } }
+        // A short gathering window: a container's create, start, exit and removal usually land
+        // in one transaction, and the writer takes less of the cores the containers run on.
+        if schedule { queue.asyncAfter(deadline: .now() + .milliseconds(5)) { [self] in drain() } }
     }
 
     func event(_ event: EventRow) { enqueue { $0.events.append(event) } }
@@ -43,11 +45,24 @@ final class StateWriter: Sendable {
         }
         guard !writes.isEmpty else { return }
         do {
-            try store.apply(writes)
+            try store.apply(Self.coalesced(writes))
         } catch {
             logger.error("state write failed: \(error)", metadata: ["events": "\(writes.events.count)", "containers": "\(writes.containers.count)"])
         }
         if !writes.events.isEmpty { feed.notify() }
+    }
+
+    /// The same writes with only the last row of each container, and none for a container
+    /// deleted in the same batch (its row would be written and deleted at once).
+    static func coalesced(_ writes: EngineWrites) -> EngineWrites {
+        var result = writes
+        let deleted = Set(writes.deletedContainers)
+        var seen = Set<String>()
+        result.containers = writes.containers.reversed().filter { row in
+            guard !deleted.contains(row.id) else { return false }
+            return seen.insert(row.id).inserted
+        }.reversed()
+        return result
     }
 
     /// Returns once everything queued before the call is in the database.

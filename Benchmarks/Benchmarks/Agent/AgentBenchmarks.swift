@@ -131,7 +131,7 @@ final class AgentFixture: @unchecked Sendable {
         let semaphore = DispatchSemaphore(value: 0)
         let box = ResultBox<T>()
         Task.detached {
-            box.result = Result { try await body() }
+            do { box.result = .success(try await body()) } catch { box.result = .failure(error) }
             semaphore.signal()
         }
         semaphore.wait()
