@@ -63,8 +63,14 @@ extension Engine {
         do {
             // Placement first: an unknown or full pool is refused before anything is made.
             if let pool = spec.pool { placementID = try await place(pool: pool, image: image.name) }
-            let policy = try await policy(image: image.name, forkPoint: forkPoint, memoryMiB: memoryMiB)
-            let family = try await family(for: policy)
+            let (policy, recordedNow) = try await policy(image: image.name, forkPoint: forkPoint, memoryMiB: memoryMiB)
+            let family: ParentFamily
+            do {
+                family = try await self.family(for: policy)
+            } catch {
+                if recordedNow { try? await forgetPolicy(policy.id) }
+                throw error
+            }
             let hostname = spec.hostname ?? name
             let environment = spec.environment ?? image.environment
             let arguments = spec.arguments ?? image.arguments

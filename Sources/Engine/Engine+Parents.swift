@@ -24,16 +24,22 @@ extension Engine {
             if exists { throw EngineError(.conflict, "parent policy \(policy.id) already exists", field: "image") }
             try await store.save(policy: policy.row(createdAt: Date().timeIntervalSince1970))
             registry.withLock { $0.policies[policy.id] = policy }
-            let family = try await family(for: policy)
-            return family.info(withSharing: false)
+            do {
+                let family = try await family(for: policy)
+                return family.info(withSharing: false)
+            } catch {
+                // A policy whose parents cannot be made is not kept: the refusal changes nothing.
+                try? await forgetPolicy(policy.id)
+                throw error
+            }
         }
     }
 
     /// The policy a container of `image` with this fork point and memory forks from; a
     /// default one (one parent, 8 ready VMs) is recorded at the image's first use.
-    func policy(image: String, forkPoint: ForkPointName, memoryMiB: Int) async throws -> ParentPolicy {
+    func policy(image: String, forkPoint: ForkPointName, memoryMiB: Int) async throws -> (ParentPolicy, recordedNow: Bool) {
         let wanted = ParentPolicy(image: image, forkPoint: forkPoint, memoryMiB: memoryMiB)
-        if let existing = registry.withLock({ $0.policies[wanted.id] }) { return existing }
+        if let existing = registry.withLock({ $0.policies[wanted.id] }) { return (existing, false) }
         try await store.save(policy: wanted.row(createdAt: Date().timeIntervalSince1970))
         let (policy, added) = registry.withLock { registry -> (ParentPolicy, Bool) in
             if let existing = registry.policies[wanted.id] { return (existing, false) }
@@ -41,7 +47,17 @@ extension Engine {
             return (wanted, true)
         }
         if added { record("parent.create", subject: policy.id, actor: "engine", detail: "{\"reason\":\"first use of the image\"}") }
-        return policy
+        return (policy, added)
+    }
+
+    /// Drops a policy that was just recorded (its parents could not be made).
+    func forgetPolicy(_ id: String) async throws {
+        registry.withLock { registry in
+            registry.policies[id] = nil
+            registry.families[id] = nil
+            registry.builds[id] = nil
+        }
+        try await store.deletePolicy(id: id)
     }
 
     /// The policy's family, made (once, however many callers wait) when it is not yet.

@@ -52,7 +52,19 @@ final class ParentFamily: Sendable {
                 $0.failure = message
                 $0.parents = []
             }
-            throw EngineError(.failed, message)
+            throw EngineError(Self.kind(of: error), message, field: "image")
+        }
+    }
+
+    /// Whose fault a failed parent is: the image's (a program that cannot be loaded, or ends
+    /// before its fork point: bad input), the host's memory (a conflict with what the host
+    /// holds), or the host's (KVM, the system: a failure).
+    static func kind(of error: ForkError) -> EngineError.Kind {
+        switch error {
+        case .parentEndedBeforeForkPoint, .guest(.invalidExecutable): .invalid
+        case .guest(.outOfMemory): .conflict
+        case .guest(.system(let system)) where system.errno == ENOMEM: .conflict
+        case .guest: .failed
         }
     }
 

@@ -206,6 +206,9 @@ struct DaemonTests {
         defer { daemon.stop() }
         let client = daemon.client
         try daemon.addBusybox(client)
+        // An image whose program ends without reading standard input: no stdin fork point.
+        let truthy = #"{"name":"truthy","rootfs":"\#(daemon.rootfs.path)","executable":"/bin/busybox","arguments":["true"]}"#
+        #expect(try client.send("POST", "/v1/images", body: Data(truthy.utf8)).status == 201)
         func snapshot() throws -> String {
             try ["/v1/images", "/v1/containers", "/v1/parents?sharing=false", "/v1/placement/pools", "/v1/placement/hosts"]
                 .map { try client.send("GET", $0).text }.joined(separator: "\n")
@@ -229,6 +232,8 @@ struct DaemonTests {
             ("POST", "/v1/images", #"{"name":"x","rootfs":"/nonexistent","executable":"/bin/sh"}"#, 400, "rootfs"),
             ("POST", "/v1/images", #"{"name":"busybox","rootfs":"/","executable":"/bin/sh"}"#, 409, "already exists"),
             ("POST", "/v1/parents", #"{"image":"busybox","parents":0}"#, 400, "parents"),
+            ("POST", "/v1/parents", #"{"image":"truthy","forkPoint":"stdin"}"#, 400, "ended before it first read standard input"),
+            ("POST", "/v1/containers", #"{"image":"truthy","forkPoint":"stdin"}"#, 400, "ended before it first read standard input"),
             ("POST", "/v1/placement/pools", #"{"name":"p","memoryReservationKiB":-1}"#, 400, "memoryReservationKiB"),
             ("POST", "/v1/placement/pools", #"{"name":"p","parent":"nosuch"}"#, 404, "nosuch"),
             ("POST", "/v1/placement/place", #"{"pool":"nosuch","image":"busybox"}"#, 404, "nosuch"),
@@ -254,6 +259,7 @@ struct DaemonTests {
         #expect(inUse.status == 409 && inUse.text.contains("used by 1 container"))
         #expect(try client.send("DELETE", "/v1/containers/user").status == 204)
         #expect(try client.send("DELETE", "/v1/images/busybox").status == 204)
+        #expect(try client.send("DELETE", "/v1/images/truthy").status == 204)
     }
 
     @Test func stdinAttachLabelFiltersAndTheFollowedEventStream() throws {
