@@ -56,6 +56,42 @@ let benchmarks: @Sendable () -> Void = {
         benchmark.stopMeasurement()
     }
 
+    // The same four, interleaved in each iteration (so each sees the same machine load), as
+    // custom metrics in µs: a shared 2-core machine moves all of them from minute to minute.
+    let metricNames = ["1 API µs", "2 Engine µs", "3 Fork µs", "4 posix_spawn µs", "5 API minus Engine µs"]
+    let interleaved = Benchmark.Configuration(metrics: metricNames.map { .custom($0, polarity: .prefersSmaller) }, warmupIterations: 5,
+                                              scalingFactor: .one, maxDuration: .seconds(20), maxIterations: 300)
+    Benchmark("Interleaved: API, Engine, Fork, posix_spawn → busybox echo hi finished (pool ready)", configuration: interleaved) { benchmark in
+        func timed(_ body: () throws -> Void) rethrows -> Int {
+            let start = ContinuousClock.now
+            try body()
+            let elapsed = ContinuousClock.now - start
+            return Int(elapsed.components.seconds * 1_000_000 + elapsed.components.attoseconds / 1_000_000_000_000)
+        }
+        fixture.waitForDaemonPool()
+        let api = try timed {
+            let response = try fixture.client.send("POST", "/v1/containers/run", body: runBody)
+            precondition(response.status == 200)
+        }
+        fixture.waitForEnginePool()
+        let engine = try timed {
+            let output = try fixture.runInEngine()
+            precondition(output == "hi\n")
+        }
+        fixture.parent.waitUntilPoolIsFull()
+        var forked: Fork.Container?
+        let fork = try timed {
+            let child = try fixture.parent.fork(arguments: ["echo", "hi"], streams: fixture.capture.standard)
+            blackHole(try child.run())
+            forked = child
+        }
+        forked?.remove()
+        let native = timed { blackHole(NativeSpawn.run(BusyboxRootfs.hostBusybox, ["busybox", "echo", "hi"], output: fixture.capture.output)) }
+        for (name, value) in zip(metricNames, [api, engine, fork, native, max(0, api - engine)]) {
+            benchmark.measurement(.custom(name, polarity: .prefersSmaller), value)
+        }
+    }
+
     // Sustained: each iteration is 16 runs, 4 clients at once (4 each), every container removed.
     Benchmark("Sustained through the API: 16 runs per iteration from 4 clients (create, run, output, remove)", configuration: sustained) { _ in
         DispatchQueue.concurrentPerform(iterations: 4) { _ in
