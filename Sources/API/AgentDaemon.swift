@@ -60,7 +60,10 @@ public struct AgentDaemon: Sendable {
     /// Runs until SIGTERM or SIGINT; throws when the daemon cannot start (another daemon holds
     /// the folder, the socket cannot be bound).
     public func run() async throws {
+        // The daemon owns its process: files it makes are private (token, logs, socket), and a
+        // write to a container's standard input whose reader is gone gets EPIPE, not SIGPIPE.
         umask(0o077)
+        signal(SIGPIPE, SIG_IGN)
         let folder = options.stateFolder
         let registry = PrometheusCollectorRegistry()
         var factory = PrometheusMetricsFactory(registry: registry)

@@ -110,7 +110,7 @@ extension Engine {
             guard startNow else { return try await onKVMThread(make) }
             // Create and start: the fork and the run on the container's own thread, one hop.
             return try await withCheckedThrowingContinuation { continuation in
-                let thread = Thread { [self] in
+                runners.run { [self] in
                     let made: ManagedContainer
                     do { made = try make() } catch {
                         continuation.resume(throwing: error)
@@ -124,8 +124,6 @@ extension Engine {
                     continuation.resume(returning: made)
                     runToEnd(made, vm)
                 }
-                thread.stackSize = 1 << 20
-                thread.start()
             }
         } catch {
             _ = registry.withLock { $0.names.removeValue(forKey: name) }
@@ -194,9 +192,7 @@ extension Engine {
             throw EngineError(.conflict, "container \(container.id) is \(container.info.state.rawValue), not created")
         }
         writer.enqueue { $0.containers.append(ContainerRow(info: container.info)) }
-        let thread = Thread { [self] in runToEnd(container, vm) }
-        thread.stackSize = 1 << 20
-        thread.start()
+        runners.run { [self] in runToEnd(container, vm) }
     }
 
     /// Runs the container's program on the calling thread (its vCPU's) until it ends.

@@ -47,6 +47,8 @@ public final class Engine: Sendable {
     /// Where blocking KVM and VM work runs (libdispatch's threads, never the cooperative pool).
     private let kvmQueue = DispatchQueue(label: "vmfork.engine.kvm", qos: .userInitiated, attributes: .concurrent)
     private let forkRate = Mutex((count: 0, time: ContinuousClock.now))
+    /// The threads containers run on, kept between containers.
+    let runners = RunnerThreads()
 
     struct Registry {
         var images: [String: ImageRecord] = [:]
