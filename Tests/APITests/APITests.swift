@@ -294,7 +294,40 @@ struct DaemonTests {
         let line = followed.text.split(separator: "\n").first.map(String.init) ?? ""
         #expect(line.contains("\"type\":\"container.exit\"") && line.contains(id), "followed: \(followed.text)")
     }
+    @Test func drainEvictsAParentWithItsLastChildAndMetricsShowTheForks() throws {
+        let daemon = try DaemonFixture()
+        try daemon.start()
+        defer { daemon.stop() }
+        let client = daemon.client
+        try daemon.addBusybox(client)
+        let made = try client.send("POST", "/v1/parents", body: Data(#"{"image":"busybox","memoryMiB":16,"readyVMs":2}"#.utf8))
+        #expect(made.status == 201)
+        #expect(try made.decode(ParentInfo.self).state == "ready")
+        let child = ContainerSpec(image: "busybox", name: "child", arguments: ["true"], memoryMiB: 16)
+        #expect(try client.send("POST", "/v1/containers", json: child).status == 201)
+        #expect(try client.send("POST", "/v1/containers/child/start").status == 200)
+        #expect(try client.send("POST", "/v1/containers/child/wait").decode(ExitInfo.self).exitCode == 0)
+        let listed = try client.send("GET", "/v1/parents").decode([ParentInfo].self)
+        let parent = try #require(listed.first { $0.id == "busybox.entry.16m" })
+        #expect(parent.liveChildren == 1)
+        #expect(parent.sharing.map { $0.parentBytes > 0 && $0.children == 1 } == true, "sharing figures: \(String(describing: parent.sharing))")
+        // Draining: no more forks from it; it goes with its last child.
+        #expect(try client.send("POST", "/v1/parents/busybox.entry.16m/drain").decode(ParentInfo.self).state == "draining")
+        let refused = try client.send("POST", "/v1/containers", json: ContainerSpec(image: "busybox", arguments: ["true"], memoryMiB: 16))
+        #expect(refused.status == 409 && refused.text.contains("draining"))
+        #expect(try client.send("DELETE", "/v1/parents/busybox.entry.16m").status == 409, "a parent with a live child is not removed")
+        #expect(try client.send("DELETE", "/v1/containers/child").status == 204)
+        let evictions = try daemon.events(client, type: "parent.evict")
+        #expect(evictions.contains { ($0["subject"] as? String) == "busybox.entry.16m" && ($0["actor"] as? String) == "engine" })
+        #expect(try client.send("DELETE", "/v1/parents/busybox.entry.16m").status == 204)
+        let metrics = try client.send("GET", "/metrics")
+        #expect(metrics.status == 200 && metrics.headers["content-type"]?.hasPrefix("text/plain") == true)
+        #expect(metrics.text.contains("vmfork_forks_total 1"))
+        #expect(metrics.text.contains("vmfork_fork_duration_seconds_count 1"))
+        #expect(metrics.text.contains("vmfork_containers_live 0"))
+    }
 }
+
 
 final class FollowedEvents: @unchecked Sendable {
     // @unchecked: every access holds the lock.
