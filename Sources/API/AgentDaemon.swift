@@ -21,11 +21,15 @@ public struct AgentDaemon: Sendable {
         /// "127.0.0.1:PORT" (or any host:port) to listen on TCP too.
         public var listen: String?
         public var stopGrace: Duration
+        /// When idle pools shrink and idle parents are evicted.
+        public var memoryPressure: MemoryPressurePolicy
 
-        public init(stateFolder: URL, listen: String? = nil, stopGrace: Duration = .seconds(10)) {
+        public init(stateFolder: URL, listen: String? = nil, stopGrace: Duration = .seconds(10),
+                    memoryPressure: MemoryPressurePolicy = MemoryPressurePolicy()) {
             self.stateFolder = stateFolder
             self.listen = listen
             self.stopGrace = stopGrace
+            self.memoryPressure = memoryPressure
         }
     }
 
@@ -123,7 +127,7 @@ public struct AgentDaemon: Sendable {
         }
         // Last in the group, so first to be told to shut down: it stops the containers while
         // the listeners still answer the requests in flight (waits, followers end with them).
-        services.append(EngineService(engine: engine, grace: options.stopGrace))
+        services.append(EngineService(engine: engine, grace: options.stopGrace, memoryPressure: options.memoryPressure))
         let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
         unlink(socketPath)
@@ -136,11 +140,14 @@ public struct AgentDaemon: Sendable {
 struct EngineService: Service {
     let engine: Engine
     let grace: Duration
+    let memoryPressure: MemoryPressurePolicy
 
     func run() async throws {
         let warmUp = Task { await engine.warmUp() }
+        let watcher = Task { [engine, memoryPressure] in await engine.watchMemoryPressure(policy: memoryPressure) }
         try? await gracefulShutdown()
         warmUp.cancel()
+        watcher.cancel()
         await engine.shutdown(grace: grace)
     }
 }

@@ -107,6 +107,11 @@ final class ParentFamily: Sendable {
         }
     }
 
+    /// Frees the ready VMs of every parent's pool; returns how many went.
+    func shrinkPools() -> Int {
+        state.withLock { $0.parents }.reduce(0) { $0 + $1.shrinkPool(to: 0) }
+    }
+
     /// Drops the parents (their memory and pooled VMs go when the last child releases them).
     func release() {
         state.withLock { $0.parents = [] }

@@ -79,6 +79,17 @@ final class VMPool: @unchecked Sendable {
         }
     }
 
+    /// Lets go of the ready VMs beyond `count` (their memory and KVM objects are freed); the
+    /// pool refills again as forks take from it. Returns how many went.
+    func shrink(to count: Int) -> Int {
+        let dropped: [PreparedVM] = condition.withLock {
+            guard ready.count > count else { return [] }
+            defer { ready.removeLast(ready.count - count) }
+            return Array(ready[count...])
+        }
+        return dropped.count
+    }
+
     /// Blocks until the pool holds its target (for benchmarks and tests that measure forks
     /// from a full pool).
     func waitUntilFull() {

@@ -98,6 +98,10 @@ public final class WarmParent: @unchecked Sendable {
     /// Forks that found the pool empty and built their VM on the fork path.
     public var poolMisses: Int { pool.misses }
 
+    /// Frees the pool's ready VMs beyond `count` (under memory pressure); returns how many went.
+    @discardableResult
+    public func shrinkPool(to count: Int = 0) -> Int { pool.shrink(to: count) }
+
     /// VMs in the pool ready for a fork now, and the pool's target.
     public var readyVMs: (now: Int, target: Int) { (pool.readyCount, pool.target) }
 

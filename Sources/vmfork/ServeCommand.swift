@@ -1,4 +1,5 @@
 import API
+import Engine
 import ArgumentParser
 import Foundation
 import Logging
@@ -27,6 +28,12 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Seconds a running container gets between SIGTERM and power-off when the daemon stops.")
     var stopGrace = 10
 
+    @Option(help: "Memory pressure below this much MemAvailable (MiB): idle pools shrink, then idle parents are evicted.")
+    var pressureAvailableMib = 1024
+
+    @Option(help: "Memory pressure above this share of time stalled on memory (/proc/pressure/memory some avg10, %).")
+    var pressureStalledPercent = 10.0
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
 
@@ -39,7 +46,9 @@ struct ServeCommand: AsyncParsableCommand {
         var logger = Logger(label: "vmfork") { StreamLogHandler.standardError(label: $0) }
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
         let folder = state.map { URL(fileURLWithPath: $0, isDirectory: true) } ?? PlacementService.defaultFolder
-        let daemon = AgentDaemon(options: .init(stateFolder: folder, listen: listen, stopGrace: .seconds(stopGrace)), logger: logger)
+        let pressure = MemoryPressurePolicy(minimumAvailableMiB: pressureAvailableMib, maximumStalledPercent: pressureStalledPercent)
+        let daemon = AgentDaemon(options: .init(stateFolder: folder, listen: listen, stopGrace: .seconds(stopGrace), memoryPressure: pressure),
+                                 logger: logger)
         do {
             try await daemon.run()
         } catch {

@@ -326,7 +326,33 @@ struct DaemonTests {
         #expect(metrics.text.contains("vmfork_fork_duration_seconds_count 1"))
         #expect(metrics.text.contains("vmfork_containers_live 0"))
     }
+    @Test func underMemoryPressureIdlePoolsShrinkThenIdleParentsGoButNotOnesWithChildren() throws {
+        let daemon = try DaemonFixture()
+        // A threshold no host meets: the daemon is under memory pressure from the start.
+        try daemon.start(extra: ["--pressure-available-mib", "100000000"])
+        defer { daemon.stop() }
+        let client = daemon.client
+        try daemon.addBusybox(client)
+        #expect(try client.send("POST", "/v1/parents", body: Data(#"{"image":"busybox","memoryMiB":16,"readyVMs":2}"#.utf8)).status == 201)
+        #expect(try client.send("POST", "/v1/parents", body: Data(#"{"image":"busybox","memoryMiB":32,"readyVMs":2}"#.utf8)).status == 201)
+        // A live child keeps its parent.
+        #expect(try client.send("POST", "/v1/containers", json: ContainerSpec(image: "busybox", name: "keeper", arguments: ["true"], memoryMiB: 32)).status == 201)
+        let deadline = Date().addingTimeInterval(20)
+        var evicted: [[String: Any]] = []
+        while evicted.isEmpty, Date() < deadline {
+            usleep(200_000)
+            evicted = try daemon.events(client, type: "parent.evict")
+        }
+        let shrunk = try daemon.events(client, type: "parent.shrink")
+        #expect(shrunk.contains { ($0["subject"] as? String) == "busybox.entry.16m" })
+        #expect(evicted.map { $0["subject"] as? String } == ["busybox.entry.16m"], "only the idle parent goes: \(evicted)")
+        #expect((evicted.first?["detail"] as? String)?.contains("memory pressure") == true)
+        let parents = try client.send("GET", "/v1/parents?sharing=false").decode([ParentInfo].self)
+        #expect(parents.first { $0.id == "busybox.entry.32m" }?.state == "ready")
+        #expect(parents.first { $0.id == "busybox.entry.16m" }?.state == "absent", "the policy stays; its parent is made again at its next use")
+    }
 }
+
 
 
 final class FollowedEvents: @unchecked Sendable {
