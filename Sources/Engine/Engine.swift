@@ -16,8 +16,8 @@ import Synchronization
 /// finds its pool empty, killing, tearing down) moved to a dedicated queue of threads
 /// (`onKVMThread`), off the callers' cooperative threads.
 ///
-/// Shutdown order (`shutdown(grace:)`, which the daemon calls after it stopped accepting
-/// connections' new work):
+/// Shutdown order (`shutdown(grace:)`, which the daemon calls first on SIGTERM, while its
+/// listeners still answer the requests in flight; they stop accepting once it returns):
 /// 1. refuse new state-changing calls (they get `unavailable`);
 /// 2. stop every running container: SIGTERM to its program, then after the grace period power
 ///    the VM off (its vCPU is kicked out of KVM_RUN, so `run()` returns on its thread and the
