@@ -9,7 +9,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}
-vmfork=${VMFORK_BIN:-.build/debug/vmfork}
+vmfork=$(realpath "${VMFORK_BIN:-.build/debug/vmfork}")
 
 if ! command -v st >/dev/null 2>&1; then
     python3 -m pip install --quiet --disable-pip-version-check 'schemathesis>=4.3,<5' || { echo "api-fuzz: cannot install schemathesis"; exit 1; }
@@ -36,12 +36,13 @@ cp /bin/busybox "$state/rootfs/bin/busybox"
 curl -sf --unix-socket "$state/state/vmfork.sock" -X POST http://localhost/v1/images \
     -d "{\"name\":\"busybox\",\"rootfs\":\"$state/rootfs\",\"executable\":\"/bin/busybox\",\"arguments\":[\"true\"]}" >/dev/null
 
-st run "http://127.0.0.1:$port/v1/openapi.json" \
+# From the temporary folder, so that schemathesis's cache stays out of the repository.
+(cd "$state" && st run "http://127.0.0.1:$port/v1/openapi.json" \
     --header "Authorization: Bearer $token" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,negative_data_rejection \
     --exclude-operation-id events \
     --max-time "$seconds" --request-timeout 10 --workers 2 \
-    --suppress-health-check all --no-color
+    --suppress-health-check all --no-color)
 status=$?
 if grep -q "panic\|Fatal error" "$state/daemon.log"; then
     echo "api-fuzz: the daemon crashed:"; tail -20 "$state/daemon.log"; status=1
