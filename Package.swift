@@ -15,6 +15,8 @@ let package = Package(
     products: [
         .executable(name: "vmfork", targets: ["vmfork"]),
         .library(name: "VMForkEngine", targets: ["Fork", "ProcessVM", "Disk", "IOEngine", "Placement", "Store", "WorkloadProfiles", "Capabilities", "HostSystem", "KVM"]),
+        // The host agent: the engine and its HTTP API (server and client).
+        .library(name: "VMForkAgent", targets: ["Engine", "API"]),
         // Fixtures shared by the tests and the benchmarks (busybox rootfs, tiny programs).
         .library(name: "VMForkTestSupport", targets: ["TestSupport"]),
     ],
@@ -22,6 +24,15 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.0.0"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "5.0.0"),
+        // The host agent: its HTTP server, logging and metrics.
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.0"),
+        // Already in Hummingbird's graph: named for the socket options and the shutdown sequence.
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.80.0"),
+        .package(url: "https://github.com/apple/swift-http-types.git", from: "1.0.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
     ],
     targets: [
         // The one C target: kernel and library interfaces Swift cannot import directly.
@@ -39,10 +50,38 @@ let package = Package(
         .target(name: "WorkloadProfiles", dependencies: [.product(name: "Yams", package: "Yams")], swiftSettings: strictSettings),
         .target(name: "Store", dependencies: [.product(name: "GRDB", package: "GRDB.swift")], swiftSettings: strictSettings),
         .target(name: "Placement", dependencies: ["Store", "WorkloadProfiles"], swiftSettings: strictSettings),
+        // The one object between the parts and the executables: images, warm parents,
+        // containers, events, placement.
+        .target(
+            name: "Engine",
+            dependencies: [
+                "Fork", "ProcessVM", "KVM", "HostSystem", "Placement", "Store",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        // The host agent's HTTP API (OpenAPI document, server, client over the Unix socket).
+        .target(
+            name: "API",
+            dependencies: [
+                "Engine", "Placement", "Store", "WorkloadProfiles",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            resources: [.copy("openapi.json")],
+            swiftSettings: strictSettings
+        ),
         .executableTarget(
             name: "vmfork",
             dependencies: [
                 "Capabilities", "ProcessVM", "Fork", "Disk", "Placement", "Store", "WorkloadProfiles", "HostSystem",
+                "Engine", "API", .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings
@@ -59,6 +98,8 @@ let package = Package(
         .testTarget(name: "ForkTests", dependencies: ["Fork", "ProcessVM", "HostSystem", "KVM", "TestSupport"], swiftSettings: strictSettings),
         .testTarget(name: "WorkloadProfilesTests", dependencies: ["WorkloadProfiles", "TestSupport"], swiftSettings: strictSettings),
         .testTarget(name: "PlacementTests", dependencies: ["Placement", "Store", "WorkloadProfiles", "TestSupport", "vmfork"], swiftSettings: strictSettings),
+        .testTarget(name: "EngineTests", dependencies: ["Engine", "Fork", "Store", "TestSupport", .product(name: "GRDB", package: "GRDB.swift"), .product(name: "Metrics", package: "swift-metrics")], swiftSettings: strictSettings),
+        .testTarget(name: "APITests", dependencies: ["API", "Engine", "TestSupport", "vmfork"], swiftSettings: strictSettings),
         .testTarget(name: "StoreTests", dependencies: ["Store", "TestSupport"], swiftSettings: strictSettings),
     ]
 )

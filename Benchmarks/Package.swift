@@ -8,13 +8,14 @@ let enginePackage = URL(fileURLWithPath: #filePath).deletingLastPathComponent().
 /// The engine's benchmarks, on ordo-one/package-benchmark. A package of its own so that the
 /// main package's build and tests do not pay for the benchmark harness. Run: `make bench`.
 /// One benchmark executable on package-benchmark's plugin, over the engine's products.
-func benchmarkTarget(_ name: String, fixtures: Bool = false) -> Target {
+func benchmarkTarget(_ name: String, fixtures: Bool = false, agent: Bool = false) -> Target {
     .executableTarget(
         name: "\(name)Benchmarks",
         dependencies: [
             .product(name: "Benchmark", package: "package-benchmark"),
             .product(name: "VMForkEngine", package: enginePackage),
-        ] + (fixtures ? [.product(name: "VMForkTestSupport", package: enginePackage)] : []),
+        ] + (fixtures ? [.product(name: "VMForkTestSupport", package: enginePackage)] : [])
+          + (agent ? [.product(name: "VMForkAgent", package: enginePackage)] : []),
         path: "Benchmarks/\(name)",
         plugins: [.plugin(name: "BenchmarkPlugin", package: "package-benchmark")]
     )
@@ -34,5 +35,6 @@ let package = Package(
         benchmarkTarget("Syscall", fixtures: true),
         benchmarkTarget("Fork", fixtures: true),
         benchmarkTarget("Disk"),
+        benchmarkTarget("Agent", fixtures: true, agent: true),
     ]
 )

@@ -2,7 +2,7 @@
 # The main job: a doctor report of this machine, then the engine end to end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-vmfork=.build/release/vmfork
+vmfork=${VMFORK_BIN:-.build/release/vmfork}
 state=${VMFORK_STATE:-state}
 mkdir -p "$state"
 
@@ -30,6 +30,38 @@ echo "== instant clone: a warm busybox parent, 5 children with their own argumen
 echo
 echo "== instant clone as a container engine runs it: 1000 children, each removed when done (its VM reused)"
 "$vmfork" fork --rootfs "$rootfs" --children 1000 --pool 16 --quiet --remove-each -- /bin/busybox echo hi
+
+echo
+echo "== the host agent: vmfork serve on $state/agent, driven by the tool and by curl over its socket"
+agent="$state/agent"
+rm -rf "$agent"
+"$vmfork" serve --state "$agent" --stop-grace 2 2> "$state/agent.log" &
+daemon=$!
+trap 'kill -TERM $daemon 2>/dev/null || true' EXIT
+sock="$agent/vmfork.sock"
+for _ in $(seq 100); do curl -sf --unix-socket "$sock" http://localhost/v1/_ping >/dev/null 2>&1 && break; sleep 0.1; done
+ls -l "$sock"
+curl -s --unix-socket "$sock" http://localhost/v1/version; echo
+"$vmfork" image add busybox --rootfs "$rootfs" --executable /bin/busybox --env PATH=/bin --state "$agent"
+"$vmfork" parent create busybox --ready-vms 8 --state "$agent"
+"$vmfork" container run busybox --state "$agent" -- echo "hello from a container forked by the daemon"
+"$vmfork" container run busybox --state "$agent" -- sh -c 'echo "exit status 3 passed on"; exit 3' || echo "(vmfork container run exited with $?)"
+curl -s --unix-socket "$sock" -X POST http://localhost/v1/containers/run \
+    -d '{"image":"busybox","arguments":["sh","-c","echo forked through curl; echo to stderr >&2"],"labels":{"via":"curl"}}'; echo
+id=$("$vmfork" container create busybox --name trapper --state "$agent" -- sh -c 'trap "echo got SIGTERM; exit 7" TERM; echo running; while true; do :; done')
+"$vmfork" container start trapper --state "$agent" > /dev/null
+sleep 0.3
+"$vmfork" container ps --state "$agent"
+"$vmfork" container stop trapper --time 5 --state "$agent"
+"$vmfork" container logs trapper --state "$agent"
+"$vmfork" container rm "$id" --state "$agent"
+for i in $(seq 20); do "$vmfork" container run busybox --state "$agent" -- echo "$i" > /dev/null; done
+"$vmfork" parent ls --state "$agent"
+curl -s --unix-socket "$sock" -X POST http://localhost/v1/containers -d '{"image":"busybox","colour":"red"}'; echo
+curl -s --unix-socket "$sock" http://localhost/metrics | grep -E '^vmfork_(forks_total|fork_duration_seconds_count|pool_ready_vms|containers_live|memory_parent_bytes)'
+"$vmfork" events --state "$agent" | tail -8
+kill -TERM "$daemon" && wait "$daemon" && echo "daemon stopped on SIGTERM with status 0"
+trap - EXIT
 
 echo
 echo "== placement: this machine and a simulated fleet (Profiles/small.yaml) in $state"

@@ -16,6 +16,17 @@ status=${PIPESTATUS[0]}
 # its own; its closing "Test run with N tests" line is left out of the counts.
 passed=$(grep -cP '^. Test (?!run )\S.* passed after' "$log")
 failed=$(grep -cP '^. Test (?!run )\S.* failed after' "$log")
+
+# The host agent's API fuzzed against its OpenAPI document (schemathesis, installed by pip),
+# bounded in time; counted as one test. Needs /dev/kvm for the daemon's containers.
+if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
+    if bash scripts/api-fuzz.sh "${VMFORK_FUZZ_SECONDS:-60}"; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1))
+        status=1
+    fi
+fi
 skipped=$(grep -cP '^. Test (?!run )\S.* skipped' "$log")
 echo
 grep -P '^. Test (?!run )\S.* skipped' "$log" | sed 's/^/skipped: /' || true

@@ -15,6 +15,8 @@ final class VMPool: @unchecked Sendable {
     /// Forks that found the pool empty and made their VM inline.
     var misses: Int { condition.withLock { missCount } }
     private var missCount = 0
+    /// VMs ready for a fork now.
+    var readyCount: Int { condition.withLock { ready.count } }
     private static let refillQueue = DispatchQueue(label: "vmfork.pool.refill", qos: .utility)
 
     init(system: KVMSystem, forkPoint: ForkPoint, target: Int) {
@@ -75,6 +77,17 @@ final class VMPool: @unchecked Sendable {
             ready.append(vm)
             condition.broadcast()
         }
+    }
+
+    /// Lets go of the ready VMs beyond `count` (their memory and KVM objects are freed); the
+    /// pool refills again as forks take from it. Returns how many went.
+    func shrink(to count: Int) -> Int {
+        let dropped: [PreparedVM] = condition.withLock {
+            guard ready.count > count else { return [] }
+            defer { ready.removeLast(ready.count - count) }
+            return Array(ready[count...])
+        }
+        return dropped.count
     }
 
     /// Blocks until the pool holds its target (for benchmarks and tests that measure forks

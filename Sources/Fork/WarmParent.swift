@@ -4,7 +4,7 @@ import KVM
 import ProcessVM
 
 /// What a warm parent is made from: an image's root filesystem and entry point.
-public struct ImageSpec: Sendable {
+public struct ParentSpec: Sendable {
     public var name: String
     public var rootfs: String
     public var executable: String
@@ -47,13 +47,13 @@ public enum ForkError: Error, CustomStringConvertible, Sendable {
 /// An image's program, loaded (or run up to its first read of standard input) and frozen
 /// there for good, with a pool of VMs made ready for its children.
 public final class WarmParent: @unchecked Sendable {
-    public let image: ImageSpec
+    public let image: ParentSpec
     public let forkPoint: ForkPoint
     let pool: VMPool
     private let nextPid = ManagedCounter(start: 2)
 
     /// Builds the parent and fills its pool (`poolSize` VMs) in the background.
-    public init(system: KVMSystem, image: ImageSpec, poolSize: Int = 8) throws(ForkError) {
+    public init(system: KVMSystem, image: ParentSpec, poolSize: Int = 8) throws(ForkError) {
         self.image = image
         let configuration = ProcessVMConfiguration(rootfs: image.rootfs, memoryBytes: image.memoryBytes,
                                                    pollsSystemCalls: image.pollsSystemCalls)
@@ -97,6 +97,13 @@ public final class WarmParent: @unchecked Sendable {
 
     /// Forks that found the pool empty and built their VM on the fork path.
     public var poolMisses: Int { pool.misses }
+
+    /// Frees the pool's ready VMs beyond `count` (under memory pressure); returns how many went.
+    @discardableResult
+    public func shrinkPool(to count: Int = 0) -> Int { pool.shrink(to: count) }
+
+    /// VMs in the pool ready for a fork now, and the pool's target.
+    public var readyVMs: (now: Int, target: Int) { (pool.readyCount, pool.target) }
 
     /// Waits until the VMs of removed children are back in the pool and the pool holds its
     /// target, for measurements that start from a full pool.

@@ -203,7 +203,7 @@ extension PlacementCore {
         return (total, byMemory >= byCPU ? "memory of warm parents' nodes" : "CPU of hosts with a warm parent")
     }
 
-    static func headroom(image: ImageSpec, poolFree: Resources, pool: String, hosts: (forks: Int, limitedBy: String)) -> CapacityReport.Headroom {
+    static func headroom(image: ImageCost, poolFree: Resources, pool: String, hosts: (forks: Int, limitedBy: String)) -> CapacityReport.Headroom {
         let charge = image.warmCharge
         let byMemory = charge.memoryKiB > 0 ? poolFree.memoryKiB / charge.memoryKiB : Int.max
         let byCPU = charge.cpuMHz > 0 ? poolFree.cpuMHz / charge.cpuMHz : Int.max

@@ -50,10 +50,11 @@ public struct NUMANodeSpec: Equatable, Sendable, Codable {
     }
 }
 
-/// An image forks are made from. `growthPerChildKiB` is what a fork really costs in memory:
+/// What forks of an image cost, as placement charges them (the engine's image is
+/// `Engine.ImageRecord`; the parent it makes is `Fork.WarmParent`). `growthPerChildKiB` is what a fork really costs in memory:
 /// the private pages a child owns after running a while (the parent's pages are shared and
 /// already paid for). The fork engine measures it; a profile gives it until then.
-public struct ImageSpec: Equatable, Sendable, Codable {
+public struct ImageCost: Equatable, Sendable, Codable {
     public var name: String
     public var parentMemoryKiB: Int
     public var growthPerChildKiB: Int
@@ -80,9 +81,10 @@ public struct ImageSpec: Equatable, Sendable, Codable {
     }
 }
 
-/// A warm parent: an image loaded and paused at its fork point on one NUMA node of a host,
+/// Where a warm parent lives, as placement sees it (the live one is `Fork.WarmParent`): an
+/// image loaded and paused at its fork point on one NUMA node of a host,
 /// charged to the pool that keeps it.
-public struct WarmParent: Equatable, Sendable, Codable {
+public struct WarmParentSite: Equatable, Sendable, Codable {
     public var host: String
     public var image: String
     public var node: Int

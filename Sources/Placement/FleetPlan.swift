@@ -6,13 +6,13 @@ import WorkloadProfiles
 /// administrator makes, so a simulated fleet exercises the real code path.
 public struct FleetPlan: Sendable {
     public var hosts: [HostSpec] = []
-    public var images: [ImageSpec] = []
+    public var images: [ImageCost] = []
     public var pools: [PoolSpec] = []
-    public var warmParents: [WarmParent] = []
+    public var warmParents: [WarmParentSite] = []
 
     public init(profile: WorkloadProfile) {
         images = profile.images.map {
-            ImageSpec(name: $0.name, parentMemoryKiB: $0.parentMemoryMiB * 1024, growthPerChildKiB: $0.growthPerChildKiB, cpuMHzPerChild: $0.cpuMHzPerChild)
+            ImageCost(name: $0.name, parentMemoryKiB: $0.parentMemoryMiB * 1024, growthPerChildKiB: $0.growthPerChildKiB, cpuMHzPerChild: $0.cpuMHzPerChild)
         }
         let imageByName = Dictionary(profile.images.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         for group in profile.fleet.hostGroups where group.count > 0 {
@@ -28,7 +28,7 @@ public struct FleetPlan: Sendable {
                                       nodes: nodes, simulated: profile.fleet.simulated))
                 for (k, imageName) in group.warmImages.enumerated() {
                     guard let image = imageByName[imageName] else { continue }
-                    warmParents.append(WarmParent(host: name, image: imageName, node: k % group.numaNodes,
+                    warmParents.append(WarmParentSite(host: name, image: imageName, node: k % group.numaNodes,
                                                   memoryKiB: image.parentMemoryMiB * 1024, pool: image.parentPool ?? PoolTree.rootName))
                 }
             }

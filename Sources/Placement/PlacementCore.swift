@@ -13,7 +13,7 @@ public struct PlacementCore: Sendable {
 
     public private(set) var pools: PoolTree
 
-    private(set) var images: [ImageSpec] = []
+    private(set) var images: [ImageCost] = []
     private(set) var imageIndex: [String: Int] = [:]
 
     private(set) var hosts: [HostSpec] = []
@@ -27,7 +27,7 @@ public struct PlacementCore: Sendable {
     /// Images with a warm parent on each node (a handful per node).
     private(set) var warmImagesOnNode: [[Int]] = []
     /// The warm parents, in the order they were added.
-    public private(set) var warmParents: [WarmParent] = []
+    public private(set) var warmParents: [WarmParentSite] = []
     /// The node holding each host's warm parent of each image, or -1: row `host`, column
     /// `image`, `imageColumns` wide (widened when images outgrow it).
     private var warmNodeTable: [Int8] = []
@@ -82,7 +82,7 @@ public struct PlacementCore: Sendable {
 
     // MARK: Images
 
-    public mutating func addImage(_ spec: ImageSpec) throws(PlacementError) {
+    public mutating func addImage(_ spec: ImageCost) throws(PlacementError) {
         try spec.validate()
         guard imageIndex[spec.name] == nil else { throw .duplicateName(kind: "image", name: spec.name) }
         imageIndex[spec.name] = images.count
@@ -109,7 +109,7 @@ public struct PlacementCore: Sendable {
         images[i] = spec
     }
 
-    public func image(_ name: String) throws(PlacementError) -> ImageSpec { images[try index(ofImage: name)] }
+    public func image(_ name: String) throws(PlacementError) -> ImageCost { images[try index(ofImage: name)] }
 
     func index(ofImage name: String) throws(PlacementError) -> Int {
         guard let i = imageIndex[name] else { throw .unknownImage(name) }
@@ -173,9 +173,9 @@ public struct PlacementCore: Sendable {
 
     /// Puts a warm parent of an image on a host's node, charging its memory to the node and
     /// to the pool that keeps it. One read back from the store is not admitted again.
-    public mutating func addWarmParent(_ parent: WarmParent) throws(PlacementError) { try addWarmParent(parent, admit: true) }
+    public mutating func addWarmParent(_ parent: WarmParentSite) throws(PlacementError) { try addWarmParent(parent, admit: true) }
 
-    mutating func addWarmParent(_ parent: WarmParent, admit: Bool) throws(PlacementError) {
+    mutating func addWarmParent(_ parent: WarmParentSite, admit: Bool) throws(PlacementError) {
         let h = try index(ofHost: parent.host)
         let i = try index(ofImage: parent.image)
         let p = try pools.index(of: parent.pool)

@@ -63,7 +63,7 @@ public final class PlacementService: Sendable {
         try change({ core in try core.updatePool(spec) }, rows: { core, _ in Self.poolRows(core, [spec.name]) })
     }
 
-    public func addImage(_ spec: ImageSpec) throws {
+    public func addImage(_ spec: ImageCost) throws {
         try change({ core in try core.addImage(spec) }, rows: { core, _ in Self.imageRows(core, [spec.name]) })
     }
 
@@ -74,7 +74,7 @@ public final class PlacementService: Sendable {
     }
 
     /// Registers a host together with the warm parents it already holds.
-    public func addHost(_ spec: HostSpec, warmParents: [WarmParent] = []) throws {
+    public func addHost(_ spec: HostSpec, warmParents: [WarmParentSite] = []) throws {
         try change({ core in
             try core.addHost(spec)
             for parent in warmParents { try core.addWarmParent(parent) }
@@ -87,7 +87,7 @@ public final class PlacementService: Sendable {
         })
     }
 
-    public func addWarmParent(_ parent: WarmParent) throws {
+    public func addWarmParent(_ parent: WarmParentSite) throws {
         try change({ core in try core.addWarmParent(parent) }, rows: { core, _ in
             var rows = StateChanges()
             rows.warmParents = Self.warmParentRows(core, last: 1)

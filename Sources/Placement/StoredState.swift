@@ -16,7 +16,7 @@ extension PoolSpec {
     }
 }
 
-extension ImageSpec {
+extension ImageCost {
     func row(position: Int) -> ImageRow {
         ImageRow(name: name, position: position, parentMemoryKiB: parentMemoryKiB, growthPerChildKiB: growthPerChildKiB, cpuMHzPerChild: cpuMHzPerChild)
     }
@@ -36,7 +36,7 @@ extension HostSpec {
     }
 }
 
-extension WarmParent {
+extension WarmParentSite {
     func row(position: Int) -> WarmParentRow {
         WarmParentRow(host: host, image: image, node: node, memoryKiB: memoryKiB, pool: pool, position: position)
     }
@@ -70,7 +70,7 @@ extension PlacementCore {
             try addHost(HostSpec(name: row.name, cpuCores: row.cpuCores, cpuMHzPerCore: row.cpuMHzPerCore, nodes: nodes,
                                  simulated: row.simulated, healthy: row.healthy))
         }
-        for row in snapshot.images { try addImage(ImageSpec(row)) }
+        for row in snapshot.images { try addImage(ImageCost(row)) }
         var pending = snapshot.pools
         while !pending.isEmpty {
             let ready = pending.filter { pools.indexByName[$0.parent] != nil }
@@ -79,7 +79,7 @@ extension PlacementCore {
             pending.removeAll { pools.indexByName[$0.name] != nil }
         }
         for row in snapshot.warmParents {
-            try addWarmParent(WarmParent(host: row.host, image: row.image, node: row.node, memoryKiB: row.memoryKiB, pool: row.pool), admit: false)
+            try addWarmParent(WarmParentSite(host: row.host, image: row.image, node: row.node, memoryKiB: row.memoryKiB, pool: row.pool), admit: false)
         }
         for row in snapshot.placements { try restore(Placement(row)) }
         nextPlacementID = Swift.max(nextPlacementID, snapshot.nextPlacementID)

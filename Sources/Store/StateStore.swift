@@ -35,7 +35,7 @@ public struct StateChanges: Sendable {
 /// migrations when the store opens.
 public final class StateStore: Sendable {
     public let path: String
-    private let database: DatabasePool
+    let database: DatabasePool
     /// Held for the store's lifetime: one process at a time places from a folder.
     private let lock: FolderLock
 
@@ -130,6 +130,7 @@ public final class StateStore: Sendable {
             }
             try db.execute(sql: "INSERT INTO counter (name, value) VALUES ('nextPlacementID', 1)")
         }
+        registerEngineMigration(&migrator)
         return migrator
     }
 

@@ -29,10 +29,10 @@ struct HostCommand: ParsableCommand {
         @Option(help: "The pool that keeps (and pays for) these warm parents.")
         var warmPool = PoolTree.rootName
 
-        func parents(host: String, service: PlacementService) throws -> [WarmParent] {
+        func parents(host: String, service: PlacementService) throws -> [WarmParentSite] {
             try warm.map { spec in
                 let image = try service.read { core in try core.image(spec.image) }
-                return WarmParent(host: host, image: spec.image, node: spec.node, memoryKiB: image.parentMemoryKiB, pool: warmPool)
+                return WarmParentSite(host: host, image: spec.image, node: spec.node, memoryKiB: image.parentMemoryKiB, pool: warmPool)
             }
         }
     }

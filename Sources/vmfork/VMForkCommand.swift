@@ -11,6 +11,7 @@ struct VMForkCommand: AsyncParsableCommand {
             DoctorCommand.self, RunCommand.self, ForkCommand.self, DiskCommand.self,
             PoolCommand.self, HostCommand.self, ImageCommand.self, FleetCommand.self,
             PlaceCommand.self, CommitCommand.self, ReleaseCommand.self, CapacityCommand.self,
+            ServeCommand.self, ContainerCommand.self, ParentCommand.self, EventsCommand.self,
         ]
     )
 }

@@ -21,7 +21,7 @@ final class ForkTests {
     }
 
     func busyboxParent(_ kind: ForkPoint.Kind = .entry, arguments: [String]? = nil, poolSize: Int = 4) throws -> WarmParent {
-        try WarmParent(system: system, image: ImageSpec(name: "busybox", rootfs: root.path, executable: "/bin/busybox",
+        try WarmParent(system: system, image: ParentSpec(name: "busybox", rootfs: root.path, executable: "/bin/busybox",
                                                          arguments: arguments, environment: ["PATH=/bin"], forkPoint: kind),
                        poolSize: poolSize)
     }
@@ -87,7 +87,7 @@ final class ForkTests {
         // /prog prints its 16 AT_RANDOM bytes.
         let tiny = try HostFacts.makeTemporaryFolder("random")
         try Data(TinyELF.build(code: TinyELF.printAuxiliaryRandom)).write(to: tiny.appendingPathComponent("prog"))
-        let parent = try WarmParent(system: system, image: ImageSpec(name: "random", rootfs: tiny.path, executable: "/prog"), poolSize: 4)
+        let parent = try WarmParent(system: system, image: ParentSpec(name: "random", rootfs: tiny.path, executable: "/prog"), poolSize: 4)
         var seen = Set<String>()
         for _ in 0..<1000 {
             let streams = try CapturedStreams()
@@ -107,7 +107,7 @@ final class ForkTests {
         let tiny = try HostFacts.makeTemporaryFolder("reuse")
         defer { try? FileManager.default.removeItem(at: tiny) }
         try Data(TinyELF.build(code: TinyELF.mapOrProbe)).write(to: tiny.appendingPathComponent("prog"))
-        let parent = try WarmParent(system: system, image: ImageSpec(name: "reuse", rootfs: tiny.path, executable: "/prog"), poolSize: 2)
+        let parent = try WarmParent(system: system, image: ParentSpec(name: "reuse", rootfs: tiny.path, executable: "/prog"), poolSize: 2)
         let streams = try CapturedStreams()
         var readersInReusedVMs = 0
         for _ in 0..<10 {

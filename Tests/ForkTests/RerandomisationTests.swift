@@ -197,7 +197,7 @@ final class RerandomisationTests {
     @Test func siblingsForkedFromAWarmParentsPoolDiffer() throws {
         let root = try GlibcGuest.rootfs(Self.secretsProgram, name: "secrets", flags: ["-O2", "-fstack-protector-all"])
         defer { try? FileManager.default.removeItem(at: root) }
-        let parent = try WarmParent(system: system, image: ImageSpec(name: "secrets", rootfs: root.path, executable: "/prog",
+        let parent = try WarmParent(system: system, image: ParentSpec(name: "secrets", rootfs: root.path, executable: "/prog",
                                                                      forkPoint: .firstStandardInputRead), poolSize: 2)
         var children: [Secrets] = []
         var reused = 0

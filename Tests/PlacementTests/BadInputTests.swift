@@ -36,7 +36,7 @@ import Testing
         ("negative growth", { core throws(PlacementError) in try core.setGrowth(image: "nginx", growthPerChildKiB: -1) }, "image nginx: growthPerChildKiB -1 is negative"),
         ("unknown host", { core throws(PlacementError) in try core.setHealth(host: "host-9", healthy: false) }, "unknown host host-9"),
         ("missing NUMA node", { core throws(PlacementError) in
-            try core.addWarmParent(WarmParent(host: "host-1", image: "nginx", node: 3, memoryKiB: 1))
+            try core.addWarmParent(WarmParentSite(host: "host-1", image: "nginx", node: 3, memoryKiB: 1))
         }, "host host-1 has no NUMA node 3"),
         ("release of nothing", { core throws(PlacementError) in try core.release(999) }, "unknown placement 999"),
     ]

@@ -5,8 +5,8 @@ enum Fixture {
     static let gib = 1 << 20
 
     /// One image whose forks cost exactly 1 GiB and no CPU, so counts of forks are GiB.
-    static let gigabyteImage = ImageSpec(name: "big", parentMemoryKiB: 512 * 1024, growthPerChildKiB: 1 << 20, cpuMHzPerChild: 0)
-    static let nginx = ImageSpec(name: "nginx", parentMemoryKiB: 64 * 1024, growthPerChildKiB: 256, cpuMHzPerChild: 100)
+    static let gigabyteImage = ImageCost(name: "big", parentMemoryKiB: 512 * 1024, growthPerChildKiB: 1 << 20, cpuMHzPerChild: 0)
+    static let nginx = ImageCost(name: "nginx", parentMemoryKiB: 64 * 1024, growthPerChildKiB: 256, cpuMHzPerChild: 100)
 
     static func host(_ name: String, gib memory: Int, nodes: Int = 1, cores: Int = 64, healthy: Bool = true) -> HostSpec {
         HostSpec(name: name, cpuCores: cores, cpuMHzPerCore: 2000,
@@ -20,8 +20,8 @@ enum Fixture {
         try core.addHost(host("host-1", gib: memory + 1))
         try core.addImage(gigabyteImage)
         try core.addImage(nginx)
-        try core.addWarmParent(WarmParent(host: "host-1", image: "big", node: 0, memoryKiB: gigabyteImage.parentMemoryKiB))
-        try core.addWarmParent(WarmParent(host: "host-1", image: "nginx", node: 0, memoryKiB: nginx.parentMemoryKiB))
+        try core.addWarmParent(WarmParentSite(host: "host-1", image: "big", node: 0, memoryKiB: gigabyteImage.parentMemoryKiB))
+        try core.addWarmParent(WarmParentSite(host: "host-1", image: "nginx", node: 0, memoryKiB: nginx.parentMemoryKiB))
         return core
     }
 

@@ -15,8 +15,8 @@ import Testing
         try core.addHost(Fixture.host("host-3", gib: 16, nodes: 2))
         try core.addImage(Fixture.nginx)
         try core.addPool(PoolSpec(name: "prod", reservation: Resources(memoryKiB: 32 * gib, cpuMHz: 10_000), expandable: true, policy: policy))
-        try core.addWarmParent(WarmParent(host: "host-1", image: "nginx", node: 0, memoryKiB: Fixture.nginx.parentMemoryKiB, pool: "prod"))
-        try core.addWarmParent(WarmParent(host: "host-3", image: "nginx", node: 1, memoryKiB: Fixture.nginx.parentMemoryKiB, pool: "prod"))
+        try core.addWarmParent(WarmParentSite(host: "host-1", image: "nginx", node: 0, memoryKiB: Fixture.nginx.parentMemoryKiB, pool: "prod"))
+        try core.addWarmParent(WarmParentSite(host: "host-3", image: "nginx", node: 1, memoryKiB: Fixture.nginx.parentMemoryKiB, pool: "prod"))
         return core
     }
 
@@ -55,9 +55,9 @@ import Testing
     @Test func forkStaysOnTheParentsNodeEvenWhenAnotherNodeHasRoom() throws {
         var core = PlacementCore()
         try core.addHost(Fixture.host("host-1", gib: 2, nodes: 2))
-        let image = ImageSpec(name: "fat", parentMemoryKiB: 0, growthPerChildKiB: 256 * 1024, cpuMHzPerChild: 0)
+        let image = ImageCost(name: "fat", parentMemoryKiB: 0, growthPerChildKiB: 256 * 1024, cpuMHzPerChild: 0)
         try core.addImage(image)
-        try core.addWarmParent(WarmParent(host: "host-1", image: "fat", node: 1, memoryKiB: 0))
+        try core.addWarmParent(WarmParentSite(host: "host-1", image: "fat", node: 1, memoryKiB: 0))
         try core.addPool(PoolSpec(name: "p"))
         for _ in 0..<4 { #expect(try core.reserve(pool: "p", image: "fat", allowColdStart: false).node == 1) }
         // Node 1 (1 GiB) is full; node 0 is empty but holds no parent to share pages with.
@@ -75,7 +75,7 @@ import Testing
             }
             try core.addImage(Fixture.nginx)
             try core.addPool(PoolSpec(name: "p"))
-            for n in 1...5 { try core.addWarmParent(WarmParent(host: "host-\(n)", image: "nginx", node: 0, memoryKiB: 1024)) }
+            for n in 1...5 { try core.addWarmParent(WarmParentSite(host: "host-\(n)", image: "nginx", node: 0, memoryKiB: 1024)) }
             return core
         }
         var first = try build()
@@ -92,8 +92,8 @@ import Testing
         try core.addHost(Fixture.host("host-1", gib: 4))
         try core.addPool(PoolSpec(name: "p"))
         for n in 0..<20 {
-            try core.addImage(ImageSpec(name: "image-\(n)", parentMemoryKiB: 1024, growthPerChildKiB: 64, cpuMHzPerChild: 1))
-            if n % 3 == 0 { try core.addWarmParent(WarmParent(host: "host-1", image: "image-\(n)", node: 0, memoryKiB: 1024)) }
+            try core.addImage(ImageCost(name: "image-\(n)", parentMemoryKiB: 1024, growthPerChildKiB: 64, cpuMHzPerChild: 1))
+            if n % 3 == 0 { try core.addWarmParent(WarmParentSite(host: "host-1", image: "image-\(n)", node: 0, memoryKiB: 1024)) }
         }
         for n in 0..<20 {
             #expect(try core.reserve(pool: "p", image: "image-\(n)").start == (n % 3 == 0 ? .warm : .cold))
@@ -125,14 +125,14 @@ import Testing
         func build(_ selection: PlacementCore.Selection) throws -> PlacementCore {
             var core = PlacementCore(selection: selection)
             var seed = SplitMix64(seed: 7)
-            let images = [Fixture.nginx, ImageSpec(name: "redis", parentMemoryKiB: 32 * 1024, growthPerChildKiB: 96 * 1024, cpuMHzPerChild: 400)]
+            let images = [Fixture.nginx, ImageCost(name: "redis", parentMemoryKiB: 32 * 1024, growthPerChildKiB: 96 * 1024, cpuMHzPerChild: 400)]
             for image in images { try core.addImage(image) }
             try core.addPool(PoolSpec(name: "p", policy: policy))
             for h in 0..<120 {
                 let nodes = 1 + Int(seed.next() % 2)
                 try core.addHost(Fixture.host("host-\(h)", gib: 1 + Int(seed.next() % 3), nodes: nodes, cores: 1 + Int(seed.next() % 4)))
                 for image in images where seed.next() % 3 != 0 {
-                    try core.addWarmParent(WarmParent(host: "host-\(h)", image: image.name, node: Int(seed.next() % UInt64(nodes)), memoryKiB: image.parentMemoryKiB))
+                    try core.addWarmParent(WarmParentSite(host: "host-\(h)", image: image.name, node: Int(seed.next() % UInt64(nodes)), memoryKiB: image.parentMemoryKiB))
                 }
             }
             return core

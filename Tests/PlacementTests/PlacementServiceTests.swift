@@ -192,8 +192,8 @@ import WorkloadProfiles
             // The second warm parent is refused after the host was added: the host must go too.
             ("already exists", {
                 try service.addHost(Fixture.host("h-new", gib: 1), warmParents: [
-                    WarmParent(host: "h-new", image: "web", node: 0, memoryKiB: 1024),
-                    WarmParent(host: "h-new", image: "web", node: 0, memoryKiB: 1024),
+                    WarmParentSite(host: "h-new", image: "web", node: 0, memoryKiB: 1024),
+                    WarmParentSite(host: "h-new", image: "web", node: 0, memoryKiB: 1024),
                 ])
             }),
             ("pool dev already exists", { try service.load(FleetPlan(profile: try WorkloadProfile.load(path: Self.smallProfile))) }),

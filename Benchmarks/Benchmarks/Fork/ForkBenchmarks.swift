@@ -100,10 +100,10 @@ final class ForkFixture: @unchecked Sendable {
         try! Data(TinyELF.build(code: TinyELF.exit(0))).write(to: URL(fileURLWithPath: exitPath))
         chmod(exitPath, 0o755)
         rootfs = root.path
-        echoParent = try! WarmParent(system: system, image: ImageSpec(name: "busybox", rootfs: rootfs, executable: "/bin/busybox"), poolSize: 16)
-        exitPathEchoParent = try! WarmParent(system: system, image: ImageSpec(name: "busybox-exits", rootfs: rootfs, executable: "/bin/busybox",
+        echoParent = try! WarmParent(system: system, image: ParentSpec(name: "busybox", rootfs: rootfs, executable: "/bin/busybox"), poolSize: 16)
+        exitPathEchoParent = try! WarmParent(system: system, image: ParentSpec(name: "busybox-exits", rootfs: rootfs, executable: "/bin/busybox",
                                                                            pollsSystemCalls: false), poolSize: 16)
-        exitParent = try! WarmParent(system: system, image: ImageSpec(name: "exit0", rootfs: rootfs, executable: "/exit0"), poolSize: 16)
+        exitParent = try! WarmParent(system: system, image: ParentSpec(name: "exit0", rootfs: rootfs, executable: "/exit0"), poolSize: 16)
         echoParent.waitUntilPoolIsFull()
         exitPathEchoParent.waitUntilPoolIsFull()
         exitParent.waitUntilPoolIsFull()

@@ -1,0 +1,287 @@
+import Foundation
+import Synchronization
+
+/// A small HTTP/1.1 client of the daemon over its Unix socket (or TCP with a token), for the
+/// command-line tool, the tests and the benchmarks. Requests run on the calling thread with
+/// blocking sockets; idle connections are kept for the next request. The async variants run
+/// them on a queue of their own, off the cooperative pool.
+public final class AgentClient: Sendable {
+    public enum Endpoint: Sendable {
+        case unixSocket(String)
+        case tcp(host: String, port: Int, token: String?)
+    }
+
+    public struct Response: Sendable {
+        public let status: Int
+        public let headers: [String: String]
+        public let body: Data
+
+        public var text: String { String(decoding: body, as: UTF8.self) }
+
+        public func decode<T: Decodable>(_ type: T.Type) throws -> T { try JSONDecoder().decode(T.self, from: body) }
+
+        /// The error's message when the daemon refused (its JSON body), else the body's text.
+        public var errorMessage: String {
+            if let object = try? JSONSerialization.jsonObject(with: body) as? [String: Any], let message = object["message"] as? String {
+                return message
+            }
+            return text
+        }
+    }
+
+    public struct ClientError: Error, CustomStringConvertible {
+        public let description: String
+        public init(description: String) { self.description = description }
+    }
+
+    public let endpoint: Endpoint
+    private let idle = Mutex<[Int32]>([])
+    private let queue = DispatchQueue(label: "vmfork.agent-client", attributes: .concurrent)
+
+    public init(endpoint: Endpoint) {
+        self.endpoint = endpoint
+    }
+
+    public convenience init(socketPath: String) {
+        self.init(endpoint: .unixSocket(socketPath))
+    }
+
+    deinit {
+        for fd in idle.withLock({ $0 }) { close(fd) }
+    }
+
+    // MARK: Requests
+
+    /// Sends one request and reads the whole response.
+    public func send(_ method: String, _ path: String, body: Data? = nil, contentType: String = "application/json") throws -> Response {
+        // A kept connection the daemon closed meanwhile fails before any answer: retry once on a new one.
+        if let fd = idle.withLock({ $0.popLast() }) {
+            if let response = try? exchange(fd, method, path, body: body, contentType: contentType) { return response }
+            close(fd)
+        }
+        return try exchange(try connect(), method, path, body: body, contentType: contentType)
+    }
+
+    public func send(_ method: String, _ path: String, body: Data? = nil, contentType: String = "application/json") async throws -> Response {
+        try await withCheckedThrowingContinuation { continuation in
+            queue.async { continuation.resume(with: Result { try self.send(method, path, body: body, contentType: contentType) }) }
+        }
+    }
+
+    /// Sends `value` as JSON.
+    public func send<T: Encodable>(_ method: String, _ path: String, json value: T) throws -> Response {
+        try send(method, path, body: try JSONEncoder().encode(value))
+    }
+
+    public func send<T: Encodable & Sendable>(_ method: String, _ path: String, json value: T) async throws -> Response {
+        try await send(method, path, body: try JSONEncoder().encode(value))
+    }
+
+    /// Sends a request whose response streams (logs or events with follow): `onChunk` gets
+    /// each piece of the body as it arrives and returns false to stop. Returns the status.
+    @discardableResult
+    public func stream(_ method: String, _ path: String, onChunk: (Data) -> Bool) throws -> Int {
+        let fd = try connect()
+        defer { close(fd) }
+        try writeRequest(fd, method, path, body: nil, contentType: "application/json", keepAlive: false)
+        var reader = Reader(fd: fd)
+        let (status, headers) = try reader.readHead()
+        if headers["transfer-encoding"]?.lowercased() == "chunked" {
+            while let chunk = try reader.readChunk() {
+                if !onChunk(chunk) { break }
+            }
+        } else if let length = headers["content-length"].flatMap(Int.init) {
+            _ = onChunk(try reader.read(exactly: length))
+        } else {
+            while let piece = try reader.readSome() {
+                if !onChunk(piece) { break }
+            }
+        }
+        return status
+    }
+
+    // MARK: Wire
+
+    private func exchange(_ fd: Int32, _ method: String, _ path: String, body: Data?, contentType: String) throws -> Response {
+        try writeRequest(fd, method, path, body: body, contentType: contentType, keepAlive: true)
+        var reader = Reader(fd: fd)
+        let (status, headers) = try reader.readHead()
+        var data = Data()
+        var reusable = headers["connection"]?.lowercased() != "close"
+        if headers["transfer-encoding"]?.lowercased() == "chunked" {
+            while let chunk = try reader.readChunk() { data.append(chunk) }
+        } else if let length = headers["content-length"].flatMap(Int.init) {
+            data = try reader.read(exactly: length)
+        } else if status == 204 || status == 304 {
+            data = Data()
+        } else {
+            while let piece = try reader.readSome() { data.append(piece) }
+            reusable = false
+        }
+        if reusable && reader.isDrained { idle.withLock { $0.append(fd) } } else { close(fd) }
+        return Response(status: status, headers: headers, body: data)
+    }
+
+    private func writeRequest(_ fd: Int32, _ method: String, _ path: String, body: Data?, contentType: String, keepAlive: Bool) throws {
+        var head = "\(method) \(path) HTTP/1.1\r\nHost: vmfork\r\n"
+        if case .tcp(_, _, let token?) = endpoint { head += "Authorization: Bearer \(token)\r\n" }
+        if let body {
+            head += "Content-Type: \(contentType)\r\nContent-Length: \(body.count)\r\n"
+        } else if method == "POST" || method == "PUT" {
+            head += "Content-Length: 0\r\n"
+        }
+        head += keepAlive ? "\r\n" : "Connection: close\r\n\r\n"
+        var bytes = Data(head.utf8)
+        if let body { bytes.append(body) }
+        // unsafe: the raw view lives only inside the closure, and send reads within its bounds.
+        try bytes.withUnsafeBytes { raw in
+            var offset = 0
+            while offset < raw.count {
+                let written = Glibc.send(fd, raw.baseAddress! + offset, raw.count - offset, Int32(MSG_NOSIGNAL))
+                if written < 0 {
+                    if errno == EINTR { continue }
+                    throw ClientError(description: "send to the daemon failed: \(String(cString: strerror(errno)))")
+                }
+                offset += written
+            }
+        }
+    }
+
+    private func connect() throws -> Int32 {
+        switch endpoint {
+        case .unixSocket(let path):
+            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            guard fd >= 0 else { throw ClientError(description: "socket: \(String(cString: strerror(errno)))") }
+            var address = sockaddr_un()
+            address.sun_family = sa_family_t(AF_UNIX)
+            let bytes = Array(path.utf8)
+            guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+                close(fd)
+                throw ClientError(description: "socket path \(path) is too long")
+            }
+            // unsafe: the path is shorter than sun_path (checked above), so the copy and its NUL fit.
+            withUnsafeMutableBytes(of: &address.sun_path) { raw in
+                raw.copyBytes(from: bytes)
+                raw[bytes.count] = 0
+            }
+            // unsafe: sockaddr_un begins with the sockaddr header, and connect reads the length given.
+            let result = withUnsafePointer(to: &address) { pointer in
+                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+            guard result == 0 else {
+                let reason = String(cString: strerror(errno))
+                close(fd)
+                throw ClientError(description: "cannot reach the vmfork daemon at \(path): \(reason) (start it with vmfork serve)")
+            }
+            return fd
+        case .tcp(let host, let port, _):
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            guard fd >= 0 else { throw ClientError(description: "socket: \(String(cString: strerror(errno)))") }
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = in_port_t(UInt16(port).bigEndian)
+            guard inet_pton(AF_INET, host, &address.sin_addr) == 1 else {
+                close(fd)
+                throw ClientError(description: "\(host) is not an IPv4 address")
+            }
+            // unsafe: sockaddr_in begins with the sockaddr header, and connect reads the length given.
+            let result = withUnsafePointer(to: &address) { pointer in
+                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            guard result == 0 else {
+                let reason = String(cString: strerror(errno))
+                close(fd)
+                throw ClientError(description: "cannot reach the vmfork daemon at \(host):\(port): \(reason)")
+            }
+            return fd
+        }
+    }
+}
+
+/// Reads an HTTP/1.1 response from a blocking socket.
+private struct Reader {
+    let fd: Int32
+    private var buffer: [UInt8] = []
+    private var start = 0
+
+    init(fd: Int32) { self.fd = fd }
+
+    var isDrained: Bool { start == buffer.count }
+
+    /// Reads more bytes into the buffer; false at end of stream.
+    private mutating func fill() throws -> Bool {
+        if start > 0 && start == buffer.count {
+            buffer.removeAll(keepingCapacity: true)
+            start = 0
+        }
+        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+        while true {
+            let count = recv(fd, &chunk, chunk.count, 0)
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw AgentClient.ClientError(description: "reading from the daemon failed: \(String(cString: strerror(errno)))")
+            }
+            if count == 0 { return false }
+            buffer.append(contentsOf: chunk[0..<count])
+            return true
+        }
+    }
+
+    private mutating func line() throws -> String {
+        while true {
+            if let end = buffer[start...].firstIndex(of: 0x0A) {
+                var bytes = buffer[start..<end]
+                if bytes.last == 0x0D { bytes = bytes.dropLast() }
+                start = end + 1
+                return String(decoding: bytes, as: UTF8.self)
+            }
+            guard try fill() else { throw AgentClient.ClientError(description: "the daemon closed the connection mid-response") }
+        }
+    }
+
+    mutating func readHead() throws -> (Int, [String: String]) {
+        let statusLine = try line()
+        let parts = statusLine.split(separator: " ", maxSplits: 2)
+        guard parts.count >= 2, parts[0].hasPrefix("HTTP/1."), let status = Int(parts[1]) else {
+            throw AgentClient.ClientError(description: "not an HTTP response: \(statusLine)")
+        }
+        var headers: [String: String] = [:]
+        while true {
+            let header = try line()
+            if header.isEmpty { break }
+            if let colon = header.firstIndex(of: ":") {
+                headers[header[..<colon].lowercased()] = header[header.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+            }
+        }
+        return (status, headers)
+    }
+
+    mutating func read(exactly count: Int) throws -> Data {
+        while buffer.count - start < count {
+            guard try fill() else { throw AgentClient.ClientError(description: "the daemon closed the connection mid-body") }
+        }
+        defer { start += count }
+        return Data(buffer[start..<start + count])
+    }
+
+    /// The next chunk of a chunked body; nil after the last.
+    mutating func readChunk() throws -> Data? {
+        let sizeLine = try line()
+        guard let size = Int(sizeLine.split(separator: ";")[0].trimmingCharacters(in: .whitespaces), radix: 16) else {
+            throw AgentClient.ClientError(description: "bad chunk size \(sizeLine)")
+        }
+        if size == 0 {
+            while try !line().isEmpty {}
+            return nil
+        }
+        let data = try read(exactly: size)
+        _ = try line()
+        return data
+    }
+
+    mutating func readSome() throws -> Data? {
+        if start == buffer.count, try !fill() { return nil }
+        defer { start = buffer.count }
+        return Data(buffer[start...])
+    }
+}

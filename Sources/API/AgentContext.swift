@@ -1,0 +1,53 @@
+import Foundation
+import Hummingbird
+import Logging
+import NIOCore
+
+/// Per-request state: the connection (for the caller's credentials on the Unix socket) and
+/// who the caller is, as the event log records it.
+struct AgentContext: RequestContext {
+    var coreContext: CoreRequestContextStorage
+    let channel: any Channel
+    /// "uid:N" on the Unix socket, "token:NAME" on TCP.
+    var actor = "unknown"
+
+    init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        channel = source.channel
+    }
+
+    var maxUploadSize: Int { AgentLimits.maxBodyBytes }
+}
+
+enum AgentLimits {
+    /// Request bodies above this get 413.
+    static let maxBodyBytes = 1 << 20
+    /// Requests in flight at once above this get 429.
+    static let maxRequestsInFlight = 512
+    /// Connections held at once; the server stops accepting above it until one closes.
+    static let maxConnections = 1024
+    /// A connection idle this long (a stalled client) is closed.
+    static let idleTimeout = TimeAmount.seconds(30)
+}
+
+/// struct ucred of <sys/socket.h> (not imported by Glibc without _GNU_SOURCE): three 32-bit
+/// fields, laid out in declaration order with no padding (checked below).
+struct PeerCredentials: Sendable {
+    var pid: Int32 = 0
+    var uid: UInt32 = 0
+    var gid: UInt32 = 0
+}
+
+/// SO_PEERCRED on Linux (asm-generic/socket.h).
+private let peerCredentialsOption: Int32 = 17
+
+/// Who is on the other end of a Unix socket connection, by the kernel's word (SO_PEERCRED).
+func peerCredentials(of channel: any Channel) async -> PeerCredentials? {
+    precondition(MemoryLayout<PeerCredentials>.size == 12, "PeerCredentials must mirror struct ucred")
+    guard let provider = channel as? any SocketOptionProvider else { return nil }
+    // unsafe: the value type must match the option's C type; PeerCredentials mirrors struct
+    // ucred field for field (12 bytes, asserted above), which is what SO_PEERCRED returns.
+    let future: EventLoopFuture<PeerCredentials> = provider.unsafeGetSocketOption(
+        level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(peerCredentialsOption))
+    return try? await future.get()
+}

@@ -1,0 +1,153 @@
+import Engine
+import Foundation
+import Hummingbird
+import HummingbirdCore
+import Logging
+import NIOCore
+import Prometheus
+import ServiceLifecycle
+
+/// `vmfork serve`: the engine behind the HTTP API, on the state folder's Unix socket (mode
+/// 0600) and, when asked, on a TCP address where every request needs the bearer token.
+///
+/// SIGTERM or SIGINT: the engine refuses new work and stops the running containers (SIGTERM
+/// to each program, power off after the grace period), then the listeners stop accepting and
+/// finish the requests in flight, then the engine's shutdown completes (VMs released, state
+/// flushed), the socket file goes, and `run` returns (the command exits 0). See `Engine` for
+/// the engine's own order.
+public struct AgentDaemon: Sendable {
+    public struct Options: Sendable {
+        public var stateFolder: URL
+        /// "127.0.0.1:PORT" (or any host:port) to listen on TCP too.
+        public var listen: String?
+        public var stopGrace: Duration
+        /// When idle pools shrink and idle parents are evicted.
+        public var memoryPressure: MemoryPressurePolicy
+
+        public init(stateFolder: URL, listen: String? = nil, stopGrace: Duration = .seconds(10),
+                    memoryPressure: MemoryPressurePolicy = MemoryPressurePolicy()) {
+            self.stateFolder = stateFolder
+            self.listen = listen
+            self.stopGrace = stopGrace
+            self.memoryPressure = memoryPressure
+        }
+    }
+
+    public static let socketName = "vmfork.sock"
+    let options: Options
+    let logger: Logger
+
+    public init(options: Options, logger: Logger) {
+        self.options = options
+        self.logger = logger
+    }
+
+    /// The OpenAPI document this build serves (the repository's Sources/API/openapi.json).
+    public static func openAPIDocument() throws -> Data {
+        guard let url = Bundle.module.url(forResource: "openapi", withExtension: "json") else {
+            throw EngineError(.failed, "openapi.json is missing from the API module's resources")
+        }
+        return try Data(contentsOf: url)
+    }
+
+    /// (METHOD, path) of every operation in the document.
+    public static func documentedOperations(_ document: Data) throws -> Set<String> {
+        guard let root = try JSONSerialization.jsonObject(with: document) as? [String: Any],
+              let paths = root["paths"] as? [String: [String: Any]] else { throw EngineError(.failed, "openapi.json has no paths") }
+        var operations = Set<String>()
+        for (path, item) in paths {
+            for method in item.keys where method != "parameters" { operations.insert("\(method.uppercased()) \(path)") }
+        }
+        return operations
+    }
+
+    /// Runs until SIGTERM or SIGINT; throws when the daemon cannot start (another daemon holds
+    /// the folder, the socket cannot be bound).
+    public func run() async throws {
+        // The daemon owns its process: files it makes are private (token, logs, socket), and a
+        // write to a container's standard input whose reader is gone gets EPIPE, not SIGPIPE.
+        umask(0o077)
+        signal(SIGPIPE, SIG_IGN)
+        let folder = options.stateFolder
+        let registry = PrometheusCollectorRegistry()
+        var factory = PrometheusMetricsFactory(registry: registry)
+        factory.durationHistogramBuckets["vmfork_fork_duration_seconds"] = [5, 10, 15, 20, 30, 50, 100, 200, 500, 1000, 5000, 20000].map { Duration.microseconds($0) }
+        let engine = try Engine(stateFolder: folder, logger: logger, metricsFactory: factory)
+        let tokens = try TokenFile.loadOrCreate(in: folder)
+        let documentData = try Self.openAPIDocument()
+        let documented = try Self.documentedOperations(documentData)
+        let routes = AgentRoutes(engine: engine, registry: registry, document: ByteBuffer(bytes: documentData))
+        let inFlight = InFlightCounter()
+
+        func router(tcp: Bool) throws -> Router<AgentContext> {
+            let router = Router(context: AgentContext.self)
+            // Who calls comes first, so that every refusal after it is recorded under the caller.
+            if tcp {
+                router.add(middleware: BearerTokenMiddleware(tokens: tokens, engine: engine))
+            } else {
+                router.add(middleware: PeerCredentialsMiddleware())
+            }
+            router.add(middleware: ErrorMiddleware(inFlight: inFlight, engine: engine))
+            let recorder = AgentRoutes.Recorder()
+            routes.register(on: router, recorder: recorder)
+            let served = Set(recorder.routes.map { "\($0.method) \($0.path)" })
+            guard served == documented else {
+                throw EngineError(.failed, "the routes differ from openapi.json: served only \(served.subtracting(documented).sorted()), documented only \(documented.subtracting(served).sorted())")
+            }
+            return router
+        }
+
+        let socketPath = folder.appendingPathComponent(Self.socketName).path
+        unlink(socketPath)  // a stale socket of a daemon that died; the engine's lock says none runs now
+        let http = HTTPServerBuilder.http1(configuration: .init(idleTimeout: AgentLimits.idleTimeout))
+        let logger = self.logger
+        var services: [any Service] = []
+        let unixApp = Application(
+            router: try router(tcp: false), server: http,
+            configuration: ApplicationConfiguration(address: .unixDomainSocket(path: socketPath), serverName: "vmfork",
+                                                    availableConnectionsDelegate: MaximumAvailableConnections(AgentLimits.maxConnections)),
+            onServerRunning: { _ in
+                chmod(socketPath, 0o600)
+                logger.info("listening", metadata: ["socket": "\(socketPath)"])
+            },
+            logger: logger)
+        services.append(unixApp)
+        if let listen = options.listen {
+            let parts = listen.split(separator: ":")
+            guard parts.count == 2, let port = Int(parts[1]), (0...65535).contains(port) else {
+                throw EngineError(.invalid, "--listen \(listen) is not HOST:PORT", field: "listen")
+            }
+            let tcpApp = Application(
+                router: try router(tcp: true), server: http,
+                configuration: ApplicationConfiguration(address: .hostname(String(parts[0]), port: port), serverName: "vmfork",
+                                                        availableConnectionsDelegate: MaximumAvailableConnections(AgentLimits.maxConnections)),
+                onServerRunning: { channel in logger.info("listening", metadata: ["tcp": "\(channel.localAddress.map { "\($0)" } ?? listen)"]) },
+                logger: logger)
+            services.append(tcpApp)
+        }
+        // Last in the group, so first to be told to shut down: it stops the containers while
+        // the listeners still answer the requests in flight (waits, followers end with them).
+        services.append(EngineService(engine: engine, grace: options.stopGrace, memoryPressure: options.memoryPressure))
+        let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+        unlink(socketPath)
+        logger.info("daemon stopped")
+    }
+}
+
+/// The engine inside the daemon's service group: warms the recorded parents up at start; on
+/// graceful shutdown runs the engine's shutdown (see `Engine`).
+struct EngineService: Service {
+    let engine: Engine
+    let grace: Duration
+    let memoryPressure: MemoryPressurePolicy
+
+    func run() async throws {
+        let warmUp = Task { await engine.warmUp() }
+        let watcher = Task { [engine, memoryPressure] in await engine.watchMemoryPressure(policy: memoryPressure) }
+        try? await gracefulShutdown()
+        warmUp.cancel()
+        watcher.cancel()
+        await engine.shutdown(grace: grace)
+    }
+}

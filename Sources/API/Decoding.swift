@@ -1,0 +1,192 @@
+import Engine
+import Foundation
+import Hummingbird
+
+/// A JSON request body with the fields it may hold; any other field is refused.
+protocol StrictBody: Decodable {
+    static var fields: Set<String> { get }
+}
+
+extension Request {
+    /// The body as `T`: a JSON object, no unknown or null fields, each of the right type.
+    /// Nothing is changed anywhere before this succeeds.
+    mutating func decodeStrict<T: StrictBody>(_ type: T.Type) async throws -> T {
+        let buffer = try await collectBody(upTo: AgentLimits.maxBodyBytes)
+        let data = Data(buffer.readableBytesView)
+        let object: Any
+        do {
+            object = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])
+        } catch {
+            // The decoder may name the field (a number out of any range, for one).
+            do { _ = try JSONDecoder().decode(T.self, from: data) } catch let error as DecodingError {
+                if case .dataCorrupted(let context) = error, context.codingPath.isEmpty {
+                    throw APIError.invalid("the body is not valid JSON, or holds a number out of any range")
+                }
+                throw APIError(decoding: error)
+            }
+            throw APIError.invalid("the body is not valid JSON, or holds a number out of any range")
+        }
+        guard let fields = object as? [String: Any] else { throw APIError.invalid("the body must be a JSON object") }
+        if let unknown = fields.keys.sorted().first(where: { !T.fields.contains($0) }) {
+            throw APIError.invalid("unknown field \"\(unknown)\" (allowed: \(T.fields.sorted().joined(separator: ", ")))", field: unknown)
+        }
+        if let null = fields.first(where: { $0.value is NSNull })?.key {
+            throw APIError.invalid("field \"\(null)\" is null; leave it out instead", field: null)
+        }
+        do {
+            return try JSONDecoder().decode(T.self, from: data)
+        } catch let error as DecodingError {
+            throw APIError(decoding: error)
+        }
+    }
+
+    /// The query's value of `name` as a boolean ("true"/"false"; also "1"/"0").
+    func bool(_ name: String, default value: Bool) throws -> Bool {
+        guard let text = uri.queryParameters[Substring(name)] else { return value }
+        switch text {
+        case "true", "1": return true
+        case "false", "0": return false
+        default: throw APIError.invalid("query parameter \(name)=\(text) is not true or false", field: name)
+        }
+    }
+
+    func int(_ name: String, in range: ClosedRange<Int>) throws -> Int? {
+        guard let text = uri.queryParameters[Substring(name)] else { return nil }
+        guard let value = Int(text), range.contains(value) else {
+            throw APIError.invalid("query parameter \(name)=\(text) is not an integer in \(range)", field: name)
+        }
+        return value
+    }
+
+    func double(_ name: String, in range: ClosedRange<Double>) throws -> Double? {
+        guard let text = uri.queryParameters[Substring(name)] else { return nil }
+        guard let value = Double(text), value.isFinite, range.contains(value) else {
+            throw APIError.invalid("query parameter \(name)=\(text) is not a number in \(range)", field: name)
+        }
+        return value
+    }
+
+    func string(_ name: String, maxLength: Int = 1024) throws -> String? {
+        guard let text = uri.queryParameters[Substring(name)] else { return nil }
+        guard text.unicodeScalars.count <= maxLength else { throw APIError.invalid("query parameter \(name) is over \(maxLength) bytes", field: name) }
+        return String(text)
+    }
+}
+
+extension APIError {
+    init(decoding error: DecodingError) {
+        func path(_ context: DecodingError.Context) -> String {
+            context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
+        }
+        switch error {
+        case .keyNotFound(let key, let context):
+            let field = (path(context).isEmpty ? "" : path(context) + ".") + key.stringValue
+            self = .invalid("field \"\(field)\" is required", field: field)
+        case .typeMismatch(let type, let context):
+            self = .invalid("field \"\(path(context))\" must be \(Self.typeName(type))", field: path(context))
+        case .valueNotFound(let type, let context):
+            self = .invalid("field \"\(path(context))\" must be \(Self.typeName(type)), not null", field: path(context))
+        case .dataCorrupted(let context):
+            let field = path(context)
+            self = .invalid(field.isEmpty ? "the body is not valid JSON, or holds a number out of any range" : "field \"\(field)\" is out of range or malformed", field: field.isEmpty ? nil : field)
+        @unknown default:
+            self = .invalid("the body does not match the request's schema")
+        }
+    }
+
+    private static func typeName(_ type: Any.Type) -> String {
+        switch type {
+        case is Int.Type, is Int64.Type, is Int32.Type: "an integer"
+        case is Double.Type: "a number"
+        case is Bool.Type: "true or false"
+        case is String.Type: "a string"
+        default: "\(type)".hasPrefix("Array") ? "an array" : "\(type)".hasPrefix("Dictionary") ? "an object" : "a \(type)"
+        }
+    }
+}
+
+// MARK: Request bodies
+
+extension ContainerSpec: StrictBody {
+    static let fields: Set<String> = ["image", "name", "arguments", "environment", "hostname", "memoryMiB", "forkPoint", "labels",
+                                      "openStdin", "stdin", "pool"]
+}
+
+struct ImageRequest: StrictBody {
+    static let fields: Set<String> = ["name", "rootfs", "executable", "arguments", "environment"]
+    var name: String
+    var rootfs: String
+    var executable: String
+    var arguments: [String]?
+    var environment: [String]?
+}
+
+struct ParentRequest: StrictBody {
+    static let fields: Set<String> = ["image", "forkPoint", "memoryMiB", "parents", "readyVMs"]
+    var image: String
+    var forkPoint: ForkPointName?
+    var memoryMiB: Int?
+    var parents: Int?
+    var readyVMs: Int?
+}
+
+struct PoolRequest: StrictBody {
+    static let fields: Set<String> = ["name", "parent", "memoryReservationKiB", "cpuReservationMHz", "memoryLimitKiB", "cpuLimitMHz",
+                                      "shares", "expandable", "policy"]
+    var name: String
+    var parent: String?
+    var memoryReservationKiB: Int?
+    var cpuReservationMHz: Int?
+    var memoryLimitKiB: Int?
+    var cpuLimitMHz: Int?
+    var shares: Int?
+    var expandable: Bool?
+    var policy: String?
+}
+
+struct HostRequest: StrictBody {
+    static let fields: Set<String> = ["name", "cpuCores", "cpuMHzPerCore", "nodeMemoryKiB", "simulated"]
+    var name: String
+    var cpuCores: Int
+    var cpuMHzPerCore: Int?
+    var nodeMemoryKiB: [Int]
+    var simulated: Bool?
+}
+
+struct PlacementImageRequest: StrictBody {
+    static let fields: Set<String> = ["name", "parentMemoryKiB", "growthPerChildKiB", "cpuMHzPerChild"]
+    var name: String
+    var parentMemoryKiB: Int
+    var growthPerChildKiB: Int
+    var cpuMHzPerChild: Int
+}
+
+struct WarmParentSiteRequest: StrictBody {
+    static let fields: Set<String> = ["host", "image", "node", "pool"]
+    var host: String
+    var image: String
+    var node: Int
+    var pool: String?
+}
+
+struct PlaceRequest: StrictBody {
+    static let fields: Set<String> = ["pool", "image", "allowColdStart", "commit"]
+    var pool: String
+    var image: String
+    var allowColdStart: Bool?
+    var commit: Bool?
+}
+
+/// Range checks of the numbers the document bounds (placement arithmetic must never overflow).
+enum Bounds {
+    static let kib = 0...(1 << 40)
+    static let mhz = 0...1_000_000_000
+
+    static func check(_ value: Int?, _ range: ClosedRange<Int>, _ field: String) throws {
+        if let value, !range.contains(value) { throw APIError.invalid("\(field) \(value) is out of range (\(range))", field: field) }
+    }
+
+    static func name(_ value: String, _ field: String) throws {
+        guard !value.isEmpty, value.utf8.count <= 128 else { throw APIError.invalid("\(field) must be 1-128 bytes", field: field) }
+    }
+}

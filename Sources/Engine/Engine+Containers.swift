@@ -1,0 +1,450 @@
+import Fork
+import Foundation
+import Placement
+import ProcessVM
+import Store
+
+extension Engine {
+    // MARK: Create
+
+    /// Forks a container from a warm parent of its image (made at the image's first use), with
+    /// its own arguments, environment, hostname and labels; its standard output and error go
+    /// to files in the state folder. It has not started yet.
+    public func createContainer(_ spec: ContainerSpec, by actor: String) async throws -> ContainerInfo {
+        try await audited("container.create", subject: spec.name ?? "", actor: actor, subjectOf: { $0.id }) {
+            try await create(spec, startNow: false).info
+        }
+    }
+
+    /// Forks the container (and with `startNow` runs it at once on its own thread).
+    private func create(_ spec: ContainerSpec, startNow: Bool) async throws -> ManagedContainer {
+        try ensureAccepting()
+        let image = try image(spec.image)
+        let forkPoint = spec.forkPoint ?? .entry
+        let memoryMiB = spec.memoryMiB ?? ParentPolicy.defaultMemoryMiB
+        guard ParentPolicy.memoryRange.contains(memoryMiB) else {
+            throw EngineError.invalid("memoryMiB", "memoryMiB \(memoryMiB) is out of range (\(ParentPolicy.memoryRange))")
+        }
+        if let arguments = spec.arguments {
+            try Self.validateArguments(arguments, field: "arguments")
+            if forkPoint == .stdin, arguments != image.arguments {
+                throw EngineError.invalid("arguments", "a child of a stdin fork point runs the image's own arguments; it reads its own standard input instead")
+            }
+        }
+        if let environment = spec.environment { try Self.validateEnvironment(environment, field: "environment") }
+        if let hostname = spec.hostname {
+            guard !hostname.isEmpty, hostname.utf8.count <= 64,
+                  hostname.unicodeScalars.allSatisfy({ $0.isASCII && (CharacterSet.alphanumerics.contains($0) || "-.".unicodeScalars.contains($0)) }) else {
+                throw EngineError.invalid("hostname", "hostname \"\(hostname)\" must be 1-64 letters, digits, '-' or '.'")
+            }
+        }
+        if let name = spec.name, !Self.validName(name) {
+            throw EngineError.invalid("name", "container name \"\(name)\" must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        }
+        let labels = spec.labels ?? [:]
+        guard labels.count <= 64, labels.allSatisfy({ !$0.key.isEmpty && $0.key.utf8.count <= 128 && !$0.key.contains("=") && $0.value.utf8.count <= 1024 }) else {
+            throw EngineError.invalid("labels", "labels: at most 64, keys 1-128 bytes without '=', values up to 1024 bytes")
+        }
+        if spec.openStdin == true, spec.stdin != nil {
+            throw EngineError.invalid("stdin", "give either openStdin (attach later) or stdin (all of it now), not both")
+        }
+        if let stdin = spec.stdin, stdin.utf8.count > 1 << 20 { throw EngineError.invalid("stdin", "stdin: over 1 MiB") }
+        if let pool = spec.pool, pool.isEmpty || pool.utf8.count > 128 { throw EngineError.invalid("pool", "pool: 1-128 bytes") }
+
+        let id = UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "")
+        let name = spec.name ?? String(id.prefix(12))
+        let nameTaken = registry.withLock { registry -> Bool in
+            if registry.names[name] != nil { return true }
+            registry.names[name] = id
+            return false
+        }
+        if nameTaken { throw EngineError(.conflict, "container name \(name) is taken", field: "name") }
+        var placementID: Int?
+        do {
+            // Placement first: an unknown or full pool is refused before anything is made.
+            if let pool = spec.pool { placementID = try await place(pool: pool, image: image.name) }
+            let (policy, recordedNow) = try await policy(image: image.name, forkPoint: forkPoint, memoryMiB: memoryMiB)
+            let family: ParentFamily
+            do {
+                family = try await self.family(for: policy)
+            } catch {
+                if recordedNow { try? await forgetPolicy(policy.id) }
+                throw error
+            }
+            let hostname = spec.hostname ?? name
+            let environment = spec.environment ?? image.environment
+            let arguments = spec.arguments ?? image.arguments
+            let folder = containersFolder.appendingPathComponent(id, isDirectory: true)
+            let stdin = spec.stdin
+            let openStdin = spec.openStdin == true
+            let placementPool = spec.pool
+            let placed = placementID
+            // Files, pipe, fork and registration: a KVM thread's work (the fork may build a VM
+            // when the pool is empty).
+            let make: @Sendable () throws -> ManagedContainer = { [self] in
+                let streams = try ContainerStreams(folder: folder, stdin: stdin, openStdin: openStdin)
+                defer { streams.closeChildEnds() }
+                let vm: Fork.Container
+                do {
+                    vm = try family.fork(id: id, arguments: arguments, environment: environment, hostname: hostname, streams: streams.standard)
+                } catch {
+                    streams.closeStdinWriter()
+                    try? FileManager.default.removeItem(at: folder)
+                    throw error
+                }
+                let info = ContainerInfo(id: id, name: name, image: image.name, state: .created, exitCode: nil, exitReason: nil,
+                                         arguments: arguments, environment: environment, hostname: hostname, memoryMiB: memoryMiB,
+                                         forkPoint: forkPoint, labels: labels, parent: policy.id, pool: placementPool, placementID: placed,
+                                         createdAt: Date().timeIntervalSince1970, startedAt: nil, finishedAt: nil,
+                                         forkMicroseconds: Self.microseconds(vm.forkLatency), reusedVM: vm.reusesVM)
+                let managed = ManagedContainer(info: info, logFolder: folder, vm: vm, stdinWriter: streams.stdinWriter, family: family)
+                registry.withLock { registry in
+                    registry.containers[id] = managed
+                    registry.forks += 1
+                }
+                metrics.forkLatency.record(duration: vm.forkLatency)
+                metrics.forks.increment()
+                writer.enqueue { $0.containers.append(ContainerRow(info: info)) }
+                return managed
+            }
+            guard startNow else { return try await onKVMThread(make) }
+            // Create and start: the fork and the run on the container's own thread, one hop.
+            return try await withCheckedThrowingContinuation { continuation in
+                runners.run { [self] in
+                    let made: ManagedContainer
+                    do { made = try make() } catch {
+                        continuation.resume(throwing: error)
+                        return
+                    }
+                    guard let vm = made.markRunning(at: Date().timeIntervalSince1970) else {
+                        continuation.resume(returning: made)
+                        return
+                    }
+                    writer.enqueue { $0.containers.append(ContainerRow(info: made.info)) }
+                    continuation.resume(returning: made)
+                    runToEnd(made, vm)
+                }
+            }
+        } catch {
+            _ = registry.withLock { $0.names.removeValue(forKey: name) }
+            if let placementID {
+                let placement = self.placement
+                _ = try? await onKVMThread { try placement.release(placementID) }
+            }
+            throw error
+        }
+    }
+
+    static func microseconds(_ duration: Duration) -> Double {
+        Double(duration.components.seconds) * 1e6 + Double(duration.components.attoseconds) / 1e12
+    }
+
+    /// Reserves and commits a placement on this host's placement state for one fork.
+    private func place(pool: String, image: String) async throws -> Int {
+        let placement = self.placement
+        return try await onKVMThread {
+            do {
+                let reserved = try placement.reserve(pool: pool, image: image)
+                return try placement.commit(reserved.id).id
+            } catch let error as PlacementError {
+                switch error {
+                case .unknownPool: throw EngineError(.notFound, error.description, field: "pool")
+                case .unknownImage: throw EngineError(.notFound, "\(error.description) in the placement state (vmfork image add ... there)", field: "pool")
+                default: throw EngineError(.conflict, "placement refused: \(error.description)", field: "pool")
+                }
+            }
+        }
+    }
+
+    // MARK: Lookup
+
+    func container(_ idOrName: String) throws -> ManagedContainer {
+        let found = registry.withLock { registry -> ManagedContainer? in
+            if let container = registry.containers[idOrName] { return container }
+            if let id = registry.names[idOrName] { return registry.containers[id] }
+            return nil
+        }
+        guard let found else { throw EngineError(.notFound, "unknown container \(idOrName)", field: "id") }
+        return found
+    }
+
+    public func inspectContainer(_ idOrName: String) throws -> ContainerInfo { try container(idOrName).info }
+
+    public func containers(_ filter: ContainerFilter = ContainerFilter()) -> [ContainerInfo] {
+        let all = registry.withLock { Array($0.containers.values) }
+        return all.map(\.info).filter(filter.matches).sorted { ($0.createdAt, $0.id) < ($1.createdAt, $1.id) }
+    }
+
+    // MARK: Start, wait
+
+    /// Starts the container's program on a thread of its own (its vCPU's).
+    public func startContainer(_ idOrName: String, by actor: String) async throws -> ContainerInfo {
+        try await audited("container.start", subject: idOrName, actor: actor, subjectOf: { $0.id }) {
+            try ensureAccepting()
+            let container = try container(idOrName)
+            try start(container)
+            return container.info
+        }
+    }
+
+    func start(_ container: ManagedContainer) throws {
+        guard let vm = container.markRunning(at: Date().timeIntervalSince1970) else {
+            throw EngineError(.conflict, "container \(container.id) is \(container.info.state.rawValue), not created")
+        }
+        writer.enqueue { $0.containers.append(ContainerRow(info: container.info)) }
+        runners.run { [self] in runToEnd(container, vm) }
+    }
+
+    /// Runs the container's program on the calling thread (its vCPU's) until it ends.
+    private func runToEnd(_ container: ManagedContainer, _ vm: Fork.Container) {
+        let exit: ExitInfo
+        do {
+            let status = try vm.run()
+            exit = ExitInfo(exitCode: Int(status.code), reason: status.description)
+        } catch {
+            exit = ExitInfo(exitCode: 137, reason: "the VM failed: \(error)")
+        }
+        ended(container, exit)
+    }
+
+    /// Records an exit (from the container's thread, or a kill before it started).
+    func ended(_ container: ManagedContainer, _ exit: ExitInfo) {
+        let (info, wake) = container.finish(exit, at: Date().timeIntervalSince1970)
+        defer { wake() }
+        metrics.exits.increment()
+        let event = EventRow(time: info.finishedAt ?? 0, actor: "engine", type: "container.exit", subject: info.id, result: "ok",
+                             detail: "{\"exitCode\":\(exit.exitCode)}")
+        writer.enqueue { writes in
+            writes.containers.append(ContainerRow(info: info))
+            writes.events.append(event)
+        }
+    }
+
+    /// Waits until the container ends and returns how.
+    public func waitContainer(_ idOrName: String) async throws -> ExitInfo {
+        let container = try container(idOrName)
+        if container.info.state == .created, container.vm == nil, let exit = container.exit { return exit }
+        return await container.waitForExit()
+    }
+
+    // MARK: Stop, kill
+
+    /// SIGTERM to the program (its handler runs if it has one), power off after `grace`.
+    public func stopContainer(_ idOrName: String, grace: Duration = .seconds(10), by actor: String) async throws -> ExitInfo {
+        try await audited("container.stop", subject: idOrName, actor: actor) {
+            try await stopContainer(try container(idOrName), grace: grace, actor: actor)
+        }
+    }
+
+    func stopContainer(_ container: ManagedContainer, grace: Duration, actor: String) async throws -> ExitInfo {
+        if let exit = container.exit { return exit }
+        if try await killIfNotStarted(container) { return await container.waitForExit() }
+        container.vm?.processVM?.sendSignal(15)
+        if let exit = await container.waitForExit(timeout: grace) { return exit }
+        try await powerOff(container)
+        return await container.waitForExit()
+    }
+
+    /// Sends a signal: 9 powers the VM off at once (exit 137); others go to the program,
+    /// whose handler runs or whose default action applies.
+    public func killContainer(_ idOrName: String, signal: Int32 = 9, by actor: String) async throws -> ContainerInfo {
+        try await audited("container.kill", subject: idOrName, actor: actor, detail: "{\"signal\":\(signal)}") {
+            guard (1...64).contains(signal) else { throw EngineError.invalid("signal", "signal \(signal) is out of range (1...64)") }
+            let container = try container(idOrName)
+            guard container.exit == nil else { throw EngineError(.conflict, "container \(container.id) is not running") }
+            if try await killIfNotStarted(container) { return container.info }
+            if signal == 9 {
+                try await powerOff(container)
+            } else {
+                container.vm?.processVM?.sendSignal(signal)
+            }
+            return container.info
+        }
+    }
+
+    /// A container that never started ends as killed; true when it was such a one.
+    private func killIfNotStarted(_ container: ManagedContainer) async throws -> Bool {
+        guard container.info.state == .created, let vm = container.markRunning(at: Date().timeIntervalSince1970) else { return false }
+        _ = try await onKVMThread { vm.kill() }
+        ended(container, ExitInfo(exitCode: 137, reason: "killed before it started"))
+        return true
+    }
+
+    private func powerOff(_ container: ManagedContainer) async throws {
+        guard let vm = container.vm else { return }
+        container.closeStdin()
+        // kill() waits for the vCPU thread to leave KVM_RUN: a KVM thread's wait.
+        _ = try await onKVMThread { vm.kill() }
+    }
+
+    // MARK: Stdin
+
+    /// Writes to the container's open standard input (created with openStdin).
+    public func attachStdin(_ idOrName: String, data: Data, close: Bool, by actor: String) async throws {
+        try await audited("container.attach", subject: idOrName, actor: actor, detail: "{\"bytes\":\(data.count),\"close\":\(close)}") {
+            let container = try container(idOrName)
+            // A pipe whose reader is slow blocks the writer: a KVM thread's wait.
+            try await onKVMThread { try container.writeStdin(data, closing: close) }
+        }
+    }
+
+    // MARK: Remove
+
+    /// Removes a container: its VM goes back to its parent's pool (or is torn down), its
+    /// placement is released, its logs are deleted. A running one only with `force` (killed).
+    public func removeContainer(_ idOrName: String, force: Bool = false, by actor: String) async throws {
+        try await audited("container.remove", subject: idOrName, actor: actor) {
+            let container = try container(idOrName)
+            if container.exit == nil {
+                // A created container never ran: it goes without force; a running one only with it.
+                guard force || container.info.state == .created else {
+                    throw EngineError(.conflict, "container \(container.id) is running; stop it or remove with force")
+                }
+                _ = try await stopContainer(container, grace: .zero, actor: actor)
+            }
+            try await remove(container)
+        }
+    }
+
+    func remove(_ container: ManagedContainer) async throws {
+        let (vm, wasRemoved) = container.takeForRemoval()
+        guard !wasRemoved else { throw EngineError(.notFound, "unknown container \(container.id)", field: "id") }
+        let info = container.info
+        registry.withLock { registry in
+            registry.containers[container.id] = nil
+            if registry.names[info.name] == container.id { registry.names[info.name] = nil }
+        }
+        vm?.remove()
+        if let family = container.family, family.childRemoved(container.id) { evict(family, reason: "drained: its last child was removed") }
+        if let placementID = info.placementID {
+            // A SQLite write under placement's lock: on a blocking thread.
+            let placement = self.placement
+            _ = try? await onKVMThread { try placement.release(placementID) }
+        }
+        let folder = container.logFolder
+        writer.enqueue { $0.deletedContainers.append(container.id) }
+        // Deleting the log files is file-system work: off the caller's thread, not awaited.
+        DispatchQueue.global(qos: .utility).async { try? FileManager.default.removeItem(at: folder) }
+    }
+
+    // MARK: Run
+
+    /// Create, start, wait and collect the output in one call; removes the container
+    /// afterwards unless `remove` is false.
+    public func runContainer(_ spec: ContainerSpec, remove: Bool = true, by actor: String) async throws -> RunResult {
+        let container = try await audited("container.create", subject: spec.name ?? "", actor: actor, subjectOf: { (made: ManagedContainer) in made.id }) {
+            try await create(spec, startNow: true)
+        }
+        let info = container.info
+        record("container.start", subject: info.id, actor: actor)
+        let exit = await container.waitForExit()
+        let stdout = readAll(container.stdoutPath)
+        let stderr = readAll(container.stderrPath)
+        if remove {
+            try await self.remove(container)
+            record("container.remove", subject: info.id, actor: actor)
+        }
+        return RunResult(id: info.id, exitCode: exit.exitCode, reason: exit.reason, stdout: String(decoding: stdout, as: UTF8.self),
+                         stderr: String(decoding: stderr, as: UTF8.self), forkMicroseconds: info.forkMicroseconds)
+    }
+
+    private func readAll(_ path: String) -> Data {
+        (try? Data(contentsOf: URL(fileURLWithPath: path))) ?? Data()
+    }
+
+    // MARK: Logs
+
+    /// The container's output: `stream` from byte `since` of each file; with `follow`, goes
+    /// on while the container runs and ends once it has ended and everything is sent.
+    public func logs(_ idOrName: String, stream: LogStream = .all, since: Int = 0, follow: Bool = false) throws -> AsyncThrowingStream<Data, Error> {
+        guard since >= 0 else { throw EngineError.invalid("since", "since \(since) is negative") }
+        let container = try container(idOrName)
+        let paths = switch stream {
+        case .stdout: [container.stdoutPath]
+        case .stderr: [container.stderrPath]
+        case .all: [container.stdoutPath, container.stderrPath]
+        }
+        let feed = eventFeed
+        return AsyncThrowingStream { continuation in
+            let task = Task {
+                var offsets = paths.map { _ in since }
+                while !Task.isCancelled {
+                    let ended = container.exit != nil
+                    var sent = false
+                    for (index, path) in paths.enumerated() {
+                        let chunk = Self.read(path, from: offsets[index])
+                        if !chunk.isEmpty {
+                            offsets[index] += chunk.count
+                            continuation.yield(chunk)
+                            sent = true
+                        }
+                    }
+                    if !follow || (ended && !sent) || feed.isClosed && !sent { break }
+                    if !sent { try? await Task.sleep(for: .milliseconds(20)) }
+                }
+                continuation.finish()
+            }
+            continuation.onTermination = { _ in task.cancel() }
+        }
+    }
+
+    /// Up to 1 MiB of a log file from `offset` (empty when there is nothing new or no file).
+    static func read(_ path: String, from offset: Int) -> Data {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return Data() }
+        defer { close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        let count = pread(fd, &buffer, buffer.count, off_t(offset))
+        return count > 0 ? Data(buffer[0..<count]) : Data()
+    }
+}
+
+/// A container's standard streams: stdout and stderr into its log files; stdin from
+/// /dev/null, from a file holding what was given, or from a pipe kept open for attach.
+private struct ContainerStreams {
+    let input: Int32
+    let output: Int32
+    let error: Int32
+    let stdinWriter: Int32
+
+    init(folder: URL, stdin: String?, openStdin: Bool) throws {
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        func openLog(_ name: String) throws -> Int32 {
+            let fd = open(folder.appendingPathComponent(name).path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0o600)
+            guard fd >= 0 else { throw EngineError(.failed, "cannot open \(name) in \(folder.path): \(String(cString: strerror(errno)))") }
+            return fd
+        }
+        output = try openLog("stdout.log")
+        error = try openLog("stderr.log")
+        if openStdin {
+            var ends: [Int32] = [-1, -1]
+            guard pipe(&ends) == 0 else { throw EngineError(.failed, "pipe: \(String(cString: strerror(errno)))") }
+            _ = fcntl(ends[0], F_SETFD, FD_CLOEXEC)
+            _ = fcntl(ends[1], F_SETFD, FD_CLOEXEC)
+            input = ends[0]
+            stdinWriter = ends[1]
+        } else if let stdin {
+            let path = folder.appendingPathComponent("stdin").path
+            try Data(stdin.utf8).write(to: URL(fileURLWithPath: path))
+            input = open(path, O_RDONLY | O_CLOEXEC)
+            stdinWriter = -1
+        } else {
+            input = open("/dev/null", O_RDONLY | O_CLOEXEC)
+            stdinWriter = -1
+        }
+        guard input >= 0 else { throw EngineError(.failed, "cannot open the standard input: \(String(cString: strerror(errno)))") }
+    }
+
+    var standard: StandardStreams { StandardStreams(input: input, output: output, error: error) }
+
+    /// The child holds its own duplicates once forked.
+    func closeChildEnds() {
+        close(input)
+        close(output)
+        close(error)
+    }
+
+    func closeStdinWriter() {
+        if stdinWriter >= 0 { close(stdinWriter) }
+    }
+}

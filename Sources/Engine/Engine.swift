@@ -1,0 +1,292 @@
+import Fork
+import Foundation
+import KVM
+import Logging
+import Metrics
+import Placement
+import ProcessVM
+import Store
+import Synchronization
+
+/// The one object between the engine's parts (process VMs, warm parents, placement, the
+/// SQLite state) and the executables (the daemon's API, the command-line tool). It keeps the
+/// registries of images, warm parent policies and their families, and containers; it writes
+/// every state-changing call, container exit and parent eviction to the event log; and its
+/// API is async, with every call that blocks on KVM or a VM (making a parent, a fork that
+/// finds its pool empty, killing, tearing down) moved to a dedicated queue of threads
+/// (`onKVMThread`), off the callers' cooperative threads.
+///
+/// Shutdown order (`shutdown(grace:)`, which the daemon calls first on SIGTERM, while its
+/// listeners still answer the requests in flight; they stop accepting once it returns):
+/// 1. refuse new state-changing calls (they get `unavailable`);
+/// 2. stop every running container: SIGTERM to its program, then after the grace period power
+///    the VM off (its vCPU is kicked out of KVM_RUN, so `run()` returns on its thread and the
+///    VM stops being polled by the system-call poller, which unregisters it on the way out);
+/// 3. remove every container: each VM goes to Fork's reaper queue, which closes its KVM
+///    descriptors (vCPU, VM) and unmaps its guest memory; wait until the reaper is done;
+/// 4. release the warm parents: their pooled VMs and their memfds go the same way;
+/// 5. record the daemon's stop, flush the queued state writes and checkpoint the SQLite
+///    write-ahead log; end the followers of the event log;
+/// 6. the daemon then closes its sockets and drops the engine, which releases the state
+///    folder's locks.
+public final class Engine: Sendable {
+    public static let version = "0.2.0"
+
+    public let stateFolder: URL
+    public let store: StateStore
+    /// Pools, hosts, place/commit/release and the capacity report, on the same state.
+    public let placement: PlacementService
+    public let logger: Logger
+    /// nil when this host has no usable /dev/kvm (placement and the registries still work).
+    let system: KVMSystem?
+    let kvmUnavailable: String?
+    let writer: StateWriter
+    let metrics: EngineMetrics
+    private let daemonLock: DaemonLock
+    let registry = Mutex(Registry())
+    /// Where blocking KVM and VM work runs (libdispatch's threads, never the cooperative pool).
+    private let kvmQueue = DispatchQueue(label: "vmfork.engine.kvm", qos: .userInitiated, attributes: .concurrent)
+    private let forkRate = Mutex((count: 0, time: ContinuousClock.now))
+    /// The threads containers run on, kept between containers.
+    let runners = RunnerThreads()
+
+    struct Registry {
+        var images: [String: ImageRecord] = [:]
+        var policies: [String: ParentPolicy] = [:]
+        var families: [String: ParentFamily] = [:]
+        var builds: [String: Task<Void, Error>] = [:]
+        var containers: [String: ManagedContainer] = [:]
+        var names: [String: String] = [:]
+        var accepting = true
+        var forks = 0
+    }
+
+    /// The followers of the event log wait on it.
+    public var eventFeed: EventFeed { writer.feed }
+
+    /// Opens the state folder (creating it), refusing when another daemon holds it; loads the
+    /// images, parent policies and containers it records. Containers that were running when
+    /// the last daemon stopped are recorded as stopped now (their VMs did not survive it).
+    public init(stateFolder: URL, logger: Logger = Logger(label: "vmfork.engine"), metricsFactory: any MetricsFactory) throws {
+        self.stateFolder = stateFolder
+        self.logger = logger
+        try FileManager.default.createDirectory(at: stateFolder, withIntermediateDirectories: true)
+        daemonLock = try DaemonLock(folder: stateFolder)
+        store = try StateStore(folder: stateFolder, lockWaitSeconds: 2)
+        placement = try PlacementService(store: store)
+        do {
+            system = try KVMSystem()
+            kvmUnavailable = nil
+        } catch {
+            system = nil
+            kvmUnavailable = "KVM unavailable: \(error)"
+            logger.warning("containers cannot run: KVM unavailable", metadata: ["error": "\(error)"])
+        }
+        writer = StateWriter(store: store, logger: logger)
+        metrics = EngineMetrics(factory: metricsFactory)
+        try FileManager.default.createDirectory(at: containersFolder, withIntermediateDirectories: true)
+
+        let snapshot = try store.engineSnapshot()
+        let now = Date().timeIntervalSince1970
+        var stopped: [ContainerRow] = []
+        registry.withLock { registry in
+            for row in snapshot.images {
+                registry.images[row.name] = ImageRecord(row: row)
+            }
+            for row in snapshot.policies {
+                guard let policy = ParentPolicy(row: row) else { continue }
+                registry.policies[policy.id] = policy
+            }
+            for row in snapshot.containers {
+                guard var info = try? JSONDecoder().decode(ContainerInfo.self, from: Data(row.spec.utf8)) else { continue }
+                var exit: ExitInfo?
+                if info.state != .exited {
+                    info.state = .exited
+                    info.exitReason = "stopped: the daemon restarted"
+                    info.finishedAt = now
+                    exit = ExitInfo(exitCode: 137, reason: "stopped: the daemon restarted")
+                    info.exitCode = 137
+                    stopped.append(ContainerRow(info: info))
+                } else {
+                    exit = ExitInfo(exitCode: info.exitCode ?? 0, reason: info.exitReason ?? "exited")
+                }
+                let managed = ManagedContainer(info: info, logFolder: containersFolder.appendingPathComponent(info.id), vm: nil,
+                                               stdinWriter: -1, family: nil, exit: exit)
+                registry.containers[info.id] = managed
+                registry.names[info.name] = info.id
+            }
+        }
+        writer.event(EventRow(time: now, actor: "engine", type: "daemon.start", subject: stateFolder.path, result: "ok",
+                              detail: "{\"version\":\"\(Self.version)\"}"))
+        for row in stopped {
+            writer.enqueue { writes in
+                writes.containers.append(row)
+                writes.events.append(EventRow(time: now, actor: "engine", type: "container.stopped", subject: row.id,
+                                              result: "ok", detail: "{\"reason\":\"the daemon restarted while it was running\"}"))
+            }
+        }
+        logger.info("engine opened", metadata: ["state": "\(stateFolder.path)", "images": "\(snapshot.images.count)",
+                                                "policies": "\(snapshot.policies.count)", "containers": "\(snapshot.containers.count)"])
+    }
+
+    var containersFolder: URL { stateFolder.appendingPathComponent("containers", isDirectory: true) }
+
+    /// Makes the warm parents of every recorded policy (a daemon calls it once it listens).
+    public func warmUp() async {
+        let policies = registry.withLock { Array($0.policies.values) }
+        for policy in policies {
+            do { _ = try await family(for: policy) } catch {
+                logger.error("warm parent not made", metadata: ["parent": "\(policy.id)", "error": "\(error)"])
+            }
+        }
+    }
+
+    // MARK: Threads
+
+    /// Why containers cannot run here (no usable /dev/kvm), or nil.
+    public var kvmMessage: String? { kvmUnavailable }
+
+    /// Runs blocking work (placement's SQLite writes under its lock, file system walks) on
+    /// the engine's queue of threads, off the caller's cooperative thread.
+    public func onBlockingThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await onKVMThread(body)
+    }
+
+    /// Runs blocking KVM or VM work on the engine's KVM queue and resumes the caller with its result.
+    func onKVMThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            kvmQueue.async { continuation.resume(with: Result { try body() }) }
+        }
+    }
+
+    // MARK: Events
+
+    /// Appends an event to the log (written in the background, in call order).
+    public func record(_ type: String, subject: String, actor: String, result: String = "ok", detail: String = "") {
+        writer.event(EventRow(time: Date().timeIntervalSince1970, actor: actor, type: type, subject: subject, result: result, detail: detail))
+    }
+
+    /// Runs `body` and records its outcome, ok or the error's message.
+    public func audited<T: Sendable>(_ type: String, subject: String, actor: String, detail: String = "",
+                              subjectOf: (T) -> String? = { _ in nil }, _ body: () async throws -> T) async throws -> T {
+        do {
+            let result = try await body()
+            record(type, subject: subjectOf(result) ?? subject, actor: actor, detail: detail)
+            return result
+        } catch {
+            record(type, subject: subject, actor: actor, result: "\(error)", detail: detail)
+            throw error
+        }
+    }
+
+    /// Events from the log, oldest first (everything queued before the call included).
+    public func events(afterID: Int64 = 0, since: Double? = nil, until: Double? = nil, types: [String] = [],
+                       limit: Int = 1000) async throws -> [EventRow] {
+        await writer.flushAsync()
+        let store = self.store
+        return try await onKVMThread { try store.events(afterID: afterID, since: since, until: until, types: types, limit: limit) }
+    }
+
+    func ensureAccepting() throws {
+        if !registry.withLock({ $0.accepting }) { throw EngineError(.unavailable, "the engine is shutting down") }
+    }
+
+    // MARK: Shutdown
+
+    /// Stops and removes every container, releases the warm parents and flushes the state,
+    /// in the order written at the top of this type.
+    public func shutdown(grace: Duration = .seconds(10)) async {
+        // 1. No new state-changing calls.
+        let containers = registry.withLock { registry in
+            registry.accepting = false
+            return Array(registry.containers.values)
+        }
+        logger.info("shutting down", metadata: ["containers": "\(containers.count)"])
+        // 2. Running containers: SIGTERM, then power off after the grace period.
+        await withTaskGroup(of: Void.self) { group in
+            for container in containers where container.isLive {
+                group.addTask { _ = try? await self.stopContainer(container, grace: grace, actor: "engine") }
+            }
+        }
+        // 3. Every VM back to Fork's reaper, which closes its KVM descriptors and unmaps its memory.
+        for container in containers {
+            let (vm, _) = container.takeForRemoval()
+            vm?.remove()
+            _ = container.family?.childRemoved(container.id)
+        }
+        _ = try? await onKVMThread { Fork.Container.waitForTeardown() }
+        // 4. The warm parents: their pools and memfds go as their last references do.
+        let families = registry.withLock { registry in
+            defer { registry.families = [:] }
+            for build in registry.builds.values { build.cancel() }
+            return Array(registry.families.values)
+        }
+        for family in families { family.release() }
+        // 5. The state: the stop event, every queued write, the WAL checkpoint; followers end.
+        record("daemon.stop", subject: stateFolder.path, actor: "engine")
+        await writer.flushAsync()
+        writer.feed.close()
+        let store = self.store
+        do { try await onKVMThread { try store.checkpoint() } } catch {
+            logger.warning("WAL checkpoint failed", metadata: ["error": "\(error)"])
+        }
+        logger.info("engine stopped")
+    }
+
+    // MARK: Metrics
+
+    /// Updates the gauges the metrics page shows (called before each scrape).
+    public func refreshMetrics() {
+        let (families, containers, forks) = registry.withLock { (Array($0.families.values), Array($0.containers.values), $0.forks) }
+        metrics.gauge("vmfork_containers_live").record(containers.filter { $0.isLive }.count)
+        metrics.gauge("vmfork_containers_running").record(containers.filter { $0.info.state == .running }.count)
+        var shared = 0, owned = 0, parentBytes = 0
+        for family in families {
+            let info = family.info(withSharing: true)
+            let dimensions = [("parent", info.id)]
+            metrics.gauge("vmfork_pool_ready_vms", dimensions).record(info.readyVMsNow)
+            metrics.gauge("vmfork_pool_target_vms", dimensions).record(info.policy.readyVMs * info.parentsReady)
+            metrics.gauge("vmfork_pool_empty", dimensions).record(info.readyVMsNow == 0 ? 1 : 0)
+            metrics.gauge("vmfork_parent_live_children", dimensions).record(info.liveChildren)
+            if let sharing = info.sharing {
+                parentBytes += sharing.parentBytes
+                owned += sharing.familyBytes - sharing.parentBytes
+                shared += sharing.childSharedBytesMedian * sharing.children
+            }
+        }
+        metrics.gauge("vmfork_memory_parent_bytes").record(parentBytes)
+        metrics.gauge("vmfork_memory_private_bytes").record(owned)
+        metrics.gauge("vmfork_memory_shared_bytes").record(shared)
+        let now = ContinuousClock.now
+        let rate = forkRate.withLock { last -> Double in
+            let seconds = Double((now - last.time).components.attoseconds) / 1e18 + Double((now - last.time).components.seconds)
+            defer { last = (forks, now) }
+            return seconds > 0 ? Double(forks - last.count) / seconds : 0
+        }
+        metrics.gauge("vmfork_forks_per_second").record(rate)
+    }
+}
+
+/// The daemon's own lock on a state folder, taken without waiting: a second daemon on the
+/// same folder is refused at once, naming the process that holds it.
+final class DaemonLock: Sendable {
+    private let descriptor: Int32
+
+    init(folder: URL) throws {
+        let path = folder.appendingPathComponent("vmfork.lock").path
+        descriptor = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard descriptor >= 0 else { throw EngineError(.failed, "cannot open \(path): \(String(cString: strerror(errno)))") }
+        guard flock(descriptor, LOCK_EX | LOCK_NB) == 0 else {
+            var buffer = [UInt8](repeating: 0, count: 32)
+            let count = pread(descriptor, &buffer, buffer.count, 0)
+            let holder = count > 0 ? String(decoding: buffer.prefix(count), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) : "?"
+            close(descriptor)
+            throw EngineError(.conflict, "state folder \(folder.path) is in use by another vmfork daemon (pid \(holder)); stop it first or use another --state folder")
+        }
+        let pid = Array("\(getpid())\n".utf8)
+        _ = ftruncate(descriptor, 0)
+        _ = pwrite(descriptor, pid, pid.count, 0)
+    }
+
+    deinit { close(descriptor) }
+}

@@ -1,0 +1,241 @@
+import Foundation
+
+/// Where a warm parent stops for good: at its program's entry point (children get their own
+/// arguments and environment) or at its first read of standard input (children read their own).
+public enum ForkPointName: String, Codable, Sendable, CaseIterable {
+    case entry
+    case stdin
+}
+
+/// An image the engine forks containers from. Today a root filesystem folder on this host;
+/// pulled images come later.
+public struct ImageRecord: Codable, Sendable, Equatable {
+    public var name: String
+    /// The root filesystem folder (host path).
+    public var rootfs: String
+    /// The program warm parents load (a path inside the rootfs).
+    public var executable: String
+    /// The program's arguments after argv[0] when a container names none.
+    public var arguments: [String]
+    /// "NAME=value" entries a container gets when it names none.
+    public var environment: [String]
+    public var createdAt: Double
+
+    public init(name: String, rootfs: String, executable: String, arguments: [String] = [], environment: [String] = [],
+                createdAt: Double = Date().timeIntervalSince1970) {
+        self.name = name
+        self.rootfs = rootfs
+        self.executable = executable
+        self.arguments = arguments
+        self.environment = environment
+        self.createdAt = createdAt
+    }
+}
+
+/// How many warm parents of an image the engine keeps for one fork point and guest memory
+/// size, and how many ready VMs each one's pool holds.
+public struct ParentPolicy: Codable, Sendable, Equatable {
+    public var image: String
+    public var forkPoint: ForkPointName
+    /// Guest memory of the parent and so of every child (the child's memory limit).
+    public var memoryMiB: Int
+    public var parents: Int
+    public var readyVMs: Int
+
+    public init(image: String, forkPoint: ForkPointName = .entry, memoryMiB: Int = ParentPolicy.defaultMemoryMiB,
+                parents: Int = 1, readyVMs: Int = 8) {
+        self.image = image
+        self.forkPoint = forkPoint
+        self.memoryMiB = memoryMiB
+        self.parents = parents
+        self.readyVMs = readyVMs
+    }
+
+    public static let defaultMemoryMiB = 64
+    public static let memoryRange = 4...65536
+    public static let parentsRange = 1...16
+    public static let readyVMsRange = 0...256
+
+    /// "IMAGE.FORKPOINT.MEMORYm", e.g. "busybox.entry.64m".
+    public var id: String { "\(image).\(forkPoint.rawValue).\(memoryMiB)m" }
+}
+
+/// What a container is made from. Absent fields take the image's defaults.
+public struct ContainerSpec: Codable, Sendable, Equatable {
+    public var image: String
+    /// A unique name; the id's first 12 characters when absent.
+    public var name: String?
+    /// The program's arguments after argv[0] (the image's program is always the one run).
+    public var arguments: [String]?
+    public var environment: [String]?
+    public var hostname: String?
+    /// The guest memory (memory limit) of the container, in MiB.
+    public var memoryMiB: Int?
+    public var forkPoint: ForkPointName?
+    public var labels: [String: String]?
+    /// Keep standard input open for `attach` (a pipe); otherwise it is `stdin` or empty.
+    public var openStdin: Bool?
+    /// The whole standard input, given up front.
+    public var stdin: String?
+    /// The placement resource pool charged for the container (placement state of this host).
+    public var pool: String?
+
+    public init(image: String, name: String? = nil, arguments: [String]? = nil, environment: [String]? = nil, hostname: String? = nil,
+                memoryMiB: Int? = nil, forkPoint: ForkPointName? = nil, labels: [String: String]? = nil, openStdin: Bool? = nil,
+                stdin: String? = nil, pool: String? = nil) {
+        self.image = image
+        self.name = name
+        self.arguments = arguments
+        self.environment = environment
+        self.hostname = hostname
+        self.memoryMiB = memoryMiB
+        self.forkPoint = forkPoint
+        self.labels = labels
+        self.openStdin = openStdin
+        self.stdin = stdin
+        self.pool = pool
+    }
+}
+
+public enum ContainerState: String, Codable, Sendable {
+    case created, running, exited
+}
+
+/// A container as inspect and list show it.
+public struct ContainerInfo: Codable, Sendable, Equatable {
+    public var id: String
+    public var name: String
+    public var image: String
+    public var state: ContainerState
+    /// The shell's view of how it ended: the exit code, or 128 + signal.
+    public var exitCode: Int?
+    /// Why it ended, in words ("exited with 0", "killed by signal 9", "daemon restarted").
+    public var exitReason: String?
+    public var arguments: [String]
+    public var environment: [String]
+    public var hostname: String
+    public var memoryMiB: Int
+    public var forkPoint: ForkPointName
+    public var labels: [String: String]
+    /// The parent policy it was forked from.
+    public var parent: String
+    public var pool: String?
+    public var placementID: Int?
+    public var createdAt: Double
+    public var startedAt: Double?
+    public var finishedAt: Double?
+    /// From the fork call until the child was ready to run.
+    public var forkMicroseconds: Double?
+    /// Whether it runs in the VM of an earlier, removed sibling.
+    public var reusedVM: Bool?
+}
+
+/// How a container ended, as wait returns it.
+public struct ExitInfo: Codable, Sendable, Equatable {
+    public var exitCode: Int
+    public var reason: String
+
+    public init(exitCode: Int, reason: String) {
+        self.exitCode = exitCode
+        self.reason = reason
+    }
+}
+
+/// A run's whole result: create, start, wait, logs (and remove) in one call.
+public struct RunResult: Codable, Sendable, Equatable {
+    public var id: String
+    public var exitCode: Int
+    public var reason: String
+    public var stdout: String
+    public var stderr: String
+    public var forkMicroseconds: Double?
+}
+
+/// A warm parent policy with what its parents hold now.
+public struct ParentInfo: Codable, Sendable, Equatable {
+    public var id: String
+    public var policy: ParentPolicy
+    /// "building", "ready", "draining" or "failed".
+    public var state: String
+    public var failure: String?
+    /// Parents made (up to policy.parents).
+    public var parentsReady: Int
+    /// Ready VMs in all its parents' pools now.
+    public var readyVMsNow: Int
+    public var liveChildren: Int
+    /// Forks that found a pool empty and built their VM inline.
+    public var poolMisses: Int
+    public var sharing: SharingFigures?
+}
+
+/// The kernel's accounting of a parent family's memory (Fork's SharingReport).
+public struct SharingFigures: Codable, Sendable, Equatable {
+    public var parentBytes: Int
+    public var children: Int
+    public var childPrivateBytesMedian: Int
+    public var childSharedBytesMedian: Int
+    public var familyBytes: Int
+    public var fullCopiesBytes: Int
+    public var savedBytes: Int
+}
+
+/// Filters of a container list; nil matches everything.
+public struct ContainerFilter: Sendable {
+    public var state: ContainerState?
+    public var image: String?
+    /// "KEY" (has the label) or "KEY=VALUE".
+    public var labels: [String]
+
+    public init(state: ContainerState? = nil, image: String? = nil, labels: [String] = []) {
+        self.state = state
+        self.image = image
+        self.labels = labels
+    }
+
+    func matches(_ info: ContainerInfo) -> Bool {
+        if let state, info.state != state { return false }
+        if let image, info.image != image { return false }
+        for label in labels {
+            let parts = label.split(separator: "=", maxSplits: 1).map(String.init)
+            guard let value = info.labels[parts[0]] else { return false }
+            if parts.count == 2, value != parts[1] { return false }
+        }
+        return true
+    }
+}
+
+/// Which standard stream(s) of a container's log.
+public enum LogStream: String, Sendable, CaseIterable {
+    case stdout, stderr, all
+}
+
+/// Why the engine refused or failed a call. `kind` maps to an HTTP status in the API.
+public struct EngineError: Error, CustomStringConvertible, Sendable, Equatable {
+    public enum Kind: String, Sendable {
+        /// Bad input: a field out of range, a malformed value (400).
+        case invalid
+        /// Unknown image, container, parent or pool (404).
+        case notFound
+        /// The state does not allow it now: an image in use, a name taken, a running container (409).
+        case conflict
+        /// The engine is shutting down (503).
+        case unavailable
+        /// The host could not do it: KVM, memory, files (500).
+        case failed
+    }
+
+    public let kind: Kind
+    public let message: String
+    /// The request field at fault, when there is one.
+    public let field: String?
+
+    public init(_ kind: Kind, _ message: String, field: String? = nil) {
+        self.kind = kind
+        self.message = message
+        self.field = field
+    }
+
+    public var description: String { message }
+
+    static func invalid(_ field: String, _ message: String) -> EngineError { EngineError(.invalid, message, field: field) }
+}

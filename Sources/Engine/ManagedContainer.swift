@@ -1,0 +1,138 @@
+import Fork
+import Foundation
+import ProcessVM
+import Synchronization
+
+/// One container the engine keeps: what inspect shows, the forked VM while it lives, its log
+/// files and standard input, and the tasks waiting for it to end.
+final class ManagedContainer: Sendable {
+    let id: String
+    let logFolder: URL
+    /// The warm parent family it was forked from (nil for containers recorded before a restart).
+    let family: ParentFamily?
+    private let state: Mutex<MutableState>
+
+    struct MutableState {
+        var info: ContainerInfo
+        var vm: Fork.Container?
+        /// The write end of an open standard input (attach), or -1.
+        var stdinWriter: Int32 = -1
+        var waiters: [CheckedContinuation<ExitInfo, Never>] = []
+        var exit: ExitInfo?
+        var removed = false
+    }
+
+    init(info: ContainerInfo, logFolder: URL, vm: Fork.Container?, stdinWriter: Int32, family: ParentFamily?, exit: ExitInfo? = nil) {
+        id = info.id
+        self.logFolder = logFolder
+        self.family = family
+        state = Mutex(MutableState(info: info, vm: vm, stdinWriter: stdinWriter, exit: exit))
+    }
+
+    var info: ContainerInfo { state.withLock { $0.info } }
+    var vm: Fork.Container? { state.withLock { $0.vm } }
+    var exit: ExitInfo? { state.withLock { $0.exit } }
+    var isLive: Bool { state.withLock { !$0.removed && $0.vm != nil } }
+
+    var stdoutPath: String { logFolder.appendingPathComponent("stdout.log").path }
+    var stderrPath: String { logFolder.appendingPathComponent("stderr.log").path }
+
+    /// Marks it running and returns its VM, or nil when it was not in the created state.
+    func markRunning(at time: Double) -> Fork.Container? {
+        state.withLock { state in
+            guard state.info.state == .created, let vm = state.vm else { return nil }
+            state.info.state = .running
+            state.info.startedAt = time
+            return vm
+        }
+    }
+
+    /// Records how it ended; returns the info to persist and a call that wakes its waiters
+    /// (made after the exit is queued for the event log, so the log keeps cause before effect).
+    func finish(_ exit: ExitInfo, at time: Double) -> (info: ContainerInfo, wake: () -> Void) {
+        let (waiters, info) = state.withLock { state in
+            state.exit = exit
+            state.info.state = .exited
+            state.info.exitCode = exit.exitCode
+            state.info.exitReason = exit.reason
+            state.info.finishedAt = time
+            if state.stdinWriter >= 0 {
+                close(state.stdinWriter)
+                state.stdinWriter = -1
+            }
+            defer { state.waiters = [] }
+            return (state.waiters, state.info)
+        }
+        return (info, { for waiter in waiters { waiter.resume(returning: exit) } })
+    }
+
+    /// Waits until the container has ended.
+    func waitForExit() async -> ExitInfo {
+        await withCheckedContinuation { (continuation: CheckedContinuation<ExitInfo, Never>) in
+            let ended: ExitInfo? = state.withLock { state in
+                if let exit = state.exit { return exit }
+                state.waiters.append(continuation)
+                return nil
+            }
+            if let ended { continuation.resume(returning: ended) }
+        }
+    }
+
+    /// Waits up to `timeout` for the container to end; nil when it is still running then.
+    func waitForExit(timeout: Duration) async -> ExitInfo? {
+        await withTaskGroup(of: ExitInfo?.self) { group in
+            group.addTask { await self.waitForExit() }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                return nil
+            }
+            let first = await group.next() ?? nil
+            if first != nil {
+                group.cancelAll()
+                return first
+            }
+            // The timer won: the waiter task stays until the container ends (kill follows).
+            return nil
+        }
+    }
+
+    /// Writes to its open standard input; closes it afterwards when `closing`.
+    func writeStdin(_ data: Data, closing: Bool) throws(EngineError) {
+        let fd = state.withLock { $0.stdinWriter }
+        guard fd >= 0 else { throw EngineError(.conflict, "container \(id) has no open standard input (create it with openStdin)") }
+        var offset = 0
+        while offset < data.count {
+            // unsafe: offset < count, so the pointer and length stay inside the buffer.
+            let written = data.withUnsafeBytes { bytes in Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset) }
+            if written < 0 {
+                if errno == EINTR { continue }
+                throw EngineError(.conflict, "standard input of container \(id) is closed: \(String(cString: strerror(errno)))")
+            }
+            offset += written
+        }
+        if closing { closeStdin() }
+    }
+
+    func closeStdin() {
+        state.withLock { state in
+            if state.stdinWriter >= 0 {
+                close(state.stdinWriter)
+                state.stdinWriter = -1
+            }
+        }
+    }
+
+    /// Detaches the VM for removal; nil when already removed.
+    func takeForRemoval() -> (vm: Fork.Container?, wasRemoved: Bool) {
+        state.withLock { state in
+            let wasRemoved = state.removed
+            state.removed = true
+            defer { state.vm = nil }
+            return (state.vm, wasRemoved)
+        }
+    }
+
+    func update(_ body: (inout ContainerInfo) -> Void) {
+        state.withLock { body(&$0.info) }
+    }
+}

@@ -1,0 +1,141 @@
+import Fork
+import Foundation
+import HostSystem
+import KVM
+import ProcessVM
+import Synchronization
+
+/// The warm parents of one policy (image, fork point, guest memory) and the children forked
+/// from them. Forks go to the parents in turn.
+final class ParentFamily: Sendable {
+    let policy: ParentPolicy
+    let image: ImageRecord
+    private let state: Mutex<State>
+
+    private struct State {
+        var parents: [WarmParent] = []
+        var next = 0
+        var building = true
+        var draining = false
+        var failure: String?
+        /// Live children (created and not removed), by container id.
+        var children: [String: Fork.Container] = [:]
+    }
+
+    init(policy: ParentPolicy, image: ImageRecord) {
+        self.policy = policy
+        self.image = image
+        state = Mutex(State())
+    }
+
+    /// The parent's own arguments: for a stdin fork point the image's whole command runs up
+    /// to its first read; for an entry point children bring their own.
+    var spec: ParentSpec {
+        ParentSpec(name: image.name, rootfs: image.rootfs, executable: image.executable,
+                   arguments: [image.executable] + image.arguments, environment: image.environment,
+                   memoryBytes: policy.memoryMiB << 20, forkPoint: policy.forkPoint == .entry ? .entry : .firstStandardInputRead)
+    }
+
+    /// Builds the policy's parents on the calling thread (a KVM thread: this loads the
+    /// program, runs it to its fork point, and starts each pool's refill).
+    func build(system: KVMSystem) throws(EngineError) {
+        do {
+            for _ in 0..<policy.parents {
+                let parent = try WarmParent(system: system, image: spec, poolSize: policy.readyVMs)
+                state.withLock { $0.parents.append(parent) }
+            }
+            state.withLock { $0.building = false }
+        } catch {
+            let message = "warm parent \(policy.id) could not be made: \(error)"
+            state.withLock {
+                $0.building = false
+                $0.failure = message
+                $0.parents = []
+            }
+            throw EngineError(Self.kind(of: error), message, field: "image")
+        }
+    }
+
+    /// Whose fault a failed parent is: the image's (a program that cannot be loaded, or ends
+    /// before its fork point: bad input), the host's memory (a conflict with what the host
+    /// holds), or the host's (KVM, the system: a failure).
+    static func kind(of error: ForkError) -> EngineError.Kind {
+        switch error {
+        case .parentEndedBeforeForkPoint, .guest(.invalidExecutable): .invalid
+        case .guest(.outOfMemory): .conflict
+        case .guest(.system(let system)) where system.errno == ENOMEM: .conflict
+        case .guest: .failed
+        }
+    }
+
+    var isReady: Bool { state.withLock { !$0.building && $0.failure == nil && !$0.parents.isEmpty } }
+    var isDraining: Bool { state.withLock { $0.draining } }
+    var liveChildren: Int { state.withLock { $0.children.count } }
+
+    func drain() { state.withLock { $0.draining = true } }
+
+    /// Forks a child from the next parent in turn (a KVM thread's call: it may build a VM
+    /// when the pool is empty).
+    func fork(id: String, arguments: [String]?, environment: [String], hostname: String,
+              streams: StandardStreams) throws(EngineError) -> Fork.Container {
+        let parent: WarmParent = try {
+            () throws(EngineError) -> WarmParent in
+            try state.withLock { state throws(EngineError) -> WarmParent in
+                if state.draining { throw EngineError(.conflict, "warm parent \(policy.id) is draining: it forks no more children") }
+                guard !state.parents.isEmpty else {
+                    throw EngineError(.conflict, state.failure ?? "warm parent \(policy.id) has no parent ready")
+                }
+                defer { state.next += 1 }
+                return state.parents[state.next % state.parents.count]
+            }
+        }()
+        do {
+            let child = try parent.fork(arguments: policy.forkPoint == .entry ? arguments : nil, environment: environment,
+                                        hostname: hostname, streams: streams)
+            state.withLock { $0.children[id] = child }
+            return child
+        } catch {
+            throw EngineError(.failed, "fork from \(policy.id) failed: \(error)")
+        }
+    }
+
+    /// Forgets a removed child; true when the family is draining and has no child left (it can go).
+    func childRemoved(_ id: String) -> Bool {
+        state.withLock { state in
+            state.children[id] = nil
+            return state.draining && state.children.isEmpty
+        }
+    }
+
+    /// Frees the ready VMs of every parent's pool; returns how many went.
+    func shrinkPools() -> Int {
+        state.withLock { $0.parents }.reduce(0) { $0 + $1.shrinkPool(to: 0) }
+    }
+
+    /// Drops the parents (their memory and pooled VMs go when the last child releases them).
+    func release() {
+        state.withLock { $0.parents = [] }
+    }
+
+    func info(withSharing: Bool) -> ParentInfo {
+        let (parents, children, building, draining, failure) = state.withLock {
+            ($0.parents, Array($0.children.values), $0.building, $0.draining, $0.failure)
+        }
+        var sharing: SharingFigures?
+        if withSharing, let first = parents.first {
+            // The kernel's accounting, over the first parent (children of all parents share
+            // alike; each parent's memfd is its own).
+            let report = SharingReport.measure(parent: first, containers: children)
+            let owned = report.children.map(\.usage.privateBytes).sorted()
+            let shared = report.children.map(\.usage.shared).sorted()
+            sharing = SharingFigures(parentBytes: report.parentResident * parents.count, children: report.children.count,
+                                     childPrivateBytesMedian: owned.isEmpty ? 0 : owned[owned.count / 2],
+                                     childSharedBytesMedian: shared.isEmpty ? 0 : shared[shared.count / 2],
+                                     familyBytes: report.familyCost, fullCopiesBytes: report.fullCopiesCost, savedBytes: report.saved)
+        }
+        let stateName = failure != nil ? "failed" : draining ? "draining" : building ? "building" : "ready"
+        return ParentInfo(id: policy.id, policy: policy, state: stateName, failure: failure, parentsReady: parents.count,
+                          readyVMsNow: parents.reduce(0) { $0 + $1.readyVMs.now }, liveChildren: children.count,
+                          poolMisses: parents.reduce(0) { $0 + $1.poolMisses }, sharing: sharing)
+    }
+}

@@ -1,0 +1,145 @@
+import Foundation
+import Logging
+import Store
+import Synchronization
+
+/// Writes the engine's container rows and events to SQLite off the caller's path: callers
+/// queue them (in call order) and one background queue applies whatever has gathered in one
+/// transaction. `flush()` waits until everything queued so far is written (shutdown, and
+/// readers of the event log that must see their own writes). Followers of the event log are
+/// woken after each batch.
+final class StateWriter: Sendable {
+    private let store: StateStore
+    private let logger: Logger
+    private let pending = Mutex(Pending())
+    private let queue = DispatchQueue(label: "vmfork.engine.state-writer", qos: .utility)
+    let feed = EventFeed()
+
+    private struct Pending {
+        var writes = EngineWrites()
+        var scheduled = false
+    }
+
+    init(store: StateStore, logger: Logger) {
+        self.store = store
+        self.logger = logger
+    }
+
+    func enqueue(_ body: (inout EngineWrites) -> Void) {
+        let schedule = pending.withLock { state in
+            body(&state.writes)
+            defer { state.scheduled = true }
+            return !state.scheduled
+        }
+        // A short gathering window: a container's create, start, exit and removal usually land
+        // in one transaction, and the writer takes less of the cores the containers run on.
+        if schedule { queue.asyncAfter(deadline: .now() + .milliseconds(5)) { [self] in drain() } }
+    }
+
+    func event(_ event: EventRow) { enqueue { $0.events.append(event) } }
+
+    private func drain() {
+        let writes = pending.withLock { state in
+            defer { state = Pending() }
+            return state.writes
+        }
+        guard !writes.isEmpty else { return }
+        do {
+            try store.apply(Self.coalesced(writes))
+        } catch {
+            logger.error("state write failed: \(error)", metadata: ["events": "\(writes.events.count)", "containers": "\(writes.containers.count)"])
+        }
+        if !writes.events.isEmpty { feed.notify() }
+    }
+
+    /// The same writes with only the last row of each container, and none for a container
+    /// deleted in the same batch (its row would be written and deleted at once).
+    static func coalesced(_ writes: EngineWrites) -> EngineWrites {
+        var result = writes
+        let deleted = Set(writes.deletedContainers)
+        var seen = Set<String>()
+        result.containers = writes.containers.reversed().filter { row in
+            guard !deleted.contains(row.id) else { return false }
+            return seen.insert(row.id).inserted
+        }.reversed()
+        return result
+    }
+
+    /// Returns once everything queued before the call is in the database.
+    func flush() {
+        queue.sync { drain() }
+    }
+
+    func flushAsync() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            queue.async { [self] in
+                drain()
+                continuation.resume()
+            }
+        }
+    }
+}
+
+/// Wakes the followers of the event log when new events are written, and ends them when the
+/// engine shuts down.
+public final class EventFeed: Sendable {
+    private struct State {
+        var generation = 0
+        var closed = false
+        var waiters: [UUID: CheckedContinuation<Bool, Never>] = [:]
+    }
+
+    private let state = Mutex(State())
+
+    /// The generation to pass to `wait(after:)`.
+    public var generation: Int { state.withLock { $0.generation } }
+
+    func notify() {
+        let waiters = state.withLock { state in
+            state.generation += 1
+            defer { state.waiters = [:] }
+            return state.waiters
+        }
+        for waiter in waiters.values { waiter.resume(returning: true) }
+    }
+
+    func close() {
+        let waiters = state.withLock { state in
+            state.closed = true
+            defer { state.waiters = [:] }
+            return state.waiters
+        }
+        for waiter in waiters.values { waiter.resume(returning: false) }
+    }
+
+    /// Waits until events newer than `generation` are written (true), the timeout passes
+    /// (true: the caller looks again), or the feed closes or the task is cancelled (false).
+    public func wait(after generation: Int, timeout: Duration = .seconds(1)) async -> Bool {
+        let key = UUID()
+        let timer = Task { [self] in
+            try? await Task.sleep(for: timeout)
+            resume(key, with: !Task.isCancelled)
+        }
+        defer { timer.cancel() }
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+                let immediate: Bool? = state.withLock { state in
+                    if state.closed { return false }
+                    if state.generation != generation { return true }
+                    state.waiters[key] = continuation
+                    return nil
+                }
+                if let immediate { continuation.resume(returning: immediate) }
+            }
+        } onCancel: {
+            resume(key, with: false)
+        }
+    }
+
+    private func resume(_ key: UUID, with value: Bool) {
+        let waiter = state.withLock { $0.waiters.removeValue(forKey: key) }
+        waiter?.resume(returning: value)
+    }
+
+    public var isClosed: Bool { state.withLock { $0.closed } }
+}

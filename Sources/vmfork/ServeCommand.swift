@@ -1,0 +1,59 @@
+import API
+import Engine
+import ArgumentParser
+import Foundation
+import Logging
+import Placement
+
+/// `vmfork serve`: the host agent in the foreground.
+struct ServeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Run the host agent: the engine behind its HTTP API on STATE/vmfork.sock (and TCP with --listen).",
+        discussion: """
+            The API is described by Sources/API/openapi.json, also served at /v1/openapi.json. Example:
+              vmfork serve --state state &
+              curl --unix-socket state/vmfork.sock http://localhost/v1/version
+            SIGTERM or SIGINT stops the running containers (SIGTERM, then power off after --stop-grace), \
+            flushes the state and exits 0.
+            """
+    )
+
+    @Option(help: "The state folder (default: $VMFORK_STATE, else ./state).")
+    var state: String?
+
+    @Option(help: "Also listen on TCP at HOST:PORT (e.g. 127.0.0.1:8080); every request there needs the bearer token in STATE/api-token.")
+    var listen: String?
+
+    @Option(help: "Seconds a running container gets between SIGTERM and power-off when the daemon stops.")
+    var stopGrace = 10
+
+    @Option(help: "Memory pressure below this much MemAvailable (MiB): idle pools shrink, then idle parents are evicted.")
+    var pressureAvailableMib = 1024
+
+    @Option(help: "Memory pressure above this share of time stalled on memory (/proc/pressure/memory some avg10, %).")
+    var pressureStalledPercent = 10.0
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel = "info"
+
+    func validate() throws {
+        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level \(logLevel) is not a log level") }
+        guard (0...3600).contains(stopGrace) else { throw ValidationError("--stop-grace \(stopGrace) is out of range (0...3600)") }
+    }
+
+    func run() async throws {
+        var logger = Logger(label: "vmfork") { StreamLogHandler.standardError(label: $0) }
+        logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+        let folder = state.map { URL(fileURLWithPath: $0, isDirectory: true) } ?? PlacementService.defaultFolder
+        let pressure = MemoryPressurePolicy(minimumAvailableMiB: pressureAvailableMib, maximumStalledPercent: pressureStalledPercent)
+        let daemon = AgentDaemon(options: .init(stateFolder: folder, listen: listen, stopGrace: .seconds(stopGrace), memoryPressure: pressure),
+                                 logger: logger)
+        do {
+            try await daemon.run()
+        } catch {
+            logger.critical("vmfork serve: \(error)")
+            throw ExitCode(1)
+        }
+    }
+}

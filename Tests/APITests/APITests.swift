@@ -1,0 +1,364 @@
+import API
+import Engine
+import Foundation
+import TestSupport
+import Testing
+
+/// The host agent end to end: a real daemon on a temporary state folder, real KVM guests.
+@Suite(.enabled(if: HostFacts.hasKVM && BusyboxRootfs.isAvailable, "needs /dev/kvm and busybox-static"))
+struct DaemonTests {
+    @Test func socketIsPrivateAndTheDocumentIsServedRouteForRoute() throws {
+        let daemon = try DaemonFixture()
+        try daemon.start()
+        defer { daemon.stop() }
+        var info = stat()
+        #expect(stat(daemon.socketPath, &info) == 0)
+        #expect(info.st_mode & 0o777 == 0o600, "socket mode \(String(info.st_mode & 0o777, radix: 8))")
+        #expect((info.st_mode & S_IFMT) == S_IFSOCK)
+        var token = stat()
+        #expect(stat(daemon.state.appendingPathComponent(TokenFile.fileName).path, &token) == 0)
+        #expect(token.st_mode & 0o777 == 0o600)
+
+        let client = daemon.client
+        let served = try client.send("GET", "/v1/openapi.json")
+        let repository = try Data(contentsOf: HostFacts.packageRoot.appendingPathComponent("Sources/API/openapi.json"))
+        #expect(served.status == 200)
+        #expect(served.body == repository, "the daemon serves the repository's document")
+        // Every documented operation is routed: none answers the router's "no such route".
+        let operations = try AgentDaemon.documentedOperations(repository)
+        #expect(operations.count > 30)
+        for operation in operations.sorted() {
+            let parts = operation.split(separator: " ")
+            let path = parts[1].replacingOccurrences(of: "{name}", with: "nosuch").replacingOccurrences(of: "{id}", with: "424242")
+            let response = try client.send(String(parts[0]), path, body: parts[0] == "GET" || parts[0] == "DELETE" ? nil : Data("{}".utf8))
+            #expect(response.status < 500, "\(operation): \(response.status) \(response.text)")
+            #expect(!response.text.contains("\"no_route\""), "\(operation) is documented but not routed")
+        }
+        let unknown = try client.send("GET", "/v1/nothing")
+        #expect(unknown.status == 404 && unknown.text.contains("no_route"))
+    }
+
+    @Test func hundredContainersRunConcurrentlyEachWithItsOwnOutputAndStatus() async throws {
+        let daemon = try DaemonFixture()
+        try daemon.start()
+        defer { daemon.stop() }
+        let client = daemon.client
+        try daemon.addBusybox(client)
+        let results = try await withThrowingTaskGroup(of: (Int, RunResult, Int).self) { group in
+            for index in 0..<100 {
+                group.addTask {
+                    let spec = ContainerSpec(image: "busybox", arguments: ["sh", "-c", "echo container-\(index) $HOSTNAME_CHECK; echo err-\(index) >&2; exit \(index % 7)"],
+                                             environment: ["HOSTNAME_CHECK=h\(index)"], labels: ["index": "\(index)"])
+                    let response = try await client.send("POST", "/v1/containers/run", json: spec)
+                    return (index, try response.decode(RunResult.self), response.status)
+                }
+            }
+            var all: [(Int, RunResult, Int)] = []
+            for try await result in group { all.append(result) }
+            return all
+        }
+        #expect(results.count == 100)
+        for (index, result, status) in results {
+            #expect(status == 200)
+            #expect(result.stdout == "container-\(index) h\(index)\n")
+            #expect(result.stderr == "err-\(index)\n")
+            #expect(result.exitCode == index % 7)
+        }
+        #expect(Set(results.map(\.1.id)).count == 100, "unique container ids")
+        let listed = try await client.send("GET", "/v1/containers").decode([ContainerInfo].self)
+        #expect(listed.isEmpty, "run removes its container")
+        let exits = try daemon.events(client, type: "container.exit")
+        #expect(exits.count == 100)
+        #expect(daemon.stop() == 0)
+    }
+
+    @Test func logsFollowWhileTheContainerWrites() throws {
+        let daemon = try DaemonFixture()
+        try daemon.start()
+        defer { daemon.stop() }
+        let client = daemon.client
+        try daemon.addBusybox(client)
+        let script = "i=0; while [ $i -lt 6 ]; do echo line $i; j=0; while [ $j -lt 30000 ]; do j=$((j+1)); done; i=$((i+1)); done"
+        let created = try client.send("POST", "/v1/containers", json: ContainerSpec(image: "busybox", name: "writer", arguments: ["sh", "-c", script]))
+        #expect(created.status == 201)
+        #expect(try client.send("POST", "/v1/containers/writer/start").status == 200)
+        var received = Data()
+        var statesWhileReceiving: [String] = []
+        let status = try client.stream("GET", "/v1/containers/writer/logs?follow=true") { chunk in
+            received.append(chunk)
+            if let info = try? client.send("GET", "/v1/containers/writer").decode(ContainerInfo.self) {
+                statesWhileReceiving.append(info.state.rawValue)
+            }
+            return true
+        }
+        #expect(status == 200)
+        #expect(String(decoding: received, as: UTF8.self) == (0..<6).map { "line \($0)\n" }.joined())
+        #expect(statesWhileReceiving.first == "running", "the first lines arrived while the container still ran: \(statesWhileReceiving)")
+        #expect(statesWhileReceiving.count >= 2, "the output came in several pieces: \(statesWhileReceiving)")
+        // A client resuming passes the bytes it has.
+        let rest = try client.send("GET", "/v1/containers/writer/logs?stream=stdout&since=7")
+        #expect(rest.text == String(String(decoding: received, as: UTF8.self).dropFirst(7)))
+        let exit = try client.send("POST", "/v1/containers/writer/wait").decode(ExitInfo.self)
+        #expect(exit.exitCode == 0)
+    }
+
+    @Test func stopRunsTheGuestsTermHandler() throws {
+        let daemon = try DaemonFixture()
+        try daemon.start()
+        defer { daemon.stop() }
+        let client = daemon.client
+        try daemon.addBusybox(client)
+        let script = "trap 'echo got TERM; exit 7' TERM; echo ready; while true; do :; done"
+        #expect(try client.send("POST", "/v1/containers", json: ContainerSpec(image: "busybox", name: "trapper", arguments: ["sh", "-c", script])).status == 201)
+        #expect(try client.send("POST", "/v1/containers/trapper/start").status == 200)
+        let deadline = Date().addingTimeInterval(10)
+        while try client.send("GET", "/v1/containers/trapper/logs").text != "ready\n", Date() < deadline { usleep(10_000) }
+        let stopped = try client.send("POST", "/v1/containers/trapper/stop?grace=5")
+        #expect(stopped.status == 200)
+        let exit = try stopped.decode(ExitInfo.self)
+        #expect(exit.exitCode == 7, "the handler's exit status, not a power-off: \(exit)")
+        #expect(try client.send("GET", "/v1/containers/trapper/logs").text == "ready\ngot TERM\n")
+        // Without a handler, SIGTERM's default action: 143.
+        #expect(try client.send("POST", "/v1/containers", json: ContainerSpec(image: "busybox", name: "plain", arguments: ["sh", "-c", "while true; do :; done"])).status == 201)
+        #expect(try client.send("POST", "/v1/containers/plain/start").status == 200)
+        usleep(100_000)
+        #expect(try client.send("POST", "/v1/containers/plain/stop?grace=5").decode(ExitInfo.self).exitCode == 143)
+        #expect(try client.send("DELETE", "/v1/containers/plain").status == 204)
+        let stops = try daemon.events(client, type: "container.stop")
+        #expect(stops.count == 2 && stops.allSatisfy { ($0["actor"] as? String) == "uid:\(getuid())" && ($0["result"] as? String) == "ok" })
+    }
+
+    @Test func tcpWithoutOrWithAWrongTokenIsRefusedAndLogged() throws {
+        let daemon = try DaemonFixture(tcp: true)
+        try daemon.start()
+        defer { daemon.stop() }
+        let port = try #require(daemon.tcpPort)
+        let token = try #require(try TokenFile.load(path: daemon.state.appendingPathComponent(TokenFile.fileName).path).tokens.first)
+        let anonymous = AgentClient(endpoint: .tcp(host: "127.0.0.1", port: port, token: nil))
+        let wrong = AgentClient(endpoint: .tcp(host: "127.0.0.1", port: port, token: String(repeating: "0", count: token.value.count)))
+        let right = AgentClient(endpoint: .tcp(host: "127.0.0.1", port: port, token: token.value))
+        let missing = try anonymous.send("GET", "/v1/version")
+        #expect(missing.status == 401 && missing.text.contains("missing bearer token"))
+        #expect(try anonymous.send("POST", "/v1/images", body: Data("{}".utf8)).status == 401)
+        let refused = try wrong.send("GET", "/v1/containers")
+        #expect(refused.status == 401 && refused.text.contains("wrong bearer token"))
+        #expect(try right.send("GET", "/v1/version").status == 200)
+        // A state change on TCP is recorded under the token's name.
+        #expect(try right.send("POST", "/v1/placement/pools", body: Data(#"{"name":"tcp-pool"}"#.utf8)).status == 201)
+        let events = try daemon.events(daemon.client)
+        let refusals = events.filter { ($0["type"] as? String) == "auth.refused" }
+        #expect(refusals.count == 3)
+        #expect(refusals.allSatisfy { ($0["actor"] as? String)?.hasPrefix("tcp:") == true })
+        #expect(refusals.map { $0["result"] as? String } == ["missing bearer token", "missing bearer token", "wrong bearer token"])
+        #expect(events.contains { ($0["type"] as? String) == "pool.add" && ($0["actor"] as? String) == "token:\(token.name)" })
+    }
+
+    @Test func aRestartKeepsImagesPoliciesPoolsAndTheEventLog() throws {
+        let daemon = try DaemonFixture()
+        try daemon.start()
+        let client = daemon.client
+        try daemon.addBusybox(client)
+        #expect(try client.send("POST", "/v1/parents", body: Data(#"{"image":"busybox","memoryMiB":32,"readyVMs":2}"#.utf8)).status == 201)
+        #expect(try client.send("POST", "/v1/placement/hosts", body: Data(#"{"name":"h1","cpuCores":4,"nodeMemoryKiB":[1048576]}"#.utf8)).status == 201)
+        #expect(try client.send("POST", "/v1/placement/pools", body: Data(#"{"name":"dev","memoryReservationKiB":1024}"#.utf8)).status == 201)
+        #expect(try client.send("POST", "/v1/containers", json: ContainerSpec(image: "busybox", name: "spinner", arguments: ["sh", "-c", "while true; do :; done"])).status == 201)
+        #expect(try client.send("POST", "/v1/containers/spinner/start").status == 200)
+        usleep(300_000)
+        let before = try daemon.events(client)
+        // The daemon dies with its container running (no graceful stop).
+        daemon.stop(signal: SIGKILL)
+        try daemon.start()
+        defer { daemon.stop() }
+        let images = try client.send("GET", "/v1/images").decode([ImageRecord].self)
+        #expect(images.map(\.name) == ["busybox"])
+        let parents = try client.send("GET", "/v1/parents?sharing=false").decode([ParentInfo].self)
+        #expect(parents.map(\.id).sorted() == ["busybox.entry.32m", "busybox.entry.64m"])
+        #expect(parents.first { $0.id == "busybox.entry.32m" }?.policy.readyVMs == 2)
+        let pools = try client.send("GET", "/v1/placement/pools")
+        #expect(pools.text.contains("\"dev\""))
+        let spinner = try client.send("GET", "/v1/containers/spinner").decode(ContainerInfo.self)
+        #expect(spinner.state == .exited)
+        #expect(spinner.exitReason?.contains("restarted") == true)
+        let after = try daemon.events(client)
+        #expect(after.count > before.count)
+        #expect(zip(before, after).allSatisfy { ($0["id"] as? Int) == ($1["id"] as? Int) && ($0["type"] as? String) == ($1["type"] as? String) },
+                "the log before the restart is kept as it was")
+        #expect(after.contains { ($0["type"] as? String) == "container.stopped" && ($0["subject"] as? String) == spinner.id })
+        // The parents of the recorded policies are made again, and fork.
+        let run = try client.send("POST", "/v1/containers/run", json: ContainerSpec(image: "busybox", arguments: ["echo", "after restart"], memoryMiB: 32))
+        #expect(try run.decode(RunResult.self).stdout == "after restart\n")
+        #expect(try client.send("DELETE", "/v1/containers/spinner").status == 204)
+    }
+
+    @Test func aSecondDaemonOnTheSameFolderIsRefused() throws {
+        let daemon = try DaemonFixture()
+        try daemon.start()
+        defer { daemon.stop() }
+        let second = try HostFacts.run(DaemonFixture.binary, ["serve", "--state", daemon.state.path])
+        #expect(second.status == 1)
+        #expect(second.stderr.contains("in use by another vmfork daemon"))
+        #expect(try daemon.client.send("GET", "/v1/_ping").status == 200)
+    }
+
+    @Test func badInputIsRefusedByNameAndChangesNothing() throws {
+        let daemon = try DaemonFixture()
+        try daemon.start()
+        defer { daemon.stop() }
+        let client = daemon.client
+        try daemon.addBusybox(client)
+        // An image whose program ends without reading standard input: no stdin fork point.
+        let truthy = #"{"name":"truthy","rootfs":"\#(daemon.rootfs.path)","executable":"/bin/busybox","arguments":["true"]}"#
+        #expect(try client.send("POST", "/v1/images", body: Data(truthy.utf8)).status == 201)
+        func snapshot() throws -> String {
+            try ["/v1/images", "/v1/containers", "/v1/parents?sharing=false", "/v1/placement/pools", "/v1/placement/hosts"]
+                .map { try client.send("GET", $0).text }.joined(separator: "\n")
+        }
+        let before = try snapshot()
+        let cases: [(String, String, String, Int, String)] = [
+            ("POST", "/v1/containers", #"{"image":"busybox""#, 400, "not valid JSON"),
+            ("POST", "/v1/containers", #"["busybox"]"#, 400, "JSON object"),
+            ("POST", "/v1/containers", #"{"image":"busybox","colour":"red"}"#, 400, "colour"),
+            ("POST", "/v1/containers", #"{"image":"busybox","name":null}"#, 400, "is null"),
+            ("POST", "/v1/containers", #"{"image":"busybox","memoryMiB":99999999}"#, 400, "memoryMiB"),
+            ("POST", "/v1/containers", #"{"image":"busybox","memoryMiB":"64"}"#, 400, "memoryMiB"),
+            ("POST", "/v1/containers", #"{"image":"busybox","memoryMiB":1e30}"#, 400, "out of any range"),
+            ("POST", "/v1/containers", #"{"image":"nosuch"}"#, 404, "unknown image nosuch"),
+            ("POST", "/v1/containers", #"{"image":"busybox","pool":"nosuch"}"#, 404, "nosuch"),
+            ("POST", "/v1/containers", #"{"image":"busybox","environment":["NOEQUALS"]}"#, 400, "NOEQUALS"),
+            ("POST", "/v1/containers", #"{}"#, 400, "is required"),
+            ("POST", "/v1/containers/nosuch/start", "", 404, "unknown container nosuch"),
+            ("POST", "/v1/containers/nosuch/kill?signal=99", "", 400, "signal"),
+            ("DELETE", "/v1/images/nosuch", "", 404, "unknown image"),
+            ("POST", "/v1/images", #"{"name":"x","rootfs":"/nonexistent","executable":"/bin/sh"}"#, 400, "rootfs"),
+            ("POST", "/v1/images", #"{"name":"busybox","rootfs":"/","executable":"/bin/sh"}"#, 409, "already exists"),
+            ("POST", "/v1/parents", #"{"image":"busybox","parents":0}"#, 400, "parents"),
+            ("POST", "/v1/parents", #"{"image":"truthy","forkPoint":"stdin"}"#, 400, "ended before it first read standard input"),
+            ("POST", "/v1/containers", #"{"image":"truthy","forkPoint":"stdin"}"#, 400, "ended before it first read standard input"),
+            ("POST", "/v1/placement/pools", #"{"name":"p","memoryReservationKiB":-1}"#, 400, "memoryReservationKiB"),
+            ("POST", "/v1/placement/pools", #"{"name":"p","parent":"nosuch"}"#, 404, "nosuch"),
+            ("POST", "/v1/placement/place", #"{"pool":"nosuch","image":"busybox"}"#, 404, "nosuch"),
+            ("GET", "/v1/events?follow=maybe", "", 400, "follow"),
+            ("GET", "/v1/containers?state=sleeping", "", 400, "state"),
+        ]
+        for (method, path, body, status, mention) in cases {
+            let response = try client.send(method, path, body: body.isEmpty ? nil : Data(body.utf8))
+            #expect(response.status == status, "\(method) \(path) \(body): \(response.status) \(response.text)")
+            #expect(response.headers["content-type"] == "application/json")
+            #expect(response.text.contains(mention), "\(method) \(path) \(body): \(response.text)")
+        }
+        let big = try client.send("POST", "/v1/containers", body: Data(repeating: 0x20, count: 2 << 20))
+        #expect(big.status == 413 && big.text.contains("too_large"))
+        #expect(try snapshot() == before, "refused requests changed nothing")
+        let refused = try daemon.events(client).filter { ($0["result"] as? String) != "ok" }
+        #expect(refused.contains { ($0["type"] as? String) == "request.refused" && ($0["actor"] as? String) == "uid:\(getuid())"
+                                   && ($0["result"] as? String)?.contains("colour") == true })
+        #expect(refused.contains { ($0["type"] as? String) == "container.create" && ($0["result"] as? String) == "unknown image nosuch" })
+        // An image in use is not removed.
+        #expect(try client.send("POST", "/v1/containers", json: ContainerSpec(image: "busybox", name: "user", arguments: ["true"])).status == 201)
+        let inUse = try client.send("DELETE", "/v1/images/busybox")
+        #expect(inUse.status == 409 && inUse.text.contains("used by 1 container"))
+        #expect(try client.send("DELETE", "/v1/containers/user").status == 204)
+        #expect(try client.send("DELETE", "/v1/images/busybox").status == 204)
+        #expect(try client.send("DELETE", "/v1/images/truthy").status == 204)
+    }
+
+    @Test func stdinAttachLabelFiltersAndTheFollowedEventStream() throws {
+        let daemon = try DaemonFixture()
+        try daemon.start()
+        defer { daemon.stop() }
+        let client = daemon.client
+        try daemon.addBusybox(client)
+        // A follower of the event log, from the start, for container exits only.
+        let followed = FollowedEvents()
+        let follower = Thread {
+            _ = try? daemon.client.stream("GET", "/v1/events?follow=true&type=container.exit&timeout=30") { chunk in
+                followed.append(chunk)
+                return !followed.text.contains("\n")
+            }
+        }
+        follower.start()
+        let spec = ContainerSpec(image: "busybox", name: "reader", arguments: ["sh", "-c", "read line; echo got $line"],
+                                 labels: ["role": "reader"], openStdin: true)
+        #expect(try client.send("POST", "/v1/containers", json: spec).status == 201)
+        #expect(try client.send("POST", "/v1/containers/reader/start").status == 200)
+        #expect(try client.send("POST", "/v1/containers/reader/stdin?close=true", body: Data("hello\n".utf8), contentType: "application/octet-stream").status == 204)
+        #expect(try client.send("POST", "/v1/containers/reader/wait").decode(ExitInfo.self).exitCode == 0)
+        #expect(try client.send("GET", "/v1/containers/reader/logs").text == "got hello\n")
+        #expect(try client.send("GET", "/v1/containers?label=role=reader").decode([ContainerInfo].self).map(\.name) == ["reader"])
+        #expect(try client.send("GET", "/v1/containers?label=role=writer").decode([ContainerInfo].self).isEmpty)
+        #expect(try client.send("GET", "/v1/containers?state=exited&label=role").decode([ContainerInfo].self).count == 1)
+        #expect(try client.send("POST", "/v1/containers/reader/kill?signal=15").status == 409)
+        let id = try client.send("GET", "/v1/containers/reader").decode(ContainerInfo.self).id
+        let deadline = Date().addingTimeInterval(10)
+        while !followed.text.contains("\n"), Date() < deadline { usleep(10_000) }
+        let line = followed.text.split(separator: "\n").first.map(String.init) ?? ""
+        #expect(line.contains("\"type\":\"container.exit\"") && line.contains(id), "followed: \(followed.text)")
+    }
+    @Test func drainEvictsAParentWithItsLastChildAndMetricsShowTheForks() throws {
+        let daemon = try DaemonFixture()
+        try daemon.start()
+        defer { daemon.stop() }
+        let client = daemon.client
+        try daemon.addBusybox(client)
+        let made = try client.send("POST", "/v1/parents", body: Data(#"{"image":"busybox","memoryMiB":16,"readyVMs":2}"#.utf8))
+        #expect(made.status == 201)
+        #expect(try made.decode(ParentInfo.self).state == "ready")
+        let child = ContainerSpec(image: "busybox", name: "child", arguments: ["true"], memoryMiB: 16)
+        #expect(try client.send("POST", "/v1/containers", json: child).status == 201)
+        #expect(try client.send("POST", "/v1/containers/child/start").status == 200)
+        #expect(try client.send("POST", "/v1/containers/child/wait").decode(ExitInfo.self).exitCode == 0)
+        let listed = try client.send("GET", "/v1/parents").decode([ParentInfo].self)
+        let parent = try #require(listed.first { $0.id == "busybox.entry.16m" })
+        #expect(parent.liveChildren == 1)
+        #expect(parent.sharing.map { $0.parentBytes > 0 && $0.children == 1 } == true, "sharing figures: \(String(describing: parent.sharing))")
+        // Draining: no more forks from it; it goes with its last child.
+        #expect(try client.send("POST", "/v1/parents/busybox.entry.16m/drain").decode(ParentInfo.self).state == "draining")
+        let refused = try client.send("POST", "/v1/containers", json: ContainerSpec(image: "busybox", arguments: ["true"], memoryMiB: 16))
+        #expect(refused.status == 409 && refused.text.contains("draining"))
+        #expect(try client.send("DELETE", "/v1/parents/busybox.entry.16m").status == 409, "a parent with a live child is not removed")
+        #expect(try client.send("DELETE", "/v1/containers/child").status == 204)
+        let evictions = try daemon.events(client, type: "parent.evict")
+        #expect(evictions.contains { ($0["subject"] as? String) == "busybox.entry.16m" && ($0["actor"] as? String) == "engine" })
+        #expect(try client.send("DELETE", "/v1/parents/busybox.entry.16m").status == 204)
+        let metrics = try client.send("GET", "/metrics")
+        #expect(metrics.status == 200 && metrics.headers["content-type"]?.hasPrefix("text/plain") == true)
+        #expect(metrics.text.contains("vmfork_forks_total 1"))
+        #expect(metrics.text.contains("vmfork_fork_duration_seconds_count 1"))
+        #expect(metrics.text.contains("vmfork_containers_live 0"))
+    }
+    @Test func underMemoryPressureIdlePoolsShrinkThenIdleParentsGoButNotOnesWithChildren() throws {
+        let daemon = try DaemonFixture()
+        // A threshold no host meets: the daemon is under memory pressure from the start.
+        try daemon.start(extra: ["--pressure-available-mib", "100000000"])
+        defer { daemon.stop() }
+        let client = daemon.client
+        try daemon.addBusybox(client)
+        #expect(try client.send("POST", "/v1/parents", body: Data(#"{"image":"busybox","memoryMiB":16,"readyVMs":2}"#.utf8)).status == 201)
+        #expect(try client.send("POST", "/v1/parents", body: Data(#"{"image":"busybox","memoryMiB":32,"readyVMs":2}"#.utf8)).status == 201)
+        // A live child keeps its parent.
+        #expect(try client.send("POST", "/v1/containers", json: ContainerSpec(image: "busybox", name: "keeper", arguments: ["true"], memoryMiB: 32)).status == 201)
+        let deadline = Date().addingTimeInterval(20)
+        var evicted: [[String: Any]] = []
+        while evicted.isEmpty, Date() < deadline {
+            usleep(200_000)
+            evicted = try daemon.events(client, type: "parent.evict")
+        }
+        let shrunk = try daemon.events(client, type: "parent.shrink")
+        #expect(shrunk.contains { ($0["subject"] as? String) == "busybox.entry.16m" })
+        #expect(evicted.map { $0["subject"] as? String } == ["busybox.entry.16m"], "only the idle parent goes: \(evicted)")
+        #expect((evicted.first?["detail"] as? String)?.contains("memory pressure") == true)
+        let parents = try client.send("GET", "/v1/parents?sharing=false").decode([ParentInfo].self)
+        #expect(parents.first { $0.id == "busybox.entry.32m" }?.state == "ready")
+        #expect(parents.first { $0.id == "busybox.entry.16m" }?.state == "absent", "the policy stays; its parent is made again at its next use")
+    }
+}
+
+
+
+final class FollowedEvents: @unchecked Sendable {
+    // @unchecked: every access holds the lock.
+    private let lock = NSLock()
+    private var data = Data()
+    func append(_ chunk: Data) { lock.withLock { data.append(chunk) } }
+    var text: String { lock.withLock { String(decoding: data, as: UTF8.self) } }
+}

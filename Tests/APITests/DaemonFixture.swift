@@ -1,0 +1,87 @@
+import API
+import Engine
+import Foundation
+import TestSupport
+
+/// A real `vmfork serve` on a temporary state folder, started as its own process, with a
+/// busybox rootfs to register as an image. `stop()` sends SIGTERM and returns the exit status.
+final class DaemonFixture: @unchecked Sendable {
+    // @unchecked: the process handle is only touched by the test that owns the fixture.
+    let state: URL
+    let rootfs: URL
+    let tcpPort: Int?
+    private(set) var process: Process?
+    let log: URL
+
+    static var binary: String { HostFacts.productsFolder.appendingPathComponent("vmfork").path }
+
+    init(tcp: Bool = false, state: URL? = nil, rootfs: URL? = nil) throws {
+        self.state = try state ?? HostFacts.makeTemporaryFolder("agent-state")
+        self.rootfs = try rootfs ?? BusyboxRootfs.make()
+        tcpPort = tcp ? Int.random(in: 20000...60000) : nil
+        log = self.state.appendingPathComponent("daemon-\(UUID().uuidString).log")
+    }
+
+    var socketPath: String { state.appendingPathComponent(AgentDaemon.socketName).path }
+    var client: AgentClient { AgentClient(socketPath: socketPath) }
+
+    /// Starts the daemon and waits until it answers on its socket.
+    func start(extra: [String] = []) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.binary)
+        process.arguments = ["serve", "--state", state.path, "--stop-grace", "2"] + (tcpPort.map { ["--listen", "127.0.0.1:\($0)"] } ?? []) + extra
+        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
+        let handle = try FileHandle(forWritingTo: log)
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+        self.process = process
+        let deadline = Date().addingTimeInterval(20)
+        while Date() < deadline {
+            if let response = try? client.send("GET", "/v1/_ping"), response.status == 200 { return }
+            if !process.isRunning { break }
+            usleep(20_000)
+        }
+        throw AgentClient.ClientError(description: "the daemon did not start: \(daemonLog)")
+    }
+
+    var daemonLog: String { (try? String(contentsOf: log, encoding: .utf8)) ?? "" }
+
+    /// SIGTERM; waits for the daemon to exit and returns its status.
+    @discardableResult
+    func stop(signal: Int32 = SIGTERM) -> Int32 {
+        guard let process else { return -1 }
+        kill(process.processIdentifier, signal)
+        process.waitUntilExit()
+        self.process = nil
+        return process.terminationStatus
+    }
+
+    deinit {
+        if let process, process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+        try? FileManager.default.removeItem(at: rootfs)
+        try? FileManager.default.removeItem(at: state)
+    }
+
+    /// Registers the busybox rootfs as image `busybox`.
+    func addBusybox(_ client: AgentClient) throws {
+        let response = try client.send("POST", "/v1/images", json: ImageBody(name: "busybox", rootfs: rootfs.path, executable: "/bin/busybox",
+                                                                             environment: ["PATH=/bin"]))
+        guard response.status == 201 else { throw AgentClient.ClientError(description: "image add: \(response.status) \(response.text)") }
+    }
+
+    struct ImageBody: Codable, Sendable {
+        var name: String
+        var rootfs: String
+        var executable: String
+        var environment: [String]
+    }
+
+    func events(_ client: AgentClient, type: String? = nil) throws -> [[String: Any]] {
+        let response = try client.send("GET", "/v1/events" + (type.map { "?type=\($0)" } ?? ""))
+        return (try JSONSerialization.jsonObject(with: response.body) as? [[String: Any]]) ?? []
+    }
+}

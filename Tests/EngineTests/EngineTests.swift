@@ -1,0 +1,49 @@
+import Engine
+import Foundation
+import GRDB
+import Metrics
+import Store
+import TestSupport
+import Testing
+
+/// The engine in process, without the HTTP layer.
+@Suite(.enabled(if: HostFacts.hasKVM && BusyboxRootfs.isAvailable, "needs /dev/kvm and busybox-static"))
+struct EngineTests {
+    @Test func runsAContainerRecordsItsEventsAndShutsDownInOrder() async throws {
+        let state = try HostFacts.makeTemporaryFolder("engine-state")
+        let root = try BusyboxRootfs.make()
+        defer {
+            try? FileManager.default.removeItem(at: state)
+            try? FileManager.default.removeItem(at: root)
+        }
+        let engine = try Engine(stateFolder: state, metricsFactory: NOOPMetricsHandler.instance)
+        _ = try await engine.addImage(ImageRecord(name: "busybox", rootfs: root.path, executable: "/bin/busybox"), by: "test")
+        let result = try await engine.runContainer(ContainerSpec(image: "busybox", arguments: ["echo", "in process"]), by: "test")
+        #expect(result.stdout == "in process\n" && result.exitCode == 0)
+        let sleeper = try await engine.createContainer(ContainerSpec(image: "busybox", arguments: ["sh", "-c", "while true; do :; done"]), by: "test")
+        _ = try await engine.startContainer(sleeper.id, by: "test")
+        await engine.shutdown(grace: .milliseconds(200))
+        #expect(try engine.inspectContainer(sleeper.id).state == .exited)
+        let types = try await engine.events().map(\.type)
+        #expect(types.first == "daemon.start" && types.last == "daemon.stop")
+        #expect(types.filter { $0 == "container.exit" }.count == 2)
+        do {
+            _ = try await engine.createContainer(ContainerSpec(image: "busybox"), by: "test")
+            Issue.record("a shut-down engine forked")
+        } catch let error as EngineError {
+            #expect(error.kind == .unavailable)
+        }
+    }
+
+    @Test func theEventLogIsAppendOnly() throws {
+        let state = try HostFacts.makeTemporaryFolder("engine-events")
+        defer { try? FileManager.default.removeItem(at: state) }
+        let store = try StateStore(folder: state)
+        let event = try store.append(event: EventRow(time: 1, actor: "test", type: "x", subject: "", result: "ok"))
+        #expect(event.id == 1)
+        let database = try DatabaseQueue(path: store.path)
+        #expect(throws: (any Error).self) { try database.write { db in try db.execute(sql: "UPDATE event SET result = 'forged'") } }
+        #expect(throws: (any Error).self) { try database.write { db in try db.execute(sql: "DELETE FROM event") } }
+        #expect(try store.events().map(\.result) == ["ok"])
+    }
+}
