@@ -51,12 +51,13 @@ public struct StandardStreams: Sendable {
 /// Teardown, in this order (each step is what makes the next safe):
 /// 1. The vCPU leaves KVM_RUN: the program ends, or `kill`/`sendSignal` set `immediate_exit`
 ///    and kick the vCPU thread (and wake any wait through the interrupt eventfd).
-/// 2. Polling stops: `run` unregisters the VM from the poller, which returns only once the
-///    poller holds no reference to it; from then on no other thread touches the VM.
+/// 2. Polling stops: `run` unregisters the VM from the poller and clears `pollerMailbox`
+///    under the VM's lock, so the poller serves it no more calls.
 /// 3. The owner lets it go (`Container.remove`, on the reaper queue): the pool may restore it
 ///    for a sibling (`PreparedVM(reusing:)`); otherwise the last reference goes, and with it
 ///    the vCPU (its kvm_run mapping and descriptor), the VM's descriptor, then the guest
-///    memory's mapping and memfd — on the reaper's thread, never on the poller's.
+///    memory's mapping and memfd — on the reaper's thread, or on the poller's release queue
+///    when the poller's copy of its set held the last reference; never on the poller itself.
 public final class ProcessVM: @unchecked Sendable {
     public let configuration: ProcessVMConfiguration
     let vm: VirtualMachine

@@ -43,7 +43,7 @@ final class SyscallPoller: @unchecked Sendable {
 
     /// A watched VM and its mailbox page (which never moves while the VM lives).
     private struct Watched {
-        let vm: ProcessVM
+        var vm: ProcessVM
         let mailbox: UnsafeMutableRawPointer
         /// Tells this watch from a later one of the same VM.
         let serial: Int
@@ -56,9 +56,8 @@ final class SyscallPoller: @unchecked Sendable {
     /// Bumped (under the lock) whenever the watched set changes, so the loop copies the set
     /// only when it changed.
     private let generation = Atomic<Int>(0)
-    /// The generation of the set the loop holds (its VM references), or `Int.max` while it
-    /// holds none; `unregister` waits on it.
-    private let heldGeneration = Atomic<Int>(Int.max)
+    /// Where a VM whose last reference was the loop's is torn down (see `letGo`).
+    private let releaseQueue = DispatchQueue(label: "vmfork.poller.release", qos: .utility)
     private var started = false
     /// Until when polling is off because the host has no core to spare for it.
     private var backingOffUntil: ContinuousClock.Instant?
@@ -83,21 +82,27 @@ final class SyscallPoller: @unchecked Sendable {
     }
 
     /// Stops watching a VM whose program ended.
-    ///
-    /// Returns only once the poller's loop holds no reference to `vm` (it may still hold the
-    /// set it copied before): so the VM's last reference is never the poller's, and its
-    /// teardown — closing KVM descriptors, unmapping its memory, milliseconds of work — never
-    /// runs on the poller's thread, where every other VM waits for it.
+    /// The poller's loop may still hold the VM in the set it copied before; should that be
+    /// the VM's last reference, the loop hands it to `releaseQueue` (see `letGo`).
     func unregister(_ vm: ProcessVM) {
-        let after: Int = condition.withLock {
-            if let entry = watched.removeValue(forKey: ObjectIdentifier(vm)) {
-                Self.setPollerActive(entry.mailbox, false)
-                generation.add(1, ordering: .releasing)
-            }
-            return generation.load(ordering: .relaxed)
+        condition.withLock {
+            guard let entry = watched.removeValue(forKey: ObjectIdentifier(vm)) else { return }
+            Self.setPollerActive(entry.mailbox, false)
+            generation.add(1, ordering: .releasing)
         }
-        // The loop copies the set within a turn (microseconds), or holds none while it sleeps.
-        while heldGeneration.load(ordering: .acquiring) < after { sched_yield() }
+    }
+
+    /// Drops the loop's references to `entries`, outside the lock. A VM whose owner let go
+    /// while the loop still held it would be torn down right here — closing its KVM
+    /// descriptors and unmapping its memory, milliseconds of work on the thread every other
+    /// VM waits for — so such a VM's last reference goes to `releaseQueue` instead. (Waiting
+    /// in `unregister` until the loop let go cost every fork ~100 µs on 2 busy cores.)
+    private func letGo(_ entries: inout [Watched]) {
+        while var entry = entries.popLast() {
+            guard isKnownUniquelyReferenced(&entry.vm) else { continue }
+            let vm = entry.vm
+            releaseQueue.async { withExtendedLifetime(vm) {} }
+        }
     }
 
     private var backingOff: Bool {
@@ -146,11 +151,11 @@ final class SyscallPoller: @unchecked Sendable {
                         return entry
                     }, generation.load(ordering: .relaxed))
                 }
-                // The old set's references go here, outside the lock, before the new
-                // generation is published.
+                // The old set's references go outside the lock.
+                var previous = current
                 current = fresh
+                letGo(&previous)
                 seenGeneration = freshGeneration
-                heldGeneration.store(current.isEmpty ? Int.max : freshGeneration, ordering: .releasing)
                 // A VM just watched has not had its chance to post yet.
                 lastServed = ContinuousClock.now
             }
@@ -220,8 +225,7 @@ final class SyscallPoller: @unchecked Sendable {
             generation.add(1, ordering: .releasing)
         }
         for entry in current { _ = entry.vm.servePostedSystemCall() }
-        current = []
-        heldGeneration.store(Int.max, ordering: .releasing)
+        letGo(&current)
         condition.withLock {
             guard let deadline else {
                 while watched.isEmpty { condition.wait() }
