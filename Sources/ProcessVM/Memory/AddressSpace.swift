@@ -102,12 +102,13 @@ final class AddressSpace {
     func isFullyMapped(_ start: UInt64, _ length: UInt64) -> Bool {
         let (end, overflow) = start.addingReportingOverflow(length)
         guard !overflow else { return false }
+        // Regions are sorted and never overlap; no array is made (mprotect is on the fork path).
         var covered = start
-        for part in mappedParts(start, end) {
-            guard part.lowerBound == covered else { return false }
-            covered = part.upperBound
+        for region in regions where region.end > start && region.start < end {
+            guard region.start <= covered else { return false }
+            covered = max(covered, min(region.end, end))
         }
-        return covered == end
+        return covered >= end
     }
 
     /// Unmaps whatever is mapped in [start, start+length). The frames are quarantined until
