@@ -18,7 +18,8 @@ public enum GuestError: Error, CustomStringConvertible, Equatable, Sendable {
         case .outOfMemory: return "the process VM's memory limit is reached"
         case .invalidExecutable(let why): return "cannot load the executable: \(why)"
         case .reservedRange(let address):
-            return "a mapping at 0x\(String(address, radix: 16)) leaves the user address range (0x10000 up to 0x7ffffffff000)"
+            return "a mapping at 0x\(String(address, radix: 16)) leaves the user address range "
+                + "(0x\(String(AddressSpace.userBottom, radix: 16)) up to 0x\(String(AddressSpace.userTop, radix: 16)))"
         case .kvm(let error): return error.description
         case .system(let error): return error.description
         }
