@@ -37,11 +37,15 @@ curl -sf --unix-socket "$state/state/vmfork.sock" -X POST http://localhost/v1/im
     -d "{\"name\":\"busybox\",\"rootfs\":\"$state/rootfs\",\"executable\":\"/bin/busybox\",\"arguments\":[\"true\"]}" >/dev/null
 
 # From the temporary folder, so that schemathesis's cache stays out of the repository.
+# One worker: with two, hypothesis's threads call ast.parse at once, and CPython 3.11's AST
+# constructor keeps its recursion counter per interpreter, not per thread, so the run died at
+# random with "SystemError: AST constructor recursion depth mismatch" (CI, 2026-12-04; the
+# class of CPython issue 106905), a fault of the fuzzer's interpreter and not of the API.
 (cd "$state" && st run "http://127.0.0.1:$port/v1/openapi.json" \
     --header "Authorization: Bearer $token" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,negative_data_rejection \
     --exclude-operation-id events \
-    --max-time "$seconds" --request-timeout 10 --workers 2 \
+    --max-time "$seconds" --request-timeout 10 --workers 1 \
     --suppress-health-check all --no-color)
 status=$?
 if grep -q "panic\|Fatal error" "$state/daemon.log"; then
