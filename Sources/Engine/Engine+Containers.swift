@@ -20,7 +20,7 @@ extension Engine {
     private func create(_ spec: ContainerSpec, startNow: Bool) async throws -> ManagedContainer {
         try ensureAccepting()
         let image = try image(spec.image)
-        let forkPoint = spec.forkPoint ?? .entry
+        let forkPoint = spec.forkPoint ?? image.defaultForkPoint ?? .entry
         let memoryMiB = spec.memoryMiB ?? ParentPolicy.defaultMemoryMiB
         guard ParentPolicy.memoryRange.contains(memoryMiB) else {
             throw EngineError.invalid("memoryMiB", "memoryMiB \(memoryMiB) is out of range (\(ParentPolicy.memoryRange))")

@@ -91,7 +91,7 @@ public final class Engine: Sendable {
         var stopped: [ContainerRow] = []
         registry.withLock { registry in
             for row in snapshot.images {
-                registry.images[row.name] = ImageRecord(row: row)
+                registry.images[row.name] = ImageRecord(row: row).withDefaultForkPoint()
             }
             for row in snapshot.policies {
                 guard let policy = ParentPolicy(row: row) else { continue }
