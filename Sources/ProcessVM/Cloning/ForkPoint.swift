@@ -112,11 +112,13 @@ public final class ForkPoint: @unchecked Sendable {
 extension ProcessVM {
     /// Turns a freshly loaded program into a warm parent stopped at `kind`. For
     /// `.firstStandardInputRead` the program runs (with this VM's streams) until it first
-    /// reads standard input; nil if it ended before that. The parent's VM is closed; its
+    /// reads standard input; nil if it ended before that. For `.main` it runs until its main,
+    /// within `startupLimit`, and throws `.noMainForkPoint` when it cannot get there. The parent's VM is closed; its
     /// memory lives on in the fork point.
     public static func makeForkPoint(system: KVMSystem, configuration: ProcessVMConfiguration, executable: String,
                                      arguments: [String], environment: [String], kind: ForkPoint.Kind,
-                                     streams: StandardStreams = StandardStreams()) throws(GuestError) -> ForkPoint? {
+                                     streams: StandardStreams = StandardStreams(),
+                                     startupLimit: Duration = ProcessVM.startupLimit) throws(GuestError) -> ForkPoint? {
         let parent = try ProcessVM(system: system, configuration: configuration, executable: executable,
                                    arguments: arguments, environment: environment, streams: streams,
                                    reservesChildArguments: kind == .main)
@@ -130,7 +132,7 @@ extension ProcessVM {
             guard case .atFirstStandardInputRead = try parent.runUntilStop() else { return nil }
         case .main:
             try parent.placeMainBreakpoint()
-            try parent.runUntilMain()
+            try parent.runUntilMain(limit: startupLimit)
         }
         let warmUpPages = try parent.writeWarmUpList()
         let point = try ForkPoint(kind: kind, parent: parent, cpuid: cpuid, warmUpPages: warmUpPages)

@@ -7,8 +7,9 @@ import KVM
 /// an `int3` there, runs the parent until it traps, puts the byte back and takes the parent's
 /// state as it was at main's first instruction, in user mode.
 extension ProcessVM {
-    /// How long a parent's start-up may run before the engine gives up on reaching main.
-    static let startupLimit: Duration = .seconds(10)
+    /// How long a parent's start-up may run, by default, before the engine gives up on
+    /// reaching main.
+    public static let startupLimit: Duration = .seconds(10)
 
     /// Finds main and puts the breakpoint there; the program must not have run yet.
     func placeMainBreakpoint() throws(GuestError) {
@@ -60,16 +61,17 @@ extension ProcessVM {
         return true
     }
 
-    /// Runs a parent whose breakpoint is at main until it gets there, within `startupLimit`.
-    func runUntilMain() throws(GuestError) {
+    /// Runs a parent whose breakpoint is at main until it gets there, within `limit`.
+    func runUntilMain(limit: Duration) throws(GuestError) {
         let watchdog = DispatchWorkItem { [weak self] in self?.kill() }
-        DispatchQueue.global().asyncAfter(deadline: .now() + .seconds(Int(Self.startupLimit.components.seconds)), execute: watchdog)
+        let milliseconds = Int(limit.components.seconds) * 1000 + Int(limit.components.attoseconds / 1_000_000_000_000_000)
+        DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(milliseconds), execute: watchdog)
         defer { watchdog.cancel() }
         switch try runUntilStop() {
         case .atMain:
             return
         case .ended(.signaled(9)) where interrupts.pendingKill != nil:
-            throw .noMainForkPoint("the program's start-up did not reach main within \(Self.startupLimit)")
+            throw .noMainForkPoint("the program's start-up did not reach main within \(limit)")
         case .ended(let status):
             throw .noMainForkPoint("the program ended before it reached main (\(status))")
         case .atFirstStandardInputRead:
