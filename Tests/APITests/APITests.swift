@@ -325,6 +325,11 @@ struct DaemonTests {
         #expect(metrics.text.contains("vmfork_forks_total 1"))
         #expect(metrics.text.contains("vmfork_fork_duration_seconds_count 1"))
         #expect(metrics.text.contains("vmfork_containers_live 0"))
+        // The finished child's exits, as KVM counted them, and the poller's figures.
+        let exits = metrics.text.split(separator: "\n").first { $0.hasPrefix("vmfork_vm_exits_total ") }
+        #expect(exits.flatMap { Int($0.split(separator: " ")[1]) }.map { $0 > 0 } == true, "\(metrics.text)")
+        #expect(metrics.text.contains("vmfork_vm_exits_per_container_count 1"), "\(metrics.text)")
+        #expect(metrics.text.contains("vmfork_poller_watched_vms "))
     }
     @Test func underMemoryPressureIdlePoolsShrinkThenIdleParentsGoButNotOnesWithChildren() throws {
         let daemon = try DaemonFixture()

@@ -61,6 +61,15 @@ final class SyscallPoller: @unchecked Sendable {
     private var started = false
     /// Until when polling is off because the host has no core to spare for it.
     private var backingOffUntil: ContinuousClock.Instant?
+    /// Calls served without an exit, and how often polling went off for want of a core.
+    private let callsServed = Atomic<Int>(0)
+    private let backOffs = Atomic<Int>(0)
+
+    /// The poller's figures so far, for the engine's metrics.
+    var statistics: SystemCallPollerStatistics {
+        SystemCallPollerStatistics(callsServed: callsServed.load(ordering: .relaxed), backOffs: backOffs.load(ordering: .relaxed),
+                                   watchedVMs: condition.withLock { watched.count })
+    }
 
     /// Watches `vm`, whose mailbox page is `mailbox`, and turns its stub to polling, unless
     /// the poller backs off (the stub then keeps exiting). Called by the vCPU thread when the
@@ -178,6 +187,7 @@ final class SyscallPoller: @unchecked Sendable {
                 if state == SyscallStub.State.posted.rawValue, current[index].vm.servePostedSystemCall() {
                     current[index].lastPosted = now
                     served = true
+                    callsServed.add(1, ordering: .relaxed)
                 } else if now - current[index].lastPosted > Self.dormantAfter {
                     stopWatching(current[index])
                 }
@@ -188,6 +198,7 @@ final class SyscallPoller: @unchecked Sendable {
                 // call costing more than an exit. Polling stays off for a while. (With as
                 // many busy VMs as cores, losing the core is expected, and whichever vCPU
                 // runs is still served in microseconds.)
+                backOffs.add(1, ordering: .relaxed)
                 stopWatchingAll(&current, until: now + Self.backOff)
             } else if served {
                 lastServed = now
@@ -329,4 +340,17 @@ extension ProcessVM {
         cshims_atomic_store_u32(state, SyscallStub.State.done.rawValue)
         return true
     }
+}
+
+/// What the system-call poller has done since the engine started.
+public struct SystemCallPollerStatistics: Sendable, Equatable {
+    /// Calls served from a VM's mailbox, without a VM exit.
+    public let callsServed: Int
+    /// Times polling went off because the poller lost its core (every call then exits).
+    public let backOffs: Int
+    /// VMs watched now.
+    public let watchedVMs: Int
+
+    /// The poller's figures now.
+    public static func current() -> SystemCallPollerStatistics { SyscallPoller.shared.statistics }
 }
