@@ -89,16 +89,7 @@ final class MainForkPointTests {
     #include <stdio.h>
     #include <sys/auxv.h>
 
-    static void report(const char *who) {
-        unsigned long canary, guard;
-        __asm__ volatile ("mov %%fs:0x28, %0" : "=r"(canary));
-        __asm__ volatile ("mov %%fs:0x30, %0" : "=r"(guard));
-        const unsigned char *random = (const unsigned char *)getauxval(AT_RANDOM);
-        printf("%s canary %016lx guard %016lx random ", who, canary, guard);
-        for (int i = 0; i < 16; i++) printf("%02x", random[i]);
-        printf("\n");
-        fflush(stdout);
-    }
+    \#(RerandomisationTests.reportFunction)
 
     __attribute__((constructor)) static void before_main(void) { report("parent"); }
 
