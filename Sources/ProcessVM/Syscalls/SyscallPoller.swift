@@ -147,6 +147,8 @@ final class SyscallPoller: @unchecked Sendable {
         var lastServed = ContinuousClock.now
         var lastBusy = ContinuousClock.now
         var lastTurn = ContinuousClock.now
+        /// Bumped at each turn while VMs are watched, and written to their mailboxes.
+        var heartbeat: UInt32 = 0
         while true {
             // The set is copied only when it changed: the lock is not taken at each turn,
             // where it would starve a thread starting a VM.
@@ -182,7 +184,10 @@ final class SyscallPoller: @unchecked Sendable {
             let now = ContinuousClock.now
             lastBusy = now
             var served = false
+            heartbeat &+= 1
             for index in current.indices {
+                // A stub spinning on this mailbox sees the poller is on its core.
+                cshims_atomic_store_u32((current[index].mailbox + Int(SyscallStub.Offset.heartbeat)).assumingMemoryBound(to: UInt32.self), heartbeat)
                 let state = cshims_atomic_load_u32(current[index].mailbox.assumingMemoryBound(to: UInt32.self))
                 if state == SyscallStub.State.posted.rawValue, current[index].vm.servePostedSystemCall() {
                     current[index].lastPosted = now
