@@ -135,6 +135,37 @@ final class MainForkPointTests {
         #expect(Set(children.map(\.canary)).count == children.count && Set(children.map(\.random)).count == children.count)
     }
 
+    /// The address a program gave set_tid_address holds the thread id, which glibc caches
+    /// there at start-up: each child finds its own pid there, as after the kernel's fork.
+    @Test func eachChildFindsItsOwnPidWhereTheProgramAskedForItsThreadID() throws {
+        let source = """
+        #include <stdio.h>
+        #include <sys/syscall.h>
+        #include <unistd.h>
+        static int thread_id;
+        __attribute__((constructor)) static void before_main(void) { thread_id = (int)syscall(SYS_set_tid_address, &thread_id); }
+        int main(void) {
+            printf("%d %d\\n", thread_id, getpid());
+            return 0;
+        }
+        """
+        let root = try GlibcGuest.rootfs(source, name: "thread-id")
+        defer { try? FileManager.default.removeItem(at: root) }
+        let parent = try WarmParent(system: system, image: ParentSpec(name: "tid", rootfs: root.path, executable: "/prog",
+                                                                     memoryBytes: 16 << 20, forkPoint: .main), poolSize: 2)
+        var pids: Set<String> = []
+        for _ in 0..<4 {
+            let streams = try CapturedStreams()
+            let child = try parent.fork(arguments: [], streams: streams.standard)
+            #expect(try child.run() == .exited(0))
+            let fields = streams.stdout.split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+            #expect(fields.count == 2 && fields[0] == fields[1], "thread id and pid: \(streams.stdout)")
+            pids.insert(fields.first ?? "")
+            child.remove()
+        }
+        #expect(pids.count == 4, "each child its own pid: \(pids)")
+    }
+
     /// Start-up code that never reaches main, ends first, or traps on its own: each a clear
     /// refusal that names what happened, within the limit.
     @Test(arguments: [
