@@ -127,6 +127,8 @@ public final class ProcessVM: @unchecked Sendable {
         /// Whether the initial stack leaves room for children's own arguments (the parent of
         /// a main fork point).
         let reservesChildArguments: Bool
+        /// Where a dynamically linked program's interpreter was loaded (0: a static program).
+        let interpreterBase: UInt64
     }
 
     init(configuration: ProcessVMConfiguration, vm: VirtualMachine, vcpu: VCPU, memory: GuestMemory, space: AddressSpace,
@@ -168,8 +170,20 @@ public final class ProcessVM: @unchecked Sendable {
             throw .system(error)
         }
         let space = blank.space
-        let program = try Self.withExecutable(executable, from: files) { file throws(GuestError) in
-            try ProgramLoader.load(try ELFImage(file: file), from: file, into: space)
+        let (program, interpreterPath) = try Self.withExecutable(executable, from: files) { file throws(GuestError) in
+            let image = try ELFImage(file: file)
+            return (try ProgramLoader.load(image, from: file, into: space), image.interpreter)
+        }
+        // A dynamically linked program starts in its interpreter, which maps the libraries.
+        var interpreterEntry: UInt64?
+        if let interpreterPath {
+            interpreterEntry = try Self.withExecutable(interpreterPath, from: files) { file throws(GuestError) in
+                let image = try ELFImage(file: file)
+                guard image.kind == .positionIndependent, image.interpreter == nil else {
+                    throw .invalidExecutable("the interpreter \(interpreterPath) is not a position-independent program without one of its own")
+                }
+                return try ProgramLoader.load(image, from: file, into: space, base: ProgramLoader.interpreterBase).entry
+            }
         }
         space.heapStart = AddressSpace.pageUp(program.imageEnd)!
         space.heapEnd = space.heapStart
@@ -178,13 +192,14 @@ public final class ProcessVM: @unchecked Sendable {
 
         let entry = EntryState(program: program, executablePath: Array(executable.utf8),
                                hardwareCapabilities: UInt64(blank.cpuid.entries.first { $0.function == 1 }?.edx ?? 0), stackTop: stackTop,
-                               reservesChildArguments: reservesChildArguments)
+                               reservesChildArguments: reservesChildArguments,
+                               interpreterBase: interpreterEntry == nil ? 0 : ProgramLoader.interpreterBase)
         let programName = Array(executable.split(separator: "/").last.map { Array($0.utf8) }?.prefix(15) ?? [])
         self.init(configuration: configuration, vm: blank.vm, vcpu: blank.vcpu, memory: blank.memory, space: space, files: files,
                   identity: configuration.identity, programName: programName, exceptionStackFrame: blank.exceptionStackFrame, entry: entry)
         let stackPointer = try writeInitialStack(arguments: arguments, environment: environment)
         do {
-            try CPUSetup.start(vcpu, entry: program.entry, stack: stackPointer)
+            try CPUSetup.start(vcpu, entry: interpreterEntry ?? program.entry, stack: stackPointer)
         } catch {
             throw .kvm(error)
         }
@@ -198,6 +213,7 @@ public final class ProcessVM: @unchecked Sendable {
         var stack = InitialStack(arguments: arguments.map { Array($0.utf8) }, environment: environment.map { Array($0.utf8) },
                                  executablePath: entry.executablePath, randomBytes: randomBytes,
                                  hardwareCapabilities: entry.hardwareCapabilities)
+        stack.interpreterBase = entry.interpreterBase
         var top = entry.stackTop
         if entry.reservesChildArguments {
             top -= ChildArgumentRoom.areaBytes

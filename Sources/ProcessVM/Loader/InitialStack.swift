@@ -8,6 +8,8 @@ struct InitialStack {
     /// 16 bytes the C library seeds its stack protector and pointer guard from.
     var randomBytes: [UInt8]
     var hardwareCapabilities: UInt64
+    /// AT_BASE: where the interpreter of a dynamically linked program was loaded (0: none).
+    var interpreterBase: UInt64 = 0
     /// For the parent of a main fork point: slots of its envp array (the terminating null
     /// included), padded with empty strings, so that each child's own environment fits in
     /// place where the C library's `environ` already points.
@@ -47,7 +49,7 @@ struct InitialStack {
 
         let auxiliary: [(Aux, UInt64)] = [
             (.phdr, program.programHeaderAddress), (.phent, UInt64(program.programHeaderSize)),
-            (.phnum, UInt64(program.programHeaderCount)), (.pagesz, AddressSpace.pageSize), (.base, 0), (.flags, 0),
+            (.phnum, UInt64(program.programHeaderCount)), (.pagesz, AddressSpace.pageSize), (.base, interpreterBase), (.flags, 0),
             (.entry, program.entry), (.uid, UInt64(identity.uid)), (.euid, UInt64(identity.uid)),
             (.gid, UInt64(identity.gid)), (.egid, UInt64(identity.gid)), (.platform, platform),
             (.hwcap, hardwareCapabilities), (.clktck, 100), (.secure, 0), (.random, random), (.hwcap2, 0),
