@@ -61,7 +61,7 @@ final class ParentFamily: Sendable {
     /// holds), or the host's (KVM, the system: a failure).
     static func kind(of error: ForkError) -> EngineError.Kind {
         switch error {
-        case .parentEndedBeforeForkPoint, .guest(.invalidExecutable): .invalid
+        case .parentEndedBeforeForkPoint, .guest(.invalidExecutable), .guest(.noMainForkPoint): .invalid
         case .guest(.outOfMemory): .conflict
         case .guest(.system(let system)) where system.errno == ENOMEM: .conflict
         case .guest: .failed
@@ -94,6 +94,8 @@ final class ParentFamily: Sendable {
                                         hostname: hostname, streams: streams)
             state.withLock { $0.children[id] = child }
             return child
+        } catch .guest(.childArgumentsTooLarge(let what)) {
+            throw EngineError(.invalid, "the container's arguments and environment do not fit its parent at main: \(what)", field: "arguments")
         } catch {
             throw EngineError(.failed, "fork from \(policy.id) failed: \(error)")
         }
