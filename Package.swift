@@ -67,7 +67,7 @@ let package = Package(
         .target(
             name: "API",
             dependencies: [
-                "Engine", "Placement", "Store", "WorkloadProfiles",
+                "Engine", "Images", "Placement", "Store", "WorkloadProfiles",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),

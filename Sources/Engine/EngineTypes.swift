@@ -1,4 +1,5 @@
 import Foundation
+import Images
 
 /// Where a warm parent stops for good: at its program's entry point (children get their own
 /// arguments and environment) or at its first read of standard input (children read their own).
@@ -20,6 +21,8 @@ public struct ImageRecord: Codable, Sendable, Equatable {
     /// "NAME=value" entries a container gets when it names none.
     public var environment: [String]
     public var createdAt: Double
+    /// Where a pulled image came from and its config (nil for an image added from a folder).
+    public var pulled: PulledImage?
 
     public init(name: String, rootfs: String, executable: String, arguments: [String] = [], environment: [String] = [],
                 createdAt: Double = Date().timeIntervalSince1970) {

@@ -16,6 +16,8 @@ public enum ImageError: Error, CustomStringConvertible, Sendable, Equatable {
     case unsafeLayer(layer: String, entry: String, problem: String)
     /// Something the puller does not support (zstd layers, a platform missing from an index).
     case unsupported(String)
+    /// Refused for now: a collection while a pull is in flight.
+    case busy(String)
     /// The host failed: a file could not be written, the datastore is not usable.
     case io(String)
 
@@ -28,6 +30,7 @@ public enum ImageError: Error, CustomStringConvertible, Sendable, Equatable {
         case .digestMismatch(let what, let expected, let actual): "\(what): digest mismatch, expected \(expected) but the content hashes to \(actual)"
         case .unsafeLayer(let layer, let entry, let problem): "layer \(layer), entry \"\(entry)\": \(problem)"
         case .unsupported(let message): message
+        case .busy(let message): message
         case .io(let message): message
         }
     }

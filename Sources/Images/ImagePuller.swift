@@ -203,7 +203,7 @@ public final class ImagePuller: Sendable {
     /// blobs no remaining root folder's record names, and everything in tmp/. Refused while a
     /// pull is in flight.
     public func collectGarbage(keeping used: Set<String>) throws -> GarbageReport {
-        guard inFlight.withLock({ $0 }) == 0 else { throw ImageError.registry("a pull is in progress; collect garbage after it finishes") }
+        guard inFlight.withLock({ $0 }) == 0 else { throw ImageError.busy("a pull is in progress; collect garbage after it finishes") }
         var report = GarbageReport(rootfsRemoved: 0, blobsRemoved: 0, bytesFreed: 0)
         let usedPaths = Set(used.map { URL(fileURLWithPath: $0).standardizedFileURL.path })
         var keep = Set<Digest>()
