@@ -59,9 +59,10 @@ final class LayerUnpacker {
         }
     }
 
-    /// The path's components: "./" and "/" prefixes, "." and empty components dropped; ".." refused.
+    /// The path's components: a "./" prefix, "." and empty components dropped; ".." refused.
     func components(_ path: String, what: String = "path") throws(ImageError) -> [String] {
-        if path.hasPrefix("/") { throw refuse("\(what) \"\(path.prefix(200))\" is absolute; layer paths are relative to the image's root") }
+        // "/" alone is the root folder's own entry (umoci writes one); any other absolute path is refused.
+        if path.hasPrefix("/"), !path.allSatisfy({ $0 == "/" || $0 == "." }) { throw refuse("\(what) \"\(path.prefix(200))\" is absolute; layer paths are relative to the image's root") }
         var parts: [String] = []
         for part in path.split(separator: "/", omittingEmptySubsequences: true) where part != "." {
             if part == ".." { throw refuse("\(what) \"\(path.prefix(200))\" contains '..'") }
