@@ -33,7 +33,15 @@ http:
   addr: 127.0.0.1:$port
 $auth
 YAML
-docker-registry serve "$folder/config.yml" > "$folder/registry.log" 2>&1 &
+# Without the caller's other descriptors: a caller reading our output to its end must not
+# wait on the registry holding a copy of its pipe.
+(
+    for fd in /proc/$BASHPID/fd/*; do
+        fd=${fd##*/}
+        [ "$fd" -gt 2 ] && eval "exec $fd>&-"
+    done
+    exec docker-registry serve "$folder/config.yml" > "$folder/registry.log" 2>&1 < /dev/null
+) &
 pid=$!
 for _ in $(seq 100); do
     code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/v2/" || true)

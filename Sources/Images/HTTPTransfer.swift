@@ -24,6 +24,8 @@ final class HTTPTransfer: NSObject, URLSessionDataDelegate, @unchecked Sendable 
         var head: Head?
         var sink: Sink
         var failure: ImageError?
+        /// A 401 answered through the challenge delegate: its head is the answer.
+        var challenged = false
         var continuation: CheckedContinuation<Head, any Error>
     }
 
@@ -54,14 +56,29 @@ final class HTTPTransfer: NSObject, URLSessionDataDelegate, @unchecked Sendable 
 
     func urlSession(_ session: URLSession, dataTask: URLSessionDataTask, didReceive response: URLResponse,
                     completionHandler: @escaping (URLSession.ResponseDisposition) -> Void) {
-        let http = response as? HTTPURLResponse
+        let head = Self.head(response as? HTTPURLResponse)
+        tasks.withLock { $0[dataTask.taskIdentifier]?.head = head }
+        completionHandler(.allow)
+    }
+
+    /// A 401 is answered by the registry client (its WWW-Authenticate flow), not by the
+    /// session: the challenge's response is kept as the task's answer and the task ends.
+    /// (Foundation on Linux waits forever on a 401 left to its default handling.)
+    func urlSession(_ session: URLSession, task: URLSessionTask, didReceive challenge: URLAuthenticationChallenge,
+                    completionHandler: @escaping (URLSession.AuthChallengeDisposition, URLCredential?) -> Void) {
+        if let response = challenge.failureResponse as? HTTPURLResponse {
+            let head = Self.head(response)
+            tasks.withLock { $0[task.taskIdentifier]?.head = head; $0[task.taskIdentifier]?.challenged = true }
+        }
+        completionHandler(.cancelAuthenticationChallenge, nil)
+    }
+
+    private static func head(_ http: HTTPURLResponse?) -> Head {
         var headers: [String: String] = [:]
         for (key, value) in http?.allHeaderFields ?? [:] {
             if let key = key as? String, let value = value as? String { headers[key.lowercased()] = value }
         }
-        let head = Head(status: http?.statusCode ?? 0, headers: headers)
-        tasks.withLock { $0[dataTask.taskIdentifier]?.head = head }
-        completionHandler(.allow)
+        return Head(status: http?.statusCode ?? 0, headers: headers)
     }
 
     func urlSession(_ session: URLSession, dataTask: URLSessionDataTask, didReceive data: Data) {
@@ -78,6 +95,8 @@ final class HTTPTransfer: NSObject, URLSessionDataDelegate, @unchecked Sendable 
         guard let entry = tasks.withLock({ $0.removeValue(forKey: task.taskIdentifier) }) else { return }
         if let failure = entry.failure {
             entry.continuation.resume(throwing: failure)
+        } else if entry.challenged, let head = entry.head {
+            entry.continuation.resume(returning: head)
         } else if let error {
             let url = task.originalRequest?.url?.absoluteString ?? "?"
             entry.continuation.resume(throwing: ImageError.registry("request to \(url) failed: \(error.localizedDescription)"))
