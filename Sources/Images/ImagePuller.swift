@@ -45,11 +45,21 @@ public final class ImagePuller: Sendable {
                                   register: (PulledImage, URL) async throws -> T) async throws -> T {
         inFlight.withLock { $0 += 1 }
         defer { inFlight.withLock { $0 -= 1 } }
-        let (image, rootfs) = try await fetchAndUnpack(reference, credentials: credentials)
-        return try await register(image, rootfs)
+        let (image, rootfs, created) = try await fetchAndUnpack(reference, credentials: credentials)
+        do {
+            return try await register(image, rootfs)
+        } catch {
+            // Refused after all (no program, a name taken meanwhile): a root folder this pull
+            // made goes again; its blobs stay for the next pull until a collection.
+            if created {
+                try? TreeRemoval.remove(at: rootfs)
+                unlink(rootfs.appendingPathExtension("json").path)
+            }
+            throw error
+        }
     }
 
-    private func fetchAndUnpack(_ reference: ImageReference, credentials: RegistryCredentials?) async throws -> (PulledImage, URL) {
+    private func fetchAndUnpack(_ reference: ImageReference, credentials: RegistryCredentials?) async throws -> (PulledImage, URL, Bool) {
         let started = ContinuousClock.now
         let client = RegistryClient(reference: reference, credentials: credentials, logger: logger)
         let (manifestBytes, manifestDigest, manifest) = try await resolveManifest(client, reference)
@@ -67,7 +77,8 @@ public final class ImagePuller: Sendable {
 
         let target = rootfsFolder.appendingPathComponent(manifestDigest.hex, isDirectory: true)
         var unpacked: Int64 = 0
-        if !FileManager.default.fileExists(atPath: target.path) {
+        let created = !FileManager.default.fileExists(atPath: target.path)
+        if created {
             unpacked = try await unpack(manifest.layers, diffIDs: config.rootfs.diff_ids, reference: reference, into: target)
         } else {
             unpacked = pulledImage(atRootfs: target.path)?.unpackedBytes ?? 0
@@ -88,7 +99,7 @@ public final class ImagePuller: Sendable {
         guard rename(temporary.path, record.path) == 0 else { throw ImageError.io("cannot write \(record.path): \(String(cString: strerror(errno)))") }
         logger.info("image pulled", metadata: ["reference": "\(reference)", "manifest": "\(manifestDigest)", "layers": "\(manifest.layers.count)",
                                                "seconds": "\((ContinuousClock.now - started).components.seconds)"])
-        return (image, target)
+        return (image, target, created)
     }
 
     /// The manifest for linux/amd64: by tag or digest, through an index if the registry has one.
