@@ -9,6 +9,11 @@ public struct BlobStore: Sendable {
 
     public init(folder: URL) throws(ImageError) {
         self.folder = folder
+        do { try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true) } catch {
+            throw .io("cannot create the datastore \(folder.path): \(error.localizedDescription)")
+        }
+        // Images keep their files' owners and modes (setuid ones too): only root reaches them.
+        guard chmod(folder.path, 0o700) == 0 else { throw .io("cannot make \(folder.path) private: \(String(cString: strerror(errno)))") }
         for sub in ["blobs/sha256", "tmp"] {
             do { try FileManager.default.createDirectory(at: folder.appendingPathComponent(sub), withIntermediateDirectories: true) } catch {
                 throw .io("cannot create the datastore folder \(folder.appendingPathComponent(sub).path): \(error.localizedDescription)")

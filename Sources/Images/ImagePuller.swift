@@ -15,7 +15,8 @@ public final class ImagePuller: Sendable {
     public let limits: UnpackLimits
     private let logger: Logger
     private let concurrency: Int
-    private let inFlight = Mutex(0)
+    /// Pulls in flight and whether a collection runs: the two exclude each other.
+    private let activity = Mutex((pulls: 0, collecting: false))
     /// Unpacking blocks on the file system: it runs here, off the cooperative threads.
     private let queue = DispatchQueue(label: "vmfork.images.unpack", attributes: .concurrent)
 
@@ -43,8 +44,12 @@ public final class ImagePuller: Sendable {
     /// collection is held off (so the new root folder cannot be collected before it is used).
     public func pull<T: Sendable>(_ reference: ImageReference, credentials: RegistryCredentials?,
                                   register: (PulledImage, URL) async throws -> T) async throws -> T {
-        inFlight.withLock { $0 += 1 }
-        defer { inFlight.withLock { $0 -= 1 } }
+        let collecting = activity.withLock { activity -> Bool in
+            if !activity.collecting { activity.pulls += 1 }
+            return activity.collecting
+        }
+        if collecting { throw ImageError.busy("a garbage collection of the datastore is running; pull again once it is done") }
+        defer { activity.withLock { $0.pulls -= 1 } }
         let (image, rootfs, created) = try await fetchAndUnpack(reference, credentials: credentials)
         do {
             return try await register(image, rootfs)
@@ -214,7 +219,12 @@ public final class ImagePuller: Sendable {
     /// blobs no remaining root folder's record names, and everything in tmp/. Refused while a
     /// pull is in flight.
     public func collectGarbage(keeping used: Set<String>) throws -> GarbageReport {
-        guard inFlight.withLock({ $0 }) == 0 else { throw ImageError.busy("a pull is in progress; collect garbage after it finishes") }
+        let pulls = activity.withLock { activity -> Int in
+            if activity.pulls == 0 { activity.collecting = true }
+            return activity.pulls
+        }
+        guard pulls == 0 else { throw ImageError.busy("\(pulls) pull(s) in progress; collect garbage after they finish") }
+        defer { activity.withLock { $0.collecting = false } }
         var report = GarbageReport(rootfsRemoved: 0, blobsRemoved: 0, bytesFreed: 0)
         let usedPaths = Set(used.map { URL(fileURLWithPath: $0).standardizedFileURL.path })
         var keep = Set<Digest>()
