@@ -21,7 +21,7 @@ now() { date +%s%N; }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2 ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2)}'; }
 exec 9>/work/bench.lock
 flock 9
-: > "$work/vmfork.ms"; : > "$work/skopeo.ms"
+: > "$work/vmfork.us"; : > "$work/skopeo.us"
 for i in $(seq "$runs"); do
     start=$(now)
     "$vmfork" image pull "$ref" --state "$work/state" >/dev/null

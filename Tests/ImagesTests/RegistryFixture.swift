@@ -4,34 +4,39 @@ import TestSupport
 
 /// A real registry (Debian's docker-registry) on a free loopback port, in a temporary folder,
 /// seeded with 127.0.0.1:PORT/busybox:latest by scripts/local-registry.sh; optionally with
-/// htpasswd basic auth. Pushes more content with curl (the registry's own upload API).
+/// htpasswd basic auth, or bearer tokens from scripts/token-server.py (then pushes are not
+/// possible). Pushes more content with curl (the registry's own upload API).
 final class RegistryFixture: @unchecked Sendable {
     // @unchecked: immutable after init; the registry process is only signalled from deinit.
     let folder: URL
     let port: Int
     let pid: Int32
+    let tokenServer: Int32?
     let credentials: RegistryCredentials?
 
     static var isAvailable: Bool {
         ["/usr/bin/docker-registry", "/usr/bin/skopeo", "/usr/bin/umoci", "/usr/bin/curl"].allSatisfy { FileManager.default.isExecutableFile(atPath: $0) }
     }
 
-    init(credentials: RegistryCredentials? = nil) throws {
+    init(credentials: RegistryCredentials? = nil, bearer: Bool = false) throws {
         folder = try HostFacts.makeTemporaryFolder("registry")
         self.credentials = credentials
         let script = HostFacts.packageRoot.appendingPathComponent("scripts/local-registry.sh").path
-        let auth = credentials.map { ["--htpasswd", "\($0.username):\($0.password)"] } ?? []
+        let auth = credentials.map { [bearer ? "--token" : "--htpasswd", "\($0.username):\($0.password)"] } ?? []
         let result = try HostFacts.run("/bin/bash", [script, folder.path] + auth)
         let fields = result.stdout.split(whereSeparator: \.isWhitespace)
-        guard result.status == 0, fields.count == 2, let port = Int(fields[0]), let pid = Int32(fields[1]) else {
+        guard result.status == 0, fields.count == (bearer ? 3 : 2), let port = Int(fields[0]), let pid = Int32(fields[1]) else {
             throw FixtureError(description: "local-registry.sh failed (\(result.status)): \(result.stdout) \(result.stderr)")
         }
         self.port = port
         self.pid = pid
+        tokenServer = bearer ? Int32(fields[2]) : nil
     }
 
     deinit {
         kill(pid, SIGTERM)
+        // SIGKILL: a child of the test process may inherit a mask that blocks SIGTERM.
+        if let tokenServer { kill(tokenServer, SIGKILL) }
         try? FileManager.default.removeItem(at: folder)
     }
 

@@ -197,6 +197,17 @@ struct RegistryPullTests {
         #expect(image.executable == "/bin/busybox")
         await engine.shutdown(grace: .milliseconds(100))
     }
+
+    @Test func bearerTokensAreFetchedFromTheChallengesRealm() async throws {
+        let credentials = RegistryCredentials(username: "bob", password: "token-pw")
+        let registry = try RegistryFixture(credentials: credentials, bearer: true)
+        let (engine, state) = try engine()
+        defer { try? FileManager.default.removeItem(at: state) }
+        await expectRefused(engine, registry.reference("latest"), "refused a token (HTTP 401)", kind: .notFound)
+        let image = try await engine.pullImage(reference: registry.reference("latest"), credentials: credentials, by: "test")
+        #expect(image.executable == "/bin/busybox" && image.pulled?.layers.count == 1)
+        await engine.shutdown(grace: .milliseconds(100))
+    }
 }
 
 extension Engine {
