@@ -4,7 +4,9 @@
 # request the document forbids refused. A real daemon on a temporary state folder, on TCP
 # 127.0.0.1 with its bearer token, with a busybox image registered so that containers can be
 # made. `GET /v1/events` is left out here because its follow mode streams until the client
-# leaves (the Swift tests cover it); everything else is in.
+# leaves, and `POST /v1/containers/{id}/wait` because it blocks until the container ends,
+# which a fuzzed container (its arguments made up) need not do within the request timeout;
+# the Swift tests cover both. Everything else is in.
 # Usage: scripts/api-fuzz.sh [SECONDS]   (default 60)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -44,7 +46,7 @@ curl -sf --unix-socket "$state/state/vmfork.sock" -X POST http://localhost/v1/im
 (cd "$state" && st run "http://127.0.0.1:$port/v1/openapi.json" \
     --header "Authorization: Bearer $token" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,negative_data_rejection \
-    --exclude-operation-id events \
+    --exclude-operation-id events --exclude-operation-id waitContainer \
     --max-time "$seconds" --request-timeout 10 --workers 1 \
     --suppress-health-check all --no-color)
 status=$?

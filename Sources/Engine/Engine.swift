@@ -48,6 +48,8 @@ public final class Engine: Sendable {
     /// Where blocking KVM and VM work runs (libdispatch's threads, never the cooperative pool).
     private let kvmQueue = DispatchQueue(label: "vmfork.engine.kvm", qos: .userInitiated, attributes: .concurrent)
     private let forkRate = Mutex((count: 0, time: ContinuousClock.now))
+    /// The poller's figures at the last scrape, for its counters' increments.
+    private let pollerSeen = Mutex(SystemCallPollerStatistics.current())
     /// The threads containers run on, kept between containers.
     let runners = RunnerThreads()
     /// Pulls images from registries into the datastore, images/ in the state folder.
@@ -95,7 +97,7 @@ public final class Engine: Sendable {
         var stopped: [ContainerRow] = []
         registry.withLock { registry in
             for row in snapshot.images {
-                var image = ImageRecord(row: row)
+                var image = ImageRecord(row: row).withDefaultForkPoint()
                 image.pulled = imagePuller.pulledImage(atRootfs: row.rootfs)
                 registry.images[row.name] = image
             }
@@ -270,6 +272,14 @@ public final class Engine: Sendable {
             return seconds > 0 ? Double(forks - last.count) / seconds : 0
         }
         metrics.gauge("vmfork_forks_per_second").record(rate)
+        let poller = SystemCallPollerStatistics.current()
+        let (callsDelta, backOffsDelta) = pollerSeen.withLock { seen -> (Int, Int) in
+            defer { seen = poller }
+            return (poller.callsServed - seen.callsServed, poller.backOffs - seen.backOffs)
+        }
+        if callsDelta > 0 { metrics.polledCalls.increment(by: callsDelta) }
+        if backOffsDelta > 0 { metrics.pollerBackOffs.increment(by: backOffsDelta) }
+        metrics.gauge("vmfork_poller_watched_vms").record(poller.watchedVMs)
     }
 }
 
