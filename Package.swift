@@ -50,12 +50,14 @@ let package = Package(
         .target(name: "WorkloadProfiles", dependencies: [.product(name: "Yams", package: "Yams")], swiftSettings: strictSettings),
         .target(name: "Store", dependencies: [.product(name: "GRDB", package: "GRDB.swift")], swiftSettings: strictSettings),
         .target(name: "Placement", dependencies: ["Store", "WorkloadProfiles"], swiftSettings: strictSettings),
+        // Images from registries: the HTTP API v2 client, the blob store, the tar unpacker.
+        .target(name: "Images", dependencies: ["CShims", .product(name: "Logging", package: "swift-log")], swiftSettings: strictSettings),
         // The one object between the parts and the executables: images, warm parents,
         // containers, events, placement.
         .target(
             name: "Engine",
             dependencies: [
-                "Fork", "ProcessVM", "KVM", "HostSystem", "Placement", "Store",
+                "Fork", "ProcessVM", "KVM", "HostSystem", "Placement", "Store", "Images",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ],
@@ -65,7 +67,7 @@ let package = Package(
         .target(
             name: "API",
             dependencies: [
-                "Engine", "Placement", "Store", "WorkloadProfiles",
+                "Engine", "Images", "Placement", "Store", "WorkloadProfiles",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -101,5 +103,6 @@ let package = Package(
         .testTarget(name: "EngineTests", dependencies: ["Engine", "Fork", "Store", "TestSupport", .product(name: "GRDB", package: "GRDB.swift"), .product(name: "Metrics", package: "swift-metrics")], swiftSettings: strictSettings),
         .testTarget(name: "APITests", dependencies: ["API", "Engine", "TestSupport", "vmfork"], swiftSettings: strictSettings),
         .testTarget(name: "StoreTests", dependencies: ["Store", "TestSupport"], swiftSettings: strictSettings),
+        .testTarget(name: "ImagesTests", dependencies: ["Images", "Engine", "API", "TestSupport", .product(name: "Logging", package: "swift-log"), .product(name: "Metrics", package: "swift-metrics")], swiftSettings: strictSettings),
     ]
 )

@@ -11,6 +11,10 @@ packages=(
   fio              # the raw-file I/O baseline in the disk benchmark
   zlib1g-dev       # deflate for streamOptimized VMDK grains
   util-linux       # setpriv, for the unprivileged capability tests
+  docker-registry  # a real OCI registry on loopback for the image pull tests and demo
+  skopeo           # pushes the test images into it; the pull benchmark's peer
+  umoci            # builds the test images (OCI layouts); the unpack benchmark's peer
+  apache2-utils    # htpasswd: the registry's basic-auth users in the auth test
 )
 
 missing=()

@@ -135,6 +135,7 @@ struct AgentRoutes: Sendable {
 
         // MARK: Placement
         registerPlacement(on)
+        registerImagePull(on)
     }
 
     private func events(_ request: Request) async throws -> Response {

@@ -1,5 +1,6 @@
 import Fork
 import Foundation
+import Images
 import KVM
 import Logging
 import Metrics
@@ -51,6 +52,8 @@ public final class Engine: Sendable {
     private let pollerSeen = Mutex(SystemCallPollerStatistics.current())
     /// The threads containers run on, kept between containers.
     let runners = RunnerThreads()
+    /// Pulls images from registries into the datastore, images/ in the state folder.
+    let imagePuller: ImagePuller
 
     struct Registry {
         var images: [String: ImageRecord] = [:]
@@ -86,6 +89,7 @@ public final class Engine: Sendable {
         }
         writer = StateWriter(store: store, logger: logger)
         metrics = EngineMetrics(factory: metricsFactory)
+        imagePuller = try ImagePuller(datastore: stateFolder.appendingPathComponent("images", isDirectory: true), logger: logger)
         try FileManager.default.createDirectory(at: containersFolder, withIntermediateDirectories: true)
 
         let snapshot = try store.engineSnapshot()
@@ -93,7 +97,9 @@ public final class Engine: Sendable {
         var stopped: [ContainerRow] = []
         registry.withLock { registry in
             for row in snapshot.images {
-                registry.images[row.name] = ImageRecord(row: row).withDefaultForkPoint()
+                var image = ImageRecord(row: row).withDefaultForkPoint()
+                image.pulled = imagePuller.pulledImage(atRootfs: row.rootfs)
+                registry.images[row.name] = image
             }
             for row in snapshot.policies {
                 guard let policy = ParentPolicy(row: row) else { continue }

@@ -1,4 +1,5 @@
 import Foundation
+import Images
 import ProcessVM
 
 /// Where a warm parent stops for good: at its program's entry point (children get their own
@@ -39,6 +40,8 @@ public struct ImageRecord: Codable, Sendable, Equatable {
     public var defaultForkPoint: ForkPointName?
     /// Why the default is not main, when it is not.
     public var mainForkPointRefusal: String?
+    /// Where a pulled image came from and its config (nil for an image added from a folder).
+    public var pulled: PulledImage?
 
     public init(name: String, rootfs: String, executable: String, arguments: [String] = [], environment: [String] = [],
                 createdAt: Double = Date().timeIntervalSince1970) {

@@ -11,12 +11,14 @@ struct ImageCommand: ParsableCommand {
         commandName: "image",
         abstract: "Register images with the daemon; record images' placement costs.",
         discussion: """
+            `image pull` pulls an image from a registry into the daemon's datastore and registers it:
+              vmfork image pull 127.0.0.1:5000/busybox:latest
             With --rootfs, `image add` registers an image with the daemon (vmfork serve):
               vmfork image add busybox --rootfs /srv/busybox --executable /bin/busybox
             With --parent-memory, --growth and --cpu, it records the image's placement cost in the state folder:
               vmfork image add nginx --parent-memory 48MiB --growth 24MiB --cpu 20
             """,
-        subcommands: [Add.self, List.self, Remove.self, Growth.self]
+        subcommands: [Add.self, Pull.self, List.self, Inspect.self, Remove.self, Collect.self, Growth.self]
     )
 
     struct Add: ParsableCommand {
@@ -66,8 +68,8 @@ struct ImageCommand: ParsableCommand {
         func run() throws {
             let response = try daemon.call("GET", "/v1/images")
             if daemon.json { return daemon.printJSON(response) }
-            print(table(["NAME", "EXECUTABLE", "ARGUMENTS", "ROOTFS"], try response.decode([ImageRecord].self).map {
-                [$0.name, $0.executable, $0.arguments.joined(separator: " "), $0.rootfs]
+            print(table(["NAME", "EXECUTABLE", "ARGUMENTS", "SOURCE"], try response.decode([ImageRecord].self).map {
+                [$0.name, $0.executable, $0.arguments.joined(separator: " "), $0.pulled?.reference ?? $0.rootfs]
             }))
         }
     }

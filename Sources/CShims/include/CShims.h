@@ -7,4 +7,5 @@
 #include "cshims_numa.h"
 #include "cshims_fs.h"
 #include "cshims_zlib.h"
+#include "cshims_gunzip.h"
 #endif

@@ -1,0 +1,39 @@
+import Engine
+import Foundation
+import Hummingbird
+import Images
+
+/// The body of POST /v1/images/pull.
+struct ImagePullRequest: StrictBody {
+    static let fields: Set<String> = ["reference", "name", "username", "password"]
+    var reference: String
+    var name: String?
+    var username: String?
+    var password: String?
+}
+
+extension AgentRoutes {
+    /// Pulling images from registries and collecting what no image uses.
+    func registerImagePull(_ on: (HTTPRequest.Method, String, @escaping @Sendable (Request, AgentContext) async throws -> Response) -> Void) {
+        let engine = self.engine
+        on(.post, "/v1/images/pull") { request, context in
+            var request = request
+            let body = try await request.decodeStrict(ImagePullRequest.self)
+            guard body.reference.utf8.count <= 1024 else { throw APIError.invalid("reference is over 1024 characters", field: "reference") }
+            if let name = body.name { try Bounds.name(name, "name") }
+            let credentials: RegistryCredentials?
+            switch (body.username, body.password) {
+            case (nil, nil): credentials = nil
+            case (let username?, let password?):
+                guard username.utf8.count <= 256, password.utf8.count <= 4096, !username.contains(":") else {
+                    throw APIError.invalid("username must be at most 256 characters without ':', password at most 4096", field: "username")
+                }
+                credentials = RegistryCredentials(username: username, password: password)
+            default: throw APIError.invalid("give both username and password, or neither", field: body.username == nil ? "username" : "password")
+            }
+            return try json(try await engine.pullImage(reference: body.reference, name: body.name, credentials: credentials, by: context.actor),
+                            status: .created)
+        }
+        on(.post, "/v1/images/gc") { _, context in try json(try await engine.collectImageGarbage(by: context.actor)) }
+    }
+}

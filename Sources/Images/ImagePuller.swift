@@ -1,0 +1,270 @@
+import Foundation
+import Logging
+import Synchronization
+
+/// Pulls images from registries into a datastore folder and unpacks them into root
+/// folders the engine runs. Layout of the datastore:
+///   blobs/sha256/HEX     manifests, configs and layer blobs, by digest, each verified
+///   rootfs/HEX/          an unpacked image (HEX: its manifest's digest)
+///   rootfs/HEX.json      what the pull recorded (`PulledImage`)
+///   tmp/                 downloads and unpacks in flight (emptied by `collectGarbage`)
+/// An image's root folder appears (by rename) only once every blob was verified and every
+/// layer unpacked and checked against its diff_id.
+public final class ImagePuller: Sendable {
+    public let store: BlobStore
+    public let limits: UnpackLimits
+    private let logger: Logger
+    private let concurrency: Int
+    /// Pulls in flight and whether a collection runs: the two exclude each other.
+    private let activity = Mutex((pulls: 0, collecting: false))
+    /// Unpacking blocks on the file system: it runs here, off the cooperative threads.
+    private let queue = DispatchQueue(label: "vmfork.images.unpack", attributes: .concurrent)
+
+    public init(datastore: URL, limits: UnpackLimits = UnpackLimits(), concurrency: Int = 4, logger: Logger) throws(ImageError) {
+        store = try BlobStore(folder: datastore)
+        self.limits = limits
+        self.concurrency = max(1, concurrency)
+        self.logger = logger
+        do { try FileManager.default.createDirectory(at: rootfsFolder, withIntermediateDirectories: true) } catch {
+            throw .io("cannot create \(rootfsFolder.path): \(error.localizedDescription)")
+        }
+    }
+
+    public var rootfsFolder: URL { store.folder.appendingPathComponent("rootfs", isDirectory: true) }
+
+    /// The record of the image unpacked at `rootfs`, when it is one of this datastore's.
+    public func pulledImage(atRootfs rootfs: String) -> PulledImage? {
+        let url = URL(fileURLWithPath: rootfs)
+        guard url.deletingLastPathComponent().standardizedFileURL.path == rootfsFolder.standardizedFileURL.path,
+              let data = try? Data(contentsOf: url.appendingPathExtension("json")) else { return nil }
+        return try? JSONDecoder().decode(PulledImage.self, from: data)
+    }
+
+    /// Pulls `reference`, then runs `register` with the record and its root folder while a
+    /// collection is held off (so the new root folder cannot be collected before it is used).
+    public func pull<T: Sendable>(_ reference: ImageReference, credentials: RegistryCredentials?,
+                                  register: (PulledImage, URL) async throws -> T) async throws -> T {
+        let collecting = activity.withLock { activity -> Bool in
+            if !activity.collecting { activity.pulls += 1 }
+            return activity.collecting
+        }
+        if collecting { throw ImageError.busy("a garbage collection of the datastore is running; pull again once it is done") }
+        defer { activity.withLock { $0.pulls -= 1 } }
+        let (image, rootfs, created) = try await fetchAndUnpack(reference, credentials: credentials)
+        do {
+            return try await register(image, rootfs)
+        } catch {
+            // Refused after all (no program, a name taken meanwhile): a root folder this pull
+            // made goes again; its blobs stay for the next pull until a collection.
+            if created {
+                try? TreeRemoval.remove(at: rootfs)
+                unlink(rootfs.appendingPathExtension("json").path)
+            }
+            throw error
+        }
+    }
+
+    private func fetchAndUnpack(_ reference: ImageReference, credentials: RegistryCredentials?) async throws -> (PulledImage, URL, Bool) {
+        let started = ContinuousClock.now
+        let client = RegistryClient(reference: reference, credentials: credentials, logger: logger)
+        let (manifestBytes, manifestDigest, manifest) = try await resolveManifest(client, reference)
+        let configWhat = "config \(manifest.config.digest.short) of \(reference)"
+        let configBytes: [UInt8]
+        if store.contains(manifest.config.digest) {
+            configBytes = try store.read(manifest.config.digest)
+        } else {
+            configBytes = try await client.smallBlob(manifest.config, what: configWhat)
+        }
+        let config = try ImageConfig.parse(configBytes, what: configWhat, layerCount: manifest.layers.count)
+        try store.write(configBytes, as: manifest.config.digest)
+        try await fetchLayers(manifest.layers, client: client, reference: reference)
+        try store.write(manifestBytes, as: manifestDigest)
+
+        let target = rootfsFolder.appendingPathComponent(manifestDigest.hex, isDirectory: true)
+        var unpacked: Int64 = 0
+        let created = !FileManager.default.fileExists(atPath: target.path)
+        if created {
+            unpacked = try await unpack(manifest.layers, diffIDs: config.rootfs.diff_ids, reference: reference, into: target)
+        } else {
+            unpacked = pulledImage(atRootfs: target.path)?.unpackedBytes ?? 0
+        }
+        let settings = config.config
+        let image = PulledImage(reference: reference.description, manifestDigest: manifestDigest, configDigest: manifest.config.digest,
+                                layers: manifest.layers.map(\.digest), diffIDs: config.rootfs.diff_ids,
+                                layerBytes: manifest.layers.reduce(0) { $0 + $1.size }, unpackedBytes: unpacked,
+                                entrypoint: settings?.Entrypoint ?? [], cmd: settings?.Cmd ?? [], env: settings?.Env ?? [],
+                                workingDir: settings?.WorkingDir ?? "", user: settings?.User ?? "", pulledAt: Date().timeIntervalSince1970)
+        let record = target.appendingPathExtension("json")
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
+        let temporary = store.temporaryPath("record")
+        do {
+            try encoder.encode(image).write(to: temporary)
+        } catch { throw ImageError.io("cannot write \(temporary.path): \(error.localizedDescription)") }
+        guard rename(temporary.path, record.path) == 0 else { throw ImageError.io("cannot write \(record.path): \(String(cString: strerror(errno)))") }
+        logger.info("image pulled", metadata: ["reference": "\(reference)", "manifest": "\(manifestDigest)", "layers": "\(manifest.layers.count)",
+                                               "seconds": "\((ContinuousClock.now - started).components.seconds)"])
+        return (image, target, created)
+    }
+
+    /// The manifest for linux/amd64: by tag or digest, through an index if the registry has one.
+    private func resolveManifest(_ client: RegistryClient, _ reference: ImageReference) async throws -> ([UInt8], Digest, Manifest) {
+        var what = "manifest \(reference)"
+        var (bytes, contentType, header) = try await client.manifest(reference.manifestReference)
+        var digest = try verifyManifest(bytes, expected: reference.digest, header: header, what: what)
+        if try ManifestKind.of(bytes, contentType: contentType, what: what) == .index {
+            let index = try ImageIndex.parse(bytes, what: "index \(reference)")
+            let chosen = try index.select(what: "index \(reference)")
+            what = "manifest \(chosen.digest.short) (linux/amd64) of \(reference)"
+            (bytes, contentType, header) = try await client.manifest(chosen.digest.description)
+            guard Int64(bytes.count) == chosen.size else {
+                throw ImageError.malformed(what: what, problem: "is \(bytes.count) bytes but the index declares \(chosen.size)")
+            }
+            digest = try verifyManifest(bytes, expected: chosen.digest, header: header, what: what)
+            guard try ManifestKind.of(bytes, contentType: contentType, what: what) == .manifest else {
+                throw ImageError.malformed(what: what, problem: "an index entry points at another index")
+            }
+        }
+        return (bytes, digest, try Manifest.parse(bytes, what: what, contentType: contentType))
+    }
+
+    private func verifyManifest(_ bytes: [UInt8], expected: Digest?, header: String?, what: String) throws -> Digest {
+        let actual = Digest.of(bytes)
+        if let expected, expected != actual {
+            throw ImageError.digestMismatch(what: what, expected: expected.description, actual: actual.description)
+        }
+        if let header, let claimed = try? Digest(parsing: header), claimed != actual {
+            throw ImageError.digestMismatch(what: "\(what) (Docker-Content-Digest header)", expected: claimed.description, actual: actual.description)
+        }
+        return actual
+    }
+
+    /// Downloads the layers not yet in the blob store, `concurrency` at a time.
+    private func fetchLayers(_ layers: [Descriptor], client: RegistryClient, reference: ImageReference) async throws {
+        var missing: [Descriptor] = []
+        for layer in layers where !store.contains(layer.digest) && !missing.contains(where: { $0.digest == layer.digest }) { missing.append(layer) }
+        if missing.count < layers.count {
+            logger.info("layers already in the blob store", metadata: ["reference": "\(reference)", "reused": "\(layers.count - missing.count)"])
+        }
+        let store = self.store
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            var next = 0
+            func start() {
+                guard next < missing.count else { return }
+                let layer = missing[next]
+                next += 1
+                group.addTask {
+                    let temporary = store.temporaryPath(layer.digest.hex + ".part")
+                    do {
+                        try await client.blob(layer, into: temporary, what: "layer \(layer.digest.short) of \(reference)")
+                        try store.commit(temporary, as: layer.digest)
+                    } catch {
+                        unlink(temporary.path)
+                        throw error
+                    }
+                }
+            }
+            for _ in 0..<concurrency { start() }
+            while try await group.next() != nil { start() }
+        }
+    }
+
+    /// Unpacks the layers into a temporary folder, checking each against its diff_id, then
+    /// renames it to `target`. Returns the bytes of file content written.
+    private func unpack(_ layers: [Descriptor], diffIDs: [Digest], reference: ImageReference, into target: URL) async throws -> Int64 {
+        let store = self.store
+        let limits = self.limits
+        return try await withCheckedThrowingContinuation { continuation in
+            queue.async {
+                continuation.resume(with: Result {
+                    let temporary = store.temporaryPath("unpack")
+                    do {
+                        try FileManager.default.createDirectory(at: temporary, withIntermediateDirectories: false)
+                        chmod(temporary.path, 0o755)
+                        let unpacker = try LayerUnpacker(root: temporary, limits: limits)
+                        for (index, layer) in layers.enumerated() {
+                            let name = "\(index) (\(layer.digest.short))"
+                            let stream = try LayerStream(file: store.path(layer.digest), layer: name, maxBytes: limits.maxStreamBytes)
+                            try unpacker.apply(TarReader(source: stream, layer: name), layer: name)
+                            let diffID = stream.finishDigest()
+                            guard diffID == diffIDs[index] else {
+                                throw ImageError.digestMismatch(what: "layer \(name) of \(reference), uncompressed (diff_id)",
+                                                                expected: diffIDs[index].description, actual: diffID.description)
+                            }
+                        }
+                        if rename(temporary.path, target.path) != 0 {
+                            let code = errno
+                            // Another pull of the same manifest finished first: its folder is the same content.
+                            guard code == EEXIST || code == ENOTEMPTY else { throw ImageError.io("cannot move \(temporary.path) to \(target.path): \(String(cString: strerror(code)))") }
+                            try TreeRemoval.remove(at: temporary)
+                        }
+                        return unpacker.unpackedBytes
+                    } catch {
+                        try? TreeRemoval.remove(at: temporary)
+                        throw error
+                    }
+                })
+            }
+        }
+    }
+
+    /// What a collection removed.
+    public struct GarbageReport: Codable, Sendable, Equatable {
+        public var rootfsRemoved: Int
+        public var blobsRemoved: Int
+        public var bytesFreed: Int64
+    }
+
+    /// Removes root folders no image uses (`used`: the registered images' rootfs paths), the
+    /// blobs no remaining root folder's record names, and everything in tmp/. Refused while a
+    /// pull is in flight.
+    public func collectGarbage(keeping used: Set<String>) throws -> GarbageReport {
+        let pulls = activity.withLock { activity -> Int in
+            if activity.pulls == 0 { activity.collecting = true }
+            return activity.pulls
+        }
+        guard pulls == 0 else { throw ImageError.busy("\(pulls) pull(s) in progress; collect garbage after they finish") }
+        defer { activity.withLock { $0.collecting = false } }
+        var report = GarbageReport(rootfsRemoved: 0, blobsRemoved: 0, bytesFreed: 0)
+        let usedPaths = Set(used.map { URL(fileURLWithPath: $0).standardizedFileURL.path })
+        var keep = Set<Digest>()
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: rootfsFolder.path)) ?? []
+        for name in names {
+            let stem = name.hasSuffix(".json") ? String(name.dropLast(5)) : name
+            let folder = rootfsFolder.appendingPathComponent(stem, isDirectory: true)
+            if usedPaths.contains(folder.standardizedFileURL.path) {
+                if name.hasSuffix(".json"), let image = pulledImage(atRootfs: folder.path) {
+                    keep.formUnion([image.manifestDigest, image.configDigest] + image.layers)
+                }
+                continue
+            }
+            if !name.hasSuffix(".json") { report.rootfsRemoved += 1 }
+            report.bytesFreed += Self.bytes(at: rootfsFolder.appendingPathComponent(name))
+            try TreeRemoval.remove(at: rootfsFolder.appendingPathComponent(name))
+        }
+        for digest in store.allDigests() where !keep.contains(digest) {
+            report.bytesFreed += Self.bytes(at: store.path(digest))
+            unlink(store.path(digest).path)
+            report.blobsRemoved += 1
+        }
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: store.temporaryFolder.path)) ?? [] {
+            try TreeRemoval.remove(at: store.temporaryFolder.appendingPathComponent(name))
+        }
+        logger.info("image garbage collected", metadata: ["rootfs": "\(report.rootfsRemoved)", "blobs": "\(report.blobsRemoved)", "bytes": "\(report.bytesFreed)"])
+        return report
+    }
+
+    private static func bytes(at url: URL) -> Int64 {
+        var info = stat()
+        guard lstat(url.path, &info) == 0 else { return 0 }
+        guard info.st_mode & S_IFMT == S_IFDIR else { return Int64(info.st_blocks) * 512 }
+        var total: Int64 = 0
+        if let walker = FileManager.default.enumerator(atPath: url.path) {
+            for case let name as String in walker {
+                var child = stat()
+                if lstat(url.appendingPathComponent(name).path, &child) == 0 { total += Int64(child.st_blocks) * 512 }
+            }
+        }
+        return total
+    }
+}

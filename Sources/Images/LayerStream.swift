@@ -1,0 +1,118 @@
+import CShims
+import Foundation
+
+/// The uncompressed bytes of a layer blob in the blob store: gunzipped when the blob is gzip
+/// (by its magic, whatever the media type says), hashed as they go by (the layer's diff_id),
+/// and cut off past `maxBytes` (a gzip bomb is refused, not unpacked).
+final class LayerStream {
+    let layer: String
+    private let fd: Int32
+    private let maxBytes: Int64
+    private var gunzip: OpaquePointer?
+    private var input = [UInt8](repeating: 0, count: 256 * 1024)
+    private var inputStart = 0
+    private var inputEnd = 0
+    private var inputDone = false
+    private var memberEnded = false
+    private var hasher = SHA256()
+    private(set) var produced: Int64 = 0
+
+    init(file: URL, layer: String, maxBytes: Int64) throws(ImageError) {
+        self.layer = layer
+        self.maxBytes = maxBytes
+        fd = open(file.path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .io("cannot open layer blob \(file.path): \(String(cString: strerror(errno)))") }
+        try fillInput()
+        if inputEnd - inputStart >= 2, input[inputStart] == 0x1F, input[inputStart + 1] == 0x8B {
+            gunzip = cshims_gunzip_new()
+            guard gunzip != nil else { close(fd); throw .io("out of memory for a gzip stream") }
+        } else if inputEnd - inputStart >= 4, input[inputStart..<inputStart + 4].elementsEqual([0x28, 0xB5, 0x2F, 0xFD]) {
+            close(fd)
+            throw .unsupported("layer \(layer) is zstd-compressed; only tar and gzip are supported")
+        }
+    }
+
+    deinit {
+        cshims_gunzip_free(gunzip)
+        close(fd)
+    }
+
+    /// The sha256 of every uncompressed byte read; call once, at the end.
+    func finishDigest() -> Digest { Digest(unchecked: hasher.finishHex()) }
+
+    private func fillInput() throws(ImageError) {
+        if inputStart == inputEnd { inputStart = 0; inputEnd = 0 }
+        guard !inputDone, inputEnd < input.count else { return }
+        let count = input.withUnsafeMutableBytes { raw in
+            // unsafe: read writes within the buffer's free tail, from inputEnd on.
+            Foundation.read(fd, raw.baseAddress! + inputEnd, raw.count - inputEnd)
+        }
+        if count < 0 { throw .io("reading layer \(layer) failed: \(String(cString: strerror(errno)))") }
+        if count == 0 { inputDone = true }
+        inputEnd += count
+    }
+
+    private func compactInput() {
+        guard inputStart > 0 else { return }
+        input.replaceSubrange(0..<(inputEnd - inputStart), with: input[inputStart..<inputEnd])
+        inputEnd -= inputStart
+        inputStart = 0
+    }
+
+    /// Fills `buffer` with the next uncompressed bytes; 0 at the end of the layer.
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws(ImageError) -> Int {
+        while true {
+            if inputStart == inputEnd { try fillInput() }
+            var count = 0
+            if let gunzip {
+                if memberEnded {
+                    // After a gzip member: another member, zero padding, or the end.
+                    if inputStart == inputEnd && inputDone { return 0 }
+                    if input[inputStart] == 0 {
+                        guard input[inputStart..<inputEnd].allSatisfy({ $0 == 0 }) else {
+                            throw .unsafeLayer(layer: layer, entry: "-", problem: "data after the end of the gzip stream")
+                        }
+                        inputStart = inputEnd
+                        continue
+                    }
+                    guard cshims_gunzip_reset(gunzip) == 0 else { throw .io("gzip reset failed") }
+                    memberEnded = false
+                }
+                if inputStart == inputEnd && inputDone {
+                    throw .unsafeLayer(layer: layer, entry: "-", problem: "the gzip stream is truncated")
+                }
+                var consumed = 0
+                let result = input.withUnsafeBytes { raw in
+                    // unsafe: the input range [inputStart, inputEnd) and the caller's buffer are both in bounds.
+                    cshims_gunzip_step(gunzip, raw.baseAddress!.assumingMemoryBound(to: UInt8.self) + inputStart, inputEnd - inputStart, &consumed,
+                                       buffer.baseAddress!.assumingMemoryBound(to: UInt8.self), buffer.count, &count)
+                }
+                inputStart += consumed
+                if result < 0 { throw .unsafeLayer(layer: layer, entry: "-", problem: "not a valid gzip stream (zlib error \(result))") }
+                if result == 1 { memberEnded = true }
+                if count == 0 && consumed == 0 && result == 0 {
+                    // No progress: zlib needs input beyond what is buffered.
+                    if inputDone { throw .unsafeLayer(layer: layer, entry: "-", problem: "the gzip stream is truncated") }
+                    compactInput()
+                    try fillInput()
+                }
+            } else {
+                if inputStart == inputEnd && inputDone { return 0 }
+                count = min(buffer.count, inputEnd - inputStart)
+                input.withUnsafeBytes { raw in
+                    // unsafe: count bytes fit both the input range and the caller's buffer.
+                    buffer.baseAddress!.copyMemory(from: raw.baseAddress! + inputStart, byteCount: count)
+                }
+                inputStart += count
+            }
+            if count > 0 {
+                produced += Int64(count)
+                if produced > maxBytes {
+                    throw .unsafeLayer(layer: layer, entry: "-", problem: "uncompresses to more than the \(maxBytes)-byte limit")
+                }
+                hasher.update(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
+                return count
+            }
+        }
+    }
+}

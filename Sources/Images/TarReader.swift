@@ -1,0 +1,262 @@
+/// A tar entry's header, after pax and GNU long-name records were applied.
+public struct TarEntry: Sendable, Equatable {
+    public enum Kind: Sendable, Equatable {
+        case file, hardLink, symlink, characterDevice, blockDevice, directory, fifo
+    }
+
+    public var path: String
+    public var kind: Kind
+    public var size: Int64
+    public var mode: UInt32
+    public var uid: Int
+    public var gid: Int
+    public var modificationTime: Int64
+    public var linkName: String
+}
+
+/// Where a tar reader gets its bytes: `read` fills the buffer and returns the count, 0 at the end.
+protocol TarSource: AnyObject {
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws(ImageError) -> Int
+}
+
+extension LayerStream: TarSource {}
+
+/// A streaming reader of tar archives: POSIX ustar, pax extended headers ('x'; global 'g'
+/// ones are skipped), GNU long names and link names ('L', 'K') and base-256 numbers. Checks
+/// every header's checksum; refuses sparse files and other GNU extensions by name.
+final class TarReader {
+    let layer: String
+    private let source: any TarSource
+    private var buffer = [UInt8](repeating: 0, count: 128 * 1024)
+    private var start = 0
+    private var end = 0
+    /// Bytes of the current entry's content not yet read, and the padding after it.
+    private var remaining: Int64 = 0
+    private var padding = 0
+    private var current = "-"
+    private var finished = false
+
+    /// Largest pax header or GNU long name accepted.
+    static let maxMetadataBytes = 1 << 20
+
+    init(source: any TarSource, layer: String) {
+        self.source = source
+        self.layer = layer
+    }
+
+    private func error(_ problem: String) -> ImageError { .unsafeLayer(layer: layer, entry: current, problem: problem) }
+
+    /// Makes at least `count` bytes available; false at the end of the source.
+    private func ensure(_ count: Int) throws(ImageError) -> Bool {
+        if end - start >= count { return true }
+        if start > 0 {
+            buffer.replaceSubrange(0..<(end - start), with: buffer[start..<end])
+            end -= start
+            start = 0
+        }
+        while end < count {
+            let result = buffer.withUnsafeMutableBytes { raw in
+                // unsafe: the source fills the buffer's free tail, from end on.
+                Result { () throws(ImageError) in try source.read(into: UnsafeMutableRawBufferPointer(rebasing: raw[end...])) }
+            }
+            let read = try result.get()
+            if read == 0 { return false }
+            end += read
+        }
+        return true
+    }
+
+    private func take(_ count: Int) throws(ImageError) -> ArraySlice<UInt8> {
+        guard try ensure(count) else { throw error("the archive ends inside a header or a metadata record") }
+        defer { start += count }
+        return buffer[start..<start + count]
+    }
+
+    /// Reads and hands the rest of the current entry's content to `body`, piece by piece.
+    func readContent(_ body: (UnsafeRawBufferPointer) throws(ImageError) -> Void) throws(ImageError) {
+        while remaining > 0 {
+            if start == end, try !ensure(1) { throw error("the archive ends inside the entry's content (\(remaining) bytes missing)") }
+            let count = Int(min(Int64(end - start), remaining))
+            let result = buffer.withUnsafeBytes { raw in
+                // unsafe: [start, start + count) is within the filled part of the buffer.
+                Result { () throws(ImageError) in try body(UnsafeRawBufferPointer(rebasing: raw[start..<start + count])) }
+            }
+            try result.get()
+            start += count
+            remaining -= Int64(count)
+        }
+        if padding > 0 {
+            _ = try take(padding)
+            padding = 0
+        }
+    }
+
+    /// Skips the rest of the current entry.
+    func skipContent() throws(ImageError) { try readContent { _ throws(ImageError) in } }
+
+    /// The next entry, or nil at the end of the archive (two zero blocks, or one then the end).
+    func next() throws(ImageError) -> TarEntry? {
+        try skipContent()
+        guard !finished else { return nil }
+        var pax: [String: String] = [:]
+        var longName: String?
+        var longLink: String?
+        while true {
+            guard try ensure(512) else {
+                // A clean end between entries without the two zero blocks is accepted (the digest covers truncation).
+                if end == start, longName == nil, longLink == nil, pax.isEmpty { finished = true; return nil }
+                throw error("the archive ends inside a header")
+            }
+            let header = Array(buffer[start..<start + 512])
+            start += 512
+            if header.allSatisfy({ $0 == 0 }) {
+                finished = true
+                return nil
+            }
+            current = longName ?? pax["path"] ?? Self.string(header[0..<100])
+            try checkChecksum(header)
+            let magic = Array(header[257..<263])
+            let posix = magic == Array("ustar\0".utf8)
+            let gnu = magic == Array("ustar ".utf8)
+            guard posix || gnu else { throw error("not a ustar header (magic \(magic.map { String($0, radix: 16) }.joined(separator: " ")))") }
+            let type = header[156]
+            let headerSize = try number(header[124..<136], field: "size")
+            var size = headerSize
+            if let paxSize = pax["size"] {
+                guard let value = Int64(paxSize), value >= 0 else { throw error("pax size \"\(paxSize.prefix(40))\" is not a number") }
+                size = value
+            }
+            switch type {
+            case UInt8(ascii: "x"), UInt8(ascii: "g"), UInt8(ascii: "L"), UInt8(ascii: "K"):
+                guard headerSize <= Int64(Self.maxMetadataBytes) else { throw error("a metadata record of \(headerSize) bytes, over the \(Self.maxMetadataBytes)-byte limit") }
+                let body = Array(try take(Int(headerSize)))
+                _ = try take(Self.paddingAfter(headerSize))
+                if type == UInt8(ascii: "x") {
+                    for (key, value) in try parsePax(body) { pax[key] = value }
+                } else if type == UInt8(ascii: "L") {
+                    longName = Self.string(body[...])
+                } else if type == UInt8(ascii: "K") {
+                    longLink = Self.string(body[...])
+                }
+                continue
+            default:
+                break
+            }
+            let kind: TarEntry.Kind
+            switch type {
+            case UInt8(ascii: "0"), 0, UInt8(ascii: "7"): kind = .file
+            case UInt8(ascii: "1"): kind = .hardLink
+            case UInt8(ascii: "2"): kind = .symlink
+            case UInt8(ascii: "3"): kind = .characterDevice
+            case UInt8(ascii: "4"): kind = .blockDevice
+            case UInt8(ascii: "5"): kind = .directory
+            case UInt8(ascii: "6"): kind = .fifo
+            default:
+                let shown = (0x21...0x7E).contains(type) ? "'\(Character(UnicodeScalar(type)))'" : "byte \(type)"
+                throw error("entry type \(shown) is not supported (sparse files, volume headers and other extensions are refused)")
+            }
+            var path = Self.string(header[0..<100])
+            if posix {
+                let prefix = Self.string(header[345..<500])
+                if !prefix.isEmpty { path = prefix + "/" + path }
+            }
+            path = longName ?? pax["path"] ?? path
+            current = path
+            let linkName = longLink ?? pax["linkpath"] ?? Self.string(header[157..<257])
+            var entry = TarEntry(path: path, kind: kind, size: 0, mode: UInt32(try number(header[100..<108], field: "mode") & 0o7777),
+                                 uid: Int(try number(header[108..<116], field: "uid")), gid: Int(try number(header[116..<124], field: "gid")),
+                                 modificationTime: try number(header[136..<148], field: "mtime"), linkName: linkName)
+            if let uid = pax["uid"] { entry.uid = try paxInt(uid, "uid") }
+            if let gid = pax["gid"] { entry.gid = try paxInt(gid, "gid") }
+            if let mtime = pax["mtime"] { entry.modificationTime = Int64(try paxInt(String(mtime.split(separator: ".").first ?? ""), "mtime")) }
+            // Only regular files carry content; a size on anything else is read past.
+            entry.size = kind == .file ? size : 0
+            remaining = size
+            padding = Self.paddingAfter(size)
+            guard !path.isEmpty else { throw error("an entry with an empty name") }
+            guard !path.utf8.contains(0), !linkName.utf8.contains(0) else { throw error("a name holds a NUL character") }
+            return entry
+        }
+    }
+
+    /// Reads past the end-of-archive blocks to the end of the source (so the layer's digest covers every byte).
+    func drain() throws(ImageError) {
+        start = end
+        while try ensure(1) { start = end }
+    }
+
+    static func paddingAfter(_ size: Int64) -> Int { Int((512 - size % 512) % 512) }
+
+    private func checkChecksum(_ header: [UInt8]) throws(ImageError) {
+        let stored = try number(header[148..<156], field: "checksum")
+        var unsigned = 0
+        var signed = 0
+        for (index, byte) in header.enumerated() {
+            let value = (148..<156).contains(index) ? 0x20 : byte
+            unsigned += Int(value)
+            signed += Int(Int8(bitPattern: value))
+        }
+        guard stored == Int64(unsigned) || stored == Int64(signed) else {
+            throw error("header checksum \(stored) does not match the header's bytes (\(unsigned))")
+        }
+    }
+
+    /// An octal field (spaces and NULs around it) or a GNU base-256 one (high bit set).
+    private func number(_ field: ArraySlice<UInt8>, field name: String) throws(ImageError) -> Int64 {
+        guard let first = field.first else { return 0 }
+        if first & 0x80 != 0 {
+            guard first == 0x80 else { throw error("\(name) is a negative or oversized base-256 number") }
+            var value: UInt64 = 0
+            for byte in field.dropFirst() {
+                guard value >> 55 == 0 else { throw error("\(name) is over 2^63") }
+                value = value << 8 | UInt64(byte)
+            }
+            guard value <= UInt64(Int64.max) else { throw error("\(name) is over 2^63") }
+            return Int64(value)
+        }
+        var value: Int64 = 0
+        var seenDigit = false
+        var ended = false
+        for byte in field {
+            if byte == 0 || byte == 0x20 {
+                if seenDigit { ended = true }
+                continue
+            }
+            guard !ended, (0x30...0x37).contains(byte) else { throw error("\(name) field is not an octal number") }
+            guard value >> 60 == 0 else { throw error("\(name) is over 2^63") }
+            value = value << 3 | Int64(byte - 0x30)
+            seenDigit = true
+        }
+        return value
+    }
+
+    private func paxInt(_ text: String, _ key: String) throws(ImageError) -> Int {
+        guard let value = Int(text), value >= 0, value < 1 << 53 else { throw error("pax \(key) \"\(text.prefix(40))\" is not a number in range") }
+        return value
+    }
+
+    /// Records "LENGTH key=value\n", LENGTH counting the whole record.
+    private func parsePax(_ body: [UInt8]) throws(ImageError) -> [(String, String)] {
+        var records: [(String, String)] = []
+        var offset = 0
+        while offset < body.count {
+            if body[offset] == 0 { break }
+            guard let space = body[offset...].firstIndex(of: 0x20), space - offset <= 8,
+                  let length = Int(String(decoding: body[offset..<space], as: UTF8.self)), length > space - offset + 2,
+                  offset + length <= body.count, body[offset + length - 1] == 0x0A else {
+                throw error("a pax record at offset \(offset) is malformed")
+            }
+            let record = body[(space + 1)..<(offset + length - 1)]
+            guard let equals = record.firstIndex(of: UInt8(ascii: "=")) else { throw error("a pax record at offset \(offset) has no '='") }
+            records.append((String(decoding: record[..<equals], as: UTF8.self), String(decoding: record[(equals + 1)...], as: UTF8.self)))
+            offset += length
+        }
+        return records
+    }
+
+    /// A NUL-terminated string field.
+    static func string(_ field: ArraySlice<UInt8>) -> String {
+        let end = field.firstIndex(of: 0) ?? field.endIndex
+        return String(decoding: field[field.startIndex..<end], as: UTF8.self)
+    }
+}
