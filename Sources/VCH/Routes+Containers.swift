@@ -1,3 +1,4 @@
+import API
 import Engine
 import Foundation
 import NIOHTTP1
@@ -47,7 +48,14 @@ extension VirtualContainerHost {
         }
         if body.StdinOnce == true { labels[Label.stdinOnce] = "1" }
         spec.labels = labels
-        let response = try await agent.call("POST", "/v1/containers", json: spec)
+        let response: AgentClient.Response
+        do {
+            response = try await agent.call("POST", "/v1/containers", json: spec)
+        } catch let error as DockerError where error.status == .notFound {
+            // The docker CLI takes any 404 from create for a missing image and pulls; the image
+            // was found, so this is the placement state's refusal (an unknown pool or image cost).
+            throw DockerError.badRequest("the host agent refused the container: \(error.message)")
+        }
         let info = try response.decode(ContainerInfo.self)
         events.remember(info)
         return try .json(CreateAnswer(Id: info.id, Warnings: []), status: .created)
