@@ -12,6 +12,22 @@ actor ContainerWatch {
     private var removedOrder: [String] = []
     private var removalWaiters: [String: [CheckedContinuation<ExitInfo, Never>]] = [:]
 
+    private var exits: [String: Task<ExitInfo?, Never>] = [:]
+
+    /// How the container ended, once it has: one agent wait per container, shared by every
+    /// caller (the auto-removal, `docker wait`, the attach streams). Nil when the agent cannot say.
+    func exit(_ id: String, agent: AgentBackend) async -> ExitInfo? {
+        if let task = exits[id] { return await task.value }
+        let task = Task<ExitInfo?, Never> {
+            guard let response = try? await agent.call("POST", "/v1/containers/\(id)/wait") else { return nil }
+            return try? response.decode(ExitInfo.self)
+        }
+        exits[id] = task
+        let exit = await task.value
+        if exits.count > 1000 { exits = exits.filter { $0.key == id } }
+        return exit
+    }
+
     func attachBegan(_ id: String) { attaching[id, default: 0] += 1 }
 
     func attachEnded(_ id: String) {
@@ -28,6 +44,7 @@ actor ContainerWatch {
 
     func markRemoved(_ id: String, exit: ExitInfo) {
         removed[id] = exit
+        exits[id] = nil
         removedOrder.append(id)
         if removedOrder.count > 1000 { removed[removedOrder.removeFirst()] = nil }
         for waiter in removalWaiters.removeValue(forKey: id) ?? [] { waiter.resume(returning: exit) }

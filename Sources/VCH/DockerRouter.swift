@@ -13,7 +13,10 @@ extension VirtualContainerHost {
             if let version = request.version, Self.compare(version, Self.minimumAPIVersion) < 0 {
                 throw DockerError.badRequest("client version \(version) is too old. Minimum supported API version is \(Self.minimumAPIVersion)")
             }
+            let started = ContinuousClock.now
             var response = try await route(request)
+            logger.debug("answered", metadata: ["method": "\(request.method.rawValue)", "path": "\(request.path)",
+                                                "ms": "\(Double((ContinuousClock.now - started).components.attoseconds) / 1e15)"])
             if request.path == "/_ping" { return response }
             response.headers.append(("API-Version", Self.apiVersion))
             return response

@@ -109,10 +109,7 @@ extension VirtualContainerHost {
     /// --rm: once the container has exited and its attach streams have sent everything, it goes.
     private func removeWhenDone(_ id: String) {
         Task { [agent, watch, logger] in
-            var exit = ExitInfo(exitCode: 137, reason: "unknown")
-            if let response = try? await agent.call("POST", "/v1/containers/\(id)/wait") {
-                exit = (try? response.decode(ExitInfo.self)) ?? exit
-            }
+            let exit = await watch.exit(id, agent: agent) ?? ExitInfo(exitCode: 137, reason: "unknown")
             await watch.drained(id)
             do {
                 try await agent.call("DELETE", "/v1/containers/\(id)?force=true")
@@ -170,7 +167,7 @@ extension VirtualContainerHost {
         let exitInfo: @Sendable () async throws -> ExitInfo = {
             if condition == "not-running", info.state == .exited { return ExitInfo(exitCode: info.exitCode ?? 0, reason: info.exitReason ?? "") }
             if condition == "removed", autoRemove { return await watch.removal(id) }
-            let exit = try await agent.call("POST", "/v1/containers/\(id)/wait").decode(ExitInfo.self)
+            guard let exit = await watch.exit(id, agent: agent) else { throw DockerError.noSuchContainer(reference) }
             if condition == "removed" {
                 while (try? await agent.call("GET", "/v1/containers/\(id)")) != nil { try await Task.sleep(for: .milliseconds(50)) }
             }

@@ -43,14 +43,15 @@ extension VirtualContainerHost {
         for kind in [StreamKind.stdout, .stderr] where kind == .stdout ? options.stdout : options.stderr {
             let base = "/v1/containers/\(info.id)/logs?stream=\(kind.agentName)"
             var source: AsyncThrowingStream<Data, Error>
-            if options.fromStart, options.tail == nil, options.follow {
-                source = agent.stream(base + "&follow=true")
+            let running = info.state != .exited
+            if options.fromStart, options.tail == nil, options.follow, running {
+                source = followUntilExit(info.id, base, since: 0)
             } else {
                 let present = try await agent.call("GET", base).body
                 var shown = options.fromStart ? present : Data()
                 if let tail = options.tail { shown = Self.lastLines(shown, tail) }
                 source = ByteStreams.single(shown)
-                if options.follow { source = ByteStreams.concat(source, agent.stream(base + "&follow=true&since=\(present.count)")) }
+                if options.follow, running { source = ByteStreams.concat(source, followUntilExit(info.id, base, since: present.count)) }
             }
             if options.timestamps {
                 let stamper = LineStamper()
@@ -59,6 +60,50 @@ extension VirtualContainerHost {
             streams.append(ByteStreams.map(source) { StreamFrames.encode($0, kind, tty: tty) })
         }
         return ByteStreams.merge(streams)
+    }
+
+    /// One log followed from byte `since`: the agent's follow while the container runs; once
+    /// it has exited (the shared wait says so at once, where the agent's follow notices on
+    /// its next poll) the follow is dropped and the rest read in one request.
+    func followUntilExit(_ id: String, _ base: String, since: Int) -> AsyncThrowingStream<Data, Error> {
+        let (stream, continuation) = AsyncThrowingStream<Data, Error>.makeStream()
+        let (agent, watch) = (self.agent, self.watch)
+        let task = Task {
+            let sent = Mutex(since)
+            let (ended, signal) = AsyncStream<Void>.makeStream()
+            let follow = Task {
+                defer { signal.yield() }
+                for try await piece in agent.stream(base + "&follow=true&since=\(since)") {
+                    sent.withLock { $0 += piece.count }
+                    continuation.yield(piece)
+                }
+            }
+            // The shared wait outlives this stream when it goes first; it ends with the container.
+            Task {
+                _ = await watch.exit(id, agent: agent)
+                signal.yield()
+            }
+            // Whichever comes first: the follow's own end, or the exit (or the client leaving).
+            await withTaskCancellationHandler {
+                for await _ in ended { break }
+            } onCancel: {
+                follow.cancel()
+                signal.finish()
+            }
+            follow.cancel()
+            do {
+                _ = try await follow.value
+            } catch is CancellationError {
+            } catch {
+                continuation.finish(throwing: error)
+                return
+            }
+            let offset = sent.withLock { $0 }
+            if let rest = try? await agent.call("GET", base + "&since=\(offset)").body, !rest.isEmpty { continuation.yield(rest) }
+            continuation.finish()
+        }
+        continuation.onTermination = { _ in task.cancel() }
+        return stream
     }
 
     /// The last `count` lines of `data`.

@@ -82,6 +82,14 @@ public final class VirtualContainerHost: Sendable {
     func resolve(_ reference: String) async throws -> ContainerInfo {
         let wanted = reference.hasPrefix("/") ? String(reference.dropFirst()) : reference
         guard !wanted.isEmpty else { throw DockerError.noSuchContainer(reference) }
+        // A full id (what the CLI sends after create): one lookup, not the whole list.
+        if wanted.utf8.count == 32, wanted.utf8.allSatisfy({ (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }) {
+            if let info = try? await agent.get("/v1/containers/\(wanted)", as: ContainerInfo.self) {
+                events.remember(info)
+                guard info.labels[Label.owner] == name else { throw DockerError.noSuchContainer(reference) }
+                return info
+            }
+        }
         let all = try await containers()
         if let exact = all.first(where: { $0.id == wanted || dockerName($0) == wanted }) { return exact }
         let prefixed = all.filter { $0.id.hasPrefix(wanted) }
