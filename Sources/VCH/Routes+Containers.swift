@@ -34,6 +34,7 @@ extension VirtualContainerHost {
                 throw DockerError.badRequest("--memory \(bytes) bytes is out of range: a container's memory is \(ParentPolicy.memoryRange.lowerBound) MiB to \(ParentPolicy.memoryRange.upperBound) MiB")
             }
             spec.memoryMiB = mib
+            spec.memoryReservationMiB = mib  // the pool is charged the container's memory
         }
         var labels = body.Labels ?? [:]
         if let reserved = labels.keys.sorted().first(where: Label.isInternal) {

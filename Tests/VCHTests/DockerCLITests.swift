@@ -164,6 +164,29 @@ struct DockerCLITests {
         #expect(gone.status != 0 && gone.stderr.contains("No such container: job") || gone.stderr.contains("No such object: job"), "\(gone.stderr)")
     }
 
+    @Test func memoryIsThePoolsChargeAndAFullPoolRefuses() throws {
+        let fixture = try VCHFixture(pools: [])
+        try fixture.post("/v1/placement/pools", ["name": "tiny", "memoryLimitKiB": 40 * 1024])
+        let socket = try fixture.startVCH("tiny", pool: "tiny")
+        func used() throws -> Int {
+            let info = try fixture.docker(socket, ["info", "--format", "{{json .Labels}}"]).stdout
+            let label = try #require(info.firstMatch(of: /vmfork\.pool\.memory\.used\.kib=(\d+)/))
+            return Int(label.1)!
+        }
+        let before = try used()
+        let first = try fixture.docker(socket, ["run", "-d", "--name", "big", "--memory", "32m", "busybox", "sh", "-c", "while true; do :; done"])
+        #expect(first.status == 0, "\(first.stderr)")
+        #expect(try used() - before == 32 * 1024, "--memory is the placement's charge, not the image's 1 MiB per child")
+        let second = try fixture.docker(socket, ["run", "-d", "--name", "bigger", "--memory", "32m", "busybox", "true"])
+        #expect(second.status == 125)
+        #expect(second.stderr.contains("pool tiny at its memory limit"), "\(second.stderr)")
+        // Without --memory the image's own per-child cost is charged, and fits.
+        let small = try fixture.docker(socket, ["run", "--rm", "busybox", "echo", "fits"])
+        #expect(small.status == 0 && small.stdout == "fits\n", "\(small)")
+        #expect(try fixture.docker(socket, ["rm", "-f", "big"]).status == 0)
+        #expect(try used() == before, "removal releases the charge")
+    }
+
     @Test func eventsStreamWithFilters() throws {
         let fixture = try VCHFixture()
         let socket = try fixture.startVCH("dev", pool: "dev")

@@ -31,6 +31,8 @@ final class VCHFixture: @unchecked Sendable {
         try post("/v1/images", ["name": "busybox", "rootfs": rootfs.path, "executable": "/bin/busybox", "environment": ["PATH=/bin"]])
         try post("/v1/placement/hosts", ["name": "h1", "cpuCores": 2, "nodeMemoryKiB": [4_194_304]])
         try post("/v1/placement/images", ["name": "busybox", "parentMemoryKiB": 65536, "growthPerChildKiB": 1024, "cpuMHzPerChild": 10])
+        // A warm parent of busybox on h1 (charged to the root pool): forks are warm, charged the per-child cost.
+        try post("/v1/placement/warm-parents", ["host": "h1", "image": "busybox", "node": 0])
         for pool in pools { try post("/v1/placement/pools", ["name": pool, "memoryReservationKiB": 524_288, "memoryLimitKiB": 1_048_576]) }
     }
 
