@@ -187,6 +187,41 @@ struct DockerCLITests {
         #expect(try used() == before, "removal releases the charge")
     }
 
+    /// docker ps/inspect, `vmfork container ps --json` and the agent's API agree on a
+    /// container: state, image, command, memory, pool, exit status.
+    @Test func oneViewThroughDockerTheToolAndTheAPI() throws {
+        let fixture = try VCHFixture()
+        let socket = try fixture.startVCH("dev", pool: "dev")
+        let id = try fixture.docker(socket, ["run", "-d", "--name", "seen", "--memory", "16m", "busybox", "sh", "-c", "while true; do :; done"])
+            .stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        func views() throws -> (docker: [String], tool: [String], api: [String]) {
+            let inspect = try fixture.docker(socket, ["inspect", "-f", "{{.State.Status}}|{{.Config.Image}}|{{range .Config.Cmd}}{{.}} {{end}}|{{.HostConfig.Memory}}|{{.VMFork.Pool}}|{{.State.ExitCode}}", "seen"])
+            #expect(inspect.status == 0, "\(inspect.stderr)")
+            let row = try fixture.docker(socket, ["ps", "-a", "--no-trunc", "--format", "{{.State}}|{{.Image}}|{{.Command}}"]).stdout
+            let tool = try HostFacts.run(VCHFixture.binary, ["container", "ps", "--all", "--json", "--state", fixture.state.path])
+            let listed = try JSONDecoder().decode([ContainerInfo].self, from: Data(tool.stdout.utf8)).first { $0.id == id }
+            let api = try fixture.agent.send("GET", "/v1/containers/\(id)").decode(ContainerInfo.self)
+            func line(_ info: ContainerInfo?) -> [String] {
+                guard let info else { return [] }
+                return [info.state.rawValue, info.image, info.arguments.joined(separator: " "), "\(info.memoryMiB << 20)", info.pool ?? "", "\(info.exitCode ?? 0)"]
+            }
+            let dockerLine = inspect.stdout.trimmingCharacters(in: .newlines).split(separator: "|", omittingEmptySubsequences: false)
+                .map { $0.trimmingCharacters(in: .whitespaces) }
+            let psLine = row.trimmingCharacters(in: .newlines).split(separator: "|").map(String.init)
+            #expect(psLine.count == 3 && psLine[0] == dockerLine[0] && psLine[1] == dockerLine[1] && psLine[2] == "\"/bin/busybox \(dockerLine[2])\"", "\(psLine)")
+            return (dockerLine, line(listed), line(api))
+        }
+        let running = try views()
+        #expect(running.docker == ["running", "busybox", "sh -c while true; do :; done", "\(16 << 20)", "dev", "0"])
+        #expect(running.tool == running.docker && running.api == running.docker, "\(running)")
+        #expect(try fixture.docker(socket, ["kill", "seen"]).status == 0)
+        #expect(try fixture.docker(socket, ["wait", "seen"]).stdout == "137\n")
+        let exited = try views()
+        #expect(exited.docker[0] == "exited" && exited.docker[5] == "137")
+        #expect(exited.tool == exited.docker && exited.api == exited.docker, "\(exited)")
+        #expect(try fixture.docker(socket, ["rm", "seen"]).status == 0)
+    }
+
     @Test func eventsStreamWithFilters() throws {
         let fixture = try VCHFixture()
         let socket = try fixture.startVCH("dev", pool: "dev")
