@@ -16,7 +16,7 @@ extension VirtualContainerHost {
             let started = ContinuousClock.now
             var response = try await route(request)
             logger.debug("answered", metadata: ["method": "\(request.method.rawValue)", "path": "\(request.path)",
-                                                "ms": "\(Double((ContinuousClock.now - started).components.attoseconds) / 1e15)"])
+                                                "ms": "\(Self.milliseconds(ContinuousClock.now - started))"])
             if request.path == "/_ping" { return response }
             response.headers.append(("API-Version", Self.apiVersion))
             return response

@@ -111,14 +111,22 @@ extension VirtualContainerHost {
     private func removeWhenDone(_ id: String) {
         Task { [agent, watch, logger] in
             let exit = await watch.exit(id, agent: agent) ?? ExitInfo(exitCode: 137, reason: "unknown")
+            let exited = ContinuousClock.now
             await watch.drained(id)
+            let drained = ContinuousClock.now
             do {
                 try await agent.call("DELETE", "/v1/containers/\(id)?force=true")
             } catch {
                 logger.warning("auto-remove failed", metadata: ["container": "\(id)", "error": "\(error)"])
             }
             await watch.markRemoved(id, exit: exit)
+            logger.debug("auto-removed", metadata: ["container": "\(id)", "drainMs": "\(Self.milliseconds(drained - exited))",
+                                                    "removeMs": "\(Self.milliseconds(ContinuousClock.now - drained))"])
         }
+    }
+
+    static func milliseconds(_ duration: Duration) -> Double {
+        Double(duration.components.seconds) * 1000 + Double(duration.components.attoseconds) / 1e15
     }
 
     func stopContainer(_ reference: String, _ request: DockerRequest) async throws -> DockerResponse {
