@@ -134,6 +134,7 @@ struct AgentRoutes: Sendable {
 
         // MARK: Placement
         registerPlacement(on)
+        registerAudit(on)
     }
 
     private func events(_ request: Request) async throws -> Response {

@@ -141,6 +141,7 @@ extension VirtualContainerHost {
     /// (a container not yet started, or logs=1) or from now, and whether its input is forwarded.
     func attachSession(_ reference: String, _ request: DockerRequest) async throws -> AttachSession {
         let info = try await resolve(reference)
+        audit("POST \(request.path)", status: 101)
         let logs = try request.bool("logs")
         let stream = try request.bool("stream")
         if info.state == .exited, !logs { throw DockerError.conflict("You cannot attach to a stopped container, start it first") }

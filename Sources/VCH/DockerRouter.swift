@@ -5,7 +5,28 @@ import NIOHTTP1
 /// else is 404 with Docker's JSON error body.
 extension VirtualContainerHost {
     /// Answers one request; every error becomes Docker's `{"message": ...}` with its status.
+    /// Each one but the ping is recorded in the agent's audit log (see `audit`).
     func handle(_ request: DockerRequest) async -> DockerResponse {
+        let response = await answer(request)
+        if request.path != "/_ping" { audit("\(request.method.rawValue) \(request.path)", status: response.status.code) }
+        return response
+    }
+
+    /// Records a docker call in the host agent's audit log (POST /v1/events, type
+    /// client.vch.request: the agent adds who called and when), without holding up the answer.
+    func audit(_ call: String, status: UInt) {
+        let detail = (try? JSONSerialization.data(withJSONObject: ["vch": name, "pool": configuration.pool])).map { String(decoding: $0, as: UTF8.self) } ?? ""
+        let body = try? JSONSerialization.data(withJSONObject: ["type": "vch.request", "subject": call, "result": "\(status)", "detail": detail])
+        Task { [agent, logger] in
+            do {
+                try await agent.call("POST", "/v1/events", body: body)
+            } catch {
+                logger.debug("audit record failed", metadata: ["call": "\(call)", "error": "\(error)"])
+            }
+        }
+    }
+
+    private func answer(_ request: DockerRequest) async -> DockerResponse {
         do {
             if let version = request.version, Self.compare(version, Self.apiVersion) > 0 {
                 throw DockerError.badRequest("client version \(version) is too new. Maximum supported API version is \(Self.apiVersion)")

@@ -91,6 +91,12 @@ struct DockerCLITests {
         #expect(inspect.stdout == "running \(32 << 20) front /web web dev\n", "\(inspect)")
         #expect(try fixture.docker(socket, ["rm", "-f", "web"]).status == 0)
 
+        // Every docker call is in the agent's audit log: who (the caller), what, when, result.
+        try fixture.waitUntil("the audit records are written", timeout: 10) {
+            let events = (try? fixture.agent.send("GET", "/v1/events?type=client.vch.request&limit=10000").text) ?? ""
+            return events.contains("\"subject\":\"POST /containers/create\"") && events.contains("\"result\":\"201\"")
+                && events.contains("/attach\"") && events.contains("\"actor\":\"uid:")
+        }
         // --rm leaves nothing behind.
         #expect(try fixture.docker(socket, ["ps", "-a", "-q"]).stdout.isEmpty)
         #expect(try fixture.agent.send("GET", "/v1/containers").decode([ContainerInfo].self).isEmpty)
