@@ -44,14 +44,23 @@ enum DockerNames {
     /// without the default registry and "library/", then without the ":latest" tag.
     static func imageCandidates(_ reference: String) -> [String] {
         var names = [reference]
+        let short = shortReference(reference)
+        names.append(short)
+        if short.hasSuffix(":latest") { names.append(String(short.dropLast(7))) }
+        // The agent's pull names an image by its repository's last part, without tag or digest.
+        let last = String(short.split(separator: "/").last ?? Substring(short))
+        names.append(String(last.split(separator: "@")[0].split(separator: ":")[0]))
+        var seen = Set<String>()
+        return names.filter { seen.insert($0).inserted }
+    }
+
+    /// A reference without Docker Hub's registry and "library/" ("docker.io/library/busybox:1" is "busybox:1").
+    static func shortReference(_ reference: String) -> String {
         var short = reference
         for prefix in ["docker.io/library/", "index.docker.io/library/", "docker.io/", "library/"] where short.hasPrefix(prefix) {
             short = String(short.dropFirst(prefix.count))
         }
-        names.append(short)
-        if short.hasSuffix(":latest") { names.append(String(short.dropLast(7))) }
-        var seen = Set<String>()
-        return names.filter { seen.insert($0).inserted }
+        return short
     }
 
     /// An image's Docker tag: its name, with ":latest" when it has no tag.

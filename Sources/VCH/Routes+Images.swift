@@ -58,7 +58,7 @@ extension VirtualContainerHost {
         let tag = request.string("tag").flatMap { $0.isEmpty ? nil : $0 }
         let reference = tag.map { $0.hasPrefix("sha256:") ? "\(from)@\($0)" : "\(from):\($0)" } ?? from
         let agent = self.agent
-        let shown = DockerNames.imageCandidates(reference).last.map(DockerNames.tag) ?? reference
+        let shown = DockerNames.tag(DockerNames.shortReference(reference))
         let body = AsyncThrowingStream<Data, Error> { continuation in
             func line(_ object: [String: Any]) {
                 if let data = try? JSONSerialization.data(withJSONObject: object) { continuation.yield(data + Data([0x0A])) }
@@ -70,6 +70,8 @@ extension VirtualContainerHost {
                     let image = try response.decode(ImageRecord.self)
                     line(["status": "Digest: \(DockerNames.imageID(image))"])
                     line(["status": "Status: Downloaded newer image for \(shown)"])
+                } catch let error as DockerError where error.status == .conflict && error.message.contains("already exists") {
+                    line(["status": "Status: Image is up to date for \(shown)"])
                 } catch let error as DockerError {
                     let message = error.status == .notFound && error.message.contains("route")
                         ? "pull is not available: the host agent has no POST /v1/images/pull" : error.message
