@@ -75,6 +75,7 @@ extension VirtualContainerHost {
         let method = request.method
         if rest == ["json"], method == .GET { return try await listContainers(request) }
         if rest == ["create"], method == .POST { return try await createContainer(request) }
+        if rest == ["prune"], method == .POST { return try await pruneContainers(request) }
         if rest.count == 1, method == .DELETE { return try await removeContainer(rest[0], request) }
         guard rest.count == 2 else { throw DockerError.notFound("page not found") }
         let (id, action) = (rest[0], rest[1])

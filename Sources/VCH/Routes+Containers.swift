@@ -107,6 +107,37 @@ extension VirtualContainerHost {
         return .noContent
     }
 
+    /// At the VCH's start: its --rm containers that ended meanwhile go now, running ones when they end.
+    public func resumeAutoRemoval() async throws {
+        for info in try await containers() where info.labels[Label.autoRemove] == "1" && info.state != .created {
+            removeWhenDone(info.id)
+        }
+    }
+
+    /// `POST /containers/prune`: removes this VCH's exited containers.
+    func pruneContainers(_ request: DockerRequest) async throws -> DockerResponse {
+        let filters = try request.filters()
+        if let unknown = filters.keys.sorted().first(where: { $0 != "label" }) {
+            throw DockerError.badRequest("invalid filter '\(unknown)' (this VCH prunes by label)")
+        }
+        var removed: [String] = []
+        for info in try await containers() where info.state == .exited {
+            let labels = Self.userLabels(info)
+            let wanted = (filters["label"] ?? []).allSatisfy { label in
+                let parts = label.split(separator: "=", maxSplits: 1).map(String.init)
+                return labels[parts[0]].map { parts.count == 1 || $0 == parts[1] } ?? false
+            }
+            guard wanted else { continue }
+            try await agent.call("DELETE", "/v1/containers/\(info.id)")
+            removed.append(info.id)
+        }
+        struct PruneAnswer: Encodable {
+            let ContainersDeleted: [String]
+            let SpaceReclaimed: Int
+        }
+        return try .json(PruneAnswer(ContainersDeleted: removed, SpaceReclaimed: 0))
+    }
+
     /// --rm: once the container has exited and its attach streams have sent everything, it goes.
     private func removeWhenDone(_ id: String) {
         Task { [agent, watch, logger] in

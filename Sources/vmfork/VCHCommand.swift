@@ -61,6 +61,7 @@ struct VCHCommand: AsyncParsableCommand {
                 }
                 let host = try VirtualContainerHost(configuration: .init(name: name, pool: pool), agent: agent, logger: logger)
                 try await host.checkBackend()
+                try await host.resumeAutoRemoval()
                 let server = try await VCHServer(host: host, listen: listen, token: token, logger: logger)
                 await Self.waitForTermination()
                 logger.info("VCH stopping", metadata: ["vch": "\(name)"])
