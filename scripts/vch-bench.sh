@@ -4,12 +4,12 @@
 # busybox, and runc (Debian's) running the same busybox rootfs from an OCI bundle; the
 # docker client's own start (`docker version` against the VCH) is the floor.
 # Usage: bash scripts/vch-bench.sh [ROUNDS] (default 30). Uses .build/release/vmfork when
-# built (make build), else .build/debug/vmfork. Needs /dev/kvm, root (runc), busybox-static.
+# built and newer than the sources (make build), else .build/debug/vmfork; VMFORK_BIN overrides. Needs /dev/kvm, root (runc), busybox-static.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-30}
-binary=.build/release/vmfork
-if [ ! -x "$binary" ] || [ -n "$(find Sources -newer "$binary" -name '*.swift' | head -1)" ]; then binary=.build/debug/vmfork; fi
+binary=${VMFORK_BIN:-.build/release/vmfork}
+if [ -z "${VMFORK_BIN:-}" ] && { [ ! -x "$binary" ] || [ -n "$(find Sources -newer "$binary" -name '*.swift' | head -1)" ]; }; then binary=.build/debug/vmfork; fi
 [ -x "$binary" ] || { echo "build first: swift build (or make build)"; exit 1; }
 binary=$(realpath "$binary")
 work=$(mktemp -d /tmp/vch-bench.XXXXXX)

@@ -12,18 +12,9 @@ extension VirtualContainerHost {
         return response
     }
 
-    /// Records a docker call in the host agent's audit log (POST /v1/events, type
-    /// client.vch.request: the agent adds who called and when), without holding up the answer.
+    /// Records a docker call in the host agent's audit log (see `AuditLog`).
     func audit(_ call: String, status: UInt) {
-        let detail = (try? JSONSerialization.data(withJSONObject: ["vch": name, "pool": configuration.pool])).map { String(decoding: $0, as: UTF8.self) } ?? ""
-        let body = try? JSONSerialization.data(withJSONObject: ["type": "vch.request", "subject": call, "result": "\(status)", "detail": detail])
-        Task { [agent, logger] in
-            do {
-                try await agent.call("POST", "/v1/events", body: body)
-            } catch {
-                logger.debug("audit record failed", metadata: ["call": "\(call)", "error": "\(error)"])
-            }
-        }
+        auditLog.add(call: call, status: status)
     }
 
     private func answer(_ request: DockerRequest) async -> DockerResponse {

@@ -41,6 +41,7 @@ public final class VirtualContainerHost: Sendable {
     let logger: Logger
     let watch = ContainerWatch()
     let events: EventTranslator
+    let auditLog: AuditLog
 
     public init(configuration: Configuration, agent: AgentClient, logger: Logger) throws {
         guard Self.validName(configuration.name) else {
@@ -50,6 +51,7 @@ public final class VirtualContainerHost: Sendable {
         self.agent = AgentBackend(client: agent)
         self.logger = logger
         self.events = EventTranslator(owner: configuration.name)
+        self.auditLog = AuditLog(agent: self.agent, vch: configuration.name, pool: configuration.pool, logger: logger)
     }
 
     var name: String { configuration.name }
