@@ -24,12 +24,16 @@ echo "== a process VM: busybox in its own KVM VM, the engine as its kernel"
 "$vmfork" run --rootfs "$rootfs" -- /bin/busybox cat /no/such/file || echo "(exit status $? passed on, as busybox gave it)"
 
 echo
-echo "== instant clone: a warm busybox parent, 5 children with their own arguments, then 200 kept alive for the sharing report"
+echo "== instant clone: a warm busybox parent stopped at its main (its C library started once, in the parent),"
+echo "   5 children with their own arguments, then 200 kept alive for the sharing report"
 "$vmfork" fork --rootfs "$rootfs" --children 5 -- /bin/busybox echo "child {i} says hi"
 "$vmfork" fork --rootfs "$rootfs" --children 200 --pool 16 --quiet -- /bin/busybox echo hi
 echo
 echo "== instant clone as a container engine runs it: 1000 children, each removed when done (its VM reused)"
 "$vmfork" fork --rootfs "$rootfs" --children 1000 --pool 16 --quiet --remove-each -- /bin/busybox echo hi
+echo
+echo "== the same from a parent stopped at its entry point: each child runs the C library's start-up itself (compare the exits)"
+"$vmfork" fork --rootfs "$rootfs" --children 1000 --pool 16 --quiet --remove-each --fork-point entry -- /bin/busybox echo hi
 
 echo
 echo "== the host agent: vmfork serve on $state/agent, driven by the tool and by curl over its socket"
