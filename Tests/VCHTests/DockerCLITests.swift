@@ -153,6 +153,18 @@ struct DockerCLITests {
         #expect(attached.finish(grace: 5).hasSuffix("got TERM\n"), "attach shows the output after it attached: \(attached.text)")
         #expect(try fixture.docker(socket, ["inspect", "-f", "{{.State.ExitCode}}", "spin"]).stdout == "7\n")
 
+        // start -a: the output and the exit status, as with run.
+        _ = try fixture.docker(socket, ["create", "--name", "attached", "busybox", "sh", "-c", "echo from start; exit 6"])
+        let startAttached = try fixture.docker(socket, ["start", "-a", "attached"])
+        #expect(startAttached.status == 6 && startAttached.stdout == "from start\n", "\(startAttached)")
+        // What the agent has no figures or operation for is refused by name.
+        for command in ["top", "stats", "exec", "restart", "pause"] {
+            let arguments = command == "stats" ? ["stats", "--no-stream", "attached"] : command == "exec" ? ["exec", "attached", "true"] : [command, "attached"]
+            let refused = try fixture.docker(socket, arguments)
+            #expect(refused.status != 0 && refused.stderr.contains("\(command) is not supported by this VCH"), "\(command): \(refused.stderr)")
+        }
+        #expect(try fixture.docker(socket, ["rm", "attached"]).status == 0)
+
         // kill -s: a signal by name; SIGKILL powers the VM off (137).
         _ = try fixture.docker(socket, ["run", "-d", "--name", "victim", "busybox", "sh", "-c", "while true; do :; done"])
         #expect(try fixture.docker(socket, ["kill", "-s", "SIGKILL", "victim"]).status == 0)
