@@ -62,43 +62,59 @@ extension VirtualContainerHost {
         return ByteStreams.merge(streams)
     }
 
-    /// One log followed from byte `since`: the agent's follow while the container runs; once
-    /// it has exited (the shared wait says so at once, where the agent's follow notices on
-    /// its next poll) the follow is dropped and the rest read in one request.
+    /// How long a container runs before its logs are followed: one that ends sooner (most
+    /// `docker run`s) has its output read once, at its exit, with no follow at all.
+    static let followDelay = Duration.milliseconds(50)
+
+    /// One log from byte `since` until the container's exit: read once at the exit when it
+    /// comes within `followDelay`, else followed (the agent's follow) until the exit, which the
+    /// shared wait reports at once where the agent's follow notices on its next poll; then the
+    /// rest is read in one request.
     func followUntilExit(_ id: String, _ base: String, since: Int) -> AsyncThrowingStream<Data, Error> {
         let (stream, continuation) = AsyncThrowingStream<Data, Error>.makeStream()
         let (agent, watch) = (self.agent, self.watch)
         let task = Task {
-            let sent = Mutex(since)
-            let (ended, signal) = AsyncStream<Void>.makeStream()
-            let follow = Task {
-                defer { signal.yield() }
-                for try await piece in agent.stream(base + "&follow=true&since=\(since)") {
-                    sent.withLock { $0 += piece.count }
-                    continuation.yield(piece)
-                }
-            }
+            let state = FollowState(sent: since)
+            let (signals, signal) = AsyncStream<Void>.makeStream()
             // The shared wait outlives this stream when it goes first; it ends with the container.
             Task {
                 _ = await watch.exit(id, agent: agent)
+                state.exited.withLock { $0 = true }
                 signal.yield()
             }
-            // Whichever comes first: the follow's own end, or the exit (or the client leaving).
+            let delay = Task {
+                try await Task.sleep(for: Self.followDelay)
+                signal.yield()
+            }
             await withTaskCancellationHandler {
-                for await _ in ended { break }
+                var next = signals.makeAsyncIterator()
+                _ = await next.next()  // the exit, or the delay
+                guard !state.exited.withLock({ $0 }), !Task.isCancelled else { return }
+                let started = Task {
+                    defer { signal.yield() }
+                    for try await piece in agent.stream(base + "&follow=true&since=\(since)") {
+                        state.sent.withLock { $0 += piece.count }
+                        continuation.yield(piece)
+                    }
+                }
+                state.follow.withLock { $0 = started }
+                _ = await next.next()  // the exit, or the follow's own end
             } onCancel: {
-                follow.cancel()
+                state.follow.withLock { $0?.cancel() }
                 signal.finish()
             }
-            follow.cancel()
-            do {
-                _ = try await follow.value
-            } catch is CancellationError {
-            } catch {
-                continuation.finish(throwing: error)
-                return
+            delay.cancel()
+            if let running = state.follow.withLock({ $0 }) {
+                running.cancel()
+                do {
+                    _ = try await running.value
+                } catch is CancellationError {
+                } catch {
+                    continuation.finish(throwing: error)
+                    return
+                }
             }
-            let offset = sent.withLock { $0 }
+            let offset = state.sent.withLock { $0 }
             if let rest = try? await agent.call("GET", base + "&since=\(offset)").body, !rest.isEmpty { continuation.yield(rest) }
             continuation.finish()
         }
@@ -123,6 +139,16 @@ extension VirtualContainerHost {
         }
         return data
     }
+}
+
+/// One log stream's progress, shared by its follow and its end.
+final class FollowState: Sendable {
+    /// Bytes sent so far (the offset of the next).
+    let sent: Mutex<Int>
+    let exited = Mutex(false)
+    let follow = Mutex<Task<Void, Error>?>(nil)
+
+    init(sent: Int) { self.sent = Mutex(sent) }
 }
 
 /// `--timestamps`: each line starts with the time the VCH read it (RFC 3339; the agent keeps
