@@ -56,6 +56,10 @@ extension VirtualContainerHost {
             // The docker CLI takes any 404 from create for a missing image and pulls; the image
             // was found, so this is the placement state's refusal (an unknown pool or image cost).
             throw DockerError.badRequest("the host agent refused the container: \(error.message)")
+        } catch let error as DockerError where error.status == .conflict && spec.name != nil && error.message.hasSuffix("is taken") {
+            let bare = dockerName(agentName: spec.name ?? "")
+            let holder = (try? await resolve(bare))?.id ?? "?"
+            throw DockerError.conflict("Conflict. The container name \"/\(bare)\" is already in use by container \"\(holder)\". You have to remove (or rename) that container to be able to reuse that name.")
         }
         let info = try response.decode(ContainerInfo.self)
         events.remember(info)

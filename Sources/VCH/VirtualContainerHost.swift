@@ -104,8 +104,10 @@ public final class VirtualContainerHost: Sendable {
     func agentName(_ dockerName: String) -> String { "\(name).\(dockerName)" }
 
     /// The Docker name of one of this VCH's containers.
-    func dockerName(_ info: ContainerInfo) -> String {
-        info.name.hasPrefix(name + ".") ? String(info.name.dropFirst(name.count + 1)) : info.name
+    func dockerName(_ info: ContainerInfo) -> String { dockerName(agentName: info.name) }
+
+    func dockerName(agentName: String) -> String {
+        agentName.hasPrefix(name + ".") ? String(agentName.dropFirst(name.count + 1)) : agentName
     }
 
     static func userLabels(_ info: ContainerInfo) -> [String: String] { info.labels.filter { !Label.isInternal($0.key) } }

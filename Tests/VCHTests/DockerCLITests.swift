@@ -113,7 +113,7 @@ struct DockerCLITests {
         #expect(tooSmall.status == 125 && tooSmall.stderr.contains("--memory-swap"), "\(tooSmall.stderr)")
         _ = try fixture.docker(socket, ["create", "--name", "taken", "busybox"])
         let taken = try fixture.docker(socket, ["create", "--name", "taken", "busybox"])
-        #expect(taken.status != 0 && taken.stderr.contains("taken"), "\(taken.stderr)")
+        #expect(taken.status != 0 && taken.stderr.contains("Conflict. The container name \"/taken\" is already in use by container"), "\(taken.stderr)")
     }
 
     @Test func createStartPsLogsWaitStopKillRemoveAttach() throws {
