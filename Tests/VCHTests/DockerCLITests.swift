@@ -326,6 +326,20 @@ struct DockerCLITests {
         }
     }
 
+    @Test func aRestartedVCHRemovesTheRmContainersThatEndedMeanwhile() throws {
+        let fixture = try VCHFixture()
+        let socket = try fixture.startVCH("dev", pool: "dev")
+        let id = try fixture.docker(socket, ["run", "-d", "--rm", "busybox", "sh", "-c", "while true; do :; done"])
+            .stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(fixture.stopVCH("dev") == 0, "SIGTERM stops the VCH cleanly")
+        // The container ends while no VCH runs: nobody removes it yet.
+        #expect(try fixture.agent.send("POST", "/v1/containers/\(id)/kill?signal=9").status == 200)
+        #expect(try fixture.agent.send("POST", "/v1/containers/\(id)/wait").status == 200)
+        #expect(try fixture.agent.send("GET", "/v1/containers/\(id)").status == 200)
+        try fixture.startVCH("dev", pool: "dev")
+        try fixture.waitUntil("the restarted VCH removes it", timeout: 10) { (try? fixture.agent.send("GET", "/v1/containers/\(id)"))?.status == 404 }
+    }
+
     @Test func tcpNeedsTheToken() throws {
         let fixture = try VCHFixture()
         let (port, token) = try fixture.startTCPVCH("dev", pool: "dev")

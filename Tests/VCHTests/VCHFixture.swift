@@ -57,6 +57,13 @@ final class VCHFixture: @unchecked Sendable {
         return socket
     }
 
+    /// Stops VCH `name` (SIGTERM) and returns its exit status.
+    func stopVCH(_ name: String) -> Int32 {
+        guard let process = vchs.removeValue(forKey: name) else { return -1 }
+        stop(process)
+        return process.terminationStatus
+    }
+
     /// Starts VCH `name` on TCP with a token file; returns the port and the token.
     func startTCPVCH(_ name: String, pool: String) throws -> (port: Int, token: String) {
         let port = Int.random(in: 20000...60000)
