@@ -17,6 +17,8 @@ let package = Package(
         .library(name: "VMForkEngine", targets: ["Fork", "ProcessVM", "Disk", "IOEngine", "Placement", "Store", "WorkloadProfiles", "Capabilities", "HostSystem", "KVM"]),
         // The host agent: the engine and its HTTP API (server and client).
         .library(name: "VMForkAgent", targets: ["Engine", "API"]),
+        // The Virtual Container Host: the Docker Engine API in front of the host agent's API.
+        .library(name: "VMForkVCH", targets: ["VCH"]),
         // Fixtures shared by the tests and the benchmarks (busybox rootfs, tiny programs).
         .library(name: "VMForkTestSupport", targets: ["TestSupport"]),
     ],
@@ -79,11 +81,24 @@ let package = Package(
             resources: [.copy("openapi.json")],
             swiftSettings: strictSettings
         ),
+        // The Virtual Container Host: the Docker Engine API (NIO HTTP/1.1 with the attach
+        // upgrade), backed by the host agent's API through its client, one resource pool each.
+        .target(
+            name: "VCH",
+            dependencies: [
+                "API", "Engine", "Placement",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: strictSettings
+        ),
         .executableTarget(
             name: "vmfork",
             dependencies: [
                 "Capabilities", "ProcessVM", "Fork", "Disk", "Placement", "Store", "WorkloadProfiles", "HostSystem",
-                "Engine", "API", .product(name: "Logging", package: "swift-log"),
+                "Engine", "API", "VCH", .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings
@@ -102,6 +117,7 @@ let package = Package(
         .testTarget(name: "PlacementTests", dependencies: ["Placement", "Store", "WorkloadProfiles", "TestSupport", "vmfork"], swiftSettings: strictSettings),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "Fork", "Store", "TestSupport", .product(name: "GRDB", package: "GRDB.swift"), .product(name: "Metrics", package: "swift-metrics")], swiftSettings: strictSettings),
         .testTarget(name: "APITests", dependencies: ["API", "Engine", "TestSupport", "vmfork"], swiftSettings: strictSettings),
+        .testTarget(name: "VCHTests", dependencies: ["VCH", "API", "Engine", "TestSupport", "vmfork"], swiftSettings: strictSettings),
         .testTarget(name: "StoreTests", dependencies: ["Store", "TestSupport"], swiftSettings: strictSettings),
         .testTarget(name: "ImagesTests", dependencies: ["Images", "Engine", "API", "TestSupport", .product(name: "Logging", package: "swift-log"), .product(name: "Metrics", package: "swift-metrics")], swiftSettings: strictSettings),
     ]

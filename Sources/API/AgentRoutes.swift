@@ -136,6 +136,7 @@ struct AgentRoutes: Sendable {
         // MARK: Placement
         registerPlacement(on)
         registerImagePull(on)
+        registerAudit(on)
     }
 
     private func events(_ request: Request) async throws -> Response {

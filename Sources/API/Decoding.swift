@@ -109,7 +109,7 @@ extension APIError {
 
 extension ContainerSpec: StrictBody {
     static let fields: Set<String> = ["image", "name", "arguments", "environment", "hostname", "memoryMiB", "forkPoint", "labels",
-                                      "openStdin", "stdin", "pool"]
+                                      "openStdin", "stdin", "pool", "memoryReservationMiB"]
 }
 
 struct ImageRequest: StrictBody {

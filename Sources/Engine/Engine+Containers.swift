@@ -50,6 +50,12 @@ extension Engine {
         }
         if let stdin = spec.stdin, stdin.utf8.count > 1 << 20 { throw EngineError.invalid("stdin", "stdin: over 1 MiB") }
         if let pool = spec.pool, pool.isEmpty || pool.utf8.count > 128 { throw EngineError.invalid("pool", "pool: 1-128 bytes") }
+        if let reservation = spec.memoryReservationMiB {
+            guard (1...ParentPolicy.memoryRange.upperBound).contains(reservation) else {
+                throw EngineError.invalid("memoryReservationMiB", "memoryReservationMiB \(reservation) is out of range (1...\(ParentPolicy.memoryRange.upperBound))")
+            }
+            guard spec.pool != nil else { throw EngineError.invalid("memoryReservationMiB", "memoryReservationMiB needs a pool to charge") }
+        }
 
         let id = UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "")
         let name = spec.name ?? String(id.prefix(12))
@@ -62,7 +68,7 @@ extension Engine {
         var placementID: Int?
         do {
             // Placement first: an unknown or full pool is refused before anything is made.
-            if let pool = spec.pool { placementID = try await place(pool: pool, image: image.name) }
+            if let pool = spec.pool { placementID = try await place(pool: pool, image: image.name, memoryKiB: spec.memoryReservationMiB.map { $0 << 10 }) }
             let (policy, recordedNow) = try await policy(image: image.name, forkPoint: forkPoint, memoryMiB: memoryMiB)
             let family: ParentFamily
             do {
@@ -140,11 +146,11 @@ extension Engine {
     }
 
     /// Reserves and commits a placement on this host's placement state for one fork.
-    private func place(pool: String, image: String) async throws -> Int {
+    private func place(pool: String, image: String, memoryKiB: Int? = nil) async throws -> Int {
         let placement = self.placement
         return try await onKVMThread {
             do {
-                let reserved = try placement.reserve(pool: pool, image: image)
+                let reserved = try placement.reserve(pool: pool, image: image, memoryKiB: memoryKiB)
                 return try placement.commit(reserved.id).id
             } catch let error as PlacementError {
                 switch error {

@@ -101,10 +101,13 @@ public struct ContainerSpec: Codable, Sendable, Equatable {
     public var stdin: String?
     /// The placement resource pool charged for the container (placement state of this host).
     public var pool: String?
+    /// Memory charged to the pool for the container, when more than the image's per-child
+    /// growth (a Docker --memory); needs `pool`.
+    public var memoryReservationMiB: Int?
 
     public init(image: String, name: String? = nil, arguments: [String]? = nil, environment: [String]? = nil, hostname: String? = nil,
                 memoryMiB: Int? = nil, forkPoint: ForkPointName? = nil, labels: [String: String]? = nil, openStdin: Bool? = nil,
-                stdin: String? = nil, pool: String? = nil) {
+                stdin: String? = nil, pool: String? = nil, memoryReservationMiB: Int? = nil) {
         self.image = image
         self.name = name
         self.arguments = arguments
@@ -116,6 +119,7 @@ public struct ContainerSpec: Codable, Sendable, Equatable {
         self.openStdin = openStdin
         self.stdin = stdin
         self.pool = pool
+        self.memoryReservationMiB = memoryReservationMiB
     }
 }
 

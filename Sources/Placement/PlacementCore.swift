@@ -226,11 +226,13 @@ public struct PlacementCore: Sendable {
     /// Admits a fork of `image` in `pool`, picks its host and node, and charges it: the pool
     /// tree, the node's memory and the host's CPU. The result stays reserved until
     /// `commit` or `release`; `leaseExpiresAt` bounds how long an uncommitted one lives.
+    /// `memoryKiB`, when given, is the fork's own memory reservation: it is charged instead of
+    /// the image's per-child growth when larger.
     public mutating func reserve(pool: String, image: String, allowColdStart: Bool = true,
-                                 leaseExpiresAt: Double? = nil) throws(PlacementError) -> Placement {
+                                 leaseExpiresAt: Double? = nil, memoryKiB: Int? = nil) throws(PlacementError) -> Placement {
         let p = try pools.index(of: pool)
         let i = try index(ofImage: image)
-        let decision = try decide(pool: p, image: i, allowColdStart: allowColdStart)
+        let decision = try decide(pool: p, image: i, allowColdStart: allowColdStart, memoryKiB: memoryKiB)
         return charge(pool: p, image: i, key: decision.key, charge: decision.charge, start: decision.start, leaseExpiresAt: leaseExpiresAt)
     }
 
@@ -242,19 +244,23 @@ public struct PlacementCore: Sendable {
 
     /// Admission, then the node: a warm fork if the pool admits it and a node fits, else a
     /// cold start if allowed.
-    func decide(pool p: Int, image i: Int, allowColdStart: Bool) throws(PlacementError) -> Decision {
+    func decide(pool p: Int, image i: Int, allowColdStart: Bool, memoryKiB: Int? = nil) throws(PlacementError) -> Decision {
         let spec = images[i]
         let policy = pools.specs[p].policy
-        if let refused = pools.refusal(charging: spec.warmCharge, at: p) { throw .poolRefused(refused) }
-        if let key = chooseNode(image: i, need: spec.warmCharge, policy: policy) {
-            return Decision(key: key, charge: spec.warmCharge, start: .warm)
+        // A fork's own reservation replaces the image's per-child growth when larger.
+        let extra = max(0, (memoryKiB ?? 0) - spec.growthPerChildKiB)
+        let warmCharge = Resources(memoryKiB: spec.warmCharge.memoryKiB + extra, cpuMHz: spec.warmCharge.cpuMHz)
+        let coldCharge = Resources(memoryKiB: spec.coldCharge.memoryKiB + extra, cpuMHz: spec.coldCharge.cpuMHz)
+        if let refused = pools.refusal(charging: warmCharge, at: p) { throw .poolRefused(refused) }
+        if let key = chooseNode(image: i, need: warmCharge, policy: policy) {
+            return Decision(key: key, charge: warmCharge, start: .warm)
         }
-        guard allowColdStart else { throw .noHostFits(image: spec.name, pool: pools.specs[p].name, needed: spec.warmCharge) }
-        if let refused = pools.refusal(charging: spec.coldCharge, at: p) { throw .poolRefused(refused) }
-        if let key = chooseNode(image: nil, need: spec.coldCharge, policy: policy) {
-            return Decision(key: key, charge: spec.coldCharge, start: .cold)
+        guard allowColdStart else { throw .noHostFits(image: spec.name, pool: pools.specs[p].name, needed: warmCharge) }
+        if let refused = pools.refusal(charging: coldCharge, at: p) { throw .poolRefused(refused) }
+        if let key = chooseNode(image: nil, need: coldCharge, policy: policy) {
+            return Decision(key: key, charge: coldCharge, start: .cold)
         }
-        throw .noHostFits(image: spec.name, pool: pools.specs[p].name, needed: spec.coldCharge)
+        throw .noHostFits(image: spec.name, pool: pools.specs[p].name, needed: coldCharge)
     }
 
     /// The best node's key for a fork needing `need`: among healthy nodes holding a warm

@@ -144,19 +144,19 @@ public final class PlacementService: Sendable {
     // MARK: Decisions
 
     /// Places a fork and holds its capacity for `leaseSeconds` until `commit` or `release`.
-    public func reserve(pool: String, image: String, allowColdStart: Bool = true) throws -> Placement {
+    public func reserve(pool: String, image: String, allowColdStart: Bool = true, memoryKiB: Int? = nil) throws -> Placement {
         try state.withLock { core in
             let lease = clock() + leaseSeconds
             let placement: Placement
             do throws(PlacementError) {
-                placement = try core.reserve(pool: pool, image: image, allowColdStart: allowColdStart, leaseExpiresAt: lease)
+                placement = try core.reserve(pool: pool, image: image, allowColdStart: allowColdStart, leaseExpiresAt: lease, memoryKiB: memoryKiB)
             } catch let refusal {
                 // Capacity held by reservations whose holder vanished may be what is missing.
                 switch refusal {
                 case .poolRefused, .noHostFits: guard try reclaimExpired(&core) > 0 else { throw refusal }
                 default: throw refusal
                 }
-                placement = try core.reserve(pool: pool, image: image, allowColdStart: allowColdStart, leaseExpiresAt: lease)
+                placement = try core.reserve(pool: pool, image: image, allowColdStart: allowColdStart, leaseExpiresAt: lease, memoryKiB: memoryKiB)
             }
             var rows = StateChanges()
             rows.placements = [placement.row]

@@ -1,0 +1,80 @@
+import API
+import Foundation
+import Synchronization
+
+/// The host agent as the VCH uses it: its HTTP API through `AgentClient`, never the engine.
+/// The agent's refusals become Docker's (same status, the agent's message).
+struct AgentBackend: Sendable {
+    let client: AgentClient
+
+    /// Sends one request; a status of 300 or more is thrown as a `DockerError`.
+    @discardableResult
+    func call(_ method: String, _ path: String, body: Data? = nil) async throws -> AgentClient.Response {
+        let response: AgentClient.Response
+        do {
+            response = try await client.send(method, path, body: body)
+        } catch {
+            throw DockerError(status: .serviceUnavailable, message: "the host agent cannot be reached: \(error)")
+        }
+        guard response.status < 300 else {
+            throw DockerError(status: .init(statusCode: response.status), message: response.errorMessage)
+        }
+        return response
+    }
+
+    func call<T: Encodable>(_ method: String, _ path: String, json value: T) async throws -> AgentClient.Response {
+        try await call(method, path, body: try JSONEncoder().encode(value))
+    }
+
+    func get<T: Decodable>(_ path: String, as type: T.Type) async throws -> T {
+        let response = try await call("GET", path)
+        do {
+            return try JSONDecoder().decode(T.self, from: response.body)
+        } catch {
+            throw DockerError(status: .badGateway, message: "the host agent's answer to GET \(path) does not decode: \(error)")
+        }
+    }
+
+    /// A streaming GET (logs or events with follow): the body's pieces as they arrive. The
+    /// blocking read runs on a thread of its own; it stops at the next piece after the
+    /// consumer goes away.
+    func stream(_ path: String) -> AsyncThrowingStream<Data, Error> {
+        let (stream, continuation) = AsyncThrowingStream<Data, Error>.makeStream()
+        let stopped = StopFlag()
+        continuation.onTermination = { _ in stopped.stop() }
+        let client = self.client
+        let thread = Thread {
+            do {
+                let status = try client.stream("GET", path) { chunk in
+                    guard !stopped.isStopped else { return false }
+                    continuation.yield(chunk)
+                    return true
+                }
+                if status >= 300 {
+                    continuation.finish(throwing: DockerError(status: .init(statusCode: status), message: "the host agent refused GET \(path)"))
+                } else {
+                    continuation.finish()
+                }
+            } catch {
+                continuation.finish(throwing: error)
+            }
+        }
+        thread.name = "vch-agent-stream"
+        thread.start()
+        return stream
+    }
+
+    /// Percent-encodes one path segment or query value.
+    static func escape(_ text: String) -> String {
+        var allowed = CharacterSet.alphanumerics
+        allowed.insert(charactersIn: "-._~")
+        return text.addingPercentEncoding(withAllowedCharacters: allowed) ?? text
+    }
+}
+
+/// A one-way switch read by a blocking reader's callback.
+final class StopFlag: Sendable {
+    private let flag = Atomic<Bool>(false)
+    func stop() { flag.store(true, ordering: .relaxed) }
+    var isStopped: Bool { flag.load(ordering: .relaxed) }
+}

@@ -1,0 +1,128 @@
+import Foundation
+import NIOCore
+import NIOHTTP1
+
+/// One HTTP/1.1 connection of the Docker API: collects each request, lets the VCH answer it
+/// on a task, and writes the answer (whole, or piece by piece as a stream produces it).
+/// NIO's pipelining handler keeps the next request back until this one's answer has ended.
+final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    /// Its name in the pipeline (the attach upgrade removes it).
+    static let name = "vch-http"
+
+    /// Request bodies above this get 413 (create bodies are a few KiB).
+    static let maxBodyBytes = 1 << 20
+
+    private let host: VirtualContainerHost
+    private let access: AccessCheck
+    private var head: HTTPRequestHead?
+    private var body = ByteBuffer()
+    private var overLimit = false
+
+    init(host: VirtualContainerHost, access: AccessCheck) {
+        self.host = host
+        self.access = access
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            self.head = head
+            body.clear()
+            overLimit = false
+        case .body(var piece):
+            if body.readableBytes + piece.readableBytes > Self.maxBodyBytes { overLimit = true } else { body.writeBuffer(&piece) }
+        case .end:
+            guard let head else { return }
+            self.head = nil
+            let request = DockerRequest(method: head.method, uri: head.uri, headers: head.headers, body: Data(body.readableBytesView))
+            let host = self.host
+            let access = self.access
+            let overLimit = self.overLimit
+            let channel = context.channel
+            let keepAlive = head.isKeepAlive
+            let task = Task {
+                let response = await host.answer(request, access: access, overLimit: overLimit)
+                await ResponseWriter.write(response, to: channel, keepAlive: keepAlive, head: request.method == .HEAD)
+            }
+            channel.closeFuture.whenComplete { _ in task.cancel() }
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        // An upgrade the attach upgrader declined: the request goes on to be answered here.
+        if error is AttachUpgrader.Declined { return }
+        context.close(promise: nil)
+    }
+}
+
+extension VirtualContainerHost {
+    /// The answer to a request that reached the handler: refused without the token or when too
+    /// large, else the VCH's.
+    func answer(_ request: DockerRequest, access: AccessCheck, overLimit: Bool) async -> DockerResponse {
+        if let refusal = access.refusal(request.headers) { return refusal.response }
+        if overLimit { return DockerError(status: .payloadTooLarge, message: "the request body is over \(HTTPHandler.maxBodyBytes) bytes").response }
+        return await handle(request)
+    }
+}
+
+/// Writes an answer to a connection.
+enum ResponseWriter {
+    static func write(_ response: DockerResponse, to channel: any Channel, keepAlive: Bool, head: Bool) async {
+        var headers = HTTPHeaders(response.headers)
+        headers.replaceOrAdd(name: "Server", value: "vmfork-vch/\(VirtualContainerHost.version)")
+        headers.replaceOrAdd(name: "Date", value: DockerTime.rfc3339(Date().timeIntervalSince1970))
+        switch response.body {
+        case .empty:
+            if response.status != .noContent && response.status != .notModified { headers.replaceOrAdd(name: "Content-Length", value: "0") }
+        case .full(let data):
+            headers.replaceOrAdd(name: "Content-Length", value: "\(data.count)")
+        case .stream:
+            headers.replaceOrAdd(name: "Transfer-Encoding", value: "chunked")
+        }
+        if !keepAlive { headers.replaceOrAdd(name: "Connection", value: "close") }
+        do {
+            try await channel.writeAndFlush(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: response.status, headers: headers)))
+            switch response.body {
+            case .empty:
+                break
+            case .full(let data):
+                if !head { try await channel.writeAndFlush(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(bytes: data)))) }
+            case .stream(let pieces):
+                do {
+                    for try await piece in pieces where !piece.isEmpty {
+                        try await channel.writeAndFlush(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(bytes: piece))))
+                    }
+                } catch is CancellationError {
+                    return
+                } catch {
+                    // The status is sent: a stream that fails ends early (Docker's daemon does the same).
+                }
+            }
+            try await channel.writeAndFlush(HTTPServerResponsePart.end(nil))
+            if !keepAlive { try await channel.close() }
+        } catch {
+            try? await channel.close()
+        }
+    }
+}
+
+/// Who may call: on TCP every request needs "Authorization: Bearer TOKEN" (the docker CLI
+/// sends it from config.json's HttpHeaders); the Unix socket's mode keeps others out.
+struct AccessCheck: Sendable {
+    let token: String?
+
+    func refusal(_ headers: HTTPHeaders) -> DockerError? {
+        guard let token else { return nil }
+        let presented = headers.first(name: "Authorization").flatMap { $0.hasPrefix("Bearer ") ? String($0.dropFirst(7)) : nil }
+        guard let presented else {
+            return DockerError(status: .unauthorized, message: "missing bearer token: this VCH's TCP endpoint needs Authorization: Bearer TOKEN (docker config.json HttpHeaders)")
+        }
+        let (given, expected) = (Array(presented.utf8), Array(token.utf8))
+        var difference = UInt8(given.count == expected.count ? 0 : 1)
+        for index in expected.indices where index < given.count { difference |= given[index] ^ expected[index] }
+        return difference == 0 ? nil : DockerError(status: .unauthorized, message: "wrong bearer token")
+    }
+}

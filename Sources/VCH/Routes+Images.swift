@@ -1,0 +1,88 @@
+import Engine
+import Foundation
+
+/// images, image inspect, rmi, pull. Images belong to the host agent, shared by its VCHs.
+extension VirtualContainerHost {
+    /// The agent image a Docker reference names; 404 "No such image" (the CLI then pulls).
+    func findImage(_ reference: String) async throws -> ImageRecord {
+        for candidate in DockerNames.imageCandidates(reference) {
+            do {
+                return try await agent.get("/v1/images/\(AgentBackend.escape(candidate))", as: ImageRecord.self)
+            } catch let error as DockerError where error.status == .notFound || error.status == .badRequest {
+                continue
+            }
+        }
+        throw DockerError.notFound("No such image: \(reference)")
+    }
+
+    func imagesByName() async throws -> [String: ImageRecord] {
+        let images = try await agent.get("/v1/images", as: [ImageRecord].self)
+        return Dictionary(images.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+    }
+
+    func listImages(_ request: DockerRequest) async throws -> DockerResponse {
+        let filters = try request.filters()
+        if let unknown = filters.keys.sorted().first(where: { $0 != "reference" }) {
+            throw DockerError.badRequest("invalid filter '\(unknown)' (this VCH filters images by reference)")
+        }
+        let images = try await agent.get("/v1/images", as: [ImageRecord].self).filter { image in
+            guard let references = filters["reference"] else { return true }
+            return references.contains { DockerNames.imageCandidates($0).contains(image.name) || image.name.hasPrefix($0.replacingOccurrences(of: "*", with: "")) && $0.hasSuffix("*") }
+        }
+        return try .json(images.sorted { $0.createdAt > $1.createdAt }.map { image in
+            ImageSummary(Id: DockerNames.imageID(image), ParentId: "", RepoTags: [DockerNames.tag(image.name)], RepoDigests: [],
+                         Created: Int(image.createdAt), Size: 0, SharedSize: -1, Labels: [:], Containers: -1)
+        })
+    }
+
+    func inspectImage(_ reference: String) async throws -> DockerResponse {
+        let image = try await findImage(reference)
+        return try .json(ImageInspect(Id: DockerNames.imageID(image), RepoTags: [DockerNames.tag(image.name)], RepoDigests: [],
+                                      Created: DockerTime.rfc3339(image.createdAt), Os: "linux", Architecture: "amd64", Size: 0,
+                                      Config: .init(Cmd: image.arguments, Entrypoint: [image.executable], Env: image.environment),
+                                      RootFS: .init(Type: "layers")))
+    }
+
+    func removeImage(_ reference: String, _ request: DockerRequest) async throws -> DockerResponse {
+        if try request.bool("force") { throw DockerError.badRequest("rmi --force is not supported: remove the image's containers first") }
+        let image = try await findImage(reference)
+        try await agent.call("DELETE", "/v1/images/\(AgentBackend.escape(image.name))")
+        return try .json([["Untagged": DockerNames.tag(image.name)], ["Deleted": DockerNames.imageID(image)]])
+    }
+
+    /// `POST /images/create?fromImage=NAME&tag=TAG`: the agent's pull (POST /v1/images/pull),
+    /// answered as Docker's JSON progress lines. A failure after the 200 is an error line.
+    func pullImage(_ request: DockerRequest) async throws -> DockerResponse {
+        if let source = request.string("fromSrc"), !source.isEmpty { throw DockerError.badRequest("docker import is not supported by this VCH") }
+        guard let from = request.string("fromImage"), !from.isEmpty else { throw DockerError.badRequest("pull needs fromImage") }
+        let tag = request.string("tag").flatMap { $0.isEmpty ? nil : $0 }
+        let reference = tag.map { $0.hasPrefix("sha256:") ? "\(from)@\($0)" : "\(from):\($0)" } ?? from
+        let agent = self.agent
+        let shown = DockerNames.tag(DockerNames.shortReference(reference))
+        let body = AsyncThrowingStream<Data, Error> { continuation in
+            func line(_ object: [String: Any]) {
+                if let data = try? JSONSerialization.data(withJSONObject: object) { continuation.yield(data + Data([0x0A])) }
+            }
+            let task = Task {
+                line(["status": "Pulling from \(from)", "id": tag ?? "latest"])
+                do {
+                    let response = try await agent.call("POST", "/v1/images/pull", body: try JSONSerialization.data(withJSONObject: ["reference": reference]))
+                    let image = try response.decode(ImageRecord.self)
+                    line(["status": "Digest: \(DockerNames.imageID(image))"])
+                    line(["status": "Status: Downloaded newer image for \(shown)"])
+                } catch let error as DockerError where error.status == .conflict && error.message.contains("already exists") {
+                    line(["status": "Status: Image is up to date for \(shown)"])
+                } catch let error as DockerError {
+                    let message = error.status == .notFound && error.message.contains("route")
+                        ? "pull is not available: the host agent has no POST /v1/images/pull" : error.message
+                    line(["errorDetail": ["message": message], "error": message])
+                } catch {
+                    line(["errorDetail": ["message": "\(error)"], "error": "\(error)"])
+                }
+                continuation.finish()
+            }
+            continuation.onTermination = { _ in task.cancel() }
+        }
+        return DockerResponse(headers: [("Content-Type", "application/json")], body: .stream(body))
+    }
+}

@@ -1,0 +1,91 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// The VCH's listener: HTTP/1.1 on a Unix socket (mode 0600) or on TCP with a bearer token,
+/// each connection with NIO's HTTP pipeline, the attach upgrader in front of the handler.
+public final class VCHServer: Sendable {
+    public enum Listen: Sendable, CustomStringConvertible {
+        case unix(path: String)
+        case tcp(host: String, port: Int)
+
+        /// "unix:///PATH" or "tcp://HOST:PORT" (Docker's -H spelling).
+        public init(parsing text: String) throws {
+            if text.hasPrefix("unix://") {
+                let path = String(text.dropFirst(7))
+                guard !path.isEmpty else { throw DockerError.badRequest("--listen \(text) names no socket path") }
+                self = .unix(path: path)
+            } else if text.hasPrefix("tcp://") {
+                let rest = text.dropFirst(6)
+                guard let colon = rest.lastIndex(of: ":"), let port = Int(rest[rest.index(after: colon)...]), (0...65535).contains(port),
+                      !rest[..<colon].isEmpty else {
+                    throw DockerError.badRequest("--listen \(text) is not tcp://HOST:PORT")
+                }
+                self = .tcp(host: String(rest[..<colon]), port: port)
+            } else {
+                throw DockerError.badRequest("--listen \(text) is neither unix://PATH nor tcp://HOST:PORT")
+            }
+        }
+
+        public var description: String {
+            switch self {
+            case .unix(let path): "unix://\(path)"
+            case .tcp(let host, let port): "tcp://\(host):\(port)"
+            }
+        }
+    }
+
+    private let group: MultiThreadedEventLoopGroup
+    private let channel: any Channel
+    public let logger: Logger
+
+    /// Binds and starts answering. `token` is required on TCP.
+    public init(host: VirtualContainerHost, listen: Listen, token: String?, logger: Logger) async throws {
+        if case .tcp = listen, token == nil { throw DockerError.badRequest("a TCP listener needs a token") }
+        let access = AccessCheck(token: token)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let handler = HTTPHandler(host: host, access: access)
+                    let upgrader = AttachUpgrader(host: host, access: access)
+                    let sync = channel.pipeline.syncOperations
+                    try sync.configureHTTPServerPipeline(withServerUpgrade: (upgraders: [upgrader], completionHandler: { context in
+                        // After the 101 the connection is raw bytes: the HTTP handler leaves.
+                        context.pipeline.removeHandler(name: HTTPHandler.name, promise: nil)
+                    }))
+                    try sync.addHandler(handler, name: HTTPHandler.name)
+                }
+            }
+        do {
+            switch listen {
+            case .unix(let path):
+                channel = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
+                chmod(path, 0o600)
+            case .tcp(let address, let port):
+                channel = try await bootstrap.bind(host: address, port: port).get()
+            }
+        } catch {
+            try? await group.shutdownGracefully()
+            throw DockerError(status: .internalServerError, message: "cannot listen on \(listen): \(error)")
+        }
+        self.group = group
+        self.logger = logger
+        logger.info("VCH listening", metadata: ["vch": "\(host.name)", "pool": "\(host.configuration.pool)", "listen": "\(listen)",
+                                                "address": "\(channel.localAddress.map { "\($0)" } ?? "?")"])
+    }
+
+    /// The TCP port bound (for tcp://HOST:0).
+    public var port: Int? { channel.localAddress?.port }
+
+    /// Stops accepting and closes the connections.
+    public func close() async {
+        try? await channel.close()
+        try? await group.shutdownGracefully()
+    }
+}

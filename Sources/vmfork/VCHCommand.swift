@@ -1,0 +1,106 @@
+import API
+import ArgumentParser
+import Foundation
+import Logging
+import Placement
+import VCH
+
+/// `vmfork vch serve`: a Virtual Container Host, the Docker Engine API for one resource pool.
+struct VCHCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vch",
+        abstract: "Virtual Container Hosts: the Docker Engine API in front of the host agent, one resource pool each.",
+        subcommands: [Serve.self]
+    )
+
+    struct Serve: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "serve",
+            abstract: "Serve the Docker Engine API for one pool; the docker CLI points at it with -H or DOCKER_HOST.",
+            discussion: """
+                Example (the host agent runs with vmfork serve --state state; the pool exists in its placement state):
+                  vmfork vch serve --name dev --pool dev --listen unix:///tmp/dev.sock --state state &
+                  docker -H unix:///tmp/dev.sock run --rm busybox echo hi
+                On TCP every request needs Authorization: Bearer TOKEN (the token file's first line); the docker CLI
+                sends it from config.json: {"HttpHeaders": {"Authorization": "Bearer TOKEN"}}.
+                """
+        )
+
+        @Option(help: "The VCH's name: its containers' label and name prefix.")
+        var name: String
+
+        @Option(help: "The placement resource pool its containers are charged to.")
+        var pool: String
+
+        @Option(help: "unix://PATH or tcp://HOST:PORT.")
+        var listen: String
+
+        @Option(help: "For tcp://: the file holding the bearer token (made with a random one when absent, mode 0600).")
+        var tokenFile: String?
+
+        @Option(help: "The host agent's state folder (default: $VMFORK_STATE, else ./state); its socket is vmfork.sock there.")
+        var state: String?
+
+        @Option(help: "The host agent's socket (instead of the state folder's).")
+        var socket: String?
+
+        @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+        var logLevel = "info"
+
+        func run() async throws {
+            var logger = Logger(label: "vmfork.vch") { StreamLogHandler.standardError(label: $0) }
+            logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+            let folder = state.map { URL(fileURLWithPath: $0, isDirectory: true) } ?? PlacementService.defaultFolder
+            let agent = AgentClient(socketPath: socket ?? folder.appendingPathComponent(AgentDaemon.socketName).path)
+            do {
+                let listen = try VCHServer.Listen(parsing: listen)
+                var token: String?
+                if case .tcp = listen {
+                    guard let tokenFile else { throw ValidationError("--listen \(listen) (TCP) needs --token-file") }
+                    token = try VCHToken.loadOrCreate(path: tokenFile)
+                }
+                let host = try VirtualContainerHost(configuration: .init(name: name, pool: pool), agent: agent, logger: logger)
+                try await host.checkBackend()
+                try await host.resumeAutoRemoval()
+                let server = try await VCHServer(host: host, listen: listen, token: token, logger: logger)
+                await Self.waitForTermination()
+                logger.info("VCH stopping", metadata: ["vch": "\(name)"])
+                await server.close()
+            } catch let error as ValidationError {
+                throw error
+            } catch {
+                logger.critical("vmfork vch serve: \(error)")
+                throw ExitCode(1)
+            }
+        }
+
+        /// Returns at SIGTERM or SIGINT.
+        static func waitForTermination() async {
+            signal(SIGTERM, SIG_IGN)
+            signal(SIGINT, SIG_IGN)
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let queue = DispatchQueue(label: "vmfork.vch.signals")
+                let once = SignalOnce(continuation)
+                for number in [SIGTERM, SIGINT] {
+                    let source = DispatchSource.makeSignalSource(signal: number, queue: queue)
+                    source.setEventHandler { once.fire() }
+                    source.resume()
+                    once.keep(source)
+                }
+            }
+        }
+    }
+}
+
+/// Resumes a continuation once, whichever signal comes first; keeps the signal sources alive.
+private final class SignalOnce: @unchecked Sendable {
+    // @unchecked: every field is touched only on the one serial signal queue (after init).
+    private var continuation: CheckedContinuation<Void, Never>?
+    private var sources: [any DispatchSourceSignal] = []
+    init(_ continuation: CheckedContinuation<Void, Never>) { self.continuation = continuation }
+    func keep(_ source: any DispatchSourceSignal) { sources.append(source) }
+    func fire() {
+        continuation?.resume()
+        continuation = nil
+    }
+}
