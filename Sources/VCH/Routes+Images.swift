@@ -71,7 +71,18 @@ extension VirtualContainerHost {
                     line(["status": "Digest: \(DockerNames.imageID(image))"])
                     line(["status": "Status: Downloaded newer image for \(shown)"])
                 } catch let error as DockerError where error.status == .conflict && error.message.contains("already exists") {
-                    line(["status": "Status: Image is up to date for \(shown)"])
+                    // Up to date only when the agent's image of that name was pulled from this
+                    // very reference; an image of the same name from elsewhere (a folder,
+                    // another registry) is not this one.
+                    let name = DockerNames.imageCandidates(reference).last ?? reference
+                    let existing = try? await agent.call("GET", "/v1/images/\(AgentBackend.escape(name))").decode(ImageRecord.self)
+                    if let source = existing?.pulled?.reference, source == reference || DockerNames.shortReference(source) == DockerNames.shortReference(reference) {
+                        line(["status": "Status: Image is up to date for \(shown)"])
+                    } else {
+                        let message = "the host agent already has an image named \(name) that was not pulled from \(reference)"
+                            + (existing?.pulled.map { " (it came from \($0.reference))" } ?? " (it was added from a folder)") + "; remove it first"
+                        line(["errorDetail": ["message": message], "error": message])
+                    }
                 } catch let error as DockerError {
                     let message = error.status == .notFound && error.message.contains("route")
                         ? "pull is not available: the host agent has no POST /v1/images/pull" : error.message

@@ -1,0 +1,51 @@
+import API
+import Engine
+import Foundation
+import TestSupport
+import Testing
+
+/// `docker pull` through a VCH from a real registry (Debian's docker-registry on loopback,
+/// seeded with busybox by scripts/local-registry.sh), then `docker run` of what it pulled.
+@Suite(.enabled(if: HostFacts.hasKVM && BusyboxRootfs.isAvailable && VCHFixture.dockerAvailable && ["/usr/bin/docker-registry", "/usr/bin/skopeo", "/usr/bin/umoci"].allSatisfy { FileManager.default.isExecutableFile(atPath: $0) },
+                "needs /dev/kvm, the docker CLI, docker-registry, skopeo and umoci (scripts/setup.sh)"))
+struct DockerPullTests {
+    @Test func pullFromARegistryThenRunWhatWasPulled() throws {
+        let registry = try HostFacts.makeTemporaryFolder("registry")
+        let started = try HostFacts.run("/bin/bash", [HostFacts.packageRoot.appendingPathComponent("scripts/local-registry.sh").path, registry.path])
+        let fields = started.stdout.split(whereSeparator: \.isWhitespace)
+        let port = try #require(fields.count == 2 ? Int(fields[0]) : nil, "local-registry.sh: \(started.stdout) \(started.stderr)")
+        let pid = try #require(Int32(fields[1]))
+        defer {
+            kill(pid, SIGTERM)
+            try? FileManager.default.removeItem(at: registry)
+        }
+        let fixture = try VCHFixture()
+        let socket = try fixture.startVCH("dev", pool: "dev")
+        let reference = "127.0.0.1:\(port)/busybox:latest"
+
+        // The agent's busybox of the fixture came from a folder: a pull of the registry's
+        // busybox, which the agent would name the same, is refused until it is removed.
+        let clash = try fixture.docker(socket, ["pull", reference])
+        #expect(clash.status != 0 && clash.stderr.contains("already has an image named busybox") && clash.stderr.contains("added from a folder"), "\(clash)")
+        #expect(try fixture.docker(socket, ["rmi", "busybox"]).status == 0)
+
+        let pull = try fixture.docker(socket, ["pull", reference])
+        #expect(pull.status == 0 && pull.stdout.contains("Downloaded newer image"), "\(pull)")
+        // The agent registered it, under the name its pull gave it.
+        let images = try fixture.agent.send("GET", "/v1/images").decode([ImageRecord].self)
+        let pulled = try #require(images.first { $0.pulled != nil }, "agent images: \(images.map(\.name))")
+        #expect(pulled.name == "busybox" && pulled.pulled?.reference == reference, "\(pulled)")
+        // Its placement cost is the fixture's busybox's (placement knows images by name).
+        let listed = try fixture.docker(socket, ["images", "--format", "{{.Repository}}"])
+        #expect(listed.stdout.split(separator: "\n").contains(Substring(pulled.name)), "\(listed)")
+
+        let run = try fixture.docker(socket, ["run", "--rm", pulled.name, "echo", "pulled and forked"])
+        #expect(run.status == 0 && run.stdout == "pulled and forked\n", "\(run)")
+        // Pulled again: the agent has it already, and says so as Docker does.
+        let again = try fixture.docker(socket, ["pull", reference])
+        #expect(again.status == 0 && again.stdout.contains("up to date"), "\(again)")
+        // A tag the registry lacks is refused by name.
+        let missing = try fixture.docker(socket, ["pull", "127.0.0.1:\(port)/busybox:no-such-tag"])
+        #expect(missing.status != 0 && missing.stderr.contains("no-such-tag"), "\(missing)")
+    }
+}
