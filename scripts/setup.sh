@@ -11,6 +11,7 @@ packages=(
   fio              # the raw-file I/O baseline in the disk benchmark
   zlib1g-dev       # deflate for streamOptimized VMDK grains
   util-linux       # setpriv, for the unprivileged capability tests
+  runc             # the OCI runtime peer of load runs (vmfork load --peer runc)
 )
 
 missing=()
