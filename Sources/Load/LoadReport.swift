@@ -85,6 +85,8 @@ public struct LoadReport: Codable, Sendable {
         public var readyVMs: Int
         /// The engine's CPU time so far (user + system of the daemon), when it could be read.
         public var engineCPUSeconds: Double?
+        /// Per image: the median private memory of its children (the largest over its families).
+        public var privatePerChildByImage: [String: Int]
 
         public var privatePerChildBytes: Double? { children > 0 ? Double(privateBytes) / Double(children) : nil }
         public var sharedPerChildBytes: Double? { children > 0 ? Double(sharedBytes) / Double(children) : nil }

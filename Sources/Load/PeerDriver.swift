@@ -53,7 +53,10 @@ final class PeerDriver: LaunchDriver {
             DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(max(0, left / .nanoseconds(1))))) { [self] in
                 guard live.withLock({ $0[name] != nil }) else { return }
                 over.withLock { $0 = true }
-                Self.end(kind: kind, name: name, pid: pid, runcPath: runcPath)
+                // runc refuses to kill a container it is still creating: try again while it lives.
+                while !Self.end(kind: kind, name: name, pid: pid, runcPath: runcPath), live.withLock({ $0[name] != nil }) {
+                    LaunchLoop.sleep(until: .now + .milliseconds(5))
+                }
             }
         }
         process.drainOutput { recorder.firstOutput(due: due, at: .now) }
@@ -70,14 +73,18 @@ final class PeerDriver: LaunchDriver {
     }
 
     /// Ends a launch that outlived its lifetime (or the run): native by SIGKILL, runc by `runc kill NAME KILL`.
-    static func end(kind: PeerKind, name: String, pid: pid_t, runcPath: String?) {
+    /// True when the signal was sent.
+    @discardableResult
+    static func end(kind: PeerKind, name: String, pid: pid_t, runcPath: String?) -> Bool {
         switch kind {
-        case .native: kill(pid, SIGKILL)
+        case .native:
+            return kill(pid, SIGKILL) == 0
         case .runc:
-            if let runcPath, let killer = try? SpawnedProcess(path: runcPath, arguments: ["kill", name, "KILL"], environment: [], stdin: nil) {
-                killer.drainOutput {}
-                _ = killer.wait()
+            guard let runcPath, let killer = try? SpawnedProcess(path: runcPath, arguments: ["kill", name, "KILL"], environment: [], stdin: nil) else {
+                return false
             }
+            killer.drainOutput {}
+            return killer.wait() == 0
         }
     }
 
