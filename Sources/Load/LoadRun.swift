@@ -58,7 +58,7 @@ public struct LoadRun: Sendable {
             arrival: profile.launchMix.arrivalPattern.rawValue, rampUpSeconds: settings.rampUpSeconds, durationSeconds: settings.durationSeconds,
             count: settings.count, timeScale: settings.timeScale, seed: settings.seed, startedAt: Date().timeIntervalSince1970,
             loadAverageBefore: hasLoad ? loadAverage[0] : nil, cores: ProcessInfo.processInfo.activeProcessorCount, sides: [])
-        report.sides.append(try runAgent(arrivals, images: images, progress: progress))
+        if settings.agent { report.sides.append(try runAgent(arrivals, images: images, progress: progress)) }
         for peer in settings.peers {
             report.sides.append(try runPeer(peer, arrivals, images: images, progress: progress))
         }
@@ -88,7 +88,8 @@ public struct LoadRun: Sendable {
     }
 
     func lifetime(_ entry: WorkloadProfile.LaunchMix.Entry) -> Duration? {
-        entry.lifetimeSeconds.map { .nanoseconds(Int64($0 * settings.timeScale * 1e9)) }
+        // Scaled to nothing, a lifetime is no lifetime: the container goes once it has ended.
+        settings.timeScale == 0 ? nil : entry.lifetimeSeconds.map { .nanoseconds(Int64($0 * settings.timeScale * 1e9)) }
     }
 
     func runAgent(_ arrivals: [LoadSchedule.Arrival], images: [String: ImageRecord],

@@ -14,7 +14,8 @@ public struct LoadSettings: Sendable {
     public var durationSeconds: Double
     public var rampUpSeconds: Double
     public var count: Int?
-    /// Lifetimes are multiplied by this (0.01: a 60 s container lives 0.6 s).
+    /// Lifetimes are multiplied by this (0.01: a 60 s container lives 0.6 s; 0: lifetimes are
+    /// ignored, each container is removed once it has ended, as `docker run --rm` does).
     public var timeScale = 1.0
     public var seed: UInt64 = 1
     /// Charge each launch to its entry's pool in the agent's placement state.
@@ -27,6 +28,8 @@ public struct LoadSettings: Sendable {
     /// Ready VMs per warm parent made for the run (the agent's default when nil).
     public var readyVMs: Int?
     public var peers: [PeerKind] = []
+    /// Run the vmfork side (through the agent); false runs the peers alone (the agent still names the images).
+    public var agent = true
     /// How long launches still in flight may take after the last arrival before they are ended.
     public var drainSeconds = 30.0
     public var runcPath = "/usr/sbin/runc"
@@ -56,7 +59,7 @@ public struct LoadSettings: Sendable {
     }
 
     public func validate() throws {
-        guard timeScale > 0, timeScale.isFinite else { throw LoadError("--time-scale \(timeScale) must be positive") }
+        guard timeScale >= 0, timeScale.isFinite else { throw LoadError("--time-scale \(timeScale) must be zero or positive") }
         guard maxInFlight >= 1 else { throw LoadError("--max-in-flight \(maxInFlight) must be at least 1") }
         guard sampleInterval > 0 else { throw LoadError("sample interval \(sampleInterval) must be positive") }
         if let readyVMs, !(0...256).contains(readyVMs) { throw LoadError("--ready-vms \(readyVMs) is not 0-256") }

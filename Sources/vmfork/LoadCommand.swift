@@ -35,6 +35,7 @@ struct LoadCommand: AsyncParsableCommand {
     @Option(help: "Ready VMs per warm parent made for the run.") var readyVMs: Int?
     @Option(help: "Most launches in flight at once.") var maxInFlight = 1024
     @Option(help: "Run the same schedule with a peer too: runc or native (repeatable).") var peer: [String] = []
+    @Flag(help: "Run only the peers (the agent still names the images' root filesystems).") var peersOnly = false
     @Option(help: "Write the report as JSON to this file.") var json: String?
     @Option(help: "Write the report's charts as SVG to this file.") var svg: String?
     @Flag(help: "No progress line.") var quiet = false
@@ -48,10 +49,12 @@ struct LoadCommand: AsyncParsableCommand {
         settings.firstOutput = !noFirstOutput
         settings.readyVMs = readyVMs
         settings.maxInFlight = maxInFlight
+        settings.agent = !peersOnly
         settings.peers = try peer.map { name in
             guard let kind = PeerKind(rawValue: name) else { throw CLIError("--peer \(name) is not runc or native") }
             return kind
         }
+        if peersOnly && settings.peers.isEmpty { throw CLIError("--peers-only needs at least one --peer") }
         let client = try endpoint.map { try Self.tcpClient($0, token: token) } ?? DaemonOptions(state: state, socket: socket).client
         let run = try LoadRun(profile: loaded, settings: settings, client: client)
         let showProgress = !quiet && isatty(STDERR_FILENO) != 0

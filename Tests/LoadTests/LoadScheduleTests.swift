@@ -80,8 +80,8 @@ import WorkloadProfiles
         #expect { try LoadSettings(profile: profile, rate: -1) } throws: { "\($0)".contains("launch rate -1.0 must be positive") }
         #expect { try LoadSettings(profile: profile, concurrency: 0) } throws: { "\($0)".contains("--concurrency 0") }
         var settings = try LoadSettings(profile: profile)
-        settings.timeScale = 0
-        #expect { try settings.validate() } throws: { "\($0)".contains("--time-scale 0.0") }
+        settings.timeScale = -1
+        #expect { try settings.validate() } throws: { "\($0)".contains("--time-scale -1.0 must be zero or positive") }
     }
 
     @Test func placementRefusalsAreTheirOwnKind() {
