@@ -41,7 +41,8 @@ for side in $sides; do
     json="$out/$side-$rate.json"
     if [ "$side" = vmfork ]; then extra=(--ready-vms 32); else extra=(--peer "$side" --peers-only); fi
     "$vmfork" load "$profile" --state "$state" --rate "$rate" --duration "$seconds" --ramp-up 0.5 --time-scale "$time_scale" --quiet \
-      "${extra[@]}" --json "$json" --svg "$out/$side-$rate.svg" > /dev/null 2> "$out/$side-$rate.log"
+      "${extra[@]}" --json "$json" --svg "$out/$side-$rate.svg" > /dev/null 2> "$out/$side-$rate.log" \
+      || { echo "$side at $rate/s: vmfork load failed: $(tail -1 "$out/$side-$rate.log")"; break; }
     verdict=$(python3 - "$json" "$bound_us" <<'PY'
 import json, sys
 report = json.load(open(sys.argv[1])); side = report["sides"][0]; bound = float(sys.argv[2])

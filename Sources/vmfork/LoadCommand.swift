@@ -32,7 +32,7 @@ struct LoadCommand: AsyncParsableCommand {
     @Option(help: "The seed of the arrival schedule.") var seed: UInt64 = 1
     @Flag(help: "Charge each launch to its entry's pool in the agent's placement state.") var placement = false
     @Flag(help: "Do not follow each container's output for its first bytes.") var noFirstOutput = false
-    @Option(help: "Ready VMs per warm parent made for the run.") var readyVMs: Int?
+    @Option(name: .customLong("ready-vms"), help: "Ready VMs per warm parent made for the run.") var readyVMs: Int?
     @Option(help: "Most launches in flight at once.") var maxInFlight = 1024
     @Option(help: "Run the same schedule with a peer too: runc or native (repeatable).") var peer: [String] = []
     @Flag(help: "Run only the peers (the agent still names the images' root filesystems).") var peersOnly = false
