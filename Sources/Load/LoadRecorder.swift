@@ -144,7 +144,7 @@ public final class LoadRecorder: Sendable {
                 errors: Dictionary(uniqueKeysWithValues: state.errors.map { ($0.key.rawValue, $0.value) }),
                 errorSamples: state.firstErrors, mostInFlight: state.mostInFlight, schedulerStalls: state.stalls,
                 running: LatencySummary(state.histograms.running), firstOutput: LatencySummary(state.histograms.firstOutput),
-                exit: LatencySummary(state.histograms.exit), windows: windows, memory: [], engine: nil)
+                exit: LatencySummary(state.histograms.exit), windows: windows, memory: [], engine: nil, runnerCPUSeconds: nil)
         }
     }
 }

@@ -104,7 +104,7 @@ extension LoadReport {
         let xMax = Swift.max(1, (points.map(\.0).max() ?? 1) + 1)
         let values = points.map(\.1).filter { !logY || $0 > 0 }
         let yMaxRaw = Swift.max(values.max() ?? 1, logY ? 0.01 : 1)
-        let (yMin, yMax) = logY ? (pow(10, floor(log10(Swift.max(values.min() ?? 0.01, 0.001)))), pow(10, ceil(log10(yMaxRaw)))) : (0, yMaxRaw * 1.1)
+        let (yMin, yMax) = logY ? (pow(10, floor(log10(Swift.max(values.min() ?? 0.01, 0.001)))), pow(10, ceil(log10(yMaxRaw)))) : (0, Self.niceCeiling(yMaxRaw * 1.05))
         func px(_ t: Double) -> Double { left + plotWidth * t / xMax }
         func py(_ v: Double) -> Double {
             let share = logY ? (log10(Swift.max(v, yMin)) - log10(yMin)) / Swift.max(1e-9, log10(yMax) - log10(yMin)) : v / yMax
@@ -134,6 +134,12 @@ extension LoadReport {
             legendX += 40 + Double(s.label.count) * 6.5
         }
         return parts.joined(separator: "\n")
+    }
+
+    /// The next 1, 2, 2.5 or 5 × 10^k at or above `value`, so the axis ticks are round numbers.
+    static func niceCeiling(_ value: Double) -> Double {
+        let power = pow(10, floor(log10(Swift.max(value, 1e-9))))
+        return [1, 2, 2.5, 5, 10].map { $0 * power }.first { $0 >= value } ?? value
     }
 
     static func ms(_ micros: Double) -> String { micros == 0 ? "-" : String(format: micros < 10_000 ? "%.2f ms" : "%.0f ms", micros / 1000) }

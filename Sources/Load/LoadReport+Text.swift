@@ -29,6 +29,11 @@ extension LoadReport {
         for side in sides where side.schedulerStalls > 0 {
             lines.append("\(side.name): the in-flight cap held back \(side.schedulerStalls) arrivals (their latency includes the wait)")
         }
+        let runner = sides.compactMap { side in side.runnerCPUSeconds.map { (side.name, $0 * 1e6 / Double(max(1, side.launched))) } }
+        if !runner.isEmpty {
+            lines.append("")
+            lines.append("runner CPU per launch (this process, on the same cores): " + runner.map { "\($0.0) \(Int($0.1)) µs" }.joined(separator: ", "))
+        }
         for side in sides {
             guard let engine = side.engine else { continue }
             lines.append("")

@@ -51,6 +51,8 @@ public struct LoadReport: Codable, Sendable {
         /// The engine's memory over the run (vmfork only).
         public var memory: [MemorySample]
         public var engine: EngineFigures?
+        /// The load runner's own CPU time over this side (it shares the machine's cores).
+        public var runnerCPUSeconds: Double?
     }
 
     public struct ErrorSample: Codable, Sendable, Equatable {

@@ -13,6 +13,8 @@ public struct LoadRun: Sendable {
     public let settings: LoadSettings
     public let client: AgentClient
     let logger: Logger
+    /// Each side's CPU time of this process (the runner), filled as the sides end.
+    let runnerCPU = Locked<[String: Double]>([:])
 
     public init(profile: WorkloadProfile, settings: LoadSettings, client: AgentClient, logger: Logger = Logger(label: "vmfork.load")) throws {
         try settings.validate()
@@ -102,6 +104,7 @@ public struct LoadRun: Sendable {
                 throw LoadError("warm parent of \(image) could not be made: \(response.status) \(response.errorMessage)")
             }
         }
+        waitForFullPools()
         let runLabel = "\(getpid())-\(Int(Date().timeIntervalSince1970))"
         let launches = profile.launchMix.entries.map { entry in
             AgentDriver.Launch(
@@ -118,9 +121,23 @@ public struct LoadRun: Sendable {
         let elapsed = drive(arrivals, driver: driver, recorder: recorder, name: "vmfork", progress: progress)
         let samples = sampler.stop()
         var side = recorder.side(name: "vmfork", offeredRate: offeredRate, elapsed: elapsed)
+        side.runnerCPUSeconds = runnerCPU.withLock { $0["vmfork"] }
         side.memory = [first].compactMap { $0 } + samples
         side.engine = engineFigures(samples: side.memory, finished: side.finished, meanExitSeconds: side.exit.mean / 1e6)
         return side
+    }
+
+    /// Waits (up to 20 s) until every warm parent's pool holds its ready VMs, so the run does
+    /// not start while the refill still competes for the cores.
+    func waitForFullPools() {
+        let deadline = ContinuousClock.now + .seconds(20)
+        while ContinuousClock.now < deadline {
+            guard let response = try? client.send("GET", "/v1/parents?sharing=false"), response.status == 200,
+                  let parents = try? response.decode([ParentInfo].self) else { return }
+            if parents.allSatisfy({ $0.state != "ready" || $0.readyVMsNow >= $0.policy.readyVMs * $0.parentsReady }) { return }
+            LaunchLoop.sleep(until: .now + .milliseconds(50))
+        }
+        logger.warning("warm parents' pools were not full after 20 s; the run starts anyway")
     }
 
     var offeredRate: Double? { if case .open(let rate) = settings.mode { rate } else { nil } }
@@ -137,11 +154,13 @@ public struct LoadRun: Sendable {
                 }
             }
         }
+        let cpuBefore = Self.ownCPUSeconds()
         let mode: LaunchLoop.Mode = if case .closed(let c) = settings.mode { .closed(concurrency: c) } else { .open }
         LaunchLoop.drive(arrivals, mode: mode, duration: settings.durationSeconds, maxInFlight: settings.maxInFlight,
                          drainSeconds: settings.drainSeconds, driver: driver, recorder: recorder)
         ticking.withLock { $0 = false }
         let elapsed = recorder.seconds(.now)
+        runnerCPU.withLock { $0[name] = Self.ownCPUSeconds() - cpuBefore }
         progress?(name, recorder.progress())
         logger.info("load side done", metadata: ["side": "\(name)", "seconds": "\(elapsed)"])
         return elapsed
@@ -166,6 +185,13 @@ public struct LoadRun: Sendable {
             poolMisses: max(0, (samples.last?.poolMisses ?? 0) - (samples.first?.poolMisses ?? 0)),
             privatePerChildBytes: median(samples.compactMap(\.privatePerChildBytes)), sharedPerChildBytes: median(samples.compactMap(\.sharedPerChildBytes)),
             images: images)
+    }
+
+    /// User + system CPU of this process so far.
+    static func ownCPUSeconds() -> Double {
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
     }
 
     // MARK: Peers
@@ -197,7 +223,9 @@ public struct LoadRun: Sendable {
         let driver = PeerDriver(kind: kind, launches: launches, runcPath: settings.runcPath)
         let recorder = LoadRecorder(windowSeconds: settings.windowSeconds)
         let elapsed = drive(arrivals, driver: driver, recorder: recorder, name: kind.rawValue, progress: progress)
-        return recorder.side(name: kind.rawValue, offeredRate: offeredRate, elapsed: elapsed)
+        var side = recorder.side(name: kind.rawValue, offeredRate: offeredRate, elapsed: elapsed)
+        side.runnerCPUSeconds = runnerCPU.withLock { $0[kind.rawValue] }
+        return side
     }
 }
 

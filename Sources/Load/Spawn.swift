@@ -52,6 +52,7 @@ struct SpawnedProcess {
             let bytes = Array(stdin.utf8)
             var done = 0
             while done < bytes.count {
+                // unsafe: done < count, so the pointer and length stay inside the buffer.
                 let written = bytes.withUnsafeBytes { raw in write(inputEnds[1], raw.baseAddress! + done, raw.count - done) }
                 if written < 0 && errno == EINTR { continue }
                 guard written > 0 else { break }
