@@ -109,8 +109,8 @@ struct LoadRunTests {
             let response = try await client.send("POST", path, body: Data(body.utf8))
             #expect(response.status == 201, "\(path): \(response.text)")
         }
-        // Each container holds its placement for its 3 s lifetime: the fourth and later are refused.
-        let profile = try Self.profile(rate: 20, entries: "    - {image: busybox, pool: tiny, weight: 1, command: [/bin/busybox, sleep, \"60\"], lifetimeSeconds: 3}")
+        // Each container holds its placement for its 10 s lifetime: the fourth and later are refused.
+        let profile = try Self.profile(rate: 20, entries: "    - {image: busybox, pool: tiny, weight: 1, command: [/bin/busybox, sleep, \"60\"], lifetimeSeconds: 10}")
         var settings = try LoadSettings(profile: profile, duration: 1, count: 8)
         settings.placement = true
         settings.firstOutput = false
