@@ -162,7 +162,7 @@ public struct LoadRun: Sendable {
         let elapsed = recorder.seconds(.now)
         runnerCPU.withLock { $0[name] = Self.ownCPUSeconds() - cpuBefore }
         progress?(name, recorder.progress())
-        logger.info("load side done", metadata: ["side": "\(name)", "seconds": "\(elapsed)"])
+        logger.debug("load side done", metadata: ["side": "\(name)", "seconds": "\(elapsed)"])
         return elapsed
     }
 
