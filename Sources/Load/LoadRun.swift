@@ -36,7 +36,8 @@ public struct LoadRun: Sendable {
             mix.arrival = nil
             mix.burstSize = nil
             let most = settings.count ?? 1_000_000
-            return LoadSchedule(mix: mix, rate: 1, rampUp: 0, duration: Double(most), count: most, seed: settings.seed)
+            // One a second from 1 s on: the count, not the duration, bounds it.
+            return LoadSchedule(mix: mix, rate: 1, rampUp: 0, duration: Double(most) + 1, count: most, seed: settings.seed)
         }
     }
 
@@ -74,9 +75,12 @@ public struct LoadRun: Sendable {
         var images: [String: ImageRecord] = [:]
         for entry in profile.launchMix.entries where images[entry.image] == nil {
             let response = try client.send("GET", "/v1/images/\(entry.image)")
-            guard response.status == 200 else {
-                throw LoadError("image \(entry.image) of the launch mix is not on the agent (\(response.status): \(response.errorMessage)); "
+            if response.status == 404 {
+                throw LoadError("image \(entry.image) of the launch mix is not on the agent (\(response.errorMessage)); "
                     + "add it with vmfork image add \(entry.image) --rootfs ROOTFS --executable PROGRAM")
+            }
+            guard response.status == 200 else {
+                throw LoadError("the agent refused to name image \(entry.image): \(response.status) \(response.errorMessage)")
             }
             images[entry.image] = try response.decode(ImageRecord.self)
         }

@@ -22,7 +22,7 @@ struct LoadCommand: AsyncParsableCommand {
     @Option(help: "The agent's state folder (default: $VMFORK_STATE, else ./state); its socket is vmfork.sock there.") var state: String?
     @Option(help: "The agent's socket (instead of the state folder's).") var socket: String?
     @Option(help: "The agent over TCP instead, HOST:PORT (with --token).") var endpoint: String?
-    @Option(help: "The bearer token for --endpoint (the state folder's token file).") var token: String?
+    @Option(help: "The bearer token for --endpoint (a token of the agent's STATE/api-token, its second field).") var token: String?
     @Option(help: "Launches per second offered (open loop; default: the profile's).") var rate: Double?
     @Option(help: "Launches at a time (closed loop), instead of a rate.") var concurrency: Int?
     @Option(help: "Seconds of arrivals (default: the profile's durationSeconds, else 10).") var duration: Double?

@@ -1,3 +1,4 @@
+import API
 import Foundation
 import Load
 import Testing
@@ -82,6 +83,16 @@ import WorkloadProfiles
         var settings = try LoadSettings(profile: profile)
         settings.timeScale = -1
         #expect { try settings.validate() } throws: { "\($0)".contains("--time-scale -1.0 must be zero or positive") }
+    }
+
+    @Test func closedLoopLaunchesExactlyTheCountInTheMixsProportions() throws {
+        let profile = try Self.profile("arrival: poisson, ")
+        let settings = try LoadSettings(profile: profile, concurrency: 4, count: 60)
+        // No agent is reached: the schedule is made up front.
+        let run = try LoadRun(profile: profile, settings: settings, client: AgentClient(socketPath: "/nonexistent/vmfork.sock"))
+        let arrivals = run.schedule.arrivals
+        #expect(arrivals.count == 60)
+        #expect(arrivals.filter { $0.entry == 0 }.count == 45 && arrivals.filter { $0.entry == 1 }.count == 15)
     }
 
     @Test func placementRefusalsAreTheirOwnKind() {
