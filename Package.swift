@@ -106,7 +106,7 @@ let package = Package(
         .testTarget(name: "IOEngineTests", dependencies: ["IOEngine", "HostSystem", "TestSupport"], swiftSettings: strictSettings),
         .testTarget(name: "DiskTests", dependencies: ["Disk", "IOEngine", "TestSupport", "vmfork"], swiftSettings: strictSettings),
         .testTarget(name: "CapabilitiesTests", dependencies: ["Capabilities", "KVM", "IOEngine", "TestSupport", "vmfork"], swiftSettings: strictSettings),
-        .testTarget(name: "ProcessVMTests", dependencies: ["ProcessVM", "HostSystem", "KVM", "TestSupport"], swiftSettings: strictSettings),
+        .testTarget(name: "ProcessVMTests", dependencies: ["ProcessVM", "Fork", "HostSystem", "KVM", "TestSupport"], swiftSettings: strictSettings),
         .testTarget(name: "ForkTests", dependencies: ["Fork", "ProcessVM", "HostSystem", "KVM", "TestSupport"], swiftSettings: strictSettings),
         .testTarget(name: "WorkloadProfilesTests", dependencies: ["WorkloadProfiles", "TestSupport"], swiftSettings: strictSettings),
         .testTarget(name: "PlacementTests", dependencies: ["Placement", "Store", "WorkloadProfiles", "TestSupport", "vmfork"], swiftSettings: strictSettings),

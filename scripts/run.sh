@@ -24,12 +24,36 @@ echo "== a process VM: busybox in its own KVM VM, the engine as its kernel"
 "$vmfork" run --rootfs "$rootfs" -- /bin/busybox cat /no/such/file || echo "(exit status $? passed on, as busybox gave it)"
 
 echo
-echo "== instant clone: a warm busybox parent, 5 children with their own arguments, then 200 kept alive for the sharing report"
+echo "== instant clone: a warm busybox parent stopped at its main (its C library started once, in the parent),"
+echo "   5 children with their own arguments, then 200 kept alive for the sharing report"
 "$vmfork" fork --rootfs "$rootfs" --children 5 -- /bin/busybox echo "child {i} says hi"
 "$vmfork" fork --rootfs "$rootfs" --children 200 --pool 16 --quiet -- /bin/busybox echo hi
 echo
 echo "== instant clone as a container engine runs it: 1000 children, each removed when done (its VM reused)"
 "$vmfork" fork --rootfs "$rootfs" --children 1000 --pool 16 --quiet --remove-each -- /bin/busybox echo hi
+echo
+echo "== the same from a parent stopped at its entry point: each child runs the C library's start-up itself (compare the exits)"
+"$vmfork" fork --rootfs "$rootfs" --children 1000 --pool 16 --quiet --remove-each --fork-point entry -- /bin/busybox echo hi
+
+# A dynamically linked program: this host's python3 with its libraries and standard library.
+python=$(readlink -f /usr/bin/python3)
+if [ -x "$python" ]; then
+    echo
+    echo "== python3 ($python) in a process VM: ld.so and the libraries it maps, the standard library from the rootfs"
+    pyroot="$state/python-rootfs"
+    if [ ! -x "$pyroot$python" ]; then
+        mkdir -p "$pyroot"
+        for file in "$python" $(ldd "$python" | awk '/=>/ {print $3} /^\t\// {print $1}'); do
+            mkdir -p "$pyroot$(dirname "$file")"; cp -L "$file" "$pyroot$file"
+        done
+        mkdir -p "$pyroot/usr/lib"; cp -RL "/usr/lib/$(basename "$python")" "$pyroot/usr/lib/"
+    fi
+    "$vmfork" run --rootfs "$pyroot" --memory 256 -- "$python" -c 'import sys, json, hashlib; print(json.dumps({"python": sys.version.split()[0], "sha256": hashlib.sha256(b"vmfork").hexdigest()[:16]}))'
+    echo
+    echo "== python3 forked after its interpreter started: 100 children of a parent stopped at its first read of stdin"
+    "$vmfork" fork --rootfs "$pyroot" --children 100 --pool 8 --memory 256 --quiet --remove-each --fork-point stdin -- \
+        "$python" -c 'import sys; line = sys.stdin.readline(); print(sum(range(10**5)))'
+fi
 
 echo
 echo "== the host agent: vmfork serve on $state/agent, driven by the tool and by curl over its socket"

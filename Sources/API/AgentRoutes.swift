@@ -64,7 +64,8 @@ struct AgentRoutes: Sendable {
         on(.post, "/v1/parents") { request, context in
             var request = request
             let body = try await request.decodeStrict(ParentRequest.self)
-            let policy = ParentPolicy(image: body.image, forkPoint: body.forkPoint ?? .entry, memoryMiB: body.memoryMiB ?? ParentPolicy.defaultMemoryMiB,
+            let forkPoint = try body.forkPoint ?? engine.image(body.image).defaultForkPoint ?? .entry
+            let policy = ParentPolicy(image: body.image, forkPoint: forkPoint, memoryMiB: body.memoryMiB ?? ParentPolicy.defaultMemoryMiB,
                                       parents: body.parents ?? 1, readyVMs: body.readyVMs ?? 8)
             return try json(try await engine.createParents(policy, by: context.actor), status: .created)
         }

@@ -49,6 +49,7 @@ const unsigned long CSHIMS_KVM_SET_XSAVE = KVM_SET_XSAVE;
 const unsigned long CSHIMS_KVM_GET_XCRS = KVM_GET_XCRS;
 const unsigned long CSHIMS_KVM_SET_XCRS = KVM_SET_XCRS;
 const unsigned long CSHIMS_KVM_GET_MSRS = KVM_GET_MSRS;
+const unsigned long CSHIMS_KVM_GET_STATS_FD = KVM_GET_STATS_FD;
 const unsigned long CSHIMS_KVM_SET_MSRS = KVM_SET_MSRS;
 
 _Static_assert(sizeof(struct kvm_regs) == 18 * 8, "kvm_regs layout changed");

@@ -20,7 +20,7 @@ extension Engine {
     private func create(_ spec: ContainerSpec, startNow: Bool) async throws -> ManagedContainer {
         try ensureAccepting()
         let image = try image(spec.image)
-        let forkPoint = spec.forkPoint ?? .entry
+        let forkPoint = spec.forkPoint ?? image.defaultForkPoint ?? .entry
         let memoryMiB = spec.memoryMiB ?? ParentPolicy.defaultMemoryMiB
         guard ParentPolicy.memoryRange.contains(memoryMiB) else {
             throw EngineError.invalid("memoryMiB", "memoryMiB \(memoryMiB) is out of range (\(ParentPolicy.memoryRange))")
@@ -212,6 +212,12 @@ extension Engine {
         let (info, wake) = container.finish(exit, at: Date().timeIntervalSince1970)
         defer { wake() }
         metrics.exits.increment()
+        if let counters = container.vm?.processVM?.lastRunCounters {
+            metrics.vmExits.increment(by: Int(counters.exits))
+            metrics.vmExitsPerContainer.record(Int(counters.exits))
+            metrics.pageFaults.increment(by: Int(counters.pageFaults))
+            metrics.emulatedInstructions.increment(by: Int(counters.emulatedInstructions))
+        }
         let event = EventRow(time: info.finishedAt ?? 0, actor: "engine", type: "container.exit", subject: info.id, result: "ok",
                              detail: "{\"exitCode\":\(exit.exitCode)}")
         writer.enqueue { writes in

@@ -1,4 +1,5 @@
 import Foundation
+import ProcessVM
 import Store
 
 extension Engine {
@@ -26,7 +27,7 @@ extension Engine {
             }
             try Self.validateArguments(image.arguments, field: "arguments")
             try Self.validateEnvironment(image.environment, field: "environment")
-            var record = image
+            var record = image.withDefaultForkPoint()
             record.createdAt = Date().timeIntervalSince1970
             let taken = registry.withLock { $0.images[image.name] != nil }
             if taken { throw EngineError(.conflict, "image \(image.name) already exists", field: "name") }
@@ -91,5 +92,16 @@ extension Engine {
         if let bad = environment.first(where: { !$0.contains("=") || $0.hasPrefix("=") }) {
             throw EngineError.invalid(field, "\(field): \"\(bad)\" is not NAME=value")
         }
+    }
+}
+
+extension ImageRecord {
+    /// The record with its default fork point found from its program: main where the
+    /// program's entry point is glibc's `_start`, else the entry point, with the reason.
+    func withDefaultForkPoint() -> ImageRecord {
+        var record = self
+        record.mainForkPointRefusal = ProcessVM.mainForkPointRefusal(rootfs: rootfs, executable: executable)
+        record.defaultForkPoint = record.mainForkPointRefusal == nil ? .main : .entry
+        return record
     }
 }

@@ -47,6 +47,8 @@ public final class Engine: Sendable {
     /// Where blocking KVM and VM work runs (libdispatch's threads, never the cooperative pool).
     private let kvmQueue = DispatchQueue(label: "vmfork.engine.kvm", qos: .userInitiated, attributes: .concurrent)
     private let forkRate = Mutex((count: 0, time: ContinuousClock.now))
+    /// The poller's figures at the last scrape, for its counters' increments.
+    private let pollerSeen = Mutex(SystemCallPollerStatistics.current())
     /// The threads containers run on, kept between containers.
     let runners = RunnerThreads()
 
@@ -91,7 +93,7 @@ public final class Engine: Sendable {
         var stopped: [ContainerRow] = []
         registry.withLock { registry in
             for row in snapshot.images {
-                registry.images[row.name] = ImageRecord(row: row)
+                registry.images[row.name] = ImageRecord(row: row).withDefaultForkPoint()
             }
             for row in snapshot.policies {
                 guard let policy = ParentPolicy(row: row) else { continue }
@@ -264,6 +266,14 @@ public final class Engine: Sendable {
             return seconds > 0 ? Double(forks - last.count) / seconds : 0
         }
         metrics.gauge("vmfork_forks_per_second").record(rate)
+        let poller = SystemCallPollerStatistics.current()
+        let (callsDelta, backOffsDelta) = pollerSeen.withLock { seen -> (Int, Int) in
+            defer { seen = poller }
+            return (poller.callsServed - seen.callsServed, poller.backOffs - seen.backOffs)
+        }
+        if callsDelta > 0 { metrics.polledCalls.increment(by: callsDelta) }
+        if backOffsDelta > 0 { metrics.pollerBackOffs.increment(by: backOffsDelta) }
+        metrics.gauge("vmfork_poller_watched_vms").record(poller.watchedVMs)
     }
 }
 

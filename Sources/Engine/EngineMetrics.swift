@@ -8,12 +8,26 @@ struct EngineMetrics: Sendable {
     let forkLatency: Metrics.Timer
     let forks: Counter
     let exits: Counter
+    /// What finished containers made the hypervisor do (KVM's per-vCPU counts).
+    let vmExits: Counter
+    let vmExitsPerContainer: Recorder
+    let pageFaults: Counter
+    let emulatedInstructions: Counter
+    /// The system-call poller's calls served without an exit, and its back-offs.
+    let polledCalls: Counter
+    let pollerBackOffs: Counter
 
     init(factory: any MetricsFactory) {
         self.factory = factory
         forkLatency = Metrics.Timer(label: "vmfork_fork_duration_seconds", dimensions: [], factory: factory)
         forks = Counter(label: "vmfork_forks_total", dimensions: [], factory: factory)
         exits = Counter(label: "vmfork_container_exits_total", dimensions: [], factory: factory)
+        vmExits = Counter(label: "vmfork_vm_exits_total", dimensions: [], factory: factory)
+        vmExitsPerContainer = Recorder(label: "vmfork_vm_exits_per_container", dimensions: [], aggregate: true, factory: factory)
+        pageFaults = Counter(label: "vmfork_vm_page_faults_total", dimensions: [], factory: factory)
+        emulatedInstructions = Counter(label: "vmfork_vm_emulated_instructions_total", dimensions: [], factory: factory)
+        polledCalls = Counter(label: "vmfork_poller_calls_served_total", dimensions: [], factory: factory)
+        pollerBackOffs = Counter(label: "vmfork_poller_back_offs_total", dimensions: [], factory: factory)
     }
 
     func gauge(_ label: String, _ dimensions: [(String, String)] = []) -> Gauge {

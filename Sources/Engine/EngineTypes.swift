@@ -1,10 +1,24 @@
 import Foundation
+import ProcessVM
 
 /// Where a warm parent stops for good: at its program's entry point (children get their own
 /// arguments and environment) or at its first read of standard input (children read their own).
 public enum ForkPointName: String, Codable, Sendable, CaseIterable {
+    /// At the program's main, its C library started (the default).
+    case main
+    /// At the entry point: each child runs the C library's start-up itself.
     case entry
+    /// At the first read of standard input: children run the image's own arguments.
     case stdin
+
+    /// The process VM's fork point of this name.
+    public var kind: ForkPoint.Kind {
+        switch self {
+        case .main: return .main
+        case .entry: return .entry
+        case .stdin: return .firstStandardInputRead
+        }
+    }
 }
 
 /// An image the engine forks containers from. Today a root filesystem folder on this host;
@@ -20,6 +34,11 @@ public struct ImageRecord: Codable, Sendable, Equatable {
     /// "NAME=value" entries a container gets when it names none.
     public var environment: [String]
     public var createdAt: Double
+    /// Where its warm parents stop when a container or policy names no fork point: main
+    /// where the engine can find it in the program, else the entry point (set by the engine).
+    public var defaultForkPoint: ForkPointName?
+    /// Why the default is not main, when it is not.
+    public var mainForkPointRefusal: String?
 
     public init(name: String, rootfs: String, executable: String, arguments: [String] = [], environment: [String] = [],
                 createdAt: Double = Date().timeIntervalSince1970) {
@@ -42,7 +61,7 @@ public struct ParentPolicy: Codable, Sendable, Equatable {
     public var parents: Int
     public var readyVMs: Int
 
-    public init(image: String, forkPoint: ForkPointName = .entry, memoryMiB: Int = ParentPolicy.defaultMemoryMiB,
+    public init(image: String, forkPoint: ForkPointName = .main, memoryMiB: Int = ParentPolicy.defaultMemoryMiB,
                 parents: Int = 1, readyVMs: Int = 8) {
         self.image = image
         self.forkPoint = forkPoint
@@ -56,7 +75,7 @@ public struct ParentPolicy: Codable, Sendable, Equatable {
     public static let parentsRange = 1...16
     public static let readyVMsRange = 0...256
 
-    /// "IMAGE.FORKPOINT.MEMORYm", e.g. "busybox.entry.64m".
+    /// "IMAGE.FORKPOINT.MEMORYm", e.g. "busybox.main.64m".
     public var id: String { "\(image).\(forkPoint.rawValue).\(memoryMiB)m" }
 }
 

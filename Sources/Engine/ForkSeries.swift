@@ -41,6 +41,11 @@ public struct ForkSeries: Sendable {
         /// What the children of a stdin fork point were given afresh of their parent's
         /// start-up secrets (canary, pointer guard, AT_RANDOM), or nil for an entry point.
         public var startupSecrets: String?
+        /// What each child made the hypervisor do, counted by KVM.
+        public var counters: [VCPUCounters] = []
+
+        /// Exits per child, p50 and max, with their kinds; nil where KVM counts nothing.
+        public var exitsPerChild: ExitsSummary? { counters.isEmpty ? nil : ExitsSummary(counters) }
     }
 
     /// Runs the series on the calling thread (it runs VMs: call it from a thread of its own,
@@ -60,6 +65,7 @@ public struct ForkSeries: Sendable {
             let status = try child.run()
             report.endToEnd.append(ContinuousClock.now - started)
             report.forkLatencies.append(child.forkLatency)
+            if let counters = child.processVM?.lastRunCounters { report.counters.append(counters) }
             report.statuses[status.code, default: 0] += 1
             onChild(Child(name: child.name, status: status, output: output.contents))
             if child.reusesVM { report.reusedVMs += 1 }
@@ -68,7 +74,7 @@ public struct ForkSeries: Sendable {
         report.sharing = SharingReport.measure(parent: warmParent, containers: kept, kernelBefore: kernelBefore)
         for container in kept { container.remove() }
         report.poolMisses = warmParent.poolMisses
-        if parent.forkPoint == .firstStandardInputRead { report.startupSecrets = "\(warmParent.forkPoint.rerandomisation)" }
+        if parent.forkPoint != .entry { report.startupSecrets = "\(warmParent.forkPoint.rerandomisation)" }
         return report
     }
 }
@@ -144,4 +150,34 @@ final class SeriesOutput {
         _ = pread(fd, &bytes, size, 0)
         return String(decoding: bytes, as: UTF8.self)
     }
+}
+
+/// Exits per child over a series: the median and the largest of each kind.
+public struct ExitsSummary: Sendable {
+    public let children: Int
+    public let median: VCPUCounters
+    public let maximum: VCPUCounters
+
+    public init(_ counters: [VCPUCounters]) {
+        children = counters.count
+        func median(_ value: (VCPUCounters) -> UInt64) -> UInt64 {
+            let sorted = counters.map(value).sorted()
+            return sorted.isEmpty ? 0 : sorted[sorted.count / 2]
+        }
+        func largest(_ value: (VCPUCounters) -> UInt64) -> UInt64 { counters.map(value).max() ?? 0 }
+        var middle = VCPUCounters()
+        middle.exits = median(\.exits)
+        middle.ioExits = median(\.ioExits)
+        middle.pageFaults = median(\.pageFaults)
+        middle.emulatedInstructions = median(\.emulatedInstructions)
+        self.median = middle
+        var top = VCPUCounters()
+        top.exits = largest(\.exits)
+        top.ioExits = largest(\.ioExits)
+        top.pageFaults = largest(\.pageFaults)
+        top.emulatedInstructions = largest(\.emulatedInstructions)
+        maximum = top
+    }
+
+    public var line: String { "exits per child (KVM's count), p50: \(median); max: \(maximum.exits)" }
 }

@@ -29,11 +29,11 @@ final class ParentFamily: Sendable {
     }
 
     /// The parent's own arguments: for a stdin fork point the image's whole command runs up
-    /// to its first read; for an entry point children bring their own.
+    /// to its first read; at main or the entry point children bring their own.
     var spec: ParentSpec {
         ParentSpec(name: image.name, rootfs: image.rootfs, executable: image.executable,
                    arguments: [image.executable] + image.arguments, environment: image.environment,
-                   memoryBytes: policy.memoryMiB << 20, forkPoint: policy.forkPoint == .entry ? .entry : .firstStandardInputRead)
+                   memoryBytes: policy.memoryMiB << 20, forkPoint: policy.forkPoint.kind)
     }
 
     /// Builds the policy's parents on the calling thread (a KVM thread: this loads the
@@ -90,7 +90,7 @@ final class ParentFamily: Sendable {
             }
         }()
         do {
-            let child = try parent.fork(arguments: policy.forkPoint == .entry ? arguments : nil, environment: environment,
+            let child = try parent.fork(arguments: policy.forkPoint == .stdin ? nil : arguments, environment: environment,
                                         hostname: hostname, streams: streams)
             state.withLock { $0.children[id] = child }
             return child

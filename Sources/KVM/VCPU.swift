@@ -24,11 +24,17 @@ public final class VCPU: @unchecked Sendable {
     let runArea: MappedMemory
     public let vm: VirtualMachine
 
+    private let statistics: VCPUStatistics?
+
     init(fd: consuming FileDescriptor, run: consuming MappedMemory, vm: VirtualMachine) {
+        statistics = VCPUStatistics(vcpuDescriptor: fd.rawValue)
         self.fd = fd
         self.runArea = run
         self.vm = vm
     }
+
+    /// What this vCPU made the hypervisor do so far (nil where KVM keeps no statistics).
+    public func counters() -> VCPUCounters? { statistics?.read() }
 
     /// The kvm_run structure shared with the kernel.
     public var runState: UnsafeMutablePointer<kvm_run> { runArea.base.assumingMemoryBound(to: kvm_run.self) }

@@ -10,6 +10,10 @@ public enum GuestError: Error, CustomStringConvertible, Equatable, Sendable {
     case invalidExecutable(String)
     /// A mapping would reach the engine's system pages or leave the user address range.
     case reservedRange(UInt64)
+    /// A child's arguments or environment do not fit where its main fork point has room.
+    case childArgumentsTooLarge(String)
+    /// A warm parent cannot stop at its program's main; the text says why.
+    case noMainForkPoint(String)
     case kvm(KVMError)
     case system(SystemError)
 
@@ -20,6 +24,8 @@ public enum GuestError: Error, CustomStringConvertible, Equatable, Sendable {
         case .reservedRange(let address):
             return "a mapping at 0x\(String(address, radix: 16)) leaves the user address range "
                 + "(0x\(String(AddressSpace.userBottom, radix: 16)) up to 0x\(String(AddressSpace.userTop, radix: 16)))"
+        case .childArgumentsTooLarge(let what): return "the child's arguments do not fit: \(what)"
+        case .noMainForkPoint(let why): return "no fork point at main: \(why)"
         case .kvm(let error): return error.description
         case .system(let error): return error.description
         }

@@ -92,6 +92,14 @@ public final class ProcessVM: @unchecked Sendable {
     private let runningThread = ThreadSlot()
     /// When set, `run` stops before serving the program's first read of standard input.
     var stopsAtFirstStandardInputRead = false
+    /// When set, `run` stops when the program reaches this address, its main, where the
+    /// engine put a breakpoint over `originalByte`.
+    var stopsAtMain: (address: UInt64, originalByte: UInt8)?
+    /// Where a main fork point's children get their own arguments (see `ChildArgumentRoom`).
+    var childArgumentRoom: ChildArgumentRoom?
+    /// The address the program gave set_tid_address: glibc's cached thread id, which a
+    /// child of a fork point gets its own pid written to, as the kernel's fork does.
+    var threadIDAddress: UInt64?
     /// The warm parent this VM was forked from, if it was.
     var forkedFrom: ForkPoint?
     /// The AT_RANDOM bytes the engine gave the program and their address, as the engine wrote
@@ -103,6 +111,9 @@ public final class ProcessVM: @unchecked Sendable {
     /// False once the vCPU stopped in a state the engine cannot vouch for (a triple fault, an
     /// unexpected exit, a failed KVM_RUN): such a VM is never reused for another child.
     private(set) var vcpuStateKnown = true
+    /// What the last `run` made the hypervisor do: its exits, page faults and emulated
+    /// instructions, counted by KVM (nil where KVM keeps no statistics).
+    public private(set) var lastRunCounters: VCPUCounters?
 
     static let memorySlot: UInt32 = 0
 
@@ -113,6 +124,11 @@ public final class ProcessVM: @unchecked Sendable {
         let executablePath: [UInt8]
         let hardwareCapabilities: UInt64
         let stackTop: UInt64
+        /// Whether the initial stack leaves room for children's own arguments (the parent of
+        /// a main fork point).
+        let reservesChildArguments: Bool
+        /// Where a dynamically linked program's interpreter was loaded (0: a static program).
+        let interpreterBase: UInt64
     }
 
     init(configuration: ProcessVMConfiguration, vm: VirtualMachine, vcpu: VCPU, memory: GuestMemory, space: AddressSpace,
@@ -132,15 +148,18 @@ public final class ProcessVM: @unchecked Sendable {
     /// Loads `executable` (a path inside the rootfs) with `arguments` (argv, including argv[0])
     /// and `environment`, ready to run at its entry point, in a VM created now.
     public convenience init(system: KVMSystem, configuration: ProcessVMConfiguration, executable: String, arguments: [String],
-                            environment: [String], streams: StandardStreams = StandardStreams()) throws(GuestError) {
+                            environment: [String], streams: StandardStreams = StandardStreams(),
+                            reservesChildArguments: Bool = false) throws(GuestError) {
         try self.init(blank: BlankVM(system: system, memoryBytes: configuration.memoryBytes), configuration: configuration,
-                      executable: executable, arguments: arguments, environment: environment, streams: streams)
+                      executable: executable, arguments: arguments, environment: environment, streams: streams,
+                      reservesChildArguments: reservesChildArguments)
     }
 
     /// Loads `executable` as above into `blank`, a VM made ahead of time with
     /// `configuration.memoryBytes` of memory, which this process VM takes over.
     public convenience init(blank: BlankVM, configuration: ProcessVMConfiguration, executable: String, arguments: [String],
-                            environment: [String], streams: StandardStreams = StandardStreams()) throws(GuestError) {
+                            environment: [String], streams: StandardStreams = StandardStreams(),
+                            reservesChildArguments: Bool = false) throws(GuestError) {
         precondition(blank.memory.size == configuration.memoryBytes, "the blank VM's memory differs from the configuration's")
         blank.markTaken()
         let files: GuestFiles
@@ -151,8 +170,20 @@ public final class ProcessVM: @unchecked Sendable {
             throw .system(error)
         }
         let space = blank.space
-        let program = try Self.withExecutable(executable, from: files) { file throws(GuestError) in
-            try ProgramLoader.load(try ELFImage(file: file), from: file, into: space)
+        let (program, interpreterPath) = try Self.withExecutable(executable, from: files) { file throws(GuestError) in
+            let image = try ELFImage(file: file)
+            return (try ProgramLoader.load(image, from: file, into: space), image.interpreter)
+        }
+        // A dynamically linked program starts in its interpreter, which maps the libraries.
+        var interpreterEntry: UInt64?
+        if let interpreterPath {
+            interpreterEntry = try Self.withExecutable(interpreterPath, from: files) { file throws(GuestError) in
+                let image = try ELFImage(file: file)
+                guard image.kind == .positionIndependent, image.interpreter == nil else {
+                    throw .invalidExecutable("the interpreter \(interpreterPath) is not a position-independent program without one of its own")
+                }
+                return try ProgramLoader.load(image, from: file, into: space, base: ProgramLoader.interpreterBase).entry
+            }
         }
         space.heapStart = AddressSpace.pageUp(program.imageEnd)!
         space.heapEnd = space.heapStart
@@ -160,13 +191,15 @@ public final class ProcessVM: @unchecked Sendable {
         try space.mapAnonymous(at: stackTop - UInt64(configuration.stackBytes), length: UInt64(configuration.stackBytes), [.read, .write, .user])
 
         let entry = EntryState(program: program, executablePath: Array(executable.utf8),
-                               hardwareCapabilities: UInt64(blank.cpuid.entries.first { $0.function == 1 }?.edx ?? 0), stackTop: stackTop)
+                               hardwareCapabilities: UInt64(blank.cpuid.entries.first { $0.function == 1 }?.edx ?? 0), stackTop: stackTop,
+                               reservesChildArguments: reservesChildArguments,
+                               interpreterBase: interpreterEntry == nil ? 0 : ProgramLoader.interpreterBase)
         let programName = Array(executable.split(separator: "/").last.map { Array($0.utf8) }?.prefix(15) ?? [])
         self.init(configuration: configuration, vm: blank.vm, vcpu: blank.vcpu, memory: blank.memory, space: space, files: files,
                   identity: configuration.identity, programName: programName, exceptionStackFrame: blank.exceptionStackFrame, entry: entry)
         let stackPointer = try writeInitialStack(arguments: arguments, environment: environment)
         do {
-            try CPUSetup.start(vcpu, entry: program.entry, stack: stackPointer)
+            try CPUSetup.start(vcpu, entry: interpreterEntry ?? program.entry, stack: stackPointer)
         } catch {
             throw .kvm(error)
         }
@@ -177,10 +210,20 @@ public final class ProcessVM: @unchecked Sendable {
     func writeInitialStack(arguments: [String], environment: [String]) throws(GuestError) -> UInt64 {
         guard let entry else { preconditionFailure("the program has already started") }
         let randomBytes = Self.freshRandomBytes(16)
-        let stack = InitialStack(arguments: arguments.map { Array($0.utf8) }, environment: environment.map { Array($0.utf8) },
+        var stack = InitialStack(arguments: arguments.map { Array($0.utf8) }, environment: environment.map { Array($0.utf8) },
                                  executablePath: entry.executablePath, randomBytes: randomBytes,
                                  hardwareCapabilities: entry.hardwareCapabilities)
-        let written = try stack.write(into: space, top: entry.stackTop, program: entry.program, identity: identity)
+        stack.interpreterBase = entry.interpreterBase
+        var top = entry.stackTop
+        if entry.reservesChildArguments {
+            top -= ChildArgumentRoom.areaBytes
+            stack.environmentSlots = ChildArgumentRoom.environmentSlots
+        }
+        let written = try stack.write(into: space, top: top, program: entry.program, identity: identity)
+        if entry.reservesChildArguments {
+            childArgumentRoom = ChildArgumentRoom(area: top..<entry.stackTop, environmentArray: written.environment,
+                                                  environmentSlots: ChildArgumentRoom.environmentSlots)
+        }
         startupRandom = (written.randomBytes, randomBytes)
         return written.stackPointer
     }
@@ -216,12 +259,15 @@ public final class ProcessVM: @unchecked Sendable {
     public func run() throws(GuestError) -> ExitStatus {
         switch try runUntilStop() {
         case .ended(let status): return status
-        case .atFirstStandardInputRead: preconditionFailure("only a warm parent stops at its first read")
+        case .atFirstStandardInputRead, .atMain: preconditionFailure("only a warm parent stops at its fork point")
         }
     }
 
     enum Stop {
         case ended(ExitStatus)
+        /// The program reached its main (the vCPU is in user mode at main's first
+        /// instruction, the breakpoint gone).
+        case atMain
         /// The program is about to read standard input for the first time (the vCPU is at
         /// the system-call stub's `out`, which a fork child executes again).
         case atFirstStandardInputRead
@@ -229,6 +275,7 @@ public final class ProcessVM: @unchecked Sendable {
 
     func runUntilStop() throws(GuestError) -> Stop {
         entry = nil
+        let countersBefore = vcpu.counters()
         runningThread.enter()
         machineState.lock()
         if configuration.pollsSystemCalls, let mailbox {
@@ -242,6 +289,7 @@ public final class ProcessVM: @unchecked Sendable {
             }
             machineState.unlock()
             runningThread.leave()
+            if let countersBefore, let countersAfter = vcpu.counters() { lastRunCounters = countersAfter - countersBefore }
         }
         while true {
             if let signal = interrupts.pendingKill { return .ended(.signaled(signal)) }
@@ -271,6 +319,7 @@ public final class ProcessVM: @unchecked Sendable {
                 if let status = serveSystemCall() { return .ended(status) }
             case .io(let port, true, _, _, let offset) where port == SystemArea.exceptionPort:
                 let vector = UInt8(truncatingIfNeeded: UnsafeRawPointer(vcpu.runState).load(fromByteOffset: offset, as: UInt8.self))
+                if vector == X86.breakpointVector, let main = stopsAtMain, try resumeInUserMode(atBreakpoint: main) { return .atMain }
                 return .ended(terminate(with: recordFault(vector: vector)))
             case .interrupted:
                 vcpu.requestImmediateExit(false)

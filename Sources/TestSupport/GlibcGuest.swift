@@ -10,14 +10,16 @@ public enum GlibcGuest {
     /// otherwise).
     public static let isAvailable: Bool = HostileGuest.isAvailable && FileManager.default.fileExists(atPath: staticLibrary)
 
-    /// Builds `source` with `gcc -static` and `flags` into a fresh rootfs at /prog and returns
+    /// Builds `source` with `gcc -static` (or `-static-pie`, given in `flags`) and `flags` into a fresh rootfs at /prog and returns
     /// the rootfs.
     public static func rootfs(_ source: String, name: String = "glibc", flags: [String] = ["-O1"]) throws -> URL {
         let root = try HostFacts.makeTemporaryFolder(name)
         let sourceURL = root.appendingPathComponent("\(name).c")
         try source.write(to: sourceURL, atomically: true, encoding: .utf8)
         let output = root.appendingPathComponent("prog").path
-        let result = try HostFacts.run("/usr/bin/gcc", ["-static"] + flags + ["-o", output, sourceURL.path])
+        // `-static-pie` in `flags` replaces `-static` (the two pick different start files).
+        let linking = flags.contains("-static-pie") ? [] : ["-static"]
+        let result = try HostFacts.run("/usr/bin/gcc", linking + flags + ["-o", output, sourceURL.path])
         guard result.status == 0 else { throw HostileGuest.BuildError.compilerFailed(result.stderr) }
         try FileManager.default.removeItem(at: sourceURL)
         return root

@@ -268,13 +268,17 @@ struct ParentCommand: ParsableCommand {
     struct Create: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Record a policy and make its parents now.")
         @Argument(help: "The image.") var image: String
-        @Flag(help: "Stop at the first read of standard input instead of the entry point.") var stdinForkPoint = false
+        @Option(help: "Where the parents stop: main, entry or stdin (default: the image's, main where the engine finds it).") var forkPoint: ForkPointName?
         @Option(help: "Guest memory in MiB.") var memory = ParentPolicy.defaultMemoryMiB
         @Option(help: "Warm parents to keep.") var parents = 1
         @Option(name: .customLong("ready-vms"), help: "Ready VMs per parent's pool.") var readyVMs = 8
         @OptionGroup var daemon: DaemonOptions
         func run() throws {
-            let policy = ParentPolicy(image: image, forkPoint: stdinForkPoint ? .stdin : .entry, memoryMiB: memory, parents: parents, readyVMs: readyVMs)
+            var policy = ParentPolicy(image: image, memoryMiB: memory, parents: parents, readyVMs: readyVMs)
+            if let forkPoint { policy.forkPoint = forkPoint } else {
+                let record = try daemon.call("GET", "/v1/images/\(image)").decode(ImageRecord.self)
+                policy.forkPoint = record.defaultForkPoint ?? .entry
+            }
             let response = try daemon.call("POST", "/v1/parents", json: policy)
             if daemon.json { daemon.printJSON(response) } else { print(try response.decode(ParentInfo.self).id) }
         }

@@ -31,7 +31,10 @@ struct ForkCommand: ParsableCommand {
     @Option(help: "Guest memory in MiB per VM.")
     var memory = 64
 
-    @Flag(help: "Stop the parent at its first read of standard input instead of its entry point; children then read their own (empty) input.")
+    @Option(help: "Where the parent stops for its children: main (its C library started once, in the parent; each child gets its own arguments there), entry (before the start-up, which each child then runs) or stdin (at its first read of standard input; children read their own, with the parent's arguments).")
+    var forkPoint: ForkPointName = .main
+
+    @Flag(help: "Same as --fork-point stdin.")
     var stdinForkPoint = false
 
     @Flag(inversion: .prefixedNo, help: "Serve system calls that cannot block from the engine's polling thread, without a VM exit (it spins while children make calls); with --no-poll-syscalls every call is a VM exit.")
@@ -56,11 +59,12 @@ struct ForkCommand: ParsableCommand {
     }
 
     func run() throws {
+        let forkPoint = stdinForkPoint ? ForkPointName.stdin : self.forkPoint
+        let stdinForkPoint = forkPoint == .stdin
         let parent = ParentSpec(name: URL(fileURLWithPath: program[0]).lastPathComponent, rootfs: rootfs, executable: program[0],
                                 arguments: stdinForkPoint ? program : nil, memoryBytes: memory << 20,
-                                forkPoint: stdinForkPoint ? .firstStandardInputRead : .entry, pollsSystemCalls: pollSyscalls)
+                                forkPoint: forkPoint.kind, pollsSystemCalls: pollSyscalls)
         let template = Array(program.dropFirst())
-        let stdinForkPoint = self.stdinForkPoint
         let series = ForkSeries(parent: parent, children: children, poolSize: pool, removeEach: removeEach) { index in
             stdinForkPoint ? nil : template.map { $0.replacingOccurrences(of: "{i}", with: "\(index)") }
         }
@@ -77,5 +81,8 @@ struct ForkCommand: ParsableCommand {
         print(finished.histogram)
         if let sharing = report.sharing { print(sharing.renderText()) }
         if let secrets = report.startupSecrets { print("start-up secrets: \(secrets)") }
+        if let exits = report.exitsPerChild { print(exits.line) }
     }
 }
+
+extension ForkPointName: ExpressibleByArgument {}

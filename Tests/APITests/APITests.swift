@@ -172,8 +172,8 @@ struct DaemonTests {
         let images = try client.send("GET", "/v1/images").decode([ImageRecord].self)
         #expect(images.map(\.name) == ["busybox"])
         let parents = try client.send("GET", "/v1/parents?sharing=false").decode([ParentInfo].self)
-        #expect(parents.map(\.id).sorted() == ["busybox.entry.32m", "busybox.entry.64m"])
-        #expect(parents.first { $0.id == "busybox.entry.32m" }?.policy.readyVMs == 2)
+        #expect(parents.map(\.id).sorted() == ["busybox.main.32m", "busybox.main.64m"])
+        #expect(parents.first { $0.id == "busybox.main.32m" }?.policy.readyVMs == 2)
         let pools = try client.send("GET", "/v1/placement/pools")
         #expect(pools.text.contains("\"dev\""))
         let spinner = try client.send("GET", "/v1/containers/spinner").decode(ContainerInfo.self)
@@ -308,23 +308,28 @@ struct DaemonTests {
         #expect(try client.send("POST", "/v1/containers/child/start").status == 200)
         #expect(try client.send("POST", "/v1/containers/child/wait").decode(ExitInfo.self).exitCode == 0)
         let listed = try client.send("GET", "/v1/parents").decode([ParentInfo].self)
-        let parent = try #require(listed.first { $0.id == "busybox.entry.16m" })
+        let parent = try #require(listed.first { $0.id == "busybox.main.16m" })
         #expect(parent.liveChildren == 1)
         #expect(parent.sharing.map { $0.parentBytes > 0 && $0.children == 1 } == true, "sharing figures: \(String(describing: parent.sharing))")
         // Draining: no more forks from it; it goes with its last child.
-        #expect(try client.send("POST", "/v1/parents/busybox.entry.16m/drain").decode(ParentInfo.self).state == "draining")
+        #expect(try client.send("POST", "/v1/parents/busybox.main.16m/drain").decode(ParentInfo.self).state == "draining")
         let refused = try client.send("POST", "/v1/containers", json: ContainerSpec(image: "busybox", arguments: ["true"], memoryMiB: 16))
         #expect(refused.status == 409 && refused.text.contains("draining"))
-        #expect(try client.send("DELETE", "/v1/parents/busybox.entry.16m").status == 409, "a parent with a live child is not removed")
+        #expect(try client.send("DELETE", "/v1/parents/busybox.main.16m").status == 409, "a parent with a live child is not removed")
         #expect(try client.send("DELETE", "/v1/containers/child").status == 204)
         let evictions = try daemon.events(client, type: "parent.evict")
-        #expect(evictions.contains { ($0["subject"] as? String) == "busybox.entry.16m" && ($0["actor"] as? String) == "engine" })
-        #expect(try client.send("DELETE", "/v1/parents/busybox.entry.16m").status == 204)
+        #expect(evictions.contains { ($0["subject"] as? String) == "busybox.main.16m" && ($0["actor"] as? String) == "engine" })
+        #expect(try client.send("DELETE", "/v1/parents/busybox.main.16m").status == 204)
         let metrics = try client.send("GET", "/metrics")
         #expect(metrics.status == 200 && metrics.headers["content-type"]?.hasPrefix("text/plain") == true)
         #expect(metrics.text.contains("vmfork_forks_total 1"))
         #expect(metrics.text.contains("vmfork_fork_duration_seconds_count 1"))
         #expect(metrics.text.contains("vmfork_containers_live 0"))
+        // The finished child's exits, as KVM counted them, and the poller's figures.
+        let exits = metrics.text.split(separator: "\n").first { $0.hasPrefix("vmfork_vm_exits_total ") }
+        #expect(exits.flatMap { Int($0.split(separator: " ")[1]) }.map { $0 > 0 } == true, "\(metrics.text)")
+        #expect(metrics.text.contains("vmfork_vm_exits_per_container_count 1"), "\(metrics.text)")
+        #expect(metrics.text.contains("vmfork_poller_watched_vms "))
     }
     @Test func underMemoryPressureIdlePoolsShrinkThenIdleParentsGoButNotOnesWithChildren() throws {
         let daemon = try DaemonFixture()
@@ -344,12 +349,12 @@ struct DaemonTests {
             evicted = try daemon.events(client, type: "parent.evict")
         }
         let shrunk = try daemon.events(client, type: "parent.shrink")
-        #expect(shrunk.contains { ($0["subject"] as? String) == "busybox.entry.16m" })
-        #expect(evicted.map { $0["subject"] as? String } == ["busybox.entry.16m"], "only the idle parent goes: \(evicted)")
+        #expect(shrunk.contains { ($0["subject"] as? String) == "busybox.main.16m" })
+        #expect(evicted.map { $0["subject"] as? String } == ["busybox.main.16m"], "only the idle parent goes: \(evicted)")
         #expect((evicted.first?["detail"] as? String)?.contains("memory pressure") == true)
         let parents = try client.send("GET", "/v1/parents?sharing=false").decode([ParentInfo].self)
-        #expect(parents.first { $0.id == "busybox.entry.32m" }?.state == "ready")
-        #expect(parents.first { $0.id == "busybox.entry.16m" }?.state == "absent", "the policy stays; its parent is made again at its next use")
+        #expect(parents.first { $0.id == "busybox.main.32m" }?.state == "ready")
+        #expect(parents.first { $0.id == "busybox.main.16m" }?.state == "absent", "the policy stays; its parent is made again at its next use")
     }
 }
 

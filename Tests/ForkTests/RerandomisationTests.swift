@@ -27,6 +27,20 @@ final class RerandomisationTests {
     /// longjmps to the buffer set before the read and exits through the handler. Each use of
     /// an inherited frame or mangled pointer aborts or faults if the child's values do not fit;
     /// the jmp_buf's RBP holds 188, not a pointer, and must come back as it was.
+    /// C: `report(who)` prints "WHO canary HEX guard HEX random HEX" (see `Secrets`).
+    static let reportFunction = #"""
+    static void report(const char *who) {
+        unsigned long canary, guard;
+        __asm__ volatile ("mov %%fs:0x28, %0" : "=r"(canary));
+        __asm__ volatile ("mov %%fs:0x30, %0" : "=r"(guard));
+        const unsigned char *random = (const unsigned char *)getauxval(AT_RANDOM);
+        printf("%s canary %016lx guard %016lx random ", who, canary, guard);
+        for (int i = 0; i < 16; i++) printf("%02x", random[i]);
+        printf("\n");
+        fflush(stdout);
+    }
+    """#
+
     static let secretsProgram = #"""
     #include <setjmp.h>
     #include <stdio.h>
@@ -38,16 +52,7 @@ final class RerandomisationTests {
 
     static void at_exit_handler(void) { printf("atexit handler ran\n"); }
 
-    static void report(const char *who) {
-        unsigned long canary, guard;
-        __asm__ volatile ("mov %%fs:0x28, %0" : "=r"(canary));
-        __asm__ volatile ("mov %%fs:0x30, %0" : "=r"(guard));
-        const unsigned char *random = (const unsigned char *)getauxval(AT_RANDOM);
-        printf("%s canary %016lx guard %016lx random ", who, canary, guard);
-        for (int i = 0; i < 16; i++) printf("%02x", random[i]);
-        printf("\n");
-        fflush(stdout);
-    }
+    \#(reportFunction)
 
     __attribute__((noinline)) static int read_line(void) {
         char line[64];

@@ -156,7 +156,8 @@ final class AgentFixture: @unchecked Sendable {
             _ = try await engine.addImage(ImageRecord(name: "busybox", rootfs: root, executable: "/bin/busybox"), by: "bench")
             _ = try await engine.createParents(ParentPolicy(image: "busybox", readyVMs: 16), by: "bench")
         }
-        parent = try! WarmParent(system: system, image: ParentSpec(name: "busybox", rootfs: rootfs.path, executable: "/bin/busybox"), poolSize: 16)
+        parent = try! WarmParent(system: system, image: ParentSpec(name: "busybox", rootfs: rootfs.path, executable: "/bin/busybox",
+                                                                   forkPoint: .main), poolSize: 16)
         parent.waitUntilPoolIsFull()
         waitForDaemonPool()
         waitForEnginePool()

@@ -7,10 +7,12 @@ import ProcessVM
 import TestSupport
 
 /// Instant clone against its alternatives, side by side in one run: a fork of a warm
-/// busybox parent running `echo hi` to completion (output captured to a file), a fork whose
-/// program exits at once (fork → the child's command running), the echo again beside 200 idle
-/// containers, a cold process VM of the same program, and native posix_spawn of the same
-/// static binary. System calls are polled (the
+/// busybox parent running `echo hi` to completion (output captured to a file) from a parent
+/// stopped at main (the engine's default), at its entry point and at a stdin read; a fork
+/// whose program exits at once (fork → the child's command running), the echo again beside
+/// 200 idle containers, a cold process VM of the same program, and native posix_spawn of the
+/// same static binary; the exits each child made (KVM's count) and this machine's cost of an
+/// exit, a polled call and a CPUID, measured in the same run. System calls are polled (the
 /// engine's default) unless a name says they go by VM exit. Each fork's VM is removed and
 /// goes back to the pool, restored, in the background, as in production.
 let benchmarks: @Sendable () -> Void = {
@@ -32,10 +34,53 @@ let benchmarks: @Sendable () -> Void = {
             child.remove()
         }, setup: { try idle?.start(from: fixture.echoParent, streams: fixture.capture.standard) }, teardown: { idle?.removeAll() })
     }
-    forkFromReadyPool("Fork → busybox echo hi finished, output captured (pool ready, system calls by VM exit)",
+    forkFromReadyPool("Fork → busybox echo hi finished, output captured (main parent, pool ready, system calls by VM exit)",
                       fixture.exitPathEchoParent, arguments: ["echo", "hi"])
-    forkFromReadyPool("Fork → busybox echo hi finished, output captured (pool ready, polled system calls)",
+    forkFromReadyPool("Fork → busybox echo hi finished, output captured (main parent, pool ready, polled system calls)",
                       fixture.echoParent, arguments: ["echo", "hi"])
+    forkFromReadyPool("Fork → busybox echo hi finished, output captured (entry-point parent, pool ready, polled system calls)",
+                      fixture.entryEchoParent, arguments: ["echo", "hi"])
+    Benchmark("Fork → busybox sh 'read x; echo hi' finished, output captured (stdin parent, pool ready, polled system calls)",
+              configuration: oneAtATime) { benchmark in
+        fixture.stdinEchoParent.waitUntilPoolIsFull()
+        benchmark.startMeasurement()
+        let child = try fixture.stdinEchoParent.fork(streams: fixture.capture.standard)
+        blackHole(try child.run())
+        benchmark.stopMeasurement()
+        child.remove()
+    }
+
+    // What each child made the hypervisor do (KVM's own count: SYSCALL switches, exits to
+    // the engine, shadow page faults, emulated instructions).
+    let exitsMetric = BenchmarkMetric.custom("exits per child", polarity: .prefersSmaller, useScalingFactor: false)
+    for (name, parent) in [("main parent", fixture.echoParent), ("entry-point parent", fixture.entryEchoParent),
+                           ("main parent, system calls by VM exit", fixture.exitPathEchoParent)] {
+        Benchmark("Exits per child: fork → busybox echo hi (\(name), pool ready)",
+                  configuration: .init(metrics: [exitsMetric], warmupIterations: 5, scalingFactor: .one, maxIterations: 50)) { benchmark in
+            for _ in benchmark.scaledIterations {
+                parent.waitUntilPoolIsFull()
+                let child = try parent.fork(arguments: ["echo", "hi"], streams: fixture.capture.standard)
+                blackHole(try child.run())
+                benchmark.measurement(exitsMetric, Int(child.processVM?.lastRunCounters?.exits ?? 0))
+                child.remove()
+            }
+        }
+    }
+
+    // This machine's costs in the same run, so that figures taken on machines of this kind
+    // whose exits cost 3-20x more or less compare as ratios.
+    let exitCost = BenchmarkMetric.custom("VM exit (ns)", polarity: .prefersSmaller, useScalingFactor: false)
+    let polledCost = BenchmarkMetric.custom("polled call (ns)", polarity: .prefersSmaller, useScalingFactor: false)
+    let cpuidCost = BenchmarkMetric.custom("emulated CPUID (ns)", polarity: .prefersSmaller, useScalingFactor: false)
+    Benchmark("Machine: cost of a VM exit, a polled call and an emulated CPUID",
+              configuration: .init(metrics: [exitCost, polledCost, cpuidCost], warmupIterations: 0, scalingFactor: .one, maxIterations: 3)) { benchmark in
+        for _ in benchmark.scaledIterations {
+            let costs = try MachineCosts.measure(system: fixture.system, calls: 1000, runs: 3)
+            benchmark.measurement(exitCost, Int(costs.exitMicroseconds * 1000))
+            benchmark.measurement(polledCost, Int(costs.polledMicroseconds * 1000))
+            benchmark.measurement(cpuidCost, Int(costs.cpuidMicroseconds * 1000))
+        }
+    }
     forkFromReadyPool("Fork → child's command running, program exits at once (pool ready)", fixture.exitParent, arguments: [])
 
     // Density: the same with 200 idle containers alive, each a VM sleeping in nanosleep. Each
@@ -47,7 +92,8 @@ let benchmarks: @Sendable () -> Void = {
     }
 
     // Sustained: forks back to back, each removed, its VM going back to the pool meanwhile.
-    for (mode, parent) in [("system calls by VM exit", fixture.exitPathEchoParent), ("polled system calls", fixture.echoParent)] {
+    for (mode, parent) in [("main parent, system calls by VM exit", fixture.exitPathEchoParent), ("main parent, polled system calls", fixture.echoParent),
+                           ("entry-point parent, polled system calls", fixture.entryEchoParent)] {
         Benchmark("Forks sustained: fork, busybox echo hi, remove (\(mode))", configuration: configuration) { benchmark in
             for _ in benchmark.scaledIterations {
                 let child = try parent.fork(arguments: ["echo", "hi"], streams: fixture.capture.standard)
@@ -90,6 +136,8 @@ final class ForkFixture: @unchecked Sendable {
     let system = try! KVMSystem()
     let rootfs: String
     let echoParent: WarmParent
+    let entryEchoParent: WarmParent
+    let stdinEchoParent: WarmParent
     let exitPathEchoParent: WarmParent
     let exitParent: WarmParent
     let capture = try! CapturedStreams()
@@ -100,11 +148,19 @@ final class ForkFixture: @unchecked Sendable {
         try! Data(TinyELF.build(code: TinyELF.exit(0))).write(to: URL(fileURLWithPath: exitPath))
         chmod(exitPath, 0o755)
         rootfs = root.path
-        echoParent = try! WarmParent(system: system, image: ParentSpec(name: "busybox", rootfs: rootfs, executable: "/bin/busybox"), poolSize: 16)
+        echoParent = try! WarmParent(system: system, image: ParentSpec(name: "busybox", rootfs: rootfs, executable: "/bin/busybox",
+                                                                   forkPoint: .main), poolSize: 16)
+        entryEchoParent = try! WarmParent(system: system, image: ParentSpec(name: "busybox-entry", rootfs: rootfs, executable: "/bin/busybox",
+                                                                        forkPoint: .entry), poolSize: 16)
+        stdinEchoParent = try! WarmParent(system: system, image: ParentSpec(name: "busybox-stdin", rootfs: rootfs, executable: "/bin/busybox",
+                                                                        arguments: ["/bin/busybox", "sh", "-c", "read x; echo hi"],
+                                                                        forkPoint: .firstStandardInputRead), poolSize: 16)
         exitPathEchoParent = try! WarmParent(system: system, image: ParentSpec(name: "busybox-exits", rootfs: rootfs, executable: "/bin/busybox",
-                                                                           pollsSystemCalls: false), poolSize: 16)
+                                                                           forkPoint: .main, pollsSystemCalls: false), poolSize: 16)
         exitParent = try! WarmParent(system: system, image: ParentSpec(name: "exit0", rootfs: rootfs, executable: "/exit0"), poolSize: 16)
         echoParent.waitUntilPoolIsFull()
+        entryEchoParent.waitUntilPoolIsFull()
+        stdinEchoParent.waitUntilPoolIsFull()
         exitPathEchoParent.waitUntilPoolIsFull()
         exitParent.waitUntilPoolIsFull()
     }

@@ -25,6 +25,7 @@ extern const unsigned long CSHIMS_KVM_GET_XCRS;
 extern const unsigned long CSHIMS_KVM_SET_XCRS;
 extern const unsigned long CSHIMS_KVM_GET_MSRS;
 extern const unsigned long CSHIMS_KVM_SET_MSRS;
+extern const unsigned long CSHIMS_KVM_GET_STATS_FD;
 
 /* The sync-regs block KVM shares in the kvm_run page (KVM_CAP_SYNC_REGS). */
 struct kvm_sync_regs *cshims_kvm_run_sync_regs(struct kvm_run *run);

@@ -17,6 +17,9 @@ public final class ForkPoint: @unchecked Sendable {
         case entry
         /// About to read standard input for the first time: each child reads its own.
         case firstStandardInputRead
+        /// At the program's main, its C library started: each child gets its own argv and
+        /// environment there (see `ChildArgumentRoom`), and skips the start-up.
+        case main
     }
 
     public let kind: Kind
@@ -38,6 +41,10 @@ public final class ForkPoint: @unchecked Sendable {
     let programName: [UInt8]
     let exceptionStackFrame: UInt64
     let entry: ProcessVM.EntryState?
+    /// Where a main fork point's children get their own arguments.
+    let childArgumentRoom: ChildArgumentRoom?
+    /// glibc's cached thread id (set_tid_address's address), where each child's pid goes.
+    let threadIDAddress: UInt64?
     /// The pages in the warm-up list (see `SystemArea.warmUpRoutine`).
     let warmUpPages: [UInt64]
     /// What each child gets afresh of the start-up secrets it would share with the parent
@@ -87,6 +94,8 @@ public final class ForkPoint: @unchecked Sendable {
         programName = parent.programName
         exceptionStackFrame = parent.exceptionStackFrame
         entry = kind == .entry ? parent.entry : nil
+        childArgumentRoom = kind == .main ? parent.childArgumentRoom : nil
+        threadIDAddress = parent.threadIDAddress
         if kind == .entry {
             rerandomisation = .notNeeded
         } else {
@@ -103,18 +112,27 @@ public final class ForkPoint: @unchecked Sendable {
 extension ProcessVM {
     /// Turns a freshly loaded program into a warm parent stopped at `kind`. For
     /// `.firstStandardInputRead` the program runs (with this VM's streams) until it first
-    /// reads standard input; nil if it ended before that. The parent's VM is closed; its
+    /// reads standard input; nil if it ended before that. For `.main` it runs until its main,
+    /// within `startupLimit`, and throws `.noMainForkPoint` when it cannot get there. The parent's VM is closed; its
     /// memory lives on in the fork point.
     public static func makeForkPoint(system: KVMSystem, configuration: ProcessVMConfiguration, executable: String,
                                      arguments: [String], environment: [String], kind: ForkPoint.Kind,
-                                     streams: StandardStreams = StandardStreams()) throws(GuestError) -> ForkPoint? {
+                                     streams: StandardStreams = StandardStreams(),
+                                     startupLimit: Duration = ProcessVM.startupLimit) throws(GuestError) -> ForkPoint? {
         let parent = try ProcessVM(system: system, configuration: configuration, executable: executable,
-                                   arguments: arguments, environment: environment, streams: streams)
+                                   arguments: arguments, environment: environment, streams: streams,
+                                   reservesChildArguments: kind == .main)
         let cpuid: CPUIDTable
         do { cpuid = try system.supportedCPUID() } catch { throw .kvm(error) }
-        if kind == .firstStandardInputRead {
+        switch kind {
+        case .entry:
+            break
+        case .firstStandardInputRead:
             parent.stopsAtFirstStandardInputRead = true
             guard case .atFirstStandardInputRead = try parent.runUntilStop() else { return nil }
+        case .main:
+            try parent.placeMainBreakpoint()
+            try parent.runUntilMain(limit: startupLimit)
         }
         let warmUpPages = try parent.writeWarmUpList()
         let point = try ForkPoint(kind: kind, parent: parent, cpuid: cpuid, warmUpPages: warmUpPages)
@@ -172,9 +190,21 @@ extension ProcessVM {
         sync.pointee.regs = forkPoint.registers
         if let secrets = prepared.startupSecrets { forkPoint.rerandomisation.apply(secrets, to: &sync.pointee.regs) }
         sync.pointee.sregs = forkPoint.specialRegisters
-        if forkPoint.kind == .entry {
+        switch forkPoint.kind {
+        case .entry:
             sync.pointee.regs.rsp = try writeInitialStack(arguments: arguments ?? [], environment: environment ?? [])
+        case .main:
+            guard let room = forkPoint.childArgumentRoom else { preconditionFailure("a main fork point has room for its children's arguments") }
+            let main = try room.write(arguments: arguments ?? [], environment: environment ?? [], into: space)
+            sync.pointee.regs.rdi = main.argc
+            sync.pointee.regs.rsi = main.argv
+            sync.pointee.regs.rdx = main.envp
+        case .firstStandardInputRead:
+            break
         }
+        // As the kernel's fork does for CLONE_CHILD_SETTID: the C library's cached thread id
+        // is the child's own (a program that unmapped it gets nothing written).
+        if let address = forkPoint.threadIDAddress { space.write(address, withUnsafeBytes(of: identity.pid.littleEndian) { Array($0) }) }
         vcpu.markDirty(regs: true)
     }
 }

@@ -25,6 +25,10 @@ struct ELFImage {
     let programHeaderAddress: UInt64
     let programHeaderCount: Int
     let programHeaderSize: Int
+    /// PT_INTERP: the path of the dynamic linker a dynamically linked program names.
+    let interpreter: String?
+    /// The longest PT_INTERP path taken (Linux takes up to PATH_MAX).
+    static let interpreterPathLimit = 4096
 
     private static let loadSegment: UInt32 = 1
     private static let interpreterSegment: UInt32 = 3
@@ -66,6 +70,7 @@ struct ELFImage {
 
         var segments: [Segment] = []
         var phdrAddress: UInt64?
+        var interpreter: String?
         for index in 0..<programHeaderCount {
             let base = index * programHeaderSize
             let segmentType = read(table, base, UInt32.self)
@@ -75,7 +80,17 @@ struct ELFImage {
             let segmentFileSize = read(table, base + 32, UInt64.self)
             let memorySize = read(table, base + 40, UInt64.self)
             if segmentType == Self.interpreterSegment {
-                throw fail("PT_INTERP present: the program is dynamically linked; only static executables run in a process VM")
+                guard interpreter == nil else { throw fail("more than one PT_INTERP") }
+                guard segmentFileSize >= 2, segmentFileSize <= UInt64(Self.interpreterPathLimit), offset <= UInt64(fileSize),
+                      segmentFileSize <= UInt64(fileSize) - offset else {
+                    throw fail("PT_INTERP \(index): p_offset \(offset) and p_filesz \(segmentFileSize) do not hold a path within the file")
+                }
+                let bytes = try Self.read(file, at: Int(offset), count: Int(segmentFileSize))
+                guard bytes.last == 0, let nul = bytes.firstIndex(of: 0), nul == bytes.count - 1, bytes.first == UInt8(ascii: "/") else {
+                    throw fail("PT_INTERP \(index) is not one absolute, NUL-terminated path")
+                }
+                interpreter = String(decoding: bytes.dropLast(), as: UTF8.self)
+                continue
             }
             if segmentType == Self.programHeaderSegment { phdrAddress = virtualAddress }
             guard segmentType == Self.loadSegment else { continue }
@@ -103,6 +118,7 @@ struct ELFImage {
             throw fail("e_entry \(entryPoint) is not inside an executable segment")
         }
         self.segments = sorted
+        self.interpreter = interpreter
         // Without PT_PHDR the headers are found where the first segment maps file offset e_phoff.
         if let phdrAddress {
             programHeaderAddress = phdrAddress

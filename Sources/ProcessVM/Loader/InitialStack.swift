@@ -8,6 +8,12 @@ struct InitialStack {
     /// 16 bytes the C library seeds its stack protector and pointer guard from.
     var randomBytes: [UInt8]
     var hardwareCapabilities: UInt64
+    /// AT_BASE: where the interpreter of a dynamically linked program was loaded (0: none).
+    var interpreterBase: UInt64 = 0
+    /// For the parent of a main fork point: slots of its envp array (the terminating null
+    /// included), padded with empty strings, so that each child's own environment fits in
+    /// place where the C library's `environ` already points.
+    var environmentSlots: Int? = nil
 
     private enum Aux: UInt64 {
         case null = 0, phdr = 3, phent = 4, phnum = 5, pagesz = 6, base = 7, flags = 8, entry = 9
@@ -15,10 +21,10 @@ struct InitialStack {
         case secure = 23, random = 25, hwcap2 = 26, execfn = 31
     }
 
-    /// Writes the stack below `top`; returns the initial stack pointer and where the
-    /// AT_RANDOM bytes went (16-byte aligned).
+    /// Writes the stack below `top`; returns the initial stack pointer, where the AT_RANDOM
+    /// bytes went (16-byte aligned) and where the envp array is.
     func write(into space: AddressSpace, top: UInt64, program: LoadedProgram,
-               identity: GuestIdentity) throws(GuestError) -> (stackPointer: UInt64, randomBytes: UInt64) {
+               identity: GuestIdentity) throws(GuestError) -> (stackPointer: UInt64, randomBytes: UInt64, environment: UInt64) {
         var cursor = top
         func push(_ bytes: [UInt8]) throws(GuestError) -> UInt64 {
             cursor -= UInt64(bytes.count)
@@ -31,12 +37,19 @@ struct InitialStack {
         let random = try push(randomBytes)
         var environmentPointers: [UInt64] = []
         for variable in environment.reversed() { environmentPointers.insert(try push(variable + [0]), at: 0) }
+        if let slots = environmentSlots {
+            guard environment.count < slots else {
+                throw .invalidExecutable("the parent's environment has \(environment.count) variables; a main fork point holds at most \(slots - 1)")
+            }
+            let empty = try push([0])
+            environmentPointers += Array(repeating: empty, count: slots - 1 - environment.count)
+        }
         var argumentPointers: [UInt64] = []
         for argument in arguments.reversed() { argumentPointers.insert(try push(argument + [0]), at: 0) }
 
         let auxiliary: [(Aux, UInt64)] = [
             (.phdr, program.programHeaderAddress), (.phent, UInt64(program.programHeaderSize)),
-            (.phnum, UInt64(program.programHeaderCount)), (.pagesz, AddressSpace.pageSize), (.base, 0), (.flags, 0),
+            (.phnum, UInt64(program.programHeaderCount)), (.pagesz, AddressSpace.pageSize), (.base, interpreterBase), (.flags, 0),
             (.entry, program.entry), (.uid, UInt64(identity.uid)), (.euid, UInt64(identity.uid)),
             (.gid, UInt64(identity.gid)), (.egid, UInt64(identity.gid)), (.platform, platform),
             (.hwcap, hardwareCapabilities), (.clktck, 100), (.secure, 0), (.random, random), (.hwcap2, 0),
@@ -48,6 +61,6 @@ struct InitialStack {
         cursor = (cursor - UInt64(words.count * 8)) & ~15
         let bytes = words.withUnsafeBytes { Array($0) }
         guard space.write(cursor, bytes) else { throw .invalidExecutable("initial stack does not fit") }
-        return (cursor, random)
+        return (cursor, random, cursor + UInt64(8 * (1 + arguments.count + 1)))
     }
 }

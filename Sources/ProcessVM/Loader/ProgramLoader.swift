@@ -18,10 +18,14 @@ enum ProgramLoader {
     /// Static-PIE programs are placed where Linux would put a PIE without randomisation.
     static let positionIndependentBase: UInt64 = 0x5555_5555_4000
 
+    /// Where a dynamically linked program's interpreter (ld.so) is placed: below the mmap
+    /// area's top, as Linux puts it near the top of the address space; mmaps go below it.
+    static let interpreterBase: UInt64 = 0x7FFF_E000_0000
+
     /// Maps the segments of `image`, whose bytes are read from `file`, the executable's
-    /// host descriptor.
-    static func load(_ image: ELFImage, from file: Int32, into space: AddressSpace) throws(GuestError) -> LoadedProgram {
-        let bias = image.kind == .positionIndependent ? positionIndependentBase : 0
+    /// host descriptor; a position-independent image at `base` (the PIE default if nil).
+    static func load(_ image: ELFImage, from file: Int32, into space: AddressSpace, base: UInt64? = nil) throws(GuestError) -> LoadedProgram {
+        let bias = image.kind == .positionIndependent ? (base ?? positionIndependentBase) : 0
         let runs = try pageRuns(of: image.segments, bias: bias)
         for run in runs {
             try space.mapAnonymous(at: run.pages.lowerBound, length: UInt64(run.pages.count), run.permissions)

@@ -30,6 +30,10 @@ enum SyscallStub {
         static let arguments: UInt64 = 16
         static let savedRCX: UInt64 = 64
         static let result: UInt64 = 72
+        /// Bumped by the poller at each turn of its loop while it watches this VM.
+        static let heartbeat: UInt64 = 80
+        /// The heartbeat the stub last saw (the stub's own scratch word).
+        static let seenHeartbeat: UInt64 = 84
     }
 
     /// Spins of `pause` before the stub stops waiting for the poller and exits (roughly
@@ -37,6 +41,12 @@ enum SyscallStub {
     /// is still waking (1,500 cost fork → echo ~15 µs at p50); longer wastes more of the
     /// guest's time when the poller has no core (2 cores, a refill running).
     static let spinBudget: UInt32 = 4000
+    /// Spins between two looks at the poller's heartbeat: when it has not moved meanwhile,
+    /// the poller is off its core (another thread took it) or serving a long call, and the
+    /// stub takes the exit path at once instead of spinning out its budget. 64 `pause`s are
+    /// 1-10 µs by CPU, a few turns of the poller's loop, and well under the cost of an exit
+    /// on machines where exits are dear (20-60 µs).
+    static let heartbeatInterval: UInt32 = 64
 
     /// The assembled code and the offset of its exiting `out` (a stopped parent's RIP).
     static let (code, exitOffset): ([UInt8], Int) = assemble()
@@ -69,6 +79,8 @@ enum SyscallStub {
         ] // rax, rdi, rsi, rdx, r10, r8, r9
         for (index, store) in stores.enumerated() { a.emit(store + a.le(at(Offset.number + UInt64(index * 8)))) }
         a.emit([0x48, 0x89, 0x0C, 0x25] + a.le(at(Offset.savedRCX))) // mov [savedRCX], rcx
+        a.emit([0x8B, 0x04, 0x25] + a.le(at(Offset.heartbeat))) // mov eax, [heartbeat]
+        a.emit([0x89, 0x04, 0x25] + a.le(at(Offset.seenHeartbeat))) // mov [seenHeartbeat], eax
         a.emit([0xC7, 0x04, 0x25] + a.le(at(Offset.state)) + a.le(State.posted.rawValue)) // mov dword [state], posted
         a.emit([0xB9] + a.le(spinBudget)) // mov ecx, budget
         a.label("spin")
@@ -76,6 +88,14 @@ enum SyscallStub {
         // The poller stopped watching this VM: it may never come.
         a.emit([0x83, 0x3C, 0x25] + a.le(at(Offset.pollerActive)) + [0x00]) // cmp dword [pollerActive], 0
         a.jump(.equal, to: "giveUp")
+        // Every `heartbeatInterval` spins: has the poller turned its loop since the last look?
+        a.emit([0xF7, 0xC1] + a.le(heartbeatInterval - 1)) // test ecx, interval - 1
+        a.jump(.notEqual, to: "count")
+        a.emit([0x8B, 0x04, 0x25] + a.le(at(Offset.heartbeat))) // mov eax, [heartbeat]
+        a.emit([0x3B, 0x04, 0x25] + a.le(at(Offset.seenHeartbeat))) // cmp eax, [seenHeartbeat]
+        a.jump(.equal, to: "giveUp")
+        a.emit([0x89, 0x04, 0x25] + a.le(at(Offset.seenHeartbeat))) // mov [seenHeartbeat], eax
+        a.label("count")
         a.emit([0xFF, 0xC9]) // dec ecx
         a.jump(.notEqual, to: "spin")
         // Out of patience: withdraw the post unless the poller has taken it.

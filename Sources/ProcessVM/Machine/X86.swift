@@ -49,6 +49,10 @@ enum X86 {
     /// XCR0: x87, SSE and AVX state.
     static let xcr0X87SSEAVX: UInt64 = 0b111
 
+    /// #BP, raised by `int3` (0xCC), with the address after it in the frame.
+    static let breakpointVector: UInt8 = 3
+    static let int3: UInt8 = 0xCC
+
     /// Exceptions that push an error code on the stack.
     static let vectorsWithErrorCode: Set<UInt8> = [8, 10, 11, 12, 13, 14, 17, 21, 29, 30]
 }

@@ -10,6 +10,12 @@ extension ProcessVM {
     static let pathMax: UInt64 = 4096
 
     static let fileSyscalls: [(Int, SyscallHandler)] = [
+        // getxattr, lgetxattr, fgetxattr, listxattr, llistxattr, flistxattr: the rootfs
+        // offers no extended attributes, as a filesystem without them answers.
+        (191, { _, _ in .error(.EOPNOTSUPP) }), (192, { _, _ in .error(.EOPNOTSUPP) }), (193, { _, _ in .error(.EOPNOTSUPP) }),
+        (194, { _, _ in .error(.EOPNOTSUPP) }), (195, { _, _ in .error(.EOPNOTSUPP) }), (196, { _, _ in .error(.EOPNOTSUPP) }),
+        // fadvise64: advice only; a descriptor that is not open is still refused.
+        (221, { vm, c in vm.files.hostDescriptor(of: c.int(c.a0)) == nil ? .error(.EBADF) : .success }),
         (0, { vm, c in vm.readIntoGuest(c.int(c.a0), c.a1, c.a2) }),
         (1, { vm, c in vm.writeFromGuest(c.int(c.a0), c.a1, c.a2) }),
         (2, { vm, c in vm.withPath(c.a0) { .int(vm.files.openat(dirfd: atCurrentDirectory, path: $0, flags: c.int(c.a1), mode: UInt32(truncatingIfNeeded: c.a2))) } }),

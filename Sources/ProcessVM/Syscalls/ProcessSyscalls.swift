@@ -32,7 +32,11 @@ extension ProcessVM {
         (158, { vm, c in vm.archPrctl(c) }),
         (186, { vm, _ in .int(Int(vm.identity.pid)) }),
         (204, { vm, c in vm.schedGetAffinity(c) }),
-        (218, { vm, _ in .int(Int(vm.identity.pid)) }), // set_tid_address: one thread, tid = pid
+        // set_tid_address: one thread, tid = pid; the address is kept for fork children.
+        (218, { vm, c in
+            vm.threadIDAddress = c.a0
+            return .int(Int(vm.identity.pid))
+        }),
         (273, { _, _ in .success }), // set_robust_list: one thread, nothing to clean at exit
         (302, { vm, c in vm.prlimit(c) }),
         (318, { vm, c in vm.getrandom(c) }),

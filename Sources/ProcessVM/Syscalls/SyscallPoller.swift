@@ -61,6 +61,15 @@ final class SyscallPoller: @unchecked Sendable {
     private var started = false
     /// Until when polling is off because the host has no core to spare for it.
     private var backingOffUntil: ContinuousClock.Instant?
+    /// Calls served without an exit, and how often polling went off for want of a core.
+    private let callsServed = Atomic<Int>(0)
+    private let backOffs = Atomic<Int>(0)
+
+    /// The poller's figures so far, for the engine's metrics.
+    var statistics: SystemCallPollerStatistics {
+        SystemCallPollerStatistics(callsServed: callsServed.load(ordering: .relaxed), backOffs: backOffs.load(ordering: .relaxed),
+                                   watchedVMs: condition.withLock { watched.count })
+    }
 
     /// Watches `vm`, whose mailbox page is `mailbox`, and turns its stub to polling, unless
     /// the poller backs off (the stub then keeps exiting). Called by the vCPU thread when the
@@ -138,6 +147,8 @@ final class SyscallPoller: @unchecked Sendable {
         var lastServed = ContinuousClock.now
         var lastBusy = ContinuousClock.now
         var lastTurn = ContinuousClock.now
+        /// Bumped at each turn while VMs are watched, and written to their mailboxes.
+        var heartbeat: UInt32 = 0
         while true {
             // The set is copied only when it changed: the lock is not taken at each turn,
             // where it would starve a thread starting a VM.
@@ -173,11 +184,15 @@ final class SyscallPoller: @unchecked Sendable {
             let now = ContinuousClock.now
             lastBusy = now
             var served = false
+            heartbeat &+= 1
             for index in current.indices {
+                // A stub spinning on this mailbox sees the poller is on its core.
+                cshims_atomic_store_u32((current[index].mailbox + Int(SyscallStub.Offset.heartbeat)).assumingMemoryBound(to: UInt32.self), heartbeat)
                 let state = cshims_atomic_load_u32(current[index].mailbox.assumingMemoryBound(to: UInt32.self))
                 if state == SyscallStub.State.posted.rawValue, current[index].vm.servePostedSystemCall() {
                     current[index].lastPosted = now
                     served = true
+                    callsServed.add(1, ordering: .relaxed)
                 } else if now - current[index].lastPosted > Self.dormantAfter {
                     stopWatching(current[index])
                 }
@@ -188,6 +203,7 @@ final class SyscallPoller: @unchecked Sendable {
                 // call costing more than an exit. Polling stays off for a while. (With as
                 // many busy VMs as cores, losing the core is expected, and whichever vCPU
                 // runs is still served in microseconds.)
+                backOffs.add(1, ordering: .relaxed)
                 stopWatchingAll(&current, until: now + Self.backOff)
             } else if served {
                 lastServed = now
@@ -329,4 +345,17 @@ extension ProcessVM {
         cshims_atomic_store_u32(state, SyscallStub.State.done.rawValue)
         return true
     }
+}
+
+/// What the system-call poller has done since the engine started.
+public struct SystemCallPollerStatistics: Sendable, Equatable {
+    /// Calls served from a VM's mailbox, without a VM exit.
+    public let callsServed: Int
+    /// Times polling went off because the poller lost its core (every call then exits).
+    public let backOffs: Int
+    /// VMs watched now.
+    public let watchedVMs: Int
+
+    /// The poller's figures now.
+    public static func current() -> SystemCallPollerStatistics { SyscallPoller.shared.statistics }
 }

@@ -33,6 +33,7 @@ enum LinuxErrno: Int32, Error {
     case EPERM = 1, ENOENT = 2, ESRCH = 3, EINTR = 4, EIO = 5, EBADF = 9, EAGAIN = 11, ENOMEM = 12, EACCES = 13
     case EFAULT = 14, EEXIST = 17, ENOTDIR = 20, EISDIR = 21, EINVAL = 22, EMFILE = 24, ENOTTY = 25
     case ESPIPE = 29, EROFS = 30, ERANGE = 34, ENAMETOOLONG = 36, ENOSYS = 38, ELOOP = 40, ENODEV = 19
+    case EOPNOTSUPP = 95
 }
 
 typealias SyscallHandler = @Sendable (ProcessVM, SystemCall) -> SyscallOutcome
