@@ -1,5 +1,5 @@
 # The two commands: `make run` (the main job) and `make test`. Both set up what they need.
-.PHONY: setup build run test bench bench-disk doctor clean
+.PHONY: setup build run test bench bench-disk bench-load doctor clean
 
 SWIFT_BUILD_FLAGS ?=
 
@@ -27,6 +27,10 @@ bench: build
 ## Disk I/O side by side: our VMDK path, qemu-img bench, fio on raw (medians, one table).
 bench-disk: build
 	bash scripts/bench-disk.sh
+
+## Load runs: each runner's highest launch rate with p99 fork → exit under 5 ms (vmfork, native, runc).
+bench-load: build
+	bash scripts/load-sweep.sh
 
 clean:
 	rm -rf .build Benchmarks/.build

@@ -35,6 +35,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.80.0"),
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.0.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
+        // Load runs: latency histograms (#18).
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
     ],
     targets: [
         // The one C target: kernel and library interfaces Swift cannot import directly.
@@ -81,6 +83,16 @@ let package = Package(
             resources: [.copy("openapi.json")],
             swiftSettings: strictSettings
         ),
+        // Load runs: a workload profile's launch mix against a running host agent, and its reports (#18).
+        .target(
+            name: "Load",
+            dependencies: [
+                "API", "Engine", "Placement", "WorkloadProfiles",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSettings
+        ),
         // The Virtual Container Host: the Docker Engine API (NIO HTTP/1.1 with the attach
         // upgrade), backed by the host agent's API through its client, one resource pool each.
         .target(
@@ -98,7 +110,7 @@ let package = Package(
             name: "vmfork",
             dependencies: [
                 "Capabilities", "ProcessVM", "Fork", "Disk", "Placement", "Store", "WorkloadProfiles", "HostSystem",
-                "Engine", "API", "VCH", .product(name: "Logging", package: "swift-log"),
+                "Engine", "API", "Load", "VCH", .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings
@@ -116,7 +128,8 @@ let package = Package(
         .testTarget(name: "WorkloadProfilesTests", dependencies: ["WorkloadProfiles", "TestSupport"], swiftSettings: strictSettings),
         .testTarget(name: "PlacementTests", dependencies: ["Placement", "Store", "WorkloadProfiles", "TestSupport", "vmfork"], swiftSettings: strictSettings),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "Fork", "Store", "TestSupport", .product(name: "GRDB", package: "GRDB.swift"), .product(name: "Metrics", package: "swift-metrics")], swiftSettings: strictSettings),
-        .testTarget(name: "APITests", dependencies: ["API", "Engine", "TestSupport", "vmfork"], swiftSettings: strictSettings),
+        .testTarget(name: "APITests", dependencies: ["API", "Engine", "Load", "WorkloadProfiles", "TestSupport", "vmfork"], swiftSettings: strictSettings),
+        .testTarget(name: "LoadTests", dependencies: ["Load", "API", "WorkloadProfiles"], swiftSettings: strictSettings),
         .testTarget(name: "VCHTests", dependencies: ["VCH", "API", "Engine", "TestSupport", "vmfork"], swiftSettings: strictSettings),
         .testTarget(name: "StoreTests", dependencies: ["Store", "TestSupport"], swiftSettings: strictSettings),
         .testTarget(name: "ImagesTests", dependencies: ["Images", "Engine", "API", "TestSupport", .product(name: "Logging", package: "swift-log"), .product(name: "Metrics", package: "swift-metrics")], swiftSettings: strictSettings),

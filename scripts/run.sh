@@ -84,6 +84,10 @@ for i in $(seq 20); do "$vmfork" container run busybox --state "$agent" -- echo 
 curl -s --unix-socket "$sock" -X POST http://localhost/v1/containers -d '{"image":"busybox","colour":"red"}'; echo
 curl -s --unix-socket "$sock" http://localhost/metrics | grep -E '^vmfork_(forks_total|fork_duration_seconds_count|pool_ready_vms|containers_live|memory_parent_bytes)'
 "$vmfork" events --state "$agent" | tail -8
+echo "== a load run through the daemon: Profiles/busybox-load.yaml at 50 launches/s for 3 s, beside runc and native posix_spawn (charts: $state/load.svg)"
+"$vmfork" load Profiles/busybox-load.yaml --state "$agent" --rate 50 --duration 3 --time-scale 0.1 --peer native --peer runc --quiet \
+    --json "$state/load.json" --svg "$state/load.svg"
+"$vmfork" capacity --profile Profiles/busybox-load.yaml --measured "$state/load.json" | head -3
 kill -TERM "$daemon" && wait "$daemon" && echo "daemon stopped on SIGTERM with status 0"
 trap - EXIT
 

@@ -11,6 +11,7 @@ packages=(
   fio              # the raw-file I/O baseline in the disk benchmark
   zlib1g-dev       # deflate for streamOptimized VMDK grains
   util-linux       # setpriv, for the unprivileged capability tests
+  runc             # the OCI runtime peer of load runs (vmfork load --peer runc)
   docker-registry  # a real OCI registry on loopback for the image pull tests and demo
   skopeo           # pushes the test images into it; the pull benchmark's peer
   umoci            # builds the test images (OCI layouts); the unpack benchmark's peer

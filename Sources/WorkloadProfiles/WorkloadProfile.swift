@@ -62,6 +62,15 @@ public struct WorkloadProfile: Codable, Equatable, Sendable {
     public struct LaunchMix: Codable, Equatable, Sendable {
         public var launchesPerSecond: Double
         public var entries: [Entry]
+        /// How launches arrive (load runs): `constant` (evenly spaced, the default), `poisson`
+        /// (exponential gaps) or `burst` (`burstSize` at once, the bursts at the mean rate).
+        public var arrival: String?
+        public var burstSize: Int?
+        /// The rate climbs linearly from zero to `launchesPerSecond` over this long (load runs).
+        public var rampUpSeconds: Double?
+        /// How long a load run offers launches (ramp-up included); the command line may bound it further.
+        public var durationSeconds: Double?
+
         public struct Entry: Codable, Equatable, Sendable {
             public var image: String
             public var pool: String
@@ -70,6 +79,11 @@ public struct WorkloadProfile: Codable, Equatable, Sendable {
             /// How long a container of this entry runs; nil means it runs until released,
             /// so its pool only fills up.
             public var lifetimeSeconds: Double?
+            /// The whole standard input a container of this entry reads (load runs).
+            public var stdin: String?
+            /// The exit status a container that ends within its lifetime must have (load runs;
+            /// nil: 0). One removed at the end of its lifetime while still running is not checked.
+            public var expectedExitStatus: Int?
         }
     }
 }
@@ -149,6 +163,8 @@ extension WorkloadProfile {
             if let lifetime = entry.lifetimeSeconds, !(lifetime > 0) { throw fail("launch mix: lifetimeSeconds of \(entry.image) must be positive") }
         }
         guard launchMix.launchesPerSecond >= 0 else { throw fail("launch mix: launchesPerSecond is negative") }
+        try validateArrival(launchMix, fail)
+
     }
 
     /// The first chain of parents that leads back to where it started, if any.

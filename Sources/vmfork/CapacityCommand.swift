@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Load
 import Placement
 import WorkloadProfiles
 
@@ -22,9 +23,16 @@ struct CapacityCommand: ParsableCommand {
     @Flag(help: "Print JSON instead of tables.") var json = false
     @Option(help: "Also write the report as an SVG chart to this file.") var svg: String?
     @Option(help: "Report on this state folder instead of a fresh copy of the profile's fleet.") var state: String?
+    @Option(help: "A load run's JSON (vmfork load --json): use its measured memory and CPU per child instead of the profile's.") var measured: String?
 
     func run() throws {
-        let loaded = try profile.map { try WorkloadProfile.load(path: $0) }
+        var loaded = try profile.map { try WorkloadProfile.load(path: $0) }
+        var figures: MeasuredFigures?
+        if let measured {
+            guard let original = loaded else { throw CLIError("--measured needs --profile: the run's figures replace that profile's") }
+            figures = try MeasuredFigures(report: try LoadReport.load(path: measured), reportPath: measured, profile: original)
+            loaded = figures?.profile
+        }
         let chosen = images.isEmpty ? nil : images
         let report: CapacityReport
         if let loaded, state == nil {
@@ -39,7 +47,14 @@ struct CapacityCommand: ParsableCommand {
         if let svg {
             try report.renderSVG().write(toFile: svg, atomically: true, encoding: .utf8)
         }
-        print(json ? try report.renderJSON() : report.renderText())
+        if json, let figures {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+            print(String(decoding: try encoder.encode(MeasuredCapacity(figures: figures.figures, report: report)), as: UTF8.self))
+        } else {
+            if let figures { print(figures.renderText() + "\n") }
+            print(json ? try report.renderJSON() : report.renderText())
+        }
     }
 
     /// Places `count` forks, cycling through the launch mix in proportion to its weights,
@@ -68,4 +83,10 @@ extension StateOptions {
         self.init()
         self.state = state
     }
+}
+
+/// `capacity --measured --json`: the figures used, with where each came from, beside the report.
+struct MeasuredCapacity: Encodable {
+    let figures: [MeasuredFigures.Figure]
+    let report: CapacityReport
 }

@@ -12,6 +12,7 @@ struct VMForkCommand: AsyncParsableCommand {
             PoolCommand.self, HostCommand.self, ImageCommand.self, FleetCommand.self,
             PlaceCommand.self, CommitCommand.self, ReleaseCommand.self, CapacityCommand.self,
             ServeCommand.self, ContainerCommand.self, ParentCommand.self, EventsCommand.self,
+            LoadCommand.self,
             VCHCommand.self,
         ]
     )

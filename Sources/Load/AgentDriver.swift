@@ -1,0 +1,113 @@
+import API
+import Engine
+import Foundation
+import Synchronization
+import WorkloadProfiles
+
+/// Launches through the host agent: create (charged to the entry's pool with `placement`),
+/// start, follow the output for its first bytes, wait, keep it for its lifetime, remove. A
+/// container still running when its lifetime ends is killed and removed then.
+final class AgentDriver: LaunchDriver {
+    struct Launch: Sendable {
+        let spec: ContainerSpec
+        let lifetime: Duration?
+        let expectedExitStatus: Int
+    }
+
+    let client: AgentClient
+    let launches: [Launch]
+    let firstOutput: Bool
+    let runLabel: String
+    private let released = Atomic<Bool>(false)
+
+    init(client: AgentClient, launches: [Launch], firstOutput: Bool, runLabel: String) {
+        self.client = client
+        self.launches = launches
+        self.firstOutput = firstOutput
+        self.runLabel = runLabel
+    }
+
+    enum Phase { case running, exited, lifetimeOver }
+
+    func launch(_ arrival: LoadSchedule.Arrival, due: ContinuousClock.Instant, recorder: LoadRecorder) {
+        let launch = launches[arrival.entry]
+        recorder.launched(due: due)
+        func fail(_ kind: LoadErrorKind, _ message: String) { recorder.failed(kind, message, at: .now) }
+        func refusal(_ response: AgentClient.Response) -> (LoadErrorKind, String) {
+            let field = (try? JSONSerialization.jsonObject(with: response.body) as? [String: Any])?["field"] as? String
+            return (LoadErrorKind.of(status: response.status, field: field, message: response.errorMessage), "\(response.status): \(response.errorMessage)")
+        }
+        let id: String
+        do {
+            let created = try client.send("POST", "/v1/containers", json: launch.spec)
+            guard created.status == 201 else { return fail(refusal(created).0, "create: " + refusal(created).1) }
+            id = try created.decode(ContainerInfo.self).id
+            let started = try client.send("POST", "/v1/containers/\(id)/start")
+            guard started.status == 200 else {
+                _ = try? client.send("DELETE", "/v1/containers/\(id)?force=true")
+                return fail(refusal(started).0, "start: " + refusal(started).1)
+            }
+        } catch {
+            return fail(.transport, "\(error)")
+        }
+        recorder.running(due: due, at: .now)
+        if firstOutput {
+            let client = self.client
+            LaunchLoop.spawn {
+                _ = try? client.stream("GET", "/v1/containers/\(id)/logs?follow=true") { chunk in
+                    guard !chunk.isEmpty else { return true }
+                    recorder.firstOutput(due: due, at: .now)
+                    return false
+                }
+            }
+        }
+        let phase = Locked(Phase.running)
+        let lifetimeEnd = launch.lifetime.map { due + $0 }
+        if let lifetimeEnd {
+            let client = self.client
+            let left = lifetimeEnd - .now
+            DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(max(0, left / .nanoseconds(1))))) {
+                let over = phase.withLock { phase -> Bool in
+                    guard phase == .running else { return false }
+                    phase = .lifetimeOver
+                    return true
+                }
+                if over { _ = try? client.send("POST", "/v1/containers/\(id)/kill?signal=9") }
+            }
+        }
+        do {
+            let waited = try client.send("POST", "/v1/containers/\(id)/wait")
+            let exitTime = ContinuousClock.now
+            guard waited.status == 200 else {
+                _ = try? client.send("DELETE", "/v1/containers/\(id)?force=true")
+                return fail(refusal(waited).0, "wait: " + refusal(waited).1)
+            }
+            let exit = try waited.decode(ExitInfo.self)
+            let ended = phase.withLock { phase -> Phase in
+                if phase == .running { phase = .exited }
+                return phase
+            }
+            if ended == .exited && !released.load(ordering: .relaxed) {
+                recorder.exited(due: due, at: exitTime)
+                if exit.exitCode != launch.expectedExitStatus {
+                    _ = try? client.send("DELETE", "/v1/containers/\(id)")
+                    return fail(.unexpectedExit, "exit \(exit.exitCode) (\(exit.reason)), expected \(launch.expectedExitStatus)")
+                }
+                // Kept for the rest of its lifetime, then removed.
+                if let lifetimeEnd { LaunchLoop.sleep(until: lifetimeEnd) }
+            }
+            let removed = try client.send("DELETE", "/v1/containers/\(id)")
+            guard removed.status == 204 else { return fail(refusal(removed).0, "remove: " + refusal(removed).1) }
+            recorder.finished(at: .now)
+        } catch {
+            fail(.transport, "\(error)")
+        }
+    }
+
+    func releaseAll() {
+        released.store(true, ordering: .relaxed)
+        guard let response = try? client.send("GET", "/v1/containers?label=vmfork.load.run=\(runLabel)&state=running"),
+              let running = try? response.decode([ContainerInfo].self) else { return }
+        for container in running { _ = try? client.send("POST", "/v1/containers/\(container.id)/kill?signal=9") }
+    }
+}

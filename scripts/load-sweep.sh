@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The highest launch rate each runner sustains with p99 fork → exit under a bound (README,
+# "Load runs"): `vmfork load` open-loop at rising rates of Profiles/busybox-echo.yaml, for
+# vmfork through a fresh host agent, for runc and for native posix_spawn. A rate counts as
+# sustained when every launch finished, the last within half a second of the schedule's end
+# (no backlog), and p99 from due to exit is under the bound. Prints one line per step and the verdicts; keeps
+# each step's JSON and SVG under $out.
+#   scripts/load-sweep.sh                      # all three, default rates
+#   SIDES="runc" RUNC_RATES="5 10 20" scripts/load-sweep.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+vmfork=${VMFORK_BIN:-.build/release/vmfork}
+out=${OUT:-/tmp/vmfork-load-sweep}
+bound_us=${BOUND_US:-5000}
+seconds=${SECONDS_PER_STEP:-5}
+sides=${SIDES:-vmfork native runc}
+rates_vmfork=${VMFORK_RATES:-50 100 150 200 300 400 500 600 800}
+rates_native=${NATIVE_RATES:-50 100 200 300 400 600 800 1000 1500}
+rates_runc=${RUNC_RATES:-2 4 6 8 10 15 20 30}
+profile=${PROFILE:-Profiles/busybox-echo.yaml}
+# 0: each container removed as soon as it has ended (docker run --rm); 1: kept its profile lifetime.
+time_scale=${TIME_SCALE:-0}
+mkdir -p "$out"
+rootfs="$out/rootfs"
+mkdir -p "$rootfs/bin" "$rootfs/etc"
+cp /bin/busybox "$rootfs/bin/busybox"
+state="$out/agent"
+rm -rf "$state"
+"$vmfork" serve --state "$state" --stop-grace 2 2> "$out/agent.log" &
+daemon=$!
+trap 'kill -TERM $daemon 2>/dev/null || true; wait $daemon 2>/dev/null || true' EXIT
+for _ in $(seq 100); do [ -S "$state/vmfork.sock" ] && break; sleep 0.1; done
+"$vmfork" image add busybox --rootfs "$(realpath "$rootfs")" --executable /bin/busybox --env PATH=/bin --state "$state" > /dev/null
+echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+"$vmfork" doctor 2>/dev/null | grep '^costs' || true
+
+for side in $sides; do
+  var="rates_$side"
+  best=""
+  for rate in ${!var}; do
+    json="$out/$side-$rate.json"
+    if [ "$side" = vmfork ]; then extra=(--ready-vms 32); else extra=(--peer "$side" --peers-only); fi
+    "$vmfork" load "$profile" --state "$state" --rate "$rate" --duration "$seconds" --ramp-up 0.5 --time-scale "$time_scale" --quiet \
+      "${extra[@]}" --json "$json" --svg "$out/$side-$rate.svg" > /dev/null 2> "$out/$side-$rate.log" \
+      || { echo "$side at $rate/s: vmfork load failed: $(tail -1 "$out/$side-$rate.log")"; break; }
+    verdict=$(python3 - "$json" "$bound_us" <<'PY'
+import json, sys
+report = json.load(open(sys.argv[1])); side = report["sides"][0]; bound = float(sys.argv[2])
+rate = report["offeredPerSecond"]
+# Sustained: every launch finished, none left to drain half a second after the last was due, p99 under the bound.
+ok = side["failed"] == 0 and side["finished"] == side["launched"] and side["exit"]["p99"] < bound \
+     and side["elapsedSeconds"] <= report["durationSeconds"] + 0.5
+engine = side.get("engine") or {}
+mem = engine.get("privatePerChildBytes")
+cpu = engine.get("cpuMicrosPerLaunch")
+print("%s %-6s %6.0f/s offered  %7.1f/s achieved  exit p50 %6.0f µs  p99 %7.0f µs  failed %d%s%s  load %.2f" % (
+    "ok  " if ok else "over", side["name"], rate, side["achievedPerSecond"], side["exit"]["p50"], side["exit"]["p99"], side["failed"],
+    "  private %.0f KiB/container" % (mem / 1024) if mem else "", "  engine CPU %.0f µs/launch" % cpu if cpu else "",
+    report.get("loadAverageBefore") or 0))
+PY
+)
+    echo "$verdict"
+    case "$verdict" in ok*) best=$rate ;; *) break ;; esac
+  done
+  echo "== $side: highest sustained rate with p99 fork → exit under ${bound_us} µs: ${best:-none of the rates tried}"
+done
