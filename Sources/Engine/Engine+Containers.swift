@@ -185,19 +185,25 @@ extension Engine {
 
     /// Starts the container's program on a thread of its own (its vCPU's).
     public func startContainer(_ idOrName: String, by actor: String) async throws -> ContainerInfo {
-        try await audited("container.start", subject: idOrName, actor: actor, subjectOf: { $0.id }) {
+        do {
             try ensureAccepting()
             let container = try container(idOrName)
-            try start(container)
+            try start(container, by: actor)
             return container.info
+        } catch {
+            record("container.start", subject: idOrName, actor: actor, result: "\(error)")
+            throw error
         }
     }
 
-    func start(_ container: ManagedContainer) throws {
+    /// Starts the container's program on a runner thread. Its start event is queued before
+    /// the program runs, so that the log has it before the exit of a program that ends at once.
+    func start(_ container: ManagedContainer, by actor: String) throws {
         guard let vm = container.markRunning(at: Date().timeIntervalSince1970) else {
             throw EngineError(.conflict, "container \(container.id) is \(container.info.state.rawValue), not created")
         }
         writer.enqueue { $0.containers.append(ContainerRow(info: container.info)) }
+        record("container.start", subject: container.id, actor: actor)
         runners.run { [self] in runToEnd(container, vm) }
     }
 
