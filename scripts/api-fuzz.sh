@@ -47,11 +47,12 @@ curl -sf --unix-socket "$state/state/vmfork.sock" -X POST http://localhost/v1/im
     --header "Authorization: Bearer $token" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,negative_data_rejection \
     --exclude-operation-id events --exclude-operation-id waitContainer \
-    --max-time "$seconds" --request-timeout 10 --workers 1 \
+    --max-time "$seconds" --request-timeout 10 --workers 1 ${VMFORK_FUZZ_SEED:+--seed "$VMFORK_FUZZ_SEED"} \
     --suppress-health-check all --no-color)
 status=$?
-if grep -q "panic\|Fatal error" "$state/daemon.log"; then
-    echo "api-fuzz: the daemon crashed:"; tail -20 "$state/daemon.log"; status=1
+if ! kill -0 "$daemon" 2>/dev/null || grep -q "panic\|Fatal error" "$state/daemon.log"; then
+    # The runtime's own message first (a trap's reason), then the end of the log.
+    echo "api-fuzz: the daemon crashed:"; grep -m5 -B2 -A8 "Fatal error\|panic\|Crash" "$state/daemon.log"; tail -20 "$state/daemon.log"; status=1
 fi
 echo "api-fuzz: schemathesis exit status $status"
 exit $status

@@ -84,6 +84,7 @@ struct AgentRoutes: Sendable {
             }
             let labels = request.uri.queryParameters.getAll("label").map { String($0) }
             if labels.contains(where: { $0.unicodeScalars.count > 1200 }) { throw APIError.invalid("a label filter is over 1200 characters", field: "label") }
+            if labels.contains(where: { $0.isEmpty || $0.hasPrefix("=") }) { throw APIError.invalid("a label filter is KEY or KEY=VALUE with a key", field: "label") }
             return try json(engine.containers(ContainerFilter(state: state, image: try request.string("image", maxLength: 128), labels: labels)))
         }
         on(.post, "/v1/containers") { request, context in

@@ -222,8 +222,9 @@ public struct ContainerFilter: Sendable {
         if let state, info.state != state { return false }
         if let image, info.image != image { return false }
         for label in labels {
-            let parts = label.split(separator: "=", maxSplits: 1).map(String.init)
-            guard let value = info.labels[parts[0]] else { return false }
+            // "KEY" or "KEY=VALUE" (VALUE may be empty); an empty key matches nothing.
+            let parts = label.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+            guard let key = parts.first, !key.isEmpty, let value = info.labels[key] else { return false }
             if parts.count == 2, value != parts[1] { return false }
         }
         return true

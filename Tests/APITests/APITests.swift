@@ -287,6 +287,12 @@ struct DaemonTests {
         #expect(try client.send("GET", "/v1/containers?label=role=reader").decode([ContainerInfo].self).map(\.name) == ["reader"])
         #expect(try client.send("GET", "/v1/containers?label=role=writer").decode([ContainerInfo].self).isEmpty)
         #expect(try client.send("GET", "/v1/containers?state=exited&label=role").decode([ContainerInfo].self).count == 1)
+        // A label filter without a key is refused by name (it once crashed the daemon when a
+        // container was there to match).
+        for empty in ["", "=reader"] {
+            let refused = try client.send("GET", "/v1/containers?label=\(empty)")
+            #expect(refused.status == 400 && refused.text.contains("label"), "label=\(empty): \(refused.text)")
+        }
         #expect(try client.send("POST", "/v1/containers/reader/kill?signal=15").status == 409)
         let id = try client.send("GET", "/v1/containers/reader").decode(ContainerInfo.self).id
         let deadline = Date().addingTimeInterval(10)
