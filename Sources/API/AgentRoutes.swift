@@ -314,15 +314,15 @@ struct VersionBody: Codable {
     let kvmMessage: String?
 }
 
-/// An event as the API shows it (its id always present).
-struct EventBody: Codable {
-    let id: Int64
-    let time: Double
-    let actor: String
-    let type: String
-    let subject: String
-    let result: String
-    let detail: String
+/// An event as the API shows it (its id always present); its clients (the VCH) decode it too.
+public struct EventBody: Codable, Sendable {
+    public let id: Int64
+    public let time: Double
+    public let actor: String
+    public let type: String
+    public let subject: String
+    public let result: String
+    public let detail: String
 
     init(_ row: EventRow) {
         id = row.id ?? 0

@@ -1,3 +1,4 @@
+import API
 import Engine
 import Foundation
 import Synchronization
@@ -13,16 +14,8 @@ final class EventTranslator: Sendable {
         let labels: [String: String]
     }
 
-    /// The agent's event (GET /v1/events).
-    struct AgentEvent: Decodable {
-        let id: Int64
-        let time: Double
-        let actor: String
-        let type: String
-        let subject: String
-        let result: String
-        let detail: String
-    }
+    /// The agent's event (GET /v1/events), as its API shows it.
+    typealias AgentEvent = EventBody
 
     let owner: String
     private let known = Mutex<[String: Known]>([:])
