@@ -1,4 +1,5 @@
 import Foundation
+import Placement
 
 extension LoadReport {
     private enum Palette {
@@ -148,15 +149,10 @@ extension LoadReport {
         value >= 10 || value == 0 ? String(Int(value.rounded())) : value >= 1 ? String(format: "%.1f", value) : String(format: "%g", value)
     }
 
-    private var font: String { "DejaVu Sans, Helvetica, Arial, sans-serif" }
-
-    private func f(_ value: Double) -> String { String(format: "%.1f", value) }
-
-    private func escape(_ raw: String) -> String {
-        raw.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(of: ">", with: "&gt;")
-    }
-
+    private var font: String { SVGMarkup.font }
+    private func f(_ value: Double) -> String { SVGMarkup.number(value) }
+    private func escape(_ raw: String) -> String { SVGMarkup.escape(raw) }
     private func text(_ x: Double, _ y: Double, _ content: String, size: Int, weight: String = "400", color: String = "#111827", anchor: String = "start") -> String {
-        "<text x=\"\(f(x))\" y=\"\(f(y))\" font-size=\"\(size)\" font-weight=\"\(weight)\" fill=\"\(color)\" text-anchor=\"\(anchor)\" font-family=\"\(font)\">\(escape(content))</text>"
+        SVGMarkup.text(x, y, content, size: size, weight: weight, color: color, anchor: anchor)
     }
 }
