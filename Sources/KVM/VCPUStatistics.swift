@@ -70,19 +70,19 @@ final class VCPUStatistics: Sendable {
         span = offsets.min()!..<(offsets.max()! + 8)
     }
 
-    /// The counters now: one read of the few words that hold them.
+    /// The counters now: one read of the few words that hold them, into a buffer on the
+    /// stack (it runs twice per child, on the fork's path).
     func read() -> VCPUCounters? {
-        // At most a few hundred bytes (the counters sit together): on the stack would need
-        // a fixed size, so a small array, reused by no one else.
-        var words = [UInt64](repeating: 0, count: span.count / 8)
         let count = span.count
-        guard words.withUnsafeMutableBytes({ pread(fd.rawValue, $0.baseAddress, count, off_t(span.lowerBound)) }) == count else { return nil }
-        func value(_ index: Int) -> UInt64 { words[(offsets[index] - span.lowerBound) / 8] }
-        var counters = VCPUCounters()
-        counters.exits = value(0)
-        counters.ioExits = value(1)
-        counters.pageFaults = value(2)
-        counters.emulatedInstructions = value(3)
-        return counters
+        return withUnsafeTemporaryAllocation(of: UInt64.self, capacity: count / 8) { words -> VCPUCounters? in
+            guard pread(fd.rawValue, words.baseAddress, count, off_t(span.lowerBound)) == count else { return nil }
+            func value(_ index: Int) -> UInt64 { words[(offsets[index] - span.lowerBound) / 8] }
+            var counters = VCPUCounters()
+            counters.exits = value(0)
+            counters.ioExits = value(1)
+            counters.pageFaults = value(2)
+            counters.emulatedInstructions = value(3)
+            return counters
+        }
     }
 }
