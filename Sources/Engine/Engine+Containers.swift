@@ -230,6 +230,10 @@ extension Engine {
             metrics.pageFaults.increment(by: Int(counters.pageFaults))
             metrics.emulatedInstructions.increment(by: Int(counters.emulatedInstructions))
         }
+        // The VM goes back to its parent's pool now, not at remove: restored while the caller
+        // collects the output, it is ready for the next fork (and an exited container that is
+        // never removed holds no guest memory).
+        container.vm?.release()
         let event = EventRow(time: info.finishedAt ?? 0, actor: "engine", type: "container.exit", subject: info.id, result: "ok",
                              detail: "{\"exitCode\":\(exit.exitCode)}")
         writer.enqueue { writes in

@@ -23,8 +23,8 @@ import Synchronization
 /// 2. stop every running container: SIGTERM to its program, then after the grace period power
 ///    the VM off (its vCPU is kicked out of KVM_RUN, so `run()` returns on its thread and the
 ///    VM stops being polled by the system-call poller, which unregisters it on the way out);
-/// 3. remove every container: each VM goes to Fork's reaper queue, which closes its KVM
-///    descriptors (vCPU, VM) and unmaps its guest memory; wait until the reaper is done;
+/// 3. remove every container: each VM goes to its warm parent's pool queue, which closes its
+///    KVM descriptors (vCPU, VM) and unmaps its guest memory; wait until every queue is done;
 /// 4. release the warm parents: their pooled VMs and their memfds go the same way;
 /// 5. record the daemon's stop, flush the queued state writes and checkpoint the SQLite
 ///    write-ahead log; end the followers of the event log;
@@ -216,19 +216,23 @@ public final class Engine: Sendable {
                 group.addTask { _ = try? await self.stopContainer(container, grace: grace, actor: "engine") }
             }
         }
-        // 3. Every VM back to Fork's reaper, which closes its KVM descriptors and unmaps its memory.
+        // 3. Every VM back to its parent's pool queue, which closes its KVM descriptors and
+        //    unmaps its memory (or restores it into the pool, which goes in 4); wait for them.
         for container in containers {
             let (vm, _) = container.takeForRemoval()
             vm?.remove()
             _ = container.family?.childRemoved(container.id)
         }
-        _ = try? await onKVMThread { Fork.Container.waitForTeardown() }
-        // 4. The warm parents: their pools and memfds go as their last references do.
         let families = registry.withLock { registry in
             defer { registry.families = [:] }
             for build in registry.builds.values { build.cancel() }
             return Array(registry.families.values)
         }
+        // (An evicted family's pool is waited for too: its last children's VMs went there.)
+        var waited = Set<ObjectIdentifier>()
+        let pools = (families + containers.compactMap(\.family)).filter { waited.insert(ObjectIdentifier($0)).inserted }
+        _ = try? await onKVMThread { for family in pools { family.waitForTeardown() } }
+        // 4. The warm parents: their pools and memfds go as their last references do.
         for family in families { family.release() }
         // 5. The state: the stop event, every queued write, the WAL checkpoint; followers end.
         record("daemon.stop", subject: stateFolder.path, actor: "engine")

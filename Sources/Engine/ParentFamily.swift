@@ -114,6 +114,11 @@ final class ParentFamily: Sendable {
         state.withLock { $0.parents }.reduce(0) { $0 + $1.shrinkPool(to: 0) }
     }
 
+    /// Waits until the VMs its children released so far are restored or torn down.
+    func waitForTeardown() {
+        for parent in state.withLock({ $0.parents }) { parent.waitForTeardown() }
+    }
+
     /// Drops the parents (their memory and pooled VMs go when the last child releases them).
     func release() {
         state.withLock { $0.parents = [] }

@@ -3,7 +3,8 @@ import ProcessVM
 
 /// One container: a forked process VM and its lifecycle. Container actions map to VM
 /// actions — stop sends SIGTERM and powers off after a grace period, kill powers off at
-/// once, remove releases the VM (its teardown runs in the background).
+/// once, release hands a finished container's VM back to its pool (restored for a sibling, or
+/// torn down, in the background), remove kills and releases.
 public final class Container: @unchecked Sendable {
     public enum State: Equatable, Sendable {
         case created
@@ -21,7 +22,6 @@ public final class Container: @unchecked Sendable {
     private let pool: VMPool?
     private let condition = NSCondition()
     private var currentState = State.created
-    private static let reaper = DispatchQueue(label: "vmfork.reaper", qos: .utility)
 
     init(vm: ProcessVM, name: String, forkLatency: Duration, reusesVM: Bool = false, pool: VMPool? = nil) {
         self.vm = vm
@@ -93,33 +93,38 @@ public final class Container: @unchecked Sendable {
     /// Powers the VM off now; the program ends as if by SIGKILL (137).
     @discardableResult
     public func kill() -> ExitStatus {
-        let notStarted: Bool = condition.withLock {
-            if currentState == .created {
+        let running: Bool = condition.withLock {
+            switch currentState {
+            case .created:
                 currentState = .exited(.signaled(9))
                 condition.broadcast()
-                return true
+                return false
+            case .running: return true
+            case .exited: return false
             }
-            return false
         }
-        if !notStarted { processVM?.kill() }
+        if running { processVM?.kill() }
         return wait()
     }
 
-    /// Kills the container if needed and releases its VM on a background queue: it goes back
-    /// to its warm parent's pool, restored, when the pool has room; otherwise its
-    /// descriptors, memory mapping and KVM objects go away.
+    /// Kills the container if needed and releases its VM (see `release`).
     public func remove() {
         kill()
+        release()
+    }
+
+    /// Hands a finished container's VM back to its warm parent's pool, which restores it for
+    /// a sibling when it has room and otherwise lets its descriptors, memory mapping and KVM
+    /// objects go — both on the pool's queue. The container keeps its state and exit status;
+    /// its VM's figures (`processVM`) are gone. Does nothing while it runs, or once done.
+    public func release() {
         let released: ProcessVM? = condition.withLock {
+            guard case .exited = currentState else { return nil }
             defer { vm = nil }
             return vm
         }
-        if let released { Self.reaper.async { [pool] in pool?.recycle(released) } }
-    }
-
-    /// Waits until every VM removed so far has been torn down (tests measuring memory use it).
-    public static func waitForTeardown() {
-        reaper.sync {}
+        guard let released else { return }
+        if let pool { pool.giveBack(released) }
     }
 
     private func finish(_ status: ExitStatus) {

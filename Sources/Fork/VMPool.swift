@@ -3,79 +3,113 @@ import KVM
 import ProcessVM
 
 /// VMs made ready ahead of time for one fork point, so that neither creating nor destroying a
-/// VM is on a fork's critical path: a removed child's VM comes back restored to the parent's
-/// memory (`recycle`), and a background thread creates new ones when the pool runs low.
+/// VM is on a fork's critical path: a finished child's VM comes back restored to the parent's
+/// memory (`giveBack`), and new ones are made in the background when the pool runs low.
+///
+/// The pool's own serial queue does both, returns first: a returning VM costs a restore (a
+/// few hundred µs), a new one a VM, a vCPU and a memory-slot registration (milliseconds, and
+/// every live VM's MMU notifier on the way). Returns on their way count as ready when the
+/// pool decides whether to refill, so a refill never fills the place of a VM coming back
+/// (which would then be torn down), and a fork that finds the pool empty while a VM is on its
+/// way back waits for it a little rather than building one.
 final class VMPool: @unchecked Sendable {
     let system: KVMSystem
     let forkPoint: ForkPoint
     let target: Int
     private let condition = NSCondition()
     private var ready: [PreparedVM] = []
+    /// Children's VMs handed back and not yet restored (or let go).
+    private var returning = 0
     private var refilling = false
     /// Forks that found the pool empty and made their VM inline.
     var misses: Int { condition.withLock { missCount } }
     private var missCount = 0
     /// VMs ready for a fork now.
     var readyCount: Int { condition.withLock { ready.count } }
-    private static let refillQueue = DispatchQueue(label: "vmfork.pool.refill", qos: .utility)
+    /// Restores, refills and teardowns, one at a time, off the forks' path.
+    private let queue: DispatchQueue
+    /// How long a fork waits for a VM on its way back before it makes one itself.
+    static let returnWait: TimeInterval = 0.005
 
     init(system: KVMSystem, forkPoint: ForkPoint, target: Int) {
         self.system = system
         self.forkPoint = forkPoint
         self.target = max(0, target)
+        queue = DispatchQueue(label: "vmfork.pool", qos: .utility)
     }
 
     /// A ready VM (the most recently readied, likely a reused one), or one made now when the
-    /// pool is empty. A refill starts when the pool falls below half its target: above that,
-    /// removed children's VMs coming back are expected to keep it topped up.
+    /// pool is empty and no VM comes back within `returnWait`. A refill starts when the pool
+    /// (counting returns on their way) falls below half its target: above that, finished
+    /// children's VMs coming back are expected to keep it topped up.
     func take() throws(GuestError) -> PreparedVM {
-        let taken: PreparedVM? = condition.withLock { ready.popLast() }
+        let taken: PreparedVM? = condition.withLock {
+            if ready.isEmpty && returning > 0 {
+                let deadline = Date(timeIntervalSinceNow: Self.returnWait)
+                while ready.isEmpty && returning > 0 && condition.wait(until: deadline) {}
+            }
+            return ready.popLast()
+        }
         refill(whenBelow: (target + 1) / 2)
         if let taken { return taken }
         condition.withLock { missCount += 1 }
         return try PreparedVM(system: system, forkPoint: forkPoint, readAhead: false)
     }
 
-    /// Tops the pool up to its target in the background when it holds fewer than
-    /// `threshold` VMs (one refill at a time).
+    /// Tops the pool up to its target in the background when it holds (or will hold, once
+    /// the returns on their way are in) fewer than `threshold` VMs; one refill at a time.
     func refill(whenBelow threshold: Int) {
         let start: Bool = condition.withLock {
-            guard !refilling, ready.count < min(threshold, target) else { return false }
+            guard !refilling, ready.count + returning < min(threshold, target) else { return false }
             refilling = true
             return true
         }
-        guard start else { return }
-        Self.refillQueue.async { [self] in
-            // Running containers come first: on 2 cores a refill at normal priority took a
-            // core from the vCPU and poller threads (fork → echo 3.7 ms p50 against 1.65 ms
-            // niced, 200 forks kept alive back to back). On Linux the nice value is per thread.
-            let which = __priority_which_t(PRIO_PROCESS.rawValue)
-            let previous = getpriority(which, 0)
-            setpriority(which, 0, 19)
-            defer { setpriority(which, 0, previous) }
-            while condition.withLock({ ready.count < target }) {
-                guard let vm = try? PreparedVM(system: system, forkPoint: forkPoint, readAhead: true) else { break }
-                condition.withLock {
-                    ready.append(vm)
-                    condition.broadcast()
-                }
-            }
-            condition.withLock {
-                refilling = false
-                condition.broadcast()
-            }
+        if start { queue.async { [self] in refillOne() } }
+    }
+
+    /// Makes one VM and queues the next, so that returns queued meanwhile go first.
+    private func refillOne() {
+        let needed = condition.withLock { ready.count + returning < target }
+        guard needed else { return finishRefill() }
+        // Running containers come first: on 2 cores a refill at normal priority took a
+        // core from the vCPU and poller threads (fork → echo 3.7 ms p50 against 1.65 ms
+        // niced, 200 forks kept alive back to back). On Linux the nice value is per thread.
+        let which = __priority_which_t(PRIO_PROCESS.rawValue)
+        let previous = getpriority(which, 0)
+        setpriority(which, 0, 19)
+        let made = try? PreparedVM(system: system, forkPoint: forkPoint, readAhead: true)
+        setpriority(which, 0, previous)
+        guard let made else { return finishRefill() }
+        condition.withLock {
+            ready.append(made)
+            condition.broadcast()
+        }
+        queue.async { [self] in refillOne() }
+    }
+
+    private func finishRefill() {
+        condition.withLock {
+            refilling = false
+            condition.broadcast()
         }
     }
 
-    /// Takes back the VM of a finished child, restored for its next sibling, when the pool
-    /// has room for it; otherwise (or when the VM cannot be reused) it is released.
-    func recycle(_ child: ProcessVM) {
-        guard condition.withLock({ ready.count < target }) else { return }
-        guard let vm = try? PreparedVM(reusing: child) else { return }
-        condition.withLock {
-            guard ready.count < target else { return }
-            ready.append(vm)
-            condition.broadcast()
+    /// Takes back the VM of a finished child: on the pool's queue it is restored for its next
+    /// sibling when the pool has room for it; otherwise (or when it cannot be reused) it is
+    /// torn down there, off the caller's thread.
+    func giveBack(_ child: ProcessVM) {
+        condition.withLock { returning += 1 }
+        queue.async { [self] in
+            let room = condition.withLock { ready.count < target }
+            let vm = room ? try? PreparedVM(reusing: child) : nil
+            condition.withLock {
+                returning -= 1
+                if let vm, ready.count < target { ready.append(vm) }
+                condition.broadcast()
+            }
+            // A VM that did not come back (the child owned too much, or ended uncleanly)
+            // leaves a place a refill fills.
+            if room && vm == nil { refill(whenBelow: (target + 1) / 2) }
         }
     }
 
@@ -90,9 +124,16 @@ final class VMPool: @unchecked Sendable {
         return dropped.count
     }
 
+    /// Blocks until every VM handed back so far is restored or torn down.
+    func waitForReturns() {
+        queue.sync {}
+        condition.withLock { while returning > 0 { condition.wait() } }
+    }
+
     /// Blocks until the pool holds its target (for benchmarks and tests that measure forks
     /// from a full pool).
     func waitUntilFull() {
+        waitForReturns()
         refill(whenBelow: target)
         condition.withLock {
             while ready.count < target && refilling { condition.wait() }

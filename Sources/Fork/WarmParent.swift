@@ -108,8 +108,13 @@ public final class WarmParent: @unchecked Sendable {
     /// Waits until the VMs of removed children are back in the pool and the pool holds its
     /// target, for measurements that start from a full pool.
     public func waitUntilPoolIsFull() {
-        Container.waitForTeardown()
         pool.waitUntilFull()
+    }
+
+    /// Waits until every child VM released so far is restored into the pool or torn down
+    /// (its descriptors closed, its memory unmapped).
+    public func waitForTeardown() {
+        pool.waitForReturns()
     }
 }
 

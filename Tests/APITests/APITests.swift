@@ -309,14 +309,34 @@ struct DaemonTests {
         let made = try client.send("POST", "/v1/parents", body: Data(#"{"image":"busybox","memoryMiB":16,"readyVMs":2}"#.utf8))
         #expect(made.status == 201)
         #expect(try made.decode(ParentInfo.self).state == "ready")
-        let child = ContainerSpec(image: "busybox", name: "child", arguments: ["true"], memoryMiB: 16)
+        // A finished container's VM goes back to the pool when it exits, not when it is
+        // removed: the pool is at its target again while the container is still listed.
+        let quick = ContainerSpec(image: "busybox", name: "quick", arguments: ["true"], memoryMiB: 16)
+        #expect(try client.send("POST", "/v1/containers", json: quick).status == 201)
+        #expect(try client.send("POST", "/v1/containers/quick/start").status == 200)
+        #expect(try client.send("POST", "/v1/containers/quick/wait").decode(ExitInfo.self).exitCode == 0)
+        var readyNow = 0
+        let refilled = Date().addingTimeInterval(10)
+        repeat {
+            readyNow = try client.send("GET", "/v1/parents").decode([ParentInfo].self).first { $0.id == "busybox.main.16m" }?.readyVMsNow ?? -1
+            if readyNow < 2 { usleep(20_000) }
+        } while readyNow < 2 && Date() < refilled
+        #expect(readyNow == 2, "the exited container's VM did not come back to the pool")
+        #expect(try client.send("DELETE", "/v1/containers/quick").status == 204)
+        let child = ContainerSpec(image: "busybox", name: "child", arguments: ["sleep", "30"], memoryMiB: 16)
         #expect(try client.send("POST", "/v1/containers", json: child).status == 201)
         #expect(try client.send("POST", "/v1/containers/child/start").status == 200)
-        #expect(try client.send("POST", "/v1/containers/child/wait").decode(ExitInfo.self).exitCode == 0)
         let listed = try client.send("GET", "/v1/parents").decode([ParentInfo].self)
         let parent = try #require(listed.first { $0.id == "busybox.main.16m" })
         #expect(parent.liveChildren == 1)
         #expect(parent.sharing.map { $0.parentBytes > 0 && $0.children == 1 } == true, "sharing figures: \(String(describing: parent.sharing))")
+        // Once it ends, its VM goes back to the pool: it is still the parent's child (not
+        // removed), but it holds no guest memory, so the sharing report no longer counts it.
+        #expect(try client.send("POST", "/v1/containers/child/kill?signal=9").status == 200)
+        #expect(try client.send("POST", "/v1/containers/child/wait").decode(ExitInfo.self).exitCode == 137)
+        let afterExit = try #require(try client.send("GET", "/v1/parents").decode([ParentInfo].self).first { $0.id == "busybox.main.16m" })
+        #expect(afterExit.liveChildren == 1)
+        #expect(afterExit.sharing.map { $0.parentBytes > 0 && $0.children == 0 } == true, "sharing figures: \(String(describing: afterExit.sharing))")
         // Draining: no more forks from it; it goes with its last child.
         #expect(try client.send("POST", "/v1/parents/busybox.main.16m/drain").decode(ParentInfo.self).state == "draining")
         let refused = try client.send("POST", "/v1/containers", json: ContainerSpec(image: "busybox", arguments: ["true"], memoryMiB: 16))
@@ -328,13 +348,13 @@ struct DaemonTests {
         #expect(try client.send("DELETE", "/v1/parents/busybox.main.16m").status == 204)
         let metrics = try client.send("GET", "/metrics")
         #expect(metrics.status == 200 && metrics.headers["content-type"]?.hasPrefix("text/plain") == true)
-        #expect(metrics.text.contains("vmfork_forks_total 1"))
-        #expect(metrics.text.contains("vmfork_fork_duration_seconds_count 1"))
+        #expect(metrics.text.contains("vmfork_forks_total 2"))
+        #expect(metrics.text.contains("vmfork_fork_duration_seconds_count 2"))
         #expect(metrics.text.contains("vmfork_containers_live 0"))
-        // The finished child's exits, as KVM counted them, and the poller's figures.
+        // The finished children's exits, as KVM counted them, and the poller's figures.
         let exits = metrics.text.split(separator: "\n").first { $0.hasPrefix("vmfork_vm_exits_total ") }
         #expect(exits.flatMap { Int($0.split(separator: " ")[1]) }.map { $0 > 0 } == true, "\(metrics.text)")
-        #expect(metrics.text.contains("vmfork_vm_exits_per_container_count 1"), "\(metrics.text)")
+        #expect(metrics.text.contains("vmfork_vm_exits_per_container_count 2"), "\(metrics.text)")
         #expect(metrics.text.contains("vmfork_poller_watched_vms "))
     }
     @Test func underMemoryPressureIdlePoolsShrinkThenIdleParentsGoButNotOnesWithChildren() throws {

@@ -151,7 +151,7 @@ final class ForkTests {
 
     @Test func removedChildrenGiveTheirMemoryBack() throws {
         let parent = try busyboxParent(poolSize: 0)
-        Container.waitForTeardown()
+        parent.waitForTeardown()
         var children: [Container] = []
         let streams = try CapturedStreams()
         for _ in 0..<20 {
@@ -167,7 +167,7 @@ final class ForkTests {
         #expect(owned.count == 20 && owned.allSatisfy { $0 > 0 }, "\(owned)")
         for child in children { child.remove() }
         children.removeAll()
-        Container.waitForTeardown()
+        parent.waitForTeardown()
         // Every VM was torn down: its guest mapping unmapped (the pages it owned freed) and its
         // KVM descriptors closed, which their owners do exactly once when released. The
         // system-call poller lets go of a VM on its next turn after the VM leaves it.

@@ -256,7 +256,7 @@ final class MainForkPointTests {
                 #expect(streams.stdout == "hi\n")
                 if let counters = child.processVM?.lastRunCounters { exits.append(counters.exits) }
                 child.remove()
-                Container.waitForTeardown()
+                parent.waitForTeardown()
             }
             return exits.sorted()[exits.count / 2]
         }

@@ -217,7 +217,7 @@ final class RerandomisationTests {
             child.remove()
             // The VM goes back to the pool before the next fork (else, on a busy machine, the
             // pool's refill may fill it first and the removed VM is let go instead).
-            Container.waitForTeardown()
+            parent.waitForTeardown()
         }
         #expect(children.count == 20)
         #expect(reused > 0, "no child ran in a reused VM")

@@ -58,7 +58,7 @@ final class DynamicProgramTests {
             #expect(streams.stdout == "child \(index) of main\n")
             if let counted = child.processVM?.lastRunCounters?.exits { exits.append(counted) }
             child.remove()
-            Container.waitForTeardown()
+            parent.waitForTeardown()
         }
         // The start-up (ld.so's relocations, libc's CPU probing) is not run again: a child of
         // main makes a fraction of the exits of an entry point's.

@@ -190,6 +190,6 @@ final class IdleContainers: @unchecked Sendable {
     func removeAll() {
         containers.forEach { $0.remove() }
         containers = []
-        Container.waitForTeardown()
+        parent.waitForTeardown()
     }
 }
