@@ -25,7 +25,8 @@ import Synchronization
 ///    VM stops being polled by the system-call poller, which unregisters it on the way out);
 /// 3. remove every container: each VM goes to its warm parent's pool queue, which closes its
 ///    KVM descriptors (vCPU, VM) and unmaps its guest memory; wait until every queue is done;
-/// 4. release the warm parents: their pooled VMs and their memfds go the same way;
+/// 4. release the warm parents: their pooled VMs and their memfds go the same way; stop the
+///    system-call poller's thread (owned through the engine's KVM system);
 /// 5. record the daemon's stop, flush the queued state writes and checkpoint the SQLite
 ///    write-ahead log; end the followers of the event log;
 /// 6. the daemon then closes its sockets and drops the engine, which releases the state
@@ -49,7 +50,9 @@ public final class Engine: Sendable {
     private let kvmQueue = DispatchQueue(label: "vmfork.engine.kvm", qos: .userInitiated, attributes: .concurrent)
     private let forkRate = Mutex((count: 0, time: ContinuousClock.now))
     /// The poller's figures at the last scrape, for its counters' increments.
-    private let pollerSeen = Mutex(SystemCallPollerStatistics.current())
+    private let pollerSeen = Mutex(SystemCallPollerStatistics.zero)
+    /// The system-call poller of this engine's VMs (its KVM system's), nil without KVM.
+    var poller: SyscallPoller? { system.map(SyscallPoller.of) }
     /// The threads containers run on, kept between containers.
     let runners = RunnerThreads()
     /// Pulls images from registries into the datastore, images/ in the state folder.
@@ -232,8 +235,10 @@ public final class Engine: Sendable {
         var waited = Set<ObjectIdentifier>()
         let pools = (families + containers.compactMap(\.family)).filter { waited.insert(ObjectIdentifier($0)).inserted }
         _ = try? await onKVMThread { for family in pools { family.waitForTeardown() } }
-        // 4. The warm parents: their pools and memfds go as their last references do.
+        // 4. The warm parents: their pools and memfds go as their last references do; no VM
+        //    runs any more, so the system-call poller's thread ends.
         for family in families { family.release() }
+        poller?.stop()
         // 5. The state: the stop event, every queued write, the WAL checkpoint; followers end.
         record("daemon.stop", subject: stateFolder.path, actor: "engine")
         await writer.flushAsync()
@@ -276,7 +281,7 @@ public final class Engine: Sendable {
             return seconds > 0 ? Double(forks - last.count) / seconds : 0
         }
         metrics.gauge("vmfork_forks_per_second").record(rate)
-        let poller = SystemCallPollerStatistics.current()
+        let poller = self.poller?.statistics ?? SystemCallPollerStatistics.zero
         let (callsDelta, backOffsDelta) = pollerSeen.withLock { seen -> (Int, Int) in
             defer { seen = poller }
             return (poller.callsServed - seen.callsServed, poller.backOffs - seen.backOffs)

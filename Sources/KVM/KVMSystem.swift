@@ -23,6 +23,12 @@ public enum VirtualizationKind: String, Sendable {
     }
 }
 
+/// An object an upper layer keeps one of per KVM system (see `KVMSystem.companion`); told
+/// when the system goes, after its last VM.
+public protocol KVMSystemCompanion: AnyObject, Sendable {
+    func systemEnded()
+}
+
 /// The KVM capabilities the engine relies on, with the reason for each.
 public struct KVMExtension: Sendable {
     public let name: String
@@ -47,6 +53,10 @@ public final class KVMSystem: Sendable {
     public let apiVersion: Int32
     private let supportedCPUIDTable = Mutex<CPUIDTable?>(nil)
     private let staticKeyAnchor = Mutex<StaticKeyAnchor?>(nil)
+    /// One object per type that an upper layer keeps per system (the ProcessVM module's
+    /// system-call poller): it lives as long as this system, so whoever owns the system (the
+    /// engine) owns it, and two systems share none — no process-wide singleton.
+    private let companions = Mutex<[ObjectIdentifier: any KVMSystemCompanion]>([:])
 
     /// Opens the device and checks the API version.
     public init(path: String = "/dev/kvm") throws(KVMError) {
@@ -103,6 +113,21 @@ public final class KVMSystem: Sendable {
     }
 
     /// Creates an empty VM: no irqchip, no PIT, no memory yet.
+    /// This system's companion of type `T`, made by `make` on first use.
+    public func companion<T: KVMSystemCompanion>(_ type: T.Type, make: () -> T) -> T {
+        companions.withLock { table in
+            if let existing = table[ObjectIdentifier(type)] as? T { return existing }
+            let made = make()
+            table[ObjectIdentifier(type)] = made
+            return made
+        }
+    }
+
+    deinit {
+        // No VM of this system is left (each holds the system), so none runs.
+        for companion in companions.withLock({ Array($0.values) }) { companion.systemEnded() }
+    }
+
     public func createVM() throws(KVMError) -> VirtualMachine {
         try anchorStaticKey()
         let vmfd = cshims_ioctl_int(fd.rawValue, CSHIMS_KVM_CREATE_VM, 0)

@@ -116,6 +116,9 @@ public final class ProcessVM: @unchecked Sendable {
     public private(set) var lastRunCounters: VCPUCounters?
 
     static let memorySlot: UInt32 = 0
+    /// The poller that serves this VM's posted calls: its KVM system's (nil when every call
+    /// takes the exit path).
+    let poller: SyscallPoller?
 
     /// The loaded program and its stack, kept so a child of an entry-point parent can be
     /// given its own arguments.
@@ -134,6 +137,7 @@ public final class ProcessVM: @unchecked Sendable {
     init(configuration: ProcessVMConfiguration, vm: VirtualMachine, vcpu: VCPU, memory: GuestMemory, space: AddressSpace,
          files: GuestFiles, identity: GuestIdentity, programName: [UInt8], exceptionStackFrame: UInt64, entry: EntryState?) {
         self.configuration = configuration
+        poller = configuration.pollsSystemCalls ? SyscallPoller.of(vm.system) : nil
         self.vm = vm
         self.vcpu = vcpu
         self.memory = memory
@@ -278,13 +282,13 @@ public final class ProcessVM: @unchecked Sendable {
         let countersBefore = vcpu.counters()
         runningThread.enter()
         machineState.lock()
-        if configuration.pollsSystemCalls, let mailbox {
+        if let poller, let mailbox {
             pollerMailbox = mailbox
-            SyscallPoller.shared.watch(self, mailbox: mailbox)
+            poller.watch(self, mailbox: mailbox)
         }
         defer {
-            if pollerMailbox != nil {
-                SyscallPoller.shared.unregister(self)
+            if let poller, pollerMailbox != nil {
+                poller.unregister(self)
                 pollerMailbox = nil
             }
             machineState.unlock()

@@ -8,7 +8,7 @@ import Testing
 /// The poller spins only while guests post calls: a polled VM that computes without system
 /// calls leaves the poller parked, costing no core, and a quiet VM is not watched while
 /// others keep the poller busy.
-/// One after the other: both watch the engine's one poller.
+/// One after the other: their timings would suffer from each other.
 @Suite(.serialized, .enabled(if: HostFacts.hasKVM, "needs /dev/kvm"))
 struct SyscallPollerTests {
     @Test func pollerParksWhileItsGuestComputes() throws {
@@ -19,7 +19,8 @@ struct SyscallPollerTests {
         let root = try GuestRunner.rootfs(withProgram: code)
         defer { try? FileManager.default.removeItem(at: root) }
         let streams = try CapturedStreams()
-        let vm = try ProcessVM(system: KVMSystem(), configuration: ProcessVMConfiguration(rootfs: root.path, pollsSystemCalls: true),
+        let system = try KVMSystem()
+        let vm = try ProcessVM(system: system, configuration: ProcessVMConfiguration(rootfs: root.path, pollsSystemCalls: true),
                                executable: "/prog", arguments: ["prog"], environment: [], streams: streams.standard)
         let finished = DispatchSemaphore(value: 0)
         Thread.detachNewThread {
@@ -27,9 +28,9 @@ struct SyscallPollerTests {
             finished.signal()
         }
         Thread.sleep(forTimeInterval: 0.1)
-        let before = try #require(Self.pollerCPUTime())
+        let before = try #require(Self.pollerCPUTime(system))
         Thread.sleep(forTimeInterval: 0.4)
-        let after = try #require(Self.pollerCPUTime())
+        let after = try #require(Self.pollerCPUTime(system))
         vm.kill()
         finished.wait()
         // Spinning all along would cost about 0.4 s of CPU; parked, almost none.
@@ -78,17 +79,40 @@ struct SyscallPollerTests {
     }
 
     /// User plus system CPU seconds of the engine's poller thread, from /proc.
-    private static func pollerCPUTime() -> Double? {
-        guard let tasks = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task") else { return nil }
-        for task in tasks {
-            guard let name = readKernelFile("/proc/self/task/\(task)/comm"), name.hasPrefix("vmfork-poller"),
-                  let stat = readKernelFile("/proc/self/task/\(task)/stat"),
-                  let close = stat.lastIndex(of: ")") else { continue }
-            let fields = stat[stat.index(after: close)...].split(separator: " ")
-            // After the command: state is field 3, utime 14 and stime 15 (1-based, whole line).
-            guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
-            return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+    /// The poller belongs to its KVM system (the engine owns it through its system): two
+    /// systems' VMs are served by two pollers, and once stopped a poller serves nothing — the
+    /// VM's calls take the exit path and still work.
+    @Test func eachSystemHasItsOwnPollerWhichStops() throws {
+        let code = [0x49, 0xBC] + withUnsafeBytes(of: UInt64(5000).littleEndian) { Array($0) } // mov r12, 5000
+            + [0xB8, 39, 0, 0, 0, 0x0F, 0x05, 0x49, 0xFF, 0xCC, 0x75, 0xF4] // getpid; dec r12; jnz
+            + [0x31, 0xFF, 0xB8, 231, 0, 0, 0, 0x0F, 0x05] // xor edi, edi; exit_group(0)
+        let root = try GuestRunner.rootfs(withProgram: code)
+        defer { try? FileManager.default.removeItem(at: root) }
+        let (first, second) = (try KVMSystem(), try KVMSystem())
+        #expect(SyscallPoller.of(first) === SyscallPoller.of(first))
+        #expect(SyscallPoller.of(first) !== SyscallPoller.of(second))
+        func exitsCleanly(on system: KVMSystem) throws -> Bool {
+            let streams = try CapturedStreams()
+            let vm = try ProcessVM(system: system, configuration: ProcessVMConfiguration(rootfs: root.path, pollsSystemCalls: true),
+                                   executable: "/prog", arguments: ["prog"], environment: [], streams: streams.standard)
+            return try vm.run() == .exited(0)
         }
-        return nil
+        #expect(try exitsCleanly(on: first))
+        let served = SyscallPoller.of(first).statistics.callsServed
+        #expect(served > 0, "the first system's poller served none of 5,000 getpid calls")
+        #expect(SyscallPoller.of(second).statistics.callsServed == 0, "the second system's poller served the first's calls")
+        SyscallPoller.of(first).stop()
+        #expect(try exitsCleanly(on: first))
+        #expect(SyscallPoller.of(first).statistics.callsServed == served, "a stopped poller served calls")
+    }
+
+    /// CPU time of the poller of `system`'s VMs (its own thread, not another system's).
+    private static func pollerCPUTime(_ system: KVMSystem) -> Double? {
+        guard let task = SyscallPoller.of(system).kernelThreadID,
+              let stat = readKernelFile("/proc/self/task/\(task)/stat"), let close = stat.lastIndex(of: ")") else { return nil }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        // After the command: state is field 3, utime 14 and stime 15 (1-based, whole line).
+        guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
+        return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 }

@@ -28,6 +28,8 @@ extern const int CSHIMS_O_DIRECT;
 uint64_t cshims_read_timestamp_counter(void);
 /* Names the calling thread (15 characters at most), as ps and /proc show it. */
 int cshims_set_thread_name(const char *name);
+/// The calling thread's kernel id (gettid), for its /proc/self/task entry.
+int cshims_thread_id(void);
 /* An eventfd, close-on-exec and non-blocking: Swift's Glibc module lacks sys/eventfd.h. */
 int cshims_eventfd_nonblocking(void);
 #endif

@@ -1,6 +1,7 @@
 import CShims
 import Foundation
 import HostSystem
+import KVM
 import Synchronization
 
 /// One engine thread that serves the posted system calls of the VMs it watches, without a
@@ -22,8 +23,14 @@ import Synchronization
 /// finds it lost its core (a turn of its loop took over 1 ms) while it watches fewer VMs than
 /// there are cores, other work wants the host: guests would spin for a poller that is not
 /// running, so polling stays off for 10 ms and every call exits.
-final class SyscallPoller: @unchecked Sendable {
-    static let shared = SyscallPoller()
+///
+/// One poller per KVM system (`of(_:)`), so the engine that owns the system owns its poller;
+/// `stop()` ends its thread once no VM runs (the engine's shutdown does).
+public final class SyscallPoller: KVMSystemCompanion, @unchecked Sendable {
+    /// The poller of the VMs of `system`, started at its first VM.
+    public static func of(_ system: KVMSystem) -> SyscallPoller {
+        system.companion(SyscallPoller.self) { SyscallPoller() }
+    }
 
     /// How long the poller keeps spinning with no VM to watch before it sleeps.
     private static let linger: Duration = .milliseconds(2)
@@ -59,6 +66,11 @@ final class SyscallPoller: @unchecked Sendable {
     /// Where a VM whose last reference was the loop's is torn down (see `letGo`).
     private let releaseQueue = DispatchQueue(label: "vmfork.poller.release", qos: .utility)
     private var started = false
+    /// The poller thread's kernel id, once it started (for per-thread CPU figures).
+    public var kernelThreadID: pid_t? { condition.withLock { threadID } }
+    private var threadID: pid_t?
+    /// Set by `stop()`: the thread ends at its next idle turn and no VM is watched again.
+    private var stopped = false
     /// Until when polling is off because the host has no core to spare for it.
     private var backingOffUntil: ContinuousClock.Instant?
     /// Calls served without an exit, and how often polling went off for want of a core.
@@ -66,7 +78,7 @@ final class SyscallPoller: @unchecked Sendable {
     private let backOffs = Atomic<Int>(0)
 
     /// The poller's figures so far, for the engine's metrics.
-    var statistics: SystemCallPollerStatistics {
+    public var statistics: SystemCallPollerStatistics {
         SystemCallPollerStatistics(callsServed: callsServed.load(ordering: .relaxed), backOffs: backOffs.load(ordering: .relaxed),
                                    watchedVMs: condition.withLock { watched.count })
     }
@@ -77,7 +89,7 @@ final class SyscallPoller: @unchecked Sendable {
     func watch(_ vm: ProcessVM, mailbox: UnsafeMutableRawPointer) {
         condition.withLock {
             startIfNeeded()
-            guard !backingOff else {
+            guard !backingOff, !stopped else {
                 Self.setPollerActive(mailbox, false)
                 return
             }
@@ -114,6 +126,17 @@ final class SyscallPoller: @unchecked Sendable {
         }
     }
 
+    /// Ends the poller's thread once it watches no VM (at once when it is idle): the engine's
+    /// shutdown calls it after its VMs stopped. VMs that run later take the exit path.
+    public func systemEnded() { stop() }
+
+    public func stop() {
+        condition.withLock {
+            stopped = true
+            condition.broadcast()
+        }
+    }
+
     private var backingOff: Bool {
         guard let until = backingOffUntil else { return false }
         return ContinuousClock.now < until
@@ -131,6 +154,8 @@ final class SyscallPoller: @unchecked Sendable {
         let thread = Thread { [self] in
             // Named for ps and top (Foundation's name does not reach the kernel's).
             _ = cshims_set_thread_name("vmfork-poller")
+            let kernelID = pid_t(cshims_thread_id())
+            condition.withLock { threadID = kernelID }
             // Guests spin while they wait for it, so it must win a core when it is
             // runnable: at normal priority 1 % of forks waited a 3 ms time slice for it
             // (fork → echo p99 3.1 ms against 0.3 ms at nice -10). Raising priority
@@ -173,8 +198,9 @@ final class SyscallPoller: @unchecked Sendable {
             if current.isEmpty {
                 if ContinuousClock.now - lastBusy > Self.linger {
                     condition.withLock {
-                        while watched.isEmpty { condition.wait() }
+                        while watched.isEmpty && !stopped { condition.wait() }
                     }
+                    if condition.withLock({ stopped && watched.isEmpty }) { return }
                 } else {
                     sched_yield()
                 }
@@ -244,7 +270,7 @@ final class SyscallPoller: @unchecked Sendable {
         letGo(&current)
         condition.withLock {
             guard let deadline else {
-                while watched.isEmpty { condition.wait() }
+                while watched.isEmpty && !stopped { condition.wait() }
                 return
             }
             let remaining = (deadline - ContinuousClock.now).components
@@ -294,7 +320,7 @@ extension ProcessVM {
     /// or the stub gave up waiting for it).
     func resumePolling(after callNumber: UInt64) {
         guard let mailbox = pollerMailbox, callNumber < 512, Self.pollableSystemCalls.contains(Int(callNumber)) else { return }
-        SyscallPoller.shared.watch(self, mailbox: mailbox)
+        poller?.watch(self, mailbox: mailbox)
     }
 
     /// The mailbox page as the engine sees it (its frame never moves).
@@ -356,6 +382,6 @@ public struct SystemCallPollerStatistics: Sendable, Equatable {
     /// VMs watched now.
     public let watchedVMs: Int
 
-    /// The poller's figures now.
-    public static func current() -> SystemCallPollerStatistics { SyscallPoller.shared.statistics }
+    /// A poller that served nothing (or none at all).
+    public static let zero = SystemCallPollerStatistics(callsServed: 0, backOffs: 0, watchedVMs: 0)
 }
