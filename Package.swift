@@ -71,7 +71,7 @@ let package = Package(
         .target(
             name: "API",
             dependencies: [
-                "Engine", "Images", "Placement", "Store", "WorkloadProfiles",
+                "Engine", "Images", "KVM", "Placement", "Store", "WorkloadProfiles",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),

@@ -2,6 +2,7 @@ import Engine
 import Foundation
 import Hummingbird
 import HummingbirdCore
+import KVM
 import Logging
 import NIOCore
 import Prometheus
@@ -23,10 +24,14 @@ public struct AgentDaemon: Sendable {
         public var stopGrace: Duration
         /// When idle pools shrink and idle parents are evicted.
         public var memoryPressure: MemoryPressurePolicy
+        /// The KVM system the engine's VMs use (and so their system-call poller): its own by
+        /// default; benchmarks that run several engines in one process give them one.
+        public var kvmSystem: KVMSystem?
 
         public init(stateFolder: URL, listen: String? = nil, stopGrace: Duration = .seconds(10),
-                    memoryPressure: MemoryPressurePolicy = MemoryPressurePolicy()) {
+                    memoryPressure: MemoryPressurePolicy = MemoryPressurePolicy(), kvmSystem: KVMSystem? = nil) {
             self.stateFolder = stateFolder
+            self.kvmSystem = kvmSystem
             self.listen = listen
             self.stopGrace = stopGrace
             self.memoryPressure = memoryPressure
@@ -72,7 +77,7 @@ public struct AgentDaemon: Sendable {
         let registry = PrometheusCollectorRegistry()
         var factory = PrometheusMetricsFactory(registry: registry)
         factory.durationHistogramBuckets["vmfork_fork_duration_seconds"] = [5, 10, 15, 20, 30, 50, 100, 200, 500, 1000, 5000, 20000].map { Duration.microseconds($0) }
-        let engine = try Engine(stateFolder: folder, logger: logger, metricsFactory: factory)
+        let engine = try Engine(stateFolder: folder, logger: logger, metricsFactory: factory, system: options.kvmSystem)
         let tokens = try TokenFile.loadOrCreate(in: folder)
         let documentData = try Self.openAPIDocument()
         let documented = try Self.documentedOperations(documentData)

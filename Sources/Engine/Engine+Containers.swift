@@ -16,8 +16,12 @@ extension Engine {
         }
     }
 
-    /// Forks the container (and with `startNow` runs it at once on its own thread).
-    private func create(_ spec: ContainerSpec, startNow: Bool) async throws -> ManagedContainer {
+    /// Forks the container (and with `startNow` runs it at once on its own thread). With
+    /// `untilEnd` the call returns once the program has ended, so that the caller is woken
+    /// once, not at the start and again at the exit (each wake-up a wait for a core on a busy
+    /// host); `started` runs on the container's thread just before its program does.
+    private func create(_ spec: ContainerSpec, startNow: Bool, untilEnd: Bool = false,
+                        started: (@Sendable (ManagedContainer) -> Void)? = nil) async throws -> ManagedContainer {
         try ensureAccepting()
         let image = try image(spec.image)
         let forkPoint = spec.forkPoint ?? image.defaultForkPoint ?? .entry
@@ -127,8 +131,13 @@ extension Engine {
                         return
                     }
                     writer.enqueue { $0.containers.append(ContainerRow(info: made.info)) }
-                    continuation.resume(returning: made)
-                    runToEnd(made, vm)
+                    started?(made)
+                    if untilEnd {
+                        runToEnd(made, vm) { continuation.resume(returning: made) }
+                    } else {
+                        continuation.resume(returning: made)
+                        runToEnd(made, vm)
+                    }
                 }
             }
         } catch {
@@ -207,8 +216,9 @@ extension Engine {
         runners.run { [self] in runToEnd(container, vm) }
     }
 
-    /// Runs the container's program on the calling thread (its vCPU's) until it ends.
-    private func runToEnd(_ container: ManagedContainer, _ vm: Fork.Container) {
+    /// Runs the container's program on the calling thread (its vCPU's) until it ends;
+    /// `woken` runs once its end is known, before its VM goes back to the pool.
+    private func runToEnd(_ container: ManagedContainer, _ vm: Fork.Container, woken: (() -> Void)? = nil) {
         let exit: ExitInfo
         do {
             let status = try vm.run()
@@ -216,29 +226,33 @@ extension Engine {
         } catch {
             exit = ExitInfo(exitCode: 137, reason: "the VM failed: \(error)")
         }
-        ended(container, exit)
+        ended(container, exit, woken: woken)
     }
 
-    /// Records an exit (from the container's thread, or a kill before it started).
-    func ended(_ container: ManagedContainer, _ exit: ExitInfo) {
+    /// Records an exit (from the container's thread, or a kill before it started): the exit
+    /// is queued for the log, then whoever waits is woken (and `woken` runs), and only then
+    /// does the VM go back to its pool — the waiter should not wait for that.
+    func ended(_ container: ManagedContainer, _ exit: ExitInfo, woken: (() -> Void)? = nil) {
         let (info, wake) = container.finish(exit, at: Date().timeIntervalSince1970)
-        defer { wake() }
-        metrics.exits.increment()
-        if let counters = container.vm?.processVM?.lastRunCounters {
-            metrics.vmExits.increment(by: Int(counters.exits))
-            metrics.vmExitsPerContainer.record(Int(counters.exits))
-            metrics.pageFaults.increment(by: Int(counters.pageFaults))
-            metrics.emulatedInstructions.increment(by: Int(counters.emulatedInstructions))
-        }
-        // The VM goes back to its parent's pool now, not at remove: restored while the caller
-        // collects the output, it is ready for the next fork (and an exited container that is
-        // never removed holds no guest memory).
-        container.vm?.release()
+        let counters = container.vm?.processVM?.lastRunCounters
         let event = EventRow(time: info.finishedAt ?? 0, actor: "engine", type: "container.exit", subject: info.id, result: "ok",
                              detail: "{\"exitCode\":\(exit.exitCode)}")
         writer.enqueue { writes in
             writes.containers.append(ContainerRow(info: info))
             writes.events.append(event)
+        }
+        wake()
+        woken?()
+        // The VM goes back to its parent's pool now, not at remove: restored while the caller
+        // collects the output, it is ready for the next fork (and an exited container that is
+        // never removed holds no guest memory).
+        container.vm?.release()
+        metrics.exits.increment()
+        if let counters {
+            metrics.vmExits.increment(by: Int(counters.exits))
+            metrics.vmExitsPerContainer.record(Int(counters.exits))
+            metrics.pageFaults.increment(by: Int(counters.pageFaults))
+            metrics.emulatedInstructions.increment(by: Int(counters.emulatedInstructions))
         }
     }
 
@@ -354,11 +368,19 @@ extension Engine {
     /// Create, start, wait and collect the output in one call; removes the container
     /// afterwards unless `remove` is false.
     public func runContainer(_ spec: ContainerSpec, remove: Bool = true, by actor: String) async throws -> RunResult {
-        let container = try await audited("container.create", subject: spec.name ?? "", actor: actor, subjectOf: { (made: ManagedContainer) in made.id }) {
-            try await create(spec, startNow: true)
+        // One hop to the container's thread and one back at its end. Its create and start
+        // events are queued there before its program runs, so the log has them before its exit.
+        let container: ManagedContainer
+        do {
+            container = try await create(spec, startNow: true, untilEnd: true) { [self] made in
+                record("container.create", subject: made.id, actor: actor)
+                record("container.start", subject: made.id, actor: actor)
+            }
+        } catch {
+            record("container.create", subject: spec.name ?? "", actor: actor, result: "\(error)")
+            throw error
         }
         let info = container.info
-        record("container.start", subject: info.id, actor: actor)
         let exit = await container.waitForExit()
         let stdout = readAll(container.stdoutPath)
         let stderr = readAll(container.stderrPath)

@@ -75,7 +75,9 @@ public final class Engine: Sendable {
     /// Opens the state folder (creating it), refusing when another daemon holds it; loads the
     /// images, parent policies and containers it records. Containers that were running when
     /// the last daemon stopped are recorded as stopped now (their VMs did not survive it).
-    public init(stateFolder: URL, logger: Logger = Logger(label: "vmfork.engine"), metricsFactory: any MetricsFactory) throws {
+    /// `system`: the KVM system to make VMs on (its own when nil).
+    public init(stateFolder: URL, logger: Logger = Logger(label: "vmfork.engine"), metricsFactory: any MetricsFactory,
+                system: KVMSystem? = nil) throws {
         self.stateFolder = stateFolder
         self.logger = logger
         try FileManager.default.createDirectory(at: stateFolder, withIntermediateDirectories: true)
@@ -83,10 +85,10 @@ public final class Engine: Sendable {
         store = try StateStore(folder: stateFolder, lockWaitSeconds: 2)
         placement = try PlacementService(store: store)
         do {
-            system = try KVMSystem()
+            self.system = try system ?? KVMSystem()
             kvmUnavailable = nil
         } catch {
-            system = nil
+            self.system = nil
             kvmUnavailable = "KVM unavailable: \(error)"
             logger.warning("containers cannot run: KVM unavailable", metadata: ["error": "\(error)"])
         }

@@ -136,7 +136,9 @@ final class AgentFixture: @unchecked Sendable {
         daemonState = try! HostFacts.makeTemporaryFolder("bench-agent")
         var logger = Logger(label: "bench") { StreamLogHandler.standardError(label: $0) }
         logger.logLevel = .warning
-        let daemon = AgentDaemon(options: .init(stateFolder: daemonState.appendingPathComponent("state")), logger: logger)
+        // One KVM system for the daemon, the engine and the bare parent, as in one engine
+        // process: one system-call poller serves all three, not three spinning on 2 cores.
+        let daemon = AgentDaemon(options: .init(stateFolder: daemonState.appendingPathComponent("state"), kvmSystem: system), logger: logger)
         Task.detached { try await daemon.run() }
         client = AgentClient(socketPath: daemonState.appendingPathComponent("state/\(AgentDaemon.socketName)").path)
         var started = false
@@ -149,7 +151,8 @@ final class AgentFixture: @unchecked Sendable {
         precondition((try? client.send("POST", "/v1/images", body: Data(image.utf8)))?.status == 201)
         precondition((try? client.send("POST", "/v1/parents", body: Data(#"{"image":"busybox","readyVMs":16}"#.utf8)))?.status == 201)
 
-        engine = try! Engine(stateFolder: daemonState.appendingPathComponent("engine"), logger: logger, metricsFactory: NOOPMetricsHandler.instance)
+        engine = try! Engine(stateFolder: daemonState.appendingPathComponent("engine"), logger: logger, metricsFactory: NOOPMetricsHandler.instance,
+                             system: system)
         let engine = self.engine
         let root = rootfs.path
         Self.blocking {

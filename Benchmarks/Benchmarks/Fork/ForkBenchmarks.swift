@@ -171,6 +171,7 @@ final class ForkFixture: @unchecked Sendable {
 final class IdleContainers: @unchecked Sendable {
     let count: Int
     private var containers: [Container] = []
+    private var parent: WarmParent?
 
     init(count: Int) {
         self.count = count
@@ -178,6 +179,7 @@ final class IdleContainers: @unchecked Sendable {
 
     /// Forks them and waits until each has reached its sleep.
     func start(from parent: WarmParent, streams: StandardStreams) throws {
+        self.parent = parent
         for _ in 0..<count {
             let container = try parent.fork(arguments: ["sleep", "100000"], streams: streams)
             container.start()
@@ -190,6 +192,6 @@ final class IdleContainers: @unchecked Sendable {
     func removeAll() {
         containers.forEach { $0.remove() }
         containers = []
-        parent.waitForTeardown()
+        parent?.waitForTeardown()
     }
 }
