@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `docker run --rm busybox echo hi` through a VCH, side by side in one interleaved run with
-# the same container through the host agent (`vmfork container run`), native spawn of
+# the same container through the host agent (`vmfork container run`), `docker run` against an
+# endpoint that does nothing (scripts/null-docker-endpoint.py), native spawn of
 # busybox, and runc (Debian's) running the same busybox rootfs from an OCI bundle; the
 # docker client's own start (`docker version` against the VCH) is the floor.
 # Usage: bash scripts/vch-bench.sh [ROUNDS] (default 30). Uses .build/release/vmfork when
@@ -42,6 +43,9 @@ agent POST /v1/placement/warm-parents '{"host":"h1","image":"busybox","node":0}'
 agent POST /v1/placement/pools '{"name":"dev","memoryReservationKiB":524288}'
 "$binary" vch serve --name dev --pool dev --listen "unix://$work/dev.sock" --state "$state" >"$work/vch.log" 2>&1 & pids+=($!)
 for _ in $(seq 100); do [ -S "$work/dev.sock" ] && break; sleep 0.1; done
+# The docker client's own floor for `run`: an endpoint that answers its five requests at once.
+python3 scripts/null-docker-endpoint.py "$work/null.sock" & pids+=($!)
+for _ in $(seq 100); do [ -S "$work/null.sock" ] && break; sleep 0.1; done
 
 export HOME="$work" DOCKER_CONFIG="$work/docker-config"
 python3 - "$rounds" "$binary" "$work" <<'PY'
@@ -51,6 +55,7 @@ docker = ["docker", "-H", f"unix://{work}/dev.sock"]
 cases = [
     ("docker version (the client's floor)", lambda i: docker + ["version"], None),
     ("docker run --rm busybox echo hi (VCH)", lambda i: docker + ["run", "--rm", "busybox", "echo", "hi"], b"hi\n"),
+    ("docker run --rm ... (null endpoint: the client alone)", lambda i: ["docker", "-H", f"unix://{work}/null.sock", "run", "--rm", "busybox", "echo", "hi"], b"hi\n"),
     ("vmfork container run busybox echo hi (host agent)", lambda i: [binary, "container", "run", "--state", f"{work}/state", "busybox", "--", "echo", "hi"], b"hi\n"),
     ("native spawn: busybox echo hi", lambda i: ["/bin/busybox", "echo", "hi"], b"hi\n"),
     ("runc run: busybox echo hi (OCI bundle)", lambda i: ["runc", "run", "--bundle", f"{work}/bundle", f"bench{i}"], b"hi\n"),
@@ -71,5 +76,8 @@ for name, values in samples.items():
     print(f"{name:55} {statistics.median(values):7.1f} {values[int(len(values) * 0.9) - 1]:7.1f} {values[0]:7.1f}")
 floor = statistics.median(samples["docker version (the client's floor)"])
 run = statistics.median(samples["docker run --rm busybox echo hi (VCH)"])
+null_run = statistics.median(samples["docker run --rm ... (null endpoint: the client alone)"])
 print(f"docker run through the VCH is {run - floor:.1f} ms p50 above the floor (target: within 5 ms)")
+print(f"the client's own run costs {null_run - floor:.1f} ms above that floor (an endpoint that answers at once);")
+print(f"the VCH, the agent and the container add {run - null_run:.1f} ms p50 to it")
 PY
