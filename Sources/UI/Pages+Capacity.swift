@@ -108,7 +108,8 @@ extension Pages {
                 whatIfError = answer.error?.message ?? "the report does not decode"
             }
         }
-        let images = Set(report?.pools.flatMap { $0.headroom.map(\.image) } ?? []).sorted()
+        // The placement images the report names: in headroom, or warm on a host.
+        let images = Set((report?.pools.flatMap { $0.headroom.map(\.image) } ?? []) + (report?.hosts.flatMap(\.warmImages) ?? [])).sorted()
         let totals: [Option] = report.map { report in
             let totals = report.totals
             return [

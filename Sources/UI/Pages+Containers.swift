@@ -18,6 +18,8 @@ struct ContainerView {
     let uptime: String
     let exitCode: String
     let exitReason: String
+    /// "0 (exited with 0)", or "" while it runs.
+    let exitStatus: String
     let hostname: String
     let memoryMiB: Int
     let pool: String
@@ -47,6 +49,7 @@ struct ContainerView {
         }
         exitCode = info.exitCode.map(String.init) ?? ""
         exitReason = info.exitReason ?? ""
+        exitStatus = info.exitCode.map { code in info.exitReason.map { "\(code) (\($0))" } ?? "\(code)" } ?? ""
         hostname = info.hostname
         memoryMiB = info.memoryMiB
         pool = info.pool ?? ""

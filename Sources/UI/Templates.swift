@@ -128,7 +128,7 @@ enum Templates {
         <td><a href="/ui/containers/{{id}}">{{name}}</a><br><small>{{shortID}}</small></td>
         <td class="state" data-state="{{state}}"><span class="badge {{state}}">{{state}}</span></td>
         <td>{{image}}</td><td><code>{{command}}</code></td><td>{{uptime}}</td>
-        <td>{{memoryPrivate}} / {{memoryShared}}</td><td>{{exitCode}}{{#exitReason}} ({{exitReason}}){{/exitReason}}</td><td>{{vch}}</td>
+        <td>{{memoryPrivate}} / {{memoryShared}}</td><td>{{exitStatus}}</td><td>{{vch}}</td>
         <td class="actions">{{#running}}<a class="button" href="/ui/containers/{{id}}/confirm?action=stop" aria-label="Stop {{name}}">Stop</a>
         <a class="button" href="/ui/containers/{{id}}/confirm?action=kill" aria-label="Kill {{name}}">Kill</a>{{/running}}
         <a class="button" href="/ui/containers/{{id}}/confirm?action=remove" aria-label="Remove {{name}}">Remove</a></td>
