@@ -58,6 +58,9 @@ public actor VCHRegistry {
     let logger: Logger
     private var records: [String: VCHRecord] = [:]
     private var failures: [String: String] = [:]
+    /// Names and TCP addresses of creations in progress: the actor is reentrant at each await,
+    /// so a second request for the same name or address is refused while the first starts.
+    private var pending: Set<String> = []
 
     init(engine: Engine, hosting: (any VCHHosting)?, agentSocket: String, logger: Logger) throws {
         self.engine = engine
@@ -104,11 +107,16 @@ public actor VCHRegistry {
         let listen = try Self.checkListen(listen ?? "unix")
         guard let hosting else { throw EngineError(.unavailable, "this daemon was started without VCH hosting (vmfork serve wires it in)") }
         return try await audited("vch.create", subject: name, actor: actor, detail: "pool \(pool), \(listen)") {
-            guard records[name] == nil else { throw EngineError(.conflict, "a VCH named \(name) exists already", field: "name") }
-            guard records.count < Self.maximumCount else { throw EngineError(.conflict, "this agent has \(Self.maximumCount) VCHs, the most it keeps") }
-            if listen != "unix", let taken = records.values.first(where: { $0.listen == listen }) {
-                throw EngineError(.conflict, "VCH \(taken.name) listens on \(listen) already", field: "listen")
+            guard records[name] == nil, !pending.contains(name) else { throw EngineError(.conflict, "a VCH named \(name) exists already", field: "name") }
+            guard records.count + pending.count / 2 < Self.maximumCount else {
+                throw EngineError(.conflict, "this agent has \(Self.maximumCount) VCHs, the most it keeps")
             }
+            if listen != "unix", let taken = records.values.first(where: { $0.listen == listen })?.name ?? (pending.contains(listen) ? "being created" : nil) {
+                throw EngineError(.conflict, "a VCH (\(taken)) listens on \(listen) already", field: "listen")
+            }
+            // Held until this creation ends, either way (a name and an address: two entries).
+            pending.formUnion([name, listen == "unix" ? "unix:\(name)" : listen])
+            defer { pending.subtract([name, listen == "unix" ? "unix:\(name)" : listen]) }
             let placement = engine.placement
             let pools = try await engine.onBlockingThread { try placement.read { core in try core.capacityReport() } }.pools
             guard pools.contains(where: { $0.name == pool }) else {
