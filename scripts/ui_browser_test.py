@@ -329,6 +329,17 @@ def run_checks(b, base, token, sock, docker_env, restart_daemon):
         b.wait("the row of web.short", lambda: b.find_all("tr[data-name='web.short'] td.state") and b.text("tr[data-name='web.short'] td.state") == "exited")
         b.screenshot("containers")
 
+    @check("the overview counts the containers as the API lists them and reads the agent's metrics")
+    def _():
+        listed = json.loads(http("GET", "/v1/containers", unix=sock)[1])
+        running = sum(1 for c in listed if c["state"] == "running")
+        exited = sum(1 for c in listed if c["state"] == "exited")
+        b.open(base + "/ui/")
+        assert (b.text("#running"), b.text("#exited")) == (str(running), str(exited)), f"page {b.text('#running')}/{b.text('#exited')} api {running}/{exited}"
+        metrics = b.text("#metrics")
+        assert "Forks since the daemon started" in metrics and "Fork latency p50" in metrics, metrics
+        b.screenshot("overview-with-containers")
+
     @check("a running and an exited container show what vmfork ps --json and docker inspect show")
     def _():
         out = subprocess.run([VMFORK, "container", "ps", "--all", "--json", "--state", os.path.dirname(sock)], capture_output=True, text=True, timeout=30)

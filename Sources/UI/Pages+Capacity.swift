@@ -167,6 +167,29 @@ extension Pages {
         let medianLatency: String
         let error: String?
         let liveSource: String
+        /// From the agent's own metrics (GET /metrics).
+        let metrics: [Option]
+    }
+
+    /// The agent's metrics as the overview prints them.
+    static func metricFigures(_ text: String?) -> [Option] {
+        guard let text else { return [] }
+        let metrics = MetricsText(text)
+        func figure(_ label: String, _ value: String?) -> Option? { value.map { Option(value: $0, label: label, selected: false) } }
+        func latency(_ q: Double) -> String? {
+            metrics.quantile("vmfork_fork_duration_seconds", q).map { $0.isFinite ? "≤ " + Format.microseconds($0 * 1e6) : "above the last bucket" }
+        }
+        return [
+            figure("Forks since the daemon started", metrics.value("vmfork_forks_total").map { String(Int($0)) }),
+            figure("Forks per second (the agent's figure)", metrics.value("vmfork_forks_per_second").map { String(format: "%.2f", $0) }),
+            figure("Fork latency p50 (histogram bucket)", latency(0.5)),
+            figure("Fork latency p99 (histogram bucket)", latency(0.99)),
+            figure("Live containers", metrics.value("vmfork_containers_live").map { String(Int($0)) }),
+            figure("Ready VMs in parents' pools", metrics.value("vmfork_pool_ready_vms").map { String(Int($0)) }),
+            figure("Memory: parents", metrics.value("vmfork_memory_parent_bytes").map { Format.mib(bytes: $0) }),
+            figure("Memory: children private", metrics.value("vmfork_memory_private_bytes").map { Format.mib(bytes: $0) }),
+            figure("Memory: children shared", metrics.value("vmfork_memory_shared_bytes").map { Format.mib(bytes: $0) }),
+        ].compactMap { $0 }
     }
 
     func overview(_ request: Request, actor: String) async -> Response {
@@ -197,7 +220,8 @@ extension Pages {
             created: list.filter { $0.state == .created }.count, vchs: vchs.count, parents: parents.count, saved: Format.mib(bytes: saved),
             minutes: minutes, forksPerSecond: String(format: "%.2f", Double(recent.count) / 600),
             medianLatency: Self.median(recent.compactMap(\.forkMicroseconds)).map { Format.microseconds($0) } ?? "no forks yet",
-            error: report.failureMessage ?? containers.failureMessage, liveSource: "/ui/?fragment=1")
+            error: report.failureMessage ?? containers.failureMessage, liveSource: "/ui/?fragment=1",
+            metrics: Self.metricFigures(await text("/metrics", actor: actor)))
         if Self.wantsFragment(request) { return ui.fragment("overview-live", view) }
         return ui.render("overview", view, title: "Overview", section: "overview")
     }

@@ -88,6 +88,8 @@ enum Templates {
         <div><dt>Forks per second (last 10 min)</dt><dd>{{forksPerSecond}}</dd></div>
         <div><dt>Median fork latency (last 10 min)</dt><dd>{{medianLatency}}</dd></div>
         </dl></section>
+        <section aria-labelledby="metrics-h"><h2 id="metrics-h">From the agent's metrics</h2>
+        <dl class="figures" id="metrics">{{#metrics}}<div><dt>{{label}}</dt><dd>{{value}}</dd></div>{{/metrics}}</dl></section>
         <section aria-labelledby="forks"><h2 id="forks">Forks per minute</h2>
         <table><caption>Containers forked per minute in the last ten minutes (those still listed), with their median fork latency</caption>
         <thead><tr><th scope="col">Minute</th><th scope="col">Forks</th><th scope="col">Bar</th><th scope="col">Median fork latency</th></tr></thead>
