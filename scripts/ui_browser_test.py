@@ -296,8 +296,11 @@ def run_checks(b, base, token, sock, docker_env, restart_daemon):
         # The pool was made on the way: the form now offers it as the existing pool.
         assert b.script("return document.getElementById('pool-existing').checked && document.getElementById('pool').value") == "uipool"
         b.type("#name", "web")
+        b.script("document.getElementById('warmImage').value = 'busybox';")
+        b.type("#parents", "1")
         b.click("#create")
         b.wait("the new VCH's page", lambda: b.find_all("#docker-command"))
+        assert "Keeping 1 warm parent(s) of busybox" in b.text("[role=status]"), b.text("[role=status]")
         command = b.text("#docker-command")
         assert command.startswith("docker -H unix://") and command.endswith(" ps"), command
         shared["docker_host"] = command.split()[2]

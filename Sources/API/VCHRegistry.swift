@@ -22,7 +22,7 @@ public struct VCHInfo: Codable, Sendable, Equatable {
     public var pool: String
     public var listen: String
     public var createdAt: Double
-    /// "running" or "failed".
+    /// "running", "starting" (recorded, not yet started after a daemon start) or "failed".
     public var state: String
     public var failure: String?
     /// Where the docker CLI points: unix:///PATH or tcp://127.0.0.1:PORT.
@@ -58,6 +58,8 @@ public actor VCHRegistry {
     let logger: Logger
     private var records: [String: VCHRecord] = [:]
     private var failures: [String: String] = [:]
+    /// The VCHs whose endpoints listen now.
+    private var running: Set<String> = []
     /// Names and TCP addresses of creations in progress: the actor is reentrant at each await,
     /// so a second request for the same name or address is refused while the first starts.
     private var pending: Set<String> = []
@@ -89,7 +91,7 @@ public actor VCHRegistry {
         let count = engine.containers(ContainerFilter(labels: ["\(Self.ownerLabel)=\(record.name)"])).count
         let failure = hosting == nil ? "this daemon was started without VCH hosting" : failures[record.name]
         return VCHInfo(name: record.name, pool: record.pool, listen: record.listen, createdAt: record.createdAt,
-                       state: failure == nil ? "running" : "failed", failure: failure, dockerHost: host,
+                       state: failure != nil ? "failed" : running.contains(record.name) ? "running" : "starting", failure: failure, dockerHost: host,
                        dockerCommand: "docker -H \(host) ps", tokenFile: tokenFile(record), containers: count)
     }
 
@@ -131,11 +133,13 @@ public actor VCHRegistry {
             }
             records[name] = record
             failures[name] = nil
+            running.insert(name)
             do {
                 try save()
             } catch {
                 await hosting.stop(name)
                 records[name] = nil
+                running.remove(name)
                 throw error
             }
             return info(record)
@@ -154,6 +158,7 @@ public actor VCHRegistry {
             await hosting?.stop(name)
             records[name] = nil
             failures[name] = nil
+            running.remove(name)
             try save()
             if record.listen == "unix" { unlink(folder.appendingPathComponent("\(name).sock").path) }
         }
@@ -167,6 +172,7 @@ public actor VCHRegistry {
                 try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
                 try await hosting.start(record, dockerHost: dockerHost(record), tokenFile: tokenFile(record), agentSocket: agentSocket)
                 failures[record.name] = nil
+                running.insert(record.name)
                 engine.record("vch.start", subject: record.name, actor: "daemon")
             } catch {
                 failures[record.name] = "\(error)"
@@ -179,7 +185,10 @@ public actor VCHRegistry {
     /// Stops every running VCH (at daemon shutdown); their records stay.
     public func stopAll() async {
         guard let hosting else { return }
-        for name in records.keys.sorted() where failures[name] == nil { await hosting.stop(name) }
+        for name in running.sorted() {
+            await hosting.stop(name)
+            running.remove(name)
+        }
     }
 
     /// Runs `body` and records its outcome in the event log, ok or the error's message.

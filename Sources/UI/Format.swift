@@ -7,6 +7,7 @@ enum Format {
 
     static func mib(bytes: Double) -> String {
         let mib = bytes / 1_048_576
+        if bytes == 0 { return "0 MiB" }
         if bytes > 0 && bytes < 1_048_576 { return String(format: "%.0f KiB", bytes / 1024) }
         if mib >= 10240 { return String(format: "%.1f GiB", mib / 1024) }
         if mib >= 100 { return String(format: "%.0f MiB", mib) }

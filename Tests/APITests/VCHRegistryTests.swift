@@ -47,10 +47,40 @@ struct VCHRegistryTests {
         // A restart starts it again from the state folder.
         #expect(daemon.stop() == 0)
         try daemon.start()
-        #expect(try client.send("GET", "/v1/vchs/ok").decode(VCHInfo.self).state == "running")
+        // The daemon starts its VCHs once its socket listens: "starting" until then.
+        let deadline = Date().addingTimeInterval(20)
+        var state = ""
+        while Date() < deadline {
+            state = try client.send("GET", "/v1/vchs/ok").decode(VCHInfo.self).state
+            if state != "starting" { break }
+            usleep(20_000)
+        }
+        #expect(state == "running")
         #expect(try AgentClient(socketPath: socket).send("GET", "/_ping").status == 200)
         let starts = try daemon.events(client, type: "vch.start")
         #expect(starts.count == 1 && (starts.first?["result"] as? String) == "ok")
+    }
+
+    @Test func aTCPVCHWantsItsToken() throws {
+        let daemon = try DaemonFixture()
+        try daemon.start()
+        defer { daemon.stop() }
+        let client = daemon.client
+        #expect(try post(client, "/v1/placement/pools", ["name": "dev"]).status == 201)
+        let port = Int.random(in: 20000...60000)
+        let created = try post(client, "/v1/vchs", ["name": "tcp", "pool": "dev", "listen": "tcp://127.0.0.1:\(port)"])
+        #expect(created.status == 201, "\(created.text)")
+        let info = try created.decode(VCHInfo.self)
+        let tokenFile = try #require(info.tokenFile)
+        #expect(info.dockerHost == "tcp://127.0.0.1:\(port)")
+        var mode = stat()
+        #expect(stat(tokenFile, &mode) == 0 && mode.st_mode & 0o777 == 0o600)
+        let token = try String(contentsOfFile: tokenFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(try AgentClient(endpoint: .tcp(host: "127.0.0.1", port: port, token: nil)).send("GET", "/_ping").status == 401)
+        #expect(try AgentClient(endpoint: .tcp(host: "127.0.0.1", port: port, token: token)).send("GET", "/_ping").status == 200)
+        // The same address twice is refused by name.
+        let twice = try post(client, "/v1/vchs", ["name": "tcp2", "pool": "dev", "listen": "tcp://127.0.0.1:\(port)"])
+        #expect(twice.status == 409 && field(twice) == "listen")
     }
 
     @Test func deleteIsRefusedWhileTheVCHHasContainersUnlessForced() throws {
