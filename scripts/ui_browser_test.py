@@ -25,6 +25,7 @@ VMFORK = os.path.realpath(sys.argv[1])
 ARTIFACTS = os.path.realpath(sys.argv[2])
 DOCKER = shutil.which("docker") or "/usr/local/bin/docker"
 ELEMENT = "element-6066-11e4-a52e-4f735466cecf"
+TAB, ENTER = "\ue004", "\ue007"  # WebDriver's key codes
 results = []
 
 
@@ -106,6 +107,13 @@ class WebDriver:
 
     def script(self, source, *args):
         return self.call("POST", self.s("/execute/sync"), {"script": source, "args": list(args)})
+
+    def keys(self, *keys):
+        """Presses and releases each key (WebDriver key codes, e.g. TAB, ENTER) on the focused element."""
+        actions = []
+        for key in keys:
+            actions += [{"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}]
+        self.call("POST", self.s("/actions"), {"actions": [{"type": "key", "id": "keyboard", "actions": actions}]})
 
     def url(self):
         return self.call("GET", self.s("/url"))
@@ -308,6 +316,18 @@ def run_checks(b, base, token, sock, docker_env, restart_daemon):
         status, text = http("GET", "/v1/vchs/web", unix=sock)
         assert status == 200 and json.loads(text)["pool"] == "uipool", text
 
+    @check("the keyboard alone reaches and follows a link (Tab, then Enter)")
+    def _():
+        b.open(base + "/ui/vchs")
+        for _ in range(40):
+            b.keys(TAB)
+            if b.script("return document.activeElement && document.activeElement.id") == "create-vch":
+                break
+        else:
+            raise AssertionError("40 Tabs never reached the Create a VCH link")
+        b.keys(ENTER)
+        b.wait("the wizard", lambda: b.text("h1") == "Create a VCH")
+
     @check("the capacity page shows the report's SVG chart and answers a what-if")
     def _():
         b.open(base + "/ui/capacity")
@@ -331,6 +351,23 @@ def run_checks(b, base, token, sock, docker_env, restart_daemon):
         docker("run", "--name", "short", "busybox", "echo", "hi from docker")
         b.wait("the row of web.short", lambda: b.find_all("tr[data-name='web.short'] td.state") and b.text("tr[data-name='web.short'] td.state") == "exited")
         b.screenshot("containers")
+
+    @check("a container's page streams its output while it runs")
+    def _():
+        # It prints, waits for a line on its standard input (the guest does not fork, so no
+        # sleep from sh), then prints again: the page must show the first line before the second exists.
+        status, text = http("POST", "/v1/containers", {"image": "busybox", "name": "web.chatty", "arguments": ["sh", "-c", "echo first; read x; echo second $x"],
+                                                       "openStdin": True, "labels": {"vmfork.vch": "web"}}, unix=sock)
+        assert status == 201, text
+        cid = json.loads(text)["id"]
+        assert http("POST", f"/v1/containers/{cid}/start", unix=sock)[0] == 200
+        b.open(base + "/ui/containers/" + cid)
+        b.wait("the first line while it runs", lambda: "first" in b.text("#logs") and "following" in b.text("#logs-state"))
+        assert "second" not in b.text("#logs")
+        subprocess.run(["curl", "-s", "--unix-socket", sock, "-X", "POST", "--data-binary", "now\n",
+                        f"http://localhost/v1/containers/{cid}/stdin?close=true"], check=True, timeout=30)
+        b.wait("the second line and the end", lambda: "second now" in b.text("#logs") and "ended" in b.text("#logs-state"), timeout=30)
+        assert http("DELETE", f"/v1/containers/{cid}", unix=sock)[0] == 204
 
     @check("the overview counts the containers as the API lists them and reads the agent's metrics")
     def _():
