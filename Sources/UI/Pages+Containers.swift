@@ -228,34 +228,31 @@ extension Pages {
 
     /// An API body that streams, as server-sent events: `transform` turns each piece into
     /// event text; with `end`, an "end" event follows the body's end (so the page's
-    /// EventSource does not connect again and replay the output).
+    /// EventSource does not connect again and replay the output). Each piece is written to
+    /// the page before the API's stream makes the next (its writes wait for the network),
+    /// and a page that leaves fails the write, which ends the API's follow loop.
     static func forward(_ body: ResponseBody, end: Bool, transform: @escaping @Sendable (ByteBuffer) -> String) -> Response {
-        let (stream, continuation) = AsyncStream.makeStream(of: ByteBuffer.self)
-        let producer = Task {
-            do {
-                try await body.write(YieldingWriter(continuation: continuation, transform: transform))
-            } catch {}
-            if end { continuation.yield(ByteBuffer(string: "event: end\ndata: \"\"\n\n")) }
-            continuation.finish()
-        }
-        // The page left (the writer of the answer failed): stop reading the API's stream.
-        continuation.onTermination = { _ in producer.cancel() }
-        return Response(status: .ok, headers: sseHeaders, body: ResponseBody(asyncSequence: stream))
+        Response(status: .ok, headers: sseHeaders, body: ResponseBody { writer in
+            try await body.write(EventStreamWriter(page: writer, transform: transform, end: end))
+        })
     }
 }
 
-/// Hands each piece of an API body on to a stream, transformed; fails once the stream's
-/// reader is gone, which ends the API's own loop (its follow of logs or events).
-private struct YieldingWriter: ResponseBodyWriter {
-    let continuation: AsyncStream<ByteBuffer>.Continuation
+/// Writes an API body's pieces to the page as server-sent events; at the body's end, the
+/// "end" event (when asked) and the page's own end.
+private struct EventStreamWriter: ResponseBodyWriter {
+    var page: any ResponseBodyWriter
     let transform: @Sendable (ByteBuffer) -> String
+    let end: Bool
 
     mutating func write(_ buffer: ByteBuffer) async throws {
-        try Task.checkCancellation()
-        if case .terminated = continuation.yield(ByteBuffer(string: transform(buffer))) { throw CancellationError() }
+        try await page.write(ByteBuffer(string: transform(buffer)))
     }
 
-    consuming func finish(_ trailingHeaders: HTTPFields?) async throws {}
+    consuming func finish(_ trailingHeaders: HTTPFields?) async throws {
+        if end { try await page.write(ByteBuffer(string: "event: end\ndata: \"\"\n\n")) }
+        try await page.finish(nil)
+    }
 }
 
 struct MessageView {
