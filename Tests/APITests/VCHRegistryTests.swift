@@ -107,6 +107,25 @@ struct VCHRegistryTests {
         #expect(deletes.map { $0["result"] as? String } == ["VCH dev has 1 container(s); remove them first, or delete with force=true", "ok"])
     }
 
+    @Test func theCommandLineCreatesListsAndDeletesTheAgentsVCHs() throws {
+        let daemon = try DaemonFixture()
+        try daemon.start()
+        defer { daemon.stop() }
+        #expect(try post(daemon.client, "/v1/placement/pools", ["name": "dev"]).status == 201)
+        func vmfork(_ arguments: String...) throws -> (status: Int32, stdout: String, stderr: String) {
+            try HostFacts.run(DaemonFixture.binary, ["vch"] + arguments + ["--state", daemon.state.path])
+        }
+        let created = try vmfork("create", "cli", "--pool", "dev")
+        let socket = daemon.state.appendingPathComponent("vch/cli.sock").path
+        #expect(created.status == 0 && created.stdout == "docker -H unix://\(socket) ps\n", "\(created)")
+        let refused = try vmfork("create", "cli", "--pool", "nosuch")
+        #expect(refused.status != 0 && refused.stderr.contains("exists already"), "\(refused)")
+        let listed = try vmfork("ls")
+        #expect(listed.status == 0 && listed.stdout.contains("cli") && listed.stdout.contains("running"), "\(listed)")
+        #expect(try vmfork("rm", "cli").status == 0)
+        #expect(try daemon.client.send("GET", "/v1/vchs").decode([VCHInfo].self).isEmpty)
+    }
+
     @Test func capacityWhatIfPlansAnotherLaunchRate() throws {
         let daemon = try DaemonFixture()
         try daemon.start()
