@@ -49,16 +49,22 @@ enum Assets {
           function text(s) { return document.createTextNode(s); }
           var live = document.getElementById('live');
           if (live && live.dataset.liveSrc) {
-            var timer = null, busy = false;
+            // At most one refresh every two seconds, however busy the agent is.
+            var timer = null, busy = false, last = 0;
             var refresh = function () {
-              if (busy) { timer = setTimeout(refresh, 300); return; }
+              timer = null;
+              if (busy) { schedule(); return; }
               busy = true;
+              last = Date.now();
               fetch(live.dataset.liveSrc, { credentials: 'same-origin' }).then(function (r) {
                 if (r.ok) { return r.text().then(function (html) { live.innerHTML = html; }); }
               }).finally(function () { busy = false; });
             };
+            var schedule = function () {
+              if (timer === null) { timer = setTimeout(refresh, Math.max(250, last + 2000 - Date.now())); }
+            };
             var changes = new EventSource('/ui/events/stream');
-            changes.onmessage = function () { clearTimeout(timer); timer = setTimeout(refresh, 250); };
+            changes.onmessage = schedule;
             // Uptimes move on even when nothing happens.
             setInterval(refresh, 15000);
           }

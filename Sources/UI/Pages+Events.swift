@@ -31,7 +31,8 @@ extension Pages {
         let type = Self.query(request, "type")
         let byActor = Self.query(request, "actor")
         let subject = Self.query(request, "subject")
-        let minutes = Self.query(request, "minutes")
+        // The log is read oldest first: by default only its last hour, so a busy agent's page stays quick.
+        let minutes = Self.query(request, "minutes").nilIfEmpty ?? "60"
         var query = ["limit=10000"]
         if !type.isEmpty { query.append("type=\(Form.escapeComponent(type))") }
         var minuteError: String?

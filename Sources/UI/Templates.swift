@@ -247,7 +247,7 @@ enum Templates {
         <div class="field"><label for="e-type">Types (comma-separated, e.g. container.create,vch.create)</label><input id="e-type" name="type" value="{{type}}"></div>
         <div class="field"><label for="e-actor">Actor contains</label><input id="e-actor" name="actor" value="{{actor}}"></div>
         <div class="field"><label for="e-subject">Subject contains</label><input id="e-subject" name="subject" value="{{subject}}"></div>
-        <div class="field"><label for="e-minutes">In the last N minutes</label><input id="e-minutes" name="minutes" inputmode="decimal" value="{{minutes}}"></div>
+        <div class="field"><label for="e-minutes">In the last N minutes (default 60)</label><input id="e-minutes" name="minutes" inputmode="decimal" value="{{minutes}}"></div>
         <button type="submit">Filter</button>
         </form>
         {{#error}}<p class="error" role="alert">Error: {{error}}</p>{{/error}}
