@@ -271,6 +271,17 @@ def run_checks(b, base, token, sock, docker_env, restart_daemon):
         b.type("#token", token + "\n")  # Enter submits: the form works from the keyboard
         b.wait("the containers page after sign-in", lambda: b.url().endswith("/ui/containers") and b.text("h1") == "Containers")
 
+    @check("a form posted from another site is refused, and the API still wants its bearer token")
+    def _():
+        request = urllib.request.Request(base + "/ui/login", data=f"token={token}".encode(), method="POST",
+                                         headers={"Origin": "http://attacker.example", "Content-Type": "application/x-www-form-urlencoded"})
+        try:
+            urllib.request.urlopen(request, timeout=30)
+            raise AssertionError("a cross-site sign-in was accepted")
+        except urllib.error.HTTPError as error:
+            assert error.code == 403, error.code
+        assert http("GET", base + "/v1/containers")[0] == 401, "the API answered without a token"
+
     pages = [("overview", "/ui/", "Overview"), ("containers", "/ui/containers", "Containers"), ("images", "/ui/images", "Warm parents and images"),
              ("capacity", "/ui/capacity", "Capacity"), ("events", "/ui/events", "Events"), ("vchs", "/ui/vchs", "VCHs"),
              ("vch-wizard", "/ui/vchs/new", "Create a VCH")]

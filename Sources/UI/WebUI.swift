@@ -37,13 +37,18 @@ public struct WebUI: AgentWebFrontEnd {
                      body: .init(byteBuffer: ByteBuffer(string: Assets.liveScript)))
         }
         router.get("/ui/login") { request, _ in pages.loginPage(message: nil, next: Pages.query(request, "next")) }
-        router.post("/ui/login") { request, _ in try await pages.login(request) }
+        router.post("/ui/login") { request, _ in
+            guard Self.sameOrigin(request) else { return Self.crossOrigin() }
+            return try await pages.login(request)
+        }
         router.post("/ui/logout") { _, _ in pages.logout() }
 
         // Every other page needs a session; `signedIn` hands over the actor it acts as.
         func page(_ path: RouterPath, method: HTTPRequest.Method = .get,
                   _ handler: @escaping @Sendable (Request, Context, String) async throws -> Response) {
             router.on(path, method: method) { request, context in
+                // SameSite=Strict keeps the cookie off other sites' posts; the Origin check is a second lock.
+                if method != .get, !Self.sameOrigin(request) { return Self.crossOrigin() }
                 guard let actor = pages.actor(of: request) else {
                     if method == .get { return Response.redirect(to: "/ui/login?next=\(Form.escape(request.uri.path))") }
                     return pages.loginPage(message: "Your session has ended; sign in again.", next: nil, status: .unauthorized)
@@ -79,6 +84,18 @@ public struct WebUI: AgentWebFrontEnd {
         page("/ui/vchs/:name/delete", method: .post) { request, context, actor in
             try await pages.deleteVCH(request, name: try context.parameter("name"), actor: actor)
         }
+    }
+
+    /// A form post from a page of this listener: no Origin header (an older browser, curl), or
+    /// one naming the host the request was sent to.
+    static func sameOrigin(_ request: Request) -> Bool {
+        guard let origin = request.headers[.origin] else { return true }
+        guard let authority = request.head.authority else { return false }
+        return origin == "http://\(authority)" || origin == "https://\(authority)"
+    }
+
+    static func crossOrigin() -> Response {
+        html("<p>Refused: this form was posted from another site.</p>", status: .forbidden)
     }
 
     /// A page in the layout: `template` rendered with `view`, inside the navigation.
