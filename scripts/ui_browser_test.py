@@ -363,7 +363,7 @@ def run_checks(b, base, token, sock, docker_env, restart_daemon):
         b.wait("the row of web.short", lambda: b.find_all("tr[data-name='web.short'] td.state") and b.text("tr[data-name='web.short'] td.state") == "exited")
         b.screenshot("containers")
 
-    @check("a container's page streams its output while it runs")
+    @check("a container's page streams its output while it runs, and removes it after asking")
     def _():
         # It prints, waits for a line on its standard input (the guest does not fork, so no
         # sleep from sh), then prints again: the page must show the first line before the second exists.
@@ -378,7 +378,12 @@ def run_checks(b, base, token, sock, docker_env, restart_daemon):
         subprocess.run(["curl", "-s", "--unix-socket", sock, "-X", "POST", "--data-binary", "now\n",
                         f"http://localhost/v1/containers/{cid}/stdin?close=true"], check=True, timeout=30)
         b.wait("the second line and the end", lambda: "second now" in b.text("#logs") and "ended" in b.text("#logs-state"), timeout=30)
-        assert http("DELETE", f"/v1/containers/{cid}", unix=sock)[0] == 204
+        # Removed from its page, after the question.
+        b.click("p.actions a[href$='action=remove']")
+        b.wait("the question", lambda: "Remove container web.chatty?" in b.text("#question"))
+        b.click("#confirm")
+        b.wait("the removal said", lambda: "removed" in b.text("[role=status]"))
+        assert http("GET", f"/v1/containers/{cid}", unix=sock)[0] == 404
 
     @check("the overview counts the containers as the API lists them and reads the agent's metrics")
     def _():
