@@ -94,7 +94,14 @@ class WebDriver:
         return [e[ELEMENT] for e in self.call("POST", self.s("/elements"), {"using": "css selector", "value": css})]
 
     def click(self, css):
-        self.call("POST", self.s(f"/element/{self.find(css)}/click"))
+        # A live region may be swapped between finding and clicking: find it again then.
+        for attempt in range(5):
+            try:
+                return self.call("POST", self.s(f"/element/{self.find(css)}/click"))
+            except RuntimeError as error:
+                if "stale element" not in str(error) or attempt == 4:
+                    raise
+                time.sleep(0.2)
 
     def type(self, css, text, clear=True):
         element = self.find(css)
@@ -103,7 +110,13 @@ class WebDriver:
         self.call("POST", self.s(f"/element/{element}/value"), {"text": text})
 
     def text(self, css):
-        return self.call("GET", self.s(f"/element/{self.find(css)}/text"))
+        for attempt in range(5):
+            try:
+                return self.call("GET", self.s(f"/element/{self.find(css)}/text"))
+            except RuntimeError as error:
+                if "stale element" not in str(error) or attempt == 4:
+                    raise
+                time.sleep(0.2)
 
     def script(self, source, *args):
         return self.call("POST", self.s("/execute/sync"), {"script": source, "args": list(args)})
@@ -476,6 +489,23 @@ def run_checks(b, base, token, sock, docker_env, restart_daemon):
         b.type("#reference", "127.0.0.1:1/nothing:latest")
         b.click("#pull-form button[type=submit]")
         b.wait("the pull's answer", lambda: b.find_all("#pull-result") and "failed" in b.text("#pull-result"), timeout=60)
+        # A real pull from a registry on loopback (scripts/local-registry.sh), when its parts are installed.
+        if shutil.which("docker-registry") and shutil.which("skopeo") and shutil.which("umoci"):
+            folder = tempfile.mkdtemp(prefix="vmfork-ui-registry-")
+            out = subprocess.run(["bash", "scripts/local-registry.sh", folder], capture_output=True, text=True, timeout=120)
+            assert out.returncode == 0, out.stderr
+            registry_port, registry_pid = out.stdout.split()[:2]
+            try:
+                b.type("#reference", f"127.0.0.1:{registry_port}/busybox:latest")
+                b.type("#pull-name", "pulled")
+                b.click("#pull-form button[type=submit]")
+                b.wait("the pull done", lambda: b.find_all("#pull-result") and "Pulled" in b.text("#pull-result"), timeout=120)
+                assert b.find_all("section.image h2#image-pulled"), "the pulled image is not listed"
+                status, text = http("GET", "/v1/images/pulled", unix=sock)
+                assert status == 200, text
+            finally:
+                os.kill(int(registry_pid), signal.SIGTERM)
+                shutil.rmtree(folder, ignore_errors=True)
         assert b.find_all("section.image"), "no image listed"
         evict = b.find_all("a[aria-label^='Evict']")
         assert evict, "no warm parent with an Evict control"
