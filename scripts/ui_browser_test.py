@@ -155,6 +155,68 @@ class WebDriver:
             pass
 
 
+def slow_registry():
+    """A registry on loopback that serves one image, slow/latest (static busybox in one gzip'ed
+    layer), its layer in pieces over about three seconds, so a pull can be watched while it
+    runs. Returns (port, server)."""
+    import gzip, hashlib, http.server, io, tarfile, threading
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        folder = tarfile.TarInfo("bin")
+        folder.type, folder.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(folder)
+        tar.add("/bin/busybox", arcname="bin/busybox")
+    layer_tar = raw.getvalue()
+    layer = gzip.compress(layer_tar, compresslevel=1)
+    digest = lambda data: "sha256:" + hashlib.sha256(data).hexdigest()
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "config": {"Entrypoint": ["/bin/busybox"], "Cmd": ["true"], "Env": ["PATH=/bin"]},
+                         "rootfs": {"type": "layers", "diff_ids": [digest(layer_tar)]}}).encode()
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(config), "size": len(config)},
+                           "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest(layer), "size": len(layer)}]}).encode()
+    blobs = {digest(config): config, digest(layer): layer}
+
+    class Registry(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def answer(self, body, kind, slow=False):
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Docker-Content-Digest", digest(body))
+            self.end_headers()
+            if self.command == "HEAD":
+                return
+            piece = max(1, len(body) // 30) if slow else len(body)
+            for start in range(0, len(body), piece):
+                self.wfile.write(body[start:start + piece])
+                self.wfile.flush()
+                if slow:
+                    time.sleep(0.1)
+
+        def do_GET(self):
+            if self.path == "/v2/":
+                return self.answer(b"{}", "application/json")
+            if self.path == "/v2/slow/manifests/latest":
+                return self.answer(manifest, "application/vnd.oci.image.manifest.v1+json")
+            if self.path.startswith("/v2/slow/blobs/") and self.path.rsplit("/", 1)[1] in blobs:
+                body = blobs[self.path.rsplit("/", 1)[1]]
+                return self.answer(body, "application/octet-stream", slow=body is layer)
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_HEAD = do_GET
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Registry)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server.server_address[1], server
+
+
 def check(name):
     def wrap(body):
         try:
@@ -506,6 +568,23 @@ def run_checks(b, base, token, sock, docker_env, restart_daemon):
             finally:
                 os.kill(int(registry_pid), signal.SIGTERM)
                 shutil.rmtree(folder, ignore_errors=True)
+        # A slow registry: the form shows the agent's own figures of the pull while it runs.
+        registry_port, server = slow_registry()
+        try:
+            b.type("#reference", f"127.0.0.1:{registry_port}/slow:latest")
+            b.type("#pull-name", "slow")
+            b.click("#pull-form button[type=submit]")
+            seen = b.wait("the layer's bytes arriving", lambda: b.script(
+                "var p = document.getElementById('pull-bar'); return p && p.value > 0 && p.value < p.max ? [p.value, p.max] : null"), timeout=30)
+            text = b.text("#pull-progress-text")
+            assert "downloading layers" in text and " of " in text, text
+            b.screenshot("pull-progress")
+            b.wait("the slow pull done", lambda: b.find_all("#pull-result") and f"Pulled 127.0.0.1:{registry_port}/slow" in b.text("#pull-result"), timeout=60)
+            assert http("GET", "/v1/images/slow", unix=sock)[0] == 200
+            assert json.loads(http("GET", "/v1/pulls", unix=sock)[1]) == [], "a pull still listed as in flight"
+            print(f"ui-test: the pull was seen at {seen[0]} of {seen[1]} bytes", flush=True)
+        finally:
+            server.shutdown()
         assert b.find_all("section.image"), "no image listed"
         evict = b.find_all("a[aria-label^='Evict']")
         assert evict, "no warm parent with an Evict control"

@@ -104,13 +104,32 @@ enum Assets {
           }
           var pull = document.getElementById('pull-form');
           if (pull) {
-            pull.addEventListener('submit', function () {
+            // The pull is posted from here (the form works without the script too), so the page
+            // stays live, showing the agent's figures, until the agent answers.
+            pull.addEventListener('submit', function (event) {
+              event.preventDefault();
               var progress = document.getElementById('pull-progress'), label = document.getElementById('pull-progress-text');
               var reference = document.getElementById('reference').value, started = Date.now();
+              var bar = document.getElementById('pull-bar');
+              var mib = function (bytes) { return (bytes / 1048576).toFixed(1) + ' MiB'; };
+              var phases = { manifest: 'reading the manifest', layers: 'downloading layers', unpacking: 'unpacking' };
               progress.hidden = false;
               label.textContent = 'Pulling ' + reference + '…';
-              setInterval(function () { label.textContent = 'Pulling ' + reference + '… ' + Math.round((Date.now() - started) / 1000) + ' s'; }, 500);
+              // The agent's own figures (GET /v1/pulls) while the form's request waits for the pull.
+              setInterval(function () {
+                var seconds = Math.round((Date.now() - started) / 1000) + ' s';
+                fetch('/ui/images/pulls', { credentials: 'same-origin' }).then(function (r) { return r.ok ? r.json() : []; }).then(function (pulls) {
+                  var mine = pulls.filter(function (p) { return reference.indexOf(p.reference.split('/').pop().split(':')[0]) >= 0; }).pop() || pulls[pulls.length - 1];
+                  if (!mine) { label.textContent = 'Pulling ' + reference + '… ' + seconds; return; }
+                  if (mine.bytesTotal > 0) { bar.max = mine.bytesTotal; bar.value = mine.bytesDone; }
+                  label.textContent = 'Pulling ' + reference + ': ' + (phases[mine.phase] || mine.phase) + ', ' + mib(mine.bytesDone) + ' of ' + mib(mine.bytesTotal)
+                    + ' (' + mine.layers + ' layer' + (mine.layers === 1 ? '' : 's') + '), ' + seconds;
+                });
+              }, 250);
               pull.querySelector('button[type=submit]').disabled = true;
+              fetch(pull.action, { method: 'POST', body: new URLSearchParams(new FormData(pull)), credentials: 'same-origin' })
+                .then(function (r) { location.href = r.url; })
+                .catch(function () { pull.submit(); });
             });
           }
         })();

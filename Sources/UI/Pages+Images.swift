@@ -72,6 +72,13 @@ extension Pages {
         return ui.render("images", view, title: "Warm parents and images", section: "images")
     }
 
+    /// The API's pulls in flight, as it answers them (the pull form's progress reads it).
+    func pulls(actor: String) async -> Response {
+        let answer = await api.call(.get, "/v1/pulls", actor: actor)
+        return Response(status: .init(code: answer.status), headers: [.contentType: "application/json", .cacheControl: "no-store"],
+                        body: .init(byteBuffer: ByteBuffer(bytes: answer.body)))
+    }
+
     struct PullBody: Encodable, Sendable {
         let reference: String
         let name: String?

@@ -178,7 +178,7 @@ enum Templates {
         <div class="field"><label for="reference">Image reference to pull</label><input id="reference" name="reference" value="{{reference}}" placeholder="127.0.0.1:5000/busybox:latest" required></div>
         <div class="field"><label for="pull-name">Register as (optional name)</label><input id="pull-name" name="name"></div>
         <button type="submit">Pull</button>
-        <span id="pull-progress" hidden role="status"><progress aria-label="Pulling"></progress> <span id="pull-progress-text">Pulling…</span></span>
+        <span id="pull-progress" hidden role="status"><progress id="pull-bar" aria-label="Bytes of the image's layers arrived"></progress> <span id="pull-progress-text">Pulling…</span></span>
         </form>
         <div id="live" data-live-src="{{liveSource}}" aria-live="polite">
         {{> images-tables}}

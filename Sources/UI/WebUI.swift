@@ -67,6 +67,7 @@ public struct WebUI: AgentWebFrontEnd {
             try await pages.actOnContainer(request, id: try context.parameter("id"), actor: actor)
         }
         page("/ui/images") { request, _, actor in await pages.images(request, actor: actor) }
+        page("/ui/images/pulls") { _, _, actor in await pages.pulls(actor: actor) }
         page("/ui/images/pull", method: .post) { request, _, actor in try await pages.pull(request, actor: actor) }
         page("/ui/parents/:id/confirm") { _, context, actor in await pages.confirmEvict(try context.parameter("id"), actor: actor) }
         page("/ui/parents/:id/evict", method: .post) { _, context, actor in await pages.evict(try context.parameter("id"), actor: actor) }
