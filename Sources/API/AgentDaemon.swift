@@ -20,13 +20,13 @@ public struct AgentDaemon: Sendable {
         public var stateFolder: URL
         /// "127.0.0.1:PORT" (or any host:port) to listen on TCP too.
         public var listen: String?
-        public var stopGrace: Duration
-        /// When idle pools shrink and idle parents are evicted.
-        public var memoryPressure: MemoryPressurePolicy
         /// Pages served on the TCP listener beside the API (the UI module's), signed in with the same tokens.
         public var webFrontEnd: (any AgentWebFrontEnd)?
         /// Runs the agent's VCHs in this process (the VCH module's); without it, creating one is refused.
         public var vchHosting: (any VCHHosting)?
+        public var stopGrace: Duration
+        /// When idle pools shrink and idle parents are evicted.
+        public var memoryPressure: MemoryPressurePolicy
 
         public init(stateFolder: URL, listen: String? = nil, stopGrace: Duration = .seconds(10),
                     memoryPressure: MemoryPressurePolicy = MemoryPressurePolicy()) {
