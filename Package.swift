@@ -37,6 +37,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
         // Load runs: latency histograms (#18).
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
+        // The management web UI's templates (#19).
+        .package(url: "https://github.com/hummingbird-project/swift-mustache.git", from: "2.1.1"),
     ],
     targets: [
         // The one C target: kernel and library interfaces Swift cannot import directly.
@@ -106,11 +108,22 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        // The management web UI (#19): server-rendered pages over the agent's own API, served by `vmfork serve`.
+        .target(
+            name: "UI",
+            dependencies: [
+                "API", "Engine", "Placement",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Mustache", package: "swift-mustache"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSettings
+        ),
         .executableTarget(
             name: "vmfork",
             dependencies: [
                 "Capabilities", "ProcessVM", "Fork", "Disk", "Placement", "Store", "WorkloadProfiles", "HostSystem",
-                "Engine", "API", "Load", "VCH", .product(name: "Logging", package: "swift-log"),
+                "Engine", "API", "Load", "VCH", "UI", .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings

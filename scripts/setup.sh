@@ -16,6 +16,8 @@ packages=(
   skopeo           # pushes the test images into it; the pull benchmark's peer
   umoci            # builds the test images (OCI layouts); the unpack benchmark's peer
   apache2-utils    # htpasswd: the registry's basic-auth users in the auth test
+  chromium         # the web UI's browser tests (headless)
+  chromium-driver  # WebDriver for them (scripts/ui-browser.sh)
 )
 
 missing=()

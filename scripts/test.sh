@@ -27,7 +27,27 @@ if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
         status=1
     fi
 fi
+# The web UI in a real browser (headless chromium over WebDriver) against a real daemon and
+# the docker CLI; each of its checks counts as a test. Needs /dev/kvm too.
+ui_skipped=0
+if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
+    ui_log=$(mktemp)
+    bash scripts/ui-browser.sh 2>&1 | tee "$ui_log"
+    ui_status=${PIPESTATUS[0]}
+    ui_passed=$(grep -c '^ui-test passed: ' "$ui_log")
+    ui_failed=$(grep -c '^ui-test failed: ' "$ui_log")
+    if grep -q '^ui-browser: skipped' "$ui_log"; then
+        ui_skipped=1
+    elif [ "$ui_status" -ne 0 ] && [ "$ui_failed" -eq 0 ]; then
+        ui_failed=1  # the script died before its checks said anything
+    fi
+    passed=$((passed + ui_passed))
+    failed=$((failed + ui_failed))
+    [ "$ui_failed" -eq 0 ] || status=1
+    rm -f "$ui_log"
+fi
 skipped=$(grep -cP '^. Test (?!run )\S.* skipped' "$log")
+skipped=$((skipped + ui_skipped))
 echo
 grep -P '^. Test (?!run )\S.* skipped' "$log" | sed 's/^/skipped: /' || true
 echo "${passed} passed, ${failed} failed, ${skipped} skipped"

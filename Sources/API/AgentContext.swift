@@ -7,13 +7,25 @@ import NIOCore
 /// who the caller is, as the event log records it.
 struct AgentContext: RequestContext {
     var coreContext: CoreRequestContextStorage
-    let channel: any Channel
+    /// nil for a call made inside the daemon (`LocalAgentAPI`), which names its caller itself.
+    let channel: (any Channel)?
     /// "uid:N" on the Unix socket, "token:NAME" on TCP.
     var actor = "unknown"
 
     init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)
         channel = source.channel
+    }
+
+    /// A call made inside the daemon on behalf of `actor` (the web UI's signed-in token).
+    init(localCallBy actor: String, logger: Logger) {
+        coreContext = .init(source: LocalSource(logger: logger))
+        channel = nil
+        self.actor = actor
+    }
+
+    private struct LocalSource: RequestContextSource {
+        let logger: Logger
     }
 
     var maxUploadSize: Int { AgentLimits.maxBodyBytes }

@@ -21,6 +21,10 @@ public struct AgentDaemon: Sendable {
         public var stateFolder: URL
         /// "127.0.0.1:PORT" (or any host:port) to listen on TCP too.
         public var listen: String?
+        /// Pages served on the TCP listener beside the API (the UI module's), signed in with the same tokens.
+        public var webFrontEnd: (any AgentWebFrontEnd)?
+        /// Runs the agent's VCHs in this process (the VCH module's); without it, creating one is refused.
+        public var vchHosting: (any VCHHosting)?
         public var stopGrace: Duration
         /// When idle pools shrink and idle parents are evicted.
         public var memoryPressure: MemoryPressurePolicy
@@ -81,15 +85,18 @@ public struct AgentDaemon: Sendable {
         let tokens = try TokenFile.loadOrCreate(in: folder)
         let documentData = try Self.openAPIDocument()
         let documented = try Self.documentedOperations(documentData)
-        let routes = AgentRoutes(engine: engine, registry: registry, document: ByteBuffer(bytes: documentData))
+        let socketPath = folder.appendingPathComponent(Self.socketName).path
+        let vchs = try VCHRegistry(engine: engine, hosting: options.vchHosting, agentSocket: socketPath, logger: logger)
+        let routes = AgentRoutes(engine: engine, registry: registry, document: ByteBuffer(bytes: documentData), vchs: vchs)
         let inFlight = InFlightCounter()
 
-        func router(tcp: Bool) throws -> Router<AgentContext> {
+        /// tcp: bearer token; unix: the peer's uid; neither: calls inside the daemon, which name their caller.
+        func router(tcp: Bool, local: Bool = false) throws -> Router<AgentContext> {
             let router = Router(context: AgentContext.self)
             // Who calls comes first, so that every refusal after it is recorded under the caller.
             if tcp {
-                router.add(middleware: BearerTokenMiddleware(tokens: tokens, engine: engine))
-            } else {
+                router.add(middleware: BearerTokenMiddleware(tokens: tokens, engine: engine, frontEndPrefix: options.webFrontEnd?.pathPrefix))
+            } else if !local {
                 router.add(middleware: PeerCredentialsMiddleware())
             }
             router.add(middleware: ErrorMiddleware(inFlight: inFlight, engine: engine))
@@ -102,11 +109,11 @@ public struct AgentDaemon: Sendable {
             return router
         }
 
-        let socketPath = folder.appendingPathComponent(Self.socketName).path
         unlink(socketPath)  // a stale socket of a daemon that died; the engine's lock says none runs now
         let http = HTTPServerBuilder.http1(configuration: .init(idleTimeout: AgentLimits.idleTimeout))
         let logger = self.logger
         var services: [any Service] = []
+        let (unixReady, unixReadySignal) = AsyncStream.makeStream(of: Void.self)
         let unixApp = Application(
             router: try router(tcp: false), server: http,
             configuration: ApplicationConfiguration(address: .unixDomainSocket(path: socketPath), serverName: "vmfork",
@@ -114,6 +121,8 @@ public struct AgentDaemon: Sendable {
             onServerRunning: { _ in
                 chmod(socketPath, 0o600)
                 logger.info("listening", metadata: ["socket": "\(socketPath)"])
+                unixReadySignal.yield()
+                unixReadySignal.finish()
             },
             logger: logger)
         services.append(unixApp)
@@ -122,8 +131,13 @@ public struct AgentDaemon: Sendable {
             guard parts.count == 2, let port = Int(parts[1]), (0...65535).contains(port) else {
                 throw EngineError(.invalid, "--listen \(listen) is not HOST:PORT", field: "listen")
             }
+            let tcpRouter = try router(tcp: true)
+            if let frontEnd = options.webFrontEnd {
+                let local = LocalAgentAPI(responder: try router(tcp: false, local: true).buildResponder(), logger: logger)
+                frontEnd.register(on: tcpRouter, api: local, tokens: tokens)
+            }
             let tcpApp = Application(
-                router: try router(tcp: true), server: http,
+                router: tcpRouter, server: http,
                 configuration: ApplicationConfiguration(address: .hostname(String(parts[0]), port: port), serverName: "vmfork",
                                                         availableConnectionsDelegate: MaximumAvailableConnections(AgentLimits.maxConnections)),
                 onServerRunning: { channel in logger.info("listening", metadata: ["tcp": "\(channel.localAddress.map { "\($0)" } ?? listen)"]) },
@@ -133,6 +147,8 @@ public struct AgentDaemon: Sendable {
         // Last in the group, so first to be told to shut down: it stops the containers while
         // the listeners still answer the requests in flight (waits, followers end with them).
         services.append(EngineService(engine: engine, grace: options.stopGrace, memoryPressure: options.memoryPressure))
+        // After the engine, so first to stop: the VCHs close before the containers stop.
+        services.append(VCHService(vchs: vchs, ready: unixReady))
         let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
         unlink(socketPath)
@@ -154,5 +170,23 @@ struct EngineService: Service {
         warmUp.cancel()
         watcher.cancel()
         await engine.shutdown(grace: grace)
+    }
+}
+
+/// The agent's VCHs inside the daemon's service group: started once the Unix socket (which
+/// they call the agent on) listens; stopped first at shutdown.
+struct VCHService: Service {
+    let vchs: VCHRegistry
+    let ready: AsyncStream<Void>
+
+    func run() async throws {
+        let start = Task { [vchs, ready] in
+            for await _ in ready { break }
+            await vchs.startAll()
+        }
+        try? await gracefulShutdown()
+        start.cancel()  // a shutdown before the socket listened: nothing to start
+        await start.value
+        await vchs.stopAll()
     }
 }

@@ -12,6 +12,7 @@ struct AgentRoutes: Sendable {
     let engine: Engine
     let registry: PrometheusCollectorRegistry
     let document: ByteBuffer
+    let vchs: VCHRegistry
 
     /// (METHOD, path) of every route registered, in the document's spelling.
     final class Recorder: @unchecked Sendable {
@@ -138,6 +139,7 @@ struct AgentRoutes: Sendable {
         registerPlacement(on)
         registerImagePull(on)
         registerAudit(on)
+        registerVCHs(on)
     }
 
     private func events(_ request: Request) async throws -> Response {
@@ -284,7 +286,10 @@ struct AgentRoutes: Sendable {
         on(.get, "/v1/placement/capacity") { request, _ in
             let image = try request.string("image", maxLength: 128)
             if image?.isEmpty == true { throw APIError.invalid("image must not be empty", field: "image") }
-            let report = try await engine.onBlockingThread { try placement.read { core in try core.capacityReport(images: image.map { [$0] }) } }
+            let whatIf = try WhatIf(request)
+            let report = try await engine.onBlockingThread {
+                try placement.read { core in try core.capacityReport(profile: try whatIf?.profile(core), images: image.map { [$0] }) }
+            }
             return try json(report)
         }
         on(.get, "/v1/placement/capacity.svg") { _, _ in

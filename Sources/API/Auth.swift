@@ -38,7 +38,7 @@ public struct TokenFile: Sendable {
     }
 
     /// The name of the token `presented` is, compared in constant time per token.
-    func name(of presented: String) -> String? {
+    public func name(of presented: String) -> String? {
         let given = Array(presented.utf8)
         for token in tokens {
             let expected = Array(token.value.utf8)
@@ -60,18 +60,18 @@ struct PeerCredentialsMiddleware: RouterMiddleware {
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         var context = context
-        if request.method != .get {
-            let key = ObjectIdentifier(context.channel)
+        if request.method != .get, let channel = context.channel {
+            let key = ObjectIdentifier(channel)
             if let actor = cache.actor(for: key) {
                 context.actor = actor
             } else {
-                let credentials = await peerCredentials(of: context.channel)
+                let credentials = await peerCredentials(of: channel)
                 let actor = credentials.map { "uid:\($0.uid)" } ?? "uid:?"
                 context.actor = actor
                 // The entry goes when the connection closes, before its channel (and so its
                 // identifier) can be reused.
                 if cache.store(actor, for: key) {
-                    context.channel.closeFuture.whenComplete { [cache] _ in cache.forget(key) }
+                    channel.closeFuture.whenComplete { [cache] _ in cache.forget(key) }
                 }
             }
         }
@@ -93,12 +93,18 @@ struct BearerTokenMiddleware: RouterMiddleware {
     typealias Context = AgentContext
     let tokens: TokenFile
     let engine: Engine
+    /// The web front end's path prefix ("/ui"): it checks its own session cookie against the
+    /// same tokens, so its pages (and its sign-in form) pass here.
+    var frontEndPrefix: String? = nil
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        if let prefix = frontEndPrefix, request.uri.path == prefix || request.uri.path.hasPrefix(prefix + "/") || request.uri.path == "/" {
+            return try await next(request, context)
+        }
         let header = request.headers[.authorization]
         let presented = header.flatMap { $0.hasPrefix("Bearer ") ? String($0.dropFirst(7)) : nil }
         guard let presented, let name = tokens.name(of: presented) else {
-            let remote = context.channel.remoteAddress.map { "\($0)" } ?? "?"
+            let remote = context.channel?.remoteAddress.map { "\($0)" } ?? "?"
             let reason = header == nil ? "missing bearer token" : "wrong bearer token"
             engine.record("auth.refused", subject: "\(request.method.rawValue) \(request.uri.path)", actor: "tcp:\(remote)", result: reason)
             var response = APIError(status: .unauthorized, code: "unauthorized",

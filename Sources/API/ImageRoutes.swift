@@ -34,6 +34,7 @@ extension AgentRoutes {
             return try json(try await engine.pullImage(reference: body.reference, name: body.name, credentials: credentials, by: context.actor),
                             status: .created)
         }
+        on(.get, "/v1/pulls") { _, _ in try json(engine.pullsInProgress()) }
         on(.post, "/v1/images/gc") { _, context in try json(try await engine.collectImageGarbage(by: context.actor)) }
     }
 }

@@ -41,6 +41,9 @@ extension Engine {
         }
     }
 
+    /// The pulls in flight: phase, layers to download, bytes arrived.
+    public func pullsInProgress() -> [PullProgress] { imagePuller.progress() }
+
     /// Removes the unpacked root folders and blobs no registered image uses, and any
     /// leftovers of interrupted pulls.
     public func collectImageGarbage(by actor: String) async throws -> ImagePuller.GarbageReport {

@@ -17,6 +17,8 @@ public final class ImagePuller: Sendable {
     private let concurrency: Int
     /// Pulls in flight and whether a collection runs: the two exclude each other.
     private let activity = Mutex((pulls: 0, collecting: false))
+    /// The pulls in flight and how far each is.
+    private let board = PullBoard()
     /// Unpacking blocks on the file system: it runs here, off the cooperative threads.
     private let queue = DispatchQueue(label: "vmfork.images.unpack", attributes: .concurrent)
 
@@ -29,6 +31,9 @@ public final class ImagePuller: Sendable {
             throw .io("cannot create \(rootfsFolder.path): \(error.localizedDescription)")
         }
     }
+
+    /// The pulls in flight: phase, layers and bytes arrived.
+    public func progress() -> [PullProgress] { board.all }
 
     public var rootfsFolder: URL { store.folder.appendingPathComponent("rootfs", isDirectory: true) }
 
@@ -50,7 +55,9 @@ public final class ImagePuller: Sendable {
         }
         if collecting { throw ImageError.busy("a garbage collection of the datastore is running; pull again once it is done") }
         defer { activity.withLock { $0.pulls -= 1 } }
-        let (image, rootfs, created) = try await fetchAndUnpack(reference, credentials: credentials)
+        let key = board.begin(reference.description)
+        defer { board.end(key) }
+        let (image, rootfs, created) = try await fetchAndUnpack(reference, credentials: credentials, progress: key)
         do {
             return try await register(image, rootfs)
         } catch {
@@ -64,7 +71,7 @@ public final class ImagePuller: Sendable {
         }
     }
 
-    private func fetchAndUnpack(_ reference: ImageReference, credentials: RegistryCredentials?) async throws -> (PulledImage, URL, Bool) {
+    private func fetchAndUnpack(_ reference: ImageReference, credentials: RegistryCredentials?, progress key: Int) async throws -> (PulledImage, URL, Bool) {
         let started = ContinuousClock.now
         let client = RegistryClient(reference: reference, credentials: credentials, logger: logger)
         let (manifestBytes, manifestDigest, manifest) = try await resolveManifest(client, reference)
@@ -77,13 +84,14 @@ public final class ImagePuller: Sendable {
         }
         let config = try ImageConfig.parse(configBytes, what: configWhat, layerCount: manifest.layers.count)
         try store.write(configBytes, as: manifest.config.digest)
-        try await fetchLayers(manifest.layers, client: client, reference: reference)
+        try await fetchLayers(manifest.layers, client: client, reference: reference, progress: key)
         try store.write(manifestBytes, as: manifestDigest)
 
         let target = rootfsFolder.appendingPathComponent(manifestDigest.hex, isDirectory: true)
         var unpacked: Int64 = 0
         let created = !FileManager.default.fileExists(atPath: target.path)
         if created {
+            board.update(key) { $0.phase = "unpacking" }
             unpacked = try await unpack(manifest.layers, diffIDs: config.rootfs.diff_ids, reference: reference, into: target)
         } else {
             unpacked = pulledImage(atRootfs: target.path)?.unpackedBytes ?? 0
@@ -140,9 +148,15 @@ public final class ImagePuller: Sendable {
     }
 
     /// Downloads the layers not yet in the blob store, `concurrency` at a time.
-    private func fetchLayers(_ layers: [Descriptor], client: RegistryClient, reference: ImageReference) async throws {
+    private func fetchLayers(_ layers: [Descriptor], client: RegistryClient, reference: ImageReference, progress key: Int) async throws {
         var missing: [Descriptor] = []
         for layer in layers where !store.contains(layer.digest) && !missing.contains(where: { $0.digest == layer.digest }) { missing.append(layer) }
+        board.update(key) { [missing] in
+            $0.phase = "layers"
+            $0.layers = missing.count
+            $0.bytesTotal = missing.reduce(0) { $0 + $1.size }
+        }
+        let board = self.board
         if missing.count < layers.count {
             logger.info("layers already in the blob store", metadata: ["reference": "\(reference)", "reused": "\(layers.count - missing.count)"])
         }
@@ -156,7 +170,9 @@ public final class ImagePuller: Sendable {
                 group.addTask {
                     let temporary = store.temporaryPath(layer.digest.hex + ".part")
                     do {
-                        try await client.blob(layer, into: temporary, what: "layer \(layer.digest.short) of \(reference)")
+                        try await client.blob(layer, into: temporary, what: "layer \(layer.digest.short) of \(reference)") { count in
+                            board.update(key) { $0.bytesDone += Int64(count) }
+                        }
                         try store.commit(temporary, as: layer.digest)
                     } catch {
                         unlink(temporary.path)

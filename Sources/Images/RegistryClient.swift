@@ -60,14 +60,15 @@ final class RegistryClient: Sendable {
 
     /// Streams a blob into `file` (created), hashing as it goes; throws if it is longer or
     /// shorter than the descriptor says or hashes to another digest.
-    func blob(_ descriptor: Descriptor, into file: URL, what: String) async throws {
+    /// `received` is told the size of each piece once it is written (a pull's progress).
+    func blob(_ descriptor: Descriptor, into file: URL, what: String, received: (@Sendable (Int) -> Void)? = nil) async throws {
         let fd = open(file.path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw ImageError.io("cannot create \(file.path): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
         let state = Mutex((hasher: SHA256(), count: Int64(0)))
         let limit = descriptor.size
         _ = try await get(base + "/blobs/" + descriptor.digest.description, accept: "*/*", what: what) { piece in
-            state.withLock { state -> ImageError? in
+            let failure = state.withLock { state -> ImageError? in
                 state.count += Int64(piece.count)
                 if state.count > limit { return .malformed(what: what, problem: "the registry sent more than the \(limit) bytes the manifest declares") }
                 state.hasher.update(piece)
@@ -83,6 +84,8 @@ final class RegistryClient: Sendable {
                 }
                 return nil
             }
+            if failure == nil { received?(piece.count) }
+            return failure
         }
         let (count, hex) = state.withLock { state in (state.count, state.hasher.finishHex()) }
         guard count == limit else { throw ImageError.malformed(what: what, problem: "the registry sent \(count) bytes but the manifest declares \(limit)") }

@@ -4,6 +4,8 @@ import ArgumentParser
 import Foundation
 import Logging
 import Placement
+import UI
+import VCH
 
 /// `vmfork serve`: the host agent in the foreground.
 struct ServeCommand: AsyncParsableCommand {
@@ -47,8 +49,11 @@ struct ServeCommand: AsyncParsableCommand {
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
         let folder = state.map { URL(fileURLWithPath: $0, isDirectory: true) } ?? PlacementService.defaultFolder
         let pressure = MemoryPressurePolicy(minimumAvailableMiB: pressureAvailableMib, maximumStalledPercent: pressureStalledPercent)
-        let daemon = AgentDaemon(options: .init(stateFolder: folder, listen: listen, stopGrace: .seconds(stopGrace), memoryPressure: pressure),
-                                 logger: logger)
+        var options = AgentDaemon.Options(stateFolder: folder, listen: listen, stopGrace: .seconds(stopGrace), memoryPressure: pressure)
+        // Wired here, not in the API module, so that neither the API nor the UI depends on the VCH.
+        options.webFrontEnd = try WebUI(logger: logger)
+        options.vchHosting = VCHSupervisor(logger: logger)
+        let daemon = AgentDaemon(options: options, logger: logger)
         do {
             try await daemon.run()
         } catch {

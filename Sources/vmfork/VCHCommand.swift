@@ -10,7 +10,7 @@ struct VCHCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vch",
         abstract: "Virtual Container Hosts: the Docker Engine API in front of the host agent, one resource pool each.",
-        subcommands: [Serve.self]
+        subcommands: [Serve.self, Create.self, List.self, Remove.self]
     )
 
     struct Serve: AsyncParsableCommand {
