@@ -1,8 +1,9 @@
-/// One entry of a directory (not "." or "..").
-struct Ext4DirectoryEntry: Sendable, Equatable {
-    var name: [UInt8]
-    var inode: UInt32
-    var fileType: UInt8
+/// One entry of a directory.
+public struct Ext4DirectoryEntry: Sendable, Equatable {
+    public var name: [UInt8]
+    public var inode: UInt32
+    /// ext4_dir_entry_2.file_type: 1 regular, 2 directory, 3 char, 4 block, 5 FIFO, 6 socket, 7 symlink.
+    public var fileType: UInt8
 }
 
 /// Linear ext4 directory blocks (ext4_dir_entry_2, with the filetype feature).
