@@ -48,7 +48,7 @@ let package = Package(
         .target(name: "KVM", dependencies: ["CShims", "HostSystem"], swiftSettings: strictSettings),
         .target(name: "IOEngine", dependencies: ["CShims", "HostSystem"], swiftSettings: strictSettings),
         .target(name: "Capabilities", dependencies: ["CShims", "HostSystem", "KVM", "IOEngine"], swiftSettings: strictSettings),
-        .target(name: "ProcessVM", dependencies: ["CShims", "HostSystem", "KVM"], swiftSettings: strictSettings),
+        .target(name: "ProcessVM", dependencies: ["CShims", "HostSystem", "KVM", "Disk"], swiftSettings: strictSettings),
         .target(name: "Fork", dependencies: ["ProcessVM", "KVM", "HostSystem"], swiftSettings: strictSettings),
         .target(name: "Disk", dependencies: ["CShims", "IOEngine", "HostSystem"], swiftSettings: strictSettings),
         .target(name: "WorkloadProfiles", dependencies: [.product(name: "Yams", package: "Yams")], swiftSettings: strictSettings),

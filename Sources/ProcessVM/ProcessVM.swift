@@ -19,6 +19,9 @@ public struct ProcessVMConfiguration: Sendable {
     /// The guest's RLIMIT_NOFILE: how many descriptors its table holds, and so at most how
     /// many host descriptors it costs the engine (beyond the few every VM has).
     public var descriptorLimit: Int
+    /// When set, the root filesystem is served from this (an image's disk chain) instead of
+    /// the host folder `rootfs`.
+    public var rootFileSystem: (any GuestRootFileSystem)?
 
     public init(rootfs: String, memoryBytes: Int = 256 << 20, stackBytes: Int = 2 << 20, identity: GuestIdentity = GuestIdentity(),
                 pollsSystemCalls: Bool = true, descriptorLimit: Int = GuestFiles.defaultDescriptorLimit) {
@@ -164,8 +167,13 @@ public final class ProcessVM: @unchecked Sendable {
         blank.markTaken()
         let files: GuestFiles
         do {
-            files = try GuestFiles(rootfs: configuration.rootfs, stdin: streams.input, stdout: streams.output, stderr: streams.error,
-                                   descriptorLimit: configuration.descriptorLimit)
+            if let rootFileSystem = configuration.rootFileSystem {
+                files = try GuestFiles(rootFileSystem: rootFileSystem, stdin: streams.input, stdout: streams.output, stderr: streams.error,
+                                       descriptorLimit: configuration.descriptorLimit)
+            } else {
+                files = try GuestFiles(rootfs: configuration.rootfs, stdin: streams.input, stdout: streams.output, stderr: streams.error,
+                                       descriptorLimit: configuration.descriptorLimit)
+            }
         } catch {
             throw .system(error)
         }

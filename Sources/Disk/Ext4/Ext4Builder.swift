@@ -58,7 +58,7 @@ public final class Ext4Builder {
     var hashSeed: [UInt8]
     var createdAt: UInt32
     private var blockCursor: UInt64 = 0
-    private var inodeCursor: UInt32 = Ext4.firstNonReservedInode + 1
+    private var inodeCursor: UInt32 = Ext4.firstNonReservedInode
     /// (directory, name) pairs this layer made, which its opaque markers keep.
     private var madeThisLayer: Set<EntryKey> = []
     private var writer: DataWriter
@@ -110,7 +110,9 @@ public final class Ext4Builder {
         writer = DataWriter(disk: disk, blockSize: geometry.blockSize)
     }
 
-    /// A new, empty file system over the whole of `disk` (its root folder and /lost+found).
+    /// A new, empty file system over the whole of `disk`: its root folder only. There is no
+    /// /lost+found (e2fsck makes one when it needs it), so the file system holds exactly the
+    /// files of the layers applied to it.
     public static func create(on disk: VirtualDisk, bytesPerInode: Int = 16384, rootAttributes: Ext4Attributes? = nil) throws(Ext4Error) -> Ext4Builder {
         let now = Ext4Time(seconds: Int64(Date().timeIntervalSince1970))
         let geometry = try Ext4Geometry.forWriting(capacityBytes: disk.capacityBytes, bytesPerInode: bytesPerInode)
@@ -118,17 +120,11 @@ public final class Ext4Builder {
         for group in 0..<geometry.groupCount {
             for block in geometry.metadataBlocks(group) { builder.markBlock(block, used: true) }
         }
-        for inode in 1...Ext4.firstNonReservedInode { builder.markInode(inode, used: true) }
+        for inode in 1..<Ext4.firstNonReservedInode { builder.markInode(inode, used: true) }
         let root = rootAttributes ?? Ext4Attributes(permissions: 0o755, modificationTime: now)
         builder.inodes[Ext4.rootInode] = builder.record(mode: Ext4.Mode.directory, root, links: 2)
         builder.directories[Ext4.rootInode] = DirectoryModel(parent: Ext4.rootInode)
         builder.dirtyInodes.insert(Ext4.rootInode)
-        let lostFound = Ext4.firstNonReservedInode
-        builder.inodes[lostFound] = builder.record(mode: Ext4.Mode.directory, Ext4Attributes(permissions: 0o700, modificationTime: now), links: 2)
-        builder.directories[lostFound] = DirectoryModel(parent: Ext4.rootInode)
-        builder.dirtyInodes.insert(lostFound)
-        builder.directories[Ext4.rootInode]!.add(Ext4DirectoryEntry(name: Array("lost+found".utf8), inode: lostFound, fileType: Ext4.FileType.directory))
-        builder.inodes[Ext4.rootInode]!.links += 1
         return builder
     }
 
@@ -208,7 +204,7 @@ public final class Ext4Builder {
         let total = geometry.inodesCount
         var candidate = inodeCursor
         for _ in 0..<total {
-            if candidate > total { candidate = Ext4.firstNonReservedInode + 1 }
+            if candidate > total { candidate = Ext4.firstNonReservedInode }
             if !isInodeUsed(candidate) {
                 markInode(candidate, used: true)
                 inodeCursor = candidate + 1
@@ -485,7 +481,6 @@ public final class Ext4Builder {
             }
         }
         for entry in directories[directory]!.entries where !madeThisLayer.contains(EntryKey(directory: directory, name: entry.name)) {
-            if directory == Ext4.rootInode, entry.name == Array("lost+found".utf8) { continue }
             unlink(entry.name, in: directory)
         }
     }
