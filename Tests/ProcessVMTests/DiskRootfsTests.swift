@@ -57,11 +57,28 @@ final class DiskRootfsTests {
         ["/bin/cat", "/data/missing"],
         ["/bin/sh", "-c", "cd /data/sub && cat nested.txt ../hello.txt && pwd && cd .. && pwd && cd ../../.. && pwd"],
         ["/bin/busybox", "head", "-c", "20", "/bin/../data/./sub/../hello.txt"],
+        // Hostile links: they stay inside the root, as RESOLVE_IN_ROOT keeps the folder's.
+        ["/bin/cat", "/data/escape", "/data/absolute", "/data/up/up/up/etc/hostname"],
+        ["/bin/cat", "/data/loop1"],
+        ["/bin/ls", "/data/up/..", "/data/up/../../../.."],
+        ["/bin/busybox", "readlink", "-f", "/data/escape"],
     ]
+
+    /// Links that try to leave the root, and a loop.
+    static func addHostileLinks(_ rootfs: URL) throws {
+        let manager = FileManager.default
+        let data = rootfs.appendingPathComponent("data").path
+        try manager.createSymbolicLink(atPath: data + "/escape", withDestinationPath: "../../../../../../etc/hostname")
+        try manager.createSymbolicLink(atPath: data + "/absolute", withDestinationPath: "/../../etc/hostname")
+        try manager.createSymbolicLink(atPath: data + "/up", withDestinationPath: "..")
+        try manager.createSymbolicLink(atPath: data + "/loop1", withDestinationPath: "loop2")
+        try manager.createSymbolicLink(atPath: data + "/loop2", withDestinationPath: "loop1")
+    }
 
     @Test func busyboxRunsFromTheDiskChainAsFromTheFolder() async throws {
         let rootfs = try BusyboxRootfs.make()
         defer { try? FileManager.default.removeItem(at: rootfs) }
+        try Self.addHostileLinks(rootfs)
         let disk = try await DiskRootFileSystem.open(path: try await chain(from: rootfs), engine: engine)
         for polled in [false, true] {
             for arguments in Self.busyboxRuns {
@@ -99,6 +116,28 @@ final class DiskRootfsTests {
             #expect(fromDisk.status == fromFolder.status && fromDisk.status == 0, "\(arguments): \(fromDisk.stderr)")
             #expect(fromDisk.stdout == fromFolder.stdout, "\(arguments)")
         }
+    }
+
+    /// python3 with its standard library, imported from the disk.
+    @Test(.enabled(if: DynamicRootfs.python != nil, "needs python3"))
+    func pythonRunsFromTheDiskChain() async throws {
+        let python = DynamicRootfs.python!
+        let rootfs = try DynamicRootfs.make(programs: [python], folders: ["/usr/lib/" + URL(fileURLWithPath: python).lastPathComponent], name: "python-disk")
+        defer { try? FileManager.default.removeItem(at: rootfs) }
+        let disk = try await DiskRootFileSystem.open(path: try await chain(from: rootfs), engine: engine)
+        let script = """
+        import sys, os, json, hashlib, re, collections
+        print(json.dumps({"argv": sys.argv[1:], "counts": sorted(collections.Counter("abracadabra").items())}))
+        print(hashlib.sha256(b"vmfork").hexdigest(), re.sub(r"(\\w+)@(\\w+)", r"\\2 at \\1", "user@example"))
+        print(sorted(os.listdir("/usr/lib"))[:3], os.path.exists("/usr/lib/nothing"), os.stat(sys.executable).st_size > 0)
+        """
+        let arguments = [python, "-S", "-c", script, "one", "two words"]
+        let environment = ["LC_ALL=C", "PYTHONHASHSEED=0"]
+        let fromFolder = try run(arguments, rootfs: rootfs, disk: nil, environment: environment)
+        let fromDisk = try run(arguments, rootfs: rootfs, disk: disk, environment: environment)
+        #expect(fromDisk.status == 0 && fromFolder.status == 0, "\(fromDisk.stderr)")
+        #expect(fromDisk.stdout == fromFolder.stdout)
+        #expect(disk.lastError == nil)
     }
 
     /// A disk that holds no ext4, or a corrupt one, is refused by name when the rootfs is opened.

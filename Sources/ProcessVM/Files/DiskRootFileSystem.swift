@@ -39,6 +39,8 @@ public final class DiskRootFileSystem: GuestRootFileSystem {
     private let firstError = Mutex<Ext4Error?>(nil)
     /// How many files' contents stay open as memfds at once (each costs a host descriptor).
     static let cachedContents = 512
+    /// The largest file the guest may open from the disk (its copy lives in host memory).
+    static let largestFile: UInt64 = 16 << 30
 
     public var lastError: Ext4Error? { firstError.withLock { $0 } }
 
@@ -163,24 +165,12 @@ public final class DiskRootFileSystem: GuestRootFileSystem {
         guard fileInode.isRegular else { throw SystemError(call: "disk file contents", errno: EINVAL) }
         let memfd = OwnedDescriptor(FileDescriptor(adopting: try retryingSyscall("memfd_create") { cshims_memfd_create("vmfork-rootfs-file") }))
         let fd = memfd.descriptor.rawValue
-        let volume = self.volume, engine = self.engine
-        let size = fileInode.size
-        try waiting { () async throws(Ext4Error) in
-            let chunk = 1 << 20
-            let buffer = engine.makeBuffer(count: chunk)
-            var offset: UInt64 = 0
-            while offset < size {
-                let got = try await volume.read(fileInode, at: offset, into: buffer.bytes)
-                guard got > 0 else { break }
-                var written = 0
-                while written < got {
-                    let count = pwrite(fd, buffer.base + written, got - written, off_t(offset) + off_t(written))
-                    guard count > 0 else { throw .invalidChange(path: "memfd of inode \(fileInode.number)", problem: "pwrite: \(String(cString: strerror(errno)))") }
-                    written += count
-                }
-                offset += UInt64(got)
-            }
+        guard fileInode.size <= Self.largestFile else {
+            firstError.withLock { if $0 == nil { $0 = .corrupt(disk: self.volume.disk.layers[0].path, structure: "inode \(number)", problem: "\(fileInode.size) bytes, over the \(Self.largestFile) a rootfs file may have") } }
+            throw SystemError(call: "disk file contents", errno: EFBIG)
         }
+        let volume = self.volume
+        try waiting { () async throws(Ext4Error) in try await volume.copy(fileInode, to: fd) }
         let stored = caches.withLock { caches in
             if caches.contents[number] != nil { return false }
             if caches.contents.count >= Self.cachedContents { caches.contents.removeAll() }
