@@ -55,7 +55,7 @@ let package = Package(
         .target(name: "Store", dependencies: [.product(name: "GRDB", package: "GRDB.swift")], swiftSettings: strictSettings),
         .target(name: "Placement", dependencies: ["Store", "WorkloadProfiles"], swiftSettings: strictSettings),
         // Images from registries: the HTTP API v2 client, the blob store, the tar unpacker.
-        .target(name: "Images", dependencies: ["CShims", .product(name: "Logging", package: "swift-log")], swiftSettings: strictSettings),
+        .target(name: "Images", dependencies: ["CShims", "Disk", .product(name: "Logging", package: "swift-log")], swiftSettings: strictSettings),
         // The one object between the parts and the executables: images, warm parents,
         // containers, events, placement.
         .target(
