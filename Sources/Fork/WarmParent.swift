@@ -15,6 +15,9 @@ public struct ParentSpec: Sendable {
     public var forkPoint: ForkPoint.Kind
     /// Children serve non-blocking system calls through the engine's poller (no VM exit).
     public var pollsSystemCalls: Bool
+    /// When set, the root filesystem is served from this (the image's disk chain) instead of
+    /// the folder `rootfs`; the parent loads its program from it once and its children share it.
+    public var rootFileSystem: (any GuestRootFileSystem)?
 
     public init(name: String, rootfs: String, executable: String, arguments: [String]? = nil, environment: [String] = [],
                 memoryBytes: Int = 64 << 20, forkPoint: ForkPoint.Kind = .entry, pollsSystemCalls: Bool = true) {
@@ -55,8 +58,9 @@ public final class WarmParent: @unchecked Sendable {
     /// Builds the parent and fills its pool (`poolSize` VMs) in the background.
     public init(system: KVMSystem, image: ParentSpec, poolSize: Int = 8) throws(ForkError) {
         self.image = image
-        let configuration = ProcessVMConfiguration(rootfs: image.rootfs, memoryBytes: image.memoryBytes,
+        var configuration = ProcessVMConfiguration(rootfs: image.rootfs, memoryBytes: image.memoryBytes,
                                                    pollsSystemCalls: image.pollsSystemCalls)
+        configuration.rootFileSystem = image.rootFileSystem
         // A parent that runs before its fork point reads nothing and writes nowhere.
         let null = open("/dev/null", O_RDWR | O_CLOEXEC)
         defer { close(null) }

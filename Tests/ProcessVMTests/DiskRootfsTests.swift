@@ -1,4 +1,5 @@
 import Disk
+import Fork
 import Foundation
 import IOEngine
 import KVM
@@ -101,6 +102,24 @@ final class DiskRootfsTests {
 
     static func withoutInodes(_ text: String) -> String {
         text.split(separator: "\n").map { line in line.split(separator: " ").filter { !$0.hasSuffix("-is-an-inode") }.joined(separator: " ") }.joined(separator: "\n")
+    }
+
+    /// A warm parent loads busybox from the disk once; its children, forked at main, read
+    /// their files from the same chain.
+    @Test func childrenOfAWarmParentOnTheDiskReadFromIt() async throws {
+        let rootfs = try BusyboxRootfs.make()
+        defer { try? FileManager.default.removeItem(at: rootfs) }
+        let disk = try await DiskRootFileSystem.open(path: try await chain(from: rootfs), engine: engine)
+        var spec = ParentSpec(name: "busybox-disk", rootfs: "/nonexistent", executable: "/bin/busybox", memoryBytes: 64 << 20, forkPoint: .main)
+        spec.rootFileSystem = disk
+        let parent = try WarmParent(system: GuestRunner.system!, image: spec, poolSize: 2)
+        for (index, file) in ["/data/hello.txt", "/etc/hostname", "/data/sub/nested.txt"].enumerated() {
+            let streams = try CapturedStreams()
+            let child = try parent.fork(arguments: ["cat", file], environment: [], streams: streams.standard)
+            #expect(try child.run() == .exited(0), "child \(index): \(streams.stderr)")
+            #expect(streams.stdout == (try String(contentsOf: rootfs.appendingPathComponent(file), encoding: .utf8)))
+            child.remove()
+        }
     }
 
     /// ld.so, the libraries it maps and the programs come from the disk.
