@@ -39,6 +39,9 @@ public final class DiskRootFileSystem: GuestRootFileSystem {
     private let firstError = Mutex<Ext4Error?>(nil)
     /// How many files' contents stay open as memfds at once (each costs a host descriptor).
     static let cachedContents = 512
+    /// How many inodes (and symlink targets; an eighth as many listings) stay cached: past
+    /// it a cache starts again, so a huge or hostile image cannot fill the engine's memory.
+    static let cachedEntries = 65536
     /// The largest file the guest may open from the disk (its copy lives in host memory).
     static let largestFile: UInt64 = 16 << 30
 
@@ -85,7 +88,10 @@ public final class DiskRootFileSystem: GuestRootFileSystem {
         if let cached = caches.withLock({ $0.inodes[number] }) { return cached }
         let volume = self.volume
         let inode = try waiting { () async throws(Ext4Error) in try await volume.inode(number) }
-        caches.withLock { $0.inodes[number] = inode }
+        caches.withLock {
+            if $0.inodes.count >= Self.cachedEntries { $0.inodes.removeAll(keepingCapacity: true) }
+            $0.inodes[number] = inode
+        }
         return inode
     }
 
@@ -109,14 +115,21 @@ public final class DiskRootFileSystem: GuestRootFileSystem {
 
     public func child(_ name: [UInt8], of directory: GuestRootNode) throws(SystemError) -> GuestRootNode? {
         let number = try Self.number(directory)
-        if caches.withLock({ $0.children[number] }) == nil { _ = try entries(of: directory) }
-        guard let child = caches.withLock({ $0.children[number]?[name] }) else { return nil }
+        let children: [[UInt8]: UInt32]
+        if let cached = caches.withLock({ $0.children[number] }) { children = cached } else { children = try listing(of: directory).children }
+        guard let child = children[name] else { return nil }
         return node(try inode(child))
     }
 
     public func entries(of directory: GuestRootNode) throws(SystemError) -> [GuestRootEntry] {
         let number = try Self.number(directory)
         if let cached = caches.withLock({ $0.listings[number] }) { return cached }
+        return try listing(of: directory).entries
+    }
+
+    /// Reads a directory's entries and caches them, with its names for lookups.
+    private func listing(of directory: GuestRootNode) throws(SystemError) -> (entries: [GuestRootEntry], children: [[UInt8]: UInt32]) {
+        let number = try Self.number(directory)
         let directoryInode = try inode(number)
         let volume = self.volume
         let raw = try waiting { () async throws(Ext4Error) in try await volume.entries(of: directoryInode) }
@@ -128,10 +141,14 @@ public final class DiskRootFileSystem: GuestRootFileSystem {
             if entry.name != [UInt8(ascii: ".")], entry.name != [UInt8(ascii: "."), UInt8(ascii: ".")] { children[entry.name] = entry.inode }
         }
         caches.withLock {
+            if $0.listings.count >= Self.cachedEntries / 8 {
+                $0.listings.removeAll(keepingCapacity: true)
+                $0.children.removeAll(keepingCapacity: true)
+            }
             $0.listings[number] = listing
             $0.children[number] = children
         }
-        return listing
+        return (listing, children)
     }
 
     /// ext4's file_type byte as getdents64's d_type.
@@ -154,7 +171,10 @@ public final class DiskRootFileSystem: GuestRootFileSystem {
         let linkInode = try inode(number)
         let volume = self.volume
         let target = try waiting { () async throws(Ext4Error) in try await volume.symlinkTarget(linkInode) }
-        caches.withLock { $0.targets[number] = target }
+        caches.withLock {
+            if $0.targets.count >= Self.cachedEntries { $0.targets.removeAll(keepingCapacity: true) }
+            $0.targets[number] = target
+        }
         return target
     }
 
