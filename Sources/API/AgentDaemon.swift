@@ -23,6 +23,8 @@ public struct AgentDaemon: Sendable {
         public var stopGrace: Duration
         /// When idle pools shrink and idle parents are evicted.
         public var memoryPressure: MemoryPressurePolicy
+        /// Containers of pulled images run from the image's layer disks (ext4 in VMDK) instead of its folder.
+        public var rootfsFromLayerDisks = false
 
         public init(stateFolder: URL, listen: String? = nil, stopGrace: Duration = .seconds(10),
                     memoryPressure: MemoryPressurePolicy = MemoryPressurePolicy()) {
@@ -72,7 +74,7 @@ public struct AgentDaemon: Sendable {
         let registry = PrometheusCollectorRegistry()
         var factory = PrometheusMetricsFactory(registry: registry)
         factory.durationHistogramBuckets["vmfork_fork_duration_seconds"] = [5, 10, 15, 20, 30, 50, 100, 200, 500, 1000, 5000, 20000].map { Duration.microseconds($0) }
-        let engine = try Engine(stateFolder: folder, logger: logger, metricsFactory: factory)
+        let engine = try Engine(stateFolder: folder, logger: logger, metricsFactory: factory, rootfsFromLayerDisks: options.rootfsFromLayerDisks)
         let tokens = try TokenFile.loadOrCreate(in: folder)
         let documentData = try Self.openAPIDocument()
         let documented = try Self.documentedOperations(documentData)

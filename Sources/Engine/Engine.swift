@@ -1,5 +1,6 @@
 import Fork
 import Foundation
+import IOEngine
 import Images
 import KVM
 import Logging
@@ -54,6 +55,12 @@ public final class Engine: Sendable {
     let runners = RunnerThreads()
     /// Pulls images from registries into the datastore, images/ in the state folder.
     let imagePuller: ImagePuller
+    /// Containers of pulled images run from the image's layer disks instead of its folder
+    /// (`Engine+LayerDisks`).
+    let rootfsFromLayerDisks: Bool
+    /// The disk root filesystems opened for images, by top layer disk; and their I/O engine.
+    let layerDiskRoots = Mutex<[String: DiskRootFileSystem]>([:])
+    let layerDiskEngine: IOEngine?
 
     struct Registry {
         var images: [String: ImageRecord] = [:]
@@ -72,8 +79,11 @@ public final class Engine: Sendable {
     /// Opens the state folder (creating it), refusing when another daemon holds it; loads the
     /// images, parent policies and containers it records. Containers that were running when
     /// the last daemon stopped are recorded as stopped now (their VMs did not survive it).
-    public init(stateFolder: URL, logger: Logger = Logger(label: "vmfork.engine"), metricsFactory: any MetricsFactory) throws {
+    public init(stateFolder: URL, logger: Logger = Logger(label: "vmfork.engine"), metricsFactory: any MetricsFactory,
+                rootfsFromLayerDisks: Bool = false) throws {
         self.stateFolder = stateFolder
+        self.rootfsFromLayerDisks = rootfsFromLayerDisks
+        layerDiskEngine = rootfsFromLayerDisks ? try IOEngine() : nil
         self.logger = logger
         try FileManager.default.createDirectory(at: stateFolder, withIntermediateDirectories: true)
         daemonLock = try DaemonLock(folder: stateFolder)

@@ -34,6 +34,9 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Memory pressure above this share of time stalled on memory (/proc/pressure/memory some avg10, %).")
     var pressureStalledPercent = 10.0
 
+    @Flag(help: "Run pulled images' containers from their layer disks (ext4 in the VMDK chain, served over io_uring) instead of their unpacked folders.")
+    var rootfsFromDisks = false
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
 
@@ -47,7 +50,9 @@ struct ServeCommand: AsyncParsableCommand {
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
         let folder = state.map { URL(fileURLWithPath: $0, isDirectory: true) } ?? PlacementService.defaultFolder
         let pressure = MemoryPressurePolicy(minimumAvailableMiB: pressureAvailableMib, maximumStalledPercent: pressureStalledPercent)
-        let daemon = AgentDaemon(options: .init(stateFolder: folder, listen: listen, stopGrace: .seconds(stopGrace), memoryPressure: pressure),
+        var options = AgentDaemon.Options(stateFolder: folder, listen: listen, stopGrace: .seconds(stopGrace), memoryPressure: pressure)
+        options.rootfsFromLayerDisks = rootfsFromDisks
+        let daemon = AgentDaemon(options: options,
                                  logger: logger)
         do {
             try await daemon.run()

@@ -65,4 +65,22 @@ struct RegistryLayerDiskTests {
         #expect(((try? FileManager.default.contentsOfDirectory(atPath: folder.path)) ?? []).isEmpty)
         await engine.shutdown(grace: .milliseconds(100))
     }
+
+    /// An engine that runs containers from layer disks: the image's unpacked folder can lose
+    /// a file and its containers still read it, from the disk.
+    @Test(.enabled(if: HostFacts.hasKVM, "needs /dev/kvm"))
+    func theEngineRunsContainersFromTheLayerDisks() async throws {
+        let registry = try RegistryFixture()
+        let state = try HostFacts.makeTemporaryFolder("pull-disk-run")
+        defer { try? FileManager.default.removeItem(at: state) }
+        let engine = try Engine(stateFolder: state, metricsFactory: NOOPMetricsHandler.instance, rootfsFromLayerDisks: true)
+        var upper = TarWriter()
+        upper.add("etc/motd", content: Array("served from the disk chain\n".utf8))
+        try registry.pushLayered(upper: upper.finished(), tag: "disk-run")
+        let image = try await engine.pullImage(reference: registry.reference("disk-run"), name: "diskrun", by: "test")
+        #expect(unlink(image.rootfs + "/etc/motd") == 0)
+        let result = try await engine.runContainer(ContainerSpec(image: "diskrun", arguments: ["cat", "/etc/motd", "/etc/hostname"]), by: "test")
+        #expect(result.stdout == "served from the disk chain\nvmfork-registry-image\n" && result.exitCode == 0, "\(result.stderr)")
+        await engine.shutdown(grace: .milliseconds(100))
+    }
 }
