@@ -264,8 +264,9 @@ public final class Ext4Builder {
         touch(directory)
     }
 
+    /// A directory's entries changed: its ctime moves, its mtime stays what its own entry
+    /// (the tarball's or the host folder's) says, as unpacking an image leaves it.
     private func touch(_ directory: UInt32) {
-        inodes[directory]!.modificationTime = now
         inodes[directory]!.changeTime = now
         dirtyInodes.insert(directory)
     }
