@@ -42,6 +42,37 @@ public struct LayerDisks: Sendable {
     public func diskPath(_ chainID: Digest) -> String { folder.appendingPathComponent(diskName(chainID)).path }
     private func recordPath(_ chainID: Digest) -> String { folder.appendingPathComponent(chainID.hex + ".json").path }
 
+    private func lockPath(_ chainID: Digest) -> String { folder.appendingPathComponent(chainID.hex + ".lock").path }
+
+    /// Takes the lock of `chainID`'s disk (a file made with O_EXCL, holding this process's
+    /// id): true once taken, false when the disk was completed by its holder meanwhile. A
+    /// lock whose process is gone (a crash) is broken.
+    private func lock(_ chainID: Digest) async throws -> Bool {
+        let path = lockPath(chainID)
+        while true {
+            let fd = open(path, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600)
+            if fd >= 0 {
+                let pid = Array("\(getpid())\n".utf8)
+                _ = pid.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+                close(fd)
+                // Its holder may have completed the disk just before letting go.
+                if isComplete(chainID) {
+                    unlink(path)
+                    return false
+                }
+                return true
+            }
+            guard errno == EEXIST else { throw ImageError.io("cannot make the lock \(path): \(String(cString: strerror(errno)))") }
+            if isComplete(chainID) { return false }
+            if let text = try? String(contentsOfFile: path, encoding: .utf8), let holder = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)),
+               kill(holder, 0) != 0, errno == ESRCH {
+                unlink(path)
+                continue
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
     public func isComplete(_ chainID: Digest) -> Bool {
         FileManager.default.fileExists(atPath: recordPath(chainID)) && FileManager.default.fileExists(atPath: diskPath(chainID))
     }
@@ -53,6 +84,9 @@ public struct LayerDisks: Sendable {
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         let chain = Self.chainIDs(diffIDs)
         for (index, chainID) in chain.enumerated() where !isComplete(chainID) {
+            // Another pull of an image sharing this layer may be writing its disk: one writes, the other waits and reuses it.
+            guard try await lock(chainID) else { continue }
+            defer { unlink(lockPath(chainID)) }
             let path = diskPath(chainID)
             unlink(path)
             unlink(recordPath(chainID))

@@ -83,4 +83,26 @@ struct LayerDiskTests {
         let collected = disks.collect(keeping: Set(names.prefix(2)))
         #expect(collected.removed == 1 && !FileManager.default.fileExists(atPath: disks.folder.appendingPathComponent(names[2]).path))
     }
+
+    /// Two pulls sharing layers at once: one writes each disk, the other waits and reuses it.
+    @Test func concurrentMakesOfOneChainWriteEachDiskOnce() async throws {
+        let fixture = try UnpackFixture()
+        defer { try? FileManager.default.removeItem(at: fixture.sandbox) }
+        let layers = Self.layers()
+        let diffIDs = try fixture.unpack(layers)
+        let blobs = (0..<layers.count).map { fixture.sandbox.appendingPathComponent("layer\($0).tar") }
+        let engine = try IOEngine()
+        let disks = LayerDisks(folder: fixture.sandbox.appendingPathComponent("layers"), capacityBytes: 64 << 20)
+        async let first = disks.make(blobs: blobs, diffIDs: diffIDs, limits: UnpackLimits(), engine: engine)
+        async let second = disks.make(blobs: blobs, diffIDs: diffIDs, limits: UnpackLimits(), engine: engine)
+        let (a, b) = try await (first, second)
+        #expect(a == b && a.count == 3)
+        let names = try FileManager.default.contentsOfDirectory(atPath: disks.folder.path).sorted()
+        #expect(names.filter { $0.hasSuffix(".lock") }.isEmpty && names.count == 6, "\(names)")
+        let top = disks.folder.appendingPathComponent(a[2]).path
+        try Self.run("/usr/bin/qemu-img", ["check", top])
+        let raw = fixture.sandbox.appendingPathComponent("top.raw").path
+        try Self.run("/usr/bin/qemu-img", ["convert", "-O", "raw", top, raw])
+        try Self.run("/usr/sbin/e2fsck", ["-fn", raw])
+    }
 }
