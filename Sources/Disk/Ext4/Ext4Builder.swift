@@ -569,6 +569,7 @@ struct DataWriter {
             remaining -= UInt64(got)
         }
         let padding = (blockSize - filled % blockSize) % blockSize
+        // unsafe: filled + padding stays within the run buffer (its size is whole blocks).
         (buffer.base + filled).initializeMemory(as: UInt8.self, repeating: 0, count: padding)
         filled += padding
     }

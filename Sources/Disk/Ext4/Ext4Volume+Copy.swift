@@ -21,11 +21,13 @@ extension Ext4Volume {
                 let fileOffset = (UInt64(extent.logical) + done) * blockSize
                 guard fileOffset < record.size else { return }
                 let blocks = Int(min(UInt64(chunkBlocks), UInt64(extent.length) - done))
+                // unsafe: `blocks` is at most chunkBlocks, the buffer's size in blocks.
                 try await readBlocks(extent.physical + done, count: blocks, into: UnsafeMutableRawBufferPointer(start: buffer.base, count: blocks * geometry.blockSize),
                                      structure: "data of inode \(inode.number)")
                 let bytes = Int(min(UInt64(blocks) * blockSize, record.size - fileOffset))
                 var written = 0
                 while written < bytes {
+                    // unsafe: [written, bytes) lies within the blocks just read into the buffer.
                     let count = pwrite(fd, buffer.base + written, bytes - written, off_t(fileOffset) + off_t(written))
                     guard count > 0 else {
                         throw .invalidChange(path: "inode \(inode.number)", problem: "writing its host copy: \(String(cString: strerror(errno)))")

@@ -301,6 +301,7 @@ public final class Ext4Volume: Sendable {
                 let blocksLeft = UInt64(extent.length) - blockInExtent
                 let physical = extent.physical + blockInExtent
                 let wanted = min(count - done, Int(blocksLeft * blockSize) - within)
+                // unsafe (below): done < count <= buffer.count, and every copy is bounded by count - done.
                 if within == 0, wanted >= Int(blockSize), UInt(bitPattern: buffer.baseAddress! + done) % 512 == 0 {
                     let whole = wanted / Int(blockSize)
                     // unsafe: [done, done + whole blocks) lies inside the caller's buffer.
@@ -328,6 +329,7 @@ public final class Ext4Volume: Sendable {
     /// Up to `count` bytes of the file at `offset`, into a new array.
     public func read(_ inode: Ext4Inode, at offset: UInt64, count: Int) async throws(Ext4Error) -> [UInt8] {
         let buffer = disk.engine.makeBuffer(count: max(count, 1))
+        // unsafe: the buffer holds max(count, 1) bytes.
         let got = try await read(inode, at: offset, into: UnsafeMutableRawBufferPointer(start: buffer.base, count: count))
         return Array(UnsafeRawBufferPointer(start: buffer.base, count: got))
     }
@@ -353,6 +355,7 @@ public final class Ext4Volume: Sendable {
         }
         let buffer = disk.engine.makeBuffer(count: max(Int(inode.record.size), 1))
         let count = try await read(inode, at: 0, into: buffer.bytes)
+        // unsafe: read filled `count` bytes of the buffer.
         return Array(UnsafeRawBufferPointer(start: buffer.base, count: count))
     }
 

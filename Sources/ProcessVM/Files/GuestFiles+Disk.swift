@@ -135,6 +135,7 @@ extension GuestFiles {
                 if written == 0 { throw SystemError(call: "getdents64", errno: EINVAL) }
                 break
             }
+            // unsafe: written + length <= buffer.count (checked above); stores are unaligned-safe.
             let record = UnsafeMutableRawBufferPointer(rebasing: buffer[written..<written + length])
             record.initializeMemory(as: UInt8.self, repeating: 0)
             record.storeBytes(of: entry.inode, toByteOffset: 0, as: UInt64.self)

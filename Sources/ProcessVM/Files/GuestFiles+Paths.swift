@@ -176,6 +176,7 @@ extension GuestFiles {
                 guard target.node.isSymlink else { throw SystemError(call: "readlinkat", errno: emptyPath ? ENOENT : EINVAL) }
                 let text = try disk.symlinkTarget(target.node)
                 let count = min(text.count, buffer.count)
+                // unsafe: count is at most the buffer's size and the target's length.
                 base.copyMemory(from: text, byteCount: count)
                 return count
             }

@@ -146,7 +146,9 @@ extension GuestRootFileSystem {
     }
 }
 
-/// The kernel's stat and statx layouts (x86-64), filled from a `GuestRootNode`.
+/// The kernel's stat and statx layouts (x86-64), filled from a `GuestRootNode`. The callers
+/// checked that the buffer holds the whole struct (`requireRoom`: 144 and 256 bytes), so every
+/// offset below is inside it; the stores are unaligned-safe (guest memory need not be aligned).
 enum GuestStatBytes {
     static func stat(_ node: GuestRootNode, device: UInt64, into buffer: UnsafeMutableRawBufferPointer) {
         buffer.initializeMemory(as: UInt8.self, repeating: 0)
