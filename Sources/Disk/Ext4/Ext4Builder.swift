@@ -252,7 +252,7 @@ public final class Ext4Builder {
         inodes[inode] = record(mode: Ext4.Mode.directory, attributes, links: 2)
         directories[inode] = DirectoryModel(parent: parent)
         try link(inode, in: parent, name: name, fileType: Ext4.FileType.directory)
-        inodes[parent]!.links += 1
+        inodes[parent]!.links = Self.linkAdded(inodes[parent]!.links)
         dirtyInodes.insert(inode)
         dirtyInodes.insert(parent)
         return inode
@@ -284,12 +284,12 @@ public final class Ext4Builder {
         if let model = directories[inode] {
             for child in model.entries { release(child.inode, from: inode) }
             directories[inode] = nil
-            inodes[directory]?.links -= 1
+            if let links = inodes[directory]?.links { inodes[directory]!.links = Self.linkRemoved(links) }
             free(inode)
             return
         }
         guard var record = inodes[inode] else { return }
-        record.links -= 1
+        record.links = record.links > 1 ? record.links - 1 : 0
         if record.links == 0 {
             free(inode)
         } else {
@@ -297,6 +297,17 @@ public final class Ext4Builder {
             inodes[inode] = record
             dirtyInodes.insert(inode)
         }
+    }
+
+    /// A directory's link count with one more subdirectory: past 65,000 it stays 1, as ext4's
+    /// dir_nlink has it ("many").
+    static func linkAdded(_ links: UInt16) -> UInt16 {
+        links == 1 || links >= UInt16(Ext4.maximumLinks) ? 1 : links + 1
+    }
+
+    /// A directory's link count with one subdirectory fewer (1, "many", stays; never below 2 otherwise).
+    static func linkRemoved(_ links: UInt16) -> UInt16 {
+        links <= 2 ? (links == 1 ? 1 : 2) : links - 1
     }
 
     private func free(_ inode: UInt32) {
