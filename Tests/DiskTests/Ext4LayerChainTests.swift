@@ -46,8 +46,8 @@ struct Ext4LayerChainTests {
         let fixture = try DiskFixture("ext4-chain")
         let source = fixture.path("source")
         try fixture.python(DiskFixture.makeTree, [source])
-        let bulk = DiskFixture.pattern(count: 6 << 20, seed: 5).map { $0 | 1 }
-        try Data(bulk).write(to: URL(fileURLWithPath: source + "/usr/bulk"))
+        // 6 MiB made by python, so that this process does not hold it (HostileFilesTests measure its memory).
+        try fixture.python("import os, sys; open(sys.argv[1], 'wb').write(os.urandom(6 << 20))", [source + "/usr/bulk"])
         try await fixture.writeExt4("base.vmdk", from: source)
 
         // Layer 2: a replaced file, a whiteout, an opaque folder, new files, a hard link to a lower file.

@@ -188,11 +188,11 @@ extension Ext4Builder {
         return result
     }
 
-    /// Adjacent blocks grouped, at most 256 a run.
+    /// Adjacent blocks grouped, at most 64 (256 KiB) a run.
     static func runs(_ sorted: [UInt64]) -> [Range<UInt64>] {
         var runs: [Range<UInt64>] = []
         for block in sorted {
-            if let last = runs.last, last.upperBound == block, last.count < 256 {
+            if let last = runs.last, last.upperBound == block, last.count < 64 {
                 runs[runs.count - 1] = last.lowerBound..<block + 1
             } else {
                 runs.append(block..<block + 1)

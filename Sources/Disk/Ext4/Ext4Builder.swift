@@ -542,7 +542,8 @@ public final class Ext4Builder {
 struct DataWriter {
     let disk: VirtualDisk
     let blockSize: Int
-    static let runBytes = 1 << 20
+    /// 256 KiB: large enough for whole-grain writes, small enough to stay a modest transient.
+    static let runBytes = 256 << 10
     private var buffer: IOBuffer
     private var runStart: UInt64 = 0
     private var filled = 0

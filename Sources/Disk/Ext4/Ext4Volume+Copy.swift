@@ -5,7 +5,7 @@ import Glibc
 
 extension Ext4Volume {
     /// Copies a regular file's contents into the host file `fd` (made the file's size first,
-    /// so holes stay holes): only the extents' blocks are read, up to 1 MiB a request.
+    /// so holes stay holes): only the extents' blocks are read, up to 256 KiB a request.
     public func copy(_ inode: Ext4Inode, to fd: Int32) async throws(Ext4Error) {
         let record = inode.record
         guard record.isRegular else { throw .invalidChange(path: "inode \(inode.number)", problem: "is not a regular file") }
@@ -13,7 +13,7 @@ extension Ext4Volume {
             throw .invalidChange(path: "inode \(inode.number)", problem: "cannot size its host copy to \(record.size) bytes: \(String(cString: strerror(errno)))")
         }
         let blockSize = UInt64(geometry.blockSize)
-        let chunkBlocks = max(1, (1 << 20) / geometry.blockSize)
+        let chunkBlocks = max(1, (256 << 10) / geometry.blockSize)
         let buffer = disk.engine.makeBuffer(count: chunkBlocks * geometry.blockSize)
         for extent in record.extents {
             var done: UInt64 = 0
