@@ -50,14 +50,14 @@ let package = Package(
         .target(name: "KVM", dependencies: ["CShims", "HostSystem"], swiftSettings: strictSettings),
         .target(name: "IOEngine", dependencies: ["CShims", "HostSystem"], swiftSettings: strictSettings),
         .target(name: "Capabilities", dependencies: ["CShims", "HostSystem", "KVM", "IOEngine"], swiftSettings: strictSettings),
-        .target(name: "ProcessVM", dependencies: ["CShims", "HostSystem", "KVM"], swiftSettings: strictSettings),
+        .target(name: "ProcessVM", dependencies: ["CShims", "HostSystem", "KVM", "Disk"], swiftSettings: strictSettings),
         .target(name: "Fork", dependencies: ["ProcessVM", "KVM", "HostSystem"], swiftSettings: strictSettings),
         .target(name: "Disk", dependencies: ["CShims", "IOEngine", "HostSystem"], swiftSettings: strictSettings),
         .target(name: "WorkloadProfiles", dependencies: [.product(name: "Yams", package: "Yams")], swiftSettings: strictSettings),
         .target(name: "Store", dependencies: [.product(name: "GRDB", package: "GRDB.swift")], swiftSettings: strictSettings),
         .target(name: "Placement", dependencies: ["Store", "WorkloadProfiles"], swiftSettings: strictSettings),
         // Images from registries: the HTTP API v2 client, the blob store, the tar unpacker.
-        .target(name: "Images", dependencies: ["CShims", .product(name: "Logging", package: "swift-log")], swiftSettings: strictSettings),
+        .target(name: "Images", dependencies: ["CShims", "Disk", .product(name: "Logging", package: "swift-log")], swiftSettings: strictSettings),
         // The one object between the parts and the executables: images, warm parents,
         // containers, events, placement.
         .target(

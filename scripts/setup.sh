@@ -16,6 +16,7 @@ packages=(
   skopeo           # pushes the test images into it; the pull benchmark's peer
   umoci            # builds the test images (OCI layouts); the unpack benchmark's peer
   apache2-utils    # htpasswd: the registry's basic-auth users in the auth test
+  e2fsprogs        # e2fsck and debugfs: the judges of the ext4 layer disks in the tests
   chromium         # the web UI's browser tests (headless)
   chromium-driver  # WebDriver for them (scripts/ui-browser.sh)
 )

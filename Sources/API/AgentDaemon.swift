@@ -31,6 +31,8 @@ public struct AgentDaemon: Sendable {
         /// The KVM system the engine's VMs use (and so their system-call poller): its own by
         /// default; benchmarks that run several engines in one process give them one.
         public var kvmSystem: KVMSystem?
+        /// Containers of pulled images run from the image's layer disks (ext4 in VMDK) instead of its folder.
+        public var rootfsFromLayerDisks = false
 
         public init(stateFolder: URL, listen: String? = nil, stopGrace: Duration = .seconds(10),
                     memoryPressure: MemoryPressurePolicy = MemoryPressurePolicy(), kvmSystem: KVMSystem? = nil) {
@@ -81,7 +83,8 @@ public struct AgentDaemon: Sendable {
         let registry = PrometheusCollectorRegistry()
         var factory = PrometheusMetricsFactory(registry: registry)
         factory.durationHistogramBuckets["vmfork_fork_duration_seconds"] = [5, 10, 15, 20, 30, 50, 100, 200, 500, 1000, 5000, 20000].map { Duration.microseconds($0) }
-        let engine = try Engine(stateFolder: folder, logger: logger, metricsFactory: factory, system: options.kvmSystem)
+        let engine = try Engine(stateFolder: folder, logger: logger, metricsFactory: factory, system: options.kvmSystem,
+                                rootfsFromLayerDisks: options.rootfsFromLayerDisks)
         let tokens = try TokenFile.loadOrCreate(in: folder)
         let documentData = try Self.openAPIDocument()
         let documented = try Self.documentedOperations(documentData)

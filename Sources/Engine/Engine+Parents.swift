@@ -64,9 +64,10 @@ extension Engine {
     func family(for policy: ParentPolicy) async throws -> ParentFamily {
         guard let system else { throw EngineError(.failed, kvmUnavailable ?? "KVM unavailable") }
         let image = try image(policy.image)
+        let root = try await layerDiskRoot(for: image)
         let (family, build) = registry.withLock { registry -> (ParentFamily, Task<Void, Error>) in
             if let family = registry.families[policy.id], let build = registry.builds[policy.id] { return (family, build) }
-            let family = ParentFamily(policy: policy, image: image)
+            let family = ParentFamily(policy: policy, image: image, rootFileSystem: root)
             let build = Task { try await self.onKVMThread { try family.build(system: system) } }
             registry.families[policy.id] = family
             registry.builds[policy.id] = build

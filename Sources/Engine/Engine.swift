@@ -1,5 +1,6 @@
 import Fork
 import Foundation
+import IOEngine
 import Images
 import KVM
 import Logging
@@ -57,6 +58,12 @@ public final class Engine: Sendable {
     let runners = RunnerThreads()
     /// Pulls images from registries into the datastore, images/ in the state folder.
     let imagePuller: ImagePuller
+    /// Containers of pulled images run from the image's layer disks instead of its folder
+    /// (`Engine+LayerDisks`).
+    let rootfsFromLayerDisks: Bool
+    /// The disk root filesystems opened for images, by top layer disk; and their I/O engine.
+    let layerDiskRoots = Mutex<[String: DiskRootFileSystem]>([:])
+    let layerDiskEngine: IOEngine?
 
     struct Registry {
         var images: [String: ImageRecord] = [:]
@@ -77,8 +84,10 @@ public final class Engine: Sendable {
     /// the last daemon stopped are recorded as stopped now (their VMs did not survive it).
     /// `system`: the KVM system to make VMs on (its own when nil).
     public init(stateFolder: URL, logger: Logger = Logger(label: "vmfork.engine"), metricsFactory: any MetricsFactory,
-                system: KVMSystem? = nil) throws {
+                system: KVMSystem? = nil, rootfsFromLayerDisks: Bool = false) throws {
         self.stateFolder = stateFolder
+        self.rootfsFromLayerDisks = rootfsFromLayerDisks
+        layerDiskEngine = rootfsFromLayerDisks ? try IOEngine() : nil
         self.logger = logger
         try FileManager.default.createDirectory(at: stateFolder, withIntermediateDirectories: true)
         daemonLock = try DaemonLock(folder: stateFolder)

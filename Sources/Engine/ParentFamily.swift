@@ -10,6 +10,8 @@ import Synchronization
 final class ParentFamily: Sendable {
     let policy: ParentPolicy
     let image: ImageRecord
+    /// The image's disk chain when its containers' root filesystem is served from it.
+    let rootFileSystem: (any GuestRootFileSystem)?
     private let state: Mutex<State>
 
     private struct State {
@@ -22,23 +24,42 @@ final class ParentFamily: Sendable {
         var children: [String: Fork.Container] = [:]
     }
 
-    init(policy: ParentPolicy, image: ImageRecord) {
+    init(policy: ParentPolicy, image: ImageRecord, rootFileSystem: (any GuestRootFileSystem)? = nil) {
         self.policy = policy
         self.image = image
+        self.rootFileSystem = rootFileSystem
         state = Mutex(State())
     }
 
     /// The parent's own arguments: for a stdin fork point the image's whole command runs up
     /// to its first read; at main or the entry point children bring their own.
     var spec: ParentSpec {
-        ParentSpec(name: image.name, rootfs: image.rootfs, executable: image.executable,
-                   arguments: [image.executable] + image.arguments, environment: image.environment,
-                   memoryBytes: policy.memoryMiB << 20, forkPoint: policy.forkPoint.kind)
+        get throws(EngineError) {
+        var spec = ParentSpec(name: image.name, rootfs: image.rootfs, executable: image.executable,
+                              arguments: [image.executable] + image.arguments, environment: image.environment,
+                              memoryBytes: policy.memoryMiB << 20, forkPoint: policy.forkPoint.kind)
+        spec.rootFileSystem = rootFileSystem
+        spec.workingDirectory = image.startingDirectory
+        do { (spec.uid, spec.gid) = try image.userIDs() } catch let error as EngineError { throw error } catch {
+            throw EngineError.invalid("user", "image \(image.name): \(error)")
+        }
+        return spec
+        }
     }
 
     /// Builds the policy's parents on the calling thread (a KVM thread: this loads the
     /// program, runs it to its fork point, and starts each pool's refill).
     func build(system: KVMSystem) throws(EngineError) {
+        let spec: ParentSpec
+        do {
+            spec = try self.spec
+        } catch {
+            state.withLock {
+                $0.building = false
+                $0.failure = error.message
+            }
+            throw error
+        }
         do {
             for _ in 0..<policy.parents {
                 let parent = try WarmParent(system: system, image: spec, poolSize: policy.readyVMs)

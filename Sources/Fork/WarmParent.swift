@@ -15,6 +15,13 @@ public struct ParentSpec: Sendable {
     public var forkPoint: ForkPoint.Kind
     /// Children serve non-blocking system calls through the engine's poller (no VM exit).
     public var pollsSystemCalls: Bool
+    /// When set, the root filesystem is served from this (the image's disk chain) instead of
+    /// the folder `rootfs`; the parent loads its program from it once and its children share it.
+    public var rootFileSystem: (any GuestRootFileSystem)?
+    /// Where the program starts (its children inherit it) and whom it runs as.
+    public var workingDirectory = "/"
+    public var uid: UInt32 = 0
+    public var gid: UInt32 = 0
 
     public init(name: String, rootfs: String, executable: String, arguments: [String]? = nil, environment: [String] = [],
                 memoryBytes: Int = 64 << 20, forkPoint: ForkPoint.Kind = .entry, pollsSystemCalls: Bool = true) {
@@ -55,8 +62,12 @@ public final class WarmParent: @unchecked Sendable {
     /// Builds the parent and fills its pool (`poolSize` VMs) in the background.
     public init(system: KVMSystem, image: ParentSpec, poolSize: Int = 8) throws(ForkError) {
         self.image = image
-        let configuration = ProcessVMConfiguration(rootfs: image.rootfs, memoryBytes: image.memoryBytes,
+        var configuration = ProcessVMConfiguration(rootfs: image.rootfs, memoryBytes: image.memoryBytes,
                                                    pollsSystemCalls: image.pollsSystemCalls)
+        configuration.rootFileSystem = image.rootFileSystem
+        configuration.workingDirectory = image.workingDirectory
+        configuration.identity.uid = image.uid
+        configuration.identity.gid = image.gid
         // A parent that runs before its fork point reads nothing and writes nowhere.
         let null = open("/dev/null", O_RDWR | O_CLOEXEC)
         defer { close(null) }
@@ -83,7 +94,7 @@ public final class WarmParent: @unchecked Sendable {
         let prepared: PreparedVM
         do { prepared = try pool.take() } catch { throw .guest(error) }
         let pid = Int32(truncatingIfNeeded: nextPid.next())
-        let identity = GuestIdentity(pid: pid, parentPid: 1, hostname: hostname ?? "\(image.name)-\(pid)")
+        let identity = GuestIdentity(pid: pid, parentPid: 1, uid: image.uid, gid: image.gid, hostname: hostname ?? "\(image.name)-\(pid)")
         do {
             let child = try ProcessVM(forking: forkPoint, into: prepared, identity: identity,
                                       arguments: arguments.map { [image.executable] + $0 }, environment: environment ?? image.environment,

@@ -1,4 +1,5 @@
 import Foundation
+import IOEngine
 import Logging
 import Synchronization
 
@@ -8,6 +9,7 @@ import Synchronization
 ///   rootfs/HEX/          an unpacked image (HEX: its manifest's digest)
 ///   rootfs/HEX.json      what the pull recorded (`PulledImage`)
 ///   tmp/                 downloads and unpacks in flight (emptied by `collectGarbage`)
+///   layers/CHAIN.vmdk    each layer as an ext4 disk, a child of the layer below (`LayerDisks`)
 /// An image's root folder appears (by rename) only once every blob was verified and every
 /// layer unpacked and checked against its diff_id.
 public final class ImagePuller: Sendable {
@@ -21,9 +23,13 @@ public final class ImagePuller: Sendable {
     private let board = PullBoard()
     /// Unpacking blocks on the file system: it runs here, off the cooperative threads.
     private let queue = DispatchQueue(label: "vmfork.images.unpack", attributes: .concurrent)
+    /// The image layers as VMDK disks.
+    public let layerDisks: LayerDisks
 
-    public init(datastore: URL, limits: UnpackLimits = UnpackLimits(), concurrency: Int = 4, logger: Logger) throws(ImageError) {
+    public init(datastore: URL, limits: UnpackLimits = UnpackLimits(), concurrency: Int = 4, layerDiskCapacity: UInt64 = 8 << 30,
+                logger: Logger) throws(ImageError) {
         store = try BlobStore(folder: datastore)
+        layerDisks = LayerDisks(folder: datastore.appendingPathComponent("layers", isDirectory: true), capacityBytes: layerDiskCapacity)
         self.limits = limits
         self.concurrency = max(1, concurrency)
         self.logger = logger
@@ -96,12 +102,20 @@ public final class ImagePuller: Sendable {
         } else {
             unpacked = pulledImage(atRootfs: target.path)?.unpackedBytes ?? 0
         }
+        let disks: [String]?
+        do {
+            disks = try await makeLayerDisks(manifest.layers, diffIDs: config.rootfs.diff_ids)
+        } catch {
+            if created { try? TreeRemoval.remove(at: target) }
+            throw error
+        }
         let settings = config.config
         let image = PulledImage(reference: reference.description, manifestDigest: manifestDigest, configDigest: manifest.config.digest,
                                 layers: manifest.layers.map(\.digest), diffIDs: config.rootfs.diff_ids,
                                 layerBytes: manifest.layers.reduce(0) { $0 + $1.size }, unpackedBytes: unpacked,
                                 entrypoint: settings?.Entrypoint ?? [], cmd: settings?.Cmd ?? [], env: settings?.Env ?? [],
-                                workingDir: settings?.WorkingDir ?? "", user: settings?.User ?? "", pulledAt: Date().timeIntervalSince1970)
+                                workingDir: settings?.WorkingDir ?? "", user: settings?.User ?? "", pulledAt: Date().timeIntervalSince1970,
+                                layerDisks: disks)
         let record = target.appendingPathExtension("json")
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
@@ -113,6 +127,17 @@ public final class ImagePuller: Sendable {
         logger.info("image pulled", metadata: ["reference": "\(reference)", "manifest": "\(manifestDigest)", "layers": "\(manifest.layers.count)",
                                                "seconds": "\((ContinuousClock.now - started).components.seconds)"])
         return (image, target, created)
+    }
+
+    /// The layers' disks (made where missing), bottom first; nil when this host has no
+    /// io_uring to write them with (the image then runs from its folder only).
+    private func makeLayerDisks(_ layers: [Descriptor], diffIDs: [Digest]) async throws -> [String]? {
+        let engine: IOEngine
+        do { engine = try IOEngine(queueDepth: 64, registeredFiles: 64, registeredBuffers: 16) } catch {
+            logger.warning("image layers not written as disks: no I/O engine", metadata: ["error": "\(error)"])
+            return nil
+        }
+        return try await layerDisks.make(blobs: layers.map { store.path($0.digest) }, diffIDs: diffIDs, limits: limits, engine: engine)
     }
 
     /// The manifest for linux/amd64: by tag or digest, through an index if the registry has one.
@@ -229,6 +254,8 @@ public final class ImagePuller: Sendable {
         public var rootfsRemoved: Int
         public var blobsRemoved: Int
         public var bytesFreed: Int64
+        /// Layer disks removed (nil from a collection that did not look at them).
+        public var layerDisksRemoved: Int?
     }
 
     /// Removes root folders no image uses (`used`: the registered images' rootfs paths), the
@@ -244,6 +271,7 @@ public final class ImagePuller: Sendable {
         var report = GarbageReport(rootfsRemoved: 0, blobsRemoved: 0, bytesFreed: 0)
         let usedPaths = Set(used.map { URL(fileURLWithPath: $0).standardizedFileURL.path })
         var keep = Set<Digest>()
+        var keepDisks = Set<String>()
         let names = (try? FileManager.default.contentsOfDirectory(atPath: rootfsFolder.path)) ?? []
         for name in names {
             let stem = name.hasSuffix(".json") ? String(name.dropLast(5)) : name
@@ -251,6 +279,7 @@ public final class ImagePuller: Sendable {
             if usedPaths.contains(folder.standardizedFileURL.path) {
                 if name.hasSuffix(".json"), let image = pulledImage(atRootfs: folder.path) {
                     keep.formUnion([image.manifestDigest, image.configDigest] + image.layers)
+                    keepDisks.formUnion(image.layerDisks ?? [])
                 }
                 continue
             }
@@ -263,6 +292,9 @@ public final class ImagePuller: Sendable {
             unlink(store.path(digest).path)
             report.blobsRemoved += 1
         }
+        let disks = layerDisks.collect(keeping: keepDisks)
+        report.layerDisksRemoved = disks.removed
+        report.bytesFreed += disks.bytes
         for name in (try? FileManager.default.contentsOfDirectory(atPath: store.temporaryFolder.path)) ?? [] {
             try TreeRemoval.remove(at: store.temporaryFolder.appendingPathComponent(name))
         }

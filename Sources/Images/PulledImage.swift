@@ -21,4 +21,8 @@ public struct PulledImage: Codable, Sendable, Equatable {
     public var workingDir: String
     public var user: String
     public var pulledAt: Double
+    /// The layers as ext4 VMDK disks in the datastore's layers/ folder, bottom first, each
+    /// a child of the one before (nil when they were not written). A container's disk is a
+    /// child of the last.
+    public var layerDisks: [String]?
 }

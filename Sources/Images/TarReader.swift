@@ -91,6 +91,27 @@ final class TarReader {
         }
     }
 
+    /// Copies up to `target.count` bytes of the current entry's content into `target`;
+    /// returns the count, 0 once the content is all read (its padding then skipped).
+    func readSome(into target: UnsafeMutableRawBufferPointer) throws(ImageError) -> Int {
+        if remaining == 0 {
+            if padding > 0 {
+                _ = try take(padding)
+                padding = 0
+            }
+            return 0
+        }
+        if start == end, try !ensure(1) { throw error("the archive ends inside the entry's content (\(remaining) bytes missing)") }
+        let count = min(end - start, Int(min(remaining, Int64(target.count))))
+        buffer.withUnsafeBytes { raw in
+            // unsafe: [start, start + count) is within the filled part of the buffer, and count fits `target`.
+            target.baseAddress!.copyMemory(from: raw.baseAddress! + start, byteCount: count)
+        }
+        start += count
+        remaining -= Int64(count)
+        return count
+    }
+
     /// Skips the rest of the current entry.
     func skipContent() throws(ImageError) { try readContent { _ throws(ImageError) in } }
 

@@ -19,6 +19,12 @@ public struct ProcessVMConfiguration: Sendable {
     /// The guest's RLIMIT_NOFILE: how many descriptors its table holds, and so at most how
     /// many host descriptors it costs the engine (beyond the few every VM has).
     public var descriptorLimit: Int
+    /// When set, the root filesystem is served from this (an image's disk chain) instead of
+    /// the host folder `rootfs`.
+    public var rootFileSystem: (any GuestRootFileSystem)?
+    /// The program's working directory when it starts (an image config's WorkingDir), a
+    /// path inside the root filesystem.
+    public var workingDirectory = "/"
 
     public init(rootfs: String, memoryBytes: Int = 256 << 20, stackBytes: Int = 2 << 20, identity: GuestIdentity = GuestIdentity(),
                 pollsSystemCalls: Bool = true, descriptorLimit: Int = GuestFiles.defaultDescriptorLimit) {
@@ -167,9 +173,18 @@ public final class ProcessVM: @unchecked Sendable {
         precondition(blank.memory.size == configuration.memoryBytes, "the blank VM's memory differs from the configuration's")
         blank.markTaken()
         let files: GuestFiles
-        do {
-            files = try GuestFiles(rootfs: configuration.rootfs, stdin: streams.input, stdout: streams.output, stderr: streams.error,
-                                   descriptorLimit: configuration.descriptorLimit)
+        do throws(SystemError) {
+            if let rootFileSystem = configuration.rootFileSystem {
+                files = try GuestFiles(rootFileSystem: rootFileSystem, stdin: streams.input, stdout: streams.output, stderr: streams.error,
+                                       descriptorLimit: configuration.descriptorLimit)
+            } else {
+                files = try GuestFiles(rootfs: configuration.rootfs, stdin: streams.input, stdout: streams.output, stderr: streams.error,
+                                       descriptorLimit: configuration.descriptorLimit)
+            }
+            if configuration.workingDirectory != "/" {
+                let changed = configuration.workingDirectory.withCString { files.chdir($0) }
+                if changed < 0 { throw SystemError(call: "chdir(working directory \(configuration.workingDirectory))", errno: Int32(-changed)) }
+            }
         } catch {
             throw .system(error)
         }

@@ -9,7 +9,7 @@ struct DiskCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "disk",
         abstract: "Create, inspect, check, convert and commit VMDK disks.",
-        subcommands: [Create.self, Child.self, Info.self, Write.self, Check.self, Convert.self, Commit.self, Bench.self, WriteLoop.self]
+        subcommands: [Create.self, Child.self, Info.self, Write.self, Check.self, Convert.self, Commit.self, Bench.self, WriteLoop.self, Import.self]
     )
 
     static func makeEngine() throws -> IOEngine {

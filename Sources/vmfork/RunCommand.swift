@@ -3,6 +3,31 @@ import Foundation
 import HostSystem
 import KVM
 import ProcessVM
+import Synchronization
+import Disk
+import IOEngine
+
+/// Opens a disk rootfs from the synchronous command: the open runs as a task on the disk's
+/// I/O engine while this thread waits.
+enum DiskRootOpener {
+    static func open(_ path: String) throws -> DiskRootFileSystem {
+        let engine: IOEngine
+        do { engine = try IOEngine() } catch { throw ValidationError("--disk \(path): \(error)") }
+        let outcome = Mutex<Result<DiskRootFileSystem, Ext4Error>?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        Task(executorPreference: engine.executor) {
+            let result: Result<DiskRootFileSystem, Ext4Error>
+            do throws(Ext4Error) { result = .success(try await DiskRootFileSystem.open(path: path, engine: engine)) } catch { result = .failure(error) }
+            outcome.withLock { $0 = result }
+            done.signal()
+        }
+        done.wait()
+        switch outcome.withLock({ $0 })! {
+        case .success(let root): return root
+        case .failure(let error): throw ValidationError("--disk \(path): \(error)")
+        }
+    }
+}
 
 /// `vmfork run --rootfs DIR -- PROGRAM ARGS...`: one container in a fresh process VM, its
 /// standard streams connected to this terminal, its exit status passed on.
@@ -13,7 +38,10 @@ struct RunCommand: ParsableCommand {
     )
 
     @Option(help: "The container's root filesystem (a host folder; the program cannot leave it).")
-    var rootfs: String
+    var rootfs: String?
+
+    @Option(help: "Serve the root filesystem from the ext4 in this VMDK chain (an image's top layer or a container disk) instead of a folder.")
+    var disk: String?
 
     @Option(help: "Guest memory in MiB: the VM's memory limit.")
     var memory = 256
@@ -34,9 +62,12 @@ struct RunCommand: ParsableCommand {
     var command: [String]
 
     func validate() throws {
+        guard (rootfs == nil) != (disk == nil) else { throw ValidationError("give either --rootfs DIR or --disk DISK.vmdk") }
         var isFolder: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: rootfs, isDirectory: &isFolder), isFolder.boolValue else {
-            throw ValidationError("--rootfs \(rootfs) is not a folder")
+        if let rootfs {
+            guard FileManager.default.fileExists(atPath: rootfs, isDirectory: &isFolder), isFolder.boolValue else {
+                throw ValidationError("--rootfs \(rootfs) is not a folder")
+            }
         }
         guard !program.isEmpty else { throw ValidationError("no program given: vmfork run --rootfs DIR -- PROGRAM [ARGS...]") }
         guard memory >= 4, memory <= 65536 else { throw ValidationError("--memory \(memory) MiB is out of range (4...65536)") }
@@ -48,8 +79,9 @@ struct RunCommand: ParsableCommand {
         let system = try KVMSystem()
         var identity = GuestIdentity()
         identity.hostname = hostname
-        let configuration = ProcessVMConfiguration(rootfs: rootfs, memoryBytes: memory << 20, identity: identity,
+        var configuration = ProcessVMConfiguration(rootfs: rootfs ?? "/nonexistent", memoryBytes: memory << 20, identity: identity,
                                                    pollsSystemCalls: pollSyscalls)
+        if let disk { configuration.rootFileSystem = try DiskRootOpener.open(disk) }
         let vm = try ProcessVM(system: system, configuration: configuration, executable: program[0], arguments: program,
                                environment: environment)
         let status = try vm.run()

@@ -36,6 +36,9 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Memory pressure above this share of time stalled on memory (/proc/pressure/memory some avg10, %).")
     var pressureStalledPercent = 10.0
 
+    @Flag(help: "Run pulled images' containers from their layer disks (ext4 in the VMDK chain, served over io_uring) instead of their unpacked folders.")
+    var rootfsFromDisks = false
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
 
@@ -50,6 +53,7 @@ struct ServeCommand: AsyncParsableCommand {
         let folder = state.map { URL(fileURLWithPath: $0, isDirectory: true) } ?? PlacementService.defaultFolder
         let pressure = MemoryPressurePolicy(minimumAvailableMiB: pressureAvailableMib, maximumStalledPercent: pressureStalledPercent)
         var options = AgentDaemon.Options(stateFolder: folder, listen: listen, stopGrace: .seconds(stopGrace), memoryPressure: pressure)
+        options.rootfsFromLayerDisks = rootfsFromDisks
         // Wired here, not in the API module, so that neither the API nor the UI depends on the VCH.
         options.webFrontEnd = try WebUI(logger: logger)
         options.vchHosting = VCHSupervisor(logger: logger)

@@ -32,6 +32,11 @@ extension GuestFiles {
     public func lseek(_ fd: Int32, offset: Int, whence: Int32) -> Int {
         linuxResult { () throws(SystemError) in
             let file = try openFile(fd)
+            if let state = file.disk, state.node.isDirectory {
+                guard whence == SEEK_SET, offset >= 0 else { throw SystemError(call: "lseek(disk folder)", errno: EINVAL) }
+                state.position = offset
+                return offset
+            }
             return Int(try retryingSyscall("lseek") { Glibc.lseek(file.hostFD, off_t(offset), whence) })
         }
     }
@@ -41,6 +46,10 @@ extension GuestFiles {
         linuxResult { () throws(SystemError) in
             let file = try openFile(fd)
             try requireRoom(buffer, CSHIMS_STAT_SIZE)
+            if let disk = roots.disk, let state = file.disk {
+                GuestStatBytes.stat(state.node, device: disk.device, into: buffer)
+                return 0
+            }
             return Int(try retryingSyscall("fstat") { cshims_fstatat_bytes(file.hostFD, "", buffer.baseAddress, CSHIMS_AT_EMPTY_PATH) })
         }
     }
@@ -50,6 +59,10 @@ extension GuestFiles {
     public func getdents64(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) -> Int {
         linuxResult { () throws(SystemError) in
             let file = try openFile(fd)
+            if let disk = roots.disk, let state = file.disk {
+                guard buffer.baseAddress != nil else { throw SystemError(call: "getdents64", errno: EFAULT) }
+                return try diskDirectoryEntries(disk, state, into: buffer)
+            }
             let length = min(buffer.count, Int(Int32.max))
             let written = try retryingSyscall("getdents64") { cshims_getdents64(file.hostFD, buffer.baseAddress, length) }
             if written > 0 { try hideParentOfRoot(in: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<written]), listing: file.hostFD) }

@@ -81,6 +81,9 @@ extension GuestFiles {
             if chargedToBudget { try GuestDescriptorBudget.requireRoom() }
             let guestPath = try GuestPath.bytes(of: path)
             guard !guestPath.isEmpty else { throw SystemError(call: "openat", errno: ENOENT) }
+            if let disk = roots.disk, let absolute = try diskPath(dirfd, guestPath) {
+                return install(try diskOpen(disk, absolute, request), at: index, closeOnExec: flags & O_CLOEXEC != 0)
+            }
             let location = try locate(dirfd, guestPath)
             let file = OpenFile(host: try open(location, request), isInsideRootfs: location.isInsideRootfs)
             return install(file, at: index, closeOnExec: flags & O_CLOEXEC != 0)
@@ -127,6 +130,11 @@ extension GuestFiles {
                 throw SystemError(call: "fstatat flags", errno: EINVAL)
             }
             try requireRoom(buffer, CSHIMS_STAT_SIZE)
+            if let disk = roots.disk, let target = try diskTarget(dirfd, path, followFinalSymlink: flags & AT_SYMLINK_NOFOLLOW == 0,
+                                                                 allowEmptyPath: flags & CSHIMS_AT_EMPTY_PATH != 0) {
+                GuestStatBytes.stat(target.node, device: disk.device, into: buffer)
+                return 0
+            }
             return try withTarget(dirfd, path, followFinalSymlink: flags & AT_SYMLINK_NOFOLLOW == 0,
                                   allowEmptyPath: flags & CSHIMS_AT_EMPTY_PATH != 0) { (hostFD, _) throws(SystemError) in
                 Int(try retryingSyscall("fstatat") { cshims_fstatat_bytes(hostFD, "", buffer.baseAddress, CSHIMS_AT_EMPTY_PATH) })
@@ -144,6 +152,11 @@ extension GuestFiles {
                 throw SystemError(call: "statx flags", errno: EINVAL)
             }
             try requireRoom(buffer, CSHIMS_STATX_SIZE)
+            if let disk = roots.disk, let target = try diskTarget(dirfd, path, followFinalSymlink: flags & AT_SYMLINK_NOFOLLOW == 0,
+                                                                 allowEmptyPath: flags & CSHIMS_AT_EMPTY_PATH != 0) {
+                GuestStatBytes.statx(target.node, device: disk.device, into: buffer)
+                return 0
+            }
             return try withTarget(dirfd, path, followFinalSymlink: flags & AT_SYMLINK_NOFOLLOW == 0,
                                   allowEmptyPath: flags & CSHIMS_AT_EMPTY_PATH != 0) { (hostFD, _) throws(SystemError) in
                 Int(try retryingSyscall("statx") {
@@ -159,6 +172,14 @@ extension GuestFiles {
         linuxResult { () throws(SystemError) in
             guard let base = buffer.baseAddress, buffer.count > 0 else { throw SystemError(call: "readlinkat", errno: EINVAL) }
             let emptyPath = path.pointee == 0
+            if let disk = roots.disk, let target = try diskTarget(dirfd, path, followFinalSymlink: false, allowEmptyPath: true) {
+                guard target.node.isSymlink else { throw SystemError(call: "readlinkat", errno: emptyPath ? ENOENT : EINVAL) }
+                let text = try disk.symlinkTarget(target.node)
+                let count = min(text.count, buffer.count)
+                // unsafe: count is at most the buffer's size and the target's length.
+                base.copyMemory(from: text, byteCount: count)
+                return count
+            }
             return try withTarget(dirfd, path, followFinalSymlink: false, allowEmptyPath: true) { (hostFD, _) throws(SystemError) in
                 guard try HostFileCalls.fileType(hostFD) == S_IFLNK else {
                     throw SystemError(call: "readlinkat", errno: emptyPath ? ENOENT : EINVAL)
@@ -177,6 +198,10 @@ extension GuestFiles {
             guard mode & ~(R_OK | W_OK | X_OK) == 0,
                   flags & ~(AT_EACCESS | AT_SYMLINK_NOFOLLOW | CSHIMS_AT_EMPTY_PATH) == 0 else {
                 throw SystemError(call: "faccessat", errno: EINVAL)
+            }
+            if roots.disk != nil, let target = try diskTarget(dirfd, path, followFinalSymlink: flags & AT_SYMLINK_NOFOLLOW == 0,
+                                                             allowEmptyPath: flags & CSHIMS_AT_EMPTY_PATH != 0) {
+                return try diskAccess(target.node, mode: mode)
             }
             return try withTarget(dirfd, path, followFinalSymlink: flags & AT_SYMLINK_NOFOLLOW == 0,
                                   allowEmptyPath: flags & CSHIMS_AT_EMPTY_PATH != 0) { (hostFD, isInsideRootfs) throws(SystemError) in
@@ -207,6 +232,12 @@ extension GuestFiles {
         linuxResult { () throws(SystemError) in
             let guestPath = try GuestPath.bytes(of: path)
             guard !guestPath.isEmpty else { throw SystemError(call: "chdir", errno: ENOENT) }
+            if let disk = roots.disk, let absolute = try diskPath(AT_FDCWD, guestPath) {
+                let target = try disk.resolveInRoot(absolute, followFinalSymlink: true)
+                guard target.node.isDirectory else { throw SystemError(call: "chdir", errno: ENOTDIR) }
+                workingDirectory = target.path
+                return 0
+            }
             let directory = try locate(AT_FDCWD, guestPath).open(flags: CSHIMS_O_PATH | O_DIRECTORY)
             workingDirectory = try guestDirectoryPath(ofHost: directory.rawValue)
             return 0
@@ -216,7 +247,13 @@ extension GuestFiles {
     /// fchdir(2).
     public func fchdir(_ fd: Int32) -> Int {
         linuxResult { () throws(SystemError) in
-            workingDirectory = try guestDirectoryPath(ofHost: openFile(fd).hostFD)
+            let file = try openFile(fd)
+            if let state = file.disk {
+                guard state.node.isDirectory else { throw SystemError(call: "fchdir", errno: ENOTDIR) }
+                workingDirectory = state.path
+                return 0
+            }
+            workingDirectory = try guestDirectoryPath(ofHost: file.hostFD)
             return 0
         }
     }

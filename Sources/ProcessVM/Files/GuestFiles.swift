@@ -16,8 +16,12 @@ final class FileSystemRoots: Sendable {
     let inode: UInt64
     /// The host's /dev, the only base for the allowlisted devices.
     let hostDevices: FileDescriptor
+    /// Set when the rootfs is not a host folder but a disk chain (`GuestFiles+Disk`); `root`
+    /// is then an empty, removed folder.
+    let disk: (any GuestRootFileSystem)?
 
-    init(root: consuming FileDescriptor, hostDevices: consuming FileDescriptor) throws(SystemError) {
+    init(root: consuming FileDescriptor, hostDevices: consuming FileDescriptor, disk: (any GuestRootFileSystem)? = nil) throws(SystemError) {
+        self.disk = disk
         let info = try HostFileCalls.status(root.rawValue)
         hostPath = try HostFileCalls.path(of: root.rawValue)
         device = UInt64(info.st_dev)
@@ -63,13 +67,19 @@ public final class GuestFiles: @unchecked Sendable {
         } catch {
             throw SystemError(call: "open(rootfs \(rootfs))", errno: error.errno)
         }
+        try self.init(root: root, disk: nil, stdin: stdin, stdout: stdout, stderr: stderr, descriptorLimit: descriptorLimit)
+    }
+
+    /// A table whose root is `root` (and `disk`, when the rootfs is a disk chain).
+    convenience init(root: consuming FileDescriptor, disk: (any GuestRootFileSystem)?, stdin: Int32, stdout: Int32, stderr: Int32,
+                     descriptorLimit: Int) throws(SystemError) {
         // The first VM raises the engine's own descriptor limit (see `GuestDescriptorBudget`).
         _ = GuestDescriptorBudget.limit
         var streams: [DescriptorSlot?] = []
         for hostFD in [stdin, stdout, stderr] {
             streams.append(DescriptorSlot(file: try OpenFile.standardStream(hostFD), closeOnExec: false))
         }
-        self.init(roots: try FileSystemRoots(root: root, hostDevices: try FileDescriptor.open("/dev", CSHIMS_O_PATH | O_DIRECTORY)),
+        self.init(roots: try FileSystemRoots(root: root, hostDevices: try FileDescriptor.open("/dev", CSHIMS_O_PATH | O_DIRECTORY), disk: disk),
                   descriptorLimit: max(descriptorLimit, streams.count), slots: streams, workingDirectory: [GuestPath.slash])
     }
 

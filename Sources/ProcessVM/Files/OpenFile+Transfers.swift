@@ -61,12 +61,16 @@ extension OpenFile {
             copy.guestStatusFlags = guestStatusFlags
             return copy
         }
-        return OpenFile(host: try HostFileCalls.reopenIndependently(hostFD), isInsideRootfs: isInsideRootfs, access: access)
+        let copy = OpenFile(host: try HostFileCalls.reopenIndependently(hostFD), isInsideRootfs: isInsideRootfs, access: access)
+        copy.disk = disk?.copy()
+        return copy
     }
 
     /// A duplicate sharing this file's host description (fork(2) semantics).
     func duplicated() throws(SystemError) -> OpenFile {
-        OpenFile(host: try HostFileCalls.duplicate(hostFD), isInsideRootfs: isInsideRootfs, access: access, guestStatusFlags: guestStatusFlags)
+        let copy = OpenFile(host: try HostFileCalls.duplicate(hostFD), isInsideRootfs: isInsideRootfs, access: access, guestStatusFlags: guestStatusFlags)
+        copy.disk = disk?.copy()
+        return copy
     }
 
     func read(into buffer: UnsafeMutableRawBufferPointer) throws(SystemError) -> Int {

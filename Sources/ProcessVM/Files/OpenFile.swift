@@ -18,6 +18,9 @@ final class OpenFile {
     /// host when the host's open file description is not the guest's alone or carries the
     /// engine's O_NONBLOCK (the standard streams); nil when the host's flags are the guest's.
     var guestStatusFlags: Int32?
+    /// Set for files of a disk rootfs: what the guest opened there (the host descriptor then
+    /// holds a regular file's bytes, or is a placeholder for a folder).
+    var disk: DiskFileState?
 
     init(host: consuming FileDescriptor, isInsideRootfs: Bool, access: HostAccess = .neverWaits, guestStatusFlags: Int32? = nil) {
         self.host = host
@@ -37,6 +40,27 @@ final class OpenFile {
     /// (its status flags lack O_NONBLOCK): the engine waits, interruptibly, on its behalf.
     var guestWaits: Bool {
         access != .neverWaits && (guestStatusFlags ?? 0) & O_NONBLOCK == 0
+    }
+}
+
+/// A disk rootfs file's node, guest path, and for a folder the listing getdents64 walks.
+final class DiskFileState {
+    let node: GuestRootNode
+    let path: [UInt8]
+    var listing: [GuestRootEntry]?
+    /// The next listing entry getdents64 returns (the directory's offset).
+    var position = 0
+
+    init(node: GuestRootNode, path: [UInt8]) {
+        self.node = node
+        self.path = path
+    }
+
+    func copy() -> DiskFileState {
+        let copy = DiskFileState(node: node, path: path)
+        copy.listing = listing
+        copy.position = position
+        return copy
     }
 }
 

@@ -1,0 +1,217 @@
+import Foundation
+
+extension Ext4Builder {
+    /// Lays out changed directories, extent trees and xattr blocks, then writes inode table
+    /// blocks holding changed inodes, every bitmap, the descriptors and the superblocks,
+    /// each block only where it differs from the disk.
+    func writeMetadata() async throws(Ext4Error) {
+        let blockSize = geometry.blockSize
+        var writes: [UInt64: [UInt8]] = [:]
+        for (number, model) in directories where model.dirty {
+            let blocks = Ext4DirectoryBlocks.encode(selfInode: number, parentInode: model.parent, entries: model.entries, blockSize: blockSize)
+            var record = inodes[number]!
+            if record.dataBlocks != UInt64(blocks.count) {
+                freeBlocks(record.extents)
+                record.extents = try allocateBlocks(UInt64(blocks.count))
+            }
+            record.size = UInt64(blocks.count * blockSize)
+            inodes[number] = record
+            dirtyInodes.insert(number)
+            var index = 0
+            for extent in record.extents {
+                for block in extent.physical..<extent.physical + UInt64(extent.length) {
+                    writes[block] = blocks[index]
+                    index += 1
+                }
+            }
+            model.dirty = false
+        }
+        for number in dirtyInodes {
+            guard var record = inodes[number] else { continue }
+            if record.usesExtents {
+                guard let needed = Ext4InodeRecord.treeBlocksNeeded(extents: record.extents.count, blockSize: blockSize) else {
+                    throw .full(disk: name, what: "extent tree room for inode \(number)")
+                }
+                if record.treeBlocks.count != needed {
+                    for block in record.treeBlocks { markBlock(block, used: false) }
+                    record.treeBlocks = try (0..<needed).map { _ throws(Ext4Error) in try allocateBlocks(1)[0].physical }
+                }
+                for leaf in record.extentLeaves(blockSize: blockSize) { writes[leaf.block] = leaf.bytes }
+            }
+            let inInode = record.xattrs.isEmpty || Ext4InodeRecord.inodeXAttrArea(record.xattrs, space: geometry.inodeSize - 128 - Ext4.extraInodeSize) != nil
+            if inInode {
+                if record.xattrBlock != 0 { markBlock(record.xattrBlock, used: false) }
+                record.xattrBlock = 0
+            } else {
+                guard let bytes = Ext4InodeRecord.xattrBlockBytes(record.xattrs, blockSize: blockSize) else {
+                    throw .invalidChange(path: "inode \(number)", problem: "its xattrs do not fit one \(blockSize)-byte block")
+                }
+                if record.xattrBlock == 0 { record.xattrBlock = try allocateBlocks(1)[0].physical }
+                writes[record.xattrBlock] = bytes
+            }
+            inodes[number] = record
+        }
+        try await writeInodeTables()
+        var usedDirectories = [Int](repeating: 0, count: geometry.groupCount)
+        for number in directories.keys { usedDirectories[Int(number - 1) / Int(geometry.inodesPerGroup)] += 1 }
+        var freeBlocksPerGroup: [Int] = [], freeInodesPerGroup: [Int] = []
+        for group in 0..<geometry.groupCount {
+            let (blockBitmap, freeBlocks) = blockBitmapBlock(group)
+            let (inodeBitmap, freeInodes) = inodeBitmapBlock(group)
+            writes[geometry.blockBitmaps[group]] = blockBitmap
+            writes[geometry.inodeBitmaps[group]] = inodeBitmap
+            freeBlocksPerGroup.append(freeBlocks)
+            freeInodesPerGroup.append(freeInodes)
+        }
+        var descriptors = [UInt8](repeating: 0, count: geometry.descriptorBlocks * blockSize)
+        for group in 0..<geometry.groupCount {
+            let at = group * geometry.descriptorSize
+            descriptors.put32(UInt32(geometry.blockBitmaps[group]), at + Ext4.Group.blockBitmapLow)
+            descriptors.put32(UInt32(geometry.inodeBitmaps[group]), at + Ext4.Group.inodeBitmapLow)
+            descriptors.put32(UInt32(geometry.inodeTables[group]), at + Ext4.Group.inodeTableLow)
+            descriptors.put16(UInt16(freeBlocksPerGroup[group]), at + Ext4.Group.freeBlocksLow)
+            descriptors.put16(UInt16(freeInodesPerGroup[group]), at + Ext4.Group.freeInodesLow)
+            descriptors.put16(UInt16(usedDirectories[group]), at + Ext4.Group.usedDirectoriesLow)
+        }
+        let freeBlocks = UInt64(freeBlocksPerGroup.reduce(0, +))
+        let freeInodes = UInt32(freeInodesPerGroup.reduce(0, +))
+        for group in 0..<geometry.groupCount where geometry.hasSuperblock(group) {
+            let start = geometry.groupStart(group)
+            var first = [UInt8](repeating: 0, count: blockSize)
+            let superblock = superblockBytes(group: group, freeBlocks: freeBlocks, freeInodes: freeInodes)
+            let offset = group == 0 ? Ext4.superblockOffset : 0
+            first.replaceSubrange(offset..<offset + Ext4.superblockSize, with: superblock)
+            writes[start] = first
+            for index in 0..<geometry.descriptorBlocks {
+                writes[start + 1 + UInt64(index)] = Array(descriptors[(index * blockSize)..<((index + 1) * blockSize)])
+            }
+        }
+        try await writeChanged(writes)
+        dirtyInodes = []
+    }
+
+    /// Patches the changed inodes into their table blocks (read from the disk first).
+    private func writeInodeTables() async throws(Ext4Error) {
+        var byBlock: [UInt64: [(offset: Int, number: UInt32)]] = [:]
+        for number in dirtyInodes {
+            let (block, offset) = geometry.inodeLocation(number)
+            byBlock[block, default: []].append((offset, number))
+        }
+        let current = try await readBlocks(Array(byBlock.keys))
+        var writes: [UInt64: [UInt8]] = [:]
+        for (block, slots) in byBlock {
+            var bytes = current[block]!
+            for (offset, number) in slots {
+                let encoded = inodes[number]?.encoded(inodeSize: geometry.inodeSize, blockSize: geometry.blockSize)
+                    ?? [UInt8](repeating: 0, count: geometry.inodeSize)
+                bytes.replaceSubrange(offset..<offset + geometry.inodeSize, with: encoded)
+            }
+            writes[block] = bytes
+        }
+        try await writeChanged(writes, known: current)
+    }
+
+    private func blockBitmapBlock(_ group: Int) -> ([UInt8], Int) {
+        var bytes = [UInt8](repeating: 0xFF, count: geometry.blockSize)
+        let start = geometry.groupStart(group)
+        var free = 0
+        for index in 0..<geometry.blocksInGroup(group) {
+            if isBlockUsed(start + UInt64(index)) { continue }
+            bytes[index / 8] &= ~(1 << UInt8(index % 8))
+            free += 1
+        }
+        return (bytes, free)
+    }
+
+    private func inodeBitmapBlock(_ group: Int) -> ([UInt8], Int) {
+        var bytes = [UInt8](repeating: 0xFF, count: geometry.blockSize)
+        let first = UInt32(group) * geometry.inodesPerGroup + 1
+        var free = 0
+        for index in 0..<Int(geometry.inodesPerGroup) {
+            if isInodeUsed(first + UInt32(index)) { continue }
+            bytes[index / 8] &= ~(1 << UInt8(index % 8))
+            free += 1
+        }
+        return (bytes, free)
+    }
+
+    private func superblockBytes(group: Int, freeBlocks: UInt64, freeInodes: UInt32) -> [UInt8] {
+        var sb = [UInt8](repeating: 0, count: Ext4.superblockSize)
+        sb.put32(geometry.inodesCount, Ext4.Super.inodesCount)
+        sb.put32(UInt32(truncatingIfNeeded: geometry.blocksCount), Ext4.Super.blocksCountLow)
+        sb.put32(UInt32(truncatingIfNeeded: freeBlocks), Ext4.Super.freeBlocksCountLow)
+        sb.put32(freeInodes, Ext4.Super.freeInodesCount)
+        sb.put32(geometry.firstDataBlock, Ext4.Super.firstDataBlock)
+        let logBlock = UInt32(geometry.blockSize.trailingZeroBitCount - 10)
+        sb.put32(logBlock, Ext4.Super.logBlockSize)
+        sb.put32(logBlock, Ext4.Super.logClusterSize)
+        sb.put32(geometry.blocksPerGroup, Ext4.Super.blocksPerGroup)
+        sb.put32(geometry.blocksPerGroup, Ext4.Super.clustersPerGroup)
+        sb.put32(geometry.inodesPerGroup, Ext4.Super.inodesPerGroup)
+        sb.put32(createdAt, Ext4.Super.writeTime)
+        sb.put16(0xFFFF, Ext4.Super.maxMountCount)
+        sb.put16(Ext4.superMagic, Ext4.Super.magic)
+        sb.put16(1, Ext4.Super.state)  // cleanly unmounted
+        sb.put16(1, Ext4.Super.errors)  // continue
+        sb.put32(createdAt, Ext4.Super.lastCheck)
+        sb.put32(1, Ext4.Super.revisionLevel)  // dynamic inode sizes
+        sb.put32(Ext4.firstNonReservedInode, Ext4.Super.firstInode)
+        sb.put16(UInt16(geometry.inodeSize), Ext4.Super.inodeSize)
+        sb.put16(UInt16(group), Ext4.Super.blockGroupNumber)
+        sb.put32(Ext4.Compat.extAttr, Ext4.Super.featureCompat)
+        sb.put32(Ext4.Incompat.fileType | Ext4.Incompat.extents, Ext4.Super.featureIncompat)
+        sb.put32(Ext4.ReadOnlyCompat.sparseSuper | Ext4.ReadOnlyCompat.largeFile | Ext4.ReadOnlyCompat.dirNlink | Ext4.ReadOnlyCompat.extraIsize,
+                 Ext4.Super.featureReadOnlyCompat)
+        sb.replaceSubrange(Ext4.Super.uuid..<Ext4.Super.uuid + 16, with: uuid)
+        sb.replaceSubrange(Ext4.Super.hashSeed..<Ext4.Super.hashSeed + 16, with: hashSeed)
+        sb[Ext4.Super.defaultHashVersion] = 1  // half_md4
+        sb.put32(createdAt, Ext4.Super.mkfsTime)
+        sb.put32(UInt32(truncatingIfNeeded: geometry.blocksCount >> 32), Ext4.Super.blocksCountHigh)
+        sb.put32(UInt32(truncatingIfNeeded: freeBlocks >> 32), Ext4.Super.freeBlocksCountHigh)
+        sb.put16(UInt16(Ext4.extraInodeSize), Ext4.Super.minExtraInodeSize)
+        sb.put16(UInt16(Ext4.extraInodeSize), Ext4.Super.wantExtraInodeSize)
+        sb.put32(1, Ext4.Super.flags)  // signed directory hash, as on x86
+        return sb
+    }
+
+    /// The disk's current contents of `blocks`, read in runs of adjacent blocks.
+    func readBlocks(_ blocks: [UInt64]) async throws(Ext4Error) -> [UInt64: [UInt8]] {
+        let blockSize = geometry.blockSize
+        var result: [UInt64: [UInt8]] = [:]
+        for run in Self.runs(blocks.sorted()) {
+            let bytes: [UInt8]
+            do { bytes = try await disk.read(count: run.count * blockSize, at: run.lowerBound * UInt64(blockSize)) } catch { throw .disk(error) }
+            for (index, block) in run.enumerated() {
+                result[block] = Array(bytes[(index * blockSize)..<((index + 1) * blockSize)])
+            }
+        }
+        return result
+    }
+
+    /// Adjacent blocks grouped, at most 64 (256 KiB) a run.
+    static func runs(_ sorted: [UInt64]) -> [Range<UInt64>] {
+        var runs: [Range<UInt64>] = []
+        for block in sorted {
+            if let last = runs.last, last.upperBound == block, last.count < 64 {
+                runs[runs.count - 1] = last.lowerBound..<block + 1
+            } else {
+                runs.append(block..<block + 1)
+            }
+        }
+        return runs
+    }
+
+    /// Writes the blocks of `writes` whose bytes differ from the disk's (read unless `known`).
+    func writeChanged(_ writes: [UInt64: [UInt8]], known: [UInt64: [UInt8]]? = nil) async throws(Ext4Error) {
+        let current: [UInt64: [UInt8]]
+        if let known { current = known } else { current = try await readBlocks(Array(writes.keys)) }
+        let changed = writes.keys.filter { current[$0] != writes[$0] }.sorted()
+        let blockSize = geometry.blockSize
+        for run in Self.runs(changed) {
+            var bytes: [UInt8] = []
+            bytes.reserveCapacity(run.count * blockSize)
+            for block in run { bytes += writes[block]! }
+            do { try await disk.write(bytes, at: run.lowerBound * UInt64(blockSize)) } catch { throw .disk(error) }
+        }
+    }
+}
