@@ -23,13 +23,16 @@ public struct AgentDaemon: Sendable {
         public var stopGrace: Duration
         /// When idle pools shrink and idle parents are evicted.
         public var memoryPressure: MemoryPressurePolicy
+        /// Engine workers holding the VMs (nil or a count of 0: the daemon holds them itself).
+        public var workers: WorkerSettings?
 
         public init(stateFolder: URL, listen: String? = nil, stopGrace: Duration = .seconds(10),
-                    memoryPressure: MemoryPressurePolicy = MemoryPressurePolicy()) {
+                    memoryPressure: MemoryPressurePolicy = MemoryPressurePolicy(), workers: WorkerSettings? = nil) {
             self.stateFolder = stateFolder
             self.listen = listen
             self.stopGrace = stopGrace
             self.memoryPressure = memoryPressure
+            self.workers = workers
         }
     }
 
@@ -72,7 +75,10 @@ public struct AgentDaemon: Sendable {
         let registry = PrometheusCollectorRegistry()
         var factory = PrometheusMetricsFactory(registry: registry)
         factory.durationHistogramBuckets["vmfork_fork_duration_seconds"] = [5, 10, 15, 20, 30, 50, 100, 200, 500, 1000, 5000, 20000].map { Duration.microseconds($0) }
-        let engine = try Engine(stateFolder: folder, logger: logger, metricsFactory: factory)
+        let engine = try Engine(stateFolder: folder, logger: logger, metricsFactory: factory, options: EngineOptions(workers: options.workers))
+        // Workers mode: find the workers a previous daemon left running (or start them) and
+        // take their containers into the view before serving.
+        try await engine.startWorkers()
         let tokens = try TokenFile.loadOrCreate(in: folder)
         let documentData = try Self.openAPIDocument()
         let documented = try Self.documentedOperations(documentData)

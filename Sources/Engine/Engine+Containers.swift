@@ -17,7 +17,8 @@ extension Engine {
     }
 
     /// Forks the container (and with `startNow` runs it at once on its own thread).
-    private func create(_ spec: ContainerSpec, startNow: Bool) async throws -> ManagedContainer {
+    /// A worker is given the daemon's id for it (`id`).
+    func create(_ spec: ContainerSpec, startNow: Bool, id givenID: String? = nil) async throws -> ManagedContainer {
         try ensureAccepting()
         let image = try image(spec.image)
         let forkPoint = spec.forkPoint ?? image.defaultForkPoint ?? .entry
@@ -57,7 +58,7 @@ extension Engine {
             guard spec.pool != nil else { throw EngineError.invalid("memoryReservationMiB", "memoryReservationMiB needs a pool to charge") }
         }
 
-        let id = UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "")
+        let id = givenID ?? UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "")
         let name = spec.name ?? String(id.prefix(12))
         let nameTaken = registry.withLock { registry -> Bool in
             if registry.names[name] != nil { return true }
@@ -70,6 +71,10 @@ extension Engine {
             // Placement first: an unknown or full pool is refused before anything is made.
             if let pool = spec.pool { placementID = try await place(pool: pool, image: image.name, memoryKiB: spec.memoryReservationMiB.map { $0 << 10 }) }
             let (policy, recordedNow) = try await policy(image: image.name, forkPoint: forkPoint, memoryMiB: memoryMiB)
+            if let workers = workerSet {
+                return try await createInWorker(workers, id: id, name: name, spec: spec, image: image, policy: policy, recordedNow: recordedNow,
+                                                labels: labels, placementID: placementID, startNow: startNow)
+            }
             let family: ParentFamily
             do {
                 family = try await self.family(for: policy)
@@ -188,6 +193,10 @@ extension Engine {
         do {
             try ensureAccepting()
             let container = try container(idOrName)
+            if let shard = container.shard {
+                try await startInWorker(container, shard: shard, by: actor)
+                return container.info
+            }
             try start(container, by: actor)
             return container.info
         } catch {
@@ -224,7 +233,10 @@ extension Engine {
         let (info, wake) = container.finish(exit, at: Date().timeIntervalSince1970)
         defer { wake() }
         metrics.exits.increment()
-        if let counters = container.vm?.processVM?.lastRunCounters {
+        let counters = container.vm?.processVM?.lastRunCounters
+        // A worker's daemon hears of it before any waiter here wakes (a stop's reply follows it).
+        observers.withLock { $0.exit }?(info, counters)
+        if let counters {
             metrics.vmExits.increment(by: Int(counters.exits))
             metrics.vmExitsPerContainer.record(Int(counters.exits))
             metrics.pageFaults.increment(by: Int(counters.pageFaults))
@@ -256,6 +268,7 @@ extension Engine {
 
     func stopContainer(_ container: ManagedContainer, grace: Duration, actor: String) async throws -> ExitInfo {
         if let exit = container.exit { return exit }
+        if let shard = container.shard { return try await stopInWorker(container, shard: shard, grace: grace) }
         if try await killIfNotStarted(container) { return await container.waitForExit() }
         container.vm?.processVM?.sendSignal(15)
         if let exit = await container.waitForExit(timeout: grace) { return exit }
@@ -270,6 +283,11 @@ extension Engine {
             guard (1...64).contains(signal) else { throw EngineError.invalid("signal", "signal \(signal) is out of range (1...64)") }
             let container = try container(idOrName)
             guard container.exit == nil else { throw EngineError(.conflict, "container \(container.id) is not running") }
+            if let shard = container.shard {
+                let remote = try await workerSet!.connection(shard).call("kill", WorkerKill(id: container.id, signal: signal), as: ContainerInfo.self)
+                _ = container.applyRemote(remote)
+                return container.info
+            }
             if try await killIfNotStarted(container) { return container.info }
             if signal == 9 {
                 try await powerOff(container)
@@ -301,6 +319,10 @@ extension Engine {
     public func attachStdin(_ idOrName: String, data: Data, close: Bool, by actor: String) async throws {
         try await audited("container.attach", subject: idOrName, actor: actor, detail: "{\"bytes\":\(data.count),\"close\":\(close)}") {
             let container = try container(idOrName)
+            if let shard = container.shard {
+                _ = try await workerSet!.connection(shard).call("stdin", WorkerStdin(id: container.id, data: data, close: close), as: WorkerNothing.self)
+                return
+            }
             // A pipe whose reader is slow blocks the writer: a KVM thread's wait.
             try await onKVMThread { try container.writeStdin(data, closing: close) }
         }
@@ -333,6 +355,7 @@ extension Engine {
             if registry.names[info.name] == container.id { registry.names[info.name] = nil }
         }
         vm?.remove()
+        if let shard = container.shard { await removeInWorker(container, shard: shard) }
         if let family = container.family, family.childRemoved(container.id) { evict(family, reason: "drained: its last child was removed") }
         if let placementID = info.placementID {
             // A SQLite write under placement's lock: on a blocking thread.
