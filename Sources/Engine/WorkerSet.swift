@@ -1,3 +1,4 @@
+import CShims
 import Foundation
 import Logging
 import Synchronization
@@ -110,13 +111,16 @@ final class WorkerSet: Sendable {
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
-        posix_spawnattr_setflags(&attributes, Int16(spawnSetSID))
+        posix_spawnattr_setflags(&attributes, Int16(cshims_spawn_setsid_flag()))
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, logPath(shard), O_WRONLY | O_CREAT | O_APPEND, 0o600)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        // Nothing else of the daemon's: a descriptor a worker kept would outlive the daemon
+        // (the pipe a parent watches for the daemon's end, a client connection).
+        cshims_spawn_addclosefrom(&actions, 3)
         let arguments = [settings.executable, "worker", "--state", stateFolder.path, "--shard", "\(shard)", "--log-level", settings.logLevel]
         let argv = arguments.map { strdup($0) } + [nil]
         defer { for pointer in argv { free(pointer) } }
@@ -129,9 +133,6 @@ final class WorkerSet: Sendable {
         return pid
     }
 }
-
-/// POSIX_SPAWN_SETSID of <spawn.h> (glibc 2.26): the child calls setsid().
-private let spawnSetSID: Int32 = 0x80
 
 /// How a child process ended, in words.
 func describeWaitStatus(_ status: Int32) -> String {
