@@ -46,7 +46,16 @@ struct WorkerCommand: AsyncParsableCommand {
             let thread = Thread { server.serve() }
             thread.name = "vmfork-worker-accept"
             thread.start()
-            while true { try await Task.sleep(for: .seconds(3600)) }
+            // A worker whose socket file is gone (its state folder removed) can never be found
+            // by a daemon again: it stops rather than hold its VMs for nobody.
+            let socketPath = workers.appendingPathComponent("\(shard).sock").path
+            while true {
+                try await Task.sleep(for: .seconds(2))
+                if !FileManager.default.fileExists(atPath: socketPath) {
+                    logger.warning("socket file removed: the worker stops", metadata: ["socket": "\(socketPath)"])
+                    Foundation.exit(0)
+                }
+            }
         } catch {
             logger.critical("vmfork worker: \(error)")
             throw ExitCode(1)
