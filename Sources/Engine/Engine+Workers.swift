@@ -125,17 +125,25 @@ extension Engine {
                                                    "parents": "\(hello.parents.count)"])
     }
 
-    /// Takes a worker's containers into the view: known ones get its state, unknown ones (made
-    /// by a daemon that died before it recorded them) are removed from the worker.
+    /// Takes a worker's containers into the view: known ones get its state; ones this daemon
+    /// has no record of (a daemon killed within the state writer's few milliseconds after it
+    /// answered their create) are taken as the worker holds them, without their placement.
     private func reconcile(_ containers: [ContainerInfo], shard: Int, connection: WorkerConnection) {
-        var unknown: [String] = []
+        var adopted = 0
         for info in containers {
             let known = registry.withLock { registry -> ManagedContainer? in
                 registry.unreconciled.remove(info.id)
-                return registry.containers[info.id]
+                if let known = registry.containers[info.id] { return known }
+                let exit = info.state == .exited ? ExitInfo(exitCode: info.exitCode ?? 137, reason: info.exitReason ?? "exited") : nil
+                let managed = ManagedContainer(info: info, logFolder: containersFolder.appendingPathComponent(info.id, isDirectory: true), vm: nil,
+                                               stdinWriter: -1, family: nil, exit: exit, shard: shard)
+                registry.containers[info.id] = managed
+                if registry.names[info.name] == nil { registry.names[info.name] = info.id }
+                adopted += 1
+                return nil
             }
             guard let known else {
-                unknown.append(info.id)
+                writer.enqueue { $0.containers.append(ContainerRow(info: info)) }
                 continue
             }
             known.setShard(shard)
@@ -145,10 +153,7 @@ extension Engine {
                 writer.enqueue { $0.containers.append(ContainerRow(info: known.info)) }
             }
         }
-        for id in unknown {
-            Task { _ = try? await connection.call("remove", WorkerRemove(id: id, force: true), as: WorkerNothing.self) }
-        }
-        if !unknown.isEmpty { logger.notice("removed containers no daemon recorded", metadata: ["shard": "\(shard)", "count": "\(unknown.count)"]) }
+        if adopted > 0 { logger.notice("took containers no daemon had recorded", metadata: ["shard": "\(shard)", "count": "\(adopted)"]) }
     }
 
     /// An event frame from a worker (on its connection's reader thread, in order).

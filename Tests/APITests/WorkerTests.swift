@@ -39,8 +39,7 @@ struct WorkerTests {
 
     /// kill -9 of the daemon while containers run and write: after the restart every one is
     /// still there, the ones still running run on, the ones that ended meanwhile have their
-    /// real status, and every line of every log is there. 60 containers (the issue's 100 costs
-    /// CI twice the time for nothing more); two workers.
+    /// real status, and every line of every log is there. 100 containers over two workers.
     @Test func containersSurviveAKill9OfTheDaemonWithTheirLogsAndStatuses() async throws {
         let daemon = try DaemonFixture()
         try daemon.start(extra: ["--workers", "2"])
@@ -53,7 +52,7 @@ struct WorkerTests {
         // Two families, one per worker: 64 MiB on shard 0 (its first use), 32 MiB on shard 1.
         #expect(try await client.send("POST", "/v1/parents", body: Data(#"{"image":"busybox","memoryMiB":64,"readyVMs":4}"#.utf8)).status == 201)
         #expect(try await client.send("POST", "/v1/parents", body: Data(#"{"image":"busybox","memoryMiB":32,"readyVMs":4}"#.utf8)).status == 201)
-        let count = 60
+        let count = 100
         // Short ones end while no daemon runs; long ones run on after the restart.
         func plan(_ index: Int) -> (name: String, lines: Int, interval: String, code: Int, memory: Int) {
             let short = index % 2 == 0
