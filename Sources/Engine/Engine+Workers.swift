@@ -316,9 +316,12 @@ extension Engine {
         guard container.info.state == .created, container.exit == nil else {
             throw EngineError(.conflict, "container \(container.id) is \(container.info.state.rawValue), not created")
         }
+        // Recorded before the worker runs it, as in one process: a program that ends at once
+        // has its exit reported (and logged) before the reply to this call arrives. A refusal
+        // is recorded after it with its reason by the caller.
+        record("container.start", subject: container.id, actor: actor)
         let info = try await workerSet!.connection(shard).call("start", WorkerContainerRef(id: container.id), as: ContainerInfo.self)
         if container.applyRemote(info) { writer.enqueue { $0.containers.append(ContainerRow(info: container.info)) } }
-        record("container.start", subject: container.id, actor: actor)
     }
 
     func stopInWorker(_ container: ManagedContainer, shard: Int, grace: Duration) async throws -> ExitInfo {
