@@ -1,3 +1,4 @@
+import CShims
 import Foundation
 import Logging
 import Store
@@ -46,6 +47,32 @@ public final class WorkerServer: Sendable {
                 guard row.actor == "engine", row.type == "parent.evict" || row.type == "parent.shrink" else { return }
                 self?.subscriber.withLock { $0 }?.send(WorkerEventMessage(event: "event", body: row))
             }))
+    }
+
+    /// Gives up every capability for good: the calling thread drops them (no_new_privs;
+    /// bounding, ambient, effective, permitted and inheritable sets emptied) and execs the
+    /// same command again, so that the new image starts with none in any thread (capabilities
+    /// are per thread, and the runtime has started threads by now). Returns when the process
+    /// holds none already (after that exec). What a worker does — open /dev/kvm, make VMs
+    /// through it, memfds, its state, socket and the rootfs folders, all its own user's —
+    /// needs none; what remains is that user's own access (root's ownership of its files when
+    /// it runs as root). Throws when the kernel refuses.
+    public static func dropPrivileges() throws {
+        func holdsAny() -> Bool {
+            let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
+            return tasks.contains { task in
+                guard let status = try? String(contentsOfFile: "/proc/self/task/\(task)/status", encoding: .utf8) else { return false }
+                return status.split(separator: "\n").contains { line in
+                    (line.hasPrefix("CapEff:") || line.hasPrefix("CapBnd:") || line.hasPrefix("CapPrm:")) && !line.hasSuffix("0000000000000000")
+                }
+            }
+        }
+        guard holdsAny() else { return }
+        let result = cshims_drop_capabilities_of_this_thread()
+        guard result == 0 else { throw EngineError(.failed, "cannot drop the worker's capabilities: \(String(cString: strerror(-result)))") }
+        let arguments = CommandLine.arguments.map { strdup($0) } + [nil]
+        execv("/proc/self/exe", arguments)
+        throw EngineError(.failed, "cannot exec the worker again without capabilities: \(String(cString: strerror(errno)))")
     }
 
     /// Accepts connections until the process ends (call from a thread that may block).

@@ -35,6 +35,12 @@ struct WorkerCommand: AsyncParsableCommand {
         // Files it makes are private (logs, socket); a write to a pipe whose reader is gone gets EPIPE.
         umask(0o077)
         signal(SIGPIPE, SIG_IGN)
+        // Capabilities go first (the worker execs itself once without them; see
+        // WorkerServer.dropPrivileges): nothing below needs one.
+        do { try WorkerServer.dropPrivileges() } catch {
+            FileHandle.standardError.write(Data("vmfork worker: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
         var logger = Logger(label: "vmfork.worker.\(shard)") { StreamLogHandler.standardError(label: $0) }
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
         let root = URL(fileURLWithPath: state, isDirectory: true)

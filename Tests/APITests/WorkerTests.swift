@@ -134,6 +134,19 @@ struct WorkerTests {
         }
         let victim = try #require(Self.workerPID(daemon, shard: 0))
         let bystander = try #require(Self.workerPID(daemon, shard: 1))
+        // Least privilege: the workers run their containers with no capability left.
+        // Capabilities are per thread: every thread of each worker is checked.
+        for pid in [victim, bystander] {
+            let threads = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")
+            #expect(threads.count > 1)
+            for thread in threads {
+                let status = try String(contentsOfFile: "/proc/\(pid)/task/\(thread)/status", encoding: .utf8)
+                for field in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
+                    #expect(status.contains("\(field):\t0000000000000000"), "worker \(pid) thread \(thread) \(field)")
+                }
+                #expect(status.contains("NoNewPrivs:\t1"), "worker \(pid) thread \(thread)")
+            }
+        }
         try await Task.sleep(for: .milliseconds(300))
         kill(victim, SIGKILL)
         for name in doomed {

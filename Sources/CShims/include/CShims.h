@@ -9,4 +9,5 @@
 #include "cshims_zlib.h"
 #include "cshims_gunzip.h"
 #include "cshims_spawn.h"
+#include "cshims_privileges.h"
 #endif
