@@ -17,6 +17,20 @@ public struct EngineObservers: Sendable {
     }
 }
 
+/// One engine worker as `GET /v1/workers` shows it.
+public struct WorkerInfo: Codable, Sendable, Equatable {
+    public var shard: Int
+    /// Its process id, while it is connected.
+    public var pid: Int32?
+    public var connected: Bool
+    /// Containers created or running in it.
+    public var liveContainers: Int
+    /// The parent policies placed on it.
+    public var parents: [String]
+    /// Times this daemon started it again after it died.
+    public var restarts: Int
+}
+
 /// How an engine runs: in one process (the daemon holds the VMs), as the control plane of
 /// worker processes, or as one of those workers.
 public struct EngineOptions: Sendable {
@@ -70,6 +84,18 @@ extension Engine {
 
 extension Engine {
     var workersMode: Bool { workerSet != nil }
+
+    /// The workers (empty when this process holds the VMs itself).
+    public func workers() -> [WorkerInfo] {
+        guard let workers = workerSet else { return [] }
+        let live = registry.withLock { registry in registry.containers.values.compactMap { $0.isLive ? $0.shard : nil } }
+        let connections = Dictionary(uniqueKeysWithValues: workers.connections.map { ($0.shard, $0) })
+        return (0..<workers.count).map { shard in
+            let connection = connections[shard]
+            return WorkerInfo(shard: shard, pid: connection?.pid, connected: connection != nil, liveContainers: live.filter { $0 == shard }.count,
+                              parents: workers.policies(on: shard).sorted(), restarts: workers.restarts(shard))
+        }
+    }
 
     /// Connects to the workers on this state folder that still run (a daemon that died left
     /// them) and starts the others; rebuilds the view of every container from what they hold:

@@ -96,6 +96,8 @@ final class WorkerSet: Sendable {
     func unassign(_ policyID: String) { state.withLock { $0.assignments[policyID] = nil } }
     func policies(on shard: Int) -> [String] { state.withLock { $0.assignments.filter { $0.value == shard }.map(\.key) } }
 
+    func restarts(_ shard: Int) -> Int { state.withLock { $0.restarts[shard] ?? 0 } }
+
     func childPID(_ shard: Int) -> Int32? { state.withLock { $0.children[shard] } }
     func forgetChild(_ shard: Int) { _ = state.withLock { $0.children.removeValue(forKey: shard) } }
     func countRestart(_ shard: Int) -> Int {
