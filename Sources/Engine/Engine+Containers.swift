@@ -346,7 +346,9 @@ extension Engine {
         }
     }
 
-    func remove(_ container: ManagedContainer) async throws {
+    /// `awaitWorker` false (a run's own removal): a worker's half of the removal goes on after
+    /// the call returns (the container has ended; its VM goes back to its pool meanwhile).
+    func remove(_ container: ManagedContainer, awaitWorker: Bool = true) async throws {
         let (vm, wasRemoved) = container.takeForRemoval()
         guard !wasRemoved else { throw EngineError(.notFound, "unknown container \(container.id)", field: "id") }
         let info = container.info
@@ -355,7 +357,9 @@ extension Engine {
             if registry.names[info.name] == container.id { registry.names[info.name] = nil }
         }
         vm?.remove()
-        if let shard = container.shard { await removeInWorker(container, shard: shard) }
+        if let shard = container.shard {
+            if awaitWorker { await removeInWorker(container, shard: shard) } else { Task { await removeInWorker(container, shard: shard) } }
+        }
         if let family = container.family, family.childRemoved(container.id) { evict(family, reason: "drained: its last child was removed") }
         if let placementID = info.placementID {
             // A SQLite write under placement's lock: on a blocking thread.
@@ -382,7 +386,7 @@ extension Engine {
         let stdout = readAll(container.stdoutPath)
         let stderr = readAll(container.stderrPath)
         if remove {
-            try await self.remove(container)
+            try await self.remove(container, awaitWorker: false)
             record("container.remove", subject: info.id, actor: actor)
         }
         return RunResult(id: info.id, exitCode: exit.exitCode, reason: exit.reason, stdout: String(decoding: stdout, as: UTF8.self),
