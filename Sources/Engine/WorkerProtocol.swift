@@ -29,6 +29,7 @@ enum WorkerWire {
     static func writeFrame(_ fd: Int32, _ payload: Data) throws(EngineError) {
         var frame = Data(capacity: payload.count + 4)
         let length = UInt32(payload.count).littleEndian
+        // unsafe: reads the 4 bytes of a local UInt32 while it lives.
         withUnsafeBytes(of: length) { frame.append(contentsOf: $0) }
         frame.append(payload)
         var offset = 0
@@ -95,6 +96,7 @@ enum WorkerWire {
         let bytes = Array(path.utf8)
         let capacity = MemoryLayout.size(ofValue: address.sun_path)
         guard bytes.count < capacity else { throw EngineError(.invalid, "socket path \(path) is over \(capacity - 1) bytes", field: "state") }
+        // unsafe: the path's bytes are fewer than sun_path's (checked above), so every index is inside it.
         withUnsafeMutableBytes(of: &address.sun_path) { raw in
             for (index, byte) in bytes.enumerated() { raw[index] = byte }
         }

@@ -70,6 +70,7 @@ public final class WorkerServer: Sendable {
         guard holdsAny() else { return }
         let result = cshims_drop_capabilities_of_this_thread()
         guard result == 0 else { throw EngineError(.failed, "cannot drop the worker's capabilities: \(String(cString: strerror(-result)))") }
+        // unsafe: NUL-terminated copies, alive until exec replaces the process (or it fails, when they leak once).
         let arguments = CommandLine.arguments.map { strdup($0) } + [nil]
         execv("/proc/self/exe", arguments)
         throw EngineError(.failed, "cannot exec the worker again without capabilities: \(String(cString: strerror(errno)))")
