@@ -157,20 +157,21 @@ extension Engine {
     private func reconcile(_ containers: [ContainerInfo], shard: Int, connection: WorkerConnection) {
         var adopted = 0
         for info in containers {
-            let known = registry.withLock { registry -> ManagedContainer? in
+            let (known, isNew) = registry.withLock { registry -> (ManagedContainer, Bool) in
                 registry.unreconciled.remove(info.id)
-                if let known = registry.containers[info.id] { return known }
-                let exit = info.state == .exited ? ExitInfo(exitCode: info.exitCode ?? 137, reason: info.exitReason ?? "exited") : nil
-                let managed = ManagedContainer(info: info, logFolder: containersFolder.appendingPathComponent(info.id, isDirectory: true), vm: nil,
-                                               stdinWriter: -1, family: nil, exit: exit, shard: shard)
+                if let known = registry.containers[info.id] { return (known, false) }
+                // Taken as running until its exit is recorded below (with its event), if it has ended.
+                var running = info
+                if running.state == .exited { running.state = .running }
+                let managed = ManagedContainer(info: running, logFolder: containersFolder.appendingPathComponent(info.id, isDirectory: true),
+                                               vm: nil, stdinWriter: -1, family: nil, shard: shard)
                 registry.containers[info.id] = managed
                 if registry.names[info.name] == nil { registry.names[info.name] = info.id }
-                adopted += 1
-                return nil
+                return (managed, true)
             }
-            guard let known else {
-                writer.enqueue { $0.containers.append(ContainerRow(info: info)) }
-                continue
+            if isNew {
+                adopted += 1
+                if info.state != .exited { writer.enqueue { $0.containers.append(ContainerRow(info: info)) } }
             }
             known.setShard(shard)
             if info.state == .exited {
