@@ -63,7 +63,7 @@ let package = Package(
         .target(
             name: "Engine",
             dependencies: [
-                "Fork", "ProcessVM", "KVM", "HostSystem", "Placement", "Store", "Images",
+                "Fork", "ProcessVM", "KVM", "HostSystem", "Placement", "Store", "Images", "CShims",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ],

@@ -33,14 +33,18 @@ public struct AgentDaemon: Sendable {
         public var kvmSystem: KVMSystem?
         /// Containers of pulled images run from the image's layer disks (ext4 in VMDK) instead of its folder.
         public var rootfsFromLayerDisks = false
+        /// Engine workers holding the VMs (nil or a count of 0: the daemon holds them itself).
+        public var workers: WorkerSettings?
 
         public init(stateFolder: URL, listen: String? = nil, stopGrace: Duration = .seconds(10),
-                    memoryPressure: MemoryPressurePolicy = MemoryPressurePolicy(), kvmSystem: KVMSystem? = nil) {
+                    memoryPressure: MemoryPressurePolicy = MemoryPressurePolicy(), kvmSystem: KVMSystem? = nil,
+                    workers: WorkerSettings? = nil) {
             self.stateFolder = stateFolder
             self.kvmSystem = kvmSystem
             self.listen = listen
             self.stopGrace = stopGrace
             self.memoryPressure = memoryPressure
+            self.workers = workers
         }
     }
 
@@ -83,8 +87,11 @@ public struct AgentDaemon: Sendable {
         let registry = PrometheusCollectorRegistry()
         var factory = PrometheusMetricsFactory(registry: registry)
         factory.durationHistogramBuckets["vmfork_fork_duration_seconds"] = [5, 10, 15, 20, 30, 50, 100, 200, 500, 1000, 5000, 20000].map { Duration.microseconds($0) }
-        let engine = try Engine(stateFolder: folder, logger: logger, metricsFactory: factory, system: options.kvmSystem,
-                                rootfsFromLayerDisks: options.rootfsFromLayerDisks)
+        let engine = try Engine(stateFolder: folder, logger: logger, metricsFactory: factory, options: EngineOptions(workers: options.workers),
+                                system: options.kvmSystem, rootfsFromLayerDisks: options.rootfsFromLayerDisks)
+        // Workers mode: find the workers a previous daemon left running (or start them) and
+        // take their containers into the view before serving.
+        try await engine.startWorkers()
         let tokens = try TokenFile.loadOrCreate(in: folder)
         let documentData = try Self.openAPIDocument()
         let documented = try Self.documentedOperations(documentData)

@@ -31,6 +31,7 @@ struct AgentRoutes: Sendable {
         // MARK: Daemon
         on(.get, "/v1/_ping") { _, _ in try json(["ok": true]) }
         on(.get, "/v1/version") { _, _ in try json(VersionBody(version: Engine.version, api: "v1", kvm: engine.kvmMessage == nil, kvmMessage: engine.kvmMessage)) }
+        on(.get, "/v1/workers") { _, _ in try json(engine.workers()) }
         on(.get, "/v1/openapi.json") { [document] _, _ in
             Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: document))
         }

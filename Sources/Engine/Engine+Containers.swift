@@ -20,8 +20,9 @@ extension Engine {
     /// `untilEnd` the call returns once the program has ended, so that the caller is woken
     /// once, not at the start and again at the exit (each wake-up a wait for a core on a busy
     /// host); `started` runs on the container's thread just before its program does.
-    private func create(_ spec: ContainerSpec, startNow: Bool, untilEnd: Bool = false,
-                        started: (@Sendable (ManagedContainer) -> Void)? = nil) async throws -> ManagedContainer {
+    /// A worker is given the daemon's id for it (`id`).
+    func create(_ spec: ContainerSpec, startNow: Bool, id givenID: String? = nil, untilEnd: Bool = false,
+                started: (@Sendable (ManagedContainer) -> Void)? = nil) async throws -> ManagedContainer {
         try ensureAccepting()
         let image = try image(spec.image)
         let forkPoint = spec.forkPoint ?? image.defaultForkPoint ?? .entry
@@ -61,7 +62,7 @@ extension Engine {
             guard spec.pool != nil else { throw EngineError.invalid("memoryReservationMiB", "memoryReservationMiB needs a pool to charge") }
         }
 
-        let id = UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "")
+        let id = givenID ?? UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "")
         let name = spec.name ?? String(id.prefix(12))
         let nameTaken = registry.withLock { registry -> Bool in
             if registry.names[name] != nil { return true }
@@ -74,6 +75,10 @@ extension Engine {
             // Placement first: an unknown or full pool is refused before anything is made.
             if let pool = spec.pool { placementID = try await place(pool: pool, image: image.name, memoryKiB: spec.memoryReservationMiB.map { $0 << 10 }) }
             let (policy, recordedNow) = try await policy(image: image.name, forkPoint: forkPoint, memoryMiB: memoryMiB)
+            if let workers = workerSet {
+                return try await createInWorker(workers, id: id, name: name, spec: spec, image: image, policy: policy, recordedNow: recordedNow,
+                                                labels: labels, placementID: placementID, startNow: startNow)
+            }
             let family: ParentFamily
             do {
                 family = try await self.family(for: policy)
@@ -197,6 +202,10 @@ extension Engine {
         do {
             try ensureAccepting()
             let container = try container(idOrName)
+            if let shard = container.shard {
+                try await startInWorker(container, shard: shard, by: actor)
+                return container.info
+            }
             try start(container, by: actor)
             return container.info
         } catch {
@@ -235,6 +244,8 @@ extension Engine {
     func ended(_ container: ManagedContainer, _ exit: ExitInfo, woken: (() -> Void)? = nil) {
         let (info, wake) = container.finish(exit, at: Date().timeIntervalSince1970)
         let counters = container.vm?.processVM?.lastRunCounters
+        // A worker's daemon hears of it before any waiter here wakes (a stop's reply follows it).
+        observers.withLock { $0.exit }?(info, counters)
         let event = EventRow(time: info.finishedAt ?? 0, actor: "engine", type: "container.exit", subject: info.id, result: "ok",
                              detail: "{\"exitCode\":\(exit.exitCode)}")
         writer.enqueue { writes in
@@ -274,6 +285,7 @@ extension Engine {
 
     func stopContainer(_ container: ManagedContainer, grace: Duration, actor: String) async throws -> ExitInfo {
         if let exit = container.exit { return exit }
+        if let shard = container.shard { return try await stopInWorker(container, shard: shard, grace: grace) }
         if try await killIfNotStarted(container) { return await container.waitForExit() }
         container.vm?.processVM?.sendSignal(15)
         if let exit = await container.waitForExit(timeout: grace) { return exit }
@@ -288,6 +300,11 @@ extension Engine {
             guard (1...64).contains(signal) else { throw EngineError.invalid("signal", "signal \(signal) is out of range (1...64)") }
             let container = try container(idOrName)
             guard container.exit == nil else { throw EngineError(.conflict, "container \(container.id) is not running") }
+            if let shard = container.shard {
+                let remote = try await workerSet!.connection(shard).call("kill", WorkerKill(id: container.id, signal: signal), as: ContainerInfo.self)
+                _ = container.applyRemote(remote)
+                return container.info
+            }
             if try await killIfNotStarted(container) { return container.info }
             if signal == 9 {
                 try await powerOff(container)
@@ -319,6 +336,10 @@ extension Engine {
     public func attachStdin(_ idOrName: String, data: Data, close: Bool, by actor: String) async throws {
         try await audited("container.attach", subject: idOrName, actor: actor, detail: "{\"bytes\":\(data.count),\"close\":\(close)}") {
             let container = try container(idOrName)
+            if let shard = container.shard {
+                _ = try await workerSet!.connection(shard).call("stdin", WorkerStdin(id: container.id, data: data, close: close), as: WorkerNothing.self)
+                return
+            }
             // A pipe whose reader is slow blocks the writer: a KVM thread's wait.
             try await onKVMThread { try container.writeStdin(data, closing: close) }
         }
@@ -342,7 +363,9 @@ extension Engine {
         }
     }
 
-    func remove(_ container: ManagedContainer) async throws {
+    /// `awaitWorker` false (a run's own removal): a worker's half of the removal goes on after
+    /// the call returns (the container has ended; its VM goes back to its pool meanwhile).
+    func remove(_ container: ManagedContainer, awaitWorker: Bool = true) async throws {
         let (vm, wasRemoved) = container.takeForRemoval()
         guard !wasRemoved else { throw EngineError(.notFound, "unknown container \(container.id)", field: "id") }
         let info = container.info
@@ -351,6 +374,9 @@ extension Engine {
             if registry.names[info.name] == container.id { registry.names[info.name] = nil }
         }
         vm?.remove()
+        if let shard = container.shard {
+            if awaitWorker { await removeInWorker(container, shard: shard) } else { Task { await removeInWorker(container, shard: shard) } }
+        }
         if let family = container.family, family.childRemoved(container.id) { evict(family, reason: "drained: its last child was removed") }
         if let placementID = info.placementID {
             // A SQLite write under placement's lock: on a blocking thread.
@@ -385,7 +411,7 @@ extension Engine {
         let stdout = readAll(container.stdoutPath)
         let stderr = readAll(container.stderrPath)
         if remove {
-            try await self.remove(container)
+            try await self.remove(container, awaitWorker: false)
             record("container.remove", subject: info.id, actor: actor)
         }
         return RunResult(id: info.id, exitCode: exit.exitCode, reason: exit.reason, stdout: String(decoding: stdout, as: UTF8.self),

@@ -77,6 +77,16 @@ extension Engine {
                 family.release()
                 record("parent.evict", subject: family.policy.id, actor: "engine", detail: "{\"reason\":\"image removed\"}")
             }
+            if let workers = workerSet {
+                // Its policies' parents in the workers go too (each worker records the eviction).
+                for connection in workers.connections {
+                    let held = (try? await connection.call("parents", WorkerParents(sharing: false), as: [ParentInfo].self)) ?? []
+                    for parent in held where parent.policy.image == name {
+                        _ = try? await connection.call("removeParents", WorkerParentRef(id: parent.id), as: WorkerNothing.self)
+                        workers.unassign(parent.id)
+                    }
+                }
+            }
             try await store.deleteImage(named: name)
         }
     }

@@ -76,6 +76,10 @@ extension Engine {
         while !Task.isCancelled {
             try? await Task.sleep(for: interval)
             guard !Task.isCancelled else { return }
+            if let workers = workerSet {
+                if let reading = MemoryReading.current() { await relievePressureInWorkers(workers, reading, policy: policy) }
+                continue
+            }
             // Reading /proc and dropping VMs are blocking calls: off the cooperative pool.
             _ = try? await onBlockingThread { [self] in
                 if let reading = MemoryReading.current() { relieveMemoryPressure(reading, policy: policy) }

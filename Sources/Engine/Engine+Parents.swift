@@ -24,6 +24,17 @@ extension Engine {
             if exists { throw EngineError(.conflict, "parent policy \(policy.id) already exists", field: "image") }
             try await store.save(policy: policy.row(createdAt: Date().timeIntervalSince1970))
             registry.withLock { $0.policies[policy.id] = policy }
+            if let workers = workerSet {
+                let shard = workers.shard(for: policy.id)
+                do {
+                    return try await workers.connection(shard).call("ensureParents", WorkerEnsureParents(policy: policy, image: try image(policy.image)),
+                                                                    as: ParentInfo.self)
+                } catch {
+                    try? await forgetPolicy(policy.id)
+                    workers.unassign(policy.id)
+                    throw error
+                }
+            }
             do {
                 let family = try await family(for: policy)
                 return family.info(withSharing: false)
@@ -90,6 +101,7 @@ extension Engine {
 
     /// Every policy with what its parents hold now (with the kernel's sharing figures when asked).
     public func parents(withSharing: Bool = true) async throws -> [ParentInfo] {
+        if let workers = workerSet { return try await parentsInWorkers(workers, withSharing: withSharing) }
         let (policies, families) = registry.withLock { ($0.policies, $0.families) }
         // Reading smaps walks every mapping of the process: off the caller's thread.
         return try await onKVMThread {
@@ -114,6 +126,15 @@ extension Engine {
         try await audited("parent.drain", subject: id, actor: actor) {
             try ensureAccepting()
             guard let policy = registry.withLock({ $0.policies[id] }) else { throw EngineError(.notFound, "unknown parent \(id)", field: "id") }
+            if let workers = workerSet, let shard = workers.assignedShard(id) {
+                do {
+                    var info = try await workers.connection(shard).call("drainParents", WorkerParentRef(id: id), as: ParentInfo.self)
+                    info.policy = policy
+                    return info
+                } catch let error as EngineError where error.kind == .notFound {
+                    // Never made in its worker: nothing to drain.
+                }
+            }
             let family = registry.withLock { $0.families[id] }
             family?.drain()
             if let family, family.liveChildren == 0 { evict(family, reason: "drained") }
@@ -127,6 +148,14 @@ extension Engine {
     public func removeParents(_ id: String, by actor: String) async throws {
         try await audited("parent.remove", subject: id, actor: actor) {
             try ensureAccepting()
+            if let workers = workerSet {
+                guard registry.withLock({ $0.policies[id] != nil }) else { throw EngineError(.notFound, "unknown parent \(id)", field: "id") }
+                // The worker refuses while the parents have live children.
+                if let shard = workers.assignedShard(id) {
+                    _ = try await workers.connection(shard).call("removeParents", WorkerParentRef(id: id), as: WorkerNothing.self)
+                }
+                workers.unassign(id)
+            }
             let family: ParentFamily? = try registry.withLock { registry in
                 guard registry.policies[id] != nil else { throw EngineError(.notFound, "unknown parent \(id)", field: "id") }
                 if let family = registry.families[id], family.liveChildren > 0 {

@@ -64,6 +64,12 @@ public final class Engine: Sendable {
     /// The disk root filesystems opened for images, by top layer disk; and their I/O engine.
     let layerDiskRoots = Mutex<[String: DiskRootFileSystem]>([:])
     let layerDiskEngine: IOEngine?
+    /// In one process, as the control plane of worker processes, or as a worker.
+    public let options: EngineOptions
+    /// The daemon's workers (nil when this process holds the VMs itself).
+    let workerSet: WorkerSet?
+    /// Who is told of exits and events (a worker's server).
+    let observers = Mutex(EngineObservers())
 
     struct Registry {
         var images: [String: ImageRecord] = [:]
@@ -74,6 +80,10 @@ public final class Engine: Sendable {
         var names: [String: String] = [:]
         var accepting = true
         var forks = 0
+        /// Workers mode: exits reported before their container's create reply was taken.
+        var parkedExits: [String: WorkerExit] = [:]
+        /// Workers mode, at start: containers recorded live whose worker has not reported yet.
+        var unreconciled: Set<String> = []
     }
 
     /// The followers of the event log wait on it.
@@ -84,11 +94,12 @@ public final class Engine: Sendable {
     /// the last daemon stopped are recorded as stopped now (their VMs did not survive it).
     /// `system`: the KVM system to make VMs on (its own when nil).
     public init(stateFolder: URL, logger: Logger = Logger(label: "vmfork.engine"), metricsFactory: any MetricsFactory,
-                system: KVMSystem? = nil, rootfsFromLayerDisks: Bool = false) throws {
+                options: EngineOptions = EngineOptions(), system: KVMSystem? = nil, rootfsFromLayerDisks: Bool = false) throws {
         self.stateFolder = stateFolder
         self.rootfsFromLayerDisks = rootfsFromLayerDisks
         layerDiskEngine = rootfsFromLayerDisks ? try IOEngine() : nil
         self.logger = logger
+        self.options = options
         try FileManager.default.createDirectory(at: stateFolder, withIntermediateDirectories: true)
         daemonLock = try DaemonLock(folder: stateFolder)
         store = try StateStore(folder: stateFolder, lockWaitSeconds: 2)
@@ -104,6 +115,9 @@ public final class Engine: Sendable {
         writer = StateWriter(store: store, logger: logger)
         metrics = EngineMetrics(factory: metricsFactory)
         imagePuller = try ImagePuller(datastore: stateFolder.appendingPathComponent("images", isDirectory: true), logger: logger)
+        workerSet = try options.workers.flatMap { $0.count > 0 ? try WorkerSet(settings: $0, stateFolder: stateFolder) : nil }
+        let keepsLive = workerSet != nil
+        let lostReason = options.workerShard != nil ? "stopped: its worker restarted" : "stopped: the daemon restarted"
         try FileManager.default.createDirectory(at: containersFolder, withIntermediateDirectories: true)
 
         let snapshot = try store.engineSnapshot()
@@ -122,11 +136,14 @@ public final class Engine: Sendable {
             for row in snapshot.containers {
                 guard var info = try? JSONDecoder().decode(ContainerInfo.self, from: Data(row.spec.utf8)) else { continue }
                 var exit: ExitInfo?
-                if info.state != .exited {
+                if info.state != .exited, keepsLive {
+                    // Its worker may hold it still: `startWorkers` decides.
+                    registry.unreconciled.insert(info.id)
+                } else if info.state != .exited {
                     info.state = .exited
-                    info.exitReason = "stopped: the daemon restarted"
+                    info.exitReason = lostReason
                     info.finishedAt = now
-                    exit = ExitInfo(exitCode: 137, reason: "stopped: the daemon restarted")
+                    exit = ExitInfo(exitCode: 137, reason: lostReason)
                     info.exitCode = 137
                     stopped.append(ContainerRow(info: info))
                 } else {
@@ -151,10 +168,11 @@ public final class Engine: Sendable {
                                                 "policies": "\(snapshot.policies.count)", "containers": "\(snapshot.containers.count)"])
     }
 
-    var containersFolder: URL { stateFolder.appendingPathComponent("containers", isDirectory: true) }
+    var containersFolder: URL { options.containersFolder ?? stateFolder.appendingPathComponent("containers", isDirectory: true) }
 
     /// Makes the warm parents of every recorded policy (a daemon calls it once it listens).
     public func warmUp() async {
+        if workersMode { return await warmUpRemote() }
         let policies = registry.withLock { Array($0.policies.values) }
         for policy in policies {
             do { _ = try await family(for: policy) } catch {
@@ -185,7 +203,9 @@ public final class Engine: Sendable {
 
     /// Appends an event to the log (written in the background, in call order).
     public func record(_ type: String, subject: String, actor: String, result: String = "ok", detail: String = "") {
-        writer.event(EventRow(time: Date().timeIntervalSince1970, actor: actor, type: type, subject: subject, result: result, detail: detail))
+        let row = EventRow(time: Date().timeIntervalSince1970, actor: actor, type: type, subject: subject, result: result, detail: detail)
+        writer.event(row)
+        observers.withLock { $0.event }?(row)
     }
 
     /// Runs `body` and records its outcome, ok or the error's message.
@@ -237,6 +257,8 @@ public final class Engine: Sendable {
             vm?.remove()
             _ = container.family?.childRemoved(container.id)
         }
+        // Workers mode: each worker stops (its containers are stopped already) and exits.
+        await stopWorkers(grace: grace)
         let families = registry.withLock { registry in
             defer { registry.families = [:] }
             for build in registry.builds.values { build.cancel() }

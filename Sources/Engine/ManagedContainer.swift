@@ -20,19 +20,51 @@ final class ManagedContainer: Sendable {
         var waiters: [CheckedContinuation<ExitInfo, Never>] = []
         var exit: ExitInfo?
         var removed = false
+        var finishing = false
+        /// The worker holding its VM (workers mode); nil in one process.
+        var shard: Int?
     }
 
-    init(info: ContainerInfo, logFolder: URL, vm: Fork.Container?, stdinWriter: Int32, family: ParentFamily?, exit: ExitInfo? = nil) {
+    init(info: ContainerInfo, logFolder: URL, vm: Fork.Container?, stdinWriter: Int32, family: ParentFamily?, exit: ExitInfo? = nil,
+         shard: Int? = nil) {
         id = info.id
         self.logFolder = logFolder
         self.family = family
-        state = Mutex(MutableState(info: info, vm: vm, stdinWriter: stdinWriter, exit: exit))
+        state = Mutex(MutableState(info: info, vm: vm, stdinWriter: stdinWriter, exit: exit, shard: shard))
     }
 
     var info: ContainerInfo { state.withLock { $0.info } }
     var vm: Fork.Container? { state.withLock { $0.vm } }
     var exit: ExitInfo? { state.withLock { $0.exit } }
-    var isLive: Bool { state.withLock { !$0.removed && $0.vm != nil } }
+    var isLive: Bool { state.withLock { !$0.removed && ($0.vm != nil || ($0.shard != nil && $0.exit == nil)) } }
+    var shard: Int? { state.withLock { $0.shard } }
+
+    func setShard(_ shard: Int) { state.withLock { $0.shard = shard } }
+
+    /// Takes a worker's view of the container (created or running) unless it has ended here
+    /// already; true when something changed.
+    func applyRemote(_ remote: ContainerInfo) -> Bool {
+        state.withLock { state in
+            guard state.exit == nil, remote.state != .exited,
+                  state.info.state != remote.state || state.info.startedAt != remote.startedAt else { return false }
+            state.info.state = remote.state
+            state.info.startedAt = remote.startedAt
+            return true
+        }
+    }
+
+    /// `finish` for a container whose end a worker reports, perhaps more than once: nil when
+    /// it has ended already.
+    func finishOnce(_ exit: ExitInfo, at time: Double, startedAt: Double?) -> (info: ContainerInfo, wake: () -> Void)? {
+        let first = state.withLock { state -> Bool in
+            guard state.exit == nil, !state.finishing else { return false }
+            state.finishing = true
+            if state.info.startedAt == nil { state.info.startedAt = startedAt }
+            return true
+        }
+        guard first else { return nil }
+        return finish(exit, at: time)
+    }
 
     var stdoutPath: String { logFolder.appendingPathComponent("stdout.log").path }
     var stderrPath: String { logFolder.appendingPathComponent("stderr.log").path }

@@ -42,9 +42,17 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
 
+    @Option(help: "Engine worker processes holding the VMs (0: the daemon holds them; default $VMFORK_WORKERS, else 0). See README, \"Engine workers\".")
+    var workers: Int?
+
+    var workerCount: Int { workers ?? ProcessInfo.processInfo.environment["VMFORK_WORKERS"].flatMap(Int.init) ?? 0 }
+
     func validate() throws {
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level \(logLevel) is not a log level") }
         guard (0...3600).contains(stopGrace) else { throw ValidationError("--stop-grace \(stopGrace) is out of range (0...3600)") }
+        guard WorkerSettings.range.contains(workerCount) else {
+            throw ValidationError("--workers \(workerCount) is out of range (\(WorkerSettings.range)); check VMFORK_WORKERS too")
+        }
     }
 
     func run() async throws {
@@ -52,7 +60,8 @@ struct ServeCommand: AsyncParsableCommand {
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
         let folder = state.map { URL(fileURLWithPath: $0, isDirectory: true) } ?? PlacementService.defaultFolder
         let pressure = MemoryPressurePolicy(minimumAvailableMiB: pressureAvailableMib, maximumStalledPercent: pressureStalledPercent)
-        var options = AgentDaemon.Options(stateFolder: folder, listen: listen, stopGrace: .seconds(stopGrace), memoryPressure: pressure)
+        var options = AgentDaemon.Options(stateFolder: folder, listen: listen, stopGrace: .seconds(stopGrace), memoryPressure: pressure,
+                                          workers: workerCount > 0 ? WorkerSettings(count: workerCount, logLevel: logLevel) : nil)
         options.rootfsFromLayerDisks = rootfsFromDisks
         // Wired here, not in the API module, so that neither the API nor the UI depends on the VCH.
         options.webFrontEnd = try WebUI(logger: logger)

@@ -14,6 +14,7 @@ struct VMForkCommand: AsyncParsableCommand {
             ServeCommand.self, ContainerCommand.self, ParentCommand.self, EventsCommand.self,
             LoadCommand.self,
             VCHCommand.self,
+            WorkerCommand.self,
         ]
     )
 }

@@ -8,4 +8,6 @@
 #include "cshims_fs.h"
 #include "cshims_zlib.h"
 #include "cshims_gunzip.h"
+#include "cshims_spawn.h"
+#include "cshims_privileges.h"
 #endif

@@ -1,0 +1,408 @@
+import Foundation
+import KVM
+import Logging
+import Metrics
+import Store
+
+/// What an engine tells whoever watches it (a worker's server, which passes it to the daemon).
+public struct EngineObservers: Sendable {
+    /// A container ended: its info (exited) and what KVM counted for its run.
+    public var exit: (@Sendable (ContainerInfo, VCPUCounters?) -> Void)?
+    /// An event the engine recorded.
+    public var event: (@Sendable (EventRow) -> Void)?
+
+    public init(exit: (@Sendable (ContainerInfo, VCPUCounters?) -> Void)? = nil, event: (@Sendable (EventRow) -> Void)? = nil) {
+        self.exit = exit
+        self.event = event
+    }
+}
+
+/// One engine worker as `GET /v1/workers` shows it.
+public struct WorkerInfo: Codable, Sendable, Equatable {
+    public var shard: Int
+    /// Its process id, while it is connected.
+    public var pid: Int32?
+    public var connected: Bool
+    /// Containers created or running in it.
+    public var liveContainers: Int
+    /// The parent policies placed on it.
+    public var parents: [String]
+    /// Times this daemon started it again after it died.
+    public var restarts: Int
+}
+
+/// How an engine runs: in one process (the daemon holds the VMs), as the control plane of
+/// worker processes, or as one of those workers.
+public struct EngineOptions: Sendable {
+    /// Set in the daemon: the VMs live in this many worker processes.
+    public var workers: WorkerSettings?
+    /// Set in a worker: its shard number.
+    public var workerShard: Int?
+    /// Where containers' log files go (a worker writes into its daemon's folder).
+    public var containersFolder: URL?
+
+    public init(workers: WorkerSettings? = nil, workerShard: Int? = nil, containersFolder: URL? = nil) {
+        self.workers = workers
+        self.workerShard = workerShard
+        self.containersFolder = containersFolder
+    }
+}
+
+// MARK: - The worker's side
+
+extension Engine {
+    /// The engine of worker `shard` of the daemon on `stateFolder`: its own state in
+    /// STATE/workers/N/, its containers' logs in STATE/containers/ (where the daemon reads them).
+    public static func worker(stateFolder: URL, shard: Int, logger: Logger) throws -> Engine {
+        try Engine(stateFolder: stateFolder.appendingPathComponent("workers/\(shard)", isDirectory: true), logger: logger,
+                   metricsFactory: NOOPMetricsHandler.instance,
+                   options: EngineOptions(workerShard: shard, containersFolder: stateFolder.appendingPathComponent("containers", isDirectory: true)))
+    }
+
+    func setObservers(_ observers: EngineObservers) { self.observers.withLock { $0 = observers } }
+
+    /// Takes the daemon's record of an image (kept in this worker's state, so that its
+    /// parents can be made again after a restart of the worker).
+    func adopt(image: ImageRecord) async throws {
+        if registry.withLock({ $0.images[image.name] }) == image { return }
+        try await store.save(image: image.row)
+        registry.withLock { $0.images[image.name] = image }
+    }
+
+    /// Records the daemon's policy here and makes its parents (once).
+    func ensureParents(_ policy: ParentPolicy, image: ImageRecord) async throws -> ParentInfo {
+        try await adopt(image: image)
+        if registry.withLock({ $0.policies[policy.id] }) != policy {
+            try await store.save(policy: policy.row(createdAt: Date().timeIntervalSince1970))
+            registry.withLock { $0.policies[policy.id] = policy }
+        }
+        return try await family(for: policy).info(withSharing: false)
+    }
+}
+
+// MARK: - The daemon's side
+
+extension Engine {
+    var workersMode: Bool { workerSet != nil }
+
+    /// The workers (empty when this process holds the VMs itself).
+    public func workers() -> [WorkerInfo] {
+        guard let workers = workerSet else { return [] }
+        let live = registry.withLock { registry in registry.containers.values.compactMap { $0.isLive ? $0.shard : nil } }
+        let connections = Dictionary(uniqueKeysWithValues: workers.connections.map { ($0.shard, $0) })
+        return (0..<workers.count).map { shard in
+            let connection = connections[shard]
+            return WorkerInfo(shard: shard, pid: connection?.pid, connected: connection != nil, liveContainers: live.filter { $0 == shard }.count,
+                              parents: workers.policies(on: shard).sorted(), restarts: workers.restarts(shard))
+        }
+    }
+
+    /// Connects to the workers on this state folder that still run (a daemon that died left
+    /// them) and starts the others; rebuilds the view of every container from what they hold:
+    /// running ones stay running, ones that ended meanwhile get their real status, ones no
+    /// worker holds are recorded as stopped. Call once, before serving.
+    public func startWorkers() async throws {
+        guard let workers = workerSet else { return }
+        for shard in 0..<workers.count { try await bringUp(shard) }
+        let leftovers = registry.withLock { registry -> [ManagedContainer] in
+            defer { registry.unreconciled = [] }
+            return registry.unreconciled.compactMap { registry.containers[$0] }
+        }
+        for container in leftovers where container.exit == nil {
+            var info = container.info
+            info.exitCode = 137
+            info.exitReason = "stopped: the daemon restarted and no worker holds it"
+            finishRemote(container, WorkerExit(info: info), eventType: "container.stopped")
+        }
+    }
+
+    /// Connects to shard `shard`'s worker, starting it when none answers, and takes its view.
+    func bringUp(_ shard: Int) async throws {
+        guard let workers = workerSet else { return }
+        let path = workers.socketPath(shard)
+        var connection = try? WorkerConnection(shard: shard, socketPath: path)
+        if connection == nil {
+            let pid = try workers.spawn(shard, stateFolder: stateFolder)
+            let deadline = ContinuousClock.now + .seconds(30)
+            while connection == nil {
+                try await Task.sleep(for: .milliseconds(10))
+                connection = try? WorkerConnection(shard: shard, socketPath: path)
+                if connection != nil { break }
+                var status: Int32 = 0
+                if waitpid(pid, &status, WNOHANG) == pid {
+                    workers.forgetChild(shard)
+                    throw EngineError(.failed, "worker \(shard) \(describeWaitStatus(status)) at start (see \(workers.logPath(shard)))")
+                }
+                if ContinuousClock.now > deadline {
+                    throw EngineError(.failed, "worker \(shard) (pid \(pid)) did not listen on \(path) within 30 s (see \(workers.logPath(shard)))")
+                }
+            }
+        }
+        guard let connection else { return }
+        connection.startReading(
+            onEvent: { [weak self] event, frame in self?.workerEvent(event, frame: frame) },
+            onClose: { [weak self] why in self?.workerLost(connection, why: why) })
+        let hello = try await connection.call("hello", WorkerNothing(), as: WorkerHello.self)
+        connection.pid = hello.pid
+        workers.set(connection, shard: shard)
+        for parent in hello.parents { workers.assign(parent.id, to: shard) }
+        reconcile(hello.containers, shard: shard, connection: connection)
+        logger.info("worker connected", metadata: ["shard": "\(shard)", "pid": "\(hello.pid)", "containers": "\(hello.containers.count)",
+                                                   "parents": "\(hello.parents.count)"])
+    }
+
+    /// Takes a worker's containers into the view: known ones get its state; ones this daemon
+    /// has no record of (a daemon killed within the state writer's few milliseconds after it
+    /// answered their create) are taken as the worker holds them, without their placement.
+    private func reconcile(_ containers: [ContainerInfo], shard: Int, connection: WorkerConnection) {
+        var adopted = 0
+        for info in containers {
+            let (known, isNew) = registry.withLock { registry -> (ManagedContainer, Bool) in
+                registry.unreconciled.remove(info.id)
+                if let known = registry.containers[info.id] { return (known, false) }
+                // Taken as running until its exit is recorded below (with its event), if it has ended.
+                var running = info
+                if running.state == .exited { running.state = .running }
+                let managed = ManagedContainer(info: running, logFolder: containersFolder.appendingPathComponent(info.id, isDirectory: true),
+                                               vm: nil, stdinWriter: -1, family: nil, shard: shard)
+                registry.containers[info.id] = managed
+                if registry.names[info.name] == nil { registry.names[info.name] = info.id }
+                return (managed, true)
+            }
+            if isNew {
+                adopted += 1
+                if info.state != .exited { writer.enqueue { $0.containers.append(ContainerRow(info: info)) } }
+            }
+            known.setShard(shard)
+            if info.state == .exited {
+                finishRemote(known, WorkerExit(info: info))
+            } else if known.applyRemote(info) {
+                writer.enqueue { $0.containers.append(ContainerRow(info: known.info)) }
+            }
+        }
+        if adopted > 0 { logger.notice("took containers no daemon had recorded", metadata: ["shard": "\(shard)", "count": "\(adopted)"]) }
+    }
+
+    /// An event frame from a worker (on its connection's reader thread, in order).
+    private func workerEvent(_ event: String, frame: Data) {
+        let decoder = JSONDecoder()
+        switch event {
+        case "exit":
+            guard let exit = try? decoder.decode(WorkerEventMessage<WorkerExit>.self, from: frame).body else { return }
+            let container = registry.withLock { registry -> ManagedContainer? in
+                if let container = registry.containers[exit.info.id] { return container }
+                // Its create reply is still on its way to the caller: applied at registration.
+                registry.parkedExits[exit.info.id] = exit
+                return nil
+            }
+            if let container { finishRemote(container, exit) }
+        case "event":
+            guard var row = try? decoder.decode(WorkerEventMessage<EventRow>.self, from: frame).body else { return }
+            row.id = nil
+            writer.event(row)
+        default:
+            logger.warning("unknown worker event", metadata: ["event": "\(event)"])
+        }
+    }
+
+    /// Records a remote container's end (once, however many reports of it come).
+    func finishRemote(_ container: ManagedContainer, _ exit: WorkerExit, eventType: String = "container.exit") {
+        let reported = ExitInfo(exitCode: exit.info.exitCode ?? 137, reason: exit.info.exitReason ?? "exited")
+        guard let (info, wake) = container.finishOnce(reported, at: exit.info.finishedAt ?? Date().timeIntervalSince1970,
+                                                       startedAt: exit.info.startedAt) else { return }
+        defer { wake() }
+        metrics.exits.increment()
+        if let exits = exit.vmExits {
+            metrics.vmExits.increment(by: Int(exits))
+            metrics.vmExitsPerContainer.record(Int(exits))
+        }
+        if let faults = exit.pageFaults { metrics.pageFaults.increment(by: Int(faults)) }
+        if let emulated = exit.emulatedInstructions { metrics.emulatedInstructions.increment(by: Int(emulated)) }
+        let detail = eventType == "container.exit" ? "{\"exitCode\":\(reported.exitCode)}" : "{\"reason\":\(Self.jsonString(reported.reason))}"
+        let event = EventRow(time: info.finishedAt ?? 0, actor: "engine", type: eventType, subject: info.id, result: "ok", detail: detail)
+        writer.enqueue { writes in
+            writes.containers.append(ContainerRow(info: info))
+            writes.events.append(event)
+        }
+    }
+
+    static func jsonString(_ text: String) -> String {
+        (try? String(decoding: JSONEncoder().encode(text), as: UTF8.self)) ?? "\"\""
+    }
+
+    /// A worker's connection ended: when the worker died, its containers are recorded as
+    /// exited with the reason, and it is started again (its parents are made again by policy).
+    private func workerLost(_ connection: WorkerConnection, why: String) {
+        guard let workers = workerSet, workers.drop(connection) else { return }
+        let shard = connection.shard
+        let pid = connection.pid
+        var how = why
+        if let child = workers.childPID(shard), child == pid {
+            // Our own child: reap it and say how it ended (it is ending, so this is short).
+            var status: Int32 = 0
+            for _ in 0..<500 {
+                let reaped = waitpid(pid, &status, WNOHANG)
+                if reaped == pid {
+                    how = describeWaitStatus(status)
+                    workers.forgetChild(shard)
+                    break
+                }
+                if reaped < 0 { break }
+                usleep(10_000)
+            }
+        }
+        let reason = "its worker (shard \(shard), pid \(pid)) died: \(how)"
+        let victims = registry.withLock { registry in registry.containers.values.filter { $0.shard == shard && $0.exit == nil } }
+        for container in victims {
+            var info = container.info
+            info.exitCode = 137
+            info.exitReason = reason
+            finishRemote(container, WorkerExit(info: info))
+        }
+        let stopping = workers.isStopping || !registry.withLock({ $0.accepting })
+        record("worker.exit", subject: "\(shard)", actor: "engine",
+               detail: "{\"pid\":\(pid),\"reason\":\(Self.jsonString(how)),\"containers\":\(victims.count)}")
+        guard !stopping else { return }
+        logger.error("worker died", metadata: ["shard": "\(shard)", "pid": "\(pid)", "how": "\(how)", "containers": "\(victims.count)"])
+        Task { await restartWorker(shard) }
+    }
+
+    /// Starts a dead worker again (backing off while it fails), then makes its parents.
+    private func restartWorker(_ shard: Int) async {
+        guard let workers = workerSet else { return }
+        var delay = Duration.milliseconds(50)
+        while !workers.isStopping {
+            try? await Task.sleep(for: delay)
+            do {
+                try await bringUp(shard)
+                let attempt = workers.countRestart(shard)
+                record("worker.restart", subject: "\(shard)", actor: "engine", detail: "{\"restarts\":\(attempt)}")
+                break
+            } catch {
+                logger.error("worker restart failed", metadata: ["shard": "\(shard)", "error": "\(error)"])
+                delay = min(delay * 2, .seconds(5))
+            }
+        }
+        await warmUpRemote(shard: shard)
+    }
+
+    /// Makes the parents of every policy placed on `shard` (or on any shard when nil).
+    func warmUpRemote(shard: Int? = nil) async {
+        guard let workers = workerSet else { return }
+        let (policies, images) = registry.withLock { (Array($0.policies.values), $0.images) }
+        for policy in policies.sorted(by: { $0.id < $1.id }) {
+            let target = workers.shard(for: policy.id)
+            guard shard == nil || shard == target, let image = images[policy.image] else { continue }
+            do {
+                _ = try await workers.connection(target).call("ensureParents", WorkerEnsureParents(policy: policy, image: image), as: ParentInfo.self)
+            } catch {
+                logger.error("warm parent not made", metadata: ["parent": "\(policy.id)", "shard": "\(target)", "error": "\(error)"])
+            }
+        }
+    }
+
+    /// Forks in the worker holding the policy's family (its parents made first at the policy's first use).
+    func createInWorker(_ workers: WorkerSet, id: String, name: String, spec: ContainerSpec, image: ImageRecord, policy: ParentPolicy,
+                        recordedNow: Bool, labels: [String: String], placementID: Int?, startNow: Bool) async throws -> ManagedContainer {
+        let shard = workers.shard(for: policy.id)
+        let connection = try workers.connection(shard)
+        if recordedNow {
+            do {
+                _ = try await connection.call("ensureParents", WorkerEnsureParents(policy: policy, image: image), as: ParentInfo.self)
+            } catch {
+                try? await forgetPolicy(policy.id)
+                workers.unassign(policy.id)
+                throw error
+            }
+        }
+        var resolved = spec
+        resolved.name = name
+        resolved.forkPoint = policy.forkPoint
+        resolved.memoryMiB = policy.memoryMiB
+        resolved.labels = labels
+        resolved.pool = nil
+        resolved.memoryReservationMiB = nil
+        var info = try await connection.call("create", WorkerCreate(id: id, spec: resolved, image: image, start: startNow), as: ContainerInfo.self)
+        info.pool = spec.pool
+        info.placementID = placementID
+        let managed = ManagedContainer(info: info, logFolder: containersFolder.appendingPathComponent(id, isDirectory: true), vm: nil,
+                                       stdinWriter: -1, family: nil, shard: shard)
+        let parked = registry.withLock { registry in
+            registry.containers[id] = managed
+            registry.forks += 1
+            return registry.parkedExits.removeValue(forKey: id)
+        }
+        if let micros = info.forkMicroseconds { metrics.forkLatency.record(duration: .nanoseconds(Int64(micros * 1000))) }
+        metrics.forks.increment()
+        writer.enqueue { $0.containers.append(ContainerRow(info: info)) }
+        if let parked { finishRemote(managed, parked) }
+        return managed
+    }
+
+    func startInWorker(_ container: ManagedContainer, shard: Int, by actor: String) async throws {
+        guard container.info.state == .created, container.exit == nil else {
+            throw EngineError(.conflict, "container \(container.id) is \(container.info.state.rawValue), not created")
+        }
+        // Recorded before the worker runs it, as in one process: a program that ends at once
+        // has its exit reported (and logged) before the reply to this call arrives. A refusal
+        // is recorded after it with its reason by the caller.
+        record("container.start", subject: container.id, actor: actor)
+        let info = try await workerSet!.connection(shard).call("start", WorkerContainerRef(id: container.id), as: ContainerInfo.self)
+        if container.applyRemote(info) { writer.enqueue { $0.containers.append(ContainerRow(info: container.info)) } }
+    }
+
+    func stopInWorker(_ container: ManagedContainer, shard: Int, grace: Duration) async throws -> ExitInfo {
+        _ = try await workerSet!.connection(shard).call("stop", WorkerStop(id: container.id, graceMilliseconds: grace.milliseconds), as: ExitInfo.self)
+        // Its exit event came before the reply, on the same stream.
+        return await container.waitForExit()
+    }
+
+    /// Removes the container's VM in its worker (a worker that is gone took it along).
+    func removeInWorker(_ container: ManagedContainer, shard: Int) async {
+        guard let connection = try? workerSet?.connection(shard) else { return }
+        do { _ = try await connection.call("remove", WorkerRemove(id: container.id, force: true), as: WorkerNothing.self) } catch {
+            logger.warning("worker remove failed", metadata: ["container": "\(container.id)", "shard": "\(shard)", "error": "\(error)"])
+        }
+    }
+
+    /// Every policy with what its worker's parents hold now.
+    func parentsInWorkers(_ workers: WorkerSet, withSharing: Bool) async throws -> [ParentInfo] {
+        let policies = registry.withLock { $0.policies }
+        var held: [String: ParentInfo] = [:]
+        try await withThrowingTaskGroup(of: [ParentInfo].self) { group in
+            for connection in workers.connections {
+                group.addTask { (try? await connection.call("parents", WorkerParents(sharing: withSharing), as: [ParentInfo].self)) ?? [] }
+            }
+            for try await list in group { for info in list { held[info.id] = info } }
+        }
+        return policies.values.sorted { $0.id < $1.id }.map { policy in
+            if var info = held[policy.id] {
+                info.policy = policy
+                return info
+            }
+            return ParentInfo(id: policy.id, policy: policy, state: "absent", failure: nil, parentsReady: 0, readyVMsNow: 0,
+                              liveChildren: 0, poolMisses: 0, sharing: nil)
+        }
+    }
+
+    /// Passes a reading under pressure to every worker, which shrinks and evicts its own.
+    func relievePressureInWorkers(_ workers: WorkerSet, _ reading: MemoryReading, policy: MemoryPressurePolicy) async {
+        guard policy.isUnderPressure(reading) else { return }
+        let request = WorkerPressure(availableKiB: reading.availableKiB, totalKiB: reading.totalKiB, stalledPercent: reading.stalledPercent,
+                                     minimumAvailableMiB: policy.minimumAvailableMiB, maximumStalledPercent: policy.maximumStalledPercent)
+        for connection in workers.connections {
+            _ = try? await connection.call("pressure", request, as: [String].self)
+        }
+    }
+
+    /// Stops every worker (the daemon's graceful shutdown: their containers are stopped already).
+    func stopWorkers(grace: Duration) async {
+        guard let workers = workerSet else { return }
+        workers.isStopping = true
+        await withTaskGroup(of: Void.self) { group in
+            for connection in workers.connections {
+                group.addTask { _ = try? await connection.call("shutdown", WorkerShutdown(graceMilliseconds: grace.milliseconds), as: WorkerNothing.self) }
+            }
+        }
+    }
+}

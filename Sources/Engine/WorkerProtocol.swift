@@ -1,0 +1,195 @@
+import Foundation
+import Store
+
+/// The protocol between the daemon (control plane) and its engine workers (the processes
+/// that hold the VMs), over each worker's Unix stream socket, STATE/workers/N.sock (mode 0600).
+///
+/// Framing: a 4-byte little-endian length, then that many bytes of one JSON object (at most
+/// `maxFrame`). Length-prefixed JSON rather than HTTP: one persistent connection carries
+/// requests and their replies, matched by id and answered in any order (a `stop` waits for
+/// its grace period while forks go on), and pushed events (a container's exit) on the same
+/// ordered stream, so an exit is never read after the reply that depends on it; no request
+/// line, headers or chunking to parse on a path whose budget is a few microseconds.
+///
+/// Messages (bodies are the API's own shapes: ContainerSpec, ContainerInfo, ExitInfo,
+/// ParentPolicy, ParentInfo, ImageRecord):
+/// - request `{"id":N,"op":OP,"body":{...}}` (N > 0), reply `{"id":N,"result":...}` or
+///   `{"id":N,"error":{"kind":"notFound","message":"...","field":"id"}}` (kind: EngineError.Kind);
+/// - event `{"id":0,"event":"exit","body":{"info":ContainerInfo,...}}` when a container ends,
+///   `{"id":0,"event":"event","body":EventRow}` for what the worker's engine did itself
+///   (parent.evict, parent.shrink).
+///
+/// Ops: hello (the caller becomes the one the events go to; returns every container and
+/// parent the worker holds), create, start, stop, kill, stdin, remove, parents,
+/// ensureParents, drainParents, removeParents, pressure, shutdown.
+enum WorkerWire {
+    static let maxFrame = 64 << 20
+
+    /// Writes one frame with a single write where it fits (the caller serializes writers).
+    static func writeFrame(_ fd: Int32, _ payload: Data) throws(EngineError) {
+        var frame = Data(capacity: payload.count + 4)
+        let length = UInt32(payload.count).littleEndian
+        // unsafe: reads the 4 bytes of a local UInt32 while it lives.
+        withUnsafeBytes(of: length) { frame.append(contentsOf: $0) }
+        frame.append(payload)
+        var offset = 0
+        while offset < frame.count {
+            // unsafe: offset < count, so the pointer and length stay inside the buffer.
+            let written = frame.withUnsafeBytes { bytes in send(fd, bytes.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL)) }
+            if written < 0 {
+                if errno == EINTR { continue }
+                throw EngineError(.failed, "worker socket write: \(String(cString: strerror(errno)))")
+            }
+            offset += written
+        }
+    }
+
+    /// Reads one frame; nil at the end of the stream.
+    static func readFrame(_ fd: Int32) throws(EngineError) -> Data? {
+        var header = [UInt8](repeating: 0, count: 4)
+        guard try readFully(fd, &header, count: 4) else { return nil }
+        let length = Int(UInt32(header[0]) | UInt32(header[1]) << 8 | UInt32(header[2]) << 16 | UInt32(header[3]) << 24)
+        guard length <= maxFrame else { throw EngineError(.failed, "worker frame of \(length) bytes is over \(maxFrame)") }
+        var payload = [UInt8](repeating: 0, count: length)
+        guard try readFully(fd, &payload, count: length) else { throw EngineError(.failed, "worker stream ended inside a frame") }
+        return Data(payload)
+    }
+
+    private static func readFully(_ fd: Int32, _ buffer: inout [UInt8], count: Int) throws(EngineError) -> Bool {
+        var offset = 0
+        while offset < count {
+            // unsafe: offset < count <= buffer.count, so the pointer and length stay inside it.
+            let got = buffer.withUnsafeMutableBytes { bytes in recv(fd, bytes.baseAddress! + offset, count - offset, 0) }
+            if got < 0 {
+                if errno == EINTR { continue }
+                throw EngineError(.failed, "worker socket read: \(String(cString: strerror(errno)))")
+            }
+            if got == 0 {
+                if offset == 0 { return false }
+                throw EngineError(.failed, "worker stream ended inside a frame")
+            }
+            offset += got
+        }
+        return true
+    }
+
+    /// A Unix stream socket connected to `path`.
+    static func connect(to path: String) throws(EngineError) -> Int32 {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw EngineError(.failed, "socket: \(String(cString: strerror(errno)))") }
+        var address = try socketAddress(path)
+        let result = withUnsafePointer(to: &address) {
+            // unsafe: sockaddr_un is a sockaddr of the size given.
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard result == 0 else {
+            let message = String(cString: strerror(errno))
+            close(fd)
+            throw EngineError(.unavailable, "cannot connect to \(path): \(message)")
+        }
+        return fd
+    }
+
+    static func socketAddress(_ path: String) throws(EngineError) -> sockaddr_un {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        let capacity = MemoryLayout.size(ofValue: address.sun_path)
+        guard bytes.count < capacity else { throw EngineError(.invalid, "socket path \(path) is over \(capacity - 1) bytes", field: "state") }
+        // unsafe: the path's bytes are fewer than sun_path's (checked above), so every index is inside it.
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (index, byte) in bytes.enumerated() { raw[index] = byte }
+        }
+        return address
+    }
+}
+
+struct WorkerHeader: Decodable {
+    let id: UInt64
+    let op: String?
+    let event: String?
+}
+
+struct WorkerRequest<Body: Codable>: Codable {
+    var id: UInt64
+    var op: String
+    var body: Body
+}
+
+struct WorkerReply<Result: Codable>: Codable {
+    var id: UInt64
+    var result: Result?
+    var error: WorkerFault?
+}
+
+struct WorkerFault: Codable, Sendable {
+    var kind: String
+    var message: String
+    var field: String?
+
+    init(_ error: Error) {
+        if let engine = error as? EngineError {
+            kind = engine.kind.rawValue
+            message = engine.message
+            field = engine.field
+        } else {
+            kind = EngineError.Kind.failed.rawValue
+            message = "\(error)"
+        }
+    }
+
+    var engineError: EngineError { EngineError(EngineError.Kind(rawValue: kind) ?? .failed, message, field: field) }
+}
+
+struct WorkerEventMessage<Body: Codable>: Codable {
+    var id: UInt64 = 0
+    var event: String
+    var body: Body
+}
+
+struct WorkerNothing: Codable, Sendable {}
+
+struct WorkerHello: Codable, Sendable {
+    var shard: Int
+    var pid: Int32
+    var version: String
+    var containers: [ContainerInfo]
+    var parents: [ParentInfo]
+}
+
+struct WorkerCreate: Codable, Sendable {
+    var id: String
+    /// Resolved by the daemon: name, fork point and memory set; no pool (placement is the daemon's).
+    var spec: ContainerSpec
+    var image: ImageRecord
+    var start: Bool
+}
+
+struct WorkerContainerRef: Codable, Sendable { var id: String }
+struct WorkerStop: Codable, Sendable { var id: String; var graceMilliseconds: Int }
+struct WorkerKill: Codable, Sendable { var id: String; var signal: Int32 }
+struct WorkerStdin: Codable, Sendable { var id: String; var data: Data; var close: Bool }
+struct WorkerRemove: Codable, Sendable { var id: String; var force: Bool }
+struct WorkerParents: Codable, Sendable { var sharing: Bool }
+struct WorkerEnsureParents: Codable, Sendable { var policy: ParentPolicy; var image: ImageRecord }
+struct WorkerParentRef: Codable, Sendable { var id: String }
+struct WorkerPressure: Codable, Sendable {
+    var availableKiB: Int
+    var totalKiB: Int
+    var stalledPercent: Double?
+    var minimumAvailableMiB: Int
+    var maximumStalledPercent: Double
+}
+struct WorkerShutdown: Codable, Sendable { var graceMilliseconds: Int }
+
+/// A container's end, as a worker reports it: its info (state exited) and what KVM counted.
+struct WorkerExit: Codable, Sendable {
+    var info: ContainerInfo
+    var vmExits: UInt64?
+    var pageFaults: UInt64?
+    var emulatedInstructions: UInt64?
+}
+
+extension Duration {
+    var milliseconds: Int { Int(components.seconds) * 1000 + Int(components.attoseconds / 1_000_000_000_000_000) }
+}

@@ -1,0 +1,144 @@
+import CShims
+import Foundation
+import Logging
+import Synchronization
+
+/// How the daemon runs its engine workers.
+public struct WorkerSettings: Sendable {
+    /// Worker processes (shards); each holds the warm parents placed on it and their children.
+    public var count: Int
+    /// The vmfork binary the workers run (`vmfork worker --state STATE --shard N`).
+    public var executable: String
+    public var logLevel: String
+
+    public init(count: Int, executable: String? = nil, logLevel: String = "info") {
+        self.count = count
+        self.executable = executable ?? WorkerSettings.ownExecutable()
+        self.logLevel = logLevel
+    }
+
+    /// This process's own binary (/proc/self/exe).
+    public static func ownExecutable() -> String {
+        (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+    }
+
+    public static let range = 0...64
+}
+
+/// The daemon's view of its workers: the connection to each, which worker holds each parent
+/// policy's family, and the workers it started itself (its children, whose ends it reaps).
+final class WorkerSet: Sendable {
+    let settings: WorkerSettings
+    let folder: URL
+    private let state = Mutex(State())
+
+    private struct State {
+        var connections: [Int: WorkerConnection] = [:]
+        /// Parent policy id -> shard.
+        var assignments: [String: Int] = [:]
+        /// Workers this daemon spawned: pid by shard.
+        var children: [Int: Int32] = [:]
+        var stopping = false
+        var restarts: [Int: Int] = [:]
+    }
+
+    init(settings: WorkerSettings, stateFolder: URL) throws {
+        self.settings = settings
+        folder = stateFolder.appendingPathComponent("workers", isDirectory: true)
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+    }
+
+    func socketPath(_ shard: Int) -> String { folder.appendingPathComponent("\(shard).sock").path }
+    func logPath(_ shard: Int) -> String { folder.appendingPathComponent("\(shard).log").path }
+
+    var count: Int { settings.count }
+
+    var isStopping: Bool {
+        get { state.withLock { $0.stopping } }
+        set { state.withLock { $0.stopping = newValue } }
+    }
+
+    func connection(_ shard: Int) throws(EngineError) -> WorkerConnection {
+        guard let connection = state.withLock({ $0.connections[shard] }), !connection.isClosed else {
+            throw EngineError(.unavailable, "worker \(shard) is not running (it is being restarted)")
+        }
+        return connection
+    }
+
+    var connections: [WorkerConnection] { state.withLock { $0.connections.sorted { $0.key < $1.key }.map(\.value) } }
+
+    func set(_ connection: WorkerConnection?, shard: Int) { state.withLock { $0.connections[shard] = connection } }
+
+    /// Forgets `connection` if it is still the shard's; false when another replaced it.
+    func drop(_ connection: WorkerConnection) -> Bool {
+        state.withLock { state in
+            guard state.connections[connection.shard] === connection else { return false }
+            state.connections[connection.shard] = nil
+            return true
+        }
+    }
+
+    /// The shard holding a policy's family: its recorded one, else the one with the fewest
+    /// families (ties to the lowest shard), recorded now.
+    func shard(for policyID: String) -> Int {
+        state.withLock { state in
+            if let shard = state.assignments[policyID] { return shard }
+            var load = [Int](repeating: 0, count: settings.count)
+            for shard in state.assignments.values where shard < load.count { load[shard] += 1 }
+            let shard = load.indices.min { (load[$0], $0) < (load[$1], $1) } ?? 0
+            state.assignments[policyID] = shard
+            return shard
+        }
+    }
+
+    func assignedShard(_ policyID: String) -> Int? { state.withLock { $0.assignments[policyID] } }
+    func assign(_ policyID: String, to shard: Int) { state.withLock { $0.assignments[policyID] = shard } }
+    func unassign(_ policyID: String) { state.withLock { $0.assignments[policyID] = nil } }
+    func policies(on shard: Int) -> [String] { state.withLock { $0.assignments.filter { $0.value == shard }.map(\.key) } }
+
+    func restarts(_ shard: Int) -> Int { state.withLock { $0.restarts[shard] ?? 0 } }
+
+    func childPID(_ shard: Int) -> Int32? { state.withLock { $0.children[shard] } }
+    func forgetChild(_ shard: Int) { _ = state.withLock { $0.children.removeValue(forKey: shard) } }
+    func countRestart(_ shard: Int) -> Int {
+        state.withLock { state in
+            state.restarts[shard, default: 0] += 1
+            return state.restarts[shard]!
+        }
+    }
+
+    /// Starts `vmfork worker --state STATE --shard N` in a session of its own (so that it
+    /// outlives this daemon and a terminal's signals), output to STATE/workers/N.log.
+    func spawn(_ shard: Int, stateFolder: URL) throws(EngineError) -> Int32 {
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        posix_spawnattr_setflags(&attributes, Int16(cshims_spawn_setsid_flag()))
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, logPath(shard), O_WRONLY | O_CREAT | O_APPEND, 0o600)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        // Nothing else of the daemon's: a descriptor a worker kept would outlive the daemon
+        // (the pipe a parent watches for the daemon's end, a client connection).
+        cshims_spawn_addclosefrom(&actions, 3)
+        let arguments = [settings.executable, "worker", "--state", stateFolder.path, "--shard", "\(shard)", "--log-level", settings.logLevel]
+        let argv = arguments.map { strdup($0) } + [nil]
+        defer { for pointer in argv { free(pointer) } }
+        var pid: pid_t = 0
+        let result = posix_spawn(&pid, settings.executable, &actions, &attributes, argv, environ)
+        guard result == 0 else {
+            throw EngineError(.failed, "cannot start worker \(shard) (\(settings.executable)): \(String(cString: strerror(result)))")
+        }
+        state.withLock { $0.children[shard] = pid }
+        return pid
+    }
+}
+
+/// How a child process ended, in words.
+func describeWaitStatus(_ status: Int32) -> String {
+    let signal = status & 0x7f
+    if signal == 0 { return "exited with \((status >> 8) & 0xff)" }
+    return "killed by signal \(signal)"
+}

@@ -1,0 +1,70 @@
+import Engine
+import ArgumentParser
+import Foundation
+import Logging
+
+/// `vmfork worker`: one engine worker, the process that holds a shard's VMs. The daemon
+/// (`vmfork serve --workers N`) starts it in a session of its own and talks to it over
+/// STATE/workers/N.sock; it outlives the daemon, which finds it again when it restarts.
+struct WorkerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "worker",
+        abstract: "Run one engine worker (started by `vmfork serve --workers N`; not for direct use).",
+        discussion: """
+            Holds the warm parents and containers placed on shard N; its own state (images and \
+            policies it serves, its containers and their exit statuses) is in STATE/workers/N/, the \
+            containers' logs in STATE/containers/. Protocol: see Sources/Engine/WorkerProtocol.swift.
+            """
+    )
+
+    @Option(help: "The daemon's state folder.")
+    var state: String
+
+    @Option(help: "This worker's shard number.")
+    var shard: Int
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel = "info"
+
+    func validate() throws {
+        guard WorkerSettings.range.contains(shard) else { throw ValidationError("--shard \(shard) is out of range (\(WorkerSettings.range))") }
+        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level \(logLevel) is not a log level") }
+    }
+
+    func run() async throws {
+        // Files it makes are private (logs, socket); a write to a pipe whose reader is gone gets EPIPE.
+        umask(0o077)
+        signal(SIGPIPE, SIG_IGN)
+        // Capabilities go first (the worker execs itself once without them; see
+        // WorkerServer.dropPrivileges): nothing below needs one.
+        do { try WorkerServer.dropPrivileges() } catch {
+            FileHandle.standardError.write(Data("vmfork worker: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+        var logger = Logger(label: "vmfork.worker.\(shard)") { StreamLogHandler.standardError(label: $0) }
+        logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+        let root = URL(fileURLWithPath: state, isDirectory: true)
+        let workers = root.appendingPathComponent("workers", isDirectory: true)
+        do {
+            let engine = try Engine.worker(stateFolder: root, shard: shard, logger: logger)
+            let server = try WorkerServer(engine: engine, shard: shard, socketPath: workers.appendingPathComponent("\(shard).sock").path)
+            Task { await engine.warmUp() }
+            let thread = Thread { server.serve() }
+            thread.name = "vmfork-worker-accept"
+            thread.start()
+            // A worker whose socket file is gone (its state folder removed) can never be found
+            // by a daemon again: it stops rather than hold its VMs for nobody.
+            let socketPath = workers.appendingPathComponent("\(shard).sock").path
+            while true {
+                try await Task.sleep(for: .seconds(2))
+                if !FileManager.default.fileExists(atPath: socketPath) {
+                    logger.warning("socket file removed: the worker stops", metadata: ["socket": "\(socketPath)"])
+                    Foundation.exit(0)
+                }
+            }
+        } catch {
+            logger.critical("vmfork worker: \(error)")
+            throw ExitCode(1)
+        }
+    }
+}

@@ -1,0 +1,189 @@
+import API
+import Engine
+import Foundation
+import TestSupport
+import Testing
+
+/// Engine workers (`vmfork serve --workers N`): the VMs live in worker processes that outlive
+/// the daemon; a worker that dies takes only its own containers. Real daemon, real workers,
+/// real KVM guests.
+@Suite(.enabled(if: HostFacts.hasKVM && BusyboxRootfs.isAvailable, "needs /dev/kvm and busybox-static"), .serialized)
+struct WorkerTests {
+    /// The pid in STATE/workers/N/vmfork.lock (the worker's engine writes its own there).
+    static func workerPID(_ daemon: DaemonFixture, shard: Int) -> Int32? {
+        let path = daemon.state.appendingPathComponent("workers/\(shard)/vmfork.lock").path
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8),
+              let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) else { return nil }
+        // Only a live `vmfork worker` of this state folder (never another process that got the pid).
+        guard let command = try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline")) else { return nil }
+        let words = String(decoding: command, as: UTF8.self).split(separator: "\0").map(String.init)
+        guard words.contains("worker"), words.contains(daemon.state.path) else { return nil }
+        return pid
+    }
+
+    /// Ends workers a failed test left behind (a daemon killed with -9 does not stop them).
+    static func killWorkers(_ daemon: DaemonFixture, count: Int) {
+        for shard in 0..<count { if let pid = workerPID(daemon, shard: shard) { kill(pid, SIGKILL) } }
+    }
+
+    /// The containers' script: `lines` numbered lines, one every `interval` seconds, then
+    /// `exit code`. Guests cannot fork (no `sleep` program): the shell's own `read -t` on an
+    /// open standard input that never gets data waits instead.
+    static func script(_ name: String, lines: Int, interval: String, code: Int) -> [String] {
+        ["sh", "-c", "i=1; while [ $i -le \(lines) ]; do echo \(name)-line-$i; echo \(name)-err-$i >&2; read -t \(interval) x; i=$((i+1)); done; exit \(code)"]
+    }
+
+    static func expectedLog(_ name: String, lines: Int, stream: String) -> String {
+        (1...lines).map { "\(name)-\(stream)-\($0)\n" }.joined()
+    }
+
+    /// kill -9 of the daemon while containers run and write: after the restart every one is
+    /// still there, the ones still running run on, the ones that ended meanwhile have their
+    /// real status, and every line of every log is there. 100 containers over two workers.
+    @Test func containersSurviveAKill9OfTheDaemonWithTheirLogsAndStatuses() async throws {
+        let daemon = try DaemonFixture()
+        try daemon.start(extra: ["--workers", "2"])
+        defer {
+            daemon.stop()
+            Self.killWorkers(daemon, count: 2)
+        }
+        let client = daemon.client
+        try daemon.addBusybox(client)
+        // Two families, one per worker: 64 MiB on shard 0 (its first use), 32 MiB on shard 1.
+        #expect(try await client.send("POST", "/v1/parents", body: Data(#"{"image":"busybox","memoryMiB":64,"readyVMs":4}"#.utf8)).status == 201)
+        #expect(try await client.send("POST", "/v1/parents", body: Data(#"{"image":"busybox","memoryMiB":32,"readyVMs":4}"#.utf8)).status == 201)
+        let count = 100
+        // Short ones end while no daemon runs; long ones run on after the restart.
+        func plan(_ index: Int) -> (name: String, lines: Int, interval: String, code: Int, memory: Int) {
+            let short = index % 2 == 0
+            return ("c\(index)", short ? 4 : 20, short ? "0.1" : "0.4", index % 7, index % 3 == 0 ? 32 : 64)
+        }
+        var ids: [String] = []
+        for index in 0..<count {
+            let item = plan(index)
+            let spec = ContainerSpec(image: "busybox", name: item.name, arguments: Self.script(item.name, lines: item.lines, interval: item.interval, code: item.code),
+                                     memoryMiB: item.memory, openStdin: true)
+            let made = try await client.send("POST", "/v1/containers", json: spec)
+            #expect(made.status == 201, "\(made.text)")
+            let id = try made.decode(ContainerInfo.self).id
+            #expect(try await client.send("POST", "/v1/containers/\(id)/start").status == 200)
+            ids.append(id)
+        }
+        // The daemon dies at once, every container mid-output.
+        daemon.stop(signal: SIGKILL)
+        let worker0 = Self.workerPID(daemon, shard: 0)
+        let worker1 = Self.workerPID(daemon, shard: 1)
+        #expect(worker0 != nil && worker1 != nil, "both workers outlive the daemon")
+        // Long enough for the short ones to end while no daemon listens.
+        try await Task.sleep(for: .seconds(2))
+        try daemon.start(extra: ["--workers", "2"])
+        #expect(Self.workerPID(daemon, shard: 0) == worker0 && Self.workerPID(daemon, shard: 1) == worker1,
+                "the new daemon found the same workers")
+        let listed = try await client.send("GET", "/v1/containers").decode([ContainerInfo].self)
+        #expect(Set(listed.map(\.id)) == Set(ids), "every container is still known")
+        let running = listed.filter { $0.state == .running }
+        #expect(!running.isEmpty, "the long ones still run after the restart")
+        #expect(running.allSatisfy { plan(Int($0.name.dropFirst())!).lines == 20 }, "only long ones can still run")
+        #expect(!listed.contains { $0.exitReason?.contains("restarted") == true }, "none was recorded as stopped by the restart")
+        // Every one ends with its own status and complete logs.
+        for (index, id) in ids.enumerated() {
+            let item = plan(index)
+            let exit = try await client.send("POST", "/v1/containers/\(id)/wait").decode(ExitInfo.self)
+            #expect(exit.exitCode == item.code, "\(item.name): \(exit)")
+            let stdout = try await client.send("GET", "/v1/containers/\(id)/logs?stream=stdout")
+            let stderr = try await client.send("GET", "/v1/containers/\(id)/logs?stream=stderr")
+            #expect(stdout.text == Self.expectedLog(item.name, lines: item.lines, stream: "line"), "\(item.name) stdout: \(stdout.text)")
+            #expect(stderr.text == Self.expectedLog(item.name, lines: item.lines, stream: "err"), "\(item.name) stderr: \(stderr.text)")
+            let info = try await client.send("GET", "/v1/containers/\(id)").decode(ContainerInfo.self)
+            #expect(info.state == .exited && info.exitCode == item.code && info.finishedAt != nil)
+        }
+        let exits = try daemon.events(client, type: "container.exit")
+        #expect(Set(exits.compactMap { $0["subject"] as? String }) == Set(ids), "an exit event for each, ended before or after the restart")
+        // The restarted daemon forks as before, in its workers.
+        let run = try await client.send("POST", "/v1/containers/run", json: ContainerSpec(image: "busybox", arguments: ["echo", "after restart"], memoryMiB: 32))
+        #expect(try run.decode(RunResult.self).stdout == "after restart\n")
+        #expect(daemon.stop() == 0)
+        #expect(Self.workerPID(daemon, shard: 0) == nil && Self.workerPID(daemon, shard: 1) == nil, "a graceful stop stops the workers")
+    }
+
+    /// kill -9 of one worker: its containers are recorded exited with the reason, the other
+    /// worker's containers finish normally, and the worker comes back with its parents.
+    @Test func aWorkerKilledTakesOnlyItsOwnContainersAndComesBackWithItsParents() async throws {
+        let daemon = try DaemonFixture()
+        try daemon.start(extra: ["--workers", "2"])
+        defer {
+            daemon.stop()
+            Self.killWorkers(daemon, count: 2)
+        }
+        let client = daemon.client
+        try daemon.addBusybox(client)
+        // busybox.main.32m on shard 0, busybox.main.16m on shard 1 (the fewest families first).
+        #expect(try await client.send("POST", "/v1/parents", body: Data(#"{"image":"busybox","memoryMiB":32,"readyVMs":2}"#.utf8)).status == 201)
+        #expect(try await client.send("POST", "/v1/parents", body: Data(#"{"image":"busybox","memoryMiB":16,"readyVMs":2}"#.utf8)).status == 201)
+        var doomed: [String] = []
+        var survivors: [String] = []
+        for index in 0..<6 {
+            let onShard0 = index % 2 == 0
+            let name = "w\(index)"
+            let spec = ContainerSpec(image: "busybox", name: name, arguments: Self.script(name, lines: 8, interval: "0.25", code: 3),
+                                     memoryMiB: onShard0 ? 32 : 16, openStdin: true)
+            let made = try await client.send("POST", "/v1/containers", json: spec)
+            #expect(made.status == 201, "\(made.text)")
+            #expect(try await client.send("POST", "/v1/containers/\(name)/start").status == 200)
+            if onShard0 { doomed.append(name) } else { survivors.append(name) }
+        }
+        let victim = try #require(Self.workerPID(daemon, shard: 0))
+        let bystander = try #require(Self.workerPID(daemon, shard: 1))
+        // Least privilege: the workers run their containers with no capability left.
+        // Capabilities are per thread: every thread of each worker is checked.
+        for pid in [victim, bystander] {
+            let threads = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")
+            #expect(threads.count > 1)
+            for thread in threads {
+                let status = try String(contentsOfFile: "/proc/\(pid)/task/\(thread)/status", encoding: .utf8)
+                for field in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
+                    #expect(status.contains("\(field):\t0000000000000000"), "worker \(pid) thread \(thread) \(field)")
+                }
+                #expect(status.contains("NoNewPrivs:\t1"), "worker \(pid) thread \(thread)")
+            }
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        kill(victim, SIGKILL)
+        for name in doomed {
+            let exit = try await client.send("POST", "/v1/containers/\(name)/wait").decode(ExitInfo.self)
+            #expect(exit.exitCode == 137, "\(name): \(exit)")
+            #expect(exit.reason.contains("worker (shard 0, pid \(victim)) died: killed by signal 9"), "\(name): \(exit.reason)")
+        }
+        for name in survivors {
+            let exit = try await client.send("POST", "/v1/containers/\(name)/wait").decode(ExitInfo.self)
+            #expect(exit.exitCode == 3, "\(name) finishes normally: \(exit)")
+            let stdout = try await client.send("GET", "/v1/containers/\(name)/logs?stream=stdout")
+            #expect(stdout.text == Self.expectedLog(name, lines: 8, stream: "line"))
+        }
+        #expect(Self.workerPID(daemon, shard: 1) == bystander, "the other worker never noticed")
+        // The worker comes back, with the parents of its policy made again.
+        let deadline = Date().addingTimeInterval(30)
+        var back: ParentInfo?
+        while Date() < deadline {
+            let parents = try await client.send("GET", "/v1/parents?sharing=false").decode([ParentInfo].self)
+            if let parent = parents.first(where: { $0.id == "busybox.main.32m" }), parent.state == "ready", parent.parentsReady == 1 {
+                back = parent
+                break
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(back?.policy.readyVMs == 2, "the policy's parents are back: \(String(describing: back))")
+        let restarted = Self.workerPID(daemon, shard: 0)
+        #expect(restarted != nil && restarted != victim)
+        let run = try await client.send("POST", "/v1/containers/run", json: ContainerSpec(image: "busybox", arguments: ["echo", "again"], memoryMiB: 32))
+        #expect(try run.decode(RunResult.self).stdout == "again\n")
+        let workers = try await client.send("GET", "/v1/workers").decode([WorkerInfo].self)
+        #expect(workers.map(\.shard) == [0, 1] && workers.allSatisfy(\.connected))
+        #expect(workers.map(\.pid) == [restarted, bystander])
+        #expect(workers.map(\.restarts) == [1, 0])
+        #expect(workers.map(\.parents) == [["busybox.main.32m"], ["busybox.main.16m"]])
+        let lost = try daemon.events(client, type: "worker.exit")
+        #expect(lost.contains { ($0["subject"] as? String) == "0" && (($0["detail"] as? String) ?? "").contains("killed by signal 9") }, "\(lost)")
+        #expect(try daemon.events(client, type: "worker.restart").contains { ($0["subject"] as? String) == "0" })
+    }
+}

@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Engine workers against one process, side by side in one run (issue 16's benchmark).
+
+Two daemons on temporary state folders, from the same vmfork binary: A holds its VMs itself
+(--workers 0), B in three worker processes (--workers 3). Each has the busybox image and a
+warm parent busybox.main.64m with 16 ready VMs. Rounds alternate between them (each sees the
+same machine load); a sample is POST /v1/containers/run {echo hi} (create, start, wait,
+output, remove) over one kept-alive connection to the daemon's Unix socket, timed from the
+request's first byte to the response's last, with the parent's pool full before it.
+
+Phase 1: nothing else runs. Phase 2: IDLE containers (default 1,000) sit blocked reading
+their open standard input: in A in the same process as the echo's VM; in B in the other two
+workers (their parents busybox.main.32m and busybox.main.48m are placed on shards 1 and 2,
+the echo's on shard 0), which is what placement per parent policy gives.
+
+Usage: python3 scripts/workers-bench.py .build/release/vmfork [ROUNDS] [IDLE]
+Wrap it in `flock /work/bench.lock` on a shared machine.
+"""
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+
+class UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path):
+        super().__init__("localhost", timeout=120)
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(120)
+        self.sock.connect(self.path)
+
+
+class Daemon:
+    def __init__(self, binary, workers, rootfs):
+        self.folder = tempfile.mkdtemp(prefix=f"workers-bench-{workers}-")
+        self.state = os.path.join(self.folder, "state")
+        self.log = open(os.path.join(self.folder, "daemon.log"), "w")
+        self.process = subprocess.Popen([binary, "serve", "--state", self.state, "--workers", str(workers), "--stop-grace", "0",
+                                         "--log-level", "warning"], stdout=self.log, stderr=self.log)
+        self.socket = os.path.join(self.state, "vmfork.sock")
+        self.workers = workers
+        deadline = time.time() + 60
+        while True:
+            try:
+                self.connection = UnixConnection(self.socket)
+                if self.call("GET", "/v1/_ping")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.time() > deadline or self.process.poll() is not None:
+                raise SystemExit(f"daemon --workers {workers} did not start; see {self.log.name}")
+            time.sleep(0.05)
+        status, body = self.call("POST", "/v1/images", {"name": "busybox", "rootfs": rootfs, "executable": "/bin/busybox"})
+        assert status == 201, body
+        for memory in (64, 32, 48):
+            status, body = self.call("POST", "/v1/parents", {"image": "busybox", "memoryMiB": memory, "readyVMs": 16 if memory == 64 else 8})
+            assert status == 201, body
+
+    def call(self, method, path, body=None):
+        data = json.dumps(body).encode() if body is not None else None
+        self.connection.request(method, path, body=data, headers={"Content-Type": "application/json"} if data else {})
+        response = self.connection.getresponse()
+        return response.status, response.read()
+
+    def wait_for_pool(self):
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            status, body = self.call("GET", "/v1/parents/busybox.main.64m")
+            if status == 200 and json.loads(body)["readyVMsNow"] >= 16:
+                return
+            time.sleep(0.002)
+
+    def echo(self):
+        self.wait_for_pool()
+        start = time.perf_counter_ns()
+        status, body = self.call("POST", "/v1/containers/run", {"image": "busybox", "arguments": ["echo", "hi"]})
+        elapsed = (time.perf_counter_ns() - start) / 1000
+        assert status == 200 and b'"stdout":"hi\\n"' in body, body
+        return elapsed
+
+    def make_idle(self, count):
+        for index in range(count):
+            memory = 32 if index % 2 == 0 else 48
+            status, body = self.call("POST", "/v1/containers", {"image": "busybox", "arguments": ["sh", "-c", "read x"],
+                                                                "memoryMiB": memory, "openStdin": True})
+            assert status == 201, body
+            container = json.loads(body)["id"]
+            status, body = self.call("POST", f"/v1/containers/{container}/start")
+            assert status == 200, body
+
+    def stop(self):
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def summary(samples):
+    ordered = sorted(samples)
+    return statistics.median(ordered), ordered[int(len(ordered) * 0.9)]
+
+
+def main():
+    binary = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else ".build/release/vmfork"
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 200
+    idle = int(sys.argv[3]) if len(sys.argv) > 3 else 1000
+    rootfs = tempfile.mkdtemp(prefix="workers-bench-rootfs-")
+    os.makedirs(os.path.join(rootfs, "bin"))
+    shutil.copy("/bin/busybox", os.path.join(rootfs, "bin/busybox"))
+    for applet in ("sh", "echo"):
+        os.symlink("busybox", os.path.join(rootfs, "bin", applet))
+    doctor = subprocess.run([binary, "doctor"], capture_output=True, text=True).stdout
+    exit_lines = [line.strip() for line in doctor.splitlines() if "exit" in line.lower()]
+    one, workers = Daemon(binary, 0, rootfs), Daemon(binary, 3, rootfs)
+    results = {}
+    try:
+        for phase, count in (("none idle", 0), (f"{idle} idle", idle)):
+            if count:
+                one.make_idle(count)
+                workers.make_idle(count)
+            for daemon in (one, workers):  # warm-up
+                for _ in range(10):
+                    daemon.echo()
+            samples = {0: [], 3: []}
+            for _ in range(rounds):
+                for daemon in (one, workers):
+                    samples[daemon.workers].append(daemon.echo())
+            results[phase] = samples
+    finally:
+        one.stop()
+        workers.stop()
+        shutil.rmtree(rootfs, ignore_errors=True)
+    print(f"fork -> busybox echo hi through the API (POST /v1/containers/run), {rounds} interleaved rounds, µs")
+    print(f"{'phase':<12} {'one process p50':>16} {'p90':>8} {'3 workers p50':>14} {'p90':>8} {'workers - one (p50)':>20}")
+    for phase, samples in results.items():
+        one_p50, one_p90 = summary(samples[0])
+        w_p50, w_p90 = summary(samples[3])
+        print(f"{phase:<12} {one_p50:>16.0f} {one_p90:>8.0f} {w_p50:>14.0f} {w_p90:>8.0f} {w_p50 - one_p50:>20.0f}")
+    base_one, base_w = (summary(results["none idle"][n])[0] for n in (0, 3))
+    idle_one, idle_w = (summary(results[f"{idle} idle"][n])[0] for n in (0, 3))
+    print(f"idle cost (p50, {idle} idle vs none): one process {100 * (idle_one / base_one - 1):+.0f} %, workers {100 * (idle_w / base_w - 1):+.0f} %")
+    print("vmfork doctor: " + ("; ".join(exit_lines) if exit_lines else "(no VM exit line)"))
+
+
+if __name__ == "__main__":
+    main()
