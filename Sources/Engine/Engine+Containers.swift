@@ -397,14 +397,22 @@ extension Engine {
         // One hop to the container's thread and one back at its end. Its create and start
         // events are queued there before its program runs, so the log has them before its exit.
         let container: ManagedContainer
-        do {
-            container = try await create(spec, startNow: true, untilEnd: true) { [self] made in
-                record("container.create", subject: made.id, actor: actor)
-                record("container.start", subject: made.id, actor: actor)
+        if workerSet != nil {
+            // Workers mode: created in its worker, then started there (its start logged before it runs).
+            container = try await audited("container.create", subject: spec.name ?? "", actor: actor, subjectOf: { (made: ManagedContainer) in made.id }) {
+                try await create(spec, startNow: false)
             }
-        } catch {
-            record("container.create", subject: spec.name ?? "", actor: actor, result: "\(error)")
-            throw error
+            _ = try await startContainer(container.id, by: actor)
+        } else {
+            do {
+                container = try await create(spec, startNow: true, untilEnd: true) { [self] made in
+                    record("container.create", subject: made.id, actor: actor)
+                    record("container.start", subject: made.id, actor: actor)
+                }
+            } catch {
+                record("container.create", subject: spec.name ?? "", actor: actor, result: "\(error)")
+                throw error
+            }
         }
         let info = container.info
         let exit = await container.waitForExit()
