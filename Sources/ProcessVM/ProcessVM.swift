@@ -71,7 +71,10 @@ public final class ProcessVM: @unchecked Sendable {
     let space: AddressSpace
     let files: GuestFiles
     var identity: GuestIdentity
-    var signals = SignalState()
+    var signals = SignalState() {
+        // Waits and deliveries look at the mask from the interrupts' side.
+        didSet { if signals.blocked != oldValue.blocked { interrupts.setBlocked(signals.blocked) } }
+    }
     var umask: UInt32 = 0o022
     /// PR_SET_NAME's name (the executable's base name at first).
     var programName: [UInt8]
@@ -325,7 +328,7 @@ public final class ProcessVM: @unchecked Sendable {
         }
         while true {
             if let signal = interrupts.pendingKill { return .ended(.signaled(signal)) }
-            if let signal = interrupts.takeSignal() { pendingSignal = signal }
+            if pendingSignal == nil, let signal = interrupts.takeSignal() { pendingSignal = signal }
             if pendingSignal != nil, vcpu.syncRegisters.pointee.sregs.cs.selector == X86.Selector.userCode,
                let status = deliverPendingSignal(interrupted: vcpu.syncRegisters.pointee.regs) {
                 return .ended(status)
@@ -417,7 +420,7 @@ public final class ProcessVM: @unchecked Sendable {
         case .resumed:
             return nil
         case .value(let result):
-            if let signal = interrupts.takeSignal() { pendingSignal = signal }
+            if pendingSignal == nil, let signal = interrupts.takeSignal() { pendingSignal = signal }
             if pendingSignal != nil {
                 // The handler runs first; it returns to where the call would have.
                 var interrupted = regs
@@ -460,6 +463,9 @@ final class Interrupts: @unchecked Sendable {
     private var kill: Int32?
     /// Pending signals, bit n-1 for signal n: two sent at once are both kept.
     private var signals: UInt64 = 0
+    /// The program's signal mask: blocked signals stay pending, and neither interrupt a
+    /// wait nor are taken for delivery.
+    private var blocked: UInt64 = 0
     /// Wakes a host wait of the vCPU thread (`waitUntilReady`) when a request comes.
     let wakeup = InterruptWakeup()
 
@@ -470,13 +476,17 @@ final class Interrupts: @unchecked Sendable {
     }
 
     var pendingKill: Int32? { locked { kill } }
-    var hasPending: Bool { locked { kill != nil || signals != 0 } }
+    var hasPending: Bool { locked { kill != nil || signals & ~blocked != 0 } }
+
+    /// Set by the VM's own thread, the only one that waits on these requests.
+    func setBlocked(_ mask: UInt64) { locked { blocked = mask } }
 
     /// Takes the lowest pending signal.
     func takeSignal() -> Int32? {
         locked {
-            guard signals != 0 else { return nil }
-            let bit = signals.trailingZeroBitCount
+            let deliverable = signals & ~blocked
+            guard deliverable != 0 else { return nil }
+            let bit = deliverable.trailingZeroBitCount
             signals &= ~(1 << UInt64(bit))
             return Int32(bit + 1)
         }
@@ -491,12 +501,12 @@ final class Interrupts: @unchecked Sendable {
         let start = Date()
         condition.lock()
         defer { condition.unlock() }
-        while kill == nil && signals == 0 {
+        while kill == nil && signals & ~blocked == 0 {
             let left = seconds - Date().timeIntervalSince(start)
             guard left > 0 else { break }
             _ = condition.wait(until: Date(timeIntervalSinceNow: min(left, Self.longestWait)))
         }
-        return kill != nil || signals != 0
+        return kill != nil || signals & ~blocked != 0
     }
 
     private func update(_ change: (Interrupts) -> Void) {

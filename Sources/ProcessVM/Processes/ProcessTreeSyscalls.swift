@@ -192,3 +192,32 @@ extension ProcessVM {
         }
     }
 }
+
+/// rt_sigsuspend and pause: wait for a signal the mask lets through.
+extension ProcessVM {
+    static let suspendSyscalls: [(Int, SyscallHandler)] = [
+        (34, { vm, _ in vm.suspend(mask: nil) }), // pause
+        (130, { vm, c in // rt_sigsuspend
+            guard c.a1 == 8 else { return .error(.EINVAL) }
+            guard let mask = vm.space.readValue(c.a0, as: UInt64.self) else { return .error(.EFAULT) }
+            return vm.suspend(mask: mask)
+        }),
+    ]
+
+    /// Waits, with `mask` as the signal mask meanwhile, until a signal it lets through (or a
+    /// kill) arrives; that signal is taken for delivery under `mask`, and the call gives
+    /// EINTR with the old mask back, which the handler's frame saves and restores.
+    private func suspend(mask: UInt64?) -> SyscallOutcome {
+        let old = signals.blocked
+        if let mask { signals.blocked = mask & ~SignalState.unblockable }
+        let wake = interrupts.wakeup.waitDescriptor()
+        while pendingSignal == nil && !interrupts.hasPending {
+            var entry = pollfd(fd: wake ?? -1, events: Int16(POLLIN), revents: 0)
+            _ = Glibc.poll(&entry, 1, wake == nil ? 10 : -1)
+            if let wake, entry.revents != 0 { interrupts.wakeup.drain(wake) }
+        }
+        if pendingSignal == nil, let signal = interrupts.takeSignal() { pendingSignal = signal }
+        signals.blocked = old
+        return .error(.EINTR)
+    }
+}
