@@ -124,6 +124,8 @@ public final class ProcessVM: @unchecked Sendable {
     public private(set) var lastRunCounters: VCPUCounters?
     /// The container's processes, this one among them (see `ProcessTree`).
     public let tree: ProcessTree
+    /// This process's pid inside its container.
+    public var processID: Int32 { identity.pid }
     /// The path of the program this process runs, in the rootfs (execve's "/proc/self/exe").
     var executablePath: [UInt8] = []
     /// Set by execve: the memory no longer holds what the process was forked with, so its VM
