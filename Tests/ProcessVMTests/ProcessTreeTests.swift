@@ -31,6 +31,11 @@ struct ProcessTreeShellTests {
         let root = try BusyboxRootfs.make()
         defer { try? FileManager.default.removeItem(at: root) }
         let environment = ["PATH=/bin", "HOME=/", "LANG=C"]
+        // The test runner's threads may block signals, which a native child inherits (busybox
+        // sh's `wait` then never sees SIGCHLD): the native run starts with none blocked.
+        var none = sigset_t()
+        sigemptyset(&none)
+        pthread_sigmask(SIG_SETMASK, &none, nil)
         let native = try BusyboxRootfs.runNatively(["sh", "-c", script], in: root, environment: environment)
         let guest = try GuestRunner.run(["/bin/busybox", "sh", "-c", script], rootfs: root, environment: environment, pollsSystemCalls: polled)
         #expect(guest.status == native.status, "status for \(script): \(guest.stderr)")
@@ -40,7 +45,7 @@ struct ProcessTreeShellTests {
         // Every forked process ended and was counted; none is left running.
         let ended = guest.vm.tree.endedProcesses
         #expect(guest.vm.tree.runningVMs.isEmpty)
-        #expect(ended.allSatisfy { $0.exits.map { $0 > 0 } ?? true })
+        #expect(ended.filter { $0.status != .signaled(9) }.allSatisfy { $0.exits.map { $0 > 0 } ?? true })
         let exits = ended.compactMap(\.exits).sorted()
         print("processes: \(script) — \(ended.count) forked, exits per forked process p50 \(exits.isEmpty ? 0 : exits[exits.count / 2]), max \(exits.last ?? 0)")
     }

@@ -1,5 +1,6 @@
 import CShims
 import Foundation
+import Glibc
 import HostSystem
 import KVM
 
@@ -97,6 +98,22 @@ extension ProcessVM {
         } catch {
             throw .system(error)
         }
+        // The vCPU kick (a SIGCHLD for this process, a stop) can interrupt a KVM call that
+        // sleeps, KVM_CREATE_VM above all: the VM is made again then.
+        var attempts = 0
+        while true {
+            do {
+                return try makeChildVM(pid: pid, memory: memory, files: files, stack: stack, tls: tls)
+            } catch .kvm(.system(let error)) where error.errno == EINTR && attempts < Self.interruptedForkAttempts {
+                attempts += 1
+            }
+        }
+    }
+
+    /// How many times a fork makes its VM again after an interrupted KVM call.
+    static let interruptedForkAttempts = 8
+
+    private func makeChildVM(pid: Int32, memory: GuestMemory, files: GuestFiles, stack: UInt64?, tls: UInt64?) throws(ForkFailure) -> ProcessVM {
         do throws(KVMError) {
             let (system, cpuid) = try tree.kvmSystem()
             var registers = vcpu.syncRegisters.pointee.regs
