@@ -19,7 +19,8 @@ struct ProcessTreeShellTests {
         "true && echo and; false || echo or; false && echo never; echo $?",
         "sleep 0.1 & echo started; wait; echo waited $?",
         "sh -c 'exit 7'; echo $?",
-        "sleep 5 & kill -9 $!; wait $!; echo $?",
+        // The shell may or may not report the job as "Killed", by timing (natively too).
+        "{ sleep 5 & kill -9 $!; wait $!; echo $?; } 2>/dev/null",
         "./data/hello.txt; echo $?; nosuchcommand; echo $?",
         "echo $(echo $(echo nested)) $(ls data | wc -l)",
         "exec cat data/hello.txt",
