@@ -31,6 +31,7 @@ const int CSHIMS_O_DIRECT = O_DIRECT;
 int cshims_set_thread_name(const char *name) { return pthread_setname_np(pthread_self(), name); }
 int cshims_thread_id(void) { return (int)gettid(); }
 int cshims_eventfd_nonblocking(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }
+int cshims_pipe_nonblocking(int ends[2]) { return pipe2(ends, O_CLOEXEC | O_NONBLOCK); }
 
 const unsigned long CSHIMS_KVM_GET_API_VERSION = KVM_GET_API_VERSION;
 const unsigned long CSHIMS_KVM_CREATE_VM = KVM_CREATE_VM;

@@ -23,11 +23,16 @@ public struct SharingReport: Sendable {
     public static func measure(parent: WarmParent, containers: [Container], kernelBefore: KernelMemory? = nil) -> SharingReport {
         let mappings = MemoryMappings.current()
         let kernelAfter = KernelMemory.current()
-        let children = containers.compactMap { container in
-            container.processVM.flatMap { vm in vm.memory.usage(in: mappings).map { Child(name: container.name, usage: $0) } }
+        // Every VM of each container: its first process's, and those of the processes it forked.
+        let children = containers.flatMap { container -> [Child] in
+            guard let first = container.processVM else { return [] }
+            let forked = first.tree.runningVMs.compactMap { vm in
+                vm.memory.usage(in: mappings).map { Child(name: "\(container.name)/\(vm.processID)", usage: $0) }
+            }
+            return (first.memory.usage(in: mappings).map { [Child(name: container.name, usage: $0)] } ?? []) + forked
         }
         let parentResident = parent.forkPoint.memory.memfdBytes ?? 0
-        let perVM = kernelBefore.flatMap { before in containers.isEmpty ? nil : (kernelAfter - before).divided(by: containers.count) }
+        let perVM = kernelBefore.flatMap { before in children.isEmpty ? nil : (kernelAfter - before).divided(by: children.count) }
         return SharingReport(parentResident: parentResident, children: children, kernelPerVM: perVM)
     }
 

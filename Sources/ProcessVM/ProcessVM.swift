@@ -2,6 +2,7 @@ import CShims
 import Foundation
 import HostSystem
 import KVM
+import Synchronization
 
 /// What a process VM is made of, chosen before it starts.
 public struct ProcessVMConfiguration: Sendable {
@@ -25,6 +26,10 @@ public struct ProcessVMConfiguration: Sendable {
     /// The program's working directory when it starts (an image config's WorkingDir), a
     /// path inside the root filesystem.
     public var workingDirectory = "/"
+    /// How many processes the container may have at once, its first one included (each
+    /// forked process is a VM of its own): fork past it gives EAGAIN, as RLIMIT_NPROC does.
+    public var processLimit: Int = ProcessVMConfiguration.defaultProcessLimit
+    public static let defaultProcessLimit = 64
 
     public init(rootfs: String, memoryBytes: Int = 256 << 20, stackBytes: Int = 2 << 20, identity: GuestIdentity = GuestIdentity(),
                 pollsSystemCalls: Bool = true, descriptorLimit: Int = GuestFiles.defaultDescriptorLimit) {
@@ -72,7 +77,10 @@ public final class ProcessVM: @unchecked Sendable {
     let space: AddressSpace
     let files: GuestFiles
     var identity: GuestIdentity
-    var signals = SignalState()
+    var signals = SignalState() {
+        // Waits and deliveries look at the mask from the interrupts' side.
+        didSet { if signals.blocked != oldValue.blocked { interrupts.setBlocked(signals.blocked) } }
+    }
     var umask: UInt32 = 0o022
     /// PR_SET_NAME's name (the executable's base name at first).
     var programName: [UInt8]
@@ -120,6 +128,18 @@ public final class ProcessVM: @unchecked Sendable {
     /// What the last `run` made the hypervisor do: its exits, page faults and emulated
     /// instructions, counted by KVM (nil where KVM keeps no statistics).
     public private(set) var lastRunCounters: VCPUCounters?
+    /// The container's processes, this one among them (see `ProcessTree`).
+    public let tree: ProcessTree
+    /// This process's pid inside its container.
+    public var processID: Int32 { identity.pid }
+    /// The path of the program this process runs, in the rootfs (execve's "/proc/self/exe").
+    var executablePath: [UInt8] = []
+    /// Set by execve: the memory no longer holds what the process was forked with, so its VM
+    /// is never restored for a sibling.
+    var hasExeced = false
+    /// Whether this process has a handler for SIGCHLD, read by the threads of its children
+    /// when they end (they send it only then).
+    let handlesChildSignal = Atomic<Bool>(false)
 
     static let memorySlot: UInt32 = 0
     /// The poller that serves this VM's posted calls: its KVM system's (nil when every call
@@ -141,7 +161,9 @@ public final class ProcessVM: @unchecked Sendable {
     }
 
     init(configuration: ProcessVMConfiguration, vm: VirtualMachine, vcpu: VCPU, memory: GuestMemory, space: AddressSpace,
-         files: GuestFiles, identity: GuestIdentity, programName: [UInt8], exceptionStackFrame: UInt64, entry: EntryState?) {
+         files: GuestFiles, identity: GuestIdentity, programName: [UInt8], exceptionStackFrame: UInt64, entry: EntryState?,
+         tree: ProcessTree? = nil) {
+        self.tree = tree ?? ProcessTree(root: identity.pid, parentOfRoot: identity.parentPid, processLimit: configuration.processLimit)
         self.configuration = configuration
         poller = configuration.pollsSystemCalls ? SyscallPoller.of(vm.system) : nil
         self.vm = vm
@@ -153,6 +175,7 @@ public final class ProcessVM: @unchecked Sendable {
         self.programName = programName
         self.exceptionStackFrame = exceptionStackFrame
         self.entry = entry
+        if tree == nil { self.tree.rootVM = self }
     }
 
     /// Loads `executable` (a path inside the rootfs) with `arguments` (argv, including argv[0])
@@ -216,6 +239,7 @@ public final class ProcessVM: @unchecked Sendable {
         let programName = Array(executable.split(separator: "/").last.map { Array($0.utf8) }?.prefix(15) ?? [])
         self.init(configuration: configuration, vm: blank.vm, vcpu: blank.vcpu, memory: blank.memory, space: space, files: files,
                   identity: configuration.identity, programName: programName, exceptionStackFrame: blank.exceptionStackFrame, entry: entry)
+        executablePath = Array(executable.utf8)
         let stackPointer = try writeInitialStack(arguments: arguments, environment: environment)
         do {
             try CPUSetup.start(vcpu, entry: interpreterEntry ?? program.entry, stack: stackPointer)
@@ -227,9 +251,14 @@ public final class ProcessVM: @unchecked Sendable {
     /// Writes argv, envp, auxv and fresh AT_RANDOM bytes below the stack top; returns the
     /// stack pointer the program starts with.
     func writeInitialStack(arguments: [String], environment: [String]) throws(GuestError) -> UInt64 {
+        try writeInitialStack(argumentBytes: arguments.map { Array($0.utf8) }, environmentBytes: environment.map { Array($0.utf8) })
+    }
+
+    /// The same with the strings as bytes (execve's, which need not be UTF-8).
+    func writeInitialStack(argumentBytes arguments: [[UInt8]], environmentBytes environment: [[UInt8]]) throws(GuestError) -> UInt64 {
         guard let entry else { preconditionFailure("the program has already started") }
         let randomBytes = Self.freshRandomBytes(16)
-        var stack = InitialStack(arguments: arguments.map { Array($0.utf8) }, environment: environment.map { Array($0.utf8) },
+        var stack = InitialStack(arguments: arguments, environment: environment,
                                  executablePath: entry.executablePath, randomBytes: randomBytes,
                                  hardwareCapabilities: entry.hardwareCapabilities)
         stack.interpreterBase = entry.interpreterBase
@@ -275,7 +304,15 @@ public final class ProcessVM: @unchecked Sendable {
     }
 
     /// Runs the program until it exits, is killed, or faults.
+    ///
+    /// A forked process's descriptors close as it ends (its pipes' other ends see EOF). When
+    /// the container's first process ends, every other process of the container is killed,
+    /// and this returns once all of them have ended and their VMs are gone.
     public func run() throws(GuestError) -> ExitStatus {
+        let isRoot = tree.rootVM === self
+        defer {
+            if isRoot { tree.rootEnded() } else { files.closeAll() }
+        }
         switch try runUntilStop() {
         case .ended(let status): return status
         case .atFirstStandardInputRead, .atMain: preconditionFailure("only a warm parent stops at its fork point")
@@ -312,7 +349,7 @@ public final class ProcessVM: @unchecked Sendable {
         }
         while true {
             if let signal = interrupts.pendingKill { return .ended(.signaled(signal)) }
-            if let signal = interrupts.takeSignal() { pendingSignal = signal }
+            if pendingSignal == nil, let signal = interrupts.takeSignal() { pendingSignal = signal }
             if pendingSignal != nil, vcpu.syncRegisters.pointee.sregs.cs.selector == X86.Selector.userCode,
                let status = deliverPendingSignal(interrupted: vcpu.syncRegisters.pointee.regs) {
                 return .ended(status)
@@ -404,7 +441,7 @@ public final class ProcessVM: @unchecked Sendable {
         case .resumed:
             return nil
         case .value(let result):
-            if let signal = interrupts.takeSignal() { pendingSignal = signal }
+            if pendingSignal == nil, let signal = interrupts.takeSignal() { pendingSignal = signal }
             if pendingSignal != nil {
                 // The handler runs first; it returns to where the call would have.
                 var interrupted = regs
@@ -445,21 +482,34 @@ public final class ProcessVM: @unchecked Sendable {
 final class Interrupts: @unchecked Sendable {
     private let condition = NSCondition()
     private var kill: Int32?
-    private var signal: Int32?
+    /// Pending signals, bit n-1 for signal n: two sent at once are both kept.
+    private var signals: UInt64 = 0
+    /// The program's signal mask: blocked signals stay pending, and neither interrupt a
+    /// wait nor are taken for delivery.
+    private var blocked: UInt64 = 0
     /// Wakes a host wait of the vCPU thread (`waitUntilReady`) when a request comes.
     let wakeup = InterruptWakeup()
 
     func raiseKill(_ value: Int32) { update { $0.kill = value } }
-    func raiseSignal(_ value: Int32) { update { $0.signal = value } }
+    func raiseSignal(_ value: Int32) {
+        guard (1...64).contains(value) else { return }
+        update { $0.signals |= 1 << UInt64(value - 1) }
+    }
 
     var pendingKill: Int32? { locked { kill } }
-    var hasPending: Bool { locked { kill != nil || signal != nil } }
+    var hasPending: Bool { locked { kill != nil || signals & ~blocked != 0 } }
 
-    /// Takes the pending signal, leaving none.
+    /// Set by the VM's own thread, the only one that waits on these requests.
+    func setBlocked(_ mask: UInt64) { locked { blocked = mask } }
+
+    /// Takes the lowest pending signal.
     func takeSignal() -> Int32? {
         locked {
-            defer { signal = nil }
-            return signal
+            let deliverable = signals & ~blocked
+            guard deliverable != 0 else { return nil }
+            let bit = deliverable.trailingZeroBitCount
+            signals &= ~(1 << UInt64(bit))
+            return Int32(bit + 1)
         }
     }
 
@@ -472,12 +522,12 @@ final class Interrupts: @unchecked Sendable {
         let start = Date()
         condition.lock()
         defer { condition.unlock() }
-        while kill == nil && signal == nil {
+        while kill == nil && signals & ~blocked == 0 {
             let left = seconds - Date().timeIntervalSince(start)
             guard left > 0 else { break }
             _ = condition.wait(until: Date(timeIntervalSinceNow: min(left, Self.longestWait)))
         }
-        return kill != nil || signal != nil
+        return kill != nil || signals & ~blocked != 0
     }
 
     private func update(_ change: (Interrupts) -> Void) {

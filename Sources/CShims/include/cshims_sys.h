@@ -32,4 +32,6 @@ int cshims_set_thread_name(const char *name);
 int cshims_thread_id(void);
 /* An eventfd, close-on-exec and non-blocking: Swift's Glibc module lacks sys/eventfd.h. */
 int cshims_eventfd_nonblocking(void);
+/* A pipe, both ends close-on-exec and non-blocking (pipe2 is not in Swift's Glibc module). */
+int cshims_pipe_nonblocking(int ends[2]);
 #endif

@@ -39,6 +39,7 @@ public final class ForkPoint: @unchecked Sendable {
     let signals: SignalState
     let umask: UInt32
     let programName: [UInt8]
+    let executablePath: [UInt8]
     let exceptionStackFrame: UInt64
     let entry: ProcessVM.EntryState?
     /// Where a main fork point's children get their own arguments.
@@ -92,6 +93,7 @@ public final class ForkPoint: @unchecked Sendable {
         signals = parent.signals
         umask = parent.umask
         programName = parent.programName
+        executablePath = parent.executablePath
         exceptionStackFrame = parent.exceptionStackFrame
         entry = kind == .entry ? parent.entry : nil
         childArgumentRoom = kind == .main ? parent.childArgumentRoom : nil
@@ -185,6 +187,7 @@ extension ProcessVM {
         signals = forkPoint.signals
         umask = forkPoint.umask
         forkedFrom = forkPoint
+        executablePath = forkPoint.executablePath
         // The registers go in through the synced area, loaded by KVM on the first entry.
         let sync = vcpu.syncRegisters
         sync.pointee.regs = forkPoint.registers
@@ -296,7 +299,7 @@ extension PreparedVM {
     /// new VM takes. Nil when the child did not end cleanly (a triple fault or an unexpected
     /// exit leaves the vCPU in an unknown state) or owns more than `reusablePrivatePages`.
     public convenience init?(reusing child: ProcessVM) throws(GuestError) {
-        guard let forkPoint = child.forkedFrom, child.vcpuStateKnown else { return nil }
+        guard let forkPoint = child.forkedFrom, child.vcpuStateKnown, !child.hasExeced else { return nil }
         let restored: RestoredFrames
         do throws(SystemError) {
             guard let frames = try child.memory.restoreOrigin(maximumPrivatePages: Self.reusablePrivatePages,

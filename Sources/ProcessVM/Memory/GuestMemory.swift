@@ -86,6 +86,42 @@ public final class GuestMemory: @unchecked Sendable {
         }
     }
 
+    /// A copy of a running process's memory for its fork(2) child, taken while the process is
+    /// stopped in the call. A process whose memory maps a frozen warm parent copy-on-write
+    /// gets a child that maps the same parent the same way (the instant clone), plus copies
+    /// of the pages the process owns (the kernel's pagemap says which). Any other process's
+    /// memory is its own memfd, which it keeps writing: the child gets a new memfd with the
+    /// data pages copied (SEEK_DATA; never-written pages stay holes). Either way the frame
+    /// allocator is the process's, so the child's page tables, which are in the copied
+    /// frames, stay right.
+    public convenience init(forkOf process: GuestMemory) throws(SystemError) {
+        if let (base, holes) = process.origin {
+            try self.init(copyOnWriteOf: base, holes: holes)
+            var owned: [Int] = []
+            try PageMap.forEachPrivatePage(address: process.hostAddress, pages: Int(process.highWaterFrame) / Self.pageSize) { owned.append($0) }
+            for page in owned {
+                let offset = page * Self.pageSize
+                // Both mappings cover `size` bytes and `page` lies below the high-water frame.
+                mapping.base.advanced(by: offset).copyMemory(from: process.mapping.base.advanced(by: offset), byteCount: Self.pageSize)
+            }
+        } else {
+            try self.init(size: process.size)
+            let holes = try process.holes()
+            var offset = 0
+            for range in holes + [process.size..<process.size] {
+                let end = min(range.lowerBound, Int(process.bumpFrame))
+                if offset < end {
+                    // Both mappings cover `size` bytes; [offset, end) lies inside them.
+                    mapping.base.advanced(by: offset).copyMemory(from: process.mapping.base.advanced(by: offset), byteCount: end - offset)
+                }
+                offset = max(offset, range.upperBound)
+            }
+        }
+        bumpFrame = process.bumpFrame
+        highWaterFrame = max(process.highWaterFrame, process.bumpFrame)
+        freeFrames = process.freeFrames
+    }
+
     /// Maps `length` bytes of `file` from `offset` privately over guest-physical `physical`
     /// (all page-aligned): the guest reads the page cache, and a write — by the guest after
     /// an mprotect, or by the engine reusing the frame — copies the page for this VM alone.
@@ -93,6 +129,9 @@ public final class GuestMemory: @unchecked Sendable {
     /// touching a page past its end would raise SIGBUS.
     func mapFile(_ file: Int32, offset: Int, physical: UInt64, length: Int) throws(SystemError) {
         precondition(offset % Self.pageSize == 0 && physical % UInt64(Self.pageSize) == 0 && length % Self.pageSize == 0)
+        // A copy-on-write child (an execve in it) reads the file instead: its memfd is its
+        // parent's, which neither the fallback below nor a later gathering may write.
+        guard origin == nil else { throw SystemError(call: "mmap(executable) in a copy-on-write child", errno: EPERM) }
         guard let target = pointer(physical: physical, length: length) else { preconditionFailure("file mapping outside guest memory") }
         guard mmap(target, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, file, off_t(offset)) == target else {
             let error = SystemError(call: "mmap(executable, \(length) bytes at offset \(offset))", errno: errno)

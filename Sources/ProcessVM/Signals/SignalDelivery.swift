@@ -26,7 +26,7 @@ extension ProcessVM {
         let action = signals.actions[Int(signal)]
         if action.handler == SignalState.ignore { return .ignore }
         if action.handler == 0 {
-            let ignoredByDefault: Set<Int32> = [17, 23, 28] // SIGCHLD, SIGURG, SIGWINCH
+            let ignoredByDefault: Set<Int32> = [17, 18, 23, 28] // SIGCHLD, SIGCONT, SIGURG, SIGWINCH
             return ignoredByDefault.contains(signal) ? .ignore : .terminate
         }
         return .handler(action.handler)

@@ -12,13 +12,14 @@ struct SignalState {
 }
 
 extension ProcessVM {
+    static let childSignal = 17
+
     static let signalSyscalls: [(Int, SyscallHandler)] = [
         (13, { vm, c in vm.sigaction(c) }),
         (14, { vm, c in vm.sigprocmask(c) }),
         (15, { vm, _ in vm.signalReturn() }),
-        (62, { vm, c in vm.signalSelf(pid: c.int(c.a0), signal: c.int(c.a1)) }),
         (131, { vm, c in vm.sigaltstack(c) }),
-        (234, { vm, c in vm.signalSelf(pid: c.int(c.a1), signal: c.int(c.a2)) }),
+        // kill and tgkill: `processTreeSyscalls` (they reach the container's other processes too).
     ]
 
     private func sigaction(_ c: SystemCall) -> SyscallOutcome {
@@ -34,7 +35,15 @@ extension ProcessVM {
             let old = signals.actions[signal]
             guard space.write(c.a2, withUnsafeBytes(of: (old.handler, old.flags, old.restorer, old.mask)) { Array($0) }) else { return .error(.EFAULT) }
         }
-        if let newAction { signals.actions[signal] = newAction }
+        if let newAction {
+            signals.actions[signal] = newAction
+            if signal == Self.childSignal {
+                // SIG_IGN or SA_NOCLDWAIT: children leave no zombies; a handler: SIGCHLD is sent.
+                let noChildWait: UInt64 = 2
+                tree.setAutoReaping(identity.pid, newAction.0 == SignalState.ignore || newAction.1 & noChildWait != 0)
+                handlesChildSignal.store(newAction.0 > SignalState.ignore, ordering: .relaxed)
+            }
+        }
         return .success
     }
 
@@ -70,7 +79,7 @@ extension ProcessVM {
     /// kill/tgkill aimed at the program itself: signal 0 probes; an ignored signal does
     /// nothing; a handled one runs its handler when the call returns; any other ends the
     /// program as its default action would (abort() ends in 134).
-    private func signalSelf(pid: Int32, signal: Int32) -> SyscallOutcome {
+    func signalSelf(pid: Int32, signal: Int32) -> SyscallOutcome {
         guard pid == identity.pid || pid == 0 else { return .error(.ESRCH) }
         guard (0...64).contains(signal) else { return .error(.EINVAL) }
         if signal == 0 { return .success }

@@ -17,7 +17,7 @@ extension ProcessVM {
         // fadvise64: advice only; a descriptor that is not open is still refused.
         (221, { vm, c in vm.files.hostDescriptor(of: c.int(c.a0)) == nil ? .error(.EBADF) : .success }),
         (0, { vm, c in vm.readIntoGuest(c.int(c.a0), c.a1, c.a2) }),
-        (1, { vm, c in vm.writeFromGuest(c.int(c.a0), c.a1, c.a2) }),
+        (1, { vm, c in vm.raisingPipeSignal(vm.writeFromGuest(c.int(c.a0), c.a1, c.a2)) }),
         (2, { vm, c in vm.withPath(c.a0) { .int(vm.files.openat(dirfd: atCurrentDirectory, path: $0, flags: c.int(c.a1), mode: UInt32(truncatingIfNeeded: c.a2))) } }),
         (3, { vm, c in .int(vm.files.close(c.int(c.a0))) }),
         (4, { vm, c in vm.stat(atCurrentDirectory, c.a0, c.a1, flags: 0) }),
@@ -29,7 +29,7 @@ extension ProcessVM {
         (17, { vm, c in vm.transfer(c.a1, c.a2, writable: true) { vm.files.pread(c.int(c.a0), into: $0, offset: Int(Int64(bitPattern: c.a3)) &+ $1) } }),
         (18, { vm, c in vm.transfer(c.a1, c.a2, writable: false) { vm.files.pwrite(c.int(c.a0), from: UnsafeRawBufferPointer($0), offset: Int(Int64(bitPattern: c.a3)) &+ $1) } }),
         (19, { vm, c in vm.vectored(c, writing: false) }),
-        (20, { vm, c in vm.vectored(c, writing: true) }),
+        (20, { vm, c in vm.raisingPipeSignal(vm.vectored(c, writing: true)) }),
         (21, { vm, c in vm.withPath(c.a0) { .int(vm.files.faccessat(dirfd: atCurrentDirectory, path: $0, mode: c.int(c.a1), flags: 0)) } }),
         (32, { vm, c in .int(vm.files.dup(c.int(c.a0))) }),
         (33, { vm, c in .int(vm.files.dup2(c.int(c.a0), c.int(c.a1))) }),

@@ -22,12 +22,8 @@ extension ProcessVM {
         (104, { vm, _ in .int(Int(vm.identity.gid)) }),
         (107, { vm, _ in .int(Int(vm.identity.uid)) }),
         (108, { vm, _ in .int(Int(vm.identity.gid)) }),
-        (109, { _, _ in .success }), // setpgid: the container is its own group already
-        (110, { vm, _ in .int(Int(vm.identity.parentPid)) }),
-        (111, { vm, _ in .int(Int(vm.identity.pid)) }),
-        (112, { vm, _ in .int(Int(vm.identity.pid)) }),
+        // setpgid, getppid, getpgrp, setsid, getpgid: `processTreeSyscalls`.
         (115, { _, _ in .success }), // getgroups: no supplementary groups
-        (121, { vm, _ in .int(Int(vm.identity.pid)) }),
         (157, { vm, c in vm.prctl(c) }),
         (158, { vm, c in vm.archPrctl(c) }),
         (186, { vm, _ in .int(Int(vm.identity.pid)) }),
@@ -66,6 +62,7 @@ extension ProcessVM {
             case 2, 9: return (UInt64(memory.size), UInt64(memory.size)) // RLIMIT_DATA, RLIMIT_AS
             case 3: return (UInt64(configuration.stackBytes), UInt64(configuration.stackBytes)) // RLIMIT_STACK
             case 7: return (UInt64(files.descriptorLimit), UInt64(files.descriptorLimit)) // RLIMIT_NOFILE
+            case 6: return (UInt64(tree.processLimit), UInt64(tree.processLimit)) // RLIMIT_NPROC
             default: return (infinity, infinity)
             }
         default: return nil

@@ -31,6 +31,7 @@ enum SyscallOutcome {
 /// The Linux errno values the engine returns (x86-64 numbering).
 enum LinuxErrno: Int32, Error {
     case EPERM = 1, ENOENT = 2, ESRCH = 3, EINTR = 4, EIO = 5, EBADF = 9, EAGAIN = 11, ENOMEM = 12, EACCES = 13
+    case E2BIG = 7, ENOEXEC = 8, ECHILD = 10, EPIPE = 32
     case EFAULT = 14, EEXIST = 17, ENOTDIR = 20, EISDIR = 21, EINVAL = 22, EMFILE = 24, ENOTTY = 25
     case ESPIPE = 29, EROFS = 30, ERANGE = 34, ENAMETOOLONG = 36, ENOSYS = 38, ELOOP = 40, ENODEV = 19
     case EOPNOTSUPP = 95
@@ -42,7 +43,7 @@ extension ProcessVM {
     /// System-call numbers to handlers, gathered from each family's table.
     static let syscallTable: [SyscallHandler?] = {
         var table = [SyscallHandler?](repeating: nil, count: 512)
-        for (number, handler) in fileSyscalls + memorySyscalls + processSyscalls + timeSyscalls + signalSyscalls {
+        for (number, handler) in fileSyscalls + memorySyscalls + processSyscalls + timeSyscalls + signalSyscalls + processTreeSyscalls + suspendSyscalls {
             precondition(table[number] == nil, "system call \(number) registered twice")
             table[number] = handler
         }
