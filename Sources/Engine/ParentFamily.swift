@@ -118,7 +118,12 @@ final class ParentFamily: Sendable {
         } catch .guest(.childArgumentsTooLarge(let what)) {
             throw EngineError(.invalid, "the container's arguments and environment do not fit its parent at main: \(what)", field: "arguments")
         } catch {
-            throw EngineError(.failed, "fork from \(policy.id) failed: \(error)")
+            // The host out of memory for the child's mapping (a huge memoryMiB under the
+            // kernel's overcommit limit) is a refusal of this request (409), as at the parent's
+            // build, not an engine failure.
+            let kind = Self.kind(of: error)
+            throw EngineError(kind, kind == .conflict ? "the host cannot map this container's memory (\(policy.memoryMiB) MiB): \(error)"
+                                                   : "fork from \(policy.id) failed: \(error)", field: kind == .conflict ? "memoryMiB" : nil)
         }
     }
 
