@@ -64,11 +64,12 @@ public struct StandardStreams: Sendable {
 ///    and kick the vCPU thread (and wake any wait through the interrupt eventfd).
 /// 2. Polling stops: `run` unregisters the VM from the poller and clears `pollerMailbox`
 ///    under the VM's lock, so the poller serves it no more calls.
-/// 3. The owner lets it go (`Container.remove`, on the reaper queue): the pool may restore it
-///    for a sibling (`PreparedVM(reusing:)`); otherwise the last reference goes, and with it
-///    the vCPU (its kvm_run mapping and descriptor), the VM's descriptor, then the guest
-///    memory's mapping and memfd — on the reaper's thread, or on the poller's release queue
-///    when the poller's copy of its set held the last reference; never on the poller itself.
+/// 3. The owner lets it go (`Container.release` at its exit, or `remove`, on its pool's queue):
+///    the pool may restore it for a sibling (`PreparedVM(reusing:)`); otherwise the last
+///    reference goes, and with it the vCPU (its kvm_run mapping and descriptor), the VM's
+///    descriptor, then the guest memory's mapping and memfd — on the pool's queue, or on the
+///    poller's release queue when the poller's copy of its set held the last reference; never
+///    on the poller itself.
 public final class ProcessVM: @unchecked Sendable {
     public let configuration: ProcessVMConfiguration
     let vm: VirtualMachine
