@@ -29,6 +29,9 @@ public struct WorkerInfo: Codable, Sendable, Equatable {
     public var parents: [String]
     /// Times this daemon started it again after it died.
     public var restarts: Int
+    /// What the worker says of itself (its process, confinement and VMs); nil when it is not
+    /// connected or did not answer.
+    public var process: WorkerProcessStatus?
 }
 
 /// How an engine runs: in one process (the daemon holds the VMs), as the control plane of
@@ -85,15 +88,45 @@ extension Engine {
 extension Engine {
     var workersMode: Bool { workerSet != nil }
 
-    /// The workers (empty when this process holds the VMs itself).
-    public func workers() -> [WorkerInfo] {
+    /// The workers (empty when this process holds the VMs itself), each with what it says of
+    /// itself (`sharing`: with the measured memory of its parents and children, a page walk).
+    public func workers(withSharing sharing: Bool = false) async -> [WorkerInfo] {
         guard let workers = workerSet else { return [] }
+        let statuses = await withTaskGroup(of: (Int, WorkerProcessStatus?).self) { group in
+            for connection in workers.connections {
+                group.addTask { (connection.shard, try? await connection.call("status", WorkerStatusRequest(sharing: sharing), as: WorkerProcessStatus.self)) }
+            }
+            var statuses: [Int: WorkerProcessStatus] = [:]
+            for await (shard, status) in group { statuses[shard] = status }
+            return statuses
+        }
         let live = registry.withLock { registry in registry.containers.values.compactMap { $0.isLive ? $0.shard : nil } }
         let connections = Dictionary(uniqueKeysWithValues: workers.connections.map { ($0.shard, $0) })
         return (0..<workers.count).map { shard in
             let connection = connections[shard]
             return WorkerInfo(shard: shard, pid: connection?.pid, connected: connection != nil, liveContainers: live.filter { $0 == shard }.count,
-                              parents: workers.policies(on: shard).sorted(), restarts: workers.restarts(shard))
+                              parents: workers.policies(on: shard).sorted(), restarts: workers.restarts(shard), process: statuses[shard])
+        }
+    }
+
+    /// The per-worker gauges of the metrics page, labelled worker="N" (called before each
+    /// scrape; nothing without workers).
+    public func refreshWorkerMetrics() async {
+        guard workersMode else { return }
+        for worker in await workers() {
+            let dimensions = [("worker", "\(worker.shard)")]
+            metrics.gauge("vmfork_worker_up", dimensions).record(worker.connected ? 1 : 0)
+            metrics.gauge("vmfork_worker_restarts", dimensions).record(worker.restarts)
+            metrics.gauge("vmfork_worker_containers_live", dimensions).record(worker.liveContainers)
+            metrics.gauge("vmfork_worker_parent_policies", dimensions).record(worker.parents.count)
+            guard let process = worker.process else { continue }
+            metrics.gauge("vmfork_worker_rss_bytes", dimensions).record(process.rssKiB << 10)
+            metrics.gauge("vmfork_worker_threads", dimensions).record(process.threads)
+            metrics.gauge("vmfork_worker_vms", dimensions).record(process.parents + process.readyVMs + process.liveChildren)
+            metrics.gauge("vmfork_worker_parents", dimensions).record(process.parents)
+            metrics.gauge("vmfork_worker_ready_vms", dimensions).record(process.readyVMs)
+            metrics.gauge("vmfork_worker_live_children", dimensions).record(process.liveChildren)
+            metrics.gauge("vmfork_worker_seccomp", dimensions).record(process.seccomp)
         }
     }
 
@@ -123,6 +156,7 @@ extension Engine {
         var connection = try? WorkerConnection(shard: shard, socketPath: path)
         if connection == nil {
             let pid = try workers.spawn(shard, stateFolder: stateFolder)
+            record("worker.start", subject: "\(shard)", actor: "engine", detail: "{\"pid\":\(pid)}")
             let deadline = ContinuousClock.now + .seconds(30)
             while connection == nil {
                 try await Task.sleep(for: .milliseconds(10))
