@@ -158,10 +158,10 @@ public final class WorkerServer: Sendable {
         case "status":
             await peer.reply(id) { [self] in try await status(sharing: (try? body(WorkerStatusRequest.self, frame).sharing) ?? false) }
         #if DEBUG
-        case "debug.forbiddenCall":
-            // The proof that the seccomp filter is live (debug builds only): a fork, which the
-            // filter answers by ending this process with SIGSYS.
-            await peer.reply(id) { Int(cshims_seccomp_forbidden_fork()) }
+        case "debug.forbiddenCall", "debug.x32Call":
+            // The proof that the seccomp filter is live (debug builds only): a fork, or an x32
+            // call, which the filter answers by ending this process with SIGSYS.
+            await peer.reply(id) { Int(cshims_seccomp_forbidden_call(op == "debug.x32Call" ? 1 : 0)) }
         #endif
         case "shutdown":
             let grace = (try? body(WorkerShutdown.self, frame).graceMilliseconds) ?? 10_000

@@ -133,6 +133,16 @@ struct WorkerConfinementTests {
             #expect(metrics.contains("vmfork_worker_rss_bytes{worker=\"\(shard)\"}"))
         }
         #expect(metrics.contains("vmfork_worker_restarts{worker=\"1\"} 1"))
+        // An x32 system call is refused whatever its number: shard 0 ends with SIGSYS too.
+        #expect(try Self.rawRequest(socket: daemon.state.appendingPathComponent("workers/0.sock").path, op: "debug.x32Call") == nil)
+        let deadline0 = Date().addingTimeInterval(30)
+        var x32Exit: [String: Any]?
+        while Date() < deadline0, x32Exit == nil {
+            x32Exit = try daemon.events(client, type: "worker.exit").first { ($0["subject"] as? String) == "0" }
+            if x32Exit == nil { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        let x32Detail = (x32Exit?["detail"] as? String) ?? ""
+        #expect(x32Detail.contains("killed by signal \(SIGSYS)"), "\(x32Detail)")
     }
 
     /// Each worker is bound to its node: the policy it reports is what the kernel shows in

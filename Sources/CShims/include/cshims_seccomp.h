@@ -22,9 +22,11 @@ int cshims_seccomp_install_worker_filter(int outside);
 int cshims_seccomp_worker_allowed_count(void);
 const char *cshims_seccomp_worker_allowed_name(int index);
 
-/// A call the filter forbids, for the proof that it is live: fork() (a clone without
-/// CLONE_THREAD). Without the filter the child _exits at once and is reaped: returns its pid.
-/// With the filter the process is killed before this returns.
-int cshims_seccomp_forbidden_fork(void);
+/// Calls the filter forbids, for the proof that it is live: `which` 0 makes fork() (a clone
+/// without CLONE_THREAD; without the filter the child _exits at once and is reaped, and this
+/// returns its pid), 1 makes getpid as an x32 call (nr | __X32_SYSCALL_BIT; without the filter
+/// a kernel without x32 answers ENOSYS, returned as -ENOSYS). With the filter the process is
+/// killed before this returns.
+int cshims_seccomp_forbidden_call(int which);
 
 #endif
