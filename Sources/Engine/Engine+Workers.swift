@@ -89,7 +89,8 @@ extension Engine {
     var workersMode: Bool { workerSet != nil }
 
     /// The workers (empty when this process holds the VMs itself), each with what it says of
-    /// itself (`sharing`: with the measured memory of its parents and children, a page walk).
+    /// itself (`sharing`: with the measured memory of its parents and children, a page walk,
+    /// which placement then takes: see `adoptMeasuredFigures`).
     public func workers(withSharing sharing: Bool = false) async -> [WorkerInfo] {
         guard let workers = workerSet else { return [] }
         let statuses = await withTaskGroup(of: (Int, WorkerProcessStatus?).self) { group in
@@ -100,6 +101,7 @@ extension Engine {
             for await (shard, status) in group { statuses[shard] = status }
             return statuses
         }
+        if sharing { await adoptMeasuredFigures(Array(statuses.values)) }
         let live = registry.withLock { registry in registry.containers.values.compactMap { $0.isLive ? $0.shard : nil } }
         let connections = Dictionary(uniqueKeysWithValues: workers.connections.map { ($0.shard, $0) })
         return (0..<workers.count).map { shard in

@@ -27,9 +27,9 @@ public struct WorkerProcessStatus: Codable, Sendable, Equatable {
     public var parents: Int
     public var readyVMs: Int
     public var liveChildren: Int
-    /// Measured memory (with `sharing`): the parents' resident bytes, and the median bytes a
-    /// child owns privately, per parent policy.
-    public var parentBytes: Int?
+    /// Measured memory (with `sharing`), per parent policy: its parent's resident bytes, and
+    /// the median bytes one of its children owns privately (policies with live children).
+    public var parentBytes: [String: Int]?
     public var childPrivateBytesMedian: [String: Int]?
 }
 
@@ -41,10 +41,10 @@ extension WorkerServer {
         let fields = Self.statusFields()
         let parents = try await engine.parents(withSharing: sharing)
         var privateMedians: [String: Int] = [:]
-        var parentBytes = 0
+        var parentBytes: [String: Int] = [:]
         for parent in parents {
             guard let figures = parent.sharing else { continue }
-            parentBytes += figures.parentBytes
+            parentBytes[parent.id] = figures.parentBytes
             if figures.children > 0 { privateMedians[parent.id] = figures.childPrivateBytesMedian }
         }
         return WorkerProcessStatus(

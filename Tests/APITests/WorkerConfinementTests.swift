@@ -2,6 +2,7 @@ import API
 import Engine
 import Foundation
 import HostSystem
+import Placement
 import TestSupport
 import Testing
 
@@ -178,7 +179,46 @@ struct WorkerConfinementTests {
         }
         // The parent's worker reports the measured memory placement will use.
         let holder = try #require(workers.first { $0.parents == ["busybox.main.32m"] }?.process)
-        #expect((holder.parentBytes ?? 0) > 0)
+        #expect((holder.parentBytes?["busybox.main.32m"] ?? 0) > 0)
+    }
+
+    /// Placement charges what the workers measured, not what it was told: a parent's resident
+    /// size becomes the image's parent memory, a child's median private memory its growth.
+    @Test func placementTakesTheWorkersMeasuredMemory() async throws {
+        let daemon = try DaemonFixture()
+        try daemon.start(extra: ["--workers", "2"])
+        defer {
+            daemon.stop()
+            WorkerTests.killWorkers(daemon, count: 2)
+        }
+        let client = daemon.client
+        try daemon.addBusybox(client)
+        // What a profile would have said: 1 KiB each.
+        let image = #"{"name":"busybox","parentMemoryKiB":1,"growthPerChildKiB":1,"cpuMHzPerChild":1}"#
+        #expect(try await client.send("POST", "/v1/placement/images", body: Data(image.utf8)).status == 201)
+        let host = #"{"name":"here","cpuCores":2,"nodeMemoryKiB":[16777216]}"#
+        #expect(try await client.send("POST", "/v1/placement/hosts", body: Data(host.utf8)).status == 201)
+        #expect(try await client.send("POST", "/v1/parents", body: Data(#"{"image":"busybox","memoryMiB":32,"readyVMs":1}"#.utf8)).status == 201)
+        for index in 0..<3 {
+            let spec = ContainerSpec(image: "busybox", name: "held\(index)", arguments: ["sh", "-c", "x=$(ls /bin); read y"], memoryMiB: 32, openStdin: true)
+            #expect(try await client.send("POST", "/v1/containers", json: spec).status == 201)
+            #expect(try await client.send("POST", "/v1/containers/held\(index)/start").status == 200)
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        let workers = try await client.send("GET", "/v1/workers?sharing=true").decode([WorkerInfo].self)
+        let process = try #require(workers.first { $0.parents == ["busybox.main.32m"] }?.process)
+        let parentKiB = ((process.parentBytes?["busybox.main.32m"] ?? 0) + 1023) / 1024
+        let childKiB = ((process.childPrivateBytesMedian?["busybox.main.32m"] ?? 0) + 1023) / 1024
+        #expect(parentKiB > 100 && childKiB > 1, "measured: parent \(parentKiB) KiB, child \(childKiB) KiB")
+        let measured = try daemon.events(client, type: "placement.image.measured")
+        #expect(measured.contains { ($0["subject"] as? String) == "busybox" &&
+                                    ($0["detail"] as? String) == "{\"parentMemoryKiB\":\(parentKiB),\"growthPerChildKiB\":\(childKiB)}" }, "\(measured)")
+        // A cold start (no warm parent placed on the host) is charged the parent and a child, as measured.
+        let placed = try await client.send("POST", "/v1/placement/place", body: Data(#"{"pool":"\#(PoolTree.rootName)","image":"busybox"}"#.utf8))
+        #expect(placed.status == 201, "\(placed.text)")
+        let placement = try placed.decode(Placement.self)
+        #expect(placement.start == .cold && placement.charge.memoryKiB == parentKiB + childKiB, "\(placement)")
+        for index in 0..<3 { _ = try await client.send("POST", "/v1/containers/held\(index)/stdin?close=true", body: Data("\n".utf8)) }
     }
 
     /// "0-3,5" -> [0, 1, 2, 3, 5].
