@@ -327,12 +327,15 @@ extension Engine {
         guard let workers = workerSet else { return }
         let (policies, images) = registry.withLock { (Array($0.policies.values), $0.images) }
         for policy in policies.sorted(by: { $0.id < $1.id }) {
-            let target = workers.shard(for: policy.id)
-            guard shard == nil || shard == target, let image = images[policy.image] else { continue }
-            do {
-                _ = try await workers.connection(target).call("ensureParents", WorkerEnsureParents(policy: policy, image: image), as: ParentInfo.self)
-            } catch {
-                logger.error("warm parent not made", metadata: ["parent": "\(policy.id)", "shard": "\(target)", "error": "\(error)"])
+            guard let image = images[policy.image] else { continue }
+            let shards = workers.shards(for: policy)
+            for target in shards where shard == nil || shard == target {
+                let share = WorkerSet.share(of: policy, shard: target, among: shards)
+                do {
+                    _ = try await workers.connection(target).call("ensureParents", WorkerEnsureParents(policy: share, image: image), as: ParentInfo.self)
+                } catch {
+                    logger.error("warm parent not made", metadata: ["parent": "\(policy.id)", "shard": "\(target)", "error": "\(error)"])
+                }
             }
         }
     }
@@ -340,17 +343,15 @@ extension Engine {
     /// Forks in the worker holding the policy's family (its parents made first at the policy's first use).
     func createInWorker(_ workers: WorkerSet, id: String, name: String, spec: ContainerSpec, image: ImageRecord, policy: ParentPolicy,
                         recordedNow: Bool, labels: [String: String], placementID: Int?, startNow: Bool) async throws -> ManagedContainer {
-        let shard = workers.shard(for: policy.id)
-        let connection = try workers.connection(shard)
         if recordedNow {
-            do {
-                _ = try await connection.call("ensureParents", WorkerEnsureParents(policy: policy, image: image), as: ParentInfo.self)
-            } catch {
+            do { _ = try await ensureParentsInWorkers(workers, policy, image: image) } catch {
                 try? await forgetPolicy(policy.id)
                 workers.unassign(policy.id)
                 throw error
             }
         }
+        let shard = forkShard(workers, policy)
+        let connection = try workers.connection(shard)
         var resolved = spec
         resolved.name = name
         resolved.forkPoint = policy.forkPoint
@@ -404,18 +405,15 @@ extension Engine {
     /// Every policy with what its worker's parents hold now.
     func parentsInWorkers(_ workers: WorkerSet, withSharing: Bool) async throws -> [ParentInfo] {
         let policies = registry.withLock { $0.policies }
-        var held: [String: ParentInfo] = [:]
+        var held: [String: [ParentInfo]] = [:]
         try await withThrowingTaskGroup(of: [ParentInfo].self) { group in
             for connection in workers.connections {
                 group.addTask { (try? await connection.call("parents", WorkerParents(sharing: withSharing), as: [ParentInfo].self)) ?? [] }
             }
-            for try await list in group { for info in list { held[info.id] = info } }
+            for try await list in group { for info in list { held[info.id, default: []].append(info) } }
         }
         return policies.values.sorted { $0.id < $1.id }.map { policy in
-            if var info = held[policy.id] {
-                info.policy = policy
-                return info
-            }
+            if let info = ParentInfo.merged(held[policy.id] ?? [], policy: policy) { return info }
             return ParentInfo(id: policy.id, policy: policy, state: "absent", failure: nil, parentsReady: 0, readyVMsNow: 0,
                               liveChildren: 0, poolMisses: 0, sharing: nil)
         }
