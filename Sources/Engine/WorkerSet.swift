@@ -158,5 +158,7 @@ final class WorkerSet: Sendable {
 func describeWaitStatus(_ status: Int32) -> String {
     let signal = status & 0x7f
     if signal == 0 { return "exited with \((status >> 8) & 0xff)" }
+    // SIGSYS is what the worker's seccomp filter ends it with (see WorkerSeccomp).
+    if signal == SIGSYS { return "killed by signal \(signal) (SIGSYS: a system call outside its seccomp filter)" }
     return "killed by signal \(signal)"
 }

@@ -100,7 +100,7 @@ struct WorkerConfinementTests {
         let reply = try Self.rawRequest(socket: daemon.state.appendingPathComponent("workers/1.sock").path, op: "debug.forbiddenCall")
         #expect(reply == nil, "the worker ended before it could answer: \(reply ?? "")")
         let lost = try await client.send("POST", "/v1/containers/reader1/wait").decode(ExitInfo.self)
-        #expect(lost.exitCode == 137 && lost.reason.contains("worker (shard 1, pid \(pids[1])) died: killed by signal \(SIGSYS)"), "\(lost)")
+        #expect(lost.exitCode == 137 && lost.reason.contains("worker (shard 1, pid \(pids[1])) died: killed by signal \(SIGSYS) (SIGSYS: a system call outside its seccomp filter)"), "\(lost)")
         // The other worker's container never noticed.
         #expect(try await client.send("POST", "/v1/containers/reader0/stdin", body: Data("yes\n".utf8), contentType: "application/octet-stream").status < 300)
         let kept = try await client.send("POST", "/v1/containers/reader0/wait").decode(ExitInfo.self)
