@@ -31,11 +31,12 @@ struct AgentRoutes: Sendable {
         // MARK: Daemon
         on(.get, "/v1/_ping") { _, _ in try json(["ok": true]) }
         on(.get, "/v1/version") { _, _ in try json(VersionBody(version: Engine.version, api: "v1", kvm: engine.kvmMessage == nil, kvmMessage: engine.kvmMessage)) }
-        on(.get, "/v1/workers") { _, _ in try json(engine.workers()) }
+        on(.get, "/v1/workers") { request, _ in try json(await engine.workers(withSharing: try request.bool("sharing", default: false))) }
         on(.get, "/v1/openapi.json") { [document] _, _ in
             Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: document))
         }
         on(.get, "/metrics") { [registry] _, _ in
+            await engine.refreshWorkerMetrics()
             // The memory figures read /proc/self/smaps: a blocking walk, off the cooperative pool.
             let buffer = try await engine.onBlockingThread { () -> [UInt8] in
                 engine.refreshMetrics()

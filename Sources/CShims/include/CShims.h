@@ -11,4 +11,5 @@
 #include "cshims_spawn.h"
 #include "cshims_privileges.h"
 #include "cshims_events.h"
+#include "cshims_seccomp.h"
 #endif
