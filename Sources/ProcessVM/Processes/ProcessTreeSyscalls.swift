@@ -25,13 +25,7 @@ extension ProcessVM {
         (ProcessCall.wait4, { vm, c in vm.wait4(c) }),
         (ProcessCall.waitid, { vm, c in vm.waitid(c) }),
         (ProcessCall.kill, { vm, c in vm.kill(pid: c.int(c.a0), signal: c.int(c.a1)) }),
-        (ProcessCall.tgkill, { vm, c in
-            let group = c.int(c.a0), thread = c.int(c.a1)
-            // One thread per process: its tid is its pid.
-            guard group > 0, thread > 0 else { return .error(.EINVAL) }
-            guard group == thread else { return .error(.ESRCH) }
-            return vm.kill(pid: thread, signal: c.int(c.a2))
-        }),
+        (ProcessCall.tgkill, { vm, c in vm.threadKill(group: c.int(c.a0), thread: c.int(c.a1), signal: c.int(c.a2)) }),
         (ProcessCall.getppid, { vm, _ in .int(Int(vm.tree.parent(of: vm.identity.pid) ?? vm.identity.parentPid)) }),
         (ProcessCall.setpgid, { vm, c in
             do throws(LinuxErrno) { try vm.tree.setProcessGroup(caller: vm.identity.pid, pid: c.int(c.a0), group: c.int(c.a1)) } catch { return .error(error) }
