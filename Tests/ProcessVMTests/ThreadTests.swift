@@ -73,4 +73,209 @@ struct ThreadTests {
         #expect(guest.stdout == host.stdout)
         #expect(guest.stdout.contains("distinct tids 1"))
     }
+
+    /// The same program linked dynamically: ld.so, libc.so and pthread_create's clone3 from
+    /// the rootfs (this host's own files).
+    @Test(.enabled(if: DynamicRootfs.isAvailable, "needs ldd"))
+    func dynamicPthreadsSumAsNatively() throws {
+        let build = try HostFacts.makeTemporaryFolder("threads-build")
+        defer { try? FileManager.default.removeItem(at: build) }
+        let source = build.appendingPathComponent("threads.c"), program = build.appendingPathComponent("threads")
+        try Self.summingProgram.write(to: source, atomically: true, encoding: .utf8)
+        let compiled = try HostFacts.run("/usr/bin/gcc", ["-O1", "-pthread", "-o", program.path, source.path])
+        try #require(compiled.status == 0, "\(compiled.stderr)")
+        let root = try DynamicRootfs.make(programs: [program.path], name: "threads-dynamic")
+        defer { try? FileManager.default.removeItem(at: root) }
+        let host = try HostFacts.run(program.path, [], currentDirectory: root)
+        let guest = try GuestRunner.run([program.path], rootfs: root)
+        #expect(guest.status == host.status, "\(guest.stderr) missing: \(guest.vm.missingSyscalls)")
+        #expect(guest.stdout == host.stdout)
+        #expect(guest.vm.missingSyscalls.isEmpty)
+    }
+
+    /// futex on an address the program does not own, or not aligned: the same errors as
+    /// natively (EFAULT, EINVAL), and a timed wait times out (ETIMEDOUT) with nobody waking it.
+    @Test func futexErrorsAsNatively() throws {
+        let source = """
+        #include <errno.h>
+        #include <linux/futex.h>
+        #include <stdint.h>
+        #include <stdio.h>
+        #include <sys/syscall.h>
+        #include <time.h>
+        #include <unistd.h>
+        static int word = 5;
+        static long call(void *address, int op, int value, void *timeout) {
+            long result = syscall(SYS_futex, address, op, value, timeout, NULL, 0);
+            return result < 0 ? -errno : result;
+        }
+        int main(void) {
+            struct timespec short_wait = { 0, 20000000 };
+            printf("unmapped wait %ld\\n", call((void *)0x100000000000, FUTEX_WAIT_PRIVATE, 0, NULL));
+            printf("kernel wait %ld\\n", call((void *)0xffff800000000000, FUTEX_WAIT, 0, NULL));
+            printf("misaligned wait %ld\\n", call((char *)&word + 1, FUTEX_WAIT, 5, NULL));
+            printf("unmapped shared wake %ld\\n", call((void *)0x100000000000, FUTEX_WAKE, 1, NULL));
+            printf("mismatch %ld\\n", call(&word, FUTEX_WAIT_PRIVATE, 4, NULL));
+            printf("timed out %ld\\n", call(&word, FUTEX_WAIT_PRIVATE, 5, &short_wait));
+            printf("bad timeout %ld\\n", call(&word, FUTEX_WAIT_PRIVATE, 5, (void *)0x100000000000));
+            printf("nobody woken %ld\\n", call(&word, FUTEX_WAKE_PRIVATE, 1, NULL));
+            return 0;
+        }
+        """
+        let root = try GlibcGuest.rootfs(source, name: "futex-errors")
+        defer { try? FileManager.default.removeItem(at: root) }
+        let host = try HostFacts.run(root.appendingPathComponent("prog").path, [])
+        let guest = try GuestRunner.run(["/prog"], rootfs: root)
+        #expect(guest.status == 0, "\(guest.stderr)")
+        #expect(guest.stdout == host.stdout)
+        #expect(guest.stdout.contains("unmapped wait -14\n"))
+    }
+
+    /// A thread bomb: threads are held by the container's process limit (threads count, as
+    /// RLIMIT_NPROC counts them), pthread_create answers EAGAIN, and the process's exit
+    /// ends the threads still blocked.
+    @Test func aThreadBombIsHeldByTheProcessLimit() throws {
+        let source = """
+        #include <pthread.h>
+        #include <stdio.h>
+        #include <string.h>
+        #include <unistd.h>
+        static void *block(void *unused) { for (;;) pause(); return unused; }
+        int main(void) {
+            pthread_attr_t attributes;
+            pthread_attr_init(&attributes);
+            pthread_attr_setstacksize(&attributes, 64 << 10);
+            for (int made = 0; made < 100000; made++) {
+                pthread_t thread;
+                int error = pthread_create(&thread, &attributes, block, NULL);
+                if (error != 0) { printf("made %d then %s\\n", made, strerror(error)); return 3; }
+            }
+            return 0;
+        }
+        """
+        let root = try GlibcGuest.rootfs(source, name: "thread-bomb", flags: ["-O1", "-pthread"])
+        defer { try? FileManager.default.removeItem(at: root) }
+        let started = ContinuousClock.now
+        let guest = try HostileGuestTests.run(root, polled: false)
+        #expect(guest.status == 3, "\(guest.stderr)")
+        #expect(guest.stdout == "made \(ProcessVMConfiguration.defaultProcessLimit - 1) then Resource temporarily unavailable\n")
+        #expect(ContinuousClock.now - started < .seconds(15))
+        try HostileGuestTests.expectEngineStillHealthy()
+    }
+
+    /// A kill of a container whose threads all wait in futex waits (a condition variable,
+    /// pthread_join) ends it promptly, and so does a stop (SIGTERM's default action).
+    @Test(arguments: [false, true])
+    func killEndsThreadsBlockedInFutexWaits(stop: Bool) throws {
+        let source = """
+        #include <pthread.h>
+        #include <stdio.h>
+        static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+        static pthread_cond_t never = PTHREAD_COND_INITIALIZER;
+        static int waiting;
+        static void *wait_forever(void *unused) {
+            pthread_mutex_lock(&lock);
+            waiting++;
+            for (;;) pthread_cond_wait(&never, &lock);
+            return unused;
+        }
+        int main(void) {
+            pthread_t threads[3];
+            for (int t = 0; t < 3; t++) pthread_create(&threads[t], NULL, wait_forever, NULL);
+            printf("started\\n");
+            fflush(stdout);
+            pthread_join(threads[0], NULL);
+            return 0;
+        }
+        """
+        let root = try GlibcGuest.rootfs(source, name: "futex-kill", flags: ["-O1", "-pthread"])
+        defer { try? FileManager.default.removeItem(at: root) }
+        let streams = try CapturedStreams()
+        let vm = try ProcessVM(system: GuestRunner.system!, configuration: ProcessVMConfiguration(rootfs: root.path, memoryBytes: 64 << 20),
+                               executable: "/prog", arguments: ["/prog"], environment: [], streams: streams.standard)
+        let status = HostileFilesTests.runKilled(vm, after: 0.5, within: 5, stop: stop)
+        #expect(status == (stop ? 143 : 137))
+        #expect(streams.stdout == "started\n")
+    }
+
+    /// One thread unmaps a page another thread keeps writing, then maps fresh memory (new
+    /// page tables among it): the writer must fault, as natively, and not write through a
+    /// translation of a frame handed out again.
+    @Test func aPageUnmappedUnderARunningThreadFaultsThere() throws {
+        let source = """
+        #include <pthread.h>
+        #include <stdio.h>
+        #include <sys/mman.h>
+        #include <unistd.h>
+        static volatile char *page;
+        static volatile int running;
+        static void *writer(void *unused) { for (;;) { page[0]++; running = 1; } return unused; }
+        int main(void) {
+            page = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            pthread_t thread;
+            pthread_create(&thread, NULL, writer, NULL);
+            while (!running) {}
+            munmap((void *)page, 4096);
+            for (int i = 0; i < 64; i++) {
+                char *fresh = mmap(NULL, 1 << 21, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+                if (fresh != MAP_FAILED) fresh[4096] = 1;
+            }
+            usleep(200000);
+            printf("the writer went on\\n");
+            return 0;
+        }
+        """
+        let root = try GlibcGuest.rootfs(source, name: "unmap-race", flags: ["-O1", "-pthread"])
+        defer { try? FileManager.default.removeItem(at: root) }
+        let host = try HostFacts.run(root.appendingPathComponent("prog").path, [])
+        let guest = try HostileGuestTests.run(root, polled: false, memoryMiB: 256)
+        #expect(host.status == 139)
+        #expect(guest.status == host.status, "\(guest.stdout) \(guest.stderr)")
+        try HostileGuestTests.expectEngineStillHealthy()
+    }
+}
+
+/// python3's threading (threads, a Lock, a Queue, a timed Event wait) against python3 natively.
+@Suite(.enabled(if: HostFacts.hasKVM && DynamicRootfs.isAvailable && DynamicRootfs.python != nil, "needs /dev/kvm, ldd and python3"))
+struct PythonThreadTests {
+    static let script = """
+    import threading, queue
+    work, results = queue.Queue(), queue.Queue()
+    lock = threading.Lock()
+    total = [0]
+    def worker(number):
+        while True:
+            item = work.get()
+            if item is None:
+                work.task_done()
+                return
+            with lock:
+                total[0] += item
+            results.put((number, item * item))
+            work.task_done()
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for thread in threads: thread.start()
+    for item in range(2000): work.put(item)
+    for _ in threads: work.put(None)
+    work.join()
+    for thread in threads: thread.join()
+    squares = []
+    while not results.empty(): squares.append(results.get()[1])
+    print(total[0], sum(squares), len(squares), threading.active_count())
+    print("event", threading.Event().wait(0.05))
+    """
+
+    @Test func threadingRunsAsNatively() throws {
+        let python = DynamicRootfs.python!
+        let library = "/usr/lib/" + URL(fileURLWithPath: python).lastPathComponent
+        let root = try DynamicRootfs.make(programs: [python], folders: [library], name: "python-threads")
+        defer { try? FileManager.default.removeItem(at: root) }
+        let arguments = [python, "-S", "-c", Self.script]
+        let environment = ["LC_ALL=C", "PYTHONHASHSEED=0"]
+        let guest = try GuestRunner.run(arguments, rootfs: root, environment: environment, memoryMiB: 256)
+        let host = try HostFacts.run("/usr/bin/env", ["-i"] + environment + arguments, currentDirectory: root)
+        #expect(guest.status == host.status, "\(guest.stderr) missing: \(guest.vm.missingSyscalls)")
+        #expect(guest.stdout == host.stdout)
+        #expect(host.stdout == "1999000 2664667000 2000 1\nevent False\n")
+    }
 }

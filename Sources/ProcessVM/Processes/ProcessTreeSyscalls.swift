@@ -180,8 +180,8 @@ extension ProcessVM {
             if noHang { return .success(nil) }
             if interrupts.hasPending { return .failure(.EINTR) }
             var entry = pollfd(fd: wake ?? -1, events: Int16(POLLIN), revents: 0)
-            // Without an eventfd, look again every 10 ms.
-            _ = Glibc.poll(&entry, 1, wake == nil ? 10 : -1)
+            // Without an eventfd, look again every 10 ms; the other threads go on meanwhile.
+            _ = releasingMachineState { Glibc.poll(&entry, 1, wake == nil ? 10 : -1) }
             if let wake, entry.revents != 0 { interrupts.wakeup.drain(wake) }
         }
     }
@@ -207,7 +207,7 @@ extension ProcessVM {
         let wake = interrupts.wakeup.waitDescriptor()
         while pendingSignal == nil && !interrupts.hasPending {
             var entry = pollfd(fd: wake ?? -1, events: Int16(POLLIN), revents: 0)
-            _ = Glibc.poll(&entry, 1, wake == nil ? 10 : -1)
+            _ = releasingMachineState { Glibc.poll(&entry, 1, wake == nil ? 10 : -1) }
             if let wake, entry.revents != 0 { interrupts.wakeup.drain(wake) }
         }
         if pendingSignal == nil, let signal = interrupts.takeSignal() { pendingSignal = signal }

@@ -114,7 +114,9 @@ extension ProcessVM {
         while true {
             var checked = host.map { $0.fd == -2 ? pollfd(fd: -1, events: 0, revents: 0) : $0 }
             checked.append(pollfd(fd: wake ?? -1, events: Int16(POLLIN), revents: 0))
-            ready = Glibc.poll(&checked, nfds_t(checked.count), Self.pollSlice(until: deadline, woken: wake != nil))
+            let slice = Self.pollSlice(until: deadline, woken: wake != nil)
+            // The process's other threads serve their calls meanwhile.
+            ready = releasingMachineState { Glibc.poll(&checked, nfds_t(checked.count), slice) }
             if ready < 0 && errno != EINTR { return .error(.EINVAL) }
             if let wake, checked[host.count].revents != 0 { interrupts.wakeup.drain(wake) }
             for index in host.indices {

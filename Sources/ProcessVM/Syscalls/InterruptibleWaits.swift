@@ -70,7 +70,9 @@ extension ProcessVM {
         while true {
             let result = attempt()
             guard result == -Int(EAGAIN), files.guestWaits(fd), let host = files.hostDescriptor(of: fd) else { return result }
-            guard interrupts.waitUntilReady(host, events: events) else { return -Int(EINTR) }
+            // Captured under the lock: the calling thread's, which the wait may not look up.
+            let waits = interrupts
+            guard releasingMachineState({ waits.waitUntilReady(host, events: events) }) else { return -Int(EINTR) }
         }
     }
 

@@ -77,6 +77,9 @@ extension ProcessVM {
             return futexWait(address, expected: UInt32(truncatingIfNeeded: c.a2), timeout: c.a3,
                              absolute: operation == FutexOperation.waitBitset, realtime: realtime, bitset: bitset)
         case FutexOperation.wake, FutexOperation.wakeBitset:
+            // A shared futex's key is its page, which must be there (a private one's is
+            // only its address, as on Linux).
+            if c.int(c.a1) & FutexOperation.privateFlag == 0, space.readValue(address, as: UInt32.self) == nil { return .error(.EFAULT) }
             let bitset = operation == FutexOperation.wake ? FutexTable.anyBitset : UInt32(truncatingIfNeeded: c.a5)
             guard bitset != 0 else { return .error(.EINVAL) }
             // Linux wakes at least one waiter whatever the count.
