@@ -93,6 +93,105 @@ struct ThreadTests {
         #expect(guest.vm.missingSyscalls.isEmpty)
     }
 
+    /// Signals between threads (tgkill to itself and to the first thread, each handled where
+    /// it was sent, with a mask of its own), then exit_group from a thread while the first
+    /// waits in pthread_join: the process's status is the thread's.
+    @Test func signalsBetweenThreadsAndExitGroupAsNatively() throws {
+        let source = """
+        #include <pthread.h>
+        #include <signal.h>
+        #include <stdio.h>
+        #include <stdlib.h>
+        #include <sys/syscall.h>
+        #include <unistd.h>
+        static volatile int first_got, thread_got;
+        static pid_t first;
+        static void on_first(int signal) { first_got = syscall(SYS_gettid) == first ? signal : -signal; }
+        static void on_thread(int signal) { thread_got = syscall(SYS_gettid) != first ? signal : -signal; }
+        static void *run(void *unused) {
+            syscall(SYS_tgkill, getpid(), syscall(SYS_gettid), SIGUSR2);
+            printf("thread handled %d\\n", thread_got);
+            syscall(SYS_tgkill, getpid(), first, SIGUSR1);
+            while (!first_got) sched_yield();
+            printf("first handled %d\\n", first_got);
+            fflush(stdout);
+            exit(5);
+            return unused;
+        }
+        int main(void) {
+            first = syscall(SYS_gettid);
+            // The test runner's threads block most signals, and a spawned program inherits that.
+            sigset_t none;
+            sigemptyset(&none);
+            sigprocmask(SIG_SETMASK, &none, NULL);
+            signal(SIGUSR1, on_first);
+            signal(SIGUSR2, on_thread);
+            sigset_t mask;
+            sigemptyset(&mask);
+            sigaddset(&mask, SIGUSR2);
+            pthread_t thread;
+            pthread_create(&thread, NULL, run, NULL);
+            pthread_sigmask(SIG_BLOCK, &mask, NULL);
+            pthread_join(thread, NULL);
+            printf("never\\n");
+            return 0;
+        }
+        """
+        let root = try GlibcGuest.rootfs(source, name: "thread-signals", flags: ["-O1", "-pthread"])
+        defer { try? FileManager.default.removeItem(at: root) }
+        let host = try HostFacts.run(root.appendingPathComponent("prog").path, [])
+        let guest = try HostileGuestTests.run(root, polled: false)
+        #expect(host.status == 5)
+        #expect(guest.status == host.status, "\(guest.stderr)")
+        #expect(guest.stdout == host.stdout)
+    }
+
+    /// A fork from a thread: the child has only the calling thread (its other threads'
+    /// work is not in it), exits on its own; the parent's threads go on.
+    @Test func aForkFromAThreadKeepsOnlyThatThread() throws {
+        let source = """
+        #include <pthread.h>
+        #include <stdio.h>
+        #include <sys/wait.h>
+        #include <unistd.h>
+        static volatile long spins;
+        static volatile int stop;
+        static void *spin(void *unused) { while (!stop) spins++; return unused; }
+        static void *forker(void *unused) {
+            pid_t child = fork();
+            if (child == 0) {
+                long before = spins;
+                usleep(20000);
+                printf("child: spinner %s\\n", spins == before ? "absent" : "present");
+                fflush(stdout);
+                _exit(4);
+            }
+            int status;
+            waitpid(child, &status, 0);
+            printf("parent: child exited %d\\n", WEXITSTATUS(status));
+            return unused;
+        }
+        int main(void) {
+            pthread_t spinner, thread;
+            pthread_create(&spinner, NULL, spin, NULL);
+            while (!spins) {}
+            pthread_create(&thread, NULL, forker, NULL);
+            pthread_join(thread, NULL);
+            stop = 1;
+            pthread_join(spinner, NULL);
+            printf("done\\n");
+            return 0;
+        }
+        """
+        let root = try GlibcGuest.rootfs(source, name: "thread-fork", flags: ["-O1", "-pthread"])
+        defer { try? FileManager.default.removeItem(at: root) }
+        let host = try HostFacts.run(root.appendingPathComponent("prog").path, [])
+        let guest = try HostileGuestTests.run(root, polled: false, memoryMiB: 64)
+        #expect(host.stdout == "child: spinner absent\nparent: child exited 4\ndone\n")
+        #expect(guest.status == host.status, "\(guest.stderr)")
+        #expect(guest.stdout == host.stdout)
+    }
+
     /// futex on an address the program does not own, or not aligned: the same errors as
     /// natively (EFAULT, EINVAL), and a timed wait times out (ETIMEDOUT) with nobody waking it.
     @Test func futexErrorsAsNatively() throws {
