@@ -192,6 +192,55 @@ struct ThreadTests {
         #expect(guest.stdout == host.stdout)
     }
 
+    /// FUTEX_CMP_REQUEUE moves waiters to another word (a wrong value: EAGAIN), a wake there
+    /// ends their waits with 0; a WAKE_BITSET whose bits miss the waiter's wakes nobody.
+    @Test func futexRequeueAndBitsetAsNatively() throws {
+        let source = """
+        #include <errno.h>
+        #include <linux/futex.h>
+        #include <pthread.h>
+        #include <stdio.h>
+        #include <sys/syscall.h>
+        #include <unistd.h>
+        static int a, b, c;
+        static long futex(int *address, int op, int value, long value2, int *address2, int value3) {
+            long result = syscall(SYS_futex, address, op, value, value2, address2, value3);
+            return result < 0 ? -errno : result;
+        }
+        static void *wait_a(void *unused) { return (void *)futex(&a, FUTEX_WAIT_PRIVATE, 0, 0, NULL, 0); }
+        static void *wait_c(void *unused) { return (void *)futex(&c, FUTEX_WAIT_BITSET_PRIVATE, 0, 0, NULL, 1); }
+        int main(void) {
+            pthread_t first, second, third;
+            pthread_create(&first, NULL, wait_a, NULL);
+            pthread_create(&second, NULL, wait_a, NULL);
+            printf("wrong value %ld\\n", futex(&a, FUTEX_CMP_REQUEUE_PRIVATE, 0, 2, &b, 1));
+            long moved = 0, woken = 0;
+            while (moved < 2) { moved += futex(&a, FUTEX_CMP_REQUEUE_PRIVATE, 0, 2, &b, 0); usleep(1000); }
+            while (woken < 2) woken += futex(&b, FUTEX_WAKE_PRIVATE, 2, 0, NULL, 0);
+            void *one, *two;
+            pthread_join(first, &one);
+            pthread_join(second, &two);
+            printf("requeued %ld woken %ld returned %ld %ld\\n", moved, woken, (long)one, (long)two);
+            pthread_create(&third, NULL, wait_c, NULL);
+            usleep(100000);
+            printf("other bits woke %ld\\n", futex(&c, FUTEX_WAKE_BITSET_PRIVATE, 1, 0, NULL, 2));
+            long right = 0;
+            while (right == 0) right = futex(&c, FUTEX_WAKE_BITSET_PRIVATE, 1, 0, NULL, 1);
+            void *three;
+            pthread_join(third, &three);
+            printf("its bit woke %ld returned %ld\\n", right, (long)three);
+            return 0;
+        }
+        """
+        let root = try GlibcGuest.rootfs(source, name: "futex-requeue", flags: ["-O1", "-pthread"])
+        defer { try? FileManager.default.removeItem(at: root) }
+        let host = try HostFacts.run(root.appendingPathComponent("prog").path, [])
+        let guest = try HostileGuestTests.run(root, polled: false)
+        #expect(host.stdout == "wrong value -11\nrequeued 2 woken 2 returned 0 0\nother bits woke 0\nits bit woke 1 returned 0\n")
+        #expect(guest.status == host.status, "\(guest.stderr)")
+        #expect(guest.stdout == host.stdout)
+    }
+
     /// futex on an address the program does not own, or not aligned: the same errors as
     /// natively (EFAULT, EINVAL), and a timed wait times out (ETIMEDOUT) with nobody waking it.
     @Test func futexErrorsAsNatively() throws {
