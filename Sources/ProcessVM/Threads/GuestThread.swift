@@ -168,8 +168,12 @@ extension ProcessVM {
                 return endProcess(from: thread, status: terminate(with: recordFault(vector: vector)))
             case .interrupted:
                 thread.vcpu.requestImmediateExit(false)
+            case .shutdown:
+                // A triple fault, as the first thread reports it.
+                return endProcess(from: thread, status: .signaled(11))
             default:
-                return endProcess(from: thread, status: .signaled(thread.vcpu.syncRegisters.pointee.regs.rip == 0 ? 11 : 9))
+                EngineDiagnostics.write("vmfork: unexpected VM exit \(exit) in thread \(thread.tid)\n")
+                return endProcess(from: thread, status: .signaled(9))
             }
         }
     }

@@ -167,7 +167,8 @@ extension ProcessVM {
             return .resumed
         }
         releasingMachineState { threads.waitUntilEmpty() }
-        return .exit(.exited(status))
+        // An exit_group or a fatal signal in another thread meanwhile, or a kill, prevails.
+        return .exit(endRequest ?? .exited(status))
     }
 
     /// tgkill (`group` given) and tkill: a signal for one thread of this process, or for
