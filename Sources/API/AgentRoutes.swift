@@ -87,7 +87,8 @@ struct AgentRoutes: Sendable {
             let labels = request.uri.queryParameters.getAll("label").map { String($0) }
             if labels.contains(where: { $0.unicodeScalars.count > 1200 }) { throw APIError.invalid("a label filter is over 1200 characters", field: "label") }
             if labels.contains(where: { $0.isEmpty || $0.hasPrefix("=") }) { throw APIError.invalid("a label filter is KEY or KEY=VALUE with a key", field: "label") }
-            return try json(engine.containers(ContainerFilter(state: state, image: try request.string("image", maxLength: 128), labels: labels)))
+            let listed = engine.containers(ContainerFilter(state: state, image: try request.string("image", maxLength: 128), labels: labels))
+            return try json(try request.bool("memory", default: false) ? engine.withMemory(listed) : listed)
         }
         on(.post, "/v1/containers") { request, context in
             var request = request
@@ -100,7 +101,10 @@ struct AgentRoutes: Sendable {
             let spec = try await request.decodeStrict(ContainerSpec.self)
             return try json(try await engine.runContainer(spec, remove: remove, by: context.actor))
         }
-        on(.get, "/v1/containers/{id}") { _, context in try json(try engine.inspectContainer(try context.parameter("id"))) }
+        on(.get, "/v1/containers/{id}") { request, context in
+            let info = try engine.inspectContainer(try context.parameter("id"))
+            return try json(try request.bool("memory", default: false) ? engine.withMemory([info])[0] : info)
+        }
         on(.delete, "/v1/containers/{id}") { request, context in
             try await engine.removeContainer(try context.parameter("id"), force: try request.bool("force", default: false), by: context.actor)
             return Response(status: .noContent)

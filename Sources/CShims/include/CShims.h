@@ -10,4 +10,5 @@
 #include "cshims_gunzip.h"
 #include "cshims_spawn.h"
 #include "cshims_privileges.h"
+#include "cshims_events.h"
 #endif

@@ -113,14 +113,25 @@ public final class GuestFiles: @unchecked Sendable {
     /// file here share one in the child too), so parent and child share offsets and status
     /// flags exactly as Linux fork() does, while closing a descriptor in one leaves the other's intact.
     public func copyForFork() throws(SystemError) -> GuestFiles {
-        try copy(skipping: 0) { file throws(SystemError) in try file.duplicated() }
+        var copies: [ObjectIdentifier: OpenFile] = [:]
+        return try copy(skipping: 0, copies: &copies) { file throws(SystemError) in try file.duplicated() }
     }
 
     /// A table for a new container forked from a warm parent: unlike fork(), each open file is
     /// reopened so siblings never move each other's offsets (containers stay independent),
     /// and descriptors 0, 1 and 2 are the child's own host streams, opened as a new VM's are.
     public func copyForChildContainer(standardStreams: (input: Int32, output: Int32, error: Int32)) throws(SystemError) -> GuestFiles {
-        let child = try copy(skipping: 3) { file throws(SystemError) in try file.reopenedForAnotherContainer() }
+        // Kernel objects the guest made get fresh ones in the same state (a pipe's both ends
+        // one fresh pipe); every other file is reopened.
+        var pipes: [UInt64: PipeCopy] = [:]
+        var copies: [ObjectIdentifier: OpenFile] = [:]
+        let child = try copy(skipping: 3, copies: &copies) { file throws(SystemError) -> OpenFile in
+            if let fresh = try file.freshForAnotherContainer(pipes: &pipes) { return fresh }
+            return try file.reopenedForAnotherContainer()
+        }
+        for slot in slots.compactMap({ $0 }) {
+            copies[ObjectIdentifier(slot.file)]?.replayRegistrations(of: slot.file, copies: copies)
+        }
         for (index, stream) in [standardStreams.input, standardStreams.output, standardStreams.error].enumerated() {
             child.slots[index] = DescriptorSlot(file: try OpenFile.standardStream(stream), closeOnExec: false)
         }
@@ -129,9 +140,10 @@ public final class GuestFiles: @unchecked Sendable {
 
     /// The same descriptor numbers, close-on-exec flags and working directory, with each open
     /// file copied once by `copyFile` (descriptors that share an open file here share one in
-    /// the copy too). The first `skipped` slots are left empty for the caller to fill.
-    private func copy(skipping skipped: Int, _ copyFile: (OpenFile) throws(SystemError) -> OpenFile) throws(SystemError) -> GuestFiles {
-        var copies: [ObjectIdentifier: OpenFile] = [:]
+    /// the copy too). The first `skipped` slots are left empty for the caller to fill;
+    /// `copies` gets each original's copy.
+    private func copy(skipping skipped: Int, copies: inout [ObjectIdentifier: OpenFile],
+                      _ copyFile: (OpenFile) throws(SystemError) -> OpenFile) throws(SystemError) -> GuestFiles {
         var childSlots: [DescriptorSlot?] = []
         childSlots.reserveCapacity(max(slots.count, skipped))
         for (index, slot) in slots.enumerated() {

@@ -70,6 +70,8 @@ extension OpenFile {
     func duplicated() throws(SystemError) -> OpenFile {
         let copy = OpenFile(host: try HostFileCalls.duplicate(hostFD), isInsideRootfs: isInsideRootfs, access: access, guestStatusFlags: guestStatusFlags)
         copy.disk = disk?.copy()
+        // The same kernel object: an epoll instance keeps one list of registrations.
+        copy.kind = kind
         return copy
     }
 

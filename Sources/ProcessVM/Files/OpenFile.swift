@@ -21,6 +21,9 @@ final class OpenFile {
     /// Set for files of a disk rootfs: what the guest opened there (the host descriptor then
     /// holds a regular file's bytes, or is a placeholder for a folder).
     var disk: DiskFileState?
+    /// What kernel object the guest made, when it made one (a pipe, an eventfd, a timerfd,
+    /// an epoll instance): such an object is never handed to another container as it is.
+    var kind: GuestObjectKind = .file
 
     init(host: consuming FileDescriptor, isInsideRootfs: Bool, access: HostAccess = .neverWaits, guestStatusFlags: Int32? = nil) {
         self.host = host
