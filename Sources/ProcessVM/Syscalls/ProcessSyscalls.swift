@@ -5,7 +5,10 @@ import Glibc
 /// hostname, limits), not the host process serving it.
 extension ProcessVM {
     static let processSyscalls: [(Int, SyscallHandler)] = [
-        (24, { _, _ in .success }), // sched_yield
+        (24, { vm, _ in // sched_yield: the host's, once the process has threads (a spinning thread lets another run)
+            if vm.threads.everHadThreads { _ = Glibc.sched_yield() }
+            return .success
+        }),
         (39, { vm, _ in .int(Int(vm.identity.pid)) }),
         (60, { vm, c in vm.exitThread(status: c.int(c.a0) & 0xFF) }),
         (231, { _, c in .exit(.exited(c.int(c.a0) & 0xFF)) }),
