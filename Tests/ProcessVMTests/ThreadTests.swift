@@ -74,6 +74,24 @@ struct ThreadTests {
         #expect(guest.stdout.contains("distinct tids 1"))
     }
 
+    /// A container forked from a warm parent makes threads in its prepared VM like any
+    /// process; that VM, with vCPUs beyond its first, is then not reused for a sibling.
+    @Test func aForkChildOfAWarmParentRunsThreads() throws {
+        let root = try GlibcGuest.rootfs(Self.summingProgram, name: "threads-forked", flags: ["-O1", "-pthread"])
+        defer { try? FileManager.default.removeItem(at: root) }
+        let host = try HostFacts.run(root.appendingPathComponent("prog").path, [])
+        let system = try #require(GuestRunner.system)
+        let configuration = ProcessVMConfiguration(rootfs: root.path, memoryBytes: 64 << 20)
+        let point = try #require(try ProcessVM.makeForkPoint(system: system, configuration: configuration, executable: "/prog",
+                                                             arguments: ["prog"], environment: [], kind: .entry))
+        let streams = try CapturedStreams()
+        let child = try ProcessVM(forking: point, into: PreparedVM(system: system, forkPoint: point, readAhead: false), identity: GuestIdentity(),
+                                  arguments: ["prog"], environment: [], streams: streams.standard)
+        #expect(try child.run() == .exited(7))
+        #expect(streams.stdout == host.stdout)
+        #expect(try PreparedVM(reusing: child) == nil)
+    }
+
     /// The same program linked dynamically: ld.so, libc.so and pthread_create's clone3 from
     /// the rootfs (this host's own files).
     @Test(.enabled(if: DynamicRootfs.isAvailable, "needs ldd"))
