@@ -332,12 +332,14 @@ public final class ProcessVM: @unchecked Sendable {
 
     /// Sends `signal` (SIGTERM for stop) to the program: its handler runs if it installed
     /// one; otherwise the signal's default action applies (SIGTERM ends it with 143).
-    /// A signal for the process goes to its first thread (Linux picks any thread that does
-    /// not block it).
+    /// A signal for the process goes to its first thread that does not block it (the first
+    /// thread when all do: it stays pending there), as Linux picks one.
     public func sendSignal(_ signal: Int32) {
-        mainThread.interrupts.raiseSignal(signal)
-        mainThread.vcpu.requestImmediateExit()
-        runningThread.kick()
+        let candidates = [mainThread] + threads.all
+        let target = candidates.first { !$0.interrupts.blocks(signal) } ?? mainThread
+        target.interrupts.raiseSignal(signal)
+        target.vcpu.requestImmediateExit()
+        target.slot.kick()
     }
 
     /// Runs the program until it exits, is killed, or faults.
@@ -543,6 +545,8 @@ final class Interrupts: @unchecked Sendable {
 
     /// Set by the VM's own thread, the only one that waits on these requests.
     func setBlocked(_ mask: UInt64) { locked { blocked = mask } }
+    /// Whether the mask holds `signal` (1...64) now.
+    func blocks(_ signal: Int32) -> Bool { (1...64).contains(signal) && locked { blocked & (1 << UInt64(signal - 1)) != 0 } }
 
     /// Takes the lowest pending signal.
     func takeSignal() -> Int32? {

@@ -164,6 +164,48 @@ struct ThreadTests {
         #expect(guest.stdout == host.stdout)
     }
 
+    /// Stop's SIGTERM, blocked by the first thread, goes to a thread that does not block it,
+    /// whose handler runs there.
+    @Test func aSignalForTheProcessGoesToAThreadThatDoesNotBlockIt() throws {
+        let source = """
+        #include <pthread.h>
+        #include <signal.h>
+        #include <stdio.h>
+        #include <sys/syscall.h>
+        #include <unistd.h>
+        static pid_t first;
+        static void on_term(int signal) {
+            const char *where = syscall(SYS_gettid) == first ? "first\\n" : "other\\n";
+            write(1, where, 6);
+            _exit(9);
+        }
+        static void *run(void *unused) { for (;;) pause(); return unused; }
+        int main(void) {
+            first = syscall(SYS_gettid);
+            signal(SIGTERM, on_term);
+            sigset_t mask;
+            sigemptyset(&mask);
+            sigprocmask(SIG_SETMASK, &mask, NULL);
+            pthread_t thread;
+            pthread_create(&thread, NULL, run, NULL);
+            sigaddset(&mask, SIGTERM);
+            pthread_sigmask(SIG_BLOCK, &mask, NULL);
+            printf("ready\\n");
+            fflush(stdout);
+            pthread_join(thread, NULL);
+            return 0;
+        }
+        """
+        let root = try GlibcGuest.rootfs(source, name: "thread-term", flags: ["-O1", "-pthread"])
+        defer { try? FileManager.default.removeItem(at: root) }
+        let streams = try CapturedStreams()
+        let vm = try ProcessVM(system: GuestRunner.system!, configuration: ProcessVMConfiguration(rootfs: root.path, memoryBytes: 64 << 20),
+                               executable: "/prog", arguments: ["/prog"], environment: [], streams: streams.standard)
+        let status = HostileFilesTests.runKilled(vm, after: 0.5, within: 5, stop: true)
+        #expect(status == 9)
+        #expect(streams.stdout == "ready\nother\n")
+    }
+
     /// A fork from a thread: the child has only the calling thread (its other threads'
     /// work is not in it), exits on its own; the parent's threads go on.
     @Test func aForkFromAThreadKeepsOnlyThatThread() throws {
