@@ -73,14 +73,37 @@ public struct StandardStreams: Sendable {
 public final class ProcessVM: @unchecked Sendable {
     public let configuration: ProcessVMConfiguration
     let vm: VirtualMachine
-    let vcpu: VCPU
+    /// The process's first thread (its tid is the pid); the other threads are in `threads`.
+    let mainThread: GuestThread
+    /// The thread whose exit is being served: set by whichever thread holds `machineState`
+    /// (the main thread's by default), so that the per-thread state below is that caller's.
+    var current: GuestThread
+    /// The calling thread's vCPU.
+    var vcpu: VCPU { current.vcpu }
     public let memory: GuestMemory
     let space: AddressSpace
     let files: GuestFiles
     var identity: GuestIdentity
-    var signals = SignalState() {
-        // Waits and deliveries look at the mask from the interrupts' side.
-        didSet { if signals.blocked != oldValue.blocked { interrupts.setBlocked(signals.blocked) } }
+    /// Dispositions, shared by the process's threads (the mask and alternate stack in it are
+    /// unused: `signals` takes them from the calling thread).
+    var sharedSignals = SignalState()
+    /// The calling thread's view: the process's dispositions, its own mask and alternate stack.
+    var signals: SignalState {
+        get {
+            var view = sharedSignals
+            view.blocked = current.blockedSignals
+            view.alternateStack = current.alternateStack
+            return view
+        }
+        set {
+            sharedSignals.actions = newValue.actions
+            current.alternateStack = newValue.alternateStack
+            // Waits and deliveries look at the mask from the interrupts' side.
+            if current.blockedSignals != newValue.blocked {
+                current.blockedSignals = newValue.blocked
+                current.interrupts.setBlocked(newValue.blocked)
+            }
+        }
     }
     var umask: UInt32 = 0o022
     /// PR_SET_NAME's name (the executable's base name at first).
@@ -94,17 +117,22 @@ public final class ProcessVM: @unchecked Sendable {
     public private(set) var missingSyscalls: [Int: Int] = [:]
     /// The fault that ended the program, if one did.
     public private(set) var fault: GuestFault?
-    /// Kill and signal requests from other threads.
-    let interrupts = Interrupts()
+    /// Kill and signal requests from other threads, for the calling thread.
+    var interrupts: Interrupts { current.interrupts }
     /// Held by the vCPU thread whenever it is outside KVM_RUN, and by the system-call poller
     /// while it serves a call: the process state is never touched by both at once.
     let machineState = NSLock()
     /// The mailbox while this VM is registered with the poller.
     var pollerMailbox: UnsafeMutableRawPointer?
-    /// A signal for the program's handler, delivered when it next returns to user code.
-    var pendingSignal: Int32?
+    /// A signal for the calling thread's handler, delivered when it next returns to user code.
+    var pendingSignal: Int32? {
+        get { current.pendingSignal }
+        set { current.pendingSignal = newValue }
+    }
     /// The thread inside `run`, so that kill and stop can kick it out of KVM_RUN.
-    private let runningThread = ThreadSlot()
+    private var runningThread: ThreadSlot { mainThread.slot }
+    /// The process's other threads (see `Threads/`).
+    let threads = ThreadGroup()
     /// When set, `run` stops before serving the program's first read of standard input.
     var stopsAtFirstStandardInputRead = false
     /// When set, `run` stops when the program reaches this address, its main, where the
@@ -114,7 +142,10 @@ public final class ProcessVM: @unchecked Sendable {
     var childArgumentRoom: ChildArgumentRoom?
     /// The address the program gave set_tid_address: glibc's cached thread id, which a
     /// child of a fork point gets its own pid written to, as the kernel's fork does.
-    var threadIDAddress: UInt64?
+    var threadIDAddress: UInt64? {
+        get { current.clearChildTID }
+        set { current.clearChildTID = newValue }
+    }
     /// The warm parent this VM was forked from, if it was.
     var forkedFrom: ForkPoint?
     /// The AT_RANDOM bytes the engine gave the program and their address, as the engine wrote
@@ -168,7 +199,8 @@ public final class ProcessVM: @unchecked Sendable {
         self.configuration = configuration
         poller = configuration.pollsSystemCalls ? SyscallPoller.of(vm.system) : nil
         self.vm = vm
-        self.vcpu = vcpu
+        mainThread = GuestThread(tid: identity.pid, vcpu: vcpu)
+        current = mainThread
         self.memory = memory
         self.space = space
         self.files = files
@@ -291,17 +323,23 @@ public final class ProcessVM: @unchecked Sendable {
 
     /// Makes a running `run()` return promptly with `.signaled(signal)` (SIGKILL semantics).
     public func kill(signal: Int32 = 9) {
-        interrupts.raiseKill(signal)
-        vcpu.requestImmediateExit()
-        runningThread.kick()
+        for thread in [mainThread] + threads.all {
+            thread.interrupts.raiseKill(signal)
+            thread.vcpu.requestImmediateExit()
+            thread.slot.kick()
+        }
     }
 
     /// Sends `signal` (SIGTERM for stop) to the program: its handler runs if it installed
     /// one; otherwise the signal's default action applies (SIGTERM ends it with 143).
+    /// A signal for the process goes to its first thread that does not block it (the first
+    /// thread when all do: it stays pending there), as Linux picks one.
     public func sendSignal(_ signal: Int32) {
-        interrupts.raiseSignal(signal)
-        vcpu.requestImmediateExit()
-        runningThread.kick()
+        let candidates = [mainThread] + threads.all
+        let target = candidates.first { !$0.interrupts.blocks(signal) } ?? mainThread
+        target.interrupts.raiseSignal(signal)
+        target.vcpu.requestImmediateExit()
+        target.slot.kick()
     }
 
     /// Runs the program until it exits, is killed, or faults.
@@ -335,6 +373,7 @@ public final class ProcessVM: @unchecked Sendable {
         let countersBefore = vcpu.counters()
         runningThread.enter()
         machineState.lock()
+        current = mainThread
         if let poller, let mailbox {
             pollerMailbox = mailbox
             poller.watch(self, mailbox: mailbox)
@@ -344,12 +383,13 @@ public final class ProcessVM: @unchecked Sendable {
                 poller.unregister(self)
                 pollerMailbox = nil
             }
+            endOtherThreads()
             machineState.unlock()
             runningThread.leave()
             if let countersBefore, let countersAfter = vcpu.counters() { lastRunCounters = countersAfter - countersBefore }
         }
         while true {
-            if let signal = interrupts.pendingKill { return .ended(.signaled(signal)) }
+            if let status = endRequest { return .ended(status) }
             if pendingSignal == nil, let signal = interrupts.takeSignal() { pendingSignal = signal }
             if pendingSignal != nil, vcpu.syncRegisters.pointee.sregs.cs.selector == X86.Selector.userCode,
                let status = deliverPendingSignal(interrupted: vcpu.syncRegisters.pointee.regs) {
@@ -363,8 +403,9 @@ public final class ProcessVM: @unchecked Sendable {
             }
             let exit: VMExit
             machineState.unlock()
-            let result = Result { () throws(KVMError) in try vcpu.run() }
+            let result = Result { () throws(KVMError) in try mainThread.vcpu.run() }
             machineState.lock()
+            current = mainThread
             do { exit = try result.get() } catch {
                 vcpuStateKnown = false
                 throw .kvm(error)
@@ -380,7 +421,7 @@ public final class ProcessVM: @unchecked Sendable {
                 return .ended(terminate(with: recordFault(vector: vector)))
             case .interrupted:
                 vcpu.requestImmediateExit(false)
-                if let signal = interrupts.pendingKill { return .ended(.signaled(signal)) }
+                if let status = endRequest { return .ended(status) }
             case .shutdown:
                 vcpuStateKnown = false
                 let rip = vcpu.syncRegisters.pointee.regs.rip
@@ -396,13 +437,13 @@ public final class ProcessVM: @unchecked Sendable {
         }
     }
 
-    private func terminate(with signal: Int32) -> ExitStatus {
+    func terminate(with signal: Int32) -> ExitStatus {
         if let fault { EngineDiagnostics.write("vmfork: program terminated by signal \(signal): \(fault)\n") }
         return .signaled(signal)
     }
 
     /// Reads the exception frame the CPU pushed on the exception stack.
-    private func recordFault(vector: UInt8) -> Int32 {
+    func recordFault(vector: UInt8) -> Int32 {
         let hasErrorCode = X86.vectorsWithErrorCode.contains(vector)
         let frameSize = hasErrorCode ? 48 : 40
         let top = memory.pointer(physical: exceptionStackFrame, length: 4096)!
@@ -431,7 +472,7 @@ public final class ProcessVM: @unchecked Sendable {
     }
 
     /// Serves the system call the guest is stopped at; returns a status when it ended the program.
-    private func serveSystemCall() -> ExitStatus? {
+    func serveSystemCall() -> ExitStatus? {
         let sync = vcpu.syncRegisters
         let regs = sync.pointee.regs
         let call = SystemCall(number: Int(truncatingIfNeeded: regs.rax), arguments: (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9))
@@ -460,7 +501,7 @@ public final class ProcessVM: @unchecked Sendable {
 
     /// Acts on the pending signal with the program stopped at `interrupted` (user code).
     /// Returns a status when the signal ends the program.
-    private func deliverPendingSignal(interrupted: kvm_regs) -> ExitStatus? {
+    func deliverPendingSignal(interrupted: kvm_regs) -> ExitStatus? {
         guard let signal = pendingSignal else { return nil }
         pendingSignal = nil
         switch disposition(of: signal) {
@@ -488,6 +529,8 @@ final class Interrupts: @unchecked Sendable {
     /// The program's signal mask: blocked signals stay pending, and neither interrupt a
     /// wait nor are taken for delivery.
     private var blocked: UInt64 = 0
+    /// Set by a futex wake of this thread (see `waitForFutexWake`).
+    private var futexWoken = false
     /// Wakes a host wait of the vCPU thread (`waitUntilReady`) when a request comes.
     let wakeup = InterruptWakeup()
 
@@ -502,6 +545,8 @@ final class Interrupts: @unchecked Sendable {
 
     /// Set by the VM's own thread, the only one that waits on these requests.
     func setBlocked(_ mask: UInt64) { locked { blocked = mask } }
+    /// Whether the mask holds `signal` (1...64) now.
+    func blocks(_ signal: Int32) -> Bool { (1...64).contains(signal) && locked { blocked & (1 << UInt64(signal - 1)) != 0 } }
 
     /// Takes the lowest pending signal.
     func takeSignal() -> Int32? {
@@ -527,6 +572,25 @@ final class Interrupts: @unchecked Sendable {
             let left = seconds - Date().timeIntervalSince(start)
             guard left > 0 else { break }
             _ = condition.wait(until: Date(timeIntervalSinceNow: min(left, Self.longestWait)))
+        }
+        return kill != nil || signals & ~blocked != 0
+    }
+
+    /// Ends a `waitForFutexWake` in progress or about to begin.
+    func wakeFutex() { update { $0.futexWoken = true } }
+    /// Before a futex wait: forgets an earlier wake.
+    func clearFutexWake() { locked { futexWoken = false } }
+
+    /// Waits for a futex wake, up to `seconds` (nil: no limit); true when a kill or an
+    /// unblocked signal came (the wake, if one came too, is seen by the caller's table).
+    func waitForFutexWake(seconds: Double?) -> Bool {
+        let start = Date()
+        condition.lock()
+        defer { condition.unlock() }
+        while !futexWoken && kill == nil && signals & ~blocked == 0 {
+            let left = (seconds ?? Self.longestWait) - Date().timeIntervalSince(start)
+            if seconds != nil, left <= 0 { break }
+            _ = condition.wait(until: Date(timeIntervalSinceNow: min(max(left, 0.001), Self.longestWait)))
         }
         return kill != nil || signals & ~blocked != 0
     }

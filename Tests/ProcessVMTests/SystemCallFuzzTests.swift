@@ -61,6 +61,44 @@ struct SystemCallFuzzTests {
     }
 }
 
+/// Thread calls with random arguments: clone and clone3 (random flags, stacks and TLS, so
+/// threads that start on bad stacks among them), futex in every form, set_tid_address,
+/// the robust list, gettid, sched_yield, tgkill. A futex wait may block for ever, so the
+/// watchdog's kill may end a program: it must end it promptly, every thread included, and
+/// the engine must run the next VM normally.
+@Suite(.enabled(if: HostFacts.hasKVM, "needs /dev/kvm"))
+struct ThreadCallFuzzTests {
+    static let calls: [UInt64] = [56, 435, 202, 202, 202, 218, 273, 274, 186, 24, 234]
+
+    static func program(seed: UInt64, calls count: Int) -> [UInt8] {
+        var random = SplitMix64(seed: seed)
+        var code: [UInt8] = []
+        for _ in 0..<count {
+            let number = calls[Int(random.next() % UInt64(calls.count))]
+            code += TinyELF.load(.rax, number)
+            for register in TinyELF.SyscallRegister.allCases.dropFirst() { code += TinyELF.load(register, SystemCallFuzzTests.argument(&random)) }
+            code += TinyELF.syscallInstruction
+        }
+        return code + TinyELF.exit(0)
+    }
+
+    @Test(arguments: 0..<12)
+    func randomThreadCallsNeverHurtTheEngine(seed: Int) throws {
+        let root = try GuestRunner.rootfs(withProgram: Self.program(seed: UInt64(seed) &* 104_729 &+ 3, calls: 200))
+        let streams = try CapturedStreams()
+        let vm = try ProcessVM(system: GuestRunner.system!, configuration: ProcessVMConfiguration(rootfs: root.path, memoryBytes: 32 << 20, pollsSystemCalls: seed % 2 == 1),
+                               executable: "/prog", arguments: ["/prog"], environment: [], streams: streams.standard)
+        let watchdog = DispatchWorkItem { vm.kill() }
+        DispatchQueue.global().asyncAfter(deadline: .now() + 5, execute: watchdog)
+        let started = ContinuousClock.now
+        _ = try vm.run()
+        watchdog.cancel()
+        #expect(ContinuousClock.now - started < .seconds(10), "seed \(seed) outlived its kill")
+        let healthy = try GuestRunner.run(["/prog"], rootfs: try GuestRunner.rootfs(withProgram: TinyELF.exit(5)))
+        #expect(healthy.status == 5)
+    }
+}
+
 /// The race mode: guests that post memory calls to their own mailbox and run on while the
 /// poller serves them — touching the pages those calls unmap, move and protect, and making
 /// real system calls meanwhile — several VMs at once. Whatever they do, each ends by

@@ -299,7 +299,8 @@ extension PreparedVM {
     /// new VM takes. Nil when the child did not end cleanly (a triple fault or an unexpected
     /// exit leaves the vCPU in an unknown state) or owns more than `reusablePrivatePages`.
     public convenience init?(reusing child: ProcessVM) throws(GuestError) {
-        guard let forkPoint = child.forkedFrom, child.vcpuStateKnown, !child.hasExeced else { return nil }
+        // A child that made threads has vCPUs beyond its first: its VM is not reused.
+        guard let forkPoint = child.forkedFrom, child.vcpuStateKnown, !child.hasExeced, !child.threads.everHadThreads else { return nil }
         let restored: RestoredFrames
         do throws(SystemError) {
             guard let frames = try child.memory.restoreOrigin(maximumPrivatePages: Self.reusablePrivatePages,

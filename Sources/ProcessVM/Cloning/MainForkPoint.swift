@@ -70,7 +70,7 @@ extension ProcessVM {
         switch try runUntilStop() {
         case .atMain:
             return
-        case .ended(.signaled(9)) where interrupts.pendingKill != nil:
+        case .ended(.signaled(9)) where mainThread.interrupts.pendingKill != nil:
             throw .noMainForkPoint("the program's start-up did not reach main within \(limit)")
         case .ended(let status):
             throw .noMainForkPoint("the program ended before it reached main (\(status))")

@@ -115,6 +115,15 @@ extension ProcessVM {
             return .error(.ENOMEM)
         }
 
+        // The other threads end first, as on Linux; an exec from one of them (which Linux
+        // serves by making the caller the first thread) is not served.
+        if !threads.isEmpty {
+            guard current === mainThread else {
+                recordMissing(ProcessCall.execve)
+                return .error(.ENOSYS)
+            }
+            endOtherThreads()
+        }
         // No way back from here: a failure ends the process, as Linux's does.
         do throws(GuestError) {
             try replaceProgram(image: image, file: program.host, interpreter: interpreterImage.map { ($0.image, $0.file.host) },

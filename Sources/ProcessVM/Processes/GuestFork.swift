@@ -44,7 +44,10 @@ extension ProcessVM {
     /// clone(2): flags, child stack, parent tid address, child tid address, TLS.
     func clone(_ c: SystemCall) -> SyscallOutcome {
         let flags = c.a0
-        // Threads, shared tables and namespaces are not a process copy.
+        if flags & CloneFlag.thread != 0 {
+            return cloneThread(flags: flags, stack: c.a1, parentTidAddress: c.a2, childTidAddress: c.a3, tls: c.a4)
+        }
+        // Shared tables and namespaces are not a process copy.
         if flags & CloneFlag.vm != 0 && flags & CloneFlag.vfork == 0 || flags & (CloneFlag.thread | CloneFlag.sighand | CloneFlag.files | CloneFlag.fs) != 0 {
             recordMissing(56)
             return .error(.ENOSYS)
@@ -165,7 +168,8 @@ extension ProcessVM {
         if handlesChildSignal.load(ordering: .relaxed) {
             sendSignal(17)
         } else {
-            interrupts.wakeup.notify()
+            // A wait4 may be in progress in any of its threads.
+            for thread in [mainThread] + threads.all { thread.interrupts.wakeup.notify() }
         }
     }
 }

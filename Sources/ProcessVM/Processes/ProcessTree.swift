@@ -51,6 +51,10 @@ public final class ProcessTree: @unchecked Sendable {
     private var autoReaping: Set<Int32> = []
     private var kvm: (system: KVMSystem, cpuid: CPUIDTable)?
     private var reports: [ProcessReport] = []
+    /// Thread ids given out to the threads (beyond each process's first) alive now: they
+    /// come from the pids' numbers and count against `processLimit`, as RLIMIT_NPROC counts
+    /// threads on Linux.
+    private var threadIDs: Set<Int32> = []
     /// The most reports kept (the first ones): a guest forking in a loop must not grow them.
     static let reportLimit = 4096
 
@@ -90,14 +94,36 @@ public final class ProcessTree: @unchecked Sendable {
     /// container is ending).
     func reservePid(parent: Int32) throws(LinuxErrno) -> Int32 {
         try locked { () throws(LinuxErrno) -> Int32 in
-            guard !terminating, entries.count < processLimit, let parentEntry = entries[parent], parentEntry.status == nil else { throw .EAGAIN }
-            var pid = nextPid
-            // Pids wrap inside the positive range, skipping those in use.
-            while entries[pid] != nil || pid <= 0 { pid = pid >= Int32.max - 1 ? rootPid &+ 1 : pid + 1 }
-            nextPid = pid + 1
+            guard !terminating, entries.count + threadIDs.count < processLimit, let parentEntry = entries[parent], parentEntry.status == nil else { throw .EAGAIN }
+            let pid = takeNextID()
             entries[pid] = Entry(vm: nil, parent: parent, processGroup: parentEntry.processGroup, session: parentEntry.session)
             return pid
         }
+    }
+
+    /// The next free number for a pid or a thread id. Under the lock.
+    private func takeNextID() -> Int32 {
+        var id = nextPid
+        // Ids wrap inside the positive range, skipping those in use.
+        while entries[id] != nil || threadIDs.contains(id) || id <= 0 { id = id >= Int32.max - 1 ? rootPid &+ 1 : id + 1 }
+        nextPid = id + 1
+        return id
+    }
+
+    /// A thread id for a new thread of a process, or EAGAIN at the process limit (threads
+    /// count) or once the container is ending.
+    func reserveThreadID() throws(LinuxErrno) -> Int32 {
+        try locked { () throws(LinuxErrno) -> Int32 in
+            guard !terminating, entries.count + threadIDs.count < processLimit else { throw .EAGAIN }
+            let id = takeNextID()
+            threadIDs.insert(id)
+            return id
+        }
+    }
+
+    /// Gives back the id of a thread that ended (or could not be made).
+    func releaseThreadID(_ id: Int32) {
+        locked { _ = threadIDs.remove(id) }
     }
 
     /// Gives back a pid reserved for a child that could not be made.

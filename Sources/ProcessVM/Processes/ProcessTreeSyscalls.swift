@@ -25,13 +25,7 @@ extension ProcessVM {
         (ProcessCall.wait4, { vm, c in vm.wait4(c) }),
         (ProcessCall.waitid, { vm, c in vm.waitid(c) }),
         (ProcessCall.kill, { vm, c in vm.kill(pid: c.int(c.a0), signal: c.int(c.a1)) }),
-        (ProcessCall.tgkill, { vm, c in
-            let group = c.int(c.a0), thread = c.int(c.a1)
-            // One thread per process: its tid is its pid.
-            guard group > 0, thread > 0 else { return .error(.EINVAL) }
-            guard group == thread else { return .error(.ESRCH) }
-            return vm.kill(pid: thread, signal: c.int(c.a2))
-        }),
+        (ProcessCall.tgkill, { vm, c in vm.threadKill(group: c.int(c.a0), thread: c.int(c.a1), signal: c.int(c.a2)) }),
         (ProcessCall.getppid, { vm, _ in .int(Int(vm.tree.parent(of: vm.identity.pid) ?? vm.identity.parentPid)) }),
         (ProcessCall.setpgid, { vm, c in
             do throws(LinuxErrno) { try vm.tree.setProcessGroup(caller: vm.identity.pid, pid: c.int(c.a0), group: c.int(c.a1)) } catch { return .error(error) }
@@ -186,8 +180,8 @@ extension ProcessVM {
             if noHang { return .success(nil) }
             if interrupts.hasPending { return .failure(.EINTR) }
             var entry = pollfd(fd: wake ?? -1, events: Int16(POLLIN), revents: 0)
-            // Without an eventfd, look again every 10 ms.
-            _ = Glibc.poll(&entry, 1, wake == nil ? 10 : -1)
+            // Without an eventfd, look again every 10 ms; the other threads go on meanwhile.
+            _ = releasingMachineState { Glibc.poll(&entry, 1, wake == nil ? 10 : -1) }
             if let wake, entry.revents != 0 { interrupts.wakeup.drain(wake) }
         }
     }
@@ -213,7 +207,7 @@ extension ProcessVM {
         let wake = interrupts.wakeup.waitDescriptor()
         while pendingSignal == nil && !interrupts.hasPending {
             var entry = pollfd(fd: wake ?? -1, events: Int16(POLLIN), revents: 0)
-            _ = Glibc.poll(&entry, 1, wake == nil ? 10 : -1)
+            _ = releasingMachineState { Glibc.poll(&entry, 1, wake == nil ? 10 : -1) }
             if let wake, entry.revents != 0 { interrupts.wakeup.drain(wake) }
         }
         if pendingSignal == nil, let signal = interrupts.takeSignal() { pendingSignal = signal }

@@ -80,8 +80,17 @@ extension ProcessVM {
     /// one is ready or the timeout passes. The sigmask of epoll_pwait is not applied (as
     /// ppoll's here).
     private func epollWait(_ epfd: Int32, _ address: UInt64, _ maxEvents: Int32, timeout: Double?) -> SyscallOutcome {
-        let host: Int32
-        do { host = try files.epollHost(epfd).host } catch { return .value(-Int64(error.errno)) }
+        // The open file is held for the whole call: another thread closing `epfd` meanwhile
+        // cannot make its host number another file's.
+        let epoll: OpenFile
+        do {
+            _ = try files.epollHost(epfd)
+            epoll = try files.openFile(epfd)
+        } catch {
+            return .value(-Int64(error.errno))
+        }
+        defer { withExtendedLifetime(epoll) {} }
+        let host = epoll.hostFD
         guard maxEvents > 0, Int(maxEvents) <= Self.epollMaxEvents else { return .error(.EINVAL) }
         let count = min(Int(maxEvents), Self.epollEventsPerCall)
         // The whole array must be writable, as Linux checks it first.
@@ -96,7 +105,9 @@ extension ProcessVM {
             if deadline.map({ $0.timeIntervalSinceNow <= 0 }) ?? false { return .int(0) }
             if interrupts.hasPending { return .error(.EINTR) }
             let slice = deadline.map { Int32(max(0, min(3_600_000, ($0.timeIntervalSinceNow * 1000).rounded(.up)))) }
-            guard interrupts.waitUntilReady(host, events: Int16(POLLIN), milliseconds: slice ?? -1) else { return .error(.EINTR) }
+            // The calling thread's, captured under the lock; the process's other threads go on meanwhile.
+            let waits = interrupts
+            guard releasingMachineState({ waits.waitUntilReady(host, events: Int16(POLLIN), milliseconds: slice ?? -1) }) else { return .error(.EINTR) }
         }
         out.removeSubrange((Int(found) * Self.epollEventSize)...)
         return space.write(address, out) ? .int(Int(found)) : .error(.EFAULT)

@@ -103,18 +103,27 @@ extension ProcessVM {
         guard count <= UInt64(files.descriptorLimit) else { return .error(.EINVAL) }
         guard let entries = space.read(address, count: Int(count) * 8) else { return .error(.EFAULT) }
         let invalid: Int16 = 0x20 // POLLNVAL
+        // The open files are held for the whole call: another thread closing a guest
+        // descriptor meanwhile cannot make its host number another file's.
+        var held: [OpenFile] = []
         var host = (0..<Int(count)).map { index -> pollfd in
             let fd = entries.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: index * 8, as: Int32.self) }
             let events = entries.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: index * 8 + 4, as: Int16.self) }
-            return pollfd(fd: fd < 0 ? -1 : files.hostDescriptor(of: fd) ?? -2, events: events, revents: 0)
+            guard fd >= 0 else { return pollfd(fd: -1, events: events, revents: 0) }
+            guard let file = try? files.openFile(fd) else { return pollfd(fd: -2, events: events, revents: 0) }
+            held.append(file)
+            return pollfd(fd: file.hostFD, events: events, revents: 0)
         }
+        defer { withExtendedLifetime(held) {} }
         let deadline = timeout.map { Date(timeIntervalSinceNow: $0) }
         let wake = interrupts.wakeup.waitDescriptor()
         var ready: Int32 = 0
         while true {
             var checked = host.map { $0.fd == -2 ? pollfd(fd: -1, events: 0, revents: 0) : $0 }
             checked.append(pollfd(fd: wake ?? -1, events: Int16(POLLIN), revents: 0))
-            ready = Glibc.poll(&checked, nfds_t(checked.count), Self.pollSlice(until: deadline, woken: wake != nil))
+            let slice = Self.pollSlice(until: deadline, woken: wake != nil)
+            // The process's other threads serve their calls meanwhile.
+            ready = releasingMachineState { Glibc.poll(&checked, nfds_t(checked.count), slice) }
             if ready < 0 && errno != EINTR { return .error(.EINVAL) }
             if let wake, checked[host.count].revents != 0 { interrupts.wakeup.drain(wake) }
             for index in host.indices {

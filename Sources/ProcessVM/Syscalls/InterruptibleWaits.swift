@@ -72,8 +72,13 @@ extension ProcessVM {
     func waitingTransfer(_ fd: Int32, events: Int16, _ attempt: () -> Int) -> Int {
         while true {
             let result = attempt()
-            guard result == -Int(EAGAIN), files.guestWaits(fd), let host = files.hostDescriptor(of: fd) else { return result }
-            guard interrupts.waitUntilReady(host, events: events) else { return -Int(EINTR) }
+            guard result == -Int(EAGAIN), files.guestWaits(fd), let file = try? files.openFile(fd) else { return result }
+            // Captured under the lock: the calling thread's, which the wait may not look up;
+            // and the open file itself, so that its host descriptor stays this file's even if
+            // another thread closes the guest's descriptor meanwhile.
+            let waits = interrupts
+            let ready = releasingMachineState { withExtendedLifetime(file) { waits.waitUntilReady(file.hostFD, events: events) } }
+            guard ready else { return -Int(EINTR) }
         }
     }
 

@@ -5,9 +5,12 @@ import Glibc
 /// hostname, limits), not the host process serving it.
 extension ProcessVM {
     static let processSyscalls: [(Int, SyscallHandler)] = [
-        (24, { _, _ in .success }), // sched_yield
+        (24, { vm, _ in // sched_yield: the host's, once the process has threads (a spinning thread lets another run)
+            if vm.threads.everHadThreads { _ = Glibc.sched_yield() }
+            return .success
+        }),
         (39, { vm, _ in .int(Int(vm.identity.pid)) }),
-        (60, { _, c in .exit(.exited(c.int(c.a0) & 0xFF)) }),
+        (60, { vm, c in vm.exitThread(status: c.int(c.a0) & 0xFF) }),
         (231, { _, c in .exit(.exited(c.int(c.a0) & 0xFF)) }),
         (63, { vm, c in vm.uname(c.a0) }),
         (95, { vm, c in
@@ -26,14 +29,15 @@ extension ProcessVM {
         (115, { _, _ in .success }), // getgroups: no supplementary groups
         (157, { vm, c in vm.prctl(c) }),
         (158, { vm, c in vm.archPrctl(c) }),
-        (186, { vm, _ in .int(Int(vm.identity.pid)) }),
+        (186, { vm, _ in .int(Int(vm.current.tid)) }), // gettid
         (204, { vm, c in vm.schedGetAffinity(c) }),
-        // set_tid_address: one thread, tid = pid; the address is kept for fork children.
+        // set_tid_address: the calling thread's, zeroed and woken at its exit (and where a
+        // fork child's pid goes).
         (218, { vm, c in
             vm.threadIDAddress = c.a0
-            return .int(Int(vm.identity.pid))
+            return .int(Int(vm.current.tid))
         }),
-        (273, { _, _ in .success }), // set_robust_list: one thread, nothing to clean at exit
+        // set_robust_list and get_robust_list: `threadSyscalls`.
         (302, { vm, c in vm.prlimit(c) }),
         (318, { vm, c in vm.getrandom(c) }),
         (334, { vm, c in vm.rseq(c) }),

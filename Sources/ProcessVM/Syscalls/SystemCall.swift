@@ -35,6 +35,7 @@ enum LinuxErrno: Int32, Error {
     case EFAULT = 14, EEXIST = 17, ENOTDIR = 20, EISDIR = 21, EINVAL = 22, EMFILE = 24, ENOTTY = 25
     case ESPIPE = 29, EROFS = 30, ERANGE = 34, ENAMETOOLONG = 36, ENOSYS = 38, ELOOP = 40, ENODEV = 19
     case EOPNOTSUPP = 95
+    case ETIMEDOUT = 110
 }
 
 typealias SyscallHandler = @Sendable (ProcessVM, SystemCall) -> SyscallOutcome
@@ -43,7 +44,8 @@ extension ProcessVM {
     /// System-call numbers to handlers, gathered from each family's table.
     static let syscallTable: [SyscallHandler?] = {
         var table = [SyscallHandler?](repeating: nil, count: 512)
-        for (number, handler) in fileSyscalls + memorySyscalls + processSyscalls + timeSyscalls + signalSyscalls + processTreeSyscalls + suspendSyscalls + eventSyscalls {
+        for (number, handler) in fileSyscalls + memorySyscalls + processSyscalls + timeSyscalls + signalSyscalls + processTreeSyscalls + suspendSyscalls + eventSyscalls
+            + futexSyscalls + threadSyscalls {
             precondition(table[number] == nil, "system call \(number) registered twice")
             table[number] = handler
         }

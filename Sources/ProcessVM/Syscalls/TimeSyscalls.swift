@@ -56,7 +56,8 @@ extension ProcessVM {
             clock_gettime(clockid_t(clock), &now)
             duration -= Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
         }
-        if duration > 0, interrupts.wait(seconds: duration) {
+        let waits = interrupts
+        if duration > 0, releasingMachineState({ waits.wait(seconds: duration) }) {
             // Interrupted by a signal or a kill: the run loop acts on it before the program resumes.
             return .error(.EINTR)
         }
