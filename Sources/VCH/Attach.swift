@@ -34,6 +34,7 @@ final class AttachUpgrader: HTTPServerProtocolUpgrader, Sendable {
         let (host, session) = (self.host, self.session)
         promise.completeWithTask {
             // Any refusal (no such container, a stopped one) is answered as an ordinary request.
+            if host.tracing { host.logger.debug("attach arrived", metadata: ["request": "\(request.path)", "t": Timeline.stamp()]) }
             guard let made = try? await host.attachSession(String(segments[1]), request) else { throw Declined() }
             session.set(made)
             var headers = initialResponseHeaders
@@ -50,6 +51,7 @@ final class AttachUpgrader: HTTPServerProtocolUpgrader, Sendable {
         } catch {
             return context.eventLoop.makeFailedFuture(error)
         }
+        if host.tracing { host.logger.debug("attach upgraded", metadata: ["container": "\(made.id)", "t": Timeline.stamp()]) }
         made.run(on: context.channel)
         return context.eventLoop.makeSucceededVoidFuture()
     }
@@ -96,6 +98,7 @@ final class AttachSession: Sendable {
             do {
                 for try await piece in output where !piece.isEmpty { try await channel.writeAndFlush(ByteBuffer(bytes: piece)) }
             } catch {}
+            if host.tracing { host.logger.debug("attach output ended", metadata: ["container": "\(id)", "t": Timeline.stamp()]) }
             await host.watch.attachEnded(id)
             try? await channel.close()
         }
@@ -140,7 +143,7 @@ extension VirtualContainerHost {
     /// Prepares an attach: the container (404 when not this VCH's), its output from the start
     /// (a container not yet started, or logs=1) or from now, and whether its input is forwarded.
     func attachSession(_ reference: String, _ request: DockerRequest) async throws -> AttachSession {
-        let info = try await resolve(reference)
+        let info = try await resolve(reference, justCreated: true)
         audit("POST \(request.path)", status: 101)
         let logs = try request.bool("logs")
         let stream = try request.bool("stream")

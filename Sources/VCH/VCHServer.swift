@@ -39,6 +39,7 @@ public final class VCHServer: Sendable {
 
     private let group: MultiThreadedEventLoopGroup
     private let channel: any Channel
+    private let host: VirtualContainerHost
     public let logger: Logger
 
     /// Binds and starts answering. `token` is required on TCP.
@@ -76,6 +77,8 @@ public final class VCHServer: Sendable {
         }
         self.group = group
         self.logger = logger
+        self.host = host
+        host.feed.start()
         logger.info("VCH listening", metadata: ["vch": "\(host.name)", "pool": "\(host.configuration.pool)", "listen": "\(listen)",
                                                 "address": "\(channel.localAddress.map { "\($0)" } ?? "?")"])
     }
@@ -85,6 +88,7 @@ public final class VCHServer: Sendable {
 
     /// Stops accepting and closes the connections.
     public func close() async {
+        host.feed.stop()
         try? await channel.close()
         try? await group.shutdownGracefully()
     }
