@@ -87,7 +87,10 @@ struct AgentRoutes: Sendable {
             let labels = request.uri.queryParameters.getAll("label").map { String($0) }
             if labels.contains(where: { $0.unicodeScalars.count > 1200 }) { throw APIError.invalid("a label filter is over 1200 characters", field: "label") }
             if labels.contains(where: { $0.isEmpty || $0.hasPrefix("=") }) { throw APIError.invalid("a label filter is KEY or KEY=VALUE with a key", field: "label") }
-            return try json(engine.containers(ContainerFilter(state: state, image: try request.string("image", maxLength: 128), labels: labels)))
+            let listed = engine.containers(ContainerFilter(state: state, image: try request.string("image", maxLength: 128), labels: labels))
+            // memory=true: each running one's memory (a read of /proc/self/smaps), off the cooperative pool.
+            guard try request.bool("memory", default: false) else { return try json(listed) }
+            return try json(try await engine.onBlockingThread { engine.withMemory(listed) })
         }
         on(.post, "/v1/containers") { request, context in
             var request = request
@@ -100,7 +103,11 @@ struct AgentRoutes: Sendable {
             let spec = try await request.decodeStrict(ContainerSpec.self)
             return try json(try await engine.runContainer(spec, remove: remove, by: context.actor))
         }
-        on(.get, "/v1/containers/{id}") { _, context in try json(try engine.inspectContainer(try context.parameter("id"))) }
+        on(.get, "/v1/containers/{id}") { request, context in
+            let info = try engine.inspectContainer(try context.parameter("id"))
+            guard try request.bool("memory", default: false) else { return try json(info) }
+            return try json(try await engine.onBlockingThread { engine.withMemory([info])[0] })
+        }
         on(.delete, "/v1/containers/{id}") { request, context in
             try await engine.removeContainer(try context.parameter("id"), force: try request.bool("force", default: false), by: context.actor)
             return Response(status: .noContent)
@@ -131,6 +138,12 @@ struct AgentRoutes: Sendable {
         on(.post, "/v1/containers/{id}/kill") { request, context in
             let signal = try request.int("signal", in: 1...64) ?? 9
             return try json(try await engine.killContainer(try context.parameter("id"), signal: Int32(signal), by: context.actor))
+        }
+        on(.get, "/v1/containers/{id}/processes") { _, context in try json(try engine.containerProcesses(try context.parameter("id"))) }
+        on(.get, "/v1/containers/{id}/stats") { _, context in
+            let id = try context.parameter("id")
+            // The memory figures read /proc/self/smaps: a blocking walk, off the cooperative pool.
+            return try json(try await engine.onBlockingThread { try engine.containerStats(id) })
         }
 
         // MARK: Events

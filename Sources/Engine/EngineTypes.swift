@@ -154,6 +154,9 @@ public struct ContainerInfo: Codable, Sendable, Equatable {
     public var forkMicroseconds: Double?
     /// Whether it runs in the VM of an earlier, removed sibling.
     public var reusedVM: Bool?
+    /// Its memory now, as the host kernel accounts it: only when asked for (`memory=true`)
+    /// and while it runs.
+    public var memory: ContainerMemory?
 }
 
 /// How a container ended, as wait returns it.

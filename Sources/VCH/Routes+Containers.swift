@@ -95,7 +95,10 @@ extension VirtualContainerHost {
     }
 
     func inspectContainer(_ reference: String) async throws -> DockerResponse {
-        let info = try await resolve(reference)
+        var info = try await resolve(reference)
+        if info.state == .running, let measured = try? await agent.get("/v1/containers/\(info.id)?memory=true", as: ContainerInfo.self) {
+            info = measured
+        }
         let image = try? await agent.get("/v1/images/\(AgentBackend.escape(info.image))", as: ImageRecord.self)
         return try .json(inspect(info, image: image))
     }

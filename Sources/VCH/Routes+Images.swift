@@ -6,7 +6,7 @@ extension VirtualContainerHost {
     /// The agent image a Docker reference names; 404 "No such image" (the CLI then pulls).
     /// Images come from the cache while the agent's event follow keeps it (see `AgentFeed`).
     func findImage(_ reference: String) async throws -> ImageRecord {
-        if let cached = feed.image(reference) { return cached }
+        if caches, let cached = feed.image(reference) { return cached }
         let epoch = feed.epoch
         for candidate in DockerNames.imageCandidates(reference) {
             do {

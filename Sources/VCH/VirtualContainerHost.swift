@@ -49,6 +49,9 @@ public final class VirtualContainerHost: Sendable {
     /// instead of asking the agent again (until the start, or `createdLifetime`).
     private let created = Mutex<[String: (info: ContainerInfo, at: ContinuousClock.Instant)]>([:])
     static let createdLifetime = Duration.seconds(5)
+    /// False with VMFORK_VCH_CACHES=0 in the environment: every image and container lookup
+    /// asks the agent (how scripts/vch-bench.sh measures what the caches save).
+    let caches = ProcessInfo.processInfo.environment["VMFORK_VCH_CACHES"] != "0"
 
     public init(configuration: Configuration, agent: AgentClient, logger: Logger) throws {
         guard Self.validName(configuration.name) else {
@@ -97,7 +100,7 @@ public final class VirtualContainerHost: Sendable {
     func resolve(_ reference: String, justCreated: Bool = false) async throws -> ContainerInfo {
         let wanted = reference.hasPrefix("/") ? String(reference.dropFirst()) : reference
         guard !wanted.isEmpty else { throw DockerError.noSuchContainer(reference) }
-        if justCreated, let recent = created.withLock({ $0[wanted] }), ContinuousClock.now - recent.at < Self.createdLifetime {
+        if justCreated, caches, let recent = created.withLock({ $0[wanted] }), ContinuousClock.now - recent.at < Self.createdLifetime {
             return recent.info
         }
         // A full id (what the CLI sends after create): one lookup, not the whole list.
