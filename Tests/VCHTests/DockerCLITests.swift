@@ -323,6 +323,15 @@ struct DockerCLITests {
         #expect(images.status == 0 && Set(images.stdout.split(separator: "\n")) == ["busybox:latest", "tool:latest"], "\(images)")
         let defaults = try fixture.docker(socket, ["run", "--rm", "tool"])
         #expect(defaults.stdout == "tool default\n", "the image's own arguments: \(defaults)")
+        // The VCH keeps the image a reference found; an image replaced behind its back (through
+        // the agent) reaches it by the agent's image events: the new environment is the one merged.
+        #expect(try fixture.docker(socket, ["run", "--rm", "-e", "X=1", "tool", "sh", "-c", "echo v$V"]).stdout == "v\n")
+        #expect(try fixture.agent.send("DELETE", "/v1/images/tool").status == 204)
+        try fixture.post("/v1/images", ["name": "tool", "rootfs": fixture.rootfs.path, "executable": "/bin/busybox", "arguments": ["echo", "tool default"],
+                                        "environment": ["PATH=/bin", "V=2"]])
+        try fixture.waitUntil("the VCH runs the new image", timeout: 10) {
+            (try? fixture.docker(socket, ["run", "--rm", "-e", "X=1", "tool", "sh", "-c", "echo v$V"]))?.stdout == "v2\n"
+        }
         let inspect = try fixture.docker(socket, ["image", "inspect", "-f", "{{json .Config.Entrypoint}} {{json .Config.Cmd}}", "tool"])
         #expect(inspect.stdout == "[\"/bin/busybox\"] [\"echo\",\"tool default\"]\n", "\(inspect)")
         let rmi = try fixture.docker(socket, ["rmi", "tool"])
