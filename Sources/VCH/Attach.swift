@@ -98,8 +98,7 @@ final class AttachSession: Sendable {
             do {
                 for try await piece in output where !piece.isEmpty { try await channel.writeAndFlush(ByteBuffer(bytes: piece)) }
             } catch {}
-            if host.tracing { host.logger.debug("attach output ended", metadata: ["container": "\(id)", "t": Timeline.stamp()]) }
-            await host.watch.attachEnded(id)
+            if host.tracing { host.logger.debug("attach output sent", metadata: ["container": "\(id)", "t": Timeline.stamp()]) }
             try? await channel.close()
         }
         let writer = Task {
@@ -157,7 +156,12 @@ extension VirtualContainerHost {
         await watch.attachBegan(info.id)
         let output: AsyncThrowingStream<Data, Error>
         do {
-            output = try await self.output(info, options)
+            // Once the agent's output is read (not yet sent on), an --rm removal may begin.
+            let (watch, id, tracing, logger) = (self.watch, info.id, self.tracing, self.logger)
+            output = ByteStreams.whenProduced(try await self.output(info, options)) {
+                if tracing { logger.debug("attach output read", metadata: ["container": "\(id)", "t": Timeline.stamp()]) }
+                await watch.attachEnded(id)
+            }
         } catch {
             await watch.attachEnded(info.id)
             throw error
