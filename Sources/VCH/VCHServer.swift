@@ -47,7 +47,7 @@ public final class VCHServer: Sendable {
         if case .tcp = listen, token == nil { throw DockerError.badRequest("a TCP listener needs a token") }
         let access = AccessCheck(token: token)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let bootstrap = ServerBootstrap(group: group)
+        var bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
@@ -63,6 +63,10 @@ public final class VCHServer: Sendable {
                     try sync.addHandler(handler, name: HTTPHandler.name)
                 }
             }
+        if case .tcp = listen {
+            // No Nagle delay on small answers (a 101 then a frame, a wait's status line).
+            bootstrap = bootstrap.childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
+        }
         do {
             switch listen {
             case .unix(let path):
