@@ -9,7 +9,7 @@ import Synchronization
 /// cache, container removals wake `wait?condition=removed`. While the follow is down the
 /// cache is not used, and a removal waiter looks again at least once a second.
 final class AgentFeed: Sendable {
-    static let types = "image.add,image.remove,image.pull,container.remove"
+    static let types = "image.add,image.remove,image.pull,image.gc,container.remove"
     /// The longest a removal waiter goes without asking the agent itself.
     static let recheck = Duration.seconds(1)
 
