@@ -4,6 +4,7 @@
 # endpoint that does nothing (scripts/null-docker-endpoint.py), native spawn of
 # busybox, and runc (Debian's) running the same busybox rootfs from an OCI bundle; the
 # docker client's own start (`docker version` against the VCH) is the floor.
+# A second VCH with VMFORK_VCH_CACHES=0 shows what its lookup caches save.
 # Usage: bash scripts/vch-bench.sh [ROUNDS] (default 30). Uses .build/release/vmfork when
 # built and newer than the sources (make build), else .build/debug/vmfork; VMFORK_BIN overrides. Needs /dev/kvm, root (runc), busybox-static.
 set -euo pipefail
@@ -43,6 +44,11 @@ agent POST /v1/placement/warm-parents '{"host":"h1","image":"busybox","node":0}'
 agent POST /v1/placement/pools '{"name":"dev","memoryReservationKiB":524288}'
 "$binary" vch serve --name dev --pool dev --listen "unix://$work/dev.sock" --state "$state" >"$work/vch.log" 2>&1 & pids+=($!)
 for _ in $(seq 100); do [ -S "$work/dev.sock" ] && break; sleep 0.1; done
+# The same VCH with its caches off (VMFORK_VCH_CACHES=0: every image and container lookup asks
+# the agent), on its own pool: what the caches save, in the same rounds.
+agent POST /v1/placement/pools '{"name":"plain","memoryReservationKiB":524288}'
+VMFORK_VCH_CACHES=0 "$binary" vch serve --name plain --pool plain --listen "unix://$work/plain.sock" --state "$state" >"$work/vch-plain.log" 2>&1 & pids+=($!)
+for _ in $(seq 100); do [ -S "$work/plain.sock" ] && break; sleep 0.1; done
 # The docker client's own floor for `run`: an endpoint that answers its five requests at once.
 python3 scripts/null-docker-endpoint.py "$work/null.sock" & pids+=($!)
 for _ in $(seq 100); do [ -S "$work/null.sock" ] && break; sleep 0.1; done
@@ -55,6 +61,7 @@ docker = ["docker", "-H", f"unix://{work}/dev.sock"]
 cases = [
     ("docker version (the client's floor)", lambda i: docker + ["version"], None),
     ("docker run --rm busybox echo hi (VCH)", lambda i: docker + ["run", "--rm", "busybox", "echo", "hi"], b"hi\n"),
+    ("docker run --rm ... (VCH, caches off)", lambda i: ["docker", "-H", f"unix://{work}/plain.sock", "run", "--rm", "busybox", "echo", "hi"], b"hi\n"),
     ("docker run --rm ... (null endpoint: the client alone)", lambda i: ["docker", "-H", f"unix://{work}/null.sock", "run", "--rm", "busybox", "echo", "hi"], b"hi\n"),
     ("vmfork container run busybox echo hi (host agent)", lambda i: [binary, "container", "run", "--state", f"{work}/state", "busybox", "--", "echo", "hi"], b"hi\n"),
     ("native spawn: busybox echo hi", lambda i: ["/bin/busybox", "echo", "hi"], b"hi\n"),
@@ -80,4 +87,6 @@ null_run = statistics.median(samples["docker run --rm ... (null endpoint: the cl
 print(f"docker run through the VCH is {run - floor:.1f} ms p50 above the floor (target: within 5 ms)")
 print(f"the client's own run costs {null_run - floor:.1f} ms above that floor (an endpoint that answers at once);")
 print(f"the VCH, the agent and the container add {run - null_run:.1f} ms p50 to it")
+plain = statistics.median(samples["docker run --rm ... (VCH, caches off)"])
+print(f"the VCH's lookup caches save {plain - run:.1f} ms p50 (the same VCH with VMFORK_VCH_CACHES=0)")
 PY

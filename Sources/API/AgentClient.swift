@@ -79,13 +79,16 @@ public final class AgentClient: Sendable {
 
     /// Sends a request whose response streams (logs or events with follow): `onChunk` gets
     /// each piece of the body as it arrives and returns false to stop. Returns the status.
+    /// `onStatus` hears the status as soon as the head is in (a follow that says nothing yet
+    /// is still connected).
     @discardableResult
-    public func stream(_ method: String, _ path: String, onChunk: (Data) -> Bool) throws -> Int {
+    public func stream(_ method: String, _ path: String, onStatus: (Int) -> Void = { _ in }, onChunk: (Data) -> Bool) throws -> Int {
         let fd = try connect()
         defer { close(fd) }
         try writeRequest(fd, method, path, body: nil, contentType: "application/json", keepAlive: false)
         var reader = Reader(fd: fd)
         let (status, headers) = try reader.readHead()
+        onStatus(status)
         if headers["transfer-encoding"]?.lowercased() == "chunked" {
             while let chunk = try reader.readChunk() {
                 if !onChunk(chunk) { break }

@@ -89,7 +89,9 @@ struct AgentRoutes: Sendable {
             if labels.contains(where: { $0.unicodeScalars.count > 1200 }) { throw APIError.invalid("a label filter is over 1200 characters", field: "label") }
             if labels.contains(where: { $0.isEmpty || $0.hasPrefix("=") }) { throw APIError.invalid("a label filter is KEY or KEY=VALUE with a key", field: "label") }
             let listed = engine.containers(ContainerFilter(state: state, image: try request.string("image", maxLength: 128), labels: labels))
-            return try json(try request.bool("memory", default: false) ? engine.withMemory(listed) : listed)
+            // memory=true: each running one's memory (a read of /proc/self/smaps), off the cooperative pool.
+            guard try request.bool("memory", default: false) else { return try json(listed) }
+            return try json(try await engine.onBlockingThread { engine.withMemory(listed) })
         }
         on(.post, "/v1/containers") { request, context in
             var request = request
@@ -104,7 +106,8 @@ struct AgentRoutes: Sendable {
         }
         on(.get, "/v1/containers/{id}") { request, context in
             let info = try engine.inspectContainer(try context.parameter("id"))
-            return try json(try request.bool("memory", default: false) ? engine.withMemory([info])[0] : info)
+            guard try request.bool("memory", default: false) else { return try json(info) }
+            return try json(try await engine.onBlockingThread { engine.withMemory([info])[0] })
         }
         on(.delete, "/v1/containers/{id}") { request, context in
             try await engine.removeContainer(try context.parameter("id"), force: try request.bool("force", default: false), by: context.actor)
@@ -136,6 +139,12 @@ struct AgentRoutes: Sendable {
         on(.post, "/v1/containers/{id}/kill") { request, context in
             let signal = try request.int("signal", in: 1...64) ?? 9
             return try json(try await engine.killContainer(try context.parameter("id"), signal: Int32(signal), by: context.actor))
+        }
+        on(.get, "/v1/containers/{id}/processes") { _, context in try json(try engine.containerProcesses(try context.parameter("id"))) }
+        on(.get, "/v1/containers/{id}/stats") { _, context in
+            let id = try context.parameter("id")
+            // The memory figures read /proc/self/smaps: a blocking walk, off the cooperative pool.
+            return try json(try await engine.onBlockingThread { try engine.containerStats(id) })
         }
 
         // MARK: Events

@@ -1,18 +1,23 @@
 import API
 import Foundation
+import Logging
 import Synchronization
 
 /// The host agent as the VCH uses it: its HTTP API through `AgentClient`, never the engine.
 /// The agent's refusals become Docker's (same status, the agent's message).
 struct AgentBackend: Sendable {
     let client: AgentClient
+    var logger: Logger?
 
     /// Sends one request; a status of 300 or more is thrown as a `DockerError`.
     @discardableResult
     func call(_ method: String, _ path: String, body: Data? = nil) async throws -> AgentClient.Response {
         let response: AgentClient.Response
+        let started = logger == nil ? 0 : Timeline.now
         do {
             response = try await client.send(method, path, body: body)
+            logger?.debug("agent call", metadata: ["call": "\(method) \(path)", "status": "\(response.status)",
+                                                   "t0": .string(String(format: "%.3f", started)), "t": Timeline.stamp()])
         } catch {
             throw DockerError(status: .serviceUnavailable, message: "the host agent cannot be reached: \(error)")
         }

@@ -34,6 +34,7 @@ final class AttachUpgrader: HTTPServerProtocolUpgrader, Sendable {
         let (host, session) = (self.host, self.session)
         promise.completeWithTask {
             // Any refusal (no such container, a stopped one) is answered as an ordinary request.
+            if host.tracing { host.logger.debug("attach arrived", metadata: ["request": "\(request.path)", "t": Timeline.stamp()]) }
             guard let made = try? await host.attachSession(String(segments[1]), request) else { throw Declined() }
             session.set(made)
             var headers = initialResponseHeaders
@@ -50,6 +51,7 @@ final class AttachUpgrader: HTTPServerProtocolUpgrader, Sendable {
         } catch {
             return context.eventLoop.makeFailedFuture(error)
         }
+        if host.tracing { host.logger.debug("attach upgraded", metadata: ["container": "\(made.id)", "t": Timeline.stamp()]) }
         made.run(on: context.channel)
         return context.eventLoop.makeSucceededVoidFuture()
     }
@@ -96,7 +98,7 @@ final class AttachSession: Sendable {
             do {
                 for try await piece in output where !piece.isEmpty { try await channel.writeAndFlush(ByteBuffer(bytes: piece)) }
             } catch {}
-            await host.watch.attachEnded(id)
+            if host.tracing { host.logger.debug("attach output sent", metadata: ["container": "\(id)", "t": Timeline.stamp()]) }
             try? await channel.close()
         }
         let writer = Task {
@@ -140,7 +142,7 @@ extension VirtualContainerHost {
     /// Prepares an attach: the container (404 when not this VCH's), its output from the start
     /// (a container not yet started, or logs=1) or from now, and whether its input is forwarded.
     func attachSession(_ reference: String, _ request: DockerRequest) async throws -> AttachSession {
-        let info = try await resolve(reference)
+        let info = try await resolve(reference, justCreated: true)
         audit("POST \(request.path)", status: 101)
         let logs = try request.bool("logs")
         let stream = try request.bool("stream")
@@ -154,7 +156,12 @@ extension VirtualContainerHost {
         await watch.attachBegan(info.id)
         let output: AsyncThrowingStream<Data, Error>
         do {
-            output = try await self.output(info, options)
+            // Once the agent's output is read (not yet sent on), an --rm removal may begin.
+            let (watch, id, tracing, logger) = (self.watch, info.id, self.tracing, self.logger)
+            output = ByteStreams.whenProduced(try await self.output(info, options)) {
+                if tracing { logger.debug("attach output read", metadata: ["container": "\(id)", "t": Timeline.stamp()]) }
+                await watch.attachEnded(id)
+            }
         } catch {
             await watch.attachEnded(info.id)
             throw error

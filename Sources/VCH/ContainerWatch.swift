@@ -2,9 +2,10 @@ import Engine
 import Foundation
 
 /// What the VCH itself must remember about its containers while it runs: the attach streams
-/// still sending a container's output, and the removals it made for `--rm`. A container
-/// started with AutoRemove is removed once it has exited and every attach stream has sent
-/// its output (the log files go with the container), then `wait?condition=removed` answers.
+/// still reading a container's output from the agent, and the removals it made for `--rm`. A
+/// container started with AutoRemove is removed once it has exited and every attach stream
+/// has read its output (the log files go with the container), then `wait?condition=removed`
+/// answers.
 actor ContainerWatch {
     private var attaching: [String: Int] = [:]
     private var drainWaiters: [String: [CheckedContinuation<Void, Never>]] = [:]

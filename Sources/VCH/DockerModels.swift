@@ -100,6 +100,23 @@ struct ContainerInspect: Encodable {
         let Parent: String
         let ForkMicroseconds: Double?
         let ExitReason: String?
+        /// While it runs: bytes it owns and bytes it still shares with its warm parent (null
+        /// once it has ended: always present, so that templates can test them).
+        let MemoryPrivateBytes: Int?
+        let MemorySharedBytes: Int?
+
+        enum CodingKeys: CodingKey { case Pool, PlacementID, Parent, ForkMicroseconds, ExitReason, MemoryPrivateBytes, MemorySharedBytes }
+
+        func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encodeIfPresent(Pool, forKey: .Pool)
+            try container.encodeIfPresent(PlacementID, forKey: .PlacementID)
+            try container.encode(Parent, forKey: .Parent)
+            try container.encodeIfPresent(ForkMicroseconds, forKey: .ForkMicroseconds)
+            try container.encodeIfPresent(ExitReason, forKey: .ExitReason)
+            try container.encode(MemoryPrivateBytes, forKey: .MemoryPrivateBytes)
+            try container.encode(MemorySharedBytes, forKey: .MemorySharedBytes)
+        }
     }
     let Id: String
     let Created: String

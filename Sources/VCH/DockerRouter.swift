@@ -84,7 +84,9 @@ extension VirtualContainerHost {
             let info = try await resolve(id)
             if info.state == .exited, try !request.bool("logs") { throw DockerError.conflict("You cannot attach to a stopped container, start it first") }
             throw DockerError.badRequest("attach needs the connection upgrade (Connection: Upgrade, Upgrade: tcp)")
-        case (.GET, "top"), (.GET, "stats"), (.GET, "changes"), (.GET, "export"), (.POST, "pause"), (.POST, "unpause"),
+        case (.GET, "top"): return try await top(id, request)
+        case (.GET, "stats"): return try await stats(id, request)
+        case (.GET, "changes"), (.GET, "export"), (.POST, "pause"), (.POST, "unpause"),
              (.POST, "restart"), (.POST, "update"), (.POST, "rename"), (.POST, "exec"), (.GET, "archive"), (.PUT, "archive"),
              (.HEAD, "archive"), (.POST, "commit"):
             _ = try await resolve(id)

@@ -29,7 +29,7 @@ extension VirtualContainerHost {
                           WorkingDir: "", Entrypoint: entrypoint, Labels: Self.userLabels(info)),
             NetworkSettings: .init(Networks: [:]), Mounts: [],
             VMFork: .init(Pool: info.pool, PlacementID: info.placementID, Parent: info.parent, ForkMicroseconds: info.forkMicroseconds,
-                          ExitReason: info.exitReason))
+                          ExitReason: info.exitReason, MemoryPrivateBytes: info.memory?.privateBytes, MemorySharedBytes: info.memory?.sharedBytes))
     }
 }
 

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import NIOCore
 import NIOHTTP1
 
@@ -29,6 +30,7 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let head):
+            if host.tracing { host.logger.debug("request arrived", metadata: ["request": "\(head.method.rawValue) \(head.uri)", "t": Timeline.stamp()]) }
             self.head = head
             body.clear()
             overLimit = false
@@ -45,7 +47,8 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             let keepAlive = head.isKeepAlive
             let task = Task {
                 let response = await host.answer(request, access: access, overLimit: overLimit)
-                await ResponseWriter.write(response, to: channel, keepAlive: keepAlive, head: request.method == .HEAD)
+                await ResponseWriter.write(response, to: channel, keepAlive: keepAlive, head: request.method == .HEAD,
+                                           trace: host.tracing ? (host.logger, "\(request.method.rawValue) \(request.path)") : nil)
             }
             channel.closeFuture.whenComplete { _ in task.cancel() }
         }
@@ -70,7 +73,7 @@ extension VirtualContainerHost {
 
 /// Writes an answer to a connection.
 enum ResponseWriter {
-    static func write(_ response: DockerResponse, to channel: any Channel, keepAlive: Bool, head: Bool) async {
+    static func write(_ response: DockerResponse, to channel: any Channel, keepAlive: Bool, head: Bool, trace: (Logger, String)? = nil) async {
         var headers = HTTPHeaders(response.headers)
         headers.replaceOrAdd(name: "Server", value: "vmfork-vch/\(VirtualContainerHost.version)")
         headers.replaceOrAdd(name: "Date", value: DockerTime.rfc3339(Date().timeIntervalSince1970))
@@ -84,13 +87,18 @@ enum ResponseWriter {
         }
         if !keepAlive { headers.replaceOrAdd(name: "Connection", value: "close") }
         do {
-            try await channel.writeAndFlush(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: response.status, headers: headers)))
+            let responseHead = HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: response.status, headers: headers))
             switch response.body {
-            case .empty:
-                break
-            case .full(let data):
-                if !head { try await channel.writeAndFlush(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(bytes: data)))) }
+            case .empty, .full:
+                // A whole answer goes out in one flush (one write to the socket).
+                channel.write(responseHead, promise: nil)
+                if case .full(let data) = response.body, !head { channel.write(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(bytes: data))), promise: nil) }
+                try await channel.writeAndFlush(HTTPServerResponsePart.end(nil))
+                if let (logger, request) = trace { logger.debug("answer sent", metadata: ["request": "\(request)", "status": "\(response.status.code)", "t": Timeline.stamp()]) }
             case .stream(let pieces):
+                // The head at once (the docker CLI sends start only once its wait has it).
+                try await channel.writeAndFlush(responseHead)
+                if let (logger, request) = trace { logger.debug("answer head sent", metadata: ["request": "\(request)", "status": "\(response.status.code)", "t": Timeline.stamp()]) }
                 do {
                     for try await piece in pieces where !piece.isEmpty {
                         try await channel.writeAndFlush(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(bytes: piece))))
@@ -100,8 +108,9 @@ enum ResponseWriter {
                 } catch {
                     // The status is sent: a stream that fails ends early (Docker's daemon does the same).
                 }
+                try await channel.writeAndFlush(HTTPServerResponsePart.end(nil))
+                if let (logger, request) = trace { logger.debug("answer end sent", metadata: ["request": "\(request)", "t": Timeline.stamp()]) }
             }
-            try await channel.writeAndFlush(HTTPServerResponsePart.end(nil))
             if !keepAlive { try await channel.close() }
         } catch {
             try? await channel.close()

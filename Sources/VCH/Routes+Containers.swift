@@ -63,6 +63,7 @@ extension VirtualContainerHost {
         }
         let info = try response.decode(ContainerInfo.self)
         events.remember(info)
+        rememberCreated(info)
         return try .json(CreateAnswer(Id: info.id, Warnings: []), status: .created)
     }
 
@@ -94,13 +95,17 @@ extension VirtualContainerHost {
     }
 
     func inspectContainer(_ reference: String) async throws -> DockerResponse {
-        let info = try await resolve(reference)
+        var info = try await resolve(reference)
+        if info.state == .running, let measured = try? await agent.get("/v1/containers/\(info.id)?memory=true", as: ContainerInfo.self) {
+            info = measured
+        }
         let image = try? await agent.get("/v1/images/\(AgentBackend.escape(info.image))", as: ImageRecord.self)
         return try .json(inspect(info, image: image))
     }
 
     func startContainer(_ reference: String) async throws -> DockerResponse {
-        let info = try await resolve(reference)
+        let info = try await resolve(reference, justCreated: true)
+        forgetCreated(info.id)
         switch info.state {
         case .running: return DockerResponse(status: .notModified)
         case .exited: throw DockerError.conflict("container \(dockerName(info)) has exited; this VCH cannot restart a container (its VM is gone): create a new one")
@@ -147,6 +152,7 @@ extension VirtualContainerHost {
         Task { [agent, watch, logger] in
             let exit = await watch.exit(id, agent: agent) ?? ExitInfo(exitCode: 137, reason: "unknown")
             let exited = ContinuousClock.now
+            logger.debug("exit known", metadata: ["container": "\(id)", "t": Timeline.stamp()])
             await watch.drained(id)
             let drained = ContinuousClock.now
             do {
@@ -156,7 +162,7 @@ extension VirtualContainerHost {
             }
             await watch.markRemoved(id, exit: exit)
             logger.debug("auto-removed", metadata: ["container": "\(id)", "drainMs": "\(Self.milliseconds(drained - exited))",
-                                                    "removeMs": "\(Self.milliseconds(ContinuousClock.now - drained))"])
+                                                    "removeMs": "\(Self.milliseconds(ContinuousClock.now - drained))", "t": Timeline.stamp()])
         }
     }
 
@@ -170,6 +176,7 @@ extension VirtualContainerHost {
         }
         let grace = try request.int("t", in: -1...3600) ?? 10
         let info = try await resolve(reference)
+        forgetCreated(info.id)
         guard info.state != .exited else { return DockerResponse(status: .notModified) }
         try await agent.call("POST", "/v1/containers/\(info.id)/stop?grace=\(max(grace, 0))")
         return .noContent
@@ -179,6 +186,7 @@ extension VirtualContainerHost {
         let text = request.string("signal").flatMap { $0.isEmpty ? nil : $0 } ?? "KILL"
         guard let signal = DockerNames.signal(text) else { throw DockerError.badRequest("invalid signal: \(text)") }
         let info = try await resolve(reference)
+        forgetCreated(info.id)
         guard info.state != .exited else {
             throw DockerError.conflict("cannot kill container: \(dockerName(info)): container \(info.id) is not running")
         }
@@ -193,6 +201,7 @@ extension VirtualContainerHost {
         if info.state == .running, !force {
             throw DockerError.conflict("cannot remove container \"/\(dockerName(info))\": container is running: stop the container before removing or force remove")
         }
+        forgetCreated(info.id)
         try await agent.call("DELETE", "/v1/containers/\(info.id)?force=\(force)")
         events.remember(info)
         return .noContent
@@ -204,8 +213,8 @@ extension VirtualContainerHost {
         guard ["not-running", "next-exit", "removed"].contains(condition) else {
             throw DockerError.badRequest("invalid condition: \"\(condition)\" (not-running, next-exit or removed)")
         }
-        let info = try await resolve(reference)
-        let (agent, watch) = (self.agent, self.watch)
+        let info = try await resolve(reference, justCreated: true)
+        let (agent, watch, feed) = (self.agent, self.watch, self.feed)
         let id = info.id
         let autoRemove = info.labels[Label.autoRemove] == "1"
         let exitInfo: @Sendable () async throws -> ExitInfo = {
@@ -213,7 +222,17 @@ extension VirtualContainerHost {
             if condition == "removed", autoRemove { return await watch.removal(id) }
             guard let exit = await watch.exit(id, agent: agent) else { throw DockerError.noSuchContainer(reference) }
             if condition == "removed" {
-                while (try? await agent.call("GET", "/v1/containers/\(id)")) != nil { try await Task.sleep(for: .milliseconds(50)) }
+                // The agent's removal event wakes it (one follow for the whole VCH); it asks
+                // the agent itself after registering, and again if no event comes within a second.
+                while !Task.isCancelled {
+                    let token = feed.expectRemoval(id)
+                    guard (try? await agent.call("GET", "/v1/containers/\(id)")) != nil else {
+                        feed.cancelRemoval(id, token: token)
+                        break
+                    }
+                    await feed.awaitRemoval(id, token: token)
+                }
+                try Task.checkCancellation()
             }
             return exit
         }

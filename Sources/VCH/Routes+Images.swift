@@ -4,10 +4,15 @@ import Foundation
 /// images, image inspect, rmi, pull. Images belong to the host agent, shared by its VCHs.
 extension VirtualContainerHost {
     /// The agent image a Docker reference names; 404 "No such image" (the CLI then pulls).
+    /// Images come from the cache while the agent's event follow keeps it (see `AgentFeed`).
     func findImage(_ reference: String) async throws -> ImageRecord {
+        if caches, let cached = feed.image(reference) { return cached }
+        let epoch = feed.epoch
         for candidate in DockerNames.imageCandidates(reference) {
             do {
-                return try await agent.get("/v1/images/\(AgentBackend.escape(candidate))", as: ImageRecord.self)
+                let image = try await agent.get("/v1/images/\(AgentBackend.escape(candidate))", as: ImageRecord.self)
+                feed.cache(image, as: reference, readAt: epoch)
+                return image
             } catch let error as DockerError where error.status == .notFound || error.status == .badRequest {
                 continue
             }
@@ -46,7 +51,9 @@ extension VirtualContainerHost {
     func removeImage(_ reference: String, _ request: DockerRequest) async throws -> DockerResponse {
         if try request.bool("force") { throw DockerError.badRequest("rmi --force is not supported: remove the image's containers first") }
         let image = try await findImage(reference)
+        feed.forgetImages()
         try await agent.call("DELETE", "/v1/images/\(AgentBackend.escape(image.name))")
+        feed.forgetImages()
         return try .json([["Untagged": DockerNames.tag(image.name)], ["Deleted": DockerNames.imageID(image)]])
     }
 
@@ -57,7 +64,7 @@ extension VirtualContainerHost {
         guard let from = request.string("fromImage"), !from.isEmpty else { throw DockerError.badRequest("pull needs fromImage") }
         let tag = request.string("tag").flatMap { $0.isEmpty ? nil : $0 }
         let reference = tag.map { $0.hasPrefix("sha256:") ? "\(from)@\($0)" : "\(from):\($0)" } ?? from
-        let agent = self.agent
+        let (agent, feed) = (self.agent, self.feed)
         let shown = DockerNames.tag(DockerNames.shortReference(reference))
         let body = AsyncThrowingStream<Data, Error> { continuation in
             func line(_ object: [String: Any]) {
@@ -66,6 +73,7 @@ extension VirtualContainerHost {
             let task = Task {
                 line(["status": "Pulling from \(from)", "id": tag ?? "latest"])
                 do {
+                    feed.forgetImages()
                     let response = try await agent.call("POST", "/v1/images/pull", body: try JSONSerialization.data(withJSONObject: ["reference": reference]))
                     let image = try response.decode(ImageRecord.self)
                     line(["status": "Digest: \(DockerNames.imageID(image))"])

@@ -57,6 +57,24 @@ enum ByteStreams {
         return stream
     }
 
+    /// `source`'s pieces; `ended` runs once, as soon as `source` has ended (or the consumer
+    /// went away), while the consumer may still be sending the last pieces on.
+    static func whenProduced(_ source: AsyncThrowingStream<Data, Error>, _ ended: @escaping @Sendable () async -> Void) -> AsyncThrowingStream<Data, Error> {
+        let (stream, continuation) = AsyncThrowingStream<Data, Error>.makeStream()
+        let task = Task {
+            do {
+                for try await piece in source { continuation.yield(piece) }
+                await ended()
+                continuation.finish()
+            } catch {
+                await ended()
+                continuation.finish(throwing: error)
+            }
+        }
+        continuation.onTermination = { _ in task.cancel() }
+        return stream
+    }
+
     /// One piece, then the end.
     static func single(_ data: Data) -> AsyncThrowingStream<Data, Error> {
         AsyncThrowingStream { continuation in

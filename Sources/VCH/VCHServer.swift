@@ -39,6 +39,7 @@ public final class VCHServer: Sendable {
 
     private let group: MultiThreadedEventLoopGroup
     private let channel: any Channel
+    private let host: VirtualContainerHost
     public let logger: Logger
 
     /// Binds and starts answering. `token` is required on TCP.
@@ -46,7 +47,7 @@ public final class VCHServer: Sendable {
         if case .tcp = listen, token == nil { throw DockerError.badRequest("a TCP listener needs a token") }
         let access = AccessCheck(token: token)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let bootstrap = ServerBootstrap(group: group)
+        var bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
@@ -62,6 +63,10 @@ public final class VCHServer: Sendable {
                     try sync.addHandler(handler, name: HTTPHandler.name)
                 }
             }
+        if case .tcp = listen {
+            // No Nagle delay on small answers (a 101 then a frame, a wait's status line).
+            bootstrap = bootstrap.childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
+        }
         do {
             switch listen {
             case .unix(let path):
@@ -76,6 +81,8 @@ public final class VCHServer: Sendable {
         }
         self.group = group
         self.logger = logger
+        self.host = host
+        host.feed.start()
         logger.info("VCH listening", metadata: ["vch": "\(host.name)", "pool": "\(host.configuration.pool)", "listen": "\(listen)",
                                                 "address": "\(channel.localAddress.map { "\($0)" } ?? "?")"])
     }
@@ -85,6 +92,7 @@ public final class VCHServer: Sendable {
 
     /// Stops accepting and closes the connections.
     public func close() async {
+        host.feed.stop()
         try? await channel.close()
         try? await group.shutdownGracefully()
     }

@@ -2,6 +2,7 @@ import API
 import Engine
 import Foundation
 import Logging
+import Synchronization
 
 /// One Virtual Container Host: the Docker Engine API for one resource pool, over the host
 /// agent's API. Its containers carry the label `vmfork.vch=NAME` and are charged to its pool;
@@ -42,19 +43,32 @@ public final class VirtualContainerHost: Sendable {
     let watch = ContainerWatch()
     let events: EventTranslator
     let auditLog: AuditLog
+    let feed: AgentFeed
+    /// Containers this VCH just created, as the agent answered the create: the docker CLI's
+    /// attach, wait and start that follow name them by id, and are answered from here
+    /// instead of asking the agent again (until the start, or `createdLifetime`).
+    private let created = Mutex<[String: (info: ContainerInfo, at: ContinuousClock.Instant)]>([:])
+    static let createdLifetime = Duration.seconds(5)
+    /// False with VMFORK_VCH_CACHES=0 in the environment: every image and container lookup
+    /// asks the agent (how scripts/vch-bench.sh measures what the caches save).
+    let caches = ProcessInfo.processInfo.environment["VMFORK_VCH_CACHES"] != "0"
 
     public init(configuration: Configuration, agent: AgentClient, logger: Logger) throws {
         guard Self.validName(configuration.name) else {
             throw DockerError.badRequest("VCH name \"\(configuration.name)\" must be 1-30 letters, digits, '_' or '-', starting with a letter or digit")
         }
         self.configuration = configuration
-        self.agent = AgentBackend(client: agent)
+        self.agent = AgentBackend(client: agent, logger: logger.logLevel <= .debug ? logger : nil)
         self.logger = logger
         self.events = EventTranslator(owner: configuration.name)
+        self.feed = AgentFeed(client: agent, logger: logger)
         self.auditLog = AuditLog(agent: self.agent, vch: configuration.name, pool: configuration.pool, logger: logger)
     }
 
     var name: String { configuration.name }
+
+    /// Whether the debug log traces each request's times (see `Timeline`).
+    var tracing: Bool { logger.logLevel <= .debug }
 
     static func validName(_ name: String) -> Bool {
         guard let first = name.unicodeScalars.first, name.utf8.count <= 30, CharacterSet.alphanumerics.contains(first) else { return false }
@@ -81,9 +95,14 @@ public final class VirtualContainerHost: Sendable {
 
     /// The container a Docker reference names: its full id, its name (with or without the
     /// leading "/"), or a unique id prefix, among this VCH's containers only.
-    func resolve(_ reference: String) async throws -> ContainerInfo {
+    /// `justCreated`: a container this VCH created a moment ago and has not started is
+    /// taken as the create left it (the steps of a `docker run`).
+    func resolve(_ reference: String, justCreated: Bool = false) async throws -> ContainerInfo {
         let wanted = reference.hasPrefix("/") ? String(reference.dropFirst()) : reference
         guard !wanted.isEmpty else { throw DockerError.noSuchContainer(reference) }
+        if justCreated, caches, let recent = created.withLock({ $0[wanted] }), ContinuousClock.now - recent.at < Self.createdLifetime {
+            return recent.info
+        }
         // A full id (what the CLI sends after create): one lookup, not the whole list.
         if wanted.utf8.count == 32, wanted.utf8.allSatisfy({ (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }) {
             if let info = try? await agent.get("/v1/containers/\(wanted)", as: ContainerInfo.self) {
@@ -99,6 +118,18 @@ public final class VirtualContainerHost: Sendable {
         guard let found = prefixed.first else { throw DockerError.noSuchContainer(reference) }
         return found
     }
+
+    /// Remembers a container this VCH created (see `created`).
+    func rememberCreated(_ info: ContainerInfo) {
+        let now = ContinuousClock.now
+        created.withLock { table in
+            if table.count > 100 { table = table.filter { now - $0.value.at < Self.createdLifetime } }
+            table[info.id] = (info, now)
+        }
+    }
+
+    /// Forgets one: it was started, stopped, killed or removed.
+    func forgetCreated(_ id: String) { _ = created.withLock { $0.removeValue(forKey: id) } }
 
     /// The agent's name of a Docker name in this VCH.
     func agentName(_ dockerName: String) -> String { "\(name).\(dockerName)" }

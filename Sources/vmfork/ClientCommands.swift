@@ -166,17 +166,15 @@ struct ContainerCommand: ParsableCommand {
         @OptionGroup var daemon: DaemonOptions
 
         func run() throws {
-            var query = label.map { "label=\(percentEncoded($0))" }
+            var query = label.map { "label=\(percentEncoded($0))" } + ["memory=true"]
             if let image { query.append("image=\(percentEncoded(image))") }
-            // Each live container's own memory, from one read of the kernel's accounting.
-            query.append("memory=true")
             let response = try daemon.call("GET", "/v1/containers?" + query.joined(separator: "&"))
             if daemon.json { return daemon.printJSON(response) }
             let containers = try response.decode([ContainerInfo].self).filter { all || $0.state != .exited }
-            func kib(_ bytes: Int?) -> String { bytes.map { "\($0 / 1024) KiB" } ?? "" }
-            print(table(["ID", "NAME", "IMAGE", "STATE", "STATUS", "FORK", "PRIVATE", "SHARED", "COMMAND"], containers.map { c in
+            func kib(_ bytes: Int) -> String { "\(bytes / 1024) KiB" }
+            print(table(["ID", "NAME", "IMAGE", "STATE", "STATUS", "FORK", "OWN / SHARED", "COMMAND"], containers.map { c in
                 [String(c.id.prefix(12)), c.name, c.image, c.state.rawValue, c.exitReason ?? "",
-                 c.forkMicroseconds.map { String(format: "%.0f µs", $0) } ?? "", kib(c.memory?.privateBytes), kib(c.memory?.sharedBytes),
+                 c.forkMicroseconds.map { String(format: "%.0f µs", $0) } ?? "", c.memory.map { "\(kib($0.privateBytes)) / \(kib($0.sharedBytes))" } ?? "",
                  c.arguments.joined(separator: " ")]
             }))
         }

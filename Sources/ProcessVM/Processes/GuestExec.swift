@@ -144,7 +144,7 @@ extension ProcessVM {
     private func replaceProgram(image: ELFImage, file: Int32, interpreter: (image: ELFImage, file: Int32)?, path: [UInt8],
                                 arguments: [[UInt8]], environment: [[UInt8]], hardwareCapabilities: UInt64) throws(GuestError) {
         hasExeced = true
-        tree.markExeced(identity.pid)
+        tree.markExeced(identity.pid, command: arguments.map { String(decoding: $0, as: UTF8.self) })
         space.unmap(AddressSpace.userBottom, length: AddressSpace.userTop - AddressSpace.userBottom)
         do { try space.dropStaleTranslations() } catch { throw .system(error) }
         let program = try ProgramLoader.load(image, from: file, into: space)

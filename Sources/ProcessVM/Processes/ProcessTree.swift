@@ -26,6 +26,19 @@ public final class ProcessTree: @unchecked Sendable {
         var status: ExitStatus?
         /// True once it called execve: its parent may no longer change its process group.
         var hasExeced = false
+        /// argv of its last execve (a forked process keeps its parent's); nil while it runs
+        /// the container's own program.
+        var command: [String]?
+    }
+
+    /// One process as `processes` reports it.
+    public struct ProcessEntry: Sendable, Equatable {
+        public let pid: Int32
+        public let parentPid: Int32
+        /// False for a zombie (ended, not yet reaped).
+        public let running: Bool
+        /// argv of the program it runs since an execve; nil for the container's own program.
+        public let command: [String]?
     }
 
     /// What a forked process did, counted when it ended.
@@ -96,7 +109,8 @@ public final class ProcessTree: @unchecked Sendable {
         try locked { () throws(LinuxErrno) -> Int32 in
             guard !terminating, entries.count + threadIDs.count < processLimit, let parentEntry = entries[parent], parentEntry.status == nil else { throw .EAGAIN }
             let pid = takeNextID()
-            entries[pid] = Entry(vm: nil, parent: parent, processGroup: parentEntry.processGroup, session: parentEntry.session)
+            entries[pid] = Entry(vm: nil, parent: parent, processGroup: parentEntry.processGroup, session: parentEntry.session,
+                                 command: parentEntry.command)
             return pid
         }
     }
@@ -256,7 +270,12 @@ public final class ProcessTree: @unchecked Sendable {
     func processGroup(of pid: Int32) -> Int32? { locked { entries[pid].map(\.processGroup) } }
     func session(of pid: Int32) -> Int32? { locked { entries[pid].map(\.session) } }
 
-    func markExeced(_ pid: Int32) { locked { entries[pid]?.hasExeced = true } }
+    func markExeced(_ pid: Int32, command: [String]) {
+        locked {
+            entries[pid]?.hasExeced = true
+            entries[pid]?.command = command
+        }
+    }
 
     /// setpgid(2) by `caller`: `pid` is the caller or one of its children (not after its
     /// execve), in the caller's session; the group is new (its own pid) or one in the session.
@@ -319,6 +338,14 @@ public final class ProcessTree: @unchecked Sendable {
 
     /// Processes alive now (the first one included) and zombies not reaped yet.
     public var processCount: Int { locked { entries.count } }
+
+    /// Those processes, by pid.
+    public var processes: [ProcessEntry] {
+        locked {
+            entries.map { ProcessEntry(pid: $0.key, parentPid: $0.value.parent, running: $0.value.status == nil, command: $0.value.command) }
+                .sorted { $0.pid < $1.pid }
+        }
+    }
 
     /// VMs of the forked processes running now (not the first process's).
     public var runningVMs: [ProcessVM] { locked { entries.values.compactMap(\.vm) } }

@@ -1,0 +1,96 @@
+import Foundation
+import HostSystem
+import ProcessVM
+
+/// One process of a running container: the first one (pid 1 unless forked from a parent
+/// that had others) and every one it forked, each a process VM of its own.
+public struct ContainerProcess: Codable, Sendable, Equatable {
+    public var pid: Int32
+    public var parentPid: Int32
+    /// "running", or "zombie" (ended, its parent has not reaped it yet).
+    public var state: String
+    /// Its argv: the container's program and arguments, or what it last executed.
+    public var command: [String]
+}
+
+/// A running container's memory as the host kernel accounts it (smaps of each process VM's
+/// guest memory), summed over its processes.
+public struct ContainerMemory: Codable, Sendable, Equatable {
+    /// Resident bytes of its guest memory.
+    public var residentBytes: Int
+    /// Pages it owns (copy-on-write copies and fresh pages): what it costs on its own.
+    public var privateBytes: Int
+    /// Pages still shared with its warm parent.
+    public var sharedBytes: Int
+    /// Its guest memory size (memoryMiB), summed over its process VMs.
+    public var limitBytes: Int
+    /// Its VMs counted: one per process.
+    public var vms: Int
+}
+
+/// What `GET /v1/containers/{id}/stats` reports.
+public struct ContainerStats: Codable, Sendable, Equatable {
+    public var id: String
+    public var state: ContainerState
+    /// Processes now (zombies included); 0 once it has ended.
+    public var processes: Int
+    /// Nil once it has ended (its VMs are gone), or when a worker runs it.
+    public var memory: ContainerMemory?
+    /// When the figures were read (seconds since 1970).
+    public var readAt: Double
+}
+
+extension Engine {
+    /// The processes of a running container (409 when it is not running; 503 for a
+    /// container a worker runs, whose process VMs are in that worker).
+    public func containerProcesses(_ idOrName: String) throws -> [ContainerProcess] {
+        let container = try container(idOrName)
+        let info = container.info
+        guard info.state == .running, let first = container.vm?.processVM else {
+            throw EngineError(.conflict, "container \(info.id) is not running")
+        }
+        let program = [(try? image(info.image).executable) ?? "?"] + info.arguments
+        return first.tree.processes.map { entry in
+            ContainerProcess(pid: entry.pid, parentPid: entry.parentPid, state: entry.running ? "running" : "zombie",
+                             command: entry.command ?? program)
+        }
+    }
+
+    /// A container's figures now: its processes and its memory (the kernel's accounting of
+    /// each of its process VMs, from one read of /proc/self/smaps).
+    public func containerStats(_ idOrName: String) throws -> ContainerStats {
+        let container = try container(idOrName)
+        let info = container.info
+        let now = Date().timeIntervalSince1970
+        guard info.state == .running, let first = container.vm?.processVM else {
+            return ContainerStats(id: info.id, state: info.state, processes: 0, memory: nil, readAt: now)
+        }
+        let memory = Self.memory(of: first, memoryMiB: info.memoryMiB, in: MemoryMappings.current())
+        return ContainerStats(id: info.id, state: info.state, processes: first.tree.processCount, memory: memory, readAt: now)
+    }
+
+    /// `infos` with the memory of each running one filled in (one read of /proc/self/smaps).
+    public func withMemory(_ infos: [ContainerInfo]) -> [ContainerInfo] {
+        guard infos.contains(where: { $0.state == .running }) else { return infos }
+        let mappings = MemoryMappings.current()
+        return infos.map { info in
+            guard info.state == .running, let first = try? container(info.id).vm?.processVM else { return info }
+            var filled = info
+            filled.memory = Self.memory(of: first, memoryMiB: info.memoryMiB, in: mappings)
+            return filled
+        }
+    }
+
+    static func memory(of first: ProcessVM, memoryMiB: Int, in mappings: MemoryMappings) -> ContainerMemory {
+        var memory = ContainerMemory(residentBytes: 0, privateBytes: 0, sharedBytes: 0, limitBytes: 0, vms: 0)
+        for vm in [first] + first.tree.runningVMs {
+            guard let usage = vm.memory.usage(in: mappings) else { continue }
+            memory.residentBytes += usage.resident
+            memory.privateBytes += usage.privateBytes
+            memory.sharedBytes += usage.shared
+            memory.limitBytes += memoryMiB << 20
+            memory.vms += 1
+        }
+        return memory
+    }
+}

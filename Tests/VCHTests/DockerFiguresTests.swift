@@ -1,0 +1,91 @@
+import API
+import Engine
+import Foundation
+import TestSupport
+import Testing
+
+/// `docker top` and `docker stats` with the real docker CLI: a container's process VMs and
+/// its memory as the host kernel accounts it, the same figures the host agent reports.
+@Suite(.serialized, .enabled(if: HostFacts.hasKVM && BusyboxRootfs.isAvailable && VCHFixture.dockerAvailable, "needs /dev/kvm, busybox-static and the docker CLI"))
+struct DockerFiguresTests {
+    /// A container that forks: its first process runs a loop, its child executes /bin/sh.
+    static let forker = ["sh", "-c", "/bin/sh -c 'while true; do :; done' & while true; do :; done"]
+
+    @Test func topShowsTheProcessVMs() throws {
+        let fixture = try VCHFixture()
+        let socket = try fixture.startVCH("dev", pool: "dev")
+        #expect(try fixture.docker(socket, ["run", "-d", "--name", "forker", "busybox"] + Self.forker).status == 0)
+        var rows: [[String]] = []
+        try fixture.waitUntil("the child process runs") {
+            let top = (try? fixture.docker(socket, ["top", "forker"]))?.stdout ?? ""
+            rows = top.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true).map(String.init) }
+            return rows.count == 3
+        }
+        #expect(rows[0] == ["PID", "PPID", "STATE", "CMD"], "\(rows)")
+        let first = try #require(rows.first { $0.count > 3 && $0[3...].joined(separator: " ") == "/bin/busybox " + Self.forker.joined(separator: " ") }, "\(rows)")
+        let child = try #require(rows.first { $0.count > 3 && $0[3...].joined(separator: " ") == "/bin/sh -c while true; do :; done" }, "\(rows)")
+        #expect(child[1] == first[0] && child[2] == "running" && first[2] == "running", "the child's parent is the first process: \(rows)")
+        // The same as the agent's own report.
+        let id = try fixture.docker(socket, ["inspect", "-f", "{{.Id}}", "forker"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let processes = try fixture.agent.send("GET", "/v1/containers/\(id)/processes").decode([ContainerProcess].self)
+        #expect(processes.map { ["\($0.pid)", "\($0.parentPid)", $0.state] } == rows.dropFirst().map { Array($0.prefix(3)) })
+        // ps options it cannot honour are refused by name.
+        let options = try fixture.docker(socket, ["top", "forker", "-o", "pid,rss"])
+        #expect(options.status != 0 && options.stderr.contains("top with ps options \"-o pid,rss\" is not supported"), "\(options.stderr)")
+        #expect(try fixture.docker(socket, ["rm", "-f", "forker"]).status == 0)
+        let gone = try fixture.agent.send("GET", "/v1/containers/\(id)/processes")
+        #expect(gone.status == 404)
+    }
+
+    @Test func statsShowTheMemoryTheAgentAccounts() throws {
+        let fixture = try VCHFixture()
+        let socket = try fixture.startVCH("dev", pool: "dev")
+        #expect(try fixture.docker(socket, ["run", "-d", "--name", "forker", "--memory", "32m", "busybox"] + Self.forker).status == 0)
+        let id = try fixture.docker(socket, ["inspect", "-f", "{{.Id}}", "forker"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        try fixture.waitUntil("the child process runs") {
+            ((try? fixture.agent.send("GET", "/v1/containers/\(id)/stats").decode(ContainerStats.self))?.processes ?? 0) == 2
+        }
+        let stats = try fixture.docker(socket, ["stats", "--no-stream", "--format", "{{.Name}}|{{.MemUsage}}|{{.PIDs}}", "forker"])
+        #expect(stats.status == 0, "\(stats.stderr)")
+        let agent = try fixture.agent.send("GET", "/v1/containers/\(id)/stats").decode(ContainerStats.self)
+        let memory = try #require(agent.memory)
+        let fields = stats.stdout.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: "|").map(String.init)
+        #expect(fields.count == 3 && fields[0] == "forker" && fields[2] == "2", "\(stats.stdout)")
+        // "1.2MiB / 64MiB": the pages it owns, against its two process VMs' guest memory.
+        let usage = try #require(fields[1].firstMatch(of: /^([0-9.]+)(KiB|MiB|B) \/ ([0-9.]+)MiB$/), "\(fields[1])")
+        let scale = usage.2 == "MiB" ? 1 << 20 : usage.2 == "KiB" ? 1 << 10 : 1
+        let shown = Double(usage.1)! * Double(scale)
+        #expect(abs(shown - Double(memory.privateBytes)) <= max(0.02 * Double(memory.privateBytes), 64 * 1024), "docker \(fields[1]), agent \(memory)")
+        #expect(Double(usage.3) == 64 && memory.limitBytes == 64 << 20, "\(fields[1])")
+        #expect(memory.privateBytes > 0 && memory.sharedBytes > 0 && memory.residentBytes >= memory.privateBytes, "\(memory)")
+        // The JSON as the CLI gets it: Docker's shape, the VMFork figures in memory_stats.stats.
+        let raw = try AgentClient(socketPath: socket).send("GET", "/v1.43/containers/forker/stats?stream=false")
+        let object = try #require(try JSONSerialization.jsonObject(with: raw.body) as? [String: Any])
+        let memoryStats = try #require(object["memory_stats"] as? [String: Any])
+        #expect((memoryStats["stats"] as? [String: Int])?["shared_bytes"] != nil && (object["pids_stats"] as? [String: Int])?["current"] == 2, "\(object)")
+        #expect(try fixture.docker(socket, ["rm", "-f", "forker"]).status == 0)
+    }
+
+    /// wait?condition=removed for a container without --rm answers once it is removed: the
+    /// agent's removal event wakes it (well inside the one-second recheck).
+    @Test func waitForRemovalAnswersAtTheRemoval() throws {
+        let fixture = try VCHFixture()
+        let socket = try fixture.startVCH("dev", pool: "dev")
+        let id = try fixture.docker(socket, ["run", "-d", "busybox", "true"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(try fixture.docker(socket, ["wait", id]).stdout == "0\n")
+        let answered = DataBox()
+        let done = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            answered.data = (try? AgentClient(socketPath: socket).send("POST", "/v1.43/containers/\(id)/wait?condition=removed").body) ?? Data()
+            done.signal()
+        }
+        usleep(1_500_000)
+        #expect(done.wait(timeout: .now()) == .timedOut, "it waits while the container is there")
+        let removing = Date()
+        #expect(try fixture.docker(socket, ["rm", id]).status == 0)
+        #expect(done.wait(timeout: .now() + 10) == .success)
+        let delay = Date().timeIntervalSince(removing)
+        #expect(String(decoding: answered.data, as: UTF8.self) == "{\"StatusCode\":0}\n")
+        #expect(delay < 0.8, "answered \(delay) s after docker rm began")
+    }
+}
