@@ -65,8 +65,8 @@ public final class DiskRootFileSystem: GuestRootFileSystem {
     }
 
     /// Runs `body` on the engine's I/O thread and waits for it. Never called from that thread
-    /// (guest calls come from vCPU and poller threads).
-    private func waiting<T: Sendable>(_ body: @escaping @Sendable () async throws(Ext4Error) -> T) throws(SystemError) -> T {
+    /// (guest calls come from vCPU and poller threads). Errors are kept in `lastError` and given as EIO.
+    func waiting<T: Sendable>(_ body: @escaping @Sendable () async throws(Ext4Error) -> T) throws(SystemError) -> T {
         let outcome = Mutex<Result<T, Ext4Error>?>(nil)
         let done = DispatchSemaphore(value: 0)
         Task(executorPreference: engine.executor) {
@@ -95,7 +95,7 @@ public final class DiskRootFileSystem: GuestRootFileSystem {
         return inode
     }
 
-    private func node(_ inode: Ext4Inode) -> GuestRootNode {
+    func node(_ inode: Ext4Inode) -> GuestRootNode {
         let devices = inode.deviceNumbers
         let type = UInt32(inode.mode) & GuestRootNode.FileType.mask
         let isDevice = type == GuestRootNode.FileType.characterDevice || type == GuestRootNode.FileType.blockDevice
