@@ -55,9 +55,12 @@ public final class DiskRootFileSystem: GuestRootFileSystem {
 
     /// Opens the chain whose top disk is `path` read-only, and its ext4 (checked: a disk
     /// without one, or with a corrupt superblock or descriptors, is refused by name).
-    public static func open(path: String, engine: IOEngine, device: UInt64 = 0xFE00) async throws(Ext4Error) -> DiskRootFileSystem {
+    /// The layer files are read through the host's page cache (`direct` false), as a host
+    /// folder's files are: an image's layers are shared by all its containers and read again
+    /// by each new engine process; O_DIRECT would read them from the device every time.
+    public static func open(path: String, engine: IOEngine, device: UInt64 = 0xFE00, direct: Bool = false) async throws(Ext4Error) -> DiskRootFileSystem {
         let disk: VirtualDisk
-        do { disk = try await VirtualDisk.open(path: path, writable: false, engine: engine) } catch { throw .disk(error) }
+        do { disk = try await VirtualDisk.open(path: path, writable: false, direct: direct, engine: engine) } catch { throw .disk(error) }
         let volume = try await Ext4Volume.open(disk: disk)
         let root = try await volume.root()
         guard root.isDirectory else { throw .corrupt(disk: path, structure: "root inode", problem: "is not a directory") }
