@@ -35,14 +35,14 @@ final class ContainerDiskTests {
     func path(_ name: String) -> String { folder.appendingPathComponent(name).path }
 
     /// busybox's rootfs as a layer disk, and a container disk chained on it.
-    func chain() async throws -> (layer: String, container: String) {
+    func chain(capacity: UInt64 = 256 << 20) async throws -> (layer: String, container: String) {
         let rootfs = try BusyboxRootfs.make()
         defer { try? FileManager.default.removeItem(at: rootfs) }
-        for applet in ["mkdir", "mv", "rm", "chmod", "ln", "rmdir", "truncate", "wc", "sync"] {
+        for applet in ["mkdir", "mv", "rm", "chmod", "ln", "rmdir", "truncate", "wc", "sync", "head"] {
             try FileManager.default.createSymbolicLink(atPath: rootfs.appendingPathComponent("bin/\(applet)").path, withDestinationPath: "busybox")
         }
         let layer = path("layer.vmdk"), container = path("container.vmdk")
-        try await VMDKImage.create(at: layer, capacityBytes: 256 << 20, engine: engine)
+        try await VMDKImage.create(at: layer, capacityBytes: capacity, engine: engine)
         let disk = try await VirtualDisk.open(path: layer, writable: true, engine: engine)
         let builder = try Ext4Builder.create(on: disk)
         try await builder.addTree(folder: rootfs.path)
@@ -127,6 +127,20 @@ final class ContainerDiskTests {
         let raw2 = try checked(container)
         #expect(try debugfs(raw2, "cat /new.txt") == "gone\n")
         #expect(try debugfs(raw2, "stat /d").contains("Mode:") == false)
+    }
+
+    /// A guest cannot write more than its disk holds (its files live in memfds until synced,
+    /// so this also bounds the engine memory it can take): ENOSPC, and the disk stays sound.
+    @Test func writesPastTheDisksFreeSpaceGetENOSPC() async throws {
+        let (_, container) = try await chain(capacity: 32 << 20)
+        let root = ContainerDiskRoot(base: try await DiskRootFileSystem.open(path: container, engine: engine), diskPath: container)
+        let result = try run("cat /dev/zero > /big; echo status $?; truncate -s 1G /big; echo status $?; rm /big; echo small > /small; cat /small", root: root)
+        #expect(result.stdout == "status 1\nstatus 1\nsmall\n", "\(result.stdout) \(result.stderr)")
+        #expect(result.stderr.contains("No space left on device"), "\(result.stderr)")
+        #expect(root.growthBudget.left > 0 && root.growthBudget.left < 32 << 20)
+        try root.sync()
+        let raw = try checked(container)
+        #expect(try debugfs(raw, "cat /small") == "small\n")
     }
 
     /// A read-only chain (an image's layer) refuses every change with EROFS, as before.

@@ -17,6 +17,13 @@ extension Ext4Builder {
         defersFrees = true
     }
 
+    /// Bytes of blocks free (deferred frees not counted).
+    public var freeBytes: UInt64 {
+        var used: UInt64 = 0
+        for word in blockBitmap { used += UInt64(word.nonzeroBitCount) }
+        return (geometry.blocksCount - min(used, geometry.blocksCount)) * UInt64(geometry.blockSize)
+    }
+
     /// Moves the clock changes are stamped with to now.
     func touchClock() {
         let time = Date().timeIntervalSince1970

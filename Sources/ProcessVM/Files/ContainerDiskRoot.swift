@@ -33,6 +33,7 @@ public final class ContainerDiskRoot: GuestWritableRootFileSystem, @unchecked Se
     public let diskPath: String
     private let lock = NSLock()
     private var live: Live?
+    public let growthBudget = DiskGrowthBudget()
 
     final class LiveFile {
         let memfd: OwnedDescriptor
@@ -145,7 +146,7 @@ public final class ContainerDiskRoot: GuestWritableRootFileSystem, @unchecked Se
                 try live.builder.builder.removeEntry(named: name, in: try Self.refusalNumber(directory), directory: isDirectory)
             }
             // Descriptors still open keep their memfd; the inode number may be reused.
-            if removed.lastLink { live.files[removed.inode] = nil }
+            if removed.lastLink { forget(removed.inode, live) }
         }
     }
 
@@ -154,7 +155,7 @@ public final class ContainerDiskRoot: GuestWritableRootFileSystem, @unchecked Se
             let replaced = try Self.answer { () throws(Ext4LiveRefusal) in
                 try live.builder.builder.rename(name, in: try Self.refusalNumber(from), to: newName, in: try Self.refusalNumber(to))
             }
-            if let replaced { live.files[replaced] = nil }
+            if let replaced { forget(replaced, live) }
         }
     }
 
@@ -167,15 +168,14 @@ public final class ContainerDiskRoot: GuestWritableRootFileSystem, @unchecked Se
     public func openForWriting(_ node: GuestRootNode, accessFlags: Int32, truncate: Bool) throws(SystemError) -> FileDescriptor {
         try changing { live throws(SystemError) in
             let file = try liveFile(try Self.number(node), live)
-            if truncate { _ = try retryingSyscall("ftruncate") { ftruncate(file.memfd.descriptor.rawValue, 0) } }
+            if truncate { try resize(file, to: 0) }
             return try Self.reopen(file, accessFlags & (O_ACCMODE | O_APPEND))
         }
     }
 
     public func truncate(_ node: GuestRootNode, to length: Int64) throws(SystemError) {
         try changing { live throws(SystemError) in
-            let file = try liveFile(try Self.number(node), live)
-            _ = try retryingSyscall("ftruncate") { ftruncate(file.memfd.descriptor.rawValue, off_t(length)) }
+            try resize(try liveFile(try Self.number(node), live), to: length)
         }
     }
 
@@ -204,6 +204,20 @@ public final class ContainerDiskRoot: GuestWritableRootFileSystem, @unchecked Se
 
     // MARK: - Helpers
 
+    /// Truncates a written file to `length`, charging growth to the budget.
+    private func resize(_ file: LiveFile, to length: Int64) throws(SystemError) {
+        let size = Int64(try HostFileCalls.status(file.memfd.descriptor.rawValue).st_size)
+        guard growthBudget.take(length - size) else { throw SystemError(call: "truncate", errno: ENOSPC) }
+        _ = try retryingSyscall("ftruncate") { ftruncate(file.memfd.descriptor.rawValue, off_t(length)) }
+        growthBudget.giveBack(size - length)
+    }
+
+    /// A written file's last link went: its bytes no longer count (open descriptors keep its memfd).
+    private func forget(_ number: UInt32, _ live: Live) {
+        guard let file = live.files.removeValue(forKey: number) else { return }
+        if let info = try? HostFileCalls.status(file.memfd.descriptor.rawValue) { growthBudget.giveBack(Int64(info.st_size)) }
+    }
+
     /// Runs `read` on the live state under the lock, or `orBase` before the first change.
     private func withLive<T: ~Copyable>(orBase: () throws(SystemError) -> T, _ read: (Live) throws(SystemError) -> T) throws(SystemError) -> T {
         lock.lock()
@@ -227,6 +241,7 @@ public final class ContainerDiskRoot: GuestWritableRootFileSystem, @unchecked Se
                 return (LiveBuilder(builder: builder), try await Ext4Volume.open(disk: disk))
             }
             live = Live(builder: opened.0, volume: opened.1)
+            growthBudget.set(Int64(opened.0.builder.freeBytes))
         }
         return try change(live!)
     }

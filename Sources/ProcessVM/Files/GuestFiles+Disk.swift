@@ -113,6 +113,7 @@ extension GuestFiles {
         let file: OpenFile
         if request.mayWrite {
             file = OpenFile(host: try diskOpenForWriting(node, request), isInsideRootfs: true)
+            if request.flags & O_ACCMODE != O_RDONLY { file.growth = (roots.disk as? any GuestWritableRootFileSystem)?.growthBudget }
         } else if node.isDirectory {
             file = OpenFile(host: try HostFileCalls.duplicate(roots.root.rawValue), isInsideRootfs: true,
                             guestStatusFlags: O_RDONLY | CSHIMS_O_LARGEFILE | O_DIRECTORY | (request.flags & O_NONBLOCK))

@@ -45,6 +45,7 @@ extension GuestFiles {
         let (root, directory, name) = try Self.entry(absolute, in: disk, writable, special: EISDIR)
         let node = try root.createFile(name, in: directory, permissions: mode & 0o7777)
         let file = OpenFile(host: try root.openForWriting(node, accessFlags: request.flags, truncate: false), isInsideRootfs: true)
+        if request.flags & O_ACCMODE != O_RDONLY { file.growth = root.growthBudget }
         var path = absolute
         while path.count > 1, path.last == GuestPath.slash { path.removeLast() }
         file.disk = DiskFileState(node: node, path: path)
@@ -149,8 +150,17 @@ extension GuestFiles {
     public func ftruncate(_ fd: Int32, length: Int64) -> Int {
         linuxResult { () throws(SystemError) in
             let file = try openFile(fd)
-            guard length >= 0, file.disk?.node.isRegular == true, writableRoot != nil else { throw SystemError(call: "ftruncate", errno: EINVAL) }
-            return Int(try retryingSyscall("ftruncate") { Glibc.ftruncate(file.hostFD, off_t(length)) })
+            guard length >= 0, file.disk?.node.isRegular == true, let writable = writableRoot else { throw SystemError(call: "ftruncate", errno: EINVAL) }
+            let size = Int64(try HostFileCalls.status(file.hostFD).st_size)
+            guard writable.growthBudget.take(length - size) else { throw SystemError(call: "ftruncate", errno: ENOSPC) }
+            do throws(SystemError) {
+                _ = try retryingSyscall("ftruncate") { Glibc.ftruncate(file.hostFD, off_t(length)) }
+            } catch {
+                writable.growthBudget.giveBack(length - size)
+                throw error
+            }
+            writable.growthBudget.giveBack(size - length)
+            return 0
         }
     }
 

@@ -1,4 +1,5 @@
 import HostSystem
+import Synchronization
 
 /// A root filesystem the guest may change (a container's own child disk): the primitives
 /// the guest's creating, removing, renaming, chmod, truncating and syncing calls are built
@@ -23,4 +24,36 @@ public protocol GuestWritableRootFileSystem: GuestRootFileSystem {
     func refreshed(_ node: GuestRootNode) throws(SystemError) -> GuestRootNode
     /// Writes every change so far to the disk and flushes it (fsync, sync, the end of the container).
     func sync() throws(SystemError)
+    /// How far the container's files may still grow: what its disk has free.
+    var growthBudget: DiskGrowthBudget { get }
+}
+
+/// The bytes a container's written files may still grow by: its file system's free space
+/// when it first changed something. A write or truncate that would grow a file past it gets
+/// ENOSPC, so that a guest cannot fill the engine's memory (its files live in memfds until
+/// they are synced) or write more than its disk holds.
+public final class DiskGrowthBudget: Sendable {
+    private let remaining = Atomic<Int64>(0)
+
+    public init() {}
+
+    public func set(_ bytes: Int64) { remaining.store(bytes, ordering: .relaxed) }
+
+    /// Takes `bytes` if that many are left.
+    public func take(_ bytes: Int64) -> Bool {
+        guard bytes > 0 else { return true }
+        var current = remaining.load(ordering: .relaxed)
+        while current >= bytes {
+            let (exchanged, original) = remaining.compareExchange(expected: current, desired: current - bytes, ordering: .relaxed)
+            if exchanged { return true }
+            current = original
+        }
+        return false
+    }
+
+    public func giveBack(_ bytes: Int64) {
+        if bytes > 0 { remaining.add(bytes, ordering: .relaxed) }
+    }
+
+    public var left: Int64 { remaining.load(ordering: .relaxed) }
 }
