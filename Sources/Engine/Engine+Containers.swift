@@ -248,7 +248,7 @@ extension Engine {
     func ended(_ container: ManagedContainer, _ exit: ExitInfo, woken: (() -> Void)? = nil) {
         // Its changes reach its disk before anyone hears it ended.
         if let disk = container.disk {
-            do { try disk.sync() } catch {
+            do { try disk.finish() } catch {
                 logger.error("a container's changes could not be written to its disk", metadata: ["id": "\(container.id)", "error": "\(error)", "disk": "\(disk.diskPath)"])
             }
         }

@@ -33,6 +33,8 @@ public final class ContainerDiskRoot: GuestWritableRootFileSystem, @unchecked Se
     public let diskPath: String
     private let lock = NSLock()
     private var live: Live?
+    /// Set by `finish`: the container has ended and its root serves nothing more.
+    private var finished = false
     public let growthBudget = DiskGrowthBudget()
 
     final class LiveFile {
@@ -202,6 +204,17 @@ public final class ContainerDiskRoot: GuestWritableRootFileSystem, @unchecked Se
         for entry in changed { live.files[entry.0]?.written = entry.4 }
     }
 
+    /// The container's end: writes its changes, then lets go of its memfds and metadata (an
+    /// ended container that is kept holds no host memory for its files). Every later call
+    /// gets EIO.
+    public func finish() throws(SystemError) {
+        try sync()
+        lock.withLock {
+            live = nil
+            finished = true
+        }
+    }
+
     // MARK: - Helpers
 
     /// Truncates a written file to `length`, charging growth to the budget.
@@ -222,6 +235,7 @@ public final class ContainerDiskRoot: GuestWritableRootFileSystem, @unchecked Se
     private func withLive<T: ~Copyable>(orBase: () throws(SystemError) -> T, _ read: (Live) throws(SystemError) -> T) throws(SystemError) -> T {
         lock.lock()
         defer { lock.unlock() }
+        guard !finished else { throw SystemError(call: "the container's disk after its end", errno: EIO) }
         guard let live else { return try orBase() }
         return try read(live)
     }
@@ -230,6 +244,7 @@ public final class ContainerDiskRoot: GuestWritableRootFileSystem, @unchecked Se
     private func changing<T: ~Copyable>(_ change: (Live) throws(SystemError) -> T) throws(SystemError) -> T {
         lock.lock()
         defer { lock.unlock() }
+        guard !finished else { throw SystemError(call: "the container's disk after its end", errno: EIO) }
         if live == nil {
             let path = diskPath
             let engine = base.volume.disk.engine
