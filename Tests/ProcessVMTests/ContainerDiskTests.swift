@@ -143,6 +143,29 @@ final class ContainerDiskTests {
         #expect(try debugfs(raw, "cat /small") == "small\n")
     }
 
+    /// Changes Linux refuses are refused with its errors, and leave a sound disk: a folder
+    /// moved into itself, rmdir of a full folder, names too long, a file as a folder on the
+    /// way, a name taken, the root itself.
+    @Test func refusedChangesGetLinuxErrorsAndLeaveASoundDisk() async throws {
+        let (_, container) = try await chain()
+        let root = ContainerDiskRoot(base: try await DiskRootFileSystem.open(path: container, engine: engine), diskPath: container)
+        let long = String(repeating: "n", count: 256)
+        let script = """
+        mkdir -p /a/b; mv /a /a/b/c; echo "1 $?"; rmdir /bin; echo "2 $?"; mkdir /\(long); echo "3 $?"; \
+        mv /bin/busybox /etc/hostname/x; echo "4 $?"; ln -s x /bin/busybox; echo "5 $?"; mkdir /; echo "6 $?"; rmdir /; echo "7 $?"; \
+        mv / /x; echo "8 $?"; mkdir /a/b/..; echo "9 $?"; ls /a/b; echo "10 $?"
+        """
+        let result = try run(script, root: root)
+        // busybox mkdir / succeeds, as on Linux (it finds the root there).
+        #expect(result.stdout == (1...9).map { "\($0) \($0 == 6 ? 0 : 1)\n" }.joined() + "10 0\n", "\(result.stdout)")
+        for message in ["Invalid argument", "Directory not empty", "File name too long", "Path has non-directory component", "File exists", "Device or resource busy"] {
+            #expect(result.stderr.contains(message), "\(message): \(result.stderr)")
+        }
+        try root.sync()
+        let raw = try checked(container)
+        #expect(try debugfs(raw, "ls -p /a").contains("/b/"))
+    }
+
     /// A read-only chain (an image's layer) refuses every change with EROFS, as before.
     @Test func anImagesChainStaysReadOnly() async throws {
         let (layer, _) = try await chain()
