@@ -217,6 +217,20 @@ def slow_registry():
     return server.server_address[1], server
 
 
+def mib(count):
+    """Bytes as the UI's Format.mib writes them."""
+    if count == 0:
+        return "0 MiB"
+    if count < 1048576:
+        return "%.0f KiB" % (count / 1024)
+    value = count / 1048576
+    if value >= 10240:
+        return "%.1f GiB" % (value / 1024)
+    if value >= 100:
+        return "%.0f MiB" % value
+    return "%.1f MiB" % value
+
+
 def check(name):
     def wrap(body):
         try:
@@ -486,6 +500,15 @@ def run_checks(b, base, token, sock, docker_env, restart_daemon):
                         "pool": agent.get("pool") or "", "vch": agent["labels"].get("vmfork.vch", ""),
                         "command": " ".join(f'"{a}"' if " " in a or not a else a for a in agent["arguments"])}
             assert shown == expected, f"{name}: page {shown} != vmfork ps --json {expected}"
+            # Its own memory (the kernel's accounting of its VMs) while it runs, as ps --json
+            # reads it (sleep touches no page between the two reads); none once it has ended.
+            memory = agent.get("memory")
+            if state == "running":
+                assert memory and memory["vms"] >= 1 and memory["privateBytes"] > 0 and memory["sharedBytes"] > 0, f"{name}: memory {memory}"
+                page_memory = b.text("dd[data-field='memory']")
+                assert page_memory == f"{mib(memory['privateBytes'])} / {mib(memory['sharedBytes'])}", f"{name}: page memory {page_memory} != {memory}"
+            else:
+                assert memory is None and b.text("dd[data-field='memory']") == "", f"{name}: memory {memory}"
             assert shown["state"] == state == inspect["State"]["Status"], f"{name}: {shown['state']} / docker {inspect['State']['Status']}"
             assert inspect["Id"].startswith(shown["id"]) or shown["id"].startswith(inspect["Id"]), f"ids {inspect['Id']} {shown['id']}"
             assert inspect["Name"] == "/" + docker_name and inspect["Config"]["Image"] == shown["image"]

@@ -13,7 +13,12 @@ their open standard input: in A in the same process as the echo's VM; in B in th
 workers (their parents busybox.main.32m and busybox.main.48m are placed on shards 1 and 2,
 the echo's on shard 0), which is what placement per parent policy gives.
 
-Usage: python3 scripts/workers-bench.py .build/release/vmfork [ROUNDS] [IDLE]
+With SAME (a fourth argument `same`), the idle containers are children of the echo's own
+image and policy: in A beside it as before; in B the policy has three parents
+("parents": 3), one in each worker, so the idle children spread over the three workers and
+each echo goes to the worker holding the fewest (issue 16's spreading of one policy).
+
+Usage: python3 scripts/workers-bench.py .build/release/vmfork [ROUNDS] [IDLE] [same]
 Wrap it in `flock /work/bench.lock` on a shared machine.
 """
 import http.client
@@ -41,7 +46,7 @@ class UnixConnection(http.client.HTTPConnection):
 
 
 class Daemon:
-    def __init__(self, binary, workers, rootfs):
+    def __init__(self, binary, workers, rootfs, same=False):
         self.folder = tempfile.mkdtemp(prefix=f"workers-bench-{workers}-")
         self.state = os.path.join(self.folder, "state")
         self.log = open(os.path.join(self.folder, "daemon.log"), "w")
@@ -62,8 +67,12 @@ class Daemon:
             time.sleep(0.05)
         status, body = self.call("POST", "/v1/images", {"name": "busybox", "rootfs": rootfs, "executable": "/bin/busybox"})
         assert status == 201, body
-        for memory in (64, 32, 48):
-            status, body = self.call("POST", "/v1/parents", {"image": "busybox", "memoryMiB": memory, "readyVMs": 16 if memory == 64 else 8})
+        self.same = same
+        for memory in (64,) if same else (64, 32, 48):
+            policy = {"image": "busybox", "memoryMiB": memory, "readyVMs": 16 if memory == 64 else 8}
+            if same and workers:
+                policy["parents"] = workers
+            status, body = self.call("POST", "/v1/parents", policy)
             assert status == 201, body
 
     def call(self, method, path, body=None):
@@ -90,7 +99,7 @@ class Daemon:
 
     def make_idle(self, count):
         for index in range(count):
-            memory = 32 if index % 2 == 0 else 48
+            memory = 64 if self.same else 32 if index % 2 == 0 else 48
             status, body = self.call("POST", "/v1/containers", {"image": "busybox", "arguments": ["sh", "-c", "read x"],
                                                                 "memoryMiB": memory, "openStdin": True})
             assert status == 201, body
@@ -116,6 +125,7 @@ def main():
     binary = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else ".build/release/vmfork"
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 200
     idle = int(sys.argv[3]) if len(sys.argv) > 3 else 1000
+    same = len(sys.argv) > 4 and sys.argv[4] == "same"
     rootfs = tempfile.mkdtemp(prefix="workers-bench-rootfs-")
     os.makedirs(os.path.join(rootfs, "bin"))
     shutil.copy("/bin/busybox", os.path.join(rootfs, "bin/busybox"))
@@ -123,7 +133,7 @@ def main():
         os.symlink("busybox", os.path.join(rootfs, "bin", applet))
     doctor = subprocess.run([binary, "doctor"], capture_output=True, text=True).stdout
     exit_lines = [line.strip() for line in doctor.splitlines() if "exit" in line.lower()]
-    one, workers = Daemon(binary, 0, rootfs), Daemon(binary, 3, rootfs)
+    one, workers = Daemon(binary, 0, rootfs, same), Daemon(binary, 3, rootfs, same)
     results = {}
     try:
         for phase, count in (("none idle", 0), (f"{idle} idle", idle)):
@@ -138,11 +148,15 @@ def main():
                 for daemon in (one, workers):
                     samples[daemon.workers].append(daemon.echo())
             results[phase] = samples
+        status, body = workers.call("GET", "/v1/workers")
+        spread = [worker["liveContainers"] for worker in json.loads(body)]
     finally:
         one.stop()
         workers.stop()
         shutil.rmtree(rootfs, ignore_errors=True)
-    print(f"fork -> busybox echo hi through the API (POST /v1/containers/run), {rounds} interleaved rounds, µs")
+    print(f"fork -> busybox echo hi through the API (POST /v1/containers/run), {rounds} interleaved rounds, µs"
+          + (", idle children of the echo's own policy" if same else ", idle children of two other policies"))
+    print(f"live containers per worker at the end (B): {spread}")
     print(f"{'phase':<12} {'one process p50':>16} {'p90':>8} {'3 workers p50':>14} {'p90':>8} {'workers - one (p50)':>20}")
     for phase, samples in results.items():
         one_p50, one_p90 = summary(samples[0])

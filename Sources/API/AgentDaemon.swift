@@ -176,9 +176,11 @@ struct EngineService: Service {
     func run() async throws {
         let warmUp = Task { await engine.warmUp() }
         let watcher = Task { [engine, memoryPressure] in await engine.watchMemoryPressure(policy: memoryPressure) }
+        let measurer = Task { [engine] in await engine.watchMeasuredFigures() }
         try? await gracefulShutdown()
         warmUp.cancel()
         watcher.cancel()
+        measurer.cancel()
         await engine.shutdown(grace: grace)
     }
 }

@@ -31,11 +31,12 @@ struct AgentRoutes: Sendable {
         // MARK: Daemon
         on(.get, "/v1/_ping") { _, _ in try json(["ok": true]) }
         on(.get, "/v1/version") { _, _ in try json(VersionBody(version: Engine.version, api: "v1", kvm: engine.kvmMessage == nil, kvmMessage: engine.kvmMessage)) }
-        on(.get, "/v1/workers") { _, _ in try json(engine.workers()) }
+        on(.get, "/v1/workers") { request, _ in try json(await engine.workers(withSharing: try request.bool("sharing", default: false))) }
         on(.get, "/v1/openapi.json") { [document] _, _ in
             Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: document))
         }
         on(.get, "/metrics") { [registry] _, _ in
+            await engine.refreshWorkerMetrics()
             // The memory figures read /proc/self/smaps: a blocking walk, off the cooperative pool.
             let buffer = try await engine.onBlockingThread { () -> [UInt8] in
                 engine.refreshMetrics()
@@ -87,7 +88,8 @@ struct AgentRoutes: Sendable {
             let labels = request.uri.queryParameters.getAll("label").map { String($0) }
             if labels.contains(where: { $0.unicodeScalars.count > 1200 }) { throw APIError.invalid("a label filter is over 1200 characters", field: "label") }
             if labels.contains(where: { $0.isEmpty || $0.hasPrefix("=") }) { throw APIError.invalid("a label filter is KEY or KEY=VALUE with a key", field: "label") }
-            return try json(engine.containers(ContainerFilter(state: state, image: try request.string("image", maxLength: 128), labels: labels)))
+            let listed = engine.containers(ContainerFilter(state: state, image: try request.string("image", maxLength: 128), labels: labels))
+            return try json(try request.bool("memory", default: false) ? engine.withMemory(listed) : listed)
         }
         on(.post, "/v1/containers") { request, context in
             var request = request
@@ -100,7 +102,10 @@ struct AgentRoutes: Sendable {
             let spec = try await request.decodeStrict(ContainerSpec.self)
             return try json(try await engine.runContainer(spec, remove: remove, by: context.actor))
         }
-        on(.get, "/v1/containers/{id}") { _, context in try json(try engine.inspectContainer(try context.parameter("id"))) }
+        on(.get, "/v1/containers/{id}") { request, context in
+            let info = try engine.inspectContainer(try context.parameter("id"))
+            return try json(try request.bool("memory", default: false) ? engine.withMemory([info])[0] : info)
+        }
         on(.delete, "/v1/containers/{id}") { request, context in
             try await engine.removeContainer(try context.parameter("id"), force: try request.bool("force", default: false), by: context.actor)
             return Response(status: .noContent)

@@ -25,11 +25,10 @@ extension Engine {
             try await store.save(policy: policy.row(createdAt: Date().timeIntervalSince1970))
             registry.withLock { $0.policies[policy.id] = policy }
             if let workers = workerSet {
-                let shard = workers.shard(for: policy.id)
-                do {
-                    return try await workers.connection(shard).call("ensureParents", WorkerEnsureParents(policy: policy, image: try image(policy.image)),
-                                                                    as: ParentInfo.self)
-                } catch {
+                do { return try await ensureParentsInWorkers(workers, policy, image: try image(policy.image)) } catch {
+                    for shard in workers.assignedShards(policy.id) {
+                        _ = try? await workers.connection(shard).call("removeParents", WorkerParentRef(id: policy.id), as: WorkerNothing.self)
+                    }
                     try? await forgetPolicy(policy.id)
                     workers.unassign(policy.id)
                     throw error
@@ -126,14 +125,14 @@ extension Engine {
         try await audited("parent.drain", subject: id, actor: actor) {
             try ensureAccepting()
             guard let policy = registry.withLock({ $0.policies[id] }) else { throw EngineError(.notFound, "unknown parent \(id)", field: "id") }
-            if let workers = workerSet, let shard = workers.assignedShard(id) {
-                do {
-                    var info = try await workers.connection(shard).call("drainParents", WorkerParentRef(id: id), as: ParentInfo.self)
-                    info.policy = policy
-                    return info
-                } catch let error as EngineError where error.kind == .notFound {
-                    // Never made in its worker: nothing to drain.
+            if let workers = workerSet, !workers.assignedShards(id).isEmpty {
+                var parts: [ParentInfo] = []
+                for shard in workers.assignedShards(id) {
+                    do { parts.append(try await workers.connection(shard).call("drainParents", WorkerParentRef(id: id), as: ParentInfo.self)) } catch let error as EngineError where error.kind == .notFound {
+                        // Never made in this worker: nothing to drain.
+                    }
                 }
+                if let info = ParentInfo.merged(parts, policy: policy) { return info }
             }
             let family = registry.withLock { $0.families[id] }
             family?.drain()
@@ -151,7 +150,7 @@ extension Engine {
             if let workers = workerSet {
                 guard registry.withLock({ $0.policies[id] != nil }) else { throw EngineError(.notFound, "unknown parent \(id)", field: "id") }
                 // The worker refuses while the parents have live children.
-                if let shard = workers.assignedShard(id) {
+                for shard in workers.assignedShards(id) {
                     _ = try await workers.connection(shard).call("removeParents", WorkerParentRef(id: id), as: WorkerNothing.self)
                 }
                 workers.unassign(id)

@@ -29,6 +29,9 @@ public struct WorkerInfo: Codable, Sendable, Equatable {
     public var parents: [String]
     /// Times this daemon started it again after it died.
     public var restarts: Int
+    /// What the worker says of itself (its process, confinement and VMs); nil when it is not
+    /// connected or did not answer.
+    public var process: WorkerProcessStatus?
 }
 
 /// How an engine runs: in one process (the daemon holds the VMs), as the control plane of
@@ -85,15 +88,47 @@ extension Engine {
 extension Engine {
     var workersMode: Bool { workerSet != nil }
 
-    /// The workers (empty when this process holds the VMs itself).
-    public func workers() -> [WorkerInfo] {
+    /// The workers (empty when this process holds the VMs itself), each with what it says of
+    /// itself (`sharing`: with the measured memory of its parents and children, a page walk,
+    /// which placement then takes: see `adoptMeasuredFigures`).
+    public func workers(withSharing sharing: Bool = false) async -> [WorkerInfo] {
         guard let workers = workerSet else { return [] }
+        let statuses = await withTaskGroup(of: (Int, WorkerProcessStatus?).self) { group in
+            for connection in workers.connections {
+                group.addTask { (connection.shard, try? await connection.call("status", WorkerStatusRequest(sharing: sharing), as: WorkerProcessStatus.self)) }
+            }
+            var statuses: [Int: WorkerProcessStatus] = [:]
+            for await (shard, status) in group { statuses[shard] = status }
+            return statuses
+        }
+        if sharing { await adoptMeasuredFigures(Array(statuses.values)) }
         let live = registry.withLock { registry in registry.containers.values.compactMap { $0.isLive ? $0.shard : nil } }
         let connections = Dictionary(uniqueKeysWithValues: workers.connections.map { ($0.shard, $0) })
         return (0..<workers.count).map { shard in
             let connection = connections[shard]
             return WorkerInfo(shard: shard, pid: connection?.pid, connected: connection != nil, liveContainers: live.filter { $0 == shard }.count,
-                              parents: workers.policies(on: shard).sorted(), restarts: workers.restarts(shard))
+                              parents: workers.policies(on: shard).sorted(), restarts: workers.restarts(shard), process: statuses[shard])
+        }
+    }
+
+    /// The per-worker gauges of the metrics page, labelled worker="N" (called before each
+    /// scrape; nothing without workers).
+    public func refreshWorkerMetrics() async {
+        guard workersMode else { return }
+        for worker in await workers() {
+            let dimensions = [("worker", "\(worker.shard)")]
+            metrics.gauge("vmfork_worker_up", dimensions).record(worker.connected ? 1 : 0)
+            metrics.gauge("vmfork_worker_restarts", dimensions).record(worker.restarts)
+            metrics.gauge("vmfork_worker_containers_live", dimensions).record(worker.liveContainers)
+            metrics.gauge("vmfork_worker_parent_policies", dimensions).record(worker.parents.count)
+            guard let process = worker.process else { continue }
+            metrics.gauge("vmfork_worker_rss_bytes", dimensions).record(process.rssKiB << 10)
+            metrics.gauge("vmfork_worker_threads", dimensions).record(process.threads)
+            metrics.gauge("vmfork_worker_vms", dimensions).record(process.parents + process.readyVMs + process.liveChildren)
+            metrics.gauge("vmfork_worker_parents", dimensions).record(process.parents)
+            metrics.gauge("vmfork_worker_ready_vms", dimensions).record(process.readyVMs)
+            metrics.gauge("vmfork_worker_live_children", dimensions).record(process.liveChildren)
+            metrics.gauge("vmfork_worker_seccomp", dimensions).record(process.seccomp)
         }
     }
 
@@ -123,6 +158,7 @@ extension Engine {
         var connection = try? WorkerConnection(shard: shard, socketPath: path)
         if connection == nil {
             let pid = try workers.spawn(shard, stateFolder: stateFolder)
+            record("worker.start", subject: "\(shard)", actor: "engine", detail: "{\"pid\":\(pid)}")
             let deadline = ContinuousClock.now + .seconds(30)
             while connection == nil {
                 try await Task.sleep(for: .milliseconds(10))
@@ -291,12 +327,15 @@ extension Engine {
         guard let workers = workerSet else { return }
         let (policies, images) = registry.withLock { (Array($0.policies.values), $0.images) }
         for policy in policies.sorted(by: { $0.id < $1.id }) {
-            let target = workers.shard(for: policy.id)
-            guard shard == nil || shard == target, let image = images[policy.image] else { continue }
-            do {
-                _ = try await workers.connection(target).call("ensureParents", WorkerEnsureParents(policy: policy, image: image), as: ParentInfo.self)
-            } catch {
-                logger.error("warm parent not made", metadata: ["parent": "\(policy.id)", "shard": "\(target)", "error": "\(error)"])
+            guard let image = images[policy.image] else { continue }
+            let shards = workers.shards(for: policy)
+            for target in shards where shard == nil || shard == target {
+                let share = WorkerSet.share(of: policy, shard: target, among: shards)
+                do {
+                    _ = try await workers.connection(target).call("ensureParents", WorkerEnsureParents(policy: share, image: image), as: ParentInfo.self)
+                } catch {
+                    logger.error("warm parent not made", metadata: ["parent": "\(policy.id)", "shard": "\(target)", "error": "\(error)"])
+                }
             }
         }
     }
@@ -304,17 +343,15 @@ extension Engine {
     /// Forks in the worker holding the policy's family (its parents made first at the policy's first use).
     func createInWorker(_ workers: WorkerSet, id: String, name: String, spec: ContainerSpec, image: ImageRecord, policy: ParentPolicy,
                         recordedNow: Bool, labels: [String: String], placementID: Int?, startNow: Bool) async throws -> ManagedContainer {
-        let shard = workers.shard(for: policy.id)
-        let connection = try workers.connection(shard)
         if recordedNow {
-            do {
-                _ = try await connection.call("ensureParents", WorkerEnsureParents(policy: policy, image: image), as: ParentInfo.self)
-            } catch {
+            do { _ = try await ensureParentsInWorkers(workers, policy, image: image) } catch {
                 try? await forgetPolicy(policy.id)
                 workers.unassign(policy.id)
                 throw error
             }
         }
+        let shard = forkShard(workers, policy)
+        let connection = try workers.connection(shard)
         var resolved = spec
         resolved.name = name
         resolved.forkPoint = policy.forkPoint
@@ -368,18 +405,15 @@ extension Engine {
     /// Every policy with what its worker's parents hold now.
     func parentsInWorkers(_ workers: WorkerSet, withSharing: Bool) async throws -> [ParentInfo] {
         let policies = registry.withLock { $0.policies }
-        var held: [String: ParentInfo] = [:]
+        var held: [String: [ParentInfo]] = [:]
         try await withThrowingTaskGroup(of: [ParentInfo].self) { group in
             for connection in workers.connections {
                 group.addTask { (try? await connection.call("parents", WorkerParents(sharing: withSharing), as: [ParentInfo].self)) ?? [] }
             }
-            for try await list in group { for info in list { held[info.id] = info } }
+            for try await list in group { for info in list { held[info.id, default: []].append(info) } }
         }
         return policies.values.sorted { $0.id < $1.id }.map { policy in
-            if var info = held[policy.id] {
-                info.policy = policy
-                return info
-            }
+            if let info = ParentInfo.merged(held[policy.id] ?? [], policy: policy) { return info }
             return ParentInfo(id: policy.id, policy: policy, state: "absent", failure: nil, parentsReady: 0, readyVMsNow: 0,
                               liveChildren: 0, poolMisses: 0, sharing: nil)
         }

@@ -1,5 +1,6 @@
 import Fork
 import Foundation
+import HostSystem
 import IOEngine
 import Images
 import KVM
@@ -327,6 +328,16 @@ public final class Engine: Sendable {
         if callsDelta > 0 { metrics.polledCalls.increment(by: callsDelta) }
         if backOffsDelta > 0 { metrics.pollerBackOffs.increment(by: backOffsDelta) }
         metrics.gauge("vmfork_poller_watched_vms").record(poller.watchedVMs)
+        // The engine's own threads: the system-call poller and the layer disks' I/O thread.
+        if let thread = self.poller?.kernelThreadID, let seconds = CPUTime.ofThread(thread) {
+            metrics.gauge("vmfork_thread_cpu_seconds", [("thread", "poller")]).record(seconds)
+        }
+        if let io = layerDiskEngine {
+            metrics.gauge("vmfork_io_requests_submitted").record(io.requestsSubmitted)
+            if let thread = io.kernelThreadID, let seconds = CPUTime.ofThread(thread) {
+                metrics.gauge("vmfork_thread_cpu_seconds", [("thread", "io")]).record(seconds)
+            }
+        }
     }
 }
 

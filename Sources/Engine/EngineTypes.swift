@@ -154,6 +154,26 @@ public struct ContainerInfo: Codable, Sendable, Equatable {
     public var forkMicroseconds: Double?
     /// Whether it runs in the VM of an earlier, removed sibling.
     public var reusedVM: Bool?
+    /// Its memory as the kernel accounts it now, when asked for (`?memory=true`) and while
+    /// its VMs live; nil otherwise.
+    public var memory: ContainerMemory?
+}
+
+/// A live container's memory from the kernel's accounting (smaps of the guest mapping of
+/// each of its VMs, the first process's and those it forked), summed over its VMs.
+public struct ContainerMemory: Codable, Sendable, Equatable {
+    /// Pages only its VMs have: what it costs beyond its warm parent.
+    public var privateBytes: Int
+    /// Resident pages it still shares with its parent's memfd.
+    public var sharedBytes: Int
+    /// VMs counted (one per process).
+    public var vms: Int
+
+    public init(privateBytes: Int, sharedBytes: Int, vms: Int) {
+        self.privateBytes = privateBytes
+        self.sharedBytes = sharedBytes
+        self.vms = vms
+    }
 }
 
 /// How a container ended, as wait returns it.

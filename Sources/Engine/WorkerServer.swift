@@ -14,13 +14,19 @@ public final class WorkerServer: Sendable {
     public let engine: Engine
     public let shard: Int
     let socketPath: String
+    /// Its NUMA binding, and what a call outside its seccomp filter gets (reported by `status`).
+    let confinement: WorkerConfinement
+    let seccompMode: WorkerSeccomp.Mode
     private let listener: Int32
     /// The connection events go to (the last to say hello).
     private let subscriber = Mutex<WorkerPeer?>(nil)
 
     /// Binds the socket (the engine holds its folder's lock, so no other worker of this shard
     /// runs and a socket file left there is stale).
-    public init(engine: Engine, shard: Int, socketPath: String) throws {
+    public init(engine: Engine, shard: Int, socketPath: String, confinement: WorkerConfinement = WorkerConfinement(),
+                seccompMode: WorkerSeccomp.Mode = .off) throws {
+        self.confinement = confinement
+        self.seccompMode = seccompMode
         self.engine = engine
         self.shard = shard
         self.socketPath = socketPath
@@ -47,33 +53,6 @@ public final class WorkerServer: Sendable {
                 guard row.actor == "engine", row.type == "parent.evict" || row.type == "parent.shrink" else { return }
                 self?.subscriber.withLock { $0 }?.send(WorkerEventMessage(event: "event", body: row))
             }))
-    }
-
-    /// Gives up every capability for good: the calling thread drops them (no_new_privs;
-    /// bounding, ambient, effective, permitted and inheritable sets emptied) and execs the
-    /// same command again, so that the new image starts with none in any thread (capabilities
-    /// are per thread, and the runtime has started threads by now). Returns when the process
-    /// holds none already (after that exec). What a worker does — open /dev/kvm, make VMs
-    /// through it, memfds, its state, socket and the rootfs folders, all its own user's —
-    /// needs none; what remains is that user's own access (root's ownership of its files when
-    /// it runs as root). Throws when the kernel refuses.
-    public static func dropPrivileges() throws {
-        func holdsAny() -> Bool {
-            let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
-            return tasks.contains { task in
-                guard let status = try? String(contentsOfFile: "/proc/self/task/\(task)/status", encoding: .utf8) else { return false }
-                return status.split(separator: "\n").contains { line in
-                    (line.hasPrefix("CapEff:") || line.hasPrefix("CapBnd:") || line.hasPrefix("CapPrm:")) && !line.hasSuffix("0000000000000000")
-                }
-            }
-        }
-        guard holdsAny() else { return }
-        let result = cshims_drop_capabilities_of_this_thread()
-        guard result == 0 else { throw EngineError(.failed, "cannot drop the worker's capabilities: \(String(cString: strerror(-result)))") }
-        // unsafe: NUL-terminated copies, alive until exec replaces the process (or it fails, when they leak once).
-        let arguments = CommandLine.arguments.map { strdup($0) } + [nil]
-        execv("/proc/self/exe", arguments)
-        throw EngineError(.failed, "cannot exec the worker again without capabilities: \(String(cString: strerror(errno)))")
     }
 
     /// Accepts connections until the process ends (call from a thread that may block).
@@ -176,6 +155,14 @@ public final class WorkerServer: Sendable {
                 let policy = MemoryPressurePolicy(minimumAvailableMiB: request.minimumAvailableMiB, maximumStalledPercent: request.maximumStalledPercent)
                 return try await engine.onBlockingThread { [engine] in engine.relieveMemoryPressure(reading, policy: policy) }
             }
+        case "status":
+            await peer.reply(id) { [self] in try await status(sharing: (try? body(WorkerStatusRequest.self, frame).sharing) ?? false) }
+        #if DEBUG
+        case "debug.forbiddenCall", "debug.x32Call":
+            // The proof that the seccomp filter is live (debug builds only): a fork, or an x32
+            // call, which the filter answers by ending this process with SIGSYS.
+            await peer.reply(id) { Int(cshims_seccomp_forbidden_call(op == "debug.x32Call" ? 1 : 0)) }
+        #endif
         case "shutdown":
             let grace = (try? body(WorkerShutdown.self, frame).graceMilliseconds) ?? 10_000
             await engine.shutdown(grace: .milliseconds(grace))

@@ -34,8 +34,9 @@ final class WorkerSet: Sendable {
 
     private struct State {
         var connections: [Int: WorkerConnection] = [:]
-        /// Parent policy id -> shard.
-        var assignments: [String: Int] = [:]
+        /// Parent policy id -> the shards holding its parents (sorted): one, or as many as the
+        /// policy has parents when there are that many workers.
+        var assignments: [String: [Int]] = [:]
         /// Workers this daemon spawned: pid by shard.
         var children: [Int: Int32] = [:]
         var stopping = false
@@ -78,23 +79,40 @@ final class WorkerSet: Sendable {
         }
     }
 
-    /// The shard holding a policy's family: its recorded one, else the one with the fewest
-    /// families (ties to the lowest shard), recorded now.
-    func shard(for policyID: String) -> Int {
+    /// The shards holding a policy's parents: its recorded ones, else the min(parents,
+    /// workers) shards with the fewest policies (ties to the lowest shards), recorded now. A
+    /// policy of one parent lives in one worker; one of P parents spreads a parent per worker
+    /// over P workers (see `share`), and its forks are balanced over them.
+    func shards(for policy: ParentPolicy) -> [Int] {
         state.withLock { state in
-            if let shard = state.assignments[policyID] { return shard }
+            if let shards = state.assignments[policy.id], !shards.isEmpty { return shards }
             var load = [Int](repeating: 0, count: settings.count)
-            for shard in state.assignments.values where shard < load.count { load[shard] += 1 }
-            let shard = load.indices.min { (load[$0], $0) < (load[$1], $1) } ?? 0
-            state.assignments[policyID] = shard
-            return shard
+            for shards in state.assignments.values { for shard in shards where shard < load.count { load[shard] += 1 } }
+            let span = max(1, min(policy.parents, settings.count))
+            let shards = load.indices.sorted { (load[$0], $0) < (load[$1], $1) }.prefix(span).sorted()
+            state.assignments[policy.id] = shards
+            return shards
         }
     }
 
-    func assignedShard(_ policyID: String) -> Int? { state.withLock { $0.assignments[policyID] } }
-    func assign(_ policyID: String, to shard: Int) { state.withLock { $0.assignments[policyID] = shard } }
+    /// The part of `policy` the worker of `shard` holds: its parents split over the policy's shards.
+    static func share(of policy: ParentPolicy, shard: Int, among shards: [Int]) -> ParentPolicy {
+        guard shards.count > 1, let index = shards.firstIndex(of: shard) else { return policy }
+        var share = policy
+        share.parents = policy.parents / shards.count + (index < policy.parents % shards.count ? 1 : 0)
+        return share
+    }
+
+    func assignedShards(_ policyID: String) -> [Int] { state.withLock { $0.assignments[policyID] ?? [] } }
+    func assign(_ policyID: String, to shard: Int) {
+        state.withLock { state in
+            var shards = state.assignments[policyID] ?? []
+            if !shards.contains(shard) { shards.append(shard) }
+            state.assignments[policyID] = shards.sorted()
+        }
+    }
     func unassign(_ policyID: String) { state.withLock { $0.assignments[policyID] = nil } }
-    func policies(on shard: Int) -> [String] { state.withLock { $0.assignments.filter { $0.value == shard }.map(\.key) } }
+    func policies(on shard: Int) -> [String] { state.withLock { $0.assignments.filter { $0.value.contains(shard) }.map(\.key) } }
 
     func restarts(_ shard: Int) -> Int { state.withLock { $0.restarts[shard] ?? 0 } }
 
@@ -140,5 +158,7 @@ final class WorkerSet: Sendable {
 func describeWaitStatus(_ status: Int32) -> String {
     let signal = status & 0x7f
     if signal == 0 { return "exited with \((status >> 8) & 0xff)" }
+    // SIGSYS is what the worker's seccomp filter ends it with (see WorkerSeccomp).
+    if signal == SIGSYS { return "killed by signal \(signal) (SIGSYS: a system call outside its seccomp filter)" }
     return "killed by signal \(signal)"
 }

@@ -6,9 +6,12 @@ import ProcessVM
 /// VM is on a fork's critical path: a finished child's VM comes back restored to the parent's
 /// memory (`giveBack`), and new ones are made in the background when the pool runs low.
 ///
-/// The pool's own serial queue does both, returns first: a returning VM costs a restore (a
-/// few hundred µs), a new one a VM, a vCPU and a memory-slot registration (milliseconds, and
-/// every live VM's MMU notifier on the way). Returns on their way count as ready when the
+/// Returns and refills each have a serial queue of the pool's own: a returning VM costs a
+/// restore (a few hundred µs), a new one a VM, a vCPU and a memory-slot registration
+/// (milliseconds, and every live VM's MMU notifier on the way), made at the lowest priority.
+/// On one queue, returns waited behind a refill starved of a core on a busy host, and forks
+/// then found the pool empty and built VMs inline at full priority (23 % of runs missed the
+/// pool under 4 clients on a loaded 2-core host). Returns on their way count as ready when the
 /// pool decides whether to refill, so a refill never fills the place of a VM coming back
 /// (which would then be torn down), and a fork that finds the pool empty while a VM is on its
 /// way back waits for it a little rather than building one.
@@ -20,14 +23,22 @@ final class VMPool: @unchecked Sendable {
     private var ready: [PreparedVM] = []
     /// Children's VMs handed back and not yet restored (or let go).
     private var returning = 0
+    /// Of those, the ones no thread has begun to restore yet: the return queue takes them in
+    /// turn, and a fork finding the pool empty restores one itself rather than waiting.
+    private var unrestored: [ProcessVM] = []
+    /// Forks that restored a returned VM themselves (the pool was empty, a return waited).
+    var restoredByForks: Int { condition.withLock { restoredInline } }
+    private var restoredInline = 0
     private var refilling = false
     /// Forks that found the pool empty and made their VM inline.
     var misses: Int { condition.withLock { missCount } }
     private var missCount = 0
     /// VMs ready for a fork now.
     var readyCount: Int { condition.withLock { ready.count } }
-    /// Restores, refills and teardowns, one at a time, off the forks' path.
+    /// Refills, one VM at a time, off the forks' path.
     private let queue: DispatchQueue
+    /// Restores and teardowns of returned VMs, one at a time, never behind a refill.
+    private let returnQueue: DispatchQueue
     /// How long a fork waits for a VM on its way back before it makes one itself.
     static let returnWait: TimeInterval = 0.005
 
@@ -35,23 +46,43 @@ final class VMPool: @unchecked Sendable {
         self.system = system
         self.forkPoint = forkPoint
         self.target = max(0, target)
-        queue = DispatchQueue(label: "vmfork.pool", qos: .utility)
+        queue = DispatchQueue(label: "vmfork.pool.refill", qos: .utility)
+        returnQueue = DispatchQueue(label: "vmfork.pool.returns", qos: .utility)
     }
 
-    /// A ready VM (the most recently readied, likely a reused one), or one made now when the
-    /// pool is empty and no VM comes back within `returnWait`. A refill starts when the pool
+    /// A ready VM (the most recently readied, likely a reused one); when there is none, a
+    /// returned VM no thread has begun to restore, restored here (a restore costs a few
+    /// hundred µs, a new VM milliseconds: on a busy host the return queue fell behind, and
+    /// 23 % of forks under 4 clients built VMs while VMs waited to be restored); else one on
+    /// its way back within `returnWait`; else one made now. A refill starts when the pool
     /// (counting returns on their way) falls below half its target: above that, finished
     /// children's VMs coming back are expected to keep it topped up.
     func take() throws(GuestError) -> PreparedVM {
-        let taken: PreparedVM? = condition.withLock {
-            if ready.isEmpty && returning > 0 {
+        enum Found { case ready(PreparedVM), returned(ProcessVM), none }
+        let found: Found = condition.withLock {
+            if let vm = ready.popLast() { return .ready(vm) }
+            if let child = unrestored.popLast() { return .returned(child) }
+            if returning > 0 {
                 let deadline = Date(timeIntervalSinceNow: Self.returnWait)
                 while ready.isEmpty && returning > 0 && condition.wait(until: deadline) {}
             }
-            return ready.popLast()
+            return ready.popLast().map { .ready($0) } ?? .none
         }
         refill(whenBelow: (target + 1) / 2)
-        if let taken { return taken }
+        switch found {
+        case .ready(let vm):
+            return vm
+        case .returned(let child):
+            let vm = try? PreparedVM(reusing: child)
+            condition.withLock {
+                returning -= 1
+                if vm != nil { restoredInline += 1 }
+                condition.broadcast()
+            }
+            if let vm { return vm }
+        case .none:
+            break
+        }
         condition.withLock { missCount += 1 }
         return try PreparedVM(system: system, forkPoint: forkPoint, readAhead: false)
     }
@@ -67,7 +98,7 @@ final class VMPool: @unchecked Sendable {
         if start { queue.async { [self] in refillOne() } }
     }
 
-    /// Makes one VM and queues the next, so that returns queued meanwhile go first.
+    /// Makes one VM and queues the next.
     private func refillOne() {
         let needed = condition.withLock { ready.count + returning < target }
         guard needed else { return finishRefill() }
@@ -80,10 +111,15 @@ final class VMPool: @unchecked Sendable {
         let made = try? PreparedVM(system: system, forkPoint: forkPoint, readAhead: true)
         setpriority(which, 0, previous)
         guard let made else { return finishRefill() }
-        condition.withLock {
+        // Returns restored meanwhile may have filled the pool: then this one goes (here,
+        // off the forks' path).
+        let kept = condition.withLock {
+            defer { condition.broadcast() }
+            guard ready.count < target else { return false }
             ready.append(made)
-            condition.broadcast()
+            return true
         }
+        guard kept else { return finishRefill() }
         queue.async { [self] in refillOne() }
     }
 
@@ -94,13 +130,18 @@ final class VMPool: @unchecked Sendable {
         }
     }
 
-    /// Takes back the VM of a finished child: on the pool's queue it is restored for its next
+    /// Takes back the VM of a finished child: on the pool's return queue it is restored for its next
     /// sibling when the pool has room for it; otherwise (or when it cannot be reused) it is
     /// torn down there, off the caller's thread.
     func giveBack(_ child: ProcessVM) {
-        condition.withLock { returning += 1 }
-        queue.async { [self] in
-            let room = condition.withLock { ready.count < target }
+        condition.withLock {
+            returning += 1
+            unrestored.append(child)
+        }
+        returnQueue.async { [self] in
+            // The latest return not yet taken by a fork (none: a fork restored it itself).
+            let (child, room) = condition.withLock { (unrestored.popLast(), ready.count < target) }
+            guard let child else { return }
             let vm = room ? try? PreparedVM(reusing: child) : nil
             condition.withLock {
                 returning -= 1
@@ -126,7 +167,7 @@ final class VMPool: @unchecked Sendable {
 
     /// Blocks until every VM handed back so far is restored or torn down.
     func waitForReturns() {
-        queue.sync {}
+        returnQueue.sync {}
         condition.withLock { while returning > 0 { condition.wait() } }
     }
 

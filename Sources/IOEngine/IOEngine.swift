@@ -17,6 +17,12 @@ public final class IOEngine: Sendable {
     /// Requests submitted so far: what a caller's batching and coalescing come down to.
     public var requestsSubmitted: Int { requestCount.load(ordering: .relaxed) }
 
+    /// The I/O thread's kernel id once it runs (for its CPU time in /proc).
+    public var kernelThreadID: pid_t? {
+        let id = worker.threadID.load(ordering: .relaxed)
+        return id == 0 ? nil : id
+    }
+
     /// Starts the I/O thread with a ring of `queueDepth` entries and room for `registeredFiles`
     /// files and `registeredBuffers` buffers.
     public init(queueDepth: UInt32 = 256, registeredFiles: UInt32 = 4096, registeredBuffers: UInt32 = 1024) throws(IOUringError) {

@@ -13,6 +13,8 @@ import Glibc
 /// It is also a task executor: tasks that prefer it run on the I/O thread between trips into
 /// the kernel, so a request's completion resumes its task with no thread switch at all.
 final class RingWorker: TaskExecutor, @unchecked Sendable {
+    /// The I/O thread's kernel id once it runs (0 before), for its CPU figures.
+    let threadID = Atomic<pid_t>(0)
     let ring: IOUring
     let buffers: BufferRegistry
 
@@ -112,6 +114,7 @@ final class RingWorker: TaskExecutor, @unchecked Sendable {
     /// nothing in flight.
     func run() {
         cshims_set_thread_name("vmfork-io")
+        threadID.store(pid_t(cshims_thread_id()), ordering: .relaxed)
         // Every disk request waits on this thread twice (to be submitted, to be completed), and
         // it sleeps between rounds: when it wakes it must win a core, not wait out a busy
         // thread's time slice (with a CPU-bound thread beside it, a round of 32 writes waited

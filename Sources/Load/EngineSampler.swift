@@ -1,6 +1,7 @@
 import API
 import Engine
 import Foundation
+import HostSystem
 import Synchronization
 
 /// Samples the engine's own accounting while a run goes: its warm-parent families' memory
@@ -26,7 +27,7 @@ final class EngineSampler: Sendable {
         guard let response = try? client.send("GET", "/v1/parents?sharing=true"), response.status == 200,
               let parents = try? response.decode([ParentInfo].self) else { return nil }
         var sample = LoadReport.MemorySample(atSeconds: recorder.seconds(.now), children: 0, privateBytes: 0, sharedBytes: 0, parentBytes: 0,
-                                             poolMisses: 0, readyVMs: 0, engineCPUSeconds: daemonPID.flatMap(Self.cpuSeconds),
+                                             poolMisses: 0, readyVMs: 0, engineCPUSeconds: daemonPID.flatMap(CPUTime.ofProcess),
                                              privatePerChildByImage: [:])
         for parent in parents {
             sample.poolMisses += parent.poolMisses
@@ -60,16 +61,6 @@ final class EngineSampler: Sendable {
         done.wait()
         if let last = sample() { samples.withLock { $0.append(last) } }
         return samples.withLock { $0 }
-    }
-
-    /// User + system CPU of a process, from /proc/PID/stat (fields 14 and 15, in clock ticks).
-    static func cpuSeconds(_ pid: pid_t) -> Double? {
-        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = text.lastIndex(of: ")") else { return nil }
-        // Fields after the command's closing parenthesis start at field 3 (state).
-        let fields = text[text.index(after: close)...].split(separator: " ")
-        guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
-        return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 
     /// The process on the other end of a Unix socket (SO_PEERCRED), or nil.

@@ -109,6 +109,16 @@ public struct PlacementCore: Sendable {
         images[i] = spec
     }
 
+    /// The memory a warm parent of an image holds, as measured (its cold starts' charge and the
+    /// charge of warm parents added from now on; ones already placed keep theirs).
+    public mutating func setParentMemory(image: String, parentMemoryKiB: Int) throws(PlacementError) {
+        let i = try index(ofImage: image)
+        var spec = images[i]
+        spec.parentMemoryKiB = parentMemoryKiB
+        try spec.validate()
+        images[i] = spec
+    }
+
     public func image(_ name: String) throws(PlacementError) -> ImageCost { images[try index(ofImage: name)] }
 
     func index(ofImage name: String) throws(PlacementError) -> Int {

@@ -73,6 +73,14 @@ public final class PlacementService: Sendable {
                    rows: { core, _ in Self.imageRows(core, [image]) })
     }
 
+    /// Takes the fork engine's measured figures for an image (either may be nil: kept), in one change.
+    public func setMeasured(image: String, parentMemoryKiB: Int?, growthPerChildKiB: Int?) throws {
+        try change({ core in
+            if let parentMemoryKiB { try core.setParentMemory(image: image, parentMemoryKiB: parentMemoryKiB) }
+            if let growthPerChildKiB { try core.setGrowth(image: image, growthPerChildKiB: growthPerChildKiB) }
+        }, rows: { core, _ in Self.imageRows(core, [image]) })
+    }
+
     /// Registers a host together with the warm parents it already holds.
     public func addHost(_ spec: HostSpec, warmParents: [WarmParentSite] = []) throws {
         try change({ core in

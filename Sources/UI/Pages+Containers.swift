@@ -30,10 +30,10 @@ struct ContainerView {
     let started: String
     let finished: String
     let forkLatency: String
-    let memoryPrivate: String
-    let memoryShared: String
+    /// "private / shared" of its own VMs while they live, else "".
+    let memory: String
 
-    init(_ info: ContainerInfo, sharing: SharingFigures?, now: Double) {
+    init(_ info: ContainerInfo, now: Double) {
         id = info.id
         shortID = String(info.id.prefix(12))
         name = info.name
@@ -60,9 +60,8 @@ struct ContainerView {
         started = Format.time(info.startedAt)
         finished = Format.time(info.finishedAt)
         forkLatency = Format.microseconds(info.forkMicroseconds)
-        // The kernel's figures of its parent's family: the median child's private and shared memory.
-        memoryPrivate = sharing.map { Format.mib(bytes: $0.childPrivateBytesMedian) } ?? ""
-        memoryShared = sharing.map { Format.mib(bytes: $0.childSharedBytesMedian) } ?? ""
+        // The kernel's figures of its own VMs (the API's `?memory=true`), while they live.
+        memory = info.memory.map { "\(Format.mib(bytes: $0.privateBytes)) / \(Format.mib(bytes: $0.sharedBytes))" } ?? ""
     }
 }
 
@@ -97,10 +96,10 @@ extension Pages {
         if !image.isEmpty { query.append("image=\(Form.escapeComponent(image))") }
         if !label.isEmpty { query.append("label=\(Form.escapeComponent(label))") }
         if !vch.isEmpty { query.append("label=\(Form.escapeComponent("\(VCHRegistry.ownerLabel)=\(vch)"))") }
-        let listed = await get("/v1/containers" + (query.isEmpty ? "" : "?" + query.joined(separator: "&")), as: [ContainerInfo].self, actor: actor)
-        let sharing = await familySharing(actor: actor)
+        query.append("memory=true")
+        let listed = await get("/v1/containers?" + query.joined(separator: "&"), as: [ContainerInfo].self, actor: actor)
         let now = Date().timeIntervalSince1970
-        let rows = ((try? listed.get()) ?? []).sorted { $0.createdAt > $1.createdAt }.map { ContainerView($0, sharing: sharing[$0.parent], now: now) }
+        let rows = ((try? listed.get()) ?? []).sorted { $0.createdAt > $1.createdAt }.map { ContainerView($0, now: now) }
         let images = ((try? await get("/v1/images", as: [ImageRecord].self, actor: actor).get()) ?? []).map(\.name)
         let vchs = ((try? await get("/v1/vchs", as: [VCHInfo].self, actor: actor).get()) ?? []).map(\.name)
         var live = "/ui/containers?fragment=1"
@@ -117,14 +116,6 @@ extension Pages {
         return ui.render("containers", view, title: "Containers", section: "containers")
     }
 
-    /// Per parent policy id, its family's sharing figures (the API's parent list).
-    func familySharing(actor: String) async -> [String: SharingFigures] {
-        let parents = (try? await get("/v1/parents?sharing=true", as: [ParentInfo].self, actor: actor).get()) ?? []
-        var figures: [String: SharingFigures] = [:]
-        for parent in parents { figures[parent.id] = parent.sharing }
-        return figures
-    }
-
     struct ContainerDetailView {
         let container: ContainerView?
         let inspect: String
@@ -133,18 +124,17 @@ extension Pages {
     }
 
     func container(_ id: String, actor: String) async -> Response {
-        let answer = await api.call(.get, "/v1/containers/\(Form.escapeComponent(id))", actor: actor)
+        let answer = await api.call(.get, "/v1/containers/\(Form.escapeComponent(id))?memory=true", actor: actor)
         guard answer.ok, let info = try? answer.decode(ContainerInfo.self) else {
             let view = ContainerDetailView(container: nil, inspect: "", error: answer.error?.message ?? "the container does not decode", message: nil)
             return ui.render("container", view, title: "Container \(id)", section: "containers", status: answer.ok ? .internalServerError : .notFound)
         }
-        let sharing = await familySharing(actor: actor)
         var inspect = String(decoding: answer.body, as: UTF8.self)
         if let object = try? JSONSerialization.jsonObject(with: answer.body),
            let pretty = try? JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]) {
             inspect = String(decoding: pretty, as: UTF8.self)
         }
-        let view = ContainerDetailView(container: ContainerView(info, sharing: sharing[info.parent], now: Date().timeIntervalSince1970),
+        let view = ContainerDetailView(container: ContainerView(info, now: Date().timeIntervalSince1970),
                                        inspect: inspect, error: nil, message: nil)
         return ui.render("container", view, title: "Container \(info.name)", section: "containers")
     }

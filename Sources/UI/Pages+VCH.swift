@@ -57,8 +57,8 @@ extension Pages {
         }
         let label = Form.escapeComponent("\(VCHRegistry.ownerLabel)=\(name)")
         let now = Date().timeIntervalSince1970
-        let containers = ((try? await get("/v1/containers?label=\(label)", as: [ContainerInfo].self, actor: actor).get()) ?? [])
-            .sorted { $0.createdAt > $1.createdAt }.map { ContainerView($0, sharing: nil, now: now) }
+        let containers = ((try? await get("/v1/containers?label=\(label)&memory=true", as: [ContainerInfo].self, actor: actor).get()) ?? [])
+            .sorted { $0.createdAt > $1.createdAt }.map { ContainerView($0, now: now) }
         let view = VCHDetailView(vch: Self.vchView(info), created: created, containers: containers, error: nil, message: message)
         return ui.render("vch", view, title: "VCH \(name)", section: "vchs")
     }

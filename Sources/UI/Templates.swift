@@ -124,13 +124,13 @@ enum Templates {
         {{#error}}<p class="error" role="alert">Error: {{error}}</p>{{/error}}
         <table id="containers-table"><caption>{{count}} container(s)</caption>
         <thead><tr><th scope="col">Name</th><th scope="col">State</th><th scope="col">Image</th><th scope="col">Command</th><th scope="col">Uptime</th>
-        <th scope="col">Memory private / shared (family median)</th><th scope="col">Exit status</th><th scope="col">VCH</th><th scope="col">Actions</th></tr></thead>
+        <th scope="col">Memory private / shared</th><th scope="col">Exit status</th><th scope="col">VCH</th><th scope="col">Actions</th></tr></thead>
         <tbody>
         {{#rows}}<tr data-id="{{id}}" data-name="{{name}}">
         <td><a href="/ui/containers/{{id}}">{{name}}</a><br><small>{{shortID}}</small></td>
         <td class="state" data-state="{{state}}"><span class="badge {{state}}">{{state}}</span></td>
         <td>{{image}}</td><td><code>{{command}}</code></td><td>{{uptime}}</td>
-        <td>{{memoryPrivate}} / {{memoryShared}}</td><td>{{exitStatus}}</td><td>{{vch}}</td>
+        <td>{{memory}}</td><td>{{exitStatus}}</td><td>{{vch}}</td>
         <td class="actions">{{#running}}<a class="button" href="/ui/containers/{{id}}/confirm?action=stop" aria-label="Stop {{name}}">Stop</a>
         <a class="button" href="/ui/containers/{{id}}/confirm?action=kill" aria-label="Kill {{name}}">Kill</a>{{/running}}
         <a class="button" href="/ui/containers/{{id}}/confirm?action=remove" aria-label="Remove {{name}}">Remove</a></td>
@@ -155,7 +155,7 @@ enum Templates {
         <div><dt>Exit reason</dt><dd data-field="exitReason">{{exitReason}}</dd></div>
         <div><dt>Hostname</dt><dd data-field="hostname">{{hostname}}</dd></div>
         <div><dt>Memory limit</dt><dd data-field="memoryMiB">{{memoryMiB}} MiB</dd></div>
-        <div><dt>Memory private / shared (family median)</dt><dd data-field="memory">{{memoryPrivate}} / {{memoryShared}}</dd></div>
+        <div><dt>Memory private / shared</dt><dd data-field="memory">{{memory}}</dd></div>
         <div><dt>Pool</dt><dd data-field="pool">{{pool}}</dd></div>
         <div><dt>VCH</dt><dd data-field="vch">{{vch}}</dd></div>
         <div><dt>Warm parent</dt><dd data-field="parent">{{parent}}</dd></div>

@@ -168,12 +168,16 @@ struct ContainerCommand: ParsableCommand {
         func run() throws {
             var query = label.map { "label=\(percentEncoded($0))" }
             if let image { query.append("image=\(percentEncoded(image))") }
-            let response = try daemon.call("GET", "/v1/containers" + (query.isEmpty ? "" : "?" + query.joined(separator: "&")))
+            // Each live container's own memory, from one read of the kernel's accounting.
+            query.append("memory=true")
+            let response = try daemon.call("GET", "/v1/containers?" + query.joined(separator: "&"))
             if daemon.json { return daemon.printJSON(response) }
             let containers = try response.decode([ContainerInfo].self).filter { all || $0.state != .exited }
-            print(table(["ID", "NAME", "IMAGE", "STATE", "STATUS", "FORK", "COMMAND"], containers.map { c in
+            func kib(_ bytes: Int?) -> String { bytes.map { "\($0 / 1024) KiB" } ?? "" }
+            print(table(["ID", "NAME", "IMAGE", "STATE", "STATUS", "FORK", "PRIVATE", "SHARED", "COMMAND"], containers.map { c in
                 [String(c.id.prefix(12)), c.name, c.image, c.state.rawValue, c.exitReason ?? "",
-                 c.forkMicroseconds.map { String(format: "%.0f µs", $0) } ?? "", c.arguments.joined(separator: " ")]
+                 c.forkMicroseconds.map { String(format: "%.0f µs", $0) } ?? "", kib(c.memory?.privateBytes), kib(c.memory?.sharedBytes),
+                 c.arguments.joined(separator: " ")]
             }))
         }
     }

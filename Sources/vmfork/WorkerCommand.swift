@@ -35,9 +35,14 @@ struct WorkerCommand: AsyncParsableCommand {
         // Files it makes are private (logs, socket); a write to a pipe whose reader is gone gets EPIPE.
         umask(0o077)
         signal(SIGPIPE, SIG_IGN)
-        // Capabilities go first (the worker execs itself once without them; see
-        // WorkerServer.dropPrivileges): nothing below needs one.
-        do { try WorkerServer.dropPrivileges() } catch {
+        // The NUMA binding and the capabilities go first (the worker execs itself once bound
+        // and without them; see WorkerConfinement.confine): nothing below needs a capability.
+        guard let seccompMode = WorkerSeccomp.mode(from: ProcessInfo.processInfo.environment) else {
+            FileHandle.standardError.write(Data("vmfork worker: \(WorkerSeccomp.environmentVariable) is not one of kill, log, off\n".utf8))
+            throw ExitCode(1)
+        }
+        let confinement: WorkerConfinement
+        do { confinement = try WorkerConfinement.confine(shard: shard) } catch {
             FileHandle.standardError.write(Data("vmfork worker: \(error)\n".utf8))
             throw ExitCode(1)
         }
@@ -47,7 +52,12 @@ struct WorkerCommand: AsyncParsableCommand {
         let workers = root.appendingPathComponent("workers", isDirectory: true)
         do {
             let engine = try Engine.worker(stateFolder: root, shard: shard, logger: logger)
-            let server = try WorkerServer(engine: engine, shard: shard, socketPath: workers.appendingPathComponent("\(shard).sock").path)
+            let server = try WorkerServer(engine: engine, shard: shard, socketPath: workers.appendingPathComponent("\(shard).sock").path,
+                                          confinement: confinement, seccompMode: seccompMode)
+            if let failure = confinement.numaFailure { logger.warning("worker not bound to its NUMA node", metadata: ["error": "\(failure)"]) }
+            // Its engine, state and socket made: from here on only the engine's system calls.
+            try WorkerSeccomp.install(seccompMode)
+            logger.info("worker confined", metadata: ["seccomp": "\(seccompMode.rawValue)", "numaNode": "\(confinement.numaNode.map(String.init) ?? "none")"])
             Task { await engine.warmUp() }
             let thread = Thread { server.serve() }
             thread.name = "vmfork-worker-accept"

@@ -380,6 +380,8 @@ struct DaemonTests {
         #expect(exits.flatMap { Int($0.split(separator: " ")[1]) }.map { $0 > 0 } == true, "\(metrics.text)")
         #expect(metrics.text.contains("vmfork_vm_exits_per_container_count 2"), "\(metrics.text)")
         #expect(metrics.text.contains("vmfork_poller_watched_vms "))
+        // The poller thread's CPU time (the containers polled their calls, so it ran).
+        #expect(metrics.text.contains("vmfork_thread_cpu_seconds{thread=\"poller\"} "), "\(metrics.text)")
     }
     @Test func underMemoryPressureIdlePoolsShrinkThenIdleParentsGoButNotOnesWithChildren() throws {
         let daemon = try DaemonFixture()

@@ -10,4 +10,6 @@
 #include "cshims_gunzip.h"
 #include "cshims_spawn.h"
 #include "cshims_privileges.h"
+#include "cshims_events.h"
+#include "cshims_seccomp.h"
 #endif

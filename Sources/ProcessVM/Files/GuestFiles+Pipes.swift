@@ -26,6 +26,8 @@ extension GuestFiles {
                               guestStatusFlags: O_RDONLY | guestFlags)
         let writer = OpenFile(host: FileDescriptor(adopting: ends[1]), isInsideRootfs: false, access: .nonBlocking,
                               guestStatusFlags: O_WRONLY | guestFlags)
+        reader.kind = .pipe
+        writer.kind = .pipe
         let closeOnExec = flags & O_CLOEXEC != 0
         _ = install(reader, at: readIndex, closeOnExec: closeOnExec)
         let writeIndex: Int

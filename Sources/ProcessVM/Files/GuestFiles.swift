@@ -118,7 +118,8 @@ public final class GuestFiles: @unchecked Sendable {
     /// file here share one in the child too), so parent and child share offsets and status
     /// flags exactly as Linux fork() does, while closing a descriptor in one leaves the other's intact.
     public func copyForFork() throws(SystemError) -> GuestFiles {
-        try copy(skipping: 0) { file throws(SystemError) in try file.duplicated() }
+        var copies: [ObjectIdentifier: OpenFile] = [:]
+        return try copy(skipping: 0, copies: &copies) { file throws(SystemError) in try file.duplicated() }
     }
 
     /// A table for a new container forked from a warm parent: unlike fork(), each open file is
@@ -128,8 +129,17 @@ public final class GuestFiles: @unchecked Sendable {
     /// start as the parent's): the parent's is read-only and shared.
     public func copyForChildContainer(standardStreams: (input: Int32, output: Int32, error: Int32),
                                       rootFileSystem: (any GuestRootFileSystem)? = nil) throws(SystemError) -> GuestFiles {
-        let child = try copy(skipping: 3, roots: try rootFileSystem.map { disk throws(SystemError) in try roots.with(disk: disk) }) { file throws(SystemError) in
-            try file.reopenedForAnotherContainer()
+        // Kernel objects the guest made get fresh ones in the same state (a pipe's both ends
+        // one fresh pipe); every other file is reopened.
+        var pipes: [UInt64: PipeCopy] = [:]
+        var copies: [ObjectIdentifier: OpenFile] = [:]
+        let newRoots = try rootFileSystem.map { disk throws(SystemError) in try roots.with(disk: disk) }
+        let child = try copy(skipping: 3, roots: newRoots, copies: &copies) { file throws(SystemError) -> OpenFile in
+            if let fresh = try file.freshForAnotherContainer(pipes: &pipes) { return fresh }
+            return try file.reopenedForAnotherContainer()
+        }
+        for slot in slots.compactMap({ $0 }) {
+            copies[ObjectIdentifier(slot.file)]?.replayRegistrations(of: slot.file, copies: copies)
         }
         for (index, stream) in [standardStreams.input, standardStreams.output, standardStreams.error].enumerated() {
             child.slots[index] = DescriptorSlot(file: try OpenFile.standardStream(stream), closeOnExec: false)
@@ -139,9 +149,10 @@ public final class GuestFiles: @unchecked Sendable {
 
     /// The same descriptor numbers, close-on-exec flags and working directory, with each open
     /// file copied once by `copyFile` (descriptors that share an open file here share one in
-    /// the copy too). The first `skipped` slots are left empty for the caller to fill.
-    private func copy(skipping skipped: Int, roots newRoots: FileSystemRoots? = nil, _ copyFile: (OpenFile) throws(SystemError) -> OpenFile) throws(SystemError) -> GuestFiles {
-        var copies: [ObjectIdentifier: OpenFile] = [:]
+    /// the copy too). The first `skipped` slots are left empty for the caller to fill;
+    /// `copies` gets each original's copy; `newRoots`, when given, are the copy's roots.
+    private func copy(skipping skipped: Int, roots newRoots: FileSystemRoots? = nil, copies: inout [ObjectIdentifier: OpenFile],
+                      _ copyFile: (OpenFile) throws(SystemError) -> OpenFile) throws(SystemError) -> GuestFiles {
         var childSlots: [DescriptorSlot?] = []
         childSlots.reserveCapacity(max(slots.count, skipped))
         for (index, slot) in slots.enumerated() {

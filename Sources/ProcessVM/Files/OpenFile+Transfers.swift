@@ -72,6 +72,8 @@ extension OpenFile {
         let copy = OpenFile(host: try HostFileCalls.duplicate(hostFD), isInsideRootfs: isInsideRootfs, access: access, guestStatusFlags: guestStatusFlags)
         copy.disk = disk?.copy()
         copy.growth = growth
+        // The same kernel object: an epoll instance keeps one list of registrations.
+        copy.kind = kind
         return copy
     }
 

@@ -23,6 +23,9 @@ final class OpenFile {
     var disk: DiskFileState?
     /// Set for a file of a container's own disk open for writing: what its growth is charged to.
     var growth: DiskGrowthBudget?
+    /// What kernel object the guest made, when it made one (a pipe, an eventfd, a timerfd,
+    /// an epoll instance): such an object is never handed to another container as it is.
+    var kind: GuestObjectKind = .file
 
     init(host: consuming FileDescriptor, isInsideRootfs: Bool, access: HostAccess = .neverWaits, guestStatusFlags: Int32? = nil) {
         self.host = host

@@ -47,16 +47,19 @@ extension Interrupts {
 
     /// Waits until host descriptor `fd` is ready for `events` (or at its end, or in error:
     /// the transfer then says which); false when a kill or a signal came first.
-    func waitUntilReady(_ fd: Int32, events: Int16) -> Bool {
+    /// With `milliseconds` >= 0 it returns true after that long too (the caller checks its
+    /// own deadline).
+    func waitUntilReady(_ fd: Int32, events: Int16, milliseconds: Int32 = -1) -> Bool {
         let wake = wakeup.waitDescriptor()
         while true {
             // A request made before the eventfd existed is seen here; one made after it
             // writes to it, so none is lost between this check and the poll.
             if hasPending { return false }
             var entries = [pollfd(fd: fd, events: events, revents: 0), pollfd(fd: wake ?? -1, events: Int16(POLLIN), revents: 0)]
-            let ready = poll(&entries, nfds_t(entries.count), wake == nil ? Self.fallbackSlice : -1)
+            let slice = wake == nil ? (milliseconds < 0 ? Self.fallbackSlice : min(milliseconds, Self.fallbackSlice)) : milliseconds
+            let ready = poll(&entries, nfds_t(entries.count), slice)
             if ready < 0, cshims_errno() != EINTR { return !hasPending }
-            if entries[0].revents != 0 { return !hasPending }
+            if entries[0].revents != 0 || ready == 0 && milliseconds >= 0 { return !hasPending }
             if let wake, entries[1].revents != 0 { wakeup.drain(wake) }
         }
     }

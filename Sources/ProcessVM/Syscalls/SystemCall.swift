@@ -43,7 +43,7 @@ extension ProcessVM {
     /// System-call numbers to handlers, gathered from each family's table.
     static let syscallTable: [SyscallHandler?] = {
         var table = [SyscallHandler?](repeating: nil, count: 512)
-        for (number, handler) in fileSyscalls + fileChangeSyscalls + memorySyscalls + processSyscalls + timeSyscalls + signalSyscalls + processTreeSyscalls + suspendSyscalls {
+        for (number, handler) in fileSyscalls + fileChangeSyscalls + memorySyscalls + processSyscalls + timeSyscalls + signalSyscalls + processTreeSyscalls + suspendSyscalls + eventSyscalls {
             precondition(table[number] == nil, "system call \(number) registered twice")
             table[number] = handler
         }

@@ -1,0 +1,64 @@
+import CShims
+import Foundation
+import HostSystem
+
+/// What confines an engine worker: its NUMA node, no capabilities, and (once its engine,
+/// state and socket are made) the seccomp filter of `WorkerSeccomp`.
+public struct WorkerConfinement: Sendable, Codable, Equatable {
+    /// The node the worker is bound to (nil: no NUMA support, or VMFORK_WORKER_NUMA=off).
+    public var numaNode: Int?
+    /// Why the binding failed, when it did (the worker then runs unbound).
+    public var numaFailure: String?
+
+    public init(numaNode: Int? = nil, numaFailure: String? = nil) {
+        self.numaNode = numaNode
+        self.numaFailure = numaFailure
+    }
+
+    /// Set in the environment of the worker's second image (after the exec below).
+    static let marker = "VMFORK_WORKER_CONFINED"
+    static let failureVariable = "VMFORK_WORKER_NUMA_FAILURE"
+    public static let numaVariable = "VMFORK_WORKER_NUMA"
+
+    /// Binds the calling thread to the shard's NUMA node (CPU affinity and memory policy),
+    /// gives up every capability (no_new_privs; bounding, ambient, effective, permitted and
+    /// inheritable sets emptied) and execs the same command again: these are per-thread
+    /// attributes and the runtime has started threads by now, so the exec is what gives every
+    /// thread of the worker the binding and none of them a capability (root's exec grants only
+    /// what the empty bounding set allows). Returns in the second image, with what was done.
+    /// What a worker does — open /dev/kvm, make VMs through it, memfds, its state, socket and
+    /// the rootfs folders, all its own user's — needs no capability; what remains is that
+    /// user's own access. Throws when the kernel refuses to drop a capability or the exec fails.
+    public static func confine(shard: Int) throws -> WorkerConfinement {
+        let environment = ProcessInfo.processInfo.environment
+        let wantsNUMA = environment[numaVariable] != "off"
+        if environment[marker] == "1" {
+            guard !holdsCapabilities() else { throw EngineError(.failed, "the worker still holds capabilities after its exec") }
+            let node = wantsNUMA ? NUMABinding.node(forShard: shard) : nil
+            return WorkerConfinement(numaNode: environment[failureVariable] == nil ? node : nil, numaFailure: environment[failureVariable])
+        }
+        if wantsNUMA, let node = NUMABinding.node(forShard: shard) {
+            do { try NUMABinding.bindThisThread(to: node) } catch { setenv(failureVariable, "\(error)", 1) }
+        }
+        if holdsCapabilities() {
+            let result = cshims_drop_capabilities_of_this_thread()
+            guard result == 0 else { throw EngineError(.failed, "cannot drop the worker's capabilities: \(String(cString: strerror(-result)))") }
+        }
+        setenv(marker, "1", 1)
+        // unsafe: NUL-terminated copies, alive until exec replaces the process (or it fails, when they leak once).
+        let arguments = CommandLine.arguments.map { strdup($0) } + [nil]
+        execv("/proc/self/exe", arguments)
+        throw EngineError(.failed, "cannot exec the worker again confined: \(String(cString: strerror(errno)))")
+    }
+
+    /// Whether any thread of this process holds a capability (effective, permitted or bounding).
+    static func holdsCapabilities() -> Bool {
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
+        return tasks.contains { task in
+            guard let status = try? String(contentsOfFile: "/proc/self/task/\(task)/status", encoding: .utf8) else { return false }
+            return status.split(separator: "\n").contains { line in
+                (line.hasPrefix("CapEff:") || line.hasPrefix("CapBnd:") || line.hasPrefix("CapPrm:")) && !line.hasSuffix("0000000000000000")
+            }
+        }
+    }
+}
