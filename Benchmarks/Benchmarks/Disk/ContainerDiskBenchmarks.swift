@@ -11,9 +11,12 @@ func containerDiskBenchmarks() {
         let folder = try ContainerDiskFolder()
         defer { folder.remove() }
         let parent = try await folder.parent()
+        // Only the child's making is measured (each iteration sets up its own parent).
+        benchmark.startMeasurement()
         for index in benchmark.scaledIterations {
             try await VMDKImage.createChild(at: folder.path("child-\(index).vmdk"), parent: parent, engine: folder.engine)
         }
+        benchmark.stopMeasurement()
     }
     Benchmark("Container disk: take a ready child at fork (rename into place)", configuration: .init(metrics: [.wallClock], maxDuration: .seconds(10), maxIterations: 2000)) { benchmark async throws in
         let folder = try ContainerDiskFolder()
