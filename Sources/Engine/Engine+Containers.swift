@@ -384,7 +384,8 @@ extension Engine {
             if registry.names[info.name] == container.id { registry.names[info.name] = nil }
         }
         vm?.remove()
-        if container.disk != nil { containerDisks?.remove(id: container.id) }
+        // Also the disk of a container recorded before a restart (which no longer holds it open).
+        containerDisks?.remove(id: container.id)
         if let shard = container.shard {
             if awaitWorker { await removeInWorker(container, shard: shard) } else { Task { await removeInWorker(container, shard: shard) } }
         }
