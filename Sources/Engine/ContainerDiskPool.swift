@@ -52,9 +52,9 @@ final class ContainerDiskPool: Sendable {
         return target
     }
 
-    /// Removes a container's disk (with the container).
+    /// Removes a container's disk (with the container): one unlink, none there or not.
     func remove(id: String) {
-        try? FileManager.default.removeItem(atPath: path(for: id))
+        _ = unlink(path(for: id))
     }
 
     /// Makes disks for `top` in the background until `target` are ready.

@@ -107,7 +107,7 @@ extension Engine {
                                          rootFileSystem: disk)
                 } catch {
                     streams.closeStdinWriter()
-                    try? FileManager.default.removeItem(at: folder)
+                    ContainerFolder.remove(folder)
                     if disk != nil { containerDisks?.remove(id: id) }
                     throw error
                 }
@@ -398,7 +398,7 @@ extension Engine {
         let folder = container.logFolder
         writer.enqueue { $0.deletedContainers.append(container.id) }
         // Deleting the log files is file-system work: off the caller's thread, not awaited.
-        DispatchQueue.global(qos: .utility).async { try? FileManager.default.removeItem(at: folder) }
+        DispatchQueue.global(qos: .utility).async { ContainerFolder.remove(folder) }
     }
 
     // MARK: Run
@@ -498,7 +498,7 @@ private struct ContainerStreams {
     let stdinWriter: Int32
 
     init(folder: URL, stdin: String?, openStdin: Bool) throws {
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        try ContainerFolder.make(folder)
         func openLog(_ name: String) throws -> Int32 {
             let fd = open(folder.appendingPathComponent(name).path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0o600)
             guard fd >= 0 else { throw EngineError(.failed, "cannot open \(name) in \(folder.path): \(String(cString: strerror(errno)))") }
