@@ -38,22 +38,29 @@ final class ContainerDiskPool: Sendable {
 
     func path(for id: String) -> String { folder.appendingPathComponent("\(id).vmdk").path }
 
-    /// The container `id`'s disk, a child of `top`: a ready one renamed into place, or one
-    /// made now. Called on a KVM thread (a miss waits for the I/O thread).
-    func take(top: String, id: String) throws -> String {
-        let target = path(for: id)
+    /// A disk for a container, a child of `top`: a ready one (the fork pays for taking it
+    /// from the list; `name` renames it to the container's name afterwards), or one made now
+    /// under the container's name. Called on a KVM thread (a miss waits for the I/O thread).
+    func take(top: String, id: String) throws -> (path: String, ready: Bool) {
         defer { refill(top: top) }
-        while let made = state.withLock({ $0.ready[top]?.popLast() }) {
-            if rename(made, target) == 0 { return target }
-            logger.warning("a ready container disk could not be taken", metadata: ["disk": "\(made)", "errno": "\(errno)"])
-        }
+        if let made = state.withLock({ $0.ready[top]?.popLast() }) { return (made, true) }
         state.withLock { $0.misses += 1 }
+        let target = path(for: id)
         try wait { () async throws(DiskError) in try await VMDKImage.createChild(at: target, parent: top, engine: self.engine) }
-        return target
+        return (target, false)
     }
 
-    /// Removes a container's disk (with the container): one unlink, none there or not.
-    func remove(id: String) {
+    /// Names a taken ready disk by its container, off the fork's path.
+    func name(_ root: ContainerDiskRoot, id: String) {
+        let target = path(for: id)
+        DispatchQueue.global(qos: .utility).async {
+            if !root.moveDisk(to: target) { self.logger.debug("a container disk was not renamed (removed first)", metadata: ["id": "\(id)"]) }
+        }
+    }
+
+    /// Removes a container's disk (with the container): wherever it is now, and by its name.
+    func remove(id: String, root: ContainerDiskRoot? = nil) {
+        if let root { _ = unlink(root.diskPath) }
         _ = unlink(path(for: id))
     }
 
@@ -96,6 +103,9 @@ extension Engine {
     func containerDiskRoot(for family: ParentFamily, id: String) throws -> ContainerDiskRoot? {
         guard let pool = containerDisks, let image = family.rootFileSystem as? DiskRootFileSystem else { return nil }
         let top = image.volume.disk.layers[0].path
-        return ContainerDiskRoot(base: image, diskPath: try pool.take(top: top, id: id))
+        let (path, ready) = try pool.take(top: top, id: id)
+        let root = ContainerDiskRoot(base: image, diskPath: path)
+        if ready { pool.name(root, id: id) }
+        return root
     }
 }

@@ -108,7 +108,7 @@ extension Engine {
                 } catch {
                     streams.closeStdinWriter()
                     ContainerFolder.remove(folder)
-                    if disk != nil { containerDisks?.remove(id: id) }
+                    if let disk { containerDisks?.remove(id: id, root: disk) }
                     throw error
                 }
                 let info = ContainerInfo(id: id, name: name, image: image.name, state: .created, exitCode: nil, exitReason: nil,
@@ -385,7 +385,7 @@ extension Engine {
         }
         vm?.remove()
         // Also the disk of a container recorded before a restart (which no longer holds it open).
-        containerDisks?.remove(id: container.id)
+        containerDisks?.remove(id: container.id, root: container.disk)
         if let shard = container.shard {
             if awaitWorker { await removeInWorker(container, shard: shard) } else { Task { await removeInWorker(container, shard: shard) } }
         }

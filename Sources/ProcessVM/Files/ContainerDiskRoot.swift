@@ -29,8 +29,9 @@ struct LiveBuilder: @unchecked Sendable {
 /// `@unchecked Sendable`: `live` and everything in it are guarded by `lock`.
 public final class ContainerDiskRoot: GuestWritableRootFileSystem, @unchecked Sendable {
     public let base: DiskRootFileSystem
-    /// The container's child disk.
-    public let diskPath: String
+    /// The container's child disk (where it is now: see `moveDisk`).
+    public var diskPath: String { lock.withLock { path } }
+    private var path: String
     private let lock = NSLock()
     private var live: Live?
     /// Set by `finish`: the container has ended and its root serves nothing more.
@@ -56,7 +57,19 @@ public final class ContainerDiskRoot: GuestWritableRootFileSystem, @unchecked Se
 
     public init(base: DiskRootFileSystem, diskPath: String) {
         self.base = base
-        self.diskPath = diskPath
+        path = diskPath
+    }
+
+    /// Renames the disk file to `newPath` (the engine names it by the container after the
+    /// fork, off the fork's path); an open disk stays open. False when it failed (the
+    /// container was removed meanwhile, its disk with it).
+    @discardableResult
+    public func moveDisk(to newPath: String) -> Bool {
+        lock.withLock {
+            guard Glibc.rename(path, newPath) == 0 else { return false }
+            path = newPath
+            return true
+        }
     }
 
     public var device: UInt64 { base.device }
@@ -246,7 +259,7 @@ public final class ContainerDiskRoot: GuestWritableRootFileSystem, @unchecked Se
         defer { lock.unlock() }
         guard !finished else { throw SystemError(call: "the container's disk after its end", errno: EIO) }
         if live == nil {
-            let path = diskPath
+            let path = self.path
             let engine = base.volume.disk.engine
             let opened = try base.waiting { () async throws(Ext4Error) -> (LiveBuilder, Ext4Volume) in
                 let disk: VirtualDisk
