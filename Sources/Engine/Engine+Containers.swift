@@ -100,11 +100,15 @@ extension Engine {
                 let streams = try ContainerStreams(folder: folder, stdin: stdin, openStdin: openStdin)
                 defer { streams.closeChildEnds() }
                 let vm: Fork.Container
+                var disk: ContainerDiskRoot?
                 do {
-                    vm = try family.fork(id: id, arguments: arguments, environment: environment, hostname: hostname, streams: streams.standard)
+                    disk = try containerDiskRoot(for: family, id: id)
+                    vm = try family.fork(id: id, arguments: arguments, environment: environment, hostname: hostname, streams: streams.standard,
+                                         rootFileSystem: disk)
                 } catch {
                     streams.closeStdinWriter()
                     ContainerFolder.remove(folder)
+                    if let disk { containerDisks?.remove(id: id, root: disk) }
                     throw error
                 }
                 let info = ContainerInfo(id: id, name: name, image: image.name, state: .created, exitCode: nil, exitReason: nil,
@@ -112,7 +116,7 @@ extension Engine {
                                          forkPoint: forkPoint, labels: labels, parent: policy.id, pool: placementPool, placementID: placed,
                                          createdAt: Date().timeIntervalSince1970, startedAt: nil, finishedAt: nil,
                                          forkMicroseconds: Self.microseconds(vm.forkLatency), reusedVM: vm.reusesVM)
-                let managed = ManagedContainer(info: info, logFolder: folder, vm: vm, stdinWriter: streams.stdinWriter, family: family)
+                let managed = ManagedContainer(info: info, logFolder: folder, vm: vm, stdinWriter: streams.stdinWriter, family: family, disk: disk)
                 registry.withLock { registry in
                     registry.containers[id] = managed
                     registry.forks += 1
@@ -242,6 +246,12 @@ extension Engine {
     /// is queued for the log, then whoever waits is woken (and `woken` runs), and only then
     /// does the VM go back to its pool — the waiter should not wait for that.
     func ended(_ container: ManagedContainer, _ exit: ExitInfo, woken: (() -> Void)? = nil) {
+        // Its changes reach its disk before anyone hears it ended.
+        if let disk = container.disk {
+            do { try disk.finish() } catch {
+                logger.error("a container's changes could not be written to its disk", metadata: ["id": "\(container.id)", "error": "\(error)", "disk": "\(disk.diskPath)"])
+            }
+        }
         let (info, wake) = container.finish(exit, at: Date().timeIntervalSince1970)
         let counters = container.vm?.processVM?.lastRunCounters
         // A worker's daemon hears of it before any waiter here wakes (a stop's reply follows it).
@@ -374,6 +384,8 @@ extension Engine {
             if registry.names[info.name] == container.id { registry.names[info.name] = nil }
         }
         vm?.remove()
+        // Also the disk of a container recorded before a restart (which no longer holds it open).
+        containerDisks?.remove(id: container.id, root: container.disk)
         if let shard = container.shard {
             if awaitWorker { await removeInWorker(container, shard: shard) } else { Task { await removeInWorker(container, shard: shard) } }
         }

@@ -65,6 +65,8 @@ public final class Engine: Sendable {
     /// The disk root filesystems opened for images, by top layer disk; and their I/O engine.
     let layerDiskRoots = Mutex<[String: DiskRootFileSystem]>([:])
     let layerDiskEngine: IOEngine?
+    /// Containers' own writable disks, children of their image's top layer (`ContainerDiskPool`).
+    let containerDisks: ContainerDiskPool?
     /// In one process, as the control plane of worker processes, or as a worker.
     public let options: EngineOptions
     /// The daemon's workers (nil when this process holds the VMs itself).
@@ -116,6 +118,9 @@ public final class Engine: Sendable {
         writer = StateWriter(store: store, logger: logger)
         metrics = EngineMetrics(factory: metricsFactory)
         imagePuller = try ImagePuller(datastore: stateFolder.appendingPathComponent("images", isDirectory: true), logger: logger)
+        containerDisks = try layerDiskEngine.map {
+            try ContainerDiskPool(folder: stateFolder.appendingPathComponent("images/containers", isDirectory: true), engine: $0, logger: logger)
+        }
         workerSet = try options.workers.flatMap { $0.count > 0 ? try WorkerSet(settings: $0, stateFolder: stateFolder) : nil }
         let keepsLive = workerSet != nil
         let lostReason = options.workerShard != nil ? "stopped: its worker restarted" : "stopped: the daemon restarted"

@@ -10,6 +10,8 @@ final class ManagedContainer: Sendable {
     let logFolder: URL
     /// The warm parent family it was forked from (nil for containers recorded before a restart).
     let family: ParentFamily?
+    /// Its own writable disk, when its root filesystem is served from its image's disks.
+    let disk: ContainerDiskRoot?
     private let state: Mutex<MutableState>
 
     struct MutableState {
@@ -26,8 +28,9 @@ final class ManagedContainer: Sendable {
     }
 
     init(info: ContainerInfo, logFolder: URL, vm: Fork.Container?, stdinWriter: Int32, family: ParentFamily?, exit: ExitInfo? = nil,
-         shard: Int? = nil) {
+         shard: Int? = nil, disk: ContainerDiskRoot? = nil) {
         id = info.id
+        self.disk = disk
         self.logFolder = logFolder
         self.family = family
         state = Mutex(MutableState(info: info, vm: vm, stdinWriter: stdinWriter, exit: exit, shard: shard))

@@ -98,7 +98,7 @@ final class ParentFamily: Sendable {
     /// Forks a child from the next parent in turn (a KVM thread's call: it may build a VM
     /// when the pool is empty).
     func fork(id: String, arguments: [String]?, environment: [String], hostname: String,
-              streams: StandardStreams) throws(EngineError) -> Fork.Container {
+              streams: StandardStreams, rootFileSystem: (any GuestRootFileSystem)? = nil) throws(EngineError) -> Fork.Container {
         let parent: WarmParent = try {
             () throws(EngineError) -> WarmParent in
             try state.withLock { state throws(EngineError) -> WarmParent in
@@ -112,7 +112,7 @@ final class ParentFamily: Sendable {
         }()
         do {
             let child = try parent.fork(arguments: policy.forkPoint == .stdin ? nil : arguments, environment: environment,
-                                        hostname: hostname, streams: streams)
+                                        hostname: hostname, streams: streams, rootFileSystem: rootFileSystem)
             state.withLock { $0.children[id] = child }
             return child
         } catch .guest(.childArgumentsTooLarge(let what)) {

@@ -88,8 +88,9 @@ public final class WarmParent: @unchecked Sendable {
     /// Forks a child: a pooled VM takes the parent's memory copy-on-write and CPU state, and
     /// the child its own pid, hostname, streams and — for an entry-point parent — arguments
     /// and environment. The child has not run yet; `Container.run` or `start` runs it.
+    /// `rootFileSystem`: the child's own root (its writable disk), instead of the parent's.
     public func fork(arguments: [String]? = nil, environment: [String]? = nil, hostname: String? = nil,
-                     streams: StandardStreams) throws(ForkError) -> Container {
+                     streams: StandardStreams, rootFileSystem: (any GuestRootFileSystem)? = nil) throws(ForkError) -> Container {
         let started = ContinuousClock.now
         let prepared: PreparedVM
         do { prepared = try pool.take() } catch { throw .guest(error) }
@@ -98,7 +99,7 @@ public final class WarmParent: @unchecked Sendable {
         do {
             let child = try ProcessVM(forking: forkPoint, into: prepared, identity: identity,
                                       arguments: arguments.map { [image.executable] + $0 }, environment: environment ?? image.environment,
-                                      streams: streams)
+                                      streams: streams, rootFileSystem: rootFileSystem)
             return Container(vm: child, name: identity.hostname, forkLatency: ContinuousClock.now - started,
                              reusesVM: prepared.isReused, pool: pool)
         } catch {

@@ -43,6 +43,9 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Serve the root filesystem from the ext4 in this VMDK chain (an image's top layer or a container disk) instead of a folder.")
     var disk: String?
 
+    @Flag(help: "With --disk: the disk is this container's own (a child of an image's top layer); its writes, creates, removes and renames land in it, synced at fsync/sync and at the end.")
+    var writable = false
+
     @Option(help: "Guest memory in MiB: the VM's memory limit.")
     var memory = 256
 
@@ -63,6 +66,7 @@ struct RunCommand: ParsableCommand {
 
     func validate() throws {
         guard (rootfs == nil) != (disk == nil) else { throw ValidationError("give either --rootfs DIR or --disk DISK.vmdk") }
+        if writable, disk == nil { throw ValidationError("--writable needs --disk") }
         var isFolder: ObjCBool = false
         if let rootfs {
             guard FileManager.default.fileExists(atPath: rootfs, isDirectory: &isFolder), isFolder.boolValue else {
@@ -81,10 +85,16 @@ struct RunCommand: ParsableCommand {
         identity.hostname = hostname
         var configuration = ProcessVMConfiguration(rootfs: rootfs ?? "/nonexistent", memoryBytes: memory << 20, identity: identity,
                                                    pollsSystemCalls: pollSyscalls)
-        if let disk { configuration.rootFileSystem = try DiskRootOpener.open(disk) }
+        var containerRoot: ContainerDiskRoot?
+        if let disk {
+            let base = try DiskRootOpener.open(disk)
+            if writable { containerRoot = ContainerDiskRoot(base: base, diskPath: disk) }
+            configuration.rootFileSystem = containerRoot ?? base
+        }
         let vm = try ProcessVM(system: system, configuration: configuration, executable: program[0], arguments: program,
                                environment: environment)
         let status = try vm.run()
+        do { try containerRoot?.sync() } catch { throw ValidationError("--disk \(disk ?? ""): writing the container's changes: \(error)") }
         if reportMissing || !vm.missingSyscalls.isEmpty {
             let missing = vm.missingSyscalls.sorted { $0.key < $1.key }.map { "\($0.key < 0 ? "others" : "\($0.key)") (×\($0.value))" }
             if !missing.isEmpty {

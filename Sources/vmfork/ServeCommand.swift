@@ -36,8 +36,8 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Memory pressure above this share of time stalled on memory (/proc/pressure/memory some avg10, %).")
     var pressureStalledPercent = 10.0
 
-    @Flag(help: "Run pulled images' containers from their layer disks (ext4 in the VMDK chain, served over io_uring) instead of their unpacked folders.")
-    var rootfsFromDisks = false
+    @Flag(inversion: .prefixedNo, help: "Run pulled images' containers from their layer disks (ext4 in the VMDK chain, served over io_uring), each writing into a child disk of its own; --no-rootfs-from-disks runs them from their unpacked folders, read-only.")
+    var rootfsFromDisks = true
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"

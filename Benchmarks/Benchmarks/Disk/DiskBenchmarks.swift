@@ -23,6 +23,7 @@ let benchmarks: @Sendable () -> Void = {
             }
         }
     }
+    containerDiskBenchmarks()
 }
 
 /// The benchmarks' disk: a 128 MiB monolithicSparse VMDK with every grain allocated, made on

@@ -33,14 +33,14 @@ extension Ext4Builder {
                     throw .full(disk: name, what: "extent tree room for inode \(number)")
                 }
                 if record.treeBlocks.count != needed {
-                    for block in record.treeBlocks { markBlock(block, used: false) }
+                    for block in record.treeBlocks { releaseBlock(block) }
                     record.treeBlocks = try (0..<needed).map { _ throws(Ext4Error) in try allocateBlocks(1)[0].physical }
                 }
                 for leaf in record.extentLeaves(blockSize: blockSize) { writes[leaf.block] = leaf.bytes }
             }
             let inInode = record.xattrs.isEmpty || Ext4InodeRecord.inodeXAttrArea(record.xattrs, space: geometry.inodeSize - 128 - Ext4.extraInodeSize) != nil
             if inInode {
-                if record.xattrBlock != 0 { markBlock(record.xattrBlock, used: false) }
+                if record.xattrBlock != 0 { releaseBlock(record.xattrBlock) }
                 record.xattrBlock = 0
             } else {
                 guard let bytes = Ext4InodeRecord.xattrBlockBytes(record.xattrs, blockSize: blockSize) else {
@@ -51,7 +51,12 @@ extension Ext4Builder {
             }
             inodes[number] = record
         }
+        // Blocks first, then the inodes pointing at them, then the bitmaps: a crash part-way
+        // leaves inodes that point at old, intact blocks, or new blocks no inode points at yet.
+        try await writeChanged(writes)
+        writes = [:]
         try await writeInodeTables()
+        applyDeferredFrees()
         var usedDirectories = [Int](repeating: 0, count: geometry.groupCount)
         for number in directories.keys { usedDirectories[Int(number - 1) / Int(geometry.inodesPerGroup)] += 1 }
         var freeBlocksPerGroup: [Int] = [], freeInodesPerGroup: [Int] = []

@@ -61,8 +61,16 @@ public final class Ext4Builder {
     private var inodeCursor: UInt32 = Ext4.firstNonReservedInode
     /// (directory, name) pairs this layer made, which its opaque markers keep.
     private var madeThisLayer: Set<EntryKey> = []
-    private var writer: DataWriter
-    let now: Ext4Time
+    var writer: DataWriter
+    /// The time changes are stamped with: fixed for a layer, moved on by each change of a live
+    /// container disk (`touchClock`).
+    var now: Ext4Time
+    /// Set for a container's live disk (`enableDeferredFrees`): blocks and inodes freed since
+    /// the last `finish` stay marked used until the next one has written the metadata that no
+    /// longer points at them, so a crash in between never finds them holding something else.
+    var defersFrees = false
+    var deferredBlocks: [UInt64] = []
+    var deferredInodes: [UInt32] = []
 
     struct EntryKey: Hashable {
         let directory: UInt32
@@ -196,8 +204,21 @@ public final class Ext4Builder {
 
     func freeBlocks(_ extents: [Ext4Extent]) {
         for extent in extents {
-            for block in extent.physical..<extent.physical + UInt64(extent.length) { markBlock(block, used: false) }
+            for block in extent.physical..<extent.physical + UInt64(extent.length) { releaseBlock(block) }
         }
+    }
+
+    /// Frees one block now, or at the next `finish` when frees are deferred.
+    func releaseBlock(_ block: UInt64) {
+        if defersFrees { deferredBlocks.append(block) } else { markBlock(block, used: false) }
+    }
+
+    /// Frees what was deferred: called by `writeMetadata` before it lays out the bitmaps.
+    func applyDeferredFrees() {
+        for block in deferredBlocks { markBlock(block, used: false) }
+        for inode in deferredInodes { markInode(inode, used: false) }
+        deferredBlocks = []
+        deferredInodes = []
     }
 
     func allocateInode() throws(Ext4Error) -> UInt32 {
@@ -247,7 +268,7 @@ public final class Ext4Builder {
         return current
     }
 
-    private func addDirectoryInode(in parent: UInt32, name: [UInt8], _ attributes: Ext4Attributes) throws(Ext4Error) -> UInt32 {
+    func addDirectoryInode(in parent: UInt32, name: [UInt8], _ attributes: Ext4Attributes) throws(Ext4Error) -> UInt32 {
         let inode = try allocateInode()
         inodes[inode] = record(mode: Ext4.Mode.directory, attributes, links: 2)
         directories[inode] = DirectoryModel(parent: parent)
@@ -258,29 +279,31 @@ public final class Ext4Builder {
         return inode
     }
 
-    private func link(_ inode: UInt32, in directory: UInt32, name: [UInt8], fileType: UInt8) throws(Ext4Error) {
+    func link(_ inode: UInt32, in directory: UInt32, name: [UInt8], fileType: UInt8) throws(Ext4Error) {
         directories[directory]!.add(Ext4DirectoryEntry(name: name, inode: inode, fileType: fileType))
         madeThisLayer.insert(EntryKey(directory: directory, name: name))
         touch(directory)
     }
 
-    /// A directory's entries changed: its ctime moves, its mtime stays what its own entry
-    /// (the tarball's or the host folder's) says, as unpacking an image leaves it.
-    private func touch(_ directory: UInt32) {
+    /// A directory's entries changed: its ctime moves; for a layer its mtime stays what its
+    /// own entry (the tarball's or the host folder's) says, as unpacking an image leaves it.
+    func touch(_ directory: UInt32) {
         inodes[directory]!.changeTime = now
+        // A running container's change moves the mtime too, as Linux does.
+        if defersFrees { inodes[directory]!.modificationTime = now }
         dirtyInodes.insert(directory)
     }
 
     /// Removes `name` from `directory`, and the inode with its last link (a directory with
     /// everything in it).
-    private func unlink(_ name: [UInt8], in directory: UInt32) {
+    func unlink(_ name: [UInt8], in directory: UInt32) {
         guard let entry = directories[directory]!.find(name) else { return }
         directories[directory]!.remove(name)
         touch(directory)
         release(entry.inode, from: directory)
     }
 
-    private func release(_ inode: UInt32, from directory: UInt32) {
+    func release(_ inode: UInt32, from directory: UInt32) {
         if let model = directories[inode] {
             for child in model.entries { release(child.inode, from: inode) }
             directories[inode] = nil
@@ -310,14 +333,14 @@ public final class Ext4Builder {
         links <= 2 ? (links == 1 ? 1 : 2) : links - 1
     }
 
-    private func free(_ inode: UInt32) {
+    func free(_ inode: UInt32) {
         if let record = inodes[inode] {
             freeBlocks(record.extents)
-            for block in record.treeBlocks { markBlock(block, used: false) }
-            if record.xattrBlock != 0 { markBlock(record.xattrBlock, used: false) }
+            for block in record.treeBlocks { releaseBlock(block) }
+            if record.xattrBlock != 0 { releaseBlock(record.xattrBlock) }
         }
         inodes[inode] = nil
-        markInode(inode, used: false)
+        if defersFrees { deferredInodes.append(inode) } else { markInode(inode, used: false) }
         dirtyInodes.insert(inode)
     }
 

@@ -5,7 +5,8 @@ import Glibc
 
 extension Ext4Volume {
     /// Copies a regular file's contents into the host file `fd` (made the file's size first,
-    /// so holes stay holes): only the extents' blocks are read, up to 256 KiB a request.
+    /// so holes stay holes): only the extents' blocks are read, up to 4 MiB a read (which the
+    /// disk submits as one batch of its grains' requests).
     public func copy(_ inode: Ext4Inode, to fd: Int32) async throws(Ext4Error) {
         let record = inode.record
         guard record.isRegular else { throw .invalidChange(path: "inode \(inode.number)", problem: "is not a regular file") }
@@ -13,7 +14,8 @@ extension Ext4Volume {
             throw .invalidChange(path: "inode \(inode.number)", problem: "cannot size its host copy to \(record.size) bytes: \(String(cString: strerror(errno)))")
         }
         let blockSize = UInt64(geometry.blockSize)
-        let chunkBlocks = max(1, (256 << 10) / geometry.blockSize)
+        // A small file gets a buffer of its own size, not 4 MiB.
+        let chunkBlocks = Int(min(UInt64((4 << 20) / geometry.blockSize), max(1, (record.size + blockSize - 1) / blockSize)))
         let buffer = disk.engine.makeBuffer(count: chunkBlocks * geometry.blockSize)
         for extent in record.extents {
             var done: UInt64 = 0

@@ -172,11 +172,12 @@ extension ProcessVM {
     /// the parent's memory copy-on-write, copies its process state, and gets its own
     /// identity and streams — and, for an entry-point parent, its own argv and environment.
     public convenience init(forking forkPoint: ForkPoint, into prepared: PreparedVM, identity: GuestIdentity,
-                            arguments: [String]?, environment: [String]?, streams: StandardStreams) throws(GuestError) {
+                            arguments: [String]?, environment: [String]?, streams: StandardStreams,
+                            rootFileSystem: (any GuestRootFileSystem)? = nil) throws(GuestError) {
         precondition(prepared.forkPoint === forkPoint, "a prepared VM serves the fork point it was made for")
         let files: GuestFiles
         do throws(SystemError) {
-            files = try forkPoint.files.copyForChildContainer(standardStreams: (streams.input, streams.output, streams.error))
+            files = try forkPoint.files.copyForChildContainer(standardStreams: (streams.input, streams.output, streams.error), rootFileSystem: rootFileSystem)
         } catch {
             throw .system(error)
         }

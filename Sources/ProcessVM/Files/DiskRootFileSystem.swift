@@ -55,9 +55,12 @@ public final class DiskRootFileSystem: GuestRootFileSystem {
 
     /// Opens the chain whose top disk is `path` read-only, and its ext4 (checked: a disk
     /// without one, or with a corrupt superblock or descriptors, is refused by name).
-    public static func open(path: String, engine: IOEngine, device: UInt64 = 0xFE00) async throws(Ext4Error) -> DiskRootFileSystem {
+    /// The layer files are read through the host's page cache (`direct` false), as a host
+    /// folder's files are: an image's layers are shared by all its containers and read again
+    /// by each new engine process; O_DIRECT would read them from the device every time.
+    public static func open(path: String, engine: IOEngine, device: UInt64 = 0xFE00, direct: Bool = false) async throws(Ext4Error) -> DiskRootFileSystem {
         let disk: VirtualDisk
-        do { disk = try await VirtualDisk.open(path: path, writable: false, engine: engine) } catch { throw .disk(error) }
+        do { disk = try await VirtualDisk.open(path: path, writable: false, direct: direct, engine: engine) } catch { throw .disk(error) }
         let volume = try await Ext4Volume.open(disk: disk)
         let root = try await volume.root()
         guard root.isDirectory else { throw .corrupt(disk: path, structure: "root inode", problem: "is not a directory") }
@@ -65,8 +68,8 @@ public final class DiskRootFileSystem: GuestRootFileSystem {
     }
 
     /// Runs `body` on the engine's I/O thread and waits for it. Never called from that thread
-    /// (guest calls come from vCPU and poller threads).
-    private func waiting<T: Sendable>(_ body: @escaping @Sendable () async throws(Ext4Error) -> T) throws(SystemError) -> T {
+    /// (guest calls come from vCPU and poller threads). Errors are kept in `lastError` and given as EIO.
+    func waiting<T: Sendable>(_ body: @escaping @Sendable () async throws(Ext4Error) -> T) throws(SystemError) -> T {
         let outcome = Mutex<Result<T, Ext4Error>?>(nil)
         let done = DispatchSemaphore(value: 0)
         Task(executorPreference: engine.executor) {
@@ -95,7 +98,7 @@ public final class DiskRootFileSystem: GuestRootFileSystem {
         return inode
     }
 
-    private func node(_ inode: Ext4Inode) -> GuestRootNode {
+    func node(_ inode: Ext4Inode) -> GuestRootNode {
         let devices = inode.deviceNumbers
         let type = UInt32(inode.mode) & GuestRootNode.FileType.mask
         let isDevice = type == GuestRootNode.FileType.characterDevice || type == GuestRootNode.FileType.blockDevice

@@ -69,16 +69,17 @@ extension GuestFiles {
             guard allowEmptyPath else { throw SystemError(call: "guest path", errno: ENOENT) }
             if dirfd != AT_FDCWD {
                 guard let state = try openFile(dirfd).disk else { return nil }
-                return ResolvedNode(node: state.node, path: state.path)
+                return ResolvedNode(node: try current(state.node), path: state.path)
             }
         }
         guard let absolute = try diskPath(dirfd, guestPath, allowEmptyPath: allowEmptyPath) else { return nil }
         return try disk.resolveInRoot(absolute, followFinalSymlink: followFinalSymlink)
     }
 
-    /// openat(2) on the disk rootfs: read-only, as the host-folder rootfs (EROFS for writes
-    /// and creation, EACCES for device nodes and FIFOs, ENXIO for sockets).
-    func diskOpen(_ disk: any GuestRootFileSystem, _ absolute: [UInt8], _ request: OpenRequest) throws(SystemError) -> OpenFile {
+    /// openat(2) on the disk rootfs: an image's chain is read-only, as the host-folder rootfs
+    /// (EROFS for writes and creation), a container's own disk takes them
+    /// (`GuestFiles+DiskWrites`); EACCES for device nodes and FIFOs, ENXIO for sockets.
+    func diskOpen(_ disk: any GuestRootFileSystem, _ absolute: [UInt8], _ request: OpenRequest, mode: UInt32 = 0o644) throws(SystemError) -> OpenFile {
         let resolved: ResolvedNode
         do {
             resolved = try disk.resolveInRoot(absolute, followFinalSymlink: request.flags & O_NOFOLLOW == 0)
@@ -88,7 +89,8 @@ extension GuestFiles {
             while parent.count > 1, parent.last == GuestPath.slash { parent.removeLast() }
             if let cut = parent.lastIndex(of: GuestPath.slash) { parent = Array(parent[...cut]) }
             guard try disk.resolveInRoot(parent, followFinalSymlink: true).node.isDirectory else { throw SystemError(call: "openat", errno: ENOTDIR) }
-            throw SystemError(call: "openat(O_CREAT)", errno: EROFS)
+            if request.makesTemporaryFile { throw SystemError(call: "openat(O_TMPFILE)", errno: rootIsWritable ? EOPNOTSUPP : EROFS) }
+            return try diskCreate(disk, absolute, request, mode: mode)
         }
         let node = resolved.node
         if request.isPathOnly {
@@ -98,7 +100,7 @@ extension GuestFiles {
             return file
         }
         if node.isSymlink { throw SystemError(call: "openat(O_NOFOLLOW)", errno: ELOOP) }
-        if request.makesTemporaryFile { throw SystemError(call: "openat(O_TMPFILE)", errno: EROFS) }
+        if request.makesTemporaryFile { throw SystemError(call: "openat(O_TMPFILE)", errno: rootIsWritable ? EOPNOTSUPP : EROFS) }
         if request.creates, request.flags & O_EXCL != 0 { throw SystemError(call: "openat(O_EXCL)", errno: EEXIST) }
         if node.isDirectory, request.mayWrite || request.creates { throw SystemError(call: "openat", errno: EISDIR) }
         if request.flags & O_DIRECTORY != 0, !node.isDirectory { throw SystemError(call: "openat(O_DIRECTORY)", errno: ENOTDIR) }
@@ -108,9 +110,11 @@ extension GuestFiles {
         case GuestRootNode.FileType.socket: throw SystemError(call: "openat(socket in rootfs)", errno: ENXIO)
         default: break
         }
-        if request.mayWrite { throw SystemError(call: "openat", errno: EROFS) }
         let file: OpenFile
-        if node.isDirectory {
+        if request.mayWrite {
+            file = OpenFile(host: try diskOpenForWriting(node, request), isInsideRootfs: true)
+            if request.flags & O_ACCMODE != O_RDONLY { file.growth = (roots.disk as? any GuestWritableRootFileSystem)?.growthBudget }
+        } else if node.isDirectory {
             file = OpenFile(host: try HostFileCalls.duplicate(roots.root.rawValue), isInsideRootfs: true,
                             guestStatusFlags: O_RDONLY | CSHIMS_O_LARGEFILE | O_DIRECTORY | (request.flags & O_NONBLOCK))
         } else {
@@ -152,7 +156,7 @@ extension GuestFiles {
     /// faccessat on a disk file: W_OK gives EROFS (the rootfs is read-only); the engine
     /// answers as root does otherwise (X_OK needs an execute bit on files).
     func diskAccess(_ node: GuestRootNode, mode: Int32) throws(SystemError) -> Int {
-        if mode & W_OK != 0, node.isRegular || node.isDirectory || node.isSymlink { throw SystemError(call: "faccessat(W_OK)", errno: EROFS) }
+        if mode & W_OK != 0, !rootIsWritable, node.isRegular || node.isDirectory || node.isSymlink { throw SystemError(call: "faccessat(W_OK)", errno: EROFS) }
         if mode & X_OK != 0, !node.isDirectory, node.mode & 0o111 == 0 { throw SystemError(call: "faccessat(X_OK)", errno: EACCES) }
         return 0
     }

@@ -47,7 +47,7 @@ extension GuestFiles {
             let file = try openFile(fd)
             try requireRoom(buffer, CSHIMS_STAT_SIZE)
             if let disk = roots.disk, let state = file.disk {
-                GuestStatBytes.stat(state.node, device: disk.device, into: buffer)
+                GuestStatBytes.stat(try current(state.node), device: disk.device, into: buffer)
                 return 0
             }
             return Int(try retryingSyscall("fstat") { cshims_fstatat_bytes(file.hostFD, "", buffer.baseAddress, CSHIMS_AT_EMPTY_PATH) })

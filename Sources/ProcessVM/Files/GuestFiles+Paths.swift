@@ -82,7 +82,7 @@ extension GuestFiles {
             let guestPath = try GuestPath.bytes(of: path)
             guard !guestPath.isEmpty else { throw SystemError(call: "openat", errno: ENOENT) }
             if let disk = roots.disk, let absolute = try diskPath(dirfd, guestPath) {
-                return install(try diskOpen(disk, absolute, request), at: index, closeOnExec: flags & O_CLOEXEC != 0)
+                return install(try diskOpen(disk, absolute, request, mode: mode), at: index, closeOnExec: flags & O_CLOEXEC != 0)
             }
             let location = try locate(dirfd, guestPath)
             let file = OpenFile(host: try open(location, request), isInsideRootfs: location.isInsideRootfs)

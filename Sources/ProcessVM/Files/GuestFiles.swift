@@ -20,6 +20,11 @@ final class FileSystemRoots: Sendable {
     /// is then an empty, removed folder.
     let disk: (any GuestRootFileSystem)?
 
+    /// The same folders (descriptors of their own) with `disk` as the root filesystem.
+    func with(disk: any GuestRootFileSystem) throws(SystemError) -> FileSystemRoots {
+        try FileSystemRoots(root: try HostFileCalls.duplicate(root.rawValue), hostDevices: try HostFileCalls.duplicate(hostDevices.rawValue), disk: disk)
+    }
+
     init(root: consuming FileDescriptor, hostDevices: consuming FileDescriptor, disk: (any GuestRootFileSystem)? = nil) throws(SystemError) {
         self.disk = disk
         let info = try HostFileCalls.status(root.rawValue)
@@ -120,12 +125,16 @@ public final class GuestFiles: @unchecked Sendable {
     /// A table for a new container forked from a warm parent: unlike fork(), each open file is
     /// reopened so siblings never move each other's offsets (containers stay independent),
     /// and descriptors 0, 1 and 2 are the child's own host streams, opened as a new VM's are.
-    public func copyForChildContainer(standardStreams: (input: Int32, output: Int32, error: Int32)) throws(SystemError) -> GuestFiles {
+    /// `rootFileSystem`, when given, is the child's own root (its writable disk, whose files
+    /// start as the parent's): the parent's is read-only and shared.
+    public func copyForChildContainer(standardStreams: (input: Int32, output: Int32, error: Int32),
+                                      rootFileSystem: (any GuestRootFileSystem)? = nil) throws(SystemError) -> GuestFiles {
         // Kernel objects the guest made get fresh ones in the same state (a pipe's both ends
         // one fresh pipe); every other file is reopened.
         var pipes: [UInt64: PipeCopy] = [:]
         var copies: [ObjectIdentifier: OpenFile] = [:]
-        let child = try copy(skipping: 3, copies: &copies) { file throws(SystemError) -> OpenFile in
+        let newRoots = try rootFileSystem.map { disk throws(SystemError) in try roots.with(disk: disk) }
+        let child = try copy(skipping: 3, roots: newRoots, copies: &copies) { file throws(SystemError) -> OpenFile in
             if let fresh = try file.freshForAnotherContainer(pipes: &pipes) { return fresh }
             return try file.reopenedForAnotherContainer()
         }
@@ -141,8 +150,8 @@ public final class GuestFiles: @unchecked Sendable {
     /// The same descriptor numbers, close-on-exec flags and working directory, with each open
     /// file copied once by `copyFile` (descriptors that share an open file here share one in
     /// the copy too). The first `skipped` slots are left empty for the caller to fill;
-    /// `copies` gets each original's copy.
-    private func copy(skipping skipped: Int, copies: inout [ObjectIdentifier: OpenFile],
+    /// `copies` gets each original's copy; `newRoots`, when given, are the copy's roots.
+    private func copy(skipping skipped: Int, roots newRoots: FileSystemRoots? = nil, copies: inout [ObjectIdentifier: OpenFile],
                       _ copyFile: (OpenFile) throws(SystemError) -> OpenFile) throws(SystemError) -> GuestFiles {
         var childSlots: [DescriptorSlot?] = []
         childSlots.reserveCapacity(max(slots.count, skipped))
@@ -156,7 +165,7 @@ public final class GuestFiles: @unchecked Sendable {
             childSlots.append(DescriptorSlot(file: copies[key]!, closeOnExec: slot.closeOnExec))
         }
         while childSlots.count < skipped { childSlots.append(nil) }
-        return GuestFiles(roots: roots, descriptorLimit: descriptorLimit, slots: childSlots, workingDirectory: workingDirectory)
+        return GuestFiles(roots: newRoots ?? roots, descriptorLimit: descriptorLimit, slots: childSlots, workingDirectory: workingDirectory)
     }
 
     /// Closes every descriptor marked close-on-exec, as execve(2) does before the new program runs.

@@ -63,6 +63,7 @@ extension OpenFile {
         }
         let copy = OpenFile(host: try HostFileCalls.reopenIndependently(hostFD), isInsideRootfs: isInsideRootfs, access: access)
         copy.disk = disk?.copy()
+        copy.growth = growth
         return copy
     }
 
@@ -70,6 +71,7 @@ extension OpenFile {
     func duplicated() throws(SystemError) -> OpenFile {
         let copy = OpenFile(host: try HostFileCalls.duplicate(hostFD), isInsideRootfs: isInsideRootfs, access: access, guestStatusFlags: guestStatusFlags)
         copy.disk = disk?.copy()
+        copy.growth = growth
         // The same kernel object: an epoll instance keeps one list of registrations.
         copy.kind = kind
         return copy
@@ -88,6 +90,7 @@ extension OpenFile {
     }
 
     func write(from buffer: UnsafeRawBufferPointer) throws(SystemError) -> Int {
+        if let growth { try charge(growth, upTo: nil, count: buffer.count) }
         switch access {
         case .neverWaits, .nonBlocking:
             return try retryingSyscall("write") { Glibc.write(hostFD, buffer.baseAddress, buffer.count) }
@@ -108,7 +111,24 @@ extension OpenFile {
 
     func pwrite(from buffer: UnsafeRawBufferPointer, offset: Int) throws(SystemError) -> Int {
         guard access != .socket else { throw SystemError(call: "pwrite", errno: ESPIPE) }
+        if let growth { try charge(growth, upTo: offset, count: buffer.count) }
         return try retryingSyscall("pwrite") { Glibc.pwrite(hostFD, buffer.baseAddress, buffer.count, off_t(offset)) }
+    }
+
+    /// Charges what a write of `count` bytes at `offset` (the file's offset when nil, its end
+    /// with O_APPEND) grows the file by; ENOSPC when the container's disk has no room for it.
+    private func charge(_ growth: DiskGrowthBudget, upTo offset: Int?, count: Int) throws(SystemError) {
+        let size = Int64(try HostFileCalls.status(hostFD).st_size)
+        let start: Int64
+        if let offset {
+            start = Int64(offset)
+        } else if try retryingSyscall("fcntl(F_GETFL)", { fcntl(hostFD, F_GETFL) }) & O_APPEND != 0 {
+            start = size
+        } else {
+            start = Int64(try retryingSyscall("lseek") { Glibc.lseek(hostFD, 0, SEEK_CUR) })
+        }
+        let (end, overflow) = start.addingReportingOverflow(Int64(count))
+        guard !overflow, growth.take(end - size) else { throw SystemError(call: "write to the container's disk", errno: ENOSPC) }
     }
 
     /// EAGAIN unless poll finds the file ready for `events` now (or at its end: the

@@ -21,6 +21,8 @@ final class OpenFile {
     /// Set for files of a disk rootfs: what the guest opened there (the host descriptor then
     /// holds a regular file's bytes, or is a placeholder for a folder).
     var disk: DiskFileState?
+    /// Set for a file of a container's own disk open for writing: what its growth is charged to.
+    var growth: DiskGrowthBudget?
     /// What kernel object the guest made, when it made one (a pipe, an eventfd, a timerfd,
     /// an epoll instance): such an object is never handed to another container as it is.
     var kind: GuestObjectKind = .file

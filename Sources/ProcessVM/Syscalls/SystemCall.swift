@@ -44,8 +44,8 @@ extension ProcessVM {
     /// System-call numbers to handlers, gathered from each family's table.
     static let syscallTable: [SyscallHandler?] = {
         var table = [SyscallHandler?](repeating: nil, count: 512)
-        for (number, handler) in fileSyscalls + memorySyscalls + processSyscalls + timeSyscalls + signalSyscalls + processTreeSyscalls + suspendSyscalls + eventSyscalls
-            + futexSyscalls + threadSyscalls {
+        for (number, handler) in fileSyscalls + fileChangeSyscalls + memorySyscalls + processSyscalls + timeSyscalls + signalSyscalls + processTreeSyscalls
+            + suspendSyscalls + eventSyscalls + futexSyscalls + threadSyscalls {
             precondition(table[number] == nil, "system call \(number) registered twice")
             table[number] = handler
         }

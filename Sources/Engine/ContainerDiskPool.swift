@@ -1,0 +1,111 @@
+import Disk
+import Foundation
+import IOEngine
+import Logging
+import ProcessVM
+import Synchronization
+
+/// Containers' own disks, in STATE/images/containers/: each a child VMDK of its image's top
+/// layer disk (a descriptor and an empty grain directory), named by the container's id and
+/// removed with it. A few per image are made ahead in ready/, as the VM pools make VMs, so a
+/// fork only renames one into place; a fork that finds none makes its own (a miss).
+final class ContainerDiskPool: Sendable {
+    let folder: URL
+    let readyFolder: URL
+    let engine: IOEngine
+    let logger: Logger
+    /// Disks kept ready per top layer disk.
+    static let target = 3
+    private struct State {
+        var ready: [String: [String]] = [:]
+        var filling: Set<String> = []
+        var misses = 0
+    }
+    private let state = Mutex(State())
+
+    init(folder: URL, engine: IOEngine, logger: Logger) throws {
+        self.folder = folder
+        readyFolder = folder.appendingPathComponent("ready", isDirectory: true)
+        self.engine = engine
+        self.logger = logger
+        // Disks made ahead by an earlier daemon are not known to this one: made again.
+        try? FileManager.default.removeItem(at: readyFolder)
+        try FileManager.default.createDirectory(at: readyFolder, withIntermediateDirectories: true)
+    }
+
+    /// Forks that found no disk ready and made their own.
+    var misses: Int { state.withLock { $0.misses } }
+
+    func path(for id: String) -> String { folder.appendingPathComponent("\(id).vmdk").path }
+
+    /// A disk for a container, a child of `top`: a ready one (the fork pays for taking it
+    /// from the list; `name` renames it to the container's name afterwards), or one made now
+    /// under the container's name. Called on a KVM thread (a miss waits for the I/O thread).
+    func take(top: String, id: String) throws -> (path: String, ready: Bool) {
+        defer { refill(top: top) }
+        if let made = state.withLock({ $0.ready[top]?.popLast() }) { return (made, true) }
+        state.withLock { $0.misses += 1 }
+        let target = path(for: id)
+        try wait { () async throws(DiskError) in try await VMDKImage.createChild(at: target, parent: top, engine: self.engine) }
+        return (target, false)
+    }
+
+    /// Names a taken ready disk by its container, off the fork's path.
+    func name(_ root: ContainerDiskRoot, id: String) {
+        let target = path(for: id)
+        DispatchQueue.global(qos: .utility).async {
+            if !root.moveDisk(to: target) { self.logger.debug("a container disk was not renamed (removed first)", metadata: ["id": "\(id)"]) }
+        }
+    }
+
+    /// Removes a container's disk (with the container): wherever it is now, and by its name.
+    func remove(id: String, root: ContainerDiskRoot? = nil) {
+        if let root { _ = unlink(root.diskPath) }
+        _ = unlink(path(for: id))
+    }
+
+    /// Makes disks for `top` in the background until `target` are ready.
+    func refill(top: String) {
+        guard state.withLock({ $0.filling.insert(top).inserted }) else { return }
+        Task(executorPreference: engine.executor) { [self] in
+            defer { _ = state.withLock { $0.filling.remove(top) } }
+            while state.withLock({ $0.ready[top, default: []].count }) < Self.target {
+                let made = readyFolder.appendingPathComponent("\(UUID().uuidString.lowercased()).vmdk").path
+                do throws(DiskError) {
+                    try await VMDKImage.createChild(at: made, parent: top, engine: engine)
+                } catch {
+                    logger.warning("a container disk could not be made ahead", metadata: ["parent": "\(top)", "error": "\(error)"])
+                    return
+                }
+                state.withLock { $0.ready[top, default: []].append(made) }
+            }
+        }
+    }
+
+    /// Runs `body` on the I/O thread and waits for it.
+    private func wait(_ body: @escaping @Sendable () async throws(DiskError) -> Void) throws {
+        let outcome = Mutex<Result<Void, DiskError>?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        Task(executorPreference: engine.executor) {
+            let result: Result<Void, DiskError>
+            do throws(DiskError) { try await body(); result = .success(()) } catch { result = .failure(error) }
+            outcome.withLock { $0 = result }
+            done.signal()
+        }
+        done.wait()
+        try outcome.withLock { $0 }!.get()
+    }
+}
+
+extension Engine {
+    /// The container's own root on a writable child of its image's top disk, when the family
+    /// serves its root from the image's disks; nil for a folder rootfs.
+    func containerDiskRoot(for family: ParentFamily, id: String) throws -> ContainerDiskRoot? {
+        guard let pool = containerDisks, let image = family.rootFileSystem as? DiskRootFileSystem else { return nil }
+        let top = image.volume.disk.layers[0].path
+        let (path, ready) = try pool.take(top: top, id: id)
+        let root = ContainerDiskRoot(base: image, diskPath: path)
+        if ready { pool.name(root, id: id) }
+        return root
+    }
+}

@@ -1,0 +1,59 @@
+import HostSystem
+import Synchronization
+
+/// A root filesystem the guest may change (a container's own child disk): the primitives
+/// the guest's creating, removing, renaming, chmod, truncating and syncing calls are built
+/// on. As for reads, `GuestFiles` resolves every path inside the root first and hands over
+/// a directory node and one checked name. Implementations answer `SystemError`s carrying
+/// the guest's errno.
+public protocol GuestWritableRootFileSystem: GuestRootFileSystem {
+    /// Makes the empty regular file `name` in `directory` (EEXIST if the name is taken).
+    func createFile(_ name: [UInt8], in directory: GuestRootNode, permissions: UInt32) throws(SystemError) -> GuestRootNode
+    func makeDirectory(_ name: [UInt8], in directory: GuestRootNode, permissions: UInt32) throws(SystemError)
+    func makeSymlink(_ name: [UInt8], in directory: GuestRootNode, target: [UInt8]) throws(SystemError)
+    /// unlink (`isDirectory` false) or rmdir (true).
+    func remove(_ name: [UInt8], in directory: GuestRootNode, isDirectory: Bool) throws(SystemError)
+    func rename(_ name: [UInt8], in from: GuestRootNode, to newName: [UInt8], in to: GuestRootNode) throws(SystemError)
+    func setPermissions(of node: GuestRootNode, _ permissions: UInt32) throws(SystemError)
+    /// A new host descriptor of the regular file's contents opened with `accessFlags`
+    /// (O_WRONLY or O_RDWR, O_APPEND), emptied first when `truncate`: the guest's writes
+    /// go to it and reach the disk at the next `sync`.
+    func openForWriting(_ node: GuestRootNode, accessFlags: Int32, truncate: Bool) throws(SystemError) -> FileDescriptor
+    func truncate(_ node: GuestRootNode, to length: Int64) throws(SystemError)
+    /// The node as it is now (a written file's size and times).
+    func refreshed(_ node: GuestRootNode) throws(SystemError) -> GuestRootNode
+    /// Writes every change so far to the disk and flushes it (fsync, sync, the end of the container).
+    func sync() throws(SystemError)
+    /// How far the container's files may still grow: what its disk has free.
+    var growthBudget: DiskGrowthBudget { get }
+}
+
+/// The bytes a container's written files may still grow by: its file system's free space
+/// when it first changed something. A write or truncate that would grow a file past it gets
+/// ENOSPC, so that a guest cannot fill the engine's memory (its files live in memfds until
+/// they are synced) or write more than its disk holds.
+public final class DiskGrowthBudget: Sendable {
+    private let remaining = Atomic<Int64>(0)
+
+    public init() {}
+
+    public func set(_ bytes: Int64) { remaining.store(bytes, ordering: .relaxed) }
+
+    /// Takes `bytes` if that many are left.
+    public func take(_ bytes: Int64) -> Bool {
+        guard bytes > 0 else { return true }
+        var current = remaining.load(ordering: .relaxed)
+        while current >= bytes {
+            let (exchanged, original) = remaining.compareExchange(expected: current, desired: current - bytes, ordering: .relaxed)
+            if exchanged { return true }
+            current = original
+        }
+        return false
+    }
+
+    public func giveBack(_ bytes: Int64) {
+        if bytes > 0 { remaining.add(bytes, ordering: .relaxed) }
+    }
+
+    public var left: Int64 { remaining.load(ordering: .relaxed) }
+}
