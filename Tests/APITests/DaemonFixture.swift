@@ -62,8 +62,21 @@ final class DaemonFixture: @unchecked Sendable {
             kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()
         }
+        // Workers outlive their daemon by design: the test's own go with its state folder.
+        for pid in Self.workers(of: state.path) { kill(pid, SIGKILL) }
         try? FileManager.default.removeItem(at: rootfs)
         try? FileManager.default.removeItem(at: state)
+    }
+
+    /// Worker processes serving the state folder at `path` (their command line names it).
+    static func workers(of path: String) -> [pid_t] {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return entries.compactMap { entry -> pid_t? in
+            guard let pid = pid_t(entry),
+                  let line = try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(entry)/cmdline")) else { return nil }
+            let words = line.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+            return words.contains("worker") && words.contains(where: { $0.hasPrefix(path) }) ? pid : nil
+        }
     }
 
     /// Registers the busybox rootfs as image `busybox`.
