@@ -145,6 +145,6 @@ let package = Package(
         .testTarget(name: "LoadTests", dependencies: ["Load", "API", "WorkloadProfiles"], swiftSettings: strictSettings),
         .testTarget(name: "VCHTests", dependencies: ["VCH", "API", "Engine", "TestSupport", "vmfork"], swiftSettings: strictSettings),
         .testTarget(name: "StoreTests", dependencies: ["Store", "TestSupport"], swiftSettings: strictSettings),
-        .testTarget(name: "ImagesTests", dependencies: ["Images", "Engine", "API", "TestSupport", .product(name: "Logging", package: "swift-log"), .product(name: "Metrics", package: "swift-metrics")], swiftSettings: strictSettings),
+        .testTarget(name: "ImagesTests", dependencies: ["Images", "Engine", "API", "TestSupport", "CShims", .product(name: "Logging", package: "swift-log"), .product(name: "Metrics", package: "swift-metrics")], swiftSettings: strictSettings),
     ]
 )

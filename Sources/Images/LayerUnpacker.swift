@@ -1,3 +1,4 @@
+import CShims
 import Foundation
 
 /// Applies layer tarballs, bottom first, onto a root folder. Every path is walked from the
@@ -108,6 +109,12 @@ final class LayerUnpacker {
                 if existing != nil { try remove(parent, name) }
                 if mkdirat(parent, name, 0o755) != 0 { throw failure("mkdir") }
             }
+            if !header.xattrs.isEmpty {
+                let folder = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                guard folder >= 0 else { throw failure("open folder") }
+                defer { close(folder) }
+                try setXAttrs(header.xattrs, on: folder)
+            }
             folders.append((parts, header.mode, header.modificationTime))
             return
         }
@@ -149,6 +156,7 @@ final class LayerUnpacker {
             }
             totalBytes += header.size
             if asRoot, fchown(fd, uid_t(clamping: header.uid), gid_t(clamping: header.gid)) != 0 { throw failure("chown") }
+            try setXAttrs(header.xattrs, on: fd)
             if fchmod(fd, mode_t(header.mode)) != 0 { throw failure("chmod") }
             var times = [timespec(tv_sec: Int(header.modificationTime), tv_nsec: 0), timespec(tv_sec: Int(header.modificationTime), tv_nsec: 0)]
             _ = futimens(fd, &times)
@@ -160,6 +168,28 @@ final class LayerUnpacker {
         var times = [timespec(tv_sec: Int(header.modificationTime), tv_nsec: 0), timespec(tv_sec: Int(header.modificationTime), tv_nsec: 0)]
         _ = utimensat(parent, name, &times, AT_SYMLINK_NOFOLLOW)
     }
+
+    /// Namespaces of the extended attributes an image may set: `user.`, `trusted.` and file
+    /// capabilities (`security.capability`, which images use for ping and the like). Others
+    /// (`security.selinux`, POSIX ACLs) belong to the host's policy and are left out.
+    static func keepsXAttr(_ name: String) -> Bool {
+        name.hasPrefix("user.") || name.hasPrefix("trusted.") || name == "security.capability"
+    }
+
+    /// Sets `xattrs` (those `keepsXAttr` allows) on the open file or folder `fd`.
+    private func setXAttrs(_ xattrs: [TarXAttr], on fd: Int32) throws(ImageError) {
+        for xattr in xattrs where Self.keepsXAttr(xattr.name) {
+            guard xattr.value.count <= Self.maxXAttrBytes else {
+                throw refuse("xattr \(xattr.name) holds \(xattr.value.count) bytes, over the \(Self.maxXAttrBytes)-byte limit")
+            }
+            // unsafe: fsetxattr reads value.count bytes from the array's storage.
+            let result = xattr.value.withUnsafeBytes { fsetxattr(fd, xattr.name, $0.baseAddress, $0.count, 0) }
+            if result != 0 { throw failure("set xattr \(xattr.name)") }
+        }
+    }
+
+    /// XATTR_SIZE_MAX.
+    static let maxXAttrBytes = 65536
 
     /// .wh.NAME removes NAME from the lower layers; .wh..wh..opq empties its folder of them.
     private func whiteout(name: String, parent parentPath: [String]) throws(ImageError) {

@@ -12,6 +12,15 @@ public struct TarEntry: Sendable, Equatable {
     public var gid: Int
     public var modificationTime: Int64
     public var linkName: String
+    /// Extended attributes from pax `SCHILY.xattr.NAME` records (GNU tar's and Docker's
+    /// form), the value's bytes as they were.
+    public var xattrs: [TarXAttr] = []
+}
+
+/// One extended attribute of a tar entry.
+public struct TarXAttr: Sendable, Equatable {
+    public var name: String
+    public var value: [UInt8]
 }
 
 /// Where a tar reader gets its bytes: `read` fills the buffer and returns the count, 0 at the end.
@@ -120,6 +129,7 @@ final class TarReader {
         try skipContent()
         guard !finished else { return nil }
         var pax: [String: String] = [:]
+        var xattrs: [TarXAttr] = []
         var longName: String?
         var longLink: String?
         while true {
@@ -153,7 +163,16 @@ final class TarReader {
                 let body = Array(try take(Int(headerSize)))
                 _ = try take(Self.paddingAfter(headerSize))
                 if type == UInt8(ascii: "x") {
-                    for (key, value) in try parsePax(body) { pax[key] = value }
+                    for (key, value) in try parsePax(body) {
+                        if key.hasPrefix(Self.xattrPrefix) {
+                            let name = String(key.dropFirst(Self.xattrPrefix.count))
+                            guard !name.isEmpty, name.utf8.count <= 255, !name.utf8.contains(0) else { throw error("a pax xattr record names no usable attribute") }
+                            xattrs.removeAll { $0.name == name }
+                            xattrs.append(TarXAttr(name: name, value: value))
+                        } else {
+                            pax[key] = String(decoding: value, as: UTF8.self)
+                        }
+                    }
                 } else if type == UInt8(ascii: "L") {
                     longName = Self.string(body[...])
                 } else if type == UInt8(ascii: "K") {
@@ -187,6 +206,7 @@ final class TarReader {
             var entry = TarEntry(path: path, kind: kind, size: 0, mode: UInt32(try number(header[100..<108], field: "mode") & 0o7777),
                                  uid: Int(try number(header[108..<116], field: "uid")), gid: Int(try number(header[116..<124], field: "gid")),
                                  modificationTime: try number(header[136..<148], field: "mtime"), linkName: linkName)
+            entry.xattrs = xattrs
             if let uid = pax["uid"] { entry.uid = try paxInt(uid, "uid") }
             if let gid = pax["gid"] { entry.gid = try paxInt(gid, "gid") }
             if let mtime = pax["mtime"] { entry.modificationTime = Int64(try paxInt(String(mtime.split(separator: ".").first ?? ""), "mtime")) }
@@ -256,9 +276,13 @@ final class TarReader {
         return value
     }
 
-    /// Records "LENGTH key=value\n", LENGTH counting the whole record.
-    private func parsePax(_ body: [UInt8]) throws(ImageError) -> [(String, String)] {
-        var records: [(String, String)] = []
+    /// The pax key prefix of an extended attribute.
+    static let xattrPrefix = "SCHILY.xattr."
+
+    /// Records "LENGTH key=value\n", LENGTH counting the whole record; values as bytes (an
+    /// xattr's may be binary).
+    private func parsePax(_ body: [UInt8]) throws(ImageError) -> [(String, [UInt8])] {
+        var records: [(String, [UInt8])] = []
         var offset = 0
         while offset < body.count {
             if body[offset] == 0 { break }
@@ -269,7 +293,7 @@ final class TarReader {
             }
             let record = body[(space + 1)..<(offset + length - 1)]
             guard let equals = record.firstIndex(of: UInt8(ascii: "=")) else { throw error("a pax record at offset \(offset) has no '='") }
-            records.append((String(decoding: record[..<equals], as: UTF8.self), String(decoding: record[(equals + 1)...], as: UTF8.self)))
+            records.append((String(decoding: record[..<equals], as: UTF8.self), Array(record[(equals + 1)...])))
             offset += length
         }
         return records

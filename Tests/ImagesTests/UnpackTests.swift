@@ -1,3 +1,4 @@
+import CShims
 import Foundation
 @testable import Images
 import TestSupport
@@ -122,5 +123,49 @@ import Testing
         #expect(bearer?.scheme == "Bearer" && bearer?.parameters["realm"] == "https://auth.example/token"
             && bearer?.parameters["scope"] == "repository:a/b:pull,push" && bearer?.parameters["service"] == "registry.example")
         #expect(AuthChallenge(parsing: #"Basic realm="vmfork-test""#)?.parameters == ["realm": "vmfork-test"])
+    }
+}
+
+/// Extended attributes in pax records (`SCHILY.xattr.NAME`, as GNU tar and Docker write them)
+/// land on the unpacked files and folders, and from there in the layer's ext4 disk.
+@Suite struct PaxXAttrTests {
+    static func xattr(_ path: String, _ name: String) -> [UInt8]? {
+        let size = getxattr(path, name, nil, 0)
+        guard size >= 0 else { return nil }
+        var value = [UInt8](repeating: 0, count: size)
+        let got = getxattr(path, name, &value, size)
+        return got == size ? value : nil
+    }
+
+    @Test func paxXAttrsLandOnFilesAndFoldersAndHostOnesAreLeftOut() throws {
+        let fixture = try UnpackFixture()
+        defer { fixture.remove() }
+        var tar = TarWriter()
+        tar.add("dir", .directory, mode: 0o755)
+        tar.pax([("SCHILY.xattr.user.vmfork.file", "a value"), ("SCHILY.xattr.user.vmfork.empty", ""),
+                 ("SCHILY.xattr.security.selinux", "system_u:object_r:bin_t:s0")])
+        tar.add("dir/file", content: Array("x\n".utf8))
+        tar.pax([("SCHILY.xattr.user.vmfork.folder", "on a folder")])
+        tar.add("dir/sub", .directory, mode: 0o750)
+        tar.add("plain", content: Array("y\n".utf8))
+        _ = try fixture.unpack([tar.finished()])
+        let file = fixture.root.appendingPathComponent("dir/file").path
+        #expect(Self.xattr(file, "user.vmfork.file") == Array("a value".utf8))
+        #expect(Self.xattr(file, "user.vmfork.empty") == [])
+        // The host's security policy is not the image's to set.
+        #expect(Self.xattr(file, "security.selinux") == nil)
+        #expect(Self.xattr(fixture.root.appendingPathComponent("dir/sub").path, "user.vmfork.folder") == Array("on a folder".utf8))
+        // A pax record applies to the next entry only.
+        #expect(Self.xattr(fixture.root.appendingPathComponent("plain").path, "user.vmfork.file") == nil)
+    }
+
+    @Test func aMalformedXAttrRecordIsRefusedByName() throws {
+        let fixture = try UnpackFixture()
+        defer { fixture.remove() }
+        var tar = TarWriter()
+        tar.pax([("SCHILY.xattr.", "no name")])
+        tar.add("file", content: Array("x\n".utf8))
+        #expect(throws: ImageError.self) { _ = try fixture.unpack([tar.finished()]) }
+        do { _ = try fixture.unpack([tar.finished()]) } catch { #expect("\(error)".contains("xattr"), "\(error)") }
     }
 }
