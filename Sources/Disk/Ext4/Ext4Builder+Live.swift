@@ -12,10 +12,15 @@ public enum Ext4LiveRefusal: Error, Sendable, Equatable {
 /// sync, or the container's clean stop) writes it. Frees are deferred to that point
 /// (`defersFrees`), so that a crash between syncs leaves the last synced state intact.
 extension Ext4Builder {
-    /// Readies a builder opened on a container's disk for live changes.
-    public func enableLiveChanges() {
+    /// Readies a builder opened on a container's disk for live changes: frees deferred to
+    /// the next `finish`, and a journal so that every `finish` is atomic (`addJournal`).
+    public func enableLiveChanges() async throws(Ext4Error) {
         defersFrees = true
+        try await addJournal()
     }
+
+    /// Whether `finish` commits through a journal.
+    public var isJournaled: Bool { journal != nil && journalReady }
 
     /// Bytes of blocks free (deferred frees not counted).
     public var freeBytes: UInt64 {

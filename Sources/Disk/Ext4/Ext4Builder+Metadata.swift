@@ -1,12 +1,14 @@
 import Foundation
 
 extension Ext4Builder {
-    /// Lays out changed directories, extent trees and xattr blocks, then writes inode table
-    /// blocks holding changed inodes, every bitmap, the descriptors and the superblocks,
-    /// each block only where it differs from the disk.
+    /// Lays out changed directories, extent trees and xattr blocks, the inode table blocks
+    /// holding changed inodes, every bitmap, the descriptors and the superblocks, and writes
+    /// each block that differs from the disk: as one transaction through the journal when
+    /// the file system has one (`commitThroughJournal`), else in three stages.
     func writeMetadata() async throws(Ext4Error) {
         let blockSize = geometry.blockSize
         var writes: [UInt64: [UInt8]] = [:]
+        var stages: [[UInt64: [UInt8]]] = []
         for (number, model) in directories where model.dirty {
             let blocks = Ext4DirectoryBlocks.encode(selfInode: number, parentInode: model.parent, entries: model.entries, blockSize: blockSize)
             var record = inodes[number]!
@@ -51,11 +53,12 @@ extension Ext4Builder {
             }
             inodes[number] = record
         }
-        // Blocks first, then the inodes pointing at them, then the bitmaps: a crash part-way
-        // leaves inodes that point at old, intact blocks, or new blocks no inode points at yet.
-        try await writeChanged(writes)
+        // Unjournaled, the stages go in this order — blocks first, then the inodes pointing at
+        // them, then the bitmaps — so that a crash part-way mostly leaves inodes that point at
+        // old, intact blocks, or new blocks no inode points at yet.
+        stages.append(try await changedBlocks(writes))
         writes = [:]
-        try await writeInodeTables()
+        stages.append(try await inodeTableWrites())
         applyDeferredFrees()
         var usedDirectories = [Int](repeating: 0, count: geometry.groupCount)
         for number in directories.keys { usedDirectories[Int(number - 1) / Int(geometry.inodesPerGroup)] += 1 }
@@ -91,12 +94,19 @@ extension Ext4Builder {
                 writes[start + 1 + UInt64(index)] = Array(descriptors[(index * blockSize)..<((index + 1) * blockSize)])
             }
         }
-        try await writeChanged(writes)
+        stages.append(try await changedBlocks(writes))
         dirtyInodes = []
+        let all = stages.reduce(into: [UInt64: [UInt8]]()) { $0.merge($1) { _, new in new } }
+        if let journal, journalReady,
+           Ext4JournalArea.logBlocks(forWrites: all.count, blockSize: blockSize) < Int(journal.length) {
+            try await commitThroughJournal(all, journal)
+        } else {
+            for stage in stages { try await writeBlocks(stage) }
+        }
     }
 
     /// Patches the changed inodes into their table blocks (read from the disk first).
-    private func writeInodeTables() async throws(Ext4Error) {
+    private func inodeTableWrites() async throws(Ext4Error) -> [UInt64: [UInt8]] {
         var byBlock: [UInt64: [(offset: Int, number: UInt32)]] = [:]
         for number in dirtyInodes {
             let (block, offset) = geometry.inodeLocation(number)
@@ -113,7 +123,7 @@ extension Ext4Builder {
             }
             writes[block] = bytes
         }
-        try await writeChanged(writes, known: current)
+        return try await changedBlocks(writes, known: current)
     }
 
     private func blockBitmapBlock(_ group: Int) -> ([UInt8], Int) {
@@ -163,7 +173,16 @@ extension Ext4Builder {
         sb.put32(Ext4.firstNonReservedInode, Ext4.Super.firstInode)
         sb.put16(UInt16(geometry.inodeSize), Ext4.Super.inodeSize)
         sb.put16(UInt16(group), Ext4.Super.blockGroupNumber)
-        sb.put32(Ext4.Compat.extAttr, Ext4.Super.featureCompat)
+        sb.put32(Ext4.Compat.extAttr | (journal == nil ? 0 : Ext4.Compat.hasJournal), Ext4.Super.featureCompat)
+        if journal != nil, let record = inodes[Ext4.journalInode] {
+            sb.put32(Ext4.journalInode, Ext4.Super.journalInode)
+            sb[Ext4.Super.journalBackupType] = 1
+            let encoded = record.encoded(inodeSize: geometry.inodeSize, blockSize: geometry.blockSize)
+            let words = Ext4.Super.journalBlocks
+            sb.replaceSubrange(words..<words + Ext4.inodeBlockBytes, with: encoded[Ext4.Inode.block..<Ext4.Inode.block + Ext4.inodeBlockBytes])
+            sb.put32(UInt32(truncatingIfNeeded: record.size >> 32), words + Ext4.inodeBlockBytes)
+            sb.put32(UInt32(truncatingIfNeeded: record.size), words + Ext4.inodeBlockBytes + 4)
+        }
         sb.put32(Ext4.Incompat.fileType | Ext4.Incompat.extents, Ext4.Super.featureIncompat)
         sb.put32(Ext4.ReadOnlyCompat.sparseSuper | Ext4.ReadOnlyCompat.largeFile | Ext4.ReadOnlyCompat.dirNlink | Ext4.ReadOnlyCompat.extraIsize,
                  Ext4.Super.featureReadOnlyCompat)
@@ -206,13 +225,17 @@ extension Ext4Builder {
         return runs
     }
 
-    /// Writes the blocks of `writes` whose bytes differ from the disk's (read unless `known`).
-    func writeChanged(_ writes: [UInt64: [UInt8]], known: [UInt64: [UInt8]]? = nil) async throws(Ext4Error) {
+    /// The blocks of `writes` whose bytes differ from the disk's (read unless `known`).
+    func changedBlocks(_ writes: [UInt64: [UInt8]], known: [UInt64: [UInt8]]? = nil) async throws(Ext4Error) -> [UInt64: [UInt8]] {
         let current: [UInt64: [UInt8]]
         if let known { current = known } else { current = try await readBlocks(Array(writes.keys)) }
-        let changed = writes.keys.filter { current[$0] != writes[$0] }.sorted()
+        return writes.filter { current[$0.key] != $0.value }
+    }
+
+    /// Writes `writes` in runs of adjacent blocks.
+    func writeBlocks(_ writes: [UInt64: [UInt8]]) async throws(Ext4Error) {
         let blockSize = geometry.blockSize
-        for run in Self.runs(changed) {
+        for run in Self.runs(writes.keys.sorted()) {
             var bytes: [UInt8] = []
             bytes.reserveCapacity(run.count * blockSize)
             for block in run { bytes += writes[block]! }

@@ -10,7 +10,7 @@ extension Ext4Builder {
         let name = disk.layers[0].path
         let ours = try Ext4Geometry.forWriting(capacityBytes: volume.geometry.blocksCount * 4096,
                                                bytesPerInode: Int(UInt64(volume.geometry.blocksPerGroup) * 4096 / UInt64(max(volume.geometry.inodesPerGroup, 1))))
-        let features = (volume.featureCompat, volume.featureIncompat, volume.featureReadOnlyCompat)
+        let features = (volume.featureCompat & ~Ext4.Compat.hasJournal, volume.featureIncompat, volume.featureReadOnlyCompat)
         let expected = (Ext4.Compat.extAttr, Ext4.Incompat.fileType | Ext4.Incompat.extents,
                         Ext4.ReadOnlyCompat.sparseSuper | Ext4.ReadOnlyCompat.largeFile | Ext4.ReadOnlyCompat.dirNlink | Ext4.ReadOnlyCompat.extraIsize)
         guard features == expected, volume.geometry == ours else {
@@ -37,6 +37,7 @@ extension Ext4Builder {
                 builder.markInode(first + UInt32(index), used: true)
             }
         }
+        try await builder.loadJournal(volume)
         var pending: [UInt32] = [Ext4.rootInode]
         var seen: Set<UInt32> = [Ext4.rootInode]
         // Everything reachable from the root, each directory once (a loop is corruption).

@@ -33,7 +33,7 @@ public enum Ext4SpecialKind: Sendable, Equatable {
 }
 
 /// Lays out and changes an ext4 file system on a virtual disk: 4 KiB blocks, extents, linear
-/// directories, no journal. The whole metadata (inodes, directories, bitmaps) lives in memory
+/// directories; a jbd2 journal on container disks only (`addJournal`). The whole metadata (inodes, directories, bitmaps) lives in memory
 /// while it works; file contents go to the disk as they are added, and `finish` writes the
 /// metadata, each block only where it differs from what the disk holds already.
 ///
@@ -71,6 +71,12 @@ public final class Ext4Builder {
     var defersFrees = false
     var deferredBlocks: [UInt64] = []
     var deferredInodes: [UInt32] = []
+    /// The internal journal (container disks: `addJournal`), and whether it is on the disk,
+    /// recorded by a finished superblock, so that `finish` may commit through it.
+    var journal: Ext4JournalArea?
+    var journalReady = false
+    /// For crash tests only: the journaled commit step after which `finish` stops.
+    var stopsCommitAfter: JournalCommitStep?
 
     struct EntryKey: Hashable {
         let directory: UInt32

@@ -9,6 +9,8 @@ enum Ext4 {
     static let xattrMagic: UInt32 = 0xEA02_0000
 
     static let rootInode: UInt32 = 2
+    /// The internal journal's inode (EXT4_JOURNAL_INO).
+    static let journalInode: UInt32 = 8
     /// The first inode not reserved by the file system (s_first_ino of revision 1).
     static let firstNonReservedInode: UInt32 = 11
     static let inodeSize = 256
@@ -22,6 +24,7 @@ enum Ext4 {
     static let maximumLinks = 65000
 
     enum Compat {
+        static let hasJournal: UInt32 = 0x4
         static let extAttr: UInt32 = 0x8
         static let dirIndex: UInt32 = 0x20
     }
@@ -129,10 +132,15 @@ enum Ext4 {
         static let featureReadOnlyCompat = 0x64
         static let uuid = 0x68
         static let volumeName = 0x78
+        static let journalInode = 0xE0
         static let hashSeed = 0xEC
         static let defaultHashVersion = 0xFC
+        /// s_jnl_backup_type: 1 when s_jnl_blocks copies the journal inode's i_block and size.
+        static let journalBackupType = 0xFD
         static let descriptorSize = 0xFE
         static let mkfsTime = 0x108
+        /// s_jnl_blocks: the journal inode's 15 i_block words, then i_size_high and i_size.
+        static let journalBlocks = 0x10C
         static let blocksCountHigh = 0x150
         static let freeBlocksCountHigh = 0x158
         static let minExtraInodeSize = 0x15C

@@ -26,10 +26,19 @@ public final class Ext4Volume: Sendable {
     var hasFileType: Bool { featureIncompat & Ext4.Incompat.fileType != 0 }
     public var blockSize: Int { geometry.blockSize }
 
-    private init(disk: VirtualDisk, geometry: Ext4Geometry, superblock: [UInt8]) {
+    /// Blocks a journal that needs recovery holds, read in their place (a read-only open of
+    /// a disk whose writer died mid-sync; a writable open replays them onto the disk).
+    let recovered: [UInt64: [UInt8]]
+
+    private init(disk: VirtualDisk, geometry: Ext4Geometry, superblock: [UInt8], recovered: [UInt64: [UInt8]] = [:]) {
         self.disk = disk
         name = disk.layers[0].path
         self.geometry = geometry
+        self.recovered = recovered
+        var superblock = superblock
+        if let first = recovered[geometry.groupStart(0)] {
+            superblock = Array(first[Ext4.superblockOffset..<Ext4.superblockOffset + Ext4.superblockSize])
+        }
         self.superblock = superblock
         featureCompat = superblock.le32(Ext4.Super.featureCompat)
         featureIncompat = superblock.le32(Ext4.Super.featureIncompat)
@@ -122,7 +131,48 @@ public final class Ext4Volume: Sendable {
                                     inodeSize: inodeSize, groupCount: groups, descriptorSize: descriptorSize, firstDataBlock: firstDataBlock,
                                     sparseSuper: sb.le32(Ext4.Super.featureReadOnlyCompat) & Ext4.ReadOnlyCompat.sparseSuper != 0,
                                     blockBitmaps: blockBitmaps, inodeBitmaps: inodeBitmaps, inodeTables: inodeTables)
-        return Ext4Volume(disk: disk, geometry: geometry, superblock: sb)
+        let volume = Ext4Volume(disk: disk, geometry: geometry, superblock: sb)
+        guard volume.featureCompat & Ext4.Compat.hasJournal != 0, volume.featureIncompat & Ext4.Incompat.recover != 0 else { return volume }
+        return try await volume.recoveringJournal()
+    }
+
+    /// The file system as its journal's committed transactions leave it: replayed onto a
+    /// writable disk (then the journal emptied and needs_recovery cleared, and the disk
+    /// opened afresh), or read in place of the disk's blocks on a read-only one.
+    private func recoveringJournal() async throws(Ext4Error) -> Ext4Volume {
+        let record = try await record(Ext4.journalInode)
+        guard record.isRegular, record.extents.count == 1, record.extents[0].logical == 0, record.extents[0].length >= JBD2.minimumBlocks else {
+            throw .unsupported(disk: name, feature: "journal layout: only one contiguous journal of at least \(JBD2.minimumBlocks) blocks is replayed")
+        }
+        let start = record.extents[0].physical, length = record.extents[0].length
+        guard start + UInt64(length) <= geometry.blocksCount else {
+            throw .corrupt(disk: name, structure: "journal inode", problem: "blocks \(start)..<\(start + UInt64(length)) run past the file system")
+        }
+        let journalSuperblock = try await block(start, structure: "journal superblock")
+        let replay = try await Ext4JournalReplay.read(superblock: journalSuperblock, length: length, blocksCount: geometry.blocksCount, disk: name) {
+            (index: UInt32) async throws(Ext4Error) -> [UInt8] in
+            let at = (start + UInt64(index)) * UInt64(geometry.blockSize)
+            do throws(DiskError) { return try await disk.read(count: geometry.blockSize, at: at) } catch { throw .disk(error) }
+        }
+        guard disk.layers[0].writable else {
+            return Ext4Volume(disk: disk, geometry: geometry, superblock: superblock, recovered: replay.writes)
+        }
+        let blockSize = UInt64(geometry.blockSize)
+        do throws(DiskError) {
+            for (target, bytes) in replay.writes.sorted(by: { $0.key < $1.key }) { try await disk.write(bytes, at: target * blockSize) }
+            try await disk.flush()
+            let emptied = Ext4JournalArea(start: start, length: length, sequence: replay.nextSequence)
+            try await disk.write(emptied.superblock(blockSize: geometry.blockSize, logStart: 0, uuid: Array(journalSuperblock[JBD2.Super.uuid..<JBD2.Super.uuid + 16])),
+                                 at: start * blockSize)
+            try await disk.flush()
+            let primary = geometry.groupStart(0) * blockSize
+            var first = try await disk.read(count: geometry.blockSize, at: primary)
+            let at = Ext4.superblockOffset + Ext4.Super.featureIncompat
+            first.put32(first.le32(at) & ~Ext4.Incompat.recover, at)
+            try await disk.write(first, at: primary)
+            try await disk.flush()
+        } catch { throw .disk(error) }
+        return try await Self.open(disk: disk)
     }
 
     // MARK: - Blocks
@@ -133,6 +183,7 @@ public final class Ext4Volume: Sendable {
             throw .corrupt(disk: name, structure: structure(), problem: "points at block \(number), past the file system's \(geometry.blocksCount)")
         }
         if let cached = blockCache.withLock({ $0[number] }) { return cached }
+        if let replayed = recovered[number] { return replayed }
         let bytes: [UInt8]
         do { bytes = try await disk.read(count: geometry.blockSize, at: number * UInt64(geometry.blockSize)) } catch { throw .disk(error) }
         blockCache.withLock { cache in
@@ -148,6 +199,14 @@ public final class Ext4Volume: Sendable {
             throw .corrupt(disk: name, structure: structure(), problem: "blocks \(start)..<\(start + UInt64(count)) run past the file system's \(geometry.blocksCount)")
         }
         do { try await disk.read(into: buffer, at: start * UInt64(geometry.blockSize)) } catch { throw .disk(error) }
+        guard !recovered.isEmpty else { return }
+        let blockSize = geometry.blockSize
+        for block in start..<start + UInt64(count) {
+            guard let replayed = recovered[block] else { continue }
+            let at = Int(block - start) * blockSize
+            // unsafe: the block lies inside the buffer (count blocks from start).
+            UnsafeMutableRawBufferPointer(rebasing: buffer[at..<at + blockSize]).copyBytes(from: replayed)
+        }
     }
 
     // MARK: - Inodes

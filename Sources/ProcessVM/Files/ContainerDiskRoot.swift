@@ -265,7 +265,7 @@ public final class ContainerDiskRoot: GuestWritableRootFileSystem, @unchecked Se
                 let disk: VirtualDisk
                 do throws(DiskError) { disk = try await VirtualDisk.open(path: path, writable: true, engine: engine) } catch { throw .disk(error) }
                 let builder = try await Ext4Builder.open(on: disk)
-                builder.enableLiveChanges()
+                try await builder.enableLiveChanges()
                 return (LiveBuilder(builder: builder), try await Ext4Volume.open(disk: disk))
             }
             live = Live(builder: opened.0, volume: opened.1)
