@@ -36,6 +36,12 @@ public struct ContainerStats: Codable, Sendable, Equatable {
     public var processes: Int
     /// Nil once it has ended (its VMs are gone), or when a worker runs it.
     public var memory: ContainerMemory?
+    /// CPU seconds its processes have used (running and ended ones; the system calls the
+    /// engine's poller thread served for them are not counted). Nil as `memory` is.
+    public var cpuSeconds: Double?
+    /// CPU seconds the whole host has used since it started, every CPU, read with
+    /// `cpuSeconds` (Docker's system_cpu_usage: CPU % is the ratio of their changes).
+    public var hostCPUSeconds: Double?
     /// When the figures were read (seconds since 1970).
     public var readAt: Double
 }
@@ -63,10 +69,12 @@ extension Engine {
         let info = container.info
         let now = Date().timeIntervalSince1970
         guard info.state == .running, let first = container.vm?.processVM else {
-            return ContainerStats(id: info.id, state: info.state, processes: 0, memory: nil, readAt: now)
+            return ContainerStats(id: info.id, state: info.state, processes: 0, memory: nil, cpuSeconds: nil, hostCPUSeconds: nil, readAt: now)
         }
         let memory = Self.memory(of: first, memoryMiB: info.memoryMiB, in: MemoryMappings.current())
-        return ContainerStats(id: info.id, state: info.state, processes: first.tree.processCount, memory: memory, readAt: now)
+        let cpu = first.tree.runningVMs.reduce(first.cpuSeconds + first.tree.endedCPUSeconds) { $0 + $1.cpuSeconds }
+        return ContainerStats(id: info.id, state: info.state, processes: first.tree.processCount, memory: memory,
+                              cpuSeconds: cpu, hostCPUSeconds: CPUTime.ofHost(), readAt: now)
     }
 
     /// `infos` with the memory of each running one filled in (one read of /proc/self/smaps).

@@ -16,6 +16,16 @@ public enum CPUTime {
         seconds(statFile: "/proc/self/task/\(threadID)/stat")
     }
 
+    /// Of the whole host, every CPU (/proc/stat's first line: user to steal; guest time is
+    /// in user already), as Docker's system_cpu_usage counts it.
+    public static func ofHost() -> Double? {
+        guard let text = try? String(contentsOfFile: "/proc/stat", encoding: .utf8),
+              let line = text.split(separator: "\n").first, line.hasPrefix("cpu ") else { return nil }
+        let ticks = line.split(separator: " ").dropFirst().prefix(8).compactMap { Double($0) }
+        guard ticks.count == 8 else { return nil }
+        return ticks.reduce(0, +) / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
     static func seconds(statFile: String) -> Double? {
         guard let text = try? String(contentsOfFile: statFile, encoding: .utf8),
               let close = text.lastIndex(of: ")") else { return nil }

@@ -347,6 +347,13 @@ public final class ProcessVM: @unchecked Sendable {
     /// A forked process's descriptors close as it ends (its pipes' other ends see EOF). When
     /// the container's first process ends, every other process of the container is killed,
     /// and this returns once all of them have ended and their VMs are gone.
+    /// CPU seconds this process has used: its threads' host threads while they ran it (its
+    /// guest code and the calls they served themselves; polled calls the engine's poller
+    /// thread served are not counted), ended threads included.
+    public var cpuSeconds: Double {
+        threads.all.reduce(mainThread.slot.cpuSeconds + threads.endedCPUSeconds) { $0 + $1.slot.cpuSeconds }
+    }
+
     public func run() throws(GuestError) -> ExitStatus {
         let isRoot = tree.rootVM === self
         defer {
@@ -615,6 +622,11 @@ final class Interrupts: @unchecked Sendable {
 final class ThreadSlot: @unchecked Sendable {
     private let lock = NSLock()
     private var thread: pthread_t?
+    /// The running host thread's CPU clock, its reading at `enter`, and the CPU seconds of
+    /// earlier runs: the guest's time in KVM_RUN and the engine's on this thread.
+    private var clock = clockid_t(0)
+    private var atEnter = 0.0
+    private var earlier = 0.0
 
     func enter() {
         _ = EngineSignals.installed
@@ -624,10 +636,33 @@ final class ThreadSlot: @unchecked Sendable {
         sigemptyset(&kick)
         sigaddset(&kick, EngineSignals.vcpuKick)
         pthread_sigmask(SIG_UNBLOCK, &kick, nil)
-        lock.withLock { thread = pthread_self() }
+        var clock = clockid_t(0)
+        let hasClock = pthread_getcpuclockid(pthread_self(), &clock) == 0
+        let now = hasClock ? Self.seconds(clock) : 0
+        lock.withLock {
+            thread = pthread_self()
+            self.clock = hasClock ? clock : 0
+            atEnter = now
+        }
     }
 
-    func leave() { lock.withLock { thread = nil } }
+    func leave() {
+        lock.withLock {
+            if thread != nil, clock != 0 { earlier += Self.seconds(clock) - atEnter }
+            thread = nil
+        }
+    }
+
+    /// CPU seconds the host threads that ran this guest thread have used for it so far.
+    var cpuSeconds: Double {
+        lock.withLock { earlier + (thread != nil && clock != 0 ? Self.seconds(clock) - atEnter : 0) }
+    }
+
+    private static func seconds(_ clock: clockid_t) -> Double {
+        var time = timespec()
+        guard clock_gettime(clock, &time) == 0 else { return 0 }
+        return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
+    }
 
     func kick() {
         lock.withLock {

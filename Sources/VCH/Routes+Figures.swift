@@ -23,19 +23,29 @@ extension VirtualContainerHost {
         }))
     }
 
-    /// `GET /containers/{id}/stats`: memory (`usage`: the pages it owns; `limit`: its guest
-    /// memory; `stats` has private, shared and resident bytes) and processes, one sample
-    /// with `stream=false`, else one a second until it ends. The engine keeps no CPU time
-    /// per container: the CPU figures are zero.
+    /// `GET /containers/{id}/stats`: CPU (the agent's CPU seconds of the container and of
+    /// the host, so that the CLI's CPU % is the container's share of one sample's interval),
+    /// memory (`usage`: the pages it owns; `limit`: its guest memory; `stats` has private,
+    /// shared and resident bytes) and processes. With `stream=false` one sample, whose
+    /// `precpu_stats` are a sample taken a second before as Docker's are (none with
+    /// `one-shot`); else one a second until it ends.
     func stats(_ reference: String, _ request: DockerRequest) async throws -> DockerResponse {
-        let stream = try request.bool("stream", default: true) && !request.bool("one-shot")
+        let oneShot = try request.bool("one-shot")
+        let stream = try request.bool("stream", default: true) && !oneShot
         let info = try await resolve(reference)
         let (agent, name) = (self.agent, "/" + dockerName(info))
         let first = try await agent.get("/v1/containers/\(info.id)/stats", as: ContainerStats.self)
         let encode: @Sendable (ContainerStats, ContainerStats?) throws -> Data = { now, before in
             try JSONEncoder().encode(DockerStats(now, before: before, name: name)) + Data([0x0A])
         }
-        guard stream else { return DockerResponse(headers: [("Content-Type", "application/json")], body: .full(try encode(first, nil))) }
+        guard stream else {
+            guard !oneShot, first.state == .running else {
+                return DockerResponse(headers: [("Content-Type", "application/json")], body: .full(try encode(first, nil)))
+            }
+            try await Task.sleep(for: .seconds(1))
+            let second = try await agent.get("/v1/containers/\(info.id)/stats", as: ContainerStats.self)
+            return DockerResponse(headers: [("Content-Type", "application/json")], body: .full(try encode(second, first)))
+        }
         let body = AsyncThrowingStream<Data, Error> { continuation in
             let task = Task {
                 var previous: ContainerStats?
@@ -70,6 +80,12 @@ struct DockerStats: Encodable {
         var cpu_usage = CPUUsage()
         var system_cpu_usage: UInt64 = 0
         var online_cpus: Int = ProcessInfo.processInfo.activeProcessorCount
+
+        init(_ stats: ContainerStats?) {
+            guard let stats, let container = stats.cpuSeconds, let host = stats.hostCPUSeconds else { return }
+            cpu_usage.total_usage = UInt64(max(container, 0) * 1e9)
+            system_cpu_usage = UInt64(max(host, 0) * 1e9)
+        }
     }
     struct Memory: Encodable {
         let usage: Int
@@ -84,8 +100,8 @@ struct DockerStats: Encodable {
     let pids_stats: Pids
     let blkio_stats = Blkio()
     let num_procs: Int
-    let cpu_stats = CPU()
-    let precpu_stats = CPU()
+    let cpu_stats: CPU
+    let precpu_stats: CPU
     let memory_stats: Memory
     let name: String
     let id: String
@@ -94,6 +110,8 @@ struct DockerStats: Encodable {
         read = DockerTime.rfc3339(now.readAt)
         preread = before.map { DockerTime.rfc3339($0.readAt) } ?? "0001-01-01T00:00:00Z"
         pids_stats = Pids(current: now.processes)
+        cpu_stats = CPU(now)
+        precpu_stats = CPU(before)
         num_procs = 0
         let memory = now.memory
         memory_stats = Memory(usage: memory?.privateBytes ?? 0, limit: memory?.limitBytes ?? 0,

@@ -125,7 +125,9 @@ struct WorkerTests {
         for index in 0..<6 {
             let onShard0 = index % 2 == 0
             let name = "w\(index)"
-            let spec = ContainerSpec(image: "busybox", name: name, arguments: Self.script(name, lines: 8, interval: "0.25", code: 3),
+            // The doomed ones run far longer than the test (a loaded host may take seconds to
+            // start all six); the survivors two seconds.
+            let spec = ContainerSpec(image: "busybox", name: name, arguments: Self.script(name, lines: onShard0 ? 400 : 8, interval: "0.25", code: 3),
                                      memoryMiB: onShard0 ? 32 : 16, openStdin: true)
             let made = try await client.send("POST", "/v1/containers", json: spec)
             #expect(made.status == 201, "\(made.text)")

@@ -319,9 +319,13 @@ struct HostileFilesTests {
         let streams = try CapturedStreams()
         let child = try ProcessVM(forking: point, into: PreparedVM(system: system, forkPoint: point, readAhead: false), identity: GuestIdentity(),
                                   arguments: ["prog"], environment: [], streams: streams.standard)
-        let (status, growth) = try Self.measuringEngineMemory { try child.run() }
+        let status = try child.run()
         #expect(status == .exited(0))
-        #expect(growth < 4 << 20, "the engine grew by \(growth >> 20) MiB serving a fork child's mmap and munmap")
+        // The records themselves, not the process's memory: other tests run in this process
+        // at the same time, and a loaded CI host saw them grow it by 8 MiB meanwhile. With the
+        // old lists the churn left 6,000 × 64 entries; now at most one per frame of each kind.
+        let frames = configuration.memoryBytes / GuestMemory.pageSize
+        #expect(child.memory.recordedFrames <= 3 * frames, "the engine holds \(child.memory.recordedFrames) frame records for a VM of \(frames) frames")
         try Self.engineStillHealthy()
     }
 

@@ -71,6 +71,38 @@ struct DockerFiguresTests {
         #expect(try fixture.docker(socket, ["rm", "-f", "forker"]).status == 0)
     }
 
+    /// docker stats' CPU %: a container spinning in a shell loop shows a large share of a
+    /// CPU and one asleep almost none; the agent's CPU seconds grow with it (the vCPU
+    /// thread's clock while it runs the guest), and stop growing at its end.
+    @Test func statsShowTheCPUAContainerUses() throws {
+        let fixture = try VCHFixture()
+        let socket = try fixture.startVCH("dev", pool: "dev")
+        #expect(try fixture.docker(socket, ["run", "-d", "--name", "busy", "busybox", "sh", "-c", "while :; do :; done"]).status == 0)
+        #expect(try fixture.docker(socket, ["run", "-d", "--name", "idle", "busybox", "sleep", "60"]).status == 0)
+        func agentStats(_ name: String) throws -> ContainerStats {
+            let id = try fixture.docker(socket, ["inspect", "-f", "{{.Id}}", name]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            return try fixture.agent.send("GET", "/v1/containers/\(id)/stats").decode(ContainerStats.self)
+        }
+        let busyBefore = try agentStats("busy"), idleBefore = try agentStats("idle")
+        let stats = try fixture.docker(socket, ["stats", "--no-stream", "--format", "{{.Name}}|{{.CPUPerc}}", "busy", "idle"])
+        #expect(stats.status == 0, "\(stats.stderr)")
+        let busyAfter = try agentStats("busy"), idleAfter = try agentStats("idle")
+        var percent: [String: Double] = [:]
+        for line in stats.stdout.split(separator: "\n") {
+            let fields = line.split(separator: "|").map(String.init)
+            if fields.count == 2, let value = Double(fields[1].replacingOccurrences(of: "%", with: "")) { percent[fields[0]] = value }
+        }
+        let busy = try #require(percent["busy"], "\(stats.stdout)"), idle = try #require(percent["idle"], "\(stats.stdout)")
+        #expect(busy >= 20 && busy <= 105 * Double(ProcessInfo.processInfo.activeProcessorCount), "busy \(busy)%")
+        #expect(idle < 5 && idle < busy / 5, "idle \(idle)%, busy \(busy)%")
+        let busyGrowth = try #require(busyAfter.cpuSeconds) - (try #require(busyBefore.cpuSeconds))
+        let idleGrowth = try #require(idleAfter.cpuSeconds) - (try #require(idleBefore.cpuSeconds))
+        let interval = busyAfter.readAt - busyBefore.readAt
+        #expect(busyGrowth >= 0.2 * interval && idleGrowth < 0.05 * interval, "over \(interval) s: busy \(busyGrowth) s, idle \(idleGrowth) s")
+        #expect((try #require(busyAfter.hostCPUSeconds)) > (try #require(busyBefore.hostCPUSeconds)))
+        #expect(try fixture.docker(socket, ["rm", "-f", "busy", "idle"]).status == 0)
+    }
+
     /// wait?condition=removed for a container without --rm answers once it is removed: the
     /// agent's removal event wakes it (well inside the one-second recheck).
     @Test func waitForRemovalAnswersAtTheRemoval() throws {

@@ -45,6 +45,10 @@ public final class GuestMemory: @unchecked Sendable {
     /// child changed a mapping of them. It may have used the changed mapping since (a page
     /// moved by mremap, made writable by mprotect), so they are dropped again at the restore.
     private var invalidatedFrames: Set<UInt64> = []
+    /// Frames the engine holds records of for the next restore (free, reused since the fork,
+    /// translations dropped since the fork): bounded by the memory's frames whatever the guest
+    /// maps and unmaps. Read while the VM does not run.
+    var recordedFrames: Int { freeFrames.count + reusedFreeFrames.count + invalidatedFrames.count }
     /// For a fork child: the parent whose memory this maps copy-on-write, and the parent's holes.
     private let origin: (memory: GuestMemory, holes: [Range<Int>])?
     /// Byte ranges of this memory mapped from a file rather than the memfd.

@@ -64,6 +64,7 @@ public final class ProcessTree: @unchecked Sendable {
     private var autoReaping: Set<Int32> = []
     private var kvm: (system: KVMSystem, cpuid: CPUIDTable)?
     private var reports: [ProcessReport] = []
+    private var endedCPU = 0.0
     /// Thread ids given out to the threads (beyond each process's first) alive now: they
     /// come from the pids' numbers and count against `processLimit`, as RLIMIT_NPROC counts
     /// threads on Linux.
@@ -164,6 +165,8 @@ public final class ProcessTree: @unchecked Sendable {
                 EngineDiagnostics.write("vmfork: process \(pid) of the container ended: \(error)\n")
                 status = .signaled(9)
             }
+            let cpu = child.cpuSeconds
+            locked { endedCPU += cpu }
             ended(pid, status: status, exits: child.lastRunCounters?.exits)
             running.leave()
         }
@@ -349,6 +352,8 @@ public final class ProcessTree: @unchecked Sendable {
 
     /// VMs of the forked processes running now (not the first process's).
     public var runningVMs: [ProcessVM] { locked { entries.values.compactMap(\.vm) } }
+    /// CPU seconds of the processes other than the first that have ended.
+    public var endedCPUSeconds: Double { locked { endedCPU } }
 
     /// Every forked process that ended, with its status and VM exits, in the order they ended.
     public var endedProcesses: [ProcessReport] { locked { reports } }

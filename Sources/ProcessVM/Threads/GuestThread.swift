@@ -41,7 +41,7 @@ final class GuestThread: @unchecked Sendable {
 /// never frees a vCPU before its VM, nor gives its id again), the status an exit_group or
 /// a fatal signal in a thread gave the process, and the futex waiters.
 ///
-/// `@unchecked Sendable`: `running`, `groupExit` and `everHadThreads` are under `condition`
+/// `@unchecked Sendable`: `running`, `groupExit`, `everHadThreads` and `endedCPU` are under `condition`
 /// (kill reads the list from other threads); `idleVCPUs`, `nextVCPUID` and `futexes` are
 /// used only under the process's `machineState`.
 final class ThreadGroup: @unchecked Sendable {
@@ -53,7 +53,10 @@ final class ThreadGroup: @unchecked Sendable {
     var nextVCPUID: UInt32 = 1
     var futexes = FutexTable()
 
+    /// CPU seconds of the threads that ended (`remove`).
+    private var endedCPU = 0.0
     var all: [GuestThread] { condition.withLock { running } }
+    var endedCPUSeconds: Double { condition.withLock { endedCPU } }
     var isEmpty: Bool { condition.withLock { running.isEmpty } }
     /// True once a thread was ever made: the VM then has vCPUs a reused VM must not keep.
     var everHadThreads: Bool { condition.withLock { started } }
@@ -67,7 +70,9 @@ final class ThreadGroup: @unchecked Sendable {
     }
 
     func remove(_ thread: GuestThread) {
+        let cpu = thread.slot.cpuSeconds
         condition.withLock {
+            endedCPU += cpu
             running.removeAll { $0 === thread }
             condition.broadcast()
         }
