@@ -434,8 +434,10 @@ extension Engine {
             try await self.remove(container, awaitWorker: false)
             record("container.remove", subject: info.id, actor: actor)
         }
+        let ended = container.info
         return RunResult(id: info.id, exitCode: exit.exitCode, reason: exit.reason, stdout: String(decoding: stdout, as: UTF8.self),
-                         stderr: String(decoding: stderr, as: UTF8.self), forkMicroseconds: info.forkMicroseconds)
+                         stderr: String(decoding: stderr, as: UTF8.self), forkMicroseconds: info.forkMicroseconds,
+                         startedAt: ended.startedAt ?? info.startedAt, finishedAt: ended.finishedAt)
     }
 
     private func readAll(_ path: String) -> Data {

@@ -178,6 +178,9 @@ public struct RunResult: Codable, Sendable, Equatable {
     public var stdout: String
     public var stderr: String
     public var forkMicroseconds: Double?
+    /// When it started running and when it ended (seconds since 1970, the agent's clock).
+    public var startedAt: Double?
+    public var finishedAt: Double?
 }
 
 /// A warm parent policy with what its parents hold now.

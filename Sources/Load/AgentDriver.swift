@@ -6,7 +6,8 @@ import WorkloadProfiles
 
 /// Launches through the host agent: create (charged to the entry's pool with `placement`),
 /// start, follow the output for its first bytes, wait, keep it for its lifetime, remove. A
-/// container still running when its lifetime ends is killed and removed then.
+/// container still running when its lifetime ends is killed and removed then. A launch with
+/// neither a lifetime nor first-output timing is one call (`runInOneCall`).
 final class AgentDriver: LaunchDriver {
     struct Launch: Sendable {
         let spec: ContainerSpec
@@ -37,6 +38,7 @@ final class AgentDriver: LaunchDriver {
             let field = (try? JSONSerialization.jsonObject(with: response.body) as? [String: Any])?["field"] as? String
             return (LoadErrorKind.of(status: response.status, field: field, message: response.errorMessage), "\(response.status): \(response.errorMessage)")
         }
+        if launch.lifetime == nil, !firstOutput { return runInOneCall(launch, due: due, recorder: recorder) }
         let id: String
         do {
             let created = try client.send("POST", "/v1/containers", json: launch.spec)
@@ -102,6 +104,34 @@ final class AgentDriver: LaunchDriver {
         } catch {
             fail(.transport, "\(error)")
         }
+    }
+
+    /// A launch with no lifetime and no first-output timing: create, start, wait and remove
+    /// in one call (`POST /v1/containers/run`), as a client that only wants the result makes
+    /// it. Its running time is placed by the agent's start time (its clock's offset from the
+    /// call's sending, kept inside the call); its exit time is the answer's arrival, which
+    /// also covers the removal (conservative by the removal's cost).
+    private func runInOneCall(_ launch: Launch, due: ContinuousClock.Instant, recorder: LoadRecorder) {
+        func fail(_ kind: LoadErrorKind, _ message: String) { recorder.failed(kind, message, at: .now) }
+        let sent = ContinuousClock.now, sentWall = Date().timeIntervalSince1970
+        let response: AgentClient.Response
+        do { response = try client.send("POST", "/v1/containers/run?remove=true", json: launch.spec) } catch { return fail(.transport, "\(error)") }
+        let answered = ContinuousClock.now
+        guard response.status == 200 else {
+            let field = (try? JSONSerialization.jsonObject(with: response.body) as? [String: Any])?["field"] as? String
+            return fail(LoadErrorKind.of(status: response.status, field: field, message: response.errorMessage), "run: \(response.status): \(response.errorMessage)")
+        }
+        guard let result = try? response.decode(RunResult.self) else { return fail(.transport, "run: an answer that is no RunResult") }
+        if let started = result.startedAt {
+            let offset = Duration.nanoseconds(Int64(max(0, started - sentWall) * 1e9))
+            recorder.running(due: due, at: min(sent + offset, answered))
+        }
+        guard !released.load(ordering: .relaxed) else { return recorder.finished(at: answered) }
+        recorder.exited(due: due, at: answered)
+        guard result.exitCode == launch.expectedExitStatus else {
+            return fail(.unexpectedExit, "exit \(result.exitCode) (\(result.reason)), expected \(launch.expectedExitStatus)")
+        }
+        recorder.finished(at: answered)
     }
 
     func releaseAll() {

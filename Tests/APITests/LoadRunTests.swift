@@ -84,6 +84,9 @@ struct LoadRunTests {
         #expect(side.launched == 240 && side.finished == 240 && side.failed == 0, "\(side.errorSamples)")
         #expect(side.achievedPerSecond < 20000 / 4, "achieved \(side.achievedPerSecond)/s against 20000/s offered")
         #expect(side.mostInFlight <= 4)
+        // One call each (no lifetime, no first-output timing): the agent's start times still
+        // place every launch's running moment, before its exit.
+        #expect(side.running.count == 240 && side.exit.count == 240 && side.running.p50 <= side.exit.p50, "running \(side.running), exit \(side.exit)")
         #expect(side.schedulerStalls > 0, "the backlog is counted, not hidden")
         let windows = side.windows.filter { $0.exit.count > 0 }
         let first = try #require(windows.first)
