@@ -27,7 +27,17 @@ struct SyscallPollerTests {
             _ = try? vm.run()
             finished.signal()
         }
-        Thread.sleep(forTimeInterval: 0.1)
+        // Once the 200 calls are served the poller parks: wait for its clock to stop (a loaded
+        // host may take far longer than usual to get there), then watch it for 0.4 s.
+        let deadline = Date().addingTimeInterval(20)
+        while Self.pollerCPUTime(system) == nil, Date() < deadline { Thread.sleep(forTimeInterval: 0.01) }
+        var settled = try #require(Self.pollerCPUTime(system))
+        while Date() < deadline {
+            Thread.sleep(forTimeInterval: 0.1)
+            let now = try #require(Self.pollerCPUTime(system))
+            if now - settled < 0.01 { break }
+            settled = now
+        }
         let before = try #require(Self.pollerCPUTime(system))
         Thread.sleep(forTimeInterval: 0.4)
         let after = try #require(Self.pollerCPUTime(system))
@@ -66,7 +76,12 @@ struct SyscallPollerTests {
         func watched(_ vm: ProcessVM) -> Bool {
             vm.mailbox.map { $0.load(fromByteOffset: Int(SyscallStub.Offset.pollerActive), as: UInt32.self) } == 1
         }
+        // The quiet one gets to its nanosleep after its 200 calls: on a loaded host that may
+        // take a while, so wait until the poller first lets it go, then sample for 0.2 s.
+        let deadline = Date().addingTimeInterval(20)
         Thread.sleep(forTimeInterval: 0.2)
+        while watched(vms[0]), Date() < deadline { Thread.sleep(forTimeInterval: 0.01) }
+        Thread.sleep(forTimeInterval: 0.02)
         var samples: [(quiet: Bool, busy: Bool)] = []
         for _ in 0..<40 {
             samples.append((watched(vms[0]), watched(vms[1])))

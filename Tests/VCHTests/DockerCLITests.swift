@@ -144,9 +144,17 @@ struct DockerCLITests {
         try fixture.waitUntil("spin is ready") { (try? fixture.docker(socket, ["logs", "spin"]))?.stdout == "ready\n" }
         let ids = try fixture.docker(socket, ["ps", "-q", "--no-trunc"])
         #expect(ids.stdout == "\(id)\n")
+        func attachesAnswered() -> Int {
+            let events = (try? fixture.agent.send("GET", "/v1/events?type=client.vch.request&limit=10000").text) ?? ""
+            return events.components(separatedBy: "/attach\"").count - 1
+        }
+        let attachesBefore = attachesAnswered()
         let follower = try fixture.dockerInBackground(socket, ["logs", "-f", "spin"])
         let attached = try fixture.dockerInBackground(socket, ["attach", "--no-stdin", "spin"])
-        usleep(500_000)
+        // The VCH records the attach as it answers it (101, the stream from then on): wait for
+        // that record rather than a fixed time, which a loaded host outran.
+        try fixture.waitUntil("the attach is answered", timeout: 30) { attachesAnswered() > attachesBefore }
+        usleep(300_000)
         let stop = try fixture.docker(socket, ["stop", "-t", "5", "spin"])
         #expect(stop.status == 0 && stop.stdout == "spin\n")
         #expect(follower.finish(grace: 5) == "ready\ngot TERM\n")
