@@ -20,6 +20,9 @@ rates_runc=${RUNC_RATES:-2 4 6 8 10 15 20 30}
 profile=${PROFILE:-Profiles/busybox-echo.yaml}
 # 0: each container removed as soon as it has ended (docker run --rm); 1: kept its profile lifetime.
 time_scale=${TIME_SCALE:-0}
+# 1: time each launch's first output too (a log follow per launch); 0: not, so that a vmfork
+# launch with no lifetime is one call (POST /v1/containers/run).
+first_output=${FIRST_OUTPUT:-1}
 mkdir -p "$out"
 rootfs="$out/rootfs"
 mkdir -p "$rootfs/bin" "$rootfs/etc"
@@ -40,6 +43,7 @@ for side in $sides; do
   for rate in ${!var}; do
     json="$out/$side-$rate.json"
     if [ "$side" = vmfork ]; then extra=(--ready-vms 32); else extra=(--peer "$side" --peers-only); fi
+    [ "$first_output" = 1 ] || extra+=(--no-first-output)
     "$vmfork" load "$profile" --state "$state" --rate "$rate" --duration "$seconds" --ramp-up 0.5 --time-scale "$time_scale" --quiet \
       "${extra[@]}" --json "$json" --svg "$out/$side-$rate.svg" > /dev/null 2> "$out/$side-$rate.log" \
       || { echo "$side at $rate/s: vmfork load failed: $(tail -1 "$out/$side-$rate.log")"; break; }
