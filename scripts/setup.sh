@@ -10,6 +10,8 @@ packages=(
   busybox-static   # the static userland that process VMs run
   fio              # the raw-file I/O baseline in the disk benchmark
   zlib1g-dev       # deflate for streamOptimized VMDK grains
+  libzstd1         # zstd layers (opened at run time: no headers needed)
+  zstd             # compresses the zstd layers of the pull tests
   util-linux       # setpriv, for the unprivileged capability tests
   runc             # the OCI runtime peer of load runs (vmfork load --peer runc)
   docker-registry  # a real OCI registry on loopback for the image pull tests and demo

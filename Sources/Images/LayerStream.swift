@@ -1,14 +1,17 @@
 import CShims
 import Foundation
 
-/// The uncompressed bytes of a layer blob in the blob store: gunzipped when the blob is gzip
-/// (by its magic, whatever the media type says), hashed as they go by (the layer's diff_id),
-/// and cut off past `maxBytes` (a gzip bomb is refused, not unpacked).
+/// The uncompressed bytes of a layer blob in the blob store: gunzipped when the blob is gzip,
+/// decoded when it is zstd (each by its magic, whatever the media type says), hashed as they
+/// go by (the layer's diff_id), and cut off past `maxBytes` (a bomb is refused, not unpacked).
 final class LayerStream {
     let layer: String
     private let fd: Int32
     private let maxBytes: Int64
     private var gunzip: OpaquePointer?
+    private var zstd: OpaquePointer?
+    /// zstd: whether the last byte consumed ended a frame (the stream may end there).
+    private var frameEnded = false
     private var input = [UInt8](repeating: 0, count: 256 * 1024)
     private var inputStart = 0
     private var inputEnd = 0
@@ -27,13 +30,18 @@ final class LayerStream {
             gunzip = cshims_gunzip_new()
             guard gunzip != nil else { close(fd); throw .io("out of memory for a gzip stream") }
         } else if inputEnd - inputStart >= 4, input[inputStart..<inputStart + 4].elementsEqual([0x28, 0xB5, 0x2F, 0xFD]) {
-            close(fd)
-            throw .unsupported("layer \(layer) is zstd-compressed; only tar and gzip are supported")
+            var message = [CChar](repeating: 0, count: 256)
+            zstd = cshims_zstd_new(&message, message.count)
+            guard zstd != nil else {
+                close(fd)
+                throw .unsupported("layer \(layer) is zstd-compressed and cannot be decoded here: \(Self.text(message))")
+            }
         }
     }
 
     deinit {
         cshims_gunzip_free(gunzip)
+        cshims_zstd_free(zstd)
         close(fd)
     }
 
@@ -57,6 +65,35 @@ final class LayerStream {
         input.replaceSubrange(0..<(inputEnd - inputStart), with: input[inputStart..<inputEnd])
         inputEnd -= inputStart
         inputStart = 0
+    }
+
+    /// One zstd step into `buffer`: the bytes it produced (0 at the end of the input, when the
+    /// last frame is whole; a truncated or corrupt stream throws).
+    private func zstdStep(_ zstd: OpaquePointer, into buffer: UnsafeMutableRawBufferPointer) throws(ImageError) -> Int {
+        while true {
+            var consumed = 0, produced = 0
+            var message = [CChar](repeating: 0, count: 256)
+            let result = input.withUnsafeBytes { raw in
+                // unsafe: the input range [inputStart, inputEnd) and the caller's buffer are both in bounds.
+                cshims_zstd_step(zstd, raw.baseAddress!.assumingMemoryBound(to: UInt8.self) + inputStart, inputEnd - inputStart, &consumed,
+                                 buffer.baseAddress!.assumingMemoryBound(to: UInt8.self), buffer.count, &produced, &message, message.count)
+            }
+            inputStart += consumed
+            if result < 0 { throw .unsafeLayer(layer: layer, entry: "-", problem: "not a valid zstd stream (\(Self.text(message)))") }
+            if consumed > 0 || produced > 0 { frameEnded = result == 1 }
+            if produced > 0 { return produced }
+            if inputStart < inputEnd { continue }
+            if inputDone {
+                guard frameEnded else { throw .unsafeLayer(layer: layer, entry: "-", problem: "the zstd stream is truncated") }
+                return 0
+            }
+            try fillInput()
+        }
+    }
+
+    /// A C message buffer's text, up to its NUL.
+    static func text(_ message: [CChar]) -> String {
+        String(decoding: message.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     /// Fills `buffer` with the next uncompressed bytes; 0 at the end of the layer.
@@ -96,6 +133,9 @@ final class LayerStream {
                     compactInput()
                     try fillInput()
                 }
+            } else if let zstd {
+                count = try zstdStep(zstd, into: buffer)
+                if count == 0, inputStart == inputEnd, inputDone { return 0 }
             } else {
                 if inputStart == inputEnd && inputDone { return 0 }
                 count = min(buffer.count, inputEnd - inputStart)

@@ -12,10 +12,11 @@ public enum MediaType {
     static let manifests = [ociManifest, dockerManifest]
     static let indexes = [ociIndex, dockerList]
     static let configs = [ociConfig, dockerConfig]
-    /// Layers: tar, gzip'ed tar (OCI, Docker, and their non-distributable forms).
+    /// Layers: tar, gzip'ed and zstd'ed tar (OCI, Docker, and their non-distributable forms).
     static let layers = [
-        "application/vnd.oci.image.layer.v1.tar", "application/vnd.oci.image.layer.v1.tar+gzip",
+        "application/vnd.oci.image.layer.v1.tar", "application/vnd.oci.image.layer.v1.tar+gzip", "application/vnd.oci.image.layer.v1.tar+zstd",
         "application/vnd.oci.image.layer.nondistributable.v1.tar", "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
         "application/vnd.docker.image.rootfs.diff.tar.gzip", "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
     ]
 }
@@ -63,9 +64,8 @@ public struct Manifest: Codable, Sendable, Equatable {
             throw .malformed(what: what, problem: "\(manifest.layers.count) layers, expected 1-\(DocumentLimits.maxLayers)")
         }
         for (index, layer) in manifest.layers.enumerated() {
-            if layer.mediaType.hasSuffix("+zstd") { throw .unsupported("\(what): layer \(index) is zstd-compressed (\(layer.digest.short)); only tar and gzip are supported") }
             guard MediaType.layers.contains(layer.mediaType) else {
-                throw .unsupported("\(what): layer \(index) has media type \(layer.mediaType.prefix(100)), not a tar or gzip'ed tar layer")
+                throw .unsupported("\(what): layer \(index) has media type \(layer.mediaType.prefix(100)), not a tar, gzip'ed or zstd'ed tar layer")
             }
             try checkSize(layer, what: "\(what): layer \(index)", limit: DocumentLimits.maxBlobBytes)
         }

@@ -103,12 +103,16 @@ final class RegistryFixture: @unchecked Sendable {
 
     /// Pushes an image of the seeded busybox layer plus `upper` (an uncompressed tar layer), with
     /// the seeded config's settings; returns the manifest's JSON text.
+    /// With `upperBlob` and `upperMediaType`, the upper layer is sent as that blob (a
+    /// compressed form of `upper`, whose digest stays the diff_id).
     @discardableResult
-    func pushLayered(upper: [UInt8], tag: String, configOverride: String? = nil, upperSizeDelta: Int = 0) throws -> String {
+    func pushLayered(upper: [UInt8], tag: String, configOverride: String? = nil, upperSizeDelta: Int = 0,
+                     upperBlob: [UInt8]? = nil, upperMediaType: String = "application/vnd.oci.image.layer.v1.tar") throws -> String {
         let seeded = try seededImage()
-        let upperDigest = try pushBlob(upper)
+        let blob = upperBlob ?? upper
+        let upperDigest = try pushBlob(blob)
         var config = seeded.config
-        config["rootfs"] = ["type": "layers", "diff_ids": [seeded.diffID, upperDigest.description]]
+        config["rootfs"] = ["type": "layers", "diff_ids": [seeded.diffID, Digest.of(upper).description]]
         let configBytes = try configOverride.map { Array($0.utf8) } ?? Array(JSONSerialization.data(withJSONObject: config, options: [.sortedKeys]))
         let configDigest = try pushBlob(configBytes)
         let lower = seeded.layer
@@ -116,7 +120,7 @@ final class RegistryFixture: @unchecked Sendable {
             {"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",\
             "config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"\(configDigest)","size":\(configBytes.count)},\
             "layers":[{"mediaType":"\(lower["mediaType"]!)","digest":"\(lower["digest"]!)","size":\(lower["size"]!)},\
-            {"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"\(upperDigest)","size":\(upper.count + upperSizeDelta)}]}
+            {"mediaType":"\(upperMediaType)","digest":"\(upperDigest)","size":\(blob.count + upperSizeDelta)}]}
             """
         try pushManifest(manifest, tag: tag)
         return manifest

@@ -155,11 +155,15 @@ struct RegistryPullTests {
         let wrongDiff = #"{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/bin/busybox"]},"rootfs":{"type":"layers","diff_ids":["# + "\"\(try registry.seededImage().diffID)\",\"sha256:" + String(repeating: "0", count: 64) + "\"]}}"
         try registry.pushLayered(upper: layer, tag: "wrongdiff", configOverride: wrongDiff)
         await expectRefused(engine, registry.reference("wrongdiff"), "uncompressed (diff_id): digest mismatch")
-        // The registry checks that a manifest's blobs exist, not what they are: a layer relabelled zstd.
-        let zstd = String(decoding: try registry.get("/manifests/latest"), as: UTF8.self)
-            .replacingOccurrences(of: "application/vnd.oci.image.layer.v1.tar+gzip", with: "application/vnd.oci.image.layer.v1.tar+zstd")
-        try registry.pushManifest(zstd, tag: "zstd")
-        await expectRefused(engine, registry.reference("zstd"), "layer 0 is zstd-compressed")
+        // The registry checks that a manifest's blobs exist, not what they are: zstd layers that
+        // are cut short or corrupt are refused by what is wrong with them.
+        let compressed = try Self.zstd(layer)
+        try registry.pushLayered(upper: layer, tag: "zstdshort", upperBlob: Array(compressed.dropLast(7)), upperMediaType: "application/vnd.oci.image.layer.v1.tar+zstd")
+        await expectRefused(engine, registry.reference("zstdshort"), "the zstd stream is truncated")
+        var corrupt = compressed
+        for index in 12..<min(40, corrupt.count - 4) { corrupt[index] ^= 0x5A }
+        try registry.pushLayered(upper: layer, tag: "zstdbad", upperBlob: corrupt, upperMediaType: "application/vnd.oci.image.layer.v1.tar+zstd")
+        await expectRefused(engine, registry.reference("zstdbad"), "not a valid zstd stream")
         try registry.pushLayered(upper: layer, tag: "noprogram", configOverride: #"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["# + "\"\(try registry.seededImage().diffID)\",\"\(digest)\"]}}")
         do {
             _ = try await engine.pullImage(reference: registry.reference("noprogram"), by: "test")
@@ -170,6 +174,46 @@ struct RegistryPullTests {
         #expect(engine.images().isEmpty)
         await expectRefused(engine, registry.reference("absent"), "has no manifest", kind: .notFound)
         await expectRefused(engine, "127.0.0.1:\(registry.port)/Bad..Name", "image reference", kind: .invalid)
+        await engine.shutdown(grace: .milliseconds(100))
+    }
+
+    /// `bytes` compressed by the zstd tool (two frames, as `zstd` writes for concatenated input).
+    static func zstd(_ bytes: [UInt8], frames: Int = 1) throws -> [UInt8] {
+        let folder = try HostFacts.makeTemporaryFolder("zstd")
+        defer { try? FileManager.default.removeItem(at: folder) }
+        var out: [UInt8] = []
+        let half = frames == 1 ? bytes.count : bytes.count / 2
+        for (index, piece) in [bytes[..<half], bytes[half...]].enumerated() where !piece.isEmpty || index == 0 {
+            let input = folder.appendingPathComponent("in\(index)")
+            try Data(piece).write(to: input)
+            let result = try HostFacts.run("/usr/bin/zstd", ["-q", "-19", "-f", input.path, "-o", input.path + ".zst"])
+            #expect(result.status == 0, "zstd: \(result.stderr)")
+            out += try Array(Data(contentsOf: URL(fileURLWithPath: input.path + ".zst")))
+        }
+        return out
+    }
+
+    /// A zstd layer (OCI's tar+zstd, two frames) pulls as its gzip form would: its files are in
+    /// the image and a container reads them; the diff_id is checked on the decoded tar.
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/zstd"), "needs the zstd tool"))
+    func aZstdLayerPullsAndItsFilesAreThere() async throws {
+        let registry = try RegistryFixture()
+        let (engine, state) = try engine()
+        defer { try? FileManager.default.removeItem(at: state) }
+        var upper = TarWriter()
+        upper.add("etc/motd", content: Array("from a zstd layer\n".utf8))
+        upper.add("srv/", .directory)
+        let big = (0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 >> 9) }
+        upper.add("srv/big", content: big)
+        let layer = upper.finished()
+        let compressed = try Self.zstd(layer, frames: 2)
+        #expect(compressed.starts(with: [0x28, 0xB5, 0x2F, 0xFD]) && compressed.count < layer.count)
+        try registry.pushLayered(upper: layer, tag: "zstd", upperBlob: compressed, upperMediaType: "application/vnd.oci.image.layer.v1.tar+zstd")
+        _ = try await engine.pullImage(reference: registry.reference("zstd"), name: "zstd", by: "test")
+        let motd = try await engine.runContainer(ContainerSpec(image: "zstd", arguments: ["cat", "/etc/motd"]), by: "test")
+        #expect(motd.exitCode == 0 && motd.stdout == "from a zstd layer\n", "\(motd.stderr)")
+        let sum = try await engine.runContainer(ContainerSpec(image: "zstd", arguments: ["sha256sum", "/srv/big"]), by: "test")
+        #expect(sum.stdout.hasPrefix(Digest.of(big).description.dropFirst("sha256:".count)), "\(sum.stdout) \(sum.stderr)")
         await engine.shutdown(grace: .milliseconds(100))
     }
 
