@@ -66,11 +66,15 @@ extension Ext4Builder {
         for group in 0..<geometry.groupCount {
             let (blockBitmap, freeBlocks) = blockBitmapBlock(group)
             let (inodeBitmap, freeInodes) = inodeBitmapBlock(group)
-            writes[geometry.blockBitmaps[group]] = blockBitmap
-            writes[geometry.inodeBitmaps[group]] = inodeBitmap
+            // Groups whose bitmaps did not change since the last finish hold them on the disk already.
+            if changedGroups?.contains(group) ?? true {
+                writes[geometry.blockBitmaps[group]] = blockBitmap
+                writes[geometry.inodeBitmaps[group]] = inodeBitmap
+            }
             freeBlocksPerGroup.append(freeBlocks)
             freeInodesPerGroup.append(freeInodes)
         }
+        if changedGroups != nil { changedGroups = [] }
         var descriptors = [UInt8](repeating: 0, count: geometry.descriptorBlocks * blockSize)
         for group in 0..<geometry.groupCount {
             let at = group * geometry.descriptorSize
@@ -94,7 +98,15 @@ extension Ext4Builder {
                 writes[start + 1 + UInt64(index)] = Array(descriptors[(index * blockSize)..<((index + 1) * blockSize)])
             }
         }
-        stages.append(try await changedBlocks(writes))
+        // The superblocks and descriptors this builder last wrote or read are known: only the
+        // others are read to compare (a sync would otherwise read every backup group's).
+        var current: [UInt64: [UInt8]] = [:]
+        var unknown: [UInt64] = []
+        for block in writes.keys {
+            if let bytes = writtenSuperblocks[block] { current[block] = bytes } else { unknown.append(block) }
+        }
+        current.merge(try await readBlocks(unknown)) { known, _ in known }
+        stages.append(try await changedBlocks(writes, known: current))
         dirtyInodes = []
         let all = stages.reduce(into: [UInt64: [UInt8]]()) { $0.merge($1) { _, new in new } }
         if let journal, journalReady,
@@ -102,6 +114,10 @@ extension Ext4Builder {
             try await commitThroughJournal(all, journal)
         } else {
             for stage in stages { try await writeBlocks(stage) }
+        }
+        for group in 0..<geometry.groupCount where geometry.hasSuperblock(group) {
+            let start = geometry.groupStart(group)
+            for block in start...(start + UInt64(geometry.descriptorBlocks)) { writtenSuperblocks[block] = writes[block] }
         }
     }
 
@@ -127,25 +143,34 @@ extension Ext4Builder {
     }
 
     private func blockBitmapBlock(_ group: Int) -> ([UInt8], Int) {
-        var bytes = [UInt8](repeating: 0xFF, count: geometry.blockSize)
-        let start = geometry.groupStart(group)
-        var free = 0
-        for index in 0..<geometry.blocksInGroup(group) {
-            if isBlockUsed(start + UInt64(index)) { continue }
-            bytes[index / 8] &= ~(1 << UInt8(index % 8))
-            free += 1
-        }
-        return (bytes, free)
+        Self.bitmapBlock(blockBitmap, firstBit: Int(geometry.groupStart(group)), bits: geometry.blocksInGroup(group), blockSize: geometry.blockSize)
     }
 
     private func inodeBitmapBlock(_ group: Int) -> ([UInt8], Int) {
-        var bytes = [UInt8](repeating: 0xFF, count: geometry.blockSize)
-        let first = UInt32(group) * geometry.inodesPerGroup + 1
+        Self.bitmapBlock(inodeBitmap, firstBit: group * Int(geometry.inodesPerGroup), bits: Int(geometry.inodesPerGroup), blockSize: geometry.blockSize)
+    }
+
+    /// One group's bitmap block — bit i of byte i/8 for the group's `bits` entries from
+    /// `firstBit` of `words`, the rest of the block set, as ext4 pads it — and its free count.
+    /// Whole 64-bit words are copied (ext4's bit order is the words' little-endian order).
+    static func bitmapBlock(_ words: [UInt64], firstBit: Int, bits: Int, blockSize: Int) -> ([UInt8], Int) {
+        var bytes = [UInt8](repeating: 0xFF, count: blockSize)
         var free = 0
-        for index in 0..<Int(geometry.inodesPerGroup) {
-            if isInodeUsed(first + UInt32(index)) { continue }
-            bytes[index / 8] &= ~(1 << UInt8(index % 8))
-            free += 1
+        var index = 0
+        while index < bits {
+            let bit = firstBit + index
+            if bit % 64 == 0, index + 64 <= bits {
+                let word = words[bit / 64]
+                free += 64 - word.nonzeroBitCount
+                for byte in 0..<8 { bytes[index / 8 + byte] = UInt8(truncatingIfNeeded: word >> (8 * byte)) }
+                index += 64
+            } else {
+                if words[bit / 64] & (1 << UInt64(bit % 64)) == 0 {
+                    bytes[index / 8] &= ~(1 << UInt8(index % 8))
+                    free += 1
+                }
+                index += 1
+            }
         }
         return (bytes, free)
     }

@@ -37,6 +37,8 @@ extension Ext4Builder {
                 builder.markInode(first + UInt32(index), used: true)
             }
         }
+        // From here on only the groups whose bitmaps change are written again.
+        builder.changedGroups = []
         try await builder.loadJournal(volume)
         var pending: [UInt32] = [Ext4.rootInode]
         var seen: Set<UInt32> = [Ext4.rootInode]

@@ -75,6 +75,11 @@ public final class Ext4Builder {
     /// recorded by a finished superblock, so that `finish` may commit through it.
     var journal: Ext4JournalArea?
     var journalReady = false
+    /// Groups whose bitmaps changed since the last `finish` (nil: not tracked, every group's
+    /// bitmaps are laid out). Set once the bitmaps read at `open(on:)` are in.
+    var changedGroups: Set<Int>?
+    /// The superblock and descriptor blocks as the last `finish` left them on the disk.
+    var writtenSuperblocks: [UInt64: [UInt8]] = [:]
     /// For crash tests only: the journaled commit step after which `finish` stops.
     var stopsCommitAfter: JournalCommitStep?
 
@@ -163,6 +168,7 @@ public final class Ext4Builder {
 
     func markBlock(_ block: UInt64, used: Bool) {
         if used { blockBitmap[Int(block / 64)] |= 1 << (block % 64) } else { blockBitmap[Int(block / 64)] &= ~(1 << (block % 64)) }
+        changedGroups?.insert(Int((block - UInt64(geometry.firstDataBlock)) / UInt64(geometry.blocksPerGroup)))
     }
 
     func isInodeUsed(_ inode: UInt32) -> Bool { inodeBitmap[Int((inode - 1) / 64)] & (1 << UInt64((inode - 1) % 64)) != 0 }
@@ -170,6 +176,7 @@ public final class Ext4Builder {
     func markInode(_ inode: UInt32, used: Bool) {
         let bit: UInt64 = 1 << UInt64((inode - 1) % 64)
         if used { inodeBitmap[Int((inode - 1) / 64)] |= bit } else { inodeBitmap[Int((inode - 1) / 64)] &= ~bit }
+        changedGroups?.insert(Int((inode - 1) / geometry.inodesPerGroup))
     }
 
     /// `count` free blocks as extents (first free from a moving cursor, runs of at most 32,768).
