@@ -1,5 +1,8 @@
 import Disk
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import IOEngine
 import ProcessVM
 import TestSupport
@@ -38,7 +41,7 @@ final class ContainerDiskTests {
     func chain(capacity: UInt64 = 256 << 20) async throws -> (layer: String, container: String) {
         let rootfs = try BusyboxRootfs.make()
         defer { try? FileManager.default.removeItem(at: rootfs) }
-        for applet in ["mkdir", "mv", "rm", "chmod", "ln", "rmdir", "truncate", "wc", "sync", "head"] {
+        for applet in ["mkdir", "mv", "rm", "chmod", "ln", "rmdir", "truncate", "wc", "sync", "head", "chown", "chgrp", "touch", "stat", "readlink"] {
             try FileManager.default.createSymbolicLink(atPath: rootfs.appendingPathComponent("bin/\(applet)").path, withDestinationPath: "busybox")
         }
         let layer = path("layer.vmdk"), container = path("container.vmdk")
@@ -172,6 +175,285 @@ final class ContainerDiskTests {
         let image = try await DiskRootFileSystem.open(path: layer, engine: engine)
         let result = try run("echo x > /f; mkdir /d; rm /bin/ls; mv /bin/cat /c; sync; echo done", root: image)
         #expect(result.stdout == "done\n")
+        #expect(result.stderr.components(separatedBy: "Read-only file system").count - 1 == 4, "\(result.stderr)")
+    }
+
+    // MARK: - Owners, times, hard links and slow symlinks (issue #15 follow-up)
+
+    /// chown, chgrp, touch (utimensat), ln and ln -s as busybox makes them, with relative
+    /// paths: the guest's answers on its container disk are compared with the same script
+    /// run natively in a host folder (the tests run as root, as the guest does). The times are
+    /// fixed ones, so every line is deterministic.
+    static let metadataScript = """
+    export TZ=UTC0
+    echo data > f && chmod 4755 f && chown 1234:5678 f && stat -c 'a %u %g %a' f
+    chmod 2775 f && chown 1234 f && stat -c 'b %u %g %a' f
+    chmod 2745 f && chgrp 9 f && stat -c 'c %u %g %a' f
+    mkdir dd && chmod 6755 dd && chown 5:6 dd && stat -c 'd %u %g %a' dd
+    ln -s data/words.txt sl && chown -h 11:12 sl && stat -c 'e %u %g' sl data/words.txt
+    chown 21:22 sl && stat -L -c 'e2 %u %g' sl && stat -c 'e3 %u %g' sl
+    touch -d '2001-02-03 04:05:06' f && stat -c 'f %X %Y' f
+    touch -a -d '2002-01-01 00:00:00' f && stat -c 'g %X %Y' f
+    touch -m -d '1999-12-31 23:59:59' f && stat -c 'h %X %Y' f
+    touch -h -d '2003-01-01 00:00:00' sl && stat -c 'i %X %Y' sl
+    touch -r f g && stat -c 'k %X %Y %s' g
+    touch -c nothere; echo "l $?"; ls nothere 2>/dev/null; echo "m $?"
+    echo w > m && touch -d '2004-05-06 07:08:09' m && stat -c 'm2 %X %Y' m
+    ln f hard && stat -c 'n %h' f hard && [ "$(stat -c %i f)" = "$(stat -c %i hard)" ] && echo 'o same inode'
+    echo more >> hard && cat f
+    ln data/hello.txt data/hl && rm data/hello.txt && cat data/hl && stat -c 'p %h' data/hl
+    ln data hl2; echo "q $?"
+    ln f hard; echo "r $?"
+    ln -s nowhere dangling && ln dangling dl && stat -c 's %h %F' dl dangling
+    rm dangling && stat -c 's2 %h %F' dl && readlink dl
+    t=data; i=0; while [ $i -lt 40 ]; do t=$t/.; i=$((i+1)); done; ln -s $t/words.txt long && readlink long | wc -c && cat long | wc -l && stat -c 't %s %F' long
+    x=xxxxxxxxxx; y=$x$x$x$x$x$x$x$x$x$x; z=$y$y$y$y$y$y$y$y$y$y; h=$z$z$z$z$x$x$x$x$x$x$x$x$x
+    ln -s ${h}xxxxx huge && readlink huge | wc -c && stat -c 'u %s' huge
+    ln -s ${h}xxxxxx toolong; echo "v $?"
+    sync; echo "w $?"
+    """
+
+    /// The times on the disk: base seconds and the extra field's nanoseconds (debugfs `stat`).
+    static func diskTime(_ stat: String, _ field: String) -> (seconds: Int64, nanoseconds: UInt32)? {
+        for line in stat.split(separator: "\n") {
+            let trimmed = line.trimmingCharacters(in: .whitespaces)
+            guard trimmed.hasPrefix(field + ": 0x") else { continue }
+            let hex = trimmed.dropFirst(field.count + 4).prefix { $0 != " " }.split(separator: ":")
+            guard hex.count == 2, let base = UInt32(hex[0], radix: 16), let extra = UInt32(hex[1], radix: 16) else { return nil }
+            return (Int64(Int32(bitPattern: base)) + (Int64(extra & 3) << 32), extra >> 2)
+        }
+        return nil
+    }
+
+    /// A field of debugfs `stat` ("User:", "Group:", "Links:", "Mode:", "Inode:", "Size:"): the word after it.
+    static func diskField(_ stat: String, _ field: String) -> String? {
+        let words = stat.split(whereSeparator: { $0 == " " || $0 == "\n" })
+        guard let at = words.firstIndex(where: { $0 == field + ":" }), at + 1 < words.count else { return nil }
+        return String(words[at + 1])
+    }
+
+    /// chown, utimensat, link and slow symlinks on a container's disk answer as Linux does
+    /// (the same busybox script natively), and after sync debugfs reads the owners, times,
+    /// link counts and targets from the disk, which e2fsck finds sound.
+    @Test func ownersTimesHardLinksAndLongSymlinksAsOnLinux() async throws {
+        let (_, container) = try await chain()
+        let root = ContainerDiskRoot(base: try await DiskRootFileSystem.open(path: container, engine: engine), diskPath: container)
+        let guest = try run(Self.metadataScript, root: root)
+
+        let native: (status: Int32, stdout: String, stderr: String)
+        let host = try BusyboxRootfs.make()
+        defer { try? FileManager.default.removeItem(at: host) }
+        var none = sigset_t()
+        sigemptyset(&none)
+        pthread_sigmask(SIG_SETMASK, &none, nil)
+        native = try BusyboxRootfs.runNatively(["sh", "-c", Self.metadataScript], in: host, environment: ["PATH=/bin"])
+        #expect(guest.status == native.status, "\(guest.stderr)")
+        #expect(guest.stdout == native.stdout, "guest:\n\(guest.stdout)\nnative:\n\(native.stdout)")
+        #expect(guest.stderr == native.stderr, "guest:\n\(guest.stderr)\nnative:\n\(native.stderr)")
+        // The answers themselves, so that a change of both sides cannot pass unseen.
+        let long = 4 + 40 * 2 + 10
+        let expected = [
+            "a 1234 5678 755", "b 1234 5678 775", "c 1234 9 2745", "d 5 6 6755", "e 11 12", "e 0 0", "e2 21 22", "e3 11 12",
+            "f 981173106 981173106", "g 1009843200 981173106", "h 1009843200 946684799", "i 1041379200 1041379200",
+            "k 1009843200 946684799 0", "l 0", "m 1", "m2 1083827289 1083827289", "n 2", "n 2", "o same inode", "data", "more",
+            "hello from the rootfs", "second line", "p 1", "q 1", "r 1", "s 2 symbolic link", "s 2 symbolic link",
+            "s2 1 symbolic link", "nowhere", "\(long + 1)", "7", "t \(long) symbolic link", "4096", "u 4095", "v 1", "w 0",
+        ]
+        #expect(guest.stdout == expected.joined(separator: "\n") + "\n", "\(guest.stdout)")
+        #expect(guest.stderr.contains("hl2: Operation not permitted"), "\(guest.stderr)")
+        #expect(guest.stderr.contains("hard: File exists"), "\(guest.stderr)")
+        #expect(guest.stderr.contains("File name too long"), "\(guest.stderr)")
+
+        try root.sync()
+        let raw = try checked(container)
+        let f = try debugfs(raw, "stat /f")
+        #expect(Self.diskField(f, "User") == "1234" && Self.diskField(f, "Group") == "9" && Self.diskField(f, "Mode") == "02745", "\(f)")
+        #expect(Self.diskField(f, "Links") == "2", "\(f)")
+        #expect(Self.diskField(try debugfs(raw, "stat /hard"), "Inode") == Self.diskField(f, "Inode"))
+        #expect(try debugfs(raw, "cat /hard") == "data\nmore\n")
+        let dd = try debugfs(raw, "stat /dd")
+        #expect(Self.diskField(dd, "User") == "5" && Self.diskField(dd, "Group") == "6" && Self.diskField(dd, "Mode") == "06755", "\(dd)")
+        let sl = try debugfs(raw, "stat /sl")
+        #expect(Self.diskField(sl, "User") == "11" && Self.diskField(sl, "Group") == "12", "\(sl)")
+        #expect(Self.diskTime(sl, "mtime")?.seconds == 1041379200, "\(sl)")
+        let words = try debugfs(raw, "stat /data/words.txt")
+        #expect(Self.diskField(words, "User") == "21" && Self.diskField(words, "Group") == "22", "\(words)")
+        let g = try debugfs(raw, "stat /g")
+        #expect(Self.diskTime(g, "atime")?.seconds == 1009843200 && Self.diskTime(g, "mtime")?.seconds == 946684799, "\(g)")
+        // A file written in a memfd, then touched: the touch survives the syncs.
+        let m = try debugfs(raw, "stat /m")
+        #expect(Self.diskTime(m, "mtime").map { $0.seconds == 1083827289 && $0.nanoseconds == 0 } == true, "\(m)")
+        #expect(Self.diskTime(m, "atime")?.seconds == 1083827289, "\(m)")
+        let hl = try debugfs(raw, "stat /data/hl")
+        #expect(Self.diskField(hl, "Links") == "1", "\(hl)")
+        #expect(try debugfs(raw, "cat /data/hl") == "hello from the rootfs\nsecond line\n")
+        #expect(try debugfs(raw, "ls -l /data").contains("hello.txt") == false)
+        #expect(Self.diskField(try debugfs(raw, "stat /dl"), "Links") == "1")
+        let target = "data" + String(repeating: "/.", count: 40) + "/words.txt"
+        let longStat = try debugfs(raw, "stat /long")
+        #expect(Self.diskField(longStat, "Size") == "\(long)" && longStat.contains("EXTENTS:") && !longStat.contains("Fast link dest"), "\(longStat)")
+        #expect(try debugfs(raw, "cat /long") == target)
+        #expect(try debugfs(raw, "cat /huge") == String(repeating: "x", count: 4095))
+        #expect(try debugfs(raw, "stat /toolong").contains("Inode:") == false)
+
+        // The next container on the disk reads the slow symlinks and the links from it.
+        let again = ContainerDiskRoot(base: try await DiskRootFileSystem.open(path: container, engine: engine), diskPath: container)
+        let second = try run("wc -l /long && readlink /huge | wc -c && stat -c '%h %u %g' /hard && rm /f && cat /hard && stat -c %h /hard", root: again)
+        #expect(second.stdout == "7 /long\n4096\n2 1234 9\ndata\nmore\n1\n", "\(second.stdout) \(second.stderr)")
+        try again.sync()
+        let raw2 = try checked(container)
+        #expect(Self.diskField(try debugfs(raw2, "stat /hard"), "Links") == "1")
+        #expect(try debugfs(raw2, "cat /hard") == "data\nmore\n")
+    }
+
+    /// A time with nanoseconds taken from a file the container wrote (touch -r) lands on the
+    /// disk with them, for the file written (its memfd's mtime) and the one touched.
+    @Test func nanosecondTimesReachTheDisk() async throws {
+        let (_, container) = try await chain()
+        let root = ContainerDiskRoot(base: try await DiskRootFileSystem.open(path: container, engine: engine), diskPath: container)
+        let result = try run("echo a > /ns1 && touch -r /ns1 /ns2 && stat -c '%Y %y %x' /ns1 /ns2", root: root)
+        #expect(result.status == 0, "\(result.stderr)")
+        let lines = result.stdout.split(separator: "\n").map(String.init)
+        #expect(lines.count == 2 && lines[0] == lines[1], "\(result.stdout)")
+        // "%Y %y %x": seconds, then "date time.nnnnnnnnn zone" for the mtime and the atime.
+        let words = lines.first?.split(separator: " ") ?? []
+        let seconds = words.first.flatMap { Int64($0) }
+        let nanoseconds = words.count > 2 ? words[2].split(separator: ".").last.flatMap { UInt32($0) } : nil
+        let accessNanoseconds = words.count > 5 ? words[5].split(separator: ".").last.flatMap { UInt32($0) } : nil
+        #expect(nanoseconds != nil && accessNanoseconds != nil, "\(result.stdout)")
+        try root.sync()
+        let raw = try checked(container)
+        for name in ["/ns1", "/ns2"] {
+            let stat = try debugfs(raw, "stat \(name)")
+            let mtime = Self.diskTime(stat, "mtime")
+            #expect(mtime?.seconds == seconds && mtime?.nanoseconds == nanoseconds, "\(name): \(stat) against \(result.stdout)")
+        }
+        #expect(Self.diskTime(try debugfs(raw, "stat /ns2"), "atime")?.nanoseconds == accessNanoseconds)
+    }
+
+    /// struct stat of (AT_FDCWD, path) through the call layer: uid, gid, links, atime, mtime, ctime.
+    func status(_ files: GuestFiles, _ path: String, flags: Int32 = 0) -> (uid: UInt32, gid: UInt32, links: UInt64, inode: UInt64, mode: UInt32, times: [(Int64, Int64)])? {
+        var bytes = [UInt8](repeating: 0, count: 144)
+        let result = bytes.withUnsafeMutableBytes { buffer in files.fstatat(dirfd: AT_FDCWD, path: path, into: buffer, flags: flags) }
+        guard result == 0 else { return nil }
+        return bytes.withUnsafeBytes { b in
+            (b.load(fromByteOffset: 28, as: UInt32.self), b.load(fromByteOffset: 32, as: UInt32.self), b.load(fromByteOffset: 16, as: UInt64.self),
+             b.load(fromByteOffset: 8, as: UInt64.self), b.load(fromByteOffset: 24, as: UInt32.self),
+             [72, 88, 104].map { (b.load(fromByteOffset: $0, as: Int64.self), b.load(fromByteOffset: $0 + 8, as: Int64.self)) })
+        }
+    }
+
+    /// What busybox never sends, at the call layer: chown's -1 keeps a value, UTIME_OMIT
+    /// keeps a time and UTIME_NOW takes the clock, nanoseconds out of range and bad flags
+    /// are EINVAL, times past ext4's are clamped, a non-root caller may not give a file
+    /// away; linkat's EPERM, EEXIST, EXDEV, EMLINK (65,000 links), AT_EMPTY_PATH and
+    /// AT_SYMLINK_FOLLOW. debugfs reads the results after sync.
+    @Test func ownerTimeAndLinkCallsAnswerAsLinux() async throws {
+        let (_, container) = try await chain()
+        let root = ContainerDiskRoot(base: try await DiskRootFileSystem.open(path: container, engine: engine), diskPath: container)
+        let null = Glibc.open("/dev/null", O_RDWR)
+        defer { Glibc.close(null) }
+        let files = try GuestFiles(rootFileSystem: root, stdin: null, stdout: null, stderr: null)
+        let rootCaller = GuestFiles.Caller(uid: 0, gid: 0)
+        let keep = UInt32.max
+        let omit: Int64 = (1 << 30) - 2, now: Int64 = (1 << 30) - 1
+
+        let fd = Int32(files.openat(dirfd: AT_FDCWD, path: "/w", flags: O_CREAT | O_WRONLY, mode: 0o4755))
+        #expect(fd >= 0)
+        #expect(Array("abc".utf8).withUnsafeBytes { files.write(fd, from: $0) } == 3)
+
+        #expect(files.fchownat(dirfd: AT_FDCWD, path: "/w", uid: 7, gid: 8, flags: 0, caller: rootCaller) == 0)
+        #expect(status(files, "/w").map { ($0.uid, $0.gid, $0.mode & 0o7777) } ?? (0, 0, 0) == (7, 8, 0o755))
+        #expect(files.fchownat(dirfd: AT_FDCWD, path: "/w", uid: keep, gid: 9, flags: 0, caller: rootCaller) == 0)
+        #expect(status(files, "/w").map { ($0.uid, $0.gid) } ?? (0, 0) == (7, 9))
+        #expect(files.fchown(fd, uid: 10, gid: keep, caller: rootCaller) == 0)
+        #expect(status(files, "/w").map { ($0.uid, $0.gid) } ?? (0, 0) == (10, 9))
+        #expect(files.fchownat(dirfd: AT_FDCWD, path: "/w", uid: 1, gid: 1, flags: 0x8000, caller: rootCaller) == -Int(EINVAL))
+        #expect(files.fchownat(dirfd: AT_FDCWD, path: "/nothere", uid: 1, gid: 1, flags: 0, caller: rootCaller) == -Int(ENOENT))
+        let user = GuestFiles.Caller(uid: 10, gid: 20)
+        #expect(files.fchownat(dirfd: AT_FDCWD, path: "/w", uid: 0, gid: keep, flags: 0, caller: user) == -Int(EPERM))
+        #expect(files.fchownat(dirfd: AT_FDCWD, path: "/w", uid: keep, gid: 21, flags: 0, caller: user) == -Int(EPERM))
+        #expect(files.fchownat(dirfd: AT_FDCWD, path: "/w", uid: 10, gid: 20, flags: 0, caller: user) == 0)
+        #expect(files.fchownat(dirfd: AT_FDCWD, path: "/bin/busybox", uid: 10, gid: keep, flags: 0, caller: user) == -Int(EPERM))
+
+        // Times: atime with nanoseconds and mtime kept, then the other way through the descriptor.
+        let before = status(files, "/w")?.times ?? []
+        #expect(files.utimensat(dirfd: AT_FDCWD, path: "/w", times: [(1_000_000_000, 123_456_789), (0, omit)], flags: 0, caller: rootCaller) == 0)
+        let afterAccess = status(files, "/w")?.times ?? []
+        #expect(afterAccess.count == 3 && afterAccess[0] == (1_000_000_000, 123_456_789) && afterAccess[1] == before[1], "\(afterAccess)")
+        #expect(files.utimensat(dirfd: fd, path: nil, times: [(0, omit), (2_000_000_000, 987_654_321)], flags: 0, caller: rootCaller) == 0)
+        let afterModify = status(files, "/w")?.times ?? []
+        #expect(afterModify.count == 3 && afterModify[0] == (1_000_000_000, 123_456_789) && afterModify[1] == (2_000_000_000, 987_654_321), "\(afterModify)")
+        #expect(files.utimensat(dirfd: AT_FDCWD, path: "/w", times: [(0, 1_000_000_000), (0, omit)], flags: 0, caller: rootCaller) == -Int(EINVAL))
+        #expect(files.utimensat(dirfd: AT_FDCWD, path: "/w", times: [(0, -1), (0, omit)], flags: 0, caller: rootCaller) == -Int(EINVAL))
+        #expect(files.utimensat(dirfd: AT_FDCWD, path: "/nothere", times: [(0, omit), (0, omit)], flags: 0, caller: rootCaller) == 0)
+        #expect(files.utimensat(dirfd: AT_FDCWD, path: nil, times: nil, flags: 0, caller: rootCaller) == -Int(EFAULT))
+        #expect(files.utimensat(dirfd: fd, path: nil, times: nil, flags: AT_SYMLINK_NOFOLLOW, caller: rootCaller) == -Int(EINVAL))
+        #expect(files.utimensat(dirfd: AT_FDCWD, path: "/w", times: nil, flags: 0x8000, caller: rootCaller) == -Int(EINVAL))
+        #expect(files.utimensat(dirfd: AT_FDCWD, path: "/bin/busybox", times: [(5, 0), (5, 0)], flags: 0, caller: user) == -Int(EPERM))
+        #expect(files.utimensat(dirfd: AT_FDCWD, path: "/bin/busybox", times: nil, flags: 0, caller: user) == -Int(EACCES))
+        // UTIME_NOW takes the clock (not before this call); past ext4's last second, the last second.
+        let clock = Int64(Date().timeIntervalSince1970)
+        #expect(files.utimensat(dirfd: AT_FDCWD, path: "/data/words.txt", times: [(0, now), (1 << 40, 5)], flags: 0, caller: rootCaller) == 0)
+        let words = status(files, "/data/words.txt")?.times ?? []
+        #expect(words.count == 3 && words[0].0 >= clock && words[0].0 < clock + 120 && words[1] == (15_032_385_535, 0), "\(words)")
+        #expect(files.utimensat(dirfd: AT_FDCWD, path: "/data/numbers.txt", times: [(-(1 << 40), 0), (-1, 500)], flags: 0, caller: rootCaller) == 0)
+        let numbers = status(files, "/data/numbers.txt")?.times ?? []
+        #expect(numbers.count == 3 && numbers[0] == (-2_147_483_648, 0) && numbers[1] == (-1, 500), "\(numbers)")
+        // lchown and utimensat(AT_SYMLINK_NOFOLLOW) change the link, not its target.
+        #expect(files.symlinkat(target: "/w", newDirfd: AT_FDCWD, linkPath: "/sym") == 0)
+        #expect(files.fchownat(dirfd: AT_FDCWD, path: "/sym", uid: 3, gid: 4, flags: AT_SYMLINK_NOFOLLOW, caller: rootCaller) == 0)
+        #expect(files.utimensat(dirfd: AT_FDCWD, path: "/sym", times: [(3, 3), (4, 4)], flags: AT_SYMLINK_NOFOLLOW, caller: rootCaller) == 0)
+        #expect(status(files, "/sym", flags: AT_SYMLINK_NOFOLLOW).map { ($0.uid, $0.gid, $0.times[1].0) } ?? (0, 0, 0) == (3, 4, 4))
+        #expect(status(files, "/w").map { ($0.uid, $0.gid, $0.times[1].0) } ?? (0, 0, 0) == (10, 20, 2_000_000_000))
+
+        // Hard links.
+        #expect(files.linkat(oldDirfd: AT_FDCWD, oldPath: "/bin", newDirfd: AT_FDCWD, newPath: "/b2", flags: 0) == -Int(EPERM))
+        #expect(files.linkat(oldDirfd: AT_FDCWD, oldPath: "/w", newDirfd: AT_FDCWD, newPath: "/bin", flags: 0) == -Int(EEXIST))
+        #expect(files.linkat(oldDirfd: AT_FDCWD, oldPath: "/dev/null", newDirfd: AT_FDCWD, newPath: "/n", flags: 0) == -Int(EXDEV))
+        #expect(files.linkat(oldDirfd: AT_FDCWD, oldPath: "/nothere", newDirfd: AT_FDCWD, newPath: "/n", flags: 0) == -Int(ENOENT))
+        #expect(files.linkat(oldDirfd: AT_FDCWD, oldPath: "/w", newDirfd: AT_FDCWD, newPath: "/n", flags: 0x8000) == -Int(EINVAL))
+        #expect(files.linkat(oldDirfd: fd, oldPath: "", newDirfd: AT_FDCWD, newPath: "/viafd", flags: 0x1000) == 0)
+        #expect(files.linkat(oldDirfd: AT_FDCWD, oldPath: "/sym", newDirfd: AT_FDCWD, newPath: "/symlink2", flags: 0) == 0)
+        #expect(files.linkat(oldDirfd: AT_FDCWD, oldPath: "/sym", newDirfd: AT_FDCWD, newPath: "/followed", flags: 0x400) == 0)
+        let w = status(files, "/w")
+        #expect(w?.links == 3 && status(files, "/followed")?.inode == w?.inode && status(files, "/viafd")?.inode == w?.inode)
+        #expect(status(files, "/symlink2", flags: AT_SYMLINK_NOFOLLOW).map { ($0.links, $0.mode & 0o170000) } ?? (0, 0) == (2, 0o120000))
+        #expect(files.mkdirat(dirfd: AT_FDCWD, path: "/many", mode: 0o755) == 0)
+        var made = 0
+        for index in 0..<64_997 where files.linkat(oldDirfd: AT_FDCWD, oldPath: "/w", newDirfd: AT_FDCWD, newPath: "/many/l\(index)", flags: 0) == 0 { made += 1 }
+        #expect(made == 64_997 && status(files, "/w")?.links == 65_000)
+        #expect(files.linkat(oldDirfd: AT_FDCWD, oldPath: "/w", newDirfd: AT_FDCWD, newPath: "/many/one-more", flags: 0) == -Int(EMLINK))
+        // Newest first: the writer's directory model removes the last entry in constant time.
+        var removed = 0
+        for index in (0..<64_997).reversed() where files.unlinkat(dirfd: AT_FDCWD, path: "/many/l\(index)", flags: 0) == 0 { removed += 1 }
+        #expect(removed == 64_997)
+        #expect(files.unlinkat(dirfd: AT_FDCWD, path: "/w", flags: 0) == 0)
+        #expect(status(files, "/viafd")?.links == 2)
+        #expect(files.close(fd) == 0)
+        try root.sync()
+
+        let raw = try checked(container)
+        let viafd = try debugfs(raw, "stat /viafd")
+        #expect(Self.diskField(viafd, "Links") == "2" && Self.diskField(viafd, "User") == "10" && Self.diskField(viafd, "Group") == "20", "\(viafd)")
+        #expect(Self.diskField(viafd, "Mode") == "0755", "\(viafd)")
+        #expect(Self.diskTime(viafd, "atime").map { $0.seconds == 1_000_000_000 && $0.nanoseconds == 123_456_789 } == true, "\(viafd)")
+        #expect(Self.diskTime(viafd, "mtime").map { $0.seconds == 2_000_000_000 && $0.nanoseconds == 987_654_321 } == true, "\(viafd)")
+        #expect(try debugfs(raw, "cat /followed") == "abc")
+        let symStat = try debugfs(raw, "stat /symlink2")
+        #expect(Self.diskField(symStat, "Links") == "2" && Self.diskField(symStat, "User") == "3" && symStat.contains("Fast link dest: \"/w\""), "\(symStat)")
+        let wordsStat = try debugfs(raw, "stat /data/words.txt")
+        #expect(Self.diskTime(wordsStat, "mtime").map { $0.seconds == 15_032_385_535 && $0.nanoseconds == 0 } == true, "\(wordsStat)")
+        let numbersStat = try debugfs(raw, "stat /data/numbers.txt")
+        #expect(Self.diskTime(numbersStat, "atime")?.seconds == -2_147_483_648 && Self.diskTime(numbersStat, "mtime").map { $0.seconds == -1 && $0.nanoseconds == 500 } == true, "\(numbersStat)")
+    }
+
+    /// On an image's read-only chain, chown, touch and ln answer EROFS as every change does.
+    @Test func anImagesChainRefusesOwnersTimesAndLinks() async throws {
+        let (layer, _) = try await chain()
+        let image = try await DiskRootFileSystem.open(path: layer, engine: engine)
+        let result = try run("chown 1 /bin/busybox; echo $?; touch -c /bin/busybox; echo $?; ln /bin/busybox /l; echo $?; ln -s /bin/busybox /s; echo $?", root: image)
+        #expect(result.stdout == "1\n1\n1\n1\n", "\(result.stdout)")
         #expect(result.stderr.components(separatedBy: "Read-only file system").count - 1 == 4, "\(result.stderr)")
     }
 

@@ -75,6 +75,11 @@ public final class Ext4Builder {
     /// recorded by a finished superblock, so that `finish` may commit through it.
     var journal: Ext4JournalArea?
     var journalReady = false
+    /// Targets of the slow symlinks (60 bytes or more: one data block) a running container
+    /// made, by inode: read from here (not the disk) while the container runs.
+    var liveSymlinkTargets: [UInt32: [UInt8]] = [:]
+    /// Which of those have their block still to be written (at the next `finish`).
+    var unwrittenSymlinks: Set<UInt32> = []
     /// For crash tests only: the journaled commit step after which `finish` stops.
     var stopsCommitAfter: JournalCommitStep?
 
@@ -346,6 +351,8 @@ public final class Ext4Builder {
             if record.xattrBlock != 0 { releaseBlock(record.xattrBlock) }
         }
         inodes[inode] = nil
+        liveSymlinkTargets[inode] = nil
+        unwrittenSymlinks.remove(inode)
         if defersFrees { deferredInodes.append(inode) } else { markInode(inode, used: false) }
         dirtyInodes.insert(inode)
     }
@@ -549,6 +556,7 @@ public final class Ext4Builder {
     /// Flushes file contents, lays out the changed directories and extent trees, and writes
     /// every metadata block that differs from the disk's. The disk is flushed.
     public func finish() async throws(Ext4Error) {
+        try await writeLiveSymlinkBlocks()
         try await writer.flush()
         try await writeMetadata()
         do { try await disk.flush() } catch { throw .disk(error) }

@@ -105,7 +105,10 @@ public final class ContainerDiskRoot: GuestWritableRootFileSystem, @unchecked Se
 
     public func symlinkTarget(_ link: GuestRootNode) throws(SystemError) -> [UInt8] {
         try withLive(orBase: { () throws(SystemError) in try base.symlinkTarget(link) }) { live throws(SystemError) in
-            let inode = try inode(try Self.number(link), live)
+            let number = try Self.number(link)
+            // A slow symlink made since the container started: its block may not be written yet.
+            if let target = live.builder.builder.liveSymlinkTarget(number) { return target }
+            let inode = try inode(number, live)
             let volume = live.volume
             return try base.waiting { () async throws(Ext4Error) in try await volume.symlinkTarget(inode) }
         }
@@ -177,6 +180,44 @@ public final class ContainerDiskRoot: GuestWritableRootFileSystem, @unchecked Se
     public func setPermissions(of node: GuestRootNode, _ permissions: UInt32) throws(SystemError) {
         try changing { live throws(SystemError) in
             try Self.answer { () throws(Ext4LiveRefusal) in try live.builder.builder.setPermissions(try Self.refusalNumber(node), UInt16(permissions & 0o7777)) }
+        }
+    }
+
+    public func setOwner(of node: GuestRootNode, uid: UInt32?, gid: UInt32?) throws(SystemError) {
+        try changing { live throws(SystemError) in
+            try Self.answer { () throws(Ext4LiveRefusal) in try live.builder.builder.setOwner(try Self.refusalNumber(node), uid: uid, gid: gid) }
+        }
+    }
+
+    public func setTimes(of node: GuestRootNode, access: GuestTimestamp, modification: GuestTimestamp) throws(SystemError) {
+        try changing { live throws(SystemError) in
+            let builder = live.builder.builder
+            let number = try Self.number(node)
+            let now = builder.currentTime()
+            func time(_ stamp: GuestTimestamp) -> Ext4Time? {
+                switch stamp {
+                case .omit: return nil
+                case .now: return now
+                case .at(let seconds, let nanoseconds): return Ext4Builder.clamped(Ext4Time(seconds: seconds, nanoseconds: nanoseconds))
+                }
+            }
+            let modified = time(modification)
+            try Self.answer { () throws(Ext4LiveRefusal) in try builder.setTimes(number, access: time(access), modification: modified) }
+            // A file written in a memfd gets its mtime from the memfd at the next sync: the
+            // memfd takes this one (a later write moves it again, as on Linux).
+            if let modified, let file = live.files[number] {
+                let times = [timespec(tv_sec: 0, tv_nsec: Int(GuestFiles.utimeOmit)), timespec(tv_sec: Int(modified.seconds), tv_nsec: Int(modified.nanoseconds))]
+                // unsafe: the array's buffer holds the two timespecs futimens reads, for the call's length.
+                _ = try retryingSyscall("futimens") { times.withUnsafeBufferPointer { futimens(file.memfd.descriptor.rawValue, $0.baseAddress) } }
+            }
+        }
+    }
+
+    public func link(_ node: GuestRootNode, as name: [UInt8], in directory: GuestRootNode) throws(SystemError) {
+        try changing { live throws(SystemError) in
+            try Self.answer { () throws(Ext4LiveRefusal) in
+                try live.builder.builder.addLink(try Self.refusalNumber(node), in: try Self.refusalNumber(directory), name: name)
+            }
         }
     }
 
@@ -338,6 +379,8 @@ public final class ContainerDiskRoot: GuestWritableRootFileSystem, @unchecked Se
             case .invalid: errno = EINVAL
             case .tooManyLinks: errno = EMLINK
             case .noSpace: errno = ENOSPC
+            case .notPermitted: errno = EPERM
+            case .nameTooLong: errno = ENAMETOOLONG
             }
             throw SystemError(call: "change the container's disk (\(error))", errno: errno)
         }
