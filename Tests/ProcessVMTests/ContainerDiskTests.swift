@@ -334,8 +334,10 @@ final class ContainerDiskTests {
     /// struct stat of (AT_FDCWD, path) through the call layer: uid, gid, links, atime, mtime, ctime.
     func status(_ files: GuestFiles, _ path: String, flags: Int32 = 0) -> (uid: UInt32, gid: UInt32, links: UInt64, inode: UInt64, mode: UInt32, times: [(Int64, Int64)])? {
         var bytes = [UInt8](repeating: 0, count: 144)
+        // unsafe: fstatat writes at most the 144 bytes of struct stat into the array's buffer.
         let result = bytes.withUnsafeMutableBytes { buffer in files.fstatat(dirfd: AT_FDCWD, path: path, into: buffer, flags: flags) }
         guard result == 0 else { return nil }
+        // unsafe: every load is within the 144 bytes, at its field's natural alignment in an array's buffer.
         return bytes.withUnsafeBytes { b in
             (b.load(fromByteOffset: 28, as: UInt32.self), b.load(fromByteOffset: 32, as: UInt32.self), b.load(fromByteOffset: 16, as: UInt64.self),
              b.load(fromByteOffset: 8, as: UInt64.self), b.load(fromByteOffset: 24, as: UInt32.self),
@@ -360,6 +362,7 @@ final class ContainerDiskTests {
 
         let fd = Int32(files.openat(dirfd: AT_FDCWD, path: "/w", flags: O_CREAT | O_WRONLY, mode: 0o4755))
         #expect(fd >= 0)
+        // unsafe: write reads the array's 3 bytes during the call.
         #expect(Array("abc".utf8).withUnsafeBytes { files.write(fd, from: $0) } == 3)
 
         #expect(files.fchownat(dirfd: AT_FDCWD, path: "/w", uid: 7, gid: 8, flags: 0, caller: rootCaller) == 0)
@@ -375,6 +378,15 @@ final class ContainerDiskTests {
         #expect(files.fchownat(dirfd: AT_FDCWD, path: "/w", uid: keep, gid: 21, flags: 0, caller: user) == -Int(EPERM))
         #expect(files.fchownat(dirfd: AT_FDCWD, path: "/w", uid: 10, gid: 20, flags: 0, caller: user) == 0)
         #expect(files.fchownat(dirfd: AT_FDCWD, path: "/bin/busybox", uid: 10, gid: keep, flags: 0, caller: user) == -Int(EPERM))
+        // Each change moves the ctime, even chown(-1, -1) (Linux's chown_common).
+        for (call, change) in [("chown", { files.fchownat(dirfd: AT_FDCWD, path: "/data/blob.bin", uid: keep, gid: keep, flags: 0, caller: rootCaller) }),
+                               ("utimensat", { files.utimensat(dirfd: AT_FDCWD, path: "/data/blob.bin", times: [(5, 0), (0, omit)], flags: 0, caller: rootCaller) }),
+                               ("link", { files.linkat(oldDirfd: AT_FDCWD, oldPath: "/data/blob.bin", newDirfd: AT_FDCWD, newPath: "/blob2", flags: 0) })] {
+            let earlier = status(files, "/data/blob.bin")?.times[2] ?? (0, 0)
+            #expect(change() == 0, "\(call)")
+            let later = status(files, "/data/blob.bin")?.times[2] ?? (0, 0)
+            #expect(later.0 > earlier.0 || (later.0 == earlier.0 && later.1 > earlier.1), "\(call): ctime \(earlier) then \(later)")
+        }
 
         // Times: atime with nanoseconds and mtime kept, then the other way through the descriptor.
         let before = status(files, "/w")?.times ?? []

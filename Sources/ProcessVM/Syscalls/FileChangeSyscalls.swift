@@ -49,6 +49,7 @@ extension ProcessVM {
             var times: [(seconds: Int64, nanoseconds: Int64)]?
             if c.a1 != 0 {
                 guard let bytes = vm.space.read(c.a1, count: 16) else { return .error(.EFAULT) }
+                // unsafe: both loads are within the 16 bytes read; loadUnaligned needs no alignment.
                 let words = bytes.withUnsafeBytes { [$0.loadUnaligned(as: Int64.self), $0.loadUnaligned(fromByteOffset: 8, as: Int64.self)] }
                 times = words.map { (seconds: $0, nanoseconds: 0) }
             }
@@ -91,6 +92,7 @@ extension ProcessVM {
         var times: [(seconds: Int64, nanoseconds: Int64)]?
         if c.a2 != 0 {
             guard let bytes = space.read(c.a2, count: 32) else { return .error(.EFAULT) }
+            // unsafe: every load is within the 32 bytes read; loadUnaligned needs no alignment.
             times = (0..<2).map { index in
                 bytes.withUnsafeBytes { (seconds: $0.loadUnaligned(fromByteOffset: index * 16, as: Int64.self),
                                          nanoseconds: $0.loadUnaligned(fromByteOffset: index * 16 + 8, as: Int64.self)) }
@@ -106,6 +108,7 @@ extension ProcessVM {
         var times: [(seconds: Int64, nanoseconds: Int64)]?
         if address != 0 {
             guard let bytes = space.read(address, count: 32) else { return .error(.EFAULT) }
+            // unsafe: every load is within the 32 bytes read; loadUnaligned needs no alignment.
             let values = (0..<2).map { index in
                 bytes.withUnsafeBytes { (seconds: $0.loadUnaligned(fromByteOffset: index * 16, as: Int64.self),
                                          microseconds: $0.loadUnaligned(fromByteOffset: index * 16 + 8, as: Int64.self)) }
