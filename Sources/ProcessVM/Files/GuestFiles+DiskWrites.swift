@@ -105,6 +105,10 @@ extension GuestFiles {
             let text = try GuestPath.bytes(of: target)
             guard !text.isEmpty else { throw SystemError(call: "symlinkat", errno: ENOENT) }
             let (root, directory, name) = try writableEntry(newDirfd, linkPath, special: EEXIST)
+            if try GuestPath.bytes(of: linkPath).last == GuestPath.slash {
+                // A new name with a trailing slash would be a folder's: ENOENT, as Linux (EEXIST if taken).
+                throw SystemError(call: "symlinkat", errno: try root.child(name, of: directory) != nil ? EEXIST : ENOENT)
+            }
             try root.makeSymlink(name, in: directory, target: text)
             return 0
         }
@@ -242,6 +246,8 @@ extension GuestFiles {
             let old = try diskTarget(oldDirfd, oldPath, followFinalSymlink: flags & Self.atSymlinkFollow != 0, allowEmptyPath: flags & CSHIMS_AT_EMPTY_PATH != 0)
             let (root, directory, name) = try writableEntry(newDirfd, newPath, special: EEXIST)
             if try root.child(name, of: directory) != nil { throw SystemError(call: "linkat", errno: EEXIST) }
+            // A new name with a trailing slash would be a folder's: ENOENT, as Linux.
+            if try GuestPath.bytes(of: newPath).last == GuestPath.slash { throw SystemError(call: "linkat", errno: ENOENT) }
             // Not on the disk (a host device of the allowlist): another file system.
             guard let old else { throw SystemError(call: "linkat", errno: EXDEV) }
             if old.node.isDirectory { throw SystemError(call: "linkat", errno: EPERM) }
