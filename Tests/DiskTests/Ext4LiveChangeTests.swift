@@ -90,4 +90,31 @@ struct Ext4LiveChangeTests {
         #expect(try await volume.symlinkTarget(try await volume.inode(slow)) == longTarget)
         #expect(try await volume.symlinkTarget(try await volume.inode(sixty)) == [UInt8](repeating: UInt8(ascii: "s"), count: 60))
     }
+    /// A directory's entries keep the order they were made in through removals (holes,
+    /// compaction, removal from the end), and every lookup finds the entry it should.
+    @Test func directoryEntriesKeepTheirOrderThroughRemovals() {
+        let model = Ext4Builder.DirectoryModel(parent: Ext4.rootInode)
+        var expected: [UInt32] = []
+        for number in UInt32(100)..<UInt32(1100) {
+            model.add(Ext4DirectoryEntry(name: Array("n\(number)".utf8), inode: number, fileType: Ext4.FileType.regular))
+            expected.append(number)
+        }
+        func name(_ number: UInt32) -> [UInt8] { Array((number >= 5000 ? "m\(number - 5000)" : "n\(number)").utf8) }
+        var generator = SystemRandomNumberGenerator()
+        for round in 0..<900 {
+            // Now the oldest, now the newest, now one at random.
+            let position = round % 3 == 0 ? 0 : round % 3 == 1 ? expected.count - 1 : Int.random(in: 0..<expected.count, using: &generator)
+            let number = expected.remove(at: position)
+            model.remove(name(number))
+            #expect(model.find(name(number)) == nil)
+            if round % 100 == 0 {
+                model.add(Ext4DirectoryEntry(name: Array("m\(round)".utf8), inode: UInt32(5000 + round), fileType: Ext4.FileType.regular))
+                expected.append(UInt32(5000 + round))
+            }
+        }
+        #expect(model.entries.map(\.inode) == expected)
+        #expect(expected.allSatisfy { number in model.find(name(number))?.inode == number })
+        for number in expected { model.remove(name(number)) }
+        #expect(model.isEmpty && model.entries.isEmpty)
+    }
 }

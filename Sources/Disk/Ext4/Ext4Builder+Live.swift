@@ -224,7 +224,7 @@ extension Ext4Builder {
         let isDirectory = directories[entry.inode] != nil
         if directory {
             guard isDirectory else { throw .notDirectory }
-            guard directories[entry.inode]!.entries.isEmpty else { throw .notEmpty }
+            guard directories[entry.inode]!.isEmpty else { throw .notEmpty }
         } else if isDirectory {
             throw .isDirectory
         }
@@ -261,7 +261,7 @@ extension Ext4Builder {
             let existingDirectory = directories[existing.inode] != nil
             if movingDirectory {
                 guard existingDirectory else { throw .notDirectory }
-                guard directories[existing.inode]!.entries.isEmpty else { throw .notEmpty }
+                guard directories[existing.inode]!.isEmpty else { throw .notEmpty }
             } else if existingDirectory {
                 throw .isDirectory
             }

@@ -88,27 +88,48 @@ public final class Ext4Builder {
         let name: [UInt8]
     }
 
+    /// A directory's entries in the order they were made. A removed entry leaves a hole
+    /// until holes are half the slots, then the slots are compacted: removing every entry of
+    /// a large directory (rm -r, unlinking many links) costs linear time, not quadratic.
     final class DirectoryModel {
         var parent: UInt32
-        var entries: [Ext4DirectoryEntry] = []
-        var index: [[UInt8]: Int] = [:]
+        private var slots: [Ext4DirectoryEntry?] = []
+        private var holes = 0
+        private var index: [[UInt8]: Int] = [:]
         var dirty = true
 
         init(parent: UInt32) { self.parent = parent }
 
-        func find(_ name: [UInt8]) -> Ext4DirectoryEntry? { index[name].map { entries[$0] } }
+        /// The entries, in order.
+        var entries: [Ext4DirectoryEntry] { slots.compactMap { $0 } }
+
+        var isEmpty: Bool { index.isEmpty }
+
+        func find(_ name: [UInt8]) -> Ext4DirectoryEntry? { index[name].flatMap { slots[$0] } }
 
         func add(_ entry: Ext4DirectoryEntry) {
-            index[entry.name] = entries.count
-            entries.append(entry)
+            index[entry.name] = slots.count
+            slots.append(entry)
             dirty = true
         }
 
         func remove(_ name: [UInt8]) {
             guard let position = index.removeValue(forKey: name) else { return }
-            entries.remove(at: position)
-            for later in position..<entries.count { index[entries[later].name] = later }
             dirty = true
+            if position == slots.count - 1 {
+                slots.removeLast()
+                while slots.last.map({ $0 == nil }) == true {
+                    slots.removeLast()
+                    holes -= 1
+                }
+                return
+            }
+            slots[position] = nil
+            holes += 1
+            guard holes > 16, holes * 2 > slots.count else { return }
+            slots = slots.filter { $0 != nil }
+            holes = 0
+            for (position, entry) in slots.enumerated() { index[entry!.name] = position }
         }
     }
 
