@@ -55,10 +55,13 @@ final class ContainerDiskTests {
     }
 
     func run(_ script: String, root: any GuestRootFileSystem) throws -> (status: Int32, stdout: String, stderr: String) {
+        try run(arguments: ["/bin/sh", "-c", script], root: root)
+    }
+
+    func run(arguments: [String], root: any GuestRootFileSystem) throws -> (status: Int32, stdout: String, stderr: String) {
         let streams = try CapturedStreams()
         var configuration = ProcessVMConfiguration(rootfs: "/nonexistent", memoryBytes: 64 << 20)
         configuration.rootFileSystem = root
-        let arguments = ["/bin/sh", "-c", script]
         let vm = try ProcessVM(system: GuestRunner.system!, configuration: configuration, executable: arguments[0], arguments: arguments,
                                environment: ["PATH=/bin"], streams: StandardStreams(input: streams.input, output: streams.output, error: streams.error))
         let status = try vm.run()
@@ -463,6 +466,137 @@ final class ContainerDiskTests {
         #expect(Self.diskTime(wordsStat, "mtime").map { $0.seconds == 15_032_385_535 && $0.nanoseconds == 0 } == true, "\(wordsStat)")
         let numbersStat = try debugfs(raw, "stat /data/numbers.txt")
         #expect(Self.diskTime(numbersStat, "atime")?.seconds == -2_147_483_648 && Self.diskTime(numbersStat, "mtime").map { $0.seconds == -1 && $0.nanoseconds == 500 } == true, "\(numbersStat)")
+    }
+
+    /// The calls busybox never makes, from a static C program: fchown and chown with -1,
+    /// fchownat (AT_EMPTY_PATH, bad flags), lchown, utime, utimes (microseconds, EINVAL),
+    /// futimesat, utimensat (UTIME_OMIT, AT_SYMLINK_NOFOLLOW, EINVAL, a NULL path), futimens,
+    /// link, linkat (AT_SYMLINK_FOLLOW, AT_EMPTY_PATH) and a 150-byte symlink, against the
+    /// same program run natively in a host folder; then debugfs reads the results.
+    static let callsProgram = #"""
+    #define _GNU_SOURCE
+    #include <errno.h>
+    #include <fcntl.h>
+    #include <stdio.h>
+    #include <string.h>
+    #include <sys/stat.h>
+    #include <sys/syscall.h>
+    #include <sys/time.h>
+    #include <unistd.h>
+    #include <utime.h>
+
+    static void show(const char *what, long result) { printf("%s %ld %s\n", what, result, result < 0 ? strerror(errno) : ""); }
+    /* The times only once they were set (a file's own are now; reads move a native atime). */
+    static void status(const char *path, int flags, int times) {
+        struct stat s;
+        if (fstatat(AT_FDCWD, path, &s, flags) != 0) { printf("stat %s: %s\n", path, strerror(errno)); return; }
+        printf("%s uid %u gid %u mode %o links %lu size %ld", path, s.st_uid, s.st_gid, s.st_mode & 07777, (unsigned long)s.st_nlink, (long)s.st_size);
+        if (times) printf(" atime %ld.%09ld mtime %ld.%09ld", (long)s.st_atim.tv_sec, s.st_atim.tv_nsec, (long)s.st_mtim.tv_sec, s.st_mtim.tv_nsec);
+        printf("\n");
+    }
+
+    int main(void) {
+        umask(022);
+        int fd = open("a", O_CREAT | O_WRONLY | O_TRUNC, 04755);
+        show("write", write(fd, "abc", 3));
+        show("fchown", fchown(fd, 100, 200)); status("a", 0, 0);
+        show("fchown -1", fchown(fd, -1, 300)); status("a", 0, 0);
+        show("chown -1 -1", chown("a", -1, -1)); status("a", 0, 0);
+        show("fchownat", fchownat(AT_FDCWD, "a", 7, -1, 0)); status("a", 0, 0);
+        show("fchownat bad flags", fchownat(AT_FDCWD, "a", 7, 7, 0x8000));
+        show("fchownat empty path", fchownat(fd, "", 8, 9, AT_EMPTY_PATH)); status("a", 0, 0);
+        show("symlink", symlink("a", "s"));
+        show("lchown", lchown("s", 11, 12)); status("s", AT_SYMLINK_NOFOLLOW, 0); status("a", 0, 0);
+        struct utimbuf whole = {1000, 2000};
+        show("utime", utime("a", &whole)); status("a", 0, 1);
+        struct timeval micro[2] = {{3000, 5}, {4000, 999999}};
+        show("utimes", utimes("a", micro)); status("a", 0, 1);
+        struct timeval badMicro[2] = {{1, 1000000}, {1, 0}};
+        show("utimes bad", utimes("a", badMicro));
+        struct timeval later[2] = {{3500, 1}, {4500, 2}};
+        show("futimesat", futimesat(AT_FDCWD, "a", later)); status("a", 0, 1);
+        struct timespec accessOnly[2] = {{5000, 123456789}, {0, UTIME_OMIT}};
+        show("utimensat", utimensat(AT_FDCWD, "a", accessOnly, 0)); status("a", 0, 1);
+        struct timespec modifyOnly[2] = {{0, UTIME_OMIT}, {6000, 1}};
+        show("futimens", futimens(fd, modifyOnly)); status("a", 0, 1);
+        struct timespec linkTimes[2] = {{7000, 7}, {8000, 8}};
+        show("utimensat nofollow", utimensat(AT_FDCWD, "s", linkTimes, AT_SYMLINK_NOFOLLOW)); status("s", AT_SYMLINK_NOFOLLOW, 1); status("a", 0, 1);
+        struct timespec invalid[2] = {{0, 1000000000}, {0, 0}};
+        show("utimensat einval", utimensat(AT_FDCWD, "a", invalid, 0));
+        struct timespec omit[2] = {{0, UTIME_OMIT}, {0, UTIME_OMIT}};
+        show("omit nothere", utimensat(AT_FDCWD, "nothere", omit, 0));
+        show("utimensat null path", syscall(SYS_utimensat, AT_FDCWD, NULL, linkTimes, 0));
+        show("futimens flags", syscall(SYS_utimensat, fd, NULL, linkTimes, AT_SYMLINK_NOFOLLOW));
+        show("link", link("a", "b")); status("b", 0, 0);
+        show("link exists", link("a", "b"));
+        show("mkdir", mkdir("d", 0755));
+        show("link dir", link("d", "d2"));
+        show("linkat follow", linkat(AT_FDCWD, "s", AT_FDCWD, "c", AT_SYMLINK_FOLLOW)); status("c", 0, 0);
+        show("linkat nofollow", linkat(AT_FDCWD, "s", AT_FDCWD, "s2", 0)); status("s2", AT_SYMLINK_NOFOLLOW, 0);
+        show("linkat empty path", linkat(fd, "", AT_FDCWD, "e", AT_EMPTY_PATH)); status("e", 0, 0);
+        show("linkat bad flags", linkat(AT_FDCWD, "a", AT_FDCWD, "f", 0x8000));
+        show("link slash", link("a", "g/"));
+        show("unlink", unlink("a")); status("b", 0, 1);
+        char bytes[8] = {0};
+        int reader = open("b", O_RDONLY);
+        show("read", read(reader, bytes, 7));
+        printf("b holds %s\n", bytes);
+        char target[151];
+        memset(target, 'q', 150);
+        target[150] = 0;
+        show("long symlink", symlink(target, "L"));
+        char back[300];
+        ssize_t length = readlink("L", back, sizeof back);
+        printf("readlink %zd %d\n", length, length == 150 && memcmp(back, target, 150) == 0);
+        status("L", AT_SYMLINK_NOFOLLOW, 0);
+        show("fsync", fsync(fd));
+        return 0;
+    }
+    """#
+
+    @Test(.enabled(if: GlibcGuest.isAvailable, "needs gcc and glibc's static library"))
+    func theCallsBusyboxNeverMakesAnswerAsNatively() async throws {
+        let program = try GlibcGuest.rootfs(Self.callsProgram, name: "diskcalls")
+        defer { try? FileManager.default.removeItem(at: program) }
+        let layer = path("calls-layer.vmdk"), container = path("calls.vmdk")
+        try await VMDKImage.create(at: layer, capacityBytes: 64 << 20, engine: engine)
+        let builder = try Ext4Builder.create(on: try await VirtualDisk.open(path: layer, writable: true, engine: engine))
+        try await builder.addTree(folder: program.path)
+        try await builder.finish()
+        try await VMDKImage.createChild(at: container, parent: layer, engine: engine)
+        let root = ContainerDiskRoot(base: try await DiskRootFileSystem.open(path: container, engine: engine), diskPath: container)
+        let guest = try run(arguments: ["/prog"], root: root)
+
+        let host = try HostFacts.makeTemporaryFolder("diskcalls-native")
+        defer { try? FileManager.default.removeItem(at: host) }
+        let native = try HostFacts.run(program.appendingPathComponent("prog").path, [], currentDirectory: host)
+        #expect(guest.status == 0 && native.status == 0, "\(guest.stderr) \(native.stderr)")
+        #expect(guest.stdout == native.stdout, "guest:\n\(guest.stdout)\nnative:\n\(native.stdout)")
+        // A few lines by value, so that the comparison cannot pass on two equal mistakes.
+        for line in ["fchown -1 0 \na uid 100 gid 300 mode 755 links 1 size 3\n", "fchownat empty path 0 \na uid 8 gid 9 mode 755 links 1 size 3\n",
+                     "utimes 0 \na uid 8 gid 9 mode 755 links 1 size 3 atime 3000.000005000 mtime 4000.999999000\n",
+                     "futimesat 0 \na uid 8 gid 9 mode 755 links 1 size 3 atime 3500.000001000 mtime 4500.000002000\n",
+                     "b uid 8 gid 9 mode 755 links 3 size 3 atime 5000.123456789 mtime 6000.000000001\n",
+                     "futimens 0 \na uid 8 gid 9 mode 755 links 1 size 3 atime 5000.123456789 mtime 6000.000000001\n",
+                     "s uid 11 gid 12 mode 777 links 1 size 1 atime 7000.000000007 mtime 8000.000000008\n",
+                     "utimes bad -1 Invalid argument", "utimensat einval -1 Invalid argument", "omit nothere 0 ",
+                     "utimensat null path -1 Bad address", "futimens flags -1 Invalid argument", "link exists -1 File exists",
+                     "link dir -1 Operation not permitted", "linkat bad flags -1 Invalid argument", "link slash -1 No such file or directory",
+                     "e uid 8 gid 9 mode 755 links 4 size 3\n", "b holds abc", "readlink 150 1", "L uid 0 gid 0 mode 777 links 1 size 150\n"] {
+            #expect(guest.stdout.contains(line), "\(line) in\n\(guest.stdout)")
+        }
+
+        try root.sync()
+        let raw = try checked(container)
+        let b = try debugfs(raw, "stat /b")
+        #expect(Self.diskField(b, "User") == "8" && Self.diskField(b, "Group") == "9" && Self.diskField(b, "Links") == "3", "\(b)")
+        #expect(Self.diskTime(b, "atime").map { $0.seconds == 5000 && $0.nanoseconds == 123_456_789 } == true, "\(b)")
+        #expect(Self.diskTime(b, "mtime").map { $0.seconds == 6000 && $0.nanoseconds == 1 } == true, "\(b)")
+        #expect(try debugfs(raw, "cat /e") == "abc")
+        let s2 = try debugfs(raw, "stat /s2")
+        #expect(Self.diskField(s2, "Links") == "2" && Self.diskField(s2, "User") == "11" && s2.contains("Fast link dest: \"a\""), "\(s2)")
+        #expect(Self.diskTime(s2, "mtime").map { $0.seconds == 8000 && $0.nanoseconds == 8 } == true, "\(s2)")
+        #expect(try debugfs(raw, "cat /L") == String(repeating: "q", count: 150))
     }
 
     /// On an image's read-only chain, chown, touch and ln answer EROFS as every change does.
