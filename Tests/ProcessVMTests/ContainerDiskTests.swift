@@ -58,9 +58,9 @@ final class ContainerDiskTests {
         try run(arguments: ["/bin/sh", "-c", script], root: root)
     }
 
-    func run(arguments: [String], root: any GuestRootFileSystem) throws -> (status: Int32, stdout: String, stderr: String) {
+    func run(arguments: [String], root: any GuestRootFileSystem, identity: GuestIdentity = GuestIdentity()) throws -> (status: Int32, stdout: String, stderr: String) {
         let streams = try CapturedStreams()
-        var configuration = ProcessVMConfiguration(rootfs: "/nonexistent", memoryBytes: 64 << 20)
+        var configuration = ProcessVMConfiguration(rootfs: "/nonexistent", memoryBytes: 64 << 20, identity: identity)
         configuration.rootFileSystem = root
         let vm = try ProcessVM(system: GuestRunner.system!, configuration: configuration, executable: arguments[0], arguments: arguments,
                                environment: ["PATH=/bin"], streams: StandardStreams(input: streams.input, output: streams.output, error: streams.error))
@@ -193,6 +193,7 @@ final class ContainerDiskTests {
     chmod 2775 f && chown 1234 f && stat -c 'b %u %g %a' f
     chmod 2745 f && chgrp 9 f && stat -c 'c %u %g %a' f
     mkdir dd && chmod 6755 dd && chown 5:6 dd && stat -c 'd %u %g %a' dd
+    mkdir sg && chgrp 55 sg && chmod 2775 sg && echo x > sg/f && mkdir sg/sub && ln -s f sg/l && stat -c 'sg %g %a' sg/f sg/sub && stat -c 'sg %g' sg/l
     ln -s data/words.txt sl && chown -h 11:12 sl && stat -c 'e %u %g' sl data/words.txt
     chown 21:22 sl && stat -L -c 'e2 %u %g' sl && stat -c 'e3 %u %g' sl
     touch -d '2001-02-03 04:05:06' f && stat -c 'f %X %Y' f
@@ -256,7 +257,7 @@ final class ContainerDiskTests {
         // The answers themselves, so that a change of both sides cannot pass unseen.
         let long = 4 + 40 * 2 + 10
         let expected = [
-            "a 1234 5678 755", "b 1234 5678 775", "c 1234 9 2745", "d 5 6 6755", "e 11 12", "e 0 0", "e2 21 22", "e3 11 12",
+            "a 1234 5678 755", "b 1234 5678 775", "c 1234 9 2745", "d 5 6 6755", "sg 55 644", "sg 55 2755", "sg 55", "e 11 12", "e 0 0", "e2 21 22", "e3 11 12",
             "f 981173106 981173106", "g 1009843200 981173106", "h 1009843200 946684799", "i 1041379200 1041379200",
             "k 1009843200 946684799 0", "l 0", "m 1", "m2 1083827289 1083827289", "n 2", "n 2", "o same inode", "data", "more",
             "hello from the rootfs", "second line", "p 1", "q 1", "r 1", "s 2 symbolic link", "s 2 symbolic link",
@@ -597,6 +598,37 @@ final class ContainerDiskTests {
         #expect(Self.diskField(s2, "Links") == "2" && Self.diskField(s2, "User") == "11" && s2.contains("Fast link dest: \"a\""), "\(s2)")
         #expect(Self.diskTime(s2, "mtime").map { $0.seconds == 8000 && $0.nanoseconds == 8 } == true, "\(s2)")
         #expect(try debugfs(raw, "cat /L") == String(repeating: "q", count: 150))
+    }
+
+    /// A guest running as a user (an image's USER) owns what it creates, may set the times
+    /// and the group (its own) of its files, and gets EPERM for giving a file away, for
+    /// another group, and for the times of root's files, as on Linux.
+    @Test func aUserGuestOwnsWhatItCreatesAndMayNotGiveItAway() async throws {
+        let (_, container) = try await chain()
+        let root = ContainerDiskRoot(base: try await DiskRootFileSystem.open(path: container, engine: engine), diskPath: container)
+        let script = """
+        echo x > /tmp/mine && mkdir /tmp/dir && ln -s mine /tmp/link && stat -c '%u %g' /tmp/mine /tmp/dir /tmp/link
+        touch -d '2001-02-03 04:05:06' /tmp/mine; echo "touch $?"
+        chgrp 1000 /tmp/mine; echo "chgrp own $?"
+        chown 0 /tmp/mine; echo "chown away $?"
+        chgrp 5 /tmp/mine; echo "chgrp other $?"
+        touch -d '2001-02-03 04:05:06' /bin/busybox; echo "touch root's $?"
+        chown 1000 /bin/busybox; echo "chown root's $?"
+        stat -c '%u %g %Y' /tmp/mine /bin/busybox
+        """
+        let result = try run(arguments: ["/bin/sh", "-c", script], root: root, identity: GuestIdentity(uid: 1000, gid: 1000))
+        let lines = result.stdout.split(separator: "\n").map(String.init)
+        #expect(Array(lines.prefix(9)) == ["1000 1000", "1000 1000", "1000 1000", "touch 0", "chgrp own 0", "chown away 1", "chgrp other 1",
+                                           "touch root's 1", "chown root's 1"], "\(result.stdout) \(result.stderr)")
+        #expect(lines.count == 11 && lines[9] == "1000 1000 981173106" && lines[10].hasPrefix("0 0 ") && lines[10] != "0 0 981173106", "\(result.stdout)")
+        #expect(result.stderr.components(separatedBy: "Operation not permitted").count - 1 == 4, "\(result.stderr)")
+        try root.sync()
+        let raw = try checked(container)
+        let mine = try debugfs(raw, "stat /tmp/mine")
+        #expect(Self.diskField(mine, "User") == "1000" && Self.diskField(mine, "Group") == "1000", "\(mine)")
+        #expect(Self.diskTime(mine, "mtime")?.seconds == 981173106, "\(mine)")
+        #expect(Self.diskField(try debugfs(raw, "stat /tmp/dir"), "User") == "1000")
+        #expect(Self.diskField(try debugfs(raw, "stat /bin/busybox"), "User") == "0")
     }
 
     /// On an image's read-only chain, chown, touch and ln answer EROFS as every change does.

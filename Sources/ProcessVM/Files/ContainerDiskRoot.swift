@@ -132,28 +132,39 @@ public final class ContainerDiskRoot: GuestWritableRootFileSystem, @unchecked Se
 
     // MARK: - Changes
 
-    public func createFile(_ name: [UInt8], in directory: GuestRootNode, permissions: UInt32) throws(SystemError) -> GuestRootNode {
+    /// The owner of a new inode in `directory`: the creator, with the folder's group when
+    /// the folder is set-group-ID (inode_init_owner).
+    private static func owner(_ creator: GuestFiles.Caller, in directory: GuestRootNode) -> (uid: UInt32, gid: UInt32, inherits: Bool) {
+        let inherits = directory.mode & 0o2000 != 0
+        return (creator.uid, inherits ? directory.gid : creator.gid, inherits)
+    }
+
+    public func createFile(_ name: [UInt8], in directory: GuestRootNode, permissions: UInt32, creator: GuestFiles.Caller) throws(SystemError) -> GuestRootNode {
         try changing { live throws(SystemError) in
+            let owner = Self.owner(creator, in: directory)
             let number = try Self.answer { () throws(Ext4LiveRefusal) in
-                try live.builder.builder.createFile(named: name, in: try Self.refusalNumber(directory), permissions: UInt16(permissions & 0o7777), uid: 0, gid: 0)
+                try live.builder.builder.createFile(named: name, in: try Self.refusalNumber(directory), permissions: UInt16(permissions & 0o7777), uid: owner.uid, gid: owner.gid)
             }
             live.files[number] = LiveFile(try Self.makeMemfd())
             return try node(number, live)
         }
     }
 
-    public func makeDirectory(_ name: [UInt8], in directory: GuestRootNode, permissions: UInt32) throws(SystemError) {
+    public func makeDirectory(_ name: [UInt8], in directory: GuestRootNode, permissions: UInt32, creator: GuestFiles.Caller) throws(SystemError) {
         try changing { live throws(SystemError) in
+            let owner = Self.owner(creator, in: directory)
+            let bits = UInt16(permissions & 0o7777) | (owner.inherits ? 0o2000 : 0)
             _ = try Self.answer { () throws(Ext4LiveRefusal) in
-                try live.builder.builder.createDirectory(named: name, in: try Self.refusalNumber(directory), permissions: UInt16(permissions & 0o7777), uid: 0, gid: 0)
+                try live.builder.builder.createDirectory(named: name, in: try Self.refusalNumber(directory), permissions: bits, uid: owner.uid, gid: owner.gid)
             }
         }
     }
 
-    public func makeSymlink(_ name: [UInt8], in directory: GuestRootNode, target: [UInt8]) throws(SystemError) {
+    public func makeSymlink(_ name: [UInt8], in directory: GuestRootNode, target: [UInt8], creator: GuestFiles.Caller) throws(SystemError) {
         try changing { live throws(SystemError) in
+            let owner = Self.owner(creator, in: directory)
             _ = try Self.answer { () throws(Ext4LiveRefusal) in
-                try live.builder.builder.createSymlink(named: name, in: try Self.refusalNumber(directory), target: target, uid: 0, gid: 0)
+                try live.builder.builder.createSymlink(named: name, in: try Self.refusalNumber(directory), target: target, uid: owner.uid, gid: owner.gid)
             }
         }
     }

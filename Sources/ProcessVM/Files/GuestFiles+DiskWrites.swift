@@ -43,7 +43,7 @@ extension GuestFiles {
         guard let writable = writableRoot else { throw SystemError(call: "openat(O_CREAT)", errno: EROFS) }
         if absolute.last == GuestPath.slash { throw SystemError(call: "openat(O_CREAT)", errno: EISDIR) }
         let (root, directory, name) = try Self.entry(absolute, in: disk, writable, special: EISDIR)
-        let node = try root.createFile(name, in: directory, permissions: mode & 0o7777)
+        let node = try root.createFile(name, in: directory, permissions: mode & 0o7777, creator: creator)
         let file = OpenFile(host: try root.openForWriting(node, accessFlags: request.flags, truncate: false), isInsideRootfs: true)
         if request.flags & O_ACCMODE != O_RDONLY { file.growth = root.growthBudget }
         var path = absolute
@@ -71,7 +71,7 @@ extension GuestFiles {
     public func mkdirat(dirfd: Int32, path: UnsafePointer<CChar>, mode: UInt32) -> Int {
         linuxResult { () throws(SystemError) in
             let (root, directory, name) = try writableEntry(dirfd, path, special: EEXIST)
-            try root.makeDirectory(name, in: directory, permissions: mode & 0o7777)
+            try root.makeDirectory(name, in: directory, permissions: mode & 0o7777, creator: creator)
             return 0
         }
     }
@@ -109,7 +109,7 @@ extension GuestFiles {
                 // A new name with a trailing slash would be a folder's: ENOENT, as Linux (EEXIST if taken).
                 throw SystemError(call: "symlinkat", errno: try root.child(name, of: directory) != nil ? EEXIST : ENOENT)
             }
-            try root.makeSymlink(name, in: directory, target: text)
+            try root.makeSymlink(name, in: directory, target: text, creator: creator)
             return 0
         }
     }

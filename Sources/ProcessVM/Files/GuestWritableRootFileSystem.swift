@@ -8,9 +8,11 @@ import Synchronization
 /// the guest's errno.
 public protocol GuestWritableRootFileSystem: GuestRootFileSystem {
     /// Makes the empty regular file `name` in `directory` (EEXIST if the name is taken).
-    func createFile(_ name: [UInt8], in directory: GuestRootNode, permissions: UInt32) throws(SystemError) -> GuestRootNode
-    func makeDirectory(_ name: [UInt8], in directory: GuestRootNode, permissions: UInt32) throws(SystemError)
-    func makeSymlink(_ name: [UInt8], in directory: GuestRootNode, target: [UInt8]) throws(SystemError)
+    /// New files, folders and symlinks are `creator`'s, with the folder's group instead when
+    /// it has the set-group-ID bit (which a new folder then gets too), as Linux does.
+    func createFile(_ name: [UInt8], in directory: GuestRootNode, permissions: UInt32, creator: GuestFiles.Caller) throws(SystemError) -> GuestRootNode
+    func makeDirectory(_ name: [UInt8], in directory: GuestRootNode, permissions: UInt32, creator: GuestFiles.Caller) throws(SystemError)
+    func makeSymlink(_ name: [UInt8], in directory: GuestRootNode, target: [UInt8], creator: GuestFiles.Caller) throws(SystemError)
     /// unlink (`isDirectory` false) or rmdir (true).
     func remove(_ name: [UInt8], in directory: GuestRootNode, isDirectory: Bool) throws(SystemError)
     func rename(_ name: [UInt8], in from: GuestRootNode, to newName: [UInt8], in to: GuestRootNode) throws(SystemError)
