@@ -204,6 +204,7 @@ public final class ProcessVM: @unchecked Sendable {
         self.memory = memory
         self.space = space
         self.files = files
+        files.creator = GuestFiles.Caller(uid: identity.uid, gid: identity.gid)
         self.identity = identity
         self.programName = programName
         self.exceptionStackFrame = exceptionStackFrame

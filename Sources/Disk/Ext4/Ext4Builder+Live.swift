@@ -3,6 +3,10 @@ import Foundation
 /// Why a change a running container asked for is refused, in the terms of Linux's answers.
 public enum Ext4LiveRefusal: Error, Sendable, Equatable {
     case notFound, exists, notDirectory, isDirectory, notEmpty, invalid, tooManyLinks
+    /// EPERM: a hard link to a directory.
+    case notPermitted
+    /// ENAMETOOLONG: a symlink target longer than a block holds (with its NUL).
+    case nameTooLong
     case noSpace(String)
 }
 
@@ -85,24 +89,129 @@ extension Ext4Builder {
         } catch { throw .noSpace("\(error)") }
     }
 
-    /// Makes a symlink `name` in `directory` to `target` (kept in the inode: under 60 bytes).
+    /// Makes a symlink `name` in `directory` to `target`: kept in the inode when under 60
+    /// bytes (a fast symlink), else in one data block of its own (a slow one, as
+    /// `addSymlink` makes for layers, and as Linux's ext4 does). The block is written at the
+    /// next `finish`; until then the target is read from `liveSymlinkTarget`.
     public func createSymlink(named name: [UInt8], in directory: UInt32, target: [UInt8], uid: UInt32, gid: UInt32) throws(Ext4LiveRefusal) -> UInt32 {
         try Self.checkName(name)
         guard !target.isEmpty, !target.contains(0) else { throw .invalid }
-        guard target.count < Ext4.inodeBlockBytes else { throw .noSpace("symlink targets of 60 bytes or more are not written by containers yet") }
+        // ext4_symlink: the target and its NUL must fit one block.
+        guard target.count + 1 <= geometry.blockSize else { throw .nameTooLong }
         let model = try directoryModel(directory)
         guard model.find(name) == nil else { throw .exists }
         touchClock()
-        let inode: UInt32
-        do { inode = try allocateInode() } catch { throw .noSpace("\(error)") }
         var made = record(mode: Ext4.Mode.symlink, Ext4Attributes(permissions: 0o777, uid: uid, gid: gid, modificationTime: now), links: 1)
-        made.flags = 0
         made.size = UInt64(target.count)
-        made.inlineBlock = target + [UInt8](repeating: 0, count: Ext4.inodeBlockBytes - target.count)
+        let slow = target.count >= Ext4.inodeBlockBytes
+        if slow {
+            made.flags = Ext4.InodeFlag.extents
+            do { made.extents = try allocateBlocks(1) } catch { throw .noSpace("\(error)") }
+        } else {
+            made.flags = 0
+            made.inlineBlock = target + [UInt8](repeating: 0, count: Ext4.inodeBlockBytes - target.count)
+        }
+        let inode: UInt32
+        do { inode = try allocateInode() } catch {
+            freeBlocks(made.extents)
+            throw .noSpace("\(error)")
+        }
         inodes[inode] = made
         dirtyInodes.insert(inode)
-        do { try link(inode, in: directory, name: name, fileType: Ext4.FileType.symlink) } catch { throw .noSpace("\(error)") }
+        if slow {
+            liveSymlinkTargets[inode] = target
+            unwrittenSymlinks.insert(inode)
+        }
+        do { try link(inode, in: directory, name: name, fileType: Ext4.FileType.symlink) } catch {
+            free(inode)
+            throw .noSpace("\(error)")
+        }
         return inode
+    }
+
+    /// The target of a slow symlink this builder made while the container runs (nil for
+    /// any other inode: its target is on the disk).
+    public func liveSymlinkTarget(_ number: UInt32) -> [UInt8]? {
+        liveSymlinkTargets[number]
+    }
+
+    /// Writes the blocks of the slow symlinks made since the last `finish` (the blocks were
+    /// free at the last commit, so writing them before this one's metadata is safe).
+    func writeLiveSymlinkBlocks() async throws(Ext4Error) {
+        for number in unwrittenSymlinks.sorted() {
+            guard let target = liveSymlinkTargets[number], let block = inodes[number]?.extents.first?.physical else { continue }
+            var source = ByteSource(bytes: target)
+            try await writer.write(from: &source, count: UInt64(target.count), at: block, path: "symlink inode \(number)")
+        }
+        unwrittenSymlinks = []
+    }
+
+    /// link(2): another entry `name` in `directory` for inode `number`, which must not be a
+    /// directory (EPERM, as Linux); its link count goes up (EMLINK at ext4's 65,000).
+    public func addLink(_ number: UInt32, in directory: UInt32, name: [UInt8]) throws(Ext4LiveRefusal) {
+        try Self.checkName(name)
+        let model = try directoryModel(directory)
+        guard let record = inodes[number] else { throw .notFound }
+        // Linux looks the new name up before it judges the inode (EEXIST before EPERM).
+        guard model.find(name) == nil else { throw .exists }
+        guard !record.isDirectory, directories[number] == nil else { throw .notPermitted }
+        // An inode whose last name went (a descriptor still open on it) cannot get a new one.
+        guard record.links > 0 else { throw .notFound }
+        guard record.links < UInt16(Ext4.maximumLinks) else { throw .tooManyLinks }
+        touchClock()
+        inodes[number]!.links = record.links + 1
+        inodes[number]!.changeTime = now
+        dirtyInodes.insert(number)
+        do { try link(number, in: directory, name: name, fileType: Ext4.FileType.of(mode: record.mode)) } catch {
+            inodes[number]!.links = record.links
+            throw .noSpace("\(error)")
+        }
+    }
+
+    /// The time changes are stamped with, moved to now (a guest's UTIME_NOW).
+    public func currentTime() -> Ext4Time {
+        touchClock()
+        return now
+    }
+
+    /// The earliest and latest seconds an inode's times hold (256-byte inodes: 1901 to
+    /// 2446, ext4's s_time_min and s_time_max); Linux clamps times set to this range.
+    public static let timeRange: ClosedRange<Int64> = Int64(Int32.min)...((Int64(1) << 34) - 1 + Int64(Int32.min))
+
+    /// chown: the owner and group of inode `number` (nil keeps one). As Linux's chown, the
+    /// set-user-ID bit of a non-directory goes, and its set-group-ID bit when group
+    /// execution is allowed; the ctime moves.
+    public func setOwner(_ number: UInt32, uid: UInt32?, gid: UInt32?) throws(Ext4LiveRefusal) {
+        guard var record = inodes[number] else { throw .notFound }
+        touchClock()
+        if let uid { record.uid = uid }
+        if let gid { record.gid = gid }
+        if !record.isDirectory {
+            record.mode &= ~UInt16(0o4000)
+            if record.mode & 0o2010 == 0o2010 { record.mode &= ~UInt16(0o2000) }
+        }
+        record.changeTime = now
+        inodes[number] = record
+        dirtyInodes.insert(number)
+    }
+
+    /// utimensat: the atime and mtime of inode `number` (nil keeps one), clamped to what
+    /// the inode holds; the ctime moves.
+    public func setTimes(_ number: UInt32, access: Ext4Time?, modification: Ext4Time?) throws(Ext4LiveRefusal) {
+        guard var record = inodes[number] else { throw .notFound }
+        touchClock()
+        if let access { record.accessTime = Self.clamped(access) }
+        if let modification { record.modificationTime = Self.clamped(modification) }
+        record.changeTime = now
+        inodes[number] = record
+        dirtyInodes.insert(number)
+    }
+
+    /// `time` within `timeRange`; at either end without nanoseconds (timestamp_truncate).
+    public static func clamped(_ time: Ext4Time) -> Ext4Time {
+        if time.seconds <= timeRange.lowerBound { return Ext4Time(seconds: timeRange.lowerBound) }
+        if time.seconds >= timeRange.upperBound { return Ext4Time(seconds: timeRange.upperBound) }
+        return time
     }
 
     /// unlink (`directory` false: the entry must not be a directory) or rmdir (it must be an
@@ -115,7 +224,7 @@ extension Ext4Builder {
         let isDirectory = directories[entry.inode] != nil
         if directory {
             guard isDirectory else { throw .notDirectory }
-            guard directories[entry.inode]!.entries.isEmpty else { throw .notEmpty }
+            guard directories[entry.inode]!.isEmpty else { throw .notEmpty }
         } else if isDirectory {
             throw .isDirectory
         }
@@ -152,7 +261,7 @@ extension Ext4Builder {
             let existingDirectory = directories[existing.inode] != nil
             if movingDirectory {
                 guard existingDirectory else { throw .notDirectory }
-                guard directories[existing.inode]!.entries.isEmpty else { throw .notEmpty }
+                guard directories[existing.inode]!.isEmpty else { throw .notEmpty }
             } else if existingDirectory {
                 throw .isDirectory
             }

@@ -80,6 +80,11 @@ public final class Ext4Builder {
     var changedGroups: Set<Int>?
     /// The superblock and descriptor blocks as the last `finish` left them on the disk.
     var writtenSuperblocks: [UInt64: [UInt8]] = [:]
+    /// Targets of the slow symlinks (60 bytes or more: one data block) a running container
+    /// made, by inode: read from here (not the disk) while the container runs.
+    var liveSymlinkTargets: [UInt32: [UInt8]] = [:]
+    /// Which of those have their block still to be written (at the next `finish`).
+    var unwrittenSymlinks: Set<UInt32> = []
     /// For crash tests only: the journaled commit step after which `finish` stops.
     var stopsCommitAfter: JournalCommitStep?
 
@@ -88,27 +93,48 @@ public final class Ext4Builder {
         let name: [UInt8]
     }
 
+    /// A directory's entries in the order they were made. A removed entry leaves a hole
+    /// until holes are half the slots, then the slots are compacted: removing every entry of
+    /// a large directory (rm -r, unlinking many links) costs linear time, not quadratic.
     final class DirectoryModel {
         var parent: UInt32
-        var entries: [Ext4DirectoryEntry] = []
-        var index: [[UInt8]: Int] = [:]
+        private var slots: [Ext4DirectoryEntry?] = []
+        private var holes = 0
+        private var index: [[UInt8]: Int] = [:]
         var dirty = true
 
         init(parent: UInt32) { self.parent = parent }
 
-        func find(_ name: [UInt8]) -> Ext4DirectoryEntry? { index[name].map { entries[$0] } }
+        /// The entries, in order.
+        var entries: [Ext4DirectoryEntry] { slots.compactMap { $0 } }
+
+        var isEmpty: Bool { index.isEmpty }
+
+        func find(_ name: [UInt8]) -> Ext4DirectoryEntry? { index[name].flatMap { slots[$0] } }
 
         func add(_ entry: Ext4DirectoryEntry) {
-            index[entry.name] = entries.count
-            entries.append(entry)
+            index[entry.name] = slots.count
+            slots.append(entry)
             dirty = true
         }
 
         func remove(_ name: [UInt8]) {
             guard let position = index.removeValue(forKey: name) else { return }
-            entries.remove(at: position)
-            for later in position..<entries.count { index[entries[later].name] = later }
             dirty = true
+            if position == slots.count - 1 {
+                slots.removeLast()
+                while slots.last.map({ $0 == nil }) == true {
+                    slots.removeLast()
+                    holes -= 1
+                }
+                return
+            }
+            slots[position] = nil
+            holes += 1
+            guard holes > 16, holes * 2 > slots.count else { return }
+            slots = slots.filter { $0 != nil }
+            holes = 0
+            for (position, entry) in slots.enumerated() { index[entry!.name] = position }
         }
     }
 
@@ -353,6 +379,8 @@ public final class Ext4Builder {
             if record.xattrBlock != 0 { releaseBlock(record.xattrBlock) }
         }
         inodes[inode] = nil
+        liveSymlinkTargets[inode] = nil
+        unwrittenSymlinks.remove(inode)
         if defersFrees { deferredInodes.append(inode) } else { markInode(inode, used: false) }
         dirtyInodes.insert(inode)
     }
@@ -556,6 +584,7 @@ public final class Ext4Builder {
     /// Flushes file contents, lays out the changed directories and extent trees, and writes
     /// every metadata block that differs from the disk's. The disk is flushed.
     public func finish() async throws(Ext4Error) {
+        try await writeLiveSymlinkBlocks()
         try await writer.flush()
         try await writeMetadata()
         do { try await disk.flush() } catch { throw .disk(error) }

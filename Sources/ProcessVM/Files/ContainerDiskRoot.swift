@@ -105,7 +105,10 @@ public final class ContainerDiskRoot: GuestWritableRootFileSystem, @unchecked Se
 
     public func symlinkTarget(_ link: GuestRootNode) throws(SystemError) -> [UInt8] {
         try withLive(orBase: { () throws(SystemError) in try base.symlinkTarget(link) }) { live throws(SystemError) in
-            let inode = try inode(try Self.number(link), live)
+            let number = try Self.number(link)
+            // A slow symlink made since the container started: its block may not be written yet.
+            if let target = live.builder.builder.liveSymlinkTarget(number) { return target }
+            let inode = try inode(number, live)
             let volume = live.volume
             return try base.waiting { () async throws(Ext4Error) in try await volume.symlinkTarget(inode) }
         }
@@ -129,28 +132,39 @@ public final class ContainerDiskRoot: GuestWritableRootFileSystem, @unchecked Se
 
     // MARK: - Changes
 
-    public func createFile(_ name: [UInt8], in directory: GuestRootNode, permissions: UInt32) throws(SystemError) -> GuestRootNode {
+    /// The owner of a new inode in `directory`: the creator, with the folder's group when
+    /// the folder is set-group-ID (inode_init_owner).
+    private static func owner(_ creator: GuestFiles.Caller, in directory: GuestRootNode) -> (uid: UInt32, gid: UInt32, inherits: Bool) {
+        let inherits = directory.mode & 0o2000 != 0
+        return (creator.uid, inherits ? directory.gid : creator.gid, inherits)
+    }
+
+    public func createFile(_ name: [UInt8], in directory: GuestRootNode, permissions: UInt32, creator: GuestFiles.Caller) throws(SystemError) -> GuestRootNode {
         try changing { live throws(SystemError) in
+            let owner = Self.owner(creator, in: directory)
             let number = try Self.answer { () throws(Ext4LiveRefusal) in
-                try live.builder.builder.createFile(named: name, in: try Self.refusalNumber(directory), permissions: UInt16(permissions & 0o7777), uid: 0, gid: 0)
+                try live.builder.builder.createFile(named: name, in: try Self.refusalNumber(directory), permissions: UInt16(permissions & 0o7777), uid: owner.uid, gid: owner.gid)
             }
             live.files[number] = LiveFile(try Self.makeMemfd())
             return try node(number, live)
         }
     }
 
-    public func makeDirectory(_ name: [UInt8], in directory: GuestRootNode, permissions: UInt32) throws(SystemError) {
+    public func makeDirectory(_ name: [UInt8], in directory: GuestRootNode, permissions: UInt32, creator: GuestFiles.Caller) throws(SystemError) {
         try changing { live throws(SystemError) in
+            let owner = Self.owner(creator, in: directory)
+            let bits = UInt16(permissions & 0o7777) | (owner.inherits ? 0o2000 : 0)
             _ = try Self.answer { () throws(Ext4LiveRefusal) in
-                try live.builder.builder.createDirectory(named: name, in: try Self.refusalNumber(directory), permissions: UInt16(permissions & 0o7777), uid: 0, gid: 0)
+                try live.builder.builder.createDirectory(named: name, in: try Self.refusalNumber(directory), permissions: bits, uid: owner.uid, gid: owner.gid)
             }
         }
     }
 
-    public func makeSymlink(_ name: [UInt8], in directory: GuestRootNode, target: [UInt8]) throws(SystemError) {
+    public func makeSymlink(_ name: [UInt8], in directory: GuestRootNode, target: [UInt8], creator: GuestFiles.Caller) throws(SystemError) {
         try changing { live throws(SystemError) in
+            let owner = Self.owner(creator, in: directory)
             _ = try Self.answer { () throws(Ext4LiveRefusal) in
-                try live.builder.builder.createSymlink(named: name, in: try Self.refusalNumber(directory), target: target, uid: 0, gid: 0)
+                try live.builder.builder.createSymlink(named: name, in: try Self.refusalNumber(directory), target: target, uid: owner.uid, gid: owner.gid)
             }
         }
     }
@@ -177,6 +191,44 @@ public final class ContainerDiskRoot: GuestWritableRootFileSystem, @unchecked Se
     public func setPermissions(of node: GuestRootNode, _ permissions: UInt32) throws(SystemError) {
         try changing { live throws(SystemError) in
             try Self.answer { () throws(Ext4LiveRefusal) in try live.builder.builder.setPermissions(try Self.refusalNumber(node), UInt16(permissions & 0o7777)) }
+        }
+    }
+
+    public func setOwner(of node: GuestRootNode, uid: UInt32?, gid: UInt32?) throws(SystemError) {
+        try changing { live throws(SystemError) in
+            try Self.answer { () throws(Ext4LiveRefusal) in try live.builder.builder.setOwner(try Self.refusalNumber(node), uid: uid, gid: gid) }
+        }
+    }
+
+    public func setTimes(of node: GuestRootNode, access: GuestTimestamp, modification: GuestTimestamp) throws(SystemError) {
+        try changing { live throws(SystemError) in
+            let builder = live.builder.builder
+            let number = try Self.number(node)
+            let now = builder.currentTime()
+            func time(_ stamp: GuestTimestamp) -> Ext4Time? {
+                switch stamp {
+                case .omit: return nil
+                case .now: return now
+                case .at(let seconds, let nanoseconds): return Ext4Builder.clamped(Ext4Time(seconds: seconds, nanoseconds: nanoseconds))
+                }
+            }
+            let modified = time(modification)
+            try Self.answer { () throws(Ext4LiveRefusal) in try builder.setTimes(number, access: time(access), modification: modified) }
+            // A file written in a memfd gets its mtime from the memfd at the next sync: the
+            // memfd takes this one (a later write moves it again, as on Linux).
+            if let modified, let file = live.files[number] {
+                let times = [timespec(tv_sec: 0, tv_nsec: Int(GuestFiles.utimeOmit)), timespec(tv_sec: Int(modified.seconds), tv_nsec: Int(modified.nanoseconds))]
+                // unsafe: the array's buffer holds the two timespecs futimens reads, for the call's length.
+                _ = try retryingSyscall("futimens") { times.withUnsafeBufferPointer { futimens(file.memfd.descriptor.rawValue, $0.baseAddress) } }
+            }
+        }
+    }
+
+    public func link(_ node: GuestRootNode, as name: [UInt8], in directory: GuestRootNode) throws(SystemError) {
+        try changing { live throws(SystemError) in
+            try Self.answer { () throws(Ext4LiveRefusal) in
+                try live.builder.builder.addLink(try Self.refusalNumber(node), in: try Self.refusalNumber(directory), name: name)
+            }
         }
     }
 
@@ -338,6 +390,8 @@ public final class ContainerDiskRoot: GuestWritableRootFileSystem, @unchecked Se
             case .invalid: errno = EINVAL
             case .tooManyLinks: errno = EMLINK
             case .noSpace: errno = ENOSPC
+            case .notPermitted: errno = EPERM
+            case .nameTooLong: errno = ENAMETOOLONG
             }
             throw SystemError(call: "change the container's disk (\(error))", errno: errno)
         }

@@ -43,7 +43,7 @@ extension GuestFiles {
         guard let writable = writableRoot else { throw SystemError(call: "openat(O_CREAT)", errno: EROFS) }
         if absolute.last == GuestPath.slash { throw SystemError(call: "openat(O_CREAT)", errno: EISDIR) }
         let (root, directory, name) = try Self.entry(absolute, in: disk, writable, special: EISDIR)
-        let node = try root.createFile(name, in: directory, permissions: mode & 0o7777)
+        let node = try root.createFile(name, in: directory, permissions: mode & 0o7777, creator: creator)
         let file = OpenFile(host: try root.openForWriting(node, accessFlags: request.flags, truncate: false), isInsideRootfs: true)
         if request.flags & O_ACCMODE != O_RDONLY { file.growth = root.growthBudget }
         var path = absolute
@@ -71,7 +71,7 @@ extension GuestFiles {
     public func mkdirat(dirfd: Int32, path: UnsafePointer<CChar>, mode: UInt32) -> Int {
         linuxResult { () throws(SystemError) in
             let (root, directory, name) = try writableEntry(dirfd, path, special: EEXIST)
-            try root.makeDirectory(name, in: directory, permissions: mode & 0o7777)
+            try root.makeDirectory(name, in: directory, permissions: mode & 0o7777, creator: creator)
             return 0
         }
     }
@@ -105,7 +105,11 @@ extension GuestFiles {
             let text = try GuestPath.bytes(of: target)
             guard !text.isEmpty else { throw SystemError(call: "symlinkat", errno: ENOENT) }
             let (root, directory, name) = try writableEntry(newDirfd, linkPath, special: EEXIST)
-            try root.makeSymlink(name, in: directory, target: text)
+            if try GuestPath.bytes(of: linkPath).last == GuestPath.slash {
+                // A new name with a trailing slash would be a folder's: ENOENT, as Linux (EEXIST if taken).
+                throw SystemError(call: "symlinkat", errno: try root.child(name, of: directory) != nil ? EEXIST : ENOENT)
+            }
+            try root.makeSymlink(name, in: directory, target: text, creator: creator)
             return 0
         }
     }
@@ -130,6 +134,130 @@ extension GuestFiles {
             return 0
         }
     }
+
+    /// The caller of a chown or utimensat, for Linux's permission checks (root may do all).
+    public struct Caller: Sendable {
+        public var uid: UInt32
+        public var gid: UInt32
+        public init(uid: UInt32, gid: UInt32) {
+            self.uid = uid
+            self.gid = gid
+        }
+    }
+
+    /// uid_t/gid_t -1: chown keeps that value.
+    static let keepOwner = UInt32.max
+
+    /// fchownat(2) (chown and lchown are this at AT_FDCWD, following the final symlink or
+    /// not). Flags: AT_SYMLINK_NOFOLLOW, AT_EMPTY_PATH.
+    public func fchownat(dirfd: Int32, path: UnsafePointer<CChar>, uid: UInt32, gid: UInt32, flags: Int32, caller: Caller) -> Int {
+        linuxResult { () throws(SystemError) in
+            guard flags & ~(AT_SYMLINK_NOFOLLOW | CSHIMS_AT_EMPTY_PATH) == 0 else { throw SystemError(call: "fchownat flags", errno: EINVAL) }
+            guard let target = try diskTarget(dirfd, path, followFinalSymlink: flags & AT_SYMLINK_NOFOLLOW == 0, allowEmptyPath: flags & CSHIMS_AT_EMPTY_PATH != 0),
+                  let writable = writableRoot else { throw SystemError(call: "chown", errno: EROFS) }
+            try Self.changeOwner(of: target.node, uid: uid, gid: gid, caller: caller, on: writable)
+            return 0
+        }
+    }
+
+    /// fchown(2): a descriptor of a disk file (EBADF for an O_PATH one, as Linux).
+    public func fchown(_ fd: Int32, uid: UInt32, gid: UInt32, caller: Caller) -> Int {
+        linuxResult { () throws(SystemError) in
+            let file = try openFile(fd)
+            if let flags = file.guestStatusFlags, flags & CSHIMS_O_PATH != 0 { throw SystemError(call: "fchown(O_PATH)", errno: EBADF) }
+            guard let state = file.disk, let writable = writableRoot else { throw SystemError(call: "fchown", errno: file.isInsideRootfs ? EROFS : EPERM) }
+            try Self.changeOwner(of: try current(state.node), uid: uid, gid: gid, caller: caller, on: writable)
+            return 0
+        }
+    }
+
+    /// chown_ok and chgrp_ok of Linux's setattr_prepare, then the change.
+    static func changeOwner(of node: GuestRootNode, uid: UInt32, gid: UInt32, caller: Caller, on writable: any GuestWritableRootFileSystem) throws(SystemError) {
+        let newUID = uid == keepOwner ? nil : uid
+        let newGID = gid == keepOwner ? nil : gid
+        if caller.uid != 0 {
+            let owns = node.uid == caller.uid
+            if let newUID, !(owns && newUID == node.uid) { throw SystemError(call: "chown", errno: EPERM) }
+            if let newGID, !(owns && (newGID == node.gid || newGID == caller.gid)) { throw SystemError(call: "chown", errno: EPERM) }
+        }
+        try writable.setOwner(of: node, uid: newUID, gid: newGID)
+    }
+
+    /// utimensat(2) (and utimes, utime, futimesat, futimens made into it): `times` nil sets
+    /// both to now; each `nanoseconds` may be UTIME_NOW or UTIME_OMIT. A nil `path` with a
+    /// descriptor is futimens (flags must be 0); with AT_FDCWD it is EFAULT, as Linux.
+    public func utimensat(dirfd: Int32, path: UnsafePointer<CChar>?, times: [(seconds: Int64, nanoseconds: Int64)]?, flags: Int32, caller: Caller) -> Int {
+        linuxResult { () throws(SystemError) in
+            if let times {
+                guard times.count == 2 else { throw SystemError(call: "utimensat times", errno: EINVAL) }
+                // Nothing to do: Linux does not even look the path up.
+                if times[0].nanoseconds == Self.utimeOmit, times[1].nanoseconds == Self.utimeOmit { return 0 }
+            }
+            let target: GuestRootNode
+            let writable: (any GuestWritableRootFileSystem)?
+            if let path {
+                guard flags & ~(AT_SYMLINK_NOFOLLOW | CSHIMS_AT_EMPTY_PATH) == 0 else { throw SystemError(call: "utimensat flags", errno: EINVAL) }
+                guard let resolved = try diskTarget(dirfd, path, followFinalSymlink: flags & AT_SYMLINK_NOFOLLOW == 0, allowEmptyPath: flags & CSHIMS_AT_EMPTY_PATH != 0) else {
+                    throw SystemError(call: "utimensat", errno: EROFS)
+                }
+                target = resolved.node
+                writable = writableRoot
+            } else {
+                guard dirfd != AT_FDCWD else { throw SystemError(call: "utimensat", errno: EFAULT) }
+                guard flags == 0 else { throw SystemError(call: "futimens flags", errno: EINVAL) }
+                let file = try openFile(dirfd)
+                if let status = file.guestStatusFlags, status & CSHIMS_O_PATH != 0 { throw SystemError(call: "futimens(O_PATH)", errno: EBADF) }
+                guard let state = file.disk else { throw SystemError(call: "futimens", errno: file.isInsideRootfs ? EROFS : EPERM) }
+                target = try current(state.node)
+                writable = writableRoot
+            }
+            var stamps: [GuestTimestamp] = [.now, .now]
+            if let times {
+                for (index, time) in times.enumerated() {
+                    switch time.nanoseconds {
+                    case Self.utimeNow: stamps[index] = .now
+                    case Self.utimeOmit: stamps[index] = .omit
+                    case 0..<1_000_000_000: stamps[index] = .at(seconds: time.seconds, nanoseconds: UInt32(time.nanoseconds))
+                    default: throw SystemError(call: "utimensat times", errno: EINVAL)
+                    }
+                }
+            }
+            guard let writable else { throw SystemError(call: "utimensat", errno: EROFS) }
+            if caller.uid != 0, target.uid != caller.uid {
+                // Another's file: given times need its owner (EPERM); now needs write permission.
+                if stamps.contains(where: { if case .at = $0 { return true } else { return false } }) { throw SystemError(call: "utimensat", errno: EPERM) }
+                let bits = target.gid == caller.gid ? (target.mode >> 3) & 7 : target.mode & 7
+                if bits & 2 == 0 { throw SystemError(call: "utimensat", errno: EACCES) }
+            }
+            try writable.setTimes(of: target, access: stamps[0], modification: stamps[1])
+            return 0
+        }
+    }
+
+    /// UTIME_NOW and UTIME_OMIT: (1 << 30) - 1 and (1 << 30) - 2.
+    static let utimeNow: Int64 = (1 << 30) - 1
+    static let utimeOmit: Int64 = (1 << 30) - 2
+
+    /// linkat(2) (link is this at AT_FDCWD without flags). Flags: AT_SYMLINK_FOLLOW,
+    /// AT_EMPTY_PATH (the descriptor's own file).
+    public func linkat(oldDirfd: Int32, oldPath: UnsafePointer<CChar>, newDirfd: Int32, newPath: UnsafePointer<CChar>, flags: Int32) -> Int {
+        linuxResult { () throws(SystemError) in
+            guard flags & ~(Self.atSymlinkFollow | CSHIMS_AT_EMPTY_PATH) == 0 else { throw SystemError(call: "linkat flags", errno: EINVAL) }
+            let old = try diskTarget(oldDirfd, oldPath, followFinalSymlink: flags & Self.atSymlinkFollow != 0, allowEmptyPath: flags & CSHIMS_AT_EMPTY_PATH != 0)
+            let (root, directory, name) = try writableEntry(newDirfd, newPath, special: EEXIST)
+            if try root.child(name, of: directory) != nil { throw SystemError(call: "linkat", errno: EEXIST) }
+            // A new name with a trailing slash would be a folder's: ENOENT, as Linux.
+            if try GuestPath.bytes(of: newPath).last == GuestPath.slash { throw SystemError(call: "linkat", errno: ENOENT) }
+            // Not on the disk (a host device of the allowlist): another file system.
+            guard let old else { throw SystemError(call: "linkat", errno: EXDEV) }
+            if old.node.isDirectory { throw SystemError(call: "linkat", errno: EPERM) }
+            try root.link(old.node, as: name, in: directory)
+            return 0
+        }
+    }
+
+    /// AT_SYMLINK_FOLLOW.
+    static let atSymlinkFollow: Int32 = 0x400
 
     /// truncate(2).
     public func truncate(path: UnsafePointer<CChar>, length: Int64) -> Int {

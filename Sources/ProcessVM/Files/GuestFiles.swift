@@ -59,6 +59,9 @@ public final class GuestFiles: @unchecked Sendable {
     var slots: [DescriptorSlot?]
     /// The guest's working directory as the guest sees it: absolute, without symlinks.
     var workingDirectory: [UInt8]
+    /// Whose the files and folders the guest creates on a writable disk root are (its uid
+    /// and gid, as Linux's fsuid and fsgid): set by its `ProcessVM`.
+    public var creator = Caller(uid: 0, gid: 0)
 
     /// Opens `rootfs` as the guest's root and installs the host descriptors `stdin`,
     /// `stdout`, `stderr` as guest descriptors 0, 1 and 2, each opened for the guest alone

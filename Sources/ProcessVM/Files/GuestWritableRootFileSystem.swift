@@ -8,13 +8,22 @@ import Synchronization
 /// the guest's errno.
 public protocol GuestWritableRootFileSystem: GuestRootFileSystem {
     /// Makes the empty regular file `name` in `directory` (EEXIST if the name is taken).
-    func createFile(_ name: [UInt8], in directory: GuestRootNode, permissions: UInt32) throws(SystemError) -> GuestRootNode
-    func makeDirectory(_ name: [UInt8], in directory: GuestRootNode, permissions: UInt32) throws(SystemError)
-    func makeSymlink(_ name: [UInt8], in directory: GuestRootNode, target: [UInt8]) throws(SystemError)
+    /// New files, folders and symlinks are `creator`'s, with the folder's group instead when
+    /// it has the set-group-ID bit (which a new folder then gets too), as Linux does.
+    func createFile(_ name: [UInt8], in directory: GuestRootNode, permissions: UInt32, creator: GuestFiles.Caller) throws(SystemError) -> GuestRootNode
+    func makeDirectory(_ name: [UInt8], in directory: GuestRootNode, permissions: UInt32, creator: GuestFiles.Caller) throws(SystemError)
+    func makeSymlink(_ name: [UInt8], in directory: GuestRootNode, target: [UInt8], creator: GuestFiles.Caller) throws(SystemError)
     /// unlink (`isDirectory` false) or rmdir (true).
     func remove(_ name: [UInt8], in directory: GuestRootNode, isDirectory: Bool) throws(SystemError)
     func rename(_ name: [UInt8], in from: GuestRootNode, to newName: [UInt8], in to: GuestRootNode) throws(SystemError)
     func setPermissions(of node: GuestRootNode, _ permissions: UInt32) throws(SystemError)
+    /// chown: the owner and group of `node` (nil keeps one); the ctime moves.
+    func setOwner(of node: GuestRootNode, uid: UInt32?, gid: UInt32?) throws(SystemError)
+    /// utimensat: the atime and mtime of `node`; the ctime moves. A written file's mtime
+    /// stays what this sets until it is written again.
+    func setTimes(of node: GuestRootNode, access: GuestTimestamp, modification: GuestTimestamp) throws(SystemError)
+    /// link: `name` in `directory` becomes another name of `node` (not a directory).
+    func link(_ node: GuestRootNode, as name: [UInt8], in directory: GuestRootNode) throws(SystemError)
     /// A new host descriptor of the regular file's contents opened with `accessFlags`
     /// (O_WRONLY or O_RDWR, O_APPEND), emptied first when `truncate`: the guest's writes
     /// go to it and reach the disk at the next `sync`.
@@ -26,6 +35,14 @@ public protocol GuestWritableRootFileSystem: GuestRootFileSystem {
     func sync() throws(SystemError)
     /// How far the container's files may still grow: what its disk has free.
     var growthBudget: DiskGrowthBudget { get }
+}
+
+/// One time utimensat sets: a given one (checked: nanoseconds under a second), the root's
+/// clock now (UTIME_NOW), or the time as it is (UTIME_OMIT).
+public enum GuestTimestamp: Sendable, Equatable {
+    case omit
+    case now
+    case at(seconds: Int64, nanoseconds: UInt32)
 }
 
 /// The bytes a container's written files may still grow by: its file system's free space
