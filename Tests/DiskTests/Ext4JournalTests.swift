@@ -85,6 +85,26 @@ struct Ext4JournalTests {
         #expect(try fixture.debugfs(raw2, "ls -l /").contains(" c"))
     }
 
+    /// A writer killed as it cleared needs_recovery leaves the flag clear over a log that still
+    /// holds its transaction: the journal is still replayed, and the writer takes the disk back.
+    @Test func aLogLeftBehindAClearedFlagIsStillReplayed() async throws {
+        let fixture = try DiskFixture("journal-flag")
+        let container = try await stoppedCommit(fixture, after: .committed)
+        let disk = try await VirtualDisk.open(path: container, writable: true, engine: fixture.engine)
+        var first = try await disk.read(count: 4096, at: 0)
+        let at = Ext4.superblockOffset + Ext4.Super.featureIncompat
+        #expect(first.le32(at) & Ext4.Incompat.recover != 0)
+        first.put32(first.le32(at) & ~Ext4.Incompat.recover, at)
+        try await disk.write(first, at: 0)
+        try await disk.flush()
+        let seen = try await contents(container, writable: true, fixture)
+        #expect(seen.names == ["kept", "a", "b"])
+        let builder = try await Ext4Builder.open(on: try await VirtualDisk.open(path: container, writable: true, engine: fixture.engine))
+        try await builder.enableLiveChanges()
+        #expect(builder.isJournaled)
+        _ = try fixture.checkedExt4("container.vmdk")
+    }
+
     /// A hostile journal (a log pointing past the file system) is refused by name, never replayed.
     @Test func aJournalWritingPastTheFileSystemIsRefused() async throws {
         let fixture = try DiskFixture("journal-hostile")

@@ -56,7 +56,8 @@ extension Ext4Builder {
     ///    primary superblock as it is with needs_recovery set; flush;
     /// 2. the commit block; flush (from here a crash replays the transaction);
     /// 3. the blocks in place (the primary superblock still needing recovery); flush;
-    /// 4. the journal superblock emptied; flush; then the primary superblock without the flag.
+    /// 4. the journal superblock emptied and the primary superblock without the flag (flushed
+    ///    by `finish`).
     /// The log starts at the journal's first block every time, so it never wraps.
     func commitThroughJournal(_ writes: [UInt64: [UInt8]], _ area: Ext4JournalArea) async throws(Ext4Error) {
         guard !writes.isEmpty else { return }
@@ -88,9 +89,10 @@ extension Ext4Builder {
         var next = area
         next.sequence &+= 1
         journal = next
-        try await writeBlocks([area.start: next.superblock(blockSize: blockSize, logStart: 0, uuid: uuid)])
-        try await flushDisk()
-        try await writeBlocks([primary: recovering(writes[primary] ?? current, false)])
+        // One flush (finish's) covers both: should the flag's clearing land alone, e2fsck and
+        // the reader replay the committed transaction again, which rewrites what is in place.
+        try await writeBlocks([area.start: next.superblock(blockSize: blockSize, logStart: 0, uuid: uuid),
+                               primary: recovering(writes[primary] ?? current, false)])
     }
 
     /// The first run of `count` free blocks inside one block group.

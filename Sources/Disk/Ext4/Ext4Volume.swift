@@ -132,13 +132,15 @@ public final class Ext4Volume: Sendable {
                                     sparseSuper: sb.le32(Ext4.Super.featureReadOnlyCompat) & Ext4.ReadOnlyCompat.sparseSuper != 0,
                                     blockBitmaps: blockBitmaps, inodeBitmaps: inodeBitmaps, inodeTables: inodeTables)
         let volume = Ext4Volume(disk: disk, geometry: geometry, superblock: sb)
-        guard volume.featureCompat & Ext4.Compat.hasJournal != 0, volume.featureIncompat & Ext4.Incompat.recover != 0 else { return volume }
+        guard volume.featureCompat & Ext4.Compat.hasJournal != 0 else { return volume }
         return try await volume.recoveringJournal()
     }
 
     /// The file system as its journal's committed transactions leave it: replayed onto a
     /// writable disk (then the journal emptied and needs_recovery cleared, and the disk
-    /// opened afresh), or read in place of the disk's blocks on a read-only one.
+    /// opened afresh), or read in place of the disk's blocks on a read-only one. The journal
+    /// is looked at whether or not needs_recovery is set: a writer killed as it cleared the
+    /// flag may leave it clear over a log still holding its (already written) transaction.
     private func recoveringJournal() async throws(Ext4Error) -> Ext4Volume {
         let record = try await record(Ext4.journalInode)
         guard record.isRegular, record.extents.count == 1, record.extents[0].logical == 0, record.extents[0].length >= JBD2.minimumBlocks else {
@@ -149,6 +151,8 @@ public final class Ext4Volume: Sendable {
             throw .corrupt(disk: name, structure: "journal inode", problem: "blocks \(start)..<\(start + UInt64(length)) run past the file system")
         }
         let journalSuperblock = try await block(start, structure: "journal superblock")
+        let needsRecovery = featureIncompat & Ext4.Incompat.recover != 0
+        guard needsRecovery || journalSuperblock.be32(JBD2.Super.start) != 0 else { return self }
         let replay = try await Ext4JournalReplay.read(superblock: journalSuperblock, length: length, blocksCount: geometry.blocksCount, disk: name) {
             (index: UInt32) async throws(Ext4Error) -> [UInt8] in
             let at = (start + UInt64(index)) * UInt64(geometry.blockSize)
