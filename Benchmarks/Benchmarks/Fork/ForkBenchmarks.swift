@@ -16,6 +16,7 @@ import TestSupport
 /// engine's default) unless a name says they go by VM exit. Each fork's VM is removed and
 /// goes back to the pool, restored, in the background, as in production.
 let benchmarks: @Sendable () -> Void = {
+    pythonBenchmarks()
     let fixture = ForkFixture()
     let configuration = Benchmark.Configuration(metrics: [.wallClock, .throughput], warmupIterations: 10,
                                                 maxDuration: .seconds(5), maxIterations: 5_000)
