@@ -77,8 +77,17 @@ class Daemon:
 
     def call(self, method, path, body=None):
         data = json.dumps(body).encode() if body is not None else None
-        self.connection.request(method, path, body=data, headers={"Content-Type": "application/json"} if data else {})
-        response = self.connection.getresponse()
+        headers = {"Content-Type": "application/json"} if data else {}
+        try:
+            self.connection.request(method, path, body=data, headers=headers)
+            response = self.connection.getresponse()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            # The daemon closes a kept-alive connection idle for 30 s (while the other daemon
+            # made its idle containers): open a new one and send again.
+            self.connection.close()
+            self.connection = UnixConnection(self.socket)
+            self.connection.request(method, path, body=data, headers=headers)
+            response = self.connection.getresponse()
         return response.status, response.read()
 
     def wait_for_pool(self):
