@@ -119,15 +119,22 @@ let benchmarks: @Sendable () -> Void = {
         }
     }
 
-    Benchmark("Private memory per idle child (busybox sleep, KiB)",
-              configuration: .init(metrics: [.custom("private KiB per idle child", polarity: .prefersSmaller)], maxIterations: 20)) { benchmark in
+    idleChildMemoryBenchmark("Private memory per idle child (busybox sleep, KiB)", metric: "private KiB per idle child") {
+        try fixture.echoParent.fork(arguments: ["sleep", "1000"], streams: fixture.capture.standard)
+    }
+}
+
+/// The memory a child owns once idle: forked by `fork`, started, left 50 ms to reach its
+/// sleep (a few milliseconds are plenty), then the kernel's count of its private pages.
+func idleChildMemoryBenchmark(_ name: String, metric: String, fork: @escaping @Sendable () throws -> Container) {
+    let measured = BenchmarkMetric.custom(metric, polarity: .prefersSmaller)
+    Benchmark(name, configuration: .init(metrics: [measured], maxIterations: 20)) { benchmark in
         for _ in benchmark.scaledIterations {
-            let child = try fixture.echoParent.fork(arguments: ["sleep", "1000"], streams: fixture.capture.standard)
+            let child = try fork()
             child.start()
-            // Idle: the program has reached its sleep (a few milliseconds are plenty).
             Thread.sleep(forTimeInterval: 0.05)
             let owned = child.processVM.flatMap { $0.memory.usage(in: MemoryMappings.current())?.privateBytes } ?? 0
-            benchmark.measurement(.custom("private KiB per idle child", polarity: .prefersSmaller), owned / 1024)
+            benchmark.measurement(measured, owned / 1024)
             child.remove()
         }
     }

@@ -39,17 +39,8 @@ func pythonBenchmarks() {
             benchmark.stopMeasurement()
         }
     }
-    Benchmark("Private memory per idle python3 child (stdin parent, KiB)",
-              configuration: .init(metrics: [.custom("private KiB per idle python3 child", polarity: .prefersSmaller)], maxIterations: 20)) { benchmark in
-        for _ in benchmark.scaledIterations {
-            let child = try fixture.sleeper.fork(streams: fixture.capture.standard)
-            child.start()
-            // Idle: past its read, asleep in time.sleep (a few milliseconds are plenty).
-            Thread.sleep(forTimeInterval: 0.05)
-            let owned = child.processVM.flatMap { $0.memory.usage(in: MemoryMappings.current())?.privateBytes } ?? 0
-            benchmark.measurement(.custom("private KiB per idle python3 child", polarity: .prefersSmaller), owned / 1024)
-            child.remove()
-        }
+    idleChildMemoryBenchmark("Private memory per idle python3 child (stdin parent, KiB)", metric: "private KiB per idle python3 child") {
+        try fixture.sleeper.fork(streams: fixture.capture.standard)
     }
 }
 
