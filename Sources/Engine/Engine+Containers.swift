@@ -77,7 +77,7 @@ extension Engine {
             let (policy, recordedNow) = try await policy(image: image.name, forkPoint: forkPoint, memoryMiB: memoryMiB)
             if let workers = workerSet {
                 return try await createInWorker(workers, id: id, name: name, spec: spec, image: image, policy: policy, recordedNow: recordedNow,
-                                                labels: labels, placementID: placementID, startNow: startNow)
+                                                labels: labels, placementID: placementID, startNow: startNow, registered: started)
             }
             let family: ParentFamily
             do {
@@ -408,23 +408,17 @@ extension Engine {
     public func runContainer(_ spec: ContainerSpec, remove: Bool = true, by actor: String) async throws -> RunResult {
         // One hop to the container's thread and one back at its end. Its create and start
         // events are queued there before its program runs, so the log has them before its exit.
+        // In workers mode one call to the worker creates and starts it; `started` then runs
+        // once it is registered, before any exit the worker reported meanwhile is applied.
         let container: ManagedContainer
-        if workerSet != nil {
-            // Workers mode: created in its worker, then started there (its start logged before it runs).
-            container = try await audited("container.create", subject: spec.name ?? "", actor: actor, subjectOf: { (made: ManagedContainer) in made.id }) {
-                try await create(spec, startNow: false)
+        do {
+            container = try await create(spec, startNow: true, untilEnd: true) { [self] made in
+                record("container.create", subject: made.id, actor: actor)
+                record("container.start", subject: made.id, actor: actor)
             }
-            _ = try await startContainer(container.id, by: actor)
-        } else {
-            do {
-                container = try await create(spec, startNow: true, untilEnd: true) { [self] made in
-                    record("container.create", subject: made.id, actor: actor)
-                    record("container.start", subject: made.id, actor: actor)
-                }
-            } catch {
-                record("container.create", subject: spec.name ?? "", actor: actor, result: "\(error)")
-                throw error
-            }
+        } catch {
+            record("container.create", subject: spec.name ?? "", actor: actor, result: "\(error)")
+            throw error
         }
         let info = container.info
         let exit = await container.waitForExit()

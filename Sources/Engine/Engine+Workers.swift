@@ -226,8 +226,9 @@ extension Engine {
         case "exit":
             guard let exit = try? decoder.decode(WorkerEventMessage<WorkerExit>.self, from: frame).body else { return }
             let container = registry.withLock { registry -> ManagedContainer? in
-                if let container = registry.containers[exit.info.id] { return container }
-                // Its create reply is still on its way to the caller: applied at registration.
+                if let container = registry.containers[exit.info.id], !registry.exitsHeld.contains(exit.info.id) { return container }
+                // Its create reply is still on its way to the caller, or its start is not
+                // recorded yet: applied at registration, or once it is.
                 registry.parkedExits[exit.info.id] = exit
                 return nil
             }
@@ -342,7 +343,8 @@ extension Engine {
 
     /// Forks in the worker holding the policy's family (its parents made first at the policy's first use).
     func createInWorker(_ workers: WorkerSet, id: String, name: String, spec: ContainerSpec, image: ImageRecord, policy: ParentPolicy,
-                        recordedNow: Bool, labels: [String: String], placementID: Int?, startNow: Bool) async throws -> ManagedContainer {
+                        recordedNow: Bool, labels: [String: String], placementID: Int?, startNow: Bool,
+                        registered: (@Sendable (ManagedContainer) -> Void)? = nil) async throws -> ManagedContainer {
         if recordedNow {
             do { _ = try await ensureParentsInWorkers(workers, policy, image: image) } catch {
                 try? await forgetPolicy(policy.id)
@@ -364,15 +366,30 @@ extension Engine {
         info.placementID = placementID
         let managed = ManagedContainer(info: info, logFolder: containersFolder.appendingPathComponent(id, isDirectory: true), vm: nil,
                                        stdinWriter: -1, family: nil, shard: shard)
-        let parked = registry.withLock { registry in
+        let parked = registry.withLock { registry -> WorkerExit? in
             registry.containers[id] = managed
             registry.forks += 1
+            if registered != nil {
+                registry.exitsHeld.insert(id)
+                return nil
+            }
             return registry.parkedExits.removeValue(forKey: id)
         }
         if let micros = info.forkMicroseconds { metrics.forkLatency.record(duration: .nanoseconds(Int64(micros * 1000))) }
         metrics.forks.increment()
         writer.enqueue { $0.containers.append(ContainerRow(info: info)) }
-        if let parked { finishRemote(managed, parked) }
+        if let registered {
+            // Created and started in one call: its create and start are recorded before any
+            // exit the worker reported meanwhile.
+            registered(managed)
+            let held = registry.withLock { registry -> WorkerExit? in
+                registry.exitsHeld.remove(id)
+                return registry.parkedExits.removeValue(forKey: id)
+            }
+            if let held { finishRemote(managed, held) }
+        } else if let parked {
+            finishRemote(managed, parked)
+        }
         return managed
     }
 

@@ -85,6 +85,9 @@ public final class Engine: Sendable {
         var forks = 0
         /// Workers mode: exits reported before their container's create reply was taken.
         var parkedExits: [String: WorkerExit] = [:]
+        /// Workers mode: containers registered whose exit waits (parked) until their create
+        /// and start are recorded, so that the log has them first.
+        var exitsHeld: Set<String> = []
         /// Workers mode, at start: containers recorded live whose worker has not reported yet.
         var unreconciled: Set<String> = []
     }

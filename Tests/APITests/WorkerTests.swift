@@ -107,6 +107,34 @@ struct WorkerTests {
         #expect(Self.workerPID(daemon, shard: 0) == nil && Self.workerPID(daemon, shard: 1) == nil, "a graceful stop stops the workers")
     }
 
+    /// A run in workers mode is one call to the worker (create and start together), and the
+    /// log still has each container's create and start before its exit, however fast the
+    /// program ends: the exit the worker reports first waits until they are recorded.
+    @Test func aRunInAWorkerLogsCreateAndStartBeforeItsExit() async throws {
+        let daemon = try DaemonFixture()
+        try daemon.start(extra: ["--workers", "1"])
+        defer {
+            daemon.stop()
+            Self.killWorkers(daemon, count: 1)
+        }
+        let client = daemon.client
+        try daemon.addBusybox(client)
+        var ids: [String] = []
+        for index in 0..<20 {
+            let run = try await client.send("POST", "/v1/containers/run", json: ContainerSpec(image: "busybox", arguments: ["echo", "run \(index)"], memoryMiB: 32))
+            let result = try run.decode(RunResult.self)
+            #expect(result.exitCode == 0 && result.stdout == "run \(index)\n", "\(run.text)")
+            ids.append(result.id)
+        }
+        try await Task.sleep(for: .milliseconds(500))
+        let events = try daemon.events(client)
+        for id in ids {
+            let types = events.filter { $0["subject"] as? String == id }.compactMap { $0["type"] as? String }
+                .filter { ["container.create", "container.start", "container.exit"].contains($0) }
+            #expect(types == ["container.create", "container.start", "container.exit"], "\(id): \(types)")
+        }
+    }
+
     /// kill -9 of one worker: its containers are recorded exited with the reason, the other
     /// worker's containers finish normally, and the worker comes back with its parents.
     @Test func aWorkerKilledTakesOnlyItsOwnContainersAndComesBackWithItsParents() async throws {
