@@ -126,8 +126,15 @@ struct WorkerTests {
             #expect(result.exitCode == 0 && result.stdout == "run \(index)\n", "\(run.text)")
             ids.append(result.id)
         }
-        try await Task.sleep(for: .milliseconds(500))
-        let events = try daemon.events(client)
+        // The log is written in batches: wait until every exit is in it.
+        var events: [[String: Any]] = []
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline {
+            events = try daemon.events(client)
+            let exited = Set(events.filter { $0["type"] as? String == "container.exit" }.compactMap { $0["subject"] as? String })
+            if exited.isSuperset(of: ids) { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
         for id in ids {
             let types = events.filter { $0["subject"] as? String == id }.compactMap { $0["type"] as? String }
                 .filter { ["container.create", "container.start", "container.exit"].contains($0) }
