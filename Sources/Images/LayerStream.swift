@@ -12,6 +12,8 @@ final class LayerStream {
     private var zstd: OpaquePointer?
     /// zstd: whether the last byte consumed ended a frame (the stream may end there).
     private var frameEnded = false
+    /// zstd: where a step writes its error message (one buffer, not one per step).
+    private var zstdMessage = [CChar](repeating: 0, count: 256)
     private var input = [UInt8](repeating: 0, count: 256 * 1024)
     private var inputStart = 0
     private var inputEnd = 0
@@ -72,14 +74,13 @@ final class LayerStream {
     private func zstdStep(_ zstd: OpaquePointer, into buffer: UnsafeMutableRawBufferPointer) throws(ImageError) -> Int {
         while true {
             var consumed = 0, produced = 0
-            var message = [CChar](repeating: 0, count: 256)
             let result = input.withUnsafeBytes { raw in
                 // unsafe: the input range [inputStart, inputEnd) and the caller's buffer are both in bounds.
                 cshims_zstd_step(zstd, raw.baseAddress!.assumingMemoryBound(to: UInt8.self) + inputStart, inputEnd - inputStart, &consumed,
-                                 buffer.baseAddress!.assumingMemoryBound(to: UInt8.self), buffer.count, &produced, &message, message.count)
+                                 buffer.baseAddress!.assumingMemoryBound(to: UInt8.self), buffer.count, &produced, &zstdMessage, zstdMessage.count)
             }
             inputStart += consumed
-            if result < 0 { throw .unsafeLayer(layer: layer, entry: "-", problem: "not a valid zstd stream (\(Self.text(message)))") }
+            if result < 0 { throw .unsafeLayer(layer: layer, entry: "-", problem: "not a valid zstd stream (\(Self.text(zstdMessage)))") }
             if consumed > 0 || produced > 0 { frameEnded = result == 1 }
             if produced > 0 { return produced }
             if inputStart < inputEnd { continue }

@@ -34,10 +34,7 @@ final class AgentDriver: LaunchDriver {
         let launch = launches[arrival.entry]
         recorder.launched(due: due)
         func fail(_ kind: LoadErrorKind, _ message: String) { recorder.failed(kind, message, at: .now) }
-        func refusal(_ response: AgentClient.Response) -> (LoadErrorKind, String) {
-            let field = (try? JSONSerialization.jsonObject(with: response.body) as? [String: Any])?["field"] as? String
-            return (LoadErrorKind.of(status: response.status, field: field, message: response.errorMessage), "\(response.status): \(response.errorMessage)")
-        }
+        let refusal = Self.refusal
         if launch.lifetime == nil, !firstOutput { return runInOneCall(launch, due: due, recorder: recorder) }
         let id: String
         do {
@@ -117,10 +114,7 @@ final class AgentDriver: LaunchDriver {
         let response: AgentClient.Response
         do { response = try client.send("POST", "/v1/containers/run?remove=true", json: launch.spec) } catch { return fail(.transport, "\(error)") }
         let answered = ContinuousClock.now
-        guard response.status == 200 else {
-            let field = (try? JSONSerialization.jsonObject(with: response.body) as? [String: Any])?["field"] as? String
-            return fail(LoadErrorKind.of(status: response.status, field: field, message: response.errorMessage), "run: \(response.status): \(response.errorMessage)")
-        }
+        guard response.status == 200 else { return fail(Self.refusal(response).0, "run: " + Self.refusal(response).1) }
         guard let result = try? response.decode(RunResult.self) else { return fail(.transport, "run: an answer that is no RunResult") }
         if let started = result.startedAt {
             let offset = Duration.nanoseconds(Int64(max(0, started - sentWall) * 1e9))
@@ -132,6 +126,12 @@ final class AgentDriver: LaunchDriver {
             return fail(.unexpectedExit, "exit \(result.exitCode) (\(result.reason)), expected \(launch.expectedExitStatus)")
         }
         recorder.finished(at: answered)
+    }
+
+    /// An agent's refusal: its error kind (from the status and the field it names) and text.
+    static func refusal(_ response: AgentClient.Response) -> (LoadErrorKind, String) {
+        let field = (try? JSONSerialization.jsonObject(with: response.body) as? [String: Any])?["field"] as? String
+        return (LoadErrorKind.of(status: response.status, field: field, message: response.errorMessage), "\(response.status): \(response.errorMessage)")
     }
 
     func releaseAll() {

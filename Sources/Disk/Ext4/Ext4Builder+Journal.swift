@@ -63,7 +63,10 @@ extension Ext4Builder {
         guard !writes.isEmpty else { return }
         let blockSize = geometry.blockSize
         let primary = geometry.groupStart(0)
-        let current = try await readBlocks([primary])[primary]!
+        // The primary superblock's block as the disk holds it: as the last finish left it, read
+        // only the first time.
+        let current: [UInt8]
+        if let known = writtenSuperblocks[primary] { current = known } else { current = try await readBlocks([primary])[primary]! }
         func recovering(_ bytes: [UInt8], _ on: Bool) -> [UInt8] {
             var bytes = bytes
             let at = Ext4.superblockOffset + Ext4.Super.featureIncompat
