@@ -12,6 +12,13 @@ struct ImagePullRequest: StrictBody {
     var password: String?
 }
 
+/// The body of POST /v1/containers/{id}/commit.
+struct CommitRequest: StrictBody {
+    static let fields: Set<String> = ["name", "comment"]
+    var name: String
+    var comment: String?
+}
+
 extension AgentRoutes {
     /// Pulling images from registries and collecting what no image uses.
     func registerImagePull(_ on: (HTTPRequest.Method, String, @escaping @Sendable (Request, AgentContext) async throws -> Response) -> Void) {
@@ -36,5 +43,13 @@ extension AgentRoutes {
         }
         on(.get, "/v1/pulls") { _, _ in try json(engine.pullsInProgress()) }
         on(.post, "/v1/images/gc") { _, context in try json(try await engine.collectImageGarbage(by: context.actor)) }
+        on(.post, "/v1/containers/{id}/commit") { request, context in
+            var request = request
+            let body = try await request.decodeStrict(CommitRequest.self)
+            try Bounds.name(body.name, "name")
+            if let comment = body.comment, comment.utf8.count > 4096 { throw APIError.invalid("comment is over 4096 characters", field: "comment") }
+            return try json(try await engine.commitContainer(try context.parameter("id"), as: body.name, comment: body.comment, by: context.actor),
+                            status: .created)
+        }
     }
 }

@@ -15,7 +15,7 @@ import Synchronization
 public final class ImagePuller: Sendable {
     public let store: BlobStore
     public let limits: UnpackLimits
-    private let logger: Logger
+    let logger: Logger
     private let concurrency: Int
     /// Pulls in flight and whether a collection runs: the two exclude each other.
     private let activity = Mutex((pulls: 0, collecting: false))
@@ -55,15 +55,27 @@ public final class ImagePuller: Sendable {
     /// collection is held off (so the new root folder cannot be collected before it is used).
     public func pull<T: Sendable>(_ reference: ImageReference, credentials: RegistryCredentials?,
                                   register: (PulledImage, URL) async throws -> T) async throws -> T {
+        try holdCollections(doing: "pull")
+        defer { releaseCollections() }
+        let key = board.begin(reference.description)
+        defer { board.end(key) }
+        let (image, rootfs, created) = try await fetchAndUnpack(reference, credentials: credentials, progress: key)
+        return try await registering(image, rootfs, created: created, register)
+    }
+
+    /// Counts a pull (or commit) in flight, which holds off collections; refused while one runs.
+    func holdCollections(doing what: String) throws(ImageError) {
         let collecting = activity.withLock { activity -> Bool in
             if !activity.collecting { activity.pulls += 1 }
             return activity.collecting
         }
-        if collecting { throw ImageError.busy("a garbage collection of the datastore is running; pull again once it is done") }
-        defer { activity.withLock { $0.pulls -= 1 } }
-        let key = board.begin(reference.description)
-        defer { board.end(key) }
-        let (image, rootfs, created) = try await fetchAndUnpack(reference, credentials: credentials, progress: key)
+        if collecting { throw ImageError.busy("a garbage collection of the datastore is running; \(what) again once it is done") }
+    }
+
+    func releaseCollections() { activity.withLock { $0.pulls -= 1 } }
+
+    func registering<T: Sendable>(_ image: PulledImage, _ rootfs: URL, created: Bool,
+                                          _ register: (PulledImage, URL) async throws -> T) async throws -> T {
         do {
             return try await register(image, rootfs)
         } catch {
@@ -92,12 +104,21 @@ public final class ImagePuller: Sendable {
         try store.write(configBytes, as: manifest.config.digest)
         try await fetchLayers(manifest.layers, client: client, reference: reference, progress: key)
         try store.write(manifestBytes, as: manifestDigest)
+        let installed = try await install(manifestDigest: manifestDigest, manifest: manifest, config: config, reference: reference.description, progress: key)
+        logger.info("image pulled", metadata: ["reference": "\(reference)", "manifest": "\(manifestDigest)", "layers": "\(manifest.layers.count)",
+                                               "seconds": "\((ContinuousClock.now - started).components.seconds)"])
+        return installed
+    }
 
+    /// Unpacks an image whose blobs are all in the store into its root folder (unless there
+    /// already), makes its layer disks and writes its record.
+    func install(manifestDigest: Digest, manifest: Manifest, config: ImageConfig, reference: String, committedFrom: String? = nil,
+                         progress key: Int?) async throws -> (PulledImage, URL, Bool) {
         let target = rootfsFolder.appendingPathComponent(manifestDigest.hex, isDirectory: true)
         var unpacked: Int64 = 0
         let created = !FileManager.default.fileExists(atPath: target.path)
         if created {
-            board.update(key) { $0.phase = "unpacking" }
+            if let key { board.update(key) { $0.phase = "unpacking" } }
             unpacked = try await unpack(manifest.layers, diffIDs: config.rootfs.diff_ids, reference: reference, into: target)
         } else {
             unpacked = pulledImage(atRootfs: target.path)?.unpackedBytes ?? 0
@@ -115,7 +136,7 @@ public final class ImagePuller: Sendable {
                                 layerBytes: manifest.layers.reduce(0) { $0 + $1.size }, unpackedBytes: unpacked,
                                 entrypoint: settings?.Entrypoint ?? [], cmd: settings?.Cmd ?? [], env: settings?.Env ?? [],
                                 workingDir: settings?.WorkingDir ?? "", user: settings?.User ?? "", pulledAt: Date().timeIntervalSince1970,
-                                layerDisks: disks)
+                                layerDisks: disks, committedFrom: committedFrom)
         let record = target.appendingPathExtension("json")
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
@@ -124,8 +145,6 @@ public final class ImagePuller: Sendable {
             try encoder.encode(image).write(to: temporary)
         } catch { throw ImageError.io("cannot write \(temporary.path): \(error.localizedDescription)") }
         guard rename(temporary.path, record.path) == 0 else { throw ImageError.io("cannot write \(record.path): \(String(cString: strerror(errno)))") }
-        logger.info("image pulled", metadata: ["reference": "\(reference)", "manifest": "\(manifestDigest)", "layers": "\(manifest.layers.count)",
-                                               "seconds": "\((ContinuousClock.now - started).components.seconds)"])
         return (image, target, created)
     }
 
@@ -212,7 +231,7 @@ public final class ImagePuller: Sendable {
 
     /// Unpacks the layers into a temporary folder, checking each against its diff_id, then
     /// renames it to `target`. Returns the bytes of file content written.
-    private func unpack(_ layers: [Descriptor], diffIDs: [Digest], reference: ImageReference, into target: URL) async throws -> Int64 {
+    private func unpack(_ layers: [Descriptor], diffIDs: [Digest], reference: String, into target: URL) async throws -> Int64 {
         let store = self.store
         let limits = self.limits
         return try await withCheckedThrowingContinuation { continuation in

@@ -8,6 +8,8 @@ public enum MediaType {
     public static let dockerList = "application/vnd.docker.distribution.manifest.list.v2+json"
     public static let ociConfig = "application/vnd.oci.image.config.v1+json"
     public static let dockerConfig = "application/vnd.docker.container.image.v1+json"
+    /// An uncompressed layer (what a commit writes).
+    public static let ociLayer = "application/vnd.oci.image.layer.v1.tar"
 
     static let manifests = [ociManifest, dockerManifest]
     static let indexes = [ociIndex, dockerList]

@@ -25,4 +25,7 @@ public struct PulledImage: Codable, Sendable, Equatable {
     /// a child of the one before (nil when they were not written). A container's disk is a
     /// child of the last.
     public var layerDisks: [String]?
+    /// The container this image was committed from (`vmfork container commit`): its top
+    /// layer holds that container's changes. Nil for a pulled image.
+    public var committedFrom: String? = nil
 }

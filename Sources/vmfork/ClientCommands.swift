@@ -71,7 +71,7 @@ struct ContainerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "container",
         abstract: "Run and manage containers through the daemon (vmfork serve).",
-        subcommands: [Run.self, Create.self, Start.self, PS.self, Logs.self, Stop.self, Kill.self, Remove.self, Inspect.self, Wait.self]
+        subcommands: [Run.self, Create.self, Start.self, PS.self, Logs.self, Stop.self, Kill.self, Remove.self, Inspect.self, Wait.self, Commit.self]
     )
 
     struct SpecOptions: ParsableArguments {
@@ -244,6 +244,22 @@ struct ContainerCommand: ParsableCommand {
         @Argument(help: "Container id or name.") var container: String
         @OptionGroup var daemon: DaemonOptions
         func run() throws { daemon.printJSON(try daemon.call("GET", "/v1/containers/\(percentEncoded(container))")) }
+    }
+
+    struct Commit: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Make an image of an ended container: its image's layers plus one holding its changes (containers of pulled images only).")
+        @Argument(help: "Container id or name.") var container: String
+        @Argument(help: "The new image's name.") var image: String
+        @Option(name: .shortAndLong, help: "A comment for the new layer's history entry.") var message: String?
+        @OptionGroup var daemon: DaemonOptions
+        func run() throws {
+            struct Body: Encodable { var name: String; var comment: String? }
+            let response = try daemon.call("POST", "/v1/containers/\(percentEncoded(container))/commit", json: Body(name: image, comment: message))
+            if daemon.json { daemon.printJSON(response); return }
+            let result = try response.decode(CommitResult.self)
+            print("committed \(container) as image \(result.image.name): layer \(result.layer) (\(result.layerBytes) bytes; \(result.changed) added or changed, \(result.removed) removed)")
+        }
     }
 }
 

@@ -492,4 +492,15 @@ public struct Ext4Inode: Sendable, Equatable {
     public var isSymlink: Bool { record.isSymlink }
     public var xattrs: [Ext4XAttr] { record.xattrs }
     public var deviceNumbers: (major: UInt32, minor: UInt32) { record.deviceNumbers }
+
+    /// Whether `other` (the same inode number read from another disk of one chain, e.g. a
+    /// layer and its child) holds the same file: every field of the inode but its access
+    /// time, extents and xattrs included. A write moves the ctime and a rewrite the extents.
+    public func isUnchanged(from other: Ext4Inode) -> Bool {
+        guard number == other.number else { return false }
+        var mine = record, theirs = other.record
+        mine.accessTime = Ext4Time(seconds: 0)
+        theirs.accessTime = Ext4Time(seconds: 0)
+        return mine == theirs
+    }
 }

@@ -1,0 +1,79 @@
+import Disk
+import Foundation
+import Images
+
+/// What `commitContainer` made: the new image and its new layer.
+public struct CommitResult: Codable, Sendable, Equatable {
+    public var image: ImageRecord
+    /// The new layer's digest (uncompressed, so also its diff_id).
+    public var layer: Digest
+    /// Bytes of the new layer's tarball.
+    public var layerBytes: Int64
+    /// Files, folders and links it writes whole (added or changed).
+    public var changed: Int
+    /// Names it removes (whiteouts).
+    public var removed: Int
+}
+
+extension Engine {
+    /// Commits a container's changes into a new image `name`: its own disk (a child of its
+    /// image's top layer disk) is compared with that layer, the differences become one more
+    /// layer (an uncompressed OCI tarball, whiteouts for removed names) on top of the image's,
+    /// and the new image is registered as a pull would register it — its own root folder,
+    /// its layer disks (the parent's reused, one new), the parent's config with the layer in
+    /// its diff_ids and history. The container must have ended (its changes are all on its
+    /// disk then) and must run from a pulled image's layer disks in this engine (not in a worker).
+    public func commitContainer(_ idOrName: String, as name: String, comment: String? = nil, by actor: String) async throws -> CommitResult {
+        try await audited("container.commit", subject: idOrName, actor: actor, detail: "{\"image\":\(Self.jsonString(name))}") {
+            try ensureAccepting()
+            let container = try container(idOrName)
+            guard Self.validName(name) else {
+                throw EngineError.invalid("name", "image name \"\(name.prefix(100))\" must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
+            }
+            if let comment { try Self.validateArguments([comment], field: "comment") }
+            if registry.withLock({ $0.images[name] != nil }) {
+                throw EngineError(.conflict, "image \(name) already exists (remove it first or commit under another name)", field: "name")
+            }
+            guard container.exit != nil else {
+                throw EngineError(.conflict, "container \(container.id) has not ended: stop it first (its files reach its disk when it ends)")
+            }
+            guard container.shard == nil else {
+                throw EngineError(.conflict, "container \(container.id) ran in an engine worker, which serves images from folders: it has no disk of its own to commit")
+            }
+            let parent = try image(container.info.image)
+            guard let engine = layerDiskEngine, let pulled = parent.pulled, let top = pulled.layerDisks?.last else {
+                throw EngineError(.conflict, "container \(container.id) has no disk of its own to commit: its image \(parent.name) runs from a folder (only pulled images run from layer disks, and only with rootfs from disks on)")
+            }
+            let upperPath = container.disk?.diskPath ?? containerDisks?.path(for: container.id) ?? ""
+            guard FileManager.default.fileExists(atPath: upperPath) else {
+                throw EngineError(.conflict, "container \(container.id) has no disk of its own to commit (its image was served from a folder when it ran)")
+            }
+            let lowerPath = imagePuller.layerDisks.folder.appendingPathComponent(top).path
+            let upper: Ext4Volume, lower: Ext4Volume
+            do {
+                upper = try await Ext4Volume.open(disk: try await VirtualDisk.open(path: upperPath, writable: false, engine: engine))
+                lower = try await Ext4Volume.open(disk: try await VirtualDisk.open(path: lowerPath, writable: false, engine: engine))
+            } catch {
+                throw EngineError(.failed, "container \(container.id): its disk or its image's top layer disk cannot be read: \(error)")
+            }
+            do {
+                return try await imagePuller.commit(upper: upper, lower: lower, onto: pulled, reference: name, container: container.id,
+                                                    comment: comment) { committed, rootfs, layer in
+                    let commandLine = committed.entrypoint + committed.cmd
+                    guard let program = commandLine.first else {
+                        throw EngineError.invalid("id", "image \(parent.name): its config names no entrypoint or cmd, so there is no program to run")
+                    }
+                    let executable = try ProgramResolver.resolve(program, rootfs: rootfs, environment: committed.env, workingDir: committed.workingDir)
+                    var image = ImageRecord(name: name, rootfs: rootfs.path, executable: executable,
+                                            arguments: Array(commandLine.dropFirst()), environment: committed.env)
+                    image.pulled = committed
+                    let added = try await addImage(image, by: actor)
+                    return CommitResult(image: added, layer: layer.diffID, layerBytes: layer.tarBytes, changed: layer.summary.changed,
+                                        removed: layer.summary.removed)
+                }
+            } catch let error as ImageError {
+                throw Self.engineError(error)
+            }
+        }
+    }
+}
