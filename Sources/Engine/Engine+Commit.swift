@@ -1,6 +1,7 @@
 import Disk
 import Foundation
 import Images
+import Placement
 
 /// What `commitContainer` made: the new image and its new layer.
 public struct CommitResult: Codable, Sendable, Equatable {
@@ -68,6 +69,7 @@ extension Engine {
                                             arguments: Array(commandLine.dropFirst()), environment: committed.env)
                     image.pulled = committed
                     let added = try await addImage(image, by: actor)
+                    await inheritPlacementCost(of: parent.name, as: name, by: actor)
                     return CommitResult(image: added, layer: layer.diffID, layerBytes: layer.tarBytes, changed: layer.summary.changed,
                                         removed: layer.summary.removed)
                 }
@@ -75,5 +77,21 @@ extension Engine {
                 throw Self.engineError(error)
             }
         }
+    }
+
+    /// A committed image runs the program of the image it came from: placement takes that
+    /// image's cost for it (when placement knows it), so its containers can be placed in a
+    /// pool — a VCH's `docker run` of it — without an `image add` to the placement state.
+    private func inheritPlacementCost(of source: String, as name: String, by actor: String) async {
+        let placement = self.placement
+        let added = try? await onBlockingThread { () throws -> ImageCost? in
+            guard var cost = try? placement.read({ core in try core.image(source) }), (try? placement.read({ core in try core.image(name) })) == nil else { return nil }
+            cost.name = name
+            try placement.addImage(cost)
+            return cost
+        }
+        guard let added = added ?? nil else { return }
+        record("placement.image.add", subject: name, actor: actor,
+               detail: "{\"from\":\(Self.jsonString(source)),\"parentMemoryKiB\":\(added.parentMemoryKiB),\"growthPerChildKiB\":\(added.growthPerChildKiB)}")
     }
 }

@@ -53,6 +53,8 @@ extension VirtualContainerHost {
             return try await info()
         case "events" where segments.count == 1 && method == .GET:
             return try await events(request)
+        case "commit" where segments.count == 1 && method == .POST:
+            return try await commitContainer(request)
         case "containers":
             return try await routeContainer(request, Array(segments.dropFirst()))
         case "images":
@@ -88,7 +90,7 @@ extension VirtualContainerHost {
         case (.GET, "stats"): return try await stats(id, request)
         case (.GET, "changes"), (.GET, "export"), (.POST, "pause"), (.POST, "unpause"),
              (.POST, "restart"), (.POST, "update"), (.POST, "rename"), (.POST, "exec"), (.GET, "archive"), (.PUT, "archive"),
-             (.HEAD, "archive"), (.POST, "commit"):
+             (.HEAD, "archive"):
             _ = try await resolve(id)
             throw DockerError.notImplemented("\(action) is not supported by this VCH (the host agent has no such operation)")
         default:

@@ -104,4 +104,35 @@ extension VirtualContainerHost {
         }
         return DockerResponse(headers: [("Content-Type", "application/json")], body: .stream(body))
     }
+
+    /// `POST /commit?container=ID&repo=REPO[&tag=latest][&comment=M][&author=A]` (docker
+    /// commit): the agent's POST /v1/containers/{id}/commit, which makes an image of an ended
+    /// container of a pulled image. The agent names images without tags, by the repository's
+    /// last part, as its pull does: a tag other than latest and `--change` are refused by name.
+    func commitContainer(_ request: DockerRequest) async throws -> DockerResponse {
+        guard let reference = request.string("container"), !reference.isEmpty else { throw DockerError.badRequest("commit needs a container") }
+        let info = try await resolve(reference)
+        guard let repository = request.string("repo"), !repository.isEmpty else {
+            throw DockerError.badRequest("commit needs a repository name: this VCH's host agent names every image")
+        }
+        if let tag = request.string("tag"), !tag.isEmpty, tag != "latest" {
+            throw DockerError.badRequest("commit tag \(tag) is not supported: the host agent names images without tags (commit as \(repository) or \(repository):latest)")
+        }
+        if let changes = request.query["changes"], changes.contains(where: { !$0.isEmpty }) {
+            throw DockerError.badRequest("commit --change is not supported by this VCH: the new image keeps its image's config")
+        }
+        if !request.body.isEmpty, let object = try? JSONSerialization.jsonObject(with: request.body, options: [.fragmentsAllowed]),
+           let config = object as? [String: Any], !config.isEmpty {
+            throw DockerError.badRequest("commit with a container config is not supported by this VCH: the new image keeps its image's config")
+        }
+        let name = DockerNames.imageCandidates(repository).last ?? repository
+        var comment = request.string("comment").flatMap { $0.isEmpty ? nil : $0 }
+        if let author = request.string("author"), !author.isEmpty { comment = [comment, "author: \(author)"].compactMap { $0 }.joined(separator: "; ") }
+        struct Body: Encodable { var name: String; var comment: String? }
+        feed.forgetImages()
+        let response = try await agent.call("POST", "/v1/containers/\(AgentBackend.escape(info.id))/commit", json: Body(name: name, comment: comment))
+        feed.forgetImages()
+        let result = try response.decode(CommitResult.self)
+        return try .json(["Id": DockerNames.imageID(result.image)], status: .created)
+    }
 }

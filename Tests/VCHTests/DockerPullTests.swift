@@ -47,5 +47,21 @@ struct DockerPullTests {
         // A tag the registry lacks is refused by name.
         let missing = try fixture.docker(socket, ["pull", "127.0.0.1:\(port)/busybox:no-such-tag"])
         #expect(missing.status != 0 && missing.stderr.contains("no-such-tag"), "\(missing)")
+
+        // docker commit: an ended container of the pulled image becomes an image of its own.
+        let maker = try fixture.docker(socket, ["run", "--name", "maker", pulled.name, "sh", "-c", "echo made > /made; rm /etc/hostname"])
+        #expect(maker.status == 0, "\(maker)")
+        let committed = try fixture.docker(socket, ["commit", "-m", "one file", "maker", "made"])
+        #expect(committed.status == 0 && committed.stdout.hasPrefix("sha256:"), "\(committed)")
+        let fromCommit = try fixture.docker(socket, ["run", "--rm", "made", "sh", "-c", "cat /made; test -e /etc/hostname || echo no-hostname"])
+        #expect(fromCommit.status == 0 && fromCommit.stdout == "made\nno-hostname\n", "\(fromCommit)")
+        let made = try fixture.agent.send("GET", "/v1/images/made").decode(ImageRecord.self)
+        #expect(made.pulled?.committedFrom != nil && made.pulled?.layers.count == (pulled.pulled?.layers.count ?? 0) + 1, "\(made)")
+        // What this VCH cannot keep is refused by name.
+        let tagged = try fixture.docker(socket, ["commit", "maker", "made2:v2"])
+        #expect(tagged.status != 0 && tagged.stderr.contains("tag v2"), "\(tagged)")
+        let changed = try fixture.docker(socket, ["commit", "-c", "CMD [\"sh\"]", "maker", "made3"])
+        #expect(changed.status != 0 && changed.stderr.contains("--change"), "\(changed)")
+        #expect(try fixture.docker(socket, ["rm", "maker"]).status == 0)
     }
 }
