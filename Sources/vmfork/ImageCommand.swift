@@ -69,7 +69,7 @@ struct ImageCommand: ParsableCommand {
             let response = try daemon.call("GET", "/v1/images")
             if daemon.json { return daemon.printJSON(response) }
             print(table(["NAME", "EXECUTABLE", "ARGUMENTS", "SOURCE"], try response.decode([ImageRecord].self).map {
-                [$0.name, $0.executable, $0.arguments.joined(separator: " "), $0.pulled?.reference ?? $0.rootfs]
+                [$0.name, $0.executable, $0.arguments.joined(separator: " "), $0.pulled.map { pulled in pulled.committedFrom.map { "committed from \($0.prefix(12))" } ?? pulled.reference } ?? $0.rootfs]
             }))
         }
     }
