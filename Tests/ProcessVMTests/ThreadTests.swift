@@ -339,6 +339,82 @@ struct ThreadTests {
         #expect(guest.stdout.contains("unmapped wait -14\n"))
     }
 
+    /// Robust mutexes: a thread that exits holding one leaves it to the next locker with
+    /// EOWNERDEAD — one locking after the owner died, one already waiting when it died, and
+    /// the first thread exiting with one while another thread lives on — as natively. Without
+    /// the robust list's walk the locks time out (each bounded, so the test fails, not hangs).
+    @Test(arguments: [false, true])
+    func robustMutexesOfADeadThreadAsNatively(polled: Bool) throws {
+        let source = """
+        #include <errno.h>
+        #include <pthread.h>
+        #include <stdio.h>
+        #include <string.h>
+        #include <time.h>
+        #include <unistd.h>
+        static pthread_mutex_t mutex;
+        static pthread_mutex_t held_by_main;
+        static volatile int locked = 0;
+        static const char *name(int r) { return r == 0 ? "0" : r == EOWNERDEAD ? "EOWNERDEAD" : r == ETIMEDOUT ? "ETIMEDOUT" : strerror(r); }
+        static int timed_lock(pthread_mutex_t *m) {
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_sec += 3;
+            return pthread_mutex_timedlock(m, &until);
+        }
+        static void *exits_holding(void *arg) {
+            int r = timed_lock(&mutex);
+            if (r != 0 && r != EOWNERDEAD) printf("the thread could not lock: %s\\n", name(r));
+            locked = 1;
+            if (arg) usleep(100000);
+            return NULL;
+        }
+        static void *outlives_main(void *arg) {
+            int r = timed_lock(&held_by_main);
+            printf("after the first thread exited holding it: %s\\n", name(r));
+            fflush(stdout);
+            _exit(r == EOWNERDEAD ? 0 : 3);
+        }
+        int main(void) {
+            pthread_mutexattr_t attributes;
+            pthread_mutexattr_init(&attributes);
+            pthread_mutexattr_setrobust(&attributes, PTHREAD_MUTEX_ROBUST);
+            pthread_mutex_init(&mutex, &attributes);
+            pthread_mutex_init(&held_by_main, &attributes);
+            pthread_t thread;
+            pthread_create(&thread, NULL, exits_holding, NULL);
+            pthread_join(thread, NULL);
+            int r = timed_lock(&mutex);
+            printf("locked after its owner exited: %s\\n", name(r));
+            if (r == EOWNERDEAD) printf("made consistent: %s\\n", name(pthread_mutex_consistent(&mutex)));
+            pthread_mutex_unlock(&mutex);
+
+            locked = 0;
+            pthread_create(&thread, NULL, exits_holding, (void *)1);
+            for (int tries = 0; !locked && tries < 5000; tries++) usleep(1000);
+            r = timed_lock(&mutex);
+            printf("waiting when its owner exited: %s\\n", name(r));
+            if (r == EOWNERDEAD) pthread_mutex_consistent(&mutex);
+            pthread_mutex_unlock(&mutex);
+            pthread_join(thread, NULL);
+            printf("then as usual: %s\\n", name(timed_lock(&mutex)));
+            pthread_mutex_unlock(&mutex);
+            fflush(stdout);
+
+            pthread_mutex_lock(&held_by_main);
+            pthread_create(&thread, NULL, outlives_main, NULL);
+            pthread_exit(NULL);
+        }
+        """
+        let root = try GlibcGuest.rootfs(source, name: "robust-mutex", flags: ["-O1", "-pthread"])
+        defer { try? FileManager.default.removeItem(at: root) }
+        let host = try HostFacts.run(root.appendingPathComponent("prog").path, [])
+        #expect(host.status == 0 && host.stdout.contains("locked after its owner exited: EOWNERDEAD"), "\(host)")
+        let guest = try GuestRunner.run(["/prog"], rootfs: root, pollsSystemCalls: polled)
+        #expect(guest.status == host.status, "\(guest.stderr) missing: \(guest.vm.missingSyscalls)")
+        #expect(guest.stdout == host.stdout)
+    }
+
     /// A thread bomb: threads are held by the container's process limit (threads count, as
     /// RLIMIT_NPROC counts them), pthread_create answers EAGAIN, and the process's exit
     /// ends the threads still blocked.

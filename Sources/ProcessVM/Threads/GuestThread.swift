@@ -183,10 +183,13 @@ extension ProcessVM {
         }
     }
 
-    /// A thread other than the first ended: CLONE_CHILD_CLEARTID's word is zeroed and its
+    /// A thread other than the first ended: its robust list is walked (when it exited by
+    /// itself), CLONE_CHILD_CLEARTID's word is zeroed and its
     /// waiters woken (what pthread_join waits for), its tid goes back, its vCPU is kept for
     /// the next thread.
     private func threadEnded(_ thread: GuestThread) {
+        // Its own exit (not the process's end): its robust mutexes are released as dead.
+        if thread.hasExited, threads.groupExit == nil { releaseRobustFutexes(of: thread) }
         if let address = thread.clearChildTID, address % 4 == 0, space.write(address, [0, 0, 0, 0]) {
             _ = threads.futexes.wake(address, count: 1, bitset: FutexTable.anyBitset)
         }

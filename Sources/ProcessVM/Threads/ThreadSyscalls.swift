@@ -5,7 +5,7 @@ import KVM
 /// Threads: clone with CLONE_THREAD (and clone3, which glibc's pthread_create tries first)
 /// makes another vCPU of the process's VM, run by a host thread of its own; exit ends one
 /// thread, exit_group all; tgkill and tkill reach one thread; set_robust_list and
-/// get_robust_list keep the list's head (it is not walked at exit).
+/// get_robust_list keep the list's head, walked when the thread exits (`RobustList.swift`).
 extension ProcessVM {
     enum ThreadCall {
         static let tkill = 200, setRobustList = 273, getRobustList = 274, clone3 = 435
@@ -166,6 +166,9 @@ extension ProcessVM {
             current.hasExited = true
             return .resumed
         }
+        // The process lives on while its other threads run: the first thread's robust
+        // mutexes are released as dead now, as Linux does at its exit.
+        releaseRobustFutexes(of: mainThread)
         releasingMachineState { threads.waitUntilEmpty() }
         // An exit_group or a fatal signal in another thread meanwhile, or a kill, prevails.
         return .exit(endRequest ?? .exited(status))
