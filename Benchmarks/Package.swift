@@ -34,7 +34,7 @@ let package = Package(
         benchmarkTarget("ProcessVM", fixtures: true),
         benchmarkTarget("Syscall", fixtures: true),
         benchmarkTarget("Fork", fixtures: true),
-        benchmarkTarget("Disk"),
+        benchmarkTarget("Disk", fixtures: true, agent: true),
         benchmarkTarget("Agent", fixtures: true, agent: true),
     ]
 )

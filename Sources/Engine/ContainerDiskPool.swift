@@ -36,6 +36,9 @@ final class ContainerDiskPool: Sendable {
     /// Forks that found no disk ready and made their own.
     var misses: Int { state.withLock { $0.misses } }
 
+    /// Disks ready for children of the top layer disk at `top`.
+    func readyCount(top: String) -> Int { state.withLock { $0.ready[top]?.count ?? 0 } }
+
     func path(for id: String) -> String { folder.appendingPathComponent("\(id).vmdk").path }
 
     /// A disk for a container, a child of `top`: a ready one (the fork pays for taking it
@@ -98,6 +101,16 @@ final class ContainerDiskPool: Sendable {
 }
 
 extension Engine {
+    /// Containers' writable disks made at fork because none was ready (each a miss: the
+    /// fork waited for a child VMDK to be made).
+    public var containerDiskMisses: Int { containerDisks?.misses ?? 0 }
+
+    /// Container disks ready for the next containers of `image` (0 when it is not served from disks).
+    public func containerDisksReady(forImage name: String) -> Int {
+        guard let pool = containerDisks, let image = try? image(name), let top = image.pulled?.layerDisks?.last else { return 0 }
+        return pool.readyCount(top: imagePuller.layerDisks.folder.appendingPathComponent(top).path)
+    }
+
     /// The container's own root on a writable child of its image's top disk, when the family
     /// serves its root from the image's disks; nil for a folder rootfs.
     func containerDiskRoot(for family: ParentFamily, id: String) throws -> ContainerDiskRoot? {

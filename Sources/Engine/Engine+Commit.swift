@@ -25,7 +25,8 @@ extension Engine {
     /// its diff_ids and history. The container must have ended (its changes are all on its
     /// disk then) and must run from a pulled image's layer disks in this engine (not in a worker).
     public func commitContainer(_ idOrName: String, as name: String, comment: String? = nil, by actor: String) async throws -> CommitResult {
-        try await audited("container.commit", subject: idOrName, actor: actor, detail: "{\"image\":\(Self.jsonString(name))}") {
+        try await audited("container.commit", subject: idOrName, actor: actor, detail: "{\"image\":\(Self.jsonString(name))}",
+                          subjectOf: { $0.image.pulled?.committedFrom }) {
             try ensureAccepting()
             let container = try container(idOrName)
             guard Self.validName(name) else {

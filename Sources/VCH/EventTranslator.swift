@@ -47,6 +47,7 @@ final class EventTranslator: Sendable {
         case "container.stop": ("container", "stop")
         case "container.kill": ("container", "kill")
         case "container.remove": ("container", "destroy")
+        case "container.commit": ("container", "commit")
         case "image.add": ("image", "tag")
         case "image.pull": ("image", "pull")
         case "image.remove": ("image", "delete")
@@ -156,7 +157,7 @@ extension VirtualContainerHost {
     private enum AgentEventLine { case event(EventTranslator.AgentEvent) }
 
     static let agentEventTypes = ["container.create", "container.start", "container.exit", "container.stop", "container.kill",
-                                  "container.remove", "image.add", "image.pull", "image.remove"]
+                                  "container.remove", "container.commit", "image.add", "image.pull", "image.remove"]
 
     /// What the VCH knows of a container an event names, asking the agent once when new.
     func knownContainer(_ id: String) async -> EventTranslator.Known? {

@@ -57,6 +57,14 @@ struct DockerPullTests {
         #expect(fromCommit.status == 0 && fromCommit.stdout == "made\nno-hostname\n", "\(fromCommit)")
         let made = try fixture.agent.send("GET", "/v1/images/made").decode(ImageRecord.self)
         #expect(made.pulled?.committedFrom != nil && made.pulled?.layers.count == (pulled.pulled?.layers.count ?? 0) + 1, "\(made)")
+        // The commit as Docker shows it (the agent's audit log is written behind the call: looked up until it is there).
+        var events = ""
+        for _ in 0..<20 where events.isEmpty {
+            events = try fixture.docker(socket, ["events", "--since", "1m", "--until", "0s", "--filter", "event=commit", "--format",
+                                                 "{{.Type}} {{.Action}} {{.Actor.Attributes.name}}"]).stdout
+            if events.isEmpty { usleep(100_000) }
+        }
+        #expect(events == "container commit maker\n", "\(events)")
         // What this VCH cannot keep is refused by name.
         let tagged = try fixture.docker(socket, ["commit", "maker", "made2:v2"])
         #expect(tagged.status != 0 && tagged.stderr.contains("tag v2"), "\(tagged)")

@@ -24,6 +24,7 @@ let benchmarks: @Sendable () -> Void = {
         }
     }
     containerDiskBenchmarks()
+    diskForkBenchmarks()
 }
 
 /// The benchmarks' disk: a 128 MiB monolithicSparse VMDK with every grain allocated, made on
