@@ -1,4 +1,5 @@
 import Disk
+import HostSystem
 import Foundation
 import IOEngine
 import Logging
@@ -7,8 +8,9 @@ import Synchronization
 
 /// Containers' own disks, in STATE/images/containers/: each a child VMDK of its image's top
 /// layer disk (a descriptor and an empty grain directory), named by the container's id and
-/// removed with it. A few per image are made ahead in ready/, as the VM pools make VMs, so a
-/// fork only renames one into place; a fork that finds none makes its own (a miss).
+/// removed with it, made only for a container that changes something. A few per image are
+/// made ahead in ready/, as the VM pools make VMs, so a container's first change only
+/// renames one into place; one that finds none makes its own (a miss).
 final class ContainerDiskPool: Sendable {
     let folder: URL
     let readyFolder: URL
@@ -33,7 +35,7 @@ final class ContainerDiskPool: Sendable {
         try FileManager.default.createDirectory(at: readyFolder, withIntermediateDirectories: true)
     }
 
-    /// Forks that found no disk ready and made their own.
+    /// Containers that found no disk ready at their first change and made their own.
     var misses: Int { state.withLock { $0.misses } }
 
     /// Disks ready for children of the top layer disk at `top`.
@@ -41,29 +43,24 @@ final class ContainerDiskPool: Sendable {
 
     func path(for id: String) -> String { folder.appendingPathComponent("\(id).vmdk").path }
 
-    /// A disk for a container, a child of `top`: a ready one (the fork pays for taking it
-    /// from the list; `name` renames it to the container's name afterwards), or one made now
-    /// under the container's name. Called on a KVM thread (a miss waits for the I/O thread).
-    func take(top: String, id: String) throws -> (path: String, ready: Bool) {
+    /// A disk for container `id`, a child of `top`, at its first change: a ready one renamed
+    /// to the container's name, or one made now under it (a miss, which waits for the I/O
+    /// thread). Called on a KVM thread, under the container root's lock.
+    func take(top: String, id: String) throws -> String {
         defer { refill(top: top) }
-        if let made = state.withLock({ $0.ready[top]?.popLast() }) { return (made, true) }
-        state.withLock { $0.misses += 1 }
         let target = path(for: id)
-        try wait { () async throws(DiskError) in try await VMDKImage.createChild(at: target, parent: top, engine: self.engine) }
-        return (target, false)
-    }
-
-    /// Names a taken ready disk by its container, off the fork's path.
-    func name(_ root: ContainerDiskRoot, id: String) {
-        let target = path(for: id)
-        DispatchQueue.global(qos: .utility).async {
-            if !root.moveDisk(to: target) { self.logger.debug("a container disk was not renamed (removed first)", metadata: ["id": "\(id)"]) }
+        while let made = state.withLock({ $0.ready[top]?.popLast() }) {
+            if rename(made, target) == 0 { return target }
+            logger.warning("a ready container disk could not be taken", metadata: ["disk": "\(made)", "error": "\(String(cString: strerror(errno)))"])
         }
+        state.withLock { $0.misses += 1 }
+        try wait { () async throws(DiskError) in try await VMDKImage.createChild(at: target, parent: top, engine: self.engine) }
+        return target
     }
 
     /// Removes a container's disk (with the container): wherever it is now, and by its name.
     func remove(id: String, root: ContainerDiskRoot? = nil) {
-        if let root { _ = unlink(root.diskPath) }
+        if let path = root?.diskPath { _ = unlink(path) }
         _ = unlink(path(for: id))
     }
 
@@ -101,8 +98,8 @@ final class ContainerDiskPool: Sendable {
 }
 
 extension Engine {
-    /// Containers' writable disks made at fork because none was ready (each a miss: the
-    /// fork waited for a child VMDK to be made).
+    /// Containers' writable disks made at their first change because none was ready (each a
+    /// miss: that change waited for a child VMDK to be made).
     public var containerDiskMisses: Int { containerDisks?.misses ?? 0 }
 
     /// Container disks ready for the next containers of `image` (0 when it is not served from disks).
@@ -112,13 +109,18 @@ extension Engine {
     }
 
     /// The container's own root on a writable child of its image's top disk, when the family
-    /// serves its root from the image's disks; nil for a folder rootfs.
+    /// serves its root from the image's disks; nil for a folder rootfs. The child is taken
+    /// from the pool only at the container's first change: a container that only reads
+    /// costs no disk (no take, no rename, no unlink, no refill).
     func containerDiskRoot(for family: ParentFamily, id: String) throws -> ContainerDiskRoot? {
         guard let pool = containerDisks, let image = family.rootFileSystem as? DiskRootFileSystem else { return nil }
         let top = image.volume.disk.layers[0].path
-        let (path, ready) = try pool.take(top: top, id: id)
-        let root = ContainerDiskRoot(base: image, diskPath: path)
-        if ready { pool.name(root, id: id) }
-        return root
+        let logger = self.logger
+        return ContainerDiskRoot(base: image) { () throws(SystemError) -> String in
+            do { return try pool.take(top: top, id: id) } catch {
+                logger.error("a container's disk could not be made", metadata: ["id": "\(id)", "error": "\(error)"])
+                throw SystemError(call: "make the container's disk (\(error))", errno: EIO)
+            }
+        }
     }
 }

@@ -46,11 +46,11 @@ extension Engine {
             guard let engine = layerDiskEngine, let pulled = parent.pulled, let top = pulled.layerDisks?.last else {
                 throw EngineError(.conflict, "container \(container.id) has no disk of its own to commit: its image \(parent.name) runs from a folder (only pulled images run from layer disks, and only with rootfs from disks on)")
             }
-            let upperPath = container.disk?.diskPath ?? containerDisks?.path(for: container.id) ?? ""
-            guard FileManager.default.fileExists(atPath: upperPath) else {
-                throw EngineError(.conflict, "container \(container.id) has no disk of its own to commit (its image was served from a folder when it ran)")
-            }
             let lowerPath = imagePuller.layerDisks.folder.appendingPathComponent(top).path
+            // A container that changed nothing has no disk (it is made at the first change):
+            // its layer is empty, the diff of the top layer with itself.
+            let ownDisk = container.disk?.diskPath ?? containerDisks?.path(for: container.id)
+            let upperPath = ownDisk.flatMap { FileManager.default.fileExists(atPath: $0) ? $0 : nil } ?? lowerPath
             let upper: Ext4Volume, lower: Ext4Volume
             do {
                 upper = try await Ext4Volume.open(disk: try await VirtualDisk.open(path: upperPath, writable: false, engine: engine))

@@ -249,7 +249,7 @@ extension Engine {
         // Its changes reach its disk before anyone hears it ended.
         if let disk = container.disk {
             do { try disk.finish() } catch {
-                logger.error("a container's changes could not be written to its disk", metadata: ["id": "\(container.id)", "error": "\(error)", "disk": "\(disk.diskPath)"])
+                logger.error("a container's changes could not be written to its disk", metadata: ["id": "\(container.id)", "error": "\(error)", "disk": "\(disk.diskPath ?? "none")"])
             }
         }
         let (info, wake) = container.finish(exit, at: Date().timeIntervalSince1970)

@@ -15,7 +15,7 @@ struct LiveBuilder: @unchecked Sendable {
 }
 
 /// A container's root filesystem on its own child disk (a child VMDK of the image's top
-/// layer, made at fork): reads come from the image's shared `DiskRootFileSystem` (and its
+/// layer, made or taken at its first change): reads come from the image's shared `DiskRootFileSystem` (and its
 /// caches) until the container changes something; the first change opens the child for
 /// writing with the ext4 writer (`Ext4Builder.open(on:)`, deferred frees), and from then on
 /// the container's metadata is the builder's, in memory, and changes land in the child.
@@ -29,9 +29,12 @@ struct LiveBuilder: @unchecked Sendable {
 /// `@unchecked Sendable`: `live` and everything in it are guarded by `lock`.
 public final class ContainerDiskRoot: GuestWritableRootFileSystem, @unchecked Sendable {
     public let base: DiskRootFileSystem
-    /// The container's child disk (where it is now: see `moveDisk`).
-    public var diskPath: String { lock.withLock { path } }
-    private var path: String
+    /// The container's child disk; nil while a root made
+    /// with `makeDisk` has not changed anything (it has no disk yet).
+    public var diskPath: String? { lock.withLock { path } }
+    private var path: String?
+    /// Makes (or takes) the child disk at the first change and returns its path.
+    private let makeDisk: (@Sendable () throws(SystemError) -> String)?
     private let lock = NSLock()
     private var live: Live?
     /// Set by `finish`: the container has ended and its root serves nothing more.
@@ -58,18 +61,16 @@ public final class ContainerDiskRoot: GuestWritableRootFileSystem, @unchecked Se
     public init(base: DiskRootFileSystem, diskPath: String) {
         self.base = base
         path = diskPath
+        makeDisk = nil
     }
 
-    /// Renames the disk file to `newPath` (the engine names it by the container after the
-    /// fork, off the fork's path); an open disk stays open. False when it failed (the
-    /// container was removed meanwhile, its disk with it).
-    @discardableResult
-    public func moveDisk(to newPath: String) -> Bool {
-        lock.withLock {
-            guard Glibc.rename(path, newPath) == 0 else { return false }
-            path = newPath
-            return true
-        }
+    /// A root whose child disk is made only when the container first changes something
+    /// (`makeDisk`, called then under the root's lock): a container that only reads costs
+    /// no disk at all.
+    public init(base: DiskRootFileSystem, makeDisk: @escaping @Sendable () throws(SystemError) -> String) {
+        self.base = base
+        path = nil
+        self.makeDisk = makeDisk
     }
 
     public var device: UInt64 { base.device }
@@ -311,7 +312,8 @@ public final class ContainerDiskRoot: GuestWritableRootFileSystem, @unchecked Se
         defer { lock.unlock() }
         guard !finished else { throw SystemError(call: "the container's disk after its end", errno: EIO) }
         if live == nil {
-            let path = self.path
+            if path == nil, let makeDisk { path = try makeDisk() }
+            guard let path = self.path else { throw SystemError(call: "the container's disk", errno: EIO) }
             let engine = base.volume.disk.engine
             let opened = try base.waiting { () async throws(Ext4Error) -> (LiveBuilder, Ext4Volume) in
                 let disk: VirtualDisk
