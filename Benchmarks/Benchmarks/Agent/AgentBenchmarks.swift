@@ -41,6 +41,22 @@ let benchmarks: @Sendable () -> Void = {
         precondition(result == "hi\n")
     }
 
+    // The guest's write path to a container's logs: one write(2) per line, 20,000 of them,
+    // to stdout alone and alternating stdout and stderr (the engine's log files).
+    let writes = Benchmark.Configuration(metrics: [.wallClock], warmupIterations: 2, scalingFactor: .one,
+                                         maxDuration: .seconds(20), maxIterations: 40)
+    for (name, line) in [("stdout", "echo x"), ("stdout and stderr alternating", "echo x; echo y >&2")] {
+        let lines = name == "stdout" ? 20000 : 10000
+        Benchmark("Engine in process → busybox sh writing 20,000 lines to \(name), finished (pool ready)", configuration: writes) { benchmark in
+            fixture.waitForEnginePool()
+            let script = "i=0; while [ $i -lt \(lines) ]; do \(line); i=$((i+1)); done"
+            benchmark.startMeasurement()
+            let result = try fixture.runInEngine(["sh", "-c", script])
+            benchmark.stopMeasurement()
+            precondition(result.stdout.utf8.count == lines * 2 && result.exitCode == 0)
+        }
+    }
+
     Benchmark("Fork in process → busybox echo hi finished, output captured (pool ready)", configuration: oneAtATime) { benchmark in
         fixture.parent.waitUntilPoolIsFull()
         benchmark.startMeasurement()
@@ -179,8 +195,12 @@ final class AgentFixture: @unchecked Sendable {
     }
 
     func runInEngine() throws -> String {
+        try runInEngine(["echo", "hi"]).stdout
+    }
+
+    func runInEngine(_ arguments: [String]) throws -> RunResult {
         let engine = self.engine
-        return Self.blocking { try await engine.runContainer(ContainerSpec(image: "busybox", arguments: ["echo", "hi"]), by: "bench").stdout }
+        return Self.blocking { try await engine.runContainer(ContainerSpec(image: "busybox", arguments: arguments), by: "bench") }
     }
 
     func waitForDaemonPool() {
