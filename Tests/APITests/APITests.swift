@@ -169,6 +169,13 @@ struct DaemonTests {
             #expect(refused.status == 400 && refused.text.contains(field), "\(query): \(refused.status) \(refused.text)")
         }
 
+        // The CLI: the same stamps with --timestamps, and --since.
+        let cli = try HostFacts.run(DaemonFixture.binary, ["container", "logs", "--state", daemon.state.path, "--timestamps", "--since", at((a + b) / 2), "timed"])
+        let stampedText = try client.send("GET", "/v1/containers/timed/logs?timestamps=true").text
+        #expect(cli.status == 0 && cli.stdout == stampedText.split(separator: "\n").dropFirst().map { $0 + "\n" }.joined(), "\(cli)")
+        let badCLI = try HostFacts.run(DaemonFixture.binary, ["container", "logs", "--state", daemon.state.path, "--since", "soon", "timed"])
+        #expect(badCLI.status != 0 && badCLI.stderr.contains("--since soon"), "\(badCLI)")
+
         // A partial record at the end of the index (a writer killed mid-record) is ignored.
         let index = daemon.state.appendingPathComponent("containers/\(id)/stdout.times")
         let whole = try Data(contentsOf: index)
