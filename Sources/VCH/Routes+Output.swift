@@ -2,8 +2,9 @@ import Engine
 import Foundation
 import Synchronization
 
-/// logs and the output half of attach: the agent's stdout and stderr logs, each followed on
-/// its own, framed (no TTY) or raw (TTY) and merged as the pieces arrive.
+/// logs and the output half of attach: the agent's stdout and stderr logs, framed (no TTY) or
+/// raw (TTY). logs takes them as lines with the times they were written, in that order;
+/// attach follows each on its own and merges the pieces as they arrive.
 extension VirtualContainerHost {
     struct OutputOptions {
         var stdout = true
@@ -11,8 +12,9 @@ extension VirtualContainerHost {
         var follow = false
         /// From the first byte (else from what is there now).
         var fromStart = true
-        /// Only the last N lines of what is there now.
+        /// logs: only the last N lines of what is there now (of both streams together).
         var tail: Int?
+        /// logs: each line with the time it was written.
         var timestamps = false
     }
 
@@ -124,13 +126,11 @@ extension VirtualContainerHost {
             let base = "/v1/containers/\(info.id)/logs?stream=\(kind.agentName)"
             var source: AsyncThrowingStream<Data, Error>
             let running = info.state != .exited
-            if options.fromStart, options.tail == nil, options.follow, running {
+            if options.fromStart, options.follow, running {
                 source = followUntilExit(info.id, base, since: 0)
             } else {
                 let present = try await agent.call("GET", base).body
-                var shown = options.fromStart ? present : Data()
-                if let tail = options.tail { shown = Self.lastLines(shown, tail) }
-                source = ByteStreams.single(shown)
+                source = ByteStreams.single(options.fromStart ? present : Data())
                 if options.follow, running { source = ByteStreams.concat(source, followUntilExit(info.id, base, since: present.count)) }
             }
             streams.append(ByteStreams.map(source) { StreamFrames.encode($0, kind, tty: tty) })
@@ -196,24 +196,6 @@ extension VirtualContainerHost {
         }
         continuation.onTermination = { _ in task.cancel() }
         return stream
-    }
-
-    /// The last `count` lines of `data`.
-    static func lastLines(_ data: Data, _ count: Int) -> Data {
-        guard count > 0 else { return Data() }
-        let bytes = [UInt8](data)
-        var end = bytes.count
-        if end > 0, bytes[end - 1] == 0x0A { end -= 1 }
-        var seen = 0
-        var index = end
-        while index > 0 {
-            if bytes[index - 1] == 0x0A {
-                seen += 1
-                if seen == count { return Data(bytes[index...]) }
-            }
-            index -= 1
-        }
-        return data
     }
 }
 
