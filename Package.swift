@@ -141,7 +141,7 @@ let package = Package(
         .testTarget(name: "WorkloadProfilesTests", dependencies: ["WorkloadProfiles", "TestSupport"], swiftSettings: strictSettings),
         .testTarget(name: "PlacementTests", dependencies: ["Placement", "Store", "WorkloadProfiles", "TestSupport", "vmfork"], swiftSettings: strictSettings),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "Fork", "Store", "TestSupport", .product(name: "GRDB", package: "GRDB.swift"), .product(name: "Metrics", package: "swift-metrics")], swiftSettings: strictSettings),
-        .testTarget(name: "APITests", dependencies: ["API", "Engine", "HostSystem", "Placement", "Load", "WorkloadProfiles", "TestSupport", "vmfork"], swiftSettings: strictSettings),
+        .testTarget(name: "APITests", dependencies: ["API", "Engine", "HostSystem", "ProcessVM", "Placement", "Load", "WorkloadProfiles", "TestSupport", "vmfork"], swiftSettings: strictSettings),
         .testTarget(name: "LoadTests", dependencies: ["Load", "API", "WorkloadProfiles"], swiftSettings: strictSettings),
         .testTarget(name: "VCHTests", dependencies: ["VCH", "API", "Engine", "TestSupport", "vmfork"], swiftSettings: strictSettings),
         .testTarget(name: "StoreTests", dependencies: ["Store", "TestSupport"], swiftSettings: strictSettings),

@@ -118,8 +118,10 @@ struct AgentRoutes: Sendable {
         on(.get, "/v1/containers/{id}/logs") { request, context in
             let streamName = try request.string("stream") ?? "all"
             guard let stream = LogStream(rawValue: streamName) else { throw APIError.invalid("stream \(streamName) is not stdout, stderr or all", field: "stream") }
-            let logs = try engine.logs(try context.parameter("id"), stream: stream, since: try request.int("since", in: 0...(1 << 40)) ?? 0,
-                                       follow: try request.bool("follow", default: false))
+            let query = LogQuery(stream: stream, since: try request.int("since", in: 0...(1 << 40)) ?? 0,
+                                 sinceTime: try request.double("sinceTime", in: 0...1e11), untilTime: try request.double("untilTime", in: 0...1e11),
+                                 timestamps: try request.bool("timestamps", default: false), follow: try request.bool("follow", default: false))
+            let logs = try engine.logs(try context.parameter("id"), query)
             return Response(status: .ok, headers: [.contentType: "application/octet-stream"], body: ResponseBody { writer in
                 for try await chunk in logs { try await writer.write(ByteBuffer(bytes: chunk)) }
                 try await writer.finish(nil)

@@ -5,7 +5,13 @@ import Foundation
 /// at 14 % of its CPU (a stat of every ancestor, a directory walk to delete three files).
 enum ContainerFolder {
     /// The files a container's folder holds (see `ContainerStreams`).
-    static let knownFiles = ["stdout.log", "stderr.log", "stdin"]
+    static let knownFiles = ["stdout.log", "stderr.log", "stdout.times", "stderr.times", "stdin"]
+
+    /// The log file of `stream` (stdout or stderr) in a container's folder.
+    static func logFile(_ stream: LogStream) -> String { stream == .stderr ? "stderr.log" : "stdout.log" }
+
+    /// Its time index (`LogTimeIndex`).
+    static func timesFile(_ stream: LogStream) -> String { stream == .stderr ? "stderr.times" : "stdout.times" }
 
     /// Makes `folder` (mode 0700); its parent is made too when missing.
     static func make(_ folder: URL) throws {

@@ -437,52 +437,6 @@ extension Engine {
     private func readAll(_ path: String) -> Data {
         (try? Data(contentsOf: URL(fileURLWithPath: path))) ?? Data()
     }
-
-    // MARK: Logs
-
-    /// The container's output: `stream` from byte `since` of each file; with `follow`, goes
-    /// on while the container runs and ends once it has ended and everything is sent.
-    public func logs(_ idOrName: String, stream: LogStream = .all, since: Int = 0, follow: Bool = false) throws -> AsyncThrowingStream<Data, Error> {
-        guard since >= 0 else { throw EngineError.invalid("since", "since \(since) is negative") }
-        let container = try container(idOrName)
-        let paths = switch stream {
-        case .stdout: [container.stdoutPath]
-        case .stderr: [container.stderrPath]
-        case .all: [container.stdoutPath, container.stderrPath]
-        }
-        let feed = eventFeed
-        return AsyncThrowingStream { continuation in
-            let task = Task {
-                var offsets = paths.map { _ in since }
-                while !Task.isCancelled {
-                    let ended = container.exit != nil
-                    var sent = false
-                    for (index, path) in paths.enumerated() {
-                        let chunk = Self.read(path, from: offsets[index])
-                        if !chunk.isEmpty {
-                            offsets[index] += chunk.count
-                            continuation.yield(chunk)
-                            sent = true
-                        }
-                    }
-                    if !follow || (ended && !sent) || feed.isClosed && !sent { break }
-                    if !sent { try? await Task.sleep(for: .milliseconds(20)) }
-                }
-                continuation.finish()
-            }
-            continuation.onTermination = { _ in task.cancel() }
-        }
-    }
-
-    /// Up to 1 MiB of a log file from `offset` (empty when there is nothing new or no file).
-    static func read(_ path: String, from offset: Int) -> Data {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return Data() }
-        defer { close(fd) }
-        var buffer = [UInt8](repeating: 0, count: 1 << 20)
-        let count = pread(fd, &buffer, buffer.count, off_t(offset))
-        return count > 0 ? Data(buffer[0..<count]) : Data()
-    }
 }
 
 /// A container's standard streams: stdout and stderr into its log files; stdin from
@@ -492,6 +446,9 @@ private struct ContainerStreams {
     let output: Int32
     let error: Int32
     let stdinWriter: Int32
+    /// Where each write to stdout.log and stderr.log lands in time (stdout.times, stderr.times).
+    let outputTimes: LogTimeIndex
+    let errorTimes: LogTimeIndex
 
     init(folder: URL, stdin: String?, openStdin: Bool) throws {
         try ContainerFolder.make(folder)
@@ -500,6 +457,17 @@ private struct ContainerStreams {
             guard fd >= 0 else { throw EngineError(.failed, "cannot open \(name) in \(folder.path): \(String(cString: strerror(errno)))") }
             return fd
         }
+        func openTimes(_ stream: LogStream, _ timeline: LogTimeline) throws -> LogTimeIndex {
+            let name = ContainerFolder.timesFile(stream)
+            do {
+                return try LogTimeIndex(path: folder.appendingPathComponent(name).path, stream: stream == .stdout ? 1 : 2, timeline: timeline)
+            } catch {
+                throw EngineError(.failed, "cannot open \(name) in \(folder.path): \(error)")
+            }
+        }
+        let timeline = LogTimeline()
+        outputTimes = try openTimes(.stdout, timeline)
+        errorTimes = try openTimes(.stderr, timeline)
         output = try openLog("stdout.log")
         error = try openLog("stderr.log")
         if openStdin {
@@ -521,7 +489,7 @@ private struct ContainerStreams {
         guard input >= 0 else { throw EngineError(.failed, "cannot open the standard input: \(String(cString: strerror(errno)))") }
     }
 
-    var standard: StandardStreams { StandardStreams(input: input, output: output, error: error) }
+    var standard: StandardStreams { StandardStreams(input: input, output: output, error: error, outputTimes: outputTimes, errorTimes: errorTimes) }
 
     /// The child holds its own duplicates once forked.
     func closeChildEnds() {

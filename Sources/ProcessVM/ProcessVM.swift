@@ -48,10 +48,16 @@ public struct StandardStreams: Sendable {
     public var input: Int32
     public var output: Int32
     public var error: Int32
-    public init(input: Int32 = 0, output: Int32 = 1, error: Int32 = 2) {
+    /// The time indexes of `output` and `error` when they are a container's log files: each
+    /// guest write to them notes itself there (`LogTimeIndex`).
+    public var outputTimes: LogTimeIndex?
+    public var errorTimes: LogTimeIndex?
+    public init(input: Int32 = 0, output: Int32 = 1, error: Int32 = 2, outputTimes: LogTimeIndex? = nil, errorTimes: LogTimeIndex? = nil) {
         self.input = input
         self.output = output
         self.error = error
+        self.outputTimes = outputTimes
+        self.errorTimes = errorTimes
     }
 }
 
@@ -238,6 +244,7 @@ public final class ProcessVM: @unchecked Sendable {
                 files = try GuestFiles(rootfs: configuration.rootfs, stdin: streams.input, stdout: streams.output, stderr: streams.error,
                                        descriptorLimit: configuration.descriptorLimit)
             }
+            files.attachLogTimes(output: streams.outputTimes, error: streams.errorTimes)
             if configuration.workingDirectory != "/" {
                 let changed = configuration.workingDirectory.withCString { files.chdir($0) }
                 if changed < 0 { throw SystemError(call: "chdir(working directory \(configuration.workingDirectory))", errno: Int32(-changed)) }

@@ -181,14 +181,32 @@ struct ContainerCommand: ParsableCommand {
     }
 
     struct Logs: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Print a container's output (stdout, then stderr; with -f as it comes).")
+        static let configuration = CommandConfiguration(
+            abstract: "Print a container's output (stdout, then stderr; with -f as it comes).",
+            discussion: "With --timestamps, --since or --until: whole lines, stdout's and stderr's in the order they were written, each line's time that of its first byte (at most 1 ms early).")
         @Argument(help: "Container id or name.") var container: String
         @Flag(name: .shortAndLong, help: "Follow the output until the container ends.") var follow = false
         @Option(help: "stdout, stderr or all.") var stream = "all"
+        @Flag(name: .shortAndLong, help: "Prefix each line with the time it was written (RFC 3339, UTC, nanoseconds).") var timestamps = false
+        @Option(help: "Only lines written since this time: seconds since 1970, or a duration ago (30s, 5m, 2h).") var since: String?
+        @Option(help: "Only lines written until this time: seconds since 1970, or a duration ago (30s, 5m, 2h).") var until: String?
         @OptionGroup var daemon: DaemonOptions
 
+        /// Seconds since 1970 from "1733388137.5" or a duration ago ("30s", "5m", "2h").
+        static func time(_ text: String, option: String) throws -> Double {
+            if let seconds = Double(text), seconds.isFinite { return seconds }
+            let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600]
+            if let unit = text.last.flatMap({ units[$0] }), let count = Double(text.dropLast()), count.isFinite, count >= 0 {
+                return Date().timeIntervalSince1970 - count * unit
+            }
+            throw CLIError("--\(option) \(text) is neither seconds since 1970 nor a duration such as 30s, 5m or 2h")
+        }
+
         func run() throws {
-            let path = "/v1/containers/\(percentEncoded(container))/logs?stream=\(percentEncoded(stream))&follow=\(follow)"
+            var path = "/v1/containers/\(percentEncoded(container))/logs?stream=\(percentEncoded(stream))&follow=\(follow)"
+            if timestamps { path += "&timestamps=true" }
+            if let since { path += "&sinceTime=\(try Self.time(since, option: "since"))" }
+            if let until { path += "&untilTime=\(try Self.time(until, option: "until"))" }
             var refusal = Data()
             let status: Int
             do {

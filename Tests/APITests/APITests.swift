@@ -1,6 +1,7 @@
 import API
 import Engine
 import Foundation
+import ProcessVM
 import TestSupport
 import Testing
 
@@ -100,6 +101,90 @@ struct DaemonTests {
         #expect(rest.text == String(String(decoding: received, as: UTF8.self).dropFirst(7)))
         let exit = try client.send("POST", "/v1/containers/writer/wait").decode(ExitInfo.self)
         #expect(exit.exitCode == 0)
+    }
+
+    /// `logs` by time: each line stamped with when it was written (the engine's time index
+    /// beside each log), stdout and stderr merged in that order, since/until by time, a
+    /// process the container forks timed too, bad times refused by name, and a time index
+    /// with a partial last record (a writer killed mid-record) read as far as it is whole.
+    @Test func logsCarryTheTimesTheLinesWereWritten() throws {
+        let daemon = try DaemonFixture()
+        try daemon.start()
+        defer { daemon.stop() }
+        let client = daemon.client
+        try daemon.addBusybox(client)
+        // The subshell is a forked guest process (a VM of its own) writing to the same logs.
+        let script = "echo a; sleep 0.3; echo b >&2; sleep 0.3; (echo c; sleep 0.3; echo d >&2); echo e"
+        let created = try client.send("POST", "/v1/containers", json: ContainerSpec(image: "busybox", name: "timed", arguments: ["sh", "-c", script]))
+        #expect(created.status == 201)
+        let id = try created.decode(ContainerInfo.self).id
+        #expect(try client.send("POST", "/v1/containers/timed/start").status == 200)
+        #expect(try client.send("POST", "/v1/containers/timed/wait").decode(ExitInfo.self).exitCode == 0)
+        let info = try client.send("GET", "/v1/containers/timed").decode(ContainerInfo.self)
+        let (started, finished) = (try #require(info.startedAt), try #require(info.finishedAt))
+
+        func stamped(_ query: String) throws -> [(time: Double, text: String)] {
+            let response = try client.send("GET", "/v1/containers/timed/logs?timestamps=true" + query)
+            #expect(response.status == 200, "\(query): \(response.text)")
+            return response.text.split(separator: "\n").map { line in
+                let stamp = line.prefix(LogStamp.length)
+                #expect(line.dropFirst(LogStamp.length).first == " ", "\(line)")
+                let nanoseconds = LogStamp.parse(stamp.utf8) ?? 0
+                return (Double(nanoseconds) / 1e9, String(line.dropFirst(LogStamp.length + 1)))
+            }
+        }
+        let all = try stamped("")
+        #expect(all.map(\.text) == ["a", "b", "c", "d", "e"], "merged in the order written: \(all)")
+        for (earlier, later) in zip(all, all.dropFirst()) {
+            #expect(earlier.time < later.time, "\(all)")
+        }
+        // Each sleep of 0.3 s is between two lines; a stamp is at most 1 ms early.
+        for (earlier, later) in zip(all, all.dropFirst()) where ["a", "b", "c"].contains(earlier.text) {
+            #expect(later.time - earlier.time >= 0.299, "\(earlier) → \(later)")
+        }
+        // Within the container's life (its start and end are seconds as a Double: 1 µs of slack).
+        #expect(all.allSatisfy { $0.time >= started - 1e-6 && $0.time <= finished + 1e-6 }, "\(started) \(all) \(finished)")
+        // One stream alone: the same stamps.
+        let stdout = try stamped("&stream=stdout")
+        #expect(stdout.map(\.text) == ["a", "c", "e"])
+        #expect(stdout.map(\.time) == all.filter { ["a", "c", "e"].contains($0.text) }.map(\.time))
+        // since between a and c: b on; until before b: a alone; both: b and c.
+        let (a, b, c) = (all[0].time, all[1].time, all[2].time)
+        func at(_ time: Double) -> String { String(format: "%.6f", time) }
+        #expect(try stamped("&sinceTime=\(at((a + b) / 2))").map(\.text) == ["b", "c", "d", "e"])
+        #expect(try stamped("&untilTime=\(at((a + b) / 2))").map(\.text) == ["a"])
+        #expect(try stamped("&sinceTime=\(at((a + b) / 2))&untilTime=\(at((c + all[3].time) / 2))").map(\.text) == ["b", "c"])
+        // A time filter without stamps: the lines as they are.
+        #expect(try client.send("GET", "/v1/containers/timed/logs?stream=stderr&sinceTime=\(at((a + b) / 2))").text == "b\nd\n")
+        // The byte offset still works as before, and with times.
+        #expect(try client.send("GET", "/v1/containers/timed/logs?stream=stdout&since=2").text == "c\ne\n")
+        #expect(try stamped("&stream=stdout&since=2").map(\.text) == ["c", "e"])
+
+        // Bad times: refused by name, with what was wrong.
+        let future = Date().timeIntervalSince1970 + 3600
+        for (query, field) in [("sinceTime=nan", "sinceTime"), ("sinceTime=-1", "sinceTime"), ("untilTime=inf", "untilTime"),
+                               ("sinceTime=\(at(future))", "sinceTime"), ("sinceTime=\(at(b))&untilTime=\(at(a))", "untilTime"),
+                               ("sinceTime=soon", "sinceTime"), ("timestamps=maybe", "timestamps")] {
+            let refused = try client.send("GET", "/v1/containers/timed/logs?" + query)
+            #expect(refused.status == 400 && refused.text.contains(field), "\(query): \(refused.status) \(refused.text)")
+        }
+
+        // The CLI: the same stamps with --timestamps, and --since.
+        let cli = try HostFacts.run(DaemonFixture.binary, ["container", "logs", "--state", daemon.state.path, "--timestamps", "--since", at((a + b) / 2), "timed"])
+        let stampedText = try client.send("GET", "/v1/containers/timed/logs?timestamps=true").text
+        #expect(cli.status == 0 && cli.stdout == stampedText.split(separator: "\n").dropFirst().map { $0 + "\n" }.joined(), "\(cli)")
+        let badCLI = try HostFacts.run(DaemonFixture.binary, ["container", "logs", "--state", daemon.state.path, "--since", "soon", "timed"])
+        #expect(badCLI.status != 0 && badCLI.stderr.contains("--since soon"), "\(badCLI)")
+
+        // A partial record at the end of the index (a writer killed mid-record) is ignored.
+        let index = daemon.state.appendingPathComponent("containers/\(id)/stdout.times")
+        let whole = try Data(contentsOf: index)
+        #expect(!whole.isEmpty && whole.count % LogTimeIndex.recordSize == 0, "\(whole.count) bytes")
+        let handle = try FileHandle(forWritingTo: index)
+        try handle.seekToEnd()
+        try handle.write(contentsOf: Data([0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]))
+        try handle.close()
+        #expect(try stamped("").map(\.time) == all.map(\.time))
     }
 
     @Test func stopRunsTheGuestsTermHandler() throws {

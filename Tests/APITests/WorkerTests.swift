@@ -107,6 +107,34 @@ struct WorkerTests {
         #expect(Self.workerPID(daemon, shard: 0) == nil && Self.workerPID(daemon, shard: 1) == nil, "a graceful stop stops the workers")
     }
 
+    /// In workers mode the worker writes the logs and their time indexes; the daemon serves
+    /// the lines with the times they were written, stdout and stderr in that order.
+    @Test func logsFromAWorkerCarryTheTimesTheLinesWereWritten() async throws {
+        let daemon = try DaemonFixture()
+        try daemon.start(extra: ["--workers", "1"])
+        defer {
+            daemon.stop()
+            Self.killWorkers(daemon, count: 1)
+        }
+        let client = daemon.client
+        try daemon.addBusybox(client)
+        let script = "echo a; read -t 0.3 x; echo b >&2; read -t 0.3 x; echo c"
+        let created = try await client.send("POST", "/v1/containers", json: ContainerSpec(image: "busybox", name: "timed", arguments: ["sh", "-c", script],
+                                                                                          memoryMiB: 32, openStdin: true))
+        #expect(created.status == 201, "\(created.text)")
+        #expect(try await client.send("POST", "/v1/containers/timed/start").status == 200)
+        #expect(try await client.send("POST", "/v1/containers/timed/wait").decode(ExitInfo.self).exitCode == 0)
+        let info = try await client.send("GET", "/v1/containers/timed").decode(ContainerInfo.self)
+        let (started, finished) = (try #require(info.startedAt), try #require(info.finishedAt))
+        let text = try await client.send("GET", "/v1/containers/timed/logs?timestamps=true").text
+        let lines = text.split(separator: "\n").map { (time: Double(LogStamp.parse($0.prefix(LogStamp.length).utf8) ?? 0) / 1e9,
+                                                        text: String($0.dropFirst(LogStamp.length + 1))) }
+        #expect(lines.map(\.text) == ["a", "b", "c"], "\(text)")
+        for (earlier, later) in zip(lines, lines.dropFirst()) { #expect(later.time - earlier.time >= 0.299, "\(text)") }
+        #expect(lines.allSatisfy { $0.time >= started - 1e-6 && $0.time <= finished + 1e-6 }, "\(started) \(text) \(finished)")
+        #expect(daemon.stop() == 0)
+    }
+
     /// A run in workers mode is one call to the worker (create and start together), and the
     /// log still has each container's create and start before its exit, however fast the
     /// program ends: the exit the worker reports first waits until they are recorded.

@@ -128,8 +128,12 @@ struct DockerCLITests {
         #expect(wait.stdout == "5\n", "\(wait)")
         let logs = try fixture.docker(socket, ["logs", "job"])
         #expect(logs.stdout == "one\ntwo\nfour\n" && logs.stderr == "three\n", "\(logs)")
-        let tail = try fixture.docker(socket, ["logs", "--tail", "1", "job"])
+        // --tail counts the lines of both streams together, as Docker's one log file does.
+        let tail = try fixture.docker(socket, ["logs", "--tail", "2", "job"])
         #expect(tail.stdout == "four\n" && tail.stderr == "three\n", "\(tail)")
+        let tailOne = try fixture.docker(socket, ["logs", "--tail", "1", "job"])
+        #expect(tailOne.stdout == "four\n" && tailOne.stderr == "", "\(tailOne)")
+        #expect(try fixture.dockerCombined(socket, ["logs", "job"]) == "one\ntwo\nthree\nfour\n", "stdout and stderr in the order written")
         let stamped = try fixture.docker(socket, ["logs", "-t", "job"])
         let stampedLines = stamped.stdout.split(separator: "\n")
         #expect(stampedLines.count == 3 && stampedLines.allSatisfy { $0.wholeMatch(of: /\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z \w+/) != nil }, "\(stamped)")
@@ -193,6 +197,48 @@ struct DockerCLITests {
         #expect(try fixture.docker(socket, ["ps", "-a", "-q"]).stdout.isEmpty)
         let gone = try fixture.docker(socket, ["inspect", "job"])
         #expect(gone.status != 0 && gone.stderr.contains("No such container: job") || gone.stderr.contains("No such object: job"), "\(gone.stderr)")
+    }
+
+    /// `docker logs -t` shows when each line was written (the agent's time index), within the
+    /// container's life; --since and --until choose by that time; stdout and stderr come in
+    /// the order they were written; a bad time is refused by name.
+    @Test func logsShowTheTimesTheLinesWereWrittenAndFilterByThem() throws {
+        let fixture = try VCHFixture()
+        let socket = try fixture.startVCH("dev", pool: "dev")
+        let script = "echo a; sleep 0.3; echo b >&2; sleep 0.3; echo c"
+        #expect(try fixture.docker(socket, ["run", "--name", "timed", "busybox", "sh", "-c", script]).status == 0)
+        let stamped = try fixture.dockerCombined(socket, ["logs", "-t", "timed"])
+        let lines = stamped.split(separator: "\n").map { line -> (stamp: String, nanoseconds: Int64, text: String) in
+            let stamp = String(line.prefix(LogStamp.length))
+            return (stamp, LogStamp.parse(stamp.utf8) ?? 0, String(line.dropFirst(LogStamp.length + 1)))
+        }
+        #expect(lines.map(\.text) == ["a", "b", "c"], "in the order written: \(stamped)")
+        for (earlier, later) in zip(lines, lines.dropFirst()) {
+            #expect(later.nanoseconds - earlier.nanoseconds >= 299_000_000, "0.3 s apart (a stamp is at most 1 ms early): \(stamped)")
+        }
+        let life = try fixture.docker(socket, ["inspect", "-f", "{{.State.StartedAt}} {{.State.FinishedAt}}", "timed"]).stdout
+            .split(separator: " ").map { String($0).trimmingCharacters(in: .whitespacesAndNewlines) }
+        let (started, finished) = (try #require(LogStamp.parse(life[0].utf8)), try #require(LogStamp.parse(life[1].utf8)))
+        #expect(lines.allSatisfy { $0.nanoseconds >= started - 1_000 && $0.nanoseconds <= finished + 1_000 }, "\(life) \(stamped)")
+
+        // --since and --until as the CLI sends them: seconds since 1970 with nine digits.
+        func unix(_ nanoseconds: Int64) -> String { String(format: "%lld.%09lld", nanoseconds / 1_000_000_000, nanoseconds % 1_000_000_000) }
+        let (a, b, c) = (lines[0].nanoseconds, lines[1].nanoseconds, lines[2].nanoseconds)
+        #expect(try fixture.dockerCombined(socket, ["logs", "--since", unix((a + b) / 2), "timed"]) == "b\nc\n")
+        #expect(try fixture.dockerCombined(socket, ["logs", "--until", unix((a + b) / 2), "timed"]) == "a\n")
+        #expect(try fixture.dockerCombined(socket, ["logs", "--since", unix((a + b) / 2), "--until", unix((b + c) / 2), "timed"]) == "b\n")
+        // The same stamps each time, and with --since.
+        let since = try fixture.dockerCombined(socket, ["logs", "-t", "--since", lines[1].stamp, "timed"])
+        #expect(since == lines.dropFirst().map { "\($0.stamp) \($0.text)\n" }.joined(), "\(since)")
+        #expect(try fixture.dockerCombined(socket, ["logs", "--tail", "2", "timed"]) == "b\nc\n")
+
+        // A bad time straight to the VCH's API: 400 naming it.
+        let vch = AgentClient(socketPath: socket)
+        for query in ["since=soon", "until=-5", "since=1.2.3", "since=1.1234567891"] {
+            let refused = try vch.send("GET", "/v1.43/containers/timed/logs?stdout=1&\(query)")
+            let name = String(query.prefix { $0 != "=" })
+            #expect(refused.status == 400 && refused.text.contains(name), "\(query): \(refused.status) \(refused.text)")
+        }
     }
 
     @Test func memoryIsThePoolsChargeAndAFullPoolRefuses() throws {

@@ -112,6 +112,23 @@ final class VCHFixture: @unchecked Sendable {
         return (process.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errorBox.data, as: UTF8.self))
     }
 
+    /// `docker ARGS` with its stdout and stderr on one pipe, as a terminal shows them: the
+    /// order in which the CLI wrote the two.
+    func dockerCombined(_ socket: String, _ arguments: [String]) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.docker)
+        process.arguments = ["-H", "unix://\(socket)"] + arguments
+        process.environment = dockerEnvironment
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = out
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return String(decoding: data, as: UTF8.self)
+    }
+
     /// Starts `docker ARGS` in the background, its output to a file; `finish` stops it (SIGTERM
     /// unless it ended) and returns what it printed.
     func dockerInBackground(_ socket: String, _ arguments: [String]) throws -> BackgroundCLI {

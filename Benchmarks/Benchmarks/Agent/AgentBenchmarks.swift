@@ -41,6 +41,54 @@ let benchmarks: @Sendable () -> Void = {
         precondition(result == "hi\n")
     }
 
+    // The guest's write path to a container's logs: one write(2) per line, 20,000 of them,
+    // to stdout alone and alternating stdout and stderr (the engine's log files).
+    let writes = Benchmark.Configuration(metrics: [.wallClock], warmupIterations: 2, scalingFactor: .one,
+                                         maxDuration: .seconds(20), maxIterations: 40)
+    for (name, line) in [("stdout", "echo x"), ("stdout and stderr alternating", "echo x; echo y >&2")] {
+        let lines = name == "stdout" ? 20000 : 10000
+        Benchmark("Engine in process → busybox sh writing 20,000 lines to \(name), finished (pool ready)", configuration: writes) { benchmark in
+            fixture.waitForEnginePool()
+            let script = "i=0; while [ $i -lt \(lines) ]; do \(line); i=$((i+1)); done"
+            benchmark.startMeasurement()
+            let result = try fixture.runInEngine(["sh", "-c", script])
+            benchmark.stopMeasurement()
+            precondition(result.stdout.utf8.count == lines * 2 && result.exitCode == 0)
+        }
+    }
+
+    // The same writes by a bare fork, with and without the log time indexes (what the engine
+    // adds to each write to a container's log), in random order in each iteration so that
+    // all four see the same machine load.
+    let indexMetrics = ["stdout, no index µs", "stdout, with index µs", "alternating, no index µs", "alternating, with index µs"]
+    let indexed = Benchmark.Configuration(metrics: indexMetrics.map { .custom($0, polarity: .prefersSmaller) }, warmupIterations: 2,
+                                          scalingFactor: .one, maxDuration: .seconds(60), maxIterations: 40)
+    Benchmark("Interleaved: fork → busybox sh writing 20,000 lines, without and with log time indexes (pool ready)", configuration: indexed) { benchmark in
+        let variants = [("echo x", 20000, false), ("echo x", 20000, true), ("echo x; echo y >&2", 10000, false), ("echo x; echo y >&2", 10000, true)]
+        for index in variants.indices.shuffled() {
+            let (line, lines, timed) = variants[index]
+            fixture.parent.waitUntilPoolIsFull()
+            let (output, error) = (fixture.threadOutputs[0], fixture.threadOutputs[1])
+            try output.reset()
+            try error.reset()
+            var streams = StandardStreams(input: output.null, output: output.fd, error: error.fd)
+            if timed {
+                let timeline = LogTimeline()
+                streams.outputTimes = try LogTimeIndex(path: fixture.daemonState.appendingPathComponent("stdout.times").path, stream: 1, timeline: timeline)
+                streams.errorTimes = try LogTimeIndex(path: fixture.daemonState.appendingPathComponent("stderr.times").path, stream: 2, timeline: timeline)
+            }
+            let script = "i=0; while [ $i -lt \(lines) ]; do \(line); i=$((i+1)); done"
+            let start = ContinuousClock.now
+            let child = try fixture.parent.fork(arguments: ["sh", "-c", script], streams: streams)
+            blackHole(try child.run())
+            let elapsed = ContinuousClock.now - start
+            child.remove()
+            precondition(lseek(output.fd, 0, SEEK_END) == off_t(lines * 2))
+            benchmark.measurement(.custom(indexMetrics[index], polarity: .prefersSmaller),
+                                  Int(elapsed.components.seconds * 1_000_000 + elapsed.components.attoseconds / 1_000_000_000_000))
+        }
+    }
+
     Benchmark("Fork in process → busybox echo hi finished, output captured (pool ready)", configuration: oneAtATime) { benchmark in
         fixture.parent.waitUntilPoolIsFull()
         benchmark.startMeasurement()
@@ -179,8 +227,12 @@ final class AgentFixture: @unchecked Sendable {
     }
 
     func runInEngine() throws -> String {
+        try runInEngine(["echo", "hi"]).stdout
+    }
+
+    func runInEngine(_ arguments: [String]) throws -> RunResult {
         let engine = self.engine
-        return Self.blocking { try await engine.runContainer(ContainerSpec(image: "busybox", arguments: ["echo", "hi"]), by: "bench").stdout }
+        return Self.blocking { try await engine.runContainer(ContainerSpec(image: "busybox", arguments: arguments), by: "bench") }
     }
 
     func waitForDaemonPool() {

@@ -178,6 +178,7 @@ extension ProcessVM {
         let files: GuestFiles
         do throws(SystemError) {
             files = try forkPoint.files.copyForChildContainer(standardStreams: (streams.input, streams.output, streams.error), rootFileSystem: rootFileSystem)
+            files.attachLogTimes(output: streams.outputTimes, error: streams.errorTimes)
         } catch {
             throw .system(error)
         }

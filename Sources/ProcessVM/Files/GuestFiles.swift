@@ -150,6 +150,13 @@ public final class GuestFiles: @unchecked Sendable {
         return child
     }
 
+    /// Makes guest descriptors 1 and 2, as installed for a new VM or child container, note
+    /// their writes in `output` and `error` (a container's log time indexes).
+    func attachLogTimes(output: LogTimeIndex?, error: LogTimeIndex?) {
+        if let output { slots[1]?.file.logTimes = output }
+        if let error { slots[2]?.file.logTimes = error }
+    }
+
     /// The same descriptor numbers, close-on-exec flags and working directory, with each open
     /// file copied once by `copyFile` (descriptors that share an open file here share one in
     /// the copy too). The first `skipped` slots are left empty for the caller to fill;

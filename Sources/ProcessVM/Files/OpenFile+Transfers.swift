@@ -74,6 +74,7 @@ extension OpenFile {
         copy.growth = growth
         // The same kernel object: an epoll instance keeps one list of registrations.
         copy.kind = kind
+        copy.logTimes = logTimes
         return copy
     }
 
@@ -91,6 +92,7 @@ extension OpenFile {
 
     func write(from buffer: UnsafeRawBufferPointer) throws(SystemError) -> Int {
         if let growth { try charge(growth, upTo: nil, count: buffer.count) }
+        logTimes?.willWrite(to: hostFD)
         switch access {
         case .neverWaits, .nonBlocking:
             return try retryingSyscall("write") { Glibc.write(hostFD, buffer.baseAddress, buffer.count) }
@@ -112,6 +114,7 @@ extension OpenFile {
     func pwrite(from buffer: UnsafeRawBufferPointer, offset: Int) throws(SystemError) -> Int {
         guard access != .socket else { throw SystemError(call: "pwrite", errno: ESPIPE) }
         if let growth { try charge(growth, upTo: offset, count: buffer.count) }
+        logTimes?.willWrite(to: hostFD)
         return try retryingSyscall("pwrite") { Glibc.pwrite(hostFD, buffer.baseAddress, buffer.count, off_t(offset)) }
     }
 

@@ -26,6 +26,9 @@ final class OpenFile {
     /// What kernel object the guest made, when it made one (a pipe, an eventfd, a timerfd,
     /// an epoll instance): such an object is never handed to another container as it is.
     var kind: GuestObjectKind = .file
+    /// Set for a container's stdout and stderr log: the time index each write notes itself in
+    /// (shared by every descriptor and forked process writing that log).
+    var logTimes: LogTimeIndex?
 
     init(host: consuming FileDescriptor, isInsideRootfs: Bool, access: HostAccess = .neverWaits, guestStatusFlags: Int32? = nil) {
         self.host = host
