@@ -193,3 +193,8 @@ struct WorkerExit: Codable, Sendable {
 extension Duration {
     var milliseconds: Int { Int(components.seconds) * 1000 + Int(components.attoseconds / 1_000_000_000_000_000) }
 }
+
+/// The body of `debug.tryCreate` (debug builds): a path to create a file at.
+struct WorkerTryCreate: Codable, Sendable {
+    var path: String
+}

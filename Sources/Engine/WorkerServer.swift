@@ -158,6 +158,10 @@ public final class WorkerServer: Sendable {
         case "status":
             await peer.reply(id) { [self] in try await status(sharing: (try? body(WorkerStatusRequest.self, frame).sharing) ?? false) }
         #if DEBUG
+        case "debug.tryCreate":
+            // The proof that the Landlock domain is live (debug builds only): the errno of
+            // creating a file at the path given (0: made, and removed again).
+            await peer.reply(id) { Int(cshims_try_create(try body(WorkerTryCreate.self, frame).path)) }
         case "debug.forbiddenCall", "debug.x32Call":
             // The proof that the seccomp filter is live (debug builds only): a fork, or an x32
             // call, which the filter answers by ending this process with SIGSYS.

@@ -18,6 +18,10 @@ public struct WorkerProcessStatus: Codable, Sendable, Equatable {
     /// The NUMA node it is bound to, and why not when the binding failed.
     public var numaNode: Int?
     public var numaFailure: String?
+    /// The Landlock ABI of its domain (writes only to its state, the containers' output
+    /// folders, its socket, /dev/kvm and /dev/null), and why it has none when it failed.
+    public var landlockABI: Int?
+    public var landlockFailure: String?
     /// The memory policy and CPU affinity of the thread that answered (every thread of a
     /// worker has its first thread's: it execs once bound).
     public var numa: NUMABinding?
@@ -51,7 +55,8 @@ extension WorkerServer {
             pid: getpid(), rssKiB: fields["VmRSS"].flatMap { Int($0.split(separator: " ").first ?? "") } ?? 0,
             threads: fields["Threads"].flatMap { Int($0) } ?? 0, seccomp: fields["Seccomp"].flatMap { Int($0) } ?? 0,
             seccompMode: seccompMode.rawValue, allowedSystemCalls: seccompMode == .off ? 0 : WorkerSeccomp.allowedCalls.count + 1,
-            numaNode: confinement.numaNode, numaFailure: confinement.numaFailure, numa: try? NUMABinding.ofThisThread(),
+            numaNode: confinement.numaNode, numaFailure: confinement.numaFailure,
+            landlockABI: confinement.landlockABI, landlockFailure: confinement.landlockFailure, numa: try? NUMABinding.ofThisThread(),
             pagesPerNode: Dictionary(uniqueKeysWithValues: NUMABinding.pagesPerNode().map { ("\($0.key)", $0.value) }),
             parents: parents.reduce(0) { $0 + $1.parentsReady }, readyVMs: parents.reduce(0) { $0 + $1.readyVMsNow },
             liveChildren: parents.reduce(0) { $0 + $1.liveChildren },

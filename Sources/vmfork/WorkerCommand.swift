@@ -42,7 +42,7 @@ struct WorkerCommand: AsyncParsableCommand {
             throw ExitCode(1)
         }
         let confinement: WorkerConfinement
-        do { confinement = try WorkerConfinement.confine(shard: shard) } catch {
+        do { confinement = try WorkerConfinement.confine(shard: shard, stateFolder: URL(fileURLWithPath: state, isDirectory: true)) } catch {
             FileHandle.standardError.write(Data("vmfork worker: \(error)\n".utf8))
             throw ExitCode(1)
         }
@@ -55,9 +55,11 @@ struct WorkerCommand: AsyncParsableCommand {
             let server = try WorkerServer(engine: engine, shard: shard, socketPath: workers.appendingPathComponent("\(shard).sock").path,
                                           confinement: confinement, seccompMode: seccompMode)
             if let failure = confinement.numaFailure { logger.warning("worker not bound to its NUMA node", metadata: ["error": "\(failure)"]) }
+            if let failure = confinement.landlockFailure { logger.warning("worker without its Landlock domain", metadata: ["error": "\(failure)"]) }
             // Its engine, state and socket made: from here on only the engine's system calls.
             try WorkerSeccomp.install(seccompMode)
-            logger.info("worker confined", metadata: ["seccomp": "\(seccompMode.rawValue)", "numaNode": "\(confinement.numaNode.map(String.init) ?? "none")"])
+            logger.info("worker confined", metadata: ["seccomp": "\(seccompMode.rawValue)", "numaNode": "\(confinement.numaNode.map(String.init) ?? "none")",
+                                                      "landlockABI": "\(confinement.landlockABI.map(String.init) ?? "none")"])
             Task { await engine.warmUp() }
             let thread = Thread { server.serve() }
             thread.name = "vmfork-worker-accept"

@@ -8,12 +8,13 @@ import Testing
 
 /// What confines an engine worker, seen from outside it: its seccomp filter is live in every
 /// thread and kills it for a call outside the list (the daemon reports that and starts it
-/// again), and it is bound to its NUMA node. Real daemon, real workers, real KVM guests.
+/// again), its Landlock domain refuses writes outside its folders, and it is bound to its
+/// NUMA node. Real daemon, real workers, real KVM guests.
 @Suite(.enabled(if: HostFacts.hasKVM && BusyboxRootfs.isAvailable, "needs /dev/kvm and busybox-static"), .serialized)
 struct WorkerConfinementTests {
     /// Sends one worker-protocol request straight to a worker's socket and returns what comes
     /// back before the stream ends: nil when it ended without a reply.
-    static func rawRequest(socket path: String, op: String) throws -> String? {
+    static func rawRequest(socket path: String, op: String, body: String = "{}") throws -> String? {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         #expect(fd >= 0)
         defer { close(fd) }
@@ -27,7 +28,7 @@ struct WorkerConfinementTests {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
         guard connected == 0 else { throw AgentClient.ClientError(description: "connect \(path): errno \(errno)") }
-        let payload = Array(#"{"id":1,"op":"\#(op)","body":{}}"#.utf8)
+        let payload = Array(#"{"id":1,"op":"\#(op)","body":\#(body)}"#.utf8)
         let length = UInt32(payload.count)
         let frame = [UInt8(length & 0xff), UInt8(length >> 8 & 0xff), UInt8(length >> 16 & 0xff), UInt8(length >> 24)] + payload
         #expect(write(fd, frame, frame.count) == frame.count)
@@ -87,6 +88,21 @@ struct WorkerConfinementTests {
             #expect(process.rssKiB > 1024 && process.threads > 1)
             // One warm parent, its pool (of 2) refilling after the run.
             #expect(process.parents == 1 && process.readyVMs <= 2, "\(process)")
+            // Its Landlock domain, where the kernel has Landlock.
+            if process.landlockFailure != "the kernel has no Landlock" {
+                #expect((process.landlockABI ?? 0) >= 1 && process.landlockFailure == nil, "\(process)")
+            }
+        }
+        // Inside the domain a worker writes only where it must: not in a folder of the host
+        // (EACCES), in its own state folder (0).
+        if let process = workers.first?.process, process.landlockABI != nil {
+            let socket = daemon.state.appendingPathComponent("workers/0.sock").path
+            let outside = FileManager.default.temporaryDirectory.appendingPathComponent("vmfork-landlock-\(UUID().uuidString)").path
+            let refused = try Self.rawRequest(socket: socket, op: "debug.tryCreate", body: #"{"path":"\#(outside)"}"#)
+            #expect(refused?.contains(#""result":13"#) == true && !FileManager.default.fileExists(atPath: outside), "\(refused ?? "no reply")")
+            let inside = daemon.state.appendingPathComponent("workers/0/landlock-probe").path
+            let allowed = try Self.rawRequest(socket: socket, op: "debug.tryCreate", body: #"{"path":"\#(inside)"}"#)
+            #expect(allowed?.contains(#""result":0"#) == true, "\(allowed ?? "no reply")")
         }
         // A container blocked reading its stdin on each worker, then a forbidden call in shard 1's.
         var waiting: [String] = []
