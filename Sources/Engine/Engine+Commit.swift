@@ -61,15 +61,7 @@ extension Engine {
             do {
                 return try await imagePuller.commit(upper: upper, lower: lower, onto: pulled, reference: name, container: container.id,
                                                     comment: comment) { committed, rootfs, layer in
-                    let commandLine = committed.entrypoint + committed.cmd
-                    guard let program = commandLine.first else {
-                        throw EngineError.invalid("id", "image \(parent.name): its config names no entrypoint or cmd, so there is no program to run")
-                    }
-                    let executable = try ProgramResolver.resolve(program, rootfs: rootfs, environment: committed.env, workingDir: committed.workingDir)
-                    var image = ImageRecord(name: name, rootfs: rootfs.path, executable: executable,
-                                            arguments: Array(commandLine.dropFirst()), environment: committed.env)
-                    image.pulled = committed
-                    let added = try await addImage(image, by: actor)
+                    let added = try await register(committed, rootfs: rootfs, as: name, source: "image \(parent.name)", field: "id", by: actor)
                     await inheritPlacementCost(of: parent.name, as: name, by: actor)
                     return CommitResult(image: added, layer: layer.diffID, layerBytes: layer.tarBytes, changed: layer.summary.changed,
                                         removed: layer.summary.removed)

@@ -25,20 +25,27 @@ extension Engine {
             }
             do {
                 return try await imagePuller.pull(reference, credentials: credentials) { pulled, rootfs in
-                    let commandLine = pulled.entrypoint + pulled.cmd
-                    guard let program = commandLine.first else {
-                        throw EngineError.invalid("reference", "image \(reference): its config names no entrypoint or cmd, so there is no program to run")
-                    }
-                    let executable = try ProgramResolver.resolve(program, rootfs: rootfs, environment: pulled.env, workingDir: pulled.workingDir)
-                    var image = ImageRecord(name: imageName, rootfs: rootfs.path, executable: executable,
-                                            arguments: Array(commandLine.dropFirst()), environment: pulled.env)
-                    image.pulled = pulled
-                    return try await addImage(image, by: actor)
+                    try await register(pulled, rootfs: rootfs, as: imageName, source: "image \(reference)", field: "reference", by: actor)
                 }
             } catch let error as ImageError {
                 throw Self.engineError(error)
             }
         }
+    }
+
+    /// Registers an image installed in the datastore (pulled or committed) as `name`: its
+    /// program and arguments from the config's entrypoint and cmd (the program found in its
+    /// root folder), its environment from the config's env.
+    func register(_ pulled: PulledImage, rootfs: URL, as name: String, source: String, field: String, by actor: String) async throws -> ImageRecord {
+        let commandLine = pulled.entrypoint + pulled.cmd
+        guard let program = commandLine.first else {
+            throw EngineError.invalid(field, "\(source): its config names no entrypoint or cmd, so there is no program to run")
+        }
+        let executable = try ProgramResolver.resolve(program, rootfs: rootfs, environment: pulled.env, workingDir: pulled.workingDir)
+        var image = ImageRecord(name: name, rootfs: rootfs.path, executable: executable, arguments: Array(commandLine.dropFirst()),
+                                environment: pulled.env)
+        image.pulled = pulled
+        return try await addImage(image, by: actor)
     }
 
     /// The pulls in flight: phase, layers to download, bytes arrived.

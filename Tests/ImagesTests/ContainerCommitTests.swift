@@ -127,33 +127,19 @@ struct ContainerCommitTests {
     /// The daemon's route and the command line: `vmfork container commit ID NAME`.
     @Test func commitsThroughTheDaemonAndTheCommandLine() async throws {
         let registry = try RegistryFixture()
-        let state = try HostFacts.makeTemporaryFolder("commit-daemon")
-        defer { try? FileManager.default.removeItem(at: state) }
-        let binary = HostFacts.productsFolder.appendingPathComponent("vmfork").path
-        let daemon = Process()
-        daemon.executableURL = URL(fileURLWithPath: binary)
-        daemon.arguments = ["serve", "--state", state.path, "--stop-grace", "1"]
-        daemon.standardOutput = FileHandle.nullDevice
-        daemon.standardError = FileHandle.nullDevice
-        try daemon.run()
-        defer {
-            kill(daemon.processIdentifier, SIGTERM)
-            daemon.waitUntilExit()
-        }
-        let client = AgentClient(socketPath: state.appendingPathComponent(AgentDaemon.socketName).path)
-        for _ in 0..<200 where (try? await client.send("GET", "/v1/_ping"))?.status != 200 { try await Task.sleep(for: .milliseconds(20)) }
+        let daemon = try await DaemonProcess("commit-daemon")
+        defer { daemon.stop() }
+        let client = daemon.client
         _ = try await client.pullImage(reference: registry.reference("latest"), name: "bb")
         let created = try await client.send("POST", "/v1/containers", json: ContainerSpec(image: "bb", name: "maker", arguments: ["sh", "-c", "echo made > /made"]))
         #expect(created.status == 201, "\(created.text)")
         #expect(try await client.send("POST", "/v1/containers/maker/start").status == 200)
         #expect(try await client.send("POST", "/v1/containers/maker/wait").decode(ExitInfo.self).exitCode == 0)
 
-        let cli = { (arguments: [String]) throws -> (status: Int32, stdout: String, stderr: String) in
-            try HostFacts.run(binary, arguments + ["--state", state.path])
-        }
+        let cli = daemon.cli
         let committed = try cli(["container", "commit", "maker", "made", "-m", "one file"])
         #expect(committed.status == 0 && committed.stdout.contains("as image made") && committed.stdout.contains("1 removed") == false, "\(committed)")
-        let ran = try HostFacts.run(binary, ["container", "run", "made", "--state", state.path, "--", "cat", "/made"])
+        let ran = try HostFacts.run(daemon.binary, ["container", "run", "made", "--state", daemon.state.path, "--", "cat", "/made"])
         #expect(ran.status == 0 && ran.stdout == "made\n", "\(ran)")
         let image = try await client.send("GET", "/v1/images/made").decode(ImageRecord.self)
         #expect(image.pulled?.committedFrom != nil && image.pulled?.layers.count == 2)

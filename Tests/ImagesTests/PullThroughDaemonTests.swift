@@ -12,21 +12,9 @@ import Testing
 struct PullThroughDaemonTests {
     @Test func pullsThroughTheAgentClientAndTheCommandLineThenRuns() async throws {
         let registry = try RegistryFixture()
-        let state = try HostFacts.makeTemporaryFolder("pull-daemon")
-        defer { try? FileManager.default.removeItem(at: state) }
-        let binary = HostFacts.productsFolder.appendingPathComponent("vmfork").path
-        let daemon = Process()
-        daemon.executableURL = URL(fileURLWithPath: binary)
-        daemon.arguments = ["serve", "--state", state.path, "--stop-grace", "1"]
-        daemon.standardOutput = FileHandle.nullDevice
-        daemon.standardError = FileHandle.nullDevice
-        try daemon.run()
-        defer {
-            kill(daemon.processIdentifier, SIGTERM)
-            daemon.waitUntilExit()
-        }
-        let client = AgentClient(socketPath: state.appendingPathComponent(AgentDaemon.socketName).path)
-        for _ in 0..<200 where (try? await client.send("GET", "/v1/_ping"))?.status != 200 { try await Task.sleep(for: .milliseconds(20)) }
+        let daemon = try await DaemonProcess("pull-daemon")
+        defer { daemon.stop() }
+        let client = daemon.client
 
         let image = try await client.pullImage(reference: registry.reference("latest"), name: "bb")
         #expect(image.name == "bb" && image.executable == "/bin/busybox" && image.pulled?.reference == registry.reference("latest"))
@@ -42,9 +30,7 @@ struct PullThroughDaemonTests {
         #expect(bad.status == 400)
 
         // The command line: pull under another name, list, inspect, remove, collect.
-        let cli = { (arguments: [String]) throws -> (status: Int32, stdout: String, stderr: String) in
-            try HostFacts.run(binary, arguments + ["--state", state.path])
-        }
+        let cli = daemon.cli
         let pulled = try cli(["image", "pull", registry.reference("latest"), "--name", "bb-cli"])
         #expect(pulled.status == 0 && pulled.stdout.contains("as image bb-cli"), "\(pulled)")
         let list = try cli(["image", "ls"])
