@@ -16,10 +16,11 @@ struct DockerFiguresTests {
         let socket = try fixture.startVCH("dev", pool: "dev")
         #expect(try fixture.docker(socket, ["run", "-d", "--name", "forker", "busybox"] + Self.forker).status == 0)
         var rows: [[String]] = []
-        try fixture.waitUntil("the child process runs") {
+        // Until the child has executed /bin/sh (just after its fork it still shows its parent's command).
+        try fixture.waitUntil("the child process runs /bin/sh") {
             let top = (try? fixture.docker(socket, ["top", "forker"]))?.stdout ?? ""
             rows = top.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true).map(String.init) }
-            return rows.count == 3
+            return rows.count == 3 && rows.contains { $0.count > 3 && $0[3...].joined(separator: " ") == "/bin/sh -c while true; do :; done" }
         }
         #expect(rows[0] == ["PID", "PPID", "STATE", "CMD"], "\(rows)")
         let first = try #require(rows.first { $0.count > 3 && $0[3...].joined(separator: " ") == "/bin/busybox " + Self.forker.joined(separator: " ") }, "\(rows)")
