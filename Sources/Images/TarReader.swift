@@ -94,20 +94,30 @@ final class TarReader {
             start += count
             remaining -= Int64(count)
         }
-        if padding > 0 {
-            _ = try take(padding)
-            padding = 0
+        try skipPadding()
+    }
+
+    /// Skips the zeros that round the current entry's content up to a block. An archive that
+    /// ends right after the content, with neither the padding nor the end-of-archive blocks,
+    /// ends there: umoci 0.4's `insert` writes layers so (its tar writer is never closed) and
+    /// Go's archive/tar, which Docker, containerd and umoci unpack with, reads them. Part of
+    /// the padding is still a truncated archive. The layer's digests cover every byte either way.
+    private func skipPadding() throws(ImageError) {
+        guard padding > 0 else { return }
+        defer { padding = 0 }
+        if try ensure(padding) {
+            start += padding
+            return
         }
+        guard start == end else { throw error("the archive ends inside the padding after the entry's content") }
+        finished = true
     }
 
     /// Copies up to `target.count` bytes of the current entry's content into `target`;
     /// returns the count, 0 once the content is all read (its padding then skipped).
     func readSome(into target: UnsafeMutableRawBufferPointer) throws(ImageError) -> Int {
         if remaining == 0 {
-            if padding > 0 {
-                _ = try take(padding)
-                padding = 0
-            }
+            try skipPadding()
             return 0
         }
         if start == end, try !ensure(1) { throw error("the archive ends inside the entry's content (\(remaining) bytes missing)") }

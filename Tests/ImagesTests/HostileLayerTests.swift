@@ -94,6 +94,8 @@ import Testing
         badSum[0] ^= 0x20
         try expectRefused([badSum], "header checksum")
         try expectRefused([Array(tar.bytes.prefix(1024))], "ends inside the entry's content")
+        // Cut inside the padding after the last content (an end right after it is whole: UnpackTests).
+        try expectRefused([Array(tar.bytes.dropLast(10))], "ends inside the padding after the entry's content")
         let gz = try gzipped(tar.finished())
         try expectRefused([Array(gz.prefix(gz.count / 2))], "gzip stream is truncated")
         var sparse = TarWriter()

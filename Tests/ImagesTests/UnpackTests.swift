@@ -31,6 +31,24 @@ import Testing
         #expect(info.st_mode & 0o7777 == 0o4755)
     }
 
+    /// umoci 0.4's `insert` ends a layer right after its last file's content, with neither the
+    /// padding nor the end-of-archive blocks (Go's archive/tar reads such layers): the layer
+    /// is whole, its last file complete.
+    @Test func aLayerEndingRightAfterItsLastContentIsWhole() throws {
+        let fixture = try UnpackFixture()
+        defer { fixture.remove() }
+        var tar = TarWriter()
+        tar.add("etc/", .directory, mode: 0o755)
+        tar.add("etc/first", content: Array("first\n".utf8))
+        tar.add("etc/last", content: [UInt8](repeating: 0x61, count: 700))
+        let unpadded = Array(tar.bytes.dropLast(512 - 700 % 512))
+        #expect(unpadded.count % 512 == 700 % 512)
+        let digests = try fixture.unpack([try gzipped(unpadded)])
+        #expect(digests == [Digest.of(unpadded)])
+        #expect(fixture.text("etc/first") == "first\n")
+        #expect(fixture.text("etc/last") == String(repeating: "a", count: 700))
+    }
+
     @Test func whiteoutsAndOpaqueFoldersRemoveLowerLayersOnly() throws {
         let fixture = try UnpackFixture()
         defer { fixture.remove() }
