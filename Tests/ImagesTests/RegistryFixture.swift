@@ -5,7 +5,7 @@ import TestSupport
 /// A real registry (Debian's docker-registry) on a free loopback port, in a temporary folder,
 /// seeded with 127.0.0.1:PORT/busybox:latest by scripts/local-registry.sh; optionally with
 /// htpasswd basic auth, or bearer tokens from scripts/token-server.py (then pushes are not
-/// possible). Pushes more content with curl (the registry's own upload API).
+/// possible); with `python`, also with 127.0.0.1:PORT/python3:latest (this host's python3). Pushes more content with curl (the registry's own upload API).
 final class RegistryFixture: @unchecked Sendable {
     // @unchecked: immutable after init; the registry process is only signalled from deinit.
     let folder: URL
@@ -18,12 +18,12 @@ final class RegistryFixture: @unchecked Sendable {
         ["/usr/bin/docker-registry", "/usr/bin/skopeo", "/usr/bin/umoci", "/usr/bin/curl"].allSatisfy { FileManager.default.isExecutableFile(atPath: $0) }
     }
 
-    init(credentials: RegistryCredentials? = nil, bearer: Bool = false) throws {
+    init(credentials: RegistryCredentials? = nil, bearer: Bool = false, python: Bool = false) throws {
         folder = try HostFacts.makeTemporaryFolder("registry")
         self.credentials = credentials
         let script = HostFacts.packageRoot.appendingPathComponent("scripts/local-registry.sh").path
         let auth = credentials.map { [bearer ? "--token" : "--htpasswd", "\($0.username):\($0.password)"] } ?? []
-        let result = try HostFacts.run("/bin/bash", [script, folder.path] + auth)
+        let result = try HostFacts.run("/bin/bash", [script, folder.path] + auth + (python ? ["--python"] : []))
         let fields = result.stdout.split(whereSeparator: \.isWhitespace)
         guard result.status == 0, fields.count == (bearer ? 3 : 2), let port = Int(fields[0]), let pid = Int32(fields[1]) else {
             throw FixtureError(description: "local-registry.sh failed (\(result.status)): \(result.stdout) \(result.stderr)")
@@ -43,7 +43,7 @@ final class RegistryFixture: @unchecked Sendable {
     struct FixtureError: Error, CustomStringConvertible { let description: String }
 
     var base: String { "http://127.0.0.1:\(port)/v2/busybox" }
-    func reference(_ tag: String) -> String { "127.0.0.1:\(port)/busybox:\(tag)" }
+    func reference(_ tag: String, repository: String = "busybox") -> String { "127.0.0.1:\(port)/\(repository):\(tag)" }
 
     private var authArguments: [String] { credentials.map { ["-u", "\($0.username):\($0.password)"] } ?? [] }
 
