@@ -1,3 +1,4 @@
+import CShims
 import Foundation
 
 /// SHA-256 (FIPS 180-4), streamed: every blob's digest and every layer's diff_id is checked
@@ -7,8 +8,19 @@ public struct SHA256: Sendable {
         (0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19)
     private var pending: [UInt8] = []
     private var length: UInt64 = 0
+    /// Whether the rounds run on the CPU's SHA extensions (SHA-NI) rather than in Swift.
+    private let hardware: Bool
 
-    public init() { pending.reserveCapacity(64) }
+    /// Whether this CPU has the SHA extensions, asked once.
+    static let hardwareAvailable = cshims_sha256_hardware() != 0
+
+    public init() { self.init(hardware: Self.hardwareAvailable) }
+
+    /// `hardware` false runs the Swift rounds whatever the CPU has (the tests compare the two).
+    init(hardware: Bool) {
+        self.hardware = hardware && Self.hardwareAvailable
+        pending.reserveCapacity(64)
+    }
 
     private static let k: [UInt32] = [
         0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
@@ -32,14 +44,15 @@ public struct SHA256: Sendable {
             if pending.count == 64 {
                 let block = pending
                 // unsafe: the pending array holds exactly one 64-byte block.
-                block.withUnsafeBytes { compress($0.baseAddress!) }
+                block.withUnsafeBytes { compress($0.baseAddress!, blocks: 1) }
                 pending.removeAll(keepingCapacity: true)
             }
         }
-        while bytes.count - offset >= 64 {
-            // unsafe: at least 64 bytes remain from offset (checked by the loop condition).
-            compress(bytes.baseAddress! + offset)
-            offset += 64
+        let blocks = (bytes.count - offset) / 64
+        if blocks > 0 {
+            // unsafe: blocks * 64 bytes remain from offset.
+            compress(bytes.baseAddress! + offset, blocks: blocks)
+            offset += blocks * 64
         }
         if offset < bytes.count { pending.append(contentsOf: bytes[offset...]) }
     }
@@ -57,7 +70,7 @@ public struct SHA256: Sendable {
         for shift in stride(from: 56, through: 0, by: -8) { tail.append(UInt8(truncatingIfNeeded: bits >> UInt64(shift))) }
         // unsafe: tail is a whole number of 64-byte blocks.
         tail.withUnsafeBytes { raw in
-            for block in stride(from: 0, to: raw.count, by: 64) { compress(raw.baseAddress! + block) }
+            compress(raw.baseAddress!, blocks: raw.count / 64)
         }
         pending = []
         let words = [state.0, state.1, state.2, state.3, state.4, state.5, state.6, state.7]
@@ -82,6 +95,19 @@ public struct SHA256: Sendable {
         var hasher = SHA256()
         hasher.update(bytes)
         return hasher.finishHex()
+    }
+
+    /// Runs the compression over `blocks` 64-byte blocks at `data`.
+    private mutating func compress(_ data: UnsafeRawPointer, blocks: Int) {
+        if hardware {
+            // unsafe: a tuple of eight UInt32 is laid out as eight consecutive words (as C arrays
+            // import); data points at blocks * 64 readable bytes; the shim writes only the eight words.
+            withUnsafeMutableBytes(of: &state) { words in
+                cshims_sha256_blocks(words.baseAddress!.assumingMemoryBound(to: UInt32.self), data.assumingMemoryBound(to: UInt8.self), blocks)
+            }
+            return
+        }
+        for index in 0..<blocks { compress(data + 64 * index) }
     }
 
     private mutating func compress(_ block: UnsafeRawPointer) {

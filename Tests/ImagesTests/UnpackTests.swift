@@ -106,21 +106,27 @@ import Testing
 
     @Test func sha256MatchesTheSystemTool() throws {
         var random = SplitMix64(seed: 7)
-        for size in [0, 1, 55, 56, 63, 64, 65, 1000, 100_003] {
+        for size in [0, 1, 55, 56, 63, 64, 65, 127, 128, 1000, 100_003, 1_000_000] {
             let bytes = (0..<size).map { _ in UInt8(truncatingIfNeeded: random.next()) }
             let folder = try HostFacts.makeTemporaryFolder("sha")
             defer { try? FileManager.default.removeItem(at: folder) }
             try Data(bytes).write(to: folder.appendingPathComponent("x"))
             let expected = try HostFacts.run("/usr/bin/sha256sum", [folder.appendingPathComponent("x").path]).stdout.prefix(64)
-            var hasher = SHA256()
-            // Fed in uneven pieces, as a download arrives.
-            var offset = 0
-            while offset < bytes.count {
-                let piece = min(bytes.count - offset, 1 + Int(random.next() % 200))
-                hasher.update(Array(bytes[offset..<offset + piece]))
-                offset += piece
+            // The SHA extensions' rounds (where the CPU has them) and the Swift ones.
+            for hardware in [true, false] {
+                var hasher = SHA256(hardware: hardware)
+                // Fed in uneven pieces, as a download arrives.
+                var offset = 0
+                while offset < bytes.count {
+                    let piece = min(bytes.count - offset, 1 + Int(random.next() % 9000))
+                    hasher.update(Array(bytes[offset..<offset + piece]))
+                    offset += piece
+                }
+                #expect(hasher.finishHex() == String(expected), "size \(size), hardware \(hardware && SHA256.hardwareAvailable)")
+                var whole = SHA256(hardware: hardware)
+                whole.update(bytes)
+                #expect(whole.finishHex() == String(expected), "size \(size) in one piece, hardware \(hardware && SHA256.hardwareAvailable)")
             }
-            #expect(hasher.finishHex() == String(expected), "size \(size)")
         }
     }
 

@@ -9,6 +9,7 @@
 #include "cshims_zlib.h"
 #include "cshims_gunzip.h"
 #include "cshims_zstd.h"
+#include "cshims_sha256.h"
 #include "cshims_spawn.h"
 #include "cshims_privileges.h"
 #include "cshims_events.h"
