@@ -102,9 +102,14 @@ public final class ImagePuller: Sendable {
         }
         let config = try ImageConfig.parse(configBytes, what: configWhat, layerCount: manifest.layers.count)
         try store.write(configBytes, as: manifest.config.digest)
+        let resolved = ContinuousClock.now
         try await fetchLayers(manifest.layers, client: client, reference: reference, progress: key)
+        let fetched = ContinuousClock.now
         try store.write(manifestBytes, as: manifestDigest)
         let installed = try await install(manifestDigest: manifestDigest, manifest: manifest, config: config, reference: reference.description, progress: key)
+        logger.debug("image pull phases", metadata: ["reference": "\(reference)", "manifest_ms": "\(Self.milliseconds(resolved - started))",
+                                                     "layers_ms": "\(Self.milliseconds(fetched - resolved))",
+                                                     "unpack_and_disks_ms": "\(Self.milliseconds(ContinuousClock.now - fetched))"])
         logger.info("image pulled", metadata: ["reference": "\(reference)", "manifest": "\(manifestDigest)", "layers": "\(manifest.layers.count)",
                                                "seconds": "\((ContinuousClock.now - started).components.seconds)"])
         return installed
@@ -115,20 +120,27 @@ public final class ImagePuller: Sendable {
     func install(manifestDigest: Digest, manifest: Manifest, config: ImageConfig, reference: String, committedFrom: String? = nil,
                          progress key: Int?) async throws -> (PulledImage, URL, Bool) {
         let target = rootfsFolder.appendingPathComponent(manifestDigest.hex, isDirectory: true)
-        var unpacked: Int64 = 0
+        let unpacked: Int64
+        let disks: [String]?
         let created = !FileManager.default.fileExists(atPath: target.path)
         if created {
             if let key { board.update(key) { $0.phase = "unpacking" } }
-            unpacked = try await unpack(manifest.layers, diffIDs: config.rootfs.diff_ids, reference: reference, into: target)
+            // The folder (on the unpack queue) and the layer disks (on this task) are written
+            // from the blobs at once: two passes over the same layers, on two threads.
+            async let folder = unpack(manifest.layers, diffIDs: config.rootfs.diff_ids, reference: reference, into: target)
+            do {
+                disks = try await makeLayerDisks(manifest.layers, diffIDs: config.rootfs.diff_ids)
+            } catch {
+                // The unpack cannot be cut short. Its refusal, if any, is the one told (as when
+                // the folder was written first); otherwise the folder it made goes again.
+                do { _ = try await folder } catch { throw error }
+                try? TreeRemoval.remove(at: target)
+                throw error
+            }
+            unpacked = try await folder
         } else {
             unpacked = pulledImage(atRootfs: target.path)?.unpackedBytes ?? 0
-        }
-        let disks: [String]?
-        do {
             disks = try await makeLayerDisks(manifest.layers, diffIDs: config.rootfs.diff_ids)
-        } catch {
-            if created { try? TreeRemoval.remove(at: target) }
-            throw error
         }
         let settings = config.config
         let image = PulledImage(reference: reference.description, manifestDigest: manifestDigest, configDigest: manifest.config.digest,
@@ -156,7 +168,15 @@ public final class ImagePuller: Sendable {
             logger.warning("image layers not written as disks: no I/O engine", metadata: ["error": "\(error)"])
             return nil
         }
-        return try await layerDisks.make(blobs: layers.map { store.path($0.digest) }, diffIDs: diffIDs, limits: limits, engine: engine)
+        let started = ContinuousClock.now
+        let disks = try await layerDisks.make(blobs: layers.map { store.path($0.digest) }, diffIDs: diffIDs, limits: limits, engine: engine)
+        logger.debug("image layer disks written", metadata: ["disks": "\(disks.count)", "ms": "\(Self.milliseconds(ContinuousClock.now - started))"])
+        return disks
+    }
+
+    static func milliseconds(_ duration: Duration) -> String {
+        let (seconds, attoseconds) = duration.components
+        return String(format: "%.1f", Double(seconds) * 1000 + Double(attoseconds) / 1e15)
     }
 
     /// The manifest for linux/amd64: by tag or digest, through an index if the registry has one.
@@ -234,6 +254,8 @@ public final class ImagePuller: Sendable {
     private func unpack(_ layers: [Descriptor], diffIDs: [Digest], reference: String, into target: URL) async throws -> Int64 {
         let store = self.store
         let limits = self.limits
+        let logger = self.logger
+        let started = ContinuousClock.now
         return try await withCheckedThrowingContinuation { continuation in
             queue.async {
                 continuation.resume(with: Result {
@@ -258,6 +280,7 @@ public final class ImagePuller: Sendable {
                             guard code == EEXIST || code == ENOTEMPTY else { throw ImageError.io("cannot move \(temporary.path) to \(target.path): \(String(cString: strerror(code)))") }
                             try TreeRemoval.remove(at: temporary)
                         }
+                        logger.debug("image layers unpacked", metadata: ["layers": "\(layers.count)", "ms": "\(Self.milliseconds(ContinuousClock.now - started))"])
                         return unpacker.unpackedBytes
                     } catch {
                         try? TreeRemoval.remove(at: temporary)
