@@ -35,6 +35,8 @@ final class SparseExtent: @unchecked Sendable {
     private struct State {
         var tables: [Int: [UInt32]] = [:]
         var nextFreeSector: UInt64
+        /// Whether each grain allocation is flushed before it returns (see `deferAllocationSyncs`).
+        var syncsEachAllocation = true
     }
 
     private let state: Mutex<State>
@@ -143,34 +145,43 @@ final class SparseExtent: @unchecked Sendable {
         return (.data(file: file, offset: UInt64(entry) * 512 + offsetInGrain), length)
     }
 
+    /// From now on grain allocations are not flushed one by one (nor ordered grain before
+    /// table): for a disk written whole whose writer flushes once at its end and records it
+    /// complete only after that (an image's layer disk), where a crash means writing it again.
+    func deferAllocationSyncs() { state.withLock { $0.syncsEachAllocation = false } }
+
     /// Appends `contents` (one whole grain) as the data of `grain`: the grain is written first,
     /// then its entry in the grain table and the redundant grain table, then everything is
     /// flushed. A crash before the tables are written leaves only unreferenced space at the
     /// end of the file, which `check` reports as a leak. Call with `allocationLock` held.
+    /// After `deferAllocationSyncs` the three writes go in one submission and nothing is flushed.
     func allocate(grain: Int, contents: IOBuffer) async throws(DiskError) {
         let perTable = Int(header.entriesPerGrainTable)
         let tableIndex = grain / perTable
         guard var table = try await grainTable(tableIndex) else {
             throw .unsupported(file: file.path, feature: "write to grain table \(tableIndex), which the directory does not allocate (tables must be preallocated, as qemu-img and VMware make them)")
         }
-        let sector = state.withLock { state in
+        let (sector, syncs) = state.withLock { state in
             let sector = state.nextFreeSector
             state.nextFreeSector += header.grainSectors
-            return sector
+            return (sector, state.syncsEachAllocation)
         }
         guard sector <= UInt64(UInt32.max) else {
             throw .unsupported(file: file.path, feature: "grain beyond sector \(UInt32.max), which a 32-bit grain table entry cannot address")
         }
-        do {
-            _ = try await file.engine.write(file.registered, from: UnsafeRawBufferPointer(contents.bytes), at: sector * 512)
-        } catch { throw .io(error) }
+        var requests: [IORequest] = []
+        let grainWrite = IORequest.write(file.registered, from: UnsafeRawBufferPointer(contents.bytes), at: sector * 512)
+        if syncs {
+            do { _ = try await file.engine.submit([grainWrite]) } catch { throw .io(error) }
+        } else {
+            requests.append(grainWrite)
+        }
 
         let position = grain % perTable
         table[position] = UInt32(sector)
         let entriesPerSector = 128
         let first = position / entriesPerSector * entriesPerSector
         let tableSector = try encodedTableSector(table, first: first)
-        var requests: [IORequest] = []
         let metadata = file.engine.makeBuffer(count: 1024)
         metadata.bytes.copyBytes(from: tableSector)
         (metadata.base + 512).copyMemory(from: tableSector, byteCount: 512)
@@ -183,7 +194,7 @@ final class SparseExtent: @unchecked Sendable {
         }
         do {
             _ = try await file.engine.submit(requests)
-            try await file.engine.fdatasync(file.registered)
+            if syncs { try await file.engine.fdatasync(file.registered) }
         } catch { throw .io(error) }
         state.withLock { $0.tables[tableIndex] = table }
     }

@@ -223,6 +223,15 @@ public final class VirtualDisk: @unchecked Sendable {
         }
     }
 
+    /// Stops flushing the top disk at each grain it allocates: for a disk written whole by one
+    /// writer that calls `flush` at its end and only then records the disk complete (an
+    /// image's layer disk, written again after a crash), not for a live container's disk.
+    public func deferAllocationSyncs() {
+        for extent in layers[0].extents {
+            if case .sparse(let sparse) = extent.backing { sparse.deferAllocationSyncs() }
+        }
+    }
+
     /// Makes every completed write durable.
     public func flush() async throws(DiskError) {
         var flushed: Set<UInt32> = []
