@@ -37,7 +37,21 @@ final class SparseExtent: @unchecked Sendable {
         var nextFreeSector: UInt64
         /// Whether each grain allocation is flushed before it returns (see `deferAllocationSyncs`).
         var syncsEachAllocation = true
+        /// Deferred: grains allocated (in `tables`) but not yet written, by grain, with the
+        /// file sector and the whole grain's contents.
+        var pendingGrains: [Int: (sector: UInt64, contents: IOBuffer)] = [:]
+        /// Deferred: the table sectors changed since they were last written.
+        var dirtyTableSectors: Set<TableSector> = []
     }
+
+    /// One 512-byte sector (128 entries) of a grain table.
+    struct TableSector: Hashable {
+        let table: Int
+        let sector: Int
+    }
+
+    /// Deferred grains are written in batches of this many (4 MiB of 64 KiB grains).
+    static let deferredGrainBatch = 64
 
     private let state: Mutex<State>
 
@@ -138,6 +152,8 @@ final class SparseExtent: @unchecked Sendable {
         let grain = Int(offset / grainBytes)
         let offsetInGrain = offset % grainBytes
         let length = min(limit, grainBytes - offsetInGrain)
+        // A deferred grain is written before anything reads or rewrites it in the file.
+        if state.withLock({ $0.pendingGrains[grain] != nil }) { try await writePendingGrains() }
         let entry = try await entry(forGrain: grain)
         if entry == SparseExtent.unallocatedEntry { return (.unallocated, length) }
         if entry == SparseExtent.zeroedEntry && zeroedGrainsAllowed { return (.zero, length) }
@@ -145,16 +161,61 @@ final class SparseExtent: @unchecked Sendable {
         return (.data(file: file, offset: UInt64(entry) * 512 + offsetInGrain), length)
     }
 
-    /// From now on grain allocations are not flushed one by one (nor ordered grain before
-    /// table): for a disk written whole whose writer flushes once at its end and records it
-    /// complete only after that (an image's layer disk), where a crash means writing it again.
+    /// From now on grain allocations are neither written nor flushed one by one: new grains
+    /// are written in batches (before anything reads or rewrites them) and the changed table
+    /// sectors once, by `writeDeferred` (which `VirtualDisk.flush` calls). For a disk written
+    /// whole by one task that flushes once at its end and records it complete only after that
+    /// (an image's layer disk), where a crash means writing it again.
     func deferAllocationSyncs() { state.withLock { $0.syncsEachAllocation = false } }
+
+    /// Writes the grains allocated but not yet written, in one batch. The deferred mode's one
+    /// task is the only caller of `map` and `allocate`, so none reads a grain taken here before
+    /// its write completes.
+    nonisolated(nonsending) func writePendingGrains() async throws(DiskError) {
+        let pending = state.withLock { state in
+            let taken = state.pendingGrains
+            state.pendingGrains = [:]
+            return taken
+        }
+        if pending.isEmpty { return }
+        let requests = pending.values.map { IORequest.write(file.registered, from: UnsafeRawBufferPointer($0.contents.bytes), at: $0.sector * 512) }
+        do { _ = try await file.engine.submit(requests) } catch { throw .io(error) }
+        withExtendedLifetime(pending) {}
+    }
+
+    /// Writes what deferred allocations left unwritten: their grains, then the changed sectors
+    /// of the grain tables and the redundant tables. Nothing to do for an extent that syncs
+    /// each allocation.
+    nonisolated(nonsending) func writeDeferred() async throws(DiskError) {
+        try await writePendingGrains()
+        let (dirty, tables) = state.withLock { state in
+            let dirty = state.dirtyTableSectors
+            state.dirtyTableSectors = []
+            return (dirty, state.tables)
+        }
+        if dirty.isEmpty { return }
+        var requests: [IORequest] = []
+        var buffers: [IOBuffer] = []
+        for key in dirty {
+            guard let table = tables[key.table] else { continue }
+            let buffer = file.engine.makeBuffer(count: 512)
+            buffer.bytes.copyBytes(from: try encodedTableSector(table, first: key.sector * 128))
+            let bytes = UnsafeRawBufferPointer(buffer.bytes)
+            requests.append(.write(file.registered, from: bytes, at: (UInt64(directory[key.table]) + UInt64(key.sector)) * 512))
+            if let redundantDirectory, redundantDirectory[key.table] != 0 {
+                requests.append(.write(file.registered, from: bytes, at: (UInt64(redundantDirectory[key.table]) + UInt64(key.sector)) * 512))
+            }
+            buffers.append(buffer)
+        }
+        do { _ = try await file.engine.submit(requests) } catch { throw .io(error) }
+        withExtendedLifetime(buffers) {}
+    }
 
     /// Appends `contents` (one whole grain) as the data of `grain`: the grain is written first,
     /// then its entry in the grain table and the redundant grain table, then everything is
     /// flushed. A crash before the tables are written leaves only unreferenced space at the
     /// end of the file, which `check` reports as a leak. Call with `allocationLock` held.
-    /// After `deferAllocationSyncs` the three writes go in one submission and nothing is flushed.
+    /// After `deferAllocationSyncs` nothing is written yet (see there).
     func allocate(grain: Int, contents: IOBuffer) async throws(DiskError) {
         let perTable = Int(header.entriesPerGrainTable)
         let tableIndex = grain / perTable
@@ -169,23 +230,30 @@ final class SparseExtent: @unchecked Sendable {
         guard sector <= UInt64(UInt32.max) else {
             throw .unsupported(file: file.path, feature: "grain beyond sector \(UInt32.max), which a 32-bit grain table entry cannot address")
         }
-        var requests: [IORequest] = []
-        let grainWrite = IORequest.write(file.registered, from: UnsafeRawBufferPointer(contents.bytes), at: sector * 512)
-        if syncs {
-            do { _ = try await file.engine.submit([grainWrite]) } catch { throw .io(error) }
-        } else {
-            requests.append(grainWrite)
-        }
-
         let position = grain % perTable
         table[position] = UInt32(sector)
         let entriesPerSector = 128
+        if !syncs {
+            let waiting = state.withLock { [table] state in
+                state.tables[tableIndex] = table
+                state.pendingGrains[grain] = (sector, contents)
+                state.dirtyTableSectors.insert(TableSector(table: tableIndex, sector: position / entriesPerSector))
+                return state.pendingGrains.count
+            }
+            if waiting >= Self.deferredGrainBatch { try await writePendingGrains() }
+            return
+        }
+        do {
+            _ = try await file.engine.write(file.registered, from: UnsafeRawBufferPointer(contents.bytes), at: sector * 512)
+        } catch { throw .io(error) }
+
         let first = position / entriesPerSector * entriesPerSector
         let tableSector = try encodedTableSector(table, first: first)
         let metadata = file.engine.makeBuffer(count: 1024)
         metadata.bytes.copyBytes(from: tableSector)
         (metadata.base + 512).copyMemory(from: tableSector, byteCount: 512)
         let sectorInTable = UInt64(first / entriesPerSector)
+        var requests: [IORequest] = []
         requests.append(.write(file.registered, from: UnsafeRawBufferPointer(start: metadata.base, count: 512),
                                at: (UInt64(directory[tableIndex]) + sectorInTable) * 512))
         if let redundantDirectory, redundantDirectory[tableIndex] != 0 {
@@ -194,7 +262,7 @@ final class SparseExtent: @unchecked Sendable {
         }
         do {
             _ = try await file.engine.submit(requests)
-            if syncs { try await file.engine.fdatasync(file.registered) }
+            try await file.engine.fdatasync(file.registered)
         } catch { throw .io(error) }
         state.withLock { $0.tables[tableIndex] = table }
     }

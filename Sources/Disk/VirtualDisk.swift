@@ -223,9 +223,10 @@ public final class VirtualDisk: @unchecked Sendable {
         }
     }
 
-    /// Stops flushing the top disk at each grain it allocates: for a disk written whole by one
-    /// writer that calls `flush` at its end and only then records the disk complete (an
-    /// image's layer disk, written again after a crash), not for a live container's disk.
+    /// Stops writing and flushing the top disk's new grains one by one (they go in batches, the
+    /// grain tables at `flush`): for a disk written whole by one task that calls `flush` at its
+    /// end and only then records the disk complete (an image's layer disk, written again after
+    /// a crash), not for a live container's disk.
     public func deferAllocationSyncs() {
         for extent in layers[0].extents {
             if case .sparse(let sparse) = extent.backing { sparse.deferAllocationSyncs() }
@@ -238,6 +239,7 @@ public final class VirtualDisk: @unchecked Sendable {
         for extent in layers[0].extents {
             switch extent.backing {
             case .sparse(let sparse) where flushed.insert(sparse.file.registered.slot).inserted:
+                try await sparse.writeDeferred()
                 try await sparse.file.flush()
             case .flat(let file, _) where flushed.insert(file.registered.slot).inserted:
                 try await file.flush()

@@ -23,6 +23,9 @@ struct LayerDiskTests {
         base.add("etc/conf.d/a", content: Array("a\n".utf8))
         base.add("etc/conf.d/b", content: Array("b\n".utf8))
         base.add("var/lib/deep/file", content: Array("deep\n".utf8), uid: 1000, gid: 1000)
+        // 6 MiB: more new grains than one deferred batch, so some are written before the finish.
+        var random = SplitMix64(seed: 15)
+        base.add("usr/lib/big.bin", content: (0..<(6 << 20) / 8).flatMap { _ in withUnsafeBytes(of: random.next()) { Array($0) } })
         var upper = TarWriter()
         upper.add("bin/.wh.ls")
         upper.add("etc/motd", content: Array("pulled in layers\n".utf8))
@@ -72,7 +75,7 @@ struct LayerDiskTests {
         unlink(fixture.root.path + "/bin/fifo")
         let difference = try HostFacts.run("/usr/bin/diff", ["-r", "--no-dereference", fixture.root.path, dump])
         #expect(difference.status == 0, "\(difference.stdout)\(difference.stderr)")
-        // The base layer's 70 kB file lives in the first disk only; the upper disks hold a few grains each.
+        // The base layer's large files live in the first disk only; the upper disks hold a few grains each.
         let sizes = try names.map { try FileManager.default.attributesOfItem(atPath: disks.folder.appendingPathComponent($0).path)[.size] as? Int ?? 0 }
         #expect(sizes[1] < 1 << 20 && sizes[2] < 1 << 20, "\(sizes)")
         // A second image on the same layers reuses the complete disks.
