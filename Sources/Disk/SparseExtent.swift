@@ -168,6 +168,9 @@ final class SparseExtent: @unchecked Sendable {
     /// (an image's layer disk), where a crash means writing it again.
     func deferAllocationSyncs() { state.withLock { $0.syncsEachAllocation = false } }
 
+    /// False once `deferAllocationSyncs` was called: the disk's writer flushes at its end.
+    var syncsEachAllocation: Bool { state.withLock { $0.syncsEachAllocation } }
+
     /// Writes the grains allocated but not yet written, in one batch. The deferred mode's one
     /// task is the only caller of `map` and `allocate`, so none reads a grain taken here before
     /// its write completes.
@@ -296,7 +299,9 @@ final class SparseExtent: @unchecked Sendable {
 
     /// Makes a new, empty sparse extent file laid out as qemu-img lays it out, with `descriptor`
     /// embedded when given (monolithicSparse) or none (an extent of a split disk).
-    static func create(path: String, capacitySectors: UInt64, grainSectors: UInt64 = 128, embeddedDescriptor: String?, engine: IOEngine) async throws(DiskError) {
+    /// Makes a new extent file; `syncs` false leaves its flush to the disk's writer (see `VMDKImage.create`).
+    static func create(path: String, capacitySectors: UInt64, grainSectors: UInt64 = 128, embeddedDescriptor: String?, syncs: Bool = true,
+                       engine: IOEngine) async throws(DiskError) {
         let descriptorSectors = embeddedDescriptor == nil ? 0 : embeddedDescriptorSectors
         let header = SparseExtentHeader.forNewExtent(capacitySectors: capacitySectors, grainSectors: grainSectors, embeddedDescriptorSectors: descriptorSectors)
         guard header.grainTableCount <= maximumGrainTables else {
@@ -315,7 +320,7 @@ final class SparseExtent: @unchecked Sendable {
             bytes += [UInt8](repeating: 0, count: Int(header.grainDirectorySectors) * 512 - bytes.count)
             try await file.writeSectors(bytes, at: directoryStart * 512)
         }
-        try await file.flush()
+        if syncs { try await file.flush() }
     }
 
     /// Rewrites the descriptor held in the extent's descriptor sectors.

@@ -16,22 +16,35 @@ extension VMDKImage {
     /// Creates an empty disk of `capacityBytes` (whole sectors) at `path`, which must not exist.
     public static func create(at path: String, capacityBytes: UInt64, subformat: WritableSubformat = .monolithicSparse,
                               engine: IOEngine) async throws(DiskError) {
-        try await create(at: path, capacityBytes: capacityBytes, subformat: subformat, parent: nil, engine: engine)
+        try await create(at: path, capacityBytes: capacityBytes, subformat: subformat, parent: nil, syncs: true, engine: engine)
+    }
+
+    /// As `create(at:capacityBytes:subformat:engine:)`; `syncs` false skips the flush of a new
+    /// sparse extent, for a writer that flushes the disk once it is written and only then
+    /// counts it (an image's layer disk).
+    public static func create(at path: String, capacityBytes: UInt64, subformat: WritableSubformat = .monolithicSparse,
+                              syncs: Bool, engine: IOEngine) async throws(DiskError) {
+        try await create(at: path, capacityBytes: capacityBytes, subformat: subformat, parent: nil, syncs: syncs, engine: engine)
     }
 
     /// Creates a child (delta) disk of the disk at `parentPath`: empty, the parent's size, and
     /// tied to the parent's current CID, so that reads fall through to the parent.
     public static func createChild(at path: String, parent parentPath: String, engine: IOEngine) async throws(DiskError) {
+        try await createChild(at: path, parent: parentPath, syncs: true, engine: engine)
+    }
+
+    /// As `createChild(at:parent:engine:)`; `syncs` false as for `create`.
+    public static func createChild(at path: String, parent parentPath: String, syncs: Bool, engine: IOEngine) async throws(DiskError) {
         let parent = try await VirtualDisk.open(path: parentPath, engine: engine)
         let parentFolder = URL(fileURLWithPath: parentPath).standardizedFileURL.deletingLastPathComponent().path
         let childFolder = URL(fileURLWithPath: path).standardizedFileURL.deletingLastPathComponent().path
         let hint = parentFolder == childFolder ? (parentPath as NSString).lastPathComponent : URL(fileURLWithPath: parentPath).standardizedFileURL.path
         try await create(at: path, capacityBytes: parent.capacityBytes, subformat: .monolithicSparse,
-                         parent: (cid: parent.layers[0].descriptor.cid, hint: hint), engine: engine)
+                         parent: (cid: parent.layers[0].descriptor.cid, hint: hint), syncs: syncs, engine: engine)
     }
 
     private static func create(at path: String, capacityBytes: UInt64, subformat: WritableSubformat,
-                               parent: (cid: UInt32, hint: String)?, engine: IOEngine) async throws(DiskError) {
+                               parent: (cid: UInt32, hint: String)?, syncs: Bool = true, engine: IOEngine) async throws(DiskError) {
         guard capacityBytes > 0, capacityBytes % 512 == 0 else {
             throw .invalidArgument("capacity \(capacityBytes) bytes is not a positive number of 512-byte sectors")
         }
@@ -50,7 +63,7 @@ extension VMDKImage {
         switch subformat {
         case .monolithicSparse:
             descriptor.extents = [.init(access: "RW", sectors: sectors, kind: .sparse, fileName: (path as NSString).lastPathComponent, offsetSectors: 0)]
-            try await SparseExtent.create(path: path, capacitySectors: sectors, embeddedDescriptor: descriptor.rendered(), engine: engine)
+            try await SparseExtent.create(path: path, capacitySectors: sectors, embeddedDescriptor: descriptor.rendered(), syncs: syncs, engine: engine)
         case .monolithicFlat:
             descriptor.createType = .monolithicFlat
             let name = "\(base)-flat.vmdk"

@@ -140,7 +140,8 @@ public final class VMDKImage: @unchecked Sendable {
         let text = updated.rendered()
         if let embeddingExtent {
             try await SparseExtent.writeEmbeddedDescriptor(text, to: embeddingExtent.file, header: embeddingExtent.header)
-            try await embeddingExtent.file.flush()
+            // A disk written with deferred syncs is flushed once, by its writer, at its end.
+            if embeddingExtent.syncsEachAllocation { try await embeddingExtent.file.flush() }
         } else {
             do {
                 try Data(text.utf8).write(to: URL(fileURLWithPath: path), options: .atomic)

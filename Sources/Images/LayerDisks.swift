@@ -92,14 +92,15 @@ public struct LayerDisks: Sendable {
             unlink(recordPath(chainID))
             let name = "\(index) (\(chainID.short))"
             do {
+                // One flush at the builder's finish, not at the disk's creation, its new content
+                // ID and each grain: the record below, written after it, is what makes the disk
+                // count; a disk without one is written again.
                 if index == 0 {
-                    try await VMDKImage.create(at: path, capacityBytes: capacityBytes, engine: engine)
+                    try await VMDKImage.create(at: path, capacityBytes: capacityBytes, syncs: false, engine: engine)
                 } else {
-                    try await VMDKImage.createChild(at: path, parent: diskPath(chain[index - 1]), engine: engine)
+                    try await VMDKImage.createChild(at: path, parent: diskPath(chain[index - 1]), syncs: false, engine: engine)
                 }
                 let disk = try await VirtualDisk.open(path: path, writable: true, engine: engine)
-                // One flush at the builder's finish, not one per grain: the record below, written
-                // after it, is what makes the disk count; a disk without one is written again.
                 disk.deferAllocationSyncs()
                 let builder = index == 0 ? try Ext4Builder.create(on: disk) : try await Ext4Builder.open(on: disk)
                 let stream = try LayerStream(file: blobs[index], layer: name, maxBytes: limits.maxStreamBytes)
