@@ -23,7 +23,7 @@ for image in "${images[@]}"; do
     esac
 done
 read -r port registry < <(bash scripts/local-registry.sh "$work/registry" "${python_flag[@]}")
-"$vmfork" serve --state "$work/state" > "$work/daemon.log" 2>&1 &
+"$vmfork" serve --state "$work/state" --log-level debug >> "$work/daemon.log" 2>&1 &
 daemon=$!
 cleanup() { kill "$daemon" "$registry" 2>/dev/null; wait "$daemon" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
@@ -57,6 +57,12 @@ for image in "${images[@]}"; do
     printf '  skopeo copy + umoci unpack   %8.1f ms (%.1f-%.1f)\n' "$(echo "$s / 1000" | bc -l)" \
         "$(sort -n "$work/skopeo.us" | head -1 | awk '{print $1 / 1000}')" "$(sort -n "$work/skopeo.us" | tail -1 | awk '{print $1 / 1000}')"
     printf '  ratio (vmfork / skopeo+umoci) %.2f\n' "$(echo "$v / $s" | bc -l)"
+    # Where the daemon's pulls spent their time (its debug log), medians.
+    phase() { grep "$1" "$work/daemon.log" | grep -o "$2=[0-9.]*" | cut -d= -f2 | median; }
+    printf '  vmfork phases: manifest %.1f ms, layer blobs %.1f ms, folder and disks %.1f ms (folder %.1f, disks %.1f)\n' \
+        "$(phase "reference=$ref " manifest_ms)" "$(phase "reference=$ref " layers_ms)" "$(phase "reference=$ref " unpack_and_disks_ms)" \
+        "$(phase "image layers unpacked" ms)" "$(phase "image layer disks written" ms)"
+    : > "$work/daemon.log"
 done
 printf 'load average at the end %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
 flock -u 9
