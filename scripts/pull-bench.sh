@@ -46,10 +46,9 @@ for image in "${images[@]}"; do
         "$vmfork" image gc --state "$work/state" >/dev/null
 
         rm -rf "$work/oci" "$work/bundle"
-        # Untimed: the removals' metadata written out. On an ext4 without a journal (this
-        # machine's /) new inodes skip ones deleted in the last 30 s while their table blocks
-        # are dirty (5 s once written), one by one; each unpack follows the removal of a
-        # tree of the same size, and without this the cost grows with the runs.
+        # Untimed: what the previous steps left dirty is written out first, so that neither
+        # side's timed step waits on the other's writeback (vmfork's pull flushes its blobs
+        # and layer disks; skopeo and umoci flush nothing).
         sync
         start=$(now)
         skopeo copy --quiet --insecure-policy --src-tls-verify=false "docker://$ref" "oci:$work/oci:$image" >/dev/null
