@@ -64,7 +64,7 @@ for image in "${images[@]}"; do
     printf '  ratio (vmfork / skopeo+umoci) %.2f\n' "$(echo "$v / $s" | bc -l)"
     # Where the daemon's pulls spent their time (its debug log), medians.
     phase() { grep "$1" "$work/daemon.log" | grep -o "$2=[0-9.]*" | cut -d= -f2 | median; }
-    printf '  vmfork phases: manifest %.1f ms, layer blobs %.1f ms, folder and disks %.1f ms (folder %.1f, disks %.1f)\n' \
+    grep -q "image pull phases" "$work/daemon.log" && printf '  vmfork phases: manifest %.1f ms, layer blobs %.1f ms, folder and disks %.1f ms (folder %.1f, disks %.1f)\n' \
         "$(phase "reference=$ref " manifest_ms)" "$(phase "reference=$ref " layers_ms)" "$(phase "reference=$ref " unpack_and_disks_ms)" \
         "$(phase "image layers unpacked" ms)" "$(phase "image layer disks written" ms)"
     : > "$work/daemon.log"
