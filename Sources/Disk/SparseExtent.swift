@@ -181,6 +181,7 @@ final class SparseExtent: @unchecked Sendable {
             return taken
         }
         if pending.isEmpty { return }
+        // unsafe: each grain's buffer lives in `pending`, kept alive past the submission below.
         let requests = pending.values.map { IORequest.write(file.registered, from: UnsafeRawBufferPointer($0.contents.bytes), at: $0.sector * 512) }
         do { _ = try await file.engine.submit(requests) } catch { throw .io(error) }
         withExtendedLifetime(pending) {}
@@ -203,6 +204,7 @@ final class SparseExtent: @unchecked Sendable {
             guard let table = tables[key.table] else { continue }
             let buffer = file.engine.makeBuffer(count: 512)
             buffer.bytes.copyBytes(from: try encodedTableSector(table, first: key.sector * 128))
+            // unsafe: the sector's buffer is kept in `buffers` until the submission below ends.
             let bytes = UnsafeRawBufferPointer(buffer.bytes)
             requests.append(.write(file.registered, from: bytes, at: (UInt64(directory[key.table]) + UInt64(key.sector)) * 512))
             if let redundantDirectory, redundantDirectory[key.table] != 0 {
