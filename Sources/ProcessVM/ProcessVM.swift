@@ -178,6 +178,10 @@ public final class ProcessVM: @unchecked Sendable {
     /// Whether this process has a handler for SIGCHLD, read by the threads of its children
     /// when they end (they send it only then).
     let handlesChildSignal = Atomic<Bool>(false)
+    /// SA_NOCLDSTOP on its SIGCHLD: no SIGCHLD when a child stops or goes on.
+    let ignoresChildStops = Atomic<Bool>(false)
+    /// Its job-control stops (SIGSTOP, SIGCONT).
+    let jobControl = JobControl()
 
     static let memorySlot: UInt32 = 0
     /// The poller that serves this VM's posted calls: its KVM system's (nil when every call
@@ -331,6 +335,7 @@ public final class ProcessVM: @unchecked Sendable {
 
     /// Makes a running `run()` return promptly with `.signaled(signal)` (SIGKILL semantics).
     public func kill(signal: Int32 = 9) {
+        jobControl.kill()
         for thread in [mainThread] + threads.all {
             thread.interrupts.raiseKill(signal)
             thread.vcpu.requestImmediateExit()
@@ -343,6 +348,10 @@ public final class ProcessVM: @unchecked Sendable {
     /// A signal for the process goes to its first thread that does not block it (the first
     /// thread when all do: it stays pending there), as Linux picks one.
     public func sendSignal(_ signal: Int32) {
+        // A stop signal cancels a SIGCONT not yet taken; a SIGCONT resumes a stopped process
+        // at once (then its handler, if any, runs like any signal's).
+        if JobControl.stoppingByDefault.contains(signal) { jobControl.stopSent() }
+        if signal == JobControl.continueSignal { jobControl.resume() }
         let candidates = [mainThread] + threads.all
         let target = candidates.first { !$0.interrupts.blocks(signal) } ?? mainThread
         target.interrupts.raiseSignal(signal)
@@ -404,6 +413,7 @@ public final class ProcessVM: @unchecked Sendable {
             if let countersBefore, let countersAfter = vcpu.counters() { lastRunCounters = countersAfter - countersBefore }
         }
         while true {
+            waitIfStopped()
             if let status = endRequest { return .ended(status) }
             if pendingSignal == nil, let signal = interrupts.takeSignal() { pendingSignal = signal }
             if pendingSignal != nil, vcpu.syncRegisters.pointee.sregs.cs.selector == X86.Selector.userCode,
@@ -500,6 +510,10 @@ public final class ProcessVM: @unchecked Sendable {
         case .value(let result):
             if pendingSignal == nil, let signal = interrupts.takeSignal() { pendingSignal = signal }
             if pendingSignal != nil {
+                // The result first: a signal that is ignored or stops the process returns
+                // through the stub as the call would have; a handler's frame replaces it.
+                sync.pointee.regs.rax = UInt64(bitPattern: result)
+                vcpu.markDirty(regs: true)
                 // The handler runs first; it returns to where the call would have.
                 var interrupted = regs
                 interrupted.rax = UInt64(bitPattern: result)
@@ -526,6 +540,8 @@ public final class ProcessVM: @unchecked Sendable {
             return .signaled(signal)
         case .handler(let handler):
             return enterHandler(of: signal, handler: handler, interrupted: interrupted) ? nil : .signaled(11)
+        case .stop:
+            return stopProcess(by: signal)
         }
     }
 

@@ -171,6 +171,111 @@ struct ProcessTreeProgramTests {
         }
     }
 
+    /// Job control: SIGSTOP and SIGTSTP stop a child (wait4 WUNTRACED and waitid WSTOPPED
+    /// report it, WNOHANG then finds nothing), SIGCONT lets it go on (WCONTINUED, CLD_CONTINUED),
+    /// SIGKILL ends a stopped child, a child handling SIGTSTP runs its handler instead of
+    /// stopping, a SIGCHLD handler hears the stop unless SA_NOCLDSTOP, and a process that
+    /// stops itself with raise(SIGSTOP) goes on at SIGCONT — as natively. (Every wait is
+    /// bounded: under an engine without stops the program fails rather than hangs.)
+    static let jobControl = """
+    #include <signal.h>
+    #include <stdio.h>
+    #include <string.h>
+    #include <sys/wait.h>
+    #include <unistd.h>
+    static volatile sig_atomic_t got_tstp = 0, got_chld = 0;
+    static void on_tstp(int s) { (void)s; got_tstp = 1; }
+    static void on_chld(int s) { (void)s; got_chld++; }
+    static pid_t spin(void) {
+        pid_t p = fork();
+        if (p == 0) { for (int i = 0; i < 3000; i++) usleep(1000); _exit(7); }
+        return p;
+    }
+    int main(void) {
+        setvbuf(stdout, NULL, _IONBF, 0);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        int st;
+        siginfo_t si;
+        pid_t p = spin();
+        kill(p, SIGSTOP);
+        pid_t r = waitpid(p, &st, WUNTRACED);
+        printf("stopped: %d stopped=%d sig=%d\\n", r == p, WIFSTOPPED(st), WSTOPSIG(st));
+        printf("nothing more: %d\\n", (int)waitpid(p, &st, WNOHANG | WUNTRACED));
+        kill(p, SIGCONT);
+        r = waitpid(p, &st, WCONTINUED);
+        printf("continued: %d continued=%d\\n", r == p, WIFCONTINUED(st));
+        kill(p, SIGTSTP);
+        memset(&si, 0, sizeof si);
+        waitid(P_PID, p, &si, WSTOPPED);
+        printf("waitid stopped: code=%d status=%d\\n", si.si_code, si.si_status);
+        kill(p, SIGCONT);
+        memset(&si, 0, sizeof si);
+        waitid(P_PID, p, &si, WCONTINUED);
+        printf("waitid continued: code=%d status=%d\\n", si.si_code, si.si_status);
+        kill(p, SIGSTOP);
+        waitpid(p, &st, WUNTRACED);
+        kill(p, SIGKILL);
+        r = waitpid(p, &st, 0);
+        printf("killed while stopped: %d signaled=%d sig=%d\\n", r == p, WIFSIGNALED(st), WTERMSIG(st));
+
+        // A child that handles SIGTSTP is not stopped: it runs its handler and exits 3.
+        p = fork();
+        if (p == 0) {
+            signal(SIGTSTP, on_tstp);
+            for (int i = 0; i < 3000 && !got_tstp; i++) usleep(1000);
+            _exit(got_tstp ? 3 : 4);
+        }
+        usleep(100000);
+        kill(p, SIGTSTP);
+        waitpid(p, &st, WUNTRACED);
+        printf("handled SIGTSTP: exited=%d code=%d\\n", WIFEXITED(st), WEXITSTATUS(st));
+
+        // A SIGCHLD handler hears a stop; with SA_NOCLDSTOP it does not.
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_chld;
+        sigaction(SIGCHLD, &sa, NULL);
+        p = spin();
+        kill(p, SIGSTOP);
+        for (int i = 0; i < 1000 && waitpid(p, &st, WUNTRACED) < 0; i++) {}
+        printf("SIGCHLD at the stop: %d\\n", got_chld > 0);
+        sa.sa_flags = SA_NOCLDSTOP;
+        sigaction(SIGCHLD, &sa, NULL);
+        got_chld = 0;
+        kill(p, SIGCONT);
+        for (int i = 0; i < 1000 && waitpid(p, &st, WCONTINUED) < 0; i++) {}
+        printf("SIGCHLD at the continue with SA_NOCLDSTOP: %d\\n", got_chld > 0);
+        kill(p, SIGKILL);
+        for (int i = 0; i < 1000 && waitpid(p, &st, 0) < 0; i++) {}
+        signal(SIGCHLD, SIG_DFL);
+
+        // raise(SIGSTOP) stops the caller until its parent sends SIGCONT.
+        p = fork();
+        if (p == 0) { raise(SIGSTOP); _exit(5); }
+        waitpid(p, &st, WUNTRACED);
+        printf("stopped itself: %d\\n", WIFSTOPPED(st) && WSTOPSIG(st) == SIGSTOP);
+        kill(p, SIGCONT);
+        waitpid(p, &st, 0);
+        printf("then exited: %d code=%d\\n", WIFEXITED(st), WEXITSTATUS(st));
+        return 0;
+    }
+    """
+
+    @Test func jobControlStopsAsNatively() throws {
+        let root = try GlibcGuest.rootfs(Self.jobControl, name: "job-control")
+        defer { try? FileManager.default.removeItem(at: root) }
+        let native = try HostFacts.run(root.appendingPathComponent("prog").path, [])
+        #expect(native.status == 0 && native.stdout.contains("stopped: 1 stopped=1 sig=19"), "\(native)")
+        for polled in [false, true] {
+            let guest = try GuestRunner.run(["/prog"], rootfs: root, pollsSystemCalls: polled)
+            #expect(guest.status == native.status, "\(guest.stderr)")
+            #expect(guest.stdout == native.stdout)
+            #expect(guest.vm.tree.runningVMs.isEmpty)
+        }
+    }
+
     /// Every process forks for ever: the container's process limit stops it with EAGAIN,
     /// the host is untouched, and when the first process ends every other one goes.
     @Test func aForkBombHitsTheProcessLimit() throws {

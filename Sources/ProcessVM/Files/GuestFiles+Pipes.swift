@@ -73,7 +73,7 @@ extension ProcessVM {
     func raisingPipeSignal(_ outcome: SyscallOutcome) -> SyscallOutcome {
         guard case .value(let result) = outcome, result == -Int64(EPIPE) else { return outcome }
         switch disposition(of: Self.pipeSignal) {
-        case .ignore: return outcome
+        case .ignore, .stop: return outcome
         case .terminate: return .exit(.signaled(Self.pipeSignal))
         case .handler:
             pendingSignal = Self.pipeSignal

@@ -174,6 +174,7 @@ extension ProcessVM {
         signals.alternateStack = (0, 2, 0) // SS_DISABLE
         pendingSignal = nil
         handlesChildSignal.store(false, ordering: .relaxed)
+        ignoresChildStops.store(false, ordering: .relaxed)
 
         var registers = kvm_regs()
         registers.rip = start

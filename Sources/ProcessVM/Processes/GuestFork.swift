@@ -156,6 +156,7 @@ extension ProcessVM {
             child.executablePath = executablePath
             child.threadIDAddress = threadIDAddress
             child.handlesChildSignal.store(handlesChildSignal.load(ordering: .relaxed), ordering: .relaxed)
+            child.ignoresChildStops.store(ignoresChildStops.load(ordering: .relaxed), ordering: .relaxed)
             return child
         } catch {
             throw .kvm(error)

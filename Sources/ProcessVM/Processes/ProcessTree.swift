@@ -29,6 +29,14 @@ public final class ProcessTree: @unchecked Sendable {
         /// argv of its last execve (a forked process keeps its parent's); nil while it runs
         /// the container's own program.
         var command: [String]?
+        /// A stop or a continue its parent has not waited for yet (WUNTRACED, WCONTINUED).
+        var jobReport: JobReport?
+    }
+
+    /// A change of a process's job-control state, as a wait reports it.
+    enum JobReport: Equatable {
+        case stopped(Int32)
+        case continued
     }
 
     /// One process as `processes` reports it.
@@ -220,6 +228,8 @@ public final class ProcessTree: @unchecked Sendable {
 
     enum Reaped {
         case child(pid: Int32, status: ExitStatus)
+        /// A child stopped (by the signal), or went on, since its parent last waited for that.
+        case jobChange(pid: Int32, JobReport)
         /// Children match, none has ended yet.
         case noneYet
     }
@@ -235,7 +245,8 @@ public final class ProcessTree: @unchecked Sendable {
 
     /// Takes (or with `keep`, only looks at) an ended child of `parent` that `selection`
     /// names; ECHILD when no child matches at all.
-    func reap(parent: Int32, _ selection: Selection, keep: Bool) throws(LinuxErrno) -> Reaped {
+    func reap(parent: Int32, _ selection: Selection, keep: Bool, exited: Bool = true, stopped: Bool = false,
+              continued: Bool = false) throws(LinuxErrno) -> Reaped {
         try locked { () throws(LinuxErrno) -> Reaped in
             let ownGroup = entries[parent]?.processGroup
             let children = entries.filter { pid, entry in
@@ -248,10 +259,30 @@ public final class ProcessTree: @unchecked Sendable {
                 }
             }
             guard !children.isEmpty else { throw .ECHILD }
-            guard let (pid, entry) = children.filter({ $0.value.status != nil }).min(by: { $0.key < $1.key }) else { return .noneYet }
-            if !keep { entries[pid] = nil }
-            return .child(pid: pid, status: entry.status!)
+            if exited, let (pid, entry) = children.filter({ $0.value.status != nil }).min(by: { $0.key < $1.key }) {
+                if !keep { entries[pid] = nil }
+                return .child(pid: pid, status: entry.status!)
+            }
+            let changes = children.filter { _, entry in
+                guard entry.status == nil, let report = entry.jobReport else { return false }
+                return report == .continued ? continued : stopped
+            }
+            guard let (pid, entry) = changes.min(by: { $0.key < $1.key }) else { return .noneYet }
+            if !keep { entries[pid]?.jobReport = nil }
+            return .jobChange(pid: pid, entry.jobReport!)
         }
+    }
+
+    /// `pid` stopped or went on: kept for its parent's wait, which is woken (and SIGCHLD
+    /// sent when the parent asks for it). The first process has no parent in the container.
+    func jobStateChanged(_ pid: Int32, _ report: JobReport) {
+        let parent: ProcessVM? = locked {
+            guard pid != rootPid, let entry = entries[pid], entry.status == nil else { return nil }
+            entries[pid]?.jobReport = report
+            condition.broadcast()
+            return entry.parent == rootPid ? rootVM : entries[entry.parent]?.vm
+        }
+        parent?.childChangedJobState()
     }
 
     /// Whether `pid` ignores SIGCHLD (SIG_IGN or SA_NOCLDWAIT): its children then leave no

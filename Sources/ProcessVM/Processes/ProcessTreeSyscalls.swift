@@ -96,6 +96,29 @@ extension ProcessVM {
         }
     }
 
+    /// What a wait found: a child that ended, stopped or went on.
+    enum WaitFound {
+        case ended(ExitStatus)
+        case stopped(Int32)
+        case continued
+
+        /// wait4's status word: WIFSTOPPED's 0x7f with the signal above it, WIFCONTINUED's 0xffff.
+        var statusWord: Int32 {
+            switch self {
+            case .ended(let status): ProcessVM.waitStatus(status)
+            case .stopped(let signal): (signal & 0xFF) << 8 | 0x7F
+            case .continued: 0xFFFF
+            }
+        }
+    }
+
+    /// Which changes a wait takes: ended children, stopped ones, ones that went on.
+    struct WaitKinds {
+        var exited = true
+        var stopped = false
+        var continued = false
+    }
+
     /// wait4(pid, status, options, rusage).
     private func wait4(_ c: SystemCall) -> SyscallOutcome {
         let pid = c.int(c.a0), options = c.int(c.a2)
@@ -110,13 +133,14 @@ extension ProcessVM {
         case ..<0: selection = .group(-pid)
         default: selection = .pid(pid)
         }
-        let found: (pid: Int32, status: ExitStatus)?
-        switch waitForChild(selection, noHang: options & WaitOption.noHang != 0, keep: false) {
+        let found: (pid: Int32, found: WaitFound)?
+        let kinds = WaitKinds(exited: true, stopped: options & WaitOption.untraced != 0, continued: options & WaitOption.continued != 0)
+        switch waitForChild(selection, kinds: kinds, noHang: options & WaitOption.noHang != 0, keep: false) {
         case .failure(let error): return .error(error)
         case .success(let child): found = child
         }
         guard let found else { return .success }
-        if c.a1 != 0, !space.write(c.a1, withUnsafeBytes(of: Self.waitStatus(found.status)) { Array($0) }) { return .error(.EFAULT) }
+        if c.a1 != 0, !space.write(c.a1, withUnsafeBytes(of: found.found.statusWord) { Array($0) }) { return .error(.EFAULT) }
         if c.a3 != 0, !space.write(c.a3, [UInt8](repeating: 0, count: Self.rusageSize)) { return .error(.EFAULT) }
         return .int(Int(found.pid))
     }
@@ -131,7 +155,7 @@ extension ProcessVM {
         let idType = c.int(c.a0), id = c.int(c.a1), options = c.int(c.a3)
         let all: Int32 = 0, byPid: Int32 = 1, byGroup: Int32 = 2
         let known = WaitOption.noHang | WaitOption.stopped | WaitOption.exited | WaitOption.continued | WaitOption.noWait | WaitOption.modifiers
-        guard options & ~known == 0, options & WaitOption.exited != 0 else { return .error(.EINVAL) }
+        guard options & ~known == 0, options & (WaitOption.exited | WaitOption.stopped | WaitOption.continued) != 0 else { return .error(.EINVAL) }
         let selection: ProcessTree.Selection
         switch idType {
         case all: selection = .any
@@ -139,18 +163,22 @@ extension ProcessVM {
         case byGroup where id >= 0: selection = id == 0 ? .ownGroup : .group(id)
         default: return .error(.EINVAL)
         }
-        let found: (pid: Int32, status: ExitStatus)?
-        switch waitForChild(selection, noHang: options & WaitOption.noHang != 0, keep: options & WaitOption.noWait != 0) {
+        let found: (pid: Int32, found: WaitFound)?
+        let kinds = WaitKinds(exited: options & WaitOption.exited != 0, stopped: options & WaitOption.stopped != 0,
+                              continued: options & WaitOption.continued != 0)
+        switch waitForChild(selection, kinds: kinds, noHang: options & WaitOption.noHang != 0, keep: options & WaitOption.noWait != 0) {
         case .failure(let error): return .error(error)
         case .success(let child): found = child
         }
         if c.a2 != 0 {
             var info = [UInt8](repeating: 0, count: Self.siginfoSize)
             if let found {
-                let childExited: Int32 = 1, childKilled: Int32 = 2
-                let (code, value): (Int32, Int32) = switch found.status {
-                case .exited(let status): (childExited, status)
-                case .signaled(let signal): (childKilled, signal)
+                let childExited: Int32 = 1, childKilled: Int32 = 2, childStopped: Int32 = 5, childContinued: Int32 = 6
+                let (code, value): (Int32, Int32) = switch found.found {
+                case .ended(.exited(let status)): (childExited, status)
+                case .ended(.signaled(let signal)): (childKilled, signal)
+                case .stopped(let signal): (childStopped, signal)
+                case .continued: (childContinued, JobControl.continueSignal)
                 }
                 let fields: [(Int, Int32)] = [(0, 17), (8, code), (16, found.pid), (20, Int32(bitPattern: identity.uid)), (24, value)]
                 for (offset, field) in fields {
@@ -165,14 +193,17 @@ extension ProcessVM {
 
     /// Waits for a child `selection` names to end (unless `noHang`), interruptibly: a kill
     /// or a signal ends the wait with EINTR. ECHILD when no child matches.
-    private func waitForChild(_ selection: ProcessTree.Selection, noHang: Bool, keep: Bool) -> Result<(pid: Int32, status: ExitStatus)?, LinuxErrno> {
+    private func waitForChild(_ selection: ProcessTree.Selection, kinds: WaitKinds, noHang: Bool, keep: Bool) -> Result<(pid: Int32, found: WaitFound)?, LinuxErrno> {
         // Made before the first look, so that a child ending between the look and the poll
         // wakes it.
         let wake = interrupts.wakeup.waitDescriptor()
         while true {
             do {
-                if case .child(let pid, let status) = try tree.reap(parent: identity.pid, selection, keep: keep) {
-                    return .success((pid, status))
+                switch try tree.reap(parent: identity.pid, selection, keep: keep, exited: kinds.exited, stopped: kinds.stopped, continued: kinds.continued) {
+                case .child(let pid, let status): return .success((pid, .ended(status)))
+                case .jobChange(let pid, .stopped(let signal)): return .success((pid, .stopped(signal)))
+                case .jobChange(let pid, .continued): return .success((pid, .continued))
+                case .noneYet: break
                 }
             } catch {
                 return .failure(error)

@@ -20,13 +20,17 @@ extension ProcessVM {
         case terminate
         case ignore
         case handler(UInt64)
+        /// A job-control stop (see `JobControl`).
+        case stop
     }
 
     func disposition(of signal: Int32) -> Disposition {
+        if signal == JobControl.stopSignal { return .stop }
         let action = signals.actions[Int(signal)]
         if action.handler == SignalState.ignore { return .ignore }
         if action.handler == 0 {
             let ignoredByDefault: Set<Int32> = [17, 18, 23, 28] // SIGCHLD, SIGCONT, SIGURG, SIGWINCH
+            if JobControl.stoppingByDefault.contains(signal) { return .stop }
             return ignoredByDefault.contains(signal) ? .ignore : .terminate
         }
         return .handler(action.handler)

@@ -42,6 +42,8 @@ extension ProcessVM {
                 let noChildWait: UInt64 = 2
                 tree.setAutoReaping(identity.pid, newAction.0 == SignalState.ignore || newAction.1 & noChildWait != 0)
                 handlesChildSignal.store(newAction.0 > SignalState.ignore, ordering: .relaxed)
+                let noChildStop: UInt64 = 1
+                ignoresChildStops.store(newAction.1 & noChildStop != 0, ordering: .relaxed)
             }
         }
         return .success
@@ -83,10 +85,12 @@ extension ProcessVM {
         guard pid == identity.pid || pid == 0 else { return .error(.ESRCH) }
         guard (0...64).contains(signal) else { return .error(.EINVAL) }
         if signal == 0 { return .success }
+        if JobControl.stoppingByDefault.contains(signal) { jobControl.stopSent() }
         switch disposition(of: signal) {
         case .ignore: return .success
         case .terminate: return .exit(.signaled(signal))
-        case .handler:
+        case .handler, .stop:
+            // Taken when the call returns: a handler runs, or the process stops there.
             pendingSignal = signal
             return .success
         }

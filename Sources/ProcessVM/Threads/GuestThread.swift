@@ -148,6 +148,8 @@ extension ProcessVM {
             threads.remove(thread)
         }
         while true {
+            waitIfStopped()
+            current = thread
             if thread.interrupts.pendingKill != nil || threads.groupExit != nil { return }
             if thread.pendingSignal == nil, let signal = thread.interrupts.takeSignal() { thread.pendingSignal = signal }
             if thread.pendingSignal != nil, thread.vcpu.syncRegisters.pointee.sregs.cs.selector == X86.Selector.userCode,

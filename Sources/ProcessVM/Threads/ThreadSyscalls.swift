@@ -188,10 +188,12 @@ extension ProcessVM {
         }
         if target === current { return signalSelf(pid: identity.pid, signal: signal) }
         if signal == 0 { return .success }
+        if JobControl.stoppingByDefault.contains(signal) { jobControl.stopSent() }
+        if signal == JobControl.continueSignal { jobControl.resume() }
         switch disposition(of: signal) {
         case .ignore: return .success
         case .terminate: return .exit(.signaled(signal))
-        case .handler:
+        case .handler, .stop:
             target.interrupts.raiseSignal(signal)
             target.vcpu.requestImmediateExit()
             target.slot.kick()
