@@ -119,7 +119,7 @@ struct AgentRoutes: Sendable {
             let streamName = try request.string("stream") ?? "all"
             guard let stream = LogStream(rawValue: streamName) else { throw APIError.invalid("stream \(streamName) is not stdout, stderr or all", field: "stream") }
             let query = LogQuery(stream: stream, since: try request.int("since", in: 0...(1 << 40)) ?? 0,
-                                 sinceTime: try request.double("sinceTime", in: 0...1e11), untilTime: try request.double("untilTime", in: 0...1e11),
+                                 sinceTime: try request.double("sinceTime", in: 0...LogQuery.latestTime), untilTime: try request.double("untilTime", in: 0...LogQuery.latestTime),
                                  timestamps: try request.bool("timestamps", default: false), follow: try request.bool("follow", default: false))
             let logs = try engine.logs(try context.parameter("id"), query)
             return Response(status: .ok, headers: [.contentType: "application/octet-stream"], body: ResponseBody { writer in

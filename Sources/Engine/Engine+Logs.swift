@@ -9,6 +9,9 @@ public struct LogQuery: Sendable {
     /// A byte offset in each log file: what comes before it is not read.
     public var since: Int
     /// Only lines written at or after this time (seconds since 1970).
+    /// The latest time a filter may name: 9e9 seconds since 1970 (the year 2255), inside the
+    /// nanoseconds a 64-bit number holds (up to 2262).
+    public static let latestTime: Double = 9e9
     public var sinceTime: Double?
     /// Only lines written at or before this time (seconds since 1970).
     public var untilTime: Double?
@@ -49,7 +52,9 @@ extension Engine {
         for (name, value) in [("sinceTime", query.sinceTime), ("untilTime", query.untilTime)] {
             guard let value else { continue }
             guard value.isFinite, value >= 0 else { throw EngineError.invalid(name, "\(name) \(value) is not a time: seconds since 1970, 0 or more") }
-            guard value < 1e11 else { throw EngineError.invalid(name, "\(name) \(value) is too far ahead to be a time in seconds since 1970") }
+            guard value <= LogQuery.latestTime else {
+                throw EngineError.invalid(name, "\(name) \(value) is too far ahead: at most \(LogQuery.latestTime) seconds since 1970 (times are kept in nanoseconds, as 64-bit numbers)")
+            }
         }
         if let sinceTime = query.sinceTime, sinceTime > now {
             throw EngineError.invalid("sinceTime", "sinceTime \(sinceTime) is in the future (now is \(now))")
@@ -146,8 +151,11 @@ extension Engine {
         }
     }
 
+    /// `seconds` (checked to lie in 0...LogQuery.latestTime) in nanoseconds; clamped, so that
+    /// no value can trap the conversion.
     static func nanoseconds(_ seconds: Double) -> Int64 {
-        Int64((seconds * 1e9).rounded(.down))
+        guard seconds.isFinite else { return seconds > 0 ? Int64.max : 0 }
+        return Int64(exactly: (min(max(seconds, 0), LogQuery.latestTime) * 1e9).rounded(.down)) ?? Int64.max
     }
 
     /// Up to 1 MiB of a log file from `offset` (empty when there is nothing new or no file).

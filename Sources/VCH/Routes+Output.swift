@@ -45,7 +45,8 @@ extension VirtualContainerHost {
         guard let text = request.string(name), !text.isEmpty, text != "0" else { return nil }
         let parts = text.split(separator: ".", maxSplits: 1, omittingEmptySubsequences: false)
         let fraction = parts.count == 2 ? parts[1] : ""
-        guard let seconds = Int64(parts[0]), seconds >= 0, seconds < 100_000_000_000, fraction.count <= 9,
+        // At most LogQuery.latestTime: the nanoseconds below fit in 64 bits.
+        guard let seconds = Int64(parts[0]), seconds >= 0, seconds <= Int64(LogQuery.latestTime), fraction.count <= 9,
               fraction.allSatisfy(\.isASCII), fraction.allSatisfy(\.isNumber), parts[0].allSatisfy(\.isNumber) else {
             throw DockerError.badRequest("\(name) \(text) is not a time in seconds since 1970 (with up to nine digits of fraction)")
         }

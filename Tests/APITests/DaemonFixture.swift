@@ -9,7 +9,8 @@ final class DaemonFixture: @unchecked Sendable {
     // @unchecked: the process handle is only touched by the test that owns the fixture.
     let state: URL
     let rootfs: URL
-    let tcpPort: Int?
+    /// The TCP port it listens on with `tcp` (another is tried when a start finds it taken).
+    private(set) var tcpPort: Int?
     private(set) var process: Process?
     let log: URL
 
@@ -18,7 +19,7 @@ final class DaemonFixture: @unchecked Sendable {
     init(tcp: Bool = false, state: URL? = nil, rootfs: URL? = nil) throws {
         self.state = try state ?? HostFacts.makeTemporaryFolder("agent-state")
         self.rootfs = try rootfs ?? BusyboxRootfs.make()
-        tcpPort = tcp ? Int.random(in: 20000...60000) : nil
+        tcpPort = tcp ? Self.freePort() : nil
         log = self.state.appendingPathComponent("daemon-\(UUID().uuidString).log")
     }
 
@@ -27,22 +28,44 @@ final class DaemonFixture: @unchecked Sendable {
 
     /// Starts the daemon and waits until it answers on its socket.
     func start(extra: [String] = []) throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Self.binary)
-        process.arguments = ["serve", "--state", state.path, "--stop-grace", "2"] + (tcpPort.map { ["--listen", "127.0.0.1:\($0)"] } ?? []) + extra
-        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
-        let handle = try FileHandle(forWritingTo: log)
-        process.standardOutput = handle
-        process.standardError = handle
-        try process.run()
-        self.process = process
-        let deadline = Date().addingTimeInterval(20)
-        while Date() < deadline {
-            if let response = try? client.send("GET", "/v1/_ping"), response.status == 200 { return }
-            if !process.isRunning { break }
-            usleep(20_000)
+        // A TCP port free when picked may be taken before the daemon binds it (tests run in
+        // parallel): a daemon that exits at once is started again on another.
+        for attempt in 0..<3 {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: Self.binary)
+            process.arguments = ["serve", "--state", state.path, "--stop-grace", "2"] + (tcpPort.map { ["--listen", "127.0.0.1:\($0)"] } ?? []) + extra
+            _ = FileManager.default.createFile(atPath: log.path, contents: nil)
+            let handle = try FileHandle(forWritingTo: log)
+            process.standardOutput = handle
+            process.standardError = handle
+            try process.run()
+            self.process = process
+            let deadline = Date().addingTimeInterval(20)
+            while Date() < deadline {
+                if let response = try? client.send("GET", "/v1/_ping"), response.status == 200 { return }
+                if !process.isRunning { break }
+                usleep(20_000)
+            }
+            guard !process.isRunning, tcpPort != nil, attempt < 2, daemonLog.lowercased().contains("in use") else { break }
+            tcpPort = Self.freePort()
         }
         throw AgentClient.ClientError(description: "the daemon did not start: \(daemonLog)")
+    }
+
+    /// A TCP port on loopback that nothing listens on now (the kernel's pick for port 0).
+    static func freePort() -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        // unsafe: sockaddr_in is a sockaddr of the size given.
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+        }
+        return bound ? Int(UInt16(bigEndian: address.sin_port)) : Int.random(in: 20000...30000)
     }
 
     var daemonLog: String { (try? String(contentsOf: log, encoding: .utf8)) ?? "" }
