@@ -52,21 +52,7 @@ final class DaemonFixture: @unchecked Sendable {
         throw AgentClient.ClientError(description: "the daemon did not start: \(daemonLog)")
     }
 
-    /// A TCP port on loopback that nothing listens on now (the kernel's pick for port 0).
-    static func freePort() -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        // unsafe: sockaddr_in is a sockaddr of the size given.
-        let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
-        }
-        return bound ? Int(UInt16(bigEndian: address.sin_port)) : Int.random(in: 20000...30000)
-    }
+    static func freePort() -> Int { HostFacts.freeTCPPort() }
 
     var daemonLog: String { (try? String(contentsOf: log, encoding: .utf8)) ?? "" }
 

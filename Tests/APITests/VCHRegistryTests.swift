@@ -67,7 +67,7 @@ struct VCHRegistryTests {
         defer { daemon.stop() }
         let client = daemon.client
         #expect(try post(client, "/v1/placement/pools", ["name": "dev"]).status == 201)
-        let port = Int.random(in: 20000...60000)
+        let port = HostFacts.freeTCPPort()
         let created = try post(client, "/v1/vchs", ["name": "tcp", "pool": "dev", "listen": "tcp://127.0.0.1:\(port)"])
         #expect(created.status == 201, "\(created.text)")
         let info = try created.decode(VCHInfo.self)

@@ -66,7 +66,7 @@ final class VCHFixture: @unchecked Sendable {
 
     /// Starts VCH `name` on TCP with a token file; returns the port and the token.
     func startTCPVCH(_ name: String, pool: String) throws -> (port: Int, token: String) {
-        let port = Int.random(in: 20000...60000)
+        let port = HostFacts.freeTCPPort()
         let tokenFile = folder.appendingPathComponent("\(name).token").path
         vchs[name] = try launch(["vch", "serve", "--name", name, "--pool", pool, "--listen", "tcp://127.0.0.1:\(port)", "--token-file", tokenFile,
                                  "--state", state.path], log: "vch-\(name).log")
