@@ -18,7 +18,7 @@ if ! command -v st >/dev/null 2>&1; then
 fi
 
 state=$(mktemp -d /tmp/vmfork-fuzz-XXXXXX)
-port=$((20000 + RANDOM % 30000))
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$vmfork" serve --state "$state/state" --listen "127.0.0.1:$port" --stop-grace 1 > "$state/daemon.log" 2>&1 &
 daemon=$!
 cleanup() {
