@@ -101,9 +101,13 @@ public struct SHA256: Sendable {
     private mutating func compress(_ data: UnsafeRawPointer, blocks: Int) {
         if hardware {
             // unsafe: a tuple of eight UInt32 is laid out as eight consecutive words (as C arrays
-            // import); data points at blocks * 64 readable bytes; the shim writes only the eight words.
+            // import); data points at blocks * 64 readable bytes; `k` holds the 64 constants the shim
+            // reads; the shim writes only the eight words.
             withUnsafeMutableBytes(of: &state) { words in
-                cshims_sha256_blocks(words.baseAddress!.assumingMemoryBound(to: UInt32.self), data.assumingMemoryBound(to: UInt8.self), blocks)
+                Self.k.withUnsafeBufferPointer { constants in
+                    cshims_sha256_blocks(words.baseAddress!.assumingMemoryBound(to: UInt32.self), data.assumingMemoryBound(to: UInt8.self), blocks,
+                                         constants.baseAddress!)
+                }
             }
             return
         }

@@ -9,6 +9,7 @@
 int cshims_sha256_hardware(void);
 
 /* Runs SHA-256's compression over `blocks` 64-byte blocks at `data`, updating `state` (the
- * eight words a..h) in place. Call only when cshims_sha256_hardware() answered 1. */
-void cshims_sha256_blocks(uint32_t state[8], const uint8_t *data, size_t blocks);
+ * eight words a..h) in place, with FIPS 180-4's 64 round constants at `constants` (the
+ * caller's one table). Call only when cshims_sha256_hardware() answered 1. */
+void cshims_sha256_blocks(uint32_t state[8], const uint8_t *data, size_t blocks, const uint32_t constants[64]);
 #endif
