@@ -207,13 +207,13 @@ extension Engine {
             }
             if isNew {
                 adopted += 1
-                if info.state != .exited { writer.enqueue { $0.containers.append(ContainerRow(info: info)) } }
+                if info.state != .exited { writer.enqueue { $0.containers.append(info) } }
             }
             known.setShard(shard)
             if info.state == .exited {
                 finishRemote(known, WorkerExit(info: info))
             } else if known.applyRemote(info) {
-                writer.enqueue { $0.containers.append(ContainerRow(info: known.info)) }
+                writer.enqueue { $0.containers.append(known.info) }
             }
         }
         if adopted > 0 { logger.notice("took containers no daemon had recorded", metadata: ["shard": "\(shard)", "count": "\(adopted)"]) }
@@ -258,7 +258,7 @@ extension Engine {
         let detail = eventType == "container.exit" ? "{\"exitCode\":\(reported.exitCode)}" : "{\"reason\":\(Self.jsonString(reported.reason))}"
         let event = EventRow(time: info.finishedAt ?? 0, actor: "engine", type: eventType, subject: info.id, result: "ok", detail: detail)
         writer.enqueue { writes in
-            writes.containers.append(ContainerRow(info: info))
+            writes.containers.append(info)
             writes.events.append(event)
         }
     }
@@ -377,7 +377,7 @@ extension Engine {
         }
         if let micros = info.forkMicroseconds { metrics.forkLatency.record(duration: .nanoseconds(Int64(micros * 1000))) }
         metrics.forks.increment()
-        writer.enqueue { $0.containers.append(ContainerRow(info: info)) }
+        writer.enqueue { $0.containers.append(info) }
         if let registered {
             // Created and started in one call: its create and start are recorded before any
             // exit the worker reported meanwhile.
@@ -402,7 +402,7 @@ extension Engine {
         // is recorded after it with its reason by the caller.
         record("container.start", subject: container.id, actor: actor)
         let info = try await workerSet!.connection(shard).call("start", WorkerContainerRef(id: container.id), as: ContainerInfo.self)
-        if container.applyRemote(info) { writer.enqueue { $0.containers.append(ContainerRow(info: container.info)) } }
+        if container.applyRemote(info) { writer.enqueue { $0.containers.append(container.info) } }
     }
 
     func stopInWorker(_ container: ManagedContainer, shard: Int, grace: Duration) async throws -> ExitInfo {
@@ -412,10 +412,17 @@ extension Engine {
     }
 
     /// Removes the container's VM in its worker (a worker that is gone took it along).
-    func removeInWorker(_ container: ManagedContainer, shard: Int) async {
-        guard let connection = try? workerSet?.connection(shard) else { return }
-        do { _ = try await connection.call("remove", WorkerRemove(id: container.id, force: true), as: WorkerNothing.self) } catch {
+    /// Removes the container in its worker: false when the worker could not (gone, or it no
+    /// longer knows the container).
+    @discardableResult
+    func removeInWorker(_ container: ManagedContainer, shard: Int) async -> Bool {
+        guard let connection = try? workerSet?.connection(shard) else { return false }
+        do {
+            _ = try await connection.call("remove", WorkerRemove(id: container.id, force: true), as: WorkerNothing.self)
+            return true
+        } catch {
             logger.warning("worker remove failed", metadata: ["container": "\(container.id)", "shard": "\(shard)", "error": "\(error)"])
+            return false
         }
     }
 

@@ -30,7 +30,8 @@ import Synchronization
 /// 4. release the warm parents: their pooled VMs and their memfds go the same way; stop the
 ///    system-call poller's thread (owned through the engine's KVM system);
 /// 5. record the daemon's stop, flush the queued state writes and checkpoint the SQLite
-///    write-ahead log; end the followers of the event log;
+///    write-ahead log; end the followers of the event log; finish emptying removed
+///    containers' log folders;
 /// 6. the daemon then closes its sockets and drops the engine, which releases the state
 ///    folder's locks.
 public final class Engine: Sendable {
@@ -67,6 +68,8 @@ public final class Engine: Sendable {
     let layerDiskEngine: IOEngine?
     /// Containers' own writable disks, children of their image's top layer (`ContainerDiskPool`).
     let containerDisks: ContainerDiskPool?
+    /// Containers' log folders, and emptied ones kept for reuse (`ContainerFolderPool`).
+    let containerFolders: ContainerFolderPool
     /// In one process, as the control plane of worker processes, or as a worker.
     public let options: EngineOptions
     /// The daemon's workers (nil when this process holds the VMs itself).
@@ -127,11 +130,13 @@ public final class Engine: Sendable {
         workerSet = try options.workers.flatMap { $0.count > 0 ? try WorkerSet(settings: $0, stateFolder: stateFolder) : nil }
         let keepsLive = workerSet != nil
         let lostReason = options.workerShard != nil ? "stopped: its worker restarted" : "stopped: the daemon restarted"
-        try FileManager.default.createDirectory(at: containersFolder, withIntermediateDirectories: true)
+        let containers = options.containersFolder ?? stateFolder.appendingPathComponent("containers", isDirectory: true)
+        try FileManager.default.createDirectory(at: containers, withIntermediateDirectories: true)
+        containerFolders = ContainerFolderPool(folder: containers, owner: options.workerShard.map { "w\($0)" } ?? "d")
 
         let snapshot = try store.engineSnapshot()
         let now = Date().timeIntervalSince1970
-        var stopped: [ContainerRow] = []
+        var stopped: [ContainerInfo] = []
         registry.withLock { registry in
             for row in snapshot.images {
                 var image = ImageRecord(row: row).withDefaultForkPoint()
@@ -154,7 +159,7 @@ public final class Engine: Sendable {
                     info.finishedAt = now
                     exit = ExitInfo(exitCode: 137, reason: lostReason)
                     info.exitCode = 137
-                    stopped.append(ContainerRow(info: info))
+                    stopped.append(info)
                 } else {
                     exit = ExitInfo(exitCode: info.exitCode ?? 0, reason: info.exitReason ?? "exited")
                 }
@@ -177,7 +182,7 @@ public final class Engine: Sendable {
                                                 "policies": "\(snapshot.policies.count)", "containers": "\(snapshot.containers.count)"])
     }
 
-    var containersFolder: URL { options.containersFolder ?? stateFolder.appendingPathComponent("containers", isDirectory: true) }
+    var containersFolder: URL { containerFolders.folder }
 
     /// Makes the warm parents of every recorded policy (a daemon calls it once it listens).
     public func warmUp() async {
@@ -289,6 +294,9 @@ public final class Engine: Sendable {
         do { try await onKVMThread { try store.checkpoint() } } catch {
             logger.warning("WAL checkpoint failed", metadata: ["error": "\(error)"])
         }
+        //    Removed containers' folders finish being emptied.
+        let folders = containerFolders
+        _ = try? await onKVMThread { folders.waitForRemovals() }
         logger.info("engine stopped")
     }
 

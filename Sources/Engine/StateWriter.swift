@@ -16,7 +16,7 @@ final class StateWriter: Sendable {
     let feed = EventFeed()
 
     private struct Pending {
-        var writes = EngineWrites()
+        var writes = QueuedWrites()
         var scheduled = false
     }
 
@@ -25,7 +25,7 @@ final class StateWriter: Sendable {
         self.logger = logger
     }
 
-    func enqueue(_ body: (inout EngineWrites) -> Void) {
+    func enqueue(_ body: (inout QueuedWrites) -> Void) {
         let schedule = pending.withLock { state in
             body(&state.writes)
             defer { state.scheduled = true }
@@ -52,16 +52,19 @@ final class StateWriter: Sendable {
         if !writes.events.isEmpty { feed.notify() }
     }
 
-    /// The same writes with only the last row of each container, and none for a container
-    /// deleted in the same batch (its row would be written and deleted at once).
-    static func coalesced(_ writes: EngineWrites) -> EngineWrites {
-        var result = writes
+    /// The batch to write: only the last state of each container, and none for a container
+    /// deleted in the same batch (its row would be written and deleted at once). Rows are
+    /// encoded here, once per container and batch, not by each caller under the lock.
+    static func coalesced(_ writes: QueuedWrites) -> EngineWrites {
+        var result = EngineWrites()
+        result.events = writes.events
+        result.deletedContainers = writes.deletedContainers
         let deleted = Set(writes.deletedContainers)
         var seen = Set<String>()
-        result.containers = writes.containers.reversed().filter { row in
-            guard !deleted.contains(row.id) else { return false }
-            return seen.insert(row.id).inserted
-        }.reversed()
+        result.containers = writes.containers.reversed().filter { info in
+            guard !deleted.contains(info.id) else { return false }
+            return seen.insert(info.id).inserted
+        }.reversed().map(ContainerRow.init(info:))
         return result
     }
 
@@ -78,6 +81,16 @@ final class StateWriter: Sendable {
             }
         }
     }
+}
+
+/// What callers queue for the state writer: events, containers' states (in call order;
+/// encoded as rows when written), deletions.
+struct QueuedWrites {
+    var events: [EventRow] = []
+    var containers: [ContainerInfo] = []
+    var deletedContainers: [String] = []
+
+    var isEmpty: Bool { events.isEmpty && containers.isEmpty && deletedContainers.isEmpty }
 }
 
 /// Wakes the followers of the event log when new events are written, and ends them when the

@@ -33,8 +33,10 @@ public final class LogTimeIndex: Sendable {
     private let lastRecord = Atomic<Int64>(Int64.min)
 
     /// Opens (creating or emptying) the index at `path` for `stream` (1 or 2) of `timeline`.
-    public init(path: String, stream: Int, timeline: LogTimeline) throws(SystemError) {
-        file = try FileDescriptor.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, mode: 0o600)
+    /// `empty`: the file is known to exist empty, so it is opened without O_TRUNC (which
+    /// changes the inode, a journalled write, even for an empty file).
+    public init(path: String, stream: Int, timeline: LogTimeline, empty: Bool = false) throws(SystemError) {
+        file = try FileDescriptor.open(path, O_WRONLY | O_CREAT | O_APPEND | (empty ? 0 : O_TRUNC), mode: 0o600)
         self.stream = stream
         self.timeline = timeline
     }

@@ -1,0 +1,94 @@
+import Engine
+import Foundation
+import Metrics
+import TestSupport
+import Testing
+
+/// Containers' log folders are made ahead and reused (`ContainerFolderPool`): a container
+/// never sees what an earlier one wrote, removed containers' folders are gone under their
+/// names, and a restarted engine takes over the ready folders the last one left.
+@Suite(.enabled(if: HostFacts.hasKVM && BusyboxRootfs.isAvailable, "needs /dev/kvm and busybox-static"))
+struct ContainerFolderTests {
+    @Test func reusedLogFoldersNeverCarryAnEarlierContainersOutput() async throws {
+        let state = try HostFacts.makeTemporaryFolder("engine-folders")
+        let root = try BusyboxRootfs.make()
+        defer {
+            try? FileManager.default.removeItem(at: state)
+            try? FileManager.default.removeItem(at: root)
+        }
+        let containers = state.appendingPathComponent("containers")
+        let ready = try await runAndRemove(state: state, rootfs: root)
+
+        // A later engine on the same containers folder (as a restarted daemon) empties and
+        // takes over what the last one left, and its containers' output is again their own.
+        // (Another state folder: the first engine's process-wide locks stay while it lives.)
+        let leftBefore = ready.count
+        let stray = containers.appendingPathComponent("\(try #require(ready.first))/stdout.log")
+        try Data("stale output\n".utf8).write(to: stray)
+        let secondState = try HostFacts.makeTemporaryFolder("engine-folders-2")
+        defer { try? FileManager.default.removeItem(at: secondState) }
+        let second = try Engine(stateFolder: secondState, metricsFactory: NOOPMetricsHandler.instance,
+                                options: EngineOptions(containersFolder: containers))
+        _ = try await second.addImage(ImageRecord(name: "busybox", rootfs: root.path, executable: "/bin/busybox"), by: "test")
+        for round in 0..<4 {
+            let result = try await second.runContainer(ContainerSpec(image: "busybox", arguments: ["echo", "after \(round)"]), by: "test")
+            #expect(result.stdout == "after \(round)\n")
+        }
+        let after = try await settled(containers).filter { $0.hasPrefix(".ready-") }
+        #expect(after.count >= min(leftBefore, 8) && after.count <= 64)
+        await second.shutdown(grace: .milliseconds(100))
+    }
+
+    /// Runs containers on a first engine and removes them; returns its ready folders.
+    private func runAndRemove(state: URL, rootfs: URL) async throws -> [String] {
+        let containers = state.appendingPathComponent("containers")
+        let first = try Engine(stateFolder: state, metricsFactory: NOOPMetricsHandler.instance)
+        _ = try await first.addImage(ImageRecord(name: "busybox", rootfs: rootfs.path, executable: "/bin/busybox"), by: "test")
+        var removed: [String] = []
+        for round in 0..<24 {
+            // Long output in early rounds, short later: a reused file must not keep a tail.
+            let text = round < 8 ? String(repeating: "long \(round) ", count: 200) : "short \(round)"
+            var spec = ContainerSpec(image: "busybox", arguments: ["sh", "-c", "echo '\(text)'; echo 'err \(round)' >&2; cat"])
+            if round % 3 == 0 { spec.stdin = "given \(round)\n" }
+            let result = try await first.runContainer(spec, by: "test")
+            let input = round % 3 == 0 ? "given \(round)\n" : ""
+            #expect(result.stdout == "\(text)\n\(input)", "round \(round)")
+            #expect(result.stderr == "err \(round)\n", "round \(round)")
+            removed.append(result.id)
+        }
+        // One kept: its folder holds its own files only, and its logs are its own.
+        let kept = try await first.runContainer(ContainerSpec(image: "busybox", arguments: ["echo", "kept"]), remove: false, by: "test")
+        let keptFiles = try FileManager.default.contentsOfDirectory(atPath: containers.appendingPathComponent(kept.id).path).sorted()
+        #expect(keptFiles == ["stderr.log", "stderr.times", "stdout.log", "stdout.times"])
+        #expect(try String(contentsOf: containers.appendingPathComponent("\(kept.id)/stdout.log"), encoding: .utf8) == "kept\n")
+
+        // Removal finishes off the caller's path: wait for it, then look at the folder.
+        let names = try await settled(containers)
+        #expect(names.allSatisfy { !removed.contains($0) }, "a removed container's folder is still there")
+        let ready = names.filter { $0.hasPrefix(".ready-") }
+        #expect(!ready.isEmpty && ready.count <= 64)
+        for name in ready {
+            let files = try FileManager.default.contentsOfDirectory(atPath: containers.appendingPathComponent(name).path)
+            #expect(Set(files) == ["stderr.log", "stderr.times", "stdout.log", "stdout.times"], "\(name) holds \(files)")
+            for file in files {
+                let size = try FileManager.default.attributesOfItem(atPath: containers.appendingPathComponent("\(name)/\(file)").path)[.size] as? Int
+                #expect(size == 0, "\(name)/\(file) is not empty")
+            }
+        }
+
+        await first.shutdown(grace: .milliseconds(100))
+        return ready
+    }
+
+    /// The folder's entries once two looks 100 ms apart agree (at most 5 s).
+    private func settled(_ folder: URL) async throws -> [String] {
+        var last = try FileManager.default.contentsOfDirectory(atPath: folder.path).sorted()
+        for _ in 0..<50 {
+            try await Task.sleep(for: .milliseconds(100))
+            let now = try FileManager.default.contentsOfDirectory(atPath: folder.path).sorted()
+            if now == last { return now }
+            last = now
+        }
+        return last
+    }
+}
