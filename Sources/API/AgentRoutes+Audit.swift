@@ -36,13 +36,6 @@ struct ClientEvent: Decodable {
     var detail: String?
 
     private enum Key: String, CodingKey { case type, subject, result, detail }
-    private struct AnyKey: CodingKey {
-        var stringValue: String
-        var intValue: Int? { nil }
-        init(stringValue: String) { self.stringValue = stringValue }
-        init?(intValue: Int) { nil }
-    }
-
     init(from decoder: any Decoder) throws {
         let all = try decoder.container(keyedBy: AnyKey.self)
         if let unknown = all.allKeys.map(\.stringValue).sorted().first(where: { !Self.fields.contains($0) }) {

@@ -7,34 +7,43 @@ protocol StrictBody: Decodable {
     static var fields: Set<String> { get }
 }
 
+/// A StrictBody decoded after its keys are checked: a JSON object, no unknown field, no null.
+private struct StrictlyDecoded<T: StrictBody>: Decodable {
+    let value: T
+
+    init(from decoder: any Decoder) throws {
+        let object: KeyedDecodingContainer<AnyKey>
+        do { object = try decoder.container(keyedBy: AnyKey.self) } catch DecodingError.typeMismatch {
+            throw APIError.invalid("the body must be a JSON object")
+        }
+        let keys = object.allKeys.map(\.stringValue).sorted()
+        if let unknown = keys.first(where: { !T.fields.contains($0) }) {
+            throw APIError.invalid("unknown field \"\(unknown)\" (allowed: \(T.fields.sorted().joined(separator: ", ")))", field: unknown)
+        }
+        if let null = keys.first(where: { (try? object.decodeNil(forKey: AnyKey(stringValue: $0))) == true }) {
+            throw APIError.invalid("field \"\(null)\" is null; leave it out instead", field: null)
+        }
+        value = try T(from: decoder)
+    }
+}
+
+/// A JSON object's key, whatever its name.
+struct AnyKey: CodingKey {
+    var stringValue: String
+    var intValue: Int? { nil }
+    init(stringValue: String) { self.stringValue = stringValue }
+    init?(intValue: Int) { nil }
+}
+
 extension Request {
     /// The body as `T`: a JSON object, no unknown or null fields, each of the right type.
     /// Nothing is changed anywhere before this succeeds.
     mutating func decodeStrict<T: StrictBody>(_ type: T.Type) async throws -> T {
         let buffer = try await collectBody(upTo: AgentLimits.maxBodyBytes)
-        let data = Data(buffer.readableBytesView)
-        let object: Any
         do {
-            object = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])
-        } catch {
-            // The decoder may name the field (a number out of any range, for one).
-            do { _ = try JSONDecoder().decode(T.self, from: data) } catch let error as DecodingError {
-                if case .dataCorrupted(let context) = error, context.codingPath.isEmpty {
-                    throw APIError.invalid("the body is not valid JSON, or holds a number out of any range")
-                }
-                throw APIError(decoding: error)
-            }
-            throw APIError.invalid("the body is not valid JSON, or holds a number out of any range")
-        }
-        guard let fields = object as? [String: Any] else { throw APIError.invalid("the body must be a JSON object") }
-        if let unknown = fields.keys.sorted().first(where: { !T.fields.contains($0) }) {
-            throw APIError.invalid("unknown field \"\(unknown)\" (allowed: \(T.fields.sorted().joined(separator: ", ")))", field: unknown)
-        }
-        if let null = fields.first(where: { $0.value is NSNull })?.key {
-            throw APIError.invalid("field \"\(null)\" is null; leave it out instead", field: null)
-        }
-        do {
-            return try JSONDecoder().decode(T.self, from: data)
+            // One parse: the object's keys are checked, then T decodes from the same decoder
+            // (a JSONSerialization pass before the decoder's took a sixth of a run's HTTP time).
+            return try JSONDecoder().decode(StrictlyDecoded<T>.self, from: Data(buffer.readableBytesView)).value
         } catch let error as DecodingError {
             throw APIError(decoding: error)
         }
