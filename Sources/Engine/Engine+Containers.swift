@@ -169,8 +169,7 @@ extension Engine {
         let placement = self.placement
         return try await onKVMThread {
             do {
-                let reserved = try placement.reserve(pool: pool, image: image, memoryKiB: memoryKiB)
-                return try placement.commit(reserved.id).id
+                return try placement.placeAndCommit(pool: pool, image: image, memoryKiB: memoryKiB).id
             } catch let error as PlacementError {
                 switch error {
                 case .unknownPool: throw EngineError(.notFound, error.description, field: "pool")

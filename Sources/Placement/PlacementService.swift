@@ -196,6 +196,38 @@ public final class PlacementService: Sendable {
         }
     }
 
+    /// Places a fork and commits it at once, in one state write (what a reserve and a commit
+    /// do in two): for a caller that forks right away, such as the engine's container create.
+    public func placeAndCommit(pool: String, image: String, allowColdStart: Bool = true, memoryKiB: Int? = nil) throws -> Placement {
+        try state.withLock { core in
+            let lease = clock() + leaseSeconds
+            let reserved: Placement
+            do throws(PlacementError) {
+                reserved = try core.reserve(pool: pool, image: image, allowColdStart: allowColdStart, leaseExpiresAt: lease, memoryKiB: memoryKiB)
+            } catch let refusal {
+                switch refusal {
+                case .poolRefused, .noHostFits: guard try reclaimExpired(&core) > 0 else { throw refusal }
+                default: throw refusal
+                }
+                reserved = try core.reserve(pool: pool, image: image, allowColdStart: allowColdStart, leaseExpiresAt: lease, memoryKiB: memoryKiB)
+            }
+            let committed: Placement
+            do { committed = try core.commit(reserved.id) } catch {
+                try core.release(reserved.id)
+                throw error
+            }
+            var rows = StateChanges()
+            rows.placements = [committed.row]
+            do {
+                try store.write(rows)
+            } catch {
+                try core.release(committed.id)
+                throw error
+            }
+            return committed
+        }
+    }
+
     /// Gives back exactly what the placement was charged.
     @discardableResult
     public func release(_ id: Int) throws -> Placement {

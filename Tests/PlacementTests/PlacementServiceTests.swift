@@ -161,6 +161,38 @@ import WorkloadProfiles
         #expect(try late.reserve(pool: "dev", image: "db").id == 8)
     }
 
+    @Test func placeAndCommitChargesAsReserveThenCommitInOneWrite() throws {
+        let folder = try HostFacts.makeTemporaryFolder("placement")
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let clock = TestClock()
+        // The same fork placed both ways on two identical fleets charges the same.
+        let twoStep = try open(try HostFacts.makeTemporaryFolder("placement-two-step"), clock: clock)
+        defer { try? FileManager.default.removeItem(at: URL(fileURLWithPath: twoStep.store.path).deletingLastPathComponent()) }
+        try twoStep.load(tightPlan())
+        let before: String
+        let placed: Placement
+        do {
+            let service = try open(folder, clock: clock)
+            try service.load(tightPlan())
+            before = service.read { Fixture.fingerprint($0) }
+            placed = try service.placeAndCommit(pool: "dev", image: "db", memoryKiB: 200_000)
+            let stepwise = try twoStep.commit(try twoStep.reserve(pool: "dev", image: "db", memoryKiB: 200_000).id)
+            #expect(placed.row == stepwise.row)
+            #expect(service.read { Fixture.fingerprint($0) } == twoStep.read { Fixture.fingerprint($0) })
+            // A refusal leaves nothing behind, in memory or in the database.
+            let after = service.read { Fixture.fingerprint($0) }
+            #expect(throws: PlacementError.self) { try service.placeAndCommit(pool: "dev", image: "redis") }
+            #expect(service.read { Fixture.fingerprint($0) } == after)
+        }
+        // Committed, it outlives its lease and a restart, and releases to where it started.
+        clock.advance(3600)
+        let reopened = try open(folder, clock: clock)
+        #expect(try reopened.reclaimExpired() == 0)
+        #expect(try reopened.store.snapshot().placements.map(\.id) == [placed.id])
+        try reopened.release(placed.id)
+        #expect(reopened.read { Fixture.fingerprint($0) } == before)
+    }
+
     @Test func expiredReservationsMakeRoomForARefusedRequest() throws {
         let folder = try HostFacts.makeTemporaryFolder("placement")
         defer { try? FileManager.default.removeItem(at: folder) }
