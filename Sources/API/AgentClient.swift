@@ -103,6 +103,10 @@ public final class AgentClient: Sendable {
         return status
     }
 
+    /// A new connection to the endpoint, with nothing sent: its descriptor is the caller's to
+    /// use and close (tests that hold connections open and speak HTTP themselves).
+    public func openConnection() throws -> Int32 { try connect() }
+
     // MARK: Wire
 
     private func exchange(_ fd: Int32, _ method: String, _ path: String, body: Data?, contentType: String) throws -> Response {
