@@ -48,11 +48,12 @@ final class VCHFixture: @unchecked Sendable {
         guard response.status < 300 else { throw AgentClient.ClientError(description: "POST \(path): \(response.status) \(response.text)") }
     }
 
-    /// Starts VCH `name` for `pool` on a Unix socket; returns the socket's path.
+    /// Starts VCH `name` for `pool` on a Unix socket (`extra`: more options of `vch serve`); returns the socket's path.
     @discardableResult
-    func startVCH(_ name: String, pool: String) throws -> String {
+    func startVCH(_ name: String, pool: String, extra: [String] = []) throws -> String {
         let socket = folder.appendingPathComponent("\(name).sock").path
-        vchs[name] = try launch(["vch", "serve", "--name", name, "--pool", pool, "--listen", "unix://\(socket)", "--state", state.path], log: "vch-\(name).log")
+        vchs[name] = try launch(["vch", "serve", "--name", name, "--pool", pool, "--listen", "unix://\(socket)", "--state", state.path] + extra,
+                                log: "vch-\(name).log")
         try waitUntil("VCH \(name) answers") { (try? AgentClient(socketPath: socket).send("GET", "/_ping"))?.status == 200 }
         return socket
     }
@@ -65,11 +66,11 @@ final class VCHFixture: @unchecked Sendable {
     }
 
     /// Starts VCH `name` on TCP with a token file; returns the port and the token.
-    func startTCPVCH(_ name: String, pool: String) throws -> (port: Int, token: String) {
+    func startTCPVCH(_ name: String, pool: String, extra: [String] = []) throws -> (port: Int, token: String) {
         let port = HostFacts.freeTCPPort()
         let tokenFile = folder.appendingPathComponent("\(name).token").path
         vchs[name] = try launch(["vch", "serve", "--name", name, "--pool", pool, "--listen", "tcp://127.0.0.1:\(port)", "--token-file", tokenFile,
-                                 "--state", state.path], log: "vch-\(name).log")
+                                 "--state", state.path] + extra, log: "vch-\(name).log")
         try waitUntil("VCH \(name) listens") { FileManager.default.fileExists(atPath: tokenFile) && (try? AgentClient(endpoint: .tcp(host: "127.0.0.1", port: port, token: nil)).send("GET", "/_ping")) != nil }
         let token = try String(contentsOfFile: tokenFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
         return (port, token)
