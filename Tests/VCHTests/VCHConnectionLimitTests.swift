@@ -90,4 +90,22 @@ struct VCHConnectionLimitTests {
             for connection in held { connection.close() }
         }
     }
+
+    /// Each `docker events` (and `logs -f`) through a VCH holds a follow on the agent too: when
+    /// its client leaves, the VCH ends that follow at once, so that clients coming and going
+    /// do not use up the agent's connections (here 10) while no event comes.
+    @Test func followersThatLeaveAVCHFreeTheirAgentConnections() throws {
+        let fixture = try VCHFixture(agentExtra: ["--max-connections", "10"])
+        let socket = try fixture.startVCH("dev", pool: "dev")
+        for round in 0..<4 {
+            let held = try (0..<4).map { _ in try Self.hold(socket, #"/v1.43/events?filters={"container":["nosuch"]}"#) }
+            for connection in held { connection.close() }
+            // Their agent follows close soon after: the agent serves its socket again.
+            try fixture.waitUntil("round \(round): the agent serves again", timeout: 5) {
+                (try? AgentClient(socketPath: fixture.state.appendingPathComponent(AgentDaemon.socketName).path).send("GET", "/v1/version"))?.status == 200
+            }
+        }
+        let listed = try fixture.docker(socket, ["ps", "-a"])
+        #expect(listed.status == 0, "\(listed)")
+    }
 }

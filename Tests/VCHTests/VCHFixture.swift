@@ -20,13 +20,14 @@ final class VCHFixture: @unchecked Sendable {
     var agent: AgentClient { AgentClient(socketPath: state.appendingPathComponent(AgentDaemon.socketName).path) }
     var dockerConfig: URL { folder.appendingPathComponent("docker-config") }
 
-    /// Starts the agent with image `busybox`, host h1 (4 GiB, 2 cores) and the given pools.
-    init(pools: [String] = ["dev"]) throws {
+    /// Starts the agent with image `busybox`, host h1 (4 GiB, 2 cores) and the given pools
+    /// (`agentExtra`: more options of `vmfork serve`).
+    init(pools: [String] = ["dev"], agentExtra: [String] = []) throws {
         folder = try HostFacts.makeTemporaryFolder("vch")
         rootfs = try BusyboxRootfs.make()
         try FileManager.default.createDirectory(at: dockerConfig, withIntermediateDirectories: true)
         try FileManager.default.createDirectory(at: state, withIntermediateDirectories: true)
-        daemon = try launch(["serve", "--state", state.path, "--stop-grace", "2"], log: "agent.log")
+        daemon = try launch(["serve", "--state", state.path, "--stop-grace", "2"] + agentExtra, log: "agent.log")
         try waitUntil("the host agent answers") { (try? self.agent.send("GET", "/v1/_ping"))?.status == 200 }
         try post("/v1/images", ["name": "busybox", "rootfs": rootfs.path, "executable": "/bin/busybox", "environment": ["PATH=/bin"]])
         try post("/v1/placement/hosts", ["name": "h1", "cpuCores": 2, "nodeMemoryKiB": [4_194_304]])
