@@ -94,7 +94,7 @@ final class ConnectionLimitHandler: ChannelInboundHandler, RemovableChannelHandl
             return
         }
         switch unwrapInboundIn(data) {
-        case .head:
+        case .head(let request):
             guard answer == nil else { return }
             let error = APIError(status: .tooManyRequests, code: "too_many_connections",
                                  message: limit.refusalMessage(option: "vmfork serve --max-connections"))
@@ -103,7 +103,7 @@ final class ConnectionLimitHandler: ChannelInboundHandler, RemovableChannelHandl
                 .contentType: "application/json", .contentLength: "\(body.readableBytes)", .connection: "close",
             ])
             context.write(wrapOutboundOut(.head(head)), promise: nil)
-            context.write(wrapOutboundOut(.body(body)), promise: nil)
+            if request.method != .head { context.write(wrapOutboundOut(.body(body)), promise: nil) }
             answer = context.writeAndFlush(wrapOutboundOut(.end(nil)))
         case .body:
             break
