@@ -30,11 +30,15 @@ struct APIError: Error, CustomStringConvertible {
         let field: String?
     }
 
-    var response: Response {
+    /// The JSON body.
+    var body: Data {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        let data = (try? encoder.encode(Body(code: code, message: message, field: field))) ?? Data("{\"code\":\"failed\",\"message\":\"?\"}".utf8)
-        return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
+        return (try? encoder.encode(Body(code: code, message: message, field: field))) ?? Data("{\"code\":\"failed\",\"message\":\"?\"}".utf8)
+    }
+
+    var response: Response {
+        Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: body)))
     }
 
     /// Any error thrown by a handler, the engine, placement or the HTTP layer, as the API answers it.

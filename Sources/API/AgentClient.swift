@@ -81,10 +81,16 @@ public final class AgentClient: Sendable {
     /// each piece of the body as it arrives and returns false to stop. Returns the status.
     /// `onStatus` hears the status as soon as the head is in (a follow that says nothing yet
     /// is still connected).
+    /// `cancellation` ends the stream from another thread at once, even while no piece comes.
     @discardableResult
-    public func stream(_ method: String, _ path: String, onStatus: (Int) -> Void = { _ in }, onChunk: (Data) -> Bool) throws -> Int {
+    public func stream(_ method: String, _ path: String, cancellation: StreamCancellation? = nil, onStatus: (Int) -> Void = { _ in },
+                       onChunk: (Data) -> Bool) throws -> Int {
         let fd = try connect()
-        defer { close(fd) }
+        defer {
+            cancellation?.detach()
+            close(fd)
+        }
+        guard cancellation?.attach(fd) ?? true else { throw ClientError(description: "the stream of \(method) \(path) was cancelled") }
         try writeRequest(fd, method, path, body: nil, contentType: "application/json", keepAlive: false)
         var reader = Reader(fd: fd)
         let (status, headers) = try reader.readHead()
@@ -102,6 +108,43 @@ public final class AgentClient: Sendable {
         }
         return status
     }
+
+    /// Ends a `stream` from another thread: `cancel()` shuts its connection down, so that a read
+    /// waiting for the next piece (a follow with nothing new) returns at once and the daemon sees
+    /// the connection close, instead of at the next piece.
+    public final class StreamCancellation: Sendable {
+        private struct State {
+            var fd: Int32?
+            var cancelled = false
+        }
+
+        private let state = Mutex(State())
+
+        public init() {}
+
+        public func cancel() {
+            state.withLock { state in
+                state.cancelled = true
+                // Under the lock, so the stream cannot close the descriptor (and another take its number) meanwhile.
+                if let fd = state.fd { shutdown(fd, Int32(SHUT_RDWR)) }
+            }
+        }
+
+        /// False when cancelled already.
+        fileprivate func attach(_ fd: Int32) -> Bool {
+            state.withLock { state in
+                guard !state.cancelled else { return false }
+                state.fd = fd
+                return true
+            }
+        }
+
+        fileprivate func detach() { state.withLock { $0.fd = nil } }
+    }
+
+    /// A new connection to the endpoint, with nothing sent: its descriptor is the caller's to
+    /// use and close (tests that hold connections open and speak HTTP themselves).
+    public func openConnection() throws -> Int32 { try connect() }
 
     // MARK: Wire
 

@@ -31,13 +31,18 @@ struct AgentContext: RequestContext {
     var maxUploadSize: Int { AgentLimits.maxBodyBytes }
 }
 
-enum AgentLimits {
+public enum AgentLimits {
     /// Request bodies above this get 413.
     static let maxBodyBytes = 1 << 20
     /// Requests in flight at once above this get 429.
     static let maxRequestsInFlight = 512
-    /// Connections held at once; the server stops accepting above it until one closes.
-    static let maxConnections = 1024
+    /// Connections served at once on each listener by default (`vmfork serve --max-connections`);
+    /// one more is answered 429 and closed (`ConnectionLimit`).
+    public static let defaultMaxConnections = 1024
+    /// Connections accepted at once on a listener, as a multiple of its limit: the ones beyond
+    /// the limit are accepted only to be refused, and this bounds the descriptors they hold
+    /// under a flood (above it new connections wait in the backlog until one closes).
+    static let acceptedPerServed = 2
     /// A connection idle this long (a stalled client) is closed.
     static let idleTimeout = TimeAmount.seconds(30)
 }

@@ -35,6 +35,8 @@ public struct AgentDaemon: Sendable {
         public var rootfsFromLayerDisks = false
         /// Engine workers holding the VMs (nil or a count of 0: the daemon holds them itself).
         public var workers: WorkerSettings?
+        /// Connections served at once on each listener; one more is answered 429 and closed.
+        public var maxConnections = AgentLimits.defaultMaxConnections
 
         public init(stateFolder: URL, listen: String? = nil, stopGrace: Duration = .seconds(10),
                     memoryPressure: MemoryPressurePolicy = MemoryPressurePolicy(), kvmSystem: KVMSystem? = nil,
@@ -79,6 +81,9 @@ public struct AgentDaemon: Sendable {
     /// Runs until SIGTERM or SIGINT; throws when the daemon cannot start (another daemon holds
     /// the folder, the socket cannot be bound).
     public func run() async throws {
+        guard options.maxConnections > 0 else {
+            throw EngineError(.invalid, "--max-connections \(options.maxConnections) must be at least 1", field: "maxConnections")
+        }
         // The daemon owns its process: files it makes are private (token, logs, socket), and a
         // write to a container's standard input whose reader is gone gets EPIPE, not SIGPIPE.
         umask(0o077)
@@ -120,14 +125,22 @@ public struct AgentDaemon: Sendable {
         }
 
         unlink(socketPath)  // a stale socket of a daemon that died; the engine's lock says none runs now
-        let http = HTTPServerBuilder.http1(configuration: .init(idleTimeout: AgentLimits.idleTimeout))
         let logger = self.logger
+        // Each listener counts its own connections, so that a flood on TCP leaves the Unix
+        // socket (the CLI, the VCHs' calls and event follows) its own share.
+        let maxConnections = options.maxConnections
+        func http(_ limit: ConnectionLimit) -> HTTPServerBuilder {
+            .http1(configuration: .init(additionalChannelHandlers: [ConnectionLimitHandler(limit: limit, logger: logger), AbandonedStreamHandler()],
+                                        idleTimeout: AgentLimits.idleTimeout))
+        }
+        let accepted = maxConnections.multipliedReportingOverflow(by: AgentLimits.acceptedPerServed)
+        let acceptedAtOnce = accepted.overflow ? Int.max : accepted.partialValue
         var services: [any Service] = []
         let (unixReady, unixReadySignal) = AsyncStream.makeStream(of: Void.self)
         let unixApp = Application(
-            router: try router(tcp: false), server: http,
+            router: try router(tcp: false), server: http(ConnectionLimit(maxConnections)),
             configuration: ApplicationConfiguration(address: .unixDomainSocket(path: socketPath), serverName: "vmfork",
-                                                    availableConnectionsDelegate: MaximumAvailableConnections(AgentLimits.maxConnections)),
+                                                    availableConnectionsDelegate: MaximumAvailableConnections(acceptedAtOnce)),
             onServerRunning: { _ in
                 chmod(socketPath, 0o600)
                 logger.info("listening", metadata: ["socket": "\(socketPath)"])
@@ -147,9 +160,9 @@ public struct AgentDaemon: Sendable {
                 frontEnd.register(on: tcpRouter, api: local, tokens: tokens)
             }
             let tcpApp = Application(
-                router: tcpRouter, server: http,
+                router: tcpRouter, server: http(ConnectionLimit(maxConnections)),
                 configuration: ApplicationConfiguration(address: .hostname(String(parts[0]), port: port), serverName: "vmfork",
-                                                        availableConnectionsDelegate: MaximumAvailableConnections(AgentLimits.maxConnections)),
+                                                        availableConnectionsDelegate: MaximumAvailableConnections(acceptedAtOnce)),
                 onServerRunning: { channel in logger.info("listening", metadata: ["tcp": "\(channel.localAddress.map { "\($0)" } ?? listen)"]) },
                 logger: logger)
             services.append(tcpApp)

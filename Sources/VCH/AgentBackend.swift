@@ -41,16 +41,21 @@ struct AgentBackend: Sendable {
     }
 
     /// A streaming GET (logs or events with follow): the body's pieces as they arrive. The
-    /// blocking read runs on a thread of its own; it stops at the next piece after the
-    /// consumer goes away.
+    /// blocking read runs on a thread of its own; when the consumer goes away its connection
+    /// to the agent is shut down at once (a follow that has nothing new would otherwise hold
+    /// it, and a place under the agent's connection limit, until its next piece).
     func stream(_ path: String) -> AsyncThrowingStream<Data, Error> {
         let (stream, continuation) = AsyncThrowingStream<Data, Error>.makeStream()
         let stopped = StopFlag()
-        continuation.onTermination = { _ in stopped.stop() }
+        let cancellation = AgentClient.StreamCancellation()
+        continuation.onTermination = { _ in
+            stopped.stop()
+            cancellation.cancel()
+        }
         let client = self.client
         let thread = Thread {
             do {
-                let status = try client.stream("GET", path) { chunk in
+                let status = try client.stream("GET", path, cancellation: cancellation) { chunk in
                     guard !stopped.isStopped else { return false }
                     continuation.yield(chunk)
                     return true

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOHTTP1
+import Synchronization
 
 /// One HTTP/1.1 connection of the Docker API: collects each request, lets the VCH answer it
 /// on a task, and writes the answer (whole, or piece by piece as a stream produces it).
@@ -21,6 +22,7 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var head: HTTPRequestHead?
     private var body = ByteBuffer()
     private var overLimit = false
+    private let presence = ClientPresence()
 
     init(host: VirtualContainerHost, access: AccessCheck) {
         self.host = host
@@ -45,13 +47,26 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             let overLimit = self.overLimit
             let channel = context.channel
             let keepAlive = head.isKeepAlive
+            let presence = self.presence
+            presence.answerStarts()
             let task = Task {
                 let response = await host.answer(request, access: access, overLimit: overLimit)
                 await ResponseWriter.write(response, to: channel, keepAlive: keepAlive, head: request.method == .HEAD,
-                                           trace: host.tracing ? (host.logger, "\(request.method.rawValue) \(request.path)") : nil)
+                                           trace: host.tracing ? (host.logger, "\(request.method.rawValue) \(request.path)") : nil,
+                                           presence: presence)
             }
             channel.closeFuture.whenComplete { _ in task.cancel() }
         }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        // The client stopped sending (a FIN on TCP; the connection allows half-closure for
+        // attaches, which remove this handler first): see `ClientPresence`.
+        if case ChannelEvent.inputClosed = event, presence.inputClosed() {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
@@ -71,9 +86,61 @@ extension VirtualContainerHost {
     }
 }
 
+/// Whether a connection's client has stopped sending (its input closed: a FIN on TCP, which
+/// the connection allows for attaches) and what is being answered then. An idle connection
+/// closes at once; a streamed answer (events, logs with follow, pulls) too, since it writes
+/// only when there is something new and would otherwise hold the connection, and its place
+/// under the connection limit, until then; an answer of known length finishes first.
+final class ClientPresence: Sendable {
+    // Each side stores its own flag, then loads the other's (sequentially consistent), so that
+    // of an input closing and an answer changing state at once, at least one sees the other.
+    private let closedInput = Atomic<Bool>(false)
+    private let answering = Atomic<Bool>(false)
+    private let streaming = Atomic<Bool>(false)
+
+    /// A whole request is in and goes to be answered (on the connection's event loop).
+    func answerStarts() { answering.store(true, ordering: .sequentiallyConsistent) }
+
+    /// The input closed (on the event loop): true when the connection is to close now.
+    func inputClosed() -> Bool {
+        closedInput.store(true, ordering: .sequentiallyConsistent)
+        return !answering.load(ordering: .sequentiallyConsistent) || streaming.load(ordering: .sequentiallyConsistent)
+    }
+
+    /// Before a stream's head: false when the client has stopped sending already.
+    func streamStarts() -> Bool {
+        streaming.store(true, ordering: .sequentiallyConsistent)
+        return !closedInput.load(ordering: .sequentiallyConsistent)
+    }
+
+    /// After an answer: true when the client has stopped sending (close the connection).
+    func answerEnded() -> Bool {
+        streaming.store(false, ordering: .sequentiallyConsistent)
+        answering.store(false, ordering: .sequentiallyConsistent)
+        return closedInput.load(ordering: .sequentiallyConsistent)
+    }
+}
+
+/// First in every connection's pipeline, doing nothing itself: its context lets a stream ask
+/// for a read of the socket past NIO's pipelining handler, which reads nothing more while an
+/// answer is going out (it holds the next request back). With that read outstanding, a
+/// client's FIN reaches `HTTPHandler` as input closed while its stream is open.
+final class ReadAheadHandler: ChannelOutboundHandler, RemovableChannelHandler {
+    typealias OutboundIn = NIOAny
+    static let name = "vch-read-ahead"
+
+    /// Asks for one read of `channel`'s socket from the front of its pipeline.
+    static func read(_ channel: any Channel) {
+        channel.eventLoop.execute {
+            (try? channel.pipeline.syncOperations.context(name: name))?.read()
+        }
+    }
+}
+
 /// Writes an answer to a connection.
 enum ResponseWriter {
-    static func write(_ response: DockerResponse, to channel: any Channel, keepAlive: Bool, head: Bool, trace: (Logger, String)? = nil) async {
+    static func write(_ response: DockerResponse, to channel: any Channel, keepAlive: Bool, head: Bool, trace: (Logger, String)? = nil,
+                      presence: ClientPresence? = nil) async {
         var headers = HTTPHeaders(response.headers)
         headers.replaceOrAdd(name: "Server", value: "vmfork-vch/\(VirtualContainerHost.version)")
         headers.replaceOrAdd(name: "Date", value: DockerTime.rfc3339(Date().timeIntervalSince1970))
@@ -96,8 +163,13 @@ enum ResponseWriter {
                 try await channel.writeAndFlush(HTTPServerResponsePart.end(nil))
                 if let (logger, request) = trace { logger.debug("answer sent", metadata: ["request": "\(request)", "status": "\(response.status.code)", "t": Timeline.stamp()]) }
             case .stream(let pieces):
+                if let presence, !presence.streamStarts() {
+                    try? await channel.close()
+                    return
+                }
                 // The head at once (the docker CLI sends start only once its wait has it).
                 try await channel.writeAndFlush(responseHead)
+                if presence != nil { ReadAheadHandler.read(channel) }
                 if let (logger, request) = trace { logger.debug("answer head sent", metadata: ["request": "\(request)", "status": "\(response.status.code)", "t": Timeline.stamp()]) }
                 do {
                     for try await piece in pieces where !piece.isEmpty {
@@ -111,7 +183,7 @@ enum ResponseWriter {
                 try await channel.writeAndFlush(HTTPServerResponsePart.end(nil))
                 if let (logger, request) = trace { logger.debug("answer end sent", metadata: ["request": "\(request)", "t": Timeline.stamp()]) }
             }
-            if !keepAlive { try await channel.close() }
+            if presence?.answerEnded() == true || !keepAlive { try await channel.close() }
         } catch {
             try? await channel.close()
         }

@@ -1,3 +1,4 @@
+import API
 import Foundation
 import Logging
 import NIOCore
@@ -42,10 +43,19 @@ public final class VCHServer: Sendable {
     private let host: VirtualContainerHost
     public let logger: Logger
 
-    /// Binds and starts answering. `token` is required on TCP.
-    public init(host: VirtualContainerHost, listen: Listen, token: String?, logger: Logger) async throws {
+    /// Connections served at once by default (`vmfork vch serve --max-connections`).
+    public static let defaultMaxConnections = 1024
+
+    /// Binds and starts answering. `token` is required on TCP. Connections over
+    /// `maxConnections` open at once (attaches, log and event followers and waits included)
+    /// are answered 429 and closed.
+    public init(host: VirtualContainerHost, listen: Listen, token: String?, maxConnections: Int = VCHServer.defaultMaxConnections,
+                logger: Logger) async throws {
         if case .tcp = listen, token == nil { throw DockerError.badRequest("a TCP listener needs a token") }
+        guard maxConnections > 0 else { throw DockerError.badRequest("--max-connections \(maxConnections) must be at least 1") }
         let access = AccessCheck(token: token)
+        let limit = ConnectionLimit(maxConnections)
+        let refusal = limit.refusalMessage(option: "vmfork vch serve --max-connections")
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         var bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
@@ -53,9 +63,17 @@ public final class VCHServer: Sendable {
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    let sync = channel.pipeline.syncOperations
+                    // Counted until the connection closes, an attach's raw stream after its 101 too.
+                    guard limit.admit(channel) else {
+                        logger.debug("connection refused: over the connection limit", metadata: ["vch": "\(host.name)", "limit": "\(limit.limit)"])
+                        try sync.configureHTTPServerPipeline()
+                        try sync.addHandler(ConnectionRefusalHandler(message: refusal))
+                        return
+                    }
                     let handler = HTTPHandler(host: host, access: access)
                     let upgrader = AttachUpgrader(host: host, access: access)
-                    let sync = channel.pipeline.syncOperations
+                    try sync.addHandler(ReadAheadHandler(), name: ReadAheadHandler.name, position: .first)
                     try sync.configureHTTPServerPipeline(withServerUpgrade: (upgraders: [upgrader], completionHandler: { context in
                         // After the 101 the connection is raw bytes: the HTTP handler leaves.
                         context.pipeline.removeHandler(name: HTTPHandler.name, promise: nil)

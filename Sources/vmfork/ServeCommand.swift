@@ -39,17 +39,25 @@ struct ServeCommand: AsyncParsableCommand {
     @Flag(inversion: .prefixedNo, help: "Run pulled images' containers from their layer disks (ext4 in the VMDK chain, served over io_uring), each writing into a child disk of its own; --no-rootfs-from-disks runs them from their unpacked folders, read-only.")
     var rootfsFromDisks = true
 
+    @Option(help: "Connections served at once on each listener (the socket, the TCP address), followers and waits included; one more is answered 429 Too Many Requests and closed.")
+    var maxConnections = AgentLimits.defaultMaxConnections
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
 
     @Option(help: "Engine worker processes holding the VMs (0: the daemon holds them; default $VMFORK_WORKERS, else 0). See README, \"Engine workers\".")
     var workers: Int?
 
+    static let maxConnectionsRange = 1...1_000_000
+
     var workerCount: Int { workers ?? ProcessInfo.processInfo.environment["VMFORK_WORKERS"].flatMap(Int.init) ?? 0 }
 
     func validate() throws {
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level \(logLevel) is not a log level") }
         guard (0...3600).contains(stopGrace) else { throw ValidationError("--stop-grace \(stopGrace) is out of range (0...3600)") }
+        guard Self.maxConnectionsRange.contains(maxConnections) else {
+            throw ValidationError("--max-connections \(maxConnections) is out of range (\(Self.maxConnectionsRange))")
+        }
         guard WorkerSettings.range.contains(workerCount) else {
             throw ValidationError("--workers \(workerCount) is out of range (\(WorkerSettings.range)); check VMFORK_WORKERS too")
         }
@@ -63,6 +71,7 @@ struct ServeCommand: AsyncParsableCommand {
         var options = AgentDaemon.Options(stateFolder: folder, listen: listen, stopGrace: .seconds(stopGrace), memoryPressure: pressure,
                                           workers: workerCount > 0 ? WorkerSettings(count: workerCount, logLevel: logLevel) : nil)
         options.rootfsFromLayerDisks = rootfsFromDisks
+        options.maxConnections = maxConnections
         // Wired here, not in the API module, so that neither the API nor the UI depends on the VCH.
         options.webFrontEnd = try WebUI(logger: logger)
         options.vchHosting = VCHSupervisor(logger: logger)

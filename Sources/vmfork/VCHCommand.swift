@@ -44,8 +44,17 @@ struct VCHCommand: AsyncParsableCommand {
         @Option(help: "The host agent's socket (instead of the state folder's).")
         var socket: String?
 
+        @Option(help: "Connections served at once, attaches and followers included; one more is answered 429 Too Many Requests and closed.")
+        var maxConnections = VCHServer.defaultMaxConnections
+
         @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
         var logLevel = "info"
+
+        func validate() throws {
+            guard (1...1_000_000).contains(maxConnections) else {
+                throw ValidationError("--max-connections \(maxConnections) is out of range (1...1000000)")
+            }
+        }
 
         func run() async throws {
             var logger = Logger(label: "vmfork.vch") { StreamLogHandler.standardError(label: $0) }
@@ -62,7 +71,7 @@ struct VCHCommand: AsyncParsableCommand {
                 let host = try VirtualContainerHost(configuration: .init(name: name, pool: pool), agent: agent, logger: logger)
                 try await host.checkBackend()
                 try await host.resumeAutoRemoval()
-                let server = try await VCHServer(host: host, listen: listen, token: token, logger: logger)
+                let server = try await VCHServer(host: host, listen: listen, token: token, maxConnections: maxConnections, logger: logger)
                 await Self.waitForTermination()
                 logger.info("VCH stopping", metadata: ["vch": "\(name)"])
                 await server.close()

@@ -20,13 +20,14 @@ final class VCHFixture: @unchecked Sendable {
     var agent: AgentClient { AgentClient(socketPath: state.appendingPathComponent(AgentDaemon.socketName).path) }
     var dockerConfig: URL { folder.appendingPathComponent("docker-config") }
 
-    /// Starts the agent with image `busybox`, host h1 (4 GiB, 2 cores) and the given pools.
-    init(pools: [String] = ["dev"]) throws {
+    /// Starts the agent with image `busybox`, host h1 (4 GiB, 2 cores) and the given pools
+    /// (`agentExtra`: more options of `vmfork serve`).
+    init(pools: [String] = ["dev"], agentExtra: [String] = []) throws {
         folder = try HostFacts.makeTemporaryFolder("vch")
         rootfs = try BusyboxRootfs.make()
         try FileManager.default.createDirectory(at: dockerConfig, withIntermediateDirectories: true)
         try FileManager.default.createDirectory(at: state, withIntermediateDirectories: true)
-        daemon = try launch(["serve", "--state", state.path, "--stop-grace", "2"], log: "agent.log")
+        daemon = try launch(["serve", "--state", state.path, "--stop-grace", "2"] + agentExtra, log: "agent.log")
         try waitUntil("the host agent answers") { (try? self.agent.send("GET", "/v1/_ping"))?.status == 200 }
         try post("/v1/images", ["name": "busybox", "rootfs": rootfs.path, "executable": "/bin/busybox", "environment": ["PATH=/bin"]])
         try post("/v1/placement/hosts", ["name": "h1", "cpuCores": 2, "nodeMemoryKiB": [4_194_304]])
@@ -48,11 +49,12 @@ final class VCHFixture: @unchecked Sendable {
         guard response.status < 300 else { throw AgentClient.ClientError(description: "POST \(path): \(response.status) \(response.text)") }
     }
 
-    /// Starts VCH `name` for `pool` on a Unix socket; returns the socket's path.
+    /// Starts VCH `name` for `pool` on a Unix socket (`extra`: more options of `vch serve`); returns the socket's path.
     @discardableResult
-    func startVCH(_ name: String, pool: String) throws -> String {
+    func startVCH(_ name: String, pool: String, extra: [String] = []) throws -> String {
         let socket = folder.appendingPathComponent("\(name).sock").path
-        vchs[name] = try launch(["vch", "serve", "--name", name, "--pool", pool, "--listen", "unix://\(socket)", "--state", state.path], log: "vch-\(name).log")
+        vchs[name] = try launch(["vch", "serve", "--name", name, "--pool", pool, "--listen", "unix://\(socket)", "--state", state.path] + extra,
+                                log: "vch-\(name).log")
         try waitUntil("VCH \(name) answers") { (try? AgentClient(socketPath: socket).send("GET", "/_ping"))?.status == 200 }
         return socket
     }
@@ -65,11 +67,11 @@ final class VCHFixture: @unchecked Sendable {
     }
 
     /// Starts VCH `name` on TCP with a token file; returns the port and the token.
-    func startTCPVCH(_ name: String, pool: String) throws -> (port: Int, token: String) {
+    func startTCPVCH(_ name: String, pool: String, extra: [String] = []) throws -> (port: Int, token: String) {
         let port = HostFacts.freeTCPPort()
         let tokenFile = folder.appendingPathComponent("\(name).token").path
         vchs[name] = try launch(["vch", "serve", "--name", name, "--pool", pool, "--listen", "tcp://127.0.0.1:\(port)", "--token-file", tokenFile,
-                                 "--state", state.path], log: "vch-\(name).log")
+                                 "--state", state.path] + extra, log: "vch-\(name).log")
         try waitUntil("VCH \(name) listens") { FileManager.default.fileExists(atPath: tokenFile) && (try? AgentClient(endpoint: .tcp(host: "127.0.0.1", port: port, token: nil)).send("GET", "/_ping")) != nil }
         let token = try String(contentsOfFile: tokenFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
         return (port, token)

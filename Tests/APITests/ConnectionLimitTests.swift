@@ -1,0 +1,157 @@
+import API
+import Foundation
+import TestSupport
+import Testing
+
+/// `vmfork serve --max-connections` (issue #12): a real daemon with a limit of 8 connections on
+/// each listener, held open by event followers and idle kept-alive connections.
+@Suite(.enabled(if: HostFacts.hasKVM && BusyboxRootfs.isAvailable, "needs /dev/kvm and busybox-static"))
+struct ConnectionLimitTests {
+    static let limit = 8
+
+    /// Opens a connection and has one request answered on it (so the daemon has admitted it),
+    /// then keeps it. A connection the client closed just before may still be counted for a
+    /// moment: a 429 is retried for up to 2 s, so only a limit that does not free up fails.
+    static func hold(_ open: () throws -> Int32, _ request: (HeldConnection) throws -> Void) throws -> HeldConnection {
+        let deadline = Date().addingTimeInterval(2)
+        while true {
+            let connection = HeldConnection(fd: try open())
+            try request(connection)
+            let head = try connection.readHead()
+            if head.status == 200 {
+                if head.headers["content-length"] != nil { _ = try connection.readBody(head) }
+                return connection
+            }
+            connection.close()
+            guard head.status == 429, Date() < deadline else {
+                throw HeldConnection.Failure(description: "a connection under the limit got \(head.status) (for 2 s)")
+            }
+            usleep(20_000)
+        }
+    }
+
+    /// Checks the answer to a connection over the limit: 429, the API's error body naming the
+    /// limit, and the connection closed after it.
+    static func expectRefusal(_ connection: HeldConnection, _ what: String) throws {
+        let head = try connection.readHead()
+        #expect(head.status == 429, "\(what): \(head.status)")
+        #expect(head.headers["content-type"] == "application/json", "\(what)")
+        #expect(head.headers["connection"]?.lowercased() == "close", "\(what)")
+        let body = try connection.readBody(head)
+        let error = try #require(try JSONSerialization.jsonObject(with: body) as? [String: Any], "\(what): \(String(decoding: body, as: UTF8.self))")
+        #expect(error["code"] as? String == "too_many_connections", "\(what)")
+        let message = error["message"] as? String ?? ""
+        #expect(message.contains("over \(limit) connections open at once") && message.contains("--max-connections \(limit)"), "\(what): \(message)")
+        #expect(try connection.readToEnd().isEmpty, "\(what): the daemon closes the connection after the refusal")
+    }
+
+    @Test func connectionsOverTheLimitGet429NamingItChangeNothingAndTheLimitFreesAsTheyClose() throws {
+        let daemon = try DaemonFixture(tcp: true)
+        try daemon.start(extra: ["--max-connections", "\(Self.limit)"])
+        defer { daemon.stop() }
+        let port = try #require(daemon.tcpPort)
+        let token = try #require(try TokenFile.load(path: daemon.state.appendingPathComponent(TokenFile.fileName).path).tokens.first).value
+        let unix = AgentClient(socketPath: daemon.socketPath)
+        let tcp = AgentClient(endpoint: .tcp(host: "127.0.0.1", port: port, token: token))
+        // The state as the refused requests must leave it; each look on a connection of its own, closed after it.
+        func snapshot() throws -> String {
+            try ["/v1/images", "/v1/containers", "/v1/placement/pools", "/v1/events"].map { path in
+                let connection = HeldConnection(fd: try unix.openConnection())
+                try connection.sendRequest("GET", path, headers: ["Connection: close"])
+                let head = try connection.readHead()
+                return "\(head.status) \(String(decoding: try connection.readBody(head), as: UTF8.self))"
+            }.joined(separator: "\n")
+        }
+        // (Outside #expect, which may keep the client and so its kept-alive connection.)
+        do {
+            let client = daemon.client
+            try daemon.addBusybox(client)
+            let pool = try client.send("POST", "/v1/placement/pools", body: Data(#"{"name":"before"}"#.utf8))
+            #expect(pool.status == 201)
+        }
+        let before = try snapshot()
+
+        // The Unix socket's 8: four followers of the event log, four idle kept-alive connections.
+        var held: [HeldConnection] = []
+        for index in 0..<Self.limit {
+            held.append(try Self.hold({ try unix.openConnection() }) { connection in
+                try connection.sendRequest("GET", index % 2 == 0 ? "/v1/events?follow=true" : "/v1/_ping")
+            })
+        }
+        // The ninth and tenth: refused, a state change among them, which reaches no route.
+        let ping = HeldConnection(fd: try unix.openConnection())
+        try ping.sendRequest("GET", "/v1/_ping")
+        try Self.expectRefusal(ping, "GET /v1/_ping over the limit")
+        let create = HeldConnection(fd: try unix.openConnection())
+        try create.sendRequest("POST", "/v1/placement/pools", body: #"{"name":"over"}"#)
+        try Self.expectRefusal(create, "POST /v1/placement/pools over the limit")
+        // The TCP listener counts its own connections: it still serves (on a connection closed after the answer).
+        let version = HeldConnection(fd: try tcp.openConnection())
+        try version.sendRequest("GET", "/v1/version", headers: ["Authorization: Bearer \(token)", "Connection: close"])
+        #expect(try version.readHead().status == 200)
+        #expect(!(try version.readToEnd().isEmpty))
+        version.close()  // the server only half-closes after Connection: close; the connection counts until this
+
+        // TCP's 8 (with the token): four followers of events that never come (so they never
+        // write, and their clients' close is all the daemon hears), four idle. Then a ninth
+        // without a token: the limit answers before the token is looked at, and records nothing.
+        var heldTCP: [HeldConnection] = []
+        for index in 0..<Self.limit {
+            heldTCP.append(try Self.hold({ try tcp.openConnection() }) { connection in
+                try connection.sendRequest("GET", index % 2 == 0 ? "/v1/events?follow=true&type=no.such" : "/v1/_ping",
+                                           headers: ["Authorization: Bearer \(token)"])
+            })
+        }
+        let anonymous = HeldConnection(fd: try tcp.openConnection())
+        try anonymous.sendRequest("POST", "/v1/placement/pools", body: #"{"name":"over-tcp"}"#)
+        try Self.expectRefusal(anonymous, "POST /v1/placement/pools over the TCP limit")
+        // The Unix socket is still full: its followers are open.
+        let stillFull = HeldConnection(fd: try unix.openConnection())
+        try stillFull.sendRequest("GET", "/v1/version")
+        try Self.expectRefusal(stillFull, "GET /v1/version with the followers still open")
+
+        // They close (on TCP a FIN, all they were sent read): the listeners serve again.
+        for connection in held + heldTCP { connection.close() }
+        func servedAgain(_ client: AgentClient, _ path: String) -> Bool {
+            let deadline = Date().addingTimeInterval(10)
+            while Date() < deadline {
+                if (try? client.send("GET", path))?.status == 200 { return true }
+                usleep(50_000)
+            }
+            return false
+        }
+        #expect(servedAgain(AgentClient(socketPath: daemon.socketPath), "/v1/version"), "the Unix socket serves again once its connections closed")
+        #expect(servedAgain(AgentClient(endpoint: .tcp(host: "127.0.0.1", port: port, token: token)), "/v1/version"),
+                "TCP serves again once its connections closed")
+        #expect(try snapshot() == before, "the refused requests changed nothing, not even the event log")
+        // All 8 can be held again on each (nothing stayed counted, the followers that never
+        // wrote included), and a ninth is refused again.
+        var again: [HeldConnection] = []
+        for _ in 0..<Self.limit {
+            again.append(try Self.hold({ try unix.openConnection() }) { try $0.sendRequest("GET", "/v1/_ping") })
+            again.append(try Self.hold({ try tcp.openConnection() }) { try $0.sendRequest("GET", "/v1/_ping", headers: ["Authorization: Bearer \(token)"]) })
+        }
+        let ninth = HeldConnection(fd: try unix.openConnection())
+        try ninth.sendRequest("GET", "/v1/_ping")
+        try Self.expectRefusal(ninth, "GET /v1/_ping over the limit the second time")
+        let ninthTCP = HeldConnection(fd: try tcp.openConnection())
+        try ninthTCP.sendRequest("GET", "/v1/_ping", headers: ["Authorization: Bearer \(token)"])
+        try Self.expectRefusal(ninthTCP, "GET /v1/_ping over the TCP limit the second time")
+    }
+}
+
+/// The option itself: shown in --help, out-of-range values refused before anything starts.
+@Suite struct ConnectionLimitOptionTests {
+    @Test func maxConnectionsIsDocumentedAndValidated() throws {
+        let help = try HostFacts.run(DaemonFixture.binary, ["serve", "--help"])
+        #expect(help.stdout.contains("--max-connections") && help.stdout.contains("429"), "\(help.stdout)")
+        let state = try HostFacts.makeTemporaryFolder("max-connections")
+        defer { try? FileManager.default.removeItem(at: state) }
+        for value in ["0", "-1", "many"] {
+            let refused = try HostFacts.run(DaemonFixture.binary, ["serve", "--state", state.path, "--max-connections", value])
+            #expect(refused.status != 0, "--max-connections \(value)")
+            #expect(refused.stderr.contains("--max-connections") || refused.stderr.contains("max-connections"), "\(value): \(refused.stderr)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: state.appendingPathComponent(AgentDaemon.socketName).path), "no daemon started")
+    }
+}
