@@ -63,7 +63,7 @@ extension Engine {
             guard spec.pool != nil else { throw EngineError.invalid("memoryReservationMiB", "memoryReservationMiB needs a pool to charge") }
         }
 
-        let id = givenID ?? UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "")
+        let id = givenID ?? ContainerID.make()
         let name = spec.name ?? String(id.prefix(12))
         let nameTaken = registry.withLock { registry -> Bool in
             if registry.names[name] != nil { return true }

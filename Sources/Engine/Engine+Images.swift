@@ -94,7 +94,7 @@ extension Engine {
     static func validateArguments(_ arguments: [String], field: String) throws {
         guard arguments.count <= 1024 else { throw EngineError.invalid(field, "\(field): \(arguments.count) entries, at most 1024") }
         guard arguments.reduce(0, { $0 + $1.utf8.count }) <= 128 * 1024 else { throw EngineError.invalid(field, "\(field): over 128 KiB in all") }
-        guard !arguments.contains(where: { $0.contains("\0") }) else { throw EngineError.invalid(field, "\(field): an entry holds a NUL character") }
+        guard !arguments.contains(where: { $0.utf8.contains(0) }) else { throw EngineError.invalid(field, "\(field): an entry holds a NUL character") }
     }
 
     static func validateEnvironment(_ environment: [String], field: String) throws {

@@ -56,6 +56,9 @@ struct ContainerFolderTests {
             #expect(result.stderr == "err \(round)\n", "round \(round)")
             removed.append(result.id)
         }
+        // Ids: 32 lowercase hex digits (128 random bits), all distinct.
+        #expect(Set(removed).count == removed.count)
+        #expect(removed.allSatisfy { $0.utf8.count == 32 && $0.utf8.allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) } })
         // One kept: its folder holds its own files only, and its logs are its own.
         let kept = try await first.runContainer(ContainerSpec(image: "busybox", arguments: ["echo", "kept"]), remove: false, by: "test")
         let keptFiles = try FileManager.default.contentsOfDirectory(atPath: containers.appendingPathComponent(kept.id).path).sorted()
