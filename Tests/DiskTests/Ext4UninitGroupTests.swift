@@ -167,6 +167,32 @@ struct Ext4UninitGroupTests {
         #expect(!listing.contains("file-"), "\(listing)")
     }
 
+    @Test func aLayerDiskWrittenBeforeTheFeatureTakesLayersInItsOwnForm() async throws {
+        let fixture = try DiskFixture("ext4-uninit-old")
+        try await VMDKImage.create(at: fixture.path("old.vmdk"), capacityBytes: 4 * Self.groupBytes, engine: fixture.engine)
+        let old = try Ext4Builder.create(on: try await VirtualDisk.open(path: fixture.path("old.vmdk"), writable: true, engine: fixture.engine))
+        old.groupChecksums = false  // as the writer laid disks out before uninit_bg
+        var bytes = Ext4Builder.ByteSource(bytes: Array("old\n".utf8))
+        try await old.addFile("/old", Ext4Attributes(permissions: 0o644, modificationTime: Ext4Time(seconds: 1)), size: 4, content: &bytes)
+        try await old.finish()
+        var raw = try fixture.checkedExt4("old.vmdk")
+        #expect(try !fixture.debugfs(raw, "stats").contains("uninit_bg"))
+        // Every group's bitmaps are on the disk, as before.
+        let mapped = try Self.mappedRanges(fixture, "old.vmdk")
+        #expect(mapped.contains { $0.contains(2 * Self.groupBytes) }, "\(mapped)")
+
+        try await VMDKImage.createChild(at: fixture.path("new.vmdk"), parent: fixture.path("old.vmdk"), engine: fixture.engine)
+        let layer = try await Ext4Builder.open(on: try await VirtualDisk.open(path: fixture.path("new.vmdk"), writable: true, engine: fixture.engine))
+        #expect(!layer.groupChecksums)
+        layer.beginLayer()
+        bytes = Ext4Builder.ByteSource(bytes: Array("new\n".utf8))
+        try await layer.addFile("/new", Ext4Attributes(permissions: 0o644, modificationTime: Ext4Time(seconds: 1)), size: 4, content: &bytes)
+        try await layer.finish()
+        raw = try fixture.checkedExt4("new.vmdk")
+        #expect(try !fixture.debugfs(raw, "stats").contains("uninit_bg"))
+        #expect(try fixture.debugfs(raw, "cat /old") == "old\n" && fixture.debugfs(raw, "cat /new") == "new\n")
+    }
+
     @Test func aDescriptorWhoseChecksumIsWrongIsRefused() async throws {
         let fixture = try DiskFixture("ext4-uninit-csum")
         try await VMDKImage.create(at: fixture.path("layer.vmdk"), capacityBytes: 4 * Self.groupBytes, engine: fixture.engine)
