@@ -51,7 +51,8 @@ final class LayerStream {
     /// trailer says its size modulo 4 GiB: one saying more is not tried; a trailer that lies
     /// costs at most `cap` bytes of decoding). nil when it is larger, or when decoding fails:
     /// the blob is then read as a stream, which tells what is wrong with it.
-    static func inflate(file: URL, layer: String, maxBytes: Int64, cap: Int) -> InflatedLayer? {
+    /// `wholeMembers` false keeps to zlib's streaming decoder even where libdeflate is (for tests).
+    static func inflate(file: URL, layer: String, maxBytes: Int64, cap: Int, wholeMembers: Bool = true) -> InflatedLayer? {
         let limit = min(Int64(cap), maxBytes)
         var hint = 0
         if let handle = FileHandle(forReadingAtPath: file.path) {
@@ -64,6 +65,13 @@ final class LayerStream {
         }
         guard let stream = try? LayerStream(file: file, layer: layer, maxBytes: limit) else { return nil }
         if stream.gunzip != nil, hint > limit { return nil }
+        if stream.gunzip != nil, wholeMembers, cshims_deflate_available() != 0 {
+            switch gunzipWhole(file: file, hint: hint, limit: limit) {
+            case .inflated(let layer): return layer
+            case .invalid: return nil
+            case .notWhole: break
+            }
+        }
         // One byte more than the trailer says, so that the read finding the end has room.
         var bytes = [UInt8](repeating: 0, count: (stream.gunzip != nil ? max(hint, 4096) : 64 << 10) + 1)
         var filled = 0
@@ -85,6 +93,47 @@ final class LayerStream {
         }
         bytes.removeSubrange(filled...)
         return InflatedLayer(bytes: bytes, digest: stream.finishDigest())
+    }
+
+    enum WholeGunzip {
+        case inflated(InflatedLayer)
+        /// Not a valid gzip stream: left to the streaming decoder, which names the problem.
+        case invalid
+        /// Larger than its trailer said (several members, or a trailer that lies): decoded
+        /// by the streaming decoder instead.
+        case notWhole
+    }
+
+    /// The gzip blob `file` decoded member by member with libdeflate (about twice zlib's speed)
+    /// into a buffer of the trailer's size; zero padding after the last member is allowed, as
+    /// the streaming decoder allows it.
+    private static func gunzipWhole(file: URL, hint: Int, limit: Int64) -> WholeGunzip {
+        guard let data = FileManager.default.contents(atPath: file.path),
+              Int64(data.count) <= limit + limit / 64 + 4096 else { return .notWhole }
+        let input = [UInt8](data)
+        var output = [UInt8](repeating: 0, count: min(hint, Int(limit)) + 1)
+        var position = 0, filled = 0
+        while position < input.count {
+            if input[position] == 0, input[position...].allSatisfy({ $0 == 0 }) { break }
+            var consumed = 0, produced = 0
+            let result = input.withUnsafeBytes { source in
+                output.withUnsafeMutableBytes { target in
+                    // unsafe: both ranges lie inside their arrays ([position, count) and [filled, count)).
+                    cshims_deflate_gunzip_member(source.baseAddress!.assumingMemoryBound(to: UInt8.self) + position, source.count - position, &consumed,
+                                                 target.baseAddress!.assumingMemoryBound(to: UInt8.self) + filled, target.count - filled, &produced)
+                }
+            }
+            if result < 0 { return .invalid }
+            if result > 0 { return .notWhole }
+            position += consumed
+            filled += produced
+            if filled == output.count { return .notWhole }
+        }
+        guard position > 0, Int64(filled) <= limit else { return .notWhole }
+        output.removeSubrange(filled...)
+        var hasher = SHA256()
+        hasher.update(output)
+        return .inflated(InflatedLayer(bytes: output, digest: Digest(unchecked: hasher.finishHex())))
     }
 
     init(file: URL, layer: String, maxBytes: Int64) throws(ImageError) {

@@ -1,3 +1,4 @@
+import CShims
 import Foundation
 @testable import Images
 import TestSupport
@@ -75,5 +76,43 @@ import Testing
         let plain = folder.appendingPathComponent("plain.tar")
         try Data(tar).write(to: plain)
         #expect(LayerStream.inflate(file: plain, layer: "0", maxBytes: 1 << 30, cap: 1 << 20)?.bytes == tar)
+    }
+
+    /// libdeflate (whole members) and zlib (streaming) give the same tar and digest: one
+    /// member, several members, zero padding after the last; and agree on what they refuse.
+    @Test(.enabled(if: cshims_deflate_available() != 0, "libdeflate.so.0 (Debian libdeflate0) is not installed"))
+    func libdeflateAndZlibDecodeAlike() throws {
+        let folder = try HostFacts.makeTemporaryFolder("inflate-deflate")
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let (tar, blob) = try Self.layer(in: folder, files: 60, size: 12_345)
+        let member = Array(try Data(contentsOf: blob))
+        let (tail, tailBlob) = try Self.layer(in: folder, files: 3, size: 100)
+        let tailMember = Array(try Data(contentsOf: tailBlob))
+        let cases: [(String, [UInt8], [UInt8])] = [
+            ("one member", member, tar),
+            ("two members", member + tailMember, tar + tail),
+            ("zero padding", member + [UInt8](repeating: 0, count: 700), tar),
+        ]
+        for (name, bytes, expected) in cases {
+            let file = folder.appendingPathComponent(name.replacingOccurrences(of: " ", with: "-") + ".gz")
+            try Data(bytes).write(to: file)
+            let whole = LayerStream.inflate(file: file, layer: "0", maxBytes: 1 << 30, cap: 4 << 20)
+            let streamed = LayerStream.inflate(file: file, layer: "0", maxBytes: 1 << 30, cap: 4 << 20, wholeMembers: false)
+            #expect(whole?.bytes == expected, "\(name): libdeflate")
+            #expect(streamed?.bytes == expected, "\(name): zlib")
+            #expect(whole?.digest == Digest.of(expected) && streamed?.digest == Digest.of(expected), "\(name)")
+        }
+        // A flipped byte inside the member: its CRC no longer holds; neither decodes it.
+        var corrupt = member
+        corrupt[member.count / 2] ^= 0x55
+        let bad = folder.appendingPathComponent("corrupt.gz")
+        try Data(corrupt).write(to: bad)
+        #expect(LayerStream.inflate(file: bad, layer: "0", maxBytes: 1 << 30, cap: 4 << 20) == nil)
+        #expect(LayerStream.inflate(file: bad, layer: "0", maxBytes: 1 << 30, cap: 4 << 20, wholeMembers: false) == nil)
+        // Garbage after the member (not zeros): refused by both.
+        let trailing = folder.appendingPathComponent("trailing.gz")
+        try Data(member + Array("not gzip".utf8)).write(to: trailing)
+        #expect(LayerStream.inflate(file: trailing, layer: "0", maxBytes: 1 << 30, cap: 4 << 20) == nil)
+        #expect(LayerStream.inflate(file: trailing, layer: "0", maxBytes: 1 << 30, cap: 4 << 20, wholeMembers: false) == nil)
     }
 }
