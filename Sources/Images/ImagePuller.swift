@@ -126,10 +126,13 @@ public final class ImagePuller: Sendable {
         if created {
             if let key { board.update(key) { $0.phase = "unpacking" } }
             // The folder (on the unpack queue) and the layer disks (on this task) are written
-            // from the blobs at once: two passes over the same layers, on two threads.
-            async let folder = unpack(manifest.layers, diffIDs: config.rootfs.diff_ids, reference: reference, into: target)
+            // from the blobs at once: two passes over the same layers, on two threads; small
+            // layers are decoded once, for both, while the disks are being made.
+            let layers = manifest.layers
+            let inflated = Task { await self.inflateSmallLayers(layers) }
+            async let folder = unpack(manifest.layers, diffIDs: config.rootfs.diff_ids, reference: reference, into: target, inflated: inflated.value)
             do {
-                disks = try await makeLayerDisks(manifest.layers, diffIDs: config.rootfs.diff_ids)
+                disks = try await makeLayerDisks(manifest.layers, diffIDs: config.rootfs.diff_ids, inflated: inflated)
             } catch {
                 // The unpack cannot be cut short. Its refusal, if any, is the one told (as when
                 // the folder was written first); otherwise the folder it made goes again.
@@ -162,14 +165,38 @@ public final class ImagePuller: Sendable {
 
     /// The layers' disks (made where missing), bottom first; nil when this host has no
     /// io_uring to write them with (the image then runs from its folder only).
-    private func makeLayerDisks(_ layers: [Descriptor], diffIDs: [Digest]) async throws -> [String]? {
+    /// The most bytes of decoded layers one pull holds in memory for its folder and disks to share.
+    static let sharedInflationBytes = 32 << 20
+
+    /// The layers' tars in memory, bottom first, while they add up to `sharedInflationBytes`
+    /// (nil for the rest, and for any that cannot be decoded: those are streamed from the blob).
+    private func inflateSmallLayers(_ layers: [Descriptor]) async -> [InflatedLayer?] {
+        let store = self.store
+        let limits = self.limits
+        return await withCheckedContinuation { continuation in
+            queue.async {
+                var room = Self.sharedInflationBytes
+                var result: [InflatedLayer?] = []
+                for (index, layer) in layers.enumerated() {
+                    let inflated = room > 0 ? LayerStream.inflate(file: store.path(layer.digest), layer: "\(index) (\(layer.digest.short))",
+                                                                  maxBytes: limits.maxStreamBytes, cap: room) : nil
+                    room -= inflated?.bytes.count ?? 0
+                    result.append(inflated)
+                }
+                continuation.resume(returning: result)
+            }
+        }
+    }
+
+    private func makeLayerDisks(_ layers: [Descriptor], diffIDs: [Digest], inflated: Task<[InflatedLayer?], Never>? = nil) async throws -> [String]? {
         let engine: IOEngine
         do { engine = try IOEngine(queueDepth: 64, registeredFiles: 64, registeredBuffers: 16) } catch {
             logger.warning("image layers not written as disks: no I/O engine", metadata: ["error": "\(error)"])
             return nil
         }
         let started = ContinuousClock.now
-        let disks = try await layerDisks.make(blobs: layers.map { store.path($0.digest) }, diffIDs: diffIDs, limits: limits, engine: engine)
+        let disks = try await layerDisks.make(blobs: layers.map { store.path($0.digest) }, diffIDs: diffIDs, limits: limits, engine: engine, inflated: inflated,
+                                               logger: logger)
         logger.debug("image layer disks written", metadata: ["disks": "\(disks.count)", "ms": "\(Self.milliseconds(ContinuousClock.now - started))"])
         return disks
     }
@@ -251,7 +278,7 @@ public final class ImagePuller: Sendable {
 
     /// Unpacks the layers into a temporary folder, checking each against its diff_id, then
     /// renames it to `target`. Returns the bytes of file content written.
-    private func unpack(_ layers: [Descriptor], diffIDs: [Digest], reference: String, into target: URL) async throws -> Int64 {
+    private func unpack(_ layers: [Descriptor], diffIDs: [Digest], reference: String, into target: URL, inflated: [InflatedLayer?]) async throws -> Int64 {
         let store = self.store
         let limits = self.limits
         let logger = self.logger
@@ -266,7 +293,8 @@ public final class ImagePuller: Sendable {
                         let unpacker = try LayerUnpacker(root: temporary, limits: limits)
                         for (index, layer) in layers.enumerated() {
                             let name = "\(index) (\(layer.digest.short))"
-                            let stream = try LayerStream(file: store.path(layer.digest), layer: name, maxBytes: limits.maxStreamBytes)
+                            let stream = try inflated[index].map { LayerStream(inflated: $0, layer: name) }
+                                ?? LayerStream(file: store.path(layer.digest), layer: name, maxBytes: limits.maxStreamBytes)
                             try unpacker.apply(TarReader(source: stream, layer: name), layer: name)
                             let diffID = stream.finishDigest()
                             guard diffID == diffIDs[index] else {

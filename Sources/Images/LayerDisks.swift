@@ -1,6 +1,7 @@
 import Disk
 import Foundation
 import IOEngine
+import Logging
 
 /// An image's layers as a chain of VMDK disks holding ext4, as vSphere Integrated Containers
 /// keeps them: layer 1's disk holds the file system after layer 1; layer N's disk is a child
@@ -78,9 +79,14 @@ public struct LayerDisks: Sendable {
     }
 
     /// Makes the disks of an image whose layer blobs are `blobs` (bottom first, as in the
-    /// blob store) and uncompressed digests `diffIDs`, reusing complete ones. Returns the
-    /// disks' file names, bottom first.
+    /// blob store) and uncompressed digests `diffIDs`, reusing complete ones; a layer whose
+    /// tar `inflated` yields is read from there. Returns the disks' file names, bottom first.
     public func make(blobs: [URL], diffIDs: [Digest], limits: UnpackLimits, engine: IOEngine) async throws -> [String] {
+        try await make(blobs: blobs, diffIDs: diffIDs, limits: limits, engine: engine, inflated: nil, logger: nil)
+    }
+
+    func make(blobs: [URL], diffIDs: [Digest], limits: UnpackLimits, engine: IOEngine, inflated: Task<[InflatedLayer?], Never>?,
+              logger: Logger?) async throws -> [String] {
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         let chain = Self.chainIDs(diffIDs)
         for (index, chainID) in chain.enumerated() where !isComplete(chainID) {
@@ -91,6 +97,7 @@ public struct LayerDisks: Sendable {
             unlink(path)
             unlink(recordPath(chainID))
             let name = "\(index) (\(chainID.short))"
+            let started = ContinuousClock.now
             do {
                 // One flush at the builder's finish, not at the disk's creation, its new content
                 // ID and each grain: the record below, written after it, is what makes the disk
@@ -103,9 +110,17 @@ public struct LayerDisks: Sendable {
                 let disk = try await VirtualDisk.open(path: path, writable: true, engine: engine)
                 disk.deferAllocationSyncs()
                 let builder = index == 0 ? try Ext4Builder.create(on: disk) : try await Ext4Builder.open(on: disk)
-                let stream = try LayerStream(file: blobs[index], layer: name, maxBytes: limits.maxStreamBytes)
+                let opened = ContinuousClock.now
+                // The layers in memory, once decoded (meanwhile the disk was made and opened).
+                let tar = await inflated?.value[index]
+                let stream = try tar.map { LayerStream(inflated: $0, layer: name) }
+                    ?? LayerStream(file: blobs[index], layer: name, maxBytes: limits.maxStreamBytes)
                 try await Self.apply(TarReader(source: stream, layer: name), to: builder, layer: name)
+                let applied = ContinuousClock.now
                 try await builder.finish()
+                logger?.debug("layer disk written", metadata: ["layer": "\(name)", "open_ms": "\(ImagePuller.milliseconds(opened - started))",
+                                                              "apply_ms": "\(ImagePuller.milliseconds(applied - opened))",
+                                                              "finish_ms": "\(ImagePuller.milliseconds(ContinuousClock.now - applied))"])
                 let diffID = stream.finishDigest()
                 guard diffID == diffIDs[index] else {
                     throw ImageError.digestMismatch(what: "layer \(name), uncompressed, while writing its disk", expected: diffIDs[index].description,

@@ -1,12 +1,29 @@
 import CShims
 import Foundation
 
+/// A small layer's tar, inflated once into memory (`LayerStream.inflate`), so that the folder
+/// and the layer disk, written at once, read it without each gunzipping the blob again.
+final class InflatedLayer: Sendable {
+    let bytes: [UInt8]
+    /// The sha256 of `bytes`: the layer's diff_id if the blob is what the config says.
+    let digest: Digest
+
+    init(bytes: [UInt8], digest: Digest) {
+        self.bytes = bytes
+        self.digest = digest
+    }
+}
+
 /// The uncompressed bytes of a layer blob in the blob store: gunzipped when the blob is gzip,
 /// decoded when it is zstd (each by its magic, whatever the media type says), hashed as they
 /// go by (the layer's diff_id), and cut off past `maxBytes` (a bomb is refused, not unpacked).
+/// Or an `InflatedLayer`'s bytes, already decoded, hashed and within the limit.
 final class LayerStream {
     let layer: String
+    /// -1 when the bytes come from `inflated`.
     private let fd: Int32
+    private let inflated: InflatedLayer?
+    private var inflatedOffset = 0
     private let maxBytes: Int64
     private var gunzip: OpaquePointer?
     private var zstd: OpaquePointer?
@@ -22,9 +39,107 @@ final class LayerStream {
     private var hasher = SHA256()
     private(set) var produced: Int64 = 0
 
+    /// The bytes of `inflated` (decoded and hashed already).
+    init(inflated: InflatedLayer, layer: String) {
+        self.layer = layer
+        self.inflated = inflated
+        maxBytes = Int64(inflated.bytes.count)
+        fd = -1
+    }
+
+    /// The layer blob `file`'s tar in memory when it is at most `cap` bytes (a gzip blob's
+    /// trailer says its size modulo 4 GiB: one saying more is not tried; a trailer that lies
+    /// costs at most `cap` bytes of decoding). nil when it is larger, or when decoding fails:
+    /// the blob is then read as a stream, which tells what is wrong with it.
+    /// `wholeMembers` false keeps to zlib's streaming decoder even where libdeflate is (for tests).
+    static func inflate(file: URL, layer: String, maxBytes: Int64, cap: Int, wholeMembers: Bool = true) -> InflatedLayer? {
+        let limit = min(Int64(cap), maxBytes)
+        var hint = 0
+        if let handle = FileHandle(forReadingAtPath: file.path) {
+            defer { try? handle.close() }
+            if let size = try? handle.seekToEnd(), size >= 4, (try? handle.seek(toOffset: size - 4)) != nil,
+               let trailer = try? handle.readToEnd(), trailer.count == 4 {
+                // The gzip trailer's ISIZE, little-endian.
+                hint = trailer.reversed().reduce(0) { $0 << 8 | Int($1) }
+            }
+        }
+        guard let stream = try? LayerStream(file: file, layer: layer, maxBytes: limit) else { return nil }
+        if stream.gunzip != nil, hint > limit { return nil }
+        if stream.gunzip != nil, wholeMembers, cshims_deflate_available() != 0 {
+            switch gunzipWhole(file: file, hint: hint, limit: limit) {
+            case .inflated(let layer): return layer
+            case .invalid: return nil
+            case .notWhole: break
+            }
+        }
+        // One byte more than the trailer says, so that the read finding the end has room.
+        var bytes = [UInt8](repeating: 0, count: (stream.gunzip != nil ? max(hint, 4096) : 64 << 10) + 1)
+        var filled = 0
+        while true {
+            if filled == bytes.count {
+                // (The stream refuses to go past `limit`: at most twice that is ever held.)
+                guard filled <= limit else { return nil }
+                bytes += [UInt8](repeating: 0, count: bytes.count)
+            }
+            let count: Int
+            do {
+                count = try bytes.withUnsafeMutableBytes { raw throws(ImageError) in
+                    // unsafe: [filled, count) lies inside the array's storage.
+                    try stream.read(into: UnsafeMutableRawBufferPointer(rebasing: raw[filled...]))
+                }
+            } catch { return nil }
+            if count == 0 { break }
+            filled += count
+        }
+        bytes.removeSubrange(filled...)
+        return InflatedLayer(bytes: bytes, digest: stream.finishDigest())
+    }
+
+    enum WholeGunzip {
+        case inflated(InflatedLayer)
+        /// Not a valid gzip stream: left to the streaming decoder, which names the problem.
+        case invalid
+        /// Larger than its trailer said (several members, or a trailer that lies): decoded
+        /// by the streaming decoder instead.
+        case notWhole
+    }
+
+    /// The gzip blob `file` decoded member by member with libdeflate (about twice zlib's speed)
+    /// into a buffer of the trailer's size; zero padding after the last member is allowed, as
+    /// the streaming decoder allows it.
+    private static func gunzipWhole(file: URL, hint: Int, limit: Int64) -> WholeGunzip {
+        guard let data = FileManager.default.contents(atPath: file.path),
+              Int64(data.count) <= limit + limit / 64 + 4096 else { return .notWhole }
+        let input = [UInt8](data)
+        var output = [UInt8](repeating: 0, count: min(hint, Int(limit)) + 1)
+        var position = 0, filled = 0
+        while position < input.count {
+            if input[position] == 0, input[position...].allSatisfy({ $0 == 0 }) { break }
+            var consumed = 0, produced = 0
+            let result = input.withUnsafeBytes { source in
+                output.withUnsafeMutableBytes { target in
+                    // unsafe: both ranges lie inside their arrays ([position, count) and [filled, count)).
+                    cshims_deflate_gunzip_member(source.baseAddress!.assumingMemoryBound(to: UInt8.self) + position, source.count - position, &consumed,
+                                                 target.baseAddress!.assumingMemoryBound(to: UInt8.self) + filled, target.count - filled, &produced)
+                }
+            }
+            if result < 0 { return .invalid }
+            if result > 0 { return .notWhole }
+            position += consumed
+            filled += produced
+            if filled == output.count { return .notWhole }
+        }
+        guard position > 0, Int64(filled) <= limit else { return .notWhole }
+        output.removeSubrange(filled...)
+        var hasher = SHA256()
+        hasher.update(output)
+        return .inflated(InflatedLayer(bytes: output, digest: Digest(unchecked: hasher.finishHex())))
+    }
+
     init(file: URL, layer: String, maxBytes: Int64) throws(ImageError) {
         self.layer = layer
         self.maxBytes = maxBytes
+        inflated = nil
         fd = open(file.path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw .io("cannot open layer blob \(file.path): \(String(cString: strerror(errno)))") }
         try fillInput()
@@ -44,11 +159,14 @@ final class LayerStream {
     deinit {
         cshims_gunzip_free(gunzip)
         cshims_zstd_free(zstd)
-        close(fd)
+        if fd >= 0 { close(fd) }
     }
 
     /// The sha256 of every uncompressed byte read; call once, at the end.
-    func finishDigest() -> Digest { Digest(unchecked: hasher.finishHex()) }
+    func finishDigest() -> Digest {
+        if let inflated { return inflated.digest }
+        return Digest(unchecked: hasher.finishHex())
+    }
 
     private func fillInput() throws(ImageError) {
         if inputStart == inputEnd { inputStart = 0; inputEnd = 0 }
@@ -99,6 +217,17 @@ final class LayerStream {
 
     /// Fills `buffer` with the next uncompressed bytes; 0 at the end of the layer.
     func read(into buffer: UnsafeMutableRawBufferPointer) throws(ImageError) -> Int {
+        if let inflated {
+            let count = min(buffer.count, inflated.bytes.count - inflatedOffset)
+            if count == 0 { return 0 }
+            inflated.bytes.withUnsafeBytes { raw in
+                // unsafe: count bytes fit both the remaining bytes and the caller's buffer.
+                buffer.baseAddress!.copyMemory(from: raw.baseAddress! + inflatedOffset, byteCount: count)
+            }
+            inflatedOffset += count
+            produced += Int64(count)
+            return count
+        }
         while true {
             if inputStart == inputEnd { try fillInput() }
             var count = 0

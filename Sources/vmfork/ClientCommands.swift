@@ -96,7 +96,7 @@ struct ContainerCommand: ParsableCommand {
     }
 
     struct Run: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Fork a container, run it, print its output, exit with its status.",
+        static let configuration = CommandConfiguration(commandName: "run", abstract: "Fork a container, run it, print its output, exit with its status.",
                                                         discussion: "Example: vmfork container run busybox -- echo hi")
         @Argument(help: "The image.") var image: String
         @Argument(parsing: .postTerminator, help: "The program's arguments after argv[0], after --.") var arguments: [String] = []
@@ -121,7 +121,7 @@ struct ContainerCommand: ParsableCommand {
     }
 
     struct Create: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Fork a container (not started); prints its id.")
+        static let configuration = CommandConfiguration(commandName: "create", abstract: "Fork a container (not started); prints its id.")
         @Argument(help: "The image.") var image: String
         @Argument(parsing: .postTerminator, help: "The program's arguments after argv[0], after --.") var arguments: [String] = []
         @OptionGroup var spec: SpecOptions
@@ -137,7 +137,7 @@ struct ContainerCommand: ParsableCommand {
     }
 
     struct Start: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Start a created container.")
+        static let configuration = CommandConfiguration(commandName: "start", abstract: "Start a created container.")
         @Argument(help: "Container id or name.") var container: String
         @OptionGroup var daemon: DaemonOptions
         func run() throws {
@@ -147,7 +147,7 @@ struct ContainerCommand: ParsableCommand {
     }
 
     struct Wait: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Wait until a container ends; exit with its status.")
+        static let configuration = CommandConfiguration(commandName: "wait", abstract: "Wait until a container ends; exit with its status.")
         @Argument(help: "Container id or name.") var container: String
         @OptionGroup var daemon: DaemonOptions
         func run() throws {
@@ -182,6 +182,7 @@ struct ContainerCommand: ParsableCommand {
 
     struct Logs: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "logs",
             abstract: "Print a container's output (stdout, then stderr; with -f as it comes).",
             discussion: "With --timestamps, --since or --until: whole lines, stdout's and stderr's in the order they were written, each line's time that of its first byte (at most 1 ms early).")
         @Argument(help: "Container id or name.") var container: String
@@ -223,7 +224,7 @@ struct ContainerCommand: ParsableCommand {
     }
 
     struct Stop: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "SIGTERM to the program, power off after the grace period.")
+        static let configuration = CommandConfiguration(commandName: "stop", abstract: "SIGTERM to the program, power off after the grace period.")
         @Argument(help: "Container id or name.") var container: String
         @Option(name: .shortAndLong, help: "Seconds before power-off.") var time = 10
         @OptionGroup var daemon: DaemonOptions
@@ -234,7 +235,7 @@ struct ContainerCommand: ParsableCommand {
     }
 
     struct Kill: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Send a signal (default 9: power off now).")
+        static let configuration = CommandConfiguration(commandName: "kill", abstract: "Send a signal (default 9: power off now).")
         @Argument(help: "Container id or name.") var container: String
         @Option(name: .shortAndLong, help: "The signal number.") var signal = 9
         @OptionGroup var daemon: DaemonOptions
@@ -258,7 +259,7 @@ struct ContainerCommand: ParsableCommand {
     }
 
     struct Inspect: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Show a container as JSON.")
+        static let configuration = CommandConfiguration(commandName: "inspect", abstract: "Show a container as JSON.")
         @Argument(help: "Container id or name.") var container: String
         @OptionGroup var daemon: DaemonOptions
         func run() throws { daemon.printJSON(try daemon.call("GET", "/v1/containers/\(percentEncoded(container))")) }
@@ -266,6 +267,7 @@ struct ContainerCommand: ParsableCommand {
 
     struct Commit: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "commit",
             abstract: "Make an image of an ended container: its image's layers plus one holding its changes (containers of pulled images only).")
         @Argument(help: "Container id or name.") var container: String
         @Argument(help: "The new image's name.") var image: String
@@ -302,7 +304,7 @@ struct ParentCommand: ParsableCommand {
     }
 
     struct Create: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Record a policy and make its parents now.")
+        static let configuration = CommandConfiguration(commandName: "create", abstract: "Record a policy and make its parents now.")
         @Argument(help: "The image.") var image: String
         @Option(help: "Where the parents stop: main, entry or stdin (default: the image's, main where the engine finds it).") var forkPoint: ForkPointName?
         @Option(help: "Guest memory in MiB.") var memory = ParentPolicy.defaultMemoryMiB
@@ -321,7 +323,7 @@ struct ParentCommand: ParsableCommand {
     }
 
     struct Drain: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Fork no more from a policy's parents; they go with their last child.")
+        static let configuration = CommandConfiguration(commandName: "drain", abstract: "Fork no more from a policy's parents; they go with their last child.")
         @Argument(help: "The policy's id (IMAGE.FORKPOINT.MEMORYm).") var id: String
         @OptionGroup var daemon: DaemonOptions
         func run() throws { daemon.printJSON(try daemon.call("POST", "/v1/parents/\(percentEncoded(id))/drain")) }

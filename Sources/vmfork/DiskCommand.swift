@@ -30,7 +30,7 @@ struct DiskCommand: AsyncParsableCommand {
     }
 
     struct Create: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Create an empty disk.")
+        static let configuration = CommandConfiguration(commandName: "create", abstract: "Create an empty disk.")
         @Argument(help: "The new disk's path (.vmdk).") var path: String
         @Option(help: "Capacity, e.g. 10G.") var size: String
         @Option(help: "monolithicSparse, monolithicFlat or twoGbMaxExtentSparse.") var subformat = "monolithicSparse"
@@ -45,7 +45,7 @@ struct DiskCommand: AsyncParsableCommand {
     }
 
     struct Child: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Create a child (delta) disk of a parent disk.")
+        static let configuration = CommandConfiguration(commandName: "child", abstract: "Create a child (delta) disk of a parent disk.")
         @Argument(help: "The new child's path.") var path: String
         @Option(help: "The parent disk.") var parent: String
 
@@ -56,7 +56,7 @@ struct DiskCommand: AsyncParsableCommand {
     }
 
     struct Info: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Show a disk and its chain of parents.")
+        static let configuration = CommandConfiguration(commandName: "info", abstract: "Show a disk and its chain of parents.")
         @Argument var path: String
 
         func run() async throws {
@@ -73,7 +73,7 @@ struct DiskCommand: AsyncParsableCommand {
     }
 
     struct Write: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Write a file's bytes into a disk (the top of its chain) at an offset.")
+        static let configuration = CommandConfiguration(commandName: "write", abstract: "Write a file's bytes into a disk (the top of its chain) at an offset.")
         @Argument(help: "The disk.") var path: String
         @Argument(help: "The file whose bytes to write; padded with zeros to whole sectors.") var file: String
         @Option(help: "Byte offset in the disk, a multiple of 512.") var offset: UInt64 = 0
@@ -89,7 +89,7 @@ struct DiskCommand: AsyncParsableCommand {
     }
 
     struct Check: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Check a disk's chain; exit 2 on corruption, 1 on repairable problems.")
+        static let configuration = CommandConfiguration(commandName: "check", abstract: "Check a disk's chain; exit 2 on corruption, 1 on repairable problems.")
         @Argument var path: String
         @Flag(help: "Fix what is safe to fix: leaked space, stale redundant grain tables.") var repair = false
 
@@ -105,7 +105,7 @@ struct DiskCommand: AsyncParsableCommand {
     }
 
     struct Convert: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Convert raw <-> VMDK, or between VMDK subformats.")
+        static let configuration = CommandConfiguration(commandName: "convert", abstract: "Convert raw <-> VMDK, or between VMDK subformats.")
         @Argument(help: "The source disk (a VMDK, or raw with --from raw).") var source: String
         @Argument(help: "The new disk.") var destination: String
         @Option(help: "raw or vmdk.") var from = "vmdk"
@@ -127,7 +127,7 @@ struct DiskCommand: AsyncParsableCommand {
     }
 
     struct Commit: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Merge a child disk into its parent.")
+        static let configuration = CommandConfiguration(commandName: "commit", abstract: "Merge a child disk into its parent.")
         @Argument var path: String
 
         func run() async throws {
@@ -138,6 +138,7 @@ struct DiskCommand: AsyncParsableCommand {
 
     struct Bench: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "bench",
             abstract: "Time a request pattern on a disk, as qemu-img bench does; prints IOPS and MB/s.")
         @Argument var path: String
         @Option(name: .customShort("c"), help: "Requests.") var count = 20000

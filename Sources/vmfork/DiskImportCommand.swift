@@ -7,6 +7,7 @@ extension DiskCommand {
     /// or with --parent a child of a layer disk holding only what the folder changes).
     struct Import: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "import",
             abstract: "Write a host folder as an ext4 file system on a new disk (with --parent: a new layer on top of a layer disk).")
         @Argument(help: "The new disk's path (.vmdk).") var path: String
         @Option(help: "The folder to copy (files, folders, symlinks, hard links, devices, modes, owners, times, xattrs).") var from: String

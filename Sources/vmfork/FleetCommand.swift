@@ -11,7 +11,7 @@ struct FleetCommand: ParsableCommand {
     )
 
     struct Load: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Load Profiles/NAME.yaml (all or nothing).")
+        static let configuration = CommandConfiguration(commandName: "load", abstract: "Load Profiles/NAME.yaml (all or nothing).")
         @Argument(help: "The profile file.") var profile: String
         @OptionGroup var options: StateOptions
 

@@ -68,7 +68,7 @@ struct HostCommand: ParsableCommand {
     }
 
     struct Add: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Register a host another machine's agent reports.")
+        static let configuration = CommandConfiguration(commandName: "add", abstract: "Register a host another machine's agent reports.")
         @Argument(help: "The host's name.") var name: String
         @Option(help: "CPU cores.") var cores: Int
         @Option(help: "MHz per core.") var mhz = 2000
@@ -87,7 +87,7 @@ struct HostCommand: ParsableCommand {
     }
 
     struct Health: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Mark a host up or down; a down host takes no new forks.")
+        static let configuration = CommandConfiguration(commandName: "health", abstract: "Mark a host up or down; a down host takes no new forks.")
         @Argument(help: "The host's name.") var name: String
         @Argument(help: "up or down.") var state: HealthState
         @OptionGroup var options: StateOptions
@@ -101,7 +101,7 @@ struct HostCommand: ParsableCommand {
     }
 
     struct List: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List the hosts with what they hold.")
+        static let configuration = CommandConfiguration(commandName: "list", abstract: "List the hosts with what they hold.")
         @Option(help: "Show at most this many hosts (the fullest).") var limit = 50
         @OptionGroup var options: StateOptions
 

@@ -22,7 +22,7 @@ struct ImageCommand: ParsableCommand {
     )
 
     struct Add: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Register an image with the daemon (--rootfs), or an image's placement cost (--parent-memory).")
+        static let configuration = CommandConfiguration(commandName: "add", abstract: "Register an image with the daemon (--rootfs), or an image's placement cost (--parent-memory).")
         @Argument(help: "The image's name.") var name: String
         @Option(help: "Daemon image: its root filesystem folder.") var rootfs: String?
         @Option(help: "Daemon image: the program its warm parents load (a path inside the rootfs).") var executable: String?
@@ -85,7 +85,7 @@ struct ImageCommand: ParsableCommand {
     }
 
     struct Growth: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Record the growth per child the fork engine measured.")
+        static let configuration = CommandConfiguration(commandName: "growth", abstract: "Record the growth per child the fork engine measured.")
         @Argument(help: "The image's name.") var name: String
         @Argument(help: "Private memory per child, e.g. 384KiB.") var growth: MemoryAmount
         @OptionGroup var options: StateOptions

@@ -7,6 +7,7 @@ import Foundation
 extension ImageCommand {
     struct Pull: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "pull",
             abstract: "Pull an image from a registry into the daemon's datastore and register it.",
             discussion: """
                 REF is REGISTRY[:PORT]/REPOSITORY[:TAG][@sha256:DIGEST]; loopback registries are spoken to over HTTP:
@@ -41,7 +42,7 @@ extension ImageCommand {
     }
 
     struct Inspect: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Show an image: its program, and for a pulled image its source, digests and config.")
+        static let configuration = CommandConfiguration(commandName: "inspect", abstract: "Show an image: its program, and for a pulled image its source, digests and config.")
         @Argument(help: "The image's name.") var name: String
         @OptionGroup var daemon: DaemonOptions
         func run() throws {

@@ -37,7 +37,7 @@ struct PoolCommand: ParsableCommand {
     }
 
     struct Add: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Add a pool; its reservation is admitted against its parent.")
+        static let configuration = CommandConfiguration(commandName: "add", abstract: "Add a pool; its reservation is admitted against its parent.")
         @Argument(help: "The pool's name.") var name: String
         @Option(help: "The parent pool (default: root, the whole fleet).") var parent = PoolTree.rootName
         @OptionGroup var settings: Settings
@@ -52,7 +52,7 @@ struct PoolCommand: ParsableCommand {
     }
 
     struct Set: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Change a pool's settings or move it under another parent.")
+        static let configuration = CommandConfiguration(commandName: "set", abstract: "Change a pool's settings or move it under another parent.")
         @Argument(help: "The pool's name.") var name: String
         @Option(help: "A new parent pool.") var parent: String?
         @OptionGroup var settings: Settings
@@ -69,7 +69,7 @@ struct PoolCommand: ParsableCommand {
     }
 
     struct List: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List the pools with what they hold and could still take.")
+        static let configuration = CommandConfiguration(commandName: "list", abstract: "List the pools with what they hold and could still take.")
         @OptionGroup var options: StateOptions
 
         func run() throws {

@@ -7,6 +7,7 @@ import Foundation
 extension VCHCommand {
     struct Create: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "create",
             abstract: "Create a VCH owned by the host agent (recorded in its state, served by the daemon).",
             discussion: """
                 Example: vmfork vch create dev --pool dev --state state

@@ -55,4 +55,25 @@ import Testing
         #expect(report.contains("Headroom"))
         #expect(try String(contentsOfFile: svg, encoding: .utf8).hasPrefix("<svg"))
     }
+
+    /// Every command names itself: a command without `commandName` is named by ArgumentParser
+    /// from `String(describing:)` of its type, a dynamic cast that scans every protocol
+    /// conformance of the binary and its libraries — for each such command, at every start of
+    /// the tool (about a fifth of `vmfork image pull`'s own start-up CPU before they were named).
+    @Test func everyCommandNamesItselfSoThatStartingTheToolLooksUpNoTypeNames() throws {
+        let folder = HostFacts.packageRoot.appendingPathComponent("Sources/vmfork")
+        var unnamed: [String] = []
+        for name in try FileManager.default.contentsOfDirectory(atPath: folder.path) where name.hasSuffix(".swift") {
+            let text = try String(contentsOf: folder.appendingPathComponent(name), encoding: .utf8)
+            var rest = text[...]
+            while let range = rest.range(of: "CommandConfiguration(") {
+                let arguments = rest[range.upperBound...].prefix(200)
+                if !arguments.trimmingCharacters(in: .whitespacesAndNewlines).hasPrefix("commandName:") {
+                    unnamed.append("\(name): \(arguments.prefix(60))")
+                }
+                rest = rest[range.upperBound...]
+            }
+        }
+        #expect(unnamed.isEmpty, "commands without commandName first:\n\(unnamed.joined(separator: "\n"))")
+    }
 }

@@ -63,16 +63,21 @@ extension Ext4Builder {
         var usedDirectories = [Int](repeating: 0, count: geometry.groupCount)
         for number in directories.keys { usedDirectories[Int(number - 1) / Int(geometry.inodesPerGroup)] += 1 }
         var freeBlocksPerGroup: [Int] = [], freeInodesPerGroup: [Int] = []
+        var flagsPerGroup: [UInt16] = [], unusedInodesPerGroup: [Int] = []
         for group in 0..<geometry.groupCount {
             let (blockBitmap, freeBlocks) = blockBitmapBlock(group)
             let (inodeBitmap, freeInodes) = inodeBitmapBlock(group)
-            // Groups whose bitmaps did not change since the last finish hold them on the disk already.
+            let flags = groupFlags(group, freeBlocks: freeBlocks, freeInodes: freeInodes)
+            // Groups whose bitmaps did not change since the last finish hold them on the disk
+            // already; an uninitialised bitmap is not written at all (readers compute it).
             if changedGroups?.contains(group) ?? true {
-                writes[geometry.blockBitmaps[group]] = blockBitmap
-                writes[geometry.inodeBitmaps[group]] = inodeBitmap
+                if flags & Ext4.GroupFlag.blockUninit == 0 { writes[geometry.blockBitmaps[group]] = blockBitmap }
+                if flags & Ext4.GroupFlag.inodeUninit == 0 { writes[geometry.inodeBitmaps[group]] = inodeBitmap }
             }
             freeBlocksPerGroup.append(freeBlocks)
             freeInodesPerGroup.append(freeInodes)
+            flagsPerGroup.append(flags)
+            unusedInodesPerGroup.append(groupChecksums ? Self.unusedInodeTail(inodeBitmap, inodesPerGroup: Int(geometry.inodesPerGroup)) : 0)
         }
         if changedGroups != nil { changedGroups = [] }
         var descriptors = [UInt8](repeating: 0, count: geometry.descriptorBlocks * blockSize)
@@ -84,6 +89,12 @@ extension Ext4Builder {
             descriptors.put16(UInt16(freeBlocksPerGroup[group]), at + Ext4.Group.freeBlocksLow)
             descriptors.put16(UInt16(freeInodesPerGroup[group]), at + Ext4.Group.freeInodesLow)
             descriptors.put16(UInt16(usedDirectories[group]), at + Ext4.Group.usedDirectoriesLow)
+            if groupChecksums {
+                descriptors.put16(flagsPerGroup[group], at + Ext4.Group.flags)
+                descriptors.put16(UInt16(unusedInodesPerGroup[group]), at + Ext4.Group.inodeTableUnusedLow)
+                let checksum = CRC16.groupDescriptor(uuid: uuid, group: group, descriptor: descriptors[at..<at + geometry.descriptorSize])
+                descriptors.put16(checksum, at + Ext4.Group.checksum)
+            }
         }
         let freeBlocks = UInt64(freeBlocksPerGroup.reduce(0, +))
         let freeInodes = UInt32(freeInodesPerGroup.reduce(0, +))
@@ -140,6 +151,31 @@ extension Ext4Builder {
             writes[block] = bytes
         }
         return try await changedBlocks(writes, known: current)
+    }
+
+    /// bg_flags of `group` with uninit_bg (0 without): its inode table always reads as zeros
+    /// beyond the inodes in use (the writer's disks start sparse and freed inodes are zeroed);
+    /// its inode bitmap is uninitialised while none of its inodes is in use, and then its
+    /// block bitmap too while only its own metadata is (except in the last group).
+    func groupFlags(_ group: Int, freeBlocks: Int, freeInodes: Int) -> UInt16 {
+        guard groupChecksums else { return 0 }
+        var flags = Ext4.GroupFlag.inodeTableZeroed
+        guard freeInodes == Int(geometry.inodesPerGroup) else { return flags }
+        flags |= Ext4.GroupFlag.inodeUninit
+        if group != geometry.groupCount - 1, freeBlocks == geometry.blocksInGroup(group) - geometry.metadataBlocks(group).count {
+            flags |= Ext4.GroupFlag.blockUninit
+        }
+        return flags
+    }
+
+    /// bg_itable_unused: the inodes after the group's last one in use, from its inode bitmap
+    /// block (`inodesPerGroup` is a multiple of 8: whole bytes).
+    static func unusedInodeTail(_ bitmap: [UInt8], inodesPerGroup: Int) -> Int {
+        var byte = inodesPerGroup / 8 - 1
+        while byte >= 0, bitmap[byte] == 0 { byte -= 1 }
+        guard byte >= 0 else { return inodesPerGroup }
+        let highest = byte * 8 + (7 - bitmap[byte].leadingZeroBitCount)
+        return inodesPerGroup - highest - 1
     }
 
     private func blockBitmapBlock(_ group: Int) -> ([UInt8], Int) {
@@ -209,8 +245,8 @@ extension Ext4Builder {
             sb.put32(UInt32(truncatingIfNeeded: record.size), words + Ext4.inodeBlockBytes + 4)
         }
         sb.put32(Ext4.Incompat.fileType | Ext4.Incompat.extents, Ext4.Super.featureIncompat)
-        sb.put32(Ext4.ReadOnlyCompat.sparseSuper | Ext4.ReadOnlyCompat.largeFile | Ext4.ReadOnlyCompat.dirNlink | Ext4.ReadOnlyCompat.extraIsize,
-                 Ext4.Super.featureReadOnlyCompat)
+        sb.put32(Ext4.ReadOnlyCompat.sparseSuper | Ext4.ReadOnlyCompat.largeFile | Ext4.ReadOnlyCompat.dirNlink | Ext4.ReadOnlyCompat.extraIsize
+                 | (groupChecksums ? Ext4.ReadOnlyCompat.groupDescriptorChecksum : 0), Ext4.Super.featureReadOnlyCompat)
         sb.replaceSubrange(Ext4.Super.uuid..<Ext4.Super.uuid + 16, with: uuid)
         sb.replaceSubrange(Ext4.Super.hashSeed..<Ext4.Super.hashSeed + 16, with: hashSeed)
         sb[Ext4.Super.defaultHashVersion] = 1  // half_md4

@@ -11,8 +11,10 @@ extension Ext4Builder {
         let ours = try Ext4Geometry.forWriting(capacityBytes: volume.geometry.blocksCount * 4096,
                                                bytesPerInode: Int(UInt64(volume.geometry.blocksPerGroup) * 4096 / UInt64(max(volume.geometry.inodesPerGroup, 1))))
         let features = (volume.featureCompat & ~Ext4.Compat.hasJournal, volume.featureIncompat, volume.featureReadOnlyCompat)
+        let checksummed = volume.featureReadOnlyCompat & Ext4.ReadOnlyCompat.groupDescriptorChecksum != 0
         let expected = (Ext4.Compat.extAttr, Ext4.Incompat.fileType | Ext4.Incompat.extents,
-                        Ext4.ReadOnlyCompat.sparseSuper | Ext4.ReadOnlyCompat.largeFile | Ext4.ReadOnlyCompat.dirNlink | Ext4.ReadOnlyCompat.extraIsize)
+                        Ext4.ReadOnlyCompat.sparseSuper | Ext4.ReadOnlyCompat.largeFile | Ext4.ReadOnlyCompat.dirNlink | Ext4.ReadOnlyCompat.extraIsize
+                            | (checksummed ? Ext4.ReadOnlyCompat.groupDescriptorChecksum : 0))
         guard features == expected, volume.geometry == ours else {
             throw .unsupported(disk: name, feature: "layout for changes: only file systems the layer writer made can take a layer on top (features \(features), \(volume.geometry.groupCount) groups)")
         }
@@ -21,16 +23,28 @@ extension Ext4Builder {
         builder.uuid = Array(sb[Ext4.Super.uuid..<Ext4.Super.uuid + 16])
         builder.hashSeed = Array(sb[Ext4.Super.hashSeed..<Ext4.Super.hashSeed + 16])
         builder.createdAt = sb.le32(Ext4.Super.mkfsTime)
+        builder.groupChecksums = checksummed
         let geometry = volume.geometry
         for group in 0..<geometry.groupCount {
-            let blocks = try await volume.block(geometry.blockBitmaps[group], structure: "block bitmap of group \(group)")
-            let start = geometry.groupStart(group)
-            for index in 0..<geometry.blocksInGroup(group) where blocks[index / 8] & (1 << UInt8(index % 8)) != 0 {
-                builder.markBlock(start + UInt64(index), used: true)
+            let flags = volume.groupFlags[group]
+            if flags & Ext4.GroupFlag.blockUninit != 0 {
+                // Uninitialised: only the group's own metadata is in use, whatever the block holds.
+                guard flags & Ext4.GroupFlag.inodeUninit != 0, group != geometry.groupCount - 1 else {
+                    throw .corrupt(disk: name, structure: "group descriptor \(group)", problem: "block bitmap uninitialised in the last group or with inodes in use")
+                }
+                for block in geometry.metadataBlocks(group) { builder.markBlock(block, used: true) }
+            } else {
+                let blocks = try await volume.block(geometry.blockBitmaps[group], structure: "block bitmap of group \(group)")
+                let start = geometry.groupStart(group)
+                for index in 0..<geometry.blocksInGroup(group) where blocks[index / 8] & (1 << UInt8(index % 8)) != 0 {
+                    builder.markBlock(start + UInt64(index), used: true)
+                }
+                for block in geometry.metadataBlocks(group) where !builder.isBlockUsed(block) {
+                    throw .corrupt(disk: name, structure: "block bitmap of group \(group)", problem: "metadata block \(block) is marked free")
+                }
             }
-            for block in geometry.metadataBlocks(group) where !builder.isBlockUsed(block) {
-                throw .corrupt(disk: name, structure: "block bitmap of group \(group)", problem: "metadata block \(block) is marked free")
-            }
+            // Uninitialised: every inode of the group is free.
+            guard flags & Ext4.GroupFlag.inodeUninit == 0 else { continue }
             let inodes = try await volume.block(geometry.inodeBitmaps[group], structure: "inode bitmap of group \(group)")
             let first = UInt32(group) * geometry.inodesPerGroup + 1
             for index in 0..<Int(geometry.inodesPerGroup) where inodes[index / 8] & (1 << UInt8(index % 8)) != 0 {

@@ -56,6 +56,11 @@ public final class Ext4Builder {
     var dirtyInodes: Set<UInt32> = []
     var uuid: [UInt8]
     var hashSeed: [UInt8]
+    /// uninit_bg: group descriptors with checksums and `Ext4.GroupFlag`s, so that the groups
+    /// nothing uses cost no writes (their bitmaps are computed by readers, their inode tables
+    /// read as the sparse disk's zeros). Set for file systems made here; one opened keeps what
+    /// it had (disks written before the feature have none).
+    var groupChecksums = true
     var createdAt: UInt32
     private var blockCursor: UInt64 = 0
     private var inodeCursor: UInt32 = Ext4.firstNonReservedInode

@@ -52,8 +52,22 @@ enum Ext4 {
         static let sparseSuper: UInt32 = 0x1
         static let largeFile: UInt32 = 0x2
         static let hugeFile: UInt32 = 0x8
+        /// uninit_bg (RO_COMPAT_GDT_CSUM): group descriptors carry a crc16 and the
+        /// `GroupFlag`s, so unused groups need neither bitmaps nor a zeroed inode table written.
+        static let groupDescriptorChecksum: UInt32 = 0x10
         static let dirNlink: UInt32 = 0x20
         static let extraIsize: UInt32 = 0x40
+    }
+
+    /// bg_flags, meaningful only with uninit_bg (or metadata_csum).
+    enum GroupFlag {
+        /// The inode bitmap is not initialised: every inode of the group is free.
+        static let inodeUninit: UInt16 = 0x1
+        /// The block bitmap is not initialised: only the group's own metadata is in use
+        /// (readers compute the bitmap). Never on the last group (e2fsck refuses it there).
+        static let blockUninit: UInt16 = 0x2
+        /// The inode table reads as zeros (beyond the inodes in use).
+        static let inodeTableZeroed: UInt16 = 0x4
     }
 
     /// i_mode file types.
@@ -157,6 +171,12 @@ enum Ext4 {
         static let freeBlocksLow = 0xC
         static let freeInodesLow = 0xE
         static let usedDirectoriesLow = 0x10
+        /// bg_flags (`GroupFlag`).
+        static let flags = 0x12
+        /// bg_itable_unused_lo: inodes at the end of the group's table never used.
+        static let inodeTableUnusedLow = 0x1C
+        /// bg_checksum: crc16 of the file system UUID, the group number and the descriptor.
+        static let checksum = 0x1E
         static let blockBitmapHigh = 0x20
         static let inodeBitmapHigh = 0x24
         static let inodeTableHigh = 0x28
@@ -196,6 +216,32 @@ enum Ext4 {
     static let xattrPrefixes: [(index: UInt8, prefix: String)] = [
         (1, "user."), (4, "trusted."), (6, "security."), (7, "system."),
     ]
+}
+
+/// The crc16 of uninit_bg's group descriptor checksums: the kernel's `crc16` (polynomial
+/// 0x8005, bits reflected, no final inversion), computed bytewise from its table.
+enum CRC16 {
+    static let table: [UInt16] = (0..<256).map { index in
+        var crc = UInt16(index)
+        for _ in 0..<8 { crc = crc & 1 != 0 ? (crc >> 1) ^ 0xA001 : crc >> 1 }
+        return crc
+    }
+
+    static func update<C: Collection>(_ crc: UInt16, _ bytes: C) -> UInt16 where C.Element == UInt8 {
+        var crc = crc
+        for byte in bytes { crc = (crc >> 8) ^ table[Int((crc ^ UInt16(byte)) & 0xFF)] }
+        return crc
+    }
+
+    /// bg_checksum of group `group`'s descriptor `descriptor` (its checksum field skipped).
+    static func groupDescriptor(uuid: [UInt8], group: Int, descriptor: ArraySlice<UInt8>) -> UInt16 {
+        var crc = update(0xFFFF, uuid)
+        let number = UInt32(truncatingIfNeeded: group)
+        crc = update(crc, (0..<4).map { UInt8(truncatingIfNeeded: number >> (8 * $0)) })
+        let start = descriptor.startIndex
+        crc = update(crc, descriptor[start..<start + Ext4.Group.checksum])
+        return update(crc, descriptor[(start + Ext4.Group.checksum + 2)...])
+    }
 }
 
 /// Little-endian loads and stores in fixed-size byte arrays whose bounds the caller knows.

@@ -15,6 +15,10 @@ public final class Ext4Volume: Sendable {
     let featureIncompat: UInt32
     let featureReadOnlyCompat: UInt32
     let superblock: [UInt8]
+    /// Each group's bg_flags (`Ext4.GroupFlag`) as the disk's descriptors hold them; all 0
+    /// without uninit_bg. For the writer's `open(on:)` (on a read-only disk whose journal
+    /// needs recovery they may predate the replayed descriptors; reading needs none of them).
+    let groupFlags: [UInt16]
     private let blockCache = Mutex<[UInt64: [UInt8]]>([:])
     private let inodeCache = Mutex<[UInt32: Ext4InodeRecord]>([:])
     static let cachedBlocks = 8192
@@ -30,8 +34,9 @@ public final class Ext4Volume: Sendable {
     /// a disk whose writer died mid-sync; a writable open replays them onto the disk).
     let recovered: [UInt64: [UInt8]]
 
-    private init(disk: VirtualDisk, geometry: Ext4Geometry, superblock: [UInt8], recovered: [UInt64: [UInt8]] = [:]) {
+    private init(disk: VirtualDisk, geometry: Ext4Geometry, superblock: [UInt8], groupFlags: [UInt16], recovered: [UInt64: [UInt8]] = [:]) {
         self.disk = disk
+        self.groupFlags = groupFlags
         name = disk.layers[0].path
         self.geometry = geometry
         self.recovered = recovered
@@ -109,8 +114,21 @@ public final class Ext4Volume: Sendable {
         } catch { throw .disk(error) }
         let tableBlocks = UInt64((Int(inodesPerGroup) * inodeSize + blockSize - 1) / blockSize)
         var blockBitmaps: [UInt64] = [], inodeBitmaps: [UInt64] = [], inodeTables: [UInt64] = []
+        var groupFlags: [UInt16] = []
+        let checksummed = sb.le32(Ext4.Super.featureReadOnlyCompat) & Ext4.ReadOnlyCompat.groupDescriptorChecksum != 0
+        let uuid = Array(sb[Ext4.Super.uuid..<Ext4.Super.uuid + 16])
         for group in 0..<groups {
             let at = group * descriptorSize
+            if checksummed {
+                let expected = CRC16.groupDescriptor(uuid: uuid, group: group, descriptor: table[at..<at + descriptorSize])
+                guard table.le16(at + Ext4.Group.checksum) == expected else {
+                    throw .corrupt(disk: name, structure: "group descriptor \(group)",
+                                   problem: String(format: "checksum 0x%04x, not the 0x%04x its contents give", table.le16(at + Ext4.Group.checksum), expected))
+                }
+                groupFlags.append(table.le16(at + Ext4.Group.flags))
+            } else {
+                groupFlags.append(0)
+            }
             func field(_ low: Int, _ high: Int) -> UInt64 {
                 var value = UInt64(table.le32(at + low))
                 if descriptorSize >= 64 { value |= UInt64(table.le32(at + high)) << 32 }
@@ -131,7 +149,7 @@ public final class Ext4Volume: Sendable {
                                     inodeSize: inodeSize, groupCount: groups, descriptorSize: descriptorSize, firstDataBlock: firstDataBlock,
                                     sparseSuper: sb.le32(Ext4.Super.featureReadOnlyCompat) & Ext4.ReadOnlyCompat.sparseSuper != 0,
                                     blockBitmaps: blockBitmaps, inodeBitmaps: inodeBitmaps, inodeTables: inodeTables)
-        let volume = Ext4Volume(disk: disk, geometry: geometry, superblock: sb)
+        let volume = Ext4Volume(disk: disk, geometry: geometry, superblock: sb, groupFlags: groupFlags)
         guard volume.featureCompat & Ext4.Compat.hasJournal != 0 else { return volume }
         return try await volume.recoveringJournal()
     }
@@ -159,7 +177,7 @@ public final class Ext4Volume: Sendable {
             do throws(DiskError) { return try await disk.read(count: geometry.blockSize, at: at) } catch { throw .disk(error) }
         }
         guard disk.layers[0].writable else {
-            return Ext4Volume(disk: disk, geometry: geometry, superblock: superblock, recovered: replay.writes)
+            return Ext4Volume(disk: disk, geometry: geometry, superblock: superblock, groupFlags: groupFlags, recovered: replay.writes)
         }
         let blockSize = UInt64(geometry.blockSize)
         do throws(DiskError) {
