@@ -11,6 +11,7 @@ packages=(
   fio              # the raw-file I/O baseline in the disk benchmark
   zlib1g-dev       # deflate for streamOptimized VMDK grains
   libzstd1         # zstd layers (opened at run time: no headers needed)
+  libdeflate0      # gunzip of small layers at pull (opened at run time; zlib when absent)
   zstd             # compresses the zstd layers of the pull tests
   util-linux       # setpriv, for the unprivileged capability tests
   runc             # the OCI runtime peer of load runs (vmfork load --peer runc)
