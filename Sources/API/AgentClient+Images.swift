@@ -14,10 +14,12 @@ extension AgentClient {
         return try response.decode(ImageRecord.self)
     }
 
-    /// POST /v1/containers/{id}/commit: an ended container's changes as a new image `name`.
-    public func commitContainer(_ id: String, as name: String, comment: String? = nil) async throws -> CommitResult {
-        struct Body: Encodable, Sendable { var name: String; var comment: String? }
-        let response = try await send("POST", "/v1/containers/\(id.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? id)/commit", json: Body(name: name, comment: comment))
+    /// POST /v1/containers/{id}/commit: an ended container's changes as a new image `name`,
+    /// its config changed by `changes` (Dockerfile instructions, as `docker commit --change`).
+    public func commitContainer(_ id: String, as name: String, comment: String? = nil, changes: [String] = []) async throws -> CommitResult {
+        struct Body: Encodable, Sendable { var name: String; var comment: String?; var changes: [String]? }
+        let response = try await send("POST", "/v1/containers/\(id.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? id)/commit",
+                                      json: Body(name: name, comment: comment, changes: changes.isEmpty ? nil : changes))
         guard response.status == 201 else { throw ClientError(description: "commit \(id): \(response.errorMessage) (HTTP \(response.status))") }
         return try response.decode(CommitResult.self)
     }

@@ -14,9 +14,11 @@ struct ImagePullRequest: StrictBody {
 
 /// The body of POST /v1/containers/{id}/commit.
 struct CommitRequest: StrictBody {
-    static let fields: Set<String> = ["name", "comment"]
+    static let fields: Set<String> = ["name", "comment", "changes"]
     var name: String
     var comment: String?
+    /// Dockerfile instructions for the new image's config (`docker commit --change`).
+    var changes: [String]?
 }
 
 extension AgentRoutes {
@@ -48,7 +50,14 @@ extension AgentRoutes {
             let body = try await request.decodeStrict(CommitRequest.self)
             try Bounds.name(body.name, "name")
             if let comment = body.comment, comment.utf8.count > 4096 { throw APIError.invalid("comment is over 4096 characters", field: "comment") }
-            return try json(try await engine.commitContainer(try context.parameter("id"), as: body.name, comment: body.comment, by: context.actor),
+            if let changes = body.changes {
+                guard changes.count <= 64 else { throw APIError.invalid("changes holds \(changes.count) entries, at most 64", field: "changes") }
+                if let long = changes.first(where: { $0.unicodeScalars.count > 4096 }) {
+                    throw APIError.invalid("change \"\(long.prefix(40))…\" is over 4096 characters", field: "changes")
+                }
+            }
+            return try json(try await engine.commitContainer(try context.parameter("id"), as: body.name, comment: body.comment,
+                                                             changes: body.changes ?? [], by: context.actor),
                             status: .created)
         }
     }

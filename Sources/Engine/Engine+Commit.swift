@@ -24,7 +24,10 @@ extension Engine {
     /// its layer disks (the parent's reused, one new), the parent's config with the layer in
     /// its diff_ids and history. The container must have ended (its changes are all on its
     /// disk then) and must run from a pulled image's layer disks in this engine (not in a worker).
-    public func commitContainer(_ idOrName: String, as name: String, comment: String? = nil, by actor: String) async throws -> CommitResult {
+    /// `changes` are Dockerfile instructions applied to the new image's config, as `docker
+    /// commit --change` applies them (see `ConfigChange`); a refused one makes nothing.
+    public func commitContainer(_ idOrName: String, as name: String, comment: String? = nil, changes: [String] = [],
+                                by actor: String) async throws -> CommitResult {
         try await audited("container.commit", subject: idOrName, actor: actor, detail: "{\"image\":\(Self.jsonString(name))}",
                           subjectOf: { $0.image.pulled?.committedFrom }) {
             try ensureAccepting()
@@ -33,6 +36,10 @@ extension Engine {
                 throw EngineError.invalid("name", "image name \"\(name.prefix(100))\" must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
             }
             if let comment { try Self.validateArguments([comment], field: "comment") }
+            try Self.validateArguments(changes, field: "changes")
+            guard changes.count <= 64 else { throw EngineError.invalid("changes", "changes: \(changes.count) entries, at most 64") }
+            let parsedChanges: [ConfigChange]
+            do { parsedChanges = try ConfigChange.parse(changes) } catch { throw EngineError.invalid("changes", "\(error)") }
             if registry.withLock({ $0.images[name] != nil }) {
                 throw EngineError(.conflict, "image \(name) already exists (remove it first or commit under another name)", field: "name")
             }
@@ -60,7 +67,7 @@ extension Engine {
             }
             do {
                 return try await imagePuller.commit(upper: upper, lower: lower, onto: pulled, reference: name, container: container.id,
-                                                    comment: comment) { committed, rootfs, layer in
+                                                    comment: comment, changes: parsedChanges) { committed, rootfs, layer in
                     let added = try await register(committed, rootfs: rootfs, as: name, source: "image \(parent.name)", field: "id", by: actor)
                     await inheritPlacementCost(of: parent.name, as: name, by: actor)
                     return CommitResult(image: added, layer: layer.diffID, layerBytes: layer.tarBytes, changed: layer.summary.changed,
@@ -68,6 +75,8 @@ extension Engine {
                 }
             } catch let error as ImageError {
                 throw Self.engineError(error)
+            } catch let error as ConfigChangeError {
+                throw EngineError.invalid("changes", error.description)
             }
         }
     }

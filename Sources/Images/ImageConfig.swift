@@ -12,6 +12,20 @@ public struct ImageConfig: Codable, Sendable, Equatable {
         public var Env: [String]?
         public var WorkingDir: String?
         public var User: String?
+        public var Labels: [String: String]?
+        /// "PORT/PROTOCOL" keys; their values are empty objects.
+        public var ExposedPorts: [String: Empty]?
+        public var StopSignal: String?
+    }
+
+    /// A JSON value whose content does not matter (ExposedPorts' `{}`).
+    public struct Empty: Codable, Sendable, Equatable {
+        public init() {}
+        public init(from decoder: Decoder) throws {}
+        public func encode(to encoder: Encoder) throws {
+            var container = encoder.singleValueContainer()
+            try container.encode([String: String]())
+        }
     }
 
     public struct RootFS: Codable, Sendable, Equatable {
@@ -30,9 +44,11 @@ public struct ImageConfig: Codable, Sendable, Equatable {
             throw .malformed(what: what, problem: "lists \(config.rootfs.diff_ids.count) diff_ids for the manifest's \(layerCount) layers")
         }
         let settings = config.config
+        let labels = (settings?.Labels ?? [:]).flatMap { [$0.key, $0.value] }
         let strings = (settings?.Entrypoint ?? []) + (settings?.Cmd ?? []) + (settings?.Env ?? []) + [settings?.WorkingDir ?? "", settings?.User ?? ""]
-        guard strings.count <= 2048, strings.reduce(0, { $0 + $1.utf8.count }) <= 256 * 1024 else {
-            throw .malformed(what: what, problem: "entrypoint, cmd and env are over 2048 entries or 256 KiB")
+            + labels + (settings?.ExposedPorts ?? [:]).keys + [settings?.StopSignal ?? ""]
+        guard strings.count <= 4096, strings.reduce(0, { $0 + $1.utf8.count }) <= 256 * 1024 else {
+            throw .malformed(what: what, problem: "entrypoint, cmd, env, labels and exposed ports are over 4096 entries or 256 KiB")
         }
         if strings.contains(where: { $0.contains("\0") }) { throw .malformed(what: what, problem: "a string in config holds a NUL character") }
         if let bad = settings?.Env?.first(where: { !$0.contains("=") || $0.hasPrefix("=") }) {

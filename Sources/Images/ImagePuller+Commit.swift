@@ -16,13 +16,18 @@ extension ImagePuller {
     /// one, and the image is unpacked and its layer disks made as a pull does (the parent's
     /// disks reused), then `register` runs while collections are held off.
     public func commit<T: Sendable>(upper: Ext4Volume, lower: Ext4Volume, onto parent: PulledImage, reference: String, container: String,
-                                    comment: String?, register: (PulledImage, URL, CommittedLayer) async throws -> T) async throws -> T {
+                                    comment: String?, changes: [ConfigChange] = [],
+                                    register: (PulledImage, URL, CommittedLayer) async throws -> T) async throws -> T {
         try holdCollections(doing: "commit")
         defer { releaseCollections() }
         let started = ContinuousClock.now
         for digest in [parent.manifestDigest, parent.configDigest] + parent.layers where !store.contains(digest) {
             throw ImageError.io("the image's blob \(digest.short) is missing from the datastore (collected?); pull the image again")
         }
+        let what = "config \(parent.configDigest.short) of \(parent.reference)"
+        // The changes first: one refused leaves nothing behind (no layer blob).
+        var document = try Self.configDocument(try store.read(parent.configDigest), what: what)
+        try ConfigChange.apply(changes, to: &document)
         let temporary = store.temporaryPath("commit")
         let summary: LayerDiff.Summary
         let diffID: Digest
@@ -38,8 +43,7 @@ extension ImagePuller {
             throw error
         }
 
-        let what = "config \(parent.configDigest.short) of \(parent.reference)"
-        let configBytes = try Self.configWithLayer(try store.read(parent.configDigest), diffID: diffID, container: container, comment: comment, what: what)
+        let configBytes = try Self.configWithLayer(document, diffID: diffID, container: container, comment: comment, changes: changes)
         let configDigest = Digest.of(configBytes)
         let config = try ImageConfig.parse(configBytes, what: "the committed image's config", layerCount: parent.layers.count + 1)
         let parentManifest = try Manifest.parse(try store.read(parent.manifestDigest), what: "manifest \(parent.manifestDigest.short) of \(parent.reference)",
@@ -63,13 +67,22 @@ extension ImagePuller {
         return try await registering(image, rootfs, created: created) { image, rootfs in try await register(image, rootfs, layer) }
     }
 
-    /// The parent's config (kept as it is, unknown fields too) with one more diff_id, a
-    /// history entry and a new creation time.
-    static func configWithLayer(_ bytes: [UInt8], diffID: Digest, container: String, comment: String?, what: String) throws(ImageError) -> [UInt8] {
-        guard var config = (try? JSONSerialization.jsonObject(with: Data(bytes))) as? [String: Any],
-              var rootfs = config["rootfs"] as? [String: Any], var diffIDs = rootfs["diff_ids"] as? [Any] else {
+    /// A config as a JSON object (unknown fields kept), with rootfs.diff_ids.
+    static func configDocument(_ bytes: [UInt8], what: String) throws(ImageError) -> [String: Any] {
+        guard let config = (try? JSONSerialization.jsonObject(with: Data(bytes))) as? [String: Any],
+              let rootfs = config["rootfs"] as? [String: Any], rootfs["diff_ids"] is [Any] else {
             throw .malformed(what: what, problem: "is not a JSON object with rootfs.diff_ids")
         }
+        return config
+    }
+
+    /// The parent's config (kept as it is, unknown fields too, but for `changes`, already
+    /// applied) with one more diff_id, a history entry and a new creation time.
+    static func configWithLayer(_ document: [String: Any], diffID: Digest, container: String, comment: String?,
+                                changes: [ConfigChange] = []) throws(ImageError) -> [UInt8] {
+        var config = document
+        var rootfs = config["rootfs"] as? [String: Any] ?? [:]
+        var diffIDs = rootfs["diff_ids"] as? [Any] ?? []
         diffIDs.append(diffID.description)
         rootfs["diff_ids"] = diffIDs
         config["rootfs"] = rootfs
@@ -77,7 +90,8 @@ extension ImagePuller {
         formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
         let now = formatter.string(from: Date())
         config["created"] = now
-        var entry: [String: Any] = ["created": now, "created_by": "vmfork container commit \(container)"]
+        let createdBy = (["vmfork container commit \(container)"] + changes.map { "--change '\($0.text)'" }).joined(separator: " ")
+        var entry: [String: Any] = ["created": now, "created_by": createdBy]
         if let comment, !comment.isEmpty { entry["comment"] = comment }
         var history = config["history"] as? [Any] ?? []
         history.append(entry)

@@ -151,7 +151,8 @@ public final class ImagePuller: Sendable {
                                 layerBytes: manifest.layers.reduce(0) { $0 + $1.size }, unpackedBytes: unpacked,
                                 entrypoint: settings?.Entrypoint ?? [], cmd: settings?.Cmd ?? [], env: settings?.Env ?? [],
                                 workingDir: settings?.WorkingDir ?? "", user: settings?.User ?? "", pulledAt: Date().timeIntervalSince1970,
-                                layerDisks: disks, committedFrom: committedFrom)
+                                layerDisks: disks, committedFrom: committedFrom, labels: settings?.Labels,
+                                exposedPorts: settings?.ExposedPorts.map { $0.keys.sorted() }, stopSignal: settings?.StopSignal)
         let record = target.appendingPathExtension("json")
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]

@@ -28,4 +28,8 @@ public struct PulledImage: Codable, Sendable, Equatable {
     /// The container this image was committed from (`vmfork container commit`): its top
     /// layer holds that container's changes. Nil for a pulled image.
     public var committedFrom: String? = nil
+    /// The config's Labels, ExposedPorts ("PORT/PROTOCOL") and StopSignal, when it has them.
+    public var labels: [String: String]? = nil
+    public var exposedPorts: [String]? = nil
+    public var stopSignal: String? = nil
 }

@@ -151,9 +151,14 @@ struct ImageSummary: Encodable {
 /// `GET /images/{name}/json`.
 struct ImageInspect: Encodable {
     struct Config: Encodable {
-        let Cmd: [String]
-        let Entrypoint: [String]
+        let Cmd: [String]?
+        let Entrypoint: [String]?
         let Env: [String]
+        var WorkingDir = ""
+        var User = ""
+        var Labels: [String: String]? = nil
+        var ExposedPorts: [String: [String: String]]? = nil
+        var StopSignal: String? = nil
     }
     struct RootFS: Encodable { let `Type`: String }
     let Id: String

@@ -42,10 +42,19 @@ extension VirtualContainerHost {
 
     func inspectImage(_ reference: String) async throws -> DockerResponse {
         let image = try await findImage(reference)
+        // A pulled (or committed) image's config as its registry or commit wrote it; an image
+        // added from a folder has only its program, arguments and environment.
+        let config: ImageInspect.Config
+        if let pulled = image.pulled {
+            config = .init(Cmd: pulled.cmd.isEmpty ? nil : pulled.cmd, Entrypoint: pulled.entrypoint.isEmpty ? nil : pulled.entrypoint,
+                           Env: pulled.env, WorkingDir: pulled.workingDir, User: pulled.user, Labels: pulled.labels,
+                           ExposedPorts: pulled.exposedPorts.map { Dictionary(uniqueKeysWithValues: $0.map { ($0, [:]) }) }, StopSignal: pulled.stopSignal)
+        } else {
+            config = .init(Cmd: image.arguments, Entrypoint: [image.executable], Env: image.environment)
+        }
         return try .json(ImageInspect(Id: DockerNames.imageID(image), RepoTags: [DockerNames.tag(image.name)], RepoDigests: [],
                                       Created: DockerTime.rfc3339(image.createdAt), Os: "linux", Architecture: "amd64", Size: 0,
-                                      Config: .init(Cmd: image.arguments, Entrypoint: [image.executable], Env: image.environment),
-                                      RootFS: .init(Type: "layers")))
+                                      Config: config, RootFS: .init(Type: "layers")))
     }
 
     func removeImage(_ reference: String, _ request: DockerRequest) async throws -> DockerResponse {
@@ -105,10 +114,12 @@ extension VirtualContainerHost {
         return DockerResponse(headers: [("Content-Type", "application/json")], body: .stream(body))
     }
 
-    /// `POST /commit?container=ID&repo=REPO[&tag=latest][&comment=M][&author=A]` (docker
-    /// commit): the agent's POST /v1/containers/{id}/commit, which makes an image of an ended
-    /// container of a pulled image. The agent names images without tags, by the repository's
-    /// last part, as its pull does: a tag other than latest and `--change` are refused by name.
+    /// `POST /commit?container=ID&repo=REPO[&tag=latest][&comment=M][&author=A][&changes=C]...`
+    /// (docker commit): the agent's POST /v1/containers/{id}/commit, which makes an image of an
+    /// ended container of a pulled image, its config changed by the `changes` (`--change`, one
+    /// Dockerfile instruction each; the agent parses and refuses them). The agent names images
+    /// without tags, by the repository's last part, as its pull does: a tag other than latest
+    /// and a container config in the body are refused by name.
     func commitContainer(_ request: DockerRequest) async throws -> DockerResponse {
         guard let reference = request.string("container"), !reference.isEmpty else { throw DockerError.badRequest("commit needs a container") }
         let info = try await resolve(reference)
@@ -118,19 +129,18 @@ extension VirtualContainerHost {
         if let tag = request.string("tag"), !tag.isEmpty, tag != "latest" {
             throw DockerError.badRequest("commit tag \(tag) is not supported: the host agent names images without tags (commit as \(repository) or \(repository):latest)")
         }
-        if let changes = request.query["changes"], changes.contains(where: { !$0.isEmpty }) {
-            throw DockerError.badRequest("commit --change is not supported by this VCH: the new image keeps its image's config")
-        }
+        let changes = (request.query["changes"] ?? []).filter { !$0.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty }
         if !request.body.isEmpty, let object = try? JSONSerialization.jsonObject(with: request.body, options: [.fragmentsAllowed]),
            let config = object as? [String: Any], !config.isEmpty {
-            throw DockerError.badRequest("commit with a container config is not supported by this VCH: the new image keeps its image's config")
+            throw DockerError.badRequest("commit with a container config in the body is not supported by this VCH: give the config's changes as --change instructions")
         }
         let name = DockerNames.imageCandidates(repository).last ?? repository
         var comment = request.string("comment").flatMap { $0.isEmpty ? nil : $0 }
         if let author = request.string("author"), !author.isEmpty { comment = [comment, "author: \(author)"].compactMap { $0 }.joined(separator: "; ") }
-        struct Body: Encodable { var name: String; var comment: String? }
+        struct Body: Encodable { var name: String; var comment: String?; var changes: [String]? }
         feed.forgetImages()
-        let response = try await agent.call("POST", "/v1/containers/\(AgentBackend.escape(info.id))/commit", json: Body(name: name, comment: comment))
+        let response = try await agent.call("POST", "/v1/containers/\(AgentBackend.escape(info.id))/commit",
+                                            json: Body(name: name, comment: comment, changes: changes.isEmpty ? nil : changes))
         feed.forgetImages()
         let result = try response.decode(CommitResult.self)
         return try .json(["Id": DockerNames.imageID(result.image)], status: .created)

@@ -272,10 +272,15 @@ struct ContainerCommand: ParsableCommand {
         @Argument(help: "Container id or name.") var container: String
         @Argument(help: "The new image's name.") var image: String
         @Option(name: .shortAndLong, help: "A comment for the new layer's history entry.") var message: String?
+        @Option(name: .shortAndLong, help: ArgumentHelp(
+            "A Dockerfile instruction for the new image's config, as docker commit --change takes it (repeatable).",
+            discussion: "CMD and ENTRYPOINT (JSON array or shell form), ENV and LABEL (NAME=value ... or NAME value), WORKDIR, USER, EXPOSE, STOPSIGNAL."))
+        var change: [String] = []
         @OptionGroup var daemon: DaemonOptions
         func run() throws {
-            struct Body: Encodable { var name: String; var comment: String? }
-            let response = try daemon.call("POST", "/v1/containers/\(percentEncoded(container))/commit", json: Body(name: image, comment: message))
+            struct Body: Encodable { var name: String; var comment: String?; var changes: [String]? }
+            let response = try daemon.call("POST", "/v1/containers/\(percentEncoded(container))/commit",
+                                           json: Body(name: image, comment: message, changes: change.isEmpty ? nil : change))
             if daemon.json { daemon.printJSON(response); return }
             let result = try response.decode(CommitResult.self)
             print("committed \(container) as image \(result.image.name): layer \(result.layer) (\(result.layerBytes) bytes; \(result.changed) added or changed, \(result.removed) removed)")
