@@ -151,4 +151,62 @@ struct ContainerCommitTests {
         #expect(bad.status == 400 && bad.errorMessage.contains("author"), "\(bad.text)")
         #expect(try await client.send("GET", "/v1/images/y").status == 404)
     }
+
+    /// `--change`: the new image's config takes the Dockerfile instructions, and a container
+    /// of it run without arguments runs the new CMD in the new working folder as the new user,
+    /// with the new environment; what Docker refuses is refused by name and makes nothing.
+    @Test func configChangesReachTheNewImageAndItsContainers() async throws {
+        let registry = try RegistryFixture()
+        let daemon = try await DaemonProcess("commit-change")
+        defer { daemon.stop() }
+        let client = daemon.client
+        _ = try await client.pullImage(reference: registry.reference("latest"), name: "bb")
+        let created = try await client.send("POST", "/v1/containers", json: ContainerSpec(image: "bb", name: "maker", arguments: ["sh", "-c", "busybox mkdir -p /srv/app"]))
+        #expect(created.status == 201, "\(created.text)")
+        #expect(try await client.send("POST", "/v1/containers/maker/start").status == 200)
+        #expect(try await client.send("POST", "/v1/containers/maker/wait").decode(ExitInfo.self).exitCode == 0)
+
+        let command = ["sh", "-c", "echo $MOTTO; pwd; busybox id -u"]
+        let cli = daemon.cli
+        let committed = try cli(["container", "commit", "maker", "configured", "--change", #"CMD ["sh","-c","echo $MOTTO; pwd; busybox id -u"]"#,
+                                 "-c", #"ENV MOTTO="changed config" OTHER=$GREETING"#, "-c", "WORKDIR /srv", "--change", "WORKDIR app", "-c", "USER 1234",
+                                 "-c", "LABEL stage=test", "-c", "EXPOSE 8080", "-c", "STOPSIGNAL SIGINT"])
+        #expect(committed.status == 0 && committed.stdout.contains("as image configured"), "\(committed)")
+        let ran = try cli(["container", "run", "configured"])
+        #expect(ran.status == 0 && ran.stdout == "changed config\n/srv/app\n1234\n", "\(ran)")
+
+        // `vmfork image inspect` shows the new config; the OCI config blob holds it.
+        let inspected = try cli(["image", "inspect", "configured"])
+        let image = try JSONDecoder().decode(ImageRecord.self, from: Data(inspected.stdout.utf8))
+        let pulled = try #require(image.pulled, "\(inspected)")
+        #expect(pulled.entrypoint == ["/bin/busybox"] && pulled.cmd == command, "\(pulled)")
+        #expect(pulled.env == ["PATH=/bin", "GREETING=hello", "MOTTO=changed config", "OTHER=hello"], "\(pulled.env)")
+        #expect(pulled.workingDir == "/srv/app" && pulled.user == "1234" && pulled.labels == ["stage": "test"], "\(pulled)")
+        #expect(pulled.exposedPorts == ["8080/tcp"] && pulled.stopSignal == "SIGINT", "\(pulled)")
+        let blob = try #require(FileManager.default.enumerator(atPath: daemon.state.path)?.compactMap { $0 as? String }
+            .first { $0.hasSuffix("blobs/sha256/\(pulled.configDigest.hex)") })
+        let document = try JSONSerialization.jsonObject(with: Data(contentsOf: daemon.state.appendingPathComponent(blob))) as? [String: Any]
+        let config = try #require(document?["config"] as? [String: Any])
+        #expect(config["Cmd"] as? [String] == command && config["WorkingDir"] as? String == "/srv/app" && config["User"] as? String == "1234", "\(config)")
+        #expect(config["StopSignal"] as? String == "SIGINT" && (config["ExposedPorts"] as? [String: Any])?.keys.first == "8080/tcp", "\(config)")
+        // The base image is untouched.
+        let base = try await client.send("GET", "/v1/images/bb").decode(ImageRecord.self)
+        #expect(base.pulled?.cmd == ["sh"] && base.pulled?.workingDir == "/" && base.pulled?.labels == nil, "\(String(describing: base.pulled))")
+
+        // Refusals, each a 400 naming what was wrong, and no image made.
+        struct Body: Encodable, Sendable { var name: String; var changes: [String] }
+        let imagesBefore = try await client.send("GET", "/v1/images").decode([ImageRecord].self).count
+        for (change, named) in [("RUN echo hi", "RUN is not a valid change instruction"), (#"CMD ["echo", hi]"#, #"CMD ["echo", hi] is not a JSON array of strings"#),
+                                ("FROBNICATE now", "FROBNICATE is not a Dockerfile instruction")] {
+            let refused = try await client.send("POST", "/v1/containers/maker/commit", json: Body(name: "refused", changes: [#"ENV A=1"#, change]))
+            #expect(refused.status == 400 && refused.errorMessage.contains(named), "\(change): \(refused.status) \(refused.text)")
+            #expect(try await client.send("GET", "/v1/images/refused").status == 404)
+        }
+        let fromCLI = try cli(["container", "commit", "maker", "refused", "-c", "COPY a /b"])
+        #expect(fromCLI.status != 0 && fromCLI.stderr.contains("COPY is not a valid change instruction"), "\(fromCLI)")
+        #expect(try await client.send("GET", "/v1/images").decode([ImageRecord].self).count == imagesBefore)
+        // A change the API document bounds: at most 64 of at most 4096 characters.
+        let long = try await client.send("POST", "/v1/containers/maker/commit", json: Body(name: "refused", changes: ["ENV A=" + String(repeating: "x", count: 4100)]))
+        #expect(long.status == 400 && long.errorMessage.contains("over 4096"), "\(long.text)")
+    }
 }

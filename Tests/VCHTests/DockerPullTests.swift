@@ -68,8 +68,28 @@ struct DockerPullTests {
         // What this VCH cannot keep is refused by name.
         let tagged = try fixture.docker(socket, ["commit", "maker", "made2:v2"])
         #expect(tagged.status != 0 && tagged.stderr.contains("tag v2"), "\(tagged)")
-        let changed = try fixture.docker(socket, ["commit", "-c", "CMD [\"sh\"]", "maker", "made3"])
-        #expect(changed.status != 0 && changed.stderr.contains("--change"), "\(changed)")
+
+        // docker commit --change: the new image's config as the instructions say, seen by
+        // docker image inspect and by its containers (the new CMD run when none is given).
+        let changed = try fixture.docker(socket, ["commit", "-c", #"CMD ["echo","from the new cmd"]"#, "--change", "ENV MOTTO=docker",
+                                                  "-c", "WORKDIR /etc", "-c", "LABEL stage=test", "-c", "EXPOSE 8080/udp", "maker", "made3"])
+        #expect(changed.status == 0 && changed.stdout.hasPrefix("sha256:"), "\(changed)")
+        let shown = try fixture.docker(socket, ["image", "inspect", "-f",
+                                                "{{json .Config.Cmd}}|{{json .Config.Entrypoint}}|{{.Config.WorkingDir}}|{{json .Config.Env}}|{{json .Config.Labels}}|{{json .Config.ExposedPorts}}",
+                                                "made3"])
+        #expect(shown.status == 0 && shown.stdout == #"["echo","from the new cmd"]|["/bin/busybox"]|/etc|["PATH=/bin","GREETING=hello","MOTTO=docker"]|{"stage":"test"}|{"8080/udp":{}}"# + "\n",
+                "\(shown)")
+        let ranDefault = try fixture.docker(socket, ["run", "--rm", "made3"])
+        #expect(ranDefault.status == 0 && ranDefault.stdout == "from the new cmd\n", "\(ranDefault)")
+        let ranShell = try fixture.docker(socket, ["run", "--rm", "made3", "sh", "-c", "echo $MOTTO; pwd"])
+        #expect(ranShell.status == 0 && ranShell.stdout == "docker\n/etc\n", "\(ranShell)")
+        // What Docker refuses is refused by name, and no image is made.
+        for (change, named) in [("RUN echo hi", "RUN is not a valid change instruction"), (#"ENTRYPOINT ["sh", -c]"#, "is not a JSON array of strings"),
+                                ("NOPE x", "NOPE is not a Dockerfile instruction")] {
+            let refused = try fixture.docker(socket, ["commit", "-c", change, "maker", "made4"])
+            #expect(refused.status != 0 && refused.stderr.contains(named), "\(change): \(refused)")
+            #expect(try fixture.docker(socket, ["image", "inspect", "made4"]).status != 0)
+        }
         #expect(try fixture.docker(socket, ["rm", "maker"]).status == 0)
     }
 }
