@@ -189,6 +189,15 @@ struct ContainerCommitTests {
         let config = try #require(document?["config"] as? [String: Any])
         #expect(config["Cmd"] as? [String] == command && config["WorkingDir"] as? String == "/srv/app" && config["User"] as? String == "1234", "\(config)")
         #expect(config["StopSignal"] as? String == "SIGINT" && (config["ExposedPorts"] as? [String: Any])?.keys.first == "8080/tcp", "\(config)")
+        // ENTRYPOINT: the program the image runs, its CMD the arguments; alone, it drops the CMD.
+        let echoer = try cli(["container", "commit", "maker", "echoer", "-c", #"ENTRYPOINT ["/bin/busybox","echo"]"#, "-c", "CMD entry point"])
+        #expect(echoer.status == 0, "\(echoer)")
+        let echoed = try cli(["container", "run", "echoer"])
+        #expect(echoed.status == 0 && echoed.stdout == "/bin/sh -c entry point\n", "\(echoed)")
+        let bare = try cli(["container", "commit", "maker", "bare", "-c", #"ENTRYPOINT ["/bin/busybox","echo","bare"]"#])
+        #expect(bare.status == 0, "\(bare)")
+        let bareRun = try cli(["container", "run", "bare"])
+        #expect(bareRun.status == 0 && bareRun.stdout == "bare\n", "\(bareRun)")
         // The base image is untouched.
         let base = try await client.send("GET", "/v1/images/bb").decode(ImageRecord.self)
         #expect(base.pulled?.cmd == ["sh"] && base.pulled?.workingDir == "/" && base.pulled?.labels == nil, "\(String(describing: base.pulled))")
