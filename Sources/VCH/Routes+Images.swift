@@ -117,9 +117,9 @@ extension VirtualContainerHost {
     /// `POST /commit?container=ID&repo=REPO[&tag=latest][&comment=M][&author=A][&changes=C]...`
     /// (docker commit): the agent's POST /v1/containers/{id}/commit, which makes an image of an
     /// ended container of a pulled image, its config changed by the `changes` (`--change`, one
-    /// Dockerfile instruction each; the agent parses and refuses them). The agent names images
-    /// without tags, by the repository's last part, as its pull does: a tag other than latest
-    /// and a container config in the body are refused by name.
+    /// Dockerfile instruction each; the agent parses and refuses them), after the config body's
+    /// fields when there is one (see `CommitConfig`). The agent names images without tags, by
+    /// the repository's last part, as its pull does: a tag other than latest is refused by name.
     func commitContainer(_ request: DockerRequest) async throws -> DockerResponse {
         guard let reference = request.string("container"), !reference.isEmpty else { throw DockerError.badRequest("commit needs a container") }
         let info = try await resolve(reference)
@@ -129,10 +129,16 @@ extension VirtualContainerHost {
         if let tag = request.string("tag"), !tag.isEmpty, tag != "latest" {
             throw DockerError.badRequest("commit tag \(tag) is not supported: the host agent names images without tags (commit as \(repository) or \(repository):latest)")
         }
-        let changes = (request.query["changes"] ?? []).filter { !$0.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty }
-        if !request.body.isEmpty, let object = try? JSONSerialization.jsonObject(with: request.body, options: [.fragmentsAllowed]),
-           let config = object as? [String: Any], !config.isEmpty {
-            throw DockerError.badRequest("commit with a container config in the body is not supported by this VCH: give the config's changes as --change instructions")
+        var changes = (request.query["changes"] ?? []).filter { !$0.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty }
+        if !request.body.isEmpty {
+            guard let object = try? JSONSerialization.jsonObject(with: request.body, options: [.fragmentsAllowed]) else {
+                throw DockerError.badRequest("the commit's config body is not JSON")
+            }
+            if let config = object as? [String: Any] {
+                changes = try CommitConfig.changes(config) + changes
+            } else if !(object is NSNull) {
+                throw DockerError.badRequest("the commit's config body is not a JSON object (a container config)")
+            }
         }
         let name = DockerNames.imageCandidates(repository).last ?? repository
         var comment = request.string("comment").flatMap { $0.isEmpty ? nil : $0 }
@@ -144,5 +150,74 @@ extension VirtualContainerHost {
         feed.forgetImages()
         let result = try response.decode(CommitResult.self)
         return try .json(["Id": DockerNames.imageID(result.image)], status: .created)
+    }
+}
+
+/// The config body of Docker's `POST /commit` (a container config): the fields an image
+/// config takes, as the Dockerfile instructions that set them (applied before the `changes`,
+/// as Docker applies its changes on top of that config). Values are escaped so that the
+/// agent's quote and `$` processing gives them back as they are. Any other field set is
+/// refused by name.
+enum CommitConfig {
+    static let fields = ["Cmd", "Entrypoint", "Env", "WorkingDir", "User", "Labels", "ExposedPorts", "StopSignal"]
+
+    static func changes(_ config: [String: Any]) throws -> [String] {
+        if let other = config.keys.sorted().first(where: { !fields.contains($0) && UnsupportedOptions.isSet(config[$0]) }) {
+            throw DockerError.badRequest("commit config field \(other.prefix(40)) is not supported by this VCH (it takes \(fields.joined(separator: ", ")))")
+        }
+        var changes: [String] = []
+        // ENTRYPOINT first: with no Cmd it drops the image's, as Docker's merge leaves Cmd empty
+        // when the config names an Entrypoint.
+        for (field, instruction) in [("Entrypoint", "ENTRYPOINT"), ("Cmd", "CMD")] where UnsupportedOptions.isSet(config[field]) {
+            // Docker's strslice: an array of strings, or one string.
+            let arguments = try (config[field] as? String).map { [$0] } ?? strings(config[field], field: field)
+            let json = try JSONSerialization.data(withJSONObject: arguments, options: [.withoutEscapingSlashes])
+            changes.append("\(instruction) " + String(decoding: json, as: UTF8.self))
+        }
+        let environment = try strings(config["Env"], field: "Env")
+        if !environment.isEmpty {
+            changes.append("ENV " + (try environment.map { entry -> String in
+                guard let equals = entry.firstIndex(of: "="), equals != entry.startIndex else {
+                    throw DockerError.badRequest("commit config Env entry \"\(entry.prefix(80))\" is not NAME=value")
+                }
+                return try escaped(String(entry[..<equals]), field: "Env") + "=" + escaped(String(entry[entry.index(after: equals)...]), field: "Env")
+            }).joined(separator: " "))
+        }
+        for (field, instruction) in [("WorkingDir", "WORKDIR"), ("User", "USER"), ("StopSignal", "STOPSIGNAL")] where UnsupportedOptions.isSet(config[field]) {
+            guard let value = config[field] as? String else { throw DockerError.badRequest("commit config field \(field) is not a string") }
+            changes.append("\(instruction) " + (try escaped(value, field: field)))
+        }
+        if UnsupportedOptions.isSet(config["Labels"]) {
+            guard let labels = config["Labels"] as? [String: Any] else { throw DockerError.badRequest("commit config field Labels is not an object of strings") }
+            changes.append("LABEL " + (try labels.keys.sorted().map { key -> String in
+                guard let value = labels[key] as? String else { throw DockerError.badRequest("commit config label \(key.prefix(40)) is not a string") }
+                return try escaped(key, field: "Labels") + "=" + escaped(value, field: "Labels")
+            }).joined(separator: " "))
+        }
+        if UnsupportedOptions.isSet(config["ExposedPorts"]) {
+            guard let ports = config["ExposedPorts"] as? [String: Any] else { throw DockerError.badRequest("commit config field ExposedPorts is not an object") }
+            changes.append("EXPOSE " + (try ports.keys.sorted().map { try escaped($0, field: "ExposedPorts") }).joined(separator: " "))
+        }
+        return changes
+    }
+
+    private static func strings(_ value: Any?, field: String) throws -> [String] {
+        guard UnsupportedOptions.isSet(value) else { return [] }
+        guard let list = value as? [Any], let strings = list as? [String], strings.count == list.count else {
+            throw DockerError.badRequest("commit config field \(field) is not an array of strings")
+        }
+        return strings
+    }
+
+    /// `text` with a backslash before each quote, backslash, `$` and blank: one word that the
+    /// agent's processing turns back into `text`. Newlines cannot be carried by a change line.
+    static func escaped(_ text: String, field: String) throws -> String {
+        guard !text.contains(where: \.isNewline) else { throw DockerError.badRequest("commit config field \(field) holds a line break") }
+        var result = ""
+        for character in text {
+            if character == "\\" || character == "$" || character == "\"" || character == "'" || character.isWhitespace { result.append("\\") }
+            result.append(character)
+        }
+        return result
     }
 }

@@ -83,6 +83,21 @@ struct DockerPullTests {
         #expect(ranDefault.status == 0 && ranDefault.stdout == "from the new cmd\n", "\(ranDefault)")
         let ranShell = try fixture.docker(socket, ["run", "--rm", "made3", "sh", "-c", "echo $MOTTO; pwd"])
         #expect(ranShell.status == 0 && ranShell.stdout == "docker\n/etc\n", "\(ranShell)")
+        // Docker's API also takes a container config as the commit's body (the CLI sends none):
+        // its image fields apply before the changes, their quotes and '$' kept as they are.
+        let api = AgentClient(socketPath: socket)
+        let body: [String: Any] = ["Cmd": ["echo", "$HOME 'as is'"], "Env": ["QUOTED=a \"b\" $c\\d"], "WorkingDir": "/etc", "Labels": ["k": "v w"],
+                                   "Hostname": "", "Volumes": NSNull(), "Tty": false]
+        let viaBody = try api.send("POST", "/commit?container=maker&repo=made5&changes=ENV%20AFTER%3D1",
+                                   body: try JSONSerialization.data(withJSONObject: body))
+        #expect(viaBody.status == 201, "\(viaBody.text)")
+        let bodyShown = try fixture.docker(socket, ["image", "inspect", "-f", "{{json .Config.Cmd}}|{{.Config.WorkingDir}}|{{json .Config.Env}}|{{json .Config.Labels}}", "made5"])
+        #expect(bodyShown.stdout == #"["echo","$HOME 'as is'"]|/etc|["PATH=/bin","GREETING=hello","QUOTED=a \"b\" $c\\d","AFTER=1"]|{"k":"v w"}"# + "\n", "\(bodyShown)")
+        let bodyRun = try fixture.docker(socket, ["run", "--rm", "made5"])
+        #expect(bodyRun.status == 0 && bodyRun.stdout == "$HOME 'as is'\n", "\(bodyRun)")
+        let volumes = try api.send("POST", "/commit?container=maker&repo=made6", body: Data(#"{"Volumes":{"/data":{}}}"#.utf8))
+        #expect(volumes.status == 400 && volumes.text.contains("Volumes is not supported"), "\(volumes.text)")
+        #expect(try fixture.docker(socket, ["image", "inspect", "made6"]).status != 0)
         // What Docker refuses is refused by name, and no image is made.
         for (change, named) in [("RUN echo hi", "RUN is not a valid change instruction"), (#"ENTRYPOINT ["sh", -c]"#, "is not a JSON array of strings"),
                                 ("NOPE x", "NOPE is not a Dockerfile instruction")] {
