@@ -47,6 +47,21 @@ public enum HostFacts {
         return (status, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
     }
 
+    /// Sends `signal` to a child process and waits for it to exit, at most `seconds`; then
+    /// SIGKILL. False when it had to be killed (the caller reports that as a failure: a daemon
+    /// that ignores SIGTERM must fail its test, not hang the test run).
+    @discardableResult
+    public static func terminate(_ process: Process, signal: Int32 = SIGTERM, within seconds: TimeInterval = 30) -> Bool {
+        guard process.isRunning else { return true }
+        kill(process.processIdentifier, signal)
+        let deadline = Date().addingTimeInterval(seconds)
+        while process.isRunning, Date() < deadline { usleep(10_000) }
+        let ended = !process.isRunning
+        if !ended { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+        return ended
+    }
+
     /// A TCP port on loopback that nothing listens on now (the kernel's pick for port 0).
     public static func freeTCPPort() -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)

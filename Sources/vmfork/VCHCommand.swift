@@ -3,6 +3,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import Placement
+import Synchronization
 import VCH
 
 /// `vmfork vch serve`: a Virtual Container Host, the Docker Engine API for one resource pool.
@@ -68,11 +69,14 @@ struct VCHCommand: AsyncParsableCommand {
                     guard let tokenFile else { throw ValidationError("--listen \(listen) (TCP) needs --token-file") }
                     token = try VCHToken.loadOrCreate(path: tokenFile)
                 }
+                // Watched from here on: a SIGTERM while the VCH starts (its socket is listening
+                // before the wait below) stops it too, instead of being lost.
+                let termination = TerminationSignal()
                 let host = try VirtualContainerHost(configuration: .init(name: name, pool: pool), agent: agent, logger: logger)
                 try await host.checkBackend()
                 try await host.resumeAutoRemoval()
                 let server = try await VCHServer(host: host, listen: listen, token: token, maxConnections: maxConnections, logger: logger)
-                await Self.waitForTermination()
+                await termination.wait()
                 logger.info("VCH stopping", metadata: ["vch": "\(name)"])
                 await server.close()
             } catch let error as ValidationError {
@@ -82,34 +86,61 @@ struct VCHCommand: AsyncParsableCommand {
                 throw ExitCode(1)
             }
         }
-
-        /// Returns at SIGTERM or SIGINT.
-        static func waitForTermination() async {
-            signal(SIGTERM, SIG_IGN)
-            signal(SIGINT, SIG_IGN)
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let queue = DispatchQueue(label: "vmfork.vch.signals")
-                let once = SignalOnce(continuation)
-                for number in [SIGTERM, SIGINT] {
-                    let source = DispatchSource.makeSignalSource(signal: number, queue: queue)
-                    source.setEventHandler { once.fire() }
-                    source.resume()
-                    once.keep(source)
-                }
-            }
-        }
     }
 }
 
-/// Resumes a continuation once, whichever signal comes first; keeps the signal sources alive.
-private final class SignalOnce: @unchecked Sendable {
-    // @unchecked: every field is touched only on the one serial signal queue (after init).
-    private var continuation: CheckedContinuation<Void, Never>?
-    private var sources: [any DispatchSourceSignal] = []
-    init(_ continuation: CheckedContinuation<Void, Never>) { self.continuation = continuation }
-    func keep(_ source: any DispatchSourceSignal) { sources.append(source) }
-    func fire() {
-        continuation?.resume()
-        continuation = nil
+/// SIGTERM and SIGINT, watched from its creation on: `wait()` returns at the first one, at once
+/// if it came already. Made before the VCH listens: a SIGTERM that came between "VCH
+/// listening" and the wait was ignored before, and the VCH never stopped (a test's stop hung).
+final class TerminationSignal: Sendable {
+    private let fired: Fired
+    private let queue = DispatchQueue(label: "vmfork.vch.signals")
+    // nonisolated(unsafe): set once in init and never read; it only keeps the sources alive.
+    nonisolated(unsafe) private let sources: [any DispatchSourceSignal]
+
+    init() {
+        let fired = Fired()
+        self.fired = fired
+        var sources: [any DispatchSourceSignal] = []
+        for number in [SIGTERM, SIGINT] {
+            // The default action (ending the process at once) off, then libdispatch's source on.
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: queue)
+            source.setEventHandler { fired.fire() }
+            source.resume()
+            sources.append(source)
+        }
+        self.sources = sources
+    }
+
+    func wait() async { await fired.wait() }
+
+    /// Whether a signal came, and who waits for one.
+    private final class Fired: Sendable {
+        private struct State {
+            var fired = false
+            var waiters: [CheckedContinuation<Void, Never>] = []
+        }
+        private let state = Mutex(State())
+
+        func wait() async {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let now = state.withLock { state -> Bool in
+                    if state.fired { return true }
+                    state.waiters.append(continuation)
+                    return false
+                }
+                if now { continuation.resume() }
+            }
+        }
+
+        func fire() {
+            let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+                state.fired = true
+                defer { state.waiters = [] }
+                return state.waiters
+            }
+            for waiter in waiters { waiter.resume() }
+        }
     }
 }

@@ -2,6 +2,7 @@ import API
 import Engine
 import Foundation
 import TestSupport
+import Testing
 
 /// A real `vmfork serve` on a temporary state folder, started as its own process, with a
 /// busybox rootfs to register as an image. `stop()` sends SIGTERM and returns the exit status.
@@ -60,8 +61,8 @@ final class DaemonFixture: @unchecked Sendable {
     @discardableResult
     func stop(signal: Int32 = SIGTERM) -> Int32 {
         guard let process else { return -1 }
-        kill(process.processIdentifier, signal)
-        process.waitUntilExit()
+        let ended = HostFacts.terminate(process, signal: signal)
+        if !ended { Issue.record("the daemon did not exit within 30 s of signal \(signal); killed") }
         self.process = nil
         return process.terminationStatus
     }

@@ -1,6 +1,7 @@
 import API
 import Foundation
 import TestSupport
+import Testing
 
 /// `vmfork serve` on a temporary state folder, as a separate process (the image tests' daemon),
 /// with a client on its socket once it answers. `stop` sends SIGTERM and waits.
@@ -27,8 +28,7 @@ final class DaemonProcess {
     }
 
     func stop() {
-        kill(process.processIdentifier, SIGTERM)
-        process.waitUntilExit()
+        if !HostFacts.terminate(process) { Issue.record("the daemon did not exit within 30 s of SIGTERM; killed") }
         try? FileManager.default.removeItem(at: state)
     }
 }

@@ -1,6 +1,7 @@
 import API
 import Foundation
 import TestSupport
+import Testing
 
 /// A real host agent (`vmfork serve`) with a busybox image, a simulated host and resource
 /// pools in its placement state, and real VCHs (`vmfork vch serve`) in front of it, driven
@@ -162,9 +163,9 @@ final class VCHFixture: @unchecked Sendable {
     }
 
     private func stop(_ process: Process) {
-        guard process.isRunning else { return }
-        kill(process.processIdentifier, SIGTERM)
-        process.waitUntilExit()
+        if !HostFacts.terminate(process) {
+            Issue.record("\(process.arguments?.prefix(2).joined(separator: " ") ?? "a process") did not exit within 30 s of SIGTERM; killed")
+        }
     }
 
     func waitUntil(_ what: String, timeout: TimeInterval = 20, _ condition: () -> Bool) throws {
