@@ -29,7 +29,9 @@ mkdir -p "$rootfs/bin" "$rootfs/etc"
 cp /bin/busybox "$rootfs/bin/busybox"
 state="$out/agent"
 rm -rf "$state"
-"$vmfork" serve --state "$state" --stop-grace 2 2> "$out/agent.log" &
+# SERVE_ARGS: more options for the daemon (e.g. --no-poll-syscalls).
+# shellcheck disable=SC2086
+"$vmfork" serve --state "$state" --stop-grace 2 ${SERVE_ARGS:-} 2> "$out/agent.log" &
 daemon=$!
 trap 'kill -TERM $daemon 2>/dev/null || true; wait $daemon 2>/dev/null || true' EXIT
 for _ in $(seq 100); do [ -S "$state/vmfork.sock" ] && break; sleep 0.1; done

@@ -33,6 +33,8 @@ public struct AgentDaemon: Sendable {
         public var kvmSystem: KVMSystem?
         /// Containers of pulled images run from the image's layer disks (ext4 in VMDK) instead of its folder.
         public var rootfsFromLayerDisks = false
+        /// Containers' non-blocking system calls served by the polling thread (`EngineOptions`).
+        public var pollsSystemCalls = true
         /// Engine workers holding the VMs (nil or a count of 0: the daemon holds them itself).
         public var workers: WorkerSettings?
         /// Connections served at once on each listener; one more is answered 429 and closed.
@@ -92,7 +94,7 @@ public struct AgentDaemon: Sendable {
         let registry = PrometheusCollectorRegistry()
         var factory = PrometheusMetricsFactory(registry: registry)
         factory.durationHistogramBuckets["vmfork_fork_duration_seconds"] = [5, 10, 15, 20, 30, 50, 100, 200, 500, 1000, 5000, 20000].map { Duration.microseconds($0) }
-        let engine = try Engine(stateFolder: folder, logger: logger, metricsFactory: factory, options: EngineOptions(workers: options.workers),
+        let engine = try Engine(stateFolder: folder, logger: logger, metricsFactory: factory, options: EngineOptions(workers: options.workers, pollsSystemCalls: options.pollsSystemCalls),
                                 system: options.kvmSystem, rootfsFromLayerDisks: options.rootfsFromLayerDisks)
         // Workers mode: find the workers a previous daemon left running (or start them) and
         // take their containers into the view before serving.

@@ -43,11 +43,15 @@ public struct EngineOptions: Sendable {
     public var workerShard: Int?
     /// Where containers' log files go (a worker writes into its daemon's folder).
     public var containersFolder: URL?
+    /// Containers serve their non-blocking system calls through the engine's polling thread
+    /// (no VM exit; it spins while they make calls); false: every call is a VM exit.
+    public var pollsSystemCalls: Bool
 
-    public init(workers: WorkerSettings? = nil, workerShard: Int? = nil, containersFolder: URL? = nil) {
+    public init(workers: WorkerSettings? = nil, workerShard: Int? = nil, containersFolder: URL? = nil, pollsSystemCalls: Bool = true) {
         self.workers = workers
         self.workerShard = workerShard
         self.containersFolder = containersFolder
+        self.pollsSystemCalls = pollsSystemCalls
     }
 }
 

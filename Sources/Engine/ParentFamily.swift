@@ -12,6 +12,8 @@ final class ParentFamily: Sendable {
     let image: ImageRecord
     /// The image's disk chain when its containers' root filesystem is served from it.
     let rootFileSystem: (any GuestRootFileSystem)?
+    /// Children's non-blocking system calls served by the engine's polling thread.
+    let pollsSystemCalls: Bool
     private let state: Mutex<State>
 
     private struct State {
@@ -24,10 +26,11 @@ final class ParentFamily: Sendable {
         var children: [String: Fork.Container] = [:]
     }
 
-    init(policy: ParentPolicy, image: ImageRecord, rootFileSystem: (any GuestRootFileSystem)? = nil) {
+    init(policy: ParentPolicy, image: ImageRecord, rootFileSystem: (any GuestRootFileSystem)? = nil, pollsSystemCalls: Bool = true) {
         self.policy = policy
         self.image = image
         self.rootFileSystem = rootFileSystem
+        self.pollsSystemCalls = pollsSystemCalls
         state = Mutex(State())
     }
 
@@ -39,6 +42,7 @@ final class ParentFamily: Sendable {
                               arguments: [image.executable] + image.arguments, environment: image.environment,
                               memoryBytes: policy.memoryMiB << 20, forkPoint: policy.forkPoint.kind)
         spec.rootFileSystem = rootFileSystem
+        spec.pollsSystemCalls = pollsSystemCalls
         spec.workingDirectory = image.startingDirectory
         do { (spec.uid, spec.gid) = try image.userIDs() } catch let error as EngineError { throw error } catch {
             throw EngineError.invalid("user", "image \(image.name): \(error)")

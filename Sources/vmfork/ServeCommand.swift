@@ -39,6 +39,9 @@ struct ServeCommand: AsyncParsableCommand {
     @Flag(inversion: .prefixedNo, help: "Run pulled images' containers from their layer disks (ext4 in the VMDK chain, served over io_uring), each writing into a child disk of its own; --no-rootfs-from-disks runs them from their unpacked folders, read-only.")
     var rootfsFromDisks = true
 
+    @Flag(inversion: .prefixedNo, help: "Serve containers' system calls that cannot block from the engine's polling thread, without a VM exit (it spins while they make calls; it takes a core); with --no-poll-syscalls every call is a VM exit. Engine workers always poll.")
+    var pollSyscalls = true
+
     @Option(help: "Connections served at once on each listener (the socket, the TCP address), followers and waits included; one more is answered 429 Too Many Requests and closed.")
     var maxConnections = AgentLimits.defaultMaxConnections
 
@@ -71,6 +74,7 @@ struct ServeCommand: AsyncParsableCommand {
         var options = AgentDaemon.Options(stateFolder: folder, listen: listen, stopGrace: .seconds(stopGrace), memoryPressure: pressure,
                                           workers: workerCount > 0 ? WorkerSettings(count: workerCount, logLevel: logLevel) : nil)
         options.rootfsFromLayerDisks = rootfsFromDisks
+        options.pollsSystemCalls = pollSyscalls
         options.maxConnections = maxConnections
         // Wired here, not in the API module, so that neither the API nor the UI depends on the VCH.
         options.webFrontEnd = try WebUI(logger: logger)

@@ -1,0 +1,40 @@
+import API
+import Engine
+import Foundation
+import TestSupport
+import Testing
+
+/// `vmfork serve --no-poll-syscalls`: containers make every system call through a VM exit,
+/// so the engine's polling thread serves none; by default it serves most of them.
+@Suite(.enabled(if: HostFacts.hasKVM && BusyboxRootfs.isAvailable, "needs /dev/kvm and busybox-static"))
+struct PollingOptionTests {
+    @Test(arguments: [true, false])
+    func theDaemonPollsSystemCallsUnlessToldNot(polls: Bool) throws {
+        let daemon = try DaemonFixture()
+        try daemon.start(extra: polls ? [] : ["--no-poll-syscalls"])
+        defer { daemon.stop() }
+        let client = daemon.client
+        try daemon.addBusybox(client)
+        // Many small calls (each `echo` a write) in each of a few containers.
+        let script = "i=0; while [ $i -lt 200 ]; do echo $i; i=$((i+1)); done"
+        for _ in 0..<3 {
+            let run = try client.send("POST", "/v1/containers/run", json: ContainerSpec(image: "busybox", arguments: ["sh", "-c", script]))
+            #expect(run.status == 200, "\(run.text)")
+            #expect(try run.decode(RunResult.self).stdout.split(separator: "\n").count == 200)
+        }
+        let metrics = try client.send("GET", "/metrics").text
+        let line = metrics.split(separator: "\n").first { $0.hasPrefix("vmfork_poller_calls_served_total ") }
+        let served = line.flatMap { Double($0.split(separator: " ").last ?? "") } ?? 0
+        if polls {
+            #expect(served >= 300, "the poller served \(served) calls of 3 × 200 writes")
+        } else {
+            #expect(served == 0, "the poller served \(served) calls with --no-poll-syscalls")
+        }
+        #expect(try client.send("GET", "/v1/_ping").status == 200)
+    }
+
+    @Test func theHelpNamesTheOption() throws {
+        let help = try HostFacts.run(DaemonFixture.binary, ["serve", "--help"])
+        #expect(help.stdout.contains("--no-poll-syscalls"))
+    }
+}
