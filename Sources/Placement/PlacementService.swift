@@ -154,18 +154,7 @@ public final class PlacementService: Sendable {
     /// Places a fork and holds its capacity for `leaseSeconds` until `commit` or `release`.
     public func reserve(pool: String, image: String, allowColdStart: Bool = true, memoryKiB: Int? = nil) throws -> Placement {
         try state.withLock { core in
-            let lease = clock() + leaseSeconds
-            let placement: Placement
-            do throws(PlacementError) {
-                placement = try core.reserve(pool: pool, image: image, allowColdStart: allowColdStart, leaseExpiresAt: lease, memoryKiB: memoryKiB)
-            } catch let refusal {
-                // Capacity held by reservations whose holder vanished may be what is missing.
-                switch refusal {
-                case .poolRefused, .noHostFits: guard try reclaimExpired(&core) > 0 else { throw refusal }
-                default: throw refusal
-                }
-                placement = try core.reserve(pool: pool, image: image, allowColdStart: allowColdStart, leaseExpiresAt: lease, memoryKiB: memoryKiB)
-            }
+            let placement = try reserve(&core, pool: pool, image: image, allowColdStart: allowColdStart, memoryKiB: memoryKiB)
             var rows = StateChanges()
             rows.placements = [placement.row]
             do {
@@ -200,17 +189,7 @@ public final class PlacementService: Sendable {
     /// do in two): for a caller that forks right away, such as the engine's container create.
     public func placeAndCommit(pool: String, image: String, allowColdStart: Bool = true, memoryKiB: Int? = nil) throws -> Placement {
         try state.withLock { core in
-            let lease = clock() + leaseSeconds
-            let reserved: Placement
-            do throws(PlacementError) {
-                reserved = try core.reserve(pool: pool, image: image, allowColdStart: allowColdStart, leaseExpiresAt: lease, memoryKiB: memoryKiB)
-            } catch let refusal {
-                switch refusal {
-                case .poolRefused, .noHostFits: guard try reclaimExpired(&core) > 0 else { throw refusal }
-                default: throw refusal
-                }
-                reserved = try core.reserve(pool: pool, image: image, allowColdStart: allowColdStart, leaseExpiresAt: lease, memoryKiB: memoryKiB)
-            }
+            let reserved = try reserve(&core, pool: pool, image: image, allowColdStart: allowColdStart, memoryKiB: memoryKiB)
             let committed: Placement
             do { committed = try core.commit(reserved.id) } catch {
                 try core.release(reserved.id)
@@ -225,6 +204,21 @@ public final class PlacementService: Sendable {
                 throw error
             }
             return committed
+        }
+    }
+
+    /// A reservation in `core` (not yet written), with a second try after reclaiming expired
+    /// leases: capacity held by reservations whose holder vanished may be what is missing.
+    private func reserve(_ core: inout PlacementCore, pool: String, image: String, allowColdStart: Bool, memoryKiB: Int?) throws -> Placement {
+        let lease = clock() + leaseSeconds
+        do throws(PlacementError) {
+            return try core.reserve(pool: pool, image: image, allowColdStart: allowColdStart, leaseExpiresAt: lease, memoryKiB: memoryKiB)
+        } catch let refusal {
+            switch refusal {
+            case .poolRefused, .noHostFits: guard try reclaimExpired(&core) > 0 else { throw refusal }
+            default: throw refusal
+            }
+            return try core.reserve(pool: pool, image: image, allowColdStart: allowColdStart, leaseExpiresAt: lease, memoryKiB: memoryKiB)
         }
     }
 
