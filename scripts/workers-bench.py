@@ -93,7 +93,7 @@ class Daemon:
     def wait_for_pool(self):
         deadline = time.time() + 10
         while time.time() < deadline:
-            status, body = self.call("GET", "/v1/parents/busybox.main.64m")
+            status, body = self.call("GET", "/v1/parents/busybox.main.64m?sharing=false")
             if status == 200 and json.loads(body)["readyVMsNow"] >= 16:
                 return
             time.sleep(0.002)

@@ -72,7 +72,9 @@ struct AgentRoutes: Sendable {
                                       parents: body.parents ?? 1, readyVMs: body.readyVMs ?? 8)
             return try json(try await engine.createParents(policy, by: context.actor), status: .created)
         }
-        on(.get, "/v1/parents/{id}") { _, context in try json(try await engine.parent(try context.parameter("id"))) }
+        on(.get, "/v1/parents/{id}") { request, context in
+            try json(try await engine.parent(try context.parameter("id"), withSharing: try request.bool("sharing", default: true)))
+        }
         on(.delete, "/v1/parents/{id}") { _, context in
             try await engine.removeParents(try context.parameter("id"), by: context.actor)
             return Response(status: .noContent)

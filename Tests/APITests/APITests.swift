@@ -441,6 +441,12 @@ struct DaemonTests {
         let parent = try #require(listed.first { $0.id == "busybox.main.16m" })
         #expect(parent.liveChildren == 1)
         #expect(parent.sharing.map { $0.parentBytes > 0 && $0.children == 1 } == true, "sharing figures: \(String(describing: parent.sharing))")
+        // One parent alone: the same figures, or none with sharing=false; an unknown one is 404.
+        let alone = try client.send("GET", "/v1/parents/busybox.main.16m").decode(ParentInfo.self)
+        #expect(alone.liveChildren == 1 && alone.sharing.map { $0.parentBytes > 0 && $0.children == 1 } == true)
+        let bare = try client.send("GET", "/v1/parents/busybox.main.16m?sharing=false").decode(ParentInfo.self)
+        #expect(bare.id == "busybox.main.16m" && bare.liveChildren == 1 && bare.sharing == nil)
+        #expect(try client.send("GET", "/v1/parents/nosuch.main.16m?sharing=false").status == 404)
         // Once it ends, its VM goes back to the pool: it is still the parent's child (not
         // removed), but it holds no guest memory, so the sharing report no longer counts it.
         #expect(try client.send("POST", "/v1/containers/child/kill?signal=9").status == 200)
