@@ -30,6 +30,27 @@ public final class HeldConnection {
 
     deinit { close() }
 
+    /// Opens a connection and has one request answered on it (so the server has admitted
+    /// it), then keeps it. A connection the client closed just before may still be counted
+    /// for a moment: a 429 is retried for up to 2 s, so only a limit that does not free up fails.
+    public static func admitted(open: () throws -> Int32, request: (HeldConnection) throws -> Void) throws -> HeldConnection {
+        let deadline = Date().addingTimeInterval(2)
+        while true {
+            let connection = HeldConnection(fd: try open())
+            try request(connection)
+            let head = try connection.readHead()
+            if head.status == 200 {
+                if head.headers["content-length"] != nil { _ = try connection.readBody(head) }
+                return connection
+            }
+            connection.close()
+            guard head.status == 429, Date() < deadline else {
+                throw Failure(description: "a connection under the limit got \(head.status) (for 2 s)")
+            }
+            usleep(20_000)
+        }
+    }
+
     public func close() {
         guard !closed else { return }
         closed = true

@@ -9,25 +9,8 @@ import Testing
 struct ConnectionLimitTests {
     static let limit = 8
 
-    /// Opens a connection and has one request answered on it (so the daemon has admitted it),
-    /// then keeps it. A connection the client closed just before may still be counted for a
-    /// moment: a 429 is retried for up to 2 s, so only a limit that does not free up fails.
     static func hold(_ open: () throws -> Int32, _ request: (HeldConnection) throws -> Void) throws -> HeldConnection {
-        let deadline = Date().addingTimeInterval(2)
-        while true {
-            let connection = HeldConnection(fd: try open())
-            try request(connection)
-            let head = try connection.readHead()
-            if head.status == 200 {
-                if head.headers["content-length"] != nil { _ = try connection.readBody(head) }
-                return connection
-            }
-            connection.close()
-            guard head.status == 429, Date() < deadline else {
-                throw HeldConnection.Failure(description: "a connection under the limit got \(head.status) (for 2 s)")
-            }
-            usleep(20_000)
-        }
+        try HeldConnection.admitted(open: open, request: request)
     }
 
     /// Checks the answer to a connection over the limit: 429, the API's error body naming the

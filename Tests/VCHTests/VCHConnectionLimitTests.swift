@@ -8,29 +8,13 @@ import Testing
 struct VCHConnectionLimitTests {
     static let limit = 4
 
-    /// A connection with one request answered on it (so the VCH has admitted it), kept open. A
-    /// connection closed just before may still be counted for a moment: a 429 is retried for
-    /// up to 2 s, so only a limit that does not free up fails.
+    /// A connection the VCH has admitted (`HeldConnection.admitted`), kept open.
     static func hold(_ socket: String, _ path: String) throws -> HeldConnection {
         try hold(AgentClient(socketPath: socket), path)
     }
 
     static func hold(_ endpoint: AgentClient, _ path: String, headers: [String] = []) throws -> HeldConnection {
-        let deadline = Date().addingTimeInterval(2)
-        while true {
-            let connection = HeldConnection(fd: try endpoint.openConnection())
-            try connection.sendRequest("GET", path, headers: headers)
-            let head = try connection.readHead()
-            if head.status == 200 {
-                if head.headers["content-length"] != nil { _ = try connection.readBody(head) }
-                return connection
-            }
-            connection.close()
-            guard head.status == 429, Date() < deadline else {
-                throw HeldConnection.Failure(description: "a connection under the limit got \(head.status)")
-            }
-            usleep(20_000)
-        }
+        try HeldConnection.admitted(open: { try endpoint.openConnection() }) { try $0.sendRequest("GET", path, headers: headers) }
     }
 
     @Test func connectionsOverTheLimitGet429InDockersShapeChangeNothingAndTheLimitFreesAsTheyClose() throws {
