@@ -143,7 +143,6 @@ extension VirtualContainerHost {
     /// (a container not yet started, or logs=1) or from now, and whether its input is forwarded.
     func attachSession(_ reference: String, _ request: DockerRequest) async throws -> AttachSession {
         let info = try await resolve(reference, justCreated: true)
-        audit("POST \(request.path)", status: 101)
         let logs = try request.bool("logs")
         let stream = try request.bool("stream")
         if info.state == .exited, !logs { throw DockerError.conflict("You cannot attach to a stopped container, start it first") }
@@ -167,6 +166,9 @@ extension VirtualContainerHost {
             throw error
         }
         let forwardsInput = try openStdin && request.bool("stdin")
+        // Recorded once the stream's start is fixed (the log's length read): output written
+        // after this record reaches the client, which is what a caller waiting for it relies on.
+        audit("POST \(request.path)", status: 101)
         return AttachSession(host: self, id: info.id, tty: info.labels[Label.tty] == "1", output: output,
                              forwardsInput: forwardsInput, closesInput: info.labels[Label.stdinOnce] == "1")
     }
