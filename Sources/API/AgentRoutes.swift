@@ -37,7 +37,7 @@ struct AgentRoutes: Sendable {
         }
         on(.get, "/metrics") { [registry] _, _ in
             await engine.refreshWorkerMetrics()
-            // The memory figures read /proc/self/smaps: a blocking walk, off the cooperative pool.
+            // The memory figures read the page maps of the VMs (/proc/self/pagemap): blocking reads, off the cooperative pool.
             let buffer = try await engine.onBlockingThread { () -> [UInt8] in
                 engine.refreshMetrics()
                 var buffer: [UInt8] = []
@@ -91,7 +91,7 @@ struct AgentRoutes: Sendable {
             if labels.contains(where: { $0.unicodeScalars.count > 1200 }) { throw APIError.invalid("a label filter is over 1200 characters", field: "label") }
             if labels.contains(where: { $0.isEmpty || $0.hasPrefix("=") }) { throw APIError.invalid("a label filter is KEY or KEY=VALUE with a key", field: "label") }
             let listed = engine.containers(ContainerFilter(state: state, image: try request.string("image", maxLength: 128), labels: labels))
-            // memory=true: each running one's memory (a read of /proc/self/smaps), off the cooperative pool.
+            // memory=true: each running one's memory (the page map of its VMs), off the cooperative pool.
             guard try request.bool("memory", default: false) else { return try json(listed) }
             return try json(try await engine.onBlockingThread { engine.withMemory(listed) })
         }
@@ -147,7 +147,7 @@ struct AgentRoutes: Sendable {
         on(.get, "/v1/containers/{id}/processes") { _, context in try json(try engine.containerProcesses(try context.parameter("id"))) }
         on(.get, "/v1/containers/{id}/stats") { _, context in
             let id = try context.parameter("id")
-            // The memory figures read /proc/self/smaps: a blocking walk, off the cooperative pool.
+            // The memory figures read the page maps of the VMs (/proc/self/pagemap): blocking reads, off the cooperative pool.
             return try json(try await engine.onBlockingThread { try engine.containerStats(id) })
         }
 

@@ -13,8 +13,8 @@ public struct ContainerProcess: Codable, Sendable, Equatable {
     public var command: [String]
 }
 
-/// A running container's memory as the host kernel accounts it (smaps of each process VM's
-/// guest memory), summed over its processes.
+/// A running container's memory as the host kernel accounts it (the page map of each process
+/// VM's guest memory: smaps' figures for that memory alone), summed over its processes.
 public struct ContainerMemory: Codable, Sendable, Equatable {
     /// Resident bytes of its guest memory.
     public var residentBytes: Int
@@ -63,7 +63,7 @@ extension Engine {
     }
 
     /// A container's figures now: its processes and its memory (the kernel's accounting of
-    /// each of its process VMs, from one read of /proc/self/smaps).
+    /// each of its process VMs, from the page map of their guest memory).
     public func containerStats(_ idOrName: String) throws -> ContainerStats {
         let container = try container(idOrName)
         let info = container.info
@@ -71,28 +71,28 @@ extension Engine {
         guard info.state == .running, let first = container.vm?.processVM else {
             return ContainerStats(id: info.id, state: info.state, processes: 0, memory: nil, cpuSeconds: nil, hostCPUSeconds: nil, readAt: now)
         }
-        let memory = Self.memory(of: first, memoryMiB: info.memoryMiB, in: MemoryMappings.current())
+        let memory = openPageMap().map { Self.memory(of: first, memoryMiB: info.memoryMiB, in: $0) }
         let cpu = first.tree.runningVMs.reduce(first.cpuSeconds + first.tree.endedCPUSeconds) { $0 + $1.cpuSeconds }
         return ContainerStats(id: info.id, state: info.state, processes: first.tree.processCount, memory: memory,
                               cpuSeconds: cpu, hostCPUSeconds: CPUTime.ofHost(), readAt: now)
     }
 
-    /// `infos` with the memory of each running one filled in (one read of /proc/self/smaps).
+    /// `infos` with the memory of each running one filled in (one page map reader for all).
     public func withMemory(_ infos: [ContainerInfo]) -> [ContainerInfo] {
         guard infos.contains(where: { $0.state == .running }) else { return infos }
-        let mappings = MemoryMappings.current()
+        guard let pageMap = openPageMap() else { return infos }
         return infos.map { info in
             guard info.state == .running, let first = try? container(info.id).vm?.processVM else { return info }
             var filled = info
-            filled.memory = Self.memory(of: first, memoryMiB: info.memoryMiB, in: mappings)
+            filled.memory = Self.memory(of: first, memoryMiB: info.memoryMiB, in: pageMap)
             return filled
         }
     }
 
-    static func memory(of first: ProcessVM, memoryMiB: Int, in mappings: MemoryMappings) -> ContainerMemory {
+    static func memory(of first: ProcessVM, memoryMiB: Int, in pageMap: PageMap) -> ContainerMemory {
         var memory = ContainerMemory(residentBytes: 0, privateBytes: 0, sharedBytes: 0, limitBytes: 0, vms: 0)
         for vm in [first] + first.tree.runningVMs {
-            guard let usage = vm.memory.usage(in: mappings) else { continue }
+            guard let usage = try? vm.memory.usage(in: pageMap) else { continue }
             memory.residentBytes += usage.resident
             memory.privateBytes += usage.privateBytes
             memory.sharedBytes += usage.shared

@@ -1,4 +1,5 @@
 import Foundation
+import HostSystem
 import Store
 
 extension Engine {
@@ -36,7 +37,7 @@ extension Engine {
             }
             do {
                 let family = try await family(for: policy)
-                return family.info(withSharing: false)
+                return family.info()
             } catch {
                 // A policy whose parents cannot be made is not kept: the refusal changes nothing.
                 try? await forgetPolicy(policy.id)
@@ -98,37 +99,45 @@ extension Engine {
         return family
     }
 
-    /// Every policy with what its parents hold now (with the kernel's sharing figures when asked).
+    /// Every policy with what its parents hold now (with the kernel's sharing figures when
+    /// asked: the page map of each family's VMs, one reader for all of them).
     public func parents(withSharing: Bool = true) async throws -> [ParentInfo] {
         if let workers = workerSet { return try await parentsInWorkers(workers, withSharing: withSharing) }
         let (policies, families) = registry.withLock { ($0.policies, $0.families) }
-        // Reading smaps walks every mapping of the process: off the caller's thread.
-        return try await onKVMThread {
-            policies.values.sorted { $0.id < $1.id }.map { policy in
-                if let family = families[policy.id] { return family.info(withSharing: withSharing) }
-                return ParentInfo(id: policy.id, policy: policy, state: "absent", failure: nil, parentsReady: 0, readyVMsNow: 0,
-                                  liveChildren: 0, poolMisses: 0, sharing: nil)
-            }
+        let sorted = policies.values.sorted { $0.id < $1.id }
+        @Sendable func info(_ policy: ParentPolicy, _ pageMap: PageMap?) -> ParentInfo {
+            families[policy.id]?.info(sharing: pageMap)
+                ?? ParentInfo(id: policy.id, policy: policy, state: "absent", failure: nil, parentsReady: 0, readyVMsNow: 0,
+                              liveChildren: 0, poolMisses: 0, sharing: nil)
+        }
+        guard withSharing else { return sorted.map { info($0, nil) } }
+        // Reading the page maps of every VM is a blocking walk: off the caller's thread.
+        return try await onKVMThread { [self] in
+            let pageMap = openPageMap()
+            return sorted.map { info($0, pageMap) }
         }
     }
 
-    /// One policy's parents; `withSharing` measures only its own family's sharing. The walk
-    /// is over every mapping of the process: with 1,000 live containers, `GET /v1/parents`
-    /// (three families) took 3.8 s with sharing and 0.2 ms without.
-    public func parent(_ id: String, withSharing: Bool = true) async throws -> ParentInfo {
-        if workerSet != nil {
-            guard let found = try await parents(withSharing: withSharing).first(where: { $0.id == id }) else {
-                throw EngineError(.notFound, "unknown parent \(id)", field: "id")
-            }
-            return found
+    /// A page map reader for one measurement, or nil (no sharing figures) when this process
+    /// cannot read /proc/self/pagemap.
+    func openPageMap() -> PageMap? {
+        do { return try PageMap() } catch {
+            logger.warning("no sharing figures: the page map cannot be read", metadata: ["error": "\(error)"])
+            return nil
         }
+    }
+
+    /// One policy's parents; `withSharing` measures only its own family's VMs (the page map
+    /// of each, read for its guest memory alone).
+    public func parent(_ id: String, withSharing: Bool = true) async throws -> ParentInfo {
+        if let workers = workerSet { return try await parentInWorkers(workers, id, withSharing: withSharing) }
         let (policy, family) = registry.withLock { ($0.policies[id], $0.families[id]) }
         guard let policy else { throw EngineError(.notFound, "unknown parent \(id)", field: "id") }
         guard let family else {
             return ParentInfo(id: policy.id, policy: policy, state: "absent", failure: nil, parentsReady: 0, readyVMsNow: 0,
                               liveChildren: 0, poolMisses: 0, sharing: nil)
         }
-        return withSharing ? try await onKVMThread { family.info(withSharing: true) } : family.info(withSharing: false)
+        return withSharing ? try await onKVMThread { [self] in family.info(sharing: openPageMap()) } : family.info()
     }
 
     /// Forks no more children from the policy's parents; they are evicted when their last
@@ -149,7 +158,7 @@ extension Engine {
             let family = registry.withLock { $0.families[id] }
             family?.drain()
             if let family, family.liveChildren == 0 { evict(family, reason: "drained") }
-            return family?.info(withSharing: false)
+            return family?.info()
                 ?? ParentInfo(id: id, policy: policy, state: "absent", failure: nil, parentsReady: 0, readyVMsNow: 0,
                               liveChildren: 0, poolMisses: 0, sharing: nil)
         }

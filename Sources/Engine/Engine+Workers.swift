@@ -83,7 +83,7 @@ extension Engine {
             try await store.save(policy: policy.row(createdAt: Date().timeIntervalSince1970))
             registry.withLock { $0.policies[policy.id] = policy }
         }
-        return try await family(for: policy).info(withSharing: false)
+        return try await family(for: policy).info()
     }
 }
 
@@ -445,6 +445,23 @@ extension Engine {
             return ParentInfo(id: policy.id, policy: policy, state: "absent", failure: nil, parentsReady: 0, readyVMsNow: 0,
                               liveChildren: 0, poolMisses: 0, sharing: nil)
         }
+    }
+
+    /// One policy as the workers it is assigned to hold it: only they are asked, and each
+    /// measures only that policy's family.
+    func parentInWorkers(_ workers: WorkerSet, _ id: String, withSharing: Bool) async throws -> ParentInfo {
+        guard let policy = registry.withLock({ $0.policies[id] }) else { throw EngineError(.notFound, "unknown parent \(id)", field: "id") }
+        var parts: [ParentInfo] = []
+        try await withThrowingTaskGroup(of: [ParentInfo].self) { group in
+            for shard in workers.assignedShards(id) {
+                let connection = try workers.connection(shard)
+                group.addTask { (try? await connection.call("parents", WorkerParents(sharing: withSharing, id: id), as: [ParentInfo].self)) ?? [] }
+            }
+            for try await list in group { parts += list.filter { $0.id == id } }
+        }
+        return ParentInfo.merged(parts, policy: policy)
+            ?? ParentInfo(id: policy.id, policy: policy, state: "absent", failure: nil, parentsReady: 0, readyVMsNow: 0,
+                          liveChildren: 0, poolMisses: 0, sharing: nil)
     }
 
     /// Passes a reading under pressure to every worker, which shrinks and evicts its own.

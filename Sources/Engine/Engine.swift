@@ -308,8 +308,9 @@ public final class Engine: Sendable {
         metrics.gauge("vmfork_containers_live").record(containers.filter { $0.isLive }.count)
         metrics.gauge("vmfork_containers_running").record(containers.filter { $0.info.state == .running }.count)
         var shared = 0, owned = 0, parentBytes = 0
+        let pageMap = families.isEmpty ? nil : openPageMap()
         for family in families {
-            let info = family.info(withSharing: true)
+            let info = family.info(sharing: pageMap)
             let dimensions = [("parent", info.id)]
             metrics.gauge("vmfork_pool_ready_vms", dimensions).record(info.readyVMsNow)
             metrics.gauge("vmfork_pool_target_vms", dimensions).record(info.policy.readyVMs * info.parentsReady)

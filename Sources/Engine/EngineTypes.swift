@@ -209,6 +209,8 @@ public struct SharingFigures: Codable, Sendable, Equatable {
     public var familyBytes: Int
     public var fullCopiesBytes: Int
     public var savedBytes: Int
+    /// When the kernel's accounting was read (seconds since 1970).
+    public var measuredAt: Double
 }
 
 /// Filters of a container list; nil matches everything.

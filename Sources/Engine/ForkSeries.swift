@@ -71,7 +71,7 @@ public struct ForkSeries: Sendable {
             if child.reusesVM { report.reusedVMs += 1 }
             if removeEach { child.remove() } else { kept.append(child) }
         }
-        report.sharing = SharingReport.measure(parent: warmParent, containers: kept, kernelBefore: kernelBefore)
+        report.sharing = try SharingReport.measure(parent: warmParent, containers: kept, kernelBefore: kernelBefore)
         for container in kept { container.remove() }
         report.poolMisses = warmParent.poolMisses
         if parent.forkPoint != .entry { report.startupSecrets = "\(warmParent.forkPoint.rerandomisation)" }

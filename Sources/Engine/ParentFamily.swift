@@ -154,21 +154,23 @@ final class ParentFamily: Sendable {
         state.withLock { $0.parents = [] }
     }
 
-    func info(withSharing: Bool) -> ParentInfo {
+    /// What the family holds now; with `sharing` (a page map reader, which one measurement
+    /// shares among its families), the kernel's accounting of its memory, read now.
+    func info(sharing pageMap: PageMap? = nil) -> ParentInfo {
         let (parents, children, building, draining, failure) = state.withLock {
             ($0.parents, Array($0.children.values), $0.building, $0.draining, $0.failure)
         }
         var sharing: SharingFigures?
-        if withSharing, let first = parents.first {
-            // The kernel's accounting, over the first parent (children of all parents share
-            // alike; each parent's memfd is its own).
-            let report = SharingReport.measure(parent: first, containers: children)
+        // The kernel's accounting, over the first parent (children of all parents share alike;
+        // each parent's memfd is its own). No figures when the page map cannot be read.
+        if let pageMap, let first = parents.first, let report = try? SharingReport.measure(parent: first, containers: children, pageMap: pageMap) {
             let owned = report.children.map(\.usage.privateBytes).sorted()
             let shared = report.children.map(\.usage.shared).sorted()
             sharing = SharingFigures(parentBytes: report.parentResident * parents.count, children: report.children.count,
                                      childPrivateBytesMedian: owned.isEmpty ? 0 : owned[owned.count / 2],
                                      childSharedBytesMedian: shared.isEmpty ? 0 : shared[shared.count / 2],
-                                     familyBytes: report.familyCost, fullCopiesBytes: report.fullCopiesCost, savedBytes: report.saved)
+                                     familyBytes: report.familyCost, fullCopiesBytes: report.fullCopiesCost, savedBytes: report.saved,
+                                     measuredAt: Date().timeIntervalSince1970)
         }
         let stateName = failure != nil ? "failed" : draining ? "draining" : building ? "building" : "ready"
         return ParentInfo(id: policy.id, policy: policy, state: stateName, failure: failure, parentsReady: parents.count,

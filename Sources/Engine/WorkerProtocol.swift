@@ -170,7 +170,12 @@ struct WorkerStop: Codable, Sendable { var id: String; var graceMilliseconds: In
 struct WorkerKill: Codable, Sendable { var id: String; var signal: Int32 }
 struct WorkerStdin: Codable, Sendable { var id: String; var data: Data; var close: Bool }
 struct WorkerRemove: Codable, Sendable { var id: String; var force: Bool }
-struct WorkerParents: Codable, Sendable { var sharing: Bool }
+/// The `parents` op: every policy the worker holds, or only `id` (none when it holds no such
+/// policy), with the sharing figures of those only.
+struct WorkerParents: Codable, Sendable {
+    var sharing: Bool
+    var id: String?
+}
 struct WorkerEnsureParents: Codable, Sendable { var policy: ParentPolicy; var image: ImageRecord }
 struct WorkerParentRef: Codable, Sendable { var id: String }
 struct WorkerPressure: Codable, Sendable {

@@ -133,7 +133,13 @@ public final class WorkerServer: Sendable {
                 return WorkerNothing()
             }
         case "parents":
-            await peer.reply(id) { [self] in try await engine.parents(withSharing: try body(WorkerParents.self, frame).sharing) }
+            await peer.reply(id) { [self] in
+                let request = try body(WorkerParents.self, frame)
+                guard let policy = request.id else { return try await engine.parents(withSharing: request.sharing) }
+                do { return [try await engine.parent(policy, withSharing: request.sharing)] } catch let error as EngineError where error.kind == .notFound {
+                    return [ParentInfo]()
+                }
+            }
         case "ensureParents":
             await peer.reply(id) { [self] in
                 let request = try body(WorkerEnsureParents.self, frame)

@@ -3,7 +3,7 @@ import ProcessVM
 
 /// Memory of a warm parent and its children as the kernel accounts it: the parent's memfd
 /// (its allocated blocks); for each child, the pages it still shares with the parent and the
-/// pages it owns (smaps of its guest mapping);
+/// pages it owns (the page map of its guest mapping, /proc/self/pagemap);
 /// for the family, what it costs against full copies; and the host kernel memory each VM
 /// costs besides (KVM's vmalloc, slab, kernel stacks and page tables).
 public struct SharingReport: Sendable {
@@ -18,21 +18,28 @@ public struct SharingReport: Sendable {
     /// Host kernel memory per VM, measured over the VMs the children run in.
     public let kernelPerVM: KernelMemory?
 
-    /// Reads the kernel's accounting now for `containers` (not yet removed) of `parent`.
+    /// Reads the kernel's accounting now for `containers` (not yet removed) of `parent`:
+    /// the page map of their VMs' guest memory only, with `pageMap` (one reader serves every
+    /// family of a report) or a reader of its own.
     /// `kernelBefore` is a `KernelMemory.current()` taken before the containers were forked.
-    public static func measure(parent: WarmParent, containers: [Container], kernelBefore: KernelMemory? = nil) -> SharingReport {
-        let mappings = MemoryMappings.current()
-        let kernelAfter = KernelMemory.current()
+    public static func measure(parent: WarmParent, containers: [Container], kernelBefore: KernelMemory? = nil,
+                               pageMap: PageMap? = nil) throws(SystemError) -> SharingReport {
+        let reader: PageMap
+        if let pageMap { reader = pageMap } else { reader = try PageMap() }
+        let kernelAfter = kernelBefore == nil ? nil : KernelMemory.current()
         // Every VM of each container: its first process's, and those of the processes it forked.
-        let children = containers.flatMap { container -> [Child] in
-            guard let first = container.processVM else { return [] }
-            let forked = first.tree.runningVMs.compactMap { vm in
-                vm.memory.usage(in: mappings).map { Child(name: "\(container.name)/\(vm.processID)", usage: $0) }
+        var children: [Child] = []
+        for container in containers {
+            guard let first = container.processVM else { continue }
+            children.append(Child(name: container.name, usage: try first.memory.usage(in: reader)))
+            for vm in first.tree.runningVMs {
+                children.append(Child(name: "\(container.name)/\(vm.processID)", usage: try vm.memory.usage(in: reader)))
             }
-            return (first.memory.usage(in: mappings).map { [Child(name: container.name, usage: $0)] } ?? []) + forked
         }
         let parentResident = parent.forkPoint.memory.memfdBytes ?? 0
-        let perVM = kernelBefore.flatMap { before in children.isEmpty ? nil : (kernelAfter - before).divided(by: children.count) }
+        let perVM = kernelBefore.flatMap { before in
+            children.isEmpty ? nil : kernelAfter.map { ($0 - before).divided(by: children.count) }
+        }
         return SharingReport(parentResident: parentResident, children: children, kernelPerVM: perVM)
     }
 
@@ -45,7 +52,7 @@ public struct SharingReport: Sendable {
 
     public func renderText() -> String {
         func kib(_ bytes: Int) -> String { "\(bytes / 1024) KiB" }
-        var lines = ["sharing (kernel accounting: the parent's memfd, /proc/self/smaps):",
+        var lines = ["sharing (kernel accounting: the parent's memfd, /proc/self/pagemap):",
                      "  parent memory \(kib(parentResident))"]
         let owned = children.map(\.usage.privateBytes).sorted()
         if !owned.isEmpty {

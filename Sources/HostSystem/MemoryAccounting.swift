@@ -1,73 +1,27 @@
 import Foundation
 
-/// The kernel's own accounting of one mapping of this process, from /proc/self/smaps.
+/// The kernel's own accounting of one range of this process's memory (a VM's guest mapping),
+/// from its page map (`PageMap`): the figures /proc/self/smaps sums per mapping.
 public struct MappingUsage: Sendable, Equatable {
-    /// Resident bytes of the mapping.
+    /// Resident bytes of the range (smaps' Rss).
     public var resident: Int
-    /// Resident pages also mapped elsewhere (a child's pages still shared with its parent's memfd).
+    /// Resident pages also mapped elsewhere (a child's pages still shared with its parent's
+    /// memfd): smaps' Shared_Clean + Shared_Dirty.
     public var shared: Int
-    /// Pages only this mapping has: what a copy-on-write child owns.
+    /// Resident pages only this range maps: what a copy-on-write child owns (copies and fresh
+    /// pages), smaps' Private_Clean + Private_Dirty.
     public var privateBytes: Int
-    /// Of those, the dirtied ones (copy-on-write copies and fresh anonymous pages).
-    public var privateDirty: Int
-}
 
-/// This process's mappings with the kernel's accounting of each, from one read of
-/// /proc/self/smaps, which then serves every VM of a report.
-public struct MemoryMappings: Sendable {
-    public struct Entry: Sendable {
-        public let range: Range<UInt>
-        public let usage: MappingUsage
+    public init(resident: Int, shared: Int, privateBytes: Int) {
+        self.resident = resident
+        self.shared = shared
+        self.privateBytes = privateBytes
     }
 
-    public let entries: [Entry]
+    public static let zero = MappingUsage(resident: 0, shared: 0, privateBytes: 0)
 
-    public static func current() -> MemoryMappings {
-        guard let text = readKernelFile("/proc/self/smaps") else { return MemoryMappings(entries: []) }
-        var entries: [Entry] = []
-        var current: Range<UInt>?
-        var usage = MappingUsage(resident: 0, shared: 0, privateBytes: 0, privateDirty: 0)
-        func finish() {
-            if let current { entries.append(Entry(range: current, usage: usage)) }
-        }
-        for line in text.split(separator: "\n", omittingEmptySubsequences: true) {
-            let parts = line.split(separator: " ", omittingEmptySubsequences: true)
-            guard let first = parts.first else { continue }
-            if !first.hasSuffix(":") {
-                // A mapping's header: "start-end perms offset device inode path".
-                finish()
-                let bounds = first.split(separator: "-").compactMap { UInt($0, radix: 16) }
-                current = bounds.count == 2 && bounds[0] < bounds[1] ? bounds[0]..<bounds[1] : nil
-                usage = MappingUsage(resident: 0, shared: 0, privateBytes: 0, privateDirty: 0)
-                continue
-            }
-            guard parts.count >= 2, let kilobytes = Int(parts[1]) else { continue }
-            let bytes = kilobytes * 1024
-            switch first {
-            case "Rss:": usage.resident = bytes
-            case "Shared_Clean:", "Shared_Dirty:": usage.shared += bytes
-            case "Private_Clean:": usage.privateBytes += bytes
-            case "Private_Dirty:":
-                usage.privateBytes += bytes
-                usage.privateDirty = bytes
-            default: break
-            }
-        }
-        finish()
-        return MemoryMappings(entries: entries)
-    }
-
-    /// The summed usage of every mapping inside [start, start + length) — one region the
-    /// engine mapped may be several mappings to the kernel — or nil when none is there.
-    public func usage(of start: UInt, length: Int) -> MappingUsage? {
-        let region = start..<(start + UInt(length))
-        let inside = entries.filter { region.contains($0.range.lowerBound) }
-        guard !inside.isEmpty else { return nil }
-        return inside.reduce(MappingUsage(resident: 0, shared: 0, privateBytes: 0, privateDirty: 0)) { total, entry in
-            MappingUsage(resident: total.resident + entry.usage.resident, shared: total.shared + entry.usage.shared,
-                         privateBytes: total.privateBytes + entry.usage.privateBytes,
-                         privateDirty: total.privateDirty + entry.usage.privateDirty)
-        }
+    public static func + (lhs: MappingUsage, rhs: MappingUsage) -> MappingUsage {
+        MappingUsage(resident: lhs.resident + rhs.resident, shared: lhs.shared + rhs.shared, privateBytes: lhs.privateBytes + rhs.privateBytes)
     }
 }
 

@@ -437,13 +437,20 @@ struct DaemonTests {
         let child = ContainerSpec(image: "busybox", name: "child", arguments: ["sleep", "30"], memoryMiB: 16)
         #expect(try client.send("POST", "/v1/containers", json: child).status == 201)
         #expect(try client.send("POST", "/v1/containers/child/start").status == 200)
+        let listedFrom = Date().timeIntervalSince1970
         let listed = try client.send("GET", "/v1/parents").decode([ParentInfo].self)
         let parent = try #require(listed.first { $0.id == "busybox.main.16m" })
         #expect(parent.liveChildren == 1)
         #expect(parent.sharing.map { $0.parentBytes > 0 && $0.children == 1 } == true, "sharing figures: \(String(describing: parent.sharing))")
         // One parent alone: the same figures, or none with sharing=false; an unknown one is 404.
         let alone = try client.send("GET", "/v1/parents/busybox.main.16m").decode(ParentInfo.self)
+        let aloneBy = Date().timeIntervalSince1970
         #expect(alone.liveChildren == 1 && alone.sharing.map { $0.parentBytes > 0 && $0.children == 1 } == true)
+        let (inList, own) = (try #require(parent.sharing), try #require(alone.sharing))
+        #expect(own.parentBytes == inList.parentBytes && own.childPrivateBytesMedian == inList.childPrivateBytesMedian, "\(own) against \(inList)")
+        #expect(own.childPrivateBytesMedian > 0 && own.childSharedBytesMedian > 0, "\(own)")
+        // Each answer says when the kernel's accounting was read: during its request.
+        #expect(listedFrom <= inList.measuredAt && inList.measuredAt <= own.measuredAt && own.measuredAt <= aloneBy)
         let bare = try client.send("GET", "/v1/parents/busybox.main.16m?sharing=false").decode(ParentInfo.self)
         #expect(bare.id == "busybox.main.16m" && bare.liveChildren == 1 && bare.sharing == nil)
         #expect(try client.send("GET", "/v1/parents/nosuch.main.16m?sharing=false").status == 404)

@@ -37,6 +37,45 @@ struct WorkerTests {
         (1...lines).map { "\(name)-\(stream)-\($0)\n" }.joined()
     }
 
+    /// The sharing figures come from the workers: the list's figures of each family are those
+    /// its own call gives (which asks only its worker, for that family), read at the time
+    /// `measuredAt` says; sharing=false gives none.
+    @Test func eachFamilysSharingFiguresComeFromItsWorkerAsInTheList() async throws {
+        let daemon = try DaemonFixture()
+        try daemon.start(extra: ["--workers", "2"])
+        defer {
+            daemon.stop()
+            Self.killWorkers(daemon, count: 2)
+        }
+        let client = daemon.client
+        try daemon.addBusybox(client)
+        #expect(try await client.send("POST", "/v1/parents", body: Data(#"{"image":"busybox","memoryMiB":32,"readyVMs":1}"#.utf8)).status == 201)
+        #expect(try await client.send("POST", "/v1/parents", body: Data(#"{"image":"busybox","memoryMiB":16,"readyVMs":1}"#.utf8)).status == 201)
+        // One idle child in the 32m family (shard 0), two in the 16m one (shard 1).
+        for (index, memory) in [32, 16, 16].enumerated() {
+            let spec = ContainerSpec(image: "busybox", name: "idle\(index)", arguments: ["sh", "-c", "read x"], memoryMiB: memory, openStdin: true)
+            #expect(try await client.send("POST", "/v1/containers", json: spec).status == 201)
+            #expect(try await client.send("POST", "/v1/containers/idle\(index)/start").status == 200)
+        }
+        try await Task.sleep(for: .milliseconds(500))
+        let before = Date().timeIntervalSince1970
+        let listed = try await client.send("GET", "/v1/parents").decode([ParentInfo].self)
+        #expect(listed.map(\.id) == ["busybox.main.16m", "busybox.main.32m"])
+        for info in listed {
+            let figures = try #require(info.sharing, "\(info.id) has sharing figures")
+            #expect(figures.children == (info.id == "busybox.main.16m" ? 2 : 1) && figures.parentBytes > 0, "\(info.id): \(figures)")
+            #expect(figures.childPrivateBytesMedian > 0 && figures.childSharedBytesMedian > 0, "\(info.id): \(figures)")
+            let alone = try await client.send("GET", "/v1/parents/\(info.id)").decode(ParentInfo.self)
+            let after = Date().timeIntervalSince1970
+            let own = try #require(alone.sharing, "\(info.id) alone has sharing figures")
+            #expect(own.children == figures.children && own.parentBytes == figures.parentBytes, "\(info.id): \(own) against \(figures)")
+            #expect(own.childPrivateBytesMedian == figures.childPrivateBytesMedian, "\(info.id): \(own) against \(figures)")
+            #expect(before <= figures.measuredAt && figures.measuredAt <= own.measuredAt && own.measuredAt <= after)
+            #expect(try await client.send("GET", "/v1/parents/\(info.id)?sharing=false").decode(ParentInfo.self).sharing == nil)
+        }
+        #expect(try await client.send("GET", "/v1/parents/nosuch.main.16m").status == 404)
+    }
+
     /// kill -9 of the daemon while containers run and write: after the restart every one is
     /// still there, the ones still running run on, the ones that ended meanwhile have their
     /// real status, and every line of every log is there. 100 containers over two workers.

@@ -161,8 +161,8 @@ final class ForkTests {
         }
         Thread.sleep(forTimeInterval: 0.5)
         let machines = children.compactMap { $0.processVM.map(WeakBox.init) }
-        let during = MemoryMappings.current()
-        let owned = children.compactMap { $0.processVM?.memory.usage(in: during)?.privateBytes }
+        let pageMap = try PageMap()
+        let owned = try children.compactMap { try $0.processVM?.memory.usage(in: pageMap).privateBytes }
         // Each running child owns private pages (its stack, data, heap), found by the kernel.
         #expect(owned.count == 20 && owned.allSatisfy { $0 > 0 }, "\(owned)")
         for child in children { child.remove() }
@@ -173,6 +173,43 @@ final class ForkTests {
         // system-call poller lets go of a VM on its next turn after the VM leaves it.
         waitFor { machines.allSatisfy { $0.value == nil } }
         #expect(machines.allSatisfy { $0.value == nil })
+    }
+
+    /// The sharing report reads each child's page map; its figures are smaps' for the same
+    /// guest mapping (read while the children sleep and no pool VM is made).
+    @Test func theSharingReportCountsEachChildAsSmapsDoes() throws {
+        let parent = try busyboxParent(poolSize: 0)
+        parent.waitForTeardown()
+        let streams = try CapturedStreams()
+        var children: [Container] = []
+        for _ in 0..<8 {
+            let child = try parent.fork(arguments: ["sleep", "30"], streams: streams.standard)
+            child.start()
+            children.append(child)
+        }
+        defer { for child in children { child.remove() } }
+        Thread.sleep(forTimeInterval: 0.5)
+        var smaps = SmapsAccounting.current()
+        var report = try SharingReport.measure(parent: parent, containers: children)
+        // A child still settling moves its figures between the reads: read again until smaps
+        // says the same before and after the page map read.
+        for _ in 0..<5 {
+            let after = SmapsAccounting.current()
+            let same = children.allSatisfy { child in
+                child.processVM.map { smaps.usage(of: $0.memory.hostAddress, length: $0.memory.size) == after.usage(of: $0.memory.hostAddress, length: $0.memory.size) } ?? false
+            }
+            if same { break }
+            Thread.sleep(forTimeInterval: 0.2)
+            smaps = SmapsAccounting.current()
+            report = try SharingReport.measure(parent: parent, containers: children)
+        }
+        #expect(report.children.count == 8)
+        for (child, measured) in zip(children, report.children) {
+            let vm = try #require(child.processVM)
+            #expect(measured.name == child.name)
+            #expect(measured.usage == smaps.usage(of: vm.memory.hostAddress, length: vm.memory.size), "\(child.name)")
+            #expect(measured.usage.privateBytes > 0 && measured.usage.shared > 0, "\(child.name): \(measured.usage)")
+        }
     }
 
     private func snapshot(_ memory: GuestMemory) -> [UInt8] {

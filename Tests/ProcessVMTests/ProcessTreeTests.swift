@@ -383,7 +383,7 @@ struct ContainerProcessTreeTests {
         let deadline = ContinuousClock.now + .seconds(20)
         while first.tree.runningVMs.count < 2 && ContinuousClock.now < deadline { Thread.sleep(forTimeInterval: 0.01) }
         #expect(first.tree.runningVMs.count == 2)
-        let report = SharingReport.measure(parent: parent, containers: [container])
+        let report = try SharingReport.measure(parent: parent, containers: [container])
         #expect(report.children.count == 3, "\(report.children.map(\.name))")
         let killed = ContinuousClock.now
         #expect(container.kill() == .signaled(9))

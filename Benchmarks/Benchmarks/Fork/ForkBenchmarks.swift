@@ -133,7 +133,7 @@ func idleChildMemoryBenchmark(_ name: String, metric: String, fork: @escaping @S
             let child = try fork()
             child.start()
             Thread.sleep(forTimeInterval: 0.05)
-            let owned = child.processVM.flatMap { $0.memory.usage(in: MemoryMappings.current())?.privateBytes } ?? 0
+            let owned = try child.processVM.map { try $0.memory.usage(in: PageMap()).privateBytes } ?? 0
             benchmark.measurement(measured, owned / 1024)
             child.remove()
         }

@@ -278,7 +278,7 @@ public final class GuestMemory: @unchecked Sendable {
         }
     }
 
-    /// Where this memory is mapped in the engine, to find it in /proc/self/smaps.
+    /// Where this memory is mapped in the engine.
     public var hostAddress: UInt { UInt(bitPattern: mapping.base) }
 
     /// Bytes the kernel holds for this memory's memfd (its allocated blocks): a frozen
@@ -289,9 +289,10 @@ public final class GuestMemory: @unchecked Sendable {
         return Int(info.st_blocks) * 512
     }
 
-    /// The kernel's accounting of this memory's mappings in `mappings`.
-    public func usage(in mappings: MemoryMappings) -> MappingUsage? {
-        mappings.usage(of: hostAddress, length: size)
+    /// The kernel's accounting of this memory's pages now (its mapping lives as long as this
+    /// value, so the page map read is of this memory alone).
+    public func usage(in pageMap: PageMap) throws(SystemError) -> MappingUsage {
+        try pageMap.usage(of: hostAddress, length: size)
     }
 
     /// The engine's pointer to guest-physical `address`, valid for `length` bytes, or nil
