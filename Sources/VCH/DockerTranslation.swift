@@ -29,8 +29,8 @@ extension VirtualContainerHost {
                               RestartPolicy: ["Name": "no"]),
             Config: .init(Hostname: info.hostname, Domainname: "", User: "", AttachStdin: labels[Label.openStdin] == "1",
                           AttachStdout: true, AttachStderr: true, Tty: labels[Label.tty] == "1", OpenStdin: labels[Label.openStdin] == "1",
-                          StdinOnce: labels[Label.stdinOnce] == "1", Env: info.environment, Cmd: cmd, Image: info.image,
-                          WorkingDir: "", Entrypoint: entrypoint, Labels: Self.userLabels(info)),
+                          StdinOnce: labels[Label.stdinOnce] == "1", Env: info.environment, Cmd: cmd.isEmpty ? nil : cmd, Image: info.image,
+                          WorkingDir: "", Entrypoint: entrypoint.isEmpty ? nil : entrypoint, Labels: Self.userLabels(info)),
             NetworkSettings: .init(Networks: [:]), Mounts: [],
             VMFork: .init(Pool: info.pool, PlacementID: info.placementID, Parent: info.parent, ForkMicroseconds: info.forkMicroseconds,
                           ExitReason: info.exitReason, MemoryPrivateBytes: info.memory?.privateBytes, MemorySharedBytes: info.memory?.sharedBytes))
