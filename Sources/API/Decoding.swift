@@ -117,7 +117,7 @@ extension APIError {
 // MARK: Request bodies
 
 extension ContainerSpec: StrictBody {
-    static let fields: Set<String> = ["image", "name", "arguments", "environment", "hostname", "memoryMiB", "forkPoint", "labels",
+    static let fields: Set<String> = ["image", "name", "arguments", "entrypoint", "cmd", "environment", "hostname", "memoryMiB", "forkPoint", "labels",
                                       "openStdin", "stdin", "pool", "memoryReservationMiB"]
 }
 

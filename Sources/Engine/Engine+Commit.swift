@@ -24,8 +24,10 @@ extension Engine {
     /// its layer disks (the parent's reused, one new), the parent's config with the layer in
     /// its diff_ids and history. The container must have ended (its changes are all on its
     /// disk then) and must run from a pulled image's layer disks in this engine (not in a worker).
-    /// `changes` are Dockerfile instructions applied to the new image's config, as `docker
-    /// commit --change` applies them (see `ConfigChange`); a refused one makes nothing.
+    /// The new image's config starts from what the container ran with (`committedConfig`), as
+    /// Docker's starts from the container's config; `changes` are Dockerfile instructions
+    /// applied to it, as `docker commit --change` applies them (see `ConfigChange`); a refused
+    /// one makes nothing.
     public func commitContainer(_ idOrName: String, as name: String, comment: String? = nil, changes: [String] = [],
                                 by actor: String) async throws -> CommitResult {
         try await audited("container.commit", subject: idOrName, actor: actor, detail: "{\"image\":\(Self.jsonString(name))}",
@@ -67,7 +69,8 @@ extension Engine {
             }
             do {
                 return try await imagePuller.commit(upper: upper, lower: lower, onto: pulled, reference: name, container: container.id,
-                                                    comment: comment, changes: parsedChanges) { committed, rootfs, layer in
+                                                    comment: comment, containerConfig: Self.committedConfig(of: container.info, image: parent),
+                                                    changes: parsedChanges) { committed, rootfs, layer in
                     let added = try await register(committed, rootfs: rootfs, as: name, source: "image \(parent.name)", field: "id", by: actor)
                     await inheritPlacementCost(of: parent.name, as: name, by: actor)
                     return CommitResult(image: added, layer: layer.diffID, layerBytes: layer.tarBytes, changed: layer.summary.changed,
@@ -79,6 +82,34 @@ extension Engine {
                 throw EngineError.invalid("changes", error.description)
             }
         }
+    }
+
+    /// Labels whose keys start with this are the tools' own bookkeeping (a VCH's `vmfork.vch`
+    /// marks): a commit does not carry them into the image.
+    static let toolLabelPrefix = "vmfork."
+
+    /// What of a container's own config its commit carries, as Docker's commit starts from the
+    /// container's config: the command it ran when it named one (Docker's Entrypoint and Cmd
+    /// as it merged them; agent `arguments` as the Cmd after the image's Entrypoint, or as
+    /// both when they do not follow it), its environment when not the image's, and its
+    /// labels (but the tools' own).
+    static func committedConfig(of info: ContainerInfo, image: ImageRecord) -> ContainerConfig {
+        var config = ContainerConfig(labels: info.labels.filter { !$0.key.hasPrefix(toolLabelPrefix) })
+        if info.entrypoint != nil || info.cmd != nil {
+            config.entrypoint = info.entrypoint ?? []
+            config.cmd = info.cmd ?? []
+        } else if case let argv0 = info.argv0 ?? image.argv0, argv0 != image.argv0 || info.arguments != image.arguments {
+            let line = [argv0] + info.arguments
+            let entrypoint = image.dockerEntrypoint
+            if line.starts(with: entrypoint) {
+                config.cmd = Array(line.dropFirst(entrypoint.count))
+            } else {
+                config.entrypoint = [argv0]
+                config.cmd = info.arguments
+            }
+        }
+        if info.environment != image.environment { config.env = info.environment }
+        return config
     }
 
     /// A committed image runs the program of the image it came from: placement takes that

@@ -55,7 +55,7 @@ extension Engine {
         guard info.state == .running, let first = container.vm?.processVM else {
             throw EngineError(.conflict, "container \(info.id) is not running")
         }
-        let program = [(try? image(info.image).executable) ?? "?"] + info.arguments
+        let program = [info.argv0 ?? (try? image(info.image).executable) ?? "?"] + info.arguments
         return first.tree.processes.map { entry in
             ContainerProcess(pid: entry.pid, parentPid: entry.parentPid, state: entry.running ? "running" : "zombie",
                              command: entry.command ?? program)

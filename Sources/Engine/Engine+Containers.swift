@@ -31,13 +31,14 @@ extension Engine {
         guard ParentPolicy.memoryRange.contains(memoryMiB) else {
             throw EngineError.invalid("memoryMiB", "memoryMiB \(memoryMiB) is out of range (\(ParentPolicy.memoryRange))")
         }
-        if let arguments = spec.arguments {
-            try Self.validateArguments(arguments, field: "arguments")
-            if forkPoint == .stdin, arguments != image.arguments {
-                throw EngineError.invalid("arguments", "a child of a stdin fork point runs the image's own arguments; it reads its own standard input instead")
-            }
-        }
+        if let arguments = spec.arguments { try Self.validateArguments(arguments, field: "arguments") }
         if let environment = spec.environment { try Self.validateEnvironment(environment, field: "environment") }
+        let environment = spec.environment ?? image.environment
+        let command = try ContainerCommand.decide(spec, image: image, environment: environment)
+        if forkPoint == .stdin, command.argv0 != image.argv0 || command.arguments != image.arguments {
+            throw EngineError.invalid(spec.arguments != nil ? "arguments" : spec.cmd != nil ? "cmd" : "entrypoint",
+                                      "a child of a stdin fork point runs the image's own command; it reads its own standard input instead")
+        }
         if let hostname = spec.hostname {
             guard !hostname.isEmpty, hostname.utf8.count <= 64,
                   hostname.unicodeScalars.allSatisfy({ $0.isASCII && (CharacterSet.alphanumerics.contains($0) || "-.".unicodeScalars.contains($0)) }) else {
@@ -88,8 +89,6 @@ extension Engine {
                 throw error
             }
             let hostname = spec.hostname ?? name
-            let environment = spec.environment ?? image.environment
-            let arguments = spec.arguments ?? image.arguments
             let folder = containersFolder.appendingPathComponent(id, isDirectory: true)
             let stdin = spec.stdin
             let openStdin = spec.openStdin == true
@@ -104,8 +103,8 @@ extension Engine {
                 var disk: ContainerDiskRoot?
                 do {
                     disk = try containerDiskRoot(for: family, id: id)
-                    vm = try family.fork(id: id, arguments: arguments, environment: environment, hostname: hostname, streams: streams.standard,
-                                         rootFileSystem: disk)
+                    vm = try family.fork(id: id, argv0: command.argv0, arguments: command.arguments, environment: environment, hostname: hostname,
+                                         streams: streams.standard, rootFileSystem: disk)
                 } catch {
                     streams.closeStdinWriter()
                     containerFolders.remove(folder)
@@ -113,10 +112,11 @@ extension Engine {
                     throw error
                 }
                 let info = ContainerInfo(id: id, name: name, image: image.name, state: .created, exitCode: nil, exitReason: nil,
-                                         arguments: arguments, environment: environment, hostname: hostname, memoryMiB: memoryMiB,
+                                         arguments: command.arguments, environment: environment, hostname: hostname, memoryMiB: memoryMiB,
                                          forkPoint: forkPoint, labels: labels, parent: policy.id, pool: placementPool, placementID: placed,
                                          createdAt: Date().timeIntervalSince1970, startedAt: nil, finishedAt: nil,
-                                         forkMicroseconds: Self.microseconds(vm.forkLatency), reusedVM: vm.reusesVM)
+                                         forkMicroseconds: Self.microseconds(vm.forkLatency), reusedVM: vm.reusesVM,
+                                         argv0: command.argv0, entrypoint: command.entrypoint, cmd: command.cmd)
                 let managed = ManagedContainer(info: info, logFolder: folder, vm: vm, stdinWriter: streams.stdinWriter, family: family, disk: disk)
                 registry.withLock { registry in
                     registry.containers[id] = managed

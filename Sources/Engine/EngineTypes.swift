@@ -87,8 +87,18 @@ public struct ContainerSpec: Codable, Sendable, Equatable {
     public var image: String
     /// A unique name; the id's first 12 characters when absent.
     public var name: String?
-    /// The program's arguments after argv[0] (the image's program is always the one run).
+    /// The program's arguments after the image's argv[0] (the image's program is always the
+    /// one run). Not with `entrypoint` or `cmd`.
     public var arguments: [String]?
+    /// Docker's ENTRYPOINT for this container, in place of the image's ([] or [""]: none);
+    /// with it, `cmd` alone follows it (the image's is dropped, as Docker drops it).
+    public var entrypoint: [String]?
+    /// Docker's CMD for this container: after the entrypoint, or (with none) the whole
+    /// command line, argv[0] first. The command line's first word names the program as Docker
+    /// does (a path, or a name looked up on the container's PATH inside the image) and is the
+    /// program's argv[0] as written; it must lead to the image's program (busybox's applet
+    /// links lead to busybox), whose warm parent is that program, loaded.
+    public var cmd: [String]?
     public var environment: [String]?
     public var hostname: String?
     /// The guest memory (memory limit) of the container, in MiB.
@@ -105,12 +115,15 @@ public struct ContainerSpec: Codable, Sendable, Equatable {
     /// growth (a Docker --memory); needs `pool`.
     public var memoryReservationMiB: Int?
 
-    public init(image: String, name: String? = nil, arguments: [String]? = nil, environment: [String]? = nil, hostname: String? = nil,
+    public init(image: String, name: String? = nil, arguments: [String]? = nil, entrypoint: [String]? = nil, cmd: [String]? = nil,
+                environment: [String]? = nil, hostname: String? = nil,
                 memoryMiB: Int? = nil, forkPoint: ForkPointName? = nil, labels: [String: String]? = nil, openStdin: Bool? = nil,
                 stdin: String? = nil, pool: String? = nil, memoryReservationMiB: Int? = nil) {
         self.image = image
         self.name = name
         self.arguments = arguments
+        self.entrypoint = entrypoint
+        self.cmd = cmd
         self.environment = environment
         self.hostname = hostname
         self.memoryMiB = memoryMiB
@@ -157,6 +170,13 @@ public struct ContainerInfo: Codable, Sendable, Equatable {
     /// Its memory now, as the host kernel accounts it: only when asked for (`memory=true`)
     /// and while it runs.
     public var memory: ContainerMemory?
+    /// The program's argv[0] as its command names it ("ls" for a cmd ["ls", "/"]); `arguments`
+    /// follow it. Nil in records made before it was kept: the image's executable.
+    public var argv0: String? = nil
+    /// Docker's ENTRYPOINT and CMD the container runs, merged with its image's as Docker
+    /// merges them, when it named either (nil: it runs `arguments` or the image's command).
+    public var entrypoint: [String]? = nil
+    public var cmd: [String]? = nil
 }
 
 /// How a container ended, as wait returns it.

@@ -39,7 +39,7 @@ final class ParentFamily: Sendable {
     var spec: ParentSpec {
         get throws(EngineError) {
         var spec = ParentSpec(name: image.name, rootfs: image.rootfs, executable: image.executable,
-                              arguments: [image.executable] + image.arguments, environment: image.environment,
+                              arguments: [image.argv0] + image.arguments, environment: image.environment,
                               memoryBytes: policy.memoryMiB << 20, forkPoint: policy.forkPoint.kind)
         spec.rootFileSystem = rootFileSystem
         spec.pollsSystemCalls = pollsSystemCalls
@@ -101,7 +101,7 @@ final class ParentFamily: Sendable {
 
     /// Forks a child from the next parent in turn (a KVM thread's call: it may build a VM
     /// when the pool is empty).
-    func fork(id: String, arguments: [String]?, environment: [String], hostname: String,
+    func fork(id: String, argv0: String, arguments: [String]?, environment: [String], hostname: String,
               streams: StandardStreams, rootFileSystem: (any GuestRootFileSystem)? = nil) throws(EngineError) -> Fork.Container {
         let parent: WarmParent = try {
             () throws(EngineError) -> WarmParent in
@@ -115,7 +115,7 @@ final class ParentFamily: Sendable {
             }
         }()
         do {
-            let child = try parent.fork(arguments: policy.forkPoint == .stdin ? nil : arguments, environment: environment,
+            let child = try parent.fork(argv0: argv0, arguments: policy.forkPoint == .stdin ? nil : arguments, environment: environment,
                                         hostname: hostname, streams: streams, rootFileSystem: rootFileSystem)
             state.withLock { $0.children[id] = child }
             return child

@@ -89,7 +89,12 @@ public final class WarmParent: @unchecked Sendable {
     /// the child its own pid, hostname, streams and — for an entry-point parent — arguments
     /// and environment. The child has not run yet; `Container.run` or `start` runs it.
     /// `rootFileSystem`: the child's own root (its writable disk), instead of the parent's.
-    public func fork(arguments: [String]? = nil, environment: [String]? = nil, hostname: String? = nil,
+    /// `arguments` follow `argv0` (default: the parent's argv[0]). A child of a main fork point
+    /// gets its own argv[0] in the argv main is entered with (what a multi-call program such as
+    /// busybox reads to pick its applet); the C library's `program_invocation_name`, set by
+    /// the parent's start-up, keeps the parent's (see `ChildArgumentRoom`). An entry-point
+    /// child runs the start-up itself with its own argv; a stdin fork point's runs the parent's.
+    public func fork(argv0: String? = nil, arguments: [String]? = nil, environment: [String]? = nil, hostname: String? = nil,
                      streams: StandardStreams, rootFileSystem: (any GuestRootFileSystem)? = nil) throws(ForkError) -> Container {
         let started = ContinuousClock.now
         let prepared: PreparedVM
@@ -98,7 +103,7 @@ public final class WarmParent: @unchecked Sendable {
         let identity = GuestIdentity(pid: pid, parentPid: 1, uid: image.uid, gid: image.gid, hostname: hostname ?? "\(image.name)-\(pid)")
         do {
             let child = try ProcessVM(forking: forkPoint, into: prepared, identity: identity,
-                                      arguments: arguments.map { [image.executable] + $0 }, environment: environment ?? image.environment,
+                                      arguments: arguments.map { [argv0 ?? image.arguments.first ?? image.executable] + $0 }, environment: environment ?? image.environment,
                                       streams: streams, rootFileSystem: rootFileSystem)
             return Container(vm: child, name: identity.hostname, forkLatency: ContinuousClock.now - started,
                              reusesVM: prepared.isReused, pool: pool)

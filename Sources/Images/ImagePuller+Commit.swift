@@ -11,12 +11,12 @@ extension ImagePuller {
 
     /// Makes a new image of `parent` (a pulled image of this datastore) plus one layer: the
     /// changes from `lower` (the parent's top layer disk) to `upper` (a container's disk, a
-    /// child of it), as an uncompressed tarball. The parent's config gains the layer's
-    /// diff_id and a history entry, a new OCI manifest lists the parent's layers and the new
+    /// child of it), as an uncompressed tarball. The parent's config, with what the container
+    /// ran with (`containerConfig`) and the `changes` applied, gains the layer's diff_id and a history entry, a new OCI manifest lists the parent's layers and the new
     /// one, and the image is unpacked and its layer disks made as a pull does (the parent's
     /// disks reused), then `register` runs while collections are held off.
     public func commit<T: Sendable>(upper: Ext4Volume, lower: Ext4Volume, onto parent: PulledImage, reference: String, container: String,
-                                    comment: String?, changes: [ConfigChange] = [],
+                                    comment: String?, containerConfig: ContainerConfig = ContainerConfig(), changes: [ConfigChange] = [],
                                     register: (PulledImage, URL, CommittedLayer) async throws -> T) async throws -> T {
         try holdCollections(doing: "commit")
         defer { releaseCollections() }
@@ -25,8 +25,10 @@ extension ImagePuller {
             throw ImageError.io("the image's blob \(digest.short) is missing from the datastore (collected?); pull the image again")
         }
         let what = "config \(parent.configDigest.short) of \(parent.reference)"
-        // The changes first: one refused leaves nothing behind (no layer blob).
+        // The container's own config, then the changes; first, so that a refused change leaves
+        // nothing behind (no layer blob).
         var document = try Self.configDocument(try store.read(parent.configDigest), what: what)
+        containerConfig.apply(to: &document)
         try ConfigChange.apply(changes, to: &document)
         let temporary = store.temporaryPath("commit")
         let summary: LayerDiff.Summary

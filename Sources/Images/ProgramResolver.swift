@@ -9,20 +9,25 @@ public enum ProgramResolver {
     /// The absolute in-root path of the regular, executable file `program` names, or an error naming it.
     public static func resolve(_ program: String, rootfs: URL, environment: [String], workingDir: String) throws(ImageError) -> String {
         guard !program.isEmpty else { throw .malformed(what: "image config", problem: "entrypoint/cmd names an empty program") }
-        var candidates: [String]
-        if program.hasPrefix("/") {
-            candidates = [program]
-        } else if program.contains("/") {
-            candidates = [(workingDir.isEmpty ? "/" : workingDir) + "/" + program]
-        } else {
-            let path = environment.last(where: { $0.hasPrefix("PATH=") }).map { String($0.dropFirst(5)) } ?? defaultPath
-            candidates = path.split(separator: ":").map { String($0) + "/" + program }
-        }
+        let candidates = candidates(program, environment: environment, workingDir: workingDir)
         for candidate in candidates {
             if let found = resolveLinks(candidate, rootfs: rootfs) { return found }
         }
         throw .malformed(what: "image config", problem: "program \"\(program.prefix(200))\" is not an executable file in the image (looked in \(candidates.prefix(8).joined(separator: ", ")))")
     }
+
+    /// Where a shell looks for `program`, in order: itself when it is absolute, under the
+    /// working folder when it holds a slash, else in each folder of the environment's PATH.
+    public static func candidates(_ program: String, environment: [String], workingDir: String) -> [String] {
+        if program.hasPrefix("/") { return [program] }
+        if program.contains("/") { return [(workingDir.isEmpty ? "/" : workingDir) + "/" + program] }
+        let path = environment.last(where: { $0.hasPrefix("PATH=") }).map { String($0.dropFirst(5)) } ?? defaultPath
+        return path.split(separator: ":").map { String($0) + "/" + program }
+    }
+
+    /// The in-root path of the file `path` names once its links are followed inside `rootfs`,
+    /// when that is a regular file with an execute bit.
+    public static func realPath(_ path: String, rootfs: URL) -> String? { resolveLinks(path, rootfs: rootfs) }
 
     /// Resolves `path` inside `rootfs` (".." stops at the root; at most 40 links); the result
     /// when it names a regular file with an execute bit.

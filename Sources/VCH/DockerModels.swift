@@ -80,10 +80,10 @@ struct ContainerInspect: Encodable {
         let OpenStdin: Bool
         let StdinOnce: Bool
         let Env: [String]
-        let Cmd: [String]
+        let Cmd: [String]?
         let Image: String
         let WorkingDir: String
-        let Entrypoint: [String]
+        let Entrypoint: [String]?
         let Labels: [String: String]
     }
     struct HostConfig: Encodable {

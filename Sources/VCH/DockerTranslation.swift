@@ -6,16 +6,20 @@ extension VirtualContainerHost {
     func summary(_ info: ContainerInfo, image: ImageRecord?) -> ContainerSummary {
         ContainerSummary(
             Id: info.id, Names: ["/" + dockerName(info)], Image: info.image, ImageID: image.map(DockerNames.imageID) ?? "",
-            Command: ([image?.executable ?? info.image] + info.arguments).joined(separator: " "), Created: Int(info.createdAt),
+            Command: ([info.argv0 ?? image?.executable ?? info.image] + info.arguments).joined(separator: " "), Created: Int(info.createdAt),
             Ports: [], Labels: Self.userLabels(info), State: info.state.rawValue, Status: DockerTime.status(info),
             HostConfig: .init(NetworkMode: "none"), NetworkSettings: .init(Networks: [:]), Mounts: [])
     }
 
     func inspect(_ info: ContainerInfo, image: ImageRecord?) -> ContainerInspect {
         let labels = info.labels
-        let entrypoint = image.map { [$0.executable] } ?? []
+        // Docker's Path and Args: argv[0] as the command names it, then the rest; its config's
+        // Entrypoint and Cmd as the container merged them, else the image's (with `arguments`
+        // of the agent's own: after the image's argv[0]).
+        let entrypoint = info.entrypoint ?? image.map(\.dockerEntrypoint) ?? []
+        let cmd = info.cmd ?? (info.entrypoint == nil && image?.pulled?.entrypoint.isEmpty == true ? [info.argv0 ?? ""] + info.arguments : info.arguments)
         return ContainerInspect(
-            Id: info.id, Created: DockerTime.rfc3339(info.createdAt), Path: entrypoint.first ?? "", Args: info.arguments,
+            Id: info.id, Created: DockerTime.rfc3339(info.createdAt), Path: info.argv0 ?? image?.executable ?? "", Args: info.arguments,
             State: .init(Status: info.state.rawValue, Running: info.state == .running, Paused: false, Restarting: false,
                          OOMKilled: false, Dead: false, Pid: 0, ExitCode: info.exitCode ?? 0, Error: "",
                          StartedAt: DockerTime.rfc3339(info.startedAt), FinishedAt: DockerTime.rfc3339(info.finishedAt)),
@@ -25,8 +29,8 @@ extension VirtualContainerHost {
                               RestartPolicy: ["Name": "no"]),
             Config: .init(Hostname: info.hostname, Domainname: "", User: "", AttachStdin: labels[Label.openStdin] == "1",
                           AttachStdout: true, AttachStderr: true, Tty: labels[Label.tty] == "1", OpenStdin: labels[Label.openStdin] == "1",
-                          StdinOnce: labels[Label.stdinOnce] == "1", Env: info.environment, Cmd: info.arguments, Image: info.image,
-                          WorkingDir: "", Entrypoint: entrypoint, Labels: Self.userLabels(info)),
+                          StdinOnce: labels[Label.stdinOnce] == "1", Env: info.environment, Cmd: cmd.isEmpty ? nil : cmd, Image: info.image,
+                          WorkingDir: "", Entrypoint: entrypoint.isEmpty ? nil : entrypoint, Labels: Self.userLabels(info)),
             NetworkSettings: .init(Networks: [:]), Mounts: [],
             VMFork: .init(Pool: info.pool, PlacementID: info.placementID, Parent: info.parent, ForkMicroseconds: info.forkMicroseconds,
                           ExitReason: info.exitReason, MemoryPrivateBytes: info.memory?.privateBytes, MemorySharedBytes: info.memory?.sharedBytes))

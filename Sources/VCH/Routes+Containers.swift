@@ -25,8 +25,11 @@ extension VirtualContainerHost {
             spec.name = agentName(bare)
             spec.hostname = bare  // the agent's default is its own name, which carries the VCH prefix
         }
-        spec.arguments = try ImageProgram.arguments(entrypoint: body.Entrypoint, cmd: body.Cmd, image: image)
-        if let env = body.Env, !env.isEmpty { spec.environment = ImageProgram.environment(image: image.environment, overrides: env) }
+        // Docker's Entrypoint and Cmd as the client sent them: the agent merges them with the
+        // image's as Docker does, argv[0] the command's first word as written.
+        spec.entrypoint = body.Entrypoint
+        spec.cmd = body.Cmd.flatMap { $0.isEmpty ? nil : $0 }
+        if let env = body.Env, !env.isEmpty { spec.environment = DockerEnvironment.environment(image: image.environment, overrides: env) }
         if let hostname = body.Hostname, !hostname.isEmpty { spec.hostname = hostname }
         if let bytes = body.HostConfig?.Memory, bytes != 0 {
             let mib = (bytes + (1 << 20) - 1) >> 20

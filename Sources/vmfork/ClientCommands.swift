@@ -82,6 +82,10 @@ struct ContainerCommand: ParsableCommand {
         @Option(help: "A label KEY=VALUE (repeatable).") var label: [String] = []
         @Flag(help: "Fork from the parent stopped at its first read of standard input (the image's own arguments).") var stdinForkPoint = false
         @Option(help: "Placement resource pool to charge.") var pool: String?
+        @Option(help: "Docker's ENTRYPOINT in place of the image's: the program as argv[0] names it, found in the image (\"\" for none); the words after -- are then its CMD.")
+        var entrypoint: String?
+        @Flag(help: "The words after -- are Docker's CMD (argv[0] first when the image has no entrypoint), not the arguments after the image's argv[0].")
+        var cmd = false
 
         func spec(image: String, arguments: [String]) throws -> ContainerSpec {
             var labels: [String: String] = [:]
@@ -89,7 +93,9 @@ struct ContainerCommand: ParsableCommand {
                 let parts = entry.split(separator: "=", maxSplits: 1).map(String.init)
                 labels[parts[0]] = parts.count == 2 ? parts[1] : ""
             }
-            return ContainerSpec(image: image, name: name, arguments: arguments.isEmpty ? nil : arguments,
+            let docker = entrypoint != nil || cmd
+            return ContainerSpec(image: image, name: name, arguments: docker || arguments.isEmpty ? nil : arguments,
+                                 entrypoint: entrypoint.map { [$0] }, cmd: docker && !arguments.isEmpty ? arguments : nil,
                                  environment: environment.isEmpty ? nil : environment, hostname: hostname, memoryMiB: memory,
                                  forkPoint: stdinForkPoint ? .stdin : nil, labels: labels.isEmpty ? nil : labels, pool: pool)
         }
@@ -99,7 +105,7 @@ struct ContainerCommand: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "run", abstract: "Fork a container, run it, print its output, exit with its status.",
                                                         discussion: "Example: vmfork container run busybox -- echo hi")
         @Argument(help: "The image.") var image: String
-        @Argument(parsing: .postTerminator, help: "The program's arguments after argv[0], after --.") var arguments: [String] = []
+        @Argument(parsing: .postTerminator, help: "After --: the arguments after the image's argv[0]; with --cmd or --entrypoint, Docker's CMD.") var arguments: [String] = []
         @OptionGroup var spec: SpecOptions
         @Option(help: "Standard input to give the program (all of it).") var stdin: String?
         @Flag(help: "Keep the container after it ends (vmfork container rm later).") var keep = false
@@ -123,7 +129,7 @@ struct ContainerCommand: ParsableCommand {
     struct Create: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "create", abstract: "Fork a container (not started); prints its id.")
         @Argument(help: "The image.") var image: String
-        @Argument(parsing: .postTerminator, help: "The program's arguments after argv[0], after --.") var arguments: [String] = []
+        @Argument(parsing: .postTerminator, help: "After --: the arguments after the image's argv[0]; with --cmd or --entrypoint, Docker's CMD.") var arguments: [String] = []
         @OptionGroup var spec: SpecOptions
         @Flag(help: "Keep standard input open for attach.") var openStdin = false
         @OptionGroup var daemon: DaemonOptions

@@ -193,6 +193,11 @@ struct WorkerTests {
             #expect(result.exitCode == 0 && result.stdout == "run \(index)\n", "\(run.text)")
             ids.append(result.id)
         }
+        // A worker decides a Docker command as the daemon does: argv[0] as written.
+        let named = try await client.send("POST", "/v1/containers/run", json: ContainerSpec(image: "busybox", entrypoint: [""], cmd: ["sh", "-c", "echo $0"], memoryMiB: 32))
+        let namedResult = try named.decode(RunResult.self)
+        #expect(namedResult.stdout == "sh\n", "\(named.text)")
+        ids.append(namedResult.id)
         // The log is written in batches: wait until every exit is in it.
         var events: [[String: Any]] = []
         let deadline = Date().addingTimeInterval(30)

@@ -106,5 +106,30 @@ struct DockerPullTests {
             #expect(try fixture.docker(socket, ["image", "inspect", "made4"]).status != 0)
         }
         #expect(try fixture.docker(socket, ["rm", "maker"]).status == 0)
+
+        // docker commit carries the container's own config: the command it ran (here with its
+        // entrypoint reset), its environment with -e, its labels; then docker run of the new
+        // image runs that command, and a command given to it names its program as Docker
+        // does: `ls` runs busybox's ls applet with argv[0] "ls", $0 is the name as written.
+        let applet = try fixture.docker(socket, ["run", "--name", "applet-maker", "-e", "EXTRA=x", "--label", "team=a", "--entrypoint", "",
+                                                 pulled.name, "sh", "-c", "echo $0 $EXTRA"])
+        #expect(applet.status == 0 && applet.stdout == "sh x\n", "\(applet)")
+        let appletCommit = try fixture.docker(socket, ["commit", "applet-maker", "applets"])
+        #expect(appletCommit.status == 0, "\(appletCommit)")
+        let appletConfig = try fixture.docker(socket, ["image", "inspect", "-f", "{{json .Config.Cmd}}|{{json .Config.Entrypoint}}|{{json .Config.Env}}|{{json .Config.Labels}}", "applets"])
+        #expect(appletConfig.stdout == #"["sh","-c","echo $0 $EXTRA"]|null|["PATH=/bin","GREETING=hello","EXTRA=x"]|{"team":"a"}"# + "\n", "\(appletConfig)")
+        let appletDefault = try fixture.docker(socket, ["run", "--rm", "applets"])
+        #expect(appletDefault.status == 0 && appletDefault.stdout == "sh x\n", "\(appletDefault)")
+        let ls = try fixture.docker(socket, ["run", "--rm", "applets", "ls", "/"])
+        #expect(ls.status == 0 && ls.stdout.split(separator: "\n").contains("bin") && ls.stdout.split(separator: "\n").contains("etc") && !ls.stdout.contains("BusyBox"), "\(ls)")
+        let dollarZero = try fixture.docker(socket, ["run", "--rm", "applets", "sh", "-c", "echo $0"])
+        #expect(dollarZero.stdout == "sh\n", "\(dollarZero)")
+        let absolute = try fixture.docker(socket, ["run", "--rm", "--entrypoint", "/bin/sh", "applets", "-c", "echo $0"])
+        #expect(absolute.stdout == "/bin/sh\n", "\(absolute)")
+        let created = try fixture.docker(socket, ["create", "--name", "lister", "applets", "ls", "/etc"])
+        #expect(created.status == 0, "\(created)")
+        let shownPath = try fixture.docker(socket, ["inspect", "-f", "{{.Path}} {{json .Args}} {{json .Config.Cmd}} {{json .Config.Entrypoint}}", "lister"])
+        #expect(shownPath.stdout == #"ls ["/etc"] ["ls","/etc"] null"# + "\n", "\(shownPath)")
+        #expect(try fixture.docker(socket, ["rm", "lister", "applet-maker"]).status == 0)
     }
 }

@@ -9,10 +9,14 @@
 /// go in an area at the top of the stack that the parent left unused, and main is entered
 /// with argc, argv and envp in RDI, RSI and RDX.
 ///
-/// What the child keeps of its parent: `program_invocation_name` and `__libc_argv` point at
-/// the parent's argv (whose argv[0], the image's executable, is also every child's), and
-/// AT_RANDOM, the stack canary and the pointer guard are re-randomised as at a stdin fork
-/// point (`StartupRerandomisation`).
+/// The child's argv is all its own, argv[0] included: main reads argv[0] from it (a
+/// multi-call program such as busybox picks its applet by it, and a shell's `$0` is it), so
+/// children that name the program differently ("ls", "/bin/sh") share one parent. What the
+/// child keeps of its parent: `program_invocation_name` and `__libc_argv`, which the C
+/// library set in the parent's start-up, point at the parent's argv (the image's command's
+/// argv[0], seen only in the C library's own messages such as `error()`'s), and AT_RANDOM,
+/// the stack canary and the pointer guard are re-randomised as at a stdin fork point
+/// (`StartupRerandomisation`).
 struct ChildArgumentRoom: Sendable {
     /// Bytes at the top of the stack left for each child's strings and argv (Linux allows
     /// 2 MiB of arguments and environment; a container's rarely reach a few KiB).

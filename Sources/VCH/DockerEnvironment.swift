@@ -1,50 +1,13 @@
 import Engine
 import Foundation
 
-/// How Docker's Entrypoint and Cmd map onto an agent image, whose own program always runs
-/// (a warm parent is that program, loaded): the program's arguments are what follows it.
-enum ImageProgram {
-    /// The agent's `arguments` for a container (nil: the image's own).
-    static func arguments(entrypoint: [String]?, cmd: [String]?, image: ImageRecord) throws -> [String]? {
-        guard let entrypoint, let program = entrypoint.first, !program.isEmpty else { return cmd.flatMap { $0.isEmpty ? nil : $0 } }
-        let rest = Array(entrypoint.dropFirst()) + (cmd ?? [])
-        if program == image.executable { return rest }
-        // A link to the image's program (busybox's applets): the program runs with the link's
-        // name first, which is how a multi-call program picks what to be.
-        if resolvesToProgram(program, image: image) { return [(program as NSString).lastPathComponent] + rest }
-        throw DockerError.badRequest("--entrypoint \(program) is not supported: this VCH runs the image's own program (\(image.executable)) or a link to it inside the image")
-    }
-
+/// A Docker container's environment from its agent image's.
+enum DockerEnvironment {
     /// The image's environment with the container's entries put over it by name.
     static func environment(image: [String], overrides: [String]) -> [String] {
         func key(_ entry: String) -> Substring { entry.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)[0] }
         let replaced = Set(overrides.map(key))
         return image.filter { !replaced.contains(key($0)) } + overrides
-    }
-
-    /// Whether `program` (a path, or a name looked up on the image's PATH) is, after its
-    /// symbolic links inside the image's root, the image's program.
-    static func resolvesToProgram(_ program: String, image: ImageRecord) -> Bool {
-        let root = URL(fileURLWithPath: image.rootfs).standardizedFileURL.path
-        guard let target = resolve(image.executable, root: root) else { return false }
-        let path = image.environment.first { $0.hasPrefix("PATH=") }.map { String($0.dropFirst(5)) } ?? "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
-        let candidates = program.contains("/") ? [program] : path.split(separator: ":").map { "\($0)/\(program)" }
-        return candidates.contains { resolve($0, root: root) == target }
-    }
-
-    /// The host path `path` (inside the image) names after following its links within `root`;
-    /// nil when it does not exist or a link leaves the root.
-    static func resolve(_ path: String, root: String) -> String? {
-        var current = (path.hasPrefix("/") ? path : "/" + path)
-        for _ in 0..<16 {
-            let host = (root + current as NSString).standardizingPath
-            guard host == root || host.hasPrefix(root + "/") else { return nil }
-            guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: host) else {
-                return FileManager.default.fileExists(atPath: host) ? host : nil
-            }
-            current = target.hasPrefix("/") ? target : ((current as NSString).deletingLastPathComponent as NSString).appendingPathComponent(target)
-        }
-        return nil
     }
 }
 
