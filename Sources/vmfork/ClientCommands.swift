@@ -71,7 +71,7 @@ struct ContainerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "container",
         abstract: "Run and manage containers through the daemon (vmfork serve).",
-        subcommands: [Run.self, Create.self, Start.self, PS.self, Logs.self, Stop.self, Kill.self, Remove.self, Inspect.self, Wait.self, Commit.self]
+        subcommands: [Run.self, Create.self, Start.self, PS.self, Logs.self, Stop.self, Kill.self, Resize.self, Remove.self, Inspect.self, Wait.self, Commit.self]
     )
 
     struct SpecOptions: ParsableArguments {
@@ -82,6 +82,7 @@ struct ContainerCommand: ParsableCommand {
         @Option(help: "A label KEY=VALUE (repeatable).") var label: [String] = []
         @Flag(help: "Fork from the parent stopped at its first read of standard input (the image's own arguments).") var stdinForkPoint = false
         @Option(help: "Placement resource pool to charge.") var pool: String?
+        @Flag(name: .shortAndLong, help: "Give the container a terminal (24 x 80; \\n reaches the output as \\r\\n, stderr goes to stdout).") var tty = false
 
         func spec(image: String, arguments: [String]) throws -> ContainerSpec {
             var labels: [String: String] = [:]
@@ -91,7 +92,7 @@ struct ContainerCommand: ParsableCommand {
             }
             return ContainerSpec(image: image, name: name, arguments: arguments.isEmpty ? nil : arguments,
                                  environment: environment.isEmpty ? nil : environment, hostname: hostname, memoryMiB: memory,
-                                 forkPoint: stdinForkPoint ? .stdin : nil, labels: labels.isEmpty ? nil : labels, pool: pool)
+                                 forkPoint: stdinForkPoint ? .stdin : nil, labels: labels.isEmpty ? nil : labels, pool: pool, tty: tty ? true : nil)
         }
     }
 
@@ -242,6 +243,17 @@ struct ContainerCommand: ParsableCommand {
         func run() throws {
             let response = try daemon.call("POST", "/v1/containers/\(percentEncoded(container))/kill?signal=\(signal)")
             if daemon.json { daemon.printJSON(response) } else { print(try response.decode(ContainerInfo.self).id) }
+        }
+    }
+
+    struct Resize: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "resize", abstract: "Set the window size of a container's terminal (one created with --tty).")
+        @Argument(help: "Container id or name.") var container: String
+        @Option(help: "Rows (1-65535).") var rows: Int
+        @Option(help: "Columns (1-65535).") var columns: Int
+        @OptionGroup var daemon: DaemonOptions
+        func run() throws {
+            _ = try daemon.call("POST", "/v1/containers/\(percentEncoded(container))/resize?rows=\(rows)&columns=\(columns)")
         }
     }
 
