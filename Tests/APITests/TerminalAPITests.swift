@@ -44,8 +44,11 @@ struct TerminalAPITests {
         let deadline = Date().addingTimeInterval(20)
         while try !client.send("GET", "/v1/containers/watcher/logs").text.contains("ready"), Date() < deadline { usleep(20_000) }
         #expect(try client.send("POST", "/v1/containers/watcher/resize?rows=40&columns=120").status == 204)
-        #expect(try client.send("POST", "/v1/containers/watcher/wait").decode(ExitInfo.self).exitCode == 3)
+        // Bounded: without the signal the loop runs on, and is killed for the test to fail.
+        while try client.send("GET", "/v1/containers/watcher").decode(ContainerInfo.self).state != .exited, Date() < deadline { usleep(20_000) }
+        #expect(try client.send("GET", "/v1/containers/watcher").decode(ContainerInfo.self).exitCode == 3)
         #expect(try client.send("GET", "/v1/containers/watcher/logs").text == "ready\r\n40 120\r\n")
+        _ = try client.send("DELETE", "/v1/containers/watcher?force=true")
 
         // Without a terminal: no resize, and the output as it always was.
         let plain = ContainerSpec(image: "busybox", name: "plain", arguments: ["sh", "-c", "[ -t 1 ] || echo plain; sleep 5"])

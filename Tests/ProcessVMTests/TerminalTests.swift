@@ -144,4 +144,67 @@ struct TerminalTests {
         #expect(uncaught.output == "^C")
         #expect(uncaught.status == 128 + 2)
     }
+
+    /// Every argument of the terminal ioctls is checked: a pointer that does not cover the
+    /// whole structure (null, kernel half, running into an unmapped page) is EFAULT, a termios
+    /// to set needs only readable memory, a group must be positive (EINVAL) and in the
+    /// caller's session (EPERM), TCFLSH's selector is range-checked, TIOCGPTN is a master's
+    /// (ENOTTY); without a terminal every one of them stays ENOTTY.
+    @Test(.enabled(if: HostileGuest.isAvailable, "needs gcc"), arguments: [true, false])
+    func ioctlArgumentsAreChecked(withTerminal: Bool) throws {
+        let root = try HostileGuest.rootfs(#"""
+        #define SYS_ioctl 16
+        #define SYS_getpgrp 111
+        #define CHECK(n, call, want) do { i64 r_ = (call); if (r_ != (want)) { print("check " #n " got "); print_hex((u64)r_); print("\n"); return n; } } while (0)
+        int main(void) {
+            u8 *p = (u8 *)sys(SYS_mmap, 0, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            sys(SYS_munmap, p + 4096, 4096);
+            int group = 0;
+            if (role()[0] == 'p') {
+                CHECK(20, sys(SYS_ioctl, 1, 0x5401, p), -25);
+                CHECK(21, sys(SYS_ioctl, 1, 0x5414, p), -25);
+                group = (int)sys(SYS_getpgrp);
+                CHECK(22, sys(SYS_ioctl, 1, 0x5410, &group), -25);
+                print("plain\n");
+                return 0;
+            }
+            CHECK(1, sys(SYS_ioctl, 1, 0x5401, p), 0);
+            CHECK(2, sys(SYS_ioctl, 1, 0x5401, 0), -14);
+            CHECK(3, sys(SYS_ioctl, 1, 0x5401, 0xFFFF800000000000UL), -14);
+            CHECK(4, sys(SYS_ioctl, 1, 0x5401, p + 4096 - 10), -14);
+            CHECK(5, sys(SYS_ioctl, 1, 0x5402, p + 4096 - 10), -14);
+            CHECK(6, sys(SYS_ioctl, 1, 0x802C542A, p + 4096 - 40), -14);
+            CHECK(7, sys(SYS_ioctl, 1, 0x5414, p + 4096 - 4), -14);
+            CHECK(8, sys(SYS_ioctl, 1, 0x5413, 0), -14);
+            CHECK(9, sys(SYS_ioctl, 1, 0x5410, &group), -22);
+            group = -5;
+            CHECK(10, sys(SYS_ioctl, 1, 0x5410, &group), -22);
+            group = 4242;
+            CHECK(11, sys(SYS_ioctl, 1, 0x5410, &group), -1);
+            CHECK(12, sys(SYS_ioctl, 1, 0x5410, 0), -14);
+            group = (int)sys(SYS_getpgrp);
+            CHECK(13, sys(SYS_ioctl, 1, 0x5410, &group), 0);
+            int seen = 0;
+            CHECK(14, sys(SYS_ioctl, 0, 0x540F, &seen), 0);
+            CHECK(15, seen, group);
+            u32 number;
+            CHECK(16, sys(SYS_ioctl, 1, 0x80045430, &number), -25);
+            CHECK(17, sys(SYS_ioctl, 1, 0x540B, 7), -22);
+            sys(SYS_mprotect, p, 4096, PROT_READ);
+            CHECK(18, sys(SYS_ioctl, 1, 0x5401, p), -14);
+            CHECK(19, sys(SYS_ioctl, 1, 0x5402, p), 0);
+            print("checked\n");
+            return 0;
+        }
+        """#, name: "terminal-ioctls")
+        defer { try? FileManager.default.removeItem(at: root) }
+        let streams = try CapturedStreams()
+        let terminal = withTerminal ? try GuestTerminal(output: streams.output) : nil
+        let vm = try ProcessVM(system: GuestRunner.system!, configuration: ProcessVMConfiguration(rootfs: root.path, memoryBytes: 64 << 20),
+                               executable: "/prog", arguments: ["prog", withTerminal ? "terminal" : "plain"], environment: [],
+                               streams: StandardStreams(input: streams.input, output: streams.output, error: streams.error, terminal: terminal))
+        let status = try vm.run()
+        #expect(status.code == 0, "\(streams.stdout)")
+        #expect(streams.stdout == (withTerminal ? "checked\r\n" : "plain\n"))
+    }
 }

@@ -131,7 +131,7 @@ struct DockerCLITests {
         // -it on a terminal: the typed line is echoed by the container's terminal and read whole.
         let shell = Process()
         shell.executableURL = URL(fileURLWithPath: "/bin/sh")
-        shell.arguments = ["-c", "(sleep 1; printf 'ab\\177c\\r'; sleep 2) | script -qec \"docker run --rm -it busybox sh -c 'read x; echo got-\\$x; stty size'\" /dev/null"]
+        shell.arguments = ["-c", "(sleep 1; printf 'ab\\177c\\r'; sleep 2) | timeout 60 script -qec \"docker run --rm -it busybox sh -c 'read x; echo got-\\$x; stty size'\" /dev/null"]
         shell.environment = fixture.dockerEnvironment.merging(["DOCKER_HOST": "unix://\(socket)"]) { $1 }
         let out = Pipe()
         shell.standardOutput = out
@@ -153,6 +153,9 @@ struct DockerCLITests {
             #expect(try vch.send("POST", "/v1.43/containers/sized/resize?\(query)").status == 400, "\(query)")
         }
         #expect(try vch.send("POST", "/v1.43/containers/sized/resize?h=33&w=99").status == 200)
+        // Bounded: without the signal the loop runs on, and is killed for the test to fail.
+        try? fixture.waitUntil("sized ends on SIGWINCH") { (try? fixture.docker(socket, ["inspect", "-f", "{{.State.Status}}", "sized"]))?.stdout == "exited\n" }
+        _ = try fixture.docker(socket, ["kill", "sized"])
         #expect(try fixture.docker(socket, ["wait", "sized"]).stdout == "3\n")
         #expect(try fixture.docker(socket, ["logs", "sized"]).stdout == "33 99\r\n")
         #expect(try vch.send("POST", "/v1.43/containers/sized/resize?h=33&w=99").status == 409, "not running")
