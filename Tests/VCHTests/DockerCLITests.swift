@@ -163,6 +163,27 @@ struct DockerCLITests {
         #expect(try fixture.docker(socket, ["rm", "sized"]).status == 0)
     }
 
+    /// `docker run -it busybox sh` from a terminal: an interactive shell (job control, line
+    /// editing in raw mode) with a prompt, that runs what is typed.
+    @Test func interactiveShell() throws {
+        let fixture = try VCHFixture()
+        let socket = try fixture.startVCH("dev", pool: "dev")
+        let shell = Process()
+        shell.executableURL = URL(fileURLWithPath: "/bin/sh")
+        shell.arguments = ["-c", "(sleep 2; printf 'echo hi-$((6*7))\\r'; sleep 1; printf 'exit 5\\r'; sleep 2) | timeout 60 script -qec \"docker run --rm -it busybox sh\" /dev/null"]
+        shell.environment = fixture.dockerEnvironment.merging(["DOCKER_HOST": "unix://\(socket)"]) { $1 }
+        let out = Pipe()
+        shell.standardOutput = out
+        shell.standardError = out
+        shell.standardInput = FileHandle.nullDevice
+        try shell.run()
+        let transcript = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        shell.waitUntilExit()
+        #expect(shell.terminationStatus == 5, "\(transcript.debugDescription)")
+        #expect(transcript.contains("/ # "), "a prompt: \(transcript.debugDescription)")
+        #expect(transcript.contains("hi-42\r\n"), "\(transcript.debugDescription)")
+    }
+
     @Test func createStartPsLogsWaitStopKillRemoveAttach() throws {
         let fixture = try VCHFixture()
         let socket = try fixture.startVCH("dev", pool: "dev")
