@@ -50,6 +50,20 @@ struct TerminalAPITests {
         #expect(try client.send("GET", "/v1/containers/watcher/logs").text == "ready\r\n40 120\r\n")
         _ = try client.send("DELETE", "/v1/containers/watcher?force=true")
 
+        // ^C acts as it arrives: the foreground group (sh and its sleep) gets SIGINT at once.
+        let looper = ContainerSpec(image: "busybox", name: "looper",
+                                   arguments: ["sh", "-c", "trap 'echo caught; exit 4' INT; echo ready; while :; do sleep 0.05; done"],
+                                   openStdin: true, tty: true)
+        #expect(try client.send("POST", "/v1/containers", json: looper).status == 201)
+        #expect(try client.send("POST", "/v1/containers/looper/start").status == 200)
+        let looperDeadline = Date().addingTimeInterval(20)
+        while try !client.send("GET", "/v1/containers/looper/logs").text.contains("ready"), Date() < looperDeadline { usleep(20_000) }
+        #expect(try client.send("POST", "/v1/containers/looper/stdin", body: Data("dropped\u{03}".utf8), contentType: "application/octet-stream").status == 204)
+        while try client.send("GET", "/v1/containers/looper").decode(ContainerInfo.self).state != .exited, Date() < looperDeadline { usleep(20_000) }
+        #expect(try client.send("GET", "/v1/containers/looper").decode(ContainerInfo.self).exitCode == 4)
+        #expect(try client.send("GET", "/v1/containers/looper/logs").text == "ready\r\n^Ccaught\r\n")
+        _ = try client.send("DELETE", "/v1/containers/looper?force=true")
+
         // Without a terminal: no resize, and the output as it always was.
         let plain = ContainerSpec(image: "busybox", name: "plain", arguments: ["sh", "-c", "[ -t 1 ] || echo plain; sleep 5"])
         #expect(try client.send("POST", "/v1/containers", json: plain).status == 201)

@@ -108,6 +108,48 @@ public final class GuestTerminal: Sendable {
         for target in tree.runningMembers(ofGroup: foregroundGroup) { target.sendSignal(signal) }
     }
 
+    /// Input as it arrives from the client (attach), before it is queued for the program:
+    /// with ISIG, the interrupt, quit and suspend characters act at once, as a pty's line
+    /// discipline acts on arrival — echoed (as ^C), the input before them dropped unless
+    /// NOFLSH, their signal sent to the foreground group — so that ^C stops a program that is
+    /// not reading. Returns the rest, for the program to read.
+    public func takeSignalCharacters(from input: [UInt8]) -> [UInt8] {
+        let settings = self.settings
+        guard settings.has(local: LocalFlag.isig) else { return input }
+        func signal(for byte: UInt8) -> Int32? {
+            switch byte {
+            case settings.character(ControlCharacter.interrupt): 2
+            case settings.character(ControlCharacter.quit): 3
+            case settings.character(ControlCharacter.suspend): 20
+            default: nil
+            }
+        }
+        guard input.contains(where: { signal(for: $0) != nil }) else { return input }
+        var kept: [UInt8] = []
+        var echo: [UInt8] = []
+        var signals: [Int32] = []
+        for byte in input {
+            guard let sent = signal(for: byte) else {
+                kept.append(byte)
+                continue
+            }
+            if !settings.has(local: LocalFlag.noflsh) {
+                kept.removeAll()
+                flushInput()
+            }
+            if settings.has(local: LocalFlag.echo) { Self.echoCharacter(byte, settings: settings, into: &echo) }
+            signals.append(sent)
+        }
+        if !echo.isEmpty {
+            var processed: [UInt8] = []
+            Self.processOutput(echo, flags: settings.outputFlags, into: &processed)
+            // The echo is best effort: a full log loses it, not the signal.
+            try? append(processed)
+        }
+        for sent in signals { signalForeground(sent) }
+        return kept
+    }
+
     // MARK: - Settings
 
     var settings: TerminalSettings { state.withLock { $0.settings } }
