@@ -352,8 +352,10 @@ extension Engine {
                 _ = try await workerSet!.connection(shard).call("stdin", WorkerStdin(id: container.id, data: data, close: close), as: WorkerNothing.self)
                 return
             }
+            // A terminal's signal characters act as they arrive, not when the program reads.
+            let input = container.terminal.map { Data($0.takeSignalCharacters(from: Array(data))) } ?? data
             // A pipe whose reader is slow blocks the writer: a KVM thread's wait.
-            try await onKVMThread { try container.writeStdin(data, closing: close) }
+            try await onKVMThread { try container.writeStdin(input, closing: close) }
         }
     }
 
