@@ -136,6 +136,12 @@ struct AgentRoutes: Sendable {
             try await engine.attachStdin(try context.parameter("id"), data: data, close: close, by: context.actor)
             return Response(status: .noContent)
         }
+        on(.post, "/v1/containers/{id}/resize") { request, context in
+            guard let rows = try request.int("rows", in: Engine.windowRange) else { throw APIError.invalid("rows is required (1...65535)", field: "rows") }
+            guard let columns = try request.int("columns", in: Engine.windowRange) else { throw APIError.invalid("columns is required (1...65535)", field: "columns") }
+            try await engine.resizeContainer(try context.parameter("id"), rows: rows, columns: columns, by: context.actor)
+            return Response(status: .noContent)
+        }
         on(.post, "/v1/containers/{id}/stop") { request, context in
             let grace = try request.int("grace", in: 0...3600) ?? 10
             return try json(try await engine.stopContainer(try context.parameter("id"), grace: .seconds(grace), by: context.actor))

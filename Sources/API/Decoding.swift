@@ -118,7 +118,7 @@ extension APIError {
 
 extension ContainerSpec: StrictBody {
     static let fields: Set<String> = ["image", "name", "arguments", "entrypoint", "cmd", "environment", "hostname", "memoryMiB", "forkPoint", "labels",
-                                      "openStdin", "stdin", "pool", "memoryReservationMiB"]
+                                      "openStdin", "stdin", "pool", "memoryReservationMiB", "tty"]
 }
 
 struct ImageRequest: StrictBody {

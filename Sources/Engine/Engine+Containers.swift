@@ -92,12 +92,13 @@ extension Engine {
             let folder = containersFolder.appendingPathComponent(id, isDirectory: true)
             let stdin = spec.stdin
             let openStdin = spec.openStdin == true
+            let tty = spec.tty == true
             let placementPool = spec.pool
             let placed = placementID
             // Files, pipe, fork and registration: a KVM thread's work (the fork may build a VM
             // when the pool is empty).
             let make: @Sendable () throws -> ManagedContainer = { [self] in
-                let streams = try ContainerStreams(folder: folder, folders: containerFolders, stdin: stdin, openStdin: openStdin)
+                let streams = try ContainerStreams(folder: folder, folders: containerFolders, stdin: stdin, openStdin: openStdin, tty: tty)
                 defer { streams.closeChildEnds() }
                 let vm: Fork.Container
                 var disk: ContainerDiskRoot?
@@ -116,8 +117,9 @@ extension Engine {
                                          forkPoint: forkPoint, labels: labels, parent: policy.id, pool: placementPool, placementID: placed,
                                          createdAt: Date().timeIntervalSince1970, startedAt: nil, finishedAt: nil,
                                          forkMicroseconds: Self.microseconds(vm.forkLatency), reusedVM: vm.reusesVM,
-                                         argv0: command.argv0, entrypoint: command.entrypoint, cmd: command.cmd)
-                let managed = ManagedContainer(info: info, logFolder: folder, vm: vm, stdinWriter: streams.stdinWriter, family: family, disk: disk)
+                                         argv0: command.argv0, entrypoint: command.entrypoint, cmd: command.cmd, tty: tty ? true : nil)
+                let managed = ManagedContainer(info: info, logFolder: folder, vm: vm, stdinWriter: streams.stdinWriter, family: family, disk: disk,
+                                               terminal: streams.terminal)
                 registry.withLock { registry in
                     registry.containers[id] = managed
                     registry.forks += 1
@@ -350,10 +352,36 @@ extension Engine {
                 _ = try await workerSet!.connection(shard).call("stdin", WorkerStdin(id: container.id, data: data, close: close), as: WorkerNothing.self)
                 return
             }
+            // A terminal's signal characters act as they arrive, not when the program reads.
+            let input = container.terminal.map { Data($0.takeSignalCharacters(from: Array(data))) } ?? data
             // A pipe whose reader is slow blocks the writer: a KVM thread's wait.
-            try await onKVMThread { try container.writeStdin(data, closing: close) }
+            try await onKVMThread { try container.writeStdin(input, closing: close) }
         }
     }
+
+    // MARK: Resize
+
+    /// Sets the window size of a container's terminal (Docker's resize): its programs read
+    /// it with TIOCGWINSZ, and the foreground process group gets SIGWINCH when it changed.
+    /// 409 for a container without a terminal or one that has ended.
+    public func resizeContainer(_ idOrName: String, rows: Int, columns: Int, by actor: String) async throws {
+        try await audited("container.resize", subject: idOrName, actor: actor, detail: "{\"rows\":\(rows),\"columns\":\(columns)}") {
+            for (name, value) in [("rows", rows), ("columns", columns)] where !Self.windowRange.contains(value) {
+                throw EngineError.invalid(name, "\(name) \(value) is out of range (\(Self.windowRange))")
+            }
+            let container = try container(idOrName)
+            guard container.info.tty == true else { throw EngineError(.conflict, "container \(container.id) has no terminal (create it with tty)") }
+            guard container.exit == nil else { throw EngineError(.conflict, "container \(container.id) is not running") }
+            if let shard = container.shard {
+                _ = try await workerSet!.connection(shard).call("resize", WorkerResize(id: container.id, rows: rows, columns: columns), as: WorkerNothing.self)
+                return
+            }
+            container.terminal?.resize(to: GuestTerminal.WindowSize(rows: UInt16(rows), columns: UInt16(columns)))
+        }
+    }
+
+    /// The window sizes resize accepts (a terminal's are unsigned shorts).
+    public static let windowRange = 1...Int(UInt16.max)
 
     // MARK: Remove
 
@@ -468,11 +496,13 @@ private struct ContainerStreams {
     let output: Int32
     let error: Int32
     let stdinWriter: Int32
+    /// The container's terminal when it has one (its output goes to stdout.log).
+    let terminal: GuestTerminal?
     /// Where each write to stdout.log and stderr.log lands in time (stdout.times, stderr.times).
     let outputTimes: LogTimeIndex
     let errorTimes: LogTimeIndex
 
-    init(folder: URL, folders: ContainerFolderPool, stdin: String?, openStdin: Bool) throws {
+    init(folder: URL, folders: ContainerFolderPool, stdin: String?, openStdin: Bool, tty: Bool) throws {
         // A ready folder's files exist, empty: opened as they are (no O_TRUNC, no change).
         let ready = try folders.make(folder)
         let truncate = ready ? 0 : O_TRUNC
@@ -511,9 +541,16 @@ private struct ContainerStreams {
             stdinWriter = -1
         }
         guard input >= 0 else { throw EngineError(.failed, "cannot open the standard input: \(String(cString: strerror(errno)))") }
+        do {
+            terminal = tty ? try GuestTerminal(output: output, outputTimes: outputTimes) : nil
+        } catch {
+            throw EngineError(.failed, "cannot make the container's terminal: \(error)")
+        }
     }
 
-    var standard: StandardStreams { StandardStreams(input: input, output: output, error: error, outputTimes: outputTimes, errorTimes: errorTimes) }
+    var standard: StandardStreams {
+        StandardStreams(input: input, output: output, error: error, outputTimes: outputTimes, errorTimes: errorTimes, terminal: terminal)
+    }
 
     /// The child holds its own duplicates once forked.
     func closeChildEnds() {

@@ -109,6 +109,11 @@ public struct ContainerSpec: Codable, Sendable, Equatable {
     public var openStdin: Bool?
     /// The whole standard input, given up front.
     public var stdin: String?
+    /// Give the container a terminal (Docker's Tty, `docker run -t`): its descriptors 0, 1
+    /// and 2 are one terminal of 24 x 80 (`resize` changes it), its output reaches the log
+    /// through the terminal's output processing ("\n" as "\r\n"), stderr merged into
+    /// stdout, and its input through the line discipline (echo, canonical lines).
+    public var tty: Bool?
     /// The placement resource pool charged for the container (placement state of this host).
     public var pool: String?
     /// Memory charged to the pool for the container, when more than the image's per-child
@@ -118,7 +123,8 @@ public struct ContainerSpec: Codable, Sendable, Equatable {
     public init(image: String, name: String? = nil, arguments: [String]? = nil, entrypoint: [String]? = nil, cmd: [String]? = nil,
                 environment: [String]? = nil, hostname: String? = nil,
                 memoryMiB: Int? = nil, forkPoint: ForkPointName? = nil, labels: [String: String]? = nil, openStdin: Bool? = nil,
-                stdin: String? = nil, pool: String? = nil, memoryReservationMiB: Int? = nil) {
+                stdin: String? = nil, pool: String? = nil, memoryReservationMiB: Int? = nil, tty: Bool? = nil) {
+        self.tty = tty
         self.image = image
         self.name = name
         self.arguments = arguments
@@ -177,6 +183,8 @@ public struct ContainerInfo: Codable, Sendable, Equatable {
     /// merges them, when it named either (nil: it runs `arguments` or the image's command).
     public var entrypoint: [String]? = nil
     public var cmd: [String]? = nil
+    /// True when it has a terminal (created with `tty`).
+    public var tty: Bool?
 }
 
 /// How a container ended, as wait returns it.

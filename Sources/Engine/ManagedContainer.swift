@@ -12,6 +12,8 @@ final class ManagedContainer: Sendable {
     let family: ParentFamily?
     /// Its own writable disk, when its root filesystem is served from its image's disks.
     let disk: ContainerDiskRoot?
+    /// Its terminal, when it has one and its VM is in this process.
+    let terminal: GuestTerminal?
     private let state: Mutex<MutableState>
 
     struct MutableState {
@@ -28,8 +30,9 @@ final class ManagedContainer: Sendable {
     }
 
     init(info: ContainerInfo, logFolder: URL, vm: Fork.Container?, stdinWriter: Int32, family: ParentFamily?, exit: ExitInfo? = nil,
-         shard: Int? = nil, disk: ContainerDiskRoot? = nil) {
+         shard: Int? = nil, disk: ContainerDiskRoot? = nil, terminal: GuestTerminal? = nil) {
         id = info.id
+        self.terminal = terminal
         self.disk = disk
         self.logFolder = logFolder
         self.family = family

@@ -20,7 +20,7 @@ import Store
 ///   (parent.evict, parent.shrink).
 ///
 /// Ops: hello (the caller becomes the one the events go to; returns every container and
-/// parent the worker holds), create, start, stop, kill, stdin, remove, parents,
+/// parent the worker holds), create, start, stop, kill, stdin, resize, remove, parents,
 /// ensureParents, drainParents, removeParents, pressure, shutdown.
 enum WorkerWire {
     static let maxFrame = 64 << 20
@@ -169,6 +169,7 @@ struct WorkerContainerRef: Codable, Sendable { var id: String }
 struct WorkerStop: Codable, Sendable { var id: String; var graceMilliseconds: Int }
 struct WorkerKill: Codable, Sendable { var id: String; var signal: Int32 }
 struct WorkerStdin: Codable, Sendable { var id: String; var data: Data; var close: Bool }
+struct WorkerResize: Codable, Sendable { var id: String; var rows: Int; var columns: Int }
 struct WorkerRemove: Codable, Sendable { var id: String; var force: Bool }
 /// The `parents` op: every policy the worker holds, or only `id` (none when it holds no such
 /// policy), with the sharing figures of those only.

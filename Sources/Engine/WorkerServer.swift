@@ -126,6 +126,12 @@ public final class WorkerServer: Sendable {
                 try await engine.attachStdin(request.id, data: request.data, close: request.close, by: actor)
                 return WorkerNothing()
             }
+        case "resize":
+            await peer.reply(id) { [self] in
+                let request = try body(WorkerResize.self, frame)
+                try await engine.resizeContainer(request.id, rows: request.rows, columns: request.columns, by: actor)
+                return WorkerNothing()
+            }
         case "remove":
             await peer.reply(id) { [self] in
                 let request = try body(WorkerRemove.self, frame)

@@ -52,7 +52,13 @@ public struct StandardStreams: Sendable {
     /// guest write to them notes itself there (`LogTimeIndex`).
     public var outputTimes: LogTimeIndex?
     public var errorTimes: LogTimeIndex?
-    public init(input: Int32 = 0, output: Int32 = 1, error: Int32 = 2, outputTimes: LogTimeIndex? = nil, errorTimes: LogTimeIndex? = nil) {
+    /// Set for a container with a terminal: descriptors 0, 1 and 2 are then one open file on
+    /// it, reading `input`; `output`, `error` and their time indexes are not used (the
+    /// terminal writes its own log).
+    public var terminal: GuestTerminal?
+    public init(input: Int32 = 0, output: Int32 = 1, error: Int32 = 2, outputTimes: LogTimeIndex? = nil, errorTimes: LogTimeIndex? = nil,
+                terminal: GuestTerminal? = nil) {
+        self.terminal = terminal
         self.input = input
         self.output = output
         self.error = error
@@ -219,7 +225,10 @@ public final class ProcessVM: @unchecked Sendable {
         self.programName = programName
         self.exceptionStackFrame = exceptionStackFrame
         self.entry = entry
-        if tree == nil { self.tree.rootVM = self }
+        if tree == nil {
+            self.tree.rootVM = self
+            files.standardTerminal?.bind(self.tree)
+        }
     }
 
     /// Loads `executable` (a path inside the rootfs) with `arguments` (argv, including argv[0])
@@ -249,6 +258,7 @@ public final class ProcessVM: @unchecked Sendable {
                                        descriptorLimit: configuration.descriptorLimit)
             }
             files.attachLogTimes(output: streams.outputTimes, error: streams.errorTimes)
+            files.attachTerminal(streams.terminal)
             if configuration.workingDirectory != "/" {
                 let changed = configuration.workingDirectory.withCString { files.chdir($0) }
                 if changed < 0 { throw SystemError(call: "chdir(working directory \(configuration.workingDirectory))", errno: Int32(-changed)) }

@@ -79,9 +79,7 @@ extension VirtualContainerHost {
         case (.POST, "kill"): return try await killContainer(id, request)
         case (.POST, "wait"): return try await waitContainer(id, request)
         case (.GET, "logs"): return try await logs(id, request)
-        case (.POST, "resize"):
-            _ = try await resolve(id)
-            return DockerResponse(status: .ok)
+        case (.POST, "resize"): return try await resizeContainer(id, request)
         case (.POST, "attach"):
             let info = try await resolve(id)
             if info.state == .exited, try !request.bool("logs") { throw DockerError.conflict("You cannot attach to a stopped container, start it first") }

@@ -45,7 +45,10 @@ extension VirtualContainerHost {
         }
         labels[Label.owner] = name
         if body.HostConfig?.AutoRemove == true { labels[Label.autoRemove] = "1" }
-        if body.Tty == true { labels[Label.tty] = "1" }
+        if body.Tty == true {
+            labels[Label.tty] = "1"
+            spec.tty = true
+        }
         if body.OpenStdin == true {
             labels[Label.openStdin] = "1"
             spec.openStdin = true
@@ -195,6 +198,24 @@ extension VirtualContainerHost {
         }
         try await agent.call("POST", "/v1/containers/\(info.id)/kill?signal=\(signal)")
         return .noContent
+    }
+
+    /// docker's resize (`-t`, at the start and on each window change): the agent sets the
+    /// terminal's size. A container without a terminal has nothing to size (200, as Docker's
+    /// runtime ignores it); one that is not running is refused (409), as Docker does.
+    func resizeContainer(_ reference: String, _ request: DockerRequest) async throws -> DockerResponse {
+        var size: [Int] = []
+        for name in ["h", "w"] {
+            guard let text = request.string(name), let value = Int(text), Engine.windowRange.contains(value) else {
+                throw DockerError.badRequest("resize: \(name)=\(request.string(name) ?? "") is not a size in \(Engine.windowRange)")
+            }
+            size.append(value)
+        }
+        let info = try await resolve(reference)
+        guard info.state == .running else { throw DockerError.conflict("Container \(info.id) is not running") }
+        guard info.tty == true else { return DockerResponse(status: .ok) }
+        try await agent.call("POST", "/v1/containers/\(info.id)/resize?rows=\(size[0])&columns=\(size[1])")
+        return DockerResponse(status: .ok)
     }
 
     func removeContainer(_ reference: String, _ request: DockerRequest) async throws -> DockerResponse {

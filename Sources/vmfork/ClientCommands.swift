@@ -71,7 +71,7 @@ struct ContainerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "container",
         abstract: "Run and manage containers through the daemon (vmfork serve).",
-        subcommands: [Run.self, Create.self, Start.self, PS.self, Logs.self, Stop.self, Kill.self, Remove.self, Inspect.self, Wait.self, Commit.self]
+        subcommands: [Run.self, Create.self, Start.self, PS.self, Logs.self, Stop.self, Kill.self, Resize.self, Remove.self, Inspect.self, Wait.self, Commit.self]
     )
 
     struct SpecOptions: ParsableArguments {
@@ -86,6 +86,7 @@ struct ContainerCommand: ParsableCommand {
         var entrypoint: String?
         @Flag(help: "The words after -- are Docker's CMD (argv[0] first when the image has no entrypoint), not the arguments after the image's argv[0].")
         var cmd = false
+        @Flag(name: .shortAndLong, help: "Give the container a terminal (24 x 80; \\n reaches the output as \\r\\n, stderr goes to stdout).") var tty = false
 
         func spec(image: String, arguments: [String]) throws -> ContainerSpec {
             var labels: [String: String] = [:]
@@ -97,7 +98,7 @@ struct ContainerCommand: ParsableCommand {
             return ContainerSpec(image: image, name: name, arguments: docker || arguments.isEmpty ? nil : arguments,
                                  entrypoint: entrypoint.map { [$0] }, cmd: docker && !arguments.isEmpty ? arguments : nil,
                                  environment: environment.isEmpty ? nil : environment, hostname: hostname, memoryMiB: memory,
-                                 forkPoint: stdinForkPoint ? .stdin : nil, labels: labels.isEmpty ? nil : labels, pool: pool)
+                                 forkPoint: stdinForkPoint ? .stdin : nil, labels: labels.isEmpty ? nil : labels, pool: pool, tty: tty ? true : nil)
         }
     }
 
@@ -248,6 +249,17 @@ struct ContainerCommand: ParsableCommand {
         func run() throws {
             let response = try daemon.call("POST", "/v1/containers/\(percentEncoded(container))/kill?signal=\(signal)")
             if daemon.json { daemon.printJSON(response) } else { print(try response.decode(ContainerInfo.self).id) }
+        }
+    }
+
+    struct Resize: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "resize", abstract: "Set the window size of a container's terminal (one created with --tty).")
+        @Argument(help: "Container id or name.") var container: String
+        @Option(help: "Rows (1-65535).") var rows: Int
+        @Option(help: "Columns (1-65535).") var columns: Int
+        @OptionGroup var daemon: DaemonOptions
+        func run() throws {
+            _ = try daemon.call("POST", "/v1/containers/\(percentEncoded(container))/resize?rows=\(rows)&columns=\(columns)")
         }
     }
 

@@ -73,10 +73,10 @@ struct DockerCLITests {
         #expect(try fixture.agent.send("GET", "/v1/containers/\(hostnameID)").decode(ContainerInfo.self).hostname == "box1")
         #expect(try fixture.docker(socket, ["rm", "-f", hostnameID]).status == 0)
 
-        // -t: one raw stream (stderr arrives on stdout, as with a terminal).
+        // -t: one raw stream (stderr arrives on stdout, as with a terminal), "\n" as "\r\n".
         let tty = try fixture.docker(socket, ["run", "--rm", "-t", "busybox", "sh", "-c", "echo to-out; echo to-err >&2"])
         #expect(tty.status == 0)
-        #expect(tty.stdout.contains("to-out") && tty.stdout.contains("to-err") && tty.stderr.isEmpty, "\(tty)")
+        #expect(tty.stdout == "to-out\r\nto-err\r\n" && tty.stderr.isEmpty, "\(tty)")
 
         // -d with --name, --label, --memory: the agent sees the same container.
         let detached = try fixture.docker(socket, ["run", "-d", "--name", "web", "--label", "tier=front", "--memory", "32m", "busybox",
@@ -114,6 +114,74 @@ struct DockerCLITests {
         _ = try fixture.docker(socket, ["create", "--name", "taken", "busybox"])
         let taken = try fixture.docker(socket, ["create", "--name", "taken", "busybox"])
         #expect(taken.status != 0 && taken.stderr.contains("Conflict. The container name \"/taken\" is already in use by container"), "\(taken.stderr)")
+    }
+
+    /// -t gives the program a terminal (isatty, 24 x 80, "\r\n"); -it, with the CLI itself on a
+    /// terminal (util-linux script gives it one: with a pipe it refuses, "the input device is
+    /// not a TTY"), echoes what is typed and reads it a line at a time; docker's resize sets
+    /// the size the program reads.
+    @Test func terminalForRunTAndIT() throws {
+        let fixture = try VCHFixture()
+        let socket = try fixture.startVCH("dev", pool: "dev")
+        let size = try fixture.docker(socket, ["run", "--rm", "-t", "busybox", "sh", "-c", "stty size; [ -t 0 ] && [ -t 1 ] && echo yes"])
+        #expect(size.status == 0 && size.stdout == "24 80\r\nyes\r\n" && size.stderr.isEmpty, "\(size)")
+        let piped = try fixture.docker(socket, ["run", "--rm", "-i", "-t", "busybox", "true"], stdin: Data())
+        #expect(piped.status != 0 && piped.stderr.contains("not a TTY"), "\(piped)")
+
+        // -it on a terminal: the typed line is echoed by the container's terminal and read whole.
+        let shell = Process()
+        shell.executableURL = URL(fileURLWithPath: "/bin/sh")
+        shell.arguments = ["-c", "(sleep 1; printf 'ab\\177c\\r'; sleep 2) | timeout 60 script -qec \"docker run --rm -it busybox sh -c 'read x; echo got-\\$x; stty size'\" /dev/null"]
+        shell.environment = fixture.dockerEnvironment.merging(["DOCKER_HOST": "unix://\(socket)"]) { $1 }
+        let out = Pipe()
+        shell.standardOutput = out
+        shell.standardError = out
+        shell.standardInput = FileHandle.nullDevice
+        try shell.run()
+        let transcript = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        shell.waitUntilExit()
+        #expect(shell.terminationStatus == 0, "\(transcript.debugDescription)")
+        #expect(transcript.contains("got-ac\r\n24 80\r\n"), "\(transcript.debugDescription)")
+        #expect(transcript.contains("ab\u{8} \u{8}c\r\n"), "the container's echo with the erase: \(transcript.debugDescription)")
+
+        // docker's resize (the CLI sends it only from a terminal): through the VCH, as the CLI does.
+        let run = try fixture.docker(socket, ["run", "-d", "-t", "--name", "sized", "busybox", "sh", "-c", "trap 'stty size; exit 3' WINCH; while :; do sleep 0.05; done"])
+        #expect(run.status == 0, "\(run)")
+        let id = run.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let vch = AgentClient(socketPath: socket)
+        for query in ["h=0&w=80", "h=24", "h=a&w=b", "h=24&w=70000"] {
+            #expect(try vch.send("POST", "/v1.43/containers/sized/resize?\(query)").status == 400, "\(query)")
+        }
+        #expect(try vch.send("POST", "/v1.43/containers/sized/resize?h=33&w=99").status == 200)
+        // Bounded: without the signal the loop runs on, and is killed for the test to fail.
+        try? fixture.waitUntil("sized ends on SIGWINCH") { (try? fixture.docker(socket, ["inspect", "-f", "{{.State.Status}}", "sized"]))?.stdout == "exited\n" }
+        _ = try fixture.docker(socket, ["kill", "sized"])
+        #expect(try fixture.docker(socket, ["wait", "sized"]).stdout == "3\n")
+        #expect(try fixture.docker(socket, ["logs", "sized"]).stdout == "33 99\r\n")
+        #expect(try vch.send("POST", "/v1.43/containers/sized/resize?h=33&w=99").status == 409, "not running")
+        #expect(try fixture.agent.send("GET", "/v1/containers/\(id)").decode(ContainerInfo.self).tty == true)
+        #expect(try fixture.docker(socket, ["rm", "sized"]).status == 0)
+    }
+
+    /// `docker run -it busybox sh` from a terminal: an interactive shell (job control, line
+    /// editing in raw mode) with a prompt, that runs what is typed.
+    @Test func interactiveShell() throws {
+        let fixture = try VCHFixture()
+        let socket = try fixture.startVCH("dev", pool: "dev")
+        let shell = Process()
+        shell.executableURL = URL(fileURLWithPath: "/bin/sh")
+        shell.arguments = ["-c", "(sleep 2; printf 'echo hi-$((6*7))\\r'; sleep 1; printf 'exit 5\\r'; sleep 2) | timeout 60 script -qec \"docker run --rm -it busybox sh\" /dev/null"]
+        shell.environment = fixture.dockerEnvironment.merging(["DOCKER_HOST": "unix://\(socket)"]) { $1 }
+        let out = Pipe()
+        shell.standardOutput = out
+        shell.standardError = out
+        shell.standardInput = FileHandle.nullDevice
+        try shell.run()
+        let transcript = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        shell.waitUntilExit()
+        #expect(shell.terminationStatus == 5, "\(transcript.debugDescription)")
+        #expect(transcript.contains("/ # "), "a prompt: \(transcript.debugDescription)")
+        #expect(transcript.contains("hi-42\r\n"), "\(transcript.debugDescription)")
     }
 
     @Test func createStartPsLogsWaitStopKillRemoveAttach() throws {

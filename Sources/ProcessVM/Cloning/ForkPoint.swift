@@ -179,6 +179,7 @@ extension ProcessVM {
         do throws(SystemError) {
             files = try forkPoint.files.copyForChildContainer(standardStreams: (streams.input, streams.output, streams.error), rootFileSystem: rootFileSystem)
             files.attachLogTimes(output: streams.outputTimes, error: streams.errorTimes)
+            files.attachTerminal(streams.terminal)
         } catch {
             throw .system(error)
         }

@@ -32,6 +32,7 @@ extension GuestFiles {
     public func lseek(_ fd: Int32, offset: Int, whence: Int32) -> Int {
         linuxResult { () throws(SystemError) in
             let file = try openFile(fd)
+            guard file.terminal == nil else { throw SystemError(call: "lseek(terminal)", errno: ESPIPE) }
             if let state = file.disk, state.node.isDirectory {
                 guard whence == SEEK_SET, offset >= 0 else { throw SystemError(call: "lseek(disk folder)", errno: EINVAL) }
                 state.position = offset

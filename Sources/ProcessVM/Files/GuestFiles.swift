@@ -157,6 +157,25 @@ public final class GuestFiles: @unchecked Sendable {
         if let error { slots[2]?.file.logTimes = error }
     }
 
+    /// Makes guest descriptors 0, 1 and 2, as installed for a new VM or child container, one
+    /// open file on `terminal` (reading descriptor 0's host file as its input), as a
+    /// terminal's slave is a container's three standard streams.
+    func attachTerminal(_ terminal: GuestTerminal?) {
+        guard let terminal, let input = slots[0]?.file else { return }
+        input.terminal = terminal
+        input.logTimes = nil
+        slots[1] = DescriptorSlot(file: input, closeOnExec: false)
+        slots[2] = DescriptorSlot(file: input, closeOnExec: false)
+    }
+
+    /// The terminal `fd` is open on; nil when it is not open or not a terminal.
+    func terminal(of fd: Int32) -> GuestTerminal? {
+        try? openFile(fd).terminal
+    }
+
+    /// The terminal of descriptor 0 as installed (the container's), for its first process.
+    var standardTerminal: GuestTerminal? { slots.first??.file.terminal }
+
     /// The same descriptor numbers, close-on-exec flags and working directory, with each open
     /// file copied once by `copyFile` (descriptors that share an open file here share one in
     /// the copy too). The first `skipped` slots are left empty for the caller to fill;

@@ -75,10 +75,17 @@ extension OpenFile {
         // The same kernel object: an epoll instance keeps one list of registrations.
         copy.kind = kind
         copy.logTimes = logTimes
+        copy.terminal = terminal
         return copy
     }
 
     func read(into buffer: UnsafeMutableRawBufferPointer) throws(SystemError) -> Int {
+        if let terminal { return try terminal.read(into: buffer, from: self) }
+        return try readHost(into: buffer)
+    }
+
+    /// A read of the host file itself (for a terminal, its raw input).
+    func readHost(into buffer: UnsafeMutableRawBufferPointer) throws(SystemError) -> Int {
         switch access {
         case .neverWaits, .nonBlocking:
             return try retryingSyscall("read") { Glibc.read(hostFD, buffer.baseAddress, buffer.count) }
@@ -91,6 +98,7 @@ extension OpenFile {
     }
 
     func write(from buffer: UnsafeRawBufferPointer) throws(SystemError) -> Int {
+        if let terminal { return try terminal.write(buffer) }
         if let growth { try charge(growth, upTo: nil, count: buffer.count) }
         logTimes?.willWrite(to: hostFD)
         switch access {
@@ -107,12 +115,12 @@ extension OpenFile {
     /// pread64 and pwrite64: files that could wait are never seekable, and the kernel
     /// answers ESPIPE for them before looking at the data; a socket gets ESPIPE here.
     func pread(into buffer: UnsafeMutableRawBufferPointer, offset: Int) throws(SystemError) -> Int {
-        guard access != .socket else { throw SystemError(call: "pread", errno: ESPIPE) }
+        guard access != .socket, terminal == nil else { throw SystemError(call: "pread", errno: ESPIPE) }
         return try retryingSyscall("pread") { Glibc.pread(hostFD, buffer.baseAddress, buffer.count, off_t(offset)) }
     }
 
     func pwrite(from buffer: UnsafeRawBufferPointer, offset: Int) throws(SystemError) -> Int {
-        guard access != .socket else { throw SystemError(call: "pwrite", errno: ESPIPE) }
+        guard access != .socket, terminal == nil else { throw SystemError(call: "pwrite", errno: ESPIPE) }
         if let growth { try charge(growth, upTo: offset, count: buffer.count) }
         logTimes?.willWrite(to: hostFD)
         return try retryingSyscall("pwrite") { Glibc.pwrite(hostFD, buffer.baseAddress, buffer.count, off_t(offset)) }

@@ -29,6 +29,10 @@ final class OpenFile {
     /// Set for a container's stdout and stderr log: the time index each write notes itself in
     /// (shared by every descriptor and forked process writing that log).
     var logTimes: LogTimeIndex?
+    /// Set for a container's terminal (guest descriptors 0, 1 and 2 of a `docker run -t`):
+    /// reads go through its line discipline from `host` (the container's input), writes
+    /// through its output processing to its log.
+    var terminal: GuestTerminal?
 
     init(host: consuming FileDescriptor, isInsideRootfs: Bool, access: HostAccess = .neverWaits, guestStatusFlags: Int32? = nil) {
         self.host = host

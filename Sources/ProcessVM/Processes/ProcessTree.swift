@@ -304,6 +304,15 @@ public final class ProcessTree: @unchecked Sendable {
     func processGroup(of pid: Int32) -> Int32? { locked { entries[pid].map(\.processGroup) } }
     func session(of pid: Int32) -> Int32? { locked { entries[pid].map(\.session) } }
 
+    /// True when a running process of `pid`'s session is in process group `group`
+    /// (what TIOCSPGRP accepts).
+    func groupExists(_ group: Int32, inSessionOf pid: Int32) -> Bool {
+        locked {
+            guard let session = entries[pid]?.session else { return false }
+            return entries.values.contains { $0.processGroup == group && $0.session == session && $0.status == nil }
+        }
+    }
+
     func markExeced(_ pid: Int32, command: [String]) {
         locked {
             entries[pid]?.hasExeced = true
@@ -365,6 +374,14 @@ public final class ProcessTree: @unchecked Sendable {
             }
             guard !matches.isEmpty else { throw .ESRCH }
             return matches.filter { $0.1.status == nil }.map { key, entry in key == rootPid ? rootVM : entry.vm }
+        }
+    }
+
+    /// The running processes of process group `group` (a terminal's foreground group).
+    func runningMembers(ofGroup group: Int32) -> [ProcessVM] {
+        locked {
+            entries.filter { $0.value.processGroup == group && $0.value.status == nil }
+                .compactMap { $0.key == rootPid ? rootVM : $0.value.vm }
         }
     }
 

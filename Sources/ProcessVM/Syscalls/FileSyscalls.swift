@@ -71,6 +71,7 @@ extension ProcessVM {
     /// ioctl: the argument's size depends on the request; unknown requests get no buffer.
     private func ioctl(_ c: SystemCall) -> SyscallOutcome {
         let request = UInt32(truncatingIfNeeded: c.a1)
+        if let terminal = files.terminal(of: c.int(c.a0)) { return terminalIoctl(terminal, request: request, c) }
         guard let size = GuestFiles.ioctlArgumentSize(request: request) else {
             return .int(files.ioctl(c.int(c.a0), request: request, argument: UnsafeMutableRawBufferPointer(start: nil, count: 0)))
         }
@@ -106,14 +107,23 @@ extension ProcessVM {
         // The open files are held for the whole call: another thread closing a guest
         // descriptor meanwhile cannot make its host number another file's.
         var held: [OpenFile] = []
+        // A terminal is ready without the host's say for output (its log always takes it)
+        // and for input it has processed already; its host file is its input.
+        var terminalReady = [Int16](repeating: 0, count: Int(count))
+        let readable = Int16(POLLIN) | 0x40, writable = Int16(POLLOUT) | 0x100 // POLLRDNORM, POLLWRNORM
         var host = (0..<Int(count)).map { index -> pollfd in
             let fd = entries.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: index * 8, as: Int32.self) }
             let events = entries.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: index * 8 + 4, as: Int16.self) }
             guard fd >= 0 else { return pollfd(fd: -1, events: events, revents: 0) }
             guard let file = try? files.openFile(fd) else { return pollfd(fd: -2, events: events, revents: 0) }
             held.append(file)
+            if let terminal = file.terminal {
+                terminalReady[index] = events & writable | (terminal.hasReadyInput ? events & readable : 0)
+                return pollfd(fd: file.hostFD, events: events & ~writable, revents: 0)
+            }
             return pollfd(fd: file.hostFD, events: events, revents: 0)
         }
+        let readyAlready = terminalReady.contains { $0 != 0 }
         defer { withExtendedLifetime(held) {} }
         let deadline = timeout.map { Date(timeIntervalSinceNow: $0) }
         let wake = interrupts.wakeup.waitDescriptor()
@@ -121,13 +131,13 @@ extension ProcessVM {
         while true {
             var checked = host.map { $0.fd == -2 ? pollfd(fd: -1, events: 0, revents: 0) : $0 }
             checked.append(pollfd(fd: wake ?? -1, events: Int16(POLLIN), revents: 0))
-            let slice = Self.pollSlice(until: deadline, woken: wake != nil)
+            let slice = readyAlready ? 0 : Self.pollSlice(until: deadline, woken: wake != nil)
             // The process's other threads serve their calls meanwhile.
             ready = releasingMachineState { Glibc.poll(&checked, nfds_t(checked.count), slice) }
             if ready < 0 && errno != EINTR { return .error(.EINVAL) }
             if let wake, checked[host.count].revents != 0 { interrupts.wakeup.drain(wake) }
             for index in host.indices {
-                host[index].revents = host[index].fd == -2 ? invalid : checked[index].revents
+                host[index].revents = host[index].fd == -2 ? invalid : checked[index].revents | terminalReady[index]
             }
             ready = Int32(host.filter { $0.revents != 0 }.count)
             if ready > 0 || (deadline.map { $0.timeIntervalSinceNow <= 0 } ?? false) { break }
