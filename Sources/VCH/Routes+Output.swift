@@ -183,17 +183,19 @@ extension VirtualContainerHost {
             delay.cancel()
             if let running = state.follow.withLock({ $0 }) {
                 running.cancel()
-                do {
-                    _ = try await running.value
-                } catch is CancellationError {
-                } catch {
-                    continuation.finish(throwing: error)
-                    return
-                }
+                // Whatever it ended with: the cancel shuts its agent connection down, which its
+                // read reports as that connection's error, not as a CancellationError. The read
+                // below is what says what is left (and fails if the agent cannot answer).
+                _ = await running.result
             }
             let offset = state.sent.withLock { $0 }
-            if let rest = try? await agent.call("GET", base + "&since=\(offset)").body, !rest.isEmpty { continuation.yield(rest) }
-            continuation.finish()
+            do {
+                let rest = try await agent.call("GET", base + "&since=\(offset)").body
+                if !rest.isEmpty { continuation.yield(rest) }
+                continuation.finish()
+            } catch {
+                continuation.finish(throwing: error)
+            }
         }
         continuation.onTermination = { _ in task.cancel() }
         return stream
