@@ -10,13 +10,6 @@ public struct MappingUsage: Sendable, Equatable {
     public var privateBytes: Int
     /// Of those, the dirtied ones (copy-on-write copies and fresh anonymous pages).
     public var privateDirty: Int
-
-    public init(resident: Int, shared: Int, privateBytes: Int, privateDirty: Int) {
-        self.resident = resident
-        self.shared = shared
-        self.privateBytes = privateBytes
-        self.privateDirty = privateDirty
-    }
 }
 
 /// This process's mappings with the kernel's accounting of each, from one read of
@@ -30,102 +23,38 @@ public struct MemoryMappings: Sendable {
     public let entries: [Entry]
 
     public static func current() -> MemoryMappings {
-        guard let bytes = readKernelBytes("/proc/self/smaps") else { return MemoryMappings(entries: []) }
-        return parse(bytes)
-    }
-
-    /// Parses smaps text: a header line per mapping ("start-end perms offset device inode
-    /// path", the range in hex) followed by its "Key: N kB" lines. Read as bytes: splitting a
-    /// String into substrings and characters took ~40 ms of CPU a read with a pool of 32 VMs,
-    /// and the load runner's sampler asks for one every second.
-    public static func parse(_ bytes: [UInt8]) -> MemoryMappings {
+        guard let text = readKernelFile("/proc/self/smaps") else { return MemoryMappings(entries: []) }
         var entries: [Entry] = []
         var current: Range<UInt>?
         var usage = MappingUsage(resident: 0, shared: 0, privateBytes: 0, privateDirty: 0)
         func finish() {
             if let current { entries.append(Entry(range: current, usage: usage)) }
         }
-        // unsafe: every index read is checked against the buffer's count (the lines' and words' ends).
-        bytes.withUnsafeBufferPointer { text in
-            var lineStart = 0
-            while lineStart < text.count {
-                var lineEnd = lineStart
-                while lineEnd < text.count, text[lineEnd] != newline { lineEnd += 1 }
-                defer { lineStart = lineEnd + 1 }
-                // The line's first two space-separated words.
-                var firstStart = lineStart
-                while firstStart < lineEnd, text[firstStart] == space { firstStart += 1 }
-                guard firstStart < lineEnd else { continue }
-                var firstEnd = firstStart
-                while firstEnd < lineEnd, text[firstEnd] != space { firstEnd += 1 }
-                let first = UnsafeBufferPointer(rebasing: text[firstStart..<firstEnd])
-                if first.last != colon {
-                    // A mapping's header.
-                    finish()
-                    current = range(first)
-                    usage = MappingUsage(resident: 0, shared: 0, privateBytes: 0, privateDirty: 0)
-                    continue
-                }
-                var secondStart = firstEnd
-                while secondStart < lineEnd, text[secondStart] == space { secondStart += 1 }
-                var secondEnd = secondStart
-                while secondEnd < lineEnd, text[secondEnd] != space { secondEnd += 1 }
-                guard let kilobytes = decimal(UnsafeBufferPointer(rebasing: text[secondStart..<secondEnd])) else { continue }
-                let amount = kilobytes * 1024
-                if first.elementsEqual(rss) {
-                    usage.resident = amount
-                } else if first.elementsEqual(sharedClean) || first.elementsEqual(sharedDirty) {
-                    usage.shared += amount
-                } else if first.elementsEqual(privateClean) {
-                    usage.privateBytes += amount
-                } else if first.elementsEqual(privateDirtyKey) {
-                    usage.privateBytes += amount
-                    usage.privateDirty = amount
-                }
+        for line in text.split(separator: "\n", omittingEmptySubsequences: true) {
+            let parts = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard let first = parts.first else { continue }
+            if !first.hasSuffix(":") {
+                // A mapping's header: "start-end perms offset device inode path".
+                finish()
+                let bounds = first.split(separator: "-").compactMap { UInt($0, radix: 16) }
+                current = bounds.count == 2 && bounds[0] < bounds[1] ? bounds[0]..<bounds[1] : nil
+                usage = MappingUsage(resident: 0, shared: 0, privateBytes: 0, privateDirty: 0)
+                continue
+            }
+            guard parts.count >= 2, let kilobytes = Int(parts[1]) else { continue }
+            let bytes = kilobytes * 1024
+            switch first {
+            case "Rss:": usage.resident = bytes
+            case "Shared_Clean:", "Shared_Dirty:": usage.shared += bytes
+            case "Private_Clean:": usage.privateBytes += bytes
+            case "Private_Dirty:":
+                usage.privateBytes += bytes
+                usage.privateDirty = bytes
+            default: break
             }
         }
         finish()
         return MemoryMappings(entries: entries)
-    }
-
-    private static let newline = UInt8(ascii: "\n"), space = UInt8(ascii: " "), colon = UInt8(ascii: ":"), dash = UInt8(ascii: "-")
-    private static let rss = Array("Rss:".utf8), sharedClean = Array("Shared_Clean:".utf8), sharedDirty = Array("Shared_Dirty:".utf8)
-    private static let privateClean = Array("Private_Clean:".utf8), privateDirtyKey = Array("Private_Dirty:".utf8)
-
-    /// "start-end" in hex, start below end; nil otherwise.
-    private static func range(_ word: UnsafeBufferPointer<UInt8>) -> Range<UInt>? {
-        guard let dashAt = word.firstIndex(of: dash),
-              let start = hexadecimal(UnsafeBufferPointer(rebasing: word[..<dashAt])),
-              let end = hexadecimal(UnsafeBufferPointer(rebasing: word[(dashAt + 1)...])), start < end else { return nil }
-        return start..<end
-    }
-
-    /// 1-16 hex digits, nothing else.
-    private static func hexadecimal(_ digits: UnsafeBufferPointer<UInt8>) -> UInt? {
-        guard (1...16).contains(digits.count) else { return nil }
-        var value: UInt = 0
-        for byte in digits {
-            let digit: UInt8
-            switch byte {
-            case UInt8(ascii: "0")...UInt8(ascii: "9"): digit = byte - UInt8(ascii: "0")
-            case UInt8(ascii: "a")...UInt8(ascii: "f"): digit = byte - UInt8(ascii: "a") + 10
-            case UInt8(ascii: "A")...UInt8(ascii: "F"): digit = byte - UInt8(ascii: "A") + 10
-            default: return nil
-            }
-            value = value << 4 | UInt(digit)
-        }
-        return value
-    }
-
-    /// 1-15 decimal digits (kilobytes, so that the byte count cannot overflow), nothing else.
-    private static func decimal(_ digits: UnsafeBufferPointer<UInt8>) -> Int? {
-        guard (1...15).contains(digits.count) else { return nil }
-        var value = 0
-        for byte in digits {
-            guard (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) else { return nil }
-            value = value * 10 + Int(byte - UInt8(ascii: "0"))
-        }
-        return value
     }
 
     /// The summed usage of every mapping inside [start, start + length) — one region the
@@ -177,11 +106,6 @@ public struct KernelMemory: Sendable, Equatable {
 /// Reads a /proc file to its end. They report a size of 0, so readers that trust the size
 /// see nothing.
 public func readKernelFile(_ path: String) -> String? {
-    readKernelBytes(path).map { String(decoding: $0, as: UTF8.self) }
-}
-
-/// `readKernelFile`'s bytes, undecoded.
-public func readKernelBytes(_ path: String) -> [UInt8]? {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { return nil }
     defer { close(fd) }
@@ -193,5 +117,5 @@ public func readKernelBytes(_ path: String) -> [UInt8]? {
         guard count > 0 else { break }
         bytes += chunk[..<count]
     }
-    return bytes
+    return String(decoding: bytes, as: UTF8.self)
 }
