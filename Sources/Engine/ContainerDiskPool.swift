@@ -13,6 +13,8 @@ import Synchronization
 /// renames one into place; one that finds none makes its own (a miss).
 final class ContainerDiskPool: Sendable {
     let folder: URL
+    /// `folder`'s path, for the per-container paths (made as strings: see `ContainerFolder.path`).
+    private let folderPath: String
     let readyFolder: URL
     let engine: IOEngine
     let logger: Logger
@@ -27,6 +29,7 @@ final class ContainerDiskPool: Sendable {
 
     init(folder: URL, engine: IOEngine, logger: Logger) throws {
         self.folder = folder
+        folderPath = folder.path
         readyFolder = folder.appendingPathComponent("ready", isDirectory: true)
         self.engine = engine
         self.logger = logger
@@ -41,7 +44,7 @@ final class ContainerDiskPool: Sendable {
     /// Disks ready for children of the top layer disk at `top`.
     func readyCount(top: String) -> Int { state.withLock { $0.ready[top]?.count ?? 0 } }
 
-    func path(for id: String) -> String { folder.appendingPathComponent("\(id).vmdk").path }
+    func path(for id: String) -> String { ContainerFolder.path("\(id).vmdk", in: folderPath) }
 
     /// A disk for container `id`, a child of `top`, at its first change: a ready one renamed
     /// to the container's name, or one made now under it (a miss, which waits for the I/O

@@ -506,15 +506,16 @@ private struct ContainerStreams {
         // A ready folder's files exist, empty: opened as they are (no O_TRUNC, no change).
         let ready = try folders.make(folder)
         let truncate = ready ? 0 : O_TRUNC
+        let folderPath = folder.path
         func openLog(_ name: String) throws -> Int32 {
-            let fd = open(folder.appendingPathComponent(name).path, O_WRONLY | O_CREAT | truncate | O_APPEND | O_CLOEXEC, 0o600)
+            let fd = open(ContainerFolder.path(name, in: folderPath), O_WRONLY | O_CREAT | truncate | O_APPEND | O_CLOEXEC, 0o600)
             guard fd >= 0 else { throw EngineError(.failed, "cannot open \(name) in \(folder.path): \(String(cString: strerror(errno)))") }
             return fd
         }
         func openTimes(_ stream: LogStream, _ timeline: LogTimeline) throws -> LogTimeIndex {
             let name = ContainerFolder.timesFile(stream)
             do {
-                return try LogTimeIndex(path: folder.appendingPathComponent(name).path, stream: stream == .stdout ? 1 : 2, timeline: timeline, empty: ready)
+                return try LogTimeIndex(path: ContainerFolder.path(name, in: folderPath), stream: stream == .stdout ? 1 : 2, timeline: timeline, empty: ready)
             } catch {
                 throw EngineError(.failed, "cannot open \(name) in \(folder.path): \(error)")
             }
@@ -532,7 +533,7 @@ private struct ContainerStreams {
             input = ends[0]
             stdinWriter = ends[1]
         } else if let stdin {
-            let path = folder.appendingPathComponent("stdin").path
+            let path = ContainerFolder.path("stdin", in: folderPath)
             try Data(stdin.utf8).write(to: URL(fileURLWithPath: path))
             input = open(path, O_RDONLY | O_CLOEXEC)
             stdinWriter = -1

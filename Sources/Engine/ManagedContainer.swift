@@ -72,8 +72,8 @@ final class ManagedContainer: Sendable {
         return finish(exit, at: time)
     }
 
-    var stdoutPath: String { logFolder.appendingPathComponent("stdout.log").path }
-    var stderrPath: String { logFolder.appendingPathComponent("stderr.log").path }
+    var stdoutPath: String { ContainerFolder.path(ContainerFolder.logFile(.stdout), in: logFolder.path) }
+    var stderrPath: String { ContainerFolder.path(ContainerFolder.logFile(.stderr), in: logFolder.path) }
 
     /// Marks it running and returns its VM, or nil when it was not in the created state.
     func markRunning(at time: Double) -> Fork.Container? {

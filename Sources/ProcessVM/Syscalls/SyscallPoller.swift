@@ -32,12 +32,15 @@ public final class SyscallPoller: KVMSystemCompanion, @unchecked Sendable {
         system.companion(SyscallPoller.self) { SyscallPoller() }
     }
 
-    /// How long the poller keeps spinning with no VM to watch before it sleeps.
-    private static let linger: Duration = .milliseconds(2)
+    /// How long the poller keeps spinning with no VM to watch before it sleeps. Short: at
+    /// hundreds of launches a second a 2 ms linger (and park, below) kept it spinning on a
+    /// core from one container to the next, 1-2 ms of CPU per `busybox echo` that makes a few
+    /// calls; a VM that starts while it sleeps wakes it (`watch`).
+    private static let linger: Duration = .microseconds(200)
     /// How long it spins with nothing posted before it yields its core at each turn.
     private static let yieldAfter: Duration = .microseconds(200)
     /// How long the poller goes on with nothing posted by any VM before it stops watching all.
-    private static let parkAfter: Duration = .milliseconds(2)
+    private static let parkAfter: Duration = .microseconds(500)
     /// How long one VM goes without posting while others post before the poller stops
     /// watching it: longer than a time slice, so that a vCPU thread waiting for a core (more
     /// busy VMs than cores) is not taken for a quiet one.
