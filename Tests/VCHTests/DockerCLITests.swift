@@ -129,18 +129,9 @@ struct DockerCLITests {
         #expect(piped.status != 0 && piped.stderr.contains("not a TTY"), "\(piped)")
 
         // -it on a terminal: the typed line is echoed by the container's terminal and read whole.
-        let shell = Process()
-        shell.executableURL = URL(fileURLWithPath: "/bin/sh")
-        shell.arguments = ["-c", "(sleep 1; printf 'ab\\177c\\r'; sleep 2) | timeout 60 script -qec \"docker run --rm -it busybox sh -c 'read x; echo got-\\$x; stty size'\" /dev/null"]
-        shell.environment = fixture.dockerEnvironment.merging(["DOCKER_HOST": "unix://\(socket)"]) { $1 }
-        let out = Pipe()
-        shell.standardOutput = out
-        shell.standardError = out
-        shell.standardInput = FileHandle.nullDevice
-        try shell.run()
-        let transcript = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        shell.waitUntilExit()
-        #expect(shell.terminationStatus == 0, "\(transcript.debugDescription)")
+        let (status, transcript) = try Self.typed("sleep 1; printf 'ab\\177c\\r'; sleep 2",
+                                                  into: "docker run --rm -it busybox sh -c 'read x; echo got-\\$x; stty size'", fixture, socket)
+        #expect(status == 0, "\(transcript.debugDescription)")
         #expect(transcript.contains("got-ac\r\n24 80\r\n"), "\(transcript.debugDescription)")
         #expect(transcript.contains("ab\u{8} \u{8}c\r\n"), "the container's echo with the erase: \(transcript.debugDescription)")
 
@@ -168,9 +159,20 @@ struct DockerCLITests {
     @Test func interactiveShell() throws {
         let fixture = try VCHFixture()
         let socket = try fixture.startVCH("dev", pool: "dev")
+        let (status, transcript) = try Self.typed("sleep 2; printf 'echo hi-$((6*7))\\r'; sleep 1; printf 'exit 5\\r'; sleep 2",
+                                                  into: "docker run --rm -it busybox sh", fixture, socket)
+        #expect(status == 5, "\(transcript.debugDescription)")
+        #expect(transcript.contains("/ # "), "a prompt: \(transcript.debugDescription)")
+        #expect(transcript.contains("hi-42\r\n"), "\(transcript.debugDescription)")
+    }
+
+    /// Runs `command` (a docker command line) on a terminal of its own (util-linux `script`),
+    /// with what the shell commands `typing` print as the keys typed; its status and everything
+    /// the terminal showed.
+    static func typed(_ typing: String, into command: String, _ fixture: VCHFixture, _ socket: String) throws -> (Int32, String) {
         let shell = Process()
         shell.executableURL = URL(fileURLWithPath: "/bin/sh")
-        shell.arguments = ["-c", "(sleep 2; printf 'echo hi-$((6*7))\\r'; sleep 1; printf 'exit 5\\r'; sleep 2) | timeout 60 script -qec \"docker run --rm -it busybox sh\" /dev/null"]
+        shell.arguments = ["-c", "(\(typing)) | timeout 60 script -qec \"\(command)\" /dev/null"]
         shell.environment = fixture.dockerEnvironment.merging(["DOCKER_HOST": "unix://\(socket)"]) { $1 }
         let out = Pipe()
         shell.standardOutput = out
@@ -179,9 +181,7 @@ struct DockerCLITests {
         try shell.run()
         let transcript = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         shell.waitUntilExit()
-        #expect(shell.terminationStatus == 5, "\(transcript.debugDescription)")
-        #expect(transcript.contains("/ # "), "a prompt: \(transcript.debugDescription)")
-        #expect(transcript.contains("hi-42\r\n"), "\(transcript.debugDescription)")
+        return (shell.terminationStatus, transcript)
     }
 
     @Test func createStartPsLogsWaitStopKillRemoveAttach() throws {
