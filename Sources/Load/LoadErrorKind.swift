@@ -11,6 +11,9 @@ public enum LoadErrorKind: String, Codable, Sendable, CaseIterable, Comparable {
     case conflict
     /// The agent is shutting down (503).
     case unavailable
+    /// The agent turned the connection away (429): more connections were open at once than
+    /// its `--max-connections`; backpressure the run reports, apart from the engine's failures.
+    case tooManyConnections = "too_many_connections"
     /// The agent failed the call (5xx): KVM, memory, files.
     case engineFailed = "engine_failed"
     /// The container ended within its lifetime with another exit status than expected.
@@ -28,6 +31,7 @@ public enum LoadErrorKind: String, Codable, Sendable, CaseIterable, Comparable {
         case 400, 413, 422: return .invalid
         case 404: return .notFound
         case 409: return field == "pool" || message.hasPrefix("placement refused") ? .placementRefused : .conflict
+        case 429: return .tooManyConnections
         case 503: return .unavailable
         default: return .engineFailed
         }

@@ -100,6 +100,7 @@ import WorkloadProfiles
         #expect(LoadErrorKind.of(status: 409, field: "name", message: "container name x is taken") == .conflict)
         #expect(LoadErrorKind.of(status: 404, field: "pool", message: "unknown pool") == .notFound)
         #expect(LoadErrorKind.of(status: 500, field: nil, message: "KVM") == .engineFailed)
+        #expect(LoadErrorKind.of(status: 429, field: nil, message: "over 1024 connections open at once") == .tooManyConnections)
     }
 
     @Test func measuredFiguresReplaceTheProfilesAndSayFromWhere() throws {
