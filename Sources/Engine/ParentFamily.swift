@@ -163,7 +163,10 @@ final class ParentFamily: Sendable {
         var sharing: SharingFigures?
         // The kernel's accounting, over the first parent (children of all parents share alike;
         // each parent's memfd is its own). No figures when the page map cannot be read.
-        if let pageMap, let first = parents.first, let report = try? SharingReport.measure(parent: first, containers: children, pageMap: pageMap) {
+        // Only children still running: an ended one's VM is on its way back to the pool (its
+        // waiter wakes before that), and the report should not count it in between.
+        let running = children.filter { if case .exited = $0.state { false } else { true } }
+        if let pageMap, let first = parents.first, let report = try? SharingReport.measure(parent: first, containers: running, pageMap: pageMap) {
             let owned = report.children.map(\.usage.privateBytes).sorted()
             let shared = report.children.map(\.usage.shared).sorted()
             sharing = SharingFigures(parentBytes: report.parentResident * parents.count, children: report.children.count,
