@@ -16,6 +16,10 @@ public final class AgentClient: Sendable {
         public let headers: [String: String]
         public let body: Data
 
+        public init(status: Int, headers: [String: String], body: Data) {
+            (self.status, self.headers, self.body) = (status, headers, body)
+        }
+
         public var text: String { String(decoding: body, as: UTF8.self) }
 
         public func decode<T: Decodable>(_ type: T.Type) throws -> T { try JSONDecoder().decode(T.self, from: body) }

@@ -116,7 +116,11 @@ struct AgentRoutes: Sendable {
             return Response(status: .noContent)
         }
         on(.post, "/v1/containers/{id}/start") { _, context in try json(try await engine.startContainer(try context.parameter("id"), by: context.actor)) }
-        on(.post, "/v1/containers/{id}/wait") { _, context in try json(try await engine.waitContainer(try context.parameter("id"))) }
+        on(.post, "/v1/containers/{id}/wait") { request, context in
+            let output = try request.int("output", in: 0...Engine.waitOutputLimit)
+            let remove = try request.bool("remove", default: false)
+            return try json(try await engine.waitContainer(try context.parameter("id"), outputUpTo: output, remove: remove, by: context.actor))
+        }
         on(.get, "/v1/containers/{id}/logs") { request, context in
             let streamName = try request.string("stream") ?? "all"
             guard let stream = LogStream(rawValue: streamName) else { throw APIError.invalid("stream \(streamName) is not stdout, stderr or all", field: "stream") }

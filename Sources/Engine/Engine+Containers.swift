@@ -73,20 +73,28 @@ extension Engine {
         }
         if nameTaken { throw EngineError(.conflict, "container name \(name) is taken", field: "name") }
         var placementID: Int?
+        let memoryKiB = spec.memoryReservationMiB.map { $0 << 10 }
         do {
-            // Placement first: an unknown or full pool is refused before anything is made.
-            if let pool = spec.pool { placementID = try await place(pool: pool, image: image.name, memoryKiB: spec.memoryReservationMiB.map { $0 << 10 }) }
+            // A family that is ready (the usual case) takes the placement in the same hop to a
+            // KVM thread as the fork, below; else placement first, so that an unknown or full
+            // pool is refused before anything is made (a policy recorded, parents built).
+            let readyFamily = workerSet == nil ? self.readyFamily(image: image.name, forkPoint: forkPoint, memoryMiB: memoryMiB) : nil
+            if let pool = spec.pool, readyFamily == nil { placementID = try await place(pool: pool, image: image.name, memoryKiB: memoryKiB) }
             let (policy, recordedNow) = try await policy(image: image.name, forkPoint: forkPoint, memoryMiB: memoryMiB)
             if let workers = workerSet {
                 return try await createInWorker(workers, id: id, name: name, spec: spec, image: image, policy: policy, recordedNow: recordedNow,
                                                 labels: labels, placementID: placementID, startNow: startNow, registered: started)
             }
             let family: ParentFamily
-            do {
-                family = try await self.family(for: policy)
-            } catch {
-                if recordedNow { try? await forgetPolicy(policy.id) }
-                throw error
+            if let readyFamily {
+                family = readyFamily
+            } else {
+                do {
+                    family = try await self.family(for: policy)
+                } catch {
+                    if recordedNow { try? await forgetPolicy(policy.id) }
+                    throw error
+                }
             }
             let hostname = spec.hostname ?? name
             let folder = containersFolder.appendingPathComponent(id, isDirectory: true)
@@ -94,32 +102,41 @@ extension Engine {
             let openStdin = spec.openStdin == true
             let tty = spec.tty == true
             let placementPool = spec.pool
-            let placed = placementID
-            // Files, pipe, fork and registration: a KVM thread's work (the fork may build a VM
-            // when the pool is empty).
+            let placedBefore = placementID
+            let placeHere = placedBefore == nil ? placementPool : nil
+            let placement = self.placement
+            // Placement (when not made above), files, pipe, fork and registration: a KVM
+            // thread's work (the fork may build a VM when the pool is empty).
             let make: @Sendable () throws -> ManagedContainer = { [self] in
-                let streams = try ContainerStreams(folder: folder, folders: containerFolders, stdin: stdin, openStdin: openStdin, tty: tty)
-                defer { streams.closeChildEnds() }
+                let placed = try placeHere.map { try Self.placeNow(placement, pool: $0, image: image.name, memoryKiB: memoryKiB) } ?? placedBefore
                 let vm: Fork.Container
                 var disk: ContainerDiskRoot?
+                var streams: ContainerStreams?
+                defer { streams?.closeChildEnds() }
                 do {
+                    streams = try ContainerStreams(folder: folder, folders: containerFolders, stdin: stdin, openStdin: openStdin, tty: tty)
                     disk = try containerDiskRoot(for: family, id: id)
                     vm = try family.fork(id: id, argv0: command.argv0, arguments: command.arguments, environment: environment, hostname: hostname,
-                                         streams: streams.standard, rootFileSystem: disk)
+                                         streams: streams!.standard, rootFileSystem: disk)
                 } catch {
-                    streams.closeStdinWriter()
-                    containerFolders.remove(folder)
+                    if let streams {
+                        streams.closeStdinWriter()
+                        containerFolders.remove(folder)
+                    }
                     if let disk { containerDisks?.remove(id: id, root: disk) }
+                    // Placed here: released here (one placed before is released by the caller).
+                    if placeHere != nil, let placed { _ = try? placement.release(placed) }
                     throw error
                 }
+                let streamsMade = streams!
                 let info = ContainerInfo(id: id, name: name, image: image.name, state: .created, exitCode: nil, exitReason: nil,
                                          arguments: command.arguments, environment: environment, hostname: hostname, memoryMiB: memoryMiB,
                                          forkPoint: forkPoint, labels: labels, parent: policy.id, pool: placementPool, placementID: placed,
                                          createdAt: Date().timeIntervalSince1970, startedAt: nil, finishedAt: nil,
                                          forkMicroseconds: Self.microseconds(vm.forkLatency), reusedVM: vm.reusesVM,
                                          argv0: command.argv0, entrypoint: command.entrypoint, cmd: command.cmd, tty: tty ? true : nil)
-                let managed = ManagedContainer(info: info, logFolder: folder, vm: vm, stdinWriter: streams.stdinWriter, family: family, disk: disk,
-                                               terminal: streams.terminal)
+                let managed = ManagedContainer(info: info, logFolder: folder, vm: vm, stdinWriter: streamsMade.stdinWriter, family: family, disk: disk,
+                                               terminal: streamsMade.terminal)
                 registry.withLock { registry in
                     registry.containers[id] = managed
                     registry.forks += 1
@@ -169,17 +186,27 @@ extension Engine {
     /// Reserves and commits a placement on this host's placement state for one fork.
     private func place(pool: String, image: String, memoryKiB: Int? = nil) async throws -> Int {
         let placement = self.placement
-        return try await onKVMThread {
-            do {
-                return try placement.placeAndCommit(pool: pool, image: image, memoryKiB: memoryKiB).id
-            } catch let error as PlacementError {
-                switch error {
-                case .unknownPool: throw EngineError(.notFound, error.description, field: "pool")
-                case .unknownImage: throw EngineError(.notFound, "\(error.description) in the placement state (vmfork image add ... there)", field: "pool")
-                default: throw EngineError(.conflict, "placement refused: \(error.description)", field: "pool")
-                }
+        return try await onKVMThread { try Self.placeNow(placement, pool: pool, image: image, memoryKiB: memoryKiB) }
+    }
+
+    /// `place` on the calling thread (a blocking one: it writes SQLite).
+    private static func placeNow(_ placement: PlacementService, pool: String, image: String, memoryKiB: Int?) throws -> Int {
+        do {
+            return try placement.placeAndCommit(pool: pool, image: image, memoryKiB: memoryKiB).id
+        } catch let error as PlacementError {
+            switch error {
+            case .unknownPool: throw EngineError(.notFound, error.description, field: "pool")
+            case .unknownImage: throw EngineError(.notFound, "\(error.description) in the placement state (vmfork image add ... there)", field: "pool")
+            default: throw EngineError(.conflict, "placement refused: \(error.description)", field: "pool")
             }
         }
+    }
+
+    /// The family of an image's policy when it is ready to fork now (none is made or waited for).
+    private func readyFamily(image: String, forkPoint: ForkPointName, memoryMiB: Int) -> ParentFamily? {
+        let id = ParentPolicy(image: image, forkPoint: forkPoint, memoryMiB: memoryMiB).id
+        guard let family = registry.withLock({ $0.families[id] }), family.isReady else { return nil }
+        return family
     }
 
     // MARK: Lookup
@@ -284,6 +311,44 @@ extension Engine {
         let container = try container(idOrName)
         if container.info.state == .created, container.vm == nil, let exit = container.exit { return exit }
         return await container.waitForExit()
+    }
+
+    /// The most output a wait's answer carries (`outputUpTo`): stdout and stderr together.
+    public static let waitOutputLimit = 1 << 20
+
+    /// Waits until the container ends; with `outputUpTo`, the answer carries its whole stdout
+    /// and stderr when they come to at most that many bytes together (else neither: read the
+    /// logs); with `remove`, the container is then removed — when asked for its output, only if
+    /// the output is in the answer, so nothing is lost. One call where a client would make
+    /// four (wait, two log reads, remove), each a round trip to a daemon it finds idle.
+    public func waitContainer(_ idOrName: String, outputUpTo limit: Int?, remove: Bool, by actor: String) async throws -> ExitInfo {
+        if let limit, !(0...Self.waitOutputLimit).contains(limit) {
+            throw EngineError.invalid("output", "output \(limit) is out of range: 0 to \(Self.waitOutputLimit) bytes")
+        }
+        let container = try container(idOrName)
+        var exit = try await waitContainer(container.id)
+        if let limit {
+            let sizes = [container.stdoutPath, container.stderrPath].map { path -> Int in
+                var info = stat()
+                return stat(path, &info) == 0 ? Int(info.st_size) : 0
+            }
+            if sizes[0] + sizes[1] <= limit {
+                exit.stdout = Data(readAll(container.stdoutPath))
+                exit.stderr = Data(readAll(container.stderrPath))
+            }
+        }
+        guard remove else { return exit }
+        exit.removed = false
+        guard limit == nil || exit.stdout != nil else { return exit }
+        do {
+            try await self.remove(container, awaitWorker: false)
+            exit.removed = true
+            record("container.remove", subject: container.id, actor: actor)
+        } catch let error as EngineError where error.kind == .notFound {
+            // Removed meanwhile by another call: it is gone all the same.
+            exit.removed = true
+        }
+        return exit
     }
 
     // MARK: Stop, kill

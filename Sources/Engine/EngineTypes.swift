@@ -191,6 +191,11 @@ public struct ContainerInfo: Codable, Sendable, Equatable {
 public struct ExitInfo: Codable, Sendable, Equatable {
     public var exitCode: Int
     public var reason: String
+    /// Its whole stdout and stderr, when the wait asked for them and they fit (`output`).
+    public var stdout: Data? = nil
+    public var stderr: Data? = nil
+    /// Whether the wait removed it (asked with `remove`); nil when not asked.
+    public var removed: Bool? = nil
 
     public init(exitCode: Int, reason: String) {
         self.exitCode = exitCode

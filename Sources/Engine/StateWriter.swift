@@ -59,6 +59,8 @@ final class StateWriter: Sendable {
         var result = EngineWrites()
         result.events = writes.events
         result.deletedContainers = writes.deletedContainers
+        result.placements = writes.placements
+        result.deletedPlacements = writes.deletedPlacements
         let deleted = Set(writes.deletedContainers)
         var seen = Set<String>()
         result.containers = writes.containers.reversed().filter { info in
@@ -89,8 +91,11 @@ struct QueuedWrites {
     var events: [EventRow] = []
     var containers: [ContainerInfo] = []
     var deletedContainers: [String] = []
+    /// The placement service's rows for the engine's forks (`PlacementService.DeferredWrite`).
+    var placements: [PlacementRow] = []
+    var deletedPlacements: [Int] = []
 
-    var isEmpty: Bool { events.isEmpty && containers.isEmpty && deletedContainers.isEmpty }
+    var isEmpty: Bool { events.isEmpty && containers.isEmpty && deletedContainers.isEmpty && placements.isEmpty && deletedPlacements.isEmpty }
 }
 
 /// Wakes the followers of the event log when new events are written, and ends them when the

@@ -16,6 +16,11 @@ public final class PlacementService: Sendable {
     /// How long a reservation may wait for its commit.
     public let leaseSeconds: Double
     private let clock: @Sendable () -> Double
+    /// Where `placeAndCommit`'s and `release`'s rows go instead of a write of their own: the
+    /// caller's write-behind queue (the engine's, which writes them in one transaction with
+    /// the rows of the containers they belong to). Nil: written before the call returns.
+    public typealias DeferredWrite = @Sendable (StateChanges) -> Void
+    private let deferredWrite: DeferredWrite?
 
     /// The state folder used when none is given: `$VMFORK_STATE`, else `state/` here.
     public static var defaultFolder: URL {
@@ -26,8 +31,9 @@ public final class PlacementService: Sendable {
     /// while nobody was running are deleted first, so they are never charged again.
     /// `clock` gives seconds since 1970 (tests move it by hand).
     public init(store: StateStore, leaseSeconds: Double = 30, selection: PlacementCore.Selection = .indexed,
-                clock: @escaping @Sendable () -> Double = { Date().timeIntervalSince1970 }) throws {
+                clock: @escaping @Sendable () -> Double = { Date().timeIntervalSince1970 }, deferredWrite: DeferredWrite? = nil) throws {
         self.store = store
+        self.deferredWrite = deferredWrite
         self.leaseSeconds = leaseSeconds
         self.clock = clock
         _ = try store.deleteExpiredReservations(now: clock())
@@ -197,6 +203,10 @@ public final class PlacementService: Sendable {
             }
             var rows = StateChanges()
             rows.placements = [committed.row]
+            if let deferredWrite {
+                deferredWrite(rows)  // under the lock: queued in the order the core changed
+                return committed
+            }
             do {
                 try store.write(rows)
             } catch {
@@ -229,6 +239,10 @@ public final class PlacementService: Sendable {
             let released = try core.release(id)
             var rows = StateChanges()
             rows.deletedPlacements = [id]
+            if let deferredWrite {
+                deferredWrite(rows)
+                return released
+            }
             do {
                 try store.write(rows)
             } catch {

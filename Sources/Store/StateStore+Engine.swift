@@ -230,17 +230,22 @@ public struct EngineWrites: Sendable {
     public var events: [EventRow] = []
     public var containers: [ContainerRow] = []
     public var deletedContainers: [String] = []
+    /// Placements of the engine's forks and their releases, in the same transaction as the
+    /// containers they belong to.
+    public var placements: [PlacementRow] = []
+    public var deletedPlacements: [Int] = []
 
     public init() {}
-    public var isEmpty: Bool { events.isEmpty && containers.isEmpty && deletedContainers.isEmpty }
+    public var isEmpty: Bool { events.isEmpty && containers.isEmpty && deletedContainers.isEmpty && placements.isEmpty && deletedPlacements.isEmpty }
 }
 
 extension StateStore {
-    /// Applies a batch in order of kind: container rows, deletions, then events.
+    /// Applies a batch in order of kind: container rows, deletions, placements, then events.
     public func apply(_ writes: EngineWrites) throws {
         try database.write { db in
             for row in writes.containers { try row.upsert(db) }
             for id in writes.deletedContainers { _ = try ContainerRow.deleteOne(db, key: id) }
+            try Self.apply(placements: writes.placements, deleted: writes.deletedPlacements, in: db)
             for var event in writes.events { try event.insert(db) }
         }
     }

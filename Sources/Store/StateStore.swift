@@ -157,13 +157,19 @@ public final class StateStore: Sendable {
             for row in changes.hosts { try row.upsert(db) }
             for row in changes.nodes { try row.upsert(db) }
             for row in changes.warmParents { try row.upsert(db) }
-            for row in changes.placements { try row.upsert(db) }
-            if let highest = changes.placements.map(\.id).max() {
-                try db.execute(sql: "UPDATE counter SET value = max(value, ?) WHERE name = 'nextPlacementID'", arguments: [highest + 1])
-            }
-            if !changes.deletedPlacements.isEmpty {
-                _ = try PlacementRow.deleteAll(db, keys: changes.deletedPlacements)
-            }
+            try Self.apply(placements: changes.placements, deleted: changes.deletedPlacements, in: db)
+        }
+    }
+
+    /// Placements written (and the next id past them kept), then those deleted: ids are never
+    /// reused, so a batch's deletions come after its writes whatever their order in time.
+    static func apply(placements: [PlacementRow], deleted: [Int], in db: Database) throws {
+        for row in placements { try row.upsert(db) }
+        if let highest = placements.map(\.id).max() {
+            try db.execute(sql: "UPDATE counter SET value = max(value, ?) WHERE name = 'nextPlacementID'", arguments: [highest + 1])
+        }
+        if !deleted.isEmpty {
+            _ = try PlacementRow.deleteAll(db, keys: deleted)
         }
     }
 

@@ -55,13 +55,17 @@ struct AgentBackend: Sendable {
         let client = self.client
         let thread = Thread {
             do {
-                let status = try client.stream("GET", path, cancellation: cancellation) { chunk in
+                // A refusal's body is the agent's error, never a piece of the stream.
+                var refused = false
+                var refusal = Data()
+                let status = try client.stream("GET", path, cancellation: cancellation, onStatus: { refused = $0 >= 300 }) { chunk in
                     guard !stopped.isStopped else { return false }
-                    continuation.yield(chunk)
+                    if refused { refusal.append(chunk.prefix(4096 - refusal.count)) } else { continuation.yield(chunk) }
                     return true
                 }
                 if status >= 300 {
-                    continuation.finish(throwing: DockerError(status: .init(statusCode: status), message: "the host agent refused GET \(path)"))
+                    let message = AgentClient.Response(status: status, headers: [:], body: refusal).errorMessage
+                    continuation.finish(throwing: DockerError(status: .init(statusCode: status), message: "the host agent refused GET \(path): \(message)"))
                 } else {
                     continuation.finish()
                 }

@@ -14,19 +14,38 @@ actor ContainerWatch {
     private var removalWaiters: [String: [CheckedContinuation<ExitInfo, Never>]] = [:]
 
     private var exits: [String: Task<ExitInfo?, Never>] = [:]
+    /// The ids of `exits` in the order their waits began.
+    private var exitOrder: [String] = []
+
+    /// The most output an exit carries (stdout and stderr together): a `docker run`'s is
+    /// usually a few lines; more is read from the agent's logs.
+    static let exitOutputLimit = 64 << 10
 
     /// How the container ended, once it has: one agent wait per container, shared by every
     /// caller (the auto-removal, `docker wait`, the attach streams). Nil when the agent cannot say.
-    func exit(_ id: String, agent: AgentBackend) async -> ExitInfo? {
+    /// The agent's answer carries the container's output when it fits (`exitOutputLimit`), and
+    /// with `autoRemove` (a --rm container) the agent has then removed it already (`removed`):
+    /// one call at the end where there were four. Every caller passes the container's own flag.
+    func exit(_ id: String, agent: AgentBackend, autoRemove: Bool) async -> ExitInfo? {
         if let task = exits[id] { return await task.value }
+        let query = "output=\(Self.exitOutputLimit)" + (autoRemove ? "&remove=true" : "")
         let task = Task<ExitInfo?, Never> {
-            guard let response = try? await agent.call("POST", "/v1/containers/\(id)/wait") else { return nil }
+            guard let response = try? await agent.call("POST", "/v1/containers/\(id)/wait?\(query)") else { return nil }
             return try? response.decode(ExitInfo.self)
         }
         exits[id] = task
-        let exit = await task.value
-        if exits.count > 1000 { exits = exits.filter { $0.key == id } }
-        return exit
+        exitOrder.append(id)
+        forgetOldExits()
+        return await task.value
+    }
+
+    /// At most 1,000 exits are kept, and the output of only the last 64 (4 MiB at most): a
+    /// caller that comes later than that reads the agent's logs.
+    private func forgetOldExits() {
+        if exitOrder.count > 64, let task = exits[exitOrder[exitOrder.count - 65]] {
+            exits[exitOrder[exitOrder.count - 65]] = Task { await task.value.map { var bare = $0; bare.stdout = nil; bare.stderr = nil; return bare } }
+        }
+        while exitOrder.count > 1000 { exits[exitOrder.removeFirst()] = nil }
     }
 
     func attachBegan(_ id: String) { attaching[id, default: 0] += 1 }
@@ -44,6 +63,8 @@ actor ContainerWatch {
     }
 
     func markRemoved(_ id: String, exit: ExitInfo) {
+        var exit = exit
+        (exit.stdout, exit.stderr) = (nil, nil)
         removed[id] = exit
         exits[id] = nil
         removedOrder.append(id)

@@ -156,15 +156,19 @@ extension VirtualContainerHost {
     /// --rm: once the container has exited and its attach streams have sent everything, it goes.
     private func removeWhenDone(_ id: String) {
         Task { [agent, watch, logger] in
-            let exit = await watch.exit(id, agent: agent) ?? ExitInfo(exitCode: 137, reason: "unknown")
+            let exit = await watch.exit(id, agent: agent, autoRemove: true) ?? ExitInfo(exitCode: 137, reason: "unknown")
             let exited = ContinuousClock.now
-            logger.debug("exit known", metadata: ["container": "\(id)", "t": Timeline.stamp()])
+            logger.debug("exit known", metadata: ["container": "\(id)", "removed": "\(exit.removed ?? false)", "t": Timeline.stamp()])
             await watch.drained(id)
             let drained = ContinuousClock.now
-            do {
-                try await agent.call("DELETE", "/v1/containers/\(id)?force=true")
-            } catch {
-                logger.warning("auto-remove failed", metadata: ["container": "\(id)", "error": "\(error)"])
+            // The agent removed it with its exit when its output came in the answer; else its
+            // attach streams have read the logs by now, and it goes.
+            if exit.removed != true {
+                do {
+                    try await agent.call("DELETE", "/v1/containers/\(id)?force=true")
+                } catch {
+                    logger.warning("auto-remove failed", metadata: ["container": "\(id)", "error": "\(error)"])
+                }
             }
             await watch.markRemoved(id, exit: exit)
             logger.debug("auto-removed", metadata: ["container": "\(id)", "drainMs": "\(Self.milliseconds(drained - exited))",
@@ -244,7 +248,7 @@ extension VirtualContainerHost {
         let exitInfo: @Sendable () async throws -> ExitInfo = {
             if condition == "not-running", info.state == .exited { return ExitInfo(exitCode: info.exitCode ?? 0, reason: info.exitReason ?? "") }
             if condition == "removed", autoRemove { return await watch.removal(id) }
-            guard let exit = await watch.exit(id, agent: agent) else { throw DockerError.noSuchContainer(reference) }
+            guard let exit = await watch.exit(id, agent: agent, autoRemove: autoRemove) else { throw DockerError.noSuchContainer(reference) }
             if condition == "removed" {
                 // The agent's removal event wakes it (one follow for the whole VCH); it asks
                 // the agent itself after registering, and again if no event comes within a second.

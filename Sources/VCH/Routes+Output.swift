@@ -128,11 +128,11 @@ extension VirtualContainerHost {
             var source: AsyncThrowingStream<Data, Error>
             let running = info.state != .exited
             if options.fromStart, options.follow, running {
-                source = followUntilExit(info.id, base, since: 0)
+                source = followUntilExit(info, kind, since: 0)
             } else {
                 let present = try await agent.call("GET", base).body
                 source = ByteStreams.single(options.fromStart ? present : Data())
-                if options.follow, running { source = ByteStreams.concat(source, followUntilExit(info.id, base, since: present.count)) }
+                if options.follow, running { source = ByteStreams.concat(source, followUntilExit(info, kind, since: present.count)) }
             }
             streams.append(ByteStreams.map(source) { StreamFrames.encode($0, kind, tty: tty) })
         }
@@ -146,17 +146,19 @@ extension VirtualContainerHost {
     /// One log from byte `since` until the container's exit: read once at the exit when it
     /// comes within `followDelay`, else followed (the agent's follow) until the exit, which the
     /// shared wait reports at once where the agent's follow notices on its next poll; then the
-    /// rest is read in one request.
-    func followUntilExit(_ id: String, _ base: String, since: Int) -> AsyncThrowingStream<Data, Error> {
+    /// rest is taken from the wait's answer when it carries the output, else read in one request.
+    func followUntilExit(_ info: ContainerInfo, _ kind: StreamKind, since: Int) -> AsyncThrowingStream<Data, Error> {
         let (stream, continuation) = AsyncThrowingStream<Data, Error>.makeStream()
         let (agent, watch) = (self.agent, self.watch)
+        let (id, autoRemove) = (info.id, info.labels[Label.autoRemove] == "1")
+        let base = "/v1/containers/\(id)/logs?stream=\(kind.agentName)"
         let task = Task {
             let state = FollowState(sent: since)
             let (signals, signal) = AsyncStream<Void>.makeStream()
             // The shared wait outlives this stream when it goes first; it ends with the container.
             Task {
-                _ = await watch.exit(id, agent: agent)
-                state.exited.withLock { $0 = true }
+                let exit = await watch.exit(id, agent: agent, autoRemove: autoRemove)
+                state.exited.withLock { $0 = exit ?? ExitInfo(exitCode: 137, reason: "unknown") }
                 signal.yield()
             }
             let delay = Task {
@@ -166,7 +168,7 @@ extension VirtualContainerHost {
             await withTaskCancellationHandler {
                 var next = signals.makeAsyncIterator()
                 _ = await next.next()  // the exit, or the delay
-                guard !state.exited.withLock({ $0 }), !Task.isCancelled else { return }
+                guard state.exited.withLock({ $0 == nil }), !Task.isCancelled else { return }
                 let started = Task {
                     defer { signal.yield() }
                     for try await piece in agent.stream(base + "&follow=true&since=\(since)") {
@@ -190,7 +192,9 @@ extension VirtualContainerHost {
             }
             let offset = state.sent.withLock { $0 }
             do {
-                let rest = try await agent.call("GET", base + "&since=\(offset)").body
+                let log = state.exited.withLock { $0 }.flatMap { kind == .stdout ? $0.stdout : $0.stderr }
+                let rest: Data
+                if let log { rest = Data(log.dropFirst(offset)) } else { rest = try await agent.call("GET", base + "&since=\(offset)").body }
                 if !rest.isEmpty { continuation.yield(rest) }
                 continuation.finish()
             } catch {
@@ -206,7 +210,8 @@ extension VirtualContainerHost {
 final class FollowState: Sendable {
     /// Bytes sent so far (the offset of the next).
     let sent: Mutex<Int>
-    let exited = Mutex(false)
+    /// How the container ended (with its output when the wait's answer carried it), once it has.
+    let exited = Mutex<ExitInfo?>(nil)
     let follow = Mutex<Task<Void, Error>?>(nil)
 
     init(sent: Int) { self.sent = Mutex(sent) }

@@ -387,6 +387,77 @@ struct DaemonTests {
         let line = followed.text.split(separator: "\n").first.map(String.init) ?? ""
         #expect(line.contains("\"type\":\"container.exit\"") && line.contains(id), "followed: \(followed.text)")
     }
+
+    /// One call at a container's end where a client would make four: the wait carries the
+    /// whole stdout and stderr when they fit and removes the container only then, so a client
+    /// never loses output it did not get.
+    @Test func waitCarriesTheOutputAndRemovesOnlyWhenItFits() throws {
+        let daemon = try DaemonFixture()
+        try daemon.start()
+        defer { daemon.stop() }
+        let client = daemon.client
+        try daemon.addBusybox(client)
+        // Bytes that are not UTF-8 pass through as they are (base64 in the JSON).
+        let script = "echo out; printf '\\377\\000x' >&2; echo err >&2; exit 3"
+        let fits = ContainerSpec(image: "busybox", name: "fits", arguments: ["sh", "-c", script])
+        #expect(try client.send("POST", "/v1/containers", json: fits).status == 201)
+        #expect(try client.send("POST", "/v1/containers/fits/start").status == 200)
+        let id = try client.send("GET", "/v1/containers/fits").decode(ContainerInfo.self).id
+        let ended = try client.send("POST", "/v1/containers/fits/wait?output=64&remove=true")
+        #expect(ended.status == 200, "\(ended.text)")
+        let exit = try ended.decode(ExitInfo.self)
+        #expect(exit.exitCode == 3 && exit.removed == true)
+        #expect(exit.stdout == Data("out\n".utf8))
+        #expect(exit.stderr == Data([0xFF, 0x00, 0x78]) + Data("err\n".utf8), "\(String(describing: exit.stderr.map { Array($0) }))")
+        #expect(try client.send("GET", "/v1/containers/fits").status == 404)
+        let removals = try daemon.events(client, type: "container.remove")
+        #expect(removals.contains { ($0["subject"] as? String) == id })
+        // Output beyond the limit: neither stream comes, and the container stays for its logs.
+        let big = ContainerSpec(image: "busybox", name: "big", arguments: ["sh", "-c", "echo 0123456789; echo more >&2"])
+        #expect(try client.send("POST", "/v1/containers", json: big).status == 201)
+        #expect(try client.send("POST", "/v1/containers/big/start").status == 200)
+        let kept = try client.send("POST", "/v1/containers/big/wait?output=15&remove=true").decode(ExitInfo.self)
+        #expect(kept.exitCode == 0 && kept.stdout == nil && kept.stderr == nil && kept.removed == false)
+        #expect(try client.send("GET", "/v1/containers/big/logs?stream=stdout").text == "0123456789\n")
+        // Without output, remove alone removes; a plain wait says nothing of either.
+        #expect(try client.send("POST", "/v1/containers/big/wait").decode(ExitInfo.self) == ExitInfo(exitCode: 0, reason: kept.reason))
+        #expect(try client.send("POST", "/v1/containers/big/wait?remove=true").decode(ExitInfo.self).removed == true)
+        #expect(try client.send("GET", "/v1/containers/big").status == 404)
+        for bad in ["output=-1", "output=1048577", "output=lots", "remove=maybe"] {
+            let refused = try client.send("POST", "/v1/containers/nosuch/wait?\(bad)")
+            #expect(refused.status == 400 && refused.text.contains(bad.split(separator: "=")[0]), "\(bad): \(refused.text)")
+        }
+    }
+
+    /// A fork from a ready parent takes its placement in the same hop as the fork; when the
+    /// fork then fails, that placement is released at once: the pool, room for one, still takes one.
+    @Test func aForkThatFailsAfterItsPlacementGivesThePlacementBack() throws {
+        let daemon = try DaemonFixture()
+        try daemon.start()
+        defer { daemon.stop() }
+        let client = daemon.client
+        try daemon.addBusybox(client)
+        for (path, body) in [("/v1/placement/hosts", #"{"name":"h1","cpuCores":2,"nodeMemoryKiB":[4194304]}"#),
+                             ("/v1/placement/images", #"{"name":"busybox","parentMemoryKiB":65536,"growthPerChildKiB":1024,"cpuMHzPerChild":10}"#),
+                             ("/v1/placement/warm-parents", #"{"host":"h1","image":"busybox","node":0}"#),
+                             ("/v1/placement/pools", #"{"name":"one","memoryLimitKiB":1536}"#)] {
+            let made = try client.send("POST", path, body: Data(body.utf8))
+            #expect(made.status == 201, "\(path): \(made.text)")
+        }
+        // The parent is ready (made by a container outside the pool).
+        let run = try client.send("POST", "/v1/containers/run", json: ContainerSpec(image: "busybox", arguments: ["true"]))
+        #expect(run.status == 200, "\(run.text)")
+        // More environment than a child of a main fork point has room for: refused at the fork.
+        let crowded = ContainerSpec(image: "busybox", arguments: ["true"], environment: (0..<300).map { "V\($0)=x" }, pool: "one")
+        let refused = try client.send("POST", "/v1/containers", json: crowded)
+        #expect(refused.status == 400 && refused.text.contains("do not fit"), "\(refused.text)")
+        let fits = try client.send("POST", "/v1/containers", json: ContainerSpec(image: "busybox", name: "fits", arguments: ["true"], pool: "one"))
+        #expect(fits.status == 201, "the refused fork's placement was not given back: \(fits.text)")
+        let full = try client.send("POST", "/v1/containers", json: ContainerSpec(image: "busybox", arguments: ["true"], pool: "one"))
+        #expect(full.status == 409 && full.text.contains("one"), "\(full.text)")
+        #expect(try client.send("DELETE", "/v1/containers/fits").status == 204)
+    }
+
     /// A container whose memory the host cannot map (more than its RAM and swap, under the
     /// kernel's overcommit heuristic) is refused as a 409 naming memoryMiB, found by the API
     /// fuzz as a 500; the daemon goes on serving.
