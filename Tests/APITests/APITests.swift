@@ -458,6 +458,41 @@ struct DaemonTests {
         #expect(try client.send("DELETE", "/v1/containers/fits").status == 204)
     }
 
+    /// Forks' placements are written behind, with their containers' rows: a daemon killed a
+    /// moment after a create, or stopped, still has the placement when it starts again (the
+    /// pool, room for one, stays full until that container is removed).
+    @Test(arguments: [SIGKILL, SIGTERM])
+    func aForksPlacementOutlivesTheDaemon(signal: Int32) throws {
+        let daemon = try DaemonFixture()
+        try daemon.start()
+        let client = daemon.client
+        try daemon.addBusybox(client)
+        for (path, body) in [("/v1/placement/hosts", #"{"name":"h1","cpuCores":2,"nodeMemoryKiB":[4194304]}"#),
+                             ("/v1/placement/images", #"{"name":"busybox","parentMemoryKiB":65536,"growthPerChildKiB":1024,"cpuMHzPerChild":10}"#),
+                             ("/v1/placement/warm-parents", #"{"host":"h1","image":"busybox","node":0}"#),
+                             ("/v1/placement/pools", #"{"name":"one","memoryLimitKiB":1536}"#)] {
+            #expect(try client.send("POST", path, body: Data(body.utf8)).status == 201)
+        }
+        #expect(try client.send("POST", "/v1/containers/run", json: ContainerSpec(image: "busybox", arguments: ["true"])).status == 200)
+        let held = try client.send("POST", "/v1/containers", json: ContainerSpec(image: "busybox", name: "held", arguments: ["true"], pool: "one"))
+        #expect(held.status == 201, "\(held.text)")
+        // Killed: once past the state writer's gathering window; stopped: at once (the stop flushes it).
+        if signal == SIGKILL { usleep(300_000) }
+        _ = daemon.stop(signal: signal)
+        try daemon.start()
+        defer { daemon.stop() }
+        let refused = try client.send("POST", "/v1/containers", json: ContainerSpec(image: "busybox", arguments: ["true"], pool: "one"))
+        #expect(refused.status == 409, "the placement of held was lost: \(refused.text)")
+        #expect(try client.send("DELETE", "/v1/containers/held").status == 204)
+        let fits = try client.send("POST", "/v1/containers", json: ContainerSpec(image: "busybox", name: "fits", arguments: ["true"], pool: "one"))
+        #expect(fits.status == 201, "held's placement was not given back at its removal: \(fits.text)")
+        // And that release was written too: after another restart the pool holds fits alone.
+        _ = daemon.stop()
+        try daemon.start()
+        #expect(try client.send("DELETE", "/v1/containers/fits").status == 204)
+        #expect(try client.send("POST", "/v1/containers", json: ContainerSpec(image: "busybox", arguments: ["true"], pool: "one")).status == 201)
+    }
+
     /// A container whose memory the host cannot map (more than its RAM and swap, under the
     /// kernel's overcommit heuristic) is refused as a 409 naming memoryMiB, found by the API
     /// fuzz as a 500; the daemon goes on serving.
