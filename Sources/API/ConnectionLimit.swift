@@ -120,12 +120,16 @@ final class ConnectionLimitHandler: ChannelInboundHandler, RemovableChannelHandl
     }
 }
 
-/// Closes a connection whose client has stopped sending (its input closed: a TCP FIN, which
-/// Hummingbird's half-closure keeps from closing the connection) while a streamed answer
-/// (no Content-Length: a log or event follow) is going out to it. Such a stream writes only
-/// when there is something new, so without this a follower that left would hold its
-/// connection, and its place under the connection limit, until the next line or event.
-/// Answers of known length (waits, runs) are left to finish, as Hummingbird does.
+/// Closes a connection whose client has stopped sending (its input closed: a TCP FIN, or the
+/// end of a Unix socket, which Hummingbird's half-closure keeps from closing the connection)
+/// while it waits on an answer with no end in sight:
+/// - a streamed answer (no Content-Length: a log or event follow) going out to it, which
+///   writes only when there is something new;
+/// - a container's wait whose answer has not begun, which comes only when the container ends.
+/// Without this such a client that left would hold its connection, and its place under the
+/// connection limit, until the next line or event, or the container's end. (A wait's handler
+/// still runs to the container's end, holding no connection; a `remove` it carries is done.)
+/// Other answers of known length (runs, creates) are left to finish, as Hummingbird does.
 final class AbandonedStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
     typealias InboundOut = HTTPRequestPart
@@ -134,11 +138,21 @@ final class AbandonedStreamHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     private var inputClosed = false
     private var streaming = false
+    /// A wait was asked for and its answer's head is not written yet.
+    private var waiting = false
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .head(let request) = unwrapInboundIn(data), request.method == .post, let path = request.path {
+            let route = path.split(separator: "?", maxSplits: 1).first ?? ""
+            waiting = route.hasPrefix("/v1/containers/") && route.hasSuffix("/wait")
+        }
+        context.fireChannelRead(data)
+    }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case ChannelEvent.inputClosed = event {
             inputClosed = true
-            if streaming {
+            if streaming || waiting {
                 context.close(promise: nil)
                 return
             }
@@ -149,6 +163,7 @@ final class AbandonedStreamHandler: ChannelDuplexHandler, RemovableChannelHandle
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         switch unwrapOutboundIn(data) {
         case .head(let head):
+            waiting = false
             let bodiless = head.status.kind == .informational || head.status == .noContent || head.status == .notModified
             streaming = !bodiless && head.headerFields[.contentLength] == nil
         case .body:

@@ -1,5 +1,6 @@
 import API
 import Foundation
+import Engine
 import TestSupport
 import Testing
 
@@ -120,6 +121,56 @@ struct ConnectionLimitTests {
         let ninthTCP = HeldConnection(fd: try tcp.openConnection())
         try ninthTCP.sendRequest("GET", "/v1/_ping", headers: ["Authorization: Bearer \(token)"])
         try Self.expectRefusal(ninthTCP, "GET /v1/_ping over the TCP limit the second time")
+    }
+}
+
+extension ConnectionLimitTests {
+    /// A wait whose client leaves gives its connection back at once, not when the container
+    /// ends (here it never would): with a limit of 2, one idle connection and one wait fill the
+    /// socket; the wait's client goes; a new connection is served again.
+    @Test func aWaitWhoseClientLeftGivesItsConnectionBack() throws {
+        let daemon = try DaemonFixture(tcp: true)
+        try daemon.start(extra: ["--max-connections", "2"])
+        defer { daemon.stop() }
+        let port = try #require(daemon.tcpPort)
+        let token = try #require(try TokenFile.load(path: daemon.state.appendingPathComponent(TokenFile.fileName).path).tokens.first).value
+        let tcp = AgentClient(endpoint: .tcp(host: "127.0.0.1", port: port, token: token))
+        let bearer = ["Authorization: Bearer \(token)"]
+        do {
+            let client = daemon.client
+            try daemon.addBusybox(client)
+            let spec = ContainerSpec(image: "busybox", name: "spin", arguments: ["sh", "-c", "while true; do :; done"])
+            #expect(try client.send("POST", "/v1/containers", json: spec).status == 201)
+            #expect(try client.send("POST", "/v1/containers/spin/start").status == 200)
+        }
+        let idle = try Self.hold({ try tcp.openConnection() }) { try $0.sendRequest("GET", "/v1/_ping", headers: bearer) }
+        let wait = HeldConnection(fd: try tcp.openConnection())
+        try wait.sendRequest("POST", "/v1/containers/spin/wait", headers: bearer)
+        // Both count: a third is refused (once the wait's request is in).
+        let deadline = Date().addingTimeInterval(10)
+        var refusedWhileWaiting = false
+        while !refusedWhileWaiting, Date() < deadline {
+            let third = HeldConnection(fd: try tcp.openConnection())
+            try third.sendRequest("GET", "/v1/_ping", headers: bearer + ["Connection: close"])
+            refusedWhileWaiting = try third.readHead().status == 429
+            third.close()
+            if !refusedWhileWaiting { usleep(20_000) }
+        }
+        #expect(refusedWhileWaiting, "the wait's connection did not count")
+        wait.close()  // on TCP a FIN: the server's half-closure support would keep the connection
+        var served = false
+        while !served, Date() < deadline {
+            let again = HeldConnection(fd: try tcp.openConnection())
+            try again.sendRequest("GET", "/v1/_ping", headers: bearer + ["Connection: close"])
+            served = try again.readHead().status == 200
+            again.close()
+            if !served { usleep(50_000) }
+        }
+        #expect(served, "the wait whose client left still holds its connection")
+        idle.close()
+        let unix = AgentClient(socketPath: daemon.socketPath)
+        #expect(try unix.send("POST", "/v1/containers/spin/kill?signal=9").status == 200)
+        #expect(try unix.send("POST", "/v1/containers/spin/wait").decode(ExitInfo.self).exitCode == 137)
     }
 }
 
