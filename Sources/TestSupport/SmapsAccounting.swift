@@ -45,11 +45,22 @@ public struct SmapsAccounting: Sendable {
         return SmapsAccounting(entries: entries)
     }
 
-    /// The summed usage of every mapping inside [start, start + length) (one region the
-    /// engine mapped may be several mappings to the kernel), or nil when none is there.
+    /// The summed usage of the mappings that make up [start, start + length) (one region the
+    /// engine mapped may be several mappings to the kernel), or nil when smaps cannot say: no
+    /// mapping there, or one that reaches past either end (the kernel merged the region with
+    /// a neighbour, and smaps sums per mapping).
     public func usage(of start: UInt, length: Int) -> MappingUsage? {
         let region = start..<(start + UInt(length))
-        let inside = entries.filter { region.contains($0.range.lowerBound) }
-        return inside.isEmpty ? nil : inside.reduce(MappingUsage.zero) { $0 + $1.usage }
+        let touching = entries.filter { $0.range.overlaps(region) }
+        guard !touching.isEmpty, touching.allSatisfy({ region.contains($0.range.lowerBound) && $0.range.upperBound <= region.upperBound }) else {
+            return nil
+        }
+        return touching.reduce(MappingUsage.zero) { $0 + $1.usage }
+    }
+
+    /// The mappings that overlap [start, start + length), as smaps lists them.
+    public func mappings(overlapping start: UInt, length: Int) -> [Entry] {
+        let region = start..<(start + UInt(length))
+        return entries.filter { $0.range.overlaps(region) }
     }
 }

@@ -13,9 +13,12 @@ actor ContainerWatch {
     private var removedOrder: [String] = []
     private var removalWaiters: [String: [CheckedContinuation<ExitInfo, Never>]] = [:]
 
-    private var exits: [String: Task<ExitInfo?, Never>] = [:]
-    /// The ids of `exits` in the order their waits began.
-    private var exitOrder: [String] = []
+    /// The agent's waits in flight, and the exits they returned (at most 1,000, with the
+    /// output of only the last 64 to end: 4 MiB at most). An attach asks when it begins, so
+    /// one that needs the output holds its wait's answer whole however many end meanwhile.
+    private var waits: [String: Task<ExitInfo?, Never>] = [:]
+    private var ended: [String: ExitInfo] = [:]
+    private var endedOrder: [String] = []
 
     /// The most output an exit carries (stdout and stderr together): a `docker run`'s is
     /// usually a few lines; more is read from the agent's logs.
@@ -27,25 +30,27 @@ actor ContainerWatch {
     /// with `autoRemove` (a --rm container) the agent has then removed it already (`removed`):
     /// one call at the end where there were four. Every caller passes the container's own flag.
     func exit(_ id: String, agent: AgentBackend, autoRemove: Bool) async -> ExitInfo? {
-        if let task = exits[id] { return await task.value }
+        if let exit = ended[id] { return exit }
+        if let task = waits[id] { return await task.value }
         let query = "output=\(Self.exitOutputLimit)" + (autoRemove ? "&remove=true" : "")
         let task = Task<ExitInfo?, Never> {
             guard let response = try? await agent.call("POST", "/v1/containers/\(id)/wait?\(query)") else { return nil }
             return try? response.decode(ExitInfo.self)
         }
-        exits[id] = task
-        exitOrder.append(id)
-        forgetOldExits()
-        return await task.value
+        waits[id] = task
+        let exit = await task.value
+        if waits.removeValue(forKey: id) != nil, let exit { remember(id, exit) }
+        return exit
     }
 
-    /// At most 1,000 exits are kept, and the output of only the last 64 (4 MiB at most): a
-    /// caller that comes later than that reads the agent's logs.
-    private func forgetOldExits() {
-        if exitOrder.count > 64, let task = exits[exitOrder[exitOrder.count - 65]] {
-            exits[exitOrder[exitOrder.count - 65]] = Task { await task.value.map { var bare = $0; bare.stdout = nil; bare.stderr = nil; return bare } }
+    private func remember(_ id: String, _ exit: ExitInfo) {
+        ended[id] = exit
+        endedOrder.append(id)
+        if endedOrder.count > 64, var old = ended[endedOrder[endedOrder.count - 65]] {
+            (old.stdout, old.stderr) = (nil, nil)
+            ended[endedOrder[endedOrder.count - 65]] = old
         }
-        while exitOrder.count > 1000 { exits[exitOrder.removeFirst()] = nil }
+        while endedOrder.count > 1000 { ended[endedOrder.removeFirst()] = nil }
     }
 
     func attachBegan(_ id: String) { attaching[id, default: 0] += 1 }
@@ -66,7 +71,7 @@ actor ContainerWatch {
         var exit = exit
         (exit.stdout, exit.stderr) = (nil, nil)
         removed[id] = exit
-        exits[id] = nil
+        ended[id] = nil
         removedOrder.append(id)
         if removedOrder.count > 1000 { removed[removedOrder.removeFirst()] = nil }
         for waiter in removalWaiters.removeValue(forKey: id) ?? [] { waiter.resume(returning: exit) }

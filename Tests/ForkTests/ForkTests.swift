@@ -175,8 +175,11 @@ final class ForkTests {
         #expect(machines.allSatisfy { $0.value == nil })
     }
 
-    /// The sharing report reads each child's page map; its figures are smaps' for the same
-    /// guest mapping (read while the children sleep and no pool VM is made).
+    /// The sharing report reads each child's page map, and the page map counts as smaps does.
+    /// smaps sums per mapping, and the kernel merges neighbouring anonymous mappings (a
+    /// child's anonymous upper memory with the next child's first page), so the check against
+    /// smaps is per mapping: every mapping that holds some child's guest memory (read while the
+    /// children sleep and no pool VM is made).
     @Test func theSharingReportCountsEachChildAsSmapsDoes() throws {
         let parent = try busyboxParent(poolSize: 0)
         parent.waitForTeardown()
@@ -189,25 +192,39 @@ final class ForkTests {
         }
         defer { for child in children { child.remove() } }
         Thread.sleep(forTimeInterval: 0.5)
-        var smaps = SmapsAccounting.current()
-        var report = try SharingReport.measure(parent: parent, containers: children)
+        let regions = try children.map { child -> (start: UInt, length: Int) in
+            let vm = try #require(child.processVM)
+            return (vm.memory.hostAddress, vm.memory.size)
+        }
+        func mappings(_ smaps: SmapsAccounting) -> [SmapsAccounting.Entry] {
+            var seen = Set<UInt>()
+            return regions.flatMap { smaps.mappings(overlapping: $0.start, length: $0.length) }.filter { seen.insert($0.range.lowerBound).inserted }
+        }
         // A child still settling moves its figures between the reads: read again until smaps
-        // says the same before and after the page map read.
+        // says the same before and after the page map's reads.
+        let pageMap = try PageMap()
+        var smaps = SmapsAccounting.current()
+        var ours = try mappings(smaps).map { try pageMap.usage(of: $0.range.lowerBound, length: $0.range.count) }
+        var report = try SharingReport.measure(parent: parent, containers: children, pageMap: pageMap)
         for _ in 0..<5 {
             let after = SmapsAccounting.current()
-            let same = children.allSatisfy { child in
-                child.processVM.map { smaps.usage(of: $0.memory.hostAddress, length: $0.memory.size) == after.usage(of: $0.memory.hostAddress, length: $0.memory.size) } ?? false
-            }
-            if same { break }
+            if mappings(smaps).map(\.usage) == mappings(after).map(\.usage) && mappings(smaps).map(\.range) == mappings(after).map(\.range) { break }
             Thread.sleep(forTimeInterval: 0.2)
             smaps = SmapsAccounting.current()
-            report = try SharingReport.measure(parent: parent, containers: children)
+            ours = try mappings(smaps).map { try pageMap.usage(of: $0.range.lowerBound, length: $0.range.count) }
+            report = try SharingReport.measure(parent: parent, containers: children, pageMap: pageMap)
         }
+        let checked = mappings(smaps)
+        #expect(checked.count >= 8, "\(checked.count) mappings")
+        for (entry, measured) in zip(checked, ours) {
+            #expect(measured == entry.usage, "mapping \(String(entry.range.lowerBound, radix: 16))-\(String(entry.range.upperBound, radix: 16))")
+        }
+        // Each child's figures are the page map's over its own guest memory, and it owns
+        // pages and shares others with the parent.
         #expect(report.children.count == 8)
-        for (child, measured) in zip(children, report.children) {
-            let vm = try #require(child.processVM)
+        for ((child, region), measured) in zip(zip(children, regions), report.children) {
             #expect(measured.name == child.name)
-            #expect(measured.usage == smaps.usage(of: vm.memory.hostAddress, length: vm.memory.size), "\(child.name)")
+            #expect(measured.usage == (try pageMap.usage(of: region.start, length: region.length)), "\(child.name)")
             #expect(measured.usage.privateBytes > 0 && measured.usage.shared > 0, "\(child.name): \(measured.usage)")
         }
     }
