@@ -190,9 +190,15 @@ extension VirtualContainerHost {
                 // below is what says what is left (and fails if the agent cannot answer).
                 _ = await running.result
             }
+            // The rest comes after the exit, whatever ended the follow: a follow can end first
+            // (the agent's follow sees the end, or a --rm container is already removed and the
+            // follow is refused), and the exit's answer is what carries the output of a
+            // container the agent removed with it. (A stream whose client left ends here.)
+            guard !Task.isCancelled else { return continuation.finish() }
+            let exit = await watch.exit(id, agent: agent, autoRemove: autoRemove)
             let offset = state.sent.withLock { $0 }
             do {
-                let log = state.exited.withLock { $0 }.flatMap { kind == .stdout ? $0.stdout : $0.stderr }
+                let log = exit.flatMap { kind == .stdout ? $0.stdout : $0.stderr }
                 let rest: Data
                 if let log { rest = Data(log.dropFirst(offset)) } else { rest = try await agent.call("GET", base + "&since=\(offset)").body }
                 if !rest.isEmpty { continuation.yield(rest) }

@@ -437,13 +437,7 @@ struct DaemonTests {
         defer { daemon.stop() }
         let client = daemon.client
         try daemon.addBusybox(client)
-        for (path, body) in [("/v1/placement/hosts", #"{"name":"h1","cpuCores":2,"nodeMemoryKiB":[4194304]}"#),
-                             ("/v1/placement/images", #"{"name":"busybox","parentMemoryKiB":65536,"growthPerChildKiB":1024,"cpuMHzPerChild":10}"#),
-                             ("/v1/placement/warm-parents", #"{"host":"h1","image":"busybox","node":0}"#),
-                             ("/v1/placement/pools", #"{"name":"one","memoryLimitKiB":1536}"#)] {
-            let made = try client.send("POST", path, body: Data(body.utf8))
-            #expect(made.status == 201, "\(path): \(made.text)")
-        }
+        try daemon.addPoolWithRoomForOne(client, name: "one")
         // The parent is ready (made by a container outside the pool).
         let run = try client.send("POST", "/v1/containers/run", json: ContainerSpec(image: "busybox", arguments: ["true"]))
         #expect(run.status == 200, "\(run.text)")
@@ -467,12 +461,7 @@ struct DaemonTests {
         try daemon.start()
         let client = daemon.client
         try daemon.addBusybox(client)
-        for (path, body) in [("/v1/placement/hosts", #"{"name":"h1","cpuCores":2,"nodeMemoryKiB":[4194304]}"#),
-                             ("/v1/placement/images", #"{"name":"busybox","parentMemoryKiB":65536,"growthPerChildKiB":1024,"cpuMHzPerChild":10}"#),
-                             ("/v1/placement/warm-parents", #"{"host":"h1","image":"busybox","node":0}"#),
-                             ("/v1/placement/pools", #"{"name":"one","memoryLimitKiB":1536}"#)] {
-            #expect(try client.send("POST", path, body: Data(body.utf8)).status == 201)
-        }
+        try daemon.addPoolWithRoomForOne(client, name: "one")
         #expect(try client.send("POST", "/v1/containers/run", json: ContainerSpec(image: "busybox", arguments: ["true"])).status == 200)
         let held = try client.send("POST", "/v1/containers", json: ContainerSpec(image: "busybox", name: "held", arguments: ["true"], pool: "one"))
         #expect(held.status == 201, "\(held.text)")

@@ -96,6 +96,17 @@ final class DaemonFixture: @unchecked Sendable {
         guard response.status == 201 else { throw AgentClient.ClientError(description: "image add: \(response.status) \(response.text)") }
     }
 
+    /// A placement host for busybox (a child costs 1 MiB) and a pool `name` with room for one.
+    func addPoolWithRoomForOne(_ client: AgentClient, name: String) throws {
+        for (path, body) in [("/v1/placement/hosts", #"{"name":"h1","cpuCores":2,"nodeMemoryKiB":[4194304]}"#),
+                             ("/v1/placement/images", #"{"name":"busybox","parentMemoryKiB":65536,"growthPerChildKiB":1024,"cpuMHzPerChild":10}"#),
+                             ("/v1/placement/warm-parents", #"{"host":"h1","image":"busybox","node":0}"#),
+                             ("/v1/placement/pools", "{\"name\":\"\(name)\",\"memoryLimitKiB\":1536}")] {
+            let made = try client.send("POST", path, body: Data(body.utf8))
+            guard made.status == 201 else { throw AgentClient.ClientError(description: "\(path): \(made.status) \(made.text)") }
+        }
+    }
+
     struct ImageBody: Codable, Sendable {
         var name: String
         var rootfs: String

@@ -112,9 +112,13 @@ struct SyscallPollerTests {
                                    executable: "/prog", arguments: ["prog"], environment: [], streams: streams.standard)
             return try vm.run() == .exited(0)
         }
-        #expect(try exitsCleanly(on: first))
+        // The poller stands back while its core is taken (CI keeps both busy): a few runs
+        // until it has served some.
+        for _ in 0..<10 where SyscallPoller.of(first).statistics.callsServed == 0 {
+            #expect(try exitsCleanly(on: first))
+        }
         let served = SyscallPoller.of(first).statistics.callsServed
-        #expect(served > 0, "the first system's poller served none of 5,000 getpid calls")
+        #expect(served > 0, "the first system's poller served none of 10 runs of 5,000 getpid calls")
         #expect(SyscallPoller.of(second).statistics.callsServed == 0, "the second system's poller served the first's calls")
         SyscallPoller.of(first).stop()
         #expect(try exitsCleanly(on: first))

@@ -74,6 +74,14 @@ struct DockerCLITests {
         let slow = try fixture.docker(socket, ["run", "--rm", "busybox", "sh", "-c", "echo early; busybox sleep 0.2; echo late; echo gone >&2; exit 5"])
         #expect(slow.status == 5 && slow.stdout == "early\nlate\n" && slow.stderr == "gone\n", "\(slow)")
 
+        // Containers that end about when the VCH starts following their output (its 50 ms
+        // delay): the follow may end, or be refused for a container the agent has removed,
+        // before the exit's answer is in; the output still comes whole.
+        for round in 0..<12 {
+            let edge = try fixture.docker(socket, ["run", "--rm", "busybox", "sh", "-c", "busybox sleep 0.0\(3 + round % 5); echo edge\(round)"])
+            #expect(edge.status == 0 && edge.stdout == "edge\(round)\n", "round \(round): \(edge)")
+        }
+
         // -i: standard input reaches the container; -e, --hostname, --entrypoint.
         let cat = try fixture.docker(socket, ["run", "--rm", "-i", "busybox", "cat"], stdin: Data("line one\nline two\n".utf8))
         #expect(cat.status == 0 && cat.stdout == "line one\nline two\n", "\(cat)")
