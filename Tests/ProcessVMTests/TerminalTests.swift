@@ -1,6 +1,7 @@
 import Foundation
 import ProcessVM
 import TestSupport
+import Synchronization
 import Testing
 
 /// A container with a terminal (`docker run -t`): descriptors 0, 1 and 2 are the engine's
@@ -17,16 +18,24 @@ struct TerminalTests {
     }
 
     /// busybox with `arguments` in a process VM whose standard streams are a terminal of
-    /// `window` reading `stdin`.
-    static func runInTerminal(_ arguments: [String], stdin: String = "", window: GuestTerminal.WindowSize = .standard) throws -> Run {
+    /// `window` reading `stdin`. Without the system-call poller unless `polls`: with it, ^C
+    /// can leave the guest spinning (`interruptWithThePollerOn`, a known issue); `watchdog`
+    /// seconds after the start a VM still running is killed (status 137).
+    static func runInTerminal(_ arguments: [String], stdin: String = "", window: GuestTerminal.WindowSize = .standard,
+                              polls: Bool = false, watchdog: Double? = nil) throws -> Run {
         let root = try BusyboxRootfs.make()
         defer { try? FileManager.default.removeItem(at: root) }
         let streams = try CapturedStreams(stdin: Data(stdin.utf8))
         let terminal = try GuestTerminal(output: streams.output, window: window)
         let standard = StandardStreams(input: streams.input, output: streams.output, error: streams.error, terminal: terminal)
-        let vm = try ProcessVM(system: GuestRunner.system!, configuration: ProcessVMConfiguration(rootfs: root.path, memoryBytes: 64 << 20),
+        let vm = try ProcessVM(system: GuestRunner.system!, configuration: ProcessVMConfiguration(rootfs: root.path, memoryBytes: 64 << 20, pollsSystemCalls: polls),
                                executable: "/bin/busybox", arguments: ["/bin/busybox"] + arguments, environment: environment, streams: standard)
+        let ended = Mutex(false)
+        if let watchdog {
+            DispatchQueue.global().asyncAfter(deadline: .now() + watchdog) { if !ended.withLock({ $0 }) { vm.kill() } }
+        }
         let status = try vm.run()
+        ended.withLock { $0 = true }
         return Run(status: status.code, output: streams.stdout, stderr: streams.stderr)
     }
 
@@ -143,6 +152,22 @@ struct TerminalTests {
         let uncaught = try Self.runInTerminal(["sh", "-c", "read a; echo not reached"], stdin: "\u{03}")
         #expect(uncaught.output == "^C")
         #expect(uncaught.status == 128 + 2)
+    }
+
+    /// Known issue (found 2026-12-05, not yet fixed): with the system-call poller on, ^C
+    /// through the terminal can leave the guest spinning in guest mode, never exiting (its
+    /// vCPU thread inside one KVM_RUN at 100 % CPU; the poller idle). It showed under load:
+    /// the suite hung in two of three CI runs, and 3 of 8 runs of this suite beside a busy
+    /// loop on each core, against 0 of 6 with the poller off. A watchdog kills the VM, so
+    /// the issue is recorded instead of hanging the tests.
+    @Test func interruptWithThePollerOn() throws {
+        withKnownIssue("^C with the poller on can leave the guest spinning", isIntermittent: true) {
+            for _ in 0..<3 {
+                let run = try Self.runInTerminal(["sh", "-c", "trap 'echo caught; exit 7' INT; read a; echo not reached"], stdin: "partial\u{03}",
+                                                 polls: true, watchdog: 10)
+                #expect(run.status == 7 && run.output == "partial^Ccaught\r\n", "\(run.status) \(run.output)")
+            }
+        }
     }
 
     /// Every argument of the terminal ioctls is checked: a pointer that does not cover the
