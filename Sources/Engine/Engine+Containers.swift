@@ -109,34 +109,38 @@ extension Engine {
             // thread's work (the fork may build a VM when the pool is empty).
             let make: @Sendable () throws -> ManagedContainer = { [self] in
                 let placed = try placeHere.map { try Self.placeNow(placement, pool: $0, image: image.name, memoryKiB: memoryKiB) } ?? placedBefore
-                let vm: Fork.Container
-                var disk: ContainerDiskRoot?
-                var streams: ContainerStreams?
-                defer { streams?.closeChildEnds() }
+                // Placed here: given back here when what follows fails (one placed before is
+                // given back by the caller).
+                let giveBackPlacement = { if placeHere != nil, let placed { _ = try? placement.release(placed) } }
+                let streams: ContainerStreams
                 do {
                     streams = try ContainerStreams(folder: folder, folders: containerFolders, stdin: stdin, openStdin: openStdin, tty: tty)
-                    disk = try containerDiskRoot(for: family, id: id)
-                    vm = try family.fork(id: id, argv0: command.argv0, arguments: command.arguments, environment: environment, hostname: hostname,
-                                         streams: streams!.standard, rootFileSystem: disk)
                 } catch {
-                    if let streams {
-                        streams.closeStdinWriter()
-                        containerFolders.remove(folder)
-                    }
-                    if let disk { containerDisks?.remove(id: id, root: disk) }
-                    // Placed here: released here (one placed before is released by the caller).
-                    if placeHere != nil, let placed { _ = try? placement.release(placed) }
+                    giveBackPlacement()
                     throw error
                 }
-                let streamsMade = streams!
+                defer { streams.closeChildEnds() }
+                let vm: Fork.Container
+                var disk: ContainerDiskRoot?
+                do {
+                    disk = try containerDiskRoot(for: family, id: id)
+                    vm = try family.fork(id: id, argv0: command.argv0, arguments: command.arguments, environment: environment, hostname: hostname,
+                                         streams: streams.standard, rootFileSystem: disk)
+                } catch {
+                    streams.closeStdinWriter()
+                    containerFolders.remove(folder)
+                    if let disk { containerDisks?.remove(id: id, root: disk) }
+                    giveBackPlacement()
+                    throw error
+                }
                 let info = ContainerInfo(id: id, name: name, image: image.name, state: .created, exitCode: nil, exitReason: nil,
                                          arguments: command.arguments, environment: environment, hostname: hostname, memoryMiB: memoryMiB,
                                          forkPoint: forkPoint, labels: labels, parent: policy.id, pool: placementPool, placementID: placed,
                                          createdAt: Date().timeIntervalSince1970, startedAt: nil, finishedAt: nil,
                                          forkMicroseconds: Self.microseconds(vm.forkLatency), reusedVM: vm.reusesVM,
                                          argv0: command.argv0, entrypoint: command.entrypoint, cmd: command.cmd, tty: tty ? true : nil)
-                let managed = ManagedContainer(info: info, logFolder: folder, vm: vm, stdinWriter: streamsMade.stdinWriter, family: family, disk: disk,
-                                               terminal: streamsMade.terminal)
+                let managed = ManagedContainer(info: info, logFolder: folder, vm: vm, stdinWriter: streams.stdinWriter, family: family, disk: disk,
+                                               terminal: streams.terminal)
                 registry.withLock { registry in
                     registry.containers[id] = managed
                     registry.forks += 1
