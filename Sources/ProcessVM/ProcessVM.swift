@@ -136,6 +136,10 @@ public final class ProcessVM: @unchecked Sendable {
     let machineState = NSLock()
     /// The mailbox while this VM is registered with the poller.
     var pollerMailbox: UnsafeMutableRawPointer?
+    /// True while the mailbox's signal-check word is set (see `signalMustWaitForTheStub`).
+    var signalCheckRequested = false
+    /// Signals that found the vCPU inside the stub and waited for its way out (read once the VM ended).
+    private(set) var signalsHeldForTheStub = 0
     /// A signal for the calling thread's handler, delivered when it next returns to user code.
     var pendingSignal: Int32? {
         get { current.pendingSignal }
@@ -426,7 +430,7 @@ public final class ProcessVM: @unchecked Sendable {
             waitIfStopped()
             if let status = endRequest { return .ended(status) }
             if pendingSignal == nil, let signal = interrupts.takeSignal() { pendingSignal = signal }
-            if pendingSignal != nil, vcpu.syncRegisters.pointee.sregs.cs.selector == X86.Selector.userCode,
+            if pendingSignal != nil, vcpu.syncRegisters.pointee.sregs.cs.selector == X86.Selector.userCode, !signalMustWaitForTheStub(),
                let status = deliverPendingSignal(interrupted: vcpu.syncRegisters.pointee.regs) {
                 return .ended(status)
             }
@@ -449,7 +453,10 @@ public final class ProcessVM: @unchecked Sendable {
             case .io(let port, true, _, _, _) where port == SystemArea.syscallPort:
                 if stopsAtFirstStandardInputRead, isStandardInputRead() { return .atFirstStandardInputRead }
                 resumePolling(after: vcpu.syncRegisters.pointee.regs.rax)
+                clearSignalCheck()
                 if let status = serveSystemCall() { return .ended(status) }
+            case .io(let port, true, _, _, _) where port == SystemArea.signalCheckPort:
+                if let status = serveSignalCheck() { return .ended(status) }
             case .io(let port, true, _, _, let offset) where port == SystemArea.exceptionPort:
                 let vector = UInt8(truncatingIfNeeded: UnsafeRawPointer(vcpu.runState).load(fromByteOffset: offset, as: UInt8.self))
                 if vector == X86.breakpointVector, let main = stopsAtMain, try resumeInUserMode(atBreakpoint: main) { return .atMain }
@@ -536,6 +543,40 @@ public final class ProcessVM: @unchecked Sendable {
             vcpu.markDirty(regs: true)
             return nil
         }
+    }
+
+    /// True when the vCPU stopped inside the system-call stub, where a handler must not run
+    /// (its calls would reuse the mailbox under a post the stub still waits on): the stub is
+    /// told to exit to the signal port on its way back to the program, or the signal goes
+    /// with the call it exits for. Only for a polled VM, the one whose stub uses the mailbox
+    /// (a VM with threads is never polled, and its threads share the one mailbox page).
+    func signalMustWaitForTheStub() -> Bool {
+        guard let mailbox = pollerMailbox, SystemArea.syscallStubBeforeSignalCheck.contains(vcpu.syncRegisters.pointee.regs.rip) else { return false }
+        (mailbox + Int(SyscallStub.Offset.signalCheck)).storeBytes(of: 1, as: UInt32.self)
+        signalCheckRequested = true
+        signalsHeldForTheStub += 1
+        return true
+    }
+
+    /// Clears the mailbox's signal-check word once the signal it was set for goes with a call.
+    func clearSignalCheck() {
+        guard signalCheckRequested else { return }
+        signalCheckRequested = false
+        mailbox?.storeBytes(of: 0, toByteOffset: Int(SyscallStub.Offset.signalCheck), as: UInt32.self)
+    }
+
+    /// The stub stopped on its way back to the program because a signal waits: delivered as
+    /// after a system call, RAX the call's result, RCX and R11 the return address and flags.
+    /// With none to deliver (the guest can set the word itself) the stub just returns.
+    func serveSignalCheck() -> ExitStatus? {
+        signalCheckRequested = false
+        mailbox?.storeBytes(of: 0, toByteOffset: Int(SyscallStub.Offset.signalCheck), as: UInt32.self)
+        if pendingSignal == nil, let signal = interrupts.takeSignal() { pendingSignal = signal }
+        guard pendingSignal != nil else { return nil }
+        var interrupted = vcpu.syncRegisters.pointee.regs
+        interrupted.rip = interrupted.rcx
+        interrupted.rflags = interrupted.r11 | X86.rflagsReserved
+        return deliverPendingSignal(interrupted: interrupted)
     }
 
     /// Acts on the pending signal with the program stopped at `interrupted` (user code).

@@ -34,6 +34,12 @@ enum SyscallStub {
         static let heartbeat: UInt64 = 80
         /// The heartbeat the stub last saw (the stub's own scratch word).
         static let seenHeartbeat: UInt64 = 84
+        /// Set by the engine when a signal is waiting for the program while its vCPU is
+        /// inside the stub: on its way back to the program the stub exits to the signal port
+        /// so that the signal is delivered there, as Linux delivers one on the return to user
+        /// mode. (A handler must not run in the stub: its own calls would reuse the mailbox
+        /// under the interrupted post, whose wait would then never end.)
+        static let signalCheck: UInt64 = 88
     }
 
     /// Spins of `pause` before the stub stops waiting for the poller and exits (roughly
@@ -48,10 +54,12 @@ enum SyscallStub {
     /// on machines where exits are dear (20-60 µs).
     static let heartbeatInterval: UInt32 = 64
 
-    /// The assembled code and the offset of its exiting `out` (a stopped parent's RIP).
-    static let (code, exitOffset): ([UInt8], Int) = assemble()
+    /// The assembled code, the offset of its exiting `out` (a stopped parent's RIP), and the
+    /// end of its signal check: before it, the stub may still use the mailbox or check for
+    /// a waiting signal; after it, it only returns to the program, which is safe to interrupt.
+    static let (code, exitOffset, signalCheckEnd): ([UInt8], Int, Int) = assemble()
 
-    private static func assemble() -> ([UInt8], Int) {
+    private static func assemble() -> ([UInt8], Int, Int) {
         var a = Assembler()
         let mailbox = SystemArea.mailbox
         func at(_ offset: UInt64) -> UInt32 { UInt32(mailbox + offset) }
@@ -120,6 +128,13 @@ enum SyscallStub {
         a.emit([0x48, 0x8B, 0x0C, 0x25] + a.le(at(Offset.savedRCX))) // mov rcx, [savedRCX]
         a.emit([0xC7, 0x04, 0x25] + a.le(at(Offset.state)) + a.le(State.idle.rawValue))
         a.label("return")
+        // A signal waits (the engine was told while the vCPU was in here): exit so that it
+        // is delivered with the program's registers, RCX and R11 as SYSCALL left them.
+        a.emit([0x83, 0x3C, 0x25] + a.le(at(Offset.signalCheck)) + [0x00]) // cmp dword [signalCheck], 0
+        a.jump(.equal, to: "returnNow")
+        a.emit([0xE6, UInt8(SystemArea.signalCheckPort)]) // out 0xF2, al
+        a.label("returnNow")
+        let signalCheckEnd = a.bytes.count
         a.emit([
             0x48, 0x81, 0xEC, 0x80, 0, 0, 0, // sub rsp, 128
             0x51, // push rcx (return RIP)
@@ -131,7 +146,7 @@ enum SyscallStub {
             0xFF, 0x74, 0x24, 0x20, // push qword [rsp+32] (RIP)
             0x48, 0xCF, // iretq
         ])
-        return (a.finish(), exitOffset)
+        return (a.finish(), exitOffset, signalCheckEnd)
     }
 
     /// Just enough of an x86-64 assembler for the stub: bytes, labels, rel32 jumps.

@@ -16,6 +16,9 @@ struct SystemArea {
     static let syscallPort: UInt16 = 0xF0
     /// Port the exception stubs write to; the value is the vector.
     static let exceptionPort: UInt16 = 0xF1
+    /// Port the system-call stub writes to on its way back to the program when the engine
+    /// asked it to (`SyscallStub.Offset.signalCheck`): a signal waits to be delivered.
+    static let signalCheckPort: UInt16 = 0xF2
     /// Offset of vector v's stub in the stub page: 8 bytes each after the system-call stub.
     static func exceptionStub(_ vector: Int) -> UInt64 { stubPage + 0x200 + UInt64(vector * 8) }
 
@@ -25,6 +28,9 @@ struct SystemArea {
     static let mailbox: UInt64 = 0xB000
     /// Address of the stub's exiting `out`: where a parent stopped at a system call resumes.
     static var syscallExit: UInt64 { stubPage + UInt64(SyscallStub.exitOffset) }
+    /// The stub's code that must not be interrupted by a signal handler: from its entry to
+    /// the end of its signal check (see `SyscallStub.signalCheckEnd`).
+    static var syscallStubBeforeSignalCheck: Range<UInt64> { stubPage..<(stubPage + UInt64(SyscallStub.signalCheckEnd)) }
 
     /// Where a fork point lists the pages its children will touch (virtual addresses, ending
     /// with 0): two user-readable pages the program never writes.

@@ -170,6 +170,9 @@ extension ProcessVM {
             case .io(let port, true, _, _, _) where port == SystemArea.syscallPort:
                 if let status = serveSystemCall() { return endProcess(from: thread, status: status) }
                 if thread.hasExited { return }
+            case .io(let port, true, _, _, _) where port == SystemArea.signalCheckPort:
+                // Only a guest that set the word itself comes here: threads are never polled.
+                if let status = serveSignalCheck() { return endProcess(from: thread, status: status) }
             case .io(let port, true, _, _, let offset) where port == SystemArea.exceptionPort:
                 let vector = UInt8(truncatingIfNeeded: UnsafeRawPointer(thread.vcpu.runState).load(fromByteOffset: offset, as: UInt8.self))
                 return endProcess(from: thread, status: terminate(with: recordFault(vector: vector)))
