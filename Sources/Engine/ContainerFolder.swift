@@ -115,7 +115,16 @@ final class ContainerFolderPool: Sendable {
             let path = ContainerFolder.path(name, in: containerPath)
             var info = stat()
             if stat(path, &info) == 0, info.st_size == 0 { continue }
-            if truncate(path, 0) != 0, errno != ENOENT { return Self.delete(container) }
+            // Truncated through a descriptor closed at once: ext4 (auto_da_alloc) marks a file
+            // cut to nothing to have its delayed writes flushed at its next last close, which
+            // was the next container's, writing out its few bytes of log (and allocating their
+            // blocks) on its way out; closed here, there is nothing yet to flush.
+            let fd = open(path, O_WRONLY | O_TRUNC | O_CLOEXEC)
+            guard fd >= 0 else {
+                if errno == ENOENT { continue }
+                return Self.delete(container)
+            }
+            close(fd)
         }
         guard Self.holdsOnly(ContainerFolder.logFiles, container) else { return Self.delete(container) }
         let name = "\(prefix)\(named.add(1, ordering: .relaxed).newValue)"

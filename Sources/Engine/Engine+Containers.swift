@@ -147,7 +147,10 @@ extension Engine {
                 }
                 metrics.forkLatency.record(duration: vm.forkLatency)
                 metrics.forks.increment()
-                writer.enqueue { $0.containers.append(info) }
+                writer.enqueue { writes in
+                    writes.containers.append(info)
+                    writes.made.insert(info.id)
+                }
                 return managed
             }
             guard startNow else { return try await onKVMThread(make) }

@@ -53,12 +53,14 @@ final class StateWriter: Sendable {
     }
 
     /// The batch to write: only the last state of each container, and none for a container
-    /// deleted in the same batch (its row would be written and deleted at once). Rows are
-    /// encoded here, once per container and batch, not by each caller under the lock.
+    /// deleted in the same batch (its row would be written and deleted at once); nor its
+    /// deletion when it was made in this batch too (it has no row to delete: a `run` of a
+    /// short program, whose create, start, exit and removal usually land in one batch). Rows
+    /// are encoded here, once per container and batch, not by each caller under the lock.
     static func coalesced(_ writes: QueuedWrites) -> EngineWrites {
         var result = EngineWrites()
         result.events = writes.events
-        result.deletedContainers = writes.deletedContainers
+        result.deletedContainers = writes.made.isEmpty ? writes.deletedContainers : writes.deletedContainers.filter { !writes.made.contains($0) }
         result.placements = writes.placements
         result.deletedPlacements = writes.deletedPlacements
         let deleted = Set(writes.deletedContainers)
@@ -91,6 +93,8 @@ struct QueuedWrites {
     var events: [EventRow] = []
     var containers: [ContainerInfo] = []
     var deletedContainers: [String] = []
+    /// Containers made since the last batch: none has a row yet.
+    var made: Set<String> = []
     /// The placement service's rows for the engine's forks (`PlacementService.DeferredWrite`).
     var placements: [PlacementRow] = []
     var deletedPlacements: [Int] = []
