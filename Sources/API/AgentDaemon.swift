@@ -132,8 +132,11 @@ public struct AgentDaemon: Sendable {
         // socket (the CLI, the VCHs' calls and event follows) its own share.
         let maxConnections = options.maxConnections
         func http(_ limit: ConnectionLimit) -> HTTPServerBuilder {
-            .http1(configuration: .init(additionalChannelHandlers: [ConnectionLimitHandler(limit: limit, logger: logger), AbandonedStreamHandler()],
-                                        idleTimeout: AgentLimits.idleTimeout))
+            HTTPServerBuilder { responder in
+                OnTheEventLoop(inner: HTTP1Channel(responder: responder, configuration: .init(
+                    additionalChannelHandlers: [ConnectionLimitHandler(limit: limit, logger: logger), AbandonedStreamHandler()],
+                    idleTimeout: AgentLimits.idleTimeout)))
+            }
         }
         let accepted = maxConnections.multipliedReportingOverflow(by: AgentLimits.acceptedPerServed)
         let acceptedAtOnce = accepted.overflow ? Int.max : accepted.partialValue

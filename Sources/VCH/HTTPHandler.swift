@@ -1,3 +1,4 @@
+import API
 import Foundation
 import Logging
 import NIOCore
@@ -23,6 +24,9 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var body = ByteBuffer()
     private var overLimit = false
     private let presence = ClientPresence()
+    /// The connection's answers are made on its event loop's thread (`EventLoopExecutor`):
+    /// two thread wake-ups fewer per request than on the cooperative pool.
+    private var executor: EventLoopExecutor?
 
     init(host: VirtualContainerHost, access: AccessCheck) {
         self.host = host
@@ -49,7 +53,9 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             let keepAlive = head.isKeepAlive
             let presence = self.presence
             presence.answerStarts()
-            let task = Task {
+            let executor = self.executor ?? EventLoopExecutor(context.eventLoop)
+            self.executor = executor
+            let task = Task(executorPreference: executor) {
                 let response = await host.answer(request, access: access, overLimit: overLimit)
                 await ResponseWriter.write(response, to: channel, keepAlive: keepAlive, head: request.method == .HEAD,
                                            trace: host.tracing ? (host.logger, "\(request.method.rawValue) \(request.path)") : nil,
