@@ -3,8 +3,10 @@ import Foundation
 // The Docker Engine API's JSON shapes the VCH reads and writes, with Docker's field names.
 // Only the fields the docker CLI reads are written; see DockerTranslation for the mapping.
 
-/// The body of `POST /containers/create` (the fields the VCH honours; others are checked by
-/// `UnsupportedOptions`).
+/// The body of `POST /containers/create` (the fields the VCH honours), read in one pass with
+/// what `UnsupportedOptions` checks: which of the refused fields say something, and the few
+/// host settings allowed only with some values. (It was parsed twice, once with
+/// JSONSerialization for the check: a quarter of a millisecond of each `docker run`.)
 struct CreateBody: Decodable {
     var Image: String?
     var Hostname: String?
@@ -17,10 +19,105 @@ struct CreateBody: Decodable {
     var StdinOnce: Bool?
     var AttachStdin: Bool?
     var HostConfig: HostConfigBody?
+    /// The refused Config fields that are set.
+    var refused: Set<String> = []
 
     struct HostConfigBody: Decodable {
         var Memory: Int?
         var AutoRemove: Bool?
+        var NetworkMode: String?
+        var RestartPolicy: RestartPolicyBody?
+        var MemorySwap: Int?
+        /// The refused HostConfig fields that are set.
+        var refused: Set<String> = []
+
+        struct RestartPolicyBody: Decodable { var Name: String? }
+
+        init(from decoder: any Decoder) throws {
+            let fields = try decoder.container(keyedBy: AnyKey.self)
+            Memory = try fields.decodeIfPresent(Int.self, forKey: AnyKey("Memory"))
+            AutoRemove = try fields.decodeIfPresent(Bool.self, forKey: AnyKey("AutoRemove"))
+            NetworkMode = try? fields.decodeIfPresent(String.self, forKey: AnyKey("NetworkMode"))
+            RestartPolicy = try? fields.decodeIfPresent(RestartPolicyBody.self, forKey: AnyKey("RestartPolicy"))
+            MemorySwap = try? fields.decodeIfPresent(Int.self, forKey: AnyKey("MemorySwap"))
+            refused = try JSONPresence.setFields(of: fields, among: UnsupportedOptions.hostConfigFields)
+        }
+    }
+
+    init(from decoder: any Decoder) throws {
+        let fields = try decoder.container(keyedBy: AnyKey.self)
+        func field<T: Decodable>(_ name: String, _ type: T.Type) throws -> T? { try fields.decodeIfPresent(type, forKey: AnyKey(name)) }
+        Image = try field("Image", String.self)
+        Hostname = try field("Hostname", String.self)
+        Env = try field("Env", [String].self)
+        Cmd = try field("Cmd", [String].self)
+        Entrypoint = try field("Entrypoint", [String].self)
+        Labels = try field("Labels", [String: String].self)
+        Tty = try field("Tty", Bool.self)
+        OpenStdin = try field("OpenStdin", Bool.self)
+        StdinOnce = try field("StdinOnce", Bool.self)
+        AttachStdin = try field("AttachStdin", Bool.self)
+        HostConfig = try field("HostConfig", HostConfigBody.self)
+        refused = try JSONPresence.setFields(of: fields, among: UnsupportedOptions.configFields)
+    }
+}
+
+/// Any JSON object key.
+struct AnyKey: CodingKey {
+    let stringValue: String
+    var intValue: Int? { nil }
+    init(_ name: String) { stringValue = name }
+    init?(stringValue: String) { self.stringValue = stringValue }
+    init?(intValue: Int) { nil }
+}
+
+/// Whether a JSON value says anything: not null, "", 0, false, [] or {} (any other value,
+/// however nested, does).
+struct JSONPresence: Decodable {
+    /// A field's JSON type in the Docker API.
+    enum Kind { case string, number, bool, array, object }
+
+    let isSet: Bool
+
+    /// Any value, its type unknown: each type tried in turn (a failed try throws and costs;
+    /// only for a field whose value is not of its documented type).
+    init(from decoder: any Decoder) throws {
+        let value = try decoder.singleValueContainer()
+        if value.decodeNil() {
+            isSet = false
+        } else if let object = try? decoder.container(keyedBy: AnyKey.self) {
+            isSet = !object.allKeys.isEmpty
+        } else if let list = try? decoder.unkeyedContainer() {
+            isSet = !list.isAtEnd
+        } else if let flag = try? value.decode(Bool.self) {
+            isSet = flag
+        } else if let number = try? value.decode(Double.self) {
+            isSet = number != 0
+        } else {
+            isSet = !(try value.decode(String.self)).isEmpty
+        }
+    }
+
+    /// Which of `names` are present in `fields` and set, each read as its `kinds` type.
+    static func setFields(of fields: KeyedDecodingContainer<AnyKey>, among names: Set<String>) throws -> Set<String> {
+        var set: Set<String> = []
+        for key in fields.allKeys where names.contains(key.stringValue) {
+            if try isSet(key, in: fields) { set.insert(key.stringValue) }
+        }
+        return set
+    }
+
+    private static func isSet(_ key: AnyKey, in fields: KeyedDecodingContainer<AnyKey>) throws -> Bool {
+        if try fields.decodeNil(forKey: key) { return false }
+        switch UnsupportedOptions.kinds[key.stringValue] {
+        case .string?: if let text = try? fields.decode(String.self, forKey: key) { return !text.isEmpty }
+        case .number?: if let number = try? fields.decode(Double.self, forKey: key) { return number != 0 }
+        case .bool?: if let flag = try? fields.decode(Bool.self, forKey: key) { return flag }
+        case .array?: if let list = try? fields.nestedUnkeyedContainer(forKey: key) { return !list.isAtEnd }
+        case .object?: if let object = try? fields.nestedContainer(keyedBy: AnyKey.self, forKey: key) { return !object.allKeys.isEmpty }
+        case nil: break
+        }
+        return try fields.decode(JSONPresence.self, forKey: key).isSet
     }
 }
 

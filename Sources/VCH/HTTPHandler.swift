@@ -44,6 +44,7 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             if body.readableBytes + piece.readableBytes > Self.maxBodyBytes { overLimit = true } else { body.writeBuffer(&piece) }
         case .end:
             guard let head else { return }
+            if host.tracing { host.logger.debug("request complete", metadata: ["request": "\(head.method.rawValue) \(head.uri)", "t": Timeline.stamp()]) }
             self.head = nil
             let request = DockerRequest(method: head.method, uri: head.uri, headers: head.headers, body: Data(body.readableBytesView))
             let host = self.host
@@ -56,6 +57,7 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             let executor = self.executor ?? EventLoopExecutor(context.eventLoop)
             self.executor = executor
             let task = Task(executorPreference: executor) {
+                if host.tracing { host.logger.debug("answer begins", metadata: ["request": "\(request.method.rawValue) \(request.path)", "t": Timeline.stamp()]) }
                 let response = await host.answer(request, access: access, overLimit: overLimit)
                 await ResponseWriter.write(response, to: channel, keepAlive: keepAlive, head: request.method == .HEAD,
                                            trace: host.tracing ? (host.logger, "\(request.method.rawValue) \(request.path)") : nil,

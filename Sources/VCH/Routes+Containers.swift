@@ -6,11 +6,11 @@ import NIOHTTP1
 /// create, list, inspect, start, stop, kill, wait, remove.
 extension VirtualContainerHost {
     func createContainer(_ request: DockerRequest) async throws -> DockerResponse {
-        guard let raw = try? JSONSerialization.jsonObject(with: request.body) as? [String: Any] else {
+        guard request.body.first(where: { ![0x20, 0x09, 0x0A, 0x0D].contains($0) }) == UInt8(ascii: "{") else {
             throw DockerError.badRequest("the body of containers/create must be a JSON object")
         }
-        try UnsupportedOptions.check(raw)
         let body = try request.decode(CreateBody.self)
+        try UnsupportedOptions.check(body)
         guard let reference = body.Image, !reference.isEmpty else { throw DockerError.badRequest("no image given (Config.Image is empty)") }
         if let platform = request.string("platform"), !platform.isEmpty, !platform.hasPrefix("linux") {
             throw DockerError.badRequest("platform \(platform) is not supported: this VCH runs linux/amd64 process VMs")

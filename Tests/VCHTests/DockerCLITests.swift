@@ -128,6 +128,13 @@ struct DockerCLITests {
         #expect(published.status == 125 && published.stderr.contains("--volume is not supported by this VCH"), "\(published.stderr)")
         let entrypoint = try fixture.docker(socket, ["run", "--rm", "--entrypoint", "/bin/nosuch", "busybox"])
         #expect(entrypoint.status == 125 && entrypoint.stderr.contains("program \"/bin/nosuch\" is not an executable file in image busybox"), "\(entrypoint.stderr)")
+        // Each refused by name, from a Config field, a HostConfig field, and the two allowed
+        // only with some values (the body is read once, the refused fields' presence with it).
+        for (options, named) in [(["--user", "1000"], "--user"), (["--workdir", "/tmp"], "--workdir"), (["--cap-add", "NET_ADMIN"], "--cap-add"),
+                                 (["--restart", "always"], "--restart always"), (["--network", "host"], "--network host")] {
+            let refused = try fixture.docker(socket, ["create"] + options + ["busybox", "echo"])
+            #expect(refused.status != 0 && refused.stderr.contains("\(named) is not supported"), "\(options): \(refused.stderr)")
+        }
         let tooSmall = try fixture.docker(socket, ["run", "--rm", "--memory", "6m", "--memory-swap", "12m", "busybox", "echo"])
         #expect(tooSmall.status == 125 && tooSmall.stderr.contains("--memory-swap"), "\(tooSmall.stderr)")
         _ = try fixture.docker(socket, ["create", "--name", "taken", "busybox"])
