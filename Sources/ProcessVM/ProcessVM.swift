@@ -552,6 +552,7 @@ public final class ProcessVM: @unchecked Sendable {
     /// (a VM with threads is never polled, and its threads share the one mailbox page).
     func signalMustWaitForTheStub() -> Bool {
         guard let mailbox = pollerMailbox, SystemArea.syscallStubBeforeSignalCheck.contains(vcpu.syncRegisters.pointee.regs.rip) else { return false }
+        // unsafe: the mailbox page stays mapped while the VM is polled, and the word is inside it (the guest may write it too: it only costs the guest an exit).
         (mailbox + Int(SyscallStub.Offset.signalCheck)).storeBytes(of: 1, as: UInt32.self)
         signalCheckRequested = true
         signalsHeldForTheStub += 1
@@ -562,6 +563,7 @@ public final class ProcessVM: @unchecked Sendable {
     func clearSignalCheck() {
         guard signalCheckRequested else { return }
         signalCheckRequested = false
+        // unsafe: `mailbox` is the VM's own mapped mailbox page (nil when it has none); the word is inside it.
         mailbox?.storeBytes(of: 0, toByteOffset: Int(SyscallStub.Offset.signalCheck), as: UInt32.self)
     }
 
@@ -570,6 +572,7 @@ public final class ProcessVM: @unchecked Sendable {
     /// With none to deliver (the guest can set the word itself) the stub just returns.
     func serveSignalCheck() -> ExitStatus? {
         signalCheckRequested = false
+        // unsafe: as in `clearSignalCheck`.
         mailbox?.storeBytes(of: 0, toByteOffset: Int(SyscallStub.Offset.signalCheck), as: UInt32.self)
         if pendingSignal == nil, let signal = interrupts.takeSignal() { pendingSignal = signal }
         guard pendingSignal != nil else { return nil }
