@@ -241,7 +241,10 @@ final class MainForkPointTests {
 
     /// The point of forking at main: a child of busybox makes a fraction of the exits one of
     /// its entry point makes (KVM's own count), since the C library's start-up — its CPUID
-    /// probing above all — ran once, in the parent.
+    /// probing above all — ran once, in the parent. At most half: where CPUID exits (20 µs
+    /// each on most machines of this kind) the medians were 8 against ~70; where it does not
+    /// (0.7 µs, 2026-12-06) 6-8 against 25-38, and 8 against 29 under CI's load, which a
+    /// bound of a quarter failed.
     @Test func childrenOfAMainParentMakeAFractionOfTheExits() throws {
         let root = try BusyboxRootfs.make()
         defer { try? FileManager.default.removeItem(at: root) }
@@ -263,6 +266,6 @@ final class MainForkPointTests {
         let main = try medianExits(.main)
         let entry = try medianExits(.entry)
         #expect(main > 0, "KVM counted no exit at all")
-        #expect(main * 4 <= entry, "exits per child: main \(main), entry \(entry)")
+        #expect(main * 2 <= entry, "exits per child: main \(main), entry \(entry)")
     }
 }
