@@ -8,9 +8,20 @@ bash scripts/setup.sh || exit 1
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # Tests that run guests or disks in parallel on 2 cores are slow but correct; the runner
-# takes them all at once.
-swift test "$@" 2>&1 | tee "$log"
-status=${PIPESTATUS[0]}
+# takes them all at once. But one test fills the guests' descriptor budget, which is the
+# engine process's (GuestDescriptorBudget: RLIMIT_NOFILE is per process), on purpose: any
+# other test's guest opening a file meanwhile gets ENFILE (a pulled python3 image's test did,
+# once in CI). It runs after the others, in a test process of its own.
+alone='HostileFilesTests/guestsCannotTakeTheEnginesDescriptors'
+if [ "$#" -eq 0 ]; then
+    swift test --skip "$alone" 2>&1 | tee "$log"
+    status=${PIPESTATUS[0]}
+    swift test --skip-build --filter "$alone" 2>&1 | tee -a "$log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+else
+    swift test "$@" 2>&1 | tee "$log"
+    status=${PIPESTATUS[0]}
+fi
 
 # Swift Testing reports each test (a parameterized one once, for all its cases) on a line of
 # its own; its closing "Test run with N tests" line is left out of the counts.

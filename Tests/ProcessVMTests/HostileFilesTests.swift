@@ -345,6 +345,8 @@ struct HostileFilesTests {
     /// Each VM could hold its 1,021 host descriptors whatever the engine had left: a few
     /// such guests took every descriptor the engine had, and no VM could be made. Guests
     /// together now stop short of the engine's limit (ENFILE), each within its own (EMFILE).
+    /// While it runs, every guest of this test process gets ENFILE: `scripts/test.sh` runs it
+    /// in a process of its own, after the others.
     @Test func guestsCannotTakeTheEnginesDescriptors() throws {
         let root = try HostileGuest.rootfs(Self.moreNumbers + #"""
         int main(void) {
