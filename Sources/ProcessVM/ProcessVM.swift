@@ -561,7 +561,10 @@ public final class ProcessVM: @unchecked Sendable {
 
     /// Clears the mailbox's signal-check word once the signal it was set for goes with a call.
     func clearSignalCheck() {
-        guard signalCheckRequested else { return }
+        if signalCheckRequested { zeroSignalCheck() }
+    }
+
+    private func zeroSignalCheck() {
         signalCheckRequested = false
         // unsafe: `mailbox` is the VM's own mapped mailbox page (nil when it has none); the word is inside it.
         mailbox?.storeBytes(of: 0, toByteOffset: Int(SyscallStub.Offset.signalCheck), as: UInt32.self)
@@ -571,9 +574,7 @@ public final class ProcessVM: @unchecked Sendable {
     /// after a system call, RAX the call's result, RCX and R11 the return address and flags.
     /// With none to deliver (the guest can set the word itself) the stub just returns.
     func serveSignalCheck() -> ExitStatus? {
-        signalCheckRequested = false
-        // unsafe: as in `clearSignalCheck`.
-        mailbox?.storeBytes(of: 0, toByteOffset: Int(SyscallStub.Offset.signalCheck), as: UInt32.self)
+        zeroSignalCheck()  // set by the engine or, as far as it knows, by the guest itself
         if pendingSignal == nil, let signal = interrupts.takeSignal() { pendingSignal = signal }
         guard pendingSignal != nil else { return nil }
         var interrupted = vcpu.syncRegisters.pointee.regs

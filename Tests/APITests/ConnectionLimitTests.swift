@@ -146,27 +146,23 @@ extension ConnectionLimitTests {
         let idle = try Self.hold({ try tcp.openConnection() }) { try $0.sendRequest("GET", "/v1/_ping", headers: bearer) }
         let wait = HeldConnection(fd: try tcp.openConnection())
         try wait.sendRequest("POST", "/v1/containers/spin/wait", headers: bearer)
-        // Both count: a third is refused (once the wait's request is in).
+        // A ping on a new connection, until it is answered with `status` or the deadline passes.
         let deadline = Date().addingTimeInterval(10)
-        var refusedWhileWaiting = false
-        while !refusedWhileWaiting, Date() < deadline {
-            let third = HeldConnection(fd: try tcp.openConnection())
-            try third.sendRequest("GET", "/v1/_ping", headers: bearer + ["Connection: close"])
-            refusedWhileWaiting = try third.readHead().status == 429
-            third.close()
-            if !refusedWhileWaiting { usleep(20_000) }
+        func pingUntil(_ status: Int, pause: useconds_t) throws -> Bool {
+            while Date() < deadline {
+                let probe = HeldConnection(fd: try tcp.openConnection())
+                try probe.sendRequest("GET", "/v1/_ping", headers: bearer + ["Connection: close"])
+                let answered = try probe.readHead().status
+                probe.close()
+                if answered == status { return true }
+                usleep(pause)
+            }
+            return false
         }
-        #expect(refusedWhileWaiting, "the wait's connection did not count")
+        // Both count: a third is refused (once the wait's request is in).
+        #expect(try pingUntil(429, pause: 20_000), "the wait's connection did not count")
         wait.close()  // on TCP a FIN: the server's half-closure support would keep the connection
-        var served = false
-        while !served, Date() < deadline {
-            let again = HeldConnection(fd: try tcp.openConnection())
-            try again.sendRequest("GET", "/v1/_ping", headers: bearer + ["Connection: close"])
-            served = try again.readHead().status == 200
-            again.close()
-            if !served { usleep(50_000) }
-        }
-        #expect(served, "the wait whose client left still holds its connection")
+        #expect(try pingUntil(200, pause: 50_000), "the wait whose client left still holds its connection")
         idle.close()
         let unix = AgentClient(socketPath: daemon.socketPath)
         #expect(try unix.send("POST", "/v1/containers/spin/kill?signal=9").status == 200)
