@@ -60,11 +60,14 @@ private let peerCredentialsOption: Int32 = 17
 
 /// Who is on the other end of a Unix socket connection, by the kernel's word (SO_PEERCRED).
 func peerCredentials(of channel: any Channel) async -> PeerCredentials? {
+    try? await peerCredentialsFuture(of: channel)?.get()
+}
+
+/// The same as a future (nil when the channel has no socket options).
+func peerCredentialsFuture(of channel: any Channel) -> EventLoopFuture<PeerCredentials>? {
     precondition(MemoryLayout<PeerCredentials>.size == 12, "PeerCredentials must mirror struct ucred")
     guard let provider = channel as? any SocketOptionProvider else { return nil }
     // unsafe: the value type must match the option's C type; PeerCredentials mirrors struct
     // ucred field for field (12 bytes, asserted above), which is what SO_PEERCRED returns.
-    let future: EventLoopFuture<PeerCredentials> = provider.unsafeGetSocketOption(
-        level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(peerCredentialsOption))
-    return try? await future.get()
+    return provider.unsafeGetSocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(peerCredentialsOption))
 }

@@ -107,14 +107,14 @@ public struct AgentDaemon: Sendable {
         let routes = AgentRoutes(engine: engine, registry: registry, document: ByteBuffer(bytes: documentData), vchs: vchs)
         let inFlight = InFlightCounter()
 
-        /// tcp: bearer token; unix: the peer's uid; neither: calls inside the daemon, which name their caller.
-        func router(tcp: Bool, local: Bool = false) throws -> Router<AgentContext> {
+        /// tcp: the bearer token names the caller; otherwise the caller is named already (the
+        /// Unix socket's server puts the peer's uid in the context, and calls inside the daemon
+        /// name their own).
+        func router(tcp: Bool) throws -> Router<AgentContext> {
             let router = Router(context: AgentContext.self)
             // Who calls comes first, so that every refusal after it is recorded under the caller.
             if tcp {
                 router.add(middleware: BearerTokenMiddleware(tokens: tokens, engine: engine, frontEndPrefix: options.webFrontEnd?.pathPrefix))
-            } else if !local {
-                router.add(middleware: PeerCredentialsMiddleware())
             }
             router.add(middleware: ErrorMiddleware(inFlight: inFlight, engine: engine))
             let recorder = AgentRoutes.Recorder()
@@ -142,18 +142,16 @@ public struct AgentDaemon: Sendable {
         let acceptedAtOnce = accepted.overflow ? Int.max : accepted.partialValue
         var services: [any Service] = []
         let (unixReady, unixReadySignal) = AsyncStream.makeStream(of: Void.self)
-        let unixApp = Application(
-            router: try router(tcp: false), server: http(ConnectionLimit(maxConnections)),
-            configuration: ApplicationConfiguration(address: .unixDomainSocket(path: socketPath), serverName: "vmfork",
-                                                    availableConnectionsDelegate: MaximumAvailableConnections(acceptedAtOnce)),
-            onServerRunning: { _ in
+        let unixServer = AgentHTTPServer(
+            socketPath: socketPath, responder: try router(tcp: false).buildResponder(), limit: ConnectionLimit(maxConnections),
+            acceptedAtOnce: acceptedAtOnce, logger: logger,
+            onListening: {
                 chmod(socketPath, 0o600)
                 logger.info("listening", metadata: ["socket": "\(socketPath)"])
                 unixReadySignal.yield()
                 unixReadySignal.finish()
-            },
-            logger: logger)
-        services.append(unixApp)
+            })
+        services.append(unixServer)
         if let listen = options.listen {
             let parts = listen.split(separator: ":")
             guard parts.count == 2, let port = Int(parts[1]), (0...65535).contains(port) else {
@@ -161,7 +159,7 @@ public struct AgentDaemon: Sendable {
             }
             let tcpRouter = try router(tcp: true)
             if let frontEnd = options.webFrontEnd {
-                let local = LocalAgentAPI(responder: try router(tcp: false, local: true).buildResponder(), logger: logger)
+                let local = LocalAgentAPI(responder: try router(tcp: false).buildResponder(), logger: logger)
                 frontEnd.register(on: tcpRouter, api: local, tokens: tokens)
             }
             let tcpApp = Application(

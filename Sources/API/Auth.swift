@@ -51,42 +51,6 @@ public struct TokenFile: Sendable {
     }
 }
 
-/// On the Unix socket: the caller is the peer's uid (SO_PEERCRED); the socket's mode 0600
-/// already keeps other users out.
-/// The uid is read once per connection and kept until the connection closes.
-struct PeerCredentialsMiddleware: RouterMiddleware {
-    typealias Context = AgentContext
-    let cache = PeerCache()
-
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        var context = context
-        if request.method != .get, let channel = context.channel {
-            let key = ObjectIdentifier(channel)
-            if let actor = cache.actor(for: key) {
-                context.actor = actor
-            } else {
-                let credentials = await peerCredentials(of: channel)
-                let actor = credentials.map { "uid:\($0.uid)" } ?? "uid:?"
-                context.actor = actor
-                // The entry goes when the connection closes, before its channel (and so its
-                // identifier) can be reused.
-                if cache.store(actor, for: key) {
-                    channel.closeFuture.whenComplete { [cache] _ in cache.forget(key) }
-                }
-            }
-        }
-        return try await next(request, context)
-    }
-}
-
-final class PeerCache: Sendable {
-    private let actors = Mutex<[ObjectIdentifier: String]>([:])
-    func actor(for key: ObjectIdentifier) -> String? { actors.withLock { $0[key] } }
-    /// True when the entry is new.
-    func store(_ actor: String, for key: ObjectIdentifier) -> Bool { actors.withLock { $0.updateValue(actor, forKey: key) == nil } }
-    func forget(_ key: ObjectIdentifier) { _ = actors.withLock { $0.removeValue(forKey: key) } }
-}
-
 /// On TCP: every request needs "Authorization: Bearer TOKEN"; a missing or wrong one gets
 /// 401 and is recorded in the event log.
 struct BearerTokenMiddleware: RouterMiddleware {

@@ -562,6 +562,15 @@ struct DaemonTests {
         let child = ContainerSpec(image: "busybox", name: "child", arguments: ["sleep", "30"], memoryMiB: 16)
         #expect(try client.send("POST", "/v1/containers", json: child).status == 201)
         #expect(try client.send("POST", "/v1/containers/child/start").status == 200)
+        // The child's private pages grow while its program starts: compare the two reports once
+        // it sleeps (two reads in a row agree), not while it is still touching pages.
+        var previous: Int?
+        for _ in 0..<100 {
+            let now = try client.send("GET", "/v1/parents/busybox.main.16m").decode(ParentInfo.self).sharing?.childPrivateBytesMedian
+            if now != nil && now == previous { break }
+            previous = now
+            usleep(20_000)
+        }
         let listedFrom = Date().timeIntervalSince1970
         let listed = try client.send("GET", "/v1/parents").decode([ParentInfo].self)
         let parent = try #require(listed.first { $0.id == "busybox.main.16m" })

@@ -1,0 +1,360 @@
+import Hummingbird
+import HummingbirdCore
+import Logging
+import NIOCore
+import NIOExtras
+import NIOPosix
+import ServiceLifecycle
+
+/// The agent's HTTP/1.1 server on its Unix socket: the CLI's, the VCHs' and the load runner's
+/// way in, so every container launch passes here. It reads requests off the socket itself
+/// (`HTTP1RequestParser`), hands each whole to the same router as the TCP listener, on the
+/// connection's event loop thread, and writes the answer straight to the socket.
+///
+/// Why not Hummingbird's HTTP/1 server here: measured on this kind of machine, a `GET /v1/_ping`
+/// through it took ~80 µs of CPU back to back and ~450 µs after 20 ms idle, almost all of it in
+/// the layers between the socket and the router (NIO's HTTP codec, the HTTPTypes conversion, the
+/// async channel's reader and writer), which a request whose body is a small JSON object needs
+/// none of. The TCP listener (remote callers, the web UI) keeps Hummingbird's server.
+///
+/// What a connection gets, as on the TCP listener: the connection limit (`ConnectionLimit`: one
+/// over it is answered 429 at its first request and closed), the idle timeout
+/// (`AgentLimits.idleTimeout`, counted while no request is being answered), bodies over
+/// `AgentLimits.maxBodyBytes` refused with 413, `Expect: 100-continue`, keep-alive and
+/// pipelined requests answered in order, and a client that closes its end while its answer is a
+/// stream, or a wait not yet answered, has its connection closed (see `AbandonedStreamHandler`).
+/// The caller is the peer's uid (SO_PEERCRED), read once per connection.
+///
+/// Shutdown (graceful, from the service group): the socket stops accepting, idle connections
+/// close, busy ones close after their answer, and `run` returns when all are closed.
+struct AgentHTTPServer: Service {
+    let socketPath: String
+    let responder: RouterResponder<AgentContext>
+    let limit: ConnectionLimit
+    /// Connections accepted at once (beyond the limit only to be refused).
+    let acceptedAtOnce: Int
+    let logger: Logger
+    let onListening: @Sendable () -> Void
+
+    func run() async throws {
+        let group = MultiThreadedEventLoopGroup.singleton
+        let quiescing = ServerQuiescingHelper(group: group)
+        let shared = AgentConnectionHandler.Shared(responder: responder, limit: limit, logger: logger)
+        let acceptedAtOnce = self.acceptedAtOnce
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(ChannelOptions.backlog, value: 256)
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        AvailableConnectionsChannelHandler(delegate: MaximumAvailableConnections(acceptedAtOnce)))
+                    try channel.pipeline.syncOperations.addHandler(quiescing.makeServerChannelHandler(channel: channel))
+                }
+            }
+            .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(AgentConnectionHandler(shared: shared, channel: channel))
+                }
+            }
+        let listener = try await bootstrap.bind(unixDomainSocketPath: socketPath).get()
+        onListening()
+        try? await gracefulShutdown()
+        let closed = listener.eventLoop.makePromise(of: Void.self)
+        quiescing.initiateShutdown(promise: closed)
+        try await closed.futureResult.get()
+    }
+}
+
+/// One connection of `AgentHTTPServer`: reads its requests, answers them one at a time.
+final class AgentConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
+    // @unchecked: its state is touched on the channel's event loop only: NIO calls the handler
+    // there, and a request's task prefers that loop's executor, so its nonisolated code (the
+    // body writer, `answer`'s end, which also goes through `onLoop`) runs there too.
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    /// What every connection of one server uses.
+    struct Shared: Sendable {
+        let responder: RouterResponder<AgentContext>
+        let limit: ConnectionLimit
+        let logger: Logger
+    }
+
+    private let shared: Shared
+    private let channel: any Channel
+    private let executor: EventLoopExecutor
+    private var parser = HTTP1RequestParser(maxBodyBytes: AgentLimits.maxBodyBytes)
+    private var input = ByteBuffer()
+    private var dates = HTTPDateCache()
+    /// "uid:N" of the peer, once read.
+    private var actor: String?
+
+    /// Over the connection limit: its first request is answered 429, then it closes.
+    private var refused = false
+    /// A request is being answered.
+    private var busy = false
+    /// The client closed its end (no more requests come).
+    private var inputClosed = false
+    /// Close once the answer in progress is out (the server shuts down, or the request said so).
+    private var closeWhenDone = false
+    /// The answer going out is a stream (no Content-Length).
+    private var streaming = false
+    /// The request being answered is a container's wait whose answer has not begun.
+    private var waiting = false
+    /// The answer is out and the connection closes once the refused body it was about is dropped.
+    private var closeWhenDiscarded = false
+    /// A read held back while a request is answered and enough input is queued.
+    private var readHeld = false
+    private var lastActivity = NIODeadline.now()
+    private var idleCheck: Scheduled<Void>?
+    private var refusalDeadline: Scheduled<Void>?
+
+    init(shared: Shared, channel: any Channel) {
+        self.shared = shared
+        self.channel = channel
+        executor = EventLoopExecutor(channel.eventLoop)
+    }
+
+    // MARK: Channel events
+
+    func channelActive(context: ChannelHandlerContext) {
+        if !shared.limit.admit(context.channel) {
+            refused = true
+            shared.logger.debug("connection refused: over the connection limit", metadata: ["limit": "\(shared.limit.limit)"])
+            let channel = context.channel
+            refusalDeadline = context.eventLoop.scheduleTask(in: ConnectionLimit.refusalDeadline) { channel.close(promise: nil) }
+        }
+        peerCredentialsFuture(of: context.channel)?.whenSuccess { [self] credentials in actor = "uid:\(credentials.uid)" }
+        armIdleCheck(in: AgentLimits.idleTimeout)
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        idleCheck?.cancel()
+        refusalDeadline?.cancel()
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var bytes = unwrapInboundIn(data)
+        lastActivity = .now()
+        if input.readableBytes == 0 {
+            input = bytes
+        } else {
+            input.writeBuffer(&bytes)
+        }
+        if parser.isDiscarding {
+            if parser.discard(&input), closeWhenDiscarded { channel.close(promise: nil) }
+            return
+        }
+        if !busy { serveInput() }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case ChannelEvent.inputClosed = event {
+            inputClosed = true
+            if busy {
+                if streaming || waiting { channel.close(promise: nil) }
+            } else {
+                serveInput()
+            }
+        } else if event is ChannelShouldQuiesceEvent {
+            closeWhenDone = true
+            if !busy { channel.close(promise: nil) }
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        // Backpressure on pipelined input: while an answer is made, at most one more request's worth is queued.
+        if busy && input.readableBytes > HTTP1RequestParser.maxHeadBytes + AgentLimits.maxBodyBytes {
+            readHeld = true
+            return
+        }
+        context.read()
+    }
+
+    // MARK: Requests
+
+    /// Parses what has come in and starts the answer of a whole request; closes when the input has ended.
+    private func serveInput() {
+        guard !busy, channel.isActive else { return }
+        let outcome = parser.next(&input)
+        if parser.continueWanted {
+            parser.continueWanted = false
+            channel.writeAndFlush(ByteBuffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n"), promise: nil)
+        }
+        switch outcome {
+        case .needMore:
+            if inputClosed { channel.close(promise: nil) }
+        case .refused(let refusal):
+            let code = refusal.status == .contentTooLarge ? "too_large" : "invalid"
+            writeAndClose(APIError(status: refusal.status, code: code, message: "malformed HTTP request: \(refusal.message)"))
+        case .request(let parsed):
+            if refused {
+                writeAndClose(APIError(status: .tooManyRequests, code: "too_many_connections",
+                                       message: shared.limit.refusalMessage(option: "vmfork serve --max-connections")))
+                return
+            }
+            busy = true
+            closeWhenDone = closeWhenDone || parsed.closeAfter
+            if parsed.head.method == .post, let path = parsed.head.path {
+                let route = path.split(separator: "?", maxSplits: 1).first ?? ""
+                waiting = route.hasPrefix("/v1/containers/") && route.hasSuffix("/wait")
+            }
+            let body = parsed.bodyTooLarge ? RequestBody(asyncSequence: TooLargeBody()) : RequestBody(buffer: parsed.body)
+            let request = Request(head: parsed.head, body: body)
+            var context = AgentContext(source: ApplicationRequestContextSource(channel: channel, logger: shared.logger))
+            if let actor { context.actor = actor }
+            Task(executorPreference: executor) { await self.answer(request, context: context) }
+        }
+    }
+
+    /// Answers one request, then goes on with the input (a pipelined request) or closes.
+    private func answer(_ request: Request, context: AgentContext) async {
+        let response: Response
+        do {
+            response = try await shared.responder.respond(to: request, context: context)
+        } catch {
+            response = APIError(error).response
+        }
+        let writer = ConnectionBodyWriter(handler: self, head: response.head, contentLength: response.body.contentLength,
+                                          headOnly: request.method == .head)
+        do {
+            try await response.body.write(writer)
+        } catch {
+            // The client is gone (a closed connection fails the write), or the stream failed midway: the connection ends.
+            channel.close(promise: nil)
+        }
+        onLoop { [self] in
+            busy = false
+            streaming = false
+            waiting = false
+            lastActivity = .now()
+            if closeWhenDone && parser.isDiscarding && !inputClosed {
+                closeWhenDiscarded = true
+                return
+            }
+            if closeWhenDone || (inputClosed && input.readableBytes == 0) {
+                channel.close(promise: nil)
+                return
+            }
+            if readHeld {
+                readHeld = false
+                channel.read()
+            }
+            serveInput()
+        }
+    }
+
+    private func writeAndClose(_ error: APIError) {
+        busy = true
+        var buffer = ByteBuffer()
+        let body = ByteBuffer(bytes: error.body)
+        let head = HTTPResponse(status: error.status, headerFields: [.contentType: "application/json"])
+        _ = HTTP1ResponseHead.write(head, contentLength: body.readableBytes, date: dates.now(), closing: true, into: &buffer)
+        buffer.writeImmutableBuffer(body)
+        let channel = self.channel
+        channel.writeAndFlush(buffer).whenComplete { _ in channel.close(promise: nil) }
+    }
+
+    /// The head of an answer, written with its first part of body (or at its end).
+    fileprivate func headBytes(_ head: HTTPResponse, contentLength: Int?) -> (ByteBuffer, chunked: Bool, bodiless: Bool) {
+        channel.eventLoop.assertInEventLoop()  // the request's task runs on the loop's executor
+        var buffer = channel.allocator.buffer(capacity: 256)
+        let framing = HTTP1ResponseHead.write(head, contentLength: contentLength, date: dates.now(), closing: closeWhenDone, into: &buffer)
+        waiting = false
+        streaming = framing.chunked
+        if streaming && inputClosed { channel.close(promise: nil) }
+        return (buffer, framing.chunked, framing.bodiless)
+    }
+
+    fileprivate func onLoop(_ body: @escaping @Sendable () -> Void) {
+        if channel.eventLoop.inEventLoop { body() } else { channel.eventLoop.execute(body) }
+    }
+
+    fileprivate var outbound: any Channel { channel }
+
+    private func armIdleCheck(in delay: TimeAmount) {
+        idleCheck = channel.eventLoop.scheduleTask(in: delay) { [self] in
+            let idleFor = NIODeadline.now() - lastActivity
+            if busy || idleFor < AgentLimits.idleTimeout {
+                armIdleCheck(in: busy ? AgentLimits.idleTimeout : AgentLimits.idleTimeout - idleFor)
+            } else {
+                shared.logger.debug("closing an idle connection")
+                channel.close(promise: nil)
+            }
+        }
+    }
+}
+
+/// Writes an answer's body to its connection: the head goes with the first part; a body of
+/// known length goes out in one flush at the end, a stream in chunks flushed as they come.
+private struct ConnectionBodyWriter: ResponseBodyWriter {
+    let handler: AgentConnectionHandler
+    let head: HTTPResponse
+    let contentLength: Int?
+    let headOnly: Bool
+    private var started: (chunked: Bool, bodiless: Bool)?
+    private var lastWrite: EventLoopFuture<Void>?
+
+    init(handler: AgentConnectionHandler, head: HTTPResponse, contentLength: Int?, headOnly: Bool) {
+        self.handler = handler
+        self.head = head
+        self.contentLength = contentLength
+        self.headOnly = headOnly
+    }
+
+    private mutating func start() -> ByteBuffer {
+        let (bytes, chunked, bodiless) = handler.headBytes(head, contentLength: contentLength)
+        started = (chunked, bodiless)
+        return bytes
+    }
+
+    mutating func write(_ buffer: ByteBuffer) async throws {
+        var out = started == nil ? start() : handler.outbound.allocator.buffer(capacity: 0)
+        guard let started, !started.bodiless, !headOnly, buffer.readableBytes > 0 else {
+            if out.readableBytes > 0 { lastWrite = handler.outbound.write(out) }
+            return
+        }
+        if started.chunked {
+            out.writeString(String(buffer.readableBytes, radix: 16))
+            out.writeStaticString("\r\n")
+            out.writeImmutableBuffer(buffer)
+            out.writeStaticString("\r\n")
+            try await handler.outbound.writeAndFlush(out).get()
+        } else if out.readableBytes > 0 {
+            out.writeImmutableBuffer(buffer)
+            lastWrite = handler.outbound.write(out)
+        } else {
+            lastWrite = handler.outbound.write(buffer)
+        }
+    }
+
+    consuming func finish(_ trailingHeaders: HTTPFields?) async throws {
+        var out = started == nil ? start() : handler.outbound.allocator.buffer(capacity: 0)
+        if let started, started.chunked, !headOnly { out.writeStaticString("0\r\n\r\n") }
+        if out.readableBytes > 0 {
+            try await handler.outbound.writeAndFlush(out).get()
+        } else {
+            handler.outbound.flush()
+            try await lastWrite?.get()
+        }
+    }
+}
+
+/// The body of a request whose Content-Length is over the limit: it was not read, and
+/// collecting it fails as a too-long body does (so the route answers 413 and records it).
+private struct TooLargeBody: AsyncSequence, Sendable {
+    typealias Element = ByteBuffer
+    struct AsyncIterator: AsyncIteratorProtocol {
+        mutating func next() async throws -> ByteBuffer? { throw NIOTooManyBytesError(maxBytes: AgentLimits.maxBodyBytes) }
+    }
+    func makeAsyncIterator() -> AsyncIterator { AsyncIterator() }
+}
