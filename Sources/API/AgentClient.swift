@@ -264,17 +264,20 @@ private struct Reader {
             buffer.removeAll(keepingCapacity: true)
             start = 0
         }
-        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
-        while true {
-            let count = recv(fd, &chunk, chunk.count, 0)
-            if count < 0 {
-                if errno == EINTR { continue }
-                throw AgentClient.ClientError(description: "reading from the daemon failed: \(String(cString: strerror(errno)))")
+        // A scratch area on the stack, not zeroed: a response is usually one read of a few hundred bytes.
+        let count = try withUnsafeTemporaryAllocation(byteCount: 16 * 1024, alignment: 1) { scratch -> Int in
+            while true {
+                // unsafe: recv writes at most scratch.count bytes into the scratch area, and only those it reports are copied.
+                let count = recv(fd, scratch.baseAddress, scratch.count, 0)
+                if count < 0 {
+                    if errno == EINTR { continue }
+                    throw AgentClient.ClientError(description: "reading from the daemon failed: \(String(cString: strerror(errno)))")
+                }
+                buffer.append(contentsOf: UnsafeRawBufferPointer(rebasing: scratch[..<count]))
+                return count
             }
-            if count == 0 { return false }
-            buffer.append(contentsOf: chunk[0..<count])
-            return true
         }
+        return count > 0
     }
 
     private mutating func line() throws -> String {
@@ -300,7 +303,10 @@ private struct Reader {
             let header = try line()
             if header.isEmpty { break }
             if let colon = header.firstIndex(of: ":") {
-                headers[header[..<colon].lowercased()] = header[header.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+                var value = header[header.index(after: colon)...]
+                while value.first == " " || value.first == "\t" { value.removeFirst() }
+                while value.last == " " || value.last == "\t" { value.removeLast() }
+                headers[header[..<colon].lowercased()] = String(value)
             }
         }
         return (status, headers)

@@ -104,7 +104,9 @@ struct AgentRoutes: Sendable {
             let remove = try request.bool("remove", default: true)
             var request = request
             let spec = try await request.decodeStrict(ContainerSpec.self)
-            return try json(try await engine.runContainer(spec, remove: remove, by: context.actor))
+            let result = try await engine.runContainer(spec, remove: remove, by: context.actor)
+            guard let body = result.quickJSON() else { return try json(result) }
+            return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: body))
         }
         on(.get, "/v1/containers/{id}") { request, context in
             let info = try engine.inspectContainer(try context.parameter("id"))
