@@ -29,7 +29,8 @@ struct AgentRoutes: Sendable {
         let engine = self.engine
 
         // MARK: Daemon
-        on(.get, "/v1/_ping") { _, _ in try json(["ok": true]) }
+        let pong = ByteBuffer(string: #"{"ok":true}"#)
+        on(.get, "/v1/_ping") { _, _ in Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: pong)) }
         on(.get, "/v1/version") { _, _ in try json(VersionBody(version: Engine.version, api: "v1", kvm: engine.kvmMessage == nil, kvmMessage: engine.kvmMessage)) }
         on(.get, "/v1/workers") { request, _ in try json(await engine.workers(withSharing: try request.bool("sharing", default: false))) }
         on(.get, "/v1/openapi.json") { [document] _, _ in

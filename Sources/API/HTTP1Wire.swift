@@ -77,7 +77,10 @@ struct HTTP1RequestParser {
                 let framing: Framing
                 var parsed: Parsed
                 do {
-                    (parsed, framing) = try Self.parseHead(headBytes.readableBytesView.dropLast(4), maxBodyBytes: maxBodyBytes)
+                    // unsafe: the head's bytes are read only inside the closure, within the slice's readable bytes.
+                    (parsed, framing) = try headBytes.withUnsafeReadableBytes { raw in
+                        try Self.parseHead(UnsafeRawBufferPointer(rebasing: raw.dropLast(4)), maxBodyBytes: maxBodyBytes)
+                    }
                 } catch let refusal as Refusal {
                     return .refused(refusal)
                 } catch {
@@ -235,24 +238,42 @@ struct HTTP1RequestParser {
         }
     }
 
+    private static let host = HTTPField.Name("Host")!
+
     private static func bad(_ message: String) -> Refusal { Refusal(status: .badRequest, message: message) }
 
-    private static func parseHead(_ bytes: ByteBufferView, maxBodyBytes: Int) throws -> (Parsed, Framing) {
-        var lines = bytes.split(separator: 0x0A, omittingEmptySubsequences: false).map { line in
-            line.last == 0x0D ? line.dropLast() : line
-        }[...]
+    private static func parseHead(_ bytes: UnsafeRawBufferPointer, maxBodyBytes: Int) throws -> (Parsed, Framing) {
+        // Lines as ranges of `bytes`, each without its LF and a CR before it.
+        var lines: [Range<Int>] = []
+        lines.reserveCapacity(16)
+        var lineStart = 0
+        for index in 0...bytes.count where index == bytes.count || bytes[index] == 0x0A {
+            let end = index > lineStart && bytes[index - 1] == 0x0D ? index - 1 : index
+            lines.append(lineStart..<end)
+            lineStart = index + 1
+        }
+        func text(_ range: Range<Int>) -> String { String(decoding: UnsafeRawBufferPointer(rebasing: bytes[range]), as: UTF8.self) }
+        func all(_ range: Range<Int>, _ test: (UInt8) -> Bool) -> Bool {
+            for index in range where !test(bytes[index]) { return false }
+            return true
+        }
+        var next = 0
         // A client may send empty lines before a request line (RFC 9112 2.2).
-        while let first = lines.first, first.isEmpty { lines.removeFirst() }
-        guard let requestLine = lines.popFirst() else { throw bad("the request has no request line") }
-        let parts = requestLine.split(separator: UInt8(ascii: " "), omittingEmptySubsequences: false)
-        guard parts.count == 3 else { throw bad("the request line is not METHOD TARGET HTTP-VERSION") }
-        guard !parts[0].isEmpty, parts[0].allSatisfy(isTokenCharacter) else { throw bad("the request's method is not a token") }
-        let method = String(decoding: parts[0], as: UTF8.self)
-        let target = parts[1]
-        guard target.first == UInt8(ascii: "/"), target.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else {
+        while next < lines.count, lines[next].isEmpty { next += 1 }
+        guard next < lines.count else { throw bad("the request has no request line") }
+        let requestLine = lines[next]
+        next += 1
+        var spaces: [Int] = []
+        for index in requestLine where bytes[index] == UInt8(ascii: " ") { spaces.append(index) }
+        guard spaces.count == 2 else { throw bad("the request line is not METHOD TARGET HTTP-VERSION") }
+        let methodRange = requestLine.lowerBound..<spaces[0]
+        let target = (spaces[0] + 1)..<spaces[1]
+        let versionRange = (spaces[1] + 1)..<requestLine.upperBound
+        guard !methodRange.isEmpty, all(methodRange, isTokenCharacter) else { throw bad("the request's method is not a token") }
+        guard !target.isEmpty, bytes[target.lowerBound] == UInt8(ascii: "/"), all(target, { $0 > 0x20 && $0 < 0x7F }) else {
             throw bad("the request target is not an absolute path of visible ASCII characters")
         }
-        let version = String(decoding: parts[2], as: UTF8.self)
+        let version = text(versionRange)
         let http10: Bool
         switch version {
         case "HTTP/1.1": http10 = false
@@ -260,31 +281,33 @@ struct HTTP1RequestParser {
         default: throw Refusal(status: .httpVersionNotSupported, message: "HTTP version \(version.prefix(16)) is not HTTP/1.1 or HTTP/1.0")
         }
         var fields = HTTPFields()
-        fields.reserveCapacity(lines.count)
+        fields.reserveCapacity(lines.count - next)
         var authority: String?
-        for line in lines {
-            guard let first = line.first else { throw bad("an empty line inside the request head") }
+        for line in lines[next...] {
+            guard !line.isEmpty else { throw bad("an empty line inside the request head") }
+            let first = bytes[line.lowerBound]
             if first == UInt8(ascii: " ") || first == UInt8(ascii: "\t") { throw bad("a folded header line (obsolete line folding is refused)") }
-            guard let colon = line.firstIndex(of: UInt8(ascii: ":")) else { throw bad("a header line without a colon") }
-            let nameBytes = line[line.startIndex..<colon]
-            guard !nameBytes.isEmpty, nameBytes.allSatisfy(isTokenCharacter), let name = HTTPField.Name(String(decoding: nameBytes, as: UTF8.self)) else {
+            guard let colon = line.first(where: { bytes[$0] == UInt8(ascii: ":") }) else { throw bad("a header line without a colon") }
+            let nameRange = line.lowerBound..<colon
+            guard !nameRange.isEmpty, all(nameRange, isTokenCharacter), let name = HTTPField.Name(text(nameRange)) else {
                 throw bad("a header name is not a token")
             }
-            var value = line[line.index(after: colon)...]
-            while let byte = value.first, byte == 0x20 || byte == 0x09 { value.removeFirst() }
-            while let byte = value.last, byte == 0x20 || byte == 0x09 { value.removeLast() }
-            guard value.allSatisfy({ $0 == 0x09 || ($0 >= 0x20 && $0 != 0x7F) }) else { throw bad("header \(name) has a control character in its value") }
+            var valueStart = colon + 1, valueEnd = line.upperBound
+            while valueStart < valueEnd, bytes[valueStart] == 0x20 || bytes[valueStart] == 0x09 { valueStart += 1 }
+            while valueEnd > valueStart, bytes[valueEnd - 1] == 0x20 || bytes[valueEnd - 1] == 0x09 { valueEnd -= 1 }
+            guard all(valueStart..<valueEnd, { $0 == 0x09 || ($0 >= 0x20 && $0 != 0x7F) }) else { throw bad("header \(name) has a control character in its value") }
             // Host is the request's authority, as HTTPTypes keeps it (not among the fields).
-            if nameBytes.count == 4, String(decoding: nameBytes, as: UTF8.self).lowercased() == "host" {
+            if name == Self.host {
                 guard authority == nil else { throw bad("more than one Host field") }
-                authority = String(decoding: value, as: UTF8.self)
+                authority = text(valueStart..<valueEnd)
                 continue
             }
-            fields.append(HTTPField(name: name, value: String(decoding: value, as: UTF8.self)))
+            fields.append(HTTPField(name: name, value: text(valueStart..<valueEnd)))
         }
+        let method = text(methodRange)
         let connection = fields[values: .connection].flatMap { $0.split(separator: ",") }.map { $0.trimmingSpaces.lowercased() }
         let closeAfter = http10 ? !connection.contains("keep-alive") : connection.contains("close")
-        let head = HTTPRequest(method: HTTPRequest.Method(method)!, scheme: nil, authority: authority, path: String(decoding: target, as: UTF8.self),
+        let head = HTTPRequest(method: HTTPRequest.Method(method)!, scheme: nil, authority: authority, path: text(target),
                                headerFields: fields)
         var parsed = Parsed(head: head, body: ByteBuffer(), closeAfter: closeAfter)
 
