@@ -42,8 +42,11 @@ public final class AgentClient: Sendable {
     private let idle = Mutex<[Int32]>([])
     private let queue = DispatchQueue(label: "vmfork.agent-client", attributes: .concurrent)
 
+    private let channels: AgentChannelClient?
+
     public init(endpoint: Endpoint) {
         self.endpoint = endpoint
+        if case .unixSocket(let path) = endpoint { channels = AgentChannelClient(socketPath: path) } else { channels = nil }
     }
 
     public convenience init(socketPath: String) {
@@ -66,8 +69,21 @@ public final class AgentClient: Sendable {
         return try exchange(try connect(), method, path, body: body, contentType: contentType)
     }
 
+    /// Over the Unix socket the request and its answer go through NIO on the caller's event
+    /// loop (`AgentChannelClient`); over TCP, the blocking client on a queue of its own.
     public func send(_ method: String, _ path: String, body: Data? = nil, contentType: String = "application/json") async throws -> Response {
-        try await withCheckedThrowingContinuation { continuation in
+        if let channels {
+            do {
+                return try await channels.send(method, path, head: requestHead(method, path, body: body, contentType: contentType, keepAlive: true), body: body)
+            } catch let error as AgentResponseReader.Failure {
+                throw ClientError(description: error.description)
+            } catch let error as ClientError {
+                throw error
+            } catch {
+                throw ClientError(description: "cannot reach the vmfork daemon at \(channels.socketPath): \(error) (start it with vmfork serve)")
+            }
+        }
+        return try await withCheckedThrowingContinuation { continuation in
             queue.async { continuation.resume(with: Result { try self.send(method, path, body: body, contentType: contentType) }) }
         }
     }
@@ -172,7 +188,7 @@ public final class AgentClient: Sendable {
         return Response(status: status, headers: headers, body: data)
     }
 
-    private func writeRequest(_ fd: Int32, _ method: String, _ path: String, body: Data?, contentType: String, keepAlive: Bool) throws {
+    private func requestHead(_ method: String, _ path: String, body: Data?, contentType: String, keepAlive: Bool) -> String {
         var head = "\(method) \(path) HTTP/1.1\r\nHost: vmfork\r\n"
         if case .tcp(_, _, let token?) = endpoint { head += "Authorization: Bearer \(token)\r\n" }
         if let body {
@@ -181,7 +197,11 @@ public final class AgentClient: Sendable {
             head += "Content-Length: 0\r\n"
         }
         head += keepAlive ? "\r\n" : "Connection: close\r\n\r\n"
-        var bytes = Data(head.utf8)
+        return head
+    }
+
+    private func writeRequest(_ fd: Int32, _ method: String, _ path: String, body: Data?, contentType: String, keepAlive: Bool) throws {
+        var bytes = Data(requestHead(method, path, body: body, contentType: contentType, keepAlive: keepAlive).utf8)
         if let body { bytes.append(body) }
         // unsafe: the raw view lives only inside the closure, and send reads within its bounds.
         try bytes.withUnsafeBytes { raw in
