@@ -383,12 +383,14 @@ enum HTTP1ResponseHead {
     }
 }
 
-/// The Date field's value (IMF-fixdate), made once a second.
-struct HTTPDateCache {
+/// The Date field's value (IMF-fixdate, RFC 9110), made once a second.
+public struct HTTPDateCache: Sendable {
     private var second = -1
     private var text = ""
 
-    mutating func now() -> String {
+    public init() {}
+
+    public mutating func now() -> String {
         var time = timespec()
         clock_gettime(CLOCK_REALTIME, &time)
         let seconds = time.tv_sec
@@ -399,7 +401,7 @@ struct HTTPDateCache {
         return text
     }
 
-    static func format(_ seconds: Int) -> String {
+    public static func format(_ seconds: Int) -> String {
         var clock = time_t(seconds)
         var parts = tm()
         gmtime_r(&clock, &parts)

@@ -1,30 +1,103 @@
 import Engine
+import Foundation
 import NIOCore
 
-/// The launch path's JSON without Foundation's coders: a container's spec read from a request
-/// body, and a run's result written, by hand. In a release daemon JSONDecoder took ~25 µs of a
-/// `POST /v1/containers/run` and JSONEncoder ~15 µs (perf, 1,000 runs), against ~1 µs here.
+/// The launch path's JSON without Foundation's coders: request and answer bodies of container
+/// creates and runs, read into a small tree and written by hand. In a release daemon JSONDecoder
+/// took ~25 µs of a `POST /v1/containers/run` and JSONEncoder ~15 µs (perf, 1,000 runs), and in
+/// a VCH the decodes around a create ~0.3 ms each with cold caches.
 ///
-/// The reader is a fast path, not a second definition of the API: it accepts only a body it
-/// reads whole and exactly as JSONDecoder would (one object; known fields, each once, of its
-/// type; strings with their escapes; integers in plain digits), and gives up (nil) on anything
-/// else, which then goes through `decodeStrict`, whose errors name what was wrong.
-enum QuickJSON {
-    /// A value of a flat object's field, as the launch path's bodies have them.
-    enum Value: Equatable {
-        case string(String)
-        case integer(Int)
+/// The readers built on it are fast paths, not a second definition of the API: each accepts only
+/// a body it reads whole and exactly as JSONDecoder would, and gives up (nil) on anything else
+/// (a key given twice, a null where a value must be, a number that is not a plain integer where
+/// one is wanted, an unknown field), which then goes through the decoder and its errors.
+public enum QuickJSON {
+    /// A JSON value. Numbers keep their text (checked against JSON's grammar).
+    public enum Node: Equatable, Sendable {
+        case null
         case boolean(Bool)
-        case strings([String])
-        case stringMap([String: String])
+        case number(String)
+        case string(String)
+        case array([Node])
+        case object([Member])
+
+        /// -?(0|[1-9][0-9]*), within Int; nil for any other node.
+        public var integer: Int? {
+            guard case .number(let text) = self else { return nil }
+            var digits = Substring(text)
+            let negative = digits.first == "-"
+            if negative { digits = digits.dropFirst() }
+            guard !digits.isEmpty, digits.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }),
+                  digits.count == 1 || digits.first != "0", !(negative && digits == "0") else { return nil }
+            return Int(text)
+        }
+
+        /// A finite number; nil for any other node.
+        public var double: Double? {
+            guard case .number(let text) = self, let value = Double(text), value.isFinite else { return nil }
+            return value
+        }
+
+        public var string: String? {
+            if case .string(let text) = self { return text }
+            return nil
+        }
+
+        public var boolean: Bool? {
+            if case .boolean(let flag) = self { return flag }
+            return nil
+        }
+
+        /// An array whose items are all strings.
+        public var strings: [String]? {
+            guard case .array(let items) = self else { return nil }
+            var texts: [String] = []
+            texts.reserveCapacity(items.count)
+            for item in items {
+                guard case .string(let text) = item else { return nil }
+                texts.append(text)
+            }
+            return texts
+        }
+
+        /// An object whose values are all strings.
+        public var stringMap: [String: String]? {
+            guard case .object(let members) = self else { return nil }
+            var map: [String: String] = [:]
+            for member in members {
+                guard case .string(let text) = member.value else { return nil }
+                map[member.key] = text
+            }
+            return map
+        }
+
+        public var members: [Member]? {
+            if case .object(let members) = self { return members }
+            return nil
+        }
     }
 
-    /// The fields of a JSON object whose values are strings, integers, booleans, arrays of
-    /// strings or objects of strings; nil for any other input (or a key given twice).
-    static func flatObject(_ bytes: UnsafeRawBufferPointer) -> [(key: String, value: Value)]? {
+    public struct Member: Equatable, Sendable {
+        public var key: String
+        public var value: Node
+    }
+
+    /// The JSON text in `bytes` as a tree; nil when it is not one JSON value (with only white
+    /// space around it), an object has a key twice, or it nests deeper than 64.
+    public static func parse(_ bytes: UnsafeRawBufferPointer) -> Node? {
         var reader = Reader(bytes: bytes)
-        guard let fields = reader.object(), reader.atEnd else { return nil }
-        return fields
+        guard let node = reader.value(depth: 0), reader.atEnd else { return nil }
+        return node
+    }
+
+    public static func parse(_ data: Data) -> Node? {
+        // unsafe: the reader reads only within the data's bytes, during this closure.
+        data.withUnsafeBytes { parse($0) }
+    }
+
+    public static func parse(_ buffer: ByteBuffer) -> Node? {
+        // unsafe: the reader reads only within the buffer's readable bytes, during this closure.
+        buffer.withUnsafeReadableBytes { parse($0) }
     }
 
     private struct Reader {
@@ -59,44 +132,36 @@ enum QuickJSON {
             return index < bytes.count ? bytes[index] : nil
         }
 
-        mutating func object() -> [(key: String, value: Value)]? {
-            guard take(UInt8(ascii: "{")) else { return nil }
-            var fields: [(key: String, value: Value)] = []
-            if take(UInt8(ascii: "}")) { return fields }
-            while true {
-                guard peek() == UInt8(ascii: "\""), let key = string(), take(UInt8(ascii: ":")), let value = value() else { return nil }
-                if fields.contains(where: { $0.key == key }) { return nil }
-                fields.append((key, value))
-                if take(UInt8(ascii: ",")) { continue }
-                return take(UInt8(ascii: "}")) ? fields : nil
-            }
-        }
-
-        mutating func value() -> Value? {
+        mutating func value(depth: Int) -> Node? {
+            guard depth < 64 else { return nil }
             switch peek() {
-            case UInt8(ascii: "\""): return string().map(Value.string)
+            case UInt8(ascii: "\""): return string().map(Node.string)
             case UInt8(ascii: "t"): return literal("true") ? .boolean(true) : nil
             case UInt8(ascii: "f"): return literal("false") ? .boolean(false) : nil
+            case UInt8(ascii: "n"): return literal("null") ? .null : nil
             case UInt8(ascii: "["):
                 index += 1
-                var items: [String] = []
-                if take(UInt8(ascii: "]")) { return .strings(items) }
+                var items: [Node] = []
+                if take(UInt8(ascii: "]")) { return .array(items) }
                 while true {
-                    guard peek() == UInt8(ascii: "\""), let item = string() else { return nil }
+                    guard let item = value(depth: depth + 1) else { return nil }
                     items.append(item)
                     if take(UInt8(ascii: ",")) { continue }
-                    return take(UInt8(ascii: "]")) ? .strings(items) : nil
+                    return take(UInt8(ascii: "]")) ? .array(items) : nil
                 }
             case UInt8(ascii: "{"):
-                guard let fields = object() else { return nil }
-                var map: [String: String] = [:]
-                for (key, value) in fields {
-                    guard case .string(let text) = value else { return nil }
-                    map[key] = text
+                index += 1
+                var members: [Member] = []
+                if take(UInt8(ascii: "}")) { return .object(members) }
+                while true {
+                    guard peek() == UInt8(ascii: "\""), let key = string(), take(UInt8(ascii: ":")), let item = value(depth: depth + 1) else { return nil }
+                    if members.contains(where: { $0.key == key }) { return nil }
+                    members.append(Member(key: key, value: item))
+                    if take(UInt8(ascii: ",")) { continue }
+                    return take(UInt8(ascii: "}")) ? .object(members) : nil
                 }
-                return .stringMap(map)
             case let byte? where byte == UInt8(ascii: "-") || (byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9")):
-                return integer().map(Value.integer)
+                return number().map(Node.number)
             default:
                 return nil
             }
@@ -107,37 +172,33 @@ enum QuickJSON {
             guard bytes.count - index >= count else { return false }
             for offset in 0..<count where bytes[index + offset] != word.utf8Start[offset] { return false }
             index += count
-            // A literal runs into the next token only with a delimiter between.
-            if index < bytes.count, Self.isWordCharacter(bytes[index]) { return false }
             return true
         }
 
-        static func isWordCharacter(_ byte: UInt8) -> Bool {
-            (byte >= UInt8(ascii: "a") && byte <= UInt8(ascii: "z")) || (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z"))
-                || (byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9")) || byte == UInt8(ascii: ".") || byte == UInt8(ascii: "-")
-                || byte == UInt8(ascii: "+")
-        }
+        func isDigit(_ at: Int) -> Bool { at < bytes.count && bytes[at] >= UInt8(ascii: "0") && bytes[at] <= UInt8(ascii: "9") }
 
-        /// -?(0|[1-9][0-9]*) with no fraction or exponent, within Int.
-        mutating func integer() -> Int? {
-            var negative = false
-            if bytes[index] == UInt8(ascii: "-") {
-                negative = true
-                index += 1
-            }
+        /// -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?, as its text.
+        mutating func number() -> String? {
             let start = index
-            var magnitude = 0
-            while index < bytes.count, bytes[index] >= UInt8(ascii: "0"), bytes[index] <= UInt8(ascii: "9") {
-                let (times, overflowTimes) = magnitude.multipliedReportingOverflow(by: 10)
-                let (sum, overflowSum) = times.addingReportingOverflow(Int(bytes[index] - UInt8(ascii: "0")))
-                guard !overflowTimes, !overflowSum else { return nil }
-                magnitude = sum
+            if bytes[index] == UInt8(ascii: "-") { index += 1 }
+            guard isDigit(index) else { return nil }
+            if bytes[index] == UInt8(ascii: "0") {
                 index += 1
+            } else {
+                while isDigit(index) { index += 1 }
             }
-            let digits = index - start
-            guard digits > 0, !(digits > 1 && bytes[start] == UInt8(ascii: "0")), !(negative && magnitude == 0) else { return nil }
-            if index < bytes.count, Self.isWordCharacter(bytes[index]) { return nil }  // a fraction, an exponent
-            return negative ? -magnitude : magnitude
+            if index < bytes.count, bytes[index] == UInt8(ascii: ".") {
+                index += 1
+                guard isDigit(index) else { return nil }
+                while isDigit(index) { index += 1 }
+            }
+            if index < bytes.count, bytes[index] == UInt8(ascii: "e") || bytes[index] == UInt8(ascii: "E") {
+                index += 1
+                if index < bytes.count, bytes[index] == UInt8(ascii: "+") || bytes[index] == UInt8(ascii: "-") { index += 1 }
+                guard isDigit(index) else { return nil }
+                while isDigit(index) { index += 1 }
+            }
+            return String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<index]), as: UTF8.self)
         }
 
         /// A string at `index` (its opening quote), escapes decoded; nil for a raw control
@@ -220,7 +281,7 @@ enum QuickJSON {
     // MARK: Writing
 
     /// `text` as a JSON string (quotes, escapes; "/" unescaped, as the API's encoder writes it).
-    static func write(_ text: String, into buffer: inout ByteBuffer) {
+    public static func write(_ text: String, into buffer: inout ByteBuffer) {
         buffer.writeInteger(UInt8(ascii: "\""))
         var pending = text.utf8.startIndex
         let utf8 = text.utf8
@@ -253,37 +314,120 @@ enum QuickJSON {
 }
 
 extension ContainerSpec {
-    /// The spec in a request body, by `QuickJSON`'s reader; nil when the body needs the full decoder.
+    /// The spec in a request body, by `QuickJSON`; nil when the body needs the full decoder
+    /// (which `decodeStrict` runs: no unknown field, no null, each of its type).
     static func quick(from body: ByteBuffer) -> ContainerSpec? {
-        body.withUnsafeReadableBytes { bytes -> ContainerSpec? in
-            // unsafe: the reader reads only within the buffer's readable bytes, during this closure.
-            guard let fields = QuickJSON.flatObject(bytes) else { return nil }
-            var spec = ContainerSpec(image: "")
-            var hasImage = false
-            for (key, value) in fields {
-                switch (key, value) {
-                case ("image", .string(let text)): spec.image = text; hasImage = true
-                case ("name", .string(let text)): spec.name = text
-                case ("hostname", .string(let text)): spec.hostname = text
-                case ("stdin", .string(let text)): spec.stdin = text
-                case ("pool", .string(let text)): spec.pool = text
-                case ("forkPoint", .string(let text)):
-                    guard let point = ForkPointName(rawValue: text) else { return nil }
-                    spec.forkPoint = point
-                case ("arguments", .strings(let items)): spec.arguments = items
-                case ("entrypoint", .strings(let items)): spec.entrypoint = items
-                case ("cmd", .strings(let items)): spec.cmd = items
-                case ("environment", .strings(let items)): spec.environment = items
-                case ("memoryMiB", .integer(let number)): spec.memoryMiB = number
-                case ("memoryReservationMiB", .integer(let number)): spec.memoryReservationMiB = number
-                case ("labels", .stringMap(let map)): spec.labels = map
-                case ("openStdin", .boolean(let flag)): spec.openStdin = flag
-                case ("tty", .boolean(let flag)): spec.tty = flag
-                default: return nil
-                }
+        guard let members = QuickJSON.parse(body)?.members else { return nil }
+        var spec = ContainerSpec(image: "")
+        var hasImage = false
+        for member in members {
+            let value = member.value
+            switch member.key {
+            case "image": guard let text = value.string else { return nil }; spec.image = text; hasImage = true
+            case "name": guard let text = value.string else { return nil }; spec.name = text
+            case "hostname": guard let text = value.string else { return nil }; spec.hostname = text
+            case "stdin": guard let text = value.string else { return nil }; spec.stdin = text
+            case "pool": guard let text = value.string else { return nil }; spec.pool = text
+            case "forkPoint": guard let point = value.string.flatMap(ForkPointName.init(rawValue:)) else { return nil }; spec.forkPoint = point
+            case "arguments": guard let items = value.strings else { return nil }; spec.arguments = items
+            case "entrypoint": guard let items = value.strings else { return nil }; spec.entrypoint = items
+            case "cmd": guard let items = value.strings else { return nil }; spec.cmd = items
+            case "environment": guard let items = value.strings else { return nil }; spec.environment = items
+            case "memoryMiB": guard let number = value.integer else { return nil }; spec.memoryMiB = number
+            case "memoryReservationMiB": guard let number = value.integer else { return nil }; spec.memoryReservationMiB = number
+            case "labels": guard let map = value.stringMap else { return nil }; spec.labels = map
+            case "openStdin": guard let flag = value.boolean else { return nil }; spec.openStdin = flag
+            case "tty": guard let flag = value.boolean else { return nil }; spec.tty = flag
+            default: return nil
             }
-            return hasImage ? spec : nil
         }
+        return hasImage ? spec : nil
+    }
+
+    /// The spec as the API's request body (the fields that are set).
+    public func quickJSON() -> Data {
+        var buffer = ByteBuffer()
+        var first = true
+        func key(_ name: StaticString) {
+            buffer.writeStaticString(first ? "{\"" : ",\"")
+            first = false
+            buffer.writeStaticString(name)
+            buffer.writeStaticString("\":")
+        }
+        func strings(_ items: [String]) {
+            buffer.writeStaticString("[")
+            for (index, item) in items.enumerated() {
+                if index > 0 { buffer.writeStaticString(",") }
+                QuickJSON.write(item, into: &buffer)
+            }
+            buffer.writeStaticString("]")
+        }
+        key("image"); QuickJSON.write(image, into: &buffer)
+        if let name { key("name"); QuickJSON.write(name, into: &buffer) }
+        if let arguments { key("arguments"); strings(arguments) }
+        if let entrypoint { key("entrypoint"); strings(entrypoint) }
+        if let cmd { key("cmd"); strings(cmd) }
+        if let environment { key("environment"); strings(environment) }
+        if let hostname { key("hostname"); QuickJSON.write(hostname, into: &buffer) }
+        if let memoryMiB { key("memoryMiB"); buffer.writeString(String(memoryMiB)) }
+        if let forkPoint { key("forkPoint"); QuickJSON.write(forkPoint.rawValue, into: &buffer) }
+        if let labels {
+            key("labels")
+            buffer.writeStaticString("{")
+            for (index, label) in labels.sorted(by: { $0.key < $1.key }).enumerated() {
+                if index > 0 { buffer.writeStaticString(",") }
+                QuickJSON.write(label.key, into: &buffer)
+                buffer.writeStaticString(":")
+                QuickJSON.write(label.value, into: &buffer)
+            }
+            buffer.writeStaticString("}")
+        }
+        if let openStdin { key("openStdin"); buffer.writeStaticString(openStdin ? "true" : "false") }
+        if let stdin { key("stdin"); QuickJSON.write(stdin, into: &buffer) }
+        if let tty { key("tty"); buffer.writeStaticString(tty ? "true" : "false") }
+        if let pool { key("pool"); QuickJSON.write(pool, into: &buffer) }
+        if let memoryReservationMiB { key("memoryReservationMiB"); buffer.writeString(String(memoryReservationMiB)) }
+        buffer.writeStaticString("}")
+        return Data(buffer.readableBytesView)
+    }
+}
+
+extension ContainerInfo {
+    /// A container as the agent answers it, by `QuickJSON`; nil when the answer needs
+    /// JSONDecoder (a field this reader does not know, such as the memory figures).
+    public static func quick(from body: Data) -> ContainerInfo? {
+        guard let members = QuickJSON.parse(body)?.members else { return nil }
+        var fields: [String: QuickJSON.Node] = [:]
+        for member in members where member.value != .null { fields[member.key] = member.value }
+        let known: Set<String> = ["id", "name", "image", "state", "exitCode", "exitReason", "arguments", "environment", "hostname", "memoryMiB",
+                                  "forkPoint", "labels", "parent", "pool", "placementID", "createdAt", "startedAt", "finishedAt",
+                                  "forkMicroseconds", "reusedVM", "argv0", "entrypoint", "cmd", "tty"]
+        guard fields.keys.allSatisfy(known.contains),
+              let id = fields["id"]?.string, let name = fields["name"]?.string, let image = fields["image"]?.string,
+              let state = fields["state"]?.string.flatMap(ContainerState.init(rawValue:)), let arguments = fields["arguments"]?.strings,
+              let environment = fields["environment"]?.strings, let hostname = fields["hostname"]?.string,
+              let memoryMiB = fields["memoryMiB"]?.integer, let forkPoint = fields["forkPoint"]?.string.flatMap(ForkPointName.init(rawValue:)),
+              let labels = fields["labels"]?.stringMap, let parent = fields["parent"]?.string, let createdAt = fields["createdAt"]?.double
+        else { return nil }
+        // An optional field present must be of its type.
+        func optional<T>(_ key: String, _ read: (QuickJSON.Node) -> T?) -> T?? {
+            guard let node = fields[key] else { return .some(nil) }
+            guard let value = read(node) else { return nil }
+            return .some(value)
+        }
+        guard let exitCode = optional("exitCode", \.integer), let exitReason = optional("exitReason", \.string),
+              let pool = optional("pool", \.string), let placementID = optional("placementID", \.integer),
+              let startedAt = optional("startedAt", \.double), let finishedAt = optional("finishedAt", \.double),
+              let forkMicroseconds = optional("forkMicroseconds", \.double), let reusedVM = optional("reusedVM", \.boolean),
+              let argv0 = optional("argv0", \.string), let entrypoint = optional("entrypoint", \.strings), let cmd = optional("cmd", \.strings),
+              let tty = optional("tty", \.boolean)
+        else { return nil }
+        let info = ContainerInfo(id: id, name: name, image: image, state: state, exitCode: exitCode, exitReason: exitReason, arguments: arguments,
+                                 environment: environment, hostname: hostname, memoryMiB: memoryMiB, forkPoint: forkPoint, labels: labels,
+                                 parent: parent, pool: pool, placementID: placementID, createdAt: createdAt, startedAt: startedAt,
+                                 finishedAt: finishedAt, forkMicroseconds: forkMicroseconds, reusedVM: reusedVM, memory: nil,
+                                 argv0: argv0, entrypoint: entrypoint, cmd: cmd, tty: tty)
+        return info
     }
 }
 

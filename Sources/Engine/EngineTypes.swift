@@ -185,6 +185,19 @@ public struct ContainerInfo: Codable, Sendable, Equatable {
     public var cmd: [String]? = nil
     /// True when it has a terminal (created with `tty`).
     public var tty: Bool?
+
+    /// Every field (public for readers of the agent's answers, as the API's QuickJSON).
+    public init(id: String, name: String, image: String, state: ContainerState, exitCode: Int?, exitReason: String?, arguments: [String],
+                environment: [String], hostname: String, memoryMiB: Int, forkPoint: ForkPointName, labels: [String: String], parent: String,
+                pool: String?, placementID: Int?, createdAt: Double, startedAt: Double?, finishedAt: Double?, forkMicroseconds: Double?,
+                reusedVM: Bool?, memory: ContainerMemory? = nil, argv0: String? = nil, entrypoint: [String]? = nil, cmd: [String]? = nil,
+                tty: Bool?) {
+        (self.id, self.name, self.image, self.state, self.exitCode, self.exitReason) = (id, name, image, state, exitCode, exitReason)
+        (self.arguments, self.environment, self.hostname, self.memoryMiB, self.forkPoint) = (arguments, environment, hostname, memoryMiB, forkPoint)
+        (self.labels, self.parent, self.pool, self.placementID, self.createdAt) = (labels, parent, pool, placementID, createdAt)
+        (self.startedAt, self.finishedAt, self.forkMicroseconds, self.reusedVM, self.memory) = (startedAt, finishedAt, forkMicroseconds, reusedVM, memory)
+        (self.argv0, self.entrypoint, self.cmd, self.tty) = (argv0, entrypoint, cmd, tty)
+    }
 }
 
 /// How a container ended, as wait returns it.

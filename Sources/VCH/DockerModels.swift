@@ -33,6 +33,8 @@ struct CreateBody: Decodable {
 
         struct RestartPolicyBody: Decodable { var Name: String? }
 
+        init() {}
+
         init(from decoder: any Decoder) throws {
             let fields = try decoder.container(keyedBy: AnyKey.self)
             Memory = try fields.decodeIfPresent(Int.self, forKey: AnyKey("Memory"))
@@ -43,6 +45,8 @@ struct CreateBody: Decodable {
             refused = try JSONPresence.setFields(of: fields, among: UnsupportedOptions.hostConfigFields)
         }
     }
+
+    init() {}
 
     init(from decoder: any Decoder) throws {
         let fields = try decoder.container(keyedBy: AnyKey.self)
@@ -119,11 +123,6 @@ struct JSONPresence: Decodable {
         }
         return try fields.decode(JSONPresence.self, forKey: key).isSet
     }
-}
-
-struct CreateAnswer: Encodable {
-    let Id: String
-    let Warnings: [String]
 }
 
 struct WaitAnswer: Encodable {

@@ -151,7 +151,7 @@ enum ResponseWriter {
                       presence: ClientPresence? = nil) async {
         var headers = HTTPHeaders(response.headers)
         headers.replaceOrAdd(name: "Server", value: "vmfork-vch/\(VirtualContainerHost.version)")
-        headers.replaceOrAdd(name: "Date", value: DockerTime.rfc3339(Date().timeIntervalSince1970))
+        headers.replaceOrAdd(name: "Date", value: HTTPDateCache.format(time(nil)))
         switch response.body {
         case .empty:
             if response.status != .noContent && response.status != .notModified { headers.replaceOrAdd(name: "Content-Length", value: "0") }

@@ -1,6 +1,7 @@
 import API
 import Engine
 import Foundation
+import NIOCore
 import NIOHTTP1
 
 /// create, list, inspect, start, stop, kill, wait, remove.
@@ -9,7 +10,7 @@ extension VirtualContainerHost {
         guard request.body.first(where: { ![0x20, 0x09, 0x0A, 0x0D].contains($0) }) == UInt8(ascii: "{") else {
             throw DockerError.badRequest("the body of containers/create must be a JSON object")
         }
-        let body = try request.decode(CreateBody.self)
+        let body = try CreateBody.quick(from: request.body) ?? request.decode(CreateBody.self)
         try UnsupportedOptions.check(body)
         guard let reference = body.Image, !reference.isEmpty else { throw DockerError.badRequest("no image given (Config.Image is empty)") }
         if let platform = request.string("platform"), !platform.isEmpty, !platform.hasPrefix("linux") {
@@ -57,7 +58,7 @@ extension VirtualContainerHost {
         spec.labels = labels
         let response: AgentClient.Response
         do {
-            response = try await agent.call("POST", "/v1/containers", json: spec)
+            response = try await agent.call("POST", "/v1/containers", body: spec.quickJSON())
         } catch let error as DockerError where error.status == .notFound {
             // The docker CLI takes any 404 from create for a missing image and pulls; the image
             // was found, so this is the placement state's refusal (an unknown pool or image cost).
@@ -67,10 +68,13 @@ extension VirtualContainerHost {
             let holder = (try? await resolve(bare))?.id ?? "?"
             throw DockerError.conflict("Conflict. The container name \"/\(bare)\" is already in use by container \"\(holder)\". You have to remove (or rename) that container to be able to reuse that name.")
         }
-        let info = try response.decode(ContainerInfo.self)
+        let info = try ContainerInfo.quick(from: response.body) ?? response.decode(ContainerInfo.self)
         events.remember(info)
         rememberCreated(info)
-        return try .json(CreateAnswer(Id: info.id, Warnings: []), status: .created)
+        var answer = ByteBuffer(staticString: "{\"Id\":")
+        QuickJSON.write(info.id, into: &answer)
+        answer.writeStaticString(",\"Warnings\":[]}\n")
+        return DockerResponse(status: .created, headers: [("Content-Type", "application/json")], body: .full(Data(answer.readableBytesView)))
     }
 
     func listContainers(_ request: DockerRequest) async throws -> DockerResponse {

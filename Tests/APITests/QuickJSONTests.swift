@@ -98,3 +98,44 @@ import Testing
         #expect(infinite.quickJSON() == nil)
     }
 }
+
+/// The VCH's side of the launch path: a spec written by hand, a container read by hand.
+@Suite struct QuickJSONContainerTests {
+    @Test func specsWrittenByHandDecodeToThemselves() throws {
+        let specs = [
+            ContainerSpec(image: "busybox"),
+            ContainerSpec(image: "b\"x\\", name: "n", arguments: ["a", "é\n"], entrypoint: [], cmd: ["sh"], environment: ["A=1"], hostname: "h",
+                          memoryMiB: 64, forkPoint: .stdin, labels: ["z": "1", "a": "\u{0}"], openStdin: true, stdin: "in\n", pool: "dev",
+                          memoryReservationMiB: 64, tty: false),
+        ]
+        for spec in specs {
+            let data = spec.quickJSON()
+            #expect(try JSONDecoder().decode(ContainerSpec.self, from: data) == spec, "\(String(decoding: data, as: UTF8.self))")
+            #expect(ContainerSpec.quick(from: ByteBuffer(bytes: data)) == spec)
+        }
+    }
+
+    @Test func containersAsTheAgentAnswersAreReadAsJSONDecoderReadsThem() throws {
+        let base = ContainerInfo(id: "3e8b0e25872f0fe902fc3183459a6965", name: "dev.x", image: "busybox", state: .created, exitCode: nil, exitReason: nil,
+                                 arguments: ["echo", "hi"], environment: ["PATH=/bin"], hostname: "x", memoryMiB: 64, forkPoint: .main,
+                                 labels: ["vch": "dev"], parent: "busybox.main.64m", pool: "dev", placementID: 7, createdAt: 1_796_525_374.2859015,
+                                 startedAt: nil, finishedAt: nil, forkMicroseconds: 158.277, reusedVM: false, argv0: "/bin/busybox", entrypoint: nil,
+                                 cmd: ["echo", "hi"], tty: nil)
+        var ended = base
+        (ended.state, ended.exitCode, ended.exitReason, ended.startedAt, ended.finishedAt, ended.tty) = (.exited, 137, "killed by signal 9", 1.5, 2.25, true)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        for info in [base, ended] {
+            let data = try encoder.encode(info)
+            #expect(ContainerInfo.quick(from: data) == info, "\(String(decoding: data, as: UTF8.self))")
+        }
+        // With the memory figures, or a field this reader does not know, or a null where a value must be: JSONDecoder's turn.
+        for text in [#"{"memory":{"privateBytes":1}}"#, #"{"future":1}"#] {
+            var object = try #require(try JSONSerialization.jsonObject(with: try encoder.encode(base)) as? [String: Any])
+            for (key, value) in try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]) { object[key] = value }
+            #expect(ContainerInfo.quick(from: try JSONSerialization.data(withJSONObject: object)) == nil, "\(text)")
+        }
+        let nullName = String(decoding: try encoder.encode(base), as: UTF8.self).replacingOccurrences(of: #""name":"dev.x""#, with: #""name":null"#)
+        #expect(ContainerInfo.quick(from: Data(nullName.utf8)) == nil)
+    }
+}
