@@ -142,9 +142,15 @@ public struct AgentDaemon: Sendable {
         let acceptedAtOnce = accepted.overflow ? Int.max : accepted.partialValue
         var services: [any Service] = []
         let (unixReady, unixReadySignal) = AsyncStream.makeStream(of: Void.self)
+        let (tcpReady, tcpReadySignal) = AsyncStream.makeStream(of: Void.self)
+        let tcpListens = options.listen != nil
         let unixServer = AgentHTTPServer(
             socketPath: socketPath, responder: try router(tcp: false).buildResponder(), limit: ConnectionLimit(maxConnections),
             acceptedAtOnce: acceptedAtOnce, logger: logger,
+            listenAfter: {
+                guard tcpListens else { return }
+                for await _ in tcpReady { break }
+            },
             onListening: {
                 chmod(socketPath, 0o600)
                 logger.info("listening", metadata: ["socket": "\(socketPath)"])
@@ -166,7 +172,11 @@ public struct AgentDaemon: Sendable {
                 router: tcpRouter, server: http(ConnectionLimit(maxConnections)),
                 configuration: ApplicationConfiguration(address: .hostname(String(parts[0]), port: port), serverName: "vmfork",
                                                         availableConnectionsDelegate: MaximumAvailableConnections(acceptedAtOnce)),
-                onServerRunning: { channel in logger.info("listening", metadata: ["tcp": "\(channel.localAddress.map { "\($0)" } ?? listen)"]) },
+                onServerRunning: { channel in
+                    logger.info("listening", metadata: ["tcp": "\(channel.localAddress.map { "\($0)" } ?? listen)"])
+                    tcpReadySignal.yield()
+                    tcpReadySignal.finish()
+                },
                 logger: logger)
             services.append(tcpApp)
         }

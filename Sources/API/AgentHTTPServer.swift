@@ -34,9 +34,14 @@ struct AgentHTTPServer: Service {
     /// Connections accepted at once (beyond the limit only to be refused).
     let acceptedAtOnce: Int
     let logger: Logger
+    /// Returns when the socket may listen: the daemon's other listeners are up first, so that
+    /// a client that finds the socket answering finds every listener answering.
+    let listenAfter: @Sendable () async -> Void
     let onListening: @Sendable () -> Void
 
     func run() async throws {
+        await listenAfter()
+        try Task.checkCancellation()
         let group = MultiThreadedEventLoopGroup.singleton
         let quiescing = ServerQuiescingHelper(group: group)
         let shared = AgentConnectionHandler.Shared(responder: responder, limit: limit, logger: logger)

@@ -122,7 +122,8 @@ struct AgentRoutes: Sendable {
         on(.post, "/v1/containers/{id}/wait") { request, context in
             let output = try request.int("output", in: 0...Engine.waitOutputLimit)
             let remove = try request.bool("remove", default: false)
-            return try json(try await engine.waitContainer(try context.parameter("id"), outputUpTo: output, remove: remove, by: context.actor))
+            let exit = try await engine.waitContainer(try context.parameter("id"), outputUpTo: output, remove: remove, by: context.actor)
+            return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: exit.quickJSON()))
         }
         on(.get, "/v1/containers/{id}/logs") { request, context in
             let streamName = try request.string("stream") ?? "all"

@@ -431,6 +431,48 @@ extension ContainerInfo {
     }
 }
 
+extension ExitInfo {
+    /// How a container ended, as the agent's wait answers (output in base64, as JSONEncoder's
+    /// default writes Data); nil when the answer needs JSONDecoder.
+    public static func quick(from body: Data) -> ExitInfo? {
+        guard let members = QuickJSON.parse(body)?.members else { return nil }
+        var exit = ExitInfo(exitCode: 0, reason: "")
+        var (hasCode, hasReason) = (false, false)
+        for member in members where member.value != .null {
+            let value = member.value
+            switch member.key {
+            case "exitCode": guard let code = value.integer else { return nil }; exit.exitCode = code; hasCode = true
+            case "reason": guard let text = value.string else { return nil }; exit.reason = text; hasReason = true
+            case "stdout": guard let data = value.string.flatMap({ Data(base64Encoded: $0) }) else { return nil }; exit.stdout = data
+            case "stderr": guard let data = value.string.flatMap({ Data(base64Encoded: $0) }) else { return nil }; exit.stderr = data
+            case "removed": guard let flag = value.boolean else { return nil }; exit.removed = flag
+            default: return nil
+            }
+        }
+        return hasCode && hasReason ? exit : nil
+    }
+
+    /// The wait's answer as the API writes it (sorted keys; output in base64).
+    func quickJSON() -> ByteBuffer {
+        var buffer = ByteBuffer()
+        buffer.writeStaticString("{\"exitCode\":")
+        buffer.writeString(String(exitCode))
+        buffer.writeStaticString(",\"reason\":")
+        QuickJSON.write(reason, into: &buffer)
+        if let removed { buffer.writeStaticString(removed ? ",\"removed\":true" : ",\"removed\":false") }
+        if let stderr {
+            buffer.writeStaticString(",\"stderr\":")
+            QuickJSON.write(stderr.base64EncodedString(), into: &buffer)
+        }
+        if let stdout {
+            buffer.writeStaticString(",\"stdout\":")
+            QuickJSON.write(stdout.base64EncodedString(), into: &buffer)
+        }
+        buffer.writeStaticString("}")
+        return buffer
+    }
+}
+
 extension RunResult {
     /// The JSON the API answers a run with (the same fields and values as the Codable form,
     /// sorted by name); nil when a figure is not finite (the Codable form refuses it).

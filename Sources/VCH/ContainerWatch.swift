@@ -1,5 +1,7 @@
+import API
 import Engine
 import Foundation
+import NIOPosix
 
 /// What the VCH itself must remember about its containers while it runs: the attach streams
 /// still reading a container's output from the agent, and the removals it made for `--rm`. A
@@ -33,9 +35,11 @@ actor ContainerWatch {
         if let exit = ended[id] { return exit }
         if let task = waits[id] { return await task.value }
         let query = "output=\(Self.exitOutputLimit)" + (autoRemove ? "&remove=true" : "")
-        let task = Task<ExitInfo?, Never> {
+        // On an event loop, not this actor: the agent's answer then resumes the task where its
+        // connection reads it (`AgentChannelClient`), with no hop to a pool thread and back.
+        let task = Task<ExitInfo?, Never>.detached(executorPreference: EventLoopExecutor(MultiThreadedEventLoopGroup.singleton.next())) {
             guard let response = try? await agent.call("POST", "/v1/containers/\(id)/wait?\(query)") else { return nil }
-            return try? response.decode(ExitInfo.self)
+            return ExitInfo.quick(from: response.body) ?? (try? response.decode(ExitInfo.self))
         }
         waits[id] = task
         let exit = await task.value

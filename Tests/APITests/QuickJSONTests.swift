@@ -138,4 +138,23 @@ import Testing
         let nullName = String(decoding: try encoder.encode(base), as: UTF8.self).replacingOccurrences(of: #""name":"dev.x""#, with: #""name":null"#)
         #expect(ContainerInfo.quick(from: Data(nullName.utf8)) == nil)
     }
+
+    @Test func exitsWrittenAndReadByHandAgreeWithFoundationsCoders() throws {
+        var plain = ExitInfo(exitCode: 0, reason: "exited with 0")
+        var full = ExitInfo(exitCode: 137, reason: "killed by \"signal\" 9")
+        (full.stdout, full.stderr, full.removed) = (Data([0x68, 0x69, 0x0A, 0xFF, 0x00]), Data(), true)
+        plain.removed = false
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        for exit in [plain, full, ExitInfo(exitCode: -1, reason: "")] {
+            let hand = Data(exit.quickJSON().readableBytesView)
+            #expect(try JSONDecoder().decode(ExitInfo.self, from: hand) == exit)
+            #expect(hand == (try encoder.encode(exit)), "the same bytes as the API's encoder: \(String(decoding: hand, as: UTF8.self))")
+            #expect(ExitInfo.quick(from: try encoder.encode(exit)) == exit)
+        }
+        for text in [#"{"exitCode":0,"reason":"x","stdout":"not base64!"}"#, #"{"exitCode":0,"reason":null}"#, #"{"exitCode":0}"#,
+                     #"{"exitCode":0.5,"reason":"x"}"#, #"{"exitCode":0,"reason":"x","later":1}"#] {
+            #expect(ExitInfo.quick(from: Data(text.utf8)) == nil, "\(text)")
+        }
+    }
 }
