@@ -161,6 +161,13 @@ final class AgentResponseReader: ChannelInboundHandler, @unchecked Sendable {
         return String(decoding: bytes, as: UTF8.self)
     }
 
+    /// Moves up to `count` bytes of the body from the input; returns how many are still to come.
+    private func takeBody(_ count: Int) -> Int {
+        let take = min(count, input.readableBytes)
+        body.append(contentsOf: input.readBytes(length: take)!)
+        return count - take
+    }
+
     private func advance() throws {
         while promise != nil {
             switch state {
@@ -191,10 +198,9 @@ final class AgentResponseReader: ChannelInboundHandler, @unchecked Sendable {
                     state = .untilClose
                 }
             case .body(let remaining):
-                let take = min(remaining, input.readableBytes)
-                body.append(contentsOf: input.readBytes(length: take)!)
-                if take < remaining {
-                    state = .body(remaining: remaining - take)
+                let left = takeBody(remaining)
+                if left > 0 {
+                    state = .body(remaining: left)
                     return
                 }
                 state = .head
@@ -206,10 +212,9 @@ final class AgentResponseReader: ChannelInboundHandler, @unchecked Sendable {
                 }
                 state = size == 0 ? .trailers : .chunkData(remaining: size)
             case .chunkData(let remaining):
-                let take = min(remaining, input.readableBytes)
-                body.append(contentsOf: input.readBytes(length: take)!)
-                if take < remaining {
-                    state = .chunkData(remaining: remaining - take)
+                let left = takeBody(remaining)
+                if left > 0 {
+                    state = .chunkData(remaining: left)
                     return
                 }
                 state = .chunkEnd

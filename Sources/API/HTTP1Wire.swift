@@ -104,16 +104,11 @@ struct HTTP1RequestParser {
                 }
             case .body(var parsed, let remaining):
                 state = .head(scanned: 0)  // the body's buffer has one owner while it grows
-                let take = min(remaining, buffer.readableBytes)
-                if take > 0 {
-                    var slice = buffer.readSlice(length: take)!
-                    parsed.body.writeBuffer(&slice)
-                }
-                if remaining - take > 0 {
-                    state = .body(parsed, remaining: remaining - take)
+                let left = Self.move(remaining, from: &buffer, to: &parsed.body)
+                if left > 0 {
+                    state = .body(parsed, remaining: left)
                     return .needMore
                 }
-                state = .head(scanned: 0)
                 return .request(parsed)
             case .chunkSize(let parsed):
                 guard let end = Self.find(crlf, in: buffer, from: 0) else {
@@ -134,13 +129,9 @@ struct HTTP1RequestParser {
                 }
             case .chunkData(var parsed, let remaining):
                 state = .head(scanned: 0)  // the body's buffer has one owner while it grows
-                let take = min(remaining, buffer.readableBytes)
-                if take > 0 {
-                    var slice = buffer.readSlice(length: take)!
-                    parsed.body.writeBuffer(&slice)
-                }
-                if remaining - take > 0 {
-                    state = .chunkData(parsed, remaining: remaining - take)
+                let left = Self.move(remaining, from: &buffer, to: &parsed.body)
+                if left > 0 {
+                    state = .chunkData(parsed, remaining: left)
                     return .needMore
                 }
                 state = .chunkEnd(parsed)
@@ -171,6 +162,16 @@ struct HTTP1RequestParser {
                 return .request(parsed)
             }
         }
+    }
+
+    /// Moves up to `count` bytes of the body from the input; returns how many are still to come.
+    private static func move(_ count: Int, from buffer: inout ByteBuffer, to body: inout ByteBuffer) -> Int {
+        let take = min(count, buffer.readableBytes)
+        if take > 0 {
+            var slice = buffer.readSlice(length: take)!
+            body.writeBuffer(&slice)
+        }
+        return count - take
     }
 
     /// Drops what is still to come of a refused body; true when nothing is left to drop.

@@ -127,15 +127,17 @@ struct ConnectionLimitTests {
 extension ConnectionLimitTests {
     /// A wait whose client leaves gives its connection back at once, not when the container
     /// ends (here it never would): with a limit of 2, one idle connection and one wait fill the
-    /// socket; the wait's client goes; a new connection is served again.
-    @Test func aWaitWhoseClientLeftGivesItsConnectionBack() throws {
+    /// listener; the wait's client goes; a new connection is served again. On TCP (Hummingbird's
+    /// server) and on the Unix socket (the agent's own).
+    @Test(arguments: [false, true])
+    func aWaitWhoseClientLeftGivesItsConnectionBack(overUnixSocket: Bool) throws {
         let daemon = try DaemonFixture(tcp: true)
         try daemon.start(extra: ["--max-connections", "2"])
         defer { daemon.stop() }
         let port = try #require(daemon.tcpPort)
         let token = try #require(try TokenFile.load(path: daemon.state.appendingPathComponent(TokenFile.fileName).path).tokens.first).value
-        let tcp = AgentClient(endpoint: .tcp(host: "127.0.0.1", port: port, token: token))
-        let bearer = ["Authorization: Bearer \(token)"]
+        let listener = overUnixSocket ? AgentClient(socketPath: daemon.socketPath) : AgentClient(endpoint: .tcp(host: "127.0.0.1", port: port, token: token))
+        let bearer = overUnixSocket ? [] : ["Authorization: Bearer \(token)"]
         do {
             let client = daemon.client
             try daemon.addBusybox(client)
@@ -143,14 +145,14 @@ extension ConnectionLimitTests {
             #expect(try client.send("POST", "/v1/containers", json: spec).status == 201)
             #expect(try client.send("POST", "/v1/containers/spin/start").status == 200)
         }
-        let idle = try Self.hold({ try tcp.openConnection() }) { try $0.sendRequest("GET", "/v1/_ping", headers: bearer) }
-        let wait = HeldConnection(fd: try tcp.openConnection())
+        let idle = try Self.hold({ try listener.openConnection() }) { try $0.sendRequest("GET", "/v1/_ping", headers: bearer) }
+        let wait = HeldConnection(fd: try listener.openConnection())
         try wait.sendRequest("POST", "/v1/containers/spin/wait", headers: bearer)
         // A ping on a new connection, until it is answered with `status` or the deadline passes.
         let deadline = Date().addingTimeInterval(10)
         func pingUntil(_ status: Int, pause: useconds_t) throws -> Bool {
             while Date() < deadline {
-                let probe = HeldConnection(fd: try tcp.openConnection())
+                let probe = HeldConnection(fd: try listener.openConnection())
                 try probe.sendRequest("GET", "/v1/_ping", headers: bearer + ["Connection: close"])
                 let answered = try probe.readHead().status
                 probe.close()
@@ -161,8 +163,12 @@ extension ConnectionLimitTests {
         }
         // Both count: a third is refused (once the wait's request is in).
         #expect(try pingUntil(429, pause: 20_000), "the wait's connection did not count")
-        wait.close()  // on TCP a FIN: the server's half-closure support would keep the connection
+        // On TCP a close is a FIN, which the server's half-closure support would keep open. On a
+        // Unix socket a close is seen as a hang-up, which NIO closes on by itself: a client that
+        // shuts its sending side down is the case the server must notice.
+        if overUnixSocket { shutdown(wait.fd, Int32(SHUT_WR)) } else { wait.close() }
         #expect(try pingUntil(200, pause: 50_000), "the wait whose client left still holds its connection")
+        wait.close()
         idle.close()
         let unix = AgentClient(socketPath: daemon.socketPath)
         #expect(try unix.send("POST", "/v1/containers/spin/kill?signal=9").status == 200)

@@ -193,41 +193,4 @@ struct AgentHTTPServerTests {
         #expect(events.contains { ($0["type"] as? String) == "request.refused" && ($0["actor"] as? String) == "uid:\(getuid())" })
         #expect(events.contains { ($0["type"] as? String) == "image.add" && ($0["actor"] as? String) == "uid:\(getuid())" })
     }
-
-    /// As `ConnectionLimitTests.aWaitWhoseClientLeftGivesItsConnectionBack` on TCP: a Unix socket
-    /// client that closes while its wait is unanswered gives its place under the limit back.
-    @Test func aWaitWhoseUnixClientLeftGivesItsConnectionBack() throws {
-        let daemon = try DaemonFixture()
-        try daemon.start(extra: ["--max-connections", "2"])
-        defer { daemon.stop() }
-        do {
-            let client = daemon.client
-            try daemon.addBusybox(client)
-            let spec = ContainerSpec(image: "busybox", name: "spin", arguments: ["sh", "-c", "while true; do :; done"])
-            #expect(try client.send("POST", "/v1/containers", json: spec).status == 201)
-            #expect(try client.send("POST", "/v1/containers/spin/start").status == 200)
-        }
-        let unix = AgentClient(socketPath: daemon.socketPath)
-        let idle = try HeldConnection.admitted(open: { try unix.openConnection() }) { try $0.sendRequest("GET", "/v1/_ping") }
-        let wait = HeldConnection(fd: try unix.openConnection())
-        try wait.sendRequest("POST", "/v1/containers/spin/wait")
-        let deadline = Date().addingTimeInterval(10)
-        func pingUntil(_ status: Int) throws -> Bool {
-            while Date() < deadline {
-                let probe = HeldConnection(fd: try unix.openConnection())
-                try probe.sendRequest("GET", "/v1/_ping", headers: ["Connection: close"])
-                let answered = try probe.readHead().status
-                probe.close()
-                if answered == status { return true }
-                usleep(20_000)
-            }
-            return false
-        }
-        #expect(try pingUntil(429), "the wait's connection did not count")
-        wait.close()
-        #expect(try pingUntil(200), "the wait whose client left still holds its connection")
-        idle.close()
-        #expect(try unix.send("POST", "/v1/containers/spin/kill?signal=9").status == 200)
-        #expect(try unix.send("POST", "/v1/containers/spin/wait").decode(ExitInfo.self).exitCode == 137)
-    }
 }
