@@ -43,13 +43,14 @@ final class AgentChannelClient: Sendable {
     private func exchange(_ channel: any Channel, _ request: ByteBuffer) async throws -> AgentClient.Response {
         let promise = channel.eventLoop.makePromise(of: (AgentClient.Response, reusable: Bool).self)
         let begin: @Sendable () -> Void = {
-            do {
-                let reader = try channel.pipeline.syncOperations.handler(type: AgentResponseReader.self)
-                reader.expect(promise)
-                channel.writeAndFlush(request).whenFailure { error in promise.fail(error) }
-            } catch {
-                promise.fail(error)
+            // A kept connection the daemon has closed meanwhile (its idle timeout) has lost its
+            // handlers, or fails the write: either way no answer has begun, and `send` retries.
+            guard let reader = try? channel.pipeline.syncOperations.handler(type: AgentResponseReader.self) else {
+                promise.fail(AgentResponseReader.Failure(description: "the connection to the daemon has closed", answerBegun: false))
+                return
             }
+            reader.expect(promise)
+            channel.writeAndFlush(request).whenFailure { error in reader.abandon("sending to the daemon failed: \(error)") }
         }
         if channel.eventLoop.inEventLoop { begin() } else { channel.eventLoop.execute(begin) }
         let (response, reusable) = try await promise.futureResult.get()
@@ -139,10 +140,15 @@ final class AgentResponseReader: ChannelInboundHandler, @unchecked Sendable {
     }
 
     private func fail(_ context: ChannelHandlerContext, _ message: String) {
+        abandon(message)
+        context.close(promise: nil)
+    }
+
+    /// Fails the answer awaited, if one is (once: the write's failure and the close may both report).
+    func abandon(_ message: String) {
         guard let promise else { return }
         self.promise = nil
         promise.fail(Failure(description: message, answerBegun: begun))
-        context.close(promise: nil)
     }
 
     private func finish() {

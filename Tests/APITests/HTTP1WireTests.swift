@@ -193,4 +193,20 @@ struct AgentHTTPServerTests {
         #expect(events.contains { ($0["type"] as? String) == "request.refused" && ($0["actor"] as? String) == "uid:\(getuid())" })
         #expect(events.contains { ($0["type"] as? String) == "image.add" && ($0["actor"] as? String) == "uid:\(getuid())" })
     }
+
+    /// An async client's kept connections that the daemon closed (a restart here; its idle
+    /// timeout in use) are replaced, not failed on: the call goes out on a new connection.
+    @Test func anAsyncClientsKeptConnectionsThatTheDaemonClosedAreReplaced() async throws {
+        let daemon = try DaemonFixture()
+        try daemon.start()
+        defer { daemon.stop() }
+        let client = daemon.client
+        for round in 0..<3 {
+            #expect(try await client.send("GET", "/v1/_ping").status == 200, "round \(round)")
+            #expect(try await client.send("GET", "/v1/version").status == 200, "round \(round)")
+            daemon.stop()
+            try daemon.start()
+        }
+        #expect(try await client.send("GET", "/v1/_ping").text == #"{"ok":true}"#)
+    }
 }
