@@ -24,23 +24,34 @@ final class AgentChannelClient: Sendable {
         let loop = MultiThreadedEventLoopGroup.currentEventLoop ?? MultiThreadedEventLoopGroup.singleton.next()
         var request = ByteBuffer(string: head)
         if let body { request.writeBytes(body) }
-        // A kept connection the daemon closed meanwhile fails before any answer: retry once on a new one.
-        if let kept = takeIdle(on: loop) {
-            do {
-                return try await exchange(kept, request)
-            } catch let error as AgentResponseReader.Failure where !error.answerBegun {
-                kept.close(promise: nil)
-            }
+        // Connecting, writing and reading all happen on the loop, chained: only the answer waits
+        // for the caller's executor. (A caller whose executor is busy must not leave a connection
+        // made but unwritten: the daemon closes a connection idle for 30 s.)
+        let connected: @Sendable () -> EventLoopFuture<(AgentClient.Response, reusable: Bool, channel: any Channel)> = { [socketPath] in
+            ClientBootstrap(group: loop)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(AgentResponseReader()) }
+                }
+                .connect(unixDomainSocketPath: socketPath)
+                .flatMap { channel in Self.exchange(channel, request) }
         }
-        let channel = try await ClientBootstrap(group: loop)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(AgentResponseReader()) }
+        let answered: EventLoopFuture<(AgentClient.Response, reusable: Bool, channel: any Channel)>
+        if let kept = takeIdle(on: loop) {
+            // A kept connection the daemon closed meanwhile fails before any answer: retry once on a new one.
+            answered = Self.exchange(kept, request).flatMapError { error in
+                guard let failure = error as? AgentResponseReader.Failure, !failure.answerBegun else { return loop.makeFailedFuture(error) }
+                kept.close(promise: nil)
+                return connected()
             }
-            .connect(unixDomainSocketPath: socketPath).get()
-        return try await exchange(channel, request)
+        } else {
+            answered = connected()
+        }
+        let (response, reusable, channel) = try await answered.get()
+        if reusable { keep(channel) } else { channel.close(promise: nil) }
+        return response
     }
 
-    private func exchange(_ channel: any Channel, _ request: ByteBuffer) async throws -> AgentClient.Response {
+    private static func exchange(_ channel: any Channel, _ request: ByteBuffer) -> EventLoopFuture<(AgentClient.Response, reusable: Bool, channel: any Channel)> {
         let promise = channel.eventLoop.makePromise(of: (AgentClient.Response, reusable: Bool).self)
         let begin: @Sendable () -> Void = {
             // A kept connection the daemon has closed meanwhile (its idle timeout) has lost its
@@ -53,9 +64,7 @@ final class AgentChannelClient: Sendable {
             channel.writeAndFlush(request).whenFailure { error in reader.abandon("sending to the daemon failed: \(error)") }
         }
         if channel.eventLoop.inEventLoop { begin() } else { channel.eventLoop.execute(begin) }
-        let (response, reusable) = try await promise.futureResult.get()
-        if reusable { keep(channel) } else { channel.close(promise: nil) }
-        return response
+        return promise.futureResult.map { ($0.0, $0.reusable, channel) }
     }
 
     private func takeIdle(on loop: any EventLoop) -> (any Channel)? {
