@@ -22,8 +22,9 @@ final class AgentChannelClient: Sendable {
 
     func send(_ method: String, _ path: String, head: String, body: Data?) async throws -> AgentClient.Response {
         let loop = MultiThreadedEventLoopGroup.currentEventLoop ?? MultiThreadedEventLoopGroup.singleton.next()
-        var request = ByteBuffer(string: head)
-        if let body { request.writeBytes(body) }
+        var bytes = ByteBuffer(string: head)
+        if let body { bytes.writeBytes(body) }
+        let request = bytes
         // Connecting, writing and reading all happen on the loop, chained: only the answer waits
         // for the caller's executor. (A caller whose executor is busy must not leave a connection
         // made but unwritten: the daemon closes a connection idle for 30 s.)
