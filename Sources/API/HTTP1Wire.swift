@@ -63,7 +63,7 @@ struct HTTP1RequestParser {
         while true {
             switch state {
             case .head(let scanned):
-                guard let end = Self.find(crlfcrlf, in: buffer, from: scanned) else {
+                guard let end = Self.find(Self.crlfcrlf, in: buffer, from: scanned) else {
                     if buffer.readableBytes > Self.maxHeadBytes {
                         return .refused(Refusal(status: .requestHeaderFieldsTooLarge, message: "the request head is over \(Self.maxHeadBytes) bytes"))
                     }
@@ -111,7 +111,7 @@ struct HTTP1RequestParser {
                 }
                 return .request(parsed)
             case .chunkSize(let parsed):
-                guard let end = Self.find(crlf, in: buffer, from: 0) else {
+                guard let end = Self.find(Self.crlf, in: buffer, from: 0) else {
                     if buffer.readableBytes > 1024 { return .refused(Refusal(status: .badRequest, message: "a chunk-size line is over 1024 bytes")) }
                     return .needMore
                 }
@@ -145,12 +145,12 @@ struct HTTP1RequestParser {
                 guard discard(&buffer) else { return .needMore }
             case .trailers(let parsed, let scanned):
                 // Trailer fields are read and dropped: no route uses them.
-                if buffer.readableBytesView.starts(with: crlf) {
+                if buffer.readableBytesView.starts(with: Self.crlf) {
                     buffer.moveReaderIndex(forwardBy: 2)
                     state = .head(scanned: 0)
                     return .request(parsed)
                 }
-                guard let end = Self.find(crlfcrlf, in: buffer, from: scanned) else {
+                guard let end = Self.find(Self.crlfcrlf, in: buffer, from: scanned) else {
                     if buffer.readableBytes > Self.maxHeadBytes {
                         return .refused(Refusal(status: .requestHeaderFieldsTooLarge, message: "the request's trailer fields are over \(Self.maxHeadBytes) bytes"))
                     }
@@ -203,8 +203,6 @@ struct HTTP1RequestParser {
 
     private static let crlf: [UInt8] = [0x0D, 0x0A]
     private static let crlfcrlf: [UInt8] = [0x0D, 0x0A, 0x0D, 0x0A]
-    private var crlf: [UInt8] { Self.crlf }
-    private var crlfcrlf: [UInt8] { Self.crlfcrlf }
 
     /// The offset of `pattern` in the buffer's readable bytes, searching from `start`.
     private static func find(_ pattern: [UInt8], in buffer: ByteBuffer, from start: Int) -> Int? {

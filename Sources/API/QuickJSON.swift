@@ -393,16 +393,19 @@ extension ContainerSpec {
 }
 
 extension ContainerInfo {
+    /// The fields `quick` reads; an answer with any other goes to JSONDecoder.
+    private static let quickFields: Set<String> = [
+        "id", "name", "image", "state", "exitCode", "exitReason", "arguments", "environment", "hostname", "memoryMiB", "forkPoint", "labels",
+        "parent", "pool", "placementID", "createdAt", "startedAt", "finishedAt", "forkMicroseconds", "reusedVM", "argv0", "entrypoint", "cmd", "tty",
+    ]
+
     /// A container as the agent answers it, by `QuickJSON`; nil when the answer needs
     /// JSONDecoder (a field this reader does not know, such as the memory figures).
     public static func quick(from body: Data) -> ContainerInfo? {
         guard let members = QuickJSON.parse(body)?.members else { return nil }
         var fields: [String: QuickJSON.Node] = [:]
         for member in members where member.value != .null { fields[member.key] = member.value }
-        let known: Set<String> = ["id", "name", "image", "state", "exitCode", "exitReason", "arguments", "environment", "hostname", "memoryMiB",
-                                  "forkPoint", "labels", "parent", "pool", "placementID", "createdAt", "startedAt", "finishedAt",
-                                  "forkMicroseconds", "reusedVM", "argv0", "entrypoint", "cmd", "tty"]
-        guard fields.keys.allSatisfy(known.contains),
+        guard fields.keys.allSatisfy(quickFields.contains),
               let id = fields["id"]?.string, let name = fields["name"]?.string, let image = fields["image"]?.string,
               let state = fields["state"]?.string.flatMap(ContainerState.init(rawValue:)), let arguments = fields["arguments"]?.strings,
               let environment = fields["environment"]?.strings, let hostname = fields["hostname"]?.string,
