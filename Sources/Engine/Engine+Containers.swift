@@ -83,7 +83,7 @@ extension Engine {
             let (policy, recordedNow) = try await policy(image: image.name, forkPoint: forkPoint, memoryMiB: memoryMiB)
             if let workers = workerSet {
                 return try await createInWorker(workers, id: id, name: name, spec: spec, image: image, policy: policy, recordedNow: recordedNow,
-                                                labels: labels, placementID: placementID, startNow: startNow, registered: started)
+                                                labels: labels, placementID: placementID, startNow: startNow, untilEnd: untilEnd, registered: started)
             }
             let family: ParentFamily
             if let readyFamily {

@@ -12,10 +12,14 @@ final class WorkerConnection: Sendable {
 
     private struct State {
         var next: UInt64 = 1
-        var pending: [UInt64: CheckedContinuation<Data, Error>] = [:]
+        var pending: [UInt64: CheckedContinuation<WorkerFrame, Error>] = [:]
         var closed: String?
-        /// The worker's pid, from its hello.
+        /// The worker's pid and version, from its hello.
         var pid: Int32 = 0
+        var version = ""
+        /// The image records this connection's worker has taken (a create then names its
+        /// image only); a new connection starts empty, so a restarted worker is sent them again.
+        var images: [String: ImageRecord] = [:]
     }
 
     init(shard: Int, socketPath: String) throws(EngineError) {
@@ -28,22 +32,31 @@ final class WorkerConnection: Sendable {
         set { state.withLock { $0.pid = newValue } }
     }
 
+    var version: String {
+        get { state.withLock { $0.version } }
+        set { state.withLock { $0.version = newValue } }
+    }
+
+    /// Whether the worker has this record of the image (sent on this connection before).
+    func has(_ image: ImageRecord) -> Bool { state.withLock { $0.images[image.name] == image } }
+    func took(_ image: ImageRecord) { state.withLock { $0.images[image.name] = image } }
+
     var isClosed: Bool { state.withLock { $0.closed != nil } }
 
     /// Starts the reader thread: `onEvent` gets each event frame (on that thread, in order);
     /// `onClose` once, with why, when the stream ends (every call in flight fails first).
-    func startReading(onEvent: @escaping @Sendable (String, Data) -> Void, onClose: @escaping @Sendable (String) -> Void) {
+    func startReading(onEvent: @escaping @Sendable (String, WorkerFrame) -> Void, onClose: @escaping @Sendable (String) -> Void) {
         let thread = Thread { [self] in
-            let decoder = JSONDecoder()
             var why = "the worker closed its socket"
             while true {
-                let frame: Data?
-                do { frame = try WorkerWire.readFrame(fd) } catch {
+                let bytes: Data?
+                do { bytes = try WorkerWire.readFrame(fd) } catch {
                     why = "\(error)"
                     break
                 }
-                guard let frame else { break }
-                guard let header = try? decoder.decode(WorkerHeader.self, from: frame) else {
+                guard let bytes else { break }
+                let frame = WorkerFrame(bytes)
+                guard let header = frame.header else {
                     why = "the worker sent a frame that is not a message"
                     break
                 }
@@ -69,7 +82,45 @@ final class WorkerConnection: Sendable {
 
     /// Sends a request and waits for its reply; a refusal comes back as the worker's EngineError.
     func call<Body: Codable & Sendable, Result: Codable & Sendable>(_ op: String, _ body: Body, as type: Result.Type = Result.self) async throws -> Result {
-        let frame: Data = try await withCheckedThrowingContinuation { continuation in
+        let frame = try await exchange(op) { id in try JSONEncoder().encode(WorkerRequest(id: id, op: op, body: body)) }
+        let reply = try JSONDecoder().decode(WorkerReply<Result>.self, from: frame.data)
+        if let fault = reply.error { throw fault.engineError }
+        guard let result = reply.result else { throw EngineError(.failed, "worker \(shard) replied to \(op) without a result") }
+        return result
+    }
+
+    /// A create (and start) in the worker, written and read by hand (`WorkerQuick`); the
+    /// image's record goes along only when this worker may not have it.
+    func create(_ request: WorkerCreate, image: ImageRecord) async throws -> ContainerInfo {
+        var request = request
+        let sendsImage = !has(image) || version != Engine.version
+        if sendsImage { request.image = image }
+        let frame = try await exchange("create") { id in
+            var body = QuickJSON.Writer()
+            guard WorkerQuick.create(request, into: &body) else { return try JSONEncoder().encode(WorkerRequest(id: id, op: "create", body: request)) }
+            return Data(WorkerQuick.request(id: id, op: "create") { $0.raw(body.bytes) })
+        }
+        if sendsImage { took(image) }
+        if let result = try WorkerQuick.result(of: frame, shard: shard, op: "create"), let info = ContainerInfo.quick(result) { return info }
+        let reply = try JSONDecoder().decode(WorkerReply<ContainerInfo>.self, from: frame.data)
+        if let fault = reply.error { throw fault.engineError }
+        guard let info = reply.result else { throw EngineError(.failed, "worker \(shard) replied to create without a result") }
+        return info
+    }
+
+    /// A remove in the worker, written and read by hand.
+    func remove(_ request: WorkerRemove) async throws {
+        let frame = try await exchange("remove") { id in
+            Data(WorkerQuick.request(id: id, op: "remove") { WorkerQuick.remove(request, into: &$0) })
+        }
+        if try WorkerQuick.result(of: frame, shard: shard, op: "remove") != nil { return }
+        let reply = try JSONDecoder().decode(WorkerReply<WorkerNothing>.self, from: frame.data)
+        if let fault = reply.error { throw fault.engineError }
+    }
+
+    /// Sends the request `encode` writes for its id and waits for the reply's frame.
+    private func exchange(_ op: String, _ encode: (UInt64) throws -> Data) async throws -> WorkerFrame {
+        try await withCheckedThrowingContinuation { continuation in
             let id = state.withLock { state -> UInt64? in
                 guard state.closed == nil else { return nil }
                 defer { state.next += 1 }
@@ -81,7 +132,7 @@ final class WorkerConnection: Sendable {
                 return
             }
             do {
-                let payload = try JSONEncoder().encode(WorkerRequest(id: id, op: op, body: body))
+                let payload = try encode(id)
                 // A Unix socket's send buffer takes a request at once; the worker's reader
                 // thread empties it continuously.
                 try writeLock.withLock { _ throws(EngineError) in try WorkerWire.writeFrame(fd, payload) }
@@ -89,10 +140,6 @@ final class WorkerConnection: Sendable {
                 if let waiter = state.withLock({ $0.pending.removeValue(forKey: id) }) { waiter.resume(throwing: error) }
             }
         }
-        let reply = try JSONDecoder().decode(WorkerReply<Result>.self, from: frame)
-        if let fault = reply.error { throw fault.engineError }
-        guard let result = reply.result else { throw EngineError(.failed, "worker \(shard) replied to \(op) without a result") }
-        return result
     }
 
     /// Ends the connection (the reader thread sees the end and reports it).

@@ -20,18 +20,39 @@ import Store
 ///   (parent.evict, parent.shrink).
 ///
 /// Ops: hello (the caller becomes the one the events go to; returns every container and
-/// parent the worker holds), create, start, stop, kill, stdin, resize, remove, parents,
-/// ensureParents, drainParents, removeParents, pressure, shutdown.
+/// parent the worker holds, and its poller's thread for the daemon to raise), create, start,
+/// stop, kill, stdin, resize, remove, parents, ensureParents, drainParents, removeParents,
+/// pressure, shutdown. A create with `untilEnd` (a run) is answered when its program ends, in
+/// the same write as its exit event, or after `WorkerServer.heldAnswerLimit`. The create, its
+/// reply, the exit event and the remove are written and read by hand (`WorkerQuick`), the
+/// same JSON as their Codable forms.
 enum WorkerWire {
     static let maxFrame = 64 << 20
 
     /// Writes one frame with a single write where it fits (the caller serializes writers).
-    static func writeFrame(_ fd: Int32, _ payload: Data) throws(EngineError) {
-        var frame = Data(capacity: payload.count + 4)
-        let length = UInt32(payload.count).littleEndian
-        // unsafe: reads the 4 bytes of a local UInt32 while it lives.
-        withUnsafeBytes(of: length) { frame.append(contentsOf: $0) }
-        frame.append(payload)
+    static func writeFrame<Bytes: Collection<UInt8>>(_ fd: Int32, _ payload: Bytes) throws(EngineError) {
+        var frame: [UInt8] = []
+        frame.reserveCapacity(payload.count + 4)
+        append(payload, to: &frame)
+        try write(fd, frame)
+    }
+
+    /// Writes frames one after another with a single write where they fit, so that the reader
+    /// is woken once for them all.
+    static func writeFrames(_ fd: Int32, _ payloads: [[UInt8]]) throws(EngineError) {
+        var frames: [UInt8] = []
+        frames.reserveCapacity(payloads.reduce(0) { $0 + $1.count + 4 })
+        for payload in payloads { append(payload, to: &frames) }
+        try write(fd, frames)
+    }
+
+    private static func append<Bytes: Collection<UInt8>>(_ payload: Bytes, to frames: inout [UInt8]) {
+        let length = UInt32(payload.count)
+        for shift in stride(from: 0, to: 32, by: 8) { frames.append(UInt8(truncatingIfNeeded: length >> shift)) }
+        frames.append(contentsOf: payload)
+    }
+
+    private static func write(_ fd: Int32, _ frame: [UInt8]) throws(EngineError) {
         var offset = 0
         while offset < frame.count {
             // unsafe: offset < count, so the pointer and length stay inside the buffer.
@@ -127,6 +148,10 @@ struct WorkerFault: Codable, Sendable {
     var message: String
     var field: String?
 
+    init(kind: String, message: String, field: String?) {
+        (self.kind, self.message, self.field) = (kind, message, field)
+    }
+
     init(_ error: Error) {
         if let engine = error as? EngineError {
             kind = engine.kind.rawValue
@@ -155,14 +180,23 @@ struct WorkerHello: Codable, Sendable {
     var version: String
     var containers: [ContainerInfo]
     var parents: [ParentInfo]
+    /// The kernel id of its system-call poller's thread, whose priority the daemon raises
+    /// (the worker holds no CAP_SYS_NICE); nil when it has none.
+    var pollerThread: Int32? = nil
 }
 
 struct WorkerCreate: Codable, Sendable {
     var id: String
     /// Resolved by the daemon: name, fork point and memory set; no pool (placement is the daemon's).
     var spec: ContainerSpec
-    var image: ImageRecord
+    /// The daemon's record of the image, when this connection has not sent it before (the
+    /// worker keeps it, to make the image's parents again after a restart of its own).
+    var image: ImageRecord?
     var start: Bool
+    /// A run (created, started and waited for): the worker answers when the program ends, in
+    /// the same write as its exit, or once it has run `WorkerServer.heldAnswerLimit`,
+    /// whichever comes first, so that the daemon is not woken while a short program runs.
+    var untilEnd: Bool? = nil
 }
 
 struct WorkerContainerRef: Codable, Sendable { var id: String }

@@ -18,6 +18,13 @@ public final class WorkerServer: Sendable {
     let confinement: WorkerConfinement
     let seccompMode: WorkerSeccomp.Mode
     private let listener: Int32
+    /// Its system-call poller's thread, started with the server (see `SyscallPoller.startNow`).
+    private let pollerThread: Int32?
+    /// The answers of runs whose program still runs, by container id (see `WorkerCreate.untilEnd`),
+    /// with when each goes without waiting longer for the end.
+    private let heldAnswers = Mutex<[String: (answer: WorkerAnswer, deadline: ContinuousClock.Instant)]>([:])
+    /// How long a run's answer waits for its program's end before it goes without it.
+    static let heldAnswerLimit = Duration.milliseconds(2)
     /// The connection events go to (the last to say hello).
     private let subscriber = Mutex<WorkerPeer?>(nil)
 
@@ -30,6 +37,7 @@ public final class WorkerServer: Sendable {
         self.engine = engine
         self.shard = shard
         self.socketPath = socketPath
+        pollerThread = engine.options.pollsSystemCalls ? engine.poller?.startNow() : nil
         unlink(socketPath)
         listener = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard listener >= 0 else { throw EngineError(.failed, "socket: \(String(cString: strerror(errno)))") }
@@ -47,7 +55,25 @@ public final class WorkerServer: Sendable {
             exit: { [weak self] info, counters in
                 let exit = WorkerExit(info: info, vmExits: counters?.exits, pageFaults: counters?.pageFaults,
                                       emulatedInstructions: counters?.emulatedInstructions)
-                self?.subscriber.withLock { $0 }?.send(WorkerEventMessage(event: "exit", body: exit))
+                guard let self else { return }
+                // A run's answer held until now goes first, in the same write when it can.
+                let held = heldAnswers.withLock { $0.removeValue(forKey: info.id) }?.answer
+                let heldFrame = held?.takeHeld()
+                guard let subscriber = subscriber.withLock({ $0 }) else {
+                    if let held, let heldFrame { held.peer.send(frame: heldFrame) }
+                    return
+                }
+                var frames: [[UInt8]] = []
+                if let held, let heldFrame {
+                    if held.peer === subscriber { frames.append(heldFrame) } else { held.peer.send(frame: heldFrame) }
+                }
+                if let frame = WorkerQuick.exitEvent(exit) {
+                    frames.append(frame)
+                    subscriber.send(frames: frames)
+                } else {
+                    subscriber.send(frames: frames)
+                    subscriber.send(WorkerEventMessage(event: "exit", body: exit))
+                }
             },
             event: { [weak self] row in
                 guard row.actor == "engine", row.type == "parent.evict" || row.type == "parent.shrink" else { return }
@@ -75,23 +101,61 @@ public final class WorkerServer: Sendable {
     }
 
     private func read(_ peer: WorkerPeer) {
-        let decoder = JSONDecoder()
+        var ready = [pollfd(fd: peer.fd, events: Int16(POLLIN), revents: 0), pollfd(fd: peer.timer, events: Int16(POLLIN), revents: 0)]
         while true {
-            guard let frame = try? WorkerWire.readFrame(peer.fd), let header = try? decoder.decode(WorkerHeader.self, from: frame),
-                  let op = header.op else { break }
-            Task { await handle(op, id: header.id, frame: frame, peer: peer) }
+            ready[0].revents = 0
+            ready[1].revents = 0
+            let count = poll(&ready, peer.timer >= 0 ? 2 : 1, -1)
+            if count < 0 {
+                if errno == EINTR { continue }
+                break
+            }
+            if ready[1].revents != 0 { sendExpiredAnswers(of: peer) }
+            guard ready[0].revents != 0 else { continue }
+            guard let bytes = try? WorkerWire.readFrame(peer.fd) else { break }
+            let frame = WorkerFrame(bytes)
+            guard let header = frame.header, let op = header.op else { break }
+            if op == "create" || op == "remove" {
+                // Begun on this thread, up to its first wait (a create's hand-off to the
+                // container's thread): no hop to another thread on the way to the fork.
+                Task.immediate { await handle(op, id: header.id, frame: frame, peer: peer) }
+            } else {
+                Task { await handle(op, id: header.id, frame: frame, peer: peer) }
+            }
         }
         subscriber.withLock { if $0 === peer { $0 = nil } }
         peer.close()
     }
 
-    private func body<Body: Codable>(_ type: Body.Type, _ frame: Data) throws -> Body {
-        do { return try JSONDecoder().decode(WorkerRequest<Body>.self, from: frame).body } catch {
+    /// Sends the held answers of `peer`'s runs whose limit has passed (on its reader thread,
+    /// when its timer fires), and sets the timer again for the next one.
+    private func sendExpiredAnswers(of peer: WorkerPeer) {
+        peer.drainTimer()
+        let now = ContinuousClock.now
+        let (due, next) = heldAnswers.withLock { held -> ([WorkerAnswer], ContinuousClock.Instant?) in
+            var due: [WorkerAnswer] = []
+            var next: ContinuousClock.Instant?
+            for (id, entry) in held where entry.answer.peer === peer {
+                if entry.deadline <= now {
+                    due.append(entry.answer)
+                    held[id] = nil
+                } else {
+                    next = min(next ?? entry.deadline, entry.deadline)
+                }
+            }
+            return (due, next)
+        }
+        for answer in due { if let frame = answer.takeHeld() { peer.send(frame: frame) } }
+        if let next { peer.armTimer(after: next - now) }
+    }
+
+    private func body<Body: Codable>(_ type: Body.Type, _ frame: WorkerFrame) throws -> Body {
+        do { return try JSONDecoder().decode(WorkerRequest<Body>.self, from: frame.data).body } catch {
             throw EngineError(.invalid, "malformed worker request: \(error)")
         }
     }
 
-    private func handle(_ op: String, id: UInt64, frame: Data, peer: WorkerPeer) async {
+    private func handle(_ op: String, id: UInt64, frame: WorkerFrame, peer: WorkerPeer) async {
         let actor = "daemon"
         switch op {
         case "hello":
@@ -100,13 +164,37 @@ public final class WorkerServer: Sendable {
                 // snapshot below arrives as an event (the daemon ignores a second exit).
                 subscriber.withLock { $0 = peer }
                 return WorkerHello(shard: shard, pid: getpid(), version: Engine.version, containers: engine.containers(),
-                                   parents: try await engine.parents(withSharing: false))
+                                   parents: try await engine.parents(withSharing: false), pollerThread: pollerThread)
             }
         case "create":
-            await peer.reply(id) { [self] in
-                let request = try body(WorkerCreate.self, frame)
-                try await engine.adopt(image: request.image)
-                return try await engine.create(request.spec, startNow: request.start, id: request.id).info
+            // Created and started: answered from the container's own thread just before its
+            // program runs (no hop back to this task first), so the reply always precedes its exit.
+            let answer = WorkerAnswer(id: id, peer: peer)
+            do {
+                let request = try WorkerQuick.create(frame.member("body")) ?? body(WorkerCreate.self, frame)
+                if let image = request.image { try await engine.adopt(image: image) }
+                let untilEnd = request.start && request.untilEnd == true
+                var started: (@Sendable (ManagedContainer) -> Void)?
+                if untilEnd {
+                    // A run: answered with its exit (the exit observer above), or after the limit.
+                    started = { [self] (made: ManagedContainer) -> Void in
+                        answer.hold(made.info)
+                        heldAnswers.withLock { $0[made.id] = (answer, .now + Self.heldAnswerLimit) }
+                        // The connection's reader sends it when the limit passes first; no
+                        // thread is woken for it meanwhile (a timer thread woken as the
+                        // program started took the core its system-call poller then needed).
+                        peer.armTimer(after: Self.heldAnswerLimit)
+                    }
+                } else if request.start {
+                    started = { (made: ManagedContainer) -> Void in
+                        let info: ContainerInfo = made.info
+                        answer.send(info)
+                    }
+                }
+                let made = try await engine.create(request.spec, startNow: request.start, id: request.id, untilEnd: untilEnd, started: started)
+                answer.send(made.info)
+            } catch {
+                answer.fail(error)
             }
         case "start":
             await peer.reply(id) { [self] in try await engine.startContainer(try body(WorkerContainerRef.self, frame).id, by: actor) }
@@ -133,10 +221,12 @@ public final class WorkerServer: Sendable {
                 return WorkerNothing()
             }
         case "remove":
-            await peer.reply(id) { [self] in
-                let request = try body(WorkerRemove.self, frame)
+            do {
+                let request = try WorkerQuick.remove(frame.member("body")) ?? body(WorkerRemove.self, frame)
                 try await engine.removeContainer(request.id, force: request.force, by: actor)
-                return WorkerNothing()
+                peer.send(frame: WorkerQuick.done(id: id))
+            } catch {
+                peer.send(WorkerReply<WorkerNothing>(id: id, result: nil, error: WorkerFault(error)))
             }
         case "parents":
             await peer.reply(id) { [self] in
@@ -195,12 +285,45 @@ public final class WorkerServer: Sendable {
 /// One connection to a worker, as the worker sees it: replies and events, one writer at a time.
 final class WorkerPeer: Sendable {
     let fd: Int32
+    /// A one-shot timer its reader thread polls with the socket (held run answers); -1 when
+    /// none could be made (a run's answer then waits for its end).
+    let timer: Int32
     private let writeLock = Mutex(false)
 
-    init(fd: Int32) { self.fd = fd }
+    init(fd: Int32) {
+        self.fd = fd
+        timer = cshims_timerfd_create(CLOCK_MONOTONIC)
+    }
+
+    /// Sets the timer to fire once after `delay` (a system call; no thread is woken).
+    func armTimer(after delay: Duration) {
+        guard timer >= 0 else { return }
+        let nanoseconds = max(Int64(1), Int64(delay.components.seconds) * 1_000_000_000 + delay.components.attoseconds / 1_000_000_000)
+        let setting: [Int64] = [0, 0, nanoseconds / 1_000_000_000, nanoseconds % 1_000_000_000]
+        _ = cshims_timerfd_settime(timer, 0, setting, nil)
+    }
+
+    func drainTimer() {
+        var expirations: UInt64 = 0
+        _ = Glibc.read(timer, &expirations, 8)
+    }
 
     func send<Message: Encodable>(_ message: Message) {
         guard let payload = try? JSONEncoder().encode(message) else { return }
+        send(frame: payload)
+    }
+
+    /// Messages already written (`WorkerQuick`), in one write.
+    func send(frames payloads: [[UInt8]]) {
+        guard !payloads.isEmpty else { return }
+        writeLock.withLock { closed in
+            guard !closed else { return }
+            if (try? WorkerWire.writeFrames(fd, payloads)) == nil { shutdown(fd, Int32(SHUT_RDWR)) }
+        }
+    }
+
+    /// A message already written (`WorkerQuick`).
+    func send<Bytes: Collection<UInt8>>(frame payload: Bytes) {
         writeLock.withLock { closed in
             guard !closed else { return }
             // A daemon gone (or stalled past its socket buffer) costs the worker nothing it
@@ -219,8 +342,69 @@ final class WorkerPeer: Sendable {
 
     func close() {
         writeLock.withLock { closed in
-            if !closed { Glibc.close(fd) }
+            if !closed {
+                Glibc.close(fd)
+                if timer >= 0 { Glibc.close(timer) }
+            }
             closed = true
         }
+    }
+}
+
+/// The one reply to a request that may be answered from more than one place (a create: from
+/// the container's thread as it starts, else when the call returns; a run's: with its exit, or
+/// when it has run a while): the first answer is sent, or held (`hold`) for `takeHeld`.
+final class WorkerAnswer: Sendable {
+    private enum State {
+        case open
+        case held(ContainerInfo)
+        case done
+    }
+
+    private let id: UInt64
+    let peer: WorkerPeer
+    private let state = Mutex(State.open)
+
+    init(id: UInt64, peer: WorkerPeer) { (self.id, self.peer) = (id, peer) }
+
+    /// Whether the answer is still open (and now taken).
+    private func claim() -> Bool {
+        state.withLock { state in
+            guard case .open = state else { return false }
+            state = .done
+            return true
+        }
+    }
+
+    func send(_ info: ContainerInfo) {
+        guard claim() else { return }
+        peer.send(frame: Self.frame(id, info))
+    }
+
+    func fail(_ error: Error) {
+        guard claim() else { return }
+        peer.send(WorkerReply<ContainerInfo>(id: id, result: nil, error: WorkerFault(error)))
+    }
+
+    /// Keeps the answer (unless one went already) for `takeHeld`.
+    func hold(_ info: ContainerInfo) {
+        state.withLock { state in
+            if case .open = state { state = .held(info) }
+        }
+    }
+
+    /// The held answer as a frame, once; nil when none is held.
+    func takeHeld() -> [UInt8]? {
+        let info = state.withLock { state -> ContainerInfo? in
+            guard case .held(let info) = state else { return nil }
+            state = .done
+            return info
+        }
+        return info.map { Self.frame(id, $0) }
+    }
+
+    private static func frame(_ id: UInt64, _ info: ContainerInfo) -> [UInt8] {
+        if let frame = WorkerQuick.reply(id: id, info: info) { return frame }
+        return (try? Array(JSONEncoder().encode(WorkerReply(id: id, result: info, error: nil)))) ?? []
     }
 }

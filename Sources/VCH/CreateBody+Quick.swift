@@ -1,4 +1,5 @@
 import API
+import Engine
 import Foundation
 
 /// containers/create's body read without JSONDecoder (`QuickJSON`): the docker CLI's ~2 KB

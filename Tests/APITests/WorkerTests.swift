@@ -214,6 +214,53 @@ struct WorkerTests {
         }
     }
 
+    /// A run's answer waits in the worker for the program's end (one message and one wake-up
+    /// for the daemon), but no longer than a few milliseconds: a run still going is listed as
+    /// running meanwhile. And the worker's system-call poller has the priority the daemon's
+    /// own would have (the daemon raises it; the worker holds no capability).
+    @Test func aLongRunInAWorkerIsListedWhileItRunsAndItsPollerIsRaised() async throws {
+        let daemon = try DaemonFixture()
+        try daemon.start(extra: ["--workers", "1"])
+        defer {
+            daemon.stop()
+            Self.killWorkers(daemon, count: 1)
+        }
+        let client = daemon.client
+        try daemon.addBusybox(client)
+        let short = try await client.send("POST", "/v1/containers/run", json: ContainerSpec(image: "busybox", arguments: ["echo", "short"], memoryMiB: 32))
+        #expect(try short.decode(RunResult.self).stdout == "short\n", "\(short.text)")
+        // An open standard input that never gets data: `read -t` waits its whole second.
+        let spec = ContainerSpec(image: "busybox", name: "long-run", arguments: ["sh", "-c", "echo begun; read -t 1 x; echo done"], memoryMiB: 32,
+                                 openStdin: true)
+        let run = Task { try await client.send("POST", "/v1/containers/run", json: spec) }
+        var seenRunning = false
+        let deadline = Date().addingTimeInterval(0.8)
+        while Date() < deadline, !seenRunning {
+            let list = try await client.send("GET", "/v1/containers")
+            seenRunning = try list.decode([ContainerInfo].self).contains { $0.name == "long-run" && $0.state == .running }
+            if !seenRunning { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        #expect(seenRunning, "the run was not listed as running while it ran")
+        let result = try await run.value.decode(RunResult.self)
+        #expect(result.exitCode == 0 && result.stdout == "begun\ndone\n", "\(result)")
+
+        // The poller thread of the worker, and its nice value (field 19 of its stat).
+        let pid = try #require(Self.workerPID(daemon, shard: 0))
+        let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")
+        let poller = try #require(tasks.first { (try? String(contentsOfFile: "/proc/\(pid)/task/\($0)/comm", encoding: .utf8))?.hasPrefix("vmfork-poller") == true })
+        let stat = try String(contentsOfFile: "/proc/\(pid)/task/\(poller)/stat", encoding: .utf8)
+        let fields = stat[stat.range(of: ")")!.upperBound...].split(separator: " ")
+        let nice = try #require(Int(fields[16]))
+        // CAP_SYS_NICE (bit 23) in this process's effective set: the daemon it started has it too.
+        let status = try String(contentsOfFile: "/proc/self/status", encoding: .utf8)
+        let effective = status.split(separator: "\n").first { $0.hasPrefix("CapEff:") }.flatMap { UInt64($0.dropFirst(7).trimmingCharacters(in: .whitespaces), radix: 16) } ?? 0
+        if effective & (1 << 23) != 0 {
+            #expect(nice == -10, "the worker's poller runs at nice \(nice)")
+        } else {
+            #expect(nice == 0, "the worker's poller runs at nice \(nice) without CAP_SYS_NICE")
+        }
+    }
+
     /// kill -9 of one worker: its containers are recorded exited with the reason, the other
     /// worker's containers finish normally, and the worker comes back with its parents.
     @Test func aWorkerKilledTakesOnlyItsOwnContainersAndComesBackWithItsParents() async throws {

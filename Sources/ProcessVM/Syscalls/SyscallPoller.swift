@@ -105,6 +105,19 @@ public final class SyscallPoller: KVMSystemCompanion, @unchecked Sendable {
         }
     }
 
+    /// Starts the poller's thread now rather than at the first VM, and returns its kernel id
+    /// (nil when it did not start within a second): an engine worker has it started early so
+    /// that its daemon, which holds CAP_SYS_NICE, can raise its priority (`startIfNeeded`).
+    public func startNow() -> pid_t? {
+        condition.withLock { startIfNeeded() }
+        let deadline = ContinuousClock.now + .seconds(1)
+        while ContinuousClock.now < deadline {
+            if let thread = kernelThreadID { return thread }
+            usleep(100)
+        }
+        return nil
+    }
+
     /// Stops watching a VM whose program ended.
     /// The poller's loop may still hold the VM in the set it copied before; should that be
     /// the VM's last reference, the loop hands it to `releaseQueue` (see `letGo`).
@@ -162,7 +175,8 @@ public final class SyscallPoller: KVMSystemCompanion, @unchecked Sendable {
             // Guests spin while they wait for it, so it must win a core when it is
             // runnable: at normal priority 1 % of forks waited a 3 ms time slice for it
             // (fork → echo p99 3.1 ms against 0.3 ms at nice -10). Raising priority
-            // needs CAP_SYS_NICE; without it the poller runs at normal priority.
+            // needs CAP_SYS_NICE; without it the poller runs at normal priority (an engine
+            // worker has none: its daemon raises it, see `startNow`).
             setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, -10)
             loop()
         }

@@ -1,0 +1,170 @@
+import Foundation
+
+/// One frame off a worker socket: its bytes and, when `QuickJSON` reads them, their tree
+/// (the hot messages — create, its reply, a container's exit — are read from the tree; the
+/// others go to JSONDecoder on the bytes, as before).
+struct WorkerFrame: Sendable {
+    let data: Data
+    let tree: QuickJSON.Node?
+
+    init(_ data: Data) {
+        self.data = data
+        tree = QuickJSON.parse(data)
+    }
+
+    /// A member of the frame's top-level object.
+    func member(_ key: String) -> QuickJSON.Node? {
+        tree?.members?.first(where: { $0.key == key })?.value
+    }
+
+    /// The header: the request's or reply's id (0 for an event), the op of a request, the
+    /// event's name; nil when the frame is not a message.
+    var header: WorkerHeader? {
+        if tree != nil {
+            guard let id = member("id")?.integer, id >= 0 else { return nil }
+            return WorkerHeader(id: UInt64(id), op: member("op")?.string, event: member("event")?.string)
+        }
+        return try? JSONDecoder().decode(WorkerHeader.self, from: data)
+    }
+}
+
+/// The hot messages written by hand (`QuickJSON.Writer`): the same JSON the Codable forms
+/// give, without Foundation's encoder on a path whose budget is tens of microseconds.
+enum WorkerQuick {
+    /// `{"id":N,"op":OP,"body":` BODY `}`.
+    static func request(id: UInt64, op: StaticString, body: (inout QuickJSON.Writer) -> Void) -> [UInt8] {
+        var writer = QuickJSON.Writer()
+        writer.beginObject()
+        writer.key("id"); writer.integer(id)
+        writer.key("op"); writer.appendByte(UInt8(ascii: "\"")); writer.appendStatic(op); writer.appendByte(UInt8(ascii: "\""))
+        writer.key("body"); body(&writer)
+        writer.endObject()
+        return writer.bytes
+    }
+
+    /// A create's body; `image` only when the worker may not have the daemon's record of it.
+    static func create(_ request: WorkerCreate, into writer: inout QuickJSON.Writer) -> Bool {
+        guard request.image == nil else { return false }
+        writer.beginObject()
+        writer.key("id"); writer.string(request.id)
+        writer.key("start"); writer.boolean(request.start)
+        if let untilEnd = request.untilEnd { writer.key("untilEnd"); writer.boolean(untilEnd) }
+        writer.key("spec"); request.spec.write(into: &writer)
+        writer.endObject()
+        return true
+    }
+
+    /// A create's body from its tree; nil when it needs JSONDecoder (it carries an image record).
+    static func create(_ body: QuickJSON.Node?) -> WorkerCreate? {
+        guard let members = body?.members else { return nil }
+        var (id, start, spec): (String?, Bool?, ContainerSpec?) = (nil, nil, nil)
+        var untilEnd: Bool?
+        for member in members {
+            switch member.key {
+            case "id": id = member.value.string
+            case "start": start = member.value.boolean
+            case "untilEnd": guard let flag = member.value.boolean else { return nil }; untilEnd = flag
+            case "spec": spec = ContainerSpec.quick(member.value)
+            default: return nil
+            }
+        }
+        guard let id, let start, let spec else { return nil }
+        return WorkerCreate(id: id, spec: spec, image: nil, start: start, untilEnd: untilEnd)
+    }
+
+    /// A remove's body, `{"id":ID,"force":BOOL}`.
+    static func remove(_ request: WorkerRemove, into writer: inout QuickJSON.Writer) {
+        writer.beginObject()
+        writer.key("id"); writer.string(request.id)
+        writer.key("force"); writer.boolean(request.force)
+        writer.endObject()
+    }
+
+    static func remove(_ body: QuickJSON.Node?) -> WorkerRemove? {
+        guard let members = body?.members, members.count == 2 else { return nil }
+        var (id, force): (String?, Bool?) = (nil, nil)
+        for member in members {
+            switch member.key {
+            case "id": id = member.value.string
+            case "force": force = member.value.boolean
+            default: return nil
+            }
+        }
+        guard let id, let force else { return nil }
+        return WorkerRemove(id: id, force: force)
+    }
+
+    /// `{"id":N,"result":{}}`: the answer of an op that returns nothing.
+    static func done(id: UInt64) -> [UInt8] {
+        var writer = QuickJSON.Writer(capacity: 32)
+        writer.beginObject()
+        writer.key("id"); writer.integer(id)
+        writer.key("result"); writer.appendStatic("{}")
+        writer.endObject()
+        return writer.bytes
+    }
+
+    /// `{"id":N,"result":INFO}`; nil when the info needs the Codable form.
+    static func reply(id: UInt64, info: ContainerInfo) -> [UInt8]? {
+        var writer = QuickJSON.Writer(capacity: 512)
+        writer.beginObject()
+        writer.key("id"); writer.integer(id)
+        writer.key("result")
+        guard info.write(into: &writer) else { return nil }
+        writer.endObject()
+        return writer.bytes
+    }
+
+    /// `{"id":0,"event":"exit","body":{"info":INFO,...}}`; nil when the info needs the Codable form.
+    static func exitEvent(_ exit: WorkerExit) -> [UInt8]? {
+        var writer = QuickJSON.Writer(capacity: 512)
+        writer.beginObject()
+        writer.key("id"); writer.integer(0)
+        writer.key("event"); writer.string("exit")
+        writer.key("body")
+        writer.beginObject()
+        writer.key("info")
+        guard exit.info.write(into: &writer) else { return nil }
+        if let vmExits = exit.vmExits { writer.key("vmExits"); writer.integer(vmExits) }
+        if let pageFaults = exit.pageFaults { writer.key("pageFaults"); writer.integer(pageFaults) }
+        if let emulated = exit.emulatedInstructions { writer.key("emulatedInstructions"); writer.integer(emulated) }
+        writer.endObject()
+        writer.endObject()
+        return writer.bytes
+    }
+
+    /// An exit event's body from its tree; nil when it needs JSONDecoder.
+    static func exit(_ body: QuickJSON.Node?) -> WorkerExit? {
+        guard let members = body?.members else { return nil }
+        var exit: WorkerExit?
+        var counters: [String: UInt64] = [:]
+        for member in members {
+            switch member.key {
+            case "info": exit = ContainerInfo.quick(member.value).map { WorkerExit(info: $0) }
+            case "vmExits", "pageFaults", "emulatedInstructions":
+                guard let count = member.value.integer, count >= 0 else { return nil }
+                counters[member.key] = UInt64(count)
+            default: return nil
+            }
+        }
+        exit?.vmExits = counters["vmExits"]
+        exit?.pageFaults = counters["pageFaults"]
+        exit?.emulatedInstructions = counters["emulatedInstructions"]
+        return exit
+    }
+
+    /// A reply's result, or the worker's refusal thrown; nil when the frame has no tree.
+    static func result(of frame: WorkerFrame, shard: Int, op: String) throws -> QuickJSON.Node? {
+        guard frame.tree != nil else { return nil }
+        if let fault = frame.member("error"), fault != .null {
+            guard let members = fault.members else { throw EngineError(.failed, "worker \(shard) replied to \(op) with a malformed error") }
+            var fields: [String: String] = [:]
+            for member in members { if let text = member.value.string { fields[member.key] = text } }
+            throw WorkerFault(kind: fields["kind"] ?? EngineError.Kind.failed.rawValue, message: fields["message"] ?? "", field: fields["field"]).engineError
+        }
+        guard let result = frame.member("result"), result != .null else {
+            throw EngineError(.failed, "worker \(shard) replied to \(op) without a result")
+        }
+        return result
+    }
+}
