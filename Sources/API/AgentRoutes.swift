@@ -94,7 +94,7 @@ struct AgentRoutes: Sendable {
             let listed = engine.containers(ContainerFilter(state: state, image: try request.string("image", maxLength: 128), labels: labels))
             // memory=true: each running one's memory (the page map of its VMs), off the cooperative pool.
             guard try request.bool("memory", default: false) else { return try json(listed) }
-            return try json(try await engine.onBlockingThread { engine.withMemory(listed) })
+            return try json(await engine.withMemory(listed))
         }
         on(.post, "/v1/containers") { request, context in
             var request = request
@@ -112,7 +112,7 @@ struct AgentRoutes: Sendable {
         on(.get, "/v1/containers/{id}") { request, context in
             let info = try engine.inspectContainer(try context.parameter("id"))
             guard try request.bool("memory", default: false) else { return try json(info) }
-            return try json(try await engine.onBlockingThread { engine.withMemory([info])[0] })
+            return try json(await engine.withMemory([info])[0])
         }
         on(.delete, "/v1/containers/{id}") { request, context in
             try await engine.removeContainer(try context.parameter("id"), force: try request.bool("force", default: false), by: context.actor)
@@ -158,11 +158,11 @@ struct AgentRoutes: Sendable {
             let signal = try request.int("signal", in: 1...64) ?? 9
             return try json(try await engine.killContainer(try context.parameter("id"), signal: Int32(signal), by: context.actor))
         }
-        on(.get, "/v1/containers/{id}/processes") { _, context in try json(try engine.containerProcesses(try context.parameter("id"))) }
+        on(.get, "/v1/containers/{id}/processes") { _, context in try json(try await engine.containerProcesses(try context.parameter("id"))) }
         on(.get, "/v1/containers/{id}/stats") { _, context in
             let id = try context.parameter("id")
-            // The memory figures read the page maps of the VMs (/proc/self/pagemap): blocking reads, off the cooperative pool.
-            return try json(try await engine.onBlockingThread { try engine.containerStats(id) })
+            // The memory figures read the page maps of the VMs (/proc/self/pagemap): the engine reads them off the cooperative pool.
+            return try json(try await engine.containerStats(id))
         }
 
         // MARK: Events

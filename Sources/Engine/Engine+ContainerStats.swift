@@ -34,7 +34,7 @@ public struct ContainerStats: Codable, Sendable, Equatable {
     public var state: ContainerState
     /// Processes now (zombies included); 0 once it has ended.
     public var processes: Int
-    /// Nil once it has ended (its VMs are gone), or when a worker runs it.
+    /// Nil once it has ended (its VMs are gone).
     public var memory: ContainerMemory?
     /// CPU seconds its processes have used (running and ended ones; the system calls the
     /// engine's poller thread served for them are not counted). Nil as `memory` is.
@@ -47,10 +47,18 @@ public struct ContainerStats: Codable, Sendable, Equatable {
 }
 
 extension Engine {
-    /// The processes of a running container (409 when it is not running; 503 for a
-    /// container a worker runs, whose process VMs are in that worker).
-    public func containerProcesses(_ idOrName: String) throws -> [ContainerProcess] {
+    /// The processes of a running container (409 when it is not running); a worker's are
+    /// asked of that worker, which holds its process VMs.
+    public func containerProcesses(_ idOrName: String) async throws -> [ContainerProcess] {
         let container = try container(idOrName)
+        if let shard = container.shard, let workers = workerSet {
+            guard container.info.state == .running else { throw EngineError(.conflict, "container \(container.id) is not running") }
+            return try await workers.connection(shard).call("processes", WorkerContainerRef(id: container.id), as: [ContainerProcess].self)
+        }
+        return try localProcesses(container)
+    }
+
+    private func localProcesses(_ container: ManagedContainer) throws -> [ContainerProcess] {
         let info = container.info
         guard info.state == .running, let first = container.vm?.processVM else {
             throw EngineError(.conflict, "container \(info.id) is not running")
@@ -64,8 +72,16 @@ extension Engine {
 
     /// A container's figures now: its processes and its memory (the kernel's accounting of
     /// each of its process VMs, from the page map of their guest memory).
-    public func containerStats(_ idOrName: String) throws -> ContainerStats {
+    /// The page maps are read on a blocking thread; a worker's container is asked of its worker.
+    public func containerStats(_ idOrName: String) async throws -> ContainerStats {
         let container = try container(idOrName)
+        if let shard = container.shard, let workers = workerSet, container.info.state == .running {
+            return try await workers.connection(shard).call("stats", WorkerContainerRef(id: container.id), as: ContainerStats.self)
+        }
+        return try await onBlockingThread { [self] in localStats(container) }
+    }
+
+    private func localStats(_ container: ManagedContainer) -> ContainerStats {
         let info = container.info
         let now = Date().timeIntervalSince1970
         guard info.state == .running, let first = container.vm?.processVM else {
@@ -77,9 +93,28 @@ extension Engine {
                               cpuSeconds: cpu, hostCPUSeconds: CPUTime.ofHost(), readAt: now)
     }
 
-    /// `infos` with the memory of each running one filled in (one page map reader for all).
-    public func withMemory(_ infos: [ContainerInfo]) -> [ContainerInfo] {
+    /// `infos` with the memory of each running one filled in: this process's own from one page
+    /// map reader for all (on a blocking thread), a worker's from that worker, one call each.
+    public func withMemory(_ infos: [ContainerInfo]) async -> [ContainerInfo] {
         guard infos.contains(where: { $0.state == .running }) else { return infos }
+        var filled = (try? await onBlockingThread { [self] in localMemory(infos) }) ?? infos
+        guard let workers = workerSet else { return filled }
+        var byShard: [Int: [String]] = [:]
+        for info in filled where info.state == .running && info.memory == nil {
+            if let shard = registry.withLock({ $0.containers[info.id]?.shard }) { byShard[shard, default: []].append(info.id) }
+        }
+        var figures: [String: ContainerMemory] = [:]
+        for (shard, ids) in byShard {
+            guard let connection = try? workers.connection(shard),
+                  let answer = try? await connection.call("memory", WorkerMemoryRequest(ids: ids), as: [String: ContainerMemory].self) else { continue }
+            figures.merge(answer) { first, _ in first }
+        }
+        for index in filled.indices { if let memory = figures[filled[index].id] { filled[index].memory = memory } }
+        return filled
+    }
+
+    /// `withMemory` for the containers whose VMs are in this process.
+    func localMemory(_ infos: [ContainerInfo]) -> [ContainerInfo] {
         guard let pageMap = openPageMap() else { return infos }
         return infos.map { info in
             guard info.state == .running, let first = try? container(info.id).vm?.processVM else { return info }

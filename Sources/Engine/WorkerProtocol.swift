@@ -22,7 +22,7 @@ import Store
 /// Ops: hello (the caller becomes the one the events go to; returns every container and
 /// parent the worker holds, and its poller's thread for the daemon to raise), create, start,
 /// stop, kill, stdin, resize, remove, parents, ensureParents, drainParents, removeParents,
-/// pressure, shutdown. A create with `untilEnd` (a run) is answered when its program ends, in
+/// pressure, processes, stats, memory (a running container's figures), shutdown. A create with `untilEnd` (a run) is answered when its program ends, in
 /// the same write as its exit event, or after `WorkerServer.heldAnswerLimit`. The create, its
 /// reply, the exit event and the remove are written and read by hand (`WorkerQuick`), the
 /// same JSON as their Codable forms.
@@ -211,6 +211,8 @@ struct WorkerParents: Codable, Sendable {
     var sharing: Bool
     var id: String?
 }
+/// The `memory` op: the memory figures of these running containers (absent ones it does not run).
+struct WorkerMemoryRequest: Codable, Sendable { var ids: [String] }
 struct WorkerEnsureParents: Codable, Sendable { var policy: ParentPolicy; var image: ImageRecord }
 struct WorkerParentRef: Codable, Sendable { var id: String }
 struct WorkerPressure: Codable, Sendable {

@@ -228,6 +228,18 @@ public final class WorkerServer: Sendable {
             } catch {
                 peer.send(WorkerReply<WorkerNothing>(id: id, result: nil, error: WorkerFault(error)))
             }
+        case "processes":
+            await peer.reply(id) { [self] in try await engine.containerProcesses(try body(WorkerContainerRef.self, frame).id) }
+        case "stats":
+            await peer.reply(id) { [self] in try await engine.containerStats(try body(WorkerContainerRef.self, frame).id) }
+        case "memory":
+            await peer.reply(id) { [self] in
+                let wanted = Set(try body(WorkerMemoryRequest.self, frame).ids)
+                let running = engine.containers().filter { wanted.contains($0.id) }
+                var figures: [String: ContainerMemory] = [:]
+                for info in await engine.withMemory(running) { if let memory = info.memory { figures[info.id] = memory } }
+                return figures
+            }
         case "parents":
             await peer.reply(id) { [self] in
                 let request = try body(WorkerParents.self, frame)
@@ -305,6 +317,7 @@ final class WorkerPeer: Sendable {
 
     func drainTimer() {
         var expirations: UInt64 = 0
+        // unsafe: reads at most the 8 bytes of the local it points to.
         _ = Glibc.read(timer, &expirations, 8)
     }
 

@@ -261,6 +261,39 @@ struct WorkerTests {
         }
     }
 
+    /// A running container's figures come from the worker that runs it: its stats (memory
+    /// and CPU), its processes, and its memory in the list and in inspect.
+    @Test func aWorkersContainerHasItsFiguresThroughTheDaemon() async throws {
+        let daemon = try DaemonFixture()
+        try daemon.start(extra: ["--workers", "1"])
+        defer {
+            daemon.stop()
+            Self.killWorkers(daemon, count: 1)
+        }
+        let client = daemon.client
+        try daemon.addBusybox(client)
+        let created = try await client.send("POST", "/v1/containers", json: ContainerSpec(image: "busybox", name: "figures", arguments: ["sh", "-c", "read x"],
+                                                                                          memoryMiB: 32, openStdin: true))
+        let id = try created.decode(ContainerInfo.self).id
+        #expect(try await client.send("POST", "/v1/containers/\(id)/start").status == 200)
+        // The shell has started once its process is listed.
+        var processes: [ContainerProcess] = []
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline, processes.isEmpty {
+            let answer = try await client.send("GET", "/v1/containers/\(id)/processes")
+            if answer.status == 200 { processes = try answer.decode([ContainerProcess].self) }
+            if processes.isEmpty { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        #expect(processes.count == 1 && processes.first?.state == "running", "\(processes)")
+        let stats = try await client.send("GET", "/v1/containers/\(id)/stats").decode(ContainerStats.self)
+        #expect(stats.processes == 1 && (stats.memory?.residentBytes ?? 0) > 0 && stats.cpuSeconds != nil, "\(stats)")
+        let listed = try await client.send("GET", "/v1/containers?memory=true").decode([ContainerInfo].self)
+        #expect((listed.first { $0.id == id }?.memory?.residentBytes ?? 0) > 0, "\(listed)")
+        let inspected = try await client.send("GET", "/v1/containers/\(id)?memory=true").decode(ContainerInfo.self)
+        #expect((inspected.memory?.limitBytes ?? 0) == 32 << 20, "\(inspected)")
+        #expect(try await client.send("DELETE", "/v1/containers/\(id)?force=true").status == 204)
+    }
+
     /// kill -9 of one worker: its containers are recorded exited with the reason, the other
     /// worker's containers finish normally, and the worker comes back with its parents.
     @Test func aWorkerKilledTakesOnlyItsOwnContainersAndComesBackWithItsParents() async throws {
