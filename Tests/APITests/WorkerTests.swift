@@ -21,6 +21,20 @@ struct WorkerTests {
         return pid
     }
 
+    /// A daemon with `workers` engine workers and the busybox image, for `body`; the daemon and
+    /// its workers are stopped afterwards, whatever happened.
+    static func withWorkers(_ workers: Int, _ body: (DaemonFixture, AgentClient) async throws -> Void) async throws {
+        let daemon = try DaemonFixture()
+        try daemon.start(extra: ["--workers", "\(workers)"])
+        defer {
+            daemon.stop()
+            killWorkers(daemon, count: workers)
+        }
+        let client = daemon.client
+        try daemon.addBusybox(client)
+        try await body(daemon, client)
+    }
+
     /// Ends workers a failed test left behind (a daemon killed with -9 does not stop them).
     static func killWorkers(_ daemon: DaemonFixture, count: Int) {
         for shard in 0..<count { if let pid = workerPID(daemon, shard: shard) { kill(pid, SIGKILL) } }
@@ -41,176 +55,152 @@ struct WorkerTests {
     /// its own call gives (which asks only its worker, for that family), read at the time
     /// `measuredAt` says; sharing=false gives none.
     @Test func eachFamilysSharingFiguresComeFromItsWorkerAsInTheList() async throws {
-        let daemon = try DaemonFixture()
-        try daemon.start(extra: ["--workers", "2"])
-        defer {
-            daemon.stop()
-            Self.killWorkers(daemon, count: 2)
+        try await Self.withWorkers(2) { daemon, client in
+            #expect(try await client.send("POST", "/v1/parents", body: Data(#"{"image":"busybox","memoryMiB":32,"readyVMs":1}"#.utf8)).status == 201)
+            #expect(try await client.send("POST", "/v1/parents", body: Data(#"{"image":"busybox","memoryMiB":16,"readyVMs":1}"#.utf8)).status == 201)
+            // One idle child in the 32m family (shard 0), two in the 16m one (shard 1).
+            for (index, memory) in [32, 16, 16].enumerated() {
+                let spec = ContainerSpec(image: "busybox", name: "idle\(index)", arguments: ["sh", "-c", "read x"], memoryMiB: memory, openStdin: true)
+                #expect(try await client.send("POST", "/v1/containers", json: spec).status == 201)
+                #expect(try await client.send("POST", "/v1/containers/idle\(index)/start").status == 200)
+            }
+            try await Task.sleep(for: .milliseconds(500))
+            let before = Date().timeIntervalSince1970
+            let listed = try await client.send("GET", "/v1/parents").decode([ParentInfo].self)
+            #expect(listed.map(\.id) == ["busybox.main.16m", "busybox.main.32m"])
+            for info in listed {
+                let figures = try #require(info.sharing, "\(info.id) has sharing figures")
+                #expect(figures.children == (info.id == "busybox.main.16m" ? 2 : 1) && figures.parentBytes > 0, "\(info.id): \(figures)")
+                #expect(figures.childPrivateBytesMedian > 0 && figures.childSharedBytesMedian > 0, "\(info.id): \(figures)")
+                let alone = try await client.send("GET", "/v1/parents/\(info.id)").decode(ParentInfo.self)
+                let after = Date().timeIntervalSince1970
+                let own = try #require(alone.sharing, "\(info.id) alone has sharing figures")
+                #expect(own.children == figures.children && own.parentBytes == figures.parentBytes, "\(info.id): \(own) against \(figures)")
+                #expect(own.childPrivateBytesMedian == figures.childPrivateBytesMedian, "\(info.id): \(own) against \(figures)")
+                #expect(before <= figures.measuredAt && figures.measuredAt <= own.measuredAt && own.measuredAt <= after)
+                #expect(try await client.send("GET", "/v1/parents/\(info.id)?sharing=false").decode(ParentInfo.self).sharing == nil)
+            }
+            #expect(try await client.send("GET", "/v1/parents/nosuch.main.16m").status == 404)
         }
-        let client = daemon.client
-        try daemon.addBusybox(client)
-        #expect(try await client.send("POST", "/v1/parents", body: Data(#"{"image":"busybox","memoryMiB":32,"readyVMs":1}"#.utf8)).status == 201)
-        #expect(try await client.send("POST", "/v1/parents", body: Data(#"{"image":"busybox","memoryMiB":16,"readyVMs":1}"#.utf8)).status == 201)
-        // One idle child in the 32m family (shard 0), two in the 16m one (shard 1).
-        for (index, memory) in [32, 16, 16].enumerated() {
-            let spec = ContainerSpec(image: "busybox", name: "idle\(index)", arguments: ["sh", "-c", "read x"], memoryMiB: memory, openStdin: true)
-            #expect(try await client.send("POST", "/v1/containers", json: spec).status == 201)
-            #expect(try await client.send("POST", "/v1/containers/idle\(index)/start").status == 200)
-        }
-        try await Task.sleep(for: .milliseconds(500))
-        let before = Date().timeIntervalSince1970
-        let listed = try await client.send("GET", "/v1/parents").decode([ParentInfo].self)
-        #expect(listed.map(\.id) == ["busybox.main.16m", "busybox.main.32m"])
-        for info in listed {
-            let figures = try #require(info.sharing, "\(info.id) has sharing figures")
-            #expect(figures.children == (info.id == "busybox.main.16m" ? 2 : 1) && figures.parentBytes > 0, "\(info.id): \(figures)")
-            #expect(figures.childPrivateBytesMedian > 0 && figures.childSharedBytesMedian > 0, "\(info.id): \(figures)")
-            let alone = try await client.send("GET", "/v1/parents/\(info.id)").decode(ParentInfo.self)
-            let after = Date().timeIntervalSince1970
-            let own = try #require(alone.sharing, "\(info.id) alone has sharing figures")
-            #expect(own.children == figures.children && own.parentBytes == figures.parentBytes, "\(info.id): \(own) against \(figures)")
-            #expect(own.childPrivateBytesMedian == figures.childPrivateBytesMedian, "\(info.id): \(own) against \(figures)")
-            #expect(before <= figures.measuredAt && figures.measuredAt <= own.measuredAt && own.measuredAt <= after)
-            #expect(try await client.send("GET", "/v1/parents/\(info.id)?sharing=false").decode(ParentInfo.self).sharing == nil)
-        }
-        #expect(try await client.send("GET", "/v1/parents/nosuch.main.16m").status == 404)
     }
 
     /// kill -9 of the daemon while containers run and write: after the restart every one is
     /// still there, the ones still running run on, the ones that ended meanwhile have their
     /// real status, and every line of every log is there. 100 containers over two workers.
     @Test func containersSurviveAKill9OfTheDaemonWithTheirLogsAndStatuses() async throws {
-        let daemon = try DaemonFixture()
-        try daemon.start(extra: ["--workers", "2"])
-        defer {
-            daemon.stop()
-            Self.killWorkers(daemon, count: 2)
+        try await Self.withWorkers(2) { daemon, client in
+            // Two families, one per worker: 64 MiB on shard 0 (its first use), 32 MiB on shard 1.
+            #expect(try await client.send("POST", "/v1/parents", body: Data(#"{"image":"busybox","memoryMiB":64,"readyVMs":4}"#.utf8)).status == 201)
+            #expect(try await client.send("POST", "/v1/parents", body: Data(#"{"image":"busybox","memoryMiB":32,"readyVMs":4}"#.utf8)).status == 201)
+            let count = 100
+            // Short ones end while no daemon runs; long ones run on after the restart.
+            func plan(_ index: Int) -> (name: String, lines: Int, interval: String, code: Int, memory: Int) {
+                let short = index % 2 == 0
+                // Long ones last 16 s: longer than starting 100 on a loaded host plus the restart.
+                return ("c\(index)", short ? 4 : 20, short ? "0.1" : "0.8", index % 7, index % 3 == 0 ? 32 : 64)
+            }
+            var ids: [String] = []
+            for index in 0..<count {
+                let item = plan(index)
+                let spec = ContainerSpec(image: "busybox", name: item.name, arguments: Self.script(item.name, lines: item.lines, interval: item.interval, code: item.code),
+                                         memoryMiB: item.memory, openStdin: true)
+                let made = try await client.send("POST", "/v1/containers", json: spec)
+                #expect(made.status == 201, "\(made.text)")
+                let id = try made.decode(ContainerInfo.self).id
+                #expect(try await client.send("POST", "/v1/containers/\(id)/start").status == 200)
+                ids.append(id)
+            }
+            // The daemon dies at once, every container mid-output.
+            daemon.stop(signal: SIGKILL)
+            let worker0 = Self.workerPID(daemon, shard: 0)
+            let worker1 = Self.workerPID(daemon, shard: 1)
+            #expect(worker0 != nil && worker1 != nil, "both workers outlive the daemon")
+            // Long enough for the short ones to end while no daemon listens.
+            try await Task.sleep(for: .seconds(2))
+            try daemon.start(extra: ["--workers", "2"])
+            #expect(Self.workerPID(daemon, shard: 0) == worker0 && Self.workerPID(daemon, shard: 1) == worker1,
+                    "the new daemon found the same workers")
+            let listed = try await client.send("GET", "/v1/containers").decode([ContainerInfo].self)
+            #expect(Set(listed.map(\.id)) == Set(ids), "every container is still known")
+            let running = listed.filter { $0.state == .running }
+            #expect(!running.isEmpty, "the long ones still run after the restart")
+            #expect(running.allSatisfy { plan(Int($0.name.dropFirst())!).lines == 20 }, "only long ones can still run")
+            #expect(!listed.contains { $0.exitReason?.contains("restarted") == true }, "none was recorded as stopped by the restart")
+            // Every one ends with its own status and complete logs.
+            for (index, id) in ids.enumerated() {
+                let item = plan(index)
+                let exit = try await client.send("POST", "/v1/containers/\(id)/wait").decode(ExitInfo.self)
+                #expect(exit.exitCode == item.code, "\(item.name): \(exit)")
+                let stdout = try await client.send("GET", "/v1/containers/\(id)/logs?stream=stdout")
+                let stderr = try await client.send("GET", "/v1/containers/\(id)/logs?stream=stderr")
+                #expect(stdout.text == Self.expectedLog(item.name, lines: item.lines, stream: "line"), "\(item.name) stdout: \(stdout.text)")
+                #expect(stderr.text == Self.expectedLog(item.name, lines: item.lines, stream: "err"), "\(item.name) stderr: \(stderr.text)")
+                let info = try await client.send("GET", "/v1/containers/\(id)").decode(ContainerInfo.self)
+                #expect(info.state == .exited && info.exitCode == item.code && info.finishedAt != nil)
+            }
+            let exits = try daemon.events(client, type: "container.exit")
+            #expect(Set(exits.compactMap { $0["subject"] as? String }) == Set(ids), "an exit event for each, ended before or after the restart")
+            // The restarted daemon forks as before, in its workers.
+            let run = try await client.send("POST", "/v1/containers/run", json: ContainerSpec(image: "busybox", arguments: ["echo", "after restart"], memoryMiB: 32))
+            #expect(try run.decode(RunResult.self).stdout == "after restart\n")
+            #expect(daemon.stop() == 0)
+            #expect(Self.workerPID(daemon, shard: 0) == nil && Self.workerPID(daemon, shard: 1) == nil, "a graceful stop stops the workers")
         }
-        let client = daemon.client
-        try daemon.addBusybox(client)
-        // Two families, one per worker: 64 MiB on shard 0 (its first use), 32 MiB on shard 1.
-        #expect(try await client.send("POST", "/v1/parents", body: Data(#"{"image":"busybox","memoryMiB":64,"readyVMs":4}"#.utf8)).status == 201)
-        #expect(try await client.send("POST", "/v1/parents", body: Data(#"{"image":"busybox","memoryMiB":32,"readyVMs":4}"#.utf8)).status == 201)
-        let count = 100
-        // Short ones end while no daemon runs; long ones run on after the restart.
-        func plan(_ index: Int) -> (name: String, lines: Int, interval: String, code: Int, memory: Int) {
-            let short = index % 2 == 0
-            // Long ones last 16 s: longer than starting 100 on a loaded host plus the restart.
-            return ("c\(index)", short ? 4 : 20, short ? "0.1" : "0.8", index % 7, index % 3 == 0 ? 32 : 64)
-        }
-        var ids: [String] = []
-        for index in 0..<count {
-            let item = plan(index)
-            let spec = ContainerSpec(image: "busybox", name: item.name, arguments: Self.script(item.name, lines: item.lines, interval: item.interval, code: item.code),
-                                     memoryMiB: item.memory, openStdin: true)
-            let made = try await client.send("POST", "/v1/containers", json: spec)
-            #expect(made.status == 201, "\(made.text)")
-            let id = try made.decode(ContainerInfo.self).id
-            #expect(try await client.send("POST", "/v1/containers/\(id)/start").status == 200)
-            ids.append(id)
-        }
-        // The daemon dies at once, every container mid-output.
-        daemon.stop(signal: SIGKILL)
-        let worker0 = Self.workerPID(daemon, shard: 0)
-        let worker1 = Self.workerPID(daemon, shard: 1)
-        #expect(worker0 != nil && worker1 != nil, "both workers outlive the daemon")
-        // Long enough for the short ones to end while no daemon listens.
-        try await Task.sleep(for: .seconds(2))
-        try daemon.start(extra: ["--workers", "2"])
-        #expect(Self.workerPID(daemon, shard: 0) == worker0 && Self.workerPID(daemon, shard: 1) == worker1,
-                "the new daemon found the same workers")
-        let listed = try await client.send("GET", "/v1/containers").decode([ContainerInfo].self)
-        #expect(Set(listed.map(\.id)) == Set(ids), "every container is still known")
-        let running = listed.filter { $0.state == .running }
-        #expect(!running.isEmpty, "the long ones still run after the restart")
-        #expect(running.allSatisfy { plan(Int($0.name.dropFirst())!).lines == 20 }, "only long ones can still run")
-        #expect(!listed.contains { $0.exitReason?.contains("restarted") == true }, "none was recorded as stopped by the restart")
-        // Every one ends with its own status and complete logs.
-        for (index, id) in ids.enumerated() {
-            let item = plan(index)
-            let exit = try await client.send("POST", "/v1/containers/\(id)/wait").decode(ExitInfo.self)
-            #expect(exit.exitCode == item.code, "\(item.name): \(exit)")
-            let stdout = try await client.send("GET", "/v1/containers/\(id)/logs?stream=stdout")
-            let stderr = try await client.send("GET", "/v1/containers/\(id)/logs?stream=stderr")
-            #expect(stdout.text == Self.expectedLog(item.name, lines: item.lines, stream: "line"), "\(item.name) stdout: \(stdout.text)")
-            #expect(stderr.text == Self.expectedLog(item.name, lines: item.lines, stream: "err"), "\(item.name) stderr: \(stderr.text)")
-            let info = try await client.send("GET", "/v1/containers/\(id)").decode(ContainerInfo.self)
-            #expect(info.state == .exited && info.exitCode == item.code && info.finishedAt != nil)
-        }
-        let exits = try daemon.events(client, type: "container.exit")
-        #expect(Set(exits.compactMap { $0["subject"] as? String }) == Set(ids), "an exit event for each, ended before or after the restart")
-        // The restarted daemon forks as before, in its workers.
-        let run = try await client.send("POST", "/v1/containers/run", json: ContainerSpec(image: "busybox", arguments: ["echo", "after restart"], memoryMiB: 32))
-        #expect(try run.decode(RunResult.self).stdout == "after restart\n")
-        #expect(daemon.stop() == 0)
-        #expect(Self.workerPID(daemon, shard: 0) == nil && Self.workerPID(daemon, shard: 1) == nil, "a graceful stop stops the workers")
     }
 
     /// In workers mode the worker writes the logs and their time indexes; the daemon serves
     /// the lines with the times they were written, stdout and stderr in that order.
     @Test func logsFromAWorkerCarryTheTimesTheLinesWereWritten() async throws {
-        let daemon = try DaemonFixture()
-        try daemon.start(extra: ["--workers", "1"])
-        defer {
-            daemon.stop()
-            Self.killWorkers(daemon, count: 1)
+        try await Self.withWorkers(1) { daemon, client in
+            let script = "echo a; read -t 0.3 x; echo b >&2; read -t 0.3 x; echo c"
+            let created = try await client.send("POST", "/v1/containers", json: ContainerSpec(image: "busybox", name: "timed", arguments: ["sh", "-c", script],
+                                                                                              memoryMiB: 32, openStdin: true))
+            #expect(created.status == 201, "\(created.text)")
+            #expect(try await client.send("POST", "/v1/containers/timed/start").status == 200)
+            #expect(try await client.send("POST", "/v1/containers/timed/wait").decode(ExitInfo.self).exitCode == 0)
+            let info = try await client.send("GET", "/v1/containers/timed").decode(ContainerInfo.self)
+            let (started, finished) = (try #require(info.startedAt), try #require(info.finishedAt))
+            let text = try await client.send("GET", "/v1/containers/timed/logs?timestamps=true").text
+            let lines = text.split(separator: "\n").map { (time: Double(LogStamp.parse($0.prefix(LogStamp.length).utf8) ?? 0) / 1e9,
+                                                            text: String($0.dropFirst(LogStamp.length + 1))) }
+            #expect(lines.map(\.text) == ["a", "b", "c"], "\(text)")
+            for (earlier, later) in zip(lines, lines.dropFirst()) { #expect(later.time - earlier.time >= 0.299, "\(text)") }
+            #expect(lines.allSatisfy { $0.time >= started - 1e-6 && $0.time <= finished + 1e-6 }, "\(started) \(text) \(finished)")
+            #expect(daemon.stop() == 0)
         }
-        let client = daemon.client
-        try daemon.addBusybox(client)
-        let script = "echo a; read -t 0.3 x; echo b >&2; read -t 0.3 x; echo c"
-        let created = try await client.send("POST", "/v1/containers", json: ContainerSpec(image: "busybox", name: "timed", arguments: ["sh", "-c", script],
-                                                                                          memoryMiB: 32, openStdin: true))
-        #expect(created.status == 201, "\(created.text)")
-        #expect(try await client.send("POST", "/v1/containers/timed/start").status == 200)
-        #expect(try await client.send("POST", "/v1/containers/timed/wait").decode(ExitInfo.self).exitCode == 0)
-        let info = try await client.send("GET", "/v1/containers/timed").decode(ContainerInfo.self)
-        let (started, finished) = (try #require(info.startedAt), try #require(info.finishedAt))
-        let text = try await client.send("GET", "/v1/containers/timed/logs?timestamps=true").text
-        let lines = text.split(separator: "\n").map { (time: Double(LogStamp.parse($0.prefix(LogStamp.length).utf8) ?? 0) / 1e9,
-                                                        text: String($0.dropFirst(LogStamp.length + 1))) }
-        #expect(lines.map(\.text) == ["a", "b", "c"], "\(text)")
-        for (earlier, later) in zip(lines, lines.dropFirst()) { #expect(later.time - earlier.time >= 0.299, "\(text)") }
-        #expect(lines.allSatisfy { $0.time >= started - 1e-6 && $0.time <= finished + 1e-6 }, "\(started) \(text) \(finished)")
-        #expect(daemon.stop() == 0)
     }
 
     /// A run in workers mode is one call to the worker (create and start together), and the
     /// log still has each container's create and start before its exit, however fast the
     /// program ends: the exit the worker reports first waits until they are recorded.
     @Test func aRunInAWorkerLogsCreateAndStartBeforeItsExit() async throws {
-        let daemon = try DaemonFixture()
-        try daemon.start(extra: ["--workers", "1"])
-        defer {
-            daemon.stop()
-            Self.killWorkers(daemon, count: 1)
-        }
-        let client = daemon.client
-        try daemon.addBusybox(client)
-        var ids: [String] = []
-        for index in 0..<20 {
-            let run = try await client.send("POST", "/v1/containers/run", json: ContainerSpec(image: "busybox", arguments: ["echo", "run \(index)"], memoryMiB: 32))
-            let result = try run.decode(RunResult.self)
-            #expect(result.exitCode == 0 && result.stdout == "run \(index)\n", "\(run.text)")
-            ids.append(result.id)
-        }
-        // A worker decides a Docker command as the daemon does: argv[0] as written.
-        let named = try await client.send("POST", "/v1/containers/run", json: ContainerSpec(image: "busybox", entrypoint: [""], cmd: ["sh", "-c", "echo $0"], memoryMiB: 32))
-        let namedResult = try named.decode(RunResult.self)
-        #expect(namedResult.stdout == "sh\n", "\(named.text)")
-        ids.append(namedResult.id)
-        // The log is written in batches: wait until every exit is in it.
-        var events: [[String: Any]] = []
-        let deadline = Date().addingTimeInterval(30)
-        while Date() < deadline {
-            events = try daemon.events(client)
-            let exited = Set(events.filter { $0["type"] as? String == "container.exit" }.compactMap { $0["subject"] as? String })
-            if exited.isSuperset(of: ids) { break }
-            try await Task.sleep(for: .milliseconds(100))
-        }
-        for id in ids {
-            let types = events.filter { $0["subject"] as? String == id }.compactMap { $0["type"] as? String }
-                .filter { ["container.create", "container.start", "container.exit"].contains($0) }
-            #expect(types == ["container.create", "container.start", "container.exit"], "\(id): \(types)")
+        try await Self.withWorkers(1) { daemon, client in
+            var ids: [String] = []
+            for index in 0..<20 {
+                let run = try await client.send("POST", "/v1/containers/run", json: ContainerSpec(image: "busybox", arguments: ["echo", "run \(index)"], memoryMiB: 32))
+                let result = try run.decode(RunResult.self)
+                #expect(result.exitCode == 0 && result.stdout == "run \(index)\n", "\(run.text)")
+                ids.append(result.id)
+            }
+            // A worker decides a Docker command as the daemon does: argv[0] as written.
+            let named = try await client.send("POST", "/v1/containers/run", json: ContainerSpec(image: "busybox", entrypoint: [""], cmd: ["sh", "-c", "echo $0"], memoryMiB: 32))
+            let namedResult = try named.decode(RunResult.self)
+            #expect(namedResult.stdout == "sh\n", "\(named.text)")
+            ids.append(namedResult.id)
+            // The log is written in batches: wait until every exit is in it.
+            var events: [[String: Any]] = []
+            let deadline = Date().addingTimeInterval(30)
+            while Date() < deadline {
+                events = try daemon.events(client)
+                let exited = Set(events.filter { $0["type"] as? String == "container.exit" }.compactMap { $0["subject"] as? String })
+                if exited.isSuperset(of: ids) { break }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            for id in ids {
+                let types = events.filter { $0["subject"] as? String == id }.compactMap { $0["type"] as? String }
+                    .filter { ["container.create", "container.start", "container.exit"].contains($0) }
+                #expect(types == ["container.create", "container.start", "container.exit"], "\(id): \(types)")
+            }
         }
     }
 
@@ -219,161 +209,143 @@ struct WorkerTests {
     /// running meanwhile. And the worker's system-call poller has the priority the daemon's
     /// own would have (the daemon raises it; the worker holds no capability).
     @Test func aLongRunInAWorkerIsListedWhileItRunsAndItsPollerIsRaised() async throws {
-        let daemon = try DaemonFixture()
-        try daemon.start(extra: ["--workers", "1"])
-        defer {
-            daemon.stop()
-            Self.killWorkers(daemon, count: 1)
-        }
-        let client = daemon.client
-        try daemon.addBusybox(client)
-        let short = try await client.send("POST", "/v1/containers/run", json: ContainerSpec(image: "busybox", arguments: ["echo", "short"], memoryMiB: 32))
-        #expect(try short.decode(RunResult.self).stdout == "short\n", "\(short.text)")
-        // An open standard input that never gets data: `read -t` waits its whole second.
-        let spec = ContainerSpec(image: "busybox", name: "long-run", arguments: ["sh", "-c", "echo begun; read -t 1 x; echo done"], memoryMiB: 32,
-                                 openStdin: true)
-        let run = Task { try await client.send("POST", "/v1/containers/run", json: spec) }
-        var seenRunning = false
-        let deadline = Date().addingTimeInterval(0.8)
-        while Date() < deadline, !seenRunning {
-            let list = try await client.send("GET", "/v1/containers")
-            seenRunning = try list.decode([ContainerInfo].self).contains { $0.name == "long-run" && $0.state == .running }
-            if !seenRunning { try await Task.sleep(for: .milliseconds(20)) }
-        }
-        #expect(seenRunning, "the run was not listed as running while it ran")
-        let result = try await run.value.decode(RunResult.self)
-        #expect(result.exitCode == 0 && result.stdout == "begun\ndone\n", "\(result)")
+        try await Self.withWorkers(1) { daemon, client in
+            let short = try await client.send("POST", "/v1/containers/run", json: ContainerSpec(image: "busybox", arguments: ["echo", "short"], memoryMiB: 32))
+            #expect(try short.decode(RunResult.self).stdout == "short\n", "\(short.text)")
+            // An open standard input that never gets data: `read -t` waits its whole second.
+            let spec = ContainerSpec(image: "busybox", name: "long-run", arguments: ["sh", "-c", "echo begun; read -t 1 x; echo done"], memoryMiB: 32,
+                                     openStdin: true)
+            let run = Task { try await client.send("POST", "/v1/containers/run", json: spec) }
+            var seenRunning = false
+            let deadline = Date().addingTimeInterval(0.8)
+            while Date() < deadline, !seenRunning {
+                let list = try await client.send("GET", "/v1/containers")
+                seenRunning = try list.decode([ContainerInfo].self).contains { $0.name == "long-run" && $0.state == .running }
+                if !seenRunning { try await Task.sleep(for: .milliseconds(20)) }
+            }
+            #expect(seenRunning, "the run was not listed as running while it ran")
+            let result = try await run.value.decode(RunResult.self)
+            #expect(result.exitCode == 0 && result.stdout == "begun\ndone\n", "\(result)")
 
-        // The poller thread of the worker, and its nice value (field 19 of its stat).
-        let pid = try #require(Self.workerPID(daemon, shard: 0))
-        let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")
-        let poller = try #require(tasks.first { (try? String(contentsOfFile: "/proc/\(pid)/task/\($0)/comm", encoding: .utf8))?.hasPrefix("vmfork-poller") == true })
-        let stat = try String(contentsOfFile: "/proc/\(pid)/task/\(poller)/stat", encoding: .utf8)
-        let fields = stat[stat.range(of: ")")!.upperBound...].split(separator: " ")
-        let nice = try #require(Int(fields[16]))
-        // CAP_SYS_NICE (bit 23) in this process's effective set: the daemon it started has it too.
-        let status = try String(contentsOfFile: "/proc/self/status", encoding: .utf8)
-        let effective = status.split(separator: "\n").first { $0.hasPrefix("CapEff:") }.flatMap { UInt64($0.dropFirst(7).trimmingCharacters(in: .whitespaces), radix: 16) } ?? 0
-        if effective & (1 << 23) != 0 {
-            #expect(nice == -10, "the worker's poller runs at nice \(nice)")
-        } else {
-            #expect(nice == 0, "the worker's poller runs at nice \(nice) without CAP_SYS_NICE")
+            // The poller thread of the worker, and its nice value (field 19 of its stat).
+            let pid = try #require(Self.workerPID(daemon, shard: 0))
+            let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")
+            let poller = try #require(tasks.first { (try? String(contentsOfFile: "/proc/\(pid)/task/\($0)/comm", encoding: .utf8))?.hasPrefix("vmfork-poller") == true })
+            let stat = try String(contentsOfFile: "/proc/\(pid)/task/\(poller)/stat", encoding: .utf8)
+            let fields = stat[stat.range(of: ")")!.upperBound...].split(separator: " ")
+            let nice = try #require(Int(fields[16]))
+            // CAP_SYS_NICE (bit 23) in this process's effective set: the daemon it started has it too.
+            let status = try String(contentsOfFile: "/proc/self/status", encoding: .utf8)
+            let effective = status.split(separator: "\n").first { $0.hasPrefix("CapEff:") }.flatMap { UInt64($0.dropFirst(7).trimmingCharacters(in: .whitespaces), radix: 16) } ?? 0
+            if effective & (1 << 23) != 0 {
+                #expect(nice == -10, "the worker's poller runs at nice \(nice)")
+            } else {
+                #expect(nice == 0, "the worker's poller runs at nice \(nice) without CAP_SYS_NICE")
+            }
         }
     }
 
     /// A running container's figures come from the worker that runs it: its stats (memory
     /// and CPU), its processes, and its memory in the list and in inspect.
     @Test func aWorkersContainerHasItsFiguresThroughTheDaemon() async throws {
-        let daemon = try DaemonFixture()
-        try daemon.start(extra: ["--workers", "1"])
-        defer {
-            daemon.stop()
-            Self.killWorkers(daemon, count: 1)
+        try await Self.withWorkers(1) { daemon, client in
+            let created = try await client.send("POST", "/v1/containers", json: ContainerSpec(image: "busybox", name: "figures", arguments: ["sh", "-c", "read x"],
+                                                                                              memoryMiB: 32, openStdin: true))
+            let id = try created.decode(ContainerInfo.self).id
+            #expect(try await client.send("POST", "/v1/containers/\(id)/start").status == 200)
+            // The shell has started once its process is listed.
+            var processes: [ContainerProcess] = []
+            let deadline = Date().addingTimeInterval(10)
+            while Date() < deadline, processes.isEmpty {
+                let answer = try await client.send("GET", "/v1/containers/\(id)/processes")
+                if answer.status == 200 { processes = try answer.decode([ContainerProcess].self) }
+                if processes.isEmpty { try await Task.sleep(for: .milliseconds(20)) }
+            }
+            #expect(processes.count == 1 && processes.first?.state == "running", "\(processes)")
+            let stats = try await client.send("GET", "/v1/containers/\(id)/stats").decode(ContainerStats.self)
+            #expect(stats.processes == 1 && (stats.memory?.residentBytes ?? 0) > 0 && stats.cpuSeconds != nil, "\(stats)")
+            let listed = try await client.send("GET", "/v1/containers?memory=true").decode([ContainerInfo].self)
+            #expect((listed.first { $0.id == id }?.memory?.residentBytes ?? 0) > 0, "\(listed)")
+            let inspected = try await client.send("GET", "/v1/containers/\(id)?memory=true").decode(ContainerInfo.self)
+            #expect((inspected.memory?.limitBytes ?? 0) == 32 << 20, "\(inspected)")
+            #expect(try await client.send("DELETE", "/v1/containers/\(id)?force=true").status == 204)
         }
-        let client = daemon.client
-        try daemon.addBusybox(client)
-        let created = try await client.send("POST", "/v1/containers", json: ContainerSpec(image: "busybox", name: "figures", arguments: ["sh", "-c", "read x"],
-                                                                                          memoryMiB: 32, openStdin: true))
-        let id = try created.decode(ContainerInfo.self).id
-        #expect(try await client.send("POST", "/v1/containers/\(id)/start").status == 200)
-        // The shell has started once its process is listed.
-        var processes: [ContainerProcess] = []
-        let deadline = Date().addingTimeInterval(10)
-        while Date() < deadline, processes.isEmpty {
-            let answer = try await client.send("GET", "/v1/containers/\(id)/processes")
-            if answer.status == 200 { processes = try answer.decode([ContainerProcess].self) }
-            if processes.isEmpty { try await Task.sleep(for: .milliseconds(20)) }
-        }
-        #expect(processes.count == 1 && processes.first?.state == "running", "\(processes)")
-        let stats = try await client.send("GET", "/v1/containers/\(id)/stats").decode(ContainerStats.self)
-        #expect(stats.processes == 1 && (stats.memory?.residentBytes ?? 0) > 0 && stats.cpuSeconds != nil, "\(stats)")
-        let listed = try await client.send("GET", "/v1/containers?memory=true").decode([ContainerInfo].self)
-        #expect((listed.first { $0.id == id }?.memory?.residentBytes ?? 0) > 0, "\(listed)")
-        let inspected = try await client.send("GET", "/v1/containers/\(id)?memory=true").decode(ContainerInfo.self)
-        #expect((inspected.memory?.limitBytes ?? 0) == 32 << 20, "\(inspected)")
-        #expect(try await client.send("DELETE", "/v1/containers/\(id)?force=true").status == 204)
     }
 
     /// kill -9 of one worker: its containers are recorded exited with the reason, the other
     /// worker's containers finish normally, and the worker comes back with its parents.
     @Test func aWorkerKilledTakesOnlyItsOwnContainersAndComesBackWithItsParents() async throws {
-        let daemon = try DaemonFixture()
-        try daemon.start(extra: ["--workers", "2"])
-        defer {
-            daemon.stop()
-            Self.killWorkers(daemon, count: 2)
-        }
-        let client = daemon.client
-        try daemon.addBusybox(client)
-        // busybox.main.32m on shard 0, busybox.main.16m on shard 1 (the fewest families first).
-        #expect(try await client.send("POST", "/v1/parents", body: Data(#"{"image":"busybox","memoryMiB":32,"readyVMs":2}"#.utf8)).status == 201)
-        #expect(try await client.send("POST", "/v1/parents", body: Data(#"{"image":"busybox","memoryMiB":16,"readyVMs":2}"#.utf8)).status == 201)
-        var doomed: [String] = []
-        var survivors: [String] = []
-        for index in 0..<6 {
-            let onShard0 = index % 2 == 0
-            let name = "w\(index)"
-            // The doomed ones run far longer than the test (a loaded host may take seconds to
-            // start all six); the survivors two seconds.
-            let spec = ContainerSpec(image: "busybox", name: name, arguments: Self.script(name, lines: onShard0 ? 400 : 8, interval: "0.25", code: 3),
-                                     memoryMiB: onShard0 ? 32 : 16, openStdin: true)
-            let made = try await client.send("POST", "/v1/containers", json: spec)
-            #expect(made.status == 201, "\(made.text)")
-            #expect(try await client.send("POST", "/v1/containers/\(name)/start").status == 200)
-            if onShard0 { doomed.append(name) } else { survivors.append(name) }
-        }
-        let victim = try #require(Self.workerPID(daemon, shard: 0))
-        let bystander = try #require(Self.workerPID(daemon, shard: 1))
-        // Least privilege: the workers run their containers with no capability left.
-        // Capabilities are per thread: every thread of each worker is checked.
-        for pid in [victim, bystander] {
-            let threads = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")
-            #expect(threads.count > 1)
-            for thread in threads {
-                let status = try String(contentsOfFile: "/proc/\(pid)/task/\(thread)/status", encoding: .utf8)
-                for field in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
-                    #expect(status.contains("\(field):\t0000000000000000"), "worker \(pid) thread \(thread) \(field)")
+        try await Self.withWorkers(2) { daemon, client in
+            // busybox.main.32m on shard 0, busybox.main.16m on shard 1 (the fewest families first).
+            #expect(try await client.send("POST", "/v1/parents", body: Data(#"{"image":"busybox","memoryMiB":32,"readyVMs":2}"#.utf8)).status == 201)
+            #expect(try await client.send("POST", "/v1/parents", body: Data(#"{"image":"busybox","memoryMiB":16,"readyVMs":2}"#.utf8)).status == 201)
+            var doomed: [String] = []
+            var survivors: [String] = []
+            for index in 0..<6 {
+                let onShard0 = index % 2 == 0
+                let name = "w\(index)"
+                // The doomed ones run far longer than the test (a loaded host may take seconds to
+                // start all six); the survivors two seconds.
+                let spec = ContainerSpec(image: "busybox", name: name, arguments: Self.script(name, lines: onShard0 ? 400 : 8, interval: "0.25", code: 3),
+                                         memoryMiB: onShard0 ? 32 : 16, openStdin: true)
+                let made = try await client.send("POST", "/v1/containers", json: spec)
+                #expect(made.status == 201, "\(made.text)")
+                #expect(try await client.send("POST", "/v1/containers/\(name)/start").status == 200)
+                if onShard0 { doomed.append(name) } else { survivors.append(name) }
+            }
+            let victim = try #require(Self.workerPID(daemon, shard: 0))
+            let bystander = try #require(Self.workerPID(daemon, shard: 1))
+            // Least privilege: the workers run their containers with no capability left.
+            // Capabilities are per thread: every thread of each worker is checked.
+            for pid in [victim, bystander] {
+                let threads = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")
+                #expect(threads.count > 1)
+                for thread in threads {
+                    let status = try String(contentsOfFile: "/proc/\(pid)/task/\(thread)/status", encoding: .utf8)
+                    for field in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
+                        #expect(status.contains("\(field):\t0000000000000000"), "worker \(pid) thread \(thread) \(field)")
+                    }
+                    #expect(status.contains("NoNewPrivs:\t1"), "worker \(pid) thread \(thread)")
                 }
-                #expect(status.contains("NoNewPrivs:\t1"), "worker \(pid) thread \(thread)")
             }
-        }
-        try await Task.sleep(for: .milliseconds(300))
-        kill(victim, SIGKILL)
-        for name in doomed {
-            let exit = try await client.send("POST", "/v1/containers/\(name)/wait").decode(ExitInfo.self)
-            #expect(exit.exitCode == 137, "\(name): \(exit)")
-            #expect(exit.reason.contains("worker (shard 0, pid \(victim)) died: killed by signal 9"), "\(name): \(exit.reason)")
-        }
-        for name in survivors {
-            let exit = try await client.send("POST", "/v1/containers/\(name)/wait").decode(ExitInfo.self)
-            #expect(exit.exitCode == 3, "\(name) finishes normally: \(exit)")
-            let stdout = try await client.send("GET", "/v1/containers/\(name)/logs?stream=stdout")
-            #expect(stdout.text == Self.expectedLog(name, lines: 8, stream: "line"))
-        }
-        #expect(Self.workerPID(daemon, shard: 1) == bystander, "the other worker never noticed")
-        // The worker comes back, with the parents of its policy made again.
-        let deadline = Date().addingTimeInterval(30)
-        var back: ParentInfo?
-        while Date() < deadline {
-            let parents = try await client.send("GET", "/v1/parents?sharing=false").decode([ParentInfo].self)
-            if let parent = parents.first(where: { $0.id == "busybox.main.32m" }), parent.state == "ready", parent.parentsReady == 1 {
-                back = parent
-                break
+            try await Task.sleep(for: .milliseconds(300))
+            kill(victim, SIGKILL)
+            for name in doomed {
+                let exit = try await client.send("POST", "/v1/containers/\(name)/wait").decode(ExitInfo.self)
+                #expect(exit.exitCode == 137, "\(name): \(exit)")
+                #expect(exit.reason.contains("worker (shard 0, pid \(victim)) died: killed by signal 9"), "\(name): \(exit.reason)")
             }
-            try await Task.sleep(for: .milliseconds(100))
+            for name in survivors {
+                let exit = try await client.send("POST", "/v1/containers/\(name)/wait").decode(ExitInfo.self)
+                #expect(exit.exitCode == 3, "\(name) finishes normally: \(exit)")
+                let stdout = try await client.send("GET", "/v1/containers/\(name)/logs?stream=stdout")
+                #expect(stdout.text == Self.expectedLog(name, lines: 8, stream: "line"))
+            }
+            #expect(Self.workerPID(daemon, shard: 1) == bystander, "the other worker never noticed")
+            // The worker comes back, with the parents of its policy made again.
+            let deadline = Date().addingTimeInterval(30)
+            var back: ParentInfo?
+            while Date() < deadline {
+                let parents = try await client.send("GET", "/v1/parents?sharing=false").decode([ParentInfo].self)
+                if let parent = parents.first(where: { $0.id == "busybox.main.32m" }), parent.state == "ready", parent.parentsReady == 1 {
+                    back = parent
+                    break
+                }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(back?.policy.readyVMs == 2, "the policy's parents are back: \(String(describing: back))")
+            let restarted = Self.workerPID(daemon, shard: 0)
+            #expect(restarted != nil && restarted != victim)
+            let run = try await client.send("POST", "/v1/containers/run", json: ContainerSpec(image: "busybox", arguments: ["echo", "again"], memoryMiB: 32))
+            #expect(try run.decode(RunResult.self).stdout == "again\n")
+            let workers = try await client.send("GET", "/v1/workers").decode([WorkerInfo].self)
+            #expect(workers.map(\.shard) == [0, 1] && workers.allSatisfy(\.connected))
+            #expect(workers.map(\.pid) == [restarted, bystander])
+            #expect(workers.map(\.restarts) == [1, 0])
+            #expect(workers.map(\.parents) == [["busybox.main.32m"], ["busybox.main.16m"]])
+            let lost = try daemon.events(client, type: "worker.exit")
+            #expect(lost.contains { ($0["subject"] as? String) == "0" && (($0["detail"] as? String) ?? "").contains("killed by signal 9") }, "\(lost)")
+            #expect(try daemon.events(client, type: "worker.restart").contains { ($0["subject"] as? String) == "0" })
         }
-        #expect(back?.policy.readyVMs == 2, "the policy's parents are back: \(String(describing: back))")
-        let restarted = Self.workerPID(daemon, shard: 0)
-        #expect(restarted != nil && restarted != victim)
-        let run = try await client.send("POST", "/v1/containers/run", json: ContainerSpec(image: "busybox", arguments: ["echo", "again"], memoryMiB: 32))
-        #expect(try run.decode(RunResult.self).stdout == "again\n")
-        let workers = try await client.send("GET", "/v1/workers").decode([WorkerInfo].self)
-        #expect(workers.map(\.shard) == [0, 1] && workers.allSatisfy(\.connected))
-        #expect(workers.map(\.pid) == [restarted, bystander])
-        #expect(workers.map(\.restarts) == [1, 0])
-        #expect(workers.map(\.parents) == [["busybox.main.32m"], ["busybox.main.16m"]])
-        let lost = try daemon.events(client, type: "worker.exit")
-        #expect(lost.contains { ($0["subject"] as? String) == "0" && (($0["detail"] as? String) ?? "").contains("killed by signal 9") }, "\(lost)")
-        #expect(try daemon.events(client, type: "worker.restart").contains { ($0["subject"] as? String) == "0" })
     }
 }
