@@ -115,9 +115,11 @@ public final class WorkerServer: Sendable {
             guard let bytes = try? WorkerWire.readFrame(peer.fd) else { break }
             let frame = WorkerFrame(bytes)
             guard let header = frame.header, let op = header.op else { break }
-            if op == "create" || op == "remove" {
-                // Begun on this thread, up to its first wait (a create's hand-off to the
-                // container's thread): no hop to another thread on the way to the fork.
+            if op == "create" {
+                // Begun on this thread, up to its first wait (the hand-off to the container's
+                // thread): no hop to another thread on the way to the fork. (Not a remove:
+                // it empties the container's folder, file system work this thread would
+                // then do before it reads the next request.)
                 Task.immediate { await handle(op, id: header.id, frame: frame, peer: peer) }
             } else {
                 Task { await handle(op, id: header.id, frame: frame, peer: peer) }
