@@ -1,4 +1,5 @@
 import Foundation
+import HostSystem
 import KVM
 import Logging
 import Metrics
@@ -118,7 +119,16 @@ extension Engine {
     /// The per-worker gauges of the metrics page, labelled worker="N" (called before each
     /// scrape; nothing without workers).
     public func refreshWorkerMetrics() async {
-        guard workersMode else { return }
+        guard let workerSet else { return }
+        // The pollers are the workers': the engine's poller figure is their sum, each one's
+        // is labelled with its worker.
+        var pollerSeconds: Double?
+        for connection in workerSet.connections {
+            guard let thread = connection.pollerThread, let seconds = CPUTime.ofThread(thread, of: connection.pid) else { continue }
+            metrics.gauge("vmfork_worker_thread_cpu_seconds", [("worker", "\(connection.shard)"), ("thread", "poller")]).record(seconds)
+            pollerSeconds = (pollerSeconds ?? 0) + seconds
+        }
+        if let pollerSeconds { metrics.gauge("vmfork_thread_cpu_seconds", [("thread", "poller")]).record(pollerSeconds) }
         for worker in await workers() {
             let dimensions = [("worker", "\(worker.shard)")]
             metrics.gauge("vmfork_worker_up", dimensions).record(worker.connected ? 1 : 0)
@@ -185,7 +195,10 @@ extension Engine {
         let hello = try await connection.call("hello", WorkerNothing(), as: WorkerHello.self)
         connection.pid = hello.pid
         connection.version = hello.version
-        if let thread = hello.pollerThread { raisePollerPriority(thread, of: hello.pid, shard: shard) }
+        if let thread = hello.pollerThread {
+            raisePollerPriority(thread, of: hello.pid, shard: shard)
+            connection.pollerThread = thread
+        }
         workers.set(connection, shard: shard)
         for parent in hello.parents { workers.assign(parent.id, to: shard) }
         reconcile(hello.containers, shard: shard, connection: connection)

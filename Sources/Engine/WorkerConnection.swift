@@ -14,9 +14,10 @@ final class WorkerConnection: Sendable {
         var next: UInt64 = 1
         var pending: [UInt64: CheckedContinuation<WorkerFrame, Error>] = [:]
         var closed: String?
-        /// The worker's pid and version, from its hello.
+        /// The worker's pid, version and poller thread, from its hello.
         var pid: Int32 = 0
         var version = ""
+        var pollerThread: Int32?
         /// The image records this connection's worker has taken (a create then names its
         /// image only); a new connection starts empty, so a restarted worker is sent them again.
         var images: [String: ImageRecord] = [:]
@@ -35,6 +36,11 @@ final class WorkerConnection: Sendable {
     var version: String {
         get { state.withLock { $0.version } }
         set { state.withLock { $0.version = newValue } }
+    }
+
+    var pollerThread: Int32? {
+        get { state.withLock { $0.pollerThread } }
+        set { state.withLock { $0.pollerThread = newValue } }
     }
 
     /// Whether the worker has this record of the image (sent on this connection before).

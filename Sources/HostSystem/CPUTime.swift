@@ -11,9 +11,10 @@ public enum CPUTime {
         seconds(statFile: "/proc/\(pid)/stat")
     }
 
-    /// Of this process's thread `threadID` (its kernel id, as gettid gives it).
-    public static func ofThread(_ threadID: pid_t) -> Double? {
-        seconds(statFile: "/proc/self/task/\(threadID)/stat")
+    /// Of this process's thread `threadID` (its kernel id, as gettid gives it), or of process
+    /// `pid`'s (a worker's, read by its daemon).
+    public static func ofThread(_ threadID: pid_t, of pid: pid_t? = nil) -> Double? {
+        seconds(statFile: "/proc/\(pid.map(String.init) ?? "self")/task/\(threadID)/stat")
     }
 
     /// Of the whole host, every CPU (/proc/stat's first line: user to steal; guest time is

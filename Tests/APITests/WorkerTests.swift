@@ -268,6 +268,10 @@ struct WorkerTests {
             #expect((listed.first { $0.id == id }?.memory?.residentBytes ?? 0) > 0, "\(listed)")
             let inspected = try await client.send("GET", "/v1/containers/\(id)?memory=true").decode(ContainerInfo.self)
             #expect((inspected.memory?.limitBytes ?? 0) == 32 << 20, "\(inspected)")
+            // The workers' pollers' CPU: each one's, and their sum as the engine's poller figure.
+            let metrics = try await client.send("GET", "/metrics").text
+            let perWorker = metrics.split(separator: "\n").first { $0.hasPrefix("vmfork_worker_thread_cpu_seconds{") && $0.contains("thread=\"poller\"") }
+            #expect(perWorker != nil && metrics.contains("vmfork_thread_cpu_seconds{thread=\"poller\"} "), "\(metrics)")
             #expect(try await client.send("DELETE", "/v1/containers/\(id)?force=true").status == 204)
         }
     }
