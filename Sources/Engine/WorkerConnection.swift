@@ -54,7 +54,17 @@ final class WorkerConnection: Sendable {
     func startReading(onEvent: @escaping @Sendable (String, WorkerFrame) -> Void, onClose: @escaping @Sendable (String) -> Void) {
         let thread = Thread { [self] in
             var why = "the worker closed its socket"
+            // Waits in poll for input only: a thread blocked in recv on a Unix stream socket is
+            // also woken each time the worker reads (the kernel signals write space on the same
+            // wait queue), a wake-up on the worker's core at the start of every request.
+            var input = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
             while true {
+                input.revents = 0
+                if poll(&input, 1, -1) < 0 {
+                    if errno == EINTR { continue }
+                    why = "worker socket poll: \(String(cString: strerror(errno)))"
+                    break
+                }
                 let bytes: Data?
                 do { bytes = try WorkerWire.readFrame(fd) } catch {
                     why = "\(error)"
