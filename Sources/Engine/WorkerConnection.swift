@@ -116,7 +116,14 @@ final class WorkerConnection: Sendable {
             guard WorkerQuick.create(request, into: &body) else { return try JSONEncoder().encode(WorkerRequest(id: id, op: "create", body: request)) }
             return Data(WorkerQuick.request(id: id, op: "create") { $0.raw(body.bytes) })
         }
+        let info = try createResult(frame)
+        // Only a create that succeeded shows the worker took the record (a refusal may have
+        // come before it did: the next create sends it again).
         if sendsImage { took(image) }
+        return info
+    }
+
+    private func createResult(_ frame: WorkerFrame) throws -> ContainerInfo {
         if let result = try WorkerQuick.result(of: frame, shard: shard, op: "create"), let info = ContainerInfo.quick(result) { return info }
         let reply = try JSONDecoder().decode(WorkerReply<ContainerInfo>.self, from: frame.data)
         if let fault = reply.error { throw fault.engineError }
