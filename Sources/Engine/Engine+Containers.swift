@@ -128,7 +128,7 @@ extension Engine {
                                          streams: streams.standard, rootFileSystem: disk)
                 } catch {
                     streams.closeStdinWriter()
-                    containerFolders.remove(folder)
+                    containerFolders.remove(folder, files: streams.files, stdinFile: streams.stdinFile)
                     if let disk { containerDisks?.remove(id: id, root: disk) }
                     giveBackPlacement()
                     throw error
@@ -140,7 +140,7 @@ extension Engine {
                                          forkMicroseconds: Self.microseconds(vm.forkLatency), reusedVM: vm.reusesVM,
                                          argv0: command.argv0, entrypoint: command.entrypoint, cmd: command.cmd, tty: tty ? true : nil)
                 let managed = ManagedContainer(info: info, logFolder: folder, vm: vm, stdinWriter: streams.stdinWriter, family: family, disk: disk,
-                                               terminal: streams.terminal)
+                                               terminal: streams.terminal, logFiles: streams.files, stdinFile: streams.stdinFile)
                 registry.withLock { registry in
                     registry.containers[id] = managed
                     registry.forks += 1
@@ -335,13 +335,9 @@ extension Engine {
         let container = try container(idOrName)
         var exit = try await waitContainer(container.id)
         if let limit {
-            let sizes = [container.stdoutPath, container.stderrPath].map { path -> Int in
-                var info = stat()
-                return stat(path, &info) == 0 ? Int(info.st_size) : 0
-            }
-            if sizes[0] + sizes[1] <= limit {
-                exit.stdout = Data(readAll(container.stdoutPath))
-                exit.stderr = Data(readAll(container.stderrPath))
+            if logSize(container, .stdout) + logSize(container, .stderr) <= limit {
+                exit.stdout = Data(readLog(container, .stdout))
+                exit.stderr = Data(readLog(container, .stderr))
             }
         }
         guard remove else { return exit }
@@ -484,8 +480,9 @@ extension Engine {
             if registry.names[info.name] == container.id { registry.names[info.name] = nil }
         }
         vm?.remove()
-        // Also the disk of a container recorded before a restart (which no longer holds it open).
-        containerDisks?.remove(id: container.id, root: container.disk)
+        // Also the disk of a container recorded before a restart (which no longer holds it open);
+        // one made here without a disk has none to look for.
+        if container.family == nil || container.disk != nil { containerDisks?.remove(id: container.id, root: container.disk) }
         let folder = container.logFolder
         if let shard = container.shard {
             // The worker that made its folder empties it (and keeps it for its next container);
@@ -493,7 +490,7 @@ extension Engine {
             let removeThere = { [self] in if await !removeInWorker(container, shard: shard) { containerFolders.remove(folder) } }
             if awaitWorker { await removeThere() } else { Task { await removeThere() } }
         } else {
-            containerFolders.remove(folder)
+            containerFolders.remove(folder, files: container.logFiles, stdinFile: container.stdinFile)
         }
         if let family = container.family, family.childRemoved(container.id) { evict(family, reason: "drained: its last child was removed") }
         if let placementID = info.placementID {
@@ -525,8 +522,8 @@ extension Engine {
         }
         let info = container.info
         let exit = await container.waitForExit()
-        let stdout = readAll(container.stdoutPath)
-        let stderr = readAll(container.stderrPath)
+        let stdout = readLog(container, .stdout)
+        let stderr = readLog(container, .stderr)
         if remove {
             try await self.remove(container, awaitWorker: false)
             record("container.remove", subject: info.id, actor: actor)
@@ -535,6 +532,20 @@ extension Engine {
         return RunResult(id: info.id, exitCode: exit.exitCode, reason: exit.reason, stdout: String(decoding: stdout, as: UTF8.self),
                          stderr: String(decoding: stderr, as: UTF8.self), forkMicroseconds: info.forkMicroseconds,
                          startedAt: ended.startedAt ?? info.startedAt, finishedAt: ended.finishedAt)
+    }
+
+    /// A container's log's bytes: through its open log files when this process made them,
+    /// else read from its folder.
+    private func readLog(_ container: ManagedContainer, _ stream: LogStream) -> [UInt8] {
+        if let files = container.logFiles { return files.read(stream) }
+        return readAll(stream == .stderr ? container.stderrPath : container.stdoutPath)
+    }
+
+    /// A container's log's size in bytes (0 when it cannot be read).
+    private func logSize(_ container: ManagedContainer, _ stream: LogStream) -> Int {
+        if let files = container.logFiles { return files.size(stream) }
+        var info = stat()
+        return stat(stream == .stderr ? container.stderrPath : container.stdoutPath, &info) == 0 ? Int(info.st_size) : 0
     }
 
     /// A log file's bytes, with one open, fstat and read (Foundation's Data(contentsOf:)
@@ -565,9 +576,13 @@ extension Engine {
 /// /dev/null, from a file holding what was given, or from a pipe kept open for attach.
 private struct ContainerStreams {
     let input: Int32
-    let output: Int32
-    let error: Int32
+    /// Whether `input` is this value's own (a stdin file or a pipe), closed once the child holds its duplicate.
+    let ownsInput: Bool
     let stdinWriter: Int32
+    /// Its log files, open (kept with its folder from one container to the next).
+    let files: ContainerLogFiles
+    /// Whether its folder holds a standard input file.
+    let stdinFile: Bool
     /// The container's terminal when it has one (its output goes to stdout.log).
     let terminal: GuestTerminal?
     /// Where each write to stdout.log and stderr.log lands in time (stdout.times, stderr.times).
@@ -575,61 +590,40 @@ private struct ContainerStreams {
     let errorTimes: LogTimeIndex
 
     init(folder: URL, folders: ContainerFolderPool, stdin: String?, openStdin: Bool, tty: Bool) throws {
-        // A ready folder's files exist, empty: opened as they are (no O_TRUNC, no change).
-        let ready = try folders.make(folder)
-        let truncate = ready ? 0 : O_TRUNC
-        let folderPath = folder.path
-        func openLog(_ name: String) throws -> Int32 {
-            let fd = open(ContainerFolder.path(name, in: folderPath), O_WRONLY | O_CREAT | truncate | O_APPEND | O_CLOEXEC, 0o600)
-            guard fd >= 0 else { throw EngineError(.failed, "cannot open \(name) in \(folder.path): \(String(cString: strerror(errno)))") }
-            return fd
-        }
-        func openTimes(_ stream: LogStream, _ timeline: LogTimeline) throws -> LogTimeIndex {
-            let name = ContainerFolder.timesFile(stream)
-            do {
-                return try LogTimeIndex(path: ContainerFolder.path(name, in: folderPath), stream: stream == .stdout ? 1 : 2, timeline: timeline, empty: ready)
-            } catch {
-                throw EngineError(.failed, "cannot open \(name) in \(folder.path): \(error)")
-            }
-        }
+        let files = try folders.make(folder)
+        self.files = files
         let timeline = LogTimeline()
-        outputTimes = try openTimes(.stdout, timeline)
-        errorTimes = try openTimes(.stderr, timeline)
-        output = try openLog("stdout.log")
-        error = try openLog("stderr.log")
+        outputTimes = LogTimeIndex(descriptor: files.stdoutTimes, keeper: files, stream: 1, timeline: timeline)
+        errorTimes = LogTimeIndex(descriptor: files.stderrTimes, keeper: files, stream: 2, timeline: timeline)
+        stdinFile = !openStdin && stdin != nil
         if openStdin {
             var ends: [Int32] = [-1, -1]
             guard pipe(&ends) == 0 else { throw EngineError(.failed, "pipe: \(String(cString: strerror(errno)))") }
             _ = fcntl(ends[0], F_SETFD, FD_CLOEXEC)
             _ = fcntl(ends[1], F_SETFD, FD_CLOEXEC)
-            input = ends[0]
-            stdinWriter = ends[1]
+            (input, ownsInput, stdinWriter) = (ends[0], true, ends[1])
         } else if let stdin {
-            let path = ContainerFolder.path("stdin", in: folderPath)
+            let path = ContainerFolder.path("stdin", in: folder.path)
             try Data(stdin.utf8).write(to: URL(fileURLWithPath: path))
-            input = open(path, O_RDONLY | O_CLOEXEC)
-            stdinWriter = -1
+            (input, ownsInput, stdinWriter) = (open(path, O_RDONLY | O_CLOEXEC), true, -1)
         } else {
-            input = open("/dev/null", O_RDONLY | O_CLOEXEC)
-            stdinWriter = -1
+            (input, ownsInput, stdinWriter) = (folders.devNull, false, -1)
         }
         guard input >= 0 else { throw EngineError(.failed, "cannot open the standard input: \(String(cString: strerror(errno)))") }
         do {
-            terminal = tty ? try GuestTerminal(output: output, outputTimes: outputTimes) : nil
+            terminal = tty ? try GuestTerminal(output: files.stdout, outputTimes: outputTimes) : nil
         } catch {
             throw EngineError(.failed, "cannot make the container's terminal: \(error)")
         }
     }
 
     var standard: StandardStreams {
-        StandardStreams(input: input, output: output, error: error, outputTimes: outputTimes, errorTimes: errorTimes, terminal: terminal)
+        StandardStreams(input: input, output: files.stdout, error: files.stderr, outputTimes: outputTimes, errorTimes: errorTimes, terminal: terminal)
     }
 
-    /// The child holds its own duplicates once forked.
+    /// The child holds its own duplicates once forked (the log files stay open in `files`).
     func closeChildEnds() {
-        close(input)
-        close(output)
-        close(error)
+        if ownsInput { close(input) }
     }
 
     func closeStdinWriter() {

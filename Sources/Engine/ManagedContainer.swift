@@ -14,6 +14,10 @@ final class ManagedContainer: Sendable {
     let disk: ContainerDiskRoot?
     /// Its terminal, when it has one and its VM is in this process.
     let terminal: GuestTerminal?
+    /// Its log files, open, when this process made its folder (else they are read by path).
+    let logFiles: ContainerLogFiles?
+    /// Whether its folder holds a standard input file.
+    let stdinFile: Bool
     private let state: Mutex<MutableState>
 
     struct MutableState {
@@ -30,8 +34,11 @@ final class ManagedContainer: Sendable {
     }
 
     init(info: ContainerInfo, logFolder: URL, vm: Fork.Container?, stdinWriter: Int32, family: ParentFamily?, exit: ExitInfo? = nil,
-         shard: Int? = nil, disk: ContainerDiskRoot? = nil, terminal: GuestTerminal? = nil) {
+         shard: Int? = nil, disk: ContainerDiskRoot? = nil, terminal: GuestTerminal? = nil, logFiles: ContainerLogFiles? = nil,
+         stdinFile: Bool = true) {
         id = info.id
+        self.logFiles = logFiles
+        self.stdinFile = stdinFile
         self.terminal = terminal
         self.disk = disk
         self.logFolder = logFolder

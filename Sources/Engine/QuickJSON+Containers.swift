@@ -165,3 +165,28 @@ extension ExitInfo {
         return hasCode && hasReason ? exit : nil
     }
 }
+
+extension RunResult {
+    /// A run's answer as the agent writes it (`POST /v1/containers/run`); nil when the answer
+    /// needs JSONDecoder (a member it does not know, or one of another type).
+    public static func quick(from body: Data) -> RunResult? {
+        guard let members = QuickJSON.parse(body)?.members else { return nil }
+        var result = RunResult(id: "", exitCode: 0, reason: "", stdout: "", stderr: "")
+        var seen = 0
+        for member in members where member.value != .null {
+            let value = member.value
+            switch member.key {
+            case "id": guard let text = value.string else { return nil }; result.id = text; seen |= 1
+            case "exitCode": guard let code = value.integer else { return nil }; result.exitCode = code; seen |= 2
+            case "reason": guard let text = value.string else { return nil }; result.reason = text; seen |= 4
+            case "stdout": guard let text = value.string else { return nil }; result.stdout = text; seen |= 8
+            case "stderr": guard let text = value.string else { return nil }; result.stderr = text; seen |= 16
+            case "forkMicroseconds": guard let figure = value.double else { return nil }; result.forkMicroseconds = figure
+            case "startedAt": guard let figure = value.double else { return nil }; result.startedAt = figure
+            case "finishedAt": guard let figure = value.double else { return nil }; result.finishedAt = figure
+            default: return nil
+            }
+        }
+        return seen == 31 ? result : nil
+    }
+}

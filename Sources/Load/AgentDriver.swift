@@ -19,11 +19,14 @@ final class AgentDriver: LaunchDriver {
     let launches: [Launch]
     let firstOutput: Bool
     let runLabel: String
+    /// Each entry's spec as the create's body, written once (they do not change per launch).
+    private let bodies: [Data]
     private let released = Atomic<Bool>(false)
 
     init(client: AgentClient, launches: [Launch], firstOutput: Bool, runLabel: String) {
         self.client = client
         self.launches = launches
+        bodies = launches.map { $0.spec.quickJSON() }
         self.firstOutput = firstOutput
         self.runLabel = runLabel
     }
@@ -35,12 +38,13 @@ final class AgentDriver: LaunchDriver {
         recorder.launched(due: due)
         func fail(_ kind: LoadErrorKind, _ message: String) { recorder.failed(kind, message, at: .now) }
         let refusal = Self.refusal
-        if launch.lifetime == nil, !firstOutput { return runInOneCall(launch, due: due, recorder: recorder) }
+        let body = bodies[arrival.entry]
+        if launch.lifetime == nil, !firstOutput { return runInOneCall(launch, body: body, due: due, recorder: recorder) }
         let id: String
         do {
-            let created = try client.send("POST", "/v1/containers", json: launch.spec)
+            let created = try client.send("POST", "/v1/containers", body: body)
             guard created.status == 201 else { return fail(refusal(created).0, "create: " + refusal(created).1) }
-            id = try created.decode(ContainerInfo.self).id
+            id = try (ContainerInfo.quick(from: created.body) ?? created.decode(ContainerInfo.self)).id
             let started = try client.send("POST", "/v1/containers/\(id)/start")
             guard started.status == 200 else {
                 _ = try? client.send("DELETE", "/v1/containers/\(id)?force=true")
@@ -81,7 +85,7 @@ final class AgentDriver: LaunchDriver {
                 _ = try? client.send("DELETE", "/v1/containers/\(id)?force=true")
                 return fail(refusal(waited).0, "wait: " + refusal(waited).1)
             }
-            let exit = try waited.decode(ExitInfo.self)
+            let exit = try ExitInfo.quick(from: waited.body) ?? waited.decode(ExitInfo.self)
             let ended = phase.withLock { phase -> Phase in
                 if phase == .running { phase = .exited }
                 return phase
@@ -108,14 +112,14 @@ final class AgentDriver: LaunchDriver {
     /// it. Its running time is placed by the agent's start time (its clock's offset from the
     /// call's sending, kept inside the call); its exit time is the answer's arrival, which
     /// also covers the removal (conservative by the removal's cost).
-    private func runInOneCall(_ launch: Launch, due: ContinuousClock.Instant, recorder: LoadRecorder) {
+    private func runInOneCall(_ launch: Launch, body: Data, due: ContinuousClock.Instant, recorder: LoadRecorder) {
         func fail(_ kind: LoadErrorKind, _ message: String) { recorder.failed(kind, message, at: .now) }
         let sent = ContinuousClock.now, sentWall = Date().timeIntervalSince1970
         let response: AgentClient.Response
-        do { response = try client.send("POST", "/v1/containers/run?remove=true", json: launch.spec) } catch { return fail(.transport, "\(error)") }
+        do { response = try client.send("POST", "/v1/containers/run?remove=true", body: body) } catch { return fail(.transport, "\(error)") }
         let answered = ContinuousClock.now
         guard response.status == 200 else { return fail(Self.refusal(response).0, "run: " + Self.refusal(response).1) }
-        guard let result = try? response.decode(RunResult.self) else { return fail(.transport, "run: an answer that is no RunResult") }
+        guard let result = RunResult.quick(from: response.body) ?? (try? response.decode(RunResult.self)) else { return fail(.transport, "run: an answer that is no RunResult") }
         if let started = result.startedAt {
             let offset = Duration.nanoseconds(Int64(max(0, started - sentWall) * 1e9))
             recorder.running(due: due, at: min(sent + offset, answered))

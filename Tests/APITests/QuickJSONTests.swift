@@ -89,6 +89,9 @@ import Testing
                 let body = try #require(result.quickJSON())
                 let bytes = Data(body.readableBytesView)
                 #expect(try JSONDecoder().decode(RunResult.self, from: bytes) == result)
+                // And read back by hand, from the hand-written form and from JSONEncoder's.
+                #expect(RunResult.quick(from: bytes) == result)
+                #expect(RunResult.quick(from: try JSONEncoder().encode(result)) == result)
                 // The same keys, in the same (sorted) order, as the API's encoder writes.
                 let object = try #require(try JSONSerialization.jsonObject(with: bytes) as? [String: Any])
                 #expect(object.keys.sorted() == (try JSONSerialization.jsonObject(with: try JSONEncoder().encode(result)) as? [String: Any])?.keys.sorted())
@@ -96,6 +99,13 @@ import Testing
         }
         let infinite = RunResult(id: "x", exitCode: 0, reason: "", stdout: "", stderr: "", forkMicroseconds: .infinity, startedAt: nil, finishedAt: nil)
         #expect(infinite.quickJSON() == nil)
+        // What the hand reader does not take whole is left to JSONDecoder: a member missing,
+        // one it does not know, or one of another type.
+        for text in [#"{"exitCode":0,"id":"x","reason":"","stderr":""}"#, #"{"exitCode":0,"id":"x","reason":"","stderr":"","stdout":"","extra":1}"#,
+                     #"{"exitCode":"0","id":"x","reason":"","stderr":"","stdout":""}"#, #"{"exitCode":0,"id":"x","reason":"","stderr":"","stdout":"","startedAt":"1"}"#,
+                     #"[1]"#, #"{"exitCode":0,"id":"x","reason":"","stderr":"","stdout":""#] {
+            #expect(RunResult.quick(from: Data(text.utf8)) == nil, "\(text)")
+        }
     }
 }
 

@@ -23,8 +23,11 @@ public final class LogTimeIndex: Sendable {
     /// How far the clock moves on before a write to the same stream makes a new record.
     public static let granularityNanoseconds: Int64 = 1_000_000
 
-    /// The index file, opened O_APPEND: each record is one write(2) of 16 bytes.
-    private let file: FileDescriptor
+    /// The index file, opened O_APPEND: each record is one write(2) of 16 bytes. Owned here
+    /// (closed with the index) or borrowed from `keeper`, which this index keeps alive.
+    private let file: Int32
+    private let owned: Bool
+    private let keeper: (any AnyObject & Sendable)?
     /// 1 for stdout, 2 for stderr (the guest's descriptor numbers): which of the timeline's
     /// streams this is.
     private let stream: Int
@@ -36,9 +39,24 @@ public final class LogTimeIndex: Sendable {
     /// `empty`: the file is known to exist empty, so it is opened without O_TRUNC (which
     /// changes the inode, a journalled write, even for an empty file).
     public init(path: String, stream: Int, timeline: LogTimeline, empty: Bool = false) throws(SystemError) {
-        file = try FileDescriptor.open(path, O_WRONLY | O_CREAT | O_APPEND | (empty ? 0 : O_TRUNC), mode: 0o600)
+        let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | (empty ? 0 : O_TRUNC), 0o600)
+        guard fd >= 0 else { throw SystemError(call: "open(\(path))", errno: errno) }
+        file = fd
+        (owned, keeper) = (true, nil)
         self.stream = stream
         self.timeline = timeline
+    }
+
+    /// An index written through `descriptor` (opened O_APPEND), which `keeper` holds open: it
+    /// stays alive as long as this index.
+    public init(descriptor: Int32, keeper: any AnyObject & Sendable, stream: Int, timeline: LogTimeline) {
+        (file, owned, self.keeper) = (descriptor, false, keeper)
+        self.stream = stream
+        self.timeline = timeline
+    }
+
+    deinit {
+        if owned { close(file) }
     }
 
     /// Called by the engine before it writes guest data to `log`, a host descriptor of this
@@ -57,7 +75,7 @@ public final class LogTimeIndex: Sendable {
         guard fstat(log, &info) == 0 else { return }
         var record = (UInt64(info.st_size).littleEndian, UInt64(bitPattern: nanoseconds).littleEndian)
         // unsafe: the tuple is two UInt64s, 16 contiguous bytes, alive for the call.
-        _ = withUnsafeBytes(of: &record) { Glibc.write(file.rawValue, $0.baseAddress, Self.recordSize) }
+        _ = withUnsafeBytes(of: &record) { Glibc.write(file, $0.baseAddress, Self.recordSize) }
     }
 }
 

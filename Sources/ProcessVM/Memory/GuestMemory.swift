@@ -51,6 +51,9 @@ public final class GuestMemory: @unchecked Sendable {
     var recordedFrames: Int { freeFrames.count + reusedFreeFrames.count + invalidatedFrames.count }
     /// For a fork child: the parent whose memory this maps copy-on-write, and the parent's holes.
     private let origin: (memory: GuestMemory, holes: [Range<Int>])?
+    /// A fork child's reader of the kernel's page map, opened at its first restore and kept
+    /// for the next children a pooled VM serves. Used while the VM does not run.
+    private var pageMap: PageMap?
     /// Byte ranges of this memory mapped from a file rather than the memfd.
     private let fileBackedRanges = Mutex<[Range<Int>]>([])
 
@@ -220,7 +223,14 @@ public final class GuestMemory: @unchecked Sendable {
         // Every frame the guest could have written: all below the high-water mark, whether or
         // not the engine still knows of a mapping of it.
         var owned: [Int] = []
-        try PageMap.forEachPrivatePage(address: hostAddress, pages: Int(highWaterFrame) / Self.pageSize) { owned.append($0) }
+        let pageMap: PageMap
+        if let kept = self.pageMap {
+            pageMap = kept
+        } else {
+            pageMap = try PageMap()
+            self.pageMap = pageMap
+        }
+        try pageMap.forEachPrivatePage(address: hostAddress, pages: Int(highWaterFrame) / Self.pageSize) { owned.append($0) }
         guard owned.count <= maximumPrivatePages else { return nil }
         var holeIndex = 0
         for page in owned {

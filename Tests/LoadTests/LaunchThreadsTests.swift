@@ -1,0 +1,65 @@
+@testable import Load
+import CShims
+import Foundation
+import Synchronization
+import Testing
+
+/// The open loop's threads: a launch runs on a thread left idle by an earlier one, a new
+/// thread is made only when none is idle, and an idle thread ends after its idle time.
+@Suite struct LaunchThreadsTests {
+    /// Runs `body` on `threads` and waits for it; returns the kernel's id of the thread it ran on.
+    static func runAndWait(_ threads: LaunchThreads) -> pid_t {
+        let done = DispatchSemaphore(value: 0)
+        let tid = Atomic<Int32>(0)
+        threads.run {
+            tid.store(pid_t(cshims_thread_id()), ordering: .relaxed)
+            done.signal()
+        }
+        done.wait()
+        return tid.load(ordering: .relaxed)
+    }
+
+    @Test func aLaunchAfterAnotherRunsOnTheSameThread() {
+        let threads = LaunchThreads(idleSeconds: 5)
+        let first = Self.runAndWait(threads)
+        // The first thread signals before it lists itself idle: give it the moment to do so.
+        Thread.sleep(forTimeInterval: 0.05)
+        #expect(Self.runAndWait(threads) == first)
+        Thread.sleep(forTimeInterval: 0.05)
+        #expect(Self.runAndWait(threads) == first)
+        #expect(first != pid_t(cshims_thread_id()))
+    }
+
+    @Test func launchesAtOnceEachGetAThread() {
+        let threads = LaunchThreads(idleSeconds: 5)
+        let count = 8
+        let arrived = Atomic<Int>(0)
+        let ids = Mutex<Set<Int32>>([])
+        let allIn = DispatchSemaphore(value: 0)
+        let release = DispatchSemaphore(value: 0)
+        let group = DispatchGroup()
+        for _ in 0..<count {
+            group.enter()
+            threads.run {
+                ids.withLock { _ = $0.insert(pid_t(cshims_thread_id())) }
+                if arrived.add(1, ordering: .relaxed).newValue == count { allIn.signal() }
+                release.wait()
+                group.leave()
+            }
+        }
+        // Each launch blocks until all have started: only one thread per launch lets them.
+        #expect(allIn.wait(timeout: .now() + 10) == .success)
+        for _ in 0..<count { release.signal() }
+        #expect(group.wait(timeout: .now() + 10) == .success)
+        #expect(ids.withLock { $0.count } == count)
+    }
+
+    @Test func anIdleThreadEndsAfterItsIdleTime() throws {
+        let threads = LaunchThreads(idleSeconds: 0.1)
+        let first = Self.runAndWait(threads)
+        Thread.sleep(forTimeInterval: 0.5)
+        // Gone from the process (its /proc/self/task entry), and the next launch has a new thread.
+        #expect(!FileManager.default.fileExists(atPath: "/proc/self/task/\(first)"))
+        #expect(Self.runAndWait(threads) != first)
+    }
+}
