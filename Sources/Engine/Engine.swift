@@ -70,6 +70,8 @@ public final class Engine: Sendable {
     let containerDisks: ContainerDiskPool?
     /// Containers' log folders, and emptied ones kept for reuse (`ContainerFolderPool`).
     let containerFolders: ContainerFolderPool
+    /// Measures this machine's exit and polled-call costs for the poller (when it polls).
+    let costsProbe: MachineCostsProbe?
     /// In one process, as the control plane of worker processes, or as a worker.
     public let options: EngineOptions
     /// The daemon's workers (nil when this process holds the VMs itself).
@@ -141,6 +143,15 @@ public final class Engine: Sendable {
         let containers = options.containersFolder ?? stateFolder.appendingPathComponent("containers", isDirectory: true)
         try FileManager.default.createDirectory(at: containers, withIntermediateDirectories: true)
         containerFolders = ContainerFolderPool(folder: containers, owner: options.workerShard.map { "w\($0)" } ?? "d")
+        // The daemon of workers runs no VM of its own; a worker measures once, now, before it
+        // confines itself; an engine on its own measures in the background, now and later.
+        if let system = self.system, options.pollsSystemCalls, workerSet == nil {
+            let probe = MachineCostsProbe(system: system, poller: SyscallPoller.of(system), folder: stateFolder, logger: logger)
+            if options.workerShard != nil { probe.measureNow() } else { probe.start() }
+            costsProbe = probe
+        } else {
+            costsProbe = nil
+        }
 
         let snapshot = try store.engineSnapshot()
         let now = Date().timeIntervalSince1970
@@ -290,9 +301,11 @@ public final class Engine: Sendable {
         var waited = Set<ObjectIdentifier>()
         let pools = (families + containers.compactMap(\.family)).filter { waited.insert(ObjectIdentifier($0)).inserted }
         _ = try? await onKVMThread { for family in pools { family.waitForTeardown() } }
-        // 4. The warm parents: their pools and memfds go as their last references do; no VM
-        //    runs any more, so the system-call poller's thread ends.
+        // 4. The warm parents: their pools and memfds go as their last references do; the
+        //    machine-cost probe ends (and its VMs); no VM runs any more, so the system-call
+        //    poller's thread ends.
         for family in families { family.release() }
+        if let probe = costsProbe { _ = try? await onKVMThread { probe.stop() } }
         poller?.stop()
         // 5. The state: the stop event, every queued write, the WAL checkpoint; followers end.
         record("daemon.stop", subject: stateFolder.path, actor: "engine")
@@ -341,12 +354,17 @@ public final class Engine: Sendable {
         }
         metrics.gauge("vmfork_forks_per_second").record(rate)
         let poller = self.poller?.statistics ?? SystemCallPollerStatistics.zero
-        let (callsDelta, backOffsDelta) = pollerSeen.withLock { seen -> (Int, Int) in
+        let (callsDelta, backOffsDelta, unprofitableDelta) = pollerSeen.withLock { seen -> (Int, Int, Int) in
             defer { seen = poller }
-            return (poller.callsServed - seen.callsServed, poller.backOffs - seen.backOffs)
+            return (poller.callsServed - seen.callsServed, poller.backOffs - seen.backOffs, poller.unprofitableBackOffs - seen.unprofitableBackOffs)
         }
         if callsDelta > 0 { metrics.polledCalls.increment(by: callsDelta) }
         if backOffsDelta > 0 { metrics.pollerBackOffs.increment(by: backOffsDelta) }
+        if unprofitableDelta > 0 { metrics.pollerUnprofitableBackOffs.increment(by: unprofitableDelta) }
+        if let costs = costsProbe?.latest {
+            metrics.gauge("vmfork_machine_exit_microseconds").record(costs.exitMicroseconds)
+            metrics.gauge("vmfork_machine_polled_call_microseconds").record(costs.polledMicroseconds)
+        }
         metrics.gauge("vmfork_poller_watched_vms").record(poller.watchedVMs)
         // The engine's own threads: the system-call poller and the layer disks' I/O thread.
         if let thread = self.poller?.kernelThreadID, let seconds = CPUTime.ofThread(thread) {

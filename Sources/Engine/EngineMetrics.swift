@@ -16,6 +16,8 @@ struct EngineMetrics: Sendable {
     /// The system-call poller's calls served without an exit, and its back-offs.
     let polledCalls: Counter
     let pollerBackOffs: Counter
+    /// Times polling went off because it cost the poller more CPU than the exits it saved.
+    let pollerUnprofitableBackOffs: Counter
 
     init(factory: any MetricsFactory) {
         self.factory = factory
@@ -28,6 +30,7 @@ struct EngineMetrics: Sendable {
         emulatedInstructions = Counter(label: "vmfork_vm_emulated_instructions_total", dimensions: [], factory: factory)
         polledCalls = Counter(label: "vmfork_poller_calls_served_total", dimensions: [], factory: factory)
         pollerBackOffs = Counter(label: "vmfork_poller_back_offs_total", dimensions: [], factory: factory)
+        pollerUnprofitableBackOffs = Counter(label: "vmfork_poller_unprofitable_back_offs_total", dimensions: [], factory: factory)
     }
 
     func gauge(_ label: String, _ dimensions: [(String, String)] = []) -> Gauge {

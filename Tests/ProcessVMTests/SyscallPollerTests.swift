@@ -214,4 +214,33 @@ struct SyscallPollerTests {
         guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
         return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
+
+    /// Polling judged against this machine's costs (`setCosts`): where each served call saves
+    /// next to nothing it costs the poller more than it saves, and polling goes off (the
+    /// calls then exit); where each saves a lot, a guest making many calls keeps it on.
+    @Test(arguments: [(1000.0, 1.0, true), (3.6, 3.5, false)])
+    func pollingStaysOnOnlyWhileItSavesMoreThanItCosts(exitMicroseconds: Double, polledMicroseconds: Double, pays: Bool) throws {
+        let calls = 20_000
+        let code = [0x49, 0xBC] + withUnsafeBytes(of: UInt64(calls).littleEndian) { Array($0) } // mov r12, calls
+            + [0xB8, 39, 0, 0, 0, 0x0F, 0x05, 0x49, 0xFF, 0xCC, 0x75, 0xF4] // getpid; dec r12; jnz
+            + [0xB8, 60, 0, 0, 0, 0x31, 0xFF, 0x0F, 0x05] // exit(0)
+        let root = try GuestRunner.rootfs(withProgram: code)
+        defer { try? FileManager.default.removeItem(at: root) }
+        let streams = try CapturedStreams()
+        let system = try KVMSystem()
+        let poller = SyscallPoller.of(system)
+        poller.setCosts(MachineCosts(exitMicroseconds: exitMicroseconds, polledMicroseconds: polledMicroseconds, cpuidMicroseconds: 1))
+        let vm = try ProcessVM(system: system, configuration: ProcessVMConfiguration(rootfs: root.path, pollsSystemCalls: true),
+                               executable: "/prog", arguments: ["prog"], environment: [], streams: streams.standard)
+        #expect(try vm.run() == .exited(0))
+        let statistics = poller.statistics
+        if pays {
+            #expect(statistics.unprofitableBackOffs == 0)
+            #expect(statistics.callsServed > calls / 2, "the poller served \(statistics.callsServed) of \(calls) calls")
+        } else {
+            #expect(statistics.unprofitableBackOffs > 0, "polling stayed on although each call saved 0.1 µs")
+            #expect(statistics.callsServed < calls, "every call was polled")
+        }
+        poller.stop()
+    }
 }

@@ -15,8 +15,10 @@ public struct MachineCosts: Sendable, Codable, Equatable {
     /// One CPUID instruction, emulated by PVM.
     public var cpuidMicroseconds: Double
 
-    public static func measure(system: KVMSystem, calls: Int = 2000, runs: Int = 5) throws -> MachineCosts {
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("vmfork-costs-\(UUID().uuidString)")
+    /// `under`: where the tiny programs are written for the measurement (the temporary folder
+    /// when nil); they are deleted afterwards.
+    public static func measure(system: KVMSystem, calls: Int = 2000, runs: Int = 5, under: URL? = nil) throws -> MachineCosts {
+        let folder = (under ?? FileManager.default.temporaryDirectory).appendingPathComponent("vmfork-costs-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: folder) }
         let programs: [(String, [UInt8])] = [

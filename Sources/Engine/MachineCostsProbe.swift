@@ -1,0 +1,81 @@
+import Foundation
+import KVM
+import Logging
+import ProcessVM
+import Synchronization
+
+/// Measures what a system call costs on this machine by VM exit and by the poller
+/// (`MachineCosts`, small: 300 calls, 3 runs, about 50 ms of one core) and hands the figures
+/// to the engine's system-call poller, which from then on keeps polling only while it saves
+/// more in exits than it spends (`SyscallPoller.setCosts`). Machines of this kind differ
+/// 3-20x in what an exit costs and drift within the hour, so the engine measures its own,
+/// at its start and again every `interval`.
+///
+/// In a worker the measurement is made once, before the worker confines itself (its
+/// seccomp filter and Landlock domain come after its engine is made): `measureNow`.
+final class MachineCostsProbe: Sendable {
+    static let interval: Duration = .seconds(600)
+    private static let calls = 300
+    private static let runs = 3
+
+    private let system: KVMSystem
+    private let poller: SyscallPoller
+    private let folder: URL
+    private let logger: Logger
+    private let state = Mutex<(stopped: Bool, latest: MachineCosts?)>((false, nil))
+    /// Signalled by `stop`; waited on between measurements.
+    private let wake = DispatchSemaphore(value: 0)
+    /// Signalled when the thread ends.
+    private let ended = DispatchSemaphore(value: 0)
+    private let running = Atomic<Bool>(false)
+
+    /// `folder`: where the tiny programs are written while measuring (the engine's state folder).
+    init(system: KVMSystem, poller: SyscallPoller, folder: URL, logger: Logger) {
+        self.system = system
+        self.poller = poller
+        self.folder = folder
+        self.logger = logger
+    }
+
+    /// The last figures measured, if any.
+    var latest: MachineCosts? { state.withLock { $0.latest } }
+
+    /// Measures on the calling thread and hands the figures to the poller.
+    func measureNow() {
+        do {
+            let costs = try MachineCosts.measure(system: system, calls: Self.calls, runs: Self.runs, under: folder)
+            state.withLock { $0.latest = costs }
+            poller.setCosts(costs)
+            logger.info("machine costs measured", metadata: ["costs": "\(costs.summary)"])
+        } catch {
+            logger.warning("machine costs could not be measured: the poller polls without judging", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Measures now and every `interval` on a thread of its own, until `stop`.
+    func start() {
+        guard !running.exchange(true, ordering: .relaxed) else { return }
+        let thread = Thread { [self] in
+            defer { ended.signal() }
+            while !state.withLock({ $0.stopped }) {
+                measureNow()
+                let seconds = Double(Self.interval.components.seconds)
+                _ = wake.wait(timeout: .now() + seconds)
+            }
+        }
+        thread.name = "vmfork-machine-costs"
+        thread.stackSize = 512 << 10
+        thread.start()
+    }
+
+    /// Ends the measurements and waits for one in progress (its VMs) to end.
+    func stop() {
+        let wasStopped = state.withLock { state -> Bool in
+            defer { state.stopped = true }
+            return state.stopped
+        }
+        guard !wasStopped else { return }
+        wake.signal()
+        if running.load(ordering: .relaxed) { ended.wait() }
+    }
+}
