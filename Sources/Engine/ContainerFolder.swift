@@ -141,7 +141,14 @@ final class ContainerFolderPool: Sendable {
     /// Folders made ahead while fewer are ready.
     static let target = 8
     /// Folders kept at most (removed containers' beyond the target); beyond, one is deleted.
-    static let capacity = 64
+    /// Many: a burst of launches beyond what the host runs at once takes hundreds of folders,
+    /// and deleting them afterwards made the next burst allocate new inodes, each a scan past
+    /// the inodes deleted in the last seconds (ext4's `recently_deleted`): 28 % of the engine's
+    /// CPU in a run that fell behind at 3,200 launches a second, with the pool at 64.
+    static let capacity = 1024
+    /// Ready folders kept with their log files open at most (six descriptors each); beyond,
+    /// a folder is kept with its files closed, opened again by the container that takes it.
+    static let openCapacity = 64
 
     /// `owner`: "d" for a daemon or an engine on its own, "wK" for worker K.
     init(folder: URL, owner: String) {
@@ -232,10 +239,10 @@ final class ContainerFolderPool: Sendable {
     /// `recycle` of a folder this process made, with its log files open: emptied through
     /// them (this engine puts nothing else there but the standard input file).
     private func recycle(_ container: URL, files: ContainerLogFiles, stdinFile: Bool) {
-        let full = ready.withLock { $0.count >= Self.capacity }
-        guard !full, files.empty() else { return Self.delete(container) }
+        let count = ready.withLock { $0.count }
+        guard count < Self.capacity, files.empty() else { return Self.delete(container) }
         if stdinFile { unlink(ContainerFolder.path("stdin", in: container.path)) }
-        makeReady(container, files: files)
+        makeReady(container, files: count < Self.openCapacity ? files : nil)
     }
 
     /// Renames an emptied folder to a ready name and lists it.

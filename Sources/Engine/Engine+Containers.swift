@@ -108,6 +108,8 @@ extension Engine {
             // Placement (when not made above), files, pipe, fork and registration: a KVM
             // thread's work (the fork may build a VM when the pool is empty).
             let make: @Sendable () throws -> ManagedContainer = { [self] in
+                makeSlots.wait()
+                defer { makeSlots.signal() }
                 let placed = try placeHere.map { try Self.placeNow(placement, pool: $0, image: image.name, memoryKiB: memoryKiB) } ?? placedBefore
                 // Placed here: given back here when what follows fails (one placed before is
                 // given back by the caller).

@@ -58,6 +58,14 @@ public final class Engine: Sendable {
     var poller: SyscallPoller? { system.map(SyscallPoller.of) }
     /// The threads containers run on, kept between containers.
     let runners = RunnerThreads()
+    /// Containers being made at once (files, fork), at most two per core; the rest wait their
+    /// turn, first come first served. Making is CPU work of a few hundred µs that gains
+    /// nothing from running hundreds wide: under a burst beyond what the host runs at once
+    /// (launches queued behind a stall), every queued launch made its log folder and took a
+    /// VM at once, so both pools ran dry and each was made anew (milliseconds of CPU each);
+    /// the engine's CPU per launch tripled and the host never caught up. Queued here, the
+    /// launches take the VMs and folders their predecessors give back.
+    let makeSlots = DispatchSemaphore(value: 2 * ProcessInfo.processInfo.activeProcessorCount)
     /// Pulls images from registries into the datastore, images/ in the state folder.
     let imagePuller: ImagePuller
     /// Containers of pulled images run from the image's layer disks instead of its folder

@@ -26,7 +26,7 @@ import Synchronization
 ///
 /// Polling must also pay for itself: once the engine has measured what a call costs on this
 /// machine by VM exit and by the poller (`setCosts`), the poller compares, over each stretch
-/// of its work (20 ms of polling, or a stretch that ended in parking), its own CPU time with
+/// of its work (at least 2 ms of its CPU time), its own CPU time with
 /// what the calls it served saved (each the difference of the two costs). When it spent
 /// more than they saved, polling stays off for half a second and every call exits. Short
 /// containers make few calls the poller can serve (a `busybox echo` forked at main, about
@@ -63,8 +63,11 @@ public final class SyscallPoller: KVMSystemCompanion, @unchecked Sendable {
     private static let cores = ProcessInfo.processInfo.activeProcessorCount
     /// How much polling is looked at, at most, before the poller judges whether it paid.
     private static let judgedEvery: Duration = .milliseconds(20)
-    /// Less of the poller's CPU time than this is too little to judge (a stretch carries on).
-    private static let leastJudgedNanoseconds = 200_000
+    /// Less of the poller's CPU time than this is too little to judge: the stretch carries on,
+    /// across the poller's sleeps (its CPU clock stops while it sleeps). Short containers each
+    /// cost it a few hundred µs, so several go into one judgement; a vCPU kept off its core
+    /// for a moment (the poller spinning for nothing meanwhile) does not turn polling off alone.
+    private static let leastJudgedNanoseconds = 2_000_000
     /// How long polling stays off once it cost more than it saved.
     private static let unprofitableBackOff: Duration = .milliseconds(500)
 
@@ -289,8 +292,6 @@ public final class SyscallPoller: KVMSystemCompanion, @unchecked Sendable {
                         while watched.isEmpty && !stopped { condition.wait() }
                     }
                     if condition.withLock({ stopped && watched.isEmpty }) { return }
-                    // Time asleep is no one's cost: the next stretch starts at the wake-up.
-                    stretch = Stretch()
                 } else {
                     sched_yield()
                 }
@@ -324,13 +325,11 @@ public final class SyscallPoller: KVMSystemCompanion, @unchecked Sendable {
                 stopWatchingAll(&current, until: now + Self.backOff)
             } else if now - stretch.started > Self.judgedEvery, judge(&stretch) == true {
                 stopWatchingAll(&current, until: now + Self.unprofitableBackOff)
-                stretch = Stretch()
             } else if served {
                 lastServed = now
             } else if now - lastServed > Self.parkAfter {
                 let unprofitable = judge(&stretch) == true
                 stopWatchingAll(&current, until: unprofitable ? now + Self.unprofitableBackOff : nil)
-                stretch = Stretch()
             } else if now - lastServed > Self.yieldAfter {
                 // Nothing posted for a while: let other threads (pool refill, teardown)
                 // have the core, but come back at once if none wants it.
