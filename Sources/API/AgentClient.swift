@@ -287,6 +287,14 @@ private struct Reader {
         // A scratch area on the stack, not zeroed: a response is usually one read of a few hundred bytes.
         let count = try withUnsafeTemporaryAllocation(byteCount: 16 * 1024, alignment: 1) { scratch -> Int in
             while true {
+                // Waits in poll for input: a thread blocked in recv on a Unix stream socket is
+                // also woken each time the daemon reads the request (the kernel signals write
+                // space on the same wait queue), one more wake-up of this thread per call.
+                var input = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                if poll(&input, 1, -1) < 0 {
+                    if errno == EINTR { continue }
+                    throw AgentClient.ClientError(description: "waiting for the daemon failed: \(String(cString: strerror(errno)))")
+                }
                 // unsafe: recv writes at most scratch.count bytes into the scratch area, and only those it reports are copied.
                 let count = recv(fd, scratch.baseAddress, scratch.count, 0)
                 if count < 0 {
