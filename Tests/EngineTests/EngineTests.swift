@@ -46,4 +46,36 @@ struct EngineTests {
         #expect(throws: (any Error).self) { try database.write { db in try db.execute(sql: "DELETE FROM event") } }
         #expect(try store.events().map(\.result) == ["ok"])
     }
+
+    /// A burst of runs far beyond what the host runs at once is queued (`Engine.makeSlots`):
+    /// the runs take the VMs their predecessors give back instead of each building one.
+    /// Before, every run of the burst took a VM at once, and all but the pool's few were built
+    /// (a pool miss each, milliseconds of CPU).
+    @Test func aBurstOfRunsReusesReturnedVMsInsteadOfBuildingThem() async throws {
+        let state = try HostFacts.makeTemporaryFolder("engine-burst")
+        let root = try BusyboxRootfs.make()
+        defer {
+            try? FileManager.default.removeItem(at: state)
+            try? FileManager.default.removeItem(at: root)
+        }
+        let engine = try Engine(stateFolder: state, metricsFactory: NOOPMetricsHandler.instance)
+        _ = try await engine.addImage(ImageRecord(name: "busybox", rootfs: root.path, executable: "/bin/busybox"), by: "test")
+        let policy = try await engine.createParents(ParentPolicy(image: "busybox", readyVMs: 4), by: "test")
+        for _ in 0..<200 where try await engine.parent(policy.id, withSharing: false).readyVMsNow < 4 {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let runs = 64
+        let outputs = try await withThrowingTaskGroup(of: String.self) { group in
+            for index in 0..<runs {
+                group.addTask {
+                    try await engine.runContainer(ContainerSpec(image: "busybox", arguments: ["echo", "run \(index)"]), by: "test").stdout
+                }
+            }
+            return try await group.reduce(into: [String]()) { $0.append($1) }
+        }
+        #expect(Set(outputs) == Set((0..<runs).map { "run \($0)\n" }))
+        let misses = try await engine.parent(policy.id, withSharing: false).poolMisses
+        #expect(misses < runs / 2, "\(misses) of \(runs) runs built their VM")
+        await engine.shutdown(grace: .milliseconds(200))
+    }
 }
