@@ -26,8 +26,8 @@ import Synchronization
 ///
 /// Polling must also pay for itself: once the engine has measured what a call costs on this
 /// machine by VM exit and by the poller (`setCosts`), the poller compares, over each stretch
-/// of its work (at least 2 ms of its CPU time), its own CPU time with
-/// what the calls it served saved (each the difference of the two costs). When it spent
+/// of its work (at least 2 ms of its CPU time), that CPU time with what the calls it served
+/// saved (each the difference of the two costs). When it spent
 /// more than they saved, polling stays off for half a second and every call exits. Short
 /// containers make few calls the poller can serve (a `busybox echo` forked at main, about
 /// one; the rest of its exits are faults) while it spins through their whole life: measured
