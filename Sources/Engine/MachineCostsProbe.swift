@@ -35,6 +35,11 @@ final class MachineCostsProbe: Sendable {
         self.poller = poller
         self.folder = folder
         self.logger = logger
+        // A measurement an earlier process did not finish (it was killed) left its programs.
+        let left = (try? FileManager.default.contentsOfDirectory(atPath: folder.path)) ?? []
+        for name in left where name.hasPrefix(MachineCosts.folderPrefix) {
+            try? FileManager.default.removeItem(at: folder.appendingPathComponent(name))
+        }
     }
 
     /// The last figures measured, if any.

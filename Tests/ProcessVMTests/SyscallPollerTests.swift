@@ -215,12 +215,26 @@ struct SyscallPollerTests {
         return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 
-    /// Polling judged against this machine's costs (`setCosts`): the same guest, 20,000
-    /// getpid calls, under costs where each served call saves 999 µs and where it saves 0.1 µs.
-    /// In the second, the poller's CPU time soon outweighs what it saves, polling goes off and
-    /// the calls exit; in the first, it stays on (a loaded host may starve the vCPU for a
-    /// moment, so the first is held to serving far more, not to never going off).
-    @Test func pollingStaysOnOnlyWhileItSavesMoreThanItCosts() throws {
+    /// The judgement itself, on figures measured on this machine (VM exit 22.6 µs, polled
+    /// call 3.6 µs): at 2,000 `busybox echo` launches a second the poller spent 136 µs per
+    /// container and served 2.3 of its calls (each saving 19 µs): polling did not pay; a shell
+    /// loop's calls, each served in about 3 µs of the poller's time, pay.
+    @Test func pollingPaysWhenItsCallsSaveMoreThanThePollerSpends() {
+        let saving = 22_600 - 3_600
+        #expect(!SyscallPoller.paid(spentNanoseconds: 136_000 * 10, served: 23, savingNanoseconds: saving))
+        #expect(SyscallPoller.paid(spentNanoseconds: 3_000 * 1000, served: 1000, savingNanoseconds: saving))
+        #expect(SyscallPoller.paid(spentNanoseconds: 19_000, served: 1, savingNanoseconds: saving))
+        #expect(!SyscallPoller.paid(spentNanoseconds: 19_001, served: 1, savingNanoseconds: saving))
+        // An exit no dearer than a polled call: polling never pays.
+        #expect(!SyscallPoller.paid(spentNanoseconds: 1, served: 1000, savingNanoseconds: -500))
+    }
+
+    /// Polling judged against this machine's costs (`setCosts`) in a running poller: 20,000
+    /// getpid calls under costs where each served call saves 0.1 µs (polling goes off, the
+    /// calls exit) and where each saves 999 µs (it goes off less often, if ever). Only the
+    /// judgements are compared: how many calls each serves also depends on the poller losing
+    /// its core on a busy host (the other back-off), which a test run in parallel provokes.
+    @Test func aRunningPollerGoesOffWhenItsCallsSaveTooLittle() throws {
         let calls = 20_000
         let code = [0x49, 0xBC] + withUnsafeBytes(of: UInt64(calls).littleEndian) { Array($0) } // mov r12, calls
             + [0xB8, 39, 0, 0, 0, 0x0F, 0x05, 0x49, 0xFF, 0xCC, 0x75, 0xF4] // getpid; dec r12; jnz
@@ -238,11 +252,11 @@ struct SyscallPollerTests {
             #expect(try vm.run() == .exited(0))
             return poller.statistics
         }
-        let pays = try run(exitMicroseconds: 1000, polledMicroseconds: 1)
         let doesNot = try run(exitMicroseconds: 3.6, polledMicroseconds: 3.5)
-        #expect(doesNot.unprofitableBackOffs > 0, "polling stayed on although each call saved 0.1 µs")
+        let pays = try run(exitMicroseconds: 1000, polledMicroseconds: 1)
+        #expect(doesNot.unprofitableBackOffs > 0, "polling stayed on although each call saved 0.1 µs (\(doesNot.callsServed) served)")
         #expect(doesNot.callsServed < calls, "every call was polled although each saved 0.1 µs")
-        #expect(pays.callsServed > 2 * doesNot.callsServed,
-                "served \(pays.callsServed) calls where each saves 999 µs, \(doesNot.callsServed) where each saves 0.1 µs")
+        #expect(pays.unprofitableBackOffs < doesNot.unprofitableBackOffs,
+                "went off \(pays.unprofitableBackOffs) times where each call saves 999 µs, \(doesNot.unprofitableBackOffs) where each saves 0.1 µs")
     }
 }

@@ -15,10 +15,13 @@ public struct MachineCosts: Sendable, Codable, Equatable {
     /// One CPUID instruction, emulated by PVM.
     public var cpuidMicroseconds: Double
 
+    /// The name of the folder a measurement writes its programs into starts so.
+    public static let folderPrefix = "vmfork-costs-"
+
     /// `under`: where the tiny programs are written for the measurement (the temporary folder
     /// when nil); they are deleted afterwards.
     public static func measure(system: KVMSystem, calls: Int = 2000, runs: Int = 5, under: URL? = nil) throws -> MachineCosts {
-        let folder = (under ?? FileManager.default.temporaryDirectory).appendingPathComponent("vmfork-costs-\(UUID().uuidString)")
+        let folder = (under ?? FileManager.default.temporaryDirectory).appendingPathComponent("\(folderPrefix)\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: folder) }
         let programs: [(String, [UInt8])] = [

@@ -142,10 +142,16 @@ public final class SyscallPoller: KVMSystemCompanion, @unchecked Sendable {
             stretch.started = .now
             return nil
         }
-        let unprofitable = spent > stretch.served * max(0, saving)
+        let unprofitable = !Self.paid(spentNanoseconds: spent, served: stretch.served, savingNanoseconds: saving)
         stretch = Stretch()
         if unprofitable { unprofitableBackOffs.add(1, ordering: .relaxed) }
         return unprofitable
+    }
+
+    /// Whether polling paid over a stretch: the poller spent no more CPU than the calls it
+    /// served saved, each `savingNanoseconds` (an exit's cost less a polled call's).
+    static func paid(spentNanoseconds: Int, served: Int, savingNanoseconds: Int) -> Bool {
+        spentNanoseconds <= served * max(0, savingNanoseconds)
     }
 
     /// The poller's figures so far, for the engine's metrics.
