@@ -78,6 +78,7 @@ extension Engine {
             guard !Task.isCancelled else { return }
             if let workers = workerSet {
                 if let reading = MemoryReading.current() { await relievePressureInWorkers(workers, reading, policy: policy) }
+                await sendCostsToWorkers(workers)
                 continue
             }
             // Reading /proc and dropping VMs are blocking calls: off the cooperative pool.

@@ -505,6 +505,15 @@ extension Engine {
         }
     }
 
+    /// Passes the machine's costs, as the daemon last measured them, to each worker that does
+    /// not have them yet (a new or restarted worker, or new figures): its poller judges by them.
+    func sendCostsToWorkers(_ workers: WorkerSet) async {
+        guard let costs = costsProbe?.latest else { return }
+        for connection in workers.connections where connection.costsSent != costs {
+            if (try? await connection.call("costs", costs, as: WorkerNothing.self)) != nil { connection.costsSent = costs }
+        }
+    }
+
     /// Stops every worker (the daemon's graceful shutdown: their containers are stopped already).
     func stopWorkers(grace: Duration) async {
         guard let workers = workerSet else { return }

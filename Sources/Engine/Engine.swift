@@ -151,11 +151,12 @@ public final class Engine: Sendable {
         let containers = options.containersFolder ?? stateFolder.appendingPathComponent("containers", isDirectory: true)
         try FileManager.default.createDirectory(at: containers, withIntermediateDirectories: true)
         containerFolders = ContainerFolderPool(folder: containers, owner: options.workerShard.map { "w\($0)" } ?? "d")
-        // The daemon of workers runs no VM of its own; a worker measures once, now, before it
-        // confines itself; an engine on its own measures in the background, now and later.
-        if let system = self.system, options.pollsSystemCalls, workerSet == nil {
+        // Measured in the background, now and every ten minutes, by the engine on its own or by
+        // the daemon of workers, which passes the figures to its workers (`sendCostsToWorkers`):
+        // a worker, confined, cannot write the probe's programs.
+        if let system = self.system, options.pollsSystemCalls, options.workerShard == nil {
             let probe = MachineCostsProbe(system: system, poller: SyscallPoller.of(system), folder: stateFolder, logger: logger)
-            if options.workerShard != nil { probe.measureNow() } else { probe.start() }
+            probe.start()
             costsProbe = probe
         } else {
             costsProbe = nil

@@ -11,8 +11,9 @@ import Synchronization
 /// 3-20x in what an exit costs and drift within the hour, so the engine measures its own,
 /// at its start and again every `interval`.
 ///
-/// In a worker the measurement is made once, before the worker confines itself (its
-/// seccomp filter and Landlock domain come after its engine is made): `measureNow`.
+/// Workers do not measure: confined (seccomp, Landlock), they could not write the probe's
+/// programs, and a single measurement at a worker's start, when the host may be busy, would
+/// stick. The daemon measures and sends its figures to each worker (`sendCostsToWorkers`).
 final class MachineCostsProbe: Sendable {
     static let interval: Duration = .seconds(600)
     private static let calls = 300

@@ -1,4 +1,5 @@
 import Foundation
+import ProcessVM
 import Synchronization
 
 /// The daemon's connection to one engine worker: requests matched to their replies by id,
@@ -21,6 +22,8 @@ final class WorkerConnection: Sendable {
         /// The image records this connection's worker has taken (a create then names its
         /// image only); a new connection starts empty, so a restarted worker is sent them again.
         var images: [String: ImageRecord] = [:]
+        /// The machine's costs last sent to this worker.
+        var costsSent: MachineCosts?
     }
 
     init(shard: Int, socketPath: String) throws(EngineError) {
@@ -41,6 +44,11 @@ final class WorkerConnection: Sendable {
     var pollerThread: Int32? {
         get { state.withLock { $0.pollerThread } }
         set { state.withLock { $0.pollerThread = newValue } }
+    }
+
+    var costsSent: MachineCosts? {
+        get { state.withLock { $0.costsSent } }
+        set { state.withLock { $0.costsSent = newValue } }
     }
 
     /// Whether the worker has this record of the image (sent on this connection before).

@@ -1,5 +1,6 @@
 import CShims
 import Foundation
+import ProcessVM
 import Logging
 import Store
 import Synchronization
@@ -270,6 +271,13 @@ public final class WorkerServer: Sendable {
                 let reading = MemoryReading(availableKiB: request.availableKiB, totalKiB: request.totalKiB, stalledPercent: request.stalledPercent)
                 let policy = MemoryPressurePolicy(minimumAvailableMiB: request.minimumAvailableMiB, maximumStalledPercent: request.maximumStalledPercent)
                 return try await engine.onBlockingThread { [engine] in engine.relieveMemoryPressure(reading, policy: policy) }
+            }
+        case "costs":
+            await peer.reply(id) { [self] in
+                let costs = try body(MachineCosts.self, frame)
+                engine.poller?.setCosts(costs)
+                engine.logger.info("machine costs from the daemon", metadata: ["costs": "\(costs.summary)"])
+                return WorkerNothing()
             }
         case "status":
             await peer.reply(id) { [self] in try await status(sharing: (try? body(WorkerStatusRequest.self, frame).sharing) ?? false) }

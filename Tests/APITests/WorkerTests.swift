@@ -247,6 +247,20 @@ struct WorkerTests {
 
     /// A running container's figures come from the worker that runs it: its stats (memory
     /// and CPU), its processes, and its memory in the list and in inspect.
+    /// The daemon measures the machine's exit and polled-call costs and passes them to each
+    /// worker (which, confined, cannot measure them itself), for its poller's judgement.
+    @Test func eachWorkerGetsTheDaemonsMeasuredCosts() async throws {
+        try await Self.withWorkers(2) { daemon, _ in
+            let logs = (0..<2).map { daemon.state.appendingPathComponent("workers/\($0).log").path }
+            func told(_ path: String) -> Bool {
+                ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").contains("machine costs from the daemon")
+            }
+            let deadline = Date().addingTimeInterval(30)
+            while Date() < deadline, !logs.allSatisfy(told) { try await Task.sleep(for: .milliseconds(200)) }
+            for path in logs { #expect(told(path), "\(path) never got the daemon's costs") }
+        }
+    }
+
     @Test func aWorkersContainerHasItsFiguresThroughTheDaemon() async throws {
         try await Self.withWorkers(1) { daemon, client in
             let created = try await client.send("POST", "/v1/containers", json: ContainerSpec(image: "busybox", name: "figures", arguments: ["sh", "-c", "read x"],
