@@ -51,9 +51,6 @@ final class VMPool: @unchecked Sendable {
     /// Forks waiting for a returned VM sleep here and are woken one per VM (a broadcast on
     /// `condition` would wake every one of hundreds at each return). Taken before `condition`.
     private let returnedOne = NSCondition()
-    /// Forks that waited for flowing returns instead of making a VM.
-    var waitedForReturns: Int { condition.withLock { flowWaits } }
-    private var flowWaits = 0
 
     init(system: KVMSystem, forkPoint: ForkPoint, target: Int) {
         self.system = system
@@ -63,13 +60,6 @@ final class VMPool: @unchecked Sendable {
         returnQueue = DispatchQueue(label: "vmfork.pool.returns", qos: .utility)
     }
 
-    /// A ready VM (the most recently readied, likely a reused one); when there is none, a
-    /// returned VM no thread has begun to restore, restored here (a restore costs a few
-    /// hundred µs, a new VM milliseconds: on a busy host the return queue fell behind, and
-    /// 23 % of forks under 4 clients built VMs while VMs waited to be restored); else one on
-    /// its way back within `returnWait`; else one made now. A refill starts when the pool
-    /// (counting returns on their way) falls below half its target: above that, finished
-    /// children's VMs coming back are expected to keep it topped up.
     private enum Found { case ready(PreparedVM), returned(ProcessVM), none }
 
     /// A ready VM, else a returned one no thread has begun to restore; under `condition`'s lock.
@@ -79,6 +69,14 @@ final class VMPool: @unchecked Sendable {
         return nil
     }
 
+    /// A ready VM (the most recently readied, likely a reused one); when there is none, a
+    /// returned VM no thread has begun to restore, restored here (a restore costs a few
+    /// hundred µs, a new VM milliseconds: on a busy host the return queue fell behind, and
+    /// 23 % of forks under 4 clients built VMs while VMs waited to be restored); else one on
+    /// its way back within `returnWait`; else, while children's VMs keep coming back, the next
+    /// of them (`waitForFlowingReturns`); else one made now. A refill starts when the pool
+    /// (counting returns on their way) falls below half its target: above that, finished
+    /// children's VMs coming back are expected to keep it topped up.
     func take() throws(GuestError) -> PreparedVM {
         var found: Found = condition.withLock {
             if let now = takeNow() { return now }
@@ -119,19 +117,14 @@ final class VMPool: @unchecked Sendable {
     private func waitForFlowingReturns() -> Found {
         let start = ContinuousClock.now
         return returnedOne.withLock {
-            var waited = false
             while true {
                 let (found, flowing): (Found?, Bool) = condition.withLock {
                     if let now = takeNow() { return (now, true) }
                     let now = ContinuousClock.now
                     return (nil, lastReturn.map { now - $0 < Self.flowWindow } ?? false && now - start < Self.flowWait)
                 }
-                if let found {
-                    if waited { condition.withLock { flowWaits += 1 } }
-                    return found
-                }
+                if let found { return found }
                 guard flowing else { return .none }
-                waited = true
                 // Woken by the next VM made ready or handed back; the timeout looks at the flow again.
                 _ = returnedOne.wait(until: Date(timeIntervalSinceNow: 0.001))
             }
