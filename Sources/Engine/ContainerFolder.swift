@@ -76,10 +76,13 @@ final class ContainerLogFiles: Sendable {
     }
 
     /// The log's bytes.
-    func read(_ stream: LogStream) -> [UInt8] {
-        let fd = stream == .stderr ? stderrReader : stdoutReader
-        let size = self.size(stream)
-        guard size > 0 else { return [] }
+    func read(_ stream: LogStream) -> [UInt8] { Self.readWhole(stream == .stderr ? stderrReader : stdoutReader) }
+
+    /// The whole file open at `fd`, from its start (fstat for the size, then pread).
+    static func readWhole(_ fd: Int32) -> [UInt8] {
+        var info = stat()
+        guard fstat(fd, &info) == 0, info.st_size > 0 else { return [] }
+        let size = Int(info.st_size)
         var bytes = [UInt8](repeating: 0, count: size)
         var filled = 0
         while filled < size {

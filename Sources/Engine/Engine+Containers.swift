@@ -558,19 +558,7 @@ extension Engine {
         if fd < 0, errno == EPERM { fd = open(path, O_RDONLY | O_CLOEXEC) }
         guard fd >= 0 else { return [] }
         defer { close(fd) }
-        var info = stat()
-        guard fstat(fd, &info) == 0, info.st_size > 0 else { return [] }
-        var bytes = [UInt8](repeating: 0, count: Int(info.st_size))
-        var filled = 0
-        while filled < bytes.count {
-            // unsafe: the pointer is into the array's own storage, offset below its count, for the call.
-            let count = bytes.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + filled, $0.count - filled) }
-            if count < 0, errno == EINTR { continue }
-            guard count > 0 else { break }
-            filled += count
-        }
-        if filled < bytes.count { bytes.removeSubrange(filled...) }
-        return bytes
+        return ContainerLogFiles.readWhole(fd)
     }
 }
 
