@@ -16,6 +16,8 @@ import Synchronization
 /// stick. The daemon measures and sends its figures to each worker (`sendCostsToWorkers`).
 final class MachineCostsProbe: Sendable {
     static let interval: Duration = .seconds(600)
+    /// How soon a measurement that gave nothing worth handing is tried again.
+    static let retry: Duration = .seconds(10)
     private static let calls = 300
     private static let runs = 3
 
@@ -46,15 +48,24 @@ final class MachineCostsProbe: Sendable {
     /// The last figures measured, if any.
     var latest: MachineCosts? { state.withLock { $0.latest } }
 
-    /// Measures on the calling thread and hands the figures to the poller.
-    func measureNow() {
+    /// Measures on the calling thread and hands the figures to the poller; false when there
+    /// were none worth handing (a failure, or a polled call no cheaper than an exit, which
+    /// says the poller had no core during the measurement, not what polling costs).
+    @discardableResult
+    func measureNow() -> Bool {
         do {
             let costs = try MachineCosts.measure(system: system, calls: Self.calls, runs: Self.runs, under: folder)
+            guard costs.polledMicroseconds < costs.exitMicroseconds else {
+                logger.info("machine costs measured while the host was busy: kept the last", metadata: ["costs": "\(costs.summary)"])
+                return false
+            }
             state.withLock { $0.latest = costs }
             poller.setCosts(costs)
             logger.info("machine costs measured", metadata: ["costs": "\(costs.summary)"])
+            return true
         } catch {
             logger.warning("machine costs could not be measured: the poller polls without judging", metadata: ["error": "\(error)"])
+            return false
         }
     }
 
@@ -64,8 +75,7 @@ final class MachineCostsProbe: Sendable {
         let thread = Thread { [self] in
             defer { ended.signal() }
             while !state.withLock({ $0.stopped }) {
-                measureNow()
-                let seconds = Double(Self.interval.components.seconds)
+                let seconds = Double((measureNow() ? Self.interval : Self.retry).components.seconds)
                 _ = wake.wait(timeout: .now() + seconds)
             }
         }
