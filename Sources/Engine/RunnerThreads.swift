@@ -23,15 +23,19 @@ final class RunnerThreads: Sendable {
     /// Runs `body` on an idle runner thread, or a new one when none is idle.
     func run(_ body: @escaping @Sendable () -> Void) {
         let handOff = condition.withLock { () -> Bool in
-            let waiting = state.withLock { state -> Bool in
+            state.withLock { state -> Bool in
                 guard state.idle > state.work.count else { return false }
                 state.work.append(body)
                 return true
             }
-            if waiting { condition.signal() }
-            return waiting
         }
-        guard !handOff else { return }
+        if handOff {
+            // Signalled after the lock is let go: a thread woken while it is held wakes only to
+            // block on it, and is woken a second time (two switches per container, traced).
+            // Not lost: the waiter checks the work list under the lock before it waits.
+            condition.signal()
+            return
+        }
         let thread = Thread { [self] in
             body()
             loop()

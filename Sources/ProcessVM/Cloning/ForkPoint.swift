@@ -328,11 +328,17 @@ extension PreparedVM {
         do throws(KVMError) {
             vcpu.discardSyncedChanges()
             vcpu.requestImmediateExit(false)
+            // Only what a child can change is set again, each register ioctl costing ~10 µs
+            // here (the vCPU's state switched in and out around it): the special registers
+            // (segments, their bases: FS and GS too) and the FPU/vector state. Not the MSRs
+            // captured (STAR, LSTAR, CSTAR, SFMASK, the GS and FS bases and the kernel's GS
+            // base) nor XCR0: only privileged code writes them, and a child has none — its
+            // code runs in user mode, and in PVM's supervisor mode only the engine's
+            // read-only system-call stub runs, which writes neither; the FS and GS bases are
+            // the segments' bases, set with the special registers. Not the general registers:
+            // the fork writes them all through the synced area.
             try vcpu.setSpecialRegisters(forkPoint.specialRegisters)
-            try vcpu.setMSRs(forkPoint.modelSpecificRegisters)
-            try vcpu.setXCRs(forkPoint.xcrs)
             try vcpu.setXSave(forkPoint.xsave)
-            try vcpu.setRegisters(forkPoint.registers)
             if !readAgain.isEmpty {
                 SystemArea.warmUpListBytes(readAgain).withUnsafeBytes { child.space.loaderWrite(SystemArea.warmUpList, $0) }
                 try Self.readAhead(vcpu, for: forkPoint)
