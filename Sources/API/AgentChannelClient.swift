@@ -52,6 +52,55 @@ final class AgentChannelClient: Sendable {
         return response
     }
 
+    /// A request whose answer streams (a follow of logs or events): `onStatus` once its head
+    /// is in, `onPiece` with each piece of its body as it arrives, then `onEnd` (nil when the
+    /// answer ended, else why it failed), all on an event loop, on a connection of its own
+    /// that is never kept. No thread waits meanwhile: a follow that has nothing new holds a
+    /// connection only. The returned cancel closes the connection at once.
+    func stream(head: String, onStatus: @escaping @Sendable (Int) -> Void, onPiece: @escaping @Sendable (ByteBuffer) -> Void,
+                onEnd: @escaping @Sendable ((any Error)?) -> Void) -> @Sendable () -> Void {
+        let loop = MultiThreadedEventLoopGroup.currentEventLoop ?? MultiThreadedEventLoopGroup.singleton.next()
+        let request = ByteBuffer(string: head)
+        let connection = Mutex<(cancelled: Bool, channel: (any Channel)?)>((false, nil))
+        ClientBootstrap(group: loop)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(AgentResponseReader()) }
+            }
+            .connect(unixDomainSocketPath: socketPath)
+            .whenComplete { result in
+                let channel: any Channel
+                switch result {
+                case .failure(let error):
+                    onEnd(error)
+                    return
+                case .success(let connected): channel = connected
+                }
+                let cancelled = connection.withLock { state -> Bool in
+                    state.channel = channel
+                    return state.cancelled
+                }
+                guard !cancelled, let reader = try? channel.pipeline.syncOperations.handler(type: AgentResponseReader.self) else {
+                    channel.close(promise: nil)
+                    onEnd(AgentResponseReader.Failure(description: "the stream was cancelled", answerBegun: false))
+                    return
+                }
+                let answered = channel.eventLoop.makePromise(of: (AgentClient.Response, reusable: Bool).self)
+                answered.futureResult.whenComplete { result in
+                    channel.close(promise: nil)
+                    if case .failure(let error) = result { onEnd(error) } else { onEnd(nil) }
+                }
+                reader.expect(answered, streamingTo: AgentResponseReader.Sink(status: onStatus, piece: onPiece))
+                channel.writeAndFlush(request).whenFailure { error in reader.abandon("sending to the daemon failed: \(error)") }
+            }
+        return {
+            let channel = connection.withLock { state -> (any Channel)? in
+                state.cancelled = true
+                return state.channel
+            }
+            channel?.close(promise: nil)
+        }
+    }
+
     private static func exchange(_ channel: any Channel, _ request: ByteBuffer) -> EventLoopFuture<(AgentClient.Response, reusable: Bool, channel: any Channel)> {
         let promise = channel.eventLoop.makePromise(of: (AgentClient.Response, reusable: Bool).self)
         let begin: @Sendable () -> Void = {
@@ -110,7 +159,15 @@ final class AgentResponseReader: ChannelInboundHandler, @unchecked Sendable {
         case untilClose
     }
 
+    /// Where a streamed answer goes as it comes: its status once the head is in, then each
+    /// piece of its body (the answer's `body` then stays empty).
+    struct Sink {
+        let status: (Int) -> Void
+        let piece: (ByteBuffer) -> Void
+    }
+
     private var promise: EventLoopPromise<(AgentClient.Response, reusable: Bool)>?
+    private var sink: Sink?
     private var input = ByteBuffer()
     private var state = State.head
     private var status = 0
@@ -119,8 +176,9 @@ final class AgentResponseReader: ChannelInboundHandler, @unchecked Sendable {
     private var reusable = true
     private var begun = false
 
-    func expect(_ promise: EventLoopPromise<(AgentClient.Response, reusable: Bool)>) {
+    func expect(_ promise: EventLoopPromise<(AgentClient.Response, reusable: Bool)>, streamingTo sink: Sink? = nil) {
         self.promise = promise
+        self.sink = sink
         (state, status, headers, body, reusable, begun) = (.head, 0, [:], Data(), true, false)
     }
 
@@ -177,10 +235,15 @@ final class AgentResponseReader: ChannelInboundHandler, @unchecked Sendable {
         return String(decoding: bytes, as: UTF8.self)
     }
 
-    /// Moves up to `count` bytes of the body from the input; returns how many are still to come.
+    /// Moves up to `count` bytes of the body from the input (to the sink, when streaming);
+    /// returns how many are still to come.
     private func takeBody(_ count: Int) -> Int {
         let take = min(count, input.readableBytes)
-        body.append(contentsOf: input.readBytes(length: take)!)
+        if let sink {
+            if take > 0 { sink.piece(input.readSlice(length: take)!) }
+        } else {
+            body.append(contentsOf: input.readBytes(length: take)!)
+        }
         return count - take
     }
 
@@ -204,6 +267,7 @@ final class AgentResponseReader: ChannelInboundHandler, @unchecked Sendable {
                     headers[header[..<colon].lowercased()] = String(value)
                 }
                 reusable = headers["connection"]?.lowercased() != "close"
+                sink?.status(status)
                 if headers["transfer-encoding"]?.lowercased() == "chunked" {
                     state = .chunkSize
                 } else if let length = headers["content-length"].flatMap(Int.init), length >= 0 {
@@ -245,7 +309,7 @@ final class AgentResponseReader: ChannelInboundHandler, @unchecked Sendable {
                     finish()
                 }
             case .untilClose:
-                body.append(contentsOf: input.readBytes(length: input.readableBytes)!)
+                _ = takeBody(input.readableBytes)
                 return
             }
         }

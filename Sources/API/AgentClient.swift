@@ -97,6 +97,25 @@ public final class AgentClient: Sendable {
         try await send(method, path, body: try JSONEncoder().encode(value))
     }
 
+    /// A request whose response streams (logs or events with follow), read by an event loop
+    /// instead of a blocking thread: `onStatus` once its head is in, `onPiece` with each piece
+    /// of its body, then `onEnd` (nil when the answer ended, else why it failed). Returns the
+    /// stream's cancel (it closes the connection at once), or nil over TCP, where `stream`
+    /// (blocking, on a thread of the caller's) is the way.
+    public func streamOnEventLoop(_ method: String, _ path: String, onStatus: @escaping @Sendable (Int) -> Void,
+                                  onPiece: @escaping @Sendable (Data) -> Void,
+                                  onEnd: @escaping @Sendable ((any Error)?) -> Void) -> (@Sendable () -> Void)? {
+        guard let channels else { return nil }
+        let head = requestHead(method, path, body: nil, contentType: "application/json", keepAlive: false)
+        return channels.stream(head: head, onStatus: onStatus, onPiece: { onPiece(Data($0.readableBytesView)) }, onEnd: { error in
+            switch error {
+            case nil: onEnd(nil)
+            case let failure as AgentResponseReader.Failure: onEnd(ClientError(description: failure.description))
+            case let error?: onEnd(ClientError(description: "cannot reach the vmfork daemon at \(channels.socketPath): \(error) (start it with vmfork serve)"))
+            }
+        })
+    }
+
     /// Sends a request whose response streams (logs or events with follow): `onChunk` gets
     /// each piece of the body as it arrives and returns false to stop. Returns the status.
     /// `onStatus` hears the status as soon as the head is in (a follow that says nothing yet

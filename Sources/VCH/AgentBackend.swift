@@ -40,12 +40,46 @@ struct AgentBackend: Sendable {
         }
     }
 
-    /// A streaming GET (logs or events with follow): the body's pieces as they arrive. The
-    /// blocking read runs on a thread of its own; when the consumer goes away its connection
-    /// to the agent is shut down at once (a follow that has nothing new would otherwise hold
-    /// it, and a place under the agent's connection limit, until its next piece).
+    /// A streaming GET (logs or events with follow): the body's pieces as they arrive. Over
+    /// the agent's Unix socket an event loop reads them (no thread waits while a follow has
+    /// nothing new); over TCP the blocking read runs on a thread of its own. When the consumer
+    /// goes away its connection to the agent is closed at once (a follow that has nothing new
+    /// would otherwise hold it, and a place under the agent's connection limit, until its
+    /// next piece).
     func stream(_ path: String) -> AsyncThrowingStream<Data, Error> {
         let (stream, continuation) = AsyncThrowingStream<Data, Error>.makeStream()
+        // A refusal's body is the agent's error, never a piece of the stream.
+        let refusal = Mutex<(status: Int, body: Data)?>(nil)
+        let cancel = client.streamOnEventLoop("GET", path, onStatus: { status in
+            if status >= 300 { refusal.withLock { $0 = (status, Data()) } }
+        }, onPiece: { piece in
+            let refused = refusal.withLock { state -> Bool in
+                guard var kept = state else { return false }
+                kept.body.append(piece.prefix(max(0, 4096 - kept.body.count)))
+                state = kept
+                return true
+            }
+            if !refused { continuation.yield(piece) }
+        }, onEnd: { error in
+            if let error {
+                continuation.finish(throwing: error)
+            } else if let (status, body) = refusal.withLock({ $0 }) {
+                let message = AgentClient.Response(status: status, headers: [:], body: body).errorMessage
+                continuation.finish(throwing: DockerError(status: .init(statusCode: status), message: "the host agent refused GET \(path): \(message)"))
+            } else {
+                continuation.finish()
+            }
+        })
+        if let cancel {
+            continuation.onTermination = { _ in cancel() }
+            return stream
+        }
+        return blockingStream(path, continuation: continuation, stream: stream)
+    }
+
+    /// `stream` over TCP: the blocking client on a thread of its own.
+    private func blockingStream(_ path: String, continuation: AsyncThrowingStream<Data, Error>.Continuation,
+                                stream: AsyncThrowingStream<Data, Error>) -> AsyncThrowingStream<Data, Error> {
         let stopped = StopFlag()
         let cancellation = AgentClient.StreamCancellation()
         continuation.onTermination = { _ in
