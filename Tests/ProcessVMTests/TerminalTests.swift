@@ -78,6 +78,27 @@ struct TerminalTests {
         #expect(run.output == "tty\r\n24 80\r\n")
     }
 
+    /// `tty` (the C library's ttyname: fstat, readlink of /proc/self/fd/0, stat of what it
+    /// names) prints the terminal's name, as natively on a pseudo-terminal; the name's device
+    /// is the same from the descriptor, the path and the link; without a terminal, `tty` says
+    /// so and fails, as natively with a pipe.
+    @Test func ttyNamesTheTerminal() throws {
+        let run = try Self.runInTerminal(["sh", "-c", "tty; stat -c '%F %t:%T %i' /dev/pts/0; stat -L -c '%F %t:%T %i' /proc/self/fd/2"])
+        #expect(run.status == 0, "stderr: \(run.stderr)")
+        #expect(run.output == "/dev/pts/0\r\ncharacter special file 88:0 3\r\ncharacter special file 88:0 3\r\n")
+        if Self.hasPython {
+            let native = try Self.runNativelyInPseudoTerminal(["tty"])
+            #expect(native.status == 0)
+            #expect(native.output.hasPrefix("/dev/pts/") && native.output.hasSuffix("\r\n"), "native: \(native.output)")
+        }
+        let root = try BusyboxRootfs.make()
+        defer { try? FileManager.default.removeItem(at: root) }
+        let guest = try GuestRunner.run(["/bin/busybox", "tty"], rootfs: root, environment: Self.environment)
+        let native = try HostFacts.run(BusyboxRootfs.hostBusybox, ["tty"], stdin: Data())
+        #expect(guest.stdout == native.stdout && guest.stdout == "not a tty\n", "guest: \(guest.stdout) native: \(native.stdout)")
+        #expect(guest.status == native.status && guest.status == 1)
+    }
+
     /// Without a terminal nothing changes: isatty fails, stty answers ENOTTY, no "\r".
     @Test func withoutATerminalTheStreamsStayFiles() throws {
         let root = try BusyboxRootfs.make()

@@ -149,8 +149,8 @@ struct DockerCLITests {
     @Test func terminalForRunTAndIT() throws {
         let fixture = try VCHFixture()
         let socket = try fixture.startVCH("dev", pool: "dev")
-        let size = try fixture.docker(socket, ["run", "--rm", "-t", "busybox", "sh", "-c", "stty size; [ -t 0 ] && [ -t 1 ] && echo yes"])
-        #expect(size.status == 0 && size.stdout == "24 80\r\nyes\r\n" && size.stderr.isEmpty, "\(size)")
+        let size = try fixture.docker(socket, ["run", "--rm", "-t", "busybox", "sh", "-c", "stty size; [ -t 0 ] && [ -t 1 ] && echo yes; tty"])
+        #expect(size.status == 0 && size.stdout == "24 80\r\nyes\r\n/dev/pts/0\r\n" && size.stderr.isEmpty, "\(size)")
         let piped = try fixture.docker(socket, ["run", "--rm", "-i", "-t", "busybox", "true"], stdin: Data())
         #expect(piped.status != 0 && piped.stderr.contains("not a TTY"), "\(piped)")
 

@@ -47,6 +47,10 @@ extension GuestFiles {
         linuxResult { () throws(SystemError) in
             let file = try openFile(fd)
             try requireRoom(buffer, CSHIMS_STAT_SIZE)
+            if file.terminal != nil {
+                GuestStatBytes.terminal(into: buffer)
+                return 0
+            }
             if let disk = roots.disk, let state = file.disk {
                 GuestStatBytes.stat(try current(state.node), device: disk.device, into: buffer)
                 return 0

@@ -130,6 +130,10 @@ extension GuestFiles {
                 throw SystemError(call: "fstatat flags", errno: EINVAL)
             }
             try requireRoom(buffer, CSHIMS_STAT_SIZE)
+            if namesTerminal(dirfd: dirfd, path: path, emptyPathAllowed: flags & CSHIMS_AT_EMPTY_PATH != 0, followsLink: flags & AT_SYMLINK_NOFOLLOW == 0) {
+                GuestStatBytes.terminal(into: buffer)
+                return 0
+            }
             if let disk = roots.disk, let target = try diskTarget(dirfd, path, followFinalSymlink: flags & AT_SYMLINK_NOFOLLOW == 0,
                                                                  allowEmptyPath: flags & CSHIMS_AT_EMPTY_PATH != 0) {
                 GuestStatBytes.stat(target.node, device: disk.device, into: buffer)
@@ -152,6 +156,10 @@ extension GuestFiles {
                 throw SystemError(call: "statx flags", errno: EINVAL)
             }
             try requireRoom(buffer, CSHIMS_STATX_SIZE)
+            if namesTerminal(dirfd: dirfd, path: path, emptyPathAllowed: flags & CSHIMS_AT_EMPTY_PATH != 0, followsLink: flags & AT_SYMLINK_NOFOLLOW == 0) {
+                GuestStatBytes.terminalStatx(into: buffer)
+                return 0
+            }
             if let disk = roots.disk, let target = try diskTarget(dirfd, path, followFinalSymlink: flags & AT_SYMLINK_NOFOLLOW == 0,
                                                                  allowEmptyPath: flags & CSHIMS_AT_EMPTY_PATH != 0) {
                 GuestStatBytes.statx(target.node, device: disk.device, into: buffer)
@@ -172,6 +180,12 @@ extension GuestFiles {
         linuxResult { () throws(SystemError) in
             guard let base = buffer.baseAddress, buffer.count > 0 else { throw SystemError(call: "readlinkat", errno: EINVAL) }
             let emptyPath = path.pointee == 0
+            if let link = terminalLink(path) {
+                let count = min(link.count, buffer.count)
+                // unsafe: count is at most the buffer's size and the link's length.
+                link.withUnsafeBytes { base.copyMemory(from: $0.baseAddress!, byteCount: count) }
+                return count
+            }
             if let disk = roots.disk, let target = try diskTarget(dirfd, path, followFinalSymlink: false, allowEmptyPath: true) {
                 guard target.node.isSymlink else { throw SystemError(call: "readlinkat", errno: emptyPath ? ENOENT : EINVAL) }
                 let text = try disk.symlinkTarget(target.node)

@@ -1,0 +1,82 @@
+import CShims
+import HostSystem
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The name a container's terminal has inside it, for `ttyname` (the C library's, as `tty`,
+/// `ps` and shells' prompts use it): descriptors open on the terminal stat as the character
+/// device /dev/pts/0, `/proc/self/fd/N` of such a descriptor reads as that path, and the path
+/// stats as the same device, which is how the C library checks what the link said. Nothing
+/// else of /proc or /dev/pts exists in the guest; opening /dev/pts/0 by name is not served.
+extension GuestFiles {
+    /// The terminal's path in the guest.
+    static let terminalPath = Array("/dev/pts/0".utf8)
+
+    /// Whether (dirfd, path) names the terminal: the terminal's path while one is installed,
+    /// /proc/self/fd/N of a descriptor open on it when the link is followed, or an empty path
+    /// with AT_EMPTY_PATH on such a descriptor.
+    func namesTerminal(dirfd: Int32, path: UnsafePointer<CChar>, emptyPathAllowed: Bool, followsLink: Bool) -> Bool {
+        if path.pointee == 0 { return emptyPathAllowed && terminal(of: dirfd) != nil }
+        if followsLink, terminalLink(path) != nil { return true }
+        guard standardTerminal != nil, let bytes = try? GuestPath.bytes(of: path) else { return false }
+        return Self.collapsingSlashes(bytes) == Self.terminalPath
+    }
+
+    /// What readlink of `path` gives when it is /proc/self/fd/N (or /proc/thread-self/fd/N)
+    /// of a descriptor open on the terminal; nil for any other path.
+    func terminalLink(_ path: UnsafePointer<CChar>) -> [UInt8]? {
+        guard let bytes = try? GuestPath.bytes(of: path) else { return nil }
+        let components = bytes.split(separator: GuestPath.slash, omittingEmptySubsequences: true)
+        guard bytes.first == GuestPath.slash, components.count == 4, components[0].elementsEqual("proc".utf8),
+              components[1].elementsEqual("self".utf8) || components[1].elementsEqual("thread-self".utf8),
+              components[2].elementsEqual("fd".utf8),
+              components[3].allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }), components[3].count <= 9,
+              let fd = Int32(String(decoding: components[3], as: UTF8.self)), terminal(of: fd) != nil else { return nil }
+        return Self.terminalPath
+    }
+
+    private static func collapsingSlashes(_ bytes: [UInt8]) -> [UInt8] {
+        var result: [UInt8] = []
+        for byte in bytes where !(byte == GuestPath.slash && result.last == GuestPath.slash) { result.append(byte) }
+        return result
+    }
+}
+
+extension GuestStatBytes {
+    /// Linux's numbers for the first pseudo-terminal: major 136 (UNIX98 PTY slaves), minor 0,
+    /// inode 3 on its devpts mount, mode crw--w---- owned by root and the tty group (5).
+    private static let terminalDevice = encodedDevice(136, 0)
+    private static let devptsDevice: UInt64 = encodedDevice(0, 25)
+    private static let terminalInode: UInt64 = 3
+    /// S_IFCHR (0o020000) | rw--w----.
+    private static let terminalMode: UInt32 = 0o020620
+    private static let ttyGroup: UInt32 = 5
+
+    /// struct stat of the terminal (144 bytes).
+    static func terminal(into buffer: UnsafeMutableRawBufferPointer) {
+        buffer.initializeMemory(as: UInt8.self, repeating: 0)
+        buffer.storeBytes(of: devptsDevice, toByteOffset: 0, as: UInt64.self)
+        buffer.storeBytes(of: terminalInode, toByteOffset: 8, as: UInt64.self)
+        buffer.storeBytes(of: UInt64(1), toByteOffset: 16, as: UInt64.self)
+        buffer.storeBytes(of: terminalMode, toByteOffset: 24, as: UInt32.self)
+        buffer.storeBytes(of: ttyGroup, toByteOffset: 32, as: UInt32.self)
+        buffer.storeBytes(of: terminalDevice, toByteOffset: 40, as: UInt64.self)
+        buffer.storeBytes(of: UInt64(1024), toByteOffset: 56, as: UInt64.self)
+    }
+
+    /// struct statx of the terminal (256 bytes).
+    static func terminalStatx(into buffer: UnsafeMutableRawBufferPointer) {
+        buffer.initializeMemory(as: UInt8.self, repeating: 0)
+        buffer.storeBytes(of: basicStats, toByteOffset: 0, as: UInt32.self)
+        buffer.storeBytes(of: UInt32(1024), toByteOffset: 4, as: UInt32.self)
+        buffer.storeBytes(of: UInt32(1), toByteOffset: 16, as: UInt32.self)
+        buffer.storeBytes(of: ttyGroup, toByteOffset: 24, as: UInt32.self)
+        buffer.storeBytes(of: UInt16(truncatingIfNeeded: terminalMode), toByteOffset: 28, as: UInt16.self)
+        buffer.storeBytes(of: terminalInode, toByteOffset: 32, as: UInt64.self)
+        buffer.storeBytes(of: UInt32(136), toByteOffset: 128, as: UInt32.self)
+        buffer.storeBytes(of: UInt32(0), toByteOffset: 132, as: UInt32.self)
+        buffer.storeBytes(of: UInt32(0), toByteOffset: 136, as: UInt32.self)
+        buffer.storeBytes(of: UInt32(25), toByteOffset: 140, as: UInt32.self)
+    }
+}
