@@ -16,17 +16,18 @@ extension GuestFiles {
     /// Whether (dirfd, path) names the terminal: the terminal's path while one is installed,
     /// /proc/self/fd/N of a descriptor open on it when the link is followed, or an empty path
     /// with AT_EMPTY_PATH on such a descriptor.
+    /// Every stat asks, so a path that cannot be either name is turned away before it is copied.
     func namesTerminal(dirfd: Int32, path: UnsafePointer<CChar>, emptyPathAllowed: Bool, followsLink: Bool) -> Bool {
         if path.pointee == 0 { return emptyPathAllowed && terminal(of: dirfd) != nil }
         if followsLink, terminalLink(path) != nil { return true }
-        guard standardTerminal != nil, let bytes = try? GuestPath.bytes(of: path) else { return false }
+        guard path.pointee == CChar(GuestPath.slash), standardTerminal != nil, let bytes = try? GuestPath.bytes(of: path) else { return false }
         return Self.collapsingSlashes(bytes) == Self.terminalPath
     }
 
     /// What readlink of `path` gives when it is /proc/self/fd/N (or /proc/thread-self/fd/N)
     /// of a descriptor open on the terminal; nil for any other path.
     func terminalLink(_ path: UnsafePointer<CChar>) -> [UInt8]? {
-        guard let bytes = try? GuestPath.bytes(of: path) else { return nil }
+        guard strncmp(path, "/proc/", 6) == 0, let bytes = try? GuestPath.bytes(of: path) else { return nil }
         let components = bytes.split(separator: GuestPath.slash, omittingEmptySubsequences: true)
         guard bytes.first == GuestPath.slash, components.count == 4, components[0].elementsEqual("proc".utf8),
               components[1].elementsEqual("self".utf8) || components[1].elementsEqual("thread-self".utf8),
