@@ -99,6 +99,22 @@ struct TerminalTests {
         #expect(guest.status == native.status && guest.status == 1)
     }
 
+    /// /dev/tty and /dev/pts/0 open the terminal: what is written there reaches the log
+    /// through its output processing, and it is a terminal; without one, /dev/tty gives ENXIO
+    /// as Linux does for a process with no controlling terminal (busybox run natively with
+    /// setsid, so that it has none, says the same).
+    @Test func devTTYOpensTheTerminal() throws {
+        let run = try Self.runInTerminal(["sh", "-c", "echo one > /dev/tty; echo two > //dev/pts//0; [ -t 3 ] 3</dev/tty && echo tty3"])
+        #expect(run.status == 0, "stderr: \(run.stderr)")
+        #expect(run.output == "one\r\ntwo\r\ntty3\r\n")
+        let root = try BusyboxRootfs.make()
+        defer { try? FileManager.default.removeItem(at: root) }
+        let guest = try GuestRunner.run(["/bin/busybox", "sh", "-c", "echo x > /dev/tty"], rootfs: root, environment: Self.environment)
+        let native = try HostFacts.run("/usr/bin/setsid", ["-w", BusyboxRootfs.hostBusybox, "sh", "-c", "echo x > /dev/tty"], stdin: Data())
+        #expect(guest.status != 0 && guest.stderr.contains("No such device or address"), "guest: \(guest.stderr)")
+        #expect(native.status != 0 && native.stderr.contains("No such device or address"), "native: \(native.stderr)")
+    }
+
     /// Without a terminal nothing changes: isatty fails, stty answers ENOTTY, no "\r".
     @Test func withoutATerminalTheStreamsStayFiles() throws {
         let root = try BusyboxRootfs.make()

@@ -8,7 +8,7 @@ import Glibc
 /// `ps` and shells' prompts use it): descriptors open on the terminal stat as the character
 /// device /dev/pts/0, `/proc/self/fd/N` of such a descriptor reads as that path, and the path
 /// stats as the same device, which is how the C library checks what the link said. Nothing
-/// else of /proc or /dev/pts exists in the guest; opening /dev/pts/0 by name is not served.
+/// else of /proc or /dev/pts exists in the guest. /dev/tty and /dev/pts/0 open the terminal.
 extension GuestFiles {
     /// The terminal's path in the guest.
     static let terminalPath = Array("/dev/pts/0".utf8)
@@ -36,6 +36,27 @@ extension GuestFiles {
               let fd = Int32(String(decoding: components[3], as: UTF8.self)), terminal(of: fd) != nil else { return nil }
         return Self.terminalPath
     }
+
+    /// The open file an open(2) of /dev/tty or /dev/pts/0 gets: the terminal's own, shared as
+    /// dup shares it (one open file description: its status flags are the terminal's other
+    /// descriptors' too, where Linux would make a new one). nil when `path` is neither name;
+    /// ENXIO for /dev/tty without a terminal, as Linux answers a process with no controlling
+    /// terminal (/dev/pts/0 then is looked up as any path, and is not there).
+    func terminalToOpen(_ path: [UInt8], flags: Int32) throws(SystemError) -> OpenFile? {
+        guard path.first == GuestPath.slash, path.count <= 32 else { return nil }
+        let name = Self.collapsingSlashes(path)
+        let isTTY = name == Self.controllingTerminalPath
+        guard isTTY || name == Self.terminalPath else { return nil }
+        guard let file = slots.lazy.compactMap({ $0?.file }).first(where: { $0.terminal != nil }) else {
+            if isTTY { throw SystemError(call: "open(/dev/tty)", errno: ENXIO) }
+            return nil
+        }
+        if flags & O_DIRECTORY != 0 { throw SystemError(call: "open(terminal)", errno: ENOTDIR) }
+        return file
+    }
+
+    /// The controlling terminal's name, whatever it is.
+    static let controllingTerminalPath = Array("/dev/tty".utf8)
 
     private static func collapsingSlashes(_ bytes: [UInt8]) -> [UInt8] {
         var result: [UInt8] = []
