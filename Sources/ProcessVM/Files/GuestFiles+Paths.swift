@@ -81,7 +81,7 @@ extension GuestFiles {
             if chargedToBudget { try GuestDescriptorBudget.requireRoom() }
             let guestPath = try GuestPath.bytes(of: path)
             guard !guestPath.isEmpty else { throw SystemError(call: "openat", errno: ENOENT) }
-            if let terminal = try terminalToOpen(guestPath, flags: flags) {
+            if let terminal = try terminalToOpen(path, flags: flags) {
                 return install(terminal, at: index, closeOnExec: flags & O_CLOEXEC != 0)
             }
             if let disk = roots.disk, let absolute = try diskPath(dirfd, guestPath) {

@@ -16,12 +16,28 @@ extension GuestFiles {
     /// Whether (dirfd, path) names the terminal: the terminal's path while one is installed,
     /// /proc/self/fd/N of a descriptor open on it when the link is followed, or an empty path
     /// with AT_EMPTY_PATH on such a descriptor.
-    /// Every stat asks, so a path that cannot be either name is turned away before it is copied.
+    /// Every stat asks, so a path is compared in place, not copied, unless it could be a name.
     func namesTerminal(dirfd: Int32, path: UnsafePointer<CChar>, emptyPathAllowed: Bool, followsLink: Bool) -> Bool {
         if path.pointee == 0 { return emptyPathAllowed && terminal(of: dirfd) != nil }
         if followsLink, terminalLink(path) != nil { return true }
-        guard path.pointee == CChar(GuestPath.slash), standardTerminal != nil, let bytes = try? GuestPath.bytes(of: path) else { return false }
-        return Self.collapsingSlashes(bytes) == Self.terminalPath
+        return Self.matches(path, Self.terminalPath) && terminalFile != nil
+    }
+
+    /// The open file of the terminal, if a descriptor is open on one.
+    private var terminalFile: OpenFile? { slots.lazy.compactMap { $0?.file }.first { $0.terminal != nil } }
+
+    /// Whether the guest's C string `path` is `name`, repeated slashes aside.
+    private static func matches(_ path: UnsafePointer<CChar>, _ name: [UInt8]) -> Bool {
+        var index = 0
+        var at = path
+        while at.pointee != 0 {
+            let byte = UInt8(bitPattern: at.pointee)
+            at += 1
+            if byte == GuestPath.slash, index > 0, name[index - 1] == GuestPath.slash { continue }
+            guard index < name.count, name[index] == byte else { return false }
+            index += 1
+        }
+        return index == name.count
     }
 
     /// What readlink of `path` gives when it is /proc/self/fd/N (or /proc/thread-self/fd/N)
@@ -42,12 +58,10 @@ extension GuestFiles {
     /// descriptors' too, where Linux would make a new one). nil when `path` is neither name;
     /// ENXIO for /dev/tty without a terminal, as Linux answers a process with no controlling
     /// terminal (/dev/pts/0 then is looked up as any path, and is not there).
-    func terminalToOpen(_ path: [UInt8], flags: Int32) throws(SystemError) -> OpenFile? {
-        guard path.first == GuestPath.slash, path.count <= 32 else { return nil }
-        let name = Self.collapsingSlashes(path)
-        let isTTY = name == Self.controllingTerminalPath
-        guard isTTY || name == Self.terminalPath else { return nil }
-        guard let file = slots.lazy.compactMap({ $0?.file }).first(where: { $0.terminal != nil }) else {
+    func terminalToOpen(_ path: UnsafePointer<CChar>, flags: Int32) throws(SystemError) -> OpenFile? {
+        let isTTY = Self.matches(path, Self.controllingTerminalPath)
+        guard isTTY || Self.matches(path, Self.terminalPath) else { return nil }
+        guard let file = terminalFile else {
             if isTTY { throw SystemError(call: "open(/dev/tty)", errno: ENXIO) }
             return nil
         }
@@ -57,12 +71,6 @@ extension GuestFiles {
 
     /// The controlling terminal's name, whatever it is.
     static let controllingTerminalPath = Array("/dev/tty".utf8)
-
-    private static func collapsingSlashes(_ bytes: [UInt8]) -> [UInt8] {
-        var result: [UInt8] = []
-        for byte in bytes where !(byte == GuestPath.slash && result.last == GuestPath.slash) { result.append(byte) }
-        return result
-    }
 }
 
 extension GuestStatBytes {
