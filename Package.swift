@@ -135,7 +135,7 @@ let package = Package(
         ),
 
         // Facts about the test machine (KVM present, root) shared by the test targets.
-        .target(name: "TestSupport", dependencies: ["ProcessVM"], swiftSettings: strictSettings),
+        .target(name: "TestSupport", dependencies: ["ProcessVM", "CShims"], swiftSettings: strictSettings),
         .testTarget(name: "HostSystemTests", dependencies: ["HostSystem", "TestSupport"], swiftSettings: strictSettings),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "HostSystem", "TestSupport"], swiftSettings: strictSettings),
         .testTarget(name: "IOEngineTests", dependencies: ["IOEngine", "HostSystem", "TestSupport"], swiftSettings: strictSettings),

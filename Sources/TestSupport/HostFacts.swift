@@ -1,3 +1,4 @@
+import CShims
 import Foundation
 
 /// What the machine running the tests offers, so tests that need a device can skip with a
@@ -26,25 +27,77 @@ public enum HostFacts {
     }
 
     /// Runs a program to completion and returns its status (128 + signal when a signal
-    /// ended it, as a shell reports it) and output.
+    /// ended it, as a shell reports it) and output. With posix_spawn, not Foundation's
+    /// `Process`: its `run()` on this machine's Foundation reads past a buffer while it lists
+    /// /proc/self/fd (swift-corelibs-foundation#5472, fixed upstream in 2026-05) and crashed a
+    /// test run with many descriptors open; the child here gets only 0, 1 and 2.
     public static func run(_ executable: String, _ arguments: [String], stdin: Data? = nil,
                            currentDirectory: URL? = nil) throws -> (status: Int32, stdout: String, stderr: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        if let currentDirectory { process.currentDirectoryURL = currentDirectory }
-        let out = Pipe(), err = Pipe(), input = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        process.standardInput = input
-        try process.run()
-        if let stdin { input.fileHandleForWriting.write(stdin) }
-        try input.fileHandleForWriting.close()
-        let outData = out.fileHandleForReading.readDataToEndOfFile()
-        let errData = err.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        let status = process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
-        return (status, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
+        var input: [Int32] = [-1, -1], output: [Int32] = [-1, -1], error: [Int32] = [-1, -1]
+        defer { for fd in input + output + error where fd >= 0 { close(fd) } }
+        for index in 0..<3 {
+            let made = index == 0 ? pipe(&input) : index == 1 ? pipe(&output) : pipe(&error)
+            guard made == 0 else { throw RunError(description: "pipe: \(String(cString: strerror(errno)))") }
+        }
+        for fd in [input[1], output[0], error[0]] { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, input[0], 0)
+        posix_spawn_file_actions_adddup2(&actions, output[1], 1)
+        posix_spawn_file_actions_adddup2(&actions, error[1], 2)
+        cshims_spawn_addclosefrom(&actions, 3)
+        if let currentDirectory { cshims_spawn_addchdir(&actions, currentDirectory.path) }
+        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+        defer { for pointer in argv { free(pointer) } }
+        var pid: pid_t = 0
+        let spawned = posix_spawn(&pid, executable, &actions, nil, argv, environ)
+        guard spawned == 0 else { throw RunError(description: "cannot run \(executable): \(String(cString: strerror(spawned)))") }
+        for index in [0, 1, 2] {
+            let fd = index == 0 ? input[0] : index == 1 ? output[1] : error[1]
+            close(fd)
+            if index == 0 { input[0] = -1 } else if index == 1 { output[1] = -1 } else { error[1] = -1 }
+        }
+        // Standard input from a thread of its own, so that a child that writes much before it
+        // reads cannot stall both sides.
+        let writer = Thread { [fd = input[1], bytes = stdin ?? Data()] in
+            bytes.withUnsafeBytes { raw in
+                var offset = 0
+                while offset < raw.count {
+                    let written = write(fd, raw.baseAddress! + offset, raw.count - offset)
+                    if written < 0 && errno == EINTR { continue }
+                    if written <= 0 { break }
+                    offset += written
+                }
+            }
+            close(fd)
+        }
+        input[1] = -1
+        writer.start()
+        var (out, err) = (Data(), Data())
+        var open = [output[0], error[0]]
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while !open.isEmpty {
+            var polled = open.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+            guard poll(&polled, nfds_t(polled.count), -1) >= 0 || errno == EINTR else { break }
+            for entry in polled where entry.revents != 0 {
+                let count = read(entry.fd, &buffer, buffer.count)
+                if count > 0 {
+                    if entry.fd == output[0] { out.append(contentsOf: buffer[..<count]) } else { err.append(contentsOf: buffer[..<count]) }
+                } else if count == 0 || errno != EINTR {
+                    open.removeAll { $0 == entry.fd }
+                }
+            }
+        }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let signal = status & 0x7f
+        let code = signal == 0 ? (status >> 8) & 0xff : 128 + signal
+        return (code, String(decoding: out, as: UTF8.self), String(decoding: err, as: UTF8.self))
+    }
+
+    public struct RunError: Error, CustomStringConvertible {
+        public let description: String
     }
 
     /// Sends `signal` to a child process and waits for it to exit, at most `seconds`; then
