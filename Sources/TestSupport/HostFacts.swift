@@ -31,8 +31,10 @@ public enum HostFacts {
     /// `Process`: its `run()` on this machine's Foundation reads past a buffer while it lists
     /// /proc/self/fd (swift-corelibs-foundation#5472, fixed upstream in 2026-05) and crashed a
     /// test run with many descriptors open; the child here gets only 0, 1 and 2.
-    public static func run(_ executable: String, _ arguments: [String], stdin: Data? = nil,
-                           currentDirectory: URL? = nil) throws -> (status: Int32, stdout: String, stderr: String) {
+    /// `environment` replaces this process's for the child; `combined` sends its stderr into
+    /// the stdout pipe (the order in which it wrote the two, as a terminal shows them).
+    public static func run(_ executable: String, _ arguments: [String], stdin: Data? = nil, currentDirectory: URL? = nil,
+                           environment: [String: String]? = nil, combined: Bool = false) throws -> (status: Int32, stdout: String, stderr: String) {
         var input: [Int32] = [-1, -1], output: [Int32] = [-1, -1], error: [Int32] = [-1, -1]
         defer { for fd in input + output + error where fd >= 0 { close(fd) } }
         for index in 0..<3 {
@@ -45,13 +47,17 @@ public enum HostFacts {
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_adddup2(&actions, input[0], 0)
         posix_spawn_file_actions_adddup2(&actions, output[1], 1)
-        posix_spawn_file_actions_adddup2(&actions, error[1], 2)
+        posix_spawn_file_actions_adddup2(&actions, combined ? output[1] : error[1], 2)
         cshims_spawn_addclosefrom(&actions, 3)
         if let currentDirectory { cshims_spawn_addchdir(&actions, currentDirectory.path) }
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
         defer { for pointer in argv { free(pointer) } }
+        let envp = environment.map { $0.map { strdup("\($0.key)=\($0.value)") } + [nil] }
+        defer { for pointer in envp ?? [] { free(pointer) } }
         var pid: pid_t = 0
-        let spawned = posix_spawn(&pid, executable, &actions, nil, argv, environ)
+        let spawned = envp.map { envp in
+            envp.withUnsafeBufferPointer { posix_spawn(&pid, executable, &actions, nil, argv, $0.baseAddress) }
+        } ?? posix_spawn(&pid, executable, &actions, nil, argv, environ)
         guard spawned == 0 else { throw RunError(description: "cannot run \(executable): \(String(cString: strerror(spawned)))") }
         for index in [0, 1, 2] {
             let fd = index == 0 ? input[0] : index == 1 ? output[1] : error[1]

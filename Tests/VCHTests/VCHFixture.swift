@@ -91,45 +91,13 @@ final class VCHFixture: @unchecked Sendable {
     }
 
     func dockerHost(_ host: String, _ arguments: [String], stdin: Data? = nil) throws -> (status: Int32, stdout: String, stderr: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Self.docker)
-        process.arguments = ["-H", host] + arguments
-        process.environment = dockerEnvironment
-        let out = Pipe(), err = Pipe(), input = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        process.standardInput = input
-        try process.run()
-        if let stdin { input.fileHandleForWriting.write(stdin) }
-        try input.fileHandleForWriting.close()
-        // stderr is drained on its own thread so that neither pipe can fill and stall the CLI.
-        let errorBox = DataBox()
-        let done = DispatchSemaphore(value: 0)
-        DispatchQueue.global().async {
-            errorBox.data = err.fileHandleForReading.readDataToEndOfFile()
-            done.signal()
-        }
-        let outData = out.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        done.wait()
-        return (process.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errorBox.data, as: UTF8.self))
+        try HostFacts.run(Self.docker, ["-H", host] + arguments, stdin: stdin ?? Data(), environment: dockerEnvironment)
     }
 
     /// `docker ARGS` with its stdout and stderr on one pipe, as a terminal shows them: the
     /// order in which the CLI wrote the two.
     func dockerCombined(_ socket: String, _ arguments: [String]) throws -> String {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Self.docker)
-        process.arguments = ["-H", "unix://\(socket)"] + arguments
-        process.environment = dockerEnvironment
-        let out = Pipe()
-        process.standardOutput = out
-        process.standardError = out
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return String(decoding: data, as: UTF8.self)
+        try HostFacts.run(Self.docker, ["-H", "unix://\(socket)"] + arguments, environment: dockerEnvironment, combined: true).stdout
     }
 
     /// Starts `docker ARGS` in the background, its output to a file; `finish` stops it (SIGTERM
