@@ -5,6 +5,7 @@ import HummingbirdCore
 import KVM
 import Logging
 import NIOCore
+import NIOPosix
 import Prometheus
 import ServiceLifecycle
 
@@ -94,7 +95,13 @@ public struct AgentDaemon: Sendable {
         let registry = PrometheusCollectorRegistry()
         var factory = PrometheusMetricsFactory(registry: registry)
         factory.durationHistogramBuckets["vmfork_fork_duration_seconds"] = [5, 10, 15, 20, 30, 50, 100, 200, 500, 1000, 5000, 20000].map { Duration.microseconds($0) }
-        let engine = try Engine(stateFolder: folder, logger: logger, metricsFactory: factory, options: EngineOptions(workers: options.workers, pollsSystemCalls: options.pollsSystemCalls),
+        // Workers mode: the Unix socket's connections and the connections to the workers are
+        // served on one event loop, so that a worker's reply wakes the very loop its request
+        // waits on (the daemon routes; the workers, on the other cores, run the VMs).
+        var workers = options.workers
+        let serving: any EventLoopGroup = workers == nil ? MultiThreadedEventLoopGroup.singleton : MultiThreadedEventLoopGroup.singleton.next()
+        if workers != nil, let loop = serving as? any EventLoop { workers?.reader = EventLoopWorkerReader(loop: loop) }
+        let engine = try Engine(stateFolder: folder, logger: logger, metricsFactory: factory, options: EngineOptions(workers: workers, pollsSystemCalls: options.pollsSystemCalls),
                                 system: options.kvmSystem, rootfsFromLayerDisks: options.rootfsFromLayerDisks)
         // Workers mode: find the workers a previous daemon left running (or start them) and
         // take their containers into the view before serving.
@@ -145,7 +152,7 @@ public struct AgentDaemon: Sendable {
         let (tcpReady, tcpReadySignal) = AsyncStream.makeStream(of: Void.self)
         let tcpListens = options.listen != nil
         let unixServer = AgentHTTPServer(
-            socketPath: socketPath, responder: try router(tcp: false).buildResponder(), limit: ConnectionLimit(maxConnections),
+            socketPath: socketPath, group: serving, responder: try router(tcp: false).buildResponder(), limit: ConnectionLimit(maxConnections),
             acceptedAtOnce: acceptedAtOnce, logger: logger,
             listenAfter: {
                 guard tcpListens else { return }

@@ -29,6 +29,8 @@ import ServiceLifecycle
 /// close, busy ones close after their answer, and `run` returns when all are closed.
 struct AgentHTTPServer: Service {
     let socketPath: String
+    /// The event loops its connections are served on.
+    let group: any EventLoopGroup
     let responder: RouterResponder<AgentContext>
     let limit: ConnectionLimit
     /// Connections accepted at once (beyond the limit only to be refused).
@@ -42,7 +44,6 @@ struct AgentHTTPServer: Service {
     func run() async throws {
         await listenAfter()
         try Task.checkCancellation()
-        let group = MultiThreadedEventLoopGroup.singleton
         let quiescing = ServerQuiescingHelper(group: group)
         let shared = AgentConnectionHandler.Shared(responder: responder, limit: limit, logger: logger)
         let acceptedAtOnce = self.acceptedAtOnce

@@ -36,7 +36,7 @@ static const struct { const char *name; int number; } worker_calls[] = {
     CALL(fcntl), CALL(newfstatat), CALL(close), CALL(recvfrom), CALL(sendto), CALL(mmap),
     CALL(openat), CALL(epoll_wait), CALL(rt_sigprocmask), CALL(gettid), CALL(timerfd_settime),
     CALL(getrandom), CALL(mprotect), CALL(epoll_ctl), CALL(poll), CALL(munmap), CALL(madvise),
-    CALL(lseek), CALL(setpriority), CALL(getpriority), CALL(rseq), CALL(set_robust_list),
+    CALL(lseek), CALL(setpriority), CALL(getpriority), CALL(sched_setscheduler), CALL(rseq), CALL(set_robust_list),
     CALL(exit), CALL(exit_group), CALL(getpid), CALL(uname), CALL(clock_gettime),
     CALL(clock_nanosleep), CALL(nanosleep), CALL(clock_getres), CALL(gettimeofday),
     CALL(restart_syscall), CALL(rt_sigreturn), CALL(rt_sigaction), CALL(rt_sigsuspend),

@@ -1,5 +1,6 @@
 import CShims
 import Foundation
+import HostSystem
 import Synchronization
 
 /// A container's log folder: the names of what it holds.
@@ -163,8 +164,10 @@ final class ContainerFolderPool: Sendable {
         let ownerPrefix = ".ready-\(owner)-"
         let left = (try? FileManager.default.contentsOfDirectory(atPath: folder.path))?.filter { $0.hasPrefix(ownerPrefix) } ?? []
         queue.async { [self] in
-            for name in left { recycle(folder.appendingPathComponent(name, isDirectory: true)) }
-            fill()
+            BackgroundScheduling.run {
+                for name in left { recycle(folder.appendingPathComponent(name, isDirectory: true)) }
+                fill()
+            }
         }
     }
 
@@ -201,7 +204,9 @@ final class ContainerFolderPool: Sendable {
     func remove(_ container: URL, files: ContainerLogFiles? = nil, stdinFile: Bool = true) {
         returning.add(1, ordering: .relaxed)
         queue.async { [self] in
-            if let files { recycle(container, files: files, stdinFile: stdinFile) } else { recycle(container) }
+            BackgroundScheduling.run {
+                if let files { recycle(container, files: files, stdinFile: stdinFile) } else { recycle(container) }
+            }
             returning.subtract(1, ordering: .relaxed)
         }
     }
@@ -262,7 +267,7 @@ final class ContainerFolderPool: Sendable {
     private func refill() {
         guard refilling.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else { return }
         queue.async { [self] in
-            fill()
+            BackgroundScheduling.run { fill() }
             refilling.store(false, ordering: .releasing)
         }
     }

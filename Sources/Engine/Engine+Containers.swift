@@ -21,8 +21,9 @@ extension Engine {
     /// `untilEnd` the call returns once the program has ended, so that the caller is woken
     /// once, not at the start and again at the exit (each wake-up a wait for a core on a busy
     /// host); `started` runs on the container's thread just before its program does.
-    /// A worker is given the daemon's id for it (`id`).
-    func create(_ spec: ContainerSpec, startNow: Bool, id givenID: String? = nil, untilEnd: Bool = false,
+    /// A worker is given the daemon's id for it (`id`); `removeAtEnd` (with `untilEnd`) lets
+    /// a worker remove a run that ended before it answered, its output sent along.
+    func create(_ spec: ContainerSpec, startNow: Bool, id givenID: String? = nil, untilEnd: Bool = false, removeAtEnd: Bool = false,
                 started: (@Sendable (ManagedContainer) -> Void)? = nil) async throws -> ManagedContainer {
         try ensureAccepting()
         let image = try image(spec.image)
@@ -83,7 +84,8 @@ extension Engine {
             let (policy, recordedNow) = try await policy(image: image.name, forkPoint: forkPoint, memoryMiB: memoryMiB)
             if let workers = workerSet {
                 return try await createInWorker(workers, id: id, name: name, spec: spec, image: image, policy: policy, recordedNow: recordedNow,
-                                                labels: labels, placementID: placementID, startNow: startNow, untilEnd: untilEnd, registered: started)
+                                                labels: labels, placementID: placementID, startNow: startNow, untilEnd: untilEnd,
+                                                removeAtEnd: removeAtEnd, registered: started)
             }
             let family: ParentFamily
             if let readyFamily {
@@ -244,7 +246,9 @@ extension Engine {
         do {
             try ensureAccepting()
             let container = try container(idOrName)
-            if let shard = container.shard {
+            if container.removedInWorker {
+            // Its worker removed it at its run's end, folder and all.
+        } else if let shard = container.shard {
                 try await startInWorker(container, shard: shard, by: actor)
                 return container.info
             }
@@ -293,7 +297,7 @@ extension Engine {
         let (info, wake) = container.finish(exit, at: Date().timeIntervalSince1970)
         let counters = container.vm?.processVM?.lastRunCounters
         // A worker's daemon hears of it before any waiter here wakes (a stop's reply follows it).
-        observers.withLock { $0.exit }?(info, counters)
+        observers.withLock { $0.exit }?(info, counters, container)
         let event = EventRow(time: info.finishedAt ?? 0, actor: "engine", type: "container.exit", subject: info.id, result: "ok",
                              detail: "{\"exitCode\":\(exit.exitCode)}")
         writer.enqueue { writes in
@@ -367,7 +371,9 @@ extension Engine {
 
     func stopContainer(_ container: ManagedContainer, grace: Duration, actor: String) async throws -> ExitInfo {
         if let exit = container.exit { return exit }
-        if let shard = container.shard { return try await stopInWorker(container, shard: shard, grace: grace) }
+        if container.removedInWorker {
+            // Its worker removed it at its run's end, folder and all.
+        } else if let shard = container.shard { return try await stopInWorker(container, shard: shard, grace: grace) }
         if try await killIfNotStarted(container) { return await container.waitForExit() }
         container.vm?.processVM?.sendSignal(15)
         if let exit = await container.waitForExit(timeout: grace) { return exit }
@@ -382,7 +388,9 @@ extension Engine {
             guard (1...64).contains(signal) else { throw EngineError.invalid("signal", "signal \(signal) is out of range (1...64)") }
             let container = try container(idOrName)
             guard container.exit == nil else { throw EngineError(.conflict, "container \(container.id) is not running") }
-            if let shard = container.shard {
+            if container.removedInWorker {
+            // Its worker removed it at its run's end, folder and all.
+        } else if let shard = container.shard {
                 let remote = try await workerSet!.connection(shard).call("kill", WorkerKill(id: container.id, signal: signal), as: ContainerInfo.self)
                 _ = container.applyRemote(remote)
                 return container.info
@@ -418,7 +426,9 @@ extension Engine {
     public func attachStdin(_ idOrName: String, data: Data, close: Bool, by actor: String) async throws {
         try await audited("container.attach", subject: idOrName, actor: actor, detail: "{\"bytes\":\(data.count),\"close\":\(close)}") {
             let container = try container(idOrName)
-            if let shard = container.shard {
+            if container.removedInWorker {
+            // Its worker removed it at its run's end, folder and all.
+        } else if let shard = container.shard {
                 _ = try await workerSet!.connection(shard).call("stdin", WorkerStdin(id: container.id, data: data, close: close), as: WorkerNothing.self)
                 return
             }
@@ -442,7 +452,9 @@ extension Engine {
             let container = try container(idOrName)
             guard container.info.tty == true else { throw EngineError(.conflict, "container \(container.id) has no terminal (create it with tty)") }
             guard container.exit == nil else { throw EngineError(.conflict, "container \(container.id) is not running") }
-            if let shard = container.shard {
+            if container.removedInWorker {
+            // Its worker removed it at its run's end, folder and all.
+        } else if let shard = container.shard {
                 _ = try await workerSet!.connection(shard).call("resize", WorkerResize(id: container.id, rows: rows, columns: columns), as: WorkerNothing.self)
                 return
             }
@@ -486,7 +498,9 @@ extension Engine {
         // one made here without a disk has none to look for.
         if container.family == nil || container.disk != nil { containerDisks?.remove(id: container.id, root: container.disk) }
         let folder = container.logFolder
-        if let shard = container.shard {
+        if container.removedInWorker {
+            // Its worker removed it at its run's end, folder and all.
+        } else if let shard = container.shard {
             // The worker that made its folder empties it (and keeps it for its next container);
             // the daemon does when the worker cannot.
             let removeThere = { [self] in if await !removeInWorker(container, shard: shard) { containerFolders.remove(folder) } }
@@ -514,7 +528,7 @@ extension Engine {
         // once it is registered, before any exit the worker reported meanwhile is applied.
         let container: ManagedContainer
         do {
-            container = try await create(spec, startNow: true, untilEnd: true) { [self] made in
+            container = try await create(spec, startNow: true, untilEnd: true, removeAtEnd: remove) { [self] made in
                 record("container.create", subject: made.id, actor: actor)
                 record("container.start", subject: made.id, actor: actor)
             }
@@ -539,6 +553,7 @@ extension Engine {
     /// A container's log's bytes: through its open log files when this process made them,
     /// else read from its folder.
     private func readLog(_ container: ManagedContainer, _ stream: LogStream) -> [UInt8] {
+        if let output = container.output { return stream == .stderr ? output.stderr : output.stdout }
         if let files = container.logFiles { return files.read(stream) }
         return readAll(stream == .stderr ? container.stderrPath : container.stdoutPath)
     }

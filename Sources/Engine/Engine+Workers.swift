@@ -6,13 +6,14 @@ import Metrics
 import Store
 
 /// What an engine tells whoever watches it (a worker's server, which passes it to the daemon).
-public struct EngineObservers: Sendable {
-    /// A container ended: its info (exited) and what KVM counted for its run.
-    public var exit: (@Sendable (ContainerInfo, VCPUCounters?) -> Void)?
+struct EngineObservers: Sendable {
+    /// A container ended: its info (exited), what KVM counted for its run, and the container
+    /// (its log files, for a run answered with its output).
+    var exit: (@Sendable (ContainerInfo, VCPUCounters?, ManagedContainer) -> Void)?
     /// An event the engine recorded.
-    public var event: (@Sendable (EventRow) -> Void)?
+    var event: (@Sendable (EventRow) -> Void)?
 
-    public init(exit: (@Sendable (ContainerInfo, VCPUCounters?) -> Void)? = nil, event: (@Sendable (EventRow) -> Void)? = nil) {
+    init(exit: (@Sendable (ContainerInfo, VCPUCounters?, ManagedContainer) -> Void)? = nil, event: (@Sendable (EventRow) -> Void)? = nil) {
         self.exit = exit
         self.event = event
     }
@@ -129,6 +130,11 @@ extension Engine {
             pollerSeconds = (pollerSeconds ?? 0) + seconds
         }
         if let pollerSeconds { metrics.gauge("vmfork_thread_cpu_seconds", [("thread", "poller")]).record(pollerSeconds) }
+        for connection in workerSet.connections {
+            for (op, count) in connection.requestsSent {
+                metrics.gauge("vmfork_worker_requests", [("worker", "\(connection.shard)"), ("op", op)]).record(count)
+            }
+        }
         for worker in await workers() {
             let dimensions = [("worker", "\(worker.shard)")]
             metrics.gauge("vmfork_worker_up", dimensions).record(worker.connected ? 1 : 0)
@@ -143,6 +149,11 @@ extension Engine {
             metrics.gauge("vmfork_worker_ready_vms", dimensions).record(process.readyVMs)
             metrics.gauge("vmfork_worker_live_children", dimensions).record(process.liveChildren)
             metrics.gauge("vmfork_worker_seccomp", dimensions).record(process.seccomp)
+            if let poller = process.poller {
+                metrics.gauge("vmfork_worker_poller_calls_served", dimensions).record(poller.callsServed)
+                metrics.gauge("vmfork_worker_poller_back_offs", dimensions).record(poller.backOffs)
+                metrics.gauge("vmfork_worker_poller_unprofitable_back_offs", dimensions).record(poller.unprofitableBackOffs)
+            }
         }
     }
 
@@ -153,6 +164,10 @@ extension Engine {
     public func startWorkers() async throws {
         guard let workers = workerSet else { return }
         for shard in 0..<workers.count { try await bringUp(shard) }
+        // Each measurement goes to the workers at once (and every 2 s to one that lacks it,
+        // `watchMemoryPressure`): until then a worker's poller polls without judging.
+        costsProbe?.whenMeasured { [weak self] _ in Task { await self?.sendCostsToWorkers(workers) } }
+        await sendCostsToWorkers(workers)
         let leftovers = registry.withLock { registry -> [ManagedContainer] in
             defer { registry.unreconciled = [] }
             return registry.unreconciled.compactMap { registry.containers[$0] }
@@ -189,7 +204,8 @@ extension Engine {
             }
         }
         guard let connection else { return }
-        connection.startReading(
+        try await connection.startReading(
+            with: workers.settings.reader,
             onEvent: { [weak self] event, frame in self?.workerEvent(event, frame: frame) },
             onClose: { [weak self] why in self?.workerLost(connection, why: why) })
         let hello = try await connection.call("hello", WorkerNothing(), as: WorkerHello.self)
@@ -378,7 +394,7 @@ extension Engine {
     /// Forks in the worker holding the policy's family (its parents made first at the policy's first use).
     func createInWorker(_ workers: WorkerSet, id: String, name: String, spec: ContainerSpec, image: ImageRecord, policy: ParentPolicy,
                         recordedNow: Bool, labels: [String: String], placementID: Int?, startNow: Bool, untilEnd: Bool = false,
-                        registered: (@Sendable (ManagedContainer) -> Void)? = nil) async throws -> ManagedContainer {
+                        removeAtEnd: Bool = false, registered: (@Sendable (ManagedContainer) -> Void)? = nil) async throws -> ManagedContainer {
         if recordedNow {
             do { _ = try await ensureParentsInWorkers(workers, policy, image: image) } catch {
                 try? await forgetPolicy(policy.id)
@@ -395,12 +411,14 @@ extension Engine {
         resolved.labels = labels
         resolved.pool = nil
         resolved.memoryReservationMiB = nil
-        var info = try await connection.create(WorkerCreate(id: id, spec: resolved, image: nil, start: startNow, untilEnd: untilEnd ? true : nil),
-                                               image: image)
+        let request = WorkerCreate(id: id, spec: resolved, image: nil, start: startNow, untilEnd: untilEnd ? true : nil,
+                                   removeAtEnd: untilEnd && removeAtEnd ? true : nil)
+        var (info, end) = try await connection.create(request, image: image)
         info.pool = spec.pool
         info.placementID = placementID
         let managed = ManagedContainer(info: info, logFolder: containersFolder.appendingPathComponent(id, isDirectory: true), vm: nil,
                                        stdinWriter: -1, family: nil, shard: shard)
+        if let end { managed.took(end) }
         let parked = registry.withLock { registry -> WorkerExit? in
             registry.containers[id] = managed
             registry.forks += 1
@@ -421,7 +439,8 @@ extension Engine {
                 registry.exitsHeld.remove(id)
                 return registry.parkedExits.removeValue(forKey: id)
             }
-            if let held { finishRemote(managed, held) }
+            // A run answered with its end: no exit event follows when the worker removed it.
+            if let exit = end?.exit ?? held { finishRemote(managed, exit) }
         } else if let parked {
             finishRemote(managed, parked)
         }

@@ -16,8 +16,11 @@ import Synchronization
 /// stick. The daemon measures and sends its figures to each worker (`sendCostsToWorkers`).
 final class MachineCostsProbe: Sendable {
     static let interval: Duration = .seconds(600)
-    /// How soon a measurement that gave nothing worth handing is tried again.
+    /// How soon a measurement that gave nothing worth handing is tried again: soon while
+    /// there are no figures yet (the poller polls unjudged meanwhile; a daemon starting its
+    /// workers keeps the cores busy for its first measurement), else after a while.
     static let retry: Duration = .seconds(10)
+    static let firstRetry: Duration = .seconds(1)
     private static let calls = 300
     private static let runs = 3
 
@@ -31,6 +34,11 @@ final class MachineCostsProbe: Sendable {
     /// Signalled when the thread ends.
     private let ended = DispatchSemaphore(value: 0)
     private let running = Atomic<Bool>(false)
+    /// Told of each measurement handed to the poller (a daemon passes it on to its workers).
+    private let listener = Mutex<(@Sendable (MachineCosts) -> Void)?>(nil)
+
+    /// `body` gets each measurement from now on.
+    func whenMeasured(_ body: @escaping @Sendable (MachineCosts) -> Void) { listener.withLock { $0 = body } }
 
     /// `folder`: where the tiny programs are written while measuring (the engine's state folder).
     init(system: KVMSystem, poller: SyscallPoller, folder: URL, logger: Logger) {
@@ -62,6 +70,7 @@ final class MachineCostsProbe: Sendable {
             state.withLock { $0.latest = costs }
             poller.setCosts(costs)
             logger.info("machine costs measured", metadata: ["costs": "\(costs.summary)"])
+            listener.withLock { $0 }?(costs)
             return true
         } catch {
             logger.warning("machine costs could not be measured: the poller polls without judging", metadata: ["error": "\(error)"])
@@ -75,7 +84,7 @@ final class MachineCostsProbe: Sendable {
         let thread = Thread { [self] in
             defer { ended.signal() }
             while !state.withLock({ $0.stopped }) {
-                let seconds = Double((measureNow() ? Self.interval : Self.retry).components.seconds)
+                let seconds = Double((measureNow() ? Self.interval : latest == nil ? Self.firstRetry : Self.retry).components.seconds)
                 _ = wake.wait(timeout: .now() + seconds)
             }
         }

@@ -31,6 +31,10 @@ final class ManagedContainer: Sendable {
         var finishing = false
         /// The worker holding its VM (workers mode); nil in one process.
         var shard: Int?
+        /// A run's output as its worker sent it with the run's end (nil: read the log files).
+        var output: (stdout: [UInt8], stderr: [UInt8])?
+        /// Its worker removed it at the run's end (nothing is left there to remove).
+        var removedInWorker = false
     }
 
     init(info: ContainerInfo, logFolder: URL, vm: Fork.Container?, stdinWriter: Int32, family: ParentFamily?, exit: ExitInfo? = nil,
@@ -53,6 +57,17 @@ final class ManagedContainer: Sendable {
     var shard: Int? { state.withLock { $0.shard } }
 
     func setShard(_ shard: Int) { state.withLock { $0.shard = shard } }
+
+    /// Keeps what a worker sent with a run's end.
+    func took(_ end: WorkerRunEnd) {
+        state.withLock { state in
+            if let stdout = end.stdout, let stderr = end.stderr { state.output = (stdout, stderr) }
+            state.removedInWorker = end.removed
+        }
+    }
+
+    var output: (stdout: [UInt8], stderr: [UInt8])? { state.withLock { $0.output } }
+    var removedInWorker: Bool { state.withLock { $0.removedInWorker } }
 
     /// Takes a worker's view of the container (created or running) unless it has ended here
     /// already; true when something changed.

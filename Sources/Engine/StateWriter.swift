@@ -1,4 +1,5 @@
 import Foundation
+import HostSystem
 import Logging
 import Store
 import Synchronization
@@ -33,7 +34,7 @@ final class StateWriter: Sendable {
         }
         // A short gathering window: a container's create, start, exit and removal usually land
         // in one transaction, and the writer takes less of the cores the containers run on.
-        if schedule { queue.asyncAfter(deadline: .now() + .milliseconds(5)) { [self] in drain() } }
+        if schedule { queue.asyncAfter(deadline: .now() + .milliseconds(5)) { [self] in BackgroundScheduling.run { drain() } } }
     }
 
     func event(_ event: EventRow) { enqueue { $0.events.append(event) } }

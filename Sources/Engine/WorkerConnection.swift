@@ -24,6 +24,8 @@ final class WorkerConnection: Sendable {
         var images: [String: ImageRecord] = [:]
         /// The machine's costs last sent to this worker.
         var costsSent: MachineCosts?
+        /// Requests sent on this connection, by op.
+        var requests: [String: Int] = [:]
     }
 
     init(shard: Int, socketPath: String) throws(EngineError) {
@@ -57,51 +59,77 @@ final class WorkerConnection: Sendable {
 
     var isClosed: Bool { state.withLock { $0.closed != nil } }
 
-    /// Starts the reader thread: `onEvent` gets each event frame (on that thread, in order);
-    /// `onClose` once, with why, when the stream ends (every call in flight fails first).
-    func startReading(onEvent: @escaping @Sendable (String, WorkerFrame) -> Void, onClose: @escaping @Sendable (String) -> Void) {
-        let thread = Thread { [self] in
-            var why = "the worker closed its socket"
-            // Waits in poll for input only: a thread blocked in recv on a Unix stream socket is
-            // also woken each time the worker reads (the kernel signals write space on the same
-            // wait queue), a wake-up on the worker's core at the start of every request.
-            var input = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            while true {
-                input.revents = 0
-                if poll(&input, 1, -1) < 0 {
-                    if errno == EINTR { continue }
-                    why = "worker socket poll: \(String(cString: strerror(errno)))"
-                    break
-                }
-                let bytes: Data?
-                do { bytes = try WorkerWire.readFrame(fd) } catch {
-                    why = "\(error)"
-                    break
-                }
-                guard let bytes else { break }
-                let frame = WorkerFrame(bytes)
-                guard let header = frame.header else {
-                    why = "the worker sent a frame that is not a message"
-                    break
-                }
-                if let event = header.event {
-                    onEvent(event, frame)
-                } else {
-                    let waiter = state.withLock { $0.pending.removeValue(forKey: header.id) }
-                    waiter?.resume(returning: frame)
-                }
-            }
-            let waiters = state.withLock { state in
-                state.closed = why
-                defer { state.pending = [:] }
-                return Array(state.pending.values)
-            }
-            for waiter in waiters { waiter.resume(throwing: EngineError(.unavailable, "worker \(self.shard) is gone: \(why)")) }
-            close(fd)
-            onClose(why)
+    /// Requests sent on this connection so far, by op (the metrics' `vmfork_worker_requests`).
+    var requestsSent: [String: Int] { state.withLock { $0.requests } }
+
+    /// Starts reading, with `reader` (on its own duplicate of the socket) or on a thread of
+    /// its own: `onEvent` gets each event frame (in order); `onClose` once, with why, when the
+    /// stream ends (every call in flight fails first).
+    func startReading(with reader: (any WorkerFrameReader)?, onEvent: @escaping @Sendable (String, WorkerFrame) -> Void,
+                      onClose: @escaping @Sendable (String) -> Void) async throws {
+        let ended = Mutex(false)
+        let end = { @Sendable [self] (why: String) in
+            guard !ended.withLock({ let was = $0; $0 = true; return was }) else { return }
+            finish(why, onClose: onClose)
         }
-        thread.name = "vmfork-worker-\(shard)"
-        thread.start()
+        guard let reader else {
+            let thread = Thread { [self] in
+                // Waits in poll for input only: a thread blocked in recv on a Unix stream socket
+                // is also woken each time the worker reads (the kernel signals write space on
+                // the same wait queue), a wake-up on the worker's core at the start of every request.
+                var input = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                while true {
+                    input.revents = 0
+                    if poll(&input, 1, -1) < 0 {
+                        if errno == EINTR { continue }
+                        return end("worker socket poll: \(String(cString: strerror(errno)))")
+                    }
+                    let bytes: Data?
+                    do { bytes = try WorkerWire.readFrame(fd) } catch { return end("\(error)") }
+                    guard let bytes else { return end("the worker closed its socket") }
+                    if let why = take(bytes, onEvent: onEvent) { return end(why) }
+                }
+            }
+            thread.name = "vmfork-worker-\(shard)"
+            thread.start()
+            return
+        }
+        let readable = dup(fd)
+        guard readable >= 0 else { throw EngineError(.failed, "worker \(shard) socket: dup: \(String(cString: strerror(errno)))") }
+        // The reader's end shares the socket's flags: a non-blocking socket is written with a
+        // wait for room (`WorkerWire.write`).
+        try await reader.read(from: readable, shard: shard, frame: { [self] bytes in
+            if let why = take(bytes, onEvent: onEvent) {
+                disconnect()
+                end(why)
+            }
+        }, ended: end)
+    }
+
+    /// One frame from the worker: an event goes to `onEvent`, a reply to its caller; why the
+    /// stream must end when it is not a message.
+    private func take(_ bytes: Data, onEvent: (String, WorkerFrame) -> Void) -> String? {
+        let frame = WorkerFrame(bytes)
+        guard let header = frame.header else { return "the worker sent a frame that is not a message" }
+        if let event = header.event {
+            onEvent(event, frame)
+        } else {
+            let waiter = state.withLock { $0.pending.removeValue(forKey: header.id) }
+            waiter?.resume(returning: frame)
+        }
+        return nil
+    }
+
+    /// The stream ended: every call in flight fails, the socket closes, `onClose` hears why.
+    private func finish(_ why: String, onClose: (String) -> Void) {
+        let waiters = state.withLock { state in
+            state.closed = why
+            defer { state.pending = [:] }
+            return Array(state.pending.values)
+        }
+        for waiter in waiters { waiter.resume(throwing: EngineError(.unavailable, "worker \(shard) is gone: \(why)")) }
+        close(fd)
+        onClose(why)
     }
 
     /// Sends a request and waits for its reply; a refusal comes back as the worker's EngineError.
@@ -115,7 +143,7 @@ final class WorkerConnection: Sendable {
 
     /// A create (and start) in the worker, written and read by hand (`WorkerQuick`); the
     /// image's record goes along only when this worker may not have it.
-    func create(_ request: WorkerCreate, image: ImageRecord) async throws -> ContainerInfo {
+    func create(_ request: WorkerCreate, image: ImageRecord) async throws -> (info: ContainerInfo, end: WorkerRunEnd?) {
         var request = request
         let sendsImage = !has(image) || version != Engine.version
         if sendsImage { request.image = image }
@@ -128,7 +156,7 @@ final class WorkerConnection: Sendable {
         // Only a create that succeeded shows the worker took the record (a refusal may have
         // come before it did: the next create sends it again).
         if sendsImage { took(image) }
-        return info
+        return (info, try WorkerQuick.runEnd(of: frame, started: info, shard: shard))
     }
 
     private func createResult(_ frame: WorkerFrame) throws -> ContainerInfo {
@@ -155,6 +183,7 @@ final class WorkerConnection: Sendable {
             let id = state.withLock { state -> UInt64? in
                 guard state.closed == nil else { return nil }
                 defer { state.next += 1 }
+                state.requests[op, default: 0] += 1
                 state.pending[state.next] = continuation
                 return state.next
             }

@@ -49,6 +49,7 @@ enum WorkerQuick {
         writer.key("id"); writer.string(request.id)
         writer.key("start"); writer.boolean(request.start)
         if let untilEnd = request.untilEnd { writer.key("untilEnd"); writer.boolean(untilEnd) }
+        if let removeAtEnd = request.removeAtEnd { writer.key("removeAtEnd"); writer.boolean(removeAtEnd) }
         writer.key("spec"); request.spec.write(into: &writer)
         writer.endObject()
         return true
@@ -59,17 +60,19 @@ enum WorkerQuick {
         guard let members = body?.members else { return nil }
         var (id, start, spec): (String?, Bool?, ContainerSpec?) = (nil, nil, nil)
         var untilEnd: Bool?
+        var removeAtEnd: Bool?
         for member in members {
             switch member.key {
             case "id": id = member.value.string
             case "start": start = member.value.boolean
             case "untilEnd": guard let flag = member.value.boolean else { return nil }; untilEnd = flag
+            case "removeAtEnd": guard let flag = member.value.boolean else { return nil }; removeAtEnd = flag
             case "spec": spec = ContainerSpec.quick(member.value)
             default: return nil
             }
         }
         guard let id, let start, let spec else { return nil }
-        return WorkerCreate(id: id, spec: spec, image: nil, start: start, untilEnd: untilEnd)
+        return WorkerCreate(id: id, spec: spec, image: nil, start: start, untilEnd: untilEnd, removeAtEnd: removeAtEnd)
     }
 
     /// A remove's body, `{"id":ID,"force":BOOL}`.
@@ -151,6 +154,71 @@ enum WorkerQuick {
         exit?.pageFaults = counters["pageFaults"]
         exit?.emulatedInstructions = counters["emulatedInstructions"]
         return exit
+    }
+
+    /// A run's answer with its end: `{"id":N,"result":INFO,"ended":{"exitCode":N,"exitReason":S,
+    /// "finishedAt":T,"startedAt":T,"vmExits":N,...,"stdout":S,"stderr":S,"removed":B}}`. The
+    /// result is the info as the run started; the end has only what its exit changed (the
+    /// daemon reads one container's info, not two). Nil when an info needs the Codable form
+    /// or a time is not finite (the answer then goes without its end).
+    static func reply(id: UInt64, info: ContainerInfo, end: WorkerRunEnd) -> [UInt8]? {
+        let ended = end.exit.info
+        guard let finishedAt = ended.finishedAt, finishedAt.isFinite, ended.startedAt?.isFinite ?? true else { return nil }
+        var writer = QuickJSON.Writer(capacity: 1024)
+        writer.beginObject()
+        writer.key("id"); writer.integer(id)
+        writer.key("result")
+        guard info.write(into: &writer) else { return nil }
+        writer.key("ended")
+        writer.beginObject()
+        writer.key("exitCode"); writer.integer(ended.exitCode ?? 137)
+        writer.key("exitReason"); writer.string(ended.exitReason ?? "exited")
+        writer.key("finishedAt"); writer.double(finishedAt)
+        if let startedAt = ended.startedAt { writer.key("startedAt"); writer.double(startedAt) }
+        if let vmExits = end.exit.vmExits { writer.key("vmExits"); writer.integer(vmExits) }
+        if let pageFaults = end.exit.pageFaults { writer.key("pageFaults"); writer.integer(pageFaults) }
+        if let emulated = end.exit.emulatedInstructions { writer.key("emulatedInstructions"); writer.integer(emulated) }
+        if let stdout = end.stdout { writer.key("stdout"); writer.string(String(decoding: stdout, as: UTF8.self)) }
+        if let stderr = end.stderr { writer.key("stderr"); writer.string(String(decoding: stderr, as: UTF8.self)) }
+        writer.key("removed"); writer.boolean(end.removed)
+        writer.endObject()
+        writer.endObject()
+        return writer.bytes
+    }
+
+    /// A run's end from its answer's frame (`started`: the answer's result); nil when it has none.
+    static func runEnd(of frame: WorkerFrame, started: ContainerInfo, shard: Int) throws(EngineError) -> WorkerRunEnd? {
+        guard let ended = frame.member("ended") else { return nil }
+        let malformed = EngineError(.failed, "worker \(shard) answered a run with a malformed end")
+        guard let members = ended.members else { throw malformed }
+        var info = started
+        info.state = .exited
+        var end = WorkerRunEnd(exit: WorkerExit(info: info), stdout: nil, stderr: nil, removed: false)
+        var (exitCode, exitReason, finishedAt, removed): (Int?, String?, Double?, Bool?) = (nil, nil, nil, nil)
+        for member in members {
+            let value = member.value
+            switch member.key {
+            case "exitCode": exitCode = value.integer
+            case "exitReason": exitReason = value.string
+            case "finishedAt": finishedAt = value.double
+            case "startedAt": guard let time = value.double else { throw malformed }; end.exit.info.startedAt = time
+            case "vmExits", "pageFaults", "emulatedInstructions":
+                guard let count = value.integer, count >= 0 else { throw malformed }
+                if member.key == "vmExits" { end.exit.vmExits = UInt64(count) } else if member.key == "pageFaults" { end.exit.pageFaults = UInt64(count) } else {
+                    end.exit.emulatedInstructions = UInt64(count)
+                }
+            case "stdout": guard let text = value.string else { throw malformed }; end.stdout = Array(text.utf8)
+            case "stderr": guard let text = value.string else { throw malformed }; end.stderr = Array(text.utf8)
+            case "removed": removed = value.boolean
+            default: throw malformed
+            }
+        }
+        guard let exitCode, let exitReason, let finishedAt, let removed else { throw malformed }
+        end.exit.info.exitCode = exitCode
+        end.exit.info.exitReason = exitReason
+        end.exit.info.finishedAt = finishedAt
+        end.removed = removed
+        return end
     }
 
     /// A reply's result, or the worker's refusal thrown; nil when the frame has no tree.

@@ -26,8 +26,8 @@ import Store
 /// the same write as its exit event, or after `WorkerServer.heldAnswerLimit`. The create, its
 /// reply, the exit event and the remove are written and read by hand (`WorkerQuick`), the
 /// same JSON as their Codable forms.
-enum WorkerWire {
-    static let maxFrame = 64 << 20
+public enum WorkerWire {
+    public static let maxFrame = 64 << 20
 
     /// Writes one frame with a single write where it fits (the caller serializes writers).
     static func writeFrame<Bytes: Collection<UInt8>>(_ fd: Int32, _ payload: Bytes) throws(EngineError) {
@@ -59,6 +59,12 @@ enum WorkerWire {
             let written = frame.withUnsafeBytes { bytes in send(fd, bytes.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL)) }
             if written < 0 {
                 if errno == EINTR { continue }
+                if errno == EAGAIN || errno == EWOULDBLOCK {
+                    // A socket an event loop reads is non-blocking: wait for room.
+                    var room = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                    _ = poll(&room, 1, 1000)
+                    continue
+                }
                 throw EngineError(.failed, "worker socket write: \(String(cString: strerror(errno)))")
             }
             offset += written
@@ -197,6 +203,24 @@ struct WorkerCreate: Codable, Sendable {
     /// the same write as its exit, or once it has run `WorkerServer.heldAnswerLimit`,
     /// whichever comes first, so that the daemon is not woken while a short program runs.
     var untilEnd: Bool? = nil
+    /// With `untilEnd`: a run whose container goes once it ended. A run that ends before
+    /// the answer goes is answered with its end and output (`WorkerRunEnd`) and removed in
+    /// the worker, with no call of the daemon's for either.
+    var removeAtEnd: Bool? = nil
+}
+
+/// A run's end, sent with its answer when the program ended before the answer went
+/// (`WorkerCreate.untilEnd`): its exit, its output when small enough to go along
+/// (`WorkerRunEnd.inlineLimit`), and whether the worker removed the container.
+struct WorkerRunEnd: Sendable {
+    var exit: WorkerExit
+    var stdout: [UInt8]?
+    var stderr: [UInt8]?
+    var removed: Bool
+
+    /// The most output (stdout and stderr together, bytes) that goes with an answer; a
+    /// larger one stays in the container's log files for the daemon to read.
+    static let inlineLimit = 64 << 10
 }
 
 struct WorkerContainerRef: Codable, Sendable { var id: String }

@@ -23,7 +23,7 @@ public final class WorkerServer: Sendable {
     private let pollerThread: Int32?
     /// The answers of runs whose program still runs, by container id (see `WorkerCreate.untilEnd`),
     /// with when each goes without waiting longer for the end.
-    private let heldAnswers = Mutex<[String: (answer: WorkerAnswer, deadline: ContinuousClock.Instant)]>([:])
+    private let heldAnswers = Mutex<[String: (answer: WorkerAnswer, deadline: ContinuousClock.Instant, removeAtEnd: Bool)]>([:])
     /// How long a run's answer waits for its program's end before it goes without it.
     static let heldAnswerLimit = Duration.milliseconds(2)
     /// The connection events go to (the last to say hello).
@@ -53,21 +53,32 @@ public final class WorkerServer: Sendable {
             throw EngineError(.failed, "cannot listen on \(socketPath): \(message)")
         }
         engine.setObservers(EngineObservers(
-            exit: { [weak self] info, counters in
+            exit: { [weak self] info, counters, container in
                 let exit = WorkerExit(info: info, vmExits: counters?.exits, pageFaults: counters?.pageFaults,
                                       emulatedInstructions: counters?.emulatedInstructions)
                 guard let self else { return }
-                // A run's answer held until now goes first, in the same write when it can.
-                let held = heldAnswers.withLock { $0.removeValue(forKey: info.id) }?.answer
-                let heldFrame = held?.takeHeld()
-                guard let subscriber = subscriber.withLock({ $0 }) else {
-                    if let held, let heldFrame { held.peer.send(frame: heldFrame) }
-                    return
-                }
+                // A run's answer held until now goes first, in the same write when it can,
+                // with the run's end (and the container removed here when the run asked).
+                let subscriber = subscriber.withLock { $0 }
                 var frames: [[UInt8]] = []
-                if let held, let heldFrame {
-                    if held.peer === subscriber { frames.append(heldFrame) } else { held.peer.send(frame: heldFrame) }
+                // A run's removal here begins once its answer is written: the task's thread,
+                // woken before, took the core the answer was waiting for (traced).
+                var removing = false
+                defer { if removing { Task { [engine] in try? await engine.removeContainer(info.id, force: true, by: "daemon") } } }
+                if let held = heldAnswers.withLock({ $0.removeValue(forKey: info.id) }), let started = held.answer.takeHeldInfo() {
+                    let (frame, withEnd, removed) = endedAnswer(held.answer, started: started, exit: exit, container: container,
+                                                                removeAtEnd: held.removeAtEnd)
+                    let toSubscriber = held.answer.peer === subscriber
+                    if toSubscriber { frames.append(frame) } else { held.answer.peer.send(frame: frame) }
+                    // The answer said so: the container goes as the daemon's remove would have made it go.
+                    removing = removed
+                    if withEnd && toSubscriber {
+                        // No exit event: the answer carried the end to the daemon.
+                        subscriber?.send(frames: frames)
+                        return
+                    }
                 }
+                guard let subscriber else { return }
                 if let frame = WorkerQuick.exitEvent(exit) {
                     frames.append(frame)
                     subscriber.send(frames: frames)
@@ -80,6 +91,21 @@ public final class WorkerServer: Sendable {
                 guard row.actor == "engine", row.type == "parent.evict" || row.type == "parent.shrink" else { return }
                 self?.subscriber.withLock { $0 }?.send(WorkerEventMessage(event: "event", body: row))
             }))
+    }
+
+    /// A held run answer with its end: the output goes along when it is small, and then the
+    /// container is removed here if the run asked (`removing`); else the daemon reads the log
+    /// files and removes it, as for any container.
+    private func endedAnswer(_ answer: WorkerAnswer, started: ContainerInfo, exit: WorkerExit, container: ManagedContainer,
+                             removeAtEnd: Bool) -> (frame: [UInt8], withEnd: Bool, removing: Bool) {
+        var end = WorkerRunEnd(exit: exit, stdout: nil, stderr: nil, removed: false)
+        if let files = container.logFiles, files.size(.stdout) + files.size(.stderr) <= WorkerRunEnd.inlineLimit {
+            end.stdout = files.read(.stdout)
+            end.stderr = files.read(.stderr)
+            end.removed = removeAtEnd
+        }
+        guard let frame = WorkerQuick.reply(id: answer.id, info: started, end: end) else { return (answer.frame(started), false, false) }
+        return (frame, true, end.removed)
     }
 
     /// Accepts connections until the process ends (call from a thread that may block).
@@ -177,12 +203,13 @@ public final class WorkerServer: Sendable {
                 let request = try WorkerQuick.create(frame.member("body")) ?? body(WorkerCreate.self, frame)
                 if let image = request.image { try await engine.adopt(image: image) }
                 let untilEnd = request.start && request.untilEnd == true
+                let removeAtEnd = untilEnd && request.removeAtEnd == true
                 var started: (@Sendable (ManagedContainer) -> Void)?
                 if untilEnd {
                     // A run: answered with its exit (the exit observer above), or after the limit.
                     started = { [self] (made: ManagedContainer) -> Void in
                         answer.hold(made.info)
-                        heldAnswers.withLock { $0[made.id] = (answer, .now + Self.heldAnswerLimit) }
+                        heldAnswers.withLock { $0[made.id] = (answer, .now + Self.heldAnswerLimit, removeAtEnd) }
                         // The connection's reader sends it when the limit passes first; no
                         // thread is woken for it meanwhile (a timer thread woken as the
                         // program started took the core its system-call poller then needed).
@@ -384,7 +411,7 @@ final class WorkerAnswer: Sendable {
         case done
     }
 
-    private let id: UInt64
+    let id: UInt64
     let peer: WorkerPeer
     private let state = Mutex(State.open)
 
@@ -417,14 +444,19 @@ final class WorkerAnswer: Sendable {
     }
 
     /// The held answer as a frame, once; nil when none is held.
-    func takeHeld() -> [UInt8]? {
-        let info = state.withLock { state -> ContainerInfo? in
+    func takeHeld() -> [UInt8]? { takeHeldInfo().map { frame($0) } }
+
+    /// The held answer's info, once; nil when none is held.
+    func takeHeldInfo() -> ContainerInfo? {
+        state.withLock { state -> ContainerInfo? in
             guard case .held(let info) = state else { return nil }
             state = .done
             return info
         }
-        return info.map { Self.frame(id, $0) }
     }
+
+    /// The answer with `info` as its result.
+    func frame(_ info: ContainerInfo) -> [UInt8] { Self.frame(id, info) }
 
     private static func frame(_ id: UInt64, _ info: ContainerInfo) -> [UInt8] {
         if let frame = WorkerQuick.reply(id: id, info: info) { return frame }

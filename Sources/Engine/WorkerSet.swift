@@ -10,11 +10,15 @@ public struct WorkerSettings: Sendable {
     /// The vmfork binary the workers run (`vmfork worker --state STATE --shard N`).
     public var executable: String
     public var logLevel: String
+    /// Reads the daemon's connections to its workers; nil: a thread per connection
+    /// (`WorkerFrameReader`).
+    public var reader: (any WorkerFrameReader)?
 
-    public init(count: Int, executable: String? = nil, logLevel: String = "info") {
+    public init(count: Int, executable: String? = nil, logLevel: String = "info", reader: (any WorkerFrameReader)? = nil) {
         self.count = count
         self.executable = executable ?? WorkerSettings.ownExecutable()
         self.logLevel = logLevel
+        self.reader = reader
     }
 
     /// This process's own binary (/proc/self/exe).
@@ -23,6 +27,16 @@ public struct WorkerSettings: Sendable {
     }
 
     public static let range = 0...64
+}
+
+/// Reads the frames of a daemon's connection to a worker (`WorkerWire`: a 4-byte
+/// little-endian length, then the JSON). Without one a thread per connection reads, and each
+/// reply wakes that thread, which then wakes the event loop its caller waits on; the API's
+/// reader reads on that event loop, which a reply then wakes directly.
+public protocol WorkerFrameReader: Sendable {
+    /// Reads from `fd`, which it owns (and closes at the end, or when it throws); `frame` gets
+    /// each frame in order, `ended` with why the stream ended. Throws when reading cannot begin.
+    func read(from fd: Int32, shard: Int, frame: @escaping @Sendable (Data) -> Void, ended: @escaping @Sendable (String) -> Void) async throws
 }
 
 /// The daemon's view of its workers: the connection to each, which worker holds each parent

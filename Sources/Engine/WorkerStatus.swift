@@ -35,6 +35,21 @@ public struct WorkerProcessStatus: Codable, Sendable, Equatable {
     /// the median bytes one of its children owns privately (policies with live children).
     public var parentBytes: [String: Int]?
     public var childPrivateBytesMedian: [String: Int]?
+    /// Its system-call poller: what it served and how often polling went off, and the
+    /// machine's costs it judges polling by (the daemon's last measurement); nil without one.
+    public var poller: WorkerPollerStatus?
+}
+
+/// A worker's system-call poller, as it stands.
+public struct WorkerPollerStatus: Codable, Sendable, Equatable {
+    public var callsServed: Int
+    public var backOffs: Int
+    public var unprofitableBackOffs: Int
+    /// CPU time of its thread so far, seconds.
+    public var cpuSeconds: Double?
+    /// The costs it holds (µs); absent until the daemon sent them.
+    public var exitMicroseconds: Double?
+    public var polledCallMicroseconds: Double?
 }
 
 struct WorkerStatusRequest: Codable, Sendable { var sharing: Bool }
@@ -60,7 +75,18 @@ extension WorkerServer {
             pagesPerNode: Dictionary(uniqueKeysWithValues: NUMABinding.pagesPerNode().map { ("\($0.key)", $0.value) }),
             parents: parents.reduce(0) { $0 + $1.parentsReady }, readyVMs: parents.reduce(0) { $0 + $1.readyVMsNow },
             liveChildren: parents.reduce(0) { $0 + $1.liveChildren },
-            parentBytes: sharing ? parentBytes : nil, childPrivateBytesMedian: sharing ? privateMedians : nil)
+            parentBytes: sharing ? parentBytes : nil, childPrivateBytesMedian: sharing ? privateMedians : nil,
+            poller: pollerStatus())
+    }
+
+    private func pollerStatus() -> WorkerPollerStatus? {
+        guard let poller = engine.poller else { return nil }
+        let figures = poller.statistics
+        let costs = poller.costs
+        return WorkerPollerStatus(callsServed: figures.callsServed, backOffs: figures.backOffs,
+                                  unprofitableBackOffs: figures.unprofitableBackOffs,
+                                  cpuSeconds: poller.kernelThreadID.flatMap { CPUTime.ofThread($0) },
+                                  exitMicroseconds: costs.map { $0.exitMicroseconds }, polledCallMicroseconds: costs.map { $0.polledMicroseconds })
     }
 
     /// /proc/self/status as name -> value (trimmed).

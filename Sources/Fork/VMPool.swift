@@ -1,4 +1,5 @@
 import Foundation
+import HostSystem
 import KVM
 import ProcessVM
 
@@ -139,7 +140,7 @@ final class VMPool: @unchecked Sendable {
             refilling = true
             return true
         }
-        if start { queue.async { [self] in refillOne() } }
+        if start { queue.async { [self] in BackgroundScheduling.run { refillOne() } } }
     }
 
     /// Makes one VM and queues the next.
@@ -165,7 +166,7 @@ final class VMPool: @unchecked Sendable {
         }
         guard kept else { return finishRefill() }
         returnedOne.withLock { returnedOne.signal() }
-        queue.async { [self] in refillOne() }
+        queue.async { [self] in BackgroundScheduling.run { refillOne() } }
     }
 
     private func finishRefill() {
@@ -185,23 +186,26 @@ final class VMPool: @unchecked Sendable {
             lastReturn = .now
         }
         returnedOne.withLock { returnedOne.signal() }
-        returnQueue.async { [self] in
-            // The latest return not yet taken by a fork (none: a fork restored it itself).
-            let (child, room) = condition.withLock { (unrestored.popLast(), ready.count < target) }
-            guard let child else { return }
-            let vm = room ? try? PreparedVM(reusing: child) : nil
-            let readied = condition.withLock {
-                returning -= 1
-                defer { condition.broadcast() }
-                guard let vm, ready.count < target else { return false }
-                ready.append(vm)
-                return true
-            }
-            if readied { returnedOne.withLock { returnedOne.signal() } }
-            // A VM that did not come back (the child owned too much, or ended uncleanly)
-            // leaves a place a refill fills.
-            if room && vm == nil { refill(whenBelow: (target + 1) / 2) }
+        returnQueue.async { [self] in BackgroundScheduling.run { restoreReturned() } }
+    }
+
+    /// On the return queue: restores the latest return no fork has taken (none: a fork
+    /// restored it itself) when the pool has room, else lets it go.
+    private func restoreReturned() {
+        let (child, room) = condition.withLock { (unrestored.popLast(), ready.count < target) }
+        guard let child else { return }
+        let vm = room ? try? PreparedVM(reusing: child) : nil
+        let readied = condition.withLock {
+            returning -= 1
+            defer { condition.broadcast() }
+            guard let vm, ready.count < target else { return false }
+            ready.append(vm)
+            return true
         }
+        if readied { returnedOne.withLock { returnedOne.signal() } }
+        // A VM that did not come back (the child owned too much, or ended uncleanly)
+        // leaves a place a refill fills.
+        if room && vm == nil { refill(whenBelow: (target + 1) / 2) }
     }
 
     /// Lets go of the ready VMs beyond `count` (their memory and KVM objects are freed); the

@@ -204,6 +204,57 @@ struct WorkerTests {
         }
     }
 
+    /// A run that ends before its answer goes is answered with its end and output, and its
+    /// worker removes it there and then (no second call): the output, status and log are as
+    /// for any run, a large output (past what goes along) is read from the log files, and
+    /// nothing of either run is left in the worker.
+    @Test func aShortRunIsAnsweredWithItsEndAndRemovedInItsWorker() async throws {
+        try await Self.withWorkers(1) { daemon, client in
+            var smallID = ""
+            for index in 0..<5 {
+                let small = try await client.send("POST", "/v1/containers/run", json: ContainerSpec(
+                    image: "busybox", arguments: ["sh", "-c", "echo out \(index); echo err >&2; exit 3"], memoryMiB: 32))
+                let smallResult = try small.decode(RunResult.self)
+                smallID = smallResult.id
+                #expect(smallResult.exitCode == 3 && smallResult.stdout == "out \(index)\n" && smallResult.stderr == "err\n", "\(small.text)")
+            }
+            // 2,000 lines of 41 bytes: 82,000 bytes, more than an answer carries.
+            let line = "0123456789012345678901234567890123456789"
+            let large = try await client.send("POST", "/v1/containers/run", json: ContainerSpec(
+                image: "busybox", arguments: ["sh", "-c", "i=0; while [ $i -lt 2000 ]; do echo \(line); i=$((i+1)); done"], memoryMiB: 32))
+            let largeResult = try large.decode(RunResult.self)
+            #expect(largeResult.exitCode == 0 && largeResult.stdout == String(repeating: line + "\n", count: 2000), "\(largeResult.stdout.count) bytes")
+            for id in [smallID, largeResult.id] {
+                #expect(try await client.send("GET", "/v1/containers/\(id)").status == 404)
+            }
+            var live = -1
+            let deadline = Date().addingTimeInterval(10)
+            while Date() < deadline {
+                let workers = try JSONDecoder().decode([WorkerInfo].self, from: try await client.send("GET", "/v1/workers").body)
+                live = workers.reduce(0) { $0 + ($1.process?.liveChildren ?? 1) + $1.liveContainers }
+                if live == 0 { break }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(live == 0)
+            var types: [String] = []
+            let logged = Date().addingTimeInterval(30)
+            while Date() < logged {
+                types = try daemon.events(client).filter { $0["subject"] as? String == smallID }.compactMap { $0["type"] as? String }
+                if types.contains("container.remove") { break }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(types == ["container.create", "container.start", "container.exit", "container.remove"], "\(types)")
+            // Six runs; a remove asked of the worker for the large one, and for none of the small
+            // ones that ended within the answer's wait (2 ms; on a loaded host some may not).
+            let metrics = try await client.send("GET", "/metrics").text
+            let requests = { (op: String) in
+                metrics.split(separator: "\n").first { $0.hasPrefix("vmfork_worker_requests{") && $0.contains("op=\"\(op)\"") }
+                    .flatMap { Double($0.split(separator: " ").last ?? "") } ?? 0
+            }
+            #expect(requests("create") == 6 && requests("remove") >= 1 && requests("remove") < 6, "\(metrics.split(separator: "\n").filter { $0.contains("worker_requests") })")
+        }
+    }
+
     /// A run's answer waits in the worker for the program's end (one message and one wake-up
     /// for the daemon), but no longer than a few milliseconds: a run still going is listed as
     /// running meanwhile. And the worker's system-call poller has the priority the daemon's

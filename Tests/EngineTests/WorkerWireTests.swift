@@ -65,7 +65,8 @@ import Testing
                                      openStdin: Self.maybe(&random) { Bool.random(using: &$0) }, stdin: Self.maybe(&random) { Self.text(&$0) },
                                      tty: Self.maybe(&random) { Bool.random(using: &$0) })
             let request = WorkerCreate(id: Self.text(&random), spec: spec, image: nil, start: Bool.random(using: &random),
-                                       untilEnd: Self.maybe(&random) { Bool.random(using: &$0) })
+                                       untilEnd: Self.maybe(&random) { Bool.random(using: &$0) },
+                                       removeAtEnd: Self.maybe(&random) { Bool.random(using: &$0) })
             var body = QuickJSON.Writer()
             #expect(WorkerQuick.create(request, into: &body))
             let bytes = WorkerQuick.request(id: 42, op: "create") { $0.raw(body.bytes) }
@@ -74,7 +75,8 @@ import Testing
             let quick = try #require(WorkerQuick.create(frame.member("body")), "\(String(decoding: bytes, as: UTF8.self))")
             let decoded = try JSONDecoder().decode(WorkerRequest<WorkerCreate>.self, from: Data(bytes)).body
             for read in [quick, decoded] {
-                #expect(read.id == request.id && read.spec == request.spec && read.start == request.start && read.untilEnd == request.untilEnd)
+                #expect(read.id == request.id && read.spec == request.spec && read.start == request.start && read.untilEnd == request.untilEnd
+                        && read.removeAtEnd == request.removeAtEnd)
                 #expect(read.image == nil)
             }
         }
@@ -112,6 +114,53 @@ import Testing
             let result = try #require(try WorkerQuick.result(of: reply, shard: 0, op: "create"))
             #expect(ContainerInfo.quick(result) == info)
         }
+    }
+
+    /// A run answered with its end: the started info as the result (what JSONDecoder reads
+    /// too), and with it only what the exit changed: the daemon rebuilds the ended info from
+    /// the two; the counters and output come as written, whatever bytes the output held (as
+    /// the run's result would show them); a malformed end is an error, not a run without one.
+    @Test func aRunsAnswerCarriesItsEndAndOutput() throws {
+        var random = Seeded()
+        for _ in 0..<300 {
+            var started = Self.info(&random)
+            started.state = .running
+            var ended = started
+            ended.state = .exited
+            ended.exitCode = Int.random(in: 0...255, using: &random)
+            ended.exitReason = Self.text(&random)
+            ended.finishedAt = Double.random(in: 0...2e9, using: &random)
+            if Bool.random(using: &random) { ended.startedAt = Double.random(in: 0...2e9, using: &random) }
+            let stdout = Array(Self.text(&random, upTo: 40).utf8) + (Bool.random(using: &random) ? [0xFF, 0x0A] : [])
+            let end = WorkerRunEnd(exit: WorkerExit(info: ended, vmExits: Self.maybe(&random) { UInt64.random(in: 0...99, using: &$0) }, pageFaults: 4),
+                                   stdout: stdout, stderr: Self.maybe(&random) { Array(Self.text(&$0).utf8) }, removed: Bool.random(using: &random))
+            let frame = WorkerFrame(Data(try #require(WorkerQuick.reply(id: 7, info: started, end: end))))
+            #expect(frame.header?.id == 7)
+            let node = try #require(try WorkerQuick.result(of: frame, shard: 0, op: "create"))
+            let result = try #require(ContainerInfo.quick(node))
+            #expect(result == started)
+            #expect(try JSONDecoder().decode(WorkerReply<ContainerInfo>.self, from: frame.data).result == started)
+            let read = try #require(try WorkerQuick.runEnd(of: frame, started: result, shard: 0))
+            #expect(read.exit.info == ended, "\(read.exit.info) against \(ended)")
+            #expect(read.exit.vmExits == end.exit.vmExits && read.exit.pageFaults == 4 && read.exit.emulatedInstructions == nil && read.removed == end.removed)
+            #expect(read.stdout.map { String(decoding: $0, as: UTF8.self) } == String(decoding: stdout, as: UTF8.self))
+            #expect(read.stderr.map { String(decoding: $0, as: UTF8.self) } == end.stderr.map { String(decoding: $0, as: UTF8.self) })
+        }
+        // An answer without an end has none; a malformed one is refused.
+        let info = Self.info(&random)
+        let plain = WorkerFrame(Data(try #require(WorkerQuick.reply(id: 1, info: info))))
+        #expect(try WorkerQuick.runEnd(of: plain, started: info, shard: 0) == nil)
+        let result = String(decoding: try #require(WorkerQuick.reply(id: 1, info: info)), as: UTF8.self).dropFirst(#"{"id":1,"result":"#.count).dropLast()
+        let whole = #""exitCode":0,"exitReason":"exited","finishedAt":1.5,"removed":true"#
+        let malformed = [#"{"removed":true}"#, #"{"exitCode":"0","exitReason":"x","finishedAt":1,"removed":true}"#,
+                         "{" + whole + #","stdout":3}"#, "{" + whole + #","extra":1}"#, "{" + whole + #","vmExits":-1}"#, "[]"]
+        for ended in malformed {
+            let frame = WorkerFrame(Data(("{\"id\":1,\"result\":" + result + ",\"ended\":" + ended + "}").utf8))
+            #expect(frame.tree != nil, "\(ended)")
+            #expect(throws: EngineError.self, "\(ended)") { _ = try WorkerQuick.runEnd(of: frame, started: info, shard: 0) }
+        }
+        let good = WorkerFrame(Data(("{\"id\":1,\"result\":" + result + ",\"ended\":{" + whole + "}}").utf8))
+        #expect(try WorkerQuick.runEnd(of: good, started: info, shard: 0)?.exit.info.finishedAt == 1.5)
     }
 
     @Test func aRemoveAndItsAnswerWrittenByHandAreWhatJSONDecoderReads() throws {

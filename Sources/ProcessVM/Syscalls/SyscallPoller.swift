@@ -113,6 +113,13 @@ public final class SyscallPoller: KVMSystemCompanion, @unchecked Sendable {
         polledNanoseconds.store(Int(costs.polledMicroseconds * 1000), ordering: .relaxed)
     }
 
+    /// The costs it judges by, once set: (exit, polled call) in µs.
+    public var costs: (exitMicroseconds: Double, polledMicroseconds: Double)? {
+        let exit = exitNanoseconds.load(ordering: .relaxed)
+        guard exit > 0 else { return nil }
+        return (Double(exit) / 1000, Double(polledNanoseconds.load(ordering: .relaxed)) / 1000)
+    }
+
     /// The poller's CPU time and calls served at the start of the stretch being judged.
     private struct Stretch {
         var started: ContinuousClock.Instant
@@ -219,7 +226,7 @@ public final class SyscallPoller: KVMSystemCompanion, @unchecked Sendable {
         while var entry = entries.popLast() {
             guard isKnownUniquelyReferenced(&entry.vm) else { continue }
             let vm = entry.vm
-            releaseQueue.async { withExtendedLifetime(vm) {} }
+            releaseQueue.async { BackgroundScheduling.run { withExtendedLifetime(vm) {} } }
         }
     }
 
