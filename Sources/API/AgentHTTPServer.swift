@@ -112,6 +112,9 @@ final class AgentConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     private var closeWhenDiscarded = false
     /// A read held back while a request is answered and enough input is queued.
     private var readHeld = false
+    /// Inside the start of a request's task (`serveInput`): an answer finished meanwhile goes
+    /// on with the input in a later turn of the loop, not by recursion.
+    private var starting = false
     private var lastActivity = NIODeadline.now()
     private var idleCheck: Scheduled<Void>?
     private var refusalDeadline: Scheduled<Void>?
@@ -218,7 +221,11 @@ final class AgentConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
             let request = Request(head: parsed.head, body: body)
             var context = AgentContext(source: ApplicationRequestContextSource(channel: channel, logger: shared.logger))
             if let actor { context.actor = actor }
-            Task(executorPreference: executor) { await self.answer(request, context: context) }
+            // Begun here, on the loop, up to its first wait (routing, decoding, the engine's
+            // call up to its hand-off): no turn of the loop between the request and its work.
+            starting = true
+            Task.immediate(executorPreference: executor) { await self.answer(request, context: context) }
+            starting = false
         }
     }
 
@@ -238,7 +245,7 @@ final class AgentConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
             // The client is gone (a closed connection fails the write), or the stream failed midway: the connection ends.
             channel.close(promise: nil)
         }
-        onLoop { [self] in
+        let finished: @Sendable () -> Void = { [self] in
             busy = false
             streaming = false
             waiting = false
@@ -257,6 +264,7 @@ final class AgentConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
             }
             serveInput()
         }
+        if channel.eventLoop.inEventLoop && !starting { finished() } else { channel.eventLoop.execute(finished) }
     }
 
     private func writeAndClose(_ error: APIError) {

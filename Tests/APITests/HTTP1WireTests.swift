@@ -133,6 +133,17 @@ struct AgentHTTPServerTests {
         }
         #expect(answers.map(\.0) == [200, 404, 200])
         #expect(answers[0].1 == #"{"ok":true}"# && answers[1].1.contains("no_route") && answers[2].1.contains("\"api\":\"v1\""))
+        // Many in one write (a request's task now begins on the loop where it is read): every
+        // one is answered, in order.
+        let many = 3_000
+        try pipelined.send(String(repeating: "GET /v1/_ping HTTP/1.1\r\n\r\n", count: many))
+        var pings = 0
+        for _ in 0..<many {
+            let head = try pipelined.readHead()
+            let body = String(decoding: try pipelined.readBody(head), as: UTF8.self)
+            if head.status == 200 && body == #"{"ok":true}"# { pings += 1 }
+        }
+        #expect(pings == many)
 
         // Expect: 100-continue gets its 100 before the body is sent; then a chunked body is read whole.
         let continued = HeldConnection(fd: try client.openConnection())
