@@ -441,8 +441,8 @@ extension Engine {
             }
             // A run answered with its end: no exit event follows when the worker removed it.
             if let exit = end?.exit ?? held { finishRemote(managed, exit) }
-        } else if let parked {
-            finishRemote(managed, parked)
+        } else if let exit = end?.exit ?? parked {
+            finishRemote(managed, exit)
         }
         return managed
     }

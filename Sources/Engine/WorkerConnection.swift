@@ -98,12 +98,20 @@ final class WorkerConnection: Sendable {
         guard readable >= 0 else { throw EngineError(.failed, "worker \(shard) socket: dup: \(String(cString: strerror(errno)))") }
         // The reader's end shares the socket's flags: a non-blocking socket is written with a
         // wait for room (`WorkerWire.write`).
-        try await reader.read(from: readable, shard: shard, frame: { [self] bytes in
-            if let why = take(bytes, onEvent: onEvent) {
-                disconnect()
-                end(why)
-            }
-        }, ended: end)
+        do {
+            try await reader.read(from: readable, shard: shard, frame: { [self] bytes in
+                if let why = take(bytes, onEvent: onEvent) {
+                    disconnect()
+                    end(why)
+                }
+            }, ended: end)
+        } catch {
+            // Never read: the caller hears it from the throw, not from `onClose`.
+            ended.withLock { $0 = true }
+            state.withLock { $0.closed = "\(error)" }
+            close(fd)
+            throw error
+        }
     }
 
     /// One frame from the worker: an event goes to `onEvent`, a reply to its caller; why the
