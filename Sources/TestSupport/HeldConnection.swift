@@ -63,6 +63,7 @@ public final class HeldConnection {
         while !bytes.isEmpty {
             // unsafe: write reads at most the slice's count bytes from its own storage.
             let written = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+            if written < 0 && errno == EINTR { continue }
             guard written > 0 else { throw Failure(description: "write: \(String(cString: strerror(errno)))") }
             bytes = bytes.dropFirst(written)
         }
@@ -78,8 +79,12 @@ public final class HeldConnection {
     /// Reads more bytes into the buffer; false at the end of the stream.
     private func fill() throws -> Bool {
         var chunk = [UInt8](repeating: 0, count: 65536)
-        // unsafe: read writes at most the array's count bytes into its own storage.
-        let count = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+        var count: Int
+        repeat {
+            // unsafe: read writes at most the array's count bytes into its own storage.
+            count = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            // A signal to the test process (another test's child ending, say) is not the connection's failure.
+        } while count < 0 && errno == EINTR
         if count < 0 {
             let reason = errno == EAGAIN || errno == EWOULDBLOCK ? "timed out" : String(cString: strerror(errno))
             throw Failure(description: "read: \(reason)")
