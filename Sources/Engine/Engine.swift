@@ -395,15 +395,18 @@ final class DaemonLock: Sendable {
 
     init(folder: URL) throws {
         let path = folder.appendingPathComponent("vmfork.lock").path
-        descriptor = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        guard descriptor >= 0 else { throw EngineError(.failed, "cannot open \(path): \(String(cString: strerror(errno)))") }
-        guard flock(descriptor, LOCK_EX | LOCK_NB) == 0 else {
+        // In a local until the lock is taken (see `FolderLock`: a throw after `descriptor` is
+        // set runs deinit, which would close it a second time).
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw EngineError(.failed, "cannot open \(path): \(String(cString: strerror(errno)))") }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
             var buffer = [UInt8](repeating: 0, count: 32)
-            let count = pread(descriptor, &buffer, buffer.count, 0)
+            let count = pread(fd, &buffer, buffer.count, 0)
             let holder = count > 0 ? String(decoding: buffer.prefix(count), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) : "?"
-            close(descriptor)
+            close(fd)
             throw EngineError(.conflict, "state folder \(folder.path) is in use by another vmfork daemon (pid \(holder)); stop it first or use another --state folder")
         }
+        descriptor = fd
         let pid = Array("\(getpid())\n".utf8)
         _ = ftruncate(descriptor, 0)
         _ = pwrite(descriptor, pid, pid.count, 0)

@@ -145,12 +145,12 @@ final class LayerStream {
         try fillInput()
         if inputEnd - inputStart >= 2, input[inputStart] == 0x1F, input[inputStart + 1] == 0x8B {
             gunzip = cshims_gunzip_new()
-            guard gunzip != nil else { close(fd); throw .io("out of memory for a gzip stream") }
+            // Not closed here: the object is whole, so its deinit runs and closes `fd`.
+            guard gunzip != nil else { throw .io("out of memory for a gzip stream") }
         } else if inputEnd - inputStart >= 4, input[inputStart..<inputStart + 4].elementsEqual([0x28, 0xB5, 0x2F, 0xFD]) {
             var message = [CChar](repeating: 0, count: 256)
             zstd = cshims_zstd_new(&message, message.count)
             guard zstd != nil else {
-                close(fd)
                 throw .unsupported("layer \(layer) is zstd-compressed and cannot be decoded here: \(Self.text(message))")
             }
         }

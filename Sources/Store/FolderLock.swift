@@ -19,16 +19,20 @@ final class FolderLock: Sendable {
 
     init(folder: URL, waitSeconds: Double) throws {
         let path = folder.appendingPathComponent("placement.lock").path
-        descriptor = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-        guard descriptor >= 0 else { throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: path]) }
+        // Held in a local until the lock is taken: once `descriptor` is set the object is whole,
+        // and an init that throws then still runs deinit, which would close it a second time
+        // (a number by then perhaps another thread's file: an io_uring ring's, in one test run).
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: path]) }
         let deadline = Date().addingTimeInterval(waitSeconds)
-        while flock(descriptor, LOCK_EX | LOCK_NB) != 0 {
+        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
             guard errno == EWOULDBLOCK || errno == EINTR, Date() < deadline else {
-                close(descriptor)
+                close(fd)
                 throw Busy(folder: folder.path, waited: waitSeconds)
             }
             usleep(20_000)
         }
+        descriptor = fd
     }
 
     deinit { close(descriptor) }

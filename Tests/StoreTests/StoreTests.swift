@@ -1,5 +1,6 @@
 import Foundation
 import Store
+import Synchronization
 import TestSupport
 import Testing
 
@@ -60,6 +61,32 @@ import Testing
             try first.write(sampleChanges())
         }
         #expect(try StateStore(folder: folder, lockWaitSeconds: 0.1).snapshot().hosts.count == 1)
+    }
+
+    /// A refused lock closes its own descriptor once: closed twice, its number could by then
+    /// be another thread's file, closed under it (a CI run saw an io_uring ring's descriptor
+    /// taken so). Another thread opens and checks descriptors while locks are refused.
+    @Test func aRefusedLockClosesOnlyItsOwnDescriptor() throws {
+        let folder = try HostFacts.makeTemporaryFolder("store")
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let first = try StateStore(folder: folder)
+        let done = Atomic<Bool>(false)
+        let lost = Atomic<Int>(0)
+        let checker = Thread {
+            while !done.load(ordering: .relaxed) {
+                let fd = open("/dev/null", O_RDONLY | O_CLOEXEC)
+                guard fd >= 0 else { continue }
+                for _ in 0..<20 where fcntl(fd, F_GETFD) < 0 { lost.add(1, ordering: .relaxed) }
+                if close(fd) != 0 { lost.add(1, ordering: .relaxed) }
+            }
+        }
+        checker.start()
+        for _ in 0..<3_000 {
+            #expect(throws: (any Error).self) { _ = try StateStore(folder: folder, lockWaitSeconds: 0) }
+        }
+        done.store(true, ordering: .relaxed)
+        withExtendedLifetime(first) {}
+        #expect(lost.load(ordering: .relaxed) == 0, "descriptors of another thread were closed under it")
     }
 
     @Test func expiredReservationsAreDeletedAndCommittedOnesKept() throws {
