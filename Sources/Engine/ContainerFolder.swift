@@ -79,11 +79,19 @@ final class ContainerLogFiles: Sendable {
     /// The log's bytes.
     func read(_ stream: LogStream) -> [UInt8] { Self.readWhole(stream == .stderr ? stderrReader : stdoutReader) }
 
+    /// The log's first `size` bytes (a size just taken with `size(_:)`: no second fstat).
+    func read(_ stream: LogStream, size: Int) -> [UInt8] { Self.read(stream == .stderr ? stderrReader : stdoutReader, size: size) }
+
     /// The whole file open at `fd`, from its start (fstat for the size, then pread).
     static func readWhole(_ fd: Int32) -> [UInt8] {
         var info = stat()
         guard fstat(fd, &info) == 0, info.st_size > 0 else { return [] }
-        let size = Int(info.st_size)
+        return read(fd, size: Int(info.st_size))
+    }
+
+    /// Up to `size` bytes of the file open at `fd`, from its start.
+    private static func read(_ fd: Int32, size: Int) -> [UInt8] {
+        guard size > 0 else { return [] }
         var bytes = [UInt8](repeating: 0, count: size)
         var filled = 0
         while filled < size {

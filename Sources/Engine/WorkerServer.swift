@@ -99,10 +99,14 @@ public final class WorkerServer: Sendable {
     private func endedAnswer(_ answer: WorkerAnswer, started: ContainerInfo, exit: WorkerExit, container: ManagedContainer,
                              removeAtEnd: Bool) -> (frame: [UInt8], withEnd: Bool, removing: Bool) {
         var end = WorkerRunEnd(exit: exit, stdout: nil, stderr: nil, removed: false)
-        if let files = container.logFiles, files.size(.stdout) + files.size(.stderr) <= WorkerRunEnd.inlineLimit {
-            end.stdout = files.read(.stdout)
-            end.stderr = files.read(.stderr)
-            end.removed = removeAtEnd
+        if let files = container.logFiles {
+            // The program has ended: the sizes taken here are the logs' whole.
+            let (stdoutSize, stderrSize) = (files.size(.stdout), files.size(.stderr))
+            if stdoutSize + stderrSize <= WorkerRunEnd.inlineLimit {
+                end.stdout = files.read(.stdout, size: stdoutSize)
+                end.stderr = files.read(.stderr, size: stderrSize)
+                end.removed = removeAtEnd
+            }
         }
         guard let frame = WorkerQuick.reply(id: answer.id, info: started, end: end) else { return (answer.frame(started), false, false) }
         return (frame, true, end.removed)
