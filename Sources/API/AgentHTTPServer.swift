@@ -75,7 +75,8 @@ struct AgentHTTPServer: Service {
 final class AgentConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     // @unchecked: its state is touched on the channel's event loop only: NIO calls the handler
     // there, and a request's task prefers that loop's executor, so its nonisolated code (the
-    // body writer, `answer`'s end, which also goes through `onLoop`) runs there too.
+    // body writer, `answer`'s end, which also hops to the loop should it find itself off it)
+    // runs there too.
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
@@ -287,10 +288,6 @@ final class AgentConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
         streaming = framing.chunked
         if streaming && inputClosed { channel.close(promise: nil) }
         return (buffer, framing.chunked, framing.bodiless)
-    }
-
-    fileprivate func onLoop(_ body: @escaping @Sendable () -> Void) {
-        if channel.eventLoop.inEventLoop { body() } else { channel.eventLoop.execute(body) }
     }
 
     fileprivate var outbound: any Channel { channel }
