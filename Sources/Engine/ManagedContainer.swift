@@ -18,6 +18,8 @@ final class ManagedContainer: Sendable {
     let logFiles: ContainerLogFiles?
     /// Whether its folder holds a standard input file.
     let stdinFile: Bool
+    /// Whether it was made with an open standard input to write to (openStdin).
+    let attachable: Bool
     private let state: Mutex<MutableState>
 
     struct MutableState {
@@ -43,6 +45,7 @@ final class ManagedContainer: Sendable {
         id = info.id
         self.logFiles = logFiles
         self.stdinFile = stdinFile
+        attachable = stdinWriter >= 0
         self.terminal = terminal
         self.disk = disk
         self.logFolder = logFolder
@@ -156,10 +159,23 @@ final class ManagedContainer: Sendable {
         }
     }
 
-    /// Writes to its open standard input; closes it afterwards when `closing`.
+    /// Writes to its open standard input; closes it afterwards when `closing`. Nothing to
+    /// write to an input already closed (a ^C that ended the container, say) is no error.
     func writeStdin(_ data: Data, closing: Bool) throws(EngineError) {
-        let fd = state.withLock { $0.stdinWriter }
-        guard fd >= 0 else { throw EngineError(.conflict, "container \(id) has no open standard input (create it with openStdin)") }
+        guard attachable else { throw EngineError(.conflict, "container \(id) has no open standard input (create it with openStdin)") }
+        // A duplicate taken under the lock: the container's end (finish) closes its own
+        // descriptor meanwhile, never the number written to here, which could be reused.
+        let (fd, failure) = state.withLock { state -> (Int32, Int32) in
+            guard state.stdinWriter >= 0 else { return (-1, 0) }
+            let copy = fcntl(state.stdinWriter, F_DUPFD_CLOEXEC, 0)
+            return (copy, copy < 0 ? errno : 0)
+        }
+        guard fd >= 0 else {
+            if failure != 0 { throw EngineError(.unavailable, "standard input of container \(id): \(String(cString: strerror(failure)))") }
+            if data.isEmpty { return }
+            throw EngineError(.conflict, "standard input of container \(id) is closed (it ended, or was closed)")
+        }
+        defer { close(fd) }
         var offset = 0
         while offset < data.count {
             // unsafe: offset < count, so the pointer and length stay inside the buffer.

@@ -401,6 +401,11 @@ struct DaemonTests {
         #expect(try client.send("POST", "/v1/containers/reader/stdin?close=true", body: Data("hello\n".utf8), contentType: "application/octet-stream").status == 204)
         #expect(try client.send("POST", "/v1/containers/reader/wait").decode(ExitInfo.self).exitCode == 0)
         #expect(try client.send("GET", "/v1/containers/reader/logs").text == "got hello\n")
+        // Its input is closed now: nothing to write is no error (a ^C that ended a terminal's
+        // program sends nothing after it), bytes are refused naming why.
+        #expect(try client.send("POST", "/v1/containers/reader/stdin", body: Data(), contentType: "application/octet-stream").status == 204)
+        let late = try client.send("POST", "/v1/containers/reader/stdin", body: Data("late\n".utf8), contentType: "application/octet-stream")
+        #expect(late.status == 409 && late.text.contains("is closed"), "\(late.status) \(late.text)")
         #expect(try client.send("GET", "/v1/containers?label=role=reader").decode([ContainerInfo].self).map(\.name) == ["reader"])
         #expect(try client.send("GET", "/v1/containers?label=role=writer").decode([ContainerInfo].self).isEmpty)
         #expect(try client.send("GET", "/v1/containers?state=exited&label=role").decode([ContainerInfo].self).count == 1)
