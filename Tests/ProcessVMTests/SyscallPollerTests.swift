@@ -231,7 +231,7 @@ struct SyscallPollerTests {
 
     /// Polling judged against this machine's costs (`setCosts`) in a running poller: 20,000
     /// getpid calls under costs where each served call saves 0.1 µs (polling goes off, the
-    /// calls exit) and where each saves a second (it goes off less often, if ever). Only the
+    /// calls exit) and where each saves a second (it never goes off as unprofitable). Only the
     /// judgements are compared: how many calls each serves also depends on the poller losing
     /// its core on a busy host (the other back-off), which a test run in parallel provokes.
     @Test func aRunningPollerGoesOffWhenItsCallsSaveTooLittle() throws {
@@ -252,13 +252,18 @@ struct SyscallPollerTests {
             #expect(try vm.run() == .exited(0))
             return poller.statistics
         }
-        let doesNot = try run(exitMicroseconds: 3.6, polledMicroseconds: 3.5)
+        // A first stretch that served nothing (the vCPU starved by a test beside it) turns
+        // polling off as a lost core for 0.5 s, which may outlast the program: up to three runs.
+        var doesNot = try run(exitMicroseconds: 3.6, polledMicroseconds: 3.5)
+        for _ in 0..<2 where doesNot.unprofitableBackOffs == 0 { doesNot = try run(exitMicroseconds: 3.6, polledMicroseconds: 3.5) }
         // Each served call saves a second: only a stretch of 2 ms of the poller's CPU with no
         // call served at all (its vCPU starved meanwhile) turns polling off here.
         let pays = try run(exitMicroseconds: 1_000_000, polledMicroseconds: 1)
         #expect(doesNot.unprofitableBackOffs > 0, "polling stayed on although each call saved 0.1 µs (\(doesNot.callsServed) served)")
         #expect(doesNot.callsServed < calls, "every call was polled although each saved 0.1 µs")
-        #expect(pays.unprofitableBackOffs < doesNot.unprofitableBackOffs,
-                "went off \(pays.unprofitableBackOffs) times where each call saves a second, \(doesNot.unprofitableBackOffs) where each saves 0.1 µs")
+        // Where a call saves a second, any stretch that served one paid; one that served none
+        // (its vCPU starved on a busy host) counts as a lost core, never as unprofitable.
+        #expect(pays.unprofitableBackOffs == 0,
+                "went off \(pays.unprofitableBackOffs) times as unprofitable where each call saves a second (\(pays.backOffs) for want of a core)")
     }
 }

@@ -45,13 +45,17 @@ public struct MachineCosts: Sendable, Codable, Equatable {
             let elapsed = (ContinuousClock.now - start).components
             return Double(elapsed.seconds) * 1e6 + Double(elapsed.attoseconds) / 1e12
         }
+        // Each run's loop less the quickest empty run: an empty run that lost its core (a
+        // busy host) would otherwise outweigh a loop of exits, and the median come out 0.
         func perCall(_ name: String, polled: Bool) throws -> Double {
-            var samples: [Double] = []
+            var bases: [Double] = []
+            var loops: [Double] = []
             for _ in 0..<runs {
-                let base = try time("none", polled: polled)
-                samples.append((try time(name, polled: polled) - base) / Double(calls))
+                bases.append(try time("none", polled: polled))
+                loops.append(try time(name, polled: polled))
             }
-            return max(0, samples.sorted()[samples.count / 2])
+            let base = bases.min() ?? 0
+            return max(0, loops.map { ($0 - base) / Double(calls) }.sorted()[loops.count / 2])
         }
         return MachineCosts(exitMicroseconds: try perCall("getpid", polled: false), polledMicroseconds: try perCall("getpid", polled: true),
                             cpuidMicroseconds: try perCall("cpuid", polled: false))

@@ -96,7 +96,8 @@ public final class SyscallPoller: KVMSystemCompanion, @unchecked Sendable {
     private var stopped = false
     /// Until when polling is off because the host has no core to spare for it.
     private var backingOffUntil: ContinuousClock.Instant?
-    /// Calls served without an exit, and how often polling went off for want of a core.
+    /// Calls served without an exit, and how often polling went off for want of a core (a turn
+    /// that lost the core, or a judged stretch that served no call at all).
     private let callsServed = Atomic<Int>(0)
     private let backOffs = Atomic<Int>(0)
     /// How often polling went off because it cost more than it saved.
@@ -149,9 +150,16 @@ public final class SyscallPoller: KVMSystemCompanion, @unchecked Sendable {
             stretch.started = .now
             return nil
         }
-        let unprofitable = !Self.paid(spentNanoseconds: spent, served: stretch.served, savingNanoseconds: saving)
+        let served = stretch.served
+        let unprofitable = !Self.paid(spentNanoseconds: spent, served: served, savingNanoseconds: saving)
         stretch = Stretch()
-        if unprofitable { unprofitableBackOffs.add(1, ordering: .relaxed) }
+        // A stretch that served nothing says no call was worth too little: its vCPUs did not
+        // run (a busy host), which counts as the poller's want of a core.
+        if unprofitable, served == 0 {
+            backOffs.add(1, ordering: .relaxed)
+        } else if unprofitable {
+            unprofitableBackOffs.add(1, ordering: .relaxed)
+        }
         return unprofitable
     }
 
