@@ -430,7 +430,11 @@ extension Engine {
         }
         if let micros = info.forkMicroseconds { metrics.forkLatency.record(duration: .nanoseconds(Int64(micros * 1000))) }
         metrics.forks.increment()
-        writer.enqueue { $0.containers.append(info) }
+        writer.enqueue { writes in
+            writes.containers.append(info)
+            // New to this daemon's state: a run removed within the batch leaves no row to delete.
+            writes.made.insert(info.id)
+        }
         if let registered {
             // Created and started in one call: its create and start are recorded before any
             // exit the worker reported meanwhile.

@@ -124,7 +124,7 @@ public final class Engine: Sendable {
         store = try StateStore(folder: stateFolder, lockWaitSeconds: 2)
         // The placements of forks go with their containers' rows, in the writer's batches
         // (a placement's SQLite write was half a millisecond of each create on this machine).
-        let writer = StateWriter(store: store, logger: logger)
+        let writer = StateWriter(store: store, logger: logger, keepsEvents: options.workerShard == nil)
         self.writer = writer
         placement = try PlacementService(store: store, deferredWrite: { changes in
             writer.enqueue { writes in

@@ -12,6 +12,10 @@ import Synchronization
 final class StateWriter: Sendable {
     private let store: StateStore
     private let logger: Logger
+    /// False in a worker: the event log is the daemon's, which records each of a worker's
+    /// containers' events itself (a worker's own were written and never read: two or three
+    /// SQLite inserts per `run` in a profile of the worker).
+    private let keepsEvents: Bool
     private let pending = Mutex(Pending())
     private let queue = DispatchQueue(label: "vmfork.engine.state-writer", qos: .utility)
     let feed = EventFeed()
@@ -21,9 +25,10 @@ final class StateWriter: Sendable {
         var scheduled = false
     }
 
-    init(store: StateStore, logger: Logger) {
+    init(store: StateStore, logger: Logger, keepsEvents: Bool = true) {
         self.store = store
         self.logger = logger
+        self.keepsEvents = keepsEvents
     }
 
     func enqueue(_ body: (inout QueuedWrites) -> Void) {
@@ -40,10 +45,11 @@ final class StateWriter: Sendable {
     func event(_ event: EventRow) { enqueue { $0.events.append(event) } }
 
     private func drain() {
-        let writes = pending.withLock { state in
+        var writes = pending.withLock { state in
             defer { state = Pending() }
             return state.writes
         }
+        if !keepsEvents { writes.events = [] }
         guard !writes.isEmpty else { return }
         do {
             try store.apply(Self.coalesced(writes))
