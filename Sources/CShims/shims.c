@@ -30,6 +30,7 @@ int cshims_memfd_create(const char *name) { return memfd_create(name, MFD_CLOEXE
 void cshims_set_errno(int value) { errno = value; }
 const int CSHIMS_O_DIRECT = O_DIRECT;
 const int CSHIMS_SCHED_BATCH = SCHED_BATCH;
+const int CSHIMS_SCHED_IDLE = SCHED_IDLE;
 int cshims_set_thread_name(const char *name) { return pthread_setname_np(pthread_self(), name); }
 int cshims_thread_id(void) { return (int)gettid(); }
 int cshims_eventfd_nonblocking(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }

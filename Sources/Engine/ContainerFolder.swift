@@ -149,7 +149,7 @@ final class ContainerFolderPool: Sendable {
     /// inode's allocation scans past the inodes deleted in the last seconds, so that churn
     /// cost more CPU than anything else in a container's create at 600 launches a second).
     private let returning = Atomic<Int>(0)
-    private let queue = DispatchQueue(label: "vmfork.engine.container-folders", qos: .utility)
+    private let queue = BackgroundThread(name: "vmfork-folders")
     /// Folders made ahead while fewer are ready.
     static let target = 8
     /// Folders kept at most (removed containers' beyond the target); beyond, one is deleted.
@@ -172,10 +172,8 @@ final class ContainerFolderPool: Sendable {
         let ownerPrefix = ".ready-\(owner)-"
         let left = (try? FileManager.default.contentsOfDirectory(atPath: folder.path))?.filter { $0.hasPrefix(ownerPrefix) } ?? []
         queue.async { [self] in
-            BackgroundScheduling.run {
-                for name in left { recycle(folder.appendingPathComponent(name, isDirectory: true)) }
-                fill()
-            }
+            for name in left { recycle(folder.appendingPathComponent(name, isDirectory: true)) }
+            fill()
         }
     }
 
@@ -212,9 +210,7 @@ final class ContainerFolderPool: Sendable {
     func remove(_ container: URL, files: ContainerLogFiles? = nil, stdinFile: Bool = true) {
         returning.add(1, ordering: .relaxed)
         queue.async { [self] in
-            BackgroundScheduling.run {
-                if let files { recycle(container, files: files, stdinFile: stdinFile) } else { recycle(container) }
-            }
+            if let files { recycle(container, files: files, stdinFile: stdinFile) } else { recycle(container) }
             returning.subtract(1, ordering: .relaxed)
         }
     }
@@ -275,7 +271,7 @@ final class ContainerFolderPool: Sendable {
     private func refill() {
         guard refilling.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else { return }
         queue.async { [self] in
-            BackgroundScheduling.run { fill() }
+            fill()
             refilling.store(false, ordering: .releasing)
         }
     }

@@ -495,15 +495,22 @@ extension Engine {
         }
         vm?.remove()
         // Also the disk of a container recorded before a restart (which no longer holds it open);
-        // one made here without a disk has none to look for.
-        if container.family == nil || container.disk != nil { containerDisks?.remove(id: container.id, root: container.disk) }
+        // one made here without a disk has none to look for, nor has a worker's (its worker
+        // removes its disk: an unlink of a path that is not there, on the event loop, per run).
+        if container.shard == nil, container.family == nil || container.disk != nil {
+            containerDisks?.remove(id: container.id, root: container.disk)
+        }
         let folder = container.logFolder
         if container.removedInWorker {
             // Its worker removed it at its run's end, folder and all.
         } else if let shard = container.shard {
             // The worker that made its folder empties it (and keeps it for its next container);
-            // the daemon does when the worker cannot.
-            let removeThere = { [self] in if await !removeInWorker(container, shard: shard) { containerFolders.remove(folder) } }
+            // the daemon does when the worker cannot (its folder and its disk).
+            let removeThere = { [self] in
+                guard await !removeInWorker(container, shard: shard) else { return }
+                containerFolders.remove(folder)
+                containerDisks?.remove(id: container.id)
+            }
             if awaitWorker { await removeThere() } else { Task { await removeThere() } }
         } else {
             containerFolders.remove(folder, files: container.logFiles, stdinFile: container.stdinFile)

@@ -17,7 +17,7 @@ final class StateWriter: Sendable {
     /// SQLite inserts per `run` in a profile of the worker).
     private let keepsEvents: Bool
     private let pending = Mutex(Pending())
-    private let queue = DispatchQueue(label: "vmfork.engine.state-writer", qos: .utility)
+    private let queue = BackgroundThread(name: "vmfork-state")
     let feed = EventFeed()
 
     private struct Pending {
@@ -39,7 +39,7 @@ final class StateWriter: Sendable {
         }
         // A short gathering window: a container's create, start, exit and removal usually land
         // in one transaction, and the writer takes less of the cores the containers run on.
-        if schedule { queue.asyncAfter(deadline: .now() + .milliseconds(5)) { [self] in BackgroundScheduling.run { drain() } } }
+        if schedule { queue.async(after: .milliseconds(5)) { [self] in drain() } }
     }
 
     func event(_ event: EventRow) { enqueue { $0.events.append(event) } }
@@ -81,7 +81,7 @@ final class StateWriter: Sendable {
 
     /// Returns once everything queued before the call is in the database.
     func flush() {
-        queue.sync { drain() }
+        queue.sync { [self] in drain() }
     }
 
     func flushAsync() async {

@@ -37,9 +37,9 @@ final class VMPool: @unchecked Sendable {
     /// VMs ready for a fork now.
     var readyCount: Int { condition.withLock { ready.count } }
     /// Refills, one VM at a time, off the forks' path.
-    private let queue: DispatchQueue
+    private let queue: BackgroundThread
     /// Restores and teardowns of returned VMs, one at a time, never behind a refill.
-    private let returnQueue: DispatchQueue
+    private let returnQueue: BackgroundThread
     /// How long a fork waits for a VM on its way back before it makes one itself.
     static let returnWait: TimeInterval = 0.005
     /// Children's VMs count as flowing back while the last came back within this.
@@ -57,8 +57,12 @@ final class VMPool: @unchecked Sendable {
         self.system = system
         self.forkPoint = forkPoint
         self.target = max(0, target)
-        queue = DispatchQueue(label: "vmfork.pool.refill", qos: .utility)
-        returnQueue = DispatchQueue(label: "vmfork.pool.returns", qos: .utility)
+        // SCHED_IDLE: both are done by a fork itself when they fall behind (it restores a
+        // returned VM, or makes one). A restore woken with the event loop that has the ended
+        // child's answer to write was run first on their shared core, 80 µs, while the other
+        // core went idle (traced); SCHED_IDLE is picked after it.
+        queue = BackgroundThread(name: "vmfork-refill", policy: .idle)
+        returnQueue = BackgroundThread(name: "vmfork-restore", policy: .idle)
     }
 
     private enum Found { case ready(PreparedVM), returned(ProcessVM), none }
@@ -140,7 +144,7 @@ final class VMPool: @unchecked Sendable {
             refilling = true
             return true
         }
-        if start { queue.async { [self] in BackgroundScheduling.run { refillOne() } } }
+        if start { queue.async { [self] in refillOne() } }
     }
 
     /// Makes one VM and queues the next.
@@ -166,7 +170,7 @@ final class VMPool: @unchecked Sendable {
         }
         guard kept else { return finishRefill() }
         returnedOne.withLock { returnedOne.signal() }
-        queue.async { [self] in BackgroundScheduling.run { refillOne() } }
+        queue.async { [self] in refillOne() }
     }
 
     private func finishRefill() {
@@ -186,7 +190,7 @@ final class VMPool: @unchecked Sendable {
             lastReturn = .now
         }
         returnedOne.withLock { returnedOne.signal() }
-        returnQueue.async { [self] in BackgroundScheduling.run { restoreReturned() } }
+        returnQueue.async { [self] in restoreReturned() }
     }
 
     /// On the return queue: restores the latest return no fork has taken (none: a fork

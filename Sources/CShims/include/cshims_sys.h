@@ -23,8 +23,9 @@ extern const int CSHIMS_SEEK_DATA;
 extern const int CSHIMS_SEEK_HOLE;
 /* O_DIRECT: Glibc defines it only under _GNU_SOURCE, which Swift's Glibc module lacks. */
 extern const int CSHIMS_O_DIRECT;
-/* SCHED_BATCH, likewise only under _GNU_SOURCE. */
+/* SCHED_BATCH and SCHED_IDLE, likewise only under _GNU_SOURCE. */
 extern const int CSHIMS_SCHED_BATCH;
+extern const int CSHIMS_SCHED_IDLE;
 /* The CPU's time-stamp counter (rdtsc), the clock a guest reads natively: benchmarks turn
  * guest-measured cycles into time with it. */
 uint64_t cshims_read_timestamp_counter(void);

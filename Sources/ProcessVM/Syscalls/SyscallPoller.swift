@@ -87,7 +87,7 @@ public final class SyscallPoller: KVMSystemCompanion, @unchecked Sendable {
     /// only when it changed.
     private let generation = Atomic<Int>(0)
     /// Where a VM whose last reference was the loop's is torn down (see `letGo`).
-    private let releaseQueue = DispatchQueue(label: "vmfork.poller.release", qos: .utility)
+    private let releaseQueue = BackgroundThread(name: "vmfork-release")
     private var started = false
     /// The poller thread's kernel id, once it started (for per-thread CPU figures).
     public var kernelThreadID: pid_t? { condition.withLock { threadID } }
@@ -234,7 +234,7 @@ public final class SyscallPoller: KVMSystemCompanion, @unchecked Sendable {
         while var entry = entries.popLast() {
             guard isKnownUniquelyReferenced(&entry.vm) else { continue }
             let vm = entry.vm
-            releaseQueue.async { BackgroundScheduling.run { withExtendedLifetime(vm) {} } }
+            releaseQueue.async { withExtendedLifetime(vm) {} }
         }
     }
 
