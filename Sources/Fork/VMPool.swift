@@ -57,11 +57,12 @@ final class VMPool: @unchecked Sendable {
         self.system = system
         self.forkPoint = forkPoint
         self.target = max(0, target)
-        // SCHED_IDLE: both are done by a fork itself when they fall behind (it restores a
-        // returned VM, or makes one). A restore woken with the event loop that has the ended
-        // child's answer to write was run first on their shared core, 80 µs, while the other
-        // core went idle (traced); SCHED_IDLE is picked after it.
-        queue = BackgroundThread(name: "vmfork-refill", policy: .idle)
+        // Restores SCHED_IDLE: a fork restores a returned VM itself when they fall behind. A
+        // restore woken with the event loop that has the ended child's answer to write was
+        // run first on their shared core, 80 µs, while the other core went idle (traced);
+        // SCHED_IDLE is picked after it. Refills stay SCHED_BATCH: a fork that finds no VM
+        // makes one, milliseconds, and a pool filling at a busy daemon's start would wait.
+        queue = BackgroundThread(name: "vmfork-refill")
         returnQueue = BackgroundThread(name: "vmfork-restore", policy: .idle)
     }
 

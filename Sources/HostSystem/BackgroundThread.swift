@@ -21,8 +21,8 @@ public final class BackgroundThread: Sendable {
         /// SCHED_BATCH: a fair share, never preempting at its wake-ups.
         case batch
         /// SCHED_IDLE: runs when nothing else on its core wants to, and is never picked
-        /// before a thread woken beside it. Only for work whose owner does it inline when it
-        /// falls behind (a fork restores a returned VM itself, or makes one): on a core that
+        /// before a thread woken beside it. Only for work whose owner does it inline, at little
+        /// cost, when it falls behind (a fork restores a returned VM itself): on a core that
         /// is never idle it gets almost nothing.
         case idle
     }
