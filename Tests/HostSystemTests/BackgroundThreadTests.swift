@@ -17,7 +17,7 @@ import Testing
         }
     }
 
-    @Test func jobsRunInOrderOnOneBatchThreadThatEndsWithItsQueue() async throws {
+    @Test func jobsRunInOrderOnOneBatchThreadThatEndsWithItsQueue() throws {
         let name = "bg-test-\(getpid() % 1000)"
         var queue: BackgroundThread? = BackgroundThread(name: name)
         let seen = Mutex<[(index: Int, thread: pid_t, policy: Int32)]>([])
@@ -41,12 +41,16 @@ import Testing
             order.withLock { $0.append("timed") }
         }
         queue!.async { order.withLock { $0.append("now") } }
-        queue!.async(after: .seconds(30)) { order.withLock { $0.append("last") } }
-        for _ in 0..<200 where order.withLock({ $0.count }) < 2 { try await Task.sleep(for: .milliseconds(5)) }
+        queue!.async(after: .seconds(3_600)) { order.withLock { $0.append("last") } }
+        // (Plain sleeps: the test's own thread, not the cooperative pool other tests keep busy.)
+        for _ in 0..<2_000 where order.withLock({ $0.count }) < 2 { usleep(5_000) }
         #expect(order.withLock { $0 } == ["now", "timed"])
         #expect(try #require(waited.withLock { $0 }) >= .milliseconds(30))
+        // Used here, so that it lives until here (Swift may end a variable's object's life
+        // after its last use, and its closing would run "last" early).
+        queue!.sync()
         queue = nil
-        for _ in 0..<400 where !Self.threads(named: name).isEmpty { try await Task.sleep(for: .milliseconds(5)) }
+        for _ in 0..<2_000 where !Self.threads(named: name).isEmpty { usleep(5_000) }
         #expect(Self.threads(named: name).isEmpty, "the thread outlived its queue")
         #expect(order.withLock { $0 } == ["now", "timed", "last"])
     }
