@@ -56,7 +56,12 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             presence.answerStarts()
             let executor = self.executor ?? EventLoopExecutor(context.eventLoop)
             self.executor = executor
-            let task = Task(executorPreference: executor) {
+            // Begun here, on the loop, up to its first wait (the translation and the agent
+            // call's write): no turn of the loop between the request and its work (48 µs of a
+            // create in a trace). An answer that needs no wait is written from within this
+            // read; NIO's pipelining handler then hands on a held request, which finds this
+            // handler's state already cleared above.
+            let task = Task.immediate(executorPreference: executor) {
                 if host.tracing { host.logger.debug("answer begins", metadata: ["request": "\(request.method.rawValue) \(request.path)", "t": Timeline.stamp()]) }
                 let response = await host.answer(request, access: access, overLimit: overLimit)
                 await ResponseWriter.write(response, to: channel, keepAlive: keepAlive, head: request.method == .HEAD,
