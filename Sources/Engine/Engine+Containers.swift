@@ -246,9 +246,7 @@ extension Engine {
         do {
             try ensureAccepting()
             let container = try container(idOrName)
-            if container.removedInWorker {
-            // Its worker removed it at its run's end, folder and all.
-        } else if let shard = container.shard {
+            if let shard = container.liveShard {
                 try await startInWorker(container, shard: shard, by: actor)
                 return container.info
             }
@@ -371,9 +369,7 @@ extension Engine {
 
     func stopContainer(_ container: ManagedContainer, grace: Duration, actor: String) async throws -> ExitInfo {
         if let exit = container.exit { return exit }
-        if container.removedInWorker {
-            // Its worker removed it at its run's end, folder and all.
-        } else if let shard = container.shard { return try await stopInWorker(container, shard: shard, grace: grace) }
+        if let shard = container.liveShard { return try await stopInWorker(container, shard: shard, grace: grace) }
         if try await killIfNotStarted(container) { return await container.waitForExit() }
         container.vm?.processVM?.sendSignal(15)
         if let exit = await container.waitForExit(timeout: grace) { return exit }
@@ -388,9 +384,7 @@ extension Engine {
             guard (1...64).contains(signal) else { throw EngineError.invalid("signal", "signal \(signal) is out of range (1...64)") }
             let container = try container(idOrName)
             guard container.exit == nil else { throw EngineError(.conflict, "container \(container.id) is not running") }
-            if container.removedInWorker {
-            // Its worker removed it at its run's end, folder and all.
-        } else if let shard = container.shard {
+            if let shard = container.liveShard {
                 let remote = try await workerSet!.connection(shard).call("kill", WorkerKill(id: container.id, signal: signal), as: ContainerInfo.self)
                 _ = container.applyRemote(remote)
                 return container.info
@@ -426,9 +420,7 @@ extension Engine {
     public func attachStdin(_ idOrName: String, data: Data, close: Bool, by actor: String) async throws {
         try await audited("container.attach", subject: idOrName, actor: actor, detail: "{\"bytes\":\(data.count),\"close\":\(close)}") {
             let container = try container(idOrName)
-            if container.removedInWorker {
-            // Its worker removed it at its run's end, folder and all.
-        } else if let shard = container.shard {
+            if let shard = container.liveShard {
                 _ = try await workerSet!.connection(shard).call("stdin", WorkerStdin(id: container.id, data: data, close: close), as: WorkerNothing.self)
                 return
             }
@@ -452,9 +444,7 @@ extension Engine {
             let container = try container(idOrName)
             guard container.info.tty == true else { throw EngineError(.conflict, "container \(container.id) has no terminal (create it with tty)") }
             guard container.exit == nil else { throw EngineError(.conflict, "container \(container.id) is not running") }
-            if container.removedInWorker {
-            // Its worker removed it at its run's end, folder and all.
-        } else if let shard = container.shard {
+            if let shard = container.liveShard {
                 _ = try await workerSet!.connection(shard).call("resize", WorkerResize(id: container.id, rows: rows, columns: columns), as: WorkerNothing.self)
                 return
             }

@@ -71,6 +71,9 @@ final class ManagedContainer: Sendable {
 
     var output: (stdout: [UInt8], stderr: [UInt8])? { state.withLock { $0.output } }
     var removedInWorker: Bool { state.withLock { $0.removedInWorker } }
+    /// The worker that still holds it: its shard, unless that worker removed it at its run's end
+    /// (then nothing is left there to start, signal, write to or resize).
+    var liveShard: Int? { state.withLock { $0.removedInWorker ? nil : $0.shard } }
 
     /// Takes a worker's view of the container (created or running) unless it has ended here
     /// already; true when something changed.

@@ -190,6 +190,10 @@ enum WorkerQuick {
     static func runEnd(of frame: WorkerFrame, started: ContainerInfo, shard: Int) throws(EngineError) -> WorkerRunEnd? {
         guard let ended = frame.member("ended") else { return nil }
         let malformed = EngineError(.failed, "worker \(shard) answered a run with a malformed end")
+        func count(_ value: QuickJSON.Node) throws(EngineError) -> UInt64 {
+            guard let count = value.integer, count >= 0 else { throw malformed }
+            return UInt64(count)
+        }
         guard let members = ended.members else { throw malformed }
         var info = started
         info.state = .exited
@@ -202,11 +206,9 @@ enum WorkerQuick {
             case "exitReason": exitReason = value.string
             case "finishedAt": finishedAt = value.double
             case "startedAt": guard let time = value.double else { throw malformed }; end.exit.info.startedAt = time
-            case "vmExits", "pageFaults", "emulatedInstructions":
-                guard let count = value.integer, count >= 0 else { throw malformed }
-                if member.key == "vmExits" { end.exit.vmExits = UInt64(count) } else if member.key == "pageFaults" { end.exit.pageFaults = UInt64(count) } else {
-                    end.exit.emulatedInstructions = UInt64(count)
-                }
+            case "vmExits": end.exit.vmExits = try count(value)
+            case "pageFaults": end.exit.pageFaults = try count(value)
+            case "emulatedInstructions": end.exit.emulatedInstructions = try count(value)
             case "stdout": guard let text = value.string else { throw malformed }; end.stdout = Array(text.utf8)
             case "stderr": guard let text = value.string else { throw malformed }; end.stderr = Array(text.utf8)
             case "removed": removed = value.boolean

@@ -3,9 +3,10 @@ import Foundation
 import Glibc
 
 /// A serial queue of background work (restoring pooled VMs, refills, teardowns, emptying log
-/// folders, state writes) with a thread of its own that is SCHED_BATCH from its start to its
-/// end. A SCHED_BATCH thread gets its fair share of CPU, but its wake-ups never preempt a
-/// running thread: the work waits for a core to come free, or for the next tick.
+/// folders, state writes) with a thread of its own whose policy (`Policy`: SCHED_BATCH, or
+/// SCHED_IDLE) holds from its start to its end. A SCHED_BATCH thread gets its fair share of
+/// CPU, but its wake-ups never preempt a running thread: the work waits for a core to come
+/// free, or for the next tick.
 ///
 /// Why a thread of its own: on libdispatch's shared threads the policy could only be set for
 /// the body of each job (two system calls a job, 1.8 % of the engine's CPU at 1,500 launches
