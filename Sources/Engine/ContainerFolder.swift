@@ -172,7 +172,7 @@ final class ContainerFolderPool: Sendable {
         let ownerPrefix = ".ready-\(owner)-"
         let left = (try? FileManager.default.contentsOfDirectory(atPath: folder.path))?.filter { $0.hasPrefix(ownerPrefix) } ?? []
         queue.async { [self] in
-            for name in left { recycle(folder.appendingPathComponent(name, isDirectory: true)) }
+            for name in left { recycle(ContainerFolder.path(name, in: folderPath)) }
             fill()
         }
     }
@@ -184,11 +184,13 @@ final class ContainerFolderPool: Sendable {
     /// Folders ready now.
     var readyCount: Int { ready.withLock { $0.count } }
 
+    /// The path of container `id`'s folder (made as a string, as `ContainerFolder.path`).
+    func path(of id: String) -> String { ContainerFolder.path(id, in: folderPath) }
+
     /// Makes the folder of a container (mode 0700) and returns its log files, open and empty:
     /// a ready folder's, renamed into place, or new ones.
-    func make(_ container: URL) throws -> ContainerLogFiles {
+    func make(_ containerPath: String) throws -> ContainerLogFiles {
         defer { if readySoon < Self.target / 2 { refill() } }
-        let containerPath = container.path
         while let folder = ready.withLock({ $0.popLast() }) {
             guard rename(ContainerFolder.path(folder.name, in: folderPath), containerPath) == 0 else { continue }
             if let files = folder.files { return files }
@@ -197,7 +199,7 @@ final class ContainerFolderPool: Sendable {
             return try ContainerLogFiles(folderPath: containerPath, truncate: false)
         }
         if mkdir(containerPath, 0o700) != 0 && errno != EEXIST {
-            try FileManager.default.createDirectory(at: container, withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(atPath: containerPath, withIntermediateDirectories: true)
         }
         return try ContainerLogFiles(folderPath: containerPath, truncate: true)
     }
@@ -207,7 +209,7 @@ final class ContainerFolderPool: Sendable {
     /// emptied through their descriptors and kept with the folder; `stdinFile`: whether it
     /// holds a standard input file. Without `files` (a container of an earlier process, or a
     /// worker's), what the folder holds is looked at by name.
-    func remove(_ container: URL, files: ContainerLogFiles? = nil, stdinFile: Bool = true) {
+    func remove(_ container: String, files: ContainerLogFiles? = nil, stdinFile: Bool = true) {
         returning.add(1, ordering: .relaxed)
         queue.async { [self] in
             if let files { recycle(container, files: files, stdinFile: stdinFile) } else { recycle(container) }
@@ -223,10 +225,9 @@ final class ContainerFolderPool: Sendable {
 
     /// Empties a folder and adds it to the ready ones; deletes it when the pool is full or
     /// when it holds something unknown.
-    private func recycle(_ container: URL) {
+    private func recycle(_ containerPath: String) {
         let full = ready.withLock { $0.count >= Self.capacity }
-        guard !full else { return Self.delete(container) }
-        let containerPath = container.path
+        guard !full else { return Self.delete(containerPath) }
         unlink(ContainerFolder.path("stdin", in: containerPath))
         for name in ContainerFolder.logFiles {
             // An empty file stays unchanged: truncating it would be one more journalled write.
@@ -240,27 +241,27 @@ final class ContainerFolderPool: Sendable {
             let fd = open(path, O_WRONLY | O_TRUNC | O_CLOEXEC)
             guard fd >= 0 else {
                 if errno == ENOENT { continue }
-                return Self.delete(container)
+                return Self.delete(containerPath)
             }
             close(fd)
         }
-        guard Self.holdsOnly(ContainerFolder.logFiles, container) else { return Self.delete(container) }
-        makeReady(container, files: nil)
+        guard Self.holdsOnly(ContainerFolder.logFiles, containerPath) else { return Self.delete(containerPath) }
+        makeReady(containerPath, files: nil)
     }
 
     /// `recycle` of a folder this process made, with its log files open: emptied through
     /// them (this engine puts nothing else there but the standard input file).
-    private func recycle(_ container: URL, files: ContainerLogFiles, stdinFile: Bool) {
+    private func recycle(_ container: String, files: ContainerLogFiles, stdinFile: Bool) {
         let count = ready.withLock { $0.count }
         guard count < Self.capacity, files.empty() else { return Self.delete(container) }
-        if stdinFile { unlink(ContainerFolder.path("stdin", in: container.path)) }
+        if stdinFile { unlink(ContainerFolder.path("stdin", in: container)) }
         makeReady(container, files: count < Self.openCapacity ? files : nil)
     }
 
     /// Renames an emptied folder to a ready name and lists it.
-    private func makeReady(_ container: URL, files: ContainerLogFiles?) {
+    private func makeReady(_ container: String, files: ContainerLogFiles?) {
         let name = "\(prefix)\(named.add(1, ordering: .relaxed).newValue)"
-        if rename(container.path, ContainerFolder.path(name, in: folderPath)) == 0 {
+        if rename(container, ContainerFolder.path(name, in: folderPath)) == 0 {
             ready.withLock { $0.append((name, files)) }
         } else if errno != ENOENT {
             Self.delete(container)
@@ -282,22 +283,22 @@ final class ContainerFolderPool: Sendable {
             let path = ContainerFolder.path(name, in: folderPath)
             guard mkdir(path, 0o700) == 0 else { return }
             guard let files = try? ContainerLogFiles(folderPath: path, truncate: false) else {
-                return Self.delete(URL(fileURLWithPath: path, isDirectory: true))
+                return Self.delete(path)
             }
             ready.withLock { $0.append((name, files)) }
         }
     }
 
     /// Removes a folder and what it holds.
-    private static func delete(_ container: URL) {
-        for name in ContainerFolder.knownFiles { unlink(ContainerFolder.path(name, in: container.path)) }
-        if rmdir(container.path) == 0 || errno == ENOENT { return }
-        try? FileManager.default.removeItem(at: container)
+    private static func delete(_ container: String) {
+        for name in ContainerFolder.knownFiles { unlink(ContainerFolder.path(name, in: container)) }
+        if rmdir(container) == 0 || errno == ENOENT { return }
+        try? FileManager.default.removeItem(atPath: container)
     }
 
     /// True when `container` holds nothing but (some of) `names`; false when it cannot be read.
-    private static func holdsOnly(_ names: [String], _ container: URL) -> Bool {
-        guard let directory = opendir(container.path) else { return false }
+    private static func holdsOnly(_ names: [String], _ container: String) -> Bool {
+        guard let directory = opendir(container) else { return false }
         defer { closedir(directory) }
         while let entry = readdir(directory) {
             // unsafe: d_name is a NUL-terminated name inside the dirent readdir returned, valid until the next readdir.

@@ -21,10 +21,13 @@ extension Engine {
     /// `untilEnd` the call returns once the program has ended, so that the caller is woken
     /// once, not at the start and again at the exit (each wake-up a wait for a core on a busy
     /// host); `started` runs on the container's thread just before its program does.
-    /// A worker is given the daemon's id for it (`id`); `removeAtEnd` (with `untilEnd`) lets
-    /// a worker remove a run that ended before it answered, its output sent along.
+    /// A worker is given the daemon's id for it (`id`). `removeAtEnd` (with `untilEnd`): the
+    /// caller removes it at its end (a worker's daemon lets the worker remove a run that ended
+    /// before it answered, its output sent along), so its row waits (`StateWriter.held`).
+    /// `takeOver` (with `startNow`), asked on the thread that would hand the container to its
+    /// own: true when that thread has handed its own work on and runs the container itself.
     func create(_ spec: ContainerSpec, startNow: Bool, id givenID: String? = nil, untilEnd: Bool = false, removeAtEnd: Bool = false,
-                started: (@Sendable (ManagedContainer) -> Void)? = nil) async throws -> ManagedContainer {
+                takeOver: (@Sendable () -> Bool)? = nil, started: (@Sendable (ManagedContainer) -> Void)? = nil) async throws -> ManagedContainer {
         try ensureAccepting()
         let image = try image(spec.image)
         let forkPoint = spec.forkPoint ?? image.defaultForkPoint ?? .entry
@@ -41,8 +44,7 @@ extension Engine {
                                       "a child of a stdin fork point runs the image's own command; it reads its own standard input instead")
         }
         if let hostname = spec.hostname {
-            guard !hostname.isEmpty, hostname.utf8.count <= 64,
-                  hostname.unicodeScalars.allSatisfy({ $0.isASCII && (CharacterSet.alphanumerics.contains($0) || "-.".unicodeScalars.contains($0)) }) else {
+            guard Self.validHostname(hostname) else {
                 throw EngineError.invalid("hostname", "hostname \"\(hostname)\" must be 1-64 letters, digits, '-' or '.'")
             }
         }
@@ -99,7 +101,7 @@ extension Engine {
                 }
             }
             let hostname = spec.hostname ?? name
-            let folder = containersFolder.appendingPathComponent(id, isDirectory: true)
+            let folder = containerFolders.path(of: id)
             let stdin = spec.stdin
             let openStdin = spec.openStdin == true
             let tty = spec.tty == true
@@ -154,13 +156,15 @@ extension Engine {
                 writer.enqueue { writes in
                     writes.containers.append(info)
                     writes.made.insert(info.id)
+                    if untilEnd && removeAtEnd { writes.transient.insert(info.id) }
                 }
                 return managed
             }
             guard startNow else { return try await onKVMThread(make) }
-            // Create and start: the fork and the run on the container's own thread, one hop.
+            // Create and start: the fork and the run on the container's own thread, one hop;
+            // none when the caller's thread may become it (`takeOver`).
             return try await withCheckedThrowingContinuation { continuation in
-                runners.run { [self] in
+                let body: @Sendable () -> Void = { [self] in
                     let made: ManagedContainer
                     do { made = try make() } catch {
                         continuation.resume(throwing: error)
@@ -179,6 +183,7 @@ extension Engine {
                         runToEnd(made, vm)
                     }
                 }
+                if let takeOver, takeOver() { body() } else { runners.run(body) }
             }
         } catch {
             _ = registry.withLock { $0.names.removeValue(forKey: name) }
@@ -525,10 +530,10 @@ extension Engine {
         // once it is registered, before any exit the worker reported meanwhile is applied.
         let container: ManagedContainer
         do {
-            container = try await create(spec, startNow: true, untilEnd: true, removeAtEnd: remove) { [self] made in
+            container = try await create(spec, startNow: true, untilEnd: true, removeAtEnd: remove, started: { [self] made in
                 record("container.create", subject: made.id, actor: actor)
                 record("container.start", subject: made.id, actor: actor)
-            }
+            })
         } catch {
             record("container.create", subject: spec.name ?? "", actor: actor, result: "\(error)")
             throw error
@@ -591,7 +596,7 @@ private struct ContainerStreams {
     let outputTimes: LogTimeIndex
     let errorTimes: LogTimeIndex
 
-    init(folder: URL, folders: ContainerFolderPool, stdin: String?, openStdin: Bool, tty: Bool) throws {
+    init(folder: String, folders: ContainerFolderPool, stdin: String?, openStdin: Bool, tty: Bool) throws {
         let files = try folders.make(folder)
         self.files = files
         let timeline = LogTimeline()
@@ -605,7 +610,7 @@ private struct ContainerStreams {
             _ = fcntl(ends[1], F_SETFD, FD_CLOEXEC)
             (input, ownsInput, stdinWriter) = (ends[0], true, ends[1])
         } else if let stdin {
-            let path = ContainerFolder.path("stdin", in: folder.path)
+            let path = ContainerFolder.path("stdin", in: folder)
             try Data(stdin.utf8).write(to: URL(fileURLWithPath: path))
             (input, ownsInput, stdinWriter) = (open(path, O_RDONLY | O_CLOEXEC), true, -1)
         } else {

@@ -69,13 +69,13 @@ extension Engine {
             let info = container.info
             let fallback = Self.nanoseconds(info.startedAt ?? info.createdAt)
             let readers = streams.map { stream in
-                LogLineReader(log: container.logFolder.appendingPathComponent(ContainerFolder.logFile(stream)).path,
-                              times: container.logFolder.appendingPathComponent(ContainerFolder.timesFile(stream)).path,
+                LogLineReader(log: ContainerFolder.path(ContainerFolder.logFile(stream), in: container.logFolder),
+                              times: ContainerFolder.path(ContainerFolder.timesFile(stream), in: container.logFolder),
                               from: query.since, fallbackTime: fallback)
             }
             return Self.lines(readers, query, ended: { container.exit != nil }, closed: { feed.isClosed })
         }
-        let paths = streams.map { container.logFolder.appendingPathComponent(ContainerFolder.logFile($0)).path }
+        let paths = streams.map { ContainerFolder.path(ContainerFolder.logFile($0), in: container.logFolder) }
         let (since, follow) = (query.since, query.follow)
         return AsyncThrowingStream { continuation in
             let task = Task {

@@ -248,7 +248,7 @@ extension Engine {
                 // Taken as running until its exit is recorded below (with its event), if it has ended.
                 var running = info
                 if running.state == .exited { running.state = .running }
-                let managed = ManagedContainer(info: running, logFolder: containersFolder.appendingPathComponent(info.id, isDirectory: true),
+                let managed = ManagedContainer(info: running, logFolder: containerFolders.path(of: info.id),
                                                vm: nil, stdinWriter: -1, family: nil, shard: shard)
                 registry.containers[info.id] = managed
                 if registry.names[info.name] == nil { registry.names[info.name] = info.id }
@@ -416,7 +416,7 @@ extension Engine {
         var (info, end) = try await connection.create(request, image: image)
         info.pool = spec.pool
         info.placementID = placementID
-        let managed = ManagedContainer(info: info, logFolder: containersFolder.appendingPathComponent(id, isDirectory: true), vm: nil,
+        let managed = ManagedContainer(info: info, logFolder: containerFolders.path(of: id), vm: nil,
                                        stdinWriter: -1, family: nil, shard: shard)
         if let end { managed.took(end) }
         let parked = registry.withLock { registry -> WorkerExit? in
@@ -434,6 +434,7 @@ extension Engine {
             writes.containers.append(info)
             // New to this daemon's state: a run removed within the batch leaves no row to delete.
             writes.made.insert(info.id)
+            if untilEnd && removeAtEnd { writes.transient.insert(info.id) }
         }
         if let registered {
             // Created and started in one call: its create and start are recorded before any

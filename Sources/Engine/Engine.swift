@@ -191,7 +191,7 @@ public final class Engine: Sendable {
                 } else {
                     exit = ExitInfo(exitCode: info.exitCode ?? 0, reason: info.exitReason ?? "exited")
                 }
-                let managed = ManagedContainer(info: info, logFolder: containersFolder.appendingPathComponent(info.id), vm: nil,
+                let managed = ManagedContainer(info: info, logFolder: containerFolders.path(of: info.id), vm: nil,
                                                stdinWriter: -1, family: nil, exit: exit)
                 registry.containers[info.id] = managed
                 registry.names[info.name] = info.id

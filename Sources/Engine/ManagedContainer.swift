@@ -7,7 +7,8 @@ import Synchronization
 /// files and standard input, and the tasks waiting for it to end.
 final class ManagedContainer: Sendable {
     let id: String
-    let logFolder: URL
+    /// Its folder's path (its log files; see `ContainerFolder`).
+    let logFolder: String
     /// The warm parent family it was forked from (nil for containers recorded before a restart).
     let family: ParentFamily?
     /// Its own writable disk, when its root filesystem is served from its image's disks.
@@ -39,7 +40,7 @@ final class ManagedContainer: Sendable {
         var removedInWorker = false
     }
 
-    init(info: ContainerInfo, logFolder: URL, vm: Fork.Container?, stdinWriter: Int32, family: ParentFamily?, exit: ExitInfo? = nil,
+    init(info: ContainerInfo, logFolder: String, vm: Fork.Container?, stdinWriter: Int32, family: ParentFamily?, exit: ExitInfo? = nil,
          shard: Int? = nil, disk: ContainerDiskRoot? = nil, terminal: GuestTerminal? = nil, logFiles: ContainerLogFiles? = nil,
          stdinFile: Bool = true) {
         id = info.id
@@ -100,8 +101,8 @@ final class ManagedContainer: Sendable {
         return finish(exit, at: time)
     }
 
-    var stdoutPath: String { ContainerFolder.path(ContainerFolder.logFile(.stdout), in: logFolder.path) }
-    var stderrPath: String { ContainerFolder.path(ContainerFolder.logFile(.stderr), in: logFolder.path) }
+    var stdoutPath: String { ContainerFolder.path(ContainerFolder.logFile(.stdout), in: logFolder) }
+    var stderrPath: String { ContainerFolder.path(ContainerFolder.logFile(.stderr), in: logFolder) }
 
     /// Marks it running and returns its VM, or nil when it was not in the created state.
     func markRunning(at time: Double) -> Fork.Container? {

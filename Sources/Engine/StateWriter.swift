@@ -39,15 +39,36 @@ final class StateWriter: Sendable {
         }
         // A short gathering window: a container's create, start, exit and removal usually land
         // in one transaction, and the writer takes less of the cores the containers run on.
-        if schedule { queue.async(after: .milliseconds(5)) { [self] in drain() } }
+        if schedule { queue.async(after: Self.window) { [self] in drain(holding: true) } }
     }
+
+    /// The gathering window of a batch.
+    static let window = Duration.milliseconds(5)
+    /// How long a run's container (`QueuedWrites.transient`) may live without a row.
+    static let transientHold: TimeInterval = 0.1
 
     func event(_ event: EventRow) { enqueue { $0.events.append(event) } }
 
-    private func drain() {
+    /// Writes what has gathered; with `holding`, a run's container younger than
+    /// `transientHold` that is still there goes to the next batch instead (see `held`).
+    private func drain(holding: Bool) {
         var writes = pending.withLock { state in
             defer { state = Pending() }
             return state.writes
+        }
+        let now = Date().timeIntervalSince1970
+        if holding, let held = Self.held(from: &writes, now: now) {
+            let schedule = pending.withLock { state in
+                // Before what was queued since: its later states win.
+                state.writes.containers.insert(contentsOf: held.containers, at: 0)
+                state.writes.made.formUnion(held.ids)
+                state.writes.transient.formUnion(held.ids)
+                defer { state.scheduled = true }
+                return !state.scheduled
+            }
+            // Nothing else queued: the next batch when the first of them is due, not every window.
+            let due = (held.containers.map(\.createdAt).min() ?? now) + Self.transientHold - now
+            if schedule { queue.async(after: max(Self.window, .milliseconds(Int(due * 1000) + 1))) { [self] in drain(holding: true) } }
         }
         if !keepsEvents { writes.events = [] }
         guard !writes.isEmpty else { return }
@@ -57,6 +78,26 @@ final class StateWriter: Sendable {
             logger.error("state write failed: \(error)", metadata: ["events": "\(writes.events.count)", "containers": "\(writes.containers.count)"])
         }
         if !writes.events.isEmpty { feed.notify() }
+    }
+
+    /// Takes out of `writes` the runs' containers (made in this batch, to be removed at their
+    /// run's end) that are neither removed yet nor older than `transientHold`: a run is
+    /// usually removed a millisecond or two after it is made, and a fixed window cut about one
+    /// run in four in two, its row written in one batch and deleted in the next (in a worker,
+    /// whose writer keeps no events, those were its only writes). Their latest states, for
+    /// the next batch; nil when there are none. A run's id reaches its caller only with its
+    /// end, so none it knows of goes unwritten.
+    static func held(from writes: inout QueuedWrites, now: TimeInterval) -> (ids: Set<String>, containers: [ContainerInfo])? {
+        guard !writes.transient.isEmpty else { return nil }
+        let deleted = Set(writes.deletedContainers)
+        var latest: [String: ContainerInfo] = [:]
+        for info in writes.containers where writes.transient.contains(info.id) && !deleted.contains(info.id) { latest[info.id] = info }
+        let ids = Set(latest.values.filter { now - $0.createdAt < transientHold }.map(\.id))
+        guard !ids.isEmpty else { return nil }
+        writes.containers.removeAll { ids.contains($0.id) }
+        writes.made.subtract(ids)
+        writes.transient.subtract(ids)
+        return (ids, ids.compactMap { latest[$0] })
     }
 
     /// The batch to write: only the last state of each container, and none for a container
@@ -81,13 +122,13 @@ final class StateWriter: Sendable {
 
     /// Returns once everything queued before the call is in the database.
     func flush() {
-        queue.sync { [self] in drain() }
+        queue.sync { [self] in drain(holding: false) }
     }
 
     func flushAsync() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             queue.async { [self] in
-                drain()
+                drain(holding: false)
                 continuation.resume()
             }
         }
@@ -102,6 +143,8 @@ struct QueuedWrites {
     var deletedContainers: [String] = []
     /// Containers made since the last batch: none has a row yet.
     var made: Set<String> = []
+    /// Of those, runs' containers removed at their run's end (`StateWriter.held`).
+    var transient: Set<String> = []
     /// The placement service's rows for the engine's forks (`PlacementService.DeferredWrite`).
     var placements: [PlacementRow] = []
     var deletedPlacements: [Int] = []

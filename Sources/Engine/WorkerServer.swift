@@ -125,12 +125,12 @@ public final class WorkerServer: Sendable {
             }
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
             let peer = WorkerPeer(fd: fd)
-            let thread = Thread { [self] in read(peer) }
-            thread.name = "vmfork-worker-peer"
-            thread.start()
+            engine.runners.run { [self] in read(peer) }
         }
     }
 
+    /// Reads a connection's requests on a container runner thread until one of them, a create
+    /// that starts its container, makes this thread that container's (see `ReaderBaton`).
     private func read(_ peer: WorkerPeer) {
         var ready = [pollfd(fd: peer.fd, events: Int16(POLLIN), revents: 0), pollfd(fd: peer.timer, events: Int16(POLLIN), revents: 0)]
         while true {
@@ -147,11 +147,14 @@ public final class WorkerServer: Sendable {
             let frame = WorkerFrame(bytes)
             guard let header = frame.header, let op = header.op else { break }
             if op == "create" {
-                // Begun on this thread, up to its first wait (the hand-off to the container's
-                // thread): no hop to another thread on the way to the fork. (Not a remove:
-                // it empties the container's folder, file system work this thread would
-                // then do before it reads the next request.)
-                Task.immediate { await handle(op, id: header.id, frame: frame, peer: peer) }
+                // Begun on this thread, up to its first wait: no hop to another thread on the
+                // way to the fork, and none to the container's thread, which this one becomes
+                // when the create gets that far here (the reading goes on on another; `Task.immediate`
+                // then returns at the container's end). (Not a remove: it empties the container's
+                // folder, file system work this thread would then do before it reads the next request.)
+                let baton = ReaderBaton { [self] in engine.runners.run { [self] in read(peer) } }
+                Task.immediate { await handle(op, id: header.id, frame: frame, peer: peer, baton: baton) }
+                if baton.passed { return }
             } else {
                 Task { await handle(op, id: header.id, frame: frame, peer: peer) }
             }
@@ -188,7 +191,7 @@ public final class WorkerServer: Sendable {
         }
     }
 
-    private func handle(_ op: String, id: UInt64, frame: WorkerFrame, peer: WorkerPeer) async {
+    private func handle(_ op: String, id: UInt64, frame: WorkerFrame, peer: WorkerPeer, baton: ReaderBaton? = nil) async {
         let actor = "daemon"
         switch op {
         case "hello":
@@ -225,7 +228,10 @@ public final class WorkerServer: Sendable {
                         answer.send(info)
                     }
                 }
-                let made = try await engine.create(request.spec, startNow: request.start, id: request.id, untilEnd: untilEnd, started: started)
+                var takeOver: (@Sendable () -> Bool)?
+                if let baton { takeOver = { baton.pass() } }
+                let made = try await engine.create(request.spec, startNow: request.start, id: request.id, untilEnd: untilEnd,
+                                                   removeAtEnd: removeAtEnd, takeOver: takeOver, started: started)
                 answer.send(made.info)
             } catch {
                 answer.fail(error)
@@ -466,4 +472,28 @@ final class WorkerAnswer: Sendable {
         if let frame = WorkerQuick.reply(id: id, info: info) { return frame }
         return (try? Array(JSONEncoder().encode(WorkerReply(id: id, result: info, error: nil)))) ?? []
     }
+}
+
+/// The reading of a worker connection, passed from the thread that read a create to another
+/// runner thread so that the reader can run the container itself: without, the reader woke a
+/// runner thread for it, one more wake-up (and a core to find) between a run's request and its
+/// fork. The wake-up of the next reader happens beside the container's run instead.
+final class ReaderBaton: Sendable {
+    /// The thread that read the create (a task begun with `Task.immediate` may go on on
+    /// another after a wait: that one must not run a container, nor pass the reading on).
+    private let reader = pthread_self()
+    private let handedOn = Atomic<Bool>(false)
+    private let startNextReader: @Sendable () -> Void
+
+    init(startNextReader: @escaping @Sendable () -> Void) { self.startNextReader = startNextReader }
+
+    /// On the reader's thread, once: starts the next reader and returns true (this thread is
+    /// then the container's); elsewhere false.
+    func pass() -> Bool {
+        guard pthread_equal(pthread_self(), reader) != 0, !handedOn.exchange(true, ordering: .acquiringAndReleasing) else { return false }
+        startNextReader()
+        return true
+    }
+
+    var passed: Bool { handedOn.load(ordering: .acquiring) }
 }

@@ -40,3 +40,67 @@ import TestSupport
         #expect(try store.events().map(\.type) == (keepsEvents ? ["container.exit"] : []))
     }
 }
+
+/// A run's container (made to be removed at its run's end) gets no row while it is young: a
+/// batch that would cut its create from its removal holds it over.
+@Suite struct StateWriterHoldTests {
+    static func info(_ id: String, createdAt: TimeInterval) -> ContainerInfo {
+        var info = StateWriterTests.info(id, .running)
+        info.createdAt = createdAt
+        return info
+    }
+
+    @Test func youngRunsAreHeldOldOnesAndRemovedOnesAreNot() {
+        var writes = QueuedWrites()
+        writes.containers = [Self.info("young", createdAt: 100), Self.info("old", createdAt: 99), Self.info("gone", createdAt: 100),
+                             Self.info("kept", createdAt: 100)]
+        writes.containers.append({ var later = Self.info("young", createdAt: 100); later.state = .exited; return later }())
+        writes.made = ["young", "old", "gone", "kept"]
+        writes.transient = ["young", "old", "gone"]
+        writes.deletedContainers = ["gone"]
+        let held = StateWriter.held(from: &writes, now: 100.05)
+        #expect(held?.ids == ["young"])
+        // Its latest state goes on.
+        #expect(held?.containers.map(\.state) == [.exited])
+        #expect(writes.containers.map(\.id).sorted() == ["gone", "kept", "old"])
+        #expect(writes.made == ["old", "gone", "kept"])
+        #expect(writes.transient == ["old", "gone"])
+        var none = QueuedWrites()
+        none.containers = [Self.info("plain", createdAt: 100)]
+        none.made = ["plain"]
+        #expect(StateWriter.held(from: &none, now: 100) == nil)
+    }
+
+    /// Through the writer: a run made in one batch and removed in a later one writes nothing;
+    /// `flush` writes a young run at once (shutdown holds nothing back), and its removal
+    /// afterwards deletes the row.
+    @Test func aRunRemovedInALaterBatchLeavesNoRow() throws {
+        let state = try HostFacts.makeTemporaryFolder("state-writer-hold")
+        defer { try? FileManager.default.removeItem(at: state) }
+        let store = try StateStore(folder: state)
+        let writer = StateWriter(store: store, logger: .init(label: "test"))
+        let now = Date().timeIntervalSince1970
+        writer.enqueue { writes in
+            writes.containers.append(Self.info("run", createdAt: now))
+            writes.made.insert("run")
+            writes.transient.insert("run")
+        }
+        // Past the gathering window: the batch drained (holding the run) before its removal.
+        Thread.sleep(forTimeInterval: 0.02)
+        #expect(try store.engineSnapshot().containers.isEmpty)
+        writer.enqueue { $0.deletedContainers.append("run") }
+        writer.flush()
+        #expect(try store.engineSnapshot().containers.isEmpty)
+
+        writer.enqueue { writes in
+            writes.containers.append(Self.info("flushed", createdAt: now))
+            writes.made.insert("flushed")
+            writes.transient.insert("flushed")
+        }
+        writer.flush()
+        #expect(try store.engineSnapshot().containers.map(\.id) == ["flushed"])
+        writer.enqueue { $0.deletedContainers.append("flushed") }
+        writer.flush()
+        #expect(try store.engineSnapshot().containers.isEmpty)
+    }
+}
