@@ -11,6 +11,9 @@ struct AgentContext: RequestContext {
     let channel: (any Channel)?
     /// "uid:N" on the Unix socket, "token:NAME" on TCP.
     var actor = "unknown"
+    /// Where a route may write its answer before it returns (the agent's own HTTP server on
+    /// its Unix socket; nil elsewhere).
+    var earlyAnswer: EarlyAnswer?
 
     init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)

@@ -222,29 +222,40 @@ final class AgentConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
             let request = Request(head: parsed.head, body: body)
             var context = AgentContext(source: ApplicationRequestContextSource(channel: channel, logger: shared.logger))
             if let actor { context.actor = actor }
+            let early = EarlyAnswer(handler: self, headOnly: parsed.head.method == .head)
+            context.earlyAnswer = early
             // Begun here, on the loop, up to its first wait (routing, decoding, the engine's
             // call up to its hand-off): no turn of the loop between the request and its work.
             starting = true
-            Task.immediate(executorPreference: executor) { await self.answer(request, context: context) }
+            Task.immediate(executorPreference: executor) { await self.answer(request, context: context, early: early) }
             starting = false
         }
     }
 
     /// Answers one request, then goes on with the input (a pipelined request) or closes.
-    private func answer(_ request: Request, context: AgentContext) async {
+    private func answer(_ request: Request, context: AgentContext, early: EarlyAnswer) async {
         let response: Response
         do {
             response = try await shared.responder.respond(to: request, context: context)
         } catch {
+            if early.sent {
+                // Answered already; what failed after is the route's own business (logged).
+                shared.logger.debug("a request failed after its answer", metadata: ["error": "\(error)"])
+            }
             response = APIError(error).response
         }
-        let writer = ConnectionBodyWriter(handler: self, head: response.head, contentLength: response.body.contentLength,
-                                          headOnly: request.method == .head)
-        do {
-            try await response.body.write(writer)
-        } catch {
-            // The client is gone (a closed connection fails the write), or the stream failed midway: the connection ends.
-            channel.close(promise: nil)
+        if let written = early.written {
+            // The answer went before the route returned: its write's end stands for the body's.
+            do { try await written.get() } catch { channel.close(promise: nil) }
+        } else {
+            let writer = ConnectionBodyWriter(handler: self, head: response.head, contentLength: response.body.contentLength,
+                                              headOnly: request.method == .head)
+            do {
+                try await response.body.write(writer)
+            } catch {
+                // The client is gone (a closed connection fails the write), or the stream failed midway: the connection ends.
+                channel.close(promise: nil)
+            }
         }
         let finished: @Sendable () -> Void = { [self] in
             busy = false
@@ -302,6 +313,42 @@ final class AgentConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
                 channel.close(promise: nil)
             }
         }
+    }
+}
+
+/// An answer a route writes before it returns (`AgentContext.earlyAnswer`): a run's result
+/// goes to the caller before the container's removal and records, which the route then makes
+/// on the same loop before the connection reads its next request (`Engine.runContainer`).
+/// Only the first answer is written; the route's own return is then dropped.
+final class EarlyAnswer: @unchecked Sendable {
+    // @unchecked: `send` and the handler's reads run on the connection's event loop (the
+    // request's task prefers its executor; `send` hops there when called elsewhere).
+    private let handler: AgentConnectionHandler
+    private let headOnly: Bool
+    /// The write of the answer, once sent.
+    private(set) var written: EventLoopFuture<Void>?
+    var sent: Bool { written != nil }
+
+    init(handler: AgentConnectionHandler, headOnly: Bool) {
+        self.handler = handler
+        self.headOnly = headOnly
+    }
+
+    /// Writes a whole answer (status, JSON body) and flushes it now; a second call does nothing.
+    func send(_ status: HTTPResponse.Status, json body: ByteBuffer) {
+        let channel = handler.outbound
+        guard channel.eventLoop.inEventLoop else {
+            channel.eventLoop.execute { self.send(status, json: body) }
+            return
+        }
+        guard written == nil else { return }
+        let head = HTTPResponse(status: status, headerFields: [.contentType: "application/json"])
+        var (bytes, _, bodiless) = handler.headBytes(head, contentLength: body.readableBytes)
+        if !bodiless && !headOnly {
+            var body = body
+            bytes.writeBuffer(&body)
+        }
+        written = channel.writeAndFlush(bytes)
     }
 }
 

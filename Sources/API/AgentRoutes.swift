@@ -105,7 +105,18 @@ struct AgentRoutes: Sendable {
             let remove = try request.bool("remove", default: true)
             var request = request
             let spec = try await request.decodeStrict(ContainerSpec.self)
-            let result = try await engine.runContainer(spec, remove: remove, by: context.actor)
+            // On the agent's Unix socket the result goes as soon as the engine has it, ahead of
+            // the container's removal and records (which follow before the next request).
+            let early = context.earlyAnswer
+            var answer: (@Sendable (RunResult) -> Void)?
+            if let early {
+                answer = { (result: RunResult) in
+                    if let body = result.quickJSON() { early.send(.ok, json: body) }
+                }
+            }
+            let result = try await engine.runContainer(spec, remove: remove, by: context.actor, answer: answer)
+            // Answered already: the connection drops what the route returns.
+            if early?.sent == true { return Response(status: .ok) }
             guard let body = result.quickJSON() else { return try json(result) }
             return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: body))
         }

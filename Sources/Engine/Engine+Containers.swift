@@ -26,8 +26,11 @@ extension Engine {
     /// before it answered, its output sent along), so its row waits (`StateWriter.held`).
     /// `takeOver` (with `startNow`), asked on the thread that would hand the container to its
     /// own: true when that thread has handed its own work on and runs the container itself.
+    /// `answerEnded`: a worker's run that comes back ended, with its output and removed there,
+    /// is told to it at once (see `runContainer`'s `answer`).
     func create(_ spec: ContainerSpec, startNow: Bool, id givenID: String? = nil, untilEnd: Bool = false, removeAtEnd: Bool = false,
-                takeOver: (@Sendable () -> Bool)? = nil, started: (@Sendable (ManagedContainer) -> Void)? = nil) async throws -> ManagedContainer {
+                takeOver: (@Sendable () -> Bool)? = nil, answerEnded: (@Sendable (RunResult) -> Void)? = nil,
+                started: (@Sendable (ManagedContainer) -> Void)? = nil) async throws -> ManagedContainer {
         try ensureAccepting()
         let image = try image(spec.image)
         let forkPoint = spec.forkPoint ?? image.defaultForkPoint ?? .entry
@@ -87,7 +90,7 @@ extension Engine {
             if let workers = workerSet {
                 return try await createInWorker(workers, id: id, name: name, spec: spec, image: image, policy: policy, recordedNow: recordedNow,
                                                 labels: labels, placementID: placementID, startNow: startNow, untilEnd: untilEnd,
-                                                removeAtEnd: removeAtEnd, registered: started)
+                                                removeAtEnd: removeAtEnd, answerEnded: answerEnded, registered: started)
             }
             let family: ParentFamily
             if let readyFamily {
@@ -523,14 +526,25 @@ extension Engine {
 
     /// Create, start, wait and collect the output in one call; removes the container
     /// afterwards unless `remove` is false.
-    public func runContainer(_ spec: ContainerSpec, remove: Bool = true, by actor: String) async throws -> RunResult {
+    ///
+    /// `answer`, when given, hears the result of a worker's run that came back ended (its
+    /// output along, removed in the worker) as soon as the worker's answer is read, on the
+    /// caller's executor: before this daemon's records of the run and its removal, which follow
+    /// in the same turn without a wait (none is asked for a run charged to a pool, whose
+    /// release waits for a thread). The daemon serves its Unix socket and its workers on one
+    /// event loop, so a caller answered there finds the run recorded and removed by its next
+    /// request; the answer does not wait for them. (In one process the loops are several and the
+    /// removal short: a run is answered when it is done.)
+    public func runContainer(_ spec: ContainerSpec, remove: Bool = true, by actor: String,
+                             answer: (@Sendable (RunResult) -> Void)? = nil) async throws -> RunResult {
+        let answer = remove && spec.pool == nil ? answer : nil
         // One hop to the container's thread and one back at its end. Its create and start
         // events are queued there before its program runs, so the log has them before its exit.
         // In workers mode one call to the worker creates and starts it; `started` then runs
         // once it is registered, before any exit the worker reported meanwhile is applied.
         let container: ManagedContainer
         do {
-            container = try await create(spec, startNow: true, untilEnd: true, removeAtEnd: remove, started: { [self] made in
+            container = try await create(spec, startNow: true, untilEnd: true, removeAtEnd: remove, answerEnded: answer, started: { [self] made in
                 record("container.create", subject: made.id, actor: actor)
                 record("container.start", subject: made.id, actor: actor)
             })

@@ -394,7 +394,8 @@ extension Engine {
     /// Forks in the worker holding the policy's family (its parents made first at the policy's first use).
     func createInWorker(_ workers: WorkerSet, id: String, name: String, spec: ContainerSpec, image: ImageRecord, policy: ParentPolicy,
                         recordedNow: Bool, labels: [String: String], placementID: Int?, startNow: Bool, untilEnd: Bool = false,
-                        removeAtEnd: Bool = false, registered: (@Sendable (ManagedContainer) -> Void)? = nil) async throws -> ManagedContainer {
+                        removeAtEnd: Bool = false, answerEnded: (@Sendable (RunResult) -> Void)? = nil,
+                        registered: (@Sendable (ManagedContainer) -> Void)? = nil) async throws -> ManagedContainer {
         if recordedNow {
             do { _ = try await ensureParentsInWorkers(workers, policy, image: image) } catch {
                 try? await forgetPolicy(policy.id)
@@ -414,6 +415,17 @@ extension Engine {
         let request = WorkerCreate(id: id, spec: resolved, image: nil, start: startNow, untilEnd: untilEnd ? true : nil,
                                    removeAtEnd: untilEnd && removeAtEnd ? true : nil)
         var (info, end) = try await connection.create(request, image: image)
+        // A run answered with its end, its output and its removal in the worker: its caller
+        // hears the result now, before this daemon records it (the records follow at once,
+        // without a wait; a trace put 127 µs between the worker's answer and the HTTP
+        // answer, against 37 µs in one process).
+        if let answerEnded, let end, end.removed, placementID == nil, let stdout = end.stdout, let stderr = end.stderr {
+            let ended = end.exit.info
+            answerEnded(RunResult(id: id, exitCode: ended.exitCode ?? 137, reason: ended.exitReason ?? "exited",
+                                  stdout: String(decoding: stdout, as: UTF8.self), stderr: String(decoding: stderr, as: UTF8.self),
+                                  forkMicroseconds: info.forkMicroseconds, startedAt: info.startedAt ?? ended.startedAt,
+                                  finishedAt: ended.finishedAt))
+        }
         info.pool = spec.pool
         info.placementID = placementID
         let managed = ManagedContainer(info: info, logFolder: containerFolders.path(of: id), vm: nil,

@@ -24,8 +24,12 @@ public final class WorkerServer: Sendable {
     /// The answers of runs whose program still runs, by container id (see `WorkerCreate.untilEnd`),
     /// with when each goes without waiting longer for the end.
     private let heldAnswers = Mutex<[String: (answer: WorkerAnswer, deadline: ContinuousClock.Instant, removeAtEnd: Bool)]>([:])
-    /// How long a run's answer waits for its program's end before it goes without it.
-    static let heldAnswerLimit = Duration.milliseconds(2)
+    /// How long a run's answer waits for its program's end before it goes without it: long
+    /// enough for a short program on a machine whose exits are dear (at 125-170 µs an exit,
+    /// `busybox echo`'s runs under a loaded test suite all took over 2 ms, the limit before,
+    /// and each cost the daemon a second call to remove it), short enough that a long run is
+    /// listed while it runs.
+    static let heldAnswerLimit = Duration.milliseconds(10)
     /// The connection events go to (the last to say hello).
     private let subscriber = Mutex<WorkerPeer?>(nil)
 

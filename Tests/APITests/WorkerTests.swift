@@ -170,6 +170,24 @@ struct WorkerTests {
         }
     }
 
+    /// A run through a worker is answered as soon as the worker's answer is read, before the
+    /// daemon records it and removes it (`Engine.runContainer`'s `answer`); those follow on the
+    /// same event loop before the next request is read, so a second connection asked right
+    /// after the answer already finds the container gone and its four events logged.
+    @Test func aRunAnsweredEarlyIsRecordedAndRemovedBeforeTheNextRequest() async throws {
+        try await Self.withWorkers(1) { daemon, client in
+            let other = AgentClient(socketPath: daemon.socketPath)
+            for index in 0..<10 {
+                let run = try client.send("POST", "/v1/containers/run", json: ContainerSpec(image: "busybox", arguments: ["echo", "early \(index)"], memoryMiB: 32))
+                let result = try run.decode(RunResult.self)
+                #expect(result.exitCode == 0 && result.stdout == "early \(index)\n" && result.finishedAt != nil, "\(run.text)")
+                #expect(try other.send("GET", "/v1/containers/\(result.id)").status == 404)
+                let types = try daemon.events(other).filter { $0["subject"] as? String == result.id }.compactMap { $0["type"] as? String }
+                #expect(types == ["container.create", "container.start", "container.exit", "container.remove"], "\(index): \(types)")
+            }
+        }
+    }
+
     /// A run in workers mode is one call to the worker (create and start together), and the
     /// log still has each container's create and start before its exit, however fast the
     /// program ends: the exit the worker reports first waits until they are recorded.
@@ -245,7 +263,7 @@ struct WorkerTests {
             }
             #expect(types == ["container.create", "container.start", "container.exit", "container.remove"], "\(types)")
             // Six runs; a remove asked of the worker for the large one, and for none of the small
-            // ones that ended within the answer's wait (2 ms; on a loaded host some may not).
+            // ones that ended within the answer's wait (10 ms; on a loaded host some may not).
             let metrics = try await client.send("GET", "/metrics").text
             let requests = { (op: String) in
                 metrics.split(separator: "\n").first { $0.hasPrefix("vmfork_worker_requests{") && $0.contains("op=\"\(op)\"") }
