@@ -322,7 +322,7 @@ final class AgentConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
 /// Only the first answer is written; the route's own return is then dropped.
 final class EarlyAnswer: @unchecked Sendable {
     // @unchecked: `send` and the handler's reads run on the connection's event loop (the
-    // request's task prefers its executor; `send` hops there when called elsewhere).
+    // request's task prefers its executor; `send` called elsewhere writes nothing).
     private let handler: AgentConnectionHandler
     private let headOnly: Bool
     /// The write of the answer, once sent.
@@ -337,11 +337,8 @@ final class EarlyAnswer: @unchecked Sendable {
     /// Writes a whole answer (status, JSON body) and flushes it now; a second call does nothing.
     func send(_ status: HTTPResponse.Status, json body: ByteBuffer) {
         let channel = handler.outbound
-        guard channel.eventLoop.inEventLoop else {
-            channel.eventLoop.execute { self.send(status, json: body) }
-            return
-        }
-        guard written == nil else { return }
+        // Off the loop (not expected) the route's own answer goes instead, as without this.
+        guard channel.eventLoop.inEventLoop, written == nil else { return }
         let head = HTTPResponse(status: status, headerFields: [.contentType: "application/json"])
         var (bytes, _, bodiless) = handler.headBytes(head, contentLength: body.readableBytes)
         if !bodiless && !headOnly {

@@ -1,7 +1,9 @@
 import Foundation
 import Synchronization
 
-/// The threads containers run on (each container's vCPU runs on one for its whole life).
+/// The threads containers run on (each container's vCPU runs on one for its whole life), and
+/// a worker's connection readers, which become the thread of a container they start
+/// (`ReaderBaton`).
 /// A thread that finishes a container waits a while for the next one instead of exiting, so
 /// a short container costs no thread creation; there are as many threads as containers run
 /// at once. Each has a 1 MiB stack, as Fork's own container threads do.
