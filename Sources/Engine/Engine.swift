@@ -47,7 +47,8 @@ public final class Engine: Sendable {
     let kvmUnavailable: String?
     let writer: StateWriter
     let metrics: EngineMetrics
-    private let daemonLock: DaemonLock
+    /// The daemon's own lock on its state folder (`vmfork.lock`, see `FolderLock`).
+    private let daemonLock: FolderLock
     let registry = Mutex(Registry())
     /// Where blocking KVM and VM work runs (libdispatch's threads, never the cooperative pool).
     private let kvmQueue = DispatchQueue(label: "vmfork.engine.kvm", qos: .userInitiated, attributes: .concurrent)
@@ -120,7 +121,13 @@ public final class Engine: Sendable {
         self.logger = logger
         self.options = options
         try FileManager.default.createDirectory(at: stateFolder, withIntermediateDirectories: true)
-        daemonLock = try DaemonLock(folder: stateFolder)
+        do {
+            daemonLock = try FolderLock(folder: stateFolder, file: "vmfork.lock", waitSeconds: 0, mode: 0o600, recordsPID: true)
+        } catch let busy as FolderLock.Busy {
+            throw EngineError(.conflict, "state folder \(busy.folder) is in use by another vmfork daemon (pid \(busy.holder ?? "?")); stop it first or use another --state folder")
+        } catch {
+            throw EngineError(.failed, "\(error)")
+        }
         store = try StateStore(folder: stateFolder, lockWaitSeconds: 2)
         // The placements of forks go with their containers' rows, in the writer's batches
         // (a placement's SQLite write was half a millisecond of each create on this machine).
@@ -386,31 +393,4 @@ public final class Engine: Sendable {
             }
         }
     }
-}
-
-/// The daemon's own lock on a state folder, taken without waiting: a second daemon on the
-/// same folder is refused at once, naming the process that holds it.
-final class DaemonLock: Sendable {
-    private let descriptor: Int32
-
-    init(folder: URL) throws {
-        let path = folder.appendingPathComponent("vmfork.lock").path
-        // In a local until the lock is taken (see `FolderLock`: a throw after `descriptor` is
-        // set runs deinit, which would close it a second time).
-        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw EngineError(.failed, "cannot open \(path): \(String(cString: strerror(errno)))") }
-        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
-            var buffer = [UInt8](repeating: 0, count: 32)
-            let count = pread(fd, &buffer, buffer.count, 0)
-            let holder = count > 0 ? String(decoding: buffer.prefix(count), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) : "?"
-            close(fd)
-            throw EngineError(.conflict, "state folder \(folder.path) is in use by another vmfork daemon (pid \(holder)); stop it first or use another --state folder")
-        }
-        descriptor = fd
-        let pid = Array("\(getpid())\n".utf8)
-        _ = ftruncate(descriptor, 0)
-        _ = pwrite(descriptor, pid, pid.count, 0)
-    }
-
-    deinit { close(descriptor) }
 }

@@ -46,7 +46,7 @@ public final class StateStore: Sendable {
     /// another process has it open.
     public init(folder: URL, lockWaitSeconds: Double = 10) throws {
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        lock = try FolderLock(folder: folder, waitSeconds: lockWaitSeconds)
+        lock = try FolderLock(folder: folder, file: "placement.lock", waitSeconds: lockWaitSeconds)
         path = folder.appendingPathComponent(Self.fileName).path
         var configuration = Configuration()
         // Several `vmfork` processes may share one state folder; wait for each other.
