@@ -15,6 +15,9 @@ public struct ParentSpec: Sendable {
     public var forkPoint: ForkPoint.Kind
     /// Children serve non-blocking system calls through the engine's poller (no VM exit).
     public var pollsSystemCalls: Bool
+    /// The program's `mov eax, N; syscall` pairs are rewritten as it is loaded, so that its
+    /// children's calls skip PVM's SYSCALL switch (`ProcessVMConfiguration.rewritesSystemCalls`).
+    public var rewritesSystemCalls = true
     /// When set, the root filesystem is served from this (the image's disk chain) instead of
     /// the folder `rootfs`; the parent loads its program from it once and its children share it.
     public var rootFileSystem: (any GuestRootFileSystem)?
@@ -64,6 +67,7 @@ public final class WarmParent: @unchecked Sendable {
         self.image = image
         var configuration = ProcessVMConfiguration(rootfs: image.rootfs, memoryBytes: image.memoryBytes,
                                                    pollsSystemCalls: image.pollsSystemCalls)
+        configuration.rewritesSystemCalls = image.rewritesSystemCalls
         configuration.rootFileSystem = image.rootFileSystem
         configuration.workingDirectory = image.workingDirectory
         configuration.identity.uid = image.uid

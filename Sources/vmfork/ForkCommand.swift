@@ -40,6 +40,9 @@ struct ForkCommand: ParsableCommand {
     @Flag(inversion: .prefixedNo, help: "Serve system calls that cannot block from the engine's polling thread, without a VM exit (it spins while children make calls); with --no-poll-syscalls every call is a VM exit.")
     var pollSyscalls = true
 
+    @Flag(inversion: .prefixedNo, help: "Rewrite the program's `mov eax, N; syscall` pairs as it is loaded, so that those calls skip PVM's SYSCALL switch (one exit fewer each; none when polled).")
+    var rewriteSyscalls = true
+
     @Flag(help: "Remove each child as soon as it has finished, as a container engine would: its VM goes back to the pool, restored, for the next child. The sharing report then covers only the parent.")
     var removeEach = false
 
@@ -61,9 +64,10 @@ struct ForkCommand: ParsableCommand {
     func run() throws {
         let forkPoint = stdinForkPoint ? ForkPointName.stdin : self.forkPoint
         let stdinForkPoint = forkPoint == .stdin
-        let parent = ParentSpec(name: URL(fileURLWithPath: program[0]).lastPathComponent, rootfs: rootfs, executable: program[0],
+        var parent = ParentSpec(name: URL(fileURLWithPath: program[0]).lastPathComponent, rootfs: rootfs, executable: program[0],
                                 arguments: stdinForkPoint ? program : nil, memoryBytes: memory << 20,
                                 forkPoint: forkPoint.kind, pollsSystemCalls: pollSyscalls)
+        parent.rewritesSystemCalls = rewriteSyscalls
         let template = Array(program.dropFirst())
         let series = ForkSeries(parent: parent, children: children, poolSize: pool, removeEach: removeEach) { index in
             stdinForkPoint ? nil : template.map { $0.replacingOccurrences(of: "{i}", with: "\(index)") }

@@ -11,6 +11,8 @@ struct LoadedProgram {
     let programHeaderSize: Int
     /// First byte after the highest segment: where brk starts.
     let imageEnd: UInt64
+    /// How many of its system calls were rewritten to skip PVM's SYSCALL switch (`SyscallRewriter`).
+    let rewrittenSystemCalls: Int
 }
 
 /// Maps an executable's segments into a fresh address space.
@@ -23,8 +25,10 @@ enum ProgramLoader {
     static let interpreterBase: UInt64 = 0x7FFF_E000_0000
 
     /// Maps the segments of `image`, whose bytes are read from `file`, the executable's
-    /// host descriptor; a position-independent image at `base` (the PIE default if nil).
-    static func load(_ image: ELFImage, from file: Int32, into space: AddressSpace, base: UInt64? = nil) throws(GuestError) -> LoadedProgram {
+    /// host descriptor; a position-independent image at `base` (the PIE default if nil). With
+    /// `rewritingSystemCalls`, its `mov eax, N; syscall` pairs are rewritten (`SyscallRewriter`).
+    static func load(_ image: ELFImage, from file: Int32, into space: AddressSpace, base: UInt64? = nil,
+                     rewritingSystemCalls: Bool) throws(GuestError) -> LoadedProgram {
         let bias = image.kind == .positionIndependent ? (base ?? positionIndependentBase) : 0
         let runs = try pageRuns(of: image.segments, bias: bias)
         for run in runs {
@@ -50,10 +54,11 @@ enum ProgramLoader {
             }
         }
         try filler.flush()
+        let rewritten = rewritingSystemCalls ? try SyscallRewriter.rewrite(image, bias: bias, in: space) : 0
         let imageEnd = image.segments.map { $0.virtualAddress + bias + $0.memorySize }.max()!
         return LoadedProgram(entry: image.entry + bias, programHeaderAddress: image.programHeaderAddress + bias,
                              programHeaderCount: image.programHeaderCount, programHeaderSize: image.programHeaderSize,
-                             imageEnd: imageEnd)
+                             imageEnd: imageEnd, rewrittenSystemCalls: rewritten)
     }
 
     /// A run of the image's pages with the same permissions.

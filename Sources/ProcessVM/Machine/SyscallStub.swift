@@ -13,8 +13,10 @@
 ///   leaves the result in RAX.
 ///
 /// Either way the stub returns to the program itself with `iretq` (SYSRET faults under PVM):
-/// RCX and R11 hold the return RIP and RFLAGS as SYSCALL left them, and the iretq frame is
-/// built below the 128-byte red zone so no byte of the program's stack changes.
+/// RCX and R11 hold the return RIP and RFLAGS as SYSCALL left them (and still do after it, as
+/// Linux leaves them), and the iretq frame is built below the 128-byte red zone so no byte of
+/// the program's stack changes. A call the loader rewrote (`SyscallRewriter`) enters from user
+/// mode with RCX and R11 set the same way, and its `iretq` returns within user mode.
 enum SyscallStub {
     /// Mailbox states (the first word of the mailbox page).
     enum State: UInt32 {
@@ -144,6 +146,7 @@ enum SyscallStub {
             0x41, 0x53, // push r11 (RFLAGS)
             0x6A, UInt8(X86.Selector.userCode), // push CS
             0xFF, 0x74, 0x24, 0x20, // push qword [rsp+32] (RIP)
+            0x48, 0x8B, 0x0C, 0x24, // mov rcx, [rsp]: RCX holds the return RIP, as after Linux's SYSRET
             0x48, 0xCF, // iretq
         ])
         return (a.finish(), exitOffset, signalCheckEnd)

@@ -147,10 +147,11 @@ extension ProcessVM {
         tree.markExeced(identity.pid, command: arguments.map { String(decoding: $0, as: UTF8.self) })
         space.unmap(AddressSpace.userBottom, length: AddressSpace.userTop - AddressSpace.userBottom)
         do { try space.dropStaleTranslations() } catch { throw .system(error) }
-        let program = try ProgramLoader.load(image, from: file, into: space)
+        let program = try ProgramLoader.load(image, from: file, into: space, rewritingSystemCalls: configuration.rewritesSystemCalls)
         var start = program.entry
         if let interpreter {
-            start = try ProgramLoader.load(interpreter.image, from: interpreter.file, into: space, base: ProgramLoader.interpreterBase).entry
+            start = try ProgramLoader.load(interpreter.image, from: interpreter.file, into: space, base: ProgramLoader.interpreterBase,
+                                           rewritingSystemCalls: configuration.rewritesSystemCalls).entry
         }
         guard let heapStart = AddressSpace.pageUp(program.imageEnd) else { throw .invalidExecutable("its image ends past the address space") }
         space.heapStart = heapStart

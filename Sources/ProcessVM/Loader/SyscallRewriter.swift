@@ -1,0 +1,168 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Rewrites a loaded program's `mov eax, N; syscall` pairs so that its system calls reach the
+/// engine's stub without PVM's SYSCALL switch.
+///
+/// Under PVM a `syscall` instruction is a switch to the guest's (emulated) supervisor mode,
+/// which costs about what a VM exit costs (each toggles CPUID faulting, intercepted by the
+/// outer hypervisor): a call served by exit costs two exits, a polled call one. A rewritten
+/// call never leaves user mode on its way in: the `mov eax, N` (5 bytes) becomes a `jmp` to a
+/// thunk of the site's own, which loads N, the return address and the flags as SYSCALL would
+/// (RCX, R11) and jumps to the stub's entry. The stub serves it as any call (polled, or by
+/// its `out`) and returns with `iretq`, which user mode may execute to return to user mode.
+/// So a call by exit costs one exit, and a polled call none.
+///
+/// What is rewritten, and why it is safe:
+/// - Only the pair `B8 imm32 0F 05` (mov eax, imm32; syscall) with an immediate below
+///   `numberLimit`, found in the image's executable segments; glibc's wrappers are this pair
+///   (240 of static busybox's 284 `syscall`s). Other calls keep the SYSCALL path.
+/// - The `syscall` instruction stays in place: code that jumps straight to it (with EAX set
+///   elsewhere) still makes the call the slow way. Only the `mov` changes; a jump into the
+///   middle of a real `mov` cannot exist in valid code.
+/// - x86 cannot be decoded backwards, so a `B8` could be the tail of another instruction. A
+///   byte before it that could prefix it (REX, operand or address size, segment, lock, rep,
+///   the two-byte escape, VEX) refuses the site. Beyond that, bytes `B8 N 00 00 00` before a
+///   `syscall` that are not that `mov` decode as an instruction writing `[rax]` (`00 00` is
+///   `add [rax], al`) just before the call, which no compiler emits there.
+/// - Nothing of the program's stack changes: the thunk's flags go below the 128-byte red zone,
+///   as the stub's iretq frame already does. RCX and R11 are clobbered, as `syscall` does.
+/// - The thunks sit in pages of their own right below the image, within a `jmp rel32` of
+///   every site, mapped user read-execute. They are the program's memory: a program that
+///   writes or unmaps them only breaks itself, as it could by writing its own code.
+/// - It runs in the loader, before the program's first instruction, so no vCPU can be
+///   executing the bytes it changes; a warm parent's children inherit rewritten code.
+enum SyscallRewriter {
+    /// A site: the address of its `mov eax, number`, the `syscall` right after.
+    struct Site: Equatable {
+        let address: UInt64
+        let number: UInt32
+    }
+
+    static let movEAX: UInt8 = 0xB8
+    static let syscallOpcode: (UInt8, UInt8) = (0x0F, 0x05)
+    /// mov eax, imm32 (5 bytes) and syscall (2).
+    static let movLength: UInt64 = 5
+    static let siteLength: UInt64 = 7
+    /// An immediate this large is no x86-64 system-call number (the table ends below 512).
+    static let numberLimit: UInt32 = 512
+    /// Each site's thunk: mov eax, N (5); lea rcx, [rip + to the site's end] (7); jmp common (5).
+    static let thunkLength: UInt64 = 17
+    /// The shared entry before the thunks, padded.
+    static let commonLength: UInt64 = 32
+
+    /// True when `byte`, right before a `B8`, could make it part of another instruction: a
+    /// REX prefix (mov r8d-r15d, imm32), an operand- or address-size, segment, lock or rep
+    /// prefix, the two-byte opcode escape (0F B8 is POPCNT/JMPE), or a VEX prefix.
+    static func mayChangeTheMov(_ byte: UInt8) -> Bool {
+        switch byte {
+        case 0x40...0x4F, 0x66, 0x67, 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0xF0, 0xF2, 0xF3, 0x0F, 0xC4, 0xC5: return true
+        default: return false
+        }
+    }
+
+    /// The sites in `code`, the bytes of executable memory starting at virtual `base`.
+    static func sites(in code: UnsafeRawBufferPointer, at base: UInt64) -> [Site] {
+        guard let start = code.baseAddress, code.count >= Int(siteLength) else { return [] }
+        var found: [Site] = []
+        var offset = Int(movLength)
+        while offset + 2 <= code.count {
+            // memchr finds each 0F at memory speed (text runs to megabytes).
+            guard let hit = memchr(start + offset, Int32(syscallOpcode.0), code.count - 1 - offset) else { break }
+            let at = start.distance(to: UnsafeRawPointer(hit))
+            offset = at + 1
+            guard code[at + 1] == syscallOpcode.1 else { continue }
+            let mov = at - Int(movLength)
+            guard mov >= 0, code[mov] == movEAX else { continue }
+            let number = UInt32(code[mov + 1]) | UInt32(code[mov + 2]) << 8 | UInt32(code[mov + 3]) << 16 | UInt32(code[mov + 4]) << 24
+            guard number < numberLimit else { continue }
+            if mov > 0, mayChangeTheMov(code[mov - 1]) { continue }
+            found.append(Site(address: base + UInt64(mov), number: number))
+        }
+        return found
+    }
+
+    /// The shared entry: the program's RFLAGS into R11 through a slot below the red zone,
+    /// then an absolute jump to the stub.
+    static func commonCode(stub: UInt64) -> [UInt8] {
+        var code: [UInt8] = [
+            0x48, 0x8D, 0x64, 0x24, 0x80, // lea rsp, [rsp-128]
+            0x9C, // pushfq
+            0x41, 0x5B, // pop r11
+            0x48, 0x8D, 0xA4, 0x24, 0x80, 0x00, 0x00, 0x00, // lea rsp, [rsp+128]
+            0xFF, 0x25, 0x00, 0x00, 0x00, 0x00, // jmp [rip+0]
+        ]
+        code += littleEndian(stub)
+        code += [UInt8](repeating: 0xCC, count: Int(commonLength) - code.count)
+        return code
+    }
+
+    /// The thunk at `thunk` for `site`, whose shared entry is at `common`; nil when a
+    /// displacement does not fit in 32 bits.
+    static func thunkCode(for site: Site, at thunk: UInt64, common: UInt64) -> [UInt8]? {
+        guard let back = displacement(from: thunk + 12, to: site.address + siteLength),
+              let toCommon = displacement(from: thunk + thunkLength, to: common) else { return nil }
+        return [movEAX] + littleEndian(site.number) + [0x48, 0x8D, 0x0D] + littleEndian(back) + [0xE9] + littleEndian(toCommon)
+    }
+
+    /// The bytes that replace a site's `mov`: jmp rel32 to its thunk; nil out of reach.
+    static func jumpCode(for site: Site, to thunk: UInt64) -> [UInt8]? {
+        displacement(from: site.address + movLength, to: thunk).map { [0xE9] + littleEndian($0) }
+    }
+
+    /// `to - from` as a rel32, when it fits.
+    static func displacement(from: UInt64, to: UInt64) -> Int32? {
+        Int32(exactly: Int64(bitPattern: to &- from))
+    }
+
+    static func littleEndian<T: FixedWidthInteger>(_ value: T) -> [UInt8] {
+        withUnsafeBytes(of: value.littleEndian) { Array($0) }
+    }
+
+    /// Rewrites the sites of the executable segments of an image just loaded at `bias` into
+    /// `space`, with its thunks in fresh pages right below the image. Returns how many sites
+    /// were rewritten (0 when there is no room for the thunks or no site).
+    static func rewrite(_ image: ELFImage, bias: UInt64, in space: AddressSpace) throws(GuestError) -> Int {
+        let code = image.segments.filter { $0.permissions.contains(.execute) && $0.fileSize > 0 }
+            .map { ($0.virtualAddress + bias)..<($0.virtualAddress + bias + UInt64($0.fileSize)) }
+        guard let lowest = image.segments.map({ $0.virtualAddress + bias }).min() else { return 0 }
+        let imageStart = AddressSpace.pageDown(lowest)
+        return try rewrite(code: code, in: space) { length in
+            guard imageStart >= AddressSpace.userBottom + length, space.isFree(imageStart - length, imageStart) else { return nil }
+            return imageStart - length
+        }
+    }
+
+    /// Rewrites the sites of a file mapping the program just made executable (a library that
+    /// ld.so maps), with its thunks where mmap would put a mapping of their size.
+    static func rewrite(mapping: Range<UInt64>, in space: AddressSpace) throws(GuestError) -> Int {
+        try rewrite(code: [mapping], in: space) { length in space.findFree(length: length) }
+    }
+
+    /// Rewrites the sites in `code` (ranges of `space` just filled), with the thunks in pages
+    /// mapped where `place` says for their length; sites out of a rel32's reach keep SYSCALL.
+    private static func rewrite(code: [Range<UInt64>], in space: AddressSpace, place: (UInt64) -> UInt64?) throws(GuestError) -> Int {
+        var sites: [Site] = []
+        for range in code where !range.isEmpty {
+            let bytes = space.loaderRead(range.lowerBound, count: Int(range.upperBound - range.lowerBound))
+            sites += bytes.withUnsafeBytes { Self.sites(in: $0, at: range.lowerBound) }
+        }
+        guard !sites.isEmpty else { return 0 }
+        let length = AddressSpace.pageUp(commonLength + thunkLength * UInt64(sites.count))!
+        guard let area = place(length) else { return 0 }
+        var thunks = commonCode(stub: SystemArea.stubPage)
+        var jumps: [(UInt64, [UInt8])] = []
+        for site in sites {
+            let thunk = area + UInt64(thunks.count)
+            guard let code = thunkCode(for: site, at: thunk, common: area), let jump = jumpCode(for: site, to: thunk) else { continue }
+            thunks += code
+            jumps.append((site.address, jump))
+        }
+        guard !jumps.isEmpty else { return 0 }
+        try space.mapAnonymous(at: area, length: length, [.read, .execute, .user])
+        thunks.withUnsafeBytes { space.loaderWrite(area, $0) }
+        for (address, jump) in jumps { jump.withUnsafeBytes { space.loaderWrite(address, $0) } }
+        return jumps.count
+    }
+}

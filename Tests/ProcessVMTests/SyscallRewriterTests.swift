@@ -1,0 +1,124 @@
+import Foundation
+@testable import ProcessVM
+import TestSupport
+import Testing
+
+/// Which `syscall`s the loader rewrites, and that a rewritten program behaves as the same
+/// program entering through SYSCALL, with fewer exits.
+struct SyscallRewriterTests {
+    private func sites(_ code: [UInt8], at base: UInt64 = 0x40_0000) -> [SyscallRewriter.Site] {
+        code.withUnsafeBytes { SyscallRewriter.sites(in: $0, at: base) }
+    }
+
+    @Test func findsMovEAXThenSyscall() {
+        let code: [UInt8] = [0x90, 0xB8, 39, 0, 0, 0, 0x0F, 0x05, 0xC3, 0xB8, 0xE7, 0, 0, 0, 0x0F, 0x05]
+        #expect(sites(code) == [SyscallRewriter.Site(address: 0x40_0001, number: 39), SyscallRewriter.Site(address: 0x40_0009, number: 231)])
+    }
+
+    @Test func leavesWhatIsNotThatPairAlone() {
+        // mov r8d, 39; syscall (REX.B before B8)
+        #expect(sites([0x41, 0xB8, 39, 0, 0, 0, 0x0F, 0x05]).isEmpty)
+        // mov rax, 39 (imm64); syscall
+        #expect(sites([0x48, 0xB8, 39, 0, 0, 0, 0, 0, 0, 0, 0x0F, 0x05]).isEmpty)
+        // mov ax, 39 with an operand-size prefix, then two zero bytes; syscall
+        #expect(sites([0x66, 0xB8, 39, 0, 0, 0, 0x0F, 0x05]).isEmpty)
+        // an immediate too large for a call number
+        #expect(sites([0xB8, 0, 2, 0, 0, 0x0F, 0x05]).isEmpty)
+        // mov eax, 39 then something else, and a syscall with no mov before it
+        #expect(sites([0xB8, 39, 0, 0, 0, 0x90, 0x0F, 0x05]).isEmpty)
+        // the pair cut at the segment's start
+        #expect(sites([39, 0, 0, 0, 0x0F, 0x05]).isEmpty)
+        // 0F at the very end
+        #expect(sites([0xB8, 39, 0, 0, 0, 0x0F]).isEmpty)
+    }
+
+    @Test func thunkReturnsPastTheSyscallAndJumpsToTheCommonEntry() throws {
+        let site = SyscallRewriter.Site(address: 0x40_0100, number: 1)
+        let thunk: UInt64 = 0x3F_F020, common: UInt64 = 0x3F_F000
+        let code = try #require(SyscallRewriter.thunkCode(for: site, at: thunk, common: common))
+        #expect(code.count == Int(SyscallRewriter.thunkLength))
+        #expect(Array(code[0..<5]) == [0xB8, 1, 0, 0, 0])
+        let back = code[8..<12].withUnsafeBytes { $0.loadUnaligned(as: Int32.self) }
+        #expect(UInt64(Int64(thunk) + 12 + Int64(back)) == site.address + 7)
+        let toCommon = code[13..<17].withUnsafeBytes { $0.loadUnaligned(as: Int32.self) }
+        #expect(UInt64(Int64(thunk) + 17 + Int64(toCommon)) == common)
+        // Out of a rel32's reach: no thunk, the site keeps its SYSCALL.
+        #expect(SyscallRewriter.jumpCode(for: site, to: 0x7FFF_0000_0000) == nil)
+    }
+}
+
+@Suite(.enabled(if: HostFacts.hasKVM, "needs /dev/kvm"))
+struct RewrittenProgramTests {
+    private static let getpid: UInt32 = 39, exitGroup: UInt32 = 231
+
+    private static func mov(eax value: UInt32) -> [UInt8] { [0xB8] + withUnsafeBytes(of: value.littleEndian) { Array($0) } }
+    private static func mov(edi value: UInt32) -> [UInt8] { [0xBF] + withUnsafeBytes(of: value.littleEndian) { Array($0) } }
+
+    /// 200 getpid calls through a rewritable pair cost one exit each, not two, by exit; and a
+    /// polled one costs none (with polling it is at least as few).
+    @Test(arguments: [false, true]) func aRewrittenCallSkipsTheSyscallSwitch(polled: Bool) throws {
+        let root = try GuestRunner.rootfs(withProgram: TinyELF.getpidLoop(count: 200))
+        let rewritten = try GuestRunner.run(["/prog"], rootfs: root, pollsSystemCalls: polled)
+        let plain = try GuestRunner.run(["/prog"], rootfs: root, pollsSystemCalls: polled, rewritesSystemCalls: false)
+        #expect(rewritten.status == 0 && plain.status == 0)
+        let fewer = try #require(rewritten.vm.lastRunCounters?.exits), more = try #require(plain.vm.lastRunCounters?.exits)
+        if polled {
+            #expect(fewer <= more, "rewritten \(fewer) exits, through SYSCALL \(more)")
+        } else {
+            #expect(more >= 400 && fewer <= 260, "rewritten \(fewer) exits, through SYSCALL \(more)")
+        }
+    }
+
+    /// Code that jumps straight to the `syscall` of a rewritten pair (EAX set elsewhere)
+    /// still makes the call it set up: the `syscall` stays in place.
+    @Test func aJumpToTheSyscallOfARewrittenPairMakesItsOwnCall() throws {
+        let code = Self.mov(edi: 7) + Self.mov(eax: Self.exitGroup)
+            + [0xEB, 0x05] // jmp past the next mov, onto its syscall
+            + Self.mov(eax: Self.getpid) + TinyELF.syscallInstruction
+            + Self.mov(edi: 99) + Self.mov(eax: Self.exitGroup) + TinyELF.syscallInstruction
+        let root = try GuestRunner.rootfs(withProgram: code)
+        for polled in [false, true] {
+            #expect(try GuestRunner.run(["/prog"], rootfs: root, pollsSystemCalls: polled).status == 7)
+        }
+    }
+
+    /// The program's red zone and flags come back as a SYSCALL leaves them: the thunk keeps
+    /// its flags below the 128 bytes under RSP, and the carry set before the call is set after.
+    @Test func aRewrittenCallKeepsTheRedZoneAndTheFlags() throws {
+        let code: [UInt8] = [0x48, 0xC7, 0x44, 0x24, 0xF8, 0x55, 0, 0, 0] // mov qword [rsp-8], 0x55
+            + [0x48, 0xC7, 0x44, 0x24, 0x80, 0x66, 0, 0, 0] // mov qword [rsp-128], 0x66
+            + [0xF9] // stc
+            + Self.mov(eax: Self.getpid) + TinyELF.syscallInstruction
+            + [0x0F, 0x92, 0xC3] // setc bl
+            + [0x48, 0x8B, 0x7C, 0x24, 0xF8] // mov rdi, [rsp-8]
+            + [0x48, 0x03, 0x7C, 0x24, 0x80] // add rdi, [rsp-128]
+            + [0x48, 0x0F, 0xB6, 0xDB] // movzx rbx, bl
+            + [0x48, 0x01, 0xDF] // add rdi, rbx
+            + Self.mov(eax: Self.exitGroup) + TinyELF.syscallInstruction
+        let root = try GuestRunner.rootfs(withProgram: code)
+        for polled in [false, true] {
+            for rewrites in [true, false] {
+                let status = try GuestRunner.run(["/prog"], rootfs: root, pollsSystemCalls: polled, rewritesSystemCalls: rewrites).status
+                #expect(status == 0x55 + 0x66 + 1, "polled \(polled), rewritten \(rewrites)")
+            }
+        }
+    }
+
+    /// RCX and R11 hold the return address and the flags after a rewritten call, as after SYSCALL.
+    @Test func aRewrittenCallLeavesRCXAndR11AsSyscallDoes() throws {
+        let callEnd = TinyELF.codeAddress + 64 + 2 * 56 + 12 // the call ends 12 bytes into the code
+        let code: [UInt8] = [0x31, 0xC9] // xor ecx, ecx
+            + [0x4D, 0x31, 0xDB] // xor r11, r11
+            + Self.mov(eax: Self.getpid) + TinyELF.syscallInstruction
+            + TinyELF.load(.rdi, callEnd) // mov rdi, expected
+            + [0x48, 0x29, 0xCF] // sub rdi, rcx: 0 when RCX is the address after the call
+            + [0x41, 0xF7, 0xC3, 0x02, 0x00, 0x00, 0x00] // test r11d, 2 (RFLAGS bit 1 is always set)
+            + [0x75, 0x04] // jnz ok
+            + [0x48, 0x83, 0xCF, 0x40] // or rdi, 64
+            + Self.mov(eax: Self.exitGroup) + TinyELF.syscallInstruction // ok:
+        let root = try GuestRunner.rootfs(withProgram: code)
+        for rewrites in [true, false] {
+            #expect(try GuestRunner.run(["/prog"], rootfs: root, rewritesSystemCalls: rewrites).status == 0, "rewritten \(rewrites)")
+        }
+    }
+}
