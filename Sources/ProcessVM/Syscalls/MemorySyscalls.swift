@@ -17,6 +17,7 @@ extension ProcessVM {
     private static let mapAnonymous: Int32 = 0x20
     private static let mapFixedNoReplace: Int32 = 0x10_0000
     private static let protWrite: Int32 = 0x2
+    private static let protExec: Int32 = 0x4
 
     /// A page-aligned range inside the user address space, or the errno that rejects it.
     private func userRange(_ address: UInt64, _ length: UInt64) -> Result<UInt64, LinuxErrno> {
@@ -64,6 +65,10 @@ extension ProcessVM {
         if hostFile >= 0, !space.readFile(hostFile, offset: c.a5, into: address, length: length) {
             space.unmap(address, length: length)
             return .error(.EACCES)
+        }
+        // A library's code, as ld.so maps it: its system calls skip PVM's SYSCALL switch too.
+        if hostFile >= 0, configuration.rewritesSystemCalls, prot & Self.protExec != 0, prot & Self.protWrite == 0 {
+            _ = try? SyscallRewriter.rewrite(mapping: address..<(address + length), in: space)
         }
         return .value(Int64(bitPattern: address))
     }
