@@ -32,6 +32,18 @@ struct SyscallRewriterTests {
         #expect(sites([0xB8, 39, 0, 0, 0, 0x0F]).isEmpty)
     }
 
+    /// A window carried over from the page before reports only the sites whose `syscall` ends
+    /// in its fresh bytes: each site once, wherever a page boundary cuts it.
+    @Test func aWindowReportsEachSiteOnceAcrossPageBoundaries() {
+        let pair: [UInt8] = [0x90, 0xB8, 39, 0, 0, 0, 0x0F, 0x05]
+        for cut in 1..<pair.count {
+            let carried = Array(pair[..<cut]), fresh = Array(pair[cut...])
+            let before = carried.count >= 7 ? carried.withUnsafeBytes { SyscallRewriter.sites(in: $0, at: 0x1000) } : []
+            let window = (carried + fresh).withUnsafeBytes { SyscallRewriter.sites(in: $0, at: 0x1000, fresh: carried.count) }
+            #expect(before.count + window.count == 1, "cut at \(cut)")
+        }
+    }
+
     @Test func thunkReturnsPastTheSyscallAndJumpsToTheCommonEntry() throws {
         let site = SyscallRewriter.Site(address: 0x40_0100, number: 1)
         let thunk: UInt64 = 0x3F_F020, common: UInt64 = 0x3F_F000
@@ -67,6 +79,23 @@ struct RewrittenProgramTests {
         } else {
             #expect(more >= 400 && fewer <= 260, "rewritten \(fewer) exits, through SYSCALL \(more)")
         }
+    }
+
+    /// A pair cut by a page boundary (the loader scans a page at a time) is rewritten too.
+    @Test func aPairAcrossAPageBoundaryIsRewrittenToo() throws {
+        let codeStart = Int(TinyELF.codeAddress & 0xFFF) + 64 + 2 * 56
+        let padding = 0x1000 - 3 - codeStart - 10 // the mov starts 3 bytes before the page's end
+        let code = [0x49, 0xBC] + withUnsafeBytes(of: UInt64(200).littleEndian) { Array($0) } // mov r12, 200
+            + [UInt8](repeating: 0x90, count: padding)
+            + Self.mov(eax: Self.getpid) + TinyELF.syscallInstruction // loop:
+            + [0x49, 0xFF, 0xCC, 0x75, 0xF4] // dec r12; jnz loop
+            + Self.mov(edi: 0) + Self.mov(eax: Self.exitGroup) + TinyELF.syscallInstruction
+        let root = try GuestRunner.rootfs(withProgram: code)
+        let rewritten = try GuestRunner.run(["/prog"], rootfs: root)
+        let plain = try GuestRunner.run(["/prog"], rootfs: root, rewritesSystemCalls: false)
+        #expect(rewritten.status == 0 && plain.status == 0)
+        let fewer = try #require(rewritten.vm.lastRunCounters?.exits), more = try #require(plain.vm.lastRunCounters?.exits)
+        #expect(more >= 400 && fewer <= 260, "rewritten \(fewer) exits, through SYSCALL \(more)")
     }
 
     /// Code that jumps straight to the `syscall` of a rewritten pair (EAX set elsewhere)

@@ -13,8 +13,10 @@ import TestSupport
 /// 200 idle containers, a cold process VM of the same program, and native posix_spawn of the
 /// same static binary; the exits each child made (KVM's count) and this machine's cost of an
 /// exit, a polled call and a CPUID, measured in the same run. System calls are polled (the
-/// engine's default) unless a name says they go by VM exit. Each fork's VM is removed and
-/// goes back to the pool, restored, in the background, as in production.
+/// engine's default) unless a name says they go by VM exit, and the program's `mov eax, N;
+/// syscall` pairs are rewritten at load (the default) unless a name says "through SYSCALL"
+/// (every call then pays PVM's SYSCALL switch). Each fork's VM is removed and goes back to the
+/// pool, restored, in the background, as in production.
 let benchmarks: @Sendable () -> Void = {
     pythonBenchmarks()
     let fixture = ForkFixture()
@@ -39,6 +41,10 @@ let benchmarks: @Sendable () -> Void = {
                       fixture.exitPathEchoParent, arguments: ["echo", "hi"])
     forkFromReadyPool("Fork → busybox echo hi finished, output captured (main parent, pool ready, polled system calls)",
                       fixture.echoParent, arguments: ["echo", "hi"])
+    forkFromReadyPool("Fork → busybox echo hi finished, output captured (main parent, pool ready, system calls by VM exit, through SYSCALL)",
+                      fixture.syscallExitPathEchoParent, arguments: ["echo", "hi"])
+    forkFromReadyPool("Fork → busybox echo hi finished, output captured (main parent, pool ready, polled system calls, through SYSCALL)",
+                      fixture.syscallEchoParent, arguments: ["echo", "hi"])
     forkFromReadyPool("Fork → busybox echo hi finished, output captured (entry-point parent, pool ready, polled system calls)",
                       fixture.entryEchoParent, arguments: ["echo", "hi"])
     Benchmark("Fork → busybox sh 'read x; echo hi' finished, output captured (stdin parent, pool ready, polled system calls)",
@@ -55,7 +61,9 @@ let benchmarks: @Sendable () -> Void = {
     // the engine, shadow page faults, emulated instructions).
     let exitsMetric = BenchmarkMetric.custom("exits per child", polarity: .prefersSmaller, useScalingFactor: false)
     for (name, parent) in [("main parent", fixture.echoParent), ("entry-point parent", fixture.entryEchoParent),
-                           ("main parent, system calls by VM exit", fixture.exitPathEchoParent)] {
+                           ("main parent, system calls by VM exit", fixture.exitPathEchoParent),
+                           ("main parent, through SYSCALL", fixture.syscallEchoParent),
+                           ("main parent, system calls by VM exit, through SYSCALL", fixture.syscallExitPathEchoParent)] {
         Benchmark("Exits per child: fork → busybox echo hi (\(name), pool ready)",
                   configuration: .init(metrics: [exitsMetric], warmupIterations: 5, scalingFactor: .one, maxIterations: 50)) { benchmark in
             for _ in benchmark.scaledIterations {
@@ -94,6 +102,8 @@ let benchmarks: @Sendable () -> Void = {
 
     // Sustained: forks back to back, each removed, its VM going back to the pool meanwhile.
     for (mode, parent) in [("main parent, system calls by VM exit", fixture.exitPathEchoParent), ("main parent, polled system calls", fixture.echoParent),
+                           ("main parent, system calls by VM exit, through SYSCALL", fixture.syscallExitPathEchoParent),
+                           ("main parent, polled system calls, through SYSCALL", fixture.syscallEchoParent),
                            ("entry-point parent, polled system calls", fixture.entryEchoParent)] {
         Benchmark("Forks sustained: fork, busybox echo hi, remove (\(mode))", configuration: configuration) { benchmark in
             for _ in benchmark.scaledIterations {
@@ -147,6 +157,9 @@ final class ForkFixture: @unchecked Sendable {
     let entryEchoParent: WarmParent
     let stdinEchoParent: WarmParent
     let exitPathEchoParent: WarmParent
+    /// The same two, their programs' system calls left as they are (every one through SYSCALL).
+    let syscallEchoParent: WarmParent
+    let syscallExitPathEchoParent: WarmParent
     let exitParent: WarmParent
     let capture = try! CapturedStreams()
 
@@ -165,7 +178,16 @@ final class ForkFixture: @unchecked Sendable {
                                                                         forkPoint: .firstStandardInputRead), poolSize: 16)
         exitPathEchoParent = try! WarmParent(system: system, image: ParentSpec(name: "busybox-exits", rootfs: rootfs, executable: "/bin/busybox",
                                                                            forkPoint: .main, pollsSystemCalls: false), poolSize: 16)
+        var syscallEcho = ParentSpec(name: "busybox-syscall", rootfs: rootfs, executable: "/bin/busybox", forkPoint: .main)
+        syscallEcho.rewritesSystemCalls = false
+        syscallEchoParent = try! WarmParent(system: system, image: syscallEcho, poolSize: 16)
+        var syscallExitPathEcho = ParentSpec(name: "busybox-syscall-exits", rootfs: rootfs, executable: "/bin/busybox", forkPoint: .main,
+                                             pollsSystemCalls: false)
+        syscallExitPathEcho.rewritesSystemCalls = false
+        syscallExitPathEchoParent = try! WarmParent(system: system, image: syscallExitPathEcho, poolSize: 16)
         exitParent = try! WarmParent(system: system, image: ParentSpec(name: "exit0", rootfs: rootfs, executable: "/exit0"), poolSize: 16)
+        syscallEchoParent.waitUntilPoolIsFull()
+        syscallExitPathEchoParent.waitUntilPoolIsFull()
         echoParent.waitUntilPoolIsFull()
         entryEchoParent.waitUntilPoolIsFull()
         stdinEchoParent.waitUntilPoolIsFull()

@@ -62,11 +62,13 @@ enum SyscallRewriter {
         }
     }
 
-    /// The sites in `code`, the bytes of executable memory starting at virtual `base`.
-    static func sites(in code: UnsafeRawBufferPointer, at base: UInt64) -> [Site] {
+    /// The sites in `code`, the bytes of executable memory starting at virtual `base`, whose
+    /// `syscall` ends at index `fresh` or later (a window's bytes before `fresh` were carried
+    /// over from the page before, whose scan reported the sites ending there).
+    static func sites(in code: UnsafeRawBufferPointer, at base: UInt64, fresh: Int = 0) -> [Site] {
         guard let start = code.baseAddress, code.count >= Int(siteLength) else { return [] }
         var found: [Site] = []
-        var offset = Int(movLength)
+        var offset = max(Int(movLength), fresh - 1)
         while offset + 2 <= code.count {
             // memchr finds each 0F at memory speed (text runs to megabytes).
             guard let hit = memchr(start + offset, Int32(syscallOpcode.0), code.count - 1 - offset) else { break }
@@ -74,11 +76,35 @@ enum SyscallRewriter {
             offset = at + 1
             guard code[at + 1] == syscallOpcode.1 else { continue }
             let mov = at - Int(movLength)
-            guard mov >= 0, code[mov] == movEAX else { continue }
+            guard code[mov] == movEAX else { continue }
             let number = UInt32(code[mov + 1]) | UInt32(code[mov + 2]) << 8 | UInt32(code[mov + 3]) << 16 | UInt32(code[mov + 4]) << 24
             guard number < numberLimit else { continue }
             if mov > 0, mayChangeTheMov(code[mov - 1]) { continue }
             found.append(Site(address: base + UInt64(mov), number: number))
+        }
+        return found
+    }
+
+    /// The sites in `range` of `space`, read a page at a time through a window that carries
+    /// the last bytes of the page before (a site may straddle two pages), so that scanning
+    /// costs the engine a page of memory whatever the range's size.
+    static func sites(in range: Range<UInt64>, of space: AddressSpace) -> [Site] {
+        let carry = Int(siteLength)
+        var window = [UInt8](repeating: 0, count: carry + Int(AddressSpace.pageSize))
+        var carried = 0
+        var found: [Site] = []
+        var address = range.lowerBound
+        while address < range.upperBound {
+            let chunk = Int(min(range.upperBound, AddressSpace.pageDown(address) + AddressSpace.pageSize) - address)
+            window.withUnsafeMutableBytes { buffer in
+                space.loaderCopy(address, count: chunk, into: buffer.baseAddress! + carried)
+                let filled = carried + chunk
+                found += sites(in: UnsafeRawBufferPointer(rebasing: buffer[0..<filled]), at: address - UInt64(carried), fresh: carried)
+                let kept = min(carry, filled)
+                (buffer.baseAddress!).copyMemory(from: buffer.baseAddress! + (filled - kept), byteCount: kept)
+                carried = kept
+            }
+            address += UInt64(chunk)
         }
         return found
     }
@@ -143,11 +169,7 @@ enum SyscallRewriter {
     /// Rewrites the sites in `code` (ranges of `space` just filled), with the thunks in pages
     /// mapped where `place` says for their length; sites out of a rel32's reach keep SYSCALL.
     private static func rewrite(code: [Range<UInt64>], in space: AddressSpace, place: (UInt64) -> UInt64?) throws(GuestError) -> Int {
-        var sites: [Site] = []
-        for range in code where !range.isEmpty {
-            let bytes = space.loaderRead(range.lowerBound, count: Int(range.upperBound - range.lowerBound))
-            sites += bytes.withUnsafeBytes { Self.sites(in: $0, at: range.lowerBound) }
-        }
+        let sites = code.flatMap { Self.sites(in: $0, of: space) }
         guard !sites.isEmpty else { return 0 }
         let length = AddressSpace.pageUp(commonLength + thunkLength * UInt64(sites.count))!
         guard let area = place(length) else { return 0 }

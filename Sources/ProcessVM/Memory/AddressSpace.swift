@@ -304,25 +304,23 @@ final class AddressSpace {
         return .tooLong
     }
 
-    /// Reads through page tables regardless of the program's permissions: for the loader,
-    /// which reads back the code it loaded (execute-only pages included). Unmapped pages read
-    /// as zeros.
-    func loaderRead(_ address: UInt64, count: Int) -> [UInt8] {
-        var bytes = [UInt8](repeating: 0, count: count)
-        bytes.withUnsafeMutableBytes { target in
-            var done = 0
-            while done < count {
-                let virtual = address + UInt64(done)
-                let offset = Int(virtual & (Self.pageSize - 1))
-                let chunk = min(count - done, Int(Self.pageSize) - offset)
-                if let frame = tables.translate(Self.pageDown(virtual))?.frame,
-                   let guest = memory.pointer(physical: frame + UInt64(offset), length: chunk) {
-                    (target.baseAddress! + done).copyMemory(from: guest, byteCount: chunk)
-                }
-                done += chunk
+    /// Copies guest bytes into `target` through page tables regardless of the program's
+    /// permissions: for the loader, which reads back the code it loaded (execute-only pages
+    /// included). Unmapped pages read as zeros.
+    func loaderCopy(_ address: UInt64, count: Int, into target: UnsafeMutableRawPointer) {
+        var done = 0
+        while done < count {
+            let virtual = address + UInt64(done)
+            let offset = Int(virtual & (Self.pageSize - 1))
+            let chunk = min(count - done, Int(Self.pageSize) - offset)
+            if let frame = tables.translate(Self.pageDown(virtual))?.frame,
+               let guest = memory.pointer(physical: frame + UInt64(offset), length: chunk) {
+                (target + done).copyMemory(from: guest, byteCount: chunk)
+            } else {
+                (target + done).initializeMemory(as: UInt8.self, repeating: 0, count: chunk)
             }
+            done += chunk
         }
-        return bytes
     }
 
     /// Writes through page tables regardless of the program's permissions: for the loader,
