@@ -48,12 +48,17 @@ public struct EngineOptions: Sendable {
     /// Containers serve their non-blocking system calls through the engine's polling thread
     /// (no VM exit; it spins while they make calls); false: every call is a VM exit.
     public var pollsSystemCalls: Bool
+    /// Containers' programs have their `mov eax, N; syscall` pairs rewritten as they are
+    /// loaded, so those calls skip PVM's SYSCALL switch (`ProcessVMConfiguration.rewritesSystemCalls`).
+    public var rewritesSystemCalls: Bool
 
-    public init(workers: WorkerSettings? = nil, workerShard: Int? = nil, containersFolder: URL? = nil, pollsSystemCalls: Bool = true) {
+    public init(workers: WorkerSettings? = nil, workerShard: Int? = nil, containersFolder: URL? = nil, pollsSystemCalls: Bool = true,
+                rewritesSystemCalls: Bool = true) {
         self.workers = workers
         self.workerShard = workerShard
         self.containersFolder = containersFolder
         self.pollsSystemCalls = pollsSystemCalls
+        self.rewritesSystemCalls = rewritesSystemCalls
     }
 }
 
@@ -62,10 +67,11 @@ public struct EngineOptions: Sendable {
 extension Engine {
     /// The engine of worker `shard` of the daemon on `stateFolder`: its own state in
     /// STATE/workers/N/, its containers' logs in STATE/containers/ (where the daemon reads them).
-    public static func worker(stateFolder: URL, shard: Int, logger: Logger) throws -> Engine {
+    public static func worker(stateFolder: URL, shard: Int, logger: Logger, rewritesSystemCalls: Bool = true) throws -> Engine {
         try Engine(stateFolder: stateFolder.appendingPathComponent("workers/\(shard)", isDirectory: true), logger: logger,
                    metricsFactory: NOOPMetricsHandler.instance,
-                   options: EngineOptions(workerShard: shard, containersFolder: stateFolder.appendingPathComponent("containers", isDirectory: true)))
+                   options: EngineOptions(workerShard: shard, containersFolder: stateFolder.appendingPathComponent("containers", isDirectory: true),
+                                          rewritesSystemCalls: rewritesSystemCalls))
     }
 
     func setObservers(_ observers: EngineObservers) { self.observers.withLock { $0 = observers } }

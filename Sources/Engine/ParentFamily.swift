@@ -14,6 +14,7 @@ final class ParentFamily: Sendable {
     let rootFileSystem: (any GuestRootFileSystem)?
     /// Children's non-blocking system calls served by the engine's polling thread.
     let pollsSystemCalls: Bool
+    let rewritesSystemCalls: Bool
     private let state: Mutex<State>
 
     private struct State {
@@ -26,11 +27,13 @@ final class ParentFamily: Sendable {
         var children: [String: Fork.Container] = [:]
     }
 
-    init(policy: ParentPolicy, image: ImageRecord, rootFileSystem: (any GuestRootFileSystem)? = nil, pollsSystemCalls: Bool = true) {
+    init(policy: ParentPolicy, image: ImageRecord, rootFileSystem: (any GuestRootFileSystem)? = nil, pollsSystemCalls: Bool = true,
+         rewritesSystemCalls: Bool = true) {
         self.policy = policy
         self.image = image
         self.rootFileSystem = rootFileSystem
         self.pollsSystemCalls = pollsSystemCalls
+        self.rewritesSystemCalls = rewritesSystemCalls
         state = Mutex(State())
     }
 
@@ -43,6 +46,7 @@ final class ParentFamily: Sendable {
                               memoryBytes: policy.memoryMiB << 20, forkPoint: policy.forkPoint.kind)
         spec.rootFileSystem = rootFileSystem
         spec.pollsSystemCalls = pollsSystemCalls
+        spec.rewritesSystemCalls = rewritesSystemCalls
         spec.workingDirectory = image.startingDirectory
         do { (spec.uid, spec.gid) = try image.userIDs() } catch let error as EngineError { throw error } catch {
             throw EngineError.invalid("user", "image \(image.name): \(error)")

@@ -26,6 +26,9 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
 
+    @Flag(inversion: .prefixedNo, help: "Rewrite containers' system calls at load (the daemon's --rewrite-syscalls).")
+    var rewriteSyscalls = true
+
     func validate() throws {
         guard WorkerSettings.range.contains(shard) else { throw ValidationError("--shard \(shard) is out of range (\(WorkerSettings.range))") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level \(logLevel) is not a log level") }
@@ -51,7 +54,7 @@ struct WorkerCommand: AsyncParsableCommand {
         let root = URL(fileURLWithPath: state, isDirectory: true)
         let workers = root.appendingPathComponent("workers", isDirectory: true)
         do {
-            let engine = try Engine.worker(stateFolder: root, shard: shard, logger: logger)
+            let engine = try Engine.worker(stateFolder: root, shard: shard, logger: logger, rewritesSystemCalls: rewriteSyscalls)
             let server = try WorkerServer(engine: engine, shard: shard, socketPath: workers.appendingPathComponent("\(shard).sock").path,
                                           confinement: confinement, seccompMode: seccompMode)
             if let failure = confinement.numaFailure { logger.warning("worker not bound to its NUMA node", metadata: ["error": "\(failure)"]) }
