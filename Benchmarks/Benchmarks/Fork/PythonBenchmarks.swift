@@ -13,7 +13,9 @@ import TestSupport
 /// what follows that read (the children's standard input is empty, so each runs the script the
 /// parent's command gives for an empty line). "os._exit" parents end the child with
 /// `os._exit(0)` after flushing, as a zygote does, leaving out the interpreter's finalisation;
-/// the "interpreter exit" parent ends it as `python3 -c` does.
+/// the "interpreter exit" parent ends it as `python3 -c` does. "Through SYSCALL": the same
+/// parent with its programs' system calls left as they are, every one paying PVM's SYSCALL
+/// switch (the others have them rewritten at load, libc's as ld.so maps it).
 func pythonBenchmarks() {
     guard let python = DynamicRootfs.python else { return }
     let fixture = PythonFixture.shared(python)
@@ -21,6 +23,7 @@ func pythonBenchmarks() {
                                              maxDuration: .seconds(10), maxIterations: 300)
     for (name, parent) in [("print('hi'), os._exit parent", \PythonFixture.zygote),
                            ("print('hi'), interpreter exit", \PythonFixture.plain),
+                           ("print('hi'), interpreter exit, through SYSCALL", \PythonFixture.plainThroughSyscall),
                            ("json + hashlib script, os._exit parent with both imported", \PythonFixture.zygoteWithModules)] {
         Benchmark("Fork → python3 \(name) finished (stdin parent, pool ready)", configuration: oneAtATime) { benchmark in
             let warm = fixture[keyPath: parent]
@@ -30,6 +33,20 @@ func pythonBenchmarks() {
             blackHole(try child.run())
             benchmark.stopMeasurement()
             child.remove()
+        }
+    }
+    let exitsMetric = BenchmarkMetric.custom("exits per python3 child", polarity: .prefersSmaller, useScalingFactor: false)
+    for (name, parent) in [("interpreter exit", \PythonFixture.plain), ("interpreter exit, through SYSCALL", \PythonFixture.plainThroughSyscall)] {
+        Benchmark("Exits per child: fork → python3 print('hi') (\(name), stdin parent, pool ready)",
+                  configuration: .init(metrics: [exitsMetric], warmupIterations: 5, scalingFactor: .one, maxIterations: 50)) { benchmark in
+            let warm = fixture[keyPath: parent]
+            for _ in benchmark.scaledIterations {
+                warm.waitUntilPoolIsFull()
+                let child = try warm.fork(streams: fixture.capture.standard)
+                blackHole(try child.run())
+                benchmark.measurement(exitsMetric, Int(child.processVM?.lastRunCounters?.exits ?? 0))
+                child.remove()
+            }
         }
     }
     for (name, script) in [("print('hi')", PythonFixture.printScript), ("json + hashlib script", PythonFixture.modulesScript)] {
@@ -58,6 +75,7 @@ final class PythonFixture: @unchecked Sendable {
     let capture = try! CapturedStreams()
     let zygote: WarmParent
     let plain: WarmParent
+    let plainThroughSyscall: WarmParent
     let zygoteWithModules: WarmParent
     let sleeper: WarmParent
 
@@ -75,18 +93,21 @@ final class PythonFixture: @unchecked Sendable {
         self.system = system
         let library = "/usr/lib/" + URL(fileURLWithPath: python).lastPathComponent
         let root = try! DynamicRootfs.make(programs: [python], folders: [library], name: "python-bench").path
-        func parent(_ name: String, _ program: String) -> WarmParent {
-            try! WarmParent(system: system, image: ParentSpec(name: name, rootfs: root, executable: python, arguments: [python, "-c", program],
-                                                              environment: ["LC_ALL=C"], memoryBytes: 256 << 20,
-                                                              forkPoint: .firstStandardInputRead), poolSize: 8)
+        func parent(_ name: String, _ program: String, rewrites: Bool = true) -> WarmParent {
+            var spec = ParentSpec(name: name, rootfs: root, executable: python, arguments: [python, "-c", program],
+                                  environment: ["LC_ALL=C"], memoryBytes: 256 << 20, forkPoint: .firstStandardInputRead)
+            spec.rewritesSystemCalls = rewrites
+            return try! WarmParent(system: system, image: spec, poolSize: 8)
         }
         func zygoteProgram(imports: String, script: String) -> String {
             "import sys, os\(imports); line = sys.stdin.readline(); exec(line or \(String(reflecting: script))); sys.stdout.flush(); os._exit(0)"
         }
         zygote = parent("python-zygote", zygoteProgram(imports: "", script: Self.printScript))
-        plain = parent("python-plain", "import sys; line = sys.stdin.readline(); exec(line or \(String(reflecting: Self.printScript)))")
+        let plainProgram = "import sys; line = sys.stdin.readline(); exec(line or \(String(reflecting: Self.printScript)))"
+        plain = parent("python-plain", plainProgram)
+        plainThroughSyscall = parent("python-plain-syscall", plainProgram, rewrites: false)
         zygoteWithModules = parent("python-modules", zygoteProgram(imports: ", json, hashlib", script: Self.modulesScript))
         sleeper = parent("python-sleeper", "import sys, time; line = sys.stdin.readline(); time.sleep(1000)")
-        for warm in [zygote, plain, zygoteWithModules, sleeper] { warm.waitUntilPoolIsFull() }
+        for warm in [zygote, plain, plainThroughSyscall, zygoteWithModules, sleeper] { warm.waitUntilPoolIsFull() }
     }
 }
