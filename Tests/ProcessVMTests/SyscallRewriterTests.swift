@@ -66,14 +66,24 @@ struct RewrittenProgramTests {
     private static func mov(eax value: UInt32) -> [UInt8] { [0xB8] + withUnsafeBytes(of: value.littleEndian) { Array($0) } }
     private static func mov(edi value: UInt32) -> [UInt8] { [0xBF] + withUnsafeBytes(of: value.littleEndian) { Array($0) } }
 
+    /// The fewest exits of three runs of /prog, each ending with status 0: a busy host only adds
+    /// exits (its interrupts stop the vCPU), so the least of a few runs is the program's own.
+    private static func fewestExits(_ root: URL, polled: Bool, rewrites: Bool) throws -> UInt64 {
+        var fewest = UInt64.max
+        for _ in 0..<3 {
+            let run = try GuestRunner.run(["/prog"], rootfs: root, pollsSystemCalls: polled, rewritesSystemCalls: rewrites)
+            #expect(run.status == 0)
+            fewest = min(fewest, try #require(run.vm.lastRunCounters?.exits))
+        }
+        return fewest
+    }
+
     /// 200 getpid calls through a rewritable pair cost one exit each, not two, by exit; and a
     /// polled one costs none (with polling it is at least as few).
     @Test(arguments: [false, true]) func aRewrittenCallSkipsTheSyscallSwitch(polled: Bool) throws {
         let root = try GuestRunner.rootfs(withProgram: TinyELF.getpidLoop(count: 200))
-        let rewritten = try GuestRunner.run(["/prog"], rootfs: root, pollsSystemCalls: polled)
-        let plain = try GuestRunner.run(["/prog"], rootfs: root, pollsSystemCalls: polled, rewritesSystemCalls: false)
-        #expect(rewritten.status == 0 && plain.status == 0)
-        let fewer = try #require(rewritten.vm.lastRunCounters?.exits), more = try #require(plain.vm.lastRunCounters?.exits)
+        let fewer = try Self.fewestExits(root, polled: polled, rewrites: true)
+        let more = try Self.fewestExits(root, polled: polled, rewrites: false)
         if polled {
             #expect(fewer <= more, "rewritten \(fewer) exits, through SYSCALL \(more)")
         } else {
@@ -91,10 +101,8 @@ struct RewrittenProgramTests {
             + [0x49, 0xFF, 0xCC, 0x75, 0xF4] // dec r12; jnz loop
             + Self.mov(edi: 0) + Self.mov(eax: Self.exitGroup) + TinyELF.syscallInstruction
         let root = try GuestRunner.rootfs(withProgram: code)
-        let rewritten = try GuestRunner.run(["/prog"], rootfs: root)
-        let plain = try GuestRunner.run(["/prog"], rootfs: root, rewritesSystemCalls: false)
-        #expect(rewritten.status == 0 && plain.status == 0)
-        let fewer = try #require(rewritten.vm.lastRunCounters?.exits), more = try #require(plain.vm.lastRunCounters?.exits)
+        let fewer = try Self.fewestExits(root, polled: false, rewrites: true)
+        let more = try Self.fewestExits(root, polled: false, rewrites: false)
         #expect(more >= 400 && fewer <= 260, "rewritten \(fewer) exits, through SYSCALL \(more)")
     }
 
