@@ -127,6 +127,53 @@ final class ForkTests {
         #expect(readersInReusedVMs >= 8, "\(readersInReusedVMs) of 10 readers ran in reused VMs")
     }
 
+    /// The registers a child can change without the engine — vector registers, MXCSR, the FS
+    /// base (wrfsbase is user mode's) — come back as the parent left them in a VM its last
+    /// child ran in: the next tenant sees nothing of the last one's.
+    @Test func reusedVMsKeepNoneOfTheirLastChildsRegisters() throws {
+        let tiny = try HostFacts.makeTemporaryFolder("reuse-registers")
+        defer { try? FileManager.default.removeItem(at: tiny) }
+        try Data(TinyELF.build(code: Self.dirtyOrCheckRegisters)).write(to: tiny.appendingPathComponent("prog"))
+        let parent = try WarmParent(system: system, image: ParentSpec(name: "reuse-registers", rootfs: tiny.path, executable: "/prog"), poolSize: 2)
+        let streams = try CapturedStreams()
+        var checkersInReusedVMs = 0
+        for _ in 0..<10 {
+            parent.waitUntilPoolIsFull()
+            let writer = try parent.fork(arguments: ["dirty"], streams: streams.standard)
+            #expect(try writer.run() == .exited(0))
+            writer.remove()
+            parent.waitUntilPoolIsFull()
+            let checker = try parent.fork(arguments: [], streams: streams.standard)
+            if checker.reusesVM { checkersInReusedVMs += 1 }
+            // 41: xmm0 kept the last child's ones; 42: its FS base; 43: its MXCSR.
+            #expect(try checker.run() == .exited(0), "in a reused VM: \(checker.reusesVM)")
+            checker.remove()
+        }
+        #expect(checkersInReusedVMs >= 8, "\(checkersInReusedVMs) of 10 checkers ran in reused VMs")
+    }
+
+    /// With an argument: xmm0 all ones, FS base 0x12345000, MXCSR rounding toward zero; exit 0.
+    /// Without: exit 0 if all three are as at the entry point (0, 0, 0x1F80), else 41/42/43.
+    private static let dirtyOrCheckRegisters: [UInt8] = {
+        let writer: [UInt8] = [0x66, 0x0F, 0x76, 0xC0] // pcmpeqd xmm0, xmm0
+            + TinyELF.load(.rax, 0x1234_5000) + [0xF3, 0x48, 0x0F, 0xAE, 0xD0] // wrfsbase rax
+            + [0x68, 0x80, 0x7F, 0x00, 0x00] + [0x0F, 0xAE, 0x14, 0x24] // push 0x7F80; ldmxcsr [rsp]
+            + TinyELF.exit(0)
+        let bad = [TinyELF.exit(41), TinyELF.exit(42), TinyELF.exit(43)]
+        let tail: [UInt8] = [0x48, 0x83, 0xEC, 0x08, 0x0F, 0xAE, 0x1C, 0x24] // sub rsp, 8; stmxcsr [rsp]
+            + [0x8B, 0x04, 0x24, 0x3D, 0x80, 0x1F, 0x00, 0x00] // mov eax, [rsp]; cmp eax, 0x1F80
+            + [0x75, UInt8(TinyELF.exit(0).count + bad[0].count + bad[1].count)] // jne bad3
+            + TinyELF.exit(0)
+        let fsCheck: [UInt8] = [0xF3, 0x48, 0x0F, 0xAE, 0xC0, 0x48, 0x85, 0xC0] // rdfsbase rax; test rax, rax
+            + [0x75, UInt8(tail.count + bad[0].count)] // jnz bad2
+        let check: [UInt8] = [0x66, 0x0F, 0x38, 0x17, 0xC0] // ptest xmm0, xmm0
+            + [0x75, UInt8(fsCheck.count + tail.count)] // jnz bad1
+            + fsCheck + tail + bad[0] + bad[1] + bad[2]
+        return [0x48, 0x8B, 0x04, 0x24, 0x48, 0x83, 0xF8, 0x01] // mov rax, [rsp] (argc); cmp rax, 1
+            + [0x74, UInt8(writer.count)] // je check
+            + writer + check
+    }()
+
     @Test func stopRunsTheProgramsTermHandler() throws {
         let parent = try busyboxParent()
         let streams = try CapturedStreams()
