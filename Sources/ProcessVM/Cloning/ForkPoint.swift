@@ -137,11 +137,19 @@ extension ProcessVM {
             try parent.runUntilMain(limit: startupLimit)
         }
         let warmUpPages = try parent.writeWarmUpList()
+        try parent.writeVectorState()
         let point = try ForkPoint(kind: kind, parent: parent, cpuid: cpuid, warmUpPages: warmUpPages)
         if case .skipped(let reason) = point.rerandomisation.outcome {
             FileHandle.standardError.write(Data("vmfork: children of \(executable) keep their parent's stack canary and pointer guard: \(reason)\n".utf8))
         }
         return point
+    }
+
+    /// Writes the parent's vector state where reused VMs' children load it (`SystemArea.vectorState`).
+    private func writeVectorState() throws(GuestError) {
+        var state: kvm_xsave
+        do { state = try vcpu.xsave() } catch { throw .kvm(error) }
+        withUnsafeBytes(of: &state.region) { space.loaderWrite(SystemArea.vectorState, $0) }
     }
 
     /// Lists the pages a child will likely touch — the program image, heap and mappings the
@@ -211,6 +219,14 @@ extension ProcessVM {
         // As the kernel's fork does for CLONE_CHILD_SETTID: the C library's cached thread id
         // is the child's own (a program that unmapped it gets nothing written).
         if let address = forkPoint.threadIDAddress { space.write(address, withUnsafeBytes(of: identity.pid.littleEndian) { Array($0) }) }
+        // A reused VM holds its last child's vector state: the child loads the fork point's
+        // itself before its first instruction (`SystemArea.vectorStateRoutine`).
+        if prepared.isReused {
+            let regs = sync.pointee.regs
+            let scratch = [regs.rax, regs.rdx, regs.rip].flatMap { word in withUnsafeBytes(of: word.littleEndian) { Array($0) } }
+            scratch.withUnsafeBytes { space.loaderWrite(SystemArea.entryScratch, $0) }
+            sync.pointee.regs.rip = SystemArea.vectorStateRoutine
+        }
         // The special registers too, so that a reused VM's restore needs no ioctl for them:
         // KVM loads both on the child's first entry, inside its KVM_RUN.
         vcpu.markDirty(regs: true, sregs: true)
@@ -330,18 +346,18 @@ extension PreparedVM {
         do throws(KVMError) {
             vcpu.discardSyncedChanges()
             vcpu.requestImmediateExit(false)
-            // Only what a child can change is set again, each register ioctl costing ~10 µs
-            // (22 µs exits) to 30 µs (130 µs exits) of the vCPU's state switched in and out
-            // around it: the FPU/vector state here, and the special registers (segments, their
-            // bases: FS and GS too) with the fork's general ones, through the synced area on
-            // the child's first entry (`init(forking:into:)`), with no ioctl. Not the MSRs
+            // Only what a child can change is set again, and with no ioctl (each costing ~10 µs
+            // with 22 µs exits, ~30 µs with 130 µs exits, the vCPU's state switched in and out
+            // around it): the special registers (segments, their bases: FS and GS too) go in
+            // with the fork's general ones, through the synced area on the child's first
+            // entry, and the child loads the FPU/vector state itself first
+            // (`init(forking:into:)`, `SystemArea.vectorStateRoutine`). Not the MSRs
             // captured (STAR, LSTAR, CSTAR, SFMASK, the GS and FS bases and the kernel's GS
             // base) nor XCR0: only privileged code writes them, and a child has none — its
             // code runs in user mode, and in PVM's supervisor mode only the engine's
             // read-only system-call stub runs, which writes neither; the FS and GS bases are
             // the segments' bases, set with the special registers. Not the general registers:
             // the fork writes them all through the synced area.
-            try vcpu.setXSave(forkPoint.xsave)
             if !readAgain.isEmpty {
                 SystemArea.warmUpListBytes(readAgain).withUnsafeBytes { child.space.loaderWrite(SystemArea.warmUpList, $0) }
                 try Self.readAhead(vcpu, for: forkPoint)

@@ -54,6 +54,27 @@ struct SystemArea {
         0xEB, 0xE7,                   // jmp next
         0xE6, UInt8(syscallPort),     // done: out 0xF0, al
     ]
+    /// A fork point's FPU, SSE and AVX state (KVM's XSAVE image, standard format), written once
+    /// by the engine when the parent freezes; user read-only, so a child can load it (XRSTOR is
+    /// a user-mode instruction) but never change it for the next child of its VM.
+    static let vectorState: UInt64 = 0xC000
+    /// Where the engine leaves a reused VM's child its first RAX, RDX and RIP (three words in
+    /// the child's own mailbox page, after the poller's words) for `vectorStateRoutine`.
+    static let entryScratch: UInt64 = mailbox + 0x100
+    /// A reused VM's child starts here instead of an ioctl setting its vector state (each vCPU
+    /// ioctl costs a vcpu_load, with a read of an MSR the outer hypervisor intercepts): it loads
+    /// the fork point's state with XRSTOR, its RAX and RDX from the scratch words, and jumps to
+    /// its RIP. None of it changes RFLAGS, so the child starts with every register as forked.
+    static let vectorStateRoutine: UInt64 = stubPage + 0x680
+    static let vectorStateCode: [UInt8] =
+        [0xB8, 0xFF, 0xFF, 0xFF, 0xFF, 0xBA, 0xFF, 0xFF, 0xFF, 0xFF] // mov eax, -1; mov edx, -1 (every component XCR0 enables)
+        + [0x48, 0x0F, 0xAE, 0x2C, 0x25] + littleEndian(UInt32(vectorState)) // xrstor64 [vectorState]
+        + [0x48, 0x8B, 0x04, 0x25] + littleEndian(UInt32(entryScratch)) // mov rax, [scratch]
+        + [0x48, 0x8B, 0x14, 0x25] + littleEndian(UInt32(entryScratch + 8)) // mov rdx, [scratch + 8]
+        + [0xFF, 0x24, 0x25] + littleEndian(UInt32(entryScratch + 16)) // jmp [scratch + 16]
+
+    private static func littleEndian<T: FixedWidthInteger>(_ value: T) -> [UInt8] { withUnsafeBytes(of: value.littleEndian) { Array($0) } }
+
     /// Bit 0 of a warm-up list entry: write the page too.
     static let warmUpWriteBack: UInt64 = 1
 
@@ -127,6 +148,9 @@ struct SystemArea {
             (stubs + Int(exceptionStub(vector) - stubPage)).copyMemory(from: code, byteCount: code.count)
         }
         (stubs + Int(warmUpRoutine - stubPage)).copyMemory(from: warmUpCode, byteCount: warmUpCode.count)
+        precondition(warmUpRoutine + UInt64(warmUpCode.count) <= vectorStateRoutine, "the warm-up routine must end before the vector-state routine")
+        (stubs + Int(vectorStateRoutine - stubPage)).copyMemory(from: vectorStateCode, byteCount: vectorStateCode.count)
+        _ = try space.mapSystemPage(at: vectorState, [.read, .user])
         return stackTopFrame
     }
 }
