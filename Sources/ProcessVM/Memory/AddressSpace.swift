@@ -251,14 +251,25 @@ final class AddressSpace {
     /// the engine writes page tables, under the VM's lock, so the walk finds what the check
     /// found; a page it cannot find is skipped rather than trusted.)
     private func copyPages(_ address: UInt64, _ length: Int, _ host: UnsafeMutableRawPointer, toGuest: Bool) {
+        walkPieces(address, length) { done, guest, chunk in
+            guard let guest else { return false }
+            if toGuest { guest.copyMemory(from: host + done, byteCount: chunk) } else { (host + done).copyMemory(from: guest, byteCount: chunk) }
+            return true
+        }
+    }
+
+    /// Walks [address, address + length) a page at a time through the page tables, whatever
+    /// the program's permissions: `body` gets each piece's offset in the range, the engine's
+    /// pointer to it (nil where no page is mapped, or its frame is outside guest memory) and
+    /// its length, and returns false to stop.
+    private func walkPieces(_ address: UInt64, _ length: Int, _ body: (_ done: Int, _ guest: UnsafeMutableRawPointer?, _ chunk: Int) -> Bool) {
         var done = 0
         while done < length {
             let virtual = address + UInt64(done)
             let offset = Int(virtual & (Self.pageSize - 1))
             let chunk = min(length - done, Int(Self.pageSize) - offset)
-            guard let frame = tables.translate(Self.pageDown(virtual))?.frame,
-                  let guest = memory.pointer(physical: frame + UInt64(offset), length: chunk) else { return }
-            if toGuest { guest.copyMemory(from: host + done, byteCount: chunk) } else { (host + done).copyMemory(from: guest, byteCount: chunk) }
+            let guest = tables.translate(Self.pageDown(virtual)).flatMap { memory.pointer(physical: $0.frame + UInt64(offset), length: chunk) }
+            guard body(done, guest, chunk) else { return }
             done += chunk
         }
     }
@@ -308,33 +319,19 @@ final class AddressSpace {
     /// permissions: for the loader, which reads back the code it loaded (execute-only pages
     /// included). Unmapped pages read as zeros.
     func loaderCopy(_ address: UInt64, count: Int, into target: UnsafeMutableRawPointer) {
-        var done = 0
-        while done < count {
-            let virtual = address + UInt64(done)
-            let offset = Int(virtual & (Self.pageSize - 1))
-            let chunk = min(count - done, Int(Self.pageSize) - offset)
-            if let frame = tables.translate(Self.pageDown(virtual))?.frame,
-               let guest = memory.pointer(physical: frame + UInt64(offset), length: chunk) {
-                (target + done).copyMemory(from: guest, byteCount: chunk)
-            } else {
-                (target + done).initializeMemory(as: UInt8.self, repeating: 0, count: chunk)
-            }
-            done += chunk
+        walkPieces(address, count) { done, guest, chunk in
+            if let guest { (target + done).copyMemory(from: guest, byteCount: chunk) } else { (target + done).initializeMemory(as: UInt8.self, repeating: 0, count: chunk) }
+            return true
         }
     }
 
     /// Writes through page tables regardless of the program's permissions: for the loader,
     /// which fills read-only segments before the program starts.
     func loaderWrite(_ address: UInt64, _ bytes: UnsafeRawBufferPointer) {
-        var done = 0
-        while done < bytes.count {
-            let virtual = address + UInt64(done)
-            let offset = Int(virtual & (Self.pageSize - 1))
-            let chunk = min(bytes.count - done, Int(Self.pageSize) - offset)
-            guard let frame = tables.translate(Self.pageDown(virtual))?.frame,
-                  let guest = memory.pointer(physical: frame + UInt64(offset), length: chunk) else { return }
+        walkPieces(address, bytes.count) { done, guest, chunk in
+            guard let guest else { return false }
             guest.copyMemory(from: bytes.baseAddress! + done, byteCount: chunk)
-            done += chunk
+            return true
         }
     }
 }
