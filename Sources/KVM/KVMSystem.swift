@@ -128,9 +128,19 @@ public final class KVMSystem: Sendable {
         for companion in companions.withLock({ Array($0.values) }) { companion.systemEnded() }
     }
 
+    /// How often a VM's creation interrupted by a signal is tried again.
+    static let interruptedCreateRetries = 100
+
     public func createVM() throws(KVMError) -> VirtualMachine {
         try anchorStaticKey()
-        let vmfd = cshims_ioctl_int(fd.rawValue, CSHIMS_KVM_CREATE_VM, 0)
+        // EINTR: registering the VM's MMU notifier takes every lock of the address space
+        // and gives up when a signal is pending for the thread (mm_take_all_locks), such as a
+        // kick meant for a vCPU this thread ran; the handler has run by now, so try again.
+        var vmfd: Int32 = -1
+        for _ in 0..<Self.interruptedCreateRetries {
+            vmfd = cshims_ioctl_int(fd.rawValue, CSHIMS_KVM_CREATE_VM, 0)
+            if vmfd >= 0 || errno != EINTR { break }
+        }
         guard vmfd >= 0 else { throw .system(SystemError(call: "ioctl(KVM_CREATE_VM)", errno: errno)) }
         return VirtualMachine(fd: FileDescriptor(adopting: vmfd), system: self)
     }

@@ -230,6 +230,8 @@ public final class ProcessVM: @unchecked Sendable {
         self.files = files
         files.creator = GuestFiles.Caller(uid: identity.uid, gid: identity.gid)
         self.identity = identity
+        let identityWords = [UInt32(bitPattern: identity.pid), identity.uid, identity.gid].flatMap { word in withUnsafeBytes(of: word.littleEndian) { Array($0) } }
+        identityWords.withUnsafeBytes { space.loaderWrite(SystemArea.identityWords, $0) }
         self.programName = programName
         self.exceptionStackFrame = exceptionStackFrame
         self.entry = entry

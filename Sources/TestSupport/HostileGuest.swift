@@ -33,6 +33,7 @@ public enum HostileGuest {
     #define SYS_mprotect 10
     #define SYS_munmap 11
     #define SYS_brk 12
+    #define SYS_sched_yield 24
     #define SYS_mremap 25
     #define SYS_nanosleep 35
     #define SYS_getpid 39

@@ -108,3 +108,13 @@ public enum TinyELF {
 extension FixedWidthInteger {
     fileprivate var littleEndianBytes: [UInt8] { withUnsafeBytes(of: littleEndian) { Array($0) } }
 }
+
+extension ProcessVMConfiguration {
+    /// The same, its program's system calls left as they are, each through SYSCALL: what the
+    /// getpid loops time (rewritten, getpid is answered in the program: `SyscallRewriter`).
+    public func throughSyscall() -> ProcessVMConfiguration {
+        var configuration = self
+        configuration.rewritesSystemCalls = false
+        return configuration
+    }
+}

@@ -15,7 +15,7 @@ final class StdinForkPointTests {
         // Makes a few system calls first, so that the poller is watching when the read comes.
         let root = try HostileGuest.rootfs(#"""
             int main(void) {
-                for (int i = 0; i < 20; i++) sys(SYS_getpid, 0);
+                for (int i = 0; i < 20; i++) sys(SYS_sched_yield, 0);
                 char line[16];
                 i64 length = sys(SYS_read, 0, line, sizeof line);
                 if (length <= 0) return 11;

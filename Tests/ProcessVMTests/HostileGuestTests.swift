@@ -46,7 +46,7 @@ struct HostileGuestTests {
     static let pageTableRace = #"""
     int main(void) {
         u64 target = streq(role(), "outside") ? 0xFFFFF0000000UL : 0x1000UL;
-        sys(SYS_getpid);                       /* polled: the poller now watches this VM */
+        sys(SYS_sched_yield);                  /* polled: the poller now watches this VM (a rewritten getpid never reaches it) */
         for (u64 attempt = 0; attempt < 64; attempt++) {
             /* Each attempt in fresh 2 MiB regions: Y's has a page table, R1's (below) none. */
             u64 Y = 0x40200000UL + attempt * 0x400000UL, R1 = Y - 0x200000UL;
@@ -54,7 +54,7 @@ struct HostileGuestTests {
             volatile u64 *stale = (volatile u64 *)Y;
             stale[0] = 1;                      /* a writable translation of Y's frame */
             ((volatile u64 *)(Y + 4096))[0] = 1;
-            if (MB_ACTIVE == 0) { sys(SYS_getpid); continue; }
+            if (MB_ACTIVE == 0) { sys(SYS_sched_yield); continue; }
             MB_NUMBER = SYS_mmap;
             MB_ARG(0) = Y - 4096; MB_ARG(1) = 3 * 4096; MB_ARG(2) = PROT_READ | PROT_WRITE;
             MB_ARG(3) = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED; MB_ARG(4) = (u64)-1; MB_ARG(5) = 0;

@@ -14,7 +14,7 @@ struct SyscallPollerTests {
     @Test func pollerParksWhileItsGuestComputes() throws {
         // 200 polled getpid calls, then a loop that never makes another call.
         let code = [0x49, 0xBC] + withUnsafeBytes(of: UInt64(200).littleEndian) { Array($0) } // mov r12, 200
-            + [0xB8, 39, 0, 0, 0, 0x0F, 0x05, 0x49, 0xFF, 0xCC, 0x75, 0xF4] // getpid; dec r12; jnz
+            + [0xB8, 24, 0, 0, 0, 0x0F, 0x05, 0x49, 0xFF, 0xCC, 0x75, 0xF4] // sched_yield (getpid, rewritten, makes no call); dec r12; jnz
             + [0xEB, 0xFE] // jmp $
         let root = try GuestRunner.rootfs(withProgram: code)
         defer { try? FileManager.default.removeItem(at: root) }
@@ -51,10 +51,10 @@ struct SyscallPollerTests {
         // The quiet one: 200 polled getpid calls, then a nanosleep of 1,000 s (served on its
         // vCPU thread, which blocks outside the guest). The busy one: getpid for ever.
         let quiet = [0x49, 0xBC] + withUnsafeBytes(of: UInt64(200).littleEndian) { Array($0) } // mov r12, 200
-            + [0xB8, 39, 0, 0, 0, 0x0F, 0x05, 0x49, 0xFF, 0xCC, 0x75, 0xF4] // getpid; dec r12; jnz
+            + [0xB8, 24, 0, 0, 0, 0x0F, 0x05, 0x49, 0xFF, 0xCC, 0x75, 0xF4] // sched_yield (getpid, rewritten, makes no call); dec r12; jnz
             + [0x6A, 0x00, 0x68, 0xE8, 0x03, 0x00, 0x00, 0x48, 0x89, 0xE7, 0x31, 0xF6] // push 0; push 1000; mov rdi, rsp; xor esi, esi
             + [0xB8, 35, 0, 0, 0, 0x0F, 0x05, 0xEB, 0xFE] // nanosleep; jmp $
-        let busy: [UInt8] = [0xB8, 39, 0, 0, 0, 0x0F, 0x05, 0xEB, 0xF7] // getpid; jmp back
+        let busy: [UInt8] = [0xB8, 24, 0, 0, 0, 0x0F, 0x05, 0xEB, 0xF7] // sched_yield; jmp back
         let system = try KVMSystem()
         let streams = try CapturedStreams()
         var roots: [URL] = []
@@ -179,7 +179,7 @@ struct SyscallPollerTests {
     /// VM's calls take the exit path and still work.
     @Test func eachSystemHasItsOwnPollerWhichStops() throws {
         let code = [0x49, 0xBC] + withUnsafeBytes(of: UInt64(5000).littleEndian) { Array($0) } // mov r12, 5000
-            + [0xB8, 39, 0, 0, 0, 0x0F, 0x05, 0x49, 0xFF, 0xCC, 0x75, 0xF4] // getpid; dec r12; jnz
+            + [0xB8, 24, 0, 0, 0, 0x0F, 0x05, 0x49, 0xFF, 0xCC, 0x75, 0xF4] // sched_yield (getpid, rewritten, makes no call); dec r12; jnz
             + [0x31, 0xFF, 0xB8, 231, 0, 0, 0, 0x0F, 0x05] // xor edi, edi; exit_group(0)
         let root = try GuestRunner.rootfs(withProgram: code)
         defer { try? FileManager.default.removeItem(at: root) }
@@ -237,7 +237,7 @@ struct SyscallPollerTests {
     @Test func aRunningPollerGoesOffWhenItsCallsSaveTooLittle() throws {
         let calls = 20_000
         let code = [0x49, 0xBC] + withUnsafeBytes(of: UInt64(calls).littleEndian) { Array($0) } // mov r12, calls
-            + [0xB8, 39, 0, 0, 0, 0x0F, 0x05, 0x49, 0xFF, 0xCC, 0x75, 0xF4] // getpid; dec r12; jnz
+            + [0xB8, 24, 0, 0, 0, 0x0F, 0x05, 0x49, 0xFF, 0xCC, 0x75, 0xF4] // sched_yield (getpid, rewritten, makes no call); dec r12; jnz
             + [0xB8, 60, 0, 0, 0, 0x31, 0xFF, 0x0F, 0x05] // exit(0)
         let root = try GuestRunner.rootfs(withProgram: code)
         defer { try? FileManager.default.removeItem(at: root) }

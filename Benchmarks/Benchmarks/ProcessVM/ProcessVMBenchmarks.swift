@@ -55,7 +55,7 @@ let benchmarks: @Sendable () -> Void = {
         Benchmark("Process VM running \(calls) getpid calls (\(polled ? "polled" : "exit path"))", configuration: configuration) { benchmark in
             for _ in benchmark.scaledIterations {
                 let vm = try ProcessVM(system: fixture.system,
-                                       configuration: ProcessVMConfiguration(rootfs: fixture.rootfs, memoryBytes: 16 << 20, pollsSystemCalls: polled),
+                                       configuration: ProcessVMConfiguration(rootfs: fixture.rootfs, memoryBytes: 16 << 20, pollsSystemCalls: polled).throughSyscall(),
                                        executable: "/getpid-\(calls)", arguments: ["getpid"], environment: [], streams: fixture.nullStreams)
                 blackHole(try vm.run())
             }
@@ -78,6 +78,7 @@ final class Fixture: @unchecked Sendable {
         }
         rootfs = root.path
     }
+
 
     var nullStreams: StandardStreams { StandardStreams(input: null, output: null, error: null) }
 

@@ -47,11 +47,12 @@ final class SyscallFixture: @unchecked Sendable {
         ticksPerNanosecond = ticks / (Double(elapsed.components.seconds) * 1e9 + Double(elapsed.components.attoseconds) / 1e9)
     }
 
+
     /// Runs `machines` timed loops at once; every call's round trip in nanoseconds.
     func roundTrips(machines: Int, polled: Bool) throws -> [Int] {
         let streams = try (0..<machines).map { _ in try CapturedStreams() }
         let vms = try streams.map { stream in
-            try ProcessVM(system: system, configuration: ProcessVMConfiguration(rootfs: rootfs, memoryBytes: 16 << 20, pollsSystemCalls: polled),
+            try ProcessVM(system: system, configuration: ProcessVMConfiguration(rootfs: rootfs, memoryBytes: 16 << 20, pollsSystemCalls: polled).throughSyscall(),
                           executable: "/timed-getpid", arguments: ["timed-getpid"], environment: [], streams: stream.standard)
         }
         let finished = DispatchGroup()

@@ -12,7 +12,10 @@ import Glibc
 /// thunk of the site's own, which loads N, the return address and the flags as SYSCALL would
 /// (RCX, R11) and jumps to the stub's entry. The stub serves it as any call (polled, or by
 /// its `out`) and returns with `iretq`, which user mode may execute to return to user mode.
-/// So a call by exit costs one exit, and a polled call none.
+/// So a call by exit costs one exit, and a polled call none. The identity calls (getpid,
+/// getuid, getgid, geteuid, getegid) do not even enter the stub: their thunk reads the answer
+/// from the words the engine keeps in the process's mailbox page (`SystemArea.identityWords`),
+/// as a vDSO would, and returns; no exit either way.
 ///
 /// What is rewritten, and why it is safe:
 /// - Only the pair `B8 imm32 0F 05` (mov eax, imm32; syscall) with an immediate below
@@ -49,8 +52,15 @@ enum SyscallRewriter {
     static let numberLimit: UInt32 = 512
     /// Each site's thunk: mov eax, N (5); lea rcx, [rip + to the site's end] (7); jmp common (5).
     static let thunkLength: UInt64 = 17
-    /// The shared entry before the thunks, padded.
-    static let commonLength: UInt64 = 32
+    /// An identity call's: mov eax, [word] (7); lea rcx, [rip + to the site's end] (7); jmp the
+    /// identity return (5).
+    static let identityThunkLength: UInt64 = 19
+    /// The two shared entries before the thunks, each padded to 32 bytes: into the stub, and
+    /// back from an identity call.
+    static let commonLength: UInt64 = 64
+    static let identityReturnOffset: UInt64 = 32
+    /// The calls answered from `SystemArea.identityWords`, and the offset of each one's word.
+    static let identityWordOffsets: [UInt32: UInt32] = [39: 0, 102: 4, 104: 8, 107: 4, 108: 8]
 
     /// True when `byte`, right before a `B8`, could make it part of another instruction: a
     /// REX prefix (mov r8d-r15d, imm32), an operand- or address-size, segment, lock or rep
@@ -109,24 +119,31 @@ enum SyscallRewriter {
         return found
     }
 
-    /// The shared entry: the program's RFLAGS into R11 through a slot below the red zone,
-    /// then an absolute jump to the stub.
+    /// The shared entries: the program's RFLAGS into R11 through a slot below the red zone (as
+    /// SYSCALL leaves them), then an absolute jump to the stub; or, back from an identity call,
+    /// a jump to the return address in RCX.
     static func commonCode(stub: UInt64) -> [UInt8] {
-        var code: [UInt8] = [
+        let flagsIntoR11: [UInt8] = [
             0x48, 0x8D, 0x64, 0x24, 0x80, // lea rsp, [rsp-128]
             0x9C, // pushfq
             0x41, 0x5B, // pop r11
             0x48, 0x8D, 0xA4, 0x24, 0x80, 0x00, 0x00, 0x00, // lea rsp, [rsp+128]
-            0xFF, 0x25, 0x00, 0x00, 0x00, 0x00, // jmp [rip+0]
         ]
-        code += littleEndian(stub)
-        code += [UInt8](repeating: 0xCC, count: Int(commonLength) - code.count)
-        return code
+        func padded(_ code: [UInt8]) -> [UInt8] { code + [UInt8](repeating: 0xCC, count: Int(identityReturnOffset) - code.count) }
+        let intoStub = flagsIntoR11 + [0xFF, 0x25, 0x00, 0x00, 0x00, 0x00] + littleEndian(stub) // jmp [rip+0]
+        let identityReturn = flagsIntoR11 + [0xFF, 0xE1] // jmp rcx
+        return padded(intoStub) + padded(identityReturn)
     }
 
-    /// The thunk at `thunk` for `site`, whose shared entry is at `common`; nil when a
+    /// The thunk at `thunk` for `site`, whose shared entries start at `common`; nil when a
     /// displacement does not fit in 32 bits.
     static func thunkCode(for site: Site, at thunk: UInt64, common: UInt64) -> [UInt8]? {
+        if let word = identityWordOffsets[site.number] {
+            let load: [UInt8] = [0x8B, 0x04, 0x25] + littleEndian(UInt32(SystemArea.identityWords) + word) // mov eax, [word]
+            guard let back = displacement(from: thunk + 14, to: site.address + siteLength),
+                  let toReturn = displacement(from: thunk + identityThunkLength, to: common + identityReturnOffset) else { return nil }
+            return load + [0x48, 0x8D, 0x0D] + littleEndian(back) + [0xE9] + littleEndian(toReturn)
+        }
         guard let back = displacement(from: thunk + 12, to: site.address + siteLength),
               let toCommon = displacement(from: thunk + thunkLength, to: common) else { return nil }
         return [movEAX] + littleEndian(site.number) + [0x48, 0x8D, 0x0D] + littleEndian(back) + [0xE9] + littleEndian(toCommon)
@@ -171,7 +188,8 @@ enum SyscallRewriter {
     private static func rewrite(code: [Range<UInt64>], in space: AddressSpace, place: (UInt64) -> UInt64?) throws(GuestError) -> Int {
         let sites = code.flatMap { Self.sites(in: $0, of: space) }
         guard !sites.isEmpty else { return 0 }
-        let length = AddressSpace.pageUp(commonLength + thunkLength * UInt64(sites.count))!
+        let thunkBytes = sites.reduce(UInt64(0)) { $0 + (identityWordOffsets[$1.number] == nil ? thunkLength : identityThunkLength) }
+        let length = AddressSpace.pageUp(commonLength + thunkBytes)!
         guard let area = place(length) else { return 0 }
         var thunks = commonCode(stub: SystemArea.stubPage)
         var jumps: [(UInt64, [UInt8])] = []

@@ -61,6 +61,12 @@ struct SystemArea {
     /// Where the engine leaves a reused VM's child its first RAX, RDX and RIP (three words in
     /// the child's own mailbox page, after the poller's words) for `vectorStateRoutine`.
     static let entryScratch: UInt64 = mailbox + 0x100
+    /// The process's pid, uid and gid (32 bits each, in that order), written by the engine
+    /// when the process is made (they never change after), where rewritten `getpid`, `getuid`,
+    /// `getgid`, `geteuid` and `getegid` calls read them without leaving the program
+    /// (`SyscallRewriter`). In the process's own mailbox page: a program that overwrites them
+    /// only misinforms itself; the engine never reads them back.
+    static let identityWords: UInt64 = mailbox + 0x120
     /// A reused VM's child starts here instead of an ioctl setting its vector state (each vCPU
     /// ioctl costs a vcpu_load, with a read of an MSR the outer hypervisor intercepts): it loads
     /// the fork point's state with XRSTOR, its RAX and RDX from the scratch words, and jumps to
