@@ -31,11 +31,13 @@ import Glibc
 ///   `add [rax], al`) just before the call, which no compiler emits there.
 /// - Nothing of the program's stack changes: the thunk's flags go below the 128-byte red zone,
 ///   as the stub's iretq frame already does. RCX and R11 are clobbered, as `syscall` does.
-/// - The thunks sit in pages of their own right below the image, within a `jmp rel32` of
-///   every site, mapped user read-execute. They are the program's memory: a program that
+/// - The thunks sit in pages of their own, within a `jmp rel32` of every site, mapped user
+///   read-execute: right below a loaded image, or where mmap would put a mapping of their size
+///   for a library the program maps. They are the program's memory: a program that
 ///   writes or unmaps them only breaks itself, as it could by writing its own code.
-/// - It runs in the loader, before the program's first instruction, so no vCPU can be
-///   executing the bytes it changes; a warm parent's children inherit rewritten code.
+/// - It runs in the loader, before the program's first instruction, or in the program's own
+///   mmap of a library, on pages just filled: no vCPU can be executing the bytes it changes.
+///   A warm parent's children inherit the rewritten code, shared.
 enum SyscallRewriter {
     /// A site: the address of its `mov eax, number`, the `syscall` right after.
     struct Site: Equatable {
