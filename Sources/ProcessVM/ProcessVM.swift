@@ -230,8 +230,10 @@ public final class ProcessVM: @unchecked Sendable {
         self.files = files
         files.creator = GuestFiles.Caller(uid: identity.uid, gid: identity.gid)
         self.identity = identity
-        let identityWords = [UInt32(bitPattern: identity.pid), identity.uid, identity.gid].flatMap { word in withUnsafeBytes(of: word.littleEndian) { Array($0) } }
-        identityWords.withUnsafeBytes { space.loaderWrite(SystemArea.identityWords, $0) }
+        // Three contiguous little-endian words, with no array made on the fork path.
+        withUnsafeBytes(of: (UInt32(bitPattern: identity.pid).littleEndian, identity.uid.littleEndian, identity.gid.littleEndian)) {
+            space.loaderWrite(SystemArea.identityWords, $0)
+        }
         self.programName = programName
         self.exceptionStackFrame = exceptionStackFrame
         self.entry = entry

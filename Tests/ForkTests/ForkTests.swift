@@ -104,50 +104,48 @@ final class ForkTests {
         // /prog with an argument maps a page at a fixed address and writes there and into its
         // data segment; without one it checks both are as the parent left them (exiting 42 if
         // the data write survived, or by SIGSEGV when the mapping is gone, as it must be).
-        let tiny = try HostFacts.makeTemporaryFolder("reuse")
+        let readersInReusedVMs = try afterWriters(running: TinyELF.mapOrProbe, name: "reuse", writerArguments: ["map"]) { reader in
+            let status = try reader.run()
+            #expect(status == .signaled(11), "\(status), in a reused VM: \(reader.reusesVM)")
+            #expect(reader.processVM?.fault?.address == TinyELF.probeAddress)
+        }
+        // The pool hands out the VM its last child left (a refill racing with it may add a new one).
+        #expect(readersInReusedVMs >= 8, "\(readersInReusedVMs) of 10 readers ran in reused VMs")
+    }
+
+    /// Ten rounds, each forking a writer (`/prog` of `code` with `writerArguments`, which must
+    /// exit 0) and, once it is removed, a reader without arguments, most likely in the VM the
+    /// writer left, which `read` runs and judges. Returns how many readers ran in reused VMs.
+    private func afterWriters(running code: [UInt8], name: String, writerArguments: [String],
+                              read: (Fork.Container) throws -> Void) throws -> Int {
+        let tiny = try HostFacts.makeTemporaryFolder(name)
         defer { try? FileManager.default.removeItem(at: tiny) }
-        try Data(TinyELF.build(code: TinyELF.mapOrProbe)).write(to: tiny.appendingPathComponent("prog"))
-        let parent = try WarmParent(system: system, image: ParentSpec(name: "reuse", rootfs: tiny.path, executable: "/prog"), poolSize: 2)
+        try Data(TinyELF.build(code: code)).write(to: tiny.appendingPathComponent("prog"))
+        let parent = try WarmParent(system: system, image: ParentSpec(name: name, rootfs: tiny.path, executable: "/prog"), poolSize: 2)
         let streams = try CapturedStreams()
         var readersInReusedVMs = 0
         for _ in 0..<10 {
             parent.waitUntilPoolIsFull()
-            let writer = try parent.fork(arguments: ["map"], streams: streams.standard)
+            let writer = try parent.fork(arguments: writerArguments, streams: streams.standard)
             #expect(try writer.run() == .exited(0))
             writer.remove()
             parent.waitUntilPoolIsFull()
             let reader = try parent.fork(arguments: [], streams: streams.standard)
             if reader.reusesVM { readersInReusedVMs += 1 }
-            let status = try reader.run()
-            #expect(status == .signaled(11), "\(status), in a reused VM: \(reader.reusesVM)")
-            #expect(reader.processVM?.fault?.address == TinyELF.probeAddress)
+            try read(reader)
             reader.remove()
         }
-        // The pool hands out the VM its last child left (a refill racing with it may add a new one).
-        #expect(readersInReusedVMs >= 8, "\(readersInReusedVMs) of 10 readers ran in reused VMs")
+        return readersInReusedVMs
     }
 
     /// The registers a child can change without the engine — vector registers, MXCSR, the FS
     /// base (wrfsbase is user mode's) — come back as the parent left them in a VM its last
     /// child ran in: the next tenant sees nothing of the last one's.
     @Test func reusedVMsKeepNoneOfTheirLastChildsRegisters() throws {
-        let tiny = try HostFacts.makeTemporaryFolder("reuse-registers")
-        defer { try? FileManager.default.removeItem(at: tiny) }
-        try Data(TinyELF.build(code: Self.dirtyOrCheckRegisters)).write(to: tiny.appendingPathComponent("prog"))
-        let parent = try WarmParent(system: system, image: ParentSpec(name: "reuse-registers", rootfs: tiny.path, executable: "/prog"), poolSize: 2)
-        let streams = try CapturedStreams()
-        var checkersInReusedVMs = 0
-        for _ in 0..<10 {
-            parent.waitUntilPoolIsFull()
-            let writer = try parent.fork(arguments: ["dirty"], streams: streams.standard)
-            #expect(try writer.run() == .exited(0))
-            writer.remove()
-            parent.waitUntilPoolIsFull()
-            let checker = try parent.fork(arguments: [], streams: streams.standard)
-            if checker.reusesVM { checkersInReusedVMs += 1 }
+        let checkersInReusedVMs = try afterWriters(running: Self.dirtyOrCheckRegisters, name: "reuse-registers", writerArguments: ["dirty"]) { checker in
             // 41: xmm0 kept the last child's ones; 42: its FS base; 43: its MXCSR.
-            #expect(try checker.run() == .exited(0), "in a reused VM: \(checker.reusesVM)")
-            checker.remove()
+            let status = try checker.run()
+            #expect(status == .exited(0), "\(status), in a reused VM: \(checker.reusesVM)")
         }
         #expect(checkersInReusedVMs >= 8, "\(checkersInReusedVMs) of 10 checkers ran in reused VMs")
     }

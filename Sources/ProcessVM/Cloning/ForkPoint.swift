@@ -223,8 +223,8 @@ extension ProcessVM {
         // itself before its first instruction (`SystemArea.vectorStateRoutine`).
         if prepared.isReused {
             let regs = sync.pointee.regs
-            let scratch = [regs.rax, regs.rdx, regs.rip].flatMap { word in withUnsafeBytes(of: word.littleEndian) { Array($0) } }
-            scratch.withUnsafeBytes { space.loaderWrite(SystemArea.entryScratch, $0) }
+            // Three contiguous little-endian words, with no array made on the fork path.
+            withUnsafeBytes(of: (regs.rax.littleEndian, regs.rdx.littleEndian, regs.rip.littleEndian)) { space.loaderWrite(SystemArea.entryScratch, $0) }
             sync.pointee.regs.rip = SystemArea.vectorStateRoutine
         }
         // The special registers too, so that a reused VM's restore needs no ioctl for them:

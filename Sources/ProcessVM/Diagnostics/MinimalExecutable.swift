@@ -36,13 +36,13 @@ public enum MinimalExecutable {
 
     /// `mov rax, imm64; mov rdi, imm64; syscall`: exit_group(status).
     public static func exit(_ status: UInt64) -> [UInt8] {
-        [0x48, 0xB8] + littleEndian(UInt64(231)) + [0x48, 0xBF] + littleEndian(status) + [0x0F, 0x05]
+        [0x48, 0xB8] + UInt64(231).littleEndianBytes + [0x48, 0xBF] + status.littleEndianBytes + [0x0F, 0x05]
     }
 
     /// `count` getpid calls (SYSCALL each), then exit_group(0).
     public static func getpidLoop(count: UInt64) -> [UInt8] {
         guard count > 0 else { return exit(0) }
-        return [0x49, 0xBC] + littleEndian(count) // mov r12, count
+        return [0x49, 0xBC] + count.littleEndianBytes // mov r12, count
             + [0xB8, 39, 0, 0, 0, 0x0F, 0x05] // loop: mov eax, SYS_getpid; syscall
             + [0x49, 0xFF, 0xCC, 0x75, 0xF4] // dec r12; jnz loop
             + exit(0)
@@ -51,11 +51,9 @@ public enum MinimalExecutable {
     /// `count` CPUID instructions (leaf 0), then exit_group(0).
     public static func cpuidLoop(count: UInt64) -> [UInt8] {
         guard count > 0 else { return exit(0) }
-        return [0x49, 0xBC] + littleEndian(count) // mov r12, count
+        return [0x49, 0xBC] + count.littleEndianBytes // mov r12, count
             + [0x31, 0xC0, 0x31, 0xC9, 0x0F, 0xA2] // loop: xor eax, eax; xor ecx, ecx; cpuid
             + [0x49, 0xFF, 0xCC, 0x75, 0xF5] // dec r12; jnz loop
             + exit(0)
     }
-
-    static func littleEndian<T: FixedWidthInteger>(_ value: T) -> [UInt8] { withUnsafeBytes(of: value.littleEndian) { Array($0) } }
 }

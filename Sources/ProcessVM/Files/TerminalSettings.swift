@@ -52,15 +52,11 @@ struct TerminalSettings: Equatable {
     func bytes(withSpeeds: Bool = false) -> [UInt8] {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(Self.sizeWithSpeeds)
-        for word in [inputFlags, outputFlags, controlFlags, localFlags] { bytes += Self.littleEndian(word) }
+        for word in [inputFlags, outputFlags, controlFlags, localFlags] { bytes += word.littleEndianBytes }
         bytes.append(0) // c_line: N_TTY
         bytes += controlCharacters
-        if withSpeeds { bytes += Self.littleEndian(Self.defaultSpeed) + Self.littleEndian(Self.defaultSpeed) }
+        if withSpeeds { bytes += Self.defaultSpeed.littleEndianBytes + Self.defaultSpeed.littleEndianBytes }
         return bytes
-    }
-
-    private static func littleEndian(_ word: UInt32) -> [UInt8] {
-        (0..<4).map { UInt8(truncatingIfNeeded: word >> (8 * $0)) }
     }
 
     /// The control character at `index` (a `ControlCharacter`), nil when disabled (0, Linux's

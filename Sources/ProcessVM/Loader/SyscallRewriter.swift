@@ -132,7 +132,7 @@ enum SyscallRewriter {
             0x48, 0x8D, 0xA4, 0x24, 0x80, 0x00, 0x00, 0x00, // lea rsp, [rsp+128]
         ]
         func padded(_ code: [UInt8]) -> [UInt8] { code + [UInt8](repeating: 0xCC, count: Int(identityReturnOffset) - code.count) }
-        let intoStub = flagsIntoR11 + [0xFF, 0x25, 0x00, 0x00, 0x00, 0x00] + littleEndian(stub) // jmp [rip+0]
+        let intoStub = flagsIntoR11 + [0xFF, 0x25, 0x00, 0x00, 0x00, 0x00] + stub.littleEndianBytes // jmp [rip+0]
         let identityReturn = flagsIntoR11 + [0xFF, 0xE1] // jmp rcx
         return padded(intoStub) + padded(identityReturn)
     }
@@ -141,28 +141,24 @@ enum SyscallRewriter {
     /// displacement does not fit in 32 bits.
     static func thunkCode(for site: Site, at thunk: UInt64, common: UInt64) -> [UInt8]? {
         if let word = identityWordOffsets[site.number] {
-            let load: [UInt8] = [0x8B, 0x04, 0x25] + littleEndian(UInt32(SystemArea.identityWords) + word) // mov eax, [word]
+            let load: [UInt8] = [0x8B, 0x04, 0x25] + (UInt32(SystemArea.identityWords) + word).littleEndianBytes // mov eax, [word]
             guard let back = displacement(from: thunk + 14, to: site.address + siteLength),
                   let toReturn = displacement(from: thunk + identityThunkLength, to: common + identityReturnOffset) else { return nil }
-            return load + [0x48, 0x8D, 0x0D] + littleEndian(back) + [0xE9] + littleEndian(toReturn)
+            return load + [0x48, 0x8D, 0x0D] + back.littleEndianBytes + [0xE9] + toReturn.littleEndianBytes
         }
         guard let back = displacement(from: thunk + 12, to: site.address + siteLength),
               let toCommon = displacement(from: thunk + thunkLength, to: common) else { return nil }
-        return [movEAX] + littleEndian(site.number) + [0x48, 0x8D, 0x0D] + littleEndian(back) + [0xE9] + littleEndian(toCommon)
+        return [movEAX] + site.number.littleEndianBytes + [0x48, 0x8D, 0x0D] + back.littleEndianBytes + [0xE9] + toCommon.littleEndianBytes
     }
 
     /// The bytes that replace a site's `mov`: jmp rel32 to its thunk; nil out of reach.
     static func jumpCode(for site: Site, to thunk: UInt64) -> [UInt8]? {
-        displacement(from: site.address + movLength, to: thunk).map { [0xE9] + littleEndian($0) }
+        displacement(from: site.address + movLength, to: thunk).map { [0xE9] + $0.littleEndianBytes }
     }
 
     /// `to - from` as a rel32, when it fits.
     static func displacement(from: UInt64, to: UInt64) -> Int32? {
         Int32(exactly: Int64(bitPattern: to &- from))
-    }
-
-    static func littleEndian<T: FixedWidthInteger>(_ value: T) -> [UInt8] {
-        withUnsafeBytes(of: value.littleEndian) { Array($0) }
     }
 
     /// Rewrites the sites of the executable segments of an image just loaded at `bias` into

@@ -74,12 +74,10 @@ struct SystemArea {
     static let vectorStateRoutine: UInt64 = stubPage + 0x680
     static let vectorStateCode: [UInt8] =
         [0xB8, 0xFF, 0xFF, 0xFF, 0xFF, 0xBA, 0xFF, 0xFF, 0xFF, 0xFF] // mov eax, -1; mov edx, -1 (every component XCR0 enables)
-        + [0x48, 0x0F, 0xAE, 0x2C, 0x25] + littleEndian(UInt32(vectorState)) // xrstor64 [vectorState]
-        + [0x48, 0x8B, 0x04, 0x25] + littleEndian(UInt32(entryScratch)) // mov rax, [scratch]
-        + [0x48, 0x8B, 0x14, 0x25] + littleEndian(UInt32(entryScratch + 8)) // mov rdx, [scratch + 8]
-        + [0xFF, 0x24, 0x25] + littleEndian(UInt32(entryScratch + 16)) // jmp [scratch + 16]
-
-    private static func littleEndian<T: FixedWidthInteger>(_ value: T) -> [UInt8] { withUnsafeBytes(of: value.littleEndian) { Array($0) } }
+        + [0x48, 0x0F, 0xAE, 0x2C, 0x25] + UInt32(vectorState).littleEndianBytes // xrstor64 [vectorState]
+        + [0x48, 0x8B, 0x04, 0x25] + UInt32(entryScratch).littleEndianBytes // mov rax, [scratch]
+        + [0x48, 0x8B, 0x14, 0x25] + UInt32(entryScratch + 8).littleEndianBytes // mov rdx, [scratch + 8]
+        + [0xFF, 0x24, 0x25] + UInt32(entryScratch + 16).littleEndianBytes // jmp [scratch + 16]
 
     /// Bit 0 of a warm-up list entry: write the page too.
     static let warmUpWriteBack: UInt64 = 1

@@ -56,3 +56,9 @@ enum X86 {
     /// Exceptions that push an error code on the stack.
     static let vectorsWithErrorCode: Set<UInt8> = [8, 10, 11, 12, 13, 14, 17, 21, 29, 30]
 }
+
+extension FixedWidthInteger {
+    /// The value's bytes, least significant first: machine code's immediates and
+    /// displacements, and the structures the engine writes for a guest.
+    var littleEndianBytes: [UInt8] { withUnsafeBytes(of: littleEndian) { Array($0) } }
+}

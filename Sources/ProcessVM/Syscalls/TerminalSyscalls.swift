@@ -56,7 +56,7 @@ extension ProcessVM {
             terminal.resize(to: GuestTerminal.WindowSize(rows: UInt16(bytes[0]) | UInt16(bytes[1]) << 8, columns: UInt16(bytes[2]) | UInt16(bytes[3]) << 8))
             return .success
         case TerminalRequest.getForegroundGroup:
-            return put(Self.littleEndian(terminal.foregroundGroup), at: argument)
+            return put(terminal.foregroundGroup.littleEndianBytes, at: argument)
         case TerminalRequest.setForegroundGroup:
             guard let group = space.readValue(argument, as: Int32.self) else { return .error(.EFAULT) }
             guard group > 0 else { return .error(.EINVAL) }
@@ -64,12 +64,12 @@ extension ProcessVM {
             terminal.setForegroundGroup(group)
             return .success
         case TerminalRequest.getSession:
-            return put(Self.littleEndian(tree.session(of: tree.rootPid) ?? tree.rootPid), at: argument)
+            return put((tree.session(of: tree.rootPid) ?? tree.rootPid).littleEndianBytes, at: argument)
         case TerminalRequest.inputQueued:
-            return put(Self.littleEndian(Int32(clamping: terminal.readableCount)), at: argument)
+            return put(Int32(clamping: terminal.readableCount).littleEndianBytes, at: argument)
         case TerminalRequest.outputQueued:
             // Output is in the log as soon as it is written: nothing waits.
-            return put(Self.littleEndian(Int32(0)), at: argument)
+            return put(Int32(0).littleEndianBytes, at: argument)
         case TerminalRequest.flush:
             // TCIFLUSH, TCOFLUSH, TCIOFLUSH.
             guard argument <= 2 else { return .error(.EINVAL) }
@@ -93,9 +93,5 @@ extension ProcessVM {
     static func windowSizeBytes(rows: UInt16, columns: UInt16) -> [UInt8] {
         [UInt8(truncatingIfNeeded: rows), UInt8(truncatingIfNeeded: rows >> 8),
          UInt8(truncatingIfNeeded: columns), UInt8(truncatingIfNeeded: columns >> 8), 0, 0, 0, 0]
-    }
-
-    private static func littleEndian(_ value: Int32) -> [UInt8] {
-        (0..<4).map { UInt8(truncatingIfNeeded: value >> (8 * $0)) }
     }
 }
