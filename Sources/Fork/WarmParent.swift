@@ -18,6 +18,9 @@ public struct ParentSpec: Sendable {
     /// The program's `mov eax, N; syscall` pairs are rewritten as it is loaded, so that its
     /// children's calls skip PVM's SYSCALL switch (`ProcessVMConfiguration.rewritesSystemCalls`).
     public var rewritesSystemCalls = true
+    /// Whether its children may buffer writes to a standard output or error that never waits
+    /// (`ProcessVMConfiguration.buffersOutput`).
+    public var buffersOutput = true
     /// When set, the root filesystem is served from this (the image's disk chain) instead of
     /// the folder `rootfs`; the parent loads its program from it once and its children share it.
     public var rootFileSystem: (any GuestRootFileSystem)?
@@ -68,6 +71,7 @@ public final class WarmParent: @unchecked Sendable {
         var configuration = ProcessVMConfiguration(rootfs: image.rootfs, memoryBytes: image.memoryBytes,
                                                    pollsSystemCalls: image.pollsSystemCalls)
         configuration.rewritesSystemCalls = image.rewritesSystemCalls
+        configuration.buffersOutput = image.buffersOutput
         configuration.rootFileSystem = image.rootFileSystem
         configuration.workingDirectory = image.workingDirectory
         configuration.identity.uid = image.uid

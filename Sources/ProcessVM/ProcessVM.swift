@@ -21,6 +21,10 @@ public struct ProcessVMConfiguration: Sendable {
     /// enter the engine's stub from user mode, without PVM's SYSCALL switch: one exit fewer
     /// per call served by exit, and none for a polled one (`SyscallRewriter`).
     public var rewritesSystemCalls = true
+    /// Let the program buffer its writes to standard output and error when they go to a file
+    /// that never waits (a container's log), answered by the stub without an exit and written
+    /// out before the next call the engine serves (`OutputBuffer`).
+    public var buffersOutput = true
     /// The guest's RLIMIT_NOFILE: how many descriptors its table holds, and so at most how
     /// many host descriptors it costs the engine (beyond the few every VM has).
     public var descriptorLimit: Int
@@ -144,6 +148,13 @@ public final class ProcessVM: @unchecked Sendable {
     var signalCheckRequested = false
     /// Signals that found the vCPU inside the stub and waited for its way out (read once the VM ended).
     private(set) var signalsHeldForTheStub = 0
+    /// The descriptors whose writes the program may buffer, as the engine last set them in the
+    /// output buffer's `enabled` word (`OutputBuffer`); only records for these are written out.
+    var outputBufferDescriptors: UInt32 = 0
+    /// Times buffered output was written out, and buffers whose records stopped being valid
+    /// (a program that wrote over its own buffer), for tests and diagnostics.
+    public internal(set) var outputBufferDrains = 0
+    public internal(set) var outputBufferRefusals = 0
     /// A signal for the calling thread's handler, delivered when it next returns to user code.
     var pendingSignal: Int32? {
         get { current.pendingSignal }
@@ -241,6 +252,8 @@ public final class ProcessVM: @unchecked Sendable {
             self.tree.rootVM = self
             files.standardTerminal?.bind(self.tree)
         }
+        // A reused VM's buffer may hold its last child's words: empty, and enabled anew.
+        updateOutputBuffer(reset: true)
     }
 
     /// Loads `executable` (a path inside the rootfs) with `arguments` (argv, including argv[0])
@@ -426,12 +439,22 @@ public final class ProcessVM: @unchecked Sendable {
             pollerMailbox = mailbox
             poller.watch(self, mailbox: mailbox)
         }
+        // Output the program buffers and then leaves there while it computes goes out within
+        // about two of the flusher's intervals (`OutputFlusher`).
+        let flusher = configuration.buffersOutput ? OutputFlusher.of(vm.system) : nil
+        if let flusher, let mailbox {
+            // unsafe: the word lies inside the VM's mailbox page, mapped until the VM goes; the watch ends below, first.
+            flusher.watch(self, used: (mailbox + Int(OutputBuffer.used - SystemArea.mailbox)).assumingMemoryBound(to: UInt32.self))
+        }
         defer {
+            flusher?.unwatch(self)
             if let poller, pollerMailbox != nil {
                 poller.unregister(self)
                 pollerMailbox = nil
             }
             endOtherThreads()
+            // What the program buffered goes out before its end (or its fork point) is reported.
+            drainOutputBuffer()
             machineState.unlock()
             runningThread.leave()
             if let countersBefore, let countersAfter = vcpu.counters() { lastRunCounters = countersAfter - countersBefore }
@@ -470,10 +493,16 @@ public final class ProcessVM: @unchecked Sendable {
             case .io(let port, true, _, _, let offset) where port == SystemArea.exceptionPort:
                 let vector = UInt8(truncatingIfNeeded: UnsafeRawPointer(vcpu.runState).load(fromByteOffset: offset, as: UInt8.self))
                 if vector == X86.breakpointVector, let main = stopsAtMain, try resumeInUserMode(atBreakpoint: main) { return .atMain }
+                if answerFaultInBufferedWrite(vector: vector) { continue }
                 return .ended(terminate(with: recordFault(vector: vector)))
             case .interrupted:
                 vcpu.requestImmediateExit(false)
                 if let status = endRequest { return .ended(status) }
+                // The output flusher's kick (or a signal's): what the program buffered goes out,
+                // unless the vCPU stopped inside the buffered-write routine, which appends at the
+                // `used` it read and would then find the buffer emptied under it (the next kick
+                // finds it out of the routine).
+                if !SystemArea.bufferedWriteRoutine.contains(vcpu.syncRegisters.pointee.regs.rip) { drainOutputBuffer() }
             case .shutdown:
                 vcpuStateKnown = false
                 let rip = vcpu.syncRegisters.pointee.regs.rip
@@ -561,8 +590,14 @@ public final class ProcessVM: @unchecked Sendable {
     /// with the call it exits for. Only for a polled VM, the one whose stub uses the mailbox
     /// (a VM with threads is never polled, and its threads share the one mailbox page).
     func signalMustWaitForTheStub() -> Bool {
-        guard let mailbox = pollerMailbox, SystemArea.syscallStubBeforeSignalCheck.contains(vcpu.syncRegisters.pointee.regs.rip) else { return false }
-        // unsafe: the mailbox page stays mapped while the VM is polled, and the word is inside it (the guest may write it too: it only costs the guest an exit).
+        let rip = vcpu.syncRegisters.pointee.regs.rip
+        // In the buffered-write routine (any VM): a handler's own write would append where the
+        // interrupted one is about to, and be overwritten by it. The routine ends at the
+        // stub's return, which checks the word.
+        let inRoutine = SystemArea.bufferedWriteRoutine.contains(rip)
+        guard let mailbox = inRoutine ? (pollerMailbox ?? self.mailbox) : pollerMailbox,
+              inRoutine || SystemArea.syscallStubBeforeSignalCheck.contains(rip) else { return false }
+        // unsafe: the mailbox page is the VM's own and stays mapped, and the word is inside it (the guest may write it too: it only costs the guest an exit).
         (mailbox + Int(SyscallStub.Offset.signalCheck)).storeBytes(of: 1, as: UInt32.self)
         signalCheckRequested = true
         signalsHeldForTheStub += 1

@@ -16,10 +16,11 @@ enum GuestRunner {
 
     static func run(_ arguments: [String], rootfs: URL, executable: String? = nil, environment: [String] = [],
                     stdin: Data = Data(), memoryMiB: Int = 64, pollsSystemCalls: Bool = false, blankMadeAhead: Bool = false,
-                    rewritesSystemCalls: Bool = true) throws -> Result {
+                    rewritesSystemCalls: Bool = true, buffersOutput: Bool = true) throws -> Result {
         let streams = try CapturedStreams(stdin: stdin)
         var configuration = ProcessVMConfiguration(rootfs: rootfs.path, memoryBytes: memoryMiB << 20, pollsSystemCalls: pollsSystemCalls)
         configuration.rewritesSystemCalls = rewritesSystemCalls
+        configuration.buffersOutput = buffersOutput
         let standard = StandardStreams(input: streams.input, output: streams.output, error: streams.error)
         let vm = blankMadeAhead
             ? try ProcessVM(blank: BlankVM(system: system!, memoryBytes: configuration.memoryBytes, entersOnce: true), configuration: configuration,

@@ -15,8 +15,9 @@ import TestSupport
 /// exit, a polled call and a CPUID, measured in the same run. System calls are polled (the
 /// engine's default) unless a name says they go by VM exit, and the program's `mov eax, N;
 /// syscall` pairs are rewritten at load (the default) unless a name says "through SYSCALL"
-/// (every call then pays PVM's SYSCALL switch). Each fork's VM is removed and goes back to the
-/// pool, restored, in the background, as in production.
+/// (every call then pays PVM's SYSCALL switch), and writes to the captured output are
+/// buffered in the program (the default) unless a name says "written at once". Each fork's VM
+/// is removed and goes back to the pool, restored, in the background, as in production.
 let benchmarks: @Sendable () -> Void = {
     pythonBenchmarks()
     let fixture = ForkFixture()
@@ -57,11 +58,31 @@ let benchmarks: @Sendable () -> Void = {
         child.remove()
     }
 
+    // Output buffered in the program (the default) against each write made at once, by exit
+    // and polled, interleaved in each iteration so that all four see the same machine.
+    let outputMetrics = ["1 by exit, buffered µs", "2 by exit, at once µs", "3 polled, buffered µs", "4 polled, at once µs"]
+    Benchmark("Interleaved: fork → busybox echo hi, output buffered in the program or written at once (main parent, pool ready)",
+              configuration: .init(metrics: outputMetrics.map { .custom($0, polarity: .prefersSmaller) }, warmupIterations: 5,
+                                   scalingFactor: .one, maxDuration: .seconds(20), maxIterations: 300)) { benchmark in
+        let parents = [fixture.exitPathEchoParent, fixture.unbufferedExitPathEchoParent, fixture.echoParent, fixture.unbufferedEchoParent]
+        for (name, parent) in zip(outputMetrics, parents) {
+            parent.waitUntilPoolIsFull()
+            let start = ContinuousClock.now
+            let child = try parent.fork(arguments: ["echo", "hi"], streams: fixture.capture.standard)
+            blackHole(try child.run())
+            let elapsed = ContinuousClock.now - start
+            child.remove()
+            benchmark.measurement(.custom(name, polarity: .prefersSmaller), Int(elapsed.components.attoseconds / 1_000_000_000_000) + Int(elapsed.components.seconds) * 1_000_000)
+        }
+    }
+
     // What each child made the hypervisor do (KVM's own count: SYSCALL switches, exits to
     // the engine, shadow page faults, emulated instructions).
     let exitsMetric = BenchmarkMetric.custom("exits per child", polarity: .prefersSmaller, useScalingFactor: false)
     for (name, parent) in [("main parent", fixture.echoParent), ("entry-point parent", fixture.entryEchoParent),
                            ("main parent, system calls by VM exit", fixture.exitPathEchoParent),
+                           ("main parent, output written at once", fixture.unbufferedEchoParent),
+                           ("main parent, system calls by VM exit, output written at once", fixture.unbufferedExitPathEchoParent),
                            ("main parent, through SYSCALL", fixture.syscallEchoParent),
                            ("main parent, system calls by VM exit, through SYSCALL", fixture.syscallExitPathEchoParent)] {
         Benchmark("Exits per child: fork → busybox echo hi (\(name), pool ready)",
@@ -157,6 +178,9 @@ final class ForkFixture: @unchecked Sendable {
     let entryEchoParent: WarmParent
     let stdinEchoParent: WarmParent
     let exitPathEchoParent: WarmParent
+    /// The same two, their output's writes made at once (`ProcessVMConfiguration.buffersOutput` off).
+    let unbufferedEchoParent: WarmParent
+    let unbufferedExitPathEchoParent: WarmParent
     /// The same two, their programs' system calls left as they are (every one through SYSCALL).
     let syscallEchoParent: WarmParent
     let syscallExitPathEchoParent: WarmParent
@@ -186,6 +210,15 @@ final class ForkFixture: @unchecked Sendable {
         syscallExitPathEcho.rewritesSystemCalls = false
         syscallExitPathEchoParent = try! WarmParent(system: system, image: syscallExitPathEcho, poolSize: 16)
         exitParent = try! WarmParent(system: system, image: ParentSpec(name: "exit0", rootfs: rootfs, executable: "/exit0"), poolSize: 16)
+        var unbufferedEcho = ParentSpec(name: "busybox-unbuffered", rootfs: rootfs, executable: "/bin/busybox", forkPoint: .main)
+        unbufferedEcho.buffersOutput = false
+        unbufferedEchoParent = try! WarmParent(system: system, image: unbufferedEcho, poolSize: 16)
+        var unbufferedExitPathEcho = ParentSpec(name: "busybox-unbuffered-exits", rootfs: rootfs, executable: "/bin/busybox", forkPoint: .main,
+                                                pollsSystemCalls: false)
+        unbufferedExitPathEcho.buffersOutput = false
+        unbufferedExitPathEchoParent = try! WarmParent(system: system, image: unbufferedExitPathEcho, poolSize: 16)
+        unbufferedEchoParent.waitUntilPoolIsFull()
+        unbufferedExitPathEchoParent.waitUntilPoolIsFull()
         syscallEchoParent.waitUntilPoolIsFull()
         syscallExitPathEchoParent.waitUntilPoolIsFull()
         echoParent.waitUntilPoolIsFull()

@@ -110,6 +110,16 @@ public final class GuestFiles: @unchecked Sendable {
         (try? openFile(guestFD).access) == .neverWaits
     }
 
+    /// True when writes to `guestFD` may be buffered in the program (`OutputBuffer`): a host
+    /// file open for writing whose transfers never wait (a regular file, an allowlisted
+    /// device), not a terminal, not a disk rootfs file (its writes are charged to a budget and
+    /// may fail), not shared with another process.
+    func mayBufferWrites(_ guestFD: Int32) -> Bool {
+        guard guestFD >= 0, Int(guestFD) < slots.count, let file = slots[Int(guestFD)]?.file else { return false }
+        return file.access == .neverWaits && file.terminal == nil && file.disk == nil && !file.isInsideRootfs && !file.sharedWithAnotherProcess
+            && file.isOpenForWriting
+    }
+
     /// True when `guestFD` is open and the guest wants its transfers to wait until they can
     /// be made (no O_NONBLOCK) on a file where they may have to.
     func guestWaits(_ guestFD: Int32) -> Bool {

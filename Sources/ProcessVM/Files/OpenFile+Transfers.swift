@@ -76,6 +76,8 @@ extension OpenFile {
         copy.kind = kind
         copy.logTimes = logTimes
         copy.terminal = terminal
+        sharedWithAnotherProcess = true
+        copy.sharedWithAnotherProcess = true
         return copy
     }
 

@@ -33,6 +33,10 @@ final class OpenFile {
     /// reads go through its line discipline from `host` (the container's input), writes
     /// through its output processing to its log.
     var terminal: GuestTerminal?
+    /// Set when a forked process holds this open file description too (`duplicated`): its
+    /// writes must then reach the file in the order the processes make them, so the program
+    /// never buffers them (`OutputBuffer`).
+    var sharedWithAnotherProcess = false
 
     init(host: consuming FileDescriptor, isInsideRootfs: Bool, access: HostAccess = .neverWaits, guestStatusFlags: Int32? = nil) {
         self.host = host
@@ -47,6 +51,13 @@ final class OpenFile {
     }
 
     var hostFD: Int32 { host.rawValue }
+
+    /// True when the host description was opened for writing (its access mode never changes),
+    /// asked of the host once.
+    lazy var isOpenForWriting: Bool = {
+        let flags = fcntl(hostFD, F_GETFL)
+        return flags >= 0 && (flags & O_ACCMODE == O_WRONLY || flags & O_ACCMODE == O_RDWR)
+    }()
 
     /// True when a transfer may find nothing to do and the guest asked to wait for it then
     /// (its status flags lack O_NONBLOCK): the engine waits, interruptibly, on its behalf.

@@ -28,6 +28,13 @@ struct SystemArea {
     static let mailbox: UInt64 = 0xB000
     /// Address of the stub's exiting `out`: where a parent stopped at a system call resumes.
     static var syscallExit: UInt64 { stubPage + UInt64(SyscallStub.exitOffset) }
+    /// Address of the stub's return to the program (signal check, `iretq` with RCX and R11).
+    static var syscallReturn: UInt64 { stubPage + UInt64(SyscallStub.returnOffset) }
+    /// The buffered-write routine (`OutputBuffer`), and the offset in it of its copy from the
+    /// program's buffer, the one instruction of it that may fault.
+    static let (bufferedWriteCode, bufferedWriteCopyOffset) = OutputBuffer.assemble(
+        returnTarget: syscallReturn, slowTarget: stubPage + UInt64(SyscallStub.afterWriteOffset))
+    static var bufferedWriteRoutine: Range<UInt64> { OutputBuffer.routine..<(OutputBuffer.routine + UInt64(bufferedWriteCode.count)) }
     /// The stub's code that must not be interrupted by a signal handler: from its entry to
     /// the end of its signal check (see `SyscallStub.signalCheckEnd`).
     static var syscallStubBeforeSignalCheck: Range<UInt64> { stubPage..<(stubPage + UInt64(SyscallStub.signalCheckEnd)) }
@@ -154,6 +161,9 @@ struct SystemArea {
         (stubs + Int(warmUpRoutine - stubPage)).copyMemory(from: warmUpCode, byteCount: warmUpCode.count)
         precondition(warmUpRoutine + UInt64(warmUpCode.count) <= vectorStateRoutine, "the warm-up routine must end before the vector-state routine")
         (stubs + Int(vectorStateRoutine - stubPage)).copyMemory(from: vectorStateCode, byteCount: vectorStateCode.count)
+        precondition(vectorStateRoutine + UInt64(vectorStateCode.count) <= OutputBuffer.routine, "the vector-state routine must end before the buffered-write routine")
+        precondition(bufferedWriteRoutine.upperBound <= stubPage + 0x1000, "the buffered-write routine must fit in the stub page")
+        (stubs + Int(OutputBuffer.routine - stubPage)).copyMemory(from: bufferedWriteCode, byteCount: bufferedWriteCode.count)
         _ = try space.mapSystemPage(at: vectorState, [.read, .user])
         return stackTopFrame
     }

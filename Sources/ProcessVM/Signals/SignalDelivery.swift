@@ -97,7 +97,7 @@ extension ProcessVM {
 
     /// Sets every general register and user-mode segments: for returns that do not go back
     /// through the system-call stub (handler entry, rt_sigreturn).
-    private func resumeInUserMode(with regs: kvm_regs) {
+    func resumeInUserMode(with regs: kvm_regs) {
         let sync = vcpu.syncRegisters
         sync.pointee.regs = regs
         sync.pointee.sregs.cs = CPUSetup.segment(selector: X86.Selector.userCode, code: true)

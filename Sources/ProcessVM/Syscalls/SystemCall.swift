@@ -56,6 +56,10 @@ extension ProcessVM {
     public static let outOfRangeSyscall = -1
 
     func dispatch(_ call: SystemCall) -> SyscallOutcome {
+        // The program's buffered output first (`OutputBuffer`): every call sees the files as if
+        // each buffered write had been made at once; after it, what may be buffered is set anew.
+        drainOutputBuffer()
+        defer { updateOutputBuffer() }
         guard call.number >= 0, call.number < Self.syscallTable.count, let handler = Self.syscallTable[call.number] else {
             // Numbers past the table are counted together, so that the counts take bounded space.
             recordMissing(call.number >= 0 && call.number < Self.syscallTable.count ? call.number : Self.outOfRangeSyscall)
