@@ -127,7 +127,10 @@ public final class ProcessVM: @unchecked Sendable {
     }
     var umask: UInt32 = 0o022
     /// PR_SET_NAME's name (the executable's base name at first).
-    var programName: [UInt8]
+    var programName: [UInt8] {
+        // The words prctl(PR_GET_NAME) reads in the program (`ProgramNameRoutine`) follow it.
+        didSet { writeProgramNameWords() }
+    }
     /// Guest-physical frame of the exception stack's top page (exception frames are read there).
     let exceptionStackFrame: UInt64
     /// What is needed to write a new initial stack: present until the program first runs.
@@ -252,6 +255,7 @@ public final class ProcessVM: @unchecked Sendable {
             self.tree.rootVM = self
             files.standardTerminal?.bind(self.tree)
         }
+        writeProgramNameWords()
         // A reused VM's buffer may hold its last child's words: empty, and enabled anew.
         updateOutputBuffer(reset: true)
     }
@@ -493,7 +497,7 @@ public final class ProcessVM: @unchecked Sendable {
             case .io(let port, true, _, _, let offset) where port == SystemArea.exceptionPort:
                 let vector = UInt8(truncatingIfNeeded: UnsafeRawPointer(vcpu.runState).load(fromByteOffset: offset, as: UInt8.self))
                 if vector == X86.breakpointVector, let main = stopsAtMain, try resumeInUserMode(atBreakpoint: main) { return .atMain }
-                if answerFaultInBufferedWrite(vector: vector) { continue }
+                if answerFaultInGuestRoutine(vector: vector) { continue }
                 return .ended(terminate(with: recordFault(vector: vector)))
             case .interrupted:
                 vcpu.requestImmediateExit(false)

@@ -200,30 +200,47 @@ extension ProcessVM {
         }
     }
 
-    /// A fault on the routine's copy (the program passed a buffer it cannot read) is answered
-    /// EFAULT, as Linux answers such a write: the registers the routine saved go back, and the
-    /// program resumes at the stub's return. True when the fault was that.
-    func answerFaultInBufferedWrite(vector: UInt8) -> Bool {
-        guard vector == 13 || vector == 14, let page = mailbox else { return false }
+    /// A fault in one of the stub page's routines where it touches the program's buffer (the
+    /// buffered write's copy, the program name's two stores: the program passed a buffer it
+    /// cannot read or write) is answered EFAULT, as Linux answers such a call: the registers
+    /// the write routine saved go back, and the program resumes at the stub's return. True
+    /// when the fault was that.
+    func answerFaultInGuestRoutine(vector: UInt8) -> Bool {
+        guard vector == 13 || vector == 14 else { return false }
         let hasErrorCode = X86.vectorsWithErrorCode.contains(vector)
         let frameSize = hasErrorCode ? 48 : 40
         // unsafe: the exception stack's top page is the VM's own; the frame lies at its end.
         let frame = memory.pointer(physical: exceptionStackFrame, length: 4096)! + (4096 - frameSize) + (hasErrorCode ? 8 : 0)
         let rip = frame.load(as: UInt64.self)
-        guard rip == OutputBuffer.routine + UInt64(SystemArea.bufferedWriteCopyOffset) else { return false }
         var regs = vcpu.syncRegisters.pointee.regs
-        func saved(_ address: UInt64) -> UInt64 {
-            // unsafe: the saved words lie inside the mapped mailbox page.
-            UInt64(littleEndian: page.loadUnaligned(fromByteOffset: Int(address - SystemArea.mailbox), as: UInt64.self))
+        if rip == OutputBuffer.routine + UInt64(SystemArea.bufferedWriteCopyOffset) {
+            guard let page = mailbox else { return false }
+            func saved(_ address: UInt64) -> UInt64 {
+                // unsafe: the saved words lie inside the mapped mailbox page.
+                UInt64(littleEndian: page.loadUnaligned(fromByteOffset: Int(address - SystemArea.mailbox), as: UInt64.self))
+            }
+            regs.rcx = saved(OutputBuffer.savedRCX)
+            regs.rsi = saved(OutputBuffer.savedRSI)
+            regs.rdi = saved(OutputBuffer.savedRDI)
+        } else if !SystemArea.programNameStoreOffsets.contains(where: { rip == ProgramNameRoutine.address + UInt64($0) }) {
+            return false
         }
-        regs.rcx = saved(OutputBuffer.savedRCX)
-        regs.rsi = saved(OutputBuffer.savedRSI)
-        regs.rdi = saved(OutputBuffer.savedRDI)
         regs.rax = UInt64(bitPattern: -Int64(LinuxErrno.EFAULT.rawValue))
         regs.rip = SystemArea.syscallReturn
         regs.rflags = frame.load(fromByteOffset: 16, as: UInt64.self)
         regs.rsp = frame.load(fromByteOffset: 24, as: UInt64.self)
         resumeInUserMode(with: regs)
         return true
+    }
+
+    /// Writes the process's name where the program-name routine reads it.
+    func writeProgramNameWords() {
+        // On the fork path: 16 bytes on the stack, no array.
+        withUnsafeTemporaryAllocation(byteCount: 16, alignment: 8) { words in
+            words.initializeMemory(as: UInt8.self, repeating: 0)
+            let kept = min(programName.count, 15)
+            if kept > 0 { programName.withUnsafeBytes { words.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: kept) } }
+            space.loaderWrite(SystemArea.programNameWords, UnsafeRawBufferPointer(words))
+        }
     }
 }

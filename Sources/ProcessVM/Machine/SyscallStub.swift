@@ -60,21 +60,26 @@ enum SyscallStub {
     /// end of its signal check: before it, the stub may still use the mailbox or check for
     /// a waiting signal; after it, it only returns to the program, which is safe to interrupt.
     /// Also: `returnOffset`, where a call answered in the guest returns to the program (the
-    /// signal check, then `iretq`), and `afterWriteOffset`, where the buffered-write routine
-    /// sends a write it does not answer (`OutputBuffer`).
-    static let (code, exitOffset, signalCheckEnd, returnOffset, afterWriteOffset): ([UInt8], Int, Int, Int, Int) = assemble()
+    /// signal check, then `iretq`), and `afterWriteOffset` and `afterPrctlOffset`, where the
+    /// buffered-write routine (`OutputBuffer`) and the program-name routine
+    /// (`ProgramNameRoutine`) send a call they do not answer.
+    static let (code, exitOffset, signalCheckEnd, returnOffset, afterWriteOffset, afterPrctlOffset): ([UInt8], Int, Int, Int, Int, Int) = assemble()
 
-    private static func assemble() -> ([UInt8], Int, Int, Int, Int) {
+    private static func assemble() -> ([UInt8], Int, Int, Int, Int, Int) {
         var a = Assembler()
         let mailbox = SystemArea.mailbox
         func at(_ offset: UInt64) -> UInt32 { UInt32(mailbox + offset) }
-        let archPrctl: UInt32 = 158, setFS: UInt32 = 0x1002, write: UInt32 = 1
-        // write(2): the buffered-write routine answers it when it may (it lies elsewhere in
-        // the stub page), else comes back here.
+        let archPrctl: UInt32 = 158, setFS: UInt32 = 0x1002, write: UInt32 = 1, prctl: UInt32 = 157
+        // write(2) and prctl(2): the buffered-write and program-name routines answer them when
+        // they may (they lie elsewhere in the stub page), else come back here.
         a.labels["bufferedWrite"] = Int(OutputBuffer.routine - SystemArea.stubPage)
+        a.labels["programName"] = Int(ProgramNameRoutine.address - SystemArea.stubPage)
         a.emit([0x83, 0xF8, UInt8(write)]) // cmp eax, SYS_write
         a.jump(.equal, to: "bufferedWrite")
         a.label("afterWrite")
+        a.emit([0x3D] + a.le(prctl)) // cmp eax, SYS_prctl
+        a.jump(.equal, to: "programName")
+        a.label("afterPrctl")
         a.emit([0x3D] + a.le(archPrctl)) // cmp eax, SYS_arch_prctl
         a.jump(.notEqual, to: "general")
         a.emit([0x81, 0xFF] + a.le(setFS)) // cmp edi, ARCH_SET_FS
@@ -158,7 +163,7 @@ enum SyscallStub {
             0x48, 0x8B, 0x0C, 0x24, // mov rcx, [rsp]: RCX holds the return RIP, as after Linux's SYSRET
             0x48, 0xCF, // iretq
         ])
-        return (a.finish(), exitOffset, signalCheckEnd, a.labels["return"]!, a.labels["afterWrite"]!)
+        return (a.finish(), exitOffset, signalCheckEnd, a.labels["return"]!, a.labels["afterWrite"]!, a.labels["afterPrctl"]!)
     }
 
     /// Just enough of an x86-64 assembler for the stub: bytes, labels, rel32 jumps.

@@ -35,6 +35,11 @@ struct SystemArea {
     static let (bufferedWriteCode, bufferedWriteCopyOffset) = OutputBuffer.assemble(
         returnTarget: syscallReturn, slowTarget: stubPage + UInt64(SyscallStub.afterWriteOffset))
     static var bufferedWriteRoutine: Range<UInt64> { OutputBuffer.routine..<(OutputBuffer.routine + UInt64(bufferedWriteCode.count)) }
+    /// prctl(PR_GET_NAME)'s routine (`ProgramNameRoutine`) and the offsets of its two stores
+    /// into the program's buffer, the instructions of it that may fault.
+    static let (programNameCode, programNameStoreOffsets) = ProgramNameRoutine.assemble(
+        returnTarget: syscallReturn, slowTarget: stubPage + UInt64(SyscallStub.afterPrctlOffset))
+    static var programNameRoutine: Range<UInt64> { ProgramNameRoutine.address..<(ProgramNameRoutine.address + UInt64(programNameCode.count)) }
     /// The stub's code that must not be interrupted by a signal handler: from its entry to
     /// the end of its signal check (see `SyscallStub.signalCheckEnd`).
     static var syscallStubBeforeSignalCheck: Range<UInt64> { stubPage..<(stubPage + UInt64(SyscallStub.signalCheckEnd)) }
@@ -74,6 +79,11 @@ struct SystemArea {
     /// (`SyscallRewriter`). In the process's own mailbox page: a program that overwrites them
     /// only misinforms itself; the engine never reads them back.
     static let identityWords: UInt64 = mailbox + 0x120
+    /// The process's name as prctl(PR_GET_NAME) answers it (16 bytes, NUL-padded), written by
+    /// the engine when the process is made and whenever the name changes (exec, PR_SET_NAME),
+    /// where the stub's `ProgramNameRoutine` reads it without an exit. In the process's own
+    /// mailbox page: a program that overwrites it misinforms only itself.
+    static let programNameWords: UInt64 = mailbox + 0x130
     /// A reused VM's child starts here instead of an ioctl setting its vector state (each vCPU
     /// ioctl costs a vcpu_load, with a read of an MSR the outer hypervisor intercepts): it loads
     /// the fork point's state with XRSTOR, its RAX and RDX from the scratch words, and jumps to
@@ -164,6 +174,9 @@ struct SystemArea {
         precondition(vectorStateRoutine + UInt64(vectorStateCode.count) <= OutputBuffer.routine, "the vector-state routine must end before the buffered-write routine")
         precondition(bufferedWriteRoutine.upperBound <= stubPage + 0x1000, "the buffered-write routine must fit in the stub page")
         (stubs + Int(OutputBuffer.routine - stubPage)).copyMemory(from: bufferedWriteCode, byteCount: bufferedWriteCode.count)
+        precondition(bufferedWriteRoutine.upperBound <= ProgramNameRoutine.address, "the buffered-write routine must end before the program-name routine")
+        precondition(programNameRoutine.upperBound <= stubPage + 0x1000, "the program-name routine must fit in the stub page")
+        (stubs + Int(ProgramNameRoutine.address - stubPage)).copyMemory(from: programNameCode, byteCount: programNameCode.count)
         _ = try space.mapSystemPage(at: vectorState, [.read, .user])
         return stackTopFrame
     }

@@ -175,6 +175,7 @@ extension ProcessVM {
                 if let status = serveSignalCheck() { return endProcess(from: thread, status: status) }
             case .io(let port, true, _, _, let offset) where port == SystemArea.exceptionPort:
                 let vector = UInt8(truncatingIfNeeded: UnsafeRawPointer(thread.vcpu.runState).load(fromByteOffset: offset, as: UInt8.self))
+                if answerFaultInGuestRoutine(vector: vector) { continue }
                 return endProcess(from: thread, status: terminate(with: recordFault(vector: vector)))
             case .interrupted:
                 thread.vcpu.requestImmediateExit(false)
