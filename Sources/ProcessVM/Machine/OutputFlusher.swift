@@ -15,7 +15,7 @@ import KVM
 /// engine has no thread waking for it, and a VM that starts while the thread runs costs a
 /// lock and no wake-up.
 final class OutputFlusher: KVMSystemCompanion, @unchecked Sendable {
-    // @unchecked: `watched`, `threadRunning` and `stopped` are only touched under `condition`.
+    // @unchecked: `watched` (and its entries), `threadRunning`, `stopped` and `kicks` are only touched under `condition`.
     static func of(_ system: KVMSystem) -> OutputFlusher {
         system.companion(OutputFlusher.self) { OutputFlusher() }
     }
@@ -24,12 +24,19 @@ final class OutputFlusher: KVMSystemCompanion, @unchecked Sendable {
     private static let intervalSeconds = 0.05
     static let idleEnd: Duration = .seconds(2)
 
-    private struct Watched {
+    /// A class, so that a look updates an entry without writing the dictionary it iterates
+    /// (which would copy it, a thousand entries beside a thousand idle containers).
+    private final class Watched {
         /// Unretained: a VM is watched only inside its `runUntilStop`, which ends the watch.
         unowned(unsafe) let vm: ProcessVM
         /// The buffer's `used` word in the VM's mailbox page (mapped while the VM runs).
         let used: UnsafeMutablePointer<UInt32>
         var heldOutputAtLastLook = false
+
+        init(vm: ProcessVM, used: UnsafeMutablePointer<UInt32>) {
+            self.vm = vm
+            self.used = used
+        }
     }
 
     private let condition = NSCondition()
@@ -76,7 +83,7 @@ final class OutputFlusher: KVMSystemCompanion, @unchecked Sendable {
                 continue
             }
             idleSince = ContinuousClock.now
-            for (key, var entry) in watched {
+            for entry in watched.values {
                 // A racy look at a word the guest writes: only a hint, the vCPU thread reads it for real.
                 let holds = cshims_atomic_load_u32(entry.used) != 0
                 if holds && entry.heldOutputAtLastLook {
@@ -85,7 +92,6 @@ final class OutputFlusher: KVMSystemCompanion, @unchecked Sendable {
                     kicks += 1
                 }
                 entry.heldOutputAtLastLook = holds
-                watched[key] = entry
             }
         }
         threadRunning = false
