@@ -202,21 +202,18 @@ final class ForkFixture: @unchecked Sendable {
                                                                         forkPoint: .firstStandardInputRead), poolSize: 16)
         exitPathEchoParent = try! WarmParent(system: system, image: ParentSpec(name: "busybox-exits", rootfs: rootfs, executable: "/bin/busybox",
                                                                            forkPoint: .main, pollsSystemCalls: false), poolSize: 16)
-        var syscallEcho = ParentSpec(name: "busybox-syscall", rootfs: rootfs, executable: "/bin/busybox", forkPoint: .main)
-        syscallEcho.rewritesSystemCalls = false
-        syscallEchoParent = try! WarmParent(system: system, image: syscallEcho, poolSize: 16)
-        var syscallExitPathEcho = ParentSpec(name: "busybox-syscall-exits", rootfs: rootfs, executable: "/bin/busybox", forkPoint: .main,
-                                             pollsSystemCalls: false)
-        syscallExitPathEcho.rewritesSystemCalls = false
-        syscallExitPathEchoParent = try! WarmParent(system: system, image: syscallExitPathEcho, poolSize: 16)
+        /// A main-point busybox parent with one setting changed.
+        let kvm = system, path = root.path
+        func variant(_ name: String, pollsSystemCalls: Bool = true, _ change: (inout ParentSpec) -> Void) -> WarmParent {
+            var spec = ParentSpec(name: name, rootfs: path, executable: "/bin/busybox", forkPoint: .main, pollsSystemCalls: pollsSystemCalls)
+            change(&spec)
+            return try! WarmParent(system: kvm, image: spec, poolSize: 16)
+        }
+        syscallEchoParent = variant("busybox-syscall") { $0.rewritesSystemCalls = false }
+        syscallExitPathEchoParent = variant("busybox-syscall-exits", pollsSystemCalls: false) { $0.rewritesSystemCalls = false }
         exitParent = try! WarmParent(system: system, image: ParentSpec(name: "exit0", rootfs: rootfs, executable: "/exit0"), poolSize: 16)
-        var unbufferedEcho = ParentSpec(name: "busybox-unbuffered", rootfs: rootfs, executable: "/bin/busybox", forkPoint: .main)
-        unbufferedEcho.buffersOutput = false
-        unbufferedEchoParent = try! WarmParent(system: system, image: unbufferedEcho, poolSize: 16)
-        var unbufferedExitPathEcho = ParentSpec(name: "busybox-unbuffered-exits", rootfs: rootfs, executable: "/bin/busybox", forkPoint: .main,
-                                                pollsSystemCalls: false)
-        unbufferedExitPathEcho.buffersOutput = false
-        unbufferedExitPathEchoParent = try! WarmParent(system: system, image: unbufferedExitPathEcho, poolSize: 16)
+        unbufferedEchoParent = variant("busybox-unbuffered") { $0.buffersOutput = false }
+        unbufferedExitPathEchoParent = variant("busybox-unbuffered-exits", pollsSystemCalls: false) { $0.buffersOutput = false }
         unbufferedEchoParent.waitUntilPoolIsFull()
         unbufferedExitPathEchoParent.waitUntilPoolIsFull()
         syscallEchoParent.waitUntilPoolIsFull()
