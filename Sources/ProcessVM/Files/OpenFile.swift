@@ -52,10 +52,11 @@ final class OpenFile {
 
     var hostFD: Int32 { host.rawValue }
 
-    /// True when the host description was opened for writing (its access mode never changes),
+    /// True when the description was opened for writing (its access mode never changes): from
+    /// the status flags kept for the guest (a standard stream's, read when it was opened), else
     /// asked of the host once.
     lazy var isOpenForWriting: Bool = {
-        let flags = fcntl(hostFD, F_GETFL)
+        let flags = guestStatusFlags ?? fcntl(hostFD, F_GETFL)
         return flags >= 0 && (flags & O_ACCMODE == O_WRONLY || flags & O_ACCMODE == O_RDWR)
     }()
 
