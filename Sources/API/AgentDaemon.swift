@@ -38,6 +38,8 @@ public struct AgentDaemon: Sendable {
         public var pollsSystemCalls = true
         /// Containers' programs have their system calls rewritten at load (`EngineOptions`).
         public var rewritesSystemCalls = true
+        /// Containers' programs buffer their writes to their logs in the program (`EngineOptions`).
+        public var buffersOutput = true
         /// Engine workers holding the VMs (nil or a count of 0: the daemon holds them itself).
         public var workers: WorkerSettings?
         /// Connections served at once on each listener; one more is answered 429 and closed.
@@ -102,10 +104,12 @@ public struct AgentDaemon: Sendable {
         // waits on (the daemon routes; the workers, on the other cores, run the VMs).
         var workers = options.workers
         workers?.rewritesSystemCalls = options.rewritesSystemCalls
+        workers?.buffersOutput = options.buffersOutput
         let serving: any EventLoopGroup = workers == nil ? MultiThreadedEventLoopGroup.singleton : MultiThreadedEventLoopGroup.singleton.next()
         if workers != nil, let loop = serving as? any EventLoop { workers?.reader = EventLoopWorkerReader(loop: loop) }
         let engine = try Engine(stateFolder: folder, logger: logger, metricsFactory: factory, options: EngineOptions(workers: workers, pollsSystemCalls: options.pollsSystemCalls,
-                                                                                                         rewritesSystemCalls: options.rewritesSystemCalls),
+                                                                                                         rewritesSystemCalls: options.rewritesSystemCalls,
+                                                                                                         buffersOutput: options.buffersOutput),
                                 system: options.kvmSystem, rootfsFromLayerDisks: options.rootfsFromLayerDisks)
         // Workers mode: find the workers a previous daemon left running (or start them) and
         // take their containers into the view before serving.

@@ -79,7 +79,7 @@ extension Engine {
         let (family, build) = registry.withLock { registry -> (ParentFamily, Task<Void, Error>) in
             if let family = registry.families[policy.id], let build = registry.builds[policy.id] { return (family, build) }
             let family = ParentFamily(policy: policy, image: image, rootFileSystem: root, pollsSystemCalls: options.pollsSystemCalls,
-                                      rewritesSystemCalls: options.rewritesSystemCalls)
+                                      rewritesSystemCalls: options.rewritesSystemCalls, buffersOutput: options.buffersOutput)
             let build = Task { try await self.onKVMThread { try family.build(system: system) } }
             registry.families[policy.id] = family
             registry.builds[policy.id] = build

@@ -51,14 +51,18 @@ public struct EngineOptions: Sendable {
     /// Containers' programs have their `mov eax, N; syscall` pairs rewritten as they are
     /// loaded, so those calls skip PVM's SYSCALL switch (`ProcessVMConfiguration.rewritesSystemCalls`).
     public var rewritesSystemCalls: Bool
+    /// Containers' programs may buffer their writes to a log in the program, without an exit
+    /// (`ProcessVMConfiguration.buffersOutput`).
+    public var buffersOutput: Bool
 
     public init(workers: WorkerSettings? = nil, workerShard: Int? = nil, containersFolder: URL? = nil, pollsSystemCalls: Bool = true,
-                rewritesSystemCalls: Bool = true) {
+                rewritesSystemCalls: Bool = true, buffersOutput: Bool = true) {
         self.workers = workers
         self.workerShard = workerShard
         self.containersFolder = containersFolder
         self.pollsSystemCalls = pollsSystemCalls
         self.rewritesSystemCalls = rewritesSystemCalls
+        self.buffersOutput = buffersOutput
     }
 }
 
@@ -67,11 +71,11 @@ public struct EngineOptions: Sendable {
 extension Engine {
     /// The engine of worker `shard` of the daemon on `stateFolder`: its own state in
     /// STATE/workers/N/, its containers' logs in STATE/containers/ (where the daemon reads them).
-    public static func worker(stateFolder: URL, shard: Int, logger: Logger, rewritesSystemCalls: Bool = true) throws -> Engine {
+    public static func worker(stateFolder: URL, shard: Int, logger: Logger, rewritesSystemCalls: Bool = true, buffersOutput: Bool = true) throws -> Engine {
         try Engine(stateFolder: stateFolder.appendingPathComponent("workers/\(shard)", isDirectory: true), logger: logger,
                    metricsFactory: NOOPMetricsHandler.instance,
                    options: EngineOptions(workerShard: shard, containersFolder: stateFolder.appendingPathComponent("containers", isDirectory: true),
-                                          rewritesSystemCalls: rewritesSystemCalls))
+                                          rewritesSystemCalls: rewritesSystemCalls, buffersOutput: buffersOutput))
     }
 
     func setObservers(_ observers: EngineObservers) { self.observers.withLock { $0 = observers } }

@@ -15,6 +15,7 @@ final class ParentFamily: Sendable {
     /// Children's non-blocking system calls served by the engine's polling thread.
     let pollsSystemCalls: Bool
     let rewritesSystemCalls: Bool
+    let buffersOutput: Bool
     private let state: Mutex<State>
 
     private struct State {
@@ -28,12 +29,13 @@ final class ParentFamily: Sendable {
     }
 
     init(policy: ParentPolicy, image: ImageRecord, rootFileSystem: (any GuestRootFileSystem)? = nil, pollsSystemCalls: Bool = true,
-         rewritesSystemCalls: Bool = true) {
+         rewritesSystemCalls: Bool = true, buffersOutput: Bool = true) {
         self.policy = policy
         self.image = image
         self.rootFileSystem = rootFileSystem
         self.pollsSystemCalls = pollsSystemCalls
         self.rewritesSystemCalls = rewritesSystemCalls
+        self.buffersOutput = buffersOutput
         state = Mutex(State())
     }
 
@@ -47,6 +49,7 @@ final class ParentFamily: Sendable {
         spec.rootFileSystem = rootFileSystem
         spec.pollsSystemCalls = pollsSystemCalls
         spec.rewritesSystemCalls = rewritesSystemCalls
+        spec.buffersOutput = buffersOutput
         spec.workingDirectory = image.startingDirectory
         do { (spec.uid, spec.gid) = try image.userIDs() } catch let error as EngineError { throw error } catch {
             throw EngineError.invalid("user", "image \(image.name): \(error)")

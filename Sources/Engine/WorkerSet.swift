@@ -15,6 +15,8 @@ public struct WorkerSettings: Sendable {
     public var reader: (any WorkerFrameReader)?
     /// Passed on to the workers (`EngineOptions.rewritesSystemCalls`).
     public var rewritesSystemCalls = true
+    /// Passed on to the workers (`EngineOptions.buffersOutput`).
+    public var buffersOutput = true
 
     public init(count: Int, executable: String? = nil, logLevel: String = "info", reader: (any WorkerFrameReader)? = nil) {
         self.count = count
@@ -158,7 +160,7 @@ final class WorkerSet: Sendable {
         // (the pipe a parent watches for the daemon's end, a client connection).
         cshims_spawn_addclosefrom(&actions, 3)
         let arguments = [settings.executable, "worker", "--state", stateFolder.path, "--shard", "\(shard)", "--log-level", settings.logLevel]
-            + (settings.rewritesSystemCalls ? [] : ["--no-rewrite-syscalls"])
+            + (settings.rewritesSystemCalls ? [] : ["--no-rewrite-syscalls"]) + (settings.buffersOutput ? [] : ["--no-buffer-output"])
         let argv = arguments.map { strdup($0) } + [nil]
         defer { for pointer in argv { free(pointer) } }
         var pid: pid_t = 0

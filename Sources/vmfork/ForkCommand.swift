@@ -43,6 +43,9 @@ struct ForkCommand: ParsableCommand {
     @Flag(inversion: .prefixedNo, help: "Rewrite the program's `mov eax, N; syscall` pairs as it is loaded, so that those calls skip PVM's SYSCALL switch (one exit fewer each; none when polled).")
     var rewriteSyscalls = true
 
+    @Flag(inversion: .prefixedNo, help: "Let the program buffer its writes to a standard output or error that is a file, with no VM exit; they go out before its next call, at its end, and within ~100 ms while it computes.")
+    var bufferOutput = true
+
     @Flag(help: "Remove each child as soon as it has finished, as a container engine would: its VM goes back to the pool, restored, for the next child. The sharing report then covers only the parent.")
     var removeEach = false
 
@@ -68,6 +71,7 @@ struct ForkCommand: ParsableCommand {
                                 arguments: stdinForkPoint ? program : nil, memoryBytes: memory << 20,
                                 forkPoint: forkPoint.kind, pollsSystemCalls: pollSyscalls)
         parent.rewritesSystemCalls = rewriteSyscalls
+        parent.buffersOutput = bufferOutput
         let template = Array(program.dropFirst())
         let series = ForkSeries(parent: parent, children: children, poolSize: pool, removeEach: removeEach) { index in
             stdinForkPoint ? nil : template.map { $0.replacingOccurrences(of: "{i}", with: "\(index)") }

@@ -61,6 +61,9 @@ struct RunCommand: ParsableCommand {
     @Flag(inversion: .prefixedNo, help: "Rewrite the program's `mov eax, N; syscall` pairs as it is loaded, so that those calls skip PVM's SYSCALL switch (one exit fewer each; none when polled).")
     var rewriteSyscalls = true
 
+    @Flag(inversion: .prefixedNo, help: "Let the program buffer its writes to a standard output or error that is a file, with no VM exit; they go out before its next call, at its end, and within ~100 ms while it computes.")
+    var bufferOutput = true
+
     @Flag(help: "Print the system calls the program asked for that the engine does not serve.")
     var reportMissing = false
 
@@ -68,6 +71,8 @@ struct RunCommand: ParsableCommand {
     var command: [String]
 
     func validate() throws {
+        // The command's arguments are taken as they come, so a lone --help lands there.
+        if command == ["--help"] || command == ["-h"] { throw CleanExit.helpRequest(self) }
         guard (rootfs == nil) != (disk == nil) else { throw ValidationError("give either --rootfs DIR or --disk DISK.vmdk") }
         if writable, disk == nil { throw ValidationError("--writable needs --disk") }
         var isFolder: ObjCBool = false
@@ -89,6 +94,7 @@ struct RunCommand: ParsableCommand {
         var configuration = ProcessVMConfiguration(rootfs: rootfs ?? "/nonexistent", memoryBytes: memory << 20, identity: identity,
                                                    pollsSystemCalls: pollSyscalls)
         configuration.rewritesSystemCalls = rewriteSyscalls
+        configuration.buffersOutput = bufferOutput
         var containerRoot: ContainerDiskRoot?
         if let disk {
             let base = try DiskRootOpener.open(disk)

@@ -45,6 +45,9 @@ struct ServeCommand: AsyncParsableCommand {
     @Flag(inversion: .prefixedNo, help: "Rewrite containers' `mov eax, N; syscall` pairs as their programs are loaded, so that those calls skip PVM's SYSCALL switch (one exit fewer each; none when polled). Passed on to engine workers.")
     var rewriteSyscalls = true
 
+    @Flag(inversion: .prefixedNo, help: "Let containers' programs buffer their writes to their logs in the program, with no VM exit; the engine writes them out before the program's next call, at its end, and within ~100 ms while it computes. Passed on to engine workers.")
+    var bufferOutput = true
+
     @Option(help: "Connections served at once on each listener (the socket, the TCP address), followers and waits included; one more is answered 429 Too Many Requests and closed.")
     var maxConnections = AgentLimits.defaultMaxConnections
 
@@ -79,6 +82,7 @@ struct ServeCommand: AsyncParsableCommand {
         options.rootfsFromLayerDisks = rootfsFromDisks
         options.pollsSystemCalls = pollSyscalls
         options.rewritesSystemCalls = rewriteSyscalls
+        options.buffersOutput = bufferOutput
         options.maxConnections = maxConnections
         // Wired here, not in the API module, so that neither the API nor the UI depends on the VCH.
         options.webFrontEnd = try WebUI(logger: logger)

@@ -29,6 +29,9 @@ struct WorkerCommand: AsyncParsableCommand {
     @Flag(inversion: .prefixedNo, help: "Rewrite containers' system calls at load (the daemon's --rewrite-syscalls).")
     var rewriteSyscalls = true
 
+    @Flag(inversion: .prefixedNo, help: "Let containers' programs buffer their writes to their logs (the daemon's --buffer-output).")
+    var bufferOutput = true
+
     func validate() throws {
         guard WorkerSettings.range.contains(shard) else { throw ValidationError("--shard \(shard) is out of range (\(WorkerSettings.range))") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level \(logLevel) is not a log level") }
@@ -54,7 +57,8 @@ struct WorkerCommand: AsyncParsableCommand {
         let root = URL(fileURLWithPath: state, isDirectory: true)
         let workers = root.appendingPathComponent("workers", isDirectory: true)
         do {
-            let engine = try Engine.worker(stateFolder: root, shard: shard, logger: logger, rewritesSystemCalls: rewriteSyscalls)
+            let engine = try Engine.worker(stateFolder: root, shard: shard, logger: logger, rewritesSystemCalls: rewriteSyscalls,
+                                           buffersOutput: bufferOutput)
             let server = try WorkerServer(engine: engine, shard: shard, socketPath: workers.appendingPathComponent("\(shard).sock").path,
                                           confinement: confinement, seccompMode: seccompMode)
             if let failure = confinement.numaFailure { logger.warning("worker not bound to its NUMA node", metadata: ["error": "\(failure)"]) }

@@ -1,0 +1,46 @@
+import API
+import Engine
+import Foundation
+import TestSupport
+import Testing
+
+/// `vmfork serve --no-buffer-output`: containers' writes to their logs are each made at once,
+/// by a VM exit when calls go by exit; by default the program buffers them, one exit fewer
+/// for a `busybox echo`.
+@Suite(.enabled(if: HostFacts.hasKVM && BusyboxRootfs.isAvailable, "needs /dev/kvm and busybox-static"))
+struct BufferOutputOptionTests {
+    /// The VM exits per container of five `busybox echo hi` runs, with calls by exit.
+    private func exitsPerContainer(_ extra: [String]) throws -> Double {
+        let daemon = try DaemonFixture()
+        try daemon.start(extra: ["--no-poll-syscalls"] + extra)
+        defer { daemon.stop() }
+        let client = daemon.client
+        try daemon.addBusybox(client)
+        for _ in 0..<6 {
+            let run = try client.send("POST", "/v1/containers/run", json: ContainerSpec(image: "busybox", arguments: ["echo", "hi"]))
+            #expect(run.status == 200, "\(run.text)")
+            #expect(try run.decode(RunResult.self).stdout == "hi\n")
+        }
+        let metrics = try client.send("GET", "/metrics").text
+        func value(_ name: String) -> Double {
+            metrics.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ").last ?? "") } ?? 0
+        }
+        let count = value("vmfork_vm_exits_per_container_count")
+        #expect(count >= 6)
+        return value("vmfork_vm_exits_per_container_sum") / max(count, 1)
+    }
+
+    @Test func theDaemonBuffersOutputUnlessToldNot() throws {
+        let buffered = try exitsPerContainer([])
+        let atOnce = try exitsPerContainer(["--no-buffer-output"])
+        // The first child of each daemon finds fresh VMs (their first touches fault), alike both ways.
+        #expect(atOnce >= buffered + 0.5, "buffered \(buffered) exits a container, at once \(atOnce)")
+    }
+
+    @Test func theHelpNamesTheOption() throws {
+        for command in ["serve", "run", "fork"] {
+            let help = try HostFacts.run(DaemonFixture.binary, [command, "--help"])
+            #expect(help.stdout.contains("--no-buffer-output"), "vmfork \(command) --help")
+        }
+    }
+}
