@@ -52,70 +52,54 @@ enum OutputBuffer {
     /// (`copyOffset`) touches the program's memory; a fault there is answered EFAULT
     /// (`ProcessVM.answerFaultInBufferedWrite`). It reads `used` once.
     static func assemble(returnTarget: UInt64, slowTarget: UInt64) -> (code: [UInt8], copyOffset: Int) {
-        var code: [UInt8] = []
-        var jumps: [(at: Int, target: Int?, label: String?)] = []
-        var labels: [String: Int] = [:]
-        func emit(_ bytes: [UInt8]) { code += bytes }
+        var a = StubAssembler(origin: Int(routine - SystemArea.stubPage))
+        a.labels["return"] = Int(returnTarget - SystemArea.stubPage)
+        a.labels["afterWrite"] = Int(slowTarget - SystemArea.stubPage)
         func abs32(_ address: UInt64) -> [UInt8] { UInt32(address).littleEndianBytes }
-        func jump(_ opcode: [UInt8], label: String) {
-            emit(opcode)
-            jumps.append((code.count, nil, label))
-            emit([0, 0, 0, 0])
-        }
-        func jump(_ opcode: [UInt8], absolute: UInt64) {
-            emit(opcode)
-            jumps.append((code.count, Int(absolute) - Int(routine), nil))
-            emit([0, 0, 0, 0])
-        }
-        let above: [UInt8] = [0x0F, 0x87], aboveOrEqual: [UInt8] = [0x0F, 0x83], always: [UInt8] = [0xE9]
         // Descriptor 1 or 2, enabled by the engine.
-        emit([0x48, 0x8D, 0x47, 0xFF]) // lea rax, [rdi - 1]
-        emit([0x48, 0x83, 0xF8, 0x01]) // cmp rax, 1
-        jump(above, label: "slow")
-        emit([0x0F, 0xA3, 0x3C, 0x25] + abs32(enabled)) // bt dword [enabled], edi
-        jump(aboveOrEqual, label: "slow") // CF clear: not enabled
+        a.emit([0x48, 0x8D, 0x47, 0xFF]) // lea rax, [rdi - 1]
+        a.emit([0x48, 0x83, 0xF8, 0x01]) // cmp rax, 1
+        a.jump(.above, to: "slow")
+        a.emit([0x0F, 0xA3, 0x3C, 0x25] + abs32(enabled)) // bt dword [enabled], edi
+        a.jump(.aboveOrEqual, to: "slow") // CF clear: not enabled
         // 1 <= count <= largestRecord.
-        emit([0x48, 0x8D, 0x42, 0xFF]) // lea rax, [rdx - 1]
-        emit([0x48, 0x3D] + UInt32(largestRecord - 1).littleEndianBytes) // cmp rax, largestRecord - 1
-        jump(above, label: "slow")
+        a.emit([0x48, 0x8D, 0x42, 0xFF]) // lea rax, [rdx - 1]
+        a.emit([0x48, 0x3D] + UInt32(largestRecord - 1).littleEndianBytes) // cmp rax, largestRecord - 1
+        a.jump(.above, to: "slow")
         // Keep what the copy uses.
-        emit([0x48, 0x89, 0x0C, 0x25] + abs32(savedRCX)) // mov [savedRCX], rcx
-        emit([0x48, 0x89, 0x34, 0x25] + abs32(savedRSI)) // mov [savedRSI], rsi
-        emit([0x48, 0x89, 0x3C, 0x25] + abs32(savedRDI)) // mov [savedRDI], rdi
+        a.emit([0x48, 0x89, 0x0C, 0x25] + abs32(savedRCX)) // mov [savedRCX], rcx
+        a.emit([0x48, 0x89, 0x34, 0x25] + abs32(savedRSI)) // mov [savedRSI], rsi
+        a.emit([0x48, 0x89, 0x3C, 0x25] + abs32(savedRDI)) // mov [savedRDI], rdi
         // Room for the record: used + 4 + count <= capacity (used read once, zero-extended).
-        emit([0x8B, 0x04, 0x25] + abs32(used)) // mov eax, [used]
-        emit([0x48, 0x8D, 0x4C, 0x10, 0x04]) // lea rcx, [rax + rdx + 4]
-        emit([0x48, 0x81, 0xF9] + UInt32(capacity).littleEndianBytes) // cmp rcx, capacity
-        jump(above, label: "full")
+        a.emit([0x8B, 0x04, 0x25] + abs32(used)) // mov eax, [used]
+        a.emit([0x48, 0x8D, 0x4C, 0x10, 0x04]) // lea rcx, [rax + rdx + 4]
+        a.emit([0x48, 0x81, 0xF9] + UInt32(capacity).littleEndianBytes) // cmp rcx, capacity
+        a.jump(.above, to: "full")
         // Header: descriptor | count << 8, at data + used.
-        emit([0x89, 0xD1]) // mov ecx, edx
-        emit([0xC1, 0xE1, 0x08]) // shl ecx, 8
-        emit([0x09, 0xF9]) // or ecx, edi
-        emit([0x48, 0x8D, 0xB8] + abs32(data)) // lea rdi, [rax + data]
-        emit([0x89, 0x0F]) // mov [rdi], ecx
-        emit([0x48, 0x83, 0xC7, 0x04]) // add rdi, 4
-        emit([0x48, 0x89, 0xD1]) // mov rcx, rdx
-        emit([0xFC]) // cld (a rewritten call comes with the program's own flags)
-        let copyOffset = code.count
-        emit([0xF3, 0xA4]) // rep movsb
+        a.emit([0x89, 0xD1]) // mov ecx, edx
+        a.emit([0xC1, 0xE1, 0x08]) // shl ecx, 8
+        a.emit([0x09, 0xF9]) // or ecx, edi
+        a.emit([0x48, 0x8D, 0xB8] + abs32(data)) // lea rdi, [rax + data]
+        a.emit([0x89, 0x0F]) // mov [rdi], ecx
+        a.emit([0x48, 0x83, 0xC7, 0x04]) // add rdi, 4
+        a.emit([0x48, 0x89, 0xD1]) // mov rcx, rdx
+        a.emit([0xFC]) // cld (a rewritten call comes with the program's own flags)
+        let copyOffset = a.bytes.count
+        a.emit([0xF3, 0xA4]) // rep movsb
         // Commit, restore, answer the count.
-        emit([0x8D, 0x44, 0x10, 0x04]) // lea eax, [rax + rdx + 4]
-        emit([0x89, 0x04, 0x25] + abs32(used)) // mov [used], eax
-        emit([0x48, 0x8B, 0x0C, 0x25] + abs32(savedRCX)) // mov rcx, [savedRCX]
-        emit([0x48, 0x8B, 0x34, 0x25] + abs32(savedRSI)) // mov rsi, [savedRSI]
-        emit([0x48, 0x8B, 0x3C, 0x25] + abs32(savedRDI)) // mov rdi, [savedRDI]
-        emit([0x48, 0x89, 0xD0]) // mov rax, rdx
-        jump(always, absolute: returnTarget)
-        labels["full"] = code.count
-        emit([0x48, 0x8B, 0x0C, 0x25] + abs32(savedRCX)) // mov rcx, [savedRCX]
-        labels["slow"] = code.count
-        emit([0xB8, 0x01, 0x00, 0x00, 0x00]) // mov eax, SYS_write
-        jump(always, absolute: slowTarget)
-        for (at, target, label) in jumps {
-            let destination = target ?? labels[label!]!
-            code.replaceSubrange(at..<(at + 4), with: Int32(destination - (at + 4)).littleEndianBytes)
-        }
-        return (code, copyOffset)
+        a.emit([0x8D, 0x44, 0x10, 0x04]) // lea eax, [rax + rdx + 4]
+        a.emit([0x89, 0x04, 0x25] + abs32(used)) // mov [used], eax
+        a.emit([0x48, 0x8B, 0x0C, 0x25] + abs32(savedRCX)) // mov rcx, [savedRCX]
+        a.emit([0x48, 0x8B, 0x34, 0x25] + abs32(savedRSI)) // mov rsi, [savedRSI]
+        a.emit([0x48, 0x8B, 0x3C, 0x25] + abs32(savedRDI)) // mov rdi, [savedRDI]
+        a.emit([0x48, 0x89, 0xD0]) // mov rax, rdx
+        a.jump(.always, to: "return")
+        a.label("full")
+        a.emit([0x48, 0x8B, 0x0C, 0x25] + abs32(savedRCX)) // mov rcx, [savedRCX]
+        a.label("slow")
+        a.emit([0xB8, 0x01, 0x00, 0x00, 0x00]) // mov eax, SYS_write
+        a.jump(.always, to: "afterWrite")
+        return (a.finish(), copyOffset)
     }
 
     /// The record header for `count` bytes to `descriptor`.

@@ -11,24 +11,23 @@ enum ProgramNameRoutine {
     static let getName: UInt8 = 16
 
     static func assemble(returnTarget: UInt64, slowTarget: UInt64) -> (code: [UInt8], storeOffsets: [Int]) {
+        var a = StubAssembler(origin: Int(address - SystemArea.stubPage))
+        a.labels["return"] = Int(returnTarget - SystemArea.stubPage)
+        a.labels["afterPrctl"] = Int(slowTarget - SystemArea.stubPage)
         func abs32(_ value: UInt64) -> [UInt8] { UInt32(value).littleEndianBytes }
-        func rel32(from end: Int, to target: UInt64) -> [UInt8] { Int32(Int(target) - Int(address) - end).littleEndianBytes }
-        var code: [UInt8] = [0x48, 0x83, 0xFF, getName] // cmp rdi, PR_GET_NAME
-        code += [0x75, 0x00] // jne slow (patched below)
-        let jumpAt = code.count - 1
-        code += [0x48, 0x8B, 0x04, 0x25] + abs32(SystemArea.programNameWords) // mov rax, [name]
-        let firstStore = code.count
-        code += [0x48, 0x89, 0x06] // mov [rsi], rax
-        code += [0x48, 0x8B, 0x04, 0x25] + abs32(SystemArea.programNameWords + 8) // mov rax, [name + 8]
-        let secondStore = code.count
-        code += [0x48, 0x89, 0x46, 0x08] // mov [rsi + 8], rax
-        code += [0x31, 0xC0] // xor eax, eax
-        code += [0xE9]
-        code += rel32(from: code.count + 4, to: returnTarget) // jmp the stub's return
-        code[jumpAt] = UInt8(code.count - (jumpAt + 1)) // slow:
-        code += [0xB8] + UInt32(157).littleEndianBytes // mov eax, SYS_prctl
-        code += [0xE9]
-        code += rel32(from: code.count + 4, to: slowTarget) // jmp back into the stub
-        return (code, [firstStore, secondStore])
+        a.emit([0x48, 0x83, 0xFF, getName]) // cmp rdi, PR_GET_NAME
+        a.jump(.notEqual, to: "slow")
+        a.emit([0x48, 0x8B, 0x04, 0x25] + abs32(SystemArea.programNameWords)) // mov rax, [name]
+        let firstStore = a.bytes.count
+        a.emit([0x48, 0x89, 0x06]) // mov [rsi], rax
+        a.emit([0x48, 0x8B, 0x04, 0x25] + abs32(SystemArea.programNameWords + 8)) // mov rax, [name + 8]
+        let secondStore = a.bytes.count
+        a.emit([0x48, 0x89, 0x46, 0x08]) // mov [rsi + 8], rax
+        a.emit([0x31, 0xC0]) // xor eax, eax
+        a.jump(.always, to: "return")
+        a.label("slow")
+        a.emit([0xB8] + UInt32(157).littleEndianBytes) // mov eax, SYS_prctl
+        a.jump(.always, to: "afterPrctl")
+        return (a.finish(), [firstStore, secondStore])
     }
 }

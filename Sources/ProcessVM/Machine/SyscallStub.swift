@@ -66,7 +66,7 @@ enum SyscallStub {
     static let (code, exitOffset, signalCheckEnd, returnOffset, afterWriteOffset, afterPrctlOffset): ([UInt8], Int, Int, Int, Int, Int) = assemble()
 
     private static func assemble() -> ([UInt8], Int, Int, Int, Int, Int) {
-        var a = Assembler()
+        var a = StubAssembler()
         let mailbox = SystemArea.mailbox
         func at(_ offset: UInt64) -> UInt32 { UInt32(mailbox + offset) }
         let archPrctl: UInt32 = 158, setFS: UInt32 = 0x1002, write: UInt32 = 1, prctl: UInt32 = 157
@@ -165,47 +165,16 @@ enum SyscallStub {
         ])
         return (a.finish(), exitOffset, signalCheckEnd, a.labels["return"]!, a.labels["afterWrite"]!, a.labels["afterPrctl"]!)
     }
+}
 
-    /// Just enough of an x86-64 assembler for the stub: bytes, labels, rel32 jumps.
-    private struct Assembler {
-        enum Condition { case always, equal, notEqual, aboveOrEqual }
-        var bytes: [UInt8] = []
-        var labels: [String: Int] = [:]
-        var fixups: [(at: Int, label: String)] = []
-
-        func le<T: FixedWidthInteger>(_ value: T) -> [UInt8] { withUnsafeBytes(of: value.littleEndian) { Array($0) } }
-        mutating func emit(_ code: [UInt8]) { bytes += code }
-        mutating func label(_ name: String) { labels[name] = bytes.count }
-
-        mutating func jump(_ condition: Condition, to label: String) {
-            switch condition {
-            case .always: bytes += [0xE9]
-            case .equal: bytes += [0x0F, 0x84]
-            case .notEqual: bytes += [0x0F, 0x85]
-            case .aboveOrEqual: bytes += [0x0F, 0x83]
-            }
-            fixups.append((bytes.count, label))
-            bytes += [0, 0, 0, 0]
-        }
-
-        /// pause; then go to "done" or "handedBack" when the poller has answered.
-        mutating func waitStep(state: UInt32) {
-            emit([0xF3, 0x90]) // pause
-            emit([0x8B, 0x04, 0x25] + le(state)) // mov eax, [state]
-            emit([0x83, 0xF8, UInt8(State.done.rawValue)]) // cmp eax, done
-            jump(.equal, to: "done")
-            emit([0x83, 0xF8, UInt8(State.handedBack.rawValue)]) // cmp eax, handedBack
-            jump(.equal, to: "handedBack")
-        }
-
-        func finish() -> [UInt8] {
-            var result = bytes
-            for fixup in fixups {
-                let target = labels[fixup.label]!
-                let relative = Int32(target - (fixup.at + 4))
-                result.replaceSubrange(fixup.at..<(fixup.at + 4), with: le(relative))
-            }
-            return result
-        }
+extension StubAssembler {
+    /// pause; then go to "done" or "handedBack" when the poller has answered.
+    mutating func waitStep(state: UInt32) {
+        emit([0xF3, 0x90]) // pause
+        emit([0x8B, 0x04, 0x25] + le(state)) // mov eax, [state]
+        emit([0x83, 0xF8, UInt8(SyscallStub.State.done.rawValue)]) // cmp eax, done
+        jump(.equal, to: "done")
+        emit([0x83, 0xF8, UInt8(SyscallStub.State.handedBack.rawValue)]) // cmp eax, handedBack
+        jump(.equal, to: "handedBack")
     }
 }
