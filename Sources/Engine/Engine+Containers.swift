@@ -310,12 +310,8 @@ extension Engine {
             writes.containers.append(info)
             writes.events.append(event)
         }
-        wake()
-        woken?()
-        // The VM goes back to its parent's pool now, not at remove: restored while the caller
-        // collects the output, it is ready for the next fork (and an exited container that is
-        // never removed holds no guest memory).
-        container.vm?.release()
+        // Counted before anyone hears it ended: a client that reads /metrics after its run's
+        // answer finds the run in them (a count after the wake-up lagged on a loaded host).
         metrics.exits.increment()
         if let counters {
             metrics.vmExits.increment(by: Int(counters.exits))
@@ -323,6 +319,12 @@ extension Engine {
             metrics.pageFaults.increment(by: Int(counters.pageFaults))
             metrics.emulatedInstructions.increment(by: Int(counters.emulatedInstructions))
         }
+        wake()
+        woken?()
+        // The VM goes back to its parent's pool now, not at remove: restored while the caller
+        // collects the output, it is ready for the next fork (and an exited container that is
+        // never removed holds no guest memory).
+        container.vm?.release()
     }
 
     /// Waits until the container ends and returns how.

@@ -60,10 +60,11 @@ public final class PageMap {
 
     /// Calls `body` with the index of each page in [`address`, `address` + `pages` pages)
     /// that holds a private page: an anonymous copy made on write, or an anonymous page of
-    /// an anonymous mapping (read-only touches of those map the zero page and are included).
+    /// an anonymous mapping (read-only touches of those map the zero page and are included),
+    /// and whether the page is mapped exactly once (a page of its own: not the zero page).
     /// A reader kept for many calls (a pooled VM's memory keeps one for its restores) saves
     /// an open and close of /proc/self/pagemap per call, and reads 16 MiB of address space a call.
-    public func forEachPrivatePage(address: UInt, pages: Int, _ body: (Int) -> Void) throws(SystemError) {
+    public func forEachPrivatePage(address: UInt, pages: Int, _ body: (Int, Bool) -> Void) throws(SystemError) {
         precondition(address % UInt(Self.pageSize) == 0, "pagemap is read for whole pages")
         var first = 0
         while first < pages {
@@ -75,14 +76,16 @@ public final class PageMap {
             guard bytes == wanted * Self.entrySize else { throw SystemError(call: "pread(/proc/self/pagemap) returned \(bytes) bytes", errno: EIO) }
             for index in 0..<wanted {
                 let entry = entries[index]
-                if entry & (Self.present | Self.swapped) != 0 && entry & Self.fileOrSharedAnonymous == 0 { body(first + index) }
+                if entry & (Self.present | Self.swapped) != 0 && entry & Self.fileOrSharedAnonymous == 0 {
+                    body(first + index, entry & (1 << Self.exclusiveBit) != 0)
+                }
             }
             first += wanted
         }
     }
 
     /// `forEachPrivatePage` with a reader of its own, for one call.
-    public static func forEachPrivatePage(address: UInt, pages: Int, _ body: (Int) -> Void) throws(SystemError) {
+    public static func forEachPrivatePage(address: UInt, pages: Int, _ body: (Int, Bool) -> Void) throws(SystemError) {
         try PageMap().forEachPrivatePage(address: address, pages: pages, body)
     }
 

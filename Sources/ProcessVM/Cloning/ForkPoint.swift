@@ -48,6 +48,12 @@ public final class ForkPoint: @unchecked Sendable {
     let threadIDAddress: UInt64?
     /// The pages in the warm-up list (see `SystemArea.warmUpRoutine`).
     let warmUpPages: [UInt64]
+    /// The pages its children write, learned from the first that came back, for VMs made
+    /// ready ahead of time to write first.
+    let childWrites = ChildWriteProfile()
+    /// Whether `childWrites` has its first sample (a VM made ready before then may take the
+    /// writes ahead: `PreparedVM.warmUpWrites`).
+    public var knowsChildWrites: Bool { childWrites.current != nil }
     /// What each child gets afresh of the start-up secrets it would share with the parent
     /// (the canary, pointer guard and AT_RANDOM of a stdin fork point).
     public let rerandomisation: StartupRerandomisation
@@ -243,6 +249,10 @@ public final class PreparedVM: @unchecked Sendable {
     public let memory: GuestMemory
     /// Whether this VM served an earlier child (see `init(reusing:)`).
     public let isReused: Bool
+    /// Whether this VM holds writable translations of its own copies of the pages children
+    /// write: a reused VM's last child made them, a new one made them ahead with the fork
+    /// point's `childWrites` (`warmUpWrites`). Changed only by the thread holding the VM.
+    public private(set) var writesWarmed: Bool
     /// The canary, pointer guard and AT_RANDOM drawn for this VM's child and already written
     /// into its memory (nil for an entry-point parent's, whose child draws its own at start-up).
     let startupSecrets: StartupSecrets?
@@ -258,6 +268,7 @@ public final class PreparedVM: @unchecked Sendable {
         self.memory = memory
         self.startupSecrets = startupSecrets
         isReused = true
+        writesWarmed = true
     }
 
     /// With `readAhead` (a pool filling in the background) the VM is entered once to read
@@ -266,8 +277,13 @@ public final class PreparedVM: @unchecked Sendable {
     public init(system: KVMSystem, forkPoint: ForkPoint, readAhead: Bool) throws(GuestError) {
         self.forkPoint = forkPoint
         isReused = false
+        let writes = readAhead ? forkPoint.childWrites.current : nil
+        writesWarmed = writes != nil
         do throws(SystemError) {
             memory = try GuestMemory(copyOnWriteOf: forkPoint.memory, holes: forkPoint.memoryHoles)
+            // The pages children write, copied before the VM exists, and the warm-up list
+            // that writes them (see `ChildWriteProfile`).
+            if let writes { try Self.stage(writes, in: memory, forkPoint: forkPoint) }
         } catch {
             throw .system(error)
         }
@@ -310,6 +326,45 @@ public final class PreparedVM: @unchecked Sendable {
         }
         try vcpu.setSpecialRegisters(forkPoint.specialRegisters)
     }
+
+    /// Takes the first writes of the fork point's children ahead, for a VM made before they
+    /// were learned: its own copies of those pages, and writable translations of them. For the
+    /// pool, off the forks' path, on a VM no fork holds.
+    public func warmUpWrites() throws(GuestError) {
+        guard !writesWarmed, let writes = forkPoint.childWrites.current else { return }
+        do throws(SystemError) {
+            try Self.stage(writes, in: memory, forkPoint: forkPoint)
+        } catch {
+            throw .system(error)
+        }
+        do throws(KVMError) {
+            try Self.readAhead(vcpu, for: forkPoint)
+        } catch {
+            throw .kvm(error)
+        }
+        writesWarmed = true
+    }
+
+    /// Copies the written pages' frames on write from the host (contents unchanged; a
+    /// translation KVM held of the shared page goes) and writes the warm-up list that reads
+    /// them all and writes back the writable ones into this VM's copy of the list's pages.
+    private static func stage(_ writes: ChildWriteProfile.Learned, in memory: GuestMemory, forkPoint: ForkPoint) throws(SystemError) {
+        var listFrames: [UInt64] = []
+        for index in 0..<SystemArea.warmUpListPages {
+            guard let (frame, _) = forkPoint.space.tables.translate(SystemArea.warmUpList + index * AddressSpace.pageSize) else {
+                preconditionFailure("a fork point maps its warm-up list")
+            }
+            listFrames.append(frame)
+        }
+        try memory.populateForWrite(frames: writes.frames + listFrames)
+        var offset = 0
+        for frame in listFrames where offset < writes.list.count {
+            let count = min(GuestMemory.pageSize, writes.list.count - offset)
+            guard let target = memory.pointer(physical: frame, length: count) else { preconditionFailure("the warm-up list lies in guest memory") }
+            writes.list.withUnsafeBytes { target.copyMemory(from: $0.baseAddress!.advanced(by: offset), byteCount: count) }
+            offset += count
+        }
+    }
 }
 
 extension PreparedVM {
@@ -330,6 +385,7 @@ extension PreparedVM {
         } catch {
             throw .system(error)
         }
+        forkPoint.childWrites.record(written: restored.copies, forkPoint: forkPoint)
         // The child's tables are the parent's again, and KVM still holds the translations the
         // child used, except where the engine dropped them (glibc's RELRO pages, which the
         // child's mprotect narrowed, for one). Those pages are read ahead again, and written

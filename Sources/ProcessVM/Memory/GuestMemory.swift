@@ -9,6 +9,9 @@ import Glibc
 struct RestoredFrames {
     /// Frames the child had its own copy of; they still do, restored.
     let owned: Set<UInt64>
+    /// Of those, the pages of its own (written, by the guest or the engine): not the zero
+    /// page that a read of an anonymous hole maps.
+    let copies: Set<UInt64>
     /// Frames whose shadow translations were dropped during the child's life or by the restore.
     let invalidated: Set<UInt64>
 }
@@ -105,7 +108,7 @@ public final class GuestMemory: @unchecked Sendable {
         if let (base, holes) = process.origin {
             try self.init(copyOnWriteOf: base, holes: holes)
             var owned: [Int] = []
-            try PageMap.forEachPrivatePage(address: process.hostAddress, pages: Int(process.highWaterFrame) / Self.pageSize) { owned.append($0) }
+            try PageMap.forEachPrivatePage(address: process.hostAddress, pages: Int(process.highWaterFrame) / Self.pageSize) { page, _ in owned.append(page) }
             for page in owned {
                 let offset = page * Self.pageSize
                 // Both mappings cover `size` bytes and `page` lies below the high-water frame.
@@ -230,7 +233,11 @@ public final class GuestMemory: @unchecked Sendable {
             pageMap = try PageMap()
             self.pageMap = pageMap
         }
-        try pageMap.forEachPrivatePage(address: hostAddress, pages: Int(highWaterFrame) / Self.pageSize) { owned.append($0) }
+        var copies: Set<UInt64> = []
+        try pageMap.forEachPrivatePage(address: hostAddress, pages: Int(highWaterFrame) / Self.pageSize) { page, exclusive in
+            owned.append(page)
+            if exclusive { copies.insert(UInt64(page * Self.pageSize)) }
+        }
         guard owned.count <= maximumPrivatePages else { return nil }
         var holeIndex = 0
         for page in owned {
@@ -255,7 +262,35 @@ public final class GuestMemory: @unchecked Sendable {
         freeFrames = parent.freeFrames
         reusedFreeFrames.removeAll()
         defer { invalidatedFrames.removeAll() }
-        return RestoredFrames(owned: Set(owned.map { UInt64($0 * Self.pageSize) }), invalidated: invalidatedFrames)
+        return RestoredFrames(owned: Set(owned.map { UInt64($0 * Self.pageSize) }), copies: copies, invalidated: invalidatedFrames)
+    }
+
+    /// `frames` (guest-physical, any order, repeats allowed) as sorted runs of adjacent frames.
+    private func runs(of frames: [UInt64]) -> [(start: UInt64, end: UInt64)] {
+        var runs: [(start: UInt64, end: UInt64)] = []
+        for frame in frames.sorted() {
+            guard frame < UInt64(size) else { preconditionFailure("frame \(frame) is outside guest memory") }
+            if let last = runs.last, frame <= last.end {
+                runs[runs.count - 1].end = max(last.end, frame + UInt64(Self.pageSize))
+            } else {
+                runs.append((frame, frame + UInt64(Self.pageSize)))
+            }
+        }
+        return runs
+    }
+
+    /// Linux's MADV_POPULATE_WRITE (5.14), which the C library's headers here may not name.
+    private static let populateWrite: Int32 = 23
+
+    /// Gives this memory its own copy of each of `frames` now, as a write would, with the
+    /// contents unchanged (MADV_POPULATE_WRITE): a later write by the engine or the guest then
+    /// lands in place, and KVM keeps its translations.
+    func populateForWrite(frames: [UInt64]) throws(SystemError) {
+        for (start, end) in runs(of: frames) {
+            guard madvise(mapping.base.advanced(by: Int(start)), Int(end - start), Self.populateWrite) == 0 else {
+                throw SystemError(call: "madvise(guest frames \(start)..<\(end), MADV_POPULATE_WRITE)", errno: errno)
+            }
+        }
     }
 
     /// Makes KVM drop every shadow translation to `frames`, whose guest mappings the engine
@@ -266,17 +301,7 @@ public final class GuestMemory: @unchecked Sendable {
     /// host pages stay, and the guest's next touch of them walks its page tables afresh.
     func invalidateTranslations(ofFrames frames: [UInt64]) throws(SystemError) {
         if origin != nil { invalidatedFrames.formUnion(frames) }
-        var index = 0
-        let sorted = frames.sorted()
-        while index < sorted.count {
-            let start = sorted[index]
-            var end = start + UInt64(Self.pageSize)
-            index += 1
-            while index < sorted.count && sorted[index] <= end {
-                end = max(end, sorted[index] + UInt64(Self.pageSize))
-                index += 1
-            }
-            guard end <= UInt64(size) else { preconditionFailure("frame \(start) is outside guest memory") }
+        for (start, end) in runs(of: frames) {
             let address = mapping.base.advanced(by: Int(start))
             let length = Int(end - start)
             guard mprotect(address, length, PROT_READ) == 0 else {
