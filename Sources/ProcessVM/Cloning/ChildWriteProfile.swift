@@ -15,7 +15,8 @@ import Foundation
 /// What a VM made ready does with the profile (`PreparedVM.warmUpWrites`): the host copies the
 /// profile's frames on write (MADV_POPULATE_WRITE, contents unchanged), and the warm-up routine
 /// then reads every listed page and writes back the writable ones, so that KVM holds writable
-/// translations of the VM's own copies. The memory this costs is what a reused VM holds anyway.
+/// translations of the VM's own copies, before it reads the parent's pages ahead. The memory
+/// this costs is what a reused VM holds anyway (11 pages for a `busybox echo`).
 final class ChildWriteProfile: @unchecked Sendable {
     // Sound: every field is read and written under `lock`.
     private let lock = NSLock()
@@ -25,15 +26,17 @@ final class ChildWriteProfile: @unchecked Sendable {
 
     /// Returned children whose written pages make up the profile.
     static let samplesWanted = 4
-    /// The most pages the profile lists: each costs every ready VM a private page.
-    static let maximumPages = 256
+    /// The most pages the profile lists (what the VM's own warm-up list holds); each costs
+    /// every ready VM a private page, as it costs a reused one.
+    static let maximumPages = SystemArea.warmUpOwnListCapacity
 
     /// What a prepared VM does with the profile.
     struct Learned: Sendable {
         /// Guest-physical frames to copy on write from the host (sorted).
         let frames: [UInt64]
-        /// The warm-up list (`SystemArea.warmUpListBytes`): the fork point's read-ahead pages
-        /// and the written ones, those writable by the program with `warmUpWriteBack` set.
+        /// The warm-up list of the written pages (`SystemArea.warmUpListBytes`), those the
+        /// program may write with `warmUpWriteBack` set, for the VM's own list
+        /// (`SystemArea.warmUpOwnList`); the routine reads the parent's list after it.
         let list: [UInt8]
     }
 
@@ -69,14 +72,9 @@ final class ChildWriteProfile: @unchecked Sendable {
     }
 
     private static func learned(pages: [UInt64: Bool], forkPoint: ForkPoint) -> Learned {
-        let capacity = Int(SystemArea.warmUpListPages) * GuestMemory.pageSize / 8 - 1
-        var entries: [UInt64] = forkPoint.warmUpPages.map { page in pages[page] == true ? page | SystemArea.warmUpWriteBack : page }
-        let listed = Set(forkPoint.warmUpPages)
-        // Written pages not read ahead first (the list is full, or they lie deeper in the
-        // stack), so that they are in the list whatever its length.
-        let extra = pages.keys.sorted().filter { !listed.contains($0) }.map { pages[$0] == true ? $0 | SystemArea.warmUpWriteBack : $0 }
-        entries = Array((extra + entries).prefix(capacity))
-        let frames = pages.keys.compactMap { forkPoint.space.tables.translate($0)?.frame }.sorted()
+        let sorted = pages.keys.sorted()
+        let entries = sorted.map { pages[$0] == true ? $0 | SystemArea.warmUpWriteBack : $0 }
+        let frames = sorted.compactMap { forkPoint.space.tables.translate($0)?.frame }
         return Learned(frames: frames, list: SystemArea.warmUpListBytes(entries))
     }
 }

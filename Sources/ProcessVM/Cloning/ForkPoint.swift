@@ -278,6 +278,7 @@ public final class PreparedVM: @unchecked Sendable {
         self.forkPoint = forkPoint
         isReused = false
         let writes = readAhead ? forkPoint.childWrites.current : nil
+        let lists = writes == nil ? (SystemArea.warmUpList, 0) : Self.writesThenParentsPages
         writesWarmed = writes != nil
         do throws(SystemError) {
             memory = try GuestMemory(copyOnWriteOf: forkPoint.memory, holes: forkPoint.memoryHoles)
@@ -301,7 +302,7 @@ public final class PreparedVM: @unchecked Sendable {
             try vcpu.setXSave(forkPoint.xsave)
             try vcpu.setRegisters(forkPoint.registers)
             vcpu.enableSyncRegisters()
-            if readAhead { try Self.readAhead(vcpu, for: forkPoint) }
+            if readAhead { try Self.readAhead(vcpu, for: forkPoint, lists: lists) }
         } catch {
             throw .kvm(error)
         }
@@ -309,13 +310,15 @@ public final class PreparedVM: @unchecked Sendable {
 
     /// Entering a new vCPU the first time, and each first touch of a page, costs the child
     /// dearly under PVM (shadow paging). Pays both ahead of the fork: runs the warm-up routine
-    /// in user mode over the parent's listed pages (a page whose translation KVM still holds
-    /// costs nothing), then loads the fork point's special registers again; the fork writes
-    /// the general ones.
-    private static func readAhead(_ vcpu: VCPU, for forkPoint: ForkPoint) throws(KVMError) {
+    /// in user mode over `lists` — by default the parent's listed pages (a page whose
+    /// translation KVM still holds costs nothing) — then loads the fork point's special
+    /// registers again; the fork writes the general ones.
+    private static func readAhead(_ vcpu: VCPU, for forkPoint: ForkPoint,
+                                  lists: (first: UInt64, then: UInt64) = (SystemArea.warmUpList, 0)) throws(KVMError) {
         var warmUp = forkPoint.registers
         warmUp.rip = SystemArea.warmUpRoutine
-        warmUp.rsi = SystemArea.warmUpList
+        warmUp.rsi = lists.first
+        warmUp.rdi = lists.then
         try vcpu.setRegisters(warmUp)
         var userMode = forkPoint.specialRegisters
         userMode.cs = CPUSetup.segment(selector: X86.Selector.userCode, code: true)
@@ -326,6 +329,10 @@ public final class PreparedVM: @unchecked Sendable {
         }
         try vcpu.setSpecialRegisters(forkPoint.specialRegisters)
     }
+
+    /// The warm-up's lists for a VM staged with the children's writes (`stage`): those first
+    /// (so that each page is translated writable at its first touch), then the parent's.
+    private static let writesThenParentsPages = (SystemArea.warmUpOwnList, SystemArea.warmUpList)
 
     /// Takes the first writes of the fork point's children ahead, for a VM made before they
     /// were learned: its own copies of those pages, and writable translations of them. For the
@@ -338,32 +345,24 @@ public final class PreparedVM: @unchecked Sendable {
             throw .system(error)
         }
         do throws(KVMError) {
-            try Self.readAhead(vcpu, for: forkPoint)
+            try Self.readAhead(vcpu, for: forkPoint, lists: Self.writesThenParentsPages)
         } catch {
             throw .kvm(error)
         }
         writesWarmed = true
     }
 
-    /// Copies the written pages' frames on write from the host (contents unchanged; a
-    /// translation KVM held of the shared page goes) and writes the warm-up list that reads
-    /// them all and writes back the writable ones into this VM's copy of the list's pages.
+    /// Copies the written pages' frames (and the mailbox page's) on write from the host,
+    /// contents unchanged (a translation KVM held of the shared page goes), and writes the
+    /// list of the written pages into the VM's mailbox (`SystemArea.warmUpOwnList`).
     private static func stage(_ writes: ChildWriteProfile.Learned, in memory: GuestMemory, forkPoint: ForkPoint) throws(SystemError) {
-        var listFrames: [UInt64] = []
-        for index in 0..<SystemArea.warmUpListPages {
-            guard let (frame, _) = forkPoint.space.tables.translate(SystemArea.warmUpList + index * AddressSpace.pageSize) else {
-                preconditionFailure("a fork point maps its warm-up list")
-            }
-            listFrames.append(frame)
+        guard let (mailbox, _) = forkPoint.space.tables.translate(SystemArea.mailbox) else { preconditionFailure("a fork point maps its mailbox") }
+        try memory.populateForWrite(frames: writes.frames + [mailbox])
+        let offset = Int(SystemArea.warmUpOwnList - SystemArea.mailbox)
+        guard let target = memory.pointer(physical: mailbox + UInt64(offset), length: writes.list.count) else {
+            preconditionFailure("the mailbox lies in guest memory")
         }
-        try memory.populateForWrite(frames: writes.frames + listFrames)
-        var offset = 0
-        for frame in listFrames where offset < writes.list.count {
-            let count = min(GuestMemory.pageSize, writes.list.count - offset)
-            guard let target = memory.pointer(physical: frame, length: count) else { preconditionFailure("the warm-up list lies in guest memory") }
-            writes.list.withUnsafeBytes { target.copyMemory(from: $0.baseAddress!.advanced(by: offset), byteCount: count) }
-            offset += count
-        }
+        writes.list.withUnsafeBytes { target.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
     }
 }
 
@@ -415,8 +414,11 @@ extension PreparedVM {
             // the segments' bases, set with the special registers. Not the general registers:
             // the fork writes them all through the synced area.
             if !readAgain.isEmpty {
-                SystemArea.warmUpListBytes(readAgain).withUnsafeBytes { child.space.loaderWrite(SystemArea.warmUpList, $0) }
-                try Self.readAhead(vcpu, for: forkPoint)
+                // In the VM's own mailbox when the list fits there, else over its copy of the
+                // fork point's list (two more pages of its own).
+                let list = readAgain.count <= SystemArea.warmUpOwnListCapacity ? SystemArea.warmUpOwnList : SystemArea.warmUpList
+                SystemArea.warmUpListBytes(readAgain).withUnsafeBytes { child.space.loaderWrite(list, $0) }
+                try Self.readAhead(vcpu, for: forkPoint, lists: (list, 0))
             }
         } catch {
             throw .kvm(error)

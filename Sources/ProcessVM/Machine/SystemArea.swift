@@ -49,10 +49,11 @@ struct SystemArea {
     static let warmUpList: UInt64 = 0x9000
     static let warmUpListPages: UInt64 = 2
     /// Reads one byte of every page in the list at RSI (zero-terminated page addresses), and
-    /// writes it back where the entry's bit 0 is set, then exits like a system call. A
-    /// prepared VM runs it so that KVM builds its shadow translations of the parent's pages
-    /// ahead of the fork instead of on the child's first touches; writing back makes a
-    /// translation writable, for pages the VM already owns a copy of.
+    /// writes it back where the entry's bit 0 is set; then does the same with the list at RDI
+    /// unless RDI is 0; then exits like a system call. A prepared VM runs it so that KVM builds
+    /// its shadow translations of the parent's pages ahead of the fork instead of on the
+    /// child's first touches; writing back makes a translation writable, for pages the VM
+    /// already owns a copy of.
     static let warmUpRoutine: UInt64 = stubPage + 0x600
     static let warmUpCode: [UInt8] = [
         0x48, 0x8B, 0x06,             // next: mov rax, [rsi]
@@ -64,8 +65,20 @@ struct SystemArea {
         0x88, 0x10,                   // mov [rax], dl
         0x48, 0x83, 0xC6, 0x08,       // skip: add rsi, 8
         0xEB, 0xE7,                   // jmp next
-        0xE6, UInt8(syscallPort),     // done: out 0xF0, al
+        0x48, 0x85, 0xFF,             // done: test rdi, rdi
+        0x74, 0x07,                   // jz exit
+        0x48, 0x89, 0xFE,             // mov rsi, rdi
+        0x31, 0xFF,                   // xor edi, edi
+        0xEB, 0xDB,                   // jmp next
+        0xE6, UInt8(syscallPort),     // exit: out 0xF0, al
     ]
+    /// A short warm-up list of a VM's own, in its mailbox page after the engine's words and
+    /// before the output buffer (`OutputBuffer.base`): a page every VM that served a child has
+    /// its own copy of anyway, so a list written there costs no memory, where one written over
+    /// the fork point's list would cost its two pages.
+    static let warmUpOwnList: UInt64 = mailbox + 0x140
+    /// Entries that list holds, before its terminating zero.
+    static let warmUpOwnListCapacity = Int(OutputBuffer.base - warmUpOwnList) / 8 - 1
     /// A fork point's FPU, SSE and AVX state (KVM's XSAVE image, standard format), written once
     /// by the engine when the parent freezes; user read-only, so a child can load it (XRSTOR is
     /// a user-mode instruction) but never change it for the next child of its VM.
@@ -170,6 +183,7 @@ struct SystemArea {
         }
         (stubs + Int(warmUpRoutine - stubPage)).copyMemory(from: warmUpCode, byteCount: warmUpCode.count)
         precondition(warmUpRoutine + UInt64(warmUpCode.count) <= vectorStateRoutine, "the warm-up routine must end before the vector-state routine")
+        precondition(warmUpOwnList >= programNameWords + 16, "a VM's own warm-up list must follow the program's name in the mailbox")
         (stubs + Int(vectorStateRoutine - stubPage)).copyMemory(from: vectorStateCode, byteCount: vectorStateCode.count)
         precondition(vectorStateRoutine + UInt64(vectorStateCode.count) <= OutputBuffer.routine, "the vector-state routine must end before the buffered-write routine")
         precondition(bufferedWriteRoutine.upperBound <= stubPage + 0x1000, "the buffered-write routine must fit in the stub page")
