@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -122,10 +124,15 @@ int cshims_seccomp_install_worker_filter(int outside) {
     program[at++] = (struct sock_filter)IF_EQUAL(PR_GET_NAME, 1, 0);
     program[at++] = (struct sock_filter)RETURN(rest);
     program[at++] = (struct sock_filter)RETURN(SECCOMP_RET_ALLOW);
-    /* socket: EACCES. A worker makes no socket once it listens; libdispatch opens /dev/log
-     * (syslog) to say that a thread's priority could not be raised, and copes with a refusal. */
-    program[at++] = (struct sock_filter)IF_EQUAL(SYS_socket, 0, 1);
+    /* socket and connect: EACCES. A worker makes no socket once it listens; libdispatch opens
+     * /dev/log (syslog) to say that a thread's priority could not be raised, and copes with a
+     * refusal. A thread whose socket() came just before the filter reaches connect() after it
+     * (a fresh-clone CI run lost a starting worker so, on a loaded host): refused too, glibc's
+     * syslog closes its socket and goes on. */
+    program[at++] = (struct sock_filter)IF_EQUAL(SYS_socket, 1, 0);
+    program[at++] = (struct sock_filter)IF_EQUAL(SYS_connect, 0, 1);
     program[at++] = (struct sock_filter)RETURN(SECCOMP_RET_ERRNO | (EACCES & SECCOMP_RET_DATA));
+    if (at > head) return -E2BIG;
     /* The accumulator holds nr here: the blocks above loaded an argument only on paths that returned. */
     for (int index = 0; index < worker_call_count; index++) {
         unsigned char to_allow = (unsigned char)(worker_call_count - index);
@@ -141,6 +148,12 @@ int cshims_seccomp_install_worker_filter(int outside) {
 }
 
 int cshims_seccomp_forbidden_call(int which) {
+    if (which == 2) {
+        /* A connect to syslog's socket path on no descriptor: the filter answers EACCES before
+         * the kernel would look at the descriptor (EBADF without the filter). */
+        struct sockaddr_un address = { .sun_family = AF_UNIX, .sun_path = "/dev/log" };
+        return connect(-1, (struct sockaddr *)&address, sizeof address) < 0 ? -errno : 0;
+    }
     if (which == 1) {
         long result = syscall(__X32_SYSCALL_BIT | SYS_getpid);
         return result < 0 ? -errno : (int)result;

@@ -331,6 +331,9 @@ public final class WorkerServer: Sendable {
             // The proof that the seccomp filter is live (debug builds only): a fork, or an x32
             // call, which the filter answers by ending this process with SIGSYS.
             await peer.reply(id) { Int(cshims_seccomp_forbidden_call(op == "debug.x32Call" ? 1 : 0)) }
+        case "debug.connect":
+            // A connect, which the filter refuses (EACCES) rather than ending the worker.
+            await peer.reply(id) { Int(cshims_seccomp_forbidden_call(2)) }
         #endif
         case "shutdown":
             let grace = (try? body(WorkerShutdown.self, frame).graceMilliseconds) ?? 10_000

@@ -106,6 +106,10 @@ struct WorkerConfinementTests {
             let allowed = try Self.rawRequest(socket: socket, op: "debug.tryCreate", body: #"{"path":"\#(inside)"}"#)
             #expect(allowed?.contains(#""result":0"#) == true, "\(allowed ?? "no reply")")
         }
+        // A connect is refused, not fatal: glibc's syslog (libdispatch's) may have made its
+        // socket just before the filter came, and goes on without it.
+        let connect = try Self.rawRequest(socket: daemon.state.appendingPathComponent("workers/0.sock").path, op: "debug.connect")
+        #expect(connect?.contains(#""result":-\#(EACCES)"#) == true, "\(connect ?? "no reply: the worker ended")")
         // A container blocked reading its stdin on each worker, then a forbidden call in shard 1's.
         var waiting: [String] = []
         for (index, memory) in [32, 16].enumerated() {

@@ -26,7 +26,8 @@ const char *cshims_seccomp_worker_allowed_name(int index);
 /// without CLONE_THREAD; without the filter the child _exits at once and is reaped, and this
 /// returns its pid), 1 makes getpid as an x32 call (nr | __X32_SYSCALL_BIT; without the filter
 /// a kernel without x32 answers ENOSYS, returned as -ENOSYS). With the filter the process is
-/// killed before this returns.
+/// killed before this returns. `which` 2 makes a connect on no descriptor, which the filter
+/// refuses without killing: -EACCES (without the filter -EBADF).
 int cshims_seccomp_forbidden_call(int which);
 
 #endif

@@ -46,8 +46,11 @@ public final class ForkPoint: @unchecked Sendable {
     let childArgumentRoom: ChildArgumentRoom?
     /// glibc's cached thread id (set_tid_address's address), where each child's pid goes.
     let threadIDAddress: UInt64?
-    /// The pages in the warm-up list (see `SystemArea.warmUpRoutine`).
-    let warmUpPages: [UInt64]
+    /// The pages in the warm-up list (see `SystemArea.warmUpRoutine`) by the frame each maps
+    /// (in the parent's tables, which a reused VM's restore brings back), with whether the
+    /// program may write it: a restore looks up the frames whose translations went, rather
+    /// than walking the tables for every listed page (hundreds, at every return).
+    let warmUpPagesByFrame: [UInt64: [(page: UInt64, writable: Bool)]]
     /// The pages its children write, learned from the first that came back, for VMs made
     /// ready ahead of time to write first.
     let childWrites = ChildWriteProfile()
@@ -64,7 +67,6 @@ public final class ForkPoint: @unchecked Sendable {
 
     init(kind: Kind, parent: ProcessVM, cpuid: CPUIDTable, warmUpPages: [UInt64]) throws(GuestError) {
         self.kind = kind
-        self.warmUpPages = warmUpPages
         configuration = parent.configuration
         memory = parent.memory
         do throws(SystemError) {
@@ -76,6 +78,12 @@ public final class ForkPoint: @unchecked Sendable {
             throw .system(error)
         }
         space = parent.space
+        var byFrame: [UInt64: [(page: UInt64, writable: Bool)]] = [:]
+        for page in warmUpPages {
+            guard let (frame, permissions) = parent.space.tables.translate(page) else { continue }
+            byFrame[frame, default: []].append((page, permissions.contains(.write)))
+        }
+        warmUpPagesByFrame = byFrame
         files = parent.files
         do {
             var registers = try parent.vcpu.registers()
@@ -389,9 +397,11 @@ extension PreparedVM {
         // child used, except where the engine dropped them (glibc's RELRO pages, which the
         // child's mprotect narrowed, for one). Those pages are read ahead again, and written
         // back where writable and owned, which makes their translations writable too.
-        let readAgain: [UInt64] = forkPoint.warmUpPages.compactMap { page in
-            guard let (frame, permissions) = child.space.tables.translate(page), restored.invalidated.contains(frame) else { return nil }
-            return permissions.contains(.write) && restored.owned.contains(frame) ? page | SystemArea.warmUpWriteBack : page
+        var readAgain: [UInt64] = []
+        for frame in restored.invalidated {
+            for (page, writable) in forkPoint.warmUpPagesByFrame[frame] ?? [] {
+                readAgain.append(writable && restored.owned.contains(frame) ? page | SystemArea.warmUpWriteBack : page)
+            }
         }
         // The next child's own secrets, written in place over the restored parent's: the pages
         // are this VM's own (the last child's were written there too), so the shadow
