@@ -245,6 +245,28 @@ final class MainForkPointTests {
     /// each on most machines of this kind) the medians were 8 against ~70; where it does not
     /// (0.7 µs, 2026-12-06) 6-8 against 25-38, and 8 against 29 under CI's load, which a
     /// bound of a quarter failed.
+    /// A `busybox echo hi` child in a reused VM, its output buffered, makes one exit: its
+    /// exit_group's `out`. Its `_exit` loads the number from a register (`mov eax, esi`),
+    /// which the loader rewrites too since 2026-12-07; before, that call went through PVM's
+    /// SYSCALL switch, a second exit. The fewest of six (a busy host only adds exits).
+    @Test func aBusyboxEchoChildMakesOneExit() throws {
+        let root = try BusyboxRootfs.make()
+        defer { try? FileManager.default.removeItem(at: root) }
+        let parent = try WarmParent(system: system, image: ParentSpec(name: "busybox", rootfs: root.path, executable: "/bin/busybox",
+                                                                     memoryBytes: 32 << 20, forkPoint: .main), poolSize: 2)
+        var exits: [UInt64] = []
+        for _ in 0..<6 {
+            let streams = try CapturedStreams()
+            let child = try parent.fork(arguments: ["echo", "hi"], streams: streams.standard)
+            #expect(try child.run() == .exited(0))
+            #expect(streams.stdout == "hi\n")
+            if child.reusesVM, let counters = child.processVM?.lastRunCounters { exits.append(counters.exits) }
+            child.remove()
+            parent.waitForTeardown()
+        }
+        #expect(exits.count >= 4 && exits.min() == 1, "exits of reused VMs' children: \(exits)")
+    }
+
     @Test func childrenOfAMainParentMakeAFractionOfTheExits() throws {
         let root = try BusyboxRootfs.make()
         defer { try? FileManager.default.removeItem(at: root) }

@@ -32,6 +32,33 @@ struct SyscallRewriterTests {
         #expect(sites([0xB8, 39, 0, 0, 0, 0x0F]).isEmpty)
     }
 
+    /// glibc's `_exit` form: `mov eax, esi; syscall; cmp rax, -4096` (ten bytes, replaced whole).
+    @Test func findsTheRegisterFormWithItsErrorCheck() {
+        let check: [UInt8] = [0x48, 0x3D, 0x00, 0xF0, 0xFF, 0xFF]
+        #expect(sites([0x90, 0x89, 0xF0, 0x0F, 0x05] + check) == [SyscallRewriter.Site(address: 0x40_0001, number: 0, numberRegister: 0xF0)])
+        // mov rax, rsi (REX.W), mov eax, eax, a memory source, no error check, another check
+        #expect(sites([0x48, 0x89, 0xF0, 0x0F, 0x05] + check).isEmpty)
+        #expect(sites([0x90, 0x89, 0xC0, 0x0F, 0x05] + check).isEmpty)
+        #expect(sites([0x90, 0x89, 0x06, 0x0F, 0x05] + check).isEmpty)
+        #expect(sites([0x90, 0x89, 0xF0, 0x0F, 0x05, 0x48, 0x85, 0xC0, 0x90, 0x90, 0x90]).isEmpty)
+        #expect(sites([0x90, 0x89, 0xF0, 0x0F, 0x05, 0x48, 0x3D, 0x01, 0xF0, 0xFF, 0xFF]).isEmpty)
+    }
+
+    @Test func aRegisterThunkReturnsToACopyOfTheCheckThenPastTheSite() throws {
+        let site = SyscallRewriter.Site(address: 0x40_0100, number: 0, numberRegister: 0xF0)
+        let thunk: UInt64 = 0x3F_F020, common: UInt64 = 0x3F_F000
+        let code = try #require(SyscallRewriter.thunkCode(for: site, at: thunk, common: common))
+        #expect(code.count == Int(SyscallRewriter.registerThunkLength))
+        #expect(Array(code[0..<2]) == [0x89, 0xF0])
+        func rel32(_ at: Int) -> Int64 { Int64(code[at..<(at + 4)].withUnsafeBytes { $0.loadUnaligned(as: Int32.self) }) }
+        #expect(UInt64(Int64(thunk) + 9 + rel32(5)) == thunk + 14, "RCX: the copy of the check")
+        #expect(UInt64(Int64(thunk) + 14 + rel32(10)) == common)
+        #expect(Array(code[14..<20]) == SyscallRewriter.errorCheck)
+        #expect(UInt64(Int64(thunk) + 25 + rel32(21)) == site.address + 10, "back past the site")
+        let jump = try #require(SyscallRewriter.jumpCode(for: site, to: thunk))
+        #expect(jump.count == 10 && jump[0] == 0xE9 && jump[5...].allSatisfy { $0 == 0xCC })
+    }
+
     /// A window carried over from the page before reports only the sites whose `syscall` ends
     /// in its fresh bytes: each site once, wherever a page boundary cuts it.
     @Test func aWindowReportsEachSiteOnceAcrossPageBoundaries() {
@@ -97,6 +124,38 @@ struct RewrittenProgramTests {
         } else {
             #expect(more >= 400 && fewer <= 260, "rewritten \(fewer) exits, through SYSCALL \(more)")
         }
+    }
+
+    /// `count` calls of `number` in glibc's `_exit` form (the number in ESI; `mov eax, esi;
+    /// syscall; cmp rax, -4096`), the loop closed on the check's flags as glibc's is; with
+    /// `branchIntoTheSite`, a jump elsewhere lands on the `syscall` itself.
+    private static func registerLoop(_ number: UInt32, count: UInt64, branchIntoTheSite: Bool) -> [UInt8] {
+        let check: [UInt8] = [0x48, 0x3D, 0x00, 0xF0, 0xFF, 0xFF]
+        var code: [UInt8] = [0x49, 0xBC] + withUnsafeBytes(of: count.littleEndian) { Array($0) } // mov r12, count
+            + [0xBE] + withUnsafeBytes(of: number.littleEndian) { Array($0) } // mov esi, number
+            + mov(edi: 0)
+        if branchIntoTheSite {
+            code += mov(eax: number) + [0xEB, 0x02] // mov eax, number; jmp to the syscall below
+        }
+        code += [0x89, 0xF0] + TinyELF.syscallInstruction + check // loop: mov eax, esi; syscall; cmp rax, -4096
+            + [0x77, 0x07] // ja out (an error: exit with status 1)
+            + [0x49, 0xFF, 0xCC, 0x75, 0xEF] // dec r12; jnz loop
+            + [0xEB, 0x05] + mov(edi: 1) // jmp to the exit; out: mov edi, 1
+        code += [0xB8, 231, 0, 0, 0] + TinyELF.syscallInstruction // exit_group(edi): 0, or 1 from out
+        return code
+    }
+
+    /// The register form is rewritten too: 200 sched_yield calls by exit cost one exit each,
+    /// not two, and end well; where a jump lands inside the ten bytes the site keeps SYSCALL,
+    /// and the program still runs right.
+    @Test func theRegisterFormIsRewrittenUnlessABranchLandsInsideIt() throws {
+        let root = try GuestRunner.rootfs(withProgram: Self.registerLoop(Self.schedYield, count: 200, branchIntoTheSite: false))
+        let fewer = try Self.fewestExits(root, polled: false, rewrites: true)
+        let more = try Self.fewestExits(root, polled: false, rewrites: false)
+        #expect(more >= 400 && fewer <= 260, "rewritten \(fewer) exits, through SYSCALL \(more)")
+        let branched = try GuestRunner.rootfs(withProgram: Self.registerLoop(Self.schedYield, count: 200, branchIntoTheSite: true))
+        let kept = try Self.fewestExits(branched, polled: false, rewrites: true)
+        #expect(kept >= 400, "a site a branch lands in keeps the SYSCALL path: \(kept) exits")
     }
 
     /// A pair cut by a page boundary (the loader scans a page at a time) is rewritten too.

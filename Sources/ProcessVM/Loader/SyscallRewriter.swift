@@ -39,10 +39,14 @@ import Glibc
 ///   mmap of a library, on pages just filled: no vCPU can be executing the bytes it changes.
 ///   A warm parent's children inherit the rewritten code, shared.
 enum SyscallRewriter {
-    /// A site: the address of its `mov eax, number`, the `syscall` right after.
+    /// A site: the address of its `mov eax, number`, the `syscall` right after; or, where
+    /// `numberRegister` is set, of a `mov eax, r32` (its ModRM byte) with the `syscall` and
+    /// glibc's error check `cmp rax, -4096` after it (`registerSiteLength` bytes in all).
     struct Site: Equatable {
         let address: UInt64
         let number: UInt32
+        var numberRegister: UInt8? = nil
+        var length: UInt64 { numberRegister == nil ? siteLength : registerSiteLength }
     }
 
     static let movEAX: UInt8 = 0xB8
@@ -54,6 +58,17 @@ enum SyscallRewriter {
     static let numberLimit: UInt32 = 512
     /// Each site's thunk: mov eax, N (5); lea rcx, [rip + to the site's end] (7); jmp common (5).
     static let thunkLength: UInt64 = 17
+    /// glibc's `_exit` (every program's last call) and a few other wrappers take the number
+    /// from a register: `mov eax, r32` (89 /r: 2 bytes), `syscall`, then the wrapper's error
+    /// check, `cmp rax, -4096` (48 3D imm32) — ten bytes, the only form long enough for the
+    /// jump. These three instructions are replaced whole (a jump, then int3s); the thunk
+    /// moves the number, enters the stub with its return address at a copy of the `cmp`, which
+    /// jumps back past the site, flags set as the original left them.
+    static let registerSiteLength: UInt64 = 10
+    static let errorCheck: [UInt8] = [0x48, 0x3D, 0x00, 0xF0, 0xFF, 0xFF]
+    /// A register site's thunk: mov eax, r32 (2); lea rcx, [rip + to the copy] (7); jmp common
+    /// (5); the copy: cmp rax, -4096 (6); jmp past the site (5).
+    static let registerThunkLength: UInt64 = 25
     /// An identity call's: mov eax, [word] (7); lea rcx, [rip + to the site's end] (7); jmp the
     /// identity return (5).
     static let identityThunkLength: UInt64 = 19
@@ -80,21 +95,90 @@ enum SyscallRewriter {
     static func sites(in code: UnsafeRawBufferPointer, at base: UInt64, fresh: Int = 0) -> [Site] {
         guard let start = code.baseAddress, code.count >= Int(siteLength) else { return [] }
         var found: [Site] = []
-        var offset = max(Int(movLength), fresh - 1)
+        // The shortest form has two bytes before its `syscall` (`mov eax, r32`).
+        var offset = max(2, fresh - 1)
         while offset + 2 <= code.count {
             // memchr finds each 0F at memory speed (text runs to megabytes).
             guard let hit = memchr(start + offset, Int32(syscallOpcode.0), code.count - 1 - offset) else { break }
             let at = start.distance(to: UnsafeRawPointer(hit))
             offset = at + 1
             guard code[at + 1] == syscallOpcode.1 else { continue }
+            if let site = registerSite(in: code, syscallAt: at, base: base) {
+                found.append(site)
+                continue
+            }
             let mov = at - Int(movLength)
-            guard code[mov] == movEAX else { continue }
+            guard mov >= 0, code[mov] == movEAX else { continue }
             let number = UInt32(code[mov + 1]) | UInt32(code[mov + 2]) << 8 | UInt32(code[mov + 3]) << 16 | UInt32(code[mov + 4]) << 24
             guard number < numberLimit else { continue }
             if mov > 0, mayChangeTheMov(code[mov - 1]) { continue }
             found.append(Site(address: base + UInt64(mov), number: number))
         }
         return found
+    }
+
+    /// The register site whose `syscall` is at `at`, if the bytes around it are that form:
+    /// `89 /r` with a register source other than EAX and EAX as destination (ModRM 11 sss 000),
+    /// no prefix before it (a REX would make it `mov rax, r64` or another register's), and
+    /// glibc's error check right after.
+    static func registerSite(in code: UnsafeRawBufferPointer, syscallAt at: Int, base: UInt64) -> Site? {
+        let mov = at - 2
+        guard mov >= 0, at + 2 + errorCheck.count <= code.count, code[mov] == 0x89 else { return nil }
+        let modrm = code[mov + 1]
+        guard modrm & 0xC7 == 0xC0, modrm != 0xC0 else { return nil }
+        if mov > 0, mayChangeTheMov(code[mov - 1]) { return nil }
+        for (index, byte) in errorCheck.enumerated() where code[at + 2 + index] != byte { return nil }
+        return Site(address: base + UInt64(mov), number: 0, numberRegister: modrm)
+    }
+
+    /// Of `sites`, those none of whose bytes but the first is the target of a direct jump or
+    /// call anywhere in `code` (read as `sites(in:of:)` does). A register site's `syscall` and
+    /// `cmp` are replaced too, so code that jumped to them would run int3s; every byte is
+    /// taken as a possible branch opcode, so data that looks like one only keeps a site on the
+    /// SYSCALL path.
+    static func unbranched(_ sites: [Site], in code: [Range<UInt64>], of space: AddressSpace) -> [Site] {
+        let guarded = sites.filter { $0.numberRegister != nil }
+        guard !guarded.isEmpty else { return sites }
+        var inside: [UInt64: UInt64] = [:]
+        for site in guarded { for address in (site.address + 1)..<(site.address + site.length) { inside[address] = site.address } }
+        var hit: Set<UInt64> = []
+        let carry = 5
+        for range in code {
+            var window = [UInt8](repeating: 0, count: carry + Int(AddressSpace.pageSize) + 6)
+            var carried = 0
+            var address = range.lowerBound
+            while address < range.upperBound {
+                let chunk = Int(min(range.upperBound, AddressSpace.pageDown(address) + AddressSpace.pageSize) - address)
+                window.withUnsafeMutableBytes { buffer in
+                    space.loaderCopy(address, count: chunk, into: buffer.baseAddress! + carried)
+                    let filled = carried + chunk
+                    let origin = address - UInt64(carried)
+                    func target(_ index: Int, _ length: Int, rel32: Bool) {
+                        let value: Int64 = rel32
+                            ? Int64(Int32(bitPattern: UInt32(buffer[index + length - 4]) | UInt32(buffer[index + length - 3]) << 8
+                                | UInt32(buffer[index + length - 2]) << 16 | UInt32(buffer[index + length - 1]) << 24))
+                            : Int64(Int8(bitPattern: buffer[index + length - 1]))
+                        let to = (origin + UInt64(index + length)) &+ UInt64(bitPattern: value)
+                        if let site = inside[to] { hit.insert(site) }
+                    }
+                    // Each opcode position once: those whose branch ends in this window's
+                    // fresh bytes (the carried ones were judged with the page before).
+                    for index in 0..<filled {
+                        let byte = buffer[index]
+                        if (byte == 0xE8 || byte == 0xE9), index + 5 <= filled, index + 5 > carried { target(index, 5, rel32: true) }
+                        if byte == 0x0F, index + 6 <= filled, index + 6 > carried, (0x80...0x8F).contains(buffer[index + 1]) { target(index, 6, rel32: true) }
+                        if byte == 0xEB || (0x70...0x7F).contains(byte) || (0xE0...0xE3).contains(byte), index + 2 <= filled, index + 2 > carried {
+                            target(index, 2, rel32: false)
+                        }
+                    }
+                    let kept = min(carry, filled)
+                    (buffer.baseAddress!).copyMemory(from: buffer.baseAddress! + (filled - kept), byteCount: kept)
+                    carried = kept
+                }
+                address += UInt64(chunk)
+            }
+        }
+        return sites.filter { !hit.contains($0.address) }
     }
 
     /// The sites in `range` of `space`, read a page at a time through a window that carries
@@ -140,6 +224,13 @@ enum SyscallRewriter {
     /// The thunk at `thunk` for `site`, whose shared entries start at `common`; nil when a
     /// displacement does not fit in 32 bits.
     static func thunkCode(for site: Site, at thunk: UInt64, common: UInt64) -> [UInt8]? {
+        if let modrm = site.numberRegister {
+            guard let toCopy = displacement(from: thunk + 9, to: thunk + 14),
+                  let toCommon = displacement(from: thunk + 14, to: common),
+                  let back = displacement(from: thunk + registerThunkLength, to: site.address + registerSiteLength) else { return nil }
+            return [0x89, modrm] + [0x48, 0x8D, 0x0D] + toCopy.littleEndianBytes + [0xE9] + toCommon.littleEndianBytes
+                + errorCheck + [0xE9] + back.littleEndianBytes
+        }
         if let word = identityWordOffsets[site.number] {
             let load: [UInt8] = [0x8B, 0x04, 0x25] + (UInt32(SystemArea.identityWords) + word).littleEndianBytes // mov eax, [word]
             guard let back = displacement(from: thunk + 14, to: site.address + siteLength),
@@ -153,7 +244,8 @@ enum SyscallRewriter {
 
     /// The bytes that replace a site's `mov`: jmp rel32 to its thunk; nil out of reach.
     static func jumpCode(for site: Site, to thunk: UInt64) -> [UInt8]? {
-        displacement(from: site.address + movLength, to: thunk).map { [0xE9] + $0.littleEndianBytes }
+        guard let jump = displacement(from: site.address + movLength, to: thunk).map({ [0xE9] + $0.littleEndianBytes }) else { return nil }
+        return site.numberRegister == nil ? jump : jump + [UInt8](repeating: 0xCC, count: Int(registerSiteLength - movLength))
     }
 
     /// `to - from` as a rel32, when it fits.
@@ -184,9 +276,11 @@ enum SyscallRewriter {
     /// Rewrites the sites in `code` (ranges of `space` just filled), with the thunks in pages
     /// mapped where `place` says for their length; sites out of a rel32's reach keep SYSCALL.
     private static func rewrite(code: [Range<UInt64>], in space: AddressSpace, place: (UInt64) -> UInt64?) throws(GuestError) -> Int {
-        let sites = code.flatMap { Self.sites(in: $0, of: space) }
+        let sites = unbranched(code.flatMap { Self.sites(in: $0, of: space) }, in: code, of: space)
         guard !sites.isEmpty else { return 0 }
-        let thunkBytes = sites.reduce(UInt64(0)) { $0 + (identityWordOffsets[$1.number] == nil ? thunkLength : identityThunkLength) }
+        let thunkBytes = sites.reduce(UInt64(0)) { total, site in
+            total + (site.numberRegister != nil ? registerThunkLength : identityWordOffsets[site.number] == nil ? thunkLength : identityThunkLength)
+        }
         let length = AddressSpace.pageUp(commonLength + thunkBytes)!
         guard let area = place(length) else { return 0 }
         var thunks = commonCode(stub: SystemArea.stubPage)
