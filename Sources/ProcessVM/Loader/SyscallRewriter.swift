@@ -18,12 +18,18 @@ import Glibc
 /// as a vDSO would, and returns; no exit either way.
 ///
 /// What is rewritten, and why it is safe:
-/// - Only the pair `B8 imm32 0F 05` (mov eax, imm32; syscall) with an immediate below
+/// - The pair `B8 imm32 0F 05` (mov eax, imm32; syscall) with an immediate below
 ///   `numberLimit`, found in the image's executable segments; glibc's wrappers are this pair
-///   (240 of static busybox's 284 `syscall`s). Other calls keep the SYSCALL path.
-/// - The `syscall` instruction stays in place: code that jumps straight to it (with EAX set
-///   elsewhere) still makes the call the slow way. Only the `mov` changes; a jump into the
-///   middle of a real `mov` cannot exist in valid code.
+///   (240 of static busybox's 284 `syscall`s). And the register form `89 /r 0F 05 48 3D
+///   00 F0 FF FF` (mov eax, r32; syscall; cmp rax, -4096: glibc's `_exit`, every program's
+///   last call), replaced whole, only where no direct branch in the code lands inside it
+///   (`unbranched`). Other calls keep the SYSCALL path.
+/// - A pair's `syscall` instruction stays in place: code that jumps straight to it (with EAX
+///   set elsewhere) still makes the call the slow way. Only the `mov` changes; a jump into the
+///   middle of a real `mov` cannot exist in valid code. A register site's `syscall` and `cmp`
+///   go (its two-byte `mov` cannot hold a jump): the thunk returns to a copy of the `cmp`,
+///   which jumps back past the site; a site any direct branch lands inside is left alone, and
+///   the engine never rewinds a call's RIP onto its `syscall`.
 /// - x86 cannot be decoded backwards, so a `B8` could be the tail of another instruction. A
 ///   byte before it that could prefix it (REX, operand or address size, segment, lock, rep,
 ///   the two-byte escape, VEX) refuses the site. Beyond that, bytes `B8 N 00 00 00` before a
