@@ -148,67 +148,63 @@ enum SyscallRewriter {
         var inside: [UInt64: UInt64] = [:]
         for site in guarded { for address in (site.address + 1)..<(site.address + site.length) { inside[address] = site.address } }
         var hit: Set<UInt64> = []
-        let carry = 5
         for range in code {
-            var window = [UInt8](repeating: 0, count: carry + Int(AddressSpace.pageSize) + 6)
-            var carried = 0
-            var address = range.lowerBound
-            while address < range.upperBound {
-                let chunk = Int(min(range.upperBound, AddressSpace.pageDown(address) + AddressSpace.pageSize) - address)
-                window.withUnsafeMutableBytes { buffer in
-                    space.loaderCopy(address, count: chunk, into: buffer.baseAddress! + carried)
-                    let filled = carried + chunk
-                    let origin = address - UInt64(carried)
-                    func target(_ index: Int, _ length: Int, rel32: Bool) {
-                        let value: Int64 = rel32
-                            ? Int64(Int32(bitPattern: UInt32(buffer[index + length - 4]) | UInt32(buffer[index + length - 3]) << 8
-                                | UInt32(buffer[index + length - 2]) << 16 | UInt32(buffer[index + length - 1]) << 24))
-                            : Int64(Int8(bitPattern: buffer[index + length - 1]))
-                        let to = (origin + UInt64(index + length)) &+ UInt64(bitPattern: value)
-                        if let site = inside[to] { hit.insert(site) }
-                    }
-                    // Each opcode position once: those whose branch ends in this window's
-                    // fresh bytes (the carried ones were judged with the page before).
-                    for index in 0..<filled {
-                        let byte = buffer[index]
-                        if (byte == 0xE8 || byte == 0xE9), index + 5 <= filled, index + 5 > carried { target(index, 5, rel32: true) }
-                        if byte == 0x0F, index + 6 <= filled, index + 6 > carried, (0x80...0x8F).contains(buffer[index + 1]) { target(index, 6, rel32: true) }
-                        if byte == 0xEB || (0x70...0x7F).contains(byte) || (0xE0...0xE3).contains(byte), index + 2 <= filled, index + 2 > carried {
-                            target(index, 2, rel32: false)
-                        }
-                    }
-                    let kept = min(carry, filled)
-                    (buffer.baseAddress!).copyMemory(from: buffer.baseAddress! + (filled - kept), byteCount: kept)
-                    carried = kept
+            // A branch is at most 6 bytes: 5 carried let each one end in some window's fresh bytes.
+            forEachWindow(of: range, in: space, carrying: 5) { buffer, origin, carried in
+                func target(_ index: Int, _ length: Int, rel32: Bool) {
+                    let value: Int64 = rel32
+                        ? Int64(Int32(bitPattern: UInt32(buffer[index + length - 4]) | UInt32(buffer[index + length - 3]) << 8
+                            | UInt32(buffer[index + length - 2]) << 16 | UInt32(buffer[index + length - 1]) << 24))
+                        : Int64(Int8(bitPattern: buffer[index + length - 1]))
+                    let to = (origin + UInt64(index + length)) &+ UInt64(bitPattern: value)
+                    if let site = inside[to] { hit.insert(site) }
                 }
-                address += UInt64(chunk)
+                // Each opcode position once: those whose branch ends in this window's fresh
+                // bytes (the carried ones were judged with the page before).
+                let filled = buffer.count
+                for index in 0..<filled {
+                    let byte = buffer[index]
+                    if byte == 0xE8 || byte == 0xE9, index + 5 <= filled, index + 5 > carried { target(index, 5, rel32: true) }
+                    if byte == 0x0F, index + 6 <= filled, index + 6 > carried, (0x80...0x8F).contains(buffer[index + 1]) { target(index, 6, rel32: true) }
+                    if byte == 0xEB || (0x70...0x7F).contains(byte) || (0xE0...0xE3).contains(byte), index + 2 <= filled, index + 2 > carried {
+                        target(index, 2, rel32: false)
+                    }
+                }
             }
         }
         return sites.filter { !hit.contains($0.address) }
     }
 
-    /// The sites in `range` of `space`, read a page at a time through a window that carries
-    /// the last bytes of the page before (a site may straddle two pages), so that scanning
-    /// costs the engine a page of memory whatever the range's size.
+    /// The sites in `range` of `space` (see `forEachWindow`: a site may straddle two pages).
     static func sites(in range: Range<UInt64>, of space: AddressSpace) -> [Site] {
-        let carry = Int(siteLength)
+        var found: [Site] = []
+        forEachWindow(of: range, in: space, carrying: Int(siteLength)) { window, origin, carried in
+            found += sites(in: window, at: origin, fresh: carried)
+        }
+        return found
+    }
+
+    /// Calls `body` with `range` of `space` read a page at a time into one window that first
+    /// carries the last `carry` bytes of the page before (so that a pattern may straddle two
+    /// pages), the window's virtual address, and how many carried bytes it begins with:
+    /// scanning costs the engine a page of memory whatever the range's size.
+    static func forEachWindow(of range: Range<UInt64>, in space: AddressSpace, carrying carry: Int,
+                              _ body: (UnsafeRawBufferPointer, UInt64, Int) -> Void) {
         var window = [UInt8](repeating: 0, count: carry + Int(AddressSpace.pageSize))
         var carried = 0
-        var found: [Site] = []
         var address = range.lowerBound
         while address < range.upperBound {
             let chunk = Int(min(range.upperBound, AddressSpace.pageDown(address) + AddressSpace.pageSize) - address)
             window.withUnsafeMutableBytes { buffer in
                 space.loaderCopy(address, count: chunk, into: buffer.baseAddress! + carried)
                 let filled = carried + chunk
-                found += sites(in: UnsafeRawBufferPointer(rebasing: buffer[0..<filled]), at: address - UInt64(carried), fresh: carried)
+                body(UnsafeRawBufferPointer(rebasing: buffer[0..<filled]), address - UInt64(carried), carried)
                 let kept = min(carry, filled)
                 (buffer.baseAddress!).copyMemory(from: buffer.baseAddress! + (filled - kept), byteCount: kept)
                 carried = kept
             }
             address += UInt64(chunk)
         }
-        return found
     }
 
     /// The shared entries: the program's RFLAGS into R11 through a slot below the red zone (as
