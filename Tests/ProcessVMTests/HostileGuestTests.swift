@@ -60,7 +60,11 @@ struct HostileGuestTests {
             MB_ARG(3) = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED; MB_ARG(4) = (u64)-1; MB_ARG(5) = 0;
             MB_STATE = 1;                      /* posted, without a SYSCALL: keep running */
             u32 state;
-            while ((state = MB_STATE) == 1 || state == 4) stale[0] = target | 0x67;
+            u64 spins = 0;
+            /* Bounded, as the stub's own wait is: a poller that stopped watching this VM after
+               the check above never serves the post (a loaded CI host once spun here until the
+               watchdog's 20 s); the attempt is then withdrawn and the next one made. */
+            while (((state = MB_STATE) == 1 || state == 4) && ++spins < 50000000UL) stale[0] = target | 0x67;
             MB_STATE = 0;
             /* R1 was never mapped: only a forged page-table entry makes it readable, by the
                engine on the guest's behalf ("outside": an entry past guest memory) or by the
