@@ -14,6 +14,9 @@ struct AgentContext: RequestContext {
     /// Where a route may write its answer before it returns (the agent's own HTTP server on
     /// its Unix socket; nil elsewhere).
     var earlyAnswer: EarlyAnswer?
+    /// The request's thread serves its connection alone (a Unix-socket connection on a loop of
+    /// its own, `ConnectionLoops`): a route may block it for the length of a run.
+    var ownsThread = false
 
     init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)
@@ -42,6 +45,9 @@ public enum AgentLimits {
     /// Connections served at once on each listener by default (`vmfork serve --max-connections`);
     /// one more is answered 429 and closed (`ConnectionLimit`).
     public static let defaultMaxConnections = 1024
+    /// Unix-socket connections served on a thread of their own at most, by default
+    /// (`vmfork serve --connection-threads`; `ConnectionLoops`); beyond, they share the cores' loops.
+    public static let defaultConnectionThreads = 128
     /// Connections accepted at once on a listener, as a multiple of its limit: the ones beyond
     /// the limit are accepted only to be refused, and this bounds the descriptors they hold
     /// under a flood (above it new connections wait in the backlog until one closes).

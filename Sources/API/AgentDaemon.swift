@@ -44,6 +44,11 @@ public struct AgentDaemon: Sendable {
         public var workers: WorkerSettings?
         /// Connections served at once on each listener; one more is answered 429 and closed.
         public var maxConnections = AgentLimits.defaultMaxConnections
+        /// Unix-socket connections served on a thread of their own at most, where a run goes
+        /// from fork to exit without leaving it (`ConnectionLoops`); beyond, connections share
+        /// the event loops as on TCP. 0: all share. Not in workers mode (one loop reads the
+        /// workers' replies and serves the socket).
+        public var connectionThreads = AgentLimits.defaultConnectionThreads
 
         public init(stateFolder: URL, listen: String? = nil, stopGrace: Duration = .seconds(10),
                     memoryPressure: MemoryPressurePolicy = MemoryPressurePolicy(), kvmSystem: KVMSystem? = nil,
@@ -88,6 +93,9 @@ public struct AgentDaemon: Sendable {
     /// Runs until SIGTERM or SIGINT; throws when the daemon cannot start (another daemon holds
     /// the folder, the socket cannot be bound).
     public func run() async throws {
+        guard options.connectionThreads >= 0 else {
+            throw EngineError(.invalid, "--connection-threads \(options.connectionThreads) must be 0 or more", field: "connectionThreads")
+        }
         guard options.maxConnections > 0 else {
             throw EngineError(.invalid, "--max-connections \(options.maxConnections) must be at least 1", field: "maxConnections")
         }
@@ -146,6 +154,7 @@ public struct AgentDaemon: Sendable {
         // Each listener counts its own connections, so that a flood on TCP leaves the Unix
         // socket (the CLI, the VCHs' calls and event follows) its own share.
         let maxConnections = options.maxConnections
+        let connectionThreads = min(options.connectionThreads, maxConnections)
         func http(_ limit: ConnectionLimit) -> HTTPServerBuilder {
             HTTPServerBuilder { responder in
                 OnTheEventLoop(inner: HTTP1Channel(responder: responder, configuration: .init(
@@ -160,7 +169,10 @@ public struct AgentDaemon: Sendable {
         let (tcpReady, tcpReadySignal) = AsyncStream.makeStream(of: Void.self)
         let tcpListens = options.listen != nil
         let unixServer = AgentHTTPServer(
-            socketPath: socketPath, group: serving, responder: try router(tcp: false).buildResponder(), limit: ConnectionLimit(maxConnections),
+            socketPath: socketPath, group: serving,
+            // In workers mode the one loop that reads the workers' replies serves the socket too.
+            connectionLoops: workers == nil && connectionThreads > 0 ? ConnectionLoops(capacity: connectionThreads, shared: serving) : nil,
+            responder: try router(tcp: false).buildResponder(), limit: ConnectionLimit(maxConnections),
             acceptedAtOnce: acceptedAtOnce, logger: logger,
             listenAfter: {
                 guard tcpListens else { return }

@@ -5,6 +5,7 @@ import NIOCore
 import NIOExtras
 import NIOPosix
 import ServiceLifecycle
+import Synchronization
 
 /// The agent's HTTP/1.1 server on its Unix socket: the CLI's, the VCHs' and the load runner's
 /// way in, so every container launch passes here. It reads requests off the socket itself
@@ -29,8 +30,11 @@ import ServiceLifecycle
 /// close, busy ones close after their answer, and `run` returns when all are closed.
 struct AgentHTTPServer: Service {
     let socketPath: String
-    /// The event loops its connections are served on.
+    /// The event loop group that accepts its connections (and serves them without `connectionLoops`).
     let group: any EventLoopGroup
+    /// Where its connections are served: each on a loop of its own, up to a number (see
+    /// `ConnectionLoops`); nil: on `group`.
+    let connectionLoops: ConnectionLoops?
     let responder: RouterResponder<AgentContext>
     let limit: ConnectionLimit
     /// Connections accepted at once (beyond the limit only to be refused).
@@ -44,6 +48,7 @@ struct AgentHTTPServer: Service {
     func run() async throws {
         await listenAfter()
         try Task.checkCancellation()
+        if let connectionLoops { return try await run(on: connectionLoops) }
         let quiescing = ServerQuiescingHelper(group: group)
         let shared = AgentConnectionHandler.Shared(responder: responder, limit: limit, logger: logger)
         let acceptedAtOnce = self.acceptedAtOnce
@@ -59,7 +64,7 @@ struct AgentHTTPServer: Service {
             .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(AgentConnectionHandler(shared: shared, channel: channel))
+                    try channel.pipeline.syncOperations.addHandler(AgentConnectionHandler(shared: shared, channel: channel, ownsLoop: false))
                 }
             }
         let listener = try await bootstrap.bind(unixDomainSocketPath: socketPath).get()
@@ -68,6 +73,49 @@ struct AgentHTTPServer: Service {
         let closed = listener.eventLoop.makePromise(of: Void.self)
         quiescing.initiateShutdown(promise: closed)
         try await closed.futureResult.get()
+    }
+}
+
+extension AgentHTTPServer {
+    /// Serves each connection on a loop of its own (`ConnectionLoops`), accepting them on a
+    /// thread of its own (`UnixAcceptor`). Shutdown as `run`'s: accepting stops, each
+    /// connection is told to quiesce (idle ones close, busy ones after their answer), and this
+    /// returns once all are closed, their loops shut down after them.
+    private func run(on loops: ConnectionLoops) async throws {
+        let acceptor = try UnixAcceptor(path: socketPath, backlog: 256, acceptedAtOnce: acceptedAtOnce)
+        let shared = AgentConnectionHandler.Shared(responder: responder, limit: limit, logger: logger)
+        let open = Mutex<[ObjectIdentifier: any Channel]>([:])
+        let logger = self.logger
+        acceptor.start { fd in
+            let (loop, owned) = loops.take()
+            ClientBootstrap(group: loop)
+                .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
+                .channelInitializer { channel in
+                    open.withLock { $0[ObjectIdentifier(channel)] = channel }
+                    channel.closeFuture.whenComplete { _ in
+                        open.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(channel)) }
+                        if owned { loops.give(loop) }
+                        acceptor.connectionClosed()
+                    }
+                    return channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(AgentConnectionHandler(shared: shared, channel: channel, ownsLoop: owned))
+                    }
+                }
+                .withConnectedSocket(fd)
+                .whenFailure { error in
+                    // The channel was never made (the descriptor is closed by NIO or was never taken).
+                    logger.debug("a connection could not be served", metadata: ["error": "\(error)"])
+                }
+        }
+        onListening()
+        try? await gracefulShutdown()
+        await acceptor.stop()
+        let channels = open.withLock { Array($0.values) }
+        for channel in channels {
+            channel.eventLoop.execute { channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent()) }
+        }
+        for channel in channels { try? await channel.closeFuture.get() }
+        await loops.shutdown()
     }
 }
 
@@ -91,6 +139,8 @@ final class AgentConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     private let shared: Shared
     private let channel: any Channel
     private let executor: EventLoopExecutor
+    /// The connection has its loop to itself (`ConnectionLoops`): a run may block it.
+    private let ownsLoop: Bool
     private var parser = HTTP1RequestParser(maxBodyBytes: AgentLimits.maxBodyBytes)
     private var input = ByteBuffer()
     private var dates = HTTPDateCache()
@@ -120,9 +170,10 @@ final class AgentConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     private var idleCheck: Scheduled<Void>?
     private var refusalDeadline: Scheduled<Void>?
 
-    init(shared: Shared, channel: any Channel) {
+    init(shared: Shared, channel: any Channel, ownsLoop: Bool) {
         self.shared = shared
         self.channel = channel
+        self.ownsLoop = ownsLoop
         executor = EventLoopExecutor(channel.eventLoop)
     }
 
@@ -222,6 +273,7 @@ final class AgentConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
             let request = Request(head: parsed.head, body: body)
             var context = AgentContext(source: ApplicationRequestContextSource(channel: channel, logger: shared.logger))
             if let actor { context.actor = actor }
+            context.ownsThread = ownsLoop
             let early = EarlyAnswer(handler: self, headOnly: parsed.head.method == .head)
             context.earlyAnswer = early
             // Begun here, on the loop, up to its first wait (routing, decoding, the engine's

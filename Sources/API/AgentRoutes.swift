@@ -114,7 +114,7 @@ struct AgentRoutes: Sendable {
                     if let body = result.quickJSON() { early.send(.ok, json: body) }
                 }
             }
-            let result = try await engine.runContainer(spec, remove: remove, by: context.actor, answer: answer)
+            let result = try await engine.runContainer(spec, remove: remove, by: context.actor, answer: answer, onCallersThread: context.ownsThread)
             // Answered already: the connection drops what the route returns.
             if early?.sent == true { return Response(status: .ok) }
             guard let body = result.quickJSON() else { return try json(result) }

@@ -9,6 +9,7 @@
 #include <zlib.h>
 #include <sys/eventfd.h>
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <pthread.h>
 
 int cshims_ioctl_ptr(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }
@@ -35,6 +36,8 @@ int cshims_set_thread_name(const char *name) { return pthread_setname_np(pthread
 int cshims_thread_id(void) { return (int)gettid(); }
 int cshims_eventfd_nonblocking(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }
 int cshims_pipe_nonblocking(int ends[2]) { return pipe2(ends, O_CLOEXEC | O_NONBLOCK); }
+
+int cshims_accept_nonblocking(int listener) { return accept4(listener, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK); }
 
 const unsigned long CSHIMS_KVM_GET_API_VERSION = KVM_GET_API_VERSION;
 const unsigned long CSHIMS_KVM_CREATE_VM = KVM_CREATE_VM;

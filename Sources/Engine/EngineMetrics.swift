@@ -18,6 +18,8 @@ struct EngineMetrics: Sendable {
     let pollerBackOffs: Counter
     /// Times polling went off because it cost the poller more CPU than the exits it saved.
     let pollerUnprofitableBackOffs: Counter
+    /// Containers run on the thread that asked for them (`create`'s `takeOver`): no hand-off.
+    let runsOnCallersThread: Counter
 
     init(factory: any MetricsFactory) {
         self.factory = factory
@@ -31,6 +33,7 @@ struct EngineMetrics: Sendable {
         polledCalls = Counter(label: "vmfork_poller_calls_served_total", dimensions: [], factory: factory)
         pollerBackOffs = Counter(label: "vmfork_poller_back_offs_total", dimensions: [], factory: factory)
         pollerUnprofitableBackOffs = Counter(label: "vmfork_poller_unprofitable_back_offs_total", dimensions: [], factory: factory)
+        runsOnCallersThread = Counter(label: "vmfork_runs_on_callers_thread_total", dimensions: [], factory: factory)
     }
 
     func gauge(_ label: String, _ dimensions: [(String, String)] = []) -> Gauge {

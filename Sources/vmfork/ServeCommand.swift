@@ -51,6 +51,9 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Connections served at once on each listener (the socket, the TCP address), followers and waits included; one more is answered 429 Too Many Requests and closed.")
     var maxConnections = AgentLimits.defaultMaxConnections
 
+    @Option(help: "Socket connections served on a thread of their own at most, where a container run goes from fork to exit without a hand-off (two thread wake-ups fewer); beyond, connections share the event loops. 0: all share.")
+    var connectionThreads = AgentLimits.defaultConnectionThreads
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
 
@@ -66,6 +69,9 @@ struct ServeCommand: AsyncParsableCommand {
         guard (0...3600).contains(stopGrace) else { throw ValidationError("--stop-grace \(stopGrace) is out of range (0...3600)") }
         guard Self.maxConnectionsRange.contains(maxConnections) else {
             throw ValidationError("--max-connections \(maxConnections) is out of range (\(Self.maxConnectionsRange))")
+        }
+        guard (0...Self.maxConnectionsRange.upperBound).contains(connectionThreads) else {
+            throw ValidationError("--connection-threads \(connectionThreads) is out of range (0...\(Self.maxConnectionsRange.upperBound))")
         }
         guard WorkerSettings.range.contains(workerCount) else {
             throw ValidationError("--workers \(workerCount) is out of range (\(WorkerSettings.range)); check VMFORK_WORKERS too")
@@ -84,6 +90,7 @@ struct ServeCommand: AsyncParsableCommand {
         options.rewritesSystemCalls = rewriteSyscalls
         options.buffersOutput = bufferOutput
         options.maxConnections = maxConnections
+        options.connectionThreads = connectionThreads
         // Wired here, not in the API module, so that neither the API nor the UI depends on the VCH.
         options.webFrontEnd = try WebUI(logger: logger)
         options.vchHosting = VCHSupervisor(logger: logger)

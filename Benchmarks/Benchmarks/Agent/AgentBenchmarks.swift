@@ -186,7 +186,13 @@ final class AgentFixture: @unchecked Sendable {
         logger.logLevel = .warning
         // One KVM system for the daemon, the engine and the bare parent, as in one engine
         // process: one system-call poller serves all three, not three spinning on 2 cores.
-        let daemon = AgentDaemon(options: .init(stateFolder: daemonState.appendingPathComponent("state"), kvmSystem: system), logger: logger)
+        var options = AgentDaemon.Options(stateFolder: daemonState.appendingPathComponent("state"), kvmSystem: system)
+        // VMFORK_BENCH_CONNECTION_THREADS=0: every connection on the shared loops, its runs on
+        // container threads (as before `vmfork serve --connection-threads`), for side-by-side runs.
+        if let threads = ProcessInfo.processInfo.environment["VMFORK_BENCH_CONNECTION_THREADS"].flatMap(Int.init) {
+            options.connectionThreads = threads
+        }
+        let daemon = AgentDaemon(options: options, logger: logger)
         Task.detached { try await daemon.run() }
         client = AgentClient(socketPath: daemonState.appendingPathComponent("state/\(AgentDaemon.socketName)").path)
         var started = false

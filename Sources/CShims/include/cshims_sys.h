@@ -37,4 +37,6 @@ int cshims_thread_id(void);
 int cshims_eventfd_nonblocking(void);
 /* A pipe, both ends close-on-exec and non-blocking (pipe2 is not in Swift's Glibc module). */
 int cshims_pipe_nonblocking(int ends[2]);
+/* The next connection of a listening socket, close-on-exec and non-blocking (accept4 is not in Swift's Glibc module). */
+int cshims_accept_nonblocking(int listener);
 #endif
