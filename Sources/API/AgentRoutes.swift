@@ -114,7 +114,11 @@ struct AgentRoutes: Sendable {
                     if let body = result.quickJSON() { early.send(.ok, json: body) }
                 }
             }
-            let result = try await engine.runContainer(spec, remove: remove, by: context.actor, answer: answer, onCallersThread: context.ownsThread)
+            // On a connection's own loop: run there, and what only wakes background threads
+            // in the loop's next turn, after the answer is written.
+            let loop = context.ownsThread ? context.channel?.eventLoop : nil
+            let callersThread = loop.map { loop in CallersThread(later: { work in loop.execute(work) }) }
+            let result = try await engine.runContainer(spec, remove: remove, by: context.actor, answer: answer, callersThread: callersThread)
             // Answered already: the connection drops what the route returns.
             if early?.sent == true { return Response(status: .ok) }
             guard let body = result.quickJSON() else { return try json(result) }

@@ -26,10 +26,12 @@ extension Engine {
     /// before it answered, its output sent along), so its row waits (`StateWriter.held`).
     /// `takeOver` (with `startNow`), asked on the thread that would hand the container to its
     /// own: true when that thread has handed its own work on and runs the container itself.
+    /// `keepsVM` (with `untilEnd`): the VM is not given back to its pool at the end; the caller
+    /// gives it back, or removes the container, once it has answered.
     /// `answerEnded`: a worker's run that comes back ended, with its output and removed there,
     /// is told to it at once (see `runContainer`'s `answer`).
     func create(_ spec: ContainerSpec, startNow: Bool, id givenID: String? = nil, untilEnd: Bool = false, removeAtEnd: Bool = false,
-                takeOver: (@Sendable () -> Bool)? = nil, answerEnded: (@Sendable (RunResult) -> Void)? = nil,
+                takeOver: (@Sendable () -> Bool)? = nil, keepsVM: Bool = false, answerEnded: (@Sendable (RunResult) -> Void)? = nil,
                 started: (@Sendable (ManagedContainer) -> Void)? = nil) async throws -> ManagedContainer {
         try ensureAccepting()
         let image = try image(spec.image)
@@ -180,7 +182,7 @@ extension Engine {
                     writer.enqueue { $0.containers.append(made.info) }
                     started?(made)
                     if untilEnd {
-                        runToEnd(made, vm) { continuation.resume(returning: made) }
+                        runToEnd(made, vm, releasing: !keepsVM) { continuation.resume(returning: made) }
                     } else {
                         continuation.resume(returning: made)
                         runToEnd(made, vm)
@@ -284,7 +286,7 @@ extension Engine {
 
     /// Runs the container's program on the calling thread (its vCPU's) until it ends;
     /// `woken` runs once its end is known, before its VM goes back to the pool.
-    private func runToEnd(_ container: ManagedContainer, _ vm: Fork.Container, woken: (() -> Void)? = nil) {
+    private func runToEnd(_ container: ManagedContainer, _ vm: Fork.Container, releasing: Bool = true, woken: (() -> Void)? = nil) {
         let exit: ExitInfo
         do {
             let status = try vm.run()
@@ -292,13 +294,14 @@ extension Engine {
         } catch {
             exit = ExitInfo(exitCode: 137, reason: "the VM failed: \(error)")
         }
-        ended(container, exit, woken: woken)
+        ended(container, exit, releasing: releasing, woken: woken)
     }
 
     /// Records an exit (from the container's thread, or a kill before it started): the exit
     /// is queued for the log, then whoever waits is woken (and `woken` runs), and only then
-    /// does the VM go back to its pool — the waiter should not wait for that.
-    func ended(_ container: ManagedContainer, _ exit: ExitInfo, woken: (() -> Void)? = nil) {
+    /// does the VM go back to its pool — the waiter should not wait for that. Not `releasing`:
+    /// the waiter runs on this very thread next, and gives it back after its answer.
+    func ended(_ container: ManagedContainer, _ exit: ExitInfo, releasing: Bool = true, woken: (() -> Void)? = nil) {
         // Its changes reach its disk before anyone hears it ended.
         if let disk = container.disk {
             do { try disk.finish() } catch {
@@ -329,7 +332,7 @@ extension Engine {
         // The VM goes back to its parent's pool now, not at remove: restored while the caller
         // collects the output, it is ready for the next fork (and an exited container that is
         // never removed holds no guest memory).
-        container.vm?.release()
+        if releasing { container.vm?.release() }
     }
 
     /// Waits until the container ends and returns how.
@@ -490,7 +493,9 @@ extension Engine {
 
     /// `awaitWorker` false (a run's own removal): a worker's half of the removal goes on after
     /// the call returns (the container has ended; its VM goes back to its pool meanwhile).
-    func remove(_ container: ManagedContainer, awaitWorker: Bool = true) async throws {
+    /// `later`: runs what only wakes the engine's background threads (the VM's return to its
+    /// pool, the log folder's recycling) after the caller's answer, on its thread.
+    func remove(_ container: ManagedContainer, awaitWorker: Bool = true, later: (@Sendable (@escaping @Sendable () -> Void) -> Void)? = nil) async throws {
         let (vm, wasRemoved) = container.takeForRemoval()
         guard !wasRemoved else { throw EngineError(.notFound, "unknown container \(container.id)", field: "id") }
         let info = container.info
@@ -498,7 +503,7 @@ extension Engine {
             registry.containers[container.id] = nil
             if registry.names[info.name] == container.id { registry.names[info.name] = nil }
         }
-        vm?.remove()
+        if let later, let vm { later { vm.remove() } } else { vm?.remove() }
         // Also the disk of a container recorded before a restart (which no longer holds it open);
         // one made here without a disk has none to look for, nor has a worker's (its worker
         // removes its disk: an unlink of a path that is not there, on the event loop, per run).
@@ -517,6 +522,9 @@ extension Engine {
                 containerDisks?.remove(id: container.id)
             }
             if awaitWorker { await removeThere() } else { Task { await removeThere() } }
+        } else if let later {
+            let (folders, files, stdinFile) = (containerFolders, container.logFiles, container.stdinFile)
+            later { folders.remove(folder, files: files, stdinFile: stdinFile) }
         } else {
             containerFolders.remove(folder, files: container.logFiles, stdinFile: container.stdinFile)
         }
@@ -543,12 +551,13 @@ extension Engine {
     /// request; the answer does not wait for them. (In one process the loops are several and the
     /// removal short: a run is answered when it is done.)
     ///
-    /// `onCallersThread`: the caller's thread is its own to block (a Unix-socket connection's
+    /// `callersThread`: the caller's thread is its own to block (a Unix-socket connection's
     /// own event loop, `ConnectionLoops`), so the container is forked and run on it to its end
-    /// with no hop to a container thread and back (two cross-core wake-ups fewer). In workers
-    /// mode the worker runs it, as without.
+    /// with no hop to a container thread and back (two cross-core wake-ups fewer), and what
+    /// only wakes the engine's background threads is left to it for after its answer. In
+    /// workers mode the worker runs it, as without.
     public func runContainer(_ spec: ContainerSpec, remove: Bool = true, by actor: String,
-                             answer: (@Sendable (RunResult) -> Void)? = nil, onCallersThread: Bool = false) async throws -> RunResult {
+                             answer: (@Sendable (RunResult) -> Void)? = nil, callersThread: CallersThread? = nil) async throws -> RunResult {
         let answer = remove && spec.pool == nil ? answer : nil
         // One hop to the container's thread and one back at its end. Its create and start
         // events are queued there before its program runs, so the log has them before its exit.
@@ -556,9 +565,9 @@ extension Engine {
         // once it is registered, before any exit the worker reported meanwhile is applied.
         let container: ManagedContainer
         do {
-            let takeOver: (@Sendable () -> Bool)? = onCallersThread ? { @Sendable in true } : nil
+            let takeOver: (@Sendable () -> Bool)? = callersThread != nil ? { @Sendable in true } : nil
             container = try await create(spec, startNow: true, untilEnd: true, removeAtEnd: remove, takeOver: takeOver,
-                                         answerEnded: answer, started: { [self] made in
+                                         keepsVM: callersThread != nil, answerEnded: answer, started: { [self] made in
                 record("container.create", subject: made.id, actor: actor)
                 record("container.start", subject: made.id, actor: actor)
             })
@@ -570,8 +579,9 @@ extension Engine {
         let exit = await container.waitForExit()
         let stdout = readLog(container, .stdout)
         let stderr = readLog(container, .stderr)
+        if let callersThread, !remove { callersThread.later { container.vm?.release() } }
         if remove {
-            try await self.remove(container, awaitWorker: false)
+            try await self.remove(container, awaitWorker: false, later: callersThread?.later)
             record("container.remove", subject: info.id, actor: actor)
         }
         let ended = container.info

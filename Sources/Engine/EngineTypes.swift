@@ -320,3 +320,15 @@ public struct EngineError: Error, CustomStringConvertible, Sendable, Equatable {
 
     static func invalid(_ field: String, _ message: String) -> EngineError { EngineError(.invalid, message, field: field) }
 }
+
+/// A caller's thread that is its own to block (a Unix-socket connection's own event loop in
+/// the daemon): `Engine.runContainer` runs a container on it to its end, and leaves to
+/// `later` what only wakes the engine's background threads (a VM's return to its pool, a log
+/// folder's recycling), to run on that thread after the caller's answer has gone.
+public struct CallersThread: Sendable {
+    public let later: @Sendable (@escaping @Sendable () -> Void) -> Void
+
+    public init(later: @escaping @Sendable (@escaping @Sendable () -> Void) -> Void) {
+        self.later = later
+    }
+}
