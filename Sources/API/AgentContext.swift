@@ -2,6 +2,7 @@ import Foundation
 import Hummingbird
 import Logging
 import NIOCore
+import NIOPosix
 
 /// Per-request state: the connection (for the caller's credentials on the Unix socket) and
 /// who the caller is, as the event log records it.
@@ -46,8 +47,12 @@ public enum AgentLimits {
     /// one more is answered 429 and closed (`ConnectionLimit`).
     public static let defaultMaxConnections = 1024
     /// Unix-socket connections served on a thread of their own at most, by default
-    /// (`vmfork serve --connection-threads`; `ConnectionLoops`); beyond, they share the cores' loops.
-    public static let defaultConnectionThreads = 128
+    /// (`vmfork serve --connection-threads`; `ConnectionLoops`): as many as the cores, the rest
+    /// share the cores' loops. With 128, a load run past what the host sustains (2,100-2,300
+    /// launches a second here) fell behind for good in most tries (each of 128 connections
+    /// forking and running at once, engine CPU per launch doubling, then 429s), where with
+    /// every connection on the shared loops it slowed and recovered.
+    public static var defaultConnectionThreads: Int { System.coreCount }
     /// Connections accepted at once on a listener, as a multiple of its limit: the ones beyond
     /// the limit are accepted only to be refused, and this bounds the descriptors they hold
     /// under a flood (above it new connections wait in the backlog until one closes).

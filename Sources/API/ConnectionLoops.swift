@@ -15,41 +15,70 @@ import Synchronization
 /// (the client to the loop, the loop to the container's thread, back to the loop, back to the
 /// client); on its own loop it crosses twice.
 ///
-/// Loops are made when first needed (a thread each) and kept until `shutdown`; the loop of a
-/// connection that closed goes to the next connection. (NIO's server bootstrap takes the
-/// child's loop round robin from a fixed group, so `AgentHTTPServer` accepts these
-/// connections itself and hands each socket to the loop `take` gives.)
+/// Loops are made ahead, off the accept path (`spare` at start, then on a queue of their own as
+/// connections take them, up to `capacity`), and kept until `shutdown`; the loop of a
+/// connection that closed goes to the next connection. A connection that finds no loop free
+/// shares the `shared` ones: a loop made on the accept path (a thread started and waited for)
+/// took milliseconds on a busy host, the load runner opened more connections meanwhile, and at
+/// 2,100 launches a second the daemon fell behind for good (429s for over 512 requests in
+/// flight), where with every connection on the shared loops it held 2,300/s. (NIO's server
+/// bootstrap takes a child's loop round robin from a fixed group, so `AgentHTTPServer`
+/// accepts these connections itself and hands each socket to the loop `take` gives.)
 final class ConnectionLoops: Sendable {
     /// Connections with a loop of their own at most.
     let capacity: Int
     /// Where connections beyond `capacity` go.
     let shared: any EventLoopGroup
+    /// Free loops kept ready ahead of connections.
+    let spare: Int
     private struct State {
         var groups: [MultiThreadedEventLoopGroup] = []
         /// Loops no connection holds now.
         var free: [any EventLoop] = []
+        var making = false
         var shutDown = false
     }
     private let state = Mutex(State())
+    private let maker = DispatchQueue(label: "vmfork.connection-loops")
 
-    init(capacity: Int, shared: any EventLoopGroup) {
+    /// Makes `spare` loops (at most `capacity`) before it returns.
+    init(capacity: Int, shared: any EventLoopGroup, spare: Int = 8) {
         self.capacity = capacity
         self.shared = shared
+        self.spare = min(spare, capacity)
+        for _ in 0..<self.spare { makeLoop() }
     }
 
-    /// A loop for the next connection: one of its own (`owned`), or a shared one when
-    /// `capacity` are held (or the loops are shut down).
+    /// A loop for the next connection: a free one of its own (`owned`), or a shared one when
+    /// none is free; never waits for a loop to be made.
     func take() -> (loop: any EventLoop, owned: Bool) {
-        let own = state.withLock { state -> (any EventLoop)? in
-            guard !state.shutDown else { return nil }
-            if let loop = state.free.popLast() { return loop }
-            guard state.groups.count < capacity else { return nil }
-            let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-            state.groups.append(group)
-            return group.next()
+        let (own, refill) = state.withLock { state -> ((any EventLoop)?, Bool) in
+            guard !state.shutDown else { return (nil, false) }
+            let loop = state.free.popLast()
+            let refill = state.free.count < spare && state.groups.count < capacity && !state.making
+            if refill { state.making = true }
+            return (loop, refill)
         }
+        if refill { maker.async { [self] in fill() } }
         if let own { return (own, true) }
         return (shared.next(), false)
+    }
+
+    /// Makes loops until `spare` are free or `capacity` are made.
+    private func fill() {
+        while state.withLock({ !$0.shutDown && $0.free.count < spare && $0.groups.count < capacity }) { makeLoop() }
+        state.withLock { $0.making = false }
+    }
+
+    private func makeLoop() {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let kept = state.withLock { state -> Bool in
+            guard !state.shutDown else { return false }
+            state.groups.append(group)
+            state.free.append(group.next())
+            return true
+        }
+        if !kept { group.shutdownGracefully { _ in } }
     }
 
     /// The connection on `loop` (which `take` gave as owned) closed: the loop is free.
@@ -59,9 +88,6 @@ final class ConnectionLoops: Sendable {
             state.free.append(loop)
         }
     }
-
-    /// Loops made so far (each a thread).
-    var made: Int { state.withLock { $0.groups.count } }
 
     /// Shuts the loops down, once their connections have closed (the server's shutdown).
     func shutdown() async {

@@ -51,7 +51,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Connections served at once on each listener (the socket, the TCP address), followers and waits included; one more is answered 429 Too Many Requests and closed.")
     var maxConnections = AgentLimits.defaultMaxConnections
 
-    @Option(help: "Socket connections served on a thread of their own at most, where a container run goes from fork to exit without a hand-off (two thread wake-ups fewer); beyond, connections share the event loops. 0: all share.")
+    @Option(help: "Socket connections served on a thread of their own at most (default: as many as the cores), where a container run goes from fork to exit without a hand-off (two thread wake-ups fewer); beyond, connections share the event loops. 0: all share.")
     var connectionThreads = AgentLimits.defaultConnectionThreads
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")

@@ -41,7 +41,9 @@ struct ConnectionThreadsTests {
 
     @Test func aRunOnItsConnectionsThreadHoldsUpNoOtherConnection() throws {
         let daemon = try DaemonFixture()
-        try daemon.start()
+        // Threads for the listing client's kept connection, the sleeper and the echo (the
+        // default is as many as the cores).
+        try daemon.start(extra: ["--connection-threads", "8"])
         defer { daemon.stop() }
         let client = daemon.client
         try daemon.addBusybox(client)
