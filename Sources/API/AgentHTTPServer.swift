@@ -88,14 +88,21 @@ extension AgentHTTPServer {
         let logger = self.logger
         acceptor.start { fd in
             let (loop, owned) = loops.take()
+            // Its loop and its place among those accepted at once go back once: when its
+            // channel closes, or when no channel could be made for it.
+            let given = OnceFlag()
+            let giveBack: @Sendable () -> Void = {
+                guard given.claim() else { return }
+                if owned { loops.give(loop) }
+                acceptor.connectionClosed()
+            }
             ClientBootstrap(group: loop)
                 .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
                 .channelInitializer { channel in
                     open.withLock { $0[ObjectIdentifier(channel)] = channel }
                     channel.closeFuture.whenComplete { _ in
                         open.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(channel)) }
-                        if owned { loops.give(loop) }
-                        acceptor.connectionClosed()
+                        giveBack()
                     }
                     return channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandler(AgentConnectionHandler(shared: shared, channel: channel, ownsLoop: owned))
@@ -103,8 +110,8 @@ extension AgentHTTPServer {
                 }
                 .withConnectedSocket(fd)
                 .whenFailure { error in
-                    // The channel was never made (the descriptor is closed by NIO or was never taken).
                     logger.debug("a connection could not be served", metadata: ["error": "\(error)"])
+                    giveBack()
                 }
         }
         onListening()

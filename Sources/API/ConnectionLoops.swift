@@ -99,3 +99,12 @@ final class ConnectionLoops: Sendable {
         for group in groups { try? await group.shutdownGracefully() }
     }
 }
+
+/// True for the first `claim` only, from any thread.
+final class OnceFlag: Sendable {
+    private let claimed = Atomic<Bool>(false)
+
+    func claim() -> Bool {
+        claimed.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged
+    }
+}
