@@ -17,7 +17,7 @@ struct AgentContext: RequestContext {
     var earlyAnswer: EarlyAnswer?
     /// The request's thread serves its connection alone (a Unix-socket connection on a loop of
     /// its own, `ConnectionLoops`): a route may block it for the length of a run.
-    var ownsThread = false
+    var ownsLoop = false
 
     init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)

@@ -280,7 +280,7 @@ final class AgentConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
             let request = Request(head: parsed.head, body: body)
             var context = AgentContext(source: ApplicationRequestContextSource(channel: channel, logger: shared.logger))
             if let actor { context.actor = actor }
-            context.ownsThread = ownsLoop
+            context.ownsLoop = ownsLoop
             let early = EarlyAnswer(handler: self, headOnly: parsed.head.method == .head)
             context.earlyAnswer = early
             // Begun here, on the loop, up to its first wait (routing, decoding, the engine's

@@ -116,7 +116,7 @@ struct AgentRoutes: Sendable {
             }
             // On a connection's own loop: run there, and what only wakes background threads
             // in the loop's next turn, after the answer is written.
-            let loop = context.ownsThread ? context.channel?.eventLoop : nil
+            let loop = context.ownsLoop ? context.channel?.eventLoop : nil
             let callersThread = loop.map { loop in CallersThread(later: { work in loop.execute(work) }) }
             let result = try await engine.runContainer(spec, remove: remove, by: context.actor, answer: answer, callersThread: callersThread)
             // Answered already: the connection drops what the route returns.

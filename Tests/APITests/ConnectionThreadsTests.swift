@@ -22,15 +22,20 @@ struct ConnectionThreadsTests {
         return line.flatMap { Double($0.split(separator: " ").last ?? "") } ?? 0
     }
 
-    /// A run of `arguments` on a connection of its own, read to its answer.
-    static func run(_ daemon: DaemonFixture, _ arguments: [String]) throws -> RunResult {
-        let connection = HeldConnection(fd: try daemon.client.openConnection())
-        defer { connection.close() }
+    /// A run of `arguments` on `connection` (kept), read to its answer.
+    static func run(on connection: HeldConnection, _ arguments: [String]) throws -> RunResult {
         try connection.sendRequest("POST", "/v1/containers/run", body: runBody(arguments))
         let head = try connection.readHead()
         let body = try connection.readBody(head)
         guard head.status == 200 else { throw HeldConnection.Failure(description: "run: \(head.status) \(String(decoding: body, as: UTF8.self))") }
         return try JSONDecoder().decode(RunResult.self, from: body)
+    }
+
+    /// A run of `arguments` on a connection of its own, closed after.
+    static func run(_ daemon: DaemonFixture, _ arguments: [String]) throws -> RunResult {
+        let connection = HeldConnection(fd: try daemon.client.openConnection())
+        defer { connection.close() }
+        return try run(on: connection, arguments)
     }
 
     /// Whether `fd` has bytes to read now (or has ended).
@@ -81,20 +86,13 @@ struct ConnectionThreadsTests {
         try daemon.addBusybox(AgentClient(socketPath: daemon.socketPath))
         // Each look at the metrics on a connection of its own, closed after.
         func counted() throws -> Double { try Self.runsOnCallersThread(AgentClient(socketPath: daemon.socketPath)) }
-        func run(on connection: HeldConnection, _ word: String) throws -> RunResult {
-            try connection.sendRequest("POST", "/v1/containers/run", body: Self.runBody(["echo", word]))
-            let head = try connection.readHead()
-            let body = try connection.readBody(head)
-            try #require(head.status == 200, "\(String(decoding: body, as: UTF8.self))")
-            return try JSONDecoder().decode(RunResult.self, from: body)
-        }
         // A kept connection that holds the one thread: its run counts as on its own thread.
         // (A connection closed just before may still hold it for a moment: try again.)
         var holder: HeldConnection?
         for _ in 0..<100 where holder == nil {
             let connection = HeldConnection(fd: try daemon.client.openConnection())
             let before = try counted()
-            #expect(try run(on: connection, "holder").stdout == "holder\n")
+            #expect(try Self.run(on: connection, ["echo", "holder"]).stdout == "holder\n")
             if try counted() == before + 1 { holder = connection } else { connection.close(); usleep(20_000) }
         }
         let held = try #require(holder, "a connection got the one thread")
@@ -107,7 +105,7 @@ struct ConnectionThreadsTests {
         }
         #expect(try counted() == before, "runs on shared loops are handed to container threads")
         // The holder's next run is on its thread again.
-        #expect(try run(on: held, "again").stdout == "again\n")
+        #expect(try Self.run(on: held, ["echo", "again"]).stdout == "again\n")
         #expect(try counted() == before + 1)
 
         // A connection that closes gives its thread back: a new connection's run goes on it.
