@@ -170,8 +170,11 @@ public struct AgentDaemon: Sendable {
         let tcpListens = options.listen != nil
         let unixServer = AgentHTTPServer(
             socketPath: socketPath, group: serving,
-            // In workers mode the one loop that reads the workers' replies serves the socket too.
-            connectionLoops: workers == nil && connectionThreads > 0 ? ConnectionLoops(capacity: connectionThreads, shared: serving) : nil,
+            // In workers mode the one loop that reads the workers' replies serves the socket too,
+            // its connections accepted here, so that a run's connection can go to its worker
+            // (`RunAnswerHandOff`).
+            connectionLoops: workers != nil ? ConnectionLoops(capacity: 0, shared: serving)
+                : connectionThreads > 0 ? ConnectionLoops(capacity: connectionThreads, shared: serving) : nil,
             responder: try router(tcp: false).buildResponder(), limit: ConnectionLimit(maxConnections),
             acceptedAtOnce: acceptedAtOnce, logger: logger,
             listenAfter: {

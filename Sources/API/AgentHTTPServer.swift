@@ -1,3 +1,5 @@
+import Engine
+import Glibc
 import Hummingbird
 import HummingbirdCore
 import Logging
@@ -50,7 +52,7 @@ struct AgentHTTPServer: Service {
         try Task.checkCancellation()
         if let connectionLoops { return try await run(on: connectionLoops) }
         let quiescing = ServerQuiescingHelper(group: group)
-        let shared = AgentConnectionHandler.Shared(responder: responder, limit: limit, logger: logger)
+        let shared = AgentConnectionHandler.Shared(responder: responder, limit: limit, logger: logger, fence: AnswerFence())
         let acceptedAtOnce = self.acceptedAtOnce
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.backlog, value: 256)
@@ -64,7 +66,7 @@ struct AgentHTTPServer: Service {
             .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(AgentConnectionHandler(shared: shared, channel: channel, ownsLoop: false))
+                    try channel.pipeline.syncOperations.addHandler(AgentConnectionHandler(shared: shared, channel: channel, ownsLoop: false, socket: nil))
                 }
             }
         let listener = try await bootstrap.bind(unixDomainSocketPath: socketPath).get()
@@ -83,7 +85,7 @@ extension AgentHTTPServer {
     /// returns once all are closed, their loops shut down after them.
     private func run(on loops: ConnectionLoops) async throws {
         let acceptor = try UnixAcceptor(path: socketPath, backlog: 256, acceptedAtOnce: acceptedAtOnce)
-        let shared = AgentConnectionHandler.Shared(responder: responder, limit: limit, logger: logger)
+        let shared = AgentConnectionHandler.Shared(responder: responder, limit: limit, logger: logger, fence: AnswerFence())
         let open = Mutex<[ObjectIdentifier: any Channel]>([:])
         let logger = self.logger
         acceptor.start { fd in
@@ -105,7 +107,7 @@ extension AgentHTTPServer {
                         giveBack()
                     }
                     return channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(AgentConnectionHandler(shared: shared, channel: channel, ownsLoop: owned))
+                        try channel.pipeline.syncOperations.addHandler(AgentConnectionHandler(shared: shared, channel: channel, ownsLoop: owned, socket: fd))
                     }
                 }
                 .withConnectedSocket(fd)
@@ -141,6 +143,8 @@ final class AgentConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
         let responder: RouterResponder<AgentContext>
         let limit: ConnectionLimit
         let logger: Logger
+        /// Requests wait here for runs whose answers a worker wrote (`AnswerFence`).
+        let fence: AnswerFence
     }
 
     private let shared: Shared
@@ -148,6 +152,9 @@ final class AgentConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     private let executor: EventLoopExecutor
     /// The connection has its loop to itself (`ConnectionLoops`): a run may block it.
     private let ownsLoop: Bool
+    /// Its socket, when this server accepted it itself (`UnixAcceptor`; the channel owns and
+    /// closes it): a run's answer may then be handed to a worker (`EarlyAnswer.handOff`).
+    fileprivate let socket: Int32?
     private var parser = HTTP1RequestParser(maxBodyBytes: AgentLimits.maxBodyBytes)
     private var input = ByteBuffer()
     private var dates = HTTPDateCache()
@@ -177,10 +184,11 @@ final class AgentConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     private var idleCheck: Scheduled<Void>?
     private var refusalDeadline: Scheduled<Void>?
 
-    init(shared: Shared, channel: any Channel, ownsLoop: Bool) {
+    init(shared: Shared, channel: any Channel, ownsLoop: Bool, socket: Int32?) {
         self.shared = shared
         self.channel = channel
         self.ownsLoop = ownsLoop
+        self.socket = socket
         executor = EventLoopExecutor(channel.eventLoop)
     }
 
@@ -272,9 +280,11 @@ final class AgentConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
             }
             busy = true
             closeWhenDone = closeWhenDone || parsed.closeAfter
+            var isRun = false
             if parsed.head.method == .post, let path = parsed.head.path {
                 let route = path.split(separator: "?", maxSplits: 1).first ?? ""
                 waiting = route.hasPrefix("/v1/containers/") && route.hasSuffix("/wait")
+                isRun = route == "/v1/containers/run"
             }
             let body = parsed.bodyTooLarge ? RequestBody(asyncSequence: TooLargeBody()) : RequestBody(buffer: parsed.body)
             let request = Request(head: parsed.head, body: body)
@@ -286,13 +296,15 @@ final class AgentConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
             // Begun here, on the loop, up to its first wait (routing, decoding, the engine's
             // call up to its hand-off): no turn of the loop between the request and its work.
             starting = true
-            Task.immediate(executorPreference: executor) { await self.answer(request, context: context, early: early) }
+            Task.immediate(executorPreference: executor) { await self.answer(request, context: context, early: early, isRun: isRun) }
             starting = false
         }
     }
 
     /// Answers one request, then goes on with the input (a pipelined request) or closes.
-    private func answer(_ request: Request, context: AgentContext, early: EarlyAnswer) async {
+    private func answer(_ request: Request, context: AgentContext, early: EarlyAnswer, isRun: Bool) async {
+        // After the runs whose answers a worker wrote before this request came (not a run: see `AnswerFence`).
+        if !isRun { await shared.fence.passed() }
         let response: Response
         do {
             response = try await shared.responder.respond(to: request, context: context)
@@ -303,7 +315,16 @@ final class AgentConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
             }
             response = APIError(error).response
         }
-        if let written = early.written {
+        let handed = early.endHandOff()
+        if case .answered(_, let rest) = handed {
+            // Its worker wrote the answer (what the connection could not take at once is written here).
+            if !rest.isEmpty {
+                do { try await channel.writeAndFlush(ByteBuffer(bytes: rest)).get() } catch { channel.close(promise: nil) }
+            }
+        } else if handed == .unknown {
+            // Its worker went away after it had the connection: any answer here could follow part of one.
+            channel.close(promise: nil)
+        } else if let written = early.written {
             // The answer went before the route returned: its write's end stands for the body's.
             do { try await written.get() } catch { channel.close(promise: nil) }
         } else {
@@ -362,6 +383,18 @@ final class AgentConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
 
     fileprivate var outbound: any Channel { channel }
 
+    /// The head of a plain JSON answer without its length (`RunAnswerHandOff.head`); nil when
+    /// the connection closes after its answer (that head would have to say so).
+    fileprivate func handOffHead(_ status: HTTPResponse.Status) -> String? {
+        channel.eventLoop.assertInEventLoop()
+        guard !closeWhenDone else { return nil }
+        var buffer = channel.allocator.buffer(capacity: 128)
+        HTTP1ResponseHead.writeFields(HTTPResponse(status: status, headerFields: [.contentType: "application/json"]), date: dates.now(), into: &buffer)
+        return String(buffer: buffer)
+    }
+
+    fileprivate var fence: AnswerFence { shared.fence }
+
     private func armIdleCheck(in delay: TimeAmount) {
         idleCheck = channel.eventLoop.scheduleTask(in: delay) { [self] in
             let idleFor = NIODeadline.now() - lastActivity
@@ -388,9 +421,73 @@ final class EarlyAnswer: @unchecked Sendable {
     private(set) var written: EventLoopFuture<Void>?
     var sent: Bool { written != nil }
 
+    /// A hand-off of the answer to a worker, from its offer (`handOff`) to its end.
+    private struct Handing {
+        /// The daemon's duplicate of the connection, sent along with the create; -1 once closed.
+        var connection: Int32
+        /// Its place in the fence, from when the create goes to the worker (a first run of an
+        /// image waits for its parents before that, and holds no one up meanwhile).
+        var ticket: UInt64?
+        var outcome: HandOffOutcome?
+    }
+    private let handing = Mutex<Handing?>(nil)
+
     init(handler: AgentConnectionHandler, headOnly: Bool) {
         self.handler = handler
         self.headOnly = headOnly
+    }
+
+    /// The answer handed to the worker that will run the container (`RunAnswerHandOff`), when
+    /// the connection's socket is known and the answer would be a plain one; on the loop, before
+    /// the engine's call. The connection goes as a duplicate taken now, while it is surely open.
+    func handOff(_ status: HTTPResponse.Status) -> RunAnswerHandOff? {
+        guard let socket = handler.socket, !headOnly, written == nil, handler.outbound.eventLoop.inEventLoop,
+              handing.withLock({ $0 == nil }), let head = handler.handOffHead(status) else { return nil }
+        let copy = fcntl(socket, F_DUPFD_CLOEXEC, 0)
+        guard copy >= 0 else { return nil }
+        let fence = handler.fence
+        handing.withLock { $0 = Handing(connection: copy, ticket: nil, outcome: nil) }
+        return RunAnswerHandOff(connection: copy, head: head, going: { [self] in
+            let ticket = fence.take()
+            let taken = handing.withLock { handing -> Bool in
+                guard handing != nil, handing?.ticket == nil else { return false }
+                handing?.ticket = ticket
+                return true
+            }
+            if !taken { fence.giveBack(ticket) }
+        }, resolved: { [self] outcome in
+            // The create has its copy (or failed): this one goes. A run not answered by its
+            // worker holds up no one any longer; one that was, until its records are made.
+            let (connection, release) = handing.withLock { handing -> (Int32, UInt64?) in
+                guard var current = handing else { return (-1, nil) }
+                let connection = current.connection
+                current.connection = -1
+                current.outcome = outcome
+                let release = outcome == .notAnswered ? current.ticket : nil
+                if release != nil { current.ticket = nil }
+                handing = current
+                return (connection, release)
+            }
+            if connection >= 0 { close(connection) }
+            if let release { fence.giveBack(release) }
+        })
+    }
+
+    /// Whether a worker wrote the answer (`handOff`).
+    var answeredByWorker: Bool {
+        handing.withLock { handing in
+            if case .answered = handing?.outcome { return true }
+            return false
+        }
+    }
+
+    /// Once the route has returned: what became of a hand-off (nil: none was offered, or the
+    /// create never went); its copy of the connection closed and its ticket given back.
+    func endHandOff() -> HandOffOutcome? {
+        guard let ended = handing.withLock({ handing -> Handing? in defer { handing = nil }; return handing }) else { return nil }
+        if ended.connection >= 0 { close(ended.connection) }
+        if let ticket = ended.ticket { handler.fence.giveBack(ticket) }
+        return ended.outcome
     }
 
     /// Writes a whole answer (status, JSON body) and flushes it now; a second call does nothing.

@@ -118,9 +118,12 @@ struct AgentRoutes: Sendable {
             // in the loop's next turn, after the answer is written.
             let loop = context.ownsLoop ? context.channel?.eventLoop : nil
             let callersThread = loop.map { loop in CallersThread(later: { work in loop.execute(work) }) }
-            let result = try await engine.runContainer(spec, remove: remove, by: context.actor, answer: answer, callersThread: callersThread)
+            // In workers mode the worker writes the answer itself, when it can (see `RunAnswerHandOff`).
+            let handOff = engine.runsInWorkers && remove && spec.pool == nil ? early?.handOff(.ok) : nil
+            let result = try await engine.runContainer(spec, remove: remove, by: context.actor, answer: answer, handOff: handOff,
+                                                       callersThread: callersThread)
             // Answered already: the connection drops what the route returns.
-            if early?.sent == true { return Response(status: .ok) }
+            if early?.sent == true || early?.answeredByWorker == true { return Response(status: .ok) }
             guard let body = result.quickJSON() else { return try json(result) }
             return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: body))
         }

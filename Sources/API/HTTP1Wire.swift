@@ -346,6 +346,30 @@ enum HTTP1ResponseHead {
     /// The status line and fields of `response`, with the framing added: Content-Length when the
     /// body's length is known (none for 1xx, 204 and 304), else chunked transfer coding.
     static func write(_ response: HTTPResponse, contentLength: Int?, date: String, closing: Bool, into buffer: inout ByteBuffer) -> (chunked: Bool, bodiless: Bool) {
+        let hasLength = writeFields(response, date: date, into: &buffer)
+        let status = response.status
+        let bodiless = status.kind == .informational || status == .noContent || status == .notModified
+        var chunked = false
+        if !bodiless && !hasLength {
+            if let contentLength {
+                buffer.writeStaticString("Content-Length: ")
+                buffer.writeString(String(contentLength))
+                buffer.writeStaticString("\r\n")
+            } else {
+                buffer.writeStaticString("Transfer-Encoding: chunked\r\n")
+                chunked = true
+            }
+        }
+        if closing { buffer.writeStaticString("Connection: close\r\n") }
+        buffer.writeStaticString("\r\n")
+        return (chunked, bodiless)
+    }
+
+    /// The status line and fields of `response` with Date and Server, each line ending in CRLF,
+    /// without the framing and the blank line (what a worker completes, `RunAnswerHandOff`):
+    /// whether a Content-Length was among the fields.
+    @discardableResult
+    static func writeFields(_ response: HTTPResponse, date: String, into buffer: inout ByteBuffer) -> Bool {
         let status = response.status
         buffer.writeStaticString("HTTP/1.1 ")
         buffer.writeString(String(status.code))
@@ -361,24 +385,10 @@ enum HTTP1ResponseHead {
             buffer.writeString(field.value)
             buffer.writeStaticString("\r\n")
         }
-        let bodiless = status.kind == .informational || status == .noContent || status == .notModified
-        var chunked = false
-        if !bodiless && !hasLength {
-            if let contentLength {
-                buffer.writeStaticString("Content-Length: ")
-                buffer.writeString(String(contentLength))
-                buffer.writeStaticString("\r\n")
-            } else {
-                buffer.writeStaticString("Transfer-Encoding: chunked\r\n")
-                chunked = true
-            }
-        }
         buffer.writeStaticString("Date: ")
         buffer.writeString(date)
         buffer.writeStaticString("\r\nServer: vmfork\r\n")
-        if closing { buffer.writeStaticString("Connection: close\r\n") }
-        buffer.writeStaticString("\r\n")
-        return (chunked, bodiless)
+        return hasLength
     }
 }
 

@@ -48,37 +48,6 @@ extension ExitInfo {
 }
 
 extension RunResult {
-    /// The JSON the API answers a run with (the same fields and values as the Codable form,
-    /// sorted by name); nil when a figure is not finite (the Codable form refuses it).
-    func quickJSON() -> ByteBuffer? {
-        for figure in [forkMicroseconds, startedAt, finishedAt] {
-            if let figure, !figure.isFinite { return nil }
-        }
-        var buffer = ByteBuffer()
-        buffer.reserveCapacity(160 + stdout.utf8.count + stderr.utf8.count + reason.utf8.count)
-        buffer.writeStaticString("{\"exitCode\":")
-        buffer.writeString(String(exitCode))
-        if let finishedAt {
-            buffer.writeStaticString(",\"finishedAt\":")
-            buffer.writeString("\(finishedAt)")
-        }
-        if let forkMicroseconds {
-            buffer.writeStaticString(",\"forkMicroseconds\":")
-            buffer.writeString("\(forkMicroseconds)")
-        }
-        buffer.writeStaticString(",\"id\":")
-        QuickJSON.write(id, into: &buffer)
-        buffer.writeStaticString(",\"reason\":")
-        QuickJSON.write(reason, into: &buffer)
-        if let startedAt {
-            buffer.writeStaticString(",\"startedAt\":")
-            buffer.writeString("\(startedAt)")
-        }
-        buffer.writeStaticString(",\"stderr\":")
-        QuickJSON.write(stderr, into: &buffer)
-        buffer.writeStaticString(",\"stdout\":")
-        QuickJSON.write(stdout, into: &buffer)
-        buffer.writeStaticString("}")
-        return buffer
-    }
+    /// The JSON the API answers a run with (`quickBytes`, which a worker writes too).
+    func quickJSON() -> ByteBuffer? { quickBytes().map { ByteBuffer(bytes: $0) } }
 }

@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <pthread.h>
+#include <string.h>
 
 int cshims_ioctl_ptr(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }
 int cshims_ioctl_int(int fd, unsigned long request, unsigned long arg) { return ioctl(fd, request, arg); }
@@ -38,6 +39,38 @@ int cshims_eventfd_nonblocking(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBL
 int cshims_pipe_nonblocking(int ends[2]) { return pipe2(ends, O_CLOEXEC | O_NONBLOCK); }
 
 int cshims_accept_nonblocking(int listener) { return accept4(listener, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK); }
+
+long cshims_send_with_descriptor(int socket, const void *bytes, unsigned long length, int descriptor) {
+    union { char space[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
+    memset(&control, 0, sizeof control);
+    struct iovec part = { .iov_base = (void *)bytes, .iov_len = length };
+    struct msghdr message = { .msg_iov = &part, .msg_iovlen = 1, .msg_control = control.space, .msg_controllen = sizeof control.space };
+    struct cmsghdr *header = CMSG_FIRSTHDR(&message);
+    header->cmsg_level = SOL_SOCKET;
+    header->cmsg_type = SCM_RIGHTS;
+    header->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(header), &descriptor, sizeof(int));
+    return sendmsg(socket, &message, MSG_NOSIGNAL);
+}
+
+long cshims_recv_with_descriptors(int socket, void *bytes, unsigned long length, int *descriptors, int capacity, int *count) {
+    union { char space[CMSG_SPACE(sizeof(int) * 8)]; struct cmsghdr align; } control;
+    struct iovec part = { .iov_base = bytes, .iov_len = length };
+    struct msghdr message = { .msg_iov = &part, .msg_iovlen = 1, .msg_control = control.space, .msg_controllen = sizeof control.space };
+    *count = 0;
+    long got = recvmsg(socket, &message, MSG_CMSG_CLOEXEC);
+    if (got < 0) return got;
+    for (struct cmsghdr *header = CMSG_FIRSTHDR(&message); header != NULL; header = CMSG_NXTHDR(&message, header)) {
+        if (header->cmsg_level != SOL_SOCKET || header->cmsg_type != SCM_RIGHTS) continue;
+        int passed = (int)((header->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        for (int index = 0; index < passed; index++) {
+            int descriptor;
+            memcpy(&descriptor, CMSG_DATA(header) + index * sizeof(int), sizeof(int));
+            if (*count < capacity) descriptors[(*count)++] = descriptor; else close(descriptor);
+        }
+    }
+    return got;
+}
 
 const unsigned long CSHIMS_KVM_GET_API_VERSION = KVM_GET_API_VERSION;
 const unsigned long CSHIMS_KVM_CREATE_VM = KVM_CREATE_VM;

@@ -29,10 +29,11 @@ extension Engine {
     /// `keepsVM` (with `untilEnd`): the VM is not given back to its pool at the end; the caller
     /// gives it back, or removes the container, once it has answered.
     /// `answerEnded`: a worker's run that comes back ended, with its output and removed there,
-    /// is told to it at once (see `runContainer`'s `answer`).
+    /// is told to it at once (see `runContainer`'s `answer`). `handOff`: the worker writes
+    /// that answer to the caller's connection itself (see `RunAnswerHandOff`).
     func create(_ spec: ContainerSpec, startNow: Bool, id givenID: String? = nil, untilEnd: Bool = false, removeAtEnd: Bool = false,
                 takeOver: (@Sendable () -> Bool)? = nil, keepsVM: Bool = false, answerEnded: (@Sendable (RunResult) -> Void)? = nil,
-                started: (@Sendable (ManagedContainer) -> Void)? = nil) async throws -> ManagedContainer {
+                handOff: RunAnswerHandOff? = nil, started: (@Sendable (ManagedContainer) -> Void)? = nil) async throws -> ManagedContainer {
         try ensureAccepting()
         let image = try image(spec.image)
         let forkPoint = spec.forkPoint ?? image.defaultForkPoint ?? .entry
@@ -92,7 +93,7 @@ extension Engine {
             if let workers = workerSet {
                 return try await createInWorker(workers, id: id, name: name, spec: spec, image: image, policy: policy, recordedNow: recordedNow,
                                                 labels: labels, placementID: placementID, startNow: startNow, untilEnd: untilEnd,
-                                                removeAtEnd: removeAtEnd, answerEnded: answerEnded, registered: started)
+                                                removeAtEnd: removeAtEnd, answerEnded: answerEnded, handOff: handOff, registered: started)
             }
             let family: ParentFamily
             if let readyFamily {
@@ -557,8 +558,12 @@ extension Engine {
     /// only wakes the engine's background threads is left to it for after its answer. In
     /// workers mode the worker runs it, as without.
     public func runContainer(_ spec: ContainerSpec, remove: Bool = true, by actor: String,
-                             answer: (@Sendable (RunResult) -> Void)? = nil, callersThread: CallersThread? = nil) async throws -> RunResult {
+                             answer: (@Sendable (RunResult) -> Void)? = nil, handOff: RunAnswerHandOff? = nil,
+                             callersThread: CallersThread? = nil) async throws -> RunResult {
         let answer = remove && spec.pool == nil ? answer : nil
+        // Handed to a worker only where the answer goes early anyway; else let go at once.
+        let handedOff = answer != nil && workerSet != nil ? handOff : nil
+        if handedOff == nil { handOff?.resolved(.notAnswered) }
         // One hop to the container's thread and one back at its end. Its create and start
         // events are queued there before its program runs, so the log has them before its exit.
         // In workers mode one call to the worker creates and starts it; `started` then runs
@@ -567,7 +572,7 @@ extension Engine {
         do {
             let takeOver: (@Sendable () -> Bool)? = callersThread != nil ? { @Sendable in true } : nil
             container = try await create(spec, startNow: true, untilEnd: true, removeAtEnd: remove, takeOver: takeOver,
-                                         keepsVM: callersThread != nil, answerEnded: answer, started: { [self] made in
+                                         keepsVM: callersThread != nil, answerEnded: answer, handOff: handedOff, started: { [self] made in
                 record("container.create", subject: made.id, actor: actor)
                 record("container.start", subject: made.id, actor: actor)
             })

@@ -4,6 +4,7 @@ import KVM
 import Logging
 import Metrics
 import Store
+import Synchronization
 
 /// What an engine tells whoever watches it (a worker's server, which passes it to the daemon).
 struct EngineObservers: Sendable {
@@ -404,7 +405,7 @@ extension Engine {
     /// Forks in the worker holding the policy's family (its parents made first at the policy's first use).
     func createInWorker(_ workers: WorkerSet, id: String, name: String, spec: ContainerSpec, image: ImageRecord, policy: ParentPolicy,
                         recordedNow: Bool, labels: [String: String], placementID: Int?, startNow: Bool, untilEnd: Bool = false,
-                        removeAtEnd: Bool = false, answerEnded: (@Sendable (RunResult) -> Void)? = nil,
+                        removeAtEnd: Bool = false, answerEnded: (@Sendable (RunResult) -> Void)? = nil, handOff: RunAnswerHandOff? = nil,
                         registered: (@Sendable (ManagedContainer) -> Void)? = nil) async throws -> ManagedContainer {
         if recordedNow {
             do { _ = try await ensureParentsInWorkers(workers, policy, image: image) } catch {
@@ -422,14 +423,41 @@ extension Engine {
         resolved.labels = labels
         resolved.pool = nil
         resolved.memoryReservationMiB = nil
+        // The caller's connection goes along only where the worker can answer there: a run
+        // removed at its end, charged to no pool.
+        let offered = handOff
+        let handOff = untilEnd && removeAtEnd && placementID == nil ? handOff : nil
+        if handOff == nil { offered?.resolved(.notAnswered) }
         let request = WorkerCreate(id: id, spec: resolved, image: nil, start: startNow, untilEnd: untilEnd ? true : nil,
-                                   removeAtEnd: untilEnd && removeAtEnd ? true : nil)
-        var (info, end) = try await connection.create(request, image: image)
+                                   removeAtEnd: untilEnd && removeAtEnd ? true : nil, answerHead: handOff?.head)
+        let frameSent = Atomic<Bool>(false)
+        var (info, end): (ContainerInfo, WorkerRunEnd?)
+        do {
+            (info, end) = try await connection.create(request, image: image, passing: handOff?.connection,
+                                                      sent: {
+                                                          handOff?.going()
+                                                          frameSent.store(true, ordering: .releasing)
+                                                      })
+        } catch {
+            // A refusal is a reply (the worker writes an answer only with a run's end); a
+            // connection that ended after the create went leaves the answer unknown.
+            if let handOff, frameSent.load(ordering: .acquiring) { handOff.resolved(connection.isClosed ? .unknown : .notAnswered) }
+            throw error
+        }
         // A run answered with its end, its output and its removal in the worker: its caller
         // hears the result now, before this daemon records it (the records follow at once,
         // without a wait; a trace put 127 µs between the worker's answer and the HTTP
-        // answer, against 37 µs in one process).
-        if let answerEnded, let end, end.removed, placementID == nil, let stdout = end.stdout, let stderr = end.stderr {
+        // answer, against 37 µs in one process). With a hand-off the worker wrote it already.
+        if let handOff {
+            if let end, let written = end.answered {
+                handOff.resolved(.answered(written: written, rest: end.answerRest ?? []))
+                metrics.answersByWorkers.increment()
+                if end.answerRest?.isEmpty == false { metrics.answersFinishedByDaemon.increment() }
+            } else {
+                handOff.resolved(.notAnswered)
+            }
+        }
+        if let answerEnded, let end, end.answered == nil, end.removed, placementID == nil, let stdout = end.stdout, let stderr = end.stderr {
             let ended = end.exit.info
             answerEnded(RunResult(id: id, exitCode: ended.exitCode ?? 137, reason: ended.exitReason ?? "exited",
                                   stdout: String(decoding: stdout, as: UTF8.self), stderr: String(decoding: stderr, as: UTF8.self),

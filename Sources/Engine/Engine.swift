@@ -85,6 +85,8 @@ public final class Engine: Sendable {
     public let options: EngineOptions
     /// The daemon's workers (nil when this process holds the VMs itself).
     let workerSet: WorkerSet?
+    /// Whether the VMs live in engine workers (`vmfork serve --workers N`), not in this process.
+    public var runsInWorkers: Bool { workerSet != nil }
     /// Who is told of exits and events (a worker's server).
     let observers = Mutex(EngineObservers())
 

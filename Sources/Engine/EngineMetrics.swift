@@ -20,6 +20,10 @@ struct EngineMetrics: Sendable {
     let pollerUnprofitableBackOffs: Counter
     /// Containers run on the thread that asked for them (`create`'s `takeOver`): no hand-off.
     let runsOnCallersThread: Counter
+    /// Runs whose HTTP answer their worker wrote to the caller's connection (`RunAnswerHandOff`).
+    let answersByWorkers: Counter
+    /// Of those, answers the caller's connection could not take whole at once, their rest written by the daemon.
+    let answersFinishedByDaemon: Counter
 
     init(factory: any MetricsFactory) {
         self.factory = factory
@@ -34,6 +38,8 @@ struct EngineMetrics: Sendable {
         pollerBackOffs = Counter(label: "vmfork_poller_back_offs_total", dimensions: [], factory: factory)
         pollerUnprofitableBackOffs = Counter(label: "vmfork_poller_unprofitable_back_offs_total", dimensions: [], factory: factory)
         runsOnCallersThread = Counter(label: "vmfork_runs_on_callers_thread_total", dimensions: [], factory: factory)
+        answersByWorkers = Counter(label: "vmfork_runs_answered_by_workers_total", dimensions: [], factory: factory)
+        answersFinishedByDaemon = Counter(label: "vmfork_runs_answered_by_workers_finished_by_daemon_total", dimensions: [], factory: factory)
     }
 
     func gauge(_ label: String, _ dimensions: [(String, String)] = []) -> Gauge {

@@ -321,6 +321,42 @@ public struct EngineError: Error, CustomStringConvertible, Sendable, Equatable {
     static func invalid(_ field: String, _ message: String) -> EngineError { EngineError(.invalid, message, field: field) }
 }
 
+/// A run's HTTP answer handed to the worker that runs it (workers mode, the agent's Unix
+/// socket): the worker writes it to the caller's connection itself as the program ends, and
+/// the daemon, which would otherwise be woken for the worker's reply and then write it, writes
+/// nothing on that connection until `resolved` has been called.
+public struct RunAnswerHandOff: Sendable {
+    /// The caller's connection (the daemon's descriptor: the worker gets a duplicate with the create).
+    public let connection: Int32
+    /// The answer's status line and fields, each ending in CRLF, but its length: the worker adds
+    /// Content-Length, the blank line and the body (`RunResult.quickBytes`).
+    public let head: String
+    /// Once the create has gone to the worker with the connection: what became of the answer.
+    /// Not called when the create failed before it went (the answer is then the daemon's, as
+    /// without a hand-off).
+    public let resolved: @Sendable (HandOffOutcome) -> Void
+    /// Called just before the create goes to the worker with the connection (from then on the
+    /// worker may write the answer at any moment).
+    public let going: @Sendable () -> Void
+
+    public init(connection: Int32, head: String, going: @escaping @Sendable () -> Void, resolved: @escaping @Sendable (HandOffOutcome) -> Void) {
+        (self.connection, self.head, self.going, self.resolved) = (connection, head, going, resolved)
+    }
+}
+
+/// What became of a run's answer handed to its worker (`RunAnswerHandOff`).
+public enum HandOffOutcome: Sendable, Equatable {
+    /// The worker wrote `written` bytes of it; `rest` is what the connection could not take at
+    /// once, for the daemon to write.
+    case answered(written: Int, rest: [UInt8])
+    /// The worker did not write it (the run went on past the worker's wait, its output was too
+    /// large to go along, or it failed): the daemon answers, as without a hand-off.
+    case notAnswered
+    /// The worker went away after the create went: whether it wrote any of the answer is not
+    /// known, so the daemon writes nothing more on that connection and closes it.
+    case unknown
+}
+
 /// A caller's thread that is its own to block (a Unix-socket connection's own event loop in
 /// the daemon): `Engine.runContainer` runs a container on it to its end, and leaves to
 /// `later` what only wakes the engine's background threads (a VM's return to its pool, a log

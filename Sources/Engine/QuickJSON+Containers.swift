@@ -190,3 +190,25 @@ extension RunResult {
         return seen == 31 ? result : nil
     }
 }
+
+extension RunResult {
+    /// The JSON the API answers a run with (the same fields and values as the Codable form,
+    /// sorted by name); nil when a figure is not finite (the Codable form refuses it).
+    public func quickBytes() -> [UInt8]? {
+        for figure in [forkMicroseconds, startedAt, finishedAt] {
+            if let figure, !figure.isFinite { return nil }
+        }
+        var writer = QuickJSON.Writer(capacity: 160 + stdout.utf8.count + stderr.utf8.count + reason.utf8.count)
+        writer.beginObject()
+        writer.key("exitCode"); writer.integer(exitCode)
+        if let finishedAt { writer.key("finishedAt"); writer.double(finishedAt) }
+        if let forkMicroseconds { writer.key("forkMicroseconds"); writer.double(forkMicroseconds) }
+        writer.key("id"); writer.string(id)
+        writer.key("reason"); writer.string(reason)
+        if let startedAt { writer.key("startedAt"); writer.double(startedAt) }
+        writer.key("stderr"); writer.string(stderr)
+        writer.key("stdout"); writer.string(stdout)
+        writer.endObject()
+        return writer.bytes
+    }
+}

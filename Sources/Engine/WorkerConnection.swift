@@ -151,11 +151,14 @@ final class WorkerConnection: Sendable {
 
     /// A create (and start) in the worker, written and read by hand (`WorkerQuick`); the
     /// image's record goes along only when this worker may not have it.
-    func create(_ request: WorkerCreate, image: ImageRecord) async throws -> (info: ContainerInfo, end: WorkerRunEnd?) {
+    /// `passing`: a descriptor that goes with the frame (`WorkerCreate.answerHead`); `sent` is
+    /// called as the frame goes (just before its write).
+    func create(_ request: WorkerCreate, image: ImageRecord, passing descriptor: Int32? = nil,
+                sent: (() -> Void)? = nil) async throws -> (info: ContainerInfo, end: WorkerRunEnd?) {
         var request = request
         let sendsImage = !has(image) || version != Engine.version
         if sendsImage { request.image = image }
-        let frame = try await exchange("create") { id in
+        let frame = try await exchange("create", passing: descriptor, sent: sent) { id in
             var body = QuickJSON.Writer()
             guard WorkerQuick.create(request, into: &body) else { return try JSONEncoder().encode(WorkerRequest(id: id, op: "create", body: request)) }
             return Data(WorkerQuick.request(id: id, op: "create") { $0.raw(body.bytes) })
@@ -186,7 +189,8 @@ final class WorkerConnection: Sendable {
     }
 
     /// Sends the request `encode` writes for its id and waits for the reply's frame.
-    private func exchange(_ op: String, _ encode: (UInt64) throws -> Data) async throws -> WorkerFrame {
+    private func exchange(_ op: String, passing descriptor: Int32? = nil, sent: (() -> Void)? = nil,
+                          _ encode: (UInt64) throws -> Data) async throws -> WorkerFrame {
         try await withCheckedThrowingContinuation { continuation in
             let id = state.withLock { state -> UInt64? in
                 guard state.closed == nil else { return nil }
@@ -203,7 +207,9 @@ final class WorkerConnection: Sendable {
                 let payload = try encode(id)
                 // A Unix socket's send buffer takes a request at once; the worker's reader
                 // thread empties it continuously.
-                try writeLock.withLock { _ throws(EngineError) in try WorkerWire.writeFrame(fd, payload) }
+                // Before the write, so that whoever hears of a failure after it errs on the side of "it went".
+                sent?()
+                try writeLock.withLock { _ throws(EngineError) in try WorkerWire.writeFrame(fd, payload, passing: descriptor) }
             } catch {
                 if let waiter = state.withLock({ $0.pending.removeValue(forKey: id) }) { waiter.resume(throwing: error) }
             }

@@ -50,6 +50,7 @@ enum WorkerQuick {
         writer.key("start"); writer.boolean(request.start)
         if let untilEnd = request.untilEnd { writer.key("untilEnd"); writer.boolean(untilEnd) }
         if let removeAtEnd = request.removeAtEnd { writer.key("removeAtEnd"); writer.boolean(removeAtEnd) }
+        if let answerHead = request.answerHead { writer.key("answerHead"); writer.string(answerHead) }
         writer.key("spec"); request.spec.write(into: &writer)
         writer.endObject()
         return true
@@ -61,18 +62,20 @@ enum WorkerQuick {
         var (id, start, spec): (String?, Bool?, ContainerSpec?) = (nil, nil, nil)
         var untilEnd: Bool?
         var removeAtEnd: Bool?
+        var answerHead: String?
         for member in members {
             switch member.key {
             case "id": id = member.value.string
             case "start": start = member.value.boolean
             case "untilEnd": guard let flag = member.value.boolean else { return nil }; untilEnd = flag
             case "removeAtEnd": guard let flag = member.value.boolean else { return nil }; removeAtEnd = flag
+            case "answerHead": guard let text = member.value.string else { return nil }; answerHead = text
             case "spec": spec = ContainerSpec.quick(member.value)
             default: return nil
             }
         }
         guard let id, let start, let spec else { return nil }
-        return WorkerCreate(id: id, spec: spec, image: nil, start: start, untilEnd: untilEnd, removeAtEnd: removeAtEnd)
+        return WorkerCreate(id: id, spec: spec, image: nil, start: start, untilEnd: untilEnd, removeAtEnd: removeAtEnd, answerHead: answerHead)
     }
 
     /// A remove's body, `{"id":ID,"force":BOOL}`.
@@ -181,6 +184,8 @@ enum WorkerQuick {
         if let stdout = end.stdout { writer.key("stdout"); writer.string(String(decoding: stdout, as: UTF8.self)) }
         if let stderr = end.stderr { writer.key("stderr"); writer.string(String(decoding: stderr, as: UTF8.self)) }
         writer.key("removed"); writer.boolean(end.removed)
+        if let answered = end.answered { writer.key("answered"); writer.integer(answered) }
+        if let rest = end.answerRest, !rest.isEmpty { writer.key("answerRest"); writer.string(Data(rest).base64EncodedString()) }
         writer.endObject()
         writer.endObject()
         return writer.bytes
@@ -212,6 +217,10 @@ enum WorkerQuick {
             case "stdout": guard let text = value.string else { throw malformed }; end.stdout = Array(text.utf8)
             case "stderr": guard let text = value.string else { throw malformed }; end.stderr = Array(text.utf8)
             case "removed": removed = value.boolean
+            case "answered": guard let count = value.integer, count >= 0 else { throw malformed }; end.answered = count
+            case "answerRest":
+                guard let text = value.string, let bytes = Data(base64Encoded: text) else { throw malformed }
+                end.answerRest = Array(bytes)
             default: throw malformed
             }
         }

@@ -1,3 +1,4 @@
+import CShims
 import Foundation
 import Store
 
@@ -29,12 +30,13 @@ import Store
 public enum WorkerWire {
     public static let maxFrame = 64 << 20
 
-    /// Writes one frame with a single write where it fits (the caller serializes writers).
-    static func writeFrame<Bytes: Collection<UInt8>>(_ fd: Int32, _ payload: Bytes) throws(EngineError) {
+    /// Writes one frame with a single write where it fits (the caller serializes writers);
+    /// `descriptor` goes along with its first byte (SCM_RIGHTS: the reader gets a duplicate).
+    static func writeFrame<Bytes: Collection<UInt8>>(_ fd: Int32, _ payload: Bytes, passing descriptor: Int32? = nil) throws(EngineError) {
         var frame: [UInt8] = []
         frame.reserveCapacity(payload.count + 4)
         append(payload, to: &frame)
-        try write(fd, frame)
+        try write(fd, frame, passing: descriptor)
     }
 
     /// Writes frames one after another with a single write where they fit, so that the reader
@@ -52,11 +54,16 @@ public enum WorkerWire {
         frames.append(contentsOf: payload)
     }
 
-    private static func write(_ fd: Int32, _ frame: [UInt8]) throws(EngineError) {
+    private static func write(_ fd: Int32, _ frame: [UInt8], passing descriptor: Int32? = nil) throws(EngineError) {
         var offset = 0
+        var descriptor = descriptor
         while offset < frame.count {
             // unsafe: offset < count, so the pointer and length stay inside the buffer.
-            let written = frame.withUnsafeBytes { bytes in send(fd, bytes.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL)) }
+            let written = frame.withUnsafeBytes { bytes in
+                let start = bytes.baseAddress! + offset
+                guard let passed = descriptor else { return send(fd, start, bytes.count - offset, Int32(MSG_NOSIGNAL)) }
+                return cshims_send_with_descriptor(fd, start, UInt(bytes.count - offset), passed)
+            }
             if written < 0 {
                 if errno == EINTR { continue }
                 if errno == EAGAIN || errno == EWOULDBLOCK {
@@ -68,25 +75,35 @@ public enum WorkerWire {
                 throw EngineError(.failed, "worker socket write: \(String(cString: strerror(errno)))")
             }
             offset += written
+            // Sent with the first bytes that went.
+            descriptor = nil
         }
     }
 
-    /// Reads one frame; nil at the end of the stream.
-    static func readFrame(_ fd: Int32) throws(EngineError) -> Data? {
+    /// Reads one frame; nil at the end of the stream. With `received`, descriptors passed
+    /// along (SCM_RIGHTS) go to it, in the order they came; without, the kernel closes them.
+    static func readFrame(_ fd: Int32, received: ((Int32) -> Void)? = nil) throws(EngineError) -> Data? {
         var header = [UInt8](repeating: 0, count: 4)
-        guard try readFully(fd, &header, count: 4) else { return nil }
+        guard try readFully(fd, &header, count: 4, received: received) else { return nil }
         let length = Int(UInt32(header[0]) | UInt32(header[1]) << 8 | UInt32(header[2]) << 16 | UInt32(header[3]) << 24)
         guard length <= maxFrame else { throw EngineError(.failed, "worker frame of \(length) bytes is over \(maxFrame)") }
         var payload = [UInt8](repeating: 0, count: length)
-        guard try readFully(fd, &payload, count: length) else { throw EngineError(.failed, "worker stream ended inside a frame") }
+        guard try readFully(fd, &payload, count: length, received: received) else { throw EngineError(.failed, "worker stream ended inside a frame") }
         return Data(payload)
     }
 
-    private static func readFully(_ fd: Int32, _ buffer: inout [UInt8], count: Int) throws(EngineError) -> Bool {
+    private static func readFully(_ fd: Int32, _ buffer: inout [UInt8], count: Int, received: ((Int32) -> Void)?) throws(EngineError) -> Bool {
         var offset = 0
+        var passed = [Int32](repeating: -1, count: 8)
+        var passedCount: Int32 = 0
         while offset < count {
-            // unsafe: offset < count <= buffer.count, so the pointer and length stay inside it.
-            let got = buffer.withUnsafeMutableBytes { bytes in recv(fd, bytes.baseAddress! + offset, count - offset, 0) }
+            // unsafe: offset < count <= buffer.count, so the pointer and length stay inside it;
+            // at most passed.count descriptors are stored.
+            let got = buffer.withUnsafeMutableBytes { bytes in
+                guard received != nil else { return recv(fd, bytes.baseAddress! + offset, count - offset, 0) }
+                return cshims_recv_with_descriptors(fd, bytes.baseAddress! + offset, UInt(count - offset), &passed, Int32(passed.count), &passedCount)
+            }
+            if got > 0, let received { for index in 0..<Int(passedCount) { received(passed[index]) } }
             if got < 0 {
                 if errno == EINTR { continue }
                 throw EngineError(.failed, "worker socket read: \(String(cString: strerror(errno)))")
@@ -207,6 +224,10 @@ struct WorkerCreate: Codable, Sendable {
     /// the answer goes is answered with its end and output (`WorkerRunEnd`) and removed in
     /// the worker, with no call of the daemon's for either.
     var removeAtEnd: Bool? = nil
+    /// With `removeAtEnd`: the caller's connection comes with this frame (SCM_RIGHTS), and a
+    /// run answered with its end has its HTTP answer written there by the worker, this the
+    /// answer's status line and fields but its length (see `RunAnswerHandOff`).
+    var answerHead: String? = nil
 }
 
 /// A run's end, sent with its answer when the program ended before the answer went
@@ -217,6 +238,10 @@ struct WorkerRunEnd: Sendable {
     var stdout: [UInt8]?
     var stderr: [UInt8]?
     var removed: Bool
+    /// The bytes of the caller's HTTP answer the worker wrote to its connection
+    /// (`WorkerCreate.answerHead`), and those it could not write at once (for the daemon).
+    var answered: Int? = nil
+    var answerRest: [UInt8]? = nil
 
     /// The most output (stdout and stderr together, bytes) that goes with an answer; a
     /// larger one stays in the container's log files for the daemon to read.

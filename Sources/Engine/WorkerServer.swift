@@ -112,8 +112,47 @@ public final class WorkerServer: Sendable {
                 end.removed = removeAtEnd
             }
         }
-        guard let frame = WorkerQuick.reply(id: answer.id, info: started, end: end) else { return (answer.frame(started), false, false) }
+        guard var frame = WorkerQuick.reply(id: answer.id, info: started, end: end) else {
+            if let handOff = answer.takeHandOff() { close(handOff.connection) }
+            return (answer.frame(started), false, false)
+        }
+        // The caller's answer first, straight to its connection, then this reply to the daemon
+        // (which writes nothing there before it has the reply), saying what went.
+        if let handOff = answer.takeHandOff() {
+            if end.removed, let stdout = end.stdout, let stderr = end.stderr {
+                let ended = exit.info
+                let result = RunResult(id: started.id, exitCode: ended.exitCode ?? 137, reason: ended.exitReason ?? "exited",
+                                       stdout: String(decoding: stdout, as: UTF8.self), stderr: String(decoding: stderr, as: UTF8.self),
+                                       forkMicroseconds: started.forkMicroseconds, startedAt: started.startedAt ?? ended.startedAt,
+                                       finishedAt: ended.finishedAt)
+                if let body = result.quickBytes() {
+                    let written = Self.writeAnswer(to: handOff.connection, head: handOff.head, body: body)
+                    (end.answered, end.answerRest) = (written.count, written.rest)
+                    // Written as above with two more fields, so it cannot fail where that did not.
+                    frame = WorkerQuick.reply(id: answer.id, info: started, end: end) ?? frame
+                }
+            }
+            close(handOff.connection)
+        }
         return (frame, true, end.removed)
+    }
+
+    /// Writes a run's HTTP answer to the caller's connection without waiting for room: what
+    /// went, and the rest (all of it when the caller has gone or holds a full buffer).
+    private static func writeAnswer(to connection: Int32, head: String, body: [UInt8]) -> (count: Int, rest: [UInt8]) {
+        var bytes = Array(head.utf8)
+        bytes.reserveCapacity(bytes.count + 32 + body.count)
+        bytes.append(contentsOf: "Content-Length: \(body.count)\r\n\r\n".utf8)
+        bytes.append(contentsOf: body)
+        var offset = 0
+        while offset < bytes.count {
+            // unsafe: offset < count, so the pointer and length stay inside the buffer.
+            let sent = bytes.withUnsafeBytes { send(connection, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+            if sent < 0 && errno == EINTR { continue }
+            guard sent > 0 else { break }
+            offset += sent
+        }
+        return (offset, Array(bytes[offset...]))
     }
 
     /// Accepts connections until the process ends (call from a thread that may block).
@@ -147,7 +186,7 @@ public final class WorkerServer: Sendable {
             }
             if ready[1].revents != 0 { sendExpiredAnswers(of: peer) }
             guard ready[0].revents != 0 else { continue }
-            guard let bytes = try? WorkerWire.readFrame(peer.fd) else { break }
+            guard let bytes = try? WorkerWire.readFrame(peer.fd, received: peer.received) else { break }
             let frame = WorkerFrame(bytes)
             guard let header = frame.header, let op = header.op else { break }
             if op == "create" {
@@ -185,7 +224,7 @@ public final class WorkerServer: Sendable {
             }
             return (due, next)
         }
-        for answer in due { if let frame = answer.takeHeld() { peer.send(frame: frame) } }
+        for answer in due { if let frame = answer.takeHeldWithoutEnd() { peer.send(frame: frame) } }
         if let next { peer.armTimer(after: next - now) }
     }
 
@@ -212,6 +251,11 @@ public final class WorkerServer: Sendable {
             let answer = WorkerAnswer(id: id, peer: peer)
             do {
                 let request = try WorkerQuick.create(frame.member("body")) ?? body(WorkerCreate.self, frame)
+                // Taken here, on the reader's thread before any wait: the descriptors come in
+                // the order of the frames that carry them.
+                if let head = request.answerHead, let connection = peer.takeReceived() {
+                    answer.handOff(connection: connection, head: head)
+                }
                 if let image = request.image { try await engine.adopt(image: image) }
                 let untilEnd = request.start && request.untilEnd == true
                 let removeAtEnd = untilEnd && request.removeAtEnd == true
@@ -355,6 +399,8 @@ final class WorkerPeer: Sendable {
     /// none could be made (a run's answer then waits for its end).
     let timer: Int32
     private let writeLock = Mutex(false)
+    /// Descriptors the daemon passed with its frames (a run's caller's connection), in order.
+    private let descriptors = Mutex<[Int32]>([])
 
     init(fd: Int32) {
         self.fd = fd
@@ -407,6 +453,16 @@ final class WorkerPeer: Sendable {
         }
     }
 
+    /// Keeps a descriptor that came with a frame (its reader's thread).
+    @Sendable func received(_ descriptor: Int32) {
+        descriptors.withLock { $0.append(descriptor) }
+    }
+
+    /// The first descriptor not yet taken, for the frame that said it carried one.
+    func takeReceived() -> Int32? {
+        descriptors.withLock { $0.isEmpty ? nil : $0.removeFirst() }
+    }
+
     func close() {
         writeLock.withLock { closed in
             if !closed {
@@ -415,6 +471,7 @@ final class WorkerPeer: Sendable {
             }
             closed = true
         }
+        for descriptor in descriptors.withLock({ let taken = $0; $0 = []; return taken }) { Glibc.close(descriptor) }
     }
 }
 
@@ -431,16 +488,27 @@ final class WorkerAnswer: Sendable {
     let id: UInt64
     let peer: WorkerPeer
     private let state = Mutex(State.open)
+    /// The caller's connection and the head of its HTTP answer, when the daemon handed the
+    /// answer over (`WorkerCreate.answerHead`); closed by whichever answer goes without it.
+    private let handedOff = Mutex<(connection: Int32, head: String)?>(nil)
 
     init(id: UInt64, peer: WorkerPeer) { (self.id, self.peer) = (id, peer) }
 
-    /// Whether the answer is still open (and now taken).
+    func handOff(connection: Int32, head: String) { handedOff.withLock { $0 = (connection, head) } }
+
+    /// The handed-over connection, once.
+    func takeHandOff() -> (connection: Int32, head: String)? { handedOff.withLock { let taken = $0; $0 = nil; return taken } }
+
+    /// Whether the answer is still open (and now taken); an answer taken here goes without
+    /// the caller's HTTP answer, which the daemon then writes.
     private func claim() -> Bool {
-        state.withLock { state in
+        let claimed = state.withLock { state in
             guard case .open = state else { return false }
             state = .done
             return true
         }
+        if claimed, let handOff = takeHandOff() { close(handOff.connection) }
+        return claimed
     }
 
     func send(_ info: ContainerInfo) {
@@ -462,6 +530,14 @@ final class WorkerAnswer: Sendable {
 
     /// The held answer as a frame, once; nil when none is held.
     func takeHeld() -> [UInt8]? { takeHeldInfo().map { frame($0) } }
+
+    /// The held answer as a frame, once, without the caller's HTTP answer (its limit passed
+    /// before the run's end); nil when none is held.
+    func takeHeldWithoutEnd() -> [UInt8]? {
+        guard let frame = takeHeld() else { return nil }
+        if let handOff = takeHandOff() { close(handOff.connection) }
+        return frame
+    }
 
     /// The held answer's info, once; nil when none is held.
     func takeHeldInfo() -> ContainerInfo? {

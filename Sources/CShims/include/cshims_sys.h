@@ -39,4 +39,11 @@ int cshims_eventfd_nonblocking(void);
 int cshims_pipe_nonblocking(int ends[2]);
 /* The next connection of a listening socket, close-on-exec and non-blocking (accept4 is not in Swift's Glibc module). */
 int cshims_accept_nonblocking(int listener);
+/* send() of up to `length` bytes with one descriptor passed along (SCM_RIGHTS) on a Unix socket,
+ * MSG_NOSIGNAL: the count sent, or -1 and errno. The descriptor goes with the first byte. */
+long cshims_send_with_descriptor(int socket, const void *bytes, unsigned long length, int descriptor);
+/* recv() of up to `length` bytes that also takes the descriptors passed with them (SCM_RIGHTS,
+ * received close-on-exec): up to `capacity` into `descriptors`, their count in `*count` (any
+ * beyond `capacity` closed). The count read, 0 at the end, or -1 and errno. */
+long cshims_recv_with_descriptors(int socket, void *bytes, unsigned long length, int *descriptors, int capacity, int *count);
 #endif

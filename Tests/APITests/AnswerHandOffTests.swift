@@ -1,0 +1,138 @@
+import API
+import Engine
+import Foundation
+import TestSupport
+import Testing
+
+/// A run's answer written by its worker (issue #16, `RunAnswerHandOff`): in workers mode the
+/// daemon passes the caller's connection to the worker with the create, and the worker writes
+/// the HTTP answer there as the program ends, so that the daemon is not woken between the
+/// program's end and the caller's answer. Real daemon, real workers, real KVM.
+@Suite(.enabled(if: HostFacts.hasKVM && BusyboxRootfs.isAvailable, "needs /dev/kvm and busybox-static"), .serialized)
+struct AnswerHandOffTests {
+    static func runBody(_ arguments: [String], name: String? = nil) -> String {
+        let quoted = arguments.map { "\"\($0)\"" }.joined(separator: ",")
+        let named = name.map { #","name":"\#($0)""# } ?? ""
+        return #"{"image":"busybox","memoryMiB":32,"arguments":[\#(quoted)]\#(named)}"#
+    }
+
+    /// A counter of the daemon's metrics now.
+    static func counter(_ client: AgentClient, _ name: String) throws -> Int {
+        let metrics = try client.send("GET", "/metrics").text
+        let line = metrics.split(separator: "\n").first { $0.hasPrefix(name + " ") }
+        return line.flatMap { Double($0.split(separator: " ").last ?? "") }.map { Int($0) } ?? 0
+    }
+
+    static func read(_ connection: HeldConnection) throws -> (HeldConnection.Head, RunResult) {
+        let head = try connection.readHead()
+        let body = try connection.readBody(head)
+        guard head.status == 200 else { throw HeldConnection.Failure(description: "run: \(head.status) \(String(decoding: body, as: UTF8.self))") }
+        return (head, try JSONDecoder().decode(RunResult.self, from: body))
+    }
+
+    /// Runs on one kept connection are answered by the worker, each whole and right, and the
+    /// connection goes on with the daemon's own answers between them; a run whose connection
+    /// closes after it, or that keeps its container, is answered by the daemon as before.
+    @Test func aRunsAnswerIsWrittenByItsWorkerAndTheConnectionGoesOn() async throws {
+        try await WorkerTests.withWorkers(1) { daemon, client in
+            let answeredBefore = try Self.counter(client, "vmfork_runs_answered_by_workers_total")
+            let connection = HeldConnection(fd: try client.openConnection())
+            defer { connection.close() }
+            var ids: Set<String> = []
+            for index in 0..<10 {
+                try connection.sendRequest("POST", "/v1/containers/run", body: Self.runBody(["echo", "handed \(index)"]))
+                let (head, result) = try Self.read(connection)
+                #expect(result.exitCode == 0 && result.stdout == "handed \(index)\n" && result.stderr.isEmpty, "\(result)")
+                #expect(result.finishedAt != nil && result.startedAt != nil && result.forkMicroseconds != nil)
+                #expect(head.headers["content-type"] == "application/json" && head.headers["date"] != nil && head.headers["connection"] == nil)
+                ids.insert(result.id)
+                // The daemon's own answer on the same connection, between two of the worker's.
+                try connection.sendRequest("GET", "/v1/containers/\(result.id)")
+                let gone = try connection.readHead()
+                _ = try connection.readBody(gone)
+                #expect(gone.status == 404)
+            }
+            #expect(ids.count == 10)
+            #expect(try Self.counter(client, "vmfork_runs_answered_by_workers_total") - answeredBefore == 10)
+
+            // Kept (remove=false): the daemon answers; the container is there after.
+            try connection.sendRequest("POST", "/v1/containers/run?remove=false", body: Self.runBody(["echo", "kept"]))
+            let (_, kept) = try Self.read(connection)
+            #expect(kept.stdout == "kept\n")
+            #expect(try client.send("GET", "/v1/containers/\(kept.id)").status == 200)
+            // Connection: close: the daemon answers, saying so, and closes.
+            try connection.sendRequest("POST", "/v1/containers/run", headers: ["Connection: close"], body: Self.runBody(["echo", "last"]))
+            let (lastHead, last) = try Self.read(connection)
+            #expect(last.stdout == "last\n" && lastHead.headers["connection"] == "close")
+            #expect(try connection.readToEnd().isEmpty)
+            #expect(try Self.counter(client, "vmfork_runs_answered_by_workers_total") - answeredBefore == 10)
+        }
+    }
+
+    /// Pipelined runs whose answers outgrow the socket's buffer while the client reads nothing:
+    /// the worker writes what the connection takes, the daemon the rest, and every answer comes
+    /// whole and in order once the client reads.
+    @Test func pipelinedRunsWhoseAnswersOutgrowTheSocketComeWholeAndInOrder() async throws {
+        try await WorkerTests.withWorkers(1) { daemon, client in
+            let connection = HeldConnection(fd: try client.openConnection(), timeout: 60)
+            defer { connection.close() }
+            // The policy's parent made and its first child run, so that the runs below end
+            // within the worker's wait and it answers them.
+            try connection.sendRequest("POST", "/v1/containers/run", body: Self.runBody(["echo", "warm"]))
+            _ = try Self.read(connection)
+            let finishedBefore = try Self.counter(client, "vmfork_runs_answered_by_workers_finished_by_daemon_total")
+            let answeredBefore = try Self.counter(client, "vmfork_runs_answered_by_workers_total")
+            // 60,000 bytes in one write each (the shell's printf): 8 answers are more than a
+            // Unix socket's buffer holds (212,992 bytes by default).
+            let count = 8
+            var requests = ""
+            for index in 0..<count {
+                let body = Self.runBody(["sh", "-c", "printf '%60000s' \(index)"])
+                requests += "POST /v1/containers/run HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
+            }
+            try connection.send(requests)
+            // Until the runs stop going on (an answer waits for the client to read) or all are done.
+            var (answered, finished, steadySince) = (0, 0, Date())
+            let deadline = Date().addingTimeInterval(30)
+            while answered < count && Date().timeIntervalSince(steadySince) < 0.5 && Date() < deadline {
+                try await Task.sleep(for: .milliseconds(50))
+                let now = try Self.counter(client, "vmfork_runs_answered_by_workers_total") - answeredBefore
+                if now != answered { (answered, steadySince) = (now, Date()) }
+            }
+            for index in 0..<count {
+                let (_, result) = try Self.read(connection)
+                let expected = String(repeating: " ", count: 60_000 - String(index).count) + String(index)
+                #expect(result.exitCode == 0 && result.stdout == expected, "\(index): \(result.stdout.count) bytes, exit \(result.exitCode)")
+            }
+            answered = try Self.counter(client, "vmfork_runs_answered_by_workers_total") - answeredBefore
+            finished = try Self.counter(client, "vmfork_runs_answered_by_workers_finished_by_daemon_total") - finishedBefore
+            // A run that outlived the worker's wait (a loaded machine) is the daemon's to answer;
+            // when the worker answered all, the one that met the full buffer was finished by the daemon.
+            #expect(answered >= 1 && (answered < count || finished >= 1), "answered by the worker: \(answered), finished by the daemon: \(finished)")
+            // The connection goes on.
+            try connection.sendRequest("GET", "/v1/_ping")
+            #expect(try connection.readHead().status == 200)
+        }
+    }
+
+    /// A run the worker cannot answer at its end (it runs past the worker's wait: `read -t` on
+    /// an open standard input that never gets data) is answered by the daemon; a request on
+    /// another connection meanwhile is not held up by it.
+    @Test func aLongRunIsAnsweredByTheDaemonAndHoldsUpNoOtherRequest() async throws {
+        try await WorkerTests.withWorkers(1) { daemon, client in
+            let answeredBefore = try Self.counter(client, "vmfork_runs_answered_by_workers_total")
+            let connection = HeldConnection(fd: try client.openConnection())
+            defer { connection.close() }
+            try connection.sendRequest("POST", "/v1/containers/run",
+                                       body: #"{"image":"busybox","memoryMiB":32,"openStdin":true,"arguments":["sh","-c","read -t 1 x; echo slow"]}"#)
+            try await Task.sleep(for: .milliseconds(200))
+            let started = Date()
+            let listed = try await client.send("GET", "/v1/containers")
+            #expect(listed.status == 200)
+            #expect(Date().timeIntervalSince(started) < 0.5, "a list waited for a run the worker did not answer")
+            let (_, slow) = try Self.read(connection)
+            #expect(slow.stdout == "slow\n" && slow.exitCode == 0, "\(slow)")
+            #expect(try Self.counter(client, "vmfork_runs_answered_by_workers_total") == answeredBefore)
+        }
+    }
+}
