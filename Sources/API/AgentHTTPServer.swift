@@ -413,8 +413,9 @@ final class AgentConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
 /// on the same loop before the connection reads its next request (`Engine.runContainer`).
 /// Only the first answer is written; the route's own return is then dropped.
 final class EarlyAnswer: @unchecked Sendable {
-    // @unchecked: `send` and the handler's reads run on the connection's event loop (the
-    // request's task prefers its executor; `send` called elsewhere writes nothing).
+    // @unchecked: `send`, `handOff` and the handler's reads run on the connection's event loop
+    // (the request's task prefers its executor; `send` called elsewhere writes nothing); a
+    // hand-off's state, which its worker's reply may reach from elsewhere, is behind `handing`.
     private let handler: AgentConnectionHandler
     private let headOnly: Bool
     /// The write of the answer, once sent.
