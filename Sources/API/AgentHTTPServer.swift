@@ -442,7 +442,8 @@ final class EarlyAnswer: @unchecked Sendable {
     /// the connection's socket is known and the answer would be a plain one; on the loop, before
     /// the engine's call. The connection goes as a duplicate taken now, while it is surely open.
     func handOff(_ status: HTTPResponse.Status) -> RunAnswerHandOff? {
-        guard let socket = handler.socket, !headOnly, written == nil, handler.outbound.eventLoop.inEventLoop,
+        // Active, on its loop (where NIO closes it): the descriptor is still this connection's.
+        guard let socket = handler.socket, !headOnly, written == nil, handler.outbound.eventLoop.inEventLoop, handler.outbound.isActive,
               handing.withLock({ $0 == nil }), let head = handler.handOffHead(status) else { return nil }
         let copy = fcntl(socket, F_DUPFD_CLOEXEC, 0)
         guard copy >= 0 else { return nil }
