@@ -66,7 +66,8 @@ import Testing
                                      tty: Self.maybe(&random) { Bool.random(using: &$0) })
             let request = WorkerCreate(id: Self.text(&random), spec: spec, image: nil, start: Bool.random(using: &random),
                                        untilEnd: Self.maybe(&random) { Bool.random(using: &$0) },
-                                       removeAtEnd: Self.maybe(&random) { Bool.random(using: &$0) })
+                                       removeAtEnd: Self.maybe(&random) { Bool.random(using: &$0) },
+                                       answerHead: Self.maybe(&random) { "HTTP/1.1 200 OK\r\nDate: \(Self.text(&$0))\r\n" })
             var body = QuickJSON.Writer()
             #expect(WorkerQuick.create(request, into: &body))
             let bytes = WorkerQuick.request(id: 42, op: "create") { $0.raw(body.bytes) }
@@ -76,7 +77,7 @@ import Testing
             let decoded = try JSONDecoder().decode(WorkerRequest<WorkerCreate>.self, from: Data(bytes)).body
             for read in [quick, decoded] {
                 #expect(read.id == request.id && read.spec == request.spec && read.start == request.start && read.untilEnd == request.untilEnd
-                        && read.removeAtEnd == request.removeAtEnd)
+                        && read.removeAtEnd == request.removeAtEnd && read.answerHead == request.answerHead)
                 #expect(read.image == nil)
             }
         }
@@ -132,8 +133,11 @@ import Testing
             ended.finishedAt = Double.random(in: 0...2e9, using: &random)
             if Bool.random(using: &random) { ended.startedAt = Double.random(in: 0...2e9, using: &random) }
             let stdout = Array(Self.text(&random, upTo: 40).utf8) + (Bool.random(using: &random) ? [0xFF, 0x0A] : [])
-            let end = WorkerRunEnd(exit: WorkerExit(info: ended, vmExits: Self.maybe(&random) { UInt64.random(in: 0...99, using: &$0) }, pageFaults: 4),
+            var end = WorkerRunEnd(exit: WorkerExit(info: ended, vmExits: Self.maybe(&random) { UInt64.random(in: 0...99, using: &$0) }, pageFaults: 4),
                                    stdout: stdout, stderr: Self.maybe(&random) { Array(Self.text(&$0).utf8) }, removed: Bool.random(using: &random))
+            // What the worker wrote of the caller's answer, and the rest (any bytes: the answer may be cut inside a character).
+            end.answered = Self.maybe(&random) { Int.random(in: 0...70_000, using: &$0) }
+            end.answerRest = end.answered == nil ? nil : (0..<Int.random(in: 0...40, using: &random)).map { _ in UInt8.random(in: 0...255, using: &random) }
             let frame = WorkerFrame(Data(try #require(WorkerQuick.reply(id: 7, info: started, end: end))))
             #expect(frame.header?.id == 7)
             let node = try #require(try WorkerQuick.result(of: frame, shard: 0, op: "create"))
@@ -145,6 +149,7 @@ import Testing
             #expect(read.exit.vmExits == end.exit.vmExits && read.exit.pageFaults == 4 && read.exit.emulatedInstructions == nil && read.removed == end.removed)
             #expect(read.stdout.map { String(decoding: $0, as: UTF8.self) } == String(decoding: stdout, as: UTF8.self))
             #expect(read.stderr.map { String(decoding: $0, as: UTF8.self) } == end.stderr.map { String(decoding: $0, as: UTF8.self) })
+            #expect(read.answered == end.answered && (read.answerRest ?? []) == (end.answerRest ?? []))
         }
         // An answer without an end has none; a malformed one is refused.
         let info = Self.info(&random)
