@@ -317,6 +317,7 @@ public enum QuickJSON {
 
         public mutating func appendByte(_ byte: UInt8) { bytes.append(byte) }
         public mutating func appendUTF8(_ text: Substring.UTF8View) { bytes.append(contentsOf: text) }
+        public mutating func appendBytes(_ more: ArraySlice<UInt8>) { bytes.append(contentsOf: more) }
         public mutating func appendStatic(_ text: StaticString) {
             // unsafe: a StaticString's bytes are immutable and live for the program.
             bytes.append(contentsOf: UnsafeBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))

@@ -191,6 +191,22 @@ enum WorkerQuick {
         return writer.bytes
     }
 
+    /// `reply(id:info:end:)`'s frame made as if `end` had said what the worker wrote of the
+    /// caller's answer: the two fields go last in the end, before its closing and the frame's
+    /// (the same bytes as `reply` with them set; the frame is not written twice).
+    static func withAnswered(_ frame: [UInt8], written: Int, rest: [UInt8]) -> [UInt8] {
+        var writer = QuickJSON.Writer(capacity: frame.count + 32 + rest.count * 4 / 3)
+        writer.appendBytes(frame.dropLast(2))
+        writer.appendStatic(",\"answered\":")
+        writer.integer(written)
+        if !rest.isEmpty {
+            writer.appendStatic(",\"answerRest\":")
+            writer.string(Data(rest).base64EncodedString())
+        }
+        writer.appendStatic("}}")
+        return writer.bytes
+    }
+
     /// A run's end from its answer's frame (`started`: the answer's result); nil when it has none.
     static func runEnd(of frame: WorkerFrame, started: ContainerInfo, shard: Int) throws(EngineError) -> WorkerRunEnd? {
         guard let ended = frame.member("ended") else { return nil }

@@ -127,9 +127,7 @@ public final class WorkerServer: Sendable {
                                        finishedAt: ended.finishedAt)
                 if let body = result.quickBytes() {
                     let written = Self.writeAnswer(to: handOff.connection, head: handOff.head, body: body)
-                    (end.answered, end.answerRest) = (written.count, written.rest)
-                    // Written as above with two more fields, so it cannot fail where that did not.
-                    frame = WorkerQuick.reply(id: answer.id, info: started, end: end) ?? frame
+                    frame = WorkerQuick.withAnswered(frame, written: written.count, rest: written.rest)
                 }
             }
             close(handOff.connection)

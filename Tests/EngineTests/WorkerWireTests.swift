@@ -150,6 +150,14 @@ import Testing
             #expect(read.stdout.map { String(decoding: $0, as: UTF8.self) } == String(decoding: stdout, as: UTF8.self))
             #expect(read.stderr.map { String(decoding: $0, as: UTF8.self) } == end.stderr.map { String(decoding: $0, as: UTF8.self) })
             #expect(read.answered == end.answered && (read.answerRest ?? []) == (end.answerRest ?? []))
+            // The worker adds what it wrote to a frame made without it: the same bytes.
+            if let written = end.answered {
+                var without = end
+                (without.answered, without.answerRest) = (nil, nil)
+                let spliced = WorkerQuick.withAnswered(try #require(WorkerQuick.reply(id: 7, info: started, end: without)), written: written,
+                                                       rest: end.answerRest ?? [])
+                #expect(spliced == WorkerQuick.reply(id: 7, info: started, end: end))
+            }
         }
         // An answer without an end has none; a malformed one is refused.
         let info = Self.info(&random)
