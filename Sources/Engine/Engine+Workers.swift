@@ -431,17 +431,19 @@ extension Engine {
         let request = WorkerCreate(id: id, spec: resolved, image: nil, start: startNow, untilEnd: untilEnd ? true : nil,
                                    removeAtEnd: untilEnd && removeAtEnd ? true : nil, answerHead: handOff?.head)
         let frameSent = Atomic<Bool>(false)
+        let refused = Atomic<Bool>(false)
         var (info, end): (ContainerInfo, WorkerRunEnd?)
         do {
             (info, end) = try await connection.create(request, image: image, passing: handOff?.connection,
                                                       sent: {
                                                           handOff?.going()
                                                           frameSent.store(true, ordering: .releasing)
-                                                      })
+                                                      }, refused: { refused.store(true, ordering: .releasing) })
         } catch {
-            // A refusal is a reply (the worker writes an answer only with a run's end); a
-            // connection that ended after the create went leaves the answer unknown.
-            if let handOff, frameSent.load(ordering: .acquiring) { handOff.resolved(connection.isClosed ? .unknown : .notAnswered) }
+            // A refusal: the worker wrote nothing (it writes an answer only with a run's end).
+            // Anything else after the create went (the connection ended, a reply that does not
+            // read) leaves the answer unknown.
+            if let handOff, frameSent.load(ordering: .acquiring) { handOff.resolved(refused.load(ordering: .acquiring) ? .notAnswered : .unknown) }
             throw error
         }
         // A run answered with its end, its output and its removal in the worker: its caller

@@ -152,9 +152,10 @@ final class WorkerConnection: Sendable {
     /// A create (and start) in the worker, written and read by hand (`WorkerQuick`); the
     /// image's record goes along only when this worker may not have it.
     /// `passing`: a descriptor that goes with the frame (`WorkerCreate.answerHead`); `sent` is
-    /// called as the frame goes (just before its write).
+    /// called as the frame goes (just before its write), `refused` when the reply is the
+    /// worker's refusal (an error it sent, not one in reading its reply).
     func create(_ request: WorkerCreate, image: ImageRecord, passing descriptor: Int32? = nil,
-                sent: (() -> Void)? = nil) async throws -> (info: ContainerInfo, end: WorkerRunEnd?) {
+                sent: (() -> Void)? = nil, refused: (() -> Void)? = nil) async throws -> (info: ContainerInfo, end: WorkerRunEnd?) {
         var request = request
         let sendsImage = !has(image) || version != Engine.version
         if sendsImage { request.image = image }
@@ -163,6 +164,7 @@ final class WorkerConnection: Sendable {
             guard WorkerQuick.create(request, into: &body) else { return try JSONEncoder().encode(WorkerRequest(id: id, op: "create", body: request)) }
             return Data(WorkerQuick.request(id: id, op: "create") { $0.raw(body.bytes) })
         }
+        if let refused, let fault = frame.member("error"), fault != .null { refused() }
         let info = try createResult(frame)
         // Only a create that succeeded shows the worker took the record (a refusal may have
         // come before it did: the next create sends it again).
