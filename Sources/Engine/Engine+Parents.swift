@@ -80,7 +80,8 @@ extension Engine {
             if let family = registry.families[policy.id], let build = registry.builds[policy.id] { return (family, build) }
             let family = ParentFamily(policy: policy, image: image, rootFileSystem: root, pollsSystemCalls: options.pollsSystemCalls,
                                       rewritesSystemCalls: options.rewritesSystemCalls, buffersOutput: options.buffersOutput)
-            let build = Task { try await self.onKVMThread { try family.build(system: system) } }
+            let logger = self.logger
+            let build = Task { try await self.onKVMThread { try family.build(system: system, logger: logger) } }
             registry.families[policy.id] = family
             registry.builds[policy.id] = build
             return (family, build)

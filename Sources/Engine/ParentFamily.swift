@@ -2,6 +2,7 @@ import Fork
 import Foundation
 import HostSystem
 import KVM
+import Logging
 import ProcessVM
 import Synchronization
 
@@ -59,8 +60,9 @@ final class ParentFamily: Sendable {
     }
 
     /// Builds the policy's parents on the calling thread (a KVM thread: this loads the
-    /// program, runs it to its fork point, and starts each pool's refill).
-    func build(system: KVMSystem) throws(EngineError) {
+    /// program, runs it to its fork point, and starts each pool's refill). A parent whose
+    /// children cannot be given fresh start-up secrets is told to `logger`.
+    func build(system: KVMSystem, logger: Logger) throws(EngineError) {
         let spec: ParentSpec
         do {
             spec = try self.spec
@@ -74,6 +76,10 @@ final class ParentFamily: Sendable {
         do {
             for _ in 0..<policy.parents {
                 let parent = try WarmParent(system: system, image: spec, poolSize: policy.readyVMs)
+                if case .skipped(let reason) = parent.forkPoint.rerandomisation.outcome {
+                    logger.warning("children keep their parent's stack canary and pointer guard",
+                                   metadata: ["policy": "\(policy.id)", "executable": "\(spec.executable)", "reason": "\(reason)"])
+                }
                 state.withLock { $0.parents.append(parent) }
             }
             state.withLock { $0.building = false }

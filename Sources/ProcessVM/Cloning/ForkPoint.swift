@@ -152,11 +152,9 @@ extension ProcessVM {
         }
         let warmUpPages = try parent.writeWarmUpList()
         try parent.writeVectorState()
-        let point = try ForkPoint(kind: kind, parent: parent, cpuid: cpuid, warmUpPages: warmUpPages)
-        if case .skipped(let reason) = point.rerandomisation.outcome {
-            FileHandle.standardError.write(Data("vmfork: children of \(executable) keep their parent's stack canary and pointer guard: \(reason)\n".utf8))
-        }
-        return point
+        // A point whose children keep their parent's start-up secrets says so in its
+        // `rerandomisation`; its maker reports it (the engine's log, `vmfork fork`'s report).
+        return try ForkPoint(kind: kind, parent: parent, cpuid: cpuid, warmUpPages: warmUpPages)
     }
 
     /// Writes the parent's vector state where reused VMs' children load it (`SystemArea.vectorState`).
