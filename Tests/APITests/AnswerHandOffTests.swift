@@ -116,20 +116,25 @@ struct AnswerHandOffTests {
     }
 
     /// A run the worker cannot answer at its end (it runs past the worker's wait: `read -t` on
-    /// an open standard input that never gets data) is answered by the daemon; a request on
-    /// another connection meanwhile is not held up by it.
+    /// an open standard input that never gets data) is answered by the daemon; a list on
+    /// another connection meanwhile is not held up until its end: it shows the run running.
     @Test func aLongRunIsAnsweredByTheDaemonAndHoldsUpNoOtherRequest() async throws {
         try await WorkerTests.withWorkers(1) { daemon, client in
             let answeredBefore = try Self.counter(client, "vmfork_runs_answered_by_workers_total")
-            let connection = HeldConnection(fd: try client.openConnection())
+            let connection = HeldConnection(fd: try client.openConnection(), timeout: 30)
             defer { connection.close() }
             try connection.sendRequest("POST", "/v1/containers/run",
-                                       body: #"{"image":"busybox","memoryMiB":32,"openStdin":true,"arguments":["sh","-c","read -t 1 x; echo slow"]}"#)
-            try await Task.sleep(for: .milliseconds(200))
-            let started = Date()
-            let listed = try await client.send("GET", "/v1/containers")
-            #expect(listed.status == 200)
-            #expect(Date().timeIntervalSince(started) < 0.5, "a list waited for a run the worker did not answer")
+                                       body: #"{"image":"busybox","name":"held-long","memoryMiB":32,"openStdin":true,"arguments":["sh","-c","read -t 3 x; echo slow"]}"#)
+            // Listed as running (it may take a moment to be created).
+            var running = false
+            let deadline = Date().addingTimeInterval(2.5)
+            while !running && Date() < deadline {
+                let listed = try await client.send("GET", "/v1/containers")
+                #expect(listed.status == 200)
+                running = try listed.decode([ContainerInfo].self).contains { $0.name == "held-long" && $0.state == .running }
+                if !running { try await Task.sleep(for: .milliseconds(20)) }
+            }
+            #expect(running, "no list showed the run while it ran")
             let (_, slow) = try Self.read(connection)
             #expect(slow.stdout == "slow\n" && slow.exitCode == 0, "\(slow)")
             #expect(try Self.counter(client, "vmfork_runs_answered_by_workers_total") == answeredBefore)
