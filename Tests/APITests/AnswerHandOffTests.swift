@@ -17,11 +17,7 @@ struct AnswerHandOffTests {
     }
 
     /// A counter of the daemon's metrics now.
-    static func counter(_ client: AgentClient, _ name: String) throws -> Int {
-        let metrics = try client.send("GET", "/metrics").text
-        let line = metrics.split(separator: "\n").first { $0.hasPrefix(name + " ") }
-        return line.flatMap { Double($0.split(separator: " ").last ?? "") }.map { Int($0) } ?? 0
-    }
+    static func counter(_ client: AgentClient, _ name: String) throws -> Int { Int(try client.metric(name)) }
 
     static func read(_ connection: HeldConnection) throws -> (HeldConnection.Head, RunResult) {
         let head = try connection.readHead()

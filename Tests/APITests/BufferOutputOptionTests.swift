@@ -22,13 +22,9 @@ struct BufferOutputOptionTests {
             #expect(run.status == 200, "\(run.text)")
             #expect(try run.decode(RunResult.self).stdout == "hi\n")
         }
-        let metrics = try client.send("GET", "/metrics").text
-        func value(_ name: String) -> Double {
-            metrics.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ").last ?? "") } ?? 0
-        }
-        let count = value("vmfork_container_exits_total")
+        let count = try client.metric("vmfork_container_exits_total")
         #expect(count >= 6)
-        return value("vmfork_vm_emulated_instructions_total") / max(count, 1)
+        return try client.metric("vmfork_vm_emulated_instructions_total") / max(count, 1)
     }
 
     @Test func theDaemonBuffersOutputUnlessToldNot() throws {

@@ -16,11 +16,7 @@ struct ConnectionThreadsTests {
     }
 
     /// `vmfork_runs_on_callers_thread_total` now.
-    static func runsOnCallersThread(_ client: AgentClient) throws -> Double {
-        let metrics = try client.send("GET", "/metrics").text
-        let line = metrics.split(separator: "\n").first { $0.hasPrefix("vmfork_runs_on_callers_thread_total ") }
-        return line.flatMap { Double($0.split(separator: " ").last ?? "") } ?? 0
-    }
+    static func runsOnCallersThread(_ client: AgentClient) throws -> Double { try client.metric("vmfork_runs_on_callers_thread_total") }
 
     /// A run of `arguments` on `connection` (kept), read to its answer.
     static func run(on connection: HeldConnection, _ arguments: [String]) throws -> RunResult {

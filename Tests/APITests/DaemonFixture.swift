@@ -119,3 +119,11 @@ final class DaemonFixture: @unchecked Sendable {
         return (try JSONSerialization.jsonObject(with: response.body) as? [[String: Any]]) ?? []
     }
 }
+
+extension AgentClient {
+    /// One figure of the agent's `/metrics` now (a metric without labels; 0 when absent).
+    func metric(_ name: String) throws -> Double {
+        let text = try send("GET", "/metrics").text
+        return text.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ").last ?? "") } ?? 0
+    }
+}

@@ -25,9 +25,7 @@ struct PollingOptionTests {
             let run = try client.send("POST", "/v1/containers/run", json: ContainerSpec(image: "busybox", arguments: ["sh", "-c", script]))
             #expect(run.status == 200, "\(run.text)")
             #expect(try run.decode(RunResult.self).stdout.split(separator: "\n").count == 200)
-            let metrics = try client.send("GET", "/metrics").text
-            let line = metrics.split(separator: "\n").first { $0.hasPrefix("vmfork_poller_calls_served_total ") }
-            served = line.flatMap { Double($0.split(separator: " ").last ?? "") } ?? 0
+            served = try client.metric("vmfork_poller_calls_served_total")
             if polls, served > 0, round >= 2 { break }
         }
         if polls {
