@@ -6,7 +6,9 @@ Two daemons on temporary state folders, from the same vmfork binary: A holds its
 warm parent busybox.main.64m with 16 ready VMs. Rounds alternate between them (each sees the
 same machine load); a sample is POST /v1/containers/run {echo hi} (create, start, wait,
 output, remove) over one kept-alive connection to the daemon's Unix socket, timed from the
-request's first byte to the response's last, with the parent's pool full before it.
+request's first byte to the response's last, with the parent's pool full before it (checked
+on a second connection, so that the first carries runs only: with workers, the worker that
+answered a run there holds it and serves the next ones itself).
 
 Phase 1: nothing else runs. Phase 2: IDLE containers (default 1,000) sit blocked reading
 their open standard input: in A in the same process as the echo's VM; in B in the other two
@@ -53,6 +55,7 @@ class Daemon:
         self.process = subprocess.Popen([binary, "serve", "--state", self.state, "--workers", str(workers), "--stop-grace", "0",
                                          "--log-level", "warning"], stdout=self.log, stderr=self.log)
         self.socket = os.path.join(self.state, "vmfork.sock")
+        self.monitor = None
         self.workers = workers
         deadline = time.time() + 60
         while True:
@@ -96,9 +99,21 @@ class Daemon:
         return response.status, response.read()
 
     def wait_for_pool(self):
+        # On a connection of its own, as a monitor's: the runs' connection carries runs only
+        # (a worker holds it after a run it answered there, and gives back anything else).
+        if self.monitor is None:
+            self.monitor = UnixConnection(self.socket)
         deadline = time.time() + 10
         while time.time() < deadline:
-            status, body = self.call("GET", "/v1/parents/busybox.main.64m?sharing=false")
+            try:
+                self.monitor.request("GET", "/v1/parents/busybox.main.64m?sharing=false")
+                response = self.monitor.getresponse()
+            except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+                # Closed after 30 s idle (while the other daemon made its idle containers).
+                self.monitor.close()
+                self.monitor = UnixConnection(self.socket)
+                continue
+            status, body = response.status, response.read()
             if status == 200 and json.loads(body)["readyVMsNow"] >= 16:
                 return
             time.sleep(0.002)

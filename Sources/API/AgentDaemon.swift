@@ -177,6 +177,8 @@ public struct AgentDaemon: Sendable {
                 : connectionThreads > 0 ? ConnectionLoops(capacity: connectionThreads, shared: serving) : nil,
             responder: try router(tcp: false).buildResponder(), limit: ConnectionLimit(maxConnections),
             acceptedAtOnce: acceptedAtOnce, logger: logger,
+            // In workers mode a run's worker may keep its connection (`CallerConnections`).
+            handsOverTo: workers != nil ? engine : nil,
             listenAfter: {
                 guard tcpListens else { return }
                 for await _ in tcpReady { break }

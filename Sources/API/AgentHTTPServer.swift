@@ -42,6 +42,9 @@ struct AgentHTTPServer: Service {
     /// Connections accepted at once (beyond the limit only to be refused).
     let acceptedAtOnce: Int
     let logger: Logger
+    /// In workers mode: the engine whose workers may keep a connection after a run they
+    /// answered on it (`Engine.handOverConnection`); nil: every connection stays here.
+    var handsOverTo: Engine? = nil
     /// Returns when the socket may listen: the daemon's other listeners are up first, so that
     /// a client that finds the socket answering finds every listener answering.
     let listenAfter: @Sendable () async -> Void
@@ -52,7 +55,8 @@ struct AgentHTTPServer: Service {
         try Task.checkCancellation()
         if let connectionLoops { return try await run(on: connectionLoops) }
         let quiescing = ServerQuiescingHelper(group: group)
-        let shared = AgentConnectionHandler.Shared(responder: responder, limit: limit, logger: logger, fence: AnswerFence())
+        let shared = AgentConnectionHandler.Shared(responder: responder, limit: limit, logger: logger, fence: AnswerFence(), engine: nil,
+                                                   serveAgain: ServeAgain())
         let acceptedAtOnce = self.acceptedAtOnce
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.backlog, value: 256)
@@ -85,10 +89,14 @@ extension AgentHTTPServer {
     /// returns once all are closed, their loops shut down after them.
     private func run(on loops: ConnectionLoops) async throws {
         let acceptor = try UnixAcceptor(path: socketPath, backlog: 256, acceptedAtOnce: acceptedAtOnce)
-        let shared = AgentConnectionHandler.Shared(responder: responder, limit: limit, logger: logger, fence: AnswerFence())
+        let serveAgain = ServeAgain()
+        let shared = AgentConnectionHandler.Shared(responder: responder, limit: limit, logger: logger, fence: AnswerFence(), engine: handsOverTo,
+                                                   serveAgain: serveAgain)
         let open = Mutex<[ObjectIdentifier: any Channel]>([:])
         let logger = self.logger
-        acceptor.start { fd in
+        // `returned`: a connection its worker gave back, with the bytes it read of the next
+        // request (counted against the limit already).
+        let serve: @Sendable (Int32, [UInt8]?) -> Void = { fd, returned in
             let (loop, owned) = loops.take()
             // Its loop and its place among those accepted at once go back once: when its
             // channel closes, or when no channel could be made for it.
@@ -107,15 +115,22 @@ extension AgentHTTPServer {
                         giveBack()
                     }
                     return channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(AgentConnectionHandler(shared: shared, channel: channel, ownsLoop: owned, socket: fd))
+                        try channel.pipeline.syncOperations.addHandler(AgentConnectionHandler(shared: shared, channel: channel, ownsLoop: owned, socket: fd,
+                                                                                              returned: returned))
                     }
                 }
                 .withConnectedSocket(fd)
                 .whenFailure { error in
                     logger.debug("a connection could not be served", metadata: ["error": "\(error)"])
+                    if returned != nil { shared.limit.release() }
                     giveBack()
                 }
         }
+        serveAgain.set { fd, leftover in
+            acceptor.connectionReopened()
+            serve(fd, leftover)
+        }
+        acceptor.start { fd in serve(fd, nil) }
         onListening()
         try? await gracefulShutdown()
         await acceptor.stop()
@@ -145,6 +160,10 @@ final class AgentConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
         let logger: Logger
         /// Requests wait here for runs whose answers a worker wrote (`AnswerFence`).
         let fence: AnswerFence
+        /// In workers mode: connections go to the worker that answered a run on them.
+        let engine: Engine?
+        /// Serves a connection its worker gave back.
+        let serveAgain: ServeAgain
     }
 
     private let shared: Shared
@@ -183,19 +202,31 @@ final class AgentConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
     private var lastActivity = NIODeadline.now()
     private var idleCheck: Scheduled<Void>?
     private var refusalDeadline: Scheduled<Void>?
+    /// A connection its worker gave back: counted against the limit already, and these bytes
+    /// of its next request read (`CallerConnections`).
+    private let returned: [UInt8]?
+    /// The worker that wrote the last run's answer whole: the connection may go to it.
+    private var answeredBy: Int?
+    /// Runs in a row whose answers their worker wrote whole (`answeredBy`).
+    private var answeredInARow = 0
 
-    init(shared: Shared, channel: any Channel, ownsLoop: Bool, socket: Int32?) {
+    init(shared: Shared, channel: any Channel, ownsLoop: Bool, socket: Int32?, returned: [UInt8]? = nil) {
         self.shared = shared
         self.channel = channel
         self.ownsLoop = ownsLoop
         self.socket = socket
+        self.returned = returned
         executor = EventLoopExecutor(channel.eventLoop)
     }
 
     // MARK: Channel events
 
     func channelActive(context: ChannelHandlerContext) {
-        if !shared.limit.admit(context.channel) {
+        if let returned {
+            let limit = shared.limit
+            context.channel.closeFuture.whenComplete { _ in limit.release() }
+            if !returned.isEmpty { input = context.channel.allocator.buffer(bytes: returned) }
+        } else if !shared.limit.admit(context.channel) {
             refused = true
             shared.logger.debug("connection refused: over the connection limit", metadata: ["limit": "\(shared.limit.limit)"])
             let channel = context.channel
@@ -204,6 +235,7 @@ final class AgentConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
         peerCredentialsFuture(of: context.channel)?.whenSuccess { [self] credentials in actor = "uid:\(credentials.uid)" }
         armIdleCheck(in: AgentLimits.idleTimeout)
         context.fireChannelActive()
+        if returned?.isEmpty == false { serveInput() }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -303,8 +335,12 @@ final class AgentConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
 
     /// Answers one request, then goes on with the input (a pipelined request) or closes.
     private func answer(_ request: Request, context: AgentContext, early: EarlyAnswer, isRun: Bool) async {
-        // After the runs whose answers a worker wrote before this request came (not a run: see `AnswerFence`).
-        if !isRun { await shared.fence.passed() }
+        // After the runs whose answers a worker wrote before this request came, on this
+        // connection or one a worker holds (not a run: see `AnswerFence`).
+        if !isRun {
+            await shared.fence.passed()
+            await shared.engine?.syncHandedOverConnections()
+        }
         let response: Response
         do {
             response = try await shared.responder.respond(to: request, context: context)
@@ -316,7 +352,14 @@ final class AgentConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
             response = APIError(error).response
         }
         let handed = early.endHandOff()
-        if case .answered(_, let rest) = handed {
+        answeredBy = nil
+        if case .answered(_, let rest, let shard) = handed, rest.isEmpty {
+            answeredBy = shard
+            answeredInARow += 1
+        } else {
+            answeredInARow = 0
+        }
+        if case .answered(_, let rest, _) = handed {
             // Its worker wrote the answer (what the connection could not take at once is written here).
             if !rest.isEmpty {
                 do { try await channel.writeAndFlush(ByteBuffer(bytes: rest)).get() } catch { channel.close(promise: nil) }
@@ -350,6 +393,13 @@ final class AgentConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
                 channel.close(promise: nil)
                 return
             }
+            // A connection its worker gave back goes again only after runs in a row: one whose
+            // caller mixes runs with other requests would go back and forth at each.
+            if let shard = answeredBy, answeredInARow >= (returned == nil ? 1 : Self.runsInARowToGoAgain), let engine = shared.engine,
+               !inputClosed, !readHeld, parser.isBetweenRequests,
+               input.readableBytes <= Self.leftoverLimit {
+                return handOver(to: shard, engine: engine)
+            }
             if readHeld {
                 readHeld = false
                 channel.read()
@@ -357,6 +407,43 @@ final class AgentConnectionHandler: ChannelDuplexHandler, @unchecked Sendable {
             serveInput()
         }
         if channel.eventLoop.inEventLoop && !starting { finished() } else { channel.eventLoop.execute(finished) }
+    }
+
+    /// Runs in a row a worker answers on a connection it gave back before it goes to it again.
+    static let runsInARowToGoAgain = 4
+
+    /// The most bytes of a next request already read that go along with a connection to its worker.
+    private static let leftoverLimit = 64 << 10
+
+    /// Hands the connection to the worker that has just answered a run on it (on the loop,
+    /// between requests): it reads the next ones itself (`CallerConnections`). This channel
+    /// closes; the connection stays open on a duplicate of its descriptor kept until the
+    /// worker gives it back (served again here, from the bytes it read) or closes it, and stays
+    /// counted against the limit meanwhile.
+    private func handOver(to shard: Int, engine: Engine) {
+        guard let socket, channel.isActive else { return serveInput() }
+        let kept = fcntl(socket, F_DUPFD_CLOEXEC, 0)
+        guard kept >= 0 else { return serveInput() }
+        let leftover = Array(input.readableBytesView)
+        input.clear()
+        let limit = shared.limit
+        let serveAgain = shared.serveAgain
+        limit.keep()
+        idleCheck?.cancel()
+        // On the loop: no read of this channel's after this (NIO closes its descriptor now).
+        channel.close(promise: nil)
+        let actor = self.actor ?? "unknown"
+        Task {
+            await engine.handOverConnection(kept, shard: shard, actor: actor, leftover: leftover) { end in
+                switch end {
+                case .returned(let bytes):
+                    serveAgain(kept, bytes)
+                case .closed:
+                    Glibc.close(kept)
+                    limit.release()
+                }
+            }
+        }
     }
 
     private func writeAndClose(_ error: APIError) {
@@ -570,4 +657,20 @@ private struct TooLargeBody: AsyncSequence, Sendable {
         mutating func next() async throws -> ByteBuffer? { throw NIOTooManyBytesError(maxBytes: AgentLimits.maxBodyBytes) }
     }
     func makeAsyncIterator() -> AsyncIterator { AsyncIterator() }
+}
+
+/// How a server serves a connection given back by the worker that held it (set once its
+/// acceptor is made): the descriptor, and the bytes read of its next request.
+final class ServeAgain: Sendable {
+    private let serve = Mutex<(@Sendable (Int32, [UInt8]) -> Void)?>(nil)
+
+    func set(_ serve: @escaping @Sendable (Int32, [UInt8]) -> Void) { self.serve.withLock { $0 = serve } }
+
+    func callAsFunction(_ fd: Int32, _ leftover: [UInt8]) {
+        guard let serve = serve.withLock({ $0 }) else {
+            close(fd)
+            return
+        }
+        serve(fd, leftover)
+    }
 }

@@ -33,6 +33,10 @@ public final class ConnectionLimit: Sendable {
     /// Counts an admitted connection out (it closed).
     public func release() { open.wrappingSubtract(1, ordering: .relaxed) }
 
+    /// Counts an admitted connection in again, whatever the count (its channel closes, but
+    /// it stays open elsewhere: held by an engine worker, `CallerConnections`).
+    public func keep() { open.wrappingAdd(1, ordering: .relaxed) }
+
     /// Connections served now.
     public var served: Int { open.load(ordering: .relaxed) }
 

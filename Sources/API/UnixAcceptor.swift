@@ -117,6 +117,13 @@ final class UnixAcceptor: @unchecked Sendable {
         condition.unlock()
     }
 
+    /// A connection handed out again (one a worker held and gave back).
+    func connectionReopened() {
+        condition.lock()
+        held += 1
+        condition.unlock()
+    }
+
     /// A connection handed out closed.
     func connectionClosed() {
         condition.lock()

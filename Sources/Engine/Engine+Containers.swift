@@ -36,42 +36,7 @@ extension Engine {
                 handOff: RunAnswerHandOff? = nil, started: (@Sendable (ManagedContainer) -> Void)? = nil) async throws -> ManagedContainer {
         try ensureAccepting()
         let image = try image(spec.image)
-        let forkPoint = spec.forkPoint ?? image.defaultForkPoint ?? .entry
-        let memoryMiB = spec.memoryMiB ?? ParentPolicy.defaultMemoryMiB
-        guard ParentPolicy.memoryRange.contains(memoryMiB) else {
-            throw EngineError.invalid("memoryMiB", "memoryMiB \(memoryMiB) is out of range (\(ParentPolicy.memoryRange))")
-        }
-        if let arguments = spec.arguments { try Self.validateArguments(arguments, field: "arguments") }
-        if let environment = spec.environment { try Self.validateEnvironment(environment, field: "environment") }
-        let environment = spec.environment ?? image.environment
-        let command = try ContainerCommand.decide(spec, image: image, environment: environment)
-        if forkPoint == .stdin, command.argv0 != image.argv0 || command.arguments != image.arguments {
-            throw EngineError.invalid(spec.arguments != nil ? "arguments" : spec.cmd != nil ? "cmd" : "entrypoint",
-                                      "a child of a stdin fork point runs the image's own command; it reads its own standard input instead")
-        }
-        if let hostname = spec.hostname {
-            guard Self.validHostname(hostname) else {
-                throw EngineError.invalid("hostname", "hostname \"\(hostname)\" must be 1-64 letters, digits, '-' or '.'")
-            }
-        }
-        if let name = spec.name, !Self.validName(name) {
-            throw EngineError.invalid("name", "container name \"\(name)\" must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
-        }
-        let labels = spec.labels ?? [:]
-        guard labels.count <= 64, labels.allSatisfy({ !$0.key.isEmpty && $0.key.utf8.count <= 128 && !$0.key.contains("=") && $0.value.utf8.count <= 1024 }) else {
-            throw EngineError.invalid("labels", "labels: at most 64, keys 1-128 bytes without '=', values up to 1024 bytes")
-        }
-        if spec.openStdin == true, spec.stdin != nil {
-            throw EngineError.invalid("stdin", "give either openStdin (attach later) or stdin (all of it now), not both")
-        }
-        if let stdin = spec.stdin, stdin.utf8.count > 1 << 20 { throw EngineError.invalid("stdin", "stdin: over 1 MiB") }
-        if let pool = spec.pool, pool.isEmpty || pool.utf8.count > 128 { throw EngineError.invalid("pool", "pool: 1-128 bytes") }
-        if let reservation = spec.memoryReservationMiB {
-            guard (1...ParentPolicy.memoryRange.upperBound).contains(reservation) else {
-                throw EngineError.invalid("memoryReservationMiB", "memoryReservationMiB \(reservation) is out of range (1...\(ParentPolicy.memoryRange.upperBound))")
-            }
-            guard spec.pool != nil else { throw EngineError.invalid("memoryReservationMiB", "memoryReservationMiB needs a pool to charge") }
-        }
+        let (forkPoint, memoryMiB, command, environment, labels) = try check(spec, image: image)
 
         let id = givenID ?? ContainerID.make()
         let name = spec.name ?? String(id.prefix(12))
@@ -230,6 +195,60 @@ extension Engine {
     }
 
     /// The family of an image's policy when it is ready to fork now (none is made or waited for).
+    /// What `create` checks of a spec before it makes anything, each refusal naming its field:
+    /// its fork point, memory, command line, environment and labels as the container gets them.
+    func check(_ spec: ContainerSpec, image: ImageRecord) throws
+        -> (forkPoint: ForkPointName, memoryMiB: Int, command: ContainerCommand, environment: [String], labels: [String: String]) {
+        let forkPoint = spec.forkPoint ?? image.defaultForkPoint ?? .entry
+        let memoryMiB = spec.memoryMiB ?? ParentPolicy.defaultMemoryMiB
+        guard ParentPolicy.memoryRange.contains(memoryMiB) else {
+            throw EngineError.invalid("memoryMiB", "memoryMiB \(memoryMiB) is out of range (\(ParentPolicy.memoryRange))")
+        }
+        if let arguments = spec.arguments { try Self.validateArguments(arguments, field: "arguments") }
+        if let environment = spec.environment { try Self.validateEnvironment(environment, field: "environment") }
+        let environment = spec.environment ?? image.environment
+        let command = try ContainerCommand.decide(spec, image: image, environment: environment)
+        if forkPoint == .stdin, command.argv0 != image.argv0 || command.arguments != image.arguments {
+            throw EngineError.invalid(spec.arguments != nil ? "arguments" : spec.cmd != nil ? "cmd" : "entrypoint",
+                                      "a child of a stdin fork point runs the image's own command; it reads its own standard input instead")
+        }
+        if let hostname = spec.hostname {
+            guard Self.validHostname(hostname) else {
+                throw EngineError.invalid("hostname", "hostname \"\(hostname)\" must be 1-64 letters, digits, '-' or '.'")
+            }
+        }
+        if let name = spec.name, !Self.validName(name) {
+            throw EngineError.invalid("name", "container name \"\(name)\" must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        }
+        let labels = spec.labels ?? [:]
+        guard labels.count <= 64, labels.allSatisfy({ !$0.key.isEmpty && $0.key.utf8.count <= 128 && !$0.key.contains("=") && $0.value.utf8.count <= 1024 }) else {
+            throw EngineError.invalid("labels", "labels: at most 64, keys 1-128 bytes without '=', values up to 1024 bytes")
+        }
+        if spec.openStdin == true, spec.stdin != nil {
+            throw EngineError.invalid("stdin", "give either openStdin (attach later) or stdin (all of it now), not both")
+        }
+        if let stdin = spec.stdin, stdin.utf8.count > 1 << 20 { throw EngineError.invalid("stdin", "stdin: over 1 MiB") }
+        if let pool = spec.pool, pool.isEmpty || pool.utf8.count > 128 { throw EngineError.invalid("pool", "pool: 1-128 bytes") }
+        if let reservation = spec.memoryReservationMiB {
+            guard (1...ParentPolicy.memoryRange.upperBound).contains(reservation) else {
+                throw EngineError.invalid("memoryReservationMiB", "memoryReservationMiB \(reservation) is out of range (1...\(ParentPolicy.memoryRange.upperBound))")
+            }
+            guard spec.pool != nil else { throw EngineError.invalid("memoryReservationMiB", "memoryReservationMiB needs a pool to charge") }
+        }
+        return (forkPoint, memoryMiB, command, environment, labels)
+    }
+
+    /// Whether this engine (a worker) can run `spec` for a caller on its own
+    /// (`CallerConnections`): a run without a name (names are the daemon's to give out), a
+    /// pool or reservation (placement is the daemon's), or a terminal, of a known image, one
+    /// `create` takes, whose warm parent is ready here.
+    /// Anything else goes to the daemon, whose answer is the API's (a refusal names its field).
+    func canServeCallerRun(_ spec: ContainerSpec) -> Bool {
+        guard spec.name == nil, spec.pool == nil, spec.memoryReservationMiB == nil, spec.tty != true,
+              (try? ensureAccepting()) != nil, let image = try? image(spec.image), let checked = try? check(spec, image: image) else { return false }
+        return readyFamily(image: image.name, forkPoint: checked.forkPoint, memoryMiB: checked.memoryMiB) != nil
+    }
+
     private func readyFamily(image: String, forkPoint: ForkPointName, memoryMiB: Int) -> ParentFamily? {
         let id = ParentPolicy(image: image, forkPoint: forkPoint, memoryMiB: memoryMiB).id
         guard let family = registry.withLock({ $0.families[id] }), family.isReady else { return nil }
@@ -556,10 +575,13 @@ extension Engine {
     /// own event loop, `ConnectionLoops`), so the container is forked and run on it to its end
     /// with no hop to a container thread and back (two cross-core wake-ups fewer), and what
     /// only wakes the engine's background threads is left to it for after its answer. In
-    /// workers mode the worker runs it, as without.
+    /// workers mode the worker runs it, as without. `started`: told the container's info on its
+    /// thread just before its program runs. `recordsEvents` false: its create, start and remove
+    /// go unrecorded here (a worker's run on a caller's connection: its daemon records them).
     public func runContainer(_ spec: ContainerSpec, remove: Bool = true, by actor: String,
                              answer: (@Sendable (RunResult) -> Void)? = nil, handOff: RunAnswerHandOff? = nil,
-                             callersThread: CallersThread? = nil) async throws -> RunResult {
+                             callersThread: CallersThread? = nil, started: (@Sendable (ContainerInfo) -> Void)? = nil,
+                             recordsEvents: Bool = true) async throws -> RunResult {
         let answer = remove && spec.pool == nil ? answer : nil
         // Handed to a worker only where the answer goes early anyway; else let go at once.
         let handedOff = answer != nil && workerSet != nil ? handOff : nil
@@ -570,14 +592,17 @@ extension Engine {
         // once it is registered, before any exit the worker reported meanwhile is applied.
         let container: ManagedContainer
         do {
-            let takeOver: (@Sendable () -> Bool)? = callersThread != nil ? { @Sendable in true } : nil
+            let takeOver: (@Sendable () -> Bool)? = callersThread.map { $0.isCurrent }
             container = try await create(spec, startNow: true, untilEnd: true, removeAtEnd: remove, takeOver: takeOver,
                                          keepsVM: callersThread != nil, answerEnded: answer, handOff: handedOff, started: { [self] made in
-                record("container.create", subject: made.id, actor: actor)
-                record("container.start", subject: made.id, actor: actor)
+                if recordsEvents {
+                    record("container.create", subject: made.id, actor: actor)
+                    record("container.start", subject: made.id, actor: actor)
+                }
+                started?(made.info)
             })
         } catch {
-            record("container.create", subject: spec.name ?? "", actor: actor, result: "\(error)")
+            if recordsEvents { record("container.create", subject: spec.name ?? "", actor: actor, result: "\(error)") }
             throw error
         }
         let info = container.info
@@ -587,7 +612,7 @@ extension Engine {
         if let callersThread, !remove { callersThread.later { container.vm?.release() } }
         if remove {
             try await self.remove(container, awaitWorker: false, later: callersThread?.later)
-            record("container.remove", subject: info.id, actor: actor)
+            if recordsEvents { record("container.remove", subject: info.id, actor: actor) }
         }
         let ended = container.info
         return RunResult(id: info.id, exitCode: exit.exitCode, reason: exit.reason, stdout: String(decoding: stdout, as: UTF8.self),

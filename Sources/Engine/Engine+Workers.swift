@@ -217,7 +217,7 @@ extension Engine {
         guard let connection else { return }
         try await connection.startReading(
             with: workers.settings.reader,
-            onEvent: { [weak self] event, frame in self?.workerEvent(event, frame: frame) },
+            onEvent: { [weak self] event, frame in self?.workerEvent(event, frame: frame, shard: shard) },
             onClose: { [weak self] why in self?.workerLost(connection, why: why) })
         let hello = try await connection.call("hello", WorkerNothing(), as: WorkerHello.self)
         connection.pid = hello.pid
@@ -280,7 +280,7 @@ extension Engine {
     }
 
     /// An event frame from a worker (on its connection's reader thread, in order).
-    private func workerEvent(_ event: String, frame: WorkerFrame) {
+    private func workerEvent(_ event: String, frame: WorkerFrame, shard: Int) {
         let decoder = JSONDecoder()
         switch event {
         case "exit":
@@ -298,6 +298,8 @@ extension Engine {
             guard var row = try? decoder.decode(WorkerEventMessage<EventRow>.self, from: frame.data).body else { return }
             row.id = nil
             writer.event(row)
+        case "callerRun", "connectionEnd":
+            handedOverConnectionEvent(event, frame: frame, shard: shard)
         default:
             logger.warning("unknown worker event", metadata: ["event": "\(event)"])
         }
@@ -333,6 +335,8 @@ extension Engine {
     private func workerLost(_ connection: WorkerConnection, why: String) {
         guard let workers = workerSet, workers.drop(connection) else { return }
         let shard = connection.shard
+        // The callers' connections it held went with it.
+        for ended in workers.held.endAll(on: shard) { ended(.closed) }
         let pid = connection.pid
         var how = why
         if let child = workers.childPID(shard), child == pid {
@@ -452,7 +456,7 @@ extension Engine {
         // answer, against 37 µs in one process). With a hand-off the worker wrote it already.
         if let handOff {
             if let end, let written = end.answered {
-                handOff.resolved(.answered(written: written, rest: end.answerRest ?? []))
+                handOff.resolved(.answered(written: written, rest: end.answerRest ?? [], shard: shard))
                 metrics.answersByWorkers.increment()
                 if end.answerRest?.isEmpty == false { metrics.answersFinishedByDaemon.increment() }
             } else {

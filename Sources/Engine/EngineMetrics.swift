@@ -24,6 +24,10 @@ struct EngineMetrics: Sendable {
     let answersByWorkers: Counter
     /// Of those, answers the caller's connection could not take whole at once, their rest written by the daemon.
     let answersFinishedByDaemon: Counter
+    /// Runs a worker served on a caller's connection it held (`CallerConnections`).
+    let runsOnHandedOverConnections: Counter
+    /// Callers' connections handed to workers.
+    let connectionsHandedOver: Counter
 
     init(factory: any MetricsFactory) {
         self.factory = factory
@@ -40,6 +44,8 @@ struct EngineMetrics: Sendable {
         runsOnCallersThread = Counter(label: "vmfork_runs_on_callers_thread_total", dimensions: [], factory: factory)
         answersByWorkers = Counter(label: "vmfork_runs_answered_by_workers_total", dimensions: [], factory: factory)
         answersFinishedByDaemon = Counter(label: "vmfork_runs_answered_by_workers_finished_by_daemon_total", dimensions: [], factory: factory)
+        runsOnHandedOverConnections = Counter(label: "vmfork_runs_on_handed_over_connections_total", dimensions: [], factory: factory)
+        connectionsHandedOver = Counter(label: "vmfork_connections_handed_to_workers_total", dimensions: [], factory: factory)
     }
 
     func gauge(_ label: String, _ dimensions: [(String, String)] = []) -> Gauge {

@@ -347,8 +347,8 @@ public struct RunAnswerHandOff: Sendable {
 /// What became of a run's answer handed to its worker (`RunAnswerHandOff`).
 public enum HandOffOutcome: Sendable, Equatable {
     /// The worker wrote `written` bytes of it; `rest` is what the connection could not take at
-    /// once, for the daemon to write.
-    case answered(written: Int, rest: [UInt8])
+    /// once, for the daemon to write; `shard` is the worker.
+    case answered(written: Int, rest: [UInt8], shard: Int)
     /// The worker did not write it (the run went on past the worker's wait, its output was too
     /// large to go along, or it failed): the daemon answers, as without a hand-off.
     case notAnswered
@@ -363,8 +363,12 @@ public enum HandOffOutcome: Sendable, Equatable {
 /// folder's recycling), to run on that thread after the caller's answer has gone.
 public struct CallersThread: Sendable {
     public let later: @Sendable (@escaping @Sendable () -> Void) -> Void
+    /// Whether the code asking runs on that thread (a task that waited may go on elsewhere:
+    /// the container then goes to a container thread of its own).
+    public let isCurrent: @Sendable () -> Bool
 
-    public init(later: @escaping @Sendable (@escaping @Sendable () -> Void) -> Void) {
+    public init(later: @escaping @Sendable (@escaping @Sendable () -> Void) -> Void, isCurrent: @escaping @Sendable () -> Bool = { true }) {
         self.later = later
+        self.isCurrent = isCurrent
     }
 }

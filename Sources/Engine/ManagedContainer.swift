@@ -70,6 +70,9 @@ final class ManagedContainer: Sendable {
         }
     }
 
+    /// Its worker removed it (a run on a caller's connection the worker held: `callerRunRemoved`).
+    func removedThere() { state.withLock { $0.removedInWorker = true } }
+
     var output: (stdout: [UInt8], stderr: [UInt8])? { state.withLock { $0.output } }
     var removedInWorker: Bool { state.withLock { $0.removedInWorker } }
     /// The worker that still holds it: its shard, unless that worker removed it at its run's end

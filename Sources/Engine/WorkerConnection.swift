@@ -141,8 +141,10 @@ final class WorkerConnection: Sendable {
     }
 
     /// Sends a request and waits for its reply; a refusal comes back as the worker's EngineError.
-    func call<Body: Codable & Sendable, Result: Codable & Sendable>(_ op: String, _ body: Body, as type: Result.Type = Result.self) async throws -> Result {
-        let frame = try await exchange(op) { id in try JSONEncoder().encode(WorkerRequest(id: id, op: op, body: body)) }
+    /// `passing`: a descriptor that goes with the frame (SCM_RIGHTS).
+    func call<Body: Codable & Sendable, Result: Codable & Sendable>(_ op: String, _ body: Body, as type: Result.Type = Result.self,
+                                                                   passing descriptor: Int32? = nil) async throws -> Result {
+        let frame = try await exchange(op, passing: descriptor) { id in try JSONEncoder().encode(WorkerRequest(id: id, op: op, body: body)) }
         let reply = try JSONDecoder().decode(WorkerReply<Result>.self, from: frame.data)
         if let fault = reply.error { throw fault.engineError }
         guard let result = reply.result else { throw EngineError(.failed, "worker \(shard) replied to \(op) without a result") }

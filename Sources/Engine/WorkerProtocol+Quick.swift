@@ -128,15 +128,21 @@ enum WorkerQuick {
         writer.key("id"); writer.integer(0)
         writer.key("event"); writer.string("exit")
         writer.key("body")
+        guard write(exit, into: &writer) else { return nil }
+        writer.endObject()
+        return writer.bytes
+    }
+
+    /// `{"info":INFO,"vmExits":N,...}` (what `exit(_:)` reads); false when the info needs the Codable form.
+    static func write(_ exit: WorkerExit, into writer: inout QuickJSON.Writer) -> Bool {
         writer.beginObject()
         writer.key("info")
-        guard exit.info.write(into: &writer) else { return nil }
+        guard exit.info.write(into: &writer) else { return false }
         if let vmExits = exit.vmExits { writer.key("vmExits"); writer.integer(vmExits) }
         if let pageFaults = exit.pageFaults { writer.key("pageFaults"); writer.integer(pageFaults) }
         if let emulated = exit.emulatedInstructions { writer.key("emulatedInstructions"); writer.integer(emulated) }
         writer.endObject()
-        writer.endObject()
-        return writer.bytes
+        return true
     }
 
     /// An exit event's body from its tree; nil when it needs JSONDecoder.
@@ -261,5 +267,80 @@ enum WorkerQuick {
             throw EngineError(.failed, "worker \(shard) replied to \(op) without a result")
         }
         return result
+    }
+}
+
+// MARK: Callers' connections held by a worker (`CallerConnections`)
+
+extension WorkerQuick {
+    private static func event(_ name: StaticString, capacity: Int, body: (inout QuickJSON.Writer) -> Void) -> [UInt8] {
+        var writer = QuickJSON.Writer(capacity: capacity)
+        writer.beginObject()
+        writer.key("id"); writer.integer(0)
+        writer.key("event"); writer.appendStatic("\"")
+        writer.appendStatic(name)
+        writer.appendStatic("\"")
+        writer.key("body")
+        body(&writer)
+        writer.endObject()
+        return writer.bytes
+    }
+
+    /// `callerRun`: a run on a held connection, begun (when it runs on at the daemon's sync)
+    /// or ended (with its exit, and whether the worker removed it) (`WorkerCallerRun`).
+    static func callerRun(_ run: WorkerCallerRun) -> [UInt8] {
+        var quick = true
+        let frame = event("callerRun", capacity: 1024) { writer in
+            writer.beginObject()
+            writer.key("key"); writer.integer(run.key)
+            writer.key("actor"); writer.string(run.actor)
+            writer.key("info")
+            quick = run.info.write(into: &writer)
+            if quick, let exit = run.exit {
+                writer.key("exit")
+                quick = write(exit, into: &writer)
+            }
+            if run.removed { writer.key("removed"); writer.boolean(true) }
+            writer.endObject()
+        }
+        if quick { return frame }
+        return (try? Array(JSONEncoder().encode(WorkerEventMessage(event: "callerRun", body: run)))) ?? []
+    }
+
+    static func callerRun(_ body: QuickJSON.Node?) -> WorkerCallerRun? {
+        guard let members = body?.members else { return nil }
+        var (key, actor, info): (UInt64?, String?, ContainerInfo?) = (nil, nil, nil)
+        var ended: WorkerExit?
+        var removed = false
+        for member in members {
+            switch member.key {
+            case "key": key = member.value.integer.flatMap { $0 >= 0 ? UInt64($0) : nil }
+            case "actor": actor = member.value.string
+            case "info": info = ContainerInfo.quick(member.value)
+            case "exit": guard let exit = exit(member.value) else { return nil }; ended = exit
+            case "removed": guard let flag = member.value.boolean else { return nil }; removed = flag
+            default: return nil
+            }
+        }
+        guard let key, let actor, let info else { return nil }
+        return WorkerCallerRun(key: key, actor: actor, info: info, exit: ended, removed: removed)
+    }
+
+    /// `connectionEnd`: the worker let go of a held connection, giving it back with the bytes
+    /// read of its next request (`leftover`, base64) or closed (no `leftover`).
+    static func connectionEnd(key: UInt64, leftover: [UInt8]?) -> [UInt8] {
+        event("connectionEnd", capacity: 64 + (leftover?.count ?? 0) * 4 / 3) { writer in
+            writer.beginObject()
+            writer.key("key"); writer.integer(key)
+            if let leftover { writer.key("leftover"); writer.string(Data(leftover).base64EncodedString()) }
+            writer.endObject()
+        }
+    }
+
+    static func connectionEnd(_ body: QuickJSON.Node?) -> (key: UInt64, leftover: [UInt8]?)? {
+        guard let members = body?.members, let key = members.first(where: { $0.key == "key" })?.value.integer, key >= 0 else { return nil }
+        guard let encoded = members.first(where: { $0.key == "leftover" })?.value else { return (UInt64(key), nil) }
+        guard let text = encoded.string, let bytes = Data(base64Encoded: text) else { return nil }
+        return (UInt64(key), Array(bytes))
     }
 }

@@ -248,6 +248,25 @@ struct WorkerRunEnd: Sendable {
     static let inlineLimit = 64 << 10
 }
 
+/// The `takeConnection` op: a caller's connection (its descriptor with the frame) for the
+/// worker to serve (`CallerConnections`): `key` names it to both, `actor` is its caller,
+/// `leftover` what the daemon had read of its next request.
+struct WorkerTakeConnection: Codable, Sendable {
+    var key: UInt64
+    var actor: String
+    var leftover: Data
+}
+/// The `callerRun` event: a run on a held connection (`CallerConnections`), once it ended
+/// (with its exit, and `removed` when the worker removed it), or before, when the daemon syncs
+/// while it runs (then again at its end).
+struct WorkerCallerRun: Codable, Sendable {
+    var key: UInt64
+    var actor: String
+    /// As it started.
+    var info: ContainerInfo
+    var exit: WorkerExit? = nil
+    var removed = false
+}
 struct WorkerContainerRef: Codable, Sendable { var id: String }
 struct WorkerStop: Codable, Sendable { var id: String; var graceMilliseconds: Int }
 struct WorkerKill: Codable, Sendable { var id: String; var signal: Int32 }

@@ -31,7 +31,9 @@ public final class WorkerServer: Sendable {
     /// listed while it runs.
     static let heldAnswerLimit = Duration.milliseconds(10)
     /// The connection events go to (the last to say hello).
-    private let subscriber = Mutex<WorkerPeer?>(nil)
+    private let subscriber = WorkerSubscriber()
+    /// Callers' connections the daemon handed over, served here (`CallerConnections`).
+    private let callers: CallerConnections
 
     /// Binds the socket (the engine holds its folder's lock, so no other worker of this shard
     /// runs and a socket file left there is stale).
@@ -42,6 +44,11 @@ public final class WorkerServer: Sendable {
         self.engine = engine
         self.shard = shard
         self.socketPath = socketPath
+        callers = CallerConnections(engine: engine, tell: { [subscriber] frame in
+            guard let peer = subscriber.withLock({ $0 }) else { return false }
+            peer.send(frame: frame)
+            return true
+        })
         pollerThread = engine.options.pollsSystemCalls ? engine.poller?.startNow() : nil
         unlink(socketPath)
         listener = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -61,6 +68,8 @@ public final class WorkerServer: Sendable {
                 let exit = WorkerExit(info: info, vmExits: counters?.exits, pageFaults: counters?.pageFaults,
                                       emulatedInstructions: counters?.emulatedInstructions)
                 guard let self else { return }
+                // A run on a held connection: its end goes with the run's own message.
+                if callers.ended(exit) { return }
                 // A run's answer held until now goes first, in the same write when it can,
                 // with the run's end (and the container removed here when the run asked).
                 let subscriber = subscriber.withLock { $0 }
@@ -187,7 +196,11 @@ public final class WorkerServer: Sendable {
             guard let bytes = try? WorkerWire.readFrame(peer.fd, received: peer.received) else { break }
             let frame = WorkerFrame(bytes)
             guard let header = frame.header, let op = header.op else { break }
-            if op == "create" {
+            if op == "takeConnection" || op == "sync" {
+                // On the reader's thread: the descriptors come in the order of the frames that
+                // carry them, and a sync's reply follows everything written before it.
+                takeConnectionOrSync(op, id: header.id, frame: frame, peer: peer)
+            } else if op == "create" {
                 // Begun on this thread, up to its first wait: no hop to another thread on the
                 // way to the fork, and none to the container's thread, which this one becomes
                 // when the create gets that far here (the reading goes on on another; `Task.immediate`
@@ -202,6 +215,26 @@ public final class WorkerServer: Sendable {
         }
         subscriber.withLock { if $0 === peer { $0 = nil } }
         peer.close()
+    }
+
+    /// A caller's connection handed over (`CallerConnections`), or a sync: its reply says that
+    /// everything this worker wrote before (a held connection's run, told before its answer)
+    /// is ahead of it on the stream.
+    private func takeConnectionOrSync(_ op: String, id: UInt64, frame: WorkerFrame, peer: WorkerPeer) {
+        guard op == "takeConnection" else { return callers.announceRunning { peer.send(frame: WorkerQuick.done(id: id)) } }
+        let connection = peer.takeReceived()
+        do {
+            let request = try body(WorkerTakeConnection.self, frame)
+            guard let connection else { throw EngineError(.invalid, "takeConnection came without its connection") }
+            guard callers.count < CallerConnections.limit else {
+                throw EngineError(.unavailable, "this worker holds \(CallerConnections.limit) callers' connections already")
+            }
+            callers.take(connection, key: request.key, actor: request.actor, leftover: Array(request.leftover))
+            peer.send(frame: WorkerQuick.done(id: id))
+        } catch {
+            if let connection { close(connection) }
+            peer.send(WorkerReply<WorkerNothing>(id: id, result: nil, error: WorkerFault(error)))
+        }
     }
 
     /// Sends the held answers of `peer`'s runs whose limit has passed (on its reader thread,
@@ -239,7 +272,12 @@ public final class WorkerServer: Sendable {
             await peer.reply(id) { [self] in
                 // Events go to this connection from now on; anything that ends after the
                 // snapshot below arrives as an event (the daemon ignores a second exit).
-                subscriber.withLock { $0 = peer }
+                // A new daemon holds none of the callers' connections the last one handed over.
+                let previous = subscriber.withLock { subscriber in
+                    defer { subscriber = peer }
+                    return subscriber
+                }
+                if previous !== peer { callers.endAll() }
                 return WorkerHello(shard: shard, pid: getpid(), version: Engine.version, containers: engine.containers(),
                                    parents: try await engine.parents(withSharing: false), pollerThread: pollerThread)
             }
@@ -577,4 +615,11 @@ final class ReaderBaton: Sendable {
     }
 
     var passed: Bool { handedOn.load(ordering: .acquiring) }
+}
+
+/// The daemon's connection as the worker's events' destination (the last to say hello).
+final class WorkerSubscriber: Sendable {
+    private let peer = Mutex<WorkerPeer?>(nil)
+
+    func withLock<Result>(_ body: (inout WorkerPeer?) -> Result) -> Result { peer.withLock { body(&$0) } }
 }

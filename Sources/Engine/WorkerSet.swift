@@ -48,6 +48,8 @@ public protocol WorkerFrameReader: Sendable {
 final class WorkerSet: Sendable {
     let settings: WorkerSettings
     let folder: URL
+    /// Callers' connections handed to the workers.
+    let held = HandedOverConnections()
     private let state = Mutex(State())
 
     private struct State {
