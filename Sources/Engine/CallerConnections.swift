@@ -94,7 +94,8 @@ final class CallerConnections: Sendable {
         var dates = HTTPDateCache()
         while true {
             switch next(fd, &input) {
-            case .ended:
+            case .ended(let why):
+                if let why { engine.logger.notice("a caller's connection held here ended", metadata: ["why": "\(why)"]) }
                 finish(fd, key: key, returning: nil)
                 return
             case .other:
@@ -224,9 +225,10 @@ final class CallerConnections: Sendable {
         return answer(status: status, body: writer.bytes, date: date)
     }
 
-    /// Writes `bytes`, with `waiting` all of them, waiting for room while the caller reads (up
-    /// to the idle timeout), else what the connection takes at once: how many went, and
-    /// whether the connection failed.
+    /// Writes `bytes`, with `waiting` all of them, waiting for room while the caller reads (as
+    /// long as it takes, as the daemon's own answers do: the idle timeout counts only between
+    /// requests), else what the connection takes at once: how many went, and whether the
+    /// connection failed.
     private func write(_ bytes: [UInt8], to fd: Int32, waiting: Bool) -> (sent: Int, failed: Bool) {
         var offset = 0
         while offset < bytes.count {
@@ -240,7 +242,9 @@ final class CallerConnections: Sendable {
             if errno == EINTR { continue }
             guard waiting else { return (offset, false) }
             var room = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-            guard poll(&room, 1, Self.idleTimeoutMilliseconds) > 0, room.revents & Int16(POLLOUT) != 0 else { return (offset, true) }
+            let ready = poll(&room, 1, -1)
+            if ready < 0 && errno == EINTR { continue }
+            guard ready > 0, room.revents & Int16(POLLOUT) != 0 else { return (offset, true) }
         }
         return (offset, false)
     }
@@ -252,8 +256,8 @@ final class CallerConnections: Sendable {
         case run(ContainerSpec, length: Int)
         /// Anything else, or a run not plain enough: the daemon's (the input holds its bytes read so far).
         case other
-        /// The caller closed (or the connection failed, or stayed idle too long) between requests.
-        case ended
+        /// The caller closed (nil), or the connection failed or stayed idle too long (why), between requests.
+        case ended(String?)
     }
 
     /// The next request: read whole when it is a run this worker may serve, else as far as
@@ -272,31 +276,32 @@ final class CallerConnections: Sendable {
                 return .other
             }
             switch read(fd, into: &input) {
-            case .some(true): continue
-            case .some(false): return input.isEmpty ? .ended : .other
-            case nil: return .ended
+            case .success(true): continue
+            case .success(false): return input.isEmpty ? .ended(nil) : .other
+            case .failure(let why): return .ended(why.description)
             }
         }
     }
 
     /// Reads what has come (waiting for it up to the idle timeout): true when bytes came, false
-    /// at the caller's end of input, nil when the connection failed or stayed idle.
-    private func read(_ fd: Int32, into input: inout [UInt8]) -> Bool? {
+    /// at the caller's end of input; a failure when the connection failed or stayed idle.
+    private func read(_ fd: Int32, into input: inout [UInt8]) -> Result<Bool, EngineError> {
         var chunk = [UInt8](repeating: 0, count: 16 << 10)
         while true {
             // unsafe: reads at most the chunk's count into its own storage.
             let got = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, Int32(MSG_DONTWAIT)) }
             if got > 0 {
                 input.append(contentsOf: chunk[..<got])
-                return true
+                return .success(true)
             }
-            if got == 0 { return false }
+            if got == 0 { return .success(false) }
             if errno == EINTR { continue }
-            guard errno == EAGAIN || errno == EWOULDBLOCK else { return nil }
+            guard errno == EAGAIN || errno == EWOULDBLOCK else { return .failure(EngineError(.failed, "recv: \(String(cString: strerror(errno)))")) }
             var ready = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
             let count = poll(&ready, 1, Self.idleTimeoutMilliseconds)
             if count < 0 && errno == EINTR { continue }
-            guard count > 0 else { return nil }
+            if count == 0 { return .failure(EngineError(.failed, "idle for \(Self.idleTimeoutMilliseconds / 1000) s")) }
+            guard count > 0 else { return .failure(EngineError(.failed, "poll: \(String(cString: strerror(errno)))")) }
         }
     }
 

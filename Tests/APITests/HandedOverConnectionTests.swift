@@ -19,8 +19,9 @@ struct HandedOverConnectionTests {
     static func withWorker(_ body: (DaemonFixture, AgentClient) async throws -> Void) async throws {
         try await WorkerTests.withWorkers(1) { daemon, client in
             do { try await body(daemon, client) } catch {
-                let warnings = daemon.daemonLog.split(separator: "\n").filter { $0.contains(" warning ") || $0.contains(" error ") }
-                Issue.record("daemon's warnings: \(warnings.suffix(20).joined(separator: "\n"))")
+                let workerLog = (try? String(contentsOf: daemon.state.appendingPathComponent("workers/0.log"), encoding: .utf8)) ?? ""
+                let warnings = (daemon.daemonLog + workerLog).split(separator: "\n").filter { !$0.contains(" info ") && !$0.contains(" debug ") }
+                Issue.record("the daemon's and worker's warnings: \(warnings.suffix(30).joined(separator: "\n"))")
                 throw error
             }
         }
@@ -28,26 +29,34 @@ struct HandedOverConnectionTests {
 
     /// Runs `echo` on `connection` until the daemon has handed it to the worker (the first run
     /// of a new daemon's worker may outlast the worker's wait, and is then the daemon's to answer).
-    static func handOver(_ connection: HeldConnection, _ client: AgentClient) async throws {
+    static func handOver(_ connection: HeldConnection, _ client: AgentClient) throws {
         let before = try counter(client, handedOver)
         for index in 0..<20 {
             try connection.sendRequest("POST", "/v1/containers/run", body: AnswerHandOffTests.runBody(["echo", "warm \(index)"]))
             #expect(try AnswerHandOffTests.read(connection).1.stdout == "warm \(index)\n")
-            if try await Self.handedOver(client, atLeast: before + 1, within: 1) > before { return }
+            if try Self.handedOver(client, atLeast: before + 1, within: 1) > before { return }
         }
         Issue.record("the connection was not handed over in 20 runs")
     }
 
     /// The number of connections handed to workers, once it is at least `count` (a connection
     /// goes after its answer, with a call to the worker; within 10 s).
-    static func handedOver(_ client: AgentClient, atLeast count: Int, within seconds: Double = 10) async throws -> Int {
+    static func handedOver(_ client: AgentClient, atLeast count: Int, within seconds: Double = 10) throws -> Int {
         let deadline = Date().addingTimeInterval(seconds)
         var now = try counter(client, handedOver)
         while now < count && Date() < deadline {
-            try await Task.sleep(for: .milliseconds(10))
+            usleep(10_000)
             now = try counter(client, handedOver)
         }
         return now
+    }
+
+    /// A request on a connection of the client's own, from this thread. These tests keep their
+    /// thread from one request on a held connection to the next, never waiting as a task: under
+    /// a loaded test run a task that waited got its thread back after more than the
+    /// connection's 30 s idle timeout, and found it closed.
+    static func call(_ client: AgentClient, _ method: String, _ path: String, body: Data? = nil) throws -> AgentClient.Response {
+        try client.send(method, path, body: body)
     }
 
     /// Runs after the first on a kept connection are served by the worker: each answer whole
@@ -57,7 +66,7 @@ struct HandedOverConnectionTests {
         try await Self.withWorker { daemon, client in
             let connection = HeldConnection(fd: try client.openConnection())
             defer { connection.close() }
-            try await Self.handOver(connection, client)
+            try Self.handOver(connection, client)
             let servedBefore = try Self.counter(client, Self.served)
             #expect(try Self.counter(client, Self.handedOver) == 1)
             var ids: [String] = []
@@ -68,13 +77,13 @@ struct HandedOverConnectionTests {
                 #expect(result.forkMicroseconds != nil && result.startedAt != nil && result.finishedAt != nil)
                 #expect(head.headers["content-type"] == "application/json" && head.headers["date"] != nil && head.headers["server"] == "vmfork")
                 // Another connection, at once: the run is recorded as gone.
-                #expect(try await client.send("GET", "/v1/containers/\(result.id)").status == 404)
+                #expect(try Self.call(client, "GET", "/v1/containers/\(result.id)").status == 404)
                 ids.append(result.id)
             }
             #expect(Set(ids).count == 10)
             #expect(try Self.counter(client, Self.served) - servedBefore == 10)
             // Every run's events, as for a run the daemon forked: made, started, ended, removed, by the caller.
-            let events = try await client.send("GET", "/v1/events?type=container.create,container.start,container.exit,container.remove&limit=10000")
+            let events = try Self.call(client, "GET", "/v1/events?type=container.create,container.start,container.exit,container.remove&limit=10000")
             #expect(events.status == 200)
             let rows = try JSONSerialization.jsonObject(with: events.body) as? [[String: Any]] ?? []
             for (index, id) in ids.enumerated() {
@@ -99,7 +108,7 @@ struct HandedOverConnectionTests {
         try await Self.withWorker { daemon, client in
             let connection = HeldConnection(fd: try client.openConnection())
             defer { connection.close() }
-            try await Self.handOver(connection, client)
+            try Self.handOver(connection, client)
             let servedBefore = try Self.counter(client, Self.served)
 
             try connection.sendRequest("POST", "/v1/containers/run", body: AnswerHandOffTests.runBody(["echo", "named"], name: "given-back"))
@@ -112,7 +121,7 @@ struct HandedOverConnectionTests {
             try connection.sendRequest("POST", "/v1/containers/run?remove=false", body: AnswerHandOffTests.runBody(["echo", "kept"]))
             let (_, kept) = try AnswerHandOffTests.read(connection)
             #expect(kept.stdout == "kept\n")
-            #expect(try await client.send("GET", "/v1/containers/\(kept.id)").status == 200)
+            #expect(try Self.call(client, "GET", "/v1/containers/\(kept.id)").status == 200)
             // Pipelined: a run the worker serves, a ping it gives back, a run again.
             func raw(_ method: String, _ path: String, _ body: String = "") -> String {
                 "\(method) \(path) HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
@@ -137,7 +146,7 @@ struct HandedOverConnectionTests {
                 // "two" above began the row.
                 if runs < inARow - 1 { #expect(try Self.counter(client, Self.handedOver) == 1, "handed over after \(runs + 1) runs in a row") }
             }
-            #expect(try await Self.handedOver(client, atLeast: 2) == 2)
+            #expect(try Self.handedOver(client, atLeast: 2) == 2)
             try connection.sendRequest("POST", "/v1/containers/run", body: AnswerHandOffTests.runBody(["echo", "held"]))
             #expect(try AnswerHandOffTests.read(connection).1.stdout == "held\n")
             #expect(try Self.counter(client, Self.served) - servedBefore >= 1)
@@ -151,24 +160,24 @@ struct HandedOverConnectionTests {
         try await Self.withWorker { daemon, client in
             let connection = HeldConnection(fd: try client.openConnection(), timeout: 30)
             defer { connection.close() }
-            try await Self.handOver(connection, client)
+            try Self.handOver(connection, client)
             let servedBefore = try Self.counter(client, Self.served)
             try connection.sendRequest("POST", "/v1/containers/run",
                                        body: #"{"image":"busybox","memoryMiB":32,"openStdin":true,"labels":{"run":"held-long"},"arguments":["sh","-c","read x; echo got $x"]}"#)
             var found: ContainerInfo?
             let deadline = Date().addingTimeInterval(10)
             while found == nil && Date() < deadline {
-                let listed = try await client.send("GET", "/v1/containers?label=run=held-long")
+                let listed = try Self.call(client, "GET", "/v1/containers?label=run=held-long")
                 #expect(listed.status == 200)
                 found = try listed.decode([ContainerInfo].self).first { $0.state == .running }
-                if found == nil { try await Task.sleep(for: .milliseconds(20)) }
+                if found == nil { usleep(20_000) }
             }
             let running = try #require(found, "no list showed the run while it ran")
             #expect(try Self.counter(client, Self.served) - servedBefore == 1)
-            #expect(try await client.send("POST", "/v1/containers/\(running.id)/stdin?close=true", body: Data("through\n".utf8)).status == 204)
+            #expect(try Self.call(client, "POST", "/v1/containers/\(running.id)/stdin?close=true", body: Data("through\n".utf8)).status == 204)
             let (_, result) = try AnswerHandOffTests.read(connection)
             #expect(result.id == running.id && result.stdout == "got through\n" && result.exitCode == 0, "\(result)")
-            #expect(try await client.send("GET", "/v1/containers/\(running.id)").status == 404)
+            #expect(try Self.call(client, "GET", "/v1/containers/\(running.id)").status == 404)
         }
     }
 
@@ -179,7 +188,7 @@ struct HandedOverConnectionTests {
         try await Self.withWorker { daemon, client in
             let connection = HeldConnection(fd: try client.openConnection(), timeout: 30)
             defer { connection.close() }
-            try await Self.handOver(connection, client)
+            try Self.handOver(connection, client)
             let pid = try #require(WorkerTests.workerPID(daemon, shard: 0))
             kill(pid, SIGKILL)
             #expect(try connection.readToEnd().isEmpty)
@@ -193,7 +202,7 @@ struct HandedOverConnectionTests {
                 let head = try again.readHead()
                 let body = try again.readBody(head)
                 answered = head.status == 200 && String(decoding: body, as: UTF8.self).contains("again")
-                if !answered { try await Task.sleep(for: .milliseconds(100)) }
+                if !answered { usleep(100_000) }
             }
             #expect(answered)
         }

@@ -25,8 +25,12 @@ import Testing
     }
 
     @Test func explicitCloseClosesOnce() throws {
-        let fd = try FileDescriptor.open("/dev/null", O_RDONLY)
+        // At a number well above the lowest free ones, which the other tests' opens (in
+        // parallel, in this process) take: a number closed here is not reused meanwhile.
+        let opened = try FileDescriptor.open("/dev/null", O_RDONLY)
+        let fd = FileDescriptor(adopting: fcntl(opened.rawValue, F_DUPFD_CLOEXEC, 900))
         let raw = fd.rawValue
+        #expect(raw >= 900)
         try fd.close()
         #expect(fcntl(raw, F_GETFD) == -1)
     }
