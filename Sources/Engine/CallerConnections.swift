@@ -53,10 +53,12 @@ final class CallerConnections: Sendable {
         engine.runners.run { [self] in serve(fd, key: key, actor: actor, leftover: leftover) }
     }
 
-    /// Ends every connection held (a new daemon said hello: the old one's are not its own).
-    /// Each one's thread sees the end and closes it.
+    /// Ends every connection held (a new daemon said hello: the old one's are not its own; or
+    /// the daemon shuts down). Each one's thread sees the end (after the run it may be serving)
+    /// and closes it. Under the lock: a descriptor is let go of under it before it is closed,
+    /// so no number shut down here is another's.
     func endAll() {
-        for fd in open.withLock({ Array($0.values) }) { shutdown(fd, Int32(SHUT_RDWR)) }
+        open.withLock { open in for fd in open.values { shutdown(fd, Int32(SHUT_RDWR)) } }
     }
 
     var count: Int { open.withLock { $0.count } }

@@ -105,6 +105,17 @@ extension Engine {
         }
     }
 
+    /// Has every worker close the callers' connections it holds (the engine's shutdown).
+    func endHandedOverConnections() async {
+        guard let workers = workerSet else { return }
+        await withTaskGroup(of: Void.self) { group in
+            for shard in workers.held.shards {
+                guard let connection = try? workers.connection(shard) else { continue }
+                group.addTask { _ = try? await connection.call("endConnections", WorkerNothing(), as: WorkerNothing.self) }
+            }
+        }
+    }
+
     /// A worker's word about a connection it holds (on its stream's reader, in order).
     func handedOverConnectionEvent(_ event: String, frame: WorkerFrame, shard: Int) {
         let body = frame.member("body")

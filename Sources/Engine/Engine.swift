@@ -21,12 +21,14 @@ import Synchronization
 ///
 /// Shutdown order (`shutdown(grace:)`, which the daemon calls first on SIGTERM, while its
 /// listeners still answer the requests in flight; they stop accepting once it returns):
-/// 1. refuse new state-changing calls (they get `unavailable`);
+/// 1. refuse new state-changing calls (they get `unavailable`); in workers mode the workers
+///    close the callers' connections they hold (`CallerConnections`), which take no more runs;
 /// 2. stop every running container: SIGTERM to its program, then after the grace period power
 ///    the VM off (its vCPU is kicked out of KVM_RUN, so `run()` returns on its thread and the
 ///    VM stops being polled by the system-call poller, which unregisters it on the way out);
 /// 3. remove every container: each VM goes to its warm parent's pool queue, which closes its
 ///    KVM descriptors (vCPU, VM) and unmaps its guest memory; wait until every queue is done;
+///    in workers mode each worker stops and exits;
 /// 4. release the warm parents: their pooled VMs and their memfds go the same way; stop the
 ///    system-call poller's thread (owned through the engine's KVM system);
 /// 5. record the daemon's stop, flush the queued state writes and checkpoint the SQLite
@@ -295,6 +297,8 @@ public final class Engine: Sendable {
             return Array(registry.containers.values)
         }
         logger.info("shutting down", metadata: ["containers": "\(containers.count)"])
+        // Nor on the callers' connections the workers hold: they close (a run going on there ends in 2).
+        await endHandedOverConnections()
         // 2. Running containers: SIGTERM, then power off after the grace period.
         await withTaskGroup(of: Void.self) { group in
             for container in containers where container.isLive {

@@ -196,7 +196,7 @@ public final class WorkerServer: Sendable {
             guard let bytes = try? WorkerWire.readFrame(peer.fd, received: peer.received) else { break }
             let frame = WorkerFrame(bytes)
             guard let header = frame.header, let op = header.op else { break }
-            if op == "takeConnection" || op == "sync" {
+            if op == "takeConnection" || op == "sync" || op == "endConnections" {
                 // On the reader's thread: the descriptors come in the order of the frames that
                 // carry them, and a sync's reply follows everything written before it.
                 takeConnectionOrSync(op, id: header.id, frame: frame, peer: peer)
@@ -213,14 +213,26 @@ public final class WorkerServer: Sendable {
                 Task { await handle(op, id: header.id, frame: frame, peer: peer) }
             }
         }
-        subscriber.withLock { if $0 === peer { $0 = nil } }
+        let wasSubscriber = subscriber.withLock { subscriber -> Bool in
+            guard subscriber === peer else { return false }
+            subscriber = nil
+            return true
+        }
+        // The daemon is gone: the callers' connections it handed over close (no run is served
+        // here that no daemon would record; its callers connect again, to the next daemon).
+        if wasSubscriber { callers.endAll() }
         peer.close()
     }
 
-    /// A caller's connection handed over (`CallerConnections`), or a sync: its reply says that
-    /// everything this worker wrote before (a held connection's run, told before its answer)
-    /// is ahead of it on the stream.
+    /// A caller's connection handed over (`CallerConnections`); a sync, whose reply says that
+    /// everything this worker wrote before (a held connection's run, told as its answer went,
+    /// and the runs going on) is ahead of it on the stream; or the end of every connection
+    /// held (the daemon shuts down).
     private func takeConnectionOrSync(_ op: String, id: UInt64, frame: WorkerFrame, peer: WorkerPeer) {
+        if op == "endConnections" {
+            callers.endAll()
+            return peer.send(frame: WorkerQuick.done(id: id))
+        }
         guard op == "takeConnection" else { return callers.announceRunning { peer.send(frame: WorkerQuick.done(id: id)) } }
         let connection = peer.takeReceived()
         do {

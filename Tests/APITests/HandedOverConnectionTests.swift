@@ -207,4 +207,42 @@ struct HandedOverConnectionTests {
             #expect(answered)
         }
     }
+
+    /// A connection a worker holds still counts against `--max-connections`, and stops counting
+    /// once its caller closes it (the worker sees the end and tells the daemon).
+    @Test func aHeldConnectionCountsAgainstTheLimitUntilItCloses() async throws {
+        let daemon = try DaemonFixture()
+        try daemon.start(extra: ["--workers", "1", "--max-connections", "3"])
+        defer {
+            daemon.stop()
+            WorkerTests.killWorkers(daemon, count: 1)
+        }
+        let client = daemon.client
+        try daemon.addBusybox(client)
+        func ping(_ connection: HeldConnection) throws -> Int {
+            try connection.sendRequest("GET", "/v1/_ping")
+            let head = try connection.readHead()
+            _ = try connection.readBody(head)
+            return head.status
+        }
+        // The client's own connection, the held one, and one more: the limit.
+        let held = HeldConnection(fd: try client.openConnection())
+        try Self.handOver(held, client)
+        let third = HeldConnection(fd: try client.openConnection())
+        defer { third.close() }
+        #expect(try ping(third) == 200)
+        let fourth = HeldConnection(fd: try client.openConnection())
+        #expect(try ping(fourth) == 429)
+        fourth.close()
+        held.close()
+        var admitted = false
+        let deadline = Date().addingTimeInterval(10)
+        while !admitted && Date() < deadline {
+            let again = HeldConnection(fd: try client.openConnection())
+            admitted = try ping(again) == 200
+            again.close()
+            if !admitted { usleep(20_000) }
+        }
+        #expect(admitted, "the held connection's place was not given back after it closed")
+    }
 }
