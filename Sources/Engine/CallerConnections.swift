@@ -7,17 +7,19 @@ import Synchronization
 /// each run woke two processes on the way in and cost two frames' work (issue 16's +30 µs).
 ///
 /// A request the worker can serve alone (`Engine.canServeCallerRun`: POST /v1/containers/run
-/// of a plain spec whose warm parent is ready here, removed at its end) it runs on the
+/// of a spec without name, pool or terminal whose warm parent is ready here, removed at its
+/// end) it runs on the
 /// connection's own thread and answers there. The daemon hears of the run in one message
 /// (`callerRun`) as its answer goes, before the caller can have all of it, so its records,
 /// events and metrics are those of a run it forked itself; a caller that has the answer and asks
 /// the daemon anything finds them, since the daemon syncs with the worker first
 /// (`Engine.syncHandedOverConnections`), and a run still going is told at that sync.
-/// Anything else goes back to the daemon with the bytes read of it (`connectionReturned`),
-/// and so does the connection's end (`connectionClosed`).
+/// Anything else goes back to the daemon with the bytes read of it (`connectionEnd` with
+/// them), and the daemon hears of the connection's end the same way (without).
 ///
 /// Each connection has a runner thread while the worker holds it (at most `limit`, the daemon
-/// hands no more). A daemon that says hello anew (a restarted one) holds none of them: they close.
+/// hands no more). They close when the daemon goes away or shuts down (`endAll`): a daemon
+/// that says hello anew holds none of them.
 final class CallerConnections: Sendable {
     private let engine: Engine
     /// Sends a frame to the daemon that handed the connections over; false when none listens.
@@ -270,8 +272,11 @@ final class CallerConnections: Sendable {
                 guard let length = Self.runBodyLength(input[..<headEnd]) else { return .other }
                 let total = headEnd + 4 + length
                 if input.count >= total {
-                    let spec = input[(headEnd + 4)..<total].withUnsafeBytes { QuickJSON.parse($0) }.flatMap(ContainerSpec.quick)
-                    guard let spec else { return .other }
+                    // unsafe: the body's bytes are read only inside the closure, within the slice.
+                    let body = input[(headEnd + 4)..<total].withUnsafeBytes { QuickJSON.parse($0) }
+                    // A field given twice is the daemon's to judge, as anything unusual.
+                    guard let members = body?.members, Set(members.map(\.key)).count == members.count,
+                          let spec = body.flatMap(ContainerSpec.quick) else { return .other }
                     return .run(spec, length: total)
                 }
             } else if input.count > Self.maxHeadBytes {

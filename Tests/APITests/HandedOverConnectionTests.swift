@@ -101,8 +101,8 @@ struct HandedOverConnectionTests {
     }
 
     /// What the worker does not serve goes back to the daemon with the bytes it read, and the
-    /// daemon answers it as it would have: a named run, a kept one, a malformed one (its error
-    /// naming the field), a ping, pipelined ones, in order. The connection goes to the worker
+    /// daemon answers it as it would have: a body with a field given twice, a named run, a kept
+    /// one, a malformed one (its error naming the field), a ping, pipelined ones, in order. The connection goes to the worker
     /// again after runs in a row.
     @Test func requestsTheWorkerDoesNotServeGoBackToTheDaemon() async throws {
         try await Self.withWorker { daemon, client in
@@ -111,6 +111,20 @@ struct HandedOverConnectionTests {
             try Self.handOver(connection, client)
             let servedBefore = try Self.counter(client, Self.served)
 
+            // A field given twice: answered as the daemon answers it on a connection of its own.
+            let twice = #"{"image":"busybox","image":"busybox","memoryMiB":32,"arguments":["echo","twice"]}"#
+            try connection.sendRequest("POST", "/v1/containers/run", body: twice)
+            let twiceHead = try connection.readHead()
+            let twiceBody = try connection.readBody(twiceHead)
+            // (Closed after its answer: not handed over itself.)
+            let direct = HeldConnection(fd: try client.openConnection())
+            defer { direct.close() }
+            try direct.sendRequest("POST", "/v1/containers/run", headers: ["Connection: close"], body: twice)
+            let directHead = try direct.readHead()
+            let directBody = try direct.readBody(directHead)
+            #expect(twiceHead.status == directHead.status,
+                    "\(String(decoding: twiceBody, as: UTF8.self)) against \(String(decoding: directBody, as: UTF8.self))")
+            #expect(try Self.counter(client, Self.served) == servedBefore)
             try connection.sendRequest("POST", "/v1/containers/run", body: AnswerHandOffTests.runBody(["echo", "named"], name: "given-back"))
             let (_, named) = try AnswerHandOffTests.read(connection)
             #expect(named.stdout == "named\n")
