@@ -20,7 +20,12 @@ image and policy: in A beside it as before; in B the policy has three parents
 ("parents": 3), one in each worker, so the idle children spread over the three workers and
 each echo goes to the worker holding the fewest (issue 16's spreading of one policy).
 
-Usage: python3 scripts/workers-bench.py .build/release/vmfork [ROUNDS] [IDLE] [same]
+With APART (a fourth argument `apart`), the idle cost alone: one daemon at a time (A, then
+B), each measured with none idle and then with IDLE idle containers of its own (after 5 s for
+its background work to settle), so that the machine holds only that daemon's idle containers;
+side by side it holds both daemons', 2 × IDLE, which costs either side's runs too.
+
+Usage: python3 scripts/workers-bench.py .build/release/vmfork [ROUNDS] [IDLE] [same|apart]
 Wrap it in `flock /work/bench.lock` on a shared machine.
 """
 import http.client
@@ -155,6 +160,7 @@ def main():
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 200
     idle = int(sys.argv[3]) if len(sys.argv) > 3 else 1000
     same = len(sys.argv) > 4 and sys.argv[4] == "same"
+    apart = len(sys.argv) > 4 and sys.argv[4] == "apart"
     rootfs = tempfile.mkdtemp(prefix="workers-bench-rootfs-")
     os.makedirs(os.path.join(rootfs, "bin"))
     shutil.copy("/bin/busybox", os.path.join(rootfs, "bin/busybox"))
@@ -162,6 +168,8 @@ def main():
         os.symlink("busybox", os.path.join(rootfs, "bin", applet))
     doctor = subprocess.run([binary, "doctor"], capture_output=True, text=True).stdout
     exit_lines = [line.strip() for line in doctor.splitlines() if "exit" in line.lower()]
+    if apart:
+        return idle_cost_apart(binary, rootfs, rounds, idle, exit_lines)
     one, workers = Daemon(binary, 0, rootfs, same), Daemon(binary, 3, rootfs, same)
     results = {}
     try:
@@ -194,6 +202,33 @@ def main():
     base_one, base_w = (summary(results["none idle"][n])[0] for n in (0, 3))
     idle_one, idle_w = (summary(results[f"{idle} idle"][n])[0] for n in (0, 3))
     print(f"idle cost (p50, {idle} idle vs none): one process {100 * (idle_one / base_one - 1):+.0f} %, workers {100 * (idle_w / base_w - 1):+.0f} %")
+    print("vmfork doctor: " + ("; ".join(exit_lines) if exit_lines else "(no VM exit line)"))
+
+
+def idle_cost_apart(binary, rootfs, rounds, idle, exit_lines):
+    """The `apart` mode: each daemon alone, none idle then IDLE idle of its own."""
+    results = {}
+    try:
+        for count in (0, 3):
+            daemon = Daemon(binary, count, rootfs)
+            try:
+                for _ in range(20):
+                    daemon.echo()
+                before = [daemon.echo() for _ in range(rounds)]
+                daemon.make_idle(idle)
+                time.sleep(5)
+                for _ in range(20):
+                    daemon.echo()
+                after = [daemon.echo() for _ in range(rounds)]
+                results[count] = (summary(before), summary(after))
+            finally:
+                daemon.stop()
+    finally:
+        shutil.rmtree(rootfs, ignore_errors=True)
+    print(f"fork -> busybox echo hi through the API, {rounds} runs each, one daemon at a time, µs (p50 / p90)")
+    for count, ((b50, b90), (a50, a90)) in results.items():
+        label = "one process" if count == 0 else f"{count} workers"
+        print(f"{label:<12} none idle {b50:.0f} / {b90:.0f}, {idle} idle {a50:.0f} / {a90:.0f}: idle cost {100 * (a50 / b50 - 1):+.0f} %")
     print("vmfork doctor: " + ("; ".join(exit_lines) if exit_lines else "(no VM exit line)"))
 
 
