@@ -96,8 +96,9 @@ final class CallerConnections: Sendable {
         let thread = pthread_self()
         var input = leftover
         var dates = HTTPDateCache()
+        var chunk = [UInt8](repeating: 0, count: 16 << 10)
         while true {
-            switch next(fd, &input) {
+            switch next(fd, &input, &chunk) {
             case .ended(let why):
                 if let why { engine.logger.notice("a caller's connection held here ended", metadata: ["why": "\(why)"]) }
                 finish(fd, key: key, returning: nil)
@@ -116,7 +117,7 @@ final class CallerConnections: Sendable {
                 // What the connection takes at once, then the daemon told, then the rest: the
                 // caller cannot have the whole answer before the daemon has the run's end.
                 let (sent, failed) = telling.withLock { _ -> (Int, Bool) in
-                    let first = write(answer.bytes, to: fd, waiting: false)
+                    let first = CallerSocket.send(answer.bytes, to: fd, waiting: false)
                     if let id = answer.id, let entry = runs.withLock({ $0.removeValue(forKey: id) }) {
                         var run = entry.run
                         run.exit = entry.exit
@@ -125,7 +126,7 @@ final class CallerConnections: Sendable {
                     }
                     return (first.sent, first.failed)
                 }
-                let whole = !failed && (sent == answer.bytes.count || write(Array(answer.bytes[sent...]), to: fd, waiting: true).failed == false)
+                let whole = !failed && (sent == answer.bytes.count || CallerSocket.send(Array(answer.bytes[sent...]), to: fd, waiting: true).failed == false)
                 answer.later()
                 guard whole else {
                     finish(fd, key: key, returning: nil)
@@ -203,11 +204,7 @@ final class CallerConnections: Sendable {
     /// An HTTP answer as the daemon writes a run's: status line, Content-Type, Date, Server,
     /// Content-Length, then the JSON body.
     static func answer(status: String, body: [UInt8], date: String) -> [UInt8] {
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(160 + body.count)
-        bytes.append(contentsOf: "HTTP/1.1 \(status)\r\nContent-Type: application/json\r\nDate: \(date)\r\nServer: vmfork\r\nContent-Length: \(body.count)\r\n\r\n".utf8)
-        bytes.append(contentsOf: body)
-        return bytes
+        CallerSocket.answer(head: "HTTP/1.1 \(status)\r\nContent-Type: application/json\r\nDate: \(date)\r\nServer: vmfork\r\n", body: body)
     }
 
     /// The API's error answer for `error` ({code, message, field}, as `APIError` writes it).
@@ -229,30 +226,6 @@ final class CallerConnections: Sendable {
         return answer(status: status, body: writer.bytes, date: date)
     }
 
-    /// Writes `bytes`, with `waiting` all of them, waiting for room while the caller reads (as
-    /// long as it takes, as the daemon's own answers do: the idle timeout counts only between
-    /// requests), else what the connection takes at once: how many went, and whether the
-    /// connection failed.
-    private func write(_ bytes: [UInt8], to fd: Int32, waiting: Bool) -> (sent: Int, failed: Bool) {
-        var offset = 0
-        while offset < bytes.count {
-            // unsafe: offset < count, so the pointer and length stay inside the buffer.
-            let sent = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
-            if sent > 0 {
-                offset += sent
-                continue
-            }
-            guard sent < 0, errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK else { return (offset, true) }
-            if errno == EINTR { continue }
-            guard waiting else { return (offset, false) }
-            var room = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-            let ready = poll(&room, 1, -1)
-            if ready < 0 && errno == EINTR { continue }
-            guard ready > 0, room.revents & Int16(POLLOUT) != 0 else { return (offset, true) }
-        }
-        return (offset, false)
-    }
-
     // MARK: Reading requests
 
     private enum Next {
@@ -266,7 +239,7 @@ final class CallerConnections: Sendable {
 
     /// The next request: read whole when it is a run this worker may serve, else as far as
     /// needed to tell.
-    private func next(_ fd: Int32, _ input: inout [UInt8]) -> Next {
+    private func next(_ fd: Int32, _ input: inout [UInt8], _ chunk: inout [UInt8]) -> Next {
         while true {
             if let headEnd = Self.find(input, "\r\n\r\n") {
                 guard let length = Self.runBodyLength(input[..<headEnd]) else { return .other }
@@ -282,7 +255,7 @@ final class CallerConnections: Sendable {
             } else if input.count > Self.maxHeadBytes {
                 return .other
             }
-            switch read(fd, into: &input) {
+            switch read(fd, into: &input, through: &chunk) {
             case .success(true): continue
             case .success(false): return input.isEmpty ? .ended(nil) : .other
             case .failure(let why): return .ended(why.description)
@@ -290,10 +263,10 @@ final class CallerConnections: Sendable {
         }
     }
 
-    /// Reads what has come (waiting for it up to the idle timeout): true when bytes came, false
+    /// Reads what has come into `chunk` (the connection's, made once), then onto `input`
+    /// (waiting for it up to the idle timeout): true when bytes came, false
     /// at the caller's end of input; a failure when the connection failed or stayed idle.
-    private func read(_ fd: Int32, into input: inout [UInt8]) -> Result<Bool, EngineError> {
-        var chunk = [UInt8](repeating: 0, count: 16 << 10)
+    private func read(_ fd: Int32, into input: inout [UInt8], through chunk: inout [UInt8]) -> Result<Bool, EngineError> {
         while true {
             // unsafe: reads at most the chunk's count into its own storage.
             let got = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, Int32(MSG_DONTWAIT)) }
@@ -351,5 +324,43 @@ final class CallerConnections: Sendable {
             index += 1
         }
         return nil
+    }
+}
+
+/// A caller's connection as a worker writes to it: a run's HTTP answer, whole (its head, the
+/// length, the body), and its write (`CallerConnections`, and the run answers of
+/// `RunAnswerHandOff` that `WorkerServer` writes).
+enum CallerSocket {
+    /// `head` (status line and fields, each ending in CRLF), Content-Length, the blank line, `body`.
+    static func answer(head: String, body: [UInt8]) -> [UInt8] {
+        var bytes = Array(head.utf8)
+        bytes.reserveCapacity(bytes.count + 32 + body.count)
+        bytes.append(contentsOf: "Content-Length: \(body.count)\r\n\r\n".utf8)
+        bytes.append(contentsOf: body)
+        return bytes
+    }
+
+    /// Writes `bytes`, with `waiting` all of them, waiting for room while the caller reads (as
+    /// long as it takes, as the daemon's own answers do: the idle timeout counts only between
+    /// requests), else what the connection takes at once: how many went, and whether the
+    /// connection failed.
+    static func send(_ bytes: [UInt8], to fd: Int32, waiting: Bool) -> (sent: Int, failed: Bool) {
+        var offset = 0
+        while offset < bytes.count {
+            // unsafe: offset < count, so the pointer and length stay inside the buffer.
+            let sent = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+            if sent > 0 {
+                offset += sent
+                continue
+            }
+            guard sent < 0, errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK else { return (offset, true) }
+            if errno == EINTR { continue }
+            guard waiting else { return (offset, false) }
+            var room = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            let ready = poll(&room, 1, -1)
+            if ready < 0 && errno == EINTR { continue }
+            guard ready > 0, room.revents & Int16(POLLOUT) != 0 else { return (offset, true) }
+        }
+        return (offset, false)
     }
 }

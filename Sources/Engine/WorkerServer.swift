@@ -147,19 +147,9 @@ public final class WorkerServer: Sendable {
     /// Writes a run's HTTP answer to the caller's connection without waiting for room: what
     /// went, and the rest (all of it when the caller has gone or holds a full buffer).
     private static func writeAnswer(to connection: Int32, head: String, body: [UInt8]) -> (count: Int, rest: [UInt8]) {
-        var bytes = Array(head.utf8)
-        bytes.reserveCapacity(bytes.count + 32 + body.count)
-        bytes.append(contentsOf: "Content-Length: \(body.count)\r\n\r\n".utf8)
-        bytes.append(contentsOf: body)
-        var offset = 0
-        while offset < bytes.count {
-            // unsafe: offset < count, so the pointer and length stay inside the buffer.
-            let sent = bytes.withUnsafeBytes { send(connection, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
-            if sent < 0 && errno == EINTR { continue }
-            guard sent > 0 else { break }
-            offset += sent
-        }
-        return (offset, Array(bytes[offset...]))
+        let bytes = CallerSocket.answer(head: head, body: body)
+        let sent = CallerSocket.send(bytes, to: connection, waiting: false).sent
+        return (sent, Array(bytes[sent...]))
     }
 
     /// Accepts connections until the process ends (call from a thread that may block).
