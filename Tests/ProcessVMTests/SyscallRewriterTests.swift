@@ -125,7 +125,9 @@ struct RewrittenProgramTests {
             // run saw 210 against 209): at least as few, within 2 %.
             #expect(fewer <= more + more / 50, "rewritten \(fewer) exits, through SYSCALL \(more)")
         } else {
-            #expect(more >= 400 && fewer <= 260, "rewritten \(fewer) exits, through SYSCALL \(more)")
+            // Two exits a call through SYSCALL, one rewritten; a loaded host adds interrupt exits
+            // to both counts (a full CI run saw 267 against 411), so the saving is what is judged.
+            #expect(more >= 400 && more - min(fewer, more) >= 120, "rewritten \(fewer) exits, through SYSCALL \(more)")
         }
     }
 
@@ -155,7 +157,8 @@ struct RewrittenProgramTests {
         let root = try GuestRunner.rootfs(withProgram: Self.registerLoop(Self.schedYield, count: 200, branchIntoTheSite: false))
         let fewer = try Self.fewestExits(root, polled: false, rewrites: true)
         let more = try Self.fewestExits(root, polled: false, rewrites: false)
-        #expect(more >= 400 && fewer <= 260, "rewritten \(fewer) exits, through SYSCALL \(more)")
+        // (Judged by the saving, as above: a loaded host adds interrupt exits to both counts.)
+        #expect(more >= 400 && more - min(fewer, more) >= 120, "rewritten \(fewer) exits, through SYSCALL \(more)")
         let branched = try GuestRunner.rootfs(withProgram: Self.registerLoop(Self.schedYield, count: 200, branchIntoTheSite: true))
         let kept = try Self.fewestExits(branched, polled: false, rewrites: true)
         #expect(kept >= 400, "a site a branch lands in keeps the SYSCALL path: \(kept) exits")
