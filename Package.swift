@@ -94,7 +94,7 @@ let package = Package(
         .target(
             name: "Load",
             dependencies: [
-                "API", "Engine", "Placement", "WorkloadProfiles",
+                "API", "Engine", "HostSystem", "Placement", "WorkloadProfiles",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Logging", package: "swift-log"),
             ],

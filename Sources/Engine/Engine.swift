@@ -124,6 +124,9 @@ public final class Engine: Sendable {
         layerDiskEngine = rootfsFromLayerDisks ? try IOEngine() : nil
         self.logger = logger
         self.options = options
+        // Grown now, not on a launch's path: each growth under load held every thread that
+        // opens a descriptor for an RCU grace period (`DescriptorTable`).
+        DescriptorTable.reserve(DescriptorTable.engineReserve)
         try FileManager.default.createDirectory(at: stateFolder, withIntermediateDirectories: true)
         do {
             daemonLock = try FolderLock(folder: stateFolder, file: "vmfork.lock", waitSeconds: 0, mode: 0o600, recordsPID: true)

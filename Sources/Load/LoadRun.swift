@@ -1,6 +1,7 @@
 import API
 import Engine
 import Foundation
+import HostSystem
 import Logging
 import WorkloadProfiles
 
@@ -49,6 +50,10 @@ public struct LoadRun: Sendable {
     }
 
     func runBlocking(progress: (@Sendable (String, LoadRecorder.Progress) -> Void)?) throws -> LoadReport {
+        // Grown before the launches, as the engine grows its own: a growth while they run
+        // held every launch thread that opened a socket for an RCU grace period (up to 28 ms
+        // here). Each launch in flight holds a connection, or a peer's pipes.
+        DescriptorTable.reserve(4 * settings.maxInFlight + 256)
         let images = try agentImages()
         let arrivals = schedule.arrivals
         guard !arrivals.isEmpty else { throw LoadError("the schedule is empty: rate, duration and count leave no launch") }

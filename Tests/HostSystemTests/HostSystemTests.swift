@@ -35,6 +35,17 @@ import Testing
         #expect(fcntl(raw, F_GETFD) == -1)
     }
 
+    @Test func theDescriptorTableIsGrownAheadWithNoDescriptorLeftOpen() throws {
+        let before = try #require(DescriptorTable.size())
+        let wanted = before * 4
+        let after = try #require(DescriptorTable.reserve(wanted))
+        #expect(after >= wanted)
+        // The descriptor that grew it is closed again (no other test opens one that high).
+        #expect(fcntl(Int32(wanted - 1), F_GETFD) == -1 && errno == EBADF)
+        // Asking for less than it holds changes nothing.
+        #expect(DescriptorTable.reserve(16) == after)
+    }
+
     @Test func retryingSyscallRetriesEINTR() throws {
         var attempts = 0
         let result = try retryingSyscall("fake") { () -> Int32 in
