@@ -150,8 +150,14 @@ final class ContainerFolderPool: Sendable {
     /// cost more CPU than anything else in a container's create at 600 launches a second).
     private let returning = Atomic<Int>(0)
     private let queue = BackgroundThread(name: "vmfork-folders")
-    /// Folders made ahead while fewer are ready.
-    static let target = 8
+    /// Folders made ahead while fewer are ready: as many as are kept open, so that a fresh
+    /// state folder has them before its first burst. With 8, a daemon's first seconds at
+    /// 1,700 launches a second made 35 more while the launches ran, each new inode a scan
+    /// past the ones deleted in the last minutes (ext4's `recently_deleted`): 12 % of the
+    /// engine's CPU in that profile, and a pool run dry sends a create to mkdir on its own
+    /// path, where one waited 120 ms for an inode table block (perf sched, 2026-12-07).
+    /// Made once per state folder: the next process of the same owner takes them over.
+    static let target = 64
     /// Folders kept at most (removed containers' beyond the target); beyond, one is deleted.
     /// Many: a burst of launches beyond what the host runs at once takes hundreds of folders,
     /// and deleting them afterwards made the next burst allocate new inodes, each a scan past

@@ -35,7 +35,8 @@ struct ContainerFolderTests {
             #expect(result.stdout == "after \(round)\n")
         }
         let after = try await settled(containers).filter { $0.hasPrefix(".ready-") }
-        #expect(after.count >= min(leftBefore, 8) && after.count <= 64)
+        // At most the pool's target (64) and the folder a run held while the pool was filled.
+        #expect(after.count >= min(leftBefore, 8) && after.count <= 65)
         await second.shutdown(grace: .milliseconds(100))
     }
 
@@ -69,7 +70,7 @@ struct ContainerFolderTests {
         let names = try await settled(containers)
         #expect(names.allSatisfy { !removed.contains($0) }, "a removed container's folder is still there")
         let ready = names.filter { $0.hasPrefix(".ready-") }
-        #expect(!ready.isEmpty && ready.count <= 64)
+        #expect(!ready.isEmpty && ready.count <= 65)
         for name in ready {
             let files = try FileManager.default.contentsOfDirectory(atPath: containers.appendingPathComponent(name).path)
             #expect(Set(files) == ["stderr.log", "stderr.times", "stdout.log", "stdout.times"], "\(name) holds \(files)")
