@@ -35,11 +35,11 @@ final class AgentDriver: LaunchDriver {
 
     func launch(_ arrival: LoadSchedule.Arrival, due: ContinuousClock.Instant, recorder: LoadRecorder) {
         let launch = launches[arrival.entry]
-        recorder.launched(due: due)
-        func fail(_ kind: LoadErrorKind, _ message: String) { recorder.failed(kind, message, at: .now) }
+        let record = recorder.launched(due: due, entry: arrival.entry)
+        func fail(_ kind: LoadErrorKind, _ message: String) { recorder.failed(record, kind, message, at: .now) }
         let refusal = Self.refusal
         let body = bodies[arrival.entry]
-        if launch.lifetime == nil, !firstOutput { return runInOneCall(launch, body: body, due: due, recorder: recorder) }
+        if launch.lifetime == nil, !firstOutput { return runInOneCall(launch, body: body, record: record, recorder: recorder) }
         let id: String
         do {
             let created = try client.send("POST", "/v1/containers", body: body)
@@ -53,13 +53,13 @@ final class AgentDriver: LaunchDriver {
         } catch {
             return fail(.transport, "\(error)")
         }
-        recorder.running(due: due, at: .now)
+        recorder.running(record, at: .now)
         if firstOutput {
             let client = self.client
             LaunchLoop.spawn {
                 _ = try? client.stream("GET", "/v1/containers/\(id)/logs?follow=true") { chunk in
                     guard !chunk.isEmpty else { return true }
-                    recorder.firstOutput(due: due, at: .now)
+                    recorder.firstOutput(record, at: .now)
                     return false
                 }
             }
@@ -91,7 +91,7 @@ final class AgentDriver: LaunchDriver {
                 return phase
             }
             if ended == .exited && !released.load(ordering: .relaxed) {
-                recorder.exited(due: due, at: exitTime)
+                recorder.exited(record, at: exitTime)
                 if exit.exitCode != launch.expectedExitStatus {
                     _ = try? client.send("DELETE", "/v1/containers/\(id)")
                     return fail(.unexpectedExit, "exit \(exit.exitCode) (\(exit.reason)), expected \(launch.expectedExitStatus)")
@@ -101,7 +101,7 @@ final class AgentDriver: LaunchDriver {
             }
             let removed = try client.send("DELETE", "/v1/containers/\(id)")
             guard removed.status == 204 else { return fail(refusal(removed).0, "remove: " + refusal(removed).1) }
-            recorder.finished(at: .now)
+            recorder.finished(record, at: .now)
         } catch {
             fail(.transport, "\(error)")
         }
@@ -112,8 +112,8 @@ final class AgentDriver: LaunchDriver {
     /// it. Its running time is placed by the agent's start time (its clock's offset from the
     /// call's sending, kept inside the call); its exit time is the answer's arrival, which
     /// also covers the removal (conservative by the removal's cost).
-    private func runInOneCall(_ launch: Launch, body: Data, due: ContinuousClock.Instant, recorder: LoadRecorder) {
-        func fail(_ kind: LoadErrorKind, _ message: String) { recorder.failed(kind, message, at: .now) }
+    private func runInOneCall(_ launch: Launch, body: Data, record: LaunchRecord, recorder: LoadRecorder) {
+        func fail(_ kind: LoadErrorKind, _ message: String) { recorder.failed(record, kind, message, at: .now) }
         let sent = ContinuousClock.now, sentWall = Date().timeIntervalSince1970
         let response: AgentClient.Response
         do { response = try client.send("POST", "/v1/containers/run?remove=true", body: body) } catch { return fail(.transport, "\(error)") }
@@ -122,14 +122,14 @@ final class AgentDriver: LaunchDriver {
         guard let result = RunResult.quick(from: response.body) ?? (try? response.decode(RunResult.self)) else { return fail(.transport, "run: an answer that is no RunResult") }
         if let started = result.startedAt {
             let offset = Duration.nanoseconds(Int64(max(0, started - sentWall) * 1e9))
-            recorder.running(due: due, at: min(sent + offset, answered))
+            recorder.running(record, at: min(sent + offset, answered))
         }
-        guard !released.load(ordering: .relaxed) else { return recorder.finished(at: answered) }
-        recorder.exited(due: due, at: answered)
+        guard !released.load(ordering: .relaxed) else { return recorder.finished(record, at: answered) }
+        recorder.exited(record, at: answered)
         guard result.exitCode == launch.expectedExitStatus else {
             return fail(.unexpectedExit, "exit \(result.exitCode) (\(result.reason)), expected \(launch.expectedExitStatus)")
         }
-        recorder.finished(at: answered)
+        recorder.finished(record, at: answered)
     }
 
     /// An agent's refusal: its error kind (from the status and the field it names) and text.

@@ -2,6 +2,45 @@ import Foundation
 import Histogram
 import Synchronization
 
+/// One launch as the recorder follows it, from its `launched` to its `finished` or `failed`:
+/// when it was due and, when the run keeps a trace (`LoadRecorder.tracing`), when each of its
+/// moments came.
+final class LaunchRecord: Sendable {
+    let due: ContinuousClock.Instant
+    let entry: Int
+    /// When its thread took it (the scheduler's lateness and the thread hand-off are before).
+    let taken: ContinuousClock.Instant
+    let moments = Mutex<(running: ContinuousClock.Instant?, firstOutput: ContinuousClock.Instant?, exit: ContinuousClock.Instant?)>((nil, nil, nil))
+
+    init(due: ContinuousClock.Instant, entry: Int) {
+        self.due = due
+        self.entry = entry
+        taken = .now
+    }
+}
+
+/// One line of a run's launch trace (`vmfork load --trace`): seconds from the run's start, nil
+/// for a moment the launch never reached; `outcome` is "finished" or an error kind.
+public struct LaunchTraceRow: Sendable, Equatable {
+    public let entry: Int
+    public let due: Double
+    public let taken: Double
+    public let running: Double?
+    public let firstOutput: Double?
+    public let exit: Double?
+    public let ended: Double
+    public let outcome: String
+
+    /// The CSV header `csvLine` follows.
+    public static let csvHeader = "side,entry,due_s,taken_s,running_s,first_output_s,exit_s,ended_s,outcome"
+
+    public func csvLine(side: String) -> String {
+        func field(_ value: Double?) -> String { value.map { String(format: "%.6f", $0) } ?? "" }
+        return [side, String(entry), field(due), field(taken), field(running), field(firstOutput), field(exit), field(ended), outcome]
+            .joined(separator: ",")
+    }
+}
+
 /// Everything a run records while it goes, from many launch threads at once: the latency
 /// histograms, counts of launches and their outcomes, errors by kind, and per-window series.
 /// Latencies run from the moment a launch was due (its scheduled arrival in an open loop),
@@ -9,6 +48,8 @@ import Synchronization
 public final class LoadRecorder: Sendable {
     public let start: ContinuousClock.Instant
     public let windowSeconds: Double
+    /// Whether each launch's moments are kept (`trace()`), a line per launch.
+    public let tracing: Bool
     private let state = Mutex(State())
 
     struct Window {
@@ -31,11 +72,13 @@ public final class LoadRecorder: Sendable {
         var inFlight = 0
         var mostInFlight = 0
         var stalls = 0
+        var trace: [LaunchTraceRow] = []
     }
 
-    public init(start: ContinuousClock.Instant = .now, windowSeconds: Double = 1) {
+    public init(start: ContinuousClock.Instant = .now, windowSeconds: Double = 1, tracing: Bool = false) {
         self.start = start
         self.windowSeconds = windowSeconds
+        self.tracing = tracing
     }
 
     func seconds(_ instant: ContinuousClock.Instant) -> Double {
@@ -52,7 +95,8 @@ public final class LoadRecorder: Sendable {
         }
     }
 
-    func launched(due: ContinuousClock.Instant) {
+    /// A launch begins: the record its driver reports its moments and its end with.
+    func launched(due: ContinuousClock.Instant, entry: Int) -> LaunchRecord {
         let w = window(due)
         state.withLock { state in
             state.launched += 1
@@ -60,25 +104,31 @@ public final class LoadRecorder: Sendable {
             state.mostInFlight = Swift.max(state.mostInFlight, state.inFlight)
             state.windows[w, default: Window()].launched += 1
         }
+        return LaunchRecord(due: due, entry: entry)
     }
 
     /// The scheduler waited for room (the in-flight cap): the launch went late, its latency shows it.
     func stalled() { state.withLock { $0.stalls += 1 } }
 
-    func running(due: ContinuousClock.Instant, at instant: ContinuousClock.Instant) {
+    func running(_ launch: LaunchRecord, at instant: ContinuousClock.Instant) {
+        let due = launch.due
         let w = window(due)
+        if tracing { launch.moments.withLock { $0.running = instant } }
         state.withLock { state in
             LatencyHistograms.record(&state.histograms.running, instant - due)
             LatencyHistograms.record(&state.windows[w, default: Window()].running, instant - due)
         }
     }
 
-    func firstOutput(due: ContinuousClock.Instant, at instant: ContinuousClock.Instant) {
-        state.withLock { LatencyHistograms.record(&$0.histograms.firstOutput, instant - due) }
+    func firstOutput(_ launch: LaunchRecord, at instant: ContinuousClock.Instant) {
+        if tracing { launch.moments.withLock { $0.firstOutput = $0.firstOutput ?? instant } }
+        state.withLock { LatencyHistograms.record(&$0.histograms.firstOutput, instant - launch.due) }
     }
 
-    func exited(due: ContinuousClock.Instant, at instant: ContinuousClock.Instant) {
+    func exited(_ launch: LaunchRecord, at instant: ContinuousClock.Instant) {
+        let due = launch.due
         let w = window(due)
+        if tracing { launch.moments.withLock { $0.exit = instant } }
         state.withLock { state in
             LatencyHistograms.record(&state.histograms.exit, instant - due)
             LatencyHistograms.record(&state.windows[w, default: Window()].exit, instant - due)
@@ -86,18 +136,21 @@ public final class LoadRecorder: Sendable {
     }
 
     /// The launch is over and counts as finished (ran, ended as expected or lived its lifetime).
-    func finished(at instant: ContinuousClock.Instant) {
+    func finished(_ launch: LaunchRecord, at instant: ContinuousClock.Instant) {
         let w = window(instant)
+        let row = tracing ? traceRow(launch, ended: instant, outcome: "finished") : nil
         state.withLock { state in
             state.finished += 1
             state.inFlight -= 1
             state.windows[w, default: Window()].finished += 1
+            if let row { state.trace.append(row) }
         }
     }
 
-    func failed(_ kind: LoadErrorKind, _ message: String, at instant: ContinuousClock.Instant) {
+    func failed(_ launch: LaunchRecord, _ kind: LoadErrorKind, _ message: String, at instant: ContinuousClock.Instant) {
         let w = window(instant)
         let offset = seconds(instant)
+        let row = tracing ? traceRow(launch, ended: instant, outcome: kind.rawValue) : nil
         state.withLock { state in
             state.failed += 1
             state.inFlight -= 1
@@ -106,8 +159,18 @@ public final class LoadRecorder: Sendable {
             if state.firstErrors.count < 20 || !state.firstErrors.contains(where: { $0.kind == kind }) {
                 state.firstErrors.append(LoadReport.ErrorSample(kind: kind, message: String(message.prefix(300)), atSeconds: offset))
             }
+            if let row { state.trace.append(row) }
         }
     }
+
+    private func traceRow(_ launch: LaunchRecord, ended: ContinuousClock.Instant, outcome: String) -> LaunchTraceRow {
+        let moments = launch.moments.withLock { $0 }
+        return LaunchTraceRow(entry: launch.entry, due: seconds(launch.due), taken: seconds(launch.taken), running: moments.running.map(seconds),
+                              firstOutput: moments.firstOutput.map(seconds), exit: moments.exit.map(seconds), ended: seconds(ended), outcome: outcome)
+    }
+
+    /// Each ended launch's line, in the order they ended (empty unless `tracing`).
+    public func trace() -> [LaunchTraceRow] { state.withLock { $0.trace } }
 
     /// What the progress line shows.
     public struct Progress: Sendable {

@@ -16,6 +16,8 @@ public struct LoadRun: Sendable {
     let logger: Logger
     /// Each side's CPU time of this process (the runner), filled as the sides end.
     let runnerCPU = Locked<[String: Double]>([:])
+    /// Each side's launch trace, in the order the sides ran (`settings.trace`).
+    let traces = Locked<[(side: String, rows: [LaunchTraceRow])]>([])
 
     public init(profile: WorkloadProfile, settings: LoadSettings, client: AgentClient, logger: Logger = Logger(label: "vmfork.load")) throws {
         try settings.validate()
@@ -123,12 +125,13 @@ public struct LoadRun: Sendable {
         }
         let driver = AgentDriver(client: client, launches: launches, firstOutput: settings.firstOutput, runLabel: runLabel)
         let pid: pid_t? = if case .unixSocket(let path) = client.endpoint { EngineSampler.peerPID(socketPath: path) } else { nil }
-        let recorder = LoadRecorder(windowSeconds: settings.windowSeconds)
+        let recorder = LoadRecorder(windowSeconds: settings.windowSeconds, tracing: settings.trace)
         let sampler = EngineSampler(client: client, daemonPID: pid, recorder: recorder)
         let first = sampler.sample()
         sampler.start(interval: settings.sampleInterval)
         let elapsed = drive(arrivals, driver: driver, recorder: recorder, name: "vmfork", progress: progress)
         let samples = sampler.stop()
+        keepTrace(of: recorder, side: "vmfork")
         var side = recorder.side(name: "vmfork", offeredRate: offeredRate, elapsed: elapsed)
         side.runnerCPUSeconds = runnerCPU.withLock { $0["vmfork"] }
         side.memory = [first].compactMap { $0 } + samples
@@ -150,6 +153,22 @@ public struct LoadRun: Sendable {
     }
 
     var offeredRate: Double? { if case .open(let rate) = settings.mode { rate } else { nil } }
+
+    func keepTrace(of recorder: LoadRecorder, side: String) {
+        guard recorder.tracing else { return }
+        let rows = recorder.trace()
+        traces.withLock { $0.append((side, rows)) }
+    }
+
+    /// The run's launch trace as CSV (`LaunchTraceRow.csvHeader`), a line per launch of every
+    /// side run so far; just the header unless `settings.trace`.
+    public func traceCSV() -> String {
+        var text = LaunchTraceRow.csvHeader + "\n"
+        for (side, rows) in traces.withLock({ $0 }) {
+            for row in rows { text += row.csvLine(side: side) + "\n" }
+        }
+        return text
+    }
 
     /// Drives one side with a progress ticker; returns the seconds it took.
     func drive(_ arrivals: [LoadSchedule.Arrival], driver: any LaunchDriver, recorder: LoadRecorder, name: String,
@@ -230,8 +249,9 @@ public struct LoadRun: Sendable {
             }
         }
         let driver = PeerDriver(kind: kind, launches: launches, runcPath: settings.runcPath)
-        let recorder = LoadRecorder(windowSeconds: settings.windowSeconds)
+        let recorder = LoadRecorder(windowSeconds: settings.windowSeconds, tracing: settings.trace)
         let elapsed = drive(arrivals, driver: driver, recorder: recorder, name: kind.rawValue, progress: progress)
+        keepTrace(of: recorder, side: kind.rawValue)
         var side = recorder.side(name: kind.rawValue, offeredRate: offeredRate, elapsed: elapsed)
         side.runnerCPUSeconds = runnerCPU.withLock { $0[kind.rawValue] }
         return side

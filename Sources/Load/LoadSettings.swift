@@ -23,6 +23,8 @@ public struct LoadSettings: Sendable {
     /// Follow each container's output for its first bytes (one more stream per launch).
     public var firstOutput = true
     public var maxInFlight = 1024
+    /// Keep each launch's moments for a trace (`LoadRun.traceCSV`, `vmfork load --trace`).
+    public var trace = false
     public var sampleInterval = 1.0
     public var windowSeconds = 1.0
     /// Ready VMs per warm parent made for the run (the agent's default when nil).

@@ -33,7 +33,7 @@ final class PeerDriver: LaunchDriver {
 
     func launch(_ arrival: LoadSchedule.Arrival, due: ContinuousClock.Instant, recorder: LoadRecorder) {
         let launch = launches[arrival.entry]
-        recorder.launched(due: due)
+        let record = recorder.launched(due: due, entry: arrival.entry)
         let name = "vmfork-peer-\(getpid())-\(serial.add(1, ordering: .relaxed).oldValue)"
         let process: SpawnedProcess
         do {
@@ -41,11 +41,11 @@ final class PeerDriver: LaunchDriver {
             let arguments = kind == .runc ? launch.arguments + [name] : launch.arguments
             process = try SpawnedProcess(path: launch.path, arguments: arguments, environment: launch.environment, stdin: launch.stdin)
         } catch {
-            return recorder.failed(.spawnFailed, "\(error)", at: .now)
+            return recorder.failed(record, .spawnFailed, "\(error)", at: .now)
         }
         live.withLock { $0[name] = process.pid }
         // Running: the process exists (runc: its runtime has started; the container follows).
-        recorder.running(due: due, at: .now)
+        recorder.running(record, at: .now)
         let over = Locked(false)
         if let lifetime = launch.lifetime {
             let left = (due + lifetime) - .now
@@ -59,17 +59,17 @@ final class PeerDriver: LaunchDriver {
                 }
             }
         }
-        process.drainOutput { recorder.firstOutput(due: due, at: .now) }
+        process.drainOutput { recorder.firstOutput(record, at: .now) }
         let status = process.wait()
         let exitTime = ContinuousClock.now
         live.withLock { _ = $0.removeValue(forKey: name) }
         if !over.withLock({ $0 }) {
-            recorder.exited(due: due, at: exitTime)
+            recorder.exited(record, at: exitTime)
             guard status == launch.expectedExitStatus else {
-                return recorder.failed(.unexpectedExit, "exit \(status), expected \(launch.expectedExitStatus)", at: .now)
+                return recorder.failed(record, .unexpectedExit, "exit \(status), expected \(launch.expectedExitStatus)", at: .now)
             }
         }
-        recorder.finished(at: .now)
+        recorder.finished(record, at: .now)
     }
 
     /// Ends a launch that outlived its lifetime (or the run): native by SIGKILL, runc by `runc kill NAME KILL`.

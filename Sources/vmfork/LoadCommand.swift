@@ -38,6 +38,7 @@ struct LoadCommand: AsyncParsableCommand {
     @Flag(help: "Run only the peers (the agent still names the images' root filesystems).") var peersOnly = false
     @Option(help: "Write the report as JSON to this file.") var json: String?
     @Option(help: "Write the report's charts as SVG to this file.") var svg: String?
+    @Option(help: "Write a line per launch to this CSV file: its entry, and in seconds from the side's start when it was due, taken by its thread, running, first output, exited and ended, and its outcome.") var trace: String?
     @Flag(help: "No progress line.") var quiet = false
 
     func run() async throws {
@@ -49,6 +50,7 @@ struct LoadCommand: AsyncParsableCommand {
         settings.firstOutput = !noFirstOutput
         settings.readyVMs = readyVMs
         settings.maxInFlight = maxInFlight
+        settings.trace = trace != nil
         settings.agent = !peersOnly
         settings.peers = try peer.map { name in
             guard let kind = PeerKind(rawValue: name) else { throw CLIError("--peer \(name) is not runc or native") }
@@ -65,6 +67,9 @@ struct LoadCommand: AsyncParsableCommand {
         }
         if let svg {
             try report.renderSVG().write(toFile: svg, atomically: true, encoding: String.Encoding.utf8)
+        }
+        if let trace {
+            try run.traceCSV().write(toFile: trace, atomically: true, encoding: String.Encoding.utf8)
         }
         print(report.renderText())
     }

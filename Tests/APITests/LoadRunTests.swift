@@ -39,6 +39,7 @@ struct LoadRunTests {
         var settings = try LoadSettings(profile: profile, duration: 1.6)
         settings.timeScale = 0.01
         settings.sampleInterval = 0.2
+        settings.trace = true
         let run = try LoadRun(profile: profile, settings: settings, client: client)
         let arrivals = run.schedule.arrivals
         let report = try await run.run()
@@ -64,6 +65,22 @@ struct LoadRunTests {
         let read = try LoadReport.load(path: file.path)
         #expect(read.sides.first?.launched == side.launched && read.sides.first?.errors == side.errors)
         #expect(report.renderSVG().contains("<polyline"))
+
+        // The trace: a line per launch, its outcome as the counts have it, its moments in order.
+        let lines = run.traceCSV().split(separator: "\n").map(String.init)
+        #expect(lines.first == LaunchTraceRow.csvHeader)
+        let rows = lines.dropFirst().map { $0.split(separator: ",", omittingEmptySubsequences: false).map(String.init) }
+        #expect(rows.count == side.launched)
+        #expect(rows.allSatisfy { $0.count == 9 && $0[0] == "vmfork" })
+        #expect(rows.filter { $0[8] == "finished" }.count == side.finished)
+        #expect(rows.filter { $0[8] == "unexpected_exit" }.count == wrongExit)
+        #expect(rows.filter { $0[6].isEmpty }.count == sleepers, "only the sleepers have no exit")
+        for row in rows {
+            let due = try #require(Double(row[2])), taken = try #require(Double(row[3])), running = try #require(Double(row[4]))
+            let ended = try #require(Double(row[7]))
+            #expect(due <= taken && taken <= running && running <= ended, "\(row)")
+            if let exit = Double(row[6]) { #expect(running <= exit && exit <= ended, "\(row)") }
+        }
     }
 
     @Test func overloadShowsAsGrowingLatencyAndAchievedBelowOffered() async throws {
