@@ -4,7 +4,7 @@
 # vmfork through a fresh host agent, for runc and for native posix_spawn. A rate counts as
 # sustained when every launch finished, the last within half a second of the schedule's end
 # (no backlog), and p99 from due to exit is under the bound. Prints one line per step and the verdicts; keeps
-# each step's JSON and SVG under $out.
+# each step's JSON, SVG and launch trace (CSV, a line per launch) under $out.
 #   scripts/load-sweep.sh                      # all three, default rates
 #   SIDES="runc" RUNC_RATES="5 10 20" scripts/load-sweep.sh
 set -euo pipefail
@@ -53,7 +53,7 @@ for side in $sides; do
     if [ "$side" = vmfork ]; then extra=(--ready-vms 32); else extra=(--peer "$side" --peers-only); fi
     [ "$first_output" = 1 ] || extra+=(--no-first-output)
     "$vmfork" load "$profile" --state "$state" --rate "$rate" --duration "$seconds" --ramp-up 0.5 --time-scale "$time_scale" --quiet \
-      "${extra[@]}" --json "$json" --svg "$out/$side-$rate.svg" > /dev/null 2> "$out/$side-$rate.log" \
+      "${extra[@]}" --json "$json" --svg "$out/$side-$rate.svg" --trace "$out/$side-$rate.csv" > /dev/null 2> "$out/$side-$rate.log" \
       || { echo "$side at $rate/s: vmfork load failed: $(tail -1 "$out/$side-$rate.log")"; break; }
     verdict=$(python3 - "$json" "$bound_us" <<'PY'
 import json, sys
