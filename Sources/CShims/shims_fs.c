@@ -1,7 +1,9 @@
 #define _GNU_SOURCE
 #include "cshims_fs.h"
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <linux/openat2.h>
+#include <sys/statfs.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -39,4 +41,12 @@ int cshims_statx_bytes(int dirfd, const char *path, int flags, unsigned int mask
 
 long cshims_getdents64(int fd, void *buffer, size_t length) {
     return syscall(SYS_getdents64, fd, buffer, length);
+}
+
+const long CSHIMS_TMPFS_MAGIC = TMPFS_MAGIC;
+
+long cshims_file_system_type(const char *path) {
+    struct statfs info;
+    if (statfs(path, &info) != 0) return -1;
+    return (long)info.f_type;
 }

@@ -295,6 +295,28 @@ final class ContainerFolderPool: Sendable {
         }
     }
 
+    /// Whether the folder at `path` lies in this pool's folder.
+    func holds(_ path: String) -> Bool { path.hasPrefix(folderPath + "/") }
+
+    /// Deletes the ready folders this process holds (a pool on tmpfs at its engine's stop).
+    func deleteReady() {
+        queue.sync {
+            let taken = self.ready.withLock { ready in defer { ready.removeAll() }; return ready }
+            for folder in taken { Self.delete(ContainerFolder.path(folder.name, in: self.folderPath)) }
+        }
+    }
+
+    /// Deletes, off the caller's path, the folders here not named in `known` (containers'
+    /// folders an earlier process left); ready ones too with `ready`.
+    func deleteLeft(keeping known: Set<String>, ready: Bool = false) {
+        queue.async { [self] in
+            let names = (try? FileManager.default.contentsOfDirectory(atPath: folderPath)) ?? []
+            for name in names where (ready || !name.hasPrefix(".ready-")) && !known.contains(name) {
+                Self.delete(ContainerFolder.path(name, in: folderPath))
+            }
+        }
+    }
+
     /// Removes a folder and what it holds.
     private static func delete(_ container: String) {
         for name in ContainerFolder.knownFiles { unlink(ContainerFolder.path(name, in: container)) }

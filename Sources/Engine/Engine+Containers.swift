@@ -72,7 +72,7 @@ extension Engine {
                 }
             }
             let hostname = spec.hostname ?? name
-            let folder = containerFolders.path(of: id)
+            let folder = containerFolders.path(of: id, run: startNow && untilEnd && removeAtEnd)
             let stdin = spec.stdin
             let openStdin = spec.openStdin == true
             let tty = spec.tty == true
@@ -664,7 +664,7 @@ private struct ContainerStreams {
     let outputTimes: LogTimeIndex
     let errorTimes: LogTimeIndex
 
-    init(folder: String, folders: ContainerFolderPool, stdin: String?, openStdin: Bool, tty: Bool) throws {
+    init(folder: String, folders: ContainerFolders, stdin: String?, openStdin: Bool, tty: Bool) throws {
         let files = try folders.make(folder)
         self.files = files
         let timeline = LogTimeline()

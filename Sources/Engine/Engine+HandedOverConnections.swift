@@ -140,7 +140,7 @@ extension Engine {
     /// then its end and removal when the message has them.
     private func callerRunBegan(_ run: WorkerCallerRun, shard: Int) {
         let info = run.info
-        let made = ManagedContainer(info: info, logFolder: containerFolders.path(of: info.id), vm: nil, stdinWriter: -1, family: nil, shard: shard)
+        let made = ManagedContainer(info: info, logFolder: containerFolders.path(of: info.id, run: true), vm: nil, stdinWriter: -1, family: nil, shard: shard)
         let (container, isNew) = registry.withLock { registry -> (ManagedContainer, Bool) in
             if let known = registry.containers[info.id] { return (known, false) }
             registry.containers[info.id] = made

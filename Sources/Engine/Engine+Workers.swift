@@ -46,6 +46,9 @@ public struct EngineOptions: Sendable {
     public var workerShard: Int?
     /// Where containers' log files go (a worker writes into its daemon's folder).
     public var containersFolder: URL?
+    /// Where runs' log folders go (`ContainerFolders`); nil: the state folder's own on tmpfs
+    /// (`ContainerFolders.runsFolder`), or the kept containers' folder when there is none.
+    public var runsFolder: URL?
     /// Containers serve their non-blocking system calls through the engine's polling thread
     /// (no VM exit; it spins while they make calls); false: every call is a VM exit.
     public var pollsSystemCalls: Bool
@@ -56,11 +59,12 @@ public struct EngineOptions: Sendable {
     /// (`ProcessVMConfiguration.buffersOutput`).
     public var buffersOutput: Bool
 
-    public init(workers: WorkerSettings? = nil, workerShard: Int? = nil, containersFolder: URL? = nil, pollsSystemCalls: Bool = true,
+    public init(workers: WorkerSettings? = nil, workerShard: Int? = nil, containersFolder: URL? = nil, runsFolder: URL? = nil, pollsSystemCalls: Bool = true,
                 rewritesSystemCalls: Bool = true, buffersOutput: Bool = true) {
         self.workers = workers
         self.workerShard = workerShard
         self.containersFolder = containersFolder
+        self.runsFolder = runsFolder
         self.pollsSystemCalls = pollsSystemCalls
         self.rewritesSystemCalls = rewritesSystemCalls
         self.buffersOutput = buffersOutput
@@ -76,6 +80,7 @@ extension Engine {
         try Engine(stateFolder: stateFolder.appendingPathComponent("workers/\(shard)", isDirectory: true), logger: logger,
                    metricsFactory: NOOPMetricsHandler.instance,
                    options: EngineOptions(workerShard: shard, containersFolder: stateFolder.appendingPathComponent("containers", isDirectory: true),
+                                          runsFolder: ContainerFolders.runsFolder(stateFolder: stateFolder).folder,
                                           rewritesSystemCalls: rewritesSystemCalls, buffersOutput: buffersOutput))
     }
 
@@ -259,7 +264,7 @@ extension Engine {
                 // Taken as running until its exit is recorded below (with its event), if it has ended.
                 var running = info
                 if running.state == .exited { running.state = .running }
-                let managed = ManagedContainer(info: running, logFolder: containerFolders.path(of: info.id),
+                let managed = ManagedContainer(info: running, logFolder: containerFolders.existingPath(of: info.id),
                                                vm: nil, stdinWriter: -1, family: nil, shard: shard)
                 registry.containers[info.id] = managed
                 if registry.names[info.name] == nil { registry.names[info.name] = info.id }
@@ -472,7 +477,7 @@ extension Engine {
         }
         info.pool = spec.pool
         info.placementID = placementID
-        let managed = ManagedContainer(info: info, logFolder: containerFolders.path(of: id), vm: nil,
+        let managed = ManagedContainer(info: info, logFolder: containerFolders.path(of: id, run: startNow && untilEnd && removeAtEnd), vm: nil,
                                        stdinWriter: -1, family: nil, shard: shard)
         if let end { managed.took(end) }
         let parked = registry.withLock { registry -> WorkerExit? in

@@ -33,7 +33,7 @@ import Synchronization
 ///    system-call poller's thread (owned through the engine's KVM system);
 /// 5. record the daemon's stop, flush the queued state writes and checkpoint the SQLite
 ///    write-ahead log; end the followers of the event log; finish emptying removed
-///    containers' log folders;
+///    containers' log folders, and delete the ready runs' folders on tmpfs (memory);
 /// 6. the daemon then closes its sockets and drops the engine, which releases the state
 ///    folder's locks.
 public final class Engine: Sendable {
@@ -79,8 +79,9 @@ public final class Engine: Sendable {
     let layerDiskEngine: IOEngine?
     /// Containers' own writable disks, children of their image's top layer (`ContainerDiskPool`).
     let containerDisks: ContainerDiskPool?
-    /// Containers' log folders, and emptied ones kept for reuse (`ContainerFolderPool`).
-    let containerFolders: ContainerFolderPool
+    /// Containers' log folders (kept containers' and runs'), and emptied ones kept for reuse
+    /// (`ContainerFolders`, `ContainerFolderPool`).
+    let containerFolders: ContainerFolders
     /// Measures this machine's exit and polled-call costs for the poller (when it polls).
     let costsProbe: MachineCostsProbe?
     /// In one process, as the control plane of worker processes, or as a worker.
@@ -164,7 +165,10 @@ public final class Engine: Sendable {
         let lostReason = options.workerShard != nil ? "stopped: its worker restarted" : "stopped: the daemon restarted"
         let containers = options.containersFolder ?? stateFolder.appendingPathComponent("containers", isDirectory: true)
         try FileManager.default.createDirectory(at: containers, withIntermediateDirectories: true)
-        containerFolders = ContainerFolderPool(folder: containers, owner: options.workerShard.map { "w\($0)" } ?? "d")
+        let runs = options.runsFolder.map { (folder: Optional($0), whyNot: String?.none) } ?? ContainerFolders.runsFolder(stateFolder: stateFolder)
+        if let whyNot = runs.whyNot { logger.notice("runs' log folders go with the kept containers'", metadata: ["reason": "\(whyNot)"]) }
+        if let folder = runs.folder { try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700]) }
+        containerFolders = ContainerFolders(kept: containers, runs: runs.folder, owner: options.workerShard.map { "w\($0)" } ?? "d")
         // Measured in the background, now and every ten minutes, by the engine on its own or by
         // the daemon of workers, which passes the figures to its workers (`sendCostsToWorkers`):
         // a worker, confined, cannot write the probe's programs.
@@ -205,11 +209,16 @@ public final class Engine: Sendable {
                 } else {
                     exit = ExitInfo(exitCode: info.exitCode ?? 0, reason: info.exitReason ?? "exited")
                 }
-                let managed = ManagedContainer(info: info, logFolder: containerFolders.path(of: info.id), vm: nil,
+                let managed = ManagedContainer(info: info, logFolder: containerFolders.existingPath(of: info.id), vm: nil,
                                                stdinWriter: -1, family: nil, exit: exit)
                 registry.containers[info.id] = managed
                 registry.names[info.name] = info.id
             }
+        }
+        // Runs' folders an earlier engine left on tmpfs (it stopped while they ran). Not with
+        // workers: a worker that outlived its daemon may still hold runs there.
+        if !keepsLive, options.workerShard == nil {
+            containerFolders.deleteLeftRuns(keeping: registry.withLock { Set($0.containers.keys) })
         }
         writer.event(EventRow(time: now, actor: "engine", type: "daemon.start", subject: stateFolder.path, result: "ok",
                               detail: "{\"version\":\"\(Self.version)\"}"))
@@ -224,7 +233,10 @@ public final class Engine: Sendable {
                                                 "policies": "\(snapshot.policies.count)", "containers": "\(snapshot.containers.count)"])
     }
 
-    var containersFolder: URL { containerFolders.folder }
+    var containersFolder: URL { containerFolders.kept.folder }
+
+    /// Where runs' log folders go (on tmpfs; the kept containers' folder when there is none).
+    public var runsFolder: URL { containerFolders.runs.folder }
 
     /// Makes the warm parents of every recorded policy (a daemon calls it once it listens).
     public func warmUp() async {
@@ -340,9 +352,12 @@ public final class Engine: Sendable {
         do { try await onKVMThread { try store.checkpoint() } } catch {
             logger.warning("WAL checkpoint failed", metadata: ["error": "\(error)"])
         }
-        //    Removed containers' folders finish being emptied.
-        let folders = containerFolders
-        _ = try? await onKVMThread { folders.waitForRemovals() }
+        //    Removed containers' folders finish being emptied; runs' ready ones (tmpfs) go.
+        let (folders, allRuns) = (containerFolders, options.workerShard == nil)
+        _ = try? await onKVMThread {
+            folders.waitForRemovals()
+            folders.discardRunFolders(all: allRuns)
+        }
         logger.info("engine stopped")
     }
 

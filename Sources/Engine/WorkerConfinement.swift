@@ -70,7 +70,8 @@ public struct WorkerConfinement: Sendable, Codable, Equatable {
     /// The Landlock domain (on this thread, inherited by the exec that follows, so by every
     /// thread of the worker): writes only to its own state folder (STATE/workers/K: its SQLite
     /// state, and SQLite's temporary files, sent there by SQLITE_TMPDIR), to the containers'
-    /// output folders (STATE/containers), its socket in STATE/workers, and /dev/kvm and
+    /// output folders (STATE/containers, and the runs' on tmpfs: `ContainerFolders`), its
+    /// socket in STATE/workers, and /dev/kvm and
     /// /dev/null; no TCP; no signal out of the domain. Reads stay open (the rootfs folders of
     /// images registered later are not known now). Returns the ABI as text, or why it failed.
     static func restrictWrites(shard: Int, stateFolder: URL) -> String {
@@ -84,6 +85,10 @@ public struct WorkerConfinement: Sendable, Codable, Equatable {
         setenv("SQLITE_TMPDIR", temporary.path, 1)
         var rules: [(String, Int32)] = [(own.path, Int32(CSHIMS_LANDLOCK_ALL_WRITES)), (containers.path, Int32(CSHIMS_LANDLOCK_ALL_WRITES)),
                                         (workers.path, Int32(CSHIMS_LANDLOCK_SOCKETS))]
+        if let runs = ContainerFolders.runsFolder(stateFolder: stateFolder).folder,
+           (try? FileManager.default.createDirectory(at: runs, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])) != nil {
+            rules.append((runs.path, Int32(CSHIMS_LANDLOCK_ALL_WRITES)))
+        }
         for device in ["/dev/kvm", "/dev/null"] where FileManager.default.fileExists(atPath: device) {
             rules.append((device, Int32(CSHIMS_LANDLOCK_WRITE_FILE)))
         }

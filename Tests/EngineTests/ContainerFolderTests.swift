@@ -1,12 +1,14 @@
-import Engine
+@testable import Engine
 import Foundation
 import Metrics
 import TestSupport
+import Synchronization
 import Testing
 
 /// Containers' log folders are made ahead and reused (`ContainerFolderPool`): a container
 /// never sees what an earlier one wrote, removed containers' folders are gone under their
-/// names, and a restarted engine takes over the ready folders the last one left.
+/// names, and a restarted engine takes over the ready folders the last one left. Runs'
+/// folders (removed at their end) live on tmpfs (`ContainerFolders`) and go at shutdown.
 @Suite(.enabled(if: HostFacts.hasKVM && BusyboxRootfs.isAvailable, "needs /dev/kvm and busybox-static"))
 struct ContainerFolderTests {
     @Test func reusedLogFoldersNeverCarryAnEarlierContainersOutput() async throws {
@@ -31,19 +33,23 @@ struct ContainerFolderTests {
                                 options: EngineOptions(containersFolder: containers))
         _ = try await second.addImage(ImageRecord(name: "busybox", rootfs: root.path, executable: "/bin/busybox"), by: "test")
         for round in 0..<4 {
-            let result = try await second.runContainer(ContainerSpec(image: "busybox", arguments: ["echo", "after \(round)"]), by: "test")
-            #expect(result.stdout == "after \(round)\n")
+            let kept = try await second.runContainer(ContainerSpec(image: "busybox", arguments: ["echo", "after \(round)"]), remove: false, by: "test")
+            #expect(kept.stdout == "after \(round)\n")
+            #expect(try String(contentsOf: containers.appendingPathComponent("\(kept.id)/stdout.log"), encoding: .utf8) == "after \(round)\n")
+            try await second.removeContainer(kept.id, by: "test")
         }
         let after = try await settled(containers).filter { $0.hasPrefix(".ready-") }
-        // At most the pool's target (64) and the folder a run held while the pool was filled.
+        // At most the pool's target (64) and the folder a create held while the pool was filled.
         #expect(after.count >= min(leftBefore, 8) && after.count <= 65)
         await second.shutdown(grace: .milliseconds(100))
     }
 
-    /// Runs containers on a first engine and removes them; returns its ready folders.
+    /// Runs containers on a first engine (runs, and kept ones it then removes); returns the
+    /// kept containers' ready folders it left.
     private func runAndRemove(state: URL, rootfs: URL) async throws -> [String] {
         let containers = state.appendingPathComponent("containers")
         let first = try Engine(stateFolder: state, metricsFactory: NOOPMetricsHandler.instance)
+        let runs = first.runsFolder
         _ = try await first.addImage(ImageRecord(name: "busybox", rootfs: rootfs.path, executable: "/bin/busybox"), by: "test")
         var removed: [String] = []
         for round in 0..<24 {
@@ -51,10 +57,15 @@ struct ContainerFolderTests {
             let text = round < 8 ? String(repeating: "long \(round) ", count: 200) : "short \(round)"
             var spec = ContainerSpec(image: "busybox", arguments: ["sh", "-c", "echo '\(text)'; echo 'err \(round)' >&2; cat"])
             if round % 3 == 0 { spec.stdin = "given \(round)\n" }
-            let result = try await first.runContainer(spec, by: "test")
+            // Every other one kept, then removed: its folder goes back to the kept containers' pool.
+            let result = try await first.runContainer(spec, remove: round % 2 == 0, by: "test")
             let input = round % 3 == 0 ? "given \(round)\n" : ""
             #expect(result.stdout == "\(text)\n\(input)", "round \(round)")
             #expect(result.stderr == "err \(round)\n", "round \(round)")
+            if round % 2 == 1 {
+                #expect(FileManager.default.fileExists(atPath: containers.appendingPathComponent(result.id).path), "round \(round)")
+                try await first.removeContainer(result.id, by: "test")
+            }
             removed.append(result.id)
         }
         // Ids: 32 lowercase hex digits (128 random bits), all distinct.
@@ -66,23 +77,70 @@ struct ContainerFolderTests {
         #expect(keptFiles == ["stderr.log", "stderr.times", "stdout.log", "stdout.times"])
         #expect(try String(contentsOf: containers.appendingPathComponent("\(kept.id)/stdout.log"), encoding: .utf8) == "kept\n")
 
-        // Removal finishes off the caller's path: wait for it, then look at the folder.
-        let names = try await settled(containers)
-        #expect(names.allSatisfy { !removed.contains($0) }, "a removed container's folder is still there")
-        let ready = names.filter { $0.hasPrefix(".ready-") }
-        #expect(!ready.isEmpty && ready.count <= 65)
-        for name in ready {
-            let files = try FileManager.default.contentsOfDirectory(atPath: containers.appendingPathComponent(name).path)
-            #expect(Set(files) == ["stderr.log", "stderr.times", "stdout.log", "stdout.times"], "\(name) holds \(files)")
-            for file in files {
-                let size = try FileManager.default.attributesOfItem(atPath: containers.appendingPathComponent("\(name)/\(file)").path)[.size] as? Int
-                #expect(size == 0, "\(name)/\(file) is not empty")
+        // Removal finishes off the caller's path: wait for it, then look at both folders.
+        for folder in [containers, runs] {
+            let names = try await settled(folder)
+            #expect(names.allSatisfy { !removed.contains($0) }, "a removed container's folder is still in \(folder.path)")
+            let ready = names.filter { $0.hasPrefix(".ready-") }
+            #expect(!ready.isEmpty && ready.count <= 65)
+            for name in ready {
+                let files = try FileManager.default.contentsOfDirectory(atPath: folder.appendingPathComponent(name).path)
+                #expect(Set(files) == ["stderr.log", "stderr.times", "stdout.log", "stdout.times"], "\(name) holds \(files)")
+                for file in files {
+                    let size = try FileManager.default.attributesOfItem(atPath: folder.appendingPathComponent("\(name)/\(file)").path)[.size] as? Int
+                    #expect(size == 0, "\(name)/\(file) is not empty")
+                }
             }
         }
+        let keptReady = try await settled(containers).filter { $0.hasPrefix(".ready-") }
 
         await first.shutdown(grace: .milliseconds(100))
-        return ready
+        // The runs' folder was memory: nothing of it is left.
+        #expect(!FileManager.default.fileExists(atPath: runs.path), "\(runs.path) is left after shutdown")
+        return keptReady
     }
+
+    /// Runs' log folders are on tmpfs, one folder per state folder, while kept containers'
+    /// are in the state folder; a run's output is there while it runs and gone with it.
+    @Test(.enabled(if: ContainerFolderTests.shmIsTmpfs, "needs /dev/shm on tmpfs"))
+    func runsLogFoldersAreOnTmpfs() async throws {
+        let state = try HostFacts.makeTemporaryFolder("engine-run-folders")
+        let root = try BusyboxRootfs.make()
+        defer {
+            try? FileManager.default.removeItem(at: state)
+            try? FileManager.default.removeItem(at: root)
+        }
+        let engine = try Engine(stateFolder: state, metricsFactory: NOOPMetricsHandler.instance)
+        let runs = engine.runsFolder
+        #expect(runs.path.hasPrefix("/dev/shm/vmfork-\(geteuid())/"))
+        #expect(runs.deletingLastPathComponent().lastPathComponent == "vmfork-\(geteuid())")
+        let other = try HostFacts.makeTemporaryFolder("engine-run-folders-2")
+        defer { try? FileManager.default.removeItem(at: other) }
+        // Named by the state folder: the same folder for the same path, another for another.
+        let again = try #require(ContainerFolders.runsFolder(stateFolder: state).folder)
+        #expect(again.path == runs.path)
+        #expect(try #require(ContainerFolders.runsFolder(stateFolder: other).folder).path != runs.path)
+        // A folder of nobody's but /dev/shm's own kind: not a tmpfs, so runs stay with the kept ones.
+        #expect(ContainerFolders.runsFolder(stateFolder: state, shm: state.path).folder == nil)
+
+        _ = try await engine.addImage(ImageRecord(name: "busybox", rootfs: root.path, executable: "/bin/busybox"), by: "test")
+        let seen = Mutex<[String]>([])
+        let result = try await engine.runContainer(ContainerSpec(image: "busybox", arguments: ["sh", "-c", "echo during; sleep 0.3"]), by: "test",
+                                                   started: { info in
+            // While it runs: its log is in the runs' folder, not in the state folder.
+            let log = runs.appendingPathComponent("\(info.id)/stdout.log").path
+            let onDisk = state.appendingPathComponent("containers/\(info.id)").path
+            seen.withLock { $0 = [FileManager.default.fileExists(atPath: log) ? "tmpfs" : "-", FileManager.default.fileExists(atPath: onDisk) ? "disk" : "-"] }
+        })
+        #expect(result.stdout == "during\n")
+        #expect(seen.withLock { $0 } == ["tmpfs", "-"])
+        let names = try await settled(runs)
+        #expect(!names.contains(result.id))
+        await engine.shutdown(grace: .milliseconds(100))
+        #expect(!FileManager.default.fileExists(atPath: runs.path))
+    }
+
+    static let shmIsTmpfs = ContainerFolders.runsFolder(stateFolder: URL(fileURLWithPath: "/nonexistent-probe")).folder != nil
 
     /// The folder's entries once two looks 100 ms apart agree (at most 5 s).
     private func settled(_ folder: URL) async throws -> [String] {

@@ -32,4 +32,8 @@ int cshims_fstatat_bytes(int dirfd, const char *path, void *statbuf, int flags);
 int cshims_statx_bytes(int dirfd, const char *path, int flags, unsigned int mask, void *statxbuf);
 /* getdents64(2): linux_dirent64 records into `buffer`; bytes written, 0 at the end, or -1. */
 long cshims_getdents64(int fd, void *buffer, size_t length);
+/* statfs(2)'s f_type of the file system holding `path` (TMPFS_MAGIC for a tmpfs), or -1 and
+ * errno: Glibc's sys/statfs.h is not part of the module Swift imports. */
+long cshims_file_system_type(const char *path);
+extern const long CSHIMS_TMPFS_MAGIC;
 #endif
