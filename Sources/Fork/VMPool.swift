@@ -98,7 +98,7 @@ final class VMPool: @unchecked Sendable {
             return ready.popLast().map { .ready($0) } ?? .none
         }
         if case .none = found { found = waitForFlowingReturns() }
-        refill(whenBelow: (target + 1) / 2)
+        refill(whenBelow: (target + 1) / 2, deferred: true)
         switch found {
         case .ready(let vm):
             return vm
@@ -144,14 +144,32 @@ final class VMPool: @unchecked Sendable {
 
     /// Tops the pool up to its target in the background when it holds (or will hold, once
     /// the returns on their way are in) fewer than `threshold` VMs; one refill at a time.
-    func refill(whenBelow threshold: Int) {
+    /// With `deferred` (a fork took the pool low), the first VM is made `refillDelay` later,
+    /// and only if the pool is still that low then.
+    func refill(whenBelow threshold: Int, deferred: Bool = false) {
         let start: Bool = condition.withLock {
             guard !refilling, ready.count + returning + warming < min(threshold, target) else { return false }
             refilling = true
             return true
         }
-        if start { queue.async { [self] in refillOne() } }
+        guard start else { return }
+        guard deferred else { return queue.async { [self] in refillOne() } }
+        queue.async(after: Self.refillDelay) { [self] in
+            let low = condition.withLock { ready.count + returning + warming < min(threshold, target) }
+            if low { refillOne() } else { finishRefill() }
+        }
     }
+
+    /// How long a refill waits before its first VM, for the children's VMs out to come back.
+    /// Why: a burst (launches queued behind a few milliseconds' stall) takes the pool below
+    /// half with VMs that come back within tens of milliseconds; a refill started at once built
+    /// VMs inside the burst — each a VM, a vCPU and a memory slot, with the daemon's mmap lock
+    /// and an SRCU grace period (25 ms) on the way — and once the burst's VMs came back the
+    /// pool was full and it tore the new one down (`kvm_destroy_vm`, another grace period).
+    /// A 2,200/s step's p99 went to 22 ms in such a burst (2026-12-07). Forks meanwhile take
+    /// the returns as they come (`waitForFlowingReturns`), or make a VM when none flow. The
+    /// first fill, and a refill for a VM that did not come back, start at once.
+    static let refillDelay: Duration = .milliseconds(100)
 
     /// Makes one VM and queues the next.
     private func refillOne() {
@@ -281,9 +299,14 @@ final class VMPool: @unchecked Sendable {
     /// and tests that measure forks from a full pool).
     func waitUntilFull() {
         waitForReturns()
-        refill(whenBelow: target)
-        condition.withLock {
-            while ready.count < target && refilling { condition.wait() }
+        // Twice: a deferred refill pending (a fork took the pool low) may end without filling it.
+        for _ in 0..<2 {
+            refill(whenBelow: target)
+            let full = condition.withLock {
+                while ready.count < target && refilling { condition.wait() }
+                return ready.count >= target
+            }
+            if full { break }
         }
         // Write warm-ups run on the refill queue, each VM out of `ready` meanwhile.
         queue.sync {}
