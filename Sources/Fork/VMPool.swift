@@ -39,6 +39,9 @@ final class VMPool: @unchecked Sendable {
     /// Forks that found the pool empty and made their VM inline.
     var misses: Int { condition.withLock { missCount } }
     private var missCount = 0
+    /// VMs the refills made (the first fill's included).
+    var madeByRefills: Int { condition.withLock { refillMade } }
+    private var refillMade = 0
     /// VMs ready for a fork now.
     var readyCount: Int { condition.withLock { ready.count } }
     /// Refills, one VM at a time, off the forks' path.
@@ -58,10 +61,11 @@ final class VMPool: @unchecked Sendable {
     /// `condition` would wake every one of hundreds at each return). Taken before `condition`.
     private let returnedOne = NSCondition()
 
-    init(system: KVMSystem, forkPoint: ForkPoint, target: Int) {
+    init(system: KVMSystem, forkPoint: ForkPoint, target: Int, refillDelay: Duration = VMPool.defaultRefillDelay) {
         self.system = system
         self.forkPoint = forkPoint
         self.target = max(0, target)
+        self.refillDelay = refillDelay
         // Restores SCHED_IDLE: a fork restores a returned VM itself when they fall behind. A
         // restore woken with the event loop that has the ended child's answer to write was
         // run first on their shared core, 80 µs, while the other core went idle (traced);
@@ -154,13 +158,14 @@ final class VMPool: @unchecked Sendable {
         }
         guard start else { return }
         guard deferred else { return queue.async { [self] in refillOne() } }
-        queue.async(after: Self.refillDelay) { [self] in
+        queue.async(after: refillDelay) { [self] in
             let low = condition.withLock { ready.count + returning + warming < min(threshold, target) }
             if low { refillOne() } else { finishRefill() }
         }
     }
 
-    /// How long a refill waits before its first VM, for the children's VMs out to come back.
+    /// How long a refill waits before its first VM, for the children's VMs out to come back
+    /// (`defaultRefillDelay`; tests give one of their own).
     /// Why: a burst (launches queued behind a few milliseconds' stall) takes the pool below
     /// half with VMs that come back within tens of milliseconds; a refill started at once built
     /// VMs inside the burst — each a VM, a vCPU and a memory slot, with the daemon's mmap lock
@@ -169,7 +174,8 @@ final class VMPool: @unchecked Sendable {
     /// A 2,200/s step's p99 went to 22 ms in such a burst (2026-12-07). Forks meanwhile take
     /// the returns as they come (`waitForFlowingReturns`), or make a VM when none flow. The
     /// first fill, and a refill for a VM that did not come back, start at once.
-    static let refillDelay: Duration = .milliseconds(100)
+    static let defaultRefillDelay: Duration = .milliseconds(100)
+    let refillDelay: Duration
 
     /// Makes one VM and queues the next.
     private func refillOne() {
@@ -188,6 +194,7 @@ final class VMPool: @unchecked Sendable {
         // off the forks' path).
         let kept = condition.withLock {
             defer { condition.broadcast() }
+            refillMade += 1
             guard ready.count < target else { return false }
             ready.append(made)
             return true
@@ -299,11 +306,13 @@ final class VMPool: @unchecked Sendable {
     /// and tests that measure forks from a full pool).
     func waitUntilFull() {
         waitForReturns()
-        // Twice: a deferred refill pending (a fork took the pool low) may end without filling it.
+        // Twice: a deferred refill pending (a fork took the pool low) may end without filling
+        // it. Until the refill has ended, not only until the pool is full: a refill still
+        // going would make VMs for the forks that follow (the caller's measurements).
         for _ in 0..<2 {
             refill(whenBelow: target)
             let full = condition.withLock {
-                while ready.count < target && refilling { condition.wait() }
+                while refilling { condition.wait() }
                 return ready.count >= target
             }
             if full { break }

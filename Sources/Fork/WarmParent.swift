@@ -66,7 +66,9 @@ public final class WarmParent: @unchecked Sendable {
     private let nextPid = ManagedCounter(start: 2)
 
     /// Builds the parent and fills its pool (`poolSize` VMs) in the background.
-    public init(system: KVMSystem, image: ParentSpec, poolSize: Int = 8) throws(ForkError) {
+    /// `refillDelay`: how long a refill a fork starts waits for children's VMs to come back
+    /// (`VMPool.refillDelay`; nil: the engine's 100 ms).
+    public init(system: KVMSystem, image: ParentSpec, poolSize: Int = 8, refillDelay: Duration? = nil) throws(ForkError) {
         self.image = image
         var configuration = ProcessVMConfiguration(rootfs: image.rootfs, memoryBytes: image.memoryBytes,
                                                    pollsSystemCalls: image.pollsSystemCalls)
@@ -89,7 +91,7 @@ public final class WarmParent: @unchecked Sendable {
         }
         guard let point else { throw .parentEndedBeforeForkPoint(image: image.name) }
         forkPoint = point
-        pool = VMPool(system: system, forkPoint: point, target: poolSize)
+        pool = VMPool(system: system, forkPoint: point, target: poolSize, refillDelay: refillDelay ?? VMPool.defaultRefillDelay)
         pool.refill(whenBelow: poolSize)
     }
 
@@ -122,6 +124,9 @@ public final class WarmParent: @unchecked Sendable {
 
     /// Forks that found the pool empty and built their VM on the fork path.
     public var poolMisses: Int { pool.misses }
+
+    /// VMs the pool's refills made, off the forks' path (its first fill's included).
+    public var vmsMadeByRefills: Int { pool.madeByRefills }
 
     /// Frees the pool's ready VMs beyond `count` (under memory pressure); returns how many went.
     @discardableResult

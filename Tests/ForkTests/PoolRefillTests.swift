@@ -1,0 +1,67 @@
+import Fork
+import Foundation
+import KVM
+import ProcessVM
+import TestSupport
+import Testing
+
+/// A fork that takes the pool below half starts a refill that waits `VMPool.refillDelay`
+/// (the engine's 100 ms) for the children's VMs to come back: children that end within it
+/// leave the pool full again with no VM made (before, the refill built VMs inside the burst
+/// and tore them down once the burst's VMs came back); children that stay out get the pool
+/// refilled. Here the wait is 1 s, so that four `busybox echo`s end within it on a host as
+/// busy as CI's (and the refill, when it looks again, finds the pool full), and 50 ms where
+/// the children stay out.
+@Suite(.enabled(if: HostFacts.hasKVM && BusyboxRootfs.isAvailable, "needs /dev/kvm and busybox-static"))
+final class PoolRefillTests {
+    let system = try! KVMSystem()
+
+    @Test func aBurstThatEndsQuicklyMakesNoVM() throws {
+        let root = try BusyboxRootfs.make()
+        defer { try? FileManager.default.removeItem(at: root) }
+        let parent = try WarmParent(system: system, image: ParentSpec(name: "busybox", rootfs: root.path, executable: "/bin/busybox",
+                                                                     memoryBytes: 32 << 20, forkPoint: .main), poolSize: 6, refillDelay: .seconds(1))
+        parent.waitUntilPoolIsFull()
+        let madeBefore = parent.vmsMadeByRefills
+        #expect(madeBefore >= 6)
+        // Four of six taken at once: the pool falls to two, below half.
+        var children: [(child: Container, streams: CapturedStreams)] = []
+        for index in 0..<4 {
+            let streams = try CapturedStreams()
+            children.append((try parent.fork(arguments: ["echo", "burst \(index)"], streams: streams.standard), streams))
+        }
+        #expect(parent.readyVMs.now == 2)
+        for (index, (child, streams)) in children.enumerated() {
+            #expect(try child.run() == .exited(0))
+            #expect(streams.stdout == "burst \(index)\n")
+            child.remove()
+        }
+        parent.waitForTeardown()
+        #expect(parent.readyVMs.now == 6, "the burst's VMs came back")
+        // Past the refill's wait: it found the pool full and made nothing.
+        Thread.sleep(forTimeInterval: 1.3)
+        #expect(parent.vmsMadeByRefills == madeBefore, "a refill made \(parent.vmsMadeByRefills - madeBefore) VMs for a burst whose VMs came back")
+        #expect(parent.poolMisses == 0)
+    }
+
+    @Test func childrenThatStayOutGetThePoolRefilled() throws {
+        let root = try BusyboxRootfs.make()
+        defer { try? FileManager.default.removeItem(at: root) }
+        let parent = try WarmParent(system: system, image: ParentSpec(name: "busybox", rootfs: root.path, executable: "/bin/busybox",
+                                                                     memoryBytes: 32 << 20, forkPoint: .main), poolSize: 6, refillDelay: .milliseconds(50))
+        parent.waitUntilPoolIsFull()
+        let madeBefore = parent.vmsMadeByRefills
+        // Forked and not run: they hold their VMs until removed.
+        var held: [(child: Container, streams: CapturedStreams)] = []
+        for _ in 0..<4 {
+            let streams = try CapturedStreams()
+            held.append((try parent.fork(arguments: ["true"], streams: streams.standard), streams))
+        }
+        let deadline = Date().addingTimeInterval(10)
+        while parent.readyVMs.now < 6 && Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
+        #expect(parent.readyVMs.now == 6, "refilled while four children held their VMs")
+        #expect(parent.vmsMadeByRefills - madeBefore == 4)
+        for (child, _) in held { child.remove() }
+        parent.waitForTeardown()
+    }
+}
