@@ -19,17 +19,11 @@ final class PoolRefillTests {
     @Test func aBurstThatEndsQuicklyMakesNoVM() throws {
         let root = try BusyboxRootfs.make()
         defer { try? FileManager.default.removeItem(at: root) }
-        let parent = try WarmParent(system: system, image: ParentSpec(name: "busybox", rootfs: root.path, executable: "/bin/busybox",
-                                                                     memoryBytes: 32 << 20, forkPoint: .main), poolSize: 6, refillDelay: .seconds(1))
-        parent.waitUntilPoolIsFull()
+        let parent = try fullParent(root: root, refillDelay: .seconds(1))
         let madeBefore = parent.vmsMadeByRefills
         #expect(madeBefore >= 6)
         // Four of six taken at once: the pool falls to two, below half.
-        var children: [(child: Container, streams: CapturedStreams)] = []
-        for index in 0..<4 {
-            let streams = try CapturedStreams()
-            children.append((try parent.fork(arguments: ["echo", "burst \(index)"], streams: streams.standard), streams))
-        }
+        let children = try fork(4, of: parent) { ["echo", "burst \($0)"] }
         #expect(parent.readyVMs.now == 2)
         for (index, (child, streams)) in children.enumerated() {
             #expect(try child.run() == .exited(0))
@@ -47,21 +41,31 @@ final class PoolRefillTests {
     @Test func childrenThatStayOutGetThePoolRefilled() throws {
         let root = try BusyboxRootfs.make()
         defer { try? FileManager.default.removeItem(at: root) }
-        let parent = try WarmParent(system: system, image: ParentSpec(name: "busybox", rootfs: root.path, executable: "/bin/busybox",
-                                                                     memoryBytes: 32 << 20, forkPoint: .main), poolSize: 6, refillDelay: .milliseconds(50))
-        parent.waitUntilPoolIsFull()
+        let parent = try fullParent(root: root, refillDelay: .milliseconds(50))
         let madeBefore = parent.vmsMadeByRefills
         // Forked and not run: they hold their VMs until removed.
-        var held: [(child: Container, streams: CapturedStreams)] = []
-        for _ in 0..<4 {
-            let streams = try CapturedStreams()
-            held.append((try parent.fork(arguments: ["true"], streams: streams.standard), streams))
-        }
+        let held = try fork(4, of: parent) { _ in ["true"] }
         let deadline = Date().addingTimeInterval(10)
         while parent.readyVMs.now < 6 && Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
         #expect(parent.readyVMs.now == 6, "refilled while four children held their VMs")
         #expect(parent.vmsMadeByRefills - madeBefore == 4)
         for (child, _) in held { child.remove() }
         parent.waitForTeardown()
+    }
+
+    /// A busybox parent (main fork point) with a pool of six, full.
+    private func fullParent(root: URL, refillDelay: Duration) throws -> WarmParent {
+        let parent = try WarmParent(system: system, image: ParentSpec(name: "busybox", rootfs: root.path, executable: "/bin/busybox",
+                                                                     memoryBytes: 32 << 20, forkPoint: .main), poolSize: 6, refillDelay: refillDelay)
+        parent.waitUntilPoolIsFull()
+        return parent
+    }
+
+    /// `count` children forked at once (not run), each with its streams.
+    private func fork(_ count: Int, of parent: WarmParent, arguments: (Int) -> [String]) throws -> [(child: Container, streams: CapturedStreams)] {
+        try (0..<count).map { index in
+            let streams = try CapturedStreams()
+            return (try parent.fork(arguments: arguments(index), streams: streams.standard), streams)
+        }
     }
 }
