@@ -69,8 +69,8 @@ final class ContainerFolders: Sendable {
         runs.deleteReady()
         if all { runs.deleteLeft(keeping: [], ready: true) }
         runs.waitForRemovals()
+        // Not the user's folder above it: another engine may be making its own in it now.
         rmdir(runs.folder.path)
-        rmdir(runs.folder.deletingLastPathComponent().path)
     }
 
     /// At an engine's start on its own (no workers): folders of runs an earlier process left

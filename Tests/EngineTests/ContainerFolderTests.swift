@@ -140,6 +140,34 @@ struct ContainerFolderTests {
         #expect(!FileManager.default.fileExists(atPath: runs.path))
     }
 
+    /// The user's folder in /dev/shm is shared ground: a link there, or a folder others may
+    /// enter, is refused (runs' logs then go with the kept ones), and the reason is named.
+    @Test(.enabled(if: ContainerFolderTests.shmIsTmpfs, "needs /dev/shm on tmpfs"))
+    func aRunsFolderOthersCouldReachIsRefused() throws {
+        // A stand-in for /dev/shm, on the same tmpfs.
+        let shm = "/dev/shm/vmfork-test-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: shm, withIntermediateDirectories: false)
+        defer { try? FileManager.default.removeItem(atPath: shm) }
+        let state = URL(fileURLWithPath: "/nonexistent-state")
+        let base = "\(shm)/vmfork-\(geteuid())"
+        let elsewhere = "\(shm)/elsewhere"
+        try FileManager.default.createDirectory(atPath: elsewhere, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+        try FileManager.default.createSymbolicLink(atPath: base, withDestinationPath: elsewhere)
+        let linked = ContainerFolders.runsFolder(stateFolder: state, shm: shm)
+        #expect(linked.folder == nil && linked.whyNot == "\(base) is not a folder")
+        try FileManager.default.removeItem(atPath: base)
+        try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o755])
+        let open = ContainerFolders.runsFolder(stateFolder: state, shm: shm)
+        #expect(open.folder == nil && open.whyNot == "\(base) is not this user's alone")
+        try FileManager.default.setAttributes([.posixPermissions: 0o700], ofItemAtPath: base)
+        #expect(ContainerFolders.runsFolder(stateFolder: state, shm: shm).folder?.deletingLastPathComponent().path == base)
+        // Missing: made, this user's alone.
+        try FileManager.default.removeItem(atPath: base)
+        #expect(ContainerFolders.runsFolder(stateFolder: state, shm: shm).folder != nil)
+        let mode = try FileManager.default.attributesOfItem(atPath: base)[.posixPermissions] as? Int
+        #expect(mode == 0o700)
+    }
+
     static let shmIsTmpfs = ContainerFolders.runsFolder(stateFolder: URL(fileURLWithPath: "/nonexistent-probe")).folder != nil
 
     /// The folder's entries once two looks 100 ms apart agree (at most 5 s).
