@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <linux/magic.h>
 #include <linux/openat2.h>
+#include <sys/ioctl.h>
 #include <sys/statfs.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -44,6 +45,45 @@ long cshims_getdents64(int fd, void *buffer, size_t length) {
 }
 
 const long CSHIMS_TMPFS_MAGIC = TMPFS_MAGIC;
+
+/* The PAGEMAP_SCAN ABI (include/uapi/linux/fs.h, Linux 6.7), named here with a prefix of its
+ * own: newer headers define the same names. */
+enum {
+    CSHIMS_PAGE_IS_FILE_BIT = 1 << 2,
+    CSHIMS_PAGE_IS_PRESENT_BIT = 1 << 3,
+    CSHIMS_PAGE_IS_SWAPPED_BIT = 1 << 4,
+    CSHIMS_PAGE_IS_PFNZERO_BIT = 1 << 5,
+};
+const uint64_t CSHIMS_PAGE_IS_PFNZERO = CSHIMS_PAGE_IS_PFNZERO_BIT;
+
+struct cshims_page_region { uint64_t start, end, categories; };
+struct cshims_pm_scan_arg {
+    uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages;
+    uint64_t category_inverted, category_mask, category_anyof_mask, return_mask;
+};
+_Static_assert(sizeof(struct cshims_page_region) == 24, "struct page_region is three words");
+_Static_assert(sizeof(struct cshims_pm_scan_arg) == 96, "struct pm_scan_arg is twelve words");
+#define CSHIMS_PAGEMAP_SCAN _IOWR('f', 16, struct cshims_pm_scan_arg)
+_Static_assert(CSHIMS_PAGEMAP_SCAN == 0xC0606610u, "PAGEMAP_SCAN's request number");
+const unsigned int CSHIMS_PAGEMAP_SCAN_REQUEST = CSHIMS_PAGEMAP_SCAN;
+
+long cshims_pagemap_private_runs(int fd, uint64_t start, uint64_t end, uint64_t *regions, size_t capacity, uint64_t *walkEnd) {
+    struct cshims_pm_scan_arg arg = {
+        .size = sizeof(arg),
+        .start = start,
+        .end = end,
+        .vec = (uint64_t)(uintptr_t)regions,
+        .vec_len = capacity,
+        /* Not a file's page (the FILE bit inverted and required), present or swapped. */
+        .category_inverted = CSHIMS_PAGE_IS_FILE_BIT,
+        .category_mask = CSHIMS_PAGE_IS_FILE_BIT,
+        .category_anyof_mask = CSHIMS_PAGE_IS_PRESENT_BIT | CSHIMS_PAGE_IS_SWAPPED_BIT,
+        .return_mask = CSHIMS_PAGE_IS_PFNZERO_BIT,
+    };
+    long found = ioctl(fd, CSHIMS_PAGEMAP_SCAN, &arg);
+    if (found >= 0) *walkEnd = arg.walk_end;
+    return found;
+}
 
 long cshims_file_system_type(const char *path) {
     struct statfs info;

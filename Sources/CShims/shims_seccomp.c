@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include "cshims_seccomp.h"
+#include "cshims_fs.h"
 
 #include <errno.h>
 #include <linux/audit.h>
@@ -27,8 +28,8 @@
  * LoadRunTests with VMFORK_WORKERS=2, then read against the host calls of the engine's
  * sources (ProcessVM serves guests' file calls with the host's: the *at calls, xattrs,
  * sendfile, pipes, polls). The most frequent first: the filter compares them in this order.
- * Judged apart, before this list: clone (threads only), clone3 (ENOSYS), ioctl (KVM's and two
- * terminal requests), prctl (thread names), socket (EACCES). Not here, so fatal: execve and
+ * Judged apart, before this list: clone (threads only), clone3 (ENOSYS), ioctl (KVM's, two
+ * terminal requests and PAGEMAP_SCAN), prctl (thread names), socket (EACCES). Not here, so fatal: execve and
  * every way to make a process, ptrace, mount and namespaces, bpf, perf_event_open, keyctl,
  * io_uring (its requests would bypass the filter), set_mempolicy, mbind, sched_setaffinity
  * (the NUMA binding is made before: see WorkerConfinement), capset, setuid and friends. */
@@ -98,11 +99,13 @@ int cshims_seccomp_install_worker_filter(int outside) {
     program[at++] = (struct sock_filter)LOAD(nr);
     program[at++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, __X32_SYSCALL_BIT, 0, 1);
     program[at++] = (struct sock_filter)RETURN(SECCOMP_RET_KILL_PROCESS);
-    /* ioctl: KVM's (type 0xAE) and the two a guest's terminal may ask of the host's. */
-    program[at++] = (struct sock_filter)IF_EQUAL(SYS_ioctl, 0, 7);
+    /* ioctl: KVM's (type 0xAE), the two a guest's terminal may ask of the host's, and
+     * PAGEMAP_SCAN (a pooled VM's restore asks its own page map which pages are private). */
+    program[at++] = (struct sock_filter)IF_EQUAL(SYS_ioctl, 0, 8);
     program[at++] = (struct sock_filter)LOAD(args[1]);
-    program[at++] = (struct sock_filter)IF_EQUAL(TCGETS, 4, 0);
-    program[at++] = (struct sock_filter)IF_EQUAL(TIOCGWINSZ, 3, 0);
+    program[at++] = (struct sock_filter)IF_EQUAL(TCGETS, 5, 0);
+    program[at++] = (struct sock_filter)IF_EQUAL(TIOCGWINSZ, 4, 0);
+    program[at++] = (struct sock_filter)IF_EQUAL(CSHIMS_PAGEMAP_SCAN_REQUEST, 3, 0);
     program[at++] = (struct sock_filter)BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0xff00);
     program[at++] = (struct sock_filter)IF_EQUAL(KVMIO << 8, 1, 0);
     program[at++] = (struct sock_filter)RETURN(rest);

@@ -149,7 +149,9 @@ final class ContainerFolderPool: Sendable {
     /// inode's allocation scans past the inodes deleted in the last seconds, so that churn
     /// cost more CPU than anything else in a container's create at 600 launches a second).
     private let returning = Atomic<Int>(0)
-    private let queue = BackgroundThread(name: "vmfork-folders")
+    /// Removed folders are emptied in batches, gathered for 2 ms (one wake-up per batch, see
+    /// `BackgroundThread`): nothing waits for them while ready ones are left.
+    private let queue = BackgroundThread(name: "vmfork-folders", gathering: .milliseconds(2))
     /// Folders made ahead while fewer are ready: as many as are kept open, so that a fresh
     /// state folder has them before its first burst. With 8, a daemon's first seconds at
     /// 1,700 launches a second made 35 more while the launches ran, each new inode a scan
@@ -210,6 +212,25 @@ final class ContainerFolderPool: Sendable {
         return try ContainerLogFiles(folderPath: containerPath, truncate: true)
     }
 
+    /// A ready folder as it is (not renamed), with its log files open and empty, or a new one
+    /// with a ready name when none is ready: a run's folder that only this process looks for.
+    /// `remove` makes it ready again under the same name.
+    func take() throws -> (path: String, files: ContainerLogFiles) {
+        defer { if readySoon < Self.target / 2 { refill() } }
+        while let folder = ready.withLock({ $0.popLast() }) {
+            let path = ContainerFolder.path(folder.name, in: folderPath)
+            if let files = folder.files { return (path, files) }
+            // Made or emptied by an earlier process, opened as `make` opens those; gone (deleted
+            // behind this process's back): the next one.
+            if let files = try? ContainerLogFiles(folderPath: path, truncate: false) { return (path, files) }
+        }
+        let path = ContainerFolder.path("\(prefix)\(named.add(1, ordering: .relaxed).newValue)", in: folderPath)
+        guard mkdir(path, 0o700) == 0 else {
+            throw EngineError(.failed, "cannot make the log folder \(path): \(String(cString: strerror(errno)))")
+        }
+        return (path, try ContainerLogFiles(folderPath: path, truncate: true))
+    }
+
     /// Removes a container's folder: off the caller's path, it is emptied and made ready
     /// again (or deleted when enough are kept). `files`: its log files as `make` gave them,
     /// emptied through their descriptors and kept with the folder; `stdinFile`: whether it
@@ -264,8 +285,15 @@ final class ContainerFolderPool: Sendable {
         makeReady(container, files: count < Self.openCapacity ? files : nil)
     }
 
-    /// Renames an emptied folder to a ready name and lists it.
+    /// Renames an emptied folder to a ready name and lists it; one that has a ready name of
+    /// this process's (`take`) keeps it.
     private func makeReady(_ container: String, files: ContainerLogFiles?) {
+        let ownReady = folderPath + "/" + prefix
+        if container.hasPrefix(ownReady), !container.dropFirst(ownReady.count).contains("/") {
+            let name = String(container.dropFirst(folderPath.count + 1))
+            ready.withLock { $0.append((name, files)) }
+            return
+        }
         let name = "\(prefix)\(named.add(1, ordering: .relaxed).newValue)"
         if rename(container, ContainerFolder.path(name, in: folderPath)) == 0 {
             ready.withLock { $0.append((name, files)) }

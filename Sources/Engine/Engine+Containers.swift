@@ -72,7 +72,7 @@ extension Engine {
                 }
             }
             let hostname = spec.hostname ?? name
-            let folder = containerFolders.path(of: id, run: startNow && untilEnd && removeAtEnd)
+            let run = startNow && untilEnd && removeAtEnd
             let stdin = spec.stdin
             let openStdin = spec.openStdin == true
             let tty = spec.tty == true
@@ -91,7 +91,7 @@ extension Engine {
                 let giveBackPlacement = { if placeHere != nil, let placed { _ = try? placement.release(placed) } }
                 let streams: ContainerStreams
                 do {
-                    streams = try ContainerStreams(folder: folder, folders: containerFolders, stdin: stdin, openStdin: openStdin, tty: tty)
+                    streams = try ContainerStreams(id: id, run: run, folders: containerFolders, stdin: stdin, openStdin: openStdin, tty: tty)
                 } catch {
                     giveBackPlacement()
                     throw error
@@ -105,7 +105,7 @@ extension Engine {
                                          streams: streams.standard, rootFileSystem: disk)
                 } catch {
                     streams.closeStdinWriter()
-                    containerFolders.remove(folder, files: streams.files, stdinFile: streams.stdinFile)
+                    containerFolders.remove(streams.folder, files: streams.files, stdinFile: streams.stdinFile)
                     if let disk { containerDisks?.remove(id: id, root: disk) }
                     giveBackPlacement()
                     throw error
@@ -116,7 +116,7 @@ extension Engine {
                                          createdAt: Date().timeIntervalSince1970, startedAt: nil, finishedAt: nil,
                                          forkMicroseconds: Self.microseconds(vm.forkLatency), reusedVM: vm.reusesVM,
                                          argv0: command.argv0, entrypoint: command.entrypoint, cmd: command.cmd, tty: tty ? true : nil)
-                let managed = ManagedContainer(info: info, logFolder: folder, vm: vm, stdinWriter: streams.stdinWriter, family: family, disk: disk,
+                let managed = ManagedContainer(info: info, logFolder: streams.folder, vm: vm, stdinWriter: streams.stdinWriter, family: family, disk: disk,
                                                terminal: streams.terminal, logFiles: streams.files, stdinFile: streams.stdinFile)
                 registry.withLock { registry in
                     registry.containers[id] = managed
@@ -654,6 +654,8 @@ private struct ContainerStreams {
     /// Whether `input` is this value's own (a stdin file or a pipe), closed once the child holds its duplicate.
     let ownsInput: Bool
     let stdinWriter: Int32
+    /// Its log folder.
+    let folder: String
     /// Its log files, open (kept with its folder from one container to the next).
     let files: ContainerLogFiles
     /// Whether its folder holds a standard input file.
@@ -664,8 +666,10 @@ private struct ContainerStreams {
     let outputTimes: LogTimeIndex
     let errorTimes: LogTimeIndex
 
-    init(folder: String, folders: ContainerFolders, stdin: String?, openStdin: Bool, tty: Bool) throws {
-        let files = try folders.make(folder)
+    /// `run`: the container is removed at its end (see `ContainerFolders.make(id:run:)`).
+    init(id: String, run: Bool, folders: ContainerFolders, stdin: String?, openStdin: Bool, tty: Bool) throws {
+        let (folder, files) = try folders.make(id: id, run: run)
+        self.folder = folder
         self.files = files
         let timeline = LogTimeline()
         outputTimes = LogTimeIndex(descriptor: files.stdoutTimes, keeper: files, stream: 1, timeline: timeline)

@@ -48,6 +48,8 @@ final class VMPool: @unchecked Sendable {
     private let queue: BackgroundThread
     /// Restores and teardowns of returned VMs, one at a time, never behind a refill.
     private let returnQueue: BackgroundThread
+    /// How long the restore thread gathers returned VMs before it restores them as a batch.
+    static let restoreGathering: Duration = .milliseconds(2)
     /// How long a fork waits for a VM on its way back before it makes one itself.
     static let returnWait: TimeInterval = 0.005
     /// Children's VMs count as flowing back while the last came back within this.
@@ -72,7 +74,9 @@ final class VMPool: @unchecked Sendable {
         // SCHED_IDLE is picked after it. Refills stay SCHED_BATCH: a fork that finds no VM
         // makes one, milliseconds, and a pool filling at a busy daemon's start would wait.
         queue = BackgroundThread(name: "vmfork-refill")
-        returnQueue = BackgroundThread(name: "vmfork-restore", policy: .idle)
+        // Restores gathered for 2 ms (see `BackgroundThread`): one wake-up per batch of
+        // returns, not per child; a fork that finds no ready VM restores a returned one itself.
+        returnQueue = BackgroundThread(name: "vmfork-restore", policy: .idle, gathering: VMPool.restoreGathering)
     }
 
     private enum Found { case ready(PreparedVM), returned(ProcessVM), none }

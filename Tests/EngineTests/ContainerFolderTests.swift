@@ -124,18 +124,31 @@ struct ContainerFolderTests {
         #expect(ContainerFolders.runsFolder(stateFolder: state, shm: state.path).folder == nil)
 
         _ = try await engine.addImage(ImageRecord(name: "busybox", rootfs: root.path, executable: "/bin/busybox"), by: "test")
-        let seen = Mutex<[String]>([])
-        let result = try await engine.runContainer(ContainerSpec(image: "busybox", arguments: ["sh", "-c", "echo during; sleep 0.3"]), by: "test",
-                                                   started: { info in
-            // While it runs: its log is in the runs' folder, not in the state folder.
-            let log = runs.appendingPathComponent("\(info.id)/stdout.log").path
-            let onDisk = state.appendingPathComponent("containers/\(info.id)").path
-            seen.withLock { $0 = [FileManager.default.fileExists(atPath: log) ? "tmpfs" : "-", FileManager.default.fileExists(atPath: onDisk) ? "disk" : "-"] }
-        })
+        let id = Mutex<String?>(nil)
+        async let ran = engine.runContainer(ContainerSpec(image: "busybox", arguments: ["sh", "-c", "echo during; sleep 0.5"]), by: "test",
+                                            started: { info in id.withLock { $0 = info.id } })
+        // While it runs: its output is in a folder of the runs' folder that keeps its ready
+        // name (no rename into place: nothing but the engine looks for it), not in the state folder.
+        var holding: [String] = []
+        for _ in 0..<40 where holding.isEmpty {
+            try await Task.sleep(for: .milliseconds(10))
+            holding = try FileManager.default.contentsOfDirectory(atPath: runs.path).filter {
+                (try? String(contentsOfFile: runs.appendingPathComponent("\($0)/stdout.log").path, encoding: .utf8)) == "during\n"
+            }
+        }
+        let runID = try #require(id.withLock { $0 })
+        #expect(holding.count == 1 && holding.allSatisfy { $0.hasPrefix(".ready-d-") }, "\(holding)")
+        #expect(!FileManager.default.fileExists(atPath: runs.appendingPathComponent(runID).path))
+        #expect(!FileManager.default.fileExists(atPath: state.appendingPathComponent("containers/\(runID)").path))
+        let result = try await ran
         #expect(result.stdout == "during\n")
-        #expect(seen.withLock { $0 } == ["tmpfs", "-"])
+        // Once it is removed, its folder is ready again under the same name, emptied.
         let names = try await settled(runs)
         #expect(!names.contains(result.id))
+        if let folder = holding.first {
+            #expect(names.contains(folder))
+            #expect(try String(contentsOfFile: runs.appendingPathComponent("\(folder)/stdout.log").path, encoding: .utf8) == "")
+        }
         await engine.shutdown(grace: .milliseconds(100))
         #expect(!FileManager.default.fileExists(atPath: runs.path))
     }

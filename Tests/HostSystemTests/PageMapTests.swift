@@ -44,4 +44,41 @@ struct PageMapTests {
         let firstUsage = try pageMap.usage(of: UInt(bitPattern: first.base), length: length)
         #expect(firstUsage.privateBytes >= 20 * pageSize && firstUsage.shared > 0)
     }
+
+    /// The private pages of a copy-on-write mapping of a memfd and of an anonymous mapping, as
+    /// PAGEMAP_SCAN gives them and as the page map's entries give them: the same pages, the
+    /// written ones a page of their own, the zero page not, pages only read from the memfd
+    /// absent. Written pages every other one, so that the scan needs more than one call.
+    @Test func scannedPrivatePagesAreThoseTheEntriesName() throws {
+        let pages = 1_024
+        let length = pages * pageSize
+        let memfd = try makeMemfd(name: "pagemap-scan-test", size: length)
+        let parent = try MappedMemory(length: length, flags: MAP_SHARED, fd: memfd.rawValue)
+        for page in 0..<512 { parent.base.storeBytes(of: 1, toByteOffset: page * pageSize, as: UInt8.self) }
+        let child = try MappedMemory(length: length, flags: MAP_PRIVATE, fd: memfd.rawValue)
+        let anonymous = try MappedMemory(length: length, flags: MAP_PRIVATE)
+        var sum = 0
+        for page in 0..<100 { sum += Int(child.base.load(fromByteOffset: page * pageSize, as: UInt8.self)) }
+        for page in stride(from: 100, to: 900, by: 2) { child.base.storeBytes(of: 2, toByteOffset: page * pageSize, as: UInt8.self) }
+        for page in 0..<50 { sum += Int(anonymous.base.load(fromByteOffset: page * pageSize, as: UInt8.self)) }
+        for page in 60..<70 { anonymous.base.storeBytes(of: 3, toByteOffset: page * pageSize, as: UInt8.self) }
+        #expect(sum == 100)
+        let scanning = try PageMap(), reading = try PageMap(scanning: false)
+        for (name, base) in [("child", child.base), ("anonymous", anonymous.base)] {
+            var scanned: [Int: Bool] = [:], read: [Int: Bool] = [:]
+            try scanning.forEachPrivatePage(address: UInt(bitPattern: base), pages: pages) { scanned[$0] = $1 }
+            try reading.forEachPrivatePage(address: UInt(bitPattern: base), pages: pages) { read[$0] = $1 }
+            #expect(scanned == read, "\(name)")
+            if name == "child" {
+                #expect(scanned == Dictionary(uniqueKeysWithValues: stride(from: 100, to: 900, by: 2).map { ($0, true) }))
+            } else {
+                #expect(scanned.filter { $0.value }.keys.sorted() == Array(60..<70))
+                #expect(scanned.filter { !$0.value }.keys.sorted() == Array(0..<50))
+            }
+        }
+        // Linux 6.7 and later answer PAGEMAP_SCAN: the scan was not a fallback to the entries.
+        let release = (try? String(contentsOfFile: "/proc/sys/kernel/osrelease", encoding: .utf8)) ?? ""
+        let version = release.split(separator: ".").prefix(2).compactMap { Int($0.prefix { $0.isNumber }) }
+        if version.count == 2, (version[0], version[1]) >= (6, 7) { #expect(scanning.scans, "kernel \(release)") }
+    }
 }

@@ -36,4 +36,14 @@ long cshims_getdents64(int fd, void *buffer, size_t length);
  * errno: Glibc's sys/statfs.h is not part of the module Swift imports. */
 long cshims_file_system_type(const char *path);
 extern const long CSHIMS_TMPFS_MAGIC;
+/* PAGEMAP_SCAN (Linux 6.7) on the /proc/self/pagemap open at `fd`, whose ABI this machine's
+ * headers may lack: the runs of pages in [start, end) that are present or swapped and not a
+ * file's (a private mapping's own copies, and the zero page), each as three words in
+ * `regions` (start, end, and CSHIMS_PAGE_IS_PFNZERO when the run is the zero page), at most
+ * `capacity` runs. Returns the runs written, with `*walkEnd` the address the walk reached
+ * (below `end` when `regions` filled), or -1 and errno (ENOTTY: a kernel without it). */
+long cshims_pagemap_private_runs(int fd, uint64_t start, uint64_t end, uint64_t *regions, size_t capacity, uint64_t *walkEnd);
+extern const uint64_t CSHIMS_PAGE_IS_PFNZERO;
+/* The PAGEMAP_SCAN ioctl's request number (the worker's seccomp filter allows it). */
+extern const unsigned int CSHIMS_PAGEMAP_SCAN_REQUEST;
 #endif
