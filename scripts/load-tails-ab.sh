@@ -6,6 +6,8 @@
 # line per step: p50, p99 and max from due to exit, the launches over 5 and over 20 ms (from
 # the launch trace), the engine's CPU and the load runner's per launch. (`load-ab.sh`: a fresh
 # daemon per step, and CPU per launch.) An older binary needs its *.resources folders beside it.
+# BURST_RATE: after the warm-up, one second at that rate on each side first (a burst beyond
+# what the host sustains, which leaves its pools larger than their targets).
 #   scripts/load-tails-ab.sh OLD_BINARY NEW_BINARY [RATE] [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +25,10 @@ for side in a b; do
   "$bin" image add busybox --rootfs "$out/rootfs" --executable /bin/busybox --env PATH=/bin --state "$out/$side" > /dev/null
   "$b" load Profiles/busybox-echo.yaml --state "$out/$side" --rate 200 --duration 2 --ramp-up 0.5 --time-scale 0 --quiet \
     --ready-vms 32 --no-first-output > /dev/null 2>&1 || true
+  if [ -n "${BURST_RATE:-}" ]; then
+    "$b" load Profiles/busybox-echo.yaml --state "$out/$side" --rate "$BURST_RATE" --duration 1 --time-scale 0 --quiet \
+      --ready-vms 32 --no-first-output > /dev/null 2>&1 || true
+  fi
 done
 "$b" doctor 2>/dev/null | grep '^costs' || true
 for round in $(seq "$rounds"); do

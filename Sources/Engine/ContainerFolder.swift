@@ -137,7 +137,7 @@ final class ContainerFolderPool: Sendable {
     private let folderPath: String
     private let prefix: String
     /// Ready folders by name, with their log files open when this process made or emptied them.
-    private let ready: Mutex<[(name: String, files: ContainerLogFiles?)]>
+    private let ready: Mutex<ReadyFolders>
     /// /dev/null, open for reading: the standard input of every container given none (the
     /// guest gets a duplicate).
     let devNull: Int32
@@ -175,7 +175,7 @@ final class ContainerFolderPool: Sendable {
         self.folder = folder
         folderPath = folder.path
         prefix = ".ready-\(owner)-\(getpid())-"
-        ready = Mutex([])
+        ready = Mutex(ReadyFolders())
         devNull = open("/dev/null", O_RDONLY | O_CLOEXEC)
         let ownerPrefix = ".ready-\(owner)-"
         let left = (try? FileManager.default.contentsOfDirectory(atPath: folder.path))?.filter { $0.hasPrefix(ownerPrefix) } ?? []
@@ -282,7 +282,7 @@ final class ContainerFolderPool: Sendable {
         let count = ready.withLock { $0.count }
         guard count < Self.capacity, files.empty() else { return Self.delete(container) }
         if stdinFile { unlink(ContainerFolder.path("stdin", in: container)) }
-        makeReady(container, files: count < Self.openCapacity ? files : nil)
+        makeReady(container, files: files)
     }
 
     /// Renames an emptied folder to a ready name and lists it; one that has a ready name of
@@ -291,12 +291,13 @@ final class ContainerFolderPool: Sendable {
         let ownReady = folderPath + "/" + prefix
         if container.hasPrefix(ownReady), !container.dropFirst(ownReady.count).contains("/") {
             let name = String(container.dropFirst(folderPath.count + 1))
-            ready.withLock { $0.append((name, files)) }
+            // A folder's files let go by `push` are closed once the lock is.
+            _ = ready.withLock { $0.push(name, files) }
             return
         }
         let name = "\(prefix)\(named.add(1, ordering: .relaxed).newValue)"
         if rename(container, ContainerFolder.path(name, in: folderPath)) == 0 {
-            ready.withLock { $0.append((name, files)) }
+            _ = ready.withLock { $0.push(name, files) }
         } else if errno != ENOENT {
             Self.delete(container)
         }
@@ -319,7 +320,7 @@ final class ContainerFolderPool: Sendable {
             guard let files = try? ContainerLogFiles(folderPath: path, truncate: false) else {
                 return Self.delete(path)
             }
-            ready.withLock { $0.append((name, files)) }
+            _ = ready.withLock { $0.push(name, files) }
         }
     }
 
@@ -329,8 +330,8 @@ final class ContainerFolderPool: Sendable {
     /// Deletes the ready folders this process holds (a pool on tmpfs at its engine's stop).
     func deleteReady() {
         queue.sync {
-            let taken = self.ready.withLock { ready in defer { ready.removeAll() }; return ready }
-            for folder in taken { Self.delete(ContainerFolder.path(folder.name, in: self.folderPath)) }
+            let taken = self.ready.withLock { $0.removeAll() }
+            for name in taken { Self.delete(ContainerFolder.path(name, in: self.folderPath)) }
         }
     }
 
@@ -362,5 +363,44 @@ final class ContainerFolderPool: Sendable {
             if name != ".", name != "..", !names.contains(name) { return false }
         }
         return true
+    }
+}
+
+/// A pool's ready folders: the latest readied are taken first, and the latest `openCapacity`
+/// keep their log files open. Those are the ones taken, so a container's create opens no file
+/// even after a burst has left hundreds of folders ready (when the folders kept open were the
+/// first readied, every create after such a burst opened six files and closed six: 2026-12-07).
+struct ReadyFolders {
+    /// With their files open, the latest last.
+    private var open: [(name: String, files: ContainerLogFiles)] = []
+    /// Without, the latest last.
+    private var closed: [String] = []
+
+    var count: Int { open.count + closed.count }
+
+    /// The latest readied folder, with its files when they are open.
+    mutating func popLast() -> (name: String, files: ContainerLogFiles?)? {
+        if let folder = open.popLast() { return (folder.name, folder.files) }
+        return closed.popLast().map { ($0, nil) }
+    }
+
+    /// Adds a folder; returns the files of the folder that no longer keeps them open (beyond
+    /// `ContainerFolderPool.openCapacity`), for the caller to let go outside any lock.
+    mutating func push(_ name: String, _ files: ContainerLogFiles?) -> ContainerLogFiles? {
+        guard let files else {
+            closed.append(name)
+            return nil
+        }
+        open.append((name, files))
+        guard open.count > ContainerFolderPool.openCapacity else { return nil }
+        let oldest = open.removeFirst()
+        closed.append(oldest.name)
+        return oldest.files
+    }
+
+    /// Empties the list and returns every name.
+    mutating func removeAll() -> [String] {
+        defer { (open, closed) = ([], []) }
+        return open.map(\.name) + closed
     }
 }
