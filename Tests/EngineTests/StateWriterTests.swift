@@ -104,3 +104,27 @@ import TestSupport
         #expect(try store.engineSnapshot().containers.isEmpty)
     }
 }
+
+/// The writer's thread is SCHED_IDLE and may get no core for long on a saturated host: a
+/// flush is written by its caller, and a backlog past `backlogLimit` by the thread queuing to it.
+@Suite struct StateWriterStarvedTests {
+    @Test func flushesAndBacklogsAreWrittenWhileTheWritersThreadIsHeld() async throws {
+        let state = try HostFacts.makeTemporaryFolder("state-writer-starved")
+        defer { try? FileManager.default.removeItem(at: state) }
+        let store = try StateStore(folder: state)
+        let writer = StateWriter(store: store, logger: .init(label: "test"))
+        // The writer's own thread held (as by a host that gives it no core) until released.
+        let held = DispatchSemaphore(value: 0), holding = DispatchSemaphore(value: 0)
+        writer.onWritersThread { holding.signal(); held.wait() }
+        holding.wait()
+        defer { held.signal() }
+        writer.event(EventRow(time: 1, actor: "test", type: "first", subject: "a", result: "ok"))
+        await writer.flushAsync()
+        #expect(try store.events().map(\.type) == ["first"])
+        // A backlog beyond the limit is written by the thread that queues to it.
+        for index in 0...StateWriter.backlogLimit {
+            writer.event(EventRow(time: 2, actor: "test", type: "burst", subject: "\(index)", result: "ok"))
+        }
+        #expect(try store.events(limit: 100_000).count == StateWriter.backlogLimit + 2)
+    }
+}
