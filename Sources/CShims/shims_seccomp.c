@@ -29,10 +29,11 @@
  * sources (ProcessVM serves guests' file calls with the host's: the *at calls, xattrs,
  * sendfile, pipes, polls). The most frequent first: the filter compares them in this order.
  * Judged apart, before this list: clone (threads only), clone3 (ENOSYS), ioctl (KVM's, two
- * terminal requests and PAGEMAP_SCAN), prctl (thread names), socket (EACCES). Not here, so fatal: execve and
- * every way to make a process, ptrace, mount and namespaces, bpf, perf_event_open, keyctl,
- * io_uring (its requests would bypass the filter), set_mempolicy, mbind, sched_setaffinity
- * (the NUMA binding is made before: see WorkerConfinement), capset, setuid and friends. */
+ * terminal requests and PAGEMAP_SCAN), prctl (thread names), socket (EACCES). Not here, so
+ * fatal: execve and every way to make a process, ptrace, mount and namespaces, bpf,
+ * perf_event_open, keyctl, io_uring (its requests would bypass the filter), set_mempolicy,
+ * mbind, sched_setaffinity (the NUMA binding is made before: see WorkerConfinement), capset,
+ * setuid and friends. */
 static const struct { const char *name; int number; } worker_calls[] = {
     /* vCPUs, locks, the runtime's threads and queues */
     CALL(futex), CALL(sched_yield), CALL(read), CALL(write), CALL(pread64), CALL(pwrite64),
