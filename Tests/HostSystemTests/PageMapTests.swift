@@ -7,10 +7,20 @@ import Testing
 struct PageMapTests {
     let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
 
+    /// Writes `value` into the first byte of each of `pages` of the mapping at `base`.
+    func write(_ value: UInt8, to base: UnsafeMutableRawPointer, pages: some Sequence<Int>) {
+        for page in pages { base.storeBytes(of: value, toByteOffset: page * pageSize, as: UInt8.self) }
+    }
+
+    /// Reads the first byte of each of `pages` of the mapping at `base`; their sum.
+    func readSum(_ base: UnsafeMutableRawPointer, pages: some Sequence<Int>) -> Int {
+        pages.reduce(0) { $0 + Int(base.load(fromByteOffset: $1 * pageSize, as: UInt8.self)) }
+    }
+
     @Test func writtenAnonymousPagesArePrivateAndUntouchedOnesAbsent() throws {
         let pages = 64
         let mapping = try MappedMemory(length: pages * pageSize, flags: MAP_PRIVATE)
-        for page in 0..<10 { mapping.base.storeBytes(of: 1, toByteOffset: page * pageSize, as: UInt8.self) }
+        write(1, to: mapping.base, pages: 0..<10)
         let usage = try PageMap().usage(of: UInt(bitPattern: mapping.base), length: mapping.length)
         #expect(usage == MappingUsage(resident: 10 * pageSize, shared: 0, privateBytes: 10 * pageSize))
     }
@@ -23,14 +33,14 @@ struct PageMapTests {
         let length = pages * pageSize
         let memfd = try makeMemfd(name: "pagemap-test", size: length)
         let parent = try MappedMemory(length: length, flags: MAP_SHARED, fd: memfd.rawValue)
-        for page in 0..<128 { parent.base.storeBytes(of: 1, toByteOffset: page * pageSize, as: UInt8.self) }
+        write(1, to: parent.base, pages: 0..<128)
         let first = try MappedMemory(length: length, flags: MAP_PRIVATE, fd: memfd.rawValue)
         let second = try MappedMemory(length: length, flags: MAP_PRIVATE, fd: memfd.rawValue)
         var sum = 0
-        for page in stride(from: 0, to: 128, by: 3) { sum += Int(first.base.load(fromByteOffset: page * pageSize, as: UInt8.self)) }
-        for page in stride(from: 0, to: 64, by: 2) { sum += Int(second.base.load(fromByteOffset: page * pageSize, as: UInt8.self)) }
-        for page in 100..<120 { first.base.storeBytes(of: 2, toByteOffset: page * pageSize, as: UInt8.self) }
-        for page in 160..<170 { second.base.storeBytes(of: 3, toByteOffset: page * pageSize, as: UInt8.self) }
+        sum += readSum(first.base, pages: stride(from: 0, to: 128, by: 3))
+        sum += readSum(second.base, pages: stride(from: 0, to: 64, by: 2))
+        write(2, to: first.base, pages: 100..<120)
+        write(3, to: second.base, pages: 160..<170)
         #expect(sum > 0)
         let smaps = SmapsAccounting.current()
         let pageMap = try PageMap()
@@ -54,14 +64,14 @@ struct PageMapTests {
         let length = pages * pageSize
         let memfd = try makeMemfd(name: "pagemap-scan-test", size: length)
         let parent = try MappedMemory(length: length, flags: MAP_SHARED, fd: memfd.rawValue)
-        for page in 0..<512 { parent.base.storeBytes(of: 1, toByteOffset: page * pageSize, as: UInt8.self) }
+        write(1, to: parent.base, pages: 0..<512)
         let child = try MappedMemory(length: length, flags: MAP_PRIVATE, fd: memfd.rawValue)
         let anonymous = try MappedMemory(length: length, flags: MAP_PRIVATE)
         var sum = 0
-        for page in 0..<100 { sum += Int(child.base.load(fromByteOffset: page * pageSize, as: UInt8.self)) }
-        for page in stride(from: 100, to: 900, by: 2) { child.base.storeBytes(of: 2, toByteOffset: page * pageSize, as: UInt8.self) }
-        for page in 0..<50 { sum += Int(anonymous.base.load(fromByteOffset: page * pageSize, as: UInt8.self)) }
-        for page in 60..<70 { anonymous.base.storeBytes(of: 3, toByteOffset: page * pageSize, as: UInt8.self) }
+        sum += readSum(child.base, pages: 0..<100)
+        write(2, to: child.base, pages: stride(from: 100, to: 900, by: 2))
+        sum += readSum(anonymous.base, pages: 0..<50)
+        write(3, to: anonymous.base, pages: 60..<70)
         #expect(sum == 100)
         let scanning = try PageMap(), reading = try PageMap(scanning: false)
         for (name, base) in [("child", child.base), ("anonymous", anonymous.base)] {
