@@ -8,6 +8,8 @@
 # daemon per step, and CPU per launch.) An older binary needs its *.resources folders beside it.
 # BURST_RATE: after the warm-up, one second at that rate on each side first (a burst beyond
 # what the host sustains, which leaves its pools larger than their targets).
+# RUNNER_A, RUNNER_B: the load runner of each side instead (default B's binary), to compare two
+# runners' (clients') builds against the same daemon build (then give the same binary twice).
 #   scripts/load-tails-ab.sh OLD_BINARY NEW_BINARY [RATE] [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +36,8 @@ done
 for round in $(seq "$rounds"); do
   for side in a b; do
     json="$out/$side-$round.json"
-    "$b" load Profiles/busybox-echo.yaml --state "$out/$side" --rate "$rate" --duration "$seconds" --ramp-up 0.5 --time-scale 0 \
+    runner=RUNNER_${side^^}
+    "${!runner:-$b}" load Profiles/busybox-echo.yaml --state "$out/$side" --rate "$rate" --duration "$seconds" --ramp-up 0.5 --time-scale 0 \
       --quiet --ready-vms 32 --no-first-output --json "$json" --trace "$out/$side-$round.csv" > /dev/null 2>&1 || true
     python3 - "$json" "$out/$side-$round.csv" "$side" "$round" <<'PY'
 import csv, json, sys

@@ -39,7 +39,7 @@ public final class AgentClient: Sendable {
     }
 
     public let endpoint: Endpoint
-    private let idle = Mutex<[Int32]>([])
+    private let idle = Mutex(KeptConnections())
     private let queue = DispatchQueue(label: "vmfork.agent-client", attributes: .concurrent)
 
     private let channels: AgentChannelClient?
@@ -54,7 +54,7 @@ public final class AgentClient: Sendable {
     }
 
     deinit {
-        for fd in idle.withLock({ $0 }) { close(fd) }
+        for fd in idle.withLock({ $0.descriptors }) { close(fd) }
     }
 
     // MARK: Requests
@@ -62,11 +62,11 @@ public final class AgentClient: Sendable {
     /// Sends one request and reads the whole response.
     public func send(_ method: String, _ path: String, body: Data? = nil, contentType: String = "application/json") throws -> Response {
         // A kept connection the daemon closed meanwhile fails before any answer: retry once on a new one.
-        if let fd = idle.withLock({ $0.popLast() }) {
-            if let response = try? exchange(fd, method, path, body: body, contentType: contentType) { return response }
-            close(fd)
+        if let kept = idle.withLock({ $0.take() }) {
+            if let response = try? exchange(kept, method, path, body: body, contentType: contentType) { return response }
+            close(kept.fd)
         }
-        return try exchange(try connect(), method, path, body: body, contentType: contentType)
+        return try exchange(try connectKept(), method, path, body: body, contentType: contentType)
     }
 
     /// Over the Unix socket the request and its answer go through NIO on the caller's event
@@ -181,13 +181,35 @@ public final class AgentClient: Sendable {
         fileprivate func detach() { state.withLock { $0.fd = nil } }
     }
 
+    /// Opens connections until `count` are kept idle for the next requests, so that requests
+    /// in a burst find them made (a load runner, before its first launch).
+    public func openAhead(_ count: Int) throws {
+        let more = count - idle.withLock { $0.count }
+        guard more > 0 else { return }
+        var opened: [KeptConnections.Connection] = []
+        do {
+            for _ in 0..<more { opened.append(try connectKept()) }
+        } catch {
+            for connection in opened { close(connection.fd) }
+            throw error
+        }
+        idle.withLock { kept in
+            for connection in opened { kept.put(connection) }
+        }
+    }
+
+    /// Connections kept idle for the next requests.
+    public var idleConnections: Int { idle.withLock { $0.count } }
+
     /// A new connection to the endpoint, with nothing sent: its descriptor is the caller's to
     /// use and close (tests that hold connections open and speak HTTP themselves).
     public func openConnection() throws -> Int32 { try connect() }
 
     // MARK: Wire
 
-    private func exchange(_ fd: Int32, _ method: String, _ path: String, body: Data?, contentType: String) throws -> Response {
+    private func exchange(_ connection: KeptConnections.Connection, _ method: String, _ path: String, body: Data?,
+                          contentType: String) throws -> Response {
+        let fd = connection.fd
         try writeRequest(fd, method, path, body: body, contentType: contentType, keepAlive: true)
         var reader = Reader(fd: fd)
         let (status, headers) = try reader.readHead()
@@ -203,7 +225,7 @@ public final class AgentClient: Sendable {
             while let piece = try reader.readSome() { data.append(piece) }
             reusable = false
         }
-        if reusable && reader.isDrained { idle.withLock { $0.append(fd) } } else { close(fd) }
+        if reusable && reader.isDrained { idle.withLock { $0.put(connection) } } else { close(fd) }
         return Response(status: status, headers: headers, body: data)
     }
 
@@ -234,6 +256,12 @@ public final class AgentClient: Sendable {
                 offset += written
             }
         }
+    }
+
+    /// A new connection, numbered in the order of those kept.
+    private func connectKept() throws -> KeptConnections.Connection {
+        let fd = try connect()
+        return idle.withLock { $0.opened(fd) }
     }
 
     private func connect() throws -> Int32 {

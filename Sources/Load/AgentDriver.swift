@@ -138,6 +138,12 @@ final class AgentDriver: LaunchDriver {
         return (LoadErrorKind.of(status: response.status, field: field, message: response.errorMessage), "\(response.status): \(response.errorMessage)")
     }
 
+    /// The agent's connections, opened ahead: one opened while launches run waited for the
+    /// daemon's accept, and in a burst each new launch opened one more.
+    func prepare(launchers: Int) throws {
+        try client.openAhead(launchers)
+    }
+
     func releaseAll() {
         released.store(true, ordering: .relaxed)
         guard let response = try? client.send("GET", "/v1/containers?label=vmfork.load.run=\(runLabel)&state=running"),

@@ -124,12 +124,13 @@ public struct LoadRun: Sendable {
                 lifetime: lifetime(entry), expectedExitStatus: entry.expectedExitStatus ?? 0)
         }
         let driver = AgentDriver(client: client, launches: launches, firstOutput: settings.firstOutput, runLabel: runLabel)
+        let threads = try warm(driver)
         let pid: pid_t? = if case .unixSocket(let path) = client.endpoint { EngineSampler.peerPID(socketPath: path) } else { nil }
         let recorder = LoadRecorder(windowSeconds: settings.windowSeconds, tracing: settings.trace)
         let sampler = EngineSampler(client: client, daemonPID: pid, recorder: recorder)
         let first = sampler.sample()
         sampler.start(interval: settings.sampleInterval)
-        let elapsed = drive(arrivals, driver: driver, recorder: recorder, name: "vmfork", progress: progress)
+        let elapsed = drive(arrivals, driver: driver, threads: threads, recorder: recorder, name: "vmfork", progress: progress)
         let samples = sampler.stop()
         keepTrace(of: recorder, side: "vmfork")
         var side = recorder.side(name: "vmfork", offeredRate: offeredRate, elapsed: elapsed)
@@ -170,8 +171,19 @@ public struct LoadRun: Sendable {
         return text
     }
 
+    /// A side's launch threads and the driver's connections, made before its recorder starts
+    /// (`LoadSettings.launchers` of each): a launch that finds neither made waits for them.
+    /// Threads made beyond them while the side runs end after 2 s idle; these are kept.
+    func warm(_ driver: any LaunchDriver) throws -> LaunchThreads {
+        let launchers = settings.launchers
+        try driver.prepare(launchers: launchers)
+        let threads = LaunchThreads(kept: launchers)
+        if case .open = settings.mode { threads.prestart(launchers) }
+        return threads
+    }
+
     /// Drives one side with a progress ticker; returns the seconds it took.
-    func drive(_ arrivals: [LoadSchedule.Arrival], driver: any LaunchDriver, recorder: LoadRecorder, name: String,
+    func drive(_ arrivals: [LoadSchedule.Arrival], driver: any LaunchDriver, threads: LaunchThreads, recorder: LoadRecorder, name: String,
                progress: (@Sendable (String, LoadRecorder.Progress) -> Void)?) -> Double {
         let ticking = Locked(true)
         if let progress {
@@ -185,7 +197,7 @@ public struct LoadRun: Sendable {
         let cpuBefore = Self.ownCPUSeconds()
         let mode: LaunchLoop.Mode = if case .closed(let c) = settings.mode { .closed(concurrency: c) } else { .open }
         LaunchLoop.drive(arrivals, mode: mode, duration: settings.durationSeconds, maxInFlight: settings.maxInFlight,
-                         drainSeconds: settings.drainSeconds, driver: driver, recorder: recorder)
+                         drainSeconds: settings.drainSeconds, driver: driver, recorder: recorder, threads: threads)
         ticking.withLock { $0 = false }
         let elapsed = recorder.seconds(.now)
         runnerCPU.withLock { $0[name] = Self.ownCPUSeconds() - cpuBefore }
@@ -249,8 +261,9 @@ public struct LoadRun: Sendable {
             }
         }
         let driver = PeerDriver(kind: kind, launches: launches, runcPath: settings.runcPath)
+        let threads = try warm(driver)
         let recorder = LoadRecorder(windowSeconds: settings.windowSeconds, tracing: settings.trace)
-        let elapsed = drive(arrivals, driver: driver, recorder: recorder, name: kind.rawValue, progress: progress)
+        let elapsed = drive(arrivals, driver: driver, threads: threads, recorder: recorder, name: kind.rawValue, progress: progress)
         keepTrace(of: recorder, side: kind.rawValue)
         var side = recorder.side(name: kind.rawValue, offeredRate: offeredRate, elapsed: elapsed)
         side.runnerCPUSeconds = runnerCPU.withLock { $0[kind.rawValue] }

@@ -23,6 +23,9 @@ public struct LoadSettings: Sendable {
     /// Follow each container's output for its first bytes (one more stream per launch).
     public var firstOutput = true
     public var maxInFlight = 1024
+    /// Launch threads (and the agent's connections) made before the first arrival; nil: as
+    /// `launchers` picks.
+    public var warmLaunchers: Int?
     /// Keep each launch's moments for a trace (`LoadRun.traceCSV`, `vmfork load --trace`).
     public var trace = false
     public var sampleInterval = 1.0
@@ -60,9 +63,20 @@ public struct LoadSettings: Sendable {
         guard !mix.entries.isEmpty else { throw LoadError("profile \(profile.name) has no launch mix entries") }
     }
 
+    /// Launches that are due in 10 ms at the full rate (the launches in flight when each takes
+    /// 10 ms), at least 8; a closed loop's concurrency. At most `maxInFlight`.
+    public var launchers: Int {
+        if let warmLaunchers { return min(warmLaunchers, maxInFlight) }
+        return switch mode {
+        case .open(let rate): min(maxInFlight, max(8, Int((rate * 0.010).rounded(.up))))
+        case .closed(let concurrency): min(maxInFlight, concurrency)
+        }
+    }
+
     public func validate() throws {
         guard timeScale >= 0, timeScale.isFinite else { throw LoadError("--time-scale \(timeScale) must be zero or positive") }
         guard maxInFlight >= 1 else { throw LoadError("--max-in-flight \(maxInFlight) must be at least 1") }
+        if let warmLaunchers, warmLaunchers < 0 { throw LoadError("--warm-launchers \(warmLaunchers) must not be negative") }
         guard sampleInterval > 0 else { throw LoadError("sample interval \(sampleInterval) must be positive") }
         if let readyVMs, !(0...256).contains(readyVMs) { throw LoadError("--ready-vms \(readyVMs) is not 0-256") }
     }

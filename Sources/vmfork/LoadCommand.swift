@@ -34,6 +34,7 @@ struct LoadCommand: AsyncParsableCommand {
     @Flag(help: "Do not follow each container's output for its first bytes.") var noFirstOutput = false
     @Option(name: .customLong("ready-vms"), help: "Ready VMs per warm parent made for the run.") var readyVMs: Int?
     @Option(help: "Most launches in flight at once.") var maxInFlight = 1024
+    @Option(help: "Launch threads and agent connections made before the first arrival (default: the launches due in 10 ms at the rate, at least 8; a closed loop's concurrency).") var warmLaunchers: Int?
     @Option(help: "Run the same schedule with a peer too: runc or native (repeatable).") var peer: [String] = []
     @Flag(help: "Run only the peers (the agent still names the images' root filesystems).") var peersOnly = false
     @Option(help: "Write the report as JSON to this file.") var json: String?
@@ -50,6 +51,7 @@ struct LoadCommand: AsyncParsableCommand {
         settings.firstOutput = !noFirstOutput
         settings.readyVMs = readyVMs
         settings.maxInFlight = maxInFlight
+        settings.warmLaunchers = warmLaunchers
         settings.trace = trace != nil
         settings.agent = !peersOnly
         settings.peers = try peer.map { name in

@@ -116,6 +116,36 @@ struct ConnectionThreadsTests {
         #expect(onOwnThread, "a run on a connection that found the thread free ran on it")
     }
 
+    /// A load runner opens its connections before its first launch (`AgentClient.openAhead`):
+    /// they are kept, no request opens another, and the first opened (the one the daemon gave
+    /// a thread of its own) is the first taken.
+    @Test func connectionsOpenedAheadAreKeptAndTakenFirstOpenedFirst() throws {
+        let daemon = try DaemonFixture()
+        try daemon.start(extra: ["--connection-threads", "1"])
+        defer { daemon.stop() }
+        try daemon.addBusybox(AgentClient(socketPath: daemon.socketPath))
+        func counted() throws -> Double { try Self.runsOnCallersThread(AgentClient(socketPath: daemon.socketPath)) }
+        let body = Data(Self.runBody(["echo", "ahead"]).utf8)
+        // (A connection closed just before may still hold the one thread for a moment: try again.)
+        var onOwnThread = false
+        for _ in 0..<100 where !onOwnThread {
+            let ahead = AgentClient(socketPath: daemon.socketPath)
+            try ahead.openAhead(4)
+            #expect(ahead.idleConnections == 4)
+            try ahead.openAhead(2)
+            #expect(ahead.idleConnections == 4, "as many as asked are kept already")
+            let before = try counted()
+            for _ in 0..<3 {
+                let response = try ahead.send("POST", "/v1/containers/run", body: body)
+                #expect(response.status == 200 && (try? response.decode(RunResult.self))?.stdout == "ahead\n")
+            }
+            #expect(ahead.idleConnections == 4, "the requests took kept connections and opened none")
+            onOwnThread = try counted() == before + 3
+            if !onOwnThread { usleep(20_000) }
+        }
+        #expect(onOwnThread, "the runs went on the first opened connection, the one with a thread of its own")
+    }
+
     @Test func zeroThreadsSharesEveryConnection() throws {
         let daemon = try DaemonFixture()
         try daemon.start(extra: ["--connection-threads", "0"])

@@ -5,7 +5,8 @@ import Synchronization
 import Testing
 
 /// The open loop's threads: a launch runs on a thread left idle by an earlier one, a new
-/// thread is made only when none is idle, and an idle thread ends after its idle time.
+/// thread is made only when none is idle, and an idle thread ends after its idle time unless
+/// it is one of the kept.
 @Suite struct LaunchThreadsTests {
     /// Runs `body` on `threads` and waits for it; returns the kernel's id of the thread it ran on.
     static func runAndWait(_ threads: LaunchThreads) -> pid_t {
@@ -52,6 +53,58 @@ import Testing
         for _ in 0..<count { release.signal() }
         #expect(group.wait(timeout: .now() + 10) == .success)
         #expect(ids.withLock { $0.count } == count)
+    }
+
+    /// Runs `count` launches at once on `threads`, each held until all have started; returns
+    /// the threads they ran on.
+    static func runTogether(_ threads: LaunchThreads, _ count: Int) -> Set<Int32> {
+        let arrived = Atomic<Int>(0)
+        let ids = Mutex<Set<Int32>>([])
+        let allIn = DispatchSemaphore(value: 0)
+        let release = DispatchSemaphore(value: 0)
+        let group = DispatchGroup()
+        for _ in 0..<count {
+            group.enter()
+            threads.run {
+                ids.withLock { _ = $0.insert(pid_t(cshims_thread_id())) }
+                if arrived.add(1, ordering: .relaxed).newValue == count { allIn.signal() }
+                release.wait()
+                group.leave()
+            }
+        }
+        _ = allIn.wait(timeout: .now() + 10)
+        for _ in 0..<count { release.signal() }
+        _ = group.wait(timeout: .now() + 10)
+        return ids.withLock { $0 }
+    }
+
+    /// This process's threads now (its /proc/self/task entries).
+    static func taskIDs() -> Set<Int32> {
+        Set(((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []).compactMap { Int32($0) })
+    }
+
+    @Test func prestartedThreadsTakeTheFirstLaunchesAndKeptOnesOutliveTheirIdleTime() {
+        let threads = LaunchThreads(idleSeconds: 0.1, kept: 3)
+        let before = Self.taskIDs()
+        threads.prestart(3)
+        #expect(threads.count == 3)
+        let made = Self.taskIDs().subtracting(before)
+        // Launches at once, as many as the threads made ahead: they run on those, and none is made.
+        let ran = Self.runTogether(threads, 3)
+        #expect(ran.count == 3 && ran.isSubset(of: made), "ran on \(ran), made ahead \(made)")
+        #expect(threads.count == 3)
+        // Two more at once than are kept: two threads are made, and two end once idle past their time.
+        let five = Self.runTogether(threads, 5)
+        #expect(five.count == 5 && made.isSubset(of: five))
+        #expect(threads.count == 5)
+        Thread.sleep(forTimeInterval: 0.6)
+        #expect(threads.count == 3)
+        // Three are still alive, past several idle times, and take the next launches.
+        let alive = five.intersection(Self.taskIDs())
+        #expect(alive.count == 3)
+        #expect(Self.runTogether(threads, 3) == alive)
+        threads.prestart(2)
+        #expect(threads.count == 3, "prestart makes threads only up to the count asked")
     }
 
     @Test func anIdleThreadEndsAfterItsIdleTime() throws {
