@@ -221,7 +221,7 @@ extension Engine {
             throw EngineError.invalid("name", "container name \"\(name)\" must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
         }
         let labels = spec.labels ?? [:]
-        guard labels.count <= 64, labels.allSatisfy({ !$0.key.isEmpty && $0.key.utf8.count <= 128 && !$0.key.contains("=") && $0.value.utf8.count <= 1024 }) else {
+        guard labels.count <= 64, labels.allSatisfy({ !$0.key.isEmpty && $0.key.utf8.count <= 128 && !$0.key.utf8.contains(UInt8(ascii: "=")) && $0.value.utf8.count <= 1024 }) else {
             throw EngineError.invalid("labels", "labels: at most 64, keys 1-128 bytes without '=', values up to 1024 bytes")
         }
         if spec.openStdin == true, spec.stdin != nil {

@@ -115,7 +115,7 @@ extension Engine {
 
     static func validateEnvironment(_ environment: [String], field: String) throws {
         try validateArguments(environment, field: field)
-        if let bad = environment.first(where: { !$0.contains("=") || $0.hasPrefix("=") }) {
+        if let bad = environment.first(where: { !$0.utf8.contains(UInt8(ascii: "=")) || $0.hasPrefix("=") }) {
             throw EngineError.invalid(field, "\(field): \"\(bad)\" is not NAME=value")
         }
     }
