@@ -115,9 +115,10 @@ public struct AgentDaemon: Sendable {
         workers?.buffersOutput = options.buffersOutput
         let serving: any EventLoopGroup = workers == nil ? MultiThreadedEventLoopGroup.singleton : MultiThreadedEventLoopGroup.singleton.next()
         if workers != nil, let loop = serving as? any EventLoop { workers?.reader = EventLoopWorkerReader(loop: loop) }
-        let engine = try Engine(stateFolder: folder, logger: logger, metricsFactory: factory, options: EngineOptions(workers: workers, pollsSystemCalls: options.pollsSystemCalls,
-                                                                                                         rewritesSystemCalls: options.rewritesSystemCalls,
-                                                                                                         buffersOutput: options.buffersOutput),
+        var engineOptions = EngineOptions(workers: workers, pollsSystemCalls: options.pollsSystemCalls, rewritesSystemCalls: options.rewritesSystemCalls,
+                                          buffersOutput: options.buffersOutput)
+        engineOptions.containerThreadsKept = EngineOptions.daemonContainerThreads
+        let engine = try Engine(stateFolder: folder, logger: logger, metricsFactory: factory, options: engineOptions,
                                 system: options.kvmSystem, rootfsFromLayerDisks: options.rootfsFromLayerDisks)
         // Workers mode: find the workers a previous daemon left running (or start them) and
         // take their containers into the view before serving.

@@ -58,6 +58,13 @@ public struct EngineOptions: Sendable {
     /// Containers' programs may buffer their writes to a log in the program, without an exit
     /// (`ProcessVMConfiguration.buffersOutput`).
     public var buffersOutput: Bool
+    /// Container threads made at start and kept however long idle (`RunnerThreads`); the
+    /// daemon keeps `EngineOptions.daemonContainerThreads`. 0: each is made when first needed
+    /// and ends after 10 s idle.
+    public var containerThreadsKept = 0
+    /// The daemon's kept container threads: a burst of 64 runs at once (each beyond a
+    /// connection's own loop on a thread of its own) makes none.
+    public static let daemonContainerThreads = 64
 
     public init(workers: WorkerSettings? = nil, workerShard: Int? = nil, containersFolder: URL? = nil, runsFolder: URL? = nil, pollsSystemCalls: Bool = true,
                 rewritesSystemCalls: Bool = true, buffersOutput: Bool = true) {

@@ -33,7 +33,8 @@ import Synchronization
 ///    system-call poller's thread (owned through the engine's KVM system);
 /// 5. record the daemon's stop, flush the queued state writes and checkpoint the SQLite
 ///    write-ahead log; end the followers of the event log; finish emptying removed
-///    containers' log folders, and delete the ready runs' folders on tmpfs (memory);
+///    containers' log folders, and delete the ready runs' folders on tmpfs (memory); let the
+///    kept container threads end;
 /// 6. the daemon then closes its sockets and drops the engine, which releases the state
 ///    folder's locks.
 public final class Engine: Sendable {
@@ -60,7 +61,7 @@ public final class Engine: Sendable {
     /// The system-call poller of this engine's VMs (its KVM system's), nil without KVM.
     var poller: SyscallPoller? { system.map(SyscallPoller.of) }
     /// The threads containers run on, kept between containers.
-    let runners = RunnerThreads()
+    let runners: RunnerThreads
     /// Containers being made at once (files, fork), at most two per core; the rest wait their
     /// turn, first come first served. Making is CPU work of a few hundred µs that gains
     /// nothing from running hundreds wide: under a burst beyond what the host runs at once
@@ -125,6 +126,7 @@ public final class Engine: Sendable {
         layerDiskEngine = rootfsFromLayerDisks ? try IOEngine() : nil
         self.logger = logger
         self.options = options
+        runners = RunnerThreads(kept: options.containerThreadsKept)
         // Grown now, not on a launch's path: each growth under load held every thread that
         // opens a descriptor for an RCU grace period (`DescriptorTable`).
         DescriptorTable.reserve(DescriptorTable.engineReserve)
@@ -238,8 +240,10 @@ public final class Engine: Sendable {
     /// Where runs' log folders go (on tmpfs; the kept containers' folder when there is none).
     public var runsFolder: URL { containerFolders.runs.folder }
 
-    /// Makes the warm parents of every recorded policy (a daemon calls it once it listens).
+    /// Makes the warm parents of every recorded policy, and the kept container threads (a
+    /// daemon calls it once it listens).
     public func warmUp() async {
+        runners.prestart(options.containerThreadsKept)
         if workersMode { return await warmUpRemote() }
         let policies = registry.withLock { Array($0.policies.values) }
         for policy in policies {
@@ -358,6 +362,8 @@ public final class Engine: Sendable {
             folders.waitForRemovals()
             folders.discardRunFolders(all: allRuns)
         }
+        //    The kept container threads end (no container runs any more).
+        runners.release()
         logger.info("engine stopped")
     }
 
