@@ -147,7 +147,7 @@ let package = Package(
         .testTarget(name: "PlacementTests", dependencies: ["Placement", "Store", "WorkloadProfiles", "TestSupport", "vmfork"], swiftSettings: strictSettings),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "Fork", "Store", "TestSupport", .product(name: "GRDB", package: "GRDB.swift"), .product(name: "Metrics", package: "swift-metrics")], swiftSettings: strictSettings),
         .testTarget(name: "APITests", dependencies: ["API", "Engine", "HostSystem", "ProcessVM", "Placement", "Load", "WorkloadProfiles", "TestSupport", "vmfork"], swiftSettings: strictSettings),
-        .testTarget(name: "LoadTests", dependencies: ["Load", "API", "WorkloadProfiles", "CShims"], swiftSettings: strictSettings),
+        .testTarget(name: "LoadTests", dependencies: ["Load", "API", "WorkloadProfiles", "CShims", "TestSupport"], swiftSettings: strictSettings),
         .testTarget(name: "VCHTests", dependencies: ["VCH", "API", "Engine", "TestSupport", "vmfork"], swiftSettings: strictSettings),
         .testTarget(name: "StoreTests", dependencies: ["Store", "TestSupport"], swiftSettings: strictSettings),
         .testTarget(name: "ImagesTests", dependencies: ["Images", "Engine", "API", "TestSupport", "CShims", .product(name: "Logging", package: "swift-log"), .product(name: "Metrics", package: "swift-metrics")], swiftSettings: strictSettings),

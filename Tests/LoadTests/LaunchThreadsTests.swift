@@ -1,6 +1,7 @@
 @testable import Load
 import CShims
 import Foundation
+import TestSupport
 import Synchronization
 import Testing
 
@@ -33,76 +34,32 @@ import Testing
 
     @Test func launchesAtOnceEachGetAThread() {
         let threads = LaunchThreads(idleSeconds: 5)
-        let count = 8
-        let arrived = Atomic<Int>(0)
-        let ids = Mutex<Set<Int32>>([])
-        let allIn = DispatchSemaphore(value: 0)
-        let release = DispatchSemaphore(value: 0)
-        let group = DispatchGroup()
-        for _ in 0..<count {
-            group.enter()
-            threads.run {
-                ids.withLock { _ = $0.insert(pid_t(cshims_thread_id())) }
-                if arrived.add(1, ordering: .relaxed).newValue == count { allIn.signal() }
-                release.wait()
-                group.leave()
-            }
-        }
         // Each launch blocks until all have started: only one thread per launch lets them.
-        #expect(allIn.wait(timeout: .now() + 10) == .success)
-        for _ in 0..<count { release.signal() }
-        #expect(group.wait(timeout: .now() + 10) == .success)
-        #expect(ids.withLock { $0.count } == count)
-    }
-
-    /// Runs `count` launches at once on `threads`, each held until all have started; returns
-    /// the threads they ran on.
-    static func runTogether(_ threads: LaunchThreads, _ count: Int) -> Set<Int32> {
-        let arrived = Atomic<Int>(0)
-        let ids = Mutex<Set<Int32>>([])
-        let allIn = DispatchSemaphore(value: 0)
-        let release = DispatchSemaphore(value: 0)
-        let group = DispatchGroup()
-        for _ in 0..<count {
-            group.enter()
-            threads.run {
-                ids.withLock { _ = $0.insert(pid_t(cshims_thread_id())) }
-                if arrived.add(1, ordering: .relaxed).newValue == count { allIn.signal() }
-                release.wait()
-                group.leave()
-            }
-        }
-        _ = allIn.wait(timeout: .now() + 10)
-        for _ in 0..<count { release.signal() }
-        _ = group.wait(timeout: .now() + 10)
-        return ids.withLock { $0 }
-    }
-
-    /// This process's threads now (its /proc/self/task entries).
-    static func taskIDs() -> Set<Int32> {
-        Set(((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []).compactMap { Int32($0) })
+        let outcome = BodiesAtOnce.run(8, on: threads.run)
+        #expect(outcome.allStarted && outcome.allEnded)
+        #expect(outcome.threads.count == 8)
     }
 
     @Test func prestartedThreadsTakeTheFirstLaunchesAndKeptOnesOutliveTheirIdleTime() {
         let threads = LaunchThreads(idleSeconds: 0.1, kept: 3)
-        let before = Self.taskIDs()
+        let before = BodiesAtOnce.processThreads()
         threads.prestart(3)
         #expect(threads.count == 3)
-        let made = Self.taskIDs().subtracting(before)
+        let made = BodiesAtOnce.processThreads().subtracting(before)
         // Launches at once, as many as the threads made ahead: they run on those, and none is made.
-        let ran = Self.runTogether(threads, 3)
+        let ran = BodiesAtOnce.run(3, on: threads.run).threads
         #expect(ran.count == 3 && ran.isSubset(of: made), "ran on \(ran), made ahead \(made)")
         #expect(threads.count == 3)
         // Two more at once than are kept: two threads are made, and two end once idle past their time.
-        let five = Self.runTogether(threads, 5)
+        let five = BodiesAtOnce.run(5, on: threads.run).threads
         #expect(five.count == 5 && made.isSubset(of: five))
         #expect(threads.count == 5)
         Thread.sleep(forTimeInterval: 0.6)
         #expect(threads.count == 3)
         // Three are still alive, past several idle times, and take the next launches.
-        let alive = five.intersection(Self.taskIDs())
+        let alive = five.intersection(BodiesAtOnce.processThreads())
         #expect(alive.count == 3)
-        #expect(Self.runTogether(threads, 3) == alive)
+        #expect(BodiesAtOnce.run(3, on: threads.run).threads == alive)
         threads.prestart(2)
         #expect(threads.count == 3, "prestart makes threads only up to the count asked")
     }
