@@ -20,7 +20,8 @@ final class AgentChannelClient: Sendable {
         for channel in idle.withLock({ $0.values.flatMap { $0 } }) { channel.close(promise: nil) }
     }
 
-    func send(_ method: String, _ path: String, head: String, body: Data?) async throws -> AgentClient.Response {
+    /// `sent`: told (once, on the loop) when the request has been written to the daemon's socket.
+    func send(_ method: String, _ path: String, head: String, body: Data?, sent: (@Sendable () -> Void)? = nil) async throws -> AgentClient.Response {
         let loop = MultiThreadedEventLoopGroup.currentEventLoop ?? MultiThreadedEventLoopGroup.singleton.next()
         var bytes = ByteBuffer(string: head)
         if let body { bytes.writeBytes(body) }
@@ -34,12 +35,12 @@ final class AgentChannelClient: Sendable {
                     channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(AgentResponseReader()) }
                 }
                 .connect(unixDomainSocketPath: socketPath)
-                .flatMap { channel in Self.exchange(channel, request) }
+                .flatMap { channel in Self.exchange(channel, request, sent: sent) }
         }
         let answered: EventLoopFuture<(AgentClient.Response, reusable: Bool, channel: any Channel)>
         if let kept = takeIdle(on: loop) {
             // A kept connection the daemon closed meanwhile fails before any answer: retry once on a new one.
-            answered = Self.exchange(kept, request).flatMapError { error in
+            answered = Self.exchange(kept, request, sent: sent).flatMapError { error in
                 guard let failure = error as? AgentResponseReader.Failure, !failure.answerBegun else { return loop.makeFailedFuture(error) }
                 kept.close(promise: nil)
                 return connected()
@@ -101,7 +102,8 @@ final class AgentChannelClient: Sendable {
         }
     }
 
-    private static func exchange(_ channel: any Channel, _ request: ByteBuffer) -> EventLoopFuture<(AgentClient.Response, reusable: Bool, channel: any Channel)> {
+    private static func exchange(_ channel: any Channel, _ request: ByteBuffer,
+                                 sent: (@Sendable () -> Void)? = nil) -> EventLoopFuture<(AgentClient.Response, reusable: Bool, channel: any Channel)> {
         let promise = channel.eventLoop.makePromise(of: (AgentClient.Response, reusable: Bool).self)
         let begin: @Sendable () -> Void = {
             // A kept connection the daemon has closed meanwhile (its idle timeout) has lost its
@@ -111,7 +113,12 @@ final class AgentChannelClient: Sendable {
                 return
             }
             reader.expect(promise)
-            channel.writeAndFlush(request).whenFailure { error in reader.abandon("sending to the daemon failed: \(error)") }
+            channel.writeAndFlush(request).whenComplete { result in
+                switch result {
+                case .success: sent?()
+                case .failure(let error): reader.abandon("sending to the daemon failed: \(error)")
+                }
+            }
         }
         if channel.eventLoop.inEventLoop { begin() } else { channel.eventLoop.execute(begin) }
         return promise.futureResult.map { ($0.0, $0.reusable, channel) }

@@ -71,10 +71,14 @@ public final class AgentClient: Sendable {
 
     /// Over the Unix socket the request and its answer go through NIO on the caller's event
     /// loop (`AgentChannelClient`); over TCP, the blocking client on a queue of its own.
-    public func send(_ method: String, _ path: String, body: Data? = nil, contentType: String = "application/json") async throws -> Response {
+    /// `sent`: told when the request has been written to the daemon's socket, before its answer
+    /// (at most once; over TCP, just before it is written).
+    public func send(_ method: String, _ path: String, body: Data? = nil, contentType: String = "application/json",
+                     sent: (@Sendable () -> Void)? = nil) async throws -> Response {
         if let channels {
             do {
-                return try await channels.send(method, path, head: requestHead(method, path, body: body, contentType: contentType, keepAlive: true), body: body)
+                return try await channels.send(method, path, head: requestHead(method, path, body: body, contentType: contentType, keepAlive: true), body: body,
+                                               sent: sent.map(Self.once))
             } catch let error as AgentResponseReader.Failure {
                 throw ClientError(description: error.description)
             } catch let error as ClientError {
@@ -84,7 +88,18 @@ public final class AgentClient: Sendable {
             }
         }
         return try await withCheckedThrowingContinuation { continuation in
-            queue.async { continuation.resume(with: Result { try self.send(method, path, body: body, contentType: contentType) }) }
+            queue.async {
+                sent?()
+                continuation.resume(with: Result { try self.send(method, path, body: body, contentType: contentType) })
+            }
+        }
+    }
+
+    /// `body`, run at its first call only (a request retried on a new connection is written twice).
+    static func once(_ body: @escaping @Sendable () -> Void) -> @Sendable () -> Void {
+        let done = Atomic<Bool>(false)
+        return {
+            if !done.exchange(true, ordering: .relaxed) { body() }
         }
     }
 

@@ -11,11 +11,12 @@ struct AgentBackend: Sendable {
 
     /// Sends one request; a status of 300 or more is thrown as a `DockerError`.
     @discardableResult
-    func call(_ method: String, _ path: String, body: Data? = nil) async throws -> AgentClient.Response {
+    /// `sent`: told when the request has been written to the agent's socket.
+    func call(_ method: String, _ path: String, body: Data? = nil, sent: (@Sendable () -> Void)? = nil) async throws -> AgentClient.Response {
         let response: AgentClient.Response
         let started = logger == nil ? 0 : Timeline.now
         do {
-            response = try await client.send(method, path, body: body)
+            response = try await client.send(method, path, body: body, sent: sent)
             logger?.debug("agent call", metadata: ["call": "\(method) \(path)", "status": "\(response.status)",
                                                    "t0": .string(String(format: "%.3f", started)), "t": Timeline.stamp()])
         } catch {

@@ -19,6 +19,9 @@ actor ContainerWatch {
     /// output of only the last 64 to end: 4 MiB at most). An attach asks when it begins, so
     /// one that needs the output holds its wait's answer whole however many end meanwhile.
     private var waits: [String: Task<ExitInfo?, Never>] = [:]
+    /// Waits in flight whose request has gone to the agent, and those waiting for that.
+    private var placed: Set<String> = []
+    private var placementWaiters: [String: [CheckedContinuation<Void, Never>]] = [:]
     private var ended: [String: ExitInfo] = [:]
     private var endedOrder: [String] = []
 
@@ -33,18 +36,45 @@ actor ContainerWatch {
     /// one call at the end where there were four. Every caller passes the container's own flag.
     func exit(_ id: String, agent: AgentBackend, autoRemove: Bool) async -> ExitInfo? {
         if let exit = ended[id] { return exit }
-        if let task = waits[id] { return await task.value }
+        let exit = await waitTask(id, agent: agent, autoRemove: autoRemove).value
+        if waits.removeValue(forKey: id) != nil, let exit { remember(id, exit) }
+        placed.remove(id)
+        return exit
+    }
+
+    /// Starts the agent's wait for `id` (as `exit` does) and returns once its request has gone
+    /// to the agent, or failed: from then on the agent ends the wait, and with `autoRemove`
+    /// removes the container, whether this VCH still runs or not. A `docker run -d --rm` is
+    /// answered only after this, so a VCH stopped right after it leaves no container behind
+    /// (its wait had not always gone out: a request in flight of a task not yet run).
+    func placeWait(_ id: String, agent: AgentBackend, autoRemove: Bool) async {
+        if ended[id] != nil { return }
+        _ = waitTask(id, agent: agent, autoRemove: autoRemove)
+        if placed.contains(id) { return }
+        await withCheckedContinuation { placementWaiters[id, default: []].append($0) }
+    }
+
+    /// The agent's wait for `id`, started if none is in flight.
+    private func waitTask(_ id: String, agent: AgentBackend, autoRemove: Bool) -> Task<ExitInfo?, Never> {
+        if let task = waits[id] { return task }
         let query = "output=\(Self.exitOutputLimit)" + (autoRemove ? "&remove=true" : "")
+        let sent: @Sendable () -> Void = { Task { await self.markPlaced(id) } }
         // On an event loop, not this actor: the agent's answer then resumes the task where its
         // connection reads it (`AgentChannelClient`), with no hop to a pool thread and back.
         let task = Task<ExitInfo?, Never>.detached(executorPreference: EventLoopExecutor(MultiThreadedEventLoopGroup.singleton.next())) {
-            guard let response = try? await agent.call("POST", "/v1/containers/\(id)/wait?\(query)") else { return nil }
+            // Sent or not, once it is over no one waits for its placement.
+            defer { sent() }
+            guard let response = try? await agent.call("POST", "/v1/containers/\(id)/wait?\(query)", sent: sent) else { return nil }
             return ExitInfo.quick(from: response.body) ?? (try? response.decode(ExitInfo.self))
         }
         waits[id] = task
-        let exit = await task.value
-        if waits.removeValue(forKey: id) != nil, let exit { remember(id, exit) }
-        return exit
+        return task
+    }
+
+    private func markPlaced(_ id: String) {
+        guard waits[id] != nil || placementWaiters[id] != nil else { return }
+        if waits[id] != nil { placed.insert(id) }
+        for waiter in placementWaiters.removeValue(forKey: id) ?? [] { waiter.resume() }
     }
 
     private func remember(_ id: String, _ exit: ExitInfo) {

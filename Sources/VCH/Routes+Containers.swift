@@ -122,7 +122,11 @@ extension VirtualContainerHost {
         case .created: break
         }
         try await agent.call("POST", "/v1/containers/\(info.id)/start")
-        if info.labels[Label.autoRemove] == "1" { removeWhenDone(info.id) }
+        if info.labels[Label.autoRemove] == "1" {
+            // The agent holds the removal before the client hears the start (see `placeWait`).
+            await watch.placeWait(info.id, agent: agent, autoRemove: true)
+            removeWhenDone(info.id)
+        }
         return .noContent
     }
 

@@ -57,6 +57,33 @@ import Testing
         #expect(heard.pieceCount >= 2, "the lines came as they were written, not at the end")
     }
 
+    /// An async request's `sent` comes once its request is on the daemon's socket, before the
+    /// answer: a VCH answers `docker run -d --rm` only once its wait (and so the removal) is
+    /// in the agent's hands.
+    @Test func sentComesOnceTheRequestIsWrittenBeforeItsAnswer() async throws {
+        let daemon = try DaemonFixture()
+        try daemon.start()
+        defer { daemon.stop() }
+        let client = daemon.client
+        try daemon.addBusybox(client)
+        #expect(try await client.send("POST", "/v1/containers", json: ContainerSpec(image: "busybox", name: "sleeper", arguments: ["sleep", "60"])).status == 201)
+        #expect(try await client.send("POST", "/v1/containers/sleeper/start").status == 200)
+        let sent = Atomic<Int>(0)
+        let waiting = Task { try await client.send("POST", "/v1/containers/sleeper/wait?remove=true", sent: { sent.add(1, ordering: .relaxed) }) }
+        var told = false
+        for _ in 0..<500 where !told {
+            told = sent.load(ordering: .relaxed) == 1
+            if !told { try await Task.sleep(for: .milliseconds(10)) }
+        }
+        #expect(told, "sent came while the wait went on")
+        // The answer comes only once the container ends; the wait then removed it.
+        #expect(try await client.send("POST", "/v1/containers/sleeper/kill?signal=9").status == 200)
+        let answer = try await waiting.value
+        #expect(answer.status == 200)
+        #expect(sent.load(ordering: .relaxed) == 1, "once")
+        #expect(try await client.send("GET", "/v1/containers/sleeper").status == 404)
+    }
+
     @Test func aRefusalGivesItsStatusAndTheAgentsMessage() throws {
         let daemon = try DaemonFixture()
         try daemon.start()
