@@ -32,8 +32,9 @@ final class RunnerThreads: Sendable {
         state = Mutex(State(kept: max(0, kept)))
     }
 
-    /// Threads alive now.
+    /// Threads alive now, and those of them waiting for work.
     var count: Int { state.withLock { $0.alive } }
+    var idleCount: Int { condition.withLock { state.withLock { $0.idle } } }
 
     /// Makes threads until `count` are alive, on a thread of its own (the caller does not wait).
     func prestart(_ count: Int) {

@@ -17,8 +17,8 @@ extension LaunchDriver {
 }
 
 /// Open loop: each arrival is sent when it is due, whatever became of the ones before it,
-/// each on a thread of its own, at most `maxInFlight` at once (past that the scheduler waits,
-/// and the wait shows in the late launches' latency). Closed loop: `concurrency` threads each
+/// each on a thread of its own (`PacedLaunches`), at most `maxInFlight` at once (past that the
+/// next arrival waits for a thread, and the wait shows in the late launches' latency). Closed loop: `concurrency` threads each
 /// launch, wait for the launch to be over, and launch again, until `duration` or the count.
 enum LaunchLoop {
     enum Mode: Sendable {
@@ -26,28 +26,15 @@ enum LaunchLoop {
         case closed(concurrency: Int)
     }
 
-    /// `threads`: the open loop's launch threads, made (and warmed) before the recorder's start.
+    /// `paced`: the open loop's launch threads, made before the recorder's start.
     static func drive(_ arrivals: [LoadSchedule.Arrival], mode: Mode, duration: Double, maxInFlight: Int, drainSeconds: Double,
-                      driver: any LaunchDriver, recorder: LoadRecorder, threads: LaunchThreads = LaunchThreads()) {
-        let room = DispatchSemaphore(value: maxInFlight)
+                      driver: any LaunchDriver, recorder: LoadRecorder, paced: PacedLaunches? = nil) {
         let group = DispatchGroup()
         switch mode {
         case .open:
             recorder.offered(arrivals.map(\.offset))
-            for arrival in arrivals {
-                let due = recorder.start + .nanoseconds(Int64(arrival.offset * 1e9))
-                sleep(until: due)
-                if room.wait(timeout: .now()) == .timedOut {
-                    recorder.stalled()
-                    room.wait()
-                }
-                group.enter()
-                threads.run {
-                    driver.launch(arrival, due: due, recorder: recorder)
-                    room.signal()
-                    group.leave()
-                }
-            }
+            let paced = paced ?? PacedLaunches(warm: 1)
+            paced.launch(arrivals, maxThreads: maxInFlight, driver: driver, recorder: recorder, inFlight: group)
         case .closed(let concurrency):
             let next = Atomic<Int>(0)
             let deadline = recorder.start + .nanoseconds(Int64(duration * 1e9))
@@ -84,106 +71,101 @@ enum LaunchLoop {
     }
 }
 
-/// Threads for an open loop's launches, each kept for the next launch once its own is over
-/// (up to `idleSeconds` idle): a launch per thread made anew cost the load runner a clone, a
-/// stack mapping and an exit per launch, about a tenth of its CPU at 1,000 launches a second,
-/// on the cores the agent under test shares.
-/// `kept` of them never end for idleness, and `prestart` makes threads before the first launch:
-/// threads made while launches run map their stacks under the process's memory-map lock, which
-/// the launches' own page faults wait behind, and the threads ended after a lull were made again
-/// at the next burst, the moment a runner can least afford it.
-final class LaunchThreads: Sendable {
-    /// A thread waiting for its next launch: `job` is handed over under the pool's lock.
-    private final class Idle: Sendable {
-        let wake = DispatchSemaphore(value: 0)
-        let job = Mutex<(@Sendable () -> Void)?>(nil)
+/// The open loop's launch threads, each its own scheduler: a thread takes the next arrival no
+/// thread has taken, sleeps until it is due, launches it, and takes the next. Where one
+/// scheduler thread slept until each arrival and handed it to an idle launch thread, a launch
+/// costs one thread one timer wake-up, not two threads a wake-up each (the hand-off was a
+/// futex wake, and when the other core slept an IPI: on this nested machine an exit of the
+/// outer hypervisor, on the cores the agent under test shares).
+/// `warm` threads are made ahead, before the recorder's start, and wait for `launch`. When a
+/// thread begins a launch and none is left to take the next arrival, one more is made (at most
+/// `maxThreads` in all: past that the next arrival waits for a thread to be free, counted as a
+/// stall, and its latency from when it was due shows the wait). Threads end with the schedule.
+final class PacedLaunches: Sendable {
+    private struct Plan: Sendable {
+        let arrivals: [LoadSchedule.Arrival]
+        let maxThreads: Int
+        let driver: any LaunchDriver
+        let recorder: LoadRecorder
+        let inFlight: DispatchGroup
+        let lastBegun: DispatchSemaphore
     }
 
     private struct State {
-        var idle: [Idle] = []
-        /// Threads alive, idle or not.
+        var plan: Plan?
+        /// Threads alive, and those of them not launching (each holding the next arrival it took, or waiting for the plan).
         var alive = 0
+        var free = 0
     }
 
     private let state = Mutex(State())
-    private let idleSeconds: Double
-    private let kept: Int
+    private let next = Atomic<Int>(0)
+    /// Signalled once per thread waiting for the plan.
+    private let go = DispatchSemaphore(value: 0)
 
-    init(idleSeconds: Double = 2, kept: Int = 0) {
-        self.idleSeconds = idleSeconds
-        self.kept = kept
+    /// Makes `warm` threads (at least one), which wait for `launch`.
+    init(warm: Int) {
+        let count = max(1, warm)
+        state.withLock { state in
+            state.alive = count
+            state.free = count
+        }
+        for _ in 0..<count { LaunchLoop.spawn { [self] in waitForPlan() } }
     }
 
-    /// Threads alive now, idle or running a launch.
+    /// Threads alive now.
     var count: Int { state.withLock { $0.alive } }
 
-    /// Makes threads until `count` are alive, and returns once each of them waits for a launch.
-    func prestart(_ count: Int) {
-        let made = state.withLock { state -> Int in
-            let more = max(0, count - state.alive)
-            state.alive += more
-            return more
+    /// Launches every arrival when it is due (from `recorder.start`); returns once the last has
+    /// begun. Each launch is in `inFlight` from when a thread takes it until it is over.
+    func launch(_ arrivals: [LoadSchedule.Arrival], maxThreads: Int, driver: any LaunchDriver, recorder: LoadRecorder, inFlight: DispatchGroup) {
+        guard !arrivals.isEmpty else { return }
+        let plan = Plan(arrivals: arrivals, maxThreads: max(1, maxThreads), driver: driver, recorder: recorder, inFlight: inFlight,
+                        lastBegun: DispatchSemaphore(value: 0))
+        let waiting = state.withLock { state -> Int in
+            state.plan = plan
+            return state.alive
         }
-        let listed = DispatchGroup()
-        for _ in 0..<made {
-            listed.enter()
-            LaunchLoop.spawn { [self] in loop(first: nil, listed: listed) }
-        }
-        listed.wait()
+        for _ in 0..<waiting { go.signal() }
+        plan.lastBegun.wait()
     }
 
-    /// Runs `body` on an idle thread, or on a new one when none is idle.
-    func run(_ body: @escaping @Sendable () -> Void) {
-        let waiting = state.withLock { state -> Idle? in
-            if let waiting = state.idle.popLast() { return waiting }
-            state.alive += 1
-            return nil
-        }
-        if let waiting {
-            waiting.job.withLock { $0 = body }
-            waiting.wake.signal()
-            return
-        }
-        LaunchLoop.spawn { [self] in loop(first: body, listed: nil) }
+    private func waitForPlan() {
+        go.wait()
+        guard let plan = state.withLock({ $0.plan }) else { return }
+        run(plan)
     }
 
-    private func loop(first: (@Sendable () -> Void)?, listed: DispatchGroup?) {
-        first?()
-        var listed = listed
-        while let job = waitForNext(listed: listed) {
-            listed = nil
-            job()
-        }
-    }
-
-    /// The next launch for this thread, or nil when none came within `idleSeconds` and more
-    /// than `kept` threads are alive (this one then counts as ended). `listed` is left once
-    /// this thread is listed idle.
-    private func waitForNext(listed: DispatchGroup?) -> (@Sendable () -> Void)? {
-        let me = Idle()
-        state.withLock { $0.idle.append(me) }
-        listed?.leave()
-        enum AfterTimeout { case ended, kept, handedOver }
-        while me.wake.wait(timeout: .now() + idleSeconds) == .timedOut {
-            // Still listed: no one took it, and no one can once it is off the list. Not listed:
-            // a launch was handed over just as the wait ended, and its signal is on the way.
-            let after = state.withLock { state -> AfterTimeout in
-                guard let index = state.idle.firstIndex(where: { $0 === me }) else { return .handedOver }
-                guard state.alive > kept else { return .kept }
-                state.idle.remove(at: index)
-                state.alive -= 1
-                return .ended
+    private func run(_ plan: Plan) {
+        while true {
+            let index = next.add(1, ordering: .relaxed).oldValue
+            guard index < plan.arrivals.count else { break }
+            plan.inFlight.enter()
+            let arrival = plan.arrivals[index]
+            let due = plan.recorder.start + .nanoseconds(Int64(arrival.offset * 1e9))
+            LaunchLoop.sleep(until: due)
+            // Launching now: when no thread is left to take the next arrival, one more is made.
+            let more = state.withLock { state -> Bool? in
+                state.free -= 1
+                guard state.free == 0, index + 1 < plan.arrivals.count else { return false }
+                guard state.alive < plan.maxThreads else { return nil }
+                state.alive += 1
+                state.free += 1
+                return true
             }
-            switch after {
-            case .ended: return nil
-            case .kept: continue
-            case .handedOver: me.wake.wait()
+            switch more {
+            case true?: LaunchLoop.spawn { [self] in run(plan) }
+            case nil: plan.recorder.stalled()
+            case false?: break
             }
-            break
+            if index == plan.arrivals.count - 1 { plan.lastBegun.signal() }
+            plan.driver.launch(arrival, due: due, recorder: plan.recorder)
+            plan.inFlight.leave()
+            state.withLock { $0.free += 1 }
         }
-        return me.job.withLock { job in
-            defer { job = nil }
-            return job
+        state.withLock { state in
+            state.alive -= 1
+            state.free -= 1
         }
     }
 }

@@ -7,7 +7,7 @@ import Synchronization
 final class LaunchRecord: Sendable {
     let due: ContinuousClock.Instant
     let entry: Int
-    /// When its thread took it (the scheduler's lateness and the thread hand-off are before).
+    /// When its thread took it (its thread woke from its sleep until the launch was due, or came free late).
     let taken: ContinuousClock.Instant
     let moments = Mutex<(running: ContinuousClock.Instant?, firstOutput: ContinuousClock.Instant?, exit: ContinuousClock.Instant?)>((nil, nil, nil))
 

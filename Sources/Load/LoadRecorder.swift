@@ -68,7 +68,7 @@ public final class LoadRecorder: Sendable {
         return LaunchRecord(due: due, entry: entry)
     }
 
-    /// The scheduler waited for room (the in-flight cap): the launch went late, its latency shows it.
+    /// An arrival found every thread busy and no room for one more (the in-flight cap): it went late, its latency shows it.
     func stalled() { state.withLock { $0.stalls += 1 } }
 
     func running(_ launch: LaunchRecord, at instant: ContinuousClock.Instant) {

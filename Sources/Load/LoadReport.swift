@@ -39,7 +39,7 @@ public struct LoadReport: Codable, Sendable {
         public var errors: [String: Int]
         public var errorSamples: [ErrorSample]
         public var mostInFlight: Int
-        /// Arrivals the scheduler sent late because the in-flight cap was reached.
+        /// Arrivals sent late because the in-flight cap was reached (JSON name kept).
         public var schedulerStalls: Int
         /// Microseconds from the launch being due until it ran (vmfork: the start call answered).
         public var running: LatencySummary

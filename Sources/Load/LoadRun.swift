@@ -124,13 +124,13 @@ public struct LoadRun: Sendable {
                 lifetime: lifetime(entry), expectedExitStatus: entry.expectedExitStatus ?? 0)
         }
         let driver = AgentDriver(client: client, launches: launches, firstOutput: settings.firstOutput, runLabel: runLabel)
-        let threads = try warm(driver)
+        let paced = try warm(driver)
         let pid: pid_t? = if case .unixSocket(let path) = client.endpoint { EngineSampler.peerPID(socketPath: path) } else { nil }
         let recorder = LoadRecorder(windowSeconds: settings.windowSeconds, tracing: settings.trace)
         let sampler = EngineSampler(client: client, daemonPID: pid, recorder: recorder)
         let first = sampler.sample()
         sampler.start(interval: settings.sampleInterval)
-        let elapsed = drive(arrivals, driver: driver, threads: threads, recorder: recorder, name: "vmfork", progress: progress)
+        let elapsed = drive(arrivals, driver: driver, paced: paced, recorder: recorder, name: "vmfork", progress: progress)
         let samples = sampler.stop()
         keepTrace(of: recorder, side: "vmfork")
         var side = recorder.side(name: "vmfork", offeredRate: offeredRate, elapsed: elapsed)
@@ -173,17 +173,16 @@ public struct LoadRun: Sendable {
 
     /// A side's launch threads and the driver's connections, made before its recorder starts
     /// (`LoadSettings.launchers` of each): a launch that finds neither made waits for them.
-    /// Threads made beyond them while the side runs end after 2 s idle; these are kept.
-    func warm(_ driver: any LaunchDriver) throws -> LaunchThreads {
+    /// The open loop's threads (`PacedLaunches`) last the run; a closed loop makes its own.
+    func warm(_ driver: any LaunchDriver) throws -> PacedLaunches? {
         let launchers = settings.launchers
         try driver.prepare(launchers: launchers)
-        let threads = LaunchThreads(kept: launchers)
-        if case .open = settings.mode { threads.prestart(launchers) }
-        return threads
+        guard case .open = settings.mode else { return nil }
+        return PacedLaunches(warm: launchers)
     }
 
     /// Drives one side with a progress ticker; returns the seconds it took.
-    func drive(_ arrivals: [LoadSchedule.Arrival], driver: any LaunchDriver, threads: LaunchThreads, recorder: LoadRecorder, name: String,
+    func drive(_ arrivals: [LoadSchedule.Arrival], driver: any LaunchDriver, paced: PacedLaunches?, recorder: LoadRecorder, name: String,
                progress: (@Sendable (String, LoadRecorder.Progress) -> Void)?) -> Double {
         let ticking = Locked(true)
         if let progress {
@@ -197,7 +196,7 @@ public struct LoadRun: Sendable {
         let cpuBefore = Self.ownCPUSeconds()
         let mode: LaunchLoop.Mode = if case .closed(let c) = settings.mode { .closed(concurrency: c) } else { .open }
         LaunchLoop.drive(arrivals, mode: mode, duration: settings.durationSeconds, maxInFlight: settings.maxInFlight,
-                         drainSeconds: settings.drainSeconds, driver: driver, recorder: recorder, threads: threads)
+                         drainSeconds: settings.drainSeconds, driver: driver, recorder: recorder, paced: paced)
         ticking.withLock { $0 = false }
         let elapsed = recorder.seconds(.now)
         runnerCPU.withLock { $0[name] = Self.ownCPUSeconds() - cpuBefore }
@@ -261,9 +260,9 @@ public struct LoadRun: Sendable {
             }
         }
         let driver = PeerDriver(kind: kind, launches: launches, runcPath: settings.runcPath)
-        let threads = try warm(driver)
+        let paced = try warm(driver)
         let recorder = LoadRecorder(windowSeconds: settings.windowSeconds, tracing: settings.trace)
-        let elapsed = drive(arrivals, driver: driver, threads: threads, recorder: recorder, name: kind.rawValue, progress: progress)
+        let elapsed = drive(arrivals, driver: driver, paced: paced, recorder: recorder, name: kind.rawValue, progress: progress)
         keepTrace(of: recorder, side: kind.rawValue)
         var side = recorder.side(name: kind.rawValue, offeredRate: offeredRate, elapsed: elapsed)
         side.runnerCPUSeconds = runnerCPU.withLock { $0[kind.rawValue] }

@@ -20,12 +20,13 @@ import Testing
         let before = BodiesAtOnce.processThreads()
         threads.prestart(4)
         #expect(threads.count == 4)
-        // Made on a thread of their own: they appear shortly, and runs at once take them.
-        #expect(Self.eventually { BodiesAtOnce.processThreads().subtracting(before).count >= 4 })
-        usleep(50_000)
+        // Made on a thread of their own: they are soon waiting for work, and runs at once take them.
+        #expect(Self.eventually { threads.idleCount == 4 })
         let made = BodiesAtOnce.processThreads().subtracting(before)
         let ran = BodiesAtOnce.run(4, on: threads.run).threads
         #expect(ran.count == 4 && ran.isSubset(of: made), "ran on \(ran), made ahead \(made)")
+        // (A body's end is signalled before its thread waits again: let them.)
+        #expect(Self.eventually { threads.idleCount == 4 })
         // Two more at once than are kept: two are made, and two end once idle past their time.
         let six = BodiesAtOnce.run(6, on: threads.run).threads
         #expect(six.count == 6 && threads.count == 6)
