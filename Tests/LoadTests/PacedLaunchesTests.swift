@@ -84,8 +84,9 @@ import Testing
         #expect(inFlight.wait(timeout: .now() + 10) == .success)
         let launched = driver.launched.withLock { $0 }
         #expect(Set(launched.map(\.thread)).count == 3)
-        // Each began within a few milliseconds of its due time: the next thread was there in time.
-        #expect(launched.allSatisfy { $0.late < .milliseconds(50) }, "\(launched.map(\.late))")
+        // Each began before the next was due: the next thread was there in time (on a loaded
+        // host a thread may wake tens of milliseconds late, never a whole 100 ms interval here).
+        #expect(launched.allSatisfy { $0.late < .milliseconds(90) }, "\(launched.map(\.late))")
     }
 
     @Test func pastTheCapAnArrivalWaitsForAThreadAndTheWaitIsCounted() {
@@ -99,7 +100,8 @@ import Testing
         let launched = driver.launched.withLock { $0 }
         #expect(launched.count == 4)
         #expect(Set(launched.map(\.thread)).count == 2)
-        #expect(launched.filter { $0.late >= .milliseconds(90) }.count == 2, "\(launched.map(\.late))")
+        // The two that waited for a thread began after a launch had ended (the first two may be late too on a loaded host).
+        #expect(launched.filter { $0.late >= .milliseconds(90) }.count >= 2, "\(launched.map(\.late))")
         #expect(recorder.side(name: "t", offeredRate: nil, elapsed: 1).schedulerStalls >= 1)
     }
 }
