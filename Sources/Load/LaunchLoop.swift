@@ -18,8 +18,9 @@ extension LaunchDriver {
 
 /// Open loop: each arrival is sent when it is due, whatever became of the ones before it,
 /// each on a thread of its own (`PacedLaunches`), at most `maxInFlight` at once (past that the
-/// next arrival waits for a thread, and the wait shows in the late launches' latency). Closed loop: `concurrency` threads each
-/// launch, wait for the launch to be over, and launch again, until `duration` or the count.
+/// next arrival waits for a thread, and the wait shows in the late launches' latency).
+/// Closed loop: `concurrency` threads each launch, wait for the launch to be over, and launch
+/// again, until `duration` or the count.
 enum LaunchLoop {
     enum Mode: Sendable {
         case open
@@ -93,7 +94,8 @@ final class PacedLaunches: Sendable {
 
     private struct State {
         var plan: Plan?
-        /// Threads alive, and those of them not launching (each holding the next arrival it took, or waiting for the plan).
+        /// Threads alive, and those of them not launching (each holding the arrival it took
+        /// next, or waiting for the plan).
         var alive = 0
         var free = 0
     }
