@@ -1,8 +1,10 @@
 #define _GNU_SOURCE
 #include "cshims_fs.h"
+#include <errno.h>
 #include <fcntl.h>
 #include <linux/magic.h>
 #include <linux/openat2.h>
+#include <linux/userfaultfd.h>
 #include <sys/ioctl.h>
 #include <sys/statfs.h>
 #include <sys/stat.h>
@@ -49,6 +51,7 @@ const long CSHIMS_TMPFS_MAGIC = TMPFS_MAGIC;
 /* The PAGEMAP_SCAN ABI (include/uapi/linux/fs.h, Linux 6.7), named here with a prefix of its
  * own: newer headers define the same names. */
 enum {
+    CSHIMS_PAGE_IS_WRITTEN_BIT = 1 << 1,
     CSHIMS_PAGE_IS_FILE_BIT = 1 << 2,
     CSHIMS_PAGE_IS_PRESENT_BIT = 1 << 3,
     CSHIMS_PAGE_IS_SWAPPED_BIT = 1 << 4,
@@ -66,23 +69,75 @@ _Static_assert(sizeof(struct cshims_pm_scan_arg) == 96, "struct pm_scan_arg is t
 #define CSHIMS_PAGEMAP_SCAN _IOWR('f', 16, struct cshims_pm_scan_arg)
 _Static_assert(CSHIMS_PAGEMAP_SCAN == 0xC0606610u, "PAGEMAP_SCAN's request number");
 const unsigned int CSHIMS_PAGEMAP_SCAN_REQUEST = CSHIMS_PAGEMAP_SCAN;
+/* PAGEMAP_SCAN's flag that fails the call unless every mapping in the range is registered for
+ * asynchronous write protection. */
+enum { CSHIMS_PM_SCAN_CHECK_WPASYNC = 1 << 1 };
 
-long cshims_pagemap_private_runs(int fd, uint64_t start, uint64_t end, uint64_t *regions, size_t capacity, uint64_t *walkEnd) {
+/* One PAGEMAP_SCAN question: the runs of pages in [start, end) whose categories match. */
+static long pagemap_runs(int fd, uint64_t start, uint64_t end, uint64_t *regions, size_t capacity, uint64_t *walkEnd,
+                         uint64_t flags, uint64_t inverted, uint64_t required, uint64_t anyOf) {
     struct cshims_pm_scan_arg arg = {
         .size = sizeof(arg),
+        .flags = flags,
         .start = start,
         .end = end,
         .vec = (uint64_t)(uintptr_t)regions,
         .vec_len = capacity,
-        /* Not a file's page (the FILE bit inverted and required), present or swapped. */
-        .category_inverted = CSHIMS_PAGE_IS_FILE_BIT,
-        .category_mask = CSHIMS_PAGE_IS_FILE_BIT,
-        .category_anyof_mask = CSHIMS_PAGE_IS_PRESENT_BIT | CSHIMS_PAGE_IS_SWAPPED_BIT,
+        .category_inverted = inverted,
+        .category_mask = required,
+        .category_anyof_mask = anyOf,
         .return_mask = CSHIMS_PAGE_IS_PFNZERO_BIT,
     };
     long found = ioctl(fd, CSHIMS_PAGEMAP_SCAN, &arg);
     if (found >= 0) *walkEnd = arg.walk_end;
     return found;
+}
+
+long cshims_pagemap_private_runs(int fd, uint64_t start, uint64_t end, uint64_t *regions, size_t capacity, uint64_t *walkEnd) {
+    /* Not a file's page (the FILE bit inverted and required), present or swapped. */
+    return pagemap_runs(fd, start, end, regions, capacity, walkEnd, 0, CSHIMS_PAGE_IS_FILE_BIT, CSHIMS_PAGE_IS_FILE_BIT,
+                        CSHIMS_PAGE_IS_PRESENT_BIT | CSHIMS_PAGE_IS_SWAPPED_BIT);
+}
+
+/* userfaultfd's features for write tracking (Linux 6.4 and 6.7), which this machine's headers
+ * may not name. */
+enum {
+    CSHIMS_UFFD_FEATURE_WP_UNPOPULATED = 1 << 13,
+    CSHIMS_UFFD_FEATURE_WP_ASYNC = 1 << 15,
+};
+const unsigned int CSHIMS_UFFDIO_API_REQUEST = UFFDIO_API;
+const unsigned int CSHIMS_UFFDIO_REGISTER_REQUEST = UFFDIO_REGISTER;
+const unsigned int CSHIMS_UFFDIO_WRITEPROTECT_REQUEST = UFFDIO_WRITEPROTECT;
+const int CSHIMS_UFFD_USER_MODE_ONLY = UFFD_USER_MODE_ONLY;
+
+int cshims_uffd_open_write_tracking(void) {
+    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+    if (fd < 0) return -1;
+    struct uffdio_api api = { .api = UFFD_API, .features = CSHIMS_UFFD_FEATURE_WP_ASYNC | CSHIMS_UFFD_FEATURE_WP_UNPOPULATED };
+    if (ioctl(fd, UFFDIO_API, &api) != 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return fd;
+}
+
+int cshims_uffd_register_write_protection(int fd, uint64_t start, uint64_t length) {
+    struct uffdio_register range = { .range = { .start = start, .len = length }, .mode = UFFDIO_REGISTER_MODE_WP };
+    return ioctl(fd, UFFDIO_REGISTER, &range);
+}
+
+int cshims_uffd_write_protect(int fd, uint64_t start, uint64_t length) {
+    struct uffdio_writeprotect protect = { .range = { .start = start, .len = length }, .mode = UFFDIO_WRITEPROTECT_MODE_WP };
+    return ioctl(fd, UFFDIO_WRITEPROTECT, &protect);
+}
+
+long cshims_pagemap_written_runs(int fd, uint64_t start, uint64_t end, uint64_t *regions, size_t capacity, uint64_t *walkEnd) {
+    /* Written (protection lifted), present or swapped: not asking whether a page is a file's
+     * spares the kernel a look at each present page's struct page. */
+    return pagemap_runs(fd, start, end, regions, capacity, walkEnd, CSHIMS_PM_SCAN_CHECK_WPASYNC, 0, CSHIMS_PAGE_IS_WRITTEN_BIT,
+                        CSHIMS_PAGE_IS_PRESENT_BIT | CSHIMS_PAGE_IS_SWAPPED_BIT);
 }
 
 long cshims_file_system_type(const char *path) {

@@ -3,6 +3,7 @@
 #include "cshims_fs.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/audit.h>
 #include <linux/kvm.h>
 #include <linux/filter.h>
@@ -10,6 +11,7 @@
 #include <sched.h>
 #include <stddef.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -29,7 +31,8 @@
  * sources (ProcessVM serves guests' file calls with the host's: the *at calls, xattrs,
  * sendfile, pipes, polls). The most frequent first: the filter compares them in this order.
  * Judged apart, before this list: clone (threads only), clone3 (ENOSYS), ioctl (KVM's, two
- * terminal requests and PAGEMAP_SCAN), prctl (thread names), socket (EACCES). Not here, so
+ * terminal requests, PAGEMAP_SCAN and three of userfaultfd's), userfaultfd (user-mode faults
+ * only), prctl (thread names), socket (EACCES). Not here, so
  * fatal: execve and every way to make a process, ptrace, mount and namespaces, bpf,
  * perf_event_open, keyctl, io_uring (its requests would bypass the filter), set_mempolicy,
  * mbind, sched_setaffinity (the NUMA binding is made before: see WorkerConfinement), capset,
@@ -89,7 +92,7 @@ int cshims_seccomp_install_worker_filter(int outside) {
      * call jumping to the ALLOW at the end, then the action for the rest. A jump offset is
      * 8 bits, so the list stays under 250 entries. On x86-64 an argument's low 32 bits are
      * the word at args[n]; ioctl's request and prctl's option are 32-bit in the kernel. */
-    enum { head = 32 };
+    enum { head = 48 };
     struct sock_filter program[head + 250 + 2];
     if (worker_call_count > 250) return -E2BIG;
     const unsigned rest = outside == CSHIMS_SECCOMP_LOG ? SECCOMP_RET_LOG : SECCOMP_RET_KILL_PROCESS;
@@ -100,17 +103,29 @@ int cshims_seccomp_install_worker_filter(int outside) {
     program[at++] = (struct sock_filter)LOAD(nr);
     program[at++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, __X32_SYSCALL_BIT, 0, 1);
     program[at++] = (struct sock_filter)RETURN(SECCOMP_RET_KILL_PROCESS);
-    /* ioctl: KVM's (type 0xAE), the two a guest's terminal may ask of the host's, and
-     * PAGEMAP_SCAN (a pooled VM's restore asks its own page map which pages are private). */
-    program[at++] = (struct sock_filter)IF_EQUAL(SYS_ioctl, 0, 8);
+    /* ioctl: KVM's (type 0xAE), the two a guest's terminal may ask of the host's,
+     * PAGEMAP_SCAN (a pooled VM's restore asks its own page map which pages were written),
+     * and the three a pooled VM's write tracking makes on its userfaultfd. */
+    program[at++] = (struct sock_filter)IF_EQUAL(SYS_ioctl, 0, 11);
     program[at++] = (struct sock_filter)LOAD(args[1]);
-    program[at++] = (struct sock_filter)IF_EQUAL(TCGETS, 5, 0);
-    program[at++] = (struct sock_filter)IF_EQUAL(TIOCGWINSZ, 4, 0);
-    program[at++] = (struct sock_filter)IF_EQUAL(CSHIMS_PAGEMAP_SCAN_REQUEST, 3, 0);
+    program[at++] = (struct sock_filter)IF_EQUAL(TCGETS, 8, 0);
+    program[at++] = (struct sock_filter)IF_EQUAL(TIOCGWINSZ, 7, 0);
+    program[at++] = (struct sock_filter)IF_EQUAL(CSHIMS_PAGEMAP_SCAN_REQUEST, 6, 0);
+    program[at++] = (struct sock_filter)IF_EQUAL(CSHIMS_UFFDIO_API_REQUEST, 5, 0);
+    program[at++] = (struct sock_filter)IF_EQUAL(CSHIMS_UFFDIO_REGISTER_REQUEST, 4, 0);
+    program[at++] = (struct sock_filter)IF_EQUAL(CSHIMS_UFFDIO_WRITEPROTECT_REQUEST, 3, 0);
     program[at++] = (struct sock_filter)BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0xff00);
     program[at++] = (struct sock_filter)IF_EQUAL(KVMIO << 8, 1, 0);
     program[at++] = (struct sock_filter)RETURN(rest);
     program[at++] = (struct sock_filter)RETURN(SECCOMP_RET_ALLOW);
+    /* userfaultfd: for user-mode faults only (UFFD_USER_MODE_ONLY), the flag that keeps a
+     * userfaultfd from holding up the kernel's own accesses; the engine's (write tracking of a
+     * pooled VM's memory, `WriteTracking`) never hands a fault to user space at all. */
+    program[at++] = (struct sock_filter)IF_EQUAL(SYS_userfaultfd, 0, 4);
+    program[at++] = (struct sock_filter)LOAD(args[0]);
+    program[at++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, (unsigned)CSHIMS_UFFD_USER_MODE_ONLY, 0, 1);
+    program[at++] = (struct sock_filter)RETURN(SECCOMP_RET_ALLOW);
+    program[at++] = (struct sock_filter)RETURN(rest);
     /* clone: a thread (CLONE_THREAD set) is allowed, a process is not. */
     program[at++] = (struct sock_filter)IF_EQUAL(SYS_clone, 0, 4);
     program[at++] = (struct sock_filter)LOAD(args[0]);
@@ -168,4 +183,31 @@ int cshims_seccomp_forbidden_call(int which) {
     int status = 0;
     waitpid(child, &status, 0);
     return child;
+}
+
+int cshims_seccomp_probe_write_tracking(int userModeOnly) {
+    /* The child makes only system calls (no allocation: this process has other threads). */
+    pid_t child = fork();
+    if (child < 0) return -errno;
+    if (child == 0) {
+        if (cshims_seccomp_install_worker_filter(CSHIMS_SECCOMP_KILL) != 0) _exit(100);
+        void *page = mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (page == MAP_FAILED) _exit(101);
+        int fd;
+        if (userModeOnly) {
+            fd = cshims_uffd_open_write_tracking();
+        } else {
+            fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+        }
+        if (fd < 0) _exit(errno & 0x7f);
+        if (cshims_uffd_register_write_protection(fd, (uint64_t)(uintptr_t)page, 4096) != 0) _exit(errno & 0x7f);
+        if (cshims_uffd_write_protect(fd, (uint64_t)(uintptr_t)page, 4096) != 0) _exit(errno & 0x7f);
+        _exit(0);
+    }
+    int status = 0;
+    while (waitpid(child, &status, 0) < 0) {
+        if (errno != EINTR) return -errno;
+    }
+    if (WIFSIGNALED(status)) return WTERMSIG(status);
+    return -WEXITSTATUS(status);
 }

@@ -106,39 +106,80 @@ public final class PageMap {
     /// `forEachPrivatePage` through PAGEMAP_SCAN; false, with `body` never called, when the
     /// kernel has no PAGEMAP_SCAN (then `scans` is false for this reader's later calls).
     private func scanPrivatePages(address: UInt, pages: Int, _ body: (Int, Bool) -> Void) throws(SystemError) -> Bool {
+        do {
+            try scanRuns(address: address, pages: pages, call: "PAGEMAP_SCAN", ask: cshims_pagemap_private_runs) { first, last, zero in
+                for page in first..<last { body(page, !zero) }
+            }
+        } catch {
+            if error.beforeFirstRun && (error.errno == ENOTTY || error.errno == EINVAL) {
+                scans = false
+                return false
+            }
+            throw error.error
+        }
+        return true
+    }
+
+    /// One of PAGEMAP_SCAN's questions (`ask`, a shim) over [address, address + pages pages),
+    /// asked again from where the walk stopped until it reaches the end; `run` gets each run
+    /// of pages found, as page indices from `address`, and whether it is the zero page. Every
+    /// run is checked to lie, in order, inside what was asked.
+    private typealias Ask = (Int32, UInt64, UInt64, UnsafeMutablePointer<UInt64>?, Int, UnsafeMutablePointer<UInt64>?) -> Int
+
+    private struct ScanFailure: Error {
+        let error: SystemError
+        /// Whether it failed before any run was found (the question is not this kernel's).
+        let beforeFirstRun: Bool
+        var errno: Int32 { error.errno }
+    }
+
+    private func scanRuns(address: UInt, pages: Int, call: String, ask: Ask, _ run: (Int, Int, Bool) -> Void) throws(ScanFailure) {
         let size = UInt64(Self.pageSize)
         let start = UInt64(address), end = start + UInt64(pages) * size
         if runs.isEmpty { runs = [UInt64](repeating: 0, count: 3 * Self.runsPerScan) }
         var from = start
         while from < end {
             var walkEnd: UInt64 = 0
-            let found = runs.withUnsafeMutableBufferPointer {
-                cshims_pagemap_private_runs(file.rawValue, from, end, $0.baseAddress, Self.runsPerScan, &walkEnd)
-            }
+            let found = runs.withUnsafeMutableBufferPointer { ask(file.rawValue, from, end, $0.baseAddress, Self.runsPerScan, &walkEnd) }
             if found < 0 {
                 if errno == EINTR { continue }
-                if from == start && (errno == ENOTTY || errno == EINVAL) {
-                    scans = false
-                    return false
-                }
-                throw SystemError(call: "ioctl(/proc/self/pagemap, PAGEMAP_SCAN)", errno: errno)
+                throw ScanFailure(error: SystemError(call: "ioctl(/proc/self/pagemap, \(call))", errno: errno), beforeFirstRun: from == start)
             }
             var reached = from
             for index in 0..<found {
                 let first = runs[3 * index], last = runs[3 * index + 1]
                 guard first >= reached, last <= end, first < last, first % size == 0, last % size == 0 else {
-                    throw SystemError(call: "ioctl(/proc/self/pagemap, PAGEMAP_SCAN) returned run \(first)..<\(last) outside \(reached)..<\(end)", errno: EIO)
+                    throw ScanFailure(error: SystemError(call: "ioctl(/proc/self/pagemap, \(call)) returned run \(first)..<\(last) outside \(reached)..<\(end)", errno: EIO),
+                                      beforeFirstRun: false)
                 }
-                let own = runs[3 * index + 2] & CSHIMS_PAGE_IS_PFNZERO == 0
-                for page in stride(from: first, to: last, by: Int(size)) { body(Int((page - start) / size), own) }
+                run(Int((first - start) / size), Int((last - start) / size), runs[3 * index + 2] & CSHIMS_PAGE_IS_PFNZERO != 0)
                 reached = last
             }
             guard walkEnd > from, walkEnd <= end, walkEnd >= reached else {
-                throw SystemError(call: "ioctl(/proc/self/pagemap, PAGEMAP_SCAN) stopped at \(walkEnd) in \(from)..<\(end)", errno: EIO)
+                throw ScanFailure(error: SystemError(call: "ioctl(/proc/self/pagemap, \(call)) stopped at \(walkEnd) in \(from)..<\(end)", errno: EIO),
+                                  beforeFirstRun: false)
             }
             from = walkEnd
         }
-        return true
+    }
+
+    /// Calls `body` with the index of each page in [`address`, `address` + `pages` pages)
+    /// that was written since its write protection (`WriteTracking`) and is present or
+    /// swapped: each a page of its own (a private mapping's copy, or an anonymous page). The
+    /// zero page, which a read maps where the range is registered but was never protected,
+    /// is left out. Throws with EPERM when a mapping in the range is not registered for
+    /// asynchronous write protection (the kernel checks: PM_SCAN_CHECK_WPASYNC), and with
+    /// ENOTTY or EINVAL on a kernel without PAGEMAP_SCAN.
+    public func forEachWrittenPage(address: UInt, pages: Int, _ body: (Int) -> Void) throws(SystemError) {
+        precondition(address % UInt(Self.pageSize) == 0, "pagemap is read for whole pages")
+        do {
+            try scanRuns(address: address, pages: pages, call: "PAGEMAP_SCAN for written pages", ask: cshims_pagemap_written_runs) { first, last, zero in
+                guard !zero else { return }
+                for page in first..<last { body(page) }
+            }
+        } catch {
+            throw error.error
+        }
     }
 
     /// `forEachPrivatePage` with a reader of its own, for one call.

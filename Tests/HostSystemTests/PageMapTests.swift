@@ -91,4 +91,66 @@ struct PageMapTests {
         let version = release.split(separator: ".").prefix(2).compactMap { Int($0.prefix { $0.isNumber }) }
         if version.count == 2, (version[0], version[1]) >= (6, 7) { #expect(scanning.scans, "kernel \(release)") }
     }
+
+    /// Write tracking as a pooled VM's memory has it: a copy-on-write mapping of a memfd with
+    /// anonymous holes, protected up to a mark and anonymous above it. Pages written by user
+    /// code, by the kernel copying into them (a read from a pipe) and through another
+    /// view of the pages (/proc/self/mem, as KVM writes a guest's memory) are named; pages
+    /// only read (the memfd's, and the zero page in a hole or above the mark) are not. They
+    /// are the pages the kernel counts the mapping's own.
+    @Test func writtenPagesAreThoseAnyWriterWrote() throws {
+        try #require(WriteTracking.probe() == nil, "this kernel tracks writes (Linux 6.7)")
+        let pages = 1_024
+        let length = pages * pageSize
+        let memfd = try makeMemfd(name: "pagemap-written-test", size: length)
+        let parent = try MappedMemory(length: length, flags: MAP_SHARED, fd: memfd.rawValue)
+        write(1, to: parent.base, pages: 0..<512)
+        let child = try MappedMemory(length: length, flags: MAP_PRIVATE, fd: memfd.rawValue)
+        for hole in [600..<700, 800..<pages] {
+            let target = child.base.advanced(by: hole.lowerBound * pageSize)
+            #expect(mmap(target, hole.count * pageSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == target)
+        }
+        let tracking = try WriteTracking(start: UInt(bitPattern: child.base), length: length, protected: 800 * pageSize)
+        #expect(tracking.length == length)
+        var sum = readSum(child.base, pages: 0..<100)
+        sum += readSum(child.base, pages: 600..<650)
+        sum += readSum(child.base, pages: 850..<860)
+        #expect(sum == 100)
+        write(2, to: child.base, pages: stride(from: 100, to: 200, by: 2))
+        write(3, to: child.base, pages: 650..<660)
+        write(4, to: child.base, pages: 900..<905)
+        // The kernel's writes: a pipe's bytes read into a page of the memfd's and one of a hole.
+        var ends: [Int32] = [-1, -1]
+        #expect(pipe(&ends) == 0)
+        defer { close(ends[0]); close(ends[1]) }
+        for page in [300, 690] {
+            #expect(Glibc.write(ends[1], "kernel!!", 8) == 8)
+            #expect(read(ends[0], child.base.advanced(by: page * pageSize), 8) == 8)
+        }
+        // The kernel writing through its own view of the pages (/proc/self/mem: the page
+        // lookup a KVM write to guest memory makes too).
+        let memory = try FileDescriptor.open("/proc/self/mem", O_RDWR)
+        let address = off_t(Int(bitPattern: child.base.advanced(by: 400 * pageSize)))
+        #expect(pwrite(memory.rawValue, "remote!!", 8, address) == 8)
+        var found: [Int] = []
+        try PageMap().forEachWrittenPage(address: UInt(bitPattern: child.base), pages: pages) { found.append($0) }
+        let expected = Array(stride(from: 100, to: 200, by: 2)) + [300, 400] + Array(650..<660) + [690] + Array(900..<905)
+        #expect(found == expected.sorted())
+        // As many as the pages the kernel counts this mapping's own (present, mapped once).
+        let usage = try PageMap().usage(of: UInt(bitPattern: child.base), length: length)
+        #expect(usage.privateBytes == found.count * pageSize)
+        // What the parent's memfd holds is unchanged by any of it.
+        #expect(readSum(parent.base, pages: 0..<512) == 512)
+    }
+
+    /// Asking for written pages where no range is tracked is refused, not answered with pages.
+    @Test func writtenPagesOfAnUntrackedMappingAreRefused() throws {
+        let mapping = try MappedMemory(length: 16 * pageSize, flags: MAP_PRIVATE)
+        write(1, to: mapping.base, pages: 0..<4)
+        #expect {
+            try PageMap().forEachWrittenPage(address: UInt(bitPattern: mapping.base), pages: 16) { _ in }
+        } throws: { error in
+            (error as? SystemError)?.errno == EPERM
+        }
+    }
 }

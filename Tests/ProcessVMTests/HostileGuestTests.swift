@@ -1,4 +1,5 @@
 import Foundation
+import HostSystem
 import KVM
 @testable import ProcessVM
 import TestSupport
@@ -148,6 +149,8 @@ struct HostileGuestTests {
             let first = try ProcessVM(forking: forkPoint, into: prepared, identity: GuestIdentity(pid: 10), arguments: ["/prog", "first"],
                                       environment: [], streams: firstStreams.standard)
             #expect(try first.run() == .exited(0), "round \(round): \(firstStreams.stdout)\(firstStreams.stderr)")
+            // Where this process can track writes, the restore finds the child's pages so.
+            #expect(first.memory.tracksWrites == (WriteTracking.probe() == nil))
             prepared = try #require(try PreparedVM(reusing: first))
             let secondStreams = try CapturedStreams()
             let second = try ProcessVM(forking: forkPoint, into: prepared, identity: GuestIdentity(pid: 11), arguments: ["/prog", "second"],

@@ -46,4 +46,27 @@ long cshims_pagemap_private_runs(int fd, uint64_t start, uint64_t end, uint64_t 
 extern const uint64_t CSHIMS_PAGE_IS_PFNZERO;
 /* The PAGEMAP_SCAN ioctl's request number (the worker's seccomp filter allows it). */
 extern const unsigned int CSHIMS_PAGEMAP_SCAN_REQUEST;
+
+/* Write tracking with userfaultfd (Linux 6.7: asynchronous write protection). A userfaultfd
+ * for user-mode faults only (no fault is ever handed to user space: the kernel itself lifts a
+ * page's write protection at its first write, from user or kernel mode alike) with
+ * UFFD_FEATURE_WP_ASYNC and UFFD_FEATURE_WP_UNPOPULATED; its descriptor, or -1 and errno
+ * (EPERM: not allowed here; EINVAL: a kernel without the features). */
+int cshims_uffd_open_write_tracking(void);
+/* Registers [start, start + length) with the userfaultfd `fd` for write protection; 0, or -1 and errno. */
+int cshims_uffd_register_write_protection(int fd, uint64_t start, uint64_t length);
+/* Write-protects [start, start + length) (pages not yet there too); 0, or -1 and errno. */
+int cshims_uffd_write_protect(int fd, uint64_t start, uint64_t length);
+/* PAGEMAP_SCAN for the runs of pages in [start, end) written since their write protection
+ * (present or swapped, their protection lifted), as `cshims_pagemap_private_runs` gives its
+ * runs (CSHIMS_PAGE_IS_PFNZERO marks the zero page, which a read outside the protected range
+ * maps). Fails with EPERM when a mapping in the range is not registered for asynchronous
+ * write protection (PM_SCAN_CHECK_WPASYNC). */
+long cshims_pagemap_written_runs(int fd, uint64_t start, uint64_t end, uint64_t *regions, size_t capacity, uint64_t *walkEnd);
+/* The request numbers the worker's seccomp filter allows on a userfaultfd, and the flag its
+ * userfaultfd(2) must carry (UFFD_USER_MODE_ONLY). */
+extern const unsigned int CSHIMS_UFFDIO_API_REQUEST;
+extern const unsigned int CSHIMS_UFFDIO_REGISTER_REQUEST;
+extern const unsigned int CSHIMS_UFFDIO_WRITEPROTECT_REQUEST;
+extern const int CSHIMS_UFFD_USER_MODE_ONLY;
 #endif

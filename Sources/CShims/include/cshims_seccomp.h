@@ -29,5 +29,10 @@ const char *cshims_seccomp_worker_allowed_name(int index);
 /// killed before this returns. `which` 2 makes a connect on no descriptor, which the filter
 /// refuses without killing: -EACCES (without the filter -EBADF).
 int cshims_seccomp_forbidden_call(int which);
+/* In a forked child under the worker's filter (kill mode): opens a userfaultfd (with
+ * UFFD_USER_MODE_ONLY when `userModeOnly`, as `WriteTracking` does) and registers and
+ * write-protects an anonymous page with it. Returns 0 when the child got through, the
+ * signal that ended it (SIGSYS: the filter), or -errno of a call that failed. */
+int cshims_seccomp_probe_write_tracking(int userModeOnly);
 
 #endif

@@ -7,7 +7,8 @@ import Glibc
 
 /// What restoring a fork child's memory found (see `GuestMemory.restoreOrigin`).
 struct RestoredFrames {
-    /// Frames the child had its own copy of; they still do, restored.
+    /// Frames the child had its own copy of; they still do, restored. (With write tracking,
+    /// not the zero page a read of an anonymous hole maps: it was never written.)
     let owned: Set<UInt64>
     /// Of those, the pages of its own (written, by the guest or the engine): not the zero
     /// page that a read of an anonymous hole maps.
@@ -57,6 +58,13 @@ public final class GuestMemory: @unchecked Sendable {
     /// A fork child's reader of the kernel's page map, opened at its first restore and kept
     /// for the next children a pooled VM serves. Used while the VM does not run.
     private var pageMap: PageMap?
+    /// A fork child's record of the pages written since it was made (`WriteTracking`), which
+    /// its restores and forks ask for instead of the pages it owns: the same pages, the zero
+    /// page apart (no writer leaves one), found without looking at each mapped page of the
+    /// parent. Nil where the kernel or the process cannot (then they ask for the private pages).
+    private var writeTracking: WriteTracking?
+    /// Whether this memory's restores find its pages through `writeTracking`.
+    public var tracksWrites: Bool { writeTracking != nil }
     /// Byte ranges of this memory mapped from a file rather than the memfd.
     private let fileBackedRanges = Mutex<[Range<Int>]>([])
 
@@ -94,6 +102,9 @@ public final class GuestMemory: @unchecked Sendable {
                 throw SystemError(call: "mmap(anonymous hole of \(hole.count) bytes)", errno: errno)
             }
         }
+        // Every frame a child can reach to start with (below the parent's bump frame) is
+        // protected before any is touched; above it, only fresh anonymous pages can appear.
+        writeTracking = try? WriteTracking(start: hostAddress, length: size, protected: Int(highWaterFrame))
     }
 
     /// A copy of a running process's memory for its fork(2) child, taken while the process is
@@ -108,7 +119,12 @@ public final class GuestMemory: @unchecked Sendable {
         if let (base, holes) = process.origin {
             try self.init(copyOnWriteOf: base, holes: holes)
             var owned: [Int] = []
-            try PageMap.forEachPrivatePage(address: process.hostAddress, pages: Int(process.highWaterFrame) / Self.pageSize) { page, _ in owned.append(page) }
+            let pages = Int(process.highWaterFrame) / Self.pageSize
+            if process.writeTracking != nil {
+                try PageMap().forEachWrittenPage(address: process.hostAddress, pages: pages) { owned.append($0) }
+            } else {
+                try PageMap.forEachPrivatePage(address: process.hostAddress, pages: pages) { page, _ in owned.append(page) }
+            }
             for page in owned {
                 let offset = page * Self.pageSize
                 // Both mappings cover `size` bytes and `page` lies below the high-water frame.
@@ -234,9 +250,21 @@ public final class GuestMemory: @unchecked Sendable {
             self.pageMap = pageMap
         }
         var copies: Set<UInt64> = []
-        try pageMap.forEachPrivatePage(address: hostAddress, pages: Int(highWaterFrame) / Self.pageSize) { page, exclusive in
-            owned.append(page)
-            if exclusive { copies.insert(UInt64(page * Self.pageSize)) }
+        let pages = Int(highWaterFrame) / Self.pageSize
+        if writeTracking != nil {
+            // Written since the memory was made: never protected again, so every page the VM's
+            // children made their own, as the private pages below but for the zero page. (Not
+            // the private pages here: the protection's markers on pages never mapped read as
+            // swapped pages in the page map.)
+            try pageMap.forEachWrittenPage(address: hostAddress, pages: pages) { page in
+                owned.append(page)
+                copies.insert(UInt64(page * Self.pageSize))
+            }
+        } else {
+            try pageMap.forEachPrivatePage(address: hostAddress, pages: pages) { page, exclusive in
+                owned.append(page)
+                if exclusive { copies.insert(UInt64(page * Self.pageSize)) }
+            }
         }
         guard owned.count <= maximumPrivatePages else { return nil }
         var holeIndex = 0
