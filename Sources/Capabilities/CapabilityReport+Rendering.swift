@@ -29,6 +29,11 @@ extension CapabilityReport {
         } else {
             lines.append("NUMA         not supported by this kernel: placement treats the host as one node")
         }
+        if let failure = writeTracking {
+            lines.append("memory       no write tracking (\(failure)): pooled VMs' restores look at each page they map")
+        } else {
+            lines.append("memory       ok: write tracking (userfaultfd, asynchronous write protection) for pooled VMs' restores")
+        }
         lines.append(isReady ? "ready: yes" : "ready: no")
         return lines.joined(separator: "\n")
     }
@@ -68,7 +73,8 @@ extension CapabilityReport {
         let numaPart = numa.map { topo in
             "[" + topo.nodes.map { "{\"id\":\($0.id),\"cpus\":\($0.cpus),\"memoryBytes\":\($0.memoryBytes),\"freeBytes\":\($0.freeBytes)}" }.joined(separator: ",") + "]"
         } ?? "null"
-        return "{\"kvm\":\(kvmPart),\"ioUring\":\(uringPart),\"numa\":\(numaPart),\"ready\":\(isReady)}"
+        let trackingPart = writeTracking.map { "{\"ok\":false,\"error\":\(quote($0.description))}" } ?? "{\"ok\":true}"
+        return "{\"kvm\":\(kvmPart),\"ioUring\":\(uringPart),\"numa\":\(numaPart),\"writeTracking\":\(trackingPart),\"ready\":\(isReady)}"
     }
 
     /// "0-3,8" style CPU lists.

@@ -24,10 +24,21 @@ public struct CapabilityReport: Sendable {
     public var ioUring: Result<IOUringStatus, IOUringError>
     /// nil when the kernel has no NUMA support (then everything is one node).
     public var numa: NUMATopology?
+    /// Why this process cannot track writes to guest memory (`WriteTracking`), or nil when it
+    /// can: pooled VMs' restores then find a child's pages without a look at each mapped page.
+    public var writeTracking: SystemError?
+
+    public init(kvm: Result<KVMStatus, KVMError>, ioUring: Result<IOUringStatus, IOUringError>, numa: NUMATopology?,
+                writeTracking: SystemError? = nil) {
+        self.kvm = kvm
+        self.ioUring = ioUring
+        self.numa = numa
+        self.writeTracking = writeTracking
+    }
 
     /// Probes the host now. `kvmPath` is a parameter so tests can point it elsewhere.
     public static func probe(kvmPath: String = "/dev/kvm") -> CapabilityReport {
-        CapabilityReport(kvm: probeKVM(path: kvmPath), ioUring: probeIOUring(), numa: NUMATopology.current())
+        CapabilityReport(kvm: probeKVM(path: kvmPath), ioUring: probeIOUring(), numa: NUMATopology.current(), writeTracking: WriteTracking.probe())
     }
 
     static func probeKVM(path: String) -> Result<KVMStatus, KVMError> {
