@@ -1,4 +1,5 @@
 import Foundation
+import HostSystem
 import Histogram
 import Synchronization
 
@@ -11,7 +12,9 @@ public final class LoadRecorder: Sendable {
     public let windowSeconds: Double
     /// Whether each launch's moments are kept (`trace()`), a line per launch.
     public let tracing: Bool
-    private let state = Mutex(State())
+    /// Taken four times a launch by every launch thread: a lock whose waiters sleep at once
+    /// (`ThreadLock`), since with hundreds of launches in flight there are hundreds of threads.
+    private let state = ThreadLock(State())
 
     struct Window {
         var offered = 0
