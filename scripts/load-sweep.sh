@@ -23,21 +23,8 @@ time_scale=${TIME_SCALE:-0}
 # 1: time each launch's first output too (a log follow per launch); 0: not, so that a vmfork
 # launch with no lifetime is one call (POST /v1/containers/run).
 first_output=${FIRST_OUTPUT:-1}
-mkdir -p "$out"
-rootfs="$out/rootfs"
-mkdir -p "$rootfs/bin" "$rootfs/etc"
-cp /bin/busybox "$rootfs/bin/busybox"
-state="$out/agent"
-rm -rf "$state"
-# SERVE_ARGS: more options for the daemon (e.g. --no-poll-syscalls).
-# shellcheck disable=SC2086
-"$vmfork" serve --state "$state" --stop-grace 2 ${SERVE_ARGS:-} 2> "$out/agent.log" &
-daemon=$!
-trap 'kill -TERM $daemon 2>/dev/null || true; wait $daemon 2>/dev/null || true' EXIT
-for _ in $(seq 100); do [ -S "$state/vmfork.sock" ] && break; sleep 0.1; done
-"$vmfork" image add busybox --rootfs "$(realpath "$rootfs")" --executable /bin/busybox --env PATH=/bin --state "$state" > /dev/null
-echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
-"$vmfork" doctor 2>/dev/null | grep '^costs' || true
+# shellcheck source=scripts/load-agent.sh
+source scripts/load-agent.sh
 
 for side in $sides; do
   var="rates_$side"
@@ -55,22 +42,7 @@ for side in $sides; do
     "$vmfork" load "$profile" --state "$state" --rate "$rate" --duration "$seconds" --ramp-up 0.5 --time-scale "$time_scale" --quiet \
       "${extra[@]}" --json "$json" --svg "$out/$side-$rate.svg" --trace "$out/$side-$rate.csv" > /dev/null 2> "$out/$side-$rate.log" \
       || { echo "$side at $rate/s: vmfork load failed: $(tail -1 "$out/$side-$rate.log")"; break; }
-    verdict=$(python3 - "$json" "$bound_us" <<'PY'
-import json, sys
-report = json.load(open(sys.argv[1])); side = report["sides"][0]; bound = float(sys.argv[2])
-rate = report["offeredPerSecond"]
-# Sustained: every launch finished, none left to drain half a second after the last was due, p99 under the bound.
-ok = side["failed"] == 0 and side["finished"] == side["launched"] and side["exit"]["p99"] < bound \
-     and side["elapsedSeconds"] <= report["durationSeconds"] + 0.5
-engine = side.get("engine") or {}
-mem = engine.get("privatePerChildBytes")
-cpu = engine.get("cpuMicrosPerLaunch")
-print("%s %-6s %6.0f/s offered  %7.1f/s achieved  exit p50 %6.0f µs  p99 %7.0f µs  failed %d%s%s  load %.2f" % (
-    "ok  " if ok else "over", side["name"], rate, side["achievedPerSecond"], side["exit"]["p50"], side["exit"]["p99"], side["failed"],
-    "  private %.0f KiB/container" % (mem / 1024) if mem else "", "  engine CPU %.0f µs/launch" % cpu if cpu else "",
-    report.get("loadAverageBefore") or 0))
-PY
-)
+    verdict=$(python3 scripts/load-verdict.py "$json" "$bound_us")
     echo "$verdict"
     case "$verdict" in ok*) best=$rate ;; *) break ;; esac
   done

@@ -30,6 +30,9 @@ final class VMPool: @unchecked Sendable {
     /// Forks that restored a returned VM themselves (the pool was empty, a return waited).
     var restoredByForks: Int { condition.withLock { restoredInline } }
     private var restoredInline = 0
+    /// VMs restored by the thread that handed them back (`restoreHereBelow`).
+    var restoredByReturners: Int { condition.withLock { restoredHere } }
+    private var restoredHere = 0
     private var refilling = false
     /// Ready VMs out of `ready` while they take their write warm-up (`warmUpOneVM`).
     private var warming = 0
@@ -215,27 +218,57 @@ final class VMPool: @unchecked Sendable {
         }
     }
 
-    /// Takes back the VM of a finished child: on the pool's return queue it is restored for its next
-    /// sibling when the pool has room for it; otherwise (or when it cannot be reused) it is
-    /// torn down there, off the caller's thread.
+    /// Takes back the VM of a finished child: restored for its next sibling when the pool has
+    /// room for it, otherwise (or when it cannot be reused) torn down. Normally on the pool's
+    /// return queue, off the caller's thread; with fewer than `restoreHereBelow` VMs ready,
+    /// on the caller's thread (see there).
     func giveBack(_ child: ProcessVM) {
-        condition.withLock {
+        let here = condition.withLock { () -> Bool in
             returning += 1
-            unrestored.append(child)
             lastReturn = .now
+            guard ready.count >= restoreHereBelow else { return true }
+            unrestored.append(child)
+            return false
         }
+        if here, restore(child, here: true) { return }
         returnedOne.withLock { returnedOne.signal() }
         returnQueue.async { [self] in restoreReturned() }
     }
 
+    /// Ready VMs below which a VM handed back is restored by the thread that hands it back
+    /// (a container's, after its waiter was woken; a connection's loop, after its answer),
+    /// at that thread's priority. Why: the return queue runs SCHED_IDLE, so on a host whose
+    /// cores are full it restores nothing, and the pool ran dry in a few milliseconds at
+    /// 6,000 launches a second; each fork then waited up to `returnWait` for the one VM that
+    /// thread held, the connections' own loops among them. Launches then went to the other
+    /// connections, ran on container threads all at once (257 in one trace) and held more
+    /// VMs still: the engine ran half as many launches a second as before for hundreds of
+    /// milliseconds (2026-12-07).
+    var restoreHereBelow: Int { min(target, max(2, target / 4)) }
+
     /// On the return queue: restores the latest return no fork has taken (none: a fork
-    /// restored it itself) when the pool has room, else lets it go.
+    /// restored it itself).
     private func restoreReturned() {
-        let (child, room) = condition.withLock { (unrestored.popLast(), ready.count < target) }
-        guard let child else { return }
+        guard let child = condition.withLock({ unrestored.popLast() }) else { return }
+        restore(child, here: false)
+    }
+
+    /// Restores `child` (counted in `returning`) into the pool when it has room, else lets it
+    /// go. `here` (the thread that handed it back): false, having done nothing, when the pool
+    /// has filled meanwhile (the child is queued for the return queue to let go, as tearing a
+    /// VM down waits for a grace period); true once restored.
+    @discardableResult
+    private func restore(_ child: ProcessVM, here: Bool) -> Bool {
+        let room: Bool = condition.withLock {
+            let room = ready.count < target
+            if here && !room { unrestored.append(child) }
+            return room
+        }
+        if here && !room { return false }
         let vm = room ? try? PreparedVM(reusing: child) : nil
         let readied = condition.withLock {
             returning -= 1
+            if here { restoredHere += 1 }
             defer { condition.broadcast() }
             guard let vm, ready.count < target else { return false }
             ready.append(vm)
@@ -246,6 +279,7 @@ final class VMPool: @unchecked Sendable {
         // leaves a place a refill fills.
         if room && vm == nil { refill(whenBelow: (target + 1) / 2) }
         scheduleWriteWarmUps()
+        return true
     }
 
     /// Once the fork point has learned what its children write, gives every ready VM made

@@ -127,6 +127,9 @@ public final class WarmParent: @unchecked Sendable {
 
     /// VMs the pool's refills made, off the forks' path (its first fill's included).
     public var vmsMadeByRefills: Int { pool.madeByRefills }
+    /// Finished children's VMs restored by the thread that handed them back, the pool being
+    /// low (`VMPool.restoreHereBelow`), rather than by the pool's idle-priority return queue.
+    public var vmsRestoredByReturners: Int { pool.restoredByReturners }
 
     /// Frees the pool's ready VMs beyond `count` (under memory pressure); returns how many went.
     @discardableResult

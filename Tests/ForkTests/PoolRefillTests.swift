@@ -59,10 +59,44 @@ final class PoolRefillTests {
         parent.waitForTeardown()
     }
 
-    /// A busybox parent (main fork point) with a pool of six, full.
-    private func fullParent(root: URL, refillDelay: Duration) throws -> WarmParent {
+    /// A VM handed back to a pool with fewer than a quarter of its target ready (at least
+    /// two) is restored by the thread that hands it back, before `remove` returns: the return
+    /// queue runs SCHED_IDLE and restores nothing while the cores are full, and forks waited
+    /// on it. Above that mark the return queue restores it, off the caller's thread.
+    @Test func aLowPoolHasItsVMsRestoredByTheThreadsThatHandThemBack() throws {
+        let root = try BusyboxRootfs.make()
+        defer { try? FileManager.default.removeItem(at: root) }
+        // A pool of eight: restored here below two ready. No refill within the test.
+        let parent = try fullParent(root: root, refillDelay: .seconds(60), poolSize: 8)
+        // Seven of eight ready (six while a write warm-up has one out): the return queue's.
+        let (alone, aloneStreams) = try fork(1, of: parent) { _ in ["echo", "alone"] }[0]
+        #expect(try alone.run() == .exited(0))
+        #expect(aloneStreams.stdout == "alone\n")
+        alone.remove()
+        // Not waited for: a restore here is done before `remove` returns (and the return
+        // queue, SCHED_IDLE, waits for a free core: a minute under the whole suite on CI).
+        #expect(parent.vmsRestoredByReturners == 0, "seven ready of eight: left to the return queue")
+        // One ready (none while a warm-up has it out): restored by the thread that removes it.
+        let children = try fork(7, of: parent) { ["echo", "child \($0)"] }
+        #expect(parent.readyVMs.now <= 1)
+        let (first, firstStreams) = children[0]
+        #expect(try first.run() == .exited(0))
+        #expect(firstStreams.stdout == "child 0\n")
+        first.remove()
+        #expect(parent.vmsRestoredByReturners == 1, "one ready of eight: restored before remove returned")
+        for (child, _) in children.dropFirst(1) { child.remove() }
+        // The VMs restored here are forked from as any other.
+        let (again, againStreams) = try fork(1, of: parent) { _ in ["echo", "again"] }[0]
+        #expect(try again.run() == .exited(0))
+        #expect(againStreams.stdout == "again\n")
+        again.remove()
+        #expect(parent.poolMisses == 0)
+    }
+
+    /// A busybox parent (main fork point) with a pool of `poolSize` (six), full.
+    private func fullParent(root: URL, refillDelay: Duration, poolSize: Int = 6) throws -> WarmParent {
         let parent = try WarmParent(system: system, image: ParentSpec(name: "busybox", rootfs: root.path, executable: "/bin/busybox",
-                                                                     memoryBytes: 32 << 20, forkPoint: .main), poolSize: 6, refillDelay: refillDelay)
+                                                                     memoryBytes: 32 << 20, forkPoint: .main), poolSize: poolSize, refillDelay: refillDelay)
         parent.waitUntilPoolIsFull()
         return parent
     }
