@@ -256,7 +256,8 @@ final class VMPool: @unchecked Sendable {
     /// Restores `child` (counted in `returning`) into the pool when it has room, else lets it
     /// go. `here` (the thread that handed it back): false, having done nothing, when the pool
     /// has filled meanwhile (the child is queued for the return queue to let go, as tearing a
-    /// VM down waits for a grace period); true once restored.
+    /// VM down waits for a grace period); true once restored (or handed to the return queue
+    /// to let go, when it could not be reused).
     @discardableResult
     private func restore(_ child: ProcessVM, here: Bool) -> Bool {
         let room: Bool = condition.withLock {
@@ -266,6 +267,9 @@ final class VMPool: @unchecked Sendable {
         }
         if here && !room { return false }
         let vm = room ? try? PreparedVM(reusing: child) : nil
+        // One that cannot be reused is torn down on the return queue all the same: its last
+        // reference goes there, not on the caller's thread.
+        if here && vm == nil { returnQueue.async { withExtendedLifetime(child) {} } }
         let readied = condition.withLock {
             returning -= 1
             if here { restoredHere += 1 }
