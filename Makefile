@@ -1,5 +1,5 @@
 # The two commands: `make run` (the main job) and `make test`. Both set up what they need.
-.PHONY: setup build run test bench bench-disk bench-load doctor clean
+.PHONY: setup build run test bench bench-disk bench-load bench-load-pass doctor clean
 
 SWIFT_BUILD_FLAGS ?=
 
@@ -31,6 +31,10 @@ bench-disk: build
 ## Load runs: each runner's highest launch rate with p99 fork → exit under 5 ms (vmfork, native, runc).
 bench-load: build
 	bash scripts/load-sweep.sh
+
+## Load runs: how often each side sustains a given rate (STEPS="vmfork:6000 native:3000", ROUNDS=8).
+bench-load-pass: build
+	bash scripts/load-pass-rate.sh
 
 clean:
 	rm -rf .build Benchmarks/.build
