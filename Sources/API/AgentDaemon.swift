@@ -8,6 +8,7 @@ import NIOCore
 import NIOPosix
 import Prometheus
 import ServiceLifecycle
+import Store
 
 /// `vmfork serve`: the engine behind the HTTP API, on the state folder's Unix socket (mode
 /// 0600) and, when asked, on a TCP address where every request needs the bearer token.
@@ -49,6 +50,8 @@ public struct AgentDaemon: Sendable {
         /// the event loops as on TCP. 0: all share. Not in workers mode (one loop reads the
         /// workers' replies and serves the socket).
         public var connectionThreads = AgentLimits.defaultConnectionThreads
+        /// How much of the event log the database keeps (`EventRetention`).
+        public var eventRetention = EventRetention.standard
 
         public init(stateFolder: URL, listen: String? = nil, stopGrace: Duration = .seconds(10),
                     memoryPressure: MemoryPressurePolicy = MemoryPressurePolicy(), kvmSystem: KVMSystem? = nil,
@@ -118,6 +121,7 @@ public struct AgentDaemon: Sendable {
         var engineOptions = EngineOptions(workers: workers, pollsSystemCalls: options.pollsSystemCalls, rewritesSystemCalls: options.rewritesSystemCalls,
                                           buffersOutput: options.buffersOutput)
         engineOptions.containerThreadsKept = EngineOptions.daemonContainerThreads
+        engineOptions.eventRetention = options.eventRetention
         let engine = try Engine(stateFolder: folder, logger: logger, metricsFactory: factory, options: engineOptions,
                                 system: options.kvmSystem, rootfsFromLayerDisks: options.rootfsFromLayerDisks)
         // Workers mode: find the workers a previous daemon left running (or start them) and

@@ -65,6 +65,8 @@ public struct EngineOptions: Sendable {
     /// The daemon's kept container threads: a burst of 64 runs at once (each beyond a
     /// connection's own loop on a thread of its own) makes none.
     public static let daemonContainerThreads = 64
+    /// How much of the event log the database keeps (a worker keeps none).
+    public var eventRetention = EventRetention.standard
 
     public init(workers: WorkerSettings? = nil, workerShard: Int? = nil, containersFolder: URL? = nil, runsFolder: URL? = nil, pollsSystemCalls: Bool = true,
                 rewritesSystemCalls: Bool = true, buffersOutput: Bool = true) {

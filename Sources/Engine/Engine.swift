@@ -141,8 +141,9 @@ public final class Engine: Sendable {
         store = try StateStore(folder: stateFolder, lockWaitSeconds: 2)
         // The placements of forks go with their containers' rows, in the writer's batches
         // (a placement's SQLite write was half a millisecond of each create on this machine).
-        let writer = StateWriter(store: store, logger: logger, keepsEvents: options.workerShard == nil)
+        let writer = StateWriter(store: store, logger: logger, keepsEvents: options.workerShard == nil, retention: options.eventRetention)
         self.writer = writer
+        writer.applyRetentionSoon()
         placement = try PlacementService(store: store, deferredWrite: { changes in
             writer.enqueue { writes in
                 writes.placements += changes.placements

@@ -30,16 +30,28 @@ final class StateWriter: Sendable {
     /// whoever writes them.
     private let drainLock = NSLock()
     let feed = EventFeed()
+    /// How much of the event log the database keeps (`EventRetention`): applied on the
+    /// writer's thread at the engine's start, every `retentionCheckEvery` events written, and
+    /// with the first batch an hour after the last check (for the age limit).
+    private let retention: EventRetention
+    /// Events written since the last check, and when that was (seconds since 1970).
+    private let retentionCheck: ThreadLock<(events: Int, at: TimeInterval)>
+    /// Events written between checks of the retention (`retentionCheckEvery`; tests set it).
+    private let checkEvery: Int
 
     private struct Pending {
         var writes = QueuedWrites()
         var scheduled = false
     }
 
-    init(store: StateStore, logger: Logger, keepsEvents: Bool = true) {
+    init(store: StateStore, logger: Logger, keepsEvents: Bool = true, retention: EventRetention = .keepAll,
+         retentionCheckEvery: Int = StateWriter.retentionCheckEvery) {
         self.store = store
         self.logger = logger
         self.keepsEvents = keepsEvents
+        self.retention = keepsEvents ? retention : .keepAll
+        checkEvery = retentionCheckEvery
+        retentionCheck = ThreadLock((0, Date().timeIntervalSince1970))
     }
 
     func enqueue(_ body: (inout QueuedWrites) -> Void) {
@@ -102,7 +114,55 @@ final class StateWriter: Sendable {
         } catch {
             logger.error("state write failed: \(error)", metadata: ["events": "\(writes.events.count)", "containers": "\(writes.containers.count)"])
         }
-        if !writes.events.isEmpty { feed.notify() }
+        if !writes.events.isEmpty {
+            feed.notify()
+            noteWritten(events: writes.events.count, now: now)
+        }
+    }
+
+    /// Events written between checks of the retention, and at most this long between checks
+    /// while events are written (for the age limit).
+    static let retentionCheckEvery = 10_000
+    static let retentionCheckSeconds: TimeInterval = 3600
+
+    private func noteWritten(events: Int, now: TimeInterval) {
+        guard retention.purges else { return }
+        let due = retentionCheck.withLock { check -> Bool in
+            check.events += events
+            guard check.events >= checkEvery || now - check.at >= Self.retentionCheckSeconds else { return false }
+            check = (0, now)
+            return true
+        }
+        if due { applyRetentionSoon() }
+    }
+
+    /// Applies the retention on the writer's thread, step by step until nothing is beyond it;
+    /// each purge is recorded in the log itself ("events.purge") and in the store's purge table.
+    func applyRetentionSoon() {
+        guard retention.purges else { return }
+        queue.async { [self] in applyRetentionNow() }
+    }
+
+    /// One purge at a time: two would plan the same range (and write one archive file).
+    private let purgeLock = NSLock()
+
+    /// Applies the retention on the caller's thread (the writer's, or a test's).
+    func applyRetentionNow() {
+        purgeLock.lock()
+        defer { purgeLock.unlock() }
+        do {
+            while let purge = try store.purgeEvents(retention, now: Date().timeIntervalSince1970) {
+                logger.info("event log purged", metadata: ["events": "\(purge.firstID)-\(purge.throughID)", "count": "\(purge.count)",
+                                                           "reason": "\(purge.reason)", "archive": "\(purge.archive)"])
+                var fields: [String: Any] = ["first": purge.firstID, "through": purge.throughID, "count": purge.count, "reason": purge.reason]
+                if !purge.archive.isEmpty { fields["archive"] = purge.archive }
+                let detail = (try? JSONSerialization.data(withJSONObject: fields, options: [.sortedKeys])).map { String(decoding: $0, as: UTF8.self) } ?? ""
+                event(EventRow(time: purge.purgedAt, actor: "engine", type: "events.purge", subject: "\(purge.firstID)-\(purge.throughID)",
+                               result: "ok", detail: detail))
+            }
+        } catch {
+            logger.error("event log purge failed: \(error)")
+        }
     }
 
     /// Takes out of `writes` the runs' containers (made in this batch, to be removed at their

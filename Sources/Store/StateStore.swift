@@ -131,6 +131,7 @@ public final class StateStore: Sendable {
             try db.execute(sql: "INSERT INTO counter (name, value) VALUES ('nextPlacementID', 1)")
         }
         registerEngineMigration(&migrator)
+        registerEventRetentionMigration(&migrator)
         return migrator
     }
 

@@ -4,6 +4,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import Placement
+import Store
 import UI
 import VCH
 
@@ -54,6 +55,15 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Socket connections served on a thread of their own at most (default: as many as the cores), where a container run goes from fork to exit without a hand-off (two thread wake-ups fewer); beyond, connections share the event loops. 0: all share.")
     var connectionThreads = AgentLimits.defaultConnectionThreads
 
+    @Option(help: "Events the database keeps at most; older ones are purged, in recorded purges (0: no cap).")
+    var eventsKept = EventRetention.standard.keptEvents ?? 0
+
+    @Option(help: "Days an event stays in the database at most (0: no age limit).")
+    var eventsMaxDays = (EventRetention.standard.maxAge ?? 0) / 86_400
+
+    @Option(help: "A folder where purged events are written first, as JSON Lines (events-FIRSTID.jsonl); without it they are dropped and only the purge is recorded.")
+    var eventsArchive: String?
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
 
@@ -73,6 +83,8 @@ struct ServeCommand: AsyncParsableCommand {
         guard (0...Self.maxConnectionsRange.upperBound).contains(connectionThreads) else {
             throw ValidationError("--connection-threads \(connectionThreads) is out of range (0...\(Self.maxConnectionsRange.upperBound))")
         }
+        guard eventsKept >= 0 else { throw ValidationError("--events-kept \(eventsKept) is negative (0: no cap)") }
+        guard eventsMaxDays >= 0, eventsMaxDays.isFinite else { throw ValidationError("--events-max-days \(eventsMaxDays) is not a number of days (0: no age limit)") }
         guard WorkerSettings.range.contains(workerCount) else {
             throw ValidationError("--workers \(workerCount) is out of range (\(WorkerSettings.range)); check VMFORK_WORKERS too")
         }
@@ -91,6 +103,8 @@ struct ServeCommand: AsyncParsableCommand {
         options.buffersOutput = bufferOutput
         options.maxConnections = maxConnections
         options.connectionThreads = connectionThreads
+        options.eventRetention = EventRetention(keptEvents: eventsKept > 0 ? eventsKept : nil, maxAge: eventsMaxDays > 0 ? eventsMaxDays * 86_400 : nil,
+                                                archiveFolder: eventsArchive.map { URL(fileURLWithPath: $0, isDirectory: true) })
         // Wired here, not in the API module, so that neither the API nor the UI depends on the VCH.
         options.webFrontEnd = try WebUI(logger: logger)
         options.vchHosting = VCHSupervisor(logger: logger)
