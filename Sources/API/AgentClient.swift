@@ -146,7 +146,7 @@ public final class AgentClient: Sendable {
         }
         guard cancellation?.attach(fd) ?? true else { throw ClientError(description: "the stream of \(method) \(path) was cancelled") }
         try writeRequest(fd, method, path, body: nil, contentType: "application/json", keepAlive: false)
-        var reader = Reader(fd: fd)
+        var reader = ResponseReader(fd: fd)
         let (status, headers) = try reader.readHead()
         onStatus(status)
         if headers["transfer-encoding"]?.lowercased() == "chunked" {
@@ -226,7 +226,7 @@ public final class AgentClient: Sendable {
                           contentType: String) throws -> Response {
         let fd = connection.fd
         try writeRequest(fd, method, path, body: body, contentType: contentType, keepAlive: true)
-        var reader = Reader(fd: fd)
+        var reader = ResponseReader(fd: fd)
         let (status, headers) = try reader.readHead()
         var data = Data()
         var reusable = headers["connection"]?.lowercased() != "close"
@@ -331,7 +331,7 @@ public final class AgentClient: Sendable {
 }
 
 /// Reads an HTTP/1.1 response from a blocking socket.
-private struct Reader {
+struct ResponseReader {
     let fd: Int32
     private var buffer: [UInt8] = []
     private var start = 0
@@ -382,24 +382,84 @@ private struct Reader {
         }
     }
 
+    /// The status and headers (names lowercased) of a response, parsed from its bytes once
+    /// the blank line ending its head is in: a String per header name and value and none per
+    /// line (a load runner reads one head a launch, thousands a second).
     mutating func readHead() throws -> (Int, [String: String]) {
-        let statusLine = try line()
-        let parts = statusLine.split(separator: " ", maxSplits: 2)
-        guard parts.count >= 2, parts[0].hasPrefix("HTTP/1."), let status = Int(parts[1]) else {
-            throw AgentClient.ClientError(description: "not an HTTP response: \(statusLine)")
-        }
-        var headers: [String: String] = [:]
+        var end = start
         while true {
-            let header = try line()
-            if header.isEmpty { break }
-            if let colon = header.firstIndex(of: ":") {
-                var value = header[header.index(after: colon)...]
-                while value.first == " " || value.first == "\t" { value.removeFirst() }
-                while value.last == " " || value.last == "\t" { value.removeLast() }
-                headers[header[..<colon].lowercased()] = String(value)
+            if let found = Self.headEnd(buffer, from: end) {
+                end = found
+                break
             }
+            // Searched up to here (the last bytes again: the blank line may be cut by a read),
+            // unless `fill` empties the buffer first (when everything in it was taken).
+            let drained = start == buffer.count
+            end = max(start, buffer.count - 3)
+            guard try fill() else { throw AgentClient.ClientError(description: "the daemon closed the connection mid-response") }
+            if drained { end = start }
         }
-        return (status, headers)
+        let head = try buffer.withUnsafeBufferPointer { all in
+            try Self.parseHead(UnsafeBufferPointer(rebasing: all[start..<end]))
+        }
+        start = end
+        return head
+    }
+
+    /// The index just past the blank line (CRLF CRLF, or LF LF) ending a head in `bytes`,
+    /// searching from `from`; nil when it is not there yet.
+    static func headEnd(_ bytes: [UInt8], from: Int) -> Int? {
+        var index = from
+        while index < bytes.count {
+            guard bytes[index] == 0x0A else {
+                index += 1
+                continue
+            }
+            if index + 1 < bytes.count, bytes[index + 1] == 0x0A { return index + 2 }
+            if index + 2 < bytes.count, bytes[index + 1] == 0x0D, bytes[index + 2] == 0x0A { return index + 3 }
+            index += 1
+        }
+        return nil
+    }
+
+    /// A head's status and headers, from its bytes (the status line, header lines, the
+    /// blank line; each line ending in LF, with or without CR).
+    static func parseHead(_ head: UnsafeBufferPointer<UInt8>) throws -> (Int, [String: String]) {
+        var lines: [Range<Int>] = []
+        var lineStart = 0
+        for index in 0..<head.count where head[index] == 0x0A {
+            var lineEnd = index
+            if lineEnd > lineStart, head[lineEnd - 1] == 0x0D { lineEnd -= 1 }
+            lines.append(lineStart..<lineEnd)
+            lineStart = index + 1
+        }
+        guard let statusLine = lines.first else { throw AgentClient.ClientError(description: "not an HTTP response: an empty head") }
+        // "HTTP/1.x NNN reason": the status is the three digits after the first space.
+        let status = head[statusLine]
+        let prefix = Array("HTTP/1.".utf8)
+        guard status.count >= 12, status.starts(with: prefix), status[statusLine.lowerBound + 8] == 0x20,
+              let code = Int(String(decoding: head[statusLine.lowerBound + 9..<statusLine.lowerBound + 12], as: UTF8.self)),
+              status.count == 12 || status[statusLine.lowerBound + 12] == 0x20 else {
+            throw AgentClient.ClientError(description: "not an HTTP response: \(String(decoding: status.prefix(200), as: UTF8.self))")
+        }
+        var headers: [String: String] = Dictionary(minimumCapacity: lines.count)
+        func isBlank(_ byte: UInt8) -> Bool { byte == 0x20 || byte == 0x09 }
+        for line in lines.dropFirst() where !line.isEmpty {
+            guard let colon = head[line].firstIndex(of: 0x3A) else { continue }
+            var valueStart = colon + 1, valueEnd = line.upperBound
+            while valueStart < valueEnd, isBlank(head[valueStart]) { valueStart += 1 }
+            while valueEnd > valueStart, isBlank(head[valueEnd - 1]) { valueEnd -= 1 }
+            // ASCII lowercase, as header names are compared.
+            let name = String(unsafeUninitializedCapacity: colon - line.lowerBound) { name in
+                for offset in 0..<(colon - line.lowerBound) {
+                    let byte = head[line.lowerBound + offset]
+                    name[offset] = (0x41...0x5A).contains(byte) ? byte | 0x20 : byte
+                }
+                return colon - line.lowerBound
+            }
+            headers[name] = String(decoding: head[valueStart..<valueEnd], as: UTF8.self)
+        }
+        return (code, headers)
     }
 
     mutating func read(exactly count: Int) throws -> Data {
