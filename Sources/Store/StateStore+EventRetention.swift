@@ -97,11 +97,18 @@ extension StateStore {
         let plan: (first: Int64, through: Int64, reason: String)? = try database.read { db in
             guard let first = try Int64.fetchOne(db, sql: "SELECT min(id) FROM event"),
                   let last = try Int64.fetchOne(db, sql: "SELECT max(id) FROM event") else { return nil }
+            let window = first + Int64(atMost) - 1
             let overCount = retention.keptEvents.map { last - Int64(max(0, $0)) } ?? 0
-            let overAge = try retention.maxAge.flatMap { age in
-                try Int64.fetchOne(db, sql: "SELECT max(id) FROM event WHERE time < ?", arguments: [now - age])
+            // The last event older than the limit among this step's (by id, from the oldest):
+            // none when the oldest is young, without a scan. "max(id) WHERE time < ?" over the
+            // table walked it backwards from the newest, all of it when no event was old: a
+            // scan of the 100 MB log every check, 15-20 µs of each launch at 5,000/s.
+            let overAge = try retention.maxAge.flatMap { age -> Int64? in
+                let cutoff = now - age
+                guard let oldest = try Double.fetchOne(db, sql: "SELECT time FROM event WHERE id = ?", arguments: [first]), oldest < cutoff else { return nil }
+                return try Int64.fetchOne(db, sql: "SELECT max(id) FROM event WHERE id BETWEEN ? AND ? AND +time < ?", arguments: [first, window, cutoff])
             } ?? 0
-            let through = min(max(overCount, overAge), first + Int64(atMost) - 1)
+            let through = min(max(overCount, overAge), window)
             guard through >= first else { return nil }
             return (first, through, overCount >= overAge ? "count" : "age")
         }
