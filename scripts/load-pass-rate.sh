@@ -20,6 +20,8 @@ for step in $steps; do
 done
 # shellcheck source=scripts/load-agent.sh
 source scripts/load-agent.sh
+# This run's verdicts only (a run before into the same $OUT left its own).
+rm -f "$out/verdicts.txt" "$out"/[0-9]*-*-*.json "$out"/[0-9]*-*-*.csv "$out"/[0-9]*-*-*.log
 # Not measured: the warm parent made and its pool filled (as load-sweep.sh does).
 "$vmfork" load "$profile" --state "$state" --rate 200 --duration 2 --ramp-up 0.5 --time-scale 0 --quiet --ready-vms 32 \
   --no-first-output > /dev/null 2>&1 || true
