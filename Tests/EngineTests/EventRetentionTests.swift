@@ -51,6 +51,30 @@ import Testing
         #expect(try FileManager.default.contentsOfDirectory(atPath: archive.path).sorted() == ["events-1.jsonl", "events-401.jsonl"])
     }
 
+    /// A purge that died after writing its archive (or in the middle of writing it) left
+    /// events in the database and a file behind: the next purge writes the same file again,
+    /// whole, and every event ends up archived exactly once.
+    @Test func aPurgeCutShortByACrashIsRedoneWhole() throws {
+        let state = try HostFacts.makeTemporaryFolder("event-retention-crash")
+        defer { try? FileManager.default.removeItem(at: state) }
+        let store = try StateStore(folder: state)
+        try Self.append(Self.events(200), to: store)
+        let archive = state.appendingPathComponent("archive", isDirectory: true)
+        // The crash: ids 1-50 archived, no purge recorded; and a half-written file of a later attempt.
+        let early = try store.events(limit: 50)
+        _ = try StateStore.archive(early, in: archive, firstID: 1)
+        try Data("{\"half\":".utf8).write(to: archive.appendingPathComponent("events-1.jsonl.partial"))
+        #expect(try store.eventPurges().isEmpty && store.events(limit: 500).count == 200)
+
+        let purge = try #require(try store.purgeEvents(EventRetention(keptEvents: 80, maxAge: nil, archiveFolder: archive), now: 5_000))
+        #expect(purge.firstID == 1 && purge.throughID == 120 && purge.count == 120)
+        let lines = try String(contentsOfFile: purge.archive, encoding: .utf8).split(separator: "\n")
+        let archived = try lines.map { try JSONDecoder().decode(EventRow.self, from: Data($0.utf8)) }
+        #expect(archived.map(\.id) == (1...120).map { Int64($0) })
+        #expect(try FileManager.default.contentsOfDirectory(atPath: archive.path) == ["events-1.jsonl"])
+        #expect(try store.events(limit: 500).map(\.id) == (121...200).map { Int64($0) })
+    }
+
     @Test func anyOtherDeleteOrChangeIsRefused() throws {
         let state = try HostFacts.makeTemporaryFolder("event-retention-refusals")
         defer { try? FileManager.default.removeItem(at: state) }
