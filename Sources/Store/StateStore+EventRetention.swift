@@ -137,7 +137,8 @@ extension StateStore {
     /// Writes `events` as JSON Lines to FOLDER/events-FIRSTID.jsonl (synced, then renamed
     /// into place and the folder synced) and returns its path.
     static func archive(_ events: [EventRow], in folder: URL, firstID: Int64) throws -> String {
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        // Only the daemon's user reads the audit log's archives, as its database.
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let path = folder.appendingPathComponent("events-\(firstID).jsonl").path
         let temporary = path + ".partial"
         let encoder = JSONEncoder()
