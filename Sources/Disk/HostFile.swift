@@ -7,6 +7,9 @@ import IOEngine
 /// I/O engine. Opened with O_DIRECT where the file system allows it, so that disk I/O
 /// bypasses the page cache like a real device; then every transfer is whole sectors into
 /// page-aligned memory, which `readBytes`/`writeSectors` arrange for metadata.
+///
+/// `@unchecked Sendable`: every field is a `let`; its methods are only system calls and I/O-engine requests on
+/// `descriptor` and `registered`, safe from any thread.
 final class HostFile: @unchecked Sendable {
     static let sector = 512
 

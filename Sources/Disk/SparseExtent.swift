@@ -16,6 +16,9 @@ enum GrainMapping {
 /// A hosted sparse extent: a header, a grain directory pointing at grain tables, and grains.
 /// Grain tables are read on first use and cached; allocation appends a grain at the end of
 /// the file and is crash-consistent (grain first, then both tables, then a flush).
+///
+/// `@unchecked Sendable`: `file`, `header` and the directories are `let`s; the cached tables, the next free sector
+/// and the deferred writes are in `state` (a Mutex), and allocations are serialised by `allocationLock`.
 final class SparseExtent: @unchecked Sendable {
     /// In-file `grain table entry` values with a meaning other than "sector offset".
     static let unallocatedEntry: UInt32 = 0

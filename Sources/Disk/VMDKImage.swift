@@ -4,6 +4,9 @@ import Synchronization
 
 /// One VMDK disk (one link of a chain): its descriptor and the extents that hold its data,
 /// in any of the hosted subformats.
+///
+/// `@unchecked Sendable`: every field is a `let`, the descriptor kept in the `currentDescriptor` Mutex; the callers of
+/// `updateDescriptor` (a read-modify-write) serialise it (`VirtualDisk`'s `changeLock`, a conversion's one task).
 public final class VMDKImage: @unchecked Sendable {
     enum Backing {
         case sparse(SparseExtent)

@@ -10,6 +10,9 @@ import Synchronization
 /// caller's executor (the I/O thread, for tasks that prefer the engine's), where a plain
 /// nonisolated async function would check for a hop to the generic executor at every call
 /// level, eight times per 4 KiB read.
+///
+/// `@unchecked Sendable`: every field is a `let`; the CID's renewal is serialised by `changeLock` and recorded in
+/// `contentIDRenewed` (a Mutex), and the layers' extents lock for themselves.
 public final class VirtualDisk: @unchecked Sendable {
     /// The chain, top first: `layers[0]` is the disk opened, the last one has no parent.
     public let layers: [VMDKImage]

@@ -5,6 +5,8 @@ import ProcessVM
 /// actions — stop sends SIGTERM and powers off after a grace period, kill powers off at
 /// once, release hands a finished container's VM back to its pool (restored for a sibling, or
 /// torn down, in the background), remove kills and releases.
+///
+/// `@unchecked Sendable`: `vm` and `currentState` are read and written under `condition`; the rest are `let`s.
 public final class Container: @unchecked Sendable {
     public enum State: Equatable, Sendable {
         case created

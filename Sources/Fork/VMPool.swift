@@ -16,6 +16,9 @@ import ProcessVM
 /// pool decides whether to refill, so a refill never fills the place of a VM coming back
 /// (which would then be torn down), and a fork that finds the pool empty while a VM is on its
 /// way back waits for it a little rather than building one.
+///
+/// `@unchecked Sendable`: every `var` is read and written under `condition`; the rest are `let`s (the queues,
+/// `returnedOne` and the fork point synchronise themselves).
 final class VMPool: @unchecked Sendable {
     let system: KVMSystem
     let forkPoint: ForkPoint

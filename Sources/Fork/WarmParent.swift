@@ -59,6 +59,9 @@ public enum ForkError: Error, CustomStringConvertible, Sendable {
 
 /// An image's program, loaded (or run up to its first read of standard input) and frozen
 /// there for good, with a pool of VMs made ready for its children.
+///
+/// `@unchecked Sendable`: every field is a `let`; `pool` locks under its `condition`, `nextPid` under its `lock`, and the
+/// fork point is only read.
 public final class WarmParent: @unchecked Sendable {
     public let image: ParentSpec
     public let forkPoint: ForkPoint
@@ -152,6 +155,8 @@ public final class WarmParent: @unchecked Sendable {
 }
 
 /// A thread-safe increasing counter.
+///
+/// `@unchecked Sendable`: `value` is read and written under `lock`.
 final class ManagedCounter: @unchecked Sendable {
     private let lock = NSLock()
     private var value: Int

@@ -5,6 +5,9 @@ import Glibc
 
 /// A region of this process's address space from mmap(2), unmapped exactly once when the
 /// value goes away.
+///
+/// `@unchecked Sendable`: both fields are `let`s and the one owner (~Copyable) unmaps it once; writes to the bytes at
+/// `base` are the owner's to order.
 public struct MappedMemory: ~Copyable, @unchecked Sendable {
     public let base: UnsafeMutableRawPointer
     public let length: Int

@@ -3,6 +3,9 @@ import Synchronization
 /// Page-aligned memory for I/O, registered with an engine's ring when a slot is free so that
 /// requests into it skip the kernel's per-request page pinning (READ_FIXED / WRITE_FIXED).
 /// The alignment also satisfies O_DIRECT. Freed, and its slot emptied, when the value goes.
+///
+/// `@unchecked Sendable`: every field is a `let`; the bytes at `base` are the holder's to order, as any buffer pointer's,
+/// and the slot goes back through `BufferRegistry`'s `state` Mutex.
 public final class IOBuffer: @unchecked Sendable {
     public let base: UnsafeMutableRawPointer
     public let count: Int

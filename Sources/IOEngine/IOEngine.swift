@@ -85,6 +85,9 @@ public final class IOEngine: Sendable {
 }
 
 /// Requests submitted together, and the caller waiting for all of them.
+///
+/// `@unchecked Sendable`: `requests` and `continuation` are `let`s; the `var`s are set in init, then touched only by the
+/// I/O thread, which `RingWorker.enqueue` hands the batch to through the `incoming` Mutex.
 final class Batch: @unchecked Sendable {
     let requests: [IORequest]
     // Touched by the I/O thread alone once the batch is queued (see RingWorker's state).

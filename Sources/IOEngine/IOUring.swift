@@ -7,6 +7,9 @@ import Glibc
 
 /// One io_uring instance: a submission and completion queue pair owned by one I/O thread.
 /// The ring is torn down exactly once, when the value goes away.
+///
+/// `@unchecked Sendable`: `ring` is a `let`; its queues are used by the owning I/O thread alone (`RingWorker`), and other
+/// threads only make register calls (`updateRegisteredFile`, `updateRegisteredBuffer`), which read the ring's fd alone.
 public final class IOUring: @unchecked Sendable {
     let ring: UnsafeMutablePointer<io_uring>
 

@@ -176,6 +176,9 @@ private final class StaticKeyAnchor: Sendable {
 }
 
 /// A kvm_cpuid2 list with its flexible array, owned and freed here.
+///
+/// `@unchecked Sendable`: `raw` is a `let`; KVM_GET_SUPPORTED_CPUID fills the table before `supportedCPUID` publishes it
+/// under its Mutex, and it is only read after (KVM_SET_CPUID2 copies it in).
 public final class CPUIDTable: @unchecked Sendable {
     let raw: UnsafeMutablePointer<kvm_cpuid2>
 

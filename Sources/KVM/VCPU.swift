@@ -19,6 +19,9 @@ public enum VMExit: Equatable, Sendable {
 }
 
 /// One virtual CPU: its fd, its shared kvm_run page, and the register interfaces.
+///
+/// `@unchecked Sendable`: every field is a `let`; the kvm_run area and the register ioctls are used by one thread at
+/// a time (running or preparing the vCPU); other threads only set `immediate_exit` (`requestImmediateExit`, then a kick).
 public final class VCPU: @unchecked Sendable {
     let fd: FileDescriptor
     let runArea: MappedMemory

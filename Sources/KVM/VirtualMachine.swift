@@ -6,6 +6,8 @@ import Glibc
 
 /// One KVM virtual machine. Closing it tears down its vCPUs' kernel state; the vCPUs hold a
 /// reference to it, so it outlives them.
+///
+/// `@unchecked Sendable`: both fields are `let`s, and its methods are only ioctls on the VM's descriptor.
 public final class VirtualMachine: @unchecked Sendable {
     let fd: FileDescriptor
     public let system: KVMSystem

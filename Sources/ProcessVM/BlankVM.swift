@@ -10,6 +10,9 @@ import Glibc
 /// the system area, and a vCPU in user mode with the host's CPUID. None of it depends on
 /// the program, so a cold start can take one made ahead of time, off its critical path.
 /// One process VM takes it over; it cannot be used twice.
+///
+/// `@unchecked Sendable`: every field is a `let` set in init; `taken` (an Atomic) lets one process VM take it over
+/// (`markTaken`), which then uses its VM, vCPU, memory and space alone.
 public final class BlankVM: @unchecked Sendable {
     let memory: GuestMemory
     let space: AddressSpace

@@ -90,6 +90,9 @@ public struct StandardStreams: Sendable {
 ///    descriptor, then the guest memory's mapping and memfd — on the pool's queue, or on the
 ///    poller's release queue when the poller's copy of its set held the last reference; never
 ///    on the poller itself.
+///
+/// `@unchecked Sendable`: every `var` but `identity` (never reassigned) is used only by the thread holding `machineState`,
+/// or by its owner before and after `run`; other threads go through `interrupts`, `slot`, `jobControl`, `threads`, atomics.
 public final class ProcessVM: @unchecked Sendable {
     public let configuration: ProcessVMConfiguration
     let vm: VirtualMachine
@@ -656,6 +659,8 @@ public final class ProcessVM: @unchecked Sendable {
 
 /// Requests from other threads — a kill, a signal for the program — taken by the vCPU
 /// thread between exits; sleeping system calls wait on them so both cut a sleep short.
+///
+/// `@unchecked Sendable`: every `var` is read and written under `condition`; `wakeup` locks for itself.
 final class Interrupts: @unchecked Sendable {
     private let condition = NSCondition()
     private var kill: Int32?
@@ -747,6 +752,8 @@ final class Interrupts: @unchecked Sendable {
 
 /// The thread running a VM's `run`, recorded so that another thread can interrupt its
 /// KVM_RUN with the kick signal.
+///
+/// `@unchecked Sendable`: every `var` is read and written under `lock`.
 final class ThreadSlot: @unchecked Sendable {
     private let lock = NSLock()
     private var thread: pthread_t?

@@ -17,8 +17,10 @@ import Foundation
 /// then reads every listed page and writes back the writable ones, so that KVM holds writable
 /// translations of the VM's own copies, before it reads the parent's pages ahead. The memory
 /// this costs is what a reused VM holds anyway (11 pages for a `busybox echo`).
+///
+/// `@unchecked Sendable`: every `var` is read and written under `lock`; outside it `record` reads only the fork
+/// point's frozen `space`.
 final class ChildWriteProfile: @unchecked Sendable {
-    // Sound: every field is read and written under `lock`.
     private let lock = NSLock()
     private var samples = 0
     private var pages: [UInt64: Bool] = [:]

@@ -10,6 +10,9 @@ import Glibc
 /// (general, segment and control registers, XSAVE, XCRs, MSRs), the engine-side process
 /// state (descriptor table, memory map, brk, signal dispositions, cwd), and the parent's
 /// guest memory, which no one writes again — children map it copy-on-write.
+///
+/// `@unchecked Sendable`: every field is a `let` set in init; the parent's memory, `space` and `files` it holds are
+/// only read from then on (each child copies them), and `childWrites` locks for itself.
 public final class ForkPoint: @unchecked Sendable {
     /// Where the parent stopped.
     public enum Kind: Sendable, Equatable {
@@ -248,6 +251,9 @@ extension ProcessVM {
 /// A VM made ready for a fork off the critical path — created afresh (memory slot first,
 /// then the vCPU, CPUID and every register of the fork point set), or reused from a finished
 /// child — so that a fork only writes the child's stack and general registers before it runs.
+///
+/// `@unchecked Sendable`: every field but `writesWarmed` is a `let`; the VM is used by one thread at a time (a fork, a
+/// pool queue), and `warmUpWrites` sets `writesWarmed` only on a VM `VMPool` took out of `ready` under its `condition`.
 public final class PreparedVM: @unchecked Sendable {
     public let forkPoint: ForkPoint
     let vm: VirtualMachine

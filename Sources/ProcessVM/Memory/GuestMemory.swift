@@ -27,6 +27,9 @@ struct RestoredFrames {
 /// The exception: frames holding a program's read-only pages may be mapped straight from
 /// its file (`mapFile`), so a fresh VM reads them from the page cache instead of copying
 /// them. They are gathered into the memfd before the first copy-on-write child is made.
+///
+/// `@unchecked Sendable`: besides the `let`s (`fileBackedRanges` a Mutex), every `var` is used only by the thread holding
+/// the process's `machineState` or by the one thread holding a VM that does not run; a fork point's memory is only read.
 public final class GuestMemory: @unchecked Sendable {
     public static let pageSize = 4096
     public let size: Int

@@ -37,6 +37,9 @@ import Synchronization
 ///
 /// One poller per KVM system (`of(_:)`), so the engine that owns the system owns its poller;
 /// `stop()` ends its thread once no VM runs (the engine's shutdown does).
+///
+/// `@unchecked Sendable`: `watched`, `started`, `threadID`, `stopped` and `backingOffUntil` are read and written under
+/// `condition`; `generation`, the counters and the costs are Atomics; the loop's state is local to the poller thread.
 public final class SyscallPoller: KVMSystemCompanion, @unchecked Sendable {
     /// The poller of the VMs of `system`, started at its first VM.
     public static func of(_ system: KVMSystem) -> SyscallPoller {
