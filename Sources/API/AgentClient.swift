@@ -347,6 +347,7 @@ struct ResponseReader {
             start = 0
         }
         // A scratch area on the stack, not zeroed: a response is usually one read of a few hundred bytes.
+        // unsafe: 16 KiB of stack used only inside the closure; only the bytes recv reports are copied out.
         let count = try withUnsafeTemporaryAllocation(byteCount: 16 * 1024, alignment: 1) { scratch -> Int in
             while true {
                 // Waits in poll for input: a thread blocked in recv on a Unix stream socket is
@@ -399,6 +400,7 @@ struct ResponseReader {
             guard try fill() else { throw AgentClient.ClientError(description: "the daemon closed the connection mid-response") }
             if drained { end = start }
         }
+        // unsafe: start <= end <= buffer.count (headEnd's result), and parseHead copies what it keeps into Strings.
         let head = try buffer.withUnsafeBufferPointer { all in
             try Self.parseHead(UnsafeBufferPointer(rebasing: all[start..<end]))
         }
@@ -450,6 +452,7 @@ struct ResponseReader {
             while valueStart < valueEnd, isBlank(head[valueStart]) { valueStart += 1 }
             while valueEnd > valueStart, isBlank(head[valueEnd - 1]) { valueEnd -= 1 }
             // ASCII lowercase, as header names are compared.
+            // unsafe: exactly colon - line.lowerBound bytes are written, the capacity asked for and the count returned.
             let name = String(unsafeUninitializedCapacity: colon - line.lowerBound) { name in
                 for offset in 0..<(colon - line.lowerBound) {
                     let byte = head[line.lowerBound + offset]

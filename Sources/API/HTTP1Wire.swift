@@ -206,6 +206,7 @@ struct HTTP1RequestParser {
 
     /// The offset of `pattern` in the buffer's readable bytes, searching from `start`.
     private static func find(_ pattern: [UInt8], in buffer: ByteBuffer, from start: Int) -> Int? {
+        // unsafe: the view of the readable bytes does not leave the closure; callers pass start >= 0 (0, or max(0, ...)).
         buffer.withUnsafeReadableBytes { bytes -> Int? in
             // unsafe: every index read is below bytes.count (the loop's bound leaves room for the pattern).
             guard bytes.count >= pattern.count else { return nil }

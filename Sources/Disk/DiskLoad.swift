@@ -29,6 +29,7 @@ public struct DiskLoad: Sendable {
     public func run(on disk: VirtualDisk) async throws(DiskError) -> Double {
         let buffers = (0..<depth).map { _ in disk.engine.makeBuffer(count: requestBytes) }
         for buffer in buffers {
+            // unsafe: an IOBuffer's bytes are initialized UInt8s; the rebound view covers just its count, for the closure.
             buffer.bytes.withMemoryRebound(to: UInt8.self) { bytes in
                 for index in bytes.indices { bytes[index] = UInt8(truncatingIfNeeded: index &* 31 &+ 7) }
             }

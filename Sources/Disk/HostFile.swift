@@ -110,6 +110,7 @@ final class HostFile: @unchecked Sendable {
     func writeSectors(_ bytes: [UInt8], at offset: UInt64) async throws(DiskError) {
         precondition(offset % UInt64(Self.sector) == 0 && bytes.count % Self.sector == 0, "metadata writes are whole sectors")
         let buffer = engine.makeBuffer(count: bytes.count)
+        // unsafe: the IOBuffer was made bytes.count long, so the copy fits exactly.
         bytes.withUnsafeBytes { buffer.bytes.copyMemory(from: $0) }
         do { _ = try await engine.write(registered, from: UnsafeRawBufferPointer(buffer.bytes), at: offset) } catch { throw .io(error) }
     }

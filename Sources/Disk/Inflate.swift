@@ -5,6 +5,7 @@ import CShims
 func inflateGrain(_ compressed: [UInt8], grainBytes: Int, file: String, field: String) throws(DiskError) -> [UInt8] {
     var output = [UInt8](repeating: 0, count: grainBytes)
     var produced = grainBytes
+    // unsafe: zlib writes at most `produced` (grainBytes, the output's count) bytes and reads input.count, during both closures.
     let result = output.withUnsafeMutableBufferPointer { out in
         compressed.withUnsafeBufferPointer { input in
             cshims_zlib_uncompress(out.baseAddress, &produced, input.baseAddress, input.count)

@@ -128,6 +128,7 @@ public final class VirtualDisk: @unchecked Sendable {
                 (buffer.baseAddress! + position).initializeMemory(as: UInt8.self, repeating: 0, count: length)
             case .compressed(let extent, let grain, let offsetInGrain):
                 let grainData = try await extent.readCompressedGrain(grain)
+                // unsafe: the grain inflates to exactly grainBytes and offsetInGrain + length <= grainBytes (map's length); position + length <= buffer.count.
                 grainData.withUnsafeBytes { source in
                     (buffer.baseAddress! + position).copyMemory(from: source.baseAddress! + offsetInGrain, byteCount: length)
                 }

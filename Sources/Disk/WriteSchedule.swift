@@ -25,6 +25,8 @@ public struct WriteSchedule: Sendable {
     /// Fills `buffer` (whole sectors) with what write `number` of the schedule seeded `seed`
     /// puts at `firstSector` onwards: every sector's bytes depend on seed, number and sector.
     public static func fill(_ buffer: UnsafeMutableRawBufferPointer, seed: UInt64, number: Int, firstSector: UInt64) {
+        // unsafe: callers pass whole sectors (a multiple of 8 bytes) at an 8-aligned base (an IOBuffer's page, an array's storage);
+        // the UInt64 binding outlives the call, and later users read the bytes raw.
         let words = buffer.bindMemory(to: UInt64.self)
         for index in words.indices {
             let sector = firstSector + UInt64(index / 64)

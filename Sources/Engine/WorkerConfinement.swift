@@ -96,6 +96,7 @@ public struct WorkerConfinement: Sendable, Codable, Equatable {
         let paths = rules.map { strdup($0.0) }
         defer { paths.forEach { free($0) } }
         let kinds = rules.map(\.1)
+        // unsafe: both arrays have rules.count elements and outlive the call; the strdup'd paths are freed only after it.
         let result = paths.map { UnsafePointer($0) }.withUnsafeBufferPointer { pathBuffer in
             kinds.withUnsafeBufferPointer { kindBuffer in
                 cshims_landlock_restrict_writes(pathBuffer.baseAddress, kindBuffer.baseAddress, Int32(rules.count))

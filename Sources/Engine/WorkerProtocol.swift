@@ -122,6 +122,7 @@ public enum WorkerWire {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw EngineError(.failed, "socket: \(String(cString: strerror(errno)))") }
         var address = try socketAddress(path)
+        // unsafe: the pointer to the local sockaddr_un is used only inside the closure, for connect's call.
         let result = withUnsafePointer(to: &address) {
             // unsafe: sockaddr_un is a sockaddr of the size given.
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }

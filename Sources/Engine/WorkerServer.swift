@@ -54,6 +54,7 @@ public final class WorkerServer: Sendable {
         listener = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard listener >= 0 else { throw EngineError(.failed, "socket: \(String(cString: strerror(errno)))") }
         var address = try WorkerWire.socketAddress(socketPath)
+        // unsafe: the pointer to the local sockaddr_un is used only inside the closure, for bind's call.
         let bound = withUnsafePointer(to: &address) {
             // unsafe: sockaddr_un is a sockaddr of the size given.
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }

@@ -17,8 +17,8 @@ public enum EngineDiagnostics {
         let deadline = ContinuousClock.now + patience
         var done = 0
         while done < bytes.count {
+            // unsafe: write reads [done, count) of `bytes`'s storage (done < count: the loop's condition), during the closure.
             let written = bytes.withUnsafeBytes { buffer in
-                // The range [done, count) lies inside `bytes`.
                 Glibc.write(STDERR_FILENO, buffer.baseAddress! + done, buffer.count - done)
             }
             if written > 0 {

@@ -54,6 +54,7 @@ public final class PageMap {
             let wanted = min(end - page, Self.entriesPerRead)
             let offset = off_t(page * Self.entrySize)
             let bytes = try retryingSyscall("pread(/proc/self/pagemap, page \(page))") {
+                // unsafe: wanted <= entriesPerRead, so pread's wanted * 8 bytes fit `entries`, during the closure.
                 entries.withUnsafeMutableBytes { pread(file.rawValue, $0.baseAddress, wanted * Self.entrySize, offset) }
             }
             let read = bytes / Self.entrySize
@@ -90,6 +91,7 @@ public final class PageMap {
             let wanted = min(Self.entriesPerRead, pages - first)
             let offset = off_t((address / UInt(Self.pageSize) + UInt(first)) * UInt(Self.entrySize))
             let bytes = try retryingSyscall("pread(/proc/self/pagemap)") {
+                // unsafe: pread writes wanted * 8 bytes and wanted <= entriesPerRead, the array's count of UInt64s.
                 entries.withUnsafeMutableBytes { pread(file.rawValue, $0.baseAddress, wanted * Self.entrySize, offset) }
             }
             guard bytes == wanted * Self.entrySize else { throw SystemError(call: "pread(/proc/self/pagemap) returned \(bytes) bytes", errno: EIO) }
@@ -140,6 +142,7 @@ public final class PageMap {
         var from = start
         while from < end {
             var walkEnd: UInt64 = 0
+            // unsafe: `runs` holds runsPerScan regions of three UInt64s, and the scan is given runsPerScan as its capacity.
             let found = runs.withUnsafeMutableBufferPointer { ask(file.rawValue, from, end, $0.baseAddress, Self.runsPerScan, &walkEnd) }
             if found < 0 {
                 if errno == EINTR { continue }

@@ -63,8 +63,8 @@ public final class IOEngine: Sendable {
     nonisolated(nonsending) public func submit(_ requests: [IORequest]) async throws(IOUringError) -> [Int] {
         if requests.isEmpty { return [] }
         requestCount.add(requests.count, ordering: .relaxed)
-        // Unsafe rather than checked: the checked kind allocates a guard object per call, and
-        // the I/O thread resumes each batch exactly once, when its last request finishes.
+        // unsafe: resumed exactly once: the I/O thread resumes a batch when its last request finishes (`requests` is not
+        // empty here). Unsafe rather than checked: the checked kind allocates a guard object per call.
         let result = await withUnsafeContinuation { (continuation: UnsafeContinuation<Result<[Int], IOUringError>, Never>) in
             worker.enqueue(Batch(requests: requests, continuation: continuation))
         }

@@ -84,6 +84,7 @@ final class HTTPTransfer: NSObject, URLSessionDataDelegate, @unchecked Sendable 
     func urlSession(_ session: URLSession, dataTask: URLSessionDataTask, didReceive data: Data) {
         let entry = tasks.withLock { $0[dataTask.taskIdentifier] }
         guard let entry, entry.failure == nil, let head = entry.head else { return }
+        // unsafe: the sinks (RegistryClient's) copy, hash or write the piece before returning; none keeps the pointer.
         let failure = data.withUnsafeBytes { entry.sink(head, $0) }
         if let failure {
             tasks.withLock { $0[dataTask.taskIdentifier]?.failure = failure }

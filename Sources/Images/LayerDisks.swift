@@ -54,6 +54,7 @@ public struct LayerDisks: Sendable {
             let fd = open(path, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600)
             if fd >= 0 {
                 let pid = Array("\(getpid())\n".utf8)
+                // unsafe: write reads at most the pid line's count bytes from its storage, during the closure.
                 _ = pid.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
                 close(fd)
                 // Its holder may have completed the disk just before letting go.

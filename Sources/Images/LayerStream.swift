@@ -83,6 +83,7 @@ final class LayerStream {
             }
             let count: Int
             do {
+                // unsafe: the array's view lives only for the read; filled < bytes.count (grown above when full), so raw[filled...] is not empty.
                 count = try bytes.withUnsafeMutableBytes { raw throws(ImageError) in
                     // unsafe: [filled, count) lies inside the array's storage.
                     try stream.read(into: UnsafeMutableRawBufferPointer(rebasing: raw[filled...]))
@@ -116,6 +117,7 @@ final class LayerStream {
         while position < input.count {
             if input[position] == 0, input[position...].allSatisfy({ $0 == 0 }) { break }
             var consumed = 0, produced = 0
+            // unsafe: both views live only for the one call; position < input.count (the loop's condition), filled < output.count (checked below).
             let result = input.withUnsafeBytes { source in
                 output.withUnsafeMutableBytes { target in
                     // unsafe: both ranges lie inside their arrays ([position, count) and [filled, count)).
@@ -171,6 +173,7 @@ final class LayerStream {
     private func fillInput() throws(ImageError) {
         if inputStart == inputEnd { inputStart = 0; inputEnd = 0 }
         guard !inputDone, inputEnd < input.count else { return }
+        // unsafe: the view lives only for the read; inputEnd < input.count (the guard above).
         let count = input.withUnsafeMutableBytes { raw in
             // unsafe: read writes within the buffer's free tail, from inputEnd on.
             Foundation.read(fd, raw.baseAddress! + inputEnd, raw.count - inputEnd)
@@ -192,6 +195,7 @@ final class LayerStream {
     private func zstdStep(_ zstd: OpaquePointer, into buffer: UnsafeMutableRawBufferPointer) throws(ImageError) -> Int {
         while true {
             var consumed = 0, produced = 0
+            // unsafe: the input's view lives only for the step; zstdMessage is passed with its own count.
             let result = input.withUnsafeBytes { raw in
                 // unsafe: the input range [inputStart, inputEnd) and the caller's buffer are both in bounds.
                 cshims_zstd_step(zstd, raw.baseAddress!.assumingMemoryBound(to: UInt8.self) + inputStart, inputEnd - inputStart, &consumed,
@@ -220,6 +224,7 @@ final class LayerStream {
         if let inflated {
             let count = min(buffer.count, inflated.bytes.count - inflatedOffset)
             if count == 0 { return 0 }
+            // unsafe: the inflated bytes' view lives only for the copy; inflatedOffset + count <= their count.
             inflated.bytes.withUnsafeBytes { raw in
                 // unsafe: count bytes fit both the remaining bytes and the caller's buffer.
                 buffer.baseAddress!.copyMemory(from: raw.baseAddress! + inflatedOffset, byteCount: count)
@@ -249,6 +254,7 @@ final class LayerStream {
                     throw .unsafeLayer(layer: layer, entry: "-", problem: "the gzip stream is truncated")
                 }
                 var consumed = 0
+                // unsafe: the input's view lives only for the step; inputStart <= inputEnd <= input.count.
                 let result = input.withUnsafeBytes { raw in
                     // unsafe: the input range [inputStart, inputEnd) and the caller's buffer are both in bounds.
                     cshims_gunzip_step(gunzip, raw.baseAddress!.assumingMemoryBound(to: UInt8.self) + inputStart, inputEnd - inputStart, &consumed,
@@ -269,6 +275,7 @@ final class LayerStream {
             } else {
                 if inputStart == inputEnd && inputDone { return 0 }
                 count = min(buffer.count, inputEnd - inputStart)
+                // unsafe: the input's view lives only for the copy; count <= inputEnd - inputStart.
                 input.withUnsafeBytes { raw in
                     // unsafe: count bytes fit both the input range and the caller's buffer.
                     buffer.baseAddress!.copyMemory(from: raw.baseAddress! + inputStart, byteCount: count)

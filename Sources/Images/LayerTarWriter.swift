@@ -122,6 +122,7 @@ public final class LayerTarWriter {
     }
 
     private func flush() throws(ImageError) {
+        // unsafe: the buffer's view lives only in the closure; hash.update and write read within it (write from done < count).
         let failure: Int32? = buffer.withUnsafeBytes { bytes in
             hash.update(bytes)
             var done = 0

@@ -58,6 +58,7 @@ public struct SHA256: Sendable {
     }
 
     public mutating func update<C: ContiguousBytes>(_ bytes: C) {
+        // unsafe: the bytes' view lives only for update's call, which reads within its count.
         bytes.withUnsafeBytes { update($0) }
     }
 
@@ -101,9 +102,9 @@ public struct SHA256: Sendable {
     private mutating func compress(_ data: UnsafeRawPointer, blocks: Int) {
         if hardware {
             // unsafe: a tuple of eight UInt32 is laid out as eight consecutive words (as C arrays
-            // import); data points at blocks * 64 readable bytes; `k` holds the 64 constants the shim
-            // reads; the shim writes only the eight words.
+            // import); data points at blocks * 64 readable bytes; the shim writes only the eight words.
             withUnsafeMutableBytes(of: &state) { words in
+                // unsafe: `k` is the 64 UInt32 round constants the shim reads (uint32_t[64]), alive for the call.
                 Self.k.withUnsafeBufferPointer { constants in
                     cshims_sha256_blocks(words.baseAddress!.assumingMemoryBound(to: UInt32.self), data.assumingMemoryBound(to: UInt8.self), blocks,
                                          constants.baseAddress!)
@@ -127,6 +128,7 @@ public struct SHA256: Sendable {
                 w[index] = w[index - 16] &+ s0 &+ w[index - 7] &+ s1
             }
             var (a, b, c, d, e, f, g, h) = state
+            // unsafe: `k` holds 64 constants and index < 64; its view is used only inside the closure.
             Self.k.withUnsafeBufferPointer { k in
                 for index in 0..<64 {
                     let s1 = rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)

@@ -64,6 +64,7 @@ final class TarReader {
             start = 0
         }
         while end < count {
+            // unsafe: the view of `buffer` is used only in the closure; end <= buffer.count, so raw[end...] is a valid (maybe empty) range.
             let result = buffer.withUnsafeMutableBytes { raw in
                 // unsafe: the source fills the buffer's free tail, from end on.
                 Result { () throws(ImageError) in try source.read(into: UnsafeMutableRawBufferPointer(rebasing: raw[end...])) }
@@ -86,6 +87,7 @@ final class TarReader {
         while remaining > 0 {
             if start == end, try !ensure(1) { throw error("the archive ends inside the entry's content (\(remaining) bytes missing)") }
             let count = Int(min(Int64(end - start), remaining))
+            // unsafe: the view goes to `body` only for its call (the unpacker writes it out); count <= end - start keeps it filled.
             let result = buffer.withUnsafeBytes { raw in
                 // unsafe: [start, start + count) is within the filled part of the buffer.
                 Result { () throws(ImageError) in try body(UnsafeRawBufferPointer(rebasing: raw[start..<start + count])) }
@@ -122,6 +124,7 @@ final class TarReader {
         }
         if start == end, try !ensure(1) { throw error("the archive ends inside the entry's content (\(remaining) bytes missing)") }
         let count = min(end - start, Int(min(remaining, Int64(target.count))))
+        // unsafe: the view of `buffer` is used only for this one copy, of [start, start + count) of its filled part.
         buffer.withUnsafeBytes { raw in
             // unsafe: [start, start + count) is within the filled part of the buffer, and count fits `target`.
             target.baseAddress!.copyMemory(from: raw.baseAddress! + start, byteCount: count)

@@ -193,6 +193,7 @@ public final class CPUIDTable: @unchecked Sendable {
     /// The entries, for inspection (the probe prints the vendor and hypervisor bit from them);
     /// read-only, as one table is shared by every VM.
     public var entries: UnsafeBufferPointer<kvm_cpuid_entry2> {
+        // unsafe: the calloc'd table has `capacity` entries after its 8-byte header and KVM set nent <= capacity; valid while the (cached) table lives.
         let base = UnsafeRawPointer(raw).advanced(by: MemoryLayout<kvm_cpuid2>.size)
             .assumingMemoryBound(to: kvm_cpuid_entry2.self)
         return UnsafeBufferPointer(start: base, count: count)

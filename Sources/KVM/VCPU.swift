@@ -39,6 +39,7 @@ public final class VCPU: @unchecked Sendable {
     /// What this vCPU made the hypervisor do so far (nil where KVM keeps no statistics).
     public func counters() -> VCPUCounters? { statistics?.read() }
 
+    // unsafe: the kvm_run mapping (the vCPU mmap size, >= sizeof(kvm_run), page-aligned) lives as long as this VCPU.
     /// The kvm_run structure shared with the kernel.
     public var runState: UnsafeMutablePointer<kvm_run> { runArea.base.assumingMemoryBound(to: kvm_run.self) }
 
@@ -161,6 +162,7 @@ public final class VCPU: @unchecked Sendable {
     public func msrs(_ indices: [UInt32]) throws(KVMError) -> [UInt32: UInt64] {
         let list = cshims_kvm_msrs_alloc(UInt32(indices.count))!
         defer { free(list) }
+        // unsafe: the calloc'd list has room for indices.count entries right after its 8-byte header; i < that count, and read <= nmsrs.
         let entries = UnsafeMutableRawPointer(list).advanced(by: MemoryLayout<kvm_msrs>.size).assumingMemoryBound(to: kvm_msr_entry.self)
         for (i, index) in indices.enumerated() { entries[i].index = index }
         let read = cshims_ioctl_ptr(fd.rawValue, CSHIMS_KVM_GET_MSRS, list)
@@ -174,6 +176,7 @@ public final class VCPU: @unchecked Sendable {
     public func setMSRs(_ values: [(index: UInt32, value: UInt64)]) throws(KVMError) {
         let list = cshims_kvm_msrs_alloc(UInt32(values.count))!
         defer { free(list) }
+        // unsafe: the calloc'd list has room for values.count entries right after its 8-byte header (8-aligned); i < values.count.
         let entries = UnsafeMutableRawPointer(list).advanced(by: MemoryLayout<kvm_msrs>.size).assumingMemoryBound(to: kvm_msr_entry.self)
         for (i, entry) in values.enumerated() {
             entries[i].index = entry.index

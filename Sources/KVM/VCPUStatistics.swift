@@ -52,8 +52,10 @@ final class VCPUStatistics: Sendable {
         let descriptorSize = MemoryLayout<kvm_stats_desc>.size + Int(header.name_size)
         var descriptors = [UInt8](repeating: 0, count: descriptorSize * Int(header.num_desc))
         let wanted = descriptors.count
+        // unsafe: pread writes `wanted` bytes, the array's count, during the closure.
         guard descriptors.withUnsafeMutableBytes({ pread(raw, $0.baseAddress, wanted, off_t(header.desc_offset)) }) == wanted else { return nil }
         var found: [String: Int] = [:]
+        // unsafe: each descriptor's fields and name lie in [base, base + descriptorSize), index < num_desc; loadUnaligned needs no alignment.
         descriptors.withUnsafeBytes { bytes in
             for index in 0..<Int(header.num_desc) {
                 let base = index * descriptorSize
@@ -74,6 +76,8 @@ final class VCPUStatistics: Sendable {
     /// stack (it runs twice per child, on the fork's path).
     func read() -> VCPUCounters? {
         let count = span.count
+        // unsafe: KVM's stats are u64s at 8-byte offsets, so count (max - min + 8) is a multiple of 8 and pread fills exactly the words;
+        // each index (offset - min) / 8 is below count / 8.
         return withUnsafeTemporaryAllocation(of: UInt64.self, capacity: count / 8) { words -> VCPUCounters? in
             guard pread(fd.rawValue, words.baseAddress, count, off_t(span.lowerBound)) == count else { return nil }
             func value(_ index: Int) -> UInt64 { words[(offsets[index] - span.lowerBound) / 8] }

@@ -247,7 +247,7 @@ public final class ProcessVM: @unchecked Sendable {
         self.files = files
         files.creator = GuestFiles.Caller(uid: identity.uid, gid: identity.gid)
         self.identity = identity
-        // Three contiguous little-endian words, with no array made on the fork path.
+        // unsafe: three UInt32s, 12 contiguous little-endian bytes alive for the call (no array made on the fork path); loaderWrite copies them.
         withUnsafeBytes(of: (UInt32(bitPattern: identity.pid).littleEndian, identity.uid.littleEndian, identity.gid.littleEndian)) {
             space.loaderWrite(SystemArea.identityWords, $0)
         }
@@ -370,6 +370,7 @@ public final class ProcessVM: @unchecked Sendable {
         var generator = SystemRandomNumberGenerator()
         var bytes = [UInt8](repeating: 0, count: count)
         for offset in stride(from: 0, to: count, by: 8) {
+            // unsafe: the UInt64's 8 bytes are read only in the closure, at index < min(8, count - offset).
             withUnsafeBytes(of: generator.next()) { word in
                 for index in 0..<min(8, count - offset) { bytes[offset + index] = word[index] }
             }

@@ -56,6 +56,7 @@ public enum HostFacts {
         defer { for pointer in envp ?? [] { free(pointer) } }
         var pid: pid_t = 0
         let spawned = envp.map { envp in
+            // unsafe: `envp` is strdup'd strings ending in nil, freed only by the defer; posix_spawn copies them during the call.
             envp.withUnsafeBufferPointer { posix_spawn(&pid, executable, &actions, nil, argv, $0.baseAddress) }
         } ?? posix_spawn(&pid, executable, &actions, nil, argv, environ)
         guard spawned == 0 else { throw RunError(description: "cannot run \(executable): \(String(cString: strerror(spawned)))") }
@@ -67,6 +68,7 @@ public enum HostFacts {
         // Standard input from a thread of its own, so that a child that writes much before it
         // reads cannot stall both sides.
         let writer = Thread { [fd = input[1], bytes = stdin ?? Data()] in
+            // unsafe: write reads [offset, count) of the Data's bytes, offset < count, while the closure runs.
             bytes.withUnsafeBytes { raw in
                 var offset = 0
                 while offset < raw.count {

@@ -12,6 +12,7 @@ public enum TinyELF {
 
     /// `mov r64, imm64` for rax, rdi, rsi, rdx, r10, r8, r9 (the system-call registers).
     public static func load(_ register: SyscallRegister, _ value: UInt64) -> [UInt8] {
+        // unsafe: the UInt64's eight bytes are copied into an array before the closure returns.
         register.movPrefix + withUnsafeBytes(of: value.littleEndian) { Array($0) }
     }
 
@@ -106,6 +107,7 @@ public enum TinyELF {
 }
 
 extension FixedWidthInteger {
+    // unsafe: reads only the integer's own size in bytes, copied into an array before the closure returns.
     fileprivate var littleEndianBytes: [UInt8] { withUnsafeBytes(of: littleEndian) { Array($0) } }
 }
 

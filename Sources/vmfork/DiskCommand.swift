@@ -180,6 +180,7 @@ struct DiskCommand: AsyncParsableCommand {
                 try await disk.write(UnsafeRawBufferPointer(data), at: first * 512)
                 try await disk.flush()
                 let line = Array("\(number)\n".utf8)
+                // unsafe: write reads at most the line's count bytes from its storage, during the closure.
                 _ = line.withUnsafeBytes { Glibc.write(logFD, $0.baseAddress, $0.count) }
                 number += 1
             }

@@ -54,6 +54,7 @@ struct ChildArgumentRoom: Sendable {
         let argv = (stringsStart - UInt64(arrayBytes)) & ~15
         var block = [UInt8](repeating: 0, count: Int(area.upperBound - argv))
         let pointers = offsets.map { stringsStart + UInt64($0) }
+        // unsafe: argv's slots (8 * argc <= arrayBytes <= stringsStart - argv) and the strings (stringBytes, up to the top) lie in the block.
         block.withUnsafeMutableBytes { raw in
             for (index, pointer) in pointers.prefix(arguments.count).enumerated() {
                 raw.storeBytes(of: pointer.littleEndian, toByteOffset: 8 * index, as: UInt64.self)
@@ -62,6 +63,7 @@ struct ChildArgumentRoom: Sendable {
         }
         var environmentWords = Array(pointers.dropFirst(arguments.count))
         environmentWords.append(0)
+        // unsafe: the UInt64s' bytes are only copied into a new array, inside the closure.
         let environmentBytes = environmentWords.withUnsafeBytes { Array($0) }
         guard space.write(argv, block), space.write(environmentArray, environmentBytes) else {
             throw .childArgumentsTooLarge("the stack area for them is not writable")

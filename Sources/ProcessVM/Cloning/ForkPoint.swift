@@ -164,6 +164,7 @@ extension ProcessVM {
     private func writeVectorState() throws(GuestError) {
         var state: kvm_xsave
         do { state = try vcpu.xsave() } catch { throw .kvm(error) }
+        // unsafe: `region` is kvm_xsave's 1024 UInt32s (4096 contiguous bytes) of a local copy; loaderWrite copies them during the call.
         withUnsafeBytes(of: &state.region) { space.loaderWrite(SystemArea.vectorState, $0) }
     }
 
@@ -187,6 +188,7 @@ extension ProcessVM {
         for index in 0..<SystemArea.warmUpListPages {
             _ = try space.mapSystemPage(at: SystemArea.warmUpList + index * AddressSpace.pageSize, [.read, .user])
         }
+        // unsafe: loaderWrite copies the list's bytes during the call, only into mapped guest pages (the list's pages, mapped just above).
         SystemArea.warmUpListBytes(pages).withUnsafeBytes { space.loaderWrite(SystemArea.warmUpList, $0) }
         return pages
     }
@@ -233,12 +235,13 @@ extension ProcessVM {
         }
         // As the kernel's fork does for CLONE_CHILD_SETTID: the C library's cached thread id
         // is the child's own (a program that unmapped it gets nothing written).
+        // unsafe: the pid's four bytes are only copied into a new array, inside the closure.
         if let address = forkPoint.threadIDAddress { space.write(address, withUnsafeBytes(of: identity.pid.littleEndian) { Array($0) }) }
         // A reused VM holds its last child's vector state: the child loads the fork point's
         // itself before its first instruction (`SystemArea.vectorStateRoutine`).
         if prepared.isReused {
             let regs = sync.pointee.regs
-            // Three contiguous little-endian words, with no array made on the fork path.
+            // unsafe: three UInt64s, 24 contiguous little-endian bytes alive for the call (no array made on the fork path); loaderWrite copies them.
             withUnsafeBytes(of: (regs.rax.littleEndian, regs.rdx.littleEndian, regs.rip.littleEndian)) { space.loaderWrite(SystemArea.entryScratch, $0) }
             sync.pointee.regs.rip = SystemArea.vectorStateRoutine
         }
@@ -374,6 +377,7 @@ public final class PreparedVM: @unchecked Sendable {
         guard let target = memory.pointer(physical: mailbox + UInt64(offset), length: writes.list.count) else {
             preconditionFailure("the mailbox lies in guest memory")
         }
+        // unsafe: `pointer` checked these list.count bytes lie in guest memory; at most warmUpOwnListCapacity + 1 words, they end before the output buffer.
         writes.list.withUnsafeBytes { target.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
     }
 }
@@ -431,6 +435,7 @@ extension PreparedVM {
                 // In the VM's own mailbox when the list fits there, else over its copy of the
                 // fork point's list (two more pages of its own).
                 let list = readAgain.count <= SystemArea.warmUpOwnListCapacity ? SystemArea.warmUpOwnList : SystemArea.warmUpList
+                // unsafe: loaderWrite copies the list during the call into mapped guest pages; readAgain is a subset of the warm-up list, so it fits its pages.
                 SystemArea.warmUpListBytes(readAgain).withUnsafeBytes { child.space.loaderWrite(list, $0) }
                 try Self.readAhead(vcpu, for: forkPoint, lists: (list, 0))
             }

@@ -24,6 +24,7 @@ extension ProcessVM {
         guard space.permissions(at: AddressSpace.pageDown(main))?.contains(.execute) == true, let original = space.read(main, count: 1)?.first else {
             throw .noMainForkPoint("main's address 0x\(String(main, radix: 16)), from the entry point's code, is not in the program's code")
         }
+        // unsafe: the view of the one int3 byte lives for the call, and loaderWrite only copies it.
         withUnsafeBytes(of: X86.int3) { space.loaderWrite(main, $0) }
         stopsAtMain = (main, original)
     }
@@ -43,6 +44,7 @@ extension ProcessVM {
         let rsp = frame.load(fromByteOffset: 24, as: UInt64.self)
         guard rip == main.address + 1, cs == UInt64(X86.Selector.userCode) else { return false }
         stopsAtMain = nil
+        // unsafe: the view of the saved byte lives for the call, and loaderWrite only copies it.
         withUnsafeBytes(of: main.originalByte) { space.loaderWrite(main.address, $0) }
         do throws(KVMError) {
             var registers = vcpu.syncRegisters.pointee.regs
@@ -98,6 +100,7 @@ extension ProcessVM {
                 let offset = segment.fileOffset + Int(image.entry - segment.virtualAddress)
                 let count = min(MainLocator.window, segment.fileOffset + segment.fileSize - offset)
                 var code = [UInt8](repeating: 0, count: count)
+                // unsafe: pread writes at most `count` bytes, the array's size, while the closure runs.
                 guard code.withUnsafeMutableBytes({ pread(file, $0.baseAddress, count, off_t(offset)) }) == count else {
                     return "its entry point's code cannot be read"
                 }

@@ -226,12 +226,12 @@ public struct StartupRerandomisation: Sendable, CustomStringConvertible {
             secrets = StartupSecrets(randomBytes: ProcessVM.freshRandomBytes(GlibcTCB.randomByteCount))
         }
         if let randomBytesFrame, let target = memory.pointer(physical: randomBytesFrame, length: secrets.randomBytes.count) {
-            // Sound: `pointer` checked that the bytes lie inside guest memory; the array is not empty.
+            // unsafe: `pointer` checked that the bytes lie inside guest memory; the array is not empty, and exactly its count is copied.
             secrets.randomBytes.withUnsafeBytes { target.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
         }
         for site in memorySites {
             guard let target = memory.pointer(physical: site.physical, length: GlibcTCB.wordBytes) else { continue }
-            // Sound: `pointer` checked that the word lies inside guest memory.
+            // unsafe: `pointer` checked that the word lies inside guest memory.
             target.storeBytes(of: site.kind.value(for: secrets), as: UInt64.self)
         }
         return secrets
@@ -377,7 +377,7 @@ public struct StartupRerandomisation: Sendable, CustomStringConvertible {
                           permissions.contains(.write) || !permissions.contains(.execute),
                           !isHole(frame), scannedFrames.insert(frame).inserted,
                           let base = space.memory.pointer(physical: frame, length: GuestMemory.pageSize) else { continue }
-                    // Sound: `pointer` checked the whole frame lies inside guest memory, which is
+                    // unsafe: `pointer` checked the whole frame lies inside guest memory, which is
                     // page-aligned, so the frame holds 512 aligned words; the parent is frozen.
                     let words = UnsafeBufferPointer(start: base.assumingMemoryBound(to: UInt64.self), count: GuestMemory.pageSize / GlibcTCB.wordBytes)
                     for (index, word) in words.enumerated() {

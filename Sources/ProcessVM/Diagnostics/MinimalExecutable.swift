@@ -18,6 +18,7 @@ public enum MinimalExecutable {
         let programHeaders = 2
         let codeOffset = elfHeaderSize + programHeaderSize * programHeaders
         var bytes: [UInt8] = []
+        // unsafe: the integer's bytes are appended to `bytes` (copied) before the closure returns.
         func put<T: FixedWidthInteger>(_ value: T) { withUnsafeBytes(of: value.littleEndian) { bytes.append(contentsOf: $0) } }
         bytes += [0x7F, 0x45, 0x4C, 0x46, 2, 1, 1, 0] + [UInt8](repeating: 0, count: 8) // ELF64, little-endian, version 1
         put(UInt16(2)); put(UInt16(62)); put(UInt32(1)) // ET_EXEC, x86-64, EV_CURRENT

@@ -202,6 +202,7 @@ extension GuestFiles {
                     throw SystemError(call: "readlinkat", errno: emptyPath ? ENOENT : EINVAL)
                 }
                 return try retryingSyscall("readlinkat") {
+                    // unsafe: `base` starts the non-empty guest buffer (checked above) and readlinkat writes at most buffer.count raw bytes into it.
                     Glibc.readlinkat(hostFD, "", base.assumingMemoryBound(to: CChar.self), buffer.count)
                 }
             }

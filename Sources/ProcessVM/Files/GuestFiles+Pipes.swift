@@ -90,6 +90,7 @@ extension ProcessVM {
         } catch {
             return .value(-Int64(error.errno))
         }
+        // unsafe: a tuple of two Int32s is 8 contiguous bytes (int[2]'s layout), copied into an array before the closure returns.
         guard space.write(address, withUnsafeBytes(of: (ends.read, ends.write)) { Array($0) }) else {
             _ = files.close(ends.read)
             _ = files.close(ends.write)

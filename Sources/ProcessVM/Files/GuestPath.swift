@@ -32,6 +32,7 @@ enum GuestPath {
     /// Runs `body` with `bytes` as a NUL-terminated C string.
     static func withCString<T>(_ bytes: [UInt8], _ body: (UnsafePointer<CChar>) throws(SystemError) -> T) throws(SystemError) -> T {
         let terminated = bytes + [0]
+        // unsafe: the pointer is into `terminated`'s NUL-ended storage, alive for body's call; UInt8 and CChar may alias.
         let result = terminated.withUnsafeBytes { raw in
             Result { () throws(SystemError) in try body(raw.baseAddress!.assumingMemoryBound(to: CChar.self)) }
         }

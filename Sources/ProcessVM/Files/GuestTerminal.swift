@@ -229,6 +229,7 @@ public final class GuestTerminal: Sendable {
     }
 
     private func append(_ bytes: [UInt8]) throws(SystemError) {
+        // unsafe: the view of `bytes` is used only inside the closure, and append reads [done, count) of it.
         try bytes.withUnsafeBytes { bytes in Result { () throws(SystemError) in try append(bytes) } }.get()
     }
 
@@ -259,6 +260,7 @@ public final class GuestTerminal: Sendable {
                 let settings = state.settings
                 // A signal character ends the read, as the signal it sends interrupts it on Linux.
                 if !signals.isEmpty { throw SystemError(call: "read(terminal)", errno: EINTR) }
+                // unsafe: `chunk` is hostReadSize stack bytes used only in the closure; readHost fills at most its count, and prefix(got) stays inside.
                 let attempt = withUnsafeTemporaryAllocation(byteCount: Self.hostReadSize, alignment: 1) { chunk -> Result<Int, SystemError> in
                     let got: Int
                     do throws(SystemError) {
@@ -315,6 +317,7 @@ public final class GuestTerminal: Sendable {
         }
         let count = min(available, buffer.count)
         guard count > 0 else { return 0 }
+        // unsafe: count <= available <= ready.count (a canonical line's bytes are in `ready`) and count <= buffer.count.
         state.ready.withUnsafeBytes { buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[..<count])) }
         state.ready.removeFirst(count)
         if canonical {

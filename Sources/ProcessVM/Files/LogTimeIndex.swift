@@ -137,6 +137,7 @@ public struct LogTimes: Sendable {
         pending.append(contentsOf: bytes)
         let count = pending.count / LogTimeIndex.recordSize
         guard count > 0 else { return }
+        // unsafe: base + 16 <= count * recordSize <= pending.count for every record; loadUnaligned needs no alignment.
         let records = pending.withUnsafeBytes { raw in
             (0..<count).map { index in
                 let base = index * LogTimeIndex.recordSize

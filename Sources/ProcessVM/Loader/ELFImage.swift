@@ -42,6 +42,7 @@ struct ELFImage {
         do { fileSize = Int(try HostFileCalls.status(file).st_size) } catch { throw .system(error) }
         let header = try Self.read(file, at: 0, count: min(fileSize, 64))
         func read<T: FixedWidthInteger>(_ bytes: [UInt8], _ offset: Int, _: T.Type) -> T {
+            // unsafe: each read lies inside `bytes` (the header is checked to be 64 bytes, each table entry >= 56); loadUnaligned needs no alignment.
             bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: T.self) }
         }
         guard header.count >= 64 else { throw fail("file of \(fileSize) bytes is smaller than an ELF header") }
@@ -134,6 +135,7 @@ struct ELFImage {
         var bytes = [UInt8](repeating: 0, count: count)
         var done = 0
         while done < count {
+            // unsafe: pread writes at most count - done bytes from done on, inside the count-byte array, while the closure runs.
             let result = bytes.withUnsafeMutableBytes { buffer in
                 Result { () throws(SystemError) in
                     try retryingSyscall("pread(executable)") { pread(file, buffer.baseAddress! + done, count - done, off_t(offset + done)) }

@@ -59,6 +59,7 @@ struct InitialStack {
         words += argumentPointers + [0] + environmentPointers + [0]
         for (key, value) in auxiliary { words += [key.rawValue, value] }
         cursor = (cursor - UInt64(words.count * 8)) & ~15
+        // unsafe: the UInt64s' bytes (little-endian on x86-64, as the guest reads them) are only copied into a new array.
         let bytes = words.withUnsafeBytes { Array($0) }
         guard space.write(cursor, bytes) else { throw .invalidExecutable("initial stack does not fit") }
         return (cursor, random, cursor + UInt64(8 * (1 + arguments.count + 1)))

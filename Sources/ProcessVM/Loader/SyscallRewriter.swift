@@ -195,6 +195,7 @@ enum SyscallRewriter {
         var address = range.lowerBound
         while address < range.upperBound {
             let chunk = Int(min(range.upperBound, AddressSpace.pageDown(address) + AddressSpace.pageSize) - address)
+            // unsafe: `window` is carry + a page long; carried <= carry and chunk <= a page keep every copy inside it, and `body` sees it only for its call.
             window.withUnsafeMutableBytes { buffer in
                 space.loaderCopy(address, count: chunk, into: buffer.baseAddress! + carried)
                 let filled = carried + chunk
@@ -295,6 +296,7 @@ enum SyscallRewriter {
         }
         guard !jumps.isEmpty else { return 0 }
         try space.mapAnonymous(at: area, length: length, [.read, .execute, .user])
+        // unsafe: loaderWrite copies each array's bytes during the call, and only into guest pages it finds mapped.
         thunks.withUnsafeBytes { space.loaderWrite(area, $0) }
         for (address, jump) in jumps { jump.withUnsafeBytes { space.loaderWrite(address, $0) } }
         return jumps.count

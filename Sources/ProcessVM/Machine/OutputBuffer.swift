@@ -140,6 +140,7 @@ extension ProcessVM {
         guard used != 0 else { return }
         page.storeBytes(of: 0, toByteOffset: offset, as: UInt32.self)
         let length = min(used, OutputBuffer.capacity)
+        // unsafe: `copy` and the mailbox's data area are both `capacity` bytes and length <= capacity; each record is checked to lie inside `length`.
         withUnsafeTemporaryAllocation(byteCount: OutputBuffer.capacity, alignment: 8) { copy in
             // One read of the guest's bytes: what is checked below is what is written.
             copy.baseAddress!.copyMemory(from: page + offset + Int(OutputBuffer.data - OutputBuffer.base), byteCount: length)
@@ -220,9 +221,11 @@ extension ProcessVM {
     /// Writes the process's name where the program-name routine reads it.
     func writeProgramNameWords() {
         // On the fork path: 16 bytes on the stack, no array.
+        // unsafe: 16 stack bytes, used only inside the closure; loaderWrite copies them.
         withUnsafeTemporaryAllocation(byteCount: 16, alignment: 8) { words in
             words.initializeMemory(as: UInt8.self, repeating: 0)
             let kept = min(programName.count, 15)
+            // unsafe: kept <= 15 fits the 16 bytes and kept <= programName.count; kept > 0, so the array has storage to point at.
             if kept > 0 { programName.withUnsafeBytes { words.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: kept) } }
             space.loaderWrite(SystemArea.programNameWords, UnsafeRawBufferPointer(words))
         }

@@ -12,6 +12,7 @@ struct StubAssembler {
 
     init(origin: Int = 0) { self.origin = origin }
 
+    // unsafe: the integer's own bytes (a local copy) are only copied into a new array, inside the closure.
     func le<T: FixedWidthInteger>(_ value: T) -> [UInt8] { withUnsafeBytes(of: value.littleEndian) { Array($0) } }
     mutating func emit(_ code: [UInt8]) { bytes += code }
     mutating func label(_ name: String) { labels[name] = origin + bytes.count }

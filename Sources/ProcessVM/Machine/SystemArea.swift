@@ -114,6 +114,7 @@ struct SystemArea {
 
     /// A warm-up list as the routine reads it: the entries, then a zero.
     static func warmUpListBytes(_ entries: [UInt64]) -> [UInt8] {
+        // unsafe: each entry's eight bytes are only copied into a new array, inside the closure.
         (entries + [0]).flatMap { entry in withUnsafeBytes(of: entry.littleEndian) { Array($0) } }
     }
 

@@ -58,6 +58,7 @@ enum X86 {
 }
 
 extension FixedWidthInteger {
+    // unsafe: reads only the integer's MemoryLayout<Self>.size bytes, copied into an array before the closure returns.
     /// The value's bytes, least significant first: machine code's immediates and
     /// displacements, and the structures the engine writes for a guest.
     var littleEndianBytes: [UInt8] { withUnsafeBytes(of: littleEndian) { Array($0) } }

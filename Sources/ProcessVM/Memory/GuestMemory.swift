@@ -285,6 +285,7 @@ public final class GuestMemory: @unchecked Sendable {
             while holeIndex < holes.count && holes[holeIndex].upperBound <= offset { holeIndex += 1 }
             let target = mapping.base.advanced(by: offset)
             if holeIndex < holes.count && holes[holeIndex].contains(offset) {
+                // unsafe: page < highWaterFrame / pageSize, so the page-aligned frame's 512 words lie in the mapping; the child no longer runs.
                 let words = UnsafeBufferPointer(start: target.assumingMemoryBound(to: UInt64.self), count: Self.pageSize / 8)
                 if words.contains(where: { $0 != 0 }) { target.initializeMemory(as: UInt8.self, repeating: 0, count: Self.pageSize) }
             } else {

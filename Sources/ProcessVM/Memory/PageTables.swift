@@ -55,6 +55,7 @@ final class PageTables {
     /// as unmapped rather than trusting it.
     @inline(__always)
     private func entry(_ table: UInt64, _ index: Int) -> UnsafeMutablePointer<UInt64>? {
+        // unsafe: `pointer` checked the 8 bytes lie in guest memory; a table is a page-aligned frame, so entry index * 8 is UInt64-aligned.
         memory.pointer(physical: table + UInt64(index * 8), length: 8)?.assumingMemoryBound(to: UInt64.self)
     }
 

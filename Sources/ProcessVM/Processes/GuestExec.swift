@@ -55,8 +55,10 @@ extension ProcessVM {
         defer { for fd in opened { _ = files.close(fd) } }
         func open(_ path: [UInt8]) -> Result<Executable, LinuxErrno> {
             let cPath = path + [0]
+            // unsafe: UInt8 and CChar may alias (signed/unsigned variants); cPath ends in its NUL and is read only during the call.
             let access = cPath.withUnsafeBufferPointer { $0.withMemoryRebound(to: CChar.self) { files.faccessat(dirfd: AT_FDCWD, path: $0.baseAddress!, mode: X_OK, flags: 0) } }
             guard access == 0 else { return .failure(LinuxErrno(rawValue: Int32(-access)) ?? .EACCES) }
+            // unsafe: as above: the NUL-terminated bytes are read as CChar (same size, may alias) only during openat.
             let fd = cPath.withUnsafeBufferPointer {
                 $0.withMemoryRebound(to: CChar.self) { files.openat(dirfd: AT_FDCWD, path: $0.baseAddress!, flags: O_RDONLY | O_CLOEXEC, mode: 0, chargedToBudget: false) }
             }
@@ -75,6 +77,7 @@ extension ProcessVM {
         // A script: its interpreter runs with the script's path (and the line's one
         // argument) before the script's own arguments.
         var head = [UInt8](repeating: 0, count: Self.scriptLineLimit)
+        // unsafe: pread writes at most $0.count bytes, the array's size; a -1 fails the >= 2 check before any slicing.
         let headLength = head.withUnsafeMutableBytes { Glibc.pread(program.host, $0.baseAddress, $0.count, 0) }
         if headLength >= 2, head[0] == UInt8(ascii: "#"), head[1] == UInt8(ascii: "!") {
             let line = head[2..<headLength].prefix { $0 != UInt8(ascii: "\n") }

@@ -76,6 +76,7 @@ extension ProcessVM {
         }
         // As the kernel does for CLONE_CHILD_SETTID (in the child) and CLONE_PARENT_SETTID
         // (in the parent); an address the program cannot write gets nothing.
+        // unsafe: the pid's four bytes are copied into an array before the closure returns.
         let pidBytes = withUnsafeBytes(of: pid.littleEndian) { Array($0) }
         if let childTidAddress { child.space.write(childTidAddress, pidBytes) }
         if let parentTidAddress { space.write(parentTidAddress, pidBytes) }

@@ -140,6 +140,7 @@ extension ProcessVM {
         case .success(let child): found = child
         }
         guard let found else { return .success }
+        // unsafe: the Int32 status word's four bytes are copied into an array before the closure returns.
         if c.a1 != 0, !space.write(c.a1, withUnsafeBytes(of: found.found.statusWord) { Array($0) }) { return .error(.EFAULT) }
         if c.a3 != 0, !space.write(c.a3, [UInt8](repeating: 0, count: Self.rusageSize)) { return .error(.EFAULT) }
         return .int(Int(found.pid))
@@ -182,6 +183,7 @@ extension ProcessVM {
                 }
                 let fields: [(Int, Int32)] = [(0, 17), (8, code), (16, found.pid), (20, Int32(bitPattern: identity.uid)), (24, value)]
                 for (offset, field) in fields {
+                    // unsafe: `field` is an Int32: its 4 bytes go to offset..<offset + 4 <= 28 of the 128-byte `info` (replaceSubrange checks too).
                     withUnsafeBytes(of: field) { info.replaceSubrange(offset..<(offset + 4), with: $0) }
                 }
             }

@@ -45,6 +45,7 @@ extension ProcessVM {
         let frame = ((interrupted.rsp &- 128 &- UInt64(Self.frameSize)) & ~15) &- 8
         var bytes = [UInt8](repeating: 0, count: Self.frameSize)
         func put<T>(_ value: T, _ offset: Int) {
+            // unsafe: every `put` passes a trivial integer, whose bytes replaceSubrange copies (range-checked) into `bytes` inside the closure.
             withUnsafeBytes(of: value) { bytes.replaceSubrange(offset..<(offset + $0.count), with: $0) }
         }
         put(action.restorer, 0)
@@ -78,6 +79,7 @@ extension ProcessVM {
     func signalReturn() -> SyscallOutcome {
         let current = vcpu.syncRegisters.pointee.regs
         guard let bytes = space.read(current.rsp, count: 304) else { return .exit(.signaled(11)) }
+        // unsafe: `bytes` is the 304 bytes read, and the last load (the mask at 296) ends at 304; loadUnaligned needs no alignment.
         func load(_ offset: Int) -> UInt64 { bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: UInt64.self) } }
         let context = Self.sigcontextOffset
         var regs = current

@@ -29,10 +29,12 @@ extension ProcessVM {
         if c.a1 != 0 {
             guard signal != 9, signal != 19 else { return .error(.EINVAL) }
             guard let bytes = space.read(c.a1, count: 32) else { return .error(.EFAULT) }
+            // unsafe: 32 bytes read, loads at 0/8/16/24; aligned because Array storage is 16-aligned (relied on, not promised).
             newAction = bytes.withUnsafeBytes { ($0.load(as: UInt64.self), $0.load(fromByteOffset: 8, as: UInt64.self), $0.load(fromByteOffset: 16, as: UInt64.self), $0.load(fromByteOffset: 24, as: UInt64.self)) }
         }
         if c.a2 != 0 {
             let old = signals.actions[signal]
+            // unsafe: four UInt64s are 32 contiguous bytes (the kernel's sigaction), copied into an array in the closure.
             guard space.write(c.a2, withUnsafeBytes(of: (old.handler, old.flags, old.restorer, old.mask)) { Array($0) }) else { return .error(.EFAULT) }
         }
         if let newAction {
@@ -62,6 +64,7 @@ extension ProcessVM {
             }
             signals.blocked &= ~SignalState.unblockable
         }
+        // unsafe: the UInt64 mask's eight bytes are copied into an array before the closure returns.
         if c.a2 != 0, !space.write(c.a2, withUnsafeBytes(of: old) { Array($0) }) { return .error(.EFAULT) }
         return .success
     }
@@ -70,10 +73,12 @@ extension ProcessVM {
         let old = signals.alternateStack
         if c.a0 != 0 {
             guard let bytes = space.read(c.a0, count: 24) else { return .error(.EFAULT) }
+            // unsafe: 24 bytes read, loads at 0/8/16 end by 24; aligned because Array storage is 16-aligned (relied on, not promised).
             let (base, flags, size) = bytes.withUnsafeBytes { ($0.load(as: UInt64.self), $0.load(fromByteOffset: 8, as: Int32.self), $0.load(fromByteOffset: 16, as: UInt64.self)) }
             guard flags & ~2 == 0 else { return .error(.EINVAL) }
             signals.alternateStack = (base, flags, size)
         }
+        // unsafe: (UInt64, Int32, Int32, UInt64) is laid out as stack_t, 24 bytes without padding, copied into an array in the closure.
         if c.a1 != 0, !space.write(c.a1, withUnsafeBytes(of: (old.base, old.flags, Int32(0), old.size)) { Array($0) }) { return .error(.EFAULT) }
         return .success
     }

@@ -36,6 +36,7 @@ extension ProcessVM {
         (EventCall.epollPwait2, { vm, c in
             guard c.a3 != 0 else { return vm.epollWait(c.int(c.a0), c.a1, c.int(c.a2), timeout: nil) }
             guard let timeout = vm.space.read(c.a3, count: 16) else { return .error(.EFAULT) }
+            // unsafe: 16 bytes read, loads at 0 and 8; aligned because Array storage is 16-aligned (relied on, not promised).
             let (seconds, nanoseconds) = timeout.withUnsafeBytes { ($0.load(as: Int64.self), $0.load(fromByteOffset: 8, as: Int64.self)) }
             guard seconds >= 0, (0..<1_000_000_000).contains(nanoseconds) else { return .error(.EINVAL) }
             return vm.epollWait(c.int(c.a0), c.a1, c.int(c.a2), timeout: Double(seconds) + Double(nanoseconds) / 1e9)
@@ -48,9 +49,11 @@ extension ProcessVM {
         let host: Int32
         do { host = try files.timerHost(c.int(c.a0)) } catch { return .value(-Int64(error.errno)) }
         guard let bytes = space.read(c.a2, count: 32) else { return .error(.EFAULT) }
+        // unsafe: 32 bytes read and index * 8 + 8 <= 32; loadUnaligned needs no alignment.
         let setting = (0..<4).map { index in bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: index * 8, as: Int64.self) } }
         var old = [Int64](repeating: 0, count: 4)
         guard cshims_timerfd_settime(host, c.int(c.a1), setting, &old) == 0 else { return .value(-Int64(cshims_errno())) }
+        // unsafe: `old` is four Int64s, 32 contiguous bytes, copied into an array in the closure.
         if c.a3 != 0, !space.write(c.a3, old.withUnsafeBytes { Array($0) }) { return .error(.EFAULT) }
         return .success
     }
@@ -60,6 +63,7 @@ extension ProcessVM {
         do { host = try files.timerHost(c.int(c.a0)) } catch { return .value(-Int64(error.errno)) }
         var current = [Int64](repeating: 0, count: 4)
         guard cshims_timerfd_gettime(host, &current) == 0 else { return .value(-Int64(cshims_errno())) }
+        // unsafe: `current` is four Int64s (an itimerspec's 32 bytes), copied into an array in the closure.
         return space.write(c.a1, current.withUnsafeBytes { Array($0) }) ? .success : .error(.EFAULT)
     }
 
@@ -69,6 +73,7 @@ extension ProcessVM {
         var events: UInt32 = 0, data: UInt64 = 0
         if operation != CSHIMS_EPOLL_CTL_DEL {
             guard let bytes = space.read(c.a3, count: Self.epollEventSize) else { return .error(.EFAULT) }
+            // unsafe: epollEventSize (12) bytes read: the UInt32 at 0 and the UInt64 at 4 end by 12; loadUnaligned needs no alignment.
             events = bytes.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }
             data = bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 4, as: UInt64.self) }
         }

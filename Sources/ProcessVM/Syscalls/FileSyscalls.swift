@@ -85,6 +85,7 @@ extension ProcessVM {
         guard let vectors = space.read(c.a1, count: Int(count) * 16) else { return .error(.EFAULT) }
         var total: Int64 = 0
         for index in 0..<Int(count) {
+            // unsafe: count * 16 bytes read and index < count, so both words lie inside; loadUnaligned needs no alignment.
             let base = vectors.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: index * 16, as: UInt64.self) }
             let length = vectors.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: index * 16 + 8, as: UInt64.self) }
             guard length > 0 else { continue }
@@ -112,6 +113,7 @@ extension ProcessVM {
         var terminalReady = [Int16](repeating: 0, count: Int(count))
         let readable = Int16(POLLIN) | 0x40, writable = Int16(POLLOUT) | 0x100 // POLLRDNORM, POLLWRNORM
         var host = (0..<Int(count)).map { index -> pollfd in
+            // unsafe: count * 8 bytes read and index < count: fd at index * 8 and events at + 4 lie inside; loadUnaligned needs no alignment.
             let fd = entries.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: index * 8, as: Int32.self) }
             let events = entries.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: index * 8 + 4, as: Int16.self) }
             guard fd >= 0 else { return pollfd(fd: -1, events: events, revents: 0) }
@@ -145,6 +147,7 @@ extension ProcessVM {
         }
         var result = entries
         for index in host.indices {
+            // unsafe: revents is an Int16: its 2 bytes go to index * 8 + 6 inside `result` (replaceSubrange checks the range).
             withUnsafeBytes(of: host[index].revents) { result.replaceSubrange((index * 8 + 6)..<(index * 8 + 8), with: $0) }
         }
         return space.write(address, result) ? .int(Int(ready)) : .error(.EFAULT)
@@ -162,6 +165,7 @@ extension ProcessVM {
     private func ppoll(_ c: SystemCall) -> SyscallOutcome {
         guard c.a2 != 0 else { return poll(c.a0, c.a1, timeout: nil) }
         guard let timeout = space.read(c.a2, count: 16) else { return .error(.EFAULT) }
+        // unsafe: 16 bytes read, loads at 0 and 8; aligned because Array storage is 16-aligned (relied on, not promised).
         let (seconds, nanoseconds) = timeout.withUnsafeBytes { ($0.load(as: Int64.self), $0.load(fromByteOffset: 8, as: Int64.self)) }
         guard seconds >= 0, (0..<1_000_000_000).contains(nanoseconds) else { return .error(.EINVAL) }
         return poll(c.a0, c.a1, timeout: Double(seconds) + Double(nanoseconds) / 1e9)
@@ -182,6 +186,7 @@ extension ProcessVM {
         var chunk = [UInt8](repeating: 0, count: 65536)
         while remaining > 0 {
             let wanted = Int(min(remaining, UInt64(chunk.count)))
+            // unsafe: wanted <= chunk.count, so the slice lies in the array; the reads write only into it, while the closure runs.
             let got = chunk.withUnsafeMutableBytes { buffer in
                 let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[..<wanted])
                 if let offset { return files.pread(input, into: slice, offset: Int(offset)) }
@@ -189,6 +194,7 @@ extension ProcessVM {
             }
             if got < 0 { return total > 0 ? .int(total) : .int(got) }
             if got == 0 { break }
+            // unsafe: got <= wanted <= chunk.count (the read filled at most the slice), and writeFully reads it only during the closure.
             let put = chunk.withUnsafeBytes { writeFully(output, UnsafeRawBufferPointer(rebasing: $0[..<got])) }
             if put < 0 { return total > 0 ? .int(total) : .int(put) }
             total += put
@@ -196,6 +202,7 @@ extension ProcessVM {
             remaining -= UInt64(put)
             if put < got { break }
         }
+        // unsafe: the Int64 offset's eight bytes are copied into an array before the closure returns.
         if let offset, !space.write(c.a2, withUnsafeBytes(of: offset) { Array($0) }) { return .error(.EFAULT) }
         return .int(total)
     }

@@ -47,6 +47,7 @@ extension ProcessVM {
         var host = utsname()
         Glibc.uname(&host)
         func field<T>(_ value: T) -> [UInt8] {
+            // unsafe: each utsname field is a 65-CChar tuple, copied into `value`; prefix stops at its NUL or its end.
             withUnsafeBytes(of: value) { Array($0.prefix { $0 != 0 }) }
         }
         let fields: [[UInt8]] = [field(host.sysname), Array(identity.hostname.utf8), field(host.release), field(host.version), field(host.machine), Array("(none)".utf8)]
@@ -75,6 +76,7 @@ extension ProcessVM {
 
     private func writeLimit(_ resource: Int32, to address: UInt64) -> SyscallOutcome {
         guard let value = limit(resource) else { return .error(.EINVAL) }
+        // unsafe: two UInt64s are 16 contiguous bytes (struct rlimit), copied into an array in the closure.
         return space.write(address, withUnsafeBytes(of: (value.current, value.maximum)) { Array($0) }) ? .success : .error(.EFAULT)
     }
 
@@ -90,6 +92,7 @@ extension ProcessVM {
     private func sysinfo(_ address: UInt64) -> SyscallOutcome {
         var info = [UInt8](repeating: 0, count: 112)
         func put<T>(_ value: T, at offset: Int) {
+            // unsafe: `put` gets trivial integers only; replaceSubrange copies their bytes, range-checked, into `info`.
             withUnsafeBytes(of: value) { info.replaceSubrange(offset..<(offset + $0.count), with: $0) }
         }
         put(UInt64(ProcessInfo.processInfo.systemUptime), at: 0)
@@ -125,6 +128,7 @@ extension ProcessVM {
             return .success
         case getFS, getGS:
             let value = c.int(c.a0) == getFS ? sregs.pointee.sregs.fs.base : sregs.pointee.sregs.gs.base
+            // unsafe: the UInt64 base's eight bytes are copied into an array before the closure returns.
             return space.write(c.a1, withUnsafeBytes(of: value) { Array($0) }) ? .success : .error(.EFAULT)
         default:
             return .error(.EINVAL)
@@ -134,6 +138,7 @@ extension ProcessVM {
     private func schedGetAffinity(_ c: SystemCall) -> SyscallOutcome {
         // One vCPU: CPU 0 only.
         guard c.a1 >= 8, c.a1 % 8 == 0 else { return .error(.EINVAL) }
+        // unsafe: the mask's eight bytes are copied into an array before the closure returns.
         return space.write(c.a2, withUnsafeBytes(of: UInt64(1)) { Array($0) }) ? .int(8) : .error(.EFAULT)
     }
 
@@ -144,6 +149,7 @@ extension ProcessVM {
             var index = 0
             while index < buffer.count {
                 let word = generator.next()
+                // unsafe: the word's 8 bytes are read only in the closure; each store is at index < buffer.count (the `where`).
                 withUnsafeBytes(of: word) { bytes in
                     for byte in bytes where index < buffer.count {
                         buffer[index] = byte

@@ -259,6 +259,7 @@ public final class SyscallPoller: KVMSystemCompanion, @unchecked Sendable {
 
     /// The word is written under the lock, so it always says whether the VM is watched.
     private static func setPollerActive(_ mailbox: UnsafeMutableRawPointer, _ active: Bool) {
+        // unsafe: callers hold the VM, so its mailbox page stays mapped; pollerActive (+4) is a 4-aligned word inside it.
         cshims_atomic_store_u32(mailbox.advanced(by: Int(SyscallStub.Offset.pollerActive)).assumingMemoryBound(to: UInt32.self),
                                 active ? 1 : 0)
     }
@@ -334,6 +335,7 @@ public final class SyscallPoller: KVMSystemCompanion, @unchecked Sendable {
             heartbeat &+= 1
             for index in current.indices {
                 // A stub spinning on this mailbox sees the poller is on its core.
+                // unsafe: `current` holds each VM, so its mailbox page stays mapped; state (+0) and heartbeat (+80) are 4-aligned words in it.
                 cshims_atomic_store_u32((current[index].mailbox + Int(SyscallStub.Offset.heartbeat)).assumingMemoryBound(to: UInt32.self), heartbeat)
                 let state = cshims_atomic_load_u32(current[index].mailbox.assumingMemoryBound(to: UInt32.self))
                 if state == SyscallStub.State.posted.rawValue, current[index].vm.servePostedSystemCall() {
@@ -461,6 +463,7 @@ extension ProcessVM {
         guard machineState.try() else { return false }
         defer { machineState.unlock() }
         guard let mailbox = pollerMailbox else { return false }
+        // unsafe: pollerMailbox is this VM's own mailbox page, mapped for its life; the state word at its start is 4-aligned.
         let state = mailbox.assumingMemoryBound(to: UInt32.self)
         guard cshims_atomic_load_u32(state) == SyscallStub.State.posted.rawValue,
               cshims_atomic_cas_u32(state, SyscallStub.State.posted.rawValue, SyscallStub.State.taken.rawValue) != 0 else {

@@ -74,6 +74,7 @@ extension ProcessVM {
         case .badAddress: return .error(.EFAULT)
         case .tooLong: return .error(.ENAMETOOLONG)
         case .string(let bytes):
+            // unsafe: the bytes and their NUL are read as CChar (which may alias UInt8) only during body's call.
             return (bytes + [0]).withUnsafeBufferPointer { $0.withMemoryRebound(to: CChar.self) { body($0.baseAddress!) } }
         }
     }

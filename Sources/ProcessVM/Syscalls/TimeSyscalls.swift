@@ -15,6 +15,7 @@ extension ProcessVM {
     private static let supportedClocks: ClosedRange<Int32> = 0...7
 
     private func timespecBytes(_ value: timespec) -> [UInt8] {
+        // unsafe: two Int64s are 16 contiguous bytes (struct timespec), copied into an array in the closure.
         withUnsafeBytes(of: (Int64(value.tv_sec), Int64(value.tv_nsec))) { Array($0) }
     }
 
@@ -30,6 +31,7 @@ extension ProcessVM {
     private func gettimeofday(_ c: SystemCall) -> SyscallOutcome {
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
+        // unsafe: two Int64s are 16 contiguous bytes (struct timeval), copied into an array in the closure.
         if c.a0 != 0, !space.write(c.a0, withUnsafeBytes(of: (Int64(now.tv_sec), Int64(now.tv_nsec / 1000))) { Array($0) }) {
             return .error(.EFAULT)
         }
@@ -40,6 +42,7 @@ extension ProcessVM {
     private func time(_ address: UInt64) -> SyscallOutcome {
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
+        // unsafe: the Int64's eight bytes (a time_t) are copied into an array before the closure returns.
         if address != 0, !space.write(address, withUnsafeBytes(of: Int64(now.tv_sec)) { Array($0) }) { return .error(.EFAULT) }
         return .value(Int64(now.tv_sec))
     }
@@ -48,6 +51,7 @@ extension ProcessVM {
         let absolute: Int32 = 1
         guard Self.supportedClocks.contains(clock) else { return .error(.EINVAL) }
         guard let bytes = space.read(request, count: 16) else { return .error(.EFAULT) }
+        // unsafe: 16 bytes read, loads at 0 and 8; aligned because Array storage is 16-aligned (relied on, not promised).
         let (seconds, nanoseconds) = bytes.withUnsafeBytes { ($0.load(as: Int64.self), $0.load(fromByteOffset: 8, as: Int64.self)) }
         guard seconds >= 0, (0..<1_000_000_000).contains(nanoseconds) else { return .error(.EINVAL) }
         var duration = Double(seconds) + Double(nanoseconds) / 1e9

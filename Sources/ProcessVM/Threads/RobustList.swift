@@ -24,6 +24,7 @@ extension ProcessVM {
         let (head, length) = thread.robustList
         guard head != 0, length == Self.robustListHeadSize,
               let bytes = space.read(head, count: Int(Self.robustListHeadSize)) else { return }
+        // unsafe: `bytes` is the 24-byte head (space.read's count) and each offset + 8 <= 24; loadUnaligned needs no alignment.
         func word(_ offset: Int) -> UInt64 { bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: UInt64.self) } }
         let futexOffset = word(RobustFutex.futexOffsetOffset)
         let pending = word(RobustFutex.pendingOffset)
@@ -57,6 +58,7 @@ extension ProcessVM {
             // A 4-byte aligned word lies in one page: the buffer is the guest's own memory,
             // so the compare-and-swap is atomic against the process's running threads.
             let step: Step? = space.withUserBuffer(address, 4, writable: true) { buffer in
+                // unsafe: the 4 bytes are the guest's word itself (one page), 4-aligned (address % 4 == 0), used only inside the closure.
                 let word = buffer.baseAddress!.assumingMemoryBound(to: UInt32.self)
                 let value = cshims_atomic_load_u32(word)
                 if pending, !pi, value == 0 { return .wake }

@@ -72,6 +72,7 @@ extension ProcessVM {
         let thread = GuestThread(tid: tid, vcpu: threadVCPU)
         thread.blockedSignals = current.blockedSignals
         thread.interrupts.setBlocked(thread.blockedSignals)
+        // unsafe: the tid's four bytes are copied into an array before the closure returns.
         let tidBytes = withUnsafeBytes(of: tid.littleEndian) { Array($0) }
         // As the kernel does: an address the program cannot write gets nothing.
         if flags & CloneFlag.parentSettid != 0 { space.write(parentTidAddress, tidBytes) }
@@ -141,6 +142,7 @@ extension ProcessVM {
         guard let bytes = space.read(c.a0, count: size) else { return .error(.EFAULT) }
         if size > CloneArguments.known, bytes[CloneArguments.known...].contains(where: { $0 != 0 }) { return .error(.E2BIG) }
         let fields = bytes + [UInt8](repeating: 0, count: max(0, CloneArguments.known - size))
+        // unsafe: `fields` holds at least `known` (88) bytes and every offset + 8 <= 88; loadUnaligned needs no alignment.
         func field(_ offset: Int) -> UInt64 { fields.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: UInt64.self) } }
         let flags = field(CloneArguments.flags), stack = field(CloneArguments.stack), stackSize = field(CloneArguments.stackSize)
         let exitSignal = field(CloneArguments.exitSignal)
@@ -208,6 +210,7 @@ extension ProcessVM {
         let target: GuestThread? = tid == 0 ? current : tid == mainThread.tid ? mainThread : threads.thread(tid)
         guard let target else { return .error(.ESRCH) }
         let list = target.robustList
+        // unsafe: each UInt64's eight bytes are copied into an array before its closure returns.
         guard space.write(c.a1, withUnsafeBytes(of: list.head.littleEndian) { Array($0) }),
               space.write(c.a2, withUnsafeBytes(of: list.length.littleEndian) { Array($0) }) else { return .error(.EFAULT) }
         return .success
