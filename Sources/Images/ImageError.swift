@@ -28,10 +28,18 @@ public enum ImageError: Error, CustomStringConvertible, Sendable, Equatable {
         case .unauthorized(let message): message
         case .malformed(let what, let problem): "\(what): \(problem)"
         case .digestMismatch(let what, let expected, let actual): "\(what): digest mismatch, expected \(expected) but the content hashes to \(actual)"
-        case .unsafeLayer(let layer, let entry, let problem): "layer \(layer), entry \"\(entry)\": \(problem)"
+        case .unsafeLayer(let layer, let entry, let problem): "layer \(layer), entry \"\(Self.shortened(entry))\": \(problem)"
         case .unsupported(let message): message
         case .busy(let message): message
         case .io(let message): message
         }
+    }
+
+    /// An entry's name as an error shows it: a hostile layer's name may be a megabyte long
+    /// (a pax path or a GNU long name), and the message goes to logs and API answers.
+    static func shortened(_ entry: String) -> String {
+        let limit = 200
+        guard entry.utf8.count > limit else { return entry }
+        return String(decoding: entry.utf8.prefix(limit), as: UTF8.self) + "… (\(entry.utf8.count) bytes)"
     }
 }

@@ -63,6 +63,10 @@ final class TarReader {
             end -= start
             start = 0
         }
+        // A metadata record larger than the buffer (up to `maxMetadataBytes`): the buffer grows
+        // to hold it. Before, the source was asked to fill an empty slice, and a layer's stream
+        // that never reads into nothing spun for ever on a crafted 128 KiB pax header.
+        if count > buffer.count { buffer += [UInt8](repeating: 0, count: count - buffer.count) }
         while end < count {
             // unsafe: the view of `buffer` is used only in the closure; end <= buffer.count, so raw[end...] is a valid (maybe empty) range.
             let result = buffer.withUnsafeMutableBytes { raw in
