@@ -67,7 +67,9 @@ final class VCPUStatistics: Sendable {
             }
         }
         let offsets = Self.names.compactMap { found[$0] }
-        guard offsets.count == Self.names.count else { return nil }
+        // Every counter is a u64 at an 8-byte offset (KVM's ABI), which the reads rely on; a
+        // kernel that laid them out otherwise gets no counters rather than a short buffer.
+        guard offsets.count == Self.names.count, offsets.allSatisfy({ $0 % 8 == 0 }) else { return nil }
         self.offsets = offsets
         span = offsets.min()!..<(offsets.max()! + 8)
     }
@@ -76,7 +78,7 @@ final class VCPUStatistics: Sendable {
     /// stack (it runs twice per child, on the fork's path).
     func read() -> VCPUCounters? {
         let count = span.count
-        // unsafe: KVM's stats are u64s at 8-byte offsets, so count (max - min + 8) is a multiple of 8 and pread fills exactly the words;
+        // unsafe: the offsets are multiples of 8 (checked in init), so count (max - min + 8) is a multiple of 8 and pread fills exactly the words;
         // each index (offset - min) / 8 is below count / 8.
         return withUnsafeTemporaryAllocation(of: UInt64.self, capacity: count / 8) { words -> VCPUCounters? in
             guard pread(fd.rawValue, words.baseAddress, count, off_t(span.lowerBound)) == count else { return nil }

@@ -29,8 +29,8 @@ extension ProcessVM {
         if c.a1 != 0 {
             guard signal != 9, signal != 19 else { return .error(.EINVAL) }
             guard let bytes = space.read(c.a1, count: 32) else { return .error(.EFAULT) }
-            // unsafe: 32 bytes read, loads at 0/8/16/24; aligned because Array storage is 16-aligned (relied on, not promised).
-            newAction = bytes.withUnsafeBytes { ($0.load(as: UInt64.self), $0.load(fromByteOffset: 8, as: UInt64.self), $0.load(fromByteOffset: 16, as: UInt64.self), $0.load(fromByteOffset: 24, as: UInt64.self)) }
+            // unsafe: 32 bytes read, loads at 0/8/16/24, unaligned loads (no alignment assumed).
+            newAction = bytes.withUnsafeBytes { ($0.loadUnaligned(as: UInt64.self), $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self), $0.loadUnaligned(fromByteOffset: 16, as: UInt64.self), $0.loadUnaligned(fromByteOffset: 24, as: UInt64.self)) }
         }
         if c.a2 != 0 {
             let old = signals.actions[signal]
@@ -73,8 +73,8 @@ extension ProcessVM {
         let old = signals.alternateStack
         if c.a0 != 0 {
             guard let bytes = space.read(c.a0, count: 24) else { return .error(.EFAULT) }
-            // unsafe: 24 bytes read, loads at 0/8/16 end by 24; aligned because Array storage is 16-aligned (relied on, not promised).
-            let (base, flags, size) = bytes.withUnsafeBytes { ($0.load(as: UInt64.self), $0.load(fromByteOffset: 8, as: Int32.self), $0.load(fromByteOffset: 16, as: UInt64.self)) }
+            // unsafe: 24 bytes read, loads at 0/8/16 end by 24, unaligned loads (no alignment assumed).
+            let (base, flags, size) = bytes.withUnsafeBytes { ($0.loadUnaligned(as: UInt64.self), $0.loadUnaligned(fromByteOffset: 8, as: Int32.self), $0.loadUnaligned(fromByteOffset: 16, as: UInt64.self)) }
             guard flags & ~2 == 0 else { return .error(.EINVAL) }
             signals.alternateStack = (base, flags, size)
         }

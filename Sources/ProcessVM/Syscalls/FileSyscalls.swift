@@ -165,8 +165,8 @@ extension ProcessVM {
     private func ppoll(_ c: SystemCall) -> SyscallOutcome {
         guard c.a2 != 0 else { return poll(c.a0, c.a1, timeout: nil) }
         guard let timeout = space.read(c.a2, count: 16) else { return .error(.EFAULT) }
-        // unsafe: 16 bytes read, loads at 0 and 8; aligned because Array storage is 16-aligned (relied on, not promised).
-        let (seconds, nanoseconds) = timeout.withUnsafeBytes { ($0.load(as: Int64.self), $0.load(fromByteOffset: 8, as: Int64.self)) }
+        // unsafe: 16 bytes read, loads at 0 and 8, unaligned loads (no alignment assumed).
+        let (seconds, nanoseconds) = timeout.withUnsafeBytes { ($0.loadUnaligned(as: Int64.self), $0.loadUnaligned(fromByteOffset: 8, as: Int64.self)) }
         guard seconds >= 0, (0..<1_000_000_000).contains(nanoseconds) else { return .error(.EINVAL) }
         return poll(c.a0, c.a1, timeout: Double(seconds) + Double(nanoseconds) / 1e9)
     }

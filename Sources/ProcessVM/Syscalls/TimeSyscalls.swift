@@ -51,8 +51,8 @@ extension ProcessVM {
         let absolute: Int32 = 1
         guard Self.supportedClocks.contains(clock) else { return .error(.EINVAL) }
         guard let bytes = space.read(request, count: 16) else { return .error(.EFAULT) }
-        // unsafe: 16 bytes read, loads at 0 and 8; aligned because Array storage is 16-aligned (relied on, not promised).
-        let (seconds, nanoseconds) = bytes.withUnsafeBytes { ($0.load(as: Int64.self), $0.load(fromByteOffset: 8, as: Int64.self)) }
+        // unsafe: 16 bytes read, loads at 0 and 8, unaligned loads (no alignment assumed).
+        let (seconds, nanoseconds) = bytes.withUnsafeBytes { ($0.loadUnaligned(as: Int64.self), $0.loadUnaligned(fromByteOffset: 8, as: Int64.self)) }
         guard seconds >= 0, (0..<1_000_000_000).contains(nanoseconds) else { return .error(.EINVAL) }
         var duration = Double(seconds) + Double(nanoseconds) / 1e9
         if flags & absolute != 0 {

@@ -106,8 +106,8 @@ extension ProcessVM {
         var seconds: Double?
         if timeout != 0 {
             guard let bytes = space.read(timeout, count: 16) else { return .error(.EFAULT) }
-            // unsafe: 16 bytes read, loads at 0 and 8; aligned because Array storage is 16-aligned (relied on, not promised).
-            let (whole, nanoseconds) = bytes.withUnsafeBytes { ($0.load(as: Int64.self), $0.load(fromByteOffset: 8, as: Int64.self)) }
+            // unsafe: 16 bytes read, loads at 0 and 8, unaligned loads (no alignment assumed).
+            let (whole, nanoseconds) = bytes.withUnsafeBytes { ($0.loadUnaligned(as: Int64.self), $0.loadUnaligned(fromByteOffset: 8, as: Int64.self)) }
             guard whole >= 0, (0..<1_000_000_000).contains(nanoseconds) else { return .error(.EINVAL) }
             var left = Double(whole) + Double(nanoseconds) / 1e9
             if absolute {
