@@ -400,9 +400,12 @@ def run_checks(b, base, token, sock, docker_env, restart_daemon):
         b.type("#reservationMiB", "256")
         b.type("#limitMiB", "2048")
         b.click("#create")
-        b.wait("the name refused by the agent", lambda: "1-30 letters" in b.text("#name-error"))
-        # The pool was made on the way: the form now offers it as the existing pool.
-        assert b.script("return document.getElementById('pool-existing').checked && document.getElementById('pool').value") == "uipool"
+        # The page before (its empty name refused by the wizard) also says "1-30 letters": wait for
+        # this answer's own state, the pool made on the way now offered as the existing pool.
+        b.wait("the name refused by the agent, the new pool offered",
+               lambda: b.script("return document.getElementById('pool-existing').checked && document.getElementById('pool').value") == "uipool")
+        assert "1-30 letters" in b.text("#name-error"), b.text("#name-error")
+        assert "Give the VCH a name" not in b.text("#name-error"), b.text("#name-error")
         b.type("#name", "web")
         b.script("document.getElementById('warmImage').value = 'busybox';")
         b.type("#parents", "1")
