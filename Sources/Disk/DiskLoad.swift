@@ -27,6 +27,17 @@ public struct DiskLoad: Sendable {
 
     /// Runs the load on `disk` and returns how long it took, in seconds.
     public func run(on disk: VirtualDisk) async throws(DiskError) -> Double {
+        // `offset` divides by the request size and takes the remainder by the span of whole
+        // requests, and the workers stride by `depth`: a zero there would trap, not throw.
+        guard requestBytes > 0, requestBytes % 512 == 0 else {
+            throw .invalidArgument("request size \(requestBytes) bytes is not a positive number of 512-byte sectors")
+        }
+        guard UInt64(requestBytes) <= disk.capacityBytes else {
+            throw .invalidArgument("request size \(requestBytes) bytes is more than the disk's \(disk.capacityBytes) bytes")
+        }
+        guard depth >= 1, count >= 0 else {
+            throw .invalidArgument("\(depth) requests in flight and \(count) requests: at least 1 in flight and no negative count are needed")
+        }
         let buffers = (0..<depth).map { _ in disk.engine.makeBuffer(count: requestBytes) }
         for buffer in buffers {
             // unsafe: an IOBuffer's bytes are initialized UInt8s; the rebound view covers just its count, for the closure.

@@ -190,4 +190,17 @@ import Testing
         }
         #expect(try await fixture.readDisk("d.vmdk") == (try fixture.qemuRaw("d.vmdk")))
     }
+
+    /// A disk smaller than one request left no whole request to place: the offset's remainder
+    /// by zero trapped and killed the process. Zero sizes and depths trapped the same way.
+    @Test(arguments: [(4096, 1, "request size 4096 bytes is more than the disk's 512 bytes"),
+                      (0, 1, "request size 0 bytes"), (512, 0, "0 requests in flight")])
+    func benchmarkLoadThatCannotRunIsRefused(requestBytes: Int, depth: Int, message: String) async throws {
+        let fixture = try DiskFixture("load-small")
+        try await VMDKImage.create(at: fixture.path("d.vmdk"), capacityBytes: 512, engine: fixture.engine)
+        let disk = try await VirtualDisk.open(path: fixture.path("d.vmdk"), engine: fixture.engine)
+        let load = DiskLoad(requestBytes: requestBytes, step: 4096, depth: depth, count: 4, write: false)
+        let error = await #expect(throws: DiskError.self) { try await load.run(on: disk) }
+        #expect(error?.description.contains(message) == true, "\(String(describing: error))")
+    }
 }
