@@ -56,7 +56,7 @@ extension SparseExtent {
         let fileSectors = (try file.size() + 511) / 512
         let grains = try await allocatedGrains()
         var owners: [UInt32: Int] = [:]
-        var end = header.overheadSectors
+        var end = metadataEndSector
         for (grain, entry) in grains {
             if entry == SparseExtent.zeroedEntry && header.flags.contains(.zeroedGrains) { continue }
             report.allocatedGrains += 1
@@ -86,6 +86,20 @@ extension SparseExtent {
         }
     }
 
+    /// The first sector after everything but the grains: the header's overhead, and the
+    /// descriptor, directories and tables wherever the header and directories put them (a
+    /// directory after the last grain is not leaked space).
+    private var metadataEndSector: UInt64 {
+        var end = header.overheadSectors
+        if header.descriptorSectors > 0 { end = max(end, header.descriptorOffset + header.descriptorSectors) }
+        end = max(end, header.directoryOffset + header.grainDirectorySectors)
+        if redundantDirectory != nil { end = max(end, header.redundantDirectoryOffset + header.grainDirectorySectors) }
+        for table in directory + (redundantDirectory ?? []) where table != 0 {
+            end = max(end, UInt64(table) + header.grainTableSectors)
+        }
+        return end
+    }
+
     /// The primary table as cached and the redundant one as on disk.
     private func tablePair(_ index: Int) async throws(DiskError) -> ([UInt32]?, [UInt32]?) {
         guard let redundantDirectory, redundantDirectory[index] != 0 else { return (nil, nil) }
@@ -103,7 +117,7 @@ extension SparseExtent {
             bytes += [UInt8](repeating: 0, count: Int(header.grainTableSectors) * 512 - bytes.count)
             try await file.writeSectors(bytes, at: UInt64(redundantDirectory[index]) * 512)
         }
-        var end = header.overheadSectors
+        var end = metadataEndSector
         for (_, entry) in try await allocatedGrains() where entry != SparseExtent.zeroedEntry || !header.flags.contains(.zeroedGrains) {
             end = max(end, UInt64(entry) + header.grainSectors)
         }

@@ -105,6 +105,12 @@ final class SparseExtent: @unchecked Sendable {
                 throw .malformed(file: file.path, field: "\(name) entry \(index)", problem: "grain table at sector \(entry) runs past the end of the file (\(fileSectors) sectors)")
             }
         }
+        // Tables that share sectors would each be cached whole (millions of copies of one
+        // table in a small file) and a write to one would change the others' grains.
+        let placed = entries.indices.filter { entries[$0] != 0 }.sorted { entries[$0] < entries[$1] }
+        for (previous, next) in zip(placed, placed.dropFirst()) where UInt64(entries[previous]) + header.grainTableSectors > UInt64(entries[next]) {
+            throw .malformed(file: file.path, field: "\(name) entry \(next)", problem: "grain table at sector \(entries[next]) overlaps the table of entry \(previous) at sector \(entries[previous])")
+        }
         return entries
     }
 
