@@ -555,16 +555,23 @@ final class ContainerDiskTests {
     }
     """#
 
-    @Test(.enabled(if: GlibcGuest.isAvailable, "needs gcc and glibc's static library"))
-    func theCallsBusyboxNeverMakesAnswerAsNatively() async throws {
-        let program = try GlibcGuest.rootfs(Self.callsProgram, name: "diskcalls")
-        defer { try? FileManager.default.removeItem(at: program) }
-        let layer = path("calls-layer.vmdk"), container = path("calls.vmdk")
+    /// A layer disk holding the rootfs folder `program` (a guest built at /prog), and a
+    /// container disk chained on it; the container disk's path.
+    func chain(holding program: URL, name: String) async throws -> String {
+        let layer = path("\(name)-layer.vmdk"), container = path("\(name).vmdk")
         try await VMDKImage.create(at: layer, capacityBytes: 64 << 20, engine: engine)
         let builder = try Ext4Builder.create(on: try await VirtualDisk.open(path: layer, writable: true, engine: engine))
         try await builder.addTree(folder: program.path)
         try await builder.finish()
         try await VMDKImage.createChild(at: container, parent: layer, engine: engine)
+        return container
+    }
+
+    @Test(.enabled(if: GlibcGuest.isAvailable, "needs gcc and glibc's static library"))
+    func theCallsBusyboxNeverMakesAnswerAsNatively() async throws {
+        let program = try GlibcGuest.rootfs(Self.callsProgram, name: "diskcalls")
+        defer { try? FileManager.default.removeItem(at: program) }
+        let container = try await chain(holding: program, name: "calls")
         let root = ContainerDiskRoot(base: try await DiskRootFileSystem.open(path: container, engine: engine), diskPath: container)
         let guest = try run(arguments: ["/prog"], root: root)
 
@@ -598,6 +605,49 @@ final class ContainerDiskTests {
         #expect(Self.diskField(s2, "Links") == "2" && Self.diskField(s2, "User") == "11" && s2.contains("Fast link dest: \"a\""), "\(s2)")
         #expect(Self.diskTime(s2, "mtime").map { $0.seconds == 8000 && $0.nanoseconds == 8 } == true, "\(s2)")
         #expect(try debugfs(raw, "cat /L") == String(repeating: "q", count: 150))
+    }
+
+    /// pwrite64 and pread64 at offsets Linux refuses, on a file of the container's own disk:
+    /// a negative offset is EINVAL before anything else. The growth a pwrite is charged for
+    /// was reckoned from its offset first, so 2^63 bytes before the start of a file with
+    /// bytes in it overflowed and trapped, ending the engine and every container it served.
+    static let negativeOffsets = #"""
+    static void show(const char *label, i64 result) { print(label); print(" "); print_hex((u64)result); print("\n"); }
+    int main(void) {
+        char byte = 0;
+        i64 fd = sys(SYS_open, "f", 0102, 0644); /* O_RDWR | O_CREAT, in the working folder */
+        if (fd < 0) return 2;
+        show("write", sys(SYS_write, fd, "0123456789", 10));
+        show("pwrite at -2^63", sys(18, fd, "x", 1, 0x8000000000000000UL));
+        show("pwrite of nothing at -2^63", sys(18, fd, "x", 0, 0x8000000000000000UL));
+        show("pwrite at -1", sys(18, fd, "x", 1, -1L));
+        show("pread at -2^63", sys(17, fd, &byte, 1, 0x8000000000000000UL));
+        show("pwrite at 10", sys(18, fd, "x", 1, 10));
+        show("pread at 10", sys(17, fd, &byte, 1, 10));
+        return byte == 'x' ? 0 : 3;
+    }
+    """#
+
+    @Test(.enabled(if: HostileGuest.isAvailable, "needs gcc"))
+    func aNegativeOffsetIsRefusedAsNatively() async throws {
+        let program = try HostileGuest.rootfs(Self.negativeOffsets, name: "negativeoffsets")
+        defer { try? FileManager.default.removeItem(at: program) }
+        let container = try await chain(holding: program, name: "offsets")
+        let root = ContainerDiskRoot(base: try await DiskRootFileSystem.open(path: container, engine: engine), diskPath: container)
+        let guest = try run(arguments: ["/prog"], root: root)
+
+        let host = try HostFacts.makeTemporaryFolder("negativeoffsets-native")
+        defer { try? FileManager.default.removeItem(at: host) }
+        let native = try HostFacts.run(program.appendingPathComponent("prog").path, [], currentDirectory: host)
+        #expect(guest.status == 0 && native.status == 0, "\(guest.status) \(native.status) \(guest.stderr)")
+        #expect(guest.stdout == native.stdout, "guest:\n\(guest.stdout)\nnative:\n\(native.stdout)")
+        let invalid = "0xffffffffffffffea" // -EINVAL
+        for line in ["pwrite at -2^63 \(invalid)", "pwrite of nothing at -2^63 \(invalid)", "pwrite at -1 \(invalid)",
+                     "pread at -2^63 \(invalid)", "pwrite at 10 0x0000000000000001"] {
+            #expect(guest.stdout.contains(line), "\(line) in\n\(guest.stdout)")
+        }
+        try root.sync()
+        #expect(try debugfs(try checked(container), "cat /f") == "0123456789x")
     }
 
     /// A guest running as a user (an image's USER) owns what it creates, may set the times

@@ -115,13 +115,16 @@ extension OpenFile {
     }
 
     /// pread64 and pwrite64: files that could wait are never seekable, and the kernel
-    /// answers ESPIPE for them before looking at the data; a socket gets ESPIPE here.
+    /// answers ESPIPE for them before looking at the data; a socket gets ESPIPE here. A
+    /// negative offset is EINVAL, as Linux checks first (the host's pread says so itself; a
+    /// pwrite's is refused here, before `charge` reckons the growth from it).
     func pread(into buffer: UnsafeMutableRawBufferPointer, offset: Int) throws(SystemError) -> Int {
         guard access != .socket, terminal == nil else { throw SystemError(call: "pread", errno: ESPIPE) }
         return try retryingSyscall("pread") { Glibc.pread(hostFD, buffer.baseAddress, buffer.count, off_t(offset)) }
     }
 
     func pwrite(from buffer: UnsafeRawBufferPointer, offset: Int) throws(SystemError) -> Int {
+        guard offset >= 0 else { throw SystemError(call: "pwrite", errno: EINVAL) }
         guard access != .socket, terminal == nil else { throw SystemError(call: "pwrite", errno: ESPIPE) }
         if let growth { try charge(growth, upTo: offset, count: buffer.count) }
         logTimes?.willWrite(to: hostFD)
