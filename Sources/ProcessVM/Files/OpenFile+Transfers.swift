@@ -143,8 +143,11 @@ extension OpenFile {
         } else {
             start = Int64(try retryingSyscall("lseek") { Glibc.lseek(hostFD, 0, SEEK_CUR) })
         }
+        // Both reported, not trapped: the offset is the guest's (pwrite refuses a negative one
+        // first, but a trap here would take down the engine and every container it serves).
         let (end, overflow) = start.addingReportingOverflow(Int64(count))
-        guard !overflow, growth.take(end - size) else { throw SystemError(call: "write to the container's disk", errno: ENOSPC) }
+        let (grows, under) = end.subtractingReportingOverflow(size)
+        guard !overflow, !under, growth.take(grows) else { throw SystemError(call: "write to the container's disk", errno: ENOSPC) }
     }
 
     /// EAGAIN unless poll finds the file ready for `events` now (or at its end: the
