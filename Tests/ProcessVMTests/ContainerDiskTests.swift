@@ -650,6 +650,43 @@ final class ContainerDiskTests {
         #expect(try debugfs(try checked(container), "cat /f") == "0123456789x")
     }
 
+    /// ftruncate of a file whose last name went while it was open: `forget` gave its bytes
+    /// back to the growth budget at the unlink, and ftruncate gave them back again as it
+    /// shrank the memfd, so each round grew the budget by the file's size — past the disk's
+    /// free space, letting a guest fill the engine's memory with memfds. Now the shrinking of
+    /// such a file gives nothing back, and growing a named file past the free space is ENOSPC.
+    static let unlinkedShrinks = #"""
+    static void show(const char *label, i64 result) { print(label); print(" "); print_hex((u64)result); print("\n"); }
+    int main(void) {
+        for (int round = 0; round < 16; round++) {
+            i64 fd = sys(SYS_open, "t", 0102, 0644); /* O_RDWR | O_CREAT */
+            if (fd < 0) return 2;
+            if (sys(77, fd, 16L << 20) != 0) return 3; /* ftruncate */
+            if (sys(87, "t") != 0) return 4; /* unlink */
+            if (sys(77, fd, 0L) != 0) return 5;
+            sys(SYS_close, fd);
+        }
+        i64 fd = sys(SYS_open, "big", 0102, 0644);
+        if (fd < 0) return 6;
+        show("ftruncate past the free space", sys(77, fd, 128L << 20));
+        return 0;
+    }
+    """#
+
+    @Test(.enabled(if: HostileGuest.isAvailable, "needs gcc"))
+    func shrinkingAnUnlinkedFileGivesNothingBack() async throws {
+        let program = try HostileGuest.rootfs(Self.unlinkedShrinks, name: "unlinkedshrinks")
+        defer { try? FileManager.default.removeItem(at: program) }
+        let container = try await chain(holding: program, name: "shrinks")
+        let root = ContainerDiskRoot(base: try await DiskRootFileSystem.open(path: container, engine: engine), diskPath: container)
+        let guest = try run(arguments: ["/prog"], root: root)
+        #expect(guest.status == 0, "\(guest.status) \(guest.stderr)")
+        #expect(guest.stdout.contains("ftruncate past the free space 0xffffffffffffffe4"), "\(guest.stdout)") // -ENOSPC
+        #expect(root.growthBudget.left < 64 << 20, "budget \(root.growthBudget.left)")
+        try root.sync()
+        _ = try checked(container)
+    }
+
     /// A guest running as a user (an image's USER) owns what it creates, may set the times
     /// and the group (its own) of its files, and gets EPERM for giving a file away, for
     /// another group, and for the times of root's files, as on Linux.

@@ -247,6 +247,31 @@ public final class ContainerDiskRoot: GuestWritableRootFileSystem, @unchecked Se
         }
     }
 
+    public func truncate(descriptor: Int32, of node: GuestRootNode, to length: Int64) throws(SystemError) {
+        lock.lock()
+        defer { lock.unlock() }
+        guard !finished else { throw SystemError(call: "the container's disk after its end", errno: EIO) }
+        let info = try HostFileCalls.status(descriptor)
+        let size = Int64(info.st_size)
+        // Only the memfd its file still names counts: `forget` gave back the bytes of one
+        // whose last name went, so giving back its shrinking too would let a guest grow the
+        // budget past the disk's free space (write, unlink, ftruncate to 0, again) and fill
+        // the engine's memory with memfds.
+        var named = false
+        if let live, let number = UInt32(exactly: node.inode), let file = live.files[number],
+           let own = try? HostFileCalls.status(file.memfd.descriptor.rawValue) {
+            named = own.st_ino == info.st_ino && own.st_dev == info.st_dev
+        }
+        guard growthBudget.take(length - size) else { throw SystemError(call: "ftruncate", errno: ENOSPC) }
+        do throws(SystemError) {
+            _ = try retryingSyscall("ftruncate") { Glibc.ftruncate(descriptor, off_t(length)) }
+        } catch {
+            growthBudget.giveBack(length - size)
+            throw error
+        }
+        if named { growthBudget.giveBack(size - length) }
+    }
+
     public func sync() throws(SystemError) {
         lock.lock()
         defer { lock.unlock() }

@@ -279,15 +279,7 @@ extension GuestFiles {
         linuxResult { () throws(SystemError) in
             let file = try openFile(fd)
             guard length >= 0, file.disk?.node.isRegular == true, let writable = writableRoot else { throw SystemError(call: "ftruncate", errno: EINVAL) }
-            let size = Int64(try HostFileCalls.status(file.hostFD).st_size)
-            guard writable.growthBudget.take(length - size) else { throw SystemError(call: "ftruncate", errno: ENOSPC) }
-            do throws(SystemError) {
-                _ = try retryingSyscall("ftruncate") { Glibc.ftruncate(file.hostFD, off_t(length)) }
-            } catch {
-                writable.growthBudget.giveBack(length - size)
-                throw error
-            }
-            writable.growthBudget.giveBack(size - length)
+            try writable.truncate(descriptor: file.hostFD, of: file.disk!.node, to: length)
             return 0
         }
     }

@@ -29,6 +29,10 @@ public protocol GuestWritableRootFileSystem: GuestRootFileSystem {
     /// go to it and reach the disk at the next `sync`.
     func openForWriting(_ node: GuestRootNode, accessFlags: Int32, truncate: Bool) throws(SystemError) -> FileDescriptor
     func truncate(_ node: GuestRootNode, to length: Int64) throws(SystemError)
+    /// ftruncate: the open host descriptor `descriptor` of `node`'s contents resized to
+    /// `length`, its growth charged to `growthBudget` and its shrinking given back — unless
+    /// its file lost its last name (its bytes were given back then).
+    func truncate(descriptor: Int32, of node: GuestRootNode, to length: Int64) throws(SystemError)
     /// The node as it is now (a written file's size and times).
     func refreshed(_ node: GuestRootNode) throws(SystemError) -> GuestRootNode
     /// Writes every change so far to the disk and flushes it (fsync, sync, the end of the container).
