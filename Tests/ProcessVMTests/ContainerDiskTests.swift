@@ -567,17 +567,25 @@ final class ContainerDiskTests {
         return container
     }
 
+    /// `program`'s /prog run in the engine on a container disk chained onto a layer holding it,
+    /// and natively in an empty folder: the disk (for checks after a sync), its root, and both runs.
+    func runOnDiskAndNatively(_ program: URL, name: String) async throws
+        -> (container: String, root: ContainerDiskRoot, guest: (status: Int32, stdout: String, stderr: String),
+            native: (status: Int32, stdout: String, stderr: String)) {
+        let container = try await chain(holding: program, name: name)
+        let root = ContainerDiskRoot(base: try await DiskRootFileSystem.open(path: container, engine: engine), diskPath: container)
+        let guest = try run(arguments: ["/prog"], root: root)
+        let host = try HostFacts.makeTemporaryFolder("\(name)-native")
+        defer { try? FileManager.default.removeItem(at: host) }
+        let native = try HostFacts.run(program.appendingPathComponent("prog").path, [], currentDirectory: host)
+        return (container, root, guest, (native.status, native.stdout, native.stderr))
+    }
+
     @Test(.enabled(if: GlibcGuest.isAvailable, "needs gcc and glibc's static library"))
     func theCallsBusyboxNeverMakesAnswerAsNatively() async throws {
         let program = try GlibcGuest.rootfs(Self.callsProgram, name: "diskcalls")
         defer { try? FileManager.default.removeItem(at: program) }
-        let container = try await chain(holding: program, name: "calls")
-        let root = ContainerDiskRoot(base: try await DiskRootFileSystem.open(path: container, engine: engine), diskPath: container)
-        let guest = try run(arguments: ["/prog"], root: root)
-
-        let host = try HostFacts.makeTemporaryFolder("diskcalls-native")
-        defer { try? FileManager.default.removeItem(at: host) }
-        let native = try HostFacts.run(program.appendingPathComponent("prog").path, [], currentDirectory: host)
+        let (container, root, guest, native) = try await runOnDiskAndNatively(program, name: "calls")
         #expect(guest.status == 0 && native.status == 0, "\(guest.stderr) \(native.stderr)")
         #expect(guest.stdout == native.stdout, "guest:\n\(guest.stdout)\nnative:\n\(native.stdout)")
         // A few lines by value, so that the comparison cannot pass on two equal mistakes.
@@ -632,13 +640,7 @@ final class ContainerDiskTests {
     func aNegativeOffsetIsRefusedAsNatively() async throws {
         let program = try HostileGuest.rootfs(Self.negativeOffsets, name: "negativeoffsets")
         defer { try? FileManager.default.removeItem(at: program) }
-        let container = try await chain(holding: program, name: "offsets")
-        let root = ContainerDiskRoot(base: try await DiskRootFileSystem.open(path: container, engine: engine), diskPath: container)
-        let guest = try run(arguments: ["/prog"], root: root)
-
-        let host = try HostFacts.makeTemporaryFolder("negativeoffsets-native")
-        defer { try? FileManager.default.removeItem(at: host) }
-        let native = try HostFacts.run(program.appendingPathComponent("prog").path, [], currentDirectory: host)
+        let (container, root, guest, native) = try await runOnDiskAndNatively(program, name: "offsets")
         #expect(guest.status == 0 && native.status == 0, "\(guest.status) \(native.status) \(guest.stderr)")
         #expect(guest.stdout == native.stdout, "guest:\n\(guest.stdout)\nnative:\n\(native.stdout)")
         let invalid = "0xffffffffffffffea" // -EINVAL
